@@ -1,0 +1,1 @@
+"""Infrastructure: SQLite snapshots, the repository on disk, destinations."""

@@ -1,0 +1,129 @@
+"""Storing a stream of chunks: hash, deduplicate, compress, seal and pack, two cores at a time.
+
+Work is split in batches: a pool of threads (zstd, AES-GCM and BLAKE3 release the GIL) computes ids
+and seals the chunks the repository does not have; the caller's thread adds them to packs in order.
+Only a few batches are in flight, so memory stays bounded whatever the size of the input.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from adapters.repository.crypto import ID_SIZE
+from adapters.repository.pack import BLOB_DATA, BLOB_LIST
+from adapters.repository.repo import PreparedBlob, Repository
+
+IN_FLIGHT = 4
+LIST_FANOUT = 256  # ids per list blob: 8 KiB, so an unchanged stretch of a file dedupes
+DIRECT_LIMIT = 64  # up to this many blobs an entry lists them directly
+
+
+@dataclass
+class StoreStats:
+    blobs: int = 0
+    new_blobs: int = 0
+    new_bytes: int = 0
+    bytes: int = 0
+
+
+def workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class ChunkStore:
+    """Feeds batches of chunks to the repository through a thread pool."""
+
+    def __init__(self, repo: Repository, has_blob: Callable[[bytes], bool] | None = None) -> None:
+        self.repo = repo
+        self.has_blob = has_blob or repo.has_blob
+        self.stats = StoreStats()
+        self._pool = ThreadPoolExecutor(max_workers=workers(), thread_name_prefix="seal")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> ChunkStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _seal_batch(
+        self, chunks: list[bytes], compress: bool
+    ) -> tuple[list[bytes], list[PreparedBlob]]:
+        ids = [self.repo.sealer.blob_id(c) for c in chunks]
+        fresh = [
+            self.repo.prepare(BLOB_DATA, c, i, compress)
+            for c, i in zip(chunks, ids, strict=True)
+            if not self.has_blob(i)
+        ]
+        return ids, fresh
+
+    def store_batches(
+        self,
+        batches: Iterable[list[bytes]],
+        compress: bool = True,
+        on_batch: Callable[[list[bytes], list[bytes]], None] | None = None,
+    ) -> Iterator[bytes]:
+        """Store every chunk of every batch; yield the chunk ids in input order.
+
+        `on_batch(chunks, ids)` runs on the caller's thread for each batch in order (for hashing
+        the whole stream or reporting progress).
+        """
+        pending: deque[tuple[list[bytes], Future[tuple[list[bytes], list[PreparedBlob]]]]] = (
+            deque()
+        )
+
+        def drain_one() -> Iterator[bytes]:
+            chunks, fut = pending.popleft()
+            ids, fresh = fut.result()
+            for blob in fresh:
+                if self.repo.add(blob, self.has_blob):
+                    self.stats.new_blobs += 1
+                    self.stats.new_bytes += blob.plain_length
+            self.stats.blobs += len(ids)
+            self.stats.bytes += sum(len(c) for c in chunks)
+            if on_batch is not None:
+                on_batch(chunks, ids)
+            yield from ids
+
+        for batch in batches:
+            pending.append((batch, self._pool.submit(self._seal_batch, batch, compress)))
+            if len(pending) >= IN_FLIGHT:
+                yield from drain_one()
+        while pending:
+            yield from drain_one()
+
+
+def store_id_lists(
+    repo: Repository, ids: list[bytes], has_blob: Callable[[bytes], bool] | None = None
+) -> list[str]:
+    """Store `ids` as list blobs of LIST_FANOUT ids each; return the list blob ids (hex)."""
+    out = []
+    for start in range(0, len(ids), LIST_FANOUT):
+        body = b"".join(ids[start : start + LIST_FANOUT])
+        blob = repo.prepare(BLOB_LIST, body, compress=False)
+        repo.add(blob, has_blob)
+        out.append(blob.blob_id.hex())
+    return out
+
+
+def load_id_lists(repo: Repository, list_ids: list[str]) -> list[bytes]:
+    out: list[bytes] = []
+    for hex_id in list_ids:
+        body = repo.read_blob(bytes.fromhex(hex_id))
+        out.extend(body[i : i + ID_SIZE] for i in range(0, len(body), ID_SIZE))
+    return out
+
+
+def entry_blob_fields(
+    repo: Repository, ids: list[bytes], has_blob: Callable[[bytes], bool] | None = None
+) -> dict[str, list[str]]:
+    """The manifest fields for content `ids`: listed directly when short, through lists when long."""
+    if len(ids) <= DIRECT_LIMIT:
+        return {"blobs": [i.hex() for i in ids], "blob_lists": []}
+    return {"blobs": [], "blob_lists": store_id_lists(repo, ids, has_blob)}

@@ -1,0 +1,55 @@
+"""Errors raised by the adapters. Driver and OS errors stop here and become one of these."""
+
+from domain.errors import CapsuleError
+
+
+class RepositoryError(CapsuleError):
+    """Raised when the repository cannot be opened or written."""
+
+
+class RepositoryNotFound(RepositoryError):
+    """Raised when no repository exists where one was expected."""
+
+
+class RepositoryExists(RepositoryError):
+    """Raised when `init` finds a repository already in place."""
+
+
+class UnsupportedVersion(RepositoryError):
+    """Raised when the repository was written in a format version this Capsule cannot read."""
+
+
+class WrongKey(RepositoryError):
+    """Raised when neither the key file nor the passphrase opens the repository."""
+
+
+class KeyFileMissing(RepositoryError):
+    """Raised when the key file that opens the repository is not where it should be."""
+
+
+class IntegrityError(RepositoryError):
+    """Raised when stored bytes fail authentication or do not match their id."""
+
+    exit_code = 3
+
+
+class BlobNotFound(IntegrityError):
+    """Raised when a snapshot needs a blob that no index knows or no pack holds."""
+
+
+class RepositoryLocked(RepositoryError):
+    """Raised when another live process holds a lock that conflicts with ours."""
+
+    exit_code = 4
+
+
+class SourceError(CapsuleError):
+    """Raised when the database or folder to back up cannot be read."""
+
+
+class RestoreRefused(CapsuleError):
+    """Raised when a restore would overwrite something without being told to."""
+
+
+class DiskFull(CapsuleError):
+    """Raised when a write fails because the disk is full."""

@@ -1,0 +1,1 @@
+"""The repository format: keys, blobs, packs, indexes, manifests, locks."""

@@ -1,0 +1,150 @@
+"""Where repository files live. The local directory backend writes every file atomically.
+
+The repository is a set of immutable files grouped by kind; nothing is ever modified in place, so any
+store that can write a whole object, read a byte range, list and delete (a folder, a NAS, Google Drive)
+can hold a repository.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal, Protocol
+
+from adapters.errors import DiskFull, RepositoryError
+
+Kind = Literal["config", "keys", "data", "index", "snapshots", "locks"]
+KINDS: tuple[Kind, ...] = ("keys", "data", "index", "snapshots", "locks")
+
+
+class Backend(Protocol):
+    """Stores repository files. Names are lowercase hex (or `config`); files are immutable."""
+
+    def write(self, kind: Kind, name: str, data: bytes) -> None:
+        """Store `data` under (kind, name) atomically: readers see all of it or nothing."""
+
+    def read(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Return `length` bytes from `offset` (to the end when length is None)."""
+
+    def size(self, kind: Kind, name: str) -> int:
+        """Return the stored size in bytes."""
+
+    def exists(self, kind: Kind, name: str) -> bool:
+        """Tell whether (kind, name) is stored."""
+
+    def list(self, kind: Kind) -> Iterator[str]:
+        """Yield the names stored under `kind`, in no particular order."""
+
+    def remove(self, kind: Kind, name: str) -> None:
+        """Delete (kind, name); deleting a missing file is not an error."""
+
+
+def _disk_error(e: OSError, path: Path) -> Exception:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(
+            f"the disk holding {path.parent} is full; free some space or choose another "
+            "repository location, then run the command again"
+        )
+    return RepositoryError(f"cannot write {path}: {e.strerror or e}")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes | memoryview, mode: int = 0o600) -> None:
+    """Write through a temporary file, fsync it, rename it into place and fsync the folder."""
+    tmp = path.parent / f".tmp-{secrets.token_hex(8)}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise _disk_error(e, path) from e
+
+
+class LocalBackend:
+    """A repository in a local folder: `config`, `keys/`, `data/xx/`, `index/`, `snapshots/`, `locks/`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def __repr__(self) -> str:
+        return f"LocalBackend({str(self.root)!r})"
+
+    def _path(self, kind: Kind, name: str) -> Path:
+        if kind == "config":
+            return self.root / "config"
+        if kind == "data":
+            return self.root / "data" / name[:2] / name
+        return self.root / kind / name
+
+    def create_layout(self) -> None:
+        try:
+            for kind in KINDS:
+                (self.root / kind).mkdir(parents=True, exist_ok=True)
+            for i in range(256):
+                (self.root / "data" / f"{i:02x}").mkdir(exist_ok=True)
+        except OSError as e:
+            raise _disk_error(e, self.root / "data") from e
+
+    def write(self, kind: Kind, name: str, data: bytes | memoryview) -> None:
+        path = self._path(kind, name)
+        if kind == "data" and not path.parent.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, data, 0o600)
+
+    def read(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        path = self._path(kind, name)
+        with open(path, "rb") as f:
+            if offset:
+                f.seek(offset)
+            return f.read() if length is None else f.read(length)
+
+    def read_tail(self, kind: Kind, name: str, length: int) -> tuple[int, bytes]:
+        """Return (file size, last `length` bytes) in one open."""
+        with open(self._path(kind, name), "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - length))
+            return size, f.read()
+
+    def size(self, kind: Kind, name: str) -> int:
+        return self._path(kind, name).stat().st_size
+
+    def exists(self, kind: Kind, name: str) -> bool:
+        return self._path(kind, name).exists()
+
+    def list(self, kind: Kind) -> Iterator[str]:
+        base = self.root / kind
+        if kind == "data":
+            for sub in sorted(base.iterdir()) if base.exists() else []:
+                if sub.is_dir():
+                    yield from (p.name for p in sub.iterdir() if not p.name.startswith("."))
+            return
+        if base.exists():
+            yield from (p.name for p in base.iterdir() if not p.name.startswith("."))
+
+    def remove(self, kind: Kind, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(kind, name).unlink()
+
+    def path_of(self, kind: Kind, name: str) -> Path:
+        return self._path(kind, name)

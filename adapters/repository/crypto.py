@@ -1,0 +1,109 @@
+"""Keys, ids and sealing: the repository's cryptography in one place.
+
+Blob ids are BLAKE3 keyed hashes of the plaintext (the key never leaves the master key, so ids reveal
+nothing about content to someone without it). Everything stored is sealed with AES-256-GCM under a
+random 96-bit nonce; the associated data binds each ciphertext to what it claims to be, so a blob
+cannot be passed off as another blob, nor an index as a snapshot.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass
+
+import blake3
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from adapters.errors import IntegrityError, WrongKey
+
+NONCE_SIZE = 12
+TAG_SIZE = 16
+OVERHEAD = NONCE_SIZE + TAG_SIZE
+KEY_SIZE = 32
+ID_SIZE = 32
+
+SCRYPT_N = 2**15
+SCRYPT_R = 8
+SCRYPT_P = 1
+
+
+@dataclass(frozen=True)
+class MasterKey:
+    """The repository's secret: one key to encrypt, one to derive blob ids and MACs."""
+
+    encryption: bytes
+    identity: bytes
+
+    @classmethod
+    def generate(cls) -> MasterKey:
+        return cls(os.urandom(KEY_SIZE), os.urandom(KEY_SIZE))
+
+    def to_bytes(self) -> bytes:
+        return self.encryption + self.identity
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> MasterKey:
+        if len(raw) != 2 * KEY_SIZE:
+            raise WrongKey("the key material has the wrong length; the key file is damaged")
+        return cls(raw[:KEY_SIZE], raw[KEY_SIZE:])
+
+    def __repr__(self) -> str:  # keep secrets out of logs and tracebacks
+        return "MasterKey(<secret>)"
+
+
+class Sealer:
+    """Seals and opens bytes under the master key, and computes keyed ids."""
+
+    def __init__(self, key: MasterKey) -> None:
+        self._aead = AESGCM(key.encryption)
+        self._id_key = key.identity
+
+    def blob_id(self, data: bytes | memoryview) -> bytes:
+        return blake3.blake3(data, key=self._id_key).digest()  # type: ignore[no-any-return]
+
+    def mac(self, data: bytes) -> bytes:
+        return hmac.new(self._id_key, data, hashlib.sha256).digest()
+
+    def seal(self, plaintext: bytes | memoryview, aad: bytes) -> bytes:
+        nonce = os.urandom(NONCE_SIZE)
+        return nonce + self._aead.encrypt(nonce, bytes(plaintext), aad)
+
+    def open(self, sealed: bytes | memoryview, aad: bytes, what: str) -> bytes:
+        if len(sealed) < OVERHEAD:
+            raise IntegrityError(f"{what} is truncated")
+        sealed = memoryview(sealed)
+        try:
+            return self._aead.decrypt(bytes(sealed[:NONCE_SIZE]), bytes(sealed[NONCE_SIZE:]), aad)
+        except InvalidTag as e:
+            raise IntegrityError(f"{what} failed authentication: it was damaged or altered") from e
+
+
+def wrap_key(master: MasterKey, wrapping_key: bytes, aad: bytes) -> bytes:
+    nonce = os.urandom(NONCE_SIZE)
+    return nonce + AESGCM(wrapping_key).encrypt(nonce, master.to_bytes(), aad)
+
+
+def unwrap_key(wrapped: bytes, wrapping_key: bytes, aad: bytes) -> MasterKey:
+    try:
+        raw = AESGCM(wrapping_key).decrypt(wrapped[:NONCE_SIZE], wrapped[NONCE_SIZE:], aad)
+    except InvalidTag as e:
+        raise WrongKey("this key does not open the repository") from e
+    return MasterKey.from_bytes(raw)
+
+
+def passphrase_key(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    kdf = Scrypt(salt=salt, length=KEY_SIZE, n=n, r=r, p=p)
+    return kdf.derive(passphrase.encode("utf-8"))
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text: str) -> bytes:
+    return base64.b64decode(text.encode("ascii"), validate=True)

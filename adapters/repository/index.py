@@ -1,0 +1,201 @@
+"""The index: which pack holds each blob, where, and how long it is.
+
+Index files are sealed, zstd-compressed binary tables (layout in docs/repository-format.md). In memory
+the index is a few numpy arrays sorted by the first 8 bytes of the blob id: about 60 bytes a blob, so
+a database of millions of pages still fits in a small, bounded footprint, and batch look-ups are
+vectorised.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from adapters.errors import IntegrityError
+from adapters.repository.crypto import ID_SIZE
+from adapters.repository.pack import PackedBlob
+
+INDEX_MAGIC = b"CIX1"
+_COUNT = struct.Struct("<I")
+RECORD = np.dtype(
+    [
+        ("id", f"V{ID_SIZE}"),
+        ("type", "u1"),
+        ("comp", "u1"),
+        ("offset", "<u4"),
+        ("length", "<u4"),
+        ("plain", "<u4"),
+    ]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BlobLocation:
+    """A blob's pack and its place inside it."""
+
+    pack_id: str
+    blob_type: int
+    compression: int
+    offset: int
+    length: int
+    plain_length: int
+
+
+def encode_index(packs: dict[str, list[PackedBlob]], supersedes: Iterable[str] = ()) -> bytes:
+    parts = [INDEX_MAGIC, _COUNT.pack(len(packs))]
+    for pack_id, blobs in packs.items():
+        parts.append(bytes.fromhex(pack_id))
+        parts.append(_COUNT.pack(len(blobs)))
+        recs = np.zeros(len(blobs), dtype=RECORD)
+        for i, b in enumerate(blobs):
+            recs[i] = (b.blob_id, b.blob_type, b.compression, b.offset, b.length, b.plain_length)
+        parts.append(recs.tobytes())
+    old = list(supersedes)
+    parts.append(_COUNT.pack(len(old)))
+    parts.extend(bytes.fromhex(i) for i in old)
+    return b"".join(parts)
+
+
+def decode_index(
+    data: bytes, name: str
+) -> tuple[list[tuple[str, npt.NDArray[np.void]]], list[str]]:
+    """Return ([(pack id, records)], superseded index ids); raise IntegrityError if malformed."""
+    try:
+        if data[:4] != INDEX_MAGIC:
+            raise ValueError("bad magic")
+        (count,) = _COUNT.unpack_from(data, 4)
+        pos = 8
+        packs = []
+        for _ in range(count):
+            pack_id = data[pos : pos + ID_SIZE].hex()
+            (n,) = _COUNT.unpack_from(data, pos + ID_SIZE)
+            pos += ID_SIZE + 4
+            recs = np.frombuffer(data, dtype=RECORD, count=n, offset=pos)
+            pos += n * RECORD.itemsize
+            packs.append((pack_id, recs))
+        (old_count,) = _COUNT.unpack_from(data, pos)
+        pos += 4
+        old = [data[pos + i * ID_SIZE : pos + (i + 1) * ID_SIZE].hex() for i in range(old_count)]
+        if pos + old_count * ID_SIZE != len(data):
+            raise ValueError("trailing bytes")
+    except (ValueError, struct.error) as e:
+        raise IntegrityError(f"index {name[:12]} is malformed ({e})") from e
+    return packs, old
+
+
+def _prefix_keys(ids: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint64]:
+    return np.ascontiguousarray(ids[:, :8]).view(">u8").ravel().astype(np.uint64)
+
+
+class Index:
+    """All known blobs: a sorted, frozen part loaded from index files plus what this run added."""
+
+    def __init__(self) -> None:
+        self.pack_ids: list[str] = []
+        self._pack_pos: dict[str, int] = {}
+        self._keys: npt.NDArray[np.uint64] = np.zeros(0, dtype=np.uint64)
+        self._ids: npt.NDArray[np.uint8] = np.zeros((0, ID_SIZE), dtype=np.uint8)
+        self._packs: npt.NDArray[np.uint32] = np.zeros(0, dtype=np.uint32)
+        self._recs: npt.NDArray[np.void] = np.zeros(0, dtype=RECORD)
+        self._pending: dict[bytes, BlobLocation] = {}
+        self._staged: list[tuple[int, npt.NDArray[np.void]]] = []
+
+    def __len__(self) -> int:
+        return len(self._recs) + len(self._pending)
+
+    def _pack_number(self, pack_id: str) -> int:
+        pos = self._pack_pos.get(pack_id)
+        if pos is None:
+            pos = self._pack_pos[pack_id] = len(self.pack_ids)
+            self.pack_ids.append(pack_id)
+        return pos
+
+    def stage(self, pack_id: str, recs: npt.NDArray[np.void]) -> None:
+        """Queue records read from an index file; call `freeze()` once all are staged."""
+        self._staged.append((self._pack_number(pack_id), recs))
+
+    def freeze(self) -> None:
+        if not self._staged:
+            return
+        recs = np.concatenate([self._recs, *(r for _, r in self._staged)])
+        packs = np.concatenate(
+            [self._packs, *(np.full(len(r), p, dtype=np.uint32) for p, r in self._staged)]
+        )
+        self._staged = []
+        ids = np.frombuffer(recs["id"].tobytes(), dtype=np.uint8).reshape(-1, ID_SIZE)
+        keys = _prefix_keys(ids)
+        order = np.argsort(keys, kind="stable")
+        self._recs, self._packs, self._keys = recs[order], packs[order], keys[order]
+        self._ids = ids[order]
+
+    def add_pack(self, pack_id: str, blobs: Iterable[PackedBlob]) -> None:
+        for b in blobs:
+            self._pending.setdefault(
+                b.blob_id,
+                BlobLocation(pack_id, b.blob_type, b.compression, b.offset, b.length, b.plain_length),
+            )
+        self._pack_number(pack_id)
+
+    def _frozen_lookup(self, blob_id: bytes) -> int:
+        key = int.from_bytes(blob_id[:8], "big")
+        lo = int(np.searchsorted(self._keys, key, "left"))
+        hi = int(np.searchsorted(self._keys, key, "right"))
+        for i in range(lo, hi):
+            if self._ids[i].tobytes() == blob_id:
+                return i
+        return -1
+
+    def _location(self, i: int) -> BlobLocation:
+        r = self._recs[i]
+        return BlobLocation(
+            self.pack_ids[int(self._packs[i])],
+            int(r["type"]),
+            int(r["comp"]),
+            int(r["offset"]),
+            int(r["length"]),
+            int(r["plain"]),
+        )
+
+    def lookup(self, blob_id: bytes) -> BlobLocation | None:
+        found = self._pending.get(blob_id)
+        if found is not None:
+            return found
+        i = self._frozen_lookup(blob_id)
+        return None if i < 0 else self._location(i)
+
+    def _frozen_positions(self, blob_ids: list[bytes]) -> npt.NDArray[np.int64]:
+        """Vectorised look-up: the frozen row of each id, or -1."""
+        if not blob_ids or not len(self._keys):
+            return np.full(len(blob_ids), -1, dtype=np.int64)
+        q = np.frombuffer(b"".join(blob_ids), dtype=np.uint8).reshape(-1, ID_SIZE)
+        qkeys = _prefix_keys(q)
+        pos = np.searchsorted(self._keys, qkeys, "left")
+        pos_c = np.minimum(pos, len(self._keys) - 1)
+        hit = (self._keys[pos_c] == qkeys) & (pos < len(self._keys))
+        same = hit & np.all(self._ids[pos_c] == q, axis=1)
+        out = np.where(same, pos_c, -1).astype(np.int64)
+        # Rare: two ids share their first 8 bytes; settle those one by one.
+        for j in np.nonzero(hit & ~same)[0]:
+            out[j] = self._frozen_lookup(blob_ids[int(j)])
+        return out
+
+    def contains_many(self, blob_ids: list[bytes]) -> list[bool]:
+        pos = self._frozen_positions(blob_ids)
+        return [bool(p >= 0) or b in self._pending for b, p in zip(blob_ids, pos, strict=True)]
+
+    def locate_many(self, blob_ids: list[bytes]) -> list[BlobLocation | None]:
+        pos = self._frozen_positions(blob_ids)
+        out: list[BlobLocation | None] = []
+        for b, p in zip(blob_ids, pos, strict=True):
+            loc = self._pending.get(b)
+            out.append(loc if loc is not None else (self._location(int(p)) if p >= 0 else None))
+        return out
+
+    def blobs_in_packs(self) -> Iterator[tuple[bytes, BlobLocation]]:
+        for i in range(len(self._recs)):
+            yield self._ids[i].tobytes(), self._location(i)
+        yield from self._pending.items()

@@ -1,0 +1,193 @@
+"""Repository locks: files under `locks/` that say who is working on the repository.
+
+Backups, restores and verifies take shared locks: content-addressed packs and uniquely named index and
+snapshot files let them run side by side. Operations that delete or replace files (index rebuild, and
+later prune) take an exclusive lock. A lock is refreshed while held; one whose process is gone (same
+host, dead PID or a PID now used by another process) or that was not refreshed for STALE_AFTER is
+stale: it is removed and the removal is logged, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import structlog
+
+from adapters.errors import RepositoryLocked
+from adapters.repository.backend import LocalBackend
+
+log = structlog.get_logger(__name__)
+
+REFRESH_EVERY = 60.0
+STALE_AFTER = 30 * 60.0
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    name: str
+    hostname: str
+    pid: int
+    process_start: str | None
+    exclusive: bool
+    operation: str
+    refreshed: float
+
+    def describe(self) -> str:
+        kind = "an exclusive" if self.exclusive else "a shared"
+        when = datetime.fromtimestamp(self.refreshed, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return f"{kind} lock for {self.operation} by PID {self.pid} on {self.hostname} ({when})"
+
+
+def process_start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid` (tells a live process from a reused PID), if known."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode()
+    except OSError:
+        return None
+    # Field 22; the command name (field 2) may contain spaces, so count from the closing paren.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _pid_alive(pid: int, start: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return start is None or process_start_time(pid) in (None, start)
+
+
+class RepositoryLock:
+    """A held lock; refreshes itself in a background thread until released."""
+
+    def __init__(self, backend: LocalBackend, exclusive: bool, operation: str) -> None:
+        self.backend = backend
+        self.exclusive = exclusive
+        self.operation = operation
+        self.name = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _write(self) -> str:
+        pid = os.getpid()
+        body = {
+            "version": 1,
+            "hostname": socket.gethostname(),
+            "pid": pid,
+            "process_start": process_start_time(pid),
+            "exclusive": self.exclusive,
+            "operation": self.operation,
+            "refreshed": time.time(),
+        }
+        name = os.urandom(16).hex()
+        self.backend.write("locks", name, json.dumps(body).encode())
+        return name
+
+    def acquire(self, timeout: float = 0.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            conflict = self._first_conflict(ignore="")
+            if conflict is None:
+                self.name = self._write()
+                conflict = self._first_conflict(ignore=self.name)
+                if conflict is None:
+                    break
+                # Someone locked at the same instant: step back, let one of us win.
+                self.backend.remove("locks", self.name)
+                self.name = ""
+            if time.monotonic() >= deadline:
+                raise RepositoryLocked(
+                    f"the repository is in use: {conflict.describe()}; wait for it to finish, "
+                    "or run `capsule unlock` if that process is gone"
+                )
+            time.sleep(random.uniform(0.05, 0.5))
+        self._thread = threading.Thread(target=self._refresh_loop, name="lock-refresh", daemon=True)
+        self._thread.start()
+
+    def _first_conflict(self, ignore: str) -> LockInfo | None:
+        for info in read_locks(self.backend):
+            if info.name == ignore:
+                continue
+            if is_stale(info):
+                remove_stale(self.backend, info)
+                continue
+            if self.exclusive or info.exclusive:
+                return info
+        return None
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(REFRESH_EVERY):
+            try:
+                old, self.name = self.name, self._write()
+                self.backend.remove("locks", old)
+            except Exception as e:  # a failed refresh must not kill the backup; it is logged
+                log.error("could not refresh the repository lock", error=str(e))
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.name:
+            self.backend.remove("locks", self.name)
+            self.name = ""
+
+
+def read_locks(backend: LocalBackend) -> list[LockInfo]:
+    out = []
+    for name in backend.list("locks"):
+        try:
+            body = json.loads(backend.read("locks", name))
+            out.append(
+                LockInfo(
+                    name,
+                    str(body["hostname"]),
+                    int(body["pid"]),
+                    body.get("process_start"),
+                    bool(body["exclusive"]),
+                    str(body.get("operation", "unknown")),
+                    float(body["refreshed"]),
+                )
+            )
+        except FileNotFoundError:
+            continue  # released while we listed
+        except (ValueError, KeyError, TypeError):
+            # An unreadable lock is kept as a conflicting lock with no owner: it expires by age.
+            with contextlib.suppress(OSError):
+                mtime = backend.path_of("locks", name).stat().st_mtime
+                out.append(LockInfo(name, "?", 0, None, True, "unreadable lock", mtime))
+    return out
+
+
+def is_stale(info: LockInfo, now: float | None = None) -> bool:
+    now = time.time() if now is None else now
+    if now - info.refreshed > STALE_AFTER:
+        return True
+    return info.hostname == socket.gethostname() and not _pid_alive(info.pid, info.process_start)
+
+
+def remove_stale(backend: LocalBackend, info: LockInfo) -> None:
+    log.warning("removed a stale repository lock", lock=info.describe())
+    backend.remove("locks", info.name)
+
+
+@contextlib.contextmanager
+def locked(
+    backend: LocalBackend, operation: str, exclusive: bool = False, timeout: float = 0.0
+) -> Iterator[RepositoryLock]:
+    lock = RepositoryLock(backend, exclusive, operation)
+    lock.acquire(timeout)
+    try:
+        yield lock
+    finally:
+        lock.release()

@@ -1,0 +1,104 @@
+"""Packs: many sealed blobs in one file, followed by a sealed header that lists them.
+
+Layout: blob_0 .. blob_n-1 | sealed header | u32 LE sealed-header length | b"CPK1".
+Header plaintext: for each blob, in file order, 42 bytes:
+  u8 type | u8 compression | u32 LE stored length | u32 LE plaintext length | 32-byte blob id.
+A blob's offset is the sum of the stored lengths before it. The pack's name is the SHA-256 of its bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+
+from adapters.errors import IntegrityError
+from adapters.repository.crypto import ID_SIZE, Sealer
+
+PACK_MAGIC = b"CPK1"
+TRAILER = struct.Struct("<I4s")
+HEADER_ENTRY = struct.Struct("<BBII32s")
+HEADER_AAD = b"capsule:pack-header"
+
+BLOB_DATA = 0
+BLOB_LIST = 1
+BLOB_TYPES = {BLOB_DATA: "data", BLOB_LIST: "list"}
+
+COMPRESSION_NONE = 0
+COMPRESSION_ZSTD = 1
+
+
+def blob_aad(blob_type: int, compression: int, blob_id: bytes) -> bytes:
+    return b"capsule:blob" + bytes((blob_type, compression)) + blob_id
+
+
+@dataclass(frozen=True, slots=True)
+class PackedBlob:
+    """Where one blob sits inside its pack, and how to read it back."""
+
+    blob_id: bytes
+    blob_type: int
+    compression: int
+    offset: int
+    length: int
+    plain_length: int
+
+
+class PackBuilder:
+    """Collects sealed blobs in memory until the pack is big enough to store."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self.blobs: list[PackedBlob] = []
+        self.size = 0
+
+    def add(self, blob_id: bytes, blob_type: int, compression: int, sealed: bytes, plain: int) -> None:
+        self.blobs.append(
+            PackedBlob(blob_id, blob_type, compression, self.size, len(sealed), plain)
+        )
+        self._parts.append(sealed)
+        self.size += len(sealed)
+
+    def __len__(self) -> int:
+        return len(self.blobs)
+
+    def finish(self, sealer: Sealer) -> tuple[str, bytes]:
+        """Return (pack id, pack bytes) and reset nothing: a builder makes one pack."""
+        header = b"".join(
+            HEADER_ENTRY.pack(b.blob_type, b.compression, b.length, b.plain_length, b.blob_id)
+            for b in self.blobs
+        )
+        sealed_header = sealer.seal(header, HEADER_AAD)
+        self._parts.append(sealed_header)
+        self._parts.append(TRAILER.pack(len(sealed_header), PACK_MAGIC))
+        data = b"".join(self._parts)
+        self._parts = []
+        return hashlib.sha256(data).hexdigest(), data
+
+
+def parse_header(sealer: Sealer, tail: bytes, pack_size: int, pack_name: str) -> list[PackedBlob]:
+    """Read the blob list of a pack from its last bytes (at least the header and trailer)."""
+    what = f"the header of pack {pack_name[:12]}"
+    if len(tail) < TRAILER.size:
+        raise IntegrityError(f"pack {pack_name[:12]} is truncated")
+    header_len, magic = TRAILER.unpack(tail[-TRAILER.size :])
+    if magic != PACK_MAGIC:
+        raise IntegrityError(f"pack {pack_name[:12]} does not end with a pack trailer")
+    if header_len + TRAILER.size > min(len(tail), pack_size):
+        raise IntegrityError(f"{what} claims an impossible length")
+    sealed = tail[-TRAILER.size - header_len : -TRAILER.size]
+    header = sealer.open(sealed, HEADER_AAD, what)
+    if len(header) % HEADER_ENTRY.size:
+        raise IntegrityError(f"{what} has a broken length")
+    blobs: list[PackedBlob] = []
+    offset = 0
+    for btype, comp, length, plain, blob_id in HEADER_ENTRY.iter_unpack(header):
+        blobs.append(PackedBlob(blob_id, btype, comp, offset, length, plain))
+        offset += length
+    if offset + header_len + TRAILER.size != pack_size:
+        raise IntegrityError(f"{what} does not account for the pack's size")
+    return blobs
+
+
+MAX_HEADER_GUESS = 64 * 1024
+assert HEADER_ENTRY.size == 10 + ID_SIZE

@@ -1,0 +1,51 @@
+"""Rebuild the index from the packs alone: every pack carries a sealed list of its blobs."""
+
+from __future__ import annotations
+
+import structlog
+
+from adapters.errors import CapsuleError
+from adapters.repository.index import encode_index
+from adapters.repository.pack import MAX_HEADER_GUESS, TRAILER, PackedBlob, parse_header
+from adapters.repository.repo import INDEX_FLUSH_BLOBS, Repository
+
+log = structlog.get_logger(__name__)
+
+
+def read_pack_header(repo: Repository, name: str) -> list[PackedBlob]:
+    size, tail = repo.backend.read_tail("data", name, MAX_HEADER_GUESS)
+    header_len = int.from_bytes(tail[-TRAILER.size : -4], "little") if len(tail) >= 8 else 0
+    if header_len + TRAILER.size > len(tail) and header_len + TRAILER.size <= size:
+        size, tail = repo.backend.read_tail("data", name, header_len + TRAILER.size)
+    return parse_header(repo.sealer, tail, size, name)
+
+
+def rebuild_index(repo: Repository) -> tuple[int, int, list[str]]:
+    """Write new index files for every readable pack, then remove the old ones.
+
+    Returns (packs indexed, blobs indexed, packs whose header could not be read). The caller holds
+    an exclusive lock: nobody may add an index file while the old ones are removed.
+    """
+    old = sorted(repo.backend.list("index"))
+    batch: dict[str, list[PackedBlob]] = {}
+    in_batch = packs = blobs = 0
+    unreadable = []
+    for name in sorted(repo.backend.list("data")):
+        try:
+            header = read_pack_header(repo, name)
+        except (CapsuleError, OSError) as e:
+            log.error("pack header unreadable; its blobs stay unindexed", pack=name[:12], error=str(e))
+            unreadable.append(name)
+            continue
+        batch[name] = header
+        packs += 1
+        blobs += len(header)
+        in_batch += len(header)
+        if in_batch >= INDEX_FLUSH_BLOBS:
+            repo.save_sealed("index", encode_index(batch))
+            batch, in_batch = {}, 0
+    if batch:
+        repo.save_sealed("index", encode_index(batch))
+    for name in old:
+        repo.backend.remove("index", name)
+    return packs, blobs, unreadable

@@ -1,0 +1,429 @@
+"""The repository: open it with a key, store blobs in packs, read them back authenticated.
+
+Write order makes a crash harmless: packs first, then the index files that name them, then the
+snapshot that needs them. A crash leaves at worst packs no index names yet; `rebuild-index` adopts
+them and they are never half-written (every file is written to a temporary name and renamed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+import zstandard
+
+from adapters.errors import (
+    BlobNotFound,
+    IntegrityError,
+    KeyFileMissing,
+    RepositoryExists,
+    RepositoryNotFound,
+    UnsupportedVersion,
+    WrongKey,
+)
+from adapters.repository import crypto
+from adapters.repository.backend import Kind, LocalBackend, atomic_write
+from adapters.repository.crypto import MasterKey, Sealer
+from adapters.repository.index import BlobLocation, Index, decode_index, encode_index
+from adapters.repository.pack import (
+    COMPRESSION_NONE,
+    COMPRESSION_ZSTD,
+    PackBuilder,
+    PackedBlob,
+    blob_aad,
+)
+from domain.manifest import Manifest
+
+log = structlog.get_logger(__name__)
+
+REPOSITORY_FORMAT = "capsule-repository"
+REPOSITORY_VERSION = 1
+DEFAULT_PACK_SIZE = 16 * 1024 * 1024
+INDEX_FLUSH_BLOBS = 200_000
+# Compression must save at least this share of the bytes to be worth the work of undoing it.
+MIN_COMPRESSION_GAIN = 0.03
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedBlob:
+    """A blob sealed and ready for a pack; made off the main thread."""
+
+    blob_id: bytes
+    blob_type: int
+    compression: int
+    sealed: bytes
+    plain_length: int
+
+
+class Repository:
+    """An open repository: config checked, master key unwrapped, index loaded on demand."""
+
+    def __init__(self, backend: LocalBackend, config: dict[str, Any], key: MasterKey) -> None:
+        self.backend = backend
+        self.config = config
+        self.id: str = config["id"]
+        self.sealer = Sealer(key)
+        self.pack_size: int = int(config.get("pack_size", DEFAULT_PACK_SIZE))
+        self.compression_level: int = int(config.get("compression_level", 3))
+        self.index = Index()
+        self._index_loaded = False
+        self._builder = PackBuilder()
+        self._unindexed: dict[str, list[PackedBlob]] = {}
+        # Ids in the open pack: already "stored" for dedup, not yet in the index.
+        self._pending_ids: set[bytes] = set()
+        self._local = threading.local()
+        self.stored_bytes = 0
+
+    # ---- creating and opening -------------------------------------------------------------
+    @classmethod
+    def init(
+        cls,
+        backend: LocalBackend,
+        key_file: Path,
+        passphrase: str | None = None,
+        pack_size: int = DEFAULT_PACK_SIZE,
+    ) -> Repository:
+        if backend.exists("config", "config"):
+            raise RepositoryExists(f"a repository already exists at {backend.root}")
+        if key_file.exists():
+            raise RepositoryExists(
+                f"a key file already exists at {key_file}; move it away first (it may be the only "
+                "key to another repository)"
+            )
+        backend.create_layout()
+        master = MasterKey.generate()
+        config: dict[str, Any] = {
+            "format": REPOSITORY_FORMAT,
+            "version": REPOSITORY_VERSION,
+            "id": os.urandom(32).hex(),
+            "created": datetime.now(UTC).isoformat(),
+            "pack_size": pack_size,
+            "compression_level": 3,
+        }
+        sealer = Sealer(master)
+        config["mac"] = sealer.mac(_canonical(config)).hex()
+        key_id = add_key_file(backend, master, config["id"], key_file)
+        if passphrase:
+            add_passphrase_key(backend, master, config["id"], passphrase)
+        backend.write("config", "config", json.dumps(config, indent=2).encode() + b"\n")
+        log.info("repository created", repository=str(backend.root), key_id=key_id[:12])
+        return cls(backend, config, master)
+
+    @classmethod
+    def open(
+        cls, backend: LocalBackend, key_file: Path | None, passphrase: str | None = None
+    ) -> Repository:
+        config = read_config(backend)
+        master = None
+        if key_file is not None and key_file.exists():
+            master = _open_with_key_file(backend, config["id"], key_file)
+        elif passphrase:
+            master = _open_with_passphrase(backend, config["id"], passphrase)
+        elif key_file is not None:
+            raise KeyFileMissing(
+                f"the key file {key_file} is missing; restore it from your safe copy, or give the "
+                "repository's passphrase (CAPSULE_PASSPHRASE)"
+            )
+        if master is None:
+            raise WrongKey("no key was given to open the repository")
+        claimed = bytes.fromhex(config.get("mac", ""))
+        body = {k: v for k, v in config.items() if k != "mac"}
+        if not _hmac_equal(Sealer(master).mac(_canonical(body)), claimed):
+            raise IntegrityError("the repository's config file was altered or damaged")
+        return cls(backend, config, master)
+
+    # ---- sealed files (index, snapshots) -------------------------------------------------
+    def save_sealed(self, kind: Kind, payload: bytes) -> str:
+        body = b"\x01" + zstandard.ZstdCompressor(level=self.compression_level).compress(payload)
+        stored = self.sealer.seal(body, b"capsule:" + kind.encode())
+        name = hashlib.sha256(stored).hexdigest()
+        self.backend.write(kind, name, stored)
+        return name
+
+    def load_sealed(self, kind: Kind, name: str) -> bytes:
+        try:
+            stored = self.backend.read(kind, name)
+        except FileNotFoundError as e:
+            raise IntegrityError(f"{kind} file {name[:12]} is missing") from e
+        what = f"{kind} file {name[:12]}"
+        if hashlib.sha256(stored).hexdigest() != name:
+            raise IntegrityError(f"{what} does not match its name: it was damaged")
+        body = self.sealer.open(stored, b"capsule:" + kind.encode(), what)
+        if body[:1] == b"\x01":
+            return _decompress(body[1:], what)
+        if body[:1] == b"\x00":
+            return body[1:]
+        raise IntegrityError(f"{what} has an unknown encoding")
+
+    # ---- blobs ---------------------------------------------------------------------------
+    def _compressor(self) -> zstandard.ZstdCompressor:
+        c = getattr(self._local, "c", None)
+        if c is None:
+            c = self._local.c = zstandard.ZstdCompressor(level=self.compression_level)
+        return c
+
+    def prepare(
+        self, blob_type: int, data: bytes, blob_id: bytes | None = None, compress: bool = True
+    ) -> PreparedBlob:
+        """Seal one blob (thread-safe: run many at once)."""
+        if blob_id is None:
+            blob_id = self.sealer.blob_id(data)
+        payload, compression = data, COMPRESSION_NONE
+        if compress and data:
+            packed = self._compressor().compress(data)
+            if len(packed) <= len(data) * (1 - MIN_COMPRESSION_GAIN):
+                payload, compression = packed, COMPRESSION_ZSTD
+        sealed = self.sealer.seal(payload, blob_aad(blob_type, compression, blob_id))
+        return PreparedBlob(blob_id, blob_type, compression, sealed, len(data))
+
+    def add(self, blob: PreparedBlob, has_blob: Callable[[bytes], bool] | None = None) -> bool:
+        """Put a prepared blob into the current pack unless the repository has it; True if new.
+
+        `has_blob` replaces the usual "is it indexed or pending" test (a full backup also wants
+        the pack to exist).
+        """
+        if (has_blob or self.has_blob)(blob.blob_id):
+            return False
+        self._builder.add(
+            blob.blob_id, blob.blob_type, blob.compression, blob.sealed, blob.plain_length
+        )
+        self._pending_ids.add(blob.blob_id)
+        if self._builder.size >= self.pack_size:
+            self._write_pack()
+        return True
+
+    def pending_blob(self, blob_id: bytes) -> bool:
+        """True if the blob sits in the open pack, not yet written."""
+        return blob_id in self._pending_ids
+
+    def has_blob(self, blob_id: bytes) -> bool:
+        return blob_id in self._pending_ids or self.index.lookup(blob_id) is not None
+
+    def _write_pack(self) -> None:
+        if not len(self._builder):
+            return
+        builder, self._builder = self._builder, PackBuilder()
+        pack_id, data = builder.finish(self.sealer)
+        self.backend.write("data", pack_id, data)
+        self.stored_bytes += len(data)
+        self.index.add_pack(pack_id, builder.blobs)
+        self._unindexed[pack_id] = builder.blobs
+        for b in builder.blobs:
+            self._pending_ids.discard(b.blob_id)
+        if sum(len(v) for v in self._unindexed.values()) >= INDEX_FLUSH_BLOBS:
+            self._write_index()
+
+    def _write_index(self) -> None:
+        if not self._unindexed:
+            return
+        name = self.save_sealed("index", encode_index(self._unindexed))
+        self.stored_bytes += self.backend.size("index", name)
+        self._unindexed = {}
+
+    def flush(self) -> None:
+        """Store the open pack and an index for every pack not yet indexed."""
+        self._write_pack()
+        self._write_index()
+
+    def load_index(self) -> list[str]:
+        """Read every index file; return the names of those that failed (already logged)."""
+        damaged: list[str] = []
+        superseded: set[str] = set()
+        loaded = []
+        for name in sorted(self.backend.list("index")):
+            try:
+                packs, old = decode_index(self.load_sealed("index", name), name)
+            except IntegrityError as e:
+                log.error("index file unreadable", index=name[:12], error=str(e))
+                damaged.append(name)
+                continue
+            superseded.update(old)
+            loaded.append((name, packs))
+        for name, packs in loaded:
+            if name in superseded:
+                continue
+            for pack_id, recs in packs:
+                self.index.stage(pack_id, recs)
+        self.index.freeze()
+        self._index_loaded = True
+        return damaged
+
+    def ensure_index(self) -> None:
+        if not self._index_loaded:
+            self.load_index()
+
+    def read_blob(self, blob_id: bytes, loc: BlobLocation | None = None) -> bytes:
+        """Return a blob's plaintext, authenticated and checked against its id."""
+        if loc is None:
+            loc = self.index.lookup(blob_id)
+        if loc is None:
+            raise BlobNotFound(f"blob {blob_id.hex()[:12]} is in no index")
+        try:
+            sealed = self.backend.read("data", loc.pack_id, loc.offset, loc.length)
+        except FileNotFoundError as e:
+            raise BlobNotFound(
+                f"pack {loc.pack_id[:12]} holding blob {blob_id.hex()[:12]} is missing"
+            ) from e
+        return self.open_blob(blob_id, loc, sealed)
+
+    def open_blob(self, blob_id: bytes, loc: BlobLocation, sealed: bytes) -> bytes:
+        what = f"blob {blob_id.hex()[:12]} in pack {loc.pack_id[:12]}"
+        if len(sealed) != loc.length:
+            raise IntegrityError(f"{what} is truncated")
+        payload = self.sealer.open(sealed, blob_aad(loc.blob_type, loc.compression, blob_id), what)
+        if loc.compression == COMPRESSION_ZSTD:
+            data = _decompress(payload, what, loc.plain_length)
+        elif loc.compression == COMPRESSION_NONE:
+            data = payload
+        else:
+            raise IntegrityError(f"{what} uses an unknown compression")
+        if len(data) != loc.plain_length or self.sealer.blob_id(data) != blob_id:
+            raise IntegrityError(f"{what} does not match its id")
+        return data
+
+    # ---- snapshots -----------------------------------------------------------------------
+    def save_snapshot(self, manifest: Manifest) -> str:
+        name = self.save_sealed("snapshots", manifest.model_dump_json().encode())
+        self.stored_bytes += self.backend.size("snapshots", name)
+        return name
+
+    def load_snapshot(self, name: str) -> Manifest:
+        raw = self.load_sealed("snapshots", name)
+        try:
+            return Manifest.model_validate_json(raw)
+        except ValueError as e:
+            raise IntegrityError(f"snapshot {name[:12]} is not a valid manifest: {e}") from e
+
+    def snapshots(self) -> Iterator[tuple[str, Manifest]]:
+        for name in self.backend.list("snapshots"):
+            yield name, self.load_snapshot(name)
+
+
+def _decompress(payload: bytes, what: str, size: int | None = None) -> bytes:
+    try:
+        d = zstandard.ZstdDecompressor()
+        return d.decompress(payload, max_output_size=size or 0) if size else d.decompress(payload)
+    except zstandard.ZstdError as e:
+        raise IntegrityError(f"{what} does not decompress") from e
+
+
+def _canonical(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _hmac_equal(a: bytes, b: bytes) -> bool:
+    return hmac.compare_digest(a, b)
+
+
+def read_config(backend: LocalBackend) -> dict[str, Any]:
+    try:
+        raw = backend.read("config", "config")
+    except FileNotFoundError as e:
+        raise RepositoryNotFound(
+            f"there is no repository at {backend.root}; create one with `capsule init`"
+        ) from e
+    try:
+        config: dict[str, Any] = json.loads(raw)
+    except ValueError as e:
+        raise IntegrityError(f"the repository config at {backend.root} is not valid JSON") from e
+    if config.get("format") != REPOSITORY_FORMAT:
+        raise UnsupportedVersion(f"{backend.root} does not hold a Capsule repository")
+    if config.get("version") != REPOSITORY_VERSION:
+        raise UnsupportedVersion(
+            f"the repository at {backend.root} uses format version {config.get('version')!r}; "
+            f"this Capsule reads version {REPOSITORY_VERSION}: upgrade Capsule to read it"
+        )
+    return config
+
+
+def _key_aad(repository_id: str, key_id: str) -> bytes:
+    return f"capsule:key:{repository_id}:{key_id}".encode()
+
+
+def add_key_file(backend: LocalBackend, master: MasterKey, repo_id: str, key_file: Path) -> str:
+    """Wrap the master key with a new random secret kept in `key_file` (outside the repository)."""
+    key_id = os.urandom(16).hex()
+    secret = os.urandom(crypto.KEY_SIZE)
+    entry = {
+        "version": 1,
+        "type": "key-file",
+        "created": datetime.now(UTC).isoformat(),
+        "hostname": socket.gethostname(),
+        "wrapped": crypto.b64(crypto.wrap_key(master, secret, _key_aad(repo_id, key_id))),
+    }
+    backend.write("keys", key_id, json.dumps(entry, indent=2).encode())
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    body = {
+        "capsule_key_file": 1,
+        "repository_id": repo_id,
+        "key_id": key_id,
+        "secret": crypto.b64(secret),
+    }
+    atomic_write(key_file, json.dumps(body, indent=2).encode() + b"\n", 0o600)
+    return key_id
+
+
+def add_passphrase_key(backend: LocalBackend, master: MasterKey, repo_id: str, phrase: str) -> str:
+    key_id = os.urandom(16).hex()
+    salt = os.urandom(16)
+    kek = crypto.passphrase_key(phrase, salt, crypto.SCRYPT_N, crypto.SCRYPT_R, crypto.SCRYPT_P)
+    entry = {
+        "version": 1,
+        "type": "passphrase",
+        "created": datetime.now(UTC).isoformat(),
+        "hostname": socket.gethostname(),
+        "kdf": {
+            "name": "scrypt",
+            "n": crypto.SCRYPT_N,
+            "r": crypto.SCRYPT_R,
+            "p": crypto.SCRYPT_P,
+            "salt": crypto.b64(salt),
+        },
+        "wrapped": crypto.b64(crypto.wrap_key(master, kek, _key_aad(repo_id, key_id))),
+    }
+    backend.write("keys", key_id, json.dumps(entry, indent=2).encode())
+    return key_id
+
+
+def _open_with_key_file(backend: LocalBackend, repo_id: str, key_file: Path) -> MasterKey:
+    try:
+        body = json.loads(key_file.read_text())
+        key_id, secret = body["key_id"], crypto.unb64(body["secret"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise WrongKey(f"the key file {key_file} is not a Capsule key file") from e
+    if body.get("repository_id") != repo_id:
+        raise WrongKey(
+            f"the key file {key_file} belongs to another repository; use the key file made when "
+            "this repository was created"
+        )
+    try:
+        entry = json.loads(backend.read("keys", key_id))
+    except FileNotFoundError as e:
+        raise WrongKey(f"the repository no longer accepts the key in {key_file}") from e
+    return crypto.unwrap_key(crypto.unb64(entry["wrapped"]), secret, _key_aad(repo_id, key_id))
+
+
+def _open_with_passphrase(backend: LocalBackend, repo_id: str, phrase: str) -> MasterKey | None:
+    for key_id in sorted(backend.list("keys")):
+        entry = json.loads(backend.read("keys", key_id))
+        if entry.get("type") != "passphrase":
+            continue
+        kdf = entry["kdf"]
+        kek = crypto.passphrase_key(phrase, crypto.unb64(kdf["salt"]), kdf["n"], kdf["r"], kdf["p"])
+        try:
+            return crypto.unwrap_key(
+                crypto.unb64(entry["wrapped"]), kek, _key_aad(repo_id, key_id)
+            )
+        except WrongKey:
+            continue
+    raise WrongKey("the passphrase does not open this repository")

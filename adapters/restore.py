@@ -1,0 +1,213 @@
+"""Restore: fetch and authenticate every blob, write to a temporary file, check, then rename.
+
+Nothing reaches its final name before its SHA-256 matches the manifest (and, for a database, SQLite's
+own check passes). Paths from the manifest are validated against the target folder first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from adapters.chunks import load_id_lists, workers
+from adapters.errors import BlobNotFound, DiskFull, IntegrityError, RestoreRefused
+from adapters.repository.backend import fsync_dir
+from adapters.repository.index import BlobLocation
+from adapters.repository.repo import Repository
+from adapters.sqlite_snapshot import SIDE_FILES, check_database
+from domain.errors import UnsafePath
+from domain.manifest import Entry, Manifest, check_relative_path
+
+log = structlog.get_logger(__name__)
+
+SPAN_LIMIT = 4 * 1024 * 1024  # one read covers neighbouring blobs of a pack up to this size
+IN_FLIGHT = 4
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class RestoredFile:
+    path: Path
+    size: int
+    sha256: str
+
+
+def safe_target(root: Path, relative: str) -> Path:
+    """The path under `root` for a manifest path, refusing anything that could land outside it."""
+    rel = check_relative_path(relative)
+    root = root.resolve()
+    target = root.joinpath(*rel.parts)
+    # Every existing parent must be a real folder inside root: a symlink could lead elsewhere.
+    current = root
+    for part in rel.parts[:-1]:
+        current = current / part
+        if current.is_symlink() or (current.exists() and not current.is_dir()):
+            raise UnsafePath(f"the path {relative!r} passes through {current}, which is not a folder")
+    if target.is_symlink():
+        raise UnsafePath(f"{target} is a symbolic link; refusing to write through it")
+    return target
+
+
+def content_ids(repo: Repository, entry: Entry) -> list[bytes]:
+    if entry.blob_lists:
+        return load_id_lists(repo, entry.blob_lists)
+    return [bytes.fromhex(b) for b in entry.blobs]
+
+
+def _spans(locs: list[tuple[bytes, BlobLocation]]) -> Iterator[list[tuple[bytes, BlobLocation]]]:
+    """Group consecutive blobs that sit next to each other in one pack into one read."""
+    span: list[tuple[bytes, BlobLocation]] = []
+    for item in locs:
+        loc = item[1]
+        if span:
+            last = span[-1][1]
+            contiguous = loc.pack_id == last.pack_id and loc.offset == last.offset + last.length
+            if not contiguous or loc.offset + loc.length - span[0][1].offset > SPAN_LIMIT:
+                yield span
+                span = []
+        span.append(item)
+    if span:
+        yield span
+
+
+def _read_span(repo: Repository, span: list[tuple[bytes, BlobLocation]]) -> list[bytes]:
+    first = span[0][1]
+    end = span[-1][1].offset + span[-1][1].length
+    try:
+        raw = repo.backend.read("data", first.pack_id, first.offset, end - first.offset)
+    except FileNotFoundError as e:
+        raise BlobNotFound(f"pack {first.pack_id[:12]} is missing from the repository") from e
+    out = []
+    for blob_id, loc in span:
+        start = loc.offset - first.offset
+        out.append(repo.open_blob(blob_id, loc, raw[start : start + loc.length]))
+    return out
+
+
+def locate_all(repo: Repository, ids: list[bytes], path: str) -> list[tuple[bytes, BlobLocation]]:
+    locs = repo.index.locate_many(ids)
+    missing = [i.hex()[:12] for i, loc in zip(ids, locs, strict=True) if loc is None]
+    if missing:
+        raise BlobNotFound(
+            f"{len(missing)} blob(s) of {path} are in no index (first: {missing[0]}); "
+            "run `capsule verify` and `capsule rebuild-index`"
+        )
+    return [(i, loc) for i, loc in zip(ids, locs, strict=True) if loc is not None]
+
+
+def write_entry(
+    repo: Repository, entry: Entry, target: Path, progress: Progress | None = None
+) -> RestoredFile:
+    """Write `entry` to a temporary file beside `target`, checked and fsynced; return it."""
+    located = locate_all(repo, content_ids(repo, entry), entry.path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.capsule-restore-{secrets.token_hex(4)}"
+    sha = hashlib.sha256()
+    written = 0
+    try:
+        with open(tmp, "xb") as f, ThreadPoolExecutor(workers()) as pool:
+            futures = []
+            spans = _spans(located)
+            for span in spans:
+                futures.append(pool.submit(_read_span, repo, span))
+                if len(futures) < IN_FLIGHT:
+                    continue
+                written += _write_blobs(f, sha, futures.pop(0).result())
+                if progress:
+                    progress(written, entry.size)
+            for fut in futures:
+                written += _write_blobs(f, sha, fut.result())
+            if progress:
+                progress(written, entry.size)
+            f.flush()
+            os.fsync(f.fileno())
+        if written != entry.size or sha.hexdigest() != entry.sha256:
+            raise IntegrityError(
+                f"{entry.path} does not match its snapshot after restore (SHA-256 differs)"
+            )
+        if entry.sqlite is not None:
+            problems = check_database(tmp)
+            if problems:
+                raise IntegrityError(
+                    f"the restored database {entry.path} fails SQLite's check: {problems[0]}"
+                )
+        os.chmod(tmp, entry.mode & 0o7777)
+        os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns))
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if e.errno == 28:
+            raise DiskFull(f"the disk holding {target.parent} is full; free space and retry") from e
+        raise
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return RestoredFile(tmp, written, sha.hexdigest())
+
+
+def _write_blobs(f: object, sha: hashlib._Hash, blobs: list[bytes]) -> int:
+    n = 0
+    for b in blobs:
+        f.write(b)  # type: ignore[attr-defined]
+        sha.update(b)
+        n += len(b)
+    return n
+
+
+def put_in_place(tmp: Path, target: Path) -> None:
+    """Move a checked file to its name; a database first loses stale -wal/-shm files beside it."""
+    for suffix in SIDE_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{target}{suffix}")
+    os.replace(tmp, target)
+    fsync_dir(target.parent)
+
+
+def existing_outputs(target: Path) -> list[Path]:
+    return [p for p in (target, *(Path(f"{target}{s}") for s in SIDE_FILES)) if p.exists()]
+
+
+def restore_snapshot(
+    repo: Repository,
+    manifest: Manifest,
+    to: Path,
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> list[RestoredFile]:
+    """Restore every entry of `manifest` under `to`."""
+    repo.ensure_index()
+    to.mkdir(parents=True, exist_ok=True)
+    targets = [(e, safe_target(to, e.path)) for e in manifest.entries]
+    if not force:
+        clashes = [p for _, t in targets for p in existing_outputs(t)]
+        if clashes:
+            raise RestoreRefused(
+                f"{clashes[0]} already exists; restore elsewhere with --to, or add --force to "
+                "replace it"
+            )
+    total = sum(e.size for e in manifest.entries)
+    base = 0
+    done = []
+
+    def scaled(n: int, _t: int) -> None:
+        if progress:
+            progress(base + n, total)
+
+    for entry, target in targets:
+        restored = write_entry(repo, entry, target, scaled)
+        put_in_place(restored.path, target)
+        done.append(RestoredFile(target, restored.size, restored.sha256))
+        base += entry.size
+        log.info("file restored", path=str(target), bytes=restored.size)
+    return done

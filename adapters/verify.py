@@ -1,0 +1,197 @@
+"""Verify: find every damaged or missing piece and say which snapshots and files it hurts.
+
+Structure (always): config, keys, every index and manifest authenticate; every blob a snapshot needs
+is indexed and its pack exists and is long enough. Data (`read_data`): every pack's SHA-256 matches its
+name, its header authenticates and agrees with the index, and every blob decrypts to its id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from adapters.chunks import load_id_lists
+from adapters.errors import CapsuleError
+from adapters.repository.index import BlobLocation
+from adapters.repository.pack import TRAILER, parse_header
+from adapters.repository.repo import Repository
+
+log = structlog.get_logger(__name__)
+
+NOT_INDEXED = "not-indexed"
+
+
+@dataclass
+class Problem:
+    """One thing wrong with the repository and what it affects."""
+
+    object: str
+    message: str
+    affected: list[tuple[str, str]] = field(default_factory=list)  # (snapshot id, path)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "object": self.object,
+            "message": self.message,
+            "affected": [{"snapshot": s, "path": p} for s, p in self.affected],
+        }
+
+
+@dataclass
+class VerifyReport:
+    snapshots: int = 0
+    packs: int = 0
+    blobs: int = 0
+    bytes_read: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+Progress = Callable[[int, int], None]
+Classify = Callable[[list[bytes]], set[str]]
+
+
+def _affected_by(
+    repo: Repository, report: VerifyReport, classify: Classify, count: bool
+) -> dict[str, set[tuple[str, str]]]:
+    """Map each problem key that `classify` finds in a file's blobs to the (snapshot, path) hit.
+
+    A list blob is expanded and classified once and its result reused: snapshots of a database
+    that changed little share most of their lists, and memory stays bounded by one file's ids.
+    """
+    by_list: dict[str, set[str]] = {}
+    affected: dict[str, set[tuple[str, str]]] = {}
+    for sid in sorted(repo.backend.list("snapshots")):
+        try:
+            manifest = repo.load_snapshot(sid)
+        except CapsuleError as e:
+            if count:
+                report.problems.append(
+                    Problem(f"snapshot {sid[:12]}", str(e), [(sid, "(whole snapshot)")])
+                )
+            continue
+        report.snapshots += int(count)
+        for entry in manifest.entries:
+            keys = classify([bytes.fromhex(b) for b in entry.blobs + entry.blob_lists])
+            for list_id in entry.blob_lists:
+                if list_id not in by_list:
+                    try:
+                        by_list[list_id] = classify(load_id_lists(repo, [list_id]))
+                    except CapsuleError:
+                        by_list[list_id] = set()  # the list blob itself is classified above
+                keys |= by_list[list_id]
+            for key in keys:
+                affected.setdefault(key, set()).add((sid, entry.path))
+    return affected
+
+
+def _check_structure(repo: Repository, report: VerifyReport) -> None:
+    pack_sizes = {name: repo.backend.size("data", name) for name in repo.backend.list("data")}
+    report.packs = len(pack_sizes)
+
+    def classify(ids: list[bytes]) -> set[str]:
+        keys = set()
+        for loc in repo.index.locate_many(ids):
+            if loc is None:
+                keys.add(NOT_INDEXED)
+                continue
+            size = pack_sizes.get(loc.pack_id)
+            if size is None or loc.offset + loc.length > size - TRAILER.size:
+                keys.add(loc.pack_id)
+        return keys
+
+    for key, affected in sorted(_affected_by(repo, report, classify, count=True).items()):
+        if key == NOT_INDEXED:
+            problem = Problem(
+                "blobs", "needed by snapshots but in no index; run `capsule rebuild-index`"
+            )
+        elif key in pack_sizes:
+            problem = Problem(f"pack {key[:12]}", "is shorter than the index says")
+        else:
+            problem = Problem(f"pack {key[:12]}", "is missing")
+        problem.affected = sorted(affected)
+        report.problems.append(problem)
+
+
+def _check_pack(
+    repo: Repository, name: str, indexed: list[tuple[bytes, BlobLocation]], report: VerifyReport
+) -> set[bytes]:
+    """Read a whole pack; return the ids of the blobs in it that are damaged."""
+    data = repo.backend.read("data", name)
+    report.bytes_read += len(data)
+    if hashlib.sha256(data).hexdigest() != name:
+        report.problems.append(Problem(f"pack {name[:12]}", "does not match its name: damaged"))
+    try:
+        header = parse_header(repo.sealer, data, len(data), name)
+    except CapsuleError as e:
+        report.problems.append(
+            Problem(f"pack {name[:12]}", f"{e}; its blobs were checked through the index")
+        )
+        header = []
+    in_index = dict(indexed)
+    for blob in header:
+        loc = in_index.get(blob.blob_id)
+        if loc is not None and (loc.offset, loc.length) != (blob.offset, blob.length):
+            report.problems.append(
+                Problem(
+                    f"pack {name[:12]}",
+                    f"its header and the index disagree on blob {blob.blob_id.hex()[:12]}",
+                )
+            )
+    bad: set[bytes] = set()
+    for blob_id, loc in indexed:
+        report.blobs += 1
+        try:
+            repo.open_blob(blob_id, loc, data[loc.offset : loc.offset + loc.length])
+        except CapsuleError:
+            bad.add(blob_id)
+    return bad
+
+
+def verify(
+    repo: Repository, read_data: bool = False, progress: Progress | None = None
+) -> VerifyReport:
+    report = VerifyReport()
+    for name in repo.load_index():
+        report.problems.append(
+            Problem(f"index {name[:12]}", "is damaged; run `capsule rebuild-index`")
+        )
+    _check_structure(repo, report)
+    if not read_data:
+        return report
+    bad: dict[bytes, str] = {}
+    by_pack = _index_by_pack(repo)
+    packs = sorted(repo.backend.list("data"))
+    for n, name in enumerate(packs, 1):
+        for blob_id in _check_pack(repo, name, by_pack.get(name, []), report):
+            bad[blob_id] = name
+        if progress:
+            progress(n, len(packs))
+    if bad:
+
+        def classify(ids: list[bytes]) -> set[str]:
+            return {bad[i] for i in ids if i in bad}
+
+        affected = _affected_by(repo, report, classify, count=False)
+        for pack in sorted(set(bad.values())):
+            hit = sorted(affected.get(pack, ()))
+            message = (
+                "holds blobs that fail authentication: their data is damaged"
+                if hit
+                else "holds damaged blobs that no snapshot needs"
+            )
+            report.problems.append(Problem(f"pack {pack[:12]}", message, hit))
+    return report
+
+
+def _index_by_pack(repo: Repository) -> dict[str, list[tuple[bytes, BlobLocation]]]:
+    out: dict[str, list[tuple[bytes, BlobLocation]]] = {}
+    for blob_id, loc in repo.index.blobs_in_packs():
+        out.setdefault(loc.pack_id, []).append((blob_id, loc))
+    return out

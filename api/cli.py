@@ -1,0 +1,294 @@
+"""The `capsule` command line.
+
+Exit codes: 0 success; 1 the command failed (the message says why and what to do); 2 wrong usage;
+3 damage found (verify, or a restore that failed its checks); 4 the repository is locked by another
+live process.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+import structlog
+
+from api.logging import configure
+from domain.errors import CapsuleError
+from orchestrator import services
+from orchestrator.settings import Settings
+
+log = structlog.get_logger("capsule")
+
+EXIT_DAMAGE = 3
+
+
+class Context:
+    def __init__(self) -> None:
+        self.settings = Settings()
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+@contextmanager
+def progress_bar(label: str, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar on stderr when it is a terminal; nothing otherwise (logs and --json stay clean)."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    bar: Any = None
+    state = {"done": 0}
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = click.progressbar(length=max(total, 1), label=label, file=sys.stderr)
+            bar.__enter__()
+        bar.update(done - state["done"])
+        state["done"] = done
+
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+
+
+def run(fn: Callable[[], int | None]) -> None:
+    """Run a command; turn our errors into one sentence and an exit code, never a traceback."""
+    try:
+        code = fn()
+    except CapsuleError as e:
+        click.echo(f"capsule: {e}", err=True)
+        sys.exit(getattr(e, "exit_code", 1))
+    except KeyboardInterrupt:
+        click.echo("capsule: interrupted; nothing half-written was kept", err=True)
+        sys.exit(130)
+    sys.exit(code or 0)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.pass_context
+def cli(ctx: click.Context, log_level: str | None) -> None:
+    """Capsule: backups of a point-of-sale server's database, verified before every restore.
+
+    Paths come from CAPSULE_DATABASE, CAPSULE_REPOSITORY, CAPSULE_HOME and CAPSULE_KEY_FILE (or
+    capsule.toml). Exit codes: 0 ok, 1 failed, 2 usage, 3 damage found, 4 repository locked.
+    """
+    try:
+        obj = Context()
+    except ValueError as e:
+        click.echo(f"capsule: the settings are invalid: {e}", err=True)
+        sys.exit(2)
+    configure(log_level or obj.settings.log_level, obj.settings.log_format)
+    ctx.obj = obj
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def _read_passphrase(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    text = path.read_text().strip()
+    if not text:
+        raise CapsuleError(f"the passphrase file {path} is empty")
+    return text
+
+
+@cli.command()
+@click.option(
+    "--passphrase-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Also let this passphrase open the repository (for recovery without the key file).",
+)
+@pass_ctx
+def init(obj: Context, passphrase_file: Path | None) -> None:
+    """Create the repository and its key file."""
+
+    def go() -> None:
+        services.init_repository(obj.settings, _read_passphrase(passphrase_file))
+        key = obj.settings.resolved_key_file
+        click.echo(f"Created a repository at {obj.settings.repository}.")
+        click.echo(
+            f"Its key file is {key}. Keep a copy of it somewhere safe, away from this machine: "
+            "without it (or the passphrase, if you set one) the backups cannot be read by anyone."
+        )
+
+    run(go)
+
+
+@cli.command()
+@click.option("--kind", type=click.Choice(["database"]), default="database", show_default=True)
+@click.option("--full", is_flag=True, help="Re-read everything; reuse no blob whose pack is gone.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@pass_ctx
+def backup(obj: Context, kind: str, full: bool, as_json: bool) -> None:
+    """Back up the database into the repository."""
+
+    def go() -> None:
+        with progress_bar("Backing up", not as_json) as progress:
+            result = services.backup(obj.settings, kind=kind, full=full, progress=progress)
+        m = result.manifest
+        if as_json:
+            out = {"snapshot_id": result.snapshot_id, **json.loads(m.model_dump_json())}
+            out.pop("entries", None)
+            click.echo(json.dumps(out))
+            return
+        t = m.totals
+        click.echo(
+            f"Snapshot {result.snapshot_id[:12]} of {m.source}: {_human(t.bytes)} in "
+            f"{t.duration_seconds:.1f} s; {t.new_blobs} new of {t.blobs} chunks, "
+            f"repository grew by {_human(t.stored_bytes)}."
+        )
+
+    run(go)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def snapshots(obj: Context, as_json: bool) -> None:
+    """List the snapshots, oldest first."""
+
+    def go() -> None:
+        items = services.list_snapshots(obj.settings)
+        if as_json:
+            rows = []
+            for sid, m in items:
+                row = json.loads(m.model_dump_json(exclude={"entries"}))
+                row["id"] = sid
+                row["files"] = [e.path for e in m.entries]
+                rows.append(row)
+            click.echo(json.dumps(rows))
+            return
+        if not items:
+            click.echo("No snapshots yet. Run `capsule backup`.")
+            return
+        click.echo(f"{'ID':12}  {'TIME (UTC)':19}  {'KIND':8}  {'SIZE':>10}  {'ADDED':>10}  SOURCE")
+        for sid, m in items:
+            click.echo(
+                f"{sid[:12]}  {m.time.strftime('%Y-%m-%d %H:%M:%S')}  "
+                f"{m.kind + ('*' if m.full else ''):8}  {_human(m.totals.bytes):>10}  "
+                f"{_human(m.totals.stored_bytes):>10}  {m.source}"
+            )
+
+    run(go)
+
+
+@cli.command()
+@click.argument("snapshot")
+@click.option("--to", "to", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Replace files that already exist under --to.")
+@click.option(
+    "--in-place",
+    is_flag=True,
+    help="Restore into the live database (CAPSULE_DATABASE) after saving it aside.",
+)
+@pass_ctx
+def restore(obj: Context, snapshot: str, to: Path | None, force: bool, in_place: bool) -> None:
+    """Restore SNAPSHOT (an id, a unique id prefix, or `latest`)."""
+
+    def go() -> None:
+        if in_place == (to is not None):
+            raise click.UsageError("give exactly one of --to DIR or --in-place")
+        if in_place:
+            with progress_bar("Restoring", True) as progress:
+                r = services.restore_in_place(obj.settings, snapshot, progress=progress)
+            click.echo(f"Restored snapshot {r.snapshot_id[:12]} into {r.database}.")
+            click.echo(f"The database as it was before is saved at {r.safety_copy}.")
+            return
+        assert to is not None
+        with progress_bar("Restoring", True) as progress:
+            sid, files = services.restore(obj.settings, snapshot, to, force=force, progress=progress)
+        for f in files:
+            click.echo(f"Restored {f.path} ({_human(f.size)}, SHA-256 {f.sha256[:16]}… verified)")
+        click.echo(f"Snapshot {sid[:12]} restored.")
+
+    run(go)
+
+
+@cli.command()
+@click.option("--read-data", is_flag=True, help="Also decrypt and check every blob of every pack.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def verify(obj: Context, read_data: bool, as_json: bool) -> None:
+    """Check the repository; exit 3 if anything is damaged or missing."""
+
+    def go() -> int:
+        with progress_bar("Reading packs", read_data and not as_json) as progress:
+            report = services.verify_repository(obj.settings, read_data=read_data, progress=progress)
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "ok": report.ok,
+                        "snapshots": report.snapshots,
+                        "packs": report.packs,
+                        "blobs_read": report.blobs,
+                        "problems": [p.as_dict() for p in report.problems],
+                    }
+                )
+            )
+        else:
+            scope = "structure and data" if read_data else "structure"
+            click.echo(
+                f"Checked {scope}: {report.snapshots} snapshots, {report.packs} packs"
+                + (f", {report.blobs} blobs, {_human(report.bytes_read)} read" if read_data else "")
+                + "."
+            )
+            for p in report.problems:
+                click.echo(f"DAMAGED: {p.object} {p.message}")
+                for sid, path in p.affected:
+                    click.echo(f"    affects snapshot {sid[:12]}: {path}")
+            if report.ok:
+                click.echo("No problems found.")
+        return 0 if report.ok else EXIT_DAMAGE
+
+    run(go)
+
+
+@cli.command("rebuild-index")
+@pass_ctx
+def rebuild_index_cmd(obj: Context) -> None:
+    """Rebuild the index files from the packs (takes an exclusive lock)."""
+
+    def go() -> int:
+        packs, blobs, unreadable = services.rebuild_repository_index(obj.settings)
+        click.echo(f"Indexed {blobs} blobs in {packs} packs.")
+        for name in unreadable:
+            click.echo(f"DAMAGED: pack {name[:12]} has an unreadable header; its blobs are unindexed")
+        return EXIT_DAMAGE if unreadable else 0
+
+    run(go)
+
+
+@cli.command()
+@click.option("--all", "remove_all", is_flag=True, help="Remove live locks too (a host is gone).")
+@pass_ctx
+def unlock(obj: Context, remove_all: bool) -> None:
+    """Remove stale locks left by processes that died."""
+
+    def go() -> None:
+        removed = services.unlock(obj.settings, remove_all)
+        for d in removed:
+            click.echo(f"Removed {d}.")
+        if not removed:
+            click.echo("No stale locks.")
+
+    run(go)
+
+
+def main() -> None:
+    cli(prog_name="capsule")

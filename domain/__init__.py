@@ -1,0 +1,1 @@
+"""Capsule's pure core: models and rules with no I/O, no clock and no infrastructure."""

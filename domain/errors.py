@@ -1,0 +1,15 @@
+"""Errors of the domain layer. Every message is one sentence a shop owner can act on."""
+
+
+class CapsuleError(Exception):
+    """Raised when Capsule cannot do what was asked; the root of every error Capsule raises."""
+
+    exit_code = 1
+
+
+class InvalidManifest(CapsuleError):
+    """Raised when a snapshot manifest breaks a rule of the repository format."""
+
+
+class UnsafePath(CapsuleError):
+    """Raised when a path from a user or a manifest would reach outside its root."""

@@ -1,0 +1,171 @@
+"""Use cases the CLI (and later the job runner and the HTTP API) call: wiring settings to adapters.
+
+Each one takes the repository lock it needs; nothing here knows about terminals or HTTP.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from adapters.database_backup import BackupResult, backup_database
+from adapters.errors import RepositoryError
+from adapters.repository.backend import LocalBackend
+from adapters.repository.lock import is_stale, locked, read_locks
+from adapters.repository.rebuild import rebuild_index
+from adapters.repository.repo import Repository
+from adapters.restore import RestoredFile, restore_snapshot, write_entry
+from adapters.sqlite_snapshot import copy_database, copy_into_live
+from adapters.verify import VerifyReport, verify
+from domain.errors import CapsuleError
+from domain.manifest import Manifest
+from orchestrator.settings import Settings
+
+Progress = Callable[[int, int], None]
+
+
+class SnapshotNotFound(CapsuleError):
+    """Raised when a snapshot reference matches no snapshot, or more than one."""
+
+
+def _passphrase(settings: Settings, given: str | None) -> str | None:
+    if given:
+        return given
+    return settings.passphrase.get_secret_value() if settings.passphrase else None
+
+
+def init_repository(settings: Settings, passphrase: str | None = None) -> Repository:
+    backend = LocalBackend(settings.repository)
+    return Repository.init(
+        backend, settings.resolved_key_file, _passphrase(settings, passphrase), settings.pack_size
+    )
+
+
+def open_repository(settings: Settings, passphrase: str | None = None) -> Repository:
+    backend = LocalBackend(settings.repository)
+    return Repository.open(backend, settings.resolved_key_file, _passphrase(settings, passphrase))
+
+
+def backup(
+    settings: Settings,
+    *,
+    kind: str = "database",
+    full: bool = False,
+    progress: Progress | None = None,
+    now: datetime | None = None,
+) -> BackupResult:
+    if kind != "database":
+        raise CapsuleError(f"backup kind {kind!r} is not supported yet; use --kind database")
+    repo = open_repository(settings)
+    with locked(repo.backend, "backup", timeout=settings.lock_wait_seconds):
+        return backup_database(
+            repo,
+            settings.database,
+            settings.staging,
+            full=full,
+            now=now or datetime.now(UTC),
+            progress=progress,
+        )
+
+
+def list_snapshots(settings: Settings) -> list[tuple[str, Manifest]]:
+    repo = open_repository(settings)
+    return sorted(repo.snapshots(), key=lambda s: (s[1].time, s[0]))
+
+
+def resolve_snapshot(repo: Repository, ref: str) -> tuple[str, Manifest]:
+    """`latest`, a full id or a unique prefix of one."""
+    names = list(repo.backend.list("snapshots"))
+    if ref == "latest":
+        if not names:
+            raise SnapshotNotFound("the repository has no snapshots yet; run `capsule backup`")
+        return max(
+            ((n, repo.load_snapshot(n)) for n in names), key=lambda s: (s[1].time, s[0])
+        )
+    matches = [n for n in names if n.startswith(ref.lower())]
+    if not matches or len(ref) < 4:
+        raise SnapshotNotFound(
+            f"no snapshot matches {ref!r}; `capsule snapshots` lists them (give at least 4 "
+            "characters of an id, or `latest`)"
+        )
+    if len(matches) > 1:
+        raise SnapshotNotFound(f"{ref!r} matches {len(matches)} snapshots; give more characters")
+    return matches[0], repo.load_snapshot(matches[0])
+
+
+def restore(
+    settings: Settings, ref: str, to: Path, *, force: bool = False, progress: Progress | None = None
+) -> tuple[str, list[RestoredFile]]:
+    repo = open_repository(settings)
+    with locked(repo.backend, "restore", timeout=settings.lock_wait_seconds):
+        sid, manifest = resolve_snapshot(repo, ref)
+        return sid, restore_snapshot(repo, manifest, to, force=force, progress=progress)
+
+
+@dataclass(frozen=True)
+class InPlaceResult:
+    snapshot_id: str
+    database: Path
+    safety_copy: Path
+
+
+def restore_in_place(
+    settings: Settings, ref: str, *, progress: Progress | None = None
+) -> InPlaceResult:
+    """Verify the snapshot into staging, save the live database aside, then copy in via SQLite."""
+    repo = open_repository(settings)
+    live = settings.database
+    with locked(repo.backend, "restore", timeout=settings.lock_wait_seconds):
+        sid, manifest = resolve_snapshot(repo, ref)
+        if manifest.kind != "database":
+            raise CapsuleError(f"snapshot {sid[:12]} holds files, not a database")
+        repo.ensure_index()
+        staged = write_entry(repo, manifest.entries[0], settings.staging / live.name, progress)
+        try:
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            safety = settings.safety / f"{live.stem}-before-restore-{stamp}{live.suffix}"
+            copy_database(live, safety)
+            copy_into_live(staged.path, live)
+        finally:
+            staged.path.unlink(missing_ok=True)
+    return InPlaceResult(sid, live, safety)
+
+
+def verify_repository(
+    settings: Settings, *, read_data: bool = False, progress: Progress | None = None
+) -> VerifyReport:
+    repo = open_repository(settings)
+    with locked(repo.backend, "verify", timeout=settings.lock_wait_seconds):
+        return verify(repo, read_data=read_data, progress=progress)
+
+
+def rebuild_repository_index(settings: Settings) -> tuple[int, int, list[str]]:
+    repo = open_repository(settings)
+    with locked(repo.backend, "rebuild-index", exclusive=True, timeout=settings.lock_wait_seconds):
+        return rebuild_index(repo)
+
+
+def unlock(settings: Settings, remove_all: bool = False) -> list[str]:
+    """Remove stale locks (or, with remove_all, every lock); return descriptions of those removed."""
+    backend = LocalBackend(settings.repository)
+    if not backend.exists("config", "config"):
+        raise RepositoryError(f"there is no repository at {settings.repository}")
+    removed = []
+    for info in read_locks(backend):
+        if remove_all or is_stale(info):
+            backend.remove("locks", info.name)
+            removed.append(info.describe())
+    return removed
+
+
+def database_summary(path: Path) -> dict[str, int]:
+    """Rows per table of a restored database, for a person to eyeball."""
+    conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    try:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {t: int(conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]) for t in tables}
+    finally:
+        conn.close()

@@ -1,0 +1,63 @@
+"""Settings: environment variables (CAPSULE_*) over an optional capsule.toml over defaults.
+
+Defaults are relative to the working directory, matching a point-of-sale server's layout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Where things are and how Capsule behaves."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CAPSULE_", toml_file="capsule.toml", extra="ignore"
+    )
+
+    database: Path = Field(Path("data/pos.db"), description="the live point-of-sale database")
+    uploads: Path = Field(Path("data/uploads/products"), description="product images")
+    repository: Path = Field(Path("data/backups"), description="the local repository")
+    home: Path = Field(Path("data/capsule"), description="Capsule's own state: key file, logs")
+    key_file: Path | None = Field(None, description="default: <home>/repository.key")
+    passphrase: SecretStr | None = None
+    pack_size: int = Field(16 * MiB, ge=MiB, le=1024 * MiB)
+    lock_wait_seconds: float = Field(30.0, ge=0)
+    event_store_url: str | None = None
+    broker_url: str | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "console", "json"] = "auto"
+
+    @property
+    def resolved_key_file(self) -> Path:
+        return self.key_file or self.home / "repository.key"
+
+    @property
+    def staging(self) -> Path:
+        return self.home / "staging"
+
+    @property
+    def safety(self) -> Path:
+        return self.home / "safety"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
