@@ -52,9 +52,7 @@ class ChunkStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _seal_batch(
-        self, chunks: list[bytes], compress: bool
-    ) -> tuple[list[bytes], list[PreparedBlob]]:
+    def _seal_batch(self, chunks: list[bytes], compress: bool) -> tuple[list[bytes], list[PreparedBlob]]:
         ids = [self.repo.sealer.blob_id(c) for c in chunks]
         fresh = [
             self.repo.prepare(BLOB_DATA, c, i, compress)
@@ -74,9 +72,7 @@ class ChunkStore:
         `on_batch(chunks, ids)` runs on the caller's thread for each batch in order (for hashing
         the whole stream or reporting progress).
         """
-        pending: deque[tuple[list[bytes], Future[tuple[list[bytes], list[PreparedBlob]]]]] = (
-            deque()
-        )
+        pending: deque[tuple[list[bytes], Future[tuple[list[bytes], list[PreparedBlob]]]]] = deque()
 
         def drain_one() -> Iterator[bytes]:
             chunks, fut = pending.popleft()

@@ -47,9 +47,7 @@ def read_batches(path: Path, chunk_size: int) -> Iterator[list[bytes]]:
             yield [block[i : i + chunk_size] for i in range(0, len(block), chunk_size)]
 
 
-def latest_snapshot(
-    repo: Repository, kind: str, source: str | None = None
-) -> tuple[str, Manifest] | None:
+def latest_snapshot(repo: Repository, kind: str, source: str | None = None) -> tuple[str, Manifest] | None:
     found = [
         (m.time, sid, m)
         for sid, m in repo.snapshots()
@@ -117,7 +115,8 @@ def store_database_copy(
             journal_mode=copy.journal_mode,
             pages_per_chunk=pages_per_chunk(copy.page_size),
         ),
-        **blob_fields,
+        blobs=blob_fields["blobs"],
+        blob_lists=blob_fields["blob_lists"],
     )
     return entry, ids, store.stats
 

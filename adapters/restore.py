@@ -131,9 +131,7 @@ def write_entry(
             f.flush()
             os.fsync(f.fileno())
         if written != entry.size or sha.hexdigest() != entry.sha256:
-            raise IntegrityError(
-                f"{entry.path} does not match its snapshot after restore (SHA-256 differs)"
-            )
+            raise IntegrityError(f"{entry.path} does not match its snapshot after restore (SHA-256 differs)")
         if entry.sqlite is not None:
             problems = check_database(tmp)
             if problems:
@@ -193,8 +191,7 @@ def restore_snapshot(
         clashes = [p for _, t in targets for p in existing_outputs(t)]
         if clashes:
             raise RestoreRefused(
-                f"{clashes[0]} already exists; restore elsewhere with --to, or add --force to "
-                "replace it"
+                f"{clashes[0]} already exists; restore elsewhere with --to, or add --force to replace it"
             )
     total = sum(e.size for e in manifest.entries)
     base = 0

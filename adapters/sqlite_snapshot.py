@@ -41,8 +41,7 @@ class DatabaseCopy:
 def _connect_existing(path: Path) -> sqlite3.Connection:
     if not path.is_file():
         raise SourceError(
-            f"the database {path} does not exist; set CAPSULE_DATABASE to the point-of-sale "
-            "database file"
+            f"the database {path} does not exist; set CAPSULE_DATABASE to the point-of-sale database file"
         )
     try:
         # mode=rw: never create an empty database where the real one is missing.

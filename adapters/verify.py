@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 import structlog
 
 from adapters.chunks import load_id_lists
-from adapters.errors import CapsuleError
 from adapters.repository.index import BlobLocation
 from adapters.repository.pack import TRAILER, parse_header
 from adapters.repository.repo import Repository
+from domain.errors import CapsuleError
 
 log = structlog.get_logger(__name__)
 
@@ -28,13 +28,13 @@ NOT_INDEXED = "not-indexed"
 class Problem:
     """One thing wrong with the repository and what it affects."""
 
-    object: str
+    subject: str
     message: str
     affected: list[tuple[str, str]] = field(default_factory=list)  # (snapshot id, path)
 
     def as_dict(self) -> dict[str, object]:
         return {
-            "object": self.object,
+            "object": self.subject,
             "message": self.message,
             "affected": [{"snapshot": s, "path": p} for s, p in self.affected],
         }
@@ -72,9 +72,7 @@ def _affected_by(
             manifest = repo.load_snapshot(sid)
         except CapsuleError as e:
             if count:
-                report.problems.append(
-                    Problem(f"snapshot {sid[:12]}", str(e), [(sid, "(whole snapshot)")])
-                )
+                report.problems.append(Problem(f"snapshot {sid[:12]}", str(e), [(sid, "(whole snapshot)")]))
             continue
         report.snapshots += int(count)
         for entry in manifest.entries:
@@ -108,9 +106,7 @@ def _check_structure(repo: Repository, report: VerifyReport) -> None:
 
     for key, affected in sorted(_affected_by(repo, report, classify, count=True).items()):
         if key == NOT_INDEXED:
-            problem = Problem(
-                "blobs", "needed by snapshots but in no index; run `capsule rebuild-index`"
-            )
+            problem = Problem("blobs", "needed by snapshots but in no index; run `capsule rebuild-index`")
         elif key in pack_sizes:
             problem = Problem(f"pack {key[:12]}", "is shorter than the index says")
         else:
@@ -130,9 +126,7 @@ def _check_pack(
     try:
         header = parse_header(repo.sealer, data, len(data), name)
     except CapsuleError as e:
-        report.problems.append(
-            Problem(f"pack {name[:12]}", f"{e}; its blobs were checked through the index")
-        )
+        report.problems.append(Problem(f"pack {name[:12]}", f"{e}; its blobs were checked through the index"))
         header = []
     in_index = dict(indexed)
     for blob in header:
@@ -154,14 +148,10 @@ def _check_pack(
     return bad
 
 
-def verify(
-    repo: Repository, read_data: bool = False, progress: Progress | None = None
-) -> VerifyReport:
+def verify(repo: Repository, read_data: bool = False, progress: Progress | None = None) -> VerifyReport:
     report = VerifyReport()
     for name in repo.load_index():
-        report.problems.append(
-            Problem(f"index {name[:12]}", "is damaged; run `capsule rebuild-index`")
-        )
+        report.problems.append(Problem(f"index {name[:12]}", "is damaged; run `capsule rebuild-index`"))
     _check_structure(repo, report)
     if not read_data:
         return report

@@ -249,7 +249,7 @@ def verify(obj: Context, read_data: bool, as_json: bool) -> None:
                 + "."
             )
             for p in report.problems:
-                click.echo(f"DAMAGED: {p.object} {p.message}")
+                click.echo(f"DAMAGED: {p.subject} {p.message}")
                 for sid, path in p.affected:
                     click.echo(f"    affects snapshot {sid[:12]}: {path}")
             if report.ok:

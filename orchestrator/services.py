@@ -5,7 +5,6 @@ Each one takes the repository lock it needs; nothing here knows about terminals 
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -82,9 +81,7 @@ def resolve_snapshot(repo: Repository, ref: str) -> tuple[str, Manifest]:
     if ref == "latest":
         if not names:
             raise SnapshotNotFound("the repository has no snapshots yet; run `capsule backup`")
-        return max(
-            ((n, repo.load_snapshot(n)) for n in names), key=lambda s: (s[1].time, s[0])
-        )
+        return max(((n, repo.load_snapshot(n)) for n in names), key=lambda s: (s[1].time, s[0]))
     matches = [n for n in names if n.startswith(ref.lower())]
     if not matches or len(ref) < 4:
         raise SnapshotNotFound(
@@ -112,9 +109,7 @@ class InPlaceResult:
     safety_copy: Path
 
 
-def restore_in_place(
-    settings: Settings, ref: str, *, progress: Progress | None = None
-) -> InPlaceResult:
+def restore_in_place(settings: Settings, ref: str, *, progress: Progress | None = None) -> InPlaceResult:
     """Verify the snapshot into staging, save the live database aside, then copy in via SQLite."""
     repo = open_repository(settings)
     live = settings.database
@@ -149,7 +144,7 @@ def rebuild_repository_index(settings: Settings) -> tuple[int, int, list[str]]:
 
 
 def unlock(settings: Settings, remove_all: bool = False) -> list[str]:
-    """Remove stale locks (or, with remove_all, every lock); return descriptions of those removed."""
+    """Remove stale locks (or, with remove_all, every lock); describe each one removed."""
     backend = LocalBackend(settings.repository)
     if not backend.exists("config", "config"):
         raise RepositoryError(f"there is no repository at {settings.repository}")
@@ -159,13 +154,3 @@ def unlock(settings: Settings, remove_all: bool = False) -> list[str]:
             backend.remove("locks", info.name)
             removed.append(info.describe())
     return removed
-
-
-def database_summary(path: Path) -> dict[str, int]:
-    """Rows per table of a restored database, for a person to eyeball."""
-    conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
-    try:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        return {t: int(conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]) for t in tables}
-    finally:
-        conn.close()

@@ -22,9 +22,7 @@ MiB = 1024 * 1024
 class Settings(BaseSettings):
     """Where things are and how Capsule behaves."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="CAPSULE_", toml_file="capsule.toml", extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_prefix="CAPSULE_", toml_file="capsule.toml", extra="ignore")
 
     database: Path = Field(Path("data/pos.db"), description="the live point-of-sale database")
     uploads: Path = Field(Path("data/uploads/products"), description="product images")

@@ -64,7 +64,8 @@ class Sealer:
         self._id_key = key.identity
 
     def blob_id(self, data: bytes | memoryview) -> bytes:
-        return blake3.blake3(data, key=self._id_key).digest()  # type: ignore[no-any-return]
+        digest: bytes = blake3.blake3(data, key=self._id_key).digest()
+        return digest
 
     def mac(self, data: bytes) -> bytes:
         return hmac.new(self._id_key, data, hashlib.sha256).digest()

@@ -60,9 +60,7 @@ def encode_index(packs: dict[str, list[PackedBlob]], supersedes: Iterable[str] =
     return b"".join(parts)
 
 
-def decode_index(
-    data: bytes, name: str
-) -> tuple[list[tuple[str, npt.NDArray[np.void]]], list[str]]:
+def decode_index(data: bytes, name: str) -> tuple[list[tuple[str, npt.NDArray[np.void]]], list[str]]:
     """Return ([(pack id, records)], superseded index ids); raise IntegrityError if malformed."""
     try:
         if data[:4] != INDEX_MAGIC:
@@ -122,9 +120,7 @@ class Index:
         if not self._staged:
             return
         recs = np.concatenate([self._recs, *(r for _, r in self._staged)])
-        packs = np.concatenate(
-            [self._packs, *(np.full(len(r), p, dtype=np.uint32) for p, r in self._staged)]
-        )
+        packs = np.concatenate([self._packs, *(np.full(len(r), p, dtype=np.uint32) for p, r in self._staged)])
         self._staged = []
         ids = np.frombuffer(recs["id"].tobytes(), dtype=np.uint8).reshape(-1, ID_SIZE)
         keys = _prefix_keys(ids)

@@ -53,9 +53,7 @@ class PackBuilder:
         self.size = 0
 
     def add(self, blob_id: bytes, blob_type: int, compression: int, sealed: bytes, plain: int) -> None:
-        self.blobs.append(
-            PackedBlob(blob_id, blob_type, compression, self.size, len(sealed), plain)
-        )
+        self.blobs.append(PackedBlob(blob_id, blob_type, compression, self.size, len(sealed), plain))
         self._parts.append(sealed)
         self.size += len(sealed)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import structlog
 
-from adapters.errors import CapsuleError
+from domain.errors import CapsuleError
 from adapters.repository.index import encode_index
 from adapters.repository.pack import MAX_HEADER_GUESS, TRAILER, PackedBlob, parse_header
 from adapters.repository.repo import INDEX_FLUSH_BLOBS, Repository

@@ -120,9 +120,7 @@ class Repository:
         return cls(backend, config, master)
 
     @classmethod
-    def open(
-        cls, backend: LocalBackend, key_file: Path | None, passphrase: str | None = None
-    ) -> Repository:
+    def open(cls, backend: LocalBackend, key_file: Path | None, passphrase: str | None = None) -> Repository:
         config = read_config(backend)
         master = None
         if key_file is not None and key_file.exists():
@@ -194,9 +192,7 @@ class Repository:
         """
         if (has_blob or self.has_blob)(blob.blob_id):
             return False
-        self._builder.add(
-            blob.blob_id, blob.blob_type, blob.compression, blob.sealed, blob.plain_length
-        )
+        self._builder.add(blob.blob_id, blob.blob_type, blob.compression, blob.sealed, blob.plain_length)
         self._pending_ids.add(blob.blob_id)
         if self._builder.size >= self.pack_size:
             self._write_pack()
@@ -271,9 +267,7 @@ class Repository:
         try:
             sealed = self.backend.read("data", loc.pack_id, loc.offset, loc.length)
         except FileNotFoundError as e:
-            raise BlobNotFound(
-                f"pack {loc.pack_id[:12]} holding blob {blob_id.hex()[:12]} is missing"
-            ) from e
+            raise BlobNotFound(f"pack {loc.pack_id[:12]} holding blob {blob_id.hex()[:12]} is missing") from e
         return self.open_blob(blob_id, loc, sealed)
 
     def open_blob(self, blob_id: bytes, loc: BlobLocation, sealed: bytes) -> bytes:
@@ -421,9 +415,7 @@ def _open_with_passphrase(backend: LocalBackend, repo_id: str, phrase: str) -> M
         kdf = entry["kdf"]
         kek = crypto.passphrase_key(phrase, crypto.unb64(kdf["salt"]), kdf["n"], kdf["r"], kdf["p"])
         try:
-            return crypto.unwrap_key(
-                crypto.unb64(entry["wrapped"]), kek, _key_aad(repo_id, key_id)
-            )
+            return crypto.unwrap_key(crypto.unb64(entry["wrapped"]), kek, _key_aad(repo_id, key_id))
         except WrongKey:
             continue
     raise WrongKey("the passphrase does not open this repository")
