@@ -40,6 +40,9 @@ class ChunkStore:
     def __init__(self, repo: Repository, has_blob: Callable[[bytes], bool] | None = None) -> None:
         self.repo = repo
         self.has_blob = has_blob or repo.has_blob
+        self._custom_check = has_blob is not None
+        # The sealing thread already asked the index; in order, only blobs added since can clash.
+        self._recheck = has_blob or repo.pending_blob
         self.stats = StoreStats()
         self._pool = ThreadPoolExecutor(max_workers=workers(), thread_name_prefix="seal")
 
@@ -54,10 +57,15 @@ class ChunkStore:
 
     def _seal_batch(self, chunks: list[bytes], compress: bool) -> tuple[list[bytes], list[PreparedBlob]]:
         ids = [self.repo.sealer.blob_id(c) for c in chunks]
+        if self._custom_check:
+            known = [self.has_blob(i) for i in ids]
+        else:
+            in_index = self.repo.index.contains_many(ids)
+            known = [k or self.repo.pending_blob(i) for k, i in zip(in_index, ids, strict=True)]
         fresh = [
             self.repo.prepare(BLOB_DATA, c, i, compress)
-            for c, i in zip(chunks, ids, strict=True)
-            if not self.has_blob(i)
+            for c, i, k in zip(chunks, ids, known, strict=True)
+            if not k
         ]
         return ids, fresh
 
@@ -78,7 +86,7 @@ class ChunkStore:
             chunks, fut = pending.popleft()
             ids, fresh = fut.result()
             for blob in fresh:
-                if self.repo.add(blob, self.has_blob):
+                if self.repo.add(blob, self._recheck):
                     self.stats.new_blobs += 1
                     self.stats.new_bytes += blob.plain_length
             self.stats.blobs += len(ids)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import structlog
 
@@ -79,7 +80,7 @@ def _spans(locs: list[tuple[bytes, BlobLocation]]) -> Iterator[list[tuple[bytes,
         yield span
 
 
-def _read_span(repo: Repository, span: list[tuple[bytes, BlobLocation]]) -> list[bytes]:
+def _read_span(repo: Repository, span: list[tuple[bytes, BlobLocation]]) -> bytes:
     first = span[0][1]
     end = span[-1][1].offset + span[-1][1].length
     try:
@@ -90,7 +91,7 @@ def _read_span(repo: Repository, span: list[tuple[bytes, BlobLocation]]) -> list
     for blob_id, loc in span:
         start = loc.offset - first.offset
         out.append(repo.open_blob(blob_id, loc, raw[start : start + loc.length]))
-    return out
+    return b"".join(out)
 
 
 def locate_all(repo: Repository, ids: list[bytes], path: str) -> list[tuple[bytes, BlobLocation]]:
@@ -153,13 +154,10 @@ def write_entry(
     return RestoredFile(tmp, written, sha.hexdigest())
 
 
-def _write_blobs(f: object, sha: hashlib._Hash, blobs: list[bytes]) -> int:
-    n = 0
-    for b in blobs:
-        f.write(b)  # type: ignore[attr-defined]
-        sha.update(b)
-        n += len(b)
-    return n
+def _write_blobs(f: BinaryIO, sha: hashlib._Hash, data: bytes) -> int:
+    f.write(data)
+    sha.update(data)
+    return len(data)
 
 
 def put_in_place(tmp: Path, target: Path) -> None:

@@ -113,11 +113,20 @@ def _read_passphrase(path: Path | None) -> str | None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Also let this passphrase open the repository (for recovery without the key file).",
 )
+@click.option(
+    "--exist-ok",
+    is_flag=True,
+    help="Succeed without change if the repository exists and the key file opens it.",
+)
 @pass_ctx
-def init(obj: Context, passphrase_file: Path | None) -> None:
+def init(obj: Context, passphrase_file: Path | None, exist_ok: bool) -> None:
     """Create the repository and its key file."""
 
     def go() -> None:
+        if exist_ok and services.repository_exists(obj.settings):
+            services.open_repository(obj.settings)
+            click.echo(f"The repository at {obj.settings.repository} exists and its key opens it.")
+            return
         services.init_repository(obj.settings, _read_passphrase(passphrase_file))
         key = obj.settings.resolved_key_file
         click.echo(f"Created a repository at {obj.settings.repository}.")

@@ -43,6 +43,10 @@ def init_repository(settings: Settings, passphrase: str | None = None) -> Reposi
     )
 
 
+def repository_exists(settings: Settings) -> bool:
+    return LocalBackend(settings.repository).exists("config", "config")
+
+
 def open_repository(settings: Settings, passphrase: str | None = None) -> Repository:
     backend = LocalBackend(settings.repository)
     return Repository.open(backend, settings.resolved_key_file, _passphrase(settings, passphrase))

@@ -137,6 +137,8 @@ class Index:
         self._pack_number(pack_id)
 
     def _frozen_lookup(self, blob_id: bytes) -> int:
+        if not len(self._keys):
+            return -1
         key = int.from_bytes(blob_id[:8], "big")
         lo = int(np.searchsorted(self._keys, key, "left"))
         hi = int(np.searchsorted(self._keys, key, "right"))
