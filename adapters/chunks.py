@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from adapters.errors import IntegrityError
 from adapters.repository.crypto import ID_SIZE
 from adapters.repository.pack import BLOB_DATA, BLOB_LIST
 from adapters.repository.repo import PreparedBlob, Repository
@@ -104,30 +105,38 @@ class ChunkStore:
 
 
 def store_id_lists(
-    repo: Repository, ids: list[bytes], has_blob: Callable[[bytes], bool] | None = None
+    repo: Repository, ids: bytes, has_blob: Callable[[bytes], bool] | None = None
 ) -> list[str]:
-    """Store `ids` as list blobs of LIST_FANOUT ids each; return the list blob ids (hex)."""
+    """Store concatenated `ids` as list blobs of LIST_FANOUT ids each; return their ids (hex)."""
     out = []
-    for start in range(0, len(ids), LIST_FANOUT):
-        body = b"".join(ids[start : start + LIST_FANOUT])
-        blob = repo.prepare(BLOB_LIST, body, compress=False)
+    step = LIST_FANOUT * ID_SIZE
+    for start in range(0, len(ids), step):
+        blob = repo.prepare(BLOB_LIST, ids[start : start + step], compress=False)
         repo.add(blob, has_blob)
         out.append(blob.blob_id.hex())
     return out
 
 
+def load_id_list(repo: Repository, list_id: str) -> bytes:
+    """The concatenated data blob ids a list blob holds."""
+    body = repo.read_blob(bytes.fromhex(list_id))
+    if len(body) % ID_SIZE:
+        raise IntegrityError(f"list blob {list_id[:12]} has a broken length")
+    return body
+
+
+def split_ids(ids: bytes) -> list[bytes]:
+    return [ids[i : i + ID_SIZE] for i in range(0, len(ids), ID_SIZE)]
+
+
 def load_id_lists(repo: Repository, list_ids: list[str]) -> list[bytes]:
-    out: list[bytes] = []
-    for hex_id in list_ids:
-        body = repo.read_blob(bytes.fromhex(hex_id))
-        out.extend(body[i : i + ID_SIZE] for i in range(0, len(body), ID_SIZE))
-    return out
+    return [i for list_id in list_ids for i in split_ids(load_id_list(repo, list_id))]
 
 
 def entry_blob_fields(
-    repo: Repository, ids: list[bytes], has_blob: Callable[[bytes], bool] | None = None
+    repo: Repository, ids: bytes, has_blob: Callable[[bytes], bool] | None = None
 ) -> dict[str, list[str]]:
-    """The manifest fields for content `ids`: listed directly when short, through lists when long."""
-    if len(ids) <= DIRECT_LIMIT:
-        return {"blobs": [i.hex() for i in ids], "blob_lists": []}
+    """Manifest fields for concatenated content `ids`: listed directly when few, through lists when many."""
+    if len(ids) <= DIRECT_LIMIT * ID_SIZE:
+        return {"blobs": [i.hex() for i in split_ids(ids)], "blob_lists": []}
     return {"blobs": [], "blob_lists": store_id_lists(repo, ids, has_blob)}

@@ -8,19 +8,20 @@ nothing more, yet every snapshot lists all of its blobs and stands alone.
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
 import socket
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import structlog
 
-from adapters.chunks import ChunkStore, StoreStats, entry_blob_fields, load_id_lists
+from adapters.chunks import ChunkStore, StoreStats, entry_blob_fields, load_id_list, load_id_lists, split_ids
 from adapters.repository.repo import Repository
 from adapters.sqlite_snapshot import DatabaseCopy, copy_database, remove_database_files
+from domain.errors import CapsuleError
 from domain.manifest import Entry, Manifest, SqliteInfo, Totals
 
 log = structlog.get_logger(__name__)
@@ -66,16 +67,28 @@ def _content_ids(repo: Repository, entry: Entry) -> list[bytes]:
     return [bytes.fromhex(b) for b in entry.blobs]
 
 
-def _changed_chunks(repo: Repository, parent: Entry | None, ids: list[bytes]) -> int | None:
+def _differing(old: list[bytes], new: list[bytes]) -> int:
+    return len(new) - sum(1 for a, b in zip(old, new, strict=False) if a == b)
+
+
+def _changed_chunks(repo: Repository, parent: Entry | None, entry: Entry) -> int | None:
+    """How many chunks differ from the parent's; equal list blobs are not even read."""
     if parent is None:
         return None
     try:
-        old = _content_ids(repo, parent)
-    except Exception as e:  # the figure is informative; a damaged parent must not fail a backup
+        if not (parent.blob_lists and entry.blob_lists):
+            return _differing(_content_ids(repo, parent), _content_ids(repo, entry))
+        changed = 0
+        for position, new_list in enumerate(entry.blob_lists):
+            old_list = parent.blob_lists[position] if position < len(parent.blob_lists) else None
+            if old_list == new_list:
+                continue
+            old_ids = split_ids(load_id_list(repo, old_list)) if old_list else []
+            changed += _differing(old_ids, split_ids(load_id_list(repo, new_list)))
+        return changed
+    except CapsuleError as e:  # the figure is informative; a damaged parent must not fail a backup
         log.warning("could not compare with the parent snapshot", error=str(e))
         return None
-    same = sum(1 for a, b in zip(old, ids, strict=False) if a == b)
-    return len(ids) - same
 
 
 def store_database_copy(
@@ -85,7 +98,7 @@ def store_database_copy(
     *,
     full: bool,
     progress: Progress | None = None,
-) -> tuple[Entry, list[bytes], StoreStats]:
+) -> tuple[Entry, StoreStats]:
     """Store the copy's pages; return the manifest entry, the chunk ids and the figures."""
     chunk_size = copy.page_size * pages_per_chunk(copy.page_size)
     sha = hashlib.sha256()
@@ -104,8 +117,10 @@ def store_database_copy(
 
     try:
         with ChunkStore(repo, _full_check(repo) if full else None) as store:
-            ids = list(store.store_batches(read_batches(copy.path, chunk_size), on_batch=on_batch))
-            blob_fields = entry_blob_fields(repo, ids, store.has_blob)
+            ids = bytearray()  # 32 bytes a chunk: a compact list even for a database of millions of pages
+            for blob_id in store.store_batches(read_batches(copy.path, chunk_size), on_batch=on_batch):
+                ids += blob_id
+            blob_fields = entry_blob_fields(repo, bytes(ids), store.has_blob)
     finally:
         hasher.shutdown(wait=True)
     stat = source.stat()
@@ -125,7 +140,7 @@ def store_database_copy(
         blobs=blob_fields["blobs"],
         blob_lists=blob_fields["blob_lists"],
     )
-    return entry, ids, store.stats
+    return entry, store.stats
 
 
 def _full_check(repo: Repository) -> Callable[[bytes], bool]:
@@ -164,12 +179,12 @@ def backup_database(
     remove_database_files(copy_path)
     copy = copy_database(source, copy_path)
     try:
-        entry, ids, stats = store_database_copy(repo, copy, source, full=full, progress=progress)
+        entry, stats = store_database_copy(repo, copy, source, full=full, progress=progress)
         repo.flush()
     finally:
         remove_database_files(copy_path)
     parent_entry = parent[1].entries[0] if parent and parent[1].entries else None
-    changed = _changed_chunks(repo, parent_entry, ids)
+    changed = _changed_chunks(repo, parent_entry, entry)
     manifest = Manifest(
         kind="database",
         full=full,

@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,7 @@ log = structlog.get_logger(__name__)
 
 SPAN_LIMIT = 4 * 1024 * 1024  # one read covers neighbouring blobs of a pack up to this size
 IN_FLIGHT = 4
+LISTS_PER_GROUP = 16
 
 Progress = Callable[[int, int], None]
 
@@ -58,13 +59,16 @@ def safe_target(root: Path, relative: str) -> Path:
     return target
 
 
-def content_ids(repo: Repository, entry: Entry) -> list[bytes]:
-    if entry.blob_lists:
-        return load_id_lists(repo, entry.blob_lists)
-    return [bytes.fromhex(b) for b in entry.blobs]
+def content_ids(repo: Repository, entry: Entry) -> Iterator[list[bytes]]:
+    """The entry's data blob ids in order, a few thousand at a time (memory stays bounded)."""
+    if not entry.blob_lists:
+        yield [bytes.fromhex(b) for b in entry.blobs]
+        return
+    for start in range(0, len(entry.blob_lists), LISTS_PER_GROUP):
+        yield load_id_lists(repo, entry.blob_lists[start : start + LISTS_PER_GROUP])
 
 
-def _spans(locs: list[tuple[bytes, BlobLocation]]) -> Iterator[list[tuple[bytes, BlobLocation]]]:
+def _spans(locs: Iterable[tuple[bytes, BlobLocation]]) -> Iterator[list[tuple[bytes, BlobLocation]]]:
     """Group consecutive blobs that sit next to each other in one pack into one read."""
     span: list[tuple[bytes, BlobLocation]] = []
     for item in locs:
@@ -94,22 +98,24 @@ def _read_span(repo: Repository, span: list[tuple[bytes, BlobLocation]]) -> byte
     return b"".join(out)
 
 
-def locate_all(repo: Repository, ids: list[bytes], path: str) -> list[tuple[bytes, BlobLocation]]:
-    locs = repo.index.locate_many(ids)
-    missing = [i.hex()[:12] for i, loc in zip(ids, locs, strict=True) if loc is None]
-    if missing:
-        raise BlobNotFound(
-            f"{len(missing)} blob(s) of {path} are in no index (first: {missing[0]}); "
-            "run `capsule verify` and `capsule rebuild-index`"
-        )
-    return [(i, loc) for i, loc in zip(ids, locs, strict=True) if loc is not None]
+def locate_all(repo: Repository, entry: Entry) -> Iterator[tuple[bytes, BlobLocation]]:
+    """(id, location) of every blob of `entry`, in order; BlobNotFound if any is not indexed."""
+    for ids in content_ids(repo, entry):
+        locs = repo.index.locate_many(ids)
+        missing = [i.hex()[:12] for i, loc in zip(ids, locs, strict=True) if loc is None]
+        if missing:
+            raise BlobNotFound(
+                f"{len(missing)} blob(s) of {entry.path} are in no index (first: {missing[0]}); "
+                "run `capsule verify` and `capsule rebuild-index`"
+            )
+        yield from ((i, loc) for i, loc in zip(ids, locs, strict=True) if loc is not None)
 
 
 def write_entry(
     repo: Repository, entry: Entry, target: Path, progress: Progress | None = None
 ) -> RestoredFile:
     """Write `entry` to a temporary file beside `target`, checked and fsynced; return it."""
-    located = locate_all(repo, content_ids(repo, entry), entry.path)
+    located = locate_all(repo, entry)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.capsule-restore-{secrets.token_hex(4)}"
     sha = hashlib.sha256()

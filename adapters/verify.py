@@ -138,6 +138,11 @@ def _check_pack(
                     f"its header and the index disagree on blob {blob.blob_id.hex()[:12]}",
                 )
             )
+    if not indexed:  # a pack no index names (a backup that crashed): check what its header lists
+        indexed = [
+            (b.blob_id, BlobLocation(name, b.blob_type, b.compression, b.offset, b.length, b.plain_length))
+            for b in header
+        ]
     bad: set[bytes] = set()
     for blob_id, loc in indexed:
         report.blobs += 1
@@ -156,13 +161,19 @@ def verify(repo: Repository, read_data: bool = False, progress: Progress | None 
     if not read_data:
         return report
     bad: dict[bytes, str] = {}
-    by_pack = _index_by_pack(repo)
-    packs = sorted(repo.backend.list("data"))
-    for n, name in enumerate(packs, 1):
-        for blob_id in _check_pack(repo, name, by_pack.get(name, []), report):
+    on_disk = set(repo.backend.list("data"))
+    done = 0
+    for name, indexed in repo.index.by_pack():
+        if name not in on_disk:
+            continue  # reported by the structure check when a snapshot needs it
+        for blob_id in _check_pack(repo, name, indexed, report):
             bad[blob_id] = name
+        on_disk.discard(name)
+        done += 1
         if progress:
-            progress(n, len(packs))
+            progress(done, done + len(on_disk))
+    for name in sorted(on_disk):  # packs no index names: check what their own header lists
+        _check_pack(repo, name, [], report)
     if bad:
 
         def classify(ids: list[bytes]) -> set[str]:
@@ -178,10 +189,3 @@ def verify(repo: Repository, read_data: bool = False, progress: Progress | None 
             )
             report.problems.append(Problem(f"pack {pack[:12]}", message, hit))
     return report
-
-
-def _index_by_pack(repo: Repository) -> dict[str, list[tuple[bytes, BlobLocation]]]:
-    out: dict[str, list[tuple[bytes, BlobLocation]]] = {}
-    for blob_id, loc in repo.index.blobs_in_packs():
-        out.setdefault(loc.pack_id, []).append((blob_id, loc))
-    return out

@@ -45,14 +45,18 @@ class BlobLocation:
     plain_length: int
 
 
-def encode_index(packs: dict[str, list[PackedBlob]], supersedes: Iterable[str] = ()) -> bytes:
+def records(blobs: list[PackedBlob]) -> npt.NDArray[np.void]:
+    return np.array(
+        [(b.blob_id, b.blob_type, b.compression, b.offset, b.length, b.plain_length) for b in blobs],
+        dtype=RECORD,
+    )
+
+
+def encode_index(packs: dict[str, npt.NDArray[np.void]], supersedes: Iterable[str] = ()) -> bytes:
     parts = [INDEX_MAGIC, _COUNT.pack(len(packs))]
-    for pack_id, blobs in packs.items():
+    for pack_id, recs in packs.items():
         parts.append(bytes.fromhex(pack_id))
-        parts.append(_COUNT.pack(len(blobs)))
-        recs = np.zeros(len(blobs), dtype=RECORD)
-        for i, b in enumerate(blobs):
-            recs[i] = (b.blob_id, b.blob_type, b.compression, b.offset, b.length, b.plain_length)
+        parts.append(_COUNT.pack(len(recs)))
         parts.append(recs.tobytes())
     old = list(supersedes)
     parts.append(_COUNT.pack(len(old)))
@@ -89,21 +93,42 @@ def _prefix_keys(ids: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint64]:
     return np.ascontiguousarray(ids[:, :8]).view(">u8").ravel().astype(np.uint64)
 
 
+@dataclass(frozen=True)
+class _Frozen:
+    """Sorted arrays, replaced whole on each merge so reader threads never see a half-update."""
+
+    keys: npt.NDArray[np.uint64]
+    ids: npt.NDArray[np.uint8]
+    packs: npt.NDArray[np.uint32]
+    recs: npt.NDArray[np.void]
+
+
+_EMPTY = _Frozen(
+    np.zeros(0, dtype=np.uint64),
+    np.zeros((0, ID_SIZE), dtype=np.uint8),
+    np.zeros(0, dtype=np.uint32),
+    np.zeros(0, dtype=RECORD),
+)
+
+# Packs added during a run stay as Python objects until this many blobs, then join the arrays.
+MERGE_AT = 32_768
+
+
 class Index:
-    """All known blobs: a sorted, frozen part loaded from index files plus what this run added."""
+    """All known blobs: sorted arrays loaded from index files, plus packs added by this run.
+
+    Look-ups may run from several threads while one thread adds packs.
+    """
 
     def __init__(self) -> None:
         self.pack_ids: list[str] = []
         self._pack_pos: dict[str, int] = {}
-        self._keys: npt.NDArray[np.uint64] = np.zeros(0, dtype=np.uint64)
-        self._ids: npt.NDArray[np.uint8] = np.zeros((0, ID_SIZE), dtype=np.uint8)
-        self._packs: npt.NDArray[np.uint32] = np.zeros(0, dtype=np.uint32)
-        self._recs: npt.NDArray[np.void] = np.zeros(0, dtype=RECORD)
-        self._pending: dict[bytes, BlobLocation] = {}
+        self._frozen = _EMPTY
+        self._recent: dict[bytes, BlobLocation] = {}
         self._staged: list[tuple[int, npt.NDArray[np.void]]] = []
 
     def __len__(self) -> int:
-        return len(self._recs) + len(self._pending)
+        return len(self._frozen.recs) + len(self._recent)
 
     def _pack_number(self, pack_id: str) -> int:
         pos = self._pack_pos.get(pack_id)
@@ -117,40 +142,48 @@ class Index:
         self._staged.append((self._pack_number(pack_id), recs))
 
     def freeze(self) -> None:
+        """Merge everything staged into the sorted arrays."""
         if not self._staged:
             return
-        recs = np.concatenate([self._recs, *(r for _, r in self._staged)])
-        packs = np.concatenate([self._packs, *(np.full(len(r), p, dtype=np.uint32) for p, r in self._staged)])
-        self._staged = []
+        old = self._frozen
+        recs = np.concatenate([old.recs, *(r for _, r in self._staged)])
+        packs = np.concatenate([old.packs, *(np.full(len(r), p, dtype=np.uint32) for p, r in self._staged)])
         ids = np.frombuffer(recs["id"].tobytes(), dtype=np.uint8).reshape(-1, ID_SIZE)
         keys = _prefix_keys(ids)
         order = np.argsort(keys, kind="stable")
-        self._recs, self._packs, self._keys = recs[order], packs[order], keys[order]
-        self._ids = ids[order]
+        self._frozen = _Frozen(keys[order], ids[order], packs[order], recs[order])
+        self._staged = []
+        self._recent = {}  # only after the arrays hold them: a reader checks _recent first
 
-    def add_pack(self, pack_id: str, blobs: Iterable[PackedBlob]) -> None:
+    def add_pack(self, pack_id: str, blobs: list[PackedBlob]) -> npt.NDArray[np.void]:
+        """Record a pack this run wrote (its blobs are found at once); return its index records."""
         for b in blobs:
-            self._pending.setdefault(
+            self._recent.setdefault(
                 b.blob_id,
                 BlobLocation(pack_id, b.blob_type, b.compression, b.offset, b.length, b.plain_length),
             )
-        self._pack_number(pack_id)
+        recs = records(blobs)
+        self.stage(pack_id, recs)
+        if len(self._recent) >= MERGE_AT:
+            self.freeze()
+        return recs
 
-    def _frozen_lookup(self, blob_id: bytes) -> int:
-        if not len(self._keys):
+    @staticmethod
+    def _scan(f: _Frozen, blob_id: bytes) -> int:
+        if not len(f.keys):
             return -1
         key = int.from_bytes(blob_id[:8], "big")
-        lo = int(np.searchsorted(self._keys, key, "left"))
-        hi = int(np.searchsorted(self._keys, key, "right"))
+        lo = int(np.searchsorted(f.keys, key, "left"))
+        hi = int(np.searchsorted(f.keys, key, "right"))
         for i in range(lo, hi):
-            if self._ids[i].tobytes() == blob_id:
+            if f.ids[i].tobytes() == blob_id:
                 return i
         return -1
 
-    def _location(self, i: int) -> BlobLocation:
-        r = self._recs[i]
+    def _location(self, f: _Frozen, i: int) -> BlobLocation:
+        r = f.recs[i]
         return BlobLocation(
-            self.pack_ids[int(self._packs[i])],
+            self.pack_ids[int(f.packs[i])],
             int(r["type"]),
             int(r["comp"]),
             int(r["offset"]),
@@ -159,41 +192,50 @@ class Index:
         )
 
     def lookup(self, blob_id: bytes) -> BlobLocation | None:
-        found = self._pending.get(blob_id)
+        found = self._recent.get(blob_id)
         if found is not None:
             return found
-        i = self._frozen_lookup(blob_id)
-        return None if i < 0 else self._location(i)
+        f = self._frozen
+        i = self._scan(f, blob_id)
+        return None if i < 0 else self._location(f, i)
 
-    def _frozen_positions(self, blob_ids: list[bytes]) -> npt.NDArray[np.int64]:
-        """Vectorised look-up: the frozen row of each id, or -1."""
-        if not blob_ids or not len(self._keys):
+    def _positions(self, f: _Frozen, blob_ids: list[bytes]) -> npt.NDArray[np.int64]:
+        """Vectorised look-up: the row of each id in `f`, or -1."""
+        if not blob_ids or not len(f.keys):
             return np.full(len(blob_ids), -1, dtype=np.int64)
         q = np.frombuffer(b"".join(blob_ids), dtype=np.uint8).reshape(-1, ID_SIZE)
         qkeys = _prefix_keys(q)
-        pos = np.searchsorted(self._keys, qkeys, "left")
-        pos_c = np.minimum(pos, len(self._keys) - 1)
-        hit = (self._keys[pos_c] == qkeys) & (pos < len(self._keys))
-        same = hit & np.all(self._ids[pos_c] == q, axis=1)
+        pos = np.searchsorted(f.keys, qkeys, "left")
+        pos_c = np.minimum(pos, len(f.keys) - 1)
+        hit = (f.keys[pos_c] == qkeys) & (pos < len(f.keys))
+        same = hit & np.all(f.ids[pos_c] == q, axis=1)
         out = np.where(same, pos_c, -1).astype(np.int64)
         # Rare: two ids share their first 8 bytes; settle those one by one.
         for j in np.nonzero(hit & ~same)[0]:
-            out[j] = self._frozen_lookup(blob_ids[int(j)])
+            out[j] = self._scan(f, blob_ids[int(j)])
         return out
 
     def contains_many(self, blob_ids: list[bytes]) -> list[bool]:
-        pos = self._frozen_positions(blob_ids)
-        return [bool(p >= 0) or b in self._pending for b, p in zip(blob_ids, pos, strict=True)]
+        recent = self._recent
+        pos = self._positions(self._frozen, blob_ids)
+        return [bool(p >= 0) or b in recent for b, p in zip(blob_ids, pos, strict=True)]
 
     def locate_many(self, blob_ids: list[bytes]) -> list[BlobLocation | None]:
-        pos = self._frozen_positions(blob_ids)
+        recent = self._recent
+        f = self._frozen
+        pos = self._positions(f, blob_ids)
         out: list[BlobLocation | None] = []
         for b, p in zip(blob_ids, pos, strict=True):
-            loc = self._pending.get(b)
-            out.append(loc if loc is not None else (self._location(int(p)) if p >= 0 else None))
+            loc = recent.get(b)
+            out.append(loc if loc is not None else (self._location(f, int(p)) if p >= 0 else None))
         return out
 
-    def blobs_in_packs(self) -> Iterator[tuple[bytes, BlobLocation]]:
-        for i in range(len(self._recs)):
-            yield self._ids[i].tobytes(), self._location(i)
-        yield from self._pending.items()
+    def by_pack(self) -> Iterator[tuple[str, list[tuple[bytes, BlobLocation]]]]:
+        """Every indexed blob grouped by pack, one pack's list in memory at a time."""
+        self.freeze()
+        f = self._frozen
+        order = np.argsort(f.packs, kind="stable")
+        bounds = np.flatnonzero(np.diff(f.packs[order])) + 1
+        for group in np.split(order, bounds) if len(order) else []:
+            pack_id = self.pack_ids[int(f.packs[group[0]])]
+            yield pack_id, [(f.ids[i].tobytes(), self._location(f, int(i))) for i in group]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
+import numpy.typing as npt
 import structlog
 
-from domain.errors import CapsuleError
-from adapters.repository.index import encode_index
+from adapters.repository.index import encode_index, records
 from adapters.repository.pack import MAX_HEADER_GUESS, TRAILER, PackedBlob, parse_header
 from adapters.repository.repo import INDEX_FLUSH_BLOBS, Repository
+from domain.errors import CapsuleError
 
 log = structlog.get_logger(__name__)
 
@@ -27,7 +29,7 @@ def rebuild_index(repo: Repository) -> tuple[int, int, list[str]]:
     an exclusive lock: nobody may add an index file while the old ones are removed.
     """
     old = sorted(repo.backend.list("index"))
-    batch: dict[str, list[PackedBlob]] = {}
+    batch: dict[str, npt.NDArray[np.void]] = {}
     in_batch = packs = blobs = 0
     unreadable = []
     for name in sorted(repo.backend.list("data")):
@@ -37,7 +39,7 @@ def rebuild_index(repo: Repository) -> tuple[int, int, list[str]]:
             log.error("pack header unreadable; its blobs stay unindexed", pack=name[:12], error=str(e))
             unreadable.append(name)
             continue
-        batch[name] = header
+        batch[name] = records(header)
         packs += 1
         blobs += len(header)
         in_batch += len(header)

@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import structlog
 import zstandard
 
@@ -39,7 +41,6 @@ from adapters.repository.pack import (
     COMPRESSION_NONE,
     COMPRESSION_ZSTD,
     PackBuilder,
-    PackedBlob,
     blob_aad,
 )
 from domain.manifest import Manifest
@@ -78,7 +79,7 @@ class Repository:
         self.index = Index()
         self._index_loaded = False
         self._builder = PackBuilder()
-        self._unindexed: dict[str, list[PackedBlob]] = {}
+        self._unindexed: dict[str, npt.NDArray[np.void]] = {}
         # Ids in the open pack: already "stored" for dedup, not yet in the index.
         self._pending_ids: set[bytes] = set()
         self._local = threading.local()
@@ -212,8 +213,7 @@ class Repository:
         pack_id, data = builder.finish(self.sealer)
         self.backend.write("data", pack_id, data)
         self.stored_bytes += len(data)
-        self.index.add_pack(pack_id, builder.blobs)
-        self._unindexed[pack_id] = builder.blobs
+        self._unindexed[pack_id] = self.index.add_pack(pack_id, builder.blobs)
         for b in builder.blobs:
             self._pending_ids.discard(b.blob_id)
         if sum(len(v) for v in self._unindexed.values()) >= INDEX_FLUSH_BLOBS:
