@@ -8,6 +8,8 @@ nothing more, yet every snapshot lists all of its blobs and stands alone.
 from __future__ import annotations
 
 import hashlib
+import os
+import secrets
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +21,7 @@ from pathlib import Path
 import structlog
 
 from adapters.chunks import ChunkStore, StoreStats, entry_blob_fields, load_id_list, load_id_lists, split_ids
+from adapters.repository.lock import pid_alive
 from adapters.repository.repo import Repository
 from adapters.sqlite_snapshot import DatabaseCopy, copy_database, remove_database_files
 from domain.errors import CapsuleError
@@ -28,6 +31,7 @@ log = structlog.get_logger(__name__)
 
 CHUNK_TARGET = 4096  # bytes: one page of a default database; smaller pages are grouped
 READ_SIZE = 1024 * 1024
+COPY_SUFFIX = ".capsule-snapshot"
 
 Progress = Callable[[int, int], None]
 
@@ -47,6 +51,17 @@ def read_batches(path: Path, chunk_size: int) -> Iterator[list[bytes]]:
     with open(path, "rb") as f:
         while block := f.read(read_size):
             yield [block[i : i + chunk_size] for i in range(0, len(block), chunk_size)]
+
+
+def clear_abandoned_copies(staging: Path) -> None:
+    """Delete database copies left in staging by backups whose process is gone."""
+    if not staging.is_dir():
+        return
+    for path in staging.glob(f"*{COPY_SUFFIX}"):
+        pid = path.name[: -len(COPY_SUFFIX)].rsplit(".", 1)[-1].split("-")[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            log.info("removed a database copy left by an interrupted backup", path=str(path))
+            remove_database_files(path)
 
 
 def latest_snapshot(repo: Repository, kind: str, source: str | None = None) -> tuple[str, Manifest] | None:
@@ -175,8 +190,9 @@ def backup_database(
     repo.ensure_index()
     parent = latest_snapshot(repo, "database", str(source.resolve()))
     stored_before = repo.stored_bytes
-    copy_path = staging / f"{source.name}.capsule-snapshot"
-    remove_database_files(copy_path)
+    clear_abandoned_copies(staging)
+    # The PID in the name keeps two backups of one database apart and tells a crashed one's copy.
+    copy_path = staging / f"{source.name}.{os.getpid()}-{secrets.token_hex(4)}{COPY_SUFFIX}"
     copy = copy_database(source, copy_path)
     try:
         entry, stats = store_database_copy(repo, copy, source, full=full, progress=progress)

@@ -58,7 +58,7 @@ def process_start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-def _pid_alive(pid: int, start: str | None) -> bool:
+def pid_alive(pid: int, start: str | None = None) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -173,7 +173,7 @@ def is_stale(info: LockInfo, now: float | None = None) -> bool:
     now = time.time() if now is None else now
     if now - info.refreshed > STALE_AFTER:
         return True
-    return info.hostname == socket.gethostname() and not _pid_alive(info.pid, info.process_start)
+    return info.hostname == socket.gethostname() and not pid_alive(info.pid, info.process_start)
 
 
 def remove_stale(backend: LocalBackend, info: LockInfo) -> None:
