@@ -119,7 +119,11 @@ def store_id_lists(
 
 def load_id_list(repo: Repository, list_id: str) -> bytes:
     """The concatenated data blob ids a list blob holds."""
-    body = repo.read_blob(bytes.fromhex(list_id))
+    blob_id = bytes.fromhex(list_id)
+    loc = repo.index.lookup(blob_id)
+    if loc is not None and loc.blob_type != BLOB_LIST:
+        raise IntegrityError(f"blob {list_id[:12]} is named as a list but holds data")
+    body = repo.read_blob(blob_id, loc)
     if len(body) % ID_SIZE:
         raise IntegrityError(f"list blob {list_id[:12]} has a broken length")
     return body

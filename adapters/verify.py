@@ -22,6 +22,10 @@ from domain.errors import CapsuleError
 log = structlog.get_logger(__name__)
 
 NOT_INDEXED = "not-indexed"
+LOST_PACK_ADVICE = (
+    "; put it back from a copy of the repository if there is one, otherwise run "
+    "`capsule rebuild-index` then `capsule backup --full`"
+)
 
 
 @dataclass
@@ -106,11 +110,15 @@ def _check_structure(repo: Repository, report: VerifyReport) -> None:
 
     for key, affected in sorted(_affected_by(repo, report, classify, count=True).items()):
         if key == NOT_INDEXED:
-            problem = Problem("blobs", "needed by snapshots but in no index; run `capsule rebuild-index`")
+            problem = Problem(
+                "blobs",
+                "needed by snapshots are in no index; run `capsule rebuild-index`, and if they are "
+                "still missing their data is lost: run `capsule backup --full` to store it anew",
+            )
         elif key in pack_sizes:
-            problem = Problem(f"pack {key[:12]}", "is shorter than the index says")
+            problem = Problem(f"pack {key[:12]}", f"is shorter than the index says{LOST_PACK_ADVICE}")
         else:
-            problem = Problem(f"pack {key[:12]}", "is missing")
+            problem = Problem(f"pack {key[:12]}", f"is missing{LOST_PACK_ADVICE}")
         problem.affected = sorted(affected)
         report.problems.append(problem)
 

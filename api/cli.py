@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 import structlog
+from pydantic import ValidationError
 
 from api.logging import configure
 from domain.errors import CapsuleError
@@ -88,8 +89,10 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
     """
     try:
         obj = Context()
-    except ValueError as e:
-        click.echo(f"capsule: the settings are invalid: {e}", err=True)
+    except ValidationError as e:
+        first = e.errors()[0]
+        name = "CAPSULE_" + "_".join(str(p) for p in first["loc"]).upper()
+        click.echo(f"capsule: the setting {name} is invalid ({first['msg']}); fix it and retry", err=True)
         sys.exit(2)
     configure(log_level or obj.settings.log_level, obj.settings.log_format)
     ctx.obj = obj
@@ -185,11 +188,11 @@ def snapshots(obj: Context, as_json: bool) -> None:
         if not items:
             click.echo("No snapshots yet. Run `capsule backup`.")
             return
-        click.echo(f"{'ID':12}  {'TIME (UTC)':19}  {'KIND':8}  {'SIZE':>10}  {'ADDED':>10}  SOURCE")
+        click.echo(f"{'ID':12}  {'TIME (UTC)':19}  {'KIND':9}  {'SIZE':>10}  {'ADDED':>10}  SOURCE")
         for sid, m in items:
             click.echo(
                 f"{sid[:12]}  {m.time.strftime('%Y-%m-%d %H:%M:%S')}  "
-                f"{m.kind + ('*' if m.full else ''):8}  {_human(m.totals.bytes):>10}  "
+                f"{m.kind + ('*' if m.full else ''):9}  {_human(m.totals.bytes):>10}  "
                 f"{_human(m.totals.stored_bytes):>10}  {m.source}"
             )
 

@@ -94,8 +94,9 @@ def check_relative_path(value: str) -> PurePosixPath:
     if not value or "\x00" in value or "\\" in value:
         raise UnsafePath(f"the path {value!r} is not a valid relative path")
     path = PurePosixPath(value)
-    if path.is_absolute() or any(part in ("..", "") for part in value.split("/")):
+    parts = value.split("/")
+    if path.is_absolute() or ".." in parts:
         raise UnsafePath(f"the path {value!r} tries to leave the restore folder; refusing it")
-    if value in (".",) or path.parts[0] == ".":
-        raise UnsafePath(f"the path {value!r} is not a valid relative path")
+    if "" in parts or "." in parts:
+        raise UnsafePath(f"the path {value!r} is not a canonical relative path")
     return path

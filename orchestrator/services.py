@@ -124,7 +124,7 @@ def restore_in_place(settings: Settings, ref: str, *, progress: Progress | None 
         repo.ensure_index()
         staged = write_entry(repo, manifest.entries[0], settings.staging / live.name, progress)
         try:
-            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
             safety = settings.safety / f"{live.stem}-before-restore-{stamp}{live.suffix}"
             copy_database(live, safety)
             copy_into_live(staged.path, live)

@@ -43,7 +43,7 @@ from adapters.repository.pack import (
     PackBuilder,
     blob_aad,
 )
-from domain.manifest import Manifest
+from domain.manifest import MANIFEST_VERSION, Manifest
 
 log = structlog.get_logger(__name__)
 
@@ -125,17 +125,24 @@ class Repository:
         config = read_config(backend)
         master = None
         if key_file is not None and key_file.exists():
-            master = _open_with_key_file(backend, config["id"], key_file)
-        elif passphrase:
+            try:
+                master = _open_with_key_file(backend, config["id"], key_file)
+            except WrongKey:
+                if not passphrase:
+                    raise
+        if master is None and passphrase:
             master = _open_with_passphrase(backend, config["id"], passphrase)
-        elif key_file is not None:
+        if master is None and key_file is not None:
             raise KeyFileMissing(
                 f"the key file {key_file} is missing; restore it from your safe copy, or give the "
                 "repository's passphrase (CAPSULE_PASSPHRASE)"
             )
         if master is None:
             raise WrongKey("no key was given to open the repository")
-        claimed = bytes.fromhex(config.get("mac", ""))
+        try:
+            claimed = bytes.fromhex(str(config.get("mac", "")))
+        except ValueError:
+            claimed = b""
         body = {k: v for k, v in config.items() if k != "mac"}
         if not _hmac_equal(Sealer(master).mac(_canonical(body)), claimed):
             raise IntegrityError("the repository's config file was altered or damaged")
@@ -245,11 +252,20 @@ class Repository:
                 continue
             superseded.update(old)
             loaded.append((name, packs))
+        # A blob can sit in several packs (a full backup stored it again after its pack was lost).
+        # Records of packs on disk are staged first: look-ups return the first match.
+        on_disk = set(self.backend.list("data"))
+        gone = []
         for name, packs in loaded:
             if name in superseded:
                 continue
             for pack_id, recs in packs:
-                self.index.stage(pack_id, recs)
+                if pack_id in on_disk:
+                    self.index.stage(pack_id, recs)
+                else:
+                    gone.append((pack_id, recs))
+        for pack_id, recs in gone:
+            self.index.stage(pack_id, recs)
         self.index.freeze()
         self._index_loaded = True
         return damaged
@@ -293,6 +309,15 @@ class Repository:
 
     def load_snapshot(self, name: str) -> Manifest:
         raw = self.load_sealed("snapshots", name)
+        try:
+            version = json.loads(raw).get("version")
+        except (ValueError, AttributeError) as e:
+            raise IntegrityError(f"snapshot {name[:12]} is not a valid manifest") from e
+        if version != MANIFEST_VERSION:
+            raise UnsupportedVersion(
+                f"snapshot {name[:12]} uses manifest version {version!r}; this Capsule reads version "
+                f"{MANIFEST_VERSION}: upgrade Capsule to read it"
+            )
         try:
             return Manifest.model_validate_json(raw)
         except ValueError as e:
@@ -402,18 +427,29 @@ def _open_with_key_file(backend: LocalBackend, repo_id: str, key_file: Path) -> 
         )
     try:
         entry = json.loads(backend.read("keys", key_id))
+        wrapped = crypto.unb64(entry["wrapped"])
     except FileNotFoundError as e:
         raise WrongKey(f"the repository no longer accepts the key in {key_file}") from e
-    return crypto.unwrap_key(crypto.unb64(entry["wrapped"]), secret, _key_aad(repo_id, key_id))
+    except (ValueError, KeyError, TypeError) as e:
+        raise IntegrityError(f"the repository's key entry {key_id[:12]} is damaged") from e
+    return crypto.unwrap_key(wrapped, secret, _key_aad(repo_id, key_id))
 
 
 def _open_with_passphrase(backend: LocalBackend, repo_id: str, phrase: str) -> MasterKey | None:
     for key_id in sorted(backend.list("keys")):
-        entry = json.loads(backend.read("keys", key_id))
-        if entry.get("type") != "passphrase":
+        try:
+            entry = json.loads(backend.read("keys", key_id))
+            if entry.get("type") != "passphrase":
+                continue
+            kdf = entry["kdf"]
+            n, r, p, salt = int(kdf["n"]), int(kdf["r"]), int(kdf["p"]), crypto.unb64(kdf["salt"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.warning("skipped a damaged key entry", key_id=key_id[:12])
             continue
-        kdf = entry["kdf"]
-        kek = crypto.passphrase_key(phrase, crypto.unb64(kdf["salt"]), kdf["n"], kdf["r"], kdf["p"])
+        if not (2**10 <= n <= 2**22 and 1 <= r <= 32 and 1 <= p <= 16):
+            log.warning("skipped a key entry with unreasonable scrypt parameters", key_id=key_id[:12])
+            continue
+        kek = crypto.passphrase_key(phrase, salt, n, r, p)
         try:
             return crypto.unwrap_key(crypto.unb64(entry["wrapped"]), kek, _key_aad(repo_id, key_id))
         except WrongKey:
