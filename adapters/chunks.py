@@ -42,8 +42,6 @@ class ChunkStore:
         self.repo = repo
         self.has_blob = has_blob or repo.has_blob
         self._custom_check = has_blob is not None
-        # The sealing thread already asked the index; in order, only blobs added since can clash.
-        self._recheck = has_blob or repo.pending_blob
         self.stats = StoreStats()
         self._pool = ThreadPoolExecutor(max_workers=workers(), thread_name_prefix="seal")
 
@@ -56,7 +54,17 @@ class ChunkStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _seal_batch(self, chunks: list[bytes], compress: bool) -> tuple[list[bytes], list[PreparedBlob]]:
+    def _recheck(self, generation: int) -> Callable[[bytes], bool]:
+        """Has a blob sealed as new been stored since the sealing thread asked the index?"""
+        if self._custom_check:
+            return self.has_blob
+        index = self.repo.index
+        if index.generation == generation:  # nothing merged since: the open pack or recent packs
+            return lambda i: self.repo.pending_blob(i) or index.in_recent(i)
+        return self.repo.has_blob
+
+    def _seal_batch(self, chunks: list[bytes], compress: bool) -> tuple[list[bytes], list[PreparedBlob], int]:
+        generation = self.repo.index.generation
         ids = [self.repo.sealer.blob_id(c) for c in chunks]
         if self._custom_check:
             known = [self.has_blob(i) for i in ids]
@@ -68,7 +76,7 @@ class ChunkStore:
             for c, i, k in zip(chunks, ids, known, strict=True)
             if not k
         ]
-        return ids, fresh
+        return ids, fresh, generation
 
     def store_batches(
         self,
@@ -81,13 +89,14 @@ class ChunkStore:
         `on_batch(chunks, ids)` runs on the caller's thread for each batch in order (for hashing
         the whole stream or reporting progress).
         """
-        pending: deque[tuple[list[bytes], Future[tuple[list[bytes], list[PreparedBlob]]]]] = deque()
+        pending: deque[tuple[list[bytes], Future[tuple[list[bytes], list[PreparedBlob], int]]]] = deque()
 
         def drain_one() -> Iterator[bytes]:
             chunks, fut = pending.popleft()
-            ids, fresh = fut.result()
+            ids, fresh, generation = fut.result()
+            recheck = self._recheck(generation)
             for blob in fresh:
-                if self.repo.add(blob, self._recheck):
+                if self.repo.add(blob, recheck):
                     self.stats.new_blobs += 1
                     self.stats.new_bytes += blob.plain_length
             self.stats.blobs += len(ids)

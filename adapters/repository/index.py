@@ -81,9 +81,9 @@ def decode_index(data: bytes, name: str) -> tuple[list[tuple[str, npt.NDArray[np
             packs.append((pack_id, recs))
         (old_count,) = _COUNT.unpack_from(data, pos)
         pos += 4
-        old = [data[pos + i * ID_SIZE : pos + (i + 1) * ID_SIZE].hex() for i in range(old_count)]
         if pos + old_count * ID_SIZE != len(data):
-            raise ValueError("trailing bytes")
+            raise ValueError("wrong length")
+        old = [data[pos + i * ID_SIZE : pos + (i + 1) * ID_SIZE].hex() for i in range(old_count)]
     except (ValueError, struct.error) as e:
         raise IntegrityError(f"index {name[:12]} is malformed ({e})") from e
     return packs, old
@@ -126,6 +126,8 @@ class Index:
         self._frozen = _EMPTY
         self._recent: dict[bytes, BlobLocation] = {}
         self._staged: list[tuple[int, npt.NDArray[np.void]]] = []
+        self._gone: set[int] = set()
+        self.generation = 0  # grows with every merge: a reader can tell its view is old
 
     def __len__(self) -> int:
         return len(self._frozen.recs) + len(self._recent)
@@ -137,9 +139,19 @@ class Index:
             self.pack_ids.append(pack_id)
         return pos
 
-    def stage(self, pack_id: str, recs: npt.NDArray[np.void]) -> None:
-        """Queue records read from an index file; call `freeze()` once all are staged."""
-        self._staged.append((self._pack_number(pack_id), recs))
+    def stage(self, pack_id: str, recs: npt.NDArray[np.void], gone: bool = False) -> None:
+        """Queue records read from an index file; call `freeze()` once all are staged.
+
+        `gone` marks a pack missing from the repository: its blobs are found only if no other
+        pack holds them.
+        """
+        number = self._pack_number(pack_id)
+        if gone:
+            self._gone.add(number)
+        self._staged.append((number, recs))
+
+    def in_recent(self, blob_id: bytes) -> bool:
+        return blob_id in self._recent
 
     def freeze(self) -> None:
         """Merge everything staged into the sorted arrays."""
@@ -150,9 +162,12 @@ class Index:
         packs = np.concatenate([old.packs, *(np.full(len(r), p, dtype=np.uint32) for p, r in self._staged)])
         ids = np.frombuffer(recs["id"].tobytes(), dtype=np.uint8).reshape(-1, ID_SIZE)
         keys = _prefix_keys(ids)
-        order = np.argsort(keys, kind="stable")
+        # Among copies of one blob, those in packs known to be gone sort last: look-ups take the first.
+        gone = np.isin(packs, np.fromiter(self._gone, dtype=np.uint32, count=len(self._gone)))
+        order = np.lexsort((gone, keys))
         self._frozen = _Frozen(keys[order], ids[order], packs[order], recs[order])
         self._staged = []
+        self.generation += 1
         self._recent = {}  # only after the arrays hold them: a reader checks _recent first
 
     def add_pack(self, pack_id: str, blobs: list[PackedBlob]) -> npt.NDArray[np.void]:

@@ -252,20 +252,14 @@ class Repository:
                 continue
             superseded.update(old)
             loaded.append((name, packs))
-        # A blob can sit in several packs (a full backup stored it again after its pack was lost).
-        # Records of packs on disk are staged first: look-ups return the first match.
+        # A blob can sit in several packs (a full backup stored it again after its pack was lost):
+        # the index prefers packs that are on disk.
         on_disk = set(self.backend.list("data"))
-        gone = []
         for name, packs in loaded:
             if name in superseded:
                 continue
             for pack_id, recs in packs:
-                if pack_id in on_disk:
-                    self.index.stage(pack_id, recs)
-                else:
-                    gone.append((pack_id, recs))
-        for pack_id, recs in gone:
-            self.index.stage(pack_id, recs)
+                self.index.stage(pack_id, recs, gone=pack_id not in on_disk)
         self.index.freeze()
         self._index_loaded = True
         return damaged
@@ -324,8 +318,16 @@ class Repository:
             raise IntegrityError(f"snapshot {name[:12]} is not a valid manifest: {e}") from e
 
     def snapshots(self) -> Iterator[tuple[str, Manifest]]:
+        """Every readable snapshot; a damaged one is logged and skipped (`verify` reports it)."""
         for name in self.backend.list("snapshots"):
-            yield name, self.load_snapshot(name)
+            try:
+                manifest = self.load_snapshot(name)
+            except IntegrityError as e:
+                log.error(
+                    "snapshot unreadable; skipped (run `capsule verify`)", snapshot=name[:12], error=str(e)
+                )
+                continue
+            yield name, manifest
 
 
 def _decompress(payload: bytes, what: str, size: int | None = None) -> bytes:

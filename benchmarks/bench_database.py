@@ -1,0 +1,768 @@
+"""Database benchmark: Capsule and restic backing up a live point-of-sale SQLite database.
+
+    python -m benchmarks.bench_database [--size 1G] [--workdir DIR] [--keep] [--json-out FILE]
+
+Steps, for each tool: first backup while a writer commits sales, a settling backup with
+no writer, a second backup after about 1% of the pages changed, a restore of the latest
+snapshot (checked for consistency) and a full verification. See benchmarks/README.md.
+
+restic cannot snapshot a live SQLite database consistently, so it backs up a copy made
+with SQLite's online backup API; the copy is timed separately. Every tool runs on a warm
+page cache: dropping caches needs privileges a benchmark should not assume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from benchmarks.posdb import (
+    check_consistency,
+    differing_pages,
+    generate,
+    mutate_pages,
+    parse_size,
+    run_writer,
+    start_writer,
+    stop_writer,
+)
+
+MB = 1_000_000
+DB_NAME = "pos.db"
+MUTATE_FRACTION = 0.01
+TARGET_RSS_BYTES = 300 * MB
+TARGET_WRITER_MAX_MS = 50.0
+TARGET_GROWTH_RATIO = 2.0
+BASELINE_WRITER_SECONDS = 3.0
+
+
+# --- measured commands --------------------------------------------------------------------------
+
+
+class CommandFailedError(RuntimeError):
+    pass
+
+
+@dataclass
+class CommandResult:
+    argv: list[str]
+    seconds: float
+    peak_rss_bytes: int
+    returncode: int
+    stdout: str = field(repr=False)
+    stderr: str = field(repr=False)
+
+
+# Peak RSS must come from a process forked by a small parent: Linux carries the parent's memory
+# high-water mark into a child's ru_maxrss across fork and exec, and this benchmark process
+# grows large (page digests, memory-mapped checks). So a tiny launcher forks the command,
+# waits for it with wait4 and writes the exact figures to a file.
+_LAUNCHER = """
+import json, os, sys, time
+report, argv = sys.argv[1], sys.argv[2:]
+started = time.perf_counter()
+try:
+    pid = os.posix_spawnp(argv[0], argv, os.environ)
+except OSError as exc:
+    print(f"cannot run {argv[0]}: {exc}", file=sys.stderr)
+    sys.exit(127)
+_, status, usage = os.wait4(pid, 0)
+seconds = time.perf_counter() - started
+with open(report, "w") as out:
+    json.dump({"seconds": seconds, "maxrss": usage.ru_maxrss, "status": status}, out)
+"""
+
+
+def _rss_bytes(ru_maxrss: int) -> int:
+    # Linux reports KiB, macOS bytes.
+    return ru_maxrss if sys.platform == "darwin" else ru_maxrss * 1024
+
+
+def run_measured(argv: list[str], env: dict[str, str], *, check: bool = True) -> CommandResult:
+    """Run a command; its wall time and peak RSS are measured exactly by a tiny launcher."""
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.TemporaryDirectory() as scratch,
+    ):
+        report = Path(scratch) / "usage.json"
+        launcher = [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(report)]
+        returncode = subprocess.call([*launcher, *argv], stdout=out, stderr=err, env=env)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+        usage = json.loads(report.read_text()) if report.exists() else None
+    if usage is not None:
+        returncode = os.waitstatus_to_exitcode(usage["status"])
+    result = CommandResult(
+        argv=argv,
+        seconds=usage["seconds"] if usage else 0.0,
+        peak_rss_bytes=_rss_bytes(usage["maxrss"]) if usage else 0,
+        returncode=returncode,
+        stdout=stdout,
+        stderr=stderr,
+    )
+    if check and result.returncode != 0:
+        raise CommandFailedError(
+            f"{' '.join(argv)} exited with {result.returncode}:\n"
+            f"{(result.stderr or result.stdout).strip()[-2000:]}"
+        )
+    return result
+
+
+def directory_bytes(path: Path) -> int:
+    """Sum of file sizes under ``path`` (what the repository occupies, ignoring blocks)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+def _last_json_object(text: str) -> dict[str, Any]:
+    """The JSON object a command printed, tolerating log lines around it."""
+    with contextlib.suppress(json.JSONDecodeError):
+        whole = json.loads(text)
+        if isinstance(whole, dict):
+            return whole
+    for line in reversed(text.splitlines()):
+        if line.lstrip().startswith("{"):
+            with contextlib.suppress(json.JSONDecodeError):
+                parsed = json.loads(line)
+                if isinstance(parsed, dict):
+                    return parsed
+    raise ValueError(f"no JSON object in output: {text[-500:]!r}")
+
+
+# --- tools --------------------------------------------------------------------------------------
+
+
+@dataclass
+class BackupRun:
+    seconds: float  # the tool's own command
+    prepare_seconds: float  # work done before the tool runs (restic: the consistent copy)
+    peak_rss_bytes: int
+    source_bytes: int
+    report: dict[str, Any]
+
+
+class Tool(Protocol):
+    name: str
+    repository: Path
+
+    def init(self) -> CommandResult: ...
+
+    def backup(self) -> BackupRun: ...
+
+    def restore(self, target: Path) -> tuple[CommandResult, Path]: ...
+
+    def verify(self) -> CommandResult: ...
+
+
+def _project_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def capsule_command() -> list[str] | None:
+    """The installed ``capsule`` script, else the CLI module from this checkout."""
+    if found := shutil.which("capsule"):
+        return [found]
+    root = str(_project_root())
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    if importlib.util.find_spec("api") and importlib.util.find_spec("api.cli"):
+        return [sys.executable, "-c", "import sys; from api.cli import main; sys.exit(main())"]
+    return None
+
+
+class Capsule:
+    name = "capsule"
+
+    def __init__(self, command: list[str], database: Path, workdir: Path) -> None:
+        self.command = command
+        self.database = database
+        self.repository = workdir / "capsule-repo"
+        self.env = dict(os.environ)
+        self.env.update(
+            CAPSULE_DATABASE=str(database),
+            CAPSULE_REPOSITORY=str(self.repository),
+            CAPSULE_HOME=str(workdir / "capsule-home"),
+        )
+        if command[0] == sys.executable:
+            self.env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(_project_root()), self.env.get("PYTHONPATH", "")) if p
+            )
+
+    def _run(self, *args: str) -> CommandResult:
+        return run_measured([*self.command, *args], self.env)
+
+    def init(self) -> CommandResult:
+        return self._run("init")
+
+    def backup(self) -> BackupRun:
+        size = os.path.getsize(self.database)
+        result = self._run("backup", "--kind", "database", "--json")
+        report = _last_json_object(result.stdout)
+        return BackupRun(result.seconds, 0.0, result.peak_rss_bytes, size, report)
+
+    def restore(self, target: Path) -> tuple[CommandResult, Path]:
+        result = self._run("restore", "latest", "--to", str(target))
+        return result, target / self.database.name
+
+    def verify(self) -> CommandResult:
+        return self._run("verify", "--read-data")
+
+
+def consistent_copy(source: Path, destination: Path) -> None:
+    """Copy a live database with SQLite's online backup API (one step, one read snapshot)."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(f"{destination}{suffix}")
+    src = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True)
+    dst = sqlite3.connect(destination)
+    try:
+        # A single step: a stepped copy restarts whenever the writer commits in between.
+        src.backup(dst, pages=-1)
+    finally:
+        dst.close()
+        src.close()
+
+
+def _restic_summary(stdout: str) -> dict[str, Any]:
+    """The final summary object among restic's JSON progress lines."""
+    for line in reversed(stdout.splitlines()):
+        with contextlib.suppress(json.JSONDecodeError):
+            message = json.loads(line)
+            if isinstance(message, dict) and message.get("message_type") == "summary":
+                return message
+    return {}
+
+
+class Restic:
+    name = "restic"
+
+    def __init__(self, executable: str, database: Path, workdir: Path) -> None:
+        self.executable = executable
+        self.database = database
+        self.repository = workdir / "restic-repo"
+        self.copy = workdir / "restic-source" / database.name
+        self.copy.parent.mkdir(parents=True, exist_ok=True)
+        self.env = dict(os.environ)
+        self.env.update(
+            RESTIC_REPOSITORY=str(self.repository),
+            RESTIC_PASSWORD="benchmark",
+            RESTIC_CACHE_DIR=str(workdir / "restic-cache"),
+        )
+
+    def _run(self, *args: str) -> CommandResult:
+        return run_measured([self.executable, *args], self.env)
+
+    def version(self) -> str:
+        return self._run("version").stdout.strip()
+
+    def init(self) -> CommandResult:
+        return self._run("init")
+
+    def backup(self) -> BackupRun:
+        started = time.perf_counter()
+        consistent_copy(self.database, self.copy)
+        prepare = time.perf_counter() - started
+        result = self._run("backup", "--json", "--host", "benchmark", str(self.copy))
+        summary = _restic_summary(result.stdout)
+        size = os.path.getsize(self.copy)
+        return BackupRun(result.seconds, prepare, result.peak_rss_bytes, size, summary)
+
+    def restore(self, target: Path) -> tuple[CommandResult, Path]:
+        result = self._run("restore", "latest", "--target", str(target))
+        # restic recreates the absolute source path under the target.
+        restored = next(target.rglob(self.copy.name), target / self.copy.name)
+        return result, restored
+
+    def verify(self) -> CommandResult:
+        return self._run("check", "--read-data")
+
+
+# --- benchmark steps ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def writer_running(database: Path, report: Path) -> Iterator[dict[str, Any]]:
+    """Run the POS writer for the duration of the block; its statistics land in the dict."""
+    stats: dict[str, Any] = {}
+    proc = start_writer(database, report)
+    try:
+        yield stats
+    finally:
+        stats.update(stop_writer(proc))
+
+
+def _backup_figures(run: BackupRun, repo_before: int, repo_after: int) -> dict[str, Any]:
+    return {
+        "seconds": round(run.seconds, 3),
+        "prepare_seconds": round(run.prepare_seconds, 3),
+        "source_bytes": run.source_bytes,
+        "mb_per_s": round(run.source_bytes / MB / run.seconds, 2),
+        "mb_per_s_with_prepare": round(run.source_bytes / MB / (run.seconds + run.prepare_seconds), 2),
+        "peak_rss_bytes": run.peak_rss_bytes,
+        "repository_bytes_before": repo_before,
+        "repository_bytes_after": repo_after,
+        "repository_growth_bytes": repo_after - repo_before,
+        "report": run.report,
+    }
+
+
+def _writer_figures(stats: dict[str, Any]) -> dict[str, Any]:
+    return {key: stats.get(key) for key in ("commits", "max_ms", "p99_ms", "p50_ms", "errors")}
+
+
+def step_first_backup(tool: Tool, database: Path, workdir: Path) -> dict[str, Any]:
+    with writer_running(database, workdir / f"writer-{tool.name}.json") as writer:
+        before = directory_bytes(tool.repository)
+        started = time.time()
+        run = tool.backup()
+        ended = time.time()
+    figures = _backup_figures(run, before, directory_bytes(tool.repository))
+    figures["writer"] = _writer_figures(writer)
+    figures["backup_window_unix"] = [round(started, 6), round(ended, 6)]
+    # Offsets from the backup's start tell a lock taken at snapshot time from CPU contention.
+    figures["writer_slow_commits"] = [[round(at - started, 3), ms] for at, ms in writer.get("timeline", [])]
+    return figures
+
+
+def step_backup(tool: Tool) -> dict[str, Any]:
+    before = directory_bytes(tool.repository)
+    run = tool.backup()
+    return _backup_figures(run, before, directory_bytes(tool.repository))
+
+
+def step_restore(tool: Tool, database: Path, workdir: Path) -> dict[str, Any]:
+    target = workdir / f"restore-{tool.name}"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir()
+    result, restored = tool.restore(target)
+    size = os.path.getsize(restored)
+    # Nothing has written to the source since the second backup, so the latest snapshot should
+    # restore its pages exactly: a consistent but stale file would show up here.
+    differing = differing_pages(database, restored, _page_size(database))
+    check_started = time.perf_counter()
+    consistency = check_consistency(restored)
+    return {
+        "pages_differing_from_source": differing,
+        "seconds": round(result.seconds, 3),
+        "bytes": size,
+        "mb_per_s": round(size / MB / result.seconds, 2),
+        "peak_rss_bytes": result.peak_rss_bytes,
+        "consistent": consistency["consistent"],
+        "integrity": consistency["integrity"],
+        "sales": consistency["sales"],
+        "bad_sales": len(consistency["bad_sales"]),
+        "check_seconds": round(time.perf_counter() - check_started, 3),
+    }
+
+
+def step_verify(tool: Tool) -> dict[str, Any]:
+    result = tool.verify()
+    return {"seconds": round(result.seconds, 3), "peak_rss_bytes": result.peak_rss_bytes}
+
+
+def _page_size(database: Path) -> int:
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        return int(conn.execute("PRAGMA page_size").fetchone()[0])
+
+
+def baseline_writer(database: Path) -> dict[str, Any]:
+    """Writer latency with nothing else running, to read the backup figures against."""
+    stats = run_writer(database, seconds=BASELINE_WRITER_SECONDS)
+    return _writer_figures(stats)
+
+
+# --- orchestration ------------------------------------------------------------------------------
+
+
+class Benchmark:
+    """Runs each step for every tool still in the race; a failing tool drops out, noted."""
+
+    def __init__(self, tools: list[Tool], log: Callable[[str], None]) -> None:
+        self.tools = tools
+        self.log = log
+        self.results: dict[str, dict[str, Any]] = {tool.name: {} for tool in tools}
+
+    def step(self, label: str, action: Callable[[Tool], dict[str, Any] | None]) -> None:
+        for tool in list(self.tools):
+            self.log(f"{tool.name}: {label}")
+            try:
+                figures = action(tool)
+            except Exception as exc:
+                self.log(f"{tool.name}: {label} FAILED: {exc}")
+                self.results[tool.name]["error"] = f"{label}: {exc}"
+                self.tools.remove(tool)
+            else:
+                if figures is not None:
+                    self.results[tool.name][label] = figures
+
+
+def _init(tool: Tool) -> dict[str, Any]:
+    result = tool.init()
+    return {"seconds": round(result.seconds, 3), "peak_rss_bytes": result.peak_rss_bytes}
+
+
+def _select_tools(database: Path, workdir: Path, wanted: set[str]) -> tuple[list[Tool], dict[str, str]]:
+    tools: list[Tool] = []
+    missing: dict[str, str] = {}
+    if "capsule" in wanted:
+        command = capsule_command()
+        if command:
+            tools.append(Capsule(command, database, workdir))
+        else:
+            missing["capsule"] = "capsule CLI not found (pip install -e .)"
+    if "restic" in wanted:
+        executable = shutil.which("restic")
+        if executable:
+            tools.append(Restic(executable, database, workdir))
+        else:
+            missing["restic"] = "restic not found on PATH"
+    return tools, missing
+
+
+def run_benchmark(size_bytes: int, workdir: Path, wanted: set[str], seed: int) -> dict[str, Any]:
+    def log(message: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+    database = workdir / DB_NAME
+    log(f"generating a {size_bytes / MB:.0f} MB POS database (WAL)")
+    started = time.perf_counter()
+    generate(database, size_bytes, journal_mode="wal", seed=seed)
+    results: dict[str, Any] = {
+        "settings": {
+            "size_bytes": size_bytes,
+            "database_bytes": os.path.getsize(database),
+            "page_size": _page_size(database),
+            "generate_seconds": round(time.perf_counter() - started, 2),
+            "cpu_count": os.cpu_count(),
+            "page_cache": "warm (caches are not dropped)",
+            "restic_source": "copy made with the SQLite online backup API (prepare_seconds)",
+        },
+    }
+    tools, missing = _select_tools(database, workdir, wanted)
+    for tool in tools:
+        if isinstance(tool, Restic):
+            results["settings"]["restic_version"] = tool.version()
+    log("writer baseline (no backup running)")
+    results["writer_baseline"] = baseline_writer(database)
+
+    bench = Benchmark(tools, log)
+    bench.step("init", _init)
+    bench.step("first_backup", lambda t: step_first_backup(t, database, workdir))
+    # The writer's commits after each first snapshot would otherwise count as "changes".
+    bench.step("settle_backup", step_backup)
+    log(f"changing about {MUTATE_FRACTION:.0%} of the pages")
+    changed_pages = mutate_pages(database, MUTATE_FRACTION, seed=seed + 1)
+    page_size = results["settings"]["page_size"]
+    results["mutation"] = {
+        "changed_pages": changed_pages,
+        "total_pages": os.path.getsize(database) // page_size,
+        "changed_bytes": changed_pages * page_size,
+    }
+    bench.step("second_backup", step_backup)
+    bench.step("restore", lambda t: step_restore(t, database, workdir))
+    bench.step("verify", step_verify)
+
+    for name, reason in missing.items():
+        bench.results[name] = {"error": reason}
+    results["tools"] = bench.results
+    results["targets"] = evaluate_targets(results)
+    return results
+
+
+# --- report -------------------------------------------------------------------------------------
+
+
+def _get(results: dict[str, Any], tool: str, *keys: str) -> Any:
+    node: Any = results["tools"].get(tool, {})
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _growth_ratio(results: dict[str, Any], tool: str) -> float | None:
+    growth = _get(results, tool, "second_backup", "repository_growth_bytes")
+    changed = results["mutation"]["changed_bytes"]
+    return None if growth is None or not changed else growth / changed
+
+
+def _peak_rss(results: dict[str, Any], tool: str) -> int | None:
+    """Highest peak RSS over every command the tool ran."""
+    steps = results["tools"].get(tool, {})
+    values = [v["peak_rss_bytes"] for v in steps.values() if isinstance(v, dict) and "peak_rss_bytes" in v]
+    return max(values) if values else None
+
+
+def evaluate_targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each target: its figures and PASS / FAIL (None when a figure is missing)."""
+
+    def verdict(ok: bool | None) -> str:
+        return "n/a" if ok is None else ("PASS" if ok else "FAIL")
+
+    def at_least(a: float | None, b: float | None) -> bool | None:
+        return None if a is None or b is None else a >= b
+
+    c_backup = _get(results, "capsule", "first_backup", "mb_per_s")
+    r_backup = _get(results, "restic", "first_backup", "mb_per_s")
+    c_restore = _get(results, "capsule", "restore", "mb_per_s")
+    r_restore = _get(results, "restic", "restore", "mb_per_s")
+    growth = _growth_ratio(results, "capsule")
+    # A failed run's peak RSS says nothing about the target.
+    capsule_finished = "error" not in results["tools"].get("capsule", {"error": "not run"})
+    rss = _peak_rss(results, "capsule") if capsule_finished else None
+    latency = _get(results, "capsule", "first_backup", "writer", "max_ms")
+    checks = {
+        "first_backup_mb_per_s_ge_restic": (c_backup, r_backup, at_least(c_backup, r_backup)),
+        "restore_mb_per_s_ge_restic": (c_restore, r_restore, at_least(c_restore, r_restore)),
+        "second_backup_growth_le_2x_changed": (
+            growth,
+            TARGET_GROWTH_RATIO,
+            None if growth is None else growth <= TARGET_GROWTH_RATIO,
+        ),
+        "capsule_peak_rss_le_300mb": (
+            rss,
+            TARGET_RSS_BYTES,
+            None if rss is None else rss <= TARGET_RSS_BYTES,
+        ),
+        "writer_max_commit_le_50ms": (
+            latency,
+            TARGET_WRITER_MAX_MS,
+            None if latency is None else latency <= TARGET_WRITER_MAX_MS,
+        ),
+    }
+    return {
+        name: {"value": value, "threshold": bound, "verdict": verdict(ok)}
+        for name, (value, bound, ok) in checks.items()
+    }
+
+
+def _fmt(value: Any, unit: str = "", digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}{unit}"
+    return f"{value}{unit}"
+
+
+def _mb(value: int | None) -> str:
+    return "-" if value is None else f"{value / MB:.1f} MB"
+
+
+def _advantage(capsule: float | None, restic: float | None, higher_is_better: bool) -> str:
+    if not capsule or not restic:
+        return "-"
+    return f"x{(capsule / restic) if higher_is_better else (restic / capsule):.2f}"
+
+
+ReportRow = tuple[str, Any, Any, bool | None, Callable[[Any], str], str]
+
+
+def _rows(results: dict[str, Any]) -> list[ReportRow]:
+    """(label, capsule value, restic value, higher-is-better or None, formatter, target key)."""
+
+    def both(*keys: str) -> tuple[Any, Any]:
+        return _get(results, "capsule", *keys), _get(results, "restic", *keys)
+
+    secs: Callable[[Any], str] = lambda v: _fmt(v, " s")  # noqa: E731
+    rate: Callable[[Any], str] = lambda v: _fmt(v, " MB/s")  # noqa: E731
+    ms: Callable[[Any], str] = lambda v: _fmt(v, " ms")  # noqa: E731
+    plain: Callable[[Any], str] = _fmt
+    rows: list[ReportRow] = [
+        ("first backup: time", *both("first_backup", "seconds"), False, secs, ""),
+        (
+            "  as reported by the tool",
+            _get(results, "capsule", "first_backup", "report", "totals", "duration_seconds"),
+            _get(results, "restic", "first_backup", "report", "total_duration"),
+            False,
+            secs,
+            "",
+        ),
+        (
+            "first backup: throughput",
+            *both("first_backup", "mb_per_s"),
+            True,
+            rate,
+            "first_backup_mb_per_s_ge_restic",
+        ),
+        (
+            "  restic incl. consistent copy",
+            None,
+            _get(results, "restic", "first_backup", "mb_per_s_with_prepare"),
+            None,
+            rate,
+            "",
+        ),
+        (
+            "  consistent copy time",
+            None,
+            _get(results, "restic", "first_backup", "prepare_seconds"),
+            None,
+            secs,
+            "",
+        ),
+        ("first backup: repository size", *both("first_backup", "repository_bytes_after"), False, _mb, ""),
+        ("writer commits during backup", *both("first_backup", "writer", "commits"), None, plain, ""),
+        (
+            "writer max commit latency",
+            *both("first_backup", "writer", "max_ms"),
+            False,
+            ms,
+            "writer_max_commit_le_50ms",
+        ),
+        ("writer p99 commit latency", *both("first_backup", "writer", "p99_ms"), False, ms, ""),
+        ("writer errors", *both("first_backup", "writer", "errors"), None, plain, ""),
+        ("settle backup (no change): time", *both("settle_backup", "seconds"), False, secs, ""),
+        (
+            "settle backup: repository growth",
+            *both("settle_backup", "repository_growth_bytes"),
+            False,
+            _mb,
+            "",
+        ),
+        ("second backup: time", *both("second_backup", "seconds"), False, secs, ""),
+        (
+            "second backup: repository growth",
+            *both("second_backup", "repository_growth_bytes"),
+            False,
+            _mb,
+            "",
+        ),
+        (
+            "  growth / changed bytes",
+            _growth_ratio(results, "capsule"),
+            _growth_ratio(results, "restic"),
+            False,
+            lambda v: _fmt(v, "x"),
+            "second_backup_growth_le_2x_changed",
+        ),
+        ("restore: time", *both("restore", "seconds"), False, secs, ""),
+        ("restore: throughput", *both("restore", "mb_per_s"), True, rate, "restore_mb_per_s_ge_restic"),
+        ("restore: consistent", *both("restore", "consistent"), None, plain, ""),
+        (
+            "restore: pages differing from source",
+            *both("restore", "pages_differing_from_source"),
+            None,
+            plain,
+            "",
+        ),
+        ("verify (read all data): time", *both("verify", "seconds"), False, secs, ""),
+        ("peak RSS, first backup", *both("first_backup", "peak_rss_bytes"), False, _mb, ""),
+        ("peak RSS, restore", *both("restore", "peak_rss_bytes"), False, _mb, ""),
+        (
+            "peak RSS, any command",
+            _peak_rss(results, "capsule"),
+            _peak_rss(results, "restic"),
+            False,
+            _mb,
+            "capsule_peak_rss_le_300mb",
+        ),
+    ]
+    return rows
+
+
+def render_report(results: dict[str, Any]) -> str:
+    settings, mutation = results["settings"], results["mutation"]
+    baseline = results["writer_baseline"]
+    lines = [
+        f"database: {settings['database_bytes'] / MB:.1f} MB, page size {settings['page_size']},"
+        f" generated in {settings['generate_seconds']} s; page cache: {settings['page_cache']}",
+        f"restic source: {settings['restic_source']}",
+        f"writer baseline (no backup): max {baseline['max_ms']} ms, p99 {baseline['p99_ms']} ms,"
+        f" {baseline['commits']} commits in {BASELINE_WRITER_SECONDS:.0f} s",
+        f"mutation: {mutation['changed_pages']} of {mutation['total_pages']} pages changed"
+        f" ({mutation['changed_bytes'] / MB:.2f} MB)",
+        "",
+    ]
+    header = ("", "Capsule", "restic", "Capsule advantage", "target")
+    table = [header]
+    targets = results["targets"]
+    for label, capsule, restic, higher, fmt, target in _rows(results):
+        advantage = "" if higher is None else _advantage(capsule, restic, higher)
+        table.append(
+            (label, fmt(capsule), fmt(restic), advantage, targets[target]["verdict"] if target else "")
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    lines.append("")
+    lines.append("Capsule advantage: >1 means Capsule is better (faster, smaller, leaner).")
+    for name in results["tools"]:
+        slow = sorted(_get(results, name, "first_backup", "writer_slow_commits") or [], key=lambda c: -c[1])
+        if slow:
+            worst = ", ".join(f"{ms:.0f} ms at {at:+.2f} s" for at, ms in slow[:3])
+            lines.append(f"{name}: slowest writer commits, from the backup's start: {worst}")
+    for name, figures in results["tools"].items():
+        if "error" in figures:
+            lines.append(f"{name} did not finish: {figures['error']}")
+    return "\n".join(lines)
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_database",
+        description="Back up, change, back up again and restore a live POS database with "
+        "Capsule and restic; print the figures side by side.",
+    )
+    parser.add_argument("--size", default="1G", help="database size, e.g. 20M, 1G (default 1G)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where to create the scratch directory (default: system temp)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    parser.add_argument("--json-out", type=Path, default=None, help="write all figures as JSON")
+    parser.add_argument(
+        "--tools", default="capsule,restic", help="comma-separated subset of: capsule, restic"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    wanted = {name.strip() for name in args.tools.split(",") if name.strip()}
+    if unknown := wanted - {"capsule", "restic"}:
+        raise SystemExit(f"unknown tools: {', '.join(sorted(unknown))}")
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="capsule-bench-", dir=args.workdir))
+    try:
+        results = run_benchmark(parse_size(args.size), scratch, wanted, args.seed)
+    finally:
+        if args.keep:
+            print(f"kept {scratch}", file=sys.stderr)
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+    print(render_report(results))
+    if args.json_out:
+        args.json_out.write_text(json.dumps(results, indent=2, default=str))
+    # Targets missed are figures to read; Capsule failing to finish is an error.
+    return 1 if "error" in results["tools"].get("capsule", {}) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

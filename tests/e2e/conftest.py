@@ -1,0 +1,36 @@
+"""Fixtures for end-to-end tests: generated shop databases and a shop folder per test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.integration.helpers import DatabaseTemplates, Shop, copy_shop
+
+
+@pytest.fixture(scope="session")
+def templates(tmp_path_factory: pytest.TempPathFactory) -> DatabaseTemplates:
+    return DatabaseTemplates(tmp_path_factory.mktemp("pos-templates"))
+
+
+@pytest.fixture
+def bare_shop(tmp_path: Path, templates: DatabaseTemplates) -> Shop:
+    """A shop with a 4 MiB WAL database and no repository yet."""
+    shop = Shop(tmp_path / "shop")
+    templates.copy(shop.database)
+    return shop
+
+
+@pytest.fixture(scope="session")
+def initialised_template(tmp_path_factory: pytest.TempPathFactory, templates: DatabaseTemplates) -> Shop:
+    shop = Shop(tmp_path_factory.mktemp("initialised") / "shop")
+    templates.copy(shop.database)
+    shop.init()
+    return shop
+
+
+@pytest.fixture
+def shop(tmp_path: Path, initialised_template: Shop) -> Shop:
+    """A shop with a 4 MiB WAL database and an empty repository with its key file."""
+    return copy_shop(initialised_template, tmp_path / "shop")

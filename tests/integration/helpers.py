@@ -1,0 +1,312 @@
+"""Helpers for tests that drive the real `capsule` command on real SQLite files.
+
+Every command runs in a child process with its own environment (CAPSULE_* variables only from the
+shop under test) and its working directory in the test's temporary folder, as a shop owner would run
+it. Every call checks that no Python traceback reached stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks import posdb
+
+MiB = 1024 * 1024
+SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
+
+
+def capsule_command() -> list[str]:
+    """The installed `capsule` script of this interpreter, else the one on PATH, else the module."""
+    beside = Path(sys.executable).with_name("capsule")
+    if beside.is_file():
+        return [str(beside)]
+    found = shutil.which("capsule")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "from api.cli import main; main()"]
+
+
+CAPSULE = capsule_command()
+
+
+def clean_env() -> dict[str, str]:
+    """The test process's environment without any CAPSULE_* setting."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("CAPSULE_")}
+
+
+def describe(proc: subprocess.CompletedProcess[str]) -> str:
+    return (
+        f"command {proc.args!r} exited {proc.returncode}\n"
+        f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
+    )
+
+
+def is_json_line(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def log_events(stderr: str) -> list[dict[str, Any]]:
+    """The structured log records a command wrote on stderr."""
+    return [json.loads(line) for line in stderr.splitlines() if is_json_line(line)]
+
+
+def message_lines(stderr: str) -> list[str]:
+    """The lines of stderr that are not log records: the command's own messages."""
+    return [line for line in stderr.splitlines() if line.strip() and not is_json_line(line)]
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    """Assert the command failed with exactly one `capsule: ...` line and return it."""
+    assert proc.returncode != 0, describe(proc)
+    lines = message_lines(proc.stderr)
+    assert len(lines) == 1, describe(proc)
+    assert lines[0].startswith("capsule: "), describe(proc)
+    return lines[0]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def side_files(path: Path) -> list[Path]:
+    return [Path(f"{path}{s}") for s in SIDE_SUFFIXES if Path(f"{path}{s}").exists()]
+
+
+def files_under(folder: Path) -> list[str]:
+    """Every file below `folder` (hidden ones included), as sorted relative paths."""
+    if not folder.exists():
+        return []
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def connect_read_only(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+
+
+def connect_immutable(path: Path) -> sqlite3.Connection:
+    """Read a database file that no one writes, leaving no -wal/-shm file beside it."""
+    return sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True)
+
+
+def sales_count(path: Path) -> int:
+    conn = connect_read_only(path)
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM sales").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def content_digest(conn: sqlite3.Connection) -> str:
+    """A digest of every row of every table, in rowid order: equal digests mean equal content."""
+    h = hashlib.sha256()
+    tables = [
+        r[0]
+        for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+        )
+    ]
+    for table in tables:
+        h.update(table.encode())
+        for row in conn.execute(f'SELECT * FROM "{table}" ORDER BY rowid'):
+            h.update(repr(row).encode())
+    return h.hexdigest()
+
+
+def file_content_digest(path: Path, *, immutable: bool = False) -> str:
+    conn = connect_immutable(path) if immutable else connect_read_only(path)
+    try:
+        return content_digest(conn)
+    finally:
+        conn.close()
+
+
+def flip_byte(path: Path, offset: int | None = None) -> int:
+    """Invert one byte of a file in place (the middle one by default); return its offset."""
+    data = bytearray(path.read_bytes())
+    at = len(data) // 2 if offset is None else offset
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return at
+
+
+class DatabaseTemplates:
+    """Generated POS databases, made once per session and copied into each test."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def copy(self, target: Path, *, size_mib: int = 4, journal_mode: str = "wal", seed: int = 0) -> Path:
+        template = self.folder / f"pos-{size_mib}m-{journal_mode}-{seed}.db"
+        if not template.exists():
+            posdb.generate(template, size_mib * MiB, journal_mode=journal_mode, seed=seed)
+            conn = sqlite3.connect(template)
+            try:
+                if journal_mode == "wal":
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                conn.close()
+            for extra in side_files(template):
+                extra.unlink()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for extra in side_files(target):
+            extra.unlink()
+        shutil.copyfile(template, target)
+        return target
+
+
+@dataclass
+class Shop:
+    """One point-of-sale server's files: the live database, the repository and Capsule's home."""
+
+    root: Path
+    db_name: str = "pos.db"
+
+    @property
+    def database(self) -> Path:
+        return self.root / "data" / self.db_name
+
+    @property
+    def repository(self) -> Path:
+        return self.root / "backups"
+
+    @property
+    def home(self) -> Path:
+        return self.root / "capsule-home"
+
+    @property
+    def key_file(self) -> Path:
+        return self.home / "repository.key"
+
+    @property
+    def staging(self) -> Path:
+        return self.home / "staging"
+
+    def env(self, overrides: Mapping[str, str | None] | None = None) -> dict[str, str]:
+        env = clean_env()
+        env.update(
+            CAPSULE_DATABASE=str(self.database),
+            CAPSULE_REPOSITORY=str(self.repository),
+            CAPSULE_HOME=str(self.home),
+        )
+        for key, value in (overrides or {}).items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
+        return env
+
+    def run(
+        self,
+        *args: str,
+        env: Mapping[str, str | None] | None = None,
+        expect: int | None = None,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [*CAPSULE, *args],
+            cwd=self.root,
+            env=self.env(env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        assert "Traceback" not in proc.stderr, describe(proc)
+        if expect is not None:
+            assert proc.returncode == expect, describe(proc)
+        return proc
+
+    def popen(self, *args: str, env: Mapping[str, str | None] | None = None) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [*CAPSULE, *args],
+            cwd=self.root,
+            env=self.env(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def init(self, *args: str, env: Mapping[str, str | None] | None = None) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.run("init", *args, env=env, expect=0)
+
+    def backup(self, *args: str, env: Mapping[str, str | None] | None = None) -> dict[str, Any]:
+        proc = self.run("backup", "--kind", "database", "--json", *args, env=env, expect=0)
+        result: dict[str, Any] = json.loads(proc.stdout)
+        return result
+
+    def snapshots(self, env: Mapping[str, str | None] | None = None) -> list[dict[str, Any]]:
+        proc = self.run("snapshots", "--json", env=env, expect=0)
+        rows: list[dict[str, Any]] = json.loads(proc.stdout)
+        return rows
+
+    def restore(
+        self, ref: str, to: Path, *extra: str, expect: int | None = 0
+    ) -> subprocess.CompletedProcess[str]:
+        return self.run("restore", ref, "--to", str(to), *extra, expect=expect)
+
+    def manifest_sha256(self, snapshot_id: str) -> str:
+        """The SHA-256 the snapshot's manifest records for its database file (read with the API)."""
+        from orchestrator.services import open_repository
+        from orchestrator.settings import Settings
+
+        settings = Settings(database=self.database, repository=self.repository, home=self.home)
+        manifest = open_repository(settings).load_snapshot(snapshot_id)
+        assert len(manifest.entries) == 1
+        return manifest.entries[0].sha256
+
+    def journal_mode_of(self, snapshot_id: str) -> str:
+        from orchestrator.services import open_repository
+        from orchestrator.settings import Settings
+
+        settings = Settings(database=self.database, repository=self.repository, home=self.home)
+        sqlite = open_repository(settings).load_snapshot(snapshot_id).entries[0].sqlite
+        assert sqlite is not None
+        return sqlite.journal_mode
+
+    def packs(self) -> list[Path]:
+        return sorted(p for p in (self.repository / "data").glob("*/*") if not p.name.startswith("."))
+
+    def index_files(self) -> list[Path]:
+        return sorted(p for p in (self.repository / "index").iterdir() if not p.name.startswith("."))
+
+    def snapshot_file(self, snapshot_id: str) -> Path:
+        return self.repository / "snapshots" / snapshot_id
+
+    def lock_files(self) -> list[Path]:
+        return sorted((self.repository / "locks").iterdir())
+
+
+def copy_shop(source: Shop, root: Path) -> Shop:
+    """A copy of a whole shop (database, repository, key) under a new root."""
+    shutil.copytree(source.root, root, symlinks=True)
+    return Shop(root, source.db_name)
+
+
+@contextlib.contextmanager
+def running(proc: subprocess.Popen[str]) -> Any:
+    """Make sure a child process we started does not outlive the test."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()

@@ -1,0 +1,259 @@
+"""The index: its file encoding round-trips, and look-ups find every blob, one id or many at once."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from adapters.errors import IntegrityError
+from adapters.repository.index import (
+    BlobLocation,
+    Index,
+    decode_index,
+    encode_index,
+    records,
+)
+from adapters.repository.pack import PackedBlob
+
+
+def _pack_id(n: int) -> str:
+    return hashlib.sha256(f"pack {n}".encode()).hexdigest()
+
+
+def _blobs(ids: list[bytes], seed: int = 0) -> list[PackedBlob]:
+    rng = random.Random(seed)
+    out, offset = [], 0
+    for blob_id in ids:
+        length = rng.randint(28, 70_000)
+        out.append(
+            PackedBlob(blob_id, rng.randint(0, 1), rng.randint(0, 1), offset, length, rng.randint(0, 65536))
+        )
+        offset += length
+    return out
+
+
+def _location(pack_id: str, b: PackedBlob) -> BlobLocation:
+    return BlobLocation(pack_id, b.blob_type, b.compression, b.offset, b.length, b.plain_length)
+
+
+def _random_ids(n: int, seed: int) -> list[bytes]:
+    rng = random.Random(seed)
+    return [rng.randbytes(32) for _ in range(n)]
+
+
+def _frozen_index(packs: dict[str, list[PackedBlob]]) -> Index:
+    index = Index()
+    decoded, _ = decode_index(encode_index({p: records(b) for p, b in packs.items()}), "test")
+    for pack_id, recs in decoded:
+        index.stage(pack_id, recs)
+    index.freeze()
+    return index
+
+
+def test_index_encoding_round_trips():
+    packs = {
+        _pack_id(0): _blobs(_random_ids(5, 1), 1),
+        _pack_id(1): _blobs(_random_ids(3, 2), 2),
+        _pack_id(2): [],
+    }
+    old = [hashlib.sha256(b"old index").hexdigest(), hashlib.sha256(b"older").hexdigest()]
+
+    decoded, superseded = decode_index(encode_index({p: records(b) for p, b in packs.items()}, old), "test")
+
+    assert superseded == old
+    assert [pack_id for pack_id, _ in decoded] == list(packs)
+    for pack_id, recs in decoded:
+        got = [
+            PackedBlob(
+                bytes(r["id"]),
+                int(r["type"]),
+                int(r["comp"]),
+                int(r["offset"]),
+                int(r["length"]),
+                int(r["plain"]),
+            )
+            for r in recs
+        ]
+        assert got == packs[pack_id]
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 20), min_size=0, max_size=5),
+    n_old=st.integers(0, 3),
+    seed=st.integers(0, 2**32),
+)
+def test_any_index_content_round_trips_and_any_cut_or_extra_byte_is_refused(sizes, n_old, seed):
+    rng = random.Random(seed)
+    packs = {_pack_id(rng.getrandbits(64)): _blobs(_random_ids(n, rng.getrandbits(32)), seed) for n in sizes}
+    old = [rng.randbytes(32).hex() for _ in range(n_old)]
+    encoded = encode_index({p: records(b) for p, b in packs.items()}, old)
+
+    decoded, superseded = decode_index(encoded, "test")
+    assert superseded == old
+    assert {p: len(r) for p, r in decoded} == {p: len(b) for p, b in packs.items()}
+
+    cut = rng.randrange(len(encoded))
+    with pytest.raises(IntegrityError):
+        decode_index(encoded[:cut], "test")
+    with pytest.raises(IntegrityError):
+        decode_index(encoded + b"\x00", "test")
+
+
+@given(garbage=st.binary(max_size=300).filter(lambda b: not b.startswith(b"CIX1")))
+def test_bytes_without_the_index_magic_are_refused(garbage):
+    with pytest.raises(IntegrityError):
+        decode_index(garbage, "test")
+
+
+def _u32(n: int) -> bytes:
+    return n.to_bytes(4, "little")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"CIX1",
+        b"CIX1" + _u32(0),  # no superseded count
+        b"CIX1" + _u32(1) + _u32(0),  # claims a pack that is not there
+        b"CIX1" + _u32(1) + bytes(32) + _u32(3) + bytes(46 * 2) + _u32(0),  # 3 records, 2 present
+        b"CIX1" + _u32(0) + _u32(2) + bytes(32),  # 2 superseded ids, 1 present
+        b"CIX1" + _u32(0) + _u32(0) + b"\x00",  # trailing byte
+        b"CIX2" + _u32(0) + _u32(0),
+    ],
+    ids=[
+        "empty",
+        "magic-only",
+        "no-superseded-count",
+        "missing-pack",
+        "missing-record",
+        "missing-superseded-id",
+        "trailing-byte",
+        "other-magic",
+    ],
+)
+def test_malformed_index_is_refused(data):
+    with pytest.raises(IntegrityError, match="malformed"):
+        decode_index(data, "test")
+
+
+def test_smallest_valid_index_is_empty():
+    assert decode_index(b"CIX1" + _u32(0) + _u32(0), "test") == ([], [])
+
+
+def test_locate_many_finds_frozen_and_pending_blobs_and_misses_the_rest():
+    frozen_ids = _random_ids(3000, 10)
+    frozen_packs = {_pack_id(i): _blobs(frozen_ids[i * 300 : (i + 1) * 300], i) for i in range(10)}
+    index = _frozen_index(frozen_packs)
+    pending_ids = _random_ids(50, 11)
+    pending = _blobs(pending_ids, 99)
+    index.add_pack(_pack_id(100), pending)
+    absent = _random_ids(200, 12)
+
+    expected: dict[bytes, BlobLocation | None] = {}
+    for pack_id, blobs in frozen_packs.items():
+        expected.update((b.blob_id, _location(pack_id, b)) for b in blobs)
+    expected.update((b.blob_id, _location(_pack_id(100), b)) for b in pending)
+    expected.update((i, None) for i in absent)
+    queries = list(expected)
+    random.Random(3).shuffle(queries)
+
+    assert index.locate_many(queries) == [expected[q] for q in queries]
+    assert index.contains_many(queries) == [expected[q] is not None for q in queries]
+    assert [index.lookup(q) for q in queries] == [expected[q] for q in queries]
+    assert len(index) == 3050
+
+
+def test_ids_sharing_their_first_eight_bytes_are_told_apart():
+    prefix = bytes.fromhex("00ff00ff00ff00ff")
+    twins = [prefix + bytes([i]) * 24 for i in (1, 2, 3)]
+    stranger = prefix + bytes([9]) * 24  # same prefix, stored nowhere
+    pending_twin = prefix + bytes([7]) * 24  # same prefix, only in the open run
+    others = _random_ids(500, 4)
+
+    packs = {
+        _pack_id(0): _blobs([twins[0], *others[:250]], 0),
+        _pack_id(1): _blobs([*others[250:], twins[2], twins[1]], 1),
+    }
+    index = _frozen_index(packs)
+    index.add_pack(_pack_id(2), _blobs([pending_twin], 2))
+    expected = {b.blob_id: _location(p, b) for p, blobs in packs.items() for b in blobs}
+    expected[pending_twin] = _location(_pack_id(2), _blobs([pending_twin], 2)[0])
+
+    queries = [*twins, stranger, pending_twin, *others[:20], twins[1], stranger]
+    got = index.locate_many(queries)
+    assert got == [expected.get(q) for q in queries]
+    assert index.contains_many(queries) == [q in expected for q in queries]
+    assert index.lookup(stranger) is None
+    for twin in twins:
+        assert index.lookup(twin) == expected[twin]
+
+
+def test_largest_prefix_values_are_found():
+    """Prefixes at the top of the unsigned 64-bit range sort and compare as unsigned."""
+    high = [bytes.fromhex("ffffffffffffffff") + bytes([i]) * 24 for i in range(3)]
+    high.append(bytes.fromhex("8000000000000000") + bytes(24))
+    low = [bytes(32), bytes(7) + b"\x01" + bytes(24)]
+    packs = {_pack_id(0): _blobs(high + low, 0)}
+    index = _frozen_index(packs)
+    expected = {b.blob_id: _location(_pack_id(0), b) for b in packs[_pack_id(0)]}
+    queries = [*high, *low, bytes.fromhex("ffffffffffffffff") + bytes([9]) * 24]
+    assert index.locate_many(queries) == [expected.get(q) for q in queries]
+    assert [index.lookup(q) for q in queries] == [expected.get(q) for q in queries]
+
+
+def test_index_loaded_in_several_steps_keeps_everything():
+    first = {_pack_id(0): _blobs(_random_ids(100, 20), 0)}
+    second = {_pack_id(1): _blobs(_random_ids(100, 21), 1)}
+    index = _frozen_index(first)
+    decoded, _ = decode_index(encode_index({p: records(b) for p, b in second.items()}), "second")
+    for pack_id, recs in decoded:
+        index.stage(pack_id, recs)
+    index.freeze()
+
+    all_blobs = [(p, b) for packs in (first, second) for p, bs in packs.items() for b in bs]
+    assert index.locate_many([b.blob_id for _, b in all_blobs]) == [_location(p, b) for p, b in all_blobs]
+    assert len(index) == 200
+    grouped = {pack_id: dict(blobs) for pack_id, blobs in index.by_pack()}
+    assert grouped == {
+        p: {b.blob_id: _location(p, b) for b in bs} for packs in (first, second) for p, bs in packs.items()
+    }
+
+
+def test_empty_index_finds_nothing():
+    index = Index()
+    ids = _random_ids(5, 0)
+    assert index.locate_many(ids) == [None] * 5
+    assert index.contains_many(ids) == [False] * 5
+    assert index.locate_many([]) == []
+    assert index.lookup(ids[0]) is None
+
+
+def test_blobs_of_packs_added_in_this_run_are_found_before_and_after_merging():
+    index = _frozen_index({_pack_id(0): _blobs(_random_ids(100, 30), 0)})
+    added = {_pack_id(i): _blobs(_random_ids(40, 30 + i), i) for i in range(1, 6)}
+    for pack_id, blobs in added.items():
+        index.add_pack(pack_id, blobs)
+    expected = [(b.blob_id, _location(p, b)) for p, bs in added.items() for b in bs]
+    ids = [i for i, _ in expected]
+
+    assert index.locate_many(ids) == [loc for _, loc in expected]
+    assert all(index.contains_many(ids))
+    index.freeze()
+    assert index.locate_many(ids) == [loc for _, loc in expected]
+    assert [index.lookup(i) for i in ids] == [loc for _, loc in expected]
+    assert len(index) == 300
+
+
+def test_record_layout_is_packed_little_endian():
+    blob = PackedBlob(bytes(range(32)), 1, 1, 0x01020304, 0x0A0B0C0D, 7)
+    encoded = encode_index({_pack_id(0): records([blob])})
+    record = encoded[8 + 32 + 4 : 8 + 32 + 4 + 46]
+    assert record == bytes(range(32)) + b"\x01\x01" + (0x01020304).to_bytes(4, "little") + (
+        0x0A0B0C0D
+    ).to_bytes(4, "little") + (7).to_bytes(4, "little")

@@ -1,0 +1,109 @@
+"""Settings: CAPSULE_* environment variables over capsule.toml in the working folder over defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from orchestrator.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch, tmp_path):
+    """No CAPSULE_* variable from the outside, and a working folder with no capsule.toml."""
+    for name in list(os.environ):
+        if name.upper().startswith("CAPSULE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_defaults_are_relative_to_the_working_folder():
+    s = Settings()
+    assert s.database == Path("data/pos.db")
+    assert s.repository == Path("data/backups")
+    assert s.home == Path("data/capsule")
+    assert not s.database.is_absolute()
+    assert s.resolved_key_file == Path("data/capsule/repository.key")
+    assert s.staging == Path("data/capsule/staging")
+    assert s.passphrase is None
+    assert s.pack_size == 16 * 1024 * 1024
+
+
+def test_environment_variables_override_defaults(monkeypatch):
+    monkeypatch.setenv("CAPSULE_DATABASE", "/srv/pos/shop.db")
+    monkeypatch.setenv("CAPSULE_REPOSITORY", "/mnt/nas/backups")
+    monkeypatch.setenv("CAPSULE_HOME", "state")
+    monkeypatch.setenv("CAPSULE_PACK_SIZE", str(4 * 1024 * 1024))
+    monkeypatch.setenv("CAPSULE_LOG_LEVEL", "debug")
+    s = Settings()
+    assert s.database == Path("/srv/pos/shop.db")
+    assert s.repository == Path("/mnt/nas/backups")
+    assert s.resolved_key_file == Path("state/repository.key")
+    assert s.pack_size == 4 * 1024 * 1024
+    assert s.log_level == "debug"
+
+
+def test_key_file_variable_overrides_the_default_under_home(monkeypatch):
+    monkeypatch.setenv("CAPSULE_KEY_FILE", "/media/usb/shop.key")
+    assert Settings().resolved_key_file == Path("/media/usb/shop.key")
+
+
+def test_capsule_toml_in_the_working_folder_is_read(tmp_path):
+    (tmp_path / "capsule.toml").write_text(
+        'database = "shop/pos.db"\nrepository = "/mnt/nas/capsule"\npack_size = 2097152\n'
+        "lock_wait_seconds = 5\n"
+    )
+    s = Settings()
+    assert s.database == Path("shop/pos.db")
+    assert s.repository == Path("/mnt/nas/capsule")
+    assert s.pack_size == 2 * 1024 * 1024
+    assert s.lock_wait_seconds == 5
+    assert s.home == Path("data/capsule")  # not in the file: default
+
+
+def test_environment_wins_over_capsule_toml(tmp_path, monkeypatch):
+    (tmp_path / "capsule.toml").write_text('database = "from-file.db"\nhome = "file-home"\n')
+    monkeypatch.setenv("CAPSULE_DATABASE", "from-env.db")
+    s = Settings()
+    assert s.database == Path("from-env.db")
+    assert s.home == Path("file-home")
+
+
+def test_capsule_toml_of_another_folder_is_not_read(tmp_path, monkeypatch):
+    (tmp_path / "capsule.toml").write_text('database = "elsewhere.db"\n')
+    other = tmp_path / "other"
+    other.mkdir()
+    monkeypatch.chdir(other)
+    assert Settings().database == Path("data/pos.db")
+
+
+def test_passphrase_from_the_environment_stays_hidden(monkeypatch):
+    monkeypatch.setenv("CAPSULE_PASSPHRASE", "hunter2-correct-horse")
+    s = Settings()
+    assert s.passphrase is not None
+    assert s.passphrase.get_secret_value() == "hunter2-correct-horse"
+    assert "hunter2" not in repr(s)
+    assert "hunter2" not in str(s)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("CAPSULE_PACK_SIZE", "1000"),
+        ("CAPSULE_PACK_SIZE", str(2 * 1024 * 1024 * 1024)),
+        ("CAPSULE_LOG_LEVEL", "chatty"),
+        ("CAPSULE_LOCK_WAIT_SECONDS", "-1"),
+    ],
+)
+def test_invalid_values_are_refused(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_unknown_keys_in_capsule_toml_are_ignored(tmp_path):
+    (tmp_path / "capsule.toml").write_text('colour = "blue"\ndatabase = "x.db"\n')
+    assert Settings().database == Path("x.db")
