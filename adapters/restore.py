@@ -29,8 +29,9 @@ from domain.manifest import Entry, Manifest, check_relative_path
 
 log = structlog.get_logger(__name__)
 
-SPAN_LIMIT = 4 * 1024 * 1024  # one read covers neighbouring blobs of a pack up to this size
-IN_FLIGHT = 4
+SPAN_LIMIT = 1024 * 1024  # one read covers neighbouring blobs of a pack up to this size
+IN_FLIGHT = 8
+SYNC_EVERY = 64 * 1024 * 1024
 LISTS_PER_GROUP = 16
 
 Progress = Callable[[int, int], None]
@@ -121,14 +122,19 @@ def write_entry(
     sha = hashlib.sha256()
     written = 0
     try:
-        with open(tmp, "xb") as f, ThreadPoolExecutor(workers()) as pool:
+        with open(tmp, "xb") as f, ThreadPoolExecutor(workers()) as pool, ThreadPoolExecutor(1) as syncer:
             futures = []
-            spans = _spans(located)
-            for span in spans:
+            synced = 0
+            for span in _spans(located):
                 futures.append(pool.submit(_read_span, repo, span))
                 if len(futures) < IN_FLIGHT:
                     continue
                 written += _write_blobs(f, sha, futures.pop(0).result())
+                if written - synced >= SYNC_EVERY:
+                    # Start writing back to disk now, so the final fsync has little left to do.
+                    f.flush()
+                    syncer.submit(os.fdatasync, f.fileno())
+                    synced = written
                 if progress:
                     progress(written, entry.size)
             for fut in futures:
@@ -136,6 +142,7 @@ def write_entry(
             if progress:
                 progress(written, entry.size)
             f.flush()
+            syncer.shutdown(wait=True)
             os.fsync(f.fileno())
         if written != entry.size or sha.hexdigest() != entry.sha256:
             raise IntegrityError(f"{entry.path} does not match its snapshot after restore (SHA-256 differs)")

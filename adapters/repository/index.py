@@ -110,6 +110,8 @@ _EMPTY = _Frozen(
     np.zeros(0, dtype=RECORD),
 )
 
+_FIELDS = ("type", "comp", "offset", "length", "plain")
+
 # Packs added during a run stay as Python objects until this many blobs, then join the arrays.
 MERGE_AT = 32_768
 
@@ -239,10 +241,21 @@ class Index:
         recent = self._recent
         f = self._frozen
         pos = self._positions(f, blob_ids)
+        # Pull the columns out once: building locations from numpy scalars one by one is slow.
+        rows = f.recs[np.maximum(pos, 0)] if len(f.recs) else f.recs
+        columns = zip(
+            f.packs[np.maximum(pos, 0)].tolist() if len(f.packs) else [0] * len(pos),
+            *((rows[c].tolist() if len(rows) else [0] * len(pos)) for c in _FIELDS),
+            strict=True,
+        )
         out: list[BlobLocation | None] = []
-        for b, p in zip(blob_ids, pos, strict=True):
+        for b, p, (pack, btype, comp, offset, length, plain) in zip(
+            blob_ids, pos.tolist(), columns, strict=True
+        ):
             loc = recent.get(b)
-            out.append(loc if loc is not None else (self._location(f, int(p)) if p >= 0 else None))
+            if loc is None and p >= 0:
+                loc = BlobLocation(self.pack_ids[pack], btype, comp, offset, length, plain)
+            out.append(loc)
         return out
 
     def by_pack(self) -> Iterator[tuple[str, list[tuple[bytes, BlobLocation]]]]:

@@ -330,9 +330,15 @@ class Repository:
             yield name, manifest
 
 
+_decompressors = threading.local()
+
+
 def _decompress(payload: bytes, what: str, size: int | None = None) -> bytes:
+    # A decompressor costs more to make than a 4 KiB page costs to decompress: one per thread.
+    d = getattr(_decompressors, "d", None)
+    if d is None:
+        d = _decompressors.d = zstandard.ZstdDecompressor()
     try:
-        d = zstandard.ZstdDecompressor()
         return d.decompress(payload, max_output_size=size or 0) if size else d.decompress(payload)
     except zstandard.ZstdError as e:
         raise IntegrityError(f"{what} does not decompress") from e
