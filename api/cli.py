@@ -8,6 +8,7 @@ live process.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -150,6 +151,8 @@ def backup(obj: Context, kind: str, full: bool, as_json: bool) -> None:
     """Back up the database into the repository."""
 
     def go() -> None:
+        if obj.settings.nice:
+            os.nice(obj.settings.nice)  # the shop's own programs keep the CPU they need
         with progress_bar("Backing up", not as_json) as progress:
             result = services.backup(obj.settings, kind=kind, full=full, progress=progress)
         m = result.manifest

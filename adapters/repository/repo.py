@@ -13,7 +13,9 @@ import json
 import os
 import socket
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,6 +55,10 @@ DEFAULT_PACK_SIZE = 16 * 1024 * 1024
 INDEX_FLUSH_BLOBS = 200_000
 # Compression must save at least this share of the bytes to be worth the work of undoing it.
 MIN_COMPRESSION_GAIN = 0.03
+# On 4 KiB database pages level 1 compresses as well as level 3 (2.24 vs 2.25) for 22% less time.
+DEFAULT_COMPRESSION_LEVEL = 1
+# Packs being written (and fsynced) in the background while the next one fills.
+PACKS_IN_FLIGHT = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,13 +81,15 @@ class Repository:
         self.id: str = config["id"]
         self.sealer = Sealer(key)
         self.pack_size: int = int(config.get("pack_size", DEFAULT_PACK_SIZE))
-        self.compression_level: int = int(config.get("compression_level", 3))
+        self.compression_level: int = int(config.get("compression_level", DEFAULT_COMPRESSION_LEVEL))
         self.index = Index()
         self._index_loaded = False
         self._builder = PackBuilder()
         self._unindexed: dict[str, npt.NDArray[np.void]] = {}
-        # Ids in the open pack: already "stored" for dedup, not yet in the index.
+        # Ids in the open pack or a pack being written: already "stored" for dedup, not yet indexed.
         self._pending_ids: set[bytes] = set()
+        self._writer: ThreadPoolExecutor | None = None
+        self._writes: deque[tuple[Future[tuple[str, int]], PackBuilder]] = deque()
         self._local = threading.local()
         self.stored_bytes = 0
 
@@ -109,7 +117,7 @@ class Repository:
             "id": os.urandom(32).hex(),
             "created": datetime.now(UTC).isoformat(),
             "pack_size": pack_size,
-            "compression_level": 3,
+            "compression_level": DEFAULT_COMPRESSION_LEVEL,
         }
         sealer = Sealer(master)
         config["mac"] = sealer.mac(_canonical(config)).hex()
@@ -214,12 +222,25 @@ class Repository:
         return blob_id in self._pending_ids or self.index.lookup(blob_id) is not None
 
     def _write_pack(self) -> None:
+        """Hand the open pack to the writer thread; its blobs stay pending until it is stored."""
         if not len(self._builder):
             return
         builder, self._builder = self._builder, PackBuilder()
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pack-writer")
+        self._writes.append((self._writer.submit(self._store_pack, builder), builder))
+        while len(self._writes) > PACKS_IN_FLIGHT:
+            self._finish_pack()
+
+    def _store_pack(self, builder: PackBuilder) -> tuple[str, int]:
         pack_id, data = builder.finish(self.sealer)
         self.backend.write("data", pack_id, data)
-        self.stored_bytes += len(data)
+        return pack_id, len(data)
+
+    def _finish_pack(self) -> None:
+        future, builder = self._writes.popleft()
+        pack_id, size = future.result()
+        self.stored_bytes += size
         self._unindexed[pack_id] = self.index.add_pack(pack_id, builder.blobs)
         for b in builder.blobs:
             self._pending_ids.discard(b.blob_id)
@@ -236,6 +257,8 @@ class Repository:
     def flush(self) -> None:
         """Store the open pack and an index for every pack not yet indexed."""
         self._write_pack()
+        while self._writes:
+            self._finish_pack()
         self._write_index()
 
     def load_index(self) -> list[str]:
@@ -280,7 +303,12 @@ class Repository:
             raise BlobNotFound(f"pack {loc.pack_id[:12]} holding blob {blob_id.hex()[:12]} is missing") from e
         return self.open_blob(blob_id, loc, sealed)
 
-    def open_blob(self, blob_id: bytes, loc: BlobLocation, sealed: bytes) -> bytes:
+    def open_blob(self, blob_id: bytes, loc: BlobLocation, sealed: bytes, check_id: bool = True) -> bytes:
+        """Decrypt and decompress one blob.
+
+        The AEAD tag binds the ciphertext to its id; `check_id` also hashes the plaintext (verify
+        does; a restore that checks the whole file's SHA-256 need not).
+        """
         what = f"blob {blob_id.hex()[:12]} in pack {loc.pack_id[:12]}"
         if len(sealed) != loc.length:
             raise IntegrityError(f"{what} is truncated")
@@ -291,7 +319,7 @@ class Repository:
             data = payload
         else:
             raise IntegrityError(f"{what} uses an unknown compression")
-        if len(data) != loc.plain_length or self.sealer.blob_id(data) != blob_id:
+        if len(data) != loc.plain_length or (check_id and self.sealer.blob_id(data) != blob_id):
             raise IntegrityError(f"{what} does not match its id")
         return data
 
