@@ -13,7 +13,6 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -21,8 +20,10 @@ from pathlib import Path
 import structlog
 
 from adapters.chunks import ChunkStore, StoreStats, entry_blob_fields, load_id_list, load_id_lists, split_ids
+from adapters.pagestore import store_file_chunks
 from adapters.repository.lock import pid_alive
 from adapters.repository.repo import Repository
+from adapters.sealpool import SealPool
 from adapters.sqlite_snapshot import DatabaseCopy, copy_database, remove_database_files
 from domain.errors import CapsuleError
 from domain.manifest import Entry, Manifest, SqliteInfo, Totals
@@ -113,31 +114,19 @@ def store_database_copy(
     *,
     full: bool,
     progress: Progress | None = None,
+    pool: SealPool | None = None,
 ) -> tuple[Entry, StoreStats]:
     """Store the copy's pages; return the manifest entry, the chunk ids and the figures."""
     chunk_size = copy.page_size * pages_per_chunk(copy.page_size)
-    sha = hashlib.sha256()
-    done = 0
-
-    # SHA-256 runs in a thread of its own, fed blocks in file order, beside the sealing threads.
-    hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
-
-    def on_batch(chunks: list[bytes], _ids: list[bytes]) -> None:
-        nonlocal done
-        block = b"".join(chunks)
-        hasher.submit(sha.update, block)
-        done += len(block)
-        if progress is not None:
-            progress(done, copy.size)
-
-    try:
-        with ChunkStore(repo, _full_check(repo) if full else None) as store:
-            ids = bytearray()  # 32 bytes a chunk: a compact list even for a database of millions of pages
-            for blob_id in store.store_batches(read_batches(copy.path, chunk_size), on_batch=on_batch):
-                ids += blob_id
-            blob_fields = entry_blob_fields(repo, bytes(ids), store.has_blob)
-    finally:
-        hasher.shutdown(wait=True)
+    check = _full_check(repo) if full else None
+    if pool is not None:
+        ids, stats, digest = store_file_chunks(
+            repo, pool, copy.path, copy.size, chunk_size, has_blob=check, progress=progress
+        )
+        blob_fields = entry_blob_fields(repo, ids, check)
+    else:
+        ids, stats, digest = _store_in_process(repo, copy, chunk_size, check, progress)
+        blob_fields = entry_blob_fields(repo, ids, check)
     stat = source.stat()
     entry = Entry(
         path=source.name,
@@ -145,7 +134,7 @@ def store_database_copy(
         mode=stat.st_mode & 0o7777,
         mtime_ns=stat.st_mtime_ns,
         inode=stat.st_ino,
-        sha256=sha.hexdigest(),
+        sha256=digest,
         sqlite=SqliteInfo(
             page_size=copy.page_size,
             page_count=copy.page_count,
@@ -155,7 +144,33 @@ def store_database_copy(
         blobs=blob_fields["blobs"],
         blob_lists=blob_fields["blob_lists"],
     )
-    return entry, store.stats
+    return entry, stats
+
+
+def _store_in_process(
+    repo: Repository,
+    copy: DatabaseCopy,
+    chunk_size: int,
+    check: Callable[[bytes], bool] | None,
+    progress: Progress | None,
+) -> tuple[bytes, StoreStats, str]:
+    """The same work on threads of this process (no worker processes)."""
+    sha = hashlib.sha256()
+    done = 0
+
+    def on_batch(chunks: list[bytes], _ids: list[bytes]) -> None:
+        nonlocal done
+        for c in chunks:
+            sha.update(c)
+            done += len(c)
+        if progress is not None:
+            progress(done, copy.size)
+
+    ids = bytearray()
+    with ChunkStore(repo, check) as store:
+        for blob_id in store.store_batches(read_batches(copy.path, chunk_size), on_batch=on_batch):
+            ids += blob_id
+    return bytes(ids), store.stats, sha.hexdigest()
 
 
 def _full_check(repo: Repository) -> Callable[[bytes], bool]:
@@ -184,6 +199,7 @@ def backup_database(
     now: datetime,
     tags: list[str] | None = None,
     progress: Progress | None = None,
+    workers: int | None = None,
 ) -> BackupResult:
     """Take a consistent copy of `source`, store it and commit its manifest."""
     started = time.perf_counter()
@@ -193,11 +209,15 @@ def backup_database(
     clear_abandoned_copies(staging)
     # The PID in the name keeps two backups of one database apart and tells a crashed one's copy.
     copy_path = staging / f"{source.name}.{os.getpid()}-{secrets.token_hex(4)}{COPY_SUFFIX}"
-    copy = copy_database(source, copy_path)
+    # Workers start while SQLite copies the database, so their start-up costs nothing.
+    pool = SealPool(repo.master_key, repo.compression_level, workers) if workers != 0 else None
     try:
-        entry, stats = store_database_copy(repo, copy, source, full=full, progress=progress)
+        copy = copy_database(source, copy_path)
+        entry, stats = store_database_copy(repo, copy, source, full=full, progress=progress, pool=pool)
         repo.flush()
     finally:
+        if pool is not None:
+            pool.close()
         remove_database_files(copy_path)
     parent_entry = parent[1].entries[0] if parent and parent[1].entries else None
     changed = _changed_chunks(repo, parent_entry, entry)

@@ -7,11 +7,13 @@ own check passes). Paths from the manifest are validated against the target fold
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import secrets
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -23,7 +25,9 @@ from adapters.errors import BlobNotFound, DiskFull, IntegrityError, RestoreRefus
 from adapters.repository.backend import fsync_dir
 from adapters.repository.index import BlobLocation
 from adapters.repository.repo import Repository
-from adapters.sqlite_snapshot import SIDE_FILES, check_database
+from adapters.sealpool import SealPool
+from adapters.sqlite_snapshot import SIDE_FILES
+from adapters.sqlite_snapshot import check_database as check_sqlite
 from domain.errors import UnsafePath
 from domain.manifest import Entry, Manifest, check_relative_path
 
@@ -113,24 +117,57 @@ def locate_all(repo: Repository, entry: Entry) -> Iterator[tuple[bytes, BlobLoca
         yield from ((i, loc) for i, loc in zip(ids, locs, strict=True) if loc is not None)
 
 
+SpanReader = Callable[[list[tuple[bytes, BlobLocation]]], Future[bytes]]
+
+
+def _pool_reader(repo: Repository, pool: SealPool) -> SpanReader:
+    """Spans decrypted by the worker processes, which read the pack files themselves."""
+
+    def read(span: list[tuple[bytes, BlobLocation]]) -> Future[bytes]:
+        first, last = span[0][1], span[-1][1]
+        items = [(i, loc.blob_type, loc.compression, loc.length, loc.plain_length) for i, loc in span]
+        path = str(repo.backend.path_of("data", first.pack_id))
+        return pool.open(path, first.offset, last.offset + last.length - first.offset, items)
+
+    return read
+
+
 def write_entry(
-    repo: Repository, entry: Entry, target: Path, progress: Progress | None = None
+    repo: Repository,
+    entry: Entry,
+    target: Path,
+    progress: Progress | None = None,
+    *,
+    pool: SealPool | None = None,
+    check_database: bool = False,
 ) -> RestoredFile:
-    """Write `entry` to a temporary file beside `target`, checked and fsynced; return it."""
+    """Write `entry` to a temporary file beside `target`, verified and fsynced; return it.
+
+    Every blob is authenticated and the file's SHA-256 must equal the manifest's before this
+    returns; `check_database` also runs SQLite's quick_check on a database.
+    """
     located = locate_all(repo, entry)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.capsule-restore-{secrets.token_hex(4)}"
     sha = hashlib.sha256()
     written = 0
     try:
-        with open(tmp, "xb") as f, ThreadPoolExecutor(workers()) as pool, ThreadPoolExecutor(1) as syncer:
-            futures = []
+        with open(tmp, "xb") as f, ThreadPoolExecutor(workers()) as threads, ThreadPoolExecutor(1) as syncer:
+            read: SpanReader
+            if pool is not None:
+                read = _pool_reader(repo, pool)
+            else:
+
+                def read(span: list[tuple[bytes, BlobLocation]]) -> Future[bytes]:
+                    return threads.submit(_read_span, repo, span)
+
+            futures: deque[Future[bytes]] = deque()
             synced = 0
             for span in _spans(located):
-                futures.append(pool.submit(_read_span, repo, span))
+                futures.append(read(span))
                 if len(futures) < IN_FLIGHT:
                     continue
-                written += _write_blobs(f, sha, futures.pop(0).result())
+                written += _write_blobs(f, sha, futures.popleft().result())
                 if written - synced >= SYNC_EVERY:
                     # Start writing back to disk now, so the final fsync has little left to do.
                     f.flush()
@@ -138,8 +175,8 @@ def write_entry(
                     synced = written
                 if progress:
                     progress(written, entry.size)
-            for fut in futures:
-                written += _write_blobs(f, sha, fut.result())
+            while futures:
+                written += _write_blobs(f, sha, futures.popleft().result())
             if progress:
                 progress(written, entry.size)
             f.flush()
@@ -149,9 +186,9 @@ def write_entry(
                     f"{entry.path} does not match its snapshot after restore (SHA-256 differs)"
                 )
             # SQLite's check reads the file from the page cache while the disk takes the last writes.
-            check = pool.submit(check_database, tmp) if entry.sqlite is not None else None
+            checking = threads.submit(check_sqlite, tmp) if check_database and entry.sqlite else None
             os.fsync(f.fileno())
-            problems = check.result() if check is not None else []
+            problems = checking.result() if checking is not None else []
         if problems:
             raise IntegrityError(f"the restored database {entry.path} fails SQLite's check: {problems[0]}")
         os.chmod(tmp, entry.mode & 0o7777)
@@ -159,7 +196,7 @@ def write_entry(
     except OSError as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if e.errno == 28:
+        if e.errno == errno.ENOSPC:
             raise DiskFull(f"the disk holding {target.parent} is full; free space and retry") from e
         raise
     except BaseException:
@@ -195,6 +232,8 @@ def restore_snapshot(
     *,
     force: bool = False,
     progress: Progress | None = None,
+    check_database: bool = False,
+    workers: int | None = None,
 ) -> list[RestoredFile]:
     """Restore every entry of `manifest` under `to`."""
     repo.ensure_index()
@@ -214,10 +253,15 @@ def restore_snapshot(
         if progress:
             progress(base + n, total)
 
-    for entry, target in targets:
-        restored = write_entry(repo, entry, target, scaled)
-        put_in_place(restored.path, target)
-        done.append(RestoredFile(target, restored.size, restored.sha256))
-        base += entry.size
-        log.info("file restored", path=str(target), bytes=restored.size)
+    pool = SealPool(repo.master_key, repo.compression_level, workers) if workers != 0 else None
+    try:
+        for entry, target in targets:
+            restored = write_entry(repo, entry, target, scaled, pool=pool, check_database=check_database)
+            put_in_place(restored.path, target)
+            done.append(RestoredFile(target, restored.size, restored.sha256))
+            base += entry.size
+            log.info("file restored", path=str(target), bytes=restored.size)
+    finally:
+        if pool is not None:
+            pool.close()
     return done

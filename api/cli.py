@@ -207,12 +207,20 @@ def snapshots(obj: Context, as_json: bool) -> None:
 @click.option("--to", "to", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Replace files that already exist under --to.")
 @click.option(
+    "--check",
+    "check_database",
+    is_flag=True,
+    help="Also run SQLite's quick_check on the restored database (--in-place always does).",
+)
+@click.option(
     "--in-place",
     is_flag=True,
     help="Restore into the live database (CAPSULE_DATABASE) after saving it aside.",
 )
 @pass_ctx
-def restore(obj: Context, snapshot: str, to: Path | None, force: bool, in_place: bool) -> None:
+def restore(  # noqa: PLR0917 (click passes options by position)
+    obj: Context, snapshot: str, to: Path | None, force: bool, check_database: bool, in_place: bool
+) -> None:
     """Restore SNAPSHOT (an id, a unique id prefix, or `latest`)."""
 
     def go() -> None:
@@ -226,7 +234,9 @@ def restore(obj: Context, snapshot: str, to: Path | None, force: bool, in_place:
             return
         assert to is not None
         with progress_bar("Restoring", True) as progress:
-            sid, files = services.restore(obj.settings, snapshot, to, force=force, progress=progress)
+            sid, files = services.restore(
+                obj.settings, snapshot, to, force=force, check_database=check_database, progress=progress
+            )
         for f in files:
             click.echo(f"Restored {f.path} ({_human(f.size)}, SHA-256 {f.sha256[:16]}… verified)")
         click.echo(f"Snapshot {sid[:12]} restored.")

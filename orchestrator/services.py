@@ -98,12 +98,20 @@ def resolve_snapshot(repo: Repository, ref: str) -> tuple[str, Manifest]:
 
 
 def restore(
-    settings: Settings, ref: str, to: Path, *, force: bool = False, progress: Progress | None = None
+    settings: Settings,
+    ref: str,
+    to: Path,
+    *,
+    force: bool = False,
+    check_database: bool = False,
+    progress: Progress | None = None,
 ) -> tuple[str, list[RestoredFile]]:
     repo = open_repository(settings)
     with locked(repo.backend, "restore", timeout=settings.lock_wait_seconds):
         sid, manifest = resolve_snapshot(repo, ref)
-        return sid, restore_snapshot(repo, manifest, to, force=force, progress=progress)
+        return sid, restore_snapshot(
+            repo, manifest, to, force=force, progress=progress, check_database=check_database
+        )
 
 
 @dataclass(frozen=True)
@@ -122,7 +130,10 @@ def restore_in_place(settings: Settings, ref: str, *, progress: Progress | None 
         if manifest.kind != "database":
             raise CapsuleError(f"snapshot {sid[:12]} holds files, not a database")
         repo.ensure_index()
-        staged = write_entry(repo, manifest.entries[0], settings.staging / live.name, progress)
+        # The live database is about to be replaced: SQLite's own check is worth its time here.
+        staged = write_entry(
+            repo, manifest.entries[0], settings.staging / live.name, progress, check_database=True
+        )
         try:
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
             safety = settings.safety / f"{live.stem}-before-restore-{stamp}{live.suffix}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -33,8 +34,7 @@ RECORD = np.dtype(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class BlobLocation:
+class BlobLocation(NamedTuple):
     """A blob's pack and its place inside it."""
 
     pack_id: str
@@ -189,7 +189,9 @@ class Index:
     def _scan(f: _Frozen, blob_id: bytes) -> int:
         if not len(f.keys):
             return -1
-        key = int.from_bytes(blob_id[:8], "big")
+        # A numpy scalar, not a Python int: an int above 2**63 would make numpy convert the whole
+        # array for every search.
+        key = np.uint64(int.from_bytes(blob_id[:8], "big"))
         lo = int(np.searchsorted(f.keys, key, "left"))
         hi = int(np.searchsorted(f.keys, key, "right"))
         for i in range(lo, hi):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from adapters.errors import IntegrityError
 from adapters.repository.crypto import ID_SIZE, Sealer
@@ -32,8 +32,7 @@ def blob_aad(blob_type: int, compression: int, blob_id: bytes) -> bytes:
     return b"capsule:blob" + bytes((blob_type, compression)) + blob_id
 
 
-@dataclass(frozen=True, slots=True)
-class PackedBlob:
+class PackedBlob(NamedTuple):
     """Where one blob sits inside its pack, and how to read it back."""
 
     blob_id: bytes
@@ -48,7 +47,7 @@ class PackBuilder:
     """Collects sealed blobs in memory until the pack is big enough to store."""
 
     def __init__(self) -> None:
-        self._parts: list[bytes] = []
+        self._parts: list[bytes | memoryview] = []
         self.blobs: list[PackedBlob] = []
         self.size = 0
 
@@ -56,6 +55,17 @@ class PackBuilder:
         self.blobs.append(PackedBlob(blob_id, blob_type, compression, self.size, len(sealed), plain))
         self._parts.append(sealed)
         self.size += len(sealed)
+
+    def add_run(
+        self, blob_ids: list[bytes], blob_type: int, table: list[tuple[int, int, int]], sealed: memoryview
+    ) -> None:
+        """Add blobs sealed end to end in `sealed`, described by (compression, plain, length) rows."""
+        offset = self.size
+        for blob_id, (comp, plain, length) in zip(blob_ids, table, strict=True):
+            self.blobs.append(PackedBlob(blob_id, blob_type, comp, offset, length, plain))
+            offset += length
+        self._parts.append(sealed)
+        self.size = offset
 
     def __len__(self) -> int:
         return len(self.blobs)

@@ -16,10 +16,9 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -61,8 +60,7 @@ DEFAULT_COMPRESSION_LEVEL = 1
 PACKS_IN_FLIGHT = 2
 
 
-@dataclass(frozen=True, slots=True)
-class PreparedBlob:
+class PreparedBlob(NamedTuple):
     """A blob sealed and ready for a pack; made off the main thread."""
 
     blob_id: bytes
@@ -80,6 +78,7 @@ class Repository:
         self.config = config
         self.id: str = config["id"]
         self.sealer = Sealer(key)
+        self.master_key = key
         self.pack_size: int = int(config.get("pack_size", DEFAULT_PACK_SIZE))
         self.compression_level: int = int(config.get("compression_level", DEFAULT_COMPRESSION_LEVEL))
         self.index = Index()
@@ -213,6 +212,35 @@ class Repository:
         if self._builder.size >= self.pack_size:
             self._write_pack()
         return True
+
+    def add_run(
+        self,
+        blob_ids: list[bytes],
+        blob_type: int,
+        table: list[tuple[int, int, int]],
+        sealed: memoryview,
+        has_blob: Callable[[bytes], bool] | None = None,
+    ) -> tuple[int, int]:
+        """Add blobs sealed end to end (as a worker returns them); return (blobs, plain bytes) added.
+
+        The common case, none known yet, moves the whole run into the pack at once.
+        """
+        check = has_blob or self.has_blob
+        if len(set(blob_ids)) == len(blob_ids) and not any(check(i) for i in blob_ids):
+            self._builder.add_run(blob_ids, blob_type, table, sealed)
+            self._pending_ids.update(blob_ids)
+            if self._builder.size >= self.pack_size:
+                self._write_pack()
+            return len(blob_ids), sum(row[1] for row in table)
+        added = plain_bytes = 0
+        at = 0
+        for blob_id, (comp, plain, length) in zip(blob_ids, table, strict=True):
+            blob = PreparedBlob(blob_id, blob_type, comp, bytes(sealed[at : at + length]), plain)
+            at += length
+            if self.add(blob, has_blob):
+                added += 1
+                plain_bytes += plain
+        return added, plain_bytes
 
     def pending_blob(self, blob_id: bytes) -> bool:
         """True if the blob sits in the open pack, not yet written."""

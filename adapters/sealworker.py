@@ -1,0 +1,172 @@
+"""Worker processes that hash, compress, seal and open blobs, so that both cores do real work.
+
+Threads share one interpreter lock, and per-page work (4 KiB blobs) is dominated by Python calls
+around zstd, AES-GCM and BLAKE3; separate processes run them side by side. A worker reads the bytes
+it works on straight from the staging copy or the pack files, so only ids and sealed or opened blobs
+cross the pipe. It imports nothing heavier than those three libraries, and receives the master key
+over its stdin, never through arguments or the environment.
+
+Frames, both ways: u32 LE length, then the body. The first frame to a worker is the key (64 bytes)
+followed by a u8 compression level. Requests: u8 op, u32 request id, then the op's fields; replies:
+u8 status (0 ok, 1 integrity error, 2 file missing, 3 other error), u32 request id, payload.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+from typing import IO
+
+import zstandard
+
+from adapters.errors import IntegrityError
+from adapters.repository.crypto import MasterKey, Sealer
+from adapters.repository.pack import COMPRESSION_NONE, COMPRESSION_ZSTD, blob_aad
+
+OP_HASH = 1  # path, offset u64, length u32, chunk u32 -> concatenated 32-byte ids
+# path, type u8, compress u8, n u32, n x (offset u64, length u32, id 32)
+#   -> n u32, n x (compression u8, plain length u32, sealed length u32), then the sealed blobs
+OP_SEAL = 2
+OP_OPEN = 3  # path, offset u64, length u32, n u32, n x (id 32, type u8, comp u8, length u32, plain u32)
+
+FRAME = struct.Struct("<I")
+HEAD = struct.Struct("<BI")
+SEAL_ITEM = struct.Struct("<QI32s")
+OPEN_ITEM = struct.Struct("<32sBBII")
+SEALED_HEAD = struct.Struct("<BII")  # compression, plain length, sealed length
+
+STATUS_OK, STATUS_INTEGRITY, STATUS_MISSING, STATUS_ERROR = 0, 1, 2, 3
+
+MIN_COMPRESSION_GAIN = 0.03
+
+
+def read_frame(stream: IO[bytes]) -> bytes | None:
+    head = stream.read(FRAME.size)
+    if len(head) < FRAME.size:
+        return None
+    (size,) = FRAME.unpack(head)
+    body = stream.read(size)
+    if len(body) < size:
+        return None
+    return body
+
+
+def write_frame(stream: IO[bytes], body: bytes) -> None:
+    stream.write(FRAME.pack(len(body)) + body)
+    stream.flush()
+
+
+def _path(body: bytes, pos: int) -> tuple[str, int]:
+    (n,) = FRAME.unpack_from(body, pos)
+    return body[pos + 4 : pos + 4 + n].decode(), pos + 4 + n
+
+
+def _pread(path: str, offset: int, length: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
+
+
+class Worker:
+    def __init__(self, key: MasterKey, level: int) -> None:
+        self.sealer = Sealer(key)
+        self.compressor = zstandard.ZstdCompressor(level=level)
+        self.decompressor = zstandard.ZstdDecompressor()
+
+    def hash(self, body: bytes, pos: int) -> bytes:
+        path, pos = _path(body, pos)
+        offset, length, chunk = struct.unpack_from("<QII", body, pos)
+        data = _pread(path, offset, length)
+        if len(data) != length:
+            raise OSError(f"{path} is shorter than expected")
+        view = memoryview(data)
+        return b"".join(self.sealer.blob_id(view[i : i + chunk]) for i in range(0, length, chunk))
+
+    def seal(self, body: bytes, pos: int) -> bytes:
+        path, pos = _path(body, pos)
+        blob_type, compress, n = struct.unpack_from("<BBI", body, pos)
+        pos += 6
+        items = [SEAL_ITEM.unpack_from(body, pos + i * SEAL_ITEM.size) for i in range(n)]
+        table = [struct.pack("<I", n)]
+        out = []
+        if not items:
+            return table[0]
+        start = items[0][0]
+        end = max(off + ln for off, ln, _ in items)
+        data = _pread(path, start, end - start)
+        for offset, length, blob_id in items:
+            chunk = data[offset - start : offset - start + length]
+            payload, compression = chunk, COMPRESSION_NONE
+            if compress and chunk:
+                packed = self.compressor.compress(chunk)
+                if len(packed) <= len(chunk) * (1 - MIN_COMPRESSION_GAIN):
+                    payload, compression = packed, COMPRESSION_ZSTD
+            sealed = self.sealer.seal(payload, blob_aad(blob_type, compression, blob_id))
+            table.append(SEALED_HEAD.pack(compression, len(chunk), len(sealed)))
+            out.append(sealed)
+        return b"".join(table + out)
+
+    def open(self, body: bytes, pos: int) -> bytes:
+        path, pos = _path(body, pos)
+        offset, length, n = struct.unpack_from("<QII", body, pos)
+        pos += 16
+        raw = _pread(path, offset, length)
+        out = []
+        at = 0
+        for i in range(n):
+            blob_id, blob_type, comp, stored, plain = OPEN_ITEM.unpack_from(body, pos + i * OPEN_ITEM.size)
+            what = f"blob {blob_id.hex()[:12]} in pack {os.path.basename(path)[:12]}"
+            sealed = raw[at : at + stored]
+            at += stored
+            if len(sealed) != stored:
+                raise IntegrityError(f"{what} is truncated")
+            payload = self.sealer.open(sealed, blob_aad(blob_type, comp, blob_id), what)
+            if comp == COMPRESSION_ZSTD:
+                try:
+                    data = self.decompressor.decompress(payload)
+                except zstandard.ZstdError as e:
+                    raise IntegrityError(f"{what} does not decompress") from e
+            elif comp == COMPRESSION_NONE:
+                data = payload
+            else:
+                raise IntegrityError(f"{what} uses an unknown compression")
+            if len(data) != plain:
+                raise IntegrityError(f"{what} does not match its length")
+            out.append(data)
+        return b"".join(out)
+
+    def handle(self, body: bytes) -> bytes:
+        op, request = HEAD.unpack_from(body)
+        try:
+            if op == OP_HASH:
+                result = self.hash(body, HEAD.size)
+            elif op == OP_SEAL:
+                result = self.seal(body, HEAD.size)
+            elif op == OP_OPEN:
+                result = self.open(body, HEAD.size)
+            else:
+                raise ValueError(f"unknown operation {op}")
+            return HEAD.pack(STATUS_OK, request) + result
+        except IntegrityError as e:
+            return HEAD.pack(STATUS_INTEGRITY, request) + str(e).encode()
+        except FileNotFoundError as e:
+            return HEAD.pack(STATUS_MISSING, request) + str(e).encode()
+        except Exception as e:  # reported to the parent, which raises it there
+            return HEAD.pack(STATUS_ERROR, request) + f"{type(e).__name__}: {e}".encode()
+
+
+def main() -> None:
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    init = read_frame(stdin)
+    if init is None:
+        return
+    worker = Worker(MasterKey.from_bytes(init[:64]), init[64])
+    while (body := read_frame(stdin)) is not None:
+        write_frame(stdout, worker.handle(body))
+
+
+if __name__ == "__main__":
+    main()

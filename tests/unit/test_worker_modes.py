@@ -1,0 +1,70 @@
+"""Backups and restores give the same bytes with worker processes and on threads alone."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from adapters.database_backup import backup_database
+from adapters.errors import IntegrityError
+from adapters.repository.backend import LocalBackend
+from adapters.repository.repo import Repository
+from adapters.restore import restore_snapshot
+from adapters.sealpool import SealPool, WorkerFailed
+
+
+def _database(path: Path, rows: int) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, body TEXT)")
+    conn.executemany("INSERT INTO t(body) VALUES (?)", [(f"row {i} " * 20,) for i in range(rows)])
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_every_worker_mode_stores_and_restores_the_same_bytes(tmp_path: Path, workers: int) -> None:
+    db = tmp_path / "pos.db"
+    _database(db, 3000)
+    repo = Repository.init(LocalBackend(tmp_path / "repo"), tmp_path / "key", pack_size=64 * 1024)
+    first = backup_database(repo, db, tmp_path / "staging", now=datetime.now(UTC), workers=workers)
+    again = backup_database(repo, db, tmp_path / "staging", now=datetime.now(UTC), workers=workers)
+    assert first.manifest.totals.new_blobs == first.manifest.totals.blobs > 64
+    assert again.manifest.totals.new_blobs == 0
+    assert first.manifest.entries[0].blob_lists == again.manifest.entries[0].blob_lists
+
+    reopened = Repository.open(LocalBackend(tmp_path / "repo"), tmp_path / "key")
+    out = tmp_path / f"out{workers}"
+    restore_snapshot(reopened, again.manifest, out, workers=workers)
+    restored = (out / "pos.db").read_bytes()
+    assert hashlib.sha256(restored).hexdigest() == again.manifest.entries[0].sha256
+
+
+def test_a_damaged_blob_fails_the_restore_in_a_worker_with_an_integrity_error(tmp_path: Path) -> None:
+    db = tmp_path / "pos.db"
+    _database(db, 500)
+    repo = Repository.init(LocalBackend(tmp_path / "repo"), tmp_path / "key")
+    result = backup_database(repo, db, tmp_path / "staging", now=datetime.now(UTC), workers=1)
+    pack = next((tmp_path / "repo" / "data").glob("*/*"))
+    data = bytearray(pack.read_bytes())
+    data[100] ^= 0x01
+    pack.write_bytes(bytes(data))
+    reopened = Repository.open(LocalBackend(tmp_path / "repo"), tmp_path / "key")
+    with pytest.raises(IntegrityError, match="failed authentication"):
+        restore_snapshot(reopened, result.manifest, tmp_path / "out", workers=1)
+    assert not any((tmp_path / "out").iterdir())
+
+
+def test_a_worker_that_dies_fails_its_requests_instead_of_hanging(tmp_path: Path) -> None:
+    repo = Repository.init(LocalBackend(tmp_path / "repo"), tmp_path / "key")
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 4096 * 64)
+    with SealPool(repo.master_key, 1, workers=1) as pool:
+        pool._procs[0].proc.kill()
+        pool._procs[0].proc.wait()
+        with pytest.raises(WorkerFailed):
+            pool.hash(str(big), 0, 4096 * 64, 4096).result(timeout=10)
