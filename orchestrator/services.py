@@ -71,6 +71,7 @@ def backup(
             full=full,
             now=now or datetime.now(UTC),
             progress=progress,
+            workers=settings.workers,
         )
 
 
@@ -110,7 +111,13 @@ def restore(
     with locked(repo.backend, "restore", timeout=settings.lock_wait_seconds):
         sid, manifest = resolve_snapshot(repo, ref)
         return sid, restore_snapshot(
-            repo, manifest, to, force=force, progress=progress, check_database=check_database
+            repo,
+            manifest,
+            to,
+            force=force,
+            progress=progress,
+            check_database=check_database,
+            workers=settings.workers,
         )
 
 

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     passphrase: SecretStr | None = None
     pack_size: int = Field(16 * MiB, ge=MiB, le=1024 * MiB)
     lock_wait_seconds: float = Field(30.0, ge=0)
+    workers: int | None = Field(
+        None, ge=0, le=32, description="worker processes for sealing; 0 keeps all work in one process"
+    )
     nice: int = Field(10, ge=0, le=19, description="CPU priority of backups: the till comes first")
     event_store_url: str | None = None
     broker_url: str | None = None
