@@ -126,6 +126,31 @@ def store_id_lists(
     return out
 
 
+class IdLists:
+    """Collects a file's blob ids in order, storing each full run of LIST_FANOUT as a list blob."""
+
+    def __init__(self, repo: Repository, direct: bool, has_blob: Callable[[bytes], bool] | None) -> None:
+        self.repo = repo
+        self.direct = direct
+        self.has_blob = has_blob
+        self.buffer = bytearray()
+        self.lists: list[str] = []
+
+    def extend(self, ids: list[bytes]) -> None:
+        self.buffer.extend(b"".join(ids))
+        step = LIST_FANOUT * ID_SIZE
+        if not self.direct and len(self.buffer) >= step:
+            whole = len(self.buffer) - len(self.buffer) % step
+            self.lists.extend(store_id_lists(self.repo, bytes(self.buffer[:whole]), self.has_blob))
+            del self.buffer[:whole]
+
+    def finish(self) -> dict[str, list[str]]:
+        if self.direct:
+            return entry_blob_fields(self.repo, bytes(self.buffer), self.has_blob)
+        self.lists.extend(store_id_lists(self.repo, bytes(self.buffer), self.has_blob))
+        return {"blobs": [], "blob_lists": self.lists}
+
+
 def load_id_list(repo: Repository, list_id: str) -> bytes:
     """The concatenated data blob ids a list blob holds."""
     blob_id = bytes.fromhex(list_id)

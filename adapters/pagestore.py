@@ -8,12 +8,13 @@ order. The file's SHA-256 is computed by a thread of its own reading the file al
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from adapters.chunks import StoreStats
+from adapters.chunks import DIRECT_LIMIT, IdLists, StoreStats
 from adapters.repository.pack import BLOB_DATA
 from adapters.repository.repo import Repository
 from adapters.sealpool import SealPool, split_ids, split_sealed
@@ -42,12 +43,13 @@ def store_file_chunks(
     *,
     has_blob: Callable[[bytes], bool] | None = None,
     progress: Progress | None = None,
-) -> tuple[bytes, StoreStats, str]:
-    """Store every `chunk`-sized piece of the file; return (concatenated ids, figures, SHA-256)."""
-    name = str(path.resolve())
+) -> tuple[dict[str, list[str]], StoreStats, str]:
+    """Store every `chunk`-sized piece of the file; return (manifest blob fields, figures, SHA-256)."""
+    name = os.path.abspath(path)  # not resolve(): the copy may be an open, deleted file under /proc
     block = max(chunk, BLOCK - BLOCK % chunk)
     stats = StoreStats()
-    ids_out = bytearray()
+    # Ids become list blobs as soon as 256 are known, so memory does not grow with the file.
+    ids_out = IdLists(repo, direct=-(-size // chunk) <= DIRECT_LIMIT, has_blob=has_blob)
     hashing: deque[tuple[int, int, Future[bytes]]] = deque()
     sealing: deque[tuple[list[bytes], int, list[tuple[int, int, bytes]], Future[bytes] | None, int]] = deque()
     offsets = iter(range(0, size, block))
@@ -82,7 +84,7 @@ def store_file_chunks(
             )
             stats.new_blobs += added
             stats.new_bytes += plain
-        ids_out.extend(b"".join(ids))
+        ids_out.extend(ids)
         stats.blobs += len(ids)
         stats.bytes += length
         if progress is not None:
@@ -107,4 +109,4 @@ def store_file_chunks(
                 finish_seal()
         while sealing:
             finish_seal()
-        return bytes(ids_out), stats, digest.result()
+        return ids_out.finish(), stats, digest.result()
