@@ -73,34 +73,55 @@ def content_ids(repo: Repository, entry: Entry) -> Iterator[list[bytes]]:
         yield load_id_lists(repo, entry.blob_lists[start : start + LISTS_PER_GROUP])
 
 
-def _spans(locs: Iterable[tuple[bytes, BlobLocation]]) -> Iterator[list[tuple[bytes, BlobLocation]]]:
-    """Group consecutive blobs that sit next to each other in one pack into one read."""
-    span: list[tuple[bytes, BlobLocation]] = []
+Batch = list[tuple[bytes, BlobLocation]]
+
+
+def _batches(locs: Iterable[tuple[bytes, BlobLocation]]) -> Iterator[Batch]:
+    """Blobs in file order, in batches of about SPAN_LIMIT stored bytes, whatever packs they are in.
+
+    A snapshot after many incremental backups takes its pages from many packs; batching by size
+    rather than by contiguous run keeps the number of requests small.
+    """
+    batch: Batch = []
+    size = 0
     for item in locs:
-        loc = item[1]
-        if span:
-            last = span[-1][1]
-            contiguous = loc.pack_id == last.pack_id and loc.offset == last.offset + last.length
-            if not contiguous or loc.offset + loc.length - span[0][1].offset > SPAN_LIMIT:
-                yield span
-                span = []
-        span.append(item)
-    if span:
-        yield span
+        batch.append(item)
+        size += item[1].length
+        if size >= SPAN_LIMIT:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
 
 
-def _read_span(repo: Repository, span: list[tuple[bytes, BlobLocation]]) -> bytes:
-    first = span[0][1]
-    end = span[-1][1].offset + span[-1][1].length
-    try:
-        raw = repo.backend.read("data", first.pack_id, first.offset, end - first.offset)
-    except FileNotFoundError as e:
-        raise BlobNotFound(f"pack {first.pack_id[:12]} is missing from the repository") from e
+def _runs(batch: Batch) -> Iterator[Batch]:
+    """The batch cut where blobs stop lying end to end in one pack: one read for each run."""
+    run: Batch = []
+    for item in batch:
+        if run and (
+            item[1].pack_id != run[-1][1].pack_id or item[1].offset != run[-1][1].offset + run[-1][1].length
+        ):
+            yield run
+            run = []
+        run.append(item)
+    if run:
+        yield run
+
+
+def _read_batch(repo: Repository, batch: Batch) -> bytes:
     out = []
-    for blob_id, loc in span:
-        start = loc.offset - first.offset
-        # The whole file's SHA-256 is checked at the end: no need to hash each blob as well.
-        out.append(repo.open_blob(blob_id, loc, raw[start : start + loc.length], check_id=False))
+    for run in _runs(batch):
+        first, last = run[0][1], run[-1][1]
+        try:
+            raw = repo.backend.read(
+                "data", first.pack_id, first.offset, last.offset + last.length - first.offset
+            )
+        except FileNotFoundError as e:
+            raise BlobNotFound(f"pack {first.pack_id[:12]} is missing from the repository") from e
+        for blob_id, loc in run:
+            start = loc.offset - first.offset
+            # The whole file's SHA-256 is checked at the end: no need to hash each blob as well.
+            out.append(repo.open_blob(blob_id, loc, raw[start : start + loc.length], check_id=False))
     return b"".join(out)
 
 
@@ -121,13 +142,19 @@ SpanReader = Callable[[list[tuple[bytes, BlobLocation]]], Future[bytes]]
 
 
 def _pool_reader(repo: Repository, pool: SealPool) -> SpanReader:
-    """Spans decrypted by the worker processes, which read the pack files themselves."""
+    """Batches decrypted by the worker processes, which read the pack files themselves."""
 
-    def read(span: list[tuple[bytes, BlobLocation]]) -> Future[bytes]:
-        first, last = span[0][1], span[-1][1]
-        items = [(i, loc.blob_type, loc.compression, loc.length, loc.plain_length) for i, loc in span]
-        path = str(repo.backend.path_of("data", first.pack_id))
-        return pool.open(path, first.offset, last.offset + last.length - first.offset, items)
+    def read(batch: Batch) -> Future[bytes]:
+        paths: dict[str, str] = {}
+        items = []
+        for blob_id, loc in batch:
+            path = paths.get(loc.pack_id)
+            if path is None:
+                path = paths[loc.pack_id] = str(repo.backend.path_of("data", loc.pack_id))
+            items.append(
+                (path, loc.offset, blob_id, loc.blob_type, loc.compression, loc.length, loc.plain_length)
+            )
+        return pool.open(items)
 
     return read
 
@@ -159,12 +186,12 @@ def write_entry(
             else:
 
                 def read(span: list[tuple[bytes, BlobLocation]]) -> Future[bytes]:
-                    return threads.submit(_read_span, repo, span)
+                    return threads.submit(_read_batch, repo, span)
 
             futures: deque[Future[bytes]] = deque()
             synced = 0
-            for span in _spans(located):
-                futures.append(read(span))
+            for batch in _batches(located):
+                futures.append(read(batch))
                 if len(futures) < IN_FLIGHT:
                     continue
                 written += _write_blobs(f, sha, futures.popleft().result())

@@ -142,12 +142,11 @@ class SealPool:
         body.extend(SEAL_ITEM.pack(o, n, i) for o, n, i in items)
         return self._submit(OP_SEAL, b"".join(body))
 
-    def open(
-        self, path: str, offset: int, length: int, items: list[tuple[bytes, int, int, int, int]]
-    ) -> Future[bytes]:
-        """The concatenated plaintexts of (id, type, compression, length, plain) blobs in a span."""
-        body = [self._path(path), struct.pack("<QII", offset, length, len(items))]
-        body.extend(OPEN_ITEM.pack(*item) for item in items)
+    def open(self, items: list[tuple[str, int, bytes, int, int, int, int]]) -> Future[bytes]:
+        """Plaintexts, end to end, of (pack path, offset, id, type, compression, length, plain) blobs."""
+        paths: dict[str, int] = {}
+        rows = [OPEN_ITEM.pack(paths.setdefault(p, len(paths)), *rest) for p, *rest in items]
+        body = [FRAME.pack(len(paths)), *(self._path(p) for p in paths), FRAME.pack(len(rows)), *rows]
         return self._submit(OP_OPEN, b"".join(body))
 
 

@@ -28,12 +28,14 @@ OP_HASH = 1  # path, offset u64, length u32, chunk u32 -> concatenated 32-byte i
 # path, type u8, compress u8, n u32, n x (offset u64, length u32, id 32)
 #   -> n u32, n x (compression u8, plain length u32, sealed length u32), then the sealed blobs
 OP_SEAL = 2
-OP_OPEN = 3  # path, offset u64, length u32, n u32, n x (id 32, type u8, comp u8, length u32, plain u32)
+# n paths u32, paths, n u32, n x (path index u32, offset u64, id 32, type u8, comp u8, length u32,
+#   plain u32) -> the plaintexts end to end, in request order
+OP_OPEN = 3
 
 FRAME = struct.Struct("<I")
 HEAD = struct.Struct("<BI")
 SEAL_ITEM = struct.Struct("<QI32s")
-OPEN_ITEM = struct.Struct("<32sBBII")
+OPEN_ITEM = struct.Struct("<IQ32sBBII")
 SEALED_HEAD = struct.Struct("<BII")  # compression, plain length, sealed length
 
 STATUS_OK, STATUS_INTEGRITY, STATUS_MISSING, STATUS_ERROR = 0, 1, 2, 3
@@ -110,33 +112,53 @@ class Worker:
         return b"".join(table + out)
 
     def open(self, body: bytes, pos: int) -> bytes:
-        path, pos = _path(body, pos)
-        offset, length, n = struct.unpack_from("<QII", body, pos)
-        pos += 16
-        raw = _pread(path, offset, length)
+        (n_paths,) = FRAME.unpack_from(body, pos)
+        pos += 4
+        paths = []
+        for _ in range(n_paths):
+            path, pos = _path(body, pos)
+            paths.append(path)
+        (n,) = FRAME.unpack_from(body, pos)
+        pos += 4
+        items = [OPEN_ITEM.unpack_from(body, pos + k * OPEN_ITEM.size) for k in range(n)]
         out = []
-        at = 0
-        for i in range(n):
-            blob_id, blob_type, comp, stored, plain = OPEN_ITEM.unpack_from(body, pos + i * OPEN_ITEM.size)
-            what = f"blob {blob_id.hex()[:12]} in pack {os.path.basename(path)[:12]}"
-            sealed = raw[at : at + stored]
-            at += stored
-            if len(sealed) != stored:
-                raise IntegrityError(f"{what} is truncated")
-            payload = self.sealer.open(sealed, blob_aad(blob_type, comp, blob_id), what)
-            if comp == COMPRESSION_ZSTD:
-                try:
-                    data = self.decompressor.decompress(payload)
-                except zstandard.ZstdError as e:
-                    raise IntegrityError(f"{what} does not decompress") from e
-            elif comp == COMPRESSION_NONE:
-                data = payload
-            else:
-                raise IntegrityError(f"{what} uses an unknown compression")
-            if len(data) != plain:
-                raise IntegrityError(f"{what} does not match its length")
-            out.append(data)
+        start = 0
+        while start < n:
+            # One read for each run of blobs that lie end to end in one pack.
+            end = start + 1
+            while (
+                end < n
+                and items[end][0] == items[start][0]
+                and items[end][1] == items[end - 1][1] + items[end - 1][5]
+            ):
+                end += 1
+            path = paths[items[start][0]]
+            first, last = items[start], items[end - 1]
+            raw = _pread(path, first[1], last[1] + last[5] - first[1])
+            for item in items[start:end]:
+                at = item[1] - first[1]
+                out.append(self._open_one(path, raw[at : at + item[5]], item))
+            start = end
         return b"".join(out)
+
+    def _open_one(self, path: str, sealed: bytes, item: tuple[int, int, bytes, int, int, int, int]) -> bytes:
+        _, _, blob_id, blob_type, comp, stored, plain = item
+        what = f"blob {blob_id.hex()[:12]} in pack {os.path.basename(path)[:12]}"
+        if len(sealed) != stored:
+            raise IntegrityError(f"{what} is truncated")
+        payload = self.sealer.open(sealed, blob_aad(blob_type, comp, blob_id), what)
+        if comp == COMPRESSION_ZSTD:
+            try:
+                data: bytes = self.decompressor.decompress(payload)
+            except zstandard.ZstdError as e:
+                raise IntegrityError(f"{what} does not decompress") from e
+        elif comp == COMPRESSION_NONE:
+            data = payload
+        else:
+            raise IntegrityError(f"{what} uses an unknown compression")
+        if len(data) != plain:
+            raise IntegrityError(f"{what} does not match its length")
+        return data
 
     def handle(self, body: bytes) -> bytes:
         op, request = HEAD.unpack_from(body)

@@ -99,6 +99,9 @@ def run_measured(argv: list[str], env: dict[str, str], *, check: bool = True) ->
         tempfile.TemporaryDirectory() as scratch,
     ):
         report = Path(scratch) / "usage.json"
+        # Each tool pays for flushing its own writes, not for what the previous command left dirty
+        # (restic does not fsync; Capsule does, and its fsyncs would wait behind restic's data).
+        os.sync()
         launcher = [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(report)]
         returncode = subprocess.call([*launcher, *argv], stdout=out, stderr=err, env=env)
         out.seek(0)

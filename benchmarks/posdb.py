@@ -889,6 +889,10 @@ def mutate_pages(path: str | os.PathLike[str], fraction: float = 0.01, seed: int
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    if args.if_missing and args.path.exists():
+        print(json.dumps({"path": str(args.path), "skipped": "exists"}))
+        return 0
+    args.path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     generate(args.path, parse_size(args.size), journal_mode=args.journal_mode, seed=args.seed)
     size = os.path.getsize(args.path)
@@ -954,6 +958,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--size", default="100M", help="e.g. 20M, 1G (default 100M)")
     gen.add_argument("--journal-mode", choices=JOURNAL_MODES, default="wal")
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--if-missing", action="store_true", help="do nothing if PATH already exists")
     gen.set_defaults(func=_cmd_generate)
 
     check = sub.add_parser("check", help="integrity and sale-total consistency, as JSON")
