@@ -21,8 +21,8 @@ from typing import IO
 import zstandard
 
 from adapters.errors import IntegrityError
+from adapters.repository.blobcodec import decode_blob, encode_blob
 from adapters.repository.crypto import MasterKey, Sealer
-from adapters.repository.pack import COMPRESSION_NONE, COMPRESSION_ZSTD, blob_aad
 
 OP_HASH = 1  # path, offset u64, length u32, chunk u32 -> concatenated 32-byte ids
 # path, type u8, compress u8, n u32, n x (offset u64, length u32, id 32)
@@ -39,8 +39,6 @@ OPEN_ITEM = struct.Struct("<IQ32sBBII")
 SEALED_HEAD = struct.Struct("<BII")  # compression, plain length, sealed length
 
 STATUS_OK, STATUS_INTEGRITY, STATUS_MISSING, STATUS_ERROR = 0, 1, 2, 3
-
-MIN_COMPRESSION_GAIN = 0.03
 
 
 def read_frame(stream: IO[bytes]) -> bytes | None:
@@ -101,12 +99,9 @@ class Worker:
         data = _pread(path, start, end - start)
         for offset, length, blob_id in items:
             chunk = data[offset - start : offset - start + length]
-            payload, compression = chunk, COMPRESSION_NONE
-            if compress and chunk:
-                packed = self.compressor.compress(chunk)
-                if len(packed) <= len(chunk) * (1 - MIN_COMPRESSION_GAIN):
-                    payload, compression = packed, COMPRESSION_ZSTD
-            sealed = self.sealer.seal(payload, blob_aad(blob_type, compression, blob_id))
+            compression, sealed = encode_blob(
+                self.sealer, self.compressor if compress else None, blob_type, blob_id, chunk
+            )
             table.append(SEALED_HEAD.pack(compression, len(chunk), len(sealed)))
             out.append(sealed)
         return b"".join(table + out)
@@ -146,19 +141,16 @@ class Worker:
         what = f"blob {blob_id.hex()[:12]} in pack {os.path.basename(path)[:12]}"
         if len(sealed) != stored:
             raise IntegrityError(f"{what} is truncated")
-        payload = self.sealer.open(sealed, blob_aad(blob_type, comp, blob_id), what)
-        if comp == COMPRESSION_ZSTD:
-            try:
-                data: bytes = self.decompressor.decompress(payload)
-            except zstandard.ZstdError as e:
-                raise IntegrityError(f"{what} does not decompress") from e
-        elif comp == COMPRESSION_NONE:
-            data = payload
-        else:
-            raise IntegrityError(f"{what} uses an unknown compression")
-        if len(data) != plain:
-            raise IntegrityError(f"{what} does not match its length")
-        return data
+        return decode_blob(
+            self.sealer,
+            self.decompressor,
+            blob_id,
+            blob_type=blob_type,
+            compression=comp,
+            sealed=sealed,
+            plain_length=plain,
+            what=what,
+        )
 
     def handle(self, body: bytes) -> bytes:
         op, request = HEAD.unpack_from(body)

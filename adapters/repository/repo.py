@@ -36,13 +36,11 @@ from adapters.errors import (
 )
 from adapters.repository import crypto
 from adapters.repository.backend import Kind, LocalBackend, atomic_write
+from adapters.repository.blobcodec import decode_blob, encode_blob
 from adapters.repository.crypto import MasterKey, Sealer
 from adapters.repository.index import BlobLocation, Index, decode_index, encode_index
 from adapters.repository.pack import (
-    COMPRESSION_NONE,
-    COMPRESSION_ZSTD,
     PackBuilder,
-    blob_aad,
 )
 from domain.manifest import MANIFEST_VERSION, Manifest
 
@@ -52,8 +50,6 @@ REPOSITORY_FORMAT = "capsule-repository"
 REPOSITORY_VERSION = 1
 DEFAULT_PACK_SIZE = 16 * 1024 * 1024
 INDEX_FLUSH_BLOBS = 200_000
-# Compression must save at least this share of the bytes to be worth the work of undoing it.
-MIN_COMPRESSION_GAIN = 0.03
 # On 4 KiB database pages level 1 compresses as well as level 3 (2.24 vs 2.25) for 22% less time.
 DEFAULT_COMPRESSION_LEVEL = 1
 # Packs being written (and fsynced) in the background while the next one fills.
@@ -191,12 +187,9 @@ class Repository:
         """Seal one blob (thread-safe: run many at once)."""
         if blob_id is None:
             blob_id = self.sealer.blob_id(data)
-        payload, compression = data, COMPRESSION_NONE
-        if compress and data:
-            packed = self._compressor().compress(data)
-            if len(packed) <= len(data) * (1 - MIN_COMPRESSION_GAIN):
-                payload, compression = packed, COMPRESSION_ZSTD
-        sealed = self.sealer.seal(payload, blob_aad(blob_type, compression, blob_id))
+        compression, sealed = encode_blob(
+            self.sealer, self._compressor() if compress else None, blob_type, blob_id, data
+        )
         return PreparedBlob(blob_id, blob_type, compression, sealed, len(data))
 
     def add(self, blob: PreparedBlob, has_blob: Callable[[bytes], bool] | None = None) -> bool:
@@ -340,14 +333,17 @@ class Repository:
         what = f"blob {blob_id.hex()[:12]} in pack {loc.pack_id[:12]}"
         if len(sealed) != loc.length:
             raise IntegrityError(f"{what} is truncated")
-        payload = self.sealer.open(sealed, blob_aad(loc.blob_type, loc.compression, blob_id), what)
-        if loc.compression == COMPRESSION_ZSTD:
-            data = _decompress(payload, what, loc.plain_length)
-        elif loc.compression == COMPRESSION_NONE:
-            data = payload
-        else:
-            raise IntegrityError(f"{what} uses an unknown compression")
-        if len(data) != loc.plain_length or (check_id and self.sealer.blob_id(data) != blob_id):
+        data = decode_blob(
+            self.sealer,
+            _decompressor(),
+            blob_id,
+            blob_type=loc.blob_type,
+            compression=loc.compression,
+            sealed=sealed,
+            plain_length=loc.plain_length,
+            what=what,
+        )
+        if check_id and self.sealer.blob_id(data) != blob_id:
             raise IntegrityError(f"{what} does not match its id")
         return data
 
@@ -389,11 +385,16 @@ class Repository:
 _decompressors = threading.local()
 
 
-def _decompress(payload: bytes, what: str, size: int | None = None) -> bytes:
+def _decompressor() -> zstandard.ZstdDecompressor:
     # A decompressor costs more to make than a 4 KiB page costs to decompress: one per thread.
-    d = getattr(_decompressors, "d", None)
+    d: zstandard.ZstdDecompressor | None = getattr(_decompressors, "d", None)
     if d is None:
         d = _decompressors.d = zstandard.ZstdDecompressor()
+    return d
+
+
+def _decompress(payload: bytes, what: str, size: int | None = None) -> bytes:
+    d = _decompressor()
     try:
         return d.decompress(payload, max_output_size=size or 0) if size else d.decompress(payload)
     except zstandard.ZstdError as e:

@@ -10,6 +10,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from adapters.repository.blobcodec import MIN_COMPRESSION_GAIN
 from adapters.repository.crypto import OVERHEAD
 from adapters.repository.index import BlobLocation
 from adapters.repository.pack import (
@@ -21,7 +22,6 @@ from adapters.repository.pack import (
     parse_header,
 )
 from adapters.repository.rebuild import read_pack_header
-from adapters.repository.repo import MIN_COMPRESSION_GAIN
 from tests.unit.support import new_repository, reopen
 
 MAX_BLOB = 64 * 1024

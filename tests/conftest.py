@@ -1,4 +1,4 @@
-"""Fixtures for integration tests: generated shop databases and a shop folder per test."""
+"""Fixtures for the integration and end-to-end tests: generated shop databases, a shop per test."""
 
 from __future__ import annotations
 

@@ -1,0 +1,60 @@
+"""Turning a blob's plaintext into its stored form and back: compress (when it pays), then seal.
+
+Shared by the repository and the sealing worker processes, so that both write and read exactly the
+format `docs/repository-format.md` describes.
+"""
+
+from __future__ import annotations
+
+import zstandard
+
+from adapters.errors import IntegrityError
+from adapters.repository.crypto import Sealer
+from adapters.repository.pack import COMPRESSION_NONE, COMPRESSION_ZSTD, blob_aad
+
+# Compression must save at least this share of the bytes to be worth the work of undoing it.
+MIN_COMPRESSION_GAIN = 0.03
+
+
+def encode_blob(
+    sealer: Sealer,
+    compressor: zstandard.ZstdCompressor | None,
+    blob_type: int,
+    blob_id: bytes,
+    data: bytes | memoryview,
+) -> tuple[int, bytes]:
+    """(compression, sealed bytes) for one blob; `compressor` None stores it as it is."""
+    payload: bytes | memoryview = data
+    compression = COMPRESSION_NONE
+    if compressor is not None and len(data):
+        packed = compressor.compress(data)
+        if len(packed) <= len(data) * (1 - MIN_COMPRESSION_GAIN):
+            payload, compression = packed, COMPRESSION_ZSTD
+    return compression, sealer.seal(payload, blob_aad(blob_type, compression, blob_id))
+
+
+def decode_blob(
+    sealer: Sealer,
+    decompressor: zstandard.ZstdDecompressor,
+    blob_id: bytes,
+    *,
+    blob_type: int,
+    compression: int,
+    sealed: bytes | memoryview,
+    plain_length: int,
+    what: str,
+) -> bytes:
+    """The plaintext of a stored blob, authenticated; IntegrityError if anything is off."""
+    payload = sealer.open(sealed, blob_aad(blob_type, compression, blob_id), what)
+    if compression == COMPRESSION_ZSTD:
+        try:
+            data: bytes = decompressor.decompress(payload, max_output_size=plain_length or 1)
+        except zstandard.ZstdError as e:
+            raise IntegrityError(f"{what} does not decompress") from e
+    elif compression == COMPRESSION_NONE:
+        data = payload
+    else:
+        raise IntegrityError(f"{what} uses an unknown compression")
+    if len(data) != plain_length:
+        raise IntegrityError(f"{what} does not match its length")
+    return data
