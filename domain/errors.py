@@ -7,9 +7,5 @@ class CapsuleError(Exception):
     exit_code = 1
 
 
-class InvalidManifest(CapsuleError):
-    """Raised when a snapshot manifest breaks a rule of the repository format."""
-
-
 class UnsafePath(CapsuleError):
     """Raised when a path from a user or a manifest would reach outside its root."""
