@@ -14,6 +14,7 @@ u8 status (0 ok, 1 integrity error, 2 file missing, 3 other error), u32 request 
 from __future__ import annotations
 
 import os
+import signal
 import struct
 import sys
 from typing import IO
@@ -173,6 +174,8 @@ class Worker:
 
 
 def main() -> None:
+    # Ctrl-C reaches the whole process group: the parent handles it and closes our pipe.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     init = read_frame(stdin)
     if init is None:
