@@ -139,9 +139,12 @@ class Worker:
 
     def _open_one(self, path: str, sealed: bytes, item: tuple[int, int, bytes, int, int, int, int]) -> bytes:
         _, _, blob_id, blob_type, comp, stored, plain = item
-        what = f"blob {blob_id.hex()[:12]} in pack {os.path.basename(path)[:12]}"
+
+        def what() -> str:
+            return f"blob {blob_id.hex()[:12]} in pack {os.path.basename(path)[:12]}"
+
         if len(sealed) != stored:
-            raise IntegrityError(f"{what} is truncated")
+            raise IntegrityError(f"{what()} is truncated")
         return decode_blob(
             self.sealer,
             self.decompressor,

@@ -6,6 +6,8 @@ format `docs/repository-format.md` describes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import zstandard
 
 from adapters.errors import IntegrityError
@@ -42,19 +44,22 @@ def decode_blob(
     compression: int,
     sealed: bytes | memoryview,
     plain_length: int,
-    what: str,
+    what: Callable[[], str],
 ) -> bytes:
-    """The plaintext of a stored blob, authenticated; IntegrityError if anything is off."""
+    """The plaintext of a stored blob, authenticated; IntegrityError if anything is off.
+
+    `what` names the blob in errors; it is called only then (a restore opens millions of blobs).
+    """
     payload = sealer.open(sealed, blob_aad(blob_type, compression, blob_id), what)
     if compression == COMPRESSION_ZSTD:
         try:
             data: bytes = decompressor.decompress(payload, max_output_size=plain_length or 1)
         except zstandard.ZstdError as e:
-            raise IntegrityError(f"{what} does not decompress") from e
+            raise IntegrityError(f"{what()} does not decompress") from e
     elif compression == COMPRESSION_NONE:
         data = payload
     else:
-        raise IntegrityError(f"{what} uses an unknown compression")
+        raise IntegrityError(f"{what()} uses an unknown compression")
     if len(data) != plain_length:
-        raise IntegrityError(f"{what} does not match its length")
+        raise IntegrityError(f"{what()} does not match its length")
     return data

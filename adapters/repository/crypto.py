@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import blake3
@@ -74,14 +75,19 @@ class Sealer:
         nonce = os.urandom(NONCE_SIZE)
         return nonce + self._aead.encrypt(nonce, bytes(plaintext), aad)
 
-    def open(self, sealed: bytes | memoryview, aad: bytes, what: str) -> bytes:
+    def open(self, sealed: bytes | memoryview, aad: bytes, what: str | Callable[[], str]) -> bytes:
+        """Decrypt and authenticate; `what` names the object in errors (a callable is only called then)."""
         if len(sealed) < OVERHEAD:
-            raise IntegrityError(f"{what} is truncated")
+            raise IntegrityError(f"{_name(what)} is truncated")
         sealed = memoryview(sealed)
         try:
-            return self._aead.decrypt(bytes(sealed[:NONCE_SIZE]), bytes(sealed[NONCE_SIZE:]), aad)
+            return self._aead.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], aad)
         except InvalidTag as e:
-            raise IntegrityError(f"{what} failed authentication: it was damaged or altered") from e
+            raise IntegrityError(f"{_name(what)} failed authentication: it was damaged or altered") from e
+
+
+def _name(what: str | Callable[[], str]) -> str:
+    return what if isinstance(what, str) else what()
 
 
 def wrap_key(master: MasterKey, wrapping_key: bytes, aad: bytes) -> bytes:

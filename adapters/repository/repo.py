@@ -334,9 +334,12 @@ class Repository:
         The AEAD tag binds the ciphertext to its id; `check_id` also hashes the plaintext (verify
         does; a restore that checks the whole file's SHA-256 need not).
         """
-        what = f"blob {blob_id.hex()[:12]} in pack {loc.pack_id[:12]}"
+
+        def what() -> str:
+            return f"blob {blob_id.hex()[:12]} in pack {loc.pack_id[:12]}"
+
         if len(sealed) != loc.length:
-            raise IntegrityError(f"{what} is truncated")
+            raise IntegrityError(f"{what()} is truncated")
         data = decode_blob(
             self.sealer,
             _decompressor(),
@@ -348,7 +351,7 @@ class Repository:
             what=what,
         )
         if check_id and self.sealer.blob_id(data) != blob_id:
-            raise IntegrityError(f"{what} does not match its id")
+            raise IntegrityError(f"{what()} does not match its id")
         return data
 
     # ---- snapshots -----------------------------------------------------------------------
