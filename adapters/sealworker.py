@@ -98,6 +98,8 @@ class Worker:
         start = items[0][0]
         end = max(off + ln for off, ln, _ in items)
         data = _pread(path, start, end - start)
+        if len(data) != end - start:
+            raise OSError(f"{path} is shorter than expected")
         for offset, length, blob_id in items:
             chunk = data[offset - start : offset - start + length]
             compression, sealed = encode_blob(
