@@ -81,17 +81,10 @@ class RepositoryLock:
 
     def _write(self) -> str:
         pid = os.getpid()
-        body = {
-            "version": 1,
-            "hostname": socket.gethostname(),
-            "pid": pid,
-            "process_start": process_start_time(pid),
-            "exclusive": self.exclusive,
-            "operation": self.operation,
-            "refreshed": time.time(),
-        }
         name = os.urandom(16).hex()
-        self.backend.write("locks", name, json.dumps(body).encode())
+        self.backend.write(
+            "locks", name, lock_record(pid, process_start_time(pid), self.exclusive, self.operation)
+        )
         return name
 
     def acquire(self, timeout: float = 0.0) -> None:
@@ -141,6 +134,28 @@ class RepositoryLock:
         if self.name:
             self.backend.remove("locks", self.name)
             self.name = ""
+
+
+def lock_record(
+    pid: int,
+    process_start: str | None,
+    exclusive: bool,
+    operation: str,
+    *,
+    hostname: str | None = None,
+    refreshed: float | None = None,
+) -> bytes:
+    """The bytes of a lock file (format in docs/repository-format.md)."""
+    body = {
+        "version": 1,
+        "hostname": hostname or socket.gethostname(),
+        "pid": pid,
+        "process_start": process_start,
+        "exclusive": exclusive,
+        "operation": operation,
+        "refreshed": time.time() if refreshed is None else refreshed,
+    }
+    return json.dumps(body).encode()
 
 
 def read_locks(backend: LocalBackend) -> list[LockInfo]:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.repository.lock import process_start_time
+from adapters.repository.lock import lock_record, process_start_time
 from tests.integration.helpers import Shop, log_events, one_line_error
 
 NO_WAIT = {"CAPSULE_LOCK_WAIT_SECONDS": "0"}
@@ -29,17 +27,10 @@ def write_lock(
     refreshed: float | None = None,
     operation: str = "backup",
 ) -> Path:
-    body = {
-        "version": 1,
-        "hostname": hostname or socket.gethostname(),
-        "pid": pid,
-        "process_start": process_start,
-        "exclusive": exclusive,
-        "operation": operation,
-        "refreshed": time.time() if refreshed is None else refreshed,
-    }
     path = shop.repository / "locks" / os.urandom(16).hex()
-    path.write_text(json.dumps(body))
+    path.write_bytes(
+        lock_record(pid, process_start, exclusive, operation, hostname=hostname, refreshed=refreshed)
+    )
     return path
 
 

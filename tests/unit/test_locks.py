@@ -18,6 +18,7 @@ from adapters.repository.backend import LocalBackend
 from adapters.repository.lock import (
     RepositoryLock,
     is_stale,
+    lock_record,
     locked,
     process_start_time,
     read_locks,
@@ -44,16 +45,8 @@ def write_lock(
     refreshed: float | None = None,
     name: str = "ab" * 16,
 ) -> str:
-    body = {
-        "version": 1,
-        "hostname": hostname or socket.gethostname(),
-        "pid": pid,
-        "process_start": process_start,
-        "exclusive": exclusive,
-        "operation": operation,
-        "refreshed": time.time() if refreshed is None else refreshed,
-    }
-    backend.write("locks", name, json.dumps(body).encode())
+    record = lock_record(pid, process_start, exclusive, operation, hostname=hostname, refreshed=refreshed)
+    backend.write("locks", name, record)
     return name
 
 
