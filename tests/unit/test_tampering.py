@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters.errors import BlobNotFound, IntegrityError
+from adapters.repository.backend import Kind
 from adapters.repository.index import BlobLocation
 from adapters.repository.pack import BLOB_DATA, BLOB_LIST
 from adapters.repository.rebuild import read_pack_header
@@ -78,31 +79,31 @@ def _manifest(blob_ids: list[bytes]) -> Manifest:
     )
 
 
+def _stored_file(tmp: Path, kind: Kind) -> StoredFile:
+    """A repository holding a few blobs, and its one file of `kind` (a snapshot is made for it)."""
+    repo, key_file = new_repository(tmp)
+    blobs = _store_blobs(repo)
+    if kind == "snapshots":
+        name = repo.save_snapshot(_manifest(list(blobs)))
+    else:
+        (name,) = repo.backend.list(kind)
+    path = repo.backend.path_of(kind, name)
+    return StoredFile(repo, key_file, name, path, path.read_bytes(), blobs)
+
+
 @pytest.fixture(scope="module")
 def pack_file(tmp_path_factory) -> StoredFile:
-    repo, key_file = new_repository(tmp_path_factory.mktemp("pack"))
-    blobs = _store_blobs(repo)
-    (name,) = repo.backend.list("data")
-    path = repo.backend.path_of("data", name)
-    return StoredFile(repo, key_file, name, path, path.read_bytes(), blobs)
+    return _stored_file(tmp_path_factory.mktemp("pack"), "data")
 
 
 @pytest.fixture(scope="module")
 def index_file(tmp_path_factory) -> StoredFile:
-    repo, key_file = new_repository(tmp_path_factory.mktemp("index"))
-    blobs = _store_blobs(repo)
-    (name,) = repo.backend.list("index")
-    path = repo.backend.path_of("index", name)
-    return StoredFile(repo, key_file, name, path, path.read_bytes(), blobs)
+    return _stored_file(tmp_path_factory.mktemp("index"), "index")
 
 
 @pytest.fixture(scope="module")
 def snapshot_file(tmp_path_factory) -> StoredFile:
-    repo, key_file = new_repository(tmp_path_factory.mktemp("snapshot"))
-    blobs = _store_blobs(repo)
-    name = repo.save_snapshot(_manifest(list(blobs)))
-    path = repo.backend.path_of("snapshots", name)
-    return StoredFile(repo, key_file, name, path, path.read_bytes(), blobs)
+    return _stored_file(tmp_path_factory.mktemp("snapshot"), "snapshots")
 
 
 # ---- packs -----------------------------------------------------------------------------------
