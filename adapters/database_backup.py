@@ -13,6 +13,7 @@ import hashlib
 import os
 import secrets
 import socket
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -73,6 +74,58 @@ def _unlinked(copy: DatabaseCopy) -> Iterator[DatabaseCopy]:
         yield dataclasses.replace(copy, path=fd_dir / str(fd))
     finally:
         os.close(fd)
+
+
+RAM_DIR = Path("/dev/shm")  # noqa: S108 - only a private 0700 folder of ours is used there
+
+
+def _mem_available() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _private_dir(parent: Path) -> Path | None:
+    """A folder only we can enter under a shared parent, or None if it cannot be made safely."""
+    path = parent / f"capsule-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        log.warning("not using a shared memory folder that is not ours alone", path=str(path))
+        return None
+    return path
+
+
+def copy_directory(staging: Path, source: Path, *, in_memory: bool = True, ram: Path = RAM_DIR) -> Path:
+    """Where to put the consistent copy: in RAM (tmpfs) when it fits comfortably, else `staging`.
+
+    A copy in RAM costs no disk writes at all: on a disk, a machine with little memory starts
+    writing the copy back while the till is committing, only for it to be deleted a moment later.
+    "Comfortably" means at most half the free tmpfs space and a quarter of the available memory.
+    """
+    if not in_memory or not ram.is_dir():
+        return staging
+    try:
+        size = source.stat().st_size + _size_or_zero(Path(f"{source}-wal"))
+        fs = os.statvfs(ram)
+        fits = size * 2 <= fs.f_bavail * fs.f_frsize and size * 4 <= _mem_available()
+        return (_private_dir(ram) or staging) if fits else staging
+    except OSError as e:
+        log.debug("memory staging unavailable", error=str(e))
+        return staging
+
+
+def _size_or_zero(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def clear_abandoned_copies(staging: Path) -> None:
@@ -147,13 +200,13 @@ def store_database_copy(
     else:
         ids, stats, digest = _store_in_process(repo, copy, chunk_size, check, progress)
         blob_fields = entry_blob_fields(repo, ids, check)
-    stat = source.stat()
+    info = source.stat()
     entry = Entry(
         path=source.name,
         size=copy.size,
-        mode=stat.st_mode & 0o7777,
-        mtime_ns=stat.st_mtime_ns,
-        inode=stat.st_ino,
+        mode=info.st_mode & 0o7777,
+        mtime_ns=info.st_mtime_ns,
+        inode=info.st_ino,
         sha256=digest,
         sqlite=SqliteInfo(
             page_size=copy.page_size,
@@ -220,15 +273,19 @@ def backup_database(
     tags: list[str] | None = None,
     progress: Progress | None = None,
     workers: int | None = None,
+    copy_in_memory: bool = True,
 ) -> BackupResult:
     """Take a consistent copy of `source`, store it and commit its manifest."""
     started = time.perf_counter()
     repo.ensure_index()
     parent = latest_snapshot(repo, "database", str(source.resolve()))
     stored_before = repo.stored_bytes
+    copy_dir = copy_directory(staging, source, in_memory=copy_in_memory)
     clear_abandoned_copies(staging)
+    if copy_dir != staging:
+        clear_abandoned_copies(copy_dir)
     # The PID in the name keeps two backups of one database apart and tells a crashed one's copy.
-    copy_path = staging / f"{source.name}.{os.getpid()}-{secrets.token_hex(4)}{COPY_SUFFIX}"
+    copy_path = copy_dir / f"{source.name}.{os.getpid()}-{secrets.token_hex(4)}{COPY_SUFFIX}"
     # Workers start while SQLite copies the database, so their start-up costs nothing.
     pool = SealPool(repo.master_key, repo.compression_level, workers) if workers != 0 else None
     try:

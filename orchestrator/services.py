@@ -72,6 +72,7 @@ def backup(
             now=now or datetime.now(UTC),
             progress=progress,
             workers=settings.workers,
+            copy_in_memory=settings.copy_in_memory,
         )
 
 

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     workers: int | None = Field(
         None, ge=0, le=32, description="worker processes for sealing; 0 keeps all work in one process"
     )
+    copy_in_memory: bool = Field(
+        True, description="keep the backup's copy of the database in RAM (tmpfs) when it fits comfortably"
+    )
     nice: int = Field(10, ge=0, le=19, description="CPU priority of backups: the till comes first")
     event_store_url: str | None = None
     broker_url: str | None = None

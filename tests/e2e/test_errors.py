@@ -22,6 +22,7 @@ def test_backup_of_a_missing_database_fails_and_creates_no_file_there(shop: Shop
     assert not in_missing_folder.parent.exists()
     assert shop.snapshots() == []
     assert files_under(shop.staging) == []
+    assert shop.leftover_copies() == []
 
 
 def test_backup_of_a_file_that_is_not_a_database_fails_and_leaves_it_untouched(shop: Shop) -> None:

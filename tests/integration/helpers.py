@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adapters.database_backup import COPY_SUFFIX, RAM_DIR
 from benchmarks import posdb
 
 MiB = 1024 * 1024
@@ -198,6 +199,12 @@ class Shop:
     @property
     def staging(self) -> Path:
         return self.home / "staging"
+
+    def leftover_copies(self) -> list[str]:
+        """Database copies left behind by backups, in staging or in the RAM folder."""
+        pattern = f"{self.db_name}.*{COPY_SUFFIX}"
+        ram = RAM_DIR / f"capsule-{os.getuid()}"
+        return sorted(str(p) for d in (self.staging, ram) if d.is_dir() for p in d.glob(pattern))
 
     def env(self, overrides: Mapping[str, str | None] | None = None) -> dict[str, str]:
         env = clean_env()

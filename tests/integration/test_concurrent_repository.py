@@ -84,4 +84,4 @@ def test_two_backups_of_the_same_database_at_once_both_succeed_and_restore(
     assert file_content_digest(target / shop.db_name, immutable=True) == expected
     shop.run("verify", "--read-data", expect=0)
     assert len(shop.snapshots()) == 4
-    assert [p.name for p in shop.staging.iterdir()] == []
+    assert shop.leftover_copies() == []
