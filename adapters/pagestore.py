@@ -50,22 +50,14 @@ def store_file_chunks(
     stats = StoreStats()
     # Ids become list blobs as soon as 256 are known, so memory does not grow with the file.
     ids_out = IdLists(repo, direct=-(-size // chunk) <= DIRECT_LIMIT, has_blob=has_blob)
-    hashing: deque[tuple[int, int, Future[bytes]]] = deque()
-    sealing: deque[tuple[list[bytes], int, list[tuple[int, int, bytes]], Future[bytes] | None, int]] = deque()
+    hashing: deque[tuple[int, int, Future[memoryview]]] = deque()
+    sealing: deque[tuple[list[bytes], int, list[bytes], Future[memoryview] | None, int]] = deque()
     offsets = iter(range(0, size, block))
 
     def known(ids: list[bytes]) -> list[bool]:
         if has_blob is not None:
             return [has_blob(i) for i in ids]
-        in_index = repo.index.contains_many(ids)
-        return [k or repo.pending_blob(i) for k, i in zip(in_index, ids, strict=True)]
-
-    def recheck(generation: int) -> Callable[[bytes], bool]:
-        if has_blob is not None:
-            return has_blob
-        if repo.index.generation == generation:  # nothing merged since the look-up
-            return lambda i: repo.pending_blob(i) or repo.index.in_recent(i)
-        return repo.has_blob
+        return repo.known_many(ids)
 
     def submit_hashes() -> None:
         while len(hashing) < HASH_AHEAD:
@@ -76,12 +68,10 @@ def store_file_chunks(
             hashing.append((offset, length, pool.hash(name, offset, length, chunk)))
 
     def finish_seal() -> None:
-        ids, length, items, future, generation = sealing.popleft()
+        ids, length, new_ids, future, generation = sealing.popleft()
         if future is not None:
-            table, sealed = split_sealed(future.result())
-            added, plain = repo.add_run(
-                [i for _, _, i in items], BLOB_DATA, table, sealed, recheck(generation)
-            )
+            header, sealed = split_sealed(future.result())
+            added, plain = repo.add_run(new_ids, header, sealed, has_blob, index_generation=generation)
             stats.new_blobs += added
             stats.new_bytes += plain
         ids_out.extend(ids)
@@ -95,16 +85,21 @@ def store_file_chunks(
         submit_hashes()
         while hashing:
             offset, length, future = hashing.popleft()
-            ids = split_ids(future.result())
+            reply = future.result()
+            ids = split_ids(reply)
             submit_hashes()
             generation = repo.index.generation
-            items = [
-                (offset + i * chunk, min(chunk, length - i * chunk), blob_id)
-                for i, (blob_id, k) in enumerate(zip(ids, known(ids), strict=True))
-                if not k
-            ]
-            seal = pool.seal(name, BLOB_DATA, True, items) if items else None
-            sealing.append((ids, length, items, seal, generation))
+            indices = [i for i, k in enumerate(known(ids)) if not k]
+            new_ids = [ids[i] for i in indices]
+            # All new (a first backup): the hash reply already holds the ids end to end.
+            raw = bytes(reply) if len(indices) == len(ids) else b"".join(new_ids)
+            block_at = (offset, length, chunk)
+            seal = (
+                pool.seal_pieces(name, BLOB_DATA, True, block_at, indices=indices, ids=raw)
+                if indices
+                else None
+            )
+            sealing.append((ids, length, new_ids, seal, generation))
             while len(sealing) > SEAL_AHEAD:
                 finish_seal()
         while sealing:

@@ -14,15 +14,18 @@ from typing import IO
 
 from adapters.errors import BlobNotFound, IntegrityError
 from adapters.repository.crypto import ID_SIZE, MasterKey
+from adapters.repository.pack import HEADER_ENTRY
 from adapters.sealworker import (
     FRAME,
     HEAD,
     OP_HASH,
     OP_OPEN,
+    OP_OPEN_TO,
     OP_SEAL,
+    OP_SEAL_PIECES,
     OPEN_ITEM,
+    PIECES,
     SEAL_ITEM,
-    SEALED_HEAD,
     STATUS_INTEGRITY,
     STATUS_MISSING,
     STATUS_OK,
@@ -49,7 +52,7 @@ class _Proc:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.stdin: IO[bytes] = self.proc.stdin
         self.stdout: IO[bytes] = self.proc.stdout
-        self.futures: dict[int, Future[bytes]] = {}
+        self.futures: dict[int, Future[memoryview]] = {}
         self.lock = threading.Lock()
         self.dead = False
         self.send(key.to_bytes() + bytes((level,)))
@@ -65,15 +68,16 @@ class _Proc:
             status, request = HEAD.unpack_from(body)
             with self.lock:
                 future = self.futures.pop(request)
-            payload = body[HEAD.size :]
+            payload = memoryview(body)[HEAD.size :]  # a sealed run is half a megabyte: no copy
             if status == STATUS_OK:
                 future.set_result(payload)
             elif status == STATUS_INTEGRITY:
-                future.set_exception(IntegrityError(payload.decode()))
+                future.set_exception(IntegrityError(bytes(payload).decode()))
             elif status == STATUS_MISSING:
-                future.set_exception(BlobNotFound(f"a file of the repository is missing: {payload.decode()}"))
+                missing = bytes(payload).decode()
+                future.set_exception(BlobNotFound(f"a file of the repository is missing: {missing}"))
             else:
-                future.set_exception(WorkerFailed(f"a sealing worker failed: {payload.decode()}"))
+                future.set_exception(WorkerFailed(f"a sealing worker failed: {bytes(payload).decode()}"))
         with self.lock:
             self.dead = True
             pending, self.futures = self.futures, {}
@@ -109,10 +113,10 @@ class SealPool:
         for p in self._procs:
             p.close()
 
-    def _submit(self, op: int, fields: bytes) -> Future[bytes]:
+    def _submit(self, op: int, fields: bytes) -> Future[memoryview]:
         proc = next(self._turn)
         request = next(self._ids)
-        future: Future[bytes] = Future()
+        future: Future[memoryview] = Future()
         with proc.lock:
             if proc.dead:
                 raise WorkerFailed("a sealing worker stopped unexpectedly")
@@ -130,19 +134,41 @@ class SealPool:
         raw = os.path.abspath(path).encode()
         return FRAME.pack(len(raw)) + raw
 
-    def hash(self, path: str, offset: int, length: int, chunk: int) -> Future[bytes]:
+    def hash(self, path: str, offset: int, length: int, chunk: int) -> Future[memoryview]:
         """Concatenated ids of the chunks of `length` bytes at `offset`."""
         return self._submit(OP_HASH, self._path(path) + struct.pack("<QII", offset, length, chunk))
 
     def seal(
         self, path: str, blob_type: int, compress: bool, items: list[tuple[int, int, bytes]]
-    ) -> Future[bytes]:
+    ) -> Future[memoryview]:
         """Sealed blobs for (offset, length, id) items; parse the reply with `split_sealed`."""
         body = [self._path(path), struct.pack("<BBI", blob_type, int(compress), len(items))]
         body.extend(SEAL_ITEM.pack(o, n, i) for o, n, i in items)
         return self._submit(OP_SEAL, b"".join(body))
 
-    def open(self, items: list[tuple[str, int, bytes, int, int, int, int]]) -> Future[bytes]:
+    def seal_pieces(
+        self,
+        path: str,
+        blob_type: int,
+        compress: bool,
+        block: tuple[int, int, int],
+        *,
+        indices: list[int],
+        ids: bytes,
+    ) -> Future[memoryview]:
+        """Sealed blobs for some of the `chunk`-sized pieces of the block (offset, length, chunk):
+        those at `indices`, whose ids are `ids` end to end. Parse the reply with `split_sealed`."""
+        offset, length, chunk = block
+        fields = PIECES.pack(blob_type, int(compress), offset, length, chunk, len(indices))
+        body = [self._path(path), fields, struct.pack(f"<{len(indices)}I", *indices), ids]
+        return self._submit(OP_SEAL_PIECES, b"".join(body))
+
+    def open_to(self, out_path: str, offset: int, request: bytes) -> Future[memoryview]:
+        """Open the blobs of `request` (see `open_request`) and write their plaintexts end to end
+        into the existing file `out_path` at `offset`; the reply is the u64 count written."""
+        return self._submit(OP_OPEN_TO, self._path(out_path) + struct.pack("<Q", offset) + request)
+
+    def open(self, items: list[tuple[str, int, bytes, int, int, int, int]]) -> Future[memoryview]:
         """Plaintexts, end to end, of (pack path, offset, id, type, compression, length, plain) blobs."""
         paths: dict[str, int] = {}
         rows = [OPEN_ITEM.pack(paths.setdefault(p, len(paths)), *rest) for p, *rest in items]
@@ -150,12 +176,21 @@ class SealPool:
         return self._submit(OP_OPEN, b"".join(body))
 
 
-def split_sealed(reply: bytes) -> tuple[list[tuple[int, int, int]], memoryview]:
-    """A seal reply as ([(compression, plain length, sealed length)], the sealed blobs end to end)."""
+def open_request(paths: list[str], rows: bytes) -> bytes:
+    """The body of an open request: pack paths, then `rows` in OPEN_ITEM layout end to end."""
+    parts = [FRAME.pack(len(paths)), *(SealPool._path(p) for p in paths)]
+    parts += [FRAME.pack(len(rows) // OPEN_ITEM.size), rows]
+    return b"".join(parts)
+
+
+def split_sealed(reply: bytes | memoryview) -> tuple[memoryview, memoryview]:
+    """A seal reply as (pack-header entries end to end, the sealed blobs end to end)."""
     (n,) = struct.unpack_from("<I", reply)
-    end = 4 + n * SEALED_HEAD.size
-    return list(SEALED_HEAD.iter_unpack(reply[4:end])), memoryview(reply)[end:]
+    end = 4 + n * HEADER_ENTRY.size
+    view = memoryview(reply)
+    return view[4:end], view[end:]
 
 
-def split_ids(reply: bytes) -> list[bytes]:
-    return [reply[i : i + ID_SIZE] for i in range(0, len(reply), ID_SIZE)]
+def split_ids(reply: bytes | memoryview) -> list[bytes]:
+    raw = bytes(reply)
+    return [raw[i : i + ID_SIZE] for i in range(0, len(raw), ID_SIZE)]

@@ -23,21 +23,28 @@ import zstandard
 
 from adapters.errors import IntegrityError
 from adapters.repository.blobcodec import decode_blob, encode_blob
-from adapters.repository.crypto import MasterKey, Sealer
+from adapters.repository.crypto import ID_SIZE, NONCE_SIZE, MasterKey, Sealer
+from adapters.repository.pack import HEADER_ENTRY
 
 OP_HASH = 1  # path, offset u64, length u32, chunk u32 -> concatenated 32-byte ids
 # path, type u8, compress u8, n u32, n x (offset u64, length u32, id 32)
-#   -> n u32, n x (compression u8, plain length u32, sealed length u32), then the sealed blobs
+#   -> n u32, n pack-header entries (see pack.HEADER_ENTRY), then the sealed blobs end to end
 OP_SEAL = 2
+# path, type u8, compress u8, offset u64, length u32, chunk u32, n u32, n x index u32, n x id 32
+#   -> as OP_SEAL, for the chunks at those indices of the `chunk`-sized pieces of one block
+OP_SEAL_PIECES = 4
 # n paths u32, paths, n u32, n x (path index u32, offset u64, id 32, type u8, comp u8, length u32,
 #   plain u32) -> the plaintexts end to end, in request order
 OP_OPEN = 3
+# out path, out offset u64, then as OP_OPEN -> u64 bytes written: the plaintexts end to end go
+#   straight into that file (which must exist) at that offset instead of back through the pipe
+OP_OPEN_TO = 5
 
 FRAME = struct.Struct("<I")
 HEAD = struct.Struct("<BI")
 SEAL_ITEM = struct.Struct("<QI32s")
+PIECES = struct.Struct("<BBQIII")
 OPEN_ITEM = struct.Struct("<IQ32sBBII")
-SEALED_HEAD = struct.Struct("<BII")  # compression, plain length, sealed length
 
 STATUS_OK, STATUS_INTEGRITY, STATUS_MISSING, STATUS_ERROR = 0, 1, 2, 3
 
@@ -91,25 +98,63 @@ class Worker:
         blob_type, compress, n = struct.unpack_from("<BBI", body, pos)
         pos += 6
         items = [SEAL_ITEM.unpack_from(body, pos + i * SEAL_ITEM.size) for i in range(n)]
-        table = [struct.pack("<I", n)]
-        out = []
         if not items:
-            return table[0]
+            return struct.pack("<I", 0)
         start = items[0][0]
         end = max(off + ln for off, ln, _ in items)
         data = _pread(path, start, end - start)
         if len(data) != end - start:
             raise OSError(f"{path} is shorter than expected")
-        for offset, length, blob_id in items:
+        return self._seal_items(data, start, items, blob_type, compress)
+
+    def seal_pieces(self, body: bytes, pos: int) -> bytes:
+        path, pos = _path(body, pos)
+        blob_type, compress, offset, length, chunk, n = PIECES.unpack_from(body, pos)
+        pos += PIECES.size
+        indices = struct.unpack_from(f"<{n}I", body, pos)
+        ids = body[pos + 4 * n : pos + 4 * n + ID_SIZE * n]
+        data = _pread(path, offset, length)
+        if len(data) != length:
+            raise OSError(f"{path} is shorter than expected")
+        items = [
+            (offset + i * chunk, min(chunk, length - i * chunk), ids[k * ID_SIZE : (k + 1) * ID_SIZE])
+            for k, i in enumerate(indices)
+        ]
+        return self._seal_items(data, offset, items, blob_type, compress)
+
+    def _seal_items(
+        self, data: bytes, start: int, items: list[tuple[int, int, bytes]], blob_type: int, compress: int
+    ) -> bytes:
+        n = len(items)
+        table = [struct.pack("<I", n)]
+        out = []
+        nonces = os.urandom(NONCE_SIZE * n)  # one system call for the whole request
+        compressor = self.compressor if compress else None
+        for k, (offset, length, blob_id) in enumerate(items):
             chunk = data[offset - start : offset - start + length]
-            compression, sealed = encode_blob(
-                self.sealer, self.compressor if compress else None, blob_type, blob_id, chunk
-            )
-            table.append(SEALED_HEAD.pack(compression, len(chunk), len(sealed)))
+            nonce = nonces[k * NONCE_SIZE : (k + 1) * NONCE_SIZE]
+            compression, sealed = encode_blob(self.sealer, compressor, blob_type, blob_id, chunk, nonce=nonce)
+            table.append(HEADER_ENTRY.pack(blob_type, compression, len(sealed), len(chunk), blob_id))
             out.append(sealed)
         return b"".join(table + out)
 
     def open(self, body: bytes, pos: int) -> bytes:
+        return b"".join(self._open_items(body, pos))
+
+    def open_to(self, body: bytes, pos: int) -> bytes:
+        out_path, pos = _path(body, pos)
+        (offset,) = struct.unpack_from("<Q", body, pos)
+        data = b"".join(self._open_items(body, pos + 8))
+        fd = os.open(out_path, os.O_WRONLY)
+        try:
+            written = 0
+            while written < len(data):
+                written += os.pwrite(fd, memoryview(data)[written:], offset + written)
+        finally:
+            os.close(fd)
+        return struct.pack("<Q", written)
+
+    def _open_items(self, body: bytes, pos: int) -> list[bytes]:
         (n_paths,) = FRAME.unpack_from(body, pos)
         pos += 4
         paths = []
@@ -137,7 +182,7 @@ class Worker:
                 at = item[1] - first[1]
                 out.append(self._open_one(path, raw[at : at + item[5]], item))
             start = end
-        return b"".join(out)
+        return out
 
     def _open_one(self, path: str, sealed: bytes, item: tuple[int, int, bytes, int, int, int, int]) -> bytes:
         _, _, blob_id, blob_type, comp, stored, plain = item
@@ -165,8 +210,12 @@ class Worker:
                 result = self.hash(body, HEAD.size)
             elif op == OP_SEAL:
                 result = self.seal(body, HEAD.size)
+            elif op == OP_SEAL_PIECES:
+                result = self.seal_pieces(body, HEAD.size)
             elif op == OP_OPEN:
                 result = self.open(body, HEAD.size)
+            elif op == OP_OPEN_TO:
+                result = self.open_to(body, HEAD.size)
             else:
                 raise ValueError(f"unknown operation {op}")
             return HEAD.pack(STATUS_OK, request) + result

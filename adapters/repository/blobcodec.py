@@ -24,6 +24,8 @@ def encode_blob(
     blob_type: int,
     blob_id: bytes,
     data: bytes | memoryview,
+    *,
+    nonce: bytes | None = None,
 ) -> tuple[int, bytes]:
     """(compression, sealed bytes) for one blob; `compressor` None stores it as it is."""
     payload: bytes | memoryview = data
@@ -32,7 +34,7 @@ def encode_blob(
         packed = compressor.compress(data)
         if len(packed) <= len(data) * (1 - MIN_COMPRESSION_GAIN):
             payload, compression = packed, COMPRESSION_ZSTD
-    return compression, sealer.seal(payload, blob_aad(blob_type, compression, blob_id))
+    return compression, sealer.seal(payload, blob_aad(blob_type, compression, blob_id), nonce)
 
 
 def decode_blob(

@@ -71,8 +71,12 @@ class Sealer:
     def mac(self, data: bytes) -> bytes:
         return hmac.new(self._id_key, data, hashlib.sha256).digest()
 
-    def seal(self, plaintext: bytes | memoryview, aad: bytes) -> bytes:
-        nonce = os.urandom(NONCE_SIZE)
+    def seal(self, plaintext: bytes | memoryview, aad: bytes, nonce: bytes | None = None) -> bytes:
+        """Encrypt under a random nonce; a caller may pass one it drew from os.urandom itself."""
+        if nonce is None:
+            nonce = os.urandom(NONCE_SIZE)
+        elif len(nonce) != NONCE_SIZE:
+            raise ValueError("a nonce must be 12 random bytes")
         return nonce + self._aead.encrypt(nonce, bytes(plaintext), aad)
 
     def open(self, sealed: bytes | memoryview, aad: bytes, what: str | Callable[[], str]) -> bytes:

@@ -45,6 +45,28 @@ class BlobLocation(NamedTuple):
     plain_length: int
 
 
+# A pack header entry (see pack.HEADER_ENTRY) as a numpy record.
+HEADER_DTYPE = np.dtype(
+    [("type", "u1"), ("comp", "u1"), ("length", "<u4"), ("plain", "<u4"), ("id", f"V{ID_SIZE}")]
+)
+
+
+def header_records(header: bytes | bytearray | memoryview) -> npt.NDArray[np.void]:
+    """Index records of a pack from its header entries: offsets are the running sum of lengths."""
+    h = np.frombuffer(header, dtype=HEADER_DTYPE)
+    recs = np.empty(len(h), dtype=RECORD)
+    for field in ("id", "type", "comp", "length", "plain"):
+        recs[field] = h[field]
+    lengths = h["length"].astype(np.uint64)
+    recs["offset"] = np.cumsum(lengths) - lengths
+    return recs
+
+
+def record_ids(recs: npt.NDArray[np.void]) -> list[bytes]:
+    raw = recs["id"].tobytes()
+    return [raw[i : i + ID_SIZE] for i in range(0, len(raw), ID_SIZE)]
+
+
 def records(blobs: list[PackedBlob]) -> npt.NDArray[np.void]:
     return np.array(
         [(b.blob_id, b.blob_type, b.compression, b.offset, b.length, b.plain_length) for b in blobs],
@@ -112,8 +134,9 @@ _EMPTY = _Frozen(
 
 _FIELDS = ("type", "comp", "offset", "length", "plain")
 
-# Packs added during a run stay as Python objects until this many blobs, then join the arrays.
-MERGE_AT = 32_768
+# Packs added during a run stay staged (found through a set of their ids) until this many blobs,
+# then join the sorted arrays.
+MERGE_AT = 65_536
 
 
 class Index:
@@ -126,7 +149,8 @@ class Index:
         self.pack_ids: list[str] = []
         self._pack_pos: dict[str, int] = {}
         self._frozen = _EMPTY
-        self._recent: dict[bytes, BlobLocation] = {}
+        self._recent: set[bytes] = set()
+        self._recent_map: dict[bytes, BlobLocation] | None = None
         self._staged: list[tuple[int, npt.NDArray[np.void]]] = []
         self._gone: set[int] = set()
         self.generation = 0  # grows with every merge: a reader can tell its view is old
@@ -155,6 +179,25 @@ class Index:
     def in_recent(self, blob_id: bytes) -> bool:
         return blob_id in self._recent
 
+    def none_recent(self, blob_ids: list[bytes]) -> bool:
+        return self._recent.isdisjoint(blob_ids)
+
+    def _recent_location(self, blob_id: bytes) -> BlobLocation | None:
+        """Where a blob of a pack added by this run is; the map is built only when asked for."""
+        if blob_id not in self._recent:
+            return None
+        if self._recent_map is None:
+            self._recent_map = {}
+            for number, recs in self._staged:
+                self._map_recent(number, recs)
+        return self._recent_map.get(blob_id)
+
+    def _map_recent(self, number: int, recs: npt.NDArray[np.void]) -> None:
+        assert self._recent_map is not None
+        pack_id = self.pack_ids[number]
+        for blob_id, row in zip(record_ids(recs), recs.tolist(), strict=True):
+            self._recent_map.setdefault(blob_id, BlobLocation(pack_id, *row[1:]))
+
     def freeze(self) -> None:
         """Merge everything staged into the sorted arrays."""
         if not self._staged:
@@ -170,20 +213,18 @@ class Index:
         self._frozen = _Frozen(keys[order], ids[order], packs[order], recs[order])
         self._staged = []
         self.generation += 1
-        self._recent = {}  # only after the arrays hold them: a reader checks _recent first
+        # Only after the arrays hold them: a reader checks the recent set first.
+        self._recent = set()
+        self._recent_map = None
 
-    def add_pack(self, pack_id: str, blobs: list[PackedBlob]) -> npt.NDArray[np.void]:
-        """Record a pack this run wrote (its blobs are found at once); return its index records."""
-        for b in blobs:
-            self._recent.setdefault(
-                b.blob_id,
-                BlobLocation(pack_id, b.blob_type, b.compression, b.offset, b.length, b.plain_length),
-            )
-        recs = records(blobs)
+    def add_pack(self, pack_id: str, recs: npt.NDArray[np.void]) -> None:
+        """Record a pack this run wrote, from its index records; its blobs are found at once."""
         self.stage(pack_id, recs)
+        if self._recent_map is not None:
+            self._map_recent(self._pack_pos[pack_id], recs)
+        self._recent.update(record_ids(recs))
         if len(self._recent) >= MERGE_AT:
             self.freeze()
-        return recs
 
     @staticmethod
     def _scan(f: _Frozen, blob_id: bytes) -> int:
@@ -210,8 +251,11 @@ class Index:
             int(r["plain"]),
         )
 
+    def contains(self, blob_id: bytes) -> bool:
+        return blob_id in self._recent or self._scan(self._frozen, blob_id) >= 0
+
     def lookup(self, blob_id: bytes) -> BlobLocation | None:
-        found = self._recent.get(blob_id)
+        found = self._recent_location(blob_id)
         if found is not None:
             return found
         f = self._frozen
@@ -234,6 +278,18 @@ class Index:
             out[j] = self._scan(f, blob_ids[int(j)])
         return out
 
+    def columns(
+        self, blob_ids: list[bytes]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint32], npt.NDArray[np.void]]:
+        """(row or -1, pack number, record) of each id, as arrays: for restoring many blobs at once."""
+        self.freeze()  # everything in the sorted arrays, so one vectorised look-up finds all
+        f = self._frozen
+        pos = self._positions(f, blob_ids)
+        if not len(f.keys):
+            return pos, np.zeros(len(pos), dtype=np.uint32), np.zeros(len(pos), dtype=RECORD)
+        safe = np.maximum(pos, 0)
+        return pos, f.packs[safe], f.recs[safe]
+
     def contains_many(self, blob_ids: list[bytes]) -> list[bool]:
         recent = self._recent
         pos = self._positions(self._frozen, blob_ids)
@@ -254,7 +310,7 @@ class Index:
         for b, p, (pack, btype, comp, offset, length, plain) in zip(
             blob_ids, pos.tolist(), columns, strict=True
         ):
-            loc = recent.get(b)
+            loc = self._recent_location(b) if b in recent else None
             if loc is None and p >= 0:
                 loc = BlobLocation(self.pack_ids[pack], btype, comp, offset, length, plain)
             out.append(loc)

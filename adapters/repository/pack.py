@@ -43,44 +43,49 @@ class PackedBlob(NamedTuple):
 
 
 class PackBuilder:
-    """Collects sealed blobs in memory until the pack is big enough to store."""
+    """Collects sealed blobs in memory until the pack is big enough to store.
+
+    Blobs are kept as their header entries end to end, not as objects: a pack holds thousands of
+    page-sized blobs, and workers hand over whole runs already in header layout.
+    """
 
     def __init__(self) -> None:
         self._parts: list[bytes | memoryview] = []
-        self.blobs: list[PackedBlob] = []
+        self.header = bytearray()
         self.size = 0
 
     def add(self, blob_id: bytes, blob_type: int, compression: int, sealed: bytes, plain: int) -> None:
-        self.blobs.append(PackedBlob(blob_id, blob_type, compression, self.size, len(sealed), plain))
+        self.header += HEADER_ENTRY.pack(blob_type, compression, len(sealed), plain, blob_id)
         self._parts.append(sealed)
         self.size += len(sealed)
 
-    def add_run(
-        self, blob_ids: list[bytes], blob_type: int, table: list[tuple[int, int, int]], sealed: memoryview
-    ) -> None:
-        """Add blobs sealed end to end in `sealed`, described by (compression, plain, length) rows."""
-        offset = self.size
-        for blob_id, (comp, plain, length) in zip(blob_ids, table, strict=True):
-            self.blobs.append(PackedBlob(blob_id, blob_type, comp, offset, length, plain))
-            offset += length
+    def add_run(self, header: bytes | memoryview, sealed: memoryview) -> None:
+        """Add blobs sealed end to end in `sealed`, described by header entries end to end."""
+        self.header += header
         self._parts.append(sealed)
-        self.size = offset
+        self.size += len(sealed)
 
     def __len__(self) -> int:
-        return len(self.blobs)
+        return len(self.header) // HEADER_ENTRY.size
+
+    def ids(self) -> list[bytes]:
+        return header_ids(self.header)
 
     def finish(self, sealer: Sealer) -> tuple[str, bytes]:
         """Return (pack id, pack bytes) and reset nothing: a builder makes one pack."""
-        header = b"".join(
-            HEADER_ENTRY.pack(b.blob_type, b.compression, b.length, b.plain_length, b.blob_id)
-            for b in self.blobs
-        )
-        sealed_header = sealer.seal(header, HEADER_AAD)
+        sealed_header = sealer.seal(bytes(self.header), HEADER_AAD)
         self._parts.append(sealed_header)
         self._parts.append(TRAILER.pack(len(sealed_header), PACK_MAGIC))
         data = b"".join(self._parts)
         self._parts = []
         return hashlib.sha256(data).hexdigest(), data
+
+
+def header_ids(header: bytes | bytearray | memoryview) -> list[bytes]:
+    """The blob ids of header entries laid end to end."""
+    raw = bytes(header)
+    size = HEADER_ENTRY.size
+    return [raw[i + size - ID_SIZE : i + size] for i in range(0, len(raw), size)]
 
 
 def parse_header(sealer: Sealer, tail: bytes, pack_size: int, pack_name: str) -> list[PackedBlob]:

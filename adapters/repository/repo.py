@@ -36,7 +36,14 @@ from adapters.errors import (
 from adapters.repository.backend import Kind, LocalBackend
 from adapters.repository.blobcodec import decode_blob, encode_blob
 from adapters.repository.crypto import MasterKey, Sealer
-from adapters.repository.index import BlobLocation, Index, decode_index, encode_index
+from adapters.repository.index import (
+    HEADER_DTYPE,
+    BlobLocation,
+    Index,
+    decode_index,
+    encode_index,
+    header_records,
+)
 from adapters.repository.keys import (
     add_key_file,
     add_passphrase_key,
@@ -213,38 +220,57 @@ class Repository:
     def add_run(
         self,
         blob_ids: list[bytes],
-        blob_type: int,
-        table: list[tuple[int, int, int]],
+        header: bytes | memoryview,
         sealed: memoryview,
         has_blob: Callable[[bytes], bool] | None = None,
+        *,
+        index_generation: int | None = None,
     ) -> tuple[int, int]:
-        """Add blobs sealed end to end (as a worker returns them); return (blobs, plain bytes) added.
+        """Add blobs sealed end to end (as a worker returns them, with their pack-header entries);
+        return (blobs, plain bytes) added.
 
-        The common case, none known yet, moves the whole run into the pack at once.
+        The common case, none known yet, moves the whole run into the pack at once. Pass the index
+        generation seen when the ids were looked up: if nothing was merged since, only the open
+        pack and this run's packs need checking again.
         """
-        check = has_blob or self.has_blob
-        if len(set(blob_ids)) == len(blob_ids) and not any(check(i) for i in blob_ids):
-            self._builder.add_run(blob_ids, blob_type, table, sealed)
+        entries = np.frombuffer(header, dtype=HEADER_DTYPE)
+        if len(set(blob_ids)) == len(blob_ids) and self._none_known(blob_ids, has_blob, index_generation):
+            self._builder.add_run(header, sealed)
             self._pending_ids.update(blob_ids)
             if self._builder.size >= self.pack_size:
                 self._write_pack()
-            return len(blob_ids), sum(row[1] for row in table)
+            return len(blob_ids), int(entries["plain"].sum())
         added = plain_bytes = 0
         at = 0
-        for blob_id, (comp, plain, length) in zip(blob_ids, table, strict=True):
-            blob = PreparedBlob(blob_id, blob_type, comp, bytes(sealed[at : at + length]), plain)
+        for blob_id, (btype, comp, length, plain, _) in zip(blob_ids, entries.tolist(), strict=True):
+            blob = PreparedBlob(blob_id, btype, comp, bytes(sealed[at : at + length]), plain)
             at += length
             if self.add(blob, has_blob):
                 added += 1
                 plain_bytes += plain
         return added, plain_bytes
 
+    def _none_known(
+        self, blob_ids: list[bytes], has_blob: Callable[[bytes], bool] | None, generation: int | None
+    ) -> bool:
+        if has_blob is not None:
+            return not any(has_blob(i) for i in blob_ids)
+        if generation is not None and generation == self.index.generation:
+            return self._pending_ids.isdisjoint(blob_ids) and self.index.none_recent(blob_ids)
+        return not any(self.has_blob(i) for i in blob_ids)
+
+    def known_many(self, blob_ids: list[bytes]) -> list[bool]:
+        """For each id: is it indexed or in a pack being written?"""
+        pending = self._pending_ids
+        in_index = self.index.contains_many(blob_ids)
+        return [k or i in pending for k, i in zip(in_index, blob_ids, strict=True)]
+
     def pending_blob(self, blob_id: bytes) -> bool:
         """True if the blob sits in the open pack, not yet written."""
         return blob_id in self._pending_ids
 
     def has_blob(self, blob_id: bytes) -> bool:
-        return blob_id in self._pending_ids or self.index.lookup(blob_id) is not None
+        return blob_id in self._pending_ids or self.index.contains(blob_id)
 
     def _write_pack(self) -> None:
         """Hand the open pack to the writer thread; its blobs stay pending until it is stored."""
@@ -266,9 +292,9 @@ class Repository:
         future, builder = self._writes.popleft()
         pack_id, size = future.result()
         self.stored_bytes += size
-        self._unindexed[pack_id] = self.index.add_pack(pack_id, builder.blobs)
-        for b in builder.blobs:
-            self._pending_ids.discard(b.blob_id)
+        recs = self._unindexed[pack_id] = header_records(builder.header)
+        self.index.add_pack(pack_id, recs)
+        self._pending_ids.difference_update(builder.ids())
         if sum(len(v) for v in self._unindexed.values()) >= INDEX_FLUSH_BLOBS:
             self._write_index()
 

@@ -152,7 +152,7 @@ def test_locate_many_finds_frozen_and_pending_blobs_and_misses_the_rest():
     index = _frozen_index(frozen_packs)
     pending_ids = _random_ids(50, 11)
     pending = _blobs(pending_ids, 99)
-    index.add_pack(_pack_id(100), pending)
+    index.add_pack(_pack_id(100), records(pending))
     absent = _random_ids(200, 12)
 
     expected: dict[bytes, BlobLocation | None] = {}
@@ -181,7 +181,7 @@ def test_ids_sharing_their_first_eight_bytes_are_told_apart():
         _pack_id(1): _blobs([*others[250:], twins[2], twins[1]], 1),
     }
     index = _frozen_index(packs)
-    index.add_pack(_pack_id(2), _blobs([pending_twin], 2))
+    index.add_pack(_pack_id(2), records(_blobs([pending_twin], 2)))
     expected = {b.blob_id: _location(p, b) for p, blobs in packs.items() for b in blobs}
     expected[pending_twin] = _location(_pack_id(2), _blobs([pending_twin], 2)[0])
 
@@ -238,7 +238,7 @@ def test_blobs_of_packs_added_in_this_run_are_found_before_and_after_merging():
     index = _frozen_index({_pack_id(0): _blobs(_random_ids(100, 30), 0)})
     added = {_pack_id(i): _blobs(_random_ids(40, 30 + i), i) for i in range(1, 6)}
     for pack_id, blobs in added.items():
-        index.add_pack(pack_id, blobs)
+        index.add_pack(pack_id, records(blobs))
     expected = [(b.blob_id, _location(p, b)) for p, bs in added.items() for b in bs]
     ids = [i for i, _ in expected]
 
