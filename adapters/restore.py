@@ -25,6 +25,7 @@ from adapters.errors import BlobNotFound, DiskFull, IntegrityError, RestoreRefus
 from adapters.repository.backend import fsync_dir
 from adapters.repository.index import BlobLocation
 from adapters.repository.repo import Repository
+from adapters.restorepool import write_with_pool
 from adapters.sealpool import SealPool
 from adapters.sqlite_snapshot import SIDE_FILES
 from adapters.sqlite_snapshot import check_database as check_sqlite
@@ -138,27 +139,6 @@ def locate_all(repo: Repository, entry: Entry) -> Iterator[tuple[bytes, BlobLoca
         yield from ((i, loc) for i, loc in zip(ids, locs, strict=True) if loc is not None)
 
 
-SpanReader = Callable[[list[tuple[bytes, BlobLocation]]], Future[bytes]]
-
-
-def _pool_reader(repo: Repository, pool: SealPool) -> SpanReader:
-    """Batches decrypted by the worker processes, which read the pack files themselves."""
-
-    def read(batch: Batch) -> Future[bytes]:
-        paths: dict[str, str] = {}
-        items = []
-        for blob_id, loc in batch:
-            path = paths.get(loc.pack_id)
-            if path is None:
-                path = paths[loc.pack_id] = str(repo.backend.path_of("data", loc.pack_id))
-            items.append(
-                (path, loc.offset, blob_id, loc.blob_type, loc.compression, loc.length, loc.plain_length)
-            )
-        return pool.open(items)
-
-    return read
-
-
 def write_entry(
     repo: Repository,
     entry: Entry,
@@ -173,42 +153,26 @@ def write_entry(
     Every blob is authenticated and the file's SHA-256 must equal the manifest's before this
     returns; `check_database` also runs SQLite's quick_check on a database.
     """
-    located = locate_all(repo, entry)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.capsule-restore-{secrets.token_hex(4)}"
-    sha = hashlib.sha256()
-    written = 0
     try:
         with open(tmp, "xb") as f, ThreadPoolExecutor(workers()) as threads, ThreadPoolExecutor(1) as syncer:
-            read: SpanReader
             if pool is not None:
-                read = _pool_reader(repo, pool)
+                written, digest = write_with_pool(
+                    repo,
+                    pool,
+                    entry,
+                    tmp,
+                    fd=f.fileno(),
+                    id_groups=content_ids(repo, entry),
+                    progress=progress,
+                )
             else:
-
-                def read(span: list[tuple[bytes, BlobLocation]]) -> Future[bytes]:
-                    return threads.submit(_read_batch, repo, span)
-
-            futures: deque[Future[bytes]] = deque()
-            synced = 0
-            for batch in _batches(located):
-                futures.append(read(batch))
-                if len(futures) < IN_FLIGHT:
-                    continue
-                written += _write_blobs(f, sha, futures.popleft().result())
-                if written - synced >= SYNC_EVERY:
-                    # Start writing back to disk now, so the final fsync has little left to do.
-                    f.flush()
-                    syncer.submit(os.fdatasync, f.fileno())
-                    synced = written
-                if progress:
-                    progress(written, entry.size)
-            while futures:
-                written += _write_blobs(f, sha, futures.popleft().result())
-            if progress:
-                progress(written, entry.size)
-            f.flush()
+                written, digest = _write_in_process(
+                    repo, entry, f, threads=threads, syncer=syncer, progress=progress
+                )
             syncer.shutdown(wait=True)
-            if written != entry.size or sha.hexdigest() != entry.sha256:
+            if written != entry.size or digest != entry.sha256:
                 raise IntegrityError(
                     f"{entry.path} does not match its snapshot after restore (SHA-256 differs)"
                 )
@@ -230,10 +194,43 @@ def write_entry(
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    return RestoredFile(tmp, written, sha.hexdigest())
+    return RestoredFile(tmp, written, digest)
 
 
-def _write_blobs(f: BinaryIO, sha: hashlib._Hash, data: bytes) -> int:
+def _write_in_process(
+    repo: Repository,
+    entry: Entry,
+    f: BinaryIO,
+    *,
+    threads: ThreadPoolExecutor,
+    syncer: ThreadPoolExecutor,
+    progress: Progress | None,
+) -> tuple[int, str]:
+    """Blobs opened on threads of this process and written in order; return (bytes, SHA-256)."""
+    sha = hashlib.sha256()
+    futures: deque[Future[bytes]] = deque()
+    written = synced = 0
+    for batch in _batches(locate_all(repo, entry)):
+        futures.append(threads.submit(_read_batch, repo, batch))
+        if len(futures) < IN_FLIGHT:
+            continue
+        written += _write_blobs(f, sha, futures.popleft().result())
+        if written - synced >= SYNC_EVERY:
+            # Start writing back to disk now, so the final fsync has little left to do.
+            f.flush()
+            syncer.submit(os.fdatasync, f.fileno())
+            synced = written
+        if progress:
+            progress(written, entry.size)
+    while futures:
+        written += _write_blobs(f, sha, futures.popleft().result())
+    if progress:
+        progress(written, entry.size)
+    f.flush()
+    return written, sha.hexdigest()
+
+
+def _write_blobs(f: BinaryIO, sha: hashlib._Hash, data: bytes | memoryview) -> int:
     f.write(data)
     sha.update(data)
     return len(data)

@@ -1,0 +1,150 @@
+"""Restoring a file through the worker processes, which write the plaintexts into it themselves.
+
+The parent looks locations up for thousands of blobs at once and builds each request as one numpy
+array; a worker reads the packs, authenticates and decompresses every blob and writes the result at
+its place in the file. Only a byte count comes back through the pipe. A thread of the parent reads
+the finished prefix of the file back to compute its SHA-256, which must equal the manifest's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import struct
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from adapters.errors import BlobNotFound, IntegrityError
+from adapters.repository.crypto import ID_SIZE
+from adapters.repository.repo import Repository
+from adapters.sealpool import SealPool, open_request
+from adapters.sealworker import OPEN_ITEM
+from domain.manifest import Entry
+
+SPAN_LIMIT = 1024 * 1024  # stored bytes per request
+IN_FLIGHT = 8
+SYNC_EVERY = 64 * 1024 * 1024
+HASH_READ = 1024 * 1024
+
+OPEN_DTYPE = np.dtype(
+    [
+        ("path", "<u4"),
+        ("offset", "<u8"),
+        ("id", f"V{ID_SIZE}"),
+        ("type", "u1"),
+        ("comp", "u1"),
+        ("length", "<u4"),
+        ("plain", "<u4"),
+    ]
+)
+assert OPEN_DTYPE.itemsize == OPEN_ITEM.size
+
+Progress = Callable[[int, int], None]
+
+
+def _hash_range(fd: int, sha: hashlib._Hash, start: int, length: int) -> None:
+    end = start + length
+    while start < end:
+        block = os.pread(fd, min(HASH_READ, end - start), start)
+        if not block:
+            raise IntegrityError("the restored file is shorter than what the workers wrote")
+        sha.update(block)
+        start += len(block)
+
+
+class _Requests:
+    """Turns groups of blob ids into open-and-write requests of about SPAN_LIMIT stored bytes."""
+
+    def __init__(self, repo: Repository, entry: Entry) -> None:
+        self.repo = repo
+        self.entry = entry
+        self._paths: dict[int, str] = {}
+
+    def _path(self, number: int) -> str:
+        path = self._paths.get(number)
+        if path is None:
+            pack_id = self.repo.index.pack_ids[number]
+            path = self._paths[number] = str(self.repo.backend.path_of("data", pack_id))
+        return path
+
+    def build(self, ids: list[bytes]) -> list[tuple[bytes, int]]:
+        """[(request body, plaintext bytes it writes)] for `ids`, in file order."""
+        pos, packs, recs = self.repo.index.columns(ids)
+        missing = np.flatnonzero(pos < 0)
+        if len(missing):
+            first = ids[int(missing[0])].hex()[:12]
+            raise BlobNotFound(
+                f"{len(missing)} blob(s) of {self.entry.path} are in no index (first: {first}); "
+                "run `capsule verify` and `capsule rebuild-index`"
+            )
+        stored = np.cumsum(recs["length"], dtype=np.int64)
+        group = (stored - 1) // SPAN_LIMIT
+        starts = [*np.flatnonzero(np.r_[True, group[1:] != group[:-1]]).tolist(), len(ids)]
+        return [self._request(packs[a:b], recs[a:b]) for a, b in itertools.pairwise(starts)]
+
+    def _request(self, packs: npt.NDArray[np.uint32], recs: npt.NDArray[np.void]) -> tuple[bytes, int]:
+        numbers, inverse = np.unique(packs, return_inverse=True)
+        rows = np.empty(len(recs), dtype=OPEN_DTYPE)
+        rows["path"] = inverse
+        for field in ("offset", "id", "type", "comp", "length", "plain"):
+            rows[field] = recs[field]
+        paths = [self._path(int(n)) for n in numbers]
+        return open_request(paths, rows.tobytes()), int(recs["plain"].sum())
+
+
+def write_with_pool(
+    repo: Repository,
+    pool: SealPool,
+    entry: Entry,
+    path: Path,
+    *,
+    fd: int,
+    id_groups: Iterable[list[bytes]],
+    progress: Progress | None = None,
+) -> tuple[int, str]:
+    """Fill the open, empty file `path` (descriptor `fd`) with `entry`; return (bytes, SHA-256)."""
+    requests = _Requests(repo, entry)
+    sha = hashlib.sha256()
+    in_flight: deque[tuple[Future[memoryview], int, int]] = deque()
+    hashed: list[Future[None]] = []
+    written = synced = offset = 0
+    read_fd = os.open(path, os.O_RDONLY)
+    try:
+        with ThreadPoolExecutor(1) as hasher, ThreadPoolExecutor(1) as syncer:
+
+            def complete() -> None:
+                nonlocal written, synced
+                future, at, expected = in_flight.popleft()
+                (got,) = struct.unpack("<Q", future.result())
+                if got != expected:
+                    raise IntegrityError(
+                        f"{entry.path}: a worker wrote {got} bytes where {expected} were due"
+                    )
+                # The prefix up to here is complete: hash it in order on the hasher's thread.
+                hashed.append(hasher.submit(_hash_range, read_fd, sha, at, got))
+                written += got
+                if written - synced >= SYNC_EVERY:
+                    syncer.submit(os.fdatasync, fd)  # start the write-back early
+                    synced = written
+                if progress:
+                    progress(written, entry.size)
+
+            for ids in id_groups:
+                for body, plain in requests.build(ids):
+                    in_flight.append((pool.open_to(str(path), offset, body), offset, plain))
+                    offset += plain
+                    while len(in_flight) >= IN_FLIGHT:
+                        complete()
+            while in_flight:
+                complete()
+            for h in hashed:
+                h.result()
+    finally:
+        os.close(read_fd)
+    return written, sha.hexdigest()
