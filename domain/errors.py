@@ -9,3 +9,15 @@ class CapsuleError(Exception):
 
 class UnsafePath(CapsuleError):
     """Raised when a path from a user or a manifest would reach outside its root."""
+
+
+class InvalidCommand(CapsuleError):
+    """Raised when a command contradicts what a job's log has already recorded."""
+
+
+class UnknownEvent(CapsuleError):
+    """Raised when a stored event has a type or schema version this Capsule does not know."""
+
+
+class InvalidEvent(CapsuleError):
+    """Raised when a stored event does not fit its type or cannot follow the events before it."""

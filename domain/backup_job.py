@@ -1,0 +1,170 @@
+"""The backup job aggregate: one stream `backup-<job_id>`, decided and evolved here.
+
+A backup of the database runs two steps: `store` (snapshot, chunk, compress, seal, pack) and
+`commit` (write the manifest). The plan is data in BackupRequested, so later kinds and settings can
+add `upload:<destination>` and `retention` steps without touching how steps run. Only one backup
+of a source runs at a time: a request made while another is active is queued behind it until a
+ReleaseBackup lets it start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import reduce
+
+from domain.commands import CompleteStep, ReleaseBackup, RequestBackup
+from domain.errors import InvalidCommand, InvalidEvent
+from domain.events import (
+    BackupCancelled,
+    BackupCompleted,
+    BackupFailed,
+    BackupKind,
+    BackupQueued,
+    BackupReleased,
+    BackupRequested,
+    Event,
+)
+from domain.jobs import (
+    JobCommand,
+    JobRules,
+    JobState,
+    StepState,
+    decide_job,
+    evolve_job,
+    require_job,
+    update_job,
+)
+
+STREAM_PREFIX = "backup-"
+
+STORE = "store"
+COMMIT = "commit"
+RETENTION = "retention"
+UPLOAD_PREFIX = "upload:"
+
+
+def stream_id(job_id: str) -> str:
+    """The id of the event stream that holds backup job `job_id`."""
+    return f"{STREAM_PREFIX}{job_id}"
+
+
+def upload_step(destination: str) -> str:
+    """The name of the step that copies the snapshot to `destination`."""
+    return f"{UPLOAD_PREFIX}{destination}"
+
+
+def plan_for(kind: BackupKind) -> tuple[str, ...]:
+    """The ordered steps a backup of `kind` runs."""
+    if kind == "database":
+        return (STORE, COMMIT)
+    raise InvalidCommand(f"backups of kind {kind!r} are not supported yet; ask for a database backup")
+
+
+class BackupJob(JobState):
+    """A backup job as its log tells it."""
+
+    kind: BackupKind | None = None
+    source: str = ""
+    full: bool = False
+    tags: tuple[str, ...] = ()
+    snapshot_id: str | None = None
+
+
+BackupCommand = RequestBackup | ReleaseBackup | JobCommand
+
+
+def initial_state() -> BackupJob:
+    """A backup job before anything was recorded."""
+    return BackupJob()
+
+
+def committed_snapshot_id(state: BackupJob) -> str | None:
+    """The snapshot the commit step wrote, once it has; later steps (uploads) work on it."""
+    commit = state.find_step(COMMIT)
+    if commit is None or commit.result is None:
+        return None
+    snapshot_id = commit.result.get("snapshot_id")
+    return snapshot_id if isinstance(snapshot_id, str) else None
+
+
+def _completed(state: BackupJob) -> Event:
+    snapshot_id = committed_snapshot_id(state)
+    if snapshot_id is None:
+        raise InvalidCommand(
+            f"backup job {state.job_id!r} cannot complete: its commit step named no snapshot"
+        )
+    return BackupCompleted(job_id=state.job_id, snapshot_id=snapshot_id)
+
+
+RULES: JobRules[BackupJob] = JobRules(
+    noun="backup", completed=_completed, failed=BackupFailed, cancelled=BackupCancelled
+)
+
+
+def decide(state: BackupJob, command: BackupCommand) -> list[Event]:
+    """The events `command` records on the backup job in `state`; [] if it repeats what is recorded."""
+    match command:
+        case RequestBackup():
+            return _request(state, command)
+        case ReleaseBackup():
+            require_job(state, command.job_id, RULES.noun)
+            if state.status != "queued":
+                return []
+            return [BackupReleased(job_id=state.job_id)]
+        case CompleteStep() if command.step == COMMIT:
+            snapshot_id = command.result.get("snapshot_id")
+            if not isinstance(snapshot_id, str) or not snapshot_id:
+                raise InvalidCommand("the commit step's result must give the `snapshot_id` it committed")
+            return decide_job(state, command, RULES)
+        case _:
+            return decide_job(state, command, RULES)
+
+
+def _request(state: BackupJob, c: RequestBackup) -> list[Event]:
+    if state.status is not None:
+        if c.job_id != state.job_id:
+            raise InvalidCommand(f"a request for job {c.job_id!r} was sent to backup job {state.job_id!r}")
+        # active_job_id is left out: on redelivery the backup it named may have finished since.
+        if (state.kind, state.source, state.full, state.tags) != (c.kind, c.source, c.full, c.tags):
+            raise InvalidCommand(
+                f"backup job {c.job_id!r} was already requested with other settings; use a new job id"
+            )
+        return []
+    if c.active_job_id == c.job_id:
+        raise InvalidCommand(f"backup job {c.job_id!r} cannot be queued behind itself")
+    requested = BackupRequested(
+        job_id=c.job_id, kind=c.kind, source=c.source, full=c.full, tags=c.tags, plan=plan_for(c.kind)
+    )
+    if c.active_job_id is None:
+        return [requested]
+    return [requested, BackupQueued(job_id=c.job_id, behind_job_id=c.active_job_id)]
+
+
+def evolve(state: BackupJob, event: Event) -> BackupJob:
+    """The backup job once `event` has happened to it."""
+    match event:
+        case BackupRequested():
+            if state.status is not None:
+                raise InvalidEvent(f"backup job {event.job_id!r} was requested twice in its log")
+            return BackupJob(
+                job_id=event.job_id,
+                status="pending",
+                steps=tuple(StepState(name=name) for name in event.plan),
+                kind=event.kind,
+                source=event.source,
+                full=event.full,
+                tags=event.tags,
+            )
+        case BackupQueued():
+            return update_job(state, event, status="queued", queued_behind=event.behind_job_id)
+        case BackupReleased():
+            return update_job(state, event, status="pending")
+        case BackupCompleted():
+            return update_job(state, event, status="completed", snapshot_id=event.snapshot_id)
+        case _:
+            return evolve_job(state, event, RULES)
+
+
+def replay(events: Iterable[Event]) -> BackupJob:
+    """The backup job its log describes: every event applied in order to the initial state."""
+    return reduce(evolve, events, initial_state())

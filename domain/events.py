@@ -1,0 +1,256 @@
+"""Events: what happened to a backup or restore job, in the past tense, as the log stores it.
+
+An event is a fact: once appended it is never rewritten. Each class has a stable `type_name` (the
+`type` column of the log) and a `schema_version`; a changed shape gets a new version here and an
+upcaster in the event store, so old rows keep loading. The actor who caused an event belongs in its
+metadata, not in the event.
+
+Step events are shared by every kind of job: a job's stream (`backup-<id>`, `restore-<id>`) says
+which job they belong to.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, JsonValue, ValidationError
+
+from domain.errors import InvalidEvent, UnknownEvent
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_as_utc)]
+"""A timezone-aware instant, normalised to UTC; naive datetimes are refused."""
+
+JsonObject = dict[str, JsonValue]
+"""JSON data the domain carries without interpreting it (step results, progress details)."""
+
+BackupKind = Literal["database", "files", "all"]
+
+
+class Event(BaseModel):
+    """Something that happened to a job; the base of every event in the log."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type_name: ClassVar[str]
+    schema_version: ClassVar[int] = 1
+
+    job_id: str
+
+
+class JobFailed(Event):
+    """A job gave up; the base of the failure event of each kind of job."""
+
+    step: str
+    reason: str
+
+
+class JobCancelled(Event):
+    """A job was cancelled; the base of the cancellation event of each kind of job."""
+
+
+# Backup jobs
+
+
+class BackupRequested(Event):
+    """A backup job was requested, with the ordered steps it will run."""
+
+    type_name: ClassVar[str] = "BackupRequested"
+
+    kind: BackupKind
+    source: str
+    full: bool
+    tags: tuple[str, ...]
+    plan: tuple[str, ...]
+
+
+class BackupQueued(Event):
+    """A backup job was put behind another backup of the same source that is still running."""
+
+    type_name: ClassVar[str] = "BackupQueued"
+
+    behind_job_id: str
+
+
+class BackupReleased(Event):
+    """A queued backup job was allowed to start its steps."""
+
+    type_name: ClassVar[str] = "BackupReleased"
+
+
+class BackupCompleted(Event):
+    """A backup job ran every step of its plan and committed a snapshot."""
+
+    type_name: ClassVar[str] = "BackupCompleted"
+
+    snapshot_id: str
+
+
+class BackupFailed(JobFailed):
+    """A backup job gave up on a step and will not run again."""
+
+    type_name: ClassVar[str] = "BackupFailed"
+
+
+class BackupCancelled(JobCancelled):
+    """A backup job was cancelled before it finished."""
+
+    type_name: ClassVar[str] = "BackupCancelled"
+
+
+# Restore jobs
+
+
+class RestoreRequested(Event):
+    """A restore job was requested, with the ordered steps it will run."""
+
+    type_name: ClassVar[str] = "RestoreRequested"
+
+    snapshot_id: str
+    target: str
+    force: bool
+    check: bool
+    plan: tuple[str, ...]
+
+
+class RestoreCompleted(Event):
+    """A restore job ran every step of its plan; `result` is what its last step reported."""
+
+    type_name: ClassVar[str] = "RestoreCompleted"
+
+    result: JsonObject
+
+
+class RestoreFailed(JobFailed):
+    """A restore job gave up on a step and will not run again."""
+
+    type_name: ClassVar[str] = "RestoreFailed"
+
+
+class RestoreCancelled(JobCancelled):
+    """A restore job was cancelled before it finished."""
+
+    type_name: ClassVar[str] = "RestoreCancelled"
+
+
+# Steps, for every kind of job
+
+
+class StepStarted(Event):
+    """A worker took a step's next attempt, holding it until the lease expires."""
+
+    type_name: ClassVar[str] = "StepStarted"
+
+    step: str
+    attempt: int
+    worker: str
+    lease_expires_at: UtcDatetime
+
+
+class StepProgressed(Event):
+    """A running attempt reported its progress and extended its lease."""
+
+    type_name: ClassVar[str] = "StepProgressed"
+
+    step: str
+    attempt: int
+    done: int
+    total: int | None
+    detail: JsonObject
+    lease_expires_at: UtcDatetime
+
+
+class StepCompleted(Event):
+    """An attempt finished its step; `result` is what the step produced."""
+
+    type_name: ClassVar[str] = "StepCompleted"
+
+    step: str
+    attempt: int
+    result: JsonObject
+
+
+class StepFailed(Event):
+    """An attempt failed; `retry_at` says when the next one may run, or is None if none will."""
+
+    type_name: ClassVar[str] = "StepFailed"
+
+    step: str
+    attempt: int
+    error: str
+    transient: bool
+    retry_at: UtcDatetime | None
+
+
+class StepLeaseExpired(Event):
+    """A running attempt stopped reporting before its lease ran out, so it no longer counts."""
+
+    type_name: ClassVar[str] = "StepLeaseExpired"
+
+    step: str
+    attempt: int
+
+
+def _registry(*classes: type[Event]) -> dict[str, type[Event]]:
+    registry: dict[str, type[Event]] = {}
+    for cls in classes:
+        if cls.type_name in registry:
+            raise TypeError(f"two event classes share the type name {cls.type_name!r}")
+        registry[cls.type_name] = cls
+    return registry
+
+
+EVENT_TYPES: dict[str, type[Event]] = _registry(
+    BackupRequested,
+    BackupQueued,
+    BackupReleased,
+    BackupCompleted,
+    BackupFailed,
+    BackupCancelled,
+    RestoreRequested,
+    RestoreCompleted,
+    RestoreFailed,
+    RestoreCancelled,
+    StepStarted,
+    StepProgressed,
+    StepCompleted,
+    StepFailed,
+    StepLeaseExpired,
+)
+"""Every event the log may hold, by its stored type name."""
+
+
+def event_type(event: Event) -> str:
+    """The name the log stores in its `type` column for `event`."""
+    return type(event).type_name
+
+
+def event_payload(event: Event) -> dict[str, Any]:
+    """The event's data, ready for JSON; `load_event` turns it back into an equal event."""
+    return event.model_dump(mode="json")
+
+
+def load_event(type_name: str, data: dict[str, Any], *, schema_version: int | None = None) -> Event:
+    """The event stored as `type_name` with `data`, already upcast to `schema_version` if given.
+
+    Upcasting belongs to the event store, which reads rows of any version; by the time data gets
+    here it must be in the shape of the class's current `schema_version`.
+    """
+    cls = EVENT_TYPES.get(type_name)
+    if cls is None:
+        raise UnknownEvent(f"the log holds an event of type {type_name!r}, which this Capsule does not know")
+    if schema_version is not None and schema_version != cls.schema_version:
+        newer = "newer" if schema_version > cls.schema_version else "older"
+        raise UnknownEvent(
+            f"a {type_name} event arrived at schema version {schema_version}, {newer} than the version "
+            f"{cls.schema_version} this Capsule reads; upgrade Capsule or register the missing upcaster"
+        )
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise InvalidEvent(f"a stored {type_name} event does not fit its type: {e}") from e
