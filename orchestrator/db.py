@@ -1,0 +1,163 @@
+"""Engines for Capsule's own database (the event log and its projections): SQLite or PostgreSQL.
+
+SQLite is the default and needs no server; PostgreSQL serves the distributed mode. On SQLite every
+transaction begun on the engine takes the write lock at once (BEGIN IMMEDIATE); code that only
+reads, such as a projection's query, should use `for_reading(engine)` so that it never waits for a
+writer. Driver errors met while using an engine become our errors through `database_errors`, with
+the URL shown without its password.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
+
+from orchestrator.errors import EventStoreError, EventStoreUnavailable
+
+SQLITE_BUSY_TIMEOUT_SECONDS = 30
+READ_ONLY_OPTION = "capsule_read_only"
+URL_HINT = "check CAPSULE_EVENT_STORE_URL"
+UNDEFINED_TABLE, SERIALIZATION_FAILURE, DEADLOCK_DETECTED = "42P01", "40001", "40P01"
+
+
+def default_event_store_url(home: Path) -> str:
+    """The SQLite event log under Capsule's home folder, used when no URL is configured."""
+    return f"sqlite:///{home / 'events.db'}"
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`: `sqlite:///<file>` or `postgresql+psycopg://...` (plain `postgresql://` too)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as e:
+        # The text may hold a password, so it is not repeated.
+        raise EventStoreError(
+            "the event store URL is not a database URL such as sqlite:///data/capsule/events.db; " + URL_HINT
+        ) from e
+    backend = parsed.get_backend_name()
+    if backend == "sqlite" and parsed.drivername in ("sqlite", "sqlite+pysqlite"):
+        return _sqlite_engine(parsed)
+    if backend == "postgresql" and parsed.drivername in ("postgresql", "postgresql+psycopg"):
+        return create_engine(
+            parsed.set(drivername="postgresql+psycopg"),
+            # The event store's checks assume each statement sees what committed before it, whatever
+            # default the server was given.
+            isolation_level="READ COMMITTED",
+            # Connections dropped by a server restart are replaced instead of failing the next command.
+            pool_pre_ping=True,
+        )
+    raise EventStoreError(
+        f"the event store URL {safe_url(parsed)} names a database Capsule cannot use; "
+        f"use sqlite:///<file> or postgresql+psycopg://<user>@<host>/<database> ({URL_HINT})"
+    )
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    if url.database and url.database != ":memory:" and not url.query.get("uri"):
+        folder = Path(url.database).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise EventStoreUnavailable(
+                f"the folder {folder} for the event store cannot be created ({e.strerror}); "
+                f"check CAPSULE_HOME or CAPSULE_EVENT_STORE_URL"
+            ) from e
+    engine = create_engine(url)
+    event.listen(engine, "connect", _configure_sqlite_connection)
+    event.listen(engine, "begin", _begin_sqlite_transaction)
+    return engine
+
+
+def _configure_sqlite_connection(dbapi_connection: Any, _record: object) -> None:
+    # The driver must not open transactions by itself: `_begin_sqlite_transaction` opens them, so that
+    # a writer takes the write lock at BEGIN instead of failing with SQLITE_BUSY_SNAPSHOT when a
+    # transaction that began by reading tries to write after another writer committed.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        # The timeout first, so that switching to WAL waits for a concurrent first connection.
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
+        mode = cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        # FULL syncs the WAL at every commit: an appended event survives a power cut.
+        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+    finally:
+        cursor.close()
+    # An in-memory database reports "memory": there is no file to share, so nothing to protect.
+    if str(mode).lower() not in ("wal", "memory"):
+        raise EventStoreUnavailable(
+            f"the event store's file system does not support SQLite's WAL mode (it stays in {mode} mode); "
+            "keep the event store on a local disk"
+        )
+
+
+def _begin_sqlite_transaction(connection: Connection) -> None:
+    # Readers begin deferred: in WAL mode they read a snapshot and never wait for a writer.
+    # Everything else takes the write lock at once, which also serialises appends.
+    read_only = connection.get_execution_options().get(READ_ONLY_OPTION, False)
+    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def for_reading(engine: Engine) -> Engine:
+    """The same engine (and pool) for transactions that only read: on SQLite they never block writers.
+
+    A transaction begun through it must not write: on SQLite it would fail as soon as another
+    writer committed first.
+    """
+    return engine.execution_options(**{READ_ONLY_OPTION: True})
+
+
+def safe_url(url: URL | str) -> str:
+    """The URL as a person may see it in a message or a log: the password masked."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@contextmanager
+def database_errors(engine: Engine) -> Iterator[None]:
+    """Turn driver errors raised inside the block into our errors, saying what to check."""
+    try:
+        yield
+    except DBAPIError as e:
+        raise describe_failure(e, engine.url) from e
+
+
+def describe_failure(error: DBAPIError, url: URL) -> EventStoreError:
+    """Our error for a driver error met on the database at `url`, with a sentence to act on."""
+    where = f"the event store at {safe_url(url)}"
+    reason = driver_reason(error, url)
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    if sqlstate == UNDEFINED_TABLE or "no such table" in reason:
+        return EventStoreError(
+            f"{where} has no events table ({reason}); start Capsule once so that it creates its tables, "
+            f"or {URL_HINT}"
+        )
+    if sqlstate in (SERIALIZATION_FAILURE, DEADLOCK_DETECTED):
+        return EventStoreUnavailable(
+            f"{where} gave up a transaction that collided with another one ({reason}); try again"
+        )
+    if url.get_backend_name() == "sqlite" and "locked" in reason:
+        return EventStoreUnavailable(
+            f"{where} stayed locked by another writer for over {SQLITE_BUSY_TIMEOUT_SECONDS} s ({reason}); "
+            "try again, and look for a stuck Capsule process"
+        )
+    if isinstance(error, OperationalError | InterfaceError) or error.connection_invalidated:
+        return EventStoreUnavailable(
+            f"{where} cannot be reached ({reason}); {URL_HINT} and that the database is running "
+            "and accepts connections"
+        )
+    return EventStoreError(f"{where} refused a statement ({reason}); report this with the log")
+
+
+def driver_reason(error: DBAPIError, url: URL) -> str:
+    """The first line of the driver's own message, with the URL's password masked if it appears."""
+    lines = str(error.orig).strip().splitlines()
+    reason = lines[0] if lines else type(error.orig).__name__
+    if url.password:
+        reason = reason.replace(str(url.password), "***")
+    return reason

@@ -1,0 +1,39 @@
+"""Errors raised by the orchestrator. Driver errors stop here and become one of these."""
+
+from __future__ import annotations
+
+from domain.errors import CapsuleError
+
+
+class OrchestratorError(CapsuleError):
+    """Raised when the orchestrator cannot run a command or a query; the root of its errors."""
+
+
+class EventStoreError(OrchestratorError):
+    """Raised when the event store cannot be read or written."""
+
+
+class EventStoreUnavailable(EventStoreError):
+    """Raised when the event store's database cannot be reached, opened or locked in time."""
+
+
+class ConcurrencyConflict(EventStoreError):
+    """Raised when a stream gained events after the version an append expected."""
+
+    def __init__(self, stream_id: str, expected_version: int, actual_version: int | None) -> None:
+        self.stream_id = stream_id
+        self.expected_version = expected_version
+        self.actual_version = actual_version
+        now = "has more events" if actual_version is None else f"is at version {actual_version}"
+        super().__init__(
+            f"stream {stream_id!r} {now}, not {expected_version} as expected: "
+            "another command changed it first; load the stream again and retry"
+        )
+
+
+class UnknownSchemaVersion(EventStoreError):
+    """Raised when an event's schema version is not the newest one its upcasters lead to."""
+
+
+class InvalidUpcaster(OrchestratorError):
+    """Raised when an upcaster is registered twice for a version or leaves a gap in the chain."""

@@ -1,0 +1,22 @@
+"""The append-only event log: the truth every projection, job and screen is derived from.
+
+It stores type names, schema versions and JSON payloads; it knows no domain event class.
+"""
+
+from orchestrator.eventstore.model import Handler, Metadata, NewEvent, StoredEvent
+from orchestrator.eventstore.schema import create_schema, events, metadata_obj
+from orchestrator.eventstore.store import EventStore
+from orchestrator.eventstore.upcasting import Upcaster, Upcasters
+
+__all__ = [
+    "EventStore",
+    "Handler",
+    "Metadata",
+    "NewEvent",
+    "StoredEvent",
+    "Upcaster",
+    "Upcasters",
+    "create_schema",
+    "events",
+    "metadata_obj",
+]

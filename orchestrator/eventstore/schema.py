@@ -1,0 +1,133 @@
+"""The events table, and the guards that make the database itself refuse to change or remove an event.
+
+`metadata_obj` is shared: projections add their tables to it so that `create_schema` makes them in
+the same database, where an append and its inline projections commit in one transaction.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Connection,
+    DateTime,
+    Dialect,
+    Engine,
+    Identity,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeDecorator
+
+from orchestrator.db import database_errors
+
+APPEND_ONLY_MESSAGE = "events are append-only"
+# Any fixed number: it only keeps two processes from creating the schema at the same moment.
+SCHEMA_LOCK_KEY = 0x43415053554C45
+
+metadata_obj = MetaData()
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is stored in UTC and read back aware, also on SQLite, which keeps no time zone."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.utcoffset() is None:
+            raise ValueError(f"a timestamp to store must carry its time zone, got {value.isoformat()}")
+        utc = value.astimezone(UTC)
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.utcoffset() is None else value.astimezone(UTC)
+
+
+# JSONB on PostgreSQL, so that projections and ad hoc queries can look inside payloads.
+JSONDocument = JSON().with_variant(JSONB(), "postgresql")
+
+events = Table(
+    "events",
+    metadata_obj,
+    # AUTOINCREMENT on SQLite: a plain rowid can be reused after the last row is gone, and a reused
+    # position would hide events from a reader that remembers the last position it saw.
+    Column(
+        "position",
+        BigInteger().with_variant(Integer(), "sqlite"),
+        Identity(always=True),
+        primary_key=True,
+    ),
+    Column("stream_id", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("schema_version", Integer, nullable=False),
+    Column("data", JSONDocument, nullable=False),
+    Column("metadata", JSONDocument, nullable=False),
+    Column("recorded_at", UTCDateTime(), nullable=False),
+    # Optimistic concurrency rests on this constraint. Its index starts with stream_id, so it also
+    # serves every read by stream; a separate index on stream_id would only slow appends down.
+    UniqueConstraint("stream_id", "version", name="events_stream_id_version_key"),
+    CheckConstraint("version >= 1", name="events_version_check"),
+    CheckConstraint("schema_version >= 1", name="events_schema_version_check"),
+    sqlite_autoincrement=True,
+)
+
+SQLITE_GUARDS = [
+    f"""CREATE TRIGGER IF NOT EXISTS events_refuse_{operation.lower()} BEFORE {operation} ON events
+    BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY_MESSAGE}'); END"""
+    for operation in ("UPDATE", "DELETE")
+]
+
+POSTGRESQL_GUARD_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION events_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION USING MESSAGE = '{APPEND_ONLY_MESSAGE}: ' || TG_OP || ' refused';
+END
+$$"""
+
+POSTGRESQL_GUARDS = {
+    "events_refuse_update": "BEFORE UPDATE ON events FOR EACH ROW",
+    "events_refuse_delete": "BEFORE DELETE ON events FOR EACH ROW",
+    # TRUNCATE fires no row triggers, so it needs its own.
+    "events_refuse_truncate": "BEFORE TRUNCATE ON events FOR EACH STATEMENT",
+}
+
+
+def create_schema(engine: Engine) -> None:
+    """Create the events table, its guards and every table added to `metadata_obj`; safe to repeat."""
+    with database_errors(engine), engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Two processes starting together would otherwise both find a table missing and both
+            # try to create it. SQLite's BEGIN IMMEDIATE already lets one through at a time.
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        metadata_obj.create_all(conn)
+        if conn.dialect.name == "postgresql":
+            _create_postgresql_guards(conn)
+        else:
+            for statement in SQLITE_GUARDS:
+                conn.exec_driver_sql(statement)
+
+
+def _create_postgresql_guards(conn: Connection) -> None:
+    conn.exec_driver_sql(POSTGRESQL_GUARD_FUNCTION)
+    # CREATE OR REPLACE TRIGGER needs PostgreSQL 14; looking first works on every supported version.
+    present = set(
+        conn.execute(text("SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass('events')")).scalars()
+    )
+    for name, timing in POSTGRESQL_GUARDS.items():
+        if name not in present:
+            conn.exec_driver_sql(f"CREATE TRIGGER {name} {timing} EXECUTE FUNCTION events_refuse_change()")

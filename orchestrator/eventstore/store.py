@@ -1,0 +1,240 @@
+"""The append-only event store: optimistic appends per stream, reads by stream or by global position."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row, Select, func, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from orchestrator.db import database_errors, for_reading
+from orchestrator.errors import ConcurrencyConflict, UnknownSchemaVersion
+from orchestrator.eventstore.model import Handler, Metadata, NewEvent, StoredEvent, as_json_object
+from orchestrator.eventstore.schema import events
+from orchestrator.eventstore.upcasting import Upcasters
+
+UNIQUE_VIOLATION = "23505"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class EventStore:
+    """Appends events to streams and reads them back, upcast to the newest schema version.
+
+    Every stream has versions 1, 2, 3, ... and every event a global `position` that increases with
+    commit order: a reader that remembers the last position it saw and asks for what follows never
+    misses an event, on SQLite and on PostgreSQL alike.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        upcasters: Upcasters | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self._engine = engine
+        self._reader = for_reading(engine)
+        self._upcasters = upcasters if upcasters is not None else Upcasters()
+        self._clock = clock or utc_now
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A connection in a write transaction, committed when the block ends and rolled back if it raises.
+
+        For command handlers that read the stream or projections and append atomically: pass the
+        connection to the reads and to `append(conn=...)`. On SQLite it holds the write lock from
+        the start, so keep it short and do no network or disk-heavy work inside.
+        """
+        with database_errors(self._engine), self._engine.begin() as conn:
+            yield conn
+
+    def append(
+        self,
+        stream_id: str,
+        expected_version: int,
+        events: Sequence[NewEvent],
+        metadata: Metadata,
+        *,
+        handlers: Sequence[Handler] = (),
+        conn: Connection | None = None,
+    ) -> list[StoredEvent]:
+        """Append `events` as versions `expected_version + 1, ...` of the stream, atomically.
+
+        Each handler runs in the same transaction, after the inserts; if one raises, nothing is
+        appended. With `conn`, the append joins that transaction (inside a savepoint, so a failed
+        append leaves nothing behind in it either). Raises `ConcurrencyConflict` when the stream is
+        no longer at `expected_version` (0 for a new stream).
+        """
+        if not stream_id:
+            raise ValueError("a stream needs an id")
+        if expected_version < 0:
+            raise ValueError(f"an expected version is 0 or more, not {expected_version}")
+        if not events:
+            return []
+        for new in events:
+            self._check_newest(new)
+        recorded_at = self._now()
+        meta = as_json_object(metadata.as_dict(), "event metadata")
+        rows = [
+            {
+                "stream_id": stream_id,
+                "version": expected_version + offset,
+                "type": new.type,
+                "schema_version": new.schema_version,
+                "data": as_json_object(new.data, f"the data of event {new.type!r}"),
+                "metadata": meta,
+                "recorded_at": recorded_at,
+            }
+            for offset, new in enumerate(events, start=1)
+        ]
+        if conn is None:
+            with self.transaction() as own:
+                return self._append(
+                    own, stream_id, expected_version, rows, metadata=metadata, handlers=handlers
+                )
+        with database_errors(self._engine), conn.begin_nested():
+            return self._append(conn, stream_id, expected_version, rows, metadata=metadata, handlers=handlers)
+
+    def _append(
+        self,
+        conn: Connection,
+        stream_id: str,
+        expected_version: int,
+        rows: list[dict[str, Any]],
+        *,
+        metadata: Metadata,
+        handlers: Sequence[Handler],
+    ) -> list[StoredEvent]:
+        if conn.dialect.name == "postgresql":
+            # A bigserial position is drawn at insert but becomes visible at commit, so without this
+            # lock appends could commit out of position order: a reader at position 7 could pass
+            # over 6, still uncommitted, and never see it. EXCLUSIVE mode lets one append at a time
+            # insert (until its commit), so positions become visible in order; plain reads, which
+            # take ACCESS SHARE, are not blocked. Locking the table rather than an advisory key also
+            # waits for any other writer's uncommitted INSERT. The lock lasts until the outermost
+            # transaction ends, which is one more reason to keep those short. On SQLite, BEGIN
+            # IMMEDIATE already lets one writer in at a time.
+            table = conn.dialect.identifier_preparer.format_table(events)
+            conn.exec_driver_sql(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
+        current = self._version(conn, stream_id)
+        if current != expected_version:
+            raise ConcurrencyConflict(stream_id, expected_version, current)
+        statement = insert(events).returning(events.c.position, sort_by_parameter_order=True)
+        try:
+            positions = conn.execute(statement, rows).scalars().all()
+        except IntegrityError as e:
+            # Not reached while every writer goes through this class (the check above sees every
+            # committed append); kept for writers that do not, or a caller's snapshot isolation.
+            if _is_duplicate_version(e):
+                raise ConcurrencyConflict(stream_id, expected_version, None) from e
+            raise
+        stored = [
+            StoredEvent(
+                position=position,
+                stream_id=stream_id,
+                version=row["version"],
+                type=row["type"],
+                schema_version=row["schema_version"],
+                data=row["data"],
+                metadata=metadata,
+                recorded_at=row["recorded_at"],
+            )
+            for position, row in zip(positions, rows, strict=True)
+        ]
+        for handler in handlers:
+            handler(conn, list(stored))
+        return stored
+
+    def read_stream(
+        self, stream_id: str, after_version: int = 0, *, conn: Connection | None = None
+    ) -> list[StoredEvent]:
+        """The events of a stream with a version above `after_version`, in version order."""
+        query = (
+            select(events)
+            .where(events.c.stream_id == stream_id, events.c.version > after_version)
+            .order_by(events.c.version)
+        )
+        return [self._stored(row) for row in self._rows(query, conn)]
+
+    def stream_version(self, stream_id: str, *, conn: Connection | None = None) -> int:
+        """The version of the stream's last event; 0 for a stream with no events."""
+        if conn is not None:
+            with database_errors(self._engine):
+                return self._version(conn, stream_id)
+        with database_errors(self._engine), self._reader.connect() as own:
+            return self._version(own, stream_id)
+
+    def read_all(
+        self, after_position: int = 0, limit: int = 1000, *, conn: Connection | None = None
+    ) -> list[StoredEvent]:
+        """Up to `limit` events of every stream with a position above `after_position`, in position order."""
+        if limit < 1:
+            raise ValueError(f"a limit is 1 or more, not {limit}")
+        query = (
+            select(events).where(events.c.position > after_position).order_by(events.c.position).limit(limit)
+        )
+        return [self._stored(row) for row in self._rows(query, conn)]
+
+    def last_position(self, *, conn: Connection | None = None) -> int:
+        """The position of the newest event in the log; 0 when it is empty."""
+        query = select(func.coalesce(func.max(events.c.position), 0))
+        rows = self._rows(query, conn)
+        return int(rows[0][0])
+
+    def _rows(self, query: Select[Any], conn: Connection | None) -> Sequence[Row[Any]]:
+        with database_errors(self._engine):
+            if conn is not None:
+                return conn.execute(query).all()
+            with self._reader.connect() as own:
+                return own.execute(query).all()
+
+    def _version(self, conn: Connection, stream_id: str) -> int:
+        query = select(func.coalesce(func.max(events.c.version), 0)).where(events.c.stream_id == stream_id)
+        return int(conn.execute(query).scalar_one())
+
+    def _stored(self, row: Row[Any]) -> StoredEvent:
+        try:
+            data = self._upcasters.upcast(row.type, row.schema_version, row.data)
+        except UnknownSchemaVersion as e:
+            raise UnknownSchemaVersion(f"{e} (event at position {row.position})") from e
+        return StoredEvent(
+            position=row.position,
+            stream_id=row.stream_id,
+            version=row.version,
+            type=row.type,
+            schema_version=self._upcasters.latest(row.type),
+            data=data,
+            metadata=Metadata.from_dict(row.metadata),
+            recorded_at=row.recorded_at,
+        )
+
+    def _check_newest(self, new: NewEvent) -> None:
+        # An older shape would be upcast on every read for no reason; a newer one could not be read.
+        latest = self._upcasters.latest(new.type)
+        if new.schema_version != latest:
+            raise UnknownSchemaVersion(
+                f"event type {new.type!r} is appended at schema version {new.schema_version}, but its "
+                f"upcasters lead to version {latest}; append the newest shape, or register the upcasters"
+            )
+
+    def _now(self) -> datetime:
+        now = self._clock()
+        if now.utcoffset() is None:
+            raise ValueError(f"the event store's clock must give aware times, got {now.isoformat()}")
+        return now.astimezone(UTC)
+
+
+def _is_duplicate_version(error: IntegrityError) -> bool:
+    if getattr(error.orig, "sqlstate", None) == UNIQUE_VIOLATION:
+        return True
+    return "UNIQUE constraint failed: events.stream_id, events.version" in str(error.orig)

@@ -1,0 +1,58 @@
+"""Upcasters bring old payloads up to the newest schema version, one registered step at a time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from orchestrator.errors import InvalidUpcaster, UnknownSchemaVersion
+from orchestrator.eventstore import Upcasters
+
+
+def add_unit(data: dict[str, Any]) -> dict[str, Any]:
+    return {**data, "unit": "bytes"}
+
+
+def rename_size(data: dict[str, Any]) -> dict[str, Any]:
+    return {"length": data["size"], "unit": data["unit"]}
+
+
+@pytest.fixture
+def upcasters() -> Upcasters:
+    registry = Upcasters()
+    registry.register("PackUploaded", 1, add_unit)
+    registry.register("PackUploaded", 2, rename_size)
+    return registry
+
+
+def test_a_type_without_upcasters_is_at_version_1():
+    registry = Upcasters()
+    assert registry.latest("BackupRequested") == 1
+    assert registry.upcast("BackupRequested", 1, {"kind": "database"}) == {"kind": "database"}
+
+
+def test_upcasts_from_any_old_version_to_the_newest(upcasters: Upcasters):
+    assert upcasters.latest("PackUploaded") == 3
+    assert upcasters.upcast("PackUploaded", 1, {"size": 7}) == {"length": 7, "unit": "bytes"}
+    assert upcasters.upcast("PackUploaded", 2, {"size": 7, "unit": "KiB"}) == {"length": 7, "unit": "KiB"}
+    assert upcasters.upcast("PackUploaded", 3, {"length": 7, "unit": "B"}) == {"length": 7, "unit": "B"}
+
+
+def test_registering_a_version_twice_raises(upcasters: Upcasters):
+    with pytest.raises(InvalidUpcaster, match="already has an upcaster from schema version 2"):
+        upcasters.register("PackUploaded", 2, rename_size)
+
+
+def test_registering_with_a_gap_raises(upcasters: Upcasters):
+    with pytest.raises(InvalidUpcaster, match="must start from version 3, not 4"):
+        upcasters.register("PackUploaded", 4, rename_size)
+    with pytest.raises(InvalidUpcaster, match="must start from version 1, not 2"):
+        Upcasters().register("SnapshotTaken", 2, add_unit)
+    assert upcasters.latest("PackUploaded") == 3
+
+
+@pytest.mark.parametrize("version", [0, 4])
+def test_a_version_outside_the_chain_raises(upcasters: Upcasters, version: int):
+    with pytest.raises(UnknownSchemaVersion, match="knows versions 1 to 3"):
+        upcasters.upcast("PackUploaded", version, {})
