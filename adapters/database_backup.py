@@ -17,14 +17,16 @@ import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
+from pydantic import BaseModel, ConfigDict
 
 from adapters.chunks import ChunkStore, StoreStats, entry_blob_fields, load_id_list, load_id_lists, split_ids
 from adapters.pagestore import store_file_chunks
 from adapters.repository.lock import pid_alive
+from adapters.repository.rebuild import adopt_unindexed_packs
 from adapters.repository.repo import Repository
 from adapters.sealpool import SealPool
 from adapters.sqlite_snapshot import DatabaseCopy, copy_database, remove_database_files
@@ -263,21 +265,44 @@ def _full_check(repo: Repository) -> Callable[[bytes], bool]:
     return has_blob
 
 
-def backup_database(
+class StoredDatabase(BaseModel):
+    """What the store step leaves for the commit step: the entry and the figures of its work."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source: str
+    taken_at: datetime | None = None
+    """When the consistent copy was taken: the moment the snapshot shows."""
+    entry: Entry
+    parent: str | None
+    blobs: int
+    new_blobs: int
+    new_bytes: int
+    stored_bytes: int
+    changed_chunks: int | None
+    seconds: float
+    snapshot_window_seconds: float
+
+
+def store_database(
     repo: Repository,
     source: Path,
     staging: Path,
     *,
     full: bool = False,
-    now: datetime,
-    tags: list[str] | None = None,
     progress: Progress | None = None,
     workers: int | None = None,
     copy_in_memory: bool = True,
-) -> BackupResult:
-    """Take a consistent copy of `source`, store it and commit its manifest."""
+) -> StoredDatabase:
+    """Take a consistent copy of `source` and store its pages; nothing is committed yet.
+
+    Safe to run again after a crash: packs an interrupted run wrote are adopted into the index
+    first, so their blobs are not stored a second time.
+    """
     started = time.perf_counter()
+    taken_at = datetime.now(UTC)
     repo.ensure_index()
+    adopt_unindexed_packs(repo)
     parent = latest_snapshot(repo, "database", str(source.resolve()))
     stored_before = repo.stored_bytes
     copy_dir = copy_directory(staging, source, in_memory=copy_in_memory)
@@ -300,34 +325,88 @@ def backup_database(
             pool.close()
         remove_database_files(copy_path)
     parent_entry = parent[1].entries[0] if parent and parent[1].entries else None
-    changed = _changed_chunks(repo, parent_entry, entry)
+    return StoredDatabase(
+        source=str(source.resolve()),
+        taken_at=taken_at,
+        entry=entry,
+        parent=parent[0] if parent else None,
+        blobs=stats.blobs,
+        new_blobs=stats.new_blobs,
+        new_bytes=stats.new_bytes,
+        stored_bytes=repo.stored_bytes - stored_before,
+        changed_chunks=_changed_chunks(repo, parent_entry, entry),
+        seconds=round(time.perf_counter() - started, 3),
+        snapshot_window_seconds=round(copy.seconds, 3),
+    )
+
+
+def commit_database(
+    repo: Repository,
+    stored: StoredDatabase,
+    *,
+    full: bool,
+    now: datetime,
+    tags: list[str] | None = None,
+    job_id: str | None = None,
+    extra_seconds: float = 0.0,
+) -> BackupResult:
+    """Write the snapshot manifest for a stored database.
+
+    With a `job_id`, a manifest this job already wrote (its process died before it could say so)
+    is found and returned instead of writing a second snapshot.
+    """
+    if job_id is not None:
+        for sid, manifest in repo.snapshots():
+            if manifest.job_id == job_id:
+                return BackupResult(sid, manifest)
     manifest = Manifest(
         kind="database",
         full=full,
-        time=now,
+        time=stored.taken_at or now,
         hostname=socket.gethostname(),
-        source=str(source.resolve()),
-        parent=parent[0] if parent else None,
+        source=stored.source,
+        parent=stored.parent,
         tags=tags or [],
-        entries=[entry],
+        job_id=job_id,
+        entries=[stored.entry],
         totals=Totals(
             files=1,
-            bytes=copy.size,
-            blobs=stats.blobs,
-            new_blobs=stats.new_blobs,
-            new_bytes=stats.new_bytes,
-            stored_bytes=repo.stored_bytes - stored_before,
-            changed_chunks=changed,
-            duration_seconds=round(time.perf_counter() - started, 3),
+            bytes=stored.entry.size,
+            blobs=stored.blobs,
+            new_blobs=stored.new_blobs,
+            new_bytes=stored.new_bytes,
+            stored_bytes=stored.stored_bytes,
+            changed_chunks=stored.changed_chunks,
+            duration_seconds=round(stored.seconds + extra_seconds, 3),
         ),
     )
     snapshot_id = repo.save_snapshot(manifest)
     log.info(
         "database backed up",
         snapshot=snapshot_id[:12],
-        bytes=copy.size,
-        new_blobs=stats.new_blobs,
-        stored_bytes=manifest.totals.stored_bytes,
-        snapshot_window_seconds=round(copy.seconds, 3),
+        bytes=stored.entry.size,
+        new_blobs=stored.new_blobs,
+        stored_bytes=stored.stored_bytes,
+        snapshot_window_seconds=stored.snapshot_window_seconds,
     )
     return BackupResult(snapshot_id, manifest)
+
+
+def backup_database(
+    repo: Repository,
+    source: Path,
+    staging: Path,
+    *,
+    full: bool = False,
+    now: datetime,
+    tags: list[str] | None = None,
+    progress: Progress | None = None,
+    workers: int | None = None,
+    copy_in_memory: bool = True,
+) -> BackupResult:
+    """Take a consistent copy of `source`, store it and commit its manifest, in one call."""
+    stored = store_database(
+        repo, source, staging, full=full, progress=progress, workers=workers, copy_in_memory=copy_in_memory
+    )
+    # The caller's `now` names the snapshot's moment (tests order snapshots by it).
+    return commit_database(repo, stored.model_copy(update={"taken_at": now}), full=full, now=now, tags=tags)

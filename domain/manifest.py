@@ -85,6 +85,7 @@ class Manifest(BaseModel):
     source: str
     parent: str | None = None
     tags: list[str] = Field(default_factory=list)
+    job_id: str | None = Field(None, description="the backup job that wrote it, if one did")
     entries: list[Entry]
     totals: Totals
 

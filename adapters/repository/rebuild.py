@@ -51,3 +51,28 @@ def rebuild_index(repo: Repository) -> tuple[int, int, list[str]]:
     for name in old:
         repo.backend.remove("index", name)
     return packs, blobs, unreadable
+
+
+def adopt_unindexed_packs(repo: Repository) -> int:
+    """Index the packs that no index file names (a backup died before writing its index).
+
+    Their blobs are then found like any others, so a backup run again does not store them a
+    second time. Returns how many packs were adopted; unreadable ones are left for `verify`.
+    """
+    repo.ensure_index()
+    indexed = set(repo.index.pack_ids)
+    batch: dict[str, npt.NDArray[np.void]] = {}
+    for name in sorted(set(repo.backend.list("data")) - indexed):
+        try:
+            header = read_pack_header(repo, name)
+        except (CapsuleError, OSError) as e:
+            log.warning("a pack that no index names cannot be read", pack=name[:12], error=str(e))
+            continue
+        batch[name] = records(header)
+    if batch:
+        repo.save_sealed("index", encode_index(batch))
+        for name, recs in batch.items():
+            repo.index.add_pack(name, recs)
+        repo.index.freeze()
+        log.info("adopted packs left by an interrupted backup", packs=len(batch))
+    return len(batch)
