@@ -1,0 +1,52 @@
+"""Between domain events and the log: type names, schema versions, JSON payloads and stream ids.
+
+The event store knows no domain class and the domain knows no store; this module is the only place
+where the two meet. When an event's shape changes, its class gets a new `schema_version` and the
+upcaster that brings the old payload up to it is registered in `upcasters()`, so rows written by
+older Capsules keep loading without ever being rewritten.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from domain import backup_job, restore_job
+from domain.events import Event, event_payload, event_type, load_event
+from orchestrator.eventstore import NewEvent, StoredEvent, Upcasters
+
+JobType = Literal["backup", "restore"]
+
+_PREFIXES: dict[JobType, str] = {"backup": backup_job.STREAM_PREFIX, "restore": restore_job.STREAM_PREFIX}
+
+
+def encode(event: Event) -> NewEvent:
+    """The row to append for `event`: its type name, its class's schema version and its JSON payload."""
+    version = type(event).schema_version
+    return NewEvent(type=event_type(event), schema_version=version, data=event_payload(event))
+
+
+def decode(stored: StoredEvent) -> Event:
+    """The domain event of a row read from the log, which the store has already upcast."""
+    return load_event(stored.type, stored.data, schema_version=stored.schema_version)
+
+
+def upcasters() -> Upcasters:
+    """A new registry of every upcaster the log's older rows need, for `EventStore(upcasters=...)`.
+
+    Register one per schema change, in version order, e.g.
+    `registry.register("StepFailed", 1, _step_failed_v1_to_v2)` once StepFailed reaches version 2.
+    """
+    return Upcasters()
+
+
+def stream_id(job_type: JobType, job_id: str) -> str:
+    """The stream that holds the events of job `job_id` of `job_type`."""
+    return f"{_PREFIXES[job_type]}{job_id}"
+
+
+def job_of_stream(stream: str) -> tuple[JobType, str] | None:
+    """(job type, job id) of a job's stream; None for a stream that holds no job."""
+    for job_type, prefix in _PREFIXES.items():
+        if stream.startswith(prefix) and len(stream) > len(prefix):
+            return job_type, stream[len(prefix) :]
+    return None

@@ -1,0 +1,53 @@
+"""Read models derived from the event log: jobs, snapshots and restore jobs.
+
+They are written by `ProjectionHandler` in the transaction of every append, and can be rebuilt from
+the log at any time by `replay`; nothing else writes them and nothing in them is the truth.
+"""
+
+from orchestrator.projections.live import ProjectionHandler, project
+from orchestrator.projections.queries import (
+    active_backup_for_source,
+    get_job,
+    get_restore_job,
+    jobs_queued_behind,
+    list_jobs,
+    list_snapshots,
+    unfinished_jobs,
+)
+from orchestrator.projections.replay import ReplayReport, replay
+from orchestrator.projections.rows import EventMeta, Row, fold_job, fold_restore_job, fold_snapshot
+from orchestrator.projections.tables import (
+    checkpoint,
+    checkpoints,
+    create_projection_schema,
+    jobs,
+    projection_checkpoints,
+    restore_jobs,
+    snapshots,
+)
+
+__all__ = [
+    "EventMeta",
+    "ProjectionHandler",
+    "ReplayReport",
+    "Row",
+    "active_backup_for_source",
+    "checkpoint",
+    "checkpoints",
+    "create_projection_schema",
+    "fold_job",
+    "fold_restore_job",
+    "fold_snapshot",
+    "get_job",
+    "get_restore_job",
+    "jobs",
+    "jobs_queued_behind",
+    "list_jobs",
+    "list_snapshots",
+    "project",
+    "projection_checkpoints",
+    "replay",
+    "restore_jobs",
+    "snapshots",
+    "unfinished_jobs",
+]

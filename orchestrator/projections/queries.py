@@ -1,0 +1,107 @@
+"""Questions the read models answer, for the CLI, the API, the command handlers and the sweep.
+
+Each takes a Connection (to read inside a command's transaction, seeing what it wrote) or an
+Engine (to read on a connection of its own, which on SQLite never waits for a writer). Rows come
+back as plain dicts of column to value; timestamps are aware, in UTC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Select, select
+
+from domain.jobs import FINISHED
+from orchestrator.codec import JobType
+from orchestrator.db import database_errors, for_reading
+from orchestrator.projections.rows import Row
+from orchestrator.projections.tables import jobs, restore_jobs, snapshots
+
+Database = Connection | Engine
+
+_FINISHED = sorted(FINISHED)
+
+
+def get_job(db: Database, job_id: str) -> Row | None:
+    """The `jobs` row of job `job_id`, or None if the log holds no such job."""
+    rows = _rows(db, select(jobs).where(jobs.c.job_id == job_id))
+    return rows[0] if rows else None
+
+
+def list_jobs(
+    db: Database, limit: int = 20, status: str | None = None, job_type: JobType | None = None
+) -> list[Row]:
+    """Up to `limit` jobs, newest request first, of one status and one type if given."""
+    query = select(jobs)
+    if status is not None:
+        query = query.where(jobs.c.status == status)
+    if job_type is not None:
+        query = query.where(jobs.c.job_type == job_type)
+    return _rows(db, query.order_by(jobs.c.requested_at.desc(), jobs.c.job_id.desc()).limit(limit))
+
+
+def unfinished_jobs(db: Database) -> list[tuple[str, JobType]]:
+    """(job id, job type) of every job that has not completed, failed or been cancelled, oldest first.
+
+    What a recovery sweep looks at: queued jobs too, whose release may have been lost.
+    """
+    query = (
+        select(jobs.c.job_id, jobs.c.job_type)
+        .where(jobs.c.status.not_in(_FINISHED))
+        .order_by(jobs.c.requested_at, jobs.c.job_id)
+    )
+    return [(row["job_id"], row["job_type"]) for row in _rows(db, query)]
+
+
+def active_backup_for_source(db: Database, source: str) -> str | None:
+    """The backup of `source` a new request must queue behind: the latest unfinished one not queued itself."""
+    query = (
+        select(jobs.c.job_id)
+        .where(
+            jobs.c.job_type == "backup",
+            jobs.c.source == source,
+            jobs.c.status.not_in([*_FINISHED, "queued"]),
+        )
+        .order_by(jobs.c.requested_at.desc(), jobs.c.job_id.desc())
+        .limit(1)
+    )
+    rows = _rows(db, query)
+    return rows[0]["job_id"] if rows else None
+
+
+def jobs_queued_behind(db: Database, job_id: str) -> list[str]:
+    """The backups still queued behind job `job_id`, in the order they were requested."""
+    query = (
+        select(jobs.c.job_id)
+        .where(jobs.c.queued_behind == job_id, jobs.c.status == "queued")
+        .order_by(jobs.c.requested_at, jobs.c.job_id)
+    )
+    return [row["job_id"] for row in _rows(db, query)]
+
+
+def list_snapshots(db: Database, limit: int = 20) -> list[Row]:
+    """Up to `limit` committed snapshots, newest first."""
+    query = select(snapshots).order_by(snapshots.c.time.desc(), snapshots.c.snapshot_id.desc()).limit(limit)
+    return _rows(db, query)
+
+
+def get_restore_job(db: Database, job_id: str) -> Row | None:
+    """The `restore_jobs` row of restore job `job_id`, or None if there is none."""
+    rows = _rows(db, select(restore_jobs).where(restore_jobs.c.job_id == job_id))
+    return rows[0] if rows else None
+
+
+def _rows(db: Database, query: Select[Any]) -> list[Row]:
+    with _reading(db) as conn:
+        return [dict(row) for row in conn.execute(query).mappings()]
+
+
+@contextmanager
+def _reading(db: Database) -> Iterator[Connection]:
+    if isinstance(db, Connection):
+        yield db
+        return
+    with database_errors(db), for_reading(db).connect() as conn:
+        yield conn

@@ -1,0 +1,173 @@
+"""The read models' rows as pure functions of what came before, one event and the job it left.
+
+Every function here takes the row as it stood (None before the job's first event), the event, where
+and when the log recorded it, and the domain's state of the job once the event has been applied
+(`evolve`). Status, step, attempt and progress are read from that state, so a row can never
+disagree with what the deciders see; the row adds only what the state forgets: when things
+happened and who asked. The live handler and `replay` both fold through these functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from domain.backup_job import COMMIT, BackupJob, committed_snapshot_id
+from domain.events import Event, JsonObject, StepCompleted, StepStarted
+from domain.jobs import JobState, current_step, is_finished
+from domain.restore_job import RestoreJob
+from orchestrator.eventstore import StoredEvent
+
+Row = dict[str, Any]
+
+TOTALS = ("files", "bytes", "blobs", "new_blobs", "new_bytes", "stored_bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class EventMeta:
+    """Where and when the log recorded an event, and who caused it."""
+
+    position: int
+    recorded_at: datetime
+    actor: str
+    correlation_id: str
+
+    @classmethod
+    def of(cls, stored: StoredEvent) -> EventMeta:
+        return cls(
+            position=stored.position,
+            recorded_at=stored.recorded_at,
+            actor=stored.metadata.actor,
+            correlation_id=stored.metadata.correlation_id,
+        )
+
+
+def fold_job(row: Row | None, event: Event, meta: EventMeta, state: JobState) -> Row:
+    """The `jobs` row of a backup or restore job once `event`, which left it in `state`, is applied."""
+    step = current_step(state)
+    progress = step.progress if step is not None else None
+    if isinstance(state, BackupJob):
+        job_type, kind, source = "backup", state.kind, state.source
+        snapshot_id = state.snapshot_id or committed_snapshot_id(state)
+    elif isinstance(state, RestoreJob):
+        job_type, kind, source, snapshot_id = "restore", None, state.target, state.snapshot_id
+    else:
+        raise TypeError(f"no jobs row for a {type(state).__name__}")
+    first = _first(row, meta)
+    return {
+        "job_id": state.job_id,
+        "job_type": job_type,
+        "kind": kind,
+        "source": source,
+        "snapshot_id": snapshot_id,
+        "status": state.status,
+        "current_step": step.name if step is not None else None,
+        "attempt": step.attempt if step is not None else None,
+        "progress_done": _count(progress.done) if progress is not None else None,
+        "progress_total": _count(progress.total) if progress is not None else None,
+        "queued_behind": state.queued_behind,
+        "requested_at": first["requested_at"],
+        "started_at": _first_time(row, "started_at", meta, isinstance(event, StepStarted)),
+        "finished_at": _first_time(row, "finished_at", meta, is_finished(state)),
+        "error": state.failure,
+        "actor": first["actor"],
+        "correlation_id": first["correlation_id"],
+        "last_position": meta.position,
+        "updated_at": meta.recorded_at,
+    }
+
+
+def fold_restore_job(row: Row | None, event: Event, meta: EventMeta, state: RestoreJob) -> Row:
+    """The `restore_jobs` row once `event`, which left the restore job in `state`, is applied."""
+    result = state.result or {}
+    return {
+        "job_id": state.job_id,
+        "snapshot_id": state.snapshot_id,
+        "target": state.target,
+        "force": state.force,
+        "check": state.check,
+        "status": state.status,
+        "files": _count(result.get("files")),
+        "bytes": _count(result.get("bytes")),
+        "safety_copy": _safety_copy(state),
+        "requested_at": _first(row, meta)["requested_at"],
+        "finished_at": _first_time(row, "finished_at", meta, is_finished(state)),
+        "error": state.failure,
+    }
+
+
+def snapshot_key(event: Event) -> str | None:
+    """The snapshot whose `snapshots` row `event` writes: only a backup's commit step writes one."""
+    if isinstance(event, StepCompleted) and event.step == COMMIT:
+        snapshot_id = event.result.get("snapshot_id")
+        return snapshot_id if isinstance(snapshot_id, str) and snapshot_id else None
+    return None
+
+
+def fold_snapshot(row: Row | None, event: Event, meta: EventMeta, state: BackupJob) -> Row | None:
+    """The `snapshots` row once `event` is applied: the commit step's result makes it, whole.
+
+    The row exists from the commit on, also if a later step (an upload) fails: the snapshot is in
+    the repository either way. BackupCompleted names the snapshot the domain took from that same
+    result, so it writes nothing; a row never depends on the one before it, and with two commits
+    naming one snapshot the later one wins.
+    """
+    key = snapshot_key(event)
+    if key is None or not isinstance(event, StepCompleted):
+        return row
+    return _snapshot_row(key, event.result, meta.recorded_at, state)
+
+
+def _snapshot_row(snapshot_id: str, result: JsonObject, time: datetime, state: BackupJob) -> Row:
+    raw = result.get("totals")
+    totals = raw if isinstance(raw, dict) else {}
+    return {
+        "snapshot_id": snapshot_id,
+        "job_id": state.job_id,
+        "kind": state.kind,
+        "source": state.source,
+        "time": time,
+        **{name: _count(totals.get(name)) for name in TOTALS},
+        "duration_seconds": _seconds(totals.get("duration_seconds")),
+    }
+
+
+def _first(row: Row | None, meta: EventMeta) -> Row:
+    if row is not None:
+        return row
+    return {"requested_at": meta.recorded_at, "actor": meta.actor, "correlation_id": meta.correlation_id}
+
+
+def _first_time(row: Row | None, column: str, meta: EventMeta, now: bool) -> datetime | None:
+    earlier: datetime | None = row.get(column) if row is not None else None
+    if earlier is not None:
+        return earlier
+    return meta.recorded_at if now else None
+
+
+def _count(value: object) -> int | None:
+    # Results are whatever a step chose to report: a figure of another type, or too large for a
+    # BIGINT column, reads as unknown rather than failing the append that reports it.
+    if isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63:
+        return value
+    return None
+
+
+def _seconds(value: object) -> float | None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
+def _safety_copy(state: RestoreJob) -> str | None:
+    # The stage step names the copy of the live database before apply replaces it, so an in-place
+    # restore that fails after staging still says where the old data went.
+    for result in (state.result, *(step.result for step in reversed(state.steps))):
+        copy = (result or {}).get("safety_copy")
+        if isinstance(copy, str):
+            return copy
+    return None
