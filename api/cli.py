@@ -2,7 +2,7 @@
 
 Exit codes: 0 success; 1 the command failed (the message says why and what to do); 2 wrong usage;
 3 damage found (verify, or a restore that failed its checks); 4 the repository is locked by another
-live process.
+live process, or the database is held by another job; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
     """Capsule: backups of a point-of-sale server's database, verified before every restore.
 
     Paths come from CAPSULE_DATABASE, CAPSULE_REPOSITORY, CAPSULE_HOME and CAPSULE_KEY_FILE (or
-    capsule.toml). Exit codes: 0 ok, 1 failed, 2 usage, 3 damage found, 4 repository locked.
+    capsule.toml). Exit codes: 0 ok, 1 failed, 2 usage, 3 damage found, 4 locked, 130 interrupted.
     """
     try:
         obj = Context()
@@ -151,21 +151,33 @@ def backup(obj: Context, kind: str, full: bool, as_json: bool) -> None:
     """Back up the database into the repository."""
 
     def go() -> None:
-        if obj.settings.nice:
-            os.nice(obj.settings.nice)  # the shop's own programs keep the CPU they need
+        from orchestrator.jobrunner import run_job  # noqa: PLC0415 - the job runner loads slowly
+        from orchestrator.runtime import person  # noqa: PLC0415
+
+        settings = obj.settings
+        if settings.nice:
+            os.nice(settings.nice)  # the shop's own programs keep the CPU they need
+        source = str(settings.database.resolve())
         with progress_bar("Backing up", not as_json) as progress:
-            result = services.backup(obj.settings, kind=kind, full=full, progress=progress)
-        m = result.manifest
+            loaded = run_job(
+                settings,
+                "backup",
+                lambda rt: rt.request_backup(source=source, kind=kind, full=full, actor=person()),
+                progress=progress,
+            )
+        job_id = loaded.state.job_id
+        committed = loaded.state.snapshot_id  # type: ignore[attr-defined]
+        sid, m = services.resolve_snapshot(services.open_repository(settings), str(committed))
         if as_json:
-            out = {"snapshot_id": result.snapshot_id, **json.loads(m.model_dump_json())}
+            out = {"snapshot_id": sid, "job_id": job_id, **json.loads(m.model_dump_json())}
             out.pop("entries", None)
             click.echo(json.dumps(out))
             return
         t = m.totals
         click.echo(
-            f"Snapshot {result.snapshot_id[:12]} of {m.source}: {_human(t.bytes)} in "
+            f"Snapshot {sid[:12]} of {m.source}: {_human(t.bytes)} in "
             f"{t.duration_seconds:.1f} s; {t.new_blobs} new of {t.blobs} chunks, "
-            f"repository grew by {_human(t.stored_bytes)}."
+            f"repository grew by {_human(t.stored_bytes)} (job {job_id})."
         )
 
     run(go)
@@ -226,19 +238,30 @@ def restore(  # noqa: PLR0917 (click passes options by position)
     def go() -> None:
         if in_place == (to is not None):
             raise click.UsageError("give exactly one of --to DIR or --in-place")
-        if in_place:
-            with progress_bar("Restoring", True) as progress:
-                r = services.restore_in_place(obj.settings, snapshot, progress=progress)
-            click.echo(f"Restored snapshot {r.snapshot_id[:12]} into {r.database}.")
-            click.echo(f"The database as it was before is saved at {r.safety_copy}.")
-            return
-        assert to is not None
+        from domain.restore_job import IN_PLACE  # noqa: PLC0415 - the job runner loads slowly
+        from orchestrator.jobrunner import run_job  # noqa: PLC0415
+        from orchestrator.runtime import person  # noqa: PLC0415
+
+        settings = obj.settings
+        # The job records the snapshot itself: `latest` must not change between its attempts.
+        sid, _ = services.resolve_snapshot(services.open_repository(settings), snapshot)
+        target = IN_PLACE if in_place else str(Path(str(to)).resolve())
         with progress_bar("Restoring", True) as progress:
-            sid, files = services.restore(
-                obj.settings, snapshot, to, force=force, check_database=check_database, progress=progress
+            loaded = run_job(
+                settings,
+                "restore",
+                lambda rt: rt.request_restore(
+                    snapshot_id=sid, target=target, force=force, check=check_database, actor=person()
+                ),
+                progress=progress,
             )
-        for f in files:
-            click.echo(f"Restored {f.path} ({_human(f.size)}, SHA-256 {f.sha256[:16]}… verified)")
+        result: Any = loaded.state.result or {}  # type: ignore[attr-defined]
+        if in_place:
+            click.echo(f"Restored snapshot {sid[:12]} into {result.get('database')}.")
+            click.echo(f"The database as it was before is saved at {result.get('safety_copy')}.")
+            return
+        for f in result.get("restored", []):
+            click.echo(f"Restored {f['path']} ({_human(f['size'])}, SHA-256 {f['sha256'][:16]}… verified)")
         click.echo(f"Snapshot {sid[:12]} restored.")
 
     run(go)
@@ -316,4 +339,6 @@ def unlock(obj: Context, remove_all: bool) -> None:
 
 
 def main() -> None:
+    from api import cli_jobs  # noqa: F401, PLC0415 - registers the job commands; it imports this module
+
     cli(prog_name="capsule")

@@ -111,6 +111,7 @@ class FailStep(Command):
     error: str = Field(min_length=1)
     transient: bool
     policy: RetryPolicy = Field(default_factory=RetryPolicy)
+    exit_code: int = Field(default=1, ge=1, le=125)
 
 
 class ExpireLease(Command):

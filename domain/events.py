@@ -185,6 +185,8 @@ class StepFailed(Event):
     error: str
     transient: bool
     retry_at: UtcDatetime | None
+    exit_code: int = 1
+    """The command-line exit code of the error: 1 failed, 3 damage found, 4 repository locked."""
 
 
 class StepLeaseExpired(Event):

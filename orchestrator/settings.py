@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -39,6 +39,15 @@ class Settings(BaseSettings):
         True, description="keep the backup's copy of the database in RAM (tmpfs) when it fits comfortably"
     )
     nice: int = Field(10, ge=0, le=19, description="CPU priority of backups: the till comes first")
+    step_lease_seconds: float = Field(
+        60.0, gt=0, description="a step not heard from for this long is presumed dead and run again"
+    )
+    heartbeat_seconds: float = Field(10.0, gt=0, description="how often a running step reports progress")
+    step_time_limit_seconds: float = Field(6 * 3600.0, gt=0, description="longest a single step may run")
+    step_max_attempts: int = Field(5, ge=1, le=100, description="tries of a step before its job fails")
+    step_backoff_seconds: float = Field(2.0, gt=0, description="wait after a step's first failure")
+    step_backoff_max_seconds: float = Field(60.0, gt=0, description="longest wait between tries")
+    sweep_seconds: float = Field(30.0, gt=0, description="how often a worker looks for lost jobs")
     event_store_url: str | None = None
     broker_url: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -47,6 +56,15 @@ class Settings(BaseSettings):
     @property
     def resolved_key_file(self) -> Path:
         return self.key_file or self.home / "repository.key"
+
+    @model_validator(mode="after")
+    def _lease_outlives_heartbeats(self) -> Settings:
+        if self.heartbeat_seconds * 2 > self.step_lease_seconds:
+            raise ValueError(
+                "CAPSULE_STEP_LEASE_SECONDS must be at least twice CAPSULE_HEARTBEAT_SECONDS, "
+                "or a live step would be taken for dead"
+            )
+        return self
 
     @property
     def staging(self) -> Path:

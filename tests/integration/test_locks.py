@@ -13,7 +13,8 @@ import pytest
 from adapters.repository.lock import lock_record, process_start_time
 from tests.integration.helpers import Shop, log_events, one_line_error
 
-NO_WAIT = {"CAPSULE_LOCK_WAIT_SECONDS": "0"}
+# One attempt: a backup job would otherwise retry a locked repository with backoff, as it should.
+NO_WAIT = {"CAPSULE_LOCK_WAIT_SECONDS": "0", "CAPSULE_STEP_MAX_ATTEMPTS": "1"}
 OTHER_HOST = "till-2.other-shop.example"
 
 

@@ -1,0 +1,57 @@
+"""One job at a time per database: a backup never reads a database while a restore replaces it.
+
+An advisory lock (flock) on a file named after the database's path, in Capsule's home. The kernel
+drops it when its process dies, however it dies, so a crashed job never leaves it behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from domain.errors import CapsuleError
+
+
+class SourceBusy(CapsuleError):
+    """Raised when another job holds the database for longer than the lock wait allows."""
+
+    exit_code = 4
+
+
+def _lock_path(home: Path, database: Path) -> Path:
+    key = hashlib.sha256(str(database.resolve()).encode()).hexdigest()[:16]
+    return home / "locks" / f"source-{key}.lock"
+
+
+@contextlib.contextmanager
+def source_lock(home: Path, database: Path, holder: str, timeout: float) -> Iterator[None]:
+    """Hold `database` for one job; wait up to `timeout` seconds for another job to let it go."""
+    path = _lock_path(home, database)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    other = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another job"
+                    raise SourceBusy(
+                        f"{database} is in use by {other}; this job will try again when it is done"
+                    ) from None
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode(), 0)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

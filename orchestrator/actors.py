@@ -1,0 +1,368 @@
+"""Dramatiq actors, one per step, taking a job id only; the dispatcher that runs and chains them.
+
+An actor reads the job's log, works out what is next, and does it only if it is its own step: a
+duplicated, late or reordered message finds nothing to do. Retries are ours, not Dramatiq's (whose
+default is 20 retries over a week): a failed attempt is an event, and the actor that recorded it
+enqueues the next attempt with the policy's backoff as the message's delay.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import dramatiq
+import structlog
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware.time_limit import TimeLimitExceeded
+
+from adapters.errors import DiskFull, RepositoryLocked
+from adapters.sourcelock import SourceBusy
+from domain.commands import CompleteStep, ExpireLease, FailStep, RecordProgress, StartStep
+from domain.errors import CapsuleError, InvalidCommand
+from domain.jobs import ExpireStepLease, Finished, RunStep, WaitForJob, WaitUntil, next_action
+from orchestrator import faults
+from orchestrator.errors import OrchestratorError
+from orchestrator.runtime import SYSTEM, Loaded, Runtime, heartbeat
+from orchestrator.settings import Settings
+from orchestrator.steps import STEPS, StepContext, StepRefused, clean_up
+
+log = structlog.get_logger(__name__)
+
+QUEUE = "capsule"
+Progress = Callable[[str, int, int], None]
+
+
+class BrokerSettingsError(CapsuleError):
+    """Raised when CAPSULE_BROKER_URL names a broker Capsule cannot use."""
+
+
+class StepAbandoned(Exception):
+    """Raised inside a step whose attempt was taken over after its lease ran out."""
+
+
+def make_broker(url: str | None) -> dramatiq.Broker:
+    """The embedded in-process broker by default; Redis or RabbitMQ when the URL says so."""
+    if not url:
+        return StubBroker()
+    if url.startswith(("redis://", "rediss://")):
+        from dramatiq.brokers.redis import RedisBroker  # noqa: PLC0415 - needs the redis client only then
+
+        return RedisBroker(url=url)  # type: ignore[no-untyped-call]
+    if url.startswith(("amqp://", "amqps://")):
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker  # noqa: PLC0415 - needs pika only then
+
+        return RabbitmqBroker(url=url)
+    raise BrokerSettingsError(
+        "CAPSULE_BROKER_URL must start with redis:// or amqp:// (or be unset for the embedded worker)"
+    )
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether trying again later may succeed. Our own errors say what to fix unless listed here;
+    a step over its time limit is tried again, since a slow disk or a big database may explain it."""
+    if isinstance(error, StepRefused):
+        return False
+    if isinstance(error, RepositoryLocked | SourceBusy | DiskFull | OrchestratorError):
+        return True  # another process holds the lock; space may be freed; the log may come back
+    return not isinstance(error, CapsuleError)
+
+
+def describe(error: BaseException) -> str:
+    if isinstance(error, CapsuleError):
+        return str(error)
+    if isinstance(error, TimeLimitExceeded):
+        return "the step ran longer than CAPSULE_STEP_TIME_LIMIT_SECONDS allows"
+    return f"{type(error).__name__}: {error}"
+
+
+def actor_name(job_type: str, step: str) -> str:
+    return f"{job_type}_{step}".replace(":", "_").replace("-", "_")
+
+
+class Dispatcher:
+    """Declares the actors on a broker and runs the steps they are asked to run."""
+
+    def __init__(
+        self, runtime: Runtime, broker: dramatiq.Broker, *, on_progress: Progress | None = None
+    ) -> None:
+        self.runtime = runtime
+        self.broker = broker
+        self.on_progress = on_progress
+        self._running: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+        limit_ms = int(runtime.settings.step_time_limit_seconds * 1000)
+        self.actors: dict[tuple[str, str], dramatiq.Actor[Any, Any]] = {}
+        for job_type, step in STEPS:
+            self.actors[(job_type, step)] = dramatiq.Actor(
+                self._body(job_type, step),
+                queue_name=QUEUE,
+                actor_name=actor_name(job_type, step),
+                priority=0,
+                broker=broker,
+                options={"max_retries": 0, "time_limit": limit_ms},
+            )
+
+    def _body(self, job_type: str, step: str) -> Callable[[str], None]:
+        def run(job_id: str) -> None:
+            self.run(job_type, step, job_id)
+
+        run.__name__ = actor_name(job_type, step)
+        return run
+
+    # ---- sending -------------------------------------------------------------------------
+
+    def enqueue(self, job_type: str, job_id: str, step: str, *, delay_ms: int | None = None) -> None:
+        actor = self.actors.get((job_type, step))
+        if actor is None:
+            log.error("no actor for this step", job=job_id, step=step)
+            return
+        actor.send_with_options(args=(job_id,), delay=delay_ms)
+
+    def enqueue_next(self, job_type: str, job_id: str, *, from_sweep: bool = False) -> str | None:
+        """Send the message the job needs now, if any; return what was done, for the sweep's log."""
+        rt = self.runtime
+        loaded = rt.load(job_type, job_id)
+        if loaded.version == 0:
+            return None
+        action = next_action(loaded.state, rt.clock())
+        if isinstance(action, RunStep | ExpireStepLease):
+            self.enqueue(job_type, job_id, action.step)
+            return action.step
+        if isinstance(action, WaitUntil) and action.reason == "retry" and not from_sweep:
+            delay = max(0, int((action.until - rt.clock()).total_seconds() * 1000))
+            self.enqueue(job_type, job_id, action.step, delay_ms=delay)
+            return action.step
+        if isinstance(action, Finished):
+            self._finished(loaded)
+        return None
+
+    def sweep(self) -> int:
+        """Re-enqueue the next step of every unfinished job: the log is the truth, the queue a hint."""
+        sent = 0
+        for job_type, job_id, action in self.runtime.next_steps():
+            if isinstance(action, WaitForJob):
+                # The release may have been lost with the process that finished the job ahead.
+                self._release(str(self.runtime.load(job_type, job_id).state.source))  # type: ignore[attr-defined]
+            if isinstance(action, RunStep | ExpireStepLease) and self.enqueue_next(
+                job_type, job_id, from_sweep=True
+            ):
+                sent += 1
+        if sent:
+            log.info("recovery sweep re-enqueued steps", steps=sent)
+        return sent
+
+    # ---- running -------------------------------------------------------------------------
+
+    def run(self, job_type: str, step: str, job_id: str) -> None:
+        key = (job_id, step)
+        with self._lock:
+            if key in self._running:
+                return  # this process runs it already; a duplicate message changes nothing
+            self._running.add(key)
+        structlog.contextvars.bind_contextvars(job_id=job_id, step=step)
+        try:
+            self._run(job_type, step, job_id)
+        finally:
+            structlog.contextvars.unbind_contextvars("job_id", "step")
+            with self._lock:
+                self._running.discard(key)
+
+    def _run(self, job_type: str, step: str, job_id: str) -> None:
+        rt = self.runtime
+        loaded = rt.load(job_type, job_id)
+        if loaded.version == 0:
+            log.warning("a message names a job the log does not know; ignored")
+            return
+        action = next_action(loaded.state, rt.clock())
+        if isinstance(action, Finished):
+            self._finished(loaded)
+            return
+        if isinstance(action, ExpireStepLease):
+            rt.execute(
+                job_type,
+                job_id,
+                lambda _: ExpireLease(
+                    job_id=job_id, now=rt.clock(), step=action.step, attempt=action.attempt, policy=rt.policy
+                ),
+                actor=SYSTEM,
+            )
+            log.warning("a step's lease ran out; its worker is presumed dead", attempt=action.attempt)
+            self.enqueue_next(job_type, job_id)
+            return
+        if not isinstance(action, RunStep):
+            return  # queued, a live lease elsewhere, or a retry whose delayed message is on its way
+        if action.step != step:
+            self.enqueue(job_type, job_id, action.step)  # a stale hint: send the right one
+            return
+        attempt = action.attempt
+        try:
+            loaded, new = rt.execute(
+                job_type,
+                job_id,
+                lambda _: StartStep(
+                    job_id=job_id,
+                    now=rt.clock(),
+                    step=step,
+                    attempt=attempt,
+                    worker=rt.worker_id,
+                    lease=rt.lease,
+                ),
+                actor=f"{SYSTEM}:worker:{rt.worker_id}",
+            )
+        except InvalidCommand:
+            return  # another worker took this attempt first
+        if not new:
+            return
+        faults.point(f"{step}:started")
+        resume = action.resume_from
+        self._attempt(loaded, step, attempt, None if resume is None else resume.model_dump(mode="json"))
+
+    def _attempt(self, loaded: Loaded, step: str, attempt: int, resume_from: dict[str, Any] | None) -> None:
+        rt = self.runtime
+        job_type, job_id = loaded.job_type, loaded.state.job_id
+        actor = f"{SYSTEM}:worker:{rt.worker_id}"
+        last: dict[str, int | None] = {"done": 0, "total": None}
+
+        def beat() -> bool:
+            done = int(last["done"] or 0)
+            after, _ = rt.execute(
+                job_type,
+                job_id,
+                lambda _: RecordProgress(
+                    job_id=job_id,
+                    now=rt.clock(),
+                    step=step,
+                    attempt=attempt,
+                    done=done,
+                    total=last["total"],
+                    lease=rt.lease,
+                ),
+                actor=actor,
+            )
+            mine = after.state.find_step(step)
+            return mine is not None and mine.status == "running" and mine.attempt == attempt
+
+        with heartbeat(beat, rt.settings.heartbeat_seconds) as lost:
+
+            def progress(done: int, total: int) -> None:
+                last["done"], last["total"] = done, total
+                if self.on_progress is not None:
+                    self.on_progress(job_id, done, total)
+                if lost.is_set():
+                    raise StepAbandoned
+
+            ctx = StepContext(
+                settings=rt.settings,
+                job_id=job_id,
+                attempt=attempt,
+                request=request_of(loaded),
+                results={s.name: dict(s.result) for s in loaded.state.steps if s.result is not None},
+                now=rt.clock(),
+                progress=progress,
+                resume_from=resume_from,
+            )
+            started = time.monotonic()
+            try:
+                result = STEPS[(job_type, step)](ctx)
+            except StepAbandoned:
+                log.warning("step abandoned: another worker took it over after its lease ran out")
+                return
+            except (Exception, TimeLimitExceeded) as e:
+                log.warning("step failed", error=describe(e), transient=is_transient(e), attempt=attempt)
+                self._fail(loaded, step, attempt, e)
+                return
+        faults.point(f"{step}:done")
+        rt.execute(
+            job_type,
+            job_id,
+            lambda _: CompleteStep(job_id=job_id, now=rt.clock(), step=step, attempt=attempt, result=result),
+            actor=actor,
+        )
+        log.info("step completed", attempt=attempt, seconds=round(time.monotonic() - started, 3))
+        faults.point(f"{step}:completed")
+        self.enqueue_next(job_type, job_id)
+
+    def _fail(self, loaded: Loaded, step: str, attempt: int, error: BaseException) -> None:
+        rt = self.runtime
+        job_type, job_id = loaded.job_type, loaded.state.job_id
+        rt.execute(
+            job_type,
+            job_id,
+            lambda _: FailStep(
+                job_id=job_id,
+                now=rt.clock(),
+                step=step,
+                attempt=attempt,
+                error=describe(error),
+                transient=is_transient(error),
+                policy=rt.policy,
+                exit_code=int(getattr(error, "exit_code", 1)),
+            ),
+            actor=f"{SYSTEM}:worker:{rt.worker_id}",
+        )
+        self.enqueue_next(job_type, job_id)
+
+    def _finished(self, loaded: Loaded) -> None:
+        job_id = loaded.state.job_id
+        if loaded.job_type == "restore":
+            clean_up(self.runtime.settings, job_id)
+        if loaded.job_type == "backup":
+            self._release(str(loaded.state.source))  # type: ignore[attr-defined]
+
+    def _release(self, source: str) -> None:
+        released = self.runtime.release_queued(source)
+        if released is not None:
+            log.info("queued backup released", job=released, source=source)
+            self.enqueue_next("backup", released)
+
+    # ---- workers -------------------------------------------------------------------------
+
+    @contextmanager
+    def worker(self, threads: int = 2, *, sweep_every: float | None = None) -> Iterator[dramatiq.Worker]:
+        """Run actors on threads of this process while the block runs; sweep at start (and every
+        `sweep_every` seconds if given)."""
+        worker = dramatiq.Worker(self.broker, worker_threads=threads, worker_timeout=100)
+        worker.start()
+        stop = threading.Event()
+        sweeper = None
+        try:
+            self.sweep()
+            if sweep_every:
+
+                def periodic() -> None:
+                    while not stop.wait(sweep_every):
+                        try:
+                            self.sweep()
+                        except Exception as e:  # the next sweep tries again
+                            log.warning("recovery sweep failed", error=describe(e))
+
+                sweeper = threading.Thread(target=periodic, name="sweeper", daemon=True)
+                sweeper.start()
+            yield worker
+        finally:
+            stop.set()
+            worker.stop()
+            if sweeper is not None:
+                sweeper.join(timeout=5)
+
+
+def request_of(loaded: Loaded) -> dict[str, Any]:
+    """What the job was asked to do, as its request event recorded it."""
+    state: Any = loaded.state
+    if loaded.job_type == "backup":
+        return {"kind": state.kind, "source": state.source, "full": state.full, "tags": list(state.tags)}
+    return {
+        "snapshot_id": state.snapshot_id,
+        "target": state.target,
+        "force": state.force,
+        "check": state.check,
+    }
+
+
+def build(settings: Settings, *, on_progress: Progress | None = None) -> tuple[Runtime, Dispatcher]:
+    runtime = Runtime(settings)
+    return runtime, Dispatcher(runtime, make_broker(settings.broker_url), on_progress=on_progress)

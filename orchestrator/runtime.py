@@ -1,0 +1,280 @@
+"""The job runtime: commands in, events appended, steps run by Dramatiq actors, jobs swept.
+
+The event log is the only truth. A command is decided against the stream as it stands and appended
+with the version it was decided on; a conflict means someone else appended first, so the command is
+decided again. Queue messages carry ids only and are hints: an actor reads the log, does what the
+log says is next (or nothing), and a recovery sweep re-enqueues whatever the queue lost.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from types import ModuleType
+from typing import Any
+
+import structlog
+from sqlalchemy import text
+
+from domain import backup_job, restore_job
+from domain.commands import Command, ReleaseBackup, RequestBackup, RequestRestore, RetryPolicy
+from domain.errors import CapsuleError
+from domain.events import Event
+from domain.jobs import FINISHED, JobState, next_action
+from orchestrator import codec, projections
+from orchestrator.db import default_event_store_url, make_engine
+from orchestrator.errors import ConcurrencyConflict
+from orchestrator.eventstore import EventStore, Metadata, create_schema
+from orchestrator.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+JOB_TYPES: dict[str, ModuleType] = {"backup": backup_job, "restore": restore_job}
+CONFLICT_RETRIES = 20
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def person() -> str:
+    """The actor for commands typed at this machine's terminal."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"person:{user}@{socket.gethostname()}"
+
+
+SYSTEM = "system"
+
+
+class JobNotFound(CapsuleError):
+    """Raised when a job id names no job in the event log."""
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A job's state as its stream tells it, and the version it was read at."""
+
+    job_type: str
+    state: JobState
+    version: int
+    events: list[Event]
+
+
+class Runtime:
+    """Settings wired to the event store, the projections and a broker; the one place that appends."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.engine = make_engine(settings.event_store_url or default_event_store_url(settings.home))
+        create_schema(self.engine)
+        projections.create_projection_schema(self.engine)
+        self.store = EventStore(self.engine, upcasters=codec.upcasters())
+        self.handler = projections.ProjectionHandler()
+        self.policy = RetryPolicy(
+            max_attempts=settings.step_max_attempts,
+            base_backoff=timedelta(seconds=settings.step_backoff_seconds),
+            max_backoff=timedelta(
+                seconds=max(settings.step_backoff_max_seconds, settings.step_backoff_seconds)
+            ),
+        )
+        self.lease = timedelta(seconds=settings.step_lease_seconds)
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ---- reading -------------------------------------------------------------------------
+
+    def load(self, job_type: str, job_id: str) -> Loaded:
+        module = JOB_TYPES[job_type]
+        stored = self.store.read_stream(module.stream_id(job_id))
+        events = [codec.decode(s) for s in stored]
+        state = module.replay(events)
+        return Loaded(job_type, state, stored[-1].version if stored else 0, events)
+
+    def job_type_of(self, job_id: str) -> str:
+        for job_type, module in JOB_TYPES.items():
+            if self.store.stream_version(module.stream_id(job_id)):
+                return job_type
+        raise JobNotFound(f"there is no job {job_id!r}; `capsule jobs` lists them")
+
+    # ---- deciding and appending -----------------------------------------------------------
+
+    def execute(
+        self,
+        job_type: str,
+        job_id: str,
+        make_command: Callable[[Loaded], Command | None],
+        *,
+        actor: str,
+        causation_id: str | None = None,
+    ) -> tuple[Loaded, list[Event]]:
+        """Decide the command against the current stream and append its events; retry on conflict."""
+        module = JOB_TYPES[job_type]
+        stream = module.stream_id(job_id)
+        for _ in range(CONFLICT_RETRIES):
+            loaded = self.load(job_type, job_id)
+            command = make_command(loaded)
+            if command is None:
+                return loaded, []
+            new = module.decide(loaded.state, command)
+            if not new:
+                return loaded, []
+            try:
+                self.store.append(
+                    stream,
+                    loaded.version,
+                    [codec.encode(e) for e in new],
+                    Metadata(actor=actor, correlation_id=job_id, causation_id=causation_id),
+                    handlers=[self.handler],
+                )
+            except ConcurrencyConflict:
+                continue
+            state = loaded.state
+            for event in new:
+                state = module.evolve(state, event)
+            return Loaded(job_type, state, loaded.version + len(new), [*loaded.events, *new]), new
+        raise ConcurrencyConflict(stream, -1, None)
+
+    def request_backup(
+        self,
+        *,
+        source: str,
+        kind: str = "database",
+        full: bool = False,
+        tags: tuple[str, ...] = (),
+        actor: str,
+    ) -> str:
+        """Record a backup request; queue it behind a backup of the same source that has not finished."""
+        job_id = new_job_id()
+        now = self.clock()
+        with self.store.transaction() as conn:
+            _serialise_requests(conn)
+            active = projections.active_backup_for_source(conn, source)
+            command = RequestBackup(
+                job_id=job_id, now=now, kind=kind, source=source, full=full, tags=tags, active_job_id=active
+            )
+            events = backup_job.decide(backup_job.initial_state(), command)
+            self.store.append(
+                backup_job.stream_id(job_id),
+                0,
+                [codec.encode(e) for e in events],
+                Metadata(actor=actor, correlation_id=job_id),
+                handlers=[self.handler],
+                conn=conn,
+            )
+        log.info("backup requested", job=job_id, source=source, queued_behind=active)
+        return job_id
+
+    def request_restore(
+        self, *, snapshot_id: str, target: str, force: bool = False, check: bool = False, actor: str
+    ) -> str:
+        job_id = new_job_id()
+        command = RequestRestore(
+            job_id=job_id, now=self.clock(), snapshot_id=snapshot_id, target=target, force=force, check=check
+        )
+        self.execute("restore", job_id, lambda _: command, actor=actor)
+        log.info("restore requested", job=job_id, snapshot=snapshot_id, target=target)
+        return job_id
+
+    def release_queued(self, source: str) -> str | None:
+        """Let the oldest backup queued for `source` start, if no other backup of it is active.
+
+        One at a time: the released job runs, and the next one is released when it finishes.
+        """
+        # Reads go through the engine itself: on SQLite a plain connection would take the write lock.
+        if projections.active_backup_for_source(self.engine, source) is not None:
+            return None
+        queued = [
+            str(row["job_id"])
+            for row in reversed(
+                projections.list_jobs(self.engine, limit=10_000, status="queued", job_type="backup")
+            )
+            if row["source"] == source
+        ]
+        for job_id in queued:
+            _, new = self.execute(
+                "backup",
+                job_id,
+                lambda _, q=job_id: ReleaseBackup(job_id=q, now=self.clock()),  # type: ignore[misc]
+                actor=SYSTEM,
+            )
+            if new:
+                return job_id
+        return None
+
+    # ---- waiting ---------------------------------------------------------------------------
+
+    def wait(self, job_id: str, *, timeout: float | None = None, poll: float = 0.05) -> Loaded:
+        """Block until the job has finished; return its final state."""
+        job_type = self.job_type_of(job_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            loaded = self.load(job_type, job_id)
+            if loaded.state.status in FINISHED:
+                return loaded
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} has not finished after {timeout} s")
+            time.sleep(poll)
+
+    def unfinished(self) -> list[tuple[str, str]]:
+        return [(j, t) for j, t in projections.unfinished_jobs(self.engine)]
+
+    def next_steps(self) -> Iterator[tuple[str, str, Any]]:
+        """(job type, job id, next action) of every unfinished job, for the recovery sweep."""
+        now = self.clock()
+        for job_id, job_type in self.unfinished():
+            loaded = self.load(job_type, job_id)
+            yield job_type, job_id, next_action(loaded.state, now)
+
+
+def new_job_id() -> str:
+    """Sortable by time, unique without coordination: a timestamp and random bits."""
+    return f"{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(4)}"
+
+
+def _serialise_requests(conn: Any) -> None:
+    """Two requests for one source must not both see it idle; take the log's append lock first."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("LOCK TABLE events IN EXCLUSIVE MODE"))
+
+
+@contextmanager
+def heartbeat(
+    beat: Callable[[], bool], interval: float, stop_event: threading.Event | None = None
+) -> Iterator[threading.Event]:
+    """Call `beat` every `interval` seconds on a thread until the block ends or `beat` says False.
+
+    The event it yields is set once a beat returned False: the attempt was lost to another worker.
+    """
+    stop = stop_event or threading.Event()
+    lost = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(interval):
+            try:
+                if not beat():
+                    lost.set()
+                    return
+            except Exception as e:  # a missed heartbeat is survivable: the lease is longer
+                log.warning("heartbeat failed", error=str(e))
+
+    thread = threading.Thread(target=run, name="heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield lost
+    finally:
+        stop.set()
+        thread.join(timeout=interval + 5)

@@ -1,0 +1,272 @@
+"""What each step of a job does, as plain functions the actors call: the engine, wired to settings.
+
+Every step is safe to run again after its process died at any instant:
+- `store` adopts the packs an interrupted attempt wrote, so their blobs are not stored twice;
+- `commit` finds a manifest this job already wrote instead of writing a second one;
+- `restore` recognises a file it already put in place;
+- `stage` and `apply` (a restore into the live database) keep their staged copy and the safety copy
+  under names made from the job id, so a second attempt reuses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from adapters.database_backup import StoredDatabase, commit_database, store_database
+from adapters.repository.lock import locked
+from adapters.restore import restore_snapshot, safe_target, write_entry
+from adapters.sourcelock import source_lock
+from adapters.sqlite_snapshot import check_database, copy_database, copy_into_live, remove_database_files
+from domain.errors import CapsuleError
+from orchestrator import faults
+from orchestrator.services import open_repository, resolve_snapshot
+from orchestrator.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+class StepRefused(CapsuleError):
+    """Raised when a step cannot run as asked and trying again would not help."""
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a step gets: the job, its request, the results of earlier steps, and how to report."""
+
+    settings: Settings
+    job_id: str
+    attempt: int
+    request: dict[str, Any]
+    results: dict[str, dict[str, Any]]
+    now: datetime
+    progress: Progress
+    resume_from: dict[str, Any] | None = None
+    """The last progress an earlier attempt of this step reported (done, total, detail)."""
+
+
+StepFunction = Callable[[StepContext], dict[str, Any]]
+
+
+def _hash_file(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1024 * 1024):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+# ---- backup -------------------------------------------------------------------------------
+
+
+def backup_store(ctx: StepContext) -> dict[str, Any]:
+    settings = ctx.settings
+    source = Path(ctx.request["source"])
+    if ctx.resume_from is not None:
+        # The packs an earlier attempt stored are adopted below: only hashing is done again.
+        log.info("resuming after an interrupted attempt", done_before=ctx.resume_from.get("done"))
+    repo = open_repository(settings)
+    holder = f"backup job {ctx.job_id}"
+    with (
+        source_lock(settings.home, source, holder, settings.lock_wait_seconds),
+        locked(repo.backend, "backup", timeout=settings.lock_wait_seconds),
+    ):
+        faults.point("store:locked")
+
+        def progress(done: int, total: int) -> None:
+            ctx.progress(done, total)
+            if done * 2 >= total:
+                faults.point("store:halfway")
+
+        stored = store_database(
+            repo,
+            source,
+            settings.staging,
+            full=bool(ctx.request.get("full")),
+            progress=progress,
+            workers=settings.workers,
+            copy_in_memory=settings.copy_in_memory,
+        )
+    faults.point("store:stored")
+    return {"stored": stored.model_dump(mode="json")}
+
+
+def backup_commit(ctx: StepContext) -> dict[str, Any]:
+    settings = ctx.settings
+    stored = StoredDatabase.model_validate(ctx.results["store"]["stored"])
+    repo = open_repository(settings)
+    with locked(repo.backend, "backup", timeout=settings.lock_wait_seconds):
+        result = commit_database(
+            repo,
+            stored,
+            full=bool(ctx.request.get("full")),
+            now=ctx.now,
+            tags=list(ctx.request.get("tags") or []),
+            job_id=ctx.job_id,
+        )
+    faults.point("commit:written")
+    return {"snapshot_id": result.snapshot_id, "totals": result.manifest.totals.model_dump(mode="json")}
+
+
+# ---- restore into a folder ----------------------------------------------------------------
+
+
+def restore_to_folder(ctx: StepContext) -> dict[str, Any]:
+    settings = ctx.settings
+    to = Path(ctx.request["target"])
+    repo = open_repository(settings)
+    with locked(repo.backend, "restore", timeout=settings.lock_wait_seconds):
+        sid, manifest = resolve_snapshot(repo, ctx.request["snapshot_id"])
+        force = bool(ctx.request.get("force"))
+        if ctx.attempt > 1 and not force and _already_restored(to, manifest.entries):
+            # An earlier attempt put every file in place and died before saying so.
+            return {
+                "snapshot_id": sid,
+                "files": len(manifest.entries),
+                "bytes": _total(manifest.entries),
+                "restored": [
+                    {"path": str(safe_target(to, e.path)), "size": e.size, "sha256": e.sha256}
+                    for e in manifest.entries
+                ],
+            }
+        if ctx.attempt > 1:
+            for entry in manifest.entries:
+                target = safe_target(to, entry.path)
+                _remove_partial_writes(target.parent, target.name)
+        restored = restore_snapshot(
+            repo,
+            manifest,
+            to,
+            force=force or (ctx.attempt > 1 and _ours_or_absent(to, manifest.entries)),
+            progress=ctx.progress,
+            check_database=bool(ctx.request.get("check")),
+            workers=settings.workers,
+        )
+    faults.point("restore:written")
+    return {
+        "snapshot_id": sid,
+        "files": len(restored),
+        "bytes": sum(r.size for r in restored),
+        "restored": [{"path": str(r.path), "size": r.size, "sha256": r.sha256} for r in restored],
+    }
+
+
+def _total(entries: list[Any]) -> int:
+    return sum(int(e.size) for e in entries)
+
+
+def _already_restored(to: Path, entries: list[Any]) -> bool:
+    for entry in entries:
+        target = safe_target(to, entry.path)
+        if not target.is_file() or target.stat().st_size != entry.size or _hash_file(target) != entry.sha256:
+            return False
+    return True
+
+
+def _ours_or_absent(to: Path, entries: list[Any]) -> bool:
+    """After a crash, files this job restored in part may be replaced; others still need --force."""
+    for entry in entries:
+        target = safe_target(to, entry.path)
+        if target.exists() and (target.stat().st_size != entry.size or _hash_file(target) != entry.sha256):
+            return False
+    return True
+
+
+# ---- restore into the live database --------------------------------------------------------
+
+
+def _staged_path(settings: Settings, job_id: str) -> Path:
+    return settings.staging / f"restore-{job_id}-{settings.database.name}"
+
+
+def _safety_path(settings: Settings, job_id: str, attempt: int) -> Path:
+    live = settings.database
+    return settings.safety / f"{live.stem}-before-restore-{job_id}-{attempt}{live.suffix}"
+
+
+def _remove_partial_writes(folder: Path, name: str) -> None:
+    """Temporary files an attempt killed while writing `name` left behind (restore writes
+    `.<name>.capsule-restore-<random>` and renames it only once checked)."""
+    for leftover in folder.glob(f".{name}.capsule-restore-*"):
+        leftover.unlink(missing_ok=True)
+
+
+def restore_stage(ctx: StepContext) -> dict[str, Any]:
+    """Verify the snapshot into staging: every blob, the file's SHA-256 and SQLite's check."""
+    settings = ctx.settings
+    repo = open_repository(settings)
+    holder = f"restore job {ctx.job_id}"
+    with (
+        source_lock(settings.home, settings.database, holder, settings.lock_wait_seconds),
+        locked(repo.backend, "restore", timeout=settings.lock_wait_seconds),
+    ):
+        sid, manifest = resolve_snapshot(repo, ctx.request["snapshot_id"])
+        if manifest.kind != "database":
+            raise StepRefused(f"snapshot {sid[:12]} holds files, not a database")
+        staged = _staged_path(settings, ctx.job_id)
+        entry = manifest.entries[0]
+        if not (staged.is_file() and _hash_file(staged) == entry.sha256):
+            _remove_partial_writes(staged.parent, staged.name)
+            repo.ensure_index()
+            tmp = write_entry(repo, entry, staged, ctx.progress, check_database=True)
+            os.replace(tmp.path, staged)
+    faults.point("stage:staged")
+    return {"snapshot_id": sid, "staged": str(staged), "sha256": entry.sha256}
+
+
+def restore_apply(ctx: StepContext) -> dict[str, Any]:
+    """Copy the staged database into the live one through SQLite's backup API."""
+    settings = ctx.settings
+    staged = Path(ctx.results["stage"]["staged"])
+    if not staged.is_file() or _hash_file(staged) != ctx.results["stage"]["sha256"]:
+        raise StepRefused(f"the staged copy {staged} is missing or changed; request the restore again")
+    problems = check_database(staged)
+    if problems:
+        raise StepRefused(f"the staged copy fails SQLite's check: {problems[0]}")
+    safety = _safety_path(settings, ctx.job_id, ctx.attempt)
+    holder = f"restore job {ctx.job_id}"
+    with source_lock(settings.home, settings.database, holder, settings.lock_wait_seconds):
+        # Saved right before it is replaced, so no sale made while the restore was staged is lost.
+        # Every attempt saves its own: sales made after an attempt died are in the next one's copy.
+        if not safety.exists():
+            partial = safety.with_name(f".{safety.name}.partial")
+            remove_database_files(partial)
+            copy_database(settings.database, partial)
+            os.replace(partial, safety)
+        faults.point("apply:checked")
+        copy_into_live(staged, settings.database)
+        faults.point("apply:copied")
+    # The staged copy stays until the job is over: an attempt that dies here can apply it again.
+    stage = ctx.results["stage"]
+    return {
+        "snapshot_id": stage["snapshot_id"],
+        "database": str(settings.database),
+        "safety_copy": str(safety),
+        "files": 1,
+        "bytes": staged.stat().st_size,
+    }
+
+
+def clean_up(settings: Settings, job_id: str) -> None:
+    """Remove what a finished job may have left in staging."""
+    staged = _staged_path(settings, job_id)
+    staged.unlink(missing_ok=True)
+    _remove_partial_writes(staged.parent, staged.name)
+
+
+STEPS: dict[tuple[str, str], StepFunction] = {
+    ("backup", "store"): backup_store,
+    ("backup", "commit"): backup_commit,
+    ("restore", "restore"): restore_to_folder,
+    ("restore", "stage"): restore_stage,
+    ("restore", "apply"): restore_apply,
+}

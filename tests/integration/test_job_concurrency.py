@@ -1,0 +1,73 @@
+"""At most one backup of a database at a time, and never a backup during a restore of it.
+
+A fault point armed with a pause holds the first job inside its step while the second is asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.integration.helpers import Shop, file_content_digest
+
+
+def _jobs(shop: Shop) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = json.loads(shop.run("jobs", "--json", expect=0).stdout)
+    return rows
+
+
+def _wait_running(shop: Shop, proc: subprocess.Popen[str], step: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        running = [j for j in _jobs(shop) if j["status"] == "running" and j["current_step"] == step]
+        if running:
+            return running[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no job reached {step}")
+
+
+def _positions(shop: Shop, job_id: str, kind: str) -> list[int]:
+    events = json.loads(shop.run("audit", "--job", job_id, "--json", expect=0).stdout)
+    return [e["position"] for e in events if e["type"] == kind]
+
+
+def test_a_second_backup_of_the_same_database_waits_for_the_first(shop: Shop) -> None:
+    first = shop.popen("backup", "--json", env={"CAPSULE_FAULTS": "store:locked@pause=3"})
+    running = _wait_running(shop, first, "store")
+
+    second = shop.run("backup", "--json", expect=0, timeout=120)
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+
+    assert f"running (job {running['job_id']})" in second.stderr
+    later = json.loads(second.stdout)["job_id"]
+    assert json.loads(out)["job_id"] == running["job_id"]
+    # The second job's steps started only after the first job had completed.
+    assert min(_positions(shop, later, "StepStarted")) > max(
+        _positions(shop, running["job_id"], "BackupCompleted")
+    )
+    queued = json.loads(shop.run("audit", "--job", later, "--json", expect=0).stdout)
+    assert [e["type"] for e in queued][:3] == ["BackupRequested", "BackupQueued", "BackupReleased"]
+    assert len(shop.snapshots()) == 2
+
+
+def test_a_backup_asked_for_during_an_in_place_restore_runs_after_it(shop: Shop, tmp_path: Path) -> None:
+    shop.run("backup", expect=0)
+    snapshot_content = file_content_digest(shop.database)
+    with __import__("sqlite3").connect(shop.database) as conn:
+        conn.execute("DELETE FROM sale_items WHERE id % 5 = 0")
+    restore = shop.popen("restore", "latest", "--in-place", env={"CAPSULE_FAULTS": "apply:checked@pause=3"})
+    restoring = _wait_running(shop, restore, "apply")
+
+    backup = json.loads(shop.run("backup", "--json", expect=0, timeout=120).stdout)
+    _, err = restore.communicate(timeout=120)
+    assert restore.returncode == 0, err
+
+    # The backup read the database only once the restore had put the snapshot back.
+    shop.restore(backup["snapshot_id"], tmp_path / "out")
+    assert file_content_digest(tmp_path / "out" / shop.db_name, immutable=True) == snapshot_content
+    assert [j["status"] for j in _jobs(shop) if j["job_id"] == restoring["job_id"]] == ["completed"]
