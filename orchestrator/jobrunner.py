@@ -57,7 +57,7 @@ def session(settings: Settings, progress: Progress | None = None) -> Iterator[tu
         else:
             # Sweeping often: the job ahead of ours may finish in another process, whose message
             # releasing ours dies with that process's in-memory queue.
-            with dispatcher.worker(threads=2, sweep_every=min(settings.sweep_seconds, 1.0)):
+            with dispatcher.worker(threads=2, sweep_every=min(settings.sweep_seconds, 2.0)):
                 yield runtime, dispatcher
     finally:
         runtime.close()

@@ -91,6 +91,9 @@ class Runtime:
         )
         self.lease = timedelta(seconds=settings.step_lease_seconds)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        # Set after every append this process makes: a waiter re-reads the log when something
+        # happened here, and otherwise only now and then (another process may append too).
+        self._appended = threading.Condition()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -142,6 +145,7 @@ class Runtime:
                 )
             except ConcurrencyConflict:
                 continue
+            self._notify()
             state = loaded.state
             for event in new:
                 state = module.evolve(state, event)
@@ -175,6 +179,7 @@ class Runtime:
                 handlers=[self.handler],
                 conn=conn,
             )
+        self._notify()
         log.info("backup requested", job=job_id, source=source, queued_behind=active)
         return job_id
 
@@ -217,17 +222,26 @@ class Runtime:
 
     # ---- waiting ---------------------------------------------------------------------------
 
-    def wait(self, job_id: str, *, timeout: float | None = None, poll: float = 0.05) -> Loaded:
-        """Block until the job has finished; return its final state."""
+    def _notify(self) -> None:
+        with self._appended:
+            self._appended.notify_all()
+
+    def wait(self, job_id: str, *, timeout: float | None = None, poll: float = 0.5) -> Loaded:
+        """Block until the job has finished; return its final state.
+
+        Reading the log costs CPU that the job itself needs: it is read again when this process
+        appended something, or after `poll` seconds for appends made by other processes.
+        """
         job_type = self.job_type_of(job_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            loaded = self.load(job_type, job_id)
-            if loaded.state.status in FINISHED:
-                return loaded
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} has not finished after {timeout} s")
-            time.sleep(poll)
+            with self._appended:
+                loaded = self.load(job_type, job_id)
+                if loaded.state.status in FINISHED:
+                    return loaded
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"job {job_id} has not finished after {timeout} s")
+                self._appended.wait(poll)
 
     def unfinished(self) -> list[tuple[str, str]]:
         return [(j, t) for j, t in projections.unfinished_jobs(self.engine)]
