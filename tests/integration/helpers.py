@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.database_backup import COPY_SUFFIX, RAM_DIR
+from adapters.repository.lock import pid_alive
 from benchmarks import posdb
 
 MiB = 1024 * 1024
@@ -173,6 +174,12 @@ class DatabaseTemplates:
         return target
 
 
+def _copy_pid(path: Path) -> int:
+    """The PID in a copy's name: `<database>.<pid>-<random>.capsule-snapshot`."""
+    middle = path.name[: -len(COPY_SUFFIX)].rsplit(".", 1)[-1]
+    return int(middle.split("-")[0]) if middle.split("-")[0].isdigit() else -1
+
+
 @dataclass
 class Shop:
     """One point-of-sale server's files: the live database, the repository and Capsule's home."""
@@ -201,10 +208,14 @@ class Shop:
         return self.home / "staging"
 
     def leftover_copies(self) -> list[str]:
-        """Database copies left behind by backups, in staging or in the RAM folder."""
+        """Database copies left behind by backups that are gone, in staging or in the RAM folder.
+
+        The RAM folder is shared: a copy whose process still runs belongs to another test.
+        """
         pattern = f"{self.db_name}.*{COPY_SUFFIX}"
         ram = RAM_DIR / f"capsule-{os.getuid()}"
-        return sorted(str(p) for d in (self.staging, ram) if d.is_dir() for p in d.glob(pattern))
+        found = [p for d in (self.staging, ram) if d.is_dir() for p in d.glob(pattern)]
+        return sorted(str(p) for p in found if _copy_pid(p) <= 0 or not pid_alive(_copy_pid(p)))
 
     def env(self, overrides: Mapping[str, str | None] | None = None) -> dict[str, str]:
         env = clean_env()

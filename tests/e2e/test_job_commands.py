@@ -1,0 +1,49 @@
+"""`capsule jobs`, `status` and `audit`: who did what and when, as a person reads it or as JSON."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+from tests.integration.helpers import Shop, one_line_error
+
+
+def test_status_jobs_and_audit_describe_a_backup_and_a_failed_one(shop: Shop) -> None:
+    shop.run("backup", expect=0)
+    missing = shop.run("backup", env={"CAPSULE_DATABASE": str(shop.root / "gone.db")}, expect=1)
+    assert "CAPSULE_DATABASE" in one_line_error(missing)
+
+    status = json.loads(shop.run("status", "--json", expect=0).stdout)
+    assert status["last_snapshot"]["snapshot_id"] == shop.snapshots()[0]["id"]
+    assert status["active_jobs"] == []
+    assert len(status["recent_failures"]) == 1
+    text = shop.run("status", expect=0).stdout
+    assert "Last snapshot: " + shop.snapshots()[0]["id"][:12] in text
+
+    jobs = json.loads(shop.run("jobs", "--json", expect=0).stdout)
+    assert [j["status"] for j in jobs] == ["failed", "completed"]
+    assert "gone.db" in jobs[0]["error"]
+    assert json.loads(shop.run("jobs", "--status", "failed", "--json", expect=0).stdout) == jobs[:1]
+
+    failed = jobs[0]["job_id"]
+    events = json.loads(shop.run("audit", "--job", failed, "--json", expect=0).stdout)
+    assert [e["type"] for e in events] == ["BackupRequested", "StepStarted", "StepFailed", "BackupFailed"]
+    assert events[0]["actor"].startswith("person:")
+    assert all(e["actor"].startswith("system:worker:") for e in events[1:])
+    table = shop.run("audit", "--job", failed, expect=0).stdout.splitlines()
+    assert len(table) == 4 and "BackupFailed" in table[-1]
+
+    future = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M")
+    assert json.loads(shop.run("audit", "--since", future, "--json", expect=0).stdout) == []
+    everything = json.loads(shop.run("audit", "--since", "2000-01-01", "--json", expect=0).stdout)
+    assert len(everything) == len(json.loads(shop.run("audit", "--json", expect=0).stdout)) >= 9
+    bad = shop.run("audit", "--since", "yesterday", expect=1)
+    assert "--since" in one_line_error(bad)
+
+
+def test_replay_rebuilds_the_same_jobs(shop: Shop) -> None:
+    shop.run("backup", expect=0)
+    before = json.loads(shop.run("jobs", "--json", expect=0).stdout)
+    out = shop.run("replay", expect=0).stdout
+    assert out.startswith("Replayed ")
+    assert json.loads(shop.run("jobs", "--json", expect=0).stdout) == before
