@@ -19,13 +19,10 @@ from adapters.sealworker import (
     FRAME,
     HEAD,
     OP_HASH,
-    OP_OPEN,
     OP_OPEN_TO,
-    OP_SEAL,
     OP_SEAL_PIECES,
     OPEN_ITEM,
     PIECES,
-    SEAL_ITEM,
     STATUS_INTEGRITY,
     STATUS_MISSING,
     STATUS_OK,
@@ -138,14 +135,6 @@ class SealPool:
         """Concatenated ids of the chunks of `length` bytes at `offset`."""
         return self._submit(OP_HASH, self._path(path) + struct.pack("<QII", offset, length, chunk))
 
-    def seal(
-        self, path: str, blob_type: int, compress: bool, items: list[tuple[int, int, bytes]]
-    ) -> Future[memoryview]:
-        """Sealed blobs for (offset, length, id) items; parse the reply with `split_sealed`."""
-        body = [self._path(path), struct.pack("<BBI", blob_type, int(compress), len(items))]
-        body.extend(SEAL_ITEM.pack(o, n, i) for o, n, i in items)
-        return self._submit(OP_SEAL, b"".join(body))
-
     def seal_pieces(
         self,
         path: str,
@@ -167,13 +156,6 @@ class SealPool:
         """Open the blobs of `request` (see `open_request`) and write their plaintexts end to end
         into the existing file `out_path` at `offset`; the reply is the u64 count written."""
         return self._submit(OP_OPEN_TO, self._path(out_path) + struct.pack("<Q", offset) + request)
-
-    def open(self, items: list[tuple[str, int, bytes, int, int, int, int]]) -> Future[memoryview]:
-        """Plaintexts, end to end, of (pack path, offset, id, type, compression, length, plain) blobs."""
-        paths: dict[str, int] = {}
-        rows = [OPEN_ITEM.pack(paths.setdefault(p, len(paths)), *rest) for p, *rest in items]
-        body = [FRAME.pack(len(paths)), *(self._path(p) for p in paths), FRAME.pack(len(rows)), *rows]
-        return self._submit(OP_OPEN, b"".join(body))
 
 
 def open_request(paths: list[str], rows: bytes) -> bytes:

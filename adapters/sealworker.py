@@ -2,9 +2,10 @@
 
 Threads share one interpreter lock, and per-page work (4 KiB blobs) is dominated by Python calls
 around zstd, AES-GCM and BLAKE3; separate processes run them side by side. A worker reads the bytes
-it works on straight from the staging copy or the pack files, so only ids and sealed or opened blobs
-cross the pipe. It imports nothing heavier than those three libraries, and receives the master key
-over its stdin, never through arguments or the environment.
+it works on straight from the staging copy or the pack files, and writes restored plaintext straight
+into its file, so only ids, sealed blobs and byte counts cross the pipe. It imports nothing heavier
+than those three libraries, and receives the master key over its stdin, never through arguments or
+the environment.
 
 Frames, both ways: u32 LE length, then the body. The first frame to a worker is the key (64 bytes)
 followed by a u8 compression level. Requests: u8 op, u32 request id, then the op's fields; replies:
@@ -27,22 +28,17 @@ from adapters.repository.crypto import ID_SIZE, NONCE_SIZE, MasterKey, Sealer
 from adapters.repository.pack import HEADER_ENTRY
 
 OP_HASH = 1  # path, offset u64, length u32, chunk u32 -> concatenated 32-byte ids
-# path, type u8, compress u8, n u32, n x (offset u64, length u32, id 32)
-#   -> n u32, n pack-header entries (see pack.HEADER_ENTRY), then the sealed blobs end to end
-OP_SEAL = 2
 # path, type u8, compress u8, offset u64, length u32, chunk u32, n u32, n x index u32, n x id 32
-#   -> as OP_SEAL, for the chunks at those indices of the `chunk`-sized pieces of one block
+#   -> n u32, n pack-header entries (see pack.HEADER_ENTRY), then the sealed blobs end to end, for
+#   the chunks at those indices of the `chunk`-sized pieces of one block
 OP_SEAL_PIECES = 4
-# n paths u32, paths, n u32, n x (path index u32, offset u64, id 32, type u8, comp u8, length u32,
-#   plain u32) -> the plaintexts end to end, in request order
-OP_OPEN = 3
-# out path, out offset u64, then as OP_OPEN -> u64 bytes written: the plaintexts end to end go
-#   straight into that file (which must exist) at that offset instead of back through the pipe
+# out path, out offset u64, n paths u32, paths, n u32, n x (path index u32, offset u64, id 32,
+#   type u8, comp u8, length u32, plain u32) -> u64 bytes written: the plaintexts end to end go
+#   straight into that file (which must exist) at that offset, in request order
 OP_OPEN_TO = 5
 
 FRAME = struct.Struct("<I")
 HEAD = struct.Struct("<BI")
-SEAL_ITEM = struct.Struct("<QI32s")
 PIECES = struct.Struct("<BBQIII")
 OPEN_ITEM = struct.Struct("<IQ32sBBII")
 
@@ -93,20 +89,6 @@ class Worker:
         view = memoryview(data)
         return b"".join(self.sealer.blob_id(view[i : i + chunk]) for i in range(0, length, chunk))
 
-    def seal(self, body: bytes, pos: int) -> bytes:
-        path, pos = _path(body, pos)
-        blob_type, compress, n = struct.unpack_from("<BBI", body, pos)
-        pos += 6
-        items = [SEAL_ITEM.unpack_from(body, pos + i * SEAL_ITEM.size) for i in range(n)]
-        if not items:
-            return struct.pack("<I", 0)
-        start = items[0][0]
-        end = max(off + ln for off, ln, _ in items)
-        data = _pread(path, start, end - start)
-        if len(data) != end - start:
-            raise OSError(f"{path} is shorter than expected")
-        return self._seal_items(data, start, items, blob_type, compress)
-
     def seal_pieces(self, body: bytes, pos: int) -> bytes:
         path, pos = _path(body, pos)
         blob_type, compress, offset, length, chunk, n = PIECES.unpack_from(body, pos)
@@ -137,9 +119,6 @@ class Worker:
             table.append(HEADER_ENTRY.pack(blob_type, compression, len(sealed), len(chunk), blob_id))
             out.append(sealed)
         return b"".join(table + out)
-
-    def open(self, body: bytes, pos: int) -> bytes:
-        return b"".join(self._open_items(body, pos))
 
     def open_to(self, body: bytes, pos: int) -> bytes:
         out_path, pos = _path(body, pos)
@@ -208,12 +187,8 @@ class Worker:
         try:
             if op == OP_HASH:
                 result = self.hash(body, HEAD.size)
-            elif op == OP_SEAL:
-                result = self.seal(body, HEAD.size)
             elif op == OP_SEAL_PIECES:
                 result = self.seal_pieces(body, HEAD.size)
-            elif op == OP_OPEN:
-                result = self.open(body, HEAD.size)
             elif op == OP_OPEN_TO:
                 result = self.open_to(body, HEAD.size)
             else:

@@ -266,14 +266,12 @@ def _serialise_requests(conn: Any) -> None:
 
 
 @contextmanager
-def heartbeat(
-    beat: Callable[[], bool], interval: float, stop_event: threading.Event | None = None
-) -> Iterator[threading.Event]:
+def heartbeat(beat: Callable[[], bool], interval: float) -> Iterator[threading.Event]:
     """Call `beat` every `interval` seconds on a thread until the block ends or `beat` says False.
 
     The event it yields is set once a beat returned False: the attempt was lost to another worker.
     """
-    stop = stop_event or threading.Event()
+    stop = threading.Event()
     lost = threading.Event()
 
     def run() -> None:

@@ -10,7 +10,6 @@ Every step is safe to run again after its process died at any instant:
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any
 import structlog
 
 from adapters.database_backup import StoredDatabase, commit_database, store_database
+from adapters.pagestore import sha256_file
 from adapters.repository.lock import locked
 from adapters.restore import restore_snapshot, safe_target, write_entry
 from adapters.sourcelock import source_lock
@@ -55,14 +55,6 @@ class StepContext:
 
 
 StepFunction = Callable[[StepContext], dict[str, Any]]
-
-
-def _hash_file(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1024 * 1024):
-            sha.update(block)
-    return sha.hexdigest()
 
 
 # ---- backup -------------------------------------------------------------------------------
@@ -127,12 +119,13 @@ def restore_to_folder(ctx: StepContext) -> dict[str, Any]:
     with locked(repo.backend, "restore", timeout=settings.lock_wait_seconds):
         sid, manifest = resolve_snapshot(repo, ctx.request["snapshot_id"])
         force = bool(ctx.request.get("force"))
-        if ctx.attempt > 1 and not force and _already_restored(to, manifest.entries):
+        found = _found_before(to, manifest.entries) if ctx.attempt > 1 else []
+        if found and not force and all(f is True for f in found):
             # An earlier attempt put every file in place and died before saying so.
             return {
                 "snapshot_id": sid,
                 "files": len(manifest.entries),
-                "bytes": _total(manifest.entries),
+                "bytes": sum(e.size for e in manifest.entries),
                 "restored": [
                     {"path": str(safe_target(to, e.path)), "size": e.size, "sha256": e.sha256}
                     for e in manifest.entries
@@ -146,7 +139,8 @@ def restore_to_folder(ctx: StepContext) -> dict[str, Any]:
             repo,
             manifest,
             to,
-            force=force or (ctx.attempt > 1 and _ours_or_absent(to, manifest.entries)),
+            # After a crash, a file equal to the snapshot is this job's own: replacing it is safe.
+            force=force or (bool(found) and all(f is not False for f in found)),
             progress=ctx.progress,
             check_database=bool(ctx.request.get("check")),
             workers=settings.workers,
@@ -160,25 +154,19 @@ def restore_to_folder(ctx: StepContext) -> dict[str, Any]:
     }
 
 
-def _total(entries: list[Any]) -> int:
-    return sum(int(e.size) for e in entries)
-
-
-def _already_restored(to: Path, entries: list[Any]) -> bool:
+def _found_before(to: Path, entries: list[Any]) -> list[bool | None]:
+    """For each entry: None if nothing is at its place, True if the snapshot's file is, False if
+    another file is (which only --force may replace). Each file is hashed at most once."""
+    found: list[bool | None] = []
     for entry in entries:
         target = safe_target(to, entry.path)
-        if not target.is_file() or target.stat().st_size != entry.size or _hash_file(target) != entry.sha256:
-            return False
-    return True
-
-
-def _ours_or_absent(to: Path, entries: list[Any]) -> bool:
-    """After a crash, files this job restored in part may be replaced; others still need --force."""
-    for entry in entries:
-        target = safe_target(to, entry.path)
-        if target.exists() and (target.stat().st_size != entry.size or _hash_file(target) != entry.sha256):
-            return False
-    return True
+        if not target.exists():
+            found.append(None)
+        elif not target.is_file():
+            found.append(False)
+        else:
+            found.append(target.stat().st_size == entry.size and sha256_file(target) == entry.sha256)
+    return found
 
 
 # ---- restore into the live database --------------------------------------------------------
@@ -214,7 +202,7 @@ def restore_stage(ctx: StepContext) -> dict[str, Any]:
             raise StepRefused(f"snapshot {sid[:12]} holds files, not a database")
         staged = _staged_path(settings, ctx.job_id)
         entry = manifest.entries[0]
-        if not (staged.is_file() and _hash_file(staged) == entry.sha256):
+        if not (staged.is_file() and sha256_file(staged) == entry.sha256):
             _remove_partial_writes(staged.parent, staged.name)
             repo.ensure_index()
             tmp = write_entry(repo, entry, staged, ctx.progress, check_database=True)
@@ -227,7 +215,7 @@ def restore_apply(ctx: StepContext) -> dict[str, Any]:
     """Copy the staged database into the live one through SQLite's backup API."""
     settings = ctx.settings
     staged = Path(ctx.results["stage"]["staged"])
-    if not staged.is_file() or _hash_file(staged) != ctx.results["stage"]["sha256"]:
+    if not staged.is_file() or sha256_file(staged) != ctx.results["stage"]["sha256"]:
         raise StepRefused(f"the staged copy {staged} is missing or changed; request the restore again")
     problems = check_database(staged)
     if problems:
