@@ -194,7 +194,7 @@ def store_database_copy(
 ) -> tuple[Entry, StoreStats]:
     """Store the copy's pages; return the manifest entry, the chunk ids and the figures."""
     chunk_size = copy.page_size * pages_per_chunk(copy.page_size)
-    check = _full_check(repo) if full else None
+    check = full_check(repo) if full else None
     if pool is not None:
         blob_fields, stats, digest = store_file_chunks(
             repo, pool, copy.path, copy.size, chunk_size, has_blob=check, progress=progress
@@ -248,7 +248,7 @@ def _store_in_process(
     return bytes(ids), store.stats, sha.hexdigest()
 
 
-def _full_check(repo: Repository) -> Callable[[bytes], bool]:
+def full_check(repo: Repository) -> Callable[[bytes], bool]:
     """A full backup reuses a blob only if its pack is really there, and stores it again if not."""
     packs: dict[str, bool] = {}
 
@@ -340,6 +340,14 @@ def store_database(
     )
 
 
+def find_committed(repo: Repository, job_id: str, kind: str) -> BackupResult | None:
+    """The snapshot of `kind` that job `job_id` already wrote, if its process died before saying so."""
+    for sid, manifest in repo.snapshots():
+        if manifest.job_id == job_id and manifest.kind == kind:
+            return BackupResult(sid, manifest)
+    return None
+
+
 def commit_database(
     repo: Repository,
     stored: StoredDatabase,
@@ -355,10 +363,8 @@ def commit_database(
     With a `job_id`, a manifest this job already wrote (its process died before it could say so)
     is found and returned instead of writing a second snapshot.
     """
-    if job_id is not None:
-        for sid, manifest in repo.snapshots():
-            if manifest.job_id == job_id:
-                return BackupResult(sid, manifest)
+    if job_id is not None and (found := find_committed(repo, job_id, "database")) is not None:
+        return found
     manifest = Manifest(
         kind="database",
         full=full,

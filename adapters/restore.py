@@ -77,7 +77,7 @@ def content_ids(repo: Repository, entry: Entry) -> Iterator[list[bytes]]:
 Batch = list[tuple[bytes, BlobLocation]]
 
 
-def _batches(locs: Iterable[tuple[bytes, BlobLocation]]) -> Iterator[Batch]:
+def blob_batches(locs: Iterable[tuple[bytes, BlobLocation]]) -> Iterator[Batch]:
     """Blobs in file order, in batches of about SPAN_LIMIT stored bytes, whatever packs they are in.
 
     A snapshot after many incremental backups takes its pages from many packs; batching by size
@@ -109,7 +109,7 @@ def _runs(batch: Batch) -> Iterator[Batch]:
         yield run
 
 
-def _read_batch(repo: Repository, batch: Batch) -> bytes:
+def read_batch(repo: Repository, batch: Batch) -> bytes:
     out = []
     for run in _runs(batch):
         first, last = run[0][1], run[-1][1]
@@ -210,8 +210,8 @@ def _write_in_process(
     sha = hashlib.sha256()
     futures: deque[Future[bytes]] = deque()
     written = synced = 0
-    for batch in _batches(locate_all(repo, entry)):
-        futures.append(threads.submit(_read_batch, repo, batch))
+    for batch in blob_batches(locate_all(repo, entry)):
+        futures.append(threads.submit(read_batch, repo, batch))
         if len(futures) < IN_FLIGHT:
             continue
         written += _write_blobs(f, sha, futures.popleft().result())

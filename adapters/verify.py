@@ -8,16 +8,18 @@ name, its header authenticates and agrees with the index, and every blob decrypt
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import structlog
 
 from adapters.chunks import load_id_lists
+from adapters.files_tree import load_group
 from adapters.repository.index import BlobLocation
 from adapters.repository.pack import TRAILER, parse_header
 from adapters.repository.repo import Repository
 from domain.errors import CapsuleError
+from domain.manifest import Entry, Manifest
 
 log = structlog.get_logger(__name__)
 
@@ -66,10 +68,10 @@ def _affected_by(
 ) -> dict[str, set[tuple[str, str]]]:
     """Map each problem key that `classify` finds in a file's blobs to the (snapshot, path) hit.
 
-    A list blob is expanded and classified once and its result reused: snapshots of a database
-    that changed little share most of their lists, and memory stays bounded by one file's ids.
+    A list blob or tree blob is expanded and classified once and its result reused: snapshots
+    share most of them, and memory stays bounded by one file's ids or one tree blob's entries.
     """
-    by_list: dict[str, set[str]] = {}
+    seen = _Seen(repo, classify)
     affected: dict[str, set[tuple[str, str]]] = {}
     for sid in sorted(repo.backend.list("snapshots")):
         try:
@@ -79,18 +81,61 @@ def _affected_by(
                 report.problems.append(Problem(f"snapshot {sid[:12]}", str(e), [(sid, "(whole snapshot)")]))
             continue
         report.snapshots += int(count)
-        for entry in manifest.entries:
-            keys = classify([bytes.fromhex(b) for b in entry.blobs + entry.blob_lists])
-            for list_id in entry.blob_lists:
-                if list_id not in by_list:
-                    try:
-                        by_list[list_id] = classify(load_id_lists(repo, [list_id]))
-                    except CapsuleError:
-                        by_list[list_id] = set()  # the list blob itself is classified above
-                keys |= by_list[list_id]
+        for path, keys in seen.problems(manifest):
             for key in keys:
-                affected.setdefault(key, set()).add((sid, entry.path))
+                affected.setdefault(key, set()).add((sid, path))
     return affected
+
+
+class _Seen:
+    """Classifies the blobs a manifest needs, remembering list and tree blobs already looked at."""
+
+    def __init__(self, repo: Repository, classify: Classify) -> None:
+        self.repo = repo
+        self.classify = classify
+        self.by_list: dict[str, set[str]] = {}
+        self.by_tree: dict[bytes, list[tuple[str, set[str]]]] = {}
+
+    def problems(self, manifest: Manifest) -> Iterator[tuple[str, set[str]]]:
+        """(path, problem keys) for every entry of `manifest` that needs a damaged or missing blob."""
+        if not manifest.tree:
+            for entry in manifest.entries:
+                if keys := self.entry(entry):
+                    yield entry.path, keys
+            return
+        if keys := self.classify([bytes.fromhex(i) for i in manifest.tree]):
+            yield "(the snapshot's list of tree blobs)", keys
+        try:
+            trees = load_id_lists(self.repo, manifest.tree)
+        except CapsuleError:
+            return  # the list blob itself is classified above
+        for tree_id in trees:
+            if tree_id not in self.by_tree:
+                self.by_tree[tree_id] = self._tree(tree_id)
+            yield from self.by_tree[tree_id]
+
+    def _tree(self, tree_id: bytes) -> list[tuple[str, set[str]]]:
+        if keys := self.classify([tree_id]):
+            return [(f"(the entries in tree blob {tree_id.hex()[:12]})", keys)]
+        try:
+            entries = load_group(self.repo, tree_id)
+        except CapsuleError:
+            return []  # found when the packs are read
+        direct = [bytes.fromhex(b) for e in entries for b in e.blobs + e.blob_lists]
+        if not self.classify(direct) and not any(e.blob_lists for e in entries):
+            return []
+        return [(e.path, keys) for e in entries if (keys := self.entry(e))]
+
+    def entry(self, entry: Entry) -> set[str]:
+        keys = self.classify([bytes.fromhex(b) for b in entry.blobs + entry.blob_lists])
+        for list_id in entry.blob_lists:
+            if list_id not in self.by_list:
+                try:
+                    self.by_list[list_id] = self.classify(load_id_lists(self.repo, [list_id]))
+                except CapsuleError:
+                    self.by_list[list_id] = set()  # the list blob itself is classified above
+            keys |= self.by_list[list_id]
+        return keys
 
 
 def _check_structure(repo: Repository, report: VerifyReport) -> None:

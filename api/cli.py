@@ -142,22 +142,36 @@ def init(obj: Context, passphrase_file: Path | None, exist_ok: bool) -> None:
     run(go)
 
 
+def _backup_source(settings: Settings, kind: str) -> str:
+    from domain.backup_job import all_source  # noqa: PLC0415
+
+    database, uploads = str(settings.database.resolve()), str(settings.uploads.resolve())
+    return {"database": database, "files": uploads}.get(kind) or all_source(database, uploads)
+
+
 @cli.command()
-@click.option("--kind", type=click.Choice(["database"]), default="database", show_default=True)
+@click.option(
+    "--kind",
+    type=click.Choice(["database", "files", "all"]),
+    default="database",
+    show_default=True,
+    help="The database (CAPSULE_DATABASE), the product images (CAPSULE_UPLOADS), or both.",
+)
 @click.option("--full", is_flag=True, help="Re-read everything; reuse no blob whose pack is gone.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @pass_ctx
 def backup(obj: Context, kind: str, full: bool, as_json: bool) -> None:
-    """Back up the database into the repository."""
+    """Back up the database, the product images, or both into the repository."""
 
     def go() -> None:
+        from domain.backup_job import committed_snapshot_ids  # noqa: PLC0415
         from orchestrator.jobrunner import run_job  # noqa: PLC0415 - the job runner loads slowly
         from orchestrator.runtime import person  # noqa: PLC0415
 
         settings = obj.settings
         if settings.nice:
             os.nice(settings.nice)  # the shop's own programs keep the CPU they need
-        source = str(settings.database.resolve())
+        source = _backup_source(settings, kind)
         with progress_bar("Backing up", not as_json) as progress:
             loaded = run_job(
                 settings,
@@ -166,21 +180,41 @@ def backup(obj: Context, kind: str, full: bool, as_json: bool) -> None:
                 progress=progress,
             )
         job_id = loaded.state.job_id
-        committed = loaded.state.snapshot_id  # type: ignore[attr-defined]
-        sid, m = services.resolve_snapshot(services.open_repository(settings), str(committed))
-        if as_json:
+        repo = services.open_repository(settings)
+        results = []
+        for committed in committed_snapshot_ids(loaded.state):  # type: ignore[arg-type]
+            sid, m = services.resolve_snapshot(repo, committed)
             out = {"snapshot_id": sid, "job_id": job_id, **json.loads(m.model_dump_json())}
             out.pop("entries", None)
-            click.echo(json.dumps(out))
-            return
-        t = m.totals
-        click.echo(
-            f"Snapshot {sid[:12]} of {m.source}: {_human(t.bytes)} in "
-            f"{t.duration_seconds:.1f} s; {t.new_blobs} new of {t.blobs} chunks, "
-            f"repository grew by {_human(t.stored_bytes)} (job {job_id})."
-        )
+            out.pop("tree", None)
+            results.append(out)
+            if not as_json:
+                _print_snapshot(sid, m, job_id)
+        if as_json:
+            click.echo(
+                json.dumps(results[0] if len(results) == 1 else {"job_id": job_id, "snapshots": results})
+            )
 
     run(go)
+
+
+def _print_snapshot(sid: str, m: Any, job_id: str) -> None:
+    t = m.totals
+    reused = ""
+    if m.kind == "files":
+        reused = f"{t.files} files, {t.files - (t.read_files or 0)} unchanged and not read; "
+    click.echo(
+        f"Snapshot {sid[:12]} of {m.source}: {_human(t.bytes)} in {t.duration_seconds:.1f} s; {reused}"
+        f"{t.new_blobs} new of {t.blobs} chunks, repository grew by {_human(t.stored_bytes)} (job {job_id})."
+    )
+    if t.warnings:
+        click.echo(f"{t.warnings} item(s) not backed up as they are:", err=True)
+        for line in m.warnings[:20]:
+            click.echo(f"  {line}", err=True)
+        if t.warnings > 20:
+            click.echo(
+                f"  ... and {t.warnings - 20} more; the backup's log names every one", err=True
+            )
 
 
 @cli.command()
@@ -194,9 +228,10 @@ def snapshots(obj: Context, as_json: bool) -> None:
         if as_json:
             rows = []
             for sid, m in items:
-                row = json.loads(m.model_dump_json(exclude={"entries"}))
+                row = json.loads(m.model_dump_json(exclude={"entries", "tree"}))
                 row["id"] = sid
-                row["files"] = [e.path for e in m.entries]
+                if m.kind == "database":
+                    row["files"] = [e.path for e in m.entries]
                 rows.append(row)
             click.echo(json.dumps(rows))
             return
@@ -229,11 +264,24 @@ def snapshots(obj: Context, as_json: bool) -> None:
     is_flag=True,
     help="Restore into the live database (CAPSULE_DATABASE) after saving it aside.",
 )
+@click.option(
+    "--include",
+    "include",
+    multiple=True,
+    metavar="PATTERN",
+    help="Files snapshots: restore only paths matching this glob (repeatable), e.g. 'shoes/*.jpg'.",
+)
 @pass_ctx
 def restore(  # noqa: PLR0917 (click passes options by position)
-    obj: Context, snapshot: str, to: Path | None, force: bool, check_database: bool, in_place: bool
+    obj: Context,
+    snapshot: str,
+    to: Path | None,
+    force: bool,
+    check_database: bool,
+    in_place: bool,
+    include: tuple[str, ...],
 ) -> None:
-    """Restore SNAPSHOT (an id, a unique id prefix, or `latest`)."""
+    """Restore SNAPSHOT (an id, a unique id prefix, or `latest`; `latest-files` for images)."""
 
     def go() -> None:
         if in_place == (to is not None):
@@ -251,7 +299,12 @@ def restore(  # noqa: PLR0917 (click passes options by position)
                 settings,
                 "restore",
                 lambda rt: rt.request_restore(
-                    snapshot_id=sid, target=target, force=force, check=check_database, actor=person()
+                    snapshot_id=sid,
+                    target=target,
+                    force=force,
+                    check=check_database,
+                    include=include,
+                    actor=person(),
                 ),
                 progress=progress,
             )
@@ -260,9 +313,38 @@ def restore(  # noqa: PLR0917 (click passes options by position)
             click.echo(f"Restored snapshot {sid[:12]} into {result.get('database')}.")
             click.echo(f"The database as it was before is saved at {result.get('safety_copy')}.")
             return
+        if result.get("kind") == "files":
+            already = result.get("already_there") or 0
+            click.echo(
+                f"Restored {result.get('files')} files ({_human(result.get('bytes') or 0)}), "
+                f"{result.get('dirs')} folders and {result.get('symlinks')} links of snapshot {sid[:12]} "
+                f"into {result.get('target')}; every file's SHA-256 verified"
+                + (f"; {already} were already there and left as they were." if already else ".")
+            )
+            return
         for f in result.get("restored", []):
             click.echo(f"Restored {f['path']} ({_human(f['size'])}, SHA-256 {f['sha256'][:16]}… verified)")
         click.echo(f"Snapshot {sid[:12]} restored.")
+
+    run(go)
+
+
+@cli.command()
+@click.argument("snapshot")
+@click.argument("path")
+@pass_ctx
+def cat(obj: Context, snapshot: str, path: str) -> None:
+    """Write one file of SNAPSHOT to stdout, e.g. `capsule cat latest-files shoes/red.jpg > red.jpg`."""
+
+    def go() -> None:
+        from adapters.files_restore import cat_file  # noqa: PLC0415
+
+        repo = services.open_repository(obj.settings)
+        _, manifest = services.resolve_snapshot(repo, snapshot)
+        out = sys.stdout.buffer
+        if out.isatty():
+            raise CapsuleError("stdout is a terminal; send it to a file: capsule cat SNAPSHOT PATH > FILE")
+        cat_file(repo, manifest, path, out)
 
     run(go)
 

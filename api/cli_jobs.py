@@ -90,6 +90,8 @@ def jobs(obj: Context, limit: int, status: str | None, as_json: bool) -> None:
             detail = r.get("error") or r.get("snapshot_id") or r.get("queued_behind") or ""
             if r.get("queued_behind") and r.get("status") == "queued":
                 detail = f"waits for {r['queued_behind']}"
+            if r.get("warnings"):
+                detail = f"{r['warnings']} warning(s); {detail}"
             step = r.get("current_step") or "-"
             click.echo(
                 f"{r['job_id']:24}  {r['job_type']:7}  {r['status'] or '-':9}  {step:8}  "
@@ -150,7 +152,12 @@ def status(obj: Context, as_json: bool) -> None:
 def _summary(data: dict[str, Any]) -> str:
     keep = {k: v for k, v in data.items() if k not in {"job_id", "result"} and v not in (None, "", [], {})}
     text = ", ".join(f"{k}={v}" for k, v in keep.items())
-    return text if len(text) <= 100 else text[:99] + "…"
+    text = text if len(text) <= 100 else text[:99] + "…"
+    warnings = (data.get("result") or {}).get("warnings")
+    if isinstance(warnings, dict) and warnings.get("count"):
+        items = "; ".join(str(i) for i in warnings.get("items") or [])
+        text += f"\n{'':88}{warnings['count']} warning(s): {items}"
+    return text
 
 
 @cli.command()

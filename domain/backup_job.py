@@ -1,10 +1,12 @@
 """The backup job aggregate: one stream `backup-<job_id>`, decided and evolved here.
 
-A backup of the database runs two steps: `store` (snapshot, chunk, compress, seal, pack) and
-`commit` (write the manifest). The plan is data in BackupRequested, so later kinds and settings can
-add `upload:<destination>` and `retention` steps without touching how steps run. Only one backup
-of a source runs at a time: a request made while another is active is queued behind it until a
-ReleaseBackup lets it start.
+A backup of the database or of the product images folder runs two steps: `store` (read, chunk,
+compress, seal, pack) and `commit` (write the manifest); a backup of kind `all` runs both pairs,
+`store:database`, `commit:database`, `store:files`, `commit:files`. The plan is data in
+BackupRequested, so later kinds and settings can add `upload:<destination>` and `retention` steps
+without touching how steps run. Only one backup of a source runs at a time: a request made while
+another backup of one of its sources is active is queued behind it until a ReleaseBackup lets it
+start.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from domain.jobs import (
     require_job,
     update_job,
 )
+from domain.manifest import SnapshotKind
 
 STREAM_PREFIX = "backup-"
 
@@ -53,11 +56,41 @@ def upload_step(destination: str) -> str:
     return f"{UPLOAD_PREFIX}{destination}"
 
 
+SOURCE_SEPARATOR = "\n"
+"""Between the database and the folder in the `source` of a backup of kind `all`."""
+
+
 def plan_for(kind: BackupKind) -> tuple[str, ...]:
-    """The ordered steps a backup of `kind` runs."""
-    if kind == "database":
+    """The ordered steps a backup of `kind` runs.
+
+    A backup of kind `all` stores and commits the database first, then the files: one snapshot per
+    source, and the database's is safe in the repository even if the files fail.
+    """
+    if kind in ("database", "files"):
         return (STORE, COMMIT)
-    raise InvalidCommand(f"backups of kind {kind!r} are not supported yet; ask for a database backup")
+    return (f"{STORE}:database", f"{COMMIT}:database", f"{STORE}:files", f"{COMMIT}:files")
+
+
+def sources_of(source: str) -> tuple[str, ...]:
+    """Every source a backup's `source` names: one, or the database and the folder of kind `all`."""
+    return tuple(source.split(SOURCE_SEPARATOR))
+
+
+def all_source(database: str, folder: str) -> str:
+    """The `source` of a backup of kind `all`."""
+    return f"{database}{SOURCE_SEPARATOR}{folder}"
+
+
+def step_target(kind: BackupKind, source: str, step: str) -> tuple[SnapshotKind, str]:
+    """(snapshot kind, source path) that `step` of a backup of `kind` works on."""
+    if kind != "all":
+        return kind, source
+    database, folder = sources_of(source)
+    return ("files", folder) if step.endswith(":files") else ("database", database)
+
+
+def is_commit(step: str) -> bool:
+    return step == COMMIT or step.startswith(f"{COMMIT}:")
 
 
 class BackupJob(JobState):
@@ -78,13 +111,21 @@ def initial_state() -> BackupJob:
     return BackupJob()
 
 
+def committed_snapshot_ids(state: BackupJob) -> list[str]:
+    """The snapshots the commit steps wrote so far, in plan order; later steps (uploads) work on them."""
+    found = []
+    for step in state.steps:
+        if is_commit(step.name) and step.result is not None:
+            snapshot_id = step.result.get("snapshot_id")
+            if isinstance(snapshot_id, str):
+                found.append(snapshot_id)
+    return found
+
+
 def committed_snapshot_id(state: BackupJob) -> str | None:
-    """The snapshot the commit step wrote, once it has; later steps (uploads) work on it."""
-    commit = state.find_step(COMMIT)
-    if commit is None or commit.result is None:
-        return None
-    snapshot_id = commit.result.get("snapshot_id")
-    return snapshot_id if isinstance(snapshot_id, str) else None
+    """The first snapshot the job committed (the database's, for a backup of kind `all`)."""
+    found = committed_snapshot_ids(state)
+    return found[0] if found else None
 
 
 def _completed(state: BackupJob) -> Event:
@@ -111,7 +152,7 @@ def decide(state: BackupJob, command: BackupCommand) -> list[Event]:
             if state.status != "queued":
                 return []
             return [BackupReleased(job_id=state.job_id)]
-        case CompleteStep() if command.step == COMMIT:
+        case CompleteStep() if is_commit(command.step):
             snapshot_id = command.result.get("snapshot_id")
             if not isinstance(snapshot_id, str) or not snapshot_id:
                 raise InvalidCommand("the commit step's result must give the `snapshot_id` it committed")
@@ -130,6 +171,9 @@ def _request(state: BackupJob, c: RequestBackup) -> list[Event]:
                 f"backup job {c.job_id!r} was already requested with other settings; use a new job id"
             )
         return []
+    problem = _source_problem(c.kind, c.source)
+    if problem:
+        raise InvalidCommand(problem)
     if c.active_job_id == c.job_id:
         raise InvalidCommand(f"backup job {c.job_id!r} cannot be queued behind itself")
     requested = BackupRequested(
@@ -138,6 +182,15 @@ def _request(state: BackupJob, c: RequestBackup) -> list[Event]:
     if c.active_job_id is None:
         return [requested]
     return [requested, BackupQueued(job_id=c.job_id, behind_job_id=c.active_job_id)]
+
+
+def _source_problem(kind: BackupKind, source: str) -> str | None:
+    count = len(sources_of(source))
+    if kind == "all" and count != 2:
+        return "a backup of kind `all` needs the database and the folder as its two sources"
+    if kind != "all" and count != 1:
+        return f"the source of a {kind} backup is one path, without line breaks"
+    return None
 
 
 def evolve(state: BackupJob, event: Event) -> BackupJob:

@@ -73,6 +73,7 @@ class RequestRestore(Command):
     target: str = Field(min_length=1)
     force: bool = False
     check: bool = False
+    include: tuple[str, ...] = ()
 
 
 class StartStep(Command):

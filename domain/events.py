@@ -110,11 +110,14 @@ class RestoreRequested(Event):
     """A restore job was requested, with the ordered steps it will run."""
 
     type_name: ClassVar[str] = "RestoreRequested"
+    schema_version: ClassVar[int] = 2
 
     snapshot_id: str
     target: str
     force: bool
     check: bool
+    include: tuple[str, ...] = ()
+    """Glob patterns: only the paths they match are restored (version 2; empty means everything)."""
     plan: tuple[str, ...]
 
 

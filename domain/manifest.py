@@ -10,13 +10,17 @@ from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from domain.errors import UnsafePath
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+READABLE_MANIFEST_VERSIONS = (1, 2)
+"""Version 2 added files snapshots (entry types, `tree`, `warnings`); a version 1 manifest reads as is."""
 
 SnapshotKind = Literal["database", "files"]
+EntryType = Literal["file", "dir", "symlink"]
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
 
 class SqliteInfo(BaseModel):
@@ -31,21 +35,24 @@ class SqliteInfo(BaseModel):
 
 
 class Entry(BaseModel):
-    """One file in a snapshot: its metadata, its SHA-256 and the blobs that hold its bytes in order.
+    """One item of a snapshot: a file, a folder or a symbolic link, with its metadata.
 
-    `blobs` lists data blob ids directly; a large file lists `blob_lists` instead, ids of list blobs
-    whose plaintext is the concatenation of 32-byte data blob ids.
+    A file has its SHA-256 and the blobs that hold its bytes in order: `blobs` lists data blob ids
+    directly; a large file lists `blob_lists` instead, ids of list blobs whose plaintext is the
+    concatenation of 32-byte data blob ids. A symbolic link has its `target`, stored as it is and
+    never followed. A folder has neither.
     """
 
     model_config = ConfigDict(frozen=True)
 
     path: str
-    type: Literal["file"] = "file"
-    size: int = Field(ge=0)
+    type: EntryType = "file"
+    size: int = Field(0, ge=0)
     mode: int
     mtime_ns: int
     inode: int | None = None
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: str | None = Field(None, pattern=SHA256_PATTERN)
+    target: str | None = None
     blobs: list[str] = Field(default_factory=list)
     blob_lists: list[str] = Field(default_factory=list)
     sqlite: SqliteInfo | None = None
@@ -55,6 +62,23 @@ class Entry(BaseModel):
     def _path_is_relative_and_inside(cls, value: str) -> str:
         check_relative_path(value)
         return value
+
+    @model_validator(mode="after")
+    def _fields_fit_type(self) -> Entry:
+        has_content = bool(self.blobs or self.blob_lists)
+        if self.type == "file":
+            if self.sha256 is None:
+                raise ValueError(f"the file {self.path!r} has no SHA-256")
+            if self.target is not None:
+                raise ValueError(f"the file {self.path!r} has a link target")
+        elif self.type == "symlink":
+            if not self.target or "\x00" in self.target:
+                raise ValueError(f"the symbolic link {self.path!r} has no valid target")
+            if has_content or self.size != len(self.target.encode()):
+                raise ValueError(f"the symbolic link {self.path!r} has content")
+        elif has_content or self.target is not None or self.size:
+            raise ValueError(f"the folder {self.path!r} has content")
+        return self
 
 
 class Totals(BaseModel):
@@ -69,6 +93,8 @@ class Totals(BaseModel):
     new_bytes: int = Field(description="plaintext bytes of blobs this backup stored")
     stored_bytes: int = Field(description="bytes this backup added to the repository")
     changed_chunks: int | None = None
+    read_files: int | None = Field(None, description="files whose bytes were read (the rest were reused)")
+    warnings: int = Field(0, description="items skipped or kept from the parent snapshot, with a reason")
     duration_seconds: float
 
 
@@ -86,7 +112,15 @@ class Manifest(BaseModel):
     parent: str | None = None
     tags: list[str] = Field(default_factory=list)
     job_id: str | None = Field(None, description="the backup job that wrote it, if one did")
-    entries: list[Entry]
+    entries: list[Entry] = Field(default_factory=list)
+    tree: list[str] = Field(
+        default_factory=list,
+        description="files snapshots: ids of list blobs naming, in order, the tree blobs that hold "
+        "the entries (read them with `iter_entries`)",
+    )
+    warnings: list[str] = Field(
+        default_factory=list, description="`path: reason` for what was skipped or kept (the first ones)"
+    )
     totals: Totals
 
 

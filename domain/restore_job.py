@@ -50,6 +50,7 @@ class RestoreJob(JobState):
     target: str = ""
     force: bool = False
     check: bool = False
+    include: tuple[str, ...] = ()
     result: JsonObject | None = None
 
     @property
@@ -92,16 +93,19 @@ def decide(state: RestoreJob, command: RestoreCommand) -> list[Event]:
 
 
 def _request(state: RestoreJob, c: RequestRestore) -> list[Event]:
+    if c.include and c.target == IN_PLACE:
+        raise InvalidCommand("--include picks files to restore into a folder; the live database is whole")
     # The live database is about to be replaced: SQLite's own check always runs for an in-place restore.
     check = c.check or c.target == IN_PLACE
     if state.status is not None:
         if c.job_id != state.job_id:
             raise InvalidCommand(f"a request for job {c.job_id!r} was sent to restore job {state.job_id!r}")
-        if (state.snapshot_id, state.target, state.force, state.check) != (
+        if (state.snapshot_id, state.target, state.force, state.check, state.include) != (
             c.snapshot_id,
             c.target,
             c.force,
             check,
+            c.include,
         ):
             raise InvalidCommand(
                 f"restore job {c.job_id!r} was already requested with other settings; use a new job id"
@@ -114,6 +118,7 @@ def _request(state: RestoreJob, c: RequestRestore) -> list[Event]:
             target=c.target,
             force=c.force,
             check=check,
+            include=c.include,
             plan=plan_for(c.target),
         )
     ]
@@ -133,6 +138,7 @@ def evolve(state: RestoreJob, event: Event) -> RestoreJob:
                 target=event.target,
                 force=event.force,
                 check=event.check,
+                include=event.include,
             )
         case RestoreCompleted():
             return update_job(state, event, status="completed", result=event.result)

@@ -259,6 +259,7 @@ class Dispatcher:
                 settings=rt.settings,
                 job_id=job_id,
                 attempt=attempt,
+                step=step,
                 request=request_of(loaded),
                 results={s.name: dict(s.result) for s in loaded.state.steps if s.result is not None},
                 now=rt.clock(),
@@ -360,6 +361,7 @@ def request_of(loaded: Loaded) -> dict[str, Any]:
         "target": state.target,
         "force": state.force,
         "check": state.check,
+        "include": list(state.include),
     }
 
 

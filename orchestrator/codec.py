@@ -8,7 +8,7 @@ older Capsules keep loading without ever being rewritten.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from domain import backup_job, restore_job
 from domain.events import Event, event_payload, event_type, load_event
@@ -33,10 +33,17 @@ def decode(stored: StoredEvent) -> Event:
 def upcasters() -> Upcasters:
     """A new registry of every upcaster the log's older rows need, for `EventStore(upcasters=...)`.
 
-    Register one per schema change, in version order, e.g.
-    `registry.register("StepFailed", 1, _step_failed_v1_to_v2)` once StepFailed reaches version 2.
+    Register one per schema change, in version order: `registry.register(type, n, upcaster)`
+    brings payloads of `type` from version n to n + 1.
     """
-    return Upcasters()
+    registry = Upcasters()
+    registry.register("RestoreRequested", 1, _restore_requested_v1_to_v2)
+    return registry
+
+
+def _restore_requested_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    # Version 2 added `include`; every restore before it took the whole snapshot.
+    return {**data, "include": []}
 
 
 def stream_id(job_type: JobType, job_id: str) -> str:

@@ -25,6 +25,7 @@ import structlog
 from sqlalchemy import text
 
 from domain import backup_job, restore_job
+from domain.backup_job import sources_of
 from domain.commands import Command, ReleaseBackup, RequestBackup, RequestRestore, RetryPolicy
 from domain.errors import CapsuleError
 from domain.events import Event
@@ -184,11 +185,24 @@ class Runtime:
         return job_id
 
     def request_restore(
-        self, *, snapshot_id: str, target: str, force: bool = False, check: bool = False, actor: str
+        self,
+        *,
+        snapshot_id: str,
+        target: str,
+        force: bool = False,
+        check: bool = False,
+        include: tuple[str, ...] = (),
+        actor: str,
     ) -> str:
         job_id = new_job_id()
         command = RequestRestore(
-            job_id=job_id, now=self.clock(), snapshot_id=snapshot_id, target=target, force=force, check=check
+            job_id=job_id,
+            now=self.clock(),
+            snapshot_id=snapshot_id,
+            target=target,
+            force=force,
+            check=check,
+            include=include,
         )
         self.execute("restore", job_id, lambda _: command, actor=actor)
         log.info("restore requested", job=job_id, snapshot=snapshot_id, target=target)
@@ -200,14 +214,15 @@ class Runtime:
         One at a time: the released job runs, and the next one is released when it finishes.
         """
         # Reads go through the engine itself: on SQLite a plain connection would take the write lock.
-        if projections.active_backup_for_source(self.engine, source) is not None:
-            return None
+        mine = set(sources_of(source))
         queued = [
             str(row["job_id"])
             for row in reversed(
                 projections.list_jobs(self.engine, limit=10_000, status="queued", job_type="backup")
             )
-            if row["source"] == source
+            if mine.intersection(sources_of(row["source"]))
+            # A backup of kind `all` waits until none of its sources is being backed up.
+            and projections.active_backup_for_source(self.engine, row["source"]) is None
         ]
         for job_id in queued:
             _, new = self.execute(

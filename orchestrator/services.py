@@ -82,12 +82,17 @@ def list_snapshots(settings: Settings) -> list[tuple[str, Manifest]]:
 
 
 def resolve_snapshot(repo: Repository, ref: str) -> tuple[str, Manifest]:
-    """`latest`, a full id or a unique prefix of one."""
+    """`latest`, `latest-database`, `latest-files`, a full id or a unique prefix of one."""
     names = list(repo.backend.list("snapshots"))
-    if ref == "latest":
-        if not names:
-            raise SnapshotNotFound("the repository has no snapshots yet; run `capsule backup`")
-        return max(((n, repo.load_snapshot(n)) for n in names), key=lambda s: (s[1].time, s[0]))
+    if ref in ("latest", "latest-database", "latest-files"):
+        kind = ref.partition("-")[2] or None
+        loaded = ((n, repo.load_snapshot(n)) for n in names)
+        found = [(n, m) for n, m in loaded if kind is None or m.kind == kind]
+        if not found:
+            what = f"{kind} snapshots" if kind else "snapshots"
+            hint = f" --kind {kind}" if kind else ""
+            raise SnapshotNotFound(f"the repository has no {what} yet; run `capsule backup{hint}`")
+        return max(found, key=lambda s: (s[1].time, s[0]))
     matches = [n for n in names if n.startswith(ref.lower())]
     if not matches or len(ref) < 4:
         raise SnapshotNotFound(

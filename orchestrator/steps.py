@@ -20,12 +20,17 @@ from typing import Any
 import structlog
 
 from adapters.database_backup import StoredDatabase, commit_database, store_database
+from adapters.files_backup import StoredFiles, commit_files, store_files
+from adapters.files_restore import remove_partial_writes, restore_files
 from adapters.pagestore import sha256_file
 from adapters.repository.lock import locked
+from adapters.repository.repo import Repository
 from adapters.restore import restore_snapshot, safe_target, write_entry
 from adapters.sourcelock import source_lock
 from adapters.sqlite_snapshot import check_database, copy_database, copy_into_live, remove_database_files
+from domain.backup_job import COMMIT, STORE, step_target
 from domain.errors import CapsuleError
+from domain.manifest import Manifest, SnapshotKind
 from orchestrator import faults
 from orchestrator.services import open_repository, resolve_snapshot
 from orchestrator.settings import Settings
@@ -45,6 +50,7 @@ class StepContext:
 
     settings: Settings
     job_id: str
+    step: str
     attempt: int
     request: dict[str, Any]
     results: dict[str, dict[str, Any]]
@@ -56,34 +62,54 @@ class StepContext:
 
 StepFunction = Callable[[StepContext], dict[str, Any]]
 
+SNAPSHOT_KINDS: tuple[SnapshotKind, ...] = ("database", "files")
+EVENT_WARNINGS = 50
+
 
 # ---- backup -------------------------------------------------------------------------------
 
 
+def _target(ctx: StepContext) -> tuple[SnapshotKind, Path]:
+    kind, source = step_target(ctx.request["kind"], ctx.request["source"], ctx.step)
+    return kind, Path(source)
+
+
+def _store_step(ctx: StepContext) -> str:
+    """The store step whose result a commit step writes: `store` for `commit`, `store:x` for `commit:x`."""
+    return STORE + ctx.step[len(COMMIT) :]
+
+
 def backup_store(ctx: StepContext) -> dict[str, Any]:
     settings = ctx.settings
-    source = Path(ctx.request["source"])
+    kind, source = _target(ctx)
     if ctx.resume_from is not None:
         # The packs an earlier attempt stored are adopted below: only hashing is done again.
         log.info("resuming after an interrupted attempt", done_before=ctx.resume_from.get("done"))
     repo = open_repository(settings)
     holder = f"backup job {ctx.job_id}"
+    full = bool(ctx.request.get("full"))
+
+    def progress(done: int, total: int) -> None:
+        ctx.progress(done, total)
+        if done * 2 >= total:
+            faults.point("store:halfway")
+
+    if kind == "files":
+        with locked(repo.backend, "backup", timeout=settings.lock_wait_seconds):
+            faults.point("store:locked")
+            files = store_files(repo, source, full=full, progress=progress, now=ctx.now)
+        faults.point("store:stored")
+        return {"files": files.model_dump(mode="json"), "warnings": _warnings(files)}
     with (
         source_lock(settings.home, source, holder, settings.lock_wait_seconds),
         locked(repo.backend, "backup", timeout=settings.lock_wait_seconds),
     ):
         faults.point("store:locked")
-
-        def progress(done: int, total: int) -> None:
-            ctx.progress(done, total)
-            if done * 2 >= total:
-                faults.point("store:halfway")
-
         stored = store_database(
             repo,
             source,
             settings.staging,
-            full=bool(ctx.request.get("full")),
+            full=full,
             progress=progress,
             workers=settings.workers,
             copy_in_memory=settings.copy_in_memory,
@@ -92,21 +118,32 @@ def backup_store(ctx: StepContext) -> dict[str, Any]:
     return {"stored": stored.model_dump(mode="json")}
 
 
+def _warnings(files: StoredFiles) -> dict[str, Any]:
+    # The step's result is an event: keep it small. The snapshot's manifest keeps more of them.
+    return {"count": files.warning_count, "items": files.warnings[:EVENT_WARNINGS]}
+
+
 def backup_commit(ctx: StepContext) -> dict[str, Any]:
     settings = ctx.settings
-    stored = StoredDatabase.model_validate(ctx.results["store"]["stored"])
+    stored_result = ctx.results[_store_step(ctx)]
+    full = bool(ctx.request.get("full"))
+    tags = list(ctx.request.get("tags") or [])
     repo = open_repository(settings)
     with locked(repo.backend, "backup", timeout=settings.lock_wait_seconds):
-        result = commit_database(
-            repo,
-            stored,
-            full=bool(ctx.request.get("full")),
-            now=ctx.now,
-            tags=list(ctx.request.get("tags") or []),
-            job_id=ctx.job_id,
-        )
+        if "files" in stored_result:
+            files = StoredFiles.model_validate(stored_result["files"])
+            result = commit_files(repo, files, full=full, tags=tags, job_id=ctx.job_id)
+        else:
+            stored = StoredDatabase.model_validate(stored_result["stored"])
+            result = commit_database(repo, stored, full=full, now=ctx.now, tags=tags, job_id=ctx.job_id)
     faults.point("commit:written")
-    return {"snapshot_id": result.snapshot_id, "totals": result.manifest.totals.model_dump(mode="json")}
+    manifest = result.manifest
+    return {
+        "snapshot_id": result.snapshot_id,
+        "kind": manifest.kind,
+        "source": manifest.source,
+        "totals": manifest.totals.model_dump(mode="json"),
+    }
 
 
 # ---- restore into a folder ----------------------------------------------------------------
@@ -119,6 +156,13 @@ def restore_to_folder(ctx: StepContext) -> dict[str, Any]:
     with locked(repo.backend, "restore", timeout=settings.lock_wait_seconds):
         sid, manifest = resolve_snapshot(repo, ctx.request["snapshot_id"])
         force = bool(ctx.request.get("force"))
+        include = list(ctx.request.get("include") or [])
+        if manifest.kind == "files":
+            return _restore_files(ctx, repo, sid, manifest, to, include=include, force=force)
+        if include:
+            raise StepRefused(
+                f"snapshot {sid[:12]} holds a database: --include picks files of a files snapshot"
+            )
         found = _found_before(to, manifest.entries) if ctx.attempt > 1 else []
         if found and not force and all(f is True for f in found):
             # An earlier attempt put every file in place and died before saying so.
@@ -151,6 +195,33 @@ def restore_to_folder(ctx: StepContext) -> dict[str, Any]:
         "files": len(restored),
         "bytes": sum(r.size for r in restored),
         "restored": [{"path": str(r.path), "size": r.size, "sha256": r.sha256} for r in restored],
+    }
+
+
+def _restore_files(
+    ctx: StepContext,
+    repo: Repository,
+    sid: str,
+    manifest: Manifest,
+    to: Path,
+    *,
+    include: list[str],
+    force: bool,
+) -> dict[str, Any]:
+    if ctx.attempt > 1:
+        # Files an earlier attempt put in place are found equal to the snapshot and left alone.
+        remove_partial_writes(to)
+    done = restore_files(repo, manifest, to, include=include, force=force, progress=ctx.progress)
+    faults.point("restore:written")
+    return {
+        "snapshot_id": sid,
+        "kind": "files",
+        "target": str(to),
+        "files": done.files,
+        "dirs": done.dirs,
+        "symlinks": done.symlinks,
+        "bytes": done.bytes,
+        "already_there": done.already_there,
     }
 
 
@@ -252,8 +323,8 @@ def clean_up(settings: Settings, job_id: str) -> None:
 
 
 STEPS: dict[tuple[str, str], StepFunction] = {
-    ("backup", "store"): backup_store,
-    ("backup", "commit"): backup_commit,
+    **{("backup", step): backup_store for step in (STORE, *(f"{STORE}:{k}" for k in SNAPSHOT_KINDS))},
+    **{("backup", step): backup_commit for step in (COMMIT, *(f"{COMMIT}:{k}" for k in SNAPSHOT_KINDS))},
     ("restore", "restore"): restore_to_folder,
     ("restore", "stage"): restore_stage,
     ("restore", "apply"): restore_apply,

@@ -53,7 +53,7 @@ from adapters.repository.keys import (
 from adapters.repository.pack import (
     PackBuilder,
 )
-from domain.manifest import MANIFEST_VERSION, Manifest
+from domain.manifest import MANIFEST_VERSION, READABLE_MANIFEST_VERSIONS, Manifest
 
 log = structlog.get_logger(__name__)
 
@@ -392,10 +392,10 @@ class Repository:
             version = json.loads(raw).get("version")
         except (ValueError, AttributeError) as e:
             raise IntegrityError(f"snapshot {name[:12]} is not a valid manifest") from e
-        if version != MANIFEST_VERSION:
+        if version not in READABLE_MANIFEST_VERSIONS:
             raise UnsupportedVersion(
                 f"snapshot {name[:12]} uses manifest version {version!r}; this Capsule reads version "
-                f"{MANIFEST_VERSION}: upgrade Capsule to read it"
+                f"{MANIFEST_VERSION} and older: upgrade Capsule to read it"
             )
         try:
             return Manifest.model_validate_json(raw)

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Select, select
 
+from domain.backup_job import sources_of
 from domain.jobs import FINISHED
 from orchestrator.codec import JobType
 from orchestrator.db import database_errors, for_reading
@@ -56,19 +57,18 @@ def unfinished_jobs(db: Database) -> list[tuple[str, JobType]]:
 
 
 def active_backup_for_source(db: Database, source: str) -> str | None:
-    """The backup of `source` a new request must queue behind: the latest unfinished one not queued itself."""
+    """The backup a new request for `source` must queue behind: the latest unfinished one, not queued
+    itself, that backs up any of the same sources (a backup of kind `all` has two)."""
+    wanted = set(sources_of(source))
     query = (
-        select(jobs.c.job_id)
-        .where(
-            jobs.c.job_type == "backup",
-            jobs.c.source == source,
-            jobs.c.status.not_in([*_FINISHED, "queued"]),
-        )
+        select(jobs.c.job_id, jobs.c.source)
+        .where(jobs.c.job_type == "backup", jobs.c.status.not_in([*_FINISHED, "queued"]))
         .order_by(jobs.c.requested_at.desc(), jobs.c.job_id.desc())
-        .limit(1)
     )
-    rows = _rows(db, query)
-    return rows[0]["job_id"] if rows else None
+    for row in _rows(db, query):
+        if wanted.intersection(sources_of(row["source"])):
+            return str(row["job_id"])
+    return None
 
 
 def jobs_queued_behind(db: Database, job_id: str) -> list[str]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from domain.backup_job import COMMIT, BackupJob, committed_snapshot_id
+from domain.backup_job import BackupJob, committed_snapshot_id, is_commit
 from domain.events import Event, JsonObject, StepCompleted, StepStarted
 from domain.jobs import JobState, current_step, is_finished
 from domain.restore_job import RestoreJob
@@ -71,6 +71,7 @@ def fold_job(row: Row | None, event: Event, meta: EventMeta, state: JobState) ->
         "started_at": _first_time(row, "started_at", meta, isinstance(event, StepStarted)),
         "finished_at": _first_time(row, "finished_at", meta, is_finished(state)),
         "error": state.failure,
+        "warnings": _warning_count(state),
         "actor": first["actor"],
         "correlation_id": first["correlation_id"],
         "last_position": meta.position,
@@ -99,7 +100,7 @@ def fold_restore_job(row: Row | None, event: Event, meta: EventMeta, state: Rest
 
 def snapshot_key(event: Event) -> str | None:
     """The snapshot whose `snapshots` row `event` writes: only a backup's commit step writes one."""
-    if isinstance(event, StepCompleted) and event.step == COMMIT:
+    if isinstance(event, StepCompleted) and is_commit(event.step):
         snapshot_id = event.result.get("snapshot_id")
         return snapshot_id if isinstance(snapshot_id, str) and snapshot_id else None
     return None
@@ -122,15 +123,28 @@ def fold_snapshot(row: Row | None, event: Event, meta: EventMeta, state: BackupJ
 def _snapshot_row(snapshot_id: str, result: JsonObject, time: datetime, state: BackupJob) -> Row:
     raw = result.get("totals")
     totals = raw if isinstance(raw, dict) else {}
+    # A backup of kind `all` commits two snapshots; each commit's result names its own kind and source.
+    kind, source = result.get("kind"), result.get("source")
     return {
         "snapshot_id": snapshot_id,
         "job_id": state.job_id,
-        "kind": state.kind,
-        "source": state.source,
+        "kind": kind if isinstance(kind, str) else state.kind,
+        "source": source if isinstance(source, str) else state.source,
         "time": time,
         **{name: _count(totals.get(name)) for name in TOTALS},
         "duration_seconds": _seconds(totals.get("duration_seconds")),
     }
+
+
+def _warning_count(state: JobState) -> int | None:
+    """How many items the job's steps skipped or kept from before, with a reason (None: no step says)."""
+    counts = [
+        _count(warnings.get("count"))
+        for step in state.steps
+        if isinstance(warnings := (step.result or {}).get("warnings"), dict)
+    ]
+    known = [c for c in counts if c is not None]
+    return sum(known) if known else None
 
 
 def _first(row: Row | None, meta: EventMeta) -> Row:

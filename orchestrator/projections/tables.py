@@ -21,7 +21,9 @@ from sqlalchemy import (
     Integer,
     Table,
     Text,
+    delete,
     insert,
+    inspect,
     select,
     text,
 )
@@ -51,6 +53,7 @@ jobs = Table(
     Column("started_at", UTCDateTime()),
     Column("finished_at", UTCDateTime()),
     Column("error", Text),
+    Column("warnings", BigInteger),
     Column("actor", Text, nullable=False),
     Column("correlation_id", Text, nullable=False),
     Column("last_position", BigInteger, nullable=False),
@@ -119,11 +122,35 @@ def create_projection_schema(engine: Engine) -> None:
     with database_errors(engine), engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        _drop_outdated(conn)
         metadata_obj.create_all(conn, tables=[*PROJECTIONS, projection_checkpoints])
         present = set(conn.execute(select(projection_checkpoints.c.name)).scalars())
         missing = [{"name": t.name, "position": 0} for t in PROJECTIONS if t.name not in present]
         if missing:
             conn.execute(insert(projection_checkpoints), missing)
+
+
+def _drop_outdated(conn: Connection) -> None:
+    """Drop the read models if an older Capsule made them with other columns: they are rebuilt.
+
+    All of them go, with their checkpoints, so they stay in step: the next append (or `capsule
+    replay`) fills them again from the log.
+    """
+    inspector = inspect(conn)
+    present = set(inspector.get_table_names())
+    outdated = [
+        table
+        for table in PROJECTIONS
+        if table.name in present
+        and {c["name"] for c in inspector.get_columns(table.name)} != {c.name for c in table.columns}
+    ]
+    if not outdated:
+        return
+    for table in PROJECTIONS:
+        if table.name in present:
+            table.drop(conn)
+    if projection_checkpoints.name in present:
+        conn.execute(delete(projection_checkpoints))
 
 
 def checkpoint(conn: Connection) -> int:

@@ -29,7 +29,7 @@ def check_manifest_fields(doc: dict[str, object], shop: Shop) -> None:
     assert doc["source"] == str(shop.database.resolve())
     assert isinstance(doc["hostname"], str) and doc["hostname"]
     assert datetime.fromisoformat(str(doc["time"])).tzinfo is not None
-    assert doc["version"] == 1
+    assert doc["version"] == 2
     assert "entries" not in doc
     totals = doc["totals"]
     assert isinstance(totals, dict) and set(totals) >= TOTALS

@@ -349,7 +349,7 @@ def test_independent_reader_restores_the_newest_snapshot(
 
     snapshot_id, manifest = reader.newest_snapshot()
     assert snapshot_id == last["snapshot_id"]
-    assert manifest["version"] == 1 and manifest["kind"] == "database"
+    assert manifest["version"] == 2 and manifest["kind"] == "database"
     (entry,) = manifest["entries"]  # type: ignore[misc]
     sqlite_info = entry["sqlite"]
     assert sqlite_info["page_size"] == page_size

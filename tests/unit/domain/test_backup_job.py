@@ -5,7 +5,18 @@ from __future__ import annotations
 import pytest
 
 from domain import backup_job
-from domain.backup_job import COMMIT, STORE, committed_snapshot_id, plan_for, stream_id, upload_step
+from domain.backup_job import (
+    COMMIT,
+    STORE,
+    all_source,
+    committed_snapshot_id,
+    committed_snapshot_ids,
+    plan_for,
+    sources_of,
+    step_target,
+    stream_id,
+    upload_step,
+)
 from domain.commands import RequestBackup, StartStep
 from domain.errors import CapsuleError, InvalidCommand
 from domain.events import (
@@ -75,10 +86,66 @@ def test_request_keeps_kind_source_full_and_tags():
     )
 
 
-@pytest.mark.parametrize("kind", ["files", "all"])
-def test_kinds_not_built_yet_are_refused(kind):
-    command = RequestBackup(job_id=JOB, now=at(0), kind=kind, source="data/uploads/products")
-    given().when(command).refused(f"kind '{kind}' are not supported yet")
+def test_a_files_backup_stores_then_commits_the_folder():
+    command = RequestBackup(job_id=JOB, now=at(0), kind="files", source="data/uploads/products")
+    given().when(command).then(
+        BackupRequested(
+            job_id=JOB,
+            kind="files",
+            source="data/uploads/products",
+            full=False,
+            tags=(),
+            plan=(STORE, COMMIT),
+        )
+    )
+
+
+def test_a_backup_of_everything_commits_the_database_before_it_reads_the_images():
+    source = all_source("data/pos.db", "data/uploads/products")
+    command = RequestBackup(job_id=JOB, now=at(0), kind="all", source=source)
+    plan = ("store:database", "commit:database", "store:files", "commit:files")
+    given().when(command).then(
+        BackupRequested(job_id=JOB, kind="all", source=source, full=False, tags=(), plan=plan)
+    )
+    assert [step_target("all", source, step) for step in plan] == [
+        ("database", "data/pos.db"),
+        ("database", "data/pos.db"),
+        ("files", "data/uploads/products"),
+        ("files", "data/uploads/products"),
+    ]
+    assert sources_of(source) == ("data/pos.db", "data/uploads/products")
+
+
+@pytest.mark.parametrize(
+    ("kind", "source"),
+    [("all", "data/pos.db"), ("files", "data/uploads\nproducts"), ("database", "a.db\nb.db")],
+)
+def test_a_request_whose_sources_do_not_fit_its_kind_is_refused(kind, source):
+    given().when(RequestBackup(job_id=JOB, now=at(0), kind=kind, source=source)).refused("source")
+
+
+def test_every_commit_of_a_backup_of_everything_names_its_snapshot():
+    source = all_source("data/pos.db", "data/uploads/products")
+    requested = BackupRequested(
+        job_id=JOB,
+        kind="all",
+        source=source,
+        full=False,
+        tags=(),
+        plan=("store:database", "commit:database", "store:files", "commit:files"),
+    )
+    history = [requested]
+    for step, snapshot in [
+        ("store:database", None),
+        ("commit:database", "snap-db"),
+        ("store:files", None),
+        ("commit:files", "snap-files"),
+    ]:
+        result = {"snapshot_id": snapshot} if snapshot else {"files": 1}
+        history += [started(step), completed(step, **result)]
+    state = given(*history).state
+    assert committed_snapshot_ids(state) == ["snap-db", "snap-files"]
+    given(*history[:-1]).when(complete("commit:files", files=1)).refused("snapshot_id")
 
 
 def test_repeated_request_records_nothing():

@@ -1,0 +1,600 @@
+"""Files backup: walk the uploads folder, reuse what did not change, store the rest, commit a manifest.
+
+A file whose size, mtime_ns and inode match its entry in the parent snapshot is reused without
+being read (unless the backup is full). Others are read once: hashed whole with SHA-256, cut into
+content-defined chunks (FastCDC) so that an insertion re-stores only the chunks around it, and
+each new chunk is sealed; bytes that are already compressed (JPEG, PNG, WebP, ZIP...) are not
+compressed again. Folders are opened without following links, one file descriptor each, and files
+through their folder's descriptor, so a link swapped in while the walk runs cannot lead it out of
+the root. A file that cannot be read, vanishes or changes while it is read is never fatal: the
+backup carries on and lists it in its warnings.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import socket
+import stat
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyfastcdc
+import structlog
+from pydantic import BaseModel, ConfigDict
+
+from adapters.chunks import entry_blob_fields, workers
+from adapters.database_backup import BackupResult, find_committed, full_check, latest_snapshot
+from adapters.errors import SourceError
+from adapters.files_tree import TreeWriter, iter_entries, path_key
+from adapters.repository.crypto import ID_SIZE
+from adapters.repository.pack import BLOB_DATA
+from adapters.repository.rebuild import adopt_unindexed_packs
+from adapters.repository.repo import PreparedBlob, Repository
+from domain.manifest import Entry, Manifest, Totals
+
+log = structlog.get_logger(__name__)
+
+KiB = 1024
+MiB = 1024 * KiB
+# FastCDC: no chunk under CDC_MIN (smaller files are one chunk), about 768 KiB on average.
+CDC_MIN = 256 * KiB
+CDC_AVG = 512 * KiB
+CDC_MAX = 4 * MiB
+WHOLE_READ = 8 * MiB  # files up to this size are read in one go on a reading thread
+IN_FLIGHT_BYTES = 64 * MiB
+IN_FLIGHT_FILES = 512
+WARNINGS_KEPT = 1000
+PROGRESS_EVERY = 0.25  # seconds
+
+# The first bytes of formats that are compressed already: zstd would spend time for nothing.
+_COMPRESSED_MAGIC = (
+    b"\xff\xd8\xff",  # JPEG
+    b"\x89PNG\r\n\x1a\n",  # PNG
+    b"GIF8",  # GIF
+    b"PK\x03\x04",  # ZIP, and the office formats built on it
+    b"\x1f\x8b",  # gzip
+    b"\x28\xb5\x2f\xfd",  # zstd
+    b"\xfd7zXZ\x00",  # xz
+    b"BZh",  # bzip2
+    b"7z\xbc\xaf\x27\x1c",  # 7-Zip
+    b"Rar!\x1a\x07",  # RAR
+    b"\x00\x00\x00\x0cjP  ",  # JPEG 2000
+    b"\xff\x0a",  # JPEG XL
+    b"OggS",  # Ogg
+    b"ID3",  # MP3
+)
+
+
+def is_compressed_format(head: bytes | memoryview) -> bool:
+    """True for content that compresses no further: images, archives, audio, video."""
+    head = bytes(head[:16])
+    if head.startswith(_COMPRESSED_MAGIC):
+        return True
+    if head[:4] == b"RIFF" and head[8:12] in (b"WEBP", b"AVI ", b"WAVE"):
+        return head[8:12] == b"WEBP" or head[8:12] == b"AVI "
+    return head[4:8] == b"ftyp"  # MP4, MOV, HEIC, AVIF
+
+
+class StoredFiles(BaseModel):
+    """What the store step leaves for the commit step: where the entries are, and the figures."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source: str
+    taken_at: datetime
+    tree: list[str]
+    parent: str | None
+    files: int
+    dirs: int
+    symlinks: int
+    bytes: int
+    blobs: int
+    new_blobs: int
+    new_bytes: int
+    stored_bytes: int
+    read_files: int
+    read_bytes: int
+    warnings: list[str]
+    warning_count: int
+    seconds: float
+
+
+@dataclass
+class _Figures:
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    bytes: int = 0
+    blobs: int = 0
+    new_blobs: int = 0
+    new_bytes: int = 0
+    read_files: int = 0
+    read_bytes: int = 0
+    warnings: list[str] = field(default_factory=list)
+    warning_count: int = 0
+
+    def warn(self, path: str, reason: str) -> None:
+        self.warning_count += 1
+        if len(self.warnings) < WARNINGS_KEPT:
+            self.warnings.append(f"{path}: {reason}")
+        log.warning("not backed up as it is", path=path, reason=reason)
+
+
+@dataclass
+class _Read:
+    """A file as a reading thread left it: content ids, the blobs it sealed, or why it failed."""
+
+    size: int = 0
+    sha256: str = ""
+    ids: list[bytes] = field(default_factory=list)
+    fresh: list[PreparedBlob] = field(default_factory=list)
+    problem: str | None = None
+
+
+@dataclass
+class _Pending:
+    """An entry waiting for its turn in walk order: ready, or a file still being read."""
+
+    path: str
+    entry: Entry | None
+    read: Future[_Read] | None = None
+    stat: os.stat_result | None = None
+    parent: Entry | None = None
+    size: int = 0
+    fd: int = -1
+
+
+def _describe(error: OSError) -> str:
+    return error.strerror or type(error).__name__
+
+
+def walk(root_fd: int, warn: Callable[[str, str], None]) -> Iterator[tuple[str, str, os.stat_result, int]]:
+    """(relative path, name, lstat, folder fd) of everything under the folder `root_fd`, in walk order.
+
+    The folder's descriptor is valid until the walk moves on: open the item through it at once.
+    """
+    yield from _walk(root_fd, "", warn)
+
+
+def _walk(
+    fd: int, prefix: str, warn: Callable[[str, str], None]
+) -> Iterator[tuple[str, str, os.stat_result, int]]:
+    try:
+        with os.scandir(fd) as it:
+            items = sorted(it, key=lambda e: e.name)
+    except OSError as e:
+        warn(prefix or ".", f"the folder could not be read ({_describe(e)}); its contents are not backed up")
+        return
+    for item in items:
+        name = item.name
+        path = f"{prefix}/{name}" if prefix else name
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            warn(path.encode("utf-8", "backslashreplace").decode(), "skipped: its name is not valid UTF-8")
+            continue
+        try:
+            st = item.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            warn(path, "skipped: it vanished while the folder was read")
+            continue
+        except OSError as e:
+            warn(path, f"skipped: it could not be examined ({_describe(e)})")
+            continue
+        yield path, name, st, fd
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as e:
+                warn(path, f"the folder could not be opened ({_describe(e)}); its contents are not backed up")
+                continue
+            try:
+                if os.fstat(sub).st_ino != st.st_ino:
+                    warn(path, "the folder was replaced while it was read; its contents are not backed up")
+                    continue
+                yield from _walk(sub, path, warn)
+            finally:
+                os.close(sub)
+
+
+_SPECIAL = {
+    stat.S_IFIFO: "a named pipe (FIFO)",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
+class _Walker:
+    """One files backup in progress: walk, compare with the parent, read, store, in walk order."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        *,
+        parent: Iterator[Entry],
+        full: bool,
+        progress: Callable[[int, int], None] | None,
+        estimate: int,
+    ) -> None:
+        self.repo = repo
+        self.full = full
+        self.check = full_check(repo) if full else None
+        self.figures = _Figures()
+        self.tree = TreeWriter(repo, self.check)
+        self._parent = parent
+        self._next_parent: Entry | None = next(parent, None)
+        self._next_key = path_key(self._next_parent.path) if self._next_parent else None
+        self._queue: deque[_Pending] = deque()
+        self._in_flight = 0
+        self._threads = ThreadPoolExecutor(max_workers=workers() + 1, thread_name_prefix="read")
+        self._local = threading.local()
+        self._progress = progress
+        self._estimate = estimate
+        self.done_bytes = 0
+        self._last_report = 0.0
+
+    # ---- the parent snapshot, merged in walk order ------------------------------------------
+    def _parent_entry(self, path: str) -> Entry | None:
+        key = path_key(path)
+        while self._next_key is not None and self._next_key < key:
+            self._next_parent = next(self._parent, None)
+            self._next_key = path_key(self._next_parent.path) if self._next_parent else None
+        if self._next_parent is not None and self._next_parent.path == path:
+            return self._next_parent
+        return None
+
+    # ---- the walk ----------------------------------------------------------------------------
+    def run(self, root_fd: int) -> None:
+        try:
+            for path, name, st, dir_fd in walk(root_fd, self.figures.warn):
+                self._visit(path, name, st, dir_fd)
+                self._drain(block=self._in_flight > IN_FLIGHT_BYTES or len(self._queue) > IN_FLIGHT_FILES)
+            while self._queue:
+                self._drain(block=True)
+        finally:
+            self._threads.shutdown(wait=True, cancel_futures=True)
+            for pending in self._queue:  # only after an error: close what never got read
+                if pending.read is not None and pending.read.cancelled():
+                    os.close(pending.fd)
+
+    def _visit(self, path: str, name: str, st: os.stat_result, dir_fd: int) -> None:
+        parent = self._parent_entry(path)
+        mode = st.st_mode
+        common = {"path": path, "mode": stat.S_IMODE(mode), "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+        if stat.S_ISDIR(mode):
+            self.figures.dirs += 1
+            self._ready(path, Entry(type="dir", **common))
+        elif stat.S_ISLNK(mode):
+            self._visit_link(path, name, dir_fd, common)
+        elif stat.S_ISREG(mode):
+            self._visit_file(path, name, st, dir_fd, parent)
+        else:
+            what = _SPECIAL.get(stat.S_IFMT(mode), "not a regular file")
+            self.figures.warn(path, f"skipped: it is {what}, which a backup cannot hold")
+
+    def _visit_link(self, path: str, name: str, dir_fd: int, common: dict[str, object]) -> None:
+        try:
+            target = os.readlink(name, dir_fd=dir_fd)
+            size = len(target.encode("utf-8"))
+        except FileNotFoundError:
+            self.figures.warn(path, "skipped: it vanished before it could be read")
+            return
+        except UnicodeEncodeError:
+            self.figures.warn(path, "skipped: the link's target is not valid UTF-8")
+            return
+        except OSError as e:
+            self.figures.warn(path, f"skipped: the link could not be read ({_describe(e)})")
+            return
+        self.figures.symlinks += 1
+        self._ready(path, Entry(type="symlink", target=target, size=size, **common))
+
+    def _visit_file(
+        self, path: str, name: str, st: os.stat_result, dir_fd: int, parent: Entry | None
+    ) -> None:
+        if (
+            not self.full
+            and parent is not None
+            and parent.type == "file"
+            and (parent.size, parent.mtime_ns, parent.inode) == (st.st_size, st.st_mtime_ns, st.st_ino)
+        ):
+            mode = stat.S_IMODE(st.st_mode)
+            reused = parent if parent.mode == mode else parent.model_copy(update={"mode": mode})
+            self._ready(path, reused)
+            return
+        try:
+            fd = _open_file(name, dir_fd)
+        except FileNotFoundError:
+            self.figures.warn(path, "skipped: it vanished before it could be read")
+            return
+        except OSError as e:
+            self._give_up(path, parent, f"it could not be read ({_describe(e)})")
+            return
+        pending = _Pending(path, None, stat=st, parent=parent, size=st.st_size, fd=fd)
+        if st.st_size > WHOLE_READ:
+            # A large file is streamed here, its blobs stored as they come: memory stays bounded.
+            done: Future[_Read] = Future()
+            done.set_result(self._read(fd, st, stream=True))
+            pending.read = done
+        else:
+            pending.read = self._threads.submit(self._read, fd, st, stream=False)
+            self._in_flight += st.st_size
+        self._queue.append(pending)
+
+    def _give_up(self, path: str, parent: Entry | None, reason: str) -> None:
+        """Warn about a file that could not be read; keep its parent's version if there is one."""
+        if parent is not None and parent.type == "file":
+            self.figures.warn(path, f"{reason}; the version from the previous backup is kept")
+            self._ready(path, parent)
+        else:
+            self.figures.warn(path, f"skipped: {reason}")
+
+    def _ready(self, path: str, entry: Entry) -> None:
+        self._queue.append(_Pending(path, entry))
+
+    # ---- reading a file (on a reading thread, or here for a large one) -----------------------
+    def _chunker(self) -> pyfastcdc.FastCDC:
+        cdc: pyfastcdc.FastCDC | None = getattr(self._local, "cdc", None)
+        if cdc is None:
+            cdc = self._local.cdc = pyfastcdc.FastCDC(CDC_AVG, min_size=CDC_MIN, max_size=CDC_MAX)
+        return cdc
+
+    def _read(self, fd: int, st: os.stat_result, *, stream: bool) -> _Read:
+        out = _Read()
+        sha = hashlib.sha256()
+        compress: bool | None = None
+        try:
+            with open(fd, "rb", buffering=0, closefd=True) as f:
+                before = os.fstat(fd)
+                if stream:
+                    chunks: Iterator[bytes | memoryview] = (c.data for c in self._chunker().cut_stream(f))
+                else:
+                    data = f.read()
+                    chunks = (
+                        iter([data])
+                        if len(data) <= CDC_MIN
+                        else (c.data for c in self._chunker().cut_buf(data))
+                    )
+                for chunk in chunks:
+                    if compress is None:
+                        compress = not is_compressed_format(chunk)
+                    sha.update(chunk)
+                    out.size += len(chunk)
+                    blob_id = self.repo.sealer.blob_id(chunk)
+                    out.ids.append(blob_id)
+                    if not (self.check or self.repo.has_blob)(blob_id):
+                        blob = self.repo.prepare(BLOB_DATA, chunk, blob_id, compress)  # type: ignore[arg-type]
+                        if stream:
+                            self._add(blob)
+                        else:
+                            out.fresh.append(blob)
+                after = os.fstat(fd)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise
+            out.problem = f"it could not be read ({_describe(e)})"
+            return out
+        if (
+            (before.st_ino, before.st_size, before.st_mtime_ns) != (st.st_ino, st.st_size, st.st_mtime_ns)
+            or (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns)
+            or out.size != after.st_size
+        ):
+            out.problem = "it changed while it was read"
+        out.sha256 = sha.hexdigest()
+        return out
+
+    def _add(self, blob: PreparedBlob) -> None:
+        if self.repo.add(blob, self.check):
+            self.figures.new_blobs += 1
+            self.figures.new_bytes += blob.plain_length
+
+    # ---- in walk order: finish entries and hand them to the tree -----------------------------
+    def _drain(self, *, block: bool) -> None:
+        while self._queue:
+            head = self._queue[0]
+            if head.read is not None and not head.read.done() and not block:
+                return
+            self._queue.popleft()
+            entry = head.entry if head.read is None else self._finish_file(head)
+            if entry is not None:
+                self._record(entry)
+            block = False  # one finished is enough to make room; go on only with what is done
+
+    def _finish_file(self, pending: _Pending) -> Entry | None:
+        assert pending.read is not None and pending.stat is not None
+        read = pending.read.result()
+        self._in_flight -= 0 if pending.size > WHOLE_READ else pending.size
+        if read.problem is not None:
+            self._give_up(pending.path, pending.parent, read.problem)
+            return None
+        for blob in read.fresh:
+            self._add(blob)
+        self.figures.read_files += 1
+        self.figures.read_bytes += read.size
+        st = pending.stat
+        fields = entry_blob_fields(self.repo, b"".join(read.ids), self.check)
+        return Entry(
+            path=pending.path,
+            size=read.size,
+            mode=stat.S_IMODE(st.st_mode),
+            mtime_ns=st.st_mtime_ns,
+            inode=st.st_ino,
+            sha256=read.sha256,
+            blobs=fields["blobs"],
+            blob_lists=fields["blob_lists"],
+        )
+
+    def _blob_count(self, entry: Entry) -> int:
+        count = len(entry.blobs)
+        for list_id in entry.blob_lists:  # the index knows a list's length: no need to read it
+            loc = self.repo.index.lookup(bytes.fromhex(list_id))
+            count += loc.plain_length // ID_SIZE if loc is not None else 0
+        return count
+
+    def _record(self, entry: Entry) -> None:
+        if entry.type == "file":
+            self.figures.files += 1
+            self.figures.bytes += entry.size
+            self.figures.blobs += self._blob_count(entry)
+            self.done_bytes += entry.size
+        self.tree.add(entry)
+        now = time.monotonic()
+        if self._progress is not None and now - self._last_report >= PROGRESS_EVERY:
+            self._last_report = now
+            self._progress(self.done_bytes, max(self._estimate, self.done_bytes))
+
+
+def _open_file(name: str, dir_fd: int) -> int:
+    # O_NONBLOCK: if a FIFO was swapped in since the walk looked, opening it must not hang.
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(name, flags | getattr(os, "O_NOATIME", 0), dir_fd=dir_fd)
+    except PermissionError:  # O_NOATIME is for the file's owner only
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "it is no longer a regular file")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def open_root(root: Path) -> int:
+    """The uploads folder, opened as a folder (the configured path may be a link to one)."""
+    try:
+        return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError as e:
+        raise SourceError(
+            f"the folder {root} does not exist; set CAPSULE_UPLOADS to the product images folder"
+        ) from e
+    except NotADirectoryError as e:
+        raise SourceError(f"{root} is not a folder; set CAPSULE_UPLOADS to the product images folder") from e
+    except PermissionError as e:
+        raise SourceError(f"the folder {root} cannot be read by this user; run Capsule as its owner") from e
+
+
+def store_files(
+    repo: Repository,
+    root: Path,
+    *,
+    full: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    now: datetime | None = None,
+) -> StoredFiles:
+    """Walk `root` and store what changed since the last files snapshot of it; nothing is committed.
+
+    Safe to run again after a crash: packs an interrupted run wrote are adopted into the index
+    first, so their blobs are not stored again.
+    """
+    started = time.perf_counter()
+    taken_at = now or datetime.now(UTC)
+    source = str(root.resolve())
+    root_fd = open_root(root)
+    try:
+        repo.ensure_index()
+        adopt_unindexed_packs(repo)
+        parent = latest_snapshot(repo, "files", source)
+        stored_before = repo.stored_bytes
+        parent_entries = iter_entries(repo, parent[1]) if parent is not None and not full else iter(())
+        walker = _Walker(
+            repo,
+            parent=parent_entries,
+            full=full,
+            progress=progress,
+            estimate=parent[1].totals.bytes if parent is not None else 0,
+        )
+        walker.run(root_fd)
+        tree = walker.tree.finish()
+        repo.flush()
+    finally:
+        os.close(root_fd)
+    f = walker.figures
+    if progress is not None:
+        progress(walker.done_bytes, walker.done_bytes)
+    return StoredFiles(
+        source=source,
+        taken_at=taken_at,
+        tree=tree,
+        parent=parent[0] if parent is not None else None,
+        files=f.files,
+        dirs=f.dirs,
+        symlinks=f.symlinks,
+        bytes=f.bytes,
+        blobs=f.blobs,
+        new_blobs=f.new_blobs,
+        new_bytes=f.new_bytes,
+        stored_bytes=repo.stored_bytes - stored_before,
+        read_files=f.read_files,
+        read_bytes=f.read_bytes,
+        warnings=f.warnings,
+        warning_count=f.warning_count,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+def commit_files(
+    repo: Repository,
+    stored: StoredFiles,
+    *,
+    full: bool,
+    tags: list[str] | None = None,
+    job_id: str | None = None,
+) -> BackupResult:
+    """Write the snapshot manifest for stored files (once per job, like `commit_database`)."""
+    if job_id is not None and (found := find_committed(repo, job_id, "files")) is not None:
+        return found
+    manifest = Manifest(
+        kind="files",
+        full=full,
+        time=stored.taken_at,
+        hostname=socket.gethostname(),
+        source=stored.source,
+        parent=stored.parent,
+        tags=tags or [],
+        job_id=job_id,
+        tree=stored.tree,
+        warnings=stored.warnings,
+        totals=Totals(
+            files=stored.files,
+            bytes=stored.bytes,
+            blobs=stored.blobs,
+            new_blobs=stored.new_blobs,
+            new_bytes=stored.new_bytes,
+            stored_bytes=stored.stored_bytes,
+            read_files=stored.read_files,
+            warnings=stored.warning_count,
+            duration_seconds=stored.seconds,
+        ),
+    )
+    snapshot_id = repo.save_snapshot(manifest)
+    log.info(
+        "files backed up",
+        snapshot=snapshot_id[:12],
+        files=stored.files,
+        read_files=stored.read_files,
+        new_blobs=stored.new_blobs,
+        stored_bytes=stored.stored_bytes,
+        warnings=stored.warning_count,
+    )
+    return BackupResult(snapshot_id, manifest)
+
+
+def backup_files(
+    repo: Repository,
+    root: Path,
+    *,
+    full: bool = False,
+    now: datetime,
+    tags: list[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> BackupResult:
+    """Store and commit in one call (tests and tools that need no job)."""
+    stored = store_files(repo, root, full=full, progress=progress, now=now)
+    return commit_files(repo, stored, full=full, tags=tags)

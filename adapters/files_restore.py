@@ -1,0 +1,454 @@
+"""Restoring a files snapshot: all of it, or the paths that match `--include`; `cat` of one file.
+
+Two passes over the snapshot's entries. The first writes nothing: it authenticates every tree blob,
+checks that paths come in walk order (no duplicates), refuses any path that would pass through a
+symbolic link of the snapshot or through anything under the target that is not a real folder,
+and finds what already exists there. Only then does the second pass write: each file to a
+temporary name beside its place, renamed once its length and SHA-256 match the manifest. Links are
+made last and never followed; folders get their mode and time at the very end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import hashlib
+import os
+import re
+import secrets
+import stat
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import structlog
+
+from adapters.chunks import workers
+from adapters.errors import DiskFull, IntegrityError, RestoreRefused
+from adapters.files_tree import iter_entries, path_key
+from adapters.pagestore import sha256_file
+from adapters.repository.repo import Repository
+from adapters.restore import blob_batches, locate_all, read_batch
+from domain.errors import UnsafePath
+from domain.manifest import Entry, Manifest
+
+log = structlog.get_logger(__name__)
+
+PARTIAL_MARK = ".capsule-restore-"
+CAT_BUFFER = 256 * 1024 * 1024  # `cat` checks a file this size or smaller before writing a byte
+IN_FLIGHT_FILES = 32
+CLASHES_SHOWN = 5
+
+Progress = Callable[[int, int], None]
+
+
+# ---- --include ----------------------------------------------------------------------------------
+
+
+def _glob_regex(pattern: str) -> str:
+    out = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+            continue
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[" and (end := pattern.find("]", i + 2)) != -1:
+            body = pattern[i + 1 : end]
+            negate = body[:1] in ("!", "^")
+            body = body[1:] if negate else body
+            out.append(("[^" if negate else "[") + body.replace("\\", "\\\\") + "]")
+            i = end + 1
+            continue
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
+
+
+class Selection:
+    """Which paths a restore takes: all of them, or those that match one of the glob patterns.
+
+    `*` and `?` stay within one path component, `**` spans any number of them, `[abc]` is a class.
+    A pattern that matches a folder takes everything under it.
+    """
+
+    def __init__(self, patterns: Sequence[str] = ()) -> None:
+        self.patterns = [self._clean(p) for p in patterns]
+        self._regexes = [re.compile(_glob_regex(p)) for p in self.patterns]
+        self.matched = [False] * len(self.patterns)
+
+    @staticmethod
+    def _clean(pattern: str) -> str:
+        cleaned = pattern.strip().lstrip("/")
+        while cleaned.startswith("./"):
+            cleaned = cleaned[2:]
+        cleaned = cleaned.rstrip("/")
+        if not cleaned:
+            raise RestoreRefused(
+                f"the pattern {pattern!r} matches nothing; give a path or a glob like 'shoes/*.jpg'"
+            )
+        return cleaned
+
+    @property
+    def everything(self) -> bool:
+        return not self.patterns
+
+    def __call__(self, path: str) -> bool:
+        if not self.patterns:
+            return True
+        parts = path.split("/")
+        prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+        hit = False
+        for number, regex in enumerate(self._regexes):
+            if any(regex.fullmatch(p) for p in prefixes):
+                self.matched[number] = True
+                hit = True
+        return hit
+
+    def unmatched(self) -> list[str]:
+        return [p for p, m in zip(self.patterns, self.matched, strict=True) if not m]
+
+
+# ---- checks before anything is written ------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    bytes: int = 0
+    already: set[str] = field(default_factory=set)
+    clashes: list[str] = field(default_factory=list)
+    clash_count: int = 0
+
+
+class _TargetCheck:
+    """Is a relative path safe to write under `root`? Folders already checked are remembered."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._folders: set[str] = {""}
+
+    def folder(self, relative: str) -> None:
+        """Refuse if an existing item on the way to `relative` is a link or not a folder."""
+        if relative in self._folders:
+            return
+        parent, _, _ = relative.rpartition("/")
+        self.folder(parent)
+        try:
+            st = os.lstat(self.root / relative)
+        except FileNotFoundError:
+            self._folders.add(relative)
+            return
+        if stat.S_ISLNK(st.st_mode):
+            raise UnsafePath(
+                f"{self.root / relative} is a symbolic link; refusing to restore through it (it could "
+                "lead out of the target folder)"
+            )
+        if not stat.S_ISDIR(st.st_mode):
+            raise UnsafePath(f"{self.root / relative} is in the way: it is not a folder; move it away first")
+        self._folders.add(relative)
+
+
+def _same_file(entry: Entry, target: Path, st: os.stat_result) -> bool:
+    return stat.S_ISREG(st.st_mode) and st.st_size == entry.size and sha256_file(target) == entry.sha256
+
+
+def _check_entries(
+    repo: Repository, manifest: Manifest, to: Path, selection: Selection, force: bool
+) -> _Plan:
+    """The first pass: validate the whole snapshot and what is under `to`; write nothing."""
+    plan = _Plan()
+    check = _TargetCheck(to)
+    links: set[str] = set()
+    previous: list[str] | None = None
+    for entry in iter_entries(repo, manifest):
+        key = path_key(entry.path)
+        if previous is not None and key <= previous:
+            raise IntegrityError(
+                f"the snapshot lists {entry.path!r} twice or out of order: it is damaged or forged"
+            )
+        previous = key
+        for n in range(1, len(key)):
+            if (through := "/".join(key[:n])) in links:
+                raise UnsafePath(
+                    f"the path {entry.path!r} passes through the symbolic link {through!r} of the snapshot; "
+                    "refusing to restore through a link"
+                )
+        if entry.type == "symlink":
+            links.add(entry.path)
+        if not selection(entry.path):
+            continue
+        parent, _, _ = entry.path.rpartition("/")
+        check.folder(parent)
+        _plan_entry(plan, entry, to / entry.path, force)
+    unmatched = selection.unmatched()
+    if unmatched:
+        raise RestoreRefused(
+            f"nothing in the snapshot matches --include {unmatched[0]!r}; paths are relative to the "
+            "snapshot's folder, e.g. 'shoes/red.jpg' or 'shoes/**/*.jpg'"
+        )
+    return plan
+
+
+def _plan_entry(plan: _Plan, entry: Entry, target: Path, force: bool) -> None:
+    try:
+        st: os.stat_result | None = os.lstat(target)
+    except FileNotFoundError:
+        st = None
+    if entry.type == "dir":
+        plan.dirs += 1
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            _clash(plan, f"{target} exists and is not a folder")
+        return
+    if entry.type == "symlink":
+        plan.symlinks += 1
+        if st is not None:
+            if stat.S_ISLNK(st.st_mode) and os.readlink(target) == entry.target:
+                plan.already.add(entry.path)
+            elif stat.S_ISDIR(st.st_mode) or not force:
+                _clash(plan, f"{target} already exists")
+        return
+    plan.files += 1
+    plan.bytes += entry.size
+    if st is None:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise UnsafePath(f"{target} is a symbolic link; refusing to write through it")
+    if _same_file(entry, target, st):
+        plan.already.add(entry.path)
+    elif stat.S_ISDIR(st.st_mode) or not force:
+        _clash(plan, f"{target} already exists")
+
+
+def _clash(plan: _Plan, message: str) -> None:
+    plan.clash_count += 1
+    if len(plan.clashes) < CLASHES_SHOWN:
+        plan.clashes.append(message)
+
+
+# ---- writing ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FilesRestored:
+    """What a files restore did."""
+
+    files: int
+    dirs: int
+    symlinks: int
+    bytes: int
+    already_there: int
+    """Files and links that were already in place with the snapshot's content, left untouched."""
+
+
+def write_file(repo: Repository, entry: Entry, target: Path) -> int:
+    """Write `entry` to a temporary name beside `target`, check it, and rename it into place."""
+    tmp = target.parent / f".{target.name}{PARTIAL_MARK}{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    sha = hashlib.sha256()
+    written = 0
+    try:
+        with open(fd, "wb", closefd=True) as f:
+            for data in _file_batches(repo, entry):
+                f.write(data)
+                sha.update(data)
+                written += len(data)
+        if written != entry.size or sha.hexdigest() != entry.sha256:
+            raise IntegrityError(f"{entry.path} does not match its snapshot after restore (SHA-256 differs)")
+        os.chmod(tmp, entry.mode & 0o7777)
+        os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns))
+        os.replace(tmp, target)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise DiskFull(f"the disk holding {target.parent} is full; free space and retry") from e
+        raise
+    return written
+
+
+def remove_partial_writes(to: Path) -> int:
+    """Delete the temporary files an interrupted restore left under `to`; return how many."""
+    removed = 0
+    for folder, _dirs, names in os.walk(to):
+        for name in names:
+            if name.startswith(".") and PARTIAL_MARK in name:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(folder, name))
+                    removed += 1
+    return removed
+
+
+def _sync_filesystem(path: Path) -> None:
+    """Flush everything written to the filesystem holding `path` (syncfs; sync where it is missing)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if getattr(libc, "syncfs", None) is None or libc.syncfs(fd) != 0:
+            os.sync()
+    except OSError:
+        os.sync()
+    finally:
+        os.close(fd)
+
+
+def restore_files(
+    repo: Repository,
+    manifest: Manifest,
+    to: Path,
+    *,
+    include: Sequence[str] = (),
+    force: bool = False,
+    progress: Progress | None = None,
+) -> FilesRestored:
+    """Restore a files snapshot (or the part `include` selects) under `to`."""
+    repo.ensure_index()
+    to.mkdir(parents=True, exist_ok=True)
+    to = to.resolve()
+    selection = Selection(include)
+    plan = _check_entries(repo, manifest, to, selection, force)
+    if plan.clashes:
+        more = (
+            f" and {plan.clash_count - len(plan.clashes)} more"
+            if plan.clash_count > len(plan.clashes)
+            else ""
+        )
+        raise RestoreRefused(
+            f"{'; '.join(plan.clashes)}{more}; restore elsewhere with --to, or add --force to replace them"
+        )
+    selection = Selection(include)  # the first pass used up its record of matches
+    folders: dict[str, Entry] = {}
+    links: list[Entry] = []
+    done = 0
+    futures: deque[tuple[Future[int], Entry]] = deque()
+
+    def settle(block: bool) -> None:
+        nonlocal done
+        while futures and (block or futures[0][0].done()):
+            future, entry = futures.popleft()
+            future.result()
+            done += entry.size
+            if progress is not None:
+                progress(done, plan.bytes)
+            block = False if len(futures) < IN_FLIGHT_FILES else block
+
+    made: set[str] = set()
+
+    def make_folders(relative: str) -> None:
+        if not relative or relative in made:
+            return
+        make_folders(relative.rpartition("/")[0])
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(to / relative, 0o700)
+        made.add(relative)
+
+    with ThreadPoolExecutor(max_workers=workers() + 1, thread_name_prefix="restore") as threads:
+        try:
+            for entry in iter_entries(repo, manifest):
+                if entry.type == "dir":
+                    folders[entry.path] = entry
+                if not selection(entry.path):
+                    continue
+                if entry.type == "dir":
+                    make_folders(entry.path)
+                    continue
+                make_folders(entry.path.rpartition("/")[0])
+                if entry.type == "symlink":
+                    links.append(entry)
+                elif entry.path in plan.already:
+                    done += entry.size
+                else:
+                    futures.append((threads.submit(write_file, repo, entry, to / entry.path), entry))
+                    settle(block=len(futures) >= IN_FLIGHT_FILES)
+            settle(block=True)
+        except BaseException:
+            for future, _ in futures:
+                future.cancel()
+            raise
+    for entry in links:
+        if entry.path in plan.already:
+            continue
+        assert entry.target is not None
+        target = to / entry.path
+        tmp = target.parent / f".{target.name}{PARTIAL_MARK}{secrets.token_hex(4)}"
+        os.symlink(entry.target, tmp)
+        with contextlib.suppress(OSError):  # not every system lets a link's own time be set
+            os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+        os.replace(tmp, target)
+    # Deepest first: setting a folder's time must come after everything inside it was written.
+    for relative in sorted(made, key=lambda p: p.count("/"), reverse=True):
+        folder = folders.get(relative)
+        if folder is not None:
+            os.chmod(to / relative, folder.mode & 0o7777)
+            os.utime(to / relative, ns=(folder.mtime_ns, folder.mtime_ns))
+    _sync_filesystem(to)
+    already = len(plan.already)
+    log.info("files restored", to=str(to), files=plan.files, bytes=plan.bytes, already_there=already)
+    return FilesRestored(plan.files, plan.dirs, plan.symlinks, plan.bytes, already)
+
+
+# ---- cat -----------------------------------------------------------------------------------------
+
+
+def find_entry(repo: Repository, manifest: Manifest, path: str) -> Entry:
+    """The entry at `path` in a snapshot; RestoreRefused naming what to do if there is none."""
+    wanted = path.strip().lstrip("/")
+    key = path_key(wanted)
+    for entry in iter_entries(repo, manifest):
+        if entry.path == wanted:
+            return entry
+        if manifest.tree and path_key(entry.path) > key:
+            break  # entries come in walk order: it is not further on
+    raise RestoreRefused(
+        f"there is no {wanted!r} in this snapshot; paths are relative to its folder, e.g. 'shoes/red.jpg'"
+    )
+
+
+def cat_file(repo: Repository, manifest: Manifest, path: str, out: BinaryIO) -> Entry:
+    """Write one file's bytes to `out`.
+
+    A file up to CAT_BUFFER is checked whole (SHA-256) before its first byte is written; a larger
+    one is written blob by blob, each authenticated, and checked whole at the end.
+    """
+    repo.ensure_index()
+    entry = find_entry(repo, manifest, path)
+    if entry.type != "file":
+        raise RestoreRefused(
+            f"{entry.path!r} is a {'folder' if entry.type == 'dir' else 'symbolic link'}, not a file"
+        )
+    sha = hashlib.sha256()
+    buffered = entry.size <= CAT_BUFFER
+    held: list[bytes] = []
+    for data in _file_batches(repo, entry):
+        sha.update(data)
+        if buffered:
+            held.append(data)
+        else:
+            out.write(data)
+    if sha.hexdigest() != entry.sha256:
+        raise IntegrityError(f"{entry.path} does not match its snapshot (SHA-256 differs)")
+    for data in held:
+        out.write(data)
+    out.flush()
+    return entry
+
+
+def _file_batches(repo: Repository, entry: Entry) -> Iterator[bytes]:
+    for batch in blob_batches(locate_all(repo, entry)):
+        yield read_batch(repo, batch)
