@@ -18,7 +18,7 @@ from pydantic import TypeAdapter
 
 from adapters.chunks import load_id_lists, store_id_lists
 from adapters.errors import IntegrityError
-from adapters.repository.pack import BLOB_TREE
+from adapters.repository.pack import BLOB_DATA
 from adapters.repository.repo import Repository
 from domain.manifest import Entry, Manifest
 
@@ -58,7 +58,7 @@ class TreeWriter:
     def _store_group(self) -> None:
         if not self._group:
             return
-        blob = self.repo.prepare(BLOB_TREE, ENTRIES.dump_json(self._group, exclude_defaults=True))
+        blob = self.repo.prepare(BLOB_DATA, ENTRIES.dump_json(self._group, exclude_defaults=True))
         if self.repo.add(blob, self.has_blob):
             self.new_blobs += 1
         self._ids += blob.blob_id
@@ -73,8 +73,8 @@ class TreeWriter:
 def load_group(repo: Repository, tree_id: bytes) -> list[Entry]:
     """One tree blob's entries, authenticated and validated (a path that could escape is refused)."""
     loc = repo.index.lookup(tree_id)
-    if loc is not None and loc.blob_type != BLOB_TREE:
-        raise IntegrityError(f"blob {tree_id.hex()[:12]} is named as a tree but holds other data")
+    if loc is not None and loc.blob_type != BLOB_DATA:
+        raise IntegrityError(f"blob {tree_id.hex()[:12]} is named as a tree but is not a data blob")
     raw = repo.read_blob(tree_id, loc)
     try:
         return ENTRIES.validate_json(raw)

@@ -22,7 +22,6 @@ HEADER_AAD = b"capsule:pack-header"
 
 BLOB_DATA = 0
 BLOB_LIST = 1
-BLOB_TREE = 2  # a group of a files snapshot's entries, as JSON
 
 COMPRESSION_NONE = 0
 COMPRESSION_ZSTD = 1

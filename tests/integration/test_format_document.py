@@ -1,8 +1,9 @@
 """An independent reader of the repository format, written from docs/repository-format.md alone.
 
 It imports nothing from Capsule: only the standard library, `cryptography`, `blake3` and `zstandard`.
-The real CLI makes a repository; this reader opens it, restores the newest database snapshot and
-rebuilds the blob list from the pack headers. If the document leaves something out, this test fails.
+The real CLI makes a repository; this reader opens it, restores the newest database snapshot and a
+files snapshot (folders, links, modes and times) and rebuilds the blob list from the pack headers.
+If the document leaves something out, this test fails.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import itertools
 import json
 import os
 import random
@@ -262,6 +264,57 @@ class Reader:
             raise FormatError("restored file does not match the manifest")
         return bytes(out)
 
+    # Files snapshots (sections 11.5 and 16.2).
+    ENTRY_DEFAULTS: dict[str, object] = {  # noqa: RUF012 - read-only table from section 11.2
+        "type": "file",
+        "size": 0,
+        "inode": None,
+        "sha256": None,
+        "target": None,
+        "blobs": [],
+        "blob_lists": [],
+        "sqlite": None,
+    }
+
+    def tree_entries(self, manifest: dict[str, object], index: dict[bytes, list[Location]]) -> list[dict]:
+        tree_ids = self.entry_ids({"blob_lists": manifest["tree"], "blobs": []}, index)
+        entries: list[dict] = []
+        for tree_id in tree_ids:
+            loc = index[tree_id][0]
+            assert loc.blob_type == 0
+            for raw in json.loads(self.read_blob(tree_id, loc)):
+                entries.append({**self.ENTRY_DEFAULTS, **raw})
+        keys = [e["path"].split("/") for e in entries]
+        if any(a >= b for a, b in itertools.pairwise(keys)):
+            raise FormatError("tree entries are not in strictly increasing walk order")
+        return entries
+
+    def restore_tree(self, manifest: dict[str, object], index: dict[bytes, list[Location]], to: Path) -> None:
+        entries = self.tree_entries(manifest, index)
+        links = {e["path"] for e in entries if e["type"] == "symlink"}
+        for e in entries:
+            parts = e["path"].split("/")
+            if e["path"].startswith("/") or ".." in parts or "" in parts:
+                raise FormatError("unsafe path")
+            if any("/".join(parts[:n]) in links for n in range(1, len(parts))):
+                raise FormatError("path through a link")
+        for e in entries:
+            target = to / e["path"]
+            if e["type"] == "dir":
+                target.mkdir(parents=True, exist_ok=True)
+            elif e["type"] == "file":
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(self.restore(e, index))
+                os.chmod(target, e["mode"])
+                os.utime(target, ns=(e["mtime_ns"], e["mtime_ns"]))
+        for e in entries:
+            if e["type"] == "symlink":
+                os.symlink(e["target"], to / e["path"])
+        for e in sorted(entries, key=lambda e: -e["path"].count("/")):
+            if e["type"] == "dir":
+                os.chmod(to / e["path"], e["mode"])
+                os.utime(to / e["path"], ns=(e["mtime_ns"], e["mtime_ns"]))
+
 
 # ---- the test --------------------------------------------------------------------------------
 
@@ -377,3 +430,71 @@ def test_independent_reader_restores_the_newest_snapshot(
     # And Capsule's own restore agrees with this reader.
     capsule(env, tmp_path, "restore", "latest", "--to", str(tmp_path / "restored"))
     assert (tmp_path / "restored" / "pos.db").read_bytes() == restored
+
+
+def make_images(root: Path) -> None:
+    rng = random.Random(7)
+    for folder in ("shoes", "shoes/red", "hats", "empty"):
+        (root / folder).mkdir(parents=True)
+    for n in range(150):  # enough entries for several tree blobs
+        folder = ("shoes", "shoes/red", "hats")[n % 3]
+        size = rng.choice((40, 3000, 300_000, 1_500_000))
+        (root / folder / f"item-{n:03d}.jpg").write_bytes(b"\xff\xd8\xff" + rng.randbytes(size))
+    (root / "notes.txt").write_text("sizes and colours\n" * 500)
+    (root / "hats" / "item-002.jpg").chmod(0o600)
+    os.symlink("shoes/item-000.jpg", root / "cover.jpg")
+    (root / "shoes" / "red").chmod(0o750)
+    os.utime(root / "shoes" / "red", ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+
+
+def tree_state(root: Path) -> dict[str, tuple[object, ...]]:
+    state: dict[str, tuple[object, ...]] = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        relative = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            state[relative] = ("link", os.readlink(path))
+        elif path.is_dir():
+            state[relative] = ("dir", st.st_mode & 0o7777, st.st_mtime_ns)
+        else:
+            state[relative] = ("file", st.st_mode & 0o7777, st.st_mtime_ns, path.read_bytes())
+    return state
+
+
+@pytest.mark.skipif(CAPSULE is None, reason="the capsule command is not installed")
+def test_independent_reader_restores_a_files_snapshot(tmp_path: Path) -> None:
+    uploads = tmp_path / "uploads"
+    make_images(uploads)
+    repo_dir, home = tmp_path / "backups", tmp_path / "capsule-home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPSULE_")}
+    env |= {
+        "CAPSULE_UPLOADS": str(uploads),
+        "CAPSULE_DATABASE": str(tmp_path / "pos.db"),
+        "CAPSULE_REPOSITORY": str(repo_dir),
+        "CAPSULE_HOME": str(home),
+        "CAPSULE_PACK_SIZE": str(1024 * 1024),
+        "CAPSULE_LOG_LEVEL": "warning",
+    }
+    capsule(env, tmp_path, "init")
+    made = json.loads(capsule(env, tmp_path, "backup", "--kind", "files", "--json"))
+    reader = Reader(repo_dir, key_file=home / "repository.key")
+    snapshot_id, manifest = reader.newest_snapshot()
+    assert snapshot_id == made["snapshot_id"]
+    assert manifest["version"] == 2 and manifest["kind"] == "files" and manifest["entries"] == []
+    index = reader.load_index()
+    entries = reader.tree_entries(manifest, index)
+    assert len(reader.entry_ids({"blob_lists": manifest["tree"], "blobs": []}, index)) > 1
+    by_path = {e["path"]: e for e in entries}
+    assert (
+        by_path["cover.jpg"]["type"] == "symlink" and by_path["cover.jpg"]["target"] == "shoes/item-000.jpg"
+    )
+    # Section 6.2: JPEG chunks are stored as they are, the text file compressed.
+    jpeg_ids = [bytes.fromhex(b) for e in entries if e["path"].endswith(".jpg") for b in e["blobs"]]
+    assert jpeg_ids and {index[i][0].compression for i in jpeg_ids} == {0}
+    (text_id,) = by_path["notes.txt"]["blobs"]
+    assert index[bytes.fromhex(text_id)][0].compression == 1
+
+    reader.restore_tree(manifest, index, tmp_path / "by-reader")
+    assert tree_state(tmp_path / "by-reader") == tree_state(uploads)
+    capsule(env, tmp_path, "restore", snapshot_id, "--to", str(tmp_path / "by-capsule"))
+    assert tree_state(tmp_path / "by-capsule") == tree_state(uploads)
