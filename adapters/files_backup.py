@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict
 from adapters.chunks import entry_blob_fields, workers
 from adapters.database_backup import BackupResult, find_committed, full_check, latest_snapshot
 from adapters.errors import SourceError
-from adapters.files_tree import TreeWriter, iter_entries, path_key
+from adapters.files_tree import ParentGroup, TreeWriter, iter_groups, path_key
 from adapters.repository.crypto import ID_SIZE
 from adapters.repository.pack import BLOB_DATA
 from adapters.repository.rebuild import adopt_unindexed_packs
@@ -150,59 +150,126 @@ class _Pending:
     parent: Entry | None = None
     size: int = 0
     fd: int = -1
+    group: ParentGroup | None = None
 
 
 def _describe(error: OSError) -> str:
     return error.strerror or type(error).__name__
 
 
-def walk(root_fd: int, warn: Callable[[str, str], None]) -> Iterator[tuple[str, str, os.stat_result, int]]:
-    """(relative path, name, lstat, folder fd) of everything under the folder `root_fd`, in walk order.
-
-    The folder's descriptor is valid until the walk moves on: open the item through it at once.
-    """
-    yield from _walk(root_fd, "", warn)
+Listed = list[tuple[str, os.stat_result | OSError]]
 
 
-def _walk(
-    fd: int, prefix: str, warn: Callable[[str, str], None]
-) -> Iterator[tuple[str, str, os.stat_result, int]]:
-    try:
-        with os.scandir(fd) as it:
-            items = sorted(it, key=lambda e: e.name)
-    except OSError as e:
-        warn(prefix or ".", f"the folder could not be read ({_describe(e)}); its contents are not backed up")
-        return
-    for item in items:
-        name = item.name
-        path = f"{prefix}/{name}" if prefix else name
+@dataclass
+class _Folder:
+    """A folder opened and listed ahead of the walk: its descriptor, or why it could not be."""
+
+    fd: int = -1
+    items: Listed | None = None
+    problem: str | None = None
+
+
+def _list(fd: int) -> Listed:
+    """(name, lstat or the error it raised) of every item in folder `fd`, sorted by name."""
+    with os.scandir(fd) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    listed: Listed = []
+    for entry in entries:
         try:
-            name.encode("utf-8")
-        except UnicodeEncodeError:
-            warn(path.encode("utf-8", "backslashreplace").decode(), "skipped: its name is not valid UTF-8")
-            continue
-        try:
-            st = item.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            warn(path, "skipped: it vanished while the folder was read")
-            continue
+            listed.append((entry.name, entry.stat(follow_symlinks=False)))
         except OSError as e:
-            warn(path, f"skipped: it could not be examined ({_describe(e)})")
-            continue
-        yield path, name, st, fd
-        if stat.S_ISDIR(st.st_mode):
-            try:
-                sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            except OSError as e:
-                warn(path, f"the folder could not be opened ({_describe(e)}); its contents are not backed up")
-                continue
-            try:
-                if os.fstat(sub).st_ino != st.st_ino:
-                    warn(path, "the folder was replaced while it was read; its contents are not backed up")
+            listed.append((entry.name, e))
+    return listed
+
+
+def _open_folder(parent_fd: int, name: str, inode: int) -> _Folder:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+    except OSError as e:
+        return _Folder(
+            problem=f"the folder could not be opened ({_describe(e)}); its contents are not backed up"
+        )
+    folder = _Folder(fd=fd)
+    try:
+        if os.fstat(fd).st_ino != inode:
+            folder.problem = "the folder was replaced while it was read; its contents are not backed up"
+        else:
+            folder.items = _list(fd)
+    except OSError as e:
+        folder.problem = f"the folder could not be read ({_describe(e)}); its contents are not backed up"
+    return folder
+
+
+class _Walk:
+    """Everything under a folder in walk order, with folders opened and listed ahead on threads.
+
+    Listing a folder and examining its items waits on the disk when the cache is cold; a few
+    folders listed at once keep the disk busy while this thread works through the last one.
+    """
+
+    AHEAD = 16  # subfolders of one folder opened and listed before the walk reaches them
+
+    def __init__(self, warn: Callable[[str, str], None], threads: int = 8) -> None:
+        self.warn = warn
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="list")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def __call__(self, root_fd: int) -> Iterator[tuple[str, str, os.stat_result, int]]:
+        """(relative path, name, lstat, folder fd): the folder's descriptor stays valid until the
+        walk moves on, so open the item through it at once."""
+        try:
+            items = _list(root_fd)
+        except OSError as e:
+            self.warn(".", f"the folder could not be read ({_describe(e)}); nothing was backed up")
+            return
+        yield from self._items(root_fd, "", items)
+
+    def _items(self, fd: int, prefix: str, items: Listed) -> Iterator[tuple[str, str, os.stat_result, int]]:
+        subfolders = deque(
+            (name, st) for name, st in items if isinstance(st, os.stat_result) and stat.S_ISDIR(st.st_mode)
+        )
+        ahead: dict[str, Future[_Folder]] = {}
+
+        def look_ahead() -> None:
+            while subfolders and len(ahead) < self.AHEAD:
+                name, st = subfolders.popleft()
+                ahead[name] = self._pool.submit(_open_folder, fd, name, st.st_ino)
+
+        look_ahead()
+        try:
+            for name, st in items:
+                path = f"{prefix}/{name}" if prefix else name
+                try:
+                    name.encode("utf-8")
+                except UnicodeEncodeError:
+                    shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                    self.warn(shown, "skipped: its name is not valid UTF-8")
                     continue
-                yield from _walk(sub, path, warn)
-            finally:
-                os.close(sub)
+                if isinstance(st, FileNotFoundError):
+                    self.warn(path, "skipped: it vanished while the folder was read")
+                    continue
+                if isinstance(st, OSError):
+                    self.warn(path, f"skipped: it could not be examined ({_describe(st)})")
+                    continue
+                yield path, name, st, fd
+                if name in ahead:
+                    folder = ahead.pop(name).result()
+                    look_ahead()
+                    try:
+                        if folder.problem is not None or folder.items is None:
+                            self.warn(path, folder.problem or "the folder could not be read")
+                        else:
+                            yield from self._items(folder.fd, path, folder.items)
+                    finally:
+                        if folder.fd >= 0:
+                            os.close(folder.fd)
+        finally:
+            # Only after an error or a skipped name: close what was opened ahead and never walked.
+            for future in ahead.values():
+                if (folder := future.result()).fd >= 0:
+                    os.close(folder.fd)
 
 
 _SPECIAL = {
@@ -220,7 +287,7 @@ class _Walker:
         self,
         repo: Repository,
         *,
-        parent: Iterator[Entry],
+        parent: Iterator[tuple[ParentGroup, Entry]],
         full: bool,
         progress: Callable[[int, int], None] | None,
         estimate: int,
@@ -231,11 +298,14 @@ class _Walker:
         self.figures = _Figures()
         self.tree = TreeWriter(repo, self.check)
         self._parent = parent
-        self._next_parent: Entry | None = next(parent, None)
-        self._next_key = path_key(self._next_parent.path) if self._next_parent else None
+        self._next_parent: Entry | None = None
+        self._next_group: ParentGroup | None = None
+        self._next_key: list[str] | None = None
+        self._advance_parent()
         self._queue: deque[_Pending] = deque()
         self._in_flight = 0
         self._threads = ThreadPoolExecutor(max_workers=workers() + 1, thread_name_prefix="read")
+        self._walk = _Walk(self.figures.warn)
         self._local = threading.local()
         self._progress = progress
         self._estimate = estimate
@@ -243,45 +313,60 @@ class _Walker:
         self._last_report = 0.0
 
     # ---- the parent snapshot, merged in walk order ------------------------------------------
-    def _parent_entry(self, path: str) -> Entry | None:
+    def _advance_parent(self) -> None:
+        found = next(self._parent, None)
+        self._next_group, self._next_parent = found if found is not None else (None, None)
+        self._next_key = path_key(self._next_parent.path) if self._next_parent is not None else None
+
+    def _parent_entry(self, path: str) -> tuple[Entry | None, ParentGroup | None]:
+        """The parent snapshot's entry at `path` and the group it is in, if it has one."""
         key = path_key(path)
         while self._next_key is not None and self._next_key < key:
-            self._next_parent = next(self._parent, None)
-            self._next_key = path_key(self._next_parent.path) if self._next_parent else None
+            self._advance_parent()
         if self._next_parent is not None and self._next_parent.path == path:
-            return self._next_parent
-        return None
+            return self._next_parent, self._next_group
+        return None, None
 
     # ---- the walk ----------------------------------------------------------------------------
     def run(self, root_fd: int) -> None:
         try:
-            for path, name, st, dir_fd in walk(root_fd, self.figures.warn):
+            for path, name, st, dir_fd in self._walk(root_fd):
                 self._visit(path, name, st, dir_fd)
                 self._drain(block=self._in_flight > IN_FLIGHT_BYTES or len(self._queue) > IN_FLIGHT_FILES)
             while self._queue:
                 self._drain(block=True)
         finally:
+            self._walk.close()
             self._threads.shutdown(wait=True, cancel_futures=True)
             for pending in self._queue:  # only after an error: close what never got read
                 if pending.read is not None and pending.read.cancelled():
                     os.close(pending.fd)
 
     def _visit(self, path: str, name: str, st: os.stat_result, dir_fd: int) -> None:
-        parent = self._parent_entry(path)
+        parent, group = self._parent_entry(path)
         mode = st.st_mode
         common = {"path": path, "mode": stat.S_IMODE(mode), "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
         if stat.S_ISDIR(mode):
             self.figures.dirs += 1
-            self._ready(path, Entry(type="dir", **common))
+            self._ready(path, Entry(type="dir", **common), parent, group)
         elif stat.S_ISLNK(mode):
-            self._visit_link(path, name, dir_fd, common)
+            self._visit_link(path, name, dir_fd, common, parent=parent, group=group)
         elif stat.S_ISREG(mode):
-            self._visit_file(path, name, st, dir_fd, parent)
+            self._visit_file(path, name, st, dir_fd, parent=parent, group=group)
         else:
             what = _SPECIAL.get(stat.S_IFMT(mode), "not a regular file")
             self.figures.warn(path, f"skipped: it is {what}, which a backup cannot hold")
 
-    def _visit_link(self, path: str, name: str, dir_fd: int, common: dict[str, object]) -> None:
+    def _visit_link(
+        self,
+        path: str,
+        name: str,
+        dir_fd: int,
+        common: dict[str, object],
+        *,
+        parent: Entry | None,
+        group: ParentGroup | None,
+    ) -> None:
         try:
             target = os.readlink(name, dir_fd=dir_fd)
             size = len(target.encode("utf-8"))
@@ -295,10 +380,17 @@ class _Walker:
             self.figures.warn(path, f"skipped: the link could not be read ({_describe(e)})")
             return
         self.figures.symlinks += 1
-        self._ready(path, Entry(type="symlink", target=target, size=size, **common))
+        self._ready(path, Entry(type="symlink", target=target, size=size, **common), parent, group)
 
     def _visit_file(
-        self, path: str, name: str, st: os.stat_result, dir_fd: int, parent: Entry | None
+        self,
+        path: str,
+        name: str,
+        st: os.stat_result,
+        dir_fd: int,
+        *,
+        parent: Entry | None,
+        group: ParentGroup | None,
     ) -> None:
         if (
             not self.full
@@ -307,8 +399,10 @@ class _Walker:
             and (parent.size, parent.mtime_ns, parent.inode) == (st.st_size, st.st_mtime_ns, st.st_ino)
         ):
             mode = stat.S_IMODE(st.st_mode)
-            reused = parent if parent.mode == mode else parent.model_copy(update={"mode": mode})
-            self._ready(path, reused)
+            if parent.mode == mode:
+                self._ready(path, parent, parent, group)
+            else:
+                self._ready(path, parent.model_copy(update={"mode": mode}))
             return
         try:
             fd = _open_file(name, dir_fd)
@@ -337,8 +431,14 @@ class _Walker:
         else:
             self.figures.warn(path, f"skipped: {reason}")
 
-    def _ready(self, path: str, entry: Entry) -> None:
-        self._queue.append(_Pending(path, entry))
+    def _ready(
+        self, path: str, entry: Entry, parent: Entry | None = None, group: ParentGroup | None = None
+    ) -> None:
+        """Queue a finished entry; one equal to the parent's is queued as the parent's own object,
+        with its group, so that an unchanged group of the tree is reused whole."""
+        if parent is not None and parent is not entry and parent == entry:
+            entry = parent
+        self._queue.append(_Pending(path, entry, group=group if entry is parent else None))
 
     # ---- reading a file (on a reading thread, or here for a large one) -----------------------
     def _chunker(self) -> pyfastcdc.FastCDC:
@@ -405,7 +505,7 @@ class _Walker:
             self._queue.popleft()
             entry = head.entry if head.read is None else self._finish_file(head)
             if entry is not None:
-                self._record(entry)
+                self._record(entry, head.group)
             block = False  # one finished is enough to make room; go on only with what is done
 
     def _finish_file(self, pending: _Pending) -> Entry | None:
@@ -439,13 +539,13 @@ class _Walker:
             count += loc.plain_length // ID_SIZE if loc is not None else 0
         return count
 
-    def _record(self, entry: Entry) -> None:
+    def _record(self, entry: Entry, group: ParentGroup | None) -> None:
         if entry.type == "file":
             self.figures.files += 1
             self.figures.bytes += entry.size
             self.figures.blobs += self._blob_count(entry)
             self.done_bytes += entry.size
-        self.tree.add(entry)
+        self.tree.add(entry, group)
         now = time.monotonic()
         if self._progress is not None and now - self._last_report >= PROGRESS_EVERY:
             self._last_report = now
@@ -502,7 +602,11 @@ def store_files(
         adopt_unindexed_packs(repo)
         parent = latest_snapshot(repo, "files", source)
         stored_before = repo.stored_bytes
-        parent_entries = iter_entries(repo, parent[1]) if parent is not None and not full else iter(())
+        parent_entries = (
+            ((group, entry) for group, entries in iter_groups(repo, parent[1]) for entry in entries)
+            if parent is not None and not full
+            else iter(())
+        )
         walker = _Walker(
             repo,
             parent=parent_entries,

@@ -12,7 +12,10 @@ names list blobs whose concatenated ids name the tree blobs in order.
 from __future__ import annotations
 
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import NamedTuple
 
 from pydantic import TypeAdapter
 
@@ -25,6 +28,7 @@ from domain.manifest import Entry, Manifest
 GROUP_BITS = 6  # about 64 entries (6 KiB to 20 KiB of JSON) a group
 GROUP_MASK = (1 << GROUP_BITS) - 1
 GROUP_LIMIT = 1024
+READ_AHEAD = 8  # tree blobs read ahead of the one being used
 
 ENTRIES = TypeAdapter(list[Entry])
 
@@ -39,17 +43,30 @@ def ends_group(path: str) -> bool:
 
 
 class TreeWriter:
-    """Takes entries in walk order and stores them as tree blobs; `finish` stores the id lists."""
+    """Takes entries in walk order and stores them as tree blobs; `finish` stores the id lists.
+
+    An entry passed with the parent snapshot's group it came from, unchanged, lets a group made
+    only of one parent group's entries, all of them, reuse that group's tree blob as it is: a
+    backup in which little changed serialises and seals only the groups that did.
+    """
 
     def __init__(self, repo: Repository, has_blob: Callable[[bytes], bool] | None = None) -> None:
         self.repo = repo
-        self.has_blob = has_blob
+        self.has_blob = has_blob or repo.has_blob
+        self._check = has_blob
         self._group: list[Entry] = []
+        self._from: ParentGroup | None = None
+        self._from_count = 0
         self._ids = bytearray()
         self.entries = 0
         self.new_blobs = 0
+        self.reused_groups = 0
 
-    def add(self, entry: Entry) -> None:
+    def add(self, entry: Entry, unchanged_from: ParentGroup | None = None) -> None:
+        if not self._group:
+            self._from, self._from_count = unchanged_from, 0
+        if unchanged_from is not None and unchanged_from is self._from:
+            self._from_count += 1
         self._group.append(entry)
         self.entries += 1
         if ends_group(entry.path) or len(self._group) >= GROUP_LIMIT:
@@ -58,28 +75,58 @@ class TreeWriter:
     def _store_group(self) -> None:
         if not self._group:
             return
-        blob = self.repo.prepare(BLOB_DATA, ENTRIES.dump_json(self._group, exclude_defaults=True))
-        if self.repo.add(blob, self.has_blob):
-            self.new_blobs += 1
-        self._ids += blob.blob_id
+        same = self._from
+        if same is not None and self._from_count == len(self._group) == same.size and self.has_blob(same.id):
+            self._ids += same.id
+            self.reused_groups += 1
+        else:
+            blob = self.repo.prepare(BLOB_DATA, ENTRIES.dump_json(self._group, exclude_defaults=True))
+            if self.repo.add(blob, self._check):
+                self.new_blobs += 1
+            self._ids += blob.blob_id
         self._group = []
+        self._from = None
 
     def finish(self) -> list[str]:
         """Store the last group and the lists that name every group; return the lists' ids."""
         self._store_group()
-        return store_id_lists(self.repo, bytes(self._ids), self.has_blob) if self._ids else []
+        return store_id_lists(self.repo, bytes(self._ids), self._check) if self._ids else []
 
 
-def load_group(repo: Repository, tree_id: bytes) -> list[Entry]:
-    """One tree blob's entries, authenticated and validated (a path that could escape is refused)."""
+class ParentGroup(NamedTuple):
+    """One tree blob of a parent snapshot: its id and how many entries it holds."""
+
+    id: bytes
+    size: int
+
+
+def load_group(repo: Repository, tree_id: bytes, sealed: bytes | None = None) -> list[Entry]:
+    """One tree blob's entries, authenticated and validated (a path that could escape is refused).
+
+    `sealed` is the blob as stored, if the caller has read it already.
+    """
     loc = repo.index.lookup(tree_id)
     if loc is not None and loc.blob_type != BLOB_DATA:
         raise IntegrityError(f"blob {tree_id.hex()[:12]} is named as a tree but is not a data blob")
-    raw = repo.read_blob(tree_id, loc)
+    if sealed is not None and loc is not None:
+        raw = repo.open_blob(tree_id, loc, sealed)
+    else:
+        raw = repo.read_blob(tree_id, loc)
     try:
         return ENTRIES.validate_json(raw)
     except ValueError as e:
         raise IntegrityError(f"tree blob {tree_id.hex()[:12]} does not hold valid entries: {e}") from e
+
+
+def _read_stored(repo: Repository, tree_id: bytes) -> bytes | None:
+    """The tree blob as stored, or None to let `load_group` say what is wrong."""
+    loc = repo.index.lookup(tree_id)
+    if loc is None:
+        return None
+    try:
+        return repo.backend.read("data", loc.pack_id, loc.offset, loc.length)
+    except OSError:
+        return None
 
 
 def tree_ids(repo: Repository, manifest: Manifest) -> list[bytes]:
@@ -87,9 +134,32 @@ def tree_ids(repo: Repository, manifest: Manifest) -> list[bytes]:
 
 
 def iter_entries(repo: Repository, manifest: Manifest) -> Iterator[Entry]:
-    """Every entry of a snapshot in walk order, one tree blob in memory at a time."""
+    """Every entry of a snapshot in walk order, a few tree blobs in memory at a time."""
     if not manifest.tree:
         yield from manifest.entries
         return
-    for tree_id in tree_ids(repo, manifest):
-        yield from load_group(repo, tree_id)
+    for _, entries in iter_groups(repo, manifest):
+        yield from entries
+
+
+def iter_groups(repo: Repository, manifest: Manifest) -> Iterator[tuple[ParentGroup, list[Entry]]]:
+    """Each tree blob of a files snapshot with its entries, in walk order.
+
+    The next tree blobs are read from disk on a thread while the caller works through one; they
+    are opened and parsed here (on a thread they would only fight this one for the interpreter).
+    """
+    ids = iter(tree_ids(repo, manifest))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tree") as reader:
+        ahead: deque[tuple[bytes, Future[bytes | None]]] = deque()
+        try:
+            while True:
+                while len(ahead) < READ_AHEAD and (tree_id := next(ids, None)) is not None:
+                    ahead.append((tree_id, reader.submit(_read_stored, repo, tree_id)))
+                if not ahead:
+                    return
+                tree_id, future = ahead.popleft()
+                entries = load_group(repo, tree_id, future.result())
+                yield ParentGroup(tree_id, len(entries)), entries
+        finally:
+            for _, future in ahead:
+                future.cancel()

@@ -60,7 +60,7 @@ class Entry(BaseModel):
     @field_validator("path")
     @classmethod
     def _path_is_relative_and_inside(cls, value: str) -> str:
-        check_relative_path(value)
+        ensure_relative_path(value)
         return value
 
     @model_validator(mode="after")
@@ -126,12 +126,20 @@ class Manifest(BaseModel):
 
 def check_relative_path(value: str) -> PurePosixPath:
     """Return `value` as a relative path, or raise UnsafePath if it could leave its root."""
+    ensure_relative_path(value)
+    return PurePosixPath(value)
+
+
+def ensure_relative_path(value: str) -> None:
+    """Raise UnsafePath unless `value` is a canonical relative path that stays inside its root.
+
+    String checks only (a manifest of 100,000 entries runs this for each): an absolute path starts
+    with "/", and any "", "." or ".." component is refused.
+    """
     if not value or "\x00" in value or "\\" in value:
         raise UnsafePath(f"the path {value!r} is not a valid relative path")
-    path = PurePosixPath(value)
     parts = value.split("/")
-    if path.is_absolute() or ".." in parts:
+    if value[0] == "/" or ".." in parts:
         raise UnsafePath(f"the path {value!r} tries to leave the restore folder; refusing it")
     if "" in parts or "." in parts:
         raise UnsafePath(f"the path {value!r} is not a canonical relative path")
-    return path
