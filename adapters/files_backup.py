@@ -316,15 +316,23 @@ class _Walker:
     def _advance_parent(self) -> None:
         found = next(self._parent, None)
         self._next_group, self._next_parent = found if found is not None else (None, None)
-        self._next_key = path_key(self._next_parent.path) if self._next_parent is not None else None
+        self._next_key = None  # made when needed: most lookups match the next entry at once
 
     def _parent_entry(self, path: str) -> tuple[Entry | None, ParentGroup | None]:
         """The parent snapshot's entry at `path` and the group it is in, if it has one."""
-        key = path_key(path)
-        while self._next_key is not None and self._next_key < key:
-            self._advance_parent()
-        if self._next_parent is not None and self._next_parent.path == path:
-            return self._next_parent, self._next_group
+        key: list[str] | None = None
+        while self._next_parent is not None:
+            if self._next_parent.path == path:
+                found = self._next_parent, self._next_group
+                self._advance_parent()
+                return found
+            if key is None:
+                key = path_key(path)
+            if self._next_key is None:
+                self._next_key = path_key(self._next_parent.path)
+            if self._next_key > key:
+                break
+            self._advance_parent()  # gone from the folder since the parent snapshot
         return None, None
 
     # ---- the walk ----------------------------------------------------------------------------
@@ -345,14 +353,15 @@ class _Walker:
     def _visit(self, path: str, name: str, st: os.stat_result, dir_fd: int) -> None:
         parent, group = self._parent_entry(path)
         mode = st.st_mode
+        if stat.S_ISREG(mode):
+            self._visit_file(path, name, st, dir_fd, parent=parent, group=group)
+            return
         common = {"path": path, "mode": stat.S_IMODE(mode), "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
         if stat.S_ISDIR(mode):
             self.figures.dirs += 1
             self._ready(path, Entry(type="dir", **common), parent, group)
         elif stat.S_ISLNK(mode):
             self._visit_link(path, name, dir_fd, common, parent=parent, group=group)
-        elif stat.S_ISREG(mode):
-            self._visit_file(path, name, st, dir_fd, parent=parent, group=group)
         else:
             what = _SPECIAL.get(stat.S_IFMT(mode), "not a regular file")
             self.figures.warn(path, f"skipped: it is {what}, which a backup cannot hold")
