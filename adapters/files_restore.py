@@ -376,7 +376,8 @@ def restore_files(
                 else:
                     futures.append((threads.submit(write_file, repo, entry, to / entry.path), entry))
                     settle(block=len(futures) >= IN_FLIGHT_FILES)
-            settle(block=True)
+            while futures:  # every file checked: settle(block=True) waits for the first one only
+                settle(block=True)
         except BaseException:
             for future, _ in futures:
                 future.cancel()
