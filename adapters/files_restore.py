@@ -70,7 +70,8 @@ def _glob_regex(pattern: str) -> str:
             body = pattern[i + 1 : end]
             negate = body[:1] in ("!", "^")
             body = body[1:] if negate else body
-            out.append(("[^" if negate else "[") + body.replace("\\", "\\\\") + "]")
+            # A class never matches the separator: `*`, `?` and classes stay within one component.
+            out.append(("[^/" if negate else "[") + body.replace("\\", "\\\\") + "]")
             i = end + 1
             continue
         else:
@@ -175,7 +176,7 @@ def _check_entries(
     """The first pass: validate the whole snapshot and what is under `to`; write nothing."""
     plan = _Plan()
     check = _TargetCheck(to)
-    links: set[str] = set()
+    not_folders: dict[str, str] = {}  # path -> what the snapshot holds there instead of a folder
     previous: list[str] | None = None
     for entry in iter_entries(repo, manifest):
         key = path_key(entry.path)
@@ -185,13 +186,13 @@ def _check_entries(
             )
         previous = key
         for n in range(1, len(key)):
-            if (through := "/".join(key[:n])) in links:
+            if (through := "/".join(key[:n])) in not_folders:
                 raise UnsafePath(
-                    f"the path {entry.path!r} passes through the symbolic link {through!r} of the snapshot; "
-                    "refusing to restore through a link"
+                    f"the path {entry.path!r} passes through the {not_folders[through]} {through!r} of "
+                    "the snapshot; refusing to restore through anything but a folder"
                 )
-        if entry.type == "symlink":
-            links.add(entry.path)
+        if entry.type != "dir":
+            not_folders[entry.path] = "symbolic link" if entry.type == "symlink" else "file"
         if not selection(entry.path):
             continue
         parent, _, _ = entry.path.rpartition("/")
@@ -286,13 +287,21 @@ def write_file(repo: Repository, entry: Entry, target: Path) -> int:
 def remove_partial_writes(to: Path) -> int:
     """Delete the temporary files an interrupted restore left under `to`; return how many."""
     removed = 0
-    for folder, _dirs, names in os.walk(to):
-        for name in names:
-            if name.startswith(".") and PARTIAL_MARK in name:
+    for folder, dirs, names in os.walk(to):
+        # A leftover link to a folder is listed among the folders (os.walk never follows it).
+        for name in [*names, *dirs]:
+            if name.startswith(".") and PARTIAL_MARK in name and not _is_real_folder(folder, name):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(folder, name))
                     removed += 1
     return removed
+
+
+def _is_real_folder(folder: str, name: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(os.path.join(folder, name)).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def _sync_filesystem(path: Path) -> None:
@@ -319,7 +328,6 @@ def restore_files(
 ) -> FilesRestored:
     """Restore a files snapshot (or the part `include` selects) under `to`."""
     repo.ensure_index()
-    to.mkdir(parents=True, exist_ok=True)
     to = to.resolve()
     selection = Selection(include)
     plan = _check_entries(repo, manifest, to, selection, force)
@@ -332,6 +340,7 @@ def restore_files(
         raise RestoreRefused(
             f"{'; '.join(plan.clashes)}{more}; restore elsewhere with --to, or add --force to replace them"
         )
+    to.mkdir(parents=True, exist_ok=True)
     selection = Selection(include)  # the first pass used up its record of matches
     folders: dict[str, Entry] = {}
     links: list[Entry] = []
@@ -436,13 +445,15 @@ def cat_file(repo: Repository, manifest: Manifest, path: str, out: BinaryIO) -> 
     sha = hashlib.sha256()
     buffered = entry.size <= CAT_BUFFER
     held: list[bytes] = []
+    total = 0
     for data in _file_batches(repo, entry):
         sha.update(data)
+        total += len(data)
         if buffered:
             held.append(data)
         else:
             out.write(data)
-    if sha.hexdigest() != entry.sha256:
+    if total != entry.size or sha.hexdigest() != entry.sha256:
         raise IntegrityError(f"{entry.path} does not match its snapshot (SHA-256 differs)")
     for data in held:
         out.write(data)
