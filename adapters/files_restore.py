@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import errno
 import hashlib
+import itertools
 import os
 import re
 import secrets
@@ -25,14 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 import structlog
 
-from adapters.chunks import workers
-from adapters.errors import DiskFull, IntegrityError, RestoreRefused
+from adapters.chunks import workers as thread_count
+from adapters.errors import BlobNotFound, DiskFull, IntegrityError, RestoreRefused
 from adapters.files_tree import iter_entries, path_key
 from adapters.pagestore import sha256_file
 from adapters.repository.repo import Repository
-from adapters.restore import blob_batches, locate_all, read_batch
+from adapters.restore import blob_batches, content_ids, locate_all, read_batch
+from adapters.sealpool import SealPool
+from adapters.sealworker import FRAME, OPEN_ITEM
 from domain.errors import UnsafePath
 from domain.manifest import Entry, Manifest
 
@@ -40,7 +44,9 @@ log = structlog.get_logger(__name__)
 
 PARTIAL_MARK = ".capsule-restore-"
 CAT_BUFFER = 256 * 1024 * 1024  # `cat` checks a file this size or smaller before writing a byte
-IN_FLIGHT_FILES = 32
+IN_FLIGHT_FILES = 256
+POOL_FILE_LIMIT = 64 * 1024 * 1024  # files up to this size go to a worker process whole
+POOL_MIN_BYTES = 16 * 1024 * 1024  # below this, starting the worker processes costs more than it saves
 CLASHES_SHOWN = 5
 
 Progress = Callable[[int, int], None]
@@ -284,6 +290,85 @@ def write_file(repo: Repository, entry: Entry, target: Path) -> int:
     return written
 
 
+class _ToWorkers:
+    """Files handed whole to the worker processes, in batches: one index look-up serves many files,
+    and each request is built from plain lists (per-file numpy calls would cost more than the file).
+    """
+
+    BATCH = 64
+
+    def __init__(self, repo: Repository, pool: SealPool, to: Path) -> None:
+        self.repo = repo
+        self.pool = pool
+        self.to = str(to)
+        self.entries: list[Entry] = []
+        self._paths: dict[int, bytes] = {}
+        self._serial = itertools.count()
+        self._mark = f"{PARTIAL_MARK}{os.getpid()}-{secrets.token_hex(3)}-"
+
+    def _pack_path(self, number: int) -> bytes:
+        framed = self._paths.get(number)
+        if framed is None:
+            path = os.path.abspath(self.repo.backend.path_of("data", self.repo.index.pack_ids[number]))
+            raw = path.encode()
+            framed = self._paths[number] = FRAME.pack(len(raw)) + raw
+        return framed
+
+    def add(self, entry: Entry) -> list[tuple[Future[memoryview], Entry]]:
+        self.entries.append(entry)
+        return self.flush() if len(self.entries) >= self.BATCH else []
+
+    def flush(self) -> list[tuple[Future[memoryview], Entry]]:
+        entries, self.entries = self.entries, []
+        ids_of = [
+            [bytes.fromhex(b) for b in e.blobs]
+            if not e.blob_lists
+            else [i for group in content_ids(self.repo, e) for i in group]
+            for e in entries
+        ]
+        all_ids = [i for ids in ids_of for i in ids]
+        pos, packs, recs = self.repo.index.columns(all_ids)
+        if (pos < 0).any():
+            first = int(np.flatnonzero(pos < 0)[0])
+            owner = next(
+                e for e, n in zip(entries, itertools.accumulate(map(len, ids_of)), strict=True) if first < n
+            )
+            raise BlobNotFound(
+                f"blob {all_ids[first].hex()[:12]} of {owner.path} is in no index; run `capsule verify` "
+                "and `capsule rebuild-index`"
+            )
+        columns = [packs.tolist(), *(recs[c].tolist() for c in ("offset", "type", "comp", "length", "plain"))]
+        out = []
+        at = 0
+        for entry, ids in zip(entries, ids_of, strict=True):
+            local: dict[int, int] = {}
+            paths: list[bytes] = []
+            rows = []
+            for k in range(at, at + len(ids)):
+                number, offset, btype, comp, length, plain = (c[k] for c in columns)
+                index = local.get(number)
+                if index is None:
+                    index = local[number] = len(paths)
+                    paths.append(self._pack_path(number))
+                rows.append(OPEN_ITEM.pack(index, offset, all_ids[k], btype, comp, length, plain))
+            at += len(ids)
+            body = b"".join([FRAME.pack(len(paths)), *paths, FRAME.pack(len(rows)), *rows])
+            final = f"{self.to}/{entry.path}"
+            folder, _, name = final.rpartition("/")
+            assert entry.sha256 is not None
+            future = self.pool.restore_file(
+                final,
+                f"{folder}/.{name}{self._mark}{next(self._serial)}",
+                mode=entry.mode,
+                mtime_ns=entry.mtime_ns,
+                size=entry.size,
+                sha256=entry.sha256,
+                request=body,
+            )
+            out.append((future, entry))
+        return out
+
+
 def remove_partial_writes(to: Path) -> int:
     """Delete the temporary files an interrupted restore left under `to`; return how many."""
     removed = 0
@@ -325,8 +410,13 @@ def restore_files(
     include: Sequence[str] = (),
     force: bool = False,
     progress: Progress | None = None,
+    workers: int | None = None,
 ) -> FilesRestored:
-    """Restore a files snapshot (or the part `include` selects) under `to`."""
+    """Restore a files snapshot (or the part `include` selects) under `to`.
+
+    Files go to worker processes whole (`workers` of them; 0 keeps everything in this process, on
+    threads), each checked in memory before it is written; very large files are written here.
+    """
     repo.ensure_index()
     to = to.resolve()
     selection = Selection(include)
@@ -345,7 +435,7 @@ def restore_files(
     folders: dict[str, Entry] = {}
     links: list[Entry] = []
     done = 0
-    futures: deque[tuple[Future[int], Entry]] = deque()
+    futures: deque[tuple[Future[int] | Future[memoryview], Entry]] = deque()
 
     def settle(block: bool) -> None:
         nonlocal done
@@ -367,7 +457,10 @@ def restore_files(
             os.mkdir(to / relative, 0o700)
         made.add(relative)
 
-    with ThreadPoolExecutor(max_workers=workers() + 1, thread_name_prefix="restore") as threads:
+    use_pool = workers != 0 and plan.bytes >= POOL_MIN_BYTES
+    pool = SealPool(repo.master_key, repo.compression_level, workers) if use_pool else None
+    to_workers = _ToWorkers(repo, pool, to) if pool is not None else None
+    with ThreadPoolExecutor(max_workers=thread_count() + 1, thread_name_prefix="restore") as threads:
         try:
             for entry in iter_entries(repo, manifest):
                 if entry.type == "dir":
@@ -383,14 +476,22 @@ def restore_files(
                 elif entry.path in plan.already:
                     done += entry.size
                 else:
-                    futures.append((threads.submit(write_file, repo, entry, to / entry.path), entry))
+                    if to_workers is not None and entry.size <= POOL_FILE_LIMIT:
+                        futures.extend(to_workers.add(entry))
+                    else:
+                        futures.append((threads.submit(write_file, repo, entry, to / entry.path), entry))
                     settle(block=len(futures) >= IN_FLIGHT_FILES)
+            if to_workers is not None:
+                futures.extend(to_workers.flush())
             while futures:  # every file checked: settle(block=True) waits for the first one only
                 settle(block=True)
         except BaseException:
             for future, _ in futures:
                 future.cancel()
             raise
+        finally:
+            if pool is not None:
+                pool.close()  # waits for the files the workers are still writing
     for entry in links:
         if entry.path in plan.already:
             continue

@@ -12,7 +12,7 @@ import threading
 from concurrent.futures import Future
 from typing import IO
 
-from adapters.errors import BlobNotFound, IntegrityError
+from adapters.errors import BlobNotFound, DiskFull, IntegrityError
 from adapters.repository.crypto import ID_SIZE, MasterKey
 from adapters.repository.pack import HEADER_ENTRY
 from adapters.sealworker import (
@@ -20,11 +20,14 @@ from adapters.sealworker import (
     HEAD,
     OP_HASH,
     OP_OPEN_TO,
+    OP_RESTORE_FILE,
     OP_SEAL_PIECES,
     OPEN_ITEM,
     PIECES,
+    RESTORE_FILE,
     STATUS_INTEGRITY,
     STATUS_MISSING,
+    STATUS_NO_SPACE,
     STATUS_OK,
     read_frame,
 )
@@ -65,6 +68,8 @@ class _Proc:
             status, request = HEAD.unpack_from(body)
             with self.lock:
                 future = self.futures.pop(request)
+            if not future.set_running_or_notify_cancel():
+                continue  # the caller gave up on it (it was cancelled after an error elsewhere)
             payload = memoryview(body)[HEAD.size :]  # a sealed run is half a megabyte: no copy
             if status == STATUS_OK:
                 future.set_result(payload)
@@ -73,13 +78,17 @@ class _Proc:
             elif status == STATUS_MISSING:
                 missing = bytes(payload).decode()
                 future.set_exception(BlobNotFound(f"a file of the repository is missing: {missing}"))
+            elif status == STATUS_NO_SPACE:
+                reason = bytes(payload).decode()
+                future.set_exception(DiskFull(f"the disk is full ({reason}); free space and retry"))
             else:
                 future.set_exception(WorkerFailed(f"a sealing worker failed: {bytes(payload).decode()}"))
         with self.lock:
             self.dead = True
             pending, self.futures = self.futures, {}
         for future in pending.values():
-            future.set_exception(WorkerFailed("a sealing worker stopped unexpectedly"))
+            if future.set_running_or_notify_cancel():
+                future.set_exception(WorkerFailed("a sealing worker stopped unexpectedly"))
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -156,6 +165,14 @@ class SealPool:
         """Open the blobs of `request` (see `open_request`) and write their plaintexts end to end
         into the existing file `out_path` at `offset`; the reply is the u64 count written."""
         return self._submit(OP_OPEN_TO, self._path(out_path) + struct.pack("<Q", offset) + request)
+
+    def restore_file(
+        self, final: str, tmp: str, *, mode: int, mtime_ns: int, size: int, sha256: str, request: bytes
+    ) -> Future[memoryview]:
+        """Open the blobs of `request`, check them against `size` and `sha256`, write them to `tmp`
+        (which must not exist) and rename it to `final`; the reply is the u64 count written."""
+        fields = RESTORE_FILE.pack(mode & 0o7777, mtime_ns, size, bytes.fromhex(sha256))
+        return self._submit(OP_RESTORE_FILE, self._path(final) + self._path(tmp) + fields + request)
 
 
 def open_request(paths: list[str], rows: bytes) -> bytes:

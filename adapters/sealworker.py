@@ -14,6 +14,9 @@ u8 status (0 ok, 1 integrity error, 2 file missing, 3 other error), u32 request 
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import os
 import signal
 import struct
@@ -37,12 +40,18 @@ OP_SEAL_PIECES = 4
 #   straight into that file (which must exist) at that offset, in request order
 OP_OPEN_TO = 5
 
+# final path, temp path, mode u32, mtime_ns i64, size u64, sha256 32, then the blobs as for
+#   OP_OPEN_TO -> u64 bytes written: the file is checked whole in memory, then written to the temp
+#   path (created, never followed), given its mode and time, and renamed to the final path
+OP_RESTORE_FILE = 6
+
 FRAME = struct.Struct("<I")
 HEAD = struct.Struct("<BI")
 PIECES = struct.Struct("<BBQIII")
 OPEN_ITEM = struct.Struct("<IQ32sBBII")
+RESTORE_FILE = struct.Struct("<IqQ32s")
 
-STATUS_OK, STATUS_INTEGRITY, STATUS_MISSING, STATUS_ERROR = 0, 1, 2, 3
+STATUS_OK, STATUS_INTEGRITY, STATUS_MISSING, STATUS_ERROR, STATUS_NO_SPACE = 0, 1, 2, 3, 4
 
 
 def read_frame(stream: IO[bytes]) -> bytes | None:
@@ -133,6 +142,34 @@ class Worker:
             os.close(fd)
         return struct.pack("<Q", written)
 
+    def restore_file(self, body: bytes, pos: int) -> bytes:
+        final, pos = _path(body, pos)
+        tmp, pos = _path(body, pos)
+        mode, mtime_ns, size, digest = RESTORE_FILE.unpack_from(body, pos)
+        pieces = self._open_items(body, pos + RESTORE_FILE.size)
+        sha = hashlib.sha256()
+        for piece in pieces:
+            sha.update(piece)
+        if sum(len(p) for p in pieces) != size or sha.digest() != digest:
+            raise IntegrityError(f"{final} does not match its snapshot (SHA-256 differs)")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                for piece in pieces:
+                    view = memoryview(piece)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                os.fchmod(fd, mode)
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return struct.pack("<Q", size)
+
     def _open_items(self, body: bytes, pos: int) -> list[bytes]:
         (n_paths,) = FRAME.unpack_from(body, pos)
         pos += 4
@@ -191,6 +228,8 @@ class Worker:
                 result = self.seal_pieces(body, HEAD.size)
             elif op == OP_OPEN_TO:
                 result = self.open_to(body, HEAD.size)
+            elif op == OP_RESTORE_FILE:
+                result = self.restore_file(body, HEAD.size)
             else:
                 raise ValueError(f"unknown operation {op}")
             return HEAD.pack(STATUS_OK, request) + result
@@ -198,6 +237,10 @@ class Worker:
             return HEAD.pack(STATUS_INTEGRITY, request) + str(e).encode()
         except FileNotFoundError as e:
             return HEAD.pack(STATUS_MISSING, request) + str(e).encode()
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                return HEAD.pack(STATUS_ERROR, request) + f"{type(e).__name__}: {e}".encode()
+            return HEAD.pack(STATUS_NO_SPACE, request) + str(e).encode()
         except Exception as e:  # reported to the parent, which raises it there
             return HEAD.pack(STATUS_ERROR, request) + f"{type(e).__name__}: {e}".encode()
 

@@ -211,7 +211,15 @@ def _restore_files(
     if ctx.attempt > 1:
         # Files an earlier attempt put in place are found equal to the snapshot and left alone.
         remove_partial_writes(to)
-    done = restore_files(repo, manifest, to, include=include, force=force, progress=ctx.progress)
+    done = restore_files(
+        repo,
+        manifest,
+        to,
+        include=include,
+        force=force,
+        progress=ctx.progress,
+        workers=ctx.settings.workers,
+    )
     faults.point("restore:written")
     return {
         "snapshot_id": sid,

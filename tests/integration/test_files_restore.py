@@ -861,3 +861,48 @@ def test_a_restored_entry_matches_what_the_backup_recorded(world: World) -> None
     assert Entry.model_validate(world.file("c.jpg")).sha256 == entries[0].sha256
     assert world.restore(world.craft([world.file("c.jpg")])).files == 1
     assert (world.to / "c.jpg").read_bytes() == (world.source / "a.jpg").read_bytes()
+
+
+# ---- through the worker processes -----------------------------------------------------------------
+
+
+@pytest.fixture
+def through_workers(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Restores of any size go to two worker processes, as large ones do."""
+    monkeypatch.setattr(files_restore, "POOL_MIN_BYTES", 0)
+    return {"workers": 2}
+
+
+def test_worker_processes_restore_the_same_tree(shop_tree: World, through_workers: dict[str, Any]) -> None:
+    done = shop_tree.restore(shop_tree.backup(), **through_workers)
+
+    assert state_of(shop_tree.to) == state_of(shop_tree.source)
+    assert done.files > 0 and partial_writes(shop_tree.to) == []
+
+
+def test_worker_processes_never_put_a_damaged_file_in_place(
+    world: World, through_workers: dict[str, Any]
+) -> None:
+    pack, offset, length = world.blob_of("shoes/red.jpg")
+    flip_byte(pack, offset + length // 2)
+
+    with pytest.raises(IntegrityError):
+        world.restore(world.backup(), **through_workers)
+
+    assert not (world.to / "shoes" / "red.jpg").exists()
+    assert partial_writes(world.to) == []
+    for path in [p for p, s in state_of(world.to).items() if s[0] == "file"]:
+        assert (world.to / path).read_bytes() == (world.source / path).read_bytes()
+
+
+@pytest.mark.parametrize("changes", [{"sha256": "0" * 64}, {"size": 1}], ids=["sha256", "size"])
+def test_worker_processes_refuse_content_that_does_not_match_its_entry(
+    world: World, changes: dict[str, Any], through_workers: dict[str, Any]
+) -> None:
+    manifest = world.craft([*_legit(world), world.file("c.jpg", **changes)])
+
+    with pytest.raises(IntegrityError, match=r"c\.jpg does not match its snapshot"):
+        world.restore(manifest, **through_workers)
+
+    assert not (world.to / "c.jpg").exists()
+    assert partial_writes(world.to) == []
