@@ -15,20 +15,35 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
 import shutil
 import sqlite3
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from benchmarks.common import (
+    MB,
+    Benchmark,
+    CommandResult,
+    align_columns,
+    capsule_command,
+    capsule_env,
+    directory_bytes,
+    last_json_object,
+    log,
+    peak_rss,
+    restic_env,
+    restic_summary,
+    run_measured,
+    scratch_directory,
+)
+from benchmarks.common import fmt as _fmt
+from benchmarks.common import fmt_mb as _mb
 from benchmarks.posdb import (
     check_consistency,
     differing_pages,
@@ -40,115 +55,12 @@ from benchmarks.posdb import (
     stop_writer,
 )
 
-MB = 1_000_000
 DB_NAME = "pos.db"
 MUTATE_FRACTION = 0.01
 TARGET_RSS_BYTES = 300 * MB
 TARGET_WRITER_MAX_MS = 50.0
 TARGET_GROWTH_RATIO = 2.0
 BASELINE_WRITER_SECONDS = 3.0
-
-
-# --- measured commands --------------------------------------------------------------------------
-
-
-class CommandFailedError(RuntimeError):
-    pass
-
-
-@dataclass
-class CommandResult:
-    argv: list[str]
-    seconds: float
-    peak_rss_bytes: int
-    returncode: int
-    stdout: str = field(repr=False)
-    stderr: str = field(repr=False)
-
-
-# Peak RSS must come from a process forked by a small parent: Linux carries the parent's memory
-# high-water mark into a child's ru_maxrss across fork and exec, and this benchmark process
-# grows large (page digests, memory-mapped checks). So a tiny launcher forks the command,
-# waits for it with wait4 and writes the exact figures to a file.
-_LAUNCHER = """
-import json, os, sys, time
-report, argv = sys.argv[1], sys.argv[2:]
-started = time.perf_counter()
-try:
-    pid = os.posix_spawnp(argv[0], argv, os.environ)
-except OSError as exc:
-    print(f"cannot run {argv[0]}: {exc}", file=sys.stderr)
-    sys.exit(127)
-_, status, usage = os.wait4(pid, 0)
-seconds = time.perf_counter() - started
-with open(report, "w") as out:
-    json.dump({"seconds": seconds, "maxrss": usage.ru_maxrss, "status": status}, out)
-"""
-
-
-def _rss_bytes(ru_maxrss: int) -> int:
-    # Linux reports KiB, macOS bytes.
-    return ru_maxrss if sys.platform == "darwin" else ru_maxrss * 1024
-
-
-def run_measured(argv: list[str], env: dict[str, str], *, check: bool = True) -> CommandResult:
-    """Run a command; its wall time and peak RSS are measured exactly by a tiny launcher."""
-    with (
-        tempfile.TemporaryFile() as out,
-        tempfile.TemporaryFile() as err,
-        tempfile.TemporaryDirectory() as scratch,
-    ):
-        report = Path(scratch) / "usage.json"
-        # Each tool pays for flushing its own writes, not for what the previous command left dirty
-        # (restic does not fsync; Capsule does, and its fsyncs would wait behind restic's data).
-        os.sync()
-        launcher = [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(report)]
-        returncode = subprocess.call([*launcher, *argv], stdout=out, stderr=err, env=env)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
-        usage = json.loads(report.read_text()) if report.exists() else None
-    if usage is not None:
-        returncode = os.waitstatus_to_exitcode(usage["status"])
-    result = CommandResult(
-        argv=argv,
-        seconds=usage["seconds"] if usage else 0.0,
-        peak_rss_bytes=_rss_bytes(usage["maxrss"]) if usage else 0,
-        returncode=returncode,
-        stdout=stdout,
-        stderr=stderr,
-    )
-    if check and result.returncode != 0:
-        raise CommandFailedError(
-            f"{' '.join(argv)} exited with {result.returncode}:\n"
-            f"{(result.stderr or result.stdout).strip()[-2000:]}"
-        )
-    return result
-
-
-def directory_bytes(path: Path) -> int:
-    """Sum of file sizes under ``path`` (what the repository occupies, ignoring blocks)."""
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(FileNotFoundError):
-                total += os.lstat(os.path.join(root, name)).st_size
-    return total
-
-
-def _last_json_object(text: str) -> dict[str, Any]:
-    """The JSON object a command printed, tolerating log lines around it."""
-    with contextlib.suppress(json.JSONDecodeError):
-        whole = json.loads(text)
-        if isinstance(whole, dict):
-            return whole
-    for line in reversed(text.splitlines()):
-        if line.lstrip().startswith("{"):
-            with contextlib.suppress(json.JSONDecodeError):
-                parsed = json.loads(line)
-                if isinstance(parsed, dict):
-                    return parsed
-    raise ValueError(f"no JSON object in output: {text[-500:]!r}")
 
 
 # --- tools --------------------------------------------------------------------------------------
@@ -176,22 +88,6 @@ class Tool(Protocol):
     def verify(self) -> CommandResult: ...
 
 
-def _project_root() -> Path:
-    return Path(__file__).resolve().parent.parent
-
-
-def capsule_command() -> list[str] | None:
-    """The installed ``capsule`` script, else the CLI module from this checkout."""
-    if found := shutil.which("capsule"):
-        return [found]
-    root = str(_project_root())
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    if importlib.util.find_spec("api") and importlib.util.find_spec("api.cli"):
-        return [sys.executable, "-c", "import sys; from api.cli import main; sys.exit(main())"]
-    return None
-
-
 class Capsule:
     name = "capsule"
 
@@ -199,16 +95,14 @@ class Capsule:
         self.command = command
         self.database = database
         self.repository = workdir / "capsule-repo"
-        self.env = dict(os.environ)
-        self.env.update(
-            CAPSULE_DATABASE=str(database),
-            CAPSULE_REPOSITORY=str(self.repository),
-            CAPSULE_HOME=str(workdir / "capsule-home"),
+        self.env = capsule_env(
+            command,
+            {
+                "CAPSULE_DATABASE": str(database),
+                "CAPSULE_REPOSITORY": str(self.repository),
+                "CAPSULE_HOME": str(workdir / "capsule-home"),
+            },
         )
-        if command[0] == sys.executable:
-            self.env["PYTHONPATH"] = os.pathsep.join(
-                p for p in (str(_project_root()), self.env.get("PYTHONPATH", "")) if p
-            )
 
     def _run(self, *args: str) -> CommandResult:
         return run_measured([*self.command, *args], self.env)
@@ -219,7 +113,7 @@ class Capsule:
     def backup(self) -> BackupRun:
         size = os.path.getsize(self.database)
         result = self._run("backup", "--kind", "database", "--json")
-        report = _last_json_object(result.stdout)
+        report = last_json_object(result.stdout)
         return BackupRun(result.seconds, 0.0, result.peak_rss_bytes, size, report)
 
     def restore(self, target: Path) -> tuple[CommandResult, Path]:
@@ -248,16 +142,6 @@ def consistent_copy(source: Path, destination: Path) -> None:
         src.close()
 
 
-def _restic_summary(stdout: str) -> dict[str, Any]:
-    """The final summary object among restic's JSON progress lines."""
-    for line in reversed(stdout.splitlines()):
-        with contextlib.suppress(json.JSONDecodeError):
-            message = json.loads(line)
-            if isinstance(message, dict) and message.get("message_type") == "summary":
-                return message
-    return {}
-
-
 class Restic:
     name = "restic"
 
@@ -267,12 +151,7 @@ class Restic:
         self.repository = workdir / "restic-repo"
         self.copy = workdir / "restic-source" / database.name
         self.copy.parent.mkdir(parents=True, exist_ok=True)
-        self.env = dict(os.environ)
-        self.env.update(
-            RESTIC_REPOSITORY=str(self.repository),
-            RESTIC_PASSWORD="benchmark",
-            RESTIC_CACHE_DIR=str(workdir / "restic-cache"),
-        )
+        self.env = restic_env(self.repository, workdir)
 
     def _run(self, *args: str) -> CommandResult:
         return run_measured([self.executable, *args], self.env)
@@ -288,7 +167,7 @@ class Restic:
         consistent_copy(self.database, self.copy)
         prepare = time.perf_counter() - started
         result = self._run("backup", "--json", "--host", "benchmark", str(self.copy))
-        summary = _restic_summary(result.stdout)
+        summary = restic_summary(result.stdout)
         size = os.path.getsize(self.copy)
         return BackupRun(result.seconds, prepare, result.peak_rss_bytes, size, summary)
 
@@ -399,28 +278,6 @@ def baseline_writer(database: Path) -> dict[str, Any]:
 # --- orchestration ------------------------------------------------------------------------------
 
 
-class Benchmark:
-    """Runs each step for every tool still in the race; a failing tool drops out, noted."""
-
-    def __init__(self, tools: list[Tool], log: Callable[[str], None]) -> None:
-        self.tools = tools
-        self.log = log
-        self.results: dict[str, dict[str, Any]] = {tool.name: {} for tool in tools}
-
-    def step(self, label: str, action: Callable[[Tool], dict[str, Any] | None]) -> None:
-        for tool in list(self.tools):
-            self.log(f"{tool.name}: {label}")
-            try:
-                figures = action(tool)
-            except Exception as exc:
-                self.log(f"{tool.name}: {label} FAILED: {exc}")
-                self.results[tool.name]["error"] = f"{label}: {exc}"
-                self.tools.remove(tool)
-            else:
-                if figures is not None:
-                    self.results[tool.name][label] = figures
-
-
 def _init(tool: Tool) -> dict[str, Any]:
     result = tool.init()
     return {"seconds": round(result.seconds, 3), "peak_rss_bytes": result.peak_rss_bytes}
@@ -445,9 +302,6 @@ def _select_tools(database: Path, workdir: Path, wanted: set[str]) -> tuple[list
 
 
 def run_benchmark(size_bytes: int, workdir: Path, wanted: set[str], seed: int) -> dict[str, Any]:
-    def log(message: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
     database = workdir / DB_NAME
     log(f"generating a {size_bytes / MB:.0f} MB POS database (WAL)")
     started = time.perf_counter()
@@ -470,7 +324,7 @@ def run_benchmark(size_bytes: int, workdir: Path, wanted: set[str], seed: int) -
     log("writer baseline (no backup running)")
     results["writer_baseline"] = baseline_writer(database)
 
-    bench = Benchmark(tools, log)
+    bench: Benchmark[Tool] = Benchmark(tools, log)
     bench.step("init", _init)
     bench.step("first_backup", lambda t: step_first_backup(t, database, workdir))
     # The writer's commits after each first snapshot would otherwise count as "changes".
@@ -514,9 +368,7 @@ def _growth_ratio(results: dict[str, Any], tool: str) -> float | None:
 
 def _peak_rss(results: dict[str, Any], tool: str) -> int | None:
     """Highest peak RSS over every command the tool ran."""
-    steps = results["tools"].get(tool, {})
-    values = [v["peak_rss_bytes"] for v in steps.values() if isinstance(v, dict) and "peak_rss_bytes" in v]
-    return max(values) if values else None
+    return peak_rss(results["tools"].get(tool, {}))
 
 
 def evaluate_targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -560,18 +412,6 @@ def evaluate_targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
         name: {"value": value, "threshold": bound, "verdict": verdict(ok)}
         for name, (value, bound, ok) in checks.items()
     }
-
-
-def _fmt(value: Any, unit: str = "", digits: int = 2) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}{unit}"
-    return f"{value}{unit}"
-
-
-def _mb(value: int | None) -> str:
-    return "-" if value is None else f"{value / MB:.1f} MB"
 
 
 def _advantage(capsule: float | None, restic: float | None, higher_is_better: bool) -> str:
@@ -707,9 +547,7 @@ def render_report(results: dict[str, Any]) -> str:
         table.append(
             (label, fmt(capsule), fmt(restic), advantage, targets[target]["verdict"] if target else "")
         )
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    lines.extend(align_columns(table))
     lines.append("")
     lines.append("Capsule advantage: >1 means Capsule is better (faster, smaller, leaner).")
     for name in results["tools"]:
@@ -753,16 +591,8 @@ def main(argv: list[str] | None = None) -> int:
     wanted = {name.strip() for name in args.tools.split(",") if name.strip()}
     if unknown := wanted - {"capsule", "restic"}:
         raise SystemExit(f"unknown tools: {', '.join(sorted(unknown))}")
-    if args.workdir:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="capsule-bench-", dir=args.workdir))
-    try:
+    with scratch_directory(args.workdir, "capsule-bench-", keep=args.keep) as scratch:
         results = run_benchmark(parse_size(args.size), scratch, wanted, args.seed)
-    finally:
-        if args.keep:
-            print(f"kept {scratch}", file=sys.stderr)
-        else:
-            shutil.rmtree(scratch, ignore_errors=True)
     print(render_report(results))
     if args.json_out:
         args.json_out.write_text(json.dumps(results, indent=2, default=str))
