@@ -357,13 +357,15 @@ def commit_database(
     tags: list[str] | None = None,
     job_id: str | None = None,
     extra_seconds: float = 0.0,
+    retry: bool = True,
 ) -> BackupResult:
     """Write the snapshot manifest for a stored database.
 
     With a `job_id`, a manifest this job already wrote (its process died before it could say so)
-    is found and returned instead of writing a second snapshot.
+    is found and returned instead of writing a second snapshot; `retry` False says this is the
+    step's first attempt, so there is none to look for (the search reads every manifest).
     """
-    if job_id is not None and (found := find_committed(repo, job_id, "database")) is not None:
+    if job_id is not None and retry and (found := find_committed(repo, job_id, "database")) is not None:
         return found
     manifest = Manifest(
         kind="database",

@@ -659,9 +659,10 @@ def commit_files(
     full: bool,
     tags: list[str] | None = None,
     job_id: str | None = None,
+    retry: bool = True,
 ) -> BackupResult:
     """Write the snapshot manifest for stored files (once per job, like `commit_database`)."""
-    if job_id is not None and (found := find_committed(repo, job_id, "files")) is not None:
+    if job_id is not None and retry and (found := find_committed(repo, job_id, "files")) is not None:
         return found
     manifest = Manifest(
         kind="files",

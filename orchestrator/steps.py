@@ -128,14 +128,17 @@ def backup_commit(ctx: StepContext) -> dict[str, Any]:
     stored_result = ctx.results[_store_step(ctx)]
     full = bool(ctx.request.get("full"))
     tags = list(ctx.request.get("tags") or [])
+    retry = ctx.attempt > 1  # only a later attempt can find a manifest an earlier one wrote
     repo = open_repository(settings)
     with locked(repo.backend, "backup", timeout=settings.lock_wait_seconds):
         if "files" in stored_result:
             files = StoredFiles.model_validate(stored_result["files"])
-            result = commit_files(repo, files, full=full, tags=tags, job_id=ctx.job_id)
+            result = commit_files(repo, files, full=full, tags=tags, job_id=ctx.job_id, retry=retry)
         else:
             stored = StoredDatabase.model_validate(stored_result["stored"])
-            result = commit_database(repo, stored, full=full, now=ctx.now, tags=tags, job_id=ctx.job_id)
+            result = commit_database(
+                repo, stored, full=full, now=ctx.now, tags=tags, job_id=ctx.job_id, retry=retry
+            )
     faults.point("commit:written")
     manifest = result.manifest
     return {
