@@ -51,7 +51,7 @@ CDC_MAX = 4 * MiB
 WHOLE_READ = 8 * MiB  # files up to this size are read in one go on a reading thread
 IN_FLIGHT_BYTES = 64 * MiB
 IN_FLIGHT_FILES = 512
-WARNINGS_KEPT = 1000
+WARNINGS_KEPT = 200  # in the manifest, and in the store step's result (an event: keep it small)
 PROGRESS_EVERY = 0.25  # seconds
 
 # The first bytes of formats that are compressed already: zstd would spend time for nothing.
@@ -151,6 +151,7 @@ class _Pending:
     size: int = 0
     fd: int = -1
     group: ParentGroup | None = None
+    blobs: int | None = None
 
 
 def _describe(error: OSError) -> str:
@@ -514,7 +515,7 @@ class _Walker:
             self._queue.popleft()
             entry = head.entry if head.read is None else self._finish_file(head)
             if entry is not None:
-                self._record(entry, head.group)
+                self._record(entry, head.group, head.blobs)
             block = False  # one finished is enough to make room; go on only with what is done
 
     def _finish_file(self, pending: _Pending) -> Entry | None:
@@ -530,6 +531,7 @@ class _Walker:
         self.figures.read_bytes += read.size
         st = pending.stat
         fields = entry_blob_fields(self.repo, b"".join(read.ids), self.check)
+        pending.blobs = len(read.ids)
         return Entry(
             path=pending.path,
             size=read.size,
@@ -542,17 +544,18 @@ class _Walker:
         )
 
     def _blob_count(self, entry: Entry) -> int:
+        """How many chunks a reused entry has (a file read now counts the ids it read)."""
         count = len(entry.blobs)
         for list_id in entry.blob_lists:  # the index knows a list's length: no need to read it
             loc = self.repo.index.lookup(bytes.fromhex(list_id))
             count += loc.plain_length // ID_SIZE if loc is not None else 0
         return count
 
-    def _record(self, entry: Entry, group: ParentGroup | None) -> None:
+    def _record(self, entry: Entry, group: ParentGroup | None, blobs: int | None) -> None:
         if entry.type == "file":
             self.figures.files += 1
             self.figures.bytes += entry.size
-            self.figures.blobs += self._blob_count(entry)
+            self.figures.blobs += blobs if blobs is not None else self._blob_count(entry)
             self.done_bytes += entry.size
         self.tree.add(entry, group)
         now = time.monotonic()

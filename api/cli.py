@@ -202,7 +202,7 @@ def _print_snapshot(sid: str, m: Any, job_id: str) -> None:
     t = m.totals
     reused = ""
     if m.kind == "files":
-        reused = f"{t.files} files, {t.files - (t.read_files or 0)} unchanged and not read; "
+        reused = f"{t.files} files, {t.read_files or 0} of them read (the others had not changed); "
     click.echo(
         f"Snapshot {sid[:12]} of {m.source}: {_human(t.bytes)} in {t.duration_seconds:.1f} s; {reused}"
         f"{t.new_blobs} new of {t.blobs} chunks, repository grew by {_human(t.stored_bytes)} (job {job_id})."
@@ -292,7 +292,9 @@ def restore(  # noqa: PLR0917 (click passes options by position)
 
         settings = obj.settings
         # The job records the snapshot itself: `latest` must not change between its attempts.
-        sid, _ = services.resolve_snapshot(services.open_repository(settings), snapshot)
+        sid, manifest = services.resolve_snapshot(services.open_repository(settings), snapshot)
+        if include and manifest.kind != "files":
+            raise click.UsageError(f"snapshot {sid[:12]} holds a database; --include picks files of images")
         target = IN_PLACE if in_place else str(Path(str(to)).resolve())
         with progress_bar("Restoring", True) as progress:
             loaded = run_job(

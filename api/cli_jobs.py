@@ -150,7 +150,11 @@ def status(obj: Context, as_json: bool) -> None:
 
 
 def _summary(data: dict[str, Any]) -> str:
-    keep = {k: v for k, v in data.items() if k not in {"job_id", "result"} and v not in (None, "", [], {})}
+    keep = {
+        k: v.replace("\n", " + ") if isinstance(v, str) else v  # the two sources of a backup of `all`
+        for k, v in data.items()
+        if k not in {"job_id", "result"} and v not in (None, "", [], {})
+    }
     text = ", ".join(f"{k}={v}" for k, v in keep.items())
     text = text if len(text) <= 100 else text[:99] + "…"
     warnings = (data.get("result") or {}).get("warnings")

@@ -315,8 +315,7 @@ class Dispatcher:
             self._release(str(loaded.state.source))  # type: ignore[attr-defined]
 
     def _release(self, source: str) -> None:
-        released = self.runtime.release_queued(source)
-        if released is not None:
+        for released in self.runtime.release_queued(source):
             log.info("queued backup released", job=released, source=source)
             self.enqueue_next("backup", released)
 

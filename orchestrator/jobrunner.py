@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import NoReturn
 
+from domain.backup_job import BackupJob, committed_snapshot_ids
 from domain.commands import CancelJob
 from domain.errors import CapsuleError, InvalidCommand
 from domain.events import StepFailed, StepProgressed
@@ -36,10 +37,13 @@ def failure(loaded: Loaded) -> JobFailed:
     state = loaded.state
     if state.status == "cancelled":
         return JobFailed(f"job {state.job_id} was cancelled")
+    # A backup of kind `all` may have committed the database before the images failed: say so.
+    saved = committed_snapshot_ids(state) if isinstance(state, BackupJob) else []
+    kept = f" (snapshot {', '.join(s[:12] for s in saved)} was committed before that)" if saved else ""
     last = next((e for e in reversed(loaded.events) if isinstance(e, StepFailed)), None)
     if last is not None:
-        return JobFailed(last.error, last.exit_code)
-    return JobFailed(state.failure or f"job {state.job_id} failed")
+        return JobFailed(f"{last.error}{kept}", last.exit_code)
+    return JobFailed(f"{state.failure or f'job {state.job_id} failed'}{kept}")
 
 
 @contextlib.contextmanager
@@ -76,7 +80,7 @@ def run_job(
         state = runtime.load(job_type, job_id).state
         if state.status == "queued":
             sys.stderr.write(
-                f"capsule: another backup of this database is running (job {state.queued_behind}); "
+                f"capsule: another backup of the same source is running (job {state.queued_behind}); "
                 f"job {job_id} waits for it\n"
             )
         dispatcher.enqueue_next(job_type, job_id)

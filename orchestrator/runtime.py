@@ -208,23 +208,24 @@ class Runtime:
         log.info("restore requested", job=job_id, snapshot=snapshot_id, target=target)
         return job_id
 
-    def release_queued(self, source: str) -> str | None:
-        """Let the oldest backup queued for `source` start, if no other backup of it is active.
+    def release_queued(self, source: str) -> list[str]:
+        """Let start every backup queued behind one of `source`'s sources that no active backup
+        shares a source with any more, oldest first; return their ids.
 
-        One at a time: the released job runs, and the next one is released when it finishes.
+        Two backups of one source never run at once: a job released here counts as active for
+        the ones after it, which wait for the next release.
         """
         # Reads go through the engine itself: on SQLite a plain connection would take the write lock.
         mine = set(sources_of(source))
-        queued = [
-            str(row["job_id"])
-            for row in reversed(
-                projections.list_jobs(self.engine, limit=10_000, status="queued", job_type="backup")
-            )
-            if mine.intersection(sources_of(row["source"]))
-            # A backup of kind `all` waits until none of its sources is being backed up.
-            and projections.active_backup_for_source(self.engine, row["source"]) is None
-        ]
-        for job_id in queued:
+        released = []
+        for row in reversed(
+            projections.list_jobs(self.engine, limit=10_000, status="queued", job_type="backup")
+        ):
+            job_id = str(row["job_id"])
+            if not mine.intersection(sources_of(row["source"])):
+                continue
+            if projections.active_backup_for_source(self.engine, row["source"]) is not None:
+                continue  # a backup of kind `all` waits until none of its sources is being backed up
             _, new = self.execute(
                 "backup",
                 job_id,
@@ -232,8 +233,8 @@ class Runtime:
                 actor=SYSTEM,
             )
             if new:
-                return job_id
-        return None
+                released.append(job_id)
+        return released
 
     # ---- waiting ---------------------------------------------------------------------------
 
