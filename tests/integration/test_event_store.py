@@ -11,6 +11,9 @@ import pytest
 from sqlalchemy import Connection, Engine, bindparam, text
 from sqlalchemy.exc import DBAPIError
 
+from domain import restore_job
+from domain.events import RestoreRequested
+from orchestrator import codec
 from orchestrator.db import make_engine
 from orchestrator.errors import ConcurrencyConflict, OrchestratorError, UnknownSchemaVersion
 from orchestrator.eventstore import (
@@ -237,6 +240,30 @@ def test_old_event_is_read_back_upcast_while_its_row_keeps_version_1(event_store
         row = conn.execute(text("SELECT schema_version, data FROM events")).one()
     assert row.schema_version == 1
     assert row.data in ({"title": "Espresso"}, '{"title": "Espresso"}')
+
+
+def test_a_restore_requested_before_include_existed_reads_back_restoring_everything(
+    event_store_engine: Engine,
+):
+    # As Capsule wrote it before `--include`: schema version 1, no `include` in the payload.
+    v1 = {"job_id": "r1", "snapshot_id": "abc", "target": "/srv/out", "force": False, "check": False}
+    insert_raw(
+        event_store_engine,
+        "restore-r1",
+        1,
+        type_="RestoreRequested",
+        schema_version=1,
+        data={**v1, "plan": ["restore"]},
+    )
+    store = EventStore(event_store_engine, upcasters=codec.upcasters())
+
+    [stored] = store.read_stream("restore-r1")
+    assert (stored.schema_version, stored.data["include"]) == (2, [])
+    event = codec.decode(stored)
+    assert isinstance(event, RestoreRequested)
+    assert (event.include, event.target, event.plan) == ((), "/srv/out", ("restore",))
+    state = restore_job.replay([event])
+    assert (state.status, state.include) == ("pending", ())
 
 
 def test_appends_only_the_newest_schema_version_and_refuses_to_read_a_newer_one(event_store_engine: Engine):

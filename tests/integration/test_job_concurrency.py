@@ -11,7 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.integration.helpers import Shop, file_content_digest
+from orchestrator.runtime import Runtime
+from orchestrator.settings import Settings
+from tests.integration.helpers import Shop, file_content_digest, running
+from tests.integration.uploads import make_uploads
 
 
 def _jobs(shop: Shop) -> list[dict[str, Any]]:
@@ -71,3 +74,53 @@ def test_a_backup_asked_for_during_an_in_place_restore_runs_after_it(shop: Shop,
     shop.restore(backup["snapshot_id"], tmp_path / "out")
     assert file_content_digest(tmp_path / "out" / shop.db_name, immutable=True) == snapshot_content
     assert [j["status"] for j in _jobs(shop) if j["job_id"] == restoring["job_id"]] == ["completed"]
+
+
+def _streams(shop: Shop) -> dict[str, list[tuple[int, str, dict[str, Any]]]]:
+    """(position, type, data) of every event of every stream, read in this process."""
+    runtime = Runtime(Settings(database=shop.database, repository=shop.repository, home=shop.home))
+    try:
+        out: dict[str, list[tuple[int, str, dict[str, Any]]]] = {}
+        for e in runtime.store.read_all(0, limit=100_000):
+            out.setdefault(e.stream_id, []).append((e.position, e.type, e.data))
+        return out
+    finally:
+        runtime.close()
+
+
+def test_a_backup_of_all_waits_for_a_database_backup_but_a_files_backup_does_not(shop: Shop) -> None:
+    uploads = shop.root / "uploads"
+    make_uploads(uploads)
+    images = {"CAPSULE_UPLOADS": str(uploads)}
+    first = shop.popen("backup", "--json", env={**images, "CAPSULE_FAULTS": "store:locked@pause=6"})
+    with running(first):
+        database = _wait_running(shop, first, "store")["job_id"]
+        both = shop.popen("backup", "--kind", "all", "--json", env=images)
+        with running(both):
+            assert both.stderr is not None
+            # The command says so once the job is queued: wait for that line, or for the end.
+            said = ""
+            while line := both.stderr.readline():
+                if "waits for it" in line:
+                    said = line
+                    break
+            assert f"running (job {database})" in said, said
+
+            # The images are not the database: this backup runs at once and ends before the first.
+            files = json.loads(shop.run("backup", "--kind", "files", "--json", env=images, expect=0).stdout)
+
+            out, err = both.communicate(timeout=120)
+            assert both.returncode == 0, err
+        _, err = first.communicate(timeout=120)
+        assert first.returncode == 0, err
+
+    streams = _streams(shop)
+    of_all = streams[f"backup-{json.loads(out)['job_id']}"]
+    assert [t for _, t, _ in of_all][:3] == ["BackupRequested", "BackupQueued", "BackupReleased"]
+    assert of_all[1][2]["behind_job_id"] == database
+    [done] = [p for p, t, _ in streams[f"backup-{database}"] if t == "BackupCompleted"]
+    assert min(p for p, t, _ in of_all if t == "StepStarted") > done
+    of_files = streams[f"backup-{files['job_id']}"]
+    assert "BackupQueued" not in [t for _, t, _ in of_files]
+    assert max(p for p, _, _ in of_files) < done
+    assert sorted(s["kind"] for s in shop.snapshots()) == ["database", "database", "files", "files"]

@@ -78,11 +78,15 @@ class Jobs:
             )
         return decided
 
-    def request_backup(self, job_id: str, *, source: str = SOURCE, actor: str = "person:ana") -> list[Event]:
+    def request_backup(
+        self, job_id: str, *, source: str = SOURCE, kind: str = "database", actor: str = "person:ana"
+    ) -> list[Event]:
         """Queue it behind the backup the read model says is active for `source`, as the runtime does."""
         with self.store.transaction() as conn:
             active = projections.active_backup_for_source(conn, source)
-            command = RequestBackup(job_id=job_id, now=self.clock(), source=source, active_job_id=active)
+            command = RequestBackup(
+                job_id=job_id, now=self.clock(), kind=kind, source=source, active_job_id=active
+            )
             decided = backup_job.decide(backup_job.initial_state(), command)
             self.store.append(
                 codec.stream_id("backup", job_id),
@@ -260,6 +264,68 @@ def test_a_backup_queued_behind_another_waits_until_released(jobs: Jobs):
     assert projections.jobs_queued_behind(jobs.engine, "b1") == []
     assert projections.active_backup_for_source(jobs.engine, SOURCE) == "b2"
     assert projections.unfinished_jobs(jobs.engine) == [("b2", "backup")]
+
+
+UPLOADS = "/srv/pos/uploads/products"
+
+
+def test_a_backup_of_all_queues_behind_a_database_backup_and_a_files_backup_does_not(jobs: Jobs):
+    both = backup_job.all_source(SOURCE, UPLOADS)
+    jobs.request_backup("db")
+    jobs.run("backup", "db", backup_job.STORE)
+
+    jobs.clock.tick()
+    jobs.request_backup("all", source=both, kind="all")
+    jobs.clock.tick()
+    jobs.request_backup("files", source=UPLOADS, kind="files")
+
+    rows = {job_id: projections.get_job(jobs.engine, job_id) for job_id in ("all", "files")}
+    assert {k: (r["status"], r["queued_behind"]) for k, r in rows.items() if r} == {
+        "all": ("queued", "db"),
+        "files": ("pending", None),
+    }
+    assert projections.jobs_queued_behind(jobs.engine, "db") == ["all"]
+    assert projections.active_backup_for_source(jobs.engine, UPLOADS) == "files"
+    assert projections.active_backup_for_source(jobs.engine, SOURCE) == "db"
+    assert projections.active_backup_for_source(jobs.engine, both) == "files"  # the latest of either
+    assert projections.active_backup_for_source(jobs.engine, "/srv/other.db") is None
+
+
+def test_a_backup_of_all_shows_two_snapshots_and_the_warnings_of_its_steps(jobs: Jobs):
+    jobs.request_backup("all", source=backup_job.all_source(SOURCE, UPLOADS), kind="all")
+    warnings = {"count": 3, "items": ["a: skipped", "b: skipped", "c: kept"]}
+    jobs.run("backup", "all", "store:database", stored={"blobs": 3})
+    jobs.run(
+        "backup",
+        "all",
+        "commit:database",
+        snapshot_id="snap-db",
+        kind="database",
+        source=SOURCE,
+        totals=TOTALS,
+    )
+    jobs.run("backup", "all", "store:files", files={"files": 2}, warnings=warnings)
+    jobs.run(
+        "backup", "all", "commit:files", snapshot_id="snap-files", kind="files", source=UPLOADS, totals=TOTALS
+    )
+
+    row = projections.get_job(jobs.engine, "all")
+    assert row is not None
+    assert (row["status"], row["kind"], row["snapshot_id"], row["warnings"]) == (
+        "completed",
+        "all",
+        "snap-db",
+        3,
+    )
+    snapshots = {s["snapshot_id"]: s for s in projections.list_snapshots(jobs.engine, limit=10)}
+    assert {sid: (s["kind"], s["source"], s["job_id"]) for sid, s in snapshots.items()} == {
+        "snap-db": ("database", SOURCE, "all"),
+        "snap-files": ("files", UPLOADS, "all"),
+    }
+    jobs.request_backup("db")
+    jobs.complete_backup("db", "snap-2")
+    plain = projections.get_job(jobs.engine, "db")
+    assert plain is not None and plain["warnings"] is None
 
 
 def test_an_in_place_restore_keeps_where_the_live_database_was_saved(jobs: Jobs):

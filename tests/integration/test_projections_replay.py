@@ -27,7 +27,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, inspect, select
 
 from domain import backup_job, restore_job
 from domain.commands import (
@@ -368,3 +368,42 @@ def test_the_fast_reader_gives_the_events_the_store_gives(new_database: Callable
         kept = [e for page in only_jobs.pages(10**9, 3) for e in page]
         assert kept == store.read_stream("backup-b1", conn=conn)
         assert only_jobs.rows_read == len(scanned)
+
+
+def test_read_models_of_an_older_shape_are_dropped_and_rebuilt_from_the_log(
+    new_database: Callable[[], Engine],
+):
+    jobs = Jobs(new_database())
+    uploads = "/srv/pos/uploads/products"
+    jobs.request_backup("b1", source=uploads, kind="files")
+    jobs.run("backup", "b1", backup_job.STORE, warnings={"count": 2, "items": ["a: skipped", "b: kept"]})
+    jobs.run(
+        "backup", "b1", backup_job.COMMIT, snapshot_id="snap-1", kind="files", source=uploads, totals=TOTALS
+    )
+    live = tables(jobs.engine)
+    assert [r["warnings"] for r in live["jobs"]] == [2]
+    # The `jobs` table as a Capsule from before warnings made it.
+    with jobs.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE jobs DROP COLUMN warnings")
+
+    projections.create_projection_schema(jobs.engine)
+
+    with jobs.engine.connect() as conn:
+        columns = {c["name"] for c in inspect(conn).get_columns("jobs")}
+        assert projections.checkpoints(conn) == {"jobs": 0, "snapshots": 0, "restore_jobs": 0}
+    assert "warnings" in columns
+    assert {name: rows for name, rows in tables(jobs.engine).items() if name != "projection_checkpoints"} == {
+        "jobs": [],
+        "snapshots": [],
+        "restore_jobs": [],
+    }
+
+    # The next append through the handler catches every read model up from the start of the log.
+    jobs.clock.tick()
+    jobs.request_backup("b2")
+    caught_up = tables(jobs.engine)
+    assert [(r["job_id"], r["warnings"]) for r in caught_up["jobs"]] == [("b1", 2), ("b2", None)]
+    assert caught_up["snapshots"] == live["snapshots"]
+    projections.create_projection_schema(jobs.engine)  # the shape is current now: nothing is dropped
+    assert tables(jobs.engine) == caught_up
+    assert_replay_rebuilds_what_is_live(jobs)

@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 
+from domain.events import RestoreRequested, load_event
+from orchestrator import codec
 from orchestrator.errors import InvalidUpcaster, UnknownSchemaVersion
 from orchestrator.eventstore import Upcasters
 
@@ -56,3 +58,14 @@ def test_registering_with_a_gap_raises(upcasters: Upcasters):
 def test_a_version_outside_the_chain_raises(upcasters: Upcasters, version: int):
     with pytest.raises(UnknownSchemaVersion, match="knows versions 1 to 3"):
         upcasters.upcast("PackUploaded", version, {})
+
+
+def test_a_restore_requested_at_version_1_restores_everything():
+    registry = codec.upcasters()
+    v1 = {"job_id": "r1", "snapshot_id": "abc", "target": "/srv/out", "force": True, "check": False}
+    data = registry.upcast("RestoreRequested", 1, {**v1, "plan": ["restore"]})
+    assert registry.latest("RestoreRequested") == RestoreRequested.schema_version == 2
+    assert data == {**v1, "plan": ["restore"], "include": []}
+    event = load_event("RestoreRequested", data, schema_version=2)
+    assert isinstance(event, RestoreRequested)
+    assert (event.include, event.force) == ((), True)

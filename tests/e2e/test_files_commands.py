@@ -1,0 +1,182 @@
+"""Backing up and restoring the product images with the real `capsule` command.
+
+The shop's images folder is CAPSULE_UPLOADS; every command runs in a child process as a shop owner
+would run it, with the fixtures and helpers of the other end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.helpers import CAPSULE, Shop, describe, one_line_error
+from tests.integration.uploads import describe_tree, make_uploads
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def files_env(shop: Shop) -> dict[str, str]:
+    return {"CAPSULE_UPLOADS": str(shop.root / "uploads")}
+
+
+def backup_json(shop: Shop, *args: str) -> dict[str, Any]:
+    proc = shop.run("backup", "--json", *args, env=files_env(shop), expect=0)
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+def cat(shop: Shop, ref: str, path: str, out: Path) -> subprocess.CompletedProcess[str]:
+    """`capsule cat REF PATH > out`, with stdout a real file as a shop owner's shell would make it."""
+    with open(out, "wb") as f:
+        proc = subprocess.run(
+            [*CAPSULE, "cat", ref, path],
+            cwd=shop.root,
+            env=shop.env(files_env(shop)),
+            stdout=f,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert "Traceback" not in proc.stderr, describe(proc)
+    return proc
+
+
+@pytest.fixture
+def uploads(shop: Shop) -> Path:
+    folder = shop.root / "uploads"
+    make_uploads(folder)
+    return folder
+
+
+def test_a_files_backup_restores_an_identical_tree(shop: Shop, uploads: Path, tmp_path: Path) -> None:
+    result = backup_json(shop, "--kind", "files")
+    assert result["kind"] == "files"
+    assert result["source"] == str(uploads.resolve())
+    assert (result["totals"]["files"], result["totals"]["warnings"]) == (6, 0)
+    assert "tree" not in result and "entries" not in result
+    expected = describe_tree(uploads)
+
+    out = tmp_path / "restored"
+    proc = shop.restore(result["snapshot_id"][:10], out)
+
+    assert describe_tree(out) == expected
+    assert "Restored 6 files" in proc.stdout
+    assert "2 links" in proc.stdout
+
+
+def test_a_backup_of_all_takes_the_database_and_the_images_in_one_job(
+    shop: Shop, uploads: Path, tmp_path: Path
+) -> None:
+    result = backup_json(shop, "--kind", "all")
+    database, files = result["snapshots"]
+    assert (database["kind"], files["kind"]) == ("database", "files")
+    assert database["job_id"] == files["job_id"] == result["job_id"]
+    assert database["source"] == str(shop.database.resolve())
+    assert files["source"] == str(uploads.resolve())
+
+    listed = {s["id"]: s["kind"] for s in shop.snapshots()}
+    assert listed == {database["snapshot_id"]: "database", files["snapshot_id"]: "files"}
+    [job] = json.loads(shop.run("jobs", "--json", expect=0).stdout)
+    assert (job["job_id"], job["kind"], job["status"]) == (result["job_id"], "all", "completed")
+    assert job["snapshot_id"] == database["snapshot_id"]
+
+    shop.restore("latest-database", tmp_path / "db")
+    check = subprocess.run(
+        [sys.executable, "-m", "benchmarks.posdb", "check", str(tmp_path / "db" / shop.db_name)],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert json.loads(check.stdout)["consistent"] is True
+    shop.restore("latest-files", tmp_path / "images")
+    assert describe_tree(tmp_path / "images") == describe_tree(uploads)
+
+
+def test_warnings_show_in_the_backup_jobs_and_audit(shop: Shop, uploads: Path) -> None:
+    os.mkfifo(uploads / "cat1" / "pipe")
+    item = "cat1/pipe: skipped: it is a named pipe (FIFO), which a backup cannot hold"
+
+    proc = shop.run("backup", "--kind", "files", env=files_env(shop), expect=0)
+    assert "1 item(s) not backed up as they are:" in proc.stderr
+    assert item in proc.stderr
+    assert proc.stdout.startswith("Snapshot ")
+
+    [job] = json.loads(shop.run("jobs", "--json", expect=0).stdout)
+    assert (job["status"], job["warnings"]) == ("completed", 1)
+    assert "1 warning(s)" in shop.run("jobs", expect=0).stdout
+
+    table = shop.run("audit", "--job", job["job_id"], expect=0).stdout
+    assert f"1 warning(s): {item}" in table
+    events = json.loads(shop.run("audit", "--job", job["job_id"], "--json", expect=0).stdout)
+    [store] = [e for e in events if e["type"] == "StepCompleted" and e["data"]["step"] == "store"]
+    assert store["data"]["result"]["warnings"] == {"count": 1, "items": [item]}
+
+
+def test_include_restores_only_what_matches_and_cat_writes_one_file(
+    shop: Shop, uploads: Path, tmp_path: Path
+) -> None:
+    backup_json(shop, "--kind", "files")
+
+    out = tmp_path / "some"
+    shop.restore("latest-files", out, "--include", "cat1/*.jpg")
+    assert describe_tree(out) == {
+        k: v for k, v in describe_tree(uploads).items() if k in ("cat1", "cat1/red.jpg", "cat1/blue.jpg")
+    }
+    nothing = shop.restore("latest-files", tmp_path / "none", "--include", "shoes/*.jpg", expect=1)
+    assert "--include 'shoes/*.jpg'" in one_line_error(nothing)
+    assert not (tmp_path / "none").exists() or not any((tmp_path / "none").iterdir())
+
+    got = tmp_path / "blue.jpg"
+    assert cat(shop, "latest-files", "cat1/blue.jpg", got).returncode == 0
+    assert got.read_bytes() == (uploads / "cat1" / "blue.jpg").read_bytes()
+    missing = cat(shop, "latest-files", "cat1/missing.jpg", tmp_path / "missing")
+    assert missing.returncode == 1
+    assert "there is no 'cat1/missing.jpg' in this snapshot" in missing.stderr
+    assert (tmp_path / "missing").read_bytes() == b""
+    folder = cat(shop, "latest-files", "cat2", tmp_path / "folder")
+    assert folder.returncode == 1
+    assert "'cat2' is a folder, not a file" in folder.stderr
+
+
+def test_restoring_again_leaves_equal_files_and_refuses_to_overwrite_others_without_force(
+    shop: Shop, uploads: Path, tmp_path: Path
+) -> None:
+    backup_json(shop, "--kind", "files")
+    expected = describe_tree(uploads)
+    out = tmp_path / "restored"
+    shop.restore("latest-files", out)
+    inode = os.stat(out / "cat1" / "red.jpg").st_ino
+
+    again = shop.restore("latest-files", out)
+    assert "already there" in again.stdout
+    assert describe_tree(out) == expected
+    assert os.stat(out / "cat1" / "red.jpg").st_ino == inode  # left alone, not written again
+
+    (out / "cat1" / "blue.jpg").write_bytes(b"edited since")
+    (out / "tools" / "resize.sh").unlink()
+    refused = shop.restore("latest-files", out, expect=1)
+    message = one_line_error(refused)
+    assert "cat1/blue.jpg already exists" in message and "--force" in message
+    assert (out / "cat1" / "blue.jpg").read_bytes() == b"edited since"
+    assert not (out / "tools" / "resize.sh").exists()  # nothing was written
+
+    shop.restore("latest-files", out, "--force")
+    assert describe_tree(out) == expected
+
+
+def test_a_files_backup_without_the_uploads_folder_says_to_set_it(shop: Shop) -> None:
+    proc = shop.run("backup", "--kind", "files", env=files_env(shop), expect=1)
+    message = one_line_error(proc)
+    assert "CAPSULE_UPLOADS" in message
+    assert str(shop.root / "uploads") in message
+    assert shop.snapshots() == []
