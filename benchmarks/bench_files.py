@@ -957,6 +957,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--total", type=parse_size, default=None, help="scale the sizes to about this total"
     )
     generate.add_argument("--small", action="store_true", help="the scale mode's 1 to 20 KB files")
+    generate.add_argument("--if-missing", action="store_true", help="do nothing if DIR already exists")
     mutate = sub.add_parser("mutate", help="change a fraction of a tree's files")
     mutate.add_argument("dir", type=Path)
     mutate.add_argument("--fraction", type=float, default=MUTATE_FRACTION)
@@ -987,6 +988,9 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["run", *argv]
     args = build_parser().parse_args(argv)
     if args.command == "generate":
+        if args.if_missing and args.dir.exists():
+            print(f"{args.dir} exists; left as it is")
+            return 0
         tree = generate_tree(
             args.dir, args.files, args.seed, args.total, sizes=SMALL_SIZES if args.small else IMAGE_SIZES
         )
