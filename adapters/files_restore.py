@@ -35,7 +35,7 @@ from adapters.files_tree import iter_entries, path_key
 from adapters.pagestore import sha256_file
 from adapters.repository.repo import Repository
 from adapters.restore import blob_batches, content_ids, locate_all, read_batch
-from adapters.sealpool import SealPool
+from adapters.sealpool import RestoreFile, SealPool
 from adapters.sealworker import FRAME, OPEN_ITEM
 from domain.errors import UnsafePath
 from domain.manifest import Entry, Manifest
@@ -45,6 +45,8 @@ log = structlog.get_logger(__name__)
 PARTIAL_MARK = ".capsule-restore-"
 CAT_BUFFER = 256 * 1024 * 1024  # `cat` checks a file this size or smaller before writing a byte
 IN_FLIGHT_FILES = 256
+KEEP_ENTRIES = 200_000  # entries the first pass keeps for the second (about 1 KiB each)
+SYNC_EVERY = 256 * 1024 * 1024
 POOL_FILE_LIMIT = 64 * 1024 * 1024  # files up to this size go to a worker process whole
 POOL_MIN_BYTES = 16 * 1024 * 1024  # below this, starting the worker processes costs more than it saves
 CLASHES_SHOWN = 5
@@ -142,6 +144,7 @@ class _Plan:
     already: set[str] = field(default_factory=set)
     clashes: list[str] = field(default_factory=list)
     clash_count: int = 0
+    entries: list[Entry] | None = None
 
 
 class _TargetCheck:
@@ -179,12 +182,20 @@ def _same_file(entry: Entry, target: Path, st: os.stat_result) -> bool:
 def _check_entries(
     repo: Repository, manifest: Manifest, to: Path, selection: Selection, force: bool
 ) -> _Plan:
-    """The first pass: validate the whole snapshot and what is under `to`; write nothing."""
+    """The first pass: validate the whole snapshot and what is under `to`; write nothing.
+
+    The entries are kept for the second pass when there are not too many of them.
+    """
     plan = _Plan()
+    kept: list[Entry] | None = []
     check = _TargetCheck(to)
     not_folders: dict[str, str] = {}  # path -> what the snapshot holds there instead of a folder
     previous: list[str] | None = None
     for entry in iter_entries(repo, manifest):
+        if kept is not None:
+            kept.append(entry)
+            if len(kept) > KEEP_ENTRIES:
+                kept = None  # the second pass reads the tree again: memory stays bounded
         key = path_key(entry.path)
         if previous is not None and key <= previous:
             raise IntegrityError(
@@ -204,6 +215,7 @@ def _check_entries(
         parent, _, _ = entry.path.rpartition("/")
         check.folder(parent)
         _plan_entry(plan, entry, to / entry.path, force)
+    plan.entries = kept
     unmatched = selection.unmatched()
     if unmatched:
         raise RestoreRefused(
@@ -338,7 +350,7 @@ class _ToWorkers:
                 "and `capsule rebuild-index`"
             )
         columns = [packs.tolist(), *(recs[c].tolist() for c in ("offset", "type", "comp", "length", "plain"))]
-        out = []
+        files = []
         at = 0
         for entry, ids in zip(entries, ids_of, strict=True):
             local: dict[int, int] = {}
@@ -352,21 +364,21 @@ class _ToWorkers:
                     paths.append(self._pack_path(number))
                 rows.append(OPEN_ITEM.pack(index, offset, all_ids[k], btype, comp, length, plain))
             at += len(ids)
-            body = b"".join([FRAME.pack(len(paths)), *paths, FRAME.pack(len(rows)), *rows])
             final = f"{self.to}/{entry.path}"
             folder, _, name = final.rpartition("/")
             assert entry.sha256 is not None
-            future = self.pool.restore_file(
-                final,
-                f"{folder}/.{name}{self._mark}{next(self._serial)}",
-                mode=entry.mode,
-                mtime_ns=entry.mtime_ns,
-                size=entry.size,
-                sha256=entry.sha256,
-                request=body,
+            files.append(
+                RestoreFile(
+                    final=final,
+                    tmp=f"{folder}/.{name}{self._mark}{next(self._serial)}",
+                    mode=entry.mode,
+                    mtime_ns=entry.mtime_ns,
+                    size=entry.size,
+                    sha256=entry.sha256,
+                    request=b"".join([FRAME.pack(len(paths)), *paths, FRAME.pack(len(rows)), *rows]),
+                )
             )
-            out.append((future, entry))
-        return out
+        return list(zip(self.pool.restore_files(files), entries, strict=True))
 
 
 def remove_partial_writes(to: Path) -> int:
@@ -420,8 +432,18 @@ def restore_files(
     repo.ensure_index()
     to = to.resolve()
     selection = Selection(include)
-    plan = _check_entries(repo, manifest, to, selection, force)
+    # Worker processes start while the snapshot is checked (a selection may need none of them).
+    early = workers != 0 and not include and manifest.totals.bytes >= POOL_MIN_BYTES
+    pool = SealPool(repo.master_key, repo.compression_level, workers) if early else None
+    try:
+        plan = _check_entries(repo, manifest, to, selection, force)
+    except BaseException:
+        if pool is not None:
+            pool.close()
+        raise
     if plan.clashes:
+        if pool is not None:
+            pool.close()
         more = (
             f" and {plan.clash_count - len(plan.clashes)} more"
             if plan.clash_count > len(plan.clashes)
@@ -437,8 +459,14 @@ def restore_files(
     done = 0
     futures: deque[tuple[Future[int] | Future[memoryview], Entry]] = deque()
 
+    # The restore is flushed to disk as it goes, on a thread: with plenty of memory the kernel
+    # would otherwise hold all of it until the final sync, and the restore would wait for it there.
+    syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync")
+    syncing: Future[None] | None = None
+    synced = 0
+
     def settle(block: bool) -> None:
-        nonlocal done
+        nonlocal done, syncing, synced
         while futures and (block or futures[0][0].done()):
             future, entry = futures.popleft()
             future.result()
@@ -446,6 +474,8 @@ def restore_files(
             if progress is not None:
                 progress(done, plan.bytes)
             block = False if len(futures) < IN_FLIGHT_FILES else block
+        if done - synced >= SYNC_EVERY and (syncing is None or syncing.done()):
+            syncing, synced = syncer.submit(_sync_filesystem, to), done
 
     made: set[str] = set()
 
@@ -457,12 +487,12 @@ def restore_files(
             os.mkdir(to / relative, 0o700)
         made.add(relative)
 
-    use_pool = workers != 0 and plan.bytes >= POOL_MIN_BYTES
-    pool = SealPool(repo.master_key, repo.compression_level, workers) if use_pool else None
+    if pool is None and workers != 0 and plan.bytes >= POOL_MIN_BYTES:
+        pool = SealPool(repo.master_key, repo.compression_level, workers)
     to_workers = _ToWorkers(repo, pool, to) if pool is not None else None
     with ThreadPoolExecutor(max_workers=thread_count() + 1, thread_name_prefix="restore") as threads:
         try:
-            for entry in iter_entries(repo, manifest):
+            for entry in plan.entries if plan.entries is not None else iter_entries(repo, manifest):
                 if entry.type == "dir":
                     folders[entry.path] = entry
                 if not selection(entry.path):
@@ -508,6 +538,7 @@ def restore_files(
         if folder is not None:
             os.chmod(to / relative, folder.mode & 0o7777)
             os.utime(to / relative, ns=(folder.mtime_ns, folder.mtime_ns))
+    syncer.shutdown(wait=True)
     _sync_filesystem(to)
     already = len(plan.already)
     log.info("files restored", to=str(to), files=plan.files, bytes=plan.bytes, already_there=already)

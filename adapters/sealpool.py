@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import Future
-from typing import IO
+from typing import IO, NamedTuple
 
 from adapters.errors import BlobNotFound, DiskFull, IntegrityError
 from adapters.repository.crypto import ID_SIZE, MasterKey
@@ -120,20 +120,30 @@ class SealPool:
             p.close()
 
     def _submit(self, op: int, fields: bytes) -> Future[memoryview]:
-        proc = next(self._turn)
-        request = next(self._ids)
-        future: Future[memoryview] = Future()
-        with proc.lock:
-            if proc.dead:
-                raise WorkerFailed("a sealing worker stopped unexpectedly")
-            proc.futures[request] = future
-        try:
-            proc.send(HEAD.pack(op, request) + fields)
-        except OSError as e:
+        return self._submit_many(op, [fields])[0]
+
+    def _submit_many(self, op: int, many: list[bytes]) -> list[Future[memoryview]]:
+        """Send requests round the workers, one write to each worker for all of its share."""
+        futures: list[Future[memoryview]] = []
+        frames: dict[_Proc, list[bytes]] = {}
+        for fields in many:
+            proc = next(self._turn)
+            request = next(self._ids)
+            future: Future[memoryview] = Future()
             with proc.lock:
-                proc.futures.pop(request, None)
-            raise WorkerFailed("a sealing worker stopped unexpectedly") from e
-        return future
+                if proc.dead:
+                    raise WorkerFailed("a sealing worker stopped unexpectedly")
+                proc.futures[request] = future
+            body = HEAD.pack(op, request) + fields
+            frames.setdefault(proc, []).extend((FRAME.pack(len(body)), body))
+            futures.append(future)
+        for proc, parts in frames.items():
+            try:
+                proc.stdin.write(b"".join(parts))
+                proc.stdin.flush()
+            except OSError as e:
+                raise WorkerFailed("a sealing worker stopped unexpectedly") from e
+        return futures
 
     @staticmethod
     def _path(path: str) -> bytes:
@@ -166,13 +176,32 @@ class SealPool:
         into the existing file `out_path` at `offset`; the reply is the u64 count written."""
         return self._submit(OP_OPEN_TO, self._path(out_path) + struct.pack("<Q", offset) + request)
 
-    def restore_file(
-        self, final: str, tmp: str, *, mode: int, mtime_ns: int, size: int, sha256: str, request: bytes
-    ) -> Future[memoryview]:
-        """Open the blobs of `request`, check them against `size` and `sha256`, write them to `tmp`
-        (which must not exist) and rename it to `final`; the reply is the u64 count written."""
-        fields = RESTORE_FILE.pack(mode & 0o7777, mtime_ns, size, bytes.fromhex(sha256))
-        return self._submit(OP_RESTORE_FILE, self._path(final) + self._path(tmp) + fields + request)
+    def restore_files(self, files: list[RestoreFile]) -> list[Future[memoryview]]:
+        """For each file: open the blobs of its request, check them against its size and SHA-256,
+        write them to its temporary path (which must not exist) and rename that to its final path;
+        each reply is the u64 count written."""
+        return self._submit_many(
+            OP_RESTORE_FILE,
+            [
+                self._path(f.final)
+                + self._path(f.tmp)
+                + RESTORE_FILE.pack(f.mode & 0o7777, f.mtime_ns, f.size, bytes.fromhex(f.sha256))
+                + f.request
+                for f in files
+            ],
+        )
+
+
+class RestoreFile(NamedTuple):
+    """One file for `SealPool.restore_files`."""
+
+    final: str
+    tmp: str
+    mode: int
+    mtime_ns: int
+    size: int
+    sha256: str
+    request: bytes
 
 
 def open_request(paths: list[str], rows: bytes) -> bytes:

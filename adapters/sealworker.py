@@ -51,6 +51,8 @@ PIECES = struct.Struct("<BBQIII")
 OPEN_ITEM = struct.Struct("<IQ32sBBII")
 RESTORE_FILE = struct.Struct("<IqQ32s")
 
+OPEN_PACKS = 16
+
 STATUS_OK, STATUS_INTEGRITY, STATUS_MISSING, STATUS_ERROR, STATUS_NO_SPACE = 0, 1, 2, 3, 4
 
 
@@ -88,6 +90,7 @@ class Worker:
         self.sealer = Sealer(key)
         self.compressor = zstandard.ZstdCompressor(level=level)
         self.decompressor = zstandard.ZstdDecompressor()
+        self._packs: dict[str, int] = {}
 
     def hash(self, body: bytes, pos: int) -> bytes:
         path, pos = _path(body, pos)
@@ -142,6 +145,16 @@ class Worker:
             os.close(fd)
         return struct.pack("<Q", written)
 
+    def _read_pack(self, path: str, offset: int, length: int) -> bytes:
+        """Bytes of a pack; the last few packs stay open (a restore reads each many times in a row)."""
+        fd = self._packs.pop(path, None)
+        if fd is None:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            while len(self._packs) >= OPEN_PACKS:
+                os.close(self._packs.pop(next(iter(self._packs))))
+        self._packs[path] = fd  # most recently used last
+        return os.pread(fd, length, offset)
+
     def restore_file(self, body: bytes, pos: int) -> bytes:
         final, pos = _path(body, pos)
         tmp, pos = _path(body, pos)
@@ -193,14 +206,17 @@ class Worker:
                 end += 1
             path = paths[items[start][0]]
             first, last = items[start], items[end - 1]
-            raw = _pread(path, first[1], last[1] + last[5] - first[1])
+            raw = self._read_pack(path, first[1], last[1] + last[5] - first[1])
+            view = memoryview(raw)  # slices of a view copy nothing
             for item in items[start:end]:
                 at = item[1] - first[1]
-                out.append(self._open_one(path, raw[at : at + item[5]], item))
+                out.append(self._open_one(path, view[at : at + item[5]], item))
             start = end
         return out
 
-    def _open_one(self, path: str, sealed: bytes, item: tuple[int, int, bytes, int, int, int, int]) -> bytes:
+    def _open_one(
+        self, path: str, sealed: bytes | memoryview, item: tuple[int, int, bytes, int, int, int, int]
+    ) -> bytes:
         _, _, blob_id, blob_type, comp, stored, plain = item
 
         def what() -> str:

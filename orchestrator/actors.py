@@ -32,6 +32,10 @@ from orchestrator.steps import STEPS, StepContext, StepRefused, clean_up
 
 log = structlog.get_logger(__name__)
 
+# How long an idle worker thread waits for a message before it looks whether it should stop: the
+# embedded worker of a CLI command stops when the command is done, and waits up to this long.
+WORKER_POLL_MS = 25
+
 QUEUE = "capsule"
 Progress = Callable[[str, int, int], None]
 
@@ -325,7 +329,7 @@ class Dispatcher:
     def worker(self, threads: int = 2, *, sweep_every: float | None = None) -> Iterator[dramatiq.Worker]:
         """Run actors on threads of this process while the block runs; sweep at start (and every
         `sweep_every` seconds if given)."""
-        worker = dramatiq.Worker(self.broker, worker_threads=threads, worker_timeout=100)
+        worker = dramatiq.Worker(self.broker, worker_threads=threads, worker_timeout=WORKER_POLL_MS)
         worker.start()
         stop = threading.Event()
         sweeper = None
