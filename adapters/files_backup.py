@@ -168,6 +168,8 @@ class _Folder:
     fd: int = -1
     items: Listed | None = None
     problem: str | None = None
+    children: dict[str, Future[_Folder]] = field(default_factory=dict)
+    """Its subfolders, being opened and listed ahead on the threads."""
 
 
 def _list(fd: int) -> Listed:
@@ -187,9 +189,8 @@ def _open_folder(parent_fd: int, name: str, inode: int) -> _Folder:
     try:
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
     except OSError as e:
-        return _Folder(
-            problem=f"the folder could not be opened ({_describe(e)}); its contents are not backed up"
-        )
+        problem = f"the folder could not be opened ({_describe(e)}); its contents are not backed up"
+        return _Folder(problem=problem)
     folder = _Folder(fd=fd)
     try:
         if os.fstat(fd).st_ino != inode:
@@ -204,73 +205,89 @@ def _open_folder(parent_fd: int, name: str, inode: int) -> _Folder:
 class _Walk:
     """Everything under a folder in walk order, with folders opened and listed ahead on threads.
 
-    Listing a folder and examining its items waits on the disk when the cache is cold; a few
-    folders listed at once keep the disk busy while this thread works through the last one.
+    Listing a folder and examining its items waits on the disk when the cache is cold. Each folder
+    listed ahead has its own subfolders listed ahead in turn, up to AHEAD folders in all (each holds
+    a descriptor until the walk is through it), so the disk stays busy however the tree is shaped.
     """
 
-    AHEAD = 16  # subfolders of one folder opened and listed before the walk reaches them
+    AHEAD = 512
 
     def __init__(self, warn: Callable[[str, str], None], threads: int = 8) -> None:
         self.warn = warn
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="list")
+        self._budget = threading.Semaphore(self.AHEAD)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+    def _open(self, parent_fd: int, name: str, inode: int) -> _Folder:
+        folder = _open_folder(parent_fd, name, inode)
+        self._look_ahead(folder)
+        return folder
+
+    def _look_ahead(self, folder: _Folder) -> None:
+        for name, st in folder.items or ():
+            if isinstance(st, os.stat_result) and stat.S_ISDIR(st.st_mode):
+                if not self._budget.acquire(blocking=False):
+                    return  # the walk opens the rest itself when it gets there
+                folder.children[name] = self._pool.submit(self._open, folder.fd, name, st.st_ino)
+
+    def _done_with(self, folder: _Folder, *, close: bool = True) -> None:
+        """Close a folder once its subfolders opened ahead are finished with (they used its fd)."""
+        for future in folder.children.values():
+            child = future.result()
+            self._budget.release()
+            self._done_with(child)
+        folder.children = {}
+        if close and folder.fd >= 0:
+            os.close(folder.fd)
 
     def __call__(self, root_fd: int) -> Iterator[tuple[str, str, os.stat_result, int]]:
         """(relative path, name, lstat, folder fd): the folder's descriptor stays valid until the
         walk moves on, so open the item through it at once."""
         try:
-            items = _list(root_fd)
+            root = _Folder(fd=root_fd, items=_list(root_fd))
         except OSError as e:
             self.warn(".", f"the folder could not be read ({_describe(e)}); nothing was backed up")
             return
-        yield from self._items(root_fd, "", items)
-
-    def _items(self, fd: int, prefix: str, items: Listed) -> Iterator[tuple[str, str, os.stat_result, int]]:
-        subfolders = deque(
-            (name, st) for name, st in items if isinstance(st, os.stat_result) and stat.S_ISDIR(st.st_mode)
-        )
-        ahead: dict[str, Future[_Folder]] = {}
-
-        def look_ahead() -> None:
-            while subfolders and len(ahead) < self.AHEAD:
-                name, st = subfolders.popleft()
-                ahead[name] = self._pool.submit(_open_folder, fd, name, st.st_ino)
-
-        look_ahead()
+        self._look_ahead(root)
         try:
-            for name, st in items:
-                path = f"{prefix}/{name}" if prefix else name
-                try:
-                    name.encode("utf-8")
-                except UnicodeEncodeError:
-                    shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-                    self.warn(shown, "skipped: its name is not valid UTF-8")
-                    continue
-                if isinstance(st, FileNotFoundError):
-                    self.warn(path, "skipped: it vanished while the folder was read")
-                    continue
-                if isinstance(st, OSError):
-                    self.warn(path, f"skipped: it could not be examined ({_describe(st)})")
-                    continue
-                yield path, name, st, fd
-                if name in ahead:
-                    folder = ahead.pop(name).result()
-                    look_ahead()
-                    try:
-                        if folder.problem is not None or folder.items is None:
-                            self.warn(path, folder.problem or "the folder could not be read")
-                        else:
-                            yield from self._items(folder.fd, path, folder.items)
-                    finally:
-                        if folder.fd >= 0:
-                            os.close(folder.fd)
+            yield from self._items(root, "")
         finally:
-            # Only after an error or a skipped name: close what was opened ahead and never walked.
-            for future in ahead.values():
-                if (folder := future.result()).fd >= 0:
-                    os.close(folder.fd)
+            self._done_with(root, close=False)  # the caller opened the root and closes it
+
+    def _items(self, folder: _Folder, prefix: str) -> Iterator[tuple[str, str, os.stat_result, int]]:
+        fd = folder.fd
+        for name, st in folder.items or ():
+            path = f"{prefix}/{name}" if prefix else name
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                self.warn(shown, "skipped: its name is not valid UTF-8")
+                continue
+            if isinstance(st, FileNotFoundError):
+                self.warn(path, "skipped: it vanished while the folder was read")
+                continue
+            if isinstance(st, OSError):
+                self.warn(path, f"skipped: it could not be examined ({_describe(st)})")
+                continue
+            yield path, name, st, fd
+            if not stat.S_ISDIR(st.st_mode):
+                continue
+            future = folder.children.pop(name, None)
+            if future is not None:
+                sub = future.result()
+                self._budget.release()
+            else:
+                sub = self._open(fd, name, st.st_ino)
+            try:
+                if sub.problem is not None or sub.items is None:
+                    self.warn(path, sub.problem or "the folder could not be read")
+                else:
+                    yield from self._items(sub, path)
+            finally:
+                self._done_with(sub)
 
 
 _SPECIAL = {
