@@ -481,6 +481,8 @@ class _Walker:
         try:
             with open(fd, "rb", buffering=0, closefd=True) as f:
                 before = os.fstat(fd)
+                if not stat.S_ISREG(before.st_mode):
+                    raise OSError(errno.EINVAL, "it is no longer a regular file")
                 if stream:
                     chunks: Iterator[bytes | memoryview] = (c.data for c in self._chunker().cut_stream(f))
                 else:
@@ -582,17 +584,17 @@ class _Walker:
 
 
 def _open_file(name: str, dir_fd: int) -> int:
-    # O_NONBLOCK: if a FIFO was swapped in since the walk looked, opening it must not hang.
+    """Open a file of the walk for reading: one system call on the walking thread, which every
+    other thread waits for; the reading thread checks what was opened (`_read`).
+
+    O_NONBLOCK: if a FIFO was swapped in since the walk looked, opening it must not hang (reads of
+    a regular file ignore the flag).
+    """
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        fd = os.open(name, flags | getattr(os, "O_NOATIME", 0), dir_fd=dir_fd)
+        return os.open(name, flags | getattr(os, "O_NOATIME", 0), dir_fd=dir_fd)
     except PermissionError:  # O_NOATIME is for the file's owner only
-        fd = os.open(name, flags, dir_fd=dir_fd)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(errno.EINVAL, "it is no longer a regular file")
-    os.set_blocking(fd, True)
-    return fd
+        return os.open(name, flags, dir_fd=dir_fd)
 
 
 def open_root(root: Path) -> int:
