@@ -244,50 +244,62 @@ class _Walk:
 
     def __call__(self, root_fd: int) -> Iterator[tuple[str, str, os.stat_result, int]]:
         """(relative path, name, lstat, folder fd): the folder's descriptor stays valid until the
-        walk moves on, so open the item through it at once."""
+        walk moves on, so open the item through it at once.
+
+        A loop over a stack of folders, not nested generators: a `yield from` chain costs every
+        item one step per level of depth.
+        """
         try:
             root = _Folder(fd=root_fd, items=_list(root_fd))
         except OSError as e:
             self.warn(".", f"the folder could not be read ({_describe(e)}); nothing was backed up")
             return
         self._look_ahead(root)
+        stack: list[tuple[_Folder, str, Iterator[tuple[str, os.stat_result | OSError]]]] = [
+            (root, "", iter(root.items or ()))
+        ]
         try:
-            yield from self._items(root, "")
-        finally:
-            self._done_with(root, close=False)  # the caller opened the root and closes it
-
-    def _items(self, folder: _Folder, prefix: str) -> Iterator[tuple[str, str, os.stat_result, int]]:
-        fd = folder.fd
-        for name, st in folder.items or ():
-            path = f"{prefix}/{name}" if prefix else name
-            try:
-                name.encode("utf-8")
-            except UnicodeEncodeError:
-                shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-                self.warn(shown, "skipped: its name is not valid UTF-8")
-                continue
-            if isinstance(st, FileNotFoundError):
-                self.warn(path, "skipped: it vanished while the folder was read")
-                continue
-            if isinstance(st, OSError):
-                self.warn(path, f"skipped: it could not be examined ({_describe(st)})")
-                continue
-            yield path, name, st, fd
-            if not stat.S_ISDIR(st.st_mode):
-                continue
-            future = folder.children.pop(name, None)
-            if future is not None:
-                sub = future.result()
-                self._budget.release()
-            else:
-                sub = self._open(fd, name, st.st_ino)
-            try:
+            while stack:
+                folder, prefix, items = stack[-1]
+                item = next(items, None)
+                if item is None:
+                    stack.pop()
+                    self._done_with(folder, close=bool(stack))  # the caller closes the root
+                    continue
+                name, st = item
+                path = f"{prefix}/{name}" if prefix else name
+                try:
+                    name.encode("utf-8")
+                except UnicodeEncodeError:
+                    shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                    self.warn(shown, "skipped: its name is not valid UTF-8")
+                    continue
+                if not isinstance(st, os.stat_result):
+                    what = (
+                        "vanished while the folder was read"
+                        if isinstance(st, FileNotFoundError)
+                        else (f"could not be examined ({_describe(st)})")
+                    )
+                    self.warn(path, f"skipped: it {what}")
+                    continue
+                yield path, name, st, folder.fd
+                if not stat.S_ISDIR(st.st_mode):
+                    continue
+                future = folder.children.pop(name, None)
+                if future is not None:
+                    sub = future.result()
+                    self._budget.release()
+                else:
+                    sub = self._open(folder.fd, name, st.st_ino)
                 if sub.problem is not None or sub.items is None:
                     self.warn(path, sub.problem or "the folder could not be read")
-                else:
-                    yield from self._items(sub, path)
-            finally:
-                self._done_with(sub)
+                    self._done_with(sub)
+                    continue
+                stack.append((sub, path, iter(sub.items)))
+        finally:
+            while stack:  # only after an error: close what is still open, innermost first
+                folder, _, _ = stack.pop()
+                self._done_with(folder, close=bool(stack))
 
 
 _SPECIAL = {
