@@ -212,9 +212,7 @@ def _print_snapshot(sid: str, m: Any, job_id: str) -> None:
         for line in m.warnings[:20]:
             click.echo(f"  {line}", err=True)
         if t.warnings > 20:
-            click.echo(
-                f"  ... and {t.warnings - 20} more; the backup's log names every one", err=True
-            )
+            click.echo(f"  ... and {t.warnings - 20} more; the backup's log names every one", err=True)
 
 
 @cli.command()
