@@ -29,6 +29,8 @@ import zstandard
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from tests.integration.uploads import describe_tree
+
 CAPSULE = shutil.which("capsule")
 
 NONCE = 12
@@ -447,20 +449,6 @@ def make_images(root: Path) -> None:
     os.utime(root / "shoes" / "red", ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
 
 
-def tree_state(root: Path) -> dict[str, tuple[object, ...]]:
-    state: dict[str, tuple[object, ...]] = {}
-    for path in sorted(root.rglob("*")):
-        st = path.lstat()
-        relative = path.relative_to(root).as_posix()
-        if path.is_symlink():
-            state[relative] = ("link", os.readlink(path))
-        elif path.is_dir():
-            state[relative] = ("dir", st.st_mode & 0o7777, st.st_mtime_ns)
-        else:
-            state[relative] = ("file", st.st_mode & 0o7777, st.st_mtime_ns, path.read_bytes())
-    return state
-
-
 @pytest.mark.skipif(CAPSULE is None, reason="the capsule command is not installed")
 def test_independent_reader_restores_a_files_snapshot(tmp_path: Path) -> None:
     uploads = tmp_path / "uploads"
@@ -495,6 +483,6 @@ def test_independent_reader_restores_a_files_snapshot(tmp_path: Path) -> None:
     assert index[bytes.fromhex(text_id)][0].compression == 1
 
     reader.restore_tree(manifest, index, tmp_path / "by-reader")
-    assert tree_state(tmp_path / "by-reader") == tree_state(uploads)
+    assert describe_tree(tmp_path / "by-reader") == describe_tree(uploads)
     capsule(env, tmp_path, "restore", snapshot_id, "--to", str(tmp_path / "by-capsule"))
-    assert tree_state(tmp_path / "by-capsule") == tree_state(uploads)
+    assert describe_tree(tmp_path / "by-capsule") == describe_tree(uploads)
