@@ -97,6 +97,11 @@ def jobs(obj: Context, limit: int, status: str | None, as_json: bool) -> None:
                 f"{r['job_id']:24}  {r['job_type']:7}  {r['status'] or '-':9}  {step:8}  "
                 f"{shown:>9}  {_when(r.get('requested_at')):19}  {str(detail)[:80]}"
             )
+            items = str(r.get("warning_items") or "").splitlines()
+            for item in items:
+                click.echo(f"{'':26}! {item}")
+            if items and (r.get("warnings") or 0) > len(items):
+                click.echo(f"{'':26}! ... `capsule audit --job {r['job_id']}` lists more")
 
     run(go)
 

@@ -72,6 +72,7 @@ def fold_job(row: Row | None, event: Event, meta: EventMeta, state: JobState) ->
         "finished_at": _first_time(row, "finished_at", meta, is_finished(state)),
         "error": state.failure,
         "warnings": _warning_count(state),
+        "warning_items": _warning_items(state),
         "actor": first["actor"],
         "correlation_id": first["correlation_id"],
         "last_position": meta.position,
@@ -145,6 +146,21 @@ def _warning_count(state: JobState) -> int | None:
     ]
     known = [c for c in counts if c is not None]
     return sum(known) if known else None
+
+
+WARNING_ITEMS = 5
+
+
+def _warning_items(state: JobState) -> str | None:
+    """The first few `path: reason` lines of the job's warnings, one a line (None: there are none)."""
+    items = [
+        str(item)
+        for step in state.steps
+        if isinstance(warnings := (step.result or {}).get("warnings"), dict)
+        and isinstance(listed := warnings.get("items"), list)
+        for item in listed
+    ]
+    return "\n".join(items[:WARNING_ITEMS]) if items else None
 
 
 def _first(row: Row | None, meta: EventMeta) -> Row:

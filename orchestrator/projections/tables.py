@@ -54,6 +54,7 @@ jobs = Table(
     Column("finished_at", UTCDateTime()),
     Column("error", Text),
     Column("warnings", BigInteger),
+    Column("warning_items", Text),
     Column("actor", Text, nullable=False),
     Column("correlation_id", Text, nullable=False),
     Column("last_position", BigInteger, nullable=False),

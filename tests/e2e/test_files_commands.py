@@ -112,8 +112,10 @@ def test_warnings_show_in_the_backup_jobs_and_audit(shop: Shop, uploads: Path) -
     assert proc.stdout.startswith("Snapshot ")
 
     [job] = json.loads(shop.run("jobs", "--json", expect=0).stdout)
-    assert (job["status"], job["warnings"]) == ("completed", 1)
-    assert "1 warning(s)" in shop.run("jobs", expect=0).stdout
+    assert (job["status"], job["warnings"], job["warning_items"]) == ("completed", 1, item)
+    listing = shop.run("jobs", expect=0).stdout
+    assert "1 warning(s)" in listing
+    assert f"! {item}" in listing
 
     table = shop.run("audit", "--job", job["job_id"], expect=0).stdout
     assert f"1 warning(s): {item}" in table
