@@ -78,8 +78,8 @@ def is_compressed_format(head: bytes | memoryview) -> bool:
     head = bytes(head[:16])
     if head.startswith(_COMPRESSED_MAGIC):
         return True
-    if head[:4] == b"RIFF" and head[8:12] in (b"WEBP", b"AVI ", b"WAVE"):
-        return head[8:12] == b"WEBP" or head[8:12] == b"AVI "
+    if head[:4] == b"RIFF" and head[8:12] in (b"WEBP", b"AVI "):
+        return True
     return head[4:8] == b"ftyp"  # MP4, MOV, HEIC, AVIF
 
 

@@ -35,8 +35,8 @@ from adapters.files_tree import iter_entries, path_key
 from adapters.pagestore import sha256_file
 from adapters.repository.repo import Repository
 from adapters.restore import blob_batches, content_ids, locate_all, read_batch
-from adapters.sealpool import RestoreFile, SealPool
-from adapters.sealworker import FRAME, OPEN_ITEM
+from adapters.sealpool import RestoreFile, SealPool, open_request
+from adapters.sealworker import OPEN_ITEM
 from domain.errors import UnsafePath
 from domain.manifest import Entry, Manifest
 
@@ -314,17 +314,16 @@ class _ToWorkers:
         self.pool = pool
         self.to = str(to)
         self.entries: list[Entry] = []
-        self._paths: dict[int, bytes] = {}
+        self._paths: dict[int, str] = {}
         self._serial = itertools.count()
         self._mark = f"{PARTIAL_MARK}{os.getpid()}-{secrets.token_hex(3)}-"
 
-    def _pack_path(self, number: int) -> bytes:
-        framed = self._paths.get(number)
-        if framed is None:
-            path = os.path.abspath(self.repo.backend.path_of("data", self.repo.index.pack_ids[number]))
-            raw = path.encode()
-            framed = self._paths[number] = FRAME.pack(len(raw)) + raw
-        return framed
+    def _pack_path(self, number: int) -> str:
+        path = self._paths.get(number)
+        if path is None:
+            pack = self.repo.index.pack_ids[number]
+            path = self._paths[number] = os.path.abspath(self.repo.backend.path_of("data", pack))
+        return path
 
     def add(self, entry: Entry) -> list[tuple[Future[memoryview], Entry]]:
         self.entries.append(entry)
@@ -332,12 +331,7 @@ class _ToWorkers:
 
     def flush(self) -> list[tuple[Future[memoryview], Entry]]:
         entries, self.entries = self.entries, []
-        ids_of = [
-            [bytes.fromhex(b) for b in e.blobs]
-            if not e.blob_lists
-            else [i for group in content_ids(self.repo, e) for i in group]
-            for e in entries
-        ]
+        ids_of = [[i for group in content_ids(self.repo, e) for i in group] for e in entries]
         all_ids = [i for ids in ids_of for i in ids]
         pos, packs, recs = self.repo.index.columns(all_ids)
         if (pos < 0).any():
@@ -354,7 +348,7 @@ class _ToWorkers:
         at = 0
         for entry, ids in zip(entries, ids_of, strict=True):
             local: dict[int, int] = {}
-            paths: list[bytes] = []
+            paths: list[str] = []
             rows = []
             for k in range(at, at + len(ids)):
                 number, offset, btype, comp, length, plain = (c[k] for c in columns)
@@ -375,7 +369,7 @@ class _ToWorkers:
                     mtime_ns=entry.mtime_ns,
                     size=entry.size,
                     sha256=entry.sha256,
-                    request=b"".join([FRAME.pack(len(paths)), *paths, FRAME.pack(len(rows)), *rows]),
+                    request=open_request(paths, b"".join(rows)),
                 )
             )
         return list(zip(self.pool.restore_files(files), entries, strict=True))
