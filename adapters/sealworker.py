@@ -269,8 +269,13 @@ def main() -> None:
     if init is None:
         return
     worker = Worker(MasterKey.from_bytes(init[:64]), init[64])
-    while (body := read_frame(stdin)) is not None:
-        write_frame(stdout, worker.handle(body))
+    try:
+        while (body := read_frame(stdin)) is not None:
+            write_frame(stdout, worker.handle(body))
+    except BrokenPipeError:
+        # The parent died (killed mid-step) while we answered: nobody is left to read the reply,
+        # and a traceback on the terminal it shared with us would only look like a second failure.
+        os._exit(0)
 
 
 if __name__ == "__main__":
