@@ -198,7 +198,8 @@ def test_images_and_archives_are_stored_without_compression_and_text_with_zstd(b
     # The bytes after each signature compress well: only the format decides, not zstd giving up.
     for name, magic in COMPRESSED_FORMATS.items():
         backups.write(name, magic + _compressible(64 * KiB))
-    backups.write("big.jpg", COMPRESSED_FORMATS["photo.jpg"] + _compressible(3 * MiB))
+    # Longer than the largest chunk, so it is cut at least once whatever its random bytes are.
+    backups.write("big.jpg", COMPRESSED_FORMATS["photo.jpg"] + _compressible(files_backup.CDC_MAX + MiB))
     backups.write("random.jpg", COMPRESSED_FORMATS["photo.jpg"] + os.urandom(32 * KiB))
     text = b"".join(b"product %d: red shoe, size 42, price 59.90\n" % i for i in range(4000))
     backups.write("products.csv", text)
