@@ -343,7 +343,10 @@ class _ToWorkers:
                 f"blob {all_ids[first].hex()[:12]} of {owner.path} is in no index; run `capsule verify` "
                 "and `capsule rebuild-index`"
             )
-        columns = [packs.tolist(), *(recs[c].tolist() for c in ("offset", "type", "comp", "length", "plain"))]
+        columns = [
+            packs.tolist(),
+            *(recs[c].tolist() for c in ("offset", "type", "comp", "length", "plain", "within")),
+        ]
         files = []
         at = 0
         for entry, ids in zip(entries, ids_of, strict=True):
@@ -351,12 +354,12 @@ class _ToWorkers:
             paths: list[str] = []
             rows = []
             for k in range(at, at + len(ids)):
-                number, offset, btype, comp, length, plain = (c[k] for c in columns)
+                number, offset, btype, comp, length, plain, within = (c[k] for c in columns)
                 index = local.get(number)
                 if index is None:
                     index = local[number] = len(paths)
                     paths.append(self._pack_path(number))
-                rows.append(OPEN_ITEM.pack(index, offset, all_ids[k], btype, comp, length, plain))
+                rows.append(OPEN_ITEM.pack(index, offset, all_ids[k], btype, comp, length, plain, within))
             at += len(ids)
             final = f"{self.to}/{entry.path}"
             folder, _, name = final.rpartition("/")

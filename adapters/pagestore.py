@@ -34,6 +34,17 @@ def sha256_file(path: Path) -> str:
     return sha.hexdigest()
 
 
+def _not_taken(indices: list[int], ids: list[bytes], taken: set[bytes]) -> list[int]:
+    """`indices` without the ids in `taken`, which then holds the rest too: equal pages, in this
+    block or in blocks still being sealed, are sealed once (a pack lists an id at most once)."""
+    out = []
+    for i in indices:
+        if ids[i] not in taken:
+            taken.add(ids[i])
+            out.append(i)
+    return out
+
+
 def store_file_chunks(
     repo: Repository,
     pool: SealPool,
@@ -53,6 +64,7 @@ def store_file_chunks(
     hashing: deque[tuple[int, int, Future[memoryview]]] = deque()
     sealing: deque[tuple[list[bytes], int, list[bytes], Future[memoryview] | None, int]] = deque()
     offsets = iter(range(0, size, block))
+    in_flight: set[bytes] = set()  # ids sent for sealing, not yet in the repository's open pack
 
     def known(ids: list[bytes]) -> list[bool]:
         if has_blob is not None:
@@ -72,6 +84,7 @@ def store_file_chunks(
         if future is not None:
             header, sealed = split_sealed(future.result())
             added, plain = repo.add_run(new_ids, header, sealed, has_blob, index_generation=generation)
+            in_flight.difference_update(new_ids)
             stats.new_blobs += added
             stats.new_bytes += plain
         ids_out.extend(ids)
@@ -89,13 +102,15 @@ def store_file_chunks(
             ids = split_ids(reply)
             submit_hashes()
             generation = repo.index.generation
-            indices = [i for i, k in enumerate(known(ids)) if not k]
+            indices = _not_taken([i for i, k in enumerate(known(ids)) if not k], ids, in_flight)
             new_ids = [ids[i] for i in indices]
             # All new (a first backup): the hash reply already holds the ids end to end.
             raw = bytes(reply) if len(indices) == len(ids) else b"".join(new_ids)
             block_at = (offset, length, chunk)
             seal = (
-                pool.seal_pieces(name, BLOB_DATA, True, block_at, indices=indices, ids=raw)
+                pool.seal_pieces(
+                    name, BLOB_DATA, True, block_at, indices=indices, ids=raw, bundle=repo.bundles
+                )
                 if indices
                 else None
             )

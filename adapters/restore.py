@@ -81,26 +81,34 @@ def blob_batches(locs: Iterable[tuple[bytes, BlobLocation]]) -> Iterator[Batch]:
     """Blobs in file order, in batches of about SPAN_LIMIT stored bytes, whatever packs they are in.
 
     A snapshot after many incremental backups takes its pages from many packs; batching by size
-    rather than by contiguous run keeps the number of requests small.
+    rather than by contiguous run keeps the number of requests small. Members of one bundle that
+    follow each other stay in one batch, and their bundle's bytes count once.
     """
     batch: Batch = []
     size = 0
     for item in locs:
-        batch.append(item)
-        size += item[1].length
+        loc = item[1]
+        last = batch[-1][1] if batch else None
+        if last is not None and (last.pack_id, last.offset) == (loc.pack_id, loc.offset):
+            batch.append(item)
+            continue
         if size >= SPAN_LIMIT:
             yield batch
             batch, size = [], 0
+        batch.append(item)
+        size += loc.length
     if batch:
         yield batch
 
 
 def _runs(batch: Batch) -> Iterator[Batch]:
-    """The batch cut where blobs stop lying end to end in one pack: one read for each run."""
+    """The batch cut where blobs stop lying end to end in one pack (members of one bundle share
+    its place): one read for each run."""
     run: Batch = []
     for item in batch:
-        if run and (
-            item[1].pack_id != run[-1][1].pack_id or item[1].offset != run[-1][1].offset + run[-1][1].length
+        last = run[-1][1] if run else None
+        if last is not None and (
+            item[1].pack_id != last.pack_id or item[1].offset not in (last.offset, last.offset + last.length)
         ):
             yield run
             run = []
@@ -114,8 +122,10 @@ def read_batch(repo: Repository, batch: Batch) -> bytes:
     for run in _runs(batch):
         first, last = run[0][1], run[-1][1]
         try:
-            raw = repo.backend.read(
-                "data", first.pack_id, first.offset, last.offset + last.length - first.offset
+            raw = memoryview(
+                repo.backend.read(
+                    "data", first.pack_id, first.offset, last.offset + last.length - first.offset
+                )
             )
         except FileNotFoundError as e:
             raise BlobNotFound(f"pack {first.pack_id[:12]} is missing from the repository") from e

@@ -27,7 +27,10 @@ from adapters.sealpool import SealPool, open_request
 from adapters.sealworker import OPEN_ITEM
 from domain.manifest import Entry
 
-SPAN_LIMIT = 1024 * 1024  # stored bytes per request
+# Plaintext per request, in windows aligned to the file's start. A backup seals a database's new
+# pages in bundles made within one 1 MiB block of the file (see pagestore.BLOCK), so windows of
+# whole blocks never split a bundle between two workers: each bundle is opened once.
+REQUEST_BYTES = 2 * 1024 * 1024
 IN_FLIGHT = 8
 SYNC_EVERY = 64 * 1024 * 1024
 HASH_READ = 1024 * 1024
@@ -41,6 +44,7 @@ OPEN_DTYPE = np.dtype(
         ("comp", "u1"),
         ("length", "<u4"),
         ("plain", "<u4"),
+        ("within", "<u4"),
     ]
 )
 assert OPEN_DTYPE.itemsize == OPEN_ITEM.size
@@ -59,7 +63,7 @@ def _hash_range(fd: int, sha: hashlib._Hash, start: int, length: int) -> None:
 
 
 class _Requests:
-    """Turns groups of blob ids into open-and-write requests of about SPAN_LIMIT stored bytes."""
+    """Turns groups of blob ids into open-and-write requests, one for each window of the file."""
 
     def __init__(self, repo: Repository, entry: Entry) -> None:
         self.repo = repo
@@ -73,8 +77,8 @@ class _Requests:
             path = self._paths[number] = str(self.repo.backend.path_of("data", pack_id))
         return path
 
-    def build(self, ids: list[bytes]) -> list[tuple[bytes, int]]:
-        """[(request body, plaintext bytes it writes)] for `ids`, in file order."""
+    def build(self, ids: list[bytes], start: int) -> list[tuple[bytes, int]]:
+        """[(request body, plaintext bytes it writes)] for `ids`, which start at file offset `start`."""
         pos, packs, recs = self.repo.index.columns(ids)
         missing = np.flatnonzero(pos < 0)
         if len(missing):
@@ -83,16 +87,16 @@ class _Requests:
                 f"{len(missing)} blob(s) of {self.entry.path} are in no index (first: {first}); "
                 "run `capsule verify` and `capsule rebuild-index`"
             )
-        stored = np.cumsum(recs["length"], dtype=np.int64)
-        group = (stored - 1) // SPAN_LIMIT
-        starts = [*np.flatnonzero(np.r_[True, group[1:] != group[:-1]]).tolist(), len(ids)]
+        plain = recs["plain"].astype(np.int64)
+        window = (start + np.cumsum(plain) - plain) // REQUEST_BYTES
+        starts = [*np.flatnonzero(np.r_[True, window[1:] != window[:-1]]).tolist(), len(ids)]
         return [self._request(packs[a:b], recs[a:b]) for a, b in itertools.pairwise(starts)]
 
     def _request(self, packs: npt.NDArray[np.uint32], recs: npt.NDArray[np.void]) -> tuple[bytes, int]:
         numbers, inverse = np.unique(packs, return_inverse=True)
         rows = np.empty(len(recs), dtype=OPEN_DTYPE)
         rows["path"] = inverse
-        for field in ("offset", "id", "type", "comp", "length", "plain"):
+        for field in ("offset", "id", "type", "comp", "length", "plain", "within"):
             rows[field] = recs[field]
         paths = [self._path(int(n)) for n in numbers]
         return open_request(paths, rows.tobytes()), int(recs["plain"].sum())
@@ -136,7 +140,7 @@ def write_with_pool(
                     progress(written, entry.size)
 
             for ids in id_groups:
-                for body, plain in requests.build(ids):
+                for body, plain in requests.build(ids, offset):
                     in_flight.append((pool.open_to(str(path), offset, body), offset, plain))
                     offset += plain
                     while len(in_flight) >= IN_FLIGHT:

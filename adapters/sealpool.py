@@ -25,6 +25,8 @@ from adapters.sealworker import (
     OPEN_ITEM,
     PIECES,
     RESTORE_FILE,
+    SEAL_BUNDLE,
+    SEAL_COMPRESS,
     STATUS_INTEGRITY,
     STATUS_MISSING,
     STATUS_NO_SPACE,
@@ -163,11 +165,14 @@ class SealPool:
         *,
         indices: list[int],
         ids: bytes,
+        bundle: bool = False,
     ) -> Future[memoryview]:
         """Sealed blobs for some of the `chunk`-sized pieces of the block (offset, length, chunk):
-        those at `indices`, whose ids are `ids` end to end. Parse the reply with `split_sealed`."""
+        those at `indices`, whose ids are `ids` end to end. Parse the reply with `split_sealed`.
+        `bundle` seals them together in bundles (see pack.py), for repositories that allow it."""
         offset, length, chunk = block
-        fields = PIECES.pack(blob_type, int(compress), offset, length, chunk, len(indices))
+        flags = (SEAL_COMPRESS if compress else 0) | (SEAL_BUNDLE if bundle else 0)
+        fields = PIECES.pack(blob_type, flags, offset, length, chunk, len(indices))
         body = [self._path(path), fields, struct.pack(f"<{len(indices)}I", *indices), ids]
         return self._submit(OP_SEAL_PIECES, b"".join(body))
 

@@ -184,7 +184,7 @@ def _check_pack(
     in_index = dict(indexed)
     for blob in header:
         loc = in_index.get(blob.blob_id)
-        if loc is not None and (loc.offset, loc.length) != (blob.offset, blob.length):
+        if loc is not None and loc[3:] != blob[3:]:
             report.problems.append(
                 Problem(
                     f"pack {name[:12]}",
@@ -192,15 +192,14 @@ def _check_pack(
                 )
             )
     if not indexed:  # a pack no index names (a backup that crashed): check what its header lists
-        indexed = [
-            (b.blob_id, BlobLocation(name, b.blob_type, b.compression, b.offset, b.length, b.plain_length))
-            for b in header
-        ]
+        indexed = [(b.blob_id, BlobLocation(name, *b[1:])) for b in header]
     bad: set[bytes] = set()
-    for blob_id, loc in indexed:
+    view = memoryview(data)
+    # In pack order, so that a bundle is opened once for all of its members.
+    for blob_id, loc in sorted(indexed, key=lambda item: (item[1].offset, item[1].within)):
         report.blobs += 1
         try:
-            repo.open_blob(blob_id, loc, data[loc.offset : loc.offset + loc.length])
+            repo.open_blob(blob_id, loc, view[loc.offset : loc.offset + loc.length])
         except CapsuleError:
             bad.add(blob_id)
     return bad

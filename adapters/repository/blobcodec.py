@@ -12,7 +12,15 @@ import zstandard
 
 from adapters.errors import IntegrityError
 from adapters.repository.crypto import Sealer
-from adapters.repository.pack import COMPRESSION_NONE, COMPRESSION_ZSTD, blob_aad
+from adapters.repository.pack import (
+    BUNDLE_NONE,
+    BUNDLE_ZSTD,
+    BUNDLED,
+    COMPRESSION_NONE,
+    COMPRESSION_ZSTD,
+    blob_aad,
+    bundle_aad,
+)
 
 # Compression must save at least this share of the bytes to be worth the work of undoing it.
 MIN_COMPRESSION_GAIN = 0.03
@@ -65,3 +73,51 @@ def decode_blob(
     if len(data) != plain_length:
         raise IntegrityError(f"{what()} does not match its length")
     return data
+
+
+def encode_bundle(
+    sealer: Sealer,
+    compressor: zstandard.ZstdCompressor | None,
+    blob_type: int,
+    data: bytes | memoryview,
+    *,
+    nonce: bytes | None = None,
+) -> tuple[int, bytes]:
+    """(compression, sealed bytes) for a bundle: its members' plaintexts end to end in `data`."""
+    payload: bytes | memoryview = data
+    compression = BUNDLE_NONE
+    if compressor is not None:
+        packed = compressor.compress(data)
+        if len(packed) <= len(data) * (1 - MIN_COMPRESSION_GAIN):
+            payload, compression = packed, BUNDLE_ZSTD
+    return compression, sealer.seal(payload, bundle_aad(blob_type, compression), nonce)
+
+
+def decode_bundle(
+    sealer: Sealer,
+    decompressor: zstandard.ZstdDecompressor,
+    *,
+    blob_type: int,
+    compression: int,
+    sealed: bytes | memoryview,
+    what: Callable[[], str],
+) -> bytes:
+    """The whole plaintext of a bundle, authenticated; its members are slices of it."""
+    if compression not in BUNDLED:
+        raise IntegrityError(f"{what()} is not in a bundle")
+    payload = sealer.open(sealed, bundle_aad(blob_type, compression), what)
+    if compression == BUNDLE_NONE:
+        return payload
+    try:
+        # The frame states its size: the writer always records it. Bundles are small (see pack.py).
+        data: bytes = decompressor.decompress(payload)
+    except zstandard.ZstdError as e:
+        raise IntegrityError(f"{what()} does not decompress") from e
+    return data
+
+
+def member(bundle: bytes | memoryview, within: int, plain_length: int, what: Callable[[], str]) -> bytes:
+    """A member's plaintext from its bundle's, or IntegrityError if the bundle is too short."""
+    if within + plain_length > len(bundle):
+        raise IntegrityError(f"{what()} lies beyond the end of its bundle")
+    return bytes(bundle[within : within + plain_length])

@@ -18,11 +18,12 @@ import numpy.typing as npt
 
 from adapters.errors import IntegrityError
 from adapters.repository.crypto import ID_SIZE
-from adapters.repository.pack import PackedBlob
+from adapters.repository.pack import BUNDLED, PackedBlob
 
-INDEX_MAGIC = b"CIX1"
+INDEX_MAGIC = b"CIX2"
+INDEX_MAGIC_V1 = b"CIX1"  # records without `within`: written by repositories of version 1
 _COUNT = struct.Struct("<I")
-RECORD = np.dtype(
+RECORD_V1 = np.dtype(
     [
         ("id", f"V{ID_SIZE}"),
         ("type", "u1"),
@@ -32,6 +33,7 @@ RECORD = np.dtype(
         ("plain", "<u4"),
     ]
 )
+RECORD = np.dtype([*RECORD_V1.descr, ("within", "<u4")])
 
 
 class BlobLocation(NamedTuple):
@@ -43,6 +45,8 @@ class BlobLocation(NamedTuple):
     offset: int
     length: int
     plain_length: int
+    within: int = 0
+    """Where the blob's plaintext starts in its bundle's (0 for a blob sealed alone)."""
 
 
 # A pack header entry (see pack.HEADER_ENTRY) as a numpy record.
@@ -52,13 +56,25 @@ HEADER_DTYPE = np.dtype(
 
 
 def header_records(header: bytes | bytearray | memoryview) -> npt.NDArray[np.void]:
-    """Index records of a pack from its header entries: offsets are the running sum of lengths."""
+    """Index records of a pack from header entries it wrote itself (see pack.py for bundles).
+
+    Offsets are the running sum of stored lengths; a bundle's members take its first entry's
+    offset and length, and `within` is the running sum of the plaintexts before them in it.
+    """
     h = np.frombuffer(header, dtype=HEADER_DTYPE)
     recs = np.empty(len(h), dtype=RECORD)
-    for field in ("id", "type", "comp", "length", "plain"):
+    for field in ("id", "type", "comp", "plain"):
         recs[field] = h[field]
     lengths = h["length"].astype(np.uint64)
-    recs["offset"] = np.cumsum(lengths) - lengths
+    starts = np.cumsum(lengths) - lengths
+    member = np.isin(h["comp"], BUNDLED) & (lengths == 0)
+    rows = np.arange(len(h))
+    head = np.maximum.accumulate(np.where(member, 0, rows)) if len(h) else rows
+    recs["offset"] = starts[head]
+    recs["length"] = lengths[head]
+    plain = h["plain"].astype(np.uint64)
+    before = np.cumsum(plain) - plain
+    recs["within"] = before - before[head]
     return recs
 
 
@@ -69,17 +85,34 @@ def record_ids(recs: npt.NDArray[np.void]) -> list[bytes]:
 
 def records(blobs: list[PackedBlob]) -> npt.NDArray[np.void]:
     return np.array(
-        [(b.blob_id, b.blob_type, b.compression, b.offset, b.length, b.plain_length) for b in blobs],
+        [
+            (b.blob_id, b.blob_type, b.compression, b.offset, b.length, b.plain_length, b.within)
+            for b in blobs
+        ],
         dtype=RECORD,
     )
 
 
-def encode_index(packs: dict[str, npt.NDArray[np.void]], supersedes: Iterable[str] = ()) -> bytes:
-    parts = [INDEX_MAGIC, _COUNT.pack(len(packs))]
+def _narrow(recs: npt.NDArray[np.void], dtype: np.dtype[np.void]) -> npt.NDArray[np.void]:
+    """`recs` as records of `dtype`: the fields both have are copied, the others are zero."""
+    out = np.zeros(len(recs), dtype=dtype)
+    for field in set(dtype.names or ()) & set(recs.dtype.names or ()):
+        out[field] = recs[field]
+    return out
+
+
+def encode_index(
+    packs: dict[str, npt.NDArray[np.void]], supersedes: Iterable[str] = (), *, version: int = 2
+) -> bytes:
+    """An index file's plaintext; `version` 1 (no bundles, no `within`) for repositories of version 1."""
+    record = RECORD if version >= 2 else RECORD_V1
+    parts = [INDEX_MAGIC if version >= 2 else INDEX_MAGIC_V1, _COUNT.pack(len(packs))]
     for pack_id, recs in packs.items():
+        if version < 2 and (np.isin(recs["comp"], BUNDLED).any() or recs["within"].any()):
+            raise ValueError("a version 1 index cannot hold bundled blobs")
         parts.append(bytes.fromhex(pack_id))
         parts.append(_COUNT.pack(len(recs)))
-        parts.append(recs.tobytes())
+        parts.append(recs.tobytes() if version >= 2 else _narrow(recs, record).tobytes())
     old = list(supersedes)
     parts.append(_COUNT.pack(len(old)))
     parts.extend(bytes.fromhex(i) for i in old)
@@ -89,8 +122,9 @@ def encode_index(packs: dict[str, npt.NDArray[np.void]], supersedes: Iterable[st
 def decode_index(data: bytes, name: str) -> tuple[list[tuple[str, npt.NDArray[np.void]]], list[str]]:
     """Return ([(pack id, records)], superseded index ids); raise IntegrityError if malformed."""
     try:
-        if data[:4] != INDEX_MAGIC:
+        if data[:4] not in (INDEX_MAGIC, INDEX_MAGIC_V1):
             raise ValueError("bad magic")
+        record = RECORD if data[:4] == INDEX_MAGIC else RECORD_V1
         (count,) = _COUNT.unpack_from(data, 4)
         pos = 8
         packs = []
@@ -98,8 +132,10 @@ def decode_index(data: bytes, name: str) -> tuple[list[tuple[str, npt.NDArray[np
             pack_id = data[pos : pos + ID_SIZE].hex()
             (n,) = _COUNT.unpack_from(data, pos + ID_SIZE)
             pos += ID_SIZE + 4
-            recs = np.frombuffer(data, dtype=RECORD, count=n, offset=pos)
-            pos += n * RECORD.itemsize
+            recs = np.frombuffer(data, dtype=record, count=n, offset=pos)
+            pos += n * record.itemsize
+            if record is RECORD_V1:
+                recs = _narrow(recs, RECORD)
             packs.append((pack_id, recs))
         (old_count,) = _COUNT.unpack_from(data, pos)
         pos += 4
@@ -132,7 +168,7 @@ _EMPTY = _Frozen(
     np.zeros(0, dtype=RECORD),
 )
 
-_FIELDS = ("type", "comp", "offset", "length", "plain")
+_FIELDS = ("type", "comp", "offset", "length", "plain", "within")
 
 # Packs added during a run stay staged (found through a set of their ids) until this many blobs,
 # then join the sorted arrays.
@@ -249,6 +285,7 @@ class Index:
             int(r["offset"]),
             int(r["length"]),
             int(r["plain"]),
+            int(r["within"]),
         )
 
     def contains(self, blob_id: bytes) -> bool:
@@ -307,12 +344,12 @@ class Index:
             strict=True,
         )
         out: list[BlobLocation | None] = []
-        for b, p, (pack, btype, comp, offset, length, plain) in zip(
+        for b, p, (pack, btype, comp, offset, length, plain, within) in zip(
             blob_ids, pos.tolist(), columns, strict=True
         ):
             loc = self._recent_location(b) if b in recent else None
             if loc is None and p >= 0:
-                loc = BlobLocation(self.pack_ids[pack], btype, comp, offset, length, plain)
+                loc = BlobLocation(self.pack_ids[pack], btype, comp, offset, length, plain, within)
             out.append(loc)
         return out
 

@@ -44,10 +44,10 @@ def rebuild_index(repo: Repository) -> tuple[int, int, list[str]]:
         blobs += len(header)
         in_batch += len(header)
         if in_batch >= INDEX_FLUSH_BLOBS:
-            repo.save_sealed("index", encode_index(batch))
+            repo.save_sealed("index", encode_index(batch, version=repo.version))
             batch, in_batch = {}, 0
     if batch:
-        repo.save_sealed("index", encode_index(batch))
+        repo.save_sealed("index", encode_index(batch, version=repo.version))
     for name in old:
         repo.backend.remove("index", name)
     return packs, blobs, unreadable
@@ -70,7 +70,7 @@ def adopt_unindexed_packs(repo: Repository) -> int:
             continue
         batch[name] = records(header)
     if batch:
-        repo.save_sealed("index", encode_index(batch))
+        repo.save_sealed("index", encode_index(batch, version=repo.version))
         for name, recs in batch.items():
             repo.index.add_pack(name, recs)
         repo.index.freeze()

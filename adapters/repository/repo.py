@@ -34,7 +34,7 @@ from adapters.errors import (
     WrongKey,
 )
 from adapters.repository.backend import Kind, LocalBackend
-from adapters.repository.blobcodec import decode_blob, encode_blob
+from adapters.repository.blobcodec import decode_blob, decode_bundle, encode_blob, member
 from adapters.repository.crypto import MasterKey, Sealer
 from adapters.repository.index import (
     HEADER_DTYPE,
@@ -50,15 +50,15 @@ from adapters.repository.keys import (
     open_with_key_file,
     open_with_passphrase,
 )
-from adapters.repository.pack import (
-    PackBuilder,
-)
+from adapters.repository.pack import BUNDLED, PackBuilder
 from domain.manifest import MANIFEST_VERSION, READABLE_MANIFEST_VERSIONS, Manifest
 
 log = structlog.get_logger(__name__)
 
 REPOSITORY_FORMAT = "capsule-repository"
-REPOSITORY_VERSION = 1
+REPOSITORY_VERSION = 2
+# Version 1 has no bundles (see pack.py); it is still read, and written without them.
+READABLE_VERSIONS = (1, 2)
 DEFAULT_PACK_SIZE = 16 * 1024 * 1024
 INDEX_FLUSH_BLOBS = 200_000
 # On 4 KiB database pages level 1 compresses as well as level 3 (2.24 vs 2.25) for 22% less time.
@@ -84,6 +84,9 @@ class Repository:
         self.backend = backend
         self.config = config
         self.id: str = config["id"]
+        self.version: int = int(config["version"])
+        self.bundles = self.version >= 2
+        """Whether small blobs may be sealed together in bundles (not in version 1)."""
         self.sealer = Sealer(key)
         self.master_key = key
         self.pack_size: int = int(config.get("pack_size", DEFAULT_PACK_SIZE))
@@ -235,11 +238,17 @@ class Repository:
         """
         entries = np.frombuffer(header, dtype=HEADER_DTYPE)
         if len(set(blob_ids)) == len(blob_ids) and self._none_known(blob_ids, has_blob, index_generation):
-            self._builder.add_run(header, sealed)
-            self._pending_ids.update(blob_ids)
-            if self._builder.size >= self.pack_size:
-                self._write_pack()
-            return len(blob_ids), int(entries["plain"].sum())
+            return self._add_whole_run(blob_ids, header, sealed, len(blob_ids), int(entries["plain"].sum()))
+        if np.isin(entries["comp"], BUNDLED).any():
+            # A bundle cannot be split: store the run as it is. Members stored already (another
+            # backup got there first) are counted as known and simply stored twice; the index
+            # finds either copy, and a prune can drop one.
+            known = [has_blob(i) for i in blob_ids] if has_blob else self.known_many(blob_ids)
+            fresh = {i for i, k in zip(blob_ids, known, strict=True) if not k}
+            plain = sum(int(p) for i, p in zip(blob_ids, entries["plain"], strict=True) if i in fresh)
+            if not self._builder_free_of(blob_ids):
+                self._write_pack()  # a pack lists an id at most once: start the next one
+            return self._add_whole_run(blob_ids, header, sealed, len(fresh), plain)
         added = plain_bytes = 0
         at = 0
         for blob_id, (btype, comp, length, plain, _) in zip(blob_ids, entries.tolist(), strict=True):
@@ -249,6 +258,18 @@ class Repository:
                 added += 1
                 plain_bytes += plain
         return added, plain_bytes
+
+    def _add_whole_run(
+        self, blob_ids: list[bytes], header: bytes | memoryview, sealed: memoryview, added: int, plain: int
+    ) -> tuple[int, int]:
+        self._builder.add_run(header, sealed)
+        self._pending_ids.update(blob_ids)
+        if self._builder.size >= self.pack_size:
+            self._write_pack()
+        return added, plain
+
+    def _builder_free_of(self, blob_ids: list[bytes]) -> bool:
+        return self._pending_ids.isdisjoint(blob_ids) or set(self._builder.ids()).isdisjoint(blob_ids)
 
     def _none_known(
         self, blob_ids: list[bytes], has_blob: Callable[[bytes], bool] | None, generation: int | None
@@ -301,7 +322,7 @@ class Repository:
     def _write_index(self) -> None:
         if not self._unindexed:
             return
-        name = self.save_sealed("index", encode_index(self._unindexed))
+        name = self.save_sealed("index", encode_index(self._unindexed, version=self.version))
         self.stored_bytes += self.backend.size("index", name)
         self._unindexed = {}
 
@@ -354,7 +375,9 @@ class Repository:
             raise BlobNotFound(f"pack {loc.pack_id[:12]} holding blob {blob_id.hex()[:12]} is missing") from e
         return self.open_blob(blob_id, loc, sealed)
 
-    def open_blob(self, blob_id: bytes, loc: BlobLocation, sealed: bytes, check_id: bool = True) -> bytes:
+    def open_blob(
+        self, blob_id: bytes, loc: BlobLocation, sealed: bytes | memoryview, check_id: bool = True
+    ) -> bytes:
         """Decrypt and decompress one blob.
 
         The AEAD tag binds the ciphertext to its id; `check_id` also hashes the plaintext (verify
@@ -366,6 +389,11 @@ class Repository:
 
         if len(sealed) != loc.length:
             raise IntegrityError(f"{what()} is truncated")
+        if loc.compression in BUNDLED:
+            data = member(self._bundle(loc, sealed, what), loc.within, loc.plain_length, what)
+            if check_id and self.sealer.blob_id(data) != blob_id:
+                raise IntegrityError(f"{what()} does not match its id")
+            return data
         data = decode_blob(
             self.sealer,
             _decompressor(),
@@ -378,6 +406,24 @@ class Repository:
         )
         if check_id and self.sealer.blob_id(data) != blob_id:
             raise IntegrityError(f"{what()} does not match its id")
+        return data
+
+    def _bundle(self, loc: BlobLocation, sealed: bytes | memoryview, what: Callable[[], str]) -> bytes:
+        """A bundle's plaintext; the last one opened on this thread is kept, as its members are
+        usually read one after the other."""
+        key = (loc.pack_id, loc.offset)
+        cached: tuple[tuple[str, int], bytes] | None = getattr(self._local, "bundle", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        data = decode_bundle(
+            self.sealer,
+            _decompressor(),
+            blob_type=loc.blob_type,
+            compression=loc.compression,
+            sealed=sealed,
+            what=what,
+        )
+        self._local.bundle = (key, data)
         return data
 
     # ---- snapshots -----------------------------------------------------------------------
@@ -455,9 +501,9 @@ def read_config(backend: LocalBackend) -> dict[str, Any]:
         raise IntegrityError(f"the repository config at {backend.root} is not valid JSON") from e
     if config.get("format") != REPOSITORY_FORMAT:
         raise UnsupportedVersion(f"{backend.root} does not hold a Capsule repository")
-    if config.get("version") != REPOSITORY_VERSION:
+    if config.get("version") not in READABLE_VERSIONS:
         raise UnsupportedVersion(
             f"the repository at {backend.root} uses format version {config.get('version')!r}; "
-            f"this Capsule reads version {REPOSITORY_VERSION}: upgrade Capsule to read it"
+            f"this Capsule reads versions up to {REPOSITORY_VERSION}: upgrade Capsule to read it"
         )
     return config

@@ -2,8 +2,9 @@
 
 It imports nothing from Capsule: only the standard library, `cryptography`, `blake3` and `zstandard`.
 The real CLI makes a repository; this reader opens it, restores the newest database snapshot and a
-files snapshot (folders, links, modes and times) and rebuilds the blob list from the pack headers.
-If the document leaves something out, this test fails.
+files snapshot (folders, links, modes and times) and rebuilds the blob list from the pack headers. It
+reads format version 2 (bundles, `CIX2` index files) and version 1 (`CIX1`, no bundles). If the
+document leaves something out, this test fails.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ import shutil
 import sqlite3
 import struct
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
 import blake3
 import pytest
 import zstandard
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
@@ -37,8 +39,13 @@ NONCE = 12
 TAG = 16
 PACK_TRAILER = struct.Struct("<I4s")
 PACK_ENTRY = struct.Struct("<BBII32s")
-INDEX_RECORD = struct.Struct("<32sBBIII")
+INDEX_RECORDS = {b"CIX1": struct.Struct("<32sBBIII"), b"CIX2": struct.Struct("<32sBBIIII")}
 U32 = struct.Struct("<I")
+VERSIONS = (1, 2)
+ALONE = (0, 1)  # compressions of a blob sealed by itself
+BUNDLED = (2, 3)  # compressions of a bundle's members (version 2)
+BUNDLE_BYTES = 256 * 1024
+OPEN_BUNDLES = 8
 
 
 class FormatError(Exception):
@@ -56,6 +63,7 @@ class Location:
     offset: int
     length: int
     plain_length: int
+    within: int = 0
 
 
 def b64(text: str) -> bytes:
@@ -84,9 +92,12 @@ class Reader:
     def __init__(self, root: Path, key_file: Path | None = None, passphrase: str | None = None) -> None:
         self.root = root
         config = json.loads((root / "config").read_bytes())
-        if config.get("format") != "capsule-repository" or config.get("version") != 1:
+        if config.get("format") != "capsule-repository" or config.get("version") not in VERSIONS:
             raise FormatError(f"unsupported repository: {config.get('format')} {config.get('version')}")
+        self.version: int = config["version"]
         self.repo_id: str = config["id"]
+        self._bundles: dict[tuple[str, int], bytes] = {}  # opened bundles, most recently used last
+        self.bundles_opened = 0
         master = self._unwrap(key_file, passphrase)
         self.enc_key, self.id_key = master[:32], master[32:]
         body = {k: v for k, v in config.items() if k != "mac"}
@@ -150,7 +161,8 @@ class Reader:
         out = {}
         for name in names(self.root / "index"):
             data = self.sealed_file("index", name)
-            if data[:4] != b"CIX1":
+            record = INDEX_RECORDS.get(data[:4])
+            if record is None:
                 raise FormatError("bad index magic")
             (pack_count,) = U32.unpack_from(data, 4)
             pos = 8
@@ -161,9 +173,10 @@ class Reader:
                 pos += 36
                 blobs = []
                 for _ in range(n):
-                    blob_id, btype, comp, offset, length, plain = INDEX_RECORD.unpack_from(data, pos)
-                    pos += INDEX_RECORD.size
-                    blobs.append((blob_id, Location(pack, btype, comp, offset, length, plain)))
+                    # CIX1 records have no `within`: it is 0.
+                    blob_id, btype, comp, offset, length, plain, *within = record.unpack_from(data, pos)
+                    pos += record.size
+                    blobs.append((blob_id, Location(pack, btype, comp, offset, length, plain, *within)))
                 packs.append((pack, blobs))
             (old_count,) = U32.unpack_from(data, pos)
             pos += 4
@@ -206,10 +219,22 @@ class Reader:
         header = gcm_open(self.enc_key, data[start : start + header_len], b"capsule:pack-header")
         if len(header) % PACK_ENTRY.size:
             raise FormatError("bad header length")
-        out = []
+        out: list[tuple[bytes, Location]] = []
         offset = 0
+        bundle: Location | None = None  # the first member of the bundle being listed
+        within = 0
         for btype, comp, length, plain, blob_id in PACK_ENTRY.iter_unpack(header):
-            out.append((blob_id, Location(pack, btype, comp, offset, length, plain)))
+            if length == 0:
+                # Only a member of a bundle after its first has no bytes of its own (8.1, 8.2).
+                if bundle is None or (bundle.blob_type, bundle.compression) != (btype, comp):
+                    raise FormatError("an entry with stored length 0 outside a bundle")
+                member = Location(pack, btype, comp, bundle.offset, bundle.length, plain, within)
+                out.append((blob_id, member))
+                within += plain
+                continue
+            loc = Location(pack, btype, comp, offset, length, plain)
+            out.append((blob_id, loc))
+            bundle, within = (loc, plain) if comp in BUNDLED else (None, 0)
             offset += length
         if offset != start:
             raise FormatError("pack sizes do not add up")
@@ -223,12 +248,45 @@ class Reader:
         return index
 
     # blobs -------------------------------------------------------------------------------
-    def read_blob(self, blob_id: bytes, loc: Location) -> bytes:
+    def _stored(self, loc: Location) -> bytes:
         with open(self.pack_path(loc.pack), "rb") as f:
             f.seek(loc.offset)
             sealed = f.read(loc.length)
         if len(sealed) != loc.length:
             raise FormatError("blob truncated")
+        return sealed
+
+    def bundle_plaintext(self, loc: Location) -> bytes:
+        """The plaintext of the bundle that holds the member at `loc`, opened once for its members."""
+        if loc.compression not in BUNDLED or self.version < 2:
+            raise FormatError("not a bundle member")
+        key = (loc.pack, loc.offset)
+        plain = self._bundles.pop(key, None)
+        if plain is None:
+            aad = b"capsule:bundle" + bytes((loc.blob_type, loc.compression))
+            payload = gcm_open(self.enc_key, self._stored(loc), aad)
+            if loc.compression == 2:
+                if zstandard.frame_content_size(payload) < 0:
+                    raise FormatError("a bundle's frame does not declare its size")
+                plain = zstandard.ZstdDecompressor().decompress(payload)
+            else:
+                plain = payload
+            self.bundles_opened += 1
+            while len(self._bundles) >= OPEN_BUNDLES:
+                del self._bundles[next(iter(self._bundles))]
+        self._bundles[key] = plain
+        return plain
+
+    def read_blob(self, blob_id: bytes, loc: Location) -> bytes:
+        if loc.compression in BUNDLED:
+            bundle = self.bundle_plaintext(loc)
+            if loc.within + loc.plain_length > len(bundle):
+                raise FormatError("a member lies beyond the end of its bundle")
+            plain = bundle[loc.within : loc.within + loc.plain_length]
+            if blake3.blake3(plain, key=self.id_key).digest() != blob_id:
+                raise FormatError("bundle member does not match its id")
+            return plain
+        sealed = self._stored(loc)
         aad = b"capsule:blob" + bytes((loc.blob_type, loc.compression)) + blob_id
         payload = gcm_open(self.enc_key, sealed, aad)
         if loc.compression == 1:
@@ -374,14 +432,8 @@ def capsule(env: dict[str, str], cwd: Path, *args: str) -> str:
     return done.stdout
 
 
-@pytest.mark.skipif(CAPSULE is None, reason="the capsule command is not installed")
-@pytest.mark.parametrize(("page_size", "journal_mode"), [(4096, "wal"), (1024, "delete")])
-def test_independent_reader_restores_the_newest_snapshot(
-    tmp_path: Path, page_size: int, journal_mode: str
-) -> None:
-    db = tmp_path / "shop" / "pos.db"
-    db.parent.mkdir()
-    make_database(db, page_size, journal_mode)
+def database_env(tmp_path: Path, db: Path) -> tuple[dict[str, str], Path, Path]:
+    """The environment of a capsule command that backs `db` up; (env, repository, capsule home)."""
     repo_dir, home = tmp_path / "backups", tmp_path / "capsule-home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAPSULE_")}
     env |= {
@@ -391,6 +443,77 @@ def test_independent_reader_restores_the_newest_snapshot(
         "CAPSULE_PACK_SIZE": str(1024 * 1024),  # small packs: several of them
         "CAPSULE_LOG_LEVEL": "warning",
     }
+    return env, repo_dir, home
+
+
+def lone_chunks(backups: list[list[bytes]], index: dict[bytes, list[Location]]) -> set[bytes]:
+    """The chunks Capsule seals alone, given the chunk ids of each backup of one database in order.
+
+    Section 6.2: the new chunks of each 1 MiB of the file, each id once and in file order, go into
+    bundles of up to 256 KiB of plaintext; a group of one is sealed alone.
+    """
+    stored: set[bytes] = set()
+    lone: set[bytes] = set()
+    for ids in backups:
+        at = 0
+        stretch: list[bytes] = []
+        for blob_id in [*ids, None]:
+            if blob_id is None or (at and at % (1024 * 1024) == 0):
+                new = list(dict.fromkeys(i for i in stretch if i not in stored))
+                groups: list[list[bytes]] = []
+                size = BUNDLE_BYTES
+                for i in new:
+                    if size + index[i][0].plain_length > BUNDLE_BYTES:
+                        groups.append([])
+                        size = 0
+                    groups[-1].append(i)
+                    size += index[i][0].plain_length
+                lone.update(g[0] for g in groups if len(g) == 1)
+                stored.update(new)
+                stretch = []
+            if blob_id is not None:
+                stretch.append(blob_id)
+                at += index[blob_id][0].plain_length
+    return lone
+
+
+def index_magics(reader: Reader) -> set[bytes]:
+    return {reader.sealed_file("index", name)[:4] for name in names(reader.root / "index")}
+
+
+def read_every_blob(reader: Reader) -> dict[tuple[str, int], list[Location]]:
+    """Read and check every blob every pack header lists, as `verify --read-data` does.
+
+    Returns the bundles found, each as its members' locations in header order, after checking what
+    sections 6.2, 6.3 and 8 say about them.
+    """
+    bundles: dict[tuple[str, int], list[Location]] = {}
+    for pack in reader.pack_names():
+        header = reader.pack_header(pack)
+        ids = [blob_id for blob_id, _ in header]
+        assert len(set(ids)) == len(ids), f"a blob id appears twice in pack {pack[:12]} (8.3)"
+        for blob_id, loc in header:
+            reader.read_blob(blob_id, loc)  # authenticates it and checks its id
+            if loc.compression in BUNDLED:
+                bundles.setdefault((pack, loc.offset), []).append(loc)
+    for members in bundles.values():
+        assert len(members) >= 2, "a lone chunk is sealed as an ordinary blob"
+        assert len({(m.blob_type, m.compression, m.length) for m in members}) == 1
+        lengths = [m.plain_length for m in members]
+        assert [m.within for m in members] == [sum(lengths[:k]) for k in range(len(members))]
+        assert sum(lengths) == len(reader.bundle_plaintext(members[0])) <= BUNDLE_BYTES
+    return bundles
+
+
+@pytest.mark.skipif(CAPSULE is None, reason="the capsule command is not installed")
+@pytest.mark.parametrize(("page_size", "journal_mode"), [(4096, "wal"), (1024, "delete")])
+def test_independent_reader_restores_the_newest_snapshot(
+    tmp_path: Path, page_size: int, journal_mode: str
+) -> None:
+    db = tmp_path / "shop" / "pos.db"
+    db.parent.mkdir()
+    make_database(db, page_size, journal_mode)
+    env, repo_dir, home = database_env(tmp_path, db)
     passphrase_file = tmp_path / "passphrase.txt"
     passphrase_file.write_text("a long shop passphrase\n")
     capsule(env, tmp_path, "init", "--passphrase-file", str(passphrase_file))
@@ -401,6 +524,8 @@ def test_independent_reader_restores_the_newest_snapshot(
 
     reader = Reader(repo_dir, key_file=home / "repository.key")
     assert Reader(repo_dir, passphrase="a long shop passphrase").enc_key == reader.enc_key
+    assert reader.config["version"] == 2, "new repositories are version 2"
+    assert index_magics(reader) == {b"CIX2"}
 
     snapshot_id, manifest = reader.newest_snapshot()
     assert snapshot_id == last["snapshot_id"]
@@ -421,17 +546,93 @@ def test_independent_reader_restores_the_newest_snapshot(
     chunk = page_size * sqlite_info["pages_per_chunk"]
     ids = reader.entry_ids(entry, index)
     assert len(ids) == -(-len(restored) // chunk)
-    assert {loc[0].compression for loc in index.values()} == {0, 1}
+    # Sections 6.2 and 11.3. List blobs are sealed alone and uncompressed (0). The chunks of this
+    # database (4 KiB: text notes and a few random receipts) are all new in the first backup, and
+    # the second stores the 150-odd chunks that changed (every 97th sale), about 50 in each MiB of
+    # the file: the sealing workers put them in bundles of up to 64, and zstd shrinks every bundle
+    # of text pages by far more than 3 % (2, never 3). Only a chunk left alone in its 1 MiB stretch
+    # would be sealed by itself, compressed (1): work out which, if any, from the two backups' ids.
+    first = min(reader.snapshots().values(), key=lambda m: datetime.fromisoformat(str(m["time"])))
+    lone = lone_chunks([reader.entry_ids(first["entries"][0], index), ids], index)  # type: ignore[index]
+    by_type: dict[int, set[int]] = {}
+    for locs in index.values():
+        by_type.setdefault(locs[0].blob_type, set()).add(locs[0].compression)
+    assert by_type == {0: {2} | ({1} if lone else set()), 1: {0}}
+    assert {loc[0].compression for loc in index.values()} == {0, 2} | ({1} if lone else set())
+    alone = {i for i, locs in index.items() if locs[0].blob_type == 0 and locs[0].compression in ALONE}
+    assert alone == lone
+    assert len(set(ids) - lone) >= 0.95 * len(set(ids)), "almost every chunk is a bundle member"
     assert len(reader.pack_names()) > 1 and len(names(repo_dir / "index")) == 2
 
-    # The same blobs, at the same places, from the pack headers alone.
+    # The same blobs, at the same places (offsets, stored lengths and `within`), from the pack
+    # headers alone.
     from_packs = reader.index_from_packs()
     assert from_packs == index
     assert reader.restore(entry, from_packs) == expected
+    assert any(loc.within for locs in from_packs.values() for loc in locs)
+    bundles = read_every_blob(reader)
+    assert max(len(m) for m in bundles.values()) == BUNDLE_BYTES // chunk
+    # A restore opens each bundle it needs once, for all of its members (6.3).
+    fresh = Reader(repo_dir, key_file=home / "repository.key")
+    assert fresh.restore(entry, index) == expected
+    needed = {(index[i][0].pack, index[i][0].offset) for i in ids if index[i][0].compression in BUNDLED}
+    assert fresh.bundles_opened == len(needed)
 
-    # And Capsule's own restore agrees with this reader.
+    # And Capsule's own restore and verify agree with this reader.
     capsule(env, tmp_path, "restore", "latest", "--to", str(tmp_path / "restored"))
     assert (tmp_path / "restored" / "pos.db").read_bytes() == restored
+    capsule(env, tmp_path, "verify", "--read-data")
+
+
+def make_version_1_repository(env: dict[str, str], cwd: Path, repo_dir: Path, key_file: Path) -> None:
+    """`capsule init` makes version 2; turn it into an empty version 1 repository.
+
+    Sections 4 and 5: the key comes from the key file; the config's `mac` is HMAC-SHA256 under the id
+    key over the canonical JSON of every other member.
+    """
+    capsule(env, cwd, "init")
+    id_key = Reader(repo_dir, key_file=key_file).id_key
+    config = json.loads((repo_dir / "config").read_bytes())
+    assert config["version"] == 2
+    config["version"] = 1
+    body = {k: v for k, v in config.items() if k != "mac"}
+    config["mac"] = hmac.new(id_key, canonical(body), hashlib.sha256).hexdigest()
+    (repo_dir / "config").write_text(json.dumps(config, indent=2) + "\n")
+
+
+@pytest.mark.skipif(CAPSULE is None, reason="the capsule command is not installed")
+def test_a_version_1_repository_is_still_read_and_written_in_version_1_form(tmp_path: Path) -> None:
+    db = tmp_path / "shop" / "pos.db"
+    db.parent.mkdir()
+    make_database(db, 4096, "wal")
+    env, repo_dir, home = database_env(tmp_path, db)
+    key_file = home / "repository.key"
+    make_version_1_repository(env, tmp_path, repo_dir, key_file)
+    capsule(env, tmp_path, "backup", "--kind", "database")
+    change_database(db)
+    last = json.loads(capsule(env, tmp_path, "backup", "--kind", "database", "--json"))
+    expected = backup_api_copy(db, tmp_path / "reference.db")
+
+    reader = Reader(repo_dir, key_file=key_file)
+    assert reader.config["version"] == 1, "Capsule must not change a repository's version"
+    # Version 1 form (sections 4, 10.1 and 17): CIX1 index files, no bundles anywhere.
+    assert len(names(repo_dir / "index")) == 2 and index_magics(reader) == {b"CIX1"}
+    index = reader.load_index()
+    from_packs = reader.index_from_packs()
+    assert from_packs == index
+    assert {loc.compression for locs in from_packs.values() for loc in locs} == {0, 1}
+    assert not any(loc.within for locs in from_packs.values() for loc in locs)
+    assert read_every_blob(reader) == {}
+
+    snapshot_id, manifest = reader.newest_snapshot()
+    assert snapshot_id == last["snapshot_id"]
+    (entry,) = manifest["entries"]  # type: ignore[misc]
+    assert reader.restore(entry, index) == expected
+    assert reader.restore(entry, from_packs) == expected
+
+    capsule(env, tmp_path, "restore", "latest", "--to", str(tmp_path / "restored"))
+    assert (tmp_path / "restored" / "pos.db").read_bytes() == expected
+    capsule(env, tmp_path, "verify", "--read-data")
 
 
 def make_images(root: Path) -> None:
@@ -486,3 +687,88 @@ def test_independent_reader_restores_a_files_snapshot(tmp_path: Path) -> None:
     assert describe_tree(tmp_path / "by-reader") == describe_tree(uploads)
     capsule(env, tmp_path, "restore", snapshot_id, "--to", str(tmp_path / "by-capsule"))
     assert describe_tree(tmp_path / "by-capsule") == describe_tree(uploads)
+
+
+# ---- the example of section 8.1, built by hand ------------------------------------------------
+
+
+def seal(key: bytes, payload: bytes, aad: bytes) -> bytes:
+    nonce = os.urandom(NONCE)
+    return nonce + AESGCM(key).encrypt(nonce, payload, aad)
+
+
+def write_pack(
+    reader: Reader, entries: list[tuple[int, int, int, int, bytes]], objects: list[bytes]
+) -> tuple[str, bytes]:
+    """A pack of `objects` (sealed blobs and bundles) whose header lists `entries`; (name, bytes)."""
+    header = seal(reader.enc_key, b"".join(PACK_ENTRY.pack(*e) for e in entries), b"capsule:pack-header")
+    data = b"".join(objects) + header + PACK_TRAILER.pack(len(header), b"CPK1")
+    name = hashlib.sha256(data).hexdigest()
+    reader.pack_path(name).parent.mkdir(parents=True, exist_ok=True)
+    reader.pack_path(name).write_bytes(data)
+    return name, data
+
+
+def bare_reader(root: Path, enc_key: bytes, id_key: bytes) -> Reader:
+    """A reader of a version 2 repository at `root` with these keys, with no config or key file."""
+    reader = Reader.__new__(Reader)
+    reader.root, reader.version, reader._bundles, reader.bundles_opened = root, 2, {}, 0
+    reader.enc_key, reader.id_key = enc_key, id_key
+    return reader
+
+
+def test_reader_reads_a_blob_then_a_bundle_of_three_as_section_8_1_shows(tmp_path: Path) -> None:
+    reader = bare_reader(tmp_path, os.urandom(32), os.urandom(32))
+
+    def blob_id(plain: bytes) -> bytes:
+        return blake3.blake3(plain, key=reader.id_key).digest()
+
+    a = os.urandom(1206)  # sealed alone, uncompressed: 1234 bytes stored
+    b, c, d = b"page B " * 585 + b"b", b"page C " * 585 + b"c", b"page D " * 292 + b"dddd"
+    assert (len(a), len(b), len(c), len(d)) == (1206, 4096, 4096, 2048)
+    ids = [blob_id(p) for p in (a, b, c, d)]
+    sealed_a = seal(reader.enc_key, a, b"capsule:blob\x00\x00" + ids[0])
+    frame = zstandard.ZstdCompressor().compress(b + c + d)  # declares its content size
+    bundle = seal(reader.enc_key, frame, b"capsule:bundle\x00\x02")
+    entries = [
+        (0, 0, len(sealed_a), len(a), ids[0]),
+        (0, 2, len(bundle), len(b), ids[1]),
+        (0, 2, 0, len(c), ids[2]),
+        (0, 2, 0, len(d), ids[3]),
+    ]
+    name, data = write_pack(reader, entries, [sealed_a, bundle])
+    assert len(sealed_a) == 1234 and data[-8:] == bytes.fromhex("c4000000 43504b31")
+    assert len(data) == 1234 + len(bundle) + (42 * 4 + 28) + 8
+    header = reader.pack_header(name)
+    assert [blob for blob, _ in header] == ids
+    assert [(loc.offset, loc.length, loc.plain_length, loc.within) for _, loc in header] == [
+        (0, 1234, 1206, 0),
+        (1234, len(bundle), 4096, 0),
+        (1234, len(bundle), 4096, 4096),
+        (1234, len(bundle), 2048, 8192),
+    ]
+    assert [reader.read_blob(i, loc) for i, loc in header] == [a, b, c, d]
+    assert reader.bundles_opened == 1 and len(reader.bundle_plaintext(header[3][1])) == 10_240
+
+    # Section 6.3: each member's id is checked on its own bytes; a member cannot reach past its bundle.
+    fresh = bare_reader(tmp_path, reader.enc_key, reader.id_key)
+    with pytest.raises(FormatError, match="does not match its id"):
+        fresh.read_blob(ids[2], header[3][1])
+    with pytest.raises(FormatError, match="beyond the end"):
+        fresh.read_blob(ids[3], replace(header[3][1], plain_length=4096))
+    # The tag covers the type and the compression.
+    for wrong in (replace(header[1][1], compression=3), replace(header[1][1], blob_type=1)):
+        with pytest.raises(InvalidTag):
+            bare_reader(tmp_path, reader.enc_key, reader.id_key).read_blob(ids[1], wrong)
+
+    # Section 8.2: an entry with stored length 0 that is not a later member of a bundle.
+    for bad in (
+        [(0, 2, 0, len(b), ids[1]), *entries[2:]],  # no bundle started
+        [entries[0], (0, 2, 0, len(b), ids[1])],  # after a blob sealed alone
+        [*entries[:2], (0, 0, 0, len(c), ids[2])],  # compression 0
+        [*entries[:2], (0, 3, 0, len(c), ids[2])],  # another compression
+        [*entries[:2], (1, 2, 0, len(c), ids[2])],  # another type
+    ):
+        name, _ = write_pack(reader, bad, [sealed_a, bundle])
+        with pytest.raises(FormatError, match="stored length 0"):
+            reader.pack_header(name)

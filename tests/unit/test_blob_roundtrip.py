@@ -180,13 +180,9 @@ def test_pack_builder_header_lists_every_blob_where_it_was_put(shared_repo, blob
     assert pack_id == hashlib.sha256(data).hexdigest()
     assert data.endswith(b"CPK1")
     header = parse_header(repo.sealer, data, len(data), pack_id)
-    assert [(b.blob_id, b.blob_type, b.compression, b.offset, b.length, b.plain_length) for b in header] == [
-        (bytes(r[0]), *r[1:]) for r in expected
-    ]
+    assert [tuple(b) for b in header] == [(bytes(r[0]), *r[1:]) for r in expected]
     for entry, original, p in zip(header, blobs, prepared, strict=True):
-        loc = BlobLocation(
-            pack_id, entry.blob_type, entry.compression, entry.offset, entry.length, entry.plain_length
-        )
+        loc = BlobLocation(pack_id, *entry[1:])
         assert entry.blob_type == p.blob_type
         sealed = data[entry.offset : entry.offset + entry.length]
         assert repo.open_blob(entry.blob_id, loc, sealed) == original

@@ -37,7 +37,7 @@ def _blobs(ids: list[bytes], seed: int = 0) -> list[PackedBlob]:
 
 
 def _location(pack_id: str, b: PackedBlob) -> BlobLocation:
-    return BlobLocation(pack_id, b.blob_type, b.compression, b.offset, b.length, b.plain_length)
+    return BlobLocation(pack_id, *b[1:])
 
 
 def _random_ids(n: int, seed: int) -> list[bytes]:
@@ -104,7 +104,7 @@ def test_any_index_content_round_trips_and_any_cut_or_extra_byte_is_refused(size
         decode_index(encoded + b"\x00", "test")
 
 
-@given(garbage=st.binary(max_size=300).filter(lambda b: not b.startswith(b"CIX1")))
+@given(garbage=st.binary(max_size=300).filter(lambda b: not b.startswith((b"CIX1", b"CIX2"))))
 def test_bytes_without_the_index_magic_are_refused(garbage):
     with pytest.raises(IntegrityError):
         decode_index(garbage, "test")
@@ -124,7 +124,8 @@ def _u32(n: int) -> bytes:
         b"CIX1" + _u32(1) + bytes(32) + _u32(3) + bytes(46 * 2) + _u32(0),  # 3 records, 2 present
         b"CIX1" + _u32(0) + _u32(2) + bytes(32),  # 2 superseded ids, 1 present
         b"CIX1" + _u32(0) + _u32(0) + b"\x00",  # trailing byte
-        b"CIX2" + _u32(0) + _u32(0),
+        b"CIX2" + _u32(1) + bytes(32) + _u32(2) + bytes(50 * 2 - 4) + _u32(0),  # version 2: 50-byte records
+        b"CIX3" + _u32(0) + _u32(0),
     ],
     ids=[
         "empty",
@@ -134,6 +135,7 @@ def _u32(n: int) -> bytes:
         "missing-record",
         "missing-superseded-id",
         "trailing-byte",
+        "short-record-v2",
         "other-magic",
     ],
 )
@@ -144,6 +146,27 @@ def test_malformed_index_is_refused(data):
 
 def test_smallest_valid_index_is_empty():
     assert decode_index(b"CIX1" + _u32(0) + _u32(0), "test") == ([], [])
+    assert decode_index(b"CIX2" + _u32(0) + _u32(0), "test") == ([], [])
+
+
+def test_a_version_1_index_reads_with_every_blob_alone_and_is_written_again_the_same():
+    blobs = _blobs(_random_ids(50, 3))
+    recs = records(blobs)
+    v1 = encode_index({_pack_id(1): recs}, version=1)
+    assert v1.startswith(b"CIX1") and len(v1) == 4 + 4 + 32 + 4 + 46 * 50 + 4
+    [(pack_id, decoded)], _ = decode_index(v1, "test")
+    assert pack_id == _pack_id(1)
+    assert decoded.tolist() == recs.tolist()
+    assert not decoded["within"].any()
+    assert encode_index({_pack_id(1): decoded}, version=1) == v1
+
+
+def test_a_version_1_index_cannot_hold_bundled_blobs():
+    bundled = [b._replace(compression=2) for b in _blobs(_random_ids(3, 4))]
+    with pytest.raises(ValueError, match="bundled"):
+        encode_index({_pack_id(1): records(bundled)}, version=1)
+    [(_, decoded)], _ = decode_index(encode_index({_pack_id(1): records(bundled)}), "test")
+    assert decoded.tolist() == records(bundled).tolist()
 
 
 def test_locate_many_finds_frozen_and_pending_blobs_and_misses_the_rest():

@@ -151,8 +151,8 @@ def test_no_key_at_all_is_refused(tmp_path):
 
 def test_config_of_a_newer_format_version_is_refused(tmp_path):
     repo, key_file = new_repository(tmp_path)
-    _rewrite_config(repo, version=2)
-    with pytest.raises(UnsupportedVersion, match="version 2") as info:
+    _rewrite_config(repo, version=3)
+    with pytest.raises(UnsupportedVersion, match="version 3") as info:
         Repository.open(LocalBackend(repo.backend.root), key_file)
     assert "upgrade Capsule" in str(info.value)
 
