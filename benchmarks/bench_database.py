@@ -33,7 +33,6 @@ from benchmarks.common import (
     align_columns,
     capsule_command,
     capsule_env,
-    describe_warm_up,
     directory_bytes,
     last_json_object,
     log,
@@ -42,7 +41,6 @@ from benchmarks.common import (
     restic_summary,
     run_measured,
     scratch_directory,
-    warm_memory,
 )
 from benchmarks.common import fmt as _fmt
 from benchmarks.common import fmt_mb as _mb
@@ -63,7 +61,6 @@ TARGET_RSS_BYTES = 300 * MB
 TARGET_WRITER_MAX_MS = 50.0
 TARGET_GROWTH_RATIO = 2.0
 BASELINE_WRITER_SECONDS = 3.0
-WARM_MEMORY_FROM = 256 * MB  # a smoke run does without the memory warm-up
 
 
 # --- tools --------------------------------------------------------------------------------------
@@ -320,9 +317,6 @@ def run_benchmark(size_bytes: int, workdir: Path, wanted: set[str], seed: int) -
             "restic_source": "copy made with the SQLite online backup API (prepare_seconds)",
         },
     }
-    if size_bytes >= WARM_MEMORY_FROM:
-        log("writing once to the machine's free memory (see benchmarks/README.md)")
-        results["settings"]["memory_warm_up"] = warm_memory()
     tools, missing = _select_tools(database, workdir, wanted)
     for tool in tools:
         if isinstance(tool, Restic):
@@ -539,7 +533,6 @@ def render_report(results: dict[str, Any]) -> str:
         f"database: {settings['database_bytes'] / MB:.1f} MB, page size {settings['page_size']},"
         f" generated in {settings['generate_seconds']} s; page cache: {settings['page_cache']}",
         f"restic source: {settings['restic_source']}",
-        describe_warm_up(settings.get("memory_warm_up")),
         f"writer baseline (no backup): max {baseline['max_ms']} ms, p99 {baseline['p99_ms']} ms,"
         f" {baseline['commits']} commits in {BASELINE_WRITER_SECONDS:.0f} s",
         f"mutation: {mutation['changed_pages']} of {mutation['total_pages']} pages changed"

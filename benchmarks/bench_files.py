@@ -39,7 +39,6 @@ from benchmarks.common import (
     align_columns,
     capsule_command,
     capsule_env,
-    describe_warm_up,
     directory_bytes,
     drop_page_cache,
     fmt,
@@ -51,7 +50,6 @@ from benchmarks.common import (
     restic_summary,
     run_measured,
     scratch_directory,
-    warm_memory,
 )
 from benchmarks.posdb import parse_size
 
@@ -60,7 +58,6 @@ DEFAULT_FILES = 20_000
 SCALE_FILES = 100_000
 SMOKE_FILES = 300
 SMOKE_SCALE_FILES = 2_000
-WARM_MEMORY_FROM_FILES = 5_000  # a smoke run does without the memory warm-up
 MUTATE_FRACTION = 0.01
 PROBE_SIZE = 1 * MB
 TARGET_RSS_BYTES = 300 * MB
@@ -702,10 +699,6 @@ def _prepare(
     tree = generate_tree(workdir / "uploads", options.files, seed, sizes=sizes)
     log(f"{tree.total_bytes / MB:.1f} MB, {tree.folders} folders, in {tree.seconds:.1f} s")
     cache_reason = "not asked (--warm)" if options.warm else drop_page_cache()
-    warm_up = None
-    if options.files >= WARM_MEMORY_FROM_FILES:
-        log("writing once to the machine's free memory (see benchmarks/README.md)")
-        warm_up = warm_memory()
     settings: dict[str, Any] = {
         "mode": mode,
         "files": len(tree.files),
@@ -716,7 +709,6 @@ def _prepare(
         "generate_seconds": round(tree.seconds, 2),
         "cpu_count": os.cpu_count(),
         "page_cache": "dropped before every step" if cache_reason is None else f"warm ({cache_reason})",
-        "memory_warm_up": warm_up,
     }
     tools, missing = select_tools(tree.root, workdir, options.tools)
     steps = Steps(tree.root, workdir, cache_reason is None, tree.total_bytes)
@@ -870,7 +862,6 @@ def render_report(results: dict[str, Any]) -> str:
         f" {settings['tree_bytes'] / MB:.1f} MB in {settings['folders']} folders,"
         f" generated in {settings['generate_seconds']} s",
         f"page cache: {settings['page_cache']}; {settings['cpu_count']} CPUs",
-        describe_warm_up(settings.get("memory_warm_up")),
     ]
     lines += [f"{name}: {settings[f'{name}_version']}" for name in tools if f"{name}_version" in settings]
     if probe := settings.get("probe_file"):

@@ -129,43 +129,6 @@ def drop_page_cache() -> str | None:
     return None
 
 
-GIB = 1024**3
-PAGE = 4096
-
-
-def _mem_available() -> int:
-    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def warm_memory(*, spare: int = 3 * GIB, limit: int = 32 * GIB) -> dict[str, Any]:
-    """Write once to most of the machine's free memory, then free it; return what was done.
-
-    A virtual machine's memory is backed by its host on first use: on the reference machine the
-    first write to a page the guest has never used costs about 2.7 s per GiB (12 GiB: 32.7 s the
-    first time, 0.8 s the second). Whichever command of the benchmark first lands on such pages
-    pays for it, whatever the tool, and a gigabyte-sized copy, pack or restored file does. A
-    server that has run for a while has long paid it; so does the benchmark, once, up front.
-    """
-    size = max(0, min(limit, _mem_available() - spare))
-    size -= size % PAGE
-    started = time.perf_counter()
-    if size:
-        block = bytearray(size)  # mapped lazily; one byte per page makes the host back it
-        block[::PAGE] = b"\x01" * (size // PAGE)
-        del block
-    return {"bytes": size, "seconds": round(time.perf_counter() - started, 2)}
-
-
-def describe_warm_up(figures: dict[str, Any] | None) -> str:
-    if not figures:
-        return "memory: not warmed up (a small run)"
-    return f"memory: {figures['bytes'] / GIB:.1f} GiB written once before the run, in {figures['seconds']} s"
-
-
 def directory_bytes(path: Path) -> int:
     """Sum of file sizes under ``path`` (what the repository occupies, ignoring blocks)."""
     total = 0
