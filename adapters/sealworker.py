@@ -21,7 +21,6 @@ import os
 import signal
 import struct
 import sys
-from collections.abc import Callable
 from typing import IO
 
 import zstandard
@@ -58,6 +57,7 @@ BUNDLE_BYTES = 256 * 1024
 RESTORE_FILE = struct.Struct("<IqQ32s")
 
 OPEN_PACKS = 16
+IOV_MAX = 1024  # pieces one pwritev may take (Linux)
 OPEN_BUNDLES = 8  # bundles kept opened: a file's pages may alternate between a few of them
 
 STATUS_OK, STATUS_INTEGRITY, STATUS_MISSING, STATUS_ERROR, STATUS_NO_SPACE = 0, 1, 2, 3, 4
@@ -82,6 +82,10 @@ def write_frame(stream: IO[bytes], body: bytes) -> None:
 def _path(body: bytes, pos: int) -> tuple[str, int]:
     (n,) = FRAME.unpack_from(body, pos)
     return body[pos + 4 : pos + 4 + n].decode(), pos + 4 + n
+
+
+def _blob_name(path: str, item: tuple[int, int, bytes, int, int, int, int, int]) -> str:
+    return f"blob {item[2].hex()[:12]} in pack {os.path.basename(path)[:12]}"
 
 
 def _pread(path: str, offset: int, length: int) -> bytes:
@@ -176,12 +180,16 @@ class Worker:
     def open_to(self, body: bytes, pos: int) -> bytes:
         out_path, pos = _path(body, pos)
         (offset,) = struct.unpack_from("<Q", body, pos)
-        data = b"".join(self._open_items(body, pos + 8))
+        pieces = self._open_items(body, pos + 8)
+        total = sum(len(piece) for piece in pieces)
         fd = os.open(out_path, os.O_WRONLY)
         try:
-            written = 0
-            while written < len(data):
-                written += os.pwrite(fd, memoryview(data)[written:], offset + written)
+            # One system call for the pieces as they are, without joining them first.
+            written = os.pwritev(fd, pieces, offset) if len(pieces) <= IOV_MAX else 0
+            if written < total:
+                rest = memoryview(b"".join(pieces))
+                while written < total:
+                    written += os.pwrite(fd, rest[written:], offset + written)
         finally:
             os.close(fd)
         return struct.pack("<Q", written)
@@ -233,23 +241,37 @@ class Worker:
             paths.append(path)
         (n,) = FRAME.unpack_from(body, pos)
         pos += 4
-        items = [OPEN_ITEM.unpack_from(body, pos + k * OPEN_ITEM.size) for k in range(n)]
+        items = list(OPEN_ITEM.iter_unpack(memoryview(body)[pos : pos + n * OPEN_ITEM.size]))
         out: list[bytes | memoryview] = []
         start = 0
         while start < n:
-            # One read for each run of blobs that lie end to end in one pack (members of one
-            # bundle share its place).
+            first = items[start]
             end = start + 1
+            if first[4] in BUNDLED:
+                # Members that follow each other in the bundle's plaintext are one slice of it.
+                until = first[7] + first[6]
+                while end < n and items[end][:2] == first[:2] and items[end][7] == until:
+                    until += items[end][6]
+                    end += 1
+                bundle = self._bundle(paths[first[0]], first)
+                if until > len(bundle):
+                    raise IntegrityError(
+                        f"{_blob_name(paths[first[0]], first)} lies beyond the end of its bundle"
+                    )
+                out.append(memoryview(bundle)[first[7] : until])
+                start = end
+                continue
+            # One read for each run of blobs sealed alone that lie end to end in one pack.
             while (
                 end < n
-                and items[end][0] == items[start][0]
-                and items[end][1] in (items[end - 1][1], items[end - 1][1] + items[end - 1][5])
+                and items[end][0] == first[0]
+                and items[end][4] not in BUNDLED
+                and items[end][1] == items[end - 1][1] + items[end - 1][5]
             ):
                 end += 1
-            path = paths[items[start][0]]
-            first, last = items[start], items[end - 1]
-            raw = self._read_pack(path, first[1], last[1] + last[5] - first[1])
-            view = memoryview(raw)  # slices of a view copy nothing
+            path = paths[first[0]]
+            last = items[end - 1]
+            view = memoryview(self._read_pack(path, first[1], last[1] + last[5] - first[1]))
             for item in items[start:end]:
                 at = item[1] - first[1]
                 out.append(self._open_one(path, view[at : at + item[5]], item))
@@ -258,19 +280,14 @@ class Worker:
 
     def _open_one(
         self, path: str, sealed: memoryview, item: tuple[int, int, bytes, int, int, int, int, int]
-    ) -> bytes | memoryview:
-        _, offset, blob_id, blob_type, comp, stored, plain, within = item
+    ) -> bytes:
+        _, _, blob_id, blob_type, comp, stored, plain, _ = item
 
         def what() -> str:
-            return f"blob {blob_id.hex()[:12]} in pack {os.path.basename(path)[:12]}"
+            return _blob_name(path, item)
 
         if len(sealed) != stored:
             raise IntegrityError(f"{what()} is truncated")
-        if comp in BUNDLED:
-            bundle = self._bundle(path, offset, sealed, blob_type=blob_type, comp=comp, what=what)
-            if within + plain > len(bundle):
-                raise IntegrityError(f"{what()} lies beyond the end of its bundle")
-            return memoryview(bundle)[within : within + plain]
         return decode_blob(
             self.sealer,
             self.decompressor,
@@ -282,20 +299,20 @@ class Worker:
             what=what,
         )
 
-    def _bundle(
-        self,
-        path: str,
-        offset: int,
-        sealed: memoryview,
-        *,
-        blob_type: int,
-        comp: int,
-        what: Callable[[], str],
-    ) -> bytes:
-        """A bundle's plaintext, opened once for all of its members that are read soon after."""
+    def _bundle(self, path: str, item: tuple[int, int, bytes, int, int, int, int, int]) -> bytes:
+        """The plaintext of the bundle holding `item`, read and opened once for all of its members
+        that are read soon after."""
+        _, offset, _, blob_type, comp, stored, _, _ = item
         key = (path, offset)
         data = self._bundles.pop(key, None)
         if data is None:
+            sealed = self._read_pack(path, offset, stored)
+
+            def what() -> str:
+                return _blob_name(path, item)
+
+            if len(sealed) != stored:
+                raise IntegrityError(f"{what()} is truncated")
             data = decode_bundle(
                 self.sealer,
                 self.decompressor,
