@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from adapters.directio import AlignedBuffer, SharedSlots, open_direct, read_into
 from adapters.errors import BlobNotFound, IntegrityError
 from adapters.repository.crypto import ID_SIZE
 from adapters.repository.repo import Repository
@@ -32,6 +33,8 @@ from domain.manifest import Entry
 # whole blocks never split a bundle between two workers: each bundle is opened once.
 REQUEST_BYTES = 2 * 1024 * 1024
 IN_FLIGHT = 8
+SLOTS = IN_FLIGHT + 4  # requests between a slot's write and the hash that frees it
+SLOT_BYTES = 8 * 1024 * 1024  # a window and the longest chunk that can start in it
 SYNC_EVERY = 64 * 1024 * 1024
 HASH_READ = 1024 * 1024
 
@@ -52,14 +55,29 @@ assert OPEN_DTYPE.itemsize == OPEN_ITEM.size
 Progress = Callable[[int, int], None]
 
 
-def _hash_range(fd: int, sha: hashlib._Hash, start: int, length: int) -> None:
-    end = start + length
-    while start < end:
-        block = os.pread(fd, min(HASH_READ, end - start), start)
-        if not block:
-            raise IntegrityError("the restored file is shorter than what the workers wrote")
-        sha.update(block)
-        start += len(block)
+class _Reader:
+    """Reads the restored file back for its SHA-256, around the page cache where it can (directio)."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self.direct = open_direct(str(path), os.O_RDONLY)
+        self.buffer = AlignedBuffer()
+
+    def hash_range(self, sha: hashlib._Hash, start: int, length: int) -> None:
+        end = start + length
+        while start < end:
+            size = min(HASH_READ, end - start)
+            try:
+                sha.update(read_into(self.fd, self.direct, self.buffer, start, size))
+            except EOFError as e:
+                raise IntegrityError("the restored file is shorter than what the workers wrote") from e
+            start += size
+
+    def close(self) -> None:
+        os.close(self.fd)
+        if self.direct is not None:
+            os.close(self.direct)
+        self.buffer.close()
 
 
 class _Requests:
@@ -112,26 +130,35 @@ def write_with_pool(
     id_groups: Iterable[list[bytes]],
     progress: Progress | None = None,
 ) -> tuple[int, str]:
-    """Fill the open, empty file `path` (descriptor `fd`) with `entry`; return (bytes, SHA-256)."""
+    """Fill the open, empty file `path` (descriptor `fd`) with `entry`; return (bytes, SHA-256).
+
+    Each request's plaintext passes through a slot of memory shared with the workers, where the
+    hasher thread reads it in file order; a request too long for a slot is read back from the file.
+    """
     requests = _Requests(repo, entry)
     sha = hashlib.sha256()
-    in_flight: deque[tuple[Future[memoryview], int, int]] = deque()
-    hashed: list[Future[None]] = []
+    in_flight: deque[tuple[Future[memoryview], int, int, int | None]] = deque()
+    hashed: deque[Future[None]] = deque()
     written = synced = offset = 0
-    read_fd = os.open(path, os.O_RDONLY)
+    slots = SharedSlots(SLOTS, SLOT_BYTES)
+    reader = _Reader(path)
+    turn = itertools.cycle(range(slots.slots))
     try:
         with ThreadPoolExecutor(1) as hasher, ThreadPoolExecutor(1) as syncer:
 
             def complete() -> None:
                 nonlocal written, synced
-                future, at, expected = in_flight.popleft()
+                future, at, expected, slot_at = in_flight.popleft()
                 (got,) = struct.unpack("<Q", future.result())
                 if got != expected:
                     raise IntegrityError(
                         f"{entry.path}: a worker wrote {got} bytes where {expected} were due"
                     )
                 # The prefix up to here is complete: hash it in order on the hasher's thread.
-                hashed.append(hasher.submit(_hash_range, read_fd, sha, at, got))
+                if slot_at is None:
+                    hashed.append(hasher.submit(reader.hash_range, sha, at, got))
+                else:
+                    hashed.append(hasher.submit(sha.update, slots.view(slot_at, got)))
                 written += got
                 if written - synced >= SYNC_EVERY:
                     syncer.submit(os.fdatasync, fd)  # start the write-back early
@@ -141,7 +168,18 @@ def write_with_pool(
 
             for ids in id_groups:
                 for body, plain in requests.build(ids, offset):
-                    in_flight.append((pool.open_to(str(path), offset, body), offset, plain))
+                    # A slot is free again once the request that used it last is hashed: requests
+                    # take the slots in turn, and at most SLOTS requests are between the two.
+                    while len(hashed) + len(in_flight) >= slots.slots:
+                        if len(in_flight) >= IN_FLIGHT or not hashed:
+                            complete()
+                        else:
+                            hashed.popleft().result()
+                    slot_at = slots.at(next(turn)) if plain <= slots.slot_bytes else None
+                    slot = (
+                        (slots.path, slots.token, slot_at, slots.slot_bytes) if slot_at is not None else None
+                    )
+                    in_flight.append((pool.open_to(str(path), offset, body, slot), offset, plain, slot_at))
                     offset += plain
                     while len(in_flight) >= IN_FLIGHT:
                         complete()
@@ -150,5 +188,6 @@ def write_with_pool(
             for h in hashed:
                 h.result()
     finally:
-        os.close(read_fd)
+        reader.close()
+        slots.close()
     return written, sha.hexdigest()

@@ -23,6 +23,7 @@ from adapters.sealworker import (
     OP_RESTORE_FILE,
     OP_SEAL_PIECES,
     OPEN_ITEM,
+    OPEN_TO,
     PIECES,
     RESTORE_FILE,
     SEAL_BUNDLE,
@@ -149,7 +150,7 @@ class SealPool:
 
     @staticmethod
     def _path(path: str) -> bytes:
-        raw = os.path.abspath(path).encode()
+        raw = os.path.abspath(path).encode() if path else b""
         return FRAME.pack(len(raw)) + raw
 
     def hash(self, path: str, offset: int, length: int, chunk: int) -> Future[memoryview]:
@@ -176,10 +177,16 @@ class SealPool:
         body = [self._path(path), fields, struct.pack(f"<{len(indices)}I", *indices), ids]
         return self._submit(OP_SEAL_PIECES, b"".join(body))
 
-    def open_to(self, out_path: str, offset: int, request: bytes) -> Future[memoryview]:
+    def open_to(
+        self, out_path: str, offset: int, request: bytes, slot: tuple[str, int, int, int] | None = None
+    ) -> Future[memoryview]:
         """Open the blobs of `request` (see `open_request`) and write their plaintexts end to end
-        into the existing file `out_path` at `offset`; the reply is the u64 count written."""
-        return self._submit(OP_OPEN_TO, self._path(out_path) + struct.pack("<Q", offset) + request)
+        into the existing file `out_path` at `offset`; the reply is the u64 count written.
+
+        `slot` (shared slots' path, token, slot offset, slot length) also leaves them there."""
+        path, token, at, length = slot or ("", 0, 0, 0)
+        fields = OPEN_TO.pack(offset, token, at, length)
+        return self._submit(OP_OPEN_TO, self._path(out_path) + fields + self._path(path) + request)
 
     def restore_files(self, files: list[RestoreFile]) -> list[Future[memoryview]]:
         """For each file: open the blobs of its request, check them against its size and SHA-256,
