@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 MB = 1_000_000
+SETTLE_SECONDS = 3.0  # see run_measured
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 
 
@@ -88,6 +89,12 @@ def run_measured(
         # Each tool pays for flushing its own writes, not for what the previous command left dirty
         # (restic does not fsync; Capsule does, and its fsyncs would wait behind restic's data).
         os.sync()
+        # On a virtual machine, memory a command frees is handed back to the host within about a
+        # second, and the first write to a page taken from the host afterwards is slow (about
+        # 2.7 s per GiB on the reference machine). Without a pause, the tool that runs second
+        # would find the first one's freed memory still warm and the order of the tools would
+        # decide the result; after it, every command starts alike.
+        time.sleep(SETTLE_SECONDS)
         launcher = [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(report)]
         returncode = subprocess.call(
             [*launcher, *argv],
