@@ -61,9 +61,6 @@ BUNDLE_BYTES = 256 * 1024
 RESTORE_FILE = struct.Struct("<IqQ32s")
 
 OPEN_PACKS = 16
-# Restored files from this size on are written around the page cache (see directio); smaller ones
-# are mostly the tail that direct I/O cannot take anyway.
-DIRECT_FILE_BYTES = 64 * 1024
 OPEN_BUNDLES = 8  # bundles kept opened: a file's pages may alternate between a few of them
 
 STATUS_OK, STATUS_INTEGRITY, STATUS_MISSING, STATUS_ERROR, STATUS_NO_SPACE = 0, 1, 2, 3, 4
@@ -228,16 +225,10 @@ class Worker:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             try:
-                # The file just made, opened again through its descriptor (no name to swap).
-                direct = None
-                if size >= DIRECT_FILE_BYTES:
-                    direct = open_direct(f"/proc/self/fd/{fd}", os.O_WRONLY)
-                try:
-                    staging = self._buffer.get(size) if direct is not None else None
-                    write_pieces(fd, direct, staging, pieces, 0)
-                finally:
-                    if direct is not None:
-                        os.close(direct)
+                for piece in pieces:
+                    view = memoryview(piece)
+                    while view:
+                        view = view[os.write(fd, view) :]
                 os.fchmod(fd, mode)
                 os.utime(fd, ns=(mtime_ns, mtime_ns))
             finally:
