@@ -169,3 +169,49 @@ def read_into(fd: int, direct_fd: int | None, buffer: AlignedBuffer, offset: int
             raise EOFError(f"the file ends {offset + done} bytes in, before the {length} bytes asked for")
         done += got
     return view
+
+
+class Readahead:
+    """Asks the kernel to start reading parts of packs that requests will need soon.
+
+    A restore's workers read one blob after another; with the page cache cold, each read would wait
+    for the disk in turn. POSIX_FADV_WILLNEED starts the reads of a whole batch at once, in the
+    background. Neighbouring ranges of a pack (gaps under GAP bytes) are asked for together.
+    """
+
+    GAP = 1024 * 1024
+    OPEN = 32
+
+    def __init__(self) -> None:
+        self._fds: dict[str, int] = {}
+
+    def ask(self, ranges: Sequence[tuple[str, int, int]]) -> None:
+        """`ranges`: (pack path, offset, length), in any order."""
+        merged: list[tuple[str, int, int]] = []
+        for path, offset, length in sorted(ranges):
+            if merged and merged[-1][0] == path and offset <= merged[-1][2] + self.GAP:
+                merged[-1] = (path, merged[-1][1], max(merged[-1][2], offset + length))
+            else:
+                merged.append((path, offset, offset + length))
+        for path, start, end in merged:
+            fd = self._fd(path)
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_WILLNEED)
+
+    def _fd(self, path: str) -> int | None:
+        fd = self._fds.get(path)
+        if fd is None:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return None  # the restore itself reports a missing pack
+            while len(self._fds) >= self.OPEN:
+                os.close(self._fds.pop(next(iter(self._fds))))
+            self._fds[path] = fd
+        return fd
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()

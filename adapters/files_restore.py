@@ -30,6 +30,7 @@ import numpy as np
 import structlog
 
 from adapters.chunks import workers as thread_count
+from adapters.directio import Readahead
 from adapters.errors import BlobNotFound, DiskFull, IntegrityError, RestoreRefused
 from adapters.files_tree import iter_entries, path_key
 from adapters.pagestore import sha256_file
@@ -317,6 +318,7 @@ class _ToWorkers:
         self._paths: dict[int, str] = {}
         self._serial = itertools.count()
         self._mark = f"{PARTIAL_MARK}{os.getpid()}-{secrets.token_hex(3)}-"
+        self.readahead = Readahead()
 
     def _pack_path(self, number: int) -> str:
         path = self._paths.get(number)
@@ -347,6 +349,10 @@ class _ToWorkers:
             packs.tolist(),
             *(recs[c].tolist() for c in ("offset", "type", "comp", "length", "plain", "within")),
         ]
+        # The workers will read these while earlier batches are still being written: start now.
+        self.readahead.ask(
+            [(self._pack_path(n), o, ln) for n, o, ln in zip(columns[0], columns[1], columns[4], strict=True)]
+        )
         files = []
         at = 0
         for entry, ids in zip(entries, ids_of, strict=True):
@@ -519,6 +525,8 @@ def restore_files(
         finally:
             if pool is not None:
                 pool.close()  # waits for the files the workers are still writing
+            if to_workers is not None:
+                to_workers.readahead.close()
     for entry in links:
         if entry.path in plan.already:
             continue

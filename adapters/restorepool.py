@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from adapters.directio import AlignedBuffer, SharedSlots, open_direct, read_into
+from adapters.directio import AlignedBuffer, Readahead, SharedSlots, open_direct, read_into
 from adapters.errors import BlobNotFound, IntegrityError
 from adapters.repository.crypto import ID_SIZE
 from adapters.repository.repo import Repository
@@ -87,6 +87,7 @@ class _Requests:
         self.repo = repo
         self.entry = entry
         self._paths: dict[int, str] = {}
+        self.readahead = Readahead()
 
     def _path(self, number: int) -> str:
         path = self._paths.get(number)
@@ -105,6 +106,14 @@ class _Requests:
                 f"{len(missing)} blob(s) of {self.entry.path} are in no index (first: {first}); "
                 "run `capsule verify` and `capsule rebuild-index`"
             )
+        # The workers will read these while the requests before them are being written: start now.
+        first = np.r_[True, (packs[1:] != packs[:-1]) | (recs["offset"][1:] != recs["offset"][:-1])]
+        self.readahead.ask(
+            [
+                (self._path(int(n)), int(o), int(ln))
+                for n, o, ln in zip(packs[first], recs["offset"][first], recs["length"][first], strict=True)
+            ]
+        )
         plain = recs["plain"].astype(np.int64)
         window = (start + np.cumsum(plain) - plain) // REQUEST_BYTES
         starts = [*np.flatnonzero(np.r_[True, window[1:] != window[:-1]]).tolist(), len(ids)]
@@ -190,4 +199,5 @@ def write_with_pool(
     finally:
         reader.close()
         slots.close()
+        requests.readahead.close()
     return written, sha.hexdigest()
