@@ -36,7 +36,7 @@ from adapters.files_tree import iter_entries, path_key
 from adapters.pagestore import sha256_file
 from adapters.repository.repo import Repository
 from adapters.restore import blob_batches, content_ids, locate_all, read_batch
-from adapters.sealpool import RestoreFile, SealPool, open_request
+from adapters.sealpool import RestoreFile, SealPool, default_workers, open_request
 from adapters.sealworker import OPEN_ITEM
 from domain.errors import UnsafePath
 from domain.manifest import Entry, Manifest
@@ -491,7 +491,9 @@ def restore_files(
         made.add(relative)
 
     if pool is None and workers != 0 and plan.bytes >= POOL_MIN_BYTES:
-        pool = SealPool(repo.master_key, repo.compression_level, workers)
+        # One more worker than cores: a worker waiting for a pack read or a new page of the page
+        # cache leaves its core to another (20,000 images: 5.71-5.79 s against 5.88-6.35 s).
+        pool = SealPool(repo.master_key, repo.compression_level, workers or default_workers() + 1)
     to_workers = _ToWorkers(repo, pool, to) if pool is not None else None
     with ThreadPoolExecutor(max_workers=thread_count() + 1, thread_name_prefix="restore") as threads:
         try:
