@@ -1,4 +1,4 @@
-"""Writing and reading a restored file around the page cache (O_DIRECT), where the system allows it.
+"""Large writes and reads around the page cache (O_DIRECT) where the system allows it, and read-ahead.
 
 A restore writes each byte of a large file once and reads it back once, to check its SHA-256. Through
 the page cache, that means a gigabyte of new cache pages for a file nobody reads soon, taken from the
@@ -114,40 +114,28 @@ def aligned_part(offset: int, length: int) -> int:
 
 
 def write_pieces(
-    fd: int,
-    direct_fd: int | None,
-    staging: memoryview | None,
-    pieces: Sequence[bytes | memoryview],
-    offset: int,
+    fd: int, direct_fd: int | None, staging: memoryview, pieces: Sequence[bytes | memoryview], offset: int
 ) -> int:
     """Write `pieces` end to end at `offset`; return the bytes written (all of them, or an error).
 
-    With `staging` (page-aligned, large enough), the pieces are first copied there, and written from
-    there: directly for the aligned part when `direct_fd` is given. The caller may read them there.
+    The pieces are first copied to `staging` (page-aligned, at least as long as they are) and written
+    from there: directly for the aligned part when `direct_fd` is given. The caller may read them there.
     """
     total = sum(len(p) for p in pieces)
-    if staging is not None and len(staging) >= total:
-        at = 0
-        for piece in pieces:
-            staging[at : at + len(piece)] = piece
-            at += len(piece)
-        head = aligned_part(offset, total) if direct_fd is not None else 0
-        if head:
-            _write_all(direct_fd, staging[:head], offset)  # type: ignore[arg-type]
-        if head < total:
-            _write_all(fd, staging[head:total], offset + head)
-        return total
-    # One system call for the pieces as they are, without joining them first.
-    written = os.pwritev(fd, pieces, offset) if len(pieces) <= IOV_MAX else 0
-    if written < total:
-        _write_all(fd, memoryview(b"".join(pieces))[written:], offset + written)
+    at = 0
+    for piece in pieces:
+        staging[at : at + len(piece)] = piece
+        at += len(piece)
+    head = aligned_part(offset, total) if direct_fd is not None else 0
+    if head:
+        write_all(direct_fd, staging[:head], offset)  # type: ignore[arg-type]
+    if head < total:
+        write_all(fd, staging[head:total], offset + head)
     return total
 
 
-IOV_MAX = 1024  # pieces one pwritev may take (Linux)
-
-
-def _write_all(fd: int, data: memoryview, offset: int) -> None:
+def write_all(fd: int, data: memoryview, offset: int) -> None:
+    """`data` written at `offset`, however many system calls it takes."""
     done = 0
     while done < len(data):
         done += os.pwrite(fd, data[done:], offset + done)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal, Protocol
 
-from adapters.directio import AlignedBuffer, aligned_part, open_direct
+from adapters.directio import AlignedBuffer, aligned_part, open_direct, write_all
 from adapters.errors import DiskFull, RepositoryError
 
 Kind = Literal["config", "keys", "data", "index", "snapshots", "locks"]
@@ -105,9 +105,7 @@ def _write_direct(path: Path, view: memoryview) -> int:
     try:
         staging = buffer.get(head)
         staging[:] = view[:head]
-        done = 0
-        while done < head:
-            done += os.pwrite(fd, staging[done:], done)
+        write_all(fd, staging, 0)
     finally:
         os.close(fd)
     return head

@@ -36,13 +36,19 @@ def encode_blob(
     nonce: bytes | None = None,
 ) -> tuple[int, bytes]:
     """(compression, sealed bytes) for one blob; `compressor` None stores it as it is."""
-    payload: bytes | memoryview = data
-    compression = COMPRESSION_NONE
-    if compressor is not None and len(data):
-        packed = compressor.compress(data)
-        if len(packed) <= len(data) * (1 - MIN_COMPRESSION_GAIN):
-            payload, compression = packed, COMPRESSION_ZSTD
-    return compression, sealer.seal(payload, blob_aad(blob_type, compression, blob_id), nonce)
+    payload = _compressed(compressor, data)
+    compression = COMPRESSION_NONE if payload is None else COMPRESSION_ZSTD
+    return compression, sealer.seal(
+        data if payload is None else payload, blob_aad(blob_type, compression, blob_id), nonce
+    )
+
+
+def _compressed(compressor: zstandard.ZstdCompressor | None, data: bytes | memoryview) -> bytes | None:
+    """`data` compressed, or None when there is no compressor or compression does not pay."""
+    if compressor is None or not len(data):
+        return None
+    packed = compressor.compress(data)
+    return packed if len(packed) <= len(data) * (1 - MIN_COMPRESSION_GAIN) else None
 
 
 def decode_blob(
@@ -84,13 +90,11 @@ def encode_bundle(
     nonce: bytes | None = None,
 ) -> tuple[int, bytes]:
     """(compression, sealed bytes) for a bundle: its members' plaintexts end to end in `data`."""
-    payload: bytes | memoryview = data
-    compression = BUNDLE_NONE
-    if compressor is not None:
-        packed = compressor.compress(data)
-        if len(packed) <= len(data) * (1 - MIN_COMPRESSION_GAIN):
-            payload, compression = packed, BUNDLE_ZSTD
-    return compression, sealer.seal(payload, bundle_aad(blob_type, compression), nonce)
+    payload = _compressed(compressor, data)
+    compression = BUNDLE_NONE if payload is None else BUNDLE_ZSTD
+    return compression, sealer.seal(
+        data if payload is None else payload, bundle_aad(blob_type, compression), nonce
+    )
 
 
 def decode_bundle(

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from adapters import restorepool
 from adapters.database_backup import backup_database
 from adapters.errors import IntegrityError
 from adapters.repository.backend import LocalBackend
@@ -302,3 +303,19 @@ def test_restore_requests_never_split_a_bundle_after_incremental_backups(tmp_pat
                 assert seen.setdefault((pack, rec[3]), int(window[k])) == int(window[k])
         offset += 4096 * len(ids)
     assert len(seen) > 10
+
+
+def test_a_request_longer_than_a_shared_slot_is_hashed_from_the_file_instead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "pos.db"
+    _database(db, 3000)
+    repo, key_file = new_repository(tmp_path)
+    _, manifest = _backup(repo, db, tmp_path)
+    # Every request (a 2 MiB window) is now too long for a slot: each worker writes from its own
+    # buffer and the parent reads the file back (directly where it can) for the SHA-256.
+    monkeypatch.setattr(restorepool, "SLOT_BYTES", 4096)
+    out = tmp_path / "out"
+    [restored] = restore_snapshot(reopen(repo, key_file), manifest, out, workers=2)
+    assert restored.sha256 == manifest.entries[0].sha256
+    assert (out / "pos.db").read_bytes()[100:] == db.read_bytes()[100:]
