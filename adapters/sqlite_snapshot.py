@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,12 @@ log = structlog.get_logger(__name__)
 
 BUSY_TIMEOUT_MS = 30_000
 SIDE_FILES = ("-wal", "-shm", "-journal")
+
+# SQLite keeps a WAL database's locks as single bytes of its `-shm` file from offset 120: the write
+# lock, then the checkpoint lock (SQLite's "WAL-mode File Format", section on the WAL-index locks).
+SHM_CHECKPOINT_LOCK = 121
+CHECKPOINT_LOCK_WAIT = 2.0  # seconds to wait for a checkpoint the till has running already
+FLUSH_PAUSE = 0.002  # seconds between flushes of the database file while the checkpoint writes it
 
 
 @dataclass(frozen=True)
@@ -56,8 +64,12 @@ def _connect_existing(path: Path) -> sqlite3.Connection:
 def copy_database(source: Path, target: Path) -> DatabaseCopy:
     """Copy `source` consistently into `target` (which must not exist) and describe the copy."""
     src = _connect_existing(source)
+    guard: CheckpointGuard | None = None
     try:
         journal_mode = str(src.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+        if journal_mode == "wal":
+            guard = CheckpointGuard(source)
+            guard.take(CHECKPOINT_LOCK_WAIT)
         target.parent.mkdir(parents=True, exist_ok=True)
         dst = sqlite3.connect(target, isolation_level=None)
         # The copy is read once and deleted: it needs neither a journal nor an fsync, and syncing
@@ -80,14 +92,16 @@ def copy_database(source: Path, target: Path) -> DatabaseCopy:
         finally:
             dst.close()
         seconds = time.perf_counter() - started
-        if journal_mode == "wal":
-            _checkpoint(src)
+        if guard is not None:
+            guard.checkpoint(src)
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise DiskFull(f"the disk holding {target.parent} is full") from e
         raise
     finally:
         src.close()
+        if guard is not None:
+            guard.close()  # only now: closing its descriptors drops the process's locks on them
     for suffix in SIDE_FILES:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"{target}{suffix}")
@@ -96,11 +110,99 @@ def copy_database(source: Path, target: Path) -> DatabaseCopy:
     return DatabaseCopy(target, size, page_size, page_count, journal_mode, seconds)
 
 
+class CheckpointGuard:
+    """Keeps the till's commits short around the copy of a WAL database.
+
+    While the copy's read transaction is open the WAL grows, because nothing written after the
+    copy started can be folded into the database yet. Left alone, the till's first commit after
+    the copy would fold all of it in (its automatic checkpoint) and make the sale wait for that,
+    over a hundred milliseconds for a few seconds of sales. So the backup holds SQLite's checkpoint
+    lock from before the copy (the till's automatic checkpoints skip while it is held; SQLite never
+    waits for this lock), folds the WAL in itself afterwards, and flushes the database file to disk
+    as it does, so that the till's next checkpoint does not have to wait for those writes either.
+
+    The locks are POSIX record locks, which belong to the process: closing any descriptor of these
+    files drops the locks SQLite's own connections in this process hold on them. So `close` must
+    come after the process's connection to the database is closed, and only one job at a time may
+    touch a database in a process (the source lock sees to that).
+    """
+
+    def __init__(self, database: Path) -> None:
+        self._shm = _open_if_present(f"{database}-shm", os.O_RDWR)
+        self._db = _open_if_present(str(database), os.O_RDONLY)
+        self.held = False
+
+    def take(self, wait: float) -> bool:
+        """Take the checkpoint lock, waiting up to `wait` seconds for a running checkpoint."""
+        if self._shm is None:
+            return False
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.lockf(self._shm, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, SHM_CHECKPOINT_LOCK)
+                self.held = True
+                return True
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() >= deadline:
+                    log.debug("checkpoint lock not taken", error=str(e))
+                    return False
+                time.sleep(0.005)  # the till is checkpointing; that takes milliseconds
+
+    def release(self) -> None:
+        if self.held and self._shm is not None:
+            with contextlib.suppress(OSError):
+                fcntl.lockf(self._shm, fcntl.LOCK_UN, 1, SHM_CHECKPOINT_LOCK)
+        self.held = False
+
+    def checkpoint(self, conn: sqlite3.Connection) -> None:
+        """Fold the WAL into the database through `conn`, the connection that made the copy.
+
+        SQLite's lock is the process's lock, so the checkpoint takes the one held here, and
+        releases it when done: it is taken again at once, until the database file is on disk.
+        """
+        stop = threading.Event()
+        flusher = threading.Thread(target=self._flush_until, args=(stop,), name="checkpoint-flush")
+        flusher.start()
+        try:
+            _checkpoint(conn)
+        finally:
+            self.take(0)  # first of all: the window in which the till may take it is microseconds
+            stop.set()
+            flusher.join()
+            self._flush()
+            self.release()
+
+    def _flush_until(self, stop: threading.Event) -> None:
+        while not stop.wait(FLUSH_PAUSE):
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._db is not None:
+            try:
+                os.fdatasync(self._db)
+            except OSError as e:  # the checkpoint's own rules still keep the database safe
+                log.debug("flushing the database after the copy failed", error=str(e))
+
+    def close(self) -> None:
+        self.release()
+        for fd in (self._shm, self._db):
+            if fd is not None:
+                os.close(fd)
+        self._shm = self._db = None
+
+
+def _open_if_present(path: str, flags: int) -> int | None:
+    try:
+        return os.open(path, flags | os.O_CLOEXEC)
+    except OSError as e:  # no -shm (another locking mode) or unreadable: copy without the guard
+        log.debug("checkpoint guard unavailable", path=path, error=str(e))
+        return None
+
+
 def _checkpoint(conn: sqlite3.Connection) -> None:
     """Fold into the database the WAL that grew while the copy held its read transaction.
 
-    Otherwise the till's next commit runs that checkpoint itself and waits for it. PASSIVE never
-    blocks a writer; if the till is checkpointing already, this simply does less.
+    PASSIVE never blocks a writer; if the till is checkpointing already, this simply does less.
     """
     try:
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
