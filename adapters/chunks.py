@@ -127,28 +127,49 @@ def store_id_lists(
 
 
 class IdLists:
-    """Collects a file's blob ids in order, storing each full run of LIST_FANOUT as a list blob."""
+    """Collects a file's blob ids in order, storing each full run of LIST_FANOUT as a list blob.
 
-    def __init__(self, repo: Repository, direct: bool, has_blob: Callable[[bytes], bool] | None) -> None:
+    With `head`, the file's first `head` ids arrive last, through `finish`: the ids that share
+    their list blobs are held back until then, and every later list is stored as it fills.
+    """
+
+    def __init__(
+        self, repo: Repository, direct: bool, has_blob: Callable[[bytes], bool] | None, head: int = 0
+    ) -> None:
         self.repo = repo
         self.direct = direct
         self.has_blob = has_blob
+        self.head = head
+        self.held = bytearray()
+        self.hold = (-(-head // LIST_FANOUT) * LIST_FANOUT - head) * ID_SIZE
         self.buffer = bytearray()
         self.lists: list[str] = []
 
     def extend(self, ids: list[bytes]) -> None:
-        self.buffer.extend(b"".join(ids))
+        data = b"".join(ids)
+        if self.hold:
+            taken = data[: self.hold]
+            self.held += taken
+            self.hold -= len(taken)
+            data = data[len(taken) :]
+        self.buffer.extend(data)
         step = LIST_FANOUT * ID_SIZE
         if not self.direct and len(self.buffer) >= step:
             whole = len(self.buffer) - len(self.buffer) % step
             self.lists.extend(store_id_lists(self.repo, bytes(self.buffer[:whole]), self.has_blob))
             del self.buffer[:whole]
 
-    def finish(self) -> dict[str, list[str]]:
+    def finish(self, head: list[bytes] | None = None) -> dict[str, list[str]]:
+        first = b"".join(head or [])
+        if len(first) != self.head * ID_SIZE:
+            raise ValueError(f"expected {self.head} leading ids, got {len(first) // ID_SIZE}")
+        front = first + bytes(self.held)
         if self.direct:
-            return entry_blob_fields(self.repo, bytes(self.buffer), self.has_blob)
-        self.lists.extend(store_id_lists(self.repo, bytes(self.buffer), self.has_blob))
-        return {"blobs": [], "blob_lists": self.lists}
+            return entry_blob_fields(self.repo, front + bytes(self.buffer), self.has_blob)
+        lists = store_id_lists(self.repo, front, self.has_blob) if front else []
+        lists += self.lists
+        lists += store_id_lists(self.repo, bytes(self.buffer), self.has_blob)
+        return {"blobs": [], "blob_lists": lists}
 
 
 def load_id_list(repo: Repository, list_id: str) -> bytes:

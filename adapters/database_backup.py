@@ -24,6 +24,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict
 
 from adapters.chunks import ChunkStore, StoreStats, entry_blob_fields, load_id_list, load_id_lists, split_ids
+from adapters.livecopy import LiveCopy, reports_holes
 from adapters.pagestore import store_file_chunks
 from adapters.repository.lock import pid_alive
 from adapters.repository.rebuild import adopt_unindexed_packs
@@ -191,13 +192,14 @@ def store_database_copy(
     full: bool,
     progress: Progress | None = None,
     pool: SealPool | None = None,
+    growing: LiveCopy | None = None,
 ) -> tuple[Entry, StoreStats]:
     """Store the copy's pages; return the manifest entry, the chunk ids and the figures."""
     chunk_size = copy.page_size * pages_per_chunk(copy.page_size)
     check = full_check(repo) if full else None
     if pool is not None:
         blob_fields, stats, digest = store_file_chunks(
-            repo, pool, copy.path, copy.size, chunk_size, has_blob=check, progress=progress
+            repo, pool, copy.path, copy.size, chunk_size, has_blob=check, progress=progress, growing=growing
         )
     else:
         ids, stats, digest = _store_in_process(repo, copy, chunk_size, check, progress)
@@ -314,11 +316,17 @@ def store_database(
     # Workers start while SQLite copies the database, so their start-up costs nothing.
     pool = SealPool(repo.master_key, repo.compression_level, workers) if workers != 0 else None
     try:
-        copy = copy_database(source, copy_path)
-        with _unlinked(copy) as readable:
-            entry, stats = store_database_copy(
-                repo, readable, source, full=full, progress=progress, pool=pool
+        stored = None
+        if pool is not None and reports_holes(copy_dir):
+            copy, stored = _store_while_copying(
+                repo, source, copy_path, full=full, progress=progress, pool=pool
             )
+        else:
+            copy = copy_database(source, copy_path)
+        if stored is None:
+            with _unlinked(copy) as readable:
+                stored = store_database_copy(repo, readable, source, full=full, progress=progress, pool=pool)
+        entry, stats = stored
         repo.flush()
     finally:
         if pool is not None:
@@ -338,6 +346,33 @@ def store_database(
         seconds=round(time.perf_counter() - started, 3),
         snapshot_window_seconds=round(copy.seconds, 3),
     )
+
+
+def _store_while_copying(
+    repo: Repository,
+    source: Path,
+    copy_path: Path,
+    *,
+    full: bool,
+    progress: Progress | None,
+    pool: SealPool,
+) -> tuple[DatabaseCopy, tuple[Entry, StoreStats] | None]:
+    """Store the copy block by block while SQLite writes it; None if it must be stored again whole."""
+    live = LiveCopy(source, copy_path)
+    try:
+        expected = live.start()
+        stored = store_database_copy(
+            repo, expected, source, full=full, progress=progress, pool=pool, growing=live
+        )
+        copy = live.finish()
+    finally:
+        live.close()
+    if (copy.size, copy.page_count) != (expected.size, expected.page_count):
+        # An empty database gains its first page only as SQLite finishes the copy.
+        log.debug("the copy differs from its snapshot's size; storing it whole", expected=expected.size)
+        return copy, None
+    remove_database_files(copy_path)
+    return copy, stored
 
 
 def find_committed(repo: Repository, job_id: str, kind: str) -> BackupResult | None:

@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol
 
 from adapters.chunks import DIRECT_LIMIT, IdLists, StoreStats
 from adapters.repository.pack import BLOB_DATA
@@ -26,11 +27,25 @@ SEAL_AHEAD = 4
 Progress = Callable[[int, int], None]
 
 
-def sha256_file(path: Path) -> str:
+class Growing(Protocol):
+    """A file still being written, block by block, with its first block last (`adapters.livecopy`)."""
+
+    def ready(self, offset: int, length: int) -> bool: ...
+
+    def wait(self, offset: int, length: int) -> None: ...
+
+    def wait_done(self) -> None: ...
+
+
+def sha256_file(path: Path, after: Callable[[], None] | None = None) -> str:
+    if after is not None:
+        after()
     sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(BLOCK):
-            sha.update(block)
+    buffer = bytearray(BLOCK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            sha.update(view[:n])
     return sha.hexdigest()
 
 
@@ -54,16 +69,30 @@ def store_file_chunks(
     *,
     has_blob: Callable[[bytes], bool] | None = None,
     progress: Progress | None = None,
+    growing: Growing | None = None,
 ) -> tuple[dict[str, list[str]], StoreStats, str]:
-    """Store every `chunk`-sized piece of the file; return (manifest blob fields, figures, SHA-256)."""
+    """Store every `chunk`-sized piece of the file; return (manifest blob fields, figures, SHA-256).
+
+    With `growing`, the file is still being written: each block is taken once it is final, and the
+    first block last.
+    """
     name = os.path.abspath(path)  # not resolve(): the copy may be an open, deleted file under /proc
     block = max(chunk, BLOCK - BLOCK % chunk)
     stats = StoreStats()
+    offsets = deque(range(0, size, block))
+    head: list[bytes] | None = None  # the first block's ids, when that block comes last
+    if growing is not None and len(offsets) > 1:
+        offsets.rotate(-1)
+        head = []
     # Ids become list blobs as soon as 256 are known, so memory does not grow with the file.
-    ids_out = IdLists(repo, direct=-(-size // chunk) <= DIRECT_LIMIT, has_blob=has_blob)
+    ids_out = IdLists(
+        repo,
+        direct=-(-size // chunk) <= DIRECT_LIMIT,
+        has_blob=has_blob,
+        head=-(-min(block, size) // chunk) if head is not None else 0,
+    )
     hashing: deque[tuple[int, int, Future[memoryview]]] = deque()
-    sealing: deque[tuple[list[bytes], int, list[bytes], Future[memoryview] | None, int]] = deque()
-    offsets = iter(range(0, size, block))
+    sealing: deque[tuple[int, list[bytes], int, list[bytes], Future[memoryview] | None, int]] = deque()
     in_flight: set[bytes] = set()  # ids sent for sealing, not yet in the repository's open pack
 
     def known(ids: list[bytes]) -> list[bool]:
@@ -72,29 +101,35 @@ def store_file_chunks(
         return repo.known_many(ids)
 
     def submit_hashes() -> None:
-        while len(hashing) < HASH_AHEAD:
-            offset = next(offsets, None)
-            if offset is None:
-                return
+        while len(hashing) < HASH_AHEAD and offsets:
+            offset = offsets[0]
             length = min(block, size - offset)
+            if growing is not None and not growing.ready(offset, length):
+                if hashing:
+                    return  # come back once a block in flight is done
+                growing.wait(offset, length)
+            offsets.popleft()
             hashing.append((offset, length, pool.hash(name, offset, length, chunk)))
 
     def finish_seal() -> None:
-        ids, length, new_ids, future, generation = sealing.popleft()
+        offset, ids, length, new_ids, future, generation = sealing.popleft()
         if future is not None:
             header, sealed = split_sealed(future.result())
             added, plain = repo.add_run(new_ids, header, sealed, has_blob, index_generation=generation)
             in_flight.difference_update(new_ids)
             stats.new_blobs += added
             stats.new_bytes += plain
-        ids_out.extend(ids)
+        if head is not None and offset == 0:
+            head.extend(ids)
+        else:
+            ids_out.extend(ids)
         stats.blobs += len(ids)
         stats.bytes += length
         if progress is not None:
             progress(stats.bytes, size)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as hasher:
-        digest = hasher.submit(sha256_file, path)
+        digest = hasher.submit(sha256_file, path, growing.wait_done if growing is not None else None)
         submit_hashes()
         while hashing:
             offset, length, future = hashing.popleft()
@@ -114,9 +149,9 @@ def store_file_chunks(
                 if indices
                 else None
             )
-            sealing.append((ids, length, new_ids, seal, generation))
+            sealing.append((offset, ids, length, new_ids, seal, generation))
             while len(sealing) > SEAL_AHEAD:
                 finish_seal()
         while sealing:
             finish_seal()
-        return ids_out.finish(), stats, digest.result()
+        return ids_out.finish(head), stats, digest.result()

@@ -13,8 +13,10 @@ import errno
 import fcntl
 import os
 import sqlite3
+import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,7 @@ SIDE_FILES = ("-wal", "-shm", "-journal")
 SHM_CHECKPOINT_LOCK = 121
 CHECKPOINT_LOCK_WAIT = 2.0  # seconds to wait for a checkpoint the till has running already
 FLUSH_PAUSE = 0.002  # seconds between flushes of the database file while the checkpoint writes it
+SWITCH_DURING_CHECKPOINT = 1e-5  # seconds: the interpreter's switch interval while checkpointing
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,14 @@ def _connect_existing(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def copy_database(source: Path, target: Path) -> DatabaseCopy:
-    """Copy `source` consistently into `target` (which must not exist) and describe the copy."""
+def copy_database(
+    source: Path, target: Path, started: Callable[[DatabaseCopy], None] | None = None
+) -> DatabaseCopy:
+    """Copy `source` consistently into `target` (which must not exist) and describe the copy.
+
+    `started`, if given, learns what the copy will be once its snapshot is fixed, just before SQLite
+    writes it: from then on the file grows page by page (see `adapters.livecopy`).
+    """
     src = _connect_existing(source)
     guard: CheckpointGuard | None = None
     try:
@@ -76,10 +85,19 @@ def copy_database(source: Path, target: Path) -> DatabaseCopy:
         # a gigabyte would compete with the till's own commits for the disk.
         dst.execute("PRAGMA journal_mode=OFF").fetchone()
         dst.execute("PRAGMA synchronous=OFF")
-        started = time.perf_counter()
+        began = time.perf_counter()
         try:
+            # A read transaction of our own: the page count read in it is the snapshot's, and the
+            # backup API copies within it rather than opening another.
+            src.execute("BEGIN")
+            page_size = int(src.execute("PRAGMA page_size").fetchone()[0])
+            page_count = int(src.execute("PRAGMA page_count").fetchone()[0])
+            if started is not None:
+                started(
+                    DatabaseCopy(target, page_size * page_count, page_size, page_count, journal_mode, 0.0)
+                )
             src.backup(dst, pages=-1)
-            page_size = int(dst.execute("PRAGMA page_size").fetchone()[0])
+            src.execute("COMMIT")
             page_count = int(dst.execute("PRAGMA page_count").fetchone()[0])
         except sqlite3.OperationalError as e:
             remove_database_files(target)
@@ -91,7 +109,10 @@ def copy_database(source: Path, target: Path) -> DatabaseCopy:
             raise SourceError(f"could not take a consistent copy of {source}: {e}") from e
         finally:
             dst.close()
-        seconds = time.perf_counter() - started
+            if src.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    src.execute("ROLLBACK")
+        seconds = time.perf_counter() - began
         if guard is not None:
             guard.checkpoint(src)
     except OSError as e:
@@ -163,10 +184,16 @@ class CheckpointGuard:
         stop = threading.Event()
         flusher = threading.Thread(target=self._flush_until, args=(stop,), name="checkpoint-flush")
         flusher.start()
+        # Between SQLite letting go of the lock and this thread taking it again, the till may take
+        # it. A thread waits up to the switch interval (5 ms) for the interpreter after a call into
+        # SQLite; while the checkpoint runs, that wait is kept to microseconds.
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_DURING_CHECKPOINT)
         try:
             _checkpoint(conn)
         finally:
-            self.take(0)  # first of all: the window in which the till may take it is microseconds
+            self.take(0)
+            sys.setswitchinterval(switch)
             stop.set()
             flusher.join()
             self._flush()

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from adapters.chunks import (
     DIRECT_LIMIT,
     LIST_FANOUT,
     ChunkStore,
+    IdLists,
     entry_blob_fields,
     load_id_lists,
 )
@@ -82,3 +85,37 @@ def test_few_ids_are_listed_directly_and_many_through_list_blobs(tmp_path):
     fresh = reopen(repo, key_file)
     fresh.load_index()
     assert load_id_lists(fresh, fields["blob_lists"]) == many
+
+
+def _id_lists(repo, ids: list[bytes], head: int) -> dict[str, list[str]]:
+    """IdLists fed the first `head` ids last, in uneven pieces, as a store that copies ahead does."""
+    out = IdLists(repo, direct=len(ids) <= DIRECT_LIMIT, has_blob=None, head=head)
+    rest = ids[head:]
+    rng = random.Random(len(ids) * 1000 + head)
+    while rest:
+        n = rng.randint(1, 300)
+        out.extend(rest[:n])
+        rest = rest[n:]
+    return out.finish(ids[:head])
+
+
+def test_ids_of_the_first_block_may_come_last_and_the_lists_are_the_same(tmp_path):
+    repo, _ = new_repository(tmp_path)
+    rng = random.Random(5)
+    for n, head in [(0, 0), (10, 10), (40, 5), (300, 1), (256, 256), (700, 128), (513, 256), (1500, 200)]:
+        ids = [rng.randbytes(32) for _ in range(n)]
+        expected = _id_lists(repo, ids, 0)
+        got = _id_lists(repo, ids, head)
+        assert got == expected, (n, head)
+        if n > DIRECT_LIMIT:
+            assert got["blob_lists"] and not got["blobs"]
+            repo.flush()
+            assert load_id_lists(repo, got["blob_lists"]) == ids
+
+
+def test_the_first_ids_must_all_arrive(tmp_path):
+    repo, _ = new_repository(tmp_path)
+    out = IdLists(repo, direct=False, has_blob=None, head=3)
+    out.extend([bytes(32)] * 10)
+    with pytest.raises(ValueError, match="expected 3 leading ids"):
+        out.finish([bytes(32)])
