@@ -30,7 +30,7 @@ from adapters.repository.lock import pid_alive
 from adapters.repository.rebuild import adopt_unindexed_packs
 from adapters.repository.repo import Repository
 from adapters.sealpool import SealPool
-from adapters.sqlite_snapshot import DatabaseCopy, copy_database, remove_database_files
+from adapters.sqlite_snapshot import DatabaseCopy, copy_database, in_wal_mode, remove_database_files
 from domain.errors import CapsuleError
 from domain.manifest import Entry, Manifest, SqliteInfo, Totals
 
@@ -317,7 +317,9 @@ def store_database(
     pool = SealPool(repo.master_key, repo.compression_level, workers) if workers != 0 else None
     try:
         stored = None
-        if pool is not None and reports_holes(copy_dir):
+        # In rollback-journal mode the copy blocks the till's commits until it ends: there it runs
+        # alone, as fast as it can, rather than beside the store.
+        if pool is not None and in_wal_mode(source) and reports_holes(copy_dir):
             copy, stored = _store_while_copying(
                 repo, source, copy_path, full=full, progress=progress, pool=pool
             )

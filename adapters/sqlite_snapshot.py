@@ -237,6 +237,16 @@ def _checkpoint(conn: sqlite3.Connection) -> None:
         log.debug("checkpoint after the copy skipped", error=str(e))
 
 
+def in_wal_mode(path: Path) -> bool:
+    """Whether the database's header says WAL (its read and write versions are 2); False if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(20)
+    except OSError:
+        return False
+    return len(header) == 20 and header[18] == 2 and header[19] == 2
+
+
 def check_database(path: Path, quick: bool = True) -> list[str]:
     """Run SQLite's own check on a database file without leaving -wal/-shm files; [] means ok."""
     uri = f"file:{path}?immutable=1"

@@ -131,7 +131,7 @@ def test_a_copy_that_fails_halfway_fails_the_backup_without_hanging(
     assert leftovers == []
 
 
-def test_an_empty_database_is_stored_whole_after_its_copy(tmp_path: Path) -> None:
+def test_an_empty_database_backs_up_and_restores(tmp_path: Path) -> None:
     repo, key_file = new_repository(tmp_path)
     db = tmp_path / "pos.db"
     db.write_bytes(b"")
@@ -143,6 +143,34 @@ def test_an_empty_database_is_stored_whole_after_its_copy(tmp_path: Path) -> Non
     finally:
         conn.close()
     assert result.manifest.entries[0].size == restored.path.stat().st_size > 0
+
+
+@pytest.mark.parametrize(("mode", "followed"), [("wal", True), ("delete", False)])
+def test_only_a_wal_database_is_stored_while_it_is_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, followed: bool
+) -> None:
+    # In rollback-journal mode the copy keeps the till from committing, so it runs alone.
+    repo, key_file = new_repository(tmp_path)
+    db = tmp_path / "pos.db"
+    _database(db, 3000, seed=3)
+    conn = sqlite3.connect(db)
+    conn.execute(f"PRAGMA journal_mode={mode}").fetchone()
+    conn.close()
+    made: list[Path] = []
+    real = database_backup.LiveCopy
+
+    class Spy(real):  # type: ignore[misc, valid-type]
+        def __init__(self, source: Path, target: Path) -> None:
+            made.append(source)
+            super().__init__(source, target)
+
+    monkeypatch.setattr(database_backup, "LiveCopy", Spy)
+    result = backup_database(repo, db, tmp_path / "staging", now=T0)
+    assert made == ([db] if followed else [])
+    assert result.manifest.entries[0].sqlite is not None
+    assert result.manifest.entries[0].sqlite.journal_mode == mode
+    (restored,) = restore_snapshot(reopen(repo, key_file), result.manifest, tmp_path / "out")
+    assert _sha256(restored.path) == result.manifest.entries[0].sha256
 
 
 def test_a_folder_is_asked_once_whether_it_reports_holes(tmp_path: Path) -> None:
