@@ -56,6 +56,26 @@ def folder_to_look_at(argv: list[str], environ: dict[str, str] | os._Environ[str
     return environ.get("CAPSULE_UPLOADS") or DEFAULT_UPLOADS
 
 
+MMAP_THRESHOLD = 1024 * 1024  # bytes: larger allocations get pages of their own, handed back when freed
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def fixed_mmap_threshold() -> None:
+    """Give every allocation of a megabyte or more its own mapping, handed back when it is freed.
+
+    glibc otherwise raises that threshold to the size of any large block freed (up to 32 MiB),
+    after which the 16 MiB packs come from the heap, and the heap keeps what they leave behind:
+    peak RSS grew with every pack a backup wrote. For the first backup of a 2 GiB database, peak
+    RSS went from 292 MB to 270 MB. A lower threshold saves a little more, but every sealed run
+    would then map fresh memory, which costs time here. The workers keep glibc's default.
+    """
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to fix
+        import ctypes  # noqa: PLC0415 - only here, at start-up
+
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
 def main() -> None:
     folder = folder_to_look_at(sys.argv[1:], os.environ)
     if folder is not None and os.path.isdir(folder):
@@ -63,6 +83,7 @@ def main() -> None:
             os.posix_spawn(sys.executable, [sys.executable, "-S", "-c", _LOOK, folder], os.environ)
     # numpy's BLAS threads are never used here, yet they wake and spin beside the workers.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    fixed_mmap_threshold()
     from api.cli import main as run  # noqa: PLC0415 - the point of this module is to come first
 
     # The modules' own objects live as long as the program: the collector need not scan them again.

@@ -151,19 +151,36 @@ def _prefix_keys(ids: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint64]:
     return np.ascontiguousarray(ids[:, :8]).view(">u8").ravel().astype(np.uint64)
 
 
+def _id_matrix(recs: npt.NDArray[np.void]) -> npt.NDArray[np.uint8]:
+    """The records' ids as an (n, 32) byte matrix: a view into `recs` (contiguous), not a copy."""
+    assert recs.dtype.names is not None and recs.dtype.names[0] == "id"
+    if not len(recs):
+        return np.zeros((0, ID_SIZE), dtype=np.uint8)
+    return np.ndarray(
+        (len(recs), ID_SIZE),
+        dtype=np.uint8,
+        buffer=recs,
+        offset=0,  # `id` is every record layout's first field
+        strides=(recs.strides[0], 1),
+    )
+
+
 @dataclass(frozen=True)
 class _Frozen:
     """Sorted arrays, replaced whole on each merge so reader threads never see a half-update."""
 
     keys: npt.NDArray[np.uint64]
-    ids: npt.NDArray[np.uint8]
     packs: npt.NDArray[np.uint32]
     recs: npt.NDArray[np.void]
+
+    @property
+    def ids(self) -> npt.NDArray[np.uint8]:
+        # A view: a copy would add 32 bytes per blob to memory, and as much again while merging.
+        return _id_matrix(self.recs)
 
 
 _EMPTY = _Frozen(
     np.zeros(0, dtype=np.uint64),
-    np.zeros((0, ID_SIZE), dtype=np.uint8),
     np.zeros(0, dtype=np.uint32),
     np.zeros(0, dtype=RECORD),
 )
@@ -241,12 +258,17 @@ class Index:
         old = self._frozen
         recs = np.concatenate([old.recs, *(r for _, r in self._staged)])
         packs = np.concatenate([old.packs, *(np.full(len(r), p, dtype=np.uint32) for p, r in self._staged)])
-        ids = np.frombuffer(recs["id"].tobytes(), dtype=np.uint8).reshape(-1, ID_SIZE)
-        keys = _prefix_keys(ids)
+        keys = _prefix_keys(_id_matrix(recs))
         # Among copies of one blob, those in packs known to be gone sort last: look-ups take the first.
         gone = np.isin(packs, np.fromiter(self._gone, dtype=np.uint32, count=len(self._gone)))
         order = np.lexsort((gone, keys))
-        self._frozen = _Frozen(keys[order], ids[order], packs[order], recs[order])
+        del gone
+        # One array at a time, each unsorted one let go as soon as its sorted copy exists: the
+        # peak of a merge is what grows with the repository.
+        keys = keys[order]
+        packs = packs[order]
+        recs = recs[order]
+        self._frozen = _Frozen(keys, packs, recs)
         self._staged = []
         self.generation += 1
         # Only after the arrays hold them: a reader checks the recent set first.

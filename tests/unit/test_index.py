@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import random
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adapters.errors import IntegrityError
 from adapters.repository.index import (
+    RECORD,
     BlobLocation,
     Index,
     decode_index,
@@ -280,3 +282,22 @@ def test_record_layout_is_packed_little_endian():
     assert record == bytes(range(32)) + b"\x01\x01" + (0x01020304).to_bytes(4, "little") + (
         0x0A0B0C0D
     ).to_bytes(4, "little") + (7).to_bytes(4, "little")
+
+
+def test_the_sorted_ids_are_a_view_of_the_records_not_a_second_copy():
+    index = Index()
+    rng = random.Random(9)
+    for p in range(3):
+        recs = np.zeros(1000, dtype=RECORD)
+        recs["id"] = [rng.randbytes(32) for _ in range(1000)]
+        recs["offset"] = np.arange(1000)
+        index.add_pack(f"{p:064x}", recs)
+    index.freeze()
+    frozen = index._frozen
+    assert np.shares_memory(frozen.ids, frozen.recs)
+    assert frozen.keys.nbytes + frozen.packs.nbytes + frozen.recs.nbytes <= 3000 * (8 + 4 + RECORD.itemsize)
+    # and the view still finds every blob where it is
+    some = [bytes(frozen.recs[i]["id"]) for i in (0, 1500, 2999)]
+    assert [loc.offset for loc in index.locate_many(some) if loc] == [
+        int(frozen.recs[i]["offset"]) for i in (0, 1500, 2999)
+    ]
