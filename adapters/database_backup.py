@@ -370,7 +370,8 @@ def _store_while_copying(
     finally:
         live.close()
     if (copy.size, copy.page_count) != (expected.size, expected.page_count):
-        # An empty database gains its first page only as SQLite finishes the copy.
+        # Not seen: the snapshot's page count fixes the copy's size. Should SQLite ever write a
+        # copy of another size, the blocks already stored described the wrong file.
         log.debug("the copy differs from its snapshot's size; storing it whole", expected=expected.size)
         return copy, None
     remove_database_files(copy_path)

@@ -37,9 +37,7 @@ class Growing(Protocol):
     def wait_done(self) -> None: ...
 
 
-def sha256_file(path: Path, after: Callable[[], None] | None = None) -> str:
-    if after is not None:
-        after()
+def sha256_file(path: Path) -> str:
     sha = hashlib.sha256()
     buffer = bytearray(BLOCK)
     view = memoryview(buffer)
@@ -47,6 +45,12 @@ def sha256_file(path: Path, after: Callable[[], None] | None = None) -> str:
         while n := f.readinto(buffer):
             sha.update(view[:n])
     return sha.hexdigest()
+
+
+def _sha256_when_done(path: Path, growing: Growing | None) -> str:
+    if growing is not None:
+        growing.wait_done()
+    return sha256_file(path)
 
 
 def _not_taken(indices: list[int], ids: list[bytes], taken: set[bytes]) -> list[int]:
@@ -129,7 +133,8 @@ def store_file_chunks(
             progress(stats.bytes, size)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as hasher:
-        digest = hasher.submit(sha256_file, path, growing.wait_done if growing is not None else None)
+        # A growing file's first block is final only at its end, and the digest starts there.
+        digest = hasher.submit(_sha256_when_done, path, growing)
         submit_hashes()
         while hashing:
             offset, length, future = hashing.popleft()
