@@ -1,16 +1,20 @@
 """The index: which pack holds each blob, where, and how long it is.
 
-Index files are sealed, zstd-compressed binary tables (layout in docs/repository-format.md). In memory
-the index is a few numpy arrays sorted by the first 8 bytes of the blob id: about 60 bytes a blob, so
-a database of millions of pages still fits in a small, bounded footprint, and batch look-ups are
-vectorised.
+Index files are sealed, zstd-compressed binary tables (layout in docs/repository-format.md). The
+index a process builds from them is a few sorted runs of 54-byte records (record and pack number),
+merged like a binary counter as packs are added. Runs are held in memory up to MEMORY_RECORDS
+records in all; beyond that they live in unnamed temporary files, found through one key in every
+SPARSE records and a Bloom filter kept in memory, and read a block at a time. Merges sort one key
+range at a time. So the memory the index takes stays bounded whatever the size of the repository,
+and look-ups stay vectorised.
 """
 
 from __future__ import annotations
 
+import os
 import struct
+import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -152,7 +156,7 @@ def _prefix_keys(ids: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint64]:
 
 
 def _id_matrix(recs: npt.NDArray[np.void]) -> npt.NDArray[np.uint8]:
-    """The records' ids as an (n, 32) byte matrix: a view into `recs` (contiguous), not a copy."""
+    """The records' ids as an (n, 32) byte matrix: a view into `recs`, not a copy."""
     assert recs.dtype.names is not None and recs.dtype.names[0] == "id"
     if not len(recs):
         return np.zeros((0, ID_SIZE), dtype=np.uint8)
@@ -165,51 +169,274 @@ def _id_matrix(recs: npt.NDArray[np.void]) -> npt.NDArray[np.uint8]:
     )
 
 
-@dataclass(frozen=True)
-class _Frozen:
-    """Sorted arrays, replaced whole on each merge so reader threads never see a half-update."""
-
-    keys: npt.NDArray[np.uint64]
-    packs: npt.NDArray[np.uint32]
-    recs: npt.NDArray[np.void]
-
-    @property
-    def ids(self) -> npt.NDArray[np.uint8]:
-        # A view: a copy would add 32 bytes per blob to memory, and as much again while merging.
-        return _id_matrix(self.recs)
-
-
-_EMPTY = _Frozen(
-    np.zeros(0, dtype=np.uint64),
-    np.zeros(0, dtype=np.uint32),
-    np.zeros(0, dtype=RECORD),
-)
-
 _FIELDS = ("type", "comp", "offset", "length", "plain", "within")
 
-# Packs added during a run stay staged (found through a set of their ids) until this many blobs,
-# then join the sorted arrays.
+# A record of a sorted run: the index record and the number of its pack.
+RUN_RECORD = np.dtype([*RECORD.descr, ("pack", "<u4")])
+
+# Packs added during a run, or read from index files, stay staged in memory (found through a set of
+# their ids) until this many blobs, then become a sorted run.
 MERGE_AT = 65_536
+# Runs stay in memory while they hold this many records in all (about 54 MB); beyond that the
+# largest go to files, read a block at a time. So memory does not grow with the repository.
+MEMORY_RECORDS = 1_048_576
+# One key in memory for every this many records of a run (a power of two): it leads a look-up to
+# one block of the run, searched there.
+SPARSE = 64
+# A merge of runs sorts this many records at a time, split by key range: its memory does not grow
+# with the index either.
+SLICE = 131_072
+# Look-ups answer this many ids at a time.
+QUERY_CHUNK = 4096
+# by_pack() groups this many records at a time.
+BY_PACK_BATCH = 262_144
+
+spill_dir: str | None = None
+"""Where run files are made (unnamed, gone when closed); None for the system's temporary directory."""
+
+
+def _key_view(recs: npt.NDArray[np.void]) -> npt.NDArray[np.uint64]:
+    """The first 8 bytes of every record's id, read in place as big-endian integers."""
+    if not len(recs):
+        return np.zeros(0, dtype=np.uint64)
+    return np.ndarray((len(recs),), dtype=">u8", buffer=recs, offset=0, strides=(recs.strides[0],))
+
+
+class _Bloom:
+    """A Bloom filter over ids: says for sure when a run does not hold an id, without reading it.
+
+    12 bits a blob and four probes, taken from id bytes 8-24 (keyed hashes: uniform, and apart
+    from the first 8 bytes that order the run): about 1% of absent ids get past it.
+    """
+
+    BITS_PER_BLOB = 12
+
+    def __init__(self, n: int) -> None:
+        self.size = np.uint64(max(64, self.BITS_PER_BLOB * n))
+        self.bits = np.zeros(-(-int(self.size) // 8), dtype=np.uint8)
+
+    def _probes(self, ids: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint64]:
+        words = np.ascontiguousarray(ids[:, 8:24]).view("<u4").astype(np.uint64)
+        return (words * self.size) >> np.uint64(32)
+
+    def add(self, ids: npt.NDArray[np.uint8]) -> None:
+        probes = self._probes(ids).ravel()
+        np.bitwise_or.at(
+            self.bits, probes >> np.uint64(3), np.left_shift(1, probes & np.uint64(7)).astype(np.uint8)
+        )
+
+    def may_hold(self, ids: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
+        probes = self._probes(ids)
+        found: npt.NDArray[np.bool_] = (
+            (self.bits[probes >> np.uint64(3)] >> (probes & np.uint64(7))) & 1
+        ).all(axis=1)
+        return found
+
+
+class _RunFile:
+    """An unnamed file (gone from the disk once closed), closed when no run or reader holds it."""
+
+    def __init__(self) -> None:
+        with tempfile.TemporaryFile(dir=spill_dir) as f:
+            self.fd = os.dup(f.fileno())
+
+    def write(self, data: memoryview) -> None:
+        while data:
+            data = data[os.write(self.fd, data) :]
+
+    def __del__(self) -> None:
+        os.close(self.fd)
+
+
+class _Run:
+    """Records sorted by (key, gone): in memory, or in an unnamed file read with pread. In memory
+    either way: every SPARSE-th key and a Bloom filter."""
+
+    def __init__(
+        self,
+        n: int,
+        sparse: npt.NDArray[np.uint64],
+        bloom: _Bloom,
+        recs: npt.NDArray[np.void] | None,
+        file: _RunFile | None,
+    ) -> None:
+        self.n = n
+        self.sparse = sparse
+        self.bloom = bloom
+        self.recs = recs
+        self.file = file
+
+    @classmethod
+    def build(cls, chunks: Iterable[npt.NDArray[np.void]], n: int, *, in_file: bool) -> _Run:
+        """A run of `n` records: the chunks (already in order), end to end."""
+        sparse: list[npt.NDArray[np.uint64]] = [np.zeros(0, dtype=np.uint64)]
+        bloom = _Bloom(n)
+        recs = None if in_file else np.empty(n, dtype=RUN_RECORD)
+        file = _RunFile() if in_file else None
+        written = 0
+        for given in chunks:
+            chunk = np.ascontiguousarray(given)
+            if written + len(chunk) > n:
+                raise ValueError(f"a run of {n} records was given more")
+            ids = _id_matrix(chunk)
+            # Rows of this chunk whose place in the run is a multiple of SPARSE.
+            sparse.append(_prefix_keys(ids[(-written) % SPARSE :: SPARSE]))
+            bloom.add(ids)
+            if file is not None:
+                file.write(chunk.view(np.uint8).data)
+            else:
+                assert recs is not None
+                recs[written : written + len(chunk)] = chunk
+            written += len(chunk)
+        if written != n:
+            raise ValueError(f"a run of {n} records was given {written}")
+        return cls(n, np.concatenate(sparse), bloom, recs, file)
+
+    def into_memory(self) -> _Run:
+        """This run with its records read into memory."""
+        recs = self.rows(0, self.n)
+        return _Run(self.n, self.sparse, self.bloom, recs, None)
+
+    def into_file(self) -> _Run:
+        """This run with its records in a file."""
+        return _Run.build((self.rows(at, at + SLICE) for at in range(0, self.n, SLICE)), self.n, in_file=True)
+
+    def rows(self, start: int, stop: int) -> npt.NDArray[np.void]:
+        """Records [start, stop)."""
+        stop = min(stop, self.n)
+        if self.recs is not None:
+            return self.recs[start:stop]
+        assert self.file is not None
+        size = RUN_RECORD.itemsize
+        data = os.pread(self.file.fd, max(stop - start, 0) * size, start * size)
+        return np.frombuffer(data, dtype=RUN_RECORD)
+
+    def _blocks(self, blocks: npt.NDArray[np.int64]) -> npt.NDArray[np.void]:
+        """The SPARSE records of each block (ascending), end to end; zeros past the end of the run."""
+        assert self.file is not None
+        size = RUN_RECORD.itemsize * SPARSE
+        # Only the run's last block can be short, and it comes last.
+        data = b"".join([os.pread(self.file.fd, size, b * size) for b in blocks.tolist()])
+        out = np.zeros(len(blocks) * SPARSE, dtype=RUN_RECORD)
+        out.view(np.uint8)[: len(data)] = np.frombuffer(data, dtype=np.uint8)
+        return out
+
+    def lower_bound(
+        self, qkeys: npt.NDArray[np.uint64]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.void], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+        """For each key: the first row whose key is not below it (n if none); the records searched;
+        where that row is among them; and whether it is there (not the next block's first row)."""
+        if not self.n:
+            zeros = np.zeros(len(qkeys), dtype=np.int64)
+            return zeros, np.zeros(0, dtype=RUN_RECORD), zeros, zeros.astype(bool)
+        # The last block whose first key is below the query: every row before it is below too, and
+        # the next block starts at or above it. A binary search inside that block, all queries in
+        # step, finds the row.
+        block = np.maximum(np.searchsorted(self.sparse, qkeys, "left") - 1, 0).astype(np.int64)
+        if self.recs is not None:
+            space, start = self.recs, block * SPARSE
+        else:
+            wanted, which = np.unique(block, return_inverse=True)
+            space, start = self._blocks(wanted), which.astype(np.int64) * SPARSE
+        keys = _key_view(space)
+        limit = start + np.minimum(SPARSE, self.n - block * SPARSE)
+        last = len(space) - 1
+        pos = start.copy()
+        step = SPARSE // 2
+        while step:
+            probe = pos + (step - 1)
+            pos += step * ((probe < limit) & (keys[np.minimum(probe, last)] < qkeys))
+            step //= 2
+        pos += (pos < limit) & (keys[np.minimum(pos, last)] < qkeys)
+        return block * SPARSE + (pos - start), space, pos, pos < limit
+
+    def find(
+        self, q: npt.NDArray[np.uint8], qkeys: npt.NDArray[np.uint64], blob_ids: list[bytes]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.void]]:
+        """(row of each id or -1, its record): the copy in a pack not known gone first."""
+        rows = np.full(len(qkeys), -1, dtype=np.int64)
+        found = np.zeros(len(qkeys), dtype=RUN_RECORD)
+        maybe = np.flatnonzero(self.bloom.may_hold(q)) if self.n else np.zeros(0, dtype=np.int64)
+        if not len(maybe):
+            return rows, found
+        row, space, pos, inside = self.lower_bound(qkeys[maybe])
+        # Where the row is the first of the next block (the query may be that block's first key),
+        # or the row's key is shared with other ids, it is settled one by one.
+        safe = np.minimum(pos, len(space) - 1)
+        hit = inside & (_key_view(space)[safe] == qkeys[maybe]) & (row < self.n)
+        same = hit & np.all(_id_matrix(space)[safe] == q[maybe], axis=1)
+        rows[maybe[same]] = row[same]
+        found[maybe[same]] = space[safe[same]]
+        for j in np.flatnonzero(~same & (row < self.n) & (~inside | hit)):
+            i = int(maybe[j])
+            rows[i], record = self.scan(blob_ids[i], int(row[j]))
+            if record is not None:
+                found[i] = record
+        return rows, found
+
+    def scan(self, blob_id: bytes, start: int) -> tuple[int, np.void | None]:
+        """The first row from `start` holding exactly `blob_id` among those of its key."""
+        key = int.from_bytes(blob_id[:8], "big")
+        while start < self.n:
+            block = self.rows(start, start + SPARSE)
+            for k, record in enumerate(block):
+                if int.from_bytes(bytes(record["id"])[:8], "big") != key:
+                    return -1, None
+                if bytes(record["id"]) == blob_id:
+                    return start + k, record
+            start += len(block)
+        return -1, None
+
+
+def _sorted_run_records(recs: npt.NDArray[np.void], gone: npt.NDArray[np.uint32]) -> npt.NDArray[np.void]:
+    """`recs` (RUN_RECORD) in run order: by key, and among equal keys copies in gone packs last."""
+    keys = _prefix_keys(_id_matrix(recs))
+    order = np.lexsort((np.isin(recs["pack"], gone), keys)) if len(gone) else np.argsort(keys, kind="stable")
+    del keys
+    return recs[order]
+
+
+def _merge(runs: list[_Run], gone: npt.NDArray[np.uint32]) -> _Run:
+    """One run in a file holding every record of `runs`, sorted a key range at a time."""
+    total = sum(r.n for r in runs)
+    biggest = max(runs, key=lambda r: r.n)
+    slices = max(1, -(-total // SLICE))
+    # Cut points spread over the key space as the biggest run fills it (ids are uniform hashes).
+    at = (np.arange(1, slices) * biggest.n) // slices
+    cuts = np.unique(np.array([_key_view(biggest.rows(int(i), int(i) + 1))[0] for i in at], dtype=np.uint64))
+    bounds = [np.r_[0, r.lower_bound(cuts)[0], r.n].astype(np.int64) for r in runs]
+
+    def pieces() -> Iterator[npt.NDArray[np.void]]:
+        for s in range(len(cuts) + 1):
+            part = np.concatenate(
+                [np.array(r.rows(int(b[s]), int(b[s + 1]))) for r, b in zip(runs, bounds, strict=True)]
+            )
+            yield _sorted_run_records(part, gone)
+
+    return _Run.build(pieces(), total, in_file=True)
 
 
 class Index:
-    """All known blobs: sorted arrays loaded from index files, plus packs added by this run.
+    """All known blobs: sorted runs, plus packs staged in memory.
 
-    Look-ups may run from several threads while one thread adds packs.
+    Look-ups may run from several threads while one thread adds packs. Whatever the number of
+    blobs, the process holds at most MERGE_AT staged records, MEMORY_RECORDS in runs, and for runs
+    in files one key in SPARSE and a Bloom filter.
     """
 
     def __init__(self) -> None:
         self.pack_ids: list[str] = []
         self._pack_pos: dict[str, int] = {}
-        self._frozen = _EMPTY
+        self._runs: tuple[_Run, ...] = ()
         self._recent: set[bytes] = set()
         self._recent_map: dict[bytes, BlobLocation] | None = None
         self._staged: list[tuple[int, npt.NDArray[np.void]]] = []
+        self._staged_count = 0
         self._gone: set[int] = set()
         self.generation = 0  # grows with every merge: a reader can tell its view is old
 
     def __len__(self) -> int:
-        return len(self._frozen.recs) + len(self._recent)
+        return sum(r.n for r in self._runs) + len(self._recent)
 
     def _pack_number(self, pack_id: str) -> int:
         pos = self._pack_pos.get(pack_id)
@@ -217,6 +444,9 @@ class Index:
             pos = self._pack_pos[pack_id] = len(self.pack_ids)
             self.pack_ids.append(pack_id)
         return pos
+
+    def _gone_numbers(self) -> npt.NDArray[np.uint32]:
+        return np.fromiter(self._gone, dtype=np.uint32, count=len(self._gone))
 
     def stage(self, pack_id: str, recs: npt.NDArray[np.void], gone: bool = False) -> None:
         """Queue records read from an index file; call `freeze()` once all are staged.
@@ -228,6 +458,9 @@ class Index:
         if gone:
             self._gone.add(number)
         self._staged.append((number, recs))
+        self._staged_count += len(recs)
+        if self._staged_count >= MERGE_AT and not self._recent:
+            self.freeze()  # loading index files: memory stays bounded however many there are
 
     def in_recent(self, blob_id: bytes) -> bool:
         return blob_id in self._recent
@@ -252,135 +485,168 @@ class Index:
             self._recent_map.setdefault(blob_id, BlobLocation(pack_id, *row[1:]))
 
     def freeze(self) -> None:
-        """Merge everything staged into the sorted arrays."""
+        """Write everything staged as a sorted run, merging runs of like size."""
         if not self._staged:
             return
-        old = self._frozen
-        recs = np.concatenate([old.recs, *(r for _, r in self._staged)])
-        packs = np.concatenate([old.packs, *(np.full(len(r), p, dtype=np.uint32) for p, r in self._staged)])
-        keys = _prefix_keys(_id_matrix(recs))
-        # Among copies of one blob, those in packs known to be gone sort last: look-ups take the first.
-        gone = np.isin(packs, np.fromiter(self._gone, dtype=np.uint32, count=len(self._gone)))
-        order = np.lexsort((gone, keys))
-        del gone
-        # One array at a time, each unsorted one let go as soon as its sorted copy exists: the
-        # peak of a merge is what grows with the repository.
-        keys = keys[order]
-        packs = packs[order]
-        recs = recs[order]
-        self._frozen = _Frozen(keys, packs, recs)
+        staged = np.empty(self._staged_count, dtype=RUN_RECORD)
+        at = 0
+        for number, recs in self._staged:
+            part = staged[at : at + len(recs)]
+            for field in RECORD.names or ():
+                part[field] = recs[field]
+            part["pack"] = number
+            at += len(recs)
+        gone = self._gone_numbers()
+        runs = [*self._runs, _Run.build([_sorted_run_records(staged, gone)], len(staged), in_file=False)]
+        del staged
+        # Like a binary counter: each record is rewritten about log2(total / MERGE_AT) times, and
+        # there are about as many runs to search.
+        while len(runs) >= 2 and runs[-2].n <= 2 * runs[-1].n:
+            last = len(runs) - 2
+            while last > 0 and runs[last - 1].n <= 2 * sum(r.n for r in runs[last:]):
+                last -= 1
+            # Into a file: memory holds the runs merged and a slice, not a second copy of them.
+            runs[last:] = [_merge(runs[last:], gone)]
+        self._runs = tuple(r for r in runs if r.n)  # the merged runs are let go
+        runs = list(self._runs)
+        # The largest runs that fit in MEMORY_RECORDS are held in memory, the others in files.
+        budget, held = MEMORY_RECORDS, set()
+        for i in sorted(range(len(runs)), key=lambda i: -runs[i].n):
+            if runs[i].n <= budget:
+                budget -= runs[i].n
+                held.add(i)
+        # Those leaving memory first, so that memory never holds more than the budget.
+        for i, run in enumerate(runs):
+            if i not in held and run.recs is not None:
+                runs[i] = run.into_file()
+                self._runs = tuple(runs)
+        for i in held:
+            if runs[i].recs is None:
+                runs[i] = runs[i].into_memory()
+        self._runs = tuple(r for r in runs if r.n)
         self._staged = []
+        self._staged_count = 0
         self.generation += 1
-        # Only after the arrays hold them: a reader checks the recent set first.
+        # Only after the runs hold them: a reader checks the recent set first.
         self._recent = set()
         self._recent_map = None
 
     def add_pack(self, pack_id: str, recs: npt.NDArray[np.void]) -> None:
         """Record a pack this run wrote, from its index records; its blobs are found at once."""
-        self.stage(pack_id, recs)
+        number = self._pack_number(pack_id)
+        self._staged.append((number, recs))
+        self._staged_count += len(recs)
         if self._recent_map is not None:
-            self._map_recent(self._pack_pos[pack_id], recs)
+            self._map_recent(number, recs)
         self._recent.update(record_ids(recs))
-        if len(self._recent) >= MERGE_AT:
+        if self._staged_count >= MERGE_AT:
             self.freeze()
 
-    @staticmethod
-    def _scan(f: _Frozen, blob_id: bytes) -> int:
-        if not len(f.keys):
-            return -1
-        # A numpy scalar, not a Python int: an int above 2**63 would make numpy convert the whole
-        # array for every search.
-        key = np.uint64(int.from_bytes(blob_id[:8], "big"))
-        lo = int(np.searchsorted(f.keys, key, "left"))
-        hi = int(np.searchsorted(f.keys, key, "right"))
-        for i in range(lo, hi):
-            if f.ids[i].tobytes() == blob_id:
-                return i
-        return -1
+    def _find(
+        self, blob_ids: list[bytes], want_records: bool = False
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.void]]:
+        """(run of each id or -1, and with `want_records` its RUN_RECORD, zeros where not found).
 
-    def _location(self, f: _Frozen, i: int) -> BlobLocation:
-        r = f.recs[i]
-        return BlobLocation(
-            self.pack_ids[int(f.packs[i])],
-            int(r["type"]),
-            int(r["comp"]),
-            int(r["offset"]),
-            int(r["length"]),
-            int(r["plain"]),
-            int(r["within"]),
-        )
+        A copy in a pack not known gone is preferred.
+        """
+        runs = self._runs
+        which = np.full(len(blob_ids), -1, dtype=np.int64)
+        out = np.zeros(len(blob_ids) if want_records else 0, dtype=RUN_RECORD)
+        if not blob_ids or not runs:
+            return which, out
+        gone = self._gone_numbers()
+        # Largest run first: it holds most of what is found, and later runs see only the rest.
+        largest_first = sorted(range(len(runs)), key=lambda i: -runs[i].n)
+        for at in range(0, len(blob_ids), QUERY_CHUNK):
+            chunk = blob_ids[at : at + QUERY_CHUNK]
+            q = np.frombuffer(b"".join(chunk), dtype=np.uint8).reshape(-1, ID_SIZE)
+            qkeys = _prefix_keys(q)
+            w = which[at : at + len(chunk)]  # views: filled in place
+            part = out[at : at + len(chunk)] if want_records else out
+            todo = np.arange(len(chunk))  # not yet found in a pack not known gone
+            for number in largest_first:
+                sub = [chunk[i] for i in todo.tolist()] if len(todo) < len(chunk) else chunk
+                rows, recs = runs[number].find(q[todo], qkeys[todo], sub)
+                hit = rows >= 0
+                if not hit.any():
+                    continue
+                w[todo[hit]] = number
+                if want_records:
+                    part[todo[hit]] = recs[hit]
+                if len(gone):
+                    hit[hit] = ~np.isin(recs["pack"][hit], gone)
+                todo = todo[~hit]
+                if not len(todo):
+                    break
+        return which, out
 
     def contains(self, blob_id: bytes) -> bool:
-        return blob_id in self._recent or self._scan(self._frozen, blob_id) >= 0
+        return blob_id in self._recent or self.lookup(blob_id) is not None
 
     def lookup(self, blob_id: bytes) -> BlobLocation | None:
         found = self._recent_location(blob_id)
         if found is not None:
             return found
-        f = self._frozen
-        i = self._scan(f, blob_id)
-        return None if i < 0 else self._location(f, i)
-
-    def _positions(self, f: _Frozen, blob_ids: list[bytes]) -> npt.NDArray[np.int64]:
-        """Vectorised look-up: the row of each id in `f`, or -1."""
-        if not blob_ids or not len(f.keys):
-            return np.full(len(blob_ids), -1, dtype=np.int64)
-        q = np.frombuffer(b"".join(blob_ids), dtype=np.uint8).reshape(-1, ID_SIZE)
-        qkeys = _prefix_keys(q)
-        pos = np.searchsorted(f.keys, qkeys, "left")
-        pos_c = np.minimum(pos, len(f.keys) - 1)
-        hit = (f.keys[pos_c] == qkeys) & (pos < len(f.keys))
-        same = hit & np.all(f.ids[pos_c] == q, axis=1)
-        out = np.where(same, pos_c, -1).astype(np.int64)
-        # Rare: two ids share their first 8 bytes; settle those one by one.
-        for j in np.nonzero(hit & ~same)[0]:
-            out[j] = self._scan(f, blob_ids[int(j)])
-        return out
+        which, recs = self._find([blob_id], want_records=True)
+        if which[0] < 0:
+            return None
+        r = recs[0]
+        return BlobLocation(
+            self.pack_ids[int(r["pack"])],
+            *(int(r[field]) for field in _FIELDS),
+        )
 
     def columns(
         self, blob_ids: list[bytes]
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint32], npt.NDArray[np.void]]:
-        """(row or -1, pack number, record) of each id, as arrays: for restoring many blobs at once."""
-        self.freeze()  # everything in the sorted arrays, so one vectorised look-up finds all
-        f = self._frozen
-        pos = self._positions(f, blob_ids)
-        if not len(f.keys):
-            return pos, np.zeros(len(pos), dtype=np.uint32), np.zeros(len(pos), dtype=RECORD)
-        safe = np.maximum(pos, 0)
-        return pos, f.packs[safe], f.recs[safe]
+        """(-1 where missing, pack number, record) of each id, as arrays: for restoring many blobs at once."""
+        self.freeze()  # everything in the runs, so one vectorised look-up finds all
+        which, recs = self._find(blob_ids, want_records=True)
+        return which, np.ascontiguousarray(recs["pack"]), recs
 
     def contains_many(self, blob_ids: list[bytes]) -> list[bool]:
         recent = self._recent
-        pos = self._positions(self._frozen, blob_ids)
-        return [bool(p >= 0) or b in recent for b, p in zip(blob_ids, pos, strict=True)]
+        which, _ = self._find(blob_ids)
+        return [bool(w >= 0) or b in recent for b, w in zip(blob_ids, which.tolist(), strict=True)]
 
     def locate_many(self, blob_ids: list[bytes]) -> list[BlobLocation | None]:
         recent = self._recent
-        f = self._frozen
-        pos = self._positions(f, blob_ids)
+        which, recs = self._find(blob_ids, want_records=True)
         # Pull the columns out once: building locations from numpy scalars one by one is slow.
-        rows = f.recs[np.maximum(pos, 0)] if len(f.recs) else f.recs
-        columns = zip(
-            f.packs[np.maximum(pos, 0)].tolist() if len(f.packs) else [0] * len(pos),
-            *((rows[c].tolist() if len(rows) else [0] * len(pos)) for c in _FIELDS),
-            strict=True,
-        )
+        columns = zip(recs["pack"].tolist(), *(recs[c].tolist() for c in _FIELDS), strict=True)
         out: list[BlobLocation | None] = []
-        for b, p, (pack, btype, comp, offset, length, plain, within) in zip(
-            blob_ids, pos.tolist(), columns, strict=True
+        for b, w, (pack, btype, comp, offset, length, plain, within) in zip(
+            blob_ids, which.tolist(), columns, strict=True
         ):
             loc = self._recent_location(b) if b in recent else None
-            if loc is None and p >= 0:
+            if loc is None and w >= 0:
                 loc = BlobLocation(self.pack_ids[pack], btype, comp, offset, length, plain, within)
             out.append(loc)
         return out
 
     def by_pack(self) -> Iterator[tuple[str, list[tuple[bytes, BlobLocation]]]]:
-        """Every indexed blob grouped by pack, one pack's list in memory at a time."""
+        """Every indexed blob grouped by pack, in pack order; a bounded number of records in memory."""
         self.freeze()
-        f = self._frozen
-        order = np.argsort(f.packs, kind="stable")
-        bounds = np.flatnonzero(np.diff(f.packs[order])) + 1
-        for group in np.split(order, bounds) if len(order) else []:
-            pack_id = self.pack_ids[int(f.packs[group[0]])]
-            yield pack_id, [(f.ids[i].tobytes(), self._location(f, int(i))) for i in group]
+        runs = self._runs
+        counts = np.zeros(len(self.pack_ids), dtype=np.int64)
+        for run in runs:
+            for at in range(0, run.n, BY_PACK_BATCH):
+                counts += np.bincount(run.rows(at, at + BY_PACK_BATCH)["pack"], minlength=len(counts))
+        first = 0
+        while first < len(counts):
+            # As many whole packs as fit in one batch (at least one).
+            fit = int(np.searchsorted(np.cumsum(counts[first:]), BY_PACK_BATCH, "right"))
+            last = first + max(1, fit)
+            parts = [np.zeros(0, dtype=RUN_RECORD)]
+            for run in runs:
+                for at in range(0, run.n, BY_PACK_BATCH):
+                    block = run.rows(at, at + BY_PACK_BATCH)
+                    packs = block["pack"]
+                    parts.append(block[(packs >= first) & (packs < last)])
+            batch = np.concatenate(parts)
+            batch = batch[np.argsort(batch["pack"], kind="stable")]
+            bounds = np.flatnonzero(np.diff(batch["pack"])) + 1
+            for group in np.split(batch, bounds) if len(batch) else []:
+                pack_id = self.pack_ids[int(group[0]["pack"])]
+                yield pack_id, [(bytes(g[0]), BlobLocation(pack_id, *g[1:7])) for g in group.tolist()]
+            first = last

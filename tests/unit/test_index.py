@@ -5,14 +5,13 @@ from __future__ import annotations
 import hashlib
 import random
 
-import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters.errors import IntegrityError
+from adapters.repository import index as index_module
 from adapters.repository.index import (
-    RECORD,
     BlobLocation,
     Index,
     decode_index,
@@ -284,20 +283,101 @@ def test_record_layout_is_packed_little_endian():
     ).to_bytes(4, "little") + (7).to_bytes(4, "little")
 
 
-def test_the_sorted_ids_are_a_view_of_the_records_not_a_second_copy():
+@pytest.fixture(params=[10**9, 120, 0], ids=["in-memory", "some-in-files", "all-in-files"])
+def small_runs(monkeypatch, request):
+    """Tiny thresholds, so that a few hundred blobs go through every path a million would."""
+    monkeypatch.setattr(index_module, "MERGE_AT", 50)
+    monkeypatch.setattr(index_module, "MEMORY_RECORDS", request.param)
+    monkeypatch.setattr(index_module, "SPARSE", 4)
+    monkeypatch.setattr(index_module, "SLICE", 64)
+    monkeypatch.setattr(index_module, "QUERY_CHUNK", 37)
+    monkeypatch.setattr(index_module, "BY_PACK_BATCH", 30)
+    return request.param
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.integers(0, 45), min_size=1, max_size=40), seed=st.integers(0, 2**16))
+def test_runs_in_files_find_every_blob_through_many_merges(small_runs, sizes, seed):
+    rng = random.Random(seed)
     index = Index()
-    rng = random.Random(9)
-    for p in range(3):
-        recs = np.zeros(1000, dtype=RECORD)
-        recs["id"] = [rng.randbytes(32) for _ in range(1000)]
-        recs["offset"] = np.arange(1000)
-        index.add_pack(f"{p:064x}", recs)
+    expected: dict[bytes, BlobLocation] = {}
+    twin_prefix = rng.randbytes(8)
+    for p, size in enumerate(sizes):
+        # Some ids share their first 8 bytes with others, across packs and runs.
+        ids = [
+            (twin_prefix + rng.randbytes(24)) if rng.random() < 0.1 else rng.randbytes(32)
+            for _ in range(size)
+        ]
+        blobs = _blobs(ids, p)
+        index.add_pack(_pack_id(p), records(blobs))
+        expected.update((b.blob_id, _location(_pack_id(p), b)) for b in blobs)
+        absent = [rng.randbytes(32), twin_prefix + rng.randbytes(24)]
+        queries = rng.sample(list(expected), min(len(expected), 60)) + absent
+        assert index.locate_many(queries) == [expected.get(q) for q in queries]
     index.freeze()
-    frozen = index._frozen
-    assert np.shares_memory(frozen.ids, frozen.recs)
-    assert frozen.keys.nbytes + frozen.packs.nbytes + frozen.recs.nbytes <= 3000 * (8 + 4 + RECORD.itemsize)
-    # and the view still finds every blob where it is
-    some = [bytes(frozen.recs[i]["id"]) for i in (0, 1500, 2999)]
-    assert [loc.offset for loc in index.locate_many(some) if loc] == [
-        int(frozen.recs[i]["offset"]) for i in (0, 1500, 2999)
-    ]
+    total = len(expected)
+    assert len(index) == total
+    # Runs merge like a binary counter: never more than about log2(total / MERGE_AT) + 1 of them.
+    assert len(index._runs) <= max(1, total // 50).bit_length() + 1
+    queries = [*expected, rng.randbytes(32)]
+    assert index.locate_many(queries) == [expected.get(q) for q in queries]
+    assert index.contains_many(queries) == [q in expected for q in queries]
+    assert [index.lookup(q) for q in queries[:50]] == [expected.get(q) for q in queries[:50]]
+    pos, packs, recs = index.columns(queries)
+    assert (pos >= 0).tolist() == [q in expected for q in queries]
+    for q, p, r, found in zip(queries, packs.tolist(), recs, (pos >= 0).tolist(), strict=True):
+        if found:
+            assert (index.pack_ids[p], int(r["offset"]), int(r["length"])) == (
+                expected[q].pack_id,
+                expected[q].offset,
+                expected[q].length,
+            )
+    grouped = [(pack_id, dict(blobs)) for pack_id, blobs in index.by_pack()]
+    assert [p for p, _ in grouped] == [_pack_id(p) for p, size in enumerate(sizes) if size]
+    assert {b: loc for _, blobs in grouped for b, loc in blobs.items()} == expected
+
+
+@pytest.mark.parametrize("gone_first", [True, False])
+def test_a_copy_in_a_pack_on_disk_is_preferred_to_one_in_a_lost_pack_in_any_run(small_runs, gone_first):
+    ids = _random_ids(60, 40)
+    lost, kept = _blobs(ids, 1), _blobs(ids, 2)
+    filler = _blobs(_random_ids(300, 41), 3)
+    index = Index()
+    first, second = ((_pack_id(1), lost, True), (_pack_id(2), kept, False))[:: 1 if gone_first else -1]
+    # The first run is too large to merge with the second: the two copies sit in different runs.
+    index.stage(first[0], records(first[1]), gone=first[2])
+    index.stage(_pack_id(3), records(filler))
+    index.freeze()
+    index.stage(second[0], records(second[1]), gone=second[2])
+    index.freeze()
+    assert len(index._runs) == 2
+
+    assert index.locate_many(ids) == [_location(_pack_id(2), b) for b in kept]
+    assert index.lookup(ids[5]) == _location(_pack_id(2), kept[5])
+    _, packs, _ = index.columns(ids)
+    assert set(packs.tolist()) == {index.pack_ids.index(_pack_id(2))}
+
+
+def test_runs_beyond_the_memory_budget_live_in_files(small_runs):
+    index = Index()
+    for p in range(12):
+        index.add_pack(_pack_id(p), records(_blobs(_random_ids(40, 50 + p), p)))
+    index.freeze()
+    assert sum(run.n for run in index._runs) == 480
+    in_memory = sum(run.n for run in index._runs if run.recs is not None)
+    assert in_memory <= small_runs
+    for run in index._runs:
+        assert (run.recs is None) == (run.file is not None)
+        assert len(run.sparse) == -(-run.n // index_module.SPARSE)
+    if small_runs == 0:
+        assert all(run.file is not None for run in index._runs)
+
+
+def test_staged_index_files_become_runs_as_they_load(small_runs):
+    index = Index()
+    for p in range(6):
+        index.stage(_pack_id(p), records(_blobs(_random_ids(30, 60 + p), p)))
+        assert index._staged_count < index_module.MERGE_AT
+    assert len(index) == 180 - index._staged_count
+    index.freeze()
+    assert len(index) == 180
