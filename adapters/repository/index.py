@@ -11,6 +11,7 @@ and look-ups stay vectorised.
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import tempfile
@@ -20,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from adapters.errors import IntegrityError
+from adapters.errors import DiskFull, IntegrityError, RepositoryError
 from adapters.repository.crypto import ID_SIZE
 from adapters.repository.pack import BUNDLED, PackedBlob
 
@@ -214,7 +215,8 @@ class _Bloom:
     BITS_PER_BLOB = 12
 
     def __init__(self, n: int) -> None:
-        self.size = np.uint64(max(64, self.BITS_PER_BLOB * n))
+        # Probes are 32-bit words scaled to the size: it must stay below 2**32 bits.
+        self.size = np.uint64(min(max(64, self.BITS_PER_BLOB * n), 2**32 - 8))
         self.bits = np.zeros(-(-int(self.size) // 8), dtype=np.uint8)
 
     def _probes(self, ids: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint64]:
@@ -235,19 +237,39 @@ class _Bloom:
         return found
 
 
+def _spill_error(e: OSError) -> Exception:
+    where = spill_dir or tempfile.gettempdir()
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(
+            f"no room left in {where} for the index's temporary files (54 bytes a blob beyond "
+            "the first million); free some space there or point TMPDIR at a folder with room, "
+            "then run the command again"
+        )
+    return RepositoryError(f"cannot write the index's temporary files in {where}: {e.strerror or e}")
+
+
 class _RunFile:
     """An unnamed file (gone from the disk once closed), closed when no run or reader holds it."""
 
+    fd = -1
+
     def __init__(self) -> None:
-        with tempfile.TemporaryFile(dir=spill_dir) as f:
-            self.fd = os.dup(f.fileno())
+        try:
+            with tempfile.TemporaryFile(dir=spill_dir) as f:
+                self.fd = os.dup(f.fileno())
+        except OSError as e:
+            raise _spill_error(e) from e
 
     def write(self, data: memoryview) -> None:
-        while data:
-            data = data[os.write(self.fd, data) :]
+        try:
+            while data:
+                data = data[os.write(self.fd, data) :]
+        except OSError as e:
+            raise _spill_error(e) from e
 
     def __del__(self) -> None:
-        os.close(self.fd)
+        if self.fd >= 0:
+            os.close(self.fd)
 
 
 class _Run:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import random
+import subprocess
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.errors import IntegrityError
+from adapters.errors import DiskFull, IntegrityError
 from adapters.repository import index as index_module
 from adapters.repository.index import (
     BlobLocation,
@@ -384,3 +385,37 @@ def test_staged_index_files_become_runs_as_they_load(small_runs):
     assert len(index) == 180 - index._staged_count
     index.freeze()
     assert len(index) == 180
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 256 KiB file system, for the full-disk case."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True, check=False
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "--lazy", str(mount)], check=True)  # a run file may still be open
+
+
+def test_a_full_disk_under_the_index_files_says_where_and_what_to_do_and_loses_nothing(
+    monkeypatch, tiny_disk
+):
+    monkeypatch.setattr(index_module, "spill_dir", str(tiny_disk))
+    monkeypatch.setattr(index_module, "MEMORY_RECORDS", 0)
+    monkeypatch.setattr(index_module, "MERGE_AT", 1000)
+    index = Index()
+    added: dict[bytes, BlobLocation] = {}
+    with pytest.raises(DiskFull) as caught:
+        for p in range(200):  # 200,000 records of 54 bytes: far more than 256 KiB
+            blobs = _blobs(_random_ids(1000, 500 + p), p)
+            added.update((b.blob_id, _location(_pack_id(p), b)) for b in blobs)
+            index.add_pack(_pack_id(p), records(blobs))
+    message = str(caught.value)
+    assert str(tiny_disk) in message and "TMPDIR" in message and "free some space" in message
+    # Everything added is still found: what did not fit in a file is still staged in memory.
+    sample = random.Random(1).sample(list(added), 2000)
+    assert index.locate_many(sample) == [added[b] for b in sample]
