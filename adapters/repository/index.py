@@ -178,6 +178,8 @@ RUN_RECORD = np.dtype([*RECORD.descr, ("pack", "<u4")])
 # Packs added during a run, or read from index files, stay staged in memory (found through a set of
 # their ids) until this many blobs, then become a sorted run.
 MERGE_AT = 65_536
+# Records read from index files become a run once this many are staged: larger runs, fewer merges.
+LOAD_AT = 262_144
 # Runs stay in memory while they hold this many records in all (about 54 MB); beyond that the
 # largest go to files, read a block at a time. So memory does not grow with the repository.
 MEMORY_RECORDS = 1_048_576
@@ -224,10 +226,11 @@ class _Bloom:
         return (words * self.size) >> np.uint64(32)
 
     def add(self, ids: npt.NDArray[np.uint8]) -> None:
-        probes = self._probes(ids).ravel()
-        np.bitwise_or.at(
-            self.bits, probes >> np.uint64(3), np.left_shift(1, probes & np.uint64(7)).astype(np.uint8)
-        )
+        for at in range(0, len(ids), 65_536):  # a slice at a time: its probes take 2 MB
+            probes = self._probes(ids[at : at + 65_536]).ravel()
+            np.bitwise_or.at(
+                self.bits, probes >> np.uint64(3), np.left_shift(1, probes & np.uint64(7)).astype(np.uint8)
+            )
 
     def may_hold(self, ids: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
         probes = self._probes(ids)
@@ -299,7 +302,15 @@ class _Run:
         every = FILE_SPARSE if in_file else SPARSE
         sparse: list[npt.NDArray[np.uint64]] = [np.zeros(0, dtype=np.uint64)]
         bloom = _Bloom(n)
-        recs = None if in_file else np.empty(n, dtype=RUN_RECORD)
+        # A single chunk held in memory is the run itself; several are copied into one array.
+        whole = chunks[0] if isinstance(chunks, list) and len(chunks) == 1 and not in_file else None
+        recs = (
+            None
+            if in_file
+            else np.ascontiguousarray(whole)
+            if whole is not None
+            else np.empty(n, dtype=RUN_RECORD)
+        )
         file = _RunFile() if in_file else None
         written = 0
         for given in chunks:
@@ -312,7 +323,7 @@ class _Run:
             bloom.add(ids)
             if file is not None:
                 file.write(chunk.view(np.uint8).data)
-            else:
+            elif whole is None:
                 assert recs is not None
                 recs[written : written + len(chunk)] = chunk
             written += len(chunk)
@@ -425,8 +436,8 @@ def _sorted_run_records(recs: npt.NDArray[np.void], gone: npt.NDArray[np.uint32]
     return recs[order]
 
 
-def _merge(runs: list[_Run], gone: npt.NDArray[np.uint32]) -> _Run:
-    """One run in a file holding every record of `runs`, sorted a key range at a time."""
+def _merge(runs: list[_Run], gone: npt.NDArray[np.uint32], *, in_file: bool) -> _Run:
+    """One run holding every record of `runs`, sorted a key range at a time."""
     total = sum(r.n for r in runs)
     biggest = max(runs, key=lambda r: r.n)
     slices = max(1, -(-total // SLICE))
@@ -442,7 +453,7 @@ def _merge(runs: list[_Run], gone: npt.NDArray[np.uint32]) -> _Run:
             )
             yield _sorted_run_records(part, gone)
 
-    return _Run.build(pieces(), total, in_file=True)
+    return _Run.build(pieces(), total, in_file=in_file)
 
 
 class Index:
@@ -488,7 +499,7 @@ class Index:
             self._gone.add(number)
         self._staged.append((number, recs))
         self._staged_count += len(recs)
-        if self._staged_count >= MERGE_AT and not self._recent:
+        if self._staged_count >= LOAD_AT and not self._recent:
             self.freeze()  # loading index files: memory stays bounded however many there are
 
     def in_recent(self, blob_id: bytes) -> bool:
@@ -534,8 +545,11 @@ class Index:
             last = len(runs) - 2
             while last > 0 and runs[last - 1].n <= 2 * sum(r.n for r in runs[last:]):
                 last -= 1
-            # Into a file: memory holds the runs merged and a slice, not a second copy of them.
-            runs[last:] = [_merge(runs[last:], gone)]
+            # Into memory while the new run fits beside every run held there now; otherwise into
+            # a file, so that memory holds the runs merged and a slice, not a second copy of them.
+            merged = sum(r.n for r in runs[last:])
+            held_now = sum(r.n for r in runs if r.recs is not None)
+            runs[last:] = [_merge(runs[last:], gone, in_file=held_now + merged > MEMORY_RECORDS)]
         self._runs = tuple(r for r in runs if r.n)  # the merged runs are let go
         runs = list(self._runs)
         # The largest runs that fit in MEMORY_RECORDS are held in memory, the others in files.

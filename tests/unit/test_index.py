@@ -288,6 +288,7 @@ def test_record_layout_is_packed_little_endian():
 def small_runs(monkeypatch, request):
     """Tiny thresholds, so that a few hundred blobs go through every path a million would."""
     monkeypatch.setattr(index_module, "MERGE_AT", 50)
+    monkeypatch.setattr(index_module, "LOAD_AT", 50)
     monkeypatch.setattr(index_module, "MEMORY_RECORDS", request.param)
     monkeypatch.setattr(index_module, "SPARSE", 4)
     monkeypatch.setattr(index_module, "FILE_SPARSE", 2)

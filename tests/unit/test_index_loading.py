@@ -29,7 +29,7 @@ def _database(path: Path, rows: int) -> None:
 @pytest.mark.parametrize("hold", [0, 10**9], ids=["read-twice", "held"])
 def test_index_files_load_in_runs_skip_what_is_superseded_and_restore(tmp_path, monkeypatch, hold):
     monkeypatch.setattr(repo_module, "INDEX_FLUSH_BLOBS", 40)  # many index files
-    monkeypatch.setattr(index_module, "MERGE_AT", 16)  # a run for each index file as it loads
+    monkeypatch.setattr(index_module, "LOAD_AT", 16)  # a run for each index file as it loads
     monkeypatch.setattr(index_module, "SPARSE", 4)
     monkeypatch.setattr(index_module, "FILE_SPARSE", 2)
     monkeypatch.setattr(index_module, "MEMORY_RECORDS", 100)  # the larger runs in files
