@@ -292,6 +292,8 @@ def small_runs(monkeypatch, request):
     monkeypatch.setattr(index_module, "MEMORY_RECORDS", request.param)
     monkeypatch.setattr(index_module, "SPARSE", 4)
     monkeypatch.setattr(index_module, "FILE_SPARSE", 2)
+    monkeypatch.setattr(index_module, "MAX_SPARSE_KEYS", 40)  # larger runs take larger blocks
+    monkeypatch.setattr(index_module, "MAX_BLOOM_BITS", 1024)  # and let more absent ids through
     monkeypatch.setattr(index_module, "SLICE", 64)
     monkeypatch.setattr(index_module, "QUERY_CHUNK", 37)
     monkeypatch.setattr(index_module, "BY_PACK_BATCH", 30)
@@ -371,9 +373,8 @@ def test_runs_beyond_the_memory_budget_live_in_files(small_runs):
     assert in_memory <= small_runs
     for run in index._runs:
         assert (run.recs is None) == (run.file is not None)
-        every = index_module.SPARSE if run.file is None else index_module.FILE_SPARSE
-        assert run.every == every or run.file is None  # a run read back from a file keeps its keys
-        assert len(run.sparse) == -(-run.n // run.every)
+        assert len(run.sparse) == -(-run.n // run.every) <= index_module.MAX_SPARSE_KEYS
+        assert len(run.bloom.bits) * 8 <= index_module.MAX_BLOOM_BITS
     if small_runs == 0:
         assert all(run.file is not None for run in index._runs)
 
