@@ -310,13 +310,11 @@ class _Run:
         bloom = _Bloom(n)
         # A single chunk held in memory is the run itself; several are copied into one array.
         whole = chunks[0] if isinstance(chunks, list) and len(chunks) == 1 and not in_file else None
-        recs = (
-            None
-            if in_file
-            else np.ascontiguousarray(whole)
-            if whole is not None
-            else np.empty(n, dtype=RUN_RECORD)
-        )
+        recs: npt.NDArray[np.void] | None = None
+        if whole is not None:
+            recs = np.ascontiguousarray(whole)
+        elif not in_file:
+            recs = np.empty(n, dtype=RUN_RECORD)
         file = _RunFile() if in_file else None
         written = 0
         for given in chunks:
@@ -406,14 +404,18 @@ class _Run:
         if not len(maybe):
             return rows, found
         row, space, pos, inside = self.lower_bound(qkeys[maybe])
-        # Where the row is the first of the next block (the query may be that block's first key),
-        # or the row's key is shared with other ids, it is settled one by one.
+        # Where the row is the first of the next block, or its key is shared with other ids, the
+        # query is settled one by one.
         safe = np.minimum(pos, len(space) - 1)
         hit = inside & (_key_view(space)[safe] == qkeys[maybe]) & (row < self.n)
         same = hit & np.all(_id_matrix(space)[safe] == q[maybe], axis=1)
         rows[maybe[same]] = row[same]
         found[maybe[same]] = space[safe[same]]
-        for j in np.flatnonzero(~same & (row < self.n) & (~inside | hit)):
+        # Past its block, the row can hold the query only if it starts the next block with its key.
+        first_of_next = np.zeros(len(row), dtype=bool)
+        past = np.flatnonzero(~inside & (row < self.n))
+        first_of_next[past] = self.sparse[row[past] // self.every] == qkeys[maybe][past]
+        for j in np.flatnonzero(~same & (first_of_next | hit)):
             i = int(maybe[j])
             rows[i], record = self.scan(blob_ids[i], int(row[j]))
             if record is not None:
