@@ -15,7 +15,7 @@ import errno
 import os
 import struct
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -259,6 +259,7 @@ class _RunFile:
     """An unnamed file (gone from the disk once closed), closed when no run or reader holds it."""
 
     fd = -1
+    size = 0
 
     def __init__(self) -> None:
         try:
@@ -270,9 +271,14 @@ class _RunFile:
     def write(self, data: memoryview) -> None:
         try:
             while data:
-                data = data[os.write(self.fd, data) :]
+                written = os.write(self.fd, data)
+                self.size += written
+                data = data[written:]
         except OSError as e:
             raise _spill_error(e) from e
+
+    def read_all(self) -> npt.NDArray[np.void]:
+        return np.frombuffer(os.pread(self.fd, self.size, 0), dtype=RUN_RECORD)
 
     def __del__(self) -> None:
         if self.fd >= 0:
@@ -395,7 +401,7 @@ class _Run:
         return block * every + (pos - start), space, pos, pos < limit
 
     def find(
-        self, q: npt.NDArray[np.uint8], qkeys: npt.NDArray[np.uint64], blob_ids: list[bytes]
+        self, q: npt.NDArray[np.uint8], qkeys: npt.NDArray[np.uint64]
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.void]]:
         """(row of each id or -1, its record): the copy in a pack not known gone first."""
         rows = np.full(len(qkeys), -1, dtype=np.int64)
@@ -417,7 +423,7 @@ class _Run:
         first_of_next[past] = self.sparse[row[past] // self.every] == qkeys[maybe][past]
         for j in np.flatnonzero(~same & (first_of_next | hit)):
             i = int(maybe[j])
-            rows[i], record = self.scan(blob_ids[i], int(row[j]))
+            rows[i], record = self.scan(q[i].tobytes(), int(row[j]))
             if record is not None:
                 found[i] = record
         return rows, found
@@ -616,8 +622,7 @@ class Index:
             part = out[at : at + len(chunk)] if want_records else out
             todo = np.arange(len(chunk))  # not yet found in a pack not known gone
             for number in largest_first:
-                sub = [chunk[i] for i in todo.tolist()] if len(todo) < len(chunk) else chunk
-                rows, recs = runs[number].find(q[todo], qkeys[todo], sub)
+                rows, recs = runs[number].find(q[todo], qkeys[todo])
                 hit = rows >= 0
                 if not hit.any():
                     continue
@@ -676,28 +681,44 @@ class Index:
         return out
 
     def by_pack(self) -> Iterator[tuple[str, list[tuple[bytes, BlobLocation]]]]:
-        """Every indexed blob grouped by pack, in pack order; a bounded number of records in memory."""
+        """Every indexed blob grouped by pack, in pack order; a bounded number of records in memory.
+
+        The records are read twice whatever the size: once to count them by pack, once to deal
+        them into batches of whole packs (in files when there are several), each sorted in turn.
+        """
         self.freeze()
         runs = self._runs
-        counts = np.zeros(len(self.pack_ids), dtype=np.int64)
-        for run in runs:
-            for at in range(0, run.n, BY_PACK_BATCH):
-                counts += np.bincount(run.rows(at, at + BY_PACK_BATCH)["pack"], minlength=len(counts))
-        first = 0
-        while first < len(counts):
-            # As many whole packs as fit in one batch (at least one).
-            fit = int(np.searchsorted(np.cumsum(counts[first:]), BY_PACK_BATCH, "right"))
-            last = first + max(1, fit)
-            parts = [np.zeros(0, dtype=RUN_RECORD)]
+
+        def chunks() -> Iterator[npt.NDArray[np.void]]:
             for run in runs:
                 for at in range(0, run.n, BY_PACK_BATCH):
-                    block = run.rows(at, at + BY_PACK_BATCH)
-                    packs = block["pack"]
-                    parts.append(block[(packs >= first) & (packs < last)])
-            batch = np.concatenate(parts)
-            batch = batch[np.argsort(batch["pack"], kind="stable")]
-            bounds = np.flatnonzero(np.diff(batch["pack"])) + 1
-            for group in np.split(batch, bounds) if len(batch) else []:
+                    yield run.rows(at, at + BY_PACK_BATCH)
+
+        counts = np.zeros(len(self.pack_ids), dtype=np.int64)
+        for chunk in chunks():
+            counts += np.bincount(chunk["pack"], minlength=len(counts))
+        # The first pack of each batch: as many whole packs as fit in one (at least one).
+        starts = [0]
+        while starts[-1] < len(counts):
+            fit = int(np.searchsorted(np.cumsum(counts[starts[-1] :]), BY_PACK_BATCH, "right"))
+            starts.append(starts[-1] + max(1, fit))
+        batches: list[Callable[[], npt.NDArray[np.void]]]
+        if len(starts) <= 2:
+            batches = [lambda: np.concatenate([np.zeros(0, dtype=RUN_RECORD), *chunks()])]
+        else:
+            files = [_RunFile() for _ in starts[:-1]]
+            for chunk in chunks():
+                batch = np.searchsorted(starts, chunk["pack"], "right") - 1
+                order = np.argsort(batch, kind="stable")
+                ends = np.cumsum(np.bincount(batch, minlength=len(files)))
+                for f, part in zip(files, np.split(chunk[order], ends[:-1]), strict=True):
+                    if len(part):
+                        f.write(np.ascontiguousarray(part).view(np.uint8).data)
+            batches = [f.read_all for f in files]
+        for read in batches:
+            recs = read()
+            recs = recs[np.argsort(recs["pack"], kind="stable")]
+            bounds = np.flatnonzero(np.diff(recs["pack"])) + 1
+            for group in np.split(recs, bounds) if len(recs) else []:
                 pack_id = self.pack_ids[int(group[0]["pack"])]
                 yield pack_id, [(bytes(g[0]), BlobLocation(pack_id, *g[1:7])) for g in group.tolist()]
-            first = last
