@@ -14,6 +14,7 @@ where it fails, the copy is made first and stored afterwards, as before.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import tempfile
 import threading
@@ -96,9 +97,7 @@ class LiveCopy:
         # Workers in other processes read the copy through this descriptor, so it stays readable
         # after the file is removed.
         path = Path(f"/proc/{os.getpid()}/fd/{self._fd}")
-        self.expected = DatabaseCopy(
-            path, expected.size, expected.page_size, expected.page_count, expected.journal_mode, 0.0
-        )
+        self.expected = dataclasses.replace(expected, path=path)
         self._started.set()
 
     def _raise(self) -> None:
