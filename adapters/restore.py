@@ -101,39 +101,9 @@ def blob_batches(locs: Iterable[tuple[bytes, BlobLocation]]) -> Iterator[Batch]:
         yield batch
 
 
-def _runs(batch: Batch) -> Iterator[Batch]:
-    """The batch cut where blobs stop lying end to end in one pack (members of one bundle share
-    its place): one read for each run."""
-    run: Batch = []
-    for item in batch:
-        last = run[-1][1] if run else None
-        if last is not None and (
-            item[1].pack_id != last.pack_id or item[1].offset not in (last.offset, last.offset + last.length)
-        ):
-            yield run
-            run = []
-        run.append(item)
-    if run:
-        yield run
-
-
 def read_batch(repo: Repository, batch: Batch) -> bytes:
-    out = []
-    for run in _runs(batch):
-        first, last = run[0][1], run[-1][1]
-        try:
-            raw = memoryview(
-                repo.backend.read(
-                    "data", first.pack_id, first.offset, last.offset + last.length - first.offset
-                )
-            )
-        except FileNotFoundError as e:
-            raise BlobNotFound(f"pack {first.pack_id[:12]} is missing from the repository") from e
-        for blob_id, loc in run:
-            start = loc.offset - first.offset
-            # The whole file's SHA-256 is checked at the end: no need to hash each blob as well.
-            out.append(repo.open_blob(blob_id, loc, raw[start : start + loc.length], check_id=False))
-    return b"".join(out)
+    # The whole file's SHA-256 is checked at the end: no need to hash each blob as well.
+    return b"".join(repo.read_blobs(batch, check_id=False))
 
 
 def locate_all(repo: Repository, entry: Entry) -> Iterator[tuple[bytes, BlobLocation]]:

@@ -14,6 +14,8 @@ from adapters.chunks import (
     entry_blob_fields,
     load_id_lists,
 )
+from adapters.errors import BlobNotFound, IntegrityError
+from adapters.repository import repo as repo_module
 from tests.unit.support import new_repository, reopen
 
 
@@ -119,3 +121,68 @@ def test_the_first_ids_must_all_arrive(tmp_path):
     out.extend([bytes(32)] * 10)
     with pytest.raises(ValueError, match="expected 3 leading ids"):
         out.finish([bytes(32)])
+
+
+def test_list_blobs_spread_over_packs_are_looked_up_and_read_together(tmp_path):
+    repo, key_file = new_repository(tmp_path, pack_size=16 * 1024)  # about two lists a pack
+    many = [repo.sealer.blob_id(i.to_bytes(4, "big")) for i in range(LIST_FANOUT * 9 + 1)]
+    fields = entry_blob_fields(repo, b"".join(many))
+    data = _chunks(1, 9)[0]
+    with ChunkStore(repo) as store:
+        (data_id,) = store.store_batches([[data]])
+    repo.flush()
+    fresh = reopen(repo, key_file)
+    fresh.load_index()
+    lists = fields["blob_lists"]
+    assert len({fresh.index.lookup(bytes.fromhex(i)).pack_id for i in lists}) > 3
+    assert load_id_lists(fresh, lists) == many
+    per_list = [many[at : at + LIST_FANOUT] for at in range(0, len(many), LIST_FANOUT)]
+    assert load_id_lists(fresh, lists[::-1]) == [i for ids in reversed(per_list) for i in ids]
+
+    with pytest.raises(IntegrityError, match="named as a list but holds data"):
+        load_id_lists(fresh, [*lists[:2], data_id.hex()])
+    unknown = repo.sealer.blob_id(b"never stored").hex()
+    with pytest.raises(BlobNotFound, match=unknown[:12]):
+        load_id_lists(fresh, [lists[0], unknown])
+
+
+def test_blobs_read_in_runs_are_each_authenticated_whatever_the_run_limit(tmp_path, monkeypatch):
+    repo, key_file = new_repository(tmp_path, pack_size=64 * 1024)
+    chunks = _chunks(40, 10)
+    with ChunkStore(repo) as store:
+        ids = list(store.store_batches([chunks]))
+    repo.flush()
+    fresh = reopen(repo, key_file)
+    fresh.load_index()
+    items = [(i, fresh.index.lookup(i)) for i in ids]
+    shuffled = items[:]
+    random.Random(4).shuffle(shuffled)
+    reads: list[int] = []
+    real_read = fresh.backend.read
+    monkeypatch.setattr(fresh.backend, "read", lambda *a: reads.append(a[-1]) or real_read(*a))
+    largest = max(loc.length for _, loc in items)
+    packs = len({loc.pack_id for _, loc in items})
+    # Below one blob's size, every blob is read alone; at three blobs' size, three at a time at
+    # most; with no limit, once per pack.
+    for limit, expected in ((1, len(items)), (3 * largest, None), (1 << 30, packs)):
+        monkeypatch.setattr(repo_module, "RUN_LIMIT", limit)
+        reads.clear()
+        assert fresh.read_blobs(items) == chunks
+        if expected is not None:
+            assert len(reads) == expected
+        else:
+            assert packs < len(reads) < len(items)
+            assert max(reads) <= limit
+        assert fresh.read_blobs(shuffled) == [chunks[ids.index(i)] for i, _ in shuffled]
+
+    # One flipped byte in the middle of a run fails that blob, named.
+    victim_id, victim = items[len(items) // 2]
+    path = fresh.backend.path_of("data", victim.pack_id)
+    raw = bytearray(path.read_bytes())
+    raw[victim.offset + victim.length // 2] ^= 0x01
+    path.write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError, match=victim_id.hex()[:12]):
+        fresh.read_blobs(items)
+    path.unlink()
+    with pytest.raises(BlobNotFound, match=f"pack {victim.pack_id[:12]} is missing"):
+        fresh.read_blobs(items)
