@@ -41,6 +41,11 @@ class WorkerFailed(CapsuleError):
     """Raised when a sealing worker process stops or answers something unexpected."""
 
 
+# Room in each pipe for every request a worker has queued: with the kernel's 64 KiB, sending the
+# next request to a busy worker blocked the parent while the other worker sat idle.
+PIPE_BYTES = 1024 * 1024
+
+
 def default_workers() -> int:
     return min(4, os.cpu_count() or 1)
 
@@ -51,6 +56,7 @@ class _Proc:
             [sys.executable, "-u", "-m", "adapters.sealworker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            pipesize=PIPE_BYTES,
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.stdin: IO[bytes] = self.proc.stdin
@@ -110,7 +116,6 @@ class SealPool:
     def __init__(self, key: MasterKey, level: int, workers: int | None = None) -> None:
         self._procs = [_Proc(key, level) for _ in range(workers or default_workers())]
         self._ids = itertools.count(1)
-        self._turn = itertools.cycle(self._procs)
 
     def __enter__(self) -> SealPool:
         return self
@@ -126,11 +131,12 @@ class SealPool:
         return self._submit_many(op, [fields])[0]
 
     def _submit_many(self, op: int, many: list[bytes]) -> list[Future[memoryview]]:
-        """Send requests round the workers, one write to each worker for all of its share."""
+        """Send each request to the worker with the fewest outstanding, one write to each worker
+        for all of its share."""
         futures: list[Future[memoryview]] = []
         frames: dict[_Proc, list[bytes]] = {}
         for fields in many:
-            proc = next(self._turn)
+            proc = min(self._procs, key=lambda p: len(p.futures))
             request = next(self._ids)
             future: Future[memoryview] = Future()
             with proc.lock:
