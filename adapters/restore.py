@@ -240,6 +240,27 @@ def restore_snapshot(
     workers: int | None = None,
 ) -> list[RestoredFile]:
     """Restore every entry of `manifest` under `to`."""
+    # The workers start while the index loads, so their start-up costs nothing.
+    pool = SealPool(repo.master_key, repo.compression_level, workers) if workers != 0 else None
+    try:
+        return _restore_entries(
+            repo, manifest, to, force=force, progress=progress, check=check_database, pool=pool
+        )
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _restore_entries(
+    repo: Repository,
+    manifest: Manifest,
+    to: Path,
+    *,
+    force: bool,
+    progress: Progress | None,
+    check: bool,
+    pool: SealPool | None,
+) -> list[RestoredFile]:
     repo.ensure_index()
     to.mkdir(parents=True, exist_ok=True)
     targets = [(e, safe_target(to, e.path)) for e in manifest.entries]
@@ -257,15 +278,10 @@ def restore_snapshot(
         if progress:
             progress(base + n, total)
 
-    pool = SealPool(repo.master_key, repo.compression_level, workers) if workers != 0 else None
-    try:
-        for entry, target in targets:
-            restored = write_entry(repo, entry, target, scaled, pool=pool, check_database=check_database)
-            put_in_place(restored.path, target)
-            done.append(RestoredFile(target, restored.size, restored.sha256))
-            base += entry.size
-            log.info("file restored", path=str(target), bytes=restored.size)
-    finally:
-        if pool is not None:
-            pool.close()
+    for entry, target in targets:
+        restored = write_entry(repo, entry, target, scaled, pool=pool, check_database=check)
+        put_in_place(restored.path, target)
+        done.append(RestoredFile(target, restored.size, restored.sha256))
+        base += entry.size
+        log.info("file restored", path=str(target), bytes=restored.size)
     return done
