@@ -107,12 +107,8 @@ class _Requests:
                 "run `capsule verify` and `capsule rebuild-index`"
             )
         # The workers will read these while the requests before them are being written: start now.
-        first = np.r_[True, (packs[1:] != packs[:-1]) | (recs["offset"][1:] != recs["offset"][:-1])]
         self.readahead.ask(
-            [
-                (self._path(int(n)), int(o), int(ln))
-                for n, o, ln in zip(packs[first], recs["offset"][first], recs["length"][first], strict=True)
-            ]
+            [(self._path(n), at, length) for n, at, length in _spans(packs, recs, Readahead.GAP)]
         )
         plain = recs["plain"].astype(np.int64)
         window = (start + np.cumsum(plain) - plain) // REQUEST_BYTES
@@ -127,6 +123,24 @@ class _Requests:
             rows[field] = recs[field]
         paths = [self._path(int(n)) for n in numbers]
         return open_request(paths, rows.tobytes()), int(recs["plain"].sum())
+
+
+def _spans(packs: npt.NDArray[np.uint32], recs: npt.NDArray[np.void], gap: int) -> list[tuple[int, int, int]]:
+    """(pack number, offset, length) covering the stored blobs of `recs`, neighbours in one pack
+    (less than `gap` bytes apart) joined: a few ranges where a file of many snapshots has
+    thousands of blobs and bundles."""
+    if not len(recs):
+        return []
+    order = np.lexsort((recs["offset"], packs))
+    numbers = packs[order]
+    starts = recs["offset"][order].astype(np.int64)
+    ends = starts + recs["length"][order]
+    new = np.r_[True, (numbers[1:] != numbers[:-1]) | (starts[1:] > ends[:-1] + gap)]
+    first = np.flatnonzero(new)
+    last_end = np.maximum.reduceat(ends, first)
+    return list(
+        zip(numbers[first].tolist(), starts[first].tolist(), (last_end - starts[first]).tolist(), strict=True)
+    )
 
 
 def write_with_pool(

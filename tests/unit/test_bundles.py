@@ -305,6 +305,66 @@ def test_restore_requests_never_split_a_bundle_after_incremental_backups(tmp_pat
     assert len(seen) > 10
 
 
+def _recs(rows: list[tuple[int, int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(packs, records) for (pack number, offset, length) rows, the other fields left zero."""
+    recs = np.zeros(len(rows), dtype=[("offset", "<u8"), ("length", "<u4")])
+    recs["offset"] = [r[1] for r in rows]
+    recs["length"] = [r[2] for r in rows]
+    return np.array([r[0] for r in rows], dtype=np.uint32), recs
+
+
+def test_readahead_spans_join_neighbours_of_one_pack_and_cover_every_blob() -> None:
+    rows = [
+        (2, 5000, 100),  # pack 2, out of order
+        (1, 0, 1000),
+        (1, 1000, 1000),  # end to end with the one before
+        (1, 0, 1000),  # a second member of the first bundle
+        (1, 2000 + 64, 10),  # exactly `gap` after the last end: joined
+        (1, 2074 + 65, 10),  # one byte more than `gap`: a new span
+        (1, 2139, 5),  # inside the span it starts
+        (2, 0, 6000),  # covers the other blob of pack 2
+    ]
+    packs, recs = _recs(rows)
+    spans = restorepool._spans(packs, recs, 64)
+    assert spans == [(1, 0, 2074), (1, 2139, 10), (2, 0, 6000)]
+    for number, offset, length in rows:
+        assert any(n == number and s <= offset and offset + length <= s + ln for n, s, ln in spans)
+    assert restorepool._spans(*_recs([]), 64) == []
+
+
+def test_restore_asks_ahead_for_every_blob_it_reads_after_incremental_backups(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "pos.db"
+    _database(db, 6000)
+    repo, key_file = new_repository(tmp_path)
+    _backup(repo, db, tmp_path)
+    conn = sqlite3.connect(db)
+    for i in range(1, 6000, 61):
+        conn.execute("UPDATE sales SET note = ? WHERE id = ?", (f"changed {i} " * 30, i))
+    conn.commit()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    _, manifest = _backup(repo, db, tmp_path)
+    asked: list[tuple[str, int, int]] = []
+    monkeypatch.setattr(restorepool.Readahead, "ask", lambda self, ranges: asked.extend(ranges))
+    fresh = reopen(repo, key_file)
+    fresh.load_index()
+    requests = _Requests(fresh, manifest.entries[0])
+    offset = 0
+    for ids in content_ids(fresh, manifest.entries[0]):
+        asked.clear()
+        requests.build(ids, offset)
+        offset += 4096 * len(ids)
+        _, packs, recs = fresh.index.columns(ids)
+        blobs = {
+            (requests._path(int(n)), int(r[3]), int(r[4])) for n, r in zip(packs, recs.tolist(), strict=True)
+        }
+        assert len(asked) < len(blobs)
+        for path, at, length in blobs:
+            assert any(p == path and s <= at and at + length <= s + ln for p, s, ln in asked)
+
+
 def test_a_request_longer_than_a_shared_slot_is_hashed_from_the_file_instead(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
