@@ -374,7 +374,8 @@ class _Run:
         self, qkeys: npt.NDArray[np.uint64]
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.void], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
         """For each key: the first row whose key is not below it (n if none); the records searched;
-        where that row is among them; and whether it is there (not the next block's first row)."""
+        where that row is among them; and whether it is (for a run in a file, the first row of the
+        next block is not)."""
         if not self.n:
             zeros = np.zeros(len(qkeys), dtype=np.int64)
             return zeros, np.zeros(0, dtype=RUN_RECORD), zeros, zeros.astype(bool)
@@ -398,7 +399,9 @@ class _Run:
             pos += step * ((probe < limit) & (keys[np.minimum(probe, last)] < qkeys))
             step //= 2
         pos += (pos < limit) & (keys[np.minimum(pos, last)] < qkeys)
-        return block * every + (pos - start), space, pos, pos < limit
+        # In memory the search space is the whole run: a row past its block is still in it.
+        inside = pos < (limit if self.recs is None else self.n)
+        return block * every + (pos - start), space, pos, inside
 
     def find(
         self, q: npt.NDArray[np.uint8], qkeys: npt.NDArray[np.uint64]
