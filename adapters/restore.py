@@ -26,7 +26,7 @@ from adapters.repository.backend import fsync_dir
 from adapters.repository.index import BlobLocation
 from adapters.repository.repo import Repository
 from adapters.restorepool import write_with_pool
-from adapters.sealpool import SealPool
+from adapters.sealpool import SealPool, default_workers
 from adapters.sqlite_snapshot import SIDE_FILES
 from adapters.sqlite_snapshot import check_database as check_sqlite
 from domain.errors import UnsafePath
@@ -240,8 +240,15 @@ def restore_snapshot(
     workers: int | None = None,
 ) -> list[RestoredFile]:
     """Restore every entry of `manifest` under `to`."""
-    # The workers start while the index loads, so their start-up costs nothing.
-    pool = SealPool(repo.master_key, repo.compression_level, workers) if workers != 0 else None
+    # The workers start while the index loads, so their start-up costs nothing. One more worker
+    # than cores: a worker waiting for its direct write to reach the disk leaves its core to
+    # another (1 GiB, alternating: 3.13 s against 3.37 s, and 3.60 s against 3.89 s after three
+    # incremental backups, medians).
+    pool = (
+        SealPool(repo.master_key, repo.compression_level, workers or default_workers() + 1)
+        if workers != 0
+        else None
+    )
     try:
         return _restore_entries(
             repo, manifest, to, force=force, progress=progress, check=check_database, pool=pool
