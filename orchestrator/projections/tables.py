@@ -27,7 +27,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 
 from orchestrator.db import database_errors
 from orchestrator.eventstore.schema import UTCDateTime, metadata_obj
@@ -181,6 +181,9 @@ def upsert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> No
     others = [c.name for c in table.columns if not c.primary_key]
     statement: Executable
     if conn.dialect.name == "postgresql":
+        # Loaded here: importing the PostgreSQL dialect costs every command about 25 ms at start.
+        from sqlalchemy.dialects import postgresql  # noqa: PLC0415
+
         pg = postgresql.insert(table)
         statement = pg.on_conflict_do_update(index_elements=keys, set_={c: pg.excluded[c] for c in others})
     else:

@@ -86,6 +86,29 @@ def test_a_missing_events_table_is_reported_as_such(event_store_url: str):
         engine.dispose()
 
 
+def test_payloads_are_jsonb_on_postgresql_and_json_text_on_sqlite(event_store_engine: Engine):
+    store = EventStore(event_store_engine)
+    store.append("job-1", 0, [NewEvent("BackupRequested", 1, {"kind": "database", "tags": ["a"]})], META)
+    with event_store_engine.connect() as conn:
+        if event_store_engine.dialect.name == "postgresql":
+            types = dict(
+                conn.execute(
+                    text(
+                        "SELECT column_name, data_type FROM information_schema.columns "
+                        "WHERE table_name = 'events' AND table_schema = current_schema()"
+                    )
+                ).all()
+            )
+            assert (types["data"], types["metadata"]) == ("jsonb", "jsonb")
+            # Inside a payload, as the JSONB column makes possible.
+            kind = conn.execute(text("SELECT data->>'kind' FROM events")).scalar_one()
+        else:
+            kind = conn.execute(text("SELECT json_extract(data, '$.kind') FROM events")).scalar_one()
+    assert kind == "database"
+    [stored] = store.read_stream("job-1")
+    assert stored.data == {"kind": "database", "tags": ["a"]}
+
+
 def test_unreachable_server_is_reported_with_the_url_but_never_its_password():
     engine = make_engine("postgresql+psycopg://capsule:s3cret-pw@127.0.0.1:1/capsule?connect_timeout=2")
     try:
