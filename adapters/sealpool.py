@@ -99,9 +99,13 @@ class _Proc:
             if future.set_running_or_notify_cancel():
                 future.set_exception(WorkerFailed("a sealing worker stopped unexpectedly"))
 
-    def close(self) -> None:
+    def hang_up(self) -> None:
+        """Close the worker's input: it finishes what it has and exits."""
         with contextlib.suppress(OSError):
             self.stdin.close()
+
+    def close(self) -> None:
+        self.hang_up()
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -111,7 +115,7 @@ class _Proc:
 
 
 class SealPool:
-    """A few worker processes; each request goes to the next one in turn."""
+    """A few worker processes; each request goes to the one with the fewest outstanding."""
 
     def __init__(self, key: MasterKey, level: int, workers: int | None = None) -> None:
         self._procs = [_Proc(key, level) for _ in range(workers or default_workers())]
@@ -124,6 +128,8 @@ class SealPool:
         self.close()
 
     def close(self) -> None:
+        for p in self._procs:  # all of them exit at once, not one after the other
+            p.hang_up()
         for p in self._procs:
             p.close()
 
