@@ -16,7 +16,7 @@ import os
 import struct
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -174,6 +174,21 @@ _FIELDS = ("type", "comp", "offset", "length", "plain", "within")
 
 # A record of a sorted run: the index record and the number of its pack.
 RUN_RECORD = np.dtype([*RECORD.descr, ("pack", "<u4")])
+# The same records as opaque bytes: numpy moves these by fancy indexing about ten times faster
+# than records with fields (262,144 records gathered in 3 ms against 37 ms).
+_RUN_BYTES = np.dtype(f"V{RUN_RECORD.itemsize}")
+
+
+def _take(recs: npt.NDArray[np.void], rows: npt.NDArray[Any]) -> npt.NDArray[np.void]:
+    """recs[rows] (an index or a mask), moved as opaque bytes."""
+    taken: npt.NDArray[np.void] = recs.view(_RUN_BYTES)[rows].view(RUN_RECORD)
+    return taken
+
+
+def _put(out: npt.NDArray[np.void], rows: npt.NDArray[Any], recs: npt.NDArray[np.void]) -> None:
+    """out[rows] = recs, moved as opaque bytes."""
+    out.view(_RUN_BYTES)[rows] = recs.view(_RUN_BYTES)
+
 
 # Packs added during a run, or read from index files, stay staged in memory (found through a set of
 # their ids) until this many blobs, then become a sorted run.
@@ -419,7 +434,7 @@ class _Run:
         hit = inside & (_key_view(space)[safe] == qkeys[maybe]) & (row < self.n)
         same = hit & np.all(_id_matrix(space)[safe] == q[maybe], axis=1)
         rows[maybe[same]] = row[same]
-        found[maybe[same]] = space[safe[same]]
+        _put(found, maybe[same], _take(space, safe[same]))
         # Past its block, the row can hold the query only if it starts the next block with its key.
         first_of_next = np.zeros(len(row), dtype=bool)
         past = np.flatnonzero(~inside & (row < self.n))
@@ -450,7 +465,7 @@ def _sorted_run_records(recs: npt.NDArray[np.void], gone: npt.NDArray[np.uint32]
     keys = _prefix_keys(_id_matrix(recs))
     order = np.lexsort((np.isin(recs["pack"], gone), keys)) if len(gone) else np.argsort(keys, kind="stable")
     del keys
-    return recs[order]
+    return _take(recs, order)
 
 
 def _merge(runs: list[_Run], gone: npt.NDArray[np.uint32], *, in_file: bool) -> _Run:
@@ -631,7 +646,7 @@ class Index:
                     continue
                 w[todo[hit]] = number
                 if want_records:
-                    part[todo[hit]] = recs[hit]
+                    _put(part, todo[hit], _take(recs, hit))
                 if len(gone):
                     hit[hit] = ~np.isin(recs["pack"][hit], gone)
                 todo = todo[~hit]
@@ -714,13 +729,13 @@ class Index:
                 batch = np.searchsorted(starts, chunk["pack"], "right") - 1
                 order = np.argsort(batch, kind="stable")
                 ends = np.cumsum(np.bincount(batch, minlength=len(files)))
-                for f, part in zip(files, np.split(chunk[order], ends[:-1]), strict=True):
+                for f, part in zip(files, np.split(_take(chunk, order), ends[:-1]), strict=True):
                     if len(part):
                         f.write(np.ascontiguousarray(part).view(np.uint8).data)
             batches = [f.read_all for f in files]
         for read in batches:
             recs = read()
-            recs = recs[np.argsort(recs["pack"], kind="stable")]
+            recs = _take(recs, np.argsort(recs["pack"], kind="stable"))
             bounds = np.flatnonzero(np.diff(recs["pack"])) + 1
             for group in np.split(recs, bounds) if len(recs) else []:
                 pack_id = self.pack_ids[int(group[0]["pack"])]
