@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 import structlog
 
-from adapters.chunks import load_id_lists, workers
+from adapters.chunks import read_id_lists, split_ids, workers
 from adapters.errors import BlobNotFound, DiskFull, IntegrityError, RestoreRefused
 from adapters.repository.backend import fsync_dir
 from adapters.repository.index import BlobLocation
@@ -65,13 +65,20 @@ def safe_target(root: Path, relative: str) -> Path:
     return target
 
 
-def content_ids(repo: Repository, entry: Entry) -> Iterator[list[bytes]]:
-    """The entry's data blob ids in order, a few thousand at a time (memory stays bounded)."""
+def content_id_groups(repo: Repository, entry: Entry) -> Iterator[bytes]:
+    """The entry's data blob ids in order, end to end, a few thousand at a time (memory stays
+    bounded)."""
     if not entry.blob_lists:
-        yield [bytes.fromhex(b) for b in entry.blobs]
+        yield b"".join(bytes.fromhex(b) for b in entry.blobs)
         return
     for start in range(0, len(entry.blob_lists), LISTS_PER_GROUP):
-        yield load_id_lists(repo, entry.blob_lists[start : start + LISTS_PER_GROUP])
+        yield b"".join(read_id_lists(repo, entry.blob_lists[start : start + LISTS_PER_GROUP]))
+
+
+def content_ids(repo: Repository, entry: Entry) -> Iterator[list[bytes]]:
+    """The same ids, a list of them at a time."""
+    for group in content_id_groups(repo, entry):
+        yield split_ids(group)
 
 
 Batch = list[tuple[bytes, BlobLocation]]
@@ -144,7 +151,7 @@ def write_entry(
                     entry,
                     tmp,
                     fd=f.fileno(),
-                    id_groups=content_ids(repo, entry),
+                    id_groups=content_id_groups(repo, entry),
                     progress=progress,
                 )
             else:

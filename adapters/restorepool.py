@@ -96,12 +96,14 @@ class _Requests:
             path = self._paths[number] = str(self.repo.backend.path_of("data", pack_id))
         return path
 
-    def build(self, ids: list[bytes], start: int) -> list[tuple[bytes, int]]:
-        """[(request body, plaintext bytes it writes)] for `ids`, which start at file offset `start`."""
+    def build(self, ids: bytes, start: int) -> list[tuple[bytes, int]]:
+        """[(request body, plaintext bytes it writes)] for `ids` (end to end), which start at file
+        offset `start`."""
         pos, packs, recs = self.repo.index.columns(ids)
         missing = np.flatnonzero(pos < 0)
         if len(missing):
-            first = ids[int(missing[0])].hex()[:12]
+            at = int(missing[0]) * ID_SIZE
+            first = ids[at : at + 6].hex()
             raise BlobNotFound(
                 f"{len(missing)} blob(s) of {self.entry.path} are in no index (first: {first}); "
                 "run `capsule verify` and `capsule rebuild-index`"
@@ -112,7 +114,7 @@ class _Requests:
         )
         plain = recs["plain"].astype(np.int64)
         window = (start + np.cumsum(plain) - plain) // REQUEST_BYTES
-        starts = [*np.flatnonzero(np.r_[True, window[1:] != window[:-1]]).tolist(), len(ids)]
+        starts = [*np.flatnonzero(np.r_[True, window[1:] != window[:-1]]).tolist(), len(recs)]
         return [self._request(packs[a:b], recs[a:b]) for a, b in itertools.pairwise(starts)]
 
     def _request(self, packs: npt.NDArray[np.uint32], recs: npt.NDArray[np.void]) -> tuple[bytes, int]:
@@ -150,7 +152,7 @@ def write_with_pool(
     path: Path,
     *,
     fd: int,
-    id_groups: Iterable[list[bytes]],
+    id_groups: Iterable[bytes],
     progress: Progress | None = None,
 ) -> tuple[int, str]:
     """Fill the open, empty file `path` (descriptor `fd`) with `entry`; return (bytes, SHA-256).

@@ -618,27 +618,32 @@ class Index:
             self.freeze()
 
     def _find(
-        self, blob_ids: list[bytes], want_records: bool = False
+        self, blob_ids: list[bytes] | bytes, want_records: bool = False
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.void]]:
-        """(run of each id or -1, and with `want_records` its RUN_RECORD, zeros where not found).
+        """(run of each id or -1, and with `want_records` its RUN_RECORD, zeros where not found),
+        for a list of ids or for ids end to end in one bytes object.
 
         A copy in a pack not known gone is preferred.
         """
         runs = self._runs
-        which = np.full(len(blob_ids), -1, dtype=np.int64)
-        out = np.zeros(len(blob_ids) if want_records else 0, dtype=RUN_RECORD)
-        if not blob_ids or not runs:
+        joined = blob_ids if isinstance(blob_ids, bytes) else b"".join(blob_ids)
+        if len(joined) % ID_SIZE:
+            raise ValueError(f"ids end to end must be a multiple of {ID_SIZE} bytes")
+        ids = np.frombuffer(joined, dtype=np.uint8).reshape(-1, ID_SIZE)
+        n = len(ids)
+        which = np.full(n, -1, dtype=np.int64)
+        out = np.zeros(n if want_records else 0, dtype=RUN_RECORD)
+        if not n or not runs:
             return which, out
         gone = self._gone_numbers()
         # Largest run first: it holds most of what is found, and later runs see only the rest.
         largest_first = sorted(range(len(runs)), key=lambda i: -runs[i].n)
-        for at in range(0, len(blob_ids), QUERY_CHUNK):
-            chunk = blob_ids[at : at + QUERY_CHUNK]
-            q = np.frombuffer(b"".join(chunk), dtype=np.uint8).reshape(-1, ID_SIZE)
+        for at in range(0, n, QUERY_CHUNK):
+            q = ids[at : at + QUERY_CHUNK]
             qkeys = _prefix_keys(q)
-            w = which[at : at + len(chunk)]  # views: filled in place
-            part = out[at : at + len(chunk)] if want_records else out
-            todo = np.arange(len(chunk))  # not yet found in a pack not known gone
+            w = which[at : at + len(q)]  # views: filled in place
+            part = out[at : at + len(q)] if want_records else out
+            todo = np.arange(len(q))  # not yet found in a pack not known gone
             for number in largest_first:
                 rows, recs = runs[number].find(q[todo], qkeys[todo])
                 hit = rows >= 0
@@ -671,9 +676,10 @@ class Index:
         )
 
     def columns(
-        self, blob_ids: list[bytes]
+        self, blob_ids: list[bytes] | bytes
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint32], npt.NDArray[np.void]]:
-        """(-1 where missing, pack number, record) of each id, as arrays: for restoring many blobs at once."""
+        """(-1 where missing, pack number, record) of each id (in a list, or end to end in one
+        bytes object), as arrays: for restoring many blobs at once."""
         self.freeze()  # everything in the runs, so one vectorised look-up finds all
         which, recs = self._find(blob_ids, want_records=True)
         return which, np.ascontiguousarray(recs["pack"]), recs

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 from adapters import restorepool
+from adapters.chunks import split_ids
 from adapters.database_backup import backup_database
-from adapters.errors import IntegrityError
+from adapters.errors import BlobNotFound, IntegrityError
 from adapters.repository.backend import LocalBackend
 from adapters.repository.index import header_records
 from adapters.repository.pack import (
@@ -31,7 +32,7 @@ from adapters.repository.pack import (
 )
 from adapters.repository.rebuild import read_pack_header, rebuild_index
 from adapters.repository.repo import Repository, _canonical
-from adapters.restore import content_ids, restore_snapshot
+from adapters.restore import content_id_groups, content_ids, restore_snapshot
 from adapters.restorepool import REQUEST_BYTES, _Requests
 from adapters.sealworker import BUNDLE_BYTES
 from adapters.verify import verify
@@ -291,8 +292,9 @@ def test_restore_requests_never_split_a_bundle_after_incremental_backups(tmp_pat
     requests = _Requests(fresh, manifest.entries[0])
     seen: dict[tuple[int, int], int] = {}
     offset = 0
-    for ids in content_ids(fresh, manifest.entries[0]):
-        built = requests.build(ids, offset)
+    for group in content_id_groups(fresh, manifest.entries[0]):
+        ids = split_ids(group)
+        built = requests.build(group, offset)
         assert sum(plain for _, plain in built) == 4096 * len(ids)
         pos, packs, recs = fresh.index.columns(ids)
         assert (pos >= 0).all()
@@ -352,9 +354,10 @@ def test_restore_asks_ahead_for_every_blob_it_reads_after_incremental_backups(
     fresh.load_index()
     requests = _Requests(fresh, manifest.entries[0])
     offset = 0
-    for ids in content_ids(fresh, manifest.entries[0]):
+    for group in content_id_groups(fresh, manifest.entries[0]):
+        ids = split_ids(group)
         asked.clear()
-        requests.build(ids, offset)
+        requests.build(group, offset)
         offset += 4096 * len(ids)
         _, packs, recs = fresh.index.columns(ids)
         blobs = {
@@ -379,3 +382,22 @@ def test_a_request_longer_than_a_shared_slot_is_hashed_from_the_file_instead(
     [restored] = restore_snapshot(reopen(repo, key_file), manifest, out, workers=2)
     assert restored.sha256 == manifest.entries[0].sha256
     assert (out / "pos.db").read_bytes()[100:] == db.read_bytes()[100:]
+
+
+def test_a_restore_request_for_an_id_in_no_index_names_it_and_says_what_to_run(tmp_path: Path) -> None:
+    db = tmp_path / "pos.db"
+    _database(db, 2000)
+    repo, key_file = new_repository(tmp_path)
+    _, manifest = _backup(repo, db, tmp_path)
+    fresh = reopen(repo, key_file)
+    fresh.load_index()
+    group = next(content_id_groups(fresh, manifest.entries[0]))
+    unknown = fresh.sealer.blob_id(b"a page no backup stored")
+    requests = _Requests(fresh, manifest.entries[0])
+    assert sum(plain for _, plain in requests.build(group, 0)) == 4096 * (len(group) // 32)
+    with pytest.raises(
+        BlobNotFound, match=rf"1 blob\(s\) of pos.db are in no index \(first: {unknown.hex()[:12]}\)"
+    ):
+        requests.build(group[:64] + unknown + group[64:], 0)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        requests.build(group + b"\0", 0)
