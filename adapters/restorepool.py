@@ -23,6 +23,7 @@ import numpy.typing as npt
 from adapters.directio import AlignedBuffer, Readahead, SharedSlots, open_direct, read_into
 from adapters.errors import BlobNotFound, IntegrityError
 from adapters.repository.crypto import ID_SIZE
+from adapters.repository.pack import BUNDLED
 from adapters.repository.repo import Repository
 from adapters.sealpool import SealPool, open_request
 from adapters.sealworker import OPEN_ITEM
@@ -119,10 +120,23 @@ class _Requests:
 
     def _request(self, packs: npt.NDArray[np.uint32], recs: npt.NDArray[np.void]) -> tuple[bytes, int]:
         numbers, inverse = np.unique(packs, return_inverse=True)
-        rows = np.empty(len(recs), dtype=OPEN_DTYPE)
-        rows["path"] = inverse
-        for field in ("offset", "id", "type", "comp", "length", "plain", "within"):
-            rows[field] = recs[field]
+        # Members of one bundle that follow each other in its plaintext become one item: a single
+        # slice of it. A worker then handles a few items a bundle instead of one for each page
+        # (unpacking and walking 262,144 items a GiB cost it about 0.2 s).
+        bundled = np.isin(recs["comp"], BUNDLED)
+        joined = (
+            bundled[1:]
+            & bundled[:-1]
+            & (packs[1:] == packs[:-1])
+            & (recs["offset"][1:] == recs["offset"][:-1])
+            & (recs["within"][1:] == recs["within"][:-1] + recs["plain"][:-1])
+        )
+        first = np.flatnonzero(np.r_[True, ~joined])
+        rows = np.empty(len(first), dtype=OPEN_DTYPE)
+        rows["path"] = inverse[first]
+        for field in ("offset", "id", "type", "comp", "length", "within"):
+            rows[field] = recs[field][first]
+        rows["plain"] = np.add.reduceat(recs["plain"].astype(np.uint64), first) if len(first) else 0
         paths = [self._path(int(n)) for n in numbers]
         return open_request(paths, rows.tobytes()), int(recs["plain"].sum())
 
