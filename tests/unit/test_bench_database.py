@@ -1,0 +1,40 @@
+"""The database benchmark's own arithmetic: the restore time is the median of the tools' turns."""
+
+from __future__ import annotations
+
+from benchmarks.bench_database import _runs, fold_restore_runs
+from benchmarks.common import MB
+
+
+def test_restore_time_becomes_the_median_of_the_runs_and_the_extra_runs_are_folded_in():
+    results = {
+        "capsule": {
+            "restore": {"seconds": 4.0, "bytes": 1000 * MB, "mb_per_s": 250.0, "consistent": True},
+            "restore_2": {"seconds": 3.0, "peak_rss_bytes": 1},
+            "restore_3": {"seconds": 3.5, "peak_rss_bytes": 1},
+        },
+        "restic": {
+            "restore": {"seconds": 3.2, "bytes": 1000 * MB, "mb_per_s": 312.5},
+            "restore_2": {"failed": "no space left"},  # a failed turn is left out, not counted as 0
+            "restore_3": {"seconds": 4.4},
+        },
+        "borg": {"error": "first_backup: not installed"},
+    }
+    fold_restore_runs(results, ["restore_2", "restore_3"])
+    capsule, restic = results["capsule"], results["restic"]
+    assert capsule == {
+        "restore": {
+            "seconds": 3.5,
+            "first_seconds": 4.0,
+            "runs_seconds": [4.0, 3.0, 3.5],
+            "bytes": 1000 * MB,
+            "mb_per_s": 285.71,
+            "consistent": True,
+        }
+    }
+    assert restic["restore"]["runs_seconds"] == [3.2, 4.4]
+    assert restic["restore"]["seconds"] == 3.8
+    assert "restore_2" not in restic and "restore_3" not in restic
+    assert results["borg"] == {"error": "first_backup: not installed"}
+    assert _runs([3.2, 4.4]) == "3.20 / 4.40"
+    assert _runs(None) is None
