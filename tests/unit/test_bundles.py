@@ -62,6 +62,16 @@ def _database(path: Path, rows: int, *, secure_delete: bool = False) -> None:
     conn.close()
 
 
+def _edit_rows(db: Path, rows: int, *, every: int) -> None:
+    """Rewrite the note of every `every`-th sale in place, all over the file, and checkpoint."""
+    conn = sqlite3.connect(db)
+    for i in range(1, rows, every):
+        conn.execute("UPDATE sales SET note = ? WHERE id = ?", (f"changed {i} " * 30, i))
+    conn.commit()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+
+
 def _backup(repo: Repository, db: Path, tmp_path: Path) -> tuple[str, object]:
     result = backup_database(repo, db, tmp_path / "staging", now=datetime.now(UTC), workers=2)
     return result.snapshot_id, result.manifest
@@ -278,12 +288,7 @@ def test_restore_requests_never_split_a_bundle_after_incremental_backups(tmp_pat
     _database(db, 12000)
     repo, key_file = new_repository(tmp_path)
     _backup(repo, db, tmp_path)
-    conn = sqlite3.connect(db)
-    for i in range(1, 12000, 97):  # a few rows all over the file, in place
-        conn.execute("UPDATE sales SET note = ? WHERE id = ?", (f"changed {i} " * 30, i))
-    conn.commit()
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
+    _edit_rows(db, 12000, every=97)  # a few rows all over the file, in place
     _, manifest = _backup(repo, db, tmp_path)
     assert manifest.totals.new_blobs > 20
 
@@ -341,12 +346,7 @@ def test_restore_asks_ahead_for_every_blob_it_reads_after_incremental_backups(
     _database(db, 6000)
     repo, key_file = new_repository(tmp_path)
     _backup(repo, db, tmp_path)
-    conn = sqlite3.connect(db)
-    for i in range(1, 6000, 61):
-        conn.execute("UPDATE sales SET note = ? WHERE id = ?", (f"changed {i} " * 30, i))
-    conn.commit()
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
+    _edit_rows(db, 6000, every=61)
     _, manifest = _backup(repo, db, tmp_path)
     asked: list[tuple[str, int, int]] = []
     monkeypatch.setattr(restorepool.Readahead, "ask", lambda self, ranges: asked.extend(ranges))
@@ -355,11 +355,10 @@ def test_restore_asks_ahead_for_every_blob_it_reads_after_incremental_backups(
     requests = _Requests(fresh, manifest.entries[0])
     offset = 0
     for group in content_id_groups(fresh, manifest.entries[0]):
-        ids = split_ids(group)
         asked.clear()
         requests.build(group, offset)
-        offset += 4096 * len(ids)
-        _, packs, recs = fresh.index.columns(ids)
+        _, packs, recs = fresh.index.columns(group)
+        offset += 4096 * len(recs)
         blobs = {
             (requests._path(int(n)), int(r[3]), int(r[4])) for n, r in zip(packs, recs.tolist(), strict=True)
         }
@@ -422,12 +421,7 @@ def test_neighbouring_members_of_a_bundle_go_to_a_worker_as_one_item(
     _database(db, 6000, secure_delete=secure_delete)  # with it, equal zeroed pages share one member
     repo, key_file = new_repository(tmp_path)
     _, first = _backup(repo, db, tmp_path)
-    conn = sqlite3.connect(db)
-    for i in range(1, 6000, 61):  # a page here and there: bundles of the first backup get holes
-        conn.execute("UPDATE sales SET note = ? WHERE id = ?", (f"changed {i} " * 30, i))
-    conn.commit()
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
+    _edit_rows(db, 6000, every=61)  # a page here and there: bundles of the first backup get holes
     _, second = _backup(repo, db, tmp_path)
     fresh = reopen(repo, key_file)
     fresh.load_index()
