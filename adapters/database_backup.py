@@ -334,6 +334,7 @@ def store_database(
         if pool is not None:
             pool.close()
         remove_database_files(copy_path)
+    repo.save_index_cache()  # the next command reads this index back instead of rebuilding it
     parent_entry = parent[1].entries[0] if parent and parent[1].entries else None
     return StoredDatabase(
         source=str(source.resolve()),

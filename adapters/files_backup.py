@@ -662,6 +662,7 @@ def store_files(
         repo.flush()
     finally:
         os.close(root_fd)
+    repo.save_index_cache()  # the next command reads this index back instead of rebuilding it
     f = walker.figures
     if progress is not None:
         progress(walker.done_bytes, walker.done_bytes)

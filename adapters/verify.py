@@ -207,7 +207,7 @@ def _check_pack(
 
 def verify(repo: Repository, read_data: bool = False, progress: Progress | None = None) -> VerifyReport:
     report = VerifyReport()
-    for name in repo.load_index():
+    for name in repo.load_index(use_cache=False):  # every index file is read and checked
         report.problems.append(Problem(f"index {name[:12]}", "is damaged; run `capsule rebuild-index`"))
     _check_structure(repo, report)
     if not read_data:

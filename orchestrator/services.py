@@ -49,7 +49,9 @@ def repository_exists(settings: Settings) -> bool:
 
 def open_repository(settings: Settings, passphrase: str | None = None) -> Repository:
     backend = LocalBackend(settings.repository)
-    return Repository.open(backend, settings.resolved_key_file, _passphrase(settings, passphrase))
+    repo = Repository.open(backend, settings.resolved_key_file, _passphrase(settings, passphrase))
+    repo.cache_dir = settings.cache
+    return repo
 
 
 def backup(

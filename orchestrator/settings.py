@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     def safety(self) -> Path:
         return self.home / "safety"
 
+    @property
+    def cache(self) -> Path:
+        """The index cache (adapters.repository.indexcache): safe to delete at any time."""
+        return self.home / "cache"
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -240,6 +240,15 @@ class _Bloom:
         self.size = np.uint64(min(max(64, self.BITS_PER_BLOB * n), MAX_BLOOM_BITS))
         self.bits = np.zeros(-(-int(self.size) // 8), dtype=np.uint8)
 
+    @classmethod
+    def restored(cls, size: int, bits: npt.NDArray[np.uint8]) -> _Bloom:
+        """A filter saved earlier: its size in bits and the bits."""
+        if len(bits) != -(-size // 8):
+            raise ValueError(f"a Bloom filter of {size} bits cannot have {len(bits)} bytes")
+        bloom = cls.__new__(cls)
+        bloom.size, bloom.bits = np.uint64(size), bits
+        return bloom
+
     def _probes(self, ids: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint64]:
         words = np.ascontiguousarray(ids[:, 8:24]).view("<u4").astype(np.uint64)
         return (words * self.size) >> np.uint64(32)
@@ -605,6 +614,23 @@ class Index:
         # Only after the runs hold them: a reader checks the recent set first.
         self._recent = set()
         self._recent_map = None
+
+    def state(self) -> tuple[list[str], list[int], tuple[_Run, ...]]:
+        """(pack ids, numbers of packs known gone, sorted runs), everything staged frozen first:
+        what `from_state` takes to rebuild this index without sorting anything again."""
+        self.freeze()
+        return list(self.pack_ids), sorted(self._gone), self._runs
+
+    @classmethod
+    def from_state(cls, pack_ids: list[str], gone: Iterable[int], runs: Iterable[_Run]) -> Index:
+        index = cls()
+        for pack_id in pack_ids:
+            index._pack_number(pack_id)
+        if len(index.pack_ids) != len(pack_ids):
+            raise ValueError("a pack is listed twice")
+        index._gone = set(gone)
+        index._runs = tuple(r for r in runs if r.n)
+        return index
 
     def add_pack(self, pack_id: str, recs: npt.NDArray[np.void]) -> None:
         """Record a pack this run wrote, from its index records; its blobs are found at once."""

@@ -70,7 +70,7 @@ def adopt_unindexed_packs(repo: Repository) -> int:
             continue
         batch[name] = records(header)
     if batch:
-        repo.save_sealed("index", encode_index(batch, version=repo.version))
+        repo.save_index_file(batch)
         for name, recs in batch.items():
             repo.index.add_pack(name, recs)
         repo.index.freeze()

@@ -33,6 +33,7 @@ from adapters.errors import (
     UnsupportedVersion,
     WrongKey,
 )
+from adapters.repository import indexcache
 from adapters.repository.backend import Kind, LocalBackend
 from adapters.repository.blobcodec import decode_blob, decode_bundle, encode_blob, member
 from adapters.repository.crypto import MasterKey, Sealer
@@ -95,6 +96,10 @@ class Repository:
         self.compression_level: int = int(config.get("compression_level", DEFAULT_COMPRESSION_LEVEL))
         self.index = Index()
         self._index_loaded = False
+        self.cache_dir: Path | None = None
+        """Where the index cache is kept (see indexcache); None for none."""
+        self._indexed_files: set[str] = set()  # index files whose records the index holds
+        self._superseded_files: set[str] = set()
         self._builder = PackBuilder()
         self._unindexed: dict[str, npt.NDArray[np.void]] = {}
         # Ids in the open pack or a pack being written: already "stored" for dedup, not yet indexed.
@@ -324,9 +329,15 @@ class Repository:
     def _write_index(self) -> None:
         if not self._unindexed:
             return
-        name = self.save_sealed("index", encode_index(self._unindexed, version=self.version))
+        name = self.save_index_file(self._unindexed)
         self.stored_bytes += self.backend.size("index", name)
         self._unindexed = {}
+
+    def save_index_file(self, packs: dict[str, npt.NDArray[np.void]]) -> str:
+        """Store an index file for `packs`, which this process's index holds (or is about to)."""
+        name = self.save_sealed("index", encode_index(packs, version=self.version))
+        self._indexed_files.add(name)
+        return name
 
     def flush(self) -> None:
         """Store the open pack and an index for every pack not yet indexed."""
@@ -335,40 +346,29 @@ class Repository:
             self._finish_pack()
         self._write_index()
 
-    def load_index(self) -> list[str]:
-        """Read every index file; return the names of those that failed (already logged).
+    def load_index(self, *, use_cache: bool = True) -> list[str]:
+        """Read the index; return the names of index files that failed (already logged).
 
-        Two passes, so that memory does not grow with the repository: the first learns which
-        files later ones supersede, keeping the first LOAD_HOLD records decoded; the second stages
-        the rest, read again, into the index, which writes them out as sorted runs as they come.
+        With a cache folder set and `use_cache`, the index built last time is read back from the
+        cache (see indexcache) and only index files written since are decoded; then the cache is
+        brought up to date. Without, every index file is read.
         """
-        damaged: list[str] = []
-        superseded: set[str] = set()
-        names: list[str] = []
-        held: dict[str, list[tuple[str, npt.NDArray[np.void]]]] = {}
-        held_records = 0
-        for name in sorted(self.backend.list("index")):
-            try:
-                packs, old = decode_index(self.load_sealed("index", name), name)
-            except IntegrityError as e:
-                log.error("index file unreadable", index=name[:12], error=str(e))
-                damaged.append(name)
-                continue
-            superseded.update(old)
-            names.append(name)
-            count = sum(len(recs) for _, recs in packs)
-            if held_records + count <= LOAD_HOLD:
-                held[name] = packs
-                held_records += count
+        names = sorted(self.backend.list("index"))
         # A blob can sit in several packs (a full backup stored it again after its pack was lost):
         # the index prefers packs that are on disk.
         on_disk = set(self.backend.list("data"))
-        for name in names:
-            if name in superseded:
-                continue
-            if name in held:
-                packs = held.pop(name)
-            else:
+        cached = self._read_index_cache(set(names), on_disk) if use_cache else None
+        known = cached.covered | cached.skipped if cached is not None else frozenset()
+        damaged, readable, superseded, held = self._scan_index_files([n for n in names if n not in known])
+        if cached is not None and superseded & cached.covered:
+            log.info("index cache superseded by a newer index file; reading every index file")
+            cached = None
+            damaged, readable, superseded, held = self._scan_index_files(names)
+        self.index = cached.index if cached is not None else Index()
+        fresh = [n for n in readable if n not in superseded]
+        for name in fresh:
+            packs = held.pop(name, None)
+            if packs is None:
                 try:
                     packs, _ = decode_index(self.load_sealed("index", name), name)
                 except IntegrityError as e:  # changed on disk since the first pass
@@ -379,7 +379,70 @@ class Repository:
                 self.index.stage(pack_id, recs, gone=pack_id not in on_disk)
         self.index.freeze()
         self._index_loaded = True
+        self._indexed_files = set(cached.covered if cached is not None else ()) | {
+            n for n in fresh if n not in damaged
+        }
+        self._superseded_files = set(cached.skipped if cached is not None else ()) | (superseded & set(names))
+        if use_cache and (cached is None or fresh):
+            self.save_index_cache()
         return damaged
+
+    def _scan_index_files(
+        self, names: list[str]
+    ) -> tuple[list[str], list[str], set[str], dict[str, list[tuple[str, npt.NDArray[np.void]]]]]:
+        """First pass over `names`: (damaged, readable, names they supersede, records kept).
+
+        The first LOAD_HOLD records stay decoded for the second pass; the rest are read again
+        there, so that memory does not grow with the repository.
+        """
+        damaged: list[str] = []
+        readable: list[str] = []
+        superseded: set[str] = set()
+        held: dict[str, list[tuple[str, npt.NDArray[np.void]]]] = {}
+        held_records = 0
+        for name in names:
+            try:
+                packs, old = decode_index(self.load_sealed("index", name), name)
+            except IntegrityError as e:
+                log.error("index file unreadable", index=name[:12], error=str(e))
+                damaged.append(name)
+                continue
+            superseded.update(old)
+            readable.append(name)
+            count = sum(len(recs) for _, recs in packs)
+            if held_records + count <= LOAD_HOLD:
+                held[name] = packs
+                held_records += count
+        return damaged, readable, superseded, held
+
+    def _read_index_cache(self, names: set[str], on_disk: set[str]) -> indexcache.Cached | None:
+        if self.cache_dir is None:
+            return None
+        try:
+            return indexcache.load(self.cache_dir, self.id, self.sealer, index_names=names, on_disk=on_disk)
+        except indexcache.CacheUnusable as e:
+            log.debug("index cache not used", reason=str(e))
+        except OSError as e:
+            log.warning("index cache unreadable; reading every index file", error=e.strerror or str(e))
+        return None
+
+    def save_index_cache(self) -> None:
+        """Write the index as it is now to the cache, if there is a cache folder. Call it only when
+        every pack the index holds is in an index file (after `flush`). A cache that cannot be
+        written is only logged: the next command reads the index files instead."""
+        if self.cache_dir is None or not self._index_loaded or self._unindexed or self._writes:
+            return
+        try:
+            indexcache.save(
+                self.cache_dir,
+                self.id,
+                self.sealer,
+                self.index,
+                covered=self._indexed_files,
+                skipped=self._superseded_files,
+            )
+        except OSError as e:
+            log.warning("index cache not written", folder=str(self.cache_dir), error=e.strerror or str(e))
 
     def ensure_index(self) -> None:
         if not self._index_loaded:
