@@ -205,8 +205,17 @@ def compile_checkout() -> None:
 
 
 def capsule_command() -> list[str] | None:
-    """The installed ``capsule`` script, else the CLI module from this checkout (compiled first)."""
+    """The ``capsule`` script installed beside this interpreter, else the first on PATH, else the CLI
+    module from this checkout (compiled first).
+
+    The script beside the interpreter comes first: a ``capsule`` found on PATH may be a version
+    manager's shim (pyenv's is a shell script that starts pyenv), which adds its own start-up to
+    every timed command (about 0.1 s on the reference machine).
+    """
     compile_checkout()
+    beside = Path(sys.executable).parent / "capsule"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return [str(beside)]
     if found := shutil.which("capsule"):
         return [found]
     root = str(project_root())
