@@ -181,6 +181,11 @@ def write_with_pool(
     written = synced = offset = 0
     slots = SharedSlots(SLOTS, SLOT_BYTES)
     reader = _Reader(path)
+    # Where the workers write around the page cache, their writes are on their way to the disk
+    # already, and a sync in the middle only makes them wait for the device's cache to empty
+    # (1 GiB, four alternating runs each: 3.57 s to write and sync it with none, 3.69 s with one
+    # every 64 MiB). Through the page cache, syncing early starts the write-back.
+    write_back = reader.direct is None
     turn = itertools.cycle(range(slots.slots))
     try:
         with ThreadPoolExecutor(1) as hasher, ThreadPoolExecutor(1) as syncer:
@@ -199,7 +204,7 @@ def write_with_pool(
                 else:
                     hashed.append(hasher.submit(sha.update, slots.view(slot_at, got)))
                 written += got
-                if written - synced >= SYNC_EVERY:
+                if written - synced >= SYNC_EVERY and write_back:
                     syncer.submit(os.fdatasync, fd)  # start the write-back early
                     synced = written
                 if progress:
