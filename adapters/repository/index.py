@@ -329,6 +329,14 @@ class _Run:
         self.bloom = bloom
         self.recs = recs
         self.file = file
+        self._keys: npt.NDArray[np.uint64] | None = None  # every key, for a run in memory
+
+    def keys(self) -> npt.NDArray[np.uint64]:
+        """The key of every record, as one array (8 bytes a record); made on first use."""
+        assert self.recs is not None
+        if self._keys is None:
+            self._keys = _key_view(self.recs).astype(np.uint64)
+        return self._keys
 
     @classmethod
     def build(cls, chunks: Iterable[npt.NDArray[np.void]], n: int, *, in_file: bool) -> _Run:
@@ -431,6 +439,8 @@ class _Run:
         self, q: npt.NDArray[np.uint8], qkeys: npt.NDArray[np.uint64]
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.void]]:
         """(row of each id or -1, its record): the copy in a pack not known gone first."""
+        if self.recs is not None:
+            return self._find_in_memory(q, qkeys)
         rows = np.full(len(qkeys), -1, dtype=np.int64)
         found = np.zeros(len(qkeys), dtype=RUN_RECORD)
         maybe = np.flatnonzero(self.bloom.may_hold(q)) if self.n else np.zeros(0, dtype=np.int64)
@@ -451,6 +461,31 @@ class _Run:
         for j in np.flatnonzero(~same & (first_of_next | hit)):
             i = int(maybe[j])
             rows[i], record = self.scan(q[i].tobytes(), int(row[j]))
+            if record is not None:
+                found[i] = record
+        return rows, found
+
+    def _find_in_memory(
+        self, q: npt.NDArray[np.uint8], qkeys: npt.NDArray[np.uint64]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.void]]:
+        """`find` for a run in memory: one binary search of all its keys. Cheaper than the Bloom
+        filter and the search of one block, which pay off only when a block must be read: a
+        backup asks 256 ids at a time, and 1,024 such look-ups took 0.69 s that way."""
+        assert self.recs is not None
+        rows = np.full(len(qkeys), -1, dtype=np.int64)
+        found = np.zeros(len(qkeys), dtype=RUN_RECORD)
+        if not self.n or not len(qkeys):
+            return rows, found
+        keys = self.keys()
+        pos = np.searchsorted(keys, qkeys, "left")
+        safe = np.minimum(pos, self.n - 1)
+        hit = (pos < self.n) & (keys[safe] == qkeys)
+        same = hit & np.all(_id_matrix(self.recs)[safe] == q, axis=1)
+        rows[same] = pos[same]
+        _put(found, np.flatnonzero(same), _take(self.recs, safe[same]))
+        # The key is shared with another id (8 bytes of a keyed hash: hardly ever): one by one.
+        for i in np.flatnonzero(hit & ~same):
+            rows[i], record = self.scan(q[i].tobytes(), int(pos[i]))
             if record is not None:
                 found[i] = record
         return rows, found
