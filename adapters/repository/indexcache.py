@@ -223,13 +223,14 @@ def load(
         # frame too, as it is when the index is empty.
         start = f.tell()
         try:
-            header = json.loads(_read_frame(f, sealer, repository_id, 0, 2))
+            raw = _read_frame(f, sealer, repository_id, 0, 2)
         except CacheUnusable:
             f.seek(start)
-            header = json.loads(_read_frame(f, sealer, repository_id, 0, 1))
+            raw = _read_frame(f, sealer, repository_id, 0, 1)
         try:
+            header = json.loads(raw)
             return _load_body(f, header, repository_id, sealer, index_names=index_names, on_disk=on_disk)
-        except (KeyError, TypeError, ValueError) as e:
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
             raise CacheUnusable(f"the index cache's header is malformed ({e})") from e
 
 

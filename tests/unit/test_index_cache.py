@@ -276,3 +276,16 @@ def test_a_cache_folder_that_cannot_be_written_only_costs_the_cache(tmp_path):
     assert fresh.load_index() == []
     assert reads
     assert len(fresh.index) > 0
+
+
+@pytest.mark.parametrize("header", [b"[]", b"{}", b"not json", b'{"format": 1, "record": 3}'])
+def test_a_cache_whose_sealed_header_makes_no_sense_is_ignored(tmp_path, header):
+    repo, key_file, _, _ = _backed_up(tmp_path)
+    path = indexcache.cache_path(tmp_path / "cache", repo.id)
+    sealed = repo.sealer.seal(header, indexcache._aad(repo.id, 0, True))
+    path.write_bytes(indexcache.MAGIC + len(sealed).to_bytes(4, "little") + sealed)
+
+    cached, reads = _opened(repo, key_file, tmp_path / "cache")
+    assert cached.load_index() == []
+    assert reads
+    assert len(cached.index) > 0
