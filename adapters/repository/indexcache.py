@@ -110,7 +110,8 @@ def save(
     path = cache_path(directory, repository_id)
     tmp = directory / f".{path.name}.{secrets.token_hex(4)}"
     try:
-        with open(tmp, "xb") as f:
+        # 0600 like the key file: sealed, but nobody else's business either.
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), "wb") as f:
             f.write(MAGIC)
             number = 0
 

@@ -75,7 +75,9 @@ def _backed_up(tmp_path: Path, rows: int = 600) -> tuple[Repository, Path, Path,
 def test_a_backup_leaves_a_cache_that_the_next_command_reads_instead_of_the_index_files(tmp_path):
     repo, key_file, _, result = _backed_up(tmp_path)
     assert len(list(repo.backend.list("index"))) >= 2
-    assert indexcache.cache_path(tmp_path / "cache", repo.id).exists()
+    path = indexcache.cache_path(tmp_path / "cache", repo.id)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "cache").stat().st_mode & 0o777 == 0o700
     cold, _ = _opened(repo, key_file, None)
     cold.load_index()
     ids = _ids(cold)
