@@ -180,3 +180,98 @@ def test_rollback_journal_databases_are_copied_without_a_guard(tmp_path: Path) -
     copy = copy_database(db, tmp_path / "copy.db")
     assert copy.journal_mode == "delete"
     assert not Path(f"{db}-shm").exists()
+
+
+def test_after_its_own_checkpoint_the_backup_keeps_the_lock_until_the_database_is_flushed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "pos.db"
+    keeper = _wal_database(db, rows=500)
+    seen: list[tuple[int, int, int]] = []
+    real_close = sqlite_snapshot._Successor.close
+
+    def till_then_close(self: sqlite_snapshot._Successor) -> None:
+        seen.append(_till_commits_and_checkpoints(db))  # SQLite has let go; the backup has not
+        real_close(self)
+
+    monkeypatch.setattr(sqlite_snapshot._Successor, "close", till_then_close)
+    try:
+        copy_database(db, tmp_path / "copy.db")
+        assert [busy for busy, _, _ in seen] == [1]
+        busy, log, done = _till_commits_and_checkpoints(db)  # and after it, the till again
+        assert (busy, done) == (0, log)
+    finally:
+        keeper.close()
+
+
+HOLD = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, int(sys.argv[2]))
+print("held", flush=True)
+time.sleep(float(sys.argv[3]))
+"""
+
+
+def test_the_lock_handed_over_too_late_is_let_go_at_once(tmp_path: Path) -> None:
+    db = tmp_path / "pos.db"
+    keeper = _wal_database(db, rows=10)
+    shm = f"{db}-shm"
+    till = subprocess.Popen(
+        [sys.executable, "-c", HOLD, shm, str(sqlite_snapshot.SHM_CHECKPOINT_LOCK), "1.0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert till.stdout is not None and till.stdout.readline().strip() == "held"
+        successor = sqlite_snapshot._Successor.start(shm)
+        assert successor is not None
+        assert not successor.taken(0.2)  # the till is checkpointing
+        successor.close()  # the backup moves on while the kernel still has the request
+        till.wait(timeout=30)
+        successor._thread.join(timeout=10)
+        assert not successor._thread.is_alive()
+        busy, log, done = _till_commits_and_checkpoints(db)
+        assert (busy, done) == (0, log), "a lock handed over too late was kept"
+    finally:
+        till.kill()
+        keeper.close()
+
+
+def test_the_kernel_hands_the_lock_over_when_this_process_lets_go(tmp_path: Path) -> None:
+    db = tmp_path / "pos.db"
+    keeper = _wal_database(db, rows=10)
+    guard = CheckpointGuard(db)
+    try:
+        assert guard.take(wait=1.0)
+        successor = sqlite_snapshot._Successor.start(f"{db}-shm")
+        assert successor is not None
+        assert not successor.taken(0.1)  # this process holds it, as SQLite does while checkpointing
+        guard.release()
+        assert successor.taken(5.0)
+        assert _till_commits_and_checkpoints(db)[0] == 1
+        successor.close()
+        assert _till_commits_and_checkpoints(db)[0] == 0
+    finally:
+        guard.close()
+        keeper.close()
+
+
+def test_the_flush_after_the_copy_covers_the_wal_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The till's next checkpoint syncs the WAL first: what the till wrote during the backup's own
+    # checkpoint is flushed beforehand, so that its sale does not wait for it.
+    db = tmp_path / "pos.db"
+    keeper = _wal_database(db, rows=500)
+    flushed: set[str] = set()
+    real = os.fdatasync
+
+    def recording(fd: int) -> None:
+        flushed.add(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(sqlite_snapshot.os, "fdatasync", recording)
+    try:
+        copy_database(db, tmp_path / "copy.db")
+        assert {str(db), f"{db}-wal"} <= flushed
+    finally:
+        keeper.close()
