@@ -155,6 +155,7 @@ class CheckpointGuard:
         self._shm = _open_if_present(self._shm_path, os.O_RDWR)
         self._db = _open_if_present(str(database), os.O_RDONLY)
         self._wal = _open_if_present(f"{database}-wal", os.O_RDONLY)
+        self._successor: _Successor | None = None
         self.held = False
 
     def take(self, wait: float) -> bool:
@@ -197,7 +198,7 @@ class CheckpointGuard:
         # kernel, which hands it over the moment SQLite lets go: taking it again from Python
         # afterwards, the till got in first in two backups of three, and its sale then waited
         # 190-300 ms for its own checkpoint behind ours.
-        successor = _Successor.start(self._shm_path) if self.held else None
+        successor = self._successor = _Successor.start(self._shm_path) if self.held else None
         began = time.perf_counter()
         try:
             _checkpoint(conn)
@@ -209,8 +210,8 @@ class CheckpointGuard:
             flusher.join()
             self._flush()
             self.release()
-            if successor is not None:
-                successor.close()
+            # The successor keeps the lock until `close`: closing its descriptor would drop the
+            # locks SQLite's connections in this process hold on the same file.
             # When the till takes the lock between SQLite's release and ours, its own next
             # checkpoint runs at once: these figures tell whether a slow sale came from that.
             log.debug(
@@ -235,6 +236,9 @@ class CheckpointGuard:
 
     def close(self) -> None:
         self.release()
+        if self._successor is not None:
+            self._successor.close(wait=CHECKPOINT_LOCK_WAIT)
+            self._successor = None
         for fd in (self._shm, self._db, self._wal):
             if fd is not None:
                 os.close(fd)
@@ -262,6 +266,7 @@ class _Successor:
         self._mutex = threading.Lock()
         self._got = threading.Event()
         self._closed = False
+        self._failed = False
         self._thread = threading.Thread(target=self._wait, name="checkpoint-lock", daemon=True)
 
     @classmethod
@@ -281,6 +286,7 @@ class _Successor:
         except OSError as e:
             log.debug("checkpoint lock not awaited", error=str(e))
             with self._mutex:
+                self._failed = True
                 if self._closed:
                     os.close(self._fd)
             return
@@ -295,12 +301,19 @@ class _Successor:
         """Whether the lock was handed over within `wait` seconds."""
         return self._got.wait(wait)
 
-    def close(self) -> None:
+    def close(self, wait: float = 0.0) -> None:
+        """Let go of the lock. If the kernel has not answered yet (the till is checkpointing), wait
+        up to `wait` seconds for it: the thread closes its descriptor once answered, and closing a
+        descriptor of the file drops this process's POSIX locks on it, so that had better happen
+        now than during a later copy of the same database in this process."""
         with self._mutex:
             self._closed = True
-            if self._got.is_set() or not self._thread.is_alive():
+            if self._got.is_set() or self._failed:
                 os.close(self._fd)
-            # Otherwise the thread, still waiting, closes it once the kernel answers.
+                return
+        self._thread.join(wait)
+        if self._thread.is_alive():
+            log.warning("the checkpoint lock is still held by another process", waited_seconds=wait)
 
 
 def _open_if_present(path: str, flags: int) -> int | None:

@@ -190,9 +190,9 @@ def test_after_its_own_checkpoint_the_backup_keeps_the_lock_until_the_database_i
     seen: list[tuple[int, int, int]] = []
     real_close = sqlite_snapshot._Successor.close
 
-    def till_then_close(self: sqlite_snapshot._Successor) -> None:
+    def till_then_close(self: sqlite_snapshot._Successor, wait: float = 0.0) -> None:
         seen.append(_till_commits_and_checkpoints(db))  # SQLite has let go; the backup has not
-        real_close(self)
+        real_close(self, wait)
 
     monkeypatch.setattr(sqlite_snapshot._Successor, "close", till_then_close)
     try:
@@ -213,7 +213,8 @@ time.sleep(float(sys.argv[3]))
 """
 
 
-def test_the_lock_handed_over_too_late_is_let_go_at_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("wait", [0.0, 10.0], ids=["moves-on", "waits-for-the-answer"])
+def test_the_lock_handed_over_too_late_is_let_go_at_once(tmp_path: Path, wait: float) -> None:
     db = tmp_path / "pos.db"
     keeper = _wal_database(db, rows=10)
     shm = f"{db}-shm"
@@ -227,7 +228,9 @@ def test_the_lock_handed_over_too_late_is_let_go_at_once(tmp_path: Path) -> None
         successor = sqlite_snapshot._Successor.start(shm)
         assert successor is not None
         assert not successor.taken(0.2)  # the till is checkpointing
-        successor.close()  # the backup moves on while the kernel still has the request
+        successor.close(wait=wait)  # the backup moves on, or waits, while the kernel has the request
+        if wait:  # closing waited for the kernel's answer, which the thread let go of at once
+            assert not successor._thread.is_alive()
         till.wait(timeout=30)
         successor._thread.join(timeout=10)
         assert not successor._thread.is_alive()
