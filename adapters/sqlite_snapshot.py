@@ -151,6 +151,7 @@ class CheckpointGuard:
     """
 
     def __init__(self, database: Path) -> None:
+        self._database = database
         self._shm_path = f"{database}-shm"
         self._shm = _open_if_present(self._shm_path, os.O_RDWR)
         self._db = _open_if_present(str(database), os.O_RDONLY)
@@ -199,12 +200,18 @@ class CheckpointGuard:
         # afterwards, the till got in first in two backups of three, and its sale then waited
         # 190-300 ms for its own checkpoint behind ours.
         successor = self._successor = _Successor.start(self._shm_path) if self.held else None
+        # Should the till still get in first, a reader pinned at the WAL's end as it is now leaves
+        # its checkpoint nothing to fold (ours folds all of it), so that it syncs nothing and its
+        # sale does not wait. The pin goes once the lock is ours again.
+        pin = _pin(self._database)
         began = time.perf_counter()
         try:
             _checkpoint(conn)
         finally:
             checkpointed = time.perf_counter()
             retaken = successor.taken(SUCCESSOR_WAIT) if successor is not None else self.take(0)
+            if pin is not None:
+                pin.close()
             sys.setswitchinterval(switch)
             stop.set()
             flusher.join()
@@ -322,6 +329,23 @@ def _open_if_present(path: str, flags: int) -> int | None:
     except OSError as e:  # no -shm (another locking mode) or unreadable: copy without the guard
         log.debug("checkpoint guard unavailable", path=path, error=str(e))
         return None
+
+
+def _pin(database: Path) -> sqlite3.Connection | None:
+    """A connection holding a read transaction open on the database as it is now, or None."""
+    try:
+        pin = sqlite3.connect(f"file:{database}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.Error as e:
+        log.debug("no reader pinned for the checkpoint", error=str(e))
+        return None
+    try:
+        pin.execute("BEGIN")
+        pin.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as e:
+        log.debug("no reader pinned for the checkpoint", error=str(e))
+        pin.close()
+        return None
+    return pin
 
 
 def _checkpoint(conn: sqlite3.Connection) -> None:

@@ -140,7 +140,44 @@ def test_from_before_the_copy_until_its_own_checkpoint_the_backup_holds_the_lock
     try:
         copy_database(db, tmp_path / "copy.db")
         assert [busy for busy, _, _ in seen] == [1]
-        assert _rows_in_main_file(db) == 501  # and the backup's checkpoint folded the till's row in
+        # The backup's checkpoint folded in what was there before its pinned reader; the till's
+        # row came after, and the till's next checkpoint folds it.
+        busy, log, done = _till_commits_and_checkpoints(db)
+        assert (busy, done) == (0, log)
+        assert _rows_in_main_file(db) == 502
+    finally:
+        keeper.close()
+
+
+def test_a_till_that_wins_the_lock_after_the_backups_checkpoint_finds_nothing_to_fold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "pos.db"
+    keeper = _wal_database(db, rows=500)
+    seen: list[tuple[int, int, int]] = []
+    real = sqlite_snapshot._checkpoint
+
+    def then_the_till(conn: sqlite3.Connection) -> None:
+        real(conn)
+        sqlite_snapshot.CheckpointGuard.release(guard_of[0])  # the till gets in first
+        seen.append(_till_commits_and_checkpoints(db))
+
+    guard_of: list[CheckpointGuard] = []
+    real_init = sqlite_snapshot.CheckpointGuard.__init__
+
+    def keep(self: CheckpointGuard, database: Path) -> None:
+        real_init(self, database)
+        guard_of.append(self)
+
+    monkeypatch.setattr(sqlite_snapshot.CheckpointGuard, "__init__", keep)
+    monkeypatch.setattr(sqlite_snapshot._Successor, "start", classmethod(lambda cls, path: None))
+    monkeypatch.setattr(sqlite_snapshot, "_checkpoint", then_the_till)
+    try:
+        copy_database(db, tmp_path / "copy.db")
+        ((busy, log, done),) = seen
+        assert busy == 0  # it did get the lock
+        assert done < log  # and folded nothing past the backup's pinned reader: no row of its own
+        assert _till_commits_and_checkpoints(db)[0] == 0  # later, it folds everything as usual
     finally:
         keeper.close()
 
