@@ -382,7 +382,8 @@ class Repository:
         self._indexed_files = set(cached.covered if cached is not None else ()) | {
             n for n in fresh if n not in damaged
         }
-        self._superseded_files = set(cached.skipped if cached is not None else ()) | (superseded & set(names))
+        skipped = cached.skipped if cached is not None else frozenset()
+        self._superseded_files = superseded.intersection(names) | skipped
         if use_cache and (cached is None or fresh):
             self.save_index_cache()
         return damaged

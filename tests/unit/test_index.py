@@ -374,7 +374,11 @@ def test_runs_beyond_the_memory_budget_live_in_files(small_runs):
     for run in index._runs:
         assert (run.recs is None) == (run.file is not None)
         assert len(run.sparse) == -(-run.n // run.every) <= index_module.MAX_SPARSE_KEYS
-        assert len(run.bloom.bits) * 8 <= index_module.MAX_BLOOM_BITS
+        if run.file is not None:  # a run in memory is searched whole and has no filter
+            assert run.bloom is not None
+            assert len(run.bloom.bits) * 8 <= index_module.MAX_BLOOM_BITS
+        else:
+            assert run.bloom is None
     if small_runs == 0:
         assert all(run.file is not None for run in index._runs)
 
