@@ -124,19 +124,31 @@ def test_copy_folds_the_wal_into_the_database_and_lets_go_of_everything(tmp_path
         keeper.close()
 
 
+def _till_at_the_checkpoint(
+    monkeypatch: pytest.MonkeyPatch, db: Path, *, after: bool
+) -> list[tuple[int, int, int]]:
+    """Make the till commit and checkpoint just before the backup's own checkpoint, or just after
+    it (once SQLite has let go of the lock); return what its checkpoints said."""
+    seen: list[tuple[int, int, int]] = []
+    real = sqlite_snapshot._checkpoint
+
+    def with_the_till(conn: sqlite3.Connection) -> None:
+        if not after:
+            seen.append(_till_commits_and_checkpoints(db))  # the copy is done, the WAL is still there
+        real(conn)
+        if after:
+            seen.append(_till_commits_and_checkpoints(db))
+
+    monkeypatch.setattr(sqlite_snapshot, "_checkpoint", with_the_till)
+    return seen
+
+
 def test_from_before_the_copy_until_its_own_checkpoint_the_backup_holds_the_lock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db = tmp_path / "pos.db"
     keeper = _wal_database(db, rows=500)
-    seen: list[tuple[int, int, int]] = []
-    real = sqlite_snapshot._checkpoint
-
-    def till_first(conn: sqlite3.Connection) -> None:
-        seen.append(_till_commits_and_checkpoints(db))  # the copy is done, the WAL is still there
-        real(conn)
-
-    monkeypatch.setattr(sqlite_snapshot, "_checkpoint", till_first)
+    seen = _till_at_the_checkpoint(monkeypatch, db, after=False)
     try:
         copy_database(db, tmp_path / "copy.db")
         assert [busy for busy, _, _ in seen] == [1]
@@ -154,24 +166,9 @@ def test_a_till_that_wins_the_lock_after_the_backups_checkpoint_finds_nothing_to
 ) -> None:
     db = tmp_path / "pos.db"
     keeper = _wal_database(db, rows=500)
-    seen: list[tuple[int, int, int]] = []
-    real = sqlite_snapshot._checkpoint
-
-    def then_the_till(conn: sqlite3.Connection) -> None:
-        real(conn)
-        sqlite_snapshot.CheckpointGuard.release(guard_of[0])  # the till gets in first
-        seen.append(_till_commits_and_checkpoints(db))
-
-    guard_of: list[CheckpointGuard] = []
-    real_init = sqlite_snapshot.CheckpointGuard.__init__
-
-    def keep(self: CheckpointGuard, database: Path) -> None:
-        real_init(self, database)
-        guard_of.append(self)
-
-    monkeypatch.setattr(sqlite_snapshot.CheckpointGuard, "__init__", keep)
+    # No hand-over in the kernel: SQLite's release drops the process's lock, and the till is first.
     monkeypatch.setattr(sqlite_snapshot._Successor, "start", classmethod(lambda cls, path: None))
-    monkeypatch.setattr(sqlite_snapshot, "_checkpoint", then_the_till)
+    seen = _till_at_the_checkpoint(monkeypatch, db, after=True)
     try:
         copy_database(db, tmp_path / "copy.db")
         ((busy, log, done),) = seen

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,30 @@ def new_repository(
     key_file = root / "home" / "repository.key"
     repo = Repository.init(LocalBackend(root / "repo"), key_file, passphrase, pack_size)
     return repo, key_file
+
+
+def wal_database_of_random_rows(path: Path, rows: int) -> None:
+    """Add `rows` rows of 900 random bytes to a WAL database at `path` (created if missing)."""
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, body BLOB)")
+    conn.executemany("INSERT INTO t (body) VALUES (randomblob(900))", [()] * rows)
+    conn.commit()
+    conn.close()
+
+
+def count_index_reads(repo: Repository) -> list[str]:
+    """The names of the index files `repo` decodes from now on, in order, one entry a read."""
+    reads: list[str] = []
+    load_sealed = repo.load_sealed
+
+    def counting(kind, name):  # type: ignore[no-untyped-def]
+        if kind == "index":
+            reads.append(name)
+        return load_sealed(kind, name)
+
+    repo.load_sealed = counting  # type: ignore[method-assign]
+    return reads
 
 
 def reopen(repo: Repository, key_file: Path) -> Repository:

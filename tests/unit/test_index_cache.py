@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,16 +18,7 @@ from adapters.repository.index import decode_index, encode_index
 from adapters.repository.repo import Repository
 from adapters.restore import restore_snapshot
 from adapters.verify import verify
-from tests.unit.support import new_repository, reopen
-
-
-def _database(path: Path, rows: int) -> None:
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA journal_mode=wal")
-    conn.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, body BLOB)")
-    conn.executemany("INSERT INTO t (body) VALUES (randomblob(900))", [()] * rows)
-    conn.commit()
-    conn.close()
+from tests.unit.support import count_index_reads, new_repository, reopen, wal_database_of_random_rows
 
 
 @pytest.fixture(autouse=True)
@@ -41,16 +31,7 @@ def _opened(repo: Repository, key_file: Path, cache: Path | None) -> tuple[Repos
     """A new handle on `repo` using `cache`, and the list of index files it decodes."""
     fresh = reopen(repo, key_file)
     fresh.cache_dir = cache
-    reads: list[str] = []
-    load_sealed = fresh.load_sealed
-
-    def counting(kind, name):  # type: ignore[no-untyped-def]
-        if kind == "index":
-            reads.append(name)
-        return load_sealed(kind, name)
-
-    fresh.load_sealed = counting  # type: ignore[method-assign]
-    return fresh, reads
+    return fresh, count_index_reads(fresh)
 
 
 def _locations(repo: Repository, ids: list[bytes]) -> list[object]:
@@ -65,7 +46,7 @@ def _ids(repo: Repository) -> list[bytes]:
 def _backed_up(tmp_path: Path, rows: int = 600) -> tuple[Repository, Path, Path, BackupResult]:
     tmp_path.mkdir(exist_ok=True)
     db = tmp_path / "pos.db"
-    _database(db, rows)
+    wal_database_of_random_rows(db, rows)
     repo, key_file = new_repository(tmp_path, pack_size=64 * 1024)
     repo.cache_dir = tmp_path / "cache"
     result = backup_database(repo, db, tmp_path / "staging", now=datetime.now(UTC), workers=2)
@@ -97,7 +78,7 @@ def test_index_files_written_since_are_read_over_the_cache_which_then_catches_up
     before = set(repo.backend.list("index"))
     # A second backup by a process without the cache: the cache now lacks its index files.
     other = reopen(repo, key_file)
-    _database(db, 300)
+    wal_database_of_random_rows(db, 300)
     backup_database(other, db, tmp_path / "staging", now=datetime.now(UTC), workers=2)
     new = set(repo.backend.list("index")) - before
     assert new
@@ -239,7 +220,7 @@ def test_an_empty_index_is_cached_too(tmp_path):
     assert again.load_index() == []
     assert len(again.index) == 0
     # Packs only in an index file written later are found.
-    _database(tmp_path / "pos.db", 100)
+    wal_database_of_random_rows(tmp_path / "pos.db", 100)
     backup_database(reopen(repo, key_file), tmp_path / "pos.db", tmp_path / "staging", now=datetime.now(UTC))
     later, reads = _opened(repo, key_file, tmp_path / "cache")
     later.load_index()

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -14,16 +12,7 @@ from adapters.repository import index as index_module
 from adapters.repository import repo as repo_module
 from adapters.repository.index import decode_index, encode_index
 from adapters.restore import restore_snapshot
-from tests.unit.support import new_repository, reopen
-
-
-def _database(path: Path, rows: int) -> None:
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA journal_mode=wal")
-    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB)")
-    conn.executemany("INSERT INTO t (body) VALUES (randomblob(900))", [()] * rows)
-    conn.commit()
-    conn.close()
+from tests.unit.support import count_index_reads, new_repository, reopen, wal_database_of_random_rows
 
 
 @pytest.mark.parametrize("hold", [0, 10**9], ids=["read-twice", "held"])
@@ -34,7 +23,7 @@ def test_index_files_load_in_runs_skip_what_is_superseded_and_restore(tmp_path, 
     monkeypatch.setattr(index_module, "FILE_SPARSE", 2)
     monkeypatch.setattr(index_module, "MEMORY_RECORDS", 100)  # the larger runs in files
     db = tmp_path / "pos.db"
-    _database(db, 1500)
+    wal_database_of_random_rows(db, 1500)
     repo, key_file = new_repository(tmp_path, pack_size=64 * 1024)
     result = backup_database(repo, db, tmp_path / "staging", now=datetime.now(UTC), workers=2)
     names = sorted(repo.backend.list("index"))
@@ -46,15 +35,7 @@ def test_index_files_load_in_runs_skip_what_is_superseded_and_restore(tmp_path, 
 
     monkeypatch.setattr(repo_module, "LOAD_HOLD", hold)
     fresh = reopen(repo, key_file)
-    reads: list[str] = []
-    load_sealed = fresh.load_sealed
-
-    def counting(kind, name):  # type: ignore[no-untyped-def]
-        if kind == "index":
-            reads.append(name)
-        return load_sealed(kind, name)
-
-    monkeypatch.setattr(fresh, "load_sealed", counting)
+    reads = count_index_reads(fresh)
     assert fresh.load_index() == []
     assert len(fresh.index) == blobs  # the superseded file's blobs are not counted twice
     assert len(reads) == (len(names) + 1) * (2 if hold == 0 else 1) - (1 if hold == 0 else 0)
