@@ -30,7 +30,13 @@ from adapters.repository.lock import pid_alive
 from adapters.repository.rebuild import adopt_unindexed_packs
 from adapters.repository.repo import Repository
 from adapters.sealpool import SealPool
-from adapters.sqlite_snapshot import DatabaseCopy, copy_database, in_wal_mode, remove_database_files
+from adapters.sqlite_snapshot import (
+    CheckpointKeeper,
+    DatabaseCopy,
+    checkpoints_kept,
+    copy_database,
+    remove_database_files,
+)
 from domain.errors import CapsuleError
 from domain.manifest import Entry, Manifest, SqliteInfo, Totals
 
@@ -303,38 +309,43 @@ def store_database(
     """
     started = time.perf_counter()
     taken_at = datetime.now(UTC)
-    repo.ensure_index()
-    adopt_unindexed_packs(repo)
-    parent = latest_snapshot(repo, "database", str(source.resolve()))
-    stored_before = repo.stored_bytes
-    copy_dir = copy_directory(staging, source, in_memory=copy_in_memory)
-    clear_abandoned_copies(staging)
-    if copy_dir != staging:
-        clear_abandoned_copies(copy_dir)
-    # The PID in the name keeps two backups of one database apart and tells a crashed one's copy.
-    copy_path = copy_dir / f"{source.name}.{os.getpid()}-{secrets.token_hex(4)}{COPY_SUFFIX}"
-    # Workers start while SQLite copies the database, so their start-up costs nothing.
-    pool = SealPool(repo.master_key, repo.compression_level, workers) if workers != 0 else None
-    try:
-        stored = None
-        # In rollback-journal mode the copy blocks the till's commits until it ends: there it runs
-        # alone, as fast as it can, rather than beside the store.
-        if pool is not None and in_wal_mode(source) and reports_holes(copy_dir):
-            copy, stored = _store_while_copying(
-                repo, source, copy_path, full=full, progress=progress, pool=pool
-            )
-        else:
-            copy = copy_database(source, copy_path)
-        if stored is None:
-            with _unlinked(copy) as readable:
-                stored = store_database_copy(repo, readable, source, full=full, progress=progress, pool=pool)
-        entry, stats = stored
-        repo.flush()
-    finally:
-        if pool is not None:
-            pool.close()
-        remove_database_files(copy_path)
-    repo.save_index_cache()  # the next command reads this index back instead of rebuilding it
+    # The till's checkpoints are the backup's from here until its packs and index are on disk: no
+    # sale waits for one while the backup keeps the disk busy (see CheckpointKeeper).
+    with checkpoints_kept(source) as keeper:
+        repo.ensure_index()
+        adopt_unindexed_packs(repo)
+        parent = latest_snapshot(repo, "database", str(source.resolve()))
+        stored_before = repo.stored_bytes
+        copy_dir = copy_directory(staging, source, in_memory=copy_in_memory)
+        clear_abandoned_copies(staging)
+        if copy_dir != staging:
+            clear_abandoned_copies(copy_dir)
+        # The PID in the name keeps two backups of one database apart and tells a crashed one's copy.
+        copy_path = copy_dir / f"{source.name}.{os.getpid()}-{secrets.token_hex(4)}{COPY_SUFFIX}"
+        # Workers start while SQLite copies the database, so their start-up costs nothing.
+        pool = SealPool(repo.master_key, repo.compression_level, workers) if workers != 0 else None
+        try:
+            stored = None
+            # In rollback-journal mode the copy blocks the till's commits until it ends: there it
+            # runs alone, as fast as it can, rather than beside the store.
+            if pool is not None and keeper is not None and reports_holes(copy_dir):
+                copy, stored = _store_while_copying(
+                    repo, source, copy_path, full=full, progress=progress, pool=pool, keeper=keeper
+                )
+            else:
+                copy = copy_database(source, copy_path, keeper=keeper)
+            if stored is None:
+                with _unlinked(copy) as readable:
+                    stored = store_database_copy(
+                        repo, readable, source, full=full, progress=progress, pool=pool
+                    )
+            entry, stats = stored
+            repo.flush()
+        finally:
+            if pool is not None:
+                pool.close()
+            remove_database_files(copy_path)
+        repo.save_index_cache()  # the next command reads this index back instead of rebuilding it
     parent_entry = parent[1].entries[0] if parent and parent[1].entries else None
     return StoredDatabase(
         source=str(source.resolve()),
@@ -359,9 +370,10 @@ def _store_while_copying(
     full: bool,
     progress: Progress | None,
     pool: SealPool,
+    keeper: CheckpointKeeper,
 ) -> tuple[DatabaseCopy, tuple[Entry, StoreStats] | None]:
     """Store the copy block by block while SQLite writes it; None if it must be stored again whole."""
-    live = LiveCopy(source, copy_path)
+    live = LiveCopy(source, copy_path, keeper)
     try:
         expected = live.start()
         stored = store_database_copy(

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import structlog
 
-from adapters.sqlite_snapshot import DatabaseCopy, copy_database
+from adapters.sqlite_snapshot import CheckpointKeeper, DatabaseCopy, copy_database
 
 log = structlog.get_logger(__name__)
 
@@ -63,9 +63,10 @@ def reports_holes(directory: Path) -> bool:
 class LiveCopy:
     """A consistent copy of a database that SQLite writes on a thread while its blocks are read."""
 
-    def __init__(self, source: Path, target: Path) -> None:
+    def __init__(self, source: Path, target: Path, keeper: CheckpointKeeper | None = None) -> None:
         self.source = source
         self.target = target
+        self.keeper = keeper
         self.expected: DatabaseCopy | None = None
         self._fd: int | None = None
         self._data_from, self._data_to = 1 << 62, 0  # [from, to) is known to be written
@@ -85,7 +86,9 @@ class LiveCopy:
 
     def _run(self) -> None:
         try:
-            self._result = copy_database(self.source, self.target, started=self._on_started)
+            self._result = copy_database(
+                self.source, self.target, started=self._on_started, keeper=self.keeper
+            )
         except BaseException as e:  # handed to the thread that waits for the copy
             self._error = e
         finally:

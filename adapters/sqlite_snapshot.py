@@ -17,7 +17,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +34,13 @@ SIDE_FILES = ("-wal", "-shm", "-journal")
 # lock, then the checkpoint lock (SQLite's "WAL-mode File Format", section on the WAL-index locks).
 SHM_CHECKPOINT_LOCK = 121
 CHECKPOINT_LOCK_WAIT = 2.0  # seconds to wait for a checkpoint the till has running already
-FLUSH_PAUSE = 0.002  # seconds between flushes of the database file while the checkpoint writes it
-SWITCH_DURING_CHECKPOINT = 1e-5  # seconds: the interpreter's switch interval while checkpointing
+FOLD_EVERY = 0.2  # seconds between the keeper's checkpoints, about as often as a busy till's own
+HANDBACK_WAIT = 2.0  # seconds the keeper leaves the checkpoints to the till for the WAL to restart
+WAL_LIMIT_MIN = 64 * 1024 * 1024
+WAL_FRAME_HEADER = 24
+# A thread waits up to the switch interval (5 ms) for the interpreter after a system call; while the
+# lock changes hands between this process's two holders, the wait is kept to microseconds.
+SWITCH_DURING_HANDOVER = 1e-5
 
 
 @dataclass(frozen=True)
@@ -50,14 +55,16 @@ class DatabaseCopy:
     seconds: float
 
 
-def _connect_existing(path: Path) -> sqlite3.Connection:
+def _connect_existing(path: Path, *, any_thread: bool = False) -> sqlite3.Connection:
     if not path.is_file():
         raise SourceError(
             f"the database {path} does not exist; set CAPSULE_DATABASE to the point-of-sale database file"
         )
     try:
         # mode=rw: never create an empty database where the real one is missing.
-        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, isolation_level=None)
+        conn = sqlite3.connect(
+            f"file:{path}?mode=rw", uri=True, isolation_level=None, check_same_thread=not any_thread
+        )
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as e:
@@ -66,20 +73,27 @@ def _connect_existing(path: Path) -> sqlite3.Connection:
 
 
 def copy_database(
-    source: Path, target: Path, started: Callable[[DatabaseCopy], None] | None = None
+    source: Path,
+    target: Path,
+    started: Callable[[DatabaseCopy], None] | None = None,
+    *,
+    keeper: CheckpointKeeper | None = None,
 ) -> DatabaseCopy:
     """Copy `source` consistently into `target` (which must not exist) and describe the copy.
 
     `started`, if given, learns what the copy will be once its snapshot is fixed, just before SQLite
     writes it: from then on the file grows page by page (see `adapters.livecopy`).
+
+    A WAL database's checkpoints are kept from the till for the copy's duration (`CheckpointKeeper`),
+    or for as long as `keeper`, started by the caller, runs.
     """
     src = _connect_existing(source)
-    guard: CheckpointGuard | None = None
+    own_keeper: CheckpointKeeper | None = None
     try:
         journal_mode = str(src.execute("PRAGMA journal_mode").fetchone()[0]).lower()
-        if journal_mode == "wal":
-            guard = CheckpointGuard(source)
-            guard.take(CHECKPOINT_LOCK_WAIT)
+        if journal_mode == "wal" and keeper is None:
+            own_keeper = CheckpointKeeper(source)
+            own_keeper.start()
         target.parent.mkdir(parents=True, exist_ok=True)
         dst = sqlite3.connect(target, isolation_level=None)
         # The copy is read once and deleted: it needs neither a journal nor an fsync, and syncing
@@ -114,16 +128,14 @@ def copy_database(
                 with contextlib.suppress(sqlite3.Error):
                     src.execute("ROLLBACK")
         seconds = time.perf_counter() - began
-        if guard is not None:
-            guard.checkpoint(src)
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise DiskFull(f"the disk holding {target.parent} is full") from e
         raise
     finally:
         src.close()
-        if guard is not None:
-            guard.close()  # only now: closing its descriptors drops the process's locks on them
+        if own_keeper is not None:
+            own_keeper.stop()  # only now: see CheckpointKeeper on this process's connections
     for suffix in SIDE_FILES:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"{target}{suffix}")
@@ -132,128 +144,323 @@ def copy_database(
     return DatabaseCopy(target, size, page_size, page_count, journal_mode, seconds)
 
 
-class CheckpointGuard:
-    """Keeps the till's commits short around the copy of a WAL database.
+class CheckpointKeeper:
+    """Runs the till's checkpoints for it while a backup runs, so that no sale waits for one.
 
-    While the copy's read transaction is open the WAL grows, because nothing written after the
-    copy started can be folded into the database yet. Left alone, the till's first commit after
-    the copy would fold all of it in (its automatic checkpoint) and make the sale wait for that,
-    over a hundred milliseconds for a few seconds of sales. So the backup holds SQLite's checkpoint
-    lock from before the copy (the till's automatic checkpoints skip while it is held; SQLite never
-    waits for this lock), folds the WAL in itself afterwards, and flushes the database file and the
-    WAL to disk as it does, so that the till's next checkpoint does not have to wait for those
-    writes either.
+    A till in WAL mode commits without syncing anything; every few hundred milliseconds, though,
+    one of its commits folds the WAL into the database and syncs both (SQLite's automatic
+    checkpoint), and that sale waits for the disk: 50-80 ms on a quiet disk, more beside a backup
+    writing packs. While the keeper runs it holds SQLite's checkpoint lock, a byte of the `-shm`
+    file (the till's automatic checkpoints skip while another process holds it; SQLite never waits
+    for it), and a thread of its own folds the WAL in every `every` seconds and syncs the database
+    file. The copy's read transaction needs this too: nothing written after it started can be
+    folded in until it ends, so without the lock the till's first commit after the copy would
+    fold seconds of sales.
 
-    The locks are POSIX record locks, which belong to the process: closing any descriptor of these
-    files drops the locks SQLite's own connections in this process hold on them. So `close` must
-    come after the process's connection to the database is closed, and only one job at a time may
-    touch a database in a process (the source lock sees to that).
+    The lock is held on an open file description of the keeper's own (`_OfdLock`): SQLite's locks
+    are the process's POSIX locks, which SQLite drops after each checkpoint. For each fold the
+    process takes the POSIX lock, SQLite's connection checkpoints under it, and the kernel hands
+    the lock back to the keeper's description the moment SQLite lets go. Closing any descriptor
+    of the `-shm` file drops every POSIX lock this process holds on it, SQLite's read locks
+    included, so none is closed before `stop`.
+
+    A reader stays pinned at the WAL's end as it was when the last fold began. A till that slips
+    in while the lock changes hands then folds nothing and syncs nothing; and the till cannot
+    restart the WAL, which would sync it inside a sale. So the WAL grows by what the till writes
+    meanwhile; past `wal_limit` bytes the keeper hands the checkpoints back until the till's own
+    have restarted it.
+
+    Only one job at a time may touch a database in a process (the source lock sees to that), and
+    every other connection of this process to it must be closed before `stop`.
     """
 
-    def __init__(self, database: Path) -> None:
+    def __init__(self, database: Path, *, every: float = FOLD_EVERY, wal_limit: int | None = None) -> None:
         self._database = database
         self._shm_path = f"{database}-shm"
-        self._shm = _open_if_present(self._shm_path, os.O_RDWR)
-        self._db = _open_if_present(str(database), os.O_RDONLY)
-        self._wal = _open_if_present(f"{database}-wal", os.O_RDONLY)
-        self._successor: _Successor | None = None
+        self._every = every
+        self._wal_limit = wal_limit
+        self._shm: int | None = None
+        self._db: int | None = None
+        self._wal: int | None = None
+        self._lock: _OfdLock | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._ready = threading.Event()
+        self._pinned_at = 0
         self.held = False
+        self.folds = 0
+        self.handbacks = 0
+        self.slowest_fold = 0.0
 
-    def take(self, wait: float) -> bool:
-        """Take the checkpoint lock, waiting up to `wait` seconds for a running checkpoint."""
-        if self._shm is None:
+    def start(self, wait: float = CHECKPOINT_LOCK_WAIT) -> bool:
+        """Take the lock (waiting up to `wait` seconds for a checkpoint the till has running) and
+        start folding. False if the database has no `-shm` file, the system no open file
+        description locks, or the till's checkpoint did not end in time: then the till keeps its
+        checkpoints. Whatever it returns, `stop` must follow."""
+        if _OFD_SETLKW is None:
+            log.debug("checkpoints left to the till: no open file description locks here")
             return False
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.lockf(self._shm, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, SHM_CHECKPOINT_LOCK)
-                self.held = True
-                return True
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() >= deadline:
-                    log.debug("checkpoint lock not taken", error=str(e))
-                    return False
-                time.sleep(0.005)  # the till is checkpointing; that takes milliseconds
+        # Connected first: reading a WAL database creates its `-shm` file if no till has it open.
+        conn = _connect_existing(self._database, any_thread=True)
+        self._shm = _open_if_present(self._shm_path, os.O_RDWR)
+        self._lock = _OfdLock.open(self._shm_path)
+        if self._shm is None or self._lock is None:
+            conn.close()
+            return False
+        self._db = _open_if_present(str(self._database), os.O_RDONLY)
+        self._wal = _open_if_present(f"{self._database}-wal", os.O_RDONLY)
+        self._lock.request()
+        if not self._lock.taken(wait):
+            self._lock.release()
+            conn.close()
+            log.debug("checkpoint lock not taken", waited_seconds=wait)
+            return False
+        self.held = True
+        if self._wal_limit is None:
+            self._wal_limit = wal_limit_for(self._database)
+        self._thread = threading.Thread(target=self._run, args=(conn,), name="checkpoint-keeper", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        return True
 
-    def release(self) -> None:
-        if self.held and self._shm is not None:
-            with contextlib.suppress(OSError):
-                fcntl.lockf(self._shm, fcntl.LOCK_UN, 1, SHM_CHECKPOINT_LOCK)
-        self.held = False
-
-    def checkpoint(self, conn: sqlite3.Connection) -> None:
-        """Fold the WAL into the database through `conn`, the connection that made the copy.
-
-        SQLite's lock is the process's lock, so the checkpoint takes the one held here, and
-        releases it when done: it is taken again at once, until the database file is on disk.
-        """
-        stop = threading.Event()
-        flusher = threading.Thread(target=self._flush_until, args=(stop,), name="checkpoint-flush")
-        flusher.start()
-        # Between SQLite letting go of the lock and this thread taking it again, the till may take
-        # it. A thread waits up to the switch interval (5 ms) for the interpreter after a call into
-        # SQLite; while the checkpoint runs, that wait is kept to microseconds.
-        switch = sys.getswitchinterval()
-        sys.setswitchinterval(SWITCH_DURING_CHECKPOINT)
-        # Where the system has open file description locks, a thread waits for the lock in the
-        # kernel, which hands it over the moment SQLite lets go: taking it again from Python
-        # afterwards, the till got in first in two backups of three, and its sale then waited
-        # 190-300 ms for its own checkpoint behind ours.
-        successor = self._successor = _Successor.start(self._shm_path) if self.held else None
-        # Should the till still get in first, a reader pinned at the WAL's end as it is now leaves
-        # its checkpoint nothing to fold (ours folds all of it), so that it syncs nothing and its
-        # sale does not wait. The pin goes once the lock is ours again.
-        pin = _pin(self._database)
-        began = time.perf_counter()
-        try:
-            _checkpoint(conn)
-        finally:
-            checkpointed = time.perf_counter()
-            retaken = successor.taken(SUCCESSOR_WAIT) if successor is not None else self.take(0)
-            if pin is not None:
-                pin.close()
-            sys.setswitchinterval(switch)
-            stop.set()
-            flusher.join()
-            self._flush()
-            self.release()
-            # The successor keeps the lock until `close`: closing its descriptor would drop the
-            # locks SQLite's connections in this process hold on the same file.
-            # When the till takes the lock between SQLite's release and ours, its own next
-            # checkpoint runs at once: these figures tell whether a slow sale came from that.
+    def stop(self) -> None:
+        """Fold in what is left, sync it, and give the checkpoints back to the till."""
+        if self._thread is not None:
+            self._stopping.set()
+            self._thread.join()
+            self._thread = None
             log.debug(
-                "checkpoint after the copy",
-                seconds=round(checkpointed - began, 3),
-                flushed_seconds=round(time.perf_counter() - checkpointed, 3),
-                lock_kept=retaken,
+                "checkpoints given back",
+                folds=self.folds,
+                handed_back=self.handbacks,
+                slowest_fold_seconds=round(self.slowest_fold, 3),
+                lock_kept=self.held,
             )
-
-    def _flush_until(self, stop: threading.Event) -> None:
-        while not stop.wait(FLUSH_PAUSE):
-            self._flush()
-
-    def _flush(self) -> None:
-        for fd in (self._db, self._wal):
-            if fd is None:
-                continue
-            try:
-                os.fdatasync(fd)
-            except OSError as e:  # the checkpoint's own rules still keep the database safe
-                log.debug("flushing the database after the copy failed", error=str(e))
-
-    def close(self) -> None:
-        self.release()
-        if self._successor is not None:
-            self._successor.close(wait=CHECKPOINT_LOCK_WAIT)
-            self._successor = None
+        # Only now, with this process's connections closed (see the class's notes).
+        if self._lock is not None:
+            self._lock.close(wait=CHECKPOINT_LOCK_WAIT)
+            self._lock = None
+        self.held = False
         for fd in (self._shm, self._db, self._wal):
             if fd is not None:
                 os.close(fd)
         self._shm = self._db = self._wal = None
 
+    def _run(self, conn: sqlite3.Connection) -> None:
+        pins = _Pins(self._database)
+        try:
+            # The checkpoint syncs the WAL before it writes the database: FULL, whatever the default.
+            conn.execute("PRAGMA synchronous=FULL")
+            self._pin(pins)  # nothing is folded yet: a till slipping in folds only what it had
+            self._ready.set()
+            while not self._stopping.wait(self._every) and self.held:
+                self._fold(conn, pins)
+            if self.held:
+                self._fold(conn, pins)
+                self._flush(self._wal)  # the till's next checkpoint syncs the WAL first
+        except Exception as e:  # a courtesy to the till, never a reason to fail the backup
+            log.warning("checkpoints given back to the till early", error=str(e))
+        finally:
+            self._ready.set()
+            pins.close()
+            conn.close()
+
+    def _fold(self, conn: sqlite3.Connection, pins: _Pins) -> None:
+        """Fold the WAL up to its end into the database through `conn`, and sync the database."""
+        assert self._lock is not None
+        frames = self._frames()
+        if frames is not None and frames[0] == frames[1]:
+            # Nothing to fold; and a reader beginning now would read the database file alone,
+            # which does not keep the till from restarting the WAL: the pinned reader stays.
+            return
+        # The pin moves on only once the folds have caught up with it. Until then another reader
+        # (the copy's, for one) holds them back, and a till slipping in must not fold past them.
+        advance = frames is None or frames[1] >= self._pinned_at
+        began = time.perf_counter()
+        # SQLite checkpoints only under the process's own lock: the keeper's description lets go,
+        # and the process takes the lock at once (a till slipping in between folds nothing).
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_DURING_HANDOVER)
+        try:
+            self._lock.release()
+            taken = self._take(CHECKPOINT_LOCK_WAIT)
+        finally:
+            sys.setswitchinterval(switch)
+        if not taken:
+            self.held = False
+            return
+        # Queued behind the process's lock: the kernel hands it over when SQLite lets go.
+        self._lock.request()
+        try:
+            if advance:
+                self._pin(pins)  # at the WAL's end as it is now: the fold's bound
+            logged = _checkpoint(conn)
+        finally:
+            self._release()  # should SQLite not have let go itself
+        if not self._lock.taken(CHECKPOINT_LOCK_WAIT):
+            self._lock.release()  # and a late answer is let go of at once
+            self.held = False
+            log.debug("checkpoint lock not handed back")
+            return
+        # A checkpoint that leaves frames unfolded (the till wrote meanwhile, or a reader holds
+        # them) does not sync the database; the till's next complete one would sync it all.
+        self._flush(self._db)
+        self.folds += 1
+        self.slowest_fold = max(self.slowest_fold, time.perf_counter() - began)
+        limit = self._wal_limit
+        if logged is not None and limit is not None and logged * _frame_bytes(conn) > limit:
+            self._hand_back(pins)
+
+    def _hand_back(self, pins: _Pins) -> None:
+        """Let the till checkpoint until it has restarted the WAL from its beginning, then take the
+        lock again: the WAL stops growing, and one sale waits for one ordinary checkpoint."""
+        assert self._lock is not None
+        before = self._wal_header()
+        pins.close()  # a reader would keep the till's checkpoint from completing
+        self._lock.release()
+        self.handbacks += 1
+        log.debug("checkpoints handed back while the WAL restarts", wal_limit=self._wal_limit)
+        deadline = time.monotonic() + HANDBACK_WAIT
+        while self._wal_header() == before and time.monotonic() < deadline:
+            if self._stopping.wait(0.005):
+                break
+        self._lock.request()
+        if not self._lock.taken(CHECKPOINT_LOCK_WAIT):
+            self._lock.release()
+            self.held = False
+            return
+        self._pin(pins)
+
+    def _pin(self, pins: _Pins) -> None:
+        """Pin a reader at the WAL's end; remember (at least) where that is."""
+        frames = self._frames()
+        pins.advance()
+        self._pinned_at = frames[0] if frames is not None else 0
+
+    def _frames(self) -> tuple[int, int] | None:
+        """The WAL's last frame and the last one folded into the database, as the `-shm` file
+        says; None if it cannot be read.
+
+        Its header (SQLite's "WAL-mode File Format", the wal-index header) holds the first at byte
+        16, and the checkpoint information that follows two copies of the header the second
+        (nBackfill) at byte 96, in the machine's byte order. While the keeper holds the lock only
+        its own checkpoints move the second; the first only grows. A read racing the till's commit
+        sees the WAL a frame or two short: a stale answer errs towards folding less.
+        """
+        assert self._shm is not None
+        try:
+            raw = os.pread(self._shm, 100, 0)
+        except OSError:
+            return None
+        if len(raw) < 100:
+            return None
+        (last,) = struct.unpack_from("=I", raw, 16)
+        (folded,) = struct.unpack_from("=I", raw, 96)
+        return (last, folded) if last >= folded else None
+
+    def _wal_header(self) -> bytes:
+        """The WAL's checkpoint sequence number and salts, which change when it restarts."""
+        if self._wal is None:
+            return b""
+        try:
+            return os.pread(self._wal, 12, 12)
+        except OSError:
+            return b""
+
+    def _take(self, wait: float) -> bool:
+        """Take the checkpoint lock for this process, waiting up to `wait` seconds for a checkpoint
+        the till has running."""
+        assert self._shm is not None
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.lockf(self._shm, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, SHM_CHECKPOINT_LOCK)
+                return True
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() >= deadline:
+                    log.debug("checkpoint lock lost to the till", error=str(e))
+                    return False
+                time.sleep(0.001)  # the till is checkpointing; with the pinned reader, briefly
+
+    def _release(self) -> None:
+        if self._shm is not None:
+            with contextlib.suppress(OSError):
+                fcntl.lockf(self._shm, fcntl.LOCK_UN, 1, SHM_CHECKPOINT_LOCK)
+
+    @staticmethod
+    def _flush(fd: int | None) -> None:
+        if fd is None:
+            return
+        try:
+            os.fdatasync(fd)
+        except OSError as e:  # the checkpoint's own rules still keep the database safe
+            log.debug("flushing the database after a checkpoint failed", error=str(e))
+
+
+@contextlib.contextmanager
+def checkpoints_kept(database: Path) -> Iterator[CheckpointKeeper | None]:
+    """A started keeper for a WAL database for the block's duration; None in another journal mode."""
+    if not in_wal_mode(database):
+        yield None
+        return
+    keeper = CheckpointKeeper(database)
+    try:
+        yield keeper if keeper.start() else None
+    finally:
+        keeper.stop()
+
+
+def wal_limit_for(database: Path) -> int:
+    """How far the WAL may grow while the keeper holds the checkpoints: half the database, at least
+    WAL_LIMIT_MIN, but never past a quarter of the space free beside it."""
+    try:
+        size = database.stat().st_size
+        disk = os.statvfs(database.parent)
+        free = disk.f_bavail * disk.f_frsize
+    except OSError:
+        return WAL_LIMIT_MIN
+    return int(min(max(size // 2, WAL_LIMIT_MIN), free // 4))
+
+
+def _frame_bytes(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA page_size").fetchone()[0]) + WAL_FRAME_HEADER
+
+
+class _Pins:
+    """Two read-only connections taking turns to hold a read transaction open, each from where the
+    WAL ended when it began: a checkpoint folds nothing past the one held."""
+
+    def __init__(self, database: Path) -> None:
+        self._database = database
+        self._conns: list[sqlite3.Connection] = []
+        self._held: sqlite3.Connection | None = None
+
+    def advance(self) -> None:
+        """Hold a read transaction from the WAL's end as it is now, and then let go of the older."""
+        if len(self._conns) < 2:
+            uri = f"file:{self._database}?mode=ro"
+            self._conns.append(sqlite3.connect(uri, uri=True, isolation_level=None))
+        new = self._conns[0] if self._held is self._conns[-1] else self._conns[-1]
+        new.execute("BEGIN")
+        new.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        self._end()
+        self._held = new
+
+    def _end(self) -> None:
+        if self._held is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._held.execute("COMMIT")
+            self._held = None
+
+    def close(self) -> None:
+        self._end()
+        for conn in self._conns:
+            conn.close()
+        self._conns = []
+
 
 _OFD_SETLKW = getattr(fcntl, "F_OFD_SETLKW", None)
-SUCCESSOR_WAIT = 0.05  # seconds for the kernel to hand the lock over once SQLite has let go
+_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", None)
 
 
 def _flock(kind: int, start: int) -> bytes:
@@ -262,65 +469,88 @@ def _flock(kind: int, start: int) -> bytes:
     return struct.pack("@hhqqi", kind, os.SEEK_SET, start, 1, 0) + bytes(8)
 
 
-class _Successor:
-    """A thread waiting in the kernel for the checkpoint lock, on an open file description of its
-    own. Such a lock belongs to that description, not to the process, so SQLite letting go of its
-    lock does not drop this one, and the kernel wakes the waiter as soon as SQLite lets go."""
+class _OfdLock:
+    """SQLite's checkpoint lock, held on an open file description of its own.
 
-    def __init__(self, fd: int, wait_command: int) -> None:
+    Such a lock belongs to the description, not to the process: SQLite letting go of the
+    process's lock does not drop it, and it conflicts with the process's own POSIX lock, so a
+    request made while the process holds that lock waits in the kernel and is granted the moment
+    SQLite lets go. It is let go by unlocking, never by closing the descriptor, which would drop
+    the process's POSIX locks on the file as well; `close` comes last.
+    """
+
+    def __init__(self, fd: int, wait_command: int, set_command: int) -> None:
         self._fd = fd
         self._wait_command = wait_command
+        self._set_command = set_command
         self._mutex = threading.Lock()
         self._got = threading.Event()
+        self._abandoned = False
         self._closed = False
-        self._failed = False
-        self._thread = threading.Thread(target=self._wait, name="checkpoint-lock", daemon=True)
+        self._waiter: threading.Thread | None = None
 
     @classmethod
-    def start(cls, shm_path: str) -> _Successor | None:
-        if _OFD_SETLKW is None:
+    def open(cls, shm_path: str) -> _OfdLock | None:
+        if _OFD_SETLKW is None or _OFD_SETLK is None:
             return None
         fd = _open_if_present(shm_path, os.O_RDWR)
-        if fd is None:
-            return None
-        successor = cls(fd, _OFD_SETLKW)
-        successor._thread.start()
-        return successor
+        return None if fd is None else cls(fd, _OFD_SETLKW, _OFD_SETLK)
+
+    def request(self) -> None:
+        """Ask the kernel for the lock; `taken` tells when it is granted."""
+        assert self._waiter is None, "one request at a time"
+        self._got.clear()
+        self._abandoned = False
+        self._waiter = threading.Thread(target=self._wait, name="checkpoint-lock", daemon=True)
+        self._waiter.start()
 
     def _wait(self) -> None:
         try:
             fcntl.fcntl(self._fd, self._wait_command, _flock(fcntl.F_WRLCK, SHM_CHECKPOINT_LOCK))
         except OSError as e:
             log.debug("checkpoint lock not awaited", error=str(e))
-            with self._mutex:
-                self._failed = True
-                if self._closed:
-                    os.close(self._fd)
             return
         with self._mutex:
-            if not self._closed:
+            if not self._abandoned:
                 self._got.set()
-                return
-        # Too late: the backup has moved on, and the till must be free to checkpoint again.
-        os.close(self._fd)  # closing the description drops its lock
+            elif not self._closed:  # too late: the keeper moved on, and the till must be free
+                self._unlock()
+            # Once closed, the description goes with this call's hold on it, and its lock too.
 
     def taken(self, wait: float) -> bool:
-        """Whether the lock was handed over within `wait` seconds."""
-        return self._got.wait(wait)
+        """Whether the lock requested last was granted within `wait` seconds."""
+        if not self._got.wait(wait):
+            return False
+        self._waiter = None
+        return True
+
+    def release(self) -> None:
+        """Let go of the lock, or of the request if it is still waiting."""
+        with self._mutex:
+            if self._got.is_set():
+                self._got.clear()
+                self._unlock()
+                self._waiter = None
+            else:
+                self._abandoned = True
+
+    def _unlock(self) -> None:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(self._fd, self._set_command, _flock(fcntl.F_UNLCK, SHM_CHECKPOINT_LOCK))
 
     def close(self, wait: float = 0.0) -> None:
-        """Let go of the lock. If the kernel has not answered yet (the till is checkpointing), wait
-        up to `wait` seconds for it: the thread closes its descriptor once answered, and closing a
-        descriptor of the file drops this process's POSIX locks on it, so that had better happen
-        now than during a later copy of the same database in this process."""
+        """Let go, waiting up to `wait` seconds for an answer the kernel still owes (the till is
+        checkpointing), and close the descriptor: only once this process has no connection left
+        to the database."""
+        self.release()
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.join(wait)
+            if waiter.is_alive():
+                log.warning("the checkpoint lock is still held by another process", waited_seconds=wait)
         with self._mutex:
             self._closed = True
-            if self._got.is_set() or self._failed:
-                os.close(self._fd)
-                return
-        self._thread.join(wait)
-        if self._thread.is_alive():
-            log.warning("the checkpoint lock is still held by another process", waited_seconds=wait)
+            os.close(self._fd)
 
 
 def _open_if_present(path: str, flags: int) -> int | None:
@@ -331,32 +561,17 @@ def _open_if_present(path: str, flags: int) -> int | None:
         return None
 
 
-def _pin(database: Path) -> sqlite3.Connection | None:
-    """A connection holding a read transaction open on the database as it is now, or None."""
-    try:
-        pin = sqlite3.connect(f"file:{database}?mode=ro", uri=True, isolation_level=None)
-    except sqlite3.Error as e:
-        log.debug("no reader pinned for the checkpoint", error=str(e))
-        return None
-    try:
-        pin.execute("BEGIN")
-        pin.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    except sqlite3.Error as e:
-        log.debug("no reader pinned for the checkpoint", error=str(e))
-        pin.close()
-        return None
-    return pin
-
-
-def _checkpoint(conn: sqlite3.Connection) -> None:
-    """Fold into the database the WAL that grew while the copy held its read transaction.
+def _checkpoint(conn: sqlite3.Connection) -> int | None:
+    """Fold the WAL into the database as far as every reader allows; the WAL's length in frames.
 
     PASSIVE never blocks a writer; if the till is checkpointing already, this simply does less.
     """
     try:
-        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        _busy, frames, _folded = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     except sqlite3.Error as e:  # a courtesy to the till, never a reason to fail the backup
-        log.debug("checkpoint after the copy skipped", error=str(e))
+        log.debug("checkpoint skipped", error=str(e))
+        return None
+    return int(frames)
 
 
 def in_wal_mode(path: Path) -> bool:

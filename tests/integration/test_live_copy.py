@@ -81,12 +81,12 @@ def test_storing_while_copying_gives_what_storing_afterwards_gives(
         # SQLite starts writing only after the store has begun asking for blocks.
         real = livecopy.copy_database
 
-        def starts_late(source: Path, target: Path, started: Any = None) -> Any:
+        def starts_late(source: Path, target: Path, started: Any = None, **kw: Any) -> Any:
             def then_pause(expected: livecopy.DatabaseCopy) -> None:
                 started(expected)
                 time.sleep(0.3)
 
-            return real(source, target, started=then_pause)
+            return real(source, target, started=then_pause, **kw)
 
         monkeypatch.setattr(livecopy, "copy_database", starts_late)
     streamed = backup_database(repo, db, tmp_path / "staging", now=T0)
@@ -112,7 +112,7 @@ def test_a_copy_that_fails_halfway_fails_the_backup_without_hanging(
     _database(db, 20_000, seed=1)
     real = livecopy.copy_database
 
-    def breaks_after_starting(source: Path, target: Path, started: object = None) -> object:
+    def breaks_after_starting(source: Path, target: Path, started: object = None, **kw: Any) -> object:
         def half_then_fail(expected: livecopy.DatabaseCopy) -> None:
             assert callable(started)
             started(expected)
@@ -121,7 +121,7 @@ def test_a_copy_that_fails_halfway_fails_the_backup_without_hanging(
                 os.pwrite(f.fileno(), b"\x01" * 4096, 4096)
             raise SourceError("the disk went away")
 
-        return real(source, target, started=half_then_fail)
+        return real(source, target, started=half_then_fail, **kw)
 
     monkeypatch.setattr(livecopy, "copy_database", breaks_after_starting)
     with pytest.raises(SourceError, match="the disk went away"):
@@ -160,9 +160,9 @@ def test_only_a_wal_database_is_stored_while_it_is_copied(
     real = database_backup.LiveCopy
 
     class Spy(real):  # type: ignore[misc, valid-type]
-        def __init__(self, source: Path, target: Path) -> None:
+        def __init__(self, source: Path, target: Path, keeper: Any = None) -> None:
             made.append(source)
-            super().__init__(source, target)
+            super().__init__(source, target, keeper)
 
     monkeypatch.setattr(database_backup, "LiveCopy", Spy)
     result = backup_database(repo, db, tmp_path / "staging", now=T0)
