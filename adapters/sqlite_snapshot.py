@@ -89,11 +89,14 @@ def copy_database(
     """
     src = _connect_existing(source)
     own_keeper: CheckpointKeeper | None = None
+    holding = contextlib.ExitStack()
     try:
         journal_mode = str(src.execute("PRAGMA journal_mode").fetchone()[0]).lower()
         if journal_mode == "wal" and keeper is None:
-            own_keeper = CheckpointKeeper(source)
+            own_keeper = keeper = CheckpointKeeper(source)
             own_keeper.start()
+        if keeper is not None:
+            holding.enter_context(keeper.pin_held())  # before the copy's read transaction begins
         target.parent.mkdir(parents=True, exist_ok=True)
         dst = sqlite3.connect(target, isolation_level=None)
         # The copy is read once and deleted: it needs neither a journal nor an fsync, and syncing
@@ -113,6 +116,7 @@ def copy_database(
                 )
             src.backup(dst, pages=-1)
             src.execute("COMMIT")
+            holding.close()
             page_count = int(dst.execute("PRAGMA page_count").fetchone()[0])
         except sqlite3.OperationalError as e:
             remove_database_files(target)
@@ -133,6 +137,7 @@ def copy_database(
             raise DiskFull(f"the disk holding {target.parent} is full") from e
         raise
     finally:
+        holding.close()
         src.close()
         if own_keeper is not None:
             own_keeper.stop()  # only now: see CheckpointKeeper on this process's connections
@@ -187,6 +192,8 @@ class CheckpointKeeper:
         self._stopping = threading.Event()
         self._ready = threading.Event()
         self._pinned_at = 0
+        self._pin_mutex = threading.Lock()
+        self._pin_holds = 0
         self.held = False
         self.folds = 0
         self.handbacks = 0
@@ -292,8 +299,9 @@ class CheckpointKeeper:
         # Queued behind the process's lock: the kernel hands it over when SQLite lets go.
         self._lock.request()
         try:
-            if advance:
-                self._pin(pins)  # at the WAL's end as it is now: the fold's bound
+            with self._pin_mutex:
+                if advance and not self._pin_holds:
+                    self._pin(pins)  # at the WAL's end as it is now: the fold's bound
             logged = _checkpoint(conn)
         finally:
             self._release()  # should SQLite not have let go itself
@@ -330,6 +338,19 @@ class CheckpointKeeper:
             self.held = False
             return
         self._pin(pins)
+
+    @contextlib.contextmanager
+    def pin_held(self) -> Iterator[None]:
+        """Keep the pinned reader where it is for the block's duration: a copy reading the database
+        begins in it. The folds cannot pass the copy's read transaction, and a pin moved past its
+        start would let a till slipping in, once the copy is over, fold what came in between."""
+        with self._pin_mutex:
+            self._pin_holds += 1
+        try:
+            yield
+        finally:
+            with self._pin_mutex:
+                self._pin_holds -= 1
 
     def _pin(self, pins: _Pins) -> None:
         """Pin a reader at the WAL's end; remember (at least) where that is."""

@@ -415,3 +415,36 @@ def test_while_a_reader_holds_the_folds_back_the_pin_stays_where_they_are(
         assert _eventually(lambda: _rows_in_main_file(db) == 701)
     # The pin moved on once, when the first sales came; the till folded no further than that.
     assert rows_then[0] <= 600
+
+
+def test_a_copy_keeps_the_pin_where_it_was_when_the_copy_began(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "pos.db"
+    conn = _wal_database(db, rows=500)
+    copy_over = False
+    rows_then: list[int] = []
+    real = CheckpointKeeper._take
+
+    def till_first(self: CheckpointKeeper, wait: float) -> bool:
+        if copy_over and not rows_then:
+            _till_commits_and_checkpoints(db)
+            rows_then.append(_rows_in_main_file(db))
+        return real(self, wait)
+
+    monkeypatch.setattr(CheckpointKeeper, "_take", till_first)
+    with _running(CheckpointKeeper(db, every=0.05)) as keeper:
+        assert _eventually(lambda: _all_folded(keeper))
+        with keeper.pin_held():
+            reader = sqlite3.connect(db, isolation_level=None)  # the copy
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM t").fetchone()
+            folds = keeper.folds
+            _till_sells(db, 100)
+            assert _eventually(lambda: keeper.folds >= folds + 2)  # folds tried, held back
+            reader.close()
+        conn.close()
+        copy_over = True
+        assert _eventually(lambda: bool(rows_then))
+        assert _eventually(lambda: _rows_in_main_file(db) == 601)
+    assert rows_then == [500], "a till slipping in after the copy folded what came during it"
