@@ -67,3 +67,49 @@ def test_the_capsule_script_beside_the_interpreter_comes_before_one_on_the_path(
     assert common.capsule_command() == [str(bin_dir / "capsule")]
     (bin_dir / "capsule").unlink()
     assert common.capsule_command() == [str(shims / "capsule")]
+
+
+class _Restorer:
+    """A tool whose restore writes a small file and notes whether the page cache was dropped first."""
+
+    name = "fake"
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    def restore(self, target):
+        from benchmarks.common import CommandResult
+
+        self.events.append("restore")
+        restored = target / "pos.db"
+        restored.write_bytes(b"x" * 4096)
+        result = CommandResult(argv=[], seconds=1.0, peak_rss_bytes=1, returncode=0, stdout="", stderr="")
+        return result, restored
+
+
+def test_with_cold_restores_every_restore_turn_starts_from_a_dropped_page_cache(tmp_path, monkeypatch):
+    import pytest
+
+    from benchmarks import bench_database
+
+    events: list[str] = []
+    refusal: list[str | None] = [None]
+
+    def dropping() -> str | None:
+        events.append("drop")
+        return refusal[0]
+
+    monkeypatch.setattr(bench_database, "drop_page_cache", dropping)
+    monkeypatch.setattr(bench_database, "timed_sync", lambda: 0.0)
+    tool = _Restorer(events)
+    bench_database.step_restore_again(tool, tmp_path, drop=True)
+    bench_database.step_restore_again(tool, tmp_path, drop=False)
+    assert events == ["drop", "restore", "restore"]
+    refusal[0] = "not allowed"
+    with pytest.raises(RuntimeError, match="could not drop the page cache"):
+        bench_database.step_restore_again(tool, tmp_path, drop=True)
+    assert bench_database._page_cache_setting(True, "not allowed") == (
+        "warm: it could not be dropped (not allowed)"
+    )
+    assert "dropped before every restore" in bench_database._page_cache_setting(True)
+    assert bench_database._page_cache_setting(False) == "warm (caches are not dropped)"
