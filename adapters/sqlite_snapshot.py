@@ -506,6 +506,7 @@ class _OfdLock:
         self._set_command = set_command
         self._mutex = threading.Lock()
         self._got = threading.Event()
+        self._answered = threading.Event()  # granted, or refused (a file system without such locks)
         self._abandoned = False
         self._closed = False
         self._waiter: threading.Thread | None = None
@@ -521,6 +522,7 @@ class _OfdLock:
         """Ask the kernel for the lock; `taken` tells when it is granted."""
         assert self._waiter is None, "one request at a time"
         self._got.clear()
+        self._answered.clear()
         self._abandoned = False
         self._waiter = threading.Thread(target=self._wait, name="checkpoint-lock", daemon=True)
         self._waiter.start()
@@ -530,17 +532,19 @@ class _OfdLock:
             fcntl.fcntl(self._fd, self._wait_command, _flock(fcntl.F_WRLCK, SHM_CHECKPOINT_LOCK))
         except OSError as e:
             log.debug("checkpoint lock not awaited", error=str(e))
+            self._answered.set()
             return
         with self._mutex:
             if not self._abandoned:
                 self._got.set()
+                self._answered.set()
             elif not self._closed:  # too late: the keeper moved on, and the till must be free
                 self._unlock()
             # Once closed, the description goes with this call's hold on it, and its lock too.
 
     def taken(self, wait: float) -> bool:
         """Whether the lock requested last was granted within `wait` seconds."""
-        if not self._got.wait(wait):
+        if not self._answered.wait(wait) or not self._got.is_set():
             return False
         self._waiter = None
         return True

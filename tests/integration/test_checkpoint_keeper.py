@@ -448,3 +448,23 @@ def test_a_copy_keeps_the_pin_where_it_was_when_the_copy_began(
         assert _eventually(lambda: bool(rows_then))
         assert _eventually(lambda: _rows_in_main_file(db) == 601)
     assert rows_then == [500], "a till slipping in after the copy folded what came during it"
+
+
+def test_where_the_file_system_refuses_such_locks_the_copy_goes_on_without_a_keeper(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "pos.db"
+    conn = _wal_database(db, rows=100)
+    conn.close()
+    monkeypatch.setattr(sqlite_snapshot, "_OFD_SETLKW", 0x7FFF)  # a command the kernel refuses
+    keeper = CheckpointKeeper(db)
+    began = time.monotonic()
+    try:
+        assert not keeper.start(wait=5.0)
+    finally:
+        keeper.stop()
+    assert time.monotonic() - began < 2.0, "a refusal was waited out as if the till held the lock"
+    copy = copy_database(db, tmp_path / "copy.db")
+    check = sqlite3.connect(copy.path)
+    assert check.execute("SELECT count(*) FROM t").fetchone()[0] == 100
+    check.close()
