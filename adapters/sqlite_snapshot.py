@@ -154,13 +154,13 @@ class CheckpointKeeper:
 
     A till in WAL mode commits without syncing anything; every few hundred milliseconds, though,
     one of its commits folds the WAL into the database and syncs both (SQLite's automatic
-    checkpoint), and that sale waits for the disk: 50-80 ms on a quiet disk, more beside a backup
-    writing packs. While the keeper runs it holds SQLite's checkpoint lock, a byte of the `-shm`
-    file (the till's automatic checkpoints skip while another process holds it; SQLite never waits
-    for it), and a thread of its own folds the WAL in every `every` seconds and syncs the database
-    file. The copy's read transaction needs this too: nothing written after it started can be
-    folded in until it ends, so without the lock the till's first commit after the copy would
-    fold seconds of sales.
+    checkpoint), and that sale waits for the disk: 33-81 ms with nothing else running in the
+    benchmark, up to 163 ms beside a backup writing packs. While the keeper runs it holds SQLite's
+    checkpoint lock, a byte of the `-shm` file (the till's automatic checkpoints skip while another
+    process holds it; SQLite never waits for it), and a thread of its own folds the WAL in every
+    `every` seconds and syncs the database file. The copy's read transaction needs this too:
+    nothing written after it started can be folded in until it ends, so without the lock the
+    till's first commit after the copy would fold seconds of sales.
 
     The lock is held on an open file description of the keeper's own (`_OfdLock`): SQLite's locks
     are the process's POSIX locks, which SQLite drops after each checkpoint. For each fold the
