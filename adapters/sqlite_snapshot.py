@@ -192,6 +192,7 @@ class CheckpointKeeper:
         self._stopping = threading.Event()
         self._ready = threading.Event()
         self._pinned_at = 0
+        self._frame_bytes = 0  # of a WAL frame: the page and its header
         self._pin_mutex = threading.Lock()
         self._pin_holds = 0
         self.held = False
@@ -258,6 +259,7 @@ class CheckpointKeeper:
         try:
             # The checkpoint syncs the WAL before it writes the database: FULL, whatever the default.
             conn.execute("PRAGMA synchronous=FULL")
+            self._frame_bytes = int(conn.execute("PRAGMA page_size").fetchone()[0]) + WAL_FRAME_HEADER
             self._pin(pins)  # nothing is folded yet: a till slipping in folds only what it had
             self._ready.set()
             while not self._stopping.wait(self._every) and self.held:
@@ -316,7 +318,7 @@ class CheckpointKeeper:
         self.folds += 1
         self.slowest_fold = max(self.slowest_fold, time.perf_counter() - began)
         limit = self._wal_limit
-        if logged is not None and limit is not None and logged * _frame_bytes(conn) > limit:
+        if logged is not None and limit is not None and logged * self._frame_bytes > limit:
             self._hand_back(pins)
 
     def _hand_back(self, pins: _Pins) -> None:
@@ -441,10 +443,6 @@ def wal_limit_for(database: Path) -> int:
     except OSError:
         return WAL_LIMIT_MIN
     return int(min(max(size // 2, WAL_LIMIT_MIN), free // 4))
-
-
-def _frame_bytes(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("PRAGMA page_size").fetchone()[0]) + WAL_FRAME_HEADER
 
 
 class _Pins:

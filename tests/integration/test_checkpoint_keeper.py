@@ -15,8 +15,9 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -119,6 +120,33 @@ def _open_descriptors() -> set[str]:
     return names
 
 
+def _till_slips_in_once(
+    monkeypatch: pytest.MonkeyPatch, db: Path, when: Callable[[CheckpointKeeper], bool]
+) -> list[tuple[tuple[int, int, int], int]]:
+    """The first time the keeper's description has let go of the lock and `when(keeper)` holds,
+    before the process takes it, the till commits and checkpoints. Gives what its checkpoint said
+    and how many rows the database file alone then had."""
+    seen: list[tuple[tuple[int, int, int], int]] = []
+    real = CheckpointKeeper._take
+
+    def till_first(self: CheckpointKeeper, wait: float) -> bool:
+        if not seen and when(self):
+            result = _till_commits_and_checkpoints(db)
+            seen.append((result, _rows_in_main_file(db)))
+        return real(self, wait)
+
+    monkeypatch.setattr(CheckpointKeeper, "_take", till_first)
+    return seen
+
+
+def _copy_reading(db: Path) -> sqlite3.Connection:
+    """A read transaction held open, as the copy's is."""
+    reader = sqlite3.connect(db, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM t").fetchone()
+    return reader
+
+
 @contextlib.contextmanager
 def _running(keeper: CheckpointKeeper) -> Iterator[CheckpointKeeper]:
     assert keeper.start(wait=1.0)
@@ -186,28 +214,18 @@ def test_a_till_slipping_in_while_the_lock_changes_hands_folds_nothing(
 ) -> None:
     db = tmp_path / "pos.db"
     conn = _wal_database(db, rows=500)
-    seen: list[tuple[int, int, int]] = []
-    rows_then: list[int] = []
-    real = CheckpointKeeper._take
-
-    def till_first(self: CheckpointKeeper, wait: float) -> bool:
-        if self.folds == 1 and not seen:  # the keeper's description has let go, the process not yet
-            seen.append(_till_commits_and_checkpoints(db))
-            rows_then.append(_rows_in_main_file(db))
-        return real(self, wait)
-
-    monkeypatch.setattr(CheckpointKeeper, "_take", till_first)
+    seen = _till_slips_in_once(monkeypatch, db, lambda keeper: keeper.folds == 1)
     with _running(CheckpointKeeper(db, every=0.05)) as keeper:
         assert _eventually(lambda: keeper.folds == 1)
         conn.execute("INSERT INTO t(v) VALUES ('another sale')")  # something for a second fold
         conn.close()
         assert _eventually(lambda: keeper.folds >= 2)
         assert keeper.held, "the keeper did not get the lock back"
-    ((busy, log, done),) = seen
+    (((busy, log, done), rows_then),) = seen
     assert busy == 0  # the till did get the lock
     assert done < log
     # and folded nothing the keeper had not folded already: neither sale reached the file.
-    assert rows_then == [500]
+    assert rows_then == 500
     assert _rows_in_main_file(db) == 502  # the keeper's later folds took everything
 
 
@@ -387,22 +405,11 @@ def test_while_a_reader_holds_the_folds_back_the_pin_stays_where_they_are(
     # once the copy is over must not find a pin moved on meanwhile, with seconds of sales before it.
     db = tmp_path / "pos.db"
     conn = _wal_database(db, rows=500)
-    copy_over = False
-    rows_then: list[int] = []
-    real = CheckpointKeeper._take
-
-    def till_first(self: CheckpointKeeper, wait: float) -> bool:
-        if copy_over and not rows_then:
-            _till_commits_and_checkpoints(db)
-            rows_then.append(_rows_in_main_file(db))
-        return real(self, wait)
-
-    monkeypatch.setattr(CheckpointKeeper, "_take", till_first)
+    copy_over = threading.Event()
+    seen = _till_slips_in_once(monkeypatch, db, lambda _keeper: copy_over.is_set())
     with _running(CheckpointKeeper(db, every=0.05)) as keeper:
         assert _eventually(lambda: _all_folded(keeper))
-        reader = sqlite3.connect(db, isolation_level=None)  # the copy
-        reader.execute("BEGIN")
-        reader.execute("SELECT count(*) FROM t").fetchone()
+        reader = _copy_reading(db)
         for batch in (100, 100):
             folds = keeper.folds
             _till_sells(db, batch)
@@ -410,11 +417,11 @@ def test_while_a_reader_holds_the_folds_back_the_pin_stays_where_they_are(
         assert _rows_in_main_file(db) == 500
         reader.close()
         conn.close()
-        copy_over = True
-        assert _eventually(lambda: bool(rows_then))
+        copy_over.set()
+        assert _eventually(lambda: bool(seen))
         assert _eventually(lambda: _rows_in_main_file(db) == 701)
     # The pin moved on once, when the first sales came; the till folded no further than that.
-    assert rows_then[0] <= 600
+    assert seen[0][1] <= 600
 
 
 def test_a_copy_keeps_the_pin_where_it_was_when_the_copy_began(
@@ -422,32 +429,21 @@ def test_a_copy_keeps_the_pin_where_it_was_when_the_copy_began(
 ) -> None:
     db = tmp_path / "pos.db"
     conn = _wal_database(db, rows=500)
-    copy_over = False
-    rows_then: list[int] = []
-    real = CheckpointKeeper._take
-
-    def till_first(self: CheckpointKeeper, wait: float) -> bool:
-        if copy_over and not rows_then:
-            _till_commits_and_checkpoints(db)
-            rows_then.append(_rows_in_main_file(db))
-        return real(self, wait)
-
-    monkeypatch.setattr(CheckpointKeeper, "_take", till_first)
+    copy_over = threading.Event()
+    seen = _till_slips_in_once(monkeypatch, db, lambda _keeper: copy_over.is_set())
     with _running(CheckpointKeeper(db, every=0.05)) as keeper:
         assert _eventually(lambda: _all_folded(keeper))
         with keeper.pin_held():
-            reader = sqlite3.connect(db, isolation_level=None)  # the copy
-            reader.execute("BEGIN")
-            reader.execute("SELECT count(*) FROM t").fetchone()
+            reader = _copy_reading(db)
             folds = keeper.folds
             _till_sells(db, 100)
             assert _eventually(lambda: keeper.folds >= folds + 2)  # folds tried, held back
             reader.close()
         conn.close()
-        copy_over = True
-        assert _eventually(lambda: bool(rows_then))
+        copy_over.set()
+        assert _eventually(lambda: bool(seen))
         assert _eventually(lambda: _rows_in_main_file(db) == 601)
-    assert rows_then == [500], "a till slipping in after the copy folded what came during it"
+    assert seen[0][1] == 500, "a till slipping in after the copy folded what came during it"
 
 
 def test_where_the_file_system_refuses_such_locks_the_copy_goes_on_without_a_keeper(
