@@ -170,6 +170,121 @@ def test_while_the_keeper_runs_the_till_cannot_checkpoint_and_the_keeper_folds_f
     assert _rows_in_main_file(db) == 52
 
 
+TILL_AT_ITS_END = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA wal_autocheckpoint=0")
+conn.execute("BEGIN")
+conn.executemany("INSERT INTO t(v) VALUES (?)", [("a sale",)] * 50)
+conn.execute("COMMIT")
+busy, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+print(busy, log, done, flush=True)
+for line in sys.stdin:  # one sale for each line; the WAL stays open while this runs
+    conn.execute("INSERT INTO t(v) VALUES ('a sale')")
+    print("sold", flush=True)
+"""
+
+
+READER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN")
+conn.execute("SELECT count(*) FROM t").fetchone()
+print("reading", flush=True)
+sys.stdin.read()  # the read transaction lasts until the test lets go
+"""
+
+
+class _Till:
+    """The till as a process of its own that keeps the database open: 50 sales folded into the
+    database file, then one more sale for each `sell()`."""
+
+    def __init__(self, db: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", TILL_AT_ITS_END, str(db)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
+        self.checkpoint = tuple(int(x) for x in self.stdout.readline().split())
+
+    def sell(self, sales: int = 1) -> None:
+        for _ in range(sales):
+            self.stdin.write("sell\n")
+            self.stdin.flush()
+            assert self.stdout.readline() == "sold\n"
+
+    def close(self) -> None:
+        self.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def test_a_keeper_starting_on_a_wal_folded_to_its_end_still_folds_what_the_till_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A reader that begins where the WAL is folded to its end reads the database file alone, and
+    # while it lasts no checkpoint may write that file. A pin taken then held every fold back for a
+    # whole backup, once the till had started the WAL over; the till's first checkpoint afterwards
+    # folded 12,878 pages inside one sale. (Not even for the seconds after which stalled folds
+    # move the pin on regardless.)
+    monkeypatch.setattr(sqlite_snapshot, "STALL_SECONDS", 60.0)
+    db = tmp_path / "pos.db"
+    _wal_database(db, rows=0).close()
+    till = _Till(db)
+    try:
+        busy, log, done = till.checkpoint
+        assert (busy, done) == (0, log) and log > 0  # folded to its end, which is not its start
+        with _running(CheckpointKeeper(db, every=0.05)) as keeper:
+            assert _all_folded(keeper)
+            before = _wal_restarts(db)
+            till.sell(20)
+            assert _wal_restarts(db) != before, "the till did not start the WAL over"
+            assert _eventually(lambda: _rows_in_main_file(db) == 70), "the keeper's folds were held back"
+    finally:
+        till.close()
+    busy, log, done = _till_commits_and_checkpoints(db)
+    assert busy == 0 and done == log
+
+
+def test_a_pin_sharing_an_older_read_slot_moves_on_once_the_folds_get_nowhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLite has four read slots. With every one taken by the shop's readers, the keeper's pin
+    # shares the newest, which is older than the WAL's end where the keeper believes it to be. The
+    # folds then stop at the pin, and the pin waited for them to pass that end: forever.
+    monkeypatch.setattr(sqlite_snapshot, "STALL_SECONDS", 0.5)
+    db = tmp_path / "pos.db"
+    _wal_database(db, rows=0).close()
+    till = _Till(db)
+    readers: list[subprocess.Popen[str]] = []
+    try:
+        for _ in range(4):  # every read slot taken, each from a later sale
+            till.sell()
+            reader = subprocess.Popen(
+                [sys.executable, "-c", READER, str(db)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert reader.stdout is not None and reader.stdout.readline() == "reading\n"
+            readers.append(reader)
+        till.sell(5)
+        with _running(CheckpointKeeper(db, every=0.05)) as keeper:
+            for reader in readers:
+                assert reader.stdin is not None
+                reader.stdin.close()
+                reader.wait(timeout=30)
+            assert _eventually(lambda: _rows_in_main_file(db) == 59), "the folds stopped at the pin"
+            assert keeper.held
+    finally:
+        for reader in readers:
+            reader.kill()
+            reader.wait()
+        till.close()
+
+
 def test_copy_folds_the_wal_into_the_database_and_lets_go_of_everything(tmp_path: Path) -> None:
     db = tmp_path / "pos.db"
     conn = _wal_database(db, rows=2000)
