@@ -279,7 +279,8 @@ def restore(  # noqa: PLR0917 (click passes options by position)
     in_place: bool,
     include: tuple[str, ...],
 ) -> None:
-    """Restore SNAPSHOT (an id, a unique id prefix, or `latest`; `latest-files` for images)."""
+    """Restore SNAPSHOT: `latest-database`, `latest-files` (the images), `latest` (the newest of
+    either kind), an id or a unique id prefix."""
 
     def go() -> None:
         if in_place == (to is not None):
