@@ -266,6 +266,17 @@ def step_first_backup_again(tool: Tool, database: Path, workdir: Path) -> dict[s
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _take_runs(
+    figures: dict[str, Any], first: dict[str, Any], extra: list[str]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Remove the `extra` runs from a tool's figures: ([first, every extra run that finished],
+    [why each failed one failed])."""
+    runs = [figures.pop(label, {}) for label in extra]
+    return [first, *(run for run in runs if "seconds" in run)], [
+        run["failed"] for run in runs if "failed" in run
+    ]
+
+
 def fold_first_backup_runs(results: dict[str, Any], extra: list[str]) -> None:
     """Make each tool's first backup time the median of its runs (the first one and `extra`).
 
@@ -276,10 +287,7 @@ def fold_first_backup_runs(results: dict[str, Any], extra: list[str]) -> None:
         first = figures.get("first_backup")
         if not isinstance(first, dict) or "seconds" not in first:
             continue
-        done = [first, *(figures[label] for label in extra if "seconds" in figures.get(label, {}))]
-        failed = [figures[label]["failed"] for label in extra if "failed" in figures.get(label, {})]
-        for label in extra:
-            figures.pop(label, None)
+        done, failed = _take_runs(figures, first, extra)
         if failed:
             first["failed_runs"] = failed
         seconds = [run["seconds"] for run in done]
@@ -383,11 +391,9 @@ def fold_restore_runs(results: dict[str, Any], extra: list[str]) -> None:
         restore = figures.get("restore")
         if not isinstance(restore, dict) or "seconds" not in restore:
             continue
-        done = [restore, *(figures[label] for label in extra if "seconds" in figures.get(label, {}))]
+        done, _failed = _take_runs(figures, restore, extra)
         runs = [run["seconds"] for run in done]
         on_disk = [run["seconds"] + run.get("sync_seconds", 0.0) for run in done]
-        for label in extra:
-            figures.pop(label, None)
         restore["first_seconds"] = restore["seconds"]
         restore["runs_seconds"] = runs
         restore["seconds"] = round(statistics.median(runs), 3)

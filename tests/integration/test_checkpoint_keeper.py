@@ -196,10 +196,11 @@ sys.stdin.read()  # the read transaction lasts until the test lets go
 
 
 class _Till:
-    """The till as a process of its own that keeps the database open: 50 sales folded into the
-    database file, then one more sale for each `sell()`."""
+    """The till as a process of its own that keeps a new database open: 50 sales folded into the
+    database file, then one more sale for each `sell()`. A context manager: the till ends with it."""
 
     def __init__(self, db: Path) -> None:
+        _wal_database(db, rows=0).close()
         self.proc = subprocess.Popen(
             [sys.executable, "-c", TILL_AT_ITS_END, str(db)],
             stdin=subprocess.PIPE,
@@ -216,7 +217,10 @@ class _Till:
             self.stdin.flush()
             assert self.stdout.readline() == "sold\n"
 
-    def close(self) -> None:
+    def __enter__(self) -> _Till:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
         self.stdin.close()
         self.proc.wait(timeout=30)
 
@@ -231,9 +235,7 @@ def test_a_keeper_starting_on_a_wal_folded_to_its_end_still_folds_what_the_till_
     # move the pin on regardless.)
     monkeypatch.setattr(sqlite_snapshot, "STALL_SECONDS", 60.0)
     db = tmp_path / "pos.db"
-    _wal_database(db, rows=0).close()
-    till = _Till(db)
-    try:
+    with _Till(db) as till:
         busy, log, done = till.checkpoint
         assert (busy, done) == (0, log) and log > 0  # folded to its end, which is not its start
         with _running(CheckpointKeeper(db, every=0.05)) as keeper:
@@ -242,8 +244,6 @@ def test_a_keeper_starting_on_a_wal_folded_to_its_end_still_folds_what_the_till_
             till.sell(20)
             assert _wal_restarts(db) != before, "the till did not start the WAL over"
             assert _eventually(lambda: _rows_in_main_file(db) == 70), "the keeper's folds were held back"
-    finally:
-        till.close()
     busy, log, done = _till_commits_and_checkpoints(db)
     assert busy == 0 and done == log
 
@@ -256,33 +256,31 @@ def test_a_pin_sharing_an_older_read_slot_moves_on_once_the_folds_get_nowhere(
     # folds then stop at the pin, and the pin waited for them to pass that end: forever.
     monkeypatch.setattr(sqlite_snapshot, "STALL_SECONDS", 0.5)
     db = tmp_path / "pos.db"
-    _wal_database(db, rows=0).close()
-    till = _Till(db)
     readers: list[subprocess.Popen[str]] = []
-    try:
-        for _ in range(4):  # every read slot taken, each from a later sale
-            till.sell()
-            reader = subprocess.Popen(
-                [sys.executable, "-c", READER, str(db)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            assert reader.stdout is not None and reader.stdout.readline() == "reading\n"
-            readers.append(reader)
-        till.sell(5)
-        with _running(CheckpointKeeper(db, every=0.05)) as keeper:
+    with _Till(db) as till:
+        try:
+            for _ in range(4):  # every read slot taken, each from a later sale
+                till.sell()
+                reader = subprocess.Popen(
+                    [sys.executable, "-c", READER, str(db)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                assert reader.stdout is not None and reader.stdout.readline() == "reading\n"
+                readers.append(reader)
+            till.sell(5)
+            with _running(CheckpointKeeper(db, every=0.05)) as keeper:
+                for reader in readers:
+                    assert reader.stdin is not None
+                    reader.stdin.close()
+                    reader.wait(timeout=30)
+                assert _eventually(lambda: _rows_in_main_file(db) == 59), "the folds stopped at the pin"
+                assert keeper.held
+        finally:
             for reader in readers:
-                assert reader.stdin is not None
-                reader.stdin.close()
-                reader.wait(timeout=30)
-            assert _eventually(lambda: _rows_in_main_file(db) == 59), "the folds stopped at the pin"
-            assert keeper.held
-    finally:
-        for reader in readers:
-            reader.kill()
-            reader.wait()
-        till.close()
+                reader.kill()
+                reader.wait()
 
 
 def test_copy_folds_the_wal_into_the_database_and_lets_go_of_everything(tmp_path: Path) -> None:
