@@ -43,6 +43,15 @@ class RepositoryLocked(RepositoryError):
     exit_code = 4
 
 
+class RepositoryReadOnly(RepositoryError):
+    """Raised when the repository cannot be written: a read-only mount, or no permission to write."""
+
+    def __init__(self, message: str, read_only_mount: bool = True) -> None:
+        super().__init__(message)
+        self.read_only_mount = read_only_mount
+        """True for a read-only file system; False when this user may not write there."""
+
+
 class SourceError(CapsuleError):
     """Raised when the database or folder to back up cannot be read."""
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from adapters.database_backup import BackupResult, backup_database
-from adapters.errors import RepositoryError
+from adapters.errors import RepositoryError, RepositoryReadOnly
 from adapters.repository.backend import LocalBackend
 from adapters.repository.lock import is_stale, locked, read_locks
 from adapters.repository.rebuild import rebuild_index
@@ -38,9 +38,12 @@ def _passphrase(settings: Settings, given: str | None) -> str | None:
 
 def init_repository(settings: Settings, passphrase: str | None = None) -> Repository:
     backend = LocalBackend(settings.repository)
-    return Repository.init(
-        backend, settings.resolved_key_file, _passphrase(settings, passphrase), settings.pack_size
-    )
+    try:
+        return Repository.init(
+            backend, settings.resolved_key_file, _passphrase(settings, passphrase), settings.pack_size
+        )
+    except RepositoryReadOnly as e:
+        raise backend.not_writable(e, "init") from e
 
 
 def repository_exists(settings: Settings) -> bool:
@@ -116,7 +119,7 @@ def restore(
     progress: Progress | None = None,
 ) -> tuple[str, list[RestoredFile]]:
     repo = open_repository(settings)
-    with locked(repo.backend, "restore", timeout=settings.lock_wait_seconds):
+    with locked(repo.backend, "restore", timeout=settings.lock_wait_seconds, reading=True):
         sid, manifest = resolve_snapshot(repo, ref)
         return sid, restore_snapshot(
             repo,
@@ -140,7 +143,7 @@ def restore_in_place(settings: Settings, ref: str, *, progress: Progress | None 
     """Verify the snapshot into staging, save the live database aside, then copy in via SQLite."""
     repo = open_repository(settings)
     live = settings.database
-    with locked(repo.backend, "restore", timeout=settings.lock_wait_seconds):
+    with locked(repo.backend, "restore", timeout=settings.lock_wait_seconds, reading=True):
         sid, manifest = resolve_snapshot(repo, ref)
         if manifest.kind != "database":
             raise CapsuleError(f"snapshot {sid[:12]} holds files, not a database")
@@ -163,7 +166,7 @@ def verify_repository(
     settings: Settings, *, read_data: bool = False, progress: Progress | None = None
 ) -> VerifyReport:
     repo = open_repository(settings)
-    with locked(repo.backend, "verify", timeout=settings.lock_wait_seconds):
+    with locked(repo.backend, "verify", timeout=settings.lock_wait_seconds, reading=True):
         return verify(repo, read_data=read_data, progress=progress)
 
 
@@ -181,6 +184,9 @@ def unlock(settings: Settings, remove_all: bool = False) -> list[str]:
     removed = []
     for info in read_locks(backend):
         if remove_all or is_stale(info):
-            backend.remove("locks", info.name)
+            try:
+                backend.remove("locks", info.name)
+            except RepositoryReadOnly as e:
+                raise backend.not_writable(e, "unlock") from e
             removed.append(info.describe())
     return removed

@@ -156,7 +156,7 @@ def restore_to_folder(ctx: StepContext) -> dict[str, Any]:
     settings = ctx.settings
     to = Path(ctx.request["target"])
     repo = open_repository(settings)
-    with locked(repo.backend, "restore", timeout=settings.lock_wait_seconds):
+    with locked(repo.backend, "restore", timeout=settings.lock_wait_seconds, reading=True):
         sid, manifest = resolve_snapshot(repo, ctx.request["snapshot_id"])
         force = bool(ctx.request.get("force"))
         include = list(ctx.request.get("include") or [])
@@ -277,7 +277,7 @@ def restore_stage(ctx: StepContext) -> dict[str, Any]:
     holder = f"restore job {ctx.job_id}"
     with (
         source_lock(settings.home, settings.database, holder, settings.lock_wait_seconds),
-        locked(repo.backend, "restore", timeout=settings.lock_wait_seconds),
+        locked(repo.backend, "restore", timeout=settings.lock_wait_seconds, reading=True),
     ):
         sid, manifest = resolve_snapshot(repo, ctx.request["snapshot_id"])
         if manifest.kind != "database":

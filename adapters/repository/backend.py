@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from adapters.directio import AlignedBuffer, aligned_part, open_direct, write_all
-from adapters.errors import DiskFull, RepositoryError
+from adapters.errors import DiskFull, RepositoryError, RepositoryReadOnly
 
 Kind = Literal["config", "keys", "data", "index", "snapshots", "locks"]
 KINDS: tuple[Kind, ...] = ("keys", "data", "index", "snapshots", "locks")
@@ -45,13 +45,19 @@ class Backend(Protocol):
         """Delete (kind, name); deleting a missing file is not an error."""
 
 
-def _disk_error(e: OSError, path: Path) -> Exception:
+# A read-only mount (a USB disk, a NAS snapshot), or a share this user may only read.
+NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _disk_error(e: OSError, path: Path, doing: str = "write") -> Exception:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFull(
             f"the disk holding {path.parent} is full; free some space or choose another "
             "repository location, then run the command again"
         )
-    return RepositoryError(f"cannot write {path}: {e.strerror or e}")
+    if e.errno in NOT_WRITABLE:
+        return RepositoryReadOnly(f"cannot {doing} {path}: {e.strerror or e}", e.errno == errno.EROFS)
+    return RepositoryError(f"cannot {doing} {path}: {e.strerror or e}")
 
 
 def fsync_dir(path: Path) -> None:
@@ -173,8 +179,25 @@ class LocalBackend:
             yield from (p.name for p in base.iterdir() if not p.name.startswith("."))
 
     def remove(self, kind: Kind, name: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self._path(kind, name).unlink()
+        path = self._path(kind, name)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise _disk_error(e, path, "remove") from e
+
+    def not_writable(self, error: RepositoryReadOnly, operation: str) -> RepositoryReadOnly:
+        """The one sentence for `operation`, which must write, meeting a repository it cannot write."""
+        if error.read_only_mount:
+            what, fix = "is on a read-only file system", "mount it read-write"
+        else:
+            what, fix = "cannot be written by this user", "run Capsule as a user who may write there"
+        return RepositoryReadOnly(
+            f"the repository at {self.root} {what} and {operation} writes to it: {fix}, then run "
+            "the command again",
+            error.read_only_mount,
+        )
 
     def path_of(self, kind: Kind, name: str) -> Path:
         return self._path(kind, name)

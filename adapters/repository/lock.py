@@ -5,6 +5,11 @@ snapshot files let them run side by side. Operations that delete or replace file
 later prune) take an exclusive lock. A lock is refreshed while held; one whose process is gone (same
 host, dead PID or a PID now used by another process) or that was not refreshed for STALE_AFTER is
 stale: it is removed and the removal is logged, never silently ignored.
+
+A repository that cannot be written (mounted read-only, as a USB disk or a NAS snapshot often is, or
+a share this user may only read) can still be read: an operation that only reads it takes no lock
+there and logs that once, since nothing then stops a prune run elsewhere from deleting what it reads.
+An operation that writes fails with one sentence saying the repository cannot be written.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from datetime import UTC, datetime
 
 import structlog
 
-from adapters.errors import RepositoryLocked
+from adapters.errors import RepositoryLocked, RepositoryReadOnly
 from adapters.repository.backend import LocalBackend
 
 log = structlog.get_logger(__name__)
@@ -68,13 +73,26 @@ def pid_alive(pid: int, start: str | None = None) -> bool:
     return start is None or process_start_time(pid) in (None, start)
 
 
-class RepositoryLock:
-    """A held lock; refreshes itself in a background thread until released."""
+# Repositories this process already said it reads without a lock: a restore's steps say it once.
+_told_without_lock: set[str] = set()
+_told_guard = threading.Lock()
 
-    def __init__(self, backend: LocalBackend, exclusive: bool, operation: str) -> None:
+
+class RepositoryLock:
+    """A held lock; refreshes itself in a background thread until released.
+
+    `reading`: the operation only reads the repository, so where the repository cannot be written it
+    goes on without a lock (`held` stays False) instead of failing.
+    """
+
+    def __init__(self, backend: LocalBackend, exclusive: bool, operation: str, reading: bool = False) -> None:
+        if exclusive and reading:
+            raise ValueError("an exclusive lock is for an operation that writes")
         self.backend = backend
         self.exclusive = exclusive
         self.operation = operation
+        self.reading = reading
+        self.held = False
         self.name = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -92,7 +110,13 @@ class RepositoryLock:
         while True:
             conflict = self._first_conflict(ignore="")
             if conflict is None:
-                self.name = self._write()
+                try:
+                    self.name = self._write()
+                except RepositoryReadOnly as e:
+                    if not self.reading:
+                        raise self.backend.not_writable(e, self.operation) from e
+                    self._say_without_lock(e)
+                    return
                 conflict = self._first_conflict(ignore=self.name)
                 if conflict is None:
                     break
@@ -105,15 +129,34 @@ class RepositoryLock:
                     "or run `capsule unlock` if that process is gone"
                 )
             time.sleep(random.uniform(0.05, 0.5))
+        self.held = True
         self._thread = threading.Thread(target=self._refresh_loop, name="lock-refresh", daemon=True)
         self._thread.start()
+
+    def _say_without_lock(self, error: RepositoryReadOnly) -> None:
+        root = str(self.backend.root)
+        with _told_guard:
+            if root in _told_without_lock:
+                return
+            _told_without_lock.add(root)
+        what = "is read-only" if error.read_only_mount else "cannot be written by this user"
+        log.warning(
+            f"the repository {what}: reading it without a lock; make sure nothing prunes it meanwhile",
+            repository=root,
+            operation=self.operation,
+        )
 
     def _first_conflict(self, ignore: str) -> LockInfo | None:
         for info in read_locks(self.backend):
             if info.name == ignore:
                 continue
             if is_stale(info):
-                remove_stale(self.backend, info)
+                try:
+                    remove_stale(self.backend, info)
+                except RepositoryReadOnly as e:
+                    if not self.reading:
+                        raise self.backend.not_writable(e, self.operation) from e
+                    # It stays, and a lock no one holds stands in no reader's way.
                 continue
             if self.exclusive or info.exclusive:
                 return info
@@ -192,15 +235,22 @@ def is_stale(info: LockInfo, now: float | None = None) -> bool:
 
 
 def remove_stale(backend: LocalBackend, info: LockInfo) -> None:
-    log.warning("removed a stale repository lock", lock=info.describe())
     backend.remove("locks", info.name)
+    log.warning("removed a stale repository lock", lock=info.describe())
 
 
 @contextlib.contextmanager
 def locked(
-    backend: LocalBackend, operation: str, exclusive: bool = False, timeout: float = 0.0
+    backend: LocalBackend,
+    operation: str,
+    exclusive: bool = False,
+    timeout: float = 0.0,
+    *,
+    reading: bool = False,
 ) -> Iterator[RepositoryLock]:
-    lock = RepositoryLock(backend, exclusive, operation)
+    """Hold a lock for the block. `reading` operations (restore, verify) go on without one where
+    the repository cannot be written, and log that once; others fail with RepositoryReadOnly."""
+    lock = RepositoryLock(backend, exclusive, operation, reading)
     lock.acquire(timeout)
     try:
         yield lock
