@@ -144,8 +144,12 @@ class LocalBackend:
 
     def write(self, kind: Kind, name: str, data: bytes | memoryview) -> None:
         path = self._path(kind, name)
-        if kind == "data" and not path.parent.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
+        if kind != "config" and not path.parent.exists():
+            # Copies made by tools that keep no empty folder (cloud sync, some archivers) lack them.
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise _disk_error(e, path.parent) from e
         atomic_write(path, data, 0o600, direct=kind == "data")
 
     def read(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:

@@ -250,3 +250,24 @@ def test_a_user_who_may_only_read_the_repository_restores_from_it(shop: Shop, tm
     assert f"the repository at {shop.repository} cannot be written by this user" in message, message
     assert sorted(os.listdir(shop.repository / "locks")) == locks_before
     assert len(json.loads(shop.run("snapshots", "--json", expect=0).stdout)) == 1
+
+
+def test_a_read_only_copy_that_lost_its_empty_folders_is_read_too(shop: Shop, tmp_path: Path) -> None:
+    # Copies through tools that keep no empty folder (cloud sync, some archivers) have no locks/.
+    shop.backup()
+    shutil.rmtree(shop.repository / "locks")
+    for empty in (shop.repository / "data").iterdir():
+        if not any(empty.iterdir()):
+            empty.rmdir()
+    expected = file_content_digest(shop.database)
+    with read_only(shop.repository):
+        proc = shop.restore("latest", tmp_path / "restored")
+        verify = shop.run("verify", expect=0)
+
+    assert file_content_digest(tmp_path / "restored" / shop.db_name) == expected
+    said_once(proc, shop)
+    said_once(verify, shop)
+    # Writable again, the copy gets the folders back as it needs them.
+    shop.backup("--full")
+    assert (shop.repository / "locks").is_dir()
+    assert len(shop.snapshots()) == 2
