@@ -219,8 +219,9 @@ def read_locks(backend: LocalBackend) -> list[LockInfo]:
             )
         except FileNotFoundError:
             continue  # released while we listed
-        except (ValueError, KeyError, TypeError):
-            # An unreadable lock is kept as a conflicting lock with no owner: it expires by age.
+        except (ValueError, KeyError, TypeError, PermissionError):
+            # An unreadable lock (damaged, or another user's on a shared repository) is kept as a
+            # conflicting lock with no owner: it expires by age.
             with contextlib.suppress(OSError):
                 mtime = backend.path_of("locks", name).stat().st_mtime
                 out.append(LockInfo(name, "?", 0, None, True, "unreadable lock", mtime))

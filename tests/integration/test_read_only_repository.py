@@ -271,3 +271,28 @@ def test_a_read_only_copy_that_lost_its_empty_folders_is_read_too(shop: Shop, tm
     shop.backup("--full")
     assert (shop.repository / "locks").is_dir()
     assert len(shop.snapshots()) == 2
+
+
+def test_a_lock_this_user_cannot_read_is_respected_as_held(shop: Shop) -> None:
+    shop.backup()
+    subprocess.run(["chmod", "-R", "a+rX,go-w", str(shop.repository)], check=True)
+    # The share's owner is running something; its lock file is readable by the owner alone.
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        lock = write_lock(
+            shop, pid=sleeper.pid, process_start=process_start_time(sleeper.pid), exclusive=True
+        )
+        os.chmod(lock, 0o600)
+        subprocess.run(["chown", "-R", "nobody", str(shop.repository)], check=True)
+
+        held = run_unprivileged(shop, "verify")
+        lock.unlink()
+        free = run_unprivileged(shop, "verify")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+    assert held.returncode == 4, describe(held)
+    assert "the repository is in use" in one_line_error(held)
+    assert free.returncode == 0, describe(free)
+    said_once(free, shop)
