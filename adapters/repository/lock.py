@@ -8,7 +8,7 @@ stale: it is removed and the removal is logged, never silently ignored.
 
 A repository that cannot be written (mounted read-only, as a USB disk or a NAS snapshot often is, or
 a share this user may only read) can still be read: an operation that only reads it takes no lock
-there and logs that once, since nothing then stops a prune run elsewhere from deleting what it reads.
+there and logs that it does, since nothing then stops a prune elsewhere from deleting what it reads.
 An operation that writes fails with one sentence saying the repository cannot be written.
 """
 
@@ -73,11 +73,6 @@ def pid_alive(pid: int, start: str | None = None) -> bool:
     return start is None or process_start_time(pid) in (None, start)
 
 
-# Repositories this process already said it reads without a lock: a restore's steps say it once.
-_told_without_lock: set[str] = set()
-_told_guard = threading.Lock()
-
-
 class RepositoryLock:
     """A held lock; refreshes itself in a background thread until released.
 
@@ -134,15 +129,11 @@ class RepositoryLock:
         self._thread.start()
 
     def _say_without_lock(self, error: RepositoryReadOnly) -> None:
-        root = str(self.backend.root)
-        with _told_guard:
-            if root in _told_without_lock:
-                return
-            _told_without_lock.add(root)
+        # Once per operation: a restore or verify takes its lock once, a worker says it for each job.
         what = "is read-only" if error.read_only_mount else "cannot be written by this user"
         log.warning(
             f"the repository {what}: reading it without a lock; make sure nothing prunes it meanwhile",
-            repository=root,
+            repository=str(self.backend.root),
             operation=self.operation,
         )
 
