@@ -89,10 +89,7 @@ def backup_store(ctx: StepContext) -> dict[str, Any]:
     holder = f"backup job {ctx.job_id}"
     full = bool(ctx.request.get("full"))
 
-    def progress(done: int, total: int) -> None:
-        ctx.progress(done, total)
-        if done * 2 >= total:
-            faults.point("store:halfway")
+    progress = _halfway(ctx, "store")
 
     if kind == "files":
         with locked(repo.backend, "backup", timeout=settings.lock_wait_seconds):
@@ -116,6 +113,17 @@ def backup_store(ctx: StepContext) -> dict[str, Any]:
         )
     faults.point("store:stored")
     return {"stored": stored.model_dump(mode="json")}
+
+
+def _halfway(ctx: StepContext, name: str) -> Progress:
+    """The step's progress, with the fault point `<name>:halfway` once half the work is done."""
+
+    def progress(done: int, total: int) -> None:
+        ctx.progress(done, total)
+        if done * 2 >= total:
+            faults.point(f"{name}:halfway")
+
+    return progress
 
 
 def _warnings(files: StoredFiles) -> dict[str, Any]:
@@ -188,7 +196,7 @@ def restore_to_folder(ctx: StepContext) -> dict[str, Any]:
             to,
             # After a crash, a file equal to the snapshot is this job's own: replacing it is safe.
             force=force or (bool(found) and all(f is not False for f in found)),
-            progress=ctx.progress,
+            progress=_halfway(ctx, "restore"),
             check_database=bool(ctx.request.get("check")),
             workers=settings.workers,
         )
@@ -220,7 +228,7 @@ def _restore_files(
         to,
         include=include,
         force=force,
-        progress=ctx.progress,
+        progress=_halfway(ctx, "restore"),
         workers=ctx.settings.workers,
     )
     faults.point("restore:written")
@@ -287,7 +295,8 @@ def restore_stage(ctx: StepContext) -> dict[str, Any]:
         if not (staged.is_file() and sha256_file(staged) == entry.sha256):
             _remove_partial_writes(staged.parent, staged.name)
             repo.ensure_index()
-            tmp = write_entry(repo, entry, staged, ctx.progress, check_database=True)
+            # Capsule's own copy until it is applied: private, whatever the snapshot's mode.
+            tmp = write_entry(repo, entry, staged, _halfway(ctx, "stage"), check_database=True, mode=0o600)
             os.replace(tmp.path, staged)
     faults.point("stage:staged")
     return {"snapshot_id": sid, "staged": str(staged), "sha256": entry.sha256}
