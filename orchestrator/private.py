@@ -47,6 +47,7 @@ def tighten(home: Path) -> list[Path]:
     """Remove group and other permissions from `home` and its first level; inside a folder that
     was open, from everything below it. A home that is already private costs a few `stat` calls."""
     tightened: list[Path] = []
+    home = Path(os.path.realpath(home))  # a home that is a link to a folder: the folder counts
     if not _tighten_one(home, tightened):
         return tightened
     opened = home in tightened
@@ -79,8 +80,11 @@ def _tighten_one(path: Path, tightened: list[Path]) -> bool:
     if st.st_mode & OPEN_BITS:
         try:
             os.chmod(path, stat.S_IMODE(st.st_mode) & ~OPEN_BITS)
+            still_open = path.lstat().st_mode & OPEN_BITS
         except OSError as e:
             log.warning("could not make a file private", path=str(path), error=e.strerror)
+            return True
+        if still_open:  # a file system without Unix permissions: nothing to do, nothing to say
             return True
         tightened.append(path)
     return True
