@@ -134,16 +134,20 @@ def write_entry(
     *,
     pool: SealPool | None = None,
     check_database: bool = False,
+    mode: int | None = None,
 ) -> RestoredFile:
     """Write `entry` to a temporary file beside `target`, verified and fsynced; return it.
 
     Every blob is authenticated and the file's SHA-256 must equal the manifest's before this
-    returns; `check_database` also runs SQLite's quick_check on a database.
+    returns; `check_database` also runs SQLite's quick_check on a database. The file is private
+    (0600) while it is written and gets its final `mode` (by default the snapshot's) only once
+    it is complete and checked.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.capsule-restore-{secrets.token_hex(4)}"
     try:
-        with open(tmp, "xb") as f, ThreadPoolExecutor(workers()) as threads, ThreadPoolExecutor(1) as syncer:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with open(fd, "wb") as f, ThreadPoolExecutor(workers()) as threads, ThreadPoolExecutor(1) as syncer:
             if pool is not None:
                 written, digest = write_with_pool(
                     repo,
@@ -169,7 +173,7 @@ def write_entry(
             problems = checking.result() if checking is not None else []
         if problems:
             raise IntegrityError(f"the restored database {entry.path} fails SQLite's check: {problems[0]}")
-        os.chmod(tmp, entry.mode & 0o7777)
+        os.chmod(tmp, entry.mode & 0o7777 if mode is None else mode)
         os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns))
     except OSError as e:
         with contextlib.suppress(OSError):

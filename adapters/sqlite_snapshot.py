@@ -98,7 +98,9 @@ def copy_database(
             own_keeper.start()
         if keeper is not None:
             holding.enter_context(keeper.pin_held())  # before the copy's read transaction begins
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # A plaintext copy of the shop's sales: only its owner may read it, whatever the umask.
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
         dst = sqlite3.connect(target, isolation_level=None)
         # The copy is read once and deleted: it needs neither a journal nor an fsync, and syncing
         # a gigabyte would compete with the till's own commits for the disk.

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from api.logging import configure
 from domain.errors import CapsuleError
 from orchestrator import services
+from orchestrator.private import keep_private
 from orchestrator.settings import Settings
 
 log = structlog.get_logger("capsule")
@@ -96,6 +97,7 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
         click.echo(f"capsule: the setting {name} is invalid ({first['msg']}); fix it and retry", err=True)
         sys.exit(2)
     configure(log_level or obj.settings.log_level, obj.settings.log_format)
+    keep_private(obj.settings.home)
     ctx.obj = obj
 
 

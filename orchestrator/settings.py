@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     step_backoff_seconds: float = Field(2.0, gt=0, description="wait after a step's first failure")
     step_backoff_max_seconds: float = Field(60.0, gt=0, description="longest wait between tries")
     sweep_seconds: float = Field(30.0, gt=0, description="how often a worker looks for lost jobs")
+    safety_copies: int = Field(
+        3, ge=1, le=1000, description="safety copies of the live database kept after in-place restores"
+    )
     event_store_url: str | None = None
     broker_url: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"

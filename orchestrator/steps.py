@@ -5,7 +5,8 @@ Every step is safe to run again after its process died at any instant:
 - `commit` finds a manifest this job already wrote instead of writing a second one;
 - `restore` recognises a file it already put in place;
 - `stage` and `apply` (a restore into the live database) keep their staged copy and the safety copy
-  under names made from the job id, so a second attempt reuses them.
+  under names made from the job id, so a second attempt reuses them (`restore_apply` says when
+  a second attempt saves the live database again).
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from adapters.repository.lock import locked
 from adapters.repository.repo import Repository
 from adapters.restore import restore_snapshot, safe_target, write_entry
 from adapters.sourcelock import source_lock
-from adapters.sqlite_snapshot import check_database, copy_database, copy_into_live, remove_database_files
+from adapters.sqlite_snapshot import check_database, copy_into_live
 from domain.backup_job import COMMIT, STORE, step_target
 from domain.errors import CapsuleError
 from domain.manifest import Manifest, SnapshotKind
 from orchestrator import faults
+from orchestrator.safety import name_pending, prune, remove_pending, safety_path, save_pending
 from orchestrator.services import open_repository, resolve_snapshot
 from orchestrator.settings import Settings
 
@@ -89,10 +91,7 @@ def backup_store(ctx: StepContext) -> dict[str, Any]:
     holder = f"backup job {ctx.job_id}"
     full = bool(ctx.request.get("full"))
 
-    def progress(done: int, total: int) -> None:
-        ctx.progress(done, total)
-        if done * 2 >= total:
-            faults.point("store:halfway")
+    progress = _halfway(ctx, "store")
 
     if kind == "files":
         with locked(repo.backend, "backup", timeout=settings.lock_wait_seconds):
@@ -116,6 +115,17 @@ def backup_store(ctx: StepContext) -> dict[str, Any]:
         )
     faults.point("store:stored")
     return {"stored": stored.model_dump(mode="json")}
+
+
+def _halfway(ctx: StepContext, name: str) -> Progress:
+    """The step's progress, with the fault point `<name>:halfway` once half the work is done."""
+
+    def progress(done: int, total: int) -> None:
+        ctx.progress(done, total)
+        if done * 2 >= total:
+            faults.point(f"{name}:halfway")
+
+    return progress
 
 
 def _warnings(files: StoredFiles) -> dict[str, Any]:
@@ -188,7 +198,7 @@ def restore_to_folder(ctx: StepContext) -> dict[str, Any]:
             to,
             # After a crash, a file equal to the snapshot is this job's own: replacing it is safe.
             force=force or (bool(found) and all(f is not False for f in found)),
-            progress=ctx.progress,
+            progress=_halfway(ctx, "restore"),
             check_database=bool(ctx.request.get("check")),
             workers=settings.workers,
         )
@@ -220,7 +230,7 @@ def _restore_files(
         to,
         include=include,
         force=force,
-        progress=ctx.progress,
+        progress=_halfway(ctx, "restore"),
         workers=ctx.settings.workers,
     )
     faults.point("restore:written")
@@ -258,11 +268,6 @@ def _staged_path(settings: Settings, job_id: str) -> Path:
     return settings.staging / f"restore-{job_id}-{settings.database.name}"
 
 
-def _safety_path(settings: Settings, job_id: str, attempt: int) -> Path:
-    live = settings.database
-    return settings.safety / f"{live.stem}-before-restore-{job_id}-{attempt}{live.suffix}"
-
-
 def _remove_partial_writes(folder: Path, name: str) -> None:
     """Temporary files an attempt killed while writing `name` left behind (restore writes
     `.<name>.capsule-restore-<random>` and renames it only once checked)."""
@@ -287,14 +292,27 @@ def restore_stage(ctx: StepContext) -> dict[str, Any]:
         if not (staged.is_file() and sha256_file(staged) == entry.sha256):
             _remove_partial_writes(staged.parent, staged.name)
             repo.ensure_index()
-            tmp = write_entry(repo, entry, staged, ctx.progress, check_database=True)
+            # Capsule's own copy until it is applied: private, whatever the snapshot's mode.
+            tmp = write_entry(repo, entry, staged, _halfway(ctx, "stage"), check_database=True, mode=0o600)
             os.replace(tmp.path, staged)
     faults.point("stage:staged")
     return {"snapshot_id": sid, "staged": str(staged), "sha256": entry.sha256}
 
 
 def restore_apply(ctx: StepContext) -> dict[str, Any]:
-    """Copy the staged database into the live one through SQLite's backup API."""
+    """Save the live database aside, then copy the staged database into it through SQLite's
+    backup API.
+
+    One safety copy per job (orchestrator.safety), saved right before the live database is
+    replaced, so that no sale made while the restore was staged is lost. It is written under a
+    pending name and named just before the first byte is copied into the live database:
+    - an attempt that died before that leaves only the pending copy, and the live database
+      untouched: the next attempt saves it again, with the sales made meanwhile;
+    - an attempt that died after it may have left the live database part or wholly restored: the
+      next attempt keeps the named copy as it is and never saves the live database over it.
+    Once the live database holds the snapshot, only the newest CAPSULE_SAFETY_COPIES copies are
+    kept, this job's among them.
+    """
     settings = ctx.settings
     staged = Path(ctx.results["stage"]["staged"])
     if not staged.is_file() or sha256_file(staged) != ctx.results["stage"]["sha256"]:
@@ -302,19 +320,20 @@ def restore_apply(ctx: StepContext) -> dict[str, Any]:
     problems = check_database(staged)
     if problems:
         raise StepRefused(f"the staged copy fails SQLite's check: {problems[0]}")
-    safety = _safety_path(settings, ctx.job_id, ctx.attempt)
+    safety = safety_path(settings, ctx.job_id)
     holder = f"restore job {ctx.job_id}"
     with source_lock(settings.home, settings.database, holder, settings.lock_wait_seconds):
-        # Saved right before it is replaced, so no sale made while the restore was staged is lost.
-        # Every attempt saves its own: sales made after an attempt died are in the next one's copy.
-        if not safety.exists():
-            partial = safety.with_name(f".{safety.name}.partial")
-            remove_database_files(partial)
-            copy_database(settings.database, partial)
-            os.replace(partial, safety)
+        named = safety.exists()
+        if named:
+            log.info("keeping the safety copy saved before an earlier attempt began", safety_copy=str(safety))
+        else:
+            save_pending(settings.database, safety)
         faults.point("apply:checked")
+        if not named:
+            name_pending(safety)
         copy_into_live(staged, settings.database)
         faults.point("apply:copied")
+        prune(settings, ctx.job_id)
     # The staged copy stays until the job is over: an attempt that dies here can apply it again.
     stage = ctx.results["stage"]
     return {
@@ -327,10 +346,11 @@ def restore_apply(ctx: StepContext) -> dict[str, Any]:
 
 
 def clean_up(settings: Settings, job_id: str) -> None:
-    """Remove what a finished job may have left in staging."""
+    """Remove what a finished job may have left in staging, and a safety copy it never needed."""
     staged = _staged_path(settings, job_id)
     staged.unlink(missing_ok=True)
     _remove_partial_writes(staged.parent, staged.name)
+    remove_pending(safety_path(settings, job_id))
 
 
 STEPS: dict[tuple[str, str], StepFunction] = {

@@ -107,3 +107,10 @@ def test_invalid_values_are_refused(monkeypatch, name, value):
 def test_unknown_keys_in_capsule_toml_are_ignored(tmp_path):
     (tmp_path / "capsule.toml").write_text('colour = "blue"\ndatabase = "x.db"\n')
     assert Settings().database == Path("x.db")
+
+
+def test_three_safety_copies_are_kept_by_default_and_never_none(monkeypatch):
+    assert Settings().safety_copies == 3
+    monkeypatch.setenv("CAPSULE_SAFETY_COPIES", "0")
+    with pytest.raises(ValidationError):
+        Settings()
