@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from orchestrator.db import database_errors, for_reading
 from orchestrator.errors import ConcurrencyConflict, UnknownSchemaVersion
+from orchestrator.eventstore.chain import ChainKeyFile, key_for_append, seal_appended
 from orchestrator.eventstore.model import Handler, Metadata, NewEvent, StoredEvent, as_json_object
 from orchestrator.eventstore.schema import events
 from orchestrator.eventstore.upcasting import Upcasters
@@ -29,6 +30,10 @@ class EventStore:
     Every stream has versions 1, 2, 3, ... and every event a global `position` that increases with
     commit order: a reader that remembers the last position it saw and asks for what follows never
     misses an event, on SQLite and on PostgreSQL alike.
+
+    With `chain_key`, every append seals its events and links them to the chain (chain.py); a log
+    that is not chained yet is chained by the first such append. Without it, the store reads any
+    log but appends only to one that is not chained.
     """
 
     def __init__(
@@ -37,8 +42,10 @@ class EventStore:
         *,
         upcasters: Upcasters | None = None,
         clock: Callable[[], datetime] | None = None,
+        chain_key: ChainKeyFile | None = None,
     ) -> None:
         self._engine = engine
+        self._chain_key = chain_key
         self._reader = for_reading(engine)
         self._upcasters = upcasters if upcasters is not None else Upcasters()
         self._clock = clock or utc_now
@@ -129,6 +136,7 @@ class EventStore:
         current = self._version(conn, stream_id)
         if current != expected_version:
             raise ConcurrencyConflict(stream_id, expected_version, current)
+        key = key_for_append(conn, self._chain_key, self._now())
         statement = insert(events).returning(events.c.position, sort_by_parameter_order=True)
         try:
             positions = conn.execute(statement, rows).scalars().all()
@@ -138,6 +146,8 @@ class EventStore:
             if _is_duplicate_version(e):
                 raise ConcurrencyConflict(stream_id, expected_version, None) from e
             raise
+        if key is not None:
+            seal_appended(conn, key, list(zip(positions, rows, strict=True)))
         stored = [
             StoredEvent(
                 position=position,
