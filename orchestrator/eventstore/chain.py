@@ -258,25 +258,44 @@ def _event_pages(conn: Connection) -> Iterator[Sequence[Row[Any]]]:
         after = page[-1].position
 
 
-def seal_appended(conn: Connection, key: ChainKey, appended: Sequence[tuple[int, Mapping[str, Any]]]) -> None:
-    """Write the chain rows of events just inserted, as (position, row), in position order."""
-    last = conn.execute(select(event_chain.c.chain).order_by(event_chain.c.position.desc()).limit(1))
-    previous = bytes(last.scalar_one_or_none() or GENESIS)
-    rows = []
-    for position, row in appended:
-        seal = key.seal(content(row), position)
-        previous = key.link(previous, seal)
-        rows.append({"position": position, "seal": seal, "chain": previous})
-    conn.execute(insert(event_chain), rows)
+# Prebuilt, so that SQLAlchemy compiles them once: an append pays one query and one insert for its seals.
+_HEAD = select(
+    select(event_chain_origin.c.key_id).scalar_subquery().label("key_id"),
+    select(event_chain.c.chain)
+    .order_by(event_chain.c.position.desc())
+    .limit(1)
+    .scalar_subquery()
+    .label("chain"),
+)
+_INSERT_SEALS = insert(event_chain)
 
 
-def key_for_append(conn: Connection, key_file: ChainKeyFile | None, now: datetime) -> ChainKey | None:
-    """The key to seal an append with, after checking it is the log's; None for a log that is not chained.
+@dataclass(frozen=True)
+class Sealing:
+    """What an append seals its events with: the log's key and the chain of the last event before them."""
 
-    A store given a key chains a log that is not chained yet; a store without one may only append
-    to such a log (as the Capsules before the chain did).
+    key: ChainKey
+    previous: bytes
+
+    def write(self, conn: Connection, appended: Sequence[tuple[int, Mapping[str, Any]]]) -> None:
+        """Write the seals of events just inserted, given as (position, row) in position order."""
+        previous = self.previous
+        rows = []
+        for position, row in appended:
+            seal = self.key.seal(content(row), position)
+            previous = self.key.link(previous, seal)
+            rows.append({"position": position, "seal": seal, "chain": previous})
+        conn.execute(_INSERT_SEALS, rows)
+
+
+def sealing_for_append(conn: Connection, key_file: ChainKeyFile | None, now: datetime) -> Sealing | None:
+    """How to seal an append, after checking the key is the log's; None for a log that is not chained.
+
+    Call it under the append lock. A store given a key chains a log that is not chained yet; a
+    store without one may only append to such a log (as the Capsules before the chain did).
     """
-    chained_with = origin_key_id(conn)
+    head = conn.execute(_HEAD).one()
+    chained_with = head.key_id
     if key_file is None:
         if chained_with is not None:
             raise EventLogKeyError(
@@ -286,7 +305,8 @@ def key_for_append(conn: Connection, key_file: ChainKeyFile | None, now: datetim
         return None
     if chained_with is None:
         start_chain(conn, key_file, now)
-        return key_file.key()
+        head = conn.execute(_HEAD).one()
+        return Sealing(key_file.key(), bytes(head.chain or GENESIS))
     key = key_file.key()
     if key.key_id != chained_with:
         raise EventLogKeyError(
@@ -294,4 +314,4 @@ def key_for_append(conn: Connection, key_file: ChainKeyFile | None, now: datetim
             f"{chained_with}, the file holds {key.key_id}): put the event log's own key file there, or "
             f"set {KEY_HINT} to where it is"
         )
-    return key
+    return Sealing(key, bytes(head.chain or GENESIS))

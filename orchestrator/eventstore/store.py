@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from orchestrator.db import database_errors, for_reading
 from orchestrator.errors import ConcurrencyConflict, UnknownSchemaVersion
-from orchestrator.eventstore.chain import ChainKeyFile, key_for_append, seal_appended
+from orchestrator.eventstore.chain import ChainKeyFile, sealing_for_append
 from orchestrator.eventstore.model import Handler, Metadata, NewEvent, StoredEvent, as_json_object
 from orchestrator.eventstore.schema import events
 from orchestrator.eventstore.upcasting import Upcasters
@@ -136,7 +136,7 @@ class EventStore:
         current = self._version(conn, stream_id)
         if current != expected_version:
             raise ConcurrencyConflict(stream_id, expected_version, current)
-        key = key_for_append(conn, self._chain_key, self._now())
+        sealing = sealing_for_append(conn, self._chain_key, rows[0]["recorded_at"])
         statement = insert(events).returning(events.c.position, sort_by_parameter_order=True)
         try:
             positions = conn.execute(statement, rows).scalars().all()
@@ -146,8 +146,8 @@ class EventStore:
             if _is_duplicate_version(e):
                 raise ConcurrencyConflict(stream_id, expected_version, None) from e
             raise
-        if key is not None:
-            seal_appended(conn, key, list(zip(positions, rows, strict=True)))
+        if sealing is not None:
+            sealing.write(conn, list(zip(positions, rows, strict=True)))
         stored = [
             StoredEvent(
                 position=position,
