@@ -8,11 +8,15 @@ on a SQLite file and on PostgreSQL.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import os
 import sqlite3
 import stat
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -370,3 +374,53 @@ def test_a_changed_chain_origin_is_found(chained: Engine, key_file: ChainKeyFile
     found = first_mismatch(chained, key_file)
 
     assert found.problem == "origin"
+
+
+def test_the_chain_can_be_checked_by_another_program_from_its_description(
+    tmp_path: Path, key_file: ChainKeyFile
+):
+    """Recompute every seal and link with sqlite3 and hmac alone, as docs/architecture.md 2.7 describes."""
+    path = tmp_path / "events.db"
+    engine = make_engine(f"sqlite:///{path}")
+    try:
+        create_schema(engine, chain_key=key_file)
+        store = EventStore(engine, chain_key=key_file)
+        store.append("backup-a", 0, [NewEvent("StepProgressed", 1, {"done": 2.0, "note": "café"})], META)
+        store.append("backup-a", 1, [requested(2), requested(3)], META)
+    finally:
+        engine.dispose()
+    lines = [line for line in key_file.path.read_text().splitlines() if not line.startswith("#")]
+    key = bytes.fromhex(lines[0])
+
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute(
+            "SELECT e.position, stream_id, version, type, schema_version, data, metadata, recorded_at, "
+            "c.seal, c.chain FROM events e JOIN event_chain c USING (position) ORDER BY e.position"
+        ).fetchall()
+        key_id, chained_after = conn.execute(
+            "SELECT key_id, chained_after FROM event_chain_origin"
+        ).fetchone()
+    finally:
+        conn.close()
+
+    def whole(value: object) -> object:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, dict):
+            return {k: whole(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [whole(v) for v in value]
+        return value
+
+    previous = bytes(32)
+    for position, stream, version, type_, schema, data, metadata, recorded, seal, chain in rows:
+        when = datetime.fromisoformat(recorded).replace(tzinfo=UTC).isoformat(timespec="microseconds")
+        body = [stream, version, type_, schema, whole(json.loads(data)), whole(json.loads(metadata)), when]
+        text_ = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        message = b"capsule event seal v1\x00" + text_ + position.to_bytes(8, "big")
+        assert hmac.new(key, message, hashlib.sha256).digest() == seal
+        previous = hmac.new(key, b"capsule event link v1\x00" + previous + seal, hashlib.sha256).digest()
+        assert previous == chain
+    assert len(rows) == 3 and chained_after == 0
+    assert key_id == hmac.new(key, b"capsule event log key id v1", hashlib.sha256).hexdigest()[:32]
