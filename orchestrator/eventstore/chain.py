@@ -307,6 +307,11 @@ def sealing_for_append(conn: Connection, key_file: ChainKeyFile | None, now: dat
         start_chain(conn, key_file, now)
         head = conn.execute(_HEAD).one()
         return Sealing(key_file.key(), bytes(head.chain or GENESIS))
+    return Sealing(check_key(key_file, chained_with), bytes(head.chain or GENESIS))
+
+
+def check_key(key_file: ChainKeyFile, chained_with: str) -> ChainKey:
+    """The key in `key_file`, if it is the one with id `chained_with`; `EventLogKeyError` otherwise."""
     key = key_file.key()
     if key.key_id != chained_with:
         raise EventLogKeyError(
@@ -314,4 +319,4 @@ def sealing_for_append(conn: Connection, key_file: ChainKeyFile | None, now: dat
             f"{chained_with}, the file holds {key.key_id}): put the event log's own key file there, or "
             f"set {KEY_HINT} to where it is"
         )
-    return Sealing(key, bytes(head.chain or GENESIS))
+    return key

@@ -11,8 +11,8 @@ from sqlalchemy import Connection, Engine, Row, Select, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from orchestrator.db import database_errors, for_reading
-from orchestrator.errors import ConcurrencyConflict, UnknownSchemaVersion
-from orchestrator.eventstore.chain import ChainKeyFile, sealing_for_append
+from orchestrator.errors import ConcurrencyConflict, EventLogKeyError, UnknownSchemaVersion
+from orchestrator.eventstore.chain import ChainKeyFile, check_key, origin_key_id, sealing_for_append
 from orchestrator.eventstore.model import Handler, Metadata, NewEvent, StoredEvent, as_json_object
 from orchestrator.eventstore.schema import events
 from orchestrator.eventstore.upcasting import Upcasters
@@ -164,6 +164,19 @@ class EventStore:
         for handler in handlers:
             handler(conn, list(stored))
         return stored
+
+    def check_chain_key(self) -> None:
+        """Raise `EventLogKeyError` now if an append would: the log is chained, this store lacks its key."""
+        with database_errors(self._engine), self._reader.connect() as conn:
+            chained_with = origin_key_id(conn)
+        if chained_with is None:
+            return
+        if self._chain_key is None:
+            raise EventLogKeyError(
+                "this event log is chained: appending to it needs its key file (event-log.key under "
+                "CAPSULE_HOME, or CAPSULE_EVENT_LOG_KEY_FILE)"
+            )
+        check_key(self._chain_key, chained_with)
 
     def read_stream(
         self, stream_id: str, after_version: int = 0, *, conn: Connection | None = None

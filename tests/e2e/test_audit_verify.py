@@ -87,3 +87,23 @@ def test_a_log_written_before_the_chain_is_chained_when_opened_and_verifies(shop
     assert shop.run("replay", expect=0).stdout.startswith("Replayed ")
     jobs = json.loads(shop.run("jobs", "--json", expect=0).stdout)
     assert len(jobs) == 3
+
+
+def test_without_the_event_log_key_backups_stop_at_once_and_the_log_stays_readable(shop: Shop) -> None:
+    shop.run("backup", expect=0)
+    key = shop.home / "event-log.key"
+    kept = key.read_bytes()
+    key.unlink()
+    jobs_before = json.loads(shop.run("jobs", "--json", expect=0).stdout)
+
+    refused = shop.run("backup", expect=1, timeout=60)
+    worker = shop.run("worker", "--until-idle", expect=1, timeout=60)
+
+    message = one_line_error(refused)
+    assert str(key) in message and "missing" in message
+    assert str(key) in one_line_error(worker)
+    assert not key.exists()
+    assert json.loads(shop.run("jobs", "--json", expect=0).stdout) == jobs_before
+    key.write_bytes(kept)
+    shop.run("backup", expect=0)
+    assert json.loads(shop.run("audit", "--verify", "--json", expect=0).stdout)["events"] > 6
