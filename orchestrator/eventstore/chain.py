@@ -7,9 +7,10 @@ Every event has a row in `event_chain`, written in its append's own transaction:
 
 with 32 zero bytes as the chain before the first event. `content` is the compact JSON array
 `[stream_id, version, type, schema_version, data, metadata, recorded_at]`: keys sorted, floats
-that are whole numbers written as integers (PostgreSQL's JSONB keeps no difference), the time
-in UTC with microseconds. The position comes last so that a verifier can try one event at every
-position for the price of one hash each, to tell a moved event from a changed one.
+that are whole numbers written as the integer of their shortest decimal form (PostgreSQL's JSONB
+keeps no difference), the time in UTC with microseconds. The position comes last so that a
+verifier can try one event at every position for the price of one hash each, to tell a moved
+event from a changed one.
 
 The key is 32 random bytes in a file outside the log (`ChainKeyFile`), created with the chain.
 The log records only the key's id and one sealed row, `event_chain_origin`, saying where the chain
@@ -32,6 +33,7 @@ import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -166,9 +168,11 @@ def utc_text(value: datetime) -> str:
 
 
 def _plain(value: Any) -> Any:
-    # JSONB reads 2.0 back as 2 and 1e16 as 10000000000000000: a whole float seals as the integer.
+    # JSONB keeps a number's decimal text, not its float: it reads 2.0 back as 2 and 1e23 as
+    # 100000000000000000000000, which as a float would be 99999999999999991611392. A whole float
+    # seals as the integer its shortest decimal form names.
     if isinstance(value, float) and value.is_integer():
-        return int(value)
+        return int(Decimal(repr(value)))
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list):
