@@ -6,6 +6,7 @@ did what and when; `replay` rebuilds the projections from the log.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import threading
@@ -172,10 +173,20 @@ def _summary(data: dict[str, Any]) -> str:
 @cli.command()
 @click.option("--job", "job_id", help="Only the events of this job.")
 @click.option("--since", help="Only events recorded at or after this time (UTC unless it says).")
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Check every event against its seal and the chain instead; exit 3 at the first that does not match.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def audit(obj: Context, job_id: str | None, since: str | None, as_json: bool) -> None:
+def audit(obj: Context, job_id: str | None, since: str | None, verify: bool, as_json: bool) -> None:
     """Who did what and when, read from the event log."""
+    if verify and (job_id or since):
+        raise click.UsageError("--verify checks the whole log: leave out --job and --since")
+    if verify:
+        run(lambda: _verify(obj, as_json))
+        return
 
     def go() -> None:
         start = _since(since)
@@ -226,6 +237,28 @@ def audit(obj: Context, job_id: str | None, since: str | None, as_json: bool) ->
             )
 
     run(go)
+
+
+def _verify(obj: Context, as_json: bool) -> None:
+    runtime = _runtime(obj)
+    try:
+        report = runtime.verify_log()
+    finally:
+        runtime.close()
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(report), default=_json_default))
+        return
+    click.echo(f"Checked {report.events} events: each matches its seal and follows the one before it.")
+    since = f"The log is chained since {_when(report.chained_at)} UTC"
+    if report.chained_after:
+        since += f"; the events up to position {report.chained_after} were written before and sealed then"
+    click.echo(since + ".")
+    if report.events:
+        click.echo(f"Head: position {report.head_position}, chain {report.head}")
+        click.echo(
+            "Keep the head elsewhere: checked against it later, it shows whether events were removed "
+            "from the end or the log was rewritten by someone holding its key."
+        )
 
 
 @cli.command()

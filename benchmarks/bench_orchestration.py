@@ -2,7 +2,7 @@
 
     python3 -m benchmarks.bench_orchestration overhead --size 1G      # engine vs job, alternating
     python3 -m benchmarks.bench_orchestration dispatch               # embedded vs Redis vs RabbitMQ
-    python3 -m benchmarks.bench_orchestration appends                # durable appends per second
+    python3 -m benchmarks.bench_orchestration appends     # durable appends per second, sealed or not
 
 Servers that are not reachable are reported as skipped, never as measured.
 """
@@ -137,53 +137,72 @@ def dispatch(n: int) -> dict[str, Any]:
 # ---- appends ----------------------------------------------------------------------------------
 
 
-def _appends(url: str, n: int, batch: int) -> dict[str, Any]:
+def _appends(url: str, n: int, batch: int, key_path: Path | None) -> dict[str, Any]:
     from sqlalchemy import text
 
     from orchestrator.db import make_engine
-    from orchestrator.eventstore import EventStore, Metadata, NewEvent, create_schema
+    from orchestrator.eventstore import (
+        ChainKeyFile,
+        EventStore,
+        Metadata,
+        NewEvent,
+        create_schema,
+        verify_chain,
+    )
 
     engine = make_engine(url)
     schema = None
     if engine.dialect.name == "postgresql":
-        schema = f"bench_{os.getpid()}_{batch}"
+        schema = f"bench_{os.getpid()}_{batch}_{'sealed' if key_path else 'unsealed'}"
         with engine.begin() as conn:
             conn.execute(text(f"CREATE SCHEMA {schema}"))
         engine.dispose()
         engine = make_engine(f"{url}?options=-csearch_path%3D{schema}")
+    chain_key = ChainKeyFile(key_path) if key_path else None
     try:
-        create_schema(engine)
-        store = EventStore(engine)
+        create_schema(engine, chain_key=chain_key)
+        store = EventStore(engine, chain_key=chain_key)
         meta = Metadata(actor="system:bench", correlation_id="bench")
         event = NewEvent("StepProgressed", 1, {"job_id": "bench", "done": 1, "total": 2})
         started = time.perf_counter()
         for i in range(n // batch):
             store.append(f"bench-{i}", 0, [event] * batch, meta)
         seconds = time.perf_counter() - started
+        verify_seconds = None
+        if chain_key is not None:
+            started = time.perf_counter()
+            verify_chain(engine, chain_key)
+            verify_seconds = time.perf_counter() - started
     finally:
         if schema is not None:
             with engine.begin() as conn:
                 conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         engine.dispose()
-    return {
+    out = {
         "events": n,
         "per_transaction": batch,
         "seconds": round(seconds, 3),
         "per_second": round(n / seconds),
     }
+    if verify_seconds is not None:
+        out["verified_per_second"] = round(n / verify_seconds)
+    return out
 
 
 def appends(n: int, workdir: Path) -> dict[str, Any]:
-    sqlite_url = f"sqlite:///{workdir / 'events.db'}"
-    out: dict[str, Any] = {
-        "sqlite_1": _appends(sqlite_url, n, 1),
-        "sqlite_100": _appends(f"sqlite:///{workdir / 'events100.db'}", n * 10, 100),
-    }
-    if _listening("127.0.0.1", 5432):
-        out["postgresql_1"] = _appends(POSTGRES_URL, n, 1)
-        out["postgresql_100"] = _appends(POSTGRES_URL, n * 10, 100)
-    else:
-        out["postgresql"] = "skipped: not reachable"
+    """Appends with and without the chain's seals, one after the other, on each database."""
+    key = workdir / "event-log.key"
+    out: dict[str, Any] = {}
+    for name, key_path in (("unsealed", None), ("sealed", key)):
+        out[f"sqlite_1_{name}"] = _appends(f"sqlite:///{workdir / f'events-{name}.db'}", n, 1, key_path)
+        out[f"sqlite_100_{name}"] = _appends(
+            f"sqlite:///{workdir / f'events100-{name}.db'}", n * 10, 100, key_path
+        )
+        if _listening("127.0.0.1", 5432):
+            out[f"postgresql_1_{name}"] = _appends(POSTGRES_URL, n, 1, key_path)
+            out[f"postgresql_100_{name}"] = _appends(POSTGRES_URL, n * 10, 100, key_path)
+        else:
+            out["postgresql"] = "skipped: not reachable"
     return out
 
 

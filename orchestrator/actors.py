@@ -370,4 +370,10 @@ def request_of(loaded: Loaded) -> dict[str, Any]:
 
 def build(settings: Settings, *, on_progress: Progress | None = None) -> tuple[Runtime, Dispatcher]:
     runtime = Runtime(settings)
+    try:
+        # A process that runs jobs appends: without the log's key it would fail every step, one by one.
+        runtime.store.check_chain_key()
+    except BaseException:
+        runtime.close()
+        raise
     return runtime, Dispatcher(runtime, make_broker(settings.broker_url), on_progress=on_progress)

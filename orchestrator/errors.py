@@ -37,3 +37,20 @@ class UnknownSchemaVersion(EventStoreError):
 
 class InvalidUpcaster(OrchestratorError):
     """Raised when an upcaster is registered twice for a version or leaves a gap in the chain."""
+
+
+class EventLogKeyError(EventStoreError):
+    """Raised when the key that seals the event log's chain is missing, unreadable or not the log's."""
+
+
+class EventLogTampered(EventStoreError):
+    """Raised when an event of the log does not match its seal or its place in the chain."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, position: int, stream_id: str | None, type: str | None, problem: str):
+        self.position = position
+        self.stream_id = stream_id
+        self.type = type
+        self.problem = problem
+        super().__init__(message)

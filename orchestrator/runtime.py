@@ -33,7 +33,14 @@ from domain.jobs import FINISHED, JobState, next_action
 from orchestrator import codec, projections
 from orchestrator.db import default_event_store_url, make_engine
 from orchestrator.errors import ConcurrencyConflict
-from orchestrator.eventstore import EventStore, Metadata, create_schema
+from orchestrator.eventstore import (
+    ChainKeyFile,
+    ChainReport,
+    EventStore,
+    Metadata,
+    create_schema,
+    verify_chain,
+)
 from orchestrator.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -79,9 +86,10 @@ class Runtime:
         self.settings = settings
         self.clock = clock
         self.engine = make_engine(settings.event_store_url or default_event_store_url(settings.home))
-        create_schema(self.engine)
+        self.chain_key = ChainKeyFile(settings.resolved_event_log_key_file)
+        create_schema(self.engine, chain_key=self.chain_key)
         projections.create_projection_schema(self.engine)
-        self.store = EventStore(self.engine, upcasters=codec.upcasters())
+        self.store = EventStore(self.engine, upcasters=codec.upcasters(), chain_key=self.chain_key)
         self.handler = projections.ProjectionHandler()
         self.policy = RetryPolicy(
             max_attempts=settings.step_max_attempts,
@@ -100,6 +108,10 @@ class Runtime:
         self.engine.dispose()
 
     # ---- reading -------------------------------------------------------------------------
+
+    def verify_log(self) -> ChainReport:
+        """Check every event against its seal and the chain; `EventLogTampered` names the first miss."""
+        return verify_chain(self.engine, self.chain_key)
 
     def load(self, job_type: str, job_id: str) -> Loaded:
         module = JOB_TYPES[job_type]

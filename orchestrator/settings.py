@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     repository: Path = Field(Path("data/backups"), description="the local repository")
     home: Path = Field(Path("data/capsule"), description="Capsule's own state: key file, logs")
     key_file: Path | None = Field(None, description="default: <home>/repository.key")
+    event_log_key_file: Path | None = Field(
+        None,
+        description="default: <home>/event-log.key; seals the event log; every process that appends needs it",
+    )
     passphrase: SecretStr | None = None
     pack_size: int = Field(16 * MiB, ge=MiB, le=1024 * MiB)
     lock_wait_seconds: float = Field(30.0, ge=0)
@@ -59,6 +63,10 @@ class Settings(BaseSettings):
     @property
     def resolved_key_file(self) -> Path:
         return self.key_file or self.home / "repository.key"
+
+    @property
+    def resolved_event_log_key_file(self) -> Path:
+        return self.event_log_key_file or self.home / "event-log.key"
 
     @model_validator(mode="after")
     def _lease_outlives_heartbeats(self) -> Settings:

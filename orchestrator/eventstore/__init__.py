@@ -3,12 +3,17 @@
 It stores type names, schema versions and JSON payloads; it knows no domain event class.
 """
 
+from orchestrator.eventstore.audit import ChainReport, verify_chain
+from orchestrator.eventstore.chain import ChainKey, ChainKeyFile
 from orchestrator.eventstore.model import Handler, Metadata, NewEvent, StoredEvent
 from orchestrator.eventstore.schema import create_schema, events, metadata_obj
 from orchestrator.eventstore.store import EventStore
 from orchestrator.eventstore.upcasting import Upcaster, Upcasters
 
 __all__ = [
+    "ChainKey",
+    "ChainKeyFile",
+    "ChainReport",
     "EventStore",
     "Handler",
     "Metadata",
@@ -19,4 +24,5 @@ __all__ = [
     "create_schema",
     "events",
     "metadata_obj",
+    "verify_chain",
 ]

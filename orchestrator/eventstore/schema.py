@@ -1,4 +1,4 @@
-"""The events table, and the guards that make the database itself refuse to change or remove an event.
+"""The events table, its chain, and the guards that make the database refuse to change or remove an event.
 
 `metadata_obj` is shared: projections add their tables to it so that `create_schema` makes them in
 the same database, where an append and its inline projections commit in one transaction.
@@ -7,7 +7,7 @@ the same database, where an append and its inline projections commit in one tran
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     JSON,
@@ -20,6 +20,7 @@ from sqlalchemy import (
     Engine,
     Identity,
     Integer,
+    LargeBinary,
     MetaData,
     Table,
     Text,
@@ -29,6 +30,9 @@ from sqlalchemy import (
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from orchestrator.db import database_errors
+
+if TYPE_CHECKING:
+    from orchestrator.eventstore.chain import ChainKeyFile
 
 APPEND_ONLY_MESSAGE = "events are append-only"
 # Any fixed number: it only keeps two processes from creating the schema at the same moment.
@@ -101,9 +105,40 @@ events = Table(
     sqlite_autoincrement=True,
 )
 
+# The seal and chain of each event (orchestrator/eventstore/chain.py), in a table of their own: an
+# event's position is known only once it is inserted, and an events row is never updated.
+event_chain = Table(
+    "event_chain",
+    metadata_obj,
+    Column(
+        "position",
+        BigInteger().with_variant(Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    Column("seal", LargeBinary, nullable=False),
+    Column("chain", LargeBinary, nullable=False),
+)
+
+# One row once the log is chained: the key's id, the last position written before the chain began
+# (0 when the log was chained from its start) and when it began, sealed with the key.
+event_chain_origin = Table(
+    "event_chain_origin",
+    metadata_obj,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("key_id", Text, nullable=False),
+    Column("chained_after", BigInteger, nullable=False),
+    Column("chained_at", UTCDateTime(), nullable=False),
+    Column("seal", LargeBinary, nullable=False),
+    CheckConstraint("id = 1", name="event_chain_origin_one_row"),
+)
+
+APPEND_ONLY_TABLES = ("events", "event_chain", "event_chain_origin")
+
 SQLITE_GUARDS = [
-    f"""CREATE TRIGGER IF NOT EXISTS events_refuse_{operation.lower()} BEFORE {operation} ON events
+    f"""CREATE TRIGGER IF NOT EXISTS {table}_refuse_{operation.lower()} BEFORE {operation} ON {table}
     BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY_MESSAGE}'); END"""
+    for table in APPEND_ONLY_TABLES
     for operation in ("UPDATE", "DELETE")
 ]
 
@@ -115,15 +150,23 @@ END
 $$"""
 
 POSTGRESQL_GUARDS = {
-    "events_refuse_update": "BEFORE UPDATE ON events FOR EACH ROW",
-    "events_refuse_delete": "BEFORE DELETE ON events FOR EACH ROW",
-    # TRUNCATE fires no row triggers, so it needs its own.
-    "events_refuse_truncate": "BEFORE TRUNCATE ON events FOR EACH STATEMENT",
+    f"{table}_refuse_{name}": f"{timing} ON {table} {level}"
+    for table in APPEND_ONLY_TABLES
+    for name, timing, level in (
+        ("update", "BEFORE UPDATE", "FOR EACH ROW"),
+        ("delete", "BEFORE DELETE", "FOR EACH ROW"),
+        # TRUNCATE fires no row triggers, so it needs its own.
+        ("truncate", "BEFORE TRUNCATE", "FOR EACH STATEMENT"),
+    )
 }
 
 
-def create_schema(engine: Engine) -> None:
-    """Create the events table, its guards and every table added to `metadata_obj`; safe to repeat."""
+def create_schema(engine: Engine, *, chain_key: ChainKeyFile | None = None) -> None:
+    """Create the events table, its guards and every table added to `metadata_obj`; safe to repeat.
+
+    With `chain_key`, a log that is not chained yet is chained in the same transaction: its key
+    file is created if missing, the events it holds are sealed, and the chain's origin is recorded.
+    """
     with database_errors(engine), engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             # Two processes starting together would otherwise both find a table missing and both
@@ -135,13 +178,20 @@ def create_schema(engine: Engine) -> None:
         else:
             for statement in SQLITE_GUARDS:
                 conn.exec_driver_sql(statement)
+        if chain_key is not None:
+            from orchestrator.eventstore.chain import start_chain  # noqa: PLC0415 - it reads these tables
+
+            start_chain(conn, chain_key, datetime.now(UTC))
 
 
 def _create_postgresql_guards(conn: Connection) -> None:
     conn.exec_driver_sql(POSTGRESQL_GUARD_FUNCTION)
     # CREATE OR REPLACE TRIGGER needs PostgreSQL 14; looking first works on every supported version.
     present = set(
-        conn.execute(text("SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass('events')")).scalars()
+        conn.execute(
+            text("SELECT tgname FROM pg_trigger WHERE tgrelid = ANY(CAST(:tables AS regclass[]))"),
+            {"tables": list(APPEND_ONLY_TABLES)},
+        ).scalars()
     )
     for name, timing in POSTGRESQL_GUARDS.items():
         if name not in present:

@@ -11,7 +11,8 @@ from sqlalchemy import Connection, Engine, Row, Select, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from orchestrator.db import database_errors, for_reading
-from orchestrator.errors import ConcurrencyConflict, UnknownSchemaVersion
+from orchestrator.errors import ConcurrencyConflict, EventLogKeyError, UnknownSchemaVersion
+from orchestrator.eventstore.chain import ChainKeyFile, check_key, origin_key_id, sealing_for_append
 from orchestrator.eventstore.model import Handler, Metadata, NewEvent, StoredEvent, as_json_object
 from orchestrator.eventstore.schema import events
 from orchestrator.eventstore.upcasting import Upcasters
@@ -29,6 +30,10 @@ class EventStore:
     Every stream has versions 1, 2, 3, ... and every event a global `position` that increases with
     commit order: a reader that remembers the last position it saw and asks for what follows never
     misses an event, on SQLite and on PostgreSQL alike.
+
+    With `chain_key`, every append seals its events and links them to the chain (chain.py); a log
+    that is not chained yet is chained by the first such append. Without it, the store reads any
+    log but appends only to one that is not chained.
     """
 
     def __init__(
@@ -37,8 +42,10 @@ class EventStore:
         *,
         upcasters: Upcasters | None = None,
         clock: Callable[[], datetime] | None = None,
+        chain_key: ChainKeyFile | None = None,
     ) -> None:
         self._engine = engine
+        self._chain_key = chain_key
         self._reader = for_reading(engine)
         self._upcasters = upcasters if upcasters is not None else Upcasters()
         self._clock = clock or utc_now
@@ -129,6 +136,7 @@ class EventStore:
         current = self._version(conn, stream_id)
         if current != expected_version:
             raise ConcurrencyConflict(stream_id, expected_version, current)
+        sealing = sealing_for_append(conn, self._chain_key, rows[0]["recorded_at"])
         statement = insert(events).returning(events.c.position, sort_by_parameter_order=True)
         try:
             positions = conn.execute(statement, rows).scalars().all()
@@ -138,6 +146,8 @@ class EventStore:
             if _is_duplicate_version(e):
                 raise ConcurrencyConflict(stream_id, expected_version, None) from e
             raise
+        if sealing is not None:
+            sealing.write(conn, list(zip(positions, rows, strict=True)))
         stored = [
             StoredEvent(
                 position=position,
@@ -154,6 +164,19 @@ class EventStore:
         for handler in handlers:
             handler(conn, list(stored))
         return stored
+
+    def check_chain_key(self) -> None:
+        """Raise `EventLogKeyError` now if an append would: the log is chained, this store lacks its key."""
+        with database_errors(self._engine), self._reader.connect() as conn:
+            chained_with = origin_key_id(conn)
+        if chained_with is None:
+            return
+        if self._chain_key is None:
+            raise EventLogKeyError(
+                "this event log is chained: appending to it needs its key file (event-log.key under "
+                "CAPSULE_HOME, or CAPSULE_EVENT_LOG_KEY_FILE)"
+            )
+        check_key(self._chain_key, chained_with)
 
     def read_stream(
         self, stream_id: str, after_version: int = 0, *, conn: Connection | None = None

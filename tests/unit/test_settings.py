@@ -51,6 +51,13 @@ def test_key_file_variable_overrides_the_default_under_home(monkeypatch):
     assert Settings().resolved_key_file == Path("/media/usb/shop.key")
 
 
+def test_event_log_key_file_lives_under_home_unless_its_variable_says(monkeypatch):
+    monkeypatch.setenv("CAPSULE_HOME", "state")
+    assert Settings().resolved_event_log_key_file == Path("state/event-log.key")
+    monkeypatch.setenv("CAPSULE_EVENT_LOG_KEY_FILE", "/etc/capsule/event-log.key")
+    assert Settings().resolved_event_log_key_file == Path("/etc/capsule/event-log.key")
+
+
 def test_capsule_toml_in_the_working_folder_is_read(tmp_path):
     (tmp_path / "capsule.toml").write_text(
         'database = "shop/pos.db"\nrepository = "/mnt/nas/capsule"\npack_size = 2097152\n'
