@@ -256,6 +256,25 @@ def _store_in_process(
     return bytes(ids), store.stats, sha.hexdigest()
 
 
+def missing_packs_warning(repo: Repository) -> str | None:
+    """One sentence, logged, when packs the loaded index names were missing from the repository's
+    listing; None when every one is there.
+
+    Their blobs count as not stored (`Index.contains`): the backup stores again what it needs of
+    them, so its snapshot restores. Older snapshots may still need them, which `verify` reports.
+    """
+    missing = repo.index.gone_packs
+    if not missing:
+        return None
+    text = (
+        f"{missing} pack(s) named by the index are missing from the repository; this backup stores "
+        "again whatever it needs of their blobs: run `capsule verify` to see which older snapshots "
+        "they hurt"
+    )
+    log.warning(text, packs=missing)
+    return text
+
+
 def full_check(repo: Repository) -> Callable[[bytes], bool]:
     """A full backup reuses a blob only if its pack is really there, and stores it again if not."""
     packs: dict[str, bool] = {}
@@ -290,6 +309,8 @@ class StoredDatabase(BaseModel):
     changed_chunks: int | None
     seconds: float
     snapshot_window_seconds: float
+    warnings: list[str] = []
+    """What the backup found worth telling (the manifest keeps them; the step's result too)."""
 
 
 def store_database(
@@ -314,6 +335,7 @@ def store_database(
     with checkpoints_kept(source) as keeper:
         repo.ensure_index()
         adopt_unindexed_packs(repo)
+        lost = missing_packs_warning(repo)
         parent = latest_snapshot(repo, "database", str(source.resolve()))
         stored_before = repo.stored_bytes
         copy_dir = copy_directory(staging, source, in_memory=copy_in_memory)
@@ -359,6 +381,7 @@ def store_database(
         changed_chunks=_changed_chunks(repo, parent_entry, entry),
         seconds=round(time.perf_counter() - started, 3),
         snapshot_window_seconds=round(copy.seconds, 3),
+        warnings=[lost] if lost else [],
     )
 
 
@@ -428,6 +451,7 @@ def commit_database(
         tags=tags or [],
         job_id=job_id,
         entries=[stored.entry],
+        warnings=stored.warnings,
         totals=Totals(
             files=1,
             bytes=stored.entry.size,
@@ -436,6 +460,7 @@ def commit_database(
             new_bytes=stored.new_bytes,
             stored_bytes=stored.stored_bytes,
             changed_chunks=stored.changed_chunks,
+            warnings=len(stored.warnings),
             duration_seconds=round(stored.seconds + extra_seconds, 3),
         ),
     )
