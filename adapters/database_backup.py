@@ -33,6 +33,7 @@ from adapters.sealpool import SealPool
 from adapters.sqlite_snapshot import (
     CheckpointKeeper,
     DatabaseCopy,
+    check_source,
     checkpoints_kept,
     copy_database,
     remove_database_files,
@@ -330,6 +331,7 @@ def store_database(
     """
     started = time.perf_counter()
     taken_at = datetime.now(UTC)
+    check_source(source)  # before anything is copied: an empty file is a new database to SQLite
     # The till's checkpoints are the backup's from here until its packs and index are on disk: no
     # sale waits for one while the backup keeps the disk busy (see CheckpointKeeper).
     with checkpoints_kept(source) as keeper:
