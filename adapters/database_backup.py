@@ -43,6 +43,10 @@ from domain.manifest import Entry, Manifest, SqliteInfo, Totals
 
 log = structlog.get_logger(__name__)
 
+# A database under this fraction of its last snapshot's size is backed up with a warning: a shop's
+# database grows or keeps its size (SQLite reuses free pages); one that lost nine tenths was
+# probably replaced, truncated or emptied by mistake, and the snapshot before it matters.
+SHRINK_WARNING_FRACTION = 0.10
 CHUNK_TARGET = 4096  # bytes: one page of a default database; smaller pages are grouped
 READ_SIZE = 1024 * 1024
 COPY_SUFFIX = ".capsule-snapshot"
@@ -276,6 +280,24 @@ def missing_packs_warning(repo: Repository) -> str | None:
     return text
 
 
+def shrink_warning(size: int, parent: tuple[str, Manifest] | None) -> str | None:
+    """One sentence, logged, when a database of `size` bytes is under SHRINK_WARNING_FRACTION of
+    its last snapshot `parent`; None otherwise."""
+    if parent is None or not parent[1].entries:
+        return None
+    before = parent[1].entries[0].size
+    if size >= before * SHRINK_WARNING_FRACTION:
+        return None
+    percent = round(100 * SHRINK_WARNING_FRACTION)
+    text = (
+        f"the database is {size} bytes, under {percent}% of its last snapshot {parent[0][:12]} "
+        f"({before} bytes); if the shop did not remove most of its data on purpose, keep that "
+        f"snapshot and check it: `capsule restore {parent[0][:12]} --to restored/`"
+    )
+    log.warning(text, bytes=size, last_snapshot=parent[0][:12], last_bytes=before)
+    return text
+
+
 def full_check(repo: Repository) -> Callable[[bytes], bool]:
     """A full backup reuses a blob only if its pack is really there, and stores it again if not."""
     packs: dict[str, bool] = {}
@@ -383,7 +405,7 @@ def store_database(
         changed_chunks=_changed_chunks(repo, parent_entry, entry),
         seconds=round(time.perf_counter() - started, 3),
         snapshot_window_seconds=round(copy.seconds, 3),
-        warnings=[lost] if lost else [],
+        warnings=[w for w in (lost, shrink_warning(copy.size, parent)) if w],
     )
 
 

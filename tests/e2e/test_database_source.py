@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -113,3 +114,32 @@ def test_a_database_this_user_cannot_read_is_refused(shop: Shop) -> None:
 
     assert f"the database {shop.database} cannot be read by this user" in message
     assert side_files(shop.database) == []
+
+
+def test_a_database_that_shrank_to_a_fraction_of_its_last_snapshot_is_backed_up_with_a_warning(
+    shop: Shop,
+) -> None:
+    first = shop.backup()
+    conn = sqlite3.connect(shop.database)
+    try:
+        conn.execute("DELETE FROM sale_items")
+        conn.execute("DELETE FROM sales")
+        conn.execute("DELETE FROM customers")
+        conn.commit()
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    assert shop.database.stat().st_size * 10 < first["totals"]["bytes"]
+
+    proc = shop.run("backup", "--kind", "database", expect=0)
+
+    assert "1 warning(s):" in proc.stderr
+    status = json.loads(shop.run("status", "--json", expect=0).stdout)
+    (warning,) = status["last_backup_warnings"]["items"]
+    assert f"under 10% of its last snapshot {first['snapshot_id'][:12]}" in warning
+    text = shop.run("status", expect=0).stdout
+    assert f"! {warning}" in text
+    # A database that changed as shops' do is backed up without a word.
+    shop.backup()
+    assert json.loads(shop.run("status", "--json", expect=0).stdout)["last_backup_warnings"] is None
