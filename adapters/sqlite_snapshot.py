@@ -109,7 +109,7 @@ def check_source(path: Path) -> None:
         raise SourceError(
             f"the database {path} is empty (0 bytes), so there is nothing to back up and no "
             "snapshot was made; check that CAPSULE_DATABASE names the point-of-sale database, and if "
-            "its data was lost, restore the last snapshot with `capsule restore latest-database`"
+            "its data was lost, restore the last snapshot: `capsule restore latest-database --in-place`"
         )
     if header != SQLITE_HEADER:
         raise SourceError(
