@@ -33,6 +33,7 @@ from adapters.sealpool import SealPool
 from adapters.sqlite_snapshot import (
     CheckpointKeeper,
     DatabaseCopy,
+    check_source,
     checkpoints_kept,
     copy_database,
     remove_database_files,
@@ -42,6 +43,10 @@ from domain.manifest import Entry, Manifest, SqliteInfo, Totals
 
 log = structlog.get_logger(__name__)
 
+# A database under this fraction of its last snapshot's size is backed up with a warning: a shop's
+# database grows or keeps its size (SQLite reuses free pages); one that lost nine tenths was
+# probably replaced, truncated or emptied by mistake, and the snapshot before it matters.
+SHRINK_WARNING_FRACTION = 0.10
 CHUNK_TARGET = 4096  # bytes: one page of a default database; smaller pages are grouped
 READ_SIZE = 1024 * 1024
 COPY_SUFFIX = ".capsule-snapshot"
@@ -256,6 +261,43 @@ def _store_in_process(
     return bytes(ids), store.stats, sha.hexdigest()
 
 
+def missing_packs_warning(repo: Repository) -> str | None:
+    """One sentence, logged, when packs the loaded index names were missing from the repository's
+    listing; None when every one is there.
+
+    Their blobs count as not stored (`Index.contains`): the backup stores again what it needs of
+    them, so its snapshot restores. Older snapshots may still need them, which `verify` reports.
+    """
+    missing = repo.index.gone_packs
+    if not missing:
+        return None
+    text = (
+        f"{missing} pack(s) named by the index are missing from the repository; this backup stores "
+        "again whatever it needs of their blobs: run `capsule verify` to see which older snapshots "
+        "they hurt"
+    )
+    log.warning(text, packs=missing)
+    return text
+
+
+def shrink_warning(size: int, parent: tuple[str, Manifest] | None) -> str | None:
+    """One sentence, logged, when a database of `size` bytes is under SHRINK_WARNING_FRACTION of
+    its last snapshot `parent`; None otherwise."""
+    if parent is None or not parent[1].entries:
+        return None
+    before = parent[1].entries[0].size
+    if size >= before * SHRINK_WARNING_FRACTION:
+        return None
+    percent = round(100 * SHRINK_WARNING_FRACTION)
+    text = (
+        f"the database is {size} bytes, under {percent}% of its last snapshot {parent[0][:12]} "
+        f"({before} bytes); if the shop did not remove most of its data on purpose, keep that "
+        f"snapshot and check it: `capsule restore {parent[0][:12]} --to restored/`"
+    )
+    log.warning(text, bytes=size, last_snapshot=parent[0][:12], last_bytes=before)
+    return text
+
+
 def full_check(repo: Repository) -> Callable[[bytes], bool]:
     """A full backup reuses a blob only if its pack is really there, and stores it again if not."""
     packs: dict[str, bool] = {}
@@ -290,6 +332,8 @@ class StoredDatabase(BaseModel):
     changed_chunks: int | None
     seconds: float
     snapshot_window_seconds: float
+    warnings: list[str] = []
+    """What the backup found worth telling (the manifest keeps them; the step's result too)."""
 
 
 def store_database(
@@ -309,11 +353,13 @@ def store_database(
     """
     started = time.perf_counter()
     taken_at = datetime.now(UTC)
+    check_source(source)  # before anything is copied: an empty file is a new database to SQLite
     # The till's checkpoints are the backup's from here until its packs and index are on disk: no
     # sale waits for one while the backup keeps the disk busy (see CheckpointKeeper).
     with checkpoints_kept(source) as keeper:
         repo.ensure_index()
         adopt_unindexed_packs(repo)
+        lost = missing_packs_warning(repo)
         parent = latest_snapshot(repo, "database", str(source.resolve()))
         stored_before = repo.stored_bytes
         copy_dir = copy_directory(staging, source, in_memory=copy_in_memory)
@@ -359,6 +405,7 @@ def store_database(
         changed_chunks=_changed_chunks(repo, parent_entry, entry),
         seconds=round(time.perf_counter() - started, 3),
         snapshot_window_seconds=round(copy.seconds, 3),
+        warnings=[w for w in (lost, shrink_warning(copy.size, parent)) if w],
     )
 
 
@@ -428,6 +475,7 @@ def commit_database(
         tags=tags or [],
         job_id=job_id,
         entries=[stored.entry],
+        warnings=stored.warnings,
         totals=Totals(
             files=1,
             bytes=stored.entry.size,
@@ -436,6 +484,7 @@ def commit_database(
             new_bytes=stored.new_bytes,
             stored_bytes=stored.stored_bytes,
             changed_chunks=stored.changed_chunks,
+            warnings=len(stored.warnings),
             duration_seconds=round(stored.seconds + extra_seconds, 3),
         ),
     )

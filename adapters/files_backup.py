@@ -30,14 +30,21 @@ import pyfastcdc
 import structlog
 from pydantic import BaseModel, ConfigDict
 
-from adapters.chunks import entry_blob_fields, workers
-from adapters.database_backup import BackupResult, find_committed, full_check, latest_snapshot
+from adapters.chunks import entry_blob_fields, load_id_lists, workers
+from adapters.database_backup import (
+    BackupResult,
+    find_committed,
+    full_check,
+    latest_snapshot,
+    missing_packs_warning,
+)
 from adapters.errors import SourceError
 from adapters.files_tree import ParentGroup, TreeWriter, iter_groups, path_key
 from adapters.repository.crypto import ID_SIZE
 from adapters.repository.pack import BLOB_DATA
 from adapters.repository.rebuild import adopt_unindexed_packs
 from adapters.repository.repo import PreparedBlob, Repository
+from domain.errors import CapsuleError
 from domain.manifest import Entry, Manifest, Totals
 
 log = structlog.get_logger(__name__)
@@ -325,6 +332,8 @@ class _Walker:
         self.repo = repo
         self.full = full
         self.check = full_check(repo) if full else None
+        # With packs missing, an unchanged file is reused only if all its blobs are still there.
+        self.packs_lost = repo.index.gone_packs > 0
         self.figures = _Figures()
         self.tree = TreeWriter(repo, self.check)
         self._parent = parent
@@ -436,6 +445,7 @@ class _Walker:
             and parent is not None
             and parent.type == "file"
             and (parent.size, parent.mtime_ns, parent.inode) == (st.st_size, st.st_mtime_ns, st.st_ino)
+            and self._still_stored(parent)
         ):
             mode = stat.S_IMODE(st.st_mode)
             if parent.mode == mode:
@@ -462,9 +472,26 @@ class _Walker:
             self._in_flight += st.st_size
         self._queue.append(pending)
 
+    def _still_stored(self, entry: Entry) -> bool:
+        """Whether every blob of a parent's file entry is in a pack that is there: checked only when
+        packs are missing (then the list blobs are read), else taken as given."""
+        if not self.packs_lost:
+            return True
+        named = [bytes.fromhex(b) for b in entry.blobs + entry.blob_lists]
+        if not all(self.repo.known_many(named)):
+            return False
+        if not entry.blob_lists:
+            return True
+        try:
+            return all(self.repo.known_many(load_id_lists(self.repo, entry.blob_lists)))
+        except CapsuleError:
+            return False
+
     def _give_up(self, path: str, parent: Entry | None, reason: str) -> None:
         """Warn about a file that could not be read; keep its parent's version if there is one."""
-        if parent is not None and parent.type == "file":
+        if parent is not None and parent.type == "file" and not self._still_stored(parent):
+            self.figures.warn(path, f"skipped: {reason}; the previous backup's version is in a missing pack")
+        elif parent is not None and parent.type == "file":
             self.figures.warn(path, f"{reason}; the version from the previous backup is kept")
             self._ready(path, parent)
         else:
@@ -623,6 +650,20 @@ def open_root(root: Path) -> int:
         raise SourceError(f"the folder {root} cannot be read by this user; run Capsule as its owner") from e
 
 
+def _tree_stored(repo: Repository, parent: Manifest) -> bool:
+    """Whether the parent snapshot's list and tree blobs are all in packs that are there; if not,
+    the backup reads every file rather than fail half-way through the parent's entries."""
+    try:
+        whole = all(repo.known_many([bytes.fromhex(i) for i in parent.tree])) and all(
+            repo.known_many(load_id_lists(repo, parent.tree))
+        )
+    except CapsuleError:
+        whole = False
+    if not whole:
+        log.warning("the previous files snapshot lost part of its entries; every file is read again")
+    return whole
+
+
 def store_files(
     repo: Repository,
     root: Path,
@@ -643,11 +684,12 @@ def store_files(
     try:
         repo.ensure_index()
         adopt_unindexed_packs(repo)
+        lost = missing_packs_warning(repo)
         parent = latest_snapshot(repo, "files", source)
         stored_before = repo.stored_bytes
         parent_entries = (
             ((group, entry) for group, entries in iter_groups(repo, parent[1]) for entry in entries)
-            if parent is not None and not full
+            if parent is not None and not full and (lost is None or _tree_stored(repo, parent[1]))
             else iter(())
         )
         walker = _Walker(
@@ -657,6 +699,9 @@ def store_files(
             progress=progress,
             estimate=parent[1].totals.bytes if parent is not None else 0,
         )
+        if lost is not None:
+            walker.figures.warnings.insert(0, lost)
+            walker.figures.warning_count += 1
         walker.run(root_fd)
         tree = walker.tree.finish()
         repo.flush()

@@ -13,6 +13,7 @@ import errno
 import fcntl
 import os
 import sqlite3
+import stat
 import struct
 import sys
 import threading
@@ -56,11 +57,69 @@ class DatabaseCopy:
     seconds: float
 
 
-def _connect_existing(path: Path, *, any_thread: bool = False) -> sqlite3.Connection:
-    if not path.is_file():
+SQLITE_HEADER = b"SQLite format 3\x00"
+"""The first 16 bytes of every SQLite database file (SQLite's "Database File Format", 1.3)."""
+
+
+def _check_file(path: Path) -> None:
+    """Raise SourceError unless `path` is an existing regular file (links followed)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError as e:
         raise SourceError(
             f"the database {path} does not exist; set CAPSULE_DATABASE to the point-of-sale database file"
+        ) from e
+    except PermissionError as e:
+        raise SourceError(
+            f"the database {path} cannot be reached by this user (a folder on its way is closed to it); "
+            "run Capsule as the user that owns the database"
+        ) from e
+    except OSError as e:
+        raise SourceError(f"the database {path} cannot be examined ({e.strerror or e})") from e
+    if stat.S_ISDIR(st.st_mode):
+        raise SourceError(
+            f"{path} is a folder, not a database file; set CAPSULE_DATABASE to the point-of-sale "
+            "database file itself"
         )
+    if not stat.S_ISREG(st.st_mode):
+        raise SourceError(
+            f"{path} is not a regular file; set CAPSULE_DATABASE to the point-of-sale database file"
+        )
+
+
+def check_source(path: Path) -> None:
+    """Raise SourceError, with what to do, unless `path` is a database file worth backing up.
+
+    Checked before anything is copied: SQLite itself opens an empty file as a new, empty database,
+    which would make a snapshot of nothing. Missing, a folder, unreadable, empty (0 bytes) and not
+    SQLite (no `SQLITE_HEADER`) each get their own sentence.
+    """
+    _check_file(path)
+    try:
+        with open(path, "rb") as f:
+            header = f.read(len(SQLITE_HEADER))
+    except PermissionError as e:
+        raise SourceError(
+            f"the database {path} cannot be read by this user; run Capsule as the user that owns "
+            "the database, or give that user read and write access to it"
+        ) from e
+    except OSError as e:
+        raise SourceError(f"the database {path} cannot be read ({e.strerror or e})") from e
+    if not header:
+        raise SourceError(
+            f"the database {path} is empty (0 bytes), so there is nothing to back up and no "
+            "snapshot was made; check that CAPSULE_DATABASE names the point-of-sale database, and if "
+            "its data was lost, restore the last snapshot: `capsule restore latest-database --in-place`"
+        )
+    if header != SQLITE_HEADER:
+        raise SourceError(
+            f"{path} is not an SQLite database (it does not start with SQLite's header); set "
+            "CAPSULE_DATABASE to the point-of-sale database file"
+        )
+
+
+def _connect_existing(path: Path, *, any_thread: bool = False) -> sqlite3.Connection:
+    _check_file(path)
     try:
         # mode=rw: never create an empty database where the real one is missing.
         conn = sqlite3.connect(

@@ -210,7 +210,8 @@ def _print_snapshot(sid: str, m: Any, job_id: str) -> None:
         f"{t.new_blobs} new of {t.blobs} chunks, repository grew by {_human(t.stored_bytes)} (job {job_id})."
     )
     if t.warnings:
-        click.echo(f"{t.warnings} item(s) not backed up as they are:", err=True)
+        what = "item(s) not backed up as they are" if m.kind == "files" else "warning(s)"
+        click.echo(f"{t.warnings} {what}:", err=True)
         for line in m.warnings[:20]:
             click.echo(f"  {line}", err=True)
         if t.warnings > 20:

@@ -126,10 +126,12 @@ def status(obj: Context, as_json: bool) -> None:
         active = [r for r in recent if r.get("status") not in ("completed", "failed", "cancelled")]
         failed = [r for r in recent if r.get("status") == "failed"][:3]
         last = snaps[0] if snaps else None
+        warned = _last_backup_warnings(recent, last)
         out = {
             "repository": str(obj.settings.repository),
             "database": str(obj.settings.database),
             "last_snapshot": last,
+            "last_backup_warnings": warned,
             "active_jobs": active,
             "recent_failures": failed,
             "event_log_position": position,
@@ -145,6 +147,10 @@ def status(obj: Context, as_json: bool) -> None:
             )
         else:
             click.echo("Last snapshot: none yet; run `capsule backup`")
+        if warned:
+            click.echo(f"Warnings of that backup: {warned['count']}")
+            for item in warned["items"]:
+                click.echo(f"  ! {item}")
         click.echo(f"Active jobs: {len(active)}")
         for r in active:
             click.echo(f"  {r['job_id']} {r['job_type']} {r['status']} {r.get('current_step') or ''}")
@@ -153,6 +159,16 @@ def status(obj: Context, as_json: bool) -> None:
         click.echo(f"Event log: {position} events")
 
     run(go)
+
+
+def _last_backup_warnings(jobs: list[dict[str, Any]], last: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The warnings of the job that made the last snapshot (count, and the first few), if it had any."""
+    if last is None:
+        return None
+    for row in jobs:
+        if row.get("job_id") == last.get("job_id") and row.get("warnings"):
+            return {"count": row["warnings"], "items": str(row.get("warning_items") or "").splitlines()}
+    return None
 
 
 def _summary(data: dict[str, Any]) -> str:

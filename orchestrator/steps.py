@@ -114,7 +114,10 @@ def backup_store(ctx: StepContext) -> dict[str, Any]:
             copy_in_memory=settings.copy_in_memory,
         )
     faults.point("store:stored")
-    return {"stored": stored.model_dump(mode="json")}
+    result: dict[str, Any] = {"stored": stored.model_dump(mode="json")}
+    if stored.warnings:
+        result["warnings"] = {"count": len(stored.warnings), "items": stored.warnings[:EVENT_WARNINGS]}
+    return result
 
 
 def _halfway(ctx: StepContext, name: str) -> Progress:

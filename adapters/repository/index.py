@@ -685,9 +685,10 @@ class Index:
 
     def _find(
         self, blob_ids: list[bytes] | bytes, want_records: bool = False
-    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.void]]:
-        """(run of each id or -1, and with `want_records` its RUN_RECORD, zeros where not found),
-        for a list of ids or for ids end to end in one bytes object.
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.void], npt.NDArray[np.bool_]]:
+        """(run of each id or -1, with `want_records` its RUN_RECORD (zeros where not found), and
+        whether the copy found is in a pack not known gone), for a list of ids or for ids end to
+        end in one bytes object.
 
         A copy in a pack not known gone is preferred.
         """
@@ -699,8 +700,9 @@ class Index:
         n = len(ids)
         which = np.full(n, -1, dtype=np.int64)
         out = np.zeros(n if want_records else 0, dtype=RUN_RECORD)
+        present = np.zeros(n, dtype=bool)
         if not n or not runs:
-            return which, out
+            return which, out, present
         gone = self._gone_numbers()
         # Largest run first: it holds most of what is found, and later runs see only the rest.
         largest_first = sorted(range(len(runs)), key=lambda i: -runs[i].n)
@@ -708,6 +710,7 @@ class Index:
             q = ids[at : at + QUERY_CHUNK]
             qkeys = _prefix_keys(q)
             w = which[at : at + len(q)]  # views: filled in place
+            there = present[at : at + len(q)]
             part = out[at : at + len(q)] if want_records else out
             todo = np.arange(len(q))  # not yet found in a pack not known gone
             for number in largest_first:
@@ -720,19 +723,29 @@ class Index:
                     _put(part, todo[hit], _take(recs, hit))
                 if len(gone):
                     hit[hit] = ~np.isin(recs["pack"][hit], gone)
+                there[todo[hit]] = True
                 todo = todo[~hit]
                 if not len(todo):
                     break
-        return which, out
+        return which, out, present
+
+    @property
+    def gone_packs(self) -> int:
+        """How many packs the index names were missing from the repository when it was loaded."""
+        return len(self._gone)
 
     def contains(self, blob_id: bytes) -> bool:
-        return blob_id in self._recent or self.lookup(blob_id) is not None
+        """Whether the blob is stored in a pack that is there: a copy only in a pack known gone
+        does not count, so that a backup stores it again instead of naming what cannot be read."""
+        return blob_id in self._recent or bool(self._find([blob_id])[2][0])
 
     def lookup(self, blob_id: bytes) -> BlobLocation | None:
+        """Where the blob is: a copy in a pack not known gone if there is one, else the one in a
+        pack that is gone (whose read then says the pack is missing)."""
         found = self._recent_location(blob_id)
         if found is not None:
             return found
-        which, recs = self._find([blob_id], want_records=True)
+        which, recs, _ = self._find([blob_id], want_records=True)
         if which[0] < 0:
             return None
         r = recs[0]
@@ -747,17 +760,18 @@ class Index:
         """(-1 where missing, pack number, record) of each id (in a list, or end to end in one
         bytes object), as arrays: for restoring many blobs at once."""
         self.freeze()  # everything in the runs, so one vectorised look-up finds all
-        which, recs = self._find(blob_ids, want_records=True)
+        which, recs, _ = self._find(blob_ids, want_records=True)
         return which, np.ascontiguousarray(recs["pack"]), recs
 
     def contains_many(self, blob_ids: list[bytes]) -> list[bool]:
+        """`contains` for each id: stored in a pack not known gone."""
         recent = self._recent
-        which, _ = self._find(blob_ids)
-        return [bool(w >= 0) or b in recent for b, w in zip(blob_ids, which.tolist(), strict=True)]
+        _, _, present = self._find(blob_ids)
+        return [bool(p) or b in recent for b, p in zip(blob_ids, present.tolist(), strict=True)]
 
     def locate_many(self, blob_ids: list[bytes]) -> list[BlobLocation | None]:
         recent = self._recent
-        which, recs = self._find(blob_ids, want_records=True)
+        which, recs, _ = self._find(blob_ids, want_records=True)
         # Pull the columns out once: building locations from numpy scalars one by one is slow.
         columns = zip(recs["pack"].tolist(), *(recs[c].tolist() for c in _FIELDS), strict=True)
         out: list[BlobLocation | None] = []

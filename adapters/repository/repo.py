@@ -288,7 +288,7 @@ class Repository:
         return not any(self.has_blob(i) for i in blob_ids)
 
     def known_many(self, blob_ids: list[bytes]) -> list[bool]:
-        """For each id: is it indexed or in a pack being written?"""
+        """For each id: is it indexed in a pack that is there, or in a pack being written?"""
         pending = self._pending_ids
         in_index = self.index.contains_many(blob_ids)
         return [k or i in pending for k, i in zip(in_index, blob_ids, strict=True)]
@@ -298,6 +298,8 @@ class Repository:
         return blob_id in self._pending_ids
 
     def has_blob(self, blob_id: bytes) -> bool:
+        """Whether a backup may name the blob without storing it: a blob whose only copy is in a
+        pack that was missing when the index was loaded (one listing of the packs) is stored again."""
         return blob_id in self._pending_ids or self.index.contains(blob_id)
 
     def _write_pack(self) -> None:

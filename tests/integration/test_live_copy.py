@@ -131,10 +131,12 @@ def test_a_copy_that_fails_halfway_fails_the_backup_without_hanging(
     assert leftovers == []
 
 
-def test_an_empty_database_backs_up_and_restores(tmp_path: Path) -> None:
+def test_a_database_without_tables_backs_up_and_restores(tmp_path: Path) -> None:
     repo, key_file = new_repository(tmp_path)
     db = tmp_path / "pos.db"
-    db.write_bytes(b"")
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA user_version = 1")  # SQLite writes its header: one page, no table
+    conn.close()
     result = backup_database(repo, db, tmp_path / "staging", now=T0)
     (restored,) = restore_snapshot(reopen(repo, key_file), result.manifest, tmp_path / "out")
     conn = sqlite3.connect(f"file:{restored.path}?immutable=1", uri=True)
@@ -143,6 +145,19 @@ def test_an_empty_database_backs_up_and_restores(tmp_path: Path) -> None:
     finally:
         conn.close()
     assert result.manifest.entries[0].size == restored.path.stat().st_size > 0
+
+
+def test_a_zero_byte_file_is_refused_before_anything_is_stored(tmp_path: Path) -> None:
+    # SQLite would open it as a new database: a snapshot of nothing that would become the latest.
+    repo, _ = new_repository(tmp_path)
+    db = tmp_path / "pos.db"
+    db.write_bytes(b"")
+
+    with pytest.raises(SourceError, match="is empty"):
+        backup_database(repo, db, tmp_path / "staging", now=T0)
+
+    assert list(repo.backend.list("snapshots")) == [] and list(repo.backend.list("data")) == []
+    assert db.stat().st_size == 0
 
 
 @pytest.mark.parametrize(("mode", "followed"), [("wal", True), ("delete", False)])

@@ -363,6 +363,28 @@ def test_a_copy_in_a_pack_on_disk_is_preferred_to_one_in_a_lost_pack_in_any_run(
     assert set(packs.tolist()) == {index.pack_ids.index(_pack_id(2))}
 
 
+def test_a_blob_only_in_a_lost_pack_is_not_stored_yet_its_place_is_still_known():
+    lost_ids, kept_ids, both = _random_ids(30, 60), _random_ids(30, 61), _random_ids(10, 62)
+    lost, kept = _blobs(lost_ids + both, 1), _blobs(kept_ids + both, 2)
+    index = Index()
+    index.stage(_pack_id(1), records(lost), gone=True)
+    index.stage(_pack_id(2), records(kept))
+    index.freeze()
+
+    assert index.gone_packs == 1
+    # A backup asks `contains`: the lost copy does not count, so the blob is stored again.
+    assert index.contains_many(lost_ids) == [False] * 30
+    assert not index.contains(lost_ids[0])
+    assert index.contains_many(kept_ids + both) == [True] * 40
+    assert index.contains(both[0])
+    # A restore or verify asks where: the lost copy is named, so its read says the pack is missing.
+    assert index.lookup(lost_ids[3]) == _location(_pack_id(1), lost[3])
+    assert index.locate_many(both) == [_location(_pack_id(2), b) for b in kept[30:]]
+    # Stored again by this run: found at once, in the new pack.
+    index.add_pack(_pack_id(3), records(_blobs(lost_ids[:5], 3)))
+    assert index.contains_many(lost_ids[:6]) == [True] * 5 + [False]
+
+
 def test_runs_beyond_the_memory_budget_live_in_files(small_runs):
     index = Index()
     for p in range(12):

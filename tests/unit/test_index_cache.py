@@ -140,6 +140,23 @@ def test_a_cache_is_not_used_once_a_pack_went_missing(tmp_path):
     assert cached.index.state()[1] == [lost_number]
 
 
+def test_a_cache_written_once_a_pack_was_missing_still_counts_its_blobs_as_not_stored(tmp_path):
+    repo, key_file, _, _ = _backed_up(tmp_path)
+    lost = sorted(repo.backend.list("data"))[0]
+    lost_ids = [blob_id for pack, blobs in repo.index.by_pack() if pack == lost for blob_id, _ in blobs]
+    repo.backend.remove("data", lost)
+    first, _ = _opened(repo, key_file, tmp_path / "cache")
+    first.load_index()  # reads the index files and writes a cache that knows the pack is gone
+
+    cached, reads = _opened(repo, key_file, tmp_path / "cache")
+    cached.load_index()
+
+    assert reads == []  # the cache was used
+    assert lost_ids and cached.index.gone_packs == 1
+    assert cached.known_many(lost_ids) == [False] * len(lost_ids)
+    assert all(loc is not None and loc.pack_id == lost for loc in cached.index.locate_many(lost_ids))
+
+
 @pytest.mark.parametrize("damage", ["flipped", "truncated", "foreign", "not-ours"])
 def test_a_damaged_or_foreign_cache_is_ignored_and_then_written_again(tmp_path, damage):
     repo, key_file, _, _ = _backed_up(tmp_path / "a")

@@ -1,0 +1,137 @@
+"""A backup never builds on data that is gone: blobs whose pack was lost are stored again.
+
+A pack file deleted from the repository (a disk fault, a careless clean-up) leaves the index naming
+blobs that cannot be read. The next backup must not count them as stored: the database's pages, an
+unchanged image reused from the parent snapshot, the tree and list blobs that describe a snapshot,
+all are stored again, so the new snapshot restores. The older snapshots still need the lost pack, and
+`verify` keeps saying so.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.integration.helpers import (
+    DatabaseTemplates,
+    MiB,
+    Shop,
+    copy_shop,
+    file_content_digest,
+    log_events,
+)
+from tests.integration.uploads import describe_tree, make_uploads
+
+
+def uploads_env(shop: Shop) -> dict[str, str]:
+    # Beside the shop, not in it: every copy of the shop backs up the very same files (inodes
+    # included), so their unchanged files are reused from the parent snapshot without being read.
+    return {"CAPSULE_UPLOADS": str(shop.root.parent.parent / "uploads")}
+
+
+@pytest.fixture(scope="module")
+def database_shop(tmp_path_factory: pytest.TempPathFactory, templates: DatabaseTemplates) -> Shop:
+    """A 4 MiB database backed up twice (the second backup reads the index cache) in 1 MiB packs."""
+    shop = Shop(tmp_path_factory.mktemp("lost-packs-db") / "shop")
+    templates.copy(shop.database, size_mib=4)
+    shop.init(env={"CAPSULE_PACK_SIZE": str(MiB)})
+    shop.backup()
+    shop.backup()
+    assert len(shop.packs()) >= 2
+    return shop
+
+
+@pytest.fixture(scope="module")
+def files_shop(tmp_path_factory: pytest.TempPathFactory) -> Shop:
+    """Product images (3 MiB of video among them) backed up in 1 MiB packs, and no database."""
+    shop = Shop(tmp_path_factory.mktemp("lost-packs-files") / "first" / "shop")
+    make_uploads(Path(uploads_env(shop)["CAPSULE_UPLOADS"]), big=3 * MiB)
+    shop.init(env={"CAPSULE_PACK_SIZE": str(MiB)})
+    shop.run("backup", "--kind", "files", "--json", env=uploads_env(shop), expect=0)
+    assert len(shop.packs()) >= 3
+    return shop
+
+
+def _verify_hits(shop: Shop, env: dict[str, str] | None = None) -> set[str]:
+    """The snapshots `verify` says are hurt."""
+    proc = shop.run("verify", "--json", env=env, expect=None)
+    report = json.loads(proc.stdout)
+    return {a["snapshot"] for p in report["problems"] for a in p["affected"]}
+
+
+def _lost_pack_warning(stderr: str) -> dict[str, object]:
+    found = [e for e in log_events(stderr) if "missing" in str(e.get("event", "")) and "packs" in e]
+    assert len(found) == 1, stderr
+    return found[0]
+
+
+def test_a_database_backup_after_a_pack_was_deleted_restores(database_shop: Shop, tmp_path: Path) -> None:
+    for number, pack in enumerate(database_shop.packs()):
+        shop = copy_shop(database_shop, tmp_path / f"shop-{number}")
+        before = {s["id"] for s in shop.snapshots()}
+        lost = shop.repository / pack.relative_to(database_shop.repository)
+        lost.unlink()
+
+        proc = shop.run("backup", "--kind", "database", "--json", expect=0)
+        new = json.loads(proc.stdout)
+        again = shop.backup()  # the index cache now knows the pack is gone: still not fooled
+
+        assert new["totals"]["new_blobs"] > 0, f"nothing was stored again after losing {pack.name}"
+        warning = _lost_pack_warning(proc.stderr)
+        assert warning["packs"] == 1
+        assert "capsule verify" in str(warning["event"])
+        for sid in (new["snapshot_id"], again["snapshot_id"]):
+            target = tmp_path / f"restored-{number}-{sid[:12]}"
+            shop.restore(sid, target)
+            assert file_content_digest(target / "pos.db", immutable=True) == file_content_digest(
+                shop.database
+            )
+        # Same content, same blob ids: what was stored again makes the older snapshots whole too.
+        assert before and _verify_hits(shop) == set()
+
+
+def test_older_snapshots_still_need_the_lost_pack_when_the_database_changed(
+    database_shop: Shop, templates: DatabaseTemplates, tmp_path: Path
+) -> None:
+    shop = copy_shop(database_shop, tmp_path / "shop")
+    before = {s["id"] for s in shop.snapshots()}
+    max(shop.packs(), key=lambda p: p.stat().st_size).unlink()
+    templates.copy(shop.database, size_mib=4, seed=7)  # other sales: other pages
+
+    new = shop.backup()
+
+    shop.restore(new["snapshot_id"], tmp_path / "restored")
+    assert file_content_digest(tmp_path / "restored" / "pos.db", immutable=True) == file_content_digest(
+        shop.database
+    )
+    assert _verify_hits(shop) == before
+
+
+def test_a_files_backup_after_a_pack_was_deleted_stores_unchanged_files_again(
+    files_shop: Shop, tmp_path: Path
+) -> None:
+    env = uploads_env(files_shop)
+    expected = describe_tree(Path(env["CAPSULE_UPLOADS"]))
+    read_again: list[int] = []
+    for number, pack in enumerate(files_shop.packs()):
+        shop = copy_shop(files_shop, files_shop.root.parent.parent / f"copy-{number}" / "shop")
+        before = {s["id"] for s in shop.snapshots()}
+        (shop.repository / pack.relative_to(files_shop.repository)).unlink()
+
+        proc = shop.run("backup", "--kind", "files", "--json", env=env, expect=0)
+        new = json.loads(proc.stdout)
+
+        assert new["totals"]["warnings"] == 1  # the missing pack, and nothing skipped
+        read_again.append(new["totals"]["read_files"])
+        assert _lost_pack_warning(proc.stderr)["packs"] == 1
+        target = tmp_path / f"restored-{number}"
+        shop.restore(new["snapshot_id"], target)
+        assert describe_tree(target) == expected
+        assert before and _verify_hits(shop, env) == set()
+        reused = shop.run("backup", "--kind", "files", "--json", env=env, expect=0)
+        assert json.loads(reused.stdout)["totals"]["read_files"] == 0, "unchanged files were read"
+    # Some pack held only some files' chunks (those files alone were read again); another held the
+    # snapshot's tree (no entry of the parent could be trusted: every file was read again).
+    assert min(read_again) < max(read_again) == 7, read_again
