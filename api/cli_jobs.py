@@ -246,6 +246,10 @@ def replay(obj: Context) -> None:
     run(go)
 
 
+def _count(snapshots: int) -> str:
+    return f"{snapshots} snapshot" + ("" if snapshots == 1 else "s")
+
+
 @cli.command("repair-log")
 @pass_ctx
 def repair_log(obj: Context) -> None:
@@ -264,7 +268,7 @@ def repair_log(obj: Context) -> None:
         aside = ", ".join(str(p) for p in report.set_aside_as)
         click.echo(f"It is set aside as {aside}; nothing was deleted.")
         click.echo(
-            f"A new event log starts with the repair and the repository's {report.snapshots} snapshots; "
+            f"A new event log starts with the repair and the repository's {_count(report.snapshots)}; "
             "`capsule audit` shows them, and the old log's jobs stay in the file set aside."
         )
         for problem in report.problems:

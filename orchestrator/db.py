@@ -160,7 +160,7 @@ def sqlite_file(url: URL | str) -> Path | None:
 
 def damaged(path: Path, reason: str) -> EventLogDamaged:
     """The error for a SQLite event log whose file or data is damaged."""
-    return EventLogDamaged(f"the event log {path} is damaged ({reason}); {REPAIR_HINT}")
+    return EventLogDamaged(f"the event log {path} is damaged ({reason}); {REPAIR_HINT}", reason=reason)
 
 
 def disk_full(folder: Path, reason: str) -> EventLogDiskFull:

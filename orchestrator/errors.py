@@ -22,6 +22,10 @@ class EventLogDamaged(EventStoreError):
 
     exit_code = 3
 
+    def __init__(self, message: str, *, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
 
 class EventLogDiskFull(EventStoreUnavailable):
     """Raised when the event log cannot be written because the disk that holds it is full."""

@@ -105,7 +105,7 @@ def went_on(repair: LogRepair) -> str:
     aside = repair.set_aside_as[0] if repair.set_aside_as else "?"
     return (
         f"the event log {repair.log} was damaged ({repair.reason}); it is set aside as {aside} and a "
-        f"new log goes on from here with the repository's {repair.snapshots} snapshots "
+        f"new log goes on from here with the repository's snapshots ({repair.snapshots}) "
         "(`capsule audit` starts with the repair)"
     )
 

@@ -156,7 +156,7 @@ def _start_afresh(
     if _in_use(path):
         raise EventStoreUnavailable(
             f"the event log {path} is damaged ({reason}), and another Capsule process has it open; "
-            "stop that process (`capsule serve`, a worker, a running backup), then run `capsule repair-log`"
+            "let it end or stop it (a `capsule worker`, a backup or a restore), then run `capsule repair-log`"
         )
     now = (clock or _utc_now)()
     repair_id = f"{now:%Y%m%d%H%M%S}-{secrets.token_hex(4)}"

@@ -176,6 +176,26 @@ def test_repair_log_of_a_log_that_is_not_a_database_starts_a_new_one(shop: Shop)
     assert [e["type"] for e in audit(shop)] == ["EventLogStarted", "SnapshotRecovered"]
 
 
+def test_repair_log_leaves_a_damaged_log_alone_while_another_process_has_it_open(shop: Shop) -> None:
+    shop.backup()
+    log = event_log(shop)
+    damaged = damage_last_page(log)
+    holder = sqlite3.connect(log)  # as a worker still running would hold it
+    try:
+        holder.execute("PRAGMA user_version").fetchone()
+
+        refused = shop.run("repair-log", expect=1)
+        backup = shop.run("backup", expect=1)
+
+        assert "another Capsule process has it open" in one_line_error(refused)
+        assert "another Capsule process has it open" in one_line_error(backup)
+        assert sha256_file(log) == damaged and set_aside(shop) == []
+    finally:
+        holder.close()
+    shop.run("repair-log", expect=0)
+    assert files_with_digest(shop.home, damaged) == set_aside(shop)[:1]
+
+
 @pytest.mark.parametrize("point", ["repair-log:built", "repair-log:linked", "repair-log:unlinked"])
 def test_a_killed_repair_leaves_the_old_log_or_a_usable_new_one(shop: Shop, point: str) -> None:
     snapshot = shop.backup()["snapshot_id"]
