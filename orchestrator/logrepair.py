@@ -105,8 +105,8 @@ def recover_if_damaged(
 def damage_of(url: str, path: Path, *, deep: bool) -> str | None:
     """Why the SQLite log at `path` is damaged, in SQLite's words; None when it reads whole.
 
-    SQLite's quick check reads every page (about 0.2 s for a 200 MB log with a warm cache). `deep`
-    also reads every event's data, whose damage that check cannot see.
+    SQLite's quick check reads every page (docs/performance.md says what it costs). `deep` also
+    reads every event's data, whose damage that check cannot see.
     """
     if not path.exists():
         return None
