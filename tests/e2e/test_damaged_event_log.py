@@ -103,6 +103,25 @@ def test_an_event_log_that_is_not_a_database_is_reported_as_damaged(shop: Shop) 
     assert f"the event log {log} is damaged" in message and "capsule repair-log" in message
 
 
+@pytest.mark.parametrize(
+    "garbled", [b'"step": "\xff\xffmmit"', b'"step"; "commit"'], ids=["not-utf-8", "not-json"]
+)
+def test_an_event_whose_data_is_garbled_is_reported_and_repaired(shop: Shop, garbled: bytes) -> None:
+    shop.backup()
+    log = event_log(shop)
+    checkpointed(log)
+    data = log.read_bytes()
+    assert data.count(b'"step": "commit"') >= 1
+    log.write_bytes(data.replace(b'"step": "commit"', garbled, 1))
+
+    message = one_line_error(shop.run("audit", expect=3))
+    repaired = shop.run("repair-log", expect=0)
+
+    assert f"the event log {log} is damaged" in message and "capsule repair-log" in message
+    assert "was damaged" in repaired.stdout and len(set_aside(shop)) == 1
+    assert [e["type"] for e in audit(shop)] == ["EventLogStarted", "SnapshotRecovered"]
+
+
 def test_backup_with_a_damaged_event_log_sets_it_aside_and_backs_up(shop: Shop) -> None:
     first = shop.backup()
     log = event_log(shop)
