@@ -215,6 +215,15 @@ def test_repair_log_leaves_a_damaged_log_alone_while_another_process_has_it_open
     assert files_with_digest(shop.home, damaged) == set_aside(shop)[:1]
 
 
+def test_repair_log_leaves_a_postgresql_event_store_to_its_server(shop: Shop) -> None:
+    url = "postgresql+psycopg://capsule:s3cret-pw@127.0.0.1:1/capsule"
+
+    message = one_line_error(shop.run("repair-log", env={"CAPSULE_EVENT_STORE_URL": url}, expect=1))
+
+    assert "postgresql+psycopg://capsule:***@127.0.0.1:1/capsule" in message
+    assert "database server's to repair" in message and "s3cret-pw" not in message
+
+
 @pytest.mark.parametrize("point", ["repair-log:built", "repair-log:linked", "repair-log:unlinked"])
 def test_a_killed_repair_leaves_the_old_log_or_a_usable_new_one(shop: Shop, point: str) -> None:
     snapshot = shop.backup()["snapshot_id"]
