@@ -19,11 +19,13 @@ On PostgreSQL, damage is the database server's to repair; nothing here applies t
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +39,7 @@ from orchestrator.db import (
     damaged,
     database_errors,
     default_event_store_url,
+    disk_full,
     for_reading,
     make_engine,
     safe_url,
@@ -81,10 +84,11 @@ def repair_log(settings: Settings, *, actor: str, clock: Callable[[], datetime] 
             f"the event store at {safe_url(url)} is not a SQLite file: damage there is its database "
             "server's to repair (see its log, and restore it from its own backup if need be)"
         )
-    reason = damage_of(url, path, deep=True)
-    if reason is None:
-        return LogRepair(path, None)
-    return _start_afresh(settings, path, reason, actor=actor, detected_by="repair-log", clock=clock)
+    with _one_repair_at_a_time(path.parent):
+        reason = damage_of(url, path, deep=True)
+        if reason is None:
+            return LogRepair(path, None)
+        return _start_afresh(settings, path, reason, actor=actor, detected_by="repair-log", clock=clock)
 
 
 def recover_if_damaged(
@@ -96,10 +100,27 @@ def recover_if_damaged(
     path = sqlite_file(url)
     if path is None:
         return None
-    reason = damage_of(url, path, deep=False)
-    if reason is None:
-        return None
-    return _start_afresh(settings, path, reason, actor=actor, detected_by=detected_by, clock=clock)
+    with _one_repair_at_a_time(path.parent):
+        # Checked under the lock: a backup that waited for another one's repair finds the new log.
+        reason = damage_of(url, path, deep=False)
+        if reason is None:
+            return None
+        return _start_afresh(settings, path, reason, actor=actor, detected_by=detected_by, clock=clock)
+
+
+@contextmanager
+def _one_repair_at_a_time(folder: Path) -> Iterator[None]:
+    """Two commands that found the log damaged at once must not both set it aside; the lock is the
+    folder's own (flock), so that no file is left behind for it."""
+    if not folder.is_dir():
+        yield  # no folder, no log: nothing to repair
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def damage_of(url: str, path: Path, *, deep: bool) -> str | None:
@@ -168,25 +189,35 @@ def _start_afresh(
     recovered, problems = _repository_snapshots(settings, repair_id)
     started = EventLogStarted(
         job_id=repair_id,
-        damaged_log=str(path),
-        set_aside_as=tuple(str(p) for p in set_aside_as),
+        damaged_log=str(path.absolute()),
+        set_aside_as=tuple(str(p.absolute()) for p in set_aside_as),
         reason=reason,
         detected_by=detected_by,
     )
     fresh = path.with_name(f"{path.name}{UNFINISHED_MARK}{repair_id}")
     _build(fresh, [started, *recovered], actor=actor, repair_id=repair_id)
     faults.point("repair-log:built")
-    for suffix in ("", *SIDE_SUFFIXES):
-        _keep_aside(Path(f"{path}{suffix}"), Path(f"{aside}{suffix}"))
-    _sync_folder(path.parent)
-    faults.point("repair-log:linked")
-    # The WAL and the index beside the log belong to the damaged file, which keeps them under its
-    # new name; left here, SQLite would apply that WAL to the new log.
-    for suffix in SIDE_SUFFIXES:
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
-    faults.point("repair-log:unlinked")
-    os.replace(fresh, path)
-    _sync_folder(path.parent)
+    try:
+        for suffix in ("", *SIDE_SUFFIXES):
+            _keep_aside(Path(f"{path}{suffix}"), Path(f"{aside}{suffix}"))
+        _sync_folder(path.parent)
+        faults.point("repair-log:linked")
+        # The WAL and the index beside the log belong to the damaged file, which keeps them under
+        # its new name; left here, SQLite would apply that WAL to the new log.
+        for suffix in SIDE_SUFFIXES:
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        faults.point("repair-log:unlinked")
+        os.replace(fresh, path)
+        _sync_folder(path.parent)
+    except OSError as e:
+        fresh.unlink(missing_ok=True)
+        where = f"the folder {path.parent}"
+        if e.errno == errno.ENOSPC:
+            raise disk_full(path.parent, e.strerror or "no space left on device") from e
+        raise EventStoreUnavailable(
+            f"the damaged event log {path} ({reason}) could not be set aside in {where} ({e.strerror}); "
+            "make that folder writable for this user, then run `capsule repair-log`"
+        ) from e
     return LogRepair(path, reason, set_aside_as, len(recovered), problems)
 
 

@@ -22,6 +22,7 @@ from tests.integration.helpers import (
     file_content_digest,
     message_lines,
     one_line_error,
+    running,
     sha256_file,
 )
 from tests.servers import in_ci
@@ -140,6 +141,22 @@ def test_backup_with_a_damaged_event_log_sets_it_aside_and_backs_up(shop: Shop) 
     assert status["last_snapshot"]["snapshot_id"] == snapshot
     types = [e["type"] for e in audit(shop)]
     assert types[0] == "EventLogStarted" and "BackupCompleted" in types
+
+
+def test_two_backups_that_find_the_log_damaged_at_once_set_it_aside_once(shop: Shop) -> None:
+    shop.backup()
+    damaged = damage_last_page(event_log(shop))
+
+    with running(shop.popen("backup")) as first, running(shop.popen("backup")) as second:
+        outs = [first.communicate(timeout=120), second.communicate(timeout=120)]
+
+    assert [first.returncode, second.returncode] == [0, 0], outs
+    assert all("Traceback" not in err for _, err in outs), outs
+    notes = [line for _, err in outs for line in message_lines(err) if "event log" in line]
+    assert len(notes) == 1, outs
+    assert files_with_digest(shop.home, damaged) == set_aside(shop)[:1]
+    types = [e["type"] for e in audit(shop)]
+    assert types.count("EventLogStarted") == 1 and types.count("BackupCompleted") == 2
 
 
 def test_restore_with_a_damaged_event_log_sets_it_aside_and_restores(shop: Shop, tmp_path: Path) -> None:
