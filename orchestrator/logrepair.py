@@ -195,7 +195,11 @@ def _start_afresh(
         detected_by=detected_by,
     )
     fresh = path.with_name(f"{path.name}{UNFINISHED_MARK}{repair_id}")
-    _build(fresh, [started, *recovered], actor=actor, repair_id=repair_id)
+    try:
+        _build(fresh, [started, *recovered], actor=actor, repair_id=repair_id)
+    except BaseException:
+        _remove_unfinished(path)  # a full disk, most likely: give its space back
+        raise
     faults.point("repair-log:built")
     try:
         for suffix in ("", *SIDE_SUFFIXES):

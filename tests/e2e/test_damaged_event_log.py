@@ -301,3 +301,21 @@ def test_an_event_log_on_a_full_disk_is_reported_as_a_full_disk(shop: Shop, tiny
         message = one_line_error(proc)
         assert "full" in message and str(tiny_disk) in message, message
         assert "report this" not in message and "cannot be reached" not in message
+
+
+def test_a_repair_on_a_full_disk_says_so_and_leaves_the_damaged_log_as_it_was(
+    shop: Shop, tiny_disk: Path
+) -> None:
+    env = {"CAPSULE_EVENT_STORE_URL": f"sqlite:///{tiny_disk / 'events.db'}"}
+    shop.run("backup", env=env, expect=0)
+    damaged = damage_last_page(tiny_disk / "events.db")
+    fill(tiny_disk)
+
+    message = one_line_error(shop.run("repair-log", env=env, expect=1))
+
+    assert "full" in message and str(tiny_disk) in message, message
+    assert sha256_file(tiny_disk / "events.db") == damaged
+    assert not list(tiny_disk.glob("events.db.new-*")), "a half-built log must not keep the space"
+    (tiny_disk / "filler").unlink()
+    shop.run("repair-log", env=env, expect=0)
+    assert files_with_digest(tiny_disk, damaged)
