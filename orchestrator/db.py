@@ -31,7 +31,8 @@ UNDEFINED_TABLE, SERIALIZATION_FAILURE, DEADLOCK_DETECTED = "42P01", "40001", "4
 # PostgreSQL's data_corrupted, index_corrupted and disk_full.
 DATA_CORRUPTED, INDEX_CORRUPTED, DISK_FULL = "XX001", "XX002", "53100"
 # SQLite's primary result codes (the low byte of an extended one).
-SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_NOTADB = 10, 11, 13, 26
+SQLITE_PERM, SQLITE_READONLY, SQLITE_IOERR, SQLITE_CORRUPT = 3, 8, 10, 11
+SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_NOTADB = 13, 14, 26
 # Text that no SQLite file in good order gives back: the driver meets it reading a damaged page.
 UNDECODABLE_TEXT = "Could not decode to UTF-8"
 # SQLite reports some writes that found no space (growing the -shm index) as a plain I/O error:
@@ -175,7 +176,7 @@ def describe_failure(error: DBAPIError, url: URL) -> EventStoreError:
     where = f"the event store at {safe_url(url)}"
     reason = driver_reason(error, url)
     sqlstate = getattr(error.orig, "sqlstate", None)
-    special = _damage_or_full(error, url, reason)
+    special = _sqlite_failure(error, url, reason)
     if special is not None:
         return special
     if sqlstate in (DATA_CORRUPTED, INDEX_CORRUPTED):
@@ -207,11 +208,12 @@ def describe_failure(error: DBAPIError, url: URL) -> EventStoreError:
     return EventStoreError(f"{where} refused a statement ({reason}); report this with the log")
 
 
-def _damage_or_full(error: DBAPIError, url: URL, reason: str) -> EventStoreError | None:
+def _sqlite_failure(error: DBAPIError, url: URL, reason: str) -> EventStoreError | None:
+    """Our error for what SQLite says of the log's file: damaged, on a full disk, or out of reach."""
     path = sqlite_file(url)
-    code = getattr(error.orig, "sqlite_errorcode", None)
     if path is None:
         return None
+    code = getattr(error.orig, "sqlite_errorcode", None)
     primary = code & 0xFF if isinstance(code, int) else None
     if UNDECODABLE_TEXT in reason:
         # The driver goes on to quote the undecodable text: a fragment of an event, not for a message.
@@ -221,6 +223,12 @@ def _damage_or_full(error: DBAPIError, url: URL, reason: str) -> EventStoreError
     folder = path.parent
     if primary == SQLITE_FULL or (primary == SQLITE_IOERR and _free_bytes(folder) < NEARLY_FULL_BYTES):
         return disk_full(folder, reason)
+    if primary in (SQLITE_PERM, SQLITE_READONLY, SQLITE_IOERR, SQLITE_CANTOPEN):
+        # There is no server to reach: the file, its folder or the disk under them is the trouble.
+        return EventStoreUnavailable(
+            f"the event log {path} cannot be opened or written ({reason}); check that it is a file "
+            f"this user may read and write, in a folder it may write to, or {URL_HINT}"
+        )
     return None
 
 

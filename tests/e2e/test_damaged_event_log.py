@@ -123,6 +123,20 @@ def test_an_event_whose_data_is_garbled_is_reported_and_repaired(shop: Shop, gar
     assert [e["type"] for e in audit(shop)] == ["EventLogStarted", "SnapshotRecovered"]
 
 
+def test_an_event_log_path_that_is_a_folder_is_named_as_such_not_as_an_unreachable_server(
+    shop: Shop,
+) -> None:
+    folder = shop.root / "not-a-file.db"
+    folder.mkdir()
+
+    for command in ("status", "backup"):
+        message = one_line_error(
+            shop.run(command, env={"CAPSULE_EVENT_STORE_URL": f"sqlite:///{folder}"}, expect=1)
+        )
+        assert f"the event log {folder} cannot be opened or written" in message, message
+        assert "running" not in message and "report this" not in message
+
+
 def test_backup_with_a_damaged_event_log_sets_it_aside_and_backs_up(shop: Shop) -> None:
     first = shop.backup()
     log = event_log(shop)
