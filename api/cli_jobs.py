@@ -295,6 +295,37 @@ def replay(obj: Context) -> None:
     run(go)
 
 
+def _count(snapshots: int) -> str:
+    return f"{snapshots} snapshot" + ("" if snapshots == 1 else "s")
+
+
+@cli.command("repair-log")
+@pass_ctx
+def repair_log(obj: Context) -> None:
+    """Set a damaged event log aside (nothing is deleted) and start a new one with the repository's
+    snapshots; a log that reads whole is left alone."""
+
+    def go() -> None:
+        from orchestrator.logrepair import repair_log  # noqa: PLC0415
+        from orchestrator.runtime import person  # noqa: PLC0415
+
+        report = repair_log(obj.settings, actor=person())
+        if report.reason is None:
+            click.echo(f"The event log {report.log} is not damaged; nothing to do.")
+            return
+        click.echo(f"The event log {report.log} was damaged ({report.reason}).")
+        aside = ", ".join(str(p) for p in report.set_aside_as)
+        click.echo(f"It is set aside as {aside}; nothing was deleted.")
+        click.echo(
+            f"A new event log starts with the repair and the repository's {_count(report.snapshots)}; "
+            "`capsule audit` shows them, and the old log's jobs stay in the file set aside."
+        )
+        for problem in report.problems:
+            click.echo(f"Not recorded: {problem}", err=True)
+
+    run(go)
+
+
 @cli.command()
 @click.option("--threads", default=2, show_default=True, type=click.IntRange(1, 64))
 @click.option("--until-idle", is_flag=True, help="Exit once no unfinished job is left.")

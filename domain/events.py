@@ -201,6 +201,38 @@ class StepLeaseExpired(Event):
     attempt: int
 
 
+# The event log itself. A repair is a job of its own: its id names the stream (`eventlog-<id>`) and
+# every event it appends.
+
+
+class EventLogStarted(Event):
+    """A new event log was started in place of a damaged one, which was set aside, not deleted."""
+
+    type_name: ClassVar[str] = "EventLogStarted"
+
+    damaged_log: str
+    set_aside_as: tuple[str, ...]
+    """Where the damaged file (and its -wal and -shm, when there were any) now is."""
+    reason: str
+    """What SQLite said of the damaged file."""
+    detected_by: str
+    """The command that found the damage: `repair-log`, or a backup or restore that went on."""
+
+
+class SnapshotRecovered(Event):
+    """A snapshot found in the repository was recorded in a new event log that had lost its backup."""
+
+    type_name: ClassVar[str] = "SnapshotRecovered"
+
+    snapshot_id: str
+    kind: str
+    source: str
+    time: UtcDatetime
+    made_by_job: str | None
+    """The backup job that wrote the snapshot, as its manifest says; that job's events are not here."""
+    totals: JsonObject
+
+
 def _registry(*classes: type[Event]) -> dict[str, type[Event]]:
     registry: dict[str, type[Event]] = {}
     for cls in classes:
@@ -226,6 +258,8 @@ EVENT_TYPES: dict[str, type[Event]] = _registry(
     StepCompleted,
     StepFailed,
     StepLeaseExpired,
+    EventLogStarted,
+    SnapshotRecovered,
 )
 """Every event the log may hold, by its stored type name."""
 

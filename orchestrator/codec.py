@@ -17,6 +17,8 @@ from orchestrator.eventstore import NewEvent, StoredEvent, Upcasters
 JobType = Literal["backup", "restore"]
 
 _PREFIXES: dict[JobType, str] = {"backup": backup_job.STREAM_PREFIX, "restore": restore_job.STREAM_PREFIX}
+LOG_STREAM_PREFIX = "eventlog-"
+"""The streams of the event log's own history: one per repair that started a new log."""
 
 
 def encode(event: Event) -> NewEvent:
@@ -49,6 +51,15 @@ def _restore_requested_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
 def stream_id(job_type: JobType, job_id: str) -> str:
     """The stream that holds the events of job `job_id` of `job_type`."""
     return f"{_PREFIXES[job_type]}{job_id}"
+
+
+def log_stream_id(repair_id: str) -> str:
+    """The stream that holds the events of the repair `repair_id` of the event log."""
+    return f"{LOG_STREAM_PREFIX}{repair_id}"
+
+
+def is_log_stream(stream: str) -> bool:
+    return stream.startswith(LOG_STREAM_PREFIX) and len(stream) > len(LOG_STREAM_PREFIX)
 
 
 def job_of_stream(stream: str) -> tuple[JobType, str] | None:

@@ -4,11 +4,15 @@ SQLite is the default and needs no server; PostgreSQL serves the distributed mod
 transaction begun on the engine takes the write lock at once (BEGIN IMMEDIATE); code that only
 reads, such as a projection's query, should use `for_reading(engine)` so that it never waits for a
 writer. Driver errors met while using an engine become our errors through `database_errors`, with
-the URL shown without its password.
+the URL shown without its password. A damaged SQLite log and a full disk under it get errors of
+their own, which name the file or the folder and what to do.
 """
 
 from __future__ import annotations
 
+import errno
+import json
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,12 +22,23 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 
-from orchestrator.errors import EventStoreError, EventStoreUnavailable
+from orchestrator.errors import EventLogDamaged, EventLogDiskFull, EventStoreError, EventStoreUnavailable
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 READ_ONLY_OPTION = "capsule_read_only"
 URL_HINT = "check CAPSULE_EVENT_STORE_URL"
 UNDEFINED_TABLE, SERIALIZATION_FAILURE, DEADLOCK_DETECTED = "42P01", "40001", "40P01"
+# PostgreSQL's data_corrupted, index_corrupted and disk_full.
+DATA_CORRUPTED, INDEX_CORRUPTED, DISK_FULL = "XX001", "XX002", "53100"
+# SQLite's primary result codes (the low byte of an extended one).
+SQLITE_PERM, SQLITE_READONLY, SQLITE_IOERR, SQLITE_CORRUPT = 3, 8, 10, 11
+SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_NOTADB = 13, 14, 26
+# Text that no SQLite file in good order gives back: the driver meets it reading a damaged page.
+UNDECODABLE_TEXT = "Could not decode to UTF-8"
+# SQLite reports some writes that found no space (growing the -shm index) as a plain I/O error:
+# with less than this left in the folder, the disk is taken to be full.
+NEARLY_FULL_BYTES = 1024 * 1024
+REPAIR_HINT = "`capsule repair-log` sets it aside (nothing is deleted) and starts a new one"
 
 
 def default_event_store_url(home: Path) -> str:
@@ -64,6 +79,8 @@ def _sqlite_engine(url: URL) -> Engine:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise disk_full(folder, e.strerror or "no space left on device") from e
             raise EventStoreUnavailable(
                 f"the folder {folder} for the event store cannot be created ({e.strerror}); "
                 f"check CAPSULE_HOME or CAPSULE_EVENT_STORE_URL"
@@ -125,6 +142,33 @@ def database_errors(engine: Engine) -> Iterator[None]:
         yield
     except DBAPIError as e:
         raise describe_failure(e, engine.url) from e
+    except json.JSONDecodeError as e:
+        # Only SQLite keeps JSON as text that can go bad; PostgreSQL checks JSONB when it is written.
+        path = sqlite_file(engine.url)
+        if path is None:
+            raise
+        raise damaged(path, f"an event's data is not JSON: {e}") from e
+
+
+def sqlite_file(url: URL | str) -> Path | None:
+    """The file of a SQLite database URL; None for PostgreSQL, an in-memory or a URI database."""
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    return None if parsed.query.get("uri") else Path(database)
+
+
+def damaged(path: Path, reason: str) -> EventLogDamaged:
+    """The error for a SQLite event log whose file or data is damaged."""
+    return EventLogDamaged(f"the event log {path} is damaged ({reason}); {REPAIR_HINT}", reason=reason)
+
+
+def disk_full(folder: Path, reason: str) -> EventLogDiskFull:
+    """The error for an event log that cannot be written because the disk under `folder` is full."""
+    return EventLogDiskFull(
+        f"the disk that holds the event log ({folder}) is full ({reason}); free space there and try again"
+    )
 
 
 def describe_failure(error: DBAPIError, url: URL) -> EventStoreError:
@@ -132,6 +176,16 @@ def describe_failure(error: DBAPIError, url: URL) -> EventStoreError:
     where = f"the event store at {safe_url(url)}"
     reason = driver_reason(error, url)
     sqlstate = getattr(error.orig, "sqlstate", None)
+    special = _sqlite_failure(error, url, reason)
+    if special is not None:
+        return special
+    if sqlstate in (DATA_CORRUPTED, INDEX_CORRUPTED):
+        return EventLogDamaged(
+            f"{where} reports damaged data ({reason}); repairing it is the database server's work "
+            "(see its log, and restore it from its own backup if need be)"
+        )
+    if sqlstate == DISK_FULL:
+        return EventLogDiskFull(f"{where} has no disk space left ({reason}); free space on its server")
     if sqlstate == UNDEFINED_TABLE or "no such table" in reason:
         return EventStoreError(
             f"{where} has no events table ({reason}); start Capsule once so that it creates its tables, "
@@ -152,6 +206,37 @@ def describe_failure(error: DBAPIError, url: URL) -> EventStoreError:
             "and accepts connections"
         )
     return EventStoreError(f"{where} refused a statement ({reason}); report this with the log")
+
+
+def _sqlite_failure(error: DBAPIError, url: URL, reason: str) -> EventStoreError | None:
+    """Our error for what SQLite says of the log's file: damaged, on a full disk, or out of reach."""
+    path = sqlite_file(url)
+    if path is None:
+        return None
+    code = getattr(error.orig, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    if UNDECODABLE_TEXT in reason:
+        # The driver goes on to quote the undecodable text: a fragment of an event, not for a message.
+        return damaged(path, reason.partition(" with text ")[0])
+    if primary in (SQLITE_CORRUPT, SQLITE_NOTADB):
+        return damaged(path, reason)
+    folder = path.parent
+    if primary == SQLITE_FULL or (primary == SQLITE_IOERR and _free_bytes(folder) < NEARLY_FULL_BYTES):
+        return disk_full(folder, reason)
+    if primary in (SQLITE_PERM, SQLITE_READONLY, SQLITE_IOERR, SQLITE_CANTOPEN):
+        # There is no server to reach: the file, its folder or the disk under them is the trouble.
+        return EventStoreUnavailable(
+            f"the event log {path} cannot be opened or written ({reason}); check that it is a file "
+            f"this user may read and write, in a folder it may write to, or {URL_HINT}"
+        )
+    return None
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return NEARLY_FULL_BYTES  # unknown: not taken for a full disk
 
 
 def driver_reason(error: DBAPIError, url: URL) -> str:

@@ -17,6 +17,20 @@ class EventStoreUnavailable(EventStoreError):
     """Raised when the event store's database cannot be reached, opened or locked in time."""
 
 
+class EventLogDamaged(EventStoreError):
+    """Raised when the event log's database reports that its file or its data is damaged."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+
+class EventLogDiskFull(EventStoreUnavailable):
+    """Raised when the event log cannot be written because the disk that holds it is full."""
+
+
 class ConcurrencyConflict(EventStoreError):
     """Raised when a stream gained events after the version an append expected."""
 

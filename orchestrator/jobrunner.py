@@ -18,6 +18,7 @@ from domain.commands import CancelJob
 from domain.errors import CapsuleError, InvalidCommand
 from domain.events import StepFailed, StepProgressed
 from orchestrator.actors import Dispatcher, build
+from orchestrator.logrepair import LogRepair, recover_if_damaged
 from orchestrator.runtime import Loaded, Runtime, person
 from orchestrator.settings import Settings
 from orchestrator.steps import clean_up
@@ -74,7 +75,13 @@ def run_job(
     *,
     progress: Progress | None = None,
 ) -> Loaded:
-    """Request a job, get it going and wait for it; raise JobFailed unless it completes."""
+    """Request a job, get it going and wait for it; raise JobFailed unless it completes.
+
+    A damaged SQLite event log does not stop it: the log is set aside and a new one started first.
+    """
+    repaired = recover_if_damaged(settings, actor=person(), detected_by=job_type)
+    if repaired is not None:
+        sys.stderr.write(f"capsule: {went_on(repaired)}\n")
     with session(settings, progress) as (runtime, dispatcher):
         job_id = request(runtime)
         state = runtime.load(job_type, job_id).state
@@ -91,6 +98,16 @@ def run_job(
     if loaded.state.status != "completed":
         raise failure(loaded)
     return loaded
+
+
+def went_on(repair: LogRepair) -> str:
+    """One line on a log that a backup or restore set aside before it went on."""
+    aside = repair.set_aside_as[0] if repair.set_aside_as else "?"
+    return (
+        f"the event log {repair.log} was damaged ({repair.reason}); it is set aside as {aside} and a "
+        f"new log goes on from here with the repository's snapshots ({repair.snapshots}) "
+        "(`capsule audit` starts with the repair)"
+    )
 
 
 def _interrupted(runtime: Runtime, job_type: str, job_id: str) -> Loaded:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from domain import backup_job, restore_job
 from domain.backup_job import BackupJob
 from domain.errors import InvalidEvent
-from domain.events import Event
+from domain.events import Event, SnapshotRecovered
 from domain.jobs import JobState, is_finished
 from domain.restore_job import RestoreJob
 from orchestrator import codec
@@ -28,6 +28,7 @@ from orchestrator.projections.rows import (
     fold_job,
     fold_restore_job,
     fold_snapshot,
+    recovered_snapshot_row,
     snapshot_key,
 )
 from orchestrator.projections.tables import jobs, restore_jobs, snapshots
@@ -71,9 +72,12 @@ class Projector:
         self._keep_finished = keep_finished
 
     def apply(self, stored: StoredEvent) -> None:
-        """Fold one event of the log into the rows; events of streams that hold no job are skipped."""
+        """Fold one event of the log into the rows; events of streams that hold no job are skipped,
+        except the snapshots a repaired log recovered from the repository."""
         job = codec.job_of_stream(stored.stream_id)
         if job is None:
+            if codec.is_log_stream(stored.stream_id):
+                self._apply_log_event(stored)
             return
         aggregate = _AGGREGATES[job[0]]
         event = codec.decode(stored)
@@ -93,6 +97,12 @@ class Projector:
             if folded is not None and folded is not held:
                 self._put(snapshots.name, key, folded)
                 self.snapshot_positions[key] = stored.position
+
+    def _apply_log_event(self, stored: StoredEvent) -> None:
+        event = codec.decode(stored)
+        if isinstance(event, SnapshotRecovered):
+            self._put(snapshots.name, event.snapshot_id, recovered_snapshot_row(event))
+            self.snapshot_positions[event.snapshot_id] = stored.position
 
     def _state_before(self, stored: StoredEvent, aggregate: _Aggregate) -> JobState:
         known = self._states.get(stored.stream_id)

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from domain.backup_job import BackupJob, committed_snapshot_id, is_commit
-from domain.events import Event, JsonObject, StepCompleted, StepStarted
+from domain.events import Event, JsonObject, SnapshotRecovered, StepCompleted, StepStarted
 from domain.jobs import JobState, current_step, is_finished
 from domain.restore_job import RestoreJob
 from orchestrator.eventstore import StoredEvent
@@ -119,6 +119,24 @@ def fold_snapshot(row: Row | None, event: Event, meta: EventMeta, state: BackupJ
     if key is None or not isinstance(event, StepCompleted):
         return row
     return _snapshot_row(key, event.result, meta.recorded_at, state)
+
+
+def recovered_snapshot_row(event: SnapshotRecovered) -> Row:
+    """The `snapshots` row of a snapshot that a new event log found in the repository.
+
+    Its time is the manifest's, as the log that recorded its commit is gone; its job is the backup
+    that wrote it, when the manifest names one, else the repair.
+    """
+    totals = event.totals
+    return {
+        "snapshot_id": event.snapshot_id,
+        "job_id": event.made_by_job or event.job_id,
+        "kind": event.kind,
+        "source": event.source,
+        "time": event.time,
+        **{name: _count(totals.get(name)) for name in TOTALS},
+        "duration_seconds": _seconds(totals.get("duration_seconds")),
+    }
 
 
 def _snapshot_row(snapshot_id: str, result: JsonObject, time: datetime, state: BackupJob) -> Row:

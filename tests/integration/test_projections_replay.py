@@ -40,7 +40,7 @@ from domain.commands import (
     StartStep,
 )
 from domain.errors import InvalidCommand
-from domain.events import BackupQueued, StepProgressed
+from domain.events import BackupQueued, EventLogStarted, SnapshotRecovered, StepProgressed
 from domain.jobs import (
     ExpireStepLease,
     Finished,
@@ -407,3 +407,43 @@ def test_read_models_of_an_older_shape_are_dropped_and_rebuilt_from_the_log(
     projections.create_projection_schema(jobs.engine)  # the shape is current now: nothing is dropped
     assert tables(jobs.engine) == caught_up
     assert_replay_rebuilds_what_is_live(jobs)
+
+
+def test_snapshots_a_repaired_log_recovered_are_rebuilt_by_one_process_or_several(
+    new_database: Callable[[], Engine],
+):
+    jobs = Jobs(new_database())
+    jobs.request_backup("b0", source=SOURCES[0])
+    jobs.complete_backup("b0", "snap-new")
+    repair = "20261206000000-0a1b2c3d"
+    recovered = [
+        SnapshotRecovered(
+            job_id=repair,
+            snapshot_id=f"snap-old-{n}",
+            kind="database",
+            source=SOURCES[n % 2],
+            time=jobs.clock(),
+            made_by_job=None if n == 0 else f"job-{n}",
+            totals={"files": 1, "bytes": 4096 * n, "duration_seconds": 0.25},
+        )
+        for n in range(3)
+    ]
+    started = EventLogStarted(
+        job_id=repair, damaged_log="events.db", set_aside_as=("x",), reason="malformed", detected_by="x"
+    )
+    jobs.store.append(
+        codec.log_stream_id(repair),
+        0,
+        [codec.encode(e) for e in (started, *recovered)],
+        Metadata("person:ana@till", repair),
+        handlers=[ProjectionHandler()],
+    )
+    live = tables(jobs.engine)
+    rows = {r["snapshot_id"]: r for r in live["snapshots"]}
+    assert set(rows) == {"snap-new", "snap-old-0", "snap-old-1", "snap-old-2"}
+    assert rows["snap-old-0"]["job_id"] == repair and rows["snap-old-2"]["job_id"] == "job-2"
+    assert rows["snap-old-2"]["bytes"] == 8192 and rows["snap-old-1"]["duration_seconds"] == 0.25
+
+    projections.replay(jobs.engine, jobs.store, workers=3)
+    assert tables(jobs.engine) == live
+    assert_replay_rebuilds_what_is_live(jobs, workers=1)

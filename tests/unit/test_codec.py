@@ -20,10 +20,12 @@ from domain.events import (
     BackupReleased,
     BackupRequested,
     Event,
+    EventLogStarted,
     RestoreCancelled,
     RestoreCompleted,
     RestoreFailed,
     RestoreRequested,
+    SnapshotRecovered,
     StepCompleted,
     StepFailed,
     StepLeaseExpired,
@@ -75,6 +77,22 @@ SAMPLES: list[Event] = [
     ),
     StepFailed(job_id=JOB, step="store", attempt=3, error="locked", transient=True, retry_at=AT, exit_code=4),
     StepLeaseExpired(job_id=JOB, step="store", attempt=1),
+    EventLogStarted(
+        job_id=JOB,
+        damaged_log="data/capsule/events.db",
+        set_aside_as=("data/capsule/events.db.damaged-20261125T143005Z",),
+        reason="database disk image is malformed",
+        detected_by="repair-log",
+    ),
+    SnapshotRecovered(
+        job_id=JOB,
+        snapshot_id="ab" * 32,
+        kind="database",
+        source="data/pos.db",
+        time=AT,
+        made_by_job=None,
+        totals={"files": 1, "bytes": 4096, "duration_seconds": 0.5},
+    ),
 ]
 
 

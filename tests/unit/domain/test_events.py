@@ -19,12 +19,14 @@ from domain.events import (
     BackupReleased,
     BackupRequested,
     Event,
+    EventLogStarted,
     JobCancelled,
     JobFailed,
     RestoreCancelled,
     RestoreCompleted,
     RestoreFailed,
     RestoreRequested,
+    SnapshotRecovered,
     StepCompleted,
     StepFailed,
     StepLeaseExpired,
@@ -65,6 +67,22 @@ SAMPLES: list[Event] = [
     StepFailed(job_id=JOB, step="store", attempt=1, error="timed out", transient=True, retry_at=T0),
     StepFailed(job_id=JOB, step="store", attempt=5, error="gone", transient=False, retry_at=None),
     StepLeaseExpired(job_id=JOB, step="store", attempt=3),
+    EventLogStarted(
+        job_id=JOB,
+        damaged_log="data/capsule/events.db",
+        set_aside_as=("data/capsule/events.db.damaged-20261125T143005Z",),
+        reason="database disk image is malformed",
+        detected_by="repair-log",
+    ),
+    SnapshotRecovered(
+        job_id=JOB,
+        snapshot_id="ab" * 32,
+        kind="database",
+        source="data/pos.db",
+        time=T0,
+        made_by_job=None,
+        totals={"files": 1, "bytes": 4096, "duration_seconds": 0.5},
+    ),
 ]
 
 
