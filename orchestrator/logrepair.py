@@ -46,7 +46,7 @@ from orchestrator.db import (
     sqlite_file,
 )
 from orchestrator.errors import EventLogDamaged, EventStoreError, EventStoreUnavailable
-from orchestrator.eventstore import EventStore, Metadata, create_schema
+from orchestrator.eventstore import ChainKeyFile, EventStore, Metadata, create_schema
 from orchestrator.projections import ProjectionHandler, create_projection_schema
 from orchestrator.settings import Settings
 
@@ -196,7 +196,13 @@ def _start_afresh(
     )
     fresh = path.with_name(f"{path.name}{UNFINISHED_MARK}{repair_id}")
     try:
-        _build(fresh, [started, *recovered], actor=actor, repair_id=repair_id)
+        _build(
+            fresh,
+            [started, *recovered],
+            actor=actor,
+            repair_id=repair_id,
+            chain_key=ChainKeyFile(settings.resolved_event_log_key_file),
+        )
     except BaseException:
         _remove_unfinished(path)  # a full disk, most likely: give its space back
         raise
@@ -311,13 +317,14 @@ def _repository_snapshots(settings: Settings, repair_id: str) -> tuple[list[Even
     return list(found), tuple(problems)
 
 
-def _build(fresh: Path, events: list[Event], *, actor: str, repair_id: str) -> None:
-    """A complete new log at `fresh`, through the same schema and append as every log."""
+def _build(fresh: Path, events: list[Event], *, actor: str, repair_id: str, chain_key: ChainKeyFile) -> None:
+    """A complete new log at `fresh`, through the same schema and append as every log, sealed from
+    its first event with the log's key (architecture.md 2.7)."""
     engine = make_engine(f"sqlite:///{fresh}")
     try:
-        create_schema(engine)
+        create_schema(engine, chain_key=chain_key)
         create_projection_schema(engine)
-        store = EventStore(engine, upcasters=codec.upcasters())
+        store = EventStore(engine, upcasters=codec.upcasters(), chain_key=chain_key)
         store.append(
             codec.log_stream_id(repair_id),
             0,

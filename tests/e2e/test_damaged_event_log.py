@@ -209,6 +209,9 @@ def test_repair_log_sets_the_damaged_log_aside_and_records_the_repositorys_snaps
     assert status["last_snapshot"]["snapshot_id"] == latest
     shop.run("replay", expect=0)
     assert last_snapshot(shop) == status["last_snapshot"]
+    # The new log is sealed from its first event, with the key the old one was sealed with.
+    chain = json.loads(shop.run("audit", "--verify", "--json", expect=0).stdout)
+    assert chain["events"] == 3 and chain["chained_after"] == 0, chain
 
     again = shop.run("repair-log", expect=0)
 
