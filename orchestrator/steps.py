@@ -32,7 +32,7 @@ from domain.backup_job import COMMIT, STORE, step_target
 from domain.errors import CapsuleError
 from domain.manifest import Manifest, SnapshotKind
 from orchestrator import faults
-from orchestrator.services import open_repository, resolve_snapshot
+from orchestrator.services import check_in_place_source, open_repository, resolve_snapshot
 from orchestrator.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -282,6 +282,9 @@ def restore_stage(ctx: StepContext) -> dict[str, Any]:
         sid, manifest = resolve_snapshot(repo, ctx.request["snapshot_id"])
         if manifest.kind != "database":
             raise StepRefused(f"snapshot {sid[:12]} holds files, not a database")
+        notes = check_in_place_source(
+            settings, sid, manifest, from_other_source=bool(ctx.request.get("from_other_source"))
+        )
         staged = _staged_path(settings, ctx.job_id)
         entry = manifest.entries[0]
         if not (staged.is_file() and sha256_file(staged) == entry.sha256):
@@ -290,7 +293,7 @@ def restore_stage(ctx: StepContext) -> dict[str, Any]:
             tmp = write_entry(repo, entry, staged, ctx.progress, check_database=True)
             os.replace(tmp.path, staged)
     faults.point("stage:staged")
-    return {"snapshot_id": sid, "staged": str(staged), "sha256": entry.sha256}
+    return {"snapshot_id": sid, "staged": str(staged), "sha256": entry.sha256, "notes": notes}
 
 
 def restore_apply(ctx: StepContext) -> dict[str, Any]:
@@ -323,6 +326,7 @@ def restore_apply(ctx: StepContext) -> dict[str, Any]:
         "safety_copy": str(safety),
         "files": 1,
         "bytes": staged.stat().st_size,
+        "notes": list(stage.get("notes") or []),
     }
 
 
