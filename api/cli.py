@@ -19,6 +19,7 @@ import click
 import structlog
 from pydantic import ValidationError
 
+from api.filters import filter_options, snapshot_filter
 from api.logging import configure
 from domain.errors import CapsuleError
 from orchestrator import services
@@ -215,37 +216,8 @@ def _print_snapshot(sid: str, m: Any, job_id: str) -> None:
             click.echo(f"  ... and {t.warnings - 20} more; the backup's log names every one", err=True)
 
 
-def _filter_options(fn: Callable[..., None]) -> Callable[..., None]:
-    """restic's `--host`, `--path` and `--tag`, each repeatable."""
-    fn = click.option(
-        "--tag",
-        "tags",
-        multiple=True,
-        metavar="TAG[,TAG]",
-        help="Only snapshots with all of these tags (repeatable: any of the groups).",
-    )(fn)
-    fn = click.option(
-        "--path",
-        "paths",
-        multiple=True,
-        help="Only snapshots of this database or folder (repeatable: any of them).",
-    )(fn)
-    return click.option(
-        "--host", "hosts", multiple=True, help="Only snapshots taken on this machine (repeatable)."
-    )(fn)
-
-
-def _snapshot_filter(hosts: tuple[str, ...], paths: tuple[str, ...], tags: tuple[str, ...]) -> Any:
-    from domain.sources import SnapshotFilter  # noqa: PLC0415
-
-    # A path is compared as written (made absolute) and resolved: another machine's path may not
-    # exist here, and this machine's may be reached through a link.
-    spelled = [p for path in paths for p in (os.path.abspath(path), str(Path(path).resolve()))]
-    return SnapshotFilter.of(hosts, spelled, tags)
-
-
 @cli.command()
-@_filter_options
+@filter_options
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def snapshots(
@@ -254,7 +226,7 @@ def snapshots(
     """List the snapshots, oldest first; those that cannot be read are listed as damaged."""
 
     def go() -> None:
-        listing = services.list_snapshots(obj.settings, _snapshot_filter(hosts, paths, tags))
+        listing = services.list_snapshots(obj.settings, snapshot_filter(hosts, paths, tags))
         if as_json:
             rows = []
             for sid, m in listing.snapshots:
@@ -275,7 +247,7 @@ def snapshots(
             )
             return
         click.echo(f"{'ID':12}  {'TIME (UTC)':19}  {'KIND':9}  {'SIZE':>10}  {'ADDED':>10}  SOURCE")
-        here = _this_host()
+        here = services.configured_sources(obj.settings)["database"].host
         for sid, m in listing.snapshots:
             identity = m.source_identity()
             source = identity.path if identity.host == here else identity.describe()
@@ -288,12 +260,6 @@ def snapshots(
             click.echo(f"{d.name[:12]}  DAMAGED: {d.reason}; `capsule verify` checks the repository")
 
     run(go)
-
-
-def _this_host() -> str:
-    from adapters.source_identity import this_host  # noqa: PLC0415
-
-    return this_host()
 
 
 @cli.command()
@@ -324,7 +290,7 @@ def _this_host() -> str:
     help="Allow a snapshot of another database (another machine or path) to replace the live one; "
     "`latest-*` then picks among every source.",
 )
-@_filter_options
+@filter_options
 @pass_ctx
 def restore(  # noqa: PLR0917 (click passes options by position)
     obj: Context,
@@ -357,7 +323,7 @@ def restore(  # noqa: PLR0917 (click passes options by position)
             services.open_repository(settings),
             snapshot,
             sources=None if from_other_source else services.configured_sources(settings),
-            only=_snapshot_filter(hosts, paths, tags),
+            only=snapshot_filter(hosts, paths, tags),
         )
         if include and manifest.kind != "files":
             raise click.UsageError(f"snapshot {sid[:12]} holds a database; --include picks files of images")

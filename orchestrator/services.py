@@ -127,6 +127,7 @@ def _is_configured(manifest: Manifest, sources: Mapping[SnapshotKind, SourceIden
 
 
 LATEST_REFS = ("latest", "latest-database", "latest-files")
+NAMED_SOURCES = 5  # other sources an error names; `capsule snapshots` lists every one
 
 
 def resolve_snapshot(
@@ -191,7 +192,10 @@ def _none_of_configured(what: str, wanted: str, others: list[tuple[str, Manifest
     newest: dict[str, tuple[str, Manifest]] = {}
     for name, manifest in sorted(others, key=lambda s: (s[1].time, s[0])):
         newest[manifest.source_identity().describe()] = (name, manifest)
-    listed = "; ".join(f"{source} (newest {name[:12]})" for source, (name, _) in sorted(newest.items()))
+    shown = sorted(newest.items())[:NAMED_SOURCES]
+    listed = "; ".join(f"{source} (newest {name[:12]})" for source, (name, _) in shown)
+    if len(newest) > NAMED_SOURCES:
+        listed += f"; and {len(newest) - NAMED_SOURCES} more (`capsule snapshots` lists them)"
     raise SnapshotNotFound(
         f"the repository has no {what} of {wanted}, the configured source{skipped}, only of other "
         f"sources: {listed}; choose one by its id, or with --host and --path"
