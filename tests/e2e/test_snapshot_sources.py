@@ -12,6 +12,8 @@ import socket
 import sqlite3
 from pathlib import Path
 
+from orchestrator.services import open_repository
+from orchestrator.settings import Settings
 from tests.integration.helpers import (
     DatabaseTemplates,
     Shop,
@@ -174,3 +176,45 @@ def test_in_place_restore_of_a_snapshot_taken_before_a_schema_change_goes_ahead_
 
     assert "schema" in proc.stdout
     assert file_content_digest(shop.database) == content
+
+
+def reseal_without_identity(shop: Shop, sid: str, **changes: str) -> str:
+    """Replace snapshot `sid` by its manifest as Capsule wrote it before identities: no `identity`."""
+    settings = Settings(database=shop.database, repository=shop.repository, home=shop.home)
+    repo = open_repository(settings)
+    body = json.loads(repo.load_snapshot(sid).model_dump_json(exclude={"identity"}))
+    old = repo.save_sealed("snapshots", json.dumps({**body, **changes}).encode())
+    shop.snapshot_file(sid).unlink()
+    return old
+
+
+def test_a_snapshot_written_before_identities_is_still_latest_database_and_restores_in_place(
+    shop: Shop,
+) -> None:
+    content = file_content_digest(shop.database)
+    old = reseal_without_identity(shop, shop.backup()["snapshot_id"])
+    pragma(shop.database, "DELETE FROM sale_items")
+
+    proc = shop.run("restore", "latest-database", "--in-place", expect=0)
+
+    assert f"Restored snapshot {old[:12]}" in proc.stdout
+    assert file_content_digest(shop.database) == content
+    [row] = shop.snapshots()
+    assert row["identity"] == {
+        "host": socket.gethostname(),
+        "path": str(shop.database.resolve()),
+        "application_id": None,
+        "page_size": None,
+        "schema_sha256": None,
+    }
+
+
+def test_a_snapshot_written_before_identities_of_another_path_is_refused_in_place(shop: Shop) -> None:
+    elsewhere = str(shop.root / "elsewhere" / "pos.db")
+    old = reseal_without_identity(shop, shop.backup()["snapshot_id"], source=elsewhere)
+    before = sha256_file(shop.database)
+
+    proc = shop.run("restore", old[:12], "--in-place", expect=1)
+
+    assert elsewhere in one_line_error(proc)
+    assert sha256_file(shop.database) == before
