@@ -271,7 +271,8 @@ def _remove_partial_writes(folder: Path, name: str) -> None:
 
 
 def restore_stage(ctx: StepContext) -> dict[str, Any]:
-    """Verify the snapshot into staging: every blob, the file's SHA-256 and SQLite's check."""
+    """Refuse a snapshot of another source unless the request allows it; then verify the snapshot
+    into staging: every blob, the file's SHA-256 and SQLite's check."""
     settings = ctx.settings
     repo = open_repository(settings)
     holder = f"restore job {ctx.job_id}"
