@@ -39,7 +39,7 @@ from adapters.sqlite_snapshot import (
     remove_database_files,
 )
 from domain.errors import CapsuleError
-from domain.manifest import Entry, Manifest, SqliteInfo, Totals
+from domain.manifest import Entry, Manifest, SourceIdentity, SqliteInfo, Totals
 
 log = structlog.get_logger(__name__)
 
@@ -154,11 +154,18 @@ def clear_abandoned_copies(staging: Path) -> None:
 
 
 def latest_snapshot(repo: Repository, kind: str, source: str | None = None) -> tuple[str, Manifest] | None:
-    found = [
-        (m.time, sid, m)
-        for sid, m in repo.snapshots()
-        if m.kind == kind and (source is None or m.source == source)
-    ]
+    """The newest readable snapshot of `kind` (of `source` on this machine, if given): the parent.
+
+    A snapshot that cannot be read is skipped; one of the same path on another machine is another
+    source, whose files' sizes, times and inodes say nothing about this machine's.
+    """
+    host = socket.gethostname()
+
+    def of_source(m: Manifest) -> bool:
+        identity = m.source_identity()
+        return source is None or (identity.path == source and identity.host == host)
+
+    found = [(m.time, sid, m) for sid, m in repo.snapshots() if m.kind == kind and of_source(m)]
     if not found:
         return None
     _, sid, m = max(found, key=lambda t: (t[0], t[1]))
@@ -334,6 +341,8 @@ class StoredDatabase(BaseModel):
     snapshot_window_seconds: float
     warnings: list[str] = []
     """What the backup found worth telling (the manifest keeps them; the step's result too)."""
+    identity: SourceIdentity | None = None
+    """What the copy is of (absent in results recorded before snapshots knew it)."""
 
 
 def store_database(
@@ -406,6 +415,7 @@ def store_database(
         seconds=round(time.perf_counter() - started, 3),
         snapshot_window_seconds=round(copy.seconds, 3),
         warnings=[w for w in (lost, shrink_warning(copy.size, parent)) if w],
+        identity=copy.identity,
     )
 
 
@@ -471,6 +481,7 @@ def commit_database(
         time=stored.taken_at or now,
         hostname=socket.gethostname(),
         source=stored.source,
+        identity=stored.identity,
         parent=stored.parent,
         tags=tags or [],
         job_id=job_id,

@@ -45,7 +45,7 @@ from adapters.repository.pack import BLOB_DATA
 from adapters.repository.rebuild import adopt_unindexed_packs
 from adapters.repository.repo import PreparedBlob, Repository
 from domain.errors import CapsuleError
-from domain.manifest import Entry, Manifest, Totals
+from domain.manifest import Entry, Manifest, SourceIdentity, Totals
 
 log = structlog.get_logger(__name__)
 
@@ -750,6 +750,7 @@ def commit_files(
         time=stored.taken_at,
         hostname=socket.gethostname(),
         source=stored.source,
+        identity=SourceIdentity(host=socket.gethostname(), path=stored.source),
         parent=stored.parent,
         tags=tags or [],
         job_id=job_id,

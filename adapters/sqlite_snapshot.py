@@ -25,6 +25,8 @@ from pathlib import Path
 import structlog
 
 from adapters.errors import DiskFull, SourceError
+from adapters.source_identity import database_identity
+from domain.manifest import SourceIdentity
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +57,8 @@ class DatabaseCopy:
     page_count: int
     journal_mode: str
     seconds: float
+    identity: SourceIdentity | None = None
+    """What the copy is of, as SQLite said in the copy's own read transaction."""
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -172,6 +176,7 @@ def copy_database(
             src.execute("BEGIN")
             page_size = int(src.execute("PRAGMA page_size").fetchone()[0])
             page_count = int(src.execute("PRAGMA page_count").fetchone()[0])
+            identity = database_identity(src, source)
             if started is not None:
                 started(
                     DatabaseCopy(target, page_size * page_count, page_size, page_count, journal_mode, 0.0)
@@ -208,7 +213,7 @@ def copy_database(
             os.unlink(f"{target}{suffix}")
     size = target.stat().st_size
     log.debug("database copied", source=str(source), bytes=size, seconds=round(seconds, 3))
-    return DatabaseCopy(target, size, page_size, page_count, journal_mode, seconds)
+    return DatabaseCopy(target, size, page_size, page_count, journal_mode, seconds, identity)
 
 
 class CheckpointKeeper:

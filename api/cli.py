@@ -19,6 +19,7 @@ import click
 import structlog
 from pydantic import ValidationError
 
+from api.filters import filter_options, snapshot_filter
 from api.logging import configure
 from domain.errors import CapsuleError
 from orchestrator import services
@@ -219,33 +220,47 @@ def _print_snapshot(sid: str, m: Any, job_id: str) -> None:
 
 
 @cli.command()
+@filter_options
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def snapshots(obj: Context, as_json: bool) -> None:
-    """List the snapshots, oldest first."""
+def snapshots(
+    obj: Context, hosts: tuple[str, ...], paths: tuple[str, ...], tags: tuple[str, ...], as_json: bool
+) -> None:
+    """List the snapshots, oldest first; those that cannot be read are listed as damaged."""
 
     def go() -> None:
-        items = services.list_snapshots(obj.settings)
+        listing = services.list_snapshots(obj.settings, snapshot_filter(hosts, paths, tags))
         if as_json:
             rows = []
-            for sid, m in items:
+            for sid, m in listing.snapshots:
                 row = json.loads(m.model_dump_json(exclude={"entries", "tree"}))
                 row["id"] = sid
+                row["identity"] = m.source_identity().model_dump(mode="json")
                 if m.kind == "database":
                     row["files"] = [e.path for e in m.entries]
                 rows.append(row)
+            rows += [{"id": d.name, "damaged": d.reason} for d in listing.damaged]
             click.echo(json.dumps(rows))
             return
-        if not items:
-            click.echo("No snapshots yet. Run `capsule backup`.")
+        if not listing.snapshots and not listing.damaged:
+            click.echo(
+                "No snapshots yet. Run `capsule backup`."
+                if not paths + hosts + tags
+                else "No snapshot matches."
+            )
             return
         click.echo(f"{'ID':12}  {'TIME (UTC)':19}  {'KIND':9}  {'SIZE':>10}  {'ADDED':>10}  SOURCE")
-        for sid, m in items:
+        here = services.configured_sources(obj.settings)["database"].host
+        for sid, m in listing.snapshots:
+            identity = m.source_identity()
+            source = identity.path if identity.host == here else identity.describe()
             click.echo(
                 f"{sid[:12]}  {m.time.strftime('%Y-%m-%d %H:%M:%S')}  "
                 f"{m.kind + ('*' if m.full else ''):9}  {_human(m.totals.bytes):>10}  "
-                f"{_human(m.totals.stored_bytes):>10}  {m.source}"
+                f"{_human(m.totals.stored_bytes):>10}  {source}"
             )
+        for d in listing.damaged:
+            click.echo(f"{d.name[:12]}  DAMAGED: {d.reason}; `capsule verify` checks the repository")
 
     run(go)
 
@@ -272,6 +287,13 @@ def snapshots(obj: Context, as_json: bool) -> None:
     metavar="PATTERN",
     help="Files snapshots: restore only paths matching this glob (repeatable), e.g. 'shoes/*.jpg'.",
 )
+@click.option(
+    "--from-other-source",
+    is_flag=True,
+    help="Allow a snapshot of another database (another machine or path) to replace the live one; "
+    "`latest-*` then picks among every source.",
+)
+@filter_options
 @pass_ctx
 def restore(  # noqa: PLR0917 (click passes options by position)
     obj: Context,
@@ -281,9 +303,15 @@ def restore(  # noqa: PLR0917 (click passes options by position)
     check_database: bool,
     in_place: bool,
     include: tuple[str, ...],
+    from_other_source: bool,
+    hosts: tuple[str, ...],
+    paths: tuple[str, ...],
+    tags: tuple[str, ...],
 ) -> None:
-    """Restore SNAPSHOT: `latest-database`, `latest-files` (the images), `latest` (the newest of
-    either kind), an id or a unique id prefix."""
+    """Restore SNAPSHOT: `latest-database` (the newest snapshot of CAPSULE_DATABASE on this
+    machine), `latest-files` (of CAPSULE_UPLOADS, the images), `latest` (the newest of either), an
+    id or a unique id prefix. --host, --path and --tag choose among the snapshots `latest-*` picks
+    from (`capsule snapshots` takes them too)."""
 
     def go() -> None:
         if in_place == (to is not None):
@@ -294,7 +322,12 @@ def restore(  # noqa: PLR0917 (click passes options by position)
 
         settings = obj.settings
         # The job records the snapshot itself: `latest` must not change between its attempts.
-        sid, manifest = services.resolve_snapshot(services.open_repository(settings), snapshot)
+        sid, manifest = services.resolve_snapshot(
+            services.open_repository(settings),
+            snapshot,
+            sources=None if from_other_source else services.configured_sources(settings),
+            only=snapshot_filter(hosts, paths, tags),
+        )
         if include and manifest.kind != "files":
             raise click.UsageError(f"snapshot {sid[:12]} holds a database; --include picks files of images")
         target = IN_PLACE if in_place else str(Path(str(to)).resolve())
@@ -308,6 +341,7 @@ def restore(  # noqa: PLR0917 (click passes options by position)
                     force=force,
                     check=check_database,
                     include=include,
+                    from_other_source=from_other_source,
                     actor=person(),
                 ),
                 progress=progress,
@@ -316,6 +350,8 @@ def restore(  # noqa: PLR0917 (click passes options by position)
         if in_place:
             click.echo(f"Restored snapshot {sid[:12]} into {result.get('database')}.")
             click.echo(f"The database as it was before is saved at {result.get('safety_copy')}.")
+            for note in result.get("notes") or []:
+                click.echo(f"Note: {note}.")
             return
         if result.get("kind") == "files":
             already = result.get("already_there") or 0
@@ -344,7 +380,9 @@ def cat(obj: Context, snapshot: str, path: str) -> None:
         from adapters.files_restore import cat_file  # noqa: PLC0415
 
         repo = services.open_repository(obj.settings)
-        _, manifest = services.resolve_snapshot(repo, snapshot)
+        _, manifest = services.resolve_snapshot(
+            repo, snapshot, sources=services.configured_sources(obj.settings)
+        )
         out = sys.stdout.buffer
         if out.isatty():
             raise CapsuleError("stdout is a terminal; send it to a file: capsule cat SNAPSHOT PATH > FILE")

@@ -74,6 +74,8 @@ class RequestRestore(Command):
     force: bool = False
     check: bool = False
     include: tuple[str, ...] = ()
+    from_other_source: bool = False
+    """The owner knows the snapshot is of another database and means it to replace the live one."""
 
 
 class StartStep(Command):

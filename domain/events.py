@@ -110,7 +110,7 @@ class RestoreRequested(Event):
     """A restore job was requested, with the ordered steps it will run."""
 
     type_name: ClassVar[str] = "RestoreRequested"
-    schema_version: ClassVar[int] = 2
+    schema_version: ClassVar[int] = 3
 
     snapshot_id: str
     target: str
@@ -118,6 +118,8 @@ class RestoreRequested(Event):
     check: bool
     include: tuple[str, ...] = ()
     """Glob patterns: only the paths they match are restored (version 2; empty means everything)."""
+    from_other_source: bool = False
+    """An in-place restore may replace the database with a snapshot of another source (version 3)."""
     plan: tuple[str, ...]
 
 

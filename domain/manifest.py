@@ -6,6 +6,7 @@ informational (what the backup compared against), so forgetting any snapshot nev
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Literal
@@ -32,6 +33,35 @@ class SqliteInfo(BaseModel):
     page_count: int
     journal_mode: str
     pages_per_chunk: int
+
+
+class SourceIdentity(BaseModel):
+    """What a snapshot is a copy of: the machine, the resolved path and, for a database, what SQLite
+    itself says about it.
+
+    Two snapshots are of the same source when host and path are equal and their non-zero
+    application ids (if both have one) are equal. The schema's hash changes when the shop's program
+    upgrades its tables, so it tells such a change apart but does not make another source.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    host: str
+    path: str
+    application_id: int | None = Field(None, description="SQLite's `PRAGMA application_id` (0: unset)")
+    page_size: int | None = None
+    schema_sha256: str | None = Field(
+        None, pattern=SHA256_PATTERN, description="SHA-256 of the schema (`schema_digest`)"
+    )
+
+    def describe(self) -> str:
+        """The source in words, for messages: `/srv/pos.db on till-1`."""
+        return f"{self.path} on {self.host}"
+
+
+def schema_digest(statements: list[str]) -> str:
+    """SHA-256 of a database's schema: its `sqlite_master.sql` texts, sorted, each followed by NUL."""
+    return hashlib.sha256(b"".join(s.encode() + b"\x00" for s in sorted(statements))).hexdigest()
 
 
 class Entry(BaseModel):
@@ -109,6 +139,9 @@ class Manifest(BaseModel):
     time: datetime
     hostname: str
     source: str
+    identity: SourceIdentity | None = Field(
+        None, description="what the snapshot is a copy of; absent in manifests written before it existed"
+    )
     parent: str | None = None
     tags: list[str] = Field(default_factory=list)
     job_id: str | None = Field(None, description="the backup job that wrote it, if one did")
@@ -122,6 +155,10 @@ class Manifest(BaseModel):
         default_factory=list, description="`path: reason` for what was skipped or kept (the first ones)"
     )
     totals: Totals
+
+    def source_identity(self) -> SourceIdentity:
+        """The snapshot's source; for an older manifest without one, its `hostname` and `source`."""
+        return self.identity or SourceIdentity(host=self.hostname, path=self.source)
 
 
 def check_relative_path(value: str) -> PurePosixPath:

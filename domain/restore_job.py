@@ -51,6 +51,7 @@ class RestoreJob(JobState):
     force: bool = False
     check: bool = False
     include: tuple[str, ...] = ()
+    from_other_source: bool = False
     result: JsonObject | None = None
 
     @property
@@ -100,12 +101,14 @@ def _request(state: RestoreJob, c: RequestRestore) -> list[Event]:
     if state.status is not None:
         if c.job_id != state.job_id:
             raise InvalidCommand(f"a request for job {c.job_id!r} was sent to restore job {state.job_id!r}")
-        if (state.snapshot_id, state.target, state.force, state.check, state.include) != (
+        recorded = (state.snapshot_id, state.target, state.force, state.check, state.include)
+        if (*recorded, state.from_other_source) != (
             c.snapshot_id,
             c.target,
             c.force,
             check,
             c.include,
+            c.from_other_source,
         ):
             raise InvalidCommand(
                 f"restore job {c.job_id!r} was already requested with other settings; use a new job id"
@@ -119,6 +122,7 @@ def _request(state: RestoreJob, c: RequestRestore) -> list[Event]:
             force=c.force,
             check=check,
             include=c.include,
+            from_other_source=c.from_other_source,
             plan=plan_for(c.target),
         )
     ]
@@ -139,6 +143,7 @@ def evolve(state: RestoreJob, event: Event) -> RestoreJob:
                 force=event.force,
                 check=event.check,
                 include=event.include,
+                from_other_source=event.from_other_source,
             )
         case RestoreCompleted():
             return update_job(state, event, status="completed", result=event.result)

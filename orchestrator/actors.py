@@ -365,6 +365,7 @@ def request_of(loaded: Loaded) -> dict[str, Any]:
         "force": state.force,
         "check": state.check,
         "include": list(state.include),
+        "from_other_source": state.from_other_source,
     }
 
 

@@ -40,12 +40,18 @@ def upcasters() -> Upcasters:
     """
     registry = Upcasters()
     registry.register("RestoreRequested", 1, _restore_requested_v1_to_v2)
+    registry.register("RestoreRequested", 2, _restore_requested_v2_to_v3)
     return registry
 
 
 def _restore_requested_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
     # Version 2 added `include`; every restore before it took the whole snapshot.
     return {**data, "include": []}
+
+
+def _restore_requested_v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
+    # Version 3 added `from_other_source`; before it, no restore was allowed to cross sources.
+    return {**data, "from_other_source": False}
 
 
 def stream_id(job_type: JobType, job_id: str) -> str:

@@ -204,6 +204,7 @@ class Runtime:
         force: bool = False,
         check: bool = False,
         include: tuple[str, ...] = (),
+        from_other_source: bool = False,
         actor: str,
     ) -> str:
         job_id = new_job_id()
@@ -215,6 +216,7 @@ class Runtime:
             force=force,
             check=check,
             include=include,
+            from_other_source=from_other_source,
         )
         self.execute("restore", job_id, lambda _: command, actor=actor)
         log.info("restore requested", job=job_id, snapshot=snapshot_id, target=target)

@@ -34,7 +34,7 @@ from domain.errors import CapsuleError
 from domain.manifest import Manifest, SnapshotKind
 from orchestrator import faults
 from orchestrator.safety import name_pending, prune, remove_pending, safety_path, save_pending
-from orchestrator.services import open_repository, resolve_snapshot
+from orchestrator.services import check_in_place_source, open_repository, resolve_snapshot
 from orchestrator.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -279,7 +279,8 @@ def _remove_partial_writes(folder: Path, name: str) -> None:
 
 
 def restore_stage(ctx: StepContext) -> dict[str, Any]:
-    """Verify the snapshot into staging: every blob, the file's SHA-256 and SQLite's check."""
+    """Refuse a snapshot of another source unless the request allows it; then verify the snapshot
+    into staging: every blob, the file's SHA-256 and SQLite's check."""
     settings = ctx.settings
     repo = open_repository(settings)
     holder = f"restore job {ctx.job_id}"
@@ -290,6 +291,9 @@ def restore_stage(ctx: StepContext) -> dict[str, Any]:
         sid, manifest = resolve_snapshot(repo, ctx.request["snapshot_id"])
         if manifest.kind != "database":
             raise StepRefused(f"snapshot {sid[:12]} holds files, not a database")
+        notes = check_in_place_source(
+            settings, sid, manifest, from_other_source=bool(ctx.request.get("from_other_source"))
+        )
         staged = _staged_path(settings, ctx.job_id)
         entry = manifest.entries[0]
         if not (staged.is_file() and sha256_file(staged) == entry.sha256):
@@ -299,7 +303,7 @@ def restore_stage(ctx: StepContext) -> dict[str, Any]:
             tmp = write_entry(repo, entry, staged, _halfway(ctx, "stage"), check_database=True, mode=0o600)
             os.replace(tmp.path, staged)
     faults.point("stage:staged")
-    return {"snapshot_id": sid, "staged": str(staged), "sha256": entry.sha256}
+    return {"snapshot_id": sid, "staged": str(staged), "sha256": entry.sha256, "notes": notes}
 
 
 def restore_apply(ctx: StepContext) -> dict[str, Any]:
@@ -345,6 +349,7 @@ def restore_apply(ctx: StepContext) -> dict[str, Any]:
         "safety_copy": str(safety),
         "files": 1,
         "bytes": staged.stat().st_size,
+        "notes": list(stage.get("notes") or []),
     }
 
 

@@ -15,6 +15,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -52,9 +53,23 @@ from adapters.repository.keys import (
     open_with_passphrase,
 )
 from adapters.repository.pack import BUNDLED, PackBuilder
+from domain.errors import UnsafePath
 from domain.manifest import MANIFEST_VERSION, READABLE_MANIFEST_VERSIONS, Manifest
 
 log = structlog.get_logger(__name__)
+
+UNREADABLE_SNAPSHOT = (IntegrityError, UnsupportedVersion, UnsafePath)
+"""What loading a manifest raises when that one snapshot cannot be used: it fails authentication,
+its JSON or its paths are refused, or a newer Capsule wrote it."""
+
+
+@dataclass(frozen=True)
+class UnreadableSnapshot:
+    """A snapshot whose manifest cannot be read, and the one sentence that says why."""
+
+    name: str
+    reason: str
+
 
 REPOSITORY_FORMAT = "capsule-repository"
 REPOSITORY_VERSION = 2
@@ -560,15 +575,24 @@ class Repository:
 
     def snapshots(self) -> Iterator[tuple[str, Manifest]]:
         """Every readable snapshot; a damaged one is logged and skipped (`verify` reports it)."""
+        for name, manifest in self.scan_snapshots():
+            if isinstance(manifest, Manifest):
+                yield name, manifest
+
+    def scan_snapshots(self) -> Iterator[tuple[str, Manifest | UnreadableSnapshot]]:
+        """Every snapshot: its manifest, or why it cannot be read (damaged, forged, or too new).
+
+        One snapshot that cannot be read harms only itself: it is logged and reported here, and
+        the caller goes on with the others.
+        """
         for name in self.backend.list("snapshots"):
             try:
-                manifest = self.load_snapshot(name)
-            except IntegrityError as e:
+                yield name, self.load_snapshot(name)
+            except UNREADABLE_SNAPSHOT as e:
                 log.error(
                     "snapshot unreadable; skipped (run `capsule verify`)", snapshot=name[:12], error=str(e)
                 )
-                continue
-            yield name, manifest
+                yield name, UnreadableSnapshot(name, str(e))
 
 
 _decompressors = threading.local()

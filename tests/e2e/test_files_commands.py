@@ -31,6 +31,13 @@ def backup_json(shop: Shop, *args: str) -> dict[str, Any]:
     return result
 
 
+def restore(
+    shop: Shop, ref: str, to: Path, *extra: str, expect: int | None = 0
+) -> subprocess.CompletedProcess[str]:
+    """`capsule restore REF --to DIR` in the shop whose images are CAPSULE_UPLOADS: what `latest-*` means."""
+    return shop.run("restore", ref, "--to", str(to), *extra, env=files_env(shop), expect=expect)
+
+
 def cat(shop: Shop, ref: str, path: str, out: Path) -> subprocess.CompletedProcess[str]:
     """`capsule cat REF PATH > out`, with stdout a real file as a shop owner's shell would make it."""
     with open(out, "wb") as f:
@@ -87,7 +94,7 @@ def test_a_backup_of_all_takes_the_database_and_the_images_in_one_job(
     assert (job["job_id"], job["kind"], job["status"]) == (result["job_id"], "all", "completed")
     assert job["snapshot_id"] == database["snapshot_id"]
 
-    shop.restore("latest-database", tmp_path / "db")
+    restore(shop, "latest-database", tmp_path / "db")
     check = subprocess.run(
         [sys.executable, "-m", "benchmarks.posdb", "check", str(tmp_path / "db" / shop.db_name)],
         cwd=PROJECT,
@@ -98,7 +105,7 @@ def test_a_backup_of_all_takes_the_database_and_the_images_in_one_job(
     )
     assert check.returncode == 0, check.stdout + check.stderr
     assert json.loads(check.stdout)["consistent"] is True
-    shop.restore("latest-files", tmp_path / "images")
+    restore(shop, "latest-files", tmp_path / "images")
     assert describe_tree(tmp_path / "images") == describe_tree(uploads)
 
 
@@ -130,11 +137,11 @@ def test_include_restores_only_what_matches_and_cat_writes_one_file(
     backup_json(shop, "--kind", "files")
 
     out = tmp_path / "some"
-    shop.restore("latest-files", out, "--include", "cat1/*.jpg")
+    restore(shop, "latest-files", out, "--include", "cat1/*.jpg")
     assert describe_tree(out) == {
         k: v for k, v in describe_tree(uploads).items() if k in ("cat1", "cat1/red.jpg", "cat1/blue.jpg")
     }
-    nothing = shop.restore("latest-files", tmp_path / "none", "--include", "shoes/*.jpg", expect=1)
+    nothing = restore(shop, "latest-files", tmp_path / "none", "--include", "shoes/*.jpg", expect=1)
     assert "--include 'shoes/*.jpg'" in one_line_error(nothing)
     assert not (tmp_path / "none").exists() or not any((tmp_path / "none").iterdir())
 
@@ -156,23 +163,23 @@ def test_restoring_again_leaves_equal_files_and_refuses_to_overwrite_others_with
     backup_json(shop, "--kind", "files")
     expected = describe_tree(uploads)
     out = tmp_path / "restored"
-    shop.restore("latest-files", out)
+    restore(shop, "latest-files", out)
     inode = os.stat(out / "cat1" / "red.jpg").st_ino
 
-    again = shop.restore("latest-files", out)
+    again = restore(shop, "latest-files", out)
     assert "already there" in again.stdout
     assert describe_tree(out) == expected
     assert os.stat(out / "cat1" / "red.jpg").st_ino == inode  # left alone, not written again
 
     (out / "cat1" / "blue.jpg").write_bytes(b"edited since")
     (out / "tools" / "resize.sh").unlink()
-    refused = shop.restore("latest-files", out, expect=1)
+    refused = restore(shop, "latest-files", out, expect=1)
     message = one_line_error(refused)
     assert "cat1/blue.jpg already exists" in message and "--force" in message
     assert (out / "cat1" / "blue.jpg").read_bytes() == b"edited since"
     assert not (out / "tools" / "resize.sh").exists()  # nothing was written
 
-    shop.restore("latest-files", out, "--force")
+    restore(shop, "latest-files", out, "--force")
     assert describe_tree(out) == expected
 
 

@@ -403,6 +403,17 @@ def change_database(path: Path) -> None:
     conn.close()
 
 
+def schema_hash(database: bytes, scratch: Path) -> str:
+    """SHA-256 of the `sql` texts of `sqlite_master`, sorted, each in UTF-8 followed by a NUL byte."""
+    scratch.write_bytes(database)
+    conn = sqlite3.connect(f"{scratch.as_uri()}?immutable=1", uri=True)
+    try:
+        texts = sorted(r[0] for r in conn.execute("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL"))
+    finally:
+        conn.close()
+    return hashlib.sha256(b"".join(t.encode() + b"\x00" for t in texts)).hexdigest()
+
+
 def backup_api_copy(source: Path, target: Path) -> bytes:
     src = sqlite3.connect(source)
     dst = sqlite3.connect(target)
@@ -542,6 +553,11 @@ def test_independent_reader_restores_the_newest_snapshot(
     assert hashlib.sha256(restored).hexdigest() == entry["sha256"]
     assert restored == expected
     assert logical_dump(restored, tmp_path / "check.db") == logical_dump(expected, tmp_path / "ref2.db")
+    # Section 11.1.1: the source's identity, its schema hash worked out from the restored database.
+    identity = manifest["identity"]
+    assert identity["path"] == str(db.resolve()) == manifest["source"]  # type: ignore[index]
+    assert identity["page_size"] == page_size and identity["application_id"] == 0  # type: ignore[index]
+    assert identity["schema_sha256"] == schema_hash(restored, tmp_path / "schema.db")  # type: ignore[index]
 
     chunk = page_size * sqlite_info["pages_per_chunk"]
     ids = reader.entry_ids(entry, index)
@@ -670,6 +686,9 @@ def test_independent_reader_restores_a_files_snapshot(tmp_path: Path) -> None:
     snapshot_id, manifest = reader.newest_snapshot()
     assert snapshot_id == made["snapshot_id"]
     assert manifest["version"] == 2 and manifest["kind"] == "files" and manifest["entries"] == []
+    identity = manifest["identity"]  # section 11.1.1: a folder has a host and a path, nothing of SQLite
+    assert identity["path"] == manifest["source"] and identity["host"] == manifest["hostname"]  # type: ignore[index]
+    assert (identity["application_id"], identity["schema_sha256"]) == (None, None)  # type: ignore[index]
     index = reader.load_index()
     entries = reader.tree_entries(manifest, index)
     assert len(reader.entry_ids({"blob_lists": manifest["tree"], "blobs": []}, index)) > 1

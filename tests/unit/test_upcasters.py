@@ -64,8 +64,18 @@ def test_a_restore_requested_at_version_1_restores_everything():
     registry = codec.upcasters()
     v1 = {"job_id": "r1", "snapshot_id": "abc", "target": "/srv/out", "force": True, "check": False}
     data = registry.upcast("RestoreRequested", 1, {**v1, "plan": ["restore"]})
-    assert registry.latest("RestoreRequested") == RestoreRequested.schema_version == 2
-    assert data == {**v1, "plan": ["restore"], "include": []}
-    event = load_event("RestoreRequested", data, schema_version=2)
+    assert registry.latest("RestoreRequested") == RestoreRequested.schema_version == 3
+    assert data == {**v1, "plan": ["restore"], "include": [], "from_other_source": False}
+    event = load_event("RestoreRequested", data, schema_version=3)
     assert isinstance(event, RestoreRequested)
-    assert (event.include, event.force) == ((), True)
+    assert (event.include, event.force, event.from_other_source) == ((), True, False)
+
+
+def test_a_restore_requested_at_version_2_never_crosses_sources():
+    registry = codec.upcasters()
+    v2 = {"job_id": "r2", "snapshot_id": "abc", "target": "in-place", "force": False, "check": True}
+    v2 |= {"include": [], "plan": ["stage", "apply"]}
+    data = registry.upcast("RestoreRequested", 2, v2)
+    event = load_event("RestoreRequested", data, schema_version=3)
+    assert isinstance(event, RestoreRequested)
+    assert event.from_other_source is False

@@ -69,6 +69,16 @@ def test_request_with_other_settings_for_an_existing_job_is_refused():
     )
 
 
+def test_a_request_to_cross_sources_is_recorded_and_cannot_be_changed_by_a_repeat():
+    crossing = request_restore(IN_PLACE).model_copy(update={"from_other_source": True})
+    recorded = restore_requested(IN_PLACE, check=True).model_copy(update={"from_other_source": True})
+
+    given().when(crossing).then(recorded)
+    assert given(recorded).state.from_other_source
+    given(recorded).when(crossing).then()
+    given(recorded).when(request_restore(IN_PLACE)).refused("already requested with other settings")
+
+
 def test_apply_cannot_start_before_stage_has_completed():
     given(restore_requested(IN_PLACE)).when(start(APPLY)).refused("'apply' cannot start before step 'stage'")
 
