@@ -21,6 +21,7 @@ from typing import BinaryIO
 import structlog
 
 from adapters.chunks import read_id_lists, split_ids, workers
+from adapters.entry_rules import check_content
 from adapters.errors import BlobNotFound, DiskFull, IntegrityError, RestoreRefused
 from adapters.repository.backend import fsync_dir
 from adapters.repository.index import BlobLocation
@@ -159,10 +160,7 @@ def write_entry(
                     repo, entry, f, threads=threads, syncer=syncer, progress=progress
                 )
             syncer.shutdown(wait=True)
-            if written != entry.size or digest != entry.sha256:
-                raise IntegrityError(
-                    f"{entry.path} does not match its snapshot after restore (SHA-256 differs)"
-                )
+            check_content(entry, written, digest)
             # SQLite's check reads the file from the page cache while the disk takes the last writes.
             checking = threads.submit(check_sqlite, tmp) if check_database and entry.sqlite else None
             os.fsync(f.fileno())

@@ -1,8 +1,12 @@
 """Verify: find every damaged or missing piece and say which snapshots and files it hurts.
 
 Structure (always): config, keys, every index and manifest authenticate; every blob a snapshot needs
-is indexed and its pack exists and is long enough. Data (`read_data`): every pack's SHA-256 matches its
-name, its header authenticates and agrees with the index, and every blob decrypts to its id.
+is indexed and its pack exists and is long enough; every list blob and tree blob is read (they are
+small), and each snapshot's entries are held to the rules restore applies (`entry_rules`: paths,
+types, walk order, nothing under a file or a link, sizes against the index). A snapshot restore
+would refuse is named with the first path that breaks a rule. Data (`read_data`): every pack's
+SHA-256 matches its name, its header authenticates and agrees with the index, every blob decrypts
+to its id, and every distinct file of a files snapshot has its recorded size and SHA-256.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from dataclasses import dataclass, field
 import structlog
 
 from adapters.chunks import load_id_lists
-from adapters.files_tree import load_group
+from adapters.entry_rules import check_content, check_follows, check_size
+from adapters.files_tree import iter_entries, load_group
 from adapters.repository.index import BlobLocation
 from adapters.repository.pack import TRAILER, parse_header
 from adapters.repository.repo import Repository
+from adapters.restore import blob_batches, locate_all, read_batch
 from domain.errors import CapsuleError
 from domain.manifest import Entry, Manifest
 
@@ -61,6 +67,7 @@ class VerifyReport:
 
 Progress = Callable[[int, int], None]
 Classify = Callable[[list[bytes]], set[str]]
+REFUSED = "would be refused by restore: "
 
 
 def _affected_by(
@@ -70,8 +77,10 @@ def _affected_by(
 
     A list blob or tree blob is expanded and classified once and its result reused: snapshots
     share most of them, and memory stays bounded by one file's ids or one tree blob's entries.
+    With `count` (the structure pass), each snapshot is also held to the rules restore applies
+    to its entries, and the first one it breaks is reported, as restore would refuse it.
     """
-    seen = _Seen(repo, classify)
+    seen = _Seen(repo, classify, rules=count)
     affected: dict[str, set[tuple[str, str]]] = {}
     for sid in sorted(repo.backend.list("snapshots")):
         try:
@@ -84,47 +93,128 @@ def _affected_by(
         for path, keys in seen.problems(manifest):
             for key in keys:
                 affected.setdefault(key, set()).add((sid, path))
+        if seen.broken is not None:
+            path, message = seen.broken
+            report.problems.append(Problem(f"snapshot {sid[:12]}", REFUSED + message, [(sid, path)]))
     return affected
 
 
-class _Seen:
-    """Classifies the blobs a manifest needs, remembering list and tree blobs already looked at."""
+@dataclass
+class _Tree:
+    """What one tree blob holds, as far as verify needs it again for every snapshot naming it."""
 
-    def __init__(self, repo: Repository, classify: Classify) -> None:
+    problems: list[tuple[str, set[str]]]  # (path, keys) of its entries that need a bad blob
+    broken: tuple[str, str] | None = None  # (path, message): the first rule its entries break
+    first: Entry | None = None
+    last: Entry | None = None
+
+
+class _Seen:
+    """Classifies the blobs a manifest needs, remembering list and tree blobs already looked at.
+
+    With `rules`, also finds the first rule of `entry_rules` a manifest's entries break (in
+    `broken` after `problems` has run): each tree blob's entries are checked once, and only the
+    neighbours across its edges again for each snapshot.
+    """
+
+    def __init__(self, repo: Repository, classify: Classify, rules: bool = False) -> None:
         self.repo = repo
         self.classify = classify
+        self.rules = rules
         self.by_list: dict[str, set[str]] = {}
-        self.by_tree: dict[bytes, list[tuple[str, set[str]]]] = {}
+        self.sizes: dict[str, int | None] = {}
+        self.by_tree: dict[bytes, _Tree] = {}
+        self.broken: tuple[str, str] | None = None
 
     def problems(self, manifest: Manifest) -> Iterator[tuple[str, set[str]]]:
         """(path, problem keys) for every entry of `manifest` that needs a damaged or missing blob."""
+        self.broken = None
         if not manifest.tree:
+            previous = None
             for entry in manifest.entries:
                 if keys := self.entry(entry):
                     yield entry.path, keys
+                if self.rules and self.broken is None:
+                    self.broken = self._break(manifest.kind == "files", previous, entry)
+                previous = entry
             return
         if keys := self.classify([bytes.fromhex(i) for i in manifest.tree]):
             yield "(the snapshot's list of tree blobs)", keys
+            return
         try:
             trees = load_id_lists(self.repo, manifest.tree)
-        except CapsuleError:
-            return  # the list blob itself is classified above
+        except CapsuleError as e:
+            self.broken = ("(the snapshot's list of tree blobs)", str(e))
+            return
+        last: Entry | None = None
         for tree_id in trees:
             if tree_id not in self.by_tree:
                 self.by_tree[tree_id] = self._tree(tree_id)
-            yield from self.by_tree[tree_id]
+            tree = self.by_tree[tree_id]
+            yield from tree.problems
+            if self.broken is None and tree.first is not None:
+                self.broken = self._break(True, last, tree.first)
+            if self.broken is None:
+                self.broken = tree.broken
+            last = tree.last or last
 
-    def _tree(self, tree_id: bytes) -> list[tuple[str, set[str]]]:
+    def _break(self, in_walk_order: bool, previous: Entry | None, entry: Entry) -> tuple[str, str] | None:
+        """(path, message) if `entry` breaks a rule after `previous`; None if it keeps them all."""
+        try:
+            if in_walk_order:
+                check_follows(previous, entry)
+            self._check_size(entry)
+        except CapsuleError as e:
+            return entry.path, str(e)
+        return None
+
+    def _check_size(self, entry: Entry) -> None:
+        if entry.type != "file":
+            return
+        stored: int | None = 0
+        for list_id in entry.blob_lists:
+            if list_id not in self.sizes:
+                try:
+                    self.sizes[list_id] = self._plain_size(load_id_lists(self.repo, [list_id]))
+                except CapsuleError:
+                    self.sizes[list_id] = None  # the list blob itself is classified
+            size = self.sizes[list_id]
+            stored = None if stored is None or size is None else stored + size
+        direct = self._plain_size([bytes.fromhex(b) for b in entry.blobs])
+        if stored is not None and direct is not None:
+            check_size(entry, stored + direct)
+
+    def _plain_size(self, ids: list[bytes]) -> int | None:
+        """The plaintext bytes the blobs `ids` hold, by the index; None if one is not indexed."""
+        total = 0
+        for loc in self.repo.index.locate_many(ids):
+            if loc is None:
+                return None  # reported as a blob in no index
+            total += loc.plain_length
+        return total
+
+    def _tree(self, tree_id: bytes) -> _Tree:
         if keys := self.classify([tree_id]):
-            return [(f"(the entries in tree blob {tree_id.hex()[:12]})", keys)]
+            return _Tree([(f"(the entries in tree blob {tree_id.hex()[:12]})", keys)])
+        where = f"(the entries in tree blob {tree_id.hex()[:12]})"
         try:
             entries = load_group(self.repo, tree_id)
-        except CapsuleError:
-            return []  # found when the packs are read
+        except CapsuleError as e:
+            # Reading it authenticates it: a damaged tree blob is found without --read-data.
+            return _Tree([], (where, str(e)) if self.rules else None)
+        tree = _Tree([], None, entries[0] if entries else None, entries[-1] if entries else None)
+        if self.rules:
+            previous = None
+            for entry in entries:
+                tree.broken = self._break(True, previous, entry)
+                if tree.broken is not None:
+                    break
+                previous = entry
         direct = [bytes.fromhex(b) for e in entries for b in e.blobs + e.blob_lists]
         if not self.classify(direct) and not any(e.blob_lists for e in entries):
-            return []
-        return [(e.path, keys) for e in entries if (keys := self.entry(e))]
+            return tree
+        tree.problems = [(e.path, keys) for e in entries if (keys := self.entry(e))]
+        return tree
 
     def entry(self, entry: Entry) -> set[str]:
         keys = self.classify([bytes.fromhex(b) for b in entry.blobs + entry.blob_lists])
@@ -205,6 +295,52 @@ def _check_pack(
     return bad
 
 
+def _check_contents(repo: Repository, report: VerifyReport) -> None:
+    """Read every distinct file of every files snapshot whole and hold it to its size and SHA-256,
+    as restore does; a file whose blobs are damaged or missing is reported with its packs instead.
+
+    Files dedupe between snapshots, so this reads about as much as the images take in the
+    repository. A database snapshot's SHA-256 is left to restore: it differs in every snapshot,
+    and reading each one whole would cost the size of the database for every snapshot kept.
+    """
+    contents: dict[tuple[str | None, int, tuple[str, ...], tuple[str, ...]], tuple[int, str] | None] = {}
+    for sid in sorted(repo.backend.list("snapshots")):
+        try:
+            manifest = repo.load_snapshot(sid)
+            entries = iter_entries(repo, manifest) if manifest.kind == "files" else iter(())
+            for entry in entries:
+                if entry.type != "file":
+                    continue
+                key = (entry.sha256, entry.size, tuple(entry.blobs), tuple(entry.blob_lists))
+                if key not in contents:
+                    contents[key] = _content_of(repo, entry, report)
+                if (content := contents[key]) is None:
+                    continue
+                try:
+                    check_content(entry, *content)
+                except CapsuleError as e:
+                    report.problems.append(
+                        Problem(f"snapshot {sid[:12]}", REFUSED + str(e), [(sid, entry.path)])
+                    )
+        except CapsuleError:
+            continue  # a manifest or tree that cannot be read is reported by the structure check
+
+
+def _content_of(repo: Repository, entry: Entry, report: VerifyReport) -> tuple[int, str] | None:
+    """(size, SHA-256) of a file's bytes; None if a blob cannot be read (reported elsewhere)."""
+    sha = hashlib.sha256()
+    size = 0
+    try:
+        for batch in blob_batches(locate_all(repo, entry)):
+            data = read_batch(repo, batch)
+            sha.update(data)
+            size += len(data)
+            report.bytes_read += len(data)
+    except (CapsuleError, OSError):
+        return None
+    return size, sha.hexdigest()
+
+
 def verify(repo: Repository, read_data: bool = False, progress: Progress | None = None) -> VerifyReport:
     report = VerifyReport()
     for name in repo.load_index(use_cache=False):  # every index file is read and checked
@@ -226,6 +362,7 @@ def verify(repo: Repository, read_data: bool = False, progress: Progress | None 
             progress(done, done + len(on_disk))
     for name in sorted(on_disk):  # packs no index names: check what their own header lists
         _check_pack(repo, name, [], report)
+    _check_contents(repo, report)
     if bad:
 
         def classify(ids: list[bytes]) -> set[str]:

@@ -1,0 +1,130 @@
+"""`verify` reports every files snapshot that `restore` would refuse, naming the snapshot and path.
+
+The crafted snapshots are those restore refuses in test_files_restore.py, sealed with the
+repository's own key: every blob authenticates, so only the rules on the entries find them. A rule
+that needs no file data (paths, order, types, sizes against the index) is checked by a plain
+`verify`; a file's SHA-256 needs its bytes, so only `verify --read-data` checks it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from adapters.chunks import store_id_lists
+from adapters.repository.backend import LocalBackend
+from adapters.repository.repo import Repository
+from adapters.verify import VerifyReport, verify
+from domain.errors import CapsuleError
+from tests.integration.helpers import Shop
+from tests.integration.test_files_restore import FORGERIES, World, _legit, make_world
+from tests.unit.support import reopen
+
+
+@dataclass(frozen=True)
+class Crafted:
+    name: str
+    snapshot: Callable[[World], str]  # makes the snapshot, returns its id
+    words: Callable[[World], str]  # what verify's problem must say
+    needs_data: bool = False  # only a check that reads the files' bytes can find it
+
+
+def _tree_of(named: str) -> Callable[[World], str]:
+    def snapshot(w: World) -> str:
+        image_id = bytes.fromhex(w.stored["a.jpg"]["blobs"][0])
+        blob_id = image_id if named == "image" else bytes.fromhex(store_id_lists(w.repo, image_id)[0])
+        return w.commit(store_id_lists(w.repo, blob_id))
+
+    return snapshot
+
+
+CRAFTED = [
+    *(Crafted(f.name, lambda w, f=f: w.craft_id(*f.groups(w)), f.names) for f in FORGERIES),
+    Crafted(
+        "a file of the snapshot used as a folder",
+        lambda w: w.craft_id([w.file("a"), w.file("a/b", like="b.jpg")]),
+        lambda w: "'a/b' passes through the file 'a'",
+    ),
+    Crafted("a tree naming a list blob", _tree_of("list"), lambda w: "is named as a tree"),
+    Crafted("a tree naming an image blob", _tree_of("image"), lambda w: "does not hold valid entries"),
+    Crafted(
+        "a size its blobs do not have",
+        lambda w: w.craft_id([*_legit(w), w.file("c.jpg", size=3003)]),
+        lambda w: "c.jpg",
+    ),
+    Crafted(
+        "a SHA-256 its bytes do not have",
+        lambda w: w.craft_id([*_legit(w), w.file("c.jpg", sha256="0" * 64)]),
+        lambda w: "c.jpg does not match its snapshot",
+        needs_data=True,
+    ),
+]
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return make_world(tmp_path)
+
+
+def _hits(report: VerifyReport, snapshot_id: str) -> list[str]:
+    """The problems that name `snapshot_id`, as `message (path)` lines."""
+    return [f"{p.message} ({path})" for p in report.problems for s, path in p.affected if s == snapshot_id]
+
+
+@pytest.mark.parametrize("read_data", [False, True], ids=["structure", "read-data"])
+@pytest.mark.parametrize("crafted", CRAFTED, ids=[c.name for c in CRAFTED])
+def test_verify_reports_every_files_snapshot_restore_refuses(
+    world: World, crafted: Crafted, read_data: bool
+) -> None:
+    snapshot_id = crafted.snapshot(world)
+    with pytest.raises(CapsuleError):
+        world.restore(world.load(snapshot_id))
+
+    report = verify(reopen(world.repo, world.key_file), read_data=read_data)
+
+    if crafted.needs_data and not read_data:
+        assert report.ok, report.problems
+        return
+    hits = _hits(report, snapshot_id)
+    assert hits, f"verify found nothing wrong with a snapshot restore refuses: {report.problems}"
+    assert any(crafted.words(world) in hit for hit in hits), hits
+    assert not _hits(report, world.backup_id), "the real backup is sound"
+
+
+def test_verify_reports_nothing_in_a_sound_files_snapshot_with_links_and_folders(tmp_path: Path) -> None:
+    source = tmp_path / "uploads"
+    (source / "shoes" / "summer").mkdir(parents=True)
+    (source / "a.jpg").write_bytes(b"a" * 100)
+    (source / "shoes" / "summer" / "red.jpg").write_bytes(b"red" * 100)
+    (source / "shoes" / "logo").symlink_to("../a.jpg")
+    (source / "shoes-old").symlink_to("shoes")
+    world = make_world(tmp_path / "w", source)
+    world.restore(world.backup())
+
+    for read_data in (False, True):
+        report = verify(reopen(world.repo, world.key_file), read_data=read_data)
+        assert report.ok, report.problems
+
+
+def test_the_verify_command_names_each_crafted_snapshot_and_exits_3(tmp_path: Path) -> None:
+    shop = Shop(tmp_path / "shop")
+    shop.init()
+    repo = Repository.open(LocalBackend(shop.repository), shop.key_file)
+    world = make_world(tmp_path, opened=(repo, shop.key_file))
+    crafted = {c.name: (c, c.snapshot(world)) for c in CRAFTED}
+
+    for args in (["verify"], ["verify", "--read-data"]):
+        text = shop.run(*args, expect=3)
+        report = json.loads(shop.run(*args, "--json", expect=3).stdout)
+
+        named = {a["snapshot"] for p in report["problems"] for a in p["affected"]}
+        for name, (case, snapshot_id) in crafted.items():
+            if case.needs_data and "--read-data" not in args:
+                continue
+            assert snapshot_id in named, (args, name)
+            assert f"affects snapshot {snapshot_id[:12]}" in text.stdout, (args, name)
+        assert world.backup_id not in named
