@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 import structlog
 
 from adapters.chunks import load_id_lists
-from adapters.entry_rules import check_content, check_follows, check_size
-from adapters.files_tree import iter_entries, load_group
+from adapters.entry_rules import check_follows, check_size
+from adapters.files_tree import load_group
 from adapters.repository.index import BlobLocation
 from adapters.repository.pack import TRAILER, parse_header
 from adapters.repository.repo import Repository
-from adapters.restore import blob_batches, locate_all, read_batch
+from adapters.verify_contents import Contents
 from domain.errors import CapsuleError
 from domain.manifest import Entry, Manifest
 
@@ -71,16 +71,17 @@ REFUSED = "would be refused by restore: "
 
 
 def _affected_by(
-    repo: Repository, report: VerifyReport, classify: Classify, count: bool
+    repo: Repository, report: VerifyReport, classify: Classify, count: bool, contents: Contents | None = None
 ) -> dict[str, set[tuple[str, str]]]:
     """Map each problem key that `classify` finds in a file's blobs to the (snapshot, path) hit.
 
     A list blob or tree blob is expanded and classified once and its result reused: snapshots
     share most of them, and memory stays bounded by one file's ids or one tree blob's entries.
     With `count` (the structure pass), each snapshot is also held to the rules restore applies
-    to its entries, and the first one it breaks is reported, as restore would refuse it.
+    to its entries, and the first one it breaks is reported, as restore would refuse it; the
+    files of files snapshots go to `contents`, if given, for the data pass to check.
     """
-    seen = _Seen(repo, classify, rules=count)
+    seen = _Seen(repo, classify, rules=count, contents=contents)
     affected: dict[str, set[tuple[str, str]]] = {}
     for sid in sorted(repo.backend.list("snapshots")):
         try:
@@ -117,10 +118,13 @@ class _Seen:
     neighbours across its edges again for each snapshot.
     """
 
-    def __init__(self, repo: Repository, classify: Classify, rules: bool = False) -> None:
+    def __init__(
+        self, repo: Repository, classify: Classify, rules: bool = False, contents: Contents | None = None
+    ) -> None:
         self.repo = repo
         self.classify = classify
         self.rules = rules
+        self.contents = contents
         self.by_list: dict[str, set[str]] = {}
         self.sizes: dict[str, int | None] = {}
         self.by_tree: dict[bytes, _Tree] = {}
@@ -135,7 +139,10 @@ class _Seen:
                 if keys := self.entry(entry):
                     yield entry.path, keys
                 if self.rules and self.broken is None:
-                    self.broken = self._break(manifest.kind == "files", previous, entry)
+                    stored = self._stored_sizes([entry])[0]
+                    self.broken = self._break(manifest.kind == "files", previous, entry, stored)
+                if self.contents is not None and manifest.kind == "files":
+                    self.contents.add(entry)
                 previous = entry
             return
         if keys := self.classify([bytes.fromhex(i) for i in manifest.tree]):
@@ -153,45 +160,55 @@ class _Seen:
             tree = self.by_tree[tree_id]
             yield from tree.problems
             if self.broken is None and tree.first is not None:
-                self.broken = self._break(True, last, tree.first)
+                self.broken = self._break(True, last, tree.first, None)
             if self.broken is None:
                 self.broken = tree.broken
             last = tree.last or last
 
-    def _break(self, in_walk_order: bool, previous: Entry | None, entry: Entry) -> tuple[str, str] | None:
-        """(path, message) if `entry` breaks a rule after `previous`; None if it keeps them all."""
+    @staticmethod
+    def _break(
+        in_walk_order: bool, previous: Entry | None, entry: Entry, stored: int | None
+    ) -> tuple[str, str] | None:
+        """(path, message) if `entry` breaks a rule after `previous`; None if it keeps them all.
+
+        `stored` is the plaintext its blobs hold, None when unknown (a blob is missing: reported).
+        """
         try:
             if in_walk_order:
                 check_follows(previous, entry)
-            self._check_size(entry)
+            if stored is not None:
+                check_size(entry, stored)
         except CapsuleError as e:
             return entry.path, str(e)
         return None
 
-    def _check_size(self, entry: Entry) -> None:
-        if entry.type != "file":
-            return
-        stored: int | None = 0
-        for list_id in entry.blob_lists:
-            if list_id not in self.sizes:
-                try:
-                    self.sizes[list_id] = self._plain_size(load_id_lists(self.repo, [list_id]))
-                except CapsuleError:
-                    self.sizes[list_id] = None  # the list blob itself is classified
-            size = self.sizes[list_id]
-            stored = None if stored is None or size is None else stored + size
-        direct = self._plain_size([bytes.fromhex(b) for b in entry.blobs])
-        if stored is not None and direct is not None:
-            check_size(entry, stored + direct)
+    def _stored_sizes(self, entries: list[Entry]) -> list[int | None]:
+        """For each entry, the plaintext bytes its blobs hold by the index (None if one is not
+        indexed), with one look-up for all the blobs the entries name directly."""
+        locs = iter(self.repo.index.locate_many([bytes.fromhex(b) for e in entries for b in e.blobs]))
+        sizes: list[int | None] = []
+        for entry in entries:
+            direct = [next(locs) for _ in entry.blobs]
+            total = None if None in direct else sum(loc.plain_length for loc in direct if loc is not None)
+            for list_id in entry.blob_lists:
+                size = self._list_size(list_id)
+                total = None if total is None or size is None else total + size
+            sizes.append(total)
+        return sizes
 
-    def _plain_size(self, ids: list[bytes]) -> int | None:
-        """The plaintext bytes the blobs `ids` hold, by the index; None if one is not indexed."""
-        total = 0
-        for loc in self.repo.index.locate_many(ids):
-            if loc is None:
-                return None  # reported as a blob in no index
-            total += loc.plain_length
-        return total
+    def _list_size(self, list_id: str) -> int | None:
+        if list_id not in self.sizes:
+            try:
+                ids = load_id_lists(self.repo, [list_id])
+            except CapsuleError:
+                self.sizes[list_id] = None  # the list blob itself is classified
+            else:
+                locs = self.repo.index.locate_many(ids)
+                known = None not in locs
+                self.sizes[list_id] = (
+                    sum(loc.plain_length for loc in locs if loc is not None) if known else None
+                )
+        return self.sizes[list_id]
 
     def _tree(self, tree_id: bytes) -> _Tree:
         if keys := self.classify([tree_id]):
@@ -205,11 +222,14 @@ class _Seen:
         tree = _Tree([], None, entries[0] if entries else None, entries[-1] if entries else None)
         if self.rules:
             previous = None
-            for entry in entries:
-                tree.broken = self._break(True, previous, entry)
+            for entry, stored in zip(entries, self._stored_sizes(entries), strict=True):
+                tree.broken = self._break(True, previous, entry, stored)
                 if tree.broken is not None:
                     break
                 previous = entry
+        if self.contents is not None:
+            for entry in entries:
+                self.contents.add(entry)
         direct = [bytes.fromhex(b) for e in entries for b in e.blobs + e.blob_lists]
         if not self.classify(direct) and not any(e.blob_lists for e in entries):
             return tree
@@ -228,7 +248,7 @@ class _Seen:
         return keys
 
 
-def _check_structure(repo: Repository, report: VerifyReport) -> None:
+def _check_structure(repo: Repository, report: VerifyReport, contents: Contents | None) -> None:
     pack_sizes = {name: repo.backend.size("data", name) for name in repo.backend.list("data")}
     report.packs = len(pack_sizes)
 
@@ -243,7 +263,7 @@ def _check_structure(repo: Repository, report: VerifyReport) -> None:
                 keys.add(loc.pack_id)
         return keys
 
-    for key, affected in sorted(_affected_by(repo, report, classify, count=True).items()):
+    for key, affected in sorted(_affected_by(repo, report, classify, True, contents).items()):
         if key == NOT_INDEXED:
             problem = Problem(
                 "blobs",
@@ -259,9 +279,16 @@ def _check_structure(repo: Repository, report: VerifyReport) -> None:
 
 
 def _check_pack(
-    repo: Repository, name: str, indexed: list[tuple[bytes, BlobLocation]], report: VerifyReport
+    repo: Repository,
+    name: str,
+    indexed: list[tuple[bytes, BlobLocation]],
+    report: VerifyReport,
+    contents: Contents,
 ) -> set[bytes]:
-    """Read a whole pack; return the ids of the blobs in it that are damaged."""
+    """Read a whole pack; return the ids of the blobs in it that are damaged.
+
+    Each blob that authenticates goes to `contents`, which checks the files it is the whole of.
+    """
     data = repo.backend.read("data", name)
     report.bytes_read += len(data)
     if hashlib.sha256(data).hexdigest() != name:
@@ -289,64 +316,21 @@ def _check_pack(
     for blob_id, loc in sorted(indexed, key=lambda item: (item[1].offset, item[1].within)):
         report.blobs += 1
         try:
-            repo.open_blob(blob_id, loc, view[loc.offset : loc.offset + loc.length])
+            data = repo.open_blob(blob_id, loc, view[loc.offset : loc.offset + loc.length])
         except CapsuleError:
             bad.add(blob_id)
+            continue
+        contents.opened(blob_id, data)
     return bad
-
-
-def _check_contents(repo: Repository, report: VerifyReport) -> None:
-    """Read every distinct file of every files snapshot whole and hold it to its size and SHA-256,
-    as restore does; a file whose blobs are damaged or missing is reported with its packs instead.
-
-    Files dedupe between snapshots, so this reads about as much as the images take in the
-    repository. A database snapshot's SHA-256 is left to restore: it differs in every snapshot,
-    and reading each one whole would cost the size of the database for every snapshot kept.
-    """
-    contents: dict[tuple[str | None, int, tuple[str, ...], tuple[str, ...]], tuple[int, str] | None] = {}
-    for sid in sorted(repo.backend.list("snapshots")):
-        try:
-            manifest = repo.load_snapshot(sid)
-            entries = iter_entries(repo, manifest) if manifest.kind == "files" else iter(())
-            for entry in entries:
-                if entry.type != "file":
-                    continue
-                key = (entry.sha256, entry.size, tuple(entry.blobs), tuple(entry.blob_lists))
-                if key not in contents:
-                    contents[key] = _content_of(repo, entry, report)
-                if (content := contents[key]) is None:
-                    continue
-                try:
-                    check_content(entry, *content)
-                except CapsuleError as e:
-                    report.problems.append(
-                        Problem(f"snapshot {sid[:12]}", REFUSED + str(e), [(sid, entry.path)])
-                    )
-        except CapsuleError:
-            continue  # a manifest or tree that cannot be read is reported by the structure check
-
-
-def _content_of(repo: Repository, entry: Entry, report: VerifyReport) -> tuple[int, str] | None:
-    """(size, SHA-256) of a file's bytes; None if a blob cannot be read (reported elsewhere)."""
-    sha = hashlib.sha256()
-    size = 0
-    try:
-        for batch in blob_batches(locate_all(repo, entry)):
-            data = read_batch(repo, batch)
-            sha.update(data)
-            size += len(data)
-            report.bytes_read += len(data)
-    except (CapsuleError, OSError):
-        return None
-    return size, sha.hexdigest()
 
 
 def verify(repo: Repository, read_data: bool = False, progress: Progress | None = None) -> VerifyReport:
     report = VerifyReport()
     for name in repo.load_index(use_cache=False):  # every index file is read and checked
         report.problems.append(Problem(f"index {name[:12]}", "is damaged; run `capsule rebuild-index`"))
-    _check_structure(repo, report)
-    if not read_data:
+    contents = Contents() if read_data else None
+    _check_structure(repo, report, contents)
+    if contents is None:
         return report
     bad: dict[bytes, str] = {}
     on_disk = set(repo.backend.list("data"))
@@ -354,15 +338,17 @@ def verify(repo: Repository, read_data: bool = False, progress: Progress | None 
     for name, indexed in repo.index.by_pack():
         if name not in on_disk:
             continue  # reported by the structure check when a snapshot needs it
-        for blob_id in _check_pack(repo, name, indexed, report):
+        for blob_id in _check_pack(repo, name, indexed, report, contents):
             bad[blob_id] = name
         on_disk.discard(name)
         done += 1
         if progress:
             progress(done, done + len(on_disk))
     for name in sorted(on_disk):  # packs no index names: check what their own header lists
-        _check_pack(repo, name, [], report)
-    _check_contents(repo, report)
+        _check_pack(repo, name, [], report, contents)
+    report.bytes_read += contents.read_several(repo)
+    for sid, path, message in contents.refused(repo):
+        report.problems.append(Problem(f"snapshot {sid[:12]}", REFUSED + message, [(sid, path)]))
     if bad:
 
         def classify(ids: list[bytes]) -> set[str]:

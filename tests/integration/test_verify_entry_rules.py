@@ -42,6 +42,12 @@ def _tree_of(named: str) -> Callable[[World], str]:
     return snapshot
 
 
+def _joined(w: World, path: str, *parts: str) -> dict[str, object]:
+    """A file made of the blobs of `parts`, of the right size, with the first part's SHA-256."""
+    blobs = [b for part in parts for b in w.stored[part]["blobs"]]
+    return w.file(path, like=parts[0], blobs=blobs, size=sum(w.stored[p]["size"] for p in parts))
+
+
 CRAFTED = [
     *(Crafted(f.name, lambda w, f=f: w.craft_id(*f.groups(w)), f.names) for f in FORGERIES),
     Crafted(
@@ -59,6 +65,12 @@ CRAFTED = [
     Crafted(
         "a SHA-256 its bytes do not have",
         lambda w: w.craft_id([*_legit(w), w.file("c.jpg", sha256="0" * 64)]),
+        lambda w: "c.jpg does not match its snapshot",
+        needs_data=True,
+    ),
+    Crafted(
+        "a SHA-256 the bytes of its several blobs do not have",
+        lambda w: w.craft_id([*_legit(w), _joined(w, "c.jpg", "a.jpg", "b.jpg")]),
         lambda w: "c.jpg does not match its snapshot",
         needs_data=True,
     ),
