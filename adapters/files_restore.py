@@ -32,7 +32,7 @@ import structlog
 
 from adapters.chunks import workers as thread_count
 from adapters.directio import Readahead
-from adapters.entry_rules import check_content, check_follows
+from adapters.entry_rules import SPECIAL_BITS, check_content, check_follows, restored_mode
 from adapters.errors import BlobNotFound, DiskFull, RestoreRefused
 from adapters.files_tree import iter_entries, path_key
 from adapters.pagestore import sha256_file
@@ -264,6 +264,8 @@ class FilesRestored:
     bytes: int
     already_there: int
     """Files and links that were already in place with the snapshot's content, left untouched."""
+    special_bits_cleared: int = 0
+    """Files and folders written without the setuid or setgid bit their entry has."""
 
 
 def write_file(repo: Repository, entry: Entry, target: Path) -> int:
@@ -412,10 +414,13 @@ def restore_files(
     *,
     include: Sequence[str] = (),
     force: bool = False,
+    special_bits: bool = False,
     progress: Progress | None = None,
     workers: int | None = None,
 ) -> FilesRestored:
     """Restore a files snapshot (or the part `include` selects) under `to`.
+
+    Setuid and setgid bits are cleared unless `special_bits` asks for them (see `restored_mode`).
 
     Files go to worker processes whole (`workers` of them; 0 keeps everything in this process, on
     threads), each checked in memory before it is written; very large files are written here.
@@ -448,6 +453,7 @@ def restore_files(
     folders: dict[str, Entry] = {}
     links: list[Entry] = []
     done = 0
+    cleared = 0
     futures: deque[tuple[Future[int] | Future[memoryview], Entry]] = deque()
 
     # The restore is flushed to disk as it goes, on a thread: with plenty of memory the kernel
@@ -499,10 +505,14 @@ def restore_files(
                 elif entry.path in plan.already:
                     done += entry.size
                 else:
-                    if to_workers is not None and entry.size <= POOL_FILE_LIMIT:
-                        futures.extend(to_workers.add(entry))
+                    item = entry
+                    if entry.mode & SPECIAL_BITS and not special_bits:
+                        item = entry.model_copy(update={"mode": restored_mode(entry.mode, False)})
+                        cleared += 1
+                    if to_workers is not None and item.size <= POOL_FILE_LIMIT:
+                        futures.extend(to_workers.add(item))
                     else:
-                        futures.append((threads.submit(write_file, repo, entry, to / entry.path), entry))
+                        futures.append((threads.submit(write_file, repo, item, to / item.path), item))
                     settle(block=len(futures) >= IN_FLIGHT_FILES)
             if to_workers is not None:
                 futures.extend(to_workers.flush())
@@ -531,13 +541,21 @@ def restore_files(
     for relative in sorted(made, key=lambda p: p.count("/"), reverse=True):
         folder = folders.get(relative)
         if folder is not None:
-            os.chmod(to / relative, folder.mode & 0o7777)
+            cleared += bool(folder.mode & SPECIAL_BITS and not special_bits)
+            os.chmod(to / relative, restored_mode(folder.mode, special_bits))
             os.utime(to / relative, ns=(folder.mtime_ns, folder.mtime_ns))
     syncer.shutdown(wait=True)
     _sync_filesystem(to)
     already = len(plan.already)
-    log.info("files restored", to=str(to), files=plan.files, bytes=plan.bytes, already_there=already)
-    return FilesRestored(plan.files, plan.dirs, plan.symlinks, plan.bytes, already)
+    log.info(
+        "files restored",
+        to=str(to),
+        files=plan.files,
+        bytes=plan.bytes,
+        already_there=already,
+        special_bits_cleared=cleared,
+    )
+    return FilesRestored(plan.files, plan.dirs, plan.symlinks, plan.bytes, already, cleared)
 
 
 # ---- cat -----------------------------------------------------------------------------------------

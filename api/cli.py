@@ -269,6 +269,11 @@ def snapshots(obj: Context, as_json: bool) -> None:
     metavar="PATTERN",
     help="Files snapshots: restore only paths matching this glob (repeatable), e.g. 'shoes/*.jpg'.",
 )
+@click.option(
+    "--special-bits",
+    is_flag=True,
+    help="Give files and folders back their setuid and setgid bits (without it they are cleared).",
+)
 @pass_ctx
 def restore(  # noqa: PLR0917 (click passes options by position)
     obj: Context,
@@ -278,6 +283,7 @@ def restore(  # noqa: PLR0917 (click passes options by position)
     check_database: bool,
     in_place: bool,
     include: tuple[str, ...],
+    special_bits: bool,
 ) -> None:
     """Restore SNAPSHOT: `latest-database`, `latest-files` (the images), `latest` (the newest of
     either kind), an id or a unique id prefix."""
@@ -305,6 +311,7 @@ def restore(  # noqa: PLR0917 (click passes options by position)
                     force=force,
                     check=check_database,
                     include=include,
+                    special_bits=special_bits,
                     actor=person(),
                 ),
                 progress=progress,
@@ -322,6 +329,11 @@ def restore(  # noqa: PLR0917 (click passes options by position)
                 f"into {result.get('target')}; every file's SHA-256 verified"
                 + (f"; {already} were already there and left as they were." if already else ".")
             )
+            if cleared := result.get("special_bits_cleared"):
+                click.echo(
+                    f"The setuid or setgid bit of {cleared} files or folders was not restored; "
+                    "add --special-bits to restore it."
+                )
             return
         for f in result.get("restored", []):
             click.echo(f"Restored {f['path']} ({_human(f['size'])}, SHA-256 {f['sha256'][:16]}… verified)")

@@ -74,6 +74,7 @@ class RequestRestore(Command):
     force: bool = False
     check: bool = False
     include: tuple[str, ...] = ()
+    special_bits: bool = False
 
 
 class StartStep(Command):

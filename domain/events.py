@@ -110,7 +110,7 @@ class RestoreRequested(Event):
     """A restore job was requested, with the ordered steps it will run."""
 
     type_name: ClassVar[str] = "RestoreRequested"
-    schema_version: ClassVar[int] = 2
+    schema_version: ClassVar[int] = 3
 
     snapshot_id: str
     target: str
@@ -119,6 +119,8 @@ class RestoreRequested(Event):
     include: tuple[str, ...] = ()
     """Glob patterns: only the paths they match are restored (version 2; empty means everything)."""
     plan: tuple[str, ...]
+    special_bits: bool = False
+    """Give files and folders back their setuid and setgid bits (version 3; cleared otherwise)."""
 
 
 class RestoreCompleted(Event):

@@ -51,6 +51,7 @@ class RestoreJob(JobState):
     force: bool = False
     check: bool = False
     include: tuple[str, ...] = ()
+    special_bits: bool = False
     result: JsonObject | None = None
 
     @property
@@ -95,17 +96,23 @@ def decide(state: RestoreJob, command: RestoreCommand) -> list[Event]:
 def _request(state: RestoreJob, c: RequestRestore) -> list[Event]:
     if c.include and c.target == IN_PLACE:
         raise InvalidCommand("--include picks files to restore into a folder; the live database is whole")
+    if c.special_bits and c.target == IN_PLACE:
+        raise InvalidCommand(
+            "--special-bits gives restored files their setuid and setgid bits; the live database "
+            "keeps its own mode: restore into a folder with --to, or leave the option out"
+        )
     # The live database is about to be replaced: SQLite's own check always runs for an in-place restore.
     check = c.check or c.target == IN_PLACE
     if state.status is not None:
         if c.job_id != state.job_id:
             raise InvalidCommand(f"a request for job {c.job_id!r} was sent to restore job {state.job_id!r}")
-        if (state.snapshot_id, state.target, state.force, state.check, state.include) != (
+        if (state.snapshot_id, state.target, state.force, state.check, state.include, state.special_bits) != (
             c.snapshot_id,
             c.target,
             c.force,
             check,
             c.include,
+            c.special_bits,
         ):
             raise InvalidCommand(
                 f"restore job {c.job_id!r} was already requested with other settings; use a new job id"
@@ -120,6 +127,7 @@ def _request(state: RestoreJob, c: RequestRestore) -> list[Event]:
             check=check,
             include=c.include,
             plan=plan_for(c.target),
+            special_bits=c.special_bits,
         )
     ]
 
@@ -139,6 +147,7 @@ def evolve(state: RestoreJob, event: Event) -> RestoreJob:
                 force=event.force,
                 check=event.check,
                 include=event.include,
+                special_bits=event.special_bits,
             )
         case RestoreCompleted():
             return update_job(state, event, status="completed", result=event.result)

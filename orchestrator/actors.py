@@ -365,6 +365,7 @@ def request_of(loaded: Loaded) -> dict[str, Any]:
         "force": state.force,
         "check": state.check,
         "include": list(state.include),
+        "special_bits": state.special_bits,
     }
 
 

@@ -38,12 +38,19 @@ def upcasters() -> Upcasters:
     """
     registry = Upcasters()
     registry.register("RestoreRequested", 1, _restore_requested_v1_to_v2)
+    registry.register("RestoreRequested", 2, _restore_requested_v2_to_v3)
     return registry
 
 
 def _restore_requested_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
     # Version 2 added `include`; every restore before it took the whole snapshot.
     return {**data, "include": []}
+
+
+def _restore_requested_v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
+    # Version 3 added `special_bits`. No request before it asked for them: a job resumed after an
+    # upgrade clears them, as every restore now does unless asked.
+    return {**data, "special_bits": False}
 
 
 def stream_id(job_type: JobType, job_id: str) -> str:

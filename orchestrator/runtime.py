@@ -192,6 +192,7 @@ class Runtime:
         force: bool = False,
         check: bool = False,
         include: tuple[str, ...] = (),
+        special_bits: bool = False,
         actor: str,
     ) -> str:
         job_id = new_job_id()
@@ -203,6 +204,7 @@ class Runtime:
             force=force,
             check=check,
             include=include,
+            special_bits=special_bits,
         )
         self.execute("restore", job_id, lambda _: command, actor=actor)
         log.info("restore requested", job=job_id, snapshot=snapshot_id, target=target)

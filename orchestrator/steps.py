@@ -160,8 +160,11 @@ def restore_to_folder(ctx: StepContext) -> dict[str, Any]:
         sid, manifest = resolve_snapshot(repo, ctx.request["snapshot_id"])
         force = bool(ctx.request.get("force"))
         include = list(ctx.request.get("include") or [])
+        special_bits = bool(ctx.request.get("special_bits"))
         if manifest.kind == "files":
-            return _restore_files(ctx, repo, sid, manifest, to, include=include, force=force)
+            return _restore_files(
+                ctx, repo, sid, manifest, to, include=include, force=force, special_bits=special_bits
+            )
         if include:
             raise StepRefused(
                 f"snapshot {sid[:12]} holds a database: --include picks files of a files snapshot"
@@ -191,6 +194,7 @@ def restore_to_folder(ctx: StepContext) -> dict[str, Any]:
             progress=ctx.progress,
             check_database=bool(ctx.request.get("check")),
             workers=settings.workers,
+            special_bits=special_bits,
         )
     faults.point("restore:written")
     return {
@@ -210,6 +214,7 @@ def _restore_files(
     *,
     include: list[str],
     force: bool,
+    special_bits: bool,
 ) -> dict[str, Any]:
     if ctx.attempt > 1:
         # Files an earlier attempt put in place are found equal to the snapshot and left alone.
@@ -220,6 +225,7 @@ def _restore_files(
         to,
         include=include,
         force=force,
+        special_bits=special_bits,
         progress=ctx.progress,
         workers=ctx.settings.workers,
     )
@@ -233,6 +239,7 @@ def _restore_files(
         "symlinks": done.symlinks,
         "bytes": done.bytes,
         "already_there": done.already_there,
+        "special_bits_cleared": done.special_bits_cleared,
     }
 
 

@@ -258,7 +258,7 @@ def test_a_restore_requested_before_include_existed_reads_back_restoring_everyth
     store = EventStore(event_store_engine, upcasters=codec.upcasters())
 
     [stored] = store.read_stream("restore-r1")
-    assert (stored.schema_version, stored.data["include"]) == (2, [])
+    assert (stored.schema_version, stored.data["include"], stored.data["special_bits"]) == (3, [], False)
     event = codec.decode(stored)
     assert isinstance(event, RestoreRequested)
     assert (event.include, event.target, event.plan) == ((), "/srv/out", ("restore",))

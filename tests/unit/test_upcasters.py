@@ -64,8 +64,19 @@ def test_a_restore_requested_at_version_1_restores_everything():
     registry = codec.upcasters()
     v1 = {"job_id": "r1", "snapshot_id": "abc", "target": "/srv/out", "force": True, "check": False}
     data = registry.upcast("RestoreRequested", 1, {**v1, "plan": ["restore"]})
-    assert registry.latest("RestoreRequested") == RestoreRequested.schema_version == 2
-    assert data == {**v1, "plan": ["restore"], "include": []}
-    event = load_event("RestoreRequested", data, schema_version=2)
+    assert registry.latest("RestoreRequested") == RestoreRequested.schema_version == 3
+    assert data == {**v1, "plan": ["restore"], "include": [], "special_bits": False}
+    event = load_event("RestoreRequested", data, schema_version=3)
     assert isinstance(event, RestoreRequested)
-    assert (event.include, event.force) == ((), True)
+    assert (event.include, event.force, event.special_bits) == ((), True, False)
+
+
+def test_a_restore_requested_at_version_2_clears_the_special_bits():
+    registry = codec.upcasters()
+    v2 = {"job_id": "r1", "snapshot_id": "abc", "target": "/srv/out", "force": False, "check": False}
+    v2 |= {"include": ["shoes/*"], "plan": ["restore"]}
+    data = registry.upcast("RestoreRequested", 2, v2)
+    assert data == {**v2, "special_bits": False}
+    event = load_event("RestoreRequested", data, schema_version=3)
+    assert isinstance(event, RestoreRequested)
+    assert (event.include, event.special_bits) == (("shoes/*",), False)
