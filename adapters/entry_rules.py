@@ -6,6 +6,7 @@ and verify reports it, naming the snapshot and the path.
   leave its root, a known type, fields that fit the type (a file has a SHA-256, a link a target and
   no content, a folder nothing), no negative size. A tree blob must be a data blob holding a JSON
   array of entries.
+- A database snapshot (`check_database_snapshot`): exactly one entry, a file.
 - A files snapshot's entries in sequence (`check_follows`): strictly in walk order, so no path
   comes twice, and nothing under a file or a link of the snapshot.
 - A file's content: its blobs' plaintexts add up to its size (`check_size`, from the index alone)
@@ -20,10 +21,20 @@ import stat
 from adapters.errors import IntegrityError
 from adapters.files_tree import path_key
 from domain.errors import UnsafePath
-from domain.manifest import Entry
+from domain.manifest import Entry, Manifest
 
 SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID
 """Bits that make a program run as its owner or group: restored only when asked for."""
+
+
+def check_database_snapshot(manifest: Manifest) -> None:
+    """Refuse a database snapshot that is anything but one database file."""
+    kinds = [e.type for e in manifest.entries]
+    if kinds != ["file"]:
+        held = ", ".join(f"a {k}" for k in kinds) or "nothing"
+        raise IntegrityError(
+            f"the database snapshot holds {held} instead of one database file: it is damaged or forged"
+        )
 
 
 def check_follows(previous: Entry | None, entry: Entry) -> None:

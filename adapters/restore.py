@@ -21,7 +21,7 @@ from typing import BinaryIO
 import structlog
 
 from adapters.chunks import read_id_lists, split_ids, workers
-from adapters.entry_rules import check_content, restored_mode
+from adapters.entry_rules import check_content, check_database_snapshot, restored_mode
 from adapters.errors import BlobNotFound, DiskFull, IntegrityError, RestoreRefused
 from adapters.repository.backend import fsync_dir
 from adapters.repository.index import BlobLocation
@@ -246,7 +246,8 @@ def restore_snapshot(
     workers: int | None = None,
     special_bits: bool = False,
 ) -> list[RestoredFile]:
-    """Restore every entry of `manifest` under `to`; setuid and setgid only with `special_bits`."""
+    """Restore the database of `manifest` under `to`; setuid and setgid only with `special_bits`."""
+    check_database_snapshot(manifest)
     # The workers start while the index loads, so their start-up costs nothing. One more worker
     # than cores: a worker waiting for its direct write to reach the disk leaves its core to
     # another (1 GiB, alternating: 3.13 s against 3.37 s, and 3.60 s against 3.89 s after three

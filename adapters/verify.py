@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from adapters.chunks import load_id_lists
-from adapters.entry_rules import check_follows, check_size
+from adapters.entry_rules import check_database_snapshot, check_follows, check_size
 from adapters.files_tree import load_group
 from adapters.repository.index import BlobLocation
 from adapters.repository.pack import TRAILER, parse_header
@@ -133,6 +133,11 @@ class _Seen:
     def problems(self, manifest: Manifest) -> Iterator[tuple[str, set[str]]]:
         """(path, problem keys) for every entry of `manifest` that needs a damaged or missing blob."""
         self.broken = None
+        if self.rules and manifest.kind == "database":
+            try:
+                check_database_snapshot(manifest)
+            except CapsuleError as e:
+                self.broken = ("(the snapshot's entries)", str(e))
         if not manifest.tree:
             previous = None
             for entry in manifest.entries:

@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 
 from adapters.database_backup import StoredDatabase, commit_database, store_database
+from adapters.entry_rules import check_database_snapshot
 from adapters.files_backup import StoredFiles, commit_files, store_files
 from adapters.files_restore import remove_partial_writes, restore_files
 from adapters.pagestore import sha256_file
@@ -289,6 +290,7 @@ def restore_stage(ctx: StepContext) -> dict[str, Any]:
         sid, manifest = resolve_snapshot(repo, ctx.request["snapshot_id"])
         if manifest.kind != "database":
             raise StepRefused(f"snapshot {sid[:12]} holds files, not a database")
+        check_database_snapshot(manifest)
         staged = _staged_path(settings, ctx.job_id)
         entry = manifest.entries[0]
         if not (staged.is_file() and sha256_file(staged) == entry.sha256):

@@ -16,10 +16,13 @@ from pathlib import Path
 import pytest
 
 from adapters.chunks import store_id_lists
+from adapters.errors import IntegrityError
 from adapters.repository.backend import LocalBackend
 from adapters.repository.repo import Repository
+from adapters.restore import restore_snapshot
 from adapters.verify import VerifyReport, verify
 from domain.errors import CapsuleError
+from domain.manifest import Entry
 from tests.integration.helpers import Shop
 from tests.integration.test_files_restore import FORGERIES, World, _legit, make_world
 from tests.unit.support import reopen
@@ -56,6 +59,11 @@ CRAFTED = [
         lambda w: "'a/b' passes through the file 'a'",
     ),
     Crafted("a tree naming a list blob", _tree_of("list"), lambda w: "is named as a tree"),
+    Crafted(
+        "a list of trees naming an image blob",
+        lambda w: w.commit([w.stored["a.jpg"]["blobs"][0]]),
+        lambda w: "is named as a list but holds data",
+    ),
     Crafted("a tree naming an image blob", _tree_of("image"), lambda w: "does not hold valid entries"),
     Crafted(
         "a size its blobs do not have",
@@ -140,3 +148,45 @@ def test_the_verify_command_names_each_crafted_snapshot_and_exits_3(tmp_path: Pa
             assert snapshot_id in named, (args, name)
             assert f"affects snapshot {snapshot_id[:12]}" in text.stdout, (args, name)
         assert world.backup_id not in named
+
+
+# ---- database snapshots --------------------------------------------------------------------------
+
+
+def _database_snapshot(w: World, entries: list[dict[str, object]]) -> str:
+    w.repo.flush()
+    manifest = w.load(w.backup_id).model_copy(
+        update={"kind": "database", "tree": [], "entries": [Entry.model_validate(e) for e in entries]}
+    )
+    return w.repo.save_snapshot(manifest)
+
+
+DATABASE_FORGERIES = {
+    "no file": lambda w: [],
+    "two files": lambda w: [w.file("pos.db"), w.file("pos.db-wal", like="b.jpg")],
+    "a folder": lambda w: [w.folder("pos.db")],
+}
+
+
+@pytest.mark.parametrize("forgery", DATABASE_FORGERIES.values(), ids=DATABASE_FORGERIES.keys())
+def test_a_database_snapshot_that_is_not_one_file_is_refused_by_restore_and_reported_by_verify(
+    world: World, forgery: Callable[[World], list[dict[str, object]]]
+) -> None:
+    snapshot_id = _database_snapshot(world, forgery(world))
+
+    with pytest.raises(IntegrityError, match="one database file"):
+        restore_snapshot(reopen(world.repo, world.key_file), world.load(snapshot_id), world.to)
+    assert not world.to.exists() or not any(world.to.iterdir())
+
+    for read_data in (False, True):
+        hits = _hits(verify(reopen(world.repo, world.key_file), read_data=read_data), snapshot_id)
+        assert any("one database file" in hit for hit in hits), hits
+
+
+def test_a_sound_database_snapshot_of_one_file_passes(world: World) -> None:
+    snapshot_id = _database_snapshot(world, [world.file("pos.db")])
+
+    restore_snapshot(reopen(world.repo, world.key_file), world.load(snapshot_id), world.to)
+
+    assert (world.to / "pos.db").read_bytes() == (world.source / "a.jpg").read_bytes()
+    assert not _hits(verify(reopen(world.repo, world.key_file), read_data=True), snapshot_id)
