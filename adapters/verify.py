@@ -125,8 +125,7 @@ class _Seen:
         self.classify = classify
         self.rules = rules
         self.contents = contents
-        self.by_list: dict[str, set[str]] = {}
-        self.sizes: dict[str, int | None] = {}
+        self.by_list: dict[str, tuple[set[str], int | None]] = {}  # -> (keys, plaintext size)
         self.by_tree: dict[bytes, _Tree] = {}
         self.broken: tuple[str, str] | None = None
 
@@ -196,24 +195,26 @@ class _Seen:
             direct = [next(locs) for _ in entry.blobs]
             total = None if None in direct else sum(loc.plain_length for loc in direct if loc is not None)
             for list_id in entry.blob_lists:
-                size = self._list_size(list_id)
+                size = self._list(list_id)[1]
                 total = None if total is None or size is None else total + size
             sizes.append(total)
         return sizes
 
-    def _list_size(self, list_id: str) -> int | None:
-        if list_id not in self.sizes:
+    def _list(self, list_id: str) -> tuple[set[str], int | None]:
+        """A list blob's problem keys and, with `rules`, the plaintext its data blobs hold (None
+        if unknown), read once whichever asks first."""
+        if list_id not in self.by_list:
             try:
                 ids = load_id_lists(self.repo, [list_id])
             except CapsuleError:
-                self.sizes[list_id] = None  # the list blob itself is classified
+                self.by_list[list_id] = (set(), None)  # the list blob itself is classified
             else:
-                locs = self.repo.index.locate_many(ids)
-                known = None not in locs
-                self.sizes[list_id] = (
-                    sum(loc.plain_length for loc in locs if loc is not None) if known else None
-                )
-        return self.sizes[list_id]
+                size = None
+                if self.rules:
+                    sizes = [loc.plain_length for loc in self.repo.index.locate_many(ids) if loc is not None]
+                    size = sum(sizes) if len(sizes) == len(ids) else None
+                self.by_list[list_id] = (self.classify(ids), size)
+        return self.by_list[list_id]
 
     def _tree(self, tree_id: bytes) -> _Tree:
         if keys := self.classify([tree_id]):
@@ -244,12 +245,7 @@ class _Seen:
     def entry(self, entry: Entry) -> set[str]:
         keys = self.classify([bytes.fromhex(b) for b in entry.blobs + entry.blob_lists])
         for list_id in entry.blob_lists:
-            if list_id not in self.by_list:
-                try:
-                    self.by_list[list_id] = self.classify(load_id_lists(self.repo, [list_id]))
-                except CapsuleError:
-                    self.by_list[list_id] = set()  # the list blob itself is classified above
-            keys |= self.by_list[list_id]
+            keys |= self._list(list_id)[0]
         return keys
 
 
