@@ -363,11 +363,16 @@ def cat(obj: Context, snapshot: str, path: str) -> None:
 
 
 @cli.command()
-@click.option("--read-data", is_flag=True, help="Also decrypt and check every blob of every pack.")
+@click.option(
+    "--read-data",
+    is_flag=True,
+    help="Also decrypt and check every blob of every pack, and every image against its SHA-256.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def verify(obj: Context, read_data: bool, as_json: bool) -> None:
-    """Check the repository; exit 3 if anything is damaged or missing."""
+    """Check the repository and every snapshot as a restore would; exit 3 if anything is damaged,
+    missing or would be refused."""
 
     def go() -> int:
         with progress_bar("Reading packs", read_data and not as_json) as progress:
