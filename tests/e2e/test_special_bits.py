@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from adapters import files_restore
-from tests.integration.helpers import Shop
+from tests.integration.helpers import Shop, one_line_error
 from tests.integration.test_files_restore import make_world
 
 SETUID_PROGRAM = 0o4755
@@ -94,3 +94,14 @@ def test_worker_processes_clear_the_bits_as_threads_do(
     assert mode_of(world.to / "tools" / "resize") == (SETUID_PROGRAM if special_bits else 0o755)
     assert mode_of(world.to / "shared") == (SETGID_FOLDER if special_bits else 0o775)
     assert done.special_bits_cleared == (0 if special_bits else 2)
+
+
+def test_special_bits_for_the_live_database_are_refused_with_one_sentence(shop: Shop) -> None:
+    shop.backup()
+    before = shop.database.read_bytes()
+
+    proc = shop.run("restore", "latest-database", "--in-place", "--special-bits", expect=1)
+
+    assert "--special-bits" in one_line_error(proc)
+    assert "restore into a folder with --to" in one_line_error(proc)
+    assert shop.database.read_bytes() == before
