@@ -1,11 +1,12 @@
 """Restoring a files snapshot: all of it, or the paths that match `--include`; `cat` of one file.
 
 Two passes over the snapshot's entries. The first writes nothing: it authenticates every tree blob,
-checks that paths come in walk order (no duplicates), refuses any path that would pass through a
-symbolic link of the snapshot or through anything under the target that is not a real folder,
-and finds what already exists there. Only then does the second pass write: each file to a
-temporary name beside its place, renamed once its length and SHA-256 match the manifest. Links are
-made last and never followed; folders get their mode and time at the very end.
+applies the rules of `entry_rules` that `verify` applies too (walk order, no duplicates, no path
+through a file or a symbolic link of the snapshot), refuses any path that would pass through
+anything under the target that is not a real folder, and finds what already exists there. Only
+then does the second pass write: each file to a temporary name beside its place, renamed once its
+length and SHA-256 match the manifest. Links are made last and never followed; folders get their
+mode and time at the very end.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ import structlog
 
 from adapters.chunks import workers as thread_count
 from adapters.directio import Readahead
-from adapters.errors import BlobNotFound, DiskFull, IntegrityError, RestoreRefused
+from adapters.entry_rules import SPECIAL_BITS, check_content, check_follows, restored_mode
+from adapters.errors import BlobNotFound, DiskFull, RestoreRefused
 from adapters.files_tree import iter_entries, path_key
 from adapters.pagestore import sha256_file
 from adapters.repository.repo import Repository
@@ -190,27 +192,14 @@ def _check_entries(
     plan = _Plan()
     kept: list[Entry] | None = []
     check = _TargetCheck(to)
-    not_folders: dict[str, str] = {}  # path -> what the snapshot holds there instead of a folder
-    previous: list[str] | None = None
+    previous: Entry | None = None
     for entry in iter_entries(repo, manifest):
         if kept is not None:
             kept.append(entry)
             if len(kept) > KEEP_ENTRIES:
                 kept = None  # the second pass reads the tree again: memory stays bounded
-        key = path_key(entry.path)
-        if previous is not None and key <= previous:
-            raise IntegrityError(
-                f"the snapshot lists {entry.path!r} twice or out of order: it is damaged or forged"
-            )
-        previous = key
-        for n in range(1, len(key)):
-            if (through := "/".join(key[:n])) in not_folders:
-                raise UnsafePath(
-                    f"the path {entry.path!r} passes through the {not_folders[through]} {through!r} of "
-                    "the snapshot; refusing to restore through anything but a folder"
-                )
-        if entry.type != "dir":
-            not_folders[entry.path] = "symbolic link" if entry.type == "symlink" else "file"
+        check_follows(previous, entry)  # the entries left out by --include too
+        previous = entry
         if not selection(entry.path):
             continue
         parent, _, _ = entry.path.rpartition("/")
@@ -275,6 +264,8 @@ class FilesRestored:
     bytes: int
     already_there: int
     """Files and links that were already in place with the snapshot's content, left untouched."""
+    special_bits_cleared: int = 0
+    """Files and folders written without the setuid or setgid bit their entry has."""
 
 
 def write_file(repo: Repository, entry: Entry, target: Path) -> int:
@@ -289,8 +280,7 @@ def write_file(repo: Repository, entry: Entry, target: Path) -> int:
                 f.write(data)
                 sha.update(data)
                 written += len(data)
-        if written != entry.size or sha.hexdigest() != entry.sha256:
-            raise IntegrityError(f"{entry.path} does not match its snapshot after restore (SHA-256 differs)")
+        check_content(entry, written, sha.hexdigest())
         os.chmod(tmp, entry.mode & 0o7777)
         os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns))
         os.replace(tmp, target)
@@ -424,10 +414,13 @@ def restore_files(
     *,
     include: Sequence[str] = (),
     force: bool = False,
+    special_bits: bool = False,
     progress: Progress | None = None,
     workers: int | None = None,
 ) -> FilesRestored:
     """Restore a files snapshot (or the part `include` selects) under `to`.
+
+    Setuid and setgid bits are cleared unless `special_bits` asks for them (see `restored_mode`).
 
     Files go to worker processes whole (`workers` of them; 0 keeps everything in this process, on
     threads), each checked in memory before it is written; very large files are written here.
@@ -460,6 +453,7 @@ def restore_files(
     folders: dict[str, Entry] = {}
     links: list[Entry] = []
     done = 0
+    cleared = 0
     futures: deque[tuple[Future[int] | Future[memoryview], Entry]] = deque()
 
     # The restore is flushed to disk as it goes, on a thread: with plenty of memory the kernel
@@ -511,10 +505,14 @@ def restore_files(
                 elif entry.path in plan.already:
                     done += entry.size
                 else:
-                    if to_workers is not None and entry.size <= POOL_FILE_LIMIT:
-                        futures.extend(to_workers.add(entry))
+                    item = entry
+                    if entry.mode & SPECIAL_BITS and not special_bits:
+                        item = entry.model_copy(update={"mode": restored_mode(entry.mode, False)})
+                        cleared += 1
+                    if to_workers is not None and item.size <= POOL_FILE_LIMIT:
+                        futures.extend(to_workers.add(item))
                     else:
-                        futures.append((threads.submit(write_file, repo, entry, to / entry.path), entry))
+                        futures.append((threads.submit(write_file, repo, item, to / item.path), item))
                     settle(block=len(futures) >= IN_FLIGHT_FILES)
             if to_workers is not None:
                 futures.extend(to_workers.flush())
@@ -543,13 +541,21 @@ def restore_files(
     for relative in sorted(made, key=lambda p: p.count("/"), reverse=True):
         folder = folders.get(relative)
         if folder is not None:
-            os.chmod(to / relative, folder.mode & 0o7777)
+            cleared += bool(folder.mode & SPECIAL_BITS and not special_bits)
+            os.chmod(to / relative, restored_mode(folder.mode, special_bits))
             os.utime(to / relative, ns=(folder.mtime_ns, folder.mtime_ns))
     syncer.shutdown(wait=True)
     _sync_filesystem(to)
     already = len(plan.already)
-    log.info("files restored", to=str(to), files=plan.files, bytes=plan.bytes, already_there=already)
-    return FilesRestored(plan.files, plan.dirs, plan.symlinks, plan.bytes, already)
+    log.info(
+        "files restored",
+        to=str(to),
+        files=plan.files,
+        bytes=plan.bytes,
+        already_there=already,
+        special_bits_cleared=cleared,
+    )
+    return FilesRestored(plan.files, plan.dirs, plan.symlinks, plan.bytes, already, cleared)
 
 
 # ---- cat -----------------------------------------------------------------------------------------
@@ -592,8 +598,7 @@ def cat_file(repo: Repository, manifest: Manifest, path: str, out: BinaryIO) -> 
             held.append(data)
         else:
             out.write(data)
-    if total != entry.size or sha.hexdigest() != entry.sha256:
-        raise IntegrityError(f"{entry.path} does not match its snapshot (SHA-256 differs)")
+    check_content(entry, total, sha.hexdigest())
     for data in held:
         out.write(data)
     out.flush()

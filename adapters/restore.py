@@ -21,6 +21,7 @@ from typing import BinaryIO
 import structlog
 
 from adapters.chunks import read_id_lists, split_ids, workers
+from adapters.entry_rules import check_content, check_database_snapshot, restored_mode
 from adapters.errors import BlobNotFound, DiskFull, IntegrityError, RestoreRefused
 from adapters.repository.backend import fsync_dir
 from adapters.repository.index import BlobLocation
@@ -135,6 +136,7 @@ def write_entry(
     pool: SealPool | None = None,
     check_database: bool = False,
     mode: int | None = None,
+    special_bits: bool = False,
 ) -> RestoredFile:
     """Write `entry` to a temporary file beside `target`, verified and fsynced; return it.
 
@@ -163,17 +165,14 @@ def write_entry(
                     repo, entry, f, threads=threads, syncer=syncer, progress=progress
                 )
             syncer.shutdown(wait=True)
-            if written != entry.size or digest != entry.sha256:
-                raise IntegrityError(
-                    f"{entry.path} does not match its snapshot after restore (SHA-256 differs)"
-                )
+            check_content(entry, written, digest)
             # SQLite's check reads the file from the page cache while the disk takes the last writes.
             checking = threads.submit(check_sqlite, tmp) if check_database and entry.sqlite else None
             os.fsync(f.fileno())
             problems = checking.result() if checking is not None else []
         if problems:
             raise IntegrityError(f"the restored database {entry.path} fails SQLite's check: {problems[0]}")
-        os.chmod(tmp, entry.mode & 0o7777 if mode is None else mode)
+        os.chmod(tmp, restored_mode(entry.mode, special_bits) if mode is None else mode)
         os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns))
     except OSError as e:
         with contextlib.suppress(OSError):
@@ -249,8 +248,10 @@ def restore_snapshot(
     progress: Progress | None = None,
     check_database: bool = False,
     workers: int | None = None,
+    special_bits: bool = False,
 ) -> list[RestoredFile]:
-    """Restore every entry of `manifest` under `to`."""
+    """Restore the database of `manifest` under `to`; setuid and setgid only with `special_bits`."""
+    check_database_snapshot(manifest)
     # The workers start while the index loads, so their start-up costs nothing. One more worker
     # than cores: a worker waiting for its direct write to reach the disk leaves its core to
     # another (1 GiB, alternating: 3.13 s against 3.37 s, and 3.60 s against 3.89 s after three
@@ -262,7 +263,14 @@ def restore_snapshot(
     )
     try:
         return _restore_entries(
-            repo, manifest, to, force=force, progress=progress, check=check_database, pool=pool
+            repo,
+            manifest,
+            to,
+            force=force,
+            progress=progress,
+            check=check_database,
+            pool=pool,
+            special_bits=special_bits,
         )
     finally:
         if pool is not None:
@@ -278,6 +286,7 @@ def _restore_entries(
     progress: Progress | None,
     check: bool,
     pool: SealPool | None,
+    special_bits: bool,
 ) -> list[RestoredFile]:
     repo.ensure_index()
     to.mkdir(parents=True, exist_ok=True)
@@ -297,7 +306,9 @@ def _restore_entries(
             progress(base + n, total)
 
     for entry, target in targets:
-        restored = write_entry(repo, entry, target, scaled, pool=pool, check_database=check)
+        restored = write_entry(
+            repo, entry, target, scaled, pool=pool, check_database=check, special_bits=special_bits
+        )
         put_in_place(restored.path, target)
         done.append(RestoredFile(target, restored.size, restored.sha256))
         base += entry.size

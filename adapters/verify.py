@@ -1,8 +1,12 @@
 """Verify: find every damaged or missing piece and say which snapshots and files it hurts.
 
 Structure (always): config, keys, every index and manifest authenticate; every blob a snapshot needs
-is indexed and its pack exists and is long enough. Data (`read_data`): every pack's SHA-256 matches its
-name, its header authenticates and agrees with the index, and every blob decrypts to its id.
+is indexed and its pack exists and is long enough; every list blob and tree blob is read (they are
+small), and each snapshot's entries are held to the rules restore applies (`entry_rules`: paths,
+types, walk order, nothing under a file or a link, sizes against the index). A snapshot restore
+would refuse is named with the first path that breaks a rule. Data (`read_data`): every pack's
+SHA-256 matches its name, its header authenticates and agrees with the index, every blob decrypts
+to its id, and every distinct file of a files snapshot has its recorded size and SHA-256.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from dataclasses import dataclass, field
 import structlog
 
 from adapters.chunks import load_id_lists
+from adapters.entry_rules import check_database_snapshot, check_follows, check_size
 from adapters.files_tree import load_group
 from adapters.repository.index import BlobLocation
 from adapters.repository.pack import TRAILER, parse_header
 from adapters.repository.repo import Repository
+from adapters.verify_contents import Contents
 from domain.errors import CapsuleError
 from domain.manifest import Entry, Manifest
 
@@ -61,17 +67,21 @@ class VerifyReport:
 
 Progress = Callable[[int, int], None]
 Classify = Callable[[list[bytes]], set[str]]
+REFUSED = "would be refused by restore: "
 
 
 def _affected_by(
-    repo: Repository, report: VerifyReport, classify: Classify, count: bool
+    repo: Repository, report: VerifyReport, classify: Classify, count: bool, contents: Contents | None = None
 ) -> dict[str, set[tuple[str, str]]]:
     """Map each problem key that `classify` finds in a file's blobs to the (snapshot, path) hit.
 
     A list blob or tree blob is expanded and classified once and its result reused: snapshots
     share most of them, and memory stays bounded by one file's ids or one tree blob's entries.
+    With `count` (the structure pass), each snapshot is also held to the rules restore applies
+    to its entries, and the first one it breaks is reported, as restore would refuse it; the
+    files of files snapshots go to `contents`, if given, for the data pass to check.
     """
-    seen = _Seen(repo, classify)
+    seen = _Seen(repo, classify, rules=count, contents=contents)
     affected: dict[str, set[tuple[str, str]]] = {}
     for sid in sorted(repo.backend.list("snapshots")):
         try:
@@ -84,61 +94,162 @@ def _affected_by(
         for path, keys in seen.problems(manifest):
             for key in keys:
                 affected.setdefault(key, set()).add((sid, path))
+        if seen.broken is not None:
+            path, message = seen.broken
+            report.problems.append(Problem(f"snapshot {sid[:12]}", REFUSED + message, [(sid, path)]))
     return affected
 
 
-class _Seen:
-    """Classifies the blobs a manifest needs, remembering list and tree blobs already looked at."""
+@dataclass
+class _Tree:
+    """What one tree blob holds, as far as verify needs it again for every snapshot naming it."""
 
-    def __init__(self, repo: Repository, classify: Classify) -> None:
+    problems: list[tuple[str, set[str]]]  # (path, keys) of its entries that need a bad blob
+    broken: tuple[str, str] | None = None  # (path, message): the first rule its entries break
+    first: Entry | None = None
+    last: Entry | None = None
+
+
+class _Seen:
+    """Classifies the blobs a manifest needs, remembering list and tree blobs already looked at.
+
+    With `rules`, also finds the first rule of `entry_rules` a manifest's entries break (in
+    `broken` after `problems` has run): each tree blob's entries are checked once, and only the
+    neighbours across its edges again for each snapshot.
+    """
+
+    def __init__(
+        self, repo: Repository, classify: Classify, rules: bool = False, contents: Contents | None = None
+    ) -> None:
         self.repo = repo
         self.classify = classify
-        self.by_list: dict[str, set[str]] = {}
-        self.by_tree: dict[bytes, list[tuple[str, set[str]]]] = {}
+        self.rules = rules
+        self.contents = contents
+        self.by_list: dict[str, tuple[set[str], int | None]] = {}  # -> (keys, plaintext size)
+        self.by_tree: dict[bytes, _Tree] = {}
+        self.broken: tuple[str, str] | None = None
 
     def problems(self, manifest: Manifest) -> Iterator[tuple[str, set[str]]]:
         """(path, problem keys) for every entry of `manifest` that needs a damaged or missing blob."""
+        self.broken = None
+        if self.rules and manifest.kind == "database":
+            try:
+                check_database_snapshot(manifest)
+            except CapsuleError as e:
+                self.broken = ("(the snapshot's entries)", str(e))
         if not manifest.tree:
+            previous = None
             for entry in manifest.entries:
                 if keys := self.entry(entry):
                     yield entry.path, keys
+                if self.rules and self.broken is None:
+                    stored = self._stored_sizes([entry])[0]
+                    self.broken = self._break(manifest.kind == "files", previous, entry, stored)
+                if self.contents is not None and manifest.kind == "files":
+                    self.contents.add(entry)
+                previous = entry
             return
         if keys := self.classify([bytes.fromhex(i) for i in manifest.tree]):
             yield "(the snapshot's list of tree blobs)", keys
+            return
         try:
             trees = load_id_lists(self.repo, manifest.tree)
-        except CapsuleError:
-            return  # the list blob itself is classified above
+        except CapsuleError as e:
+            self.broken = ("(the snapshot's list of tree blobs)", str(e))
+            return
+        last: Entry | None = None
         for tree_id in trees:
             if tree_id not in self.by_tree:
                 self.by_tree[tree_id] = self._tree(tree_id)
-            yield from self.by_tree[tree_id]
+            tree = self.by_tree[tree_id]
+            yield from tree.problems
+            if self.broken is None and tree.first is not None:
+                self.broken = self._break(True, last, tree.first, None)
+            if self.broken is None:
+                self.broken = tree.broken
+            last = tree.last or last
 
-    def _tree(self, tree_id: bytes) -> list[tuple[str, set[str]]]:
+    @staticmethod
+    def _break(
+        in_walk_order: bool, previous: Entry | None, entry: Entry, stored: int | None
+    ) -> tuple[str, str] | None:
+        """(path, message) if `entry` breaks a rule after `previous`; None if it keeps them all.
+
+        `stored` is the plaintext its blobs hold, None when unknown (a blob is missing: reported).
+        """
+        try:
+            if in_walk_order:
+                check_follows(previous, entry)
+            if stored is not None:
+                check_size(entry, stored)
+        except CapsuleError as e:
+            return entry.path, str(e)
+        return None
+
+    def _stored_sizes(self, entries: list[Entry]) -> list[int | None]:
+        """For each entry, the plaintext bytes its blobs hold by the index (None if one is not
+        indexed), with one look-up for all the blobs the entries name directly."""
+        locs = iter(self.repo.index.locate_many([bytes.fromhex(b) for e in entries for b in e.blobs]))
+        sizes: list[int | None] = []
+        for entry in entries:
+            direct = [next(locs) for _ in entry.blobs]
+            total = None if None in direct else sum(loc.plain_length for loc in direct if loc is not None)
+            for list_id in entry.blob_lists:
+                size = self._list(list_id)[1]
+                total = None if total is None or size is None else total + size
+            sizes.append(total)
+        return sizes
+
+    def _list(self, list_id: str) -> tuple[set[str], int | None]:
+        """A list blob's problem keys and, with `rules`, the plaintext its data blobs hold (None
+        if unknown), read once whichever asks first."""
+        if list_id not in self.by_list:
+            try:
+                ids = load_id_lists(self.repo, [list_id])
+            except CapsuleError:
+                self.by_list[list_id] = (set(), None)  # the list blob itself is classified
+            else:
+                size = None
+                if self.rules:
+                    sizes = [loc.plain_length for loc in self.repo.index.locate_many(ids) if loc is not None]
+                    size = sum(sizes) if len(sizes) == len(ids) else None
+                self.by_list[list_id] = (self.classify(ids), size)
+        return self.by_list[list_id]
+
+    def _tree(self, tree_id: bytes) -> _Tree:
         if keys := self.classify([tree_id]):
-            return [(f"(the entries in tree blob {tree_id.hex()[:12]})", keys)]
+            return _Tree([(f"(the entries in tree blob {tree_id.hex()[:12]})", keys)])
+        where = f"(the entries in tree blob {tree_id.hex()[:12]})"
         try:
             entries = load_group(self.repo, tree_id)
-        except CapsuleError:
-            return []  # found when the packs are read
+        except CapsuleError as e:
+            # Reading it authenticates it: a damaged tree blob is found without --read-data.
+            return _Tree([], (where, str(e)) if self.rules else None)
+        tree = _Tree([], None, entries[0] if entries else None, entries[-1] if entries else None)
+        if self.rules:
+            previous = None
+            for entry, stored in zip(entries, self._stored_sizes(entries), strict=True):
+                tree.broken = self._break(True, previous, entry, stored)
+                if tree.broken is not None:
+                    break
+                previous = entry
+        if self.contents is not None:
+            for entry in entries:
+                self.contents.add(entry)
         direct = [bytes.fromhex(b) for e in entries for b in e.blobs + e.blob_lists]
         if not self.classify(direct) and not any(e.blob_lists for e in entries):
-            return []
-        return [(e.path, keys) for e in entries if (keys := self.entry(e))]
+            return tree
+        tree.problems = [(e.path, keys) for e in entries if (keys := self.entry(e))]
+        return tree
 
     def entry(self, entry: Entry) -> set[str]:
         keys = self.classify([bytes.fromhex(b) for b in entry.blobs + entry.blob_lists])
         for list_id in entry.blob_lists:
-            if list_id not in self.by_list:
-                try:
-                    self.by_list[list_id] = self.classify(load_id_lists(self.repo, [list_id]))
-                except CapsuleError:
-                    self.by_list[list_id] = set()  # the list blob itself is classified above
-            keys |= self.by_list[list_id]
+            keys |= self._list(list_id)[0]
         return keys
 
 
-def _check_structure(repo: Repository, report: VerifyReport) -> None:
+def _check_structure(repo: Repository, report: VerifyReport, contents: Contents | None) -> None:
     pack_sizes = {name: repo.backend.size("data", name) for name in repo.backend.list("data")}
     report.packs = len(pack_sizes)
 
@@ -153,7 +264,7 @@ def _check_structure(repo: Repository, report: VerifyReport) -> None:
                 keys.add(loc.pack_id)
         return keys
 
-    for key, affected in sorted(_affected_by(repo, report, classify, count=True).items()):
+    for key, affected in sorted(_affected_by(repo, report, classify, True, contents).items()):
         if key == NOT_INDEXED:
             problem = Problem(
                 "blobs",
@@ -169,9 +280,16 @@ def _check_structure(repo: Repository, report: VerifyReport) -> None:
 
 
 def _check_pack(
-    repo: Repository, name: str, indexed: list[tuple[bytes, BlobLocation]], report: VerifyReport
+    repo: Repository,
+    name: str,
+    indexed: list[tuple[bytes, BlobLocation]],
+    report: VerifyReport,
+    contents: Contents,
 ) -> set[bytes]:
-    """Read a whole pack; return the ids of the blobs in it that are damaged."""
+    """Read a whole pack; return the ids of the blobs in it that are damaged.
+
+    Each blob that authenticates goes to `contents`, which checks the files it is the whole of.
+    """
     data = repo.backend.read("data", name)
     report.bytes_read += len(data)
     if hashlib.sha256(data).hexdigest() != name:
@@ -199,9 +317,11 @@ def _check_pack(
     for blob_id, loc in sorted(indexed, key=lambda item: (item[1].offset, item[1].within)):
         report.blobs += 1
         try:
-            repo.open_blob(blob_id, loc, view[loc.offset : loc.offset + loc.length])
+            data = repo.open_blob(blob_id, loc, view[loc.offset : loc.offset + loc.length])
         except CapsuleError:
             bad.add(blob_id)
+            continue
+        contents.opened(blob_id, data)
     return bad
 
 
@@ -209,8 +329,9 @@ def verify(repo: Repository, read_data: bool = False, progress: Progress | None 
     report = VerifyReport()
     for name in repo.load_index(use_cache=False):  # every index file is read and checked
         report.problems.append(Problem(f"index {name[:12]}", "is damaged; run `capsule rebuild-index`"))
-    _check_structure(repo, report)
-    if not read_data:
+    contents = Contents() if read_data else None
+    _check_structure(repo, report, contents)
+    if contents is None:
         return report
     bad: dict[bytes, str] = {}
     on_disk = set(repo.backend.list("data"))
@@ -218,14 +339,17 @@ def verify(repo: Repository, read_data: bool = False, progress: Progress | None 
     for name, indexed in repo.index.by_pack():
         if name not in on_disk:
             continue  # reported by the structure check when a snapshot needs it
-        for blob_id in _check_pack(repo, name, indexed, report):
+        for blob_id in _check_pack(repo, name, indexed, report, contents):
             bad[blob_id] = name
         on_disk.discard(name)
         done += 1
         if progress:
             progress(done, done + len(on_disk))
     for name in sorted(on_disk):  # packs no index names: check what their own header lists
-        _check_pack(repo, name, [], report)
+        _check_pack(repo, name, [], report, contents)
+    report.bytes_read += contents.read_several(repo)
+    for sid, path, message in contents.refused(repo):
+        report.problems.append(Problem(f"snapshot {sid[:12]}", REFUSED + message, [(sid, path)]))
     if bad:
 
         def classify(ids: list[bytes]) -> set[str]:

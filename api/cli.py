@@ -293,6 +293,11 @@ def snapshots(
     help="Allow a snapshot of another database (another machine or path) to replace the live one; "
     "`latest-*` then picks among every source.",
 )
+@click.option(
+    "--special-bits",
+    is_flag=True,
+    help="Give files and folders back their setuid and setgid bits (without it they are cleared).",
+)
 @filter_options
 @pass_ctx
 def restore(  # noqa: PLR0917 (click passes options by position)
@@ -307,6 +312,7 @@ def restore(  # noqa: PLR0917 (click passes options by position)
     hosts: tuple[str, ...],
     paths: tuple[str, ...],
     tags: tuple[str, ...],
+    special_bits: bool,
 ) -> None:
     """Restore SNAPSHOT: `latest-database` (the newest snapshot of CAPSULE_DATABASE on this
     machine), `latest-files` (of CAPSULE_UPLOADS, the images), `latest` (the newest of either), an
@@ -342,6 +348,7 @@ def restore(  # noqa: PLR0917 (click passes options by position)
                     check=check_database,
                     include=include,
                     from_other_source=from_other_source,
+                    special_bits=special_bits,
                     actor=person(),
                 ),
                 progress=progress,
@@ -361,6 +368,11 @@ def restore(  # noqa: PLR0917 (click passes options by position)
                 f"into {result.get('target')}; every file's SHA-256 verified"
                 + (f"; {already} were already there and left as they were." if already else ".")
             )
+            if cleared := result.get("special_bits_cleared"):
+                click.echo(
+                    f"The setuid or setgid bit of {cleared} files or folders was not restored; "
+                    "add --special-bits to restore it."
+                )
             return
         for f in result.get("restored", []):
             click.echo(f"Restored {f['path']} ({_human(f['size'])}, SHA-256 {f['sha256'][:16]}… verified)")
@@ -392,11 +404,16 @@ def cat(obj: Context, snapshot: str, path: str) -> None:
 
 
 @cli.command()
-@click.option("--read-data", is_flag=True, help="Also decrypt and check every blob of every pack.")
+@click.option(
+    "--read-data",
+    is_flag=True,
+    help="Also decrypt and check every blob of every pack, and every image against its SHA-256.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def verify(obj: Context, read_data: bool, as_json: bool) -> None:
-    """Check the repository; exit 3 if anything is damaged or missing."""
+    """Check the repository and every snapshot as a restore would; exit 3 if anything is damaged,
+    missing or would be refused."""
 
     def go() -> int:
         with progress_bar("Reading packs", read_data and not as_json) as progress:

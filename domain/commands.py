@@ -76,6 +76,7 @@ class RequestRestore(Command):
     include: tuple[str, ...] = ()
     from_other_source: bool = False
     """The owner knows the snapshot is of another database and means it to replace the live one."""
+    special_bits: bool = False
 
 
 class StartStep(Command):

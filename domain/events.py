@@ -121,6 +121,8 @@ class RestoreRequested(Event):
     from_other_source: bool = False
     """An in-place restore may replace the database with a snapshot of another source (version 3)."""
     plan: tuple[str, ...]
+    special_bits: bool = False
+    """Give files and folders back their setuid and setgid bits (version 3; cleared otherwise)."""
 
 
 class RestoreCompleted(Event):

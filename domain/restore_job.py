@@ -52,6 +52,7 @@ class RestoreJob(JobState):
     check: bool = False
     include: tuple[str, ...] = ()
     from_other_source: bool = False
+    special_bits: bool = False
     result: JsonObject | None = None
 
     @property
@@ -96,19 +97,25 @@ def decide(state: RestoreJob, command: RestoreCommand) -> list[Event]:
 def _request(state: RestoreJob, c: RequestRestore) -> list[Event]:
     if c.include and c.target == IN_PLACE:
         raise InvalidCommand("--include picks files to restore into a folder; the live database is whole")
+    if c.special_bits and c.target == IN_PLACE:
+        raise InvalidCommand(
+            "--special-bits gives restored files their setuid and setgid bits; the live database "
+            "keeps its own mode: restore into a folder with --to, or leave the option out"
+        )
     # The live database is about to be replaced: SQLite's own check always runs for an in-place restore.
     check = c.check or c.target == IN_PLACE
     if state.status is not None:
         if c.job_id != state.job_id:
             raise InvalidCommand(f"a request for job {c.job_id!r} was sent to restore job {state.job_id!r}")
         recorded = (state.snapshot_id, state.target, state.force, state.check, state.include)
-        if (*recorded, state.from_other_source) != (
+        if (*recorded, state.from_other_source, state.special_bits) != (
             c.snapshot_id,
             c.target,
             c.force,
             check,
             c.include,
             c.from_other_source,
+            c.special_bits,
         ):
             raise InvalidCommand(
                 f"restore job {c.job_id!r} was already requested with other settings; use a new job id"
@@ -124,6 +131,7 @@ def _request(state: RestoreJob, c: RequestRestore) -> list[Event]:
             include=c.include,
             from_other_source=c.from_other_source,
             plan=plan_for(c.target),
+            special_bits=c.special_bits,
         )
     ]
 
@@ -144,6 +152,7 @@ def evolve(state: RestoreJob, event: Event) -> RestoreJob:
                 check=event.check,
                 include=event.include,
                 from_other_source=event.from_other_source,
+                special_bits=event.special_bits,
             )
         case RestoreCompleted():
             return update_job(state, event, status="completed", result=event.result)

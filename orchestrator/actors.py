@@ -366,6 +366,7 @@ def request_of(loaded: Loaded) -> dict[str, Any]:
         "check": state.check,
         "include": list(state.include),
         "from_other_source": state.from_other_source,
+        "special_bits": state.special_bits,
     }
 
 

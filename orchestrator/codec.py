@@ -50,8 +50,10 @@ def _restore_requested_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _restore_requested_v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
-    # Version 3 added `from_other_source`; before it, no restore was allowed to cross sources.
-    return {**data, "from_other_source": False}
+    # Version 3 added `from_other_source` and `special_bits`. Before it, no restore was allowed to
+    # cross sources, and none asked for special bits: a job resumed after an upgrade clears them, as
+    # every restore now does unless asked.
+    return {**data, "from_other_source": False, "special_bits": False}
 
 
 def stream_id(job_type: JobType, job_id: str) -> str:

@@ -205,6 +205,7 @@ class Runtime:
         check: bool = False,
         include: tuple[str, ...] = (),
         from_other_source: bool = False,
+        special_bits: bool = False,
         actor: str,
     ) -> str:
         job_id = new_job_id()
@@ -217,6 +218,7 @@ class Runtime:
             check=check,
             include=include,
             from_other_source=from_other_source,
+            special_bits=special_bits,
         )
         self.execute("restore", job_id, lambda _: command, actor=actor)
         log.info("restore requested", job=job_id, snapshot=snapshot_id, target=target)

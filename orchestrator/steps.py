@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 
 from adapters.database_backup import StoredDatabase, commit_database, store_database
+from adapters.entry_rules import check_database_snapshot
 from adapters.files_backup import StoredFiles, commit_files, store_files
 from adapters.files_restore import remove_partial_writes, restore_files
 from adapters.pagestore import sha256_file
@@ -173,8 +174,11 @@ def restore_to_folder(ctx: StepContext) -> dict[str, Any]:
         sid, manifest = resolve_snapshot(repo, ctx.request["snapshot_id"])
         force = bool(ctx.request.get("force"))
         include = list(ctx.request.get("include") or [])
+        special_bits = bool(ctx.request.get("special_bits"))
         if manifest.kind == "files":
-            return _restore_files(ctx, repo, sid, manifest, to, include=include, force=force)
+            return _restore_files(
+                ctx, repo, sid, manifest, to, include=include, force=force, special_bits=special_bits
+            )
         if include:
             raise StepRefused(
                 f"snapshot {sid[:12]} holds a database: --include picks files of a files snapshot"
@@ -204,6 +208,7 @@ def restore_to_folder(ctx: StepContext) -> dict[str, Any]:
             progress=_halfway(ctx, "restore"),
             check_database=bool(ctx.request.get("check")),
             workers=settings.workers,
+            special_bits=special_bits,
         )
     faults.point("restore:written")
     return {
@@ -223,6 +228,7 @@ def _restore_files(
     *,
     include: list[str],
     force: bool,
+    special_bits: bool,
 ) -> dict[str, Any]:
     if ctx.attempt > 1:
         # Files an earlier attempt put in place are found equal to the snapshot and left alone.
@@ -233,6 +239,7 @@ def _restore_files(
         to,
         include=include,
         force=force,
+        special_bits=special_bits,
         progress=_halfway(ctx, "restore"),
         workers=ctx.settings.workers,
     )
@@ -246,6 +253,7 @@ def _restore_files(
         "symlinks": done.symlinks,
         "bytes": done.bytes,
         "already_there": done.already_there,
+        "special_bits_cleared": done.special_bits_cleared,
     }
 
 
@@ -291,6 +299,7 @@ def restore_stage(ctx: StepContext) -> dict[str, Any]:
         sid, manifest = resolve_snapshot(repo, ctx.request["snapshot_id"])
         if manifest.kind != "database":
             raise StepRefused(f"snapshot {sid[:12]} holds files, not a database")
+        check_database_snapshot(manifest)
         notes = check_in_place_source(
             settings, sid, manifest, from_other_source=bool(ctx.request.get("from_other_source"))
         )

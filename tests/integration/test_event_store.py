@@ -258,7 +258,13 @@ def test_a_restore_requested_before_include_existed_reads_back_restoring_everyth
     store = EventStore(event_store_engine, upcasters=codec.upcasters())
 
     [stored] = store.read_stream("restore-r1")
-    assert (stored.schema_version, stored.data["include"], stored.data["from_other_source"]) == (3, [], False)
+    data = stored.data
+    assert (stored.schema_version, data["include"], data["from_other_source"], data["special_bits"]) == (
+        3,
+        [],
+        False,
+        False,
+    )
     event = codec.decode(stored)
     assert isinstance(event, RestoreRequested)
     assert (event.include, event.target, event.plan) == ((), "/srv/out", ("restore",))

@@ -65,10 +65,12 @@ def test_a_restore_requested_at_version_1_restores_everything():
     v1 = {"job_id": "r1", "snapshot_id": "abc", "target": "/srv/out", "force": True, "check": False}
     data = registry.upcast("RestoreRequested", 1, {**v1, "plan": ["restore"]})
     assert registry.latest("RestoreRequested") == RestoreRequested.schema_version == 3
-    assert data == {**v1, "plan": ["restore"], "include": [], "from_other_source": False}
+    added = {"include": [], "from_other_source": False, "special_bits": False}
+    assert data == {**v1, "plan": ["restore"], **added}
     event = load_event("RestoreRequested", data, schema_version=3)
     assert isinstance(event, RestoreRequested)
-    assert (event.include, event.force, event.from_other_source) == ((), True, False)
+    assert (event.include, event.force) == ((), True)
+    assert (event.from_other_source, event.special_bits) == (False, False)
 
 
 def test_a_restore_requested_at_version_2_never_crosses_sources():
@@ -79,3 +81,14 @@ def test_a_restore_requested_at_version_2_never_crosses_sources():
     event = load_event("RestoreRequested", data, schema_version=3)
     assert isinstance(event, RestoreRequested)
     assert event.from_other_source is False
+
+
+def test_a_restore_requested_at_version_2_clears_the_special_bits():
+    registry = codec.upcasters()
+    v2 = {"job_id": "r1", "snapshot_id": "abc", "target": "/srv/out", "force": False, "check": False}
+    v2 |= {"include": ["shoes/*"], "plan": ["restore"]}
+    data = registry.upcast("RestoreRequested", 2, v2)
+    assert data == {**v2, "from_other_source": False, "special_bits": False}
+    event = load_event("RestoreRequested", data, schema_version=3)
+    assert isinstance(event, RestoreRequested)
+    assert (event.include, event.special_bits) == (("shoes/*",), False)

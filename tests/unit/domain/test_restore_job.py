@@ -79,6 +79,22 @@ def test_a_request_to_cross_sources_is_recorded_and_cannot_be_changed_by_a_repea
     given(recorded).when(request_restore(IN_PLACE)).refused("already requested with other settings")
 
 
+def test_special_bits_are_recorded_only_when_asked_and_a_repeat_must_ask_the_same():
+    asked = request_restore().model_copy(update={"special_bits": True})
+    recorded = restore_requested().model_copy(update={"special_bits": True})
+    given().when(asked).then(recorded)
+    given().when(request_restore()).then(restore_requested())
+    assert given(recorded).state.special_bits
+    assert not given(restore_requested()).state.special_bits
+    given(restore_requested()).when(asked).refused("already requested with other settings")
+
+
+def test_special_bits_for_the_live_database_are_refused():
+    given().when(request_restore(IN_PLACE).model_copy(update={"special_bits": True})).refused(
+        "--special-bits"
+    )
+
+
 def test_apply_cannot_start_before_stage_has_completed():
     given(restore_requested(IN_PLACE)).when(start(APPLY)).refused("'apply' cannot start before step 'stage'")
 
