@@ -114,7 +114,9 @@ def test_restores_from_a_read_only_repository_read_without_a_lock_and_say_so_onc
     expected_tree = describe_tree(shop.root / "uploads")
     with read_only(shop.repository):
         database = shop.restore("latest-database", tmp_path / "database", "--check")
-        images = shop.restore("latest-files", tmp_path / "images")
+        images = shop.run(
+            "restore", "latest-files", "--to", str(tmp_path / "images"), env=files_env(shop), expect=0
+        )
 
     assert file_content_digest(tmp_path / "database" / shop.db_name) == expected_content
     said_once(database, shop)
@@ -162,7 +164,7 @@ def test_snapshots_and_cat_read_a_read_only_repository(backed_up: Shop, tmp_path
             proc = subprocess.run(
                 [*CAPSULE, "cat", "latest-files", "cat1/notes.txt"],
                 cwd=shop.root,
-                env=shop.env(),
+                env=shop.env(files_env(shop)),
                 stdout=f,
                 stderr=subprocess.PIPE,
                 text=True,
