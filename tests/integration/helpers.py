@@ -28,6 +28,16 @@ MiB = 1024 * 1024
 SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
 
 
+FAST_STEPS = {
+    "CAPSULE_STEP_LEASE_SECONDS": "2",
+    "CAPSULE_HEARTBEAT_SECONDS": "0.5",
+    "CAPSULE_SWEEP_SECONDS": "0.3",
+    "CAPSULE_STEP_BACKOFF_SECONDS": "0.2",
+    "CAPSULE_STEP_BACKOFF_MAX_SECONDS": "0.5",
+}
+"""Short leases, heartbeats, sweeps and backoffs: a job killed mid-step is taken over in seconds."""
+
+
 def capsule_command() -> list[str]:
     """The installed `capsule` script of this interpreter, else the one on PATH, else the module."""
     beside = Path(sys.executable).with_name("capsule")

@@ -23,15 +23,11 @@ from orchestrator import projections
 from orchestrator.runtime import Runtime
 from orchestrator.services import open_repository, resolve_snapshot
 from orchestrator.settings import Settings
-from tests.integration.helpers import Shop, file_content_digest
+from tests.integration.helpers import FAST_STEPS, Shop, file_content_digest
 from tests.integration.uploads import describe_tree, make_uploads
 
 FAST = {
-    "CAPSULE_STEP_LEASE_SECONDS": "2",
-    "CAPSULE_HEARTBEAT_SECONDS": "0.5",
-    "CAPSULE_SWEEP_SECONDS": "0.3",
-    "CAPSULE_STEP_BACKOFF_SECONDS": "0.2",
-    "CAPSULE_STEP_BACKOFF_MAX_SECONDS": "0.5",
+    **FAST_STEPS,
     "CAPSULE_PACK_SIZE": str(1024 * 1024),
 }
 

@@ -13,14 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import Shop, log_events
+from tests.integration.helpers import FAST_STEPS, Shop, log_events
 
 FAST = {
-    "CAPSULE_STEP_LEASE_SECONDS": "2",
-    "CAPSULE_HEARTBEAT_SECONDS": "0.5",
-    "CAPSULE_SWEEP_SECONDS": "0.3",
-    "CAPSULE_STEP_BACKOFF_SECONDS": "0.2",
-    "CAPSULE_STEP_BACKOFF_MAX_SECONDS": "0.5",
+    **FAST_STEPS,
     # The backup's copy of the database goes to staging, where the walk can see it.
     "CAPSULE_COPY_IN_MEMORY": "false",
 }

@@ -7,15 +7,9 @@ import signal
 import sqlite3
 from pathlib import Path
 
-from tests.integration.helpers import Shop, file_content_digest
+from tests.integration.helpers import FAST_STEPS, Shop, file_content_digest
 
-FAST = {
-    "CAPSULE_STEP_LEASE_SECONDS": "2",
-    "CAPSULE_HEARTBEAT_SECONDS": "0.5",
-    "CAPSULE_SWEEP_SECONDS": "0.3",
-    "CAPSULE_STEP_BACKOFF_SECONDS": "0.2",
-    "CAPSULE_STEP_BACKOFF_MAX_SECONDS": "0.5",
-}
+FAST = FAST_STEPS
 
 
 def safety_copies(shop: Shop) -> list[Path]:
