@@ -1,15 +1,14 @@
 """The options that choose snapshots, restic's `--host`, `--path` and `--tag`, shared by the commands
-that list or restore them."""
+that list or restore them, and the parsing of the times that choose events."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from pathlib import Path
+from datetime import UTC, datetime
 
 import click
 
-from domain.sources import SnapshotFilter
+from domain.errors import CapsuleError
 
 
 def filter_options(fn: Callable[..., None]) -> Callable[..., None]:
@@ -32,8 +31,14 @@ def filter_options(fn: Callable[..., None]) -> Callable[..., None]:
     )(fn)
 
 
-def snapshot_filter(hosts: tuple[str, ...], paths: tuple[str, ...], tags: tuple[str, ...]) -> SnapshotFilter:
-    # A path is compared as written (made absolute) and resolved: another machine's path may not
-    # exist here, and this machine's may be reached through a link.
-    spelled = [p for path in paths for p in (os.path.abspath(path), str(Path(path).resolve()))]
-    return SnapshotFilter.of(hosts, spelled, tags)
+def since(text: str | None) -> datetime | None:
+    """A `--since` value: a date or a time, in UTC unless it says."""
+    if text is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError as e:
+        raise CapsuleError(
+            f"--since {text!r} is not a date or time; write it like 2026-11-25 or 2026-11-25T14:30"
+        ) from e
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

@@ -43,9 +43,10 @@ def _listening(host: str, port: int) -> bool:
 
 
 def overhead(size: int, rounds: int, workdir: Path) -> dict[str, Any]:
-    from orchestrator import services
     from orchestrator.jobrunner import run_job
     from orchestrator.settings import Settings
+    from orchestrator.usecases.backup import back_up_database_in_process
+    from orchestrator.usecases.repository import init_repository
 
     database = workdir / "pos.db"
     generate(database, size, journal_mode="wal", seed=7)
@@ -55,11 +56,11 @@ def overhead(size: int, rounds: int, workdir: Path) -> dict[str, Any]:
         for mode in ("engine", "job") if r % 2 == 0 else ("job", "engine"):
             home = workdir / f"home-{mode}-{r}"
             settings = Settings(database=database, repository=workdir / f"repo-{mode}-{r}", home=home)
-            services.init_repository(settings)
+            init_repository(settings)
             os.sync()
             started = time.perf_counter()
             if mode == "engine":
-                services.backup(settings)
+                back_up_database_in_process(settings)
                 direct.append(time.perf_counter() - started)
             else:
                 source = str(database.resolve())

@@ -287,10 +287,10 @@ def _keep_aside(source: Path, target: Path) -> None:
 
 
 def _repository_snapshots(settings: Settings, repair_id: str) -> tuple[list[Event], tuple[str, ...]]:
-    from orchestrator import services  # noqa: PLC0415 - the repository engine loads only when needed
+    from orchestrator.usecases.repository import open_repository  # noqa: PLC0415 - the engine loads only when needed
 
     try:
-        repo = services.open_repository(settings)
+        repo = open_repository(settings)
         names = sorted(repo.backend.list("snapshots"))
     except (CapsuleError, OSError) as e:
         return [], (f"the repository's snapshots could not be listed ({e})",)

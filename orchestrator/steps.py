@@ -35,8 +35,10 @@ from domain.errors import CapsuleError
 from domain.manifest import Manifest, SnapshotKind
 from orchestrator import faults
 from orchestrator.safety import name_pending, prune, remove_pending, safety_path, save_pending
-from orchestrator.services import check_in_place_source, open_repository, resolve_snapshot
 from orchestrator.settings import Settings
+from orchestrator.usecases.repository import open_repository
+from orchestrator.usecases.restore import check_in_place_source
+from orchestrator.usecases.snapshots import resolve_snapshot
 
 log = structlog.get_logger(__name__)
 

@@ -293,8 +293,8 @@ class Shop:
 
     def manifest_sha256(self, snapshot_id: str) -> str:
         """The SHA-256 the snapshot's manifest records for its database file (read with the API)."""
-        from orchestrator.services import open_repository
         from orchestrator.settings import Settings
+        from orchestrator.usecases.repository import open_repository
 
         settings = Settings(database=self.database, repository=self.repository, home=self.home)
         manifest = open_repository(settings).load_snapshot(snapshot_id)
@@ -302,8 +302,8 @@ class Shop:
         return manifest.entries[0].sha256
 
     def journal_mode_of(self, snapshot_id: str) -> str:
-        from orchestrator.services import open_repository
         from orchestrator.settings import Settings
+        from orchestrator.usecases.repository import open_repository
 
         settings = Settings(database=self.database, repository=self.repository, home=self.home)
         sqlite = open_repository(settings).load_snapshot(snapshot_id).entries[0].sqlite

@@ -28,8 +28,8 @@ from adapters.repository.backend import LocalBackend
 from adapters.repository.pack import COMPRESSION_NONE, COMPRESSION_ZSTD
 from adapters.repository.repo import DEFAULT_PACK_SIZE, Repository
 from domain.manifest import Entry, Manifest
-from orchestrator.services import verify_repository
 from orchestrator.settings import Settings
+from orchestrator.usecases.verify import Verify, verify_repository
 from tests.integration.uploads import describe_tree
 
 KiB = 1024
@@ -478,7 +478,7 @@ def test_verify_names_the_images_a_lost_pack_held(tmp_path: Path) -> None:
     backups.repo.backend.path_of("data", loc.pack_id).unlink()
 
     settings = Settings(repository=tmp_path / "repo", home=tmp_path / "home", key_file=tmp_path / "key")
-    report = verify_repository(settings)
+    report = verify_repository(settings, Verify())
 
     [problem] = report.problems
     assert problem.subject == f"pack {loc.pack_id[:12]}"

@@ -21,8 +21,9 @@ from adapters.restore import restore_snapshot
 from adapters.verify import verify
 from orchestrator import projections
 from orchestrator.runtime import Runtime
-from orchestrator.services import open_repository, resolve_snapshot
 from orchestrator.settings import Settings
+from orchestrator.usecases.repository import open_repository
+from orchestrator.usecases.snapshots import resolve_snapshot
 from tests.integration.helpers import FAST_STEPS, Shop, file_content_digest
 from tests.integration.uploads import describe_tree, make_uploads
 

@@ -1,0 +1,35 @@
+"""What every command module of the CLI shares: the settings it parsed, and `run`, which turns
+Capsule's errors into one sentence and an exit code."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import click
+
+from domain.errors import CapsuleError
+from orchestrator.settings import Settings
+
+EXIT_DAMAGE = 3
+
+
+class Context:
+    def __init__(self) -> None:
+        self.settings = Settings()
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def run(fn: Callable[[], int | None]) -> None:
+    """Run a command; turn our errors into one sentence and an exit code, never a traceback."""
+    try:
+        code = fn()
+    except CapsuleError as e:
+        click.echo(f"capsule: {e}", err=True)
+        sys.exit(getattr(e, "exit_code", 1))
+    except KeyboardInterrupt:
+        click.echo("capsule: interrupted; nothing half-written was kept", err=True)
+        sys.exit(130)
+    sys.exit(code or 0)

@@ -1,0 +1,380 @@
+"""How the CLI shows what a use case returned: lines on stdout (messages on stderr), or JSON.
+
+Nothing here reads the repository or the event log: a renderer gets everything it shows in the
+use case's result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import click
+
+from api.common import EXIT_DAMAGE
+from domain.errors import CapsuleError
+
+if TYPE_CHECKING:
+    from adapters.verify import VerifyReport
+    from domain.manifest import Manifest
+    from orchestrator.eventstore import ChainReport
+    from orchestrator.logrepair import LogRepair
+    from orchestrator.projections import ReplayReport
+    from orchestrator.usecases.backup import BackedUp
+    from orchestrator.usecases.jobs import AuditTrail, JobList, Status
+    from orchestrator.usecases.repository import IndexRebuilt, RepositoryCreated, Unlocked
+    from orchestrator.usecases.restore import Restored
+    from orchestrator.usecases.snapshots import SnapshotListing
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def when(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return str(value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"))
+
+
+def json_default(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    return str(value)
+
+
+@contextmanager
+def progress_bar(label: str, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar on stderr when it is a terminal; nothing otherwise (logs and --json stay clean)."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    bar: Any = None
+    state = {"done": 0}
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = click.progressbar(length=max(total, 1), label=label, file=sys.stderr)
+            bar.__enter__()
+        bar.update(done - state["done"])
+        state["done"] = done
+
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+
+
+def data_stdout() -> BinaryIO:
+    """Standard output for a file's bytes; a terminal is refused."""
+    out = sys.stdout.buffer
+    if out.isatty():
+        raise CapsuleError("stdout is a terminal; send it to a file: capsule cat SNAPSHOT PATH > FILE")
+    return out
+
+
+# ---- the repository and its snapshots -----------------------------------------------------
+
+
+def created(result: RepositoryCreated) -> None:
+    if not result.created:
+        click.echo(f"The repository at {result.repository} exists and its key opens it.")
+        return
+    click.echo(f"Created a repository at {result.repository}.")
+    click.echo(
+        f"Its key file is {result.key_file}. Keep a copy of it somewhere safe, away from this machine: "
+        "without it (or the passphrase, if you set one) the backups cannot be read by anyone."
+    )
+
+
+def backed_up(result: BackedUp, as_json: bool) -> None:
+    rows = []
+    for snapshot in result.snapshots:
+        sid, m = snapshot.snapshot_id, snapshot.manifest
+        out = {"snapshot_id": sid, "job_id": result.job_id, **json.loads(m.model_dump_json())}
+        out.pop("entries", None)
+        out.pop("tree", None)
+        rows.append(out)
+        if not as_json:
+            _print_snapshot(sid, m, result.job_id)
+    if as_json:
+        click.echo(json.dumps(rows[0] if len(rows) == 1 else {"job_id": result.job_id, "snapshots": rows}))
+
+
+def _print_snapshot(sid: str, m: Manifest, job_id: str) -> None:
+    t = m.totals
+    reused = ""
+    if m.kind == "files":
+        reused = f"{t.files} files, {t.read_files or 0} of them read (the others had not changed); "
+    click.echo(
+        f"Snapshot {sid[:12]} of {m.source}: {human(t.bytes)} in {t.duration_seconds:.1f} s; {reused}"
+        f"{t.new_blobs} new of {t.blobs} chunks, repository grew by {human(t.stored_bytes)} (job {job_id})."
+    )
+    if t.warnings:
+        what = "item(s) not backed up as they are" if m.kind == "files" else "warning(s)"
+        click.echo(f"{t.warnings} {what}:", err=True)
+        for line in m.warnings[:20]:
+            click.echo(f"  {line}", err=True)
+        if t.warnings > 20:
+            click.echo(f"  ... and {t.warnings - 20} more; the backup's log names every one", err=True)
+
+
+def snapshot_list(listing: SnapshotListing, as_json: bool) -> None:
+    if as_json:
+        rows = []
+        for sid, m in listing.snapshots:
+            row = json.loads(m.model_dump_json(exclude={"entries", "tree"}))
+            row["id"] = sid
+            row["identity"] = m.source_identity().model_dump(mode="json")
+            if m.kind == "database":
+                row["files"] = [e.path for e in m.entries]
+            rows.append(row)
+        rows += [{"id": d.name, "damaged": d.reason} for d in listing.damaged]
+        click.echo(json.dumps(rows))
+        return
+    if not listing.snapshots and not listing.damaged:
+        click.echo("No snapshot matches." if listing.filtered else "No snapshots yet. Run `capsule backup`.")
+        return
+    click.echo(f"{'ID':12}  {'TIME (UTC)':19}  {'KIND':9}  {'SIZE':>10}  {'ADDED':>10}  SOURCE")
+    for sid, m in listing.snapshots:
+        identity = m.source_identity()
+        source = identity.path if identity.host == listing.host else identity.describe()
+        click.echo(
+            f"{sid[:12]}  {m.time.strftime('%Y-%m-%d %H:%M:%S')}  "
+            f"{m.kind + ('*' if m.full else ''):9}  {human(m.totals.bytes):>10}  "
+            f"{human(m.totals.stored_bytes):>10}  {source}"
+        )
+    for d in listing.damaged:
+        click.echo(f"{d.name[:12]}  DAMAGED: {d.reason}; `capsule verify` checks the repository")
+
+
+def restored(result: Restored) -> None:
+    sid = result.snapshot_id
+    if result.in_place:
+        click.echo(f"Restored snapshot {sid[:12]} into {result.database}.")
+        click.echo(f"The database as it was before is saved at {result.safety_copy}.")
+        for note in result.notes:
+            click.echo(f"Note: {note}.")
+        return
+    if result.kind == "files":
+        already = result.already_there or 0
+        click.echo(
+            f"Restored {result.files} files ({human(result.bytes or 0)}), "
+            f"{result.dirs} folders and {result.symlinks} links of snapshot {sid[:12]} "
+            f"into {result.target}; every file's SHA-256 verified"
+            + (f"; {already} were already there and left as they were." if already else ".")
+        )
+        if cleared := result.special_bits_cleared:
+            click.echo(
+                f"The setuid or setgid bit of {cleared} files or folders was not restored; "
+                "add --special-bits to restore it."
+            )
+        return
+    for f in result.restored:
+        click.echo(f"Restored {f.path} ({human(f.size)}, SHA-256 {f.sha256[:16]}… verified)")
+    click.echo(f"Snapshot {sid[:12]} restored.")
+
+
+def verified(report: VerifyReport, read_data: bool, as_json: bool) -> int:
+    """Show a repository's check; the exit code is 3 if anything is damaged."""
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "snapshots": report.snapshots,
+                    "packs": report.packs,
+                    "blobs_read": report.blobs,
+                    "problems": [p.as_dict() for p in report.problems],
+                }
+            )
+        )
+    else:
+        scope = "structure and data" if read_data else "structure"
+        click.echo(
+            f"Checked {scope}: {report.snapshots} snapshots, {report.packs} packs"
+            + (f", {report.blobs} blobs, {human(report.bytes_read)} read" if read_data else "")
+            + "."
+        )
+        for p in report.problems:
+            click.echo(f"DAMAGED: {p.subject} {p.message}")
+            for sid, path in p.affected:
+                click.echo(f"    affects snapshot {sid[:12]}: {path}")
+        if report.ok:
+            click.echo("No problems found.")
+    return 0 if report.ok else EXIT_DAMAGE
+
+
+def index_rebuilt(result: IndexRebuilt) -> int:
+    click.echo(f"Indexed {result.blobs} blobs in {result.packs} packs.")
+    for name in result.unreadable:
+        click.echo(f"DAMAGED: pack {name[:12]} has an unreadable header; its blobs are unindexed")
+    return EXIT_DAMAGE if result.unreadable else 0
+
+
+def unlocked(result: Unlocked) -> None:
+    for d in result.removed:
+        click.echo(f"Removed {d}.")
+    if not result.removed:
+        click.echo("No stale locks.")
+
+
+# ---- jobs and the event log ---------------------------------------------------------------
+
+
+def job_list(result: JobList, as_json: bool) -> None:
+    rows = result.rows
+    if as_json:
+        click.echo(json.dumps(rows, default=json_default))
+        return
+    if not rows:
+        click.echo("No jobs yet. Run `capsule backup`.")
+        return
+    header = f"{'JOB':24}  {'TYPE':7}  {'STATUS':9}  {'STEP':8}  {'PROGRESS':>9}  "
+    click.echo(header + f"{'REQUESTED (UTC)':19}  DETAIL")
+    for r in rows:
+        done, total = r.get("progress_done"), r.get("progress_total")
+        shown = f"{100 * done / total:.0f}%" if done is not None and total else "-"
+        detail = r.get("error") or r.get("snapshot_id") or r.get("queued_behind") or ""
+        if r.get("queued_behind") and r.get("status") == "queued":
+            detail = f"waits for {r['queued_behind']}"
+        if r.get("warnings"):
+            detail = f"{r['warnings']} warning(s); {detail}"
+        step = r.get("current_step") or "-"
+        click.echo(
+            f"{r['job_id']:24}  {r['job_type']:7}  {r['status'] or '-':9}  {step:8}  "
+            f"{shown:>9}  {when(r.get('requested_at')):19}  {str(detail)[:80]}"
+        )
+        items = str(r.get("warning_items") or "").splitlines()
+        for item in items:
+            click.echo(f"{'':26}! {item}")
+        if items and (r.get("warnings") or 0) > len(items):
+            click.echo(f"{'':26}! ... `capsule audit --job {r['job_id']}` lists more")
+
+
+def status(result: Status, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), default=json_default))
+        return
+    click.echo(f"Repository: {result.repository}")
+    last = result.last_snapshot
+    if last:
+        click.echo(
+            f"Last snapshot: {str(last['snapshot_id'])[:12]} at {when(last.get('time'))} UTC"
+            + (f", {human(last['bytes'])}" if last.get("bytes") else "")
+        )
+    else:
+        click.echo("Last snapshot: none yet; run `capsule backup`")
+    warned = result.last_backup_warnings
+    if warned:
+        click.echo(f"Warnings of that backup: {warned['count']}")
+        for item in warned["items"]:
+            click.echo(f"  ! {item}")
+    click.echo(f"Active jobs: {len(result.active_jobs)}")
+    for r in result.active_jobs:
+        click.echo(f"  {r['job_id']} {r['job_type']} {r['status']} {r.get('current_step') or ''}")
+    for r in result.recent_failures:
+        click.echo(f"Failed: {r['job_id']} {r['job_type']}: {r.get('error')}")
+    click.echo(f"Event log: {result.event_log_position} events")
+
+
+def _summary(data: dict[str, Any]) -> str:
+    keep = {
+        k: v.replace("\n", " + ") if isinstance(v, str) else v  # the two sources of a backup of `all`
+        for k, v in data.items()
+        if k not in {"job_id", "result"} and v not in (None, "", [], {})
+    }
+    text = ", ".join(f"{k}={v}" for k, v in keep.items())
+    text = text if len(text) <= 100 else text[:99] + "…"
+    warnings = (data.get("result") or {}).get("warnings")
+    if isinstance(warnings, dict) and warnings.get("count"):
+        items = "; ".join(str(i) for i in warnings.get("items") or [])
+        text += f"\n{'':88}{warnings['count']} warning(s): {items}"
+    return text
+
+
+def audit_trail(result: AuditTrail, as_json: bool) -> None:
+    rows = result.events
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "position": e.position,
+                        "recorded_at": e.recorded_at,
+                        "actor": e.metadata.actor,
+                        "stream": e.stream_id,
+                        "version": e.version,
+                        "type": e.type,
+                        "data": e.data,
+                    }
+                    for e in rows
+                ],
+                default=json_default,
+            )
+        )
+        return
+    if not rows:
+        click.echo("No events match.")
+        return
+    for e in rows:
+        click.echo(
+            f"{when(e.recorded_at)}  {e.metadata.actor:32}  {e.stream_id:32}  {e.type:18}  {_summary(e.data)}"
+        )
+
+
+def log_verified(report: ChainReport, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(report), default=json_default))
+        return
+    click.echo(f"Checked {report.events} events: each matches its seal and follows the one before it.")
+    since = f"The log is chained since {when(report.chained_at)} UTC"
+    if report.chained_after:
+        since += f"; the events up to position {report.chained_after} were written before and sealed then"
+    click.echo(since + ".")
+    if report.events:
+        click.echo(f"Head: position {report.head_position}, chain {report.head}")
+        click.echo(
+            "Keep the head elsewhere: checked against it later, it shows whether events were removed "
+            "from the end or the log was rewritten by someone holding its key."
+        )
+
+
+def replayed(report: ReplayReport) -> None:
+    click.echo(f"Replayed {report.events} events in {report.seconds:.2f} s.")
+
+
+def _count(snapshots: int) -> str:
+    return f"{snapshots} snapshot" + ("" if snapshots == 1 else "s")
+
+
+def log_repaired(report: LogRepair) -> None:
+    if report.reason is None:
+        click.echo(f"The event log {report.log} is not damaged; nothing to do.")
+        return
+    click.echo(f"The event log {report.log} was damaged ({report.reason}).")
+    aside = ", ".join(str(p) for p in report.set_aside_as)
+    click.echo(f"It is set aside as {aside}; nothing was deleted.")
+    click.echo(
+        f"A new event log starts with the repair and the repository's {_count(report.snapshots)}; "
+        "`capsule audit` shows them, and the old log's jobs stay in the file set aside."
+    )
+    for problem in report.problems:
+        click.echo(f"Not recorded: {problem}", err=True)
+
+
+def worker_started(worker_id: str) -> None:
+    click.echo(f"Worker {worker_id} running; Ctrl-C stops it.", err=True)

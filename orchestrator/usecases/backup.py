@@ -1,0 +1,92 @@
+"""Use case: back up the database, the product images, or both, as one job."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from adapters.database_backup import BackupResult, backup_database
+from adapters.repository.lock import locked
+from domain.manifest import Manifest
+from orchestrator.settings import Settings
+from orchestrator.usecases.repository import open_repository
+from orchestrator.usecases.snapshots import resolve_snapshot
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Backup:
+    kind: str = "database"
+    """`database` (CAPSULE_DATABASE), `files` (the product images, CAPSULE_UPLOADS) or `all`."""
+    full: bool = False
+    """Re-read everything; reuse no blob whose pack is gone."""
+    actor: str | None = None
+    """Who asks; None: the person at this machine's terminal."""
+
+
+@dataclass(frozen=True)
+class CommittedSnapshot:
+    snapshot_id: str
+    manifest: Manifest
+
+
+@dataclass(frozen=True)
+class BackedUp:
+    """The job and the snapshots it committed: one per source (two for a backup of `all`)."""
+
+    job_id: str
+    snapshots: list[CommittedSnapshot]
+
+
+def backup_source(settings: Settings, kind: str) -> str:
+    """The source a backup of `kind` records: a path, or both paths for `all`."""
+    from domain.backup_job import all_source  # noqa: PLC0415 - the events load slowly
+
+    database, uploads = str(settings.database.resolve()), str(settings.uploads.resolve())
+    return {"database": database, "files": uploads}.get(kind) or all_source(database, uploads)
+
+
+def back_up(settings: Settings, request: Backup, progress: Progress | None = None) -> BackedUp:
+    """Run a backup job and wait for it; raise `JobFailed` unless it completes."""
+    from domain.backup_job import BackupJob, committed_snapshot_ids  # noqa: PLC0415
+    from orchestrator.jobrunner import run_job  # noqa: PLC0415 - the job runner loads slowly
+    from orchestrator.runtime import person  # noqa: PLC0415
+
+    if settings.nice:
+        os.nice(settings.nice)  # the shop's own programs keep the CPU they need
+    source = backup_source(settings, request.kind)
+    loaded = run_job(
+        settings,
+        "backup",
+        lambda rt: rt.request_backup(
+            source=source, kind=request.kind, full=request.full, actor=request.actor or person()
+        ),
+        progress=progress,
+    )
+    state = loaded.state
+    committed = committed_snapshot_ids(state) if isinstance(state, BackupJob) else []
+    repo = open_repository(settings)
+    snapshots = [CommittedSnapshot(*resolve_snapshot(repo, sid)) for sid in committed]
+    return BackedUp(state.job_id, snapshots)
+
+
+def back_up_database_in_process(
+    settings: Settings, *, full: bool = False, progress: Progress | None = None, now: datetime | None = None
+) -> BackupResult:
+    """The repository engine alone, without a job or its event log: what the job runner's overhead
+    is measured against."""
+    repo = open_repository(settings)
+    with locked(repo.backend, "backup", timeout=settings.lock_wait_seconds):
+        return backup_database(
+            repo,
+            settings.database,
+            settings.staging,
+            full=full,
+            now=now or datetime.now(UTC),
+            progress=progress,
+            workers=settings.workers,
+            copy_in_memory=settings.copy_in_memory,
+        )

@@ -1,0 +1,25 @@
+"""Use case: check the repository and every snapshot as a restore would."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from adapters.repository.lock import locked
+from adapters.verify import VerifyReport, verify
+from orchestrator.settings import Settings
+from orchestrator.usecases.repository import open_repository
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Verify:
+    read_data: bool = False
+    """Also decrypt and check every blob of every pack, and every image against its SHA-256."""
+
+
+def verify_repository(settings: Settings, request: Verify, progress: Progress | None = None) -> VerifyReport:
+    repo = open_repository(settings)
+    with locked(repo.backend, "verify", timeout=settings.lock_wait_seconds, reading=True):
+        return verify(repo, read_data=request.read_data, progress=progress)
