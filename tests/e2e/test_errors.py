@@ -135,3 +135,16 @@ def test_an_invalid_setting_is_a_usage_error_naming_the_setting(
     message = one_line_error(proc)
     assert name.removeprefix("CAPSULE_").lower() in message.lower()
     assert not shop.repository.exists()
+
+
+def test_include_on_a_database_snapshot_is_refused_in_one_sentence_as_wrong_usage(
+    shop: Shop, tmp_path: Path
+) -> None:
+    shop.backup()
+
+    proc = shop.run(
+        "restore", "latest-database", "--to", str(tmp_path / "out"), "--include", "*.db", expect=2
+    )
+
+    assert "holds a database; --include picks files of images" in one_line_error(proc)
+    assert not (tmp_path / "out").exists()
