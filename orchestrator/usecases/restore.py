@@ -92,7 +92,7 @@ class Restored:
     snapshot_id: str
     in_place: bool
     kind: str | None = None
-    """"files" for a snapshot of images restored into a folder; None otherwise."""
+    """`files` for a snapshot of images restored into a folder; None otherwise."""
     target: str | None = None
     files: int | None = None
     dirs: int | None = None
