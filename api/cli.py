@@ -1,8 +1,6 @@
 """The `capsule` command line.
 
-Exit codes: 0 success; 1 the command failed (the message says why and what to do); 2 wrong usage;
-3 damage found (verify, or a restore that failed its checks); 4 the repository is locked by another
-live process, or the database is held by another job; 130 interrupted.
+Exit codes come from one table, `api/exitcodes.py`: an error's category decides its code.
 """
 
 from __future__ import annotations
@@ -19,16 +17,17 @@ import click
 import structlog
 from pydantic import ValidationError
 
+from api.exitcodes import EXIT_CODES, exit_code
 from api.filters import filter_options, snapshot_filter
 from api.logging import configure
-from domain.errors import CapsuleError
+from domain.errors import CapsuleError, Category
 from orchestrator import services
 from orchestrator.private import keep_private
 from orchestrator.settings import Settings
 
 log = structlog.get_logger("capsule")
 
-EXIT_DAMAGE = 3
+EXIT_DAMAGE = exit_code(Category.DAMAGED)
 
 
 class Context:
@@ -74,11 +73,11 @@ def run(fn: Callable[[], int | None]) -> None:
         code = fn()
     except CapsuleError as e:
         click.echo(f"capsule: {e}", err=True)
-        sys.exit(getattr(e, "exit_code", 1))
+        sys.exit(exit_code(e.category))
     except KeyboardInterrupt:
         click.echo("capsule: interrupted; nothing half-written was kept", err=True)
-        sys.exit(130)
-    sys.exit(code or 0)
+        sys.exit(EXIT_CODES.interrupted)
+    sys.exit(code or EXIT_CODES.ok)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -96,7 +95,7 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
         first = e.errors()[0]
         name = "CAPSULE_" + "_".join(str(p) for p in first["loc"]).upper()
         click.echo(f"capsule: the setting {name} is invalid ({first['msg']}); fix it and retry", err=True)
-        sys.exit(2)
+        sys.exit(EXIT_CODES.usage)
     configure(log_level or obj.settings.log_level, obj.settings.log_format)
     keep_private(obj.settings.home)
     ctx.obj = obj

@@ -21,7 +21,7 @@ from adapters.restore import RestoredFile, restore_snapshot, write_entry
 from adapters.source_identity import live_database_identity, this_host
 from adapters.sqlite_snapshot import copy_database, copy_into_live
 from adapters.verify import VerifyReport, verify
-from domain.errors import CapsuleError
+from domain.errors import CapsuleError, Category
 from domain.manifest import Manifest, SnapshotKind, SourceIdentity
 from domain.sources import SnapshotFilter, other_source, schema_changed
 from orchestrator.settings import Settings
@@ -32,9 +32,13 @@ Progress = Callable[[int, int], None]
 class SnapshotNotFound(CapsuleError):
     """Raised when a snapshot reference matches no snapshot, or more than one."""
 
+    category = Category.NOT_FOUND
+
 
 class OtherSource(CapsuleError):
     """Raised when an in-place restore would put a snapshot of another source in the live database."""
+
+    category = Category.REFUSED
 
 
 def _passphrase(settings: Settings, given: str | None) -> str | None:
