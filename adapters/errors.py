@@ -1,50 +1,66 @@
 """Errors raised by the adapters. Driver and OS errors stop here and become one of these."""
 
-from domain.errors import CapsuleError
+from domain.errors import CapsuleError, Category
 
 
 class RepositoryError(CapsuleError):
     """Raised when the repository cannot be opened or written."""
 
+    category = Category.UNAVAILABLE
+
 
 class RepositoryNotFound(RepositoryError):
     """Raised when no repository exists where one was expected."""
+
+    category = Category.NOT_FOUND
 
 
 class RepositoryExists(RepositoryError):
     """Raised when `init` finds a repository already in place."""
 
+    category = Category.REFUSED
+
 
 class UnsupportedVersion(RepositoryError):
     """Raised when the repository was written in a format version this Capsule cannot read."""
+
+    category = Category.REFUSED
 
 
 class WrongKey(RepositoryError):
     """Raised when neither the key file nor the passphrase opens the repository."""
 
+    category = Category.REFUSED
+
 
 class KeyFileMissing(RepositoryError):
     """Raised when the key file that opens the repository is not where it should be."""
+
+    category = Category.NOT_FOUND
 
 
 class IntegrityError(RepositoryError):
     """Raised when stored bytes fail authentication or do not match their id."""
 
-    exit_code = 3
+    category = Category.DAMAGED
 
 
 class BlobNotFound(IntegrityError):
     """Raised when a snapshot needs a blob that no index knows or no pack holds."""
 
+    category = Category.DAMAGED
+
 
 class RepositoryLocked(RepositoryError):
     """Raised when another live process holds a lock that conflicts with ours."""
 
-    exit_code = 4
+    category = Category.LOCKED
 
 
 class RepositoryReadOnly(RepositoryError):
     """Raised when the repository cannot be written: a read-only mount, or no permission to write."""
+
+    category = Category.REFUSED
 
     def __init__(self, message: str, read_only_mount: bool = True) -> None:
         super().__init__(message)
@@ -55,10 +71,16 @@ class RepositoryReadOnly(RepositoryError):
 class SourceError(CapsuleError):
     """Raised when the database or folder to back up cannot be read."""
 
+    category = Category.UNAVAILABLE
+
 
 class RestoreRefused(CapsuleError):
     """Raised when a restore would overwrite something without being told to."""
 
+    category = Category.REFUSED
+
 
 class DiskFull(CapsuleError):
     """Raised when a write fails because the disk is full."""
+
+    category = Category.UNAVAILABLE

@@ -34,11 +34,13 @@ from adapters.sealworker import (
     STATUS_OK,
     read_frame,
 )
-from domain.errors import CapsuleError
+from domain.errors import CapsuleError, Category
 
 
 class WorkerFailed(CapsuleError):
     """Raised when a sealing worker process stops or answers something unexpected."""
+
+    category = Category.UNAVAILABLE
 
 
 # Room in each pipe for every request a worker has queued: with the kernel's 64 KiB, sending the

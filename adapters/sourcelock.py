@@ -14,13 +14,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from domain.errors import CapsuleError
+from domain.errors import CapsuleError, Category
 
 
 class SourceBusy(CapsuleError):
     """Raised when another job holds the database for longer than the lock wait allows."""
 
-    exit_code = 4
+    category = Category.LOCKED
 
 
 def _lock_path(home: Path, database: Path) -> Path:

@@ -1,9 +1,7 @@
 """The `capsule` command line: each command parses its options, calls one use case of
 `orchestrator.usecases` and renders the result (`api.render`).
 
-Exit codes: 0 success; 1 the command failed (the message says why and what to do); 2 wrong usage;
-3 damage found (verify, or a restore that failed its checks); 4 the repository is locked by another
-live process, or the database is held by another job; 130 interrupted.
+Exit codes come from one table, `api/exitcodes.py`: an error's category decides its code.
 """
 
 from __future__ import annotations
@@ -17,6 +15,7 @@ from pydantic import ValidationError
 
 from api import cli_jobs, render
 from api.common import Context, pass_ctx, run
+from api.exitcodes import EXIT_CODES
 from api.filters import filter_options
 from api.logging import configure
 from orchestrator.private import keep_private
@@ -50,7 +49,7 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
         first = e.errors()[0]
         name = "CAPSULE_" + "_".join(str(p) for p in first["loc"]).upper()
         click.echo(f"capsule: the setting {name} is invalid ({first['msg']}); fix it and retry", err=True)
-        sys.exit(2)
+        sys.exit(EXIT_CODES.usage)
     configure(log_level or obj.settings.log_level, obj.settings.log_format)
     keep_private(obj.settings.home)
     ctx.obj = obj

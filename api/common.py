@@ -8,10 +8,11 @@ from collections.abc import Callable
 
 import click
 
-from domain.errors import CapsuleError
+from api.exitcodes import EXIT_CODES, exit_code
+from domain.errors import CapsuleError, Category
 from orchestrator.settings import Settings
 
-EXIT_DAMAGE = 3
+EXIT_DAMAGE = exit_code(Category.DAMAGED)
 
 
 class Context:
@@ -28,8 +29,8 @@ def run(fn: Callable[[], int | None]) -> None:
         code = fn()
     except CapsuleError as e:
         click.echo(f"capsule: {e}", err=True)
-        sys.exit(getattr(e, "exit_code", 1))
+        sys.exit(exit_code(e.category))
     except KeyboardInterrupt:
         click.echo("capsule: interrupted; nothing half-written was kept", err=True)
-        sys.exit(130)
-    sys.exit(code or 0)
+        sys.exit(EXIT_CODES.interrupted)
+    sys.exit(code or EXIT_CODES.ok)

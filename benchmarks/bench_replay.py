@@ -28,6 +28,7 @@ from typing import Any
 
 from sqlalchemy import Engine, func, insert, select
 
+from domain.errors import Category
 from domain.events import (
     BackupCompleted,
     BackupQueued,
@@ -75,7 +76,7 @@ def backup(job_id: str, n: int, at: datetime) -> list[Event]:
                     error="the repository is locked by another process",
                     transient=True,
                     retry_at=at + timedelta(seconds=2),
-                    exit_code=4,
+                    category=Category.LOCKED,
                 )
             )
     stored = {

@@ -11,6 +11,7 @@ from datetime import timedelta
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from domain.errors import Category
 from domain.events import BackupKind, JsonObject, UtcDatetime
 
 DEFAULT_LEASE = timedelta(minutes=5)
@@ -115,7 +116,7 @@ class FailStep(Command):
     error: str = Field(min_length=1)
     transient: bool
     policy: RetryPolicy = Field(default_factory=RetryPolicy)
-    exit_code: int = Field(default=1, ge=1, le=125)
+    category: Category = Category.UNKNOWN
 
 
 class ExpireLease(Command):

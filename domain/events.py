@@ -16,7 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, JsonValue, ValidationError
 
-from domain.errors import InvalidEvent, UnknownEvent
+from domain.errors import Category, InvalidEvent, UnknownEvent
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -186,14 +186,15 @@ class StepFailed(Event):
     """An attempt failed; `retry_at` says when the next one may run, or is None if none will."""
 
     type_name: ClassVar[str] = "StepFailed"
+    schema_version: ClassVar[int] = 2
 
     step: str
     attempt: int
     error: str
     transient: bool
     retry_at: UtcDatetime | None
-    exit_code: int = 1
-    """The command-line exit code of the error: 1 failed, 3 damage found, 4 repository locked."""
+    category: Category
+    """What kind of failure the error was (damaged, locked, ...); front doors map it to their codes."""
 
 
 class StepLeaseExpired(Event):

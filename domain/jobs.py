@@ -321,7 +321,7 @@ def _fail(state: S, c: FailStep, rules: JobRules[S]) -> list[Event]:
         error=c.error,
         transient=c.transient,
         retry_at=c.now + c.policy.backoff(c.attempt) if retry else None,
-        exit_code=c.exit_code,
+        category=c.category,
     )
     if retry:
         return [failed]

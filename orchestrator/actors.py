@@ -22,7 +22,7 @@ from dramatiq.middleware.time_limit import TimeLimitExceeded
 from adapters.errors import DiskFull, RepositoryLocked
 from adapters.sourcelock import SourceBusy
 from domain.commands import CompleteStep, ExpireLease, FailStep, RecordProgress, StartStep
-from domain.errors import CapsuleError, InvalidCommand
+from domain.errors import CapsuleError, Category, InvalidCommand
 from domain.jobs import ExpireStepLease, Finished, RunStep, WaitForJob, WaitUntil, next_action
 from orchestrator import faults
 from orchestrator.errors import OrchestratorError
@@ -42,6 +42,8 @@ Progress = Callable[[str, int, int], None]
 
 class BrokerSettingsError(CapsuleError):
     """Raised when CAPSULE_BROKER_URL names a broker Capsule cannot use."""
+
+    category = Category.INVALID_INPUT
 
 
 class StepAbandoned(Exception):
@@ -73,6 +75,15 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, RepositoryLocked | SourceBusy | DiskFull | OrchestratorError):
         return True  # another process holds the lock; space may be freed; the log may come back
     return not isinstance(error, CapsuleError)
+
+
+def category_of(error: BaseException) -> Category:
+    """What kind of failure `error` is; a step over its time limit may find the disk less busy later."""
+    if isinstance(error, CapsuleError):
+        return error.category
+    if isinstance(error, TimeLimitExceeded):
+        return Category.UNAVAILABLE
+    return Category.UNKNOWN
 
 
 def describe(error: BaseException) -> str:
@@ -305,7 +316,7 @@ class Dispatcher:
                 error=describe(error),
                 transient=is_transient(error),
                 policy=rt.policy,
-                exit_code=int(getattr(error, "exit_code", 1)),
+                category=category_of(error),
             ),
             actor=f"{SYSTEM}:worker:{rt.worker_id}",
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from domain import backup_job, restore_job
+from domain.errors import Category
 from domain.events import Event, event_payload, event_type, load_event
 from orchestrator.eventstore import NewEvent, StoredEvent, Upcasters
 
@@ -41,6 +42,7 @@ def upcasters() -> Upcasters:
     registry = Upcasters()
     registry.register("RestoreRequested", 1, _restore_requested_v1_to_v2)
     registry.register("RestoreRequested", 2, _restore_requested_v2_to_v3)
+    registry.register("StepFailed", 1, _step_failed_v1_to_v2)
     return registry
 
 
@@ -54,6 +56,14 @@ def _restore_requested_v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
     # cross sources, and none asked for special bits: a job resumed after an upgrade clears them, as
     # every restore now does unless asked.
     return {**data, "from_other_source": False, "special_bits": False}
+
+
+def _step_failed_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    # Version 1 recorded the command line's code for the error, version 2 what kind of error it was:
+    # 3 was damage and 4 a lock; 1 (also what a row older than the field meant) said only "failed".
+    v1 = data.get("exit_code", 1)
+    category = {3: Category.DAMAGED, 4: Category.LOCKED}.get(v1, Category.UNKNOWN)
+    return {**{k: v for k, v in data.items() if k != "exit_code"}, "category": category.value}
 
 
 def stream_id(job_type: JobType, job_id: str) -> str:

@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
-from domain.errors import CapsuleError
+from domain.errors import CapsuleError, Category
 
 
 class OrchestratorError(CapsuleError):
     """Raised when the orchestrator cannot run a command or a query; the root of its errors."""
 
+    category = Category.UNAVAILABLE
+
 
 class EventStoreError(OrchestratorError):
     """Raised when the event store cannot be read or written."""
+
+    category = Category.UNAVAILABLE
 
 
 class EventStoreUnavailable(EventStoreError):
     """Raised when the event store's database cannot be reached, opened or locked in time."""
 
+    category = Category.UNAVAILABLE
+
 
 class EventLogDamaged(EventStoreError):
     """Raised when the event log's database reports that its file or its data is damaged."""
 
-    exit_code = 3
+    category = Category.DAMAGED
 
     def __init__(self, message: str, *, reason: str = "") -> None:
         super().__init__(message)
@@ -30,9 +36,13 @@ class EventLogDamaged(EventStoreError):
 class EventLogDiskFull(EventStoreUnavailable):
     """Raised when the event log cannot be written because the disk that holds it is full."""
 
+    category = Category.UNAVAILABLE
+
 
 class ConcurrencyConflict(EventStoreError):
     """Raised when a stream gained events after the version an append expected."""
+
+    category = Category.REFUSED
 
     def __init__(self, stream_id: str, expected_version: int, actual_version: int | None) -> None:
         self.stream_id = stream_id
@@ -48,19 +58,25 @@ class ConcurrencyConflict(EventStoreError):
 class UnknownSchemaVersion(EventStoreError):
     """Raised when an event's schema version is not the newest one its upcasters lead to."""
 
+    category = Category.REFUSED
+
 
 class InvalidUpcaster(OrchestratorError):
     """Raised when an upcaster is registered twice for a version or leaves a gap in the chain."""
+
+    category = Category.INVALID_INPUT
 
 
 class EventLogKeyError(EventStoreError):
     """Raised when the key that seals the event log's chain is missing, unreadable or not the log's."""
 
+    category = Category.REFUSED
+
 
 class EventLogTampered(EventStoreError):
     """Raised when an event of the log does not match its seal or its place in the chain."""
 
-    exit_code = 3
+    category = Category.DAMAGED
 
     def __init__(self, message: str, *, position: int, stream_id: str | None, type: str | None, problem: str):
         self.position = position

@@ -15,7 +15,7 @@ from typing import NoReturn
 
 from domain.backup_job import BackupJob, committed_snapshot_ids
 from domain.commands import CancelJob
-from domain.errors import CapsuleError, InvalidCommand
+from domain.errors import CapsuleError, Category, InvalidCommand
 from domain.events import StepFailed, StepProgressed
 from orchestrator.actors import Dispatcher, build
 from orchestrator.logrepair import LogRepair, recover_if_damaged
@@ -27,11 +27,13 @@ Progress = Callable[[int, int], None]
 
 
 class JobFailed(CapsuleError):
-    """Raised when a job ends without completing; carries the exit code of the error that ended it."""
+    """Raised when a job ends without completing; carries the category of the error that ended it."""
 
-    def __init__(self, message: str, exit_code: int = 1) -> None:
+    category = Category.UNKNOWN
+
+    def __init__(self, message: str, category: Category = Category.UNKNOWN) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        self.category = category  # type: ignore[misc]  # this job's, not every JobFailed's
 
 
 def failure(loaded: Loaded) -> JobFailed:
@@ -43,7 +45,7 @@ def failure(loaded: Loaded) -> JobFailed:
     kept = f" (snapshot {', '.join(s[:12] for s in saved)} was committed before that)" if saved else ""
     last = next((e for e in reversed(loaded.events) if isinstance(e, StepFailed)), None)
     if last is not None:
-        return JobFailed(f"{last.error}{kept}", last.exit_code)
+        return JobFailed(f"{last.error}{kept}", last.category)
     return JobFailed(f"{state.failure or f'job {state.job_id} failed'}{kept}")
 
 

@@ -27,7 +27,7 @@ from sqlalchemy import text
 from domain import backup_job, restore_job
 from domain.backup_job import sources_of
 from domain.commands import Command, ReleaseBackup, RequestBackup, RequestRestore, RetryPolicy
-from domain.errors import CapsuleError
+from domain.errors import CapsuleError, Category
 from domain.events import Event
 from domain.jobs import FINISHED, JobState, next_action
 from orchestrator import codec, projections
@@ -67,6 +67,8 @@ SYSTEM = "system"
 
 class JobNotFound(CapsuleError):
     """Raised when a job id names no job in the event log."""
+
+    category = Category.NOT_FOUND
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from adapters.restore import restore_snapshot, safe_target, write_entry
 from adapters.sourcelock import source_lock
 from adapters.sqlite_snapshot import check_database, copy_into_live
 from domain.backup_job import COMMIT, STORE, step_target
-from domain.errors import CapsuleError
+from domain.errors import CapsuleError, Category
 from domain.manifest import Manifest, SnapshotKind
 from orchestrator import faults
 from orchestrator.safety import name_pending, prune, remove_pending, safety_path, save_pending
@@ -47,6 +47,8 @@ Progress = Callable[[int, int], None]
 
 class StepRefused(CapsuleError):
     """Raised when a step cannot run as asked and trying again would not help."""
+
+    category = Category.REFUSED
 
 
 @dataclass(frozen=True)

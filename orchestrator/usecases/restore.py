@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.source_identity import live_database_identity
-from domain.errors import CapsuleError
+from domain.errors import CapsuleError, Category
 from domain.manifest import Manifest
 from domain.sources import other_source, schema_changed
 from orchestrator.settings import Settings
@@ -25,11 +25,13 @@ Progress = Callable[[int, int], None]
 class OtherSource(CapsuleError):
     """Raised when an in-place restore would put a snapshot of another source in the live database."""
 
+    category = Category.REFUSED
+
 
 class IncludeNeedsFiles(CapsuleError):
     """Raised when --include would pick files of a snapshot that holds a database."""
 
-    exit_code = 2
+    category = Category.INVALID_INPUT
 
 
 def check_in_place_source(

@@ -12,7 +12,7 @@ from typing import BinaryIO, NoReturn
 
 from adapters.repository.repo import Repository, UnreadableSnapshot
 from adapters.source_identity import this_host
-from domain.errors import CapsuleError
+from domain.errors import CapsuleError, Category
 from domain.manifest import Manifest, SnapshotKind, SourceIdentity
 from domain.sources import SnapshotFilter
 from orchestrator.settings import Settings
@@ -21,6 +21,8 @@ from orchestrator.usecases.repository import open_repository
 
 class SnapshotNotFound(CapsuleError):
     """Raised when a snapshot reference matches no snapshot, or more than one."""
+
+    category = Category.NOT_FOUND
 
 
 @dataclass(frozen=True)

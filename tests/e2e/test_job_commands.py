@@ -28,6 +28,7 @@ def test_status_jobs_and_audit_describe_a_backup_and_a_failed_one(shop: Shop) ->
     failed = jobs[0]["job_id"]
     events = json.loads(shop.run("audit", "--job", failed, "--json", expect=0).stdout)
     assert [e["type"] for e in events] == ["BackupRequested", "StepStarted", "StepFailed", "BackupFailed"]
+    assert events[2]["data"]["category"] == "unavailable"  # the database could not be read
     assert events[0]["actor"].startswith("person:")
     assert all(e["actor"].startswith("system:worker:") for e in events[1:])
     table = shop.run("audit", "--job", failed, expect=0).stdout.splitlines()

@@ -24,6 +24,7 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
+from domain.errors import Category
 from orchestrator.db import make_engine
 from orchestrator.errors import EventLogTampered, EventStoreError
 from orchestrator.eventstore import (
@@ -105,7 +106,7 @@ def test_rewriting_an_actor_after_dropping_the_trigger_is_found(chained: Engine,
     assert (found.position, found.stream_id, found.type) == (3, "backup-b", "BackupRequested")
     assert found.problem == "content"
     assert "position 3" in str(found) and "backup-b" in str(found) and "changed" in str(found)
-    assert found.exit_code == 3
+    assert found.category is Category.DAMAGED
 
 
 def test_deleting_an_event_is_found_as_a_gap(chained: Engine, key_file: ChainKeyFile):

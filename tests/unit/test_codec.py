@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from domain import backup_job, restore_job
-from domain.errors import InvalidEvent, UnknownEvent
+from domain.errors import Category, InvalidEvent, UnknownEvent
 from domain.events import (
     EVENT_TYPES,
     BackupCancelled,
@@ -75,7 +75,15 @@ SAMPLES: list[Event] = [
     StepCompleted(
         job_id=JOB, step="commit", attempt=1, result={"snapshot_id": "ab" * 32, "totals": {"files": 1}}
     ),
-    StepFailed(job_id=JOB, step="store", attempt=3, error="locked", transient=True, retry_at=AT, exit_code=4),
+    StepFailed(
+        job_id=JOB,
+        step="store",
+        attempt=3,
+        error="locked",
+        transient=True,
+        retry_at=AT,
+        category=Category.LOCKED,
+    ),
     StepLeaseExpired(job_id=JOB, step="store", attempt=1),
     EventLogStarted(
         job_id=JOB,
@@ -130,9 +138,9 @@ def test_the_store_expects_the_schema_version_each_class_writes(cls: type[Event]
 
 def test_each_registry_is_new_so_a_caller_cannot_change_anothers():
     first = codec.upcasters()
-    first.register("StepFailed", 1, dict)
+    first.register("StepLeaseExpired", 1, dict)
 
-    assert codec.upcasters().latest("StepFailed") == 1
+    assert codec.upcasters().latest("StepLeaseExpired") == 1
 
 
 @given(

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InternalError, OperationalError
 
+from domain.errors import Category
 from orchestrator.db import describe_failure
 from orchestrator.errors import EventLogDamaged, EventLogDiskFull
 
@@ -31,7 +32,7 @@ def raised_by_driver(orig: Exception, wrapper: type[DBAPIError]) -> DBAPIError:
 def test_damage_postgresql_reports_is_the_servers_to_repair(orig: Exception) -> None:
     error = describe_failure(raised_by_driver(orig, InternalError), URL)
 
-    assert isinstance(error, EventLogDamaged) and error.exit_code == 3
+    assert isinstance(error, EventLogDamaged) and error.category is Category.DAMAGED
     assert "database server's work" in str(error) and str(orig) in str(error)
     assert "repair-log" not in str(error) and "s3cret-pw" not in str(error)
 

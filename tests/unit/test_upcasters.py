@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from domain.events import RestoreRequested, load_event
+from domain.errors import Category
+from domain.events import RestoreRequested, StepFailed, load_event
 from orchestrator import codec
 from orchestrator.errors import InvalidUpcaster, UnknownSchemaVersion
 from orchestrator.eventstore import Upcasters
@@ -92,3 +93,26 @@ def test_a_restore_requested_at_version_2_clears_the_special_bits():
     event = load_event("RestoreRequested", data, schema_version=3)
     assert isinstance(event, RestoreRequested)
     assert (event.include, event.special_bits) == (("shoes/*",), False)
+
+
+@pytest.mark.parametrize(
+    ("recorded", "category"),
+    [
+        ({}, Category.UNKNOWN),  # written before the exit code was recorded
+        ({"exit_code": 1}, Category.UNKNOWN),
+        ({"exit_code": 3}, Category.DAMAGED),
+        ({"exit_code": 4}, Category.LOCKED),
+    ],
+)
+def test_a_step_failed_at_version_1_reads_back_with_the_category_of_its_exit_code(
+    recorded: dict[str, Any], category: Category
+):
+    registry = codec.upcasters()
+    v1 = {"job_id": "b1", "step": "store", "attempt": 2, "error": "locked", "transient": True}
+    v1 |= {"retry_at": "2026-11-25T14:30:00Z", **recorded}
+    data = registry.upcast("StepFailed", 1, v1)
+    assert registry.latest("StepFailed") == StepFailed.schema_version == 2
+    event = load_event("StepFailed", data, schema_version=2)
+    assert isinstance(event, StepFailed)
+    assert event.category is category
+    assert (event.step, event.attempt, event.error, event.transient) == ("store", 2, "locked", True)

@@ -30,7 +30,7 @@ from domain.commands import (
     RetryPolicy,
     StartStep,
 )
-from domain.errors import InvalidCommand
+from domain.errors import Category, InvalidCommand
 from domain.events import (
     BackupRequested,
     Event,
@@ -147,7 +147,13 @@ def failed(
     step: str, attempt: int = 1, *, error: str = "boom", transient: bool = True, retry_at: datetime | None
 ) -> StepFailed:
     return StepFailed(
-        job_id=JOB, step=step, attempt=attempt, error=error, transient=transient, retry_at=retry_at
+        job_id=JOB,
+        step=step,
+        attempt=attempt,
+        error=error,
+        transient=transient,
+        retry_at=retry_at,
+        category=Category.UNKNOWN,
     )
 
 

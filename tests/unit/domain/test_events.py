@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from domain import backup_job, events
-from domain.errors import CapsuleError, InvalidEvent, UnknownEvent
+from domain.errors import CapsuleError, Category, InvalidEvent, UnknownEvent
 from domain.events import (
     EVENT_TYPES,
     BackupCancelled,
@@ -64,8 +64,24 @@ SAMPLES: list[Event] = [
         lease_expires_at=T0,
     ),
     StepCompleted(job_id=JOB, step="commit", attempt=1, result={"snapshot_id": "s1", "totals": {"files": 1}}),
-    StepFailed(job_id=JOB, step="store", attempt=1, error="timed out", transient=True, retry_at=T0),
-    StepFailed(job_id=JOB, step="store", attempt=5, error="gone", transient=False, retry_at=None),
+    StepFailed(
+        job_id=JOB,
+        step="store",
+        attempt=1,
+        error="timed out",
+        transient=True,
+        retry_at=T0,
+        category=Category.UNAVAILABLE,
+    ),
+    StepFailed(
+        job_id=JOB,
+        step="store",
+        attempt=5,
+        error="gone",
+        transient=False,
+        retry_at=None,
+        category=Category.NOT_FOUND,
+    ),
     StepLeaseExpired(job_id=JOB, step="store", attempt=3),
     EventLogStarted(
         job_id=JOB,
