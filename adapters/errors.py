@@ -62,3 +62,7 @@ class RestoreRefused(CapsuleError):
 
 class DiskFull(CapsuleError):
     """Raised when a write fails because the disk is full."""
+
+
+class SampleShopError(CapsuleError):
+    """Raised when the sample shop's database or images cannot be written where they belong."""

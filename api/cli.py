@@ -481,5 +481,7 @@ def unlock(obj: Context, remove_all: bool) -> None:
 
 def main() -> None:
     from api import cli_jobs  # noqa: F401, PLC0415 - registers the job commands; it imports this module
+    from api.cli_demo import demo  # noqa: PLC0415 - it imports this module
 
+    cli.add_command(demo)
     cli(prog_name="capsule")
