@@ -16,7 +16,8 @@ from adapters.sampleshop import Made, make_database, make_images
 from orchestrator.settings import Settings
 
 MIN_DATABASE_BYTES = 1 << 20
-"""The smallest sample database: its products and customers alone take about half a mebibyte."""
+"""The smallest sample database: below it, its products and customers (about 190 KB) would be most
+of it, with hardly a sale to back up."""
 
 
 class SampleShopRequest(BaseModel):
