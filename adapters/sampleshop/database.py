@@ -326,10 +326,16 @@ def _load_sales(conn: sqlite3.Connection, rng: random.Random, catalog: Catalog, 
         conn.execute("COMMIT")
 
 
-def _build_batches(channel: Connection, factory: _SaleFactory) -> None:
-    """Child process: answer each requested batch size with a batch, until None."""
-    while (count := channel.recv()) is not None:
-        channel.send(factory.batch(count))
+def _build_batches(channel: Connection, factory: _SaleFactory, parent_end: Connection) -> None:
+    """Child process: answer each requested batch size with a batch, until None or the parent is gone.
+
+    The child closes its copy of the parent's end first: otherwise a parent killed outright would
+    leave the child waiting for a request forever, since its own copy kept the pipe open.
+    """
+    parent_end.close()
+    with contextlib.suppress(EOFError, OSError):
+        while (count := channel.recv()) is not None:
+            channel.send(factory.batch(count))
 
 
 class _BatchBuilder:
@@ -341,12 +347,15 @@ class _BatchBuilder:
     """
 
     def __init__(self, factory: _SaleFactory) -> None:
-        self._channel, child = multiprocessing.Pipe()
-        self._process = multiprocessing.Process(target=_build_batches, args=(child, factory), daemon=True)
+        self._channel, self._child_end = multiprocessing.Pipe()
+        self._process = multiprocessing.Process(
+            target=_build_batches, args=(self._child_end, factory, self._channel), daemon=True
+        )
         self._in_flight = 0
 
     def __enter__(self) -> _BatchBuilder:
         self._process.start()
+        self._child_end.close()  # the child has its own copy: if it dies, receive() sees the end
         return self
 
     def request(self, count: int) -> None:
@@ -354,15 +363,19 @@ class _BatchBuilder:
         self._in_flight += 1
 
     def receive(self) -> _Batch:
-        batch: _Batch = self._channel.recv()
+        try:
+            batch: _Batch = self._channel.recv()
+        except EOFError as e:
+            raise ChildProcessError("the process that builds the sample's sales stopped") from e
         self._in_flight -= 1
         return batch
 
     def __exit__(self, *_exc: object) -> None:
         try:
-            while self._in_flight:  # the child blocks in send() until its batch is taken
-                self.receive()
-            self._channel.send(None)
+            with contextlib.suppress(OSError):  # a child that is gone has nothing left to take
+                while self._in_flight:  # the child blocks in send() until its batch is taken
+                    self.receive()
+                self._channel.send(None)
             self._process.join(timeout=10)
         finally:
             if self._process.is_alive():

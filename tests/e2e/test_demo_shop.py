@@ -10,6 +10,7 @@ import os
 import re
 import shlex
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -147,6 +148,37 @@ def test_demo_create_that_cannot_write_says_so_and_leaves_nothing_half_made(tmp_
     error = one_line_error(proc)
     assert "could not make the sample database data/pos.db" in error
     assert sorted(p.name for p in shop.iterdir()) == ["data"]
+
+
+def test_demo_create_killed_midway_leaves_nothing_in_place_and_the_next_run_makes_it(tmp_path: Path) -> None:
+    shop = tmp_path / "shop"
+    data = shop / "data"
+    data.mkdir(parents=True)
+    proc = subprocess.Popen(
+        [*CAPSULE, "demo", "create", "--size", "200M", "--images", "3"],
+        cwd=shop,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not any(p.stat().st_size > 4 * MiB for p in data.glob("pos.db*")):
+            assert proc.poll() is None and time.monotonic() < deadline, "no partial database appeared"
+            time.sleep(0.05)
+        proc.kill()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    assert not (data / "pos.db").exists()
+    assert list(data.glob("pos.db*")) != []  # the partial one, under its own name
+
+    again = demo(shop, "--size", "1M", "--images", "3")
+    assert again.returncode == 0, describe(again)
+    assert "Made a sample database" in again.stdout
+    assert sorted(p.name for p in data.iterdir()) == ["pos.db", "uploads"]
+    assert integrity_and_sales(data / "pos.db")[0] == "ok"
 
 
 def test_the_readme_first_command_backs_up_a_sample_shop(tmp_path: Path) -> None:
