@@ -46,7 +46,7 @@ def make_database(path: Path, size_bytes: int, *, seed: int = 0) -> Made | None:
         _remove(partial)
         raise SampleShopError(
             f"could not make the sample database {path} ({_reason(e)}); "
-            "set CAPSULE_DATABASE to a file in a folder you can write"
+            "make sure this user can write there (or set CAPSULE_DATABASE), then run it again"
         ) from e
     return Made(1, path.stat().st_size)
 
@@ -69,7 +69,7 @@ def make_images(folder: Path, count: int, *, seed: int = 0) -> Made | None:
         _remove(partial)
         raise SampleShopError(
             f"could not make the sample images in {folder} ({_reason(e)}); "
-            "set CAPSULE_UPLOADS to a folder you can write"
+            "make sure this user can write there (or set CAPSULE_UPLOADS), then run it again"
         ) from e
     return Made(len(tree.files), tree.total_bytes)
 
