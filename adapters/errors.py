@@ -84,3 +84,9 @@ class DiskFull(CapsuleError):
     """Raised when a write fails because the disk is full."""
 
     category = Category.UNAVAILABLE
+
+
+class SampleShopError(CapsuleError):
+    """Raised when the sample shop's database or images cannot be written where they belong."""
+
+    category = Category.UNAVAILABLE

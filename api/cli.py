@@ -14,6 +14,7 @@ import structlog
 from pydantic import ValidationError
 
 from api import cli_jobs, render
+from api.cli_demo import demo
 from api.common import Context, pass_ctx, run
 from api.exitcodes import EXIT_CODES
 from api.filters import filter_options
@@ -226,7 +227,7 @@ def unlock(obj: Context, remove_all: bool) -> None:
     run(lambda: render.unlocked(remove_locks(obj.settings, Unlock(remove_all=remove_all))))
 
 
-for command in cli_jobs.COMMANDS:
+for command in (*cli_jobs.COMMANDS, demo):
     cli.add_command(command)
 
 

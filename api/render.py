@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from orchestrator.usecases.jobs import AuditTrail, JobList, Status
     from orchestrator.usecases.repository import IndexRebuilt, RepositoryCreated, Unlocked
     from orchestrator.usecases.restore import Restored
+    from orchestrator.usecases.sample_shop import SamplePart, SampleShop
     from orchestrator.usecases.snapshots import SnapshotListing
 
 
@@ -378,3 +379,20 @@ def log_repaired(report: LogRepair) -> None:
 
 def worker_started(worker_id: str) -> None:
     click.echo(f"Worker {worker_id} running; Ctrl-C stops it.", err=True)
+
+
+def sample_shop(shop: SampleShop) -> None:
+    click.echo(_sample_database(shop.database))
+    click.echo(_sample_images(shop.images))
+
+
+def _sample_database(part: SamplePart) -> str:
+    if not part.made:
+        return f"Left {part.path} as it was: something is there already."
+    return f"Made a sample database of {human(part.bytes)} at {part.path}."
+
+
+def _sample_images(part: SamplePart) -> str:
+    if not part.made:
+        return f"Left {part.path} as it was: it holds files already."
+    return f"Made {part.files} sample product images ({human(part.bytes)}) in {part.path}."

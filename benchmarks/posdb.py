@@ -7,7 +7,9 @@ Four tools, usable as functions or as ``python -m benchmarks.posdb``:
 * ``write``: a continuous writer, one small sale per transaction, recording commit latency;
 * ``mutate``: change about a given fraction of the database pages, in place.
 
-Standard library only, so that it runs wherever the product runs.
+``generate`` lives in the installed package (``adapters.sampleshop.database``), where
+``capsule demo create`` uses it too; the rest is the benchmarks' own. Standard library and that
+package only, so that it runs wherever the product runs.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import contextlib
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import random
 import selectors
@@ -26,464 +27,38 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-PAGE_SIZE = 4096
-JOURNAL_MODES = ("wal", "delete")
+from adapters.sampleshop.database import (
+    JOURNAL_MODES,
+    PAGE_SIZE,
+    PAYMENT_METHODS,
+    QUANTITIES,
+    Catalog,
+    Clock,
+    generate,
+    sale_note,
+)
+from domain.sizes import parse_size
+
+__all__ = [
+    "JOURNAL_MODES",
+    "PAGE_SIZE",
+    "check_consistency",
+    "differing_pages",
+    "generate",
+    "mutate_pages",
+    "parse_size",
+    "run_writer",
+    "start_writer",
+    "stop_writer",
+]
+
 SLOW_COMMIT_MS = 5.0
-
-SCHEMA = """
-CREATE TABLE products (
-    id INTEGER PRIMARY KEY,
-    sku TEXT NOT NULL UNIQUE,
-    name TEXT NOT NULL,
-    description TEXT NOT NULL,
-    price_cents INTEGER NOT NULL,
-    stock INTEGER NOT NULL,
-    updated_at TEXT NOT NULL
-);
-CREATE TABLE customers (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL,
-    email TEXT NOT NULL UNIQUE,
-    phone TEXT NOT NULL,
-    address TEXT NOT NULL,
-    created_at TEXT NOT NULL
-);
-CREATE TABLE sales (
-    id INTEGER PRIMARY KEY,
-    customer_id INTEGER REFERENCES customers(id),
-    created_at TEXT NOT NULL,
-    total_cents INTEGER NOT NULL,
-    payment_method TEXT NOT NULL,
-    note TEXT NOT NULL
-);
-CREATE TABLE sale_items (
-    id INTEGER PRIMARY KEY,
-    sale_id INTEGER NOT NULL REFERENCES sales(id),
-    product_id INTEGER NOT NULL REFERENCES products(id),
-    quantity INTEGER NOT NULL,
-    unit_price_cents INTEGER NOT NULL,
-    line_total_cents INTEGER NOT NULL
-);
-CREATE INDEX sales_created_at ON sales(created_at);
-CREATE INDEX sales_customer_id ON sales(customer_id);
-CREATE INDEX sale_items_sale_id ON sale_items(sale_id);
-CREATE INDEX sale_items_product_id ON sale_items(product_id);
-"""
-
-# --- word lists ------------------------------------------------------------------------------
-
-
-def _words(text: str, separator: str | None = None) -> tuple[str, ...]:
-    return tuple(text.split(separator))
-
-
-FIRST_NAMES = _words(
-    "Ana Maria Jose Luis Carmen Juan Sofia Pedro Lucia Carlos Elena Miguel Laura Jorge Isabel "
-    "Pablo Marta David Paula Diego Sara Javier Clara Andres Julia Tomas Irene Hugo Alba Mateo "
-    "Emma Liam Olivia Noah Ava Ethan Mia Lucas Chloe Leo Grace Oscar Nina Adam Ruth Felix Vera "
-    "Samuel Rosa Daniel Eva Victor Ines Raul Lola Marco Aitana Bruno Noelia Ivan Celia"
-)
-LAST_NAMES = _words(
-    "Garcia Martinez Lopez Sanchez Perez Gomez Martin Jimenez Ruiz Hernandez Diaz Moreno Alvarez "
-    "Romero Alonso Gutierrez Navarro Torres Dominguez Vazquez Ramos Gil Ramirez Serrano Blanco "
-    "Molina Morales Suarez Ortega Delgado Castro Ortiz Rubio Marin Sanz Iglesias Nunez Medina "
-    "Garrido Cortes Castillo Santos Lozano Guerrero Cano Prieto Mendez Cruz Calvo Gallego Vidal "
-    "Leon Marquez Herrera Pena Flores Cabrera Campos Vega Fuentes Carrasco Diez Caballero Reyes"
-)
-STREETS = _words(
-    "Main Oak Maple Cedar Pine Elm Washington Lake Hill Park River Church Market Mill Spring "
-    "Sunset Highland Forest Meadow Harbor Bridge Station Garden Valley Ridge Orchard Willow "
-    "Chestnut Union Franklin Jefferson Madison Lincoln Jackson Walnut Birch Cherry Poplar"
-)
-STREET_KINDS = ("St", "Ave", "Rd", "Blvd", "Ln", "Dr", "Way", "Ct", "Pl")
-CITIES = (
-    ("Springfield", "IL"),
-    ("Riverside", "CA"),
-    ("Franklin", "TN"),
-    ("Greenville", "SC"),
-    ("Bristol", "CT"),
-    ("Clinton", "IA"),
-    ("Fairview", "OR"),
-    ("Salem", "MA"),
-    ("Madison", "WI"),
-    ("Georgetown", "TX"),
-    ("Arlington", "VA"),
-    ("Ashland", "OH"),
-    ("Dover", "DE"),
-    ("Oxford", "MS"),
-    ("Jackson", "WY"),
-    ("Burlington", "VT"),
-    ("Manchester", "NH"),
-    ("Milton", "FL"),
-    ("Newport", "RI"),
-    ("Lexington", "KY"),
-)
-EMAIL_DOMAINS = ("example.com", "mail.example", "post.example", "inbox.example", "shop.example")
-BRANDS = _words(
-    "Acme Nordwind Solara Brightway Kestrel Tundra Valemont Oakridge Pioneer Lumen Corvid "
-    "Halcyon Meridian Summit Zephyr Atlas Ember Harbor Granite Willowby"
-)
-ADJECTIVES = _words(
-    "classic organic premium compact deluxe lightweight durable fresh spicy smoked roasted "
-    "wireless ergonomic stainless vintage rustic crispy creamy sparkling refillable family-size "
-    "travel eco-friendly handmade seasonal frozen gluten-free reinforced adjustable"
-)
-NOUNS = _words(
-    "coffee beans,tea sampler,olive oil,pasta,rice,chocolate bar,granola,cereal,orange juice,"
-    "yogurt,cheddar,sourdough,bagel,notebook,pen set,stapler,backpack,water bottle,lunch box,"
-    "phone charger,headphones,desk lamp,extension cord,batteries,light bulb,shampoo,"
-    "toothpaste,soap dish,sponge,trash bags,paper towels,dog food,cat litter,candle,mug,"
-    "frying pan,cutting board,knife set,umbrella,sunglasses,socks,t-shirt,cap,gloves,scarf",
-    ",",
-)
-MATERIALS = ("cotton", "steel", "bamboo", "glass", "ceramic", "recycled plastic", "oak", "wool")
-CATEGORIES = ("GRO", "BEV", "HOM", "ELE", "OFF", "PER", "PET", "APP", "KIT", "OUT")
-PAYMENT_METHODS = ("card", "cash", "mobile", "gift_card", "voucher")
-PAYMENT_WEIGHTS = (55, 25, 15, 3, 2)
-NOTE_EXTRAS = (
-    "",
-    "",
-    "",
-    "loyalty card scanned",
-    "gift wrap",
-    "bag fee waived",
-    "split tender",
-    "price match applied",
-    "manager override",
-    "receipt emailed",
-    "returning customer",
-    "promo SPRING10",
-    "delivery requested",
-    "paid exact change",
-    "tax exempt form on file",
-)
-DESCRIPTION_TEMPLATES = (
-    "The {adj} {noun} from {brand} is made of {material} and built for everyday use.",
-    "Customers love this {adj} {noun}; it pairs well with our {adj2} {noun2}.",
-    "Store in a cool, dry place. Contains no artificial colours. Sold by the unit.",
-    "{brand} guarantees every {noun} for {years} years against manufacturing defects.",
-    "Best seller in the {category} aisle, restocked every {weekday}.",
-    "Dimensions: {w} x {h} x {d} cm, weight {grams} g, packed in {material}.",
-    "Limited {adj} edition, available while supplies last at participating stores.",
-)
-WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-# Weighted by repetition: most baskets are small, a few are larger.
-ITEM_COUNTS = (1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 4, 4, 5)
-QUANTITIES = (1, 1, 1, 1, 1, 2, 2, 3, 4, 6)
-
-# Generated data spans three years ending at a fixed instant, so a seed fully determines bytes.
-HISTORY_START = 1_640_995_200  # 2022-01-01T00:00:00Z
-HISTORY_SECONDS = 3 * 365 * 86_400
-# Rough bytes one sale costs in the file (row, items, four index entries), to size batches.
-BYTES_PER_SALE_ESTIMATE = 330
-
-
-# --- sizes --------------------------------------------------------------------------------------
-
-_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """Parse "20M", "1G", "1.5G", "512K" or a plain byte count (binary multiples)."""
-    cleaned = text.strip().upper().removesuffix("IB").removesuffix("B")
-    unit = cleaned[-1:] if cleaned[-1:].isalpha() else ""
-    number = cleaned[: len(cleaned) - len(unit)]
-    if unit not in _UNITS or not number:
-        raise ValueError(f"not a size: {text!r}")
-    return int(float(number) * _UNITS[unit])
-
-
-# --- timestamps ---------------------------------------------------------------------------------
-
-
-class _Clock:
-    """Formats increasing timestamps cheaply: strftime once per day, arithmetic otherwise."""
-
-    def __init__(self) -> None:
-        self._day = -1
-        self._prefix = ""
-
-    def format(self, unix_seconds: float) -> str:
-        whole = int(unix_seconds)
-        day, seconds = divmod(whole, 86_400)
-        if day != self._day:
-            self._day = day
-            self._prefix = time.strftime("%Y-%m-%d ", time.gmtime(day * 86_400))
-        hours, rest = divmod(seconds, 3600)
-        return f"{self._prefix}{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
-
-
-# --- row builders -------------------------------------------------------------------------------
-
-
-def _phone(rng: random.Random) -> str:
-    return f"+1-{rng.randint(201, 989)}-{rng.randint(200, 999)}-{rng.randint(0, 9999):04d}"
-
-
-def _address(rng: random.Random) -> str:
-    city, state = rng.choice(CITIES)
-    unit = f", Apt {rng.randint(1, 40)}" if rng.random() < 0.3 else ""
-    return (
-        f"{rng.randint(1, 9999)} {rng.choice(STREETS)} {rng.choice(STREET_KINDS)}{unit}, "
-        f"{city}, {state} {rng.randint(10000, 99999)}"
-    )
-
-
-def _description(rng: random.Random) -> str:
-    sentences = rng.sample(DESCRIPTION_TEMPLATES, rng.randint(2, 4))
-    return " ".join(
-        s.format(
-            adj=rng.choice(ADJECTIVES),
-            adj2=rng.choice(ADJECTIVES),
-            noun=rng.choice(NOUNS),
-            noun2=rng.choice(NOUNS),
-            brand=rng.choice(BRANDS),
-            material=rng.choice(MATERIALS),
-            years=rng.randint(1, 5),
-            category=rng.choice(CATEGORIES),
-            weekday=rng.choice(WEEKDAYS),
-            w=rng.randint(2, 60),
-            h=rng.randint(2, 60),
-            d=rng.randint(1, 40),
-            grams=rng.randint(20, 5000),
-        )
-        for s in sentences
-    )
-
-
-def _price(rng: random.Random) -> int:
-    # Log-uniform between $0.99 and $499: many cheap items, few expensive ones.
-    return int(99 * (500 ** rng.random()))
-
-
-def _product_rows(rng: random.Random, count: int, clock: _Clock) -> Iterator[tuple[Any, ...]]:
-    for pid in range(1, count + 1):
-        name = f"{rng.choice(BRANDS)} {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}"
-        updated = clock.format(HISTORY_START + rng.random() * HISTORY_SECONDS)
-        yield (
-            pid,
-            f"{rng.choice(CATEGORIES)}-{pid:06d}",
-            name,
-            _description(rng),
-            _price(rng),
-            rng.randint(0, 500),
-            updated,
-        )
-
-
-def _customer_rows(rng: random.Random, count: int, clock: _Clock) -> Iterator[tuple[Any, ...]]:
-    for cid in range(1, count + 1):
-        first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
-        # The id in the email keeps the UNIQUE constraint satisfied without retries.
-        email = f"{first}.{last}.{cid}@{rng.choice(EMAIL_DOMAINS)}".lower()
-        created = clock.format(HISTORY_START + rng.random() * HISTORY_SECONDS)
-        yield (cid, f"{first} {last}", email, _phone(rng), _address(rng), created)
-
-
-def _note(rng: random.Random, sale_id: int) -> str:
-    # Always non-empty: mutate_pages rewrites notes in place and needs bytes to change.
-    # Indexing with random() instead of choice()/randint(): this runs once per sale.
-    rand = rng.random
-    extra = NOTE_EXTRAS[int(rand() * len(NOTE_EXTRAS))]
-    cashier = FIRST_NAMES[int(rand() * len(FIRST_NAMES))]
-    register = int(rand() * 6) + 1
-    if extra:
-        return f"R{register}-{sale_id:09d} cashier {cashier}; {extra}"
-    return f"R{register}-{sale_id:09d} cashier {cashier}"
-
-
-_Batch = tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]  # (sales rows, sale_items rows)
-
-
-@dataclass
-class _Catalog:
-    """What a sale needs to know about the reference tables."""
-
-    prices: list[int]  # index = product id (index 0 unused)
-    customers: int
-
-
-@dataclass
-class _SaleFactory:
-    rng: random.Random
-    catalog: _Catalog
-    next_id: int = 1
-    start: float = HISTORY_START
-    step: float = 60.0
-    clock: _Clock = field(default_factory=_Clock)
-
-    def batch(self, count: int) -> _Batch:
-        """Build ``count`` sales and their items, each sale's total being its items' sum."""
-        rng, rand = self.rng, self.rng.random
-        prices, products = self.catalog.prices, len(self.catalog.prices) - 1
-        customers = self.catalog.customers
-        methods = rng.choices(PAYMENT_METHODS, PAYMENT_WEIGHTS, k=count)
-        sales: list[tuple[Any, ...]] = []
-        items: list[tuple[Any, ...]] = []
-        for n in range(count):
-            sale_id = self.next_id + n
-            total = 0
-            for _ in range(ITEM_COUNTS[int(rand() * len(ITEM_COUNTS))]):
-                product = int(rand() * products) + 1
-                unit = prices[product]
-                if rand() < 0.05:  # occasional discount, so unit prices are not a pure lookup
-                    unit = unit * 9 // 10
-                quantity = QUANTITIES[int(rand() * len(QUANTITIES))]
-                total += unit * quantity
-                items.append((sale_id, product, quantity, unit, unit * quantity))
-            customer = int(rand() * customers) + 1 if rand() < 0.7 else None
-            self.start += self.step * (0.5 + rand())
-            sales.append(
-                (sale_id, customer, self.clock.format(self.start), total, methods[n], _note(rng, sale_id))
-            )
-        self.next_id += count
-        return sales, items
-
-
-# --- generate -----------------------------------------------------------------------------------
-
-
-def _remove_database(path: Path) -> None:
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(f"{path}{suffix}")
-
-
-def _file_bytes(conn: sqlite3.Connection) -> int:
-    pages = conn.execute("PRAGMA page_count").fetchone()[0]
-    size = conn.execute("PRAGMA page_size").fetchone()[0]
-    return int(pages) * int(size)
-
-
-def _reference_counts(size_bytes: int) -> tuple[int, int]:
-    """Products and customers scale with the database but stay a small share of it."""
-    products = min(50_000, max(200, size_bytes // 20_000))
-    customers = min(500_000, max(500, size_bytes // 5_000))
-    return products, customers
-
-
-def generate(
-    path: str | os.PathLike[str],
-    size_bytes: int,
-    *,
-    journal_mode: str = "wal",
-    seed: int = 0,
-    page_size: int = PAGE_SIZE,
-) -> None:
-    """Create (replacing any existing file) a POS database of about ``size_bytes``."""
-    if journal_mode not in JOURNAL_MODES:
-        raise ValueError(f"journal_mode must be one of {JOURNAL_MODES}, not {journal_mode!r}")
-    target = Path(path)
-    _remove_database(target)
-    rng = random.Random(seed)
-    conn = sqlite3.connect(target, isolation_level=None)
-    try:
-        _configure_for_bulk_load(conn, page_size, size_bytes)
-        conn.executescript(SCHEMA)
-        catalog = _load_reference_tables(conn, rng, size_bytes)
-        _load_sales(conn, rng, catalog, size_bytes)
-        # Bulk-load settings must not leak into the file's life as a normal database.
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute(f"PRAGMA journal_mode={journal_mode.upper()}")
-    finally:
-        conn.close()
-
-
-def _configure_for_bulk_load(conn: sqlite3.Connection, page_size: int, size_bytes: int) -> None:
-    conn.execute(f"PRAGMA page_size={int(page_size)}")
-    # No journal and no fsync: a crash mid-generation just means generating again.
-    conn.execute("PRAGMA journal_mode=OFF")
-    conn.execute("PRAGMA synchronous=OFF")
-    # Keep the random-order product_id index in memory; it is what slows large loads.
-    cache_kib = min(1 << 20, max(16 << 10, size_bytes // 2 >> 10))
-    conn.execute(f"PRAGMA cache_size=-{cache_kib}")
-
-
-def _load_reference_tables(conn: sqlite3.Connection, rng: random.Random, size_bytes: int) -> _Catalog:
-    products, customers = _reference_counts(size_bytes)
-    clock = _Clock()
-    product_rows = list(_product_rows(rng, products, clock))
-    conn.execute("BEGIN")
-    conn.executemany("INSERT INTO products VALUES (?, ?, ?, ?, ?, ?, ?)", product_rows)
-    conn.executemany("INSERT INTO customers VALUES (?, ?, ?, ?, ?, ?)", _customer_rows(rng, customers, clock))
-    conn.execute("COMMIT")
-    return _Catalog(prices=[0, *(row[4] for row in product_rows)], customers=customers)
-
-
-def _load_sales(conn: sqlite3.Connection, rng: random.Random, catalog: _Catalog, size_bytes: int) -> None:
-    expected_sales = max(1, size_bytes // BYTES_PER_SALE_ESTIMATE)
-    factory = _SaleFactory(rng, catalog, step=HISTORY_SECONDS / expected_sales)
-    with _BatchBuilder(factory) as builder:
-        builder.request(_batch_size(size_bytes, 0))
-        conn.execute("BEGIN")
-        while (current := _file_bytes(conn)) < size_bytes:
-            sales, items = builder.receive()
-            # Ask for the next batch before storing this one, so both proceed at once.
-            builder.request(_batch_size(size_bytes, current + len(sales) * BYTES_PER_SALE_ESTIMATE))
-            conn.executemany("INSERT INTO sales VALUES (?, ?, ?, ?, ?, ?)", sales)
-            conn.executemany(
-                "INSERT INTO sale_items (sale_id, product_id, quantity, unit_price_cents, "
-                "line_total_cents) VALUES (?, ?, ?, ?, ?)",
-                items,
-            )
-        conn.execute("COMMIT")
-
-
-def _build_batches(channel: Connection, factory: _SaleFactory) -> None:
-    """Child process: answer each requested batch size with a batch, until None."""
-    while (count := channel.recv()) is not None:
-        channel.send(factory.batch(count))
-
-
-class _BatchBuilder:
-    """Builds sale batches in a child process, one batch ahead of the caller.
-
-    Building rows is pure Python and about half the work; a thread would fight the
-    inserting thread for the GIL, a process runs truly in parallel. Batch sizes are decided
-    by the caller at fixed points, so the output stays determined by the seed.
-    """
-
-    def __init__(self, factory: _SaleFactory) -> None:
-        self._channel, child = multiprocessing.Pipe()
-        self._process = multiprocessing.Process(target=_build_batches, args=(child, factory), daemon=True)
-        self._in_flight = 0
-
-    def __enter__(self) -> _BatchBuilder:
-        self._process.start()
-        return self
-
-    def request(self, count: int) -> None:
-        self._channel.send(count)
-        self._in_flight += 1
-
-    def receive(self) -> _Batch:
-        batch: _Batch = self._channel.recv()
-        self._in_flight -= 1
-        return batch
-
-    def __exit__(self, *_exc: object) -> None:
-        try:
-            while self._in_flight:  # the child blocks in send() until its batch is taken
-                self.receive()
-            self._channel.send(None)
-            self._process.join(timeout=10)
-        finally:
-            if self._process.is_alive():
-                self._process.kill()
-            self._channel.close()
-
-
-def _batch_size(size_bytes: int, current_bytes: int) -> int:
-    # Shrinking batches near the end keeps the overshoot small for small databases.
-    remaining_sales = max(0, size_bytes - current_bytes) // BYTES_PER_SALE_ESTIMATE
-    return min(20_000, max(50, remaining_sales // 2))
 
 
 # --- check --------------------------------------------------------------------------------------
@@ -591,7 +166,7 @@ class _StopFlag:
         self.stopped = True
 
 
-def _commit_one_sale(conn: sqlite3.Connection, rng: random.Random, catalog: _Catalog, clock: _Clock) -> None:
+def _commit_one_sale(conn: sqlite3.Connection, rng: random.Random, catalog: Catalog, clock: Clock) -> None:
     basket = []
     for _ in range(rng.randint(1, 5)):
         product = rng.randint(1, len(catalog.prices) - 1)
@@ -607,7 +182,7 @@ def _commit_one_sale(conn: sqlite3.Connection, rng: random.Random, catalog: _Cat
         cursor = conn.execute(
             "INSERT INTO sales (customer_id, created_at, total_cents, payment_method, note) "
             "VALUES (?, ?, ?, ?, ?)",
-            (customer, now, total, rng.choice(PAYMENT_METHODS), _note(rng, receipt)),
+            (customer, now, total, rng.choice(PAYMENT_METHODS), sale_note(rng, receipt)),
         )
         sale_id = cursor.lastrowid
         conn.executemany(
@@ -626,13 +201,13 @@ def _commit_one_sale(conn: sqlite3.Connection, rng: random.Random, catalog: _Cat
         raise
 
 
-def _read_catalog(conn: sqlite3.Connection) -> _Catalog:
+def _read_catalog(conn: sqlite3.Connection) -> Catalog:
     max_product = conn.execute("SELECT COALESCE(MAX(id), 0) FROM products").fetchone()[0]
     prices = [0] * (max_product + 1)
     for pid, price in conn.execute("SELECT id, price_cents FROM products"):
         prices[pid] = price
     customers = conn.execute("SELECT COALESCE(MAX(id), 0) FROM customers").fetchone()[0]
-    return _Catalog(prices=prices, customers=customers)
+    return Catalog(prices=prices, customers=customers)
 
 
 def run_writer(
@@ -655,7 +230,7 @@ def run_writer(
     conn.execute("PRAGMA busy_timeout=10000")
     conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
     catalog = _read_catalog(conn)
-    clock, stats = _Clock(), WriterStats()
+    clock, stats = Clock(), WriterStats()
     deadline = None if seconds is None else time.monotonic() + seconds
     try:
         while not stop.stopped and (deadline is None or time.monotonic() < deadline):

@@ -8,16 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from adapters.sampleshop.images import IMAGE_SIZES, SMALL_SIZES, generate_tree, plan_tree
 from benchmarks.bench_files import (
-    IMAGE_SIZES,
-    SMALL_SIZES,
     choose_probe,
     compare_tree,
-    generate_tree,
     hash_tree,
     list_files,
     mutate_tree,
-    plan_tree,
 )
 
 FILES = 300

@@ -24,7 +24,7 @@ import pytest
 import api
 
 API = Path(api.__file__).parent
-COMMAND_MODULES = ("cli.py", "cli_jobs.py")
+COMMAND_MODULES = tuple(sorted(p.name for p in API.glob("cli*.py")))
 ALLOWED_MODULES = ("api.render", "api.filters", "api.common")
 ALLOWED_NAMES = {"run"}
 ALLOWED_ORCHESTRATOR = ("orchestrator.usecases", "orchestrator.settings", "orchestrator.private")

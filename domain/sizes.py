@@ -1,0 +1,24 @@
+"""Sizes as people write them: "20M", "1.5G", "512K" or a plain count of bytes."""
+
+from __future__ import annotations
+
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Parse "20M", "1G", "1.5G", "512K" or a plain byte count (binary multiples).
+
+    Raises ValueError for anything else: a negative, infinite or not-a-number value included.
+    """
+    cleaned = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = cleaned[-1:] if cleaned[-1:].isalpha() else ""
+    number = cleaned[: len(cleaned) - len(unit)]
+    if unit not in _UNITS or not number:
+        raise ValueError(f"not a size: {text!r}")
+    try:
+        size = int(float(number) * _UNITS[unit])
+    except (OverflowError, ValueError) as e:  # "inf" and "nan": float() takes them, int() does not
+        raise ValueError(f"not a size: {text!r}") from e
+    if size < 0:
+        raise ValueError(f"not a size: {text!r}")
+    return size

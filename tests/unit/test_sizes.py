@@ -1,0 +1,28 @@
+"""Sizes as people write them, for `capsule demo create --size` and the benchmarks' --size."""
+
+from __future__ import annotations
+
+import pytest
+
+from domain.sizes import parse_size
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("20M", 20 << 20),
+        ("1.5G", 3 << 29),
+        ("512K", 512 << 10),
+        ("4096", 4096),
+        ("2MiB", 2 << 20),
+        ("1 g", 1 << 30),
+    ],
+)
+def test_a_size_reads_with_binary_multiples(text: str, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "M", "lots", "20X", "infM", "inf", "nanG", "-5M"])
+def test_anything_else_is_not_a_size(text: str) -> None:
+    with pytest.raises(ValueError, match="not a size"):
+        parse_size(text)
