@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.helpers import CAPSULE, Shop, describe, one_line_error
+from tests.integration.helpers import Shop, one_line_error
 from tests.integration.uploads import describe_tree, make_uploads
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -36,23 +36,6 @@ def restore(
 ) -> subprocess.CompletedProcess[str]:
     """`capsule restore REF --to DIR` in the shop whose images are CAPSULE_UPLOADS: what `latest-*` means."""
     return shop.run("restore", ref, "--to", str(to), *extra, env=files_env(shop), expect=expect)
-
-
-def cat(shop: Shop, ref: str, path: str, out: Path) -> subprocess.CompletedProcess[str]:
-    """`capsule cat REF PATH > out`, with stdout a real file as a shop owner's shell would make it."""
-    with open(out, "wb") as f:
-        proc = subprocess.run(
-            [*CAPSULE, "cat", ref, path],
-            cwd=shop.root,
-            env=shop.env(files_env(shop)),
-            stdout=f,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    assert "Traceback" not in proc.stderr, describe(proc)
-    return proc
 
 
 @pytest.fixture
@@ -146,13 +129,13 @@ def test_include_restores_only_what_matches_and_cat_writes_one_file(
     assert not (tmp_path / "none").exists() or not any((tmp_path / "none").iterdir())
 
     got = tmp_path / "blue.jpg"
-    assert cat(shop, "latest-files", "cat1/blue.jpg", got).returncode == 0
+    assert shop.cat("latest-files", "cat1/blue.jpg", got, files_env(shop)).returncode == 0
     assert got.read_bytes() == (uploads / "cat1" / "blue.jpg").read_bytes()
-    missing = cat(shop, "latest-files", "cat1/missing.jpg", tmp_path / "missing")
+    missing = shop.cat("latest-files", "cat1/missing.jpg", tmp_path / "missing", files_env(shop))
     assert missing.returncode == 1
     assert "there is no 'cat1/missing.jpg' in this snapshot" in missing.stderr
     assert (tmp_path / "missing").read_bytes() == b""
-    folder = cat(shop, "latest-files", "cat2", tmp_path / "folder")
+    folder = shop.cat("latest-files", "cat2", tmp_path / "folder", files_env(shop))
     assert folder.returncode == 1
     assert "'cat2' is a folder, not a file" in folder.stderr
 

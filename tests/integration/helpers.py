@@ -286,6 +286,24 @@ class Shop:
         rows: list[dict[str, Any]] = json.loads(proc.stdout)
         return rows
 
+    def cat(
+        self, ref: str, path: str, out: Path, env: Mapping[str, str | None] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """`capsule cat REF PATH > out`, with stdout a real file as a shop owner's shell would make it."""
+        with open(out, "wb") as f:
+            proc = subprocess.run(
+                [*CAPSULE, "cat", ref, path],
+                cwd=self.root,
+                env=self.env(env),
+                stdout=f,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        assert "Traceback" not in proc.stderr, describe(proc)
+        return proc
+
     def restore(
         self, ref: str, to: Path, *extra: str, expect: int | None = 0
     ) -> subprocess.CompletedProcess[str]:

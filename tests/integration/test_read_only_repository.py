@@ -160,17 +160,7 @@ def test_snapshots_and_cat_read_a_read_only_repository(backed_up: Shop, tmp_path
     with read_only(shop.repository):
         rows = shop.snapshots()
         out = tmp_path / "notes.txt"
-        with open(out, "wb") as f:
-            proc = subprocess.run(
-                [*CAPSULE, "cat", "latest-files", "cat1/notes.txt"],
-                cwd=shop.root,
-                env=shop.env(files_env(shop)),
-                stdout=f,
-                stderr=subprocess.PIPE,
-                text=True,
-                timeout=60,
-                check=False,
-            )
+        proc = shop.cat("latest-files", "cat1/notes.txt", out, files_env(shop))
 
     assert sorted(r["kind"] for r in rows) == ["database", "files"]
     assert proc.returncode == 0, describe(proc)
