@@ -21,7 +21,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from domain.errors import Category
@@ -154,15 +154,20 @@ def test_reordering_events_with_their_seals_is_found(chained: Engine, key_file: 
     assert (found.position, found.problem) == (2, "order")
 
 
+def forge_event(conn: Connection) -> None:
+    """Insert an event around Capsule, as someone who can write the database but has no key would."""
+    conn.execute(
+        text(
+            "INSERT INTO events (stream_id, version, type, schema_version, data, metadata, recorded_at) "
+            "VALUES ('restore-c', 3, 'RestoreCompleted', 1, '{}', "
+            '\'{"actor": "system", "correlation_id": "c"}\', \'2026-12-01 10:00:00\')'
+        )
+    )
+
+
 def test_a_forged_event_appended_without_the_key_is_found(chained: Engine, key_file: ChainKeyFile):
     with chained.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO events (stream_id, version, type, schema_version, data, metadata, recorded_at) "
-                "VALUES ('restore-c', 3, 'RestoreCompleted', 1, '{}', "
-                '\'{"actor": "system", "correlation_id": "c"}\', \'2026-12-01 10:00:00\')'
-            )
-        )
+        forge_event(conn)
 
     found = first_mismatch(chained, key_file)
 
@@ -172,13 +177,7 @@ def test_a_forged_event_appended_without_the_key_is_found(chained: Engine, key_f
 
 def test_a_forged_event_with_a_made_up_seal_is_found(chained: Engine, key_file: ChainKeyFile):
     with chained.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO events (stream_id, version, type, schema_version, data, metadata, recorded_at) "
-                "VALUES ('restore-c', 3, 'RestoreCompleted', 1, '{}', "
-                '\'{"actor": "system", "correlation_id": "c"}\', \'2026-12-01 10:00:00\')'
-            )
-        )
+        forge_event(conn)
         last = conn.execute(text("SELECT chain FROM event_chain WHERE position = 6")).scalar_one()
         conn.execute(
             text("INSERT INTO event_chain (position, seal, chain) VALUES (7, :seal, :chain)"),
