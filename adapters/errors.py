@@ -1,6 +1,6 @@
 """Errors raised by the adapters. Driver and OS errors stop here and become one of these."""
 
-from domain.errors import CapsuleError, Category
+from capsule.domain.errors import CapsuleError, Category
 
 
 class RepositoryError(CapsuleError):

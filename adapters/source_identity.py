@@ -10,7 +10,7 @@ from pathlib import Path
 
 import structlog
 
-from domain.manifest import SourceIdentity, schema_digest
+from capsule.domain.manifest import SourceIdentity, schema_digest
 
 log = structlog.get_logger(__name__)
 

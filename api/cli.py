@@ -1,5 +1,5 @@
 """The `capsule` command line: each command parses its options, calls one use case of
-`orchestrator.usecases` and renders the result (`api.render`).
+`capsule.orchestrator.usecases` and renders the result (`capsule.api.render`).
 
 Exit codes come from one table, `api/exitcodes.py`: an error's category decides its code.
 """
@@ -13,24 +13,24 @@ import click
 import structlog
 from pydantic import ValidationError
 
-from api import cli_jobs, render
-from api.cli_demo import demo
-from api.common import Context, pass_ctx, run
-from api.exitcodes import EXIT_CODES
-from api.filters import filter_options
-from api.logging import configure
-from orchestrator.private import keep_private
-from orchestrator.usecases.backup import Backup, back_up
-from orchestrator.usecases.repository import (
+from capsule.api import cli_jobs, render
+from capsule.api.cli_demo import demo
+from capsule.api.common import Context, pass_ctx, run
+from capsule.api.exitcodes import EXIT_CODES
+from capsule.api.filters import filter_options
+from capsule.api.logging import configure
+from capsule.orchestrator.private import keep_private
+from capsule.orchestrator.usecases.backup import Backup, back_up
+from capsule.orchestrator.usecases.repository import (
     CreateRepository,
     Unlock,
     create_repository,
     rebuild_repository_index,
     remove_locks,
 )
-from orchestrator.usecases.restore import Restore, restore_snapshot
-from orchestrator.usecases.snapshots import CatFile, ChooseSnapshots, list_snapshots, read_file
-from orchestrator.usecases.verify import Verify, verify_repository
+from capsule.orchestrator.usecases.restore import Restore, restore_snapshot
+from capsule.orchestrator.usecases.snapshots import CatFile, ChooseSnapshots, list_snapshots, read_file
+from capsule.orchestrator.usecases.verify import Verify, verify_repository
 
 log = structlog.get_logger("capsule")
 

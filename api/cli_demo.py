@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import click
 
-from api import render
-from api.common import Context, pass_ctx, run
-from domain.sizes import parse_size
-from orchestrator.usecases.sample_shop import MIN_DATABASE_BYTES, SampleShopRequest, create_sample_shop
+from capsule.api import render
+from capsule.api.common import Context, pass_ctx, run
+from capsule.domain.sizes import parse_size
+from capsule.orchestrator.usecases.sample_shop import (
+    MIN_DATABASE_BYTES,
+    SampleShopRequest,
+    create_sample_shop,
+)
 
 MiB = 1 << 20
 

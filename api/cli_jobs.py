@@ -1,16 +1,16 @@
 """The job commands of the CLI: jobs, status, audit, replay, repair-log and worker.
 
-`api.cli` registers them on the `capsule` group; this module does not import it.
+`capsule.api.cli` registers them on the `capsule` group; this module does not import it.
 """
 
 from __future__ import annotations
 
 import click
 
-from api import render
-from api.common import Context, pass_ctx, run
-from api.filters import since as parse_since
-from orchestrator.usecases.jobs import (
+from capsule.api import render
+from capsule.api.common import Context, pass_ctx, run
+from capsule.api.filters import since as parse_since
+from capsule.orchestrator.usecases.jobs import (
     Audit,
     ListJobs,
     Work,

@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 import click
 
-from api.exitcodes import EXIT_CODES, exit_code
-from domain.errors import CapsuleError, Category
-from orchestrator.settings import Settings
+from capsule.api.exitcodes import EXIT_CODES, exit_code
+from capsule.domain.errors import CapsuleError, Category
+from capsule.orchestrator.settings import Settings
 
 EXIT_DAMAGE = exit_code(Category.DAMAGED)
 

@@ -84,7 +84,7 @@ def main() -> None:
     # numpy's BLAS threads are never used here, yet they wake and spin beside the workers.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     fixed_mmap_threshold()
-    from api.cli import main as run  # noqa: PLC0415 - the point of this module is to come first
+    from capsule.api.cli import main as run  # noqa: PLC0415 - the point of this module is to come first
 
     # The modules' own objects live as long as the program: the collector need not scan them again.
     gc.freeze()

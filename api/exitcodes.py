@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from domain.errors import Category
+from capsule.domain.errors import Category
 
 
 @dataclass(frozen=True)

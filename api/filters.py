@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import click
 
-from domain.errors import CapsuleError
+from capsule.domain.errors import CapsuleError
 
 
 def filter_options(fn: Callable[..., None]) -> Callable[..., None]:

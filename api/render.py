@@ -16,21 +16,21 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
 
-from api.common import EXIT_DAMAGE
-from domain.errors import CapsuleError
+from capsule.api.common import EXIT_DAMAGE
+from capsule.domain.errors import CapsuleError
 
 if TYPE_CHECKING:
-    from adapters.verify import VerifyReport
-    from domain.manifest import Manifest
-    from orchestrator.eventstore import ChainReport
-    from orchestrator.logrepair import LogRepair
-    from orchestrator.projections import ReplayReport
-    from orchestrator.usecases.backup import BackedUp
-    from orchestrator.usecases.jobs import AuditTrail, JobList, Status
-    from orchestrator.usecases.repository import IndexRebuilt, RepositoryCreated, Unlocked
-    from orchestrator.usecases.restore import Restored
-    from orchestrator.usecases.sample_shop import SamplePart, SampleShop
-    from orchestrator.usecases.snapshots import SnapshotListing
+    from capsule.adapters.repository.verify import VerifyReport
+    from capsule.domain.manifest import Manifest
+    from capsule.orchestrator.eventstore import ChainReport
+    from capsule.orchestrator.logrepair import LogRepair
+    from capsule.orchestrator.projections import ReplayReport
+    from capsule.orchestrator.usecases.backup import BackedUp
+    from capsule.orchestrator.usecases.jobs import AuditTrail, JobList, Status
+    from capsule.orchestrator.usecases.repository import IndexRebuilt, RepositoryCreated, Unlocked
+    from capsule.orchestrator.usecases.restore import Restored
+    from capsule.orchestrator.usecases.sample_shop import SamplePart, SampleShop
+    from capsule.orchestrator.usecases.snapshots import SnapshotListing
 
 
 def human(n: float) -> str:

@@ -30,14 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from adapters.sampleshop.images import (
-    IMAGE_SIZES,
-    SMALL_SIZES,
-    SizeModel,
-    Tree,
-    TreeFile,
-    generate_tree,
-)
 from benchmarks.common import (
     MB,
     Benchmark,
@@ -57,7 +49,15 @@ from benchmarks.common import (
     run_measured,
     scratch_directory,
 )
-from domain.sizes import parse_size
+from capsule.adapters.sampleshop.images import (
+    IMAGE_SIZES,
+    SMALL_SIZES,
+    SizeModel,
+    Tree,
+    TreeFile,
+    generate_tree,
+)
+from capsule.domain.sizes import parse_size
 
 KB = 1000
 DEFAULT_FILES = 20_000
@@ -215,7 +215,7 @@ class CapsuleFiles:
             version = importlib.metadata.version("capsule-backup")
         except importlib.metadata.PackageNotFoundError:
             version = "from this checkout"
-        how = "installed script" if self.command[0] != sys.executable else "api.cli module"
+        how = "installed script" if self.command[0] != sys.executable else "capsule.api.cli module"
         return f"capsule-backup {version} ({how})"
 
     def init(self) -> CommandResult:

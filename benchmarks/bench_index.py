@@ -34,8 +34,8 @@ def measure(blobs: int) -> dict[str, Any]:
     """Run in the child process: build an index of `blobs` blobs and time look-ups in it."""
     import numpy as np
 
-    from adapters.repository.index import RECORD, Index
-    from api.entry import fixed_mmap_threshold
+    from capsule.adapters.repository.index import RECORD, Index
+    from capsule.api.entry import fixed_mmap_threshold
 
     fixed_mmap_threshold()  # as the capsule command does
     rng = np.random.default_rng(0)

@@ -43,10 +43,10 @@ def _listening(host: str, port: int) -> bool:
 
 
 def overhead(size: int, rounds: int, workdir: Path) -> dict[str, Any]:
-    from orchestrator.jobrunner import run_job
-    from orchestrator.settings import Settings
-    from orchestrator.usecases.backup import back_up_database_in_process
-    from orchestrator.usecases.repository import init_repository
+    from capsule.orchestrator.jobrunner import run_job
+    from capsule.orchestrator.settings import Settings
+    from capsule.orchestrator.usecases.backup import back_up_database_in_process
+    from capsule.orchestrator.usecases.repository import init_repository
 
     database = workdir / "pos.db"
     generate(database, size, journal_mode="wal", seed=7)
@@ -141,8 +141,8 @@ def dispatch(n: int) -> dict[str, Any]:
 def _appends(url: str, n: int, batch: int, key_path: Path | None) -> dict[str, Any]:
     from sqlalchemy import text
 
-    from orchestrator.db import make_engine
-    from orchestrator.eventstore import (
+    from capsule.orchestrator.db import make_engine
+    from capsule.orchestrator.eventstore import (
         ChainKeyFile,
         EventStore,
         Metadata,

@@ -28,8 +28,8 @@ from typing import Any
 
 from sqlalchemy import Engine, func, insert, select
 
-from domain.errors import Category
-from domain.events import (
+from capsule.domain.errors import Category
+from capsule.domain.events import (
     BackupCompleted,
     BackupQueued,
     BackupReleased,
@@ -42,9 +42,9 @@ from domain.events import (
     StepProgressed,
     StepStarted,
 )
-from orchestrator import codec, projections
-from orchestrator.db import make_engine
-from orchestrator.eventstore import EventStore, Metadata, create_schema, events
+from capsule.orchestrator import codec, projections
+from capsule.orchestrator.db import make_engine
+from capsule.orchestrator.eventstore import EventStore, Metadata, create_schema, events
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 LEASE = timedelta(minutes=5)

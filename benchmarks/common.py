@@ -218,11 +218,8 @@ def capsule_command() -> list[str] | None:
         return [str(beside)]
     if found := shutil.which("capsule"):
         return [found]
-    root = str(project_root())
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    if importlib.util.find_spec("api") and importlib.util.find_spec("api.cli"):
-        return [sys.executable, "-c", "import sys; from api.cli import main; sys.exit(main())"]
+    if importlib.util.find_spec("capsule") and importlib.util.find_spec("capsule.api.cli"):
+        return [sys.executable, "-P", "-c", "import sys; from capsule.api.cli import main; sys.exit(main())"]
     return None
 
 
@@ -232,8 +229,6 @@ def capsule_env(command: list[str], settings: dict[str, str], *, drop: Iterable[
     for name in drop:
         env.pop(name, None)
     env.update(settings)
-    if command[0] == sys.executable:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(project_root()), env.get("PYTHONPATH", "")) if p)
     return env
 
 

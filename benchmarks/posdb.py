@@ -7,7 +7,7 @@ Four tools, usable as functions or as ``python -m benchmarks.posdb``:
 * ``write``: a continuous writer, one small sale per transaction, recording commit latency;
 * ``mutate``: change about a given fraction of the database pages, in place.
 
-``generate`` lives in the installed package (``adapters.sampleshop.database``), where
+``generate`` lives in the installed package (``capsule.adapters.sampleshop.database``), where
 ``capsule demo create`` uses it too; the rest is the benchmarks' own. Standard library and that
 package only, so that it runs wherever the product runs.
 """
@@ -33,7 +33,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from adapters.sampleshop.database import (
+from capsule.adapters.sampleshop.database import (
     JOURNAL_MODES,
     PAGE_SIZE,
     PAYMENT_METHODS,
@@ -43,7 +43,7 @@ from adapters.sampleshop.database import (
     generate,
     sale_note,
 )
-from domain.sizes import parse_size
+from capsule.domain.sizes import parse_size
 
 __all__ = [
     "JOURNAL_MODES",

@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import reduce
 
-from domain.commands import CompleteStep, ReleaseBackup, RequestBackup
-from domain.errors import InvalidCommand, InvalidEvent
-from domain.events import (
+from capsule.domain.commands import CompleteStep, ReleaseBackup, RequestBackup
+from capsule.domain.errors import InvalidCommand, InvalidEvent
+from capsule.domain.events import (
     BackupCancelled,
     BackupCompleted,
     BackupFailed,
@@ -26,7 +26,7 @@ from domain.events import (
     BackupRequested,
     Event,
 )
-from domain.jobs import (
+from capsule.domain.jobs import (
     JobCommand,
     JobRules,
     JobState,
@@ -36,7 +36,7 @@ from domain.jobs import (
     require_job,
     update_job,
 )
-from domain.manifest import SnapshotKind
+from capsule.domain.manifest import SnapshotKind
 
 STREAM_PREFIX = "backup-"
 

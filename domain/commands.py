@@ -11,8 +11,8 @@ from datetime import timedelta
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from domain.errors import Category
-from domain.events import BackupKind, JsonObject, UtcDatetime
+from capsule.domain.errors import Category
+from capsule.domain.events import BackupKind, JsonObject, UtcDatetime
 
 DEFAULT_LEASE = timedelta(minutes=5)
 """How long a worker holds a step without reporting before another may take it over."""

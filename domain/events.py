@@ -16,7 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, JsonValue, ValidationError
 
-from domain.errors import Category, InvalidEvent, UnknownEvent
+from capsule.domain.errors import Category, InvalidEvent, UnknownEvent
 
 
 def _as_utc(value: datetime) -> datetime:

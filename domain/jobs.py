@@ -16,9 +16,9 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from domain.commands import CancelJob, CompleteStep, ExpireLease, FailStep, RecordProgress, StartStep
-from domain.errors import InvalidCommand, InvalidEvent
-from domain.events import (
+from capsule.domain.commands import CancelJob, CompleteStep, ExpireLease, FailStep, RecordProgress, StartStep
+from capsule.domain.errors import InvalidCommand, InvalidEvent
+from capsule.domain.events import (
     Event,
     JobCancelled,
     JobFailed,

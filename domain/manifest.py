@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from domain.errors import UnsafePath
+from capsule.domain.errors import UnsafePath
 
 MANIFEST_VERSION = 2
 READABLE_MANIFEST_VERSIONS = (1, 2)

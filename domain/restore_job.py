@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import reduce
 
-from domain.commands import CancelJob, RequestRestore
-from domain.errors import InvalidCommand, InvalidEvent
-from domain.events import (
+from capsule.domain.commands import CancelJob, RequestRestore
+from capsule.domain.errors import InvalidCommand, InvalidEvent
+from capsule.domain.events import (
     Event,
     JsonObject,
     RestoreCancelled,
@@ -21,7 +21,7 @@ from domain.events import (
     RestoreFailed,
     RestoreRequested,
 )
-from domain.jobs import JobCommand, JobRules, JobState, StepState, decide_job, evolve_job, update_job
+from capsule.domain.jobs import JobCommand, JobRules, JobState, StepState, decide_job, evolve_job, update_job
 
 STREAM_PREFIX = "restore-"
 

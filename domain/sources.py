@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict
 
-from domain.manifest import Manifest, SourceIdentity
+from capsule.domain.manifest import Manifest, SourceIdentity
 
 
 def other_source(snapshot: SourceIdentity, live: SourceIdentity) -> str | None:

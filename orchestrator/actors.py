@@ -19,16 +19,16 @@ import structlog
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 
-from adapters.errors import DiskFull, RepositoryLocked
-from adapters.sourcelock import SourceBusy
-from domain.commands import CompleteStep, ExpireLease, FailStep, RecordProgress, StartStep
-from domain.errors import CapsuleError, Category, InvalidCommand
-from domain.jobs import ExpireStepLease, Finished, RunStep, WaitForJob, WaitUntil, next_action
-from orchestrator import faults
-from orchestrator.errors import OrchestratorError
-from orchestrator.runtime import SYSTEM, Loaded, Runtime, heartbeat
-from orchestrator.settings import Settings
-from orchestrator.steps import STEPS, StepContext, StepRefused, clean_up
+from capsule.adapters.errors import DiskFull, RepositoryLocked
+from capsule.adapters.sqlite.sourcelock import SourceBusy
+from capsule.domain.commands import CompleteStep, ExpireLease, FailStep, RecordProgress, StartStep
+from capsule.domain.errors import CapsuleError, Category, InvalidCommand
+from capsule.domain.jobs import ExpireStepLease, Finished, RunStep, WaitForJob, WaitUntil, next_action
+from capsule.orchestrator import faults
+from capsule.orchestrator.errors import OrchestratorError
+from capsule.orchestrator.runtime import SYSTEM, Loaded, Runtime, heartbeat
+from capsule.orchestrator.settings import Settings
+from capsule.orchestrator.steps import STEPS, StepContext, StepRefused, clean_up
 
 log = structlog.get_logger(__name__)
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from domain import backup_job, restore_job
-from domain.errors import Category
-from domain.events import Event, event_payload, event_type, load_event
-from orchestrator.eventstore import NewEvent, StoredEvent, Upcasters
+from capsule.domain import backup_job, restore_job
+from capsule.domain.errors import Category
+from capsule.domain.events import Event, event_payload, event_type, load_event
+from capsule.orchestrator.eventstore import NewEvent, StoredEvent, Upcasters
 
 JobType = Literal["backup", "restore"]
 

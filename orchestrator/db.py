@@ -22,7 +22,12 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 
-from orchestrator.errors import EventLogDamaged, EventLogDiskFull, EventStoreError, EventStoreUnavailable
+from capsule.orchestrator.errors import (
+    EventLogDamaged,
+    EventLogDiskFull,
+    EventStoreError,
+    EventStoreUnavailable,
+)
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 READ_ONLY_OPTION = "capsule_read_only"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from domain.errors import CapsuleError, Category
+from capsule.domain.errors import CapsuleError, Category
 
 
 class OrchestratorError(CapsuleError):

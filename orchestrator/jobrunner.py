@@ -13,15 +13,15 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import NoReturn
 
-from domain.backup_job import BackupJob, committed_snapshot_ids
-from domain.commands import CancelJob
-from domain.errors import CapsuleError, Category, InvalidCommand
-from domain.events import StepFailed, StepProgressed
-from orchestrator.actors import Dispatcher, build
-from orchestrator.logrepair import LogRepair, recover_if_damaged
-from orchestrator.runtime import Loaded, Runtime, person
-from orchestrator.settings import Settings
-from orchestrator.steps import clean_up
+from capsule.domain.backup_job import BackupJob, committed_snapshot_ids
+from capsule.domain.commands import CancelJob
+from capsule.domain.errors import CapsuleError, Category, InvalidCommand
+from capsule.domain.events import StepFailed, StepProgressed
+from capsule.orchestrator.actors import Dispatcher, build
+from capsule.orchestrator.logrepair import LogRepair, recover_if_damaged
+from capsule.orchestrator.runtime import Loaded, Runtime, person
+from capsule.orchestrator.settings import Settings
+from capsule.orchestrator.steps import clean_up
 
 Progress = Callable[[int, int], None]
 

@@ -32,10 +32,10 @@ from pathlib import Path
 
 from sqlalchemy import Connection
 
-from domain.errors import CapsuleError
-from domain.events import Event, EventLogStarted, SnapshotRecovered
-from orchestrator import codec, faults
-from orchestrator.db import (
+from capsule.domain.errors import CapsuleError
+from capsule.domain.events import Event, EventLogStarted, SnapshotRecovered
+from capsule.orchestrator import codec, faults
+from capsule.orchestrator.db import (
     damaged,
     database_errors,
     default_event_store_url,
@@ -45,10 +45,10 @@ from orchestrator.db import (
     safe_url,
     sqlite_file,
 )
-from orchestrator.errors import EventLogDamaged, EventStoreError, EventStoreUnavailable
-from orchestrator.eventstore import ChainKeyFile, EventStore, Metadata, create_schema
-from orchestrator.projections import ProjectionHandler, create_projection_schema
-from orchestrator.settings import Settings
+from capsule.orchestrator.errors import EventLogDamaged, EventStoreError, EventStoreUnavailable
+from capsule.orchestrator.eventstore import ChainKeyFile, EventStore, Metadata, create_schema
+from capsule.orchestrator.projections import ProjectionHandler, create_projection_schema
+from capsule.orchestrator.settings import Settings
 
 SIDE_SUFFIXES = ("-wal", "-shm")
 ASIDE_MARK = ".damaged-"
@@ -287,7 +287,7 @@ def _keep_aside(source: Path, target: Path) -> None:
 
 
 def _repository_snapshots(settings: Settings, repair_id: str) -> tuple[list[Event], tuple[str, ...]]:
-    from orchestrator.usecases.repository import open_repository  # noqa: PLC0415 - the engine loads only when needed
+    from capsule.orchestrator.usecases.repository import open_repository  # noqa: PLC0415 - the engine loads only when needed
 
     try:
         repo = open_repository(settings)

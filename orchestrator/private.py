@@ -4,7 +4,8 @@ Copies of the shop's database pass through Capsule's home in plaintext (the back
 restore's staged copy, the safety copies), next to the event log and the key file. One mechanism
 covers every file Capsule creates: a private umask for the whole process, set before anything is
 written. Files that must end with another mode say so explicitly: a restored file gets its
-snapshot's mode, and only once it is complete and verified (adapters.restore, adapters.files_restore).
+snapshot's mode, and only once it is complete and verified (`adapters/repository/restore.py`,
+`adapters/files/restore.py`).
 
 A home made by an earlier version, or by hand, may already be open to everyone: it is tightened on
 start, once, and a log line says what was changed.

@@ -24,16 +24,16 @@ from typing import Any
 import structlog
 from sqlalchemy import text
 
-from domain import backup_job, restore_job
-from domain.backup_job import sources_of
-from domain.commands import Command, ReleaseBackup, RequestBackup, RequestRestore, RetryPolicy
-from domain.errors import CapsuleError, Category
-from domain.events import Event
-from domain.jobs import FINISHED, JobState, next_action
-from orchestrator import codec, projections
-from orchestrator.db import default_event_store_url, make_engine
-from orchestrator.errors import ConcurrencyConflict
-from orchestrator.eventstore import (
+from capsule.domain import backup_job, restore_job
+from capsule.domain.backup_job import sources_of
+from capsule.domain.commands import Command, ReleaseBackup, RequestBackup, RequestRestore, RetryPolicy
+from capsule.domain.errors import CapsuleError, Category
+from capsule.domain.events import Event
+from capsule.domain.jobs import FINISHED, JobState, next_action
+from capsule.orchestrator import codec, projections
+from capsule.orchestrator.db import default_event_store_url, make_engine
+from capsule.orchestrator.errors import ConcurrencyConflict
+from capsule.orchestrator.eventstore import (
     ChainKeyFile,
     ChainReport,
     EventStore,
@@ -41,7 +41,7 @@ from orchestrator.eventstore import (
     create_schema,
     verify_chain,
 )
-from orchestrator.settings import Settings
+from capsule.orchestrator.settings import Settings
 
 log = structlog.get_logger(__name__)
 

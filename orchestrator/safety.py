@@ -17,9 +17,9 @@ from pathlib import Path
 
 import structlog
 
-from adapters.repository.backend import fsync_dir
-from adapters.sqlite_snapshot import copy_database, remove_database_files
-from orchestrator.settings import Settings
+from capsule.adapters.repository.backends.local import fsync_dir
+from capsule.adapters.sqlite.snapshot import copy_database, remove_database_files
+from capsule.orchestrator.settings import Settings
 
 log = structlog.get_logger(__name__)
 

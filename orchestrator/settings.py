@@ -87,7 +87,7 @@ class Settings(BaseSettings):
 
     @property
     def cache(self) -> Path:
-        """The index cache (adapters.repository.indexcache): safe to delete at any time."""
+        """The index cache (capsule.adapters.repository.indexcache): safe to delete at any time."""
         return self.home / "cache"
 
     @classmethod

@@ -20,25 +20,25 @@ from typing import Any
 
 import structlog
 
-from adapters.database_backup import StoredDatabase, commit_database, store_database
-from adapters.entry_rules import check_database_snapshot
-from adapters.files_backup import StoredFiles, commit_files, store_files
-from adapters.files_restore import remove_partial_writes, restore_files
-from adapters.pagestore import sha256_file
-from adapters.repository.lock import locked
-from adapters.repository.repo import Repository
-from adapters.restore import restore_snapshot, safe_target, write_entry
-from adapters.sourcelock import source_lock
-from adapters.sqlite_snapshot import check_database, copy_into_live
-from domain.backup_job import COMMIT, STORE, step_target
-from domain.errors import CapsuleError, Category
-from domain.manifest import Manifest, SnapshotKind
-from orchestrator import faults
-from orchestrator.safety import name_pending, prune, remove_pending, safety_path, save_pending
-from orchestrator.settings import Settings
-from orchestrator.usecases.repository import open_repository
-from orchestrator.usecases.restore import check_in_place_source
-from orchestrator.usecases.snapshots import resolve_snapshot
+from capsule.adapters.files.backup import StoredFiles, commit_files, store_files
+from capsule.adapters.files.restore import remove_partial_writes, restore_files
+from capsule.adapters.repository.entry_rules import check_database_snapshot
+from capsule.adapters.repository.lock import locked
+from capsule.adapters.repository.repo import Repository
+from capsule.adapters.repository.restore import restore_snapshot, safe_target, write_entry
+from capsule.adapters.sqlite.backup import StoredDatabase, commit_database, store_database
+from capsule.adapters.sqlite.pagestore import sha256_file
+from capsule.adapters.sqlite.snapshot import check_database, copy_into_live
+from capsule.adapters.sqlite.sourcelock import source_lock
+from capsule.domain.backup_job import COMMIT, STORE, step_target
+from capsule.domain.errors import CapsuleError, Category
+from capsule.domain.manifest import Manifest, SnapshotKind
+from capsule.orchestrator import faults
+from capsule.orchestrator.safety import name_pending, prune, remove_pending, safety_path, save_pending
+from capsule.orchestrator.settings import Settings
+from capsule.orchestrator.usecases.repository import open_repository
+from capsule.orchestrator.usecases.restore import check_in_place_source
+from capsule.orchestrator.usecases.snapshots import resolve_snapshot
 
 log = structlog.get_logger(__name__)
 
@@ -323,7 +323,7 @@ def restore_apply(ctx: StepContext) -> dict[str, Any]:
     """Save the live database aside, then copy the staged database into it through SQLite's
     backup API.
 
-    One safety copy per job (orchestrator.safety), saved right before the live database is
+    One safety copy per job (capsule.orchestrator.safety), saved right before the live database is
     replaced, so that no sale made while the restore was staged is lost. It is written under a
     pending name and named just before the first byte is copied into the live database:
     - an attempt that died before that leaves only the pending copy, and the live database

@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 import zstandard
 
-from adapters.errors import IntegrityError
-from adapters.repository.crypto import Sealer
-from adapters.repository.pack import (
+from capsule.adapters.errors import IntegrityError
+from capsule.adapters.repository.crypto import Sealer
+from capsule.adapters.repository.pack import (
     BUNDLE_NONE,
     BUNDLE_ZSTD,
     BUNDLED,

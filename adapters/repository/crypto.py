@@ -20,7 +20,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from adapters.errors import IntegrityError, WrongKey
+from capsule.adapters.errors import IntegrityError, WrongKey
 
 NONCE_SIZE = 12
 TAG_SIZE = 16

@@ -21,9 +21,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from adapters.errors import DiskFull, IntegrityError, RepositoryError
-from adapters.repository.crypto import ID_SIZE
-from adapters.repository.pack import BUNDLED, PackedBlob
+from capsule.adapters.errors import DiskFull, IntegrityError, RepositoryError
+from capsule.adapters.repository.crypto import ID_SIZE
+from capsule.adapters.repository.pack import BUNDLED, PackedBlob
 
 INDEX_MAGIC = b"CIX2"
 INDEX_MAGIC_V1 = b"CIX1"  # records without `within`: written by repositories of version 1

@@ -34,9 +34,9 @@ from typing import Any, BinaryIO
 import numpy as np
 import numpy.typing as npt
 
-from adapters.errors import IntegrityError
-from adapters.repository.crypto import OVERHEAD, Sealer
-from adapters.repository.index import RUN_RECORD, SLICE, Index, _Bloom, _Run, _RunFile
+from capsule.adapters.errors import IntegrityError
+from capsule.adapters.repository.crypto import OVERHEAD, Sealer
+from capsule.adapters.repository.index import RUN_RECORD, SLICE, Index, _Bloom, _Run, _RunFile
 
 MAGIC = b"CIC1"
 FORMAT = 1

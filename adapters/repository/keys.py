@@ -14,10 +14,10 @@ from pathlib import Path
 
 import structlog
 
-from adapters.errors import IntegrityError, WrongKey
-from adapters.repository import crypto
-from adapters.repository.backend import LocalBackend, atomic_write
-from adapters.repository.crypto import MasterKey
+from capsule.adapters.errors import IntegrityError, WrongKey
+from capsule.adapters.repository import crypto
+from capsule.adapters.repository.backends.local import LocalBackend, atomic_write
+from capsule.adapters.repository.crypto import MasterKey
 
 log = structlog.get_logger(__name__)
 

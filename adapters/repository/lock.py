@@ -27,8 +27,8 @@ from datetime import UTC, datetime
 
 import structlog
 
-from adapters.errors import RepositoryLocked, RepositoryReadOnly
-from adapters.repository.backend import LocalBackend
+from capsule.adapters.errors import RepositoryLocked, RepositoryReadOnly
+from capsule.adapters.repository.backends.local import LocalBackend
 
 log = structlog.get_logger(__name__)
 

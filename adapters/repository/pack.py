@@ -17,8 +17,8 @@ import hashlib
 import struct
 from typing import NamedTuple
 
-from adapters.errors import IntegrityError
-from adapters.repository.crypto import ID_SIZE, Sealer
+from capsule.adapters.errors import IntegrityError
+from capsule.adapters.repository.crypto import ID_SIZE, Sealer
 
 PACK_MAGIC = b"CPK1"
 TRAILER = struct.Struct("<I4s")

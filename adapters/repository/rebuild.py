@@ -6,10 +6,10 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from adapters.repository.index import encode_index, records
-from adapters.repository.pack import MAX_HEADER_GUESS, TRAILER, PackedBlob, parse_header
-from adapters.repository.repo import INDEX_FLUSH_BLOBS, Repository
-from domain.errors import CapsuleError
+from capsule.adapters.repository.index import encode_index, records
+from capsule.adapters.repository.pack import MAX_HEADER_GUESS, TRAILER, PackedBlob, parse_header
+from capsule.adapters.repository.repo import INDEX_FLUSH_BLOBS, Repository
+from capsule.domain.errors import CapsuleError
 
 log = structlog.get_logger(__name__)
 

@@ -25,7 +25,7 @@ import numpy.typing as npt
 import structlog
 import zstandard
 
-from adapters.errors import (
+from capsule.adapters.errors import (
     BlobNotFound,
     IntegrityError,
     KeyFileMissing,
@@ -34,11 +34,11 @@ from adapters.errors import (
     UnsupportedVersion,
     WrongKey,
 )
-from adapters.repository import indexcache
-from adapters.repository.backend import Kind, LocalBackend
-from adapters.repository.blobcodec import decode_blob, decode_bundle, encode_blob, member
-from adapters.repository.crypto import MasterKey, Sealer
-from adapters.repository.index import (
+from capsule.adapters.repository import indexcache
+from capsule.adapters.repository.backends.local import Kind, LocalBackend
+from capsule.adapters.repository.blobcodec import decode_blob, decode_bundle, encode_blob, member
+from capsule.adapters.repository.crypto import MasterKey, Sealer
+from capsule.adapters.repository.index import (
     HEADER_DTYPE,
     BlobLocation,
     Index,
@@ -46,15 +46,15 @@ from adapters.repository.index import (
     encode_index,
     header_records,
 )
-from adapters.repository.keys import (
+from capsule.adapters.repository.keys import (
     add_key_file,
     add_passphrase_key,
     open_with_key_file,
     open_with_passphrase,
 )
-from adapters.repository.pack import BUNDLED, PackBuilder
-from domain.errors import UnsafePath
-from domain.manifest import MANIFEST_VERSION, READABLE_MANIFEST_VERSIONS, Manifest
+from capsule.adapters.repository.pack import BUNDLED, PackBuilder
+from capsule.domain.errors import UnsafePath
+from capsule.domain.manifest import MANIFEST_VERSION, READABLE_MANIFEST_VERSIONS, Manifest
 
 log = structlog.get_logger(__name__)
 

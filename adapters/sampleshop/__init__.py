@@ -15,9 +15,9 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapters.errors import SampleShopError
-from adapters.sampleshop.database import generate
-from adapters.sampleshop.images import IMAGE_SIZES, generate_tree
+from capsule.adapters.errors import SampleShopError
+from capsule.adapters.sampleshop.database import generate
+from capsule.adapters.sampleshop.images import IMAGE_SIZES, generate_tree
 
 IMAGE_AVERAGE_BYTES = 200 * 1024
 """The sample's images average 200 KiB: 300 of them make 60 MiB, a small shop's catalogue."""

@@ -19,7 +19,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from adapters.sampleshop.vocabulary import (
+from capsule.adapters.sampleshop.vocabulary import (
     ADJECTIVES,
     BRANDS,
     CATEGORIES,

@@ -3,12 +3,12 @@
 It stores type names, schema versions and JSON payloads; it knows no domain event class.
 """
 
-from orchestrator.eventstore.audit import ChainReport, verify_chain
-from orchestrator.eventstore.chain import ChainKey, ChainKeyFile
-from orchestrator.eventstore.model import Handler, Metadata, NewEvent, StoredEvent
-from orchestrator.eventstore.schema import create_schema, events, metadata_obj
-from orchestrator.eventstore.store import EventStore
-from orchestrator.eventstore.upcasting import Upcaster, Upcasters
+from capsule.orchestrator.eventstore.audit import ChainReport, verify_chain
+from capsule.orchestrator.eventstore.chain import ChainKey, ChainKeyFile
+from capsule.orchestrator.eventstore.model import Handler, Metadata, NewEvent, StoredEvent
+from capsule.orchestrator.eventstore.schema import create_schema, events, metadata_obj
+from capsule.orchestrator.eventstore.store import EventStore
+from capsule.orchestrator.eventstore.upcasting import Upcaster, Upcasters
 
 __all__ = [
     "ChainKey",

@@ -15,10 +15,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, Table, func, select
 
-from orchestrator.db import database_errors, for_reading
-from orchestrator.errors import EventLogKeyError, EventLogTampered
-from orchestrator.eventstore.chain import GENESIS, ChainKey, ChainKeyFile, content, finish, utc_text
-from orchestrator.eventstore.schema import event_chain, event_chain_origin, events
+from capsule.orchestrator.db import database_errors, for_reading
+from capsule.orchestrator.errors import EventLogKeyError, EventLogTampered
+from capsule.orchestrator.eventstore.chain import GENESIS, ChainKey, ChainKeyFile, content, finish, utc_text
+from capsule.orchestrator.eventstore.schema import event_chain, event_chain_origin, events
 
 PAGE = 5000
 

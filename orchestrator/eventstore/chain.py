@@ -39,8 +39,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, func, insert, select
 
-from orchestrator.errors import EventLogKeyError, EventLogTampered
-from orchestrator.eventstore.schema import event_chain, event_chain_origin, events
+from capsule.orchestrator.errors import EventLogKeyError, EventLogTampered
+from capsule.orchestrator.eventstore.schema import event_chain, event_chain_origin, events
 
 KEY_BYTES = 32
 GENESIS = bytes(32)

@@ -29,10 +29,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from orchestrator.db import database_errors
+from capsule.orchestrator.db import database_errors
 
 if TYPE_CHECKING:
-    from orchestrator.eventstore.chain import ChainKeyFile
+    from capsule.orchestrator.eventstore.chain import ChainKeyFile
 
 APPEND_ONLY_MESSAGE = "events are append-only"
 # Any fixed number: it only keeps two processes from creating the schema at the same moment.
@@ -179,7 +179,7 @@ def create_schema(engine: Engine, *, chain_key: ChainKeyFile | None = None) -> N
             for statement in SQLITE_GUARDS:
                 conn.exec_driver_sql(statement)
         if chain_key is not None:
-            from orchestrator.eventstore.chain import start_chain  # noqa: PLC0415 - it reads these tables
+            from capsule.orchestrator.eventstore.chain import start_chain  # noqa: PLC0415 - it reads these tables
 
             start_chain(conn, chain_key, datetime.now(UTC))
 

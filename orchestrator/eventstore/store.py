@@ -10,12 +10,12 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Row, Select, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from orchestrator.db import database_errors, for_reading
-from orchestrator.errors import ConcurrencyConflict, EventLogKeyError, UnknownSchemaVersion
-from orchestrator.eventstore.chain import ChainKeyFile, check_key, origin_key_id, sealing_for_append
-from orchestrator.eventstore.model import Handler, Metadata, NewEvent, StoredEvent, as_json_object
-from orchestrator.eventstore.schema import events
-from orchestrator.eventstore.upcasting import Upcasters
+from capsule.orchestrator.db import database_errors, for_reading
+from capsule.orchestrator.errors import ConcurrencyConflict, EventLogKeyError, UnknownSchemaVersion
+from capsule.orchestrator.eventstore.chain import ChainKeyFile, check_key, origin_key_id, sealing_for_append
+from capsule.orchestrator.eventstore.model import Handler, Metadata, NewEvent, StoredEvent, as_json_object
+from capsule.orchestrator.eventstore.schema import events
+from capsule.orchestrator.eventstore.upcasting import Upcasters
 
 UNIQUE_VIOLATION = "23505"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from orchestrator.errors import InvalidUpcaster, UnknownSchemaVersion
+from capsule.orchestrator.errors import InvalidUpcaster, UnknownSchemaVersion
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 """Brings one payload from schema version n to n + 1; it may change and return its argument."""

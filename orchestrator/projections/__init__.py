@@ -4,8 +4,8 @@ They are written by `ProjectionHandler` in the transaction of every append, and 
 the log at any time by `replay`; nothing else writes them and nothing in them is the truth.
 """
 
-from orchestrator.projections.live import ProjectionHandler, project
-from orchestrator.projections.queries import (
+from capsule.orchestrator.projections.live import ProjectionHandler, project
+from capsule.orchestrator.projections.queries import (
     active_backup_for_source,
     get_job,
     get_restore_job,
@@ -14,9 +14,9 @@ from orchestrator.projections.queries import (
     list_snapshots,
     unfinished_jobs,
 )
-from orchestrator.projections.replay import ReplayReport, replay
-from orchestrator.projections.rows import EventMeta, Row, fold_job, fold_restore_job, fold_snapshot
-from orchestrator.projections.tables import (
+from capsule.orchestrator.projections.replay import ReplayReport, replay
+from capsule.orchestrator.projections.rows import EventMeta, Row, fold_job, fold_restore_job, fold_snapshot
+from capsule.orchestrator.projections.tables import (
     checkpoint,
     checkpoints,
     create_projection_schema,

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from sqlalchemy import Connection, func, select
 
-from orchestrator import codec
-from orchestrator.eventstore import EventStore, StoredEvent, Upcasters, events
-from orchestrator.projections.projector import Projector
-from orchestrator.projections.rows import Row
-from orchestrator.projections.tables import KEYS, PROJECTIONS, checkpoint, set_checkpoint, upsert
+from capsule.orchestrator import codec
+from capsule.orchestrator.eventstore import EventStore, StoredEvent, Upcasters, events
+from capsule.orchestrator.projections.projector import Projector
+from capsule.orchestrator.projections.rows import Row
+from capsule.orchestrator.projections.tables import KEYS, PROJECTIONS, checkpoint, set_checkpoint, upsert
 
 CATCH_UP_BATCH = 1000
 

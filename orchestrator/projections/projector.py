@@ -13,16 +13,16 @@ from dataclasses import dataclass
 from functools import reduce
 from typing import Any, Protocol
 
-from domain import backup_job, restore_job
-from domain.backup_job import BackupJob
-from domain.errors import InvalidEvent
-from domain.events import Event, SnapshotRecovered
-from domain.jobs import JobState, is_finished
-from domain.restore_job import RestoreJob
-from orchestrator import codec
-from orchestrator.codec import JobType
-from orchestrator.eventstore import StoredEvent
-from orchestrator.projections.rows import (
+from capsule.domain import backup_job, restore_job
+from capsule.domain.backup_job import BackupJob
+from capsule.domain.errors import InvalidEvent
+from capsule.domain.events import Event, SnapshotRecovered
+from capsule.domain.jobs import JobState, is_finished
+from capsule.domain.restore_job import RestoreJob
+from capsule.orchestrator import codec
+from capsule.orchestrator.codec import JobType
+from capsule.orchestrator.eventstore import StoredEvent
+from capsule.orchestrator.projections.rows import (
     EventMeta,
     Row,
     fold_job,
@@ -31,7 +31,7 @@ from orchestrator.projections.rows import (
     recovered_snapshot_row,
     snapshot_key,
 )
-from orchestrator.projections.tables import jobs, restore_jobs, snapshots
+from capsule.orchestrator.projections.tables import jobs, restore_jobs, snapshots
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,12 +13,12 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Select, select
 
-from domain.backup_job import sources_of
-from domain.jobs import FINISHED
-from orchestrator.codec import JobType
-from orchestrator.db import database_errors, for_reading
-from orchestrator.projections.rows import Row
-from orchestrator.projections.tables import jobs, restore_jobs, snapshots
+from capsule.domain.backup_job import sources_of
+from capsule.domain.jobs import FINISHED
+from capsule.orchestrator.codec import JobType
+from capsule.orchestrator.db import database_errors, for_reading
+from capsule.orchestrator.projections.rows import Row
+from capsule.orchestrator.projections.tables import jobs, restore_jobs, snapshots
 
 Database = Connection | Engine
 

@@ -26,13 +26,13 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, Table, delete, func, insert, select
 
-from orchestrator import codec
-from orchestrator.db import database_errors, for_reading, make_engine
-from orchestrator.eventstore import EventStore, StoredEvent, events
-from orchestrator.projections.projector import Projector
-from orchestrator.projections.rows import Row
-from orchestrator.projections.scan import Scan
-from orchestrator.projections.tables import jobs, restore_jobs, set_checkpoint, snapshots
+from capsule.orchestrator import codec
+from capsule.orchestrator.db import database_errors, for_reading, make_engine
+from capsule.orchestrator.eventstore import EventStore, StoredEvent, events
+from capsule.orchestrator.projections.projector import Projector
+from capsule.orchestrator.projections.rows import Row
+from capsule.orchestrator.projections.scan import Scan
+from capsule.orchestrator.projections.tables import jobs, restore_jobs, set_checkpoint, snapshots
 
 INSERT_BATCH = 10_000
 MAX_WORKERS = 4

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from domain.backup_job import BackupJob, committed_snapshot_id, is_commit
-from domain.events import Event, JsonObject, SnapshotRecovered, StepCompleted, StepStarted
-from domain.jobs import JobState, current_step, is_finished
-from domain.restore_job import RestoreJob
-from orchestrator.eventstore import StoredEvent
+from capsule.domain.backup_job import BackupJob, committed_snapshot_id, is_commit
+from capsule.domain.events import Event, JsonObject, SnapshotRecovered, StepCompleted, StepStarted
+from capsule.domain.jobs import JobState, current_step, is_finished
+from capsule.domain.restore_job import RestoreJob
+from capsule.orchestrator.eventstore import StoredEvent
 
 Row = dict[str, Any]
 

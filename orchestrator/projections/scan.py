@@ -17,8 +17,8 @@ from typing import Any
 from sqlalchemy import Connection, select, type_coerce
 from sqlalchemy.types import NullType
 
-from orchestrator.errors import UnknownSchemaVersion
-from orchestrator.eventstore import Metadata, StoredEvent, Upcasters, events
+from capsule.orchestrator.errors import UnknownSchemaVersion
+from capsule.orchestrator.eventstore import Metadata, StoredEvent, Upcasters, events
 
 
 def _raw(column: Any) -> Any:

@@ -29,8 +29,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import sqlite
 
-from orchestrator.db import database_errors
-from orchestrator.eventstore.schema import UTCDateTime, metadata_obj
+from capsule.orchestrator.db import database_errors
+from capsule.orchestrator.eventstore.schema import UTCDateTime, metadata_obj
 
 # Not the event store's key: the two schemas may be created by different processes at once.
 SCHEMA_LOCK_KEY = 0x43415053554C46

@@ -7,12 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from adapters.database_backup import BackupResult, backup_database
-from adapters.repository.lock import locked
-from domain.manifest import Manifest
-from orchestrator.settings import Settings
-from orchestrator.usecases.repository import open_repository
-from orchestrator.usecases.snapshots import resolve_snapshot
+from capsule.adapters.repository.lock import locked
+from capsule.adapters.sqlite.backup import BackupResult, backup_database
+from capsule.domain.manifest import Manifest
+from capsule.orchestrator.settings import Settings
+from capsule.orchestrator.usecases.repository import open_repository
+from capsule.orchestrator.usecases.snapshots import resolve_snapshot
 
 Progress = Callable[[int, int], None]
 
@@ -43,7 +43,7 @@ class BackedUp:
 
 def backup_source(settings: Settings, kind: str) -> str:
     """The source a backup of `kind` records: a path, or both paths for `all`."""
-    from domain.backup_job import all_source  # noqa: PLC0415 - the events load slowly
+    from capsule.domain.backup_job import all_source  # noqa: PLC0415 - the events load slowly
 
     database, uploads = str(settings.database.resolve()), str(settings.uploads.resolve())
     return {"database": database, "files": uploads}.get(kind) or all_source(database, uploads)
@@ -51,9 +51,9 @@ def backup_source(settings: Settings, kind: str) -> str:
 
 def back_up(settings: Settings, request: Backup, progress: Progress | None = None) -> BackedUp:
     """Run a backup job and wait for it; raise `JobFailed` unless it completes."""
-    from domain.backup_job import BackupJob, committed_snapshot_ids  # noqa: PLC0415
-    from orchestrator.jobrunner import run_job  # noqa: PLC0415 - the job runner loads slowly
-    from orchestrator.runtime import person  # noqa: PLC0415
+    from capsule.domain.backup_job import BackupJob, committed_snapshot_ids  # noqa: PLC0415
+    from capsule.orchestrator.jobrunner import run_job  # noqa: PLC0415 - the job runner loads slowly
+    from capsule.orchestrator.runtime import person  # noqa: PLC0415
 
     if settings.nice:
         os.nice(settings.nice)  # the shop's own programs keep the CPU they need

@@ -16,13 +16,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.settings import Settings
+from capsule.orchestrator.settings import Settings
 
 if TYPE_CHECKING:
-    from orchestrator.eventstore import ChainReport, StoredEvent
-    from orchestrator.logrepair import LogRepair
-    from orchestrator.projections import ReplayReport
-    from orchestrator.runtime import Runtime
+    from capsule.orchestrator.eventstore import ChainReport, StoredEvent
+    from capsule.orchestrator.logrepair import LogRepair
+    from capsule.orchestrator.projections import ReplayReport
+    from capsule.orchestrator.runtime import Runtime
 
 Row = dict[str, Any]
 AUDIT_BATCH = 5000
@@ -31,7 +31,7 @@ STATUS_FAILURES = 3
 
 
 def _runtime(settings: Settings) -> Runtime:
-    from orchestrator.runtime import Runtime  # noqa: PLC0415
+    from capsule.orchestrator.runtime import Runtime  # noqa: PLC0415
 
     return Runtime(settings)
 
@@ -50,7 +50,7 @@ class JobList:
 
 
 def list_jobs(settings: Settings, request: ListJobs) -> JobList:
-    from orchestrator import projections  # noqa: PLC0415
+    from capsule.orchestrator import projections  # noqa: PLC0415
 
     runtime = _runtime(settings)
     try:
@@ -85,7 +85,7 @@ class Status:
 
 
 def current_status(settings: Settings) -> Status:
-    from orchestrator import projections  # noqa: PLC0415
+    from capsule.orchestrator import projections  # noqa: PLC0415
 
     runtime = _runtime(settings)
     try:
@@ -162,7 +162,7 @@ def verify_log(settings: Settings) -> ChainReport:
 
 def replay_log(settings: Settings) -> ReplayReport:
     """Rebuild the job and snapshot tables from the event log, from its first event."""
-    from orchestrator import projections  # noqa: PLC0415
+    from capsule.orchestrator import projections  # noqa: PLC0415
 
     runtime = _runtime(settings)
     try:
@@ -174,8 +174,8 @@ def replay_log(settings: Settings) -> ReplayReport:
 def repair_event_log(settings: Settings, actor: str | None = None) -> LogRepair:
     """Set a damaged event log aside and start a new one; a log that reads whole is left alone.
     `actor` None: the person at this machine's terminal."""
-    from orchestrator import logrepair  # noqa: PLC0415
-    from orchestrator.runtime import person  # noqa: PLC0415
+    from capsule.orchestrator import logrepair  # noqa: PLC0415
+    from capsule.orchestrator.runtime import person  # noqa: PLC0415
 
     return logrepair.repair_log(settings, actor=actor or person())
 
@@ -190,7 +190,7 @@ class Work:
 def work(settings: Settings, request: Work, started: Callable[[str], None]) -> None:
     """Run job steps (from CAPSULE_BROKER_URL, or the unfinished jobs of this machine) until SIGTERM,
     Ctrl-C or, with `until_idle`, no job is left; `started` hears the worker's id once it runs."""
-    from orchestrator.actors import build  # noqa: PLC0415
+    from capsule.orchestrator.actors import build  # noqa: PLC0415
 
     runtime, dispatcher = build(settings)
     stop = threading.Event()

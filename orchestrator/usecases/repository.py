@@ -8,13 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapters.errors import RepositoryError, RepositoryReadOnly
-from adapters.repository.backend import LocalBackend
-from adapters.repository.lock import is_stale, locked, read_locks
-from adapters.repository.rebuild import rebuild_index
-from adapters.repository.repo import Repository
-from domain.errors import CapsuleError
-from orchestrator.settings import Settings
+from capsule.adapters.errors import RepositoryError, RepositoryReadOnly
+from capsule.adapters.repository.backends.local import LocalBackend
+from capsule.adapters.repository.lock import is_stale, locked, read_locks
+from capsule.adapters.repository.rebuild import rebuild_index
+from capsule.adapters.repository.repo import Repository
+from capsule.domain.errors import CapsuleError
+from capsule.orchestrator.settings import Settings
 
 
 def _passphrase(settings: Settings, given: str | None) -> str | None:

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adapters.source_identity import live_database_identity
-from domain.errors import CapsuleError, Category
-from domain.manifest import Manifest
-from domain.sources import other_source, schema_changed
-from orchestrator.settings import Settings
-from orchestrator.usecases.repository import open_repository
-from orchestrator.usecases.snapshots import ChooseSnapshots, configured_sources, resolve_snapshot
+from capsule.adapters.source_identity import live_database_identity
+from capsule.domain.errors import CapsuleError, Category
+from capsule.domain.manifest import Manifest
+from capsule.domain.sources import other_source, schema_changed
+from capsule.orchestrator.settings import Settings
+from capsule.orchestrator.usecases.repository import open_repository
+from capsule.orchestrator.usecases.snapshots import ChooseSnapshots, configured_sources, resolve_snapshot
 
 Progress = Callable[[int, int], None]
 
@@ -110,9 +110,9 @@ class Restored:
 
 
 def restore_snapshot(settings: Settings, request: Restore, progress: Progress | None = None) -> Restored:
-    from domain.restore_job import IN_PLACE, RestoreJob  # noqa: PLC0415 - the job runner loads slowly
-    from orchestrator.jobrunner import run_job  # noqa: PLC0415
-    from orchestrator.runtime import person  # noqa: PLC0415
+    from capsule.domain.restore_job import IN_PLACE, RestoreJob  # noqa: PLC0415 - the job runner loads slowly
+    from capsule.orchestrator.jobrunner import run_job  # noqa: PLC0415
+    from capsule.orchestrator.runtime import person  # noqa: PLC0415
 
     sid, manifest = resolve_snapshot(
         open_repository(settings),

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from adapters.sampleshop import Made, make_database, make_images
-from orchestrator.settings import Settings
+from capsule.adapters.sampleshop import Made, make_database, make_images
+from capsule.orchestrator.settings import Settings
 
 MIN_DATABASE_BYTES = 1 << 20
 """The smallest sample database: below it, its products and customers (about 190 KB) would be most

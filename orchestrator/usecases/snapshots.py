@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
-from adapters.repository.repo import Repository, UnreadableSnapshot
-from adapters.source_identity import this_host
-from domain.errors import CapsuleError, Category
-from domain.manifest import Manifest, SnapshotKind, SourceIdentity
-from domain.sources import SnapshotFilter
-from orchestrator.settings import Settings
-from orchestrator.usecases.repository import open_repository
+from capsule.adapters.repository.repo import Repository, UnreadableSnapshot
+from capsule.adapters.source_identity import this_host
+from capsule.domain.errors import CapsuleError, Category
+from capsule.domain.manifest import Manifest, SnapshotKind, SourceIdentity
+from capsule.domain.sources import SnapshotFilter
+from capsule.orchestrator.settings import Settings
+from capsule.orchestrator.usecases.repository import open_repository
 
 
 class SnapshotNotFound(CapsuleError):
@@ -180,7 +180,7 @@ class CatFile:
 def read_file(settings: Settings, request: CatFile, output: Callable[[], BinaryIO]) -> None:
     """Write the file's bytes to the stream `output()` gives, called once the file's snapshot is
     found (so that nothing is opened for a reference that names none)."""
-    from adapters.files_restore import cat_file  # noqa: PLC0415 - only this command needs it
+    from capsule.adapters.files.restore import cat_file  # noqa: PLC0415 - only this command needs it
 
     repo = open_repository(settings)
     _, manifest = resolve_snapshot(repo, request.snapshot, sources=configured_sources(settings))

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from adapters.repository.lock import locked
-from adapters.verify import VerifyReport, verify
-from orchestrator.settings import Settings
-from orchestrator.usecases.repository import open_repository
+from capsule.adapters.repository.lock import locked
+from capsule.adapters.repository.verify import VerifyReport, verify
+from capsule.orchestrator.settings import Settings
+from capsule.orchestrator.usecases.repository import open_repository
 
 Progress = Callable[[int, int], None]
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.settings import Settings
-from orchestrator.usecases.repository import open_repository
+from capsule.orchestrator.settings import Settings
+from capsule.orchestrator.usecases.repository import open_repository
 from tests.integration.helpers import Shop, file_content_digest, flip_byte, sha256_file
 from tests.integration.uploads import describe_tree, make_uploads
 

@@ -12,8 +12,8 @@ import socket
 import sqlite3
 from pathlib import Path
 
-from orchestrator.settings import Settings
-from orchestrator.usecases.repository import open_repository
+from capsule.orchestrator.settings import Settings
+from capsule.orchestrator.usecases.repository import open_repository
 from tests.integration.helpers import (
     DatabaseTemplates,
     Shop,

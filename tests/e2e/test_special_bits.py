@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from adapters import files_restore
+from capsule.adapters.files import restore as files_restore
 from tests.integration.helpers import Shop, one_line_error
 from tests.integration.test_files_restore import make_world
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from orchestrator.db import default_event_store_url, make_engine
-from orchestrator.eventstore import create_schema
+from capsule.orchestrator.db import default_event_store_url, make_engine
+from capsule.orchestrator.eventstore import create_schema
 from tests.servers import require_postgres
 
 

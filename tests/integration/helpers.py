@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapters.database_backup import COPY_SUFFIX, RAM_DIR
-from adapters.repository.lock import pid_alive
 from benchmarks import posdb
+from capsule.adapters.repository.lock import pid_alive
+from capsule.adapters.sqlite.backup import COPY_SUFFIX, RAM_DIR
 
 MiB = 1024 * 1024
 SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
@@ -46,7 +46,7 @@ def capsule_command() -> list[str]:
     found = shutil.which("capsule")
     if found:
         return [found]
-    return [sys.executable, "-c", "from api.cli import main; main()"]
+    return [sys.executable, "-c", "from capsule.api.cli import main; main()"]
 
 
 CAPSULE = capsule_command()
@@ -311,8 +311,8 @@ class Shop:
 
     def manifest_sha256(self, snapshot_id: str) -> str:
         """The SHA-256 the snapshot's manifest records for its database file (read with the API)."""
-        from orchestrator.settings import Settings
-        from orchestrator.usecases.repository import open_repository
+        from capsule.orchestrator.settings import Settings
+        from capsule.orchestrator.usecases.repository import open_repository
 
         settings = Settings(database=self.database, repository=self.repository, home=self.home)
         manifest = open_repository(settings).load_snapshot(snapshot_id)
@@ -320,8 +320,8 @@ class Shop:
         return manifest.entries[0].sha256
 
     def journal_mode_of(self, snapshot_id: str) -> str:
-        from orchestrator.settings import Settings
-        from orchestrator.usecases.repository import open_repository
+        from capsule.orchestrator.settings import Settings
+        from capsule.orchestrator.usecases.repository import open_repository
 
         settings = Settings(database=self.database, repository=self.repository, home=self.home)
         sqlite = open_repository(settings).load_snapshot(snapshot_id).entries[0].sqlite

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from adapters import sqlite_snapshot
-from adapters.database_backup import backup_database
-from adapters.sqlite_snapshot import SHM_CHECKPOINT_LOCK, CheckpointKeeper, _OfdLock, copy_database
+from capsule.adapters.sqlite import snapshot as sqlite_snapshot
+from capsule.adapters.sqlite.backup import backup_database
+from capsule.adapters.sqlite.snapshot import SHM_CHECKPOINT_LOCK, CheckpointKeeper, _OfdLock, copy_database
 from tests.unit.support import new_repository
 
 CHECKPOINT = """

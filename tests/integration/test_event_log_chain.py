@@ -24,10 +24,10 @@ import pytest
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from domain.errors import Category
-from orchestrator.db import make_engine
-from orchestrator.errors import EventLogTampered, EventStoreError
-from orchestrator.eventstore import (
+from capsule.domain.errors import Category
+from capsule.orchestrator.db import make_engine
+from capsule.orchestrator.errors import EventLogTampered, EventStoreError
+from capsule.orchestrator.eventstore import (
     ChainKeyFile,
     EventStore,
     Metadata,

@@ -11,12 +11,12 @@ import pytest
 from sqlalchemy import Connection, Engine, bindparam, text
 from sqlalchemy.exc import DBAPIError
 
-from domain import restore_job
-from domain.events import RestoreRequested
-from orchestrator import codec
-from orchestrator.db import make_engine
-from orchestrator.errors import ConcurrencyConflict, OrchestratorError, UnknownSchemaVersion
-from orchestrator.eventstore import (
+from capsule.domain import restore_job
+from capsule.domain.events import RestoreRequested
+from capsule.orchestrator import codec
+from capsule.orchestrator.db import make_engine
+from capsule.orchestrator.errors import ConcurrencyConflict, OrchestratorError, UnknownSchemaVersion
+from capsule.orchestrator.eventstore import (
     EventStore,
     Metadata,
     NewEvent,
@@ -24,7 +24,7 @@ from orchestrator.eventstore import (
     Upcasters,
     create_schema,
 )
-from orchestrator.eventstore.schema import JSONDocument, UTCDateTime
+from capsule.orchestrator.eventstore.schema import JSONDocument, UTCDateTime
 
 META = Metadata(actor="user:ana", correlation_id="req-1")
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
-from orchestrator.db import default_event_store_url, for_reading, make_engine
-from orchestrator.errors import EventStoreError, EventStoreUnavailable
-from orchestrator.eventstore import EventStore, Metadata, NewEvent, create_schema
+from capsule.orchestrator.db import default_event_store_url, for_reading, make_engine
+from capsule.orchestrator.errors import EventStoreError, EventStoreUnavailable
+from capsule.orchestrator.eventstore import EventStore, Metadata, NewEvent, create_schema
 
 META = Metadata(actor="user:ana", correlation_id="req-1")
 EVENT = NewEvent("BackupRequested", 1, {"kind": "database"})

@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection, Engine
 
-from orchestrator.db import make_engine
-from orchestrator.eventstore import EventStore, Metadata, NewEvent, StoredEvent
+from capsule.orchestrator.db import make_engine
+from capsule.orchestrator.eventstore import EventStore, Metadata, NewEvent, StoredEvent
 
 APPENDERS = 4
 APPENDS_EACH = 25

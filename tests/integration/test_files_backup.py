@@ -18,18 +18,18 @@ from typing import Any
 
 import pytest
 
-from adapters import files_backup
-from adapters.chunks import load_id_lists
-from adapters.database_backup import BackupResult
-from adapters.files_backup import backup_files, store_files
-from adapters.files_restore import restore_files
-from adapters.files_tree import iter_entries, path_key, tree_ids
-from adapters.repository.backend import LocalBackend
-from adapters.repository.pack import COMPRESSION_NONE, COMPRESSION_ZSTD
-from adapters.repository.repo import DEFAULT_PACK_SIZE, Repository
-from domain.manifest import Entry, Manifest
-from orchestrator.settings import Settings
-from orchestrator.usecases.verify import Verify, verify_repository
+from capsule.adapters.files import backup as files_backup
+from capsule.adapters.files.backup import backup_files, store_files
+from capsule.adapters.files.restore import restore_files
+from capsule.adapters.files.tree import iter_entries, path_key, tree_ids
+from capsule.adapters.repository.backends.local import LocalBackend
+from capsule.adapters.repository.chunks import load_id_lists
+from capsule.adapters.repository.pack import COMPRESSION_NONE, COMPRESSION_ZSTD
+from capsule.adapters.repository.repo import DEFAULT_PACK_SIZE, Repository
+from capsule.adapters.sqlite.backup import BackupResult
+from capsule.domain.manifest import Entry, Manifest
+from capsule.orchestrator.settings import Settings
+from capsule.orchestrator.usecases.verify import Verify, verify_repository
 from tests.integration.uploads import describe_tree
 
 KiB = 1024

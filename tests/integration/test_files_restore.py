@@ -22,11 +22,10 @@ from typing import Any
 
 import pytest
 
-from adapters import files_restore
-from adapters.chunks import store_id_lists
-from adapters.errors import IntegrityError, RestoreRefused
-from adapters.files_backup import backup_files
-from adapters.files_restore import (
+from capsule.adapters.errors import IntegrityError, RestoreRefused
+from capsule.adapters.files import restore as files_restore
+from capsule.adapters.files.backup import backup_files
+from capsule.adapters.files.restore import (
     CLASHES_SHOWN,
     PARTIAL_MARK,
     FilesRestored,
@@ -34,11 +33,12 @@ from adapters.files_restore import (
     remove_partial_writes,
     restore_files,
 )
-from adapters.files_tree import iter_entries, tree_ids
-from adapters.repository.backend import LocalBackend
-from adapters.repository.repo import Repository
-from domain.errors import UnsafePath
-from domain.manifest import Entry, Manifest, Totals
+from capsule.adapters.files.tree import iter_entries, tree_ids
+from capsule.adapters.repository.backends.local import LocalBackend
+from capsule.adapters.repository.chunks import store_id_lists
+from capsule.adapters.repository.repo import Repository
+from capsule.domain.errors import UnsafePath
+from capsule.domain.manifest import Entry, Manifest, Totals
 from tests.integration.helpers import Shop, flip_byte, one_line_error
 from tests.unit.support import new_repository, reopen
 

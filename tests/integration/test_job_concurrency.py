@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator.runtime import Runtime
-from orchestrator.settings import Settings
+from capsule.orchestrator.runtime import Runtime
+from capsule.orchestrator.settings import Settings
 from tests.integration.helpers import Shop, file_content_digest, running
 from tests.integration.uploads import make_uploads
 

@@ -15,15 +15,15 @@ from typing import Any
 
 import pytest
 
-from adapters.files_restore import restore_files
-from adapters.repository.rebuild import read_pack_header
-from adapters.restore import restore_snapshot
-from adapters.verify import verify
-from orchestrator import projections
-from orchestrator.runtime import Runtime
-from orchestrator.settings import Settings
-from orchestrator.usecases.repository import open_repository
-from orchestrator.usecases.snapshots import resolve_snapshot
+from capsule.adapters.files.restore import restore_files
+from capsule.adapters.repository.rebuild import read_pack_header
+from capsule.adapters.repository.restore import restore_snapshot
+from capsule.adapters.repository.verify import verify
+from capsule.orchestrator import projections
+from capsule.orchestrator.runtime import Runtime
+from capsule.orchestrator.settings import Settings
+from capsule.orchestrator.usecases.repository import open_repository
+from capsule.orchestrator.usecases.snapshots import resolve_snapshot
 from tests.integration.helpers import FAST_STEPS, Shop, file_content_digest
 from tests.integration.uploads import describe_tree, make_uploads
 

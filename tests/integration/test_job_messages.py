@@ -17,10 +17,10 @@ import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
 
-from domain.events import StepCompleted, StepStarted
-from orchestrator.actors import QUEUE, Dispatcher
-from orchestrator.runtime import Runtime
-from orchestrator.settings import Settings
+from capsule.domain.events import StepCompleted, StepStarted
+from capsule.orchestrator.actors import QUEUE, Dispatcher
+from capsule.orchestrator.runtime import Runtime
+from capsule.orchestrator.settings import Settings
 from tests.integration.helpers import Shop, file_content_digest
 
 

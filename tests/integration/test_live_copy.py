@@ -1,7 +1,7 @@
 """Storing a database copy while SQLite still writes it gives exactly what storing it afterwards gives.
 
-The store follows the copy block by block (`adapters.livecopy`), which relies on how SQLite's backup
-API writes a new file and on the file system reporting holes. These tests hold it to the plain way:
+The store follows the copy block by block (`adapters/sqlite/livecopy.py`), which relies on how SQLite's
+backup API writes a new file and on the file system reporting holes. These tests hold it to the plain way:
 same blobs, same list blobs, same SHA-256, and a restore equal to the source byte for byte.
 """
 
@@ -18,10 +18,11 @@ from typing import Any
 
 import pytest
 
-from adapters import database_backup, livecopy
-from adapters.database_backup import backup_database
-from adapters.errors import SourceError
-from adapters.restore import restore_snapshot
+from capsule.adapters.errors import SourceError
+from capsule.adapters.repository.restore import restore_snapshot
+from capsule.adapters.sqlite import backup as database_backup
+from capsule.adapters.sqlite import livecopy
+from capsule.adapters.sqlite.backup import backup_database
 from tests.unit.support import new_repository, reopen
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)

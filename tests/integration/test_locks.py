@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.repository.lock import lock_record, process_start_time
+from capsule.adapters.repository.lock import lock_record, process_start_time
 from tests.integration.helpers import Shop, log_events, one_line_error
 
 # One attempt: a backup job would otherwise retry a locked repository with backoff, as it should.

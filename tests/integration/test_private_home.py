@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.private import tighten
+from capsule.orchestrator.private import tighten
 
 
 def mode(path: Path) -> int:

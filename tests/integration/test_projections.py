@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from domain import backup_job, restore_job
-from domain.commands import (
+from capsule.domain import backup_job, restore_job
+from capsule.domain.commands import (
     CompleteStep,
     FailStep,
     RecordProgress,
@@ -25,13 +25,13 @@ from domain.commands import (
     RetryPolicy,
     StartStep,
 )
-from domain.errors import InvalidEvent
-from domain.events import Event
-from domain.jobs import JobState
-from orchestrator import codec, projections
-from orchestrator.codec import JobType
-from orchestrator.eventstore import EventStore, Metadata, NewEvent
-from orchestrator.projections import ProjectionHandler
+from capsule.domain.errors import InvalidEvent
+from capsule.domain.events import Event
+from capsule.domain.jobs import JobState
+from capsule.orchestrator import codec, projections
+from capsule.orchestrator.codec import JobType
+from capsule.orchestrator.eventstore import EventStore, Metadata, NewEvent
+from capsule.orchestrator.projections import ProjectionHandler
 
 T0 = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 SOURCE = "/srv/pos/data/pos.db"

@@ -29,8 +29,8 @@ from hypothesis.stateful import (
 )
 from sqlalchemy import Engine, func, inspect, select
 
-from domain import backup_job, restore_job
-from domain.commands import (
+from capsule.domain import backup_job, restore_job
+from capsule.domain.commands import (
     CancelJob,
     CompleteStep,
     ExpireLease,
@@ -39,9 +39,9 @@ from domain.commands import (
     ReleaseBackup,
     StartStep,
 )
-from domain.errors import InvalidCommand
-from domain.events import BackupQueued, EventLogStarted, SnapshotRecovered, StepProgressed
-from domain.jobs import (
+from capsule.domain.errors import InvalidCommand
+from capsule.domain.events import BackupQueued, EventLogStarted, SnapshotRecovered, StepProgressed
+from capsule.domain.jobs import (
     ExpireStepLease,
     Finished,
     JobState,
@@ -52,13 +52,13 @@ from domain.jobs import (
     is_finished,
     next_action,
 )
-from orchestrator import codec, projections
-from orchestrator.codec import JobType
-from orchestrator.db import default_event_store_url, make_engine
-from orchestrator.eventstore import EventStore, Metadata, NewEvent, Upcasters, create_schema, events
-from orchestrator.projections import ProjectionHandler
-from orchestrator.projections.scan import Scan
-from orchestrator.projections.tables import PROJECTIONS, projection_checkpoints
+from capsule.orchestrator import codec, projections
+from capsule.orchestrator.codec import JobType
+from capsule.orchestrator.db import default_event_store_url, make_engine
+from capsule.orchestrator.eventstore import EventStore, Metadata, NewEvent, Upcasters, create_schema, events
+from capsule.orchestrator.projections import ProjectionHandler
+from capsule.orchestrator.projections.scan import Scan
+from capsule.orchestrator.projections.tables import PROJECTIONS, projection_checkpoints
 from tests.integration.test_projections import LEASE, POLICY, TOTALS, Jobs
 
 SOURCES = ["/srv/a/pos.db", "/srv/b/pos.db"]

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from adapters.repository.lock import lock_record, process_start_time
+from capsule.adapters.repository.lock import lock_record, process_start_time
 from tests.integration.helpers import (
     CAPSULE,
     Shop,

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.settings import Settings
-from orchestrator.usecases.backup import Backup, back_up
-from orchestrator.usecases.jobs import ListJobs, current_status, list_jobs
-from orchestrator.usecases.restore import IncludeNeedsFiles, Restore, restore_snapshot
-from orchestrator.usecases.snapshots import ChooseSnapshots, list_snapshots
+from capsule.orchestrator.settings import Settings
+from capsule.orchestrator.usecases.backup import Backup, back_up
+from capsule.orchestrator.usecases.jobs import ListJobs, current_status, list_jobs
+from capsule.orchestrator.usecases.restore import IncludeNeedsFiles, Restore, restore_snapshot
+from capsule.orchestrator.usecases.snapshots import ChooseSnapshots, list_snapshots
 from tests.integration.helpers import Shop, sha256_file
 
 

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from adapters.chunks import store_id_lists
-from adapters.errors import IntegrityError
-from adapters.repository.backend import LocalBackend
-from adapters.repository.repo import Repository
-from adapters.restore import restore_snapshot
-from adapters.verify import VerifyReport, verify
-from domain.errors import CapsuleError
-from domain.manifest import Entry
+from capsule.adapters.errors import IntegrityError
+from capsule.adapters.repository.backends.local import LocalBackend
+from capsule.adapters.repository.chunks import store_id_lists
+from capsule.adapters.repository.repo import Repository
+from capsule.adapters.repository.restore import restore_snapshot
+from capsule.adapters.repository.verify import VerifyReport, verify
+from capsule.domain.errors import CapsuleError
+from capsule.domain.manifest import Entry
 from tests.integration.helpers import Shop
 from tests.integration.test_files_restore import FORGERIES, World, _legit, make_world
 from tests.unit.support import reopen

@@ -7,8 +7,8 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-from adapters.repository.backend import LocalBackend
-from adapters.repository.repo import DEFAULT_PACK_SIZE, Repository
+from capsule.adapters.repository.backends.local import LocalBackend
+from capsule.adapters.repository.repo import DEFAULT_PACK_SIZE, Repository
 
 
 def new_repository(

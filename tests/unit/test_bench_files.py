@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from adapters.sampleshop.images import IMAGE_SIZES, SMALL_SIZES, generate_tree, plan_tree
 from benchmarks.bench_files import (
     choose_probe,
     compare_tree,
@@ -16,6 +15,7 @@ from benchmarks.bench_files import (
     list_files,
     mutate_tree,
 )
+from capsule.adapters.sampleshop.images import IMAGE_SIZES, SMALL_SIZES, generate_tree, plan_tree
 
 FILES = 300
 # A smaller tree of the same shape, to keep the test fast.

@@ -10,10 +10,10 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.repository.blobcodec import MIN_COMPRESSION_GAIN
-from adapters.repository.crypto import OVERHEAD
-from adapters.repository.index import BlobLocation, header_records
-from adapters.repository.pack import (
+from capsule.adapters.repository.blobcodec import MIN_COMPRESSION_GAIN
+from capsule.adapters.repository.crypto import OVERHEAD
+from capsule.adapters.repository.index import BlobLocation, header_records
+from capsule.adapters.repository.pack import (
     BLOB_DATA,
     BLOB_LIST,
     COMPRESSION_NONE,
@@ -21,7 +21,7 @@ from adapters.repository.pack import (
     PackBuilder,
     parse_header,
 )
-from adapters.repository.rebuild import read_pack_header
+from capsule.adapters.repository.rebuild import read_pack_header
 from tests.unit.support import new_repository, reopen
 
 MAX_BLOB = 64 * 1024

@@ -16,13 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adapters import restorepool
-from adapters.chunks import split_ids
-from adapters.database_backup import backup_database
-from adapters.errors import BlobNotFound, IntegrityError
-from adapters.repository.backend import LocalBackend
-from adapters.repository.index import header_records
-from adapters.repository.pack import (
+from capsule.adapters.errors import BlobNotFound, IntegrityError
+from capsule.adapters.repository.backends.local import LocalBackend
+from capsule.adapters.repository.chunks import split_ids
+from capsule.adapters.repository.index import header_records
+from capsule.adapters.repository.pack import (
     BUNDLE_ZSTD,
     BUNDLED,
     COMPRESSION_NONE,
@@ -30,12 +28,14 @@ from adapters.repository.pack import (
     PackBuilder,
     parse_header,
 )
-from adapters.repository.rebuild import read_pack_header, rebuild_index
-from adapters.repository.repo import Repository, _canonical
-from adapters.restore import content_id_groups, content_ids, restore_snapshot
-from adapters.restorepool import REQUEST_BYTES, _Requests
-from adapters.sealworker import BUNDLE_BYTES, FRAME, OPEN_ITEM
-from adapters.verify import verify
+from capsule.adapters.repository.rebuild import read_pack_header, rebuild_index
+from capsule.adapters.repository.repo import Repository, _canonical
+from capsule.adapters.repository.restore import content_id_groups, content_ids, restore_snapshot
+from capsule.adapters.repository.verify import verify
+from capsule.adapters.sqlite.backup import backup_database
+from capsule.adapters.workers import restorepool
+from capsule.adapters.workers.restorepool import REQUEST_BYTES, _Requests
+from capsule.adapters.workers.sealworker import BUNDLE_BYTES, FRAME, OPEN_ITEM
 from tests.unit.support import flip_bit, new_repository, reopen
 
 

@@ -6,7 +6,9 @@ import random
 
 import pytest
 
-from adapters.chunks import (
+from capsule.adapters.errors import BlobNotFound, IntegrityError
+from capsule.adapters.repository import repo as repo_module
+from capsule.adapters.repository.chunks import (
     DIRECT_LIMIT,
     LIST_FANOUT,
     ChunkStore,
@@ -14,8 +16,6 @@ from adapters.chunks import (
     entry_blob_fields,
     load_id_lists,
 )
-from adapters.errors import BlobNotFound, IntegrityError
-from adapters.repository import repo as repo_module
 from tests.unit.support import new_repository, reopen
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import get_args
 
-from api.cli_jobs import JOB_STATUSES
-from domain.jobs import JobStatus
+from capsule.api.cli_jobs import JOB_STATUSES
+from capsule.domain.jobs import JobStatus
 
 
 def test_job_status_choices_are_the_domain_statuses() -> None:

@@ -1,5 +1,5 @@
-"""The click commands hold no logic: each parses, calls a use case of `orchestrator.usecases`, and
-hands the result to a renderer of `api.render`.
+"""The click commands hold no logic: each parses, calls a use case of `capsule.orchestrator.usecases`, and
+hands the result to a renderer of `capsule.api.render`.
 
 The rule, read from each command's source (every function decorated `@<group>.command` or
 `@click.command`, and the functions nested in it):
@@ -8,9 +8,9 @@ The rule, read from each command's source (every function decorated `@<group>.co
   `raise click.UsageError(...)`, and `if` tests that read only the command's own arguments;
 - no loop, no comprehension, no arithmetic, no f-string, no subscript;
 - every call is to a use case or request of `orchestrator.usecases`, a function of `api.render`
-  or `api.filters`, `run`, or `click.UsageError`;
+  or `capsule.api.filters`, `run`, or `click.UsageError`;
 - at least one call is to a use case.
-And the CLI modules reach the orchestrator only through `orchestrator.usecases` (and the settings
+And the CLI modules reach the orchestrator only through `capsule.orchestrator.usecases` (and the settings
 they parse), never the adapters: nothing is read again after the use case returns.
 """
 
@@ -21,13 +21,17 @@ from pathlib import Path
 
 import pytest
 
-import api
+from capsule import api
 
 API = Path(api.__file__).parent
 COMMAND_MODULES = tuple(sorted(p.name for p in API.glob("cli*.py")))
-ALLOWED_MODULES = ("api.render", "api.filters", "api.common")
+ALLOWED_MODULES = ("capsule.api.render", "capsule.api.filters", "capsule.api.common")
 ALLOWED_NAMES = {"run"}
-ALLOWED_ORCHESTRATOR = ("orchestrator.usecases", "orchestrator.settings", "orchestrator.private")
+ALLOWED_ORCHESTRATOR = (
+    "capsule.orchestrator.usecases",
+    "capsule.orchestrator.settings",
+    "capsule.orchestrator.private",
+)
 SIMPLE_EXPRESSIONS = (ast.Name, ast.Attribute, ast.Constant, ast.keyword, ast.Load, ast.Store)
 # `not as_json`, `read_data and not as_json`: passing on what was parsed, no computation.
 SIMPLE_EXPRESSIONS += (ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not)
@@ -47,7 +51,7 @@ class Imports:
                     self.names[alias.asname or alias.name.split(".")[0]] = alias.name
 
     def origin(self, func: ast.expr) -> str:
-        """The dotted origin of a called name (`backup.back_up` -> `orchestrator.usecases.backup.back_up`)."""
+        """The dotted origin of a called name (`backup.back_up` -> `capsule...usecases.backup.back_up`)."""
         parts = []
         while isinstance(func, ast.Attribute):
             parts.append(func.attr)
@@ -80,7 +84,7 @@ def commands() -> list[tuple[str, ast.FunctionDef, Imports]]:
 
 
 def is_use_case(origin: str) -> bool:
-    return origin.startswith("orchestrator.usecases.")
+    return origin.startswith("capsule.orchestrator.usecases.")
 
 
 def call_allowed(origin: str) -> bool:
@@ -177,7 +181,7 @@ def test_click_command_only_parses_calls_a_use_case_and_renders(
 ) -> None:
     params = {a.arg for a in fn.args.args}
     assert statement_problems(fn.body, imports, params) == [], name
-    assert use_case_calls(fn, imports), f"{name} calls no use case of orchestrator.usecases"
+    assert use_case_calls(fn, imports), f"{name} calls no use case of capsule.orchestrator.usecases"
 
 
 def runtime_imports(tree: ast.Module) -> set[str]:
@@ -216,10 +220,10 @@ def test_api_reaches_the_orchestrator_only_through_use_cases(path: Path) -> None
 
 
 def test_job_commands_do_not_import_the_module_that_registers_them() -> None:
-    """`api.cli` registers the job commands on its group: the import goes one way, with no cycle."""
+    """`capsule.api.cli` registers the job commands on its group: the import goes one way, with no cycle."""
     tree = ast.parse((API / "cli_jobs.py").read_text(encoding="utf-8"))
-    assert "api.cli" not in runtime_imports(tree)
-    assert "api.cli_jobs" in runtime_imports(ast.parse((API / "cli.py").read_text(encoding="utf-8")))
+    assert "capsule.api.cli" not in runtime_imports(tree)
+    assert "capsule.api.cli_jobs" in runtime_imports(ast.parse((API / "cli.py").read_text(encoding="utf-8")))
 
 
 @pytest.mark.parametrize(
@@ -235,7 +239,7 @@ def test_job_commands_do_not_import_the_module_that_registers_them() -> None:
     ],
 )
 def test_the_rule_catches_logic(source: str) -> None:
-    tree = ast.parse(f"import click\nfrom orchestrator import services\n{source}\n")
+    tree = ast.parse(f"import click\nfrom capsule.orchestrator import services\n{source}\n")
     assert statement_problems(tree.body[2:], Imports(tree), {"x", "y", "settings", "rows"}) != []
 
 
@@ -251,7 +255,7 @@ def test_the_rule_catches_logic(source: str) -> None:
     ],
 )
 def test_the_rule_allows_parsing_a_call_and_rendering(source: str) -> None:
-    header = "import click\nfrom api import render\nfrom orchestrator.usecases import backup, jobs\n"
+    header = "import click\nfrom capsule.api import render\nfrom capsule.orchestrator.usecases import backup, jobs\n"
     tree = ast.parse(
         f"def f():\n    pass\n{header}" + (f"def g():\n    {source.replace(chr(10), chr(10) + '    ')}\n")
     )

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from domain import backup_job, restore_job
-from domain.errors import Category, InvalidEvent, UnknownEvent
-from domain.events import (
+from capsule.domain import backup_job, restore_job
+from capsule.domain.errors import Category, InvalidEvent, UnknownEvent
+from capsule.domain.events import (
     EVENT_TYPES,
     BackupCancelled,
     BackupCompleted,
@@ -32,8 +32,8 @@ from domain.events import (
     StepProgressed,
     StepStarted,
 )
-from orchestrator import codec
-from orchestrator.eventstore import Metadata, NewEvent, StoredEvent
+from capsule.orchestrator import codec
+from capsule.orchestrator.eventstore import Metadata, NewEvent, StoredEvent
 
 JOB = "20261125-0a1b2c3d"
 AT = datetime(2026, 11, 25, 14, 30, 5, 123456, tzinfo=UTC)

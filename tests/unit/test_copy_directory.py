@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from adapters import database_backup
-from adapters.database_backup import copy_directory
+from capsule.adapters.sqlite import backup as database_backup
+from capsule.adapters.sqlite.backup import copy_directory
 
 
 @pytest.fixture

@@ -15,10 +15,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from adapters.chunks import DIRECT_LIMIT
-from adapters.database_backup import backup_database
-from adapters.repository import index as index_module
-from adapters.restore import restore_snapshot
+from capsule.adapters.repository import index as index_module
+from capsule.adapters.repository.chunks import DIRECT_LIMIT
+from capsule.adapters.repository.restore import restore_snapshot
+from capsule.adapters.sqlite.backup import backup_database
 from tests.unit.support import new_repository, reopen
 
 T0 = datetime(2024, 6, 1, 9, 0, tzinfo=UTC)

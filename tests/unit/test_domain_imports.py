@@ -8,21 +8,29 @@ from pathlib import Path
 
 import pytest
 
-import domain
+from capsule import domain
 
 ALLOWED_THIRD_PARTY = {"pydantic"}
-FORBIDDEN = {"adapters", "orchestrator", "api", "sqlalchemy", "dramatiq"}
+FORBIDDEN = {"capsule.adapters", "capsule.orchestrator", "capsule.api", "sqlalchemy", "dramatiq"}
 
 
 def imported_modules(source: str) -> list[tuple[int, str]]:
-    """(line, top-level module) of every absolute import; relative imports stay inside the package."""
+    """(line, top-level module) of every absolute import; relative imports stay inside the package.
+
+    Capsule's own modules count by their part: `capsule.domain`, `capsule.adapters`.
+    """
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
-            found.extend((node.lineno, alias.name.split(".")[0]) for alias in node.names)
+            found.extend((node.lineno, top_level(alias.name)) for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.append((node.lineno, node.module.split(".")[0]))
+            found.append((node.lineno, top_level(node.module)))
     return found
+
+
+def top_level(module: str) -> str:
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "capsule" else parts[0]
 
 
 def disallowed_imports(source: str) -> list[tuple[int, str]]:
@@ -30,7 +38,9 @@ def disallowed_imports(source: str) -> list[tuple[int, str]]:
         (line, module)
         for line, module in imported_modules(source)
         if module in FORBIDDEN
-        or not (module == "domain" or module in sys.stdlib_module_names or module in ALLOWED_THIRD_PARTY)
+        or not (
+            module == "capsule.domain" or module in sys.stdlib_module_names or module in ALLOWED_THIRD_PARTY
+        )
     ]
 
 
@@ -52,10 +62,11 @@ def test_domain_module_imports_only_stdlib_pydantic_and_domain(path):
 @pytest.mark.parametrize(
     "source",
     [
-        "import adapters.errors",
-        "from adapters.repository.repo import Repository",
-        "from orchestrator import settings",
-        "import api.cli",
+        "import capsule.adapters.errors",
+        "from capsule.adapters.repository.repo import Repository",
+        "from capsule.orchestrator import settings",
+        "from capsule import adapters",
+        "import capsule.api.cli",
         "import sqlalchemy as sa",
         "from dramatiq import actor",
         "import numpy",
@@ -74,7 +85,7 @@ def test_import_checker_catches_outer_layers_and_third_party_modules(source):
         "import json, hashlib",
         "from pathlib import PurePosixPath",
         "from pydantic import BaseModel",
-        "from domain.errors import UnsafePath",
+        "from capsule.domain.errors import UnsafePath",
         "from .errors import UnsafePath",
     ],
 )

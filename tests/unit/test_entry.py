@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from api.entry import DEFAULT_UPLOADS, folder_to_look_at
+from capsule.api.entry import DEFAULT_UPLOADS, folder_to_look_at
 
 
 @pytest.mark.parametrize(

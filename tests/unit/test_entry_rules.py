@@ -15,11 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.entry_rules import check_database_snapshot, check_follows, restored_mode
-from adapters.errors import IntegrityError
-from adapters.files_tree import path_key
-from domain.errors import CapsuleError, UnsafePath
-from domain.manifest import Entry, Manifest, Totals
+from capsule.adapters.errors import IntegrityError
+from capsule.adapters.files.tree import path_key
+from capsule.adapters.repository.entry_rules import check_database_snapshot, check_follows, restored_mode
+from capsule.domain.errors import CapsuleError, UnsafePath
+from capsule.domain.manifest import Entry, Manifest, Totals
 
 NAMES = st.sampled_from(["a", "b", "a-b", "a.b", "z"])
 PATHS = st.lists(NAMES, min_size=1, max_size=3).map("/".join)

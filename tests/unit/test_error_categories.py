@@ -10,12 +10,9 @@ from pathlib import Path
 
 import pytest
 
-import adapters
-import api
-import domain
-import orchestrator
-from api.exitcodes import EXIT_CODES, exit_code
-from domain.errors import CapsuleError, Category
+from capsule import adapters, api, domain, orchestrator
+from capsule.api.exitcodes import EXIT_CODES, exit_code
+from capsule.domain.errors import CapsuleError, Category
 
 PACKAGES = (domain, orchestrator, adapters, api)
 
@@ -32,7 +29,7 @@ def error_classes() -> list[type[CapsuleError]]:
     todo = [CapsuleError]
     while todo:
         cls = todo.pop()
-        if cls.__module__.split(".")[0] in {p.__name__ for p in PACKAGES}:
+        if ".".join(cls.__module__.split(".")[:2]) in {p.__name__ for p in PACKAGES}:
             found.append(cls)
         todo.extend(cls.__subclasses__())
     return sorted(found, key=lambda c: f"{c.__module__}.{c.__qualname__}")

@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InternalError, OperationalError
 
-from domain.errors import Category
-from orchestrator.db import describe_failure
-from orchestrator.errors import EventLogDamaged, EventLogDiskFull
+from capsule.domain.errors import Category
+from capsule.orchestrator.db import describe_failure
+from capsule.orchestrator.errors import EventLogDamaged, EventLogDiskFull
 
 URL = make_url("postgresql+psycopg://capsule:s3cret-pw@db.shop.lan/capsule")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 import pytest
 
-from api.cli import cli
-from api.exitcodes import EXIT_CODES
+from capsule.api.cli import cli
+from capsule.api.exitcodes import EXIT_CODES
 
 ROOT = Path(__file__).resolve().parents[2]
 

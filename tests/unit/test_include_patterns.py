@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.errors import RestoreRefused
-from adapters.files_restore import Selection
+from capsule.adapters.errors import RestoreRefused
+from capsule.adapters.files.restore import Selection
 
 PATHS = [
     "top.jpg",

@@ -10,16 +10,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.errors import DiskFull, IntegrityError
-from adapters.repository import index as index_module
-from adapters.repository.index import (
+from capsule.adapters.errors import DiskFull, IntegrityError
+from capsule.adapters.repository import index as index_module
+from capsule.adapters.repository.index import (
     BlobLocation,
     Index,
     decode_index,
     encode_index,
     records,
 )
-from adapters.repository.pack import PackedBlob
+from capsule.adapters.repository.pack import PackedBlob
 
 
 def _pack_id(n: int) -> str:

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from adapters.database_backup import BackupResult, backup_database
-from adapters.repository import index as index_module
-from adapters.repository import indexcache
-from adapters.repository import repo as repo_module
-from adapters.repository.index import decode_index, encode_index
-from adapters.repository.repo import Repository
-from adapters.restore import restore_snapshot
-from adapters.verify import verify
+from capsule.adapters.repository import index as index_module
+from capsule.adapters.repository import indexcache
+from capsule.adapters.repository import repo as repo_module
+from capsule.adapters.repository.index import decode_index, encode_index
+from capsule.adapters.repository.repo import Repository
+from capsule.adapters.repository.restore import restore_snapshot
+from capsule.adapters.repository.verify import verify
+from capsule.adapters.sqlite.backup import BackupResult, backup_database
 from tests.unit.support import count_index_reads, new_repository, reopen, wal_database_of_random_rows
 
 

@@ -7,11 +7,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from adapters.database_backup import backup_database
-from adapters.repository import index as index_module
-from adapters.repository import repo as repo_module
-from adapters.repository.index import decode_index, encode_index
-from adapters.restore import restore_snapshot
+from capsule.adapters.repository import index as index_module
+from capsule.adapters.repository import repo as repo_module
+from capsule.adapters.repository.index import decode_index, encode_index
+from capsule.adapters.repository.restore import restore_snapshot
+from capsule.adapters.sqlite.backup import backup_database
 from tests.unit.support import count_index_reads, new_repository, reopen, wal_database_of_random_rows
 
 

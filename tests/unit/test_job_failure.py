@@ -6,14 +6,14 @@ from functools import reduce
 
 import pytest
 
-from api.exitcodes import exit_code
-from domain import backup_job
-from domain.backup_job import STORE
-from domain.errors import Category
-from domain.events import BackupFailed, Event, StepFailed, load_event
-from orchestrator import codec
-from orchestrator.jobrunner import failure
-from orchestrator.runtime import Loaded
+from capsule.api.exitcodes import exit_code
+from capsule.domain import backup_job
+from capsule.domain.backup_job import STORE
+from capsule.domain.errors import Category
+from capsule.domain.events import BackupFailed, Event, StepFailed, load_event
+from capsule.orchestrator import codec
+from capsule.orchestrator.jobrunner import failure
+from capsule.orchestrator.runtime import Loaded
 from tests.unit.domain import JOB, backup_requested, started
 
 

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from adapters.errors import (
+from capsule.adapters.errors import (
     IntegrityError,
     KeyFileMissing,
     RepositoryExists,
@@ -16,12 +16,12 @@ from adapters.errors import (
     UnsupportedVersion,
     WrongKey,
 )
-from adapters.repository import crypto
-from adapters.repository.backend import LocalBackend
-from adapters.repository.crypto import MasterKey
-from adapters.repository.pack import BLOB_DATA
-from adapters.repository.repo import Repository, add_passphrase_key
-from domain.errors import CapsuleError
+from capsule.adapters.repository import crypto
+from capsule.adapters.repository.backends.local import LocalBackend
+from capsule.adapters.repository.crypto import MasterKey
+from capsule.adapters.repository.pack import BLOB_DATA
+from capsule.adapters.repository.repo import Repository, add_passphrase_key
+from capsule.domain.errors import CapsuleError
 from tests.unit.support import new_repository
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from adapters.errors import RepositoryLocked
-from adapters.repository import lock as lock_module
-from adapters.repository.backend import LocalBackend
-from adapters.repository.lock import (
+from capsule.adapters.errors import RepositoryLocked
+from capsule.adapters.repository import lock as lock_module
+from capsule.adapters.repository.backends.local import LocalBackend
+from capsule.adapters.repository.lock import (
     RepositoryLock,
     is_stale,
     lock_record,

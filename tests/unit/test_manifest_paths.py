@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from adapters.restore import safe_target
-from domain.errors import UnsafePath
-from domain.manifest import Entry, Manifest, Totals, check_relative_path
+from capsule.adapters.repository.restore import safe_target
+from capsule.domain.errors import UnsafePath
+from capsule.domain.manifest import Entry, Manifest, Totals, check_relative_path
 
 UNSAFE = [
     "",

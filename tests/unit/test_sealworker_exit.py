@@ -7,14 +7,14 @@ import os
 import subprocess
 import sys
 
-from adapters.sealworker import FRAME, HEAD, OP_HASH
+from capsule.adapters.workers.sealworker import FRAME, HEAD, OP_HASH
 
 
 def test_a_worker_whose_reader_is_gone_exits_without_a_traceback(tmp_path) -> None:
     data = tmp_path / "data"
     data.write_bytes(os.urandom(8192))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "adapters.sealworker"],
+        [sys.executable, "-m", "capsule.adapters.workers.sealworker"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

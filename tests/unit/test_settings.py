@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from orchestrator.settings import Settings
+from capsule.orchestrator.settings import Settings
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from domain.sizes import parse_size
+from capsule.domain.sizes import parse_size
 
 
 @pytest.mark.parametrize(

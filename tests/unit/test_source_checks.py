@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from adapters.database_backup import SHRINK_WARNING_FRACTION, shrink_warning
-from adapters.errors import SourceError
-from adapters.sqlite_snapshot import check_source
-from domain.manifest import Entry, Manifest, Totals
+from capsule.adapters.errors import SourceError
+from capsule.adapters.sqlite.backup import SHRINK_WARNING_FRACTION, shrink_warning
+from capsule.adapters.sqlite.snapshot import check_source
+from capsule.domain.manifest import Entry, Manifest, Totals
 
 
 def _snapshot_of(size: int) -> tuple[str, Manifest]:

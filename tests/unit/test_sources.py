@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from domain.manifest import Manifest, SourceIdentity, schema_digest
-from domain.sources import SnapshotFilter, other_source, schema_changed
+from capsule.domain.manifest import Manifest, SourceIdentity, schema_digest
+from capsule.domain.sources import SnapshotFilter, other_source, schema_changed
 
 TOTALS = {"files": 1, "bytes": 0, "blobs": 0, "new_blobs": 0, "new_bytes": 0, "stored_bytes": 0}
 

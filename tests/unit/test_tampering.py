@@ -12,14 +12,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.errors import BlobNotFound, IntegrityError
-from adapters.repository.backend import Kind
-from adapters.repository.index import BlobLocation
-from adapters.repository.pack import BLOB_DATA, BLOB_LIST
-from adapters.repository.rebuild import read_pack_header
-from adapters.repository.repo import Repository
-from adapters.verify import verify
-from domain.manifest import Entry, Manifest, Totals
+from capsule.adapters.errors import BlobNotFound, IntegrityError
+from capsule.adapters.repository.backends.local import Kind
+from capsule.adapters.repository.index import BlobLocation
+from capsule.adapters.repository.pack import BLOB_DATA, BLOB_LIST
+from capsule.adapters.repository.rebuild import read_pack_header
+from capsule.adapters.repository.repo import Repository
+from capsule.adapters.repository.verify import verify
+from capsule.domain.manifest import Entry, Manifest, Totals
 from tests.unit.support import flip_bit, new_repository, reopen, replaced
 
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

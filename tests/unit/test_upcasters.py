@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
-from domain.errors import Category
-from domain.events import RestoreRequested, StepFailed, load_event
-from orchestrator import codec
-from orchestrator.errors import InvalidUpcaster, UnknownSchemaVersion
-from orchestrator.eventstore import Upcasters
+from capsule.domain.errors import Category
+from capsule.domain.events import RestoreRequested, StepFailed, load_event
+from capsule.orchestrator import codec
+from capsule.orchestrator.errors import InvalidUpcaster, UnknownSchemaVersion
+from capsule.orchestrator.eventstore import Upcasters
 
 
 def add_unit(data: dict[str, Any]) -> dict[str, Any]:

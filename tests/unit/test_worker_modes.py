@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from adapters.database_backup import backup_database
-from adapters.errors import IntegrityError
-from adapters.repository.backend import LocalBackend
-from adapters.repository.repo import Repository
-from adapters.restore import restore_snapshot
-from adapters.sealpool import SealPool, WorkerFailed
+from capsule.adapters.errors import IntegrityError
+from capsule.adapters.repository.backends.local import LocalBackend
+from capsule.adapters.repository.repo import Repository
+from capsule.adapters.repository.restore import restore_snapshot
+from capsule.adapters.sqlite.backup import backup_database
+from capsule.adapters.workers.sealpool import SealPool, WorkerFailed
 
 
 def _database(path: Path, rows: int) -> None:

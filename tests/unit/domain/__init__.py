@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from domain.commands import (
+from capsule.domain.commands import (
     DEFAULT_LEASE,
     CancelJob,
     CompleteStep,
@@ -30,8 +30,8 @@ from domain.commands import (
     RetryPolicy,
     StartStep,
 )
-from domain.errors import Category, InvalidCommand
-from domain.events import (
+from capsule.domain.errors import Category, InvalidCommand
+from capsule.domain.events import (
     BackupRequested,
     Event,
     RestoreRequested,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from domain import backup_job
-from domain.backup_job import (
+from capsule.domain import backup_job
+from capsule.domain.backup_job import (
     COMMIT,
     STORE,
     all_source,
@@ -17,9 +17,9 @@ from domain.backup_job import (
     stream_id,
     upload_step,
 )
-from domain.commands import RequestBackup, StartStep
-from domain.errors import CapsuleError, InvalidCommand
-from domain.events import (
+from capsule.domain.commands import RequestBackup, StartStep
+from capsule.domain.errors import CapsuleError, InvalidCommand
+from capsule.domain.events import (
     BackupCancelled,
     BackupCompleted,
     BackupFailed,
@@ -27,7 +27,7 @@ from domain.events import (
     BackupReleased,
     BackupRequested,
 )
-from domain.jobs import is_finished
+from capsule.domain.jobs import is_finished
 from tests.unit.domain import (
     JOB,
     at,

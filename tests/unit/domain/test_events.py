@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from pydantic import ValidationError
 
-from domain import backup_job, events
-from domain.errors import CapsuleError, Category, InvalidEvent, UnknownEvent
-from domain.events import (
+from capsule.domain import backup_job, events
+from capsule.domain.errors import CapsuleError, Category, InvalidEvent, UnknownEvent
+from capsule.domain.events import (
     EVENT_TYPES,
     BackupCancelled,
     BackupCompleted,

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from domain import backup_job, restore_job
-from domain.commands import (
+from capsule.domain import backup_job, restore_job
+from capsule.domain.commands import (
     CancelJob,
     CompleteStep,
     ExpireLease,
@@ -30,9 +30,9 @@ from domain.commands import (
     RetryPolicy,
     StartStep,
 )
-from domain.errors import InvalidCommand
-from domain.events import Event, event_payload, event_type, load_event
-from domain.jobs import (
+from capsule.domain.errors import InvalidCommand
+from capsule.domain.events import Event, event_payload, event_type, load_event
+from capsule.domain.jobs import (
     FINISHED,
     ExpireStepLease,
     Finished,

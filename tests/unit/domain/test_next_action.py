@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from domain import backup_job
-from domain.backup_job import COMMIT, STORE
-from domain.errors import InvalidCommand
-from domain.events import BackupCancelled, BackupCompleted, BackupFailed, BackupQueued, BackupReleased
-from domain.jobs import Finished, RunStep, WaitForJob, WaitUntil, current_step, is_finished, next_action
+from capsule.domain import backup_job
+from capsule.domain.backup_job import COMMIT, STORE
+from capsule.domain.errors import InvalidCommand
+from capsule.domain.events import BackupCancelled, BackupCompleted, BackupFailed, BackupQueued, BackupReleased
+from capsule.domain.jobs import (
+    Finished,
+    RunStep,
+    WaitForJob,
+    WaitUntil,
+    current_step,
+    is_finished,
+    next_action,
+)
 from tests.unit.domain import JOB, at, backup_requested, completed, failed, lease_expired, started
 
 QUEUED = (backup_requested(), BackupQueued(job_id=JOB, behind_job_id="job-0"))

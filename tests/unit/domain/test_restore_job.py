@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from domain import restore_job
-from domain.errors import InvalidEvent
-from domain.events import (
+from capsule.domain import restore_job
+from capsule.domain.errors import InvalidEvent
+from capsule.domain.events import (
     BackupQueued,
     BackupRequested,
     RestoreCancelled,
@@ -14,8 +14,8 @@ from domain.events import (
     RestoreFailed,
     RestoreRequested,
 )
-from domain.jobs import Finished, RunStep, next_action
-from domain.restore_job import APPLY, IN_PLACE, RESTORE, STAGE, plan_for, stream_id
+from capsule.domain.jobs import Finished, RunStep, next_action
+from capsule.domain.restore_job import APPLY, IN_PLACE, RESTORE, STAGE, plan_for, stream_id
 from tests.unit.domain import (
     JOB,
     at,

@@ -6,11 +6,11 @@ from datetime import timedelta
 
 import pytest
 
-from domain import backup_job
-from domain.backup_job import COMMIT, STORE
-from domain.commands import RetryPolicy
-from domain.events import BackupCompleted, BackupFailed
-from domain.jobs import ExpireStepLease, Progress, RunStep, WaitUntil, next_action, resume_point
+from capsule.domain import backup_job
+from capsule.domain.backup_job import COMMIT, STORE
+from capsule.domain.commands import RetryPolicy
+from capsule.domain.events import BackupCompleted, BackupFailed
+from capsule.domain.jobs import ExpireStepLease, Progress, RunStep, WaitUntil, next_action, resume_point
 from tests.unit.domain import (
     JOB,
     LEASE,

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from domain.errors import CapsuleError, Category
+from capsule.domain.errors import CapsuleError, Category
 
 
 class SourceBusy(CapsuleError):

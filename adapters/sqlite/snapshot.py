@@ -24,9 +24,9 @@ from pathlib import Path
 
 import structlog
 
-from adapters.errors import DiskFull, SourceError
-from adapters.source_identity import database_identity
-from domain.manifest import SourceIdentity
+from capsule.adapters.errors import DiskFull, SourceError
+from capsule.adapters.source_identity import database_identity
+from capsule.domain.manifest import SourceIdentity
 
 log = structlog.get_logger(__name__)
 
@@ -146,7 +146,7 @@ def copy_database(
     """Copy `source` consistently into `target` (which must not exist) and describe the copy.
 
     `started`, if given, learns what the copy will be once its snapshot is fixed, just before SQLite
-    writes it: from then on the file grows page by page (see `adapters.livecopy`).
+    writes it: from then on the file grows page by page (see `capsule.adapters.sqlite.livecopy`).
 
     A WAL database's checkpoints are kept from the till for the copy's duration (`CheckpointKeeper`),
     or for as long as `keeper`, started by the caller, runs.

@@ -12,10 +12,10 @@ import threading
 from concurrent.futures import Future
 from typing import IO, NamedTuple
 
-from adapters.errors import BlobNotFound, DiskFull, IntegrityError
-from adapters.repository.crypto import ID_SIZE, MasterKey
-from adapters.repository.pack import HEADER_ENTRY
-from adapters.sealworker import (
+from capsule.adapters.errors import BlobNotFound, DiskFull, IntegrityError
+from capsule.adapters.repository.crypto import ID_SIZE, MasterKey
+from capsule.adapters.repository.pack import HEADER_ENTRY
+from capsule.adapters.workers.sealworker import (
     FRAME,
     HEAD,
     OP_HASH,
@@ -34,7 +34,7 @@ from adapters.sealworker import (
     STATUS_OK,
     read_frame,
 )
-from domain.errors import CapsuleError, Category
+from capsule.domain.errors import CapsuleError, Category
 
 
 class WorkerFailed(CapsuleError):
@@ -55,7 +55,7 @@ def default_workers() -> int:
 class _Proc:
     def __init__(self, key: MasterKey, level: int) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-u", "-m", "adapters.sealworker"],
+            [sys.executable, "-P", "-u", "-m", "capsule.adapters.workers.sealworker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             pipesize=PIPE_BYTES,

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import stat
 
-from adapters.errors import IntegrityError
-from adapters.files_tree import path_key
-from domain.errors import UnsafePath
-from domain.manifest import Entry, Manifest
+from capsule.adapters.errors import IntegrityError
+from capsule.adapters.files.tree import path_key
+from capsule.domain.errors import UnsafePath
+from capsule.domain.manifest import Entry, Manifest
 
 SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID
 """Bits that make a program run as its owner or group: restored only when asked for."""

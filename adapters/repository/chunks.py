@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from adapters.errors import BlobNotFound, IntegrityError
-from adapters.repository.crypto import ID_SIZE
-from adapters.repository.pack import BLOB_DATA, BLOB_LIST
-from adapters.repository.repo import PreparedBlob, Repository
+from capsule.adapters.errors import BlobNotFound, IntegrityError
+from capsule.adapters.repository.crypto import ID_SIZE
+from capsule.adapters.repository.pack import BLOB_DATA, BLOB_LIST
+from capsule.adapters.repository.repo import PreparedBlob, Repository
 
 IN_FLIGHT = 4
 LIST_FANOUT = 256  # ids per list blob: 8 KiB, so an unchanged stretch of a file dedupes

@@ -25,11 +25,11 @@ from typing import IO
 
 import zstandard
 
-from adapters.directio import AlignedBuffer, SlotMap, open_direct, write_pieces
-from adapters.errors import IntegrityError
-from adapters.repository.blobcodec import decode_blob, decode_bundle, encode_blob, encode_bundle
-from adapters.repository.crypto import ID_SIZE, NONCE_SIZE, MasterKey, Sealer
-from adapters.repository.pack import BUNDLED, HEADER_ENTRY
+from capsule.adapters.directio import AlignedBuffer, SlotMap, open_direct, write_pieces
+from capsule.adapters.errors import IntegrityError
+from capsule.adapters.repository.blobcodec import decode_blob, decode_bundle, encode_blob, encode_bundle
+from capsule.adapters.repository.crypto import ID_SIZE, NONCE_SIZE, MasterKey, Sealer
+from capsule.adapters.repository.pack import BUNDLED, HEADER_ENTRY
 
 OP_HASH = 1  # path, offset u64, length u32, chunk u32 -> concatenated 32-byte ids
 # path, type u8, flags u8, offset u64, length u32, chunk u32, n u32, n x index u32, n x id 32

@@ -12,12 +12,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 
-from adapters.entry_rules import check_content
-from adapters.files_tree import iter_entries
-from adapters.repository.repo import Repository
-from adapters.restore import blob_batches, locate_all, read_batch
-from domain.errors import CapsuleError
-from domain.manifest import Entry
+from capsule.adapters.files.tree import iter_entries
+from capsule.adapters.repository.entry_rules import check_content
+from capsule.adapters.repository.repo import Repository
+from capsule.adapters.repository.restore import blob_batches, locate_all, read_batch
+from capsule.domain.errors import CapsuleError
+from capsule.domain.manifest import Entry
 
 ContentKey = tuple[str | None, int, tuple[str, ...], tuple[str, ...]]
 

@@ -19,11 +19,11 @@ from typing import NamedTuple
 
 from pydantic import TypeAdapter
 
-from adapters.chunks import load_id_lists, store_id_lists
-from adapters.errors import IntegrityError
-from adapters.repository.pack import BLOB_DATA
-from adapters.repository.repo import Repository
-from domain.manifest import Entry, Manifest
+from capsule.adapters.errors import IntegrityError
+from capsule.adapters.repository.chunks import load_id_lists, store_id_lists
+from capsule.adapters.repository.pack import BLOB_DATA
+from capsule.adapters.repository.repo import Repository
+from capsule.domain.manifest import Entry, Manifest
 
 GROUP_BITS = 6  # about 64 entries (6 KiB to 20 KiB of JSON) a group
 GROUP_MASK = (1 << GROUP_BITS) - 1

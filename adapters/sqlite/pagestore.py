@@ -15,10 +15,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
-from adapters.chunks import DIRECT_LIMIT, IdLists, StoreStats
-from adapters.repository.pack import BLOB_DATA
-from adapters.repository.repo import Repository
-from adapters.sealpool import SealPool, split_ids, split_sealed
+from capsule.adapters.repository.chunks import DIRECT_LIMIT, IdLists, StoreStats
+from capsule.adapters.repository.pack import BLOB_DATA
+from capsule.adapters.repository.repo import Repository
+from capsule.adapters.workers.sealpool import SealPool, split_ids, split_sealed
 
 BLOCK = 1024 * 1024
 HASH_AHEAD = 8
@@ -28,7 +28,7 @@ Progress = Callable[[int, int], None]
 
 
 class Growing(Protocol):
-    """A file still being written, block by block, with its first block last (`adapters.livecopy`)."""
+    """A file still being written, block by block, with its first block last (see `livecopy`)."""
 
     def ready(self, offset: int, length: int) -> bool: ...
 

@@ -30,22 +30,22 @@ import pyfastcdc
 import structlog
 from pydantic import BaseModel, ConfigDict
 
-from adapters.chunks import entry_blob_fields, load_id_lists, workers
-from adapters.database_backup import (
+from capsule.adapters.errors import SourceError
+from capsule.adapters.files.tree import ParentGroup, TreeWriter, iter_groups, path_key
+from capsule.adapters.repository.chunks import entry_blob_fields, load_id_lists, workers
+from capsule.adapters.repository.crypto import ID_SIZE
+from capsule.adapters.repository.pack import BLOB_DATA
+from capsule.adapters.repository.rebuild import adopt_unindexed_packs
+from capsule.adapters.repository.repo import PreparedBlob, Repository
+from capsule.adapters.sqlite.backup import (
     BackupResult,
     find_committed,
     full_check,
     latest_snapshot,
     missing_packs_warning,
 )
-from adapters.errors import SourceError
-from adapters.files_tree import ParentGroup, TreeWriter, iter_groups, path_key
-from adapters.repository.crypto import ID_SIZE
-from adapters.repository.pack import BLOB_DATA
-from adapters.repository.rebuild import adopt_unindexed_packs
-from adapters.repository.repo import PreparedBlob, Repository
-from domain.errors import CapsuleError
-from domain.manifest import Entry, Manifest, SourceIdentity, Totals
+from capsule.domain.errors import CapsuleError
+from capsule.domain.manifest import Entry, Manifest, SourceIdentity, Totals
 
 log = structlog.get_logger(__name__)
 

@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from adapters.directio import AlignedBuffer, Readahead, SharedSlots, open_direct, read_into
-from adapters.errors import BlobNotFound, IntegrityError
-from adapters.repository.crypto import ID_SIZE
-from adapters.repository.pack import BUNDLED
-from adapters.repository.repo import Repository
-from adapters.sealpool import SealPool, open_request
-from adapters.sealworker import OPEN_ITEM
-from domain.manifest import Entry
+from capsule.adapters.directio import AlignedBuffer, Readahead, SharedSlots, open_direct, read_into
+from capsule.adapters.errors import BlobNotFound, IntegrityError
+from capsule.adapters.repository.crypto import ID_SIZE
+from capsule.adapters.repository.pack import BUNDLED
+from capsule.adapters.repository.repo import Repository
+from capsule.adapters.workers.sealpool import SealPool, open_request
+from capsule.adapters.workers.sealworker import OPEN_ITEM
+from capsule.domain.manifest import Entry
 
 # Plaintext per request, in windows aligned to the file's start. A backup seals a database's new
 # pages in bundles made within one 1 MiB block of the file (see pagestore.BLOCK), so windows of

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import structlog
 
-from adapters.sqlite_snapshot import CheckpointKeeper, DatabaseCopy, copy_database
+from capsule.adapters.sqlite.snapshot import CheckpointKeeper, DatabaseCopy, copy_database
 
 log = structlog.get_logger(__name__)
 

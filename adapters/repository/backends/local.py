@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal, Protocol
 
-from adapters.directio import AlignedBuffer, aligned_part, open_direct, write_all
-from adapters.errors import DiskFull, RepositoryError, RepositoryReadOnly
+from capsule.adapters.directio import AlignedBuffer, aligned_part, open_direct, write_all
+from capsule.adapters.errors import DiskFull, RepositoryError, RepositoryReadOnly
 
 Kind = Literal["config", "keys", "data", "index", "snapshots", "locks"]
 KINDS: tuple[Kind, ...] = ("keys", "data", "index", "snapshots", "locks")
@@ -75,7 +75,7 @@ def atomic_write(path: Path, data: bytes | memoryview, mode: int = 0o600, *, dir
     """Write through a temporary file, fsync it, rename it into place and fsync the folder.
 
     `direct` writes the aligned part around the page cache where the file system allows it (see
-    adapters.directio): packs are written once and seldom read soon after, and a backup should not
+    capsule.adapters.directio): packs are written once and seldom read soon after, and a backup should not
     push the shop's own files out of memory.
     """
     tmp = path.parent / f".tmp-{secrets.token_hex(8)}"

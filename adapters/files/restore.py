@@ -30,18 +30,18 @@ from typing import BinaryIO
 import numpy as np
 import structlog
 
-from adapters.chunks import workers as thread_count
-from adapters.directio import Readahead
-from adapters.entry_rules import SPECIAL_BITS, check_content, check_follows, restored_mode
-from adapters.errors import BlobNotFound, DiskFull, RestoreRefused
-from adapters.files_tree import iter_entries, path_key
-from adapters.pagestore import sha256_file
-from adapters.repository.repo import Repository
-from adapters.restore import blob_batches, content_ids, locate_all, read_batch
-from adapters.sealpool import RestoreFile, SealPool, default_workers, open_request
-from adapters.sealworker import OPEN_ITEM
-from domain.errors import UnsafePath
-from domain.manifest import Entry, Manifest
+from capsule.adapters.directio import Readahead
+from capsule.adapters.errors import BlobNotFound, DiskFull, RestoreRefused
+from capsule.adapters.files.tree import iter_entries, path_key
+from capsule.adapters.repository.chunks import workers as thread_count
+from capsule.adapters.repository.entry_rules import SPECIAL_BITS, check_content, check_follows, restored_mode
+from capsule.adapters.repository.repo import Repository
+from capsule.adapters.repository.restore import blob_batches, content_ids, locate_all, read_batch
+from capsule.adapters.sqlite.pagestore import sha256_file
+from capsule.adapters.workers.sealpool import RestoreFile, SealPool, default_workers, open_request
+from capsule.adapters.workers.sealworker import OPEN_ITEM
+from capsule.domain.errors import UnsafePath
+from capsule.domain.manifest import Entry, Manifest
 
 log = structlog.get_logger(__name__)
 

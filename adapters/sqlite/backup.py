@@ -23,14 +23,20 @@ from pathlib import Path
 import structlog
 from pydantic import BaseModel, ConfigDict
 
-from adapters.chunks import ChunkStore, StoreStats, entry_blob_fields, load_id_list, load_id_lists, split_ids
-from adapters.livecopy import LiveCopy, reports_holes
-from adapters.pagestore import store_file_chunks
-from adapters.repository.lock import pid_alive
-from adapters.repository.rebuild import adopt_unindexed_packs
-from adapters.repository.repo import Repository
-from adapters.sealpool import SealPool
-from adapters.sqlite_snapshot import (
+from capsule.adapters.repository.chunks import (
+    ChunkStore,
+    StoreStats,
+    entry_blob_fields,
+    load_id_list,
+    load_id_lists,
+    split_ids,
+)
+from capsule.adapters.repository.lock import pid_alive
+from capsule.adapters.repository.rebuild import adopt_unindexed_packs
+from capsule.adapters.repository.repo import Repository
+from capsule.adapters.sqlite.livecopy import LiveCopy, reports_holes
+from capsule.adapters.sqlite.pagestore import store_file_chunks
+from capsule.adapters.sqlite.snapshot import (
     CheckpointKeeper,
     DatabaseCopy,
     check_source,
@@ -38,8 +44,9 @@ from adapters.sqlite_snapshot import (
     copy_database,
     remove_database_files,
 )
-from domain.errors import CapsuleError
-from domain.manifest import Entry, Manifest, SourceIdentity, SqliteInfo, Totals
+from capsule.adapters.workers.sealpool import SealPool
+from capsule.domain.errors import CapsuleError
+from capsule.domain.manifest import Entry, Manifest, SourceIdentity, SqliteInfo, Totals
 
 log = structlog.get_logger(__name__)
 

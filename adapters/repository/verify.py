@@ -17,15 +17,15 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from adapters.chunks import load_id_lists
-from adapters.entry_rules import check_database_snapshot, check_follows, check_size
-from adapters.files_tree import load_group
-from adapters.repository.index import BlobLocation
-from adapters.repository.pack import TRAILER, parse_header
-from adapters.repository.repo import Repository
-from adapters.verify_contents import Contents
-from domain.errors import CapsuleError
-from domain.manifest import Entry, Manifest
+from capsule.adapters.files.tree import load_group
+from capsule.adapters.files.verify_contents import Contents
+from capsule.adapters.repository.chunks import load_id_lists
+from capsule.adapters.repository.entry_rules import check_database_snapshot, check_follows, check_size
+from capsule.adapters.repository.index import BlobLocation
+from capsule.adapters.repository.pack import TRAILER, parse_header
+from capsule.adapters.repository.repo import Repository
+from capsule.domain.errors import CapsuleError
+from capsule.domain.manifest import Entry, Manifest
 
 log = structlog.get_logger(__name__)
 

@@ -20,18 +20,18 @@ from typing import BinaryIO
 
 import structlog
 
-from adapters.chunks import read_id_lists, split_ids, workers
-from adapters.entry_rules import check_content, check_database_snapshot, restored_mode
-from adapters.errors import BlobNotFound, DiskFull, IntegrityError, RestoreRefused
-from adapters.repository.backend import fsync_dir
-from adapters.repository.index import BlobLocation
-from adapters.repository.repo import Repository
-from adapters.restorepool import write_with_pool
-from adapters.sealpool import SealPool, default_workers
-from adapters.sqlite_snapshot import SIDE_FILES
-from adapters.sqlite_snapshot import check_database as check_sqlite
-from domain.errors import UnsafePath
-from domain.manifest import Entry, Manifest, check_relative_path
+from capsule.adapters.errors import BlobNotFound, DiskFull, IntegrityError, RestoreRefused
+from capsule.adapters.repository.backends.local import fsync_dir
+from capsule.adapters.repository.chunks import read_id_lists, split_ids, workers
+from capsule.adapters.repository.entry_rules import check_content, check_database_snapshot, restored_mode
+from capsule.adapters.repository.index import BlobLocation
+from capsule.adapters.repository.repo import Repository
+from capsule.adapters.sqlite.snapshot import SIDE_FILES
+from capsule.adapters.sqlite.snapshot import check_database as check_sqlite
+from capsule.adapters.workers.restorepool import write_with_pool
+from capsule.adapters.workers.sealpool import SealPool, default_workers
+from capsule.domain.errors import UnsafePath
+from capsule.domain.manifest import Entry, Manifest, check_relative_path
 
 log = structlog.get_logger(__name__)
 

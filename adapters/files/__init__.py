@@ -1,0 +1,1 @@
+"""The files side: walk a folder, store what changed as trees, restore and check files."""

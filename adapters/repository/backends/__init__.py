@@ -1,0 +1,1 @@
+"""Where repository files live: the storage a repository is written to."""
