@@ -46,7 +46,7 @@ def capsule_command() -> list[str]:
     found = shutil.which("capsule")
     if found:
         return [found]
-    return [sys.executable, "-c", "from capsule.api.cli import main; main()"]
+    return [sys.executable, "-P", "-c", "from capsule.api.cli import main; main()"]
 
 
 CAPSULE = capsule_command()
