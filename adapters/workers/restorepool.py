@@ -30,7 +30,7 @@ from capsule.adapters.workers.sealworker import OPEN_ITEM
 from capsule.domain.manifest import Entry
 
 # Plaintext per request, in windows aligned to the file's start. A backup seals a database's new
-# pages in bundles made within one 1 MiB block of the file (see pagestore.BLOCK), so windows of
+# pages in bundles made within one 1 MiB block of the file (see sqlite/pagestore.BLOCK), so windows of
 # whole blocks never split a bundle between two workers: each bundle is opened once.
 REQUEST_BYTES = 2 * 1024 * 1024
 IN_FLIGHT = 8
