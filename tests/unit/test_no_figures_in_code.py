@@ -50,7 +50,7 @@ MEASURED = [
     ("a duration under a second", re.compile(rf"{_NUM}\s*(?:ns|µs|us|ms)\b(?!\s+by default)")),
     ("a duration in seconds with a fraction", re.compile(rf"\d\.\d+\s*{_SECONDS}\b")),
     ("a rate", re.compile(rf"{_NUM}\s*(?:{_SIZE}|[a-z]+)?\s*(?:/s\b|/sec\b|per second|a second\b)")),
-    ("a speed-up", re.compile(rf"{_NUM}\s*[\u00d7x](?![\w.])|{_WORD_NUM}\s+times\s+{_RATIO}")),
+    ("a speed-up", re.compile(rf"{_NUM}[\u00d7x](?![\w.])|{_WORD_NUM}\s+times\s+{_RATIO}")),
     ("a share of time", re.compile(rf"{_NUM}\s*%\s+{_SHARE}\b")),
     (
         "a share of time",
@@ -161,7 +161,7 @@ def test_a_measured_figure_is_found(text: str):
         "A job that cannot take the lock within 30 s fails; the lease is 60 seconds.",
         "One frame for 64 pages opens several times faster than 64 (see docs/performance.md).",
         "The actor for commands typed at this machine's terminal.",
-        "Brings one payload from schema version n to n + 1; 0x7FFF is refused.",
+        "Brings one payload from schema version n to n + 1; 0x7FFF is refused; 2 x 32 bytes.",
         "A lease of 2 heartbeats at least; 12 bits a blob: about 1% of absent ids get past it.",
     ],
 )
