@@ -1,1 +1,14 @@
-"""Infrastructure: SQLite snapshots, the repository on disk, destinations."""
+"""The machine's side of Capsule: the live database, the images folder, the repository on disk,
+and the worker processes that do the per-blob work. Adapters know nothing of jobs or events: the
+orchestrator calls them, and they import only `capsule.domain` and one another.
+
+- `sqlite/`: consistent copies of the live SQLite database, stored page-aligned; the source lock.
+- `files/`: the images folder: walk, store what changed as trees, restore, check contents.
+- `repository/`: the repository format: keys, blobs, packs, indexes, manifests, locks, verify,
+  restore; `repository/backends/` is where its files live.
+- `workers/`: the processes that hash, compress, seal, open and write blobs.
+- `sampleshop/`: a sample database and images folder, for trying Capsule, benchmarks and tests.
+- `errors.py`: the adapters' errors; OS and driver errors stop here and become one of these.
+- `directio.py`: large writes and reads around the page cache, where the system allows it.
+- `source_identity.py`: what a source is as a snapshot records it: host, path, SQLite's own ids.
+"""

@@ -2,9 +2,10 @@
 
 A backup of the product images needs the metadata of every file in the folder (name, size, time,
 inode). On a server whose cache is cold, reading it from disk takes about as long as loading the
-program's own modules (about a second each for 100,000 files), so a small separate process starts
-reading it while the modules load: the backup's walk then finds it cached. The process only looks
-(it follows no link, reads no file's content and writes nothing) and runs at low priority.
+program's own modules (see docs/performance.md, "Reading the images folder's metadata early"),
+so a small separate process starts reading it while the modules load: the backup's walk then finds
+it cached. The process only looks (it follows no link, reads no file's content and writes nothing)
+and runs at low priority.
 """
 
 from __future__ import annotations
@@ -65,9 +66,9 @@ def fixed_mmap_threshold() -> None:
 
     glibc otherwise raises that threshold to the size of any large block freed (up to 32 MiB),
     after which the 16 MiB packs come from the heap, and the heap keeps what they leave behind:
-    peak RSS grew with every pack a backup wrote. For the first backup of a 2 GiB database, peak
-    RSS went from 292 MB to 270 MB. A lower threshold saves a little more, but every sealed run
-    would then map fresh memory, which costs time here. The workers keep glibc's default.
+    peak RSS grew with every pack a backup wrote. Fixing the threshold lowered the peak (see
+    docs/performance.md, "glibc's mmap threshold"). A lower threshold saves a little more, but every
+    sealed run would then map fresh memory, which costs time here. The workers keep glibc's default.
     """
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to fix
         import ctypes  # noqa: PLC0415 - only here, at start-up

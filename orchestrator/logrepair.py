@@ -126,8 +126,9 @@ def _one_repair_at_a_time(folder: Path) -> Iterator[None]:
 def damage_of(url: str, path: Path, *, deep: bool) -> str | None:
     """Why the SQLite log at `path` is damaged, in SQLite's words; None when it reads whole.
 
-    SQLite's quick check reads every page (docs/performance.md says what it costs). `deep` also
-    reads every event's data, whose damage that check cannot see.
+    SQLite's quick check reads every page (see docs/performance.md, "The event log's check before
+    each backup and restore"). `deep` also reads every event's data, whose damage that check cannot
+    see.
     """
     if not path.exists():
         return None

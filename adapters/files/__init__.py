@@ -1,1 +1,7 @@
-"""The files side: walk a folder, store what changed as trees, restore and check files."""
+"""The files side: walk a folder, store what changed as trees, restore and check files.
+
+- `backup.py`: a files backup's store and commit steps: walk, reuse unchanged files, chunk the rest.
+- `tree.py`: a files snapshot's entries, in groups stored as tree blobs.
+- `restore.py`: restore all of a files snapshot or the paths `--include` picks; `cat` of one file.
+- `verify_contents.py`: `verify --read-data` for files: every distinct content's size and SHA-256.
+"""

@@ -486,7 +486,8 @@ def restore_files(
 
     if pool is None and workers != 0 and plan.bytes >= POOL_MIN_BYTES:
         # One more worker than cores: a worker waiting for a pack read or a new page of the page
-        # cache leaves its core to another (20,000 images: 5.71-5.79 s against 5.88-6.35 s).
+        # cache leaves its core to another (see docs/performance.md, "One more restore worker than
+        # cores").
         pool = SealPool(repo.master_key, repo.compression_level, workers or default_workers() + 1)
     to_workers = _ToWorkers(repo, pool, to) if pool is not None else None
     with ThreadPoolExecutor(max_workers=thread_count() + 1, thread_name_prefix="restore") as threads:

@@ -1,1 +1,17 @@
-"""The repository format: keys, blobs, packs, indexes, manifests, locks."""
+"""The repository format: keys, blobs, packs, indexes, manifests, locks (docs/repository-format.md).
+
+- `repo.py`: `Repository`: open with a key, store blobs in packs, read them back authenticated.
+- `crypto.py`: master key, blob ids (keyed BLAKE3) and sealing (AES-256-GCM).
+- `keys.py`: key entries: the master key wrapped by a key file or a passphrase.
+- `blobcodec.py`: a blob's plaintext to its stored form and back (compress, then seal).
+- `pack.py`: packs: sealed blobs followed by a sealed header that lists them; bundles.
+- `index.py`: which pack holds each blob, as sorted runs in memory or in temporary files.
+- `indexcache.py`: the built index kept in Capsule's home, sealed, for the next command.
+- `chunks.py`: storing a stream of chunks, and the list blobs that hold a file's ids.
+- `rebuild.py`: the index rebuilt from the packs alone; packs no index names adopted.
+- `lock.py`: shared and exclusive locks under `locks/`.
+- `entry_rules.py`: the rules a snapshot's entries keep, for restore and verify alike.
+- `restore.py`: restore a database snapshot: fetch, authenticate, write, check, rename.
+- `verify.py`: find every damaged or missing piece and the snapshots and files it hurts.
+- `backends/`: where the repository's files live.
+"""

@@ -180,7 +180,9 @@ def load_id_list(repo: Repository, list_id: str) -> bytes:
 def read_id_lists(repo: Repository, list_ids: list[str]) -> list[bytes]:
     """The concatenated ids each list blob holds, the lists looked up together and read in runs.
 
-    Looking each list up alone cost about 0.2 ms, a fifth of a second for a 1 GiB database.
+    A look-up of one id pays for a whole vectorised search, so looking each list up alone added up
+    over the lists of a large database (see docs/performance.md, "A file's list blobs looked up
+    together").
     """
     blob_ids = [bytes.fromhex(i) for i in list_ids]
     items = []

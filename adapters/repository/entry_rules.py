@@ -2,9 +2,9 @@
 and verify reports it, naming the snapshot and the path.
 
 - Each entry alone: the `Entry` model's validators, run whenever a manifest or a tree blob is read
-  (`Repository.load_snapshot`, `files_tree.load_group`): a canonical relative path that cannot
-  leave its root, a known type, fields that fit the type (a file has a SHA-256, a link a target and
-  no content, a folder nothing), no negative size. A tree blob must be a data blob holding a JSON
+  (`Repository.load_snapshot`, `load_group` of `files/tree.py`): a canonical relative path that
+  cannot leave its root, a known type, fields that fit the type (a file has a SHA-256, a link a
+  target and no content, a folder nothing), no negative size. A tree blob must be a data blob holding a JSON
   array of entries.
 - A database snapshot (`check_database_snapshot`): exactly one entry, a file.
 - A files snapshot's entries in sequence (`check_follows`): strictly in walk order, so no path

@@ -174,8 +174,8 @@ _FIELDS = ("type", "comp", "offset", "length", "plain", "within")
 
 # A record of a sorted run: the index record and the number of its pack.
 RUN_RECORD = np.dtype([*RECORD.descr, ("pack", "<u4")])
-# The same records as opaque bytes: numpy moves these by fancy indexing about ten times faster
-# than records with fields (262,144 records gathered in 3 ms against 37 ms).
+# The same records as opaque bytes: numpy moves these by fancy indexing much faster than records
+# with fields (see docs/performance.md, "Index records moved as opaque bytes").
 _RUN_BYTES = np.dtype(f"V{RUN_RECORD.itemsize}")
 
 
@@ -200,7 +200,8 @@ LOAD_AT = 262_144
 MEMORY_RECORDS = 1_048_576
 # One key in memory for every this many records of a run (a power of two): it leads a look-up to
 # one block of the run, searched there. A run in a file has more, so that a look-up reads less:
-# 262,144 random reads of 16 records (864 bytes) took 1.0 s against 5.5 s for 64, for half a byte a blob.
+# a block of 16 records (864 bytes) reads much faster than one of 64, for half a byte a blob
+# (see docs/performance.md, "Blocks of 16 records in a run in a file").
 SPARSE = 64
 FILE_SPARSE = 16
 # Per run, at most this many keys (8 MB) and this many Bloom filter bits (8 MB): a larger run takes
@@ -346,8 +347,9 @@ class _Run:
         while n > every * MAX_SPARSE_KEYS:
             every *= 2
         sparse: list[npt.NDArray[np.uint64]] = [np.zeros(0, dtype=np.uint64)]
-        # The filter saves a run in a file the reading of blocks; a run in memory has no use for it
-        # (without building one, a cold index load of 263,168 blobs took 0.16-0.18 s, not 0.25-0.26 s).
+        # The filter saves a run in a file the reading of blocks; a run in memory has no use for it,
+        # and building it slowed every load (see docs/performance.md, "No Bloom filter for a run in
+        # memory").
         bloom = _Bloom(n) if in_file else None
         # A single chunk held in memory is the run itself; several are copied into one array.
         whole = chunks[0] if isinstance(chunks, list) and len(chunks) == 1 and not in_file else None
@@ -474,8 +476,9 @@ class _Run:
         self, q: npt.NDArray[np.uint8], qkeys: npt.NDArray[np.uint64]
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.void]]:
         """`find` for a run in memory: one binary search of all its keys. Cheaper than the Bloom
-        filter and the search of one block, which pay off only when a block must be read: a
-        backup asks 256 ids at a time, and 1,024 such look-ups took 0.69 s that way."""
+        filter and the search of one block, which pay off only when a block must be read, for the
+        256 ids a backup asks at a time (see docs/performance.md, "One binary search for a run in
+        memory")."""
         assert self.recs is not None
         rows = np.full(len(qkeys), -1, dtype=np.int64)
         found = np.zeros(len(qkeys), dtype=RUN_RECORD)

@@ -1,10 +1,11 @@
 """A local cache of the index a process builds from the index files, sealed under the master key.
 
 Building the index means decrypting and decompressing every index file and sorting their records:
-0.16-0.18 s of one core for a 1 GiB database (263,168 blobs) on the reference machine, on every
-command, before a restore writes its first byte. The cache keeps the result (the sorted runs, their
-sparse keys, the Bloom filters of runs in files, and the pack list) in Capsule's home folder, so
-that the next command reads it back instead, and decodes only index files written since.
+a noticeable share of a core for a large repository, on every command, before a restore writes its
+first byte (see docs/performance.md, "Building the index, and its cache"). The cache keeps the
+result (the sorted runs, their sparse keys, the Bloom filters of runs in files, and the pack list)
+in Capsule's home folder, so that the next command reads it back instead, and decodes only index
+files written since.
 
 It is a copy, never the truth: it names the index files it holds and those it knows are superseded,
 and is used only when every file it holds is still in the repository, no newer file supersedes one

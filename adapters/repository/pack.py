@@ -8,7 +8,8 @@ A blob's offset is the sum of the stored lengths before it. The pack's name is t
 A bundle seals several small blobs (database pages) as one: their plaintexts end to end, compressed
 as one zstd frame (compression 2) or not (3). Its first member's entry carries the bundle's stored
 length, the following members' entries 0; a member's plaintext starts where the previous members'
-plaintexts end. One frame for 64 pages compresses better and opens several times faster than 64.
+plaintexts end. One frame for 64 pages compresses better and opens several times faster than 64
+(see docs/performance.md, "Bundles of 64 pages").
 """
 
 from __future__ import annotations

@@ -254,8 +254,7 @@ def restore_snapshot(
     check_database_snapshot(manifest)
     # The workers start while the index loads, so their start-up costs nothing. One more worker
     # than cores: a worker waiting for its direct write to reach the disk leaves its core to
-    # another (1 GiB, alternating: 3.13 s against 3.37 s, and 3.60 s against 3.89 s after three
-    # incremental backups, medians).
+    # another (see docs/performance.md, "One more restore worker than cores").
     pool = (
         SealPool(repo.master_key, repo.compression_level, workers or default_workers() + 1)
         if workers != 0

@@ -4,6 +4,10 @@
 temporary name beside its place, renamed into place once complete: an interrupted run leaves
 nothing half-made where the shop's files belong, and the next run starts again. The generators
 (`database`, `images`) are the ones the benchmarks and the tests use.
+
+- `database.py`: a point-of-sale-like SQLite database of a given size, the same for one seed.
+- `images.py`: a folder of product images: paths, sizes and bytes, the same for one seed.
+- `vocabulary.py`: the words the sample database is made of.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Database backup: copy the live database consistently, store it page-aligned, commit a manifest.
 
-The three steps are separate functions so that a job runner can run, record and retry each one.
+The store (`store_database`: the copy and its pages) and the commit (`commit_database`: the
+manifest) are separate functions so that a job runner can run, record and retry each one;
+`backup_database` runs both, without a job.
 Chunks follow SQLite pages, so a sale that rewrites a few pages stores about those pages again and
 nothing more, yet every snapshot lists all of its blobs and stands alone.
 """

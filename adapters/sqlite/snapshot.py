@@ -42,8 +42,9 @@ HANDBACK_WAIT = 2.0  # seconds the keeper leaves the checkpoints to the till for
 STALL_SECONDS = 2.0  # folds held back this long move the pin on all the same (see CheckpointKeeper._fold)
 WAL_LIMIT_MIN = 64 * 1024 * 1024
 WAL_FRAME_HEADER = 24
-# A thread waits up to the switch interval (5 ms) for the interpreter after a system call; while the
-# lock changes hands between this process's two holders, the wait is kept to microseconds.
+# A thread waits up to the switch interval (5 ms by default) for the interpreter after a system
+# call; while the lock changes hands between this process's two holders, the wait is kept to
+# microseconds.
 SWITCH_DURING_HANDOVER = 1e-5
 
 
@@ -221,8 +222,8 @@ class CheckpointKeeper:
 
     A till in WAL mode commits without syncing anything; every few hundred milliseconds, though,
     one of its commits folds the WAL into the database and syncs both (SQLite's automatic
-    checkpoint), and that sale waits for the disk: 33-81 ms with nothing else running in the
-    benchmark, up to 163 ms beside a backup writing packs. While the keeper runs it holds SQLite's
+    checkpoint), and that sale waits for the disk, longer still beside a backup writing packs (see
+    docs/performance.md, "The till's own checkpoints"). While the keeper runs it holds SQLite's
     checkpoint lock, a byte of the `-shm` file (the till's automatic checkpoints skip while another
     process holds it; SQLite never waits for it), and a thread of its own folds the WAL in every
     `every` seconds and syncs the database file. The copy's read transaction needs this too:
@@ -439,9 +440,9 @@ class CheckpointKeeper:
         alone (under SQLite's read lock 0), and for as long as it lasts no checkpoint may write that
         file. Once the till had started the WAL over beneath such a pin, the folds could never
         reach where it was taken, so it never moved: every fold of a backup was held back, and the
-        till's first checkpoint afterwards folded thousands of pages inside one sale (0.2-0.3 s;
-        12,878 pages in one traced). Nothing is there to fold yet; the first fold that has
-        something pins a reader in the WAL.
+        till's first checkpoint afterwards folded thousands of pages inside one sale (see
+        docs/performance.md, "A pin where the WAL was folded to its end"). Nothing is there to
+        fold yet; the first fold that has something pins a reader in the WAL.
         """
         frames = self._frames()
         if frames is not None and frames[0] == frames[1]:

@@ -30,7 +30,7 @@ from capsule.adapters.workers.sealworker import OPEN_ITEM
 from capsule.domain.manifest import Entry
 
 # Plaintext per request, in windows aligned to the file's start. A backup seals a database's new
-# pages in bundles made within one 1 MiB block of the file (see pagestore.BLOCK), so windows of
+# pages in bundles made within one 1 MiB block of the file (see sqlite/pagestore.BLOCK), so windows of
 # whole blocks never split a bundle between two workers: each bundle is opened once.
 REQUEST_BYTES = 2 * 1024 * 1024
 IN_FLIGHT = 8
@@ -121,8 +121,9 @@ class _Requests:
     def _request(self, packs: npt.NDArray[np.uint32], recs: npt.NDArray[np.void]) -> tuple[bytes, int]:
         numbers, inverse = np.unique(packs, return_inverse=True)
         # Members of one bundle that follow each other in its plaintext become one item: a single
-        # slice of it. A worker then handles a few items a bundle instead of one for each page
-        # (unpacking and walking 262,144 items a GiB cost it about 0.2 s).
+        # slice of it. A worker then handles a few items a bundle instead of one for each page,
+        # which it would unpack and walk only to join them again (see docs/performance.md,
+        # "Bundle members joined into one item").
         bundled = np.isin(recs["comp"], BUNDLED)
         joined = (
             bundled[1:]
@@ -183,8 +184,8 @@ def write_with_pool(
     reader = _Reader(path)
     # Where the workers write around the page cache, their writes are on their way to the disk
     # already, and a sync in the middle only makes them wait for the device's cache to empty
-    # (1 GiB, four alternating runs each: 3.57 s to write and sync it with none, 3.69 s with one
-    # every 64 MiB). Through the page cache, syncing early starts the write-back.
+    # (see docs/performance.md, "No sync midway through a direct restore"). Through the page
+    # cache, syncing early starts the write-back.
     write_back = reader.direct is None
     turn = itertools.cycle(range(slots.slots))
     try:

@@ -184,7 +184,7 @@ class SealPool:
     ) -> Future[memoryview]:
         """Sealed blobs for some of the `chunk`-sized pieces of the block (offset, length, chunk):
         those at `indices`, whose ids are `ids` end to end. Parse the reply with `split_sealed`.
-        `bundle` seals them together in bundles (see pack.py), for repositories that allow it."""
+        `bundle` seals them together in bundles (see repository/pack.py), for repositories that allow it."""
         offset, length, chunk = block
         flags = (SEAL_COMPRESS if compress else 0) | (SEAL_BUNDLE if bundle else 0)
         fields = PIECES.pack(blob_type, flags, offset, length, chunk, len(indices))

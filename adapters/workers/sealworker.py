@@ -55,8 +55,9 @@ PIECES = struct.Struct("<BBQIII")
 OPEN_ITEM = struct.Struct("<IQ32sBBIII")
 OPEN_TO = struct.Struct("<QQQI")
 SEAL_COMPRESS, SEAL_BUNDLE = 1, 2
-# Plaintext per bundle: 64 database pages. Larger frames gain little (zstd opens 4 KiB pages at
-# about 4 us each from 256 KiB frames, against 8.5 us each from their own frames).
+# Plaintext per bundle: 64 database pages. zstd opens a page from a frame this size in about half
+# the time it takes from a frame of its own, and larger frames gain little more (see
+# docs/performance.md, "Bundles of 64 pages").
 BUNDLE_BYTES = 256 * 1024
 RESTORE_FILE = struct.Struct("<IqQ32s")
 
@@ -375,8 +376,9 @@ def main() -> None:
         # The parent died (killed mid-step) while we answered: nobody is left to read the reply,
         # and a traceback on the terminal it shared with us would only look like a second failure.
         os._exit(0)
-    # Every reply is written and flushed: leave without the interpreter's teardown, which took
-    # about 30 ms that the parent waited for at the end of every backup and restore.
+    # Every reply is written and flushed: leave without the interpreter's teardown, which the
+    # parent would wait for at the end of every backup and restore (see docs/performance.md,
+    # "Workers leave without teardown").
     stdout.flush()
     os._exit(0)
 

@@ -64,8 +64,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 class JSONDocument(TypeDecorator[Any]):
     """JSON; JSONB on PostgreSQL, so that projections and ad hoc queries can look inside payloads.
 
-    The PostgreSQL dialect is imported only when it is in use: loading it costs every command about
-    25 ms at start.
+    The PostgreSQL dialect is imported only when it is in use: loading it would slow the start of
+    every command on SQLite (see docs/performance.md, "Loading the PostgreSQL dialect").
     """
 
     impl = JSON

@@ -204,7 +204,8 @@ def _default_workers(engine: Engine, until: int) -> int:
 @contextmanager
 def _collector_paused() -> Iterator[None]:
     # Folding makes no reference cycles, and with a million live objects the collector's passes
-    # would cost a quarter of the time.
+    # would cost a good share of the time (see docs/performance.md, "Replay with the garbage
+    # collector paused").
     collecting = gc.isenabled()
     gc.disable()
     try:

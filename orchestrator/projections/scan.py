@@ -1,7 +1,8 @@
 """Reading the whole log fast, for replay: the store's rows without the cost of its general reader.
 
-`EventStore.read_all` builds each event through SQLAlchemy's result processing, which costs about
-three times the parsing itself; over a million events that is most of a replay. This reader takes
+`EventStore.read_all` builds each event through SQLAlchemy's result processing, which costs more
+than the parsing itself; over a million events that is most of a replay (see docs/performance.md,
+"Replay reads the log without SQLAlchemy's result processing"). This reader takes
 the driver's values as they come (JSON text on SQLite, already decoded on PostgreSQL), parses them
 once, shares one Metadata per distinct value, and upcasts exactly as the store does, so the events
 it returns equal the store's.

@@ -181,7 +181,8 @@ def upsert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> No
     others = [c.name for c in table.columns if not c.primary_key]
     statement: Executable
     if conn.dialect.name == "postgresql":
-        # Loaded here: importing the PostgreSQL dialect costs every command about 25 ms at start.
+        # Loaded here: importing the PostgreSQL dialect would slow every command's start
+        # (see docs/performance.md, "Loading the PostgreSQL dialect").
         from sqlalchemy.dialects import postgresql  # noqa: PLC0415
 
         pg = postgresql.insert(table)
