@@ -13,7 +13,7 @@ import click
 import structlog
 from pydantic import ValidationError
 
-from capsule.api import cli_jobs, render
+from capsule.api import cli_jobs, cli_settings, render
 from capsule.api.cli_demo import demo
 from capsule.api.common import Context, pass_ctx, run
 from capsule.api.exitcodes import EXIT_CODES
@@ -227,7 +227,7 @@ def unlock(obj: Context, remove_all: bool) -> None:
     run(lambda: render.unlocked(remove_locks(obj.settings, Unlock(remove_all=remove_all))))
 
 
-for command in (*cli_jobs.COMMANDS, demo):
+for command in (*cli_jobs.COMMANDS, *cli_settings.COMMANDS, demo):
     cli.add_command(command)
 
 

@@ -238,6 +238,28 @@ class SnapshotRecovered(Event):
     totals: JsonObject
 
 
+# Settings: one stream (`settings`) for the whole document. A change has an id of its own, in the
+# place of a job's, so that the audit log can name it.
+
+
+class SettingChange(BaseModel):
+    """One key of the settings, with its value before and after."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    key: str
+    old: JsonValue
+    new: JsonValue
+
+
+class SettingsChanged(Event):
+    """Someone changed settings: every key changed, with its old and new value (who: the metadata)."""
+
+    type_name: ClassVar[str] = "SettingsChanged"
+
+    changes: tuple[SettingChange, ...]
+
+
 def _registry(*classes: type[Event]) -> dict[str, type[Event]]:
     registry: dict[str, type[Event]] = {}
     for cls in classes:
@@ -265,6 +287,7 @@ EVENT_TYPES: dict[str, type[Event]] = _registry(
     StepLeaseExpired,
     EventLogStarted,
     SnapshotRecovered,
+    SettingsChanged,
 )
 """Every event the log may hold, by its stored type name."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from capsule.domain import backup_job, restore_job
+from capsule.domain import backup_job, restore_job, settings
 from capsule.domain.errors import Category
 from capsule.domain.events import Event, event_payload, event_type, load_event
 from capsule.orchestrator.eventstore import NewEvent, StoredEvent, Upcasters
@@ -18,6 +18,8 @@ from capsule.orchestrator.eventstore import NewEvent, StoredEvent, Upcasters
 JobType = Literal["backup", "restore"]
 
 _PREFIXES: dict[JobType, str] = {"backup": backup_job.STREAM_PREFIX, "restore": restore_job.STREAM_PREFIX}
+SETTINGS_STREAM = settings.STREAM
+"""The settings aggregate's one stream."""
 LOG_STREAM_PREFIX = "eventlog-"
 """The streams of the event log's own history: one per repair that started a new log."""
 
@@ -74,6 +76,10 @@ def stream_id(job_type: JobType, job_id: str) -> str:
 def log_stream_id(repair_id: str) -> str:
     """The stream that holds the events of the repair `repair_id` of the event log."""
     return f"{LOG_STREAM_PREFIX}{repair_id}"
+
+
+def is_settings_stream(stream: str) -> bool:
+    return stream == SETTINGS_STREAM
 
 
 def is_log_stream(stream: str) -> bool:

@@ -1,4 +1,4 @@
-"""Read models derived from the event log: jobs, snapshots and restore jobs.
+"""Read models derived from the event log: jobs, snapshots, restore jobs and the settings.
 
 They are written by `ProjectionHandler` in the transaction of every append, and can be rebuilt from
 the log at any time by `replay`; nothing else writes them and nothing in them is the truth.
@@ -12,11 +12,13 @@ from capsule.orchestrator.projections.queries import (
     jobs_queued_behind,
     list_jobs,
     list_snapshots,
+    settings_row,
     unfinished_jobs,
 )
 from capsule.orchestrator.projections.replay import ReplayReport, replay
 from capsule.orchestrator.projections.rows import EventMeta, Row, fold_job, fold_restore_job, fold_snapshot
 from capsule.orchestrator.projections.tables import (
+    backup_settings,
     checkpoint,
     checkpoints,
     create_projection_schema,
@@ -32,6 +34,7 @@ __all__ = [
     "ReplayReport",
     "Row",
     "active_backup_for_source",
+    "backup_settings",
     "checkpoint",
     "checkpoints",
     "create_projection_schema",
@@ -48,6 +51,7 @@ __all__ = [
     "projection_checkpoints",
     "replay",
     "restore_jobs",
+    "settings_row",
     "snapshots",
     "unfinished_jobs",
 ]

@@ -16,22 +16,24 @@ from typing import Any, Protocol
 from capsule.domain import backup_job, restore_job
 from capsule.domain.backup_job import BackupJob
 from capsule.domain.errors import InvalidEvent
-from capsule.domain.events import Event, SnapshotRecovered
+from capsule.domain.events import Event, SettingsChanged, SnapshotRecovered
 from capsule.domain.jobs import JobState, is_finished
 from capsule.domain.restore_job import RestoreJob
 from capsule.orchestrator import codec
 from capsule.orchestrator.codec import JobType
 from capsule.orchestrator.eventstore import StoredEvent
 from capsule.orchestrator.projections.rows import (
+    SETTINGS_ROW,
     EventMeta,
     Row,
     fold_job,
     fold_restore_job,
+    fold_settings,
     fold_snapshot,
     recovered_snapshot_row,
     snapshot_key,
 )
-from capsule.orchestrator.projections.tables import jobs, restore_jobs, snapshots
+from capsule.orchestrator.projections.tables import backup_settings, jobs, restore_jobs, snapshots
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +64,9 @@ class Projector:
     """The rows that events change, by table name and primary key, ready to be written."""
 
     def __init__(self, source: Source, *, keep_finished: bool = True) -> None:
-        self.rows: dict[str, dict[str, Row]] = {t.name: {} for t in (jobs, snapshots, restore_jobs)}
+        self.rows: dict[str, dict[str, Row]] = {
+            t.name: {} for t in (jobs, snapshots, restore_jobs, backup_settings)
+        }
         self.snapshot_positions: dict[str, int] = {}
         """The position of the event that wrote each snapshot row, to merge folds made apart."""
         self._source = source
@@ -78,6 +82,8 @@ class Projector:
         if job is None:
             if codec.is_log_stream(stored.stream_id):
                 self._apply_log_event(stored)
+            elif codec.is_settings_stream(stored.stream_id):
+                self._apply_settings_event(stored)
             return
         aggregate = _AGGREGATES[job[0]]
         event = codec.decode(stored)
@@ -103,6 +109,16 @@ class Projector:
         if isinstance(event, SnapshotRecovered):
             self._put(snapshots.name, event.snapshot_id, recovered_snapshot_row(event))
             self.snapshot_positions[event.snapshot_id] = stored.position
+
+    def _apply_settings_event(self, stored: StoredEvent) -> None:
+        event = codec.decode(stored)
+        if isinstance(event, SettingsChanged):
+            row = self._row(backup_settings.name, SETTINGS_ROW)
+            self._put(
+                backup_settings.name,
+                SETTINGS_ROW,
+                fold_settings(row, event, EventMeta.of(stored), stored.version),
+            )
 
     def _state_before(self, stored: StoredEvent, aggregate: _Aggregate) -> JobState:
         known = self._states.get(stored.stream_id)

@@ -17,12 +17,18 @@ from capsule.domain.backup_job import sources_of
 from capsule.domain.jobs import FINISHED
 from capsule.orchestrator.codec import JobType
 from capsule.orchestrator.db import database_errors, for_reading
-from capsule.orchestrator.projections.rows import Row
-from capsule.orchestrator.projections.tables import jobs, restore_jobs, snapshots
+from capsule.orchestrator.projections.rows import SETTINGS_ROW, Row
+from capsule.orchestrator.projections.tables import backup_settings, jobs, restore_jobs, snapshots
 
 Database = Connection | Engine
 
 _FINISHED = sorted(FINISHED)
+
+
+def settings_row(db: Database) -> Row | None:
+    """The `backup_settings` row: the values set so far and the last change; None before any change."""
+    rows = _rows(db, select(backup_settings).where(backup_settings.c.name == SETTINGS_ROW))
+    return rows[0] if rows else None
 
 
 def get_job(db: Database, job_id: str) -> Row | None:

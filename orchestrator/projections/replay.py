@@ -32,7 +32,13 @@ from capsule.orchestrator.eventstore import EventStore, StoredEvent, events
 from capsule.orchestrator.projections.projector import Projector
 from capsule.orchestrator.projections.rows import Row
 from capsule.orchestrator.projections.scan import Scan
-from capsule.orchestrator.projections.tables import jobs, restore_jobs, set_checkpoint, snapshots
+from capsule.orchestrator.projections.tables import (
+    backup_settings,
+    jobs,
+    restore_jobs,
+    set_checkpoint,
+    snapshots,
+)
 
 INSERT_BATCH = 10_000
 MAX_WORKERS = 4
@@ -67,7 +73,7 @@ class _Part:
         job = codec.job_of_stream(stream_id)
         if job is None:
             # The log's own history (a repair's recovered snapshots) is short: the first part folds it.
-            return self.low == 0 and codec.is_log_stream(stream_id)
+            return self.low == 0 and (codec.is_log_stream(stream_id) or codec.is_settings_stream(stream_id))
         return self.low <= zlib.crc32(job[1].encode()) % BUCKETS < self.high
 
 
@@ -111,7 +117,7 @@ def replay(
     started = time.perf_counter()
     with _collector_paused(), database_errors(engine), engine.begin() as conn:
         _lock_log(conn)
-        for table in (jobs, snapshots, restore_jobs):
+        for table in (jobs, snapshots, restore_jobs, backup_settings):
             # DELETE, not TRUNCATE: on PostgreSQL, TRUNCATE would make every reader of the read
             # models wait for the whole replay instead of reading the old rows meanwhile.
             conn.execute(table.delete())
@@ -170,7 +176,7 @@ class _Writer:
 
     def write(self, share: _Share) -> int:
         """Insert the rows of `share`; return how many events it read."""
-        for table in (jobs, restore_jobs):
+        for table in (jobs, restore_jobs, backup_settings):
             self._insert(table, list(share.rows[table.name].values()))
         fresh = []
         for key, row in share.rows[snapshots.name].items():

@@ -9,12 +9,20 @@ happened and who asked. The live handler and `replay` both fold through these fu
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from capsule.domain.backup_job import BackupJob, committed_snapshot_id, is_commit
-from capsule.domain.events import Event, JsonObject, SnapshotRecovered, StepCompleted, StepStarted
+from capsule.domain.events import (
+    Event,
+    JsonObject,
+    SettingsChanged,
+    SnapshotRecovered,
+    StepCompleted,
+    StepStarted,
+)
 from capsule.domain.jobs import JobState, current_step, is_finished
 from capsule.domain.restore_job import RestoreJob
 from capsule.orchestrator.eventstore import StoredEvent
@@ -219,3 +227,21 @@ def _safety_copy(state: RestoreJob) -> str | None:
         if isinstance(copy, str):
             return copy
     return None
+
+
+SETTINGS_ROW = "settings"
+
+
+def fold_settings(row: Row | None, event: SettingsChanged, meta: EventMeta, version: int) -> Row:
+    """The `backup_settings` row once a change is applied: every value set so far, by key."""
+    values = json.loads(row["changed_values"]) if row is not None else {}
+    for change in event.changes:
+        values[change.key] = change.new
+    return {
+        "name": SETTINGS_ROW,
+        "version": version,
+        "changed_values": json.dumps(values, sort_keys=True),
+        "changed_at": meta.recorded_at,
+        "changed_by": meta.actor,
+        "last_position": meta.position,
+    }

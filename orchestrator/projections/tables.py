@@ -101,6 +101,19 @@ restore_jobs = Table(
     Index("restore_jobs_requested_at_idx", "requested_at"),
 )
 
+backup_settings = Table(
+    "backup_settings",
+    metadata_obj,
+    Column("name", Text, primary_key=True),
+    Column("version", BigInteger, nullable=False),
+    Column("changed_values", Text, nullable=False),
+    Column("changed_at", UTCDateTime(), nullable=False),
+    Column("changed_by", Text, nullable=False),
+    Column("last_position", BigInteger, nullable=False),
+)
+"""The settings as of the last change: one row, named `settings` (none before the first change),
+holding every value set so far by key, as JSON; the defaults fill in the rest when it is read."""
+
 projection_checkpoints = Table(
     "projection_checkpoints",
     metadata_obj,
@@ -108,7 +121,7 @@ projection_checkpoints = Table(
     Column("position", BigInteger, nullable=False),
 )
 
-PROJECTIONS: tuple[Table, ...] = (jobs, snapshots, restore_jobs)
+PROJECTIONS: tuple[Table, ...] = (jobs, snapshots, restore_jobs, backup_settings)
 """Every read model, each with a row of the same name in `projection_checkpoints`."""
 
 KEYS: dict[str, str] = {table.name: next(iter(table.primary_key)).name for table in PROJECTIONS}

@@ -25,7 +25,12 @@ from capsule import api
 
 API = Path(api.__file__).parent
 COMMAND_MODULES = tuple(sorted(p.name for p in API.glob("cli*.py")))
-ALLOWED_MODULES = ("capsule.api.render", "capsule.api.filters", "capsule.api.common")
+ALLOWED_MODULES = (
+    "capsule.api.render",
+    "capsule.api.render_settings",
+    "capsule.api.filters",
+    "capsule.api.common",
+)
 ALLOWED_NAMES = {"run"}
 ALLOWED_ORCHESTRATOR = (
     "capsule.orchestrator.usecases",

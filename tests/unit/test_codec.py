@@ -25,6 +25,8 @@ from capsule.domain.events import (
     RestoreCompleted,
     RestoreFailed,
     RestoreRequested,
+    SettingChange,
+    SettingsChanged,
     SnapshotRecovered,
     StepCompleted,
     StepFailed,
@@ -100,6 +102,13 @@ SAMPLES: list[Event] = [
         time=AT,
         made_by_job=None,
         totals={"files": 1, "bytes": 4096, "duration_seconds": 0.5},
+    ),
+    SettingsChanged(
+        job_id=JOB,
+        changes=(
+            SettingChange(key="schedules.database.cron", old="0 * * * *", new="30 * * * *"),
+            SettingChange(key="timezone", old=None, new="Europe/Madrid"),
+        ),
     ),
 ]
 

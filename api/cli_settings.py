@@ -1,0 +1,45 @@
+"""The settings commands: `capsule settings show` and `capsule settings set KEY VALUE`.
+
+`capsule.api.cli` registers the group; this module does not import it.
+"""
+
+from __future__ import annotations
+
+import click
+
+from capsule.api import render_settings
+from capsule.api.common import Context, pass_ctx, run
+from capsule.orchestrator.usecases.settings import ChangeSetting, change, show
+
+
+@click.group()
+def settings() -> None:
+    """What Capsule does by itself: schedules, time zone, retention, alerts."""
+
+
+@settings.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole document as JSON, with its version.")
+@pass_ctx
+def settings_show(obj: Context, as_json: bool) -> None:
+    """Print every setting, its value and whether it is the default."""
+    run(lambda: render_settings.shown(show(obj.settings), as_json))
+
+
+@settings.command("set")
+@click.argument("key")
+@click.argument("value")
+@click.option(
+    "--if-version",
+    "expected_version",
+    type=click.IntRange(0),
+    help="Refuse the change if the settings are no longer at this version (see `settings show --json`).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the change as JSON.")
+@pass_ctx
+def settings_set(obj: Context, key: str, value: str, expected_version: int | None, as_json: bool) -> None:
+    """Change one setting: `capsule settings set schedules.database.cron '30 * * * *'`."""
+    request = ChangeSetting(key=key, value=value, expected_version=expected_version)
+    run(lambda: render_settings.changed(change(obj.settings, request), as_json))
+
+
+COMMANDS = (settings,)

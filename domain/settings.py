@@ -1,0 +1,196 @@
+"""What an admin changes while Capsule runs: schedules, the time zone, retention and alerts.
+
+These settings are an aggregate of their own, kept as events in the `settings` stream: each change
+is a `SettingsChanged` event that names every key it changed with its old and new value, and who
+changed it. The document is the defaults below with every change applied in order; a value never
+set follows the defaults of the Capsule that reads it.
+
+What belongs to the machine instead (paths, the event log's URL, the broker, workers) stays in the
+environment and `capsule.toml` (`orchestrator/settings.py`), read once when a command starts.
+
+Keys are dotted paths into the document: `timezone`, `schedules.database.cron`,
+`schedules.files.enabled`, `retention.database.keep_daily`, `alerts.email`. A value is given as
+text, as a person types it, and parsed by the key's type.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+
+from capsule.domain.errors import CapsuleError, Category
+
+STREAM = "settings"
+"""The one stream of the settings aggregate."""
+
+
+class InvalidSetting(CapsuleError):
+    """A key that does not exist or a value it cannot take; the message names the key."""
+
+    category = Category.INVALID_INPUT
+
+
+class Schedule(BaseModel):
+    """When a kind of job runs by itself: a cron expression in the shop's time zone."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cron: str
+    enabled: bool = True
+    jitter_seconds: int = Field(0, ge=0, le=3600)
+    """Up to this many seconds later than due, the same in every process: spreads many shops' runs."""
+
+
+class Retention(BaseModel):
+    """How many snapshots of one kind to keep: the newest `keep_last`, plus one per hour, day, ...
+
+    Checked now; applied by `prune`. A policy that keeps nothing is refused: deleting every
+    snapshot is never what a shop wants.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    keep_last: int = Field(3, ge=0)
+    keep_hourly: int = Field(24, ge=0)
+    keep_daily: int = Field(7, ge=0)
+    keep_weekly: int = Field(4, ge=0)
+    keep_monthly: int = Field(12, ge=0)
+    keep_yearly: int = Field(0, ge=0)
+
+
+class Alerts(BaseModel):
+    """Who hears when a job or a drill fails or a kind is overdue."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    email: tuple[str, ...] = ()
+    webhook: tuple[str, ...] = ()
+
+
+DEFAULT_SCHEDULES = {
+    "database": Schedule(cron="0 * * * *"),
+    "database-full": Schedule(cron="59 23 * * *"),
+    "files": Schedule(cron="0 3 * * 0"),
+    "drill": Schedule(cron="0 4 * * 0"),
+}
+"""The plan's: the database every hour and in full daily at 23:59, the images weekly on Sunday at
+03:00, and a restore drill after them."""
+
+
+class BackupSettings(BaseModel):
+    """The whole settings document."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    timezone: str | None = None
+    """A tz database name (`Europe/Madrid`); None: the machine's own."""
+    schedules: dict[str, Schedule] = Field(default_factory=lambda: dict(DEFAULT_SCHEDULES))
+    retention: dict[str, Retention] = Field(
+        default_factory=lambda: {"database": Retention(), "files": Retention()}
+    )
+    alerts: Alerts = Alerts()
+
+
+def keys(document: BackupSettings | None = None) -> list[str]:
+    """Every key a value can be set at, in the document's order."""
+    return list(_flatten((document or BackupSettings()).model_dump(mode="json")))
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, JsonValue]:
+    flat: dict[str, JsonValue] = {}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, key + "."))
+        else:
+            flat[key] = value
+    return flat
+
+
+def value_of(document: BackupSettings, key: str) -> JsonValue:
+    """The value at `key`; InvalidSetting for a key that does not exist."""
+    flat = _flatten(document.model_dump(mode="json"))
+    if key not in flat:
+        raise InvalidSetting(_unknown(key, list(flat)))
+    return flat[key]
+
+
+def _unknown(key: str, known: list[str]) -> str:
+    near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"; did you mean `{near[0]}`?" if near else "; `capsule settings show` lists every key"
+    return f"there is no setting `{key}`{hint}"
+
+
+def parse(document: BackupSettings, key: str, text: str) -> JsonValue:
+    """The value `text` stands for at `key`, by the type of the value there now."""
+    current = value_of(document, key)
+    text = text.strip()
+    if key == "timezone":
+        return None if text.lower() in ("", "machine", "local") else text
+    if isinstance(current, bool):
+        words = {
+            "true": True,
+            "yes": True,
+            "on": True,
+            "1": True,
+            "false": False,
+            "no": False,
+            "off": False,
+            "0": False,
+        }
+        if text.lower() not in words:
+            raise InvalidSetting(f"{key}: `{text}` is not true or false")
+        return words[text.lower()]
+    if isinstance(current, int):
+        if not re.fullmatch(r"-?\d+", text):
+            raise InvalidSetting(f"{key}: `{text}` is not a whole number")
+        return int(text)
+    if isinstance(current, list):
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return text
+
+
+def with_changes(document: BackupSettings, changes: dict[str, JsonValue]) -> BackupSettings:
+    """The document with each key set to its new value; InvalidSetting names the first wrong one."""
+    data = document.model_dump(mode="json")
+    for key, value in changes.items():
+        value_of(document, key)  # the key exists
+        *path, last = key.split(".")
+        place = data
+        for part in path:
+            place = place[part]
+        place[last] = value
+    try:
+        return BackupSettings.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidSetting(f"{where}: {first['msg'].lower()}") from e
+
+
+def check_retention(document: BackupSettings) -> None:
+    """InvalidSetting when a retention policy would keep no snapshot at all."""
+    for kind, policy in document.retention.items():
+        if not any(policy.model_dump().values()):
+            raise InvalidSetting(
+                f"retention.{kind}: every keep_* is 0, which would delete every snapshot of {kind}; "
+                "keep at least one (for example retention.{kind}.keep_last 1)".replace("{kind}", kind)
+            )
+
+
+def from_values(values: dict[str, JsonValue]) -> BackupSettings:
+    """The document with the values set so far (by key) over the defaults.
+
+    A key this Capsule does not know, or a value it no longer accepts (both written by another
+    version), is passed over, so that a log always loads.
+    """
+    document = BackupSettings()
+    for key, value in values.items():
+        try:
+            document = with_changes(document, {key: value})
+        except InvalidSetting:
+            continue
+    return document
