@@ -175,3 +175,24 @@ def test_replay_rebuilds_each_schedules_last_run(runtime: Runtime) -> None:
 
     assert projections.last_schedule_runs(runtime.engine) == before
     assert set(before) == {"database"}
+
+
+def test_the_schedules_listing_shows_the_last_run_its_job_and_the_next_three(runtime: Runtime) -> None:
+    from capsule.orchestrator.usecases.schedules import list_schedules
+    from capsule.orchestrator.usecases.settings import ChangeSetting, change
+
+    change(runtime.settings, ChangeSetting("timezone", "Europe/Berlin"))
+    (fired,) = scheduler(runtime).tick(at(0.5), BERLIN)
+
+    listing = list_schedules(runtime.settings, now=at(0.6))
+
+    by_name = {s.name: s for s in listing.schedules}
+    database = by_name["database"]
+    assert (database.last_due_at, database.last_job_id, database.last_status) == (
+        at(0.5),
+        fired.job_id,
+        "pending",
+    )
+    assert database.next_due == [at(1.5), at(2.5), at(3.5)]
+    assert by_name["files"].last_due_at is None and by_name["files"].next_due[0] == at(3.5)
+    assert listing.timezone == "Europe/Berlin"
