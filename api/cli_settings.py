@@ -1,4 +1,5 @@
-"""The settings commands: `capsule settings show` and `capsule settings set KEY VALUE`.
+"""The settings commands: `capsule settings show`, `capsule settings set KEY VALUE` and
+`capsule schedules`.
 
 `capsule.api.cli` registers the group; this module does not import it.
 """
@@ -9,6 +10,7 @@ import click
 
 from capsule.api import render_settings
 from capsule.api.common import Context, pass_ctx, run
+from capsule.orchestrator.usecases.schedules import list_schedules
 from capsule.orchestrator.usecases.settings import ChangeSetting, change, show
 
 
@@ -42,4 +44,12 @@ def settings_set(obj: Context, key: str, value: str, expected_version: int | Non
     run(lambda: render_settings.changed(change(obj.settings, request), as_json))
 
 
-COMMANDS = (settings,)
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the schedules as JSON.")
+@pass_ctx
+def schedules(obj: Context, as_json: bool) -> None:
+    """Each schedule: when it last ran, how that went, and its next three due times."""
+    run(lambda: render_settings.schedules(list_schedules(obj.settings), as_json))
+
+
+COMMANDS = (settings, schedules)

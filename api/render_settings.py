@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 import click
 
 from capsule.domain import settings as model
 
 if TYPE_CHECKING:
+    from capsule.orchestrator.usecases.schedules import ScheduleList
     from capsule.orchestrator.usecases.settings import SettingChanged, SettingsView
 
 
@@ -64,3 +67,42 @@ def changed(result: SettingChanged, as_json: bool) -> None:
         )
         return
     click.echo(f"{result.key}: {_text(result.old)} -> {_text(result.new)} (version {result.version}).")
+
+
+def _utc(t: datetime | None) -> str | None:
+    return t.isoformat().replace("+00:00", "Z") if t else None
+
+
+def schedules(listing: ScheduleList, as_json: bool) -> None:
+    if as_json:
+        rows = [
+            {
+                "name": s.name,
+                "cron": s.cron,
+                "enabled": s.enabled,
+                "last_due_at": _utc(s.last_due_at),
+                "last_job_id": s.last_job_id,
+                "last_status": s.last_status,
+                "late": s.late,
+                "next_due": [_utc(t) for t in s.next_due],
+            }
+            for s in listing.schedules
+        ]
+        click.echo(json.dumps({"timezone": listing.timezone, "schedules": rows}, indent=2))
+        return
+    zone = ZoneInfo(listing.timezone)
+
+    def local(t: datetime) -> str:
+        return f"{t.astimezone(zone):%a %Y-%m-%d %H:%M}"
+
+    click.echo(f"Times in {listing.timezone}.")
+    for s in listing.schedules:
+        state = "" if s.enabled else " (disabled)"
+        click.echo(f"{s.name}: `{s.cron}`{state}")
+        if s.last_due_at is None:
+            click.echo("  last run: none yet")
+        else:
+            late = ", started late" if s.late else ""
+            click.echo(f"  last run: due {local(s.last_due_at)}{late}; job {s.last_job_id} {s.last_status}")
+        if s.next_due:
+            click.echo("  next: " + "; ".join(local(t) for t in s.next_due))

@@ -260,6 +260,23 @@ class SettingsChanged(Event):
     changes: tuple[SettingChange, ...]
 
 
+# Schedules: a schedule's run at one due time is a stream of its own (`schedule-<name>-<due>`) that
+# holds one event, so that two schedulers can never both start it.
+
+
+class ScheduleFired(Event):
+    """A schedule was due: its job was requested (`job_id`), or joined while still running (`coalesced`)."""
+
+    type_name: ClassVar[str] = "ScheduleFired"
+
+    schedule: str
+    due_at: UtcDatetime
+    missed: int
+    """Due times that passed without a run, this one included: more than 1 after downtime."""
+    late_seconds: float
+    coalesced: bool
+
+
 def _registry(*classes: type[Event]) -> dict[str, type[Event]]:
     registry: dict[str, type[Event]] = {}
     for cls in classes:
@@ -288,6 +305,7 @@ EVENT_TYPES: dict[str, type[Event]] = _registry(
     EventLogStarted,
     SnapshotRecovered,
     SettingsChanged,
+    ScheduleFired,
 )
 """Every event the log may hold, by its stored type name."""
 

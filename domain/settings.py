@@ -74,10 +74,16 @@ DEFAULT_SCHEDULES = {
     "database": Schedule(cron="0 * * * *"),
     "database-full": Schedule(cron="59 23 * * *"),
     "files": Schedule(cron="0 3 * * 0"),
-    "drill": Schedule(cron="0 4 * * 0"),
 }
 """The plan's: the database every hour and in full daily at 23:59, the images weekly on Sunday at
-03:00, and a restore drill after them."""
+03:00."""
+
+SCHEDULED_BACKUPS = {
+    "database": ("database", False),
+    "database-full": ("database", True),
+    "files": ("files", False),
+}
+"""What each schedule runs: a backup of that kind, `--full` or not."""
 
 
 class BackupSettings(BaseModel):

@@ -8,6 +8,7 @@ older Capsules keep loading without ever being rewritten.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from capsule.domain import backup_job, restore_job, settings
@@ -20,6 +21,8 @@ JobType = Literal["backup", "restore"]
 _PREFIXES: dict[JobType, str] = {"backup": backup_job.STREAM_PREFIX, "restore": restore_job.STREAM_PREFIX}
 SETTINGS_STREAM = settings.STREAM
 """The settings aggregate's one stream."""
+SCHEDULE_STREAM_PREFIX = "schedule-"
+"""The streams of schedules' runs: one per schedule and due time."""
 LOG_STREAM_PREFIX = "eventlog-"
 """The streams of the event log's own history: one per repair that started a new log."""
 
@@ -76,6 +79,15 @@ def stream_id(job_type: JobType, job_id: str) -> str:
 def log_stream_id(repair_id: str) -> str:
     """The stream that holds the events of the repair `repair_id` of the event log."""
     return f"{LOG_STREAM_PREFIX}{repair_id}"
+
+
+def schedule_stream_id(schedule: str, due_at: datetime) -> str:
+    """The stream of `schedule`'s run at `due_at`: the one place that run can be recorded."""
+    return f"{SCHEDULE_STREAM_PREFIX}{schedule}-{due_at.astimezone(UTC):%Y%m%dT%H%M%SZ}"
+
+
+def is_schedule_stream(stream: str) -> bool:
+    return stream.startswith(SCHEDULE_STREAM_PREFIX)
 
 
 def is_settings_stream(stream: str) -> bool:

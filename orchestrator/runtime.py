@@ -8,6 +8,7 @@ log says is next (or nothing), and a recovery sweep re-enqueues whatever the que
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import secrets
@@ -22,7 +23,7 @@ from types import ModuleType
 from typing import Any
 
 import structlog
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from capsule.domain import backup_job, restore_job
 from capsule.domain.backup_job import sources_of
@@ -175,11 +176,18 @@ class Runtime:
         full: bool = False,
         tags: tuple[str, ...] = (),
         actor: str,
+        conn: Connection | None = None,
+        causation_id: str | None = None,
     ) -> str:
-        """Record a backup request; queue it behind a backup of the same source that has not finished."""
+        """Record a backup request; queue it behind a backup of the same source that has not finished.
+
+        With `conn`, the request joins that transaction (the scheduler records its run beside it).
+        """
         job_id = new_job_id()
         now = self.clock()
-        with self.store.transaction() as conn:
+        with contextlib.ExitStack() as stack:
+            if conn is None:
+                conn = stack.enter_context(self.store.transaction())
             _serialise_requests(conn)
             active = projections.active_backup_for_source(conn, source)
             command = RequestBackup(
@@ -190,7 +198,7 @@ class Runtime:
                 backup_job.stream_id(job_id),
                 0,
                 [codec.encode(e) for e in events],
-                Metadata(actor=actor, correlation_id=job_id),
+                Metadata(actor=actor, correlation_id=job_id, causation_id=causation_id),
                 handlers=[self.handler],
                 conn=conn,
             )

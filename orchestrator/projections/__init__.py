@@ -1,4 +1,5 @@
-"""Read models derived from the event log: jobs, snapshots, restore jobs and the settings.
+"""Read models derived from the event log: jobs, snapshots, restore jobs, the settings and the
+schedules' last runs.
 
 They are written by `ProjectionHandler` in the transaction of every append, and can be rebuilt from
 the log at any time by `replay`; nothing else writes them and nothing in them is the truth.
@@ -10,6 +11,7 @@ from capsule.orchestrator.projections.queries import (
     get_job,
     get_restore_job,
     jobs_queued_behind,
+    last_schedule_runs,
     list_jobs,
     list_snapshots,
     settings_row,
@@ -45,6 +47,7 @@ __all__ = [
     "get_restore_job",
     "jobs",
     "jobs_queued_behind",
+    "last_schedule_runs",
     "list_jobs",
     "list_snapshots",
     "project",

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from capsule.domain import backup_job, restore_job
 from capsule.domain.backup_job import BackupJob
 from capsule.domain.errors import InvalidEvent
-from capsule.domain.events import Event, SettingsChanged, SnapshotRecovered
+from capsule.domain.events import Event, ScheduleFired, SettingsChanged, SnapshotRecovered
 from capsule.domain.jobs import JobState, is_finished
 from capsule.domain.restore_job import RestoreJob
 from capsule.orchestrator import codec
@@ -28,12 +28,20 @@ from capsule.orchestrator.projections.rows import (
     Row,
     fold_job,
     fold_restore_job,
+    fold_schedule_run,
     fold_settings,
     fold_snapshot,
     recovered_snapshot_row,
     snapshot_key,
 )
-from capsule.orchestrator.projections.tables import backup_settings, jobs, restore_jobs, snapshots
+from capsule.orchestrator.projections.tables import (
+    PROJECTIONS,
+    backup_settings,
+    jobs,
+    restore_jobs,
+    schedule_runs,
+    snapshots,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +72,7 @@ class Projector:
     """The rows that events change, by table name and primary key, ready to be written."""
 
     def __init__(self, source: Source, *, keep_finished: bool = True) -> None:
-        self.rows: dict[str, dict[str, Row]] = {
-            t.name: {} for t in (jobs, snapshots, restore_jobs, backup_settings)
-        }
+        self.rows: dict[str, dict[str, Row]] = {t.name: {} for t in PROJECTIONS}
         self.snapshot_positions: dict[str, int] = {}
         """The position of the event that wrote each snapshot row, to merge folds made apart."""
         self._source = source
@@ -84,6 +90,8 @@ class Projector:
                 self._apply_log_event(stored)
             elif codec.is_settings_stream(stored.stream_id):
                 self._apply_settings_event(stored)
+            elif codec.is_schedule_stream(stored.stream_id):
+                self._apply_schedule_event(stored)
             return
         aggregate = _AGGREGATES[job[0]]
         event = codec.decode(stored)
@@ -119,6 +127,12 @@ class Projector:
                 SETTINGS_ROW,
                 fold_settings(row, event, EventMeta.of(stored), stored.version),
             )
+
+    def _apply_schedule_event(self, stored: StoredEvent) -> None:
+        event = codec.decode(stored)
+        if isinstance(event, ScheduleFired):
+            row = self._row(schedule_runs.name, event.schedule)
+            self._put(schedule_runs.name, event.schedule, fold_schedule_run(row, event, EventMeta.of(stored)))
 
     def _state_before(self, stored: StoredEvent, aggregate: _Aggregate) -> JobState:
         known = self._states.get(stored.stream_id)

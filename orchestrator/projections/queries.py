@@ -18,7 +18,13 @@ from capsule.domain.jobs import FINISHED
 from capsule.orchestrator.codec import JobType
 from capsule.orchestrator.db import database_errors, for_reading
 from capsule.orchestrator.projections.rows import SETTINGS_ROW, Row
-from capsule.orchestrator.projections.tables import backup_settings, jobs, restore_jobs, snapshots
+from capsule.orchestrator.projections.tables import (
+    backup_settings,
+    jobs,
+    restore_jobs,
+    schedule_runs,
+    snapshots,
+)
 
 Database = Connection | Engine
 
@@ -29,6 +35,11 @@ def settings_row(db: Database) -> Row | None:
     """The `backup_settings` row: the values set so far and the last change; None before any change."""
     rows = _rows(db, select(backup_settings).where(backup_settings.c.name == SETTINGS_ROW))
     return rows[0] if rows else None
+
+
+def last_schedule_runs(db: Database) -> dict[str, Row]:
+    """Each schedule's last run, by schedule name."""
+    return {str(r["schedule"]): r for r in _rows(db, select(schedule_runs))}
 
 
 def get_job(db: Database, job_id: str) -> Row | None:

@@ -33,9 +33,11 @@ from capsule.orchestrator.projections.projector import Projector
 from capsule.orchestrator.projections.rows import Row
 from capsule.orchestrator.projections.scan import Scan
 from capsule.orchestrator.projections.tables import (
+    PROJECTIONS,
     backup_settings,
     jobs,
     restore_jobs,
+    schedule_runs,
     set_checkpoint,
     snapshots,
 )
@@ -73,7 +75,12 @@ class _Part:
         job = codec.job_of_stream(stream_id)
         if job is None:
             # The log's own history (a repair's recovered snapshots) is short: the first part folds it.
-            return self.low == 0 and (codec.is_log_stream(stream_id) or codec.is_settings_stream(stream_id))
+            # So are the settings and the schedules' runs.
+            return self.low == 0 and (
+                codec.is_log_stream(stream_id)
+                or codec.is_settings_stream(stream_id)
+                or codec.is_schedule_stream(stream_id)
+            )
         return self.low <= zlib.crc32(job[1].encode()) % BUCKETS < self.high
 
 
@@ -117,7 +124,7 @@ def replay(
     started = time.perf_counter()
     with _collector_paused(), database_errors(engine), engine.begin() as conn:
         _lock_log(conn)
-        for table in (jobs, snapshots, restore_jobs, backup_settings):
+        for table in PROJECTIONS:
             # DELETE, not TRUNCATE: on PostgreSQL, TRUNCATE would make every reader of the read
             # models wait for the whole replay instead of reading the old rows meanwhile.
             conn.execute(table.delete())
@@ -176,7 +183,7 @@ class _Writer:
 
     def write(self, share: _Share) -> int:
         """Insert the rows of `share`; return how many events it read."""
-        for table in (jobs, restore_jobs, backup_settings):
+        for table in (jobs, restore_jobs, backup_settings, schedule_runs):
             self._insert(table, list(share.rows[table.name].values()))
         fresh = []
         for key, row in share.rows[snapshots.name].items():

@@ -18,6 +18,7 @@ from capsule.domain.backup_job import BackupJob, committed_snapshot_id, is_commi
 from capsule.domain.events import (
     Event,
     JsonObject,
+    ScheduleFired,
     SettingsChanged,
     SnapshotRecovered,
     StepCompleted,
@@ -243,5 +244,21 @@ def fold_settings(row: Row | None, event: SettingsChanged, meta: EventMeta, vers
         "changed_values": json.dumps(values, sort_keys=True),
         "changed_at": meta.recorded_at,
         "changed_by": meta.actor,
+        "last_position": meta.position,
+    }
+
+
+def fold_schedule_run(row: Row | None, event: ScheduleFired, meta: EventMeta) -> Row:
+    """The `schedule_runs` row once a run is recorded; an older due time never replaces a newer."""
+    if row is not None and row["due_at"] >= event.due_at:
+        return row
+    return {
+        "schedule": event.schedule,
+        "due_at": event.due_at,
+        "fired_at": meta.recorded_at,
+        "job_id": event.job_id,
+        "coalesced": event.coalesced,
+        "missed": event.missed,
+        "late_seconds": event.late_seconds,
         "last_position": meta.position,
     }

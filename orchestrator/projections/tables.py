@@ -114,6 +114,20 @@ backup_settings = Table(
 """The settings as of the last change: one row, named `settings` (none before the first change),
 holding every value set so far by key, as JSON; the defaults fill in the rest when it is read."""
 
+schedule_runs = Table(
+    "schedule_runs",
+    metadata_obj,
+    Column("schedule", Text, primary_key=True),
+    Column("due_at", UTCDateTime(), nullable=False),
+    Column("fired_at", UTCDateTime(), nullable=False),
+    Column("job_id", Text, nullable=False),
+    Column("coalesced", Boolean, nullable=False),
+    Column("missed", Integer, nullable=False),
+    Column("late_seconds", Float, nullable=False),
+    Column("last_position", BigInteger, nullable=False),
+)
+"""Each schedule's last run: when it was due, when it fired, and the job it started or joined."""
+
 projection_checkpoints = Table(
     "projection_checkpoints",
     metadata_obj,
@@ -121,7 +135,7 @@ projection_checkpoints = Table(
     Column("position", BigInteger, nullable=False),
 )
 
-PROJECTIONS: tuple[Table, ...] = (jobs, snapshots, restore_jobs, backup_settings)
+PROJECTIONS: tuple[Table, ...] = (jobs, snapshots, restore_jobs, backup_settings, schedule_runs)
 """Every read model, each with a row of the same name in `projection_checkpoints`."""
 
 KEYS: dict[str, str] = {table.name: next(iter(table.primary_key)).name for table in PROJECTIONS}

@@ -32,6 +32,7 @@ from capsule.orchestrator import codec, projections
 from capsule.orchestrator.codec import JobType
 from capsule.orchestrator.eventstore import EventStore, Metadata, NewEvent
 from capsule.orchestrator.projections import ProjectionHandler
+from capsule.orchestrator.projections.tables import PROJECTIONS
 
 T0 = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 SOURCE = "/srv/pos/data/pos.db"
@@ -401,23 +402,13 @@ def test_lists_are_newest_first_and_filter_by_status_and_type(jobs: Jobs):
 
 def test_every_checkpoint_follows_each_append(jobs: Jobs):
     with jobs.engine.connect() as conn:
-        assert projections.checkpoints(conn) == {
-            "jobs": 0,
-            "snapshots": 0,
-            "restore_jobs": 0,
-            "backup_settings": 0,
-        }
+        assert projections.checkpoints(conn) == {t.name: 0 for t in PROJECTIONS}
     jobs.request_backup("b1")
     jobs.run("backup", "b1", "store")
 
     last = jobs.store.last_position()
     with jobs.engine.connect() as conn:
-        assert projections.checkpoints(conn) == {
-            "jobs": last,
-            "snapshots": last,
-            "restore_jobs": last,
-            "backup_settings": last,
-        }
+        assert projections.checkpoints(conn) == {t.name: last for t in PROJECTIONS}
 
 
 def test_events_appended_without_the_handler_are_applied_by_the_next_append_through_it(jobs: Jobs):
@@ -454,12 +445,7 @@ def test_read_models_without_checkpoint_rows_catch_up_and_count_from_there(jobs:
     assert [r["job_id"] for r in projections.list_jobs(jobs.engine)] == ["b2", "b1"]
     last = jobs.store.last_position()
     with jobs.engine.connect() as conn:
-        assert projections.checkpoints(conn) == {
-            "jobs": last,
-            "snapshots": last,
-            "restore_jobs": last,
-            "backup_settings": last,
-        }
+        assert projections.checkpoints(conn) == {t.name: last for t in PROJECTIONS}
 
 
 def test_projecting_the_same_events_again_changes_nothing(jobs: Jobs):

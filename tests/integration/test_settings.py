@@ -86,9 +86,9 @@ def test_replay_rebuilds_the_settings_read_model(settings: Settings) -> None:
 def test_settings_show_json_has_the_version_an_if_match_needs(settings: Settings, capsys) -> None:
     from capsule.api import render_settings
 
-    change(settings, ChangeSetting("schedules.drill.enabled", "false"))
+    change(settings, ChangeSetting("schedules.files.enabled", "false"))
     render_settings.shown(show(settings), as_json=True)
     shown = json.loads(capsys.readouterr().out)
     assert shown["version"] == 1
-    assert shown["settings"]["schedules"]["drill"]["enabled"] is False
+    assert shown["settings"]["schedules"]["files"]["enabled"] is False
     assert shown["changed_at"].endswith("Z")

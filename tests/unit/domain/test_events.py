@@ -26,6 +26,7 @@ from capsule.domain.events import (
     RestoreCompleted,
     RestoreFailed,
     RestoreRequested,
+    ScheduleFired,
     SettingChange,
     SettingsChanged,
     SnapshotRecovered,
@@ -107,6 +108,14 @@ SAMPLES: list[Event] = [
             SettingChange(key="schedules.database.cron", old="0 * * * *", new="30 * * * *"),
             SettingChange(key="timezone", old=None, new="Europe/Madrid"),
         ),
+    ),
+    ScheduleFired(
+        job_id=JOB,
+        schedule="database",
+        due_at=datetime(2026, 12, 6, 13, 0, tzinfo=UTC),
+        missed=5,
+        late_seconds=1200.0,
+        coalesced=False,
     ),
 ]
 

@@ -22,7 +22,6 @@ def test_the_defaults_are_the_plans():
         "database": "0 * * * *",
         "database-full": "59 23 * * *",
         "files": "0 3 * * 0",
-        "drill": "0 4 * * 0",
     }
     assert defaults.timezone is None
     assert all(s.enabled for s in defaults.schedules.values())
@@ -31,7 +30,7 @@ def test_the_defaults_are_the_plans():
 def test_every_key_reads_back_and_the_document_lists_them_in_order():
     names = keys()
     assert names[0] == "timezone"
-    assert {"schedules.database.cron", "schedules.drill.enabled", "retention.files.keep_daily"} <= set(names)
+    assert {"schedules.database.cron", "schedules.files.enabled", "retention.files.keep_daily"} <= set(names)
     assert {"alerts.email", "alerts.webhook"} <= set(names)
     for key in names:
         value_of(BackupSettings(), key)
