@@ -15,10 +15,17 @@ from pydantic import ValidationError
 
 from capsule.api import cli_jobs, render
 from capsule.api.cli_demo import demo
-from capsule.api.common import Context, pass_ctx, run
+from capsule.api.common import (
+    LOG_FORMAT_HELP,
+    LOG_LEVEL_HELP,
+    Context,
+    add_log_options,
+    pass_ctx,
+    run,
+)
 from capsule.api.exitcodes import EXIT_CODES
 from capsule.api.filters import filter_options
-from capsule.api.logging import configure
+from capsule.api.logging import FORMATS, LEVELS
 from capsule.orchestrator.private import keep_private
 from capsule.orchestrator.usecases.backup import Backup, back_up
 from capsule.orchestrator.usecases.repository import (
@@ -36,9 +43,11 @@ log = structlog.get_logger("capsule")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.version_option(package_name="capsule-backup", prog_name="capsule", message="%(prog)s %(version)s")
+@click.option("--log-level", type=click.Choice(list(LEVELS)), help=LOG_LEVEL_HELP)
+@click.option("--log-format", type=click.Choice(FORMATS), help=LOG_FORMAT_HELP)
 @click.pass_context
-def cli(ctx: click.Context, log_level: str | None) -> None:
+def cli(ctx: click.Context, log_level: str | None, log_format: str | None) -> None:
     """Capsule: backups of a point-of-sale server's database, verified before every restore.
 
     Paths come from CAPSULE_DATABASE, CAPSULE_REPOSITORY, CAPSULE_HOME and CAPSULE_KEY_FILE (or
@@ -51,8 +60,9 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
         name = "CAPSULE_" + "_".join(str(p) for p in first["loc"]).upper()
         click.echo(f"capsule: the setting {name} is invalid ({first['msg']}); fix it and retry", err=True)
         sys.exit(EXIT_CODES.usage)
-    configure(log_level or obj.settings.log_level, obj.settings.log_format)
-    keep_private(obj.settings.home)
+    obj.log_level, obj.log_format = log_level, log_format
+    obj.configure_logging()
+    keep_private(obj.settings.home)  # sets the umask before anything, the log file included, is made
     ctx.obj = obj
 
 
@@ -229,6 +239,7 @@ def unlock(obj: Context, remove_all: bool) -> None:
 
 for command in (*cli_jobs.COMMANDS, demo):
     cli.add_command(command)
+add_log_options(cli)
 
 
 def main() -> None:

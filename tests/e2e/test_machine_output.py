@@ -83,11 +83,11 @@ def test_logs_are_json_lines_on_stderr_when_it_is_not_a_terminal(shop: Shop) -> 
     assert proc.stdout.startswith("Snapshot ")
 
 
-def test_logs_are_readable_text_when_stderr_is_a_terminal(shop: Shop) -> None:
+def test_logs_are_readable_text_on_a_terminal_when_asked_for(shop: Shop) -> None:
     controller, terminal = pty.openpty()
     try:
         proc = subprocess.run(
-            [*CAPSULE, "backup"],
+            [*CAPSULE, "backup", "--log-format", "console"],
             cwd=shop.root,
             env=shop.env(),
             stdout=subprocess.PIPE,
