@@ -109,7 +109,7 @@ def backup(obj: Context, kind: str, full: bool, as_json: bool) -> None:
 
 @cli.command()
 @filter_options
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the snapshots as JSON on stdout.")
 @pass_ctx
 def snapshots(
     obj: Context, hosts: tuple[str, ...], paths: tuple[str, ...], tags: tuple[str, ...], as_json: bool
@@ -121,7 +121,12 @@ def snapshots(
 
 @cli.command()
 @click.argument("snapshot")
-@click.option("--to", "to", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--to",
+    "to",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Restore into this folder, leaving the live database and images as they are.",
+)
 @click.option("--force", is_flag=True, help="Replace files that already exist under --to.")
 @click.option(
     "--check",
@@ -208,7 +213,7 @@ def cat(obj: Context, snapshot: str, path: str) -> None:
     is_flag=True,
     help="Also decrypt and check every blob of every pack, and every image against its SHA-256.",
 )
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @pass_ctx
 def verify(obj: Context, read_data: bool, as_json: bool) -> None:
     """Check the repository and every snapshot as a restore would; exit 3 if anything is damaged,
