@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from capsule.orchestrator.logrepair import LogRepair
     from capsule.orchestrator.projections import ReplayReport
     from capsule.orchestrator.usecases.backup import BackedUp
-    from capsule.orchestrator.usecases.jobs import AuditTrail, JobList, Status
+    from capsule.orchestrator.usecases.jobs import AuditTrail, JobList, Status, WorkDone
     from capsule.orchestrator.usecases.repository import IndexRebuilt, RepositoryCreated, Unlocked
     from capsule.orchestrator.usecases.restore import Restored
     from capsule.orchestrator.usecases.sample_shop import SamplePart, SampleShop
@@ -379,6 +379,23 @@ def log_repaired(report: LogRepair) -> None:
 
 def worker_started(worker_id: str) -> None:
     click.echo(f"Worker {worker_id} running; Ctrl-C stops it.", err=True)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def worker_done(done: WorkDone) -> None:
+    """What the worker finished (a failed job is the job's failure, not the worker's: exit 0)."""
+    if not (done.jobs_completed or done.jobs_failed or done.steps_completed or done.steps_failed):
+        click.echo(f"Worker {done.worker_id} stopped; it found nothing to do.")
+        return
+    click.echo(
+        f"Worker {done.worker_id} stopped: {_plural(done.jobs_completed, 'job')} completed, "
+        f"{done.jobs_failed} failed; {_plural(done.steps_completed, 'step')} done, "
+        f"{_plural(done.steps_failed, 'failed attempt')}."
+        + (" `capsule jobs --status failed` says why." if done.jobs_failed else "")
+    )
 
 
 def sample_shop(shop: SampleShop) -> None:
