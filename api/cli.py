@@ -36,7 +36,16 @@ from capsule.orchestrator.usecases.repository import (
     remove_locks,
 )
 from capsule.orchestrator.usecases.restore import Restore, restore_snapshot
-from capsule.orchestrator.usecases.snapshots import CatFile, ChooseSnapshots, list_snapshots, read_file
+from capsule.orchestrator.usecases.snapshots import (
+    CatFile,
+    ChooseSnapshots,
+    FindFiles,
+    ListFolder,
+    find_files,
+    list_folder,
+    list_snapshots,
+    read_file,
+)
 from capsule.orchestrator.usecases.verify import Verify, verify_repository
 
 log = structlog.get_logger("capsule")
@@ -205,6 +214,33 @@ def restore(  # noqa: PLR0917 (click passes options by position)
 def cat(obj: Context, snapshot: str, path: str) -> None:
     """Write one file of SNAPSHOT to stdout, e.g. `capsule cat latest-files shoes/red.jpg > red.jpg`."""
     run(lambda: read_file(obj.settings, CatFile(snapshot, path), render.data_stdout))
+
+
+@cli.command("ls")
+@click.argument("snapshot")
+@click.argument("path", default="")
+@click.option("--json", "as_json", is_flag=True, help="Print the folder's items as JSON on stdout.")
+@pass_ctx
+def ls_cmd(obj: Context, snapshot: str, path: str, as_json: bool) -> None:
+    """List a folder of SNAPSHOT (its top by default): type and mode, size, time and name, e.g.
+    `capsule ls latest-files shoes`. A database snapshot holds one item, the database."""
+    run(lambda: render.folder_listing(list_folder(obj.settings, ListFolder(snapshot, path)), as_json))
+
+
+@cli.command()
+@click.argument("pattern")
+@click.option(
+    "--snapshot",
+    help="Search only this snapshot (`latest-files`, an id or a prefix); by default every one, newest first.",
+)
+@click.option("-i", "--ignore-case", is_flag=True, help="Match upper and lower case alike.")
+@click.option("--json", "as_json", is_flag=True, help="Print the matches as JSON on stdout.")
+@pass_ctx
+def find(obj: Context, pattern: str, snapshot: str | None, ignore_case: bool, as_json: bool) -> None:
+    """Find files by PATTERN, a glob on the name (`red*.jpg`) or, with a `/`, on the whole path
+    (`shoes/*.jpg`), in every snapshot: each match with its snapshot, time and size."""
+    request = FindFiles(pattern, snapshot, ignore_case)
+    run(lambda: render.found(find_files(obj.settings, request), as_json))
 
 
 @cli.command()
