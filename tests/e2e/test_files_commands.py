@@ -181,6 +181,7 @@ def ls_json(shop: Shop, *args: str) -> dict[str, Any]:
     return listing
 
 
+@pytest.mark.slow
 def test_ls_lists_a_folder_of_a_snapshot_as_ls_does(shop: Shop, uploads: Path) -> None:
     sid = backup_json(shop, "--kind", "files")["snapshot_id"]
     shop.backup()
@@ -209,6 +210,7 @@ def test_ls_lists_a_folder_of_a_snapshot_as_ls_does(shop: Shop, uploads: Path) -
     ]
 
 
+@pytest.mark.slow
 def test_ls_and_cat_of_an_unknown_path_suggest_real_neighbours(
     shop: Shop, uploads: Path, tmp_path: Path
 ) -> None:
@@ -236,6 +238,7 @@ def test_ls_and_cat_of_an_unknown_path_suggest_real_neighbours(
     assert "did you mean 'latest-files'?" in one_line_error(wrong_ref)
 
 
+@pytest.mark.slow
 def test_find_names_every_snapshot_that_holds_a_lost_file(shop: Shop, uploads: Path) -> None:
     older = backup_json(shop, "--kind", "files")["snapshot_id"]
     (uploads / "cat1" / "red.jpg").unlink()

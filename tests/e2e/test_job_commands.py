@@ -6,6 +6,8 @@ import json
 import signal
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from tests.integration.helpers import FAST_STEPS, Shop, one_line_error
 
 
@@ -51,6 +53,7 @@ def test_replay_rebuilds_the_same_jobs(shop: Shop) -> None:
     assert json.loads(shop.run("jobs", "--json", expect=0).stdout) == before
 
 
+@pytest.mark.slow
 def test_worker_until_idle_says_what_it_finished(shop: Shop) -> None:
     def killed_backup() -> None:
         proc = shop.run("backup", env={**FAST_STEPS, "CAPSULE_FAULTS": "store:halfway"})

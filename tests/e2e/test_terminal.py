@@ -11,6 +11,8 @@ import stat
 import subprocess
 from importlib.metadata import version
 
+import pytest
+
 from tests.integration.helpers import CAPSULE, Shop, is_json_line
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
@@ -81,6 +83,7 @@ def test_an_error_at_a_terminal_is_said_once(shop: Shop) -> None:
     assert failed and f"the database {missing} does not exist" in str(failed[0]["error"])
 
 
+@pytest.mark.slow
 def test_log_options_work_after_the_command_name(shop: Shop) -> None:
     code, text = on_terminal(shop, "backup", "--log-format", "json")
     assert code == 0, text
