@@ -229,9 +229,7 @@ SUGGESTED = 3  # paths an error names
 
 def _not_there(wanted: str, paths: list[str], sid: str, command: str) -> str:
     """`there is no ...`, with the real paths closest to the one typed, or the folder to look in."""
-    name = wanted.rpartition("/")[2].lower()
-    same_name = [p for p in paths if p.rpartition("/")[2].lower() == name and p != wanted]
-    close = same_name[:SUGGESTED] or difflib.get_close_matches(wanted, paths, n=SUGGESTED, cutoff=0.6)
+    close = _close_paths(wanted, paths)
     text = f"there is no {wanted!r} in snapshot {sid[:12]}"
     if close:
         return text + "; did you mean " + " or ".join(repr(c) for c in close) + "?"
@@ -240,7 +238,33 @@ def _not_there(wanted: str, paths: list[str], sid: str, command: str) -> str:
         folder = folder.rpartition("/")[0]
     where = f" {folder}" if folder else ""
     tail = "; paths are relative to the snapshot's folder" if command == "cat" else ""
-    return text + f"{tail}; `capsule ls {sid[:12]}{where}` lists what is there"
+    name = wanted.rpartition("/")[2]
+    return (
+        text + f"{tail}; `capsule ls {sid[:12]}{where}` lists what is there, "
+        f"`capsule find -i '*{name}*'` looks for the name in every folder and snapshot"
+    )
+
+
+def _close_paths(wanted: str, paths: list[str]) -> list[str]:
+    """The paths a person most likely meant: the same name in another folder, else names close to
+    it in the folder typed (or the folder closest to it).
+
+    Names are compared within one folder, never across every path: difflib over 100,000 paths
+    takes seconds, over a folder's names milliseconds.
+    """
+    folder, _, name = wanted.rpartition("/")
+    same_name = [p for p in paths if p.rpartition("/")[2].lower() == name.lower() and p != wanted]
+    if same_name:
+        return same_name[:SUGGESTED]
+    folders = {p.rpartition("/")[0] for p in paths}
+    if folder not in folders:
+        closest = difflib.get_close_matches(folder, sorted(folders), n=1)
+        if not closest:
+            return []
+        folder = closest[0]
+    names = [p.rpartition("/")[2] for p in paths if p.rpartition("/")[0] == folder]
+    prefix = f"{folder}/" if folder else ""
+    return [prefix + n for n in difflib.get_close_matches(name, names, n=SUGGESTED)]
 
 
 @dataclass(frozen=True)

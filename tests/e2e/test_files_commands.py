@@ -226,6 +226,7 @@ def test_ls_and_cat_of_an_unknown_path_suggest_real_neighbours(
     nowhere = shop.cat("latest-files", "cat2/deep/zzzz/qqqq.gif", tmp_path / "none", files_env(shop))
     assert nowhere.returncode == 1
     assert f"`capsule ls {sid[:12]} cat2/deep` lists what is there" in nowhere.stderr
+    assert "`capsule find -i '*qqqq.gif*'` looks for the name" in nowhere.stderr
     assert "shoes" not in nowhere.stderr
 
     full = shop.cat(
