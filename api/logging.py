@@ -15,6 +15,7 @@ import json
 import logging
 import logging.handlers
 import sys
+import threading
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
@@ -80,19 +81,30 @@ def _use_file(home: Path | None) -> None:
 
 
 class _Outputs:
-    """The last processor: writes the event to the log file as JSON, and returns what stderr shows
-    (or drops the event when stderr shows none)."""
+    """The last processor: writes the event to the log file as JSON and, rendered, to stderr.
+
+    A log line must never fail the work it describes: once stderr cannot be written (its reader
+    is gone, as when `| head` has read enough), lines go on to the file alone. A step whose log
+    line raised BrokenPipeError was otherwise retried for ever.
+    """
 
     def __init__(self, stderr: Any) -> None:
         self.stderr = stderr
+        self.lock = threading.Lock()
 
     def __call__(self, _: Any, method: str, event: MutableMapping[str, Any]) -> Any:
         if _file.handlers:
             line = json.dumps(event, default=str)
             _file.log(LEVELS.get(method, logging.INFO), line)
-        if self.stderr is None:
-            raise structlog.DropEvent
-        return self.stderr(_, method, event)
+        if self.stderr is not None:
+            shown = self.stderr(_, method, event)
+            with self.lock:
+                try:
+                    sys.stderr.write(shown + "\n")
+                    sys.stderr.flush()
+                except (OSError, ValueError):  # a closed pipe, or a closed file
+                    self.stderr = None
+        raise structlog.DropEvent
 
 
 def to_stderr(fmt: str, stderr_is_terminal: bool) -> bool:

@@ -100,3 +100,26 @@ def test_version_names_the_installed_package(shop: Shop) -> None:
     proc = shop.run("--version", expect=0)
 
     assert proc.stdout.strip() == f"capsule {version('capsule-backup')}"
+
+
+def test_a_backup_whose_stderr_reader_goes_away_still_completes(shop: Shop) -> None:
+    """`capsule backup 2>&1 | head -1`: once the reader has gone, log lines go to the file alone."""
+    proc = subprocess.Popen(
+        [*CAPSULE, "backup", "--json"],
+        cwd=shop.root,
+        env=shop.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None and proc.stdout is not None
+    proc.stderr.close()  # nobody reads the log lines any more
+    try:
+        out, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError("the backup did not end once its stderr was closed") from None
+
+    assert proc.returncode == 0
+    assert json.loads(out)["snapshot_id"] == shop.snapshots()[0]["id"]
+    assert "database backed up" in [e["event"] for e in log_lines(shop)]
