@@ -112,6 +112,14 @@ def to_stderr(fmt: str, stderr_is_terminal: bool) -> bool:
     return fmt in ("json", "console") or not stderr_is_terminal
 
 
+_outputs: _Outputs | None = None
+
+
+def lines_on_stderr() -> bool:
+    """Whether log lines are being written to stderr (a progress bar there would be cut by them)."""
+    return _outputs is not None and _outputs.stderr is not None
+
+
 def configure(level: str = "info", fmt: str = "auto", home: Path | None = None) -> None:
     """Send log lines at `level` and above to the log file under `home` (None: no file) and, as
     `to_stderr` decides, to stderr: readable text with `console`, JSON lines otherwise."""
@@ -125,13 +133,15 @@ def configure(level: str = "info", fmt: str = "auto", home: Path | None = None) 
         )
     with contextlib.suppress(OSError):
         _use_file(home)
+    global _outputs  # noqa: PLW0603 - logging is one per process, as structlog's configuration is
+    _outputs = _Outputs(stderr)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _redact,
-            _Outputs(stderr),
+            _outputs,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),

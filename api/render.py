@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import click
 
 from capsule.api.common import EXIT_DAMAGE
+from capsule.api.logging import lines_on_stderr
 from capsule.domain.errors import CapsuleError
 
 if TYPE_CHECKING:
@@ -58,8 +59,9 @@ def json_default(value: Any) -> str:
 
 @contextmanager
 def progress_bar(label: str, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
-    """A progress bar on stderr when it is a terminal; nothing otherwise (logs and --json stay clean)."""
-    if not enabled or not sys.stderr.isatty():
+    """A progress bar on stderr when it is a terminal that log lines are not written to; nothing
+    otherwise (logs and --json stay clean, and no log line runs into the bar)."""
+    if not enabled or not sys.stderr.isatty() or lines_on_stderr():
         yield None
         return
     bar: Any = None

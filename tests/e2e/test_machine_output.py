@@ -115,3 +115,4 @@ def test_logs_are_readable_text_on_a_terminal_when_asked_for(shop: Shop) -> None
     text = received.decode(errors="replace")
     assert "database backed up" in text
     assert not any(is_json_line(line.strip()) for line in text.splitlines() if "backed up" in line)
+    assert "Backing up" not in text  # no progress bar for the log lines to run into
