@@ -231,6 +231,7 @@ def ls_cmd(obj: Context, snapshot: str, path: str, as_json: bool) -> None:
 @click.argument("pattern")
 @click.option(
     "--snapshot",
+    metavar="SNAPSHOT",
     help="Search only this snapshot (`latest-files`, an id or a prefix); by default every one, newest first.",
 )
 @click.option("-i", "--ignore-case", is_flag=True, help="Match upper and lower case alike.")
