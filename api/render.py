@@ -223,7 +223,13 @@ def folder_listing(listing: FolderListing, as_json: bool) -> None:
 def found(result: FindResult, as_json: bool) -> None:
     if as_json:
         rows = [
-            {"snapshot_id": f.snapshot_id, "time": json_default(f.manifest.time), **_entry_json(e)}
+            {
+                "snapshot_id": f.snapshot_id,
+                "time": json_default(f.manifest.time),
+                "kind": f.manifest.kind,
+                "source": f.manifest.source,
+                **_entry_json(e),
+            }
             for f in result.found
             for e in f.entries
         ]

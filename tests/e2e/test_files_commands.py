@@ -242,6 +242,7 @@ def test_ls_and_cat_of_an_unknown_path_suggest_real_neighbours(
 @pytest.mark.slow
 def test_find_names_every_snapshot_that_holds_a_lost_file(shop: Shop, uploads: Path) -> None:
     older = backup_json(shop, "--kind", "files")["snapshot_id"]
+    red_size = (uploads / "cat1" / "red.jpg").stat().st_size
     (uploads / "cat1" / "red.jpg").unlink()
     newer = backup_json(shop, "--kind", "files")["snapshot_id"]
 
@@ -249,7 +250,9 @@ def test_find_names_every_snapshot_that_holds_a_lost_file(shop: Shop, uploads: P
         rows: list[dict[str, Any]] = json.loads(shop.run("find", *args, "--json", expect=0).stdout)
         return rows
 
-    assert [(r["snapshot_id"], r["path"]) for r in find("red.jpg")] == [(older, "cat1/red.jpg")]
+    lost = find("red.jpg")
+    assert [(r["snapshot_id"], r["path"], r["kind"]) for r in lost] == [(older, "cat1/red.jpg", "files")]
+    assert lost[0]["source"] == str(uploads.resolve()) and lost[0]["size"] == red_size
     assert [r["snapshot_id"] for r in find("cat1/*.jpg")] == [newer, older, older]
     assert find("BLUE.JPG") == []
     assert [r["path"] for r in find("-i", "BLUE.JPG")] == ["cat1/blue.jpg", "cat1/blue.jpg"]
