@@ -15,10 +15,17 @@ from pydantic import ValidationError
 
 from capsule.api import cli_jobs, cli_settings, render
 from capsule.api.cli_demo import demo
-from capsule.api.common import Context, pass_ctx, run
+from capsule.api.common import (
+    LOG_FORMAT_HELP,
+    LOG_LEVEL_HELP,
+    Context,
+    add_log_options,
+    pass_ctx,
+    run,
+)
 from capsule.api.exitcodes import EXIT_CODES
 from capsule.api.filters import filter_options
-from capsule.api.logging import configure
+from capsule.api.logging import FORMATS, LEVELS
 from capsule.orchestrator.private import keep_private
 from capsule.orchestrator.usecases.backup import Backup, back_up
 from capsule.orchestrator.usecases.repository import (
@@ -29,16 +36,27 @@ from capsule.orchestrator.usecases.repository import (
     remove_locks,
 )
 from capsule.orchestrator.usecases.restore import Restore, restore_snapshot
-from capsule.orchestrator.usecases.snapshots import CatFile, ChooseSnapshots, list_snapshots, read_file
+from capsule.orchestrator.usecases.snapshots import (
+    CatFile,
+    ChooseSnapshots,
+    FindFiles,
+    ListFolder,
+    find_files,
+    list_folder,
+    list_snapshots,
+    read_file,
+)
 from capsule.orchestrator.usecases.verify import Verify, verify_repository
 
 log = structlog.get_logger("capsule")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.version_option(package_name="capsule-backup", prog_name="capsule", message="%(prog)s %(version)s")
+@click.option("--log-level", type=click.Choice(list(LEVELS)), help=LOG_LEVEL_HELP)
+@click.option("--log-format", type=click.Choice(FORMATS), help=LOG_FORMAT_HELP)
 @click.pass_context
-def cli(ctx: click.Context, log_level: str | None) -> None:
+def cli(ctx: click.Context, log_level: str | None, log_format: str | None) -> None:
     """Capsule: backups of a point-of-sale server's database, verified before every restore.
 
     Paths come from CAPSULE_DATABASE, CAPSULE_REPOSITORY, CAPSULE_HOME and CAPSULE_KEY_FILE (or
@@ -51,8 +69,9 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
         name = "CAPSULE_" + "_".join(str(p) for p in first["loc"]).upper()
         click.echo(f"capsule: the setting {name} is invalid ({first['msg']}); fix it and retry", err=True)
         sys.exit(EXIT_CODES.usage)
-    configure(log_level or obj.settings.log_level, obj.settings.log_format)
-    keep_private(obj.settings.home)
+    obj.log_level, obj.log_format = log_level, log_format
+    obj.configure_logging()
+    keep_private(obj.settings.home)  # sets the umask before anything, the log file included, is made
     ctx.obj = obj
 
 
@@ -99,7 +118,7 @@ def backup(obj: Context, kind: str, full: bool, as_json: bool) -> None:
 
 @cli.command()
 @filter_options
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the snapshots as JSON on stdout.")
 @pass_ctx
 def snapshots(
     obj: Context, hosts: tuple[str, ...], paths: tuple[str, ...], tags: tuple[str, ...], as_json: bool
@@ -111,7 +130,12 @@ def snapshots(
 
 @cli.command()
 @click.argument("snapshot")
-@click.option("--to", "to", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--to",
+    "to",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Restore into this folder, leaving the live database and images as they are.",
+)
 @click.option("--force", is_flag=True, help="Replace files that already exist under --to.")
 @click.option(
     "--check",
@@ -192,13 +216,41 @@ def cat(obj: Context, snapshot: str, path: str) -> None:
     run(lambda: read_file(obj.settings, CatFile(snapshot, path), render.data_stdout))
 
 
+@cli.command("ls")
+@click.argument("snapshot")
+@click.argument("path", default="")
+@click.option("--json", "as_json", is_flag=True, help="Print the folder's items as JSON on stdout.")
+@pass_ctx
+def ls_cmd(obj: Context, snapshot: str, path: str, as_json: bool) -> None:
+    """List a folder of SNAPSHOT (its top by default): type and mode, size, time and name, e.g.
+    `capsule ls latest-files shoes`. A database snapshot holds one item, the database."""
+    run(lambda: render.folder_listing(list_folder(obj.settings, ListFolder(snapshot, path)), as_json))
+
+
+@cli.command()
+@click.argument("pattern")
+@click.option(
+    "--snapshot",
+    metavar="SNAPSHOT",
+    help="Search only this snapshot (`latest-files`, an id or a prefix); by default every one, newest first.",
+)
+@click.option("-i", "--ignore-case", is_flag=True, help="Match upper and lower case alike.")
+@click.option("--json", "as_json", is_flag=True, help="Print the matches as JSON on stdout.")
+@pass_ctx
+def find(obj: Context, pattern: str, snapshot: str | None, ignore_case: bool, as_json: bool) -> None:
+    """Find files by PATTERN, a glob on the name (`red*.jpg`) or, with a `/`, on the whole path
+    (`shoes/*.jpg`), in every snapshot: each match with its snapshot, time and size."""
+    request = FindFiles(pattern, snapshot, ignore_case)
+    run(lambda: render.found(find_files(obj.settings, request), as_json))
+
+
 @cli.command()
 @click.option(
     "--read-data",
     is_flag=True,
     help="Also decrypt and check every blob of every pack, and every image against its SHA-256.",
 )
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @pass_ctx
 def verify(obj: Context, read_data: bool, as_json: bool) -> None:
     """Check the repository and every snapshot as a restore would; exit 3 if anything is damaged,
@@ -229,6 +281,7 @@ def unlock(obj: Context, remove_all: bool) -> None:
 
 for command in (*cli_jobs.COMMANDS, *cli_settings.COMMANDS, demo):
     cli.add_command(command)
+add_log_options(cli)
 
 
 def main() -> None:

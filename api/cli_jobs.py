@@ -28,12 +28,15 @@ JOB_STATUSES = ("queued", "pending", "running", "retrying", "completed", "failed
 
 
 @click.command()
-@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
 @click.option(
-    "--status",
-    type=click.Choice(JOB_STATUSES),
+    "--limit",
+    default=20,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="List at most this many jobs.",
 )
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--status", type=click.Choice(JOB_STATUSES), help="Only jobs in this state.")
+@click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON on stdout.")
 @pass_ctx
 def jobs(obj: Context, limit: int, status: str | None, as_json: bool) -> None:
     """List backup and restore jobs, newest first."""
@@ -42,7 +45,7 @@ def jobs(obj: Context, limit: int, status: str | None, as_json: bool) -> None:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON on stdout.")
 @pass_ctx
 def status(obj: Context, as_json: bool) -> None:
     """What Capsule is doing and when the last backup was made."""
@@ -57,7 +60,7 @@ def status(obj: Context, as_json: bool) -> None:
     is_flag=True,
     help="Check every event against its seal and the chain instead; exit 3 at the first that does not match.",
 )
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the events (or the check) as JSON on stdout.")
 @pass_ctx
 def audit(obj: Context, job_id: str | None, since: str | None, verify: bool, as_json: bool) -> None:
     """Who did what and when, read from the event log."""
@@ -85,12 +88,15 @@ def repair_log(obj: Context) -> None:
 
 
 @click.command()
-@click.option("--threads", default=2, show_default=True, type=click.IntRange(1, 64))
+@click.option(
+    "--threads", default=2, show_default=True, type=click.IntRange(1, 64), help="Steps run at the same time."
+)
 @click.option("--until-idle", is_flag=True, help="Exit once no unfinished job is left.")
 @pass_ctx
 def worker(obj: Context, threads: int, until_idle: bool) -> None:
     """Run job steps: from CAPSULE_BROKER_URL, or (without it) the unfinished jobs of this machine."""
-    run(lambda: work(obj.settings, Work(threads=threads, until_idle=until_idle), render.worker_started))
+    request = Work(threads=threads, until_idle=until_idle)
+    run(lambda: render.worker_done(work(obj.settings, request, render.worker_started)))
 
 
 COMMANDS = (jobs, status, audit, replay, repair_log, worker)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import click
 
 from capsule.api.exitcodes import EXIT_CODES, exit_code
+from capsule.api.logging import FORMATS, LEVELS, configure
 from capsule.domain.errors import CapsuleError, Category
 from capsule.orchestrator.settings import Settings
 
@@ -18,9 +19,61 @@ EXIT_DAMAGE = exit_code(Category.DAMAGED)
 class Context:
     def __init__(self) -> None:
         self.settings = Settings()
+        self.log_level: str | None = None
+        self.log_format: str | None = None
+
+    def configure_logging(self) -> None:
+        """Logging as the options given so far ask (before or after the command's name), else as
+        the settings say."""
+        settings = self.settings
+        configure(self.log_level or settings.log_level, self.log_format or settings.log_format, settings.home)
 
 
 pass_ctx = click.make_pass_decorator(Context)
+
+LOG_LEVEL_HELP = "Log lines at this level and above (default CAPSULE_LOG_LEVEL, or info)."
+LOG_FORMAT_HELP = (
+    "Where log lines go besides CAPSULE_HOME/logs/capsule.log: `json` or `console` also sends them "
+    "to stderr; `auto` (the default) only when stderr is not a terminal."
+)
+
+
+def _log_option_given(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    obj = ctx.find_object(Context)
+    if value is None or obj is None or param.name is None:
+        return
+    setattr(obj, param.name, value)
+    obj.configure_logging()
+
+
+def log_options() -> list[click.Parameter]:
+    """`--log-level` and `--log-format` for a command, so that they work after its name too."""
+    return [
+        click.Option(
+            ["--log-level"],
+            type=click.Choice(list(LEVELS)),
+            expose_value=False,
+            callback=_log_option_given,
+            help=LOG_LEVEL_HELP,
+        ),
+        click.Option(
+            ["--log-format"],
+            type=click.Choice(FORMATS),
+            expose_value=False,
+            callback=_log_option_given,
+            help=LOG_FORMAT_HELP,
+        ),
+    ]
+
+
+def add_log_options(group: click.Group) -> None:
+    """Give every command under `group` (and their subcommands) the log options."""
+    for command in group.commands.values():
+        names = {name for p in command.params for name in p.opts}
+        if "--log-level" not in names:
+            command.params.extend(log_options())
+        if isinstance(command, click.Group):
+            add_log_options(command)
 
 
 def run(fn: Callable[[], int | None]) -> None:

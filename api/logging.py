@@ -1,10 +1,23 @@
-"""structlog set-up: readable lines on a terminal, one JSON object a line otherwise (to stderr)."""
+"""structlog set-up: where the structured log goes, so that a person at a terminal reads only
+Capsule's answers.
+
+- A file under CAPSULE_HOME (`logs/capsule.log`, one JSON object a line, rotated by size) receives
+  every line, whoever runs the command.
+- stderr receives the same lines too when nobody reads it as a person (a pipe, cron, systemd), or
+  when `--log-format json` or `console` asks for them. On a terminal it otherwise holds only the
+  progress bar and the one-line error: a log line would run into the bar and repeat the error.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import logging.handlers
 import sys
+import threading
 from collections.abc import MutableMapping
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -15,8 +28,18 @@ LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+FORMATS = ("auto", "console", "json")
 
 SECRET_KEYS = ("passphrase", "secret", "token", "password", "key_material")
+
+LOG_FILE = Path("logs") / "capsule.log"
+"""Under CAPSULE_HOME."""
+LOG_FILE_BYTES = 5 * 1024 * 1024  # a file this size is renamed capsule.log.1, and so on
+LOG_FILES_KEPT = 3  # capsule.log.1 .. .3; the oldest is removed
+
+_file = logging.getLogger("capsule.logfile")
+_file.propagate = False
+_file.setLevel(logging.DEBUG)
 
 
 def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -26,20 +49,99 @@ def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
     return event
 
 
-def configure(level: str = "info", fmt: str = "auto") -> None:
-    use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
-    renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-        if use_console
-        else structlog.processors.JSONRenderer()
-    )
+class _LazyRotatingFile(logging.handlers.RotatingFileHandler):
+    """Rotates by size; its folder and file are made at the first line written, so that a command
+    that logs nothing (`--help`, a bad setting) leaves CAPSULE_HOME as it was."""
+
+    def _open(self) -> Any:
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        # A home that cannot be written must not stop a backup; stderr says so once.
+        self.close()
+        _file.removeHandler(self)
+        print(f"capsule: cannot write the log file {self.baseFilename}; going on without it", file=sys.stderr)
+
+
+def log_file(home: Path) -> Path:
+    return home / LOG_FILE
+
+
+def _use_file(home: Path | None) -> None:
+    for old in list(_file.handlers):
+        _file.removeHandler(old)
+        old.close()
+    if home is not None:
+        handler = _LazyRotatingFile(
+            log_file(home), maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILES_KEPT, encoding="utf-8", delay=True
+        )
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        _file.addHandler(handler)
+
+
+class _Outputs:
+    """The last processor: writes the event to the log file as JSON and, rendered, to stderr.
+
+    A log line must never fail the work it describes: once stderr cannot be written (its reader
+    is gone, as when `| head` has read enough), lines go on to the file alone. A step whose log
+    line raised BrokenPipeError was otherwise retried for ever.
+    """
+
+    def __init__(self, stderr: Any) -> None:
+        self.stderr = stderr
+        self.lock = threading.Lock()
+
+    def __call__(self, _: Any, method: str, event: MutableMapping[str, Any]) -> Any:
+        if _file.handlers:
+            line = json.dumps(event, default=str)
+            _file.log(LEVELS.get(method, logging.INFO), line)
+        if self.stderr is not None:
+            shown = self.stderr(_, method, event)
+            with self.lock:
+                try:
+                    sys.stderr.write(shown + "\n")
+                    sys.stderr.flush()
+                except (OSError, ValueError):  # a closed pipe, or a closed file
+                    self.stderr = None
+        raise structlog.DropEvent
+
+
+def to_stderr(fmt: str, stderr_is_terminal: bool) -> bool:
+    """Whether log lines go to stderr: when asked for, or when no person reads it."""
+    return fmt in ("json", "console") or not stderr_is_terminal
+
+
+_outputs: _Outputs | None = None
+
+
+def lines_on_stderr() -> bool:
+    """Whether log lines are being written to stderr (a progress bar there would be cut by them)."""
+    return _outputs is not None and _outputs.stderr is not None
+
+
+def configure(level: str = "info", fmt: str = "auto", home: Path | None = None) -> None:
+    """Send log lines at `level` and above to the log file under `home` (None: no file) and, as
+    `to_stderr` decides, to stderr: readable text with `console`, JSON lines otherwise."""
+    terminal = sys.stderr.isatty()
+    stderr: Any = None
+    if to_stderr(fmt, terminal):
+        stderr = (
+            structlog.dev.ConsoleRenderer(colors=terminal)
+            if fmt == "console"
+            else structlog.processors.JSONRenderer()
+        )
+    with contextlib.suppress(OSError):
+        _use_file(home)
+    global _outputs  # noqa: PLW0603 - logging is one per process, as structlog's configuration is
+    _outputs = _Outputs(stderr)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _redact,
-            renderer,
+            _outputs,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),

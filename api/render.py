@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import stat
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,20 +18,21 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import click
 
 from capsule.api.common import EXIT_DAMAGE
+from capsule.api.logging import lines_on_stderr
 from capsule.domain.errors import CapsuleError
 
 if TYPE_CHECKING:
     from capsule.adapters.repository.verify import VerifyReport
-    from capsule.domain.manifest import Manifest
+    from capsule.domain.manifest import Entry, Manifest
     from capsule.orchestrator.eventstore import ChainReport
     from capsule.orchestrator.logrepair import LogRepair
     from capsule.orchestrator.projections import ReplayReport
     from capsule.orchestrator.usecases.backup import BackedUp
-    from capsule.orchestrator.usecases.jobs import AuditTrail, JobList, Status
+    from capsule.orchestrator.usecases.jobs import AuditTrail, JobList, Status, WorkDone
     from capsule.orchestrator.usecases.repository import IndexRebuilt, RepositoryCreated, Unlocked
     from capsule.orchestrator.usecases.restore import Restored
     from capsule.orchestrator.usecases.sample_shop import SamplePart, SampleShop
-    from capsule.orchestrator.usecases.snapshots import SnapshotListing
+    from capsule.orchestrator.usecases.snapshots import FindResult, FolderListing, SnapshotListing
 
 
 def human(n: float) -> str:
@@ -57,8 +59,9 @@ def json_default(value: Any) -> str:
 
 @contextmanager
 def progress_bar(label: str, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
-    """A progress bar on stderr when it is a terminal; nothing otherwise (logs and --json stay clean)."""
-    if not enabled or not sys.stderr.isatty():
+    """A progress bar on stderr when it is a terminal that log lines are not written to; nothing
+    otherwise (logs and --json stay clean, and no log line runs into the bar)."""
+    if not enabled or not sys.stderr.isatty() or lines_on_stderr():
         yield None
         return
     bar: Any = None
@@ -160,6 +163,99 @@ def snapshot_list(listing: SnapshotListing, as_json: bool) -> None:
         )
     for d in listing.damaged:
         click.echo(f"{d.name[:12]}  DAMAGED: {d.reason}; `capsule verify` checks the repository")
+
+
+def _entry_json(entry: Entry) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "path": entry.path,
+        "name": entry.path.rpartition("/")[2],
+        "type": entry.type,
+        "size": entry.size,
+        "mode": f"{stat.S_IMODE(entry.mode):04o}",
+        "mtime": _mtime(entry).isoformat(),
+    }
+    if entry.sha256:
+        row["sha256"] = entry.sha256
+    if entry.target is not None:
+        row["target"] = entry.target
+    return row
+
+
+def _mtime(entry: Entry) -> datetime:
+    return datetime.fromtimestamp(entry.mtime_ns / 1e9, UTC)
+
+
+def _entry_line(entry: Entry, name: str) -> str:
+    kind = {"dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}.get(entry.type, stat.S_IFREG)
+    size = "-" if entry.type == "dir" else human(entry.size)
+    shown = name + ("/" if entry.type == "dir" else "")
+    if entry.target is not None:
+        shown += f" -> {entry.target}"
+    when_ = _mtime(entry).strftime("%Y-%m-%d %H:%M:%S")
+    return f"{stat.filemode(kind | stat.S_IMODE(entry.mode))}  {size:>10}  {when_}  {shown}"
+
+
+def folder_listing(listing: FolderListing, as_json: bool) -> None:
+    m = listing.manifest
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "snapshot_id": listing.snapshot_id,
+                    "time": json_default(m.time),
+                    "kind": m.kind,
+                    "source": m.source,
+                    "path": listing.path,
+                    "entries": [_entry_json(e) for e in listing.entries],
+                }
+            )
+        )
+        return
+    where = f"/{listing.path}" if listing.path else ""
+    click.echo(f"Snapshot {listing.snapshot_id[:12]} of {m.source}{where}, {when(m.time)} UTC:")
+    if not listing.entries:
+        click.echo("  (empty folder)")
+    for entry in listing.entries:
+        name = entry.path if entry.path == listing.path else entry.path.rpartition("/")[2]
+        click.echo(_entry_line(entry, name))
+
+
+def found(result: FindResult, as_json: bool) -> None:
+    if as_json:
+        rows = [
+            {
+                "snapshot_id": f.snapshot_id,
+                "time": json_default(f.manifest.time),
+                "kind": f.manifest.kind,
+                "source": f.manifest.source,
+                **_entry_json(e),
+            }
+            for f in result.found
+            for e in f.entries
+        ]
+        click.echo(json.dumps(rows))
+    elif not result.found:
+        click.echo(f"Nothing matches {result.pattern!r} in {_count(result.searched)}.")
+    else:
+        # One line per version of a path: the newest snapshot that holds it, and how many older
+        # ones hold it too (`--json` lists every snapshot).
+        versions: dict[tuple[str, str, str | None, int], list[Any]] = {}
+        for f in result.found:
+            for e in f.entries:
+                versions.setdefault((e.path, e.type, e.sha256, e.size), [f, e, 0])[2] += 1
+        click.echo(f"{'SNAPSHOT':12}  {'TIME (UTC)':19}  {'SIZE':>10}  PATH")
+        for f, e, count in versions.values():
+            size = "-" if e.type == "dir" else human(e.size)
+            shown = e.path + ("/" if e.type == "dir" else "")
+            older = f"  (also in {count - 1} older)" if count > 1 else ""
+            click.echo(f"{f.snapshot_id[:12]}  {when(f.manifest.time):19}  {size:>10}  {shown}{older}")
+        click.echo(
+            f"{len(versions)} match(es) in {_count(len(result.found))} of {result.searched}; "
+            "`capsule cat SNAPSHOT PATH > FILE` writes one file out.",
+            err=True,
+        )
+    for line in result.unreadable:
+        click.echo(f"Not searched: snapshot {line}", err=True)
 
 
 def restored(result: Restored) -> None:
@@ -379,6 +475,23 @@ def log_repaired(report: LogRepair) -> None:
 
 def worker_started(worker_id: str) -> None:
     click.echo(f"Worker {worker_id} running; Ctrl-C stops it.", err=True)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def worker_done(done: WorkDone) -> None:
+    """What the worker finished (a failed job is the job's failure, not the worker's: exit 0)."""
+    if not (done.jobs_completed or done.jobs_failed or done.steps_completed or done.steps_failed):
+        click.echo(f"Worker {done.worker_id} stopped; it found nothing to do.")
+        return
+    click.echo(
+        f"Worker {done.worker_id} stopped: {_plural(done.jobs_completed, 'job')} completed, "
+        f"{done.jobs_failed} failed; {_plural(done.steps_completed, 'step')} done, "
+        f"{_plural(done.steps_failed, 'failed attempt')}."
+        + (" `capsule jobs --status failed` says why." if done.jobs_failed else "")
+    )
 
 
 def sample_shop(shop: SampleShop) -> None:

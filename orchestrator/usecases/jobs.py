@@ -187,7 +187,28 @@ class Work:
     """Return once no unfinished job is left."""
 
 
-def work(settings: Settings, request: Work, started: Callable[[str], None]) -> None:
+@dataclass(frozen=True)
+class WorkDone:
+    """What one worker did while it ran, read from the events it appended."""
+
+    worker_id: str
+    jobs_completed: int = 0
+    jobs_failed: int = 0
+    steps_completed: int = 0
+    steps_failed: int = 0
+    """Failed attempts, those retried since included."""
+
+
+JOB_ENDS = {
+    "BackupCompleted": "jobs_completed",
+    "RestoreCompleted": "jobs_completed",
+    "BackupFailed": "jobs_failed",
+    "RestoreFailed": "jobs_failed",
+}
+STEP_ENDS = {"StepCompleted": "steps_completed", "StepFailed": "steps_failed"}
+
+
+def work(settings: Settings, request: Work, started: Callable[[str], None]) -> WorkDone:
     """Run job steps (from CAPSULE_BROKER_URL, or the unfinished jobs of this machine) until SIGTERM,
     Ctrl-C or, with `until_idle`, no job is left; `started` hears the worker's id once it runs."""
     from capsule.orchestrator.actors import build  # noqa: PLC0415
@@ -196,12 +217,28 @@ def work(settings: Settings, request: Work, started: Callable[[str], None]) -> N
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
+        since = runtime.store.last_position()
         with dispatcher.worker(request.threads, sweep_every=settings.sweep_seconds):
             started(runtime.worker_id)
             while not stop.wait(0.2):
                 if request.until_idle and not runtime.unfinished():
                     break
+        return _work_done(runtime, since)
     except KeyboardInterrupt:
-        pass
+        return _work_done(runtime, since)
     finally:
         runtime.close()
+
+
+def _work_done(runtime: Runtime, since: int) -> WorkDone:
+    from capsule.orchestrator.runtime import SYSTEM  # noqa: PLC0415
+
+    actor = f"{SYSTEM}:worker:{runtime.worker_id}"
+    counts = dict.fromkeys(("jobs_completed", "jobs_failed", "steps_completed", "steps_failed"), 0)
+    while batch := runtime.store.read_all(since, AUDIT_BATCH):
+        since = batch[-1].position
+        for event in batch:
+            field = JOB_ENDS.get(event.type) or STEP_ENDS.get(event.type)
+            if field and event.metadata.actor == actor:
+                counts[field] += 1
+    return WorkDone(runtime.worker_id, **counts)

@@ -1,19 +1,21 @@
 """Use cases of snapshots: list them, resolve a reference (`latest-files`, an id prefix) to one,
-and write one file of a snapshot out.
+browse one (`ls`) or all of them (`find`) for a file, and write one file of a snapshot out.
 """
 
 from __future__ import annotations
 
+import difflib
+import fnmatch
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
 from capsule.adapters.repository.repo import Repository, UnreadableSnapshot
 from capsule.adapters.source_identity import this_host
 from capsule.domain.errors import CapsuleError, Category
-from capsule.domain.manifest import Manifest, SnapshotKind, SourceIdentity
+from capsule.domain.manifest import Entry, Manifest, SnapshotKind, SourceIdentity
 from capsule.domain.sources import SnapshotFilter
 from capsule.orchestrator.settings import Settings
 from capsule.orchestrator.usecases.repository import open_repository
@@ -21,6 +23,12 @@ from capsule.orchestrator.usecases.repository import open_repository
 
 class SnapshotNotFound(CapsuleError):
     """Raised when a snapshot reference matches no snapshot, or more than one."""
+
+    category = Category.NOT_FOUND
+
+
+class PathNotFound(CapsuleError):
+    """Raised when a path names nothing in a snapshot."""
 
     category = Category.NOT_FOUND
 
@@ -115,8 +123,10 @@ def resolve_snapshot(
     names = list(repo.backend.list("snapshots"))
     matches = [n for n in names if n.startswith(ref.lower())]
     if not matches or len(ref) < 4:
+        close = difflib.get_close_matches(ref.lower(), LATEST_REFS, n=1)
+        meant = f"did you mean {close[0]!r}? " if close else ""
         raise SnapshotNotFound(
-            f"no snapshot matches {ref!r}; `capsule snapshots` lists them (give at least 4 "
+            f"no snapshot matches {ref!r}; {meant}`capsule snapshots` lists them (give at least 4 "
             "characters of an id, or `latest`)"
         )
     if len(matches) > 1:
@@ -183,5 +193,185 @@ def read_file(settings: Settings, request: CatFile, output: Callable[[], BinaryI
     from capsule.adapters.files.restore import cat_file  # noqa: PLC0415 - only this command needs it
 
     repo = open_repository(settings)
-    _, manifest = resolve_snapshot(repo, request.snapshot, sources=configured_sources(settings))
-    cat_file(repo, manifest, request.path, output())
+    sid, manifest = resolve_snapshot(repo, request.snapshot, sources=configured_sources(settings))
+    wanted = _relative(request.path, manifest)
+    try:
+        cat_file(repo, manifest, wanted, output())
+    except CapsuleError as e:
+        paths = [entry.path for entry in _entries(repo, manifest)]
+        if wanted in paths:
+            raise
+        raise PathNotFound(_not_there(wanted, paths, sid, "cat")) from e
+
+
+# ---- browsing: ls and find -----------------------------------------------------------------------
+
+
+def _entries(repo: Repository, manifest: Manifest) -> Iterator[Entry]:
+    from capsule.adapters.files.tree import iter_entries  # noqa: PLC0415 - only browsing needs it
+
+    repo.ensure_index()
+    return iter_entries(repo, manifest)
+
+
+def _relative(path: str, manifest: Manifest) -> str:
+    """A path as a snapshot names it: relative to its folder; the folder's own path typed in full
+    before it (`/srv/uploads/shoes/red.jpg`) is understood too."""
+    wanted = path.strip()
+    if manifest.kind == "files" and wanted.startswith(manifest.source.rstrip("/") + "/"):
+        wanted = wanted[len(manifest.source.rstrip("/")) + 1 :]
+    wanted = wanted.strip("/")
+    return "" if wanted == "." else wanted
+
+
+SUGGESTED = 3  # paths an error names
+
+
+def _not_there(wanted: str, paths: list[str], sid: str, command: str) -> str:
+    """`there is no ...`, with the real paths closest to the one typed, or the folder to look in."""
+    close = _close_paths(wanted, paths)
+    text = f"there is no {wanted!r} in snapshot {sid[:12]}"
+    if close:
+        return text + "; did you mean " + " or ".join(repr(c) for c in close) + "?"
+    folder = wanted.rpartition("/")[0]
+    while folder and folder not in paths:
+        folder = folder.rpartition("/")[0]
+    where = f" {folder}" if folder else ""
+    tail = "; paths are relative to the snapshot's folder" if command == "cat" else ""
+    name = wanted.rpartition("/")[2]
+    return (
+        text + f"{tail}; `capsule ls {sid[:12]}{where}` lists what is there, "
+        f"`capsule find -i '*{name}*'` looks for the name in every folder and snapshot"
+    )
+
+
+def _close_paths(wanted: str, paths: list[str]) -> list[str]:
+    """The paths a person most likely meant: the same name in another folder, else names close to
+    it in the folder typed (or the folder closest to it).
+
+    Names are compared within one folder, never across every path: difflib over 100,000 paths
+    takes seconds, over a folder's names milliseconds.
+    """
+    folder, _, name = wanted.rpartition("/")
+    same_name = [p for p in paths if p.rpartition("/")[2].lower() == name.lower() and p != wanted]
+    if same_name:
+        return same_name[:SUGGESTED]
+    folders = {p.rpartition("/")[0] for p in paths}
+    if folder not in folders:
+        closest = difflib.get_close_matches(folder, sorted(folders), n=1)
+        if not closest:
+            return []
+        folder = closest[0]
+    names = [p.rpartition("/")[2] for p in paths if p.rpartition("/")[0] == folder]
+    prefix = f"{folder}/" if folder else ""
+    return [prefix + n for n in difflib.get_close_matches(name, names, n=SUGGESTED)]
+
+
+@dataclass(frozen=True)
+class ListFolder:
+    """`capsule ls SNAPSHOT [PATH]`: a folder of a snapshot (its top by default), or one entry."""
+
+    snapshot: str
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class FolderListing:
+    snapshot_id: str
+    manifest: Manifest
+    path: str
+    """The folder listed, relative to the snapshot's; "" for its top."""
+    entries: list[Entry]
+    """The folder's own items in name order; the one entry when PATH names a file or link."""
+
+
+def list_folder(settings: Settings, request: ListFolder) -> FolderListing:
+    repo = open_repository(settings)
+    sid, manifest = resolve_snapshot(repo, request.snapshot, sources=configured_sources(settings))
+    wanted = _relative(request.path, manifest)
+    children: list[Entry] = []
+    itself: Entry | None = None
+    paths: list[str] = []
+    for entry in _entries(repo, manifest):
+        paths.append(entry.path)
+        if entry.path == wanted:
+            itself = entry
+        elif entry.path.rpartition("/")[0] == wanted:
+            children.append(entry)
+    if itself is not None and itself.type != "dir":
+        return FolderListing(sid, manifest, wanted, [itself])
+    if wanted and itself is None:
+        raise PathNotFound(_not_there(wanted, paths, sid, "ls"))
+    return FolderListing(sid, manifest, wanted, sorted(children, key=lambda e: e.path))
+
+
+@dataclass(frozen=True)
+class FindFiles:
+    """`capsule find PATTERN`: a glob on each item's path, or on its name when it has no `/`."""
+
+    pattern: str
+    snapshot: str | None = None
+    """One snapshot to search (a reference as `restore` takes); None: every snapshot."""
+    ignore_case: bool = False
+
+
+@dataclass(frozen=True)
+class FoundIn:
+    snapshot_id: str
+    manifest: Manifest
+    entries: list[Entry]
+
+
+@dataclass(frozen=True)
+class FindResult:
+    pattern: str
+    found: list[FoundIn]
+    """Snapshots with a match, newest first, each with its matching items in path order."""
+    searched: int
+    unreadable: list[str] = field(default_factory=list)
+    """`id: reason` of the snapshots that could not be searched."""
+
+
+def _matcher(request: FindFiles) -> Callable[[Entry], bool]:
+    pattern = request.pattern.strip("/")
+    if request.ignore_case:
+        pattern = pattern.lower()
+    on_path = "/" in pattern
+
+    def matches(entry: Entry) -> bool:
+        text = entry.path if on_path else entry.path.rpartition("/")[2]
+        return fnmatch.fnmatchcase(text.lower() if request.ignore_case else text, pattern)
+
+    return matches
+
+
+def find_files(settings: Settings, request: FindFiles) -> FindResult:
+    """Every item matching the pattern in every readable snapshot (or the one asked for), newest
+    snapshot first. Groups of entries shared between snapshots (the tree blobs) are read once."""
+    from capsule.adapters.files.tree import load_group, tree_ids  # noqa: PLC0415 - only find needs it
+
+    repo = open_repository(settings)
+    if request.snapshot is not None:
+        chosen = [resolve_snapshot(repo, request.snapshot, sources=configured_sources(settings))]
+        unreadable: list[str] = []
+    else:
+        readable, damaged = _scan(repo)
+        chosen = sorted(readable, key=lambda s: (s[1].time, s[0]), reverse=True)
+        unreadable = [f"{d.name[:12]}: {d.reason}" for d in damaged]
+    matches = _matcher(request)
+    repo.ensure_index()
+    seen: dict[bytes, list[Entry]] = {}
+    found: list[FoundIn] = []
+    for sid, manifest in chosen:
+        try:
+            hits = [e for e in manifest.entries if matches(e)]
+            for tree_id in tree_ids(repo, manifest):
+                if tree_id not in seen:
+                    seen[tree_id] = [e for e in load_group(repo, tree_id) if matches(e)]
+                hits += seen[tree_id]
+        except CapsuleError as e:
+            unreadable.append(f"{sid[:12]}: {e}")
+            continue
+        if hits:
+            found.append(FoundIn(sid, manifest, hits))
+    return FindResult(request.pattern, found, len(chosen), unreadable)

@@ -133,7 +133,7 @@ def test_include_restores_only_what_matches_and_cat_writes_one_file(
     assert got.read_bytes() == (uploads / "cat1" / "blue.jpg").read_bytes()
     missing = shop.cat("latest-files", "cat1/missing.jpg", tmp_path / "missing", files_env(shop))
     assert missing.returncode == 1
-    assert "there is no 'cat1/missing.jpg' in this snapshot" in missing.stderr
+    assert "there is no 'cat1/missing.jpg' in snapshot " in missing.stderr
     assert (tmp_path / "missing").read_bytes() == b""
     folder = shop.cat("latest-files", "cat2", tmp_path / "folder", files_env(shop))
     assert folder.returncode == 1
@@ -172,3 +172,97 @@ def test_a_files_backup_without_the_uploads_folder_says_to_set_it(shop: Shop) ->
     assert "CAPSULE_UPLOADS" in message
     assert str(shop.root / "uploads") in message
     assert shop.snapshots() == []
+
+
+def ls_json(shop: Shop, *args: str) -> dict[str, Any]:
+    listing: dict[str, Any] = json.loads(
+        shop.run("ls", *args, "--json", env=files_env(shop), expect=0).stdout
+    )
+    return listing
+
+
+@pytest.mark.slow
+def test_ls_lists_a_folder_of_a_snapshot_as_ls_does(shop: Shop, uploads: Path) -> None:
+    sid = backup_json(shop, "--kind", "files")["snapshot_id"]
+    shop.backup()
+
+    top = ls_json(shop, "latest-files")
+    assert top["snapshot_id"] == sid and top["path"] == ""
+    names = [e["name"] for e in top["entries"]]
+    assert names == sorted(names) and {"cat1", "cat2", "empty-folder", "featured.jpg", "tools"} <= set(names)
+    cat1 = ls_json(shop, sid[:8], "cat1/")
+    assert [(e["name"], e["type"], e["size"], e["mode"]) for e in cat1["entries"]] == [
+        ("blue.jpg", "file", (uploads / "cat1" / "blue.jpg").stat().st_size, "0600"),
+        ("notes.txt", "file", 900, "0640"),
+        ("red.jpg", "file", (uploads / "cat1" / "red.jpg").stat().st_size, "0644"),
+    ]
+    one = ls_json(shop, "latest-files", str(uploads.resolve() / "tools" / "resize.sh"))
+    assert [(e["path"], e["mode"]) for e in one["entries"]] == [("tools/resize.sh", "0755")]
+
+    text = shop.run("ls", "latest-files", env=files_env(shop), expect=0).stdout
+    assert text.startswith(f"Snapshot {sid[:12]} of {uploads.resolve()}")
+    assert any(line.startswith("drwxr-x---") and line.endswith("  cat2/") for line in text.splitlines())
+    assert any(line.endswith("  featured.jpg -> cat1/red.jpg") for line in text.splitlines())
+
+    database = ls_json(shop, "latest-database")
+    assert [(e["name"], e["type"], e["size"]) for e in database["entries"]] == [
+        (shop.db_name, "file", shop.database.stat().st_size)
+    ]
+
+
+@pytest.mark.slow
+def test_ls_and_cat_of_an_unknown_path_suggest_real_neighbours(
+    shop: Shop, uploads: Path, tmp_path: Path
+) -> None:
+    sid = backup_json(shop, "--kind", "files")["snapshot_id"]
+
+    typo = shop.run("ls", "latest-files", "cat1/bleu.jpg", env=files_env(shop), expect=1)
+    assert one_line_error(typo).startswith(
+        f"capsule: there is no 'cat1/bleu.jpg' in snapshot {sid[:12]}; did you mean 'cat1/blue.jpg'"
+    )
+    elsewhere = shop.cat("latest-files", "green.png", tmp_path / "green", files_env(shop))
+    assert elsewhere.returncode == 1
+    assert "did you mean 'cat2/deep/green.png'?" in elsewhere.stderr
+    nowhere = shop.cat("latest-files", "cat2/deep/zzzz/qqqq.gif", tmp_path / "none", files_env(shop))
+    assert nowhere.returncode == 1
+    assert f"`capsule ls {sid[:12]} cat2/deep` lists what is there" in nowhere.stderr
+    assert "`capsule find -i '*qqqq.gif*'` looks for the name" in nowhere.stderr
+    assert "shoes" not in nowhere.stderr
+
+    full = shop.cat(
+        "latest-files", str(uploads.resolve() / "cat1" / "blue.jpg"), tmp_path / "b", files_env(shop)
+    )
+    assert full.returncode == 0, full.stderr
+    assert (tmp_path / "b").read_bytes() == (uploads / "cat1" / "blue.jpg").read_bytes()
+
+    wrong_ref = shop.run("ls", "latest-file", env=files_env(shop), expect=1)
+    assert "did you mean 'latest-files'?" in one_line_error(wrong_ref)
+
+
+@pytest.mark.slow
+def test_find_names_every_snapshot_that_holds_a_lost_file(shop: Shop, uploads: Path) -> None:
+    older = backup_json(shop, "--kind", "files")["snapshot_id"]
+    red_size = (uploads / "cat1" / "red.jpg").stat().st_size
+    (uploads / "cat1" / "red.jpg").unlink()
+    newer = backup_json(shop, "--kind", "files")["snapshot_id"]
+
+    def find(*args: str) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = json.loads(shop.run("find", *args, "--json", expect=0).stdout)
+        return rows
+
+    lost = find("red.jpg")
+    assert [(r["snapshot_id"], r["path"], r["kind"]) for r in lost] == [(older, "cat1/red.jpg", "files")]
+    assert lost[0]["source"] == str(uploads.resolve()) and lost[0]["size"] == red_size
+    assert [r["snapshot_id"] for r in find("cat1/*.jpg")] == [newer, older, older]
+    assert find("BLUE.JPG") == []
+    assert [r["path"] for r in find("-i", "BLUE.JPG")] == ["cat1/blue.jpg", "cat1/blue.jpg"]
+    assert [r["snapshot_id"] for r in find("--snapshot", older[:8], "*.jpg")] == [older] * 4
+    assert find("*.db") == []
+
+    text = shop.run("find", "*.jpg", expect=0).stdout.splitlines()
+    assert text[0].split() == ["SNAPSHOT", "TIME", "(UTC)", "SIZE", "PATH"]
+    blue = [line for line in text if line.endswith("cat1/blue.jpg  (also in 1 older)")]
+    assert len(blue) == 1 and blue[0].startswith(newer[:12])
+    red = [line for line in text if line.endswith("/red.jpg")]
+    assert len(red) == 1 and red[0].startswith(older[:12]) and red[0].endswith("cat1/red.jpg")
+    assert "Nothing matches 'missing*' in 2 snapshots." in shop.run("find", "missing*", expect=0).stdout

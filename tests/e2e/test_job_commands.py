@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import signal
 from datetime import UTC, datetime, timedelta
 
-from tests.integration.helpers import Shop, one_line_error
+import pytest
+
+from tests.integration.helpers import FAST_STEPS, Shop, one_line_error
 
 
 def test_status_jobs_and_audit_describe_a_backup_and_a_failed_one(shop: Shop) -> None:
@@ -48,3 +51,24 @@ def test_replay_rebuilds_the_same_jobs(shop: Shop) -> None:
     out = shop.run("replay", expect=0).stdout
     assert out.startswith("Replayed ")
     assert json.loads(shop.run("jobs", "--json", expect=0).stdout) == before
+
+
+@pytest.mark.slow
+def test_worker_until_idle_says_what_it_finished(shop: Shop) -> None:
+    def killed_backup() -> None:
+        proc = shop.run("backup", env={**FAST_STEPS, "CAPSULE_FAULTS": "store:halfway"})
+        assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+    killed_backup()
+    finished = shop.run("worker", "--until-idle", env=FAST_STEPS, expect=0).stdout.strip().splitlines()[-1]
+    assert finished.startswith("Worker ") and "stopped: 1 job completed, 0 failed;" in finished
+    assert " steps done, 0 failed attempts." in finished
+
+    killed_backup()
+    shop.database.rename(shop.root / "away.db")  # the job's source is gone: it fails
+    failed = shop.run("worker", "--until-idle", env=FAST_STEPS, expect=0).stdout.strip().splitlines()[-1]
+    assert "stopped: 0 jobs completed, 1 failed; 0 steps done, 1 failed attempt." in failed
+    assert "`capsule jobs --status failed` says why" in failed
+
+    idle = shop.run("worker", "--until-idle", env=FAST_STEPS, expect=0)
+    assert "it found nothing to do" in idle.stdout

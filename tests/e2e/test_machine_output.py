@@ -83,11 +83,11 @@ def test_logs_are_json_lines_on_stderr_when_it_is_not_a_terminal(shop: Shop) -> 
     assert proc.stdout.startswith("Snapshot ")
 
 
-def test_logs_are_readable_text_when_stderr_is_a_terminal(shop: Shop) -> None:
+def test_logs_are_readable_text_on_a_terminal_when_asked_for(shop: Shop) -> None:
     controller, terminal = pty.openpty()
     try:
         proc = subprocess.run(
-            [*CAPSULE, "backup"],
+            [*CAPSULE, "backup", "--log-format", "console"],
             cwd=shop.root,
             env=shop.env(),
             stdout=subprocess.PIPE,
@@ -115,3 +115,4 @@ def test_logs_are_readable_text_when_stderr_is_a_terminal(shop: Shop) -> None:
     text = received.decode(errors="replace")
     assert "database backed up" in text
     assert not any(is_json_line(line.strip()) for line in text.splitlines() if "backed up" in line)
+    assert "Backing up" not in text  # no progress bar for the log lines to run into
