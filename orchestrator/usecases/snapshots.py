@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
+from capsule.adapters.repository.repair import set_aside_snapshots
 from capsule.adapters.repository.repo import Repository, UnreadableSnapshot
 from capsule.adapters.source_identity import this_host
 from capsule.domain.errors import CapsuleError, Category
@@ -23,6 +24,12 @@ class SnapshotNotFound(CapsuleError):
     """Raised when a snapshot reference matches no snapshot, or more than one."""
 
     category = Category.NOT_FOUND
+
+
+class SnapshotSetAside(CapsuleError):
+    """Raised when a snapshot reference names a snapshot that a repair set aside."""
+
+    category = Category.DAMAGED
 
 
 @dataclass(frozen=True)
@@ -64,9 +71,15 @@ def list_snapshots(settings: Settings, choice: ChooseSnapshots | None = None) ->
     only = choice.snapshot_filter()
     repo = open_repository(settings)
     readable, damaged = _scan(repo)
+    damaged += [UnreadableSnapshot(s.name, SET_ASIDE_REASON) for s in set_aside_snapshots(repo)]
     chosen = [s for s in readable if only.matches(s[1])]
     listed = sorted(chosen, key=lambda s: (s[1].time, s[0]))
     return SnapshotListing(listed, damaged, configured_sources(settings)["database"].host, choice.given)
+
+
+SET_ASIDE_REASON = (
+    "set aside by `capsule repair`: data it needs was lost in a damaged pack, so it cannot be restored"
+)
 
 
 def _scan(repo: Repository) -> tuple[list[tuple[str, Manifest]], list[UnreadableSnapshot]]:
@@ -114,6 +127,10 @@ def resolve_snapshot(
         return _latest(repo, ref, sources, only or SnapshotFilter())
     names = list(repo.backend.list("snapshots"))
     matches = [n for n in names if n.startswith(ref.lower())]
+    if not matches and len(ref) >= 4:
+        for aside in set_aside_snapshots(repo):
+            if aside.name.startswith(ref.lower()):
+                raise SnapshotSetAside(f"snapshot {aside.name[:12]} was {SET_ASIDE_REASON}")
     if not matches or len(ref) < 4:
         raise SnapshotNotFound(
             f"no snapshot matches {ref!r}; `capsule snapshots` lists them (give at least 4 "
