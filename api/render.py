@@ -260,11 +260,16 @@ def repaired(result: Repaired, as_json: bool) -> None:
         click.echo(f"{would} aside snapshot {sid[:12]}, which cannot be read ({why}).")
     for s in r.snapshots:
         what = f"{s.kind} snapshot {s.snapshot[:12]} of {s.source} ({when(s.time)})"
-        click.echo(f"The {what} lost {len(s.lost)} {'file(s)' if s.kind == 'files' else 'part(s)'}:")
-        for path in s.lost[:20]:
-            click.echo(f"    {path}")
-        if len(s.lost) > 20:
-            click.echo(f"    ... and {len(s.lost) - 20} more (`--json` lists them all)")
+        if s.kind == "files":
+            click.echo(f"The {what} lost {len(s.lost)} file(s):")
+            for path in s.lost[:20]:
+                click.echo(f"    {path}")
+            if len(s.lost) > 20:
+                click.echo(f"    ... and {len(s.lost) - 20} more (`--json` lists them all)")
+        elif s.lost_chunks is not None:
+            click.echo(f"The {what} lost {s.lost_chunks} of the {s.chunks} chunks of {', '.join(s.lost)}.")
+        else:
+            click.echo(f"The {what} lost the list of the chunks of {', '.join(s.lost)}.")
         if s.kept_files is None:
             click.echo(f"    It cannot be restored: {would.lower()} aside, and listed as DAMAGED.")
         elif s.replaced_by is None:

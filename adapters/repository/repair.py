@@ -19,6 +19,7 @@ replaces is set aside. A repair run again after a crash finishes the work.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from capsule.adapters.repository.index import BlobLocation
 from capsule.adapters.repository.pack import parse_header
 from capsule.adapters.repository.rebuild import rebuild_index
 from capsule.adapters.repository.repo import Repository
+from capsule.adapters.repository.restore import content_ids
 from capsule.adapters.repository.verify import VerifyReport, _affected_by
 from capsule.domain.errors import CapsuleError, UnsafePath
 from capsule.domain.manifest import Entry, Manifest
@@ -74,6 +76,10 @@ class SnapshotLoss:
     """Files a replacement keeps; None when nothing of the snapshot can be restored."""
     replaced_by: str | None = None
     """The replacement's id (None in a dry run, or when the snapshot cannot be kept)."""
+    chunks: int | None = None
+    """A database snapshot's chunks (pages stored together)."""
+    lost_chunks: int | None = None
+    """How many of them were lost (None if the list of them is lost too)."""
 
 
 @dataclass
@@ -202,17 +208,20 @@ def repair(repo: Repository, dry_run: bool = False, progress: Progress | None = 
 
     gone = damaged | set(report.missing_packs)
 
-    def classify(ids: list[bytes]) -> set[str]:
-        for blob_id, loc in zip(ids, repo.index.locate_many(ids), strict=True):
-            if loc is None or (blob_id in lost and loc.pack_id in gone and blob_id not in salvaged):
-                return {LOST}
-        return set()
+    def lost_of(ids: list[bytes]) -> int:
+        return sum(
+            loc is None or (blob_id in lost and loc.pack_id in gone and blob_id not in salvaged)
+            for blob_id, loc in zip(ids, repo.index.locate_many(ids), strict=True)
+        )
 
-    _snapshots(repo, report, classify)
+    _snapshots(repo, report, lost_of)
     return report
 
 
-def _snapshots(repo: Repository, report: RepairReport, classify: Callable[[list[bytes]], set[str]]) -> None:
+def _snapshots(repo: Repository, report: RepairReport, lost_of: Callable[[list[bytes]], int]) -> None:
+    def classify(ids: list[bytes]) -> set[str]:
+        return {LOST} if lost_of(ids) else set()
+
     for name in sorted(repo.backend.list("snapshots")):
         try:
             repo.load_snapshot(name)
@@ -236,6 +245,10 @@ def _snapshots(repo: Repository, report: RepairReport, classify: Callable[[list[
             sorted(paths),
             None if kept is None else sum(e.type == "file" for e in kept),
         )
+        if manifest.kind == "database":
+            loss.chunks = manifest.totals.blobs
+            with contextlib.suppress(CapsuleError):  # else the list of its chunks is lost too
+                loss.lost_chunks = sum(lost_of(ids) for e in manifest.entries for ids in content_ids(repo, e))
         if not report.dry_run:
             if kept is not None:
                 loss.replaced_by = _replace(repo, sid, manifest, kept, loss.lost)

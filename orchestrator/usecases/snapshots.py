@@ -71,7 +71,10 @@ def list_snapshots(settings: Settings, choice: ChooseSnapshots | None = None) ->
     only = choice.snapshot_filter()
     repo = open_repository(settings)
     readable, damaged = _scan(repo)
-    damaged += [UnreadableSnapshot(s.name, SET_ASIDE_REASON) for s in set_aside_snapshots(repo)]
+    damaged += [
+        UnreadableSnapshot(s.name, SET_ASIDE_REASON + (REPLACED if s.manifest.kind == "files" else ""))
+        for s in set_aside_snapshots(repo)
+    ]
     chosen = [s for s in readable if only.matches(s[1])]
     listed = sorted(chosen, key=lambda s: (s[1].time, s[0]))
     return SnapshotListing(listed, damaged, configured_sources(settings)["database"].host, choice.given)
@@ -80,6 +83,7 @@ def list_snapshots(settings: Settings, choice: ChooseSnapshots | None = None) ->
 SET_ASIDE_REASON = (
     "set aside by `capsule repair`: data it needs was lost in a damaged pack, so it cannot be restored"
 )
+REPLACED = "; the files it had intact are in the snapshot that replaced it"
 
 
 def _scan(repo: Repository) -> tuple[list[tuple[str, Manifest]], list[UnreadableSnapshot]]:
