@@ -54,7 +54,9 @@ def image_blob(shop: Shop, snapshot: str, path: str) -> bytes:
 def page_blob(shop: Shop, snapshot: str) -> bytes:
     repo = open_repo(shop)
     entry = repo.load_snapshot(snapshot).entries[0]
-    ids = load_id_lists(repo, entry.blob_lists) if entry.blob_lists else [bytes.fromhex(b) for b in entry.blobs]
+    ids = (
+        load_id_lists(repo, entry.blob_lists) if entry.blob_lists else [bytes.fromhex(b) for b in entry.blobs]
+    )
     return ids[len(ids) // 2]
 
 
@@ -174,3 +176,54 @@ def test_a_key_file_that_does_not_open_the_repository_is_named(shop: Shop) -> No
     assert body["secret"] not in message
     with_passphrase = one_line_error(shop.run("verify", env={"CAPSULE_PASSPHRASE": "not it"}, expect=1))
     assert str(shop.key_file) in with_passphrase and "not it" not in with_passphrase
+
+
+def test_a_missing_pack_is_forgotten_and_every_snapshot_that_needed_it_is_set_aside(
+    both: tuple[Shop, str, str], tmp_path: Path
+) -> None:
+    shop, database, _ = both
+    gone = max(shop.packs(), key=lambda p: p.stat().st_size)
+    gone.rename(tmp_path / gone.name)  # as if the disk lost it
+    shop.run("verify", env=images_env(shop), expect=3)
+
+    done = repair(shop)
+    assert done["missing_packs"] == [gone.name]
+    hurt = {s["snapshot"]: s for s in done["snapshots"]}
+    assert database in hurt and hurt[database]["replaced_by"] is None
+    for sid, loss in hurt.items():
+        assert loss["lost"], sid
+        assert not (shop.repository / "snapshots" / sid).exists()
+        assert (shop.repository / "damaged" / sid).exists() or loss["replaced_by"]
+    shop.run("verify", "--read-data", env=images_env(shop), expect=0)
+    shop.run("backup", "--kind", "all", env=images_env(shop), expect=0)
+    shop.run("verify", "--read-data", env=images_env(shop), expect=0)
+    shop.run("restore", "latest-database", "--to", str(tmp_path / "db"), env=images_env(shop), expect=0)
+    assert file_content_digest(tmp_path / "db" / "pos.db") == file_content_digest(shop.database)
+
+
+def test_a_damaged_index_file_is_replaced_and_nothing_is_lost(
+    both: tuple[Shop, str, str], tmp_path: Path
+) -> None:
+    shop, database, files = both
+    [first, *_] = shop.index_files()
+    flip_byte(first)
+    shop.run("verify", env=images_env(shop), expect=3)
+
+    done = repair(shop)
+    assert done["damaged_index_files"] == [first.name]
+    assert done["damaged_packs"] == [] and done["snapshots"] == []
+    assert first.name not in [p.name for p in shop.index_files()]
+    shop.run("verify", "--read-data", env=images_env(shop), expect=0)
+    shop.restore(database, tmp_path / "db")
+    shop.restore(files, tmp_path / "images")
+
+
+def test_repair_of_a_sound_repository_changes_nothing(both: tuple[Shop, str, str]) -> None:
+    shop, _, _ = both
+    before = tree_state(shop.repository)
+    text = shop.run("repair", env=images_env(shop), expect=0)
+    assert "No damage found; nothing to repair." in text.stdout
+    after = tree_state(shop.repository)
+    assert {k: v for k, v in after.items() if not k.startswith("locks/")} == {
+        k: v for k, v in before.items() if not k.startswith("locks/")
+    }
