@@ -254,6 +254,9 @@ def repaired(result: Repaired, as_json: bool) -> None:
         click.echo(
             f"Index file {name[:12]} is damaged: {'would be' if r.dry_run else 'was'} rebuilt from the packs."
         )
+    if r.unindexed_packs:
+        again = "would be indexed" if r.dry_run else "indexed"
+        click.echo(f"{len(r.unindexed_packs)} sound pack(s) that no index named {again} again.")
     if r.indexed_blobs is not None:
         click.echo(f"Rebuilt the index: {r.indexed_blobs} blobs in {r.indexed_packs} packs.")
     for sid, why in r.unreadable_snapshots:

@@ -90,6 +90,8 @@ class RepairReport:
     damaged_packs: list[DamagedPack] = field(default_factory=list)
     missing_packs: list[str] = field(default_factory=list)
     damaged_index_files: list[str] = field(default_factory=list)
+    unindexed_packs: list[str] = field(default_factory=list)
+    """Sound packs no index names (an index file is lost, or a backup died): indexed again."""
     unreadable_snapshots: list[tuple[str, str]] = field(default_factory=list)
     """(id, why) of manifests that cannot be read: set aside."""
     snapshots: list[SnapshotLoss] = field(default_factory=list)
@@ -107,6 +109,7 @@ class RepairReport:
             self.damaged_packs
             or self.missing_packs
             or self.damaged_index_files
+            or self.unindexed_packs
             or self.unreadable_snapshots
             or self.snapshots
         )
@@ -120,9 +123,12 @@ class _Inspected:
 
 
 def _inspect(
-    repo: Repository, name: str, indexed: list[tuple[bytes, BlobLocation]]
+    repo: Repository, name: str, indexed: list[tuple[bytes, BlobLocation]], adoptable: set[bytes]
 ) -> tuple[int, _Inspected | None]:
-    """(bytes read, None if the pack is sound, else what of it is intact and what is lost)."""
+    """(bytes read, None if the pack is sound, else what of it is intact and what is lost).
+
+    The blobs of a sound pack that no index names (`indexed` empty) go to `adoptable`.
+    """
     data = repo.backend.read("data", name)
     reason = ""
     if hashlib.sha256(data).hexdigest() != name:
@@ -133,6 +139,8 @@ def _inspect(
         reason = reason or str(e)
         header = []
     if not reason:
+        if not indexed:
+            adoptable.update(b.blob_id for b in header)
         return len(data), None
     candidates = {b.blob_id: BlobLocation(name, *b[1:]) for b in header}
     for blob_id, loc in indexed:
@@ -167,9 +175,10 @@ def repair(repo: Repository, dry_run: bool = False, progress: Progress | None = 
     report.packs = total
     lost: set[bytes] = set()
     salvaged: set[bytes] = set()
+    adoptable: set[bytes] = set()  # blobs of sound packs that no index names (an index file is lost)
 
     def check(name: str, indexed: list[tuple[bytes, BlobLocation]]) -> None:
-        read, found = _inspect(repo, name, indexed)
+        read, found = _inspect(repo, name, indexed, adoptable)
         report.bytes_read += read
         if progress:
             progress(total - len(on_disk), total)
@@ -194,14 +203,22 @@ def repair(repo: Repository, dry_run: bool = False, progress: Progress | None = 
         check(name, indexed)
     for name in sorted(on_disk):  # packs no index names: their header says what they hold
         on_disk.discard(name)
+        before = len(adoptable)
         check(name, [])
+        if len(adoptable) > before:
+            report.unindexed_packs.append(name)
     damaged = {p.name for p in report.damaged_packs}
 
     if not dry_run:
         repo.flush()  # the intact blobs are in new packs, and indexed, before any pack leaves
         for pack in report.damaged_packs:
             _move_aside(repo, "data", pack.name)
-        if report.damaged_packs or report.missing_packs or report.damaged_index_files:
+        if (
+            report.damaged_packs
+            or report.missing_packs
+            or report.damaged_index_files
+            or report.unindexed_packs
+        ):
             report.indexed_packs, report.indexed_blobs, _ = rebuild_index(repo)
             repo.load_index(use_cache=False)
             repo.save_index_cache()
@@ -210,7 +227,8 @@ def repair(repo: Repository, dry_run: bool = False, progress: Progress | None = 
 
     def lost_of(ids: list[bytes]) -> int:
         return sum(
-            loc is None or (blob_id in lost and loc.pack_id in gone and blob_id not in salvaged)
+            (loc is None and blob_id not in adoptable)
+            or (loc is not None and blob_id in lost and loc.pack_id in gone and blob_id not in salvaged)
             for blob_id, loc in zip(ids, repo.index.locate_many(ids), strict=True)
         )
 

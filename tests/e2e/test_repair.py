@@ -227,3 +227,20 @@ def test_repair_of_a_sound_repository_changes_nothing(both: tuple[Shop, str, str
     assert {k: v for k, v in after.items() if not k.startswith("locks/")} == {
         k: v for k, v in before.items() if not k.startswith("locks/")
     }
+
+
+def test_repair_after_an_index_file_went_missing_indexes_the_packs_again_and_loses_nothing(
+    both: tuple[Shop, str, str], tmp_path: Path
+) -> None:
+    shop, database, files = both
+    for index in shop.index_files():
+        index.rename(tmp_path / index.name)
+
+    planned = repair(shop, "--dry-run")
+    assert planned["snapshots"] == [] and planned["damaged_packs"] == []
+    done = repair(shop)
+    assert done["snapshots"] == [] and done["damaged_packs"] == []
+    assert done["indexed_packs"] == len(shop.packs())
+    assert sorted(p.name for p in (shop.repository / "snapshots").iterdir()) == sorted([database, files])
+    shop.run("verify", "--read-data", env=images_env(shop), expect=0)
+    shop.restore(database, tmp_path / "db")
