@@ -51,6 +51,13 @@ WARNINGS_KEPT = 100
 """Lost paths a replacement snapshot names in its warnings; its totals count them all."""
 
 Progress = Callable[[int, int], None]
+Checkpoint = Callable[[str], None]
+"""Called with a name at each point where the repository is whole but the repair not done (a test
+can have the process killed there); the names are in docs/architecture.md's table of fault points."""
+
+
+def _nowhere(_name: str) -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -157,13 +164,19 @@ def _inspect(
     return len(data), found
 
 
-def _move_aside(repo: Repository, kind: Kind, name: str) -> None:
+def _move_aside(repo: Repository, kind: Kind, name: str, checkpoint: Checkpoint) -> None:
     """Copy a file into the set-aside area (written durably), then remove it from `kind`."""
     repo.backend.write(SET_ASIDE, name, repo.backend.read(kind, name))
+    checkpoint("copied")
     repo.backend.remove(kind, name)
 
 
-def repair(repo: Repository, dry_run: bool = False, progress: Progress | None = None) -> RepairReport:
+def repair(
+    repo: Repository,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    checkpoint: Checkpoint = _nowhere,
+) -> RepairReport:
     """Repair the repository (see the module's description); with `dry_run`, only say what it would do.
 
     The caller holds an exclusive lock (a shared one for a dry run).
@@ -211,8 +224,9 @@ def repair(repo: Repository, dry_run: bool = False, progress: Progress | None = 
 
     if not dry_run:
         repo.flush()  # the intact blobs are in new packs, and indexed, before any pack leaves
+        checkpoint("salvaged")
         for pack in report.damaged_packs:
-            _move_aside(repo, "data", pack.name)
+            _move_aside(repo, "data", pack.name, checkpoint)
         if (
             report.damaged_packs
             or report.missing_packs
@@ -222,6 +236,7 @@ def repair(repo: Repository, dry_run: bool = False, progress: Progress | None = 
             report.indexed_packs, report.indexed_blobs, _ = rebuild_index(repo)
             repo.load_index(use_cache=False)
             repo.save_index_cache()
+            checkpoint("indexed")
 
     gone = damaged | set(report.missing_packs)
 
@@ -232,11 +247,13 @@ def repair(repo: Repository, dry_run: bool = False, progress: Progress | None = 
             for blob_id, loc in zip(ids, repo.index.locate_many(ids), strict=True)
         )
 
-    _snapshots(repo, report, lost_of)
+    _snapshots(repo, report, lost_of, checkpoint)
     return report
 
 
-def _snapshots(repo: Repository, report: RepairReport, lost_of: Callable[[list[bytes]], int]) -> None:
+def _snapshots(
+    repo: Repository, report: RepairReport, lost_of: Callable[[list[bytes]], int], checkpoint: Checkpoint
+) -> None:
     def classify(ids: list[bytes]) -> set[str]:
         return {LOST} if lost_of(ids) else set()
 
@@ -246,7 +263,7 @@ def _snapshots(repo: Repository, report: RepairReport, lost_of: Callable[[list[b
         except (IntegrityError, UnsafePath) as e:  # a newer Capsule's snapshot is left alone
             report.unreadable_snapshots.append((name, str(e)))
             if not report.dry_run:
-                _move_aside(repo, "snapshots", name)
+                _move_aside(repo, "snapshots", name, checkpoint)
     hurt = _affected_by(repo, VerifyReport(), classify, count=False).get(LOST, set())
     by_snapshot: dict[str, list[str]] = {}
     for sid, path in hurt:
@@ -270,7 +287,8 @@ def _snapshots(repo: Repository, report: RepairReport, lost_of: Callable[[list[b
         if not report.dry_run:
             if kept is not None:
                 loss.replaced_by = _replace(repo, sid, manifest, kept, loss.lost)
-            _move_aside(repo, "snapshots", sid)
+                checkpoint("replaced")
+            _move_aside(repo, "snapshots", sid, checkpoint)
             log.warning(
                 "snapshot lost data", snapshot=sid[:12], lost=len(paths), replaced_by=loss.replaced_by
             )

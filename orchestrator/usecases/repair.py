@@ -9,6 +9,7 @@ from pathlib import Path
 from capsule.adapters.errors import RepositoryReadOnly
 from capsule.adapters.repository.lock import locked
 from capsule.adapters.repository.repair import SET_ASIDE, RepairReport, repair
+from capsule.orchestrator import faults
 from capsule.orchestrator.settings import Settings
 from capsule.orchestrator.usecases.repository import open_repository
 
@@ -40,7 +41,7 @@ def repair_repository(settings: Settings, request: Repair, progress: Progress | 
             timeout=settings.lock_wait_seconds,
             reading=request.dry_run,
         ):
-            report = repair(repo, dry_run=request.dry_run, progress=progress)
+            report = repair(repo, request.dry_run, progress, lambda name: faults.point(f"repair:{name}"))
     except RepositoryReadOnly as e:
         raise repo.backend.not_writable(e, "repair") from e
     return Repaired(report, settings.repository / SET_ASIDE)

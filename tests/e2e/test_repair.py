@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -244,3 +245,28 @@ def test_repair_after_an_index_file_went_missing_indexes_the_packs_again_and_los
     assert sorted(p.name for p in (shop.repository / "snapshots").iterdir()) == sorted([database, files])
     shop.run("verify", "--read-data", env=images_env(shop), expect=0)
     shop.restore(database, tmp_path / "db")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["salvaged", "copied", "indexed", "replaced"])
+def test_a_repair_killed_midway_is_finished_by_the_next_one(
+    both: tuple[Shop, str, str], tmp_path: Path, point: str
+) -> None:
+    shop, database, files = both
+    flip_in_blob(shop, image_blob(shop, files, LOST_IMAGE))
+    env = images_env(shop)
+
+    killed = shop.run("repair", env={**env, "CAPSULE_FAULTS": f"repair:{point}"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+
+    shop.run("unlock", "--all", env=env, expect=0)  # a killed process leaves its lock behind
+    shop.run("repair", env=env, expect=0)
+    shop.run("verify", "--read-data", env=env, expect=0)
+    assert (shop.repository / "damaged" / files).exists()
+    shop.restore(database, tmp_path / "db")
+    assert sha256_file(tmp_path / "db" / "pos.db") == shop.manifest_sha256(database)
+    shop.run("backup", "--kind", "files", env=env, expect=0)
+    shop.run("verify", "--read-data", env=env, expect=0)
+    shop.run("restore", "latest-files", "--to", str(tmp_path / "images"), env=env, expect=0)
+    source = shop.root / "uploads" / LOST_IMAGE
+    assert (tmp_path / "images" / LOST_IMAGE).read_bytes() == source.read_bytes()
