@@ -338,6 +338,11 @@ def _replace(repo: Repository, sid: str, manifest: Manifest, kept: list[Entry], 
     replacement = manifest.model_copy(
         update={"tree": tree, "entries": entries, "warnings": warnings, "totals": totals}
     )
+    # Tree and list blobs are named by their content: a repair interrupted after it wrote this
+    # replacement built the same one, which is then kept rather than written twice.
+    for name, existing in repo.snapshots():
+        if existing == replacement:
+            return name
     return repo.save_snapshot(replacement)
 
 

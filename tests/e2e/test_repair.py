@@ -263,6 +263,8 @@ def test_a_repair_killed_midway_is_finished_by_the_next_one(
     shop.run("repair", env=env, expect=0)
     shop.run("verify", "--read-data", env=env, expect=0)
     assert (shop.repository / "damaged" / files).exists()
+    kinds = sorted(row["kind"] for row in shop.snapshots(env=env) if "damaged" not in row)
+    assert kinds == ["database", "files"]  # one replacement, however far the first repair got
     shop.restore(database, tmp_path / "db")
     assert sha256_file(tmp_path / "db" / "pos.db") == shop.manifest_sha256(database)
     shop.run("backup", "--kind", "files", env=env, expect=0)
