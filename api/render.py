@@ -235,7 +235,7 @@ def repaired(result: Repaired, as_json: bool) -> None:
         out = dataclasses.asdict(r)
         out["salvaged_blobs"] = r.salvaged_blobs
         out["damaged_packs"] = [p.name for p in r.damaged_packs]
-        out["packs_detail"] = [dataclasses.asdict(p) for p in r.damaged_packs]
+        out["damaged_pack_details"] = [dataclasses.asdict(p) for p in r.damaged_packs]
         out["unreadable_snapshots"] = [{"snapshot": s, "reason": why} for s, why in r.unreadable_snapshots]
         out["set_aside"] = str(result.set_aside)
         click.echo(json.dumps(out, default=json_default))
