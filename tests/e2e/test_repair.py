@@ -179,6 +179,7 @@ def test_a_key_file_that_does_not_open_the_repository_is_named(shop: Shop) -> No
     assert str(shop.key_file) in with_passphrase and "not it" not in with_passphrase
 
 
+@pytest.mark.slow
 def test_a_missing_pack_is_forgotten_and_every_snapshot_that_needed_it_is_set_aside(
     both: tuple[Shop, str, str], tmp_path: Path
 ) -> None:
@@ -202,6 +203,7 @@ def test_a_missing_pack_is_forgotten_and_every_snapshot_that_needed_it_is_set_as
     assert file_content_digest(tmp_path / "db" / "pos.db") == file_content_digest(shop.database)
 
 
+@pytest.mark.slow
 def test_a_damaged_index_file_is_replaced_and_nothing_is_lost(
     both: tuple[Shop, str, str], tmp_path: Path
 ) -> None:
@@ -230,6 +232,7 @@ def test_repair_of_a_sound_repository_changes_nothing(both: tuple[Shop, str, str
     }
 
 
+@pytest.mark.slow
 def test_repair_after_an_index_file_went_missing_indexes_the_packs_again_and_loses_nothing(
     both: tuple[Shop, str, str], tmp_path: Path
 ) -> None:
@@ -272,3 +275,21 @@ def test_a_repair_killed_midway_is_finished_by_the_next_one(
     shop.run("restore", "latest-files", "--to", str(tmp_path / "images"), env=env, expect=0)
     source = shop.root / "uploads" / LOST_IMAGE
     assert (tmp_path / "images" / LOST_IMAGE).read_bytes() == source.read_bytes()
+
+
+@pytest.mark.slow
+def test_a_pack_whose_header_is_damaged_loses_nothing(both: tuple[Shop, str, str], tmp_path: Path) -> None:
+    shop, database, files = both
+    pack = max(shop.packs(), key=lambda p: p.stat().st_size)
+    flip_byte(pack, pack.stat().st_size - 100)  # inside the sealed list of its blobs
+    shop.run("verify", "--read-data", env=images_env(shop), expect=3)
+
+    done = repair(shop)
+    assert done["damaged_packs"] == [pack.name]
+    assert done["damaged_pack_details"][0]["lost"] == 0 and done["salvaged_blobs"] > 0
+    assert done["snapshots"] == []
+    shop.run("verify", "--read-data", env=images_env(shop), expect=0)
+    shop.restore(database, tmp_path / "db")
+    assert sha256_file(tmp_path / "db" / "pos.db") == shop.manifest_sha256(database)
+    shop.restore(files, tmp_path / "images")
+    assert tree_state(tmp_path / "images") == tree_state(shop.root / "uploads")
