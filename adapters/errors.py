@@ -51,6 +51,13 @@ class BlobNotFound(IntegrityError):
     category = Category.DAMAGED
 
 
+NOT_INDEXED_ADVICE = (
+    "run `capsule rebuild-index` (an index file may be lost), and if that does not help, "
+    "`capsule repair` sets aside what lost its data and says which snapshots it hurt"
+)
+"""What to do about a blob that no index names, said after the blob's id."""
+
+
 class RepositoryLocked(RepositoryError):
     """Raised when another live process holds a lock that conflicts with ours."""
 

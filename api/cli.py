@@ -28,6 +28,7 @@ from capsule.api.filters import filter_options
 from capsule.api.logging import FORMATS, LEVELS
 from capsule.orchestrator.private import keep_private
 from capsule.orchestrator.usecases.backup import Backup, back_up
+from capsule.orchestrator.usecases.repair import Repair, repair_repository
 from capsule.orchestrator.usecases.repository import (
     CreateRepository,
     Unlock,
@@ -269,6 +270,23 @@ def verify(obj: Context, read_data: bool, as_json: bool) -> None:
 def rebuild_index_cmd(obj: Context) -> None:
     """Rebuild the index files from the packs (takes an exclusive lock)."""
     run(lambda: render.index_rebuilt(rebuild_repository_index(obj.settings)))
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Read everything and say what would be done; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@pass_ctx
+def repair(obj: Context, dry_run: bool, as_json: bool) -> None:
+    """Set damaged packs aside (nothing is deleted), keep every intact blob, rebuild the index, and
+    name each snapshot that lost data: an images snapshot is replaced by one of its intact files, a
+    database snapshot is set aside. Takes an exclusive lock."""
+
+    def go() -> None:
+        with render.progress_bar("Reading packs", not as_json) as progress:
+            result = repair_repository(obj.settings, Repair(dry_run=dry_run), progress)
+        render.repaired(result, as_json)
+
+    run(go)
 
 
 @cli.command()

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from capsule.orchestrator.projections import ReplayReport
     from capsule.orchestrator.usecases.backup import BackedUp
     from capsule.orchestrator.usecases.jobs import AuditTrail, JobList, Status, WorkDone
+    from capsule.orchestrator.usecases.repair import Repaired
     from capsule.orchestrator.usecases.repository import IndexRebuilt, RepositoryCreated, Unlocked
     from capsule.orchestrator.usecases.restore import Restored
     from capsule.orchestrator.usecases.sample_shop import SamplePart, SampleShop
@@ -320,6 +321,74 @@ def index_rebuilt(result: IndexRebuilt) -> int:
     for name in result.unreadable:
         click.echo(f"DAMAGED: pack {name[:12]} has an unreadable header; its blobs are unindexed")
     return EXIT_DAMAGE if result.unreadable else 0
+
+
+def repaired(result: Repaired, as_json: bool) -> None:
+    """Show what a repair did (or, in a dry run, would do): each damaged pack, each snapshot that
+    lost data and what became of it."""
+    r = result.report
+    if as_json:
+        out = dataclasses.asdict(r)
+        out["salvaged_blobs"] = r.salvaged_blobs
+        out["damaged_packs"] = [p.name for p in r.damaged_packs]
+        out["damaged_pack_details"] = [dataclasses.asdict(p) for p in r.damaged_packs]
+        out["unreadable_snapshots"] = [{"snapshot": s, "reason": why} for s, why in r.unreadable_snapshots]
+        out["set_aside"] = str(result.set_aside)
+        click.echo(json.dumps(out, default=json_default))
+        return
+    would = "Would set" if r.dry_run else "Set"
+    click.echo(f"Read {r.packs} packs ({human(r.bytes_read)}).")
+    for p in r.damaged_packs:
+        kept = "would be stored" if r.dry_run else "stored"
+        click.echo(
+            f"{would} aside damaged pack {p.name[:12]} ({p.reason}): {p.intact} intact blobs {kept} "
+            f"again in new packs, {p.lost} lost."
+        )
+    for name in r.missing_packs:
+        click.echo(f"Pack {name[:12]} is missing: the index {'would forget' if r.dry_run else 'forgets'} it.")
+    for name in r.damaged_index_files:
+        click.echo(
+            f"Index file {name[:12]} is damaged: {'would be' if r.dry_run else 'was'} rebuilt from the packs."
+        )
+    if r.unindexed_packs:
+        again = "would be indexed" if r.dry_run else "indexed"
+        click.echo(f"{len(r.unindexed_packs)} sound pack(s) that no index named {again} again.")
+    if r.indexed_blobs is not None:
+        click.echo(f"Rebuilt the index: {r.indexed_blobs} blobs in {r.indexed_packs} packs.")
+    for sid, why in r.unreadable_snapshots:
+        click.echo(f"{would} aside snapshot {sid[:12]}, which cannot be read ({why}).")
+    for s in r.snapshots:
+        what = f"{s.kind} snapshot {s.snapshot[:12]} of {s.source} ({when(s.time)})"
+        if s.kind == "files":
+            click.echo(f"The {what} lost {len(s.lost)} file(s):")
+            for path in s.lost[:20]:
+                click.echo(f"    {path}")
+            if len(s.lost) > 20:
+                click.echo(f"    ... and {len(s.lost) - 20} more (`--json` lists them all)")
+        elif s.lost_chunks is not None:
+            click.echo(f"The {what} lost {s.lost_chunks} of the {s.chunks} chunks of {', '.join(s.lost)}.")
+        else:
+            click.echo(f"The {what} lost the list of the chunks of {', '.join(s.lost)}.")
+        if s.kept_files is None:
+            click.echo(f"    It cannot be restored: {would.lower()} aside, and listed as DAMAGED.")
+        elif s.replaced_by is None:
+            click.echo(
+                f"    Would be replaced by a snapshot of its {s.kept_files} intact files, and set aside."
+            )
+        else:
+            click.echo(
+                f"    Replaced by snapshot {s.replaced_by[:12]}, which keeps its {s.kept_files} intact "
+                "files; the old one is set aside."
+            )
+    if not r.changed:
+        click.echo("No damage found; nothing to repair.")
+    elif r.dry_run:
+        click.echo("Nothing was changed (--dry-run). Run `capsule repair` to do it.")
+    else:
+        click.echo(
+            f"What was set aside is kept in {result.set_aside}. Run `capsule backup --kind all` to store "
+            "again what the shop still has, then `capsule verify --read-data`."
+        )
 
 
 def unlocked(result: Unlocked) -> None:

@@ -31,7 +31,7 @@ import numpy as np
 import structlog
 
 from capsule.adapters.directio import Readahead
-from capsule.adapters.errors import BlobNotFound, DiskFull, RestoreRefused
+from capsule.adapters.errors import NOT_INDEXED_ADVICE, BlobNotFound, DiskFull, RestoreRefused
 from capsule.adapters.files.tree import iter_entries, path_key
 from capsule.adapters.repository.chunks import workers as thread_count
 from capsule.adapters.repository.entry_rules import SPECIAL_BITS, check_content, check_follows, restored_mode
@@ -332,8 +332,7 @@ class _ToWorkers:
                 e for e, n in zip(entries, itertools.accumulate(map(len, ids_of)), strict=True) if first < n
             )
             raise BlobNotFound(
-                f"blob {all_ids[first].hex()[:12]} of {owner.path} is in no index; run `capsule verify` "
-                "and `capsule rebuild-index`"
+                f"blob {all_ids[first].hex()[:12]} of {owner.path} is in no index; {NOT_INDEXED_ADVICE}"
             )
         columns = [
             packs.tolist(),

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from capsule.adapters.errors import BlobNotFound, IntegrityError
+from capsule.adapters.errors import NOT_INDEXED_ADVICE, BlobNotFound, IntegrityError
 from capsule.adapters.repository.crypto import ID_SIZE
 from capsule.adapters.repository.pack import BLOB_DATA, BLOB_LIST
 from capsule.adapters.repository.repo import PreparedBlob, Repository
@@ -188,7 +188,7 @@ def read_id_lists(repo: Repository, list_ids: list[str]) -> list[bytes]:
     items = []
     for blob_id, loc in zip(blob_ids, repo.index.locate_many(blob_ids), strict=True):
         if loc is None:
-            raise BlobNotFound(f"blob {blob_id.hex()[:12]} is in no index")
+            raise BlobNotFound(f"blob {blob_id.hex()[:12]} is in no index; {NOT_INDEXED_ADVICE}")
         if loc.blob_type != BLOB_LIST:
             raise IntegrityError(f"blob {blob_id.hex()[:12]} is named as a list but holds data")
         items.append((blob_id, loc))

@@ -89,7 +89,14 @@ def open_with_key_file(backend: LocalBackend, repo_id: str, key_file: Path) -> M
         raise WrongKey(f"the repository no longer accepts the key in {key_file}") from e
     except (ValueError, KeyError, TypeError) as e:
         raise IntegrityError(f"the repository's key entry {key_id[:12]} is damaged") from e
-    return crypto.unwrap_key(wrapped, secret, _key_aad(repo_id, key_id))
+    try:
+        return crypto.unwrap_key(wrapped, secret, _key_aad(repo_id, key_id))
+    except WrongKey as e:
+        raise WrongKey(
+            f"the key file {key_file} does not open this repository (its secret was changed or "
+            "damaged); use the key file made when this repository was created, or give the "
+            "repository's passphrase (CAPSULE_PASSPHRASE)"
+        ) from e
 
 
 def open_with_passphrase(backend: LocalBackend, repo_id: str, phrase: str) -> MasterKey | None:

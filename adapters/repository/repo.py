@@ -26,6 +26,7 @@ import structlog
 import zstandard
 
 from capsule.adapters.errors import (
+    NOT_INDEXED_ADVICE,
     BlobNotFound,
     IntegrityError,
     KeyFileMissing,
@@ -164,14 +165,21 @@ class Repository:
     def open(cls, backend: LocalBackend, key_file: Path | None, passphrase: str | None = None) -> Repository:
         config = read_config(backend)
         master = None
+        refused: WrongKey | None = None
         if key_file is not None and key_file.exists():
             try:
                 master = open_with_key_file(backend, config["id"], key_file)
-            except WrongKey:
+            except WrongKey as e:
                 if not passphrase:
                     raise
+                refused = e
         if master is None and passphrase:
-            master = open_with_passphrase(backend, config["id"], passphrase)
+            try:
+                master = open_with_passphrase(backend, config["id"], passphrase)
+            except WrongKey as e:
+                if refused is None:
+                    raise
+                raise WrongKey(f"the passphrase does not open this repository, and {refused}") from e
         if master is None and key_file is not None:
             raise KeyFileMissing(
                 f"the key file {key_file} is missing; restore it from your safe copy, or give the "
@@ -472,7 +480,7 @@ class Repository:
         if loc is None:
             loc = self.index.lookup(blob_id)
         if loc is None:
-            raise BlobNotFound(f"blob {blob_id.hex()[:12]} is in no index")
+            raise BlobNotFound(f"blob {blob_id.hex()[:12]} is in no index; {NOT_INDEXED_ADVICE}")
         try:
             sealed = self.backend.read("data", loc.pack_id, loc.offset, loc.length)
         except FileNotFoundError as e:

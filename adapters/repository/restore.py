@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 import structlog
 
-from capsule.adapters.errors import BlobNotFound, DiskFull, IntegrityError, RestoreRefused
+from capsule.adapters.errors import NOT_INDEXED_ADVICE, BlobNotFound, DiskFull, IntegrityError, RestoreRefused
 from capsule.adapters.repository.backends.local import fsync_dir
 from capsule.adapters.repository.chunks import read_id_lists, split_ids, workers
 from capsule.adapters.repository.entry_rules import check_content, check_database_snapshot, restored_mode
@@ -122,7 +122,7 @@ def locate_all(repo: Repository, entry: Entry) -> Iterator[tuple[bytes, BlobLoca
         if missing:
             raise BlobNotFound(
                 f"{len(missing)} blob(s) of {entry.path} are in no index (first: {missing[0]}); "
-                "run `capsule verify` and `capsule rebuild-index`"
+                f"{NOT_INDEXED_ADVICE}"
             )
         yield from ((i, loc) for i, loc in zip(ids, locs, strict=True) if loc is not None)
 

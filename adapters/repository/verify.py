@@ -31,9 +31,9 @@ log = structlog.get_logger(__name__)
 
 NOT_INDEXED = "not-indexed"
 LOST_PACK_ADVICE = (
-    "; put it back from a copy of the repository if there is one, otherwise run "
-    "`capsule rebuild-index` then `capsule backup --full`"
+    "; put it back from a copy of the repository if there is one, otherwise run `capsule repair`"
 )
+REPAIR_ADVICE = "; `capsule repair` sets it aside and keeps what is intact"
 
 
 @dataclass
@@ -269,7 +269,7 @@ def _check_structure(repo: Repository, report: VerifyReport, contents: Contents 
             problem = Problem(
                 "blobs",
                 "needed by snapshots are in no index; run `capsule rebuild-index`, and if they are "
-                "still missing their data is lost: run `capsule backup --full` to store it anew",
+                "still missing their data is lost: run `capsule repair`",
             )
         elif key in pack_sizes:
             problem = Problem(f"pack {key[:12]}", f"is shorter than the index says{LOST_PACK_ADVICE}")
@@ -293,7 +293,9 @@ def _check_pack(
     data = repo.backend.read("data", name)
     report.bytes_read += len(data)
     if hashlib.sha256(data).hexdigest() != name:
-        report.problems.append(Problem(f"pack {name[:12]}", "does not match its name: damaged"))
+        report.problems.append(
+            Problem(f"pack {name[:12]}", f"does not match its name: damaged{REPAIR_ADVICE}")
+        )
     try:
         header = parse_header(repo.sealer, data, len(data), name)
     except CapsuleError as e:

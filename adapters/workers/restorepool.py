@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from capsule.adapters.directio import AlignedBuffer, Readahead, SharedSlots, open_direct, read_into
-from capsule.adapters.errors import BlobNotFound, IntegrityError
+from capsule.adapters.errors import NOT_INDEXED_ADVICE, BlobNotFound, IntegrityError
 from capsule.adapters.repository.crypto import ID_SIZE
 from capsule.adapters.repository.pack import BUNDLED
 from capsule.adapters.repository.repo import Repository
@@ -107,7 +107,7 @@ class _Requests:
             first = ids[at : at + 6].hex()
             raise BlobNotFound(
                 f"{len(missing)} blob(s) of {self.entry.path} are in no index (first: {first}); "
-                "run `capsule verify` and `capsule rebuild-index`"
+                f"{NOT_INDEXED_ADVICE}"
             )
         # The workers will read these while the requests before them are being written: start now.
         self.readahead.ask(

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
+from capsule.adapters.repository.repair import set_aside_snapshots
 from capsule.adapters.repository.repo import Repository, UnreadableSnapshot
 from capsule.adapters.source_identity import this_host
 from capsule.domain.errors import CapsuleError, Category
@@ -31,6 +32,12 @@ class PathNotFound(CapsuleError):
     """Raised when a path names nothing in a snapshot."""
 
     category = Category.NOT_FOUND
+
+
+class SnapshotSetAside(CapsuleError):
+    """Raised when a snapshot reference names a snapshot that a repair set aside."""
+
+    category = Category.DAMAGED
 
 
 @dataclass(frozen=True)
@@ -72,9 +79,19 @@ def list_snapshots(settings: Settings, choice: ChooseSnapshots | None = None) ->
     only = choice.snapshot_filter()
     repo = open_repository(settings)
     readable, damaged = _scan(repo)
+    damaged += [
+        UnreadableSnapshot(s.name, SET_ASIDE_REASON + (REPLACED if s.manifest.kind == "files" else ""))
+        for s in set_aside_snapshots(repo)
+    ]
     chosen = [s for s in readable if only.matches(s[1])]
     listed = sorted(chosen, key=lambda s: (s[1].time, s[0]))
     return SnapshotListing(listed, damaged, configured_sources(settings)["database"].host, choice.given)
+
+
+SET_ASIDE_REASON = (
+    "set aside by `capsule repair`: data it needs was lost in a damaged pack, so it cannot be restored"
+)
+REPLACED = "; the files it had intact are in the snapshot that replaced it"
 
 
 def _scan(repo: Repository) -> tuple[list[tuple[str, Manifest]], list[UnreadableSnapshot]]:
@@ -122,6 +139,10 @@ def resolve_snapshot(
         return _latest(repo, ref, sources, only or SnapshotFilter())
     names = list(repo.backend.list("snapshots"))
     matches = [n for n in names if n.startswith(ref.lower())]
+    if not matches and len(ref) >= 4:
+        for aside in set_aside_snapshots(repo):
+            if aside.name.startswith(ref.lower()):
+                raise SnapshotSetAside(f"snapshot {aside.name[:12]} was {SET_ASIDE_REASON}")
     if not matches or len(ref) < 4:
         close = difflib.get_close_matches(ref.lower(), LATEST_REFS, n=1)
         meant = f"did you mean {close[0]!r}? " if close else ""

@@ -69,6 +69,7 @@ BEFORE = {
     "EventLogTampered": DAMAGE,
     "RepositoryLocked": LOCKED,
     "SourceBusy": LOCKED,
+    "SnapshotSetAside": DAMAGE,  # new with `capsule repair`: a snapshot it set aside
 }
 
 

@@ -77,8 +77,10 @@ def test_key_file_with_a_wrong_secret_is_refused(tmp_path):
     body = json.loads(key_file.read_text())
     body["secret"] = base64.b64encode(os.urandom(32)).decode()
     key_file.write_text(json.dumps(body))
-    with pytest.raises(WrongKey, match="does not open the repository"):
+    with pytest.raises(WrongKey, match="does not open this repository") as refused:
         Repository.open(LocalBackend(repo.backend.root), key_file)
+    assert str(key_file) in str(refused.value)
+    assert body["secret"] not in str(refused.value)
 
 
 def test_file_that_is_not_a_key_file_is_refused(tmp_path):

@@ -19,7 +19,7 @@ from typing import Literal, Protocol
 from capsule.adapters.directio import AlignedBuffer, aligned_part, open_direct, write_all
 from capsule.adapters.errors import DiskFull, RepositoryError, RepositoryReadOnly
 
-Kind = Literal["config", "keys", "data", "index", "snapshots", "locks"]
+Kind = Literal["config", "keys", "data", "index", "snapshots", "locks", "damaged"]
 KINDS: tuple[Kind, ...] = ("keys", "data", "index", "snapshots", "locks")
 
 
