@@ -13,5 +13,6 @@
 - `entry_rules.py`: the rules a snapshot's entries keep, for restore and verify alike.
 - `restore.py`: restore a database snapshot: fetch, authenticate, write, check, rename.
 - `verify.py`: find every damaged or missing piece and the snapshots and files it hurts.
+- `repair.py`: set damaged packs and snapshots aside, keep every intact blob, rebuild the index.
 - `backends/`: where the repository's files live.
 """
