@@ -24,7 +24,16 @@ from capsule.orchestrator.usecases.jobs import (
 )
 
 # Spelled out, not read from the domain, so that the CLI starts without loading the events.
-JOB_STATUSES = ("queued", "pending", "running", "retrying", "completed", "failed", "cancelled")
+JOB_STATUSES = (
+    "queued",
+    "pending",
+    "running",
+    "retrying",
+    "interrupted",
+    "completed",
+    "failed",
+    "cancelled",
+)
 
 
 @click.command()

@@ -28,6 +28,7 @@ from capsule.domain.events import (
     SnapshotRecovered,
     StepCompleted,
     StepFailed,
+    StepInterrupted,
     StepLeaseExpired,
     StepProgressed,
     StepStarted,
@@ -85,6 +86,7 @@ SAMPLES: list[Event] = [
         category=Category.LOCKED,
     ),
     StepLeaseExpired(job_id=JOB, step="store", attempt=1),
+    StepInterrupted(job_id=JOB, step="store", attempt=1, reason="interrupted (SIGTERM)"),
     EventLogStarted(
         job_id=JOB,
         damaged_log="data/capsule/events.db",

@@ -1,0 +1,73 @@
+"""Waiting for a lock is bounded by CAPSULE_LOCK_WAIT_SECONDS, once, and says who holds it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from typing import Any
+
+from capsule.adapters.repository.lock import lock_record, process_start_time
+from tests.integration.helpers import Shop, describe, one_line_error, running
+
+WAIT = {"CAPSULE_LOCK_WAIT_SECONDS": "2"}
+
+
+def _jobs(shop: Shop) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = json.loads(shop.run("jobs", "--json", expect=0).stdout)
+    return rows
+
+
+def test_a_backup_on_a_locked_repository_waits_once_then_exits_4_naming_the_holder(shop: Shop) -> None:
+    holder = subprocess.Popen(["sleep", "60"])
+    with running_plain(holder):
+        lock = shop.repository / "locks" / "0holder"
+        lock.write_bytes(lock_record(holder.pid, process_start_time(holder.pid), True, "rebuild-index"))
+
+        started = time.monotonic()
+        proc = shop.run("backup", env=WAIT, expect=4)
+        took = time.monotonic() - started
+
+    message = one_line_error(proc)
+    assert 2 <= took < 15, (took, describe(proc))  # one wait, not one per try
+    assert f"PID {holder.pid}" in message and "rebuild-index" in message, message
+    assert "since" in message and "UTC" not in message, message  # the holder's time, in local time
+    assert "capsule unlock" in message
+    assert lock.exists()
+    assert shop.snapshots() == []
+    assert [j["status"] for j in _jobs(shop)] == ["failed"]
+
+
+def test_an_overlapping_backup_of_the_same_database_fails_fast_naming_the_running_job(shop: Shop) -> None:
+    first = shop.popen("backup", env={"CAPSULE_FAULTS": "store:locked@pause=30"})
+    with running(first):
+        deadline = time.monotonic() + 60
+        while not any(j["status"] == "running" for j in _jobs(shop)):
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.2)
+        running_job = _jobs(shop)[0]["job_id"]
+
+        started = time.monotonic()
+        second = shop.run("backup", env=WAIT, expect=4)
+        took = time.monotonic() - started
+        first.send_signal(signal.SIGINT)
+
+    message = one_line_error(second)
+    assert took < 15, (took, describe(second))
+    assert running_job in message and f"PID {first.pid}" in message, message
+    statuses = {j["job_id"]: j["status"] for j in _jobs(shop)}
+    assert statuses.pop(running_job) == "interrupted"
+    assert list(statuses.values()) == ["cancelled"]
+
+
+class running_plain:  # noqa: N801 - a context manager read as a phrase
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+
+    def __enter__(self) -> subprocess.Popen[bytes]:
+        return self.proc
+
+    def __exit__(self, *_: object) -> None:
+        self.proc.kill()
+        self.proc.wait()
