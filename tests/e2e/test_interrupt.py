@@ -27,7 +27,9 @@ def _jobs(shop: Shop) -> list[dict[str, Any]]:
     return rows
 
 
-def _start_paused(shop: Shop, *args: str, point: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+def _start_paused(
+    shop: Shop, *args: str, point: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     """A `capsule` child held at `point` with a running job."""
     proc = shop.popen(*args, env={**(env or FAST), "CAPSULE_FAULTS": f"{point}@pause=30"})
     deadline = time.monotonic() + 60
@@ -37,9 +39,7 @@ def _start_paused(shop: Shop, *args: str, point: str, env: dict[str, str] | None
     return proc
 
 
-def _interrupt_when_running(
-    shop: Shop, *args: str, point: str, sig: int = signal.SIGINT
-) -> tuple[int, str]:
+def _interrupt_when_running(shop: Shop, *args: str, point: str, sig: int = signal.SIGINT) -> tuple[int, str]:
     proc = _start_paused(shop, *args, point=point)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=30)
@@ -129,7 +129,7 @@ def test_a_signalled_restore_leaves_no_temporary_file(
     with running(proc):
         deadline = time.monotonic() + 120
         while not _partials(out):
-            assert time.monotonic() < deadline and proc.poll() is None, "the restore never wrote a temporary file"
+            assert time.monotonic() < deadline and proc.poll() is None, "no temporary file was seen"
             time.sleep(0.002)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=30)

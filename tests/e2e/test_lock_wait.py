@@ -9,9 +9,10 @@ import time
 from typing import Any
 
 from capsule.adapters.repository.lock import lock_record, process_start_time
-from tests.integration.helpers import Shop, describe, one_line_error, running
+from tests.integration.helpers import Shop, describe, message_lines, one_line_error, running
 
-WAIT = {"CAPSULE_LOCK_WAIT_SECONDS": "2"}
+# A time zone of its own: the holder's time must be shown in local time, not in UTC.
+WAIT = {"CAPSULE_LOCK_WAIT_SECONDS": "2", "TZ": "SHOP-2"}
 
 
 def _jobs(shop: Shop) -> list[dict[str, Any]]:
@@ -32,7 +33,7 @@ def test_a_backup_on_a_locked_repository_waits_once_then_exits_4_naming_the_hold
     message = one_line_error(proc)
     assert 2 <= took < 15, (took, describe(proc))  # one wait, not one per try
     assert f"PID {holder.pid}" in message and "rebuild-index" in message, message
-    assert "since" in message and "UTC" not in message, message  # the holder's time, in local time
+    assert "since" in message and "SHOP" in message and "UTC" not in message, message
     assert "capsule unlock" in message
     assert lock.exists()
     assert shop.snapshots() == []
@@ -52,16 +53,19 @@ def test_an_overlapping_backup_of_the_same_database_fails_fast_naming_the_runnin
         second = shop.run("backup", env=WAIT, expect=4)
         took = time.monotonic() - started
         first.send_signal(signal.SIGINT)
+        first.communicate(timeout=30)
+        assert first.returncode == 130
 
-    message = one_line_error(second)
+    lines = message_lines(second.stderr)
     assert took < 15, (took, describe(second))
-    assert running_job in message and f"PID {first.pid}" in message, message
+    assert len(lines) == 2 and "waiting up to 2 s" in lines[0], describe(second)
+    assert running_job in lines[1] and f"PID {first.pid}" in lines[1] and "SHOP" in lines[1], lines
     statuses = {j["job_id"]: j["status"] for j in _jobs(shop)}
     assert statuses.pop(running_job) == "interrupted"
     assert list(statuses.values()) == ["cancelled"]
 
 
-class running_plain:  # noqa: N801 - a context manager read as a phrase
+class running_plain:
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
 
