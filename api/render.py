@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from capsule.orchestrator.logrepair import LogRepair
     from capsule.orchestrator.projections import ReplayReport
     from capsule.orchestrator.usecases.backup import BackedUp
-    from capsule.orchestrator.usecases.jobs import AuditTrail, JobList, Status
+    from capsule.orchestrator.usecases.jobs import AuditTrail, Cancelled, JobList, Status
     from capsule.orchestrator.usecases.repository import IndexRebuilt, RepositoryCreated, Unlocked
     from capsule.orchestrator.usecases.restore import Restored
     from capsule.orchestrator.usecases.sample_shop import SamplePart, SampleShop
@@ -231,6 +231,18 @@ def unlocked(result: Unlocked) -> None:
         click.echo(f"Removed {d}.")
     if not result.removed:
         click.echo("No stale locks.")
+    for job in result.interrupted:
+        again = "`capsule backup`" if job.startswith("backup") else "`capsule worker --until-idle`"
+        click.echo(f"Marked {job} as interrupted: {again} finishes it, `capsule cancel` drops it.")
+
+
+def job_cancelled(result: Cancelled, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+        return
+    click.echo(f"Cancelled {result.job_type} job {result.job_id} (it was {result.was}).")
+    for job_id in result.released:
+        click.echo(f"Backup job {job_id}, queued behind it, may start now.")
 
 
 # ---- jobs and the event log ---------------------------------------------------------------

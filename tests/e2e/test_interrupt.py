@@ -28,10 +28,12 @@ def _jobs(shop: Shop) -> list[dict[str, Any]]:
 
 
 def _start_paused(
-    shop: Shop, *args: str, point: str, env: dict[str, str] | None = None
+    shop: Shop, *args: str, point: str, env: dict[str, str] | None = None, pause: int = 30
 ) -> subprocess.Popen[str]:
-    """A `capsule` child held at `point` with a running job."""
-    proc = shop.popen(*args, env={**(env or FAST), "CAPSULE_FAULTS": f"{point}@pause=30"})
+    """A `capsule` child held at `point` for `pause` seconds with a running job."""
+    proc = shop.popen(
+        *args, env={**(FAST if env is None else env), "CAPSULE_FAULTS": f"{point}@pause={pause}"}
+    )
     deadline = time.monotonic() + 60
     while not any(j["status"] == "running" for j in _jobs(shop)):
         assert time.monotonic() < deadline and proc.poll() is None, proc.stderr and proc.stderr.read()
@@ -179,11 +181,11 @@ def test_cancel_stops_an_interrupted_backup_and_the_next_backup_starts_afresh(sh
 
 
 def test_cancel_of_a_running_backup_releases_its_lock_and_makes_no_snapshot(shop: Shop) -> None:
-    proc = _start_paused(shop, "backup", point="store:stored")
+    proc = _start_paused(shop, "backup", point="store:locked", pause=5)
     with running(proc):
         job_id = _jobs(shop)[0]["job_id"]
         out = shop.run("cancel", job_id, expect=0)
-        assert job_id in out.stdout and "cancelled" in out.stdout
+        assert job_id in out.stdout and "Cancelled" in out.stdout
         _, err = proc.communicate(timeout=60)
 
     assert proc.returncode == 1, err
