@@ -75,3 +75,26 @@ class running_plain:
     def __exit__(self, *_: object) -> None:
         self.proc.kill()
         self.proc.wait()
+
+
+def test_a_backup_during_an_in_place_restore_waits_once_then_names_the_restore(shop: Shop) -> None:
+    shop.run("backup", expect=0)
+    restore = shop.popen(
+        "restore", "latest", "--in-place", env={**WAIT, "CAPSULE_FAULTS": "apply:checked@pause=30"}
+    )
+    with running(restore):
+        deadline = time.monotonic() + 60
+        while not any(j["status"] == "running" and j["job_type"] == "restore" for j in _jobs(shop)):
+            assert time.monotonic() < deadline and restore.poll() is None
+            time.sleep(0.2)
+        restoring = next(j["job_id"] for j in _jobs(shop) if j["job_type"] == "restore")
+
+        started = time.monotonic()
+        proc = shop.run("backup", env=WAIT, expect=4)
+        took = time.monotonic() - started
+
+    message = one_line_error(proc)
+    assert took < 15, (took, describe(proc))
+    assert f"restore job {restoring}" in message and f"PID {restore.pid}" in message, message
+    assert "since" in message and "SHOP" in message, message
+    assert len(shop.snapshots()) == 1
