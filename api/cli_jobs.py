@@ -111,7 +111,8 @@ def repair_log(obj: Context) -> None:
 @pass_ctx
 def worker(obj: Context, threads: int, until_idle: bool) -> None:
     """Run job steps: from CAPSULE_BROKER_URL, or (without it) the unfinished jobs of this machine."""
-    run(lambda: work(obj.settings, Work(threads=threads, until_idle=until_idle), render.worker_started))
+    request = Work(threads=threads, until_idle=until_idle)
+    run(lambda: work(obj.settings, request, render.worker_started, render.worker_interrupted))
 
 
 COMMANDS = (jobs, status, cancel, audit, replay, repair_log, worker)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from capsule.orchestrator.logrepair import LogRepair
     from capsule.orchestrator.projections import ReplayReport
     from capsule.orchestrator.usecases.backup import BackedUp
-    from capsule.orchestrator.usecases.jobs import AuditTrail, Cancelled, JobList, Status
+    from capsule.orchestrator.usecases.jobs import AuditTrail, Cancelled, JobList, Status, WorkInterrupted
     from capsule.orchestrator.usecases.repository import IndexRebuilt, RepositoryCreated, Unlocked
     from capsule.orchestrator.usecases.restore import Restored
     from capsule.orchestrator.usecases.sample_shop import SamplePart, SampleShop
@@ -391,6 +391,18 @@ def log_repaired(report: LogRepair) -> None:
 
 def worker_started(worker_id: str) -> None:
     click.echo(f"Worker {worker_id} running; Ctrl-C stops it.", err=True)
+
+
+def worker_interrupted(result: WorkInterrupted) -> None:
+    if not result.paused:
+        click.echo(f"capsule: interrupted ({result.signal}); the worker was running no step", err=True)
+        return
+    jobs = ", ".join(result.paused)
+    click.echo(
+        f"capsule: interrupted ({result.signal}); {jobs} paused and locks released: the next "
+        "`capsule worker` or `capsule backup` goes on with it",
+        err=True,
+    )
 
 
 def sample_shop(shop: SampleShop) -> None:

@@ -266,6 +266,26 @@ def _interrupted(runtime: Runtime, job_type: str, job_id: str, signal: str) -> L
     )
 
 
+def interrupt_own_steps(runtime: Runtime, signal: str) -> list[str]:
+    """Record as interrupted every running step this process's worker holds; `<type> job <id>` of each."""
+    paused = []
+    for job_id, job_type in runtime.unfinished():
+        step = current_step(runtime.load(job_type, job_id).state)
+        if step is None or step.status != "running" or step.worker != runtime.worker_id:
+            continue
+        command = InterruptStep(
+            job_id=job_id,
+            now=runtime.clock(),
+            step=step.name,
+            attempt=step.attempt,
+            reason=f"interrupted ({signal})",
+        )
+        _, new = runtime.execute(job_type, job_id, lambda _, c=command: c, actor=person())  # type: ignore[misc]
+        if new:
+            paused.append(f"{job_type} job {job_id}")
+    return paused
+
+
 def _leave(settings: Settings, message: str) -> NoReturn:
     release_own_locks(settings)
     sys.stderr.write(f"capsule: {message}\n")

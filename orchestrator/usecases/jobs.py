@@ -8,7 +8,7 @@ when it runs (see the package's docstring).
 
 from __future__ import annotations
 
-import signal
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -252,21 +252,44 @@ class Work:
     """Return once no unfinished job is left."""
 
 
-def work(settings: Settings, request: Work, started: Callable[[str], None]) -> None:
-    """Run job steps (from CAPSULE_BROKER_URL, or the unfinished jobs of this machine) until SIGTERM,
-    Ctrl-C or, with `until_idle`, no job is left; `started` hears the worker's id once it runs."""
+@dataclass(frozen=True)
+class WorkInterrupted:
+    """A worker stopped by Ctrl-C or SIGTERM: the jobs whose running step it recorded as interrupted."""
+
+    signal: str
+    paused: list[str]
+    """`<type> job <id>` of each."""
+
+
+def work(
+    settings: Settings,
+    request: Work,
+    started: Callable[[str], None],
+    interrupted: Callable[[WorkInterrupted], None],
+) -> None:
+    """Run job steps (from CAPSULE_BROKER_URL, or the unfinished jobs of this machine) until
+    Ctrl-C, SIGTERM or, with `until_idle`, no job is left; `started` hears the worker's id once it
+    runs. On Ctrl-C or SIGTERM the steps it runs are recorded as interrupted (the next worker or
+    backup goes on with them at once), its repository locks removed, `interrupted` told, and the
+    process exits 130 at once: waiting for a step to end could take hours."""
     from capsule.orchestrator.actors import build  # noqa: PLC0415
+    from capsule.orchestrator.jobrunner import interrupt_own_steps, signal_name  # noqa: PLC0415
+    from capsule.orchestrator.steps import release_own_locks  # noqa: PLC0415
 
     runtime, dispatcher = build(settings)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         with dispatcher.worker(request.threads, sweep_every=settings.sweep_seconds):
             started(runtime.worker_id)
-            while not stop.wait(0.2):
-                if request.until_idle and not runtime.unfinished():
-                    break
-    except KeyboardInterrupt:
-        pass
+            try:
+                while not stop.wait(0.2):
+                    if request.until_idle and not runtime.unfinished():
+                        break
+            except KeyboardInterrupt as e:
+                name = signal_name(e)
+                paused = interrupt_own_steps(runtime, name)
+                release_own_locks(settings)
+                interrupted(WorkInterrupted(name, paused))
+                os._exit(130)  # the steps' threads are not waited for: the log says where they stopped
     finally:
         runtime.close()

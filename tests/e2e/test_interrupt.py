@@ -225,3 +225,28 @@ def test_a_lock_left_by_a_process_that_exited_is_no_obstacle(shop: Shop) -> None
 
     assert time.monotonic() - started < 30
     assert shop.lock_files() == []
+
+
+@pytest.mark.parametrize("sig", SIGNALS)
+def test_a_signalled_worker_pauses_its_job_at_once_and_releases_its_lock(shop: Shop, sig: int) -> None:
+    code, _ = _interrupt_when_running(shop, "backup", point="store:locked")
+    assert code == 130
+    worker = _start_paused(shop, "worker", "--until-idle", point="store:locked", env={})
+    with running(worker):
+        deadline = time.monotonic() + 30
+        while not shop.lock_files():
+            assert time.monotonic() < deadline and worker.poll() is None
+            time.sleep(0.1)
+        started = time.monotonic()
+        worker.send_signal(sig)
+        _, err = worker.communicate(timeout=30)
+
+    assert time.monotonic() - started < 10, err
+    assert worker.returncode == 130, err
+    lines = message_lines(err)
+    assert len(lines) == 2 and lines[0].startswith("Worker "), err
+    assert "paused" in lines[1] and "capsule worker" in lines[1], err
+    assert shop.lock_files() == []
+    assert [j["status"] for j in _jobs(shop)] == ["interrupted"]
+    shop.run("backup", expect=0)
+    assert len(shop.snapshots()) == 1
