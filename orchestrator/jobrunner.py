@@ -20,7 +20,7 @@ from capsule.domain.backup_job import BackupJob, committed_snapshot_ids
 from capsule.domain.commands import CancelJob, InterruptStep
 from capsule.domain.errors import CapsuleError, Category, InvalidCommand
 from capsule.domain.events import StepFailed, StepProgressed
-from capsule.domain.jobs import FINISHED, current_step
+from capsule.domain.jobs import FINISHED, RunStep, current_step, next_action
 from capsule.domain.restore_job import IN_PLACE
 from capsule.orchestrator.actors import Dispatcher, build
 from capsule.orchestrator.logrepair import LogRepair, recover_if_damaged
@@ -120,21 +120,26 @@ def _take_over(runtime: Runtime) -> None:
 
 
 def continue_interrupted_backup(runtime: Runtime, source: str, kind: str, full: bool) -> str | None:
-    """The id of an interrupted backup of `source` asked with the same kind and options, said
-    so: the backup asked for now finishes that one instead of queueing behind it."""
+    """The id of an unfinished backup of `source` asked with the same kind and options that no
+    process is running (interrupted, or stopped between two steps), said so: the backup asked for
+    now finishes that one instead of queueing behind it, and one snapshot is made."""
     from capsule.orchestrator import projections  # noqa: PLC0415
 
     job_id = projections.active_backup_for_source(runtime.engine, source)
     if job_id is None:
         return None
     state = runtime.load("backup", job_id).state
-    if state.status != "interrupted" or not isinstance(state, BackupJob):
+    if not isinstance(state, BackupJob):
+        return None
+    idle = isinstance(next_action(state, runtime.clock()), RunStep) and state.status != "pending"
+    if state.status != "interrupted" and not idle:
         return None
     if (state.kind, state.full) != (kind, full):
         return None
     step = current_step(state)
     why = f" ({step.error})" if step is not None and step.error else ""
-    sys.stderr.write(f"capsule: backup job {job_id} was interrupted{why}; finishing it now\n")
+    said = "was interrupted" if state.status == "interrupted" else "was left unfinished"
+    sys.stderr.write(f"capsule: backup job {job_id} {said}{why}; finishing it now\n")
     return job_id
 
 
