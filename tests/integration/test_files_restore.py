@@ -11,9 +11,9 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
 import random
 import stat
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
