@@ -1,4 +1,4 @@
-"""The job commands of the CLI: jobs, status, audit, replay, repair-log and worker.
+"""The job commands of the CLI: jobs, status, cancel, audit, replay, repair-log and worker.
 
 `capsule.api.cli` registers them on the `capsule` group; this module does not import it.
 """
@@ -12,9 +12,11 @@ from capsule.api.common import Context, pass_ctx, run
 from capsule.api.filters import since as parse_since
 from capsule.orchestrator.usecases.jobs import (
     Audit,
+    Cancel,
     ListJobs,
     Work,
     audit_events,
+    cancel_job,
     current_status,
     list_jobs,
     repair_event_log,
@@ -24,7 +26,16 @@ from capsule.orchestrator.usecases.jobs import (
 )
 
 # Spelled out, not read from the domain, so that the CLI starts without loading the events.
-JOB_STATUSES = ("queued", "pending", "running", "retrying", "completed", "failed", "cancelled")
+JOB_STATUSES = (
+    "queued",
+    "pending",
+    "running",
+    "retrying",
+    "interrupted",
+    "completed",
+    "failed",
+    "cancelled",
+)
 
 
 @click.command()
@@ -50,6 +61,16 @@ def jobs(obj: Context, limit: int, status: str | None, as_json: bool) -> None:
 def status(obj: Context, as_json: bool) -> None:
     """What Capsule is doing and when the last backup was made."""
     run(lambda: render.status(current_status(obj.settings), as_json))
+
+
+@click.command()
+@click.argument("job_id", metavar="JOB")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def cancel(obj: Context, job_id: str, as_json: bool) -> None:
+    """Cancel JOB, a backup or restore that has not finished (`capsule jobs` lists them): nothing
+    more of it runs, and what it holds is released."""
+    run(lambda: render.job_cancelled(cancel_job(obj.settings, Cancel(job_id)), as_json))
 
 
 @click.command()
@@ -96,7 +117,11 @@ def repair_log(obj: Context) -> None:
 def worker(obj: Context, threads: int, until_idle: bool) -> None:
     """Run job steps: from CAPSULE_BROKER_URL, or (without it) the unfinished jobs of this machine."""
     request = Work(threads=threads, until_idle=until_idle)
-    run(lambda: render.worker_done(work(obj.settings, request, render.worker_started)))
+    run(
+        lambda: render.worker_done(
+            work(obj.settings, request, render.worker_started, render.worker_interrupted)
+        )
+    )
 
 
-COMMANDS = (jobs, status, audit, replay, repair_log, worker)
+COMMANDS = (jobs, status, cancel, audit, replay, repair_log, worker)

@@ -3,6 +3,7 @@ Capsule's errors into one sentence and an exit code."""
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 
@@ -76,8 +77,16 @@ def add_log_options(group: click.Group) -> None:
             add_log_options(command)
 
 
+def _terminated(_signum: int, _frame: object) -> None:
+    # SIGTERM (systemd stopping a unit, `kill`, cron's timeout) takes Ctrl-C's way out: what the
+    # command holds is released and the job's log says where it stopped.
+    raise KeyboardInterrupt("SIGTERM")
+
+
 def run(fn: Callable[[], int | None]) -> None:
-    """Run a command; turn our errors into one sentence and an exit code, never a traceback."""
+    """Run a command; turn our errors into one sentence and an exit code, never a traceback.
+    SIGTERM is handled as Ctrl-C is: exit 130 after the command has released what it holds."""
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         code = fn()
     except CapsuleError as e:

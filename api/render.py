@@ -28,7 +28,14 @@ if TYPE_CHECKING:
     from capsule.orchestrator.logrepair import LogRepair
     from capsule.orchestrator.projections import ReplayReport
     from capsule.orchestrator.usecases.backup import BackedUp
-    from capsule.orchestrator.usecases.jobs import AuditTrail, JobList, Status, WorkDone
+    from capsule.orchestrator.usecases.jobs import (
+        AuditTrail,
+        Cancelled,
+        JobList,
+        Status,
+        WorkDone,
+        WorkInterrupted,
+    )
     from capsule.orchestrator.usecases.repair import Repaired
     from capsule.orchestrator.usecases.repository import IndexRebuilt, RepositoryCreated, Unlocked
     from capsule.orchestrator.usecases.restore import Restored
@@ -396,6 +403,18 @@ def unlocked(result: Unlocked) -> None:
         click.echo(f"Removed {d}.")
     if not result.removed:
         click.echo("No stale locks.")
+    for job in result.interrupted:
+        again = "`capsule backup`" if job.startswith("backup") else "`capsule worker --until-idle`"
+        click.echo(f"Marked {job} as interrupted: {again} finishes it, `capsule cancel` drops it.")
+
+
+def job_cancelled(result: Cancelled, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+        return
+    click.echo(f"Cancelled {result.job_type} job {result.job_id} (it was {result.was}).")
+    for job_id in result.released:
+        click.echo(f"Backup job {job_id}, queued behind it, may start now.")
 
 
 # ---- jobs and the event log ---------------------------------------------------------------
@@ -560,6 +579,18 @@ def worker_done(done: WorkDone) -> None:
         f"{done.jobs_failed} failed; {_plural(done.steps_completed, 'step')} done, "
         f"{_plural(done.steps_failed, 'failed attempt')}."
         + (" `capsule jobs --status failed` says why." if done.jobs_failed else "")
+    )
+
+
+def worker_interrupted(result: WorkInterrupted) -> None:
+    if not result.paused:
+        click.echo(f"capsule: interrupted ({result.signal}); the worker was running no step", err=True)
+        return
+    jobs = ", ".join(result.paused)
+    click.echo(
+        f"capsule: interrupted ({result.signal}); {jobs} paused and locks released: the next "
+        "`capsule worker` or `capsule backup` goes on with it",
+        err=True,
     )
 
 

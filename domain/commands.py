@@ -127,9 +127,19 @@ class ExpireLease(Command):
     policy: RetryPolicy = Field(default_factory=RetryPolicy)
 
 
+class InterruptStep(Command):
+    """Record that a running attempt was stopped on purpose or lost with its process (Ctrl-C,
+    SIGTERM, a process found dead on its own host): the next attempt may start at once, without
+    waiting for the lease to run out, and an interruption is not a failure."""
+
+    step: str
+    attempt: int = Field(ge=1)
+    reason: str = Field(min_length=1)
+
+
 class CancelJob(Command):
     """Stop a job that has not finished; nothing more of it will run."""
 
 
-StepCommand = StartStep | RecordProgress | CompleteStep | FailStep | ExpireLease
+StepCommand = StartStep | RecordProgress | CompleteStep | FailStep | ExpireLease | InterruptStep
 """The commands about a job's steps, the same for every kind of job."""

@@ -206,6 +206,17 @@ class StepLeaseExpired(Event):
     attempt: int
 
 
+class StepInterrupted(Event):
+    """A running attempt was stopped (Ctrl-C, SIGTERM) or its process found gone; the next may start."""
+
+    type_name: ClassVar[str] = "StepInterrupted"
+
+    step: str
+    attempt: int
+    reason: str
+    """What stopped it, e.g. `interrupted (SIGINT)` or `its process (PID 4242 on till-1) is gone`."""
+
+
 # The event log itself. A repair is a job of its own: its id names the stream (`eventlog-<id>`) and
 # every event it appends.
 
@@ -302,6 +313,7 @@ EVENT_TYPES: dict[str, type[Event]] = _registry(
     StepCompleted,
     StepFailed,
     StepLeaseExpired,
+    StepInterrupted,
     EventLogStarted,
     SnapshotRecovered,
     SettingsChanged,

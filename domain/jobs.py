@@ -16,7 +16,15 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from capsule.domain.commands import CancelJob, CompleteStep, ExpireLease, FailStep, RecordProgress, StartStep
+from capsule.domain.commands import (
+    CancelJob,
+    CompleteStep,
+    ExpireLease,
+    FailStep,
+    InterruptStep,
+    RecordProgress,
+    StartStep,
+)
 from capsule.domain.errors import InvalidCommand, InvalidEvent
 from capsule.domain.events import (
     Event,
@@ -25,14 +33,19 @@ from capsule.domain.events import (
     JsonObject,
     StepCompleted,
     StepFailed,
+    StepInterrupted,
     StepLeaseExpired,
     StepProgressed,
     StepStarted,
 )
 
-JobStatus = Literal["queued", "pending", "running", "retrying", "completed", "failed", "cancelled"]
+JobStatus = Literal[
+    "queued", "pending", "running", "retrying", "interrupted", "completed", "failed", "cancelled"
+]
 """queued: waits for another job; pending: no step started yet; running: a step is running or the
-next one is due; retrying: the last attempt failed or was lost and the next is not running yet."""
+next one is due; retrying: the last attempt failed or was lost and the next is not running yet;
+interrupted: the last attempt was stopped (Ctrl-C, SIGTERM) or its process found gone, and the
+next worker or backup of the same source goes on from there."""
 
 StepStatus = Literal["pending", "running", "retrying", "completed", "failed"]
 
@@ -188,7 +201,7 @@ class JobRules(Generic[S]):
     cancelled: type[JobCancelled]
 
 
-JobCommand = StartStep | RecordProgress | CompleteStep | FailStep | ExpireLease | CancelJob
+JobCommand = StartStep | RecordProgress | CompleteStep | FailStep | ExpireLease | InterruptStep | CancelJob
 
 
 def require_job(state: JobState, job_id: str, noun: str) -> None:
@@ -213,6 +226,8 @@ def decide_job(state: S, command: JobCommand, rules: JobRules[S]) -> list[Event]
             return _fail(state, command, rules)
         case ExpireLease():
             return _expire(state, command, rules)
+        case InterruptStep():
+            return _interrupt(state, command, rules.noun)
         case CancelJob():
             return _cancel(state, rules)
 
@@ -346,6 +361,12 @@ def _expire(state: S, c: ExpireLease, rules: JobRules[S]) -> list[Event]:
     return [expired, rules.failed(job_id=state.job_id, step=c.step, reason=reason)]
 
 
+def _interrupt(state: JobState, c: InterruptStep, noun: str) -> list[Event]:
+    if _live_attempt(state, c.step, c.attempt, noun) is None:
+        return []
+    return [StepInterrupted(job_id=state.job_id, step=c.step, attempt=c.attempt, reason=c.reason)]
+
+
 def _cancel(state: S, rules: JobRules[S]) -> list[Event]:
     if state.status == "cancelled":
         return []
@@ -392,6 +413,9 @@ def evolve_job(state: S, event: Event, rules: JobRules[S]) -> S:
                 job = {"status": "retrying"}
             step = {"status": "retrying" if event.retry_at else "failed", "error": event.error}
             step |= {"lease_expires_at": None, "retry_at": event.retry_at}
+        case StepInterrupted():
+            job = {"status": "interrupted"}
+            step = {"status": "retrying", "error": event.reason, "lease_expires_at": None, "retry_at": None}
         case StepLeaseExpired():
             job = {"status": "retrying"}
             step = {"status": "retrying", "error": LOST_WORKER, "lease_expires_at": None, "retry_at": None}

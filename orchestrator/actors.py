@@ -23,9 +23,18 @@ from capsule.adapters.errors import DiskFull, RepositoryLocked
 from capsule.adapters.sqlite.sourcelock import SourceBusy
 from capsule.domain.commands import CompleteStep, ExpireLease, FailStep, RecordProgress, StartStep
 from capsule.domain.errors import CapsuleError, Category, InvalidCommand
-from capsule.domain.jobs import ExpireStepLease, Finished, RunStep, WaitForJob, WaitUntil, next_action
+from capsule.domain.jobs import (
+    FINISHED,
+    ExpireStepLease,
+    Finished,
+    RunStep,
+    WaitForJob,
+    WaitUntil,
+    next_action,
+)
 from capsule.orchestrator import faults
 from capsule.orchestrator.errors import OrchestratorError
+from capsule.orchestrator.orphans import take_over_orphans
 from capsule.orchestrator.runtime import SYSTEM, Loaded, Runtime, heartbeat
 from capsule.orchestrator.settings import Settings
 from capsule.orchestrator.steps import STEPS, StepContext, StepRefused, clean_up
@@ -69,11 +78,15 @@ def make_broker(url: str | None) -> dramatiq.Broker:
 
 def is_transient(error: BaseException) -> bool:
     """Whether trying again later may succeed. Our own errors say what to fix unless listed here;
-    a step over its time limit is tried again, since a slow disk or a big database may explain it."""
-    if isinstance(error, StepRefused):
+    a step over its time limit is tried again, since a slow disk or a big database may explain it.
+
+    A lock another live process holds is not tried again: the step has already waited
+    CAPSULE_LOCK_WAIT_SECONDS for it, and trying again would only multiply that wait before the
+    same answer (an overlapping cron run should learn at once that another backup runs)."""
+    if isinstance(error, StepRefused | RepositoryLocked | SourceBusy):
         return False
-    if isinstance(error, RepositoryLocked | SourceBusy | DiskFull | OrchestratorError):
-        return True  # another process holds the lock; space may be freed; the log may come back
+    if isinstance(error, DiskFull | OrchestratorError):
+        return True  # space may be freed; the log may come back
     return not isinstance(error, CapsuleError)
 
 
@@ -156,7 +169,10 @@ class Dispatcher:
         return None
 
     def sweep(self) -> int:
-        """Re-enqueue the next step of every unfinished job: the log is the truth, the queue a hint."""
+        """Re-enqueue the next step of every unfinished job: the log is the truth, the queue a hint.
+        A step whose process is gone from this host is taken over first, without waiting for its lease."""
+        for gone in take_over_orphans(self.runtime):
+            log.warning("took over a job whose process is gone", job=gone.job_id, pid=gone.pid)
         sent = 0
         for job_type, job_id, action in self.runtime.next_steps():
             if isinstance(action, WaitForJob):
@@ -259,7 +275,9 @@ class Dispatcher:
                 actor=actor,
             )
             mine = after.state.find_step(step)
-            return mine is not None and mine.status == "running" and mine.attempt == attempt
+            # A cancelled or interrupted job's attempt stops at its next report, releasing its locks.
+            alive = after.state.status not in FINISHED and after.state.status != "interrupted"
+            return alive and mine is not None and mine.status == "running" and mine.attempt == attempt
 
         with heartbeat(beat, rt.settings.heartbeat_seconds) as lost:
 
@@ -285,7 +303,7 @@ class Dispatcher:
             try:
                 result = STEPS[(job_type, step)](ctx)
             except StepAbandoned:
-                log.warning("step abandoned: another worker took it over after its lease ran out")
+                log.warning("step abandoned: its job was cancelled or interrupted, or another worker took it")
                 return
             except (Exception, TimeLimitExceeded) as e:
                 log.warning("step failed", error=describe(e), transient=is_transient(e), attempt=attempt)

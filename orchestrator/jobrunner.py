@@ -10,18 +10,24 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import NoReturn
 
+from capsule.adapters.files.restore import remove_partial_writes
 from capsule.domain.backup_job import BackupJob, committed_snapshot_ids
-from capsule.domain.commands import CancelJob
+from capsule.domain.commands import CancelJob, InterruptStep
 from capsule.domain.errors import CapsuleError, Category, InvalidCommand
 from capsule.domain.events import StepFailed, StepProgressed
+from capsule.domain.jobs import FINISHED, RunStep, current_step, next_action
+from capsule.domain.restore_job import IN_PLACE
 from capsule.orchestrator.actors import Dispatcher, build
 from capsule.orchestrator.logrepair import LogRepair, recover_if_damaged
-from capsule.orchestrator.runtime import Loaded, Runtime, person
+from capsule.orchestrator.orphans import take_over_orphans, worker_host_pid
+from capsule.orchestrator.runtime import JOB_TYPES, Loaded, Runtime, person
 from capsule.orchestrator.settings import Settings
-from capsule.orchestrator.steps import clean_up
+from capsule.orchestrator.steps import clean_up, release_own_locks
 
 Progress = Callable[[int, int], None]
 
@@ -50,8 +56,11 @@ def failure(loaded: Loaded) -> JobFailed:
 
 
 @contextlib.contextmanager
-def session(settings: Settings, progress: Progress | None = None) -> Iterator[tuple[Runtime, Dispatcher]]:
-    """A runtime and dispatcher; with the embedded broker, a worker running for the block."""
+def session(
+    settings: Settings, progress: Progress | None = None, *, before: Callable[[Runtime], None] | None = None
+) -> Iterator[tuple[Runtime, Dispatcher]]:
+    """A runtime and dispatcher; with the embedded broker, a worker running for the block.
+    `before` runs first, before any worker of this process may touch a job."""
 
     def on_progress(_job: str, done: int, total: int) -> None:
         if progress is not None:
@@ -59,6 +68,8 @@ def session(settings: Settings, progress: Progress | None = None) -> Iterator[tu
 
     runtime, dispatcher = build(settings, on_progress=on_progress)
     try:
+        if before is not None:
+            before(runtime)
         if settings.broker_url:
             yield runtime, dispatcher
         else:
@@ -80,26 +91,113 @@ def run_job(
     """Request a job, get it going and wait for it; raise JobFailed unless it completes.
 
     A damaged SQLite event log does not stop it: the log is set aside and a new one started first.
+    A job of this machine whose process is gone is taken over first, and said so. Behind another
+    backup of the same source held by a live process, it waits CAPSULE_LOCK_WAIT_SECONDS at most.
+    On Ctrl-C or SIGTERM it releases what it holds and exits 130 (see `_interrupted`).
     """
     repaired = recover_if_damaged(settings, actor=person(), detected_by=job_type)
     if repaired is not None:
         sys.stderr.write(f"capsule: {went_on(repaired)}\n")
-    with session(settings, progress) as (runtime, dispatcher):
-        job_id = request(runtime)
-        state = runtime.load(job_type, job_id).state
-        if state.status == "queued":
-            sys.stderr.write(
-                f"capsule: another backup of the same source is running (job {state.queued_behind}); "
-                f"job {job_id} waits for it\n"
-            )
-        dispatcher.enqueue_next(job_type, job_id)
+    with session(settings, progress, before=_take_over) as (runtime, dispatcher):
+        job_id = ""
         try:
+            job_id = request(runtime)
+            dispatcher.enqueue_next(job_type, job_id)
+            _wait_in_queue(runtime, job_id)
             loaded = wait_with_progress(runtime, job_id, None if not settings.broker_url else progress)
-        except KeyboardInterrupt:
-            loaded = _interrupted(runtime, job_type, job_id)
+        except KeyboardInterrupt as e:
+            if not job_id:
+                raise
+            loaded = _interrupted(runtime, job_type, job_id, signal_name(e))
     if loaded.state.status != "completed":
         raise failure(loaded)
     return loaded
+
+
+def _take_over(runtime: Runtime) -> None:
+    for gone in take_over_orphans(runtime, actor=person()):
+        sys.stderr.write(f"capsule: taking over {gone.describe()}\n")
+
+
+def continue_interrupted_backup(runtime: Runtime, source: str, kind: str, full: bool) -> str | None:
+    """The id of an unfinished backup of `source` asked with the same kind and options that no
+    process is running (interrupted, or stopped between two steps), said so: the backup asked for
+    now finishes that one instead of queueing behind it, and one snapshot is made."""
+    from capsule.orchestrator import projections  # noqa: PLC0415
+
+    job_id = projections.active_backup_for_source(runtime.engine, source)
+    if job_id is None:
+        return None
+    state = runtime.load("backup", job_id).state
+    if not isinstance(state, BackupJob):
+        return None
+    idle = isinstance(next_action(state, runtime.clock()), RunStep) and state.status != "pending"
+    if state.status != "interrupted" and not idle:
+        return None
+    if (state.kind, state.full) != (kind, full):
+        return None
+    step = current_step(state)
+    why = f" ({step.error})" if step is not None and step.error else ""
+    said = "was interrupted" if state.status == "interrupted" else "was left unfinished"
+    sys.stderr.write(f"capsule: backup job {job_id} {said}{why}; finishing it now\n")
+    return job_id
+
+
+def _wait_in_queue(runtime: Runtime, job_id: str) -> None:
+    """While the job is queued behind a backup that a live process runs, wait for that one up to
+    CAPSULE_LOCK_WAIT_SECONDS; then cancel this job and fail naming the other (category LOCKED)."""
+    job_type = runtime.job_type_of(job_id)
+    state = runtime.load(job_type, job_id).state
+    if state.status != "queued":
+        return
+    ahead = state.queued_behind or ""
+    wait = f"{runtime.settings.lock_wait_seconds:g}"
+    sys.stderr.write(
+        f"capsule: another backup of the same source is running (job {ahead}); "
+        f"waiting up to {wait} s for it\n"
+    )
+    deadline = time.monotonic() + runtime.settings.lock_wait_seconds
+    while True:
+        state = runtime.load(job_type, job_id).state
+        if state.status != "queued":
+            return
+        holder = _held_elsewhere(runtime, state.queued_behind or "")
+        if holder is None:
+            deadline = time.monotonic() + runtime.settings.lock_wait_seconds
+        elif time.monotonic() >= deadline:
+            runtime.execute(
+                job_type, job_id, lambda _: CancelJob(job_id=job_id, now=runtime.clock()), actor=person()
+            )
+            raise JobFailed(
+                f"another backup of the same source is running: {holder}; this one (job {job_id}) "
+                "is cancelled. Wait for it to finish, or `capsule cancel` it if it is stuck",
+                Category.LOCKED,
+            )
+        time.sleep(0.25)
+
+
+def _held_elsewhere(runtime: Runtime, job_id: str) -> str | None:
+    """`job <id> (PID n on host, since <local time>)` if a live process of another worker runs
+    the job's step; None if no one runs it or this process does (then waiting is waiting for us)."""
+    try:
+        job_type = runtime.job_type_of(job_id)
+    except CapsuleError:
+        return None
+    state = runtime.load(job_type, job_id).state
+    step = current_step(state)
+    if state.status in FINISHED or step is None or step.status != "running" or step.worker is None:
+        return None
+    if step.worker == runtime.worker_id:
+        return None
+    found = worker_host_pid(step.worker)
+    where = f"PID {found[1]} on {found[0]}" if found else f"worker {step.worker}"
+    started = [
+        e.recorded_at
+        for e in runtime.store.read_stream(JOB_TYPES[job_type].stream_id(job_id))
+        if e.type == "StepStarted"
+    ]
+    since = f", since {started[-1].astimezone():%Y-%m-%d %H:%M:%S %Z}" if started else ""
+    return f"job {job_id} ({where}{since})"
 
 
 def went_on(repair: LogRepair) -> str:
@@ -112,13 +210,46 @@ def went_on(repair: LogRepair) -> str:
     )
 
 
-def _interrupted(runtime: Runtime, job_type: str, job_id: str) -> Loaded:
-    """Ctrl-C: a backup resumes later; a restore is cancelled, unless it is already replacing the
-    live database, which must finish (a second Ctrl-C leaves it to the next worker)."""
+def signal_name(interrupt: KeyboardInterrupt) -> str:
+    """SIGTERM when the CLI's handler raised it for that signal (api/common.py), else SIGINT."""
+    return "SIGTERM" if interrupt.args == ("SIGTERM",) else "SIGINT"
+
+
+def _interrupted(runtime: Runtime, job_type: str, job_id: str, signal: str) -> Loaded:
+    """Ctrl-C or SIGTERM: record it, release this process's locks and temporary files, exit 130.
+
+    A backup is paused: its running attempt is recorded as interrupted and the next `capsule
+    backup` of the same kind finishes it (so does `capsule worker`); one still queued behind
+    another has done nothing and is cancelled. A restore is cancelled and its temporary files
+    removed, unless it is already replacing the live database, which must finish (a second
+    Ctrl-C leaves it to the next worker)."""
+    settings = runtime.settings
     if job_type == "backup":
+        state = runtime.load(job_type, job_id).state
+        if state.status == "queued":
+            runtime.execute(
+                job_type, job_id, lambda _: CancelJob(job_id=job_id, now=runtime.clock()), actor=person()
+            )
+            _leave(settings, f"interrupted ({signal}); backup job {job_id} had not started and is cancelled")
+        step = current_step(state)
+        if step is not None and step.status == "running" and step.worker == runtime.worker_id:
+            command = InterruptStep(
+                job_id=job_id,
+                now=runtime.clock(),
+                step=step.name,
+                attempt=step.attempt,
+                reason=f"interrupted ({signal})",
+            )
+            runtime.execute(job_type, job_id, lambda _: command, actor=person())
+        kind = state.kind if isinstance(state, BackupJob) else "database"
+        again = "capsule backup" if kind == "database" else f"capsule backup --kind {kind}"
         # The log already holds the job: stopping now loses nothing, and waiting for the running
         # step to finish would ignore the person who pressed Ctrl-C.
-        _leave(f"interrupted; job {job_id} resumes at the next backup or `capsule worker --until-idle`")
+        _leave(
+            settings,
+            f"interrupted ({signal}); backup job {job_id} is paused and its locks released: "
+            f"run `{again}` again to finish it, or `capsule cancel {job_id}`",
+        )
     try:
         runtime.execute(
             job_type, job_id, lambda _: CancelJob(job_id=job_id, now=runtime.clock()), actor=person()
@@ -130,12 +261,38 @@ def _interrupted(runtime: Runtime, job_type: str, job_id: str) -> Loaded:
         try:
             return runtime.wait(job_id)
         except KeyboardInterrupt:
-            _leave(f"interrupted; job {job_id} finishes at the next `capsule worker --until-idle`")
-    clean_up(runtime.settings, job_id)
-    _leave(f"interrupted; restore job {job_id} is cancelled")
+            _leave(settings, f"interrupted; job {job_id} finishes at the next `capsule worker --until-idle`")
+    clean_up(settings, job_id)
+    target = getattr(runtime.load(job_type, job_id).state, "target", None)
+    if target and target != IN_PLACE:
+        remove_partial_writes(Path(target), owner="mine")
+    _leave(
+        settings, f"interrupted ({signal}); restore job {job_id} is cancelled and its temporary files removed"
+    )
 
 
-def _leave(message: str) -> NoReturn:
+def interrupt_own_steps(runtime: Runtime, signal: str) -> list[str]:
+    """Record as interrupted every running step this process's worker holds; `<type> job <id>` of each."""
+    paused = []
+    for job_id, job_type in runtime.unfinished():
+        step = current_step(runtime.load(job_type, job_id).state)
+        if step is None or step.status != "running" or step.worker != runtime.worker_id:
+            continue
+        command = InterruptStep(
+            job_id=job_id,
+            now=runtime.clock(),
+            step=step.name,
+            attempt=step.attempt,
+            reason=f"interrupted ({signal})",
+        )
+        _, new = runtime.execute(job_type, job_id, lambda _, c=command: c, actor=person())  # type: ignore[misc]
+        if new:
+            paused.append(f"{job_type} job {job_id}")
+    return paused
+
+
+def _leave(settings: Settings, message: str) -> NoReturn:
+    release_own_locks(settings)
     sys.stderr.write(f"capsule: {message}\n")
     sys.stderr.flush()
     os._exit(130)  # the running step's threads are not waited for: the log says where things stand

@@ -12,6 +12,7 @@ Every step is safe to run again after its process died at any instant:
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,8 +23,9 @@ import structlog
 
 from capsule.adapters.files.backup import StoredFiles, commit_files, store_files
 from capsule.adapters.files.restore import remove_partial_writes, restore_files
+from capsule.adapters.repository.backends.local import LocalBackend
 from capsule.adapters.repository.entry_rules import check_database_snapshot
-from capsule.adapters.repository.lock import locked
+from capsule.adapters.repository.lock import locked, read_locks
 from capsule.adapters.repository.repo import Repository
 from capsule.adapters.repository.restore import restore_snapshot, safe_target, write_entry
 from capsule.adapters.sqlite.backup import StoredDatabase, commit_database, store_database
@@ -237,6 +239,8 @@ def _restore_files(
     if ctx.attempt > 1:
         # Files an earlier attempt put in place are found equal to the snapshot and left alone.
         remove_partial_writes(to)
+    else:
+        remove_partial_writes(to, owner="gone")
     done = restore_files(
         repo,
         manifest,
@@ -364,6 +368,20 @@ def restore_apply(ctx: StepContext) -> dict[str, Any]:
         "bytes": staged.stat().st_size,
         "notes": list(stage.get("notes") or []),
     }
+
+
+def release_own_locks(settings: Settings) -> None:
+    """Remove the repository locks this process holds, for a process about to exit without
+    unwinding its steps (Ctrl-C, SIGTERM). Best effort: a lock left behind is stale once this
+    process is gone, and the next process on this host removes it."""
+    backend = LocalBackend(settings.repository)
+    host, pid = socket.gethostname(), os.getpid()
+    try:
+        for info in read_locks(backend):
+            if info.hostname == host and info.pid == pid:
+                backend.remove("locks", info.name)
+    except (OSError, CapsuleError) as e:
+        log.warning("could not release this process's repository locks", error=str(e))
 
 
 def clean_up(settings: Settings, job_id: str) -> None:

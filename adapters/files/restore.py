@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 import numpy as np
 import structlog
@@ -33,6 +33,7 @@ import structlog
 from capsule.adapters.directio import Readahead
 from capsule.adapters.errors import NOT_INDEXED_ADVICE, BlobNotFound, DiskFull, RestoreRefused
 from capsule.adapters.files.tree import iter_entries, path_key
+from capsule.adapters.partials import PARTIAL_MARK, is_abandoned, partial_name, partial_owner
 from capsule.adapters.repository.chunks import workers as thread_count
 from capsule.adapters.repository.entry_rules import SPECIAL_BITS, check_content, check_follows, restored_mode
 from capsule.adapters.repository.repo import Repository
@@ -45,7 +46,6 @@ from capsule.domain.manifest import Entry, Manifest
 
 log = structlog.get_logger(__name__)
 
-PARTIAL_MARK = ".capsule-restore-"
 CAT_BUFFER = 256 * 1024 * 1024  # `cat` checks a file this size or smaller before writing a byte
 IN_FLIGHT_FILES = 256
 KEEP_ENTRIES = 200_000  # entries the first pass keeps for the second (about 1 KiB each)
@@ -270,7 +270,7 @@ class FilesRestored:
 
 def write_file(repo: Repository, entry: Entry, target: Path) -> int:
     """Write `entry` to a temporary name beside `target`, check it, and rename it into place."""
-    tmp = target.parent / f".{target.name}{PARTIAL_MARK}{secrets.token_hex(4)}"
+    tmp = target.parent / partial_name(target.name)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     sha = hashlib.sha256()
     written = 0
@@ -373,17 +373,30 @@ class _ToWorkers:
         return list(zip(self.pool.restore_files(files), entries, strict=True))
 
 
-def remove_partial_writes(to: Path) -> int:
-    """Delete the temporary files an interrupted restore left under `to`; return how many."""
+Owner = Literal["any", "mine", "gone"]
+
+
+def remove_partial_writes(to: Path, *, owner: Owner = "any") -> int:
+    """Delete the temporary files an interrupted restore left under `to`; return how many.
+    `owner`: "any" (every one: the job's own earlier attempt left them), "mine" (this process's,
+    as it exits on Ctrl-C), or "gone" (those whose process is gone, before a new restore)."""
     removed = 0
     for folder, dirs, names in os.walk(to):
         # A leftover link to a folder is listed among the folders (os.walk never follows it).
         for name in [*names, *dirs]:
-            if name.startswith(".") and PARTIAL_MARK in name and not _is_real_folder(folder, name):
+            if not (name.startswith(".") and PARTIAL_MARK in name) or _is_real_folder(folder, name):
+                continue
+            if _owned(name, owner):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(folder, name))
                     removed += 1
     return removed
+
+
+def _owned(name: str, owner: Owner) -> bool:
+    if owner == "mine":
+        return partial_owner(name) == os.getpid()
+    return owner == "any" or is_abandoned(name)
 
 
 def _is_real_folder(folder: str, name: str) -> bool:
@@ -532,7 +545,7 @@ def restore_files(
             continue
         assert entry.target is not None
         target = to / entry.path
-        tmp = target.parent / f".{target.name}{PARTIAL_MARK}{secrets.token_hex(4)}"
+        tmp = target.parent / partial_name(target.name)
         os.symlink(entry.target, tmp)
         with contextlib.suppress(OSError):  # not every system lets a link's own time be set
             os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)

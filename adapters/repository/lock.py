@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import structlog
 
@@ -45,11 +45,15 @@ class LockInfo:
     exclusive: bool
     operation: str
     refreshed: float
+    created: float | None = None
+    """When the owner first took the lock (its refreshes keep it); None in older lock files."""
 
     def describe(self) -> str:
         kind = "an exclusive" if self.exclusive else "a shared"
-        when = datetime.fromtimestamp(self.refreshed, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        return f"{kind} lock for {self.operation} by PID {self.pid} on {self.hostname} ({when})"
+        # Local time: the person reading it compares it with the clock on the wall.
+        since = datetime.fromtimestamp(self.created or self.refreshed).astimezone()
+        when = since.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
+        return f"{kind} lock for {self.operation} by PID {self.pid} on {self.hostname} since {when}"
 
 
 def process_start_time(pid: int) -> str | None:
@@ -91,13 +95,16 @@ class RepositoryLock:
         self.name = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._created: float | None = None
 
     def _write(self) -> str:
         pid = os.getpid()
         name = os.urandom(16).hex()
-        self.backend.write(
-            "locks", name, lock_record(pid, process_start_time(pid), self.exclusive, self.operation)
+        self._created = self._created or time.time()
+        record = lock_record(
+            pid, process_start_time(pid), self.exclusive, self.operation, created=self._created
         )
+        self.backend.write("locks", name, record)
         return name
 
     def acquire(self, timeout: float = 0.0) -> None:
@@ -178,8 +185,10 @@ def lock_record(
     *,
     hostname: str | None = None,
     refreshed: float | None = None,
+    created: float | None = None,
 ) -> bytes:
     """The bytes of a lock file (format in docs/repository-format.md)."""
+    refreshed = time.time() if refreshed is None else refreshed
     body = {
         "version": 1,
         "hostname": hostname or socket.gethostname(),
@@ -187,7 +196,8 @@ def lock_record(
         "process_start": process_start,
         "exclusive": exclusive,
         "operation": operation,
-        "refreshed": time.time() if refreshed is None else refreshed,
+        "refreshed": refreshed,
+        "created": refreshed if created is None else created,
     }
     return json.dumps(body).encode()
 
@@ -206,6 +216,7 @@ def read_locks(backend: LocalBackend) -> list[LockInfo]:
                     bool(body["exclusive"]),
                     str(body.get("operation", "unknown")),
                     float(body["refreshed"]),
+                    float(body["created"]) if body.get("created") is not None else None,
                 )
             )
         except FileNotFoundError:

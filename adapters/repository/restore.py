@@ -10,7 +10,6 @@ import contextlib
 import errno
 import hashlib
 import os
-import secrets
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,6 +20,7 @@ from typing import BinaryIO
 import structlog
 
 from capsule.adapters.errors import NOT_INDEXED_ADVICE, BlobNotFound, DiskFull, IntegrityError, RestoreRefused
+from capsule.adapters.partials import partial_name, remove_abandoned
 from capsule.adapters.repository.backends.local import fsync_dir
 from capsule.adapters.repository.chunks import read_id_lists, split_ids, workers
 from capsule.adapters.repository.entry_rules import check_content, check_database_snapshot, restored_mode
@@ -146,7 +146,8 @@ def write_entry(
     it is complete and checked.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.capsule-restore-{secrets.token_hex(4)}"
+    remove_abandoned(target.parent, target.name)
+    tmp = target.parent / partial_name(target.name)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with open(fd, "wb") as f, ThreadPoolExecutor(workers()) as threads, ThreadPoolExecutor(1) as syncer:

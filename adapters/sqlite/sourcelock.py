@@ -10,15 +10,18 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import socket
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 from capsule.domain.errors import CapsuleError, Category
 
 
 class SourceBusy(CapsuleError):
-    """Raised when another job holds the database for longer than the lock wait allows."""
+    """Raised when another job holds the database for longer than the lock wait allows; its
+    message names the holder (job, PID, host, since when), as the lock file records it."""
 
     category = Category.LOCKED
 
@@ -30,7 +33,8 @@ def _lock_path(home: Path, database: Path) -> Path:
 
 @contextlib.contextmanager
 def source_lock(home: Path, database: Path, holder: str, timeout: float) -> Iterator[None]:
-    """Hold `database` for one job; wait up to `timeout` seconds for another job to let it go."""
+    """Hold `database` for one job; wait up to `timeout` seconds for another job to let it go.
+    `holder` names the job; the lock file records it with this process's PID, host and the time."""
     path = _lock_path(home, database)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -42,13 +46,16 @@ def source_lock(home: Path, database: Path, holder: str, timeout: float) -> Iter
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    other = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another job"
+                    other = os.pread(fd, 400, 0).decode(errors="replace").strip() or "another job"
                     raise SourceBusy(
-                        f"{database} is in use by {other}; this job will try again when it is done"
+                        f"{database} is in use by {other}; wait for it to finish, then run this again"
                     ) from None
                 time.sleep(0.1)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, holder.encode(), 0)
+        # Local time: the person reading the message compares it with the clock on the wall.
+        since = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z").strip()
+        who = f"{holder} (PID {os.getpid()} on {socket.gethostname()}, since {since})"
+        os.pwrite(fd, who.encode(), 0)
         try:
             yield
         finally:

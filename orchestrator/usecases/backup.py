@@ -52,17 +52,23 @@ def backup_source(settings: Settings, kind: str) -> str:
 def back_up(settings: Settings, request: Backup, progress: Progress | None = None) -> BackedUp:
     """Run a backup job and wait for it; raise `JobFailed` unless it completes."""
     from capsule.domain.backup_job import BackupJob, committed_snapshot_ids  # noqa: PLC0415
-    from capsule.orchestrator.jobrunner import run_job  # noqa: PLC0415 - the job runner loads slowly
+    from capsule.orchestrator.jobrunner import (  # noqa: PLC0415 - the job runner loads slowly
+        continue_interrupted_backup,
+        run_job,
+    )
     from capsule.orchestrator.runtime import person  # noqa: PLC0415
 
     if settings.nice:
         os.nice(settings.nice)  # the shop's own programs keep the CPU they need
     source = backup_source(settings, request.kind)
+    actor = request.actor or person()
     loaded = run_job(
         settings,
         "backup",
-        lambda rt: rt.request_backup(
-            source=source, kind=request.kind, full=request.full, actor=request.actor or person()
+        # An interrupted backup of the same kind is finished rather than queued behind: one snapshot.
+        lambda rt: (
+            continue_interrupted_backup(rt, source, request.kind, request.full)
+            or rt.request_backup(source=source, kind=request.kind, full=request.full, actor=actor)
         ),
         progress=progress,
     )

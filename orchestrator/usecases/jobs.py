@@ -1,5 +1,5 @@
-"""Use cases of jobs and of the event log: list jobs, the status, the audit trail, the log's
-check, replay and repair, and the worker that runs job steps.
+"""Use cases of jobs and of the event log: list jobs, the status, cancel a job, the audit trail,
+the log's check, replay and repair, and the worker that runs job steps.
 
 `jobs` and `status` read the projections; `audit` reads the event log itself, the one record of
 who did what and when; `replay` rebuilds the projections from the log. Each loads the event store
@@ -8,7 +8,7 @@ when it runs (see the package's docstring).
 
 from __future__ import annotations
 
-import signal
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,6 +119,71 @@ def _last_backup_warnings(jobs: list[Row], last: Row | None) -> dict[str, Any] |
 
 
 @dataclass(frozen=True)
+class Cancel:
+    job_id: str
+    actor: str | None = None
+    """Who asks; None: the person at this machine's terminal."""
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """A job that was cancelled, the status it had before, and the queued backups it let go."""
+
+    job_id: str
+    job_type: str
+    was: str
+    released: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "job_type": self.job_type,
+            "status": "cancelled",
+            "was": self.was,
+            "released": self.released,
+        }
+
+
+def cancel_job(settings: Settings, request: Cancel) -> Cancelled:
+    """Cancel a job that has not finished: nothing more of it runs. A step running in a live
+    process stops at its next report and releases its locks there; a restore's staged copy and
+    the temporary files of processes that are gone are removed here; backups queued behind the
+    job are let go. A finished job is refused (`InvalidCommand`), an unknown one not found."""
+    from capsule.adapters.files.restore import remove_partial_writes  # noqa: PLC0415
+    from capsule.domain.commands import CancelJob  # noqa: PLC0415
+    from capsule.domain.errors import InvalidCommand  # noqa: PLC0415
+    from capsule.domain.jobs import FINISHED  # noqa: PLC0415
+    from capsule.domain.restore_job import IN_PLACE  # noqa: PLC0415
+    from capsule.orchestrator.runtime import person  # noqa: PLC0415
+    from capsule.orchestrator.steps import clean_up  # noqa: PLC0415
+
+    runtime = _runtime(settings)
+    try:
+        job_type = runtime.job_type_of(request.job_id)
+        state: Any = runtime.load(job_type, request.job_id).state
+        if state.status in FINISHED:
+            raise InvalidCommand(
+                f"{job_type} job {request.job_id} is already {state.status}; there is nothing to cancel"
+            )
+        runtime.execute(
+            job_type,
+            request.job_id,
+            lambda _: CancelJob(job_id=request.job_id, now=runtime.clock()),
+            actor=request.actor or person(),
+        )
+        released: list[str] = []
+        if job_type == "backup":
+            released = runtime.release_queued(str(state.source))
+        else:
+            clean_up(settings, request.job_id)
+            if state.target != IN_PLACE:
+                remove_partial_writes(Path(state.target), owner="gone")
+        return Cancelled(request.job_id, job_type, str(state.status), released)
+    finally:
+        runtime.close()
+
+
+@dataclass(frozen=True)
 class Audit:
     job_id: str | None = None
     """Only the events of this job."""
@@ -208,23 +273,46 @@ JOB_ENDS = {
 STEP_ENDS = {"StepCompleted": "steps_completed", "StepFailed": "steps_failed"}
 
 
-def work(settings: Settings, request: Work, started: Callable[[str], None]) -> WorkDone:
-    """Run job steps (from CAPSULE_BROKER_URL, or the unfinished jobs of this machine) until SIGTERM,
-    Ctrl-C or, with `until_idle`, no job is left; `started` hears the worker's id once it runs."""
+@dataclass(frozen=True)
+class WorkInterrupted:
+    """A worker stopped by Ctrl-C or SIGTERM: the jobs whose running step it recorded as interrupted."""
+
+    signal: str
+    paused: list[str]
+    """`<type> job <id>` of each."""
+
+
+def work(
+    settings: Settings,
+    request: Work,
+    started: Callable[[str], None],
+    interrupted: Callable[[WorkInterrupted], None],
+) -> WorkDone:
+    """Run job steps (from CAPSULE_BROKER_URL, or the unfinished jobs of this machine) until
+    Ctrl-C, SIGTERM or, with `until_idle`, no job is left; `started` hears the worker's id once it
+    runs. On Ctrl-C or SIGTERM the steps it runs are recorded as interrupted (the next worker or
+    backup goes on with them at once), its repository locks removed, `interrupted` told, and the
+    process exits 130 at once: waiting for a step to end could take hours."""
     from capsule.orchestrator.actors import build  # noqa: PLC0415
+    from capsule.orchestrator.jobrunner import interrupt_own_steps, signal_name  # noqa: PLC0415
+    from capsule.orchestrator.steps import release_own_locks  # noqa: PLC0415
 
     runtime, dispatcher = build(settings)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         since = runtime.store.last_position()
         with dispatcher.worker(request.threads, sweep_every=settings.sweep_seconds):
             started(runtime.worker_id)
-            while not stop.wait(0.2):
-                if request.until_idle and not runtime.unfinished():
-                    break
-        return _work_done(runtime, since)
-    except KeyboardInterrupt:
+            try:
+                while not stop.wait(0.2):
+                    if request.until_idle and not runtime.unfinished():
+                        break
+            except KeyboardInterrupt as e:
+                name = signal_name(e)
+                paused = interrupt_own_steps(runtime, name)
+                release_own_locks(settings)
+                interrupted(WorkInterrupted(name, paused))
+                os._exit(130)  # the steps' threads are not waited for: the log says where they stopped
         return _work_done(runtime, since)
     finally:
         runtime.close()

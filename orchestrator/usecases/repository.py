@@ -5,7 +5,7 @@ Each takes the repository lock it needs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from capsule.adapters.errors import RepositoryError, RepositoryReadOnly
@@ -104,10 +104,14 @@ class Unlock:
 class Unlocked:
     removed: list[str]
     """A description of each lock removed."""
+    interrupted: list[str] = field(default_factory=list)
+    """Jobs whose process is gone, recorded as interrupted: none is left looking alive."""
 
 
 def remove_locks(settings: Settings, request: Unlock) -> Unlocked:
-    """Remove stale locks (or, with remove_all, every lock)."""
+    """Remove stale locks (or, with remove_all, every lock), and record as interrupted every job
+    whose process is gone (with remove_all, also those of other hosts), so that none of them is
+    left looking `running` until its lease runs out."""
     backend = LocalBackend(settings.repository)
     if not backend.exists("config", "config"):
         raise RepositoryError(f"there is no repository at {settings.repository}")
@@ -119,4 +123,19 @@ def remove_locks(settings: Settings, request: Unlock) -> Unlocked:
             except RepositoryReadOnly as e:
                 raise backend.not_writable(e, "unlock") from e
             removed.append(info.describe())
-    return Unlocked(removed)
+    return Unlocked(removed, _interrupt_orphans(settings, hosts_gone=request.remove_all))
+
+
+def _interrupt_orphans(settings: Settings, *, hosts_gone: bool) -> list[str]:
+    from capsule.orchestrator.db import default_event_store_url  # noqa: PLC0415 - loads slowly
+    from capsule.orchestrator.orphans import take_over_orphans  # noqa: PLC0415
+    from capsule.orchestrator.runtime import Runtime, person  # noqa: PLC0415
+
+    local_log = default_event_store_url(settings.home).removeprefix("sqlite:///")
+    if not settings.event_store_url and not Path(local_log).exists():
+        return []  # no job was ever run here: no log to start
+    runtime = Runtime(settings)
+    try:
+        return [t.describe() for t in take_over_orphans(runtime, hosts_gone=hosts_gone, actor=person())]
+    finally:
+        runtime.close()

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import stat
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -906,3 +907,19 @@ def test_worker_processes_refuse_content_that_does_not_match_its_entry(
 
     assert not (world.to / "c.jpg").exists()
     assert partial_writes(world.to) == []
+
+
+def test_remove_partial_writes_tells_this_process_from_one_that_is_gone(world: World) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    world.to.mkdir()
+    mine = world.to / f".a.jpg{PARTIAL_MARK}{os.getpid()}-1a2b3c4d"
+    dead = world.to / f".b.jpg{PARTIAL_MARK}{gone.pid}-1a2b3c4d-7"
+    older = world.to / f".c.jpg{PARTIAL_MARK}1a2b3c4d"  # no PID: whose it is cannot be told
+    for path in (mine, dead, older):
+        path.write_bytes(b"half a file")
+
+    assert remove_partial_writes(world.to, owner="gone") == 1
+    assert not dead.exists() and mine.exists() and older.exists()
+    assert remove_partial_writes(world.to, owner="mine") == 1
+    assert not mine.exists() and older.exists()

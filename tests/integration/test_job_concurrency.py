@@ -101,7 +101,7 @@ def test_a_backup_of_all_waits_for_a_database_backup_but_a_files_backup_does_not
             # The command says so once the job is queued: wait for that line, or for the end.
             said = ""
             while line := both.stderr.readline():
-                if "waits for it" in line:
+                if "waiting up to" in line:
                     said = line
                     break
             assert f"running (job {database})" in said, said

@@ -31,6 +31,7 @@ from capsule.domain.events import (
     SnapshotRecovered,
     StepCompleted,
     StepFailed,
+    StepInterrupted,
     StepLeaseExpired,
     StepProgressed,
     StepStarted,
@@ -88,6 +89,7 @@ SAMPLES: list[Event] = [
         category=Category.LOCKED,
     ),
     StepLeaseExpired(job_id=JOB, step="store", attempt=1),
+    StepInterrupted(job_id=JOB, step="store", attempt=1, reason="interrupted (SIGTERM)"),
     EventLogStarted(
         job_id=JOB,
         damaged_log="data/capsule/events.db",

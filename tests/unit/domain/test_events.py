@@ -32,6 +32,7 @@ from capsule.domain.events import (
     SnapshotRecovered,
     StepCompleted,
     StepFailed,
+    StepInterrupted,
     StepLeaseExpired,
     StepProgressed,
     StepStarted,
@@ -86,6 +87,7 @@ SAMPLES: list[Event] = [
         category=Category.NOT_FOUND,
     ),
     StepLeaseExpired(job_id=JOB, step="store", attempt=3),
+    StepInterrupted(job_id=JOB, step="store", attempt=2, reason="interrupted (SIGINT)"),
     EventLogStarted(
         job_id=JOB,
         damaged_log="data/capsule/events.db",

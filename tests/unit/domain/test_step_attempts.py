@@ -246,3 +246,22 @@ def test_a_step_resumes_after_its_worker_disappears_and_the_backup_completes():
     given(*history).when(complete(COMMIT, snapshot_id="s1", t=402)).then(
         completed(COMMIT, snapshot_id="s1"), BackupCompleted(job_id=JOB, snapshot_id="s1")
     )
+
+
+# Interruptions: Ctrl-C, SIGTERM, a process found gone on its own host
+
+
+def test_an_interrupted_attempt_leaves_the_job_interrupted_and_the_next_attempt_due_at_once():
+    from capsule.domain.commands import InterruptStep
+    from capsule.domain.events import StepInterrupted
+
+    interrupt = InterruptStep(job_id=JOB, now=at(5), step=STORE, attempt=1, reason="interrupted (SIGINT)")
+    given(*RUNNING).when(interrupt).then(
+        StepInterrupted(job_id=JOB, step=STORE, attempt=1, reason="interrupted (SIGINT)")
+    )
+    state = given(*RUNNING, StepInterrupted(job_id=JOB, step=STORE, attempt=1, reason="gone")).state
+    assert state.status == "interrupted"
+    # Long before the lease would have run out, the next attempt may start.
+    assert next_action(state, at(6)) == RunStep(step=STORE, attempt=2, resume_from=None)
+    given(*RUNNING, StepInterrupted(job_id=JOB, step=STORE, attempt=1, reason="gone")).when(interrupt).then()
+    given(*RUNNING, lease_expired(STORE)).when(interrupt).then()
