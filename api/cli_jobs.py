@@ -65,7 +65,7 @@ def status(obj: Context, as_json: bool) -> None:
 
 @click.command()
 @click.argument("job_id", metavar="JOB")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @pass_ctx
 def cancel(obj: Context, job_id: str, as_json: bool) -> None:
     """Cancel JOB, a backup or restore that has not finished (`capsule jobs` lists them): nothing
