@@ -36,6 +36,7 @@ EXIT_CODES = ExitCodes(
             Category.DAMAGED: 3,
             Category.LOCKED: 4,
             Category.INVALID_INPUT: 1,
+            Category.INVALID_SETTING: 2,
             Category.UNAVAILABLE: 1,
             Category.REFUSED: 1,
             Category.UNKNOWN: 1,

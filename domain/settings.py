@@ -30,7 +30,7 @@ STREAM = "settings"
 class InvalidSetting(CapsuleError):
     """A key that does not exist or a value it cannot take; the message names the key."""
 
-    category = Category.INVALID_INPUT
+    category = Category.INVALID_SETTING
 
 
 class Schedule(BaseModel):

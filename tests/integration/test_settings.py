@@ -92,3 +92,28 @@ def test_settings_show_json_has_the_version_an_if_match_needs(settings: Settings
     assert shown["version"] == 1
     assert shown["settings"]["schedules"]["files"]["enabled"] is False
     assert shown["changed_at"].endswith("Z")
+
+
+def test_the_cli_refuses_a_bad_value_with_exit_2_and_one_line(settings: Settings) -> None:
+    import subprocess
+
+    from tests.integration.helpers import CAPSULE, clean_env
+
+    env = {
+        **clean_env(),
+        "CAPSULE_HOME": str(settings.home),
+        "CAPSULE_DATABASE": str(settings.database),
+        "CAPSULE_REPOSITORY": str(settings.repository),
+    }
+    proc = subprocess.run(
+        [*CAPSULE, "settings", "set", "schedules.database.cron", "61 * * * *"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("capsule:")]
+    assert errors == ["capsule: schedules.database.cron: minute 61 is out of range 0-59"]
+    assert show(settings).version == 0
