@@ -159,9 +159,9 @@ def restore(  # noqa: PLR0917 (click passes options by position)
     special_bits: bool,
 ) -> None:
     """Restore SNAPSHOT: `latest-database` (the newest snapshot of CAPSULE_DATABASE on this
-    machine), `latest-files` (of CAPSULE_UPLOADS, the images), `latest` (the newest of either), an
-    id or a unique id prefix. --host, --path and --tag choose among the snapshots `latest-*` picks
-    from (`capsule snapshots` takes them too)."""
+    machine), `latest-files` (of CAPSULE_UPLOADS, the images), `latest` (while the repository holds
+    only one of the two kinds), an id or a unique id prefix. --host, --path and --tag choose among
+    the snapshots `latest-*` picks from (`capsule snapshots` takes them too)."""
     if in_place == (to is not None):
         raise click.UsageError("give exactly one of --to DIR or --in-place")
     request = Restore(

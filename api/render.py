@@ -271,14 +271,14 @@ def status(result: Status, as_json: bool) -> None:
         click.echo(json.dumps(result.as_dict(), default=json_default))
         return
     click.echo(f"Repository: {result.repository}")
-    last = result.last_snapshot
-    if last:
-        click.echo(
-            f"Last snapshot: {str(last['snapshot_id'])[:12]} at {when(last.get('time'))} UTC"
-            + (f", {human(last['bytes'])}" if last.get("bytes") else "")
-        )
-    else:
-        click.echo("Last snapshot: none yet; run `capsule backup`")
+    for kind, last in result.last_snapshots.items():
+        if last:
+            click.echo(
+                f"Last {kind} snapshot: {str(last['snapshot_id'])[:12]} at {when(last.get('time'))}"
+                + (f", {human(last['bytes'])}" if last.get("bytes") else "")
+            )
+        else:
+            click.echo(f"Last {kind} snapshot: none yet; run `capsule backup --kind {kind}`")
     warned = result.last_backup_warnings
     if warned:
         click.echo(f"Warnings of that backup: {warned['count']}")

@@ -172,3 +172,32 @@ def test_a_files_backup_without_the_uploads_folder_says_to_set_it(shop: Shop) ->
     assert "CAPSULE_UPLOADS" in message
     assert str(shop.root / "uploads") in message
     assert shop.snapshots() == []
+
+
+def test_latest_after_a_backup_of_all_is_refused_naming_both_kinds(
+    shop: Shop, uploads: Path, tmp_path: Path
+) -> None:
+    result = backup_json(shop, "--kind", "all")
+    database, files = (s["snapshot_id"] for s in result["snapshots"])
+
+    refused = restore(shop, "latest", tmp_path / "which", expect=1)
+
+    message = one_line_error(refused)
+    assert "latest-database" in message and "latest-files" in message
+    assert database[:12] in message and files[:12] in message
+    assert not (tmp_path / "which").exists()
+    cat = shop.cat("latest", "cat1/blue.jpg", tmp_path / "blue.jpg", files_env(shop))
+    assert cat.returncode == 1 and "latest-files" in one_line_error(cat)
+
+
+def test_status_shows_the_last_snapshot_of_each_kind(shop: Shop, uploads: Path) -> None:
+    first = backup_json(shop, "--kind", "all")
+    database = shop.backup()
+
+    status = json.loads(shop.run("status", "--json", env=files_env(shop), expect=0).stdout)
+    last = status["last_snapshots"]
+    assert last["database"]["snapshot_id"] == database["snapshot_id"]
+    assert last["files"]["snapshot_id"] == first["snapshots"][1]["snapshot_id"]
+    text = shop.run("status", env=files_env(shop), expect=0).stdout
+    assert f"Last database snapshot: {database['snapshot_id'][:12]}" in text
+    assert f"Last files snapshot: {first['snapshots'][1]['snapshot_id'][:12]}" in text
