@@ -89,10 +89,10 @@ def backup(obj: Context, kind: str, full: bool, as_json: bool) -> None:
     """Back up the database, the product images, or both into the repository."""
     request = Backup(kind=kind, full=full)
 
-    def go() -> None:
+    def go() -> int:
         with render.progress_bar("Backing up", not as_json) as progress:
             result = back_up(obj.settings, request, progress)
-        render.backed_up(result, as_json)
+        return render.backed_up(result, as_json)
 
     run(go)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import textwrap
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import click
 
 from capsule.api.common import EXIT_DAMAGE
+from capsule.api.exitcodes import EXIT_CODES
 from capsule.domain.errors import CapsuleError
 
 if TYPE_CHECKING:
@@ -42,17 +44,50 @@ def human(n: float) -> str:
 
 
 def when(value: Any) -> str:
+    """A time as people read it: this machine's local time, to the second."""
     if value is None:
         return "-"
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
-    return str(value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"))
+    return str(value.astimezone().strftime("%Y-%m-%d %H:%M:%S"))
 
 
-def json_default(value: Any) -> str:
+def rfc3339(value: datetime) -> str:
+    """A time as every `--json` document writes it: RFC 3339, UTC, to the second, `Z`."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _is_time_field(name: str) -> bool:
+    return name == "time" or name.endswith("_at")
+
+
+def machine(value: Any, name: str = "") -> Any:
+    """`value` in the one vocabulary of `--json`: every time (a datetime, or the text of one in a
+    field named `time` or `..._at`) in RFC 3339 UTC with `Z`, every path a string."""
     if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat()
+        return rfc3339(value)
+    if isinstance(value, str) and _is_time_field(name):
+        try:
+            return rfc3339(datetime.fromisoformat(value))
+        except ValueError:
+            return value
+    if isinstance(value, dict):
+        return {str(k): machine(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [machine(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
     return str(value)
+
+
+def emit_json(value: Any) -> None:
+    """Print one `--json` document on stdout."""
+    click.echo(json.dumps(machine(value)))
+
+
+def _warnings(count: int | None, items: list[str]) -> dict[str, Any]:
+    """Warnings as every `--json` document names them: how many, and the first few."""
+    return {"count": count or 0, "items": items}
 
 
 @contextmanager
@@ -101,18 +136,30 @@ def created(result: RepositoryCreated) -> None:
     )
 
 
-def backed_up(result: BackedUp, as_json: bool) -> None:
-    rows = []
-    for snapshot in result.snapshots:
-        sid, m = snapshot.snapshot_id, snapshot.manifest
-        out = {"snapshot_id": sid, "job_id": result.job_id, **json.loads(m.model_dump_json())}
-        out.pop("entries", None)
-        out.pop("tree", None)
-        rows.append(out)
-        if not as_json:
-            _print_snapshot(sid, m, result.job_id)
+def snapshot_doc(sid: str, m: Manifest, job_id: str | None = None) -> dict[str, Any]:
+    """One snapshot in `--json` (`backup` and `snapshots` alike): the manifest without its
+    entries, with its id, source identity, warnings and, for a database, the file names."""
+    doc: dict[str, Any] = {"snapshot_id": sid}
+    doc.update(json.loads(m.model_dump_json(exclude={"entries", "tree"})))
+    doc["job_id"] = m.job_id or job_id
+    doc["time"] = m.time
+    doc["identity"] = m.source_identity().model_dump(mode="json")
+    doc["warnings"] = _warnings(m.totals.warnings, list(m.warnings))
+    if m.kind == "database":
+        doc["files"] = [e.path for e in m.entries]
+    return doc
+
+
+def backed_up(result: BackedUp, as_json: bool) -> int:
+    """Show a backup's snapshots; the exit code is 3 if any of them has warnings."""
+    rows = [snapshot_doc(s.snapshot_id, s.manifest, result.job_id) for s in result.snapshots]
     if as_json:
-        click.echo(json.dumps(rows[0] if len(rows) == 1 else {"job_id": result.job_id, "snapshots": rows}))
+        emit_json(rows[0] if len(rows) == 1 else {"job_id": result.job_id, "snapshots": rows})
+    else:
+        for snapshot in result.snapshots:
+            _print_snapshot(snapshot.snapshot_id, snapshot.manifest, result.job_id)
+    warned = any(s.manifest.totals.warnings for s in result.snapshots)
+    return EXIT_CODES.warnings if warned else EXIT_CODES.ok
 
 
 def _print_snapshot(sid: str, m: Manifest, job_id: str) -> None:
@@ -135,26 +182,19 @@ def _print_snapshot(sid: str, m: Manifest, job_id: str) -> None:
 
 def snapshot_list(listing: SnapshotListing, as_json: bool) -> None:
     if as_json:
-        rows = []
-        for sid, m in listing.snapshots:
-            row = json.loads(m.model_dump_json(exclude={"entries", "tree"}))
-            row["id"] = sid
-            row["identity"] = m.source_identity().model_dump(mode="json")
-            if m.kind == "database":
-                row["files"] = [e.path for e in m.entries]
-            rows.append(row)
-        rows += [{"id": d.name, "damaged": d.reason} for d in listing.damaged]
-        click.echo(json.dumps(rows))
+        rows = [snapshot_doc(sid, m) for sid, m in listing.snapshots]
+        rows += [{"snapshot_id": d.name, "damaged": d.reason} for d in listing.damaged]
+        emit_json(rows)
         return
     if not listing.snapshots and not listing.damaged:
         click.echo("No snapshot matches." if listing.filtered else "No snapshots yet. Run `capsule backup`.")
         return
-    click.echo(f"{'ID':12}  {'TIME (UTC)':19}  {'KIND':9}  {'SIZE':>10}  {'ADDED':>10}  SOURCE")
+    click.echo(f"{'ID':12}  {'TIME':19}  {'KIND':9}  {'SIZE':>10}  {'ADDED':>10}  SOURCE")
     for sid, m in listing.snapshots:
         identity = m.source_identity()
         source = identity.path if identity.host == listing.host else identity.describe()
         click.echo(
-            f"{sid[:12]}  {m.time.strftime('%Y-%m-%d %H:%M:%S')}  "
+            f"{sid[:12]}  {when(m.time)}  "
             f"{m.kind + ('*' if m.full else ''):9}  {human(m.totals.bytes):>10}  "
             f"{human(m.totals.stored_bytes):>10}  {source}"
         )
@@ -192,16 +232,21 @@ def restored(result: Restored) -> None:
 def verified(report: VerifyReport, read_data: bool, as_json: bool) -> int:
     """Show a repository's check; the exit code is 3 if anything is damaged."""
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "ok": report.ok,
-                    "snapshots": report.snapshots,
-                    "packs": report.packs,
-                    "blobs_read": report.blobs,
-                    "problems": [p.as_dict() for p in report.problems],
-                }
-            )
+        emit_json(
+            {
+                "ok": report.ok,
+                "snapshots": report.snapshots,
+                "packs": report.packs,
+                "blobs_read": report.blobs,
+                "problems": [
+                    {
+                        "object": p.subject,
+                        "message": p.message,
+                        "affected": [{"snapshot_id": sid, "path": path} for sid, path in p.affected],
+                    }
+                    for p in report.problems
+                ],
+            }
         )
     else:
         scope = "structure and data" if read_data else "structure"
@@ -235,17 +280,37 @@ def unlocked(result: Unlocked) -> None:
 
 # ---- jobs and the event log ---------------------------------------------------------------
 
+DETAIL_COLUMN = 88
+"""Where `capsule jobs` starts its DETAIL column; a longer detail goes on below, whole words."""
+DETAIL_WIDTH = 80
+
+
+def _whole_words(text: str) -> list[str]:
+    """`text` in lines of DETAIL_WIDTH, cut between words only (a path longer than a line stays whole)."""
+    return textwrap.wrap(text, DETAIL_WIDTH, break_long_words=False, break_on_hyphens=False) or [""]
+
+
+def job_doc(row: dict[str, Any]) -> dict[str, Any]:
+    """One job in `--json` (`jobs` and `status` alike): its row, with its warnings as everywhere."""
+    doc = {k: v for k, v in row.items() if k != "warning_items"}
+    if "warnings" in row:
+        doc["warnings"] = _warnings(row["warnings"], str(row.get("warning_items") or "").splitlines())
+    return doc
+
 
 def job_list(result: JobList, as_json: bool) -> None:
     rows = result.rows
     if as_json:
-        click.echo(json.dumps(rows, default=json_default))
+        emit_json([job_doc(r) for r in rows])
         return
     if not rows:
-        click.echo("No jobs yet. Run `capsule backup`.")
+        if result.status:
+            click.echo(f"No {result.status} jobs; `capsule jobs` lists them all.")
+        else:
+            click.echo("No jobs yet. Run `capsule backup`.")
         return
     header = f"{'JOB':24}  {'TYPE':7}  {'STATUS':9}  {'STEP':8}  {'PROGRESS':>9}  "
-    click.echo(header + f"{'REQUESTED (UTC)':19}  DETAIL")
+    click.echo(header + f"{'REQUESTED':19}  DETAIL")
     for r in rows:
         done, total = r.get("progress_done"), r.get("progress_total")
         shown = f"{100 * done / total:.0f}%" if done is not None and total else "-"
@@ -255,10 +320,15 @@ def job_list(result: JobList, as_json: bool) -> None:
         if r.get("warnings"):
             detail = f"{r['warnings']} warning(s); {detail}"
         step = r.get("current_step") or "-"
+        first, *more = textwrap.wrap(
+            str(detail), DETAIL_WIDTH, break_long_words=False, break_on_hyphens=False
+        ) or [""]
         click.echo(
             f"{r['job_id']:24}  {r['job_type']:7}  {r['status'] or '-':9}  {step:8}  "
-            f"{shown:>9}  {when(r.get('requested_at')):19}  {str(detail)[:80]}"
+            f"{shown:>9}  {when(r.get('requested_at')):19}  {first}".rstrip()
         )
+        for line in more:
+            click.echo(f"{'':{DETAIL_COLUMN}}{line}")
         items = str(r.get("warning_items") or "").splitlines()
         for item in items:
             click.echo(f"{'':26}! {item}")
@@ -266,9 +336,29 @@ def job_list(result: JobList, as_json: bool) -> None:
             click.echo(f"{'':26}! ... `capsule audit --job {r['job_id']}` lists more")
 
 
+SNAPSHOT_ROW_IDENTITY = ("snapshot_id", "job_id", "kind", "source", "time")
+
+
+def _snapshot_row_doc(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A snapshot of the job tables in `--json`: the names and shape of `snapshot_doc`, with the
+    totals the tables keep."""
+    if row is None:
+        return None
+    doc = {k: row.get(k) for k in SNAPSHOT_ROW_IDENTITY}
+    doc["totals"] = {k: v for k, v in row.items() if k not in SNAPSHOT_ROW_IDENTITY}
+    return doc
+
+
 def status(result: Status, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(result.as_dict(), default=json_default))
+        doc = result.as_dict()
+        for key in ("active_jobs", "recent_failures"):
+            doc[key] = [job_doc(r) for r in doc[key]]
+        doc["last_snapshot"] = _snapshot_row_doc(result.last_snapshot)
+        doc["last_snapshots"] = {k: _snapshot_row_doc(r) for k, r in result.last_snapshots.items()}
+        warned = result.last_backup_warnings
+        doc["last_backup_warnings"] = _warnings(warned["count"], warned["items"]) if warned else None
+        emit_json(doc)
         return
     click.echo(f"Repository: {result.repository}")
     for kind, last in result.last_snapshots.items():
@@ -310,22 +400,19 @@ def _summary(data: dict[str, Any]) -> str:
 def audit_trail(result: AuditTrail, as_json: bool) -> None:
     rows = result.events
     if as_json:
-        click.echo(
-            json.dumps(
-                [
-                    {
-                        "position": e.position,
-                        "recorded_at": e.recorded_at,
-                        "actor": e.metadata.actor,
-                        "stream": e.stream_id,
-                        "version": e.version,
-                        "type": e.type,
-                        "data": e.data,
-                    }
-                    for e in rows
-                ],
-                default=json_default,
-            )
+        emit_json(
+            [
+                {
+                    "position": e.position,
+                    "recorded_at": e.recorded_at,
+                    "actor": e.metadata.actor,
+                    "stream_id": e.stream_id,
+                    "version": e.version,
+                    "type": e.type,
+                    "data": e.data,
+                }
+                for e in rows
+            ]
         )
         return
     if not rows:
@@ -339,10 +426,10 @@ def audit_trail(result: AuditTrail, as_json: bool) -> None:
 
 def log_verified(report: ChainReport, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(dataclasses.asdict(report), default=json_default))
+        emit_json(dataclasses.asdict(report))
         return
     click.echo(f"Checked {report.events} events: each matches its seal and follows the one before it.")
-    since = f"The log is chained since {when(report.chained_at)} UTC"
+    since = f"The log is chained since {when(report.chained_at)}"
     if report.chained_after:
         since += f"; the events up to position {report.chained_after} were written before and sealed then"
     click.echo(since + ".")

@@ -48,6 +48,8 @@ class JobList:
     """Jobs, newest request first: each a row of the jobs projection (column to value)."""
 
     rows: list[Row]
+    status: str | None = None
+    """The status asked for, if any."""
 
 
 def list_jobs(settings: Settings, request: ListJobs) -> JobList:
@@ -55,7 +57,8 @@ def list_jobs(settings: Settings, request: ListJobs) -> JobList:
 
     runtime = _runtime(settings)
     try:
-        return JobList(projections.list_jobs(runtime.engine, limit=request.limit, status=request.status))
+        rows = projections.list_jobs(runtime.engine, limit=request.limit, status=request.status)
+        return JobList(rows, request.status)
     finally:
         runtime.close()
 

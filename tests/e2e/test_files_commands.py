@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.helpers import Shop, one_line_error
+from tests.integration.helpers import CAPSULE, Shop, describe, one_line_error, unreadable_runner
 from tests.integration.uploads import describe_tree, make_uploads
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -71,7 +71,7 @@ def test_a_backup_of_all_takes_the_database_and_the_images_in_one_job(
     assert database["source"] == str(shop.database.resolve())
     assert files["source"] == str(uploads.resolve())
 
-    listed = {s["id"]: s["kind"] for s in shop.snapshots()}
+    listed = {s["snapshot_id"]: s["kind"] for s in shop.snapshots()}
     assert listed == {database["snapshot_id"]: "database", files["snapshot_id"]: "files"}
     [job] = json.loads(shop.run("jobs", "--json", expect=0).stdout)
     assert (job["job_id"], job["kind"], job["status"]) == (result["job_id"], "all", "completed")
@@ -96,13 +96,13 @@ def test_warnings_show_in_the_backup_jobs_and_audit(shop: Shop, uploads: Path) -
     os.mkfifo(uploads / "cat1" / "pipe")
     item = "cat1/pipe: skipped: it is a named pipe (FIFO), which a backup cannot hold"
 
-    proc = shop.run("backup", "--kind", "files", env=files_env(shop), expect=0)
+    proc = shop.run("backup", "--kind", "files", env=files_env(shop), expect=3)
     assert "1 item(s) not backed up as they are:" in proc.stderr
     assert item in proc.stderr
     assert proc.stdout.startswith("Snapshot ")
 
     [job] = json.loads(shop.run("jobs", "--json", expect=0).stdout)
-    assert (job["status"], job["warnings"], job["warning_items"]) == ("completed", 1, item)
+    assert (job["status"], job["warnings"]) == ("completed", {"count": 1, "items": [item]})
     listing = shop.run("jobs", expect=0).stdout
     assert "1 warning(s)" in listing
     assert f"! {item}" in listing
@@ -201,3 +201,35 @@ def test_status_shows_the_last_snapshot_of_each_kind(shop: Shop, uploads: Path) 
     text = shop.run("status", env=files_env(shop), expect=0).stdout
     assert f"Last database snapshot: {database['snapshot_id'][:12]}" in text
     assert f"Last files snapshot: {first['snapshots'][1]['snapshot_id'][:12]}" in text
+
+
+def test_a_backup_that_keeps_an_unreadable_image_from_the_previous_one_exits_3(
+    shop: Shop, uploads: Path
+) -> None:
+    first = backup_json(shop, "--kind", "files")
+    image = uploads / "cat1" / "red.jpg"
+    image.write_bytes(image.read_bytes() + b"changed")
+    prefix = unreadable_runner(image)
+    try:
+        proc = subprocess.run(
+            [*prefix, *CAPSULE, "backup", "--kind", "files", "--json"],
+            cwd=shop.root,
+            env=shop.env(files_env(shop)),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.chmod(image, 0o644)
+
+    assert proc.returncode == 3, describe(proc)
+    result = json.loads(proc.stdout)
+    kept = (
+        "cat1/red.jpg: it could not be read (Permission denied); the version from the previous backup is kept"
+    )
+    assert result["warnings"] == {"count": 1, "items": [kept]}
+    assert result["parent"] == first["snapshot_id"]
+    assert [s["snapshot_id"] for s in shop.snapshots()] == [first["snapshot_id"], result["snapshot_id"]]
+    human = shop.run("backup", "--kind", "files", env=files_env(shop), expect=0)
+    assert human.stdout.startswith("Snapshot ")
