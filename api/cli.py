@@ -11,7 +11,6 @@ from pathlib import Path
 
 import click
 import structlog
-from pydantic import ValidationError
 
 from capsule.api import cli_jobs, render
 from capsule.api.cli_demo import demo
@@ -20,6 +19,7 @@ from capsule.api.exitcodes import EXIT_CODES
 from capsule.api.filters import filter_options
 from capsule.api.logging import configure
 from capsule.orchestrator.private import keep_private
+from capsule.orchestrator.settings import SettingsInvalid
 from capsule.orchestrator.usecases.backup import Backup, back_up
 from capsule.orchestrator.usecases.repository import (
     CreateRepository,
@@ -46,10 +46,8 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
     """
     try:
         obj = Context()
-    except ValidationError as e:
-        first = e.errors()[0]
-        name = "CAPSULE_" + "_".join(str(p) for p in first["loc"]).upper()
-        click.echo(f"capsule: the setting {name} is invalid ({first['msg']}); fix it and retry", err=True)
+    except SettingsInvalid as e:
+        click.echo(f"capsule: {e}", err=True)
         sys.exit(EXIT_CODES.usage)
     configure(log_level or obj.settings.log_level, obj.settings.log_format)
     keep_private(obj.settings.home)

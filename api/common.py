@@ -10,14 +10,14 @@ import click
 
 from capsule.api.exitcodes import EXIT_CODES, exit_code
 from capsule.domain.errors import CapsuleError, Category
-from capsule.orchestrator.settings import Settings
+from capsule.orchestrator.settings import load_settings
 
 EXIT_DAMAGE = exit_code(Category.DAMAGED)
 
 
 class Context:
     def __init__(self) -> None:
-        self.settings = Settings()
+        self.settings = load_settings()
 
 
 pass_ctx = click.make_pass_decorator(Context)
