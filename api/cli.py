@@ -42,7 +42,8 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
     """Capsule: backups of a point-of-sale server's database, verified before every restore.
 
     Paths come from CAPSULE_DATABASE, CAPSULE_REPOSITORY, CAPSULE_HOME and CAPSULE_KEY_FILE (or
-    capsule.toml). Exit codes: 0 ok, 1 failed, 2 usage, 3 damage found, 4 locked, 130 interrupted.
+    capsule.toml). Exit codes: 0 ok, 1 failed, 2 usage, 3 damage found, or a backup completed with
+    warnings, 4 locked, 130 interrupted.
     """
     try:
         obj = Context()
