@@ -142,6 +142,7 @@ def snapshots(
     help="Give files and folders back their setuid and setgid bits (without it they are cleared).",
 )
 @filter_options
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @pass_ctx
 def restore(  # noqa: PLR0917 (click passes options by position)
     obj: Context,
@@ -156,6 +157,7 @@ def restore(  # noqa: PLR0917 (click passes options by position)
     paths: tuple[str, ...],
     tags: tuple[str, ...],
     special_bits: bool,
+    as_json: bool,
 ) -> None:
     """Restore SNAPSHOT: `latest-database` (the newest snapshot of CAPSULE_DATABASE on this
     machine), `latest-files` (of CAPSULE_UPLOADS, the images), `latest` (while the repository holds
@@ -175,9 +177,9 @@ def restore(  # noqa: PLR0917 (click passes options by position)
     )
 
     def go() -> None:
-        with render.progress_bar("Restoring", True) as progress:
+        with render.progress_bar("Restoring", not as_json) as progress:
             result = restore_snapshot(obj.settings, request, progress)
-        render.restored(result)
+        render.restored(result, as_json)
 
     run(go)
 

@@ -7,18 +7,18 @@ use case's result.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
 
 from capsule.api.common import EXIT_DAMAGE
 from capsule.api.exitcodes import EXIT_CODES
+from capsule.api.vocabulary import emit_json, job_doc, snapshot_doc, snapshot_row_doc, warnings_doc
 from capsule.domain.errors import CapsuleError
 
 if TYPE_CHECKING:
@@ -50,44 +50,6 @@ def when(value: Any) -> str:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     return str(value.astimezone().strftime("%Y-%m-%d %H:%M:%S"))
-
-
-def rfc3339(value: datetime) -> str:
-    """A time as every `--json` document writes it: RFC 3339, UTC, to the second, `Z`."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _is_time_field(name: str) -> bool:
-    return name == "time" or name.endswith("_at")
-
-
-def machine(value: Any, name: str = "") -> Any:
-    """`value` in the one vocabulary of `--json`: every time (a datetime, or the text of one in a
-    field named `time` or `..._at`) in RFC 3339 UTC with `Z`, every path a string."""
-    if isinstance(value, datetime):
-        return rfc3339(value)
-    if isinstance(value, str) and _is_time_field(name):
-        try:
-            return rfc3339(datetime.fromisoformat(value))
-        except ValueError:
-            return value
-    if isinstance(value, dict):
-        return {str(k): machine(v, str(k)) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [machine(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
-
-
-def emit_json(value: Any) -> None:
-    """Print one `--json` document on stdout."""
-    click.echo(json.dumps(machine(value)))
-
-
-def _warnings(count: int | None, items: list[str]) -> dict[str, Any]:
-    """Warnings as every `--json` document names them: how many, and the first few."""
-    return {"count": count or 0, "items": items}
 
 
 @contextmanager
@@ -134,20 +96,6 @@ def created(result: RepositoryCreated) -> None:
         f"Its key file is {result.key_file}. Keep a copy of it somewhere safe, away from this machine: "
         "without it (or the passphrase, if you set one) the backups cannot be read by anyone."
     )
-
-
-def snapshot_doc(sid: str, m: Manifest, job_id: str | None = None) -> dict[str, Any]:
-    """One snapshot in `--json` (`backup` and `snapshots` alike): the manifest without its
-    entries, with its id, source identity, warnings and, for a database, the file names."""
-    doc: dict[str, Any] = {"snapshot_id": sid}
-    doc.update(json.loads(m.model_dump_json(exclude={"entries", "tree"})))
-    doc["job_id"] = m.job_id or job_id
-    doc["time"] = m.time
-    doc["identity"] = m.source_identity().model_dump(mode="json")
-    doc["warnings"] = _warnings(m.totals.warnings, list(m.warnings))
-    if m.kind == "database":
-        doc["files"] = [e.path for e in m.entries]
-    return doc
 
 
 def backed_up(result: BackedUp, as_json: bool) -> int:
@@ -202,8 +150,11 @@ def snapshot_list(listing: SnapshotListing, as_json: bool) -> None:
         click.echo(f"{d.name[:12]}  DAMAGED: {d.reason}; `capsule verify` checks the repository")
 
 
-def restored(result: Restored) -> None:
+def restored(result: Restored, as_json: bool = False) -> None:
     sid = result.snapshot_id
+    if as_json:
+        emit_json({**dataclasses.asdict(result), "kind": result.kind or "database"})
+        return
     if result.in_place:
         click.echo(f"Restored snapshot {sid[:12]} into {result.database}.")
         click.echo(f"The database as it was before is saved at {result.safety_copy}.")
@@ -290,14 +241,6 @@ def _whole_words(text: str) -> list[str]:
     return textwrap.wrap(text, DETAIL_WIDTH, break_long_words=False, break_on_hyphens=False) or [""]
 
 
-def job_doc(row: dict[str, Any]) -> dict[str, Any]:
-    """One job in `--json` (`jobs` and `status` alike): its row, with its warnings as everywhere."""
-    doc = {k: v for k, v in row.items() if k != "warning_items"}
-    if "warnings" in row:
-        doc["warnings"] = _warnings(row["warnings"], str(row.get("warning_items") or "").splitlines())
-    return doc
-
-
 def job_list(result: JobList, as_json: bool) -> None:
     rows = result.rows
     if as_json:
@@ -336,28 +279,15 @@ def job_list(result: JobList, as_json: bool) -> None:
             click.echo(f"{'':26}! ... `capsule audit --job {r['job_id']}` lists more")
 
 
-SNAPSHOT_ROW_IDENTITY = ("snapshot_id", "job_id", "kind", "source", "time")
-
-
-def _snapshot_row_doc(row: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A snapshot of the job tables in `--json`: the names and shape of `snapshot_doc`, with the
-    totals the tables keep."""
-    if row is None:
-        return None
-    doc = {k: row.get(k) for k in SNAPSHOT_ROW_IDENTITY}
-    doc["totals"] = {k: v for k, v in row.items() if k not in SNAPSHOT_ROW_IDENTITY}
-    return doc
-
-
 def status(result: Status, as_json: bool) -> None:
     if as_json:
         doc = result.as_dict()
         for key in ("active_jobs", "recent_failures"):
             doc[key] = [job_doc(r) for r in doc[key]]
-        doc["last_snapshot"] = _snapshot_row_doc(result.last_snapshot)
-        doc["last_snapshots"] = {k: _snapshot_row_doc(r) for k, r in result.last_snapshots.items()}
+        doc["last_snapshot"] = snapshot_row_doc(result.last_snapshot)
+        doc["last_snapshots"] = {k: snapshot_row_doc(r) for k, r in result.last_snapshots.items()}
         warned = result.last_backup_warnings
-        doc["last_backup_warnings"] = _warnings(warned["count"], warned["items"]) if warned else None
+        doc["last_backup_warnings"] = warnings_doc(warned["count"], warned["items"]) if warned else None
         emit_json(doc)
         return
     click.echo(f"Repository: {result.repository}")

@@ -84,6 +84,24 @@ EVENT = {"position", "recorded_at", "actor", "stream_id", "version", "type", "da
 CHAIN = {"events", "head_position", "head", "chained_after", "chained_at", "key_id"}
 VERIFY = {"ok", "snapshots", "packs", "blobs_read", "problems"}
 BACKUP_OF_ALL = {"job_id", "snapshots"}
+RESTORE = {
+    "job_id",
+    "snapshot_id",
+    "kind",
+    "in_place",
+    "target",
+    "files",
+    "dirs",
+    "symlinks",
+    "bytes",
+    "already_there",
+    "special_bits_cleared",
+    "restored",
+    "database",
+    "safety_copy",
+    "notes",
+}
+RESTORED_FILE = {"path", "size", "sha256"}
 WARNINGS = {"count", "items"}
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -168,6 +186,13 @@ def test_every_command_speaks_one_json_vocabulary(shop: Shop, images: dict[str, 
     assert status["last_snapshots"]["database"]["snapshot_id"] == database["snapshot_id"]
     assert status["last_snapshots"]["database"]["time"] == database["time"]
     assert [set(j) for j in status["recent_failures"]] == [JOB]
+
+    restored_database = run_json(shop, "restore", "latest-database", "--to", str(shop.root / "db"))
+    restored_images = run_json(shop, "restore", "latest-files", "--to", str(shop.root / "images"))
+    assert set(restored_database) == set(restored_images) == RESTORE
+    assert (restored_database["kind"], restored_images["kind"]) == ("database", "files")
+    assert restored_database["snapshot_id"] == database["snapshot_id"]
+    assert [set(f) for f in restored_database["restored"]] == [RESTORED_FILE]
 
     events = run_json(shop, "audit")
     assert events and all(set(e) == EVENT for e in events)

@@ -101,7 +101,7 @@ def _assert_no_blob_stored_twice(shop: Shop) -> None:
 
 def _assert_each_step_completed_once(events: list[dict[str, Any]]) -> None:
     completed = collections.Counter(
-        (e["stream_id"], e["data"]["step"]) for e in events if e["type"] == "StepCompleted"
+        (e["stream"], e["data"]["step"]) for e in events if e["type"] == "StepCompleted"
     )
     assert completed and max(completed.values()) == 1, completed
     positions = [e["position"] for e in events]
