@@ -253,3 +253,21 @@ def test_the_detail_of_a_job_is_shown_whole_in_whole_words(shop: Shop) -> None:
     assert all(line[:88].strip() == "" for line in more)
     assert " ".join(detail) == " ".join(job["error"].split())
     assert all(len(line) <= 80 or " " not in line for line in detail)
+
+
+def test_audit_since_reads_a_time_as_people_read_it_in_local_time(shop: Shop) -> None:
+    kolkata = {"TZ": "Asia/Kolkata"}
+    shop.backup()
+    [job] = run_json(shop, "jobs")
+    requested = datetime.fromisoformat(job["requested_at"])
+    shown = local(job["requested_at"]).strftime("%Y-%m-%dT%H:%M:%S")
+    later = (local(job["requested_at"]) + timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S")
+
+    from_shown = run_json(shop, "audit", "--since", shown, env=kolkata)
+    from_later = run_json(shop, "audit", "--since", later, env=kolkata)
+    from_utc = run_json(shop, "audit", "--since", job["requested_at"], env=kolkata)
+
+    assert from_shown and from_shown == from_utc
+    assert from_shown[0]["recorded_at"] == job["requested_at"]
+    assert all(datetime.fromisoformat(e["recorded_at"]) > requested for e in from_later)
+    assert len(from_later) < len(from_shown)
