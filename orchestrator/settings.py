@@ -173,12 +173,32 @@ def _nearest(key: str) -> str:
     return "the settings are " + ", ".join(f"`{k}`" for k in known)
 
 
+MISSPELLED = 0.85
+"""How alike a CAPSULE_* variable that is no setting must be to one that is, to be taken for a
+misspelling of it; other CAPSULE_* variables (not settings) are left alone."""
+
+
 def load_settings() -> Settings:
     """The settings of this process, or `SettingsInvalid` naming the variable or the line to fix."""
+    _refuse_misspelled_variables(dict(os.environ))
     try:
         return Settings()
     except ValidationError as e:
         raise SettingsInvalid(_explain(e)) from e
+
+
+def _refuse_misspelled_variables(environ: dict[str, str]) -> None:
+    known = list(Settings.model_fields)
+    for name in sorted(environ):
+        key = name.removeprefix(ENV_PREFIX).lower()
+        if not name.startswith(ENV_PREFIX) or key in known:
+            continue
+        close = difflib.get_close_matches(key, known, n=1, cutoff=MISSPELLED)
+        if close:
+            raise SettingsInvalid(
+                f"{name} is not a setting; did you mean {ENV_PREFIX}{close[0].upper()}? (rename the "
+                "variable and run the command again)"
+            )
 
 
 def _explain(error: ValidationError) -> str:

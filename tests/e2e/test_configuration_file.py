@@ -49,3 +49,14 @@ def test_an_invalid_value_in_the_file_names_its_line_not_a_variable(shop: Shop) 
 
     assert f"{path}, line 3: the setting `lock_wait_seconds` is invalid" in message
     assert "CAPSULE_LOCK_WAIT_SECONDS" not in message
+
+
+def test_a_misspelled_variable_is_refused_rather_than_backing_up_the_default_path(shop: Shop) -> None:
+    proc = shop.run("backup", env={"CAPSULE_DATABSE": str(shop.database)}, expect=2)
+
+    message = one_line_error(proc)
+    assert message == (
+        "capsule: CAPSULE_DATABSE is not a setting; did you mean CAPSULE_DATABASE? "
+        "(rename the variable and run the command again)"
+    )
+    assert shop.snapshots() == []

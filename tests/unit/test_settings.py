@@ -144,3 +144,23 @@ def test_three_safety_copies_are_kept_by_default_and_never_none(monkeypatch):
     monkeypatch.setenv("CAPSULE_SAFETY_COPIES", "0")
     with pytest.raises(ValidationError):
         Settings()
+
+
+@pytest.mark.parametrize(
+    ("name", "meant"),
+    [
+        ("CAPSULE_DATABSE", "CAPSULE_DATABASE"),
+        ("CAPSULE_UPLOAD", "CAPSULE_UPLOADS"),
+        ("CAPSULE_KEYFILE", "CAPSULE_KEY_FILE"),
+    ],
+)
+def test_a_misspelled_variable_is_refused_with_the_setting_it_resembles(monkeypatch, name, meant):
+    monkeypatch.setenv(name, "somewhere")
+    with pytest.raises(SettingsInvalid, match=f"^{name} is not a setting; did you mean {meant}\\?"):
+        load_settings()
+
+
+def test_other_capsule_variables_are_left_alone(monkeypatch):
+    for name in ("CAPSULE_FAULTS", "CAPSULE_TEST_POSTGRES_URL", "CAPSULE_HOST", "CAPSULE_LOG_FILE"):
+        monkeypatch.setenv(name, "x")
+    assert load_settings().database == Path("data/pos.db")
