@@ -255,7 +255,11 @@ def test_the_rule_catches_logic(source: str) -> None:
     ],
 )
 def test_the_rule_allows_parsing_a_call_and_rendering(source: str) -> None:
-    header = "import click\nfrom capsule.api import render\nfrom capsule.orchestrator.usecases import backup, jobs\n"
+    header = (
+        "import click\n"
+        "from capsule.api import render\n"
+        "from capsule.orchestrator.usecases import backup, jobs\n"
+    )
     tree = ast.parse(
         f"def f():\n    pass\n{header}" + (f"def g():\n    {source.replace(chr(10), chr(10) + '    ')}\n")
     )
