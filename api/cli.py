@@ -11,7 +11,6 @@ from pathlib import Path
 
 import click
 import structlog
-from pydantic import ValidationError
 
 from capsule.api import cli_jobs, cli_settings, render
 from capsule.api.cli_demo import demo
@@ -27,6 +26,7 @@ from capsule.api.exitcodes import EXIT_CODES
 from capsule.api.filters import filter_options
 from capsule.api.logging import FORMATS, LEVELS
 from capsule.orchestrator.private import keep_private
+from capsule.orchestrator.settings import SettingsInvalid
 from capsule.orchestrator.usecases.backup import Backup, back_up
 from capsule.orchestrator.usecases.repair import Repair, repair_repository
 from capsule.orchestrator.usecases.repository import (
@@ -61,14 +61,13 @@ def cli(ctx: click.Context, log_level: str | None, log_format: str | None) -> No
     """Capsule: backups of a point-of-sale server's database, verified before every restore.
 
     Paths come from CAPSULE_DATABASE, CAPSULE_REPOSITORY, CAPSULE_HOME and CAPSULE_KEY_FILE (or
-    capsule.toml). Exit codes: 0 ok, 1 failed, 2 usage, 3 damage found, 4 locked, 130 interrupted.
+    capsule.toml). Exit codes: 0 ok, 1 failed, 2 usage, 3 damage found, or a backup completed with
+    warnings, 4 locked, 130 interrupted.
     """
     try:
         obj = Context()
-    except ValidationError as e:
-        first = e.errors()[0]
-        name = "CAPSULE_" + "_".join(str(p) for p in first["loc"]).upper()
-        click.echo(f"capsule: the setting {name} is invalid ({first['msg']}); fix it and retry", err=True)
+    except SettingsInvalid as e:
+        click.echo(f"capsule: {e}", err=True)
         sys.exit(EXIT_CODES.usage)
     obj.log_level, obj.log_format = log_level, log_format
     obj.configure_logging()
@@ -109,10 +108,10 @@ def backup(obj: Context, kind: str, full: bool, as_json: bool) -> None:
     """Back up the database, the product images, or both into the repository."""
     request = Backup(kind=kind, full=full)
 
-    def go() -> None:
+    def go() -> int:
         with render.progress_bar("Backing up", not as_json) as progress:
             result = back_up(obj.settings, request, progress)
-        render.backed_up(result, as_json)
+        return render.backed_up(result, as_json)
 
     run(go)
 
@@ -168,6 +167,7 @@ def snapshots(
     help="Give files and folders back their setuid and setgid bits (without it they are cleared).",
 )
 @filter_options
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @pass_ctx
 def restore(  # noqa: PLR0917 (click passes options by position)
     obj: Context,
@@ -182,11 +182,12 @@ def restore(  # noqa: PLR0917 (click passes options by position)
     paths: tuple[str, ...],
     tags: tuple[str, ...],
     special_bits: bool,
+    as_json: bool,
 ) -> None:
     """Restore SNAPSHOT: `latest-database` (the newest snapshot of CAPSULE_DATABASE on this
-    machine), `latest-files` (of CAPSULE_UPLOADS, the images), `latest` (the newest of either), an
-    id or a unique id prefix. --host, --path and --tag choose among the snapshots `latest-*` picks
-    from (`capsule snapshots` takes them too)."""
+    machine), `latest-files` (of CAPSULE_UPLOADS, the images), `latest` (while the repository holds
+    only one of the two kinds), an id or a unique id prefix. --host, --path and --tag choose among
+    the snapshots `latest-*` picks from (`capsule snapshots` takes them too)."""
     if in_place == (to is not None):
         raise click.UsageError("give exactly one of --to DIR or --in-place")
     request = Restore(
@@ -201,9 +202,9 @@ def restore(  # noqa: PLR0917 (click passes options by position)
     )
 
     def go() -> None:
-        with render.progress_bar("Restoring", True) as progress:
+        with render.progress_bar("Restoring", not as_json) as progress:
             result = restore_snapshot(obj.settings, request, progress)
-        render.restored(result)
+        render.restored(result, as_json)
 
     run(go)
 

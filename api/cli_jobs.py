@@ -75,7 +75,7 @@ def cancel(obj: Context, job_id: str, as_json: bool) -> None:
 
 @click.command()
 @click.option("--job", "job_id", help="Only the events of this job.")
-@click.option("--since", help="Only events recorded at or after this time (UTC unless it says).")
+@click.option("--since", help="Only events recorded at or after this time (local time unless it says).")
 @click.option(
     "--verify",
     is_flag=True,

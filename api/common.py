@@ -12,14 +12,14 @@ import click
 from capsule.api.exitcodes import EXIT_CODES, exit_code
 from capsule.api.logging import FORMATS, LEVELS, configure
 from capsule.domain.errors import CapsuleError, Category
-from capsule.orchestrator.settings import Settings
+from capsule.orchestrator.settings import load_settings
 
 EXIT_DAMAGE = exit_code(Category.DAMAGED)
 
 
 class Context:
     def __init__(self) -> None:
-        self.settings = Settings()
+        self.settings = load_settings()
         self.log_level: str | None = None
         self.log_format: str | None = None
 

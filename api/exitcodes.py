@@ -27,6 +27,10 @@ class ExitCodes:
     """The CLI's own: an unknown option, a missing argument, an invalid setting."""
     interrupted: int = 130
     """The CLI's own: Ctrl-C (128 + SIGINT, as shells report it)."""
+    warnings: int = 3
+    """A backup that made its snapshot but left out or kept from before some items (restic's 3,
+    "some source files could not be read"). Shared with damage found: a backup that ends with 3
+    printed its snapshot on stdout; one that met damage printed only its one-line error."""
 
 
 EXIT_CODES = ExitCodes(
@@ -43,7 +47,14 @@ EXIT_CODES = ExitCodes(
         }
     ),
     meanings=MappingProxyType(
-        {0: "ok", 1: "failed", 2: "usage", 3: "damage found", 4: "locked", 130: "interrupted"}
+        {
+            0: "ok",
+            1: "failed",
+            2: "usage",
+            3: "damage found, or a backup completed with warnings",
+            4: "locked",
+            130: "interrupted",
+        }
     ),
 )
 

@@ -4,7 +4,7 @@ that list or restore them, and the parsing of the times that choose events."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
 import click
 
@@ -32,7 +32,8 @@ def filter_options(fn: Callable[..., None]) -> Callable[..., None]:
 
 
 def since(text: str | None) -> datetime | None:
-    """A `--since` value: a date or a time, in UTC unless it says."""
+    """A `--since` value: a date or a time, in local time (as the human output shows times) unless
+    it says its zone (as `--json` writes them, with `Z`)."""
     if text is None:
         return None
     try:
@@ -41,4 +42,4 @@ def since(text: str | None) -> datetime | None:
         raise CapsuleError(
             f"--since {text!r} is not a date or time; write it like 2026-11-25 or 2026-11-25T14:30"
         ) from e
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return parsed if parsed.tzinfo else parsed.astimezone()

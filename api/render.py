@@ -7,9 +7,9 @@ use case's result.
 from __future__ import annotations
 
 import dataclasses
-import json
 import stat
 import sys
+import textwrap
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import click
 
 from capsule.api.common import EXIT_DAMAGE
+from capsule.api.exitcodes import EXIT_CODES
 from capsule.api.logging import lines_on_stderr
+from capsule.api.vocabulary import emit_json, job_doc, snapshot_doc, snapshot_row_doc, warnings_doc
 from capsule.domain.errors import CapsuleError
 
 if TYPE_CHECKING:
@@ -52,17 +54,12 @@ def human(n: float) -> str:
 
 
 def when(value: Any) -> str:
+    """A time as people read it: this machine's local time, to the second."""
     if value is None:
         return "-"
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
-    return str(value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"))
-
-
-def json_default(value: Any) -> str:
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat()
-    return str(value)
+    return str(value.astimezone().strftime("%Y-%m-%d %H:%M:%S"))
 
 
 @contextmanager
@@ -112,18 +109,16 @@ def created(result: RepositoryCreated) -> None:
     )
 
 
-def backed_up(result: BackedUp, as_json: bool) -> None:
-    rows = []
-    for snapshot in result.snapshots:
-        sid, m = snapshot.snapshot_id, snapshot.manifest
-        out = {"snapshot_id": sid, "job_id": result.job_id, **json.loads(m.model_dump_json())}
-        out.pop("entries", None)
-        out.pop("tree", None)
-        rows.append(out)
-        if not as_json:
-            _print_snapshot(sid, m, result.job_id)
+def backed_up(result: BackedUp, as_json: bool) -> int:
+    """Show a backup's snapshots; the exit code is 3 if any of them has warnings."""
+    rows = [snapshot_doc(s.snapshot_id, s.manifest, result.job_id) for s in result.snapshots]
     if as_json:
-        click.echo(json.dumps(rows[0] if len(rows) == 1 else {"job_id": result.job_id, "snapshots": rows}))
+        emit_json(rows[0] if len(rows) == 1 else {"job_id": result.job_id, "snapshots": rows})
+    else:
+        for snapshot in result.snapshots:
+            _print_snapshot(snapshot.snapshot_id, snapshot.manifest, result.job_id)
+    warned = any(s.manifest.totals.warnings for s in result.snapshots)
+    return EXIT_CODES.warnings if warned else EXIT_CODES.ok
 
 
 def _print_snapshot(sid: str, m: Manifest, job_id: str) -> None:
@@ -146,26 +141,19 @@ def _print_snapshot(sid: str, m: Manifest, job_id: str) -> None:
 
 def snapshot_list(listing: SnapshotListing, as_json: bool) -> None:
     if as_json:
-        rows = []
-        for sid, m in listing.snapshots:
-            row = json.loads(m.model_dump_json(exclude={"entries", "tree"}))
-            row["id"] = sid
-            row["identity"] = m.source_identity().model_dump(mode="json")
-            if m.kind == "database":
-                row["files"] = [e.path for e in m.entries]
-            rows.append(row)
-        rows += [{"id": d.name, "damaged": d.reason} for d in listing.damaged]
-        click.echo(json.dumps(rows))
+        rows = [snapshot_doc(sid, m) for sid, m in listing.snapshots]
+        rows += [{"snapshot_id": d.name, "damaged": d.reason} for d in listing.damaged]
+        emit_json(rows)
         return
     if not listing.snapshots and not listing.damaged:
         click.echo("No snapshot matches." if listing.filtered else "No snapshots yet. Run `capsule backup`.")
         return
-    click.echo(f"{'ID':12}  {'TIME (UTC)':19}  {'KIND':9}  {'SIZE':>10}  {'ADDED':>10}  SOURCE")
+    click.echo(f"{'ID':12}  {'TIME':19}  {'KIND':9}  {'SIZE':>10}  {'ADDED':>10}  SOURCE")
     for sid, m in listing.snapshots:
         identity = m.source_identity()
         source = identity.path if identity.host == listing.host else identity.describe()
         click.echo(
-            f"{sid[:12]}  {m.time.strftime('%Y-%m-%d %H:%M:%S')}  "
+            f"{sid[:12]}  {when(m.time)}  "
             f"{m.kind + ('*' if m.full else ''):9}  {human(m.totals.bytes):>10}  "
             f"{human(m.totals.stored_bytes):>10}  {source}"
         )
@@ -180,7 +168,7 @@ def _entry_json(entry: Entry) -> dict[str, Any]:
         "type": entry.type,
         "size": entry.size,
         "mode": f"{stat.S_IMODE(entry.mode):04o}",
-        "mtime": _mtime(entry).isoformat(),
+        "mtime": _mtime(entry),
     }
     if entry.sha256:
         row["sha256"] = entry.sha256
@@ -199,28 +187,26 @@ def _entry_line(entry: Entry, name: str) -> str:
     shown = name + ("/" if entry.type == "dir" else "")
     if entry.target is not None:
         shown += f" -> {entry.target}"
-    when_ = _mtime(entry).strftime("%Y-%m-%d %H:%M:%S")
+    when_ = when(_mtime(entry))
     return f"{stat.filemode(kind | stat.S_IMODE(entry.mode))}  {size:>10}  {when_}  {shown}"
 
 
 def folder_listing(listing: FolderListing, as_json: bool) -> None:
     m = listing.manifest
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "snapshot_id": listing.snapshot_id,
-                    "time": json_default(m.time),
-                    "kind": m.kind,
-                    "source": m.source,
-                    "path": listing.path,
-                    "entries": [_entry_json(e) for e in listing.entries],
-                }
-            )
+        emit_json(
+            {
+                "snapshot_id": listing.snapshot_id,
+                "time": m.time,
+                "kind": m.kind,
+                "source": m.source,
+                "path": listing.path,
+                "entries": [_entry_json(e) for e in listing.entries],
+            }
         )
         return
     where = f"/{listing.path}" if listing.path else ""
-    click.echo(f"Snapshot {listing.snapshot_id[:12]} of {m.source}{where}, {when(m.time)} UTC:")
+    click.echo(f"Snapshot {listing.snapshot_id[:12]} of {m.source}{where}, {when(m.time)}:")
     if not listing.entries:
         click.echo("  (empty folder)")
     for entry in listing.entries:
@@ -233,7 +219,7 @@ def found(result: FindResult, as_json: bool) -> None:
         rows = [
             {
                 "snapshot_id": f.snapshot_id,
-                "time": json_default(f.manifest.time),
+                "time": f.manifest.time,
                 "kind": f.manifest.kind,
                 "source": f.manifest.source,
                 **_entry_json(e),
@@ -241,7 +227,7 @@ def found(result: FindResult, as_json: bool) -> None:
             for f in result.found
             for e in f.entries
         ]
-        click.echo(json.dumps(rows))
+        emit_json(rows)
     elif not result.found:
         click.echo(f"Nothing matches {result.pattern!r} in {_count(result.searched)}.")
     else:
@@ -251,7 +237,7 @@ def found(result: FindResult, as_json: bool) -> None:
         for f in result.found:
             for e in f.entries:
                 versions.setdefault((e.path, e.type, e.sha256, e.size), [f, e, 0])[2] += 1
-        click.echo(f"{'SNAPSHOT':12}  {'TIME (UTC)':19}  {'SIZE':>10}  PATH")
+        click.echo(f"{'SNAPSHOT':12}  {'TIME':19}  {'SIZE':>10}  PATH")
         for f, e, count in versions.values():
             size = "-" if e.type == "dir" else human(e.size)
             shown = e.path + ("/" if e.type == "dir" else "")
@@ -266,8 +252,11 @@ def found(result: FindResult, as_json: bool) -> None:
         click.echo(f"Not searched: snapshot {line}", err=True)
 
 
-def restored(result: Restored) -> None:
+def restored(result: Restored, as_json: bool = False) -> None:
     sid = result.snapshot_id
+    if as_json:
+        emit_json({**dataclasses.asdict(result), "kind": result.kind or "database"})
+        return
     if result.in_place:
         click.echo(f"Restored snapshot {sid[:12]} into {result.database}.")
         click.echo(f"The database as it was before is saved at {result.safety_copy}.")
@@ -296,16 +285,21 @@ def restored(result: Restored) -> None:
 def verified(report: VerifyReport, read_data: bool, as_json: bool) -> int:
     """Show a repository's check; the exit code is 3 if anything is damaged."""
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "ok": report.ok,
-                    "snapshots": report.snapshots,
-                    "packs": report.packs,
-                    "blobs_read": report.blobs,
-                    "problems": [p.as_dict() for p in report.problems],
-                }
-            )
+        emit_json(
+            {
+                "ok": report.ok,
+                "snapshots": report.snapshots,
+                "packs": report.packs,
+                "blobs_read": report.blobs,
+                "problems": [
+                    {
+                        "object": p.subject,
+                        "message": p.message,
+                        "affected": [{"snapshot_id": sid, "path": path} for sid, path in p.affected],
+                    }
+                    for p in report.problems
+                ],
+            }
         )
     else:
         scope = "structure and data" if read_data else "structure"
@@ -419,17 +413,29 @@ def job_cancelled(result: Cancelled, as_json: bool) -> None:
 
 # ---- jobs and the event log ---------------------------------------------------------------
 
+DETAIL_COLUMN = 88
+"""Where `capsule jobs` starts its DETAIL column; a longer detail goes on below, whole words."""
+DETAIL_WIDTH = 80
+
+
+def _whole_words(text: str) -> list[str]:
+    """`text` in lines of DETAIL_WIDTH, cut between words only (a path longer than a line stays whole)."""
+    return textwrap.wrap(text, DETAIL_WIDTH, break_long_words=False, break_on_hyphens=False) or [""]
+
 
 def job_list(result: JobList, as_json: bool) -> None:
     rows = result.rows
     if as_json:
-        click.echo(json.dumps(rows, default=json_default))
+        emit_json([job_doc(r) for r in rows])
         return
     if not rows:
-        click.echo("No jobs yet. Run `capsule backup`.")
+        if result.status:
+            click.echo(f"No {result.status} jobs; `capsule jobs` lists them all.")
+        else:
+            click.echo("No jobs yet. Run `capsule backup`.")
         return
     header = f"{'JOB':24}  {'TYPE':7}  {'STATUS':9}  {'STEP':8}  {'PROGRESS':>9}  "
-    click.echo(header + f"{'REQUESTED (UTC)':19}  DETAIL")
+    click.echo(header + f"{'REQUESTED':19}  DETAIL")
     for r in rows:
         done, total = r.get("progress_done"), r.get("progress_total")
         shown = f"{100 * done / total:.0f}%" if done is not None and total else "-"
@@ -439,10 +445,15 @@ def job_list(result: JobList, as_json: bool) -> None:
         if r.get("warnings"):
             detail = f"{r['warnings']} warning(s); {detail}"
         step = r.get("current_step") or "-"
+        first, *more = textwrap.wrap(
+            str(detail), DETAIL_WIDTH, break_long_words=False, break_on_hyphens=False
+        ) or [""]
         click.echo(
             f"{r['job_id']:24}  {r['job_type']:7}  {r['status'] or '-':9}  {step:8}  "
-            f"{shown:>9}  {when(r.get('requested_at')):19}  {str(detail)[:80]}"
+            f"{shown:>9}  {when(r.get('requested_at')):19}  {first}".rstrip()
         )
+        for line in more:
+            click.echo(f"{'':{DETAIL_COLUMN}}{line}")
         items = str(r.get("warning_items") or "").splitlines()
         for item in items:
             click.echo(f"{'':26}! {item}")
@@ -452,17 +463,24 @@ def job_list(result: JobList, as_json: bool) -> None:
 
 def status(result: Status, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(result.as_dict(), default=json_default))
+        doc = result.as_dict()
+        for key in ("active_jobs", "recent_failures"):
+            doc[key] = [job_doc(r) for r in doc[key]]
+        doc["last_snapshot"] = snapshot_row_doc(result.last_snapshot)
+        doc["last_snapshots"] = {k: snapshot_row_doc(r) for k, r in result.last_snapshots.items()}
+        warned = result.last_backup_warnings
+        doc["last_backup_warnings"] = warnings_doc(warned["count"], warned["items"]) if warned else None
+        emit_json(doc)
         return
     click.echo(f"Repository: {result.repository}")
-    last = result.last_snapshot
-    if last:
-        click.echo(
-            f"Last snapshot: {str(last['snapshot_id'])[:12]} at {when(last.get('time'))} UTC"
-            + (f", {human(last['bytes'])}" if last.get("bytes") else "")
-        )
-    else:
-        click.echo("Last snapshot: none yet; run `capsule backup`")
+    for kind, last in result.last_snapshots.items():
+        if last:
+            click.echo(
+                f"Last {kind} snapshot: {str(last['snapshot_id'])[:12]} at {when(last.get('time'))}"
+                + (f", {human(last['bytes'])}" if last.get("bytes") else "")
+            )
+        else:
+            click.echo(f"Last {kind} snapshot: none yet; run `capsule backup --kind {kind}`")
     warned = result.last_backup_warnings
     if warned:
         click.echo(f"Warnings of that backup: {warned['count']}")
@@ -494,22 +512,19 @@ def _summary(data: dict[str, Any]) -> str:
 def audit_trail(result: AuditTrail, as_json: bool) -> None:
     rows = result.events
     if as_json:
-        click.echo(
-            json.dumps(
-                [
-                    {
-                        "position": e.position,
-                        "recorded_at": e.recorded_at,
-                        "actor": e.metadata.actor,
-                        "stream": e.stream_id,
-                        "version": e.version,
-                        "type": e.type,
-                        "data": e.data,
-                    }
-                    for e in rows
-                ],
-                default=json_default,
-            )
+        emit_json(
+            [
+                {
+                    "position": e.position,
+                    "recorded_at": e.recorded_at,
+                    "actor": e.metadata.actor,
+                    "stream_id": e.stream_id,
+                    "version": e.version,
+                    "type": e.type,
+                    "data": e.data,
+                }
+                for e in rows
+            ]
         )
         return
     if not rows:
@@ -523,10 +538,10 @@ def audit_trail(result: AuditTrail, as_json: bool) -> None:
 
 def log_verified(report: ChainReport, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(dataclasses.asdict(report), default=json_default))
+        emit_json(dataclasses.asdict(report))
         return
     click.echo(f"Checked {report.events} events: each matches its seal and follows the one before it.")
-    since = f"The log is chained since {when(report.chained_at)} UTC"
+    since = f"The log is chained since {when(report.chained_at)}"
     if report.chained_after:
         since += f"; the events up to position {report.chained_after} were written before and sealed then"
     click.echo(since + ".")

@@ -1,14 +1,22 @@
 """Settings: environment variables (CAPSULE_*) over an optional capsule.toml over defaults.
 
-Defaults are relative to the working directory, matching a point-of-sale server's layout.
+Defaults are relative to the working directory, matching a point-of-sale server's layout. A
+mistake in capsule.toml (a syntax error, a misspelled key, a value of the wrong kind) is refused
+with the file, the line and, for an unknown key, the nearest known one: a key Capsule ignored
+would leave the shop backed up with a setting its owner never chose.
 """
 
 from __future__ import annotations
 
+import difflib
+import os
+import re
+import tomllib
+from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -17,12 +25,19 @@ from pydantic_settings import (
 )
 
 MiB = 1024 * 1024
+ENV_PREFIX = "CAPSULE_"
+SETTINGS_FILE = "capsule.toml"
+
+
+class SettingsInvalid(ValueError):
+    """Raised when a CAPSULE_* variable or capsule.toml holds a setting Capsule cannot use; the
+    message names the variable, or the file, the line and what to write instead."""
 
 
 class Settings(BaseSettings):
     """Where things are and how Capsule behaves."""
 
-    model_config = SettingsConfigDict(env_prefix="CAPSULE_", toml_file="capsule.toml", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, toml_file=SETTINGS_FILE, extra="ignore")
 
     database: Path = Field(Path("data/pos.db"), description="the live point-of-sale database")
     uploads: Path = Field(Path("data/uploads/products"), description="product images")
@@ -99,4 +114,105 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+        return (init_settings, env_settings, CheckedTomlSource(settings_cls))
+
+
+class CheckedTomlSource(TomlConfigSettingsSource):
+    """capsule.toml, refused with its line when it is not TOML or names a setting that does not exist."""
+
+    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
+        where = file_path.absolute() if isinstance(file_path, Path) else file_path
+        try:
+            text = file_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise SettingsInvalid(f"{where} cannot be read ({e}); fix it or remove it") from e
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise SettingsInvalid(f"{where}{_toml_position(str(e))}: {_toml_problem(str(e))}") from e
+        known = Settings.model_fields
+        for key in data:
+            if key not in known:
+                raise SettingsInvalid(
+                    f"{where}, line {line_of(text, key)}: `{key}` is not a setting; {_nearest(key)}"
+                )
+        return data
+
+
+_AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+
+
+def _toml_position(message: str) -> str:
+    found = _AT.search(message)
+    return f", line {found.group(1)}, column {found.group(2)}" if found else ""
+
+
+def _toml_problem(message: str) -> str:
+    what = _AT.sub("", message).replace("(at end of document)", "at the end of the file").strip()
+    return f"{what[:1].lower()}{what[1:]} (the file is not valid TOML: write `key = value`, text in quotes)"
+
+
+def line_of(text: str, key: str) -> int:
+    """The line of capsule.toml where `key` is set (or its table opens)."""
+    quoted = re.escape(key)
+    pattern = re.compile(rf"^\s*(\[+\s*)?([\"']?){quoted}\2\s*(=|\.|\])")
+    for number, line in enumerate(text.splitlines(), 1):
+        if pattern.match(line):
+            return number
+    return 1
+
+
+def _nearest(key: str) -> str:
+    known = list(Settings.model_fields)
+    spelled = key.lower().removeprefix(ENV_PREFIX.lower()).replace("-", "_")
+    if spelled in known:
+        return f"did you mean `{spelled}`?"
+    close = difflib.get_close_matches(spelled, known, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean `{close[0]}`?"
+    return "the settings are " + ", ".join(f"`{k}`" for k in known)
+
+
+MISSPELLED = 0.85
+"""How alike a CAPSULE_* variable that is no setting must be to one that is, to be taken for a
+misspelling of it; other CAPSULE_* variables (not settings) are left alone."""
+
+
+def load_settings() -> Settings:
+    """The settings of this process, or `SettingsInvalid` naming the variable or the line to fix."""
+    _refuse_misspelled_variables(dict(os.environ))
+    try:
+        return Settings()
+    except ValidationError as e:
+        raise SettingsInvalid(_explain(e)) from e
+
+
+def _refuse_misspelled_variables(environ: dict[str, str]) -> None:
+    known = list(Settings.model_fields)
+    for name in sorted(environ):
+        key = name.removeprefix(ENV_PREFIX).lower()
+        if not name.startswith(ENV_PREFIX) or key in known:
+            continue
+        close = difflib.get_close_matches(key, known, n=1, cutoff=MISSPELLED)
+        if close:
+            raise SettingsInvalid(
+                f"{name} is not a setting; did you mean {ENV_PREFIX}{close[0].upper()}? (rename the "
+                "variable and run the command again)"
+            )
+
+
+def _explain(error: ValidationError) -> str:
+    first = error.errors()[0]
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if not first["loc"]:
+        return f"{message}; fix the setting and run the command again"
+    key = str(first["loc"][0])
+    variable = ENV_PREFIX + key.upper()
+    file = Path(SETTINGS_FILE)
+    if variable not in os.environ and file.is_file():
+        text = file.read_text(encoding="utf-8", errors="replace")
+        return (
+            f"{file.absolute()}, line {line_of(text, key)}: the setting `{key}` is invalid ({message}); "
+            "fix it and run the command again"
+        )
+    return f"the setting {variable} is invalid ({message}); fix it and run the command again"

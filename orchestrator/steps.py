@@ -165,6 +165,7 @@ def backup_commit(ctx: StepContext) -> dict[str, Any]:
         "snapshot_id": result.snapshot_id,
         "kind": manifest.kind,
         "source": manifest.source,
+        "time": manifest.time.isoformat(),
         "totals": manifest.totals.model_dump(mode="json"),
     }
 

@@ -98,9 +98,11 @@ def jobs_queued_behind(db: Database, job_id: str) -> list[str]:
     return [row["job_id"] for row in _rows(db, query)]
 
 
-def list_snapshots(db: Database, limit: int = 20) -> list[Row]:
-    """Up to `limit` committed snapshots, newest first."""
+def list_snapshots(db: Database, limit: int = 20, kind: str | None = None) -> list[Row]:
+    """Up to `limit` committed snapshots, newest first; only those of `kind` if given."""
     query = select(snapshots).order_by(snapshots.c.time.desc(), snapshots.c.snapshot_id.desc()).limit(limit)
+    if kind is not None:
+        query = query.where(snapshots.c.kind == kind)
     return _rows(db, query)
 
 

@@ -148,7 +148,18 @@ def recovered_snapshot_row(event: SnapshotRecovered) -> Row:
     }
 
 
+def _manifest_time(result: JsonObject) -> datetime | None:
+    """The snapshot's own time, as its manifest says, if the commit's result names it (results
+    recorded before it did are dated by their event)."""
+    time = result.get("time")
+    try:
+        return datetime.fromisoformat(time) if isinstance(time, str) else None
+    except ValueError:
+        return None
+
+
 def _snapshot_row(snapshot_id: str, result: JsonObject, time: datetime, state: BackupJob) -> Row:
+    """`time`: when the commit was recorded, for a result that does not name the manifest's."""
     raw = result.get("totals")
     totals = raw if isinstance(raw, dict) else {}
     # A backup of kind `all` commits two snapshots; each commit's result names its own kind and source.
@@ -158,7 +169,7 @@ def _snapshot_row(snapshot_id: str, result: JsonObject, time: datetime, state: B
         "job_id": state.job_id,
         "kind": kind if isinstance(kind, str) else state.kind,
         "source": source if isinstance(source, str) else state.source,
-        "time": time,
+        "time": _manifest_time(result) or time,
         **{name: _count(totals.get(name)) for name in TOTALS},
         "duration_seconds": _seconds(totals.get("duration_seconds")),
     }

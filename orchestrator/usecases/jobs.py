@@ -28,6 +28,7 @@ Row = dict[str, Any]
 AUDIT_BATCH = 5000
 STATUS_RECENT_JOBS = 200
 STATUS_FAILURES = 3
+SNAPSHOT_KINDS = ("database", "files")
 
 
 def _runtime(settings: Settings) -> Runtime:
@@ -47,6 +48,8 @@ class JobList:
     """Jobs, newest request first: each a row of the jobs projection (column to value)."""
 
     rows: list[Row]
+    status: str | None = None
+    """The status asked for, if any."""
 
 
 def list_jobs(settings: Settings, request: ListJobs) -> JobList:
@@ -54,7 +57,8 @@ def list_jobs(settings: Settings, request: ListJobs) -> JobList:
 
     runtime = _runtime(settings)
     try:
-        return JobList(projections.list_jobs(runtime.engine, limit=request.limit, status=request.status))
+        rows = projections.list_jobs(runtime.engine, limit=request.limit, status=request.status)
+        return JobList(rows, request.status)
     finally:
         runtime.close()
 
@@ -66,6 +70,9 @@ class Status:
     repository: Path
     database: Path
     last_snapshot: Row | None
+    """The newest snapshot of either kind."""
+    last_snapshots: dict[str, Row | None]
+    """The newest snapshot of each kind: `database` and `files` (None: none yet)."""
     last_backup_warnings: dict[str, Any] | None
     """The warnings of the job that made the last snapshot: count, and the first few items."""
     active_jobs: list[Row]
@@ -77,6 +84,7 @@ class Status:
             "repository": str(self.repository),
             "database": str(self.database),
             "last_snapshot": self.last_snapshot,
+            "last_snapshots": self.last_snapshots,
             "last_backup_warnings": self.last_backup_warnings,
             "active_jobs": self.active_jobs,
             "recent_failures": self.recent_failures,
@@ -91,6 +99,7 @@ def current_status(settings: Settings) -> Status:
     try:
         recent = projections.list_jobs(runtime.engine, limit=STATUS_RECENT_JOBS)
         snaps = projections.list_snapshots(runtime.engine, limit=1)
+        by_kind = {kind: projections.list_snapshots(runtime.engine, 1, kind) for kind in SNAPSHOT_KINDS}
         position = runtime.store.last_position()
     finally:
         runtime.close()
@@ -101,6 +110,7 @@ def current_status(settings: Settings) -> Status:
         repository=settings.repository,
         database=settings.database,
         last_snapshot=last,
+        last_snapshots={kind: rows[0] if rows else None for kind, rows in by_kind.items()},
         last_backup_warnings=_last_backup_warnings(recent, last),
         active_jobs=active,
         recent_failures=failed,

@@ -40,6 +40,12 @@ class SnapshotSetAside(CapsuleError):
     category = Category.DAMAGED
 
 
+class AmbiguousSnapshot(CapsuleError):
+    """Raised when `latest` would pick between the newest database and the newest images snapshot."""
+
+    category = Category.INVALID_INPUT
+
+
 @dataclass(frozen=True)
 class ChooseSnapshots:
     """restic's `--host`, `--path` and `--tag`, as given: each repeatable, a tag value a
@@ -133,7 +139,9 @@ def resolve_snapshot(
 
     `latest-*` is the newest readable snapshot of its kind that passes `only` and, unless `only`
     names a host or a path, whose source is the configured one (`sources`, per kind; None: any
-    source). `only` does not apply to an id, which names its snapshot exactly (as in restic).
+    source). `latest` is the same without a kind, and refused (`AmbiguousSnapshot`) when snapshots
+    of both kinds qualify: the newest images snapshot is rarely the one meant after a backup of
+    `all`. `only` does not apply to an id, which names its snapshot exactly (as in restic).
     """
     if ref in LATEST_REFS:
         return _latest(repo, ref, sources, only or SnapshotFilter())
@@ -169,6 +177,8 @@ def _latest(
     if sources is not None and not only.chooses_source:
         chosen = [(n, m) for n, m in passing if _is_configured(m, sources)]
     if chosen:
+        if kind is None:
+            _refuse_both_kinds(chosen)
         return max(chosen, key=lambda s: (s[1].time, s[0]))
     what = f"{kind} snapshots" if kind else "snapshots"
     skipped = f" ({len(damaged)} damaged snapshot(s) skipped; `capsule verify` names them)" if damaged else ""
@@ -184,6 +194,18 @@ def _latest(
     configured = sources or {}
     wanted = " or ".join(configured[k].describe() for k in configured if kind is None or k == kind)
     return _none_of_configured(what, wanted, passing, skipped)
+
+
+def _refuse_both_kinds(chosen: list[tuple[str, Manifest]]) -> None:
+    newest: dict[SnapshotKind, str] = {}
+    for name, manifest in sorted(chosen, key=lambda s: (s[1].time, s[0])):
+        newest[manifest.kind] = name
+    if len(newest) < 2:
+        return
+    raise AmbiguousSnapshot(
+        f"`latest` could be the database's snapshot {newest['database'][:12]} or the images' "
+        f"{newest['files'][:12]}; name one: `latest-database` or `latest-files` (or an id)"
+    )
 
 
 def _none_of_configured(what: str, wanted: str, others: list[tuple[str, Manifest]], skipped: str) -> NoReturn:

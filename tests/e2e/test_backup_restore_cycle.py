@@ -27,7 +27,7 @@ def test_init_backup_list_and_restore_latest_gives_back_the_database(bare_shop: 
 
     rows = shop.snapshots()
     assert len(rows) == 1
-    sid = rows[0]["id"]
+    sid = rows[0]["snapshot_id"]
     assert len(sid) == 64 and int(sid, 16) >= 0
     assert sid[:12] in shop.run("snapshots", expect=0).stdout
 

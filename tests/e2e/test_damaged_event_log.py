@@ -145,7 +145,7 @@ def test_backup_with_a_damaged_event_log_sets_it_aside_and_backs_up(shop: Shop) 
     proc = shop.run("backup", "--json", expect=0)
 
     snapshot = json.loads(proc.stdout)["snapshot_id"]
-    assert {s["id"] for s in shop.snapshots()} == {first["snapshot_id"], snapshot}
+    assert {s["snapshot_id"] for s in shop.snapshots()} == {first["snapshot_id"], snapshot}
     notes = [line for line in message_lines(proc.stderr) if "event log" in line]
     assert len(notes) == 1, proc.stderr
     aside = set_aside(shop)

@@ -62,7 +62,7 @@ def seal_escaping_manifest(shop: Shop) -> str:
 
 def listed(shop: Shop, *args: str) -> dict[str, dict[str, Any]]:
     proc = shop.run("snapshots", "--json", *args, env=images_env(shop), expect=0)
-    return {row["id"]: row for row in json.loads(proc.stdout)}
+    return {row["snapshot_id"]: row for row in json.loads(proc.stdout)}
 
 
 def test_a_byte_flipped_in_the_images_manifest_harms_only_that_snapshot(

@@ -137,6 +137,16 @@ def test_an_invalid_setting_is_a_usage_error_naming_the_setting(
     assert not shop.repository.exists()
 
 
+def test_settings_that_disagree_are_named_without_pydantic_words(bare_shop: Shop) -> None:
+    proc = bare_shop.run("snapshots", env={"CAPSULE_STEP_LEASE_SECONDS": "1"}, expect=2)
+
+    message = one_line_error(proc)
+    assert message.startswith(
+        "capsule: CAPSULE_STEP_LEASE_SECONDS must be at least twice CAPSULE_HEARTBEAT_SECONDS"
+    )
+    assert "Value error" not in message and "CAPSULE_ " not in message
+
+
 def test_include_on_a_database_snapshot_is_refused_in_one_sentence_as_invalid_input(
     shop: Shop, tmp_path: Path
 ) -> None:

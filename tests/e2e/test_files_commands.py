@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.helpers import Shop, one_line_error
+from tests.integration.helpers import CAPSULE, Shop, describe, one_line_error, unreadable_runner
 from tests.integration.uploads import describe_tree, make_uploads
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -71,7 +71,7 @@ def test_a_backup_of_all_takes_the_database_and_the_images_in_one_job(
     assert database["source"] == str(shop.database.resolve())
     assert files["source"] == str(uploads.resolve())
 
-    listed = {s["id"]: s["kind"] for s in shop.snapshots()}
+    listed = {s["snapshot_id"]: s["kind"] for s in shop.snapshots()}
     assert listed == {database["snapshot_id"]: "database", files["snapshot_id"]: "files"}
     [job] = json.loads(shop.run("jobs", "--json", expect=0).stdout)
     assert (job["job_id"], job["kind"], job["status"]) == (result["job_id"], "all", "completed")
@@ -96,13 +96,13 @@ def test_warnings_show_in_the_backup_jobs_and_audit(shop: Shop, uploads: Path) -
     os.mkfifo(uploads / "cat1" / "pipe")
     item = "cat1/pipe: skipped: it is a named pipe (FIFO), which a backup cannot hold"
 
-    proc = shop.run("backup", "--kind", "files", env=files_env(shop), expect=0)
+    proc = shop.run("backup", "--kind", "files", env=files_env(shop), expect=3)
     assert "1 item(s) not backed up as they are:" in proc.stderr
     assert item in proc.stderr
     assert proc.stdout.startswith("Snapshot ")
 
     [job] = json.loads(shop.run("jobs", "--json", expect=0).stdout)
-    assert (job["status"], job["warnings"], job["warning_items"]) == ("completed", 1, item)
+    assert (job["status"], job["warnings"]) == ("completed", {"count": 1, "items": [item]})
     listing = shop.run("jobs", expect=0).stdout
     assert "1 warning(s)" in listing
     assert f"! {item}" in listing
@@ -260,9 +260,70 @@ def test_find_names_every_snapshot_that_holds_a_lost_file(shop: Shop, uploads: P
     assert find("*.db") == []
 
     text = shop.run("find", "*.jpg", expect=0).stdout.splitlines()
-    assert text[0].split() == ["SNAPSHOT", "TIME", "(UTC)", "SIZE", "PATH"]
+    assert text[0].split() == ["SNAPSHOT", "TIME", "SIZE", "PATH"]
     blue = [line for line in text if line.endswith("cat1/blue.jpg  (also in 1 older)")]
     assert len(blue) == 1 and blue[0].startswith(newer[:12])
     red = [line for line in text if line.endswith("/red.jpg")]
     assert len(red) == 1 and red[0].startswith(older[:12]) and red[0].endswith("cat1/red.jpg")
     assert "Nothing matches 'missing*' in 2 snapshots." in shop.run("find", "missing*", expect=0).stdout
+
+
+def test_latest_after_a_backup_of_all_is_refused_naming_both_kinds(
+    shop: Shop, uploads: Path, tmp_path: Path
+) -> None:
+    result = backup_json(shop, "--kind", "all")
+    database, files = (s["snapshot_id"] for s in result["snapshots"])
+
+    refused = restore(shop, "latest", tmp_path / "which", expect=1)
+
+    message = one_line_error(refused)
+    assert "latest-database" in message and "latest-files" in message
+    assert database[:12] in message and files[:12] in message
+    assert not (tmp_path / "which").exists()
+    cat = shop.cat("latest", "cat1/blue.jpg", tmp_path / "blue.jpg", files_env(shop))
+    assert cat.returncode == 1 and "latest-files" in one_line_error(cat)
+
+
+def test_status_shows_the_last_snapshot_of_each_kind(shop: Shop, uploads: Path) -> None:
+    first = backup_json(shop, "--kind", "all")
+    database = shop.backup()
+
+    status = json.loads(shop.run("status", "--json", env=files_env(shop), expect=0).stdout)
+    last = status["last_snapshots"]
+    assert last["database"]["snapshot_id"] == database["snapshot_id"]
+    assert last["files"]["snapshot_id"] == first["snapshots"][1]["snapshot_id"]
+    text = shop.run("status", env=files_env(shop), expect=0).stdout
+    assert f"Last database snapshot: {database['snapshot_id'][:12]}" in text
+    assert f"Last files snapshot: {first['snapshots'][1]['snapshot_id'][:12]}" in text
+
+
+def test_a_backup_that_keeps_an_unreadable_image_from_the_previous_one_exits_3(
+    shop: Shop, uploads: Path
+) -> None:
+    first = backup_json(shop, "--kind", "files")
+    image = uploads / "cat1" / "red.jpg"
+    image.write_bytes(image.read_bytes() + b"changed")
+    prefix = unreadable_runner(image)
+    try:
+        proc = subprocess.run(
+            [*prefix, *CAPSULE, "backup", "--kind", "files", "--json"],
+            cwd=shop.root,
+            env=shop.env(files_env(shop)),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.chmod(image, 0o644)
+
+    assert proc.returncode == 3, describe(proc)
+    result = json.loads(proc.stdout)
+    kept = (
+        "cat1/red.jpg: it could not be read (Permission denied); the version from the previous backup is kept"
+    )
+    assert result["warnings"] == {"count": 1, "items": [kept]}
+    assert result["parent"] == first["snapshot_id"]
+    assert [s["snapshot_id"] for s in shop.snapshots()] == [first["snapshot_id"], result["snapshot_id"]]
+    human = shop.run("backup", "--kind", "files", env=files_env(shop), expect=0)
+    assert human.stdout.startswith("Snapshot ")

@@ -17,11 +17,12 @@ def test_status_jobs_and_audit_describe_a_backup_and_a_failed_one(shop: Shop) ->
     assert "CAPSULE_DATABASE" in one_line_error(missing)
 
     status = json.loads(shop.run("status", "--json", expect=0).stdout)
-    assert status["last_snapshot"]["snapshot_id"] == shop.snapshots()[0]["id"]
+    assert status["last_snapshot"]["snapshot_id"] == shop.snapshots()[0]["snapshot_id"]
     assert status["active_jobs"] == []
     assert len(status["recent_failures"]) == 1
     text = shop.run("status", expect=0).stdout
-    assert "Last snapshot: " + shop.snapshots()[0]["id"][:12] in text
+    assert "Last database snapshot: " + shop.snapshots()[0]["snapshot_id"][:12] in text
+    assert "Last files snapshot: none yet" in text
 
     jobs = json.loads(shop.run("jobs", "--json", expect=0).stdout)
     assert [j["status"] for j in jobs] == ["failed", "completed"]

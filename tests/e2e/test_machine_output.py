@@ -61,11 +61,11 @@ def test_snapshots_json_lists_every_snapshot_oldest_first_with_full_ids(shop: Sh
 
     rows = shop.snapshots()
 
-    assert [r["id"] for r in rows] == made
+    assert [r["snapshot_id"] for r in rows] == made
     times = [datetime.fromisoformat(r["time"]) for r in rows]
     assert times == sorted(times)
     for row in rows:
-        assert HEX64.match(row["id"])
+        assert HEX64.match(row["snapshot_id"])
         assert row["files"] == ["pos.db"]
         check_manifest_fields(row, shop)
 

@@ -40,7 +40,7 @@ def test_passphrase_restores_without_the_key_file_and_is_never_stored_or_printed
         "--log-level", "debug", "restore", "latest", "--to", str(target), env=with_phrase, expect=0
     )
     outputs.append(restored)
-    sid = shop.snapshots(env=with_phrase)[0]["id"]
+    sid = shop.snapshots(env=with_phrase)[0]["snapshot_id"]
     assert f"SHA-256 {sha256_file(target / 'pos.db')[:16]}" in restored.stdout
     assert file_content_digest(target / "pos.db", immutable=True) == file_content_digest(shop.database)
     outputs.append(shop.run("--log-level", "debug", "verify", "--read-data", env=with_phrase, expect=0))

@@ -113,7 +113,7 @@ def test_snapshots_record_their_source_and_filter_by_host_path_and_tag(
     other = other_database(shop, templates)
     theirs = shop.backup(env={"CAPSULE_DATABASE": str(other)})["snapshot_id"]
 
-    rows = {r["id"]: r for r in shop.snapshots()}
+    rows = {r["snapshot_id"]: r for r in shop.snapshots()}
     identity = rows[own]["identity"]
     assert identity["host"] == socket.gethostname()
     assert identity["path"] == str(shop.database.resolve())
@@ -124,7 +124,7 @@ def test_snapshots_record_their_source_and_filter_by_host_path_and_tag(
 
     def listed(*args: str) -> list[str]:
         proc = shop.run("snapshots", "--json", *args, expect=0)
-        return [r["id"] for r in json.loads(proc.stdout)]
+        return [r["snapshot_id"] for r in json.loads(proc.stdout)]
 
     assert listed("--path", str(other)) == [theirs]
     assert listed("--path", str(shop.database), "--path", str(other)) == [own, theirs]

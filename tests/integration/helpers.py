@@ -20,9 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from benchmarks import posdb
 from capsule.adapters.repository.lock import pid_alive
 from capsule.adapters.sqlite.backup import COPY_SUFFIX, RAM_DIR
+from tests.servers import in_ci
 
 MiB = 1024 * 1024
 SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
@@ -88,6 +91,24 @@ def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
     assert len(lines) == 1, describe(proc)
     assert lines[0].startswith("capsule: "), describe(proc)
     return lines[0]
+
+
+def unreadable_runner(path: Path) -> list[str]:
+    """Make `path` unreadable to the `capsule` process about to run; return its command prefix.
+
+    Root reads any file, so as root the process runs without the capabilities that let it
+    (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH): the root-owned file's mode 0000 then stops it too.
+    """
+    os.chmod(path, 0)
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        message = "no setpriv here to run capsule as root without the right to read any file"
+        if in_ci():
+            pytest.fail(f"{message}; CI must run this test", pytrace=False)
+        pytest.skip(message)
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--"]
 
 
 def sha256_file(path: Path) -> str:
@@ -276,8 +297,11 @@ class Shop:
         self.root.mkdir(parents=True, exist_ok=True)
         self.run("init", *args, env=env, expect=0)
 
-    def backup(self, *args: str, env: Mapping[str, str | None] | None = None) -> dict[str, Any]:
-        proc = self.run("backup", "--kind", "database", "--json", *args, env=env, expect=0)
+    def backup(
+        self, *args: str, env: Mapping[str, str | None] | None = None, expect: int = 0
+    ) -> dict[str, Any]:
+        """`capsule backup --kind database --json`; `expect` 3 for a backup with warnings."""
+        proc = self.run("backup", "--kind", "database", "--json", *args, env=env, expect=expect)
         result: dict[str, Any] = json.loads(proc.stdout)
         return result
 

@@ -65,4 +65,4 @@ def test_a_worker_process_runs_backup_and_restore_steps(
     assert len(workers) == 1 and next(iter(workers)).startswith("system:worker:")
     requests = [e for e in events if e["type"] in ("BackupRequested", "RestoreRequested")]
     assert all(e["actor"].startswith("person:") for e in requests)
-    assert result["job_id"] in {e["stream"].split("-", 1)[1] for e in events}
+    assert result["job_id"] in {e["stream_id"].split("-", 1)[1] for e in events}

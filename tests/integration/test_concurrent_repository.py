@@ -54,10 +54,10 @@ def test_backups_of_two_databases_into_one_repository_at_once_both_succeed_and_r
     assert till_a.lock_files() == []
     restored: dict[str, set[str]] = {till_a.db_name: set(), till_b.db_name: set()}
     for row in rows:
-        target = tmp_path / "restored" / row["id"][:12]
-        till_a.restore(row["id"], target)
+        target = tmp_path / "restored" / row["snapshot_id"][:12]
+        till_a.restore(row["snapshot_id"], target)
         (name,) = row["files"]
-        assert sha256_file(target / name) == till_a.manifest_sha256(row["id"])
+        assert sha256_file(target / name) == till_a.manifest_sha256(row["snapshot_id"])
         restored[name].add(sha256_file(target / name))
     for till in (till_a, till_b):
         # Neither database changed between rounds: both of its snapshots are the same bytes.

@@ -79,7 +79,7 @@ def test_verify_read_data_names_the_snapshots_and_file_behind_a_flipped_pack_byt
     assert f"affects snapshot {layout.b[:12]}: pos.db" in text.stdout
     assert layout.c[:12] not in text.stdout
     problems = json.loads(report.stdout)["problems"]
-    hit = {(a["snapshot"], a["path"]) for p in problems for a in p["affected"]}
+    hit = {(a["snapshot_id"], a["path"]) for p in problems for a in p["affected"]}
     assert hit == {(layout.a, "pos.db"), (layout.b, "pos.db")}
     # C's blobs are elsewhere: it still restores.
     shop.restore(layout.c, tmp_path / "c")
@@ -152,7 +152,7 @@ def test_verify_names_the_snapshot_whose_manifest_is_damaged(
 
     assert f"affects snapshot {layout.b[:12]}" in proc.stdout
     assert layout.a[:12] not in proc.stdout and layout.c[:12] not in proc.stdout
-    hit = {a["snapshot"] for p in json.loads(report.stdout)["problems"] for a in p["affected"]}
+    hit = {a["snapshot_id"] for p in json.loads(report.stdout)["problems"] for a in p["affected"]}
     assert hit == {layout.b}
     shop.restore(layout.a, tmp_path / "a")
     assert sha256_file(tmp_path / "a" / "pos.db") == shop.manifest_sha256(layout.a)
@@ -218,13 +218,13 @@ def test_full_backup_without_rebuilding_the_index_first_still_makes_a_restorable
     # prefer packs on disk whatever the order, so the last attempt is checked all the same.
     for attempt in range(12):
         shop = copy_shop(base, tmp_path / f"attempt-{attempt}")
-        full = shop.backup("--full")
+        full = shop.backup("--full", expect=3)  # it says packs are missing
         written = {p.name for p in shop.index_files()} - {p.name for p in base.index_files()}
         if written and min(written) > layout.ab_index:
             break
 
     # `--full` promises to reuse no blob whose pack is gone, so its snapshot must stand on its own.
     report = shop.run("verify", "--json", expect=None)
-    hit = {a["snapshot"] for p in json.loads(report.stdout)["problems"] for a in p["affected"]}
+    hit = {a["snapshot_id"] for p in json.loads(report.stdout)["problems"] for a in p["affected"]}
     assert full["snapshot_id"] not in hit
     shop.restore(full["snapshot_id"], tmp_path / "restored")

@@ -141,7 +141,7 @@ def test_the_verify_command_names_each_crafted_snapshot_and_exits_3(tmp_path: Pa
         text = shop.run(*args, expect=3)
         report = json.loads(shop.run(*args, "--json", expect=3).stdout)
 
-        named = {a["snapshot"] for p in report["problems"] for a in p["affected"]}
+        named = {a["snapshot_id"] for p in report["problems"] for a in p["affected"]}
         for name, (case, snapshot_id) in crafted.items():
             if case.needs_data and "--read-data" not in args:
                 continue

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from capsule.orchestrator.settings import Settings
+from capsule.orchestrator.settings import Settings, SettingsInvalid, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -111,9 +111,32 @@ def test_invalid_values_are_refused(monkeypatch, name, value):
         Settings()
 
 
-def test_unknown_keys_in_capsule_toml_are_ignored(tmp_path):
-    (tmp_path / "capsule.toml").write_text('colour = "blue"\ndatabase = "x.db"\n')
-    assert Settings().database == Path("x.db")
+def test_an_unknown_key_in_capsule_toml_is_refused_with_its_line(tmp_path):
+    (tmp_path / "capsule.toml").write_text('database = "x.db"\n\n[colour]\nshade = "blue"\n')
+    with pytest.raises(
+        SettingsInvalid, match=r"capsule.toml, line 3: `colour` is not a setting; the settings are"
+    ):
+        Settings()
+
+
+@pytest.mark.parametrize(
+    ("key", "nearest"),
+    [("lock_wait", "lock_wait_seconds"), ("CAPSULE_HOME", "home"), ("safety-copies", "safety_copies")],
+)
+def test_a_misspelled_key_in_capsule_toml_names_the_nearest_setting(tmp_path, key, nearest):
+    (tmp_path / "capsule.toml").write_text(f"{key} = 1\n")
+    with pytest.raises(SettingsInvalid, match=f"did you mean `{nearest}`"):
+        Settings()
+
+
+def test_an_invalid_value_from_the_environment_names_the_variable(monkeypatch, tmp_path):
+    (tmp_path / "capsule.toml").write_text("pack_size = 5\n")
+    monkeypatch.setenv("CAPSULE_PACK_SIZE", "7")
+    with pytest.raises(SettingsInvalid, match=r"^the setting CAPSULE_PACK_SIZE is invalid"):
+        load_settings()
+    monkeypatch.delenv("CAPSULE_PACK_SIZE")
+    with pytest.raises(SettingsInvalid, match=r"capsule.toml, line 1: the setting `pack_size` is invalid"):
+        load_settings()
 
 
 def test_three_safety_copies_are_kept_by_default_and_never_none(monkeypatch):
@@ -121,3 +144,23 @@ def test_three_safety_copies_are_kept_by_default_and_never_none(monkeypatch):
     monkeypatch.setenv("CAPSULE_SAFETY_COPIES", "0")
     with pytest.raises(ValidationError):
         Settings()
+
+
+@pytest.mark.parametrize(
+    ("name", "meant"),
+    [
+        ("CAPSULE_DATABSE", "CAPSULE_DATABASE"),
+        ("CAPSULE_UPLOAD", "CAPSULE_UPLOADS"),
+        ("CAPSULE_KEYFILE", "CAPSULE_KEY_FILE"),
+    ],
+)
+def test_a_misspelled_variable_is_refused_with_the_setting_it_resembles(monkeypatch, name, meant):
+    monkeypatch.setenv(name, "somewhere")
+    with pytest.raises(SettingsInvalid, match=f"^{name} is not a setting; did you mean {meant}\\?"):
+        load_settings()
+
+
+def test_other_capsule_variables_are_left_alone(monkeypatch):
+    for name in ("CAPSULE_FAULTS", "CAPSULE_TEST_POSTGRES_URL", "CAPSULE_HOST", "CAPSULE_LOG_FILE"):
+        monkeypatch.setenv(name, "x")
+    assert load_settings().database == Path("data/pos.db")
