@@ -333,9 +333,9 @@ def repaired(result: Repaired, as_json: bool) -> None:
         out["salvaged_blobs"] = r.salvaged_blobs
         out["damaged_packs"] = [p.name for p in r.damaged_packs]
         out["damaged_pack_details"] = [dataclasses.asdict(p) for p in r.damaged_packs]
-        out["unreadable_snapshots"] = [{"snapshot": s, "reason": why} for s, why in r.unreadable_snapshots]
+        out["unreadable_snapshots"] = [{"snapshot_id": s, "reason": why} for s, why in r.unreadable_snapshots]
         out["set_aside"] = str(result.set_aside)
-        click.echo(json.dumps(out, default=json_default))
+        emit_json(out)
         return
     would = "Would set" if r.dry_run else "Set"
     click.echo(f"Read {r.packs} packs ({human(r.bytes_read)}).")
@@ -359,7 +359,7 @@ def repaired(result: Repaired, as_json: bool) -> None:
     for sid, why in r.unreadable_snapshots:
         click.echo(f"{would} aside snapshot {sid[:12]}, which cannot be read ({why}).")
     for s in r.snapshots:
-        what = f"{s.kind} snapshot {s.snapshot[:12]} of {s.source} ({when(s.time)})"
+        what = f"{s.kind} snapshot {s.snapshot_id[:12]} of {s.source} ({when(s.time)})"
         if s.kind == "files":
             click.echo(f"The {what} lost {len(s.lost)} file(s):")
             for path in s.lost[:20]:
@@ -404,7 +404,7 @@ def unlocked(result: Unlocked) -> None:
 
 def job_cancelled(result: Cancelled, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(result.as_dict()))
+        emit_json(result.as_dict())
         return
     click.echo(f"Cancelled {result.job_type} job {result.job_id} (it was {result.was}).")
     for job_id in result.released:

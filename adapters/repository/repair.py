@@ -73,7 +73,7 @@ class DamagedPack:
 class SnapshotLoss:
     """One snapshot that needed a lost blob, and what became of it."""
 
-    snapshot: str
+    snapshot_id: str
     kind: str
     source: str
     time: datetime

@@ -99,7 +99,7 @@ def test_repair_of_a_damaged_image_keeps_the_rest_and_the_next_backup_heals(
     assert done["damaged_packs"] == [pack]
     assert done["salvaged_blobs"] > 0
     [lost] = done["snapshots"]
-    assert lost["snapshot"] == files and lost["lost"] == [LOST_IMAGE]
+    assert lost["snapshot_id"] == files and lost["lost"] == [LOST_IMAGE]
     replacement = lost["replaced_by"]
     assert replacement and replacement != files
     # Nothing is deleted: the damaged pack and the old manifest are set aside, byte for byte.
@@ -190,7 +190,7 @@ def test_a_missing_pack_is_forgotten_and_every_snapshot_that_needed_it_is_set_as
 
     done = repair(shop)
     assert done["missing_packs"] == [gone.name]
-    hurt = {s["snapshot"]: s for s in done["snapshots"]}
+    hurt = {s["snapshot_id"]: s for s in done["snapshots"]}
     assert database in hurt and hurt[database]["replaced_by"] is None
     for sid, loss in hurt.items():
         assert loss["lost"], sid
