@@ -138,7 +138,7 @@ def test_a_database_snapshot_that_lost_a_page_is_set_aside_and_listed_as_damaged
     text = shop.run("repair", env=images_env(shop), expect=0)
     assert f"{database[:12]}" in text.stdout and "cannot be restored" in text.stdout
     shop.run("verify", "--read-data", env=images_env(shop), expect=0)
-    listed = {row["id"]: row for row in shop.snapshots(env=images_env(shop))}
+    listed = {row["snapshot_id"]: row for row in shop.snapshots(env=images_env(shop))}
     assert "set aside by `capsule repair`" in listed[database]["damaged"]
     refused = shop.restore(database, tmp_path / "db", expect=None)
     assert refused.returncode == 3 and "capsule repair" in one_line_error(refused)

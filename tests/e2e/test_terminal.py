@@ -121,5 +121,5 @@ def test_a_backup_whose_stderr_reader_goes_away_still_completes(shop: Shop) -> N
         raise AssertionError("the backup did not end once its stderr was closed") from None
 
     assert proc.returncode == 0
-    assert json.loads(out)["snapshot_id"] == shop.snapshots()[0]["id"]
+    assert json.loads(out)["snapshot_id"] == shop.snapshots()[0]["snapshot_id"]
     assert "database backed up" in [e["event"] for e in log_lines(shop)]
