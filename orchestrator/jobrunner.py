@@ -132,13 +132,16 @@ def continue_interrupted_backup(runtime: Runtime, source: str, kind: str, full: 
     if not isinstance(state, BackupJob):
         return None
     idle = isinstance(next_action(state, runtime.clock()), RunStep) and state.status != "pending"
-    if state.status != "interrupted" and not idle:
+    step = current_step(state)
+    # This process's own worker sweeps at start, and may already have taken up the job that was
+    # just taken over: that is finishing it too.
+    mine = step is not None and step.status == "running" and step.worker == runtime.worker_id
+    if state.status != "interrupted" and not idle and not mine:
         return None
     if (state.kind, state.full) != (kind, full):
         return None
-    step = current_step(state)
     why = f" ({step.error})" if step is not None and step.error else ""
-    said = "was interrupted" if state.status == "interrupted" else "was left unfinished"
+    said = "was left unfinished" if state.status not in ("interrupted", "running") else "was interrupted"
     sys.stderr.write(f"capsule: backup job {job_id} {said}{why}; finishing it now\n")
     return job_id
 
