@@ -27,8 +27,8 @@ from datetime import UTC, datetime
 
 import structlog
 
-from capsule.adapters.errors import RepositoryLocked, RepositoryReadOnly
-from capsule.adapters.repository.backends.local import LocalBackend
+from capsule.adapters.errors import ObjectNotFound, RepositoryError, RepositoryLocked, RepositoryReadOnly
+from capsule.adapters.repository.backends.storage import Backend, not_writable
 
 log = structlog.get_logger(__name__)
 
@@ -80,7 +80,7 @@ class RepositoryLock:
     goes on without a lock (`held` stays False) instead of failing.
     """
 
-    def __init__(self, backend: LocalBackend, exclusive: bool, operation: str, reading: bool = False) -> None:
+    def __init__(self, backend: Backend, exclusive: bool, operation: str, reading: bool = False) -> None:
         if exclusive and reading:
             raise ValueError("an exclusive lock is for an operation that writes")
         self.backend = backend
@@ -109,7 +109,7 @@ class RepositoryLock:
                     self.name = self._write()
                 except RepositoryReadOnly as e:
                     if not self.reading:
-                        raise self.backend.not_writable(e, self.operation) from e
+                        raise not_writable(self.backend, e, self.operation) from e
                     self._say_without_lock(e)
                     return
                 conflict = self._first_conflict(ignore=self.name)
@@ -133,7 +133,7 @@ class RepositoryLock:
         what = "is read-only" if error.read_only_mount else "cannot be written by this user"
         log.warning(
             f"the repository {what}: reading it without a lock; make sure nothing prunes it meanwhile",
-            repository=str(self.backend.root),
+            repository=self.backend.describe(),
             operation=self.operation,
         )
 
@@ -146,7 +146,7 @@ class RepositoryLock:
                     remove_stale(self.backend, info)
                 except RepositoryReadOnly as e:
                     if not self.reading:
-                        raise self.backend.not_writable(e, self.operation) from e
+                        raise not_writable(self.backend, e, self.operation) from e
                     # It stays, and a lock no one holds stands in no reader's way.
                 continue
             if self.exclusive or info.exclusive:
@@ -192,7 +192,7 @@ def lock_record(
     return json.dumps(body).encode()
 
 
-def read_locks(backend: LocalBackend) -> list[LockInfo]:
+def read_locks(backend: Backend) -> list[LockInfo]:
     out = []
     for name in backend.list("locks"):
         try:
@@ -208,13 +208,13 @@ def read_locks(backend: LocalBackend) -> list[LockInfo]:
                     float(body["refreshed"]),
                 )
             )
-        except FileNotFoundError:
+        except ObjectNotFound:
             continue  # released while we listed
-        except (ValueError, KeyError, TypeError, PermissionError):
+        except (ValueError, KeyError, TypeError, RepositoryError):
             # An unreadable lock (damaged, or another user's on a shared repository) is kept as a
             # conflicting lock with no owner: it expires by age.
-            with contextlib.suppress(OSError):
-                mtime = backend.path_of("locks", name).stat().st_mtime
+            with contextlib.suppress(RepositoryError):
+                mtime = backend.stat("locks", name).modified
                 out.append(LockInfo(name, "?", 0, None, True, "unreadable lock", mtime))
     return out
 
@@ -226,14 +226,14 @@ def is_stale(info: LockInfo, now: float | None = None) -> bool:
     return info.hostname == socket.gethostname() and not pid_alive(info.pid, info.process_start)
 
 
-def remove_stale(backend: LocalBackend, info: LockInfo) -> None:
+def remove_stale(backend: Backend, info: LockInfo) -> None:
     backend.remove("locks", info.name)
     log.warning("removed a stale repository lock", lock=info.describe())
 
 
 @contextlib.contextmanager
 def locked(
-    backend: LocalBackend,
+    backend: Backend,
     operation: str,
     exclusive: bool = False,
     timeout: float = 0.0,

@@ -1,1 +1,38 @@
-"""Where repository files live: the storage a repository is written to."""
+"""Where repository files live: the storage contract (`storage`) and the backends that keep it.
+
+`open_backend` is the one place a repository location becomes a backend.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from capsule.adapters.repository.backends.local import LocalBackend
+from capsule.adapters.repository.backends.storage import (
+    KINDS,
+    Backend,
+    Kind,
+    LocalPaths,
+    ObjectInfo,
+    check_name,
+    local_paths,
+    not_writable,
+)
+
+__all__ = [
+    "KINDS",
+    "Backend",
+    "Kind",
+    "LocalPaths",
+    "ObjectInfo",
+    "check_name",
+    "local_paths",
+    "not_writable",
+    "open_backend",
+]
+
+
+def open_backend(location: Path) -> Backend:
+    """The backend for a repository location. Today every location is a local folder; Drive and
+    other destinations will be told apart here."""
+    return LocalBackend(location)
