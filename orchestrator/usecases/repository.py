@@ -110,7 +110,7 @@ def remove_locks(settings: Settings, request: Unlock) -> Unlocked:
     """Remove stale locks (or, with remove_all, every lock)."""
     backend = open_backend(settings.repository)
     if not backend.exists("config", "config"):
-        raise RepositoryError(f"there is no repository at {settings.repository}")
+        raise RepositoryError(f"there is no repository at {backend.describe()}")
     removed = []
     for info in read_locks(backend):
         if request.remove_all or is_stale(info):
