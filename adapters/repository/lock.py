@@ -1,4 +1,7 @@
-"""Repository locks: files under `locks/` that say who is working on the repository.
+"""Repository locks: objects of kind `locks` that say who is working on the repository.
+
+They need only what every storage backend offers (write, list, read, stat and remove objects; see
+backends/storage.py), so they work the same on a local folder and on a remote store.
 
 Backups, restores and verifies take shared locks: content-addressed packs and uniquely named index and
 snapshot files let them run side by side. Operations that delete or replace files (index rebuild, and

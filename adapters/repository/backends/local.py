@@ -29,7 +29,6 @@ from capsule.adapters.repository.backends.storage import (
     Kind,
     ObjectInfo,
     check_name,
-    not_writable,
 )
 
 __all__ = ["KINDS", "Backend", "Kind", "LocalBackend", "atomic_write", "fsync_dir"]
@@ -206,10 +205,6 @@ class LocalBackend:
             pass
         except OSError as e:
             raise _disk_error(e, path, "remove") from e
-
-    def not_writable(self, error: RepositoryReadOnly, operation: str) -> RepositoryReadOnly:
-        """The one sentence for `operation`, which must write, meeting a repository it cannot write."""
-        return not_writable(self, error, operation)
 
     def path_of(self, kind: Kind, name: str) -> Path:
         """The file holding (kind, name): the `LocalPaths` capability."""
