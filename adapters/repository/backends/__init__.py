@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from capsule.adapters.repository.backends.local import LocalBackend
 from capsule.adapters.repository.backends.storage import (
@@ -36,3 +37,10 @@ def open_backend(location: Path) -> Backend:
     """The backend for a repository location. Today every location is a local folder; Drive and
     other destinations will be told apart here."""
     return LocalBackend(location)
+
+
+if TYPE_CHECKING:  # mypy holds every backend to the contract's signatures here
+    from capsule.adapters.repository.backends.memory import MemoryBackend
+
+    _local: Backend = LocalBackend(Path())
+    _memory: Backend = MemoryBackend()
