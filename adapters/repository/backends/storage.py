@@ -14,7 +14,8 @@ The contract every backend keeps:
 - `write` stores a whole object atomically: a reader sees all of the new bytes or none of them, and
   writing an existing name replaces it the same way.
 - `read` returns a byte range (`offset`, `length`; to the end when `length` is None; a range past
-  the end is cut short, as a file read is). `read_tail` returns the size and the last bytes.
+  the end is cut short, as a file read is; a negative one is a ValueError). `read_tail` returns
+  the size and the last bytes.
 - `list(kind)` yields the names stored under `kind`, in no particular order; a write that has
   returned is listed (the locks need that: a Drive backend lists without a cache).
 - `remove` deletes; deleting a missing object is not an error.
