@@ -64,6 +64,26 @@ class RepositoryLocked(RepositoryError):
     category = Category.LOCKED
 
 
+class ObjectNotFound(RepositoryError, FileNotFoundError):
+    """Raised when a repository object (a pack, an index file, a lock) is not in the store.
+
+    Also a FileNotFoundError, so that code written against files keeps treating it as one."""
+
+    category = Category.NOT_FOUND
+
+
+class StorageUnavailable(RepositoryError):
+    """Raised when the store holding the repository cannot be reached or read now.
+
+    `retryable` says whether the same request may succeed later (a rate limit, a timeout)."""
+
+    category = Category.UNAVAILABLE
+
+    def __init__(self, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
 class RepositoryReadOnly(RepositoryError):
     """Raised when the repository cannot be written: a read-only mount, or no permission to write."""
 

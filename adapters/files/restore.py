@@ -34,11 +34,13 @@ from capsule.adapters.directio import Readahead
 from capsule.adapters.errors import NOT_INDEXED_ADVICE, BlobNotFound, DiskFull, RestoreRefused
 from capsule.adapters.files.tree import iter_entries, path_key
 from capsule.adapters.partials import PARTIAL_MARK, is_abandoned, partial_name, partial_owner
+from capsule.adapters.repository.backends.storage import LocalPaths, local_paths
 from capsule.adapters.repository.chunks import workers as thread_count
 from capsule.adapters.repository.entry_rules import SPECIAL_BITS, check_content, check_follows, restored_mode
 from capsule.adapters.repository.repo import Repository
 from capsule.adapters.repository.restore import blob_batches, content_ids, locate_all, read_batch
 from capsule.adapters.sqlite.pagestore import sha256_file
+from capsule.adapters.workers.restorepool import pack_files
 from capsule.adapters.workers.sealpool import RestoreFile, SealPool, default_workers, open_request
 from capsule.adapters.workers.sealworker import OPEN_ITEM
 from capsule.domain.errors import UnsafePath
@@ -306,6 +308,7 @@ class _ToWorkers:
         self.to = str(to)
         self.entries: list[Entry] = []
         self._paths: dict[int, str] = {}
+        self.packs: LocalPaths = pack_files(repo)
         self._serial = itertools.count()
         self._mark = f"{PARTIAL_MARK}{os.getpid()}-{secrets.token_hex(3)}-"
         self.readahead = Readahead()
@@ -314,7 +317,7 @@ class _ToWorkers:
         path = self._paths.get(number)
         if path is None:
             pack = self.repo.index.pack_ids[number]
-            path = self._paths[number] = os.path.abspath(self.repo.backend.path_of("data", pack))
+            path = self._paths[number] = os.path.abspath(self.packs.path_of("data", pack))
         return path
 
     def add(self, entry: Entry) -> list[tuple[Future[memoryview], Entry]]:
@@ -441,6 +444,8 @@ def restore_files(
     to = to.resolve()
     selection = Selection(include)
     # Worker processes start while the snapshot is checked (a selection may need none of them).
+    # The workers open packs by path: where the backend has none, threads here read its ranges.
+    workers = workers if local_paths(repo.backend) is not None else 0
     early = workers != 0 and not include and manifest.totals.bytes >= POOL_MIN_BYTES
     pool = SealPool(repo.master_key, repo.compression_level, workers) if early else None
     try:

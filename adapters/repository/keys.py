@@ -14,9 +14,10 @@ from pathlib import Path
 
 import structlog
 
-from capsule.adapters.errors import IntegrityError, WrongKey
+from capsule.adapters.errors import IntegrityError, ObjectNotFound, WrongKey
 from capsule.adapters.repository import crypto
-from capsule.adapters.repository.backends.local import LocalBackend, atomic_write
+from capsule.adapters.repository.backends.local import atomic_write
+from capsule.adapters.repository.backends.storage import Backend
 from capsule.adapters.repository.crypto import MasterKey
 
 log = structlog.get_logger(__name__)
@@ -26,7 +27,7 @@ def _key_aad(repository_id: str, key_id: str) -> bytes:
     return f"capsule:key:{repository_id}:{key_id}".encode()
 
 
-def add_key_file(backend: LocalBackend, master: MasterKey, repo_id: str, key_file: Path) -> str:
+def add_key_file(backend: Backend, master: MasterKey, repo_id: str, key_file: Path) -> str:
     """Wrap the master key with a new random secret kept in `key_file` (outside the repository)."""
     key_id = os.urandom(16).hex()
     secret = os.urandom(crypto.KEY_SIZE)
@@ -49,7 +50,7 @@ def add_key_file(backend: LocalBackend, master: MasterKey, repo_id: str, key_fil
     return key_id
 
 
-def add_passphrase_key(backend: LocalBackend, master: MasterKey, repo_id: str, phrase: str) -> str:
+def add_passphrase_key(backend: Backend, master: MasterKey, repo_id: str, phrase: str) -> str:
     key_id = os.urandom(16).hex()
     salt = os.urandom(16)
     kek = crypto.passphrase_key(phrase, salt, crypto.SCRYPT_N, crypto.SCRYPT_R, crypto.SCRYPT_P)
@@ -71,7 +72,7 @@ def add_passphrase_key(backend: LocalBackend, master: MasterKey, repo_id: str, p
     return key_id
 
 
-def open_with_key_file(backend: LocalBackend, repo_id: str, key_file: Path) -> MasterKey:
+def open_with_key_file(backend: Backend, repo_id: str, key_file: Path) -> MasterKey:
     try:
         body = json.loads(key_file.read_text())
         key_id, secret = body["key_id"], crypto.unb64(body["secret"])
@@ -85,7 +86,7 @@ def open_with_key_file(backend: LocalBackend, repo_id: str, key_file: Path) -> M
     try:
         entry = json.loads(backend.read("keys", key_id))
         wrapped = crypto.unb64(entry["wrapped"])
-    except FileNotFoundError as e:
+    except ObjectNotFound as e:
         raise WrongKey(f"the repository no longer accepts the key in {key_file}") from e
     except (ValueError, KeyError, TypeError) as e:
         raise IntegrityError(f"the repository's key entry {key_id[:12]} is damaged") from e
@@ -99,7 +100,7 @@ def open_with_key_file(backend: LocalBackend, repo_id: str, key_file: Path) -> M
         ) from e
 
 
-def open_with_passphrase(backend: LocalBackend, repo_id: str, phrase: str) -> MasterKey | None:
+def open_with_passphrase(backend: Backend, repo_id: str, phrase: str) -> MasterKey | None:
     for key_id in sorted(backend.list("keys")):
         try:
             entry = json.loads(backend.read("keys", key_id))

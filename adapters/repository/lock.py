@@ -1,4 +1,7 @@
-"""Repository locks: files under `locks/` that say who is working on the repository.
+"""Repository locks: objects of kind `locks` that say who is working on the repository.
+
+They need only what every storage backend offers (write, list, read, stat and remove objects; see
+backends/storage.py), so they work the same on a local folder and on a remote store.
 
 Backups, restores and verifies take shared locks: content-addressed packs and uniquely named index and
 snapshot files let them run side by side. Operations that delete or replace files (index rebuild, and
@@ -27,8 +30,8 @@ from datetime import datetime
 
 import structlog
 
-from capsule.adapters.errors import RepositoryLocked, RepositoryReadOnly
-from capsule.adapters.repository.backends.local import LocalBackend
+from capsule.adapters.errors import ObjectNotFound, RepositoryError, RepositoryLocked, RepositoryReadOnly
+from capsule.adapters.repository.backends.storage import Backend, not_writable
 
 log = structlog.get_logger(__name__)
 
@@ -84,7 +87,7 @@ class RepositoryLock:
     goes on without a lock (`held` stays False) instead of failing.
     """
 
-    def __init__(self, backend: LocalBackend, exclusive: bool, operation: str, reading: bool = False) -> None:
+    def __init__(self, backend: Backend, exclusive: bool, operation: str, reading: bool = False) -> None:
         if exclusive and reading:
             raise ValueError("an exclusive lock is for an operation that writes")
         self.backend = backend
@@ -116,7 +119,7 @@ class RepositoryLock:
                     self.name = self._write()
                 except RepositoryReadOnly as e:
                     if not self.reading:
-                        raise self.backend.not_writable(e, self.operation) from e
+                        raise not_writable(self.backend, e, self.operation) from e
                     self._say_without_lock(e)
                     return
                 conflict = self._first_conflict(ignore=self.name)
@@ -140,7 +143,7 @@ class RepositoryLock:
         what = "is read-only" if error.read_only_mount else "cannot be written by this user"
         log.warning(
             f"the repository {what}: reading it without a lock; make sure nothing prunes it meanwhile",
-            repository=str(self.backend.root),
+            repository=self.backend.describe(),
             operation=self.operation,
         )
 
@@ -153,7 +156,7 @@ class RepositoryLock:
                     remove_stale(self.backend, info)
                 except RepositoryReadOnly as e:
                     if not self.reading:
-                        raise self.backend.not_writable(e, self.operation) from e
+                        raise not_writable(self.backend, e, self.operation) from e
                     # It stays, and a lock no one holds stands in no reader's way.
                 continue
             if self.exclusive or info.exclusive:
@@ -202,7 +205,7 @@ def lock_record(
     return json.dumps(body).encode()
 
 
-def read_locks(backend: LocalBackend) -> list[LockInfo]:
+def read_locks(backend: Backend) -> list[LockInfo]:
     out = []
     for name in backend.list("locks"):
         try:
@@ -219,13 +222,13 @@ def read_locks(backend: LocalBackend) -> list[LockInfo]:
                     float(body["created"]) if body.get("created") is not None else None,
                 )
             )
-        except FileNotFoundError:
+        except ObjectNotFound:
             continue  # released while we listed
-        except (ValueError, KeyError, TypeError, PermissionError):
+        except (ValueError, KeyError, TypeError, RepositoryError):
             # An unreadable lock (damaged, or another user's on a shared repository) is kept as a
             # conflicting lock with no owner: it expires by age.
-            with contextlib.suppress(OSError):
-                mtime = backend.path_of("locks", name).stat().st_mtime
+            with contextlib.suppress(RepositoryError):
+                mtime = backend.stat("locks", name).modified
                 out.append(LockInfo(name, "?", 0, None, True, "unreadable lock", mtime))
     return out
 
@@ -237,14 +240,14 @@ def is_stale(info: LockInfo, now: float | None = None) -> bool:
     return info.hostname == socket.gethostname() and not pid_alive(info.pid, info.process_start)
 
 
-def remove_stale(backend: LocalBackend, info: LockInfo) -> None:
+def remove_stale(backend: Backend, info: LockInfo) -> None:
     backend.remove("locks", info.name)
     log.warning("removed a stale repository lock", lock=info.describe())
 
 
 @contextlib.contextmanager
 def locked(
-    backend: LocalBackend,
+    backend: Backend,
     operation: str,
     exclusive: bool = False,
     timeout: float = 0.0,

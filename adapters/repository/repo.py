@@ -30,13 +30,14 @@ from capsule.adapters.errors import (
     BlobNotFound,
     IntegrityError,
     KeyFileMissing,
+    ObjectNotFound,
     RepositoryExists,
     RepositoryNotFound,
     UnsupportedVersion,
     WrongKey,
 )
 from capsule.adapters.repository import indexcache
-from capsule.adapters.repository.backends.local import Kind, LocalBackend
+from capsule.adapters.repository.backends.storage import Backend, Kind
 from capsule.adapters.repository.blobcodec import decode_blob, decode_bundle, encode_blob, member
 from capsule.adapters.repository.crypto import MasterKey, Sealer
 from capsule.adapters.repository.index import (
@@ -100,7 +101,7 @@ class PreparedBlob(NamedTuple):
 class Repository:
     """An open repository: config checked, master key unwrapped, index loaded on demand."""
 
-    def __init__(self, backend: LocalBackend, config: dict[str, Any], key: MasterKey) -> None:
+    def __init__(self, backend: Backend, config: dict[str, Any], key: MasterKey) -> None:
         self.backend = backend
         self.config = config
         self.id: str = config["id"]
@@ -130,13 +131,13 @@ class Repository:
     @classmethod
     def init(
         cls,
-        backend: LocalBackend,
+        backend: Backend,
         key_file: Path,
         passphrase: str | None = None,
         pack_size: int = DEFAULT_PACK_SIZE,
     ) -> Repository:
         if backend.exists("config", "config"):
-            raise RepositoryExists(f"a repository already exists at {backend.root}")
+            raise RepositoryExists(f"a repository already exists at {backend.describe()}")
         if key_file.exists():
             raise RepositoryExists(
                 f"a key file already exists at {key_file}; move it away first (it may be the only "
@@ -158,11 +159,11 @@ class Repository:
         if passphrase:
             add_passphrase_key(backend, master, config["id"], passphrase)
         backend.write("config", "config", json.dumps(config, indent=2).encode() + b"\n")
-        log.info("repository created", repository=str(backend.root), key_id=key_id[:12])
+        log.info("repository created", repository=backend.describe(), key_id=key_id[:12])
         return cls(backend, config, master)
 
     @classmethod
-    def open(cls, backend: LocalBackend, key_file: Path | None, passphrase: str | None = None) -> Repository:
+    def open(cls, backend: Backend, key_file: Path | None, passphrase: str | None = None) -> Repository:
         config = read_config(backend)
         master = None
         refused: WrongKey | None = None
@@ -207,7 +208,7 @@ class Repository:
     def load_sealed(self, kind: Kind, name: str) -> bytes:
         try:
             stored = self.backend.read(kind, name)
-        except FileNotFoundError as e:
+        except ObjectNotFound as e:
             raise IntegrityError(f"{kind} file {name[:12]} is missing") from e
         what = f"{kind} file {name[:12]}"
         if hashlib.sha256(stored).hexdigest() != name:
@@ -483,7 +484,7 @@ class Repository:
             raise BlobNotFound(f"blob {blob_id.hex()[:12]} is in no index; {NOT_INDEXED_ADVICE}")
         try:
             sealed = self.backend.read("data", loc.pack_id, loc.offset, loc.length)
-        except FileNotFoundError as e:
+        except ObjectNotFound as e:
             raise BlobNotFound(f"pack {loc.pack_id[:12]} holding blob {blob_id.hex()[:12]} is missing") from e
         return self.open_blob(blob_id, loc, sealed)
 
@@ -502,7 +503,7 @@ class Repository:
                         "data", first.pack_id, first.offset, last.offset + last.length - first.offset
                     )
                 )
-            except FileNotFoundError as e:
+            except ObjectNotFound as e:
                 raise BlobNotFound(f"pack {first.pack_id[:12]} is missing from the repository") from e
             for blob_id, loc in run:
                 start = loc.offset - first.offset
@@ -631,22 +632,22 @@ def _hmac_equal(a: bytes, b: bytes) -> bool:
     return hmac.compare_digest(a, b)
 
 
-def read_config(backend: LocalBackend) -> dict[str, Any]:
+def read_config(backend: Backend) -> dict[str, Any]:
     try:
         raw = backend.read("config", "config")
-    except FileNotFoundError as e:
+    except ObjectNotFound as e:
         raise RepositoryNotFound(
-            f"there is no repository at {backend.root}; create one with `capsule init`"
+            f"there is no repository at {backend.describe()}; create one with `capsule init`"
         ) from e
     try:
         config: dict[str, Any] = json.loads(raw)
     except ValueError as e:
-        raise IntegrityError(f"the repository config at {backend.root} is not valid JSON") from e
+        raise IntegrityError(f"the repository config at {backend.describe()} is not valid JSON") from e
     if config.get("format") != REPOSITORY_FORMAT:
-        raise UnsupportedVersion(f"{backend.root} does not hold a Capsule repository")
+        raise UnsupportedVersion(f"{backend.describe()} does not hold a Capsule repository")
     if config.get("version") not in READABLE_VERSIONS:
         raise UnsupportedVersion(
-            f"the repository at {backend.root} uses format version {config.get('version')!r}; "
+            f"the repository at {backend.describe()} uses format version {config.get('version')!r}; "
             f"this Capsule reads versions up to {REPOSITORY_VERSION}: upgrade Capsule to read it"
         )
     return config

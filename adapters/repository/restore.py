@@ -22,6 +22,7 @@ import structlog
 from capsule.adapters.errors import NOT_INDEXED_ADVICE, BlobNotFound, DiskFull, IntegrityError, RestoreRefused
 from capsule.adapters.partials import partial_name, remove_abandoned
 from capsule.adapters.repository.backends.local import fsync_dir
+from capsule.adapters.repository.backends.storage import local_paths
 from capsule.adapters.repository.chunks import read_id_lists, split_ids, workers
 from capsule.adapters.repository.entry_rules import check_content, check_database_snapshot, restored_mode
 from capsule.adapters.repository.index import BlobLocation
@@ -256,9 +257,10 @@ def restore_snapshot(
     # The workers start while the index loads, so their start-up costs nothing. One more worker
     # than cores: a worker waiting for its direct write to reach the disk leaves its core to
     # another (see docs/performance.md, "One more restore worker than cores").
+    # The workers open packs by path: where the backend has none, threads here read its ranges.
     pool = (
         SealPool(repo.master_key, repo.compression_level, workers or default_workers() + 1)
-        if workers != 0
+        if workers != 0 and local_paths(repo.backend) is not None
         else None
     )
     try:

@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from capsule.adapters.directio import AlignedBuffer, Readahead, SharedSlots, open_direct, read_into
 from capsule.adapters.errors import NOT_INDEXED_ADVICE, BlobNotFound, IntegrityError
+from capsule.adapters.repository.backends.storage import LocalPaths, local_paths
 from capsule.adapters.repository.crypto import ID_SIZE
 from capsule.adapters.repository.pack import BUNDLED
 from capsule.adapters.repository.repo import Repository
@@ -88,13 +89,14 @@ class _Requests:
         self.repo = repo
         self.entry = entry
         self._paths: dict[int, str] = {}
+        self.packs: LocalPaths = pack_files(repo)
         self.readahead = Readahead()
 
     def _path(self, number: int) -> str:
         path = self._paths.get(number)
         if path is None:
             pack_id = self.repo.index.pack_ids[number]
-            path = self._paths[number] = str(self.repo.backend.path_of("data", pack_id))
+            path = self._paths[number] = str(self.packs.path_of("data", pack_id))
         return path
 
     def build(self, ids: bytes, start: int) -> list[tuple[bytes, int]]:
@@ -140,6 +142,16 @@ class _Requests:
         rows["plain"] = np.add.reduceat(recs["plain"].astype(np.uint64), first) if len(first) else 0
         paths = [self._path(int(n)) for n in numbers]
         return open_request(paths, rows.tobytes()), int(recs["plain"].sum())
+
+
+def pack_files(repo: Repository) -> LocalPaths:
+    """The repository's packs as files the workers can open; only a backend with local paths
+    has them (callers restore through threads of their own process otherwise)."""
+    packs = local_paths(repo.backend)
+    if packs is None:
+        where = repo.backend.describe()
+        raise ValueError(f"the workers cannot open the packs of {where}: it has no local paths")
+    return packs
 
 
 def _spans(packs: npt.NDArray[np.uint32], recs: npt.NDArray[np.void], gap: int) -> list[tuple[int, int, int]]:

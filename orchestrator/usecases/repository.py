@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from capsule.adapters.errors import RepositoryError, RepositoryReadOnly
-from capsule.adapters.repository.backends.local import LocalBackend
+from capsule.adapters.repository.backends import not_writable, open_backend
 from capsule.adapters.repository.lock import is_stale, locked, read_locks
 from capsule.adapters.repository.rebuild import rebuild_index
 from capsule.adapters.repository.repo import Repository
@@ -24,21 +24,21 @@ def _passphrase(settings: Settings, given: str | None) -> str | None:
 
 
 def init_repository(settings: Settings, passphrase: str | None = None) -> Repository:
-    backend = LocalBackend(settings.repository)
+    backend = open_backend(settings.repository)
     try:
         return Repository.init(
             backend, settings.resolved_key_file, _passphrase(settings, passphrase), settings.pack_size
         )
     except RepositoryReadOnly as e:
-        raise backend.not_writable(e, "init") from e
+        raise not_writable(backend, e, "init") from e
 
 
 def repository_exists(settings: Settings) -> bool:
-    return LocalBackend(settings.repository).exists("config", "config")
+    return open_backend(settings.repository).exists("config", "config")
 
 
 def open_repository(settings: Settings, passphrase: str | None = None) -> Repository:
-    backend = LocalBackend(settings.repository)
+    backend = open_backend(settings.repository)
     repo = Repository.open(backend, settings.resolved_key_file, _passphrase(settings, passphrase))
     repo.cache_dir = settings.cache
     return repo
@@ -112,16 +112,16 @@ def remove_locks(settings: Settings, request: Unlock) -> Unlocked:
     """Remove stale locks (or, with remove_all, every lock), and record as interrupted every job
     whose process is gone (with remove_all, also those of other hosts), so that none of them is
     left looking `running` until its lease runs out."""
-    backend = LocalBackend(settings.repository)
+    backend = open_backend(settings.repository)
     if not backend.exists("config", "config"):
-        raise RepositoryError(f"there is no repository at {settings.repository}")
+        raise RepositoryError(f"there is no repository at {backend.describe()}")
     removed = []
     for info in read_locks(backend):
         if request.remove_all or is_stale(info):
             try:
                 backend.remove("locks", info.name)
             except RepositoryReadOnly as e:
-                raise backend.not_writable(e, "unlock") from e
+                raise not_writable(backend, e, "unlock") from e
             removed.append(info.describe())
     return Unlocked(removed, _interrupt_orphans(settings, hosts_gone=request.remove_all))
 

@@ -1,4 +1,51 @@
-"""Where repository files live: the storage a repository is written to.
+"""Where repository files live: the storage contract and the backends that keep it.
 
+- `storage.py`: the contract every backend keeps (`Backend`), its errors and names, and the one
+  optional capability (`LocalPaths`).
 - `local.py`: `LocalBackend`, a folder on a local disk; every file is written atomically.
+- `memory.py`: `MemoryBackend`, the same contract in memory, for tests.
+
+`open_backend` is the one place a repository location becomes a backend.
 """
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from capsule.adapters.repository.backends.local import LocalBackend
+from capsule.adapters.repository.backends.storage import (
+    KINDS,
+    Backend,
+    Kind,
+    LocalPaths,
+    ObjectInfo,
+    check_name,
+    local_paths,
+    not_writable,
+)
+
+__all__ = [
+    "KINDS",
+    "Backend",
+    "Kind",
+    "LocalPaths",
+    "ObjectInfo",
+    "check_name",
+    "local_paths",
+    "not_writable",
+    "open_backend",
+]
+
+
+def open_backend(location: Path) -> Backend:
+    """The backend for a repository location. Today every location is a local folder; Drive and
+    other destinations will be told apart here."""
+    return LocalBackend(location)
+
+
+if TYPE_CHECKING:  # mypy holds every backend to the contract's signatures here
+    from capsule.adapters.repository.backends.memory import MemoryBackend
+
+    _local: Backend = LocalBackend(Path())
+    _memory: Backend = MemoryBackend()

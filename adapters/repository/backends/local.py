@@ -1,8 +1,8 @@
-"""Where repository files live. The local directory backend writes every file atomically.
+"""The local backend: a repository in a folder of this machine, every file written atomically.
 
-The repository is a set of immutable files grouped by kind; nothing is ever modified in place, so any
-store that can write a whole object, read a byte range, list and delete (a folder, a NAS, Google Drive)
-can hold a repository.
+It keeps the contract of capsule.adapters.repository.backends.storage, and offers `LocalPaths`:
+restore workers open its packs by path. `atomic_write` and `fsync_dir` also serve files outside
+the repository (the key file, restored files).
 """
 
 from __future__ import annotations
@@ -14,36 +14,24 @@ import secrets
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal, Protocol
 
 from capsule.adapters.directio import AlignedBuffer, aligned_part, open_direct, write_all
-from capsule.adapters.errors import DiskFull, RepositoryError, RepositoryReadOnly
+from capsule.adapters.errors import (
+    DiskFull,
+    ObjectNotFound,
+    RepositoryError,
+    RepositoryReadOnly,
+    StorageUnavailable,
+)
+from capsule.adapters.repository.backends.storage import (
+    KINDS,
+    Backend,
+    Kind,
+    ObjectInfo,
+    check_name,
+)
 
-Kind = Literal["config", "keys", "data", "index", "snapshots", "locks", "damaged"]
-KINDS: tuple[Kind, ...] = ("keys", "data", "index", "snapshots", "locks")
-
-
-class Backend(Protocol):
-    """Stores repository files. Names are lowercase hex (or `config`); files are immutable."""
-
-    def write(self, kind: Kind, name: str, data: bytes) -> None:
-        """Store `data` under (kind, name) atomically: readers see all of it or nothing."""
-
-    def read(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
-        """Return `length` bytes from `offset` (to the end when length is None)."""
-
-    def size(self, kind: Kind, name: str) -> int:
-        """Return the stored size in bytes."""
-
-    def exists(self, kind: Kind, name: str) -> bool:
-        """Tell whether (kind, name) is stored."""
-
-    def list(self, kind: Kind) -> Iterator[str]:
-        """Yield the names stored under `kind`, in no particular order."""
-
-    def remove(self, kind: Kind, name: str) -> None:
-        """Delete (kind, name); deleting a missing file is not an error."""
-
+__all__ = ["KINDS", "Backend", "Kind", "LocalBackend", "atomic_write", "fsync_dir"]
 
 # A read-only mount (a USB disk, a NAS snapshot), or a share this user may only read.
 NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
@@ -118,7 +106,10 @@ def _write_direct(path: Path, view: memoryview) -> int:
 
 
 class LocalBackend:
-    """A repository in a local folder: `config`, `keys/`, `data/xx/`, `index/`, `snapshots/`, `locks/`."""
+    """A repository in a local folder: `config`, `keys/`, `data/xx/`, `index/`, `snapshots/`, `locks/`.
+
+    Construct it through `open_backend` (capsule.adapters.repository.backends), not directly.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -126,7 +117,11 @@ class LocalBackend:
     def __repr__(self) -> str:
         return f"LocalBackend({str(self.root)!r})"
 
+    def describe(self) -> str:
+        return str(self.root)
+
     def _path(self, kind: Kind, name: str) -> Path:
+        check_name(kind, name)
         if kind == "config":
             return self.root / "config"
         if kind == "data":
@@ -154,33 +149,53 @@ class LocalBackend:
 
     def read(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
         path = self._path(kind, name)
-        with open(path, "rb") as f:
-            if offset:
-                f.seek(offset)
-            return f.read() if length is None else f.read(length)
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError("a read's offset and length cannot be negative")
+        try:
+            with open(path, "rb") as f:
+                if offset:
+                    f.seek(offset)
+                return f.read() if length is None else f.read(length)
+        except OSError as e:
+            raise _read_error(e, kind, path) from e
 
     def read_tail(self, kind: Kind, name: str, length: int) -> tuple[int, bytes]:
-        """Return (file size, last `length` bytes) in one open."""
-        with open(self._path(kind, name), "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - length))
-            return size, f.read()
+        path = self._path(kind, name)
+        try:
+            with open(path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - length))
+                return size, f.read()
+        except OSError as e:
+            raise _read_error(e, kind, path) from e
+
+    def stat(self, kind: Kind, name: str) -> ObjectInfo:
+        path = self._path(kind, name)
+        try:
+            st = path.stat()
+        except OSError as e:
+            raise _read_error(e, kind, path) from e
+        return ObjectInfo(st.st_size, st.st_mtime)
 
     def size(self, kind: Kind, name: str) -> int:
-        return self._path(kind, name).stat().st_size
+        return self.stat(kind, name).size
 
     def exists(self, kind: Kind, name: str) -> bool:
         return self._path(kind, name).exists()
 
     def list(self, kind: Kind) -> Iterator[str]:
+        check_name(kind, "config")
         base = self.root / kind
-        if kind == "data":
-            for sub in sorted(base.iterdir()) if base.exists() else []:
-                if sub.is_dir():
-                    yield from (p.name for p in sub.iterdir() if not p.name.startswith("."))
-            return
-        if base.exists():
-            yield from (p.name for p in base.iterdir() if not p.name.startswith("."))
+        try:
+            if kind == "data":
+                for sub in sorted(base.iterdir()) if base.exists() else []:
+                    if sub.is_dir():
+                        yield from [p.name for p in sub.iterdir() if not p.name.startswith(".")]
+                return
+            if base.exists():
+                yield from [p.name for p in base.iterdir() if not p.name.startswith(".")]
+        except OSError as e:
+            raise _read_error(e, kind, base, "list") from e
 
     def remove(self, kind: Kind, name: str) -> None:
         path = self._path(kind, name)
@@ -191,17 +206,12 @@ class LocalBackend:
         except OSError as e:
             raise _disk_error(e, path, "remove") from e
 
-    def not_writable(self, error: RepositoryReadOnly, operation: str) -> RepositoryReadOnly:
-        """The one sentence for `operation`, which must write, meeting a repository it cannot write."""
-        if error.read_only_mount:
-            what, fix = "is on a read-only file system", "mount it read-write"
-        else:
-            what, fix = "cannot be written by this user", "run Capsule as a user who may write there"
-        return RepositoryReadOnly(
-            f"the repository at {self.root} {what} and {operation} writes to it: {fix}, then run "
-            "the command again",
-            error.read_only_mount,
-        )
-
     def path_of(self, kind: Kind, name: str) -> Path:
+        """The file holding (kind, name): the `LocalPaths` capability."""
         return self._path(kind, name)
+
+
+def _read_error(e: OSError, kind: str, path: Path, doing: str = "read") -> RepositoryError:
+    if isinstance(e, FileNotFoundError):
+        return ObjectNotFound(f"{path} is missing (a {kind} object of the repository)")
+    return StorageUnavailable(f"cannot {doing} {path}: {e.strerror or e}")
