@@ -23,7 +23,7 @@ import structlog
 
 from capsule.adapters.files.backup import StoredFiles, commit_files, store_files
 from capsule.adapters.files.restore import remove_partial_writes, restore_files
-from capsule.adapters.repository.backends.local import LocalBackend
+from capsule.adapters.repository.backends import open_backend
 from capsule.adapters.repository.entry_rules import check_database_snapshot
 from capsule.adapters.repository.lock import locked, read_locks
 from capsule.adapters.repository.repo import Repository
@@ -375,7 +375,7 @@ def release_own_locks(settings: Settings) -> None:
     """Remove the repository locks this process holds, for a process about to exit without
     unwinding its steps (Ctrl-C, SIGTERM). Best effort: a lock left behind is stale once this
     process is gone, and the next process on this host removes it."""
-    backend = LocalBackend(settings.repository)
+    backend = open_backend(settings.repository)
     host, pid = socket.gethostname(), os.getpid()
     try:
         for info in read_locks(backend):

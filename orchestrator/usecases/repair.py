@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from capsule.adapters.errors import RepositoryReadOnly
+from capsule.adapters.repository.backends import not_writable
 from capsule.adapters.repository.lock import locked
 from capsule.adapters.repository.repair import SET_ASIDE, RepairReport, repair
 from capsule.orchestrator import faults
@@ -43,5 +44,5 @@ def repair_repository(settings: Settings, request: Repair, progress: Progress | 
         ):
             report = repair(repo, request.dry_run, progress, lambda name: faults.point(f"repair:{name}"))
     except RepositoryReadOnly as e:
-        raise repo.backend.not_writable(e, "repair") from e
+        raise not_writable(repo.backend, e, "repair") from e
     return Repaired(report, settings.repository / SET_ASIDE)
