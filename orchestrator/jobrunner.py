@@ -17,14 +17,14 @@ from typing import NoReturn
 
 from capsule.adapters.files.restore import remove_partial_writes
 from capsule.domain.backup_job import BackupJob, committed_snapshot_ids
-from capsule.domain.commands import CancelJob, InterruptStep
+from capsule.domain.commands import CancelJob
 from capsule.domain.errors import CapsuleError, Category, InvalidCommand
 from capsule.domain.events import StepFailed, StepProgressed
 from capsule.domain.jobs import FINISHED, RunStep, current_step, next_action
 from capsule.domain.restore_job import IN_PLACE
 from capsule.orchestrator.actors import Dispatcher, build
 from capsule.orchestrator.logrepair import LogRepair, recover_if_damaged
-from capsule.orchestrator.orphans import take_over_orphans, worker_host_pid
+from capsule.orchestrator.orphans import interrupt_step, take_over_orphans, worker_host_pid
 from capsule.orchestrator.runtime import JOB_TYPES, Loaded, Runtime, person
 from capsule.orchestrator.settings import Settings
 from capsule.orchestrator.steps import clean_up, release_own_locks
@@ -236,14 +236,7 @@ def _interrupted(runtime: Runtime, job_type: str, job_id: str, signal: str) -> L
             _leave(settings, f"interrupted ({signal}); backup job {job_id} had not started and is cancelled")
         step = current_step(state)
         if step is not None and step.status == "running" and step.worker == runtime.worker_id:
-            command = InterruptStep(
-                job_id=job_id,
-                now=runtime.clock(),
-                step=step.name,
-                attempt=step.attempt,
-                reason=f"interrupted ({signal})",
-            )
-            runtime.execute(job_type, job_id, lambda _: command, actor=person())
+            interrupt_step(runtime, job_type, job_id, step, reason=f"interrupted ({signal})", actor=person())
         kind = state.kind if isinstance(state, BackupJob) else "database"
         again = "capsule backup" if kind == "database" else f"capsule backup --kind {kind}"
         # The log already holds the job: stopping now loses nothing, and waiting for the running
@@ -281,15 +274,7 @@ def interrupt_own_steps(runtime: Runtime, signal: str) -> list[str]:
         step = current_step(runtime.load(job_type, job_id).state)
         if step is None or step.status != "running" or step.worker != runtime.worker_id:
             continue
-        command = InterruptStep(
-            job_id=job_id,
-            now=runtime.clock(),
-            step=step.name,
-            attempt=step.attempt,
-            reason=f"interrupted ({signal})",
-        )
-        _, new = runtime.execute(job_type, job_id, lambda _, c=command: c, actor=person())  # type: ignore[misc]
-        if new:
+        if interrupt_step(runtime, job_type, job_id, step, reason=f"interrupted ({signal})", actor=person()):
             paused.append(f"{job_type} job {job_id}")
     return paused
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from capsule.adapters.repository.lock import pid_alive
 from capsule.domain.commands import InterruptStep
-from capsule.domain.jobs import current_step
+from capsule.domain.jobs import StepState, current_step
 from capsule.orchestrator.runtime import SYSTEM, Runtime
 
 
@@ -56,6 +56,17 @@ def owner_gone(worker: str | None, *, hosts_gone: bool = False) -> tuple[str, in
     return found if hosts_gone else None
 
 
+def interrupt_step(
+    runtime: Runtime, job_type: str, job_id: str, step: StepState, *, reason: str, actor: str
+) -> bool:
+    """Record `step`'s running attempt as interrupted, saying why; False if the log already had it."""
+    command = InterruptStep(
+        job_id=job_id, now=runtime.clock(), step=step.name, attempt=step.attempt, reason=reason
+    )
+    _, new = runtime.execute(job_type, job_id, lambda _: command, actor=actor)
+    return bool(new)
+
+
 def take_over_orphans(runtime: Runtime, *, hosts_gone: bool = False, actor: str = SYSTEM) -> list[TakenOver]:
     """Record as interrupted every running step whose process is gone; return those jobs."""
     taken = []
@@ -68,14 +79,7 @@ def take_over_orphans(runtime: Runtime, *, hosts_gone: bool = False, actor: str 
         if gone is None:
             continue
         host, pid = gone
-        command = InterruptStep(
-            job_id=job_id,
-            now=runtime.clock(),
-            step=step.name,
-            attempt=step.attempt,
-            reason=f"its process (PID {pid} on {host}) is gone",
-        )
-        _, new = runtime.execute(job_type, job_id, lambda _, c=command: c, actor=actor)  # type: ignore[misc]
-        if new:
+        why = f"its process (PID {pid} on {host}) is gone"
+        if interrupt_step(runtime, job_type, job_id, step, reason=why, actor=actor):
             taken.append(TakenOver(job_type, job_id, step.name, host, pid))
     return taken

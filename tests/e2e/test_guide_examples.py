@@ -263,19 +263,17 @@ def test_the_guides_examples_print_what_the_guide_shows() -> None:
         run_the_guide(Path(folder) / "shop")
 
 
+def capsule(args: list[str], shop: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CAPSULE, *args], cwd=shop, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
 def run_the_guide(shop: Path) -> None:
     shop.mkdir()
     # The guide's shop keeps its clock in Berlin: its local times are CET.
     env = {**clean_env(), "TZ": "Europe/Berlin"}
-    made = subprocess.run(
-        [*CAPSULE, "demo", "create"],
-        cwd=shop,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    made = capsule(["demo", "create"], shop, env)
     assert made.returncode == 0, made.stderr
     ids = Ids()
     failures = []
@@ -289,15 +287,7 @@ def run_the_guide(shop: Path) -> None:
         for command in example.commands:
             argv = shlex.split(ids.command(command))
             assert argv[0] == "capsule", f"{example}: only capsule commands can be checked"
-            proc = subprocess.run(
-                [*CAPSULE, *argv[1:]],
-                cwd=shop,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=300,
-                check=False,
-            )
+            proc = capsule(argv[1:], shop, env)
             codes.append(proc.returncode)
             printed += what_a_person_sees(shop, proc)
         expected_code = int(example.options.get("exit") or 0)
