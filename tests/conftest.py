@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from tests.integration.helpers import DatabaseTemplates, Shop, copy_shop
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: one test process more than cores. Most tests wait on the `capsule` processes they
+    start, on leases and on servers, so one more process keeps both cores busy through those waits."""
+    return (os.cpu_count() or 1) + 1
 
 
 @pytest.fixture(scope="session")
