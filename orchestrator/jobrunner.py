@@ -140,9 +140,14 @@ def continue_interrupted_backup(runtime: Runtime, source: str, kind: str, full: 
         return None
     if (state.kind, state.full) != (kind, full):
         return None
-    why = f" ({step.error})" if step is not None and step.error else ""
-    said = "was left unfinished" if state.status not in ("interrupted", "running") else "was interrupted"
-    sys.stderr.write(f"capsule: backup job {job_id} {said}{why}; finishing it now\n")
+    reason = step.error if step is not None and step.error else ""
+    if state.status not in ("interrupted", "running"):
+        said = "was left unfinished" + (f" ({reason})" if reason else "")
+    elif reason.startswith("interrupted"):
+        said = f"was {reason}"  # `was interrupted (SIGINT)`
+    else:
+        said = "was interrupted" + (f" ({reason})" if reason else "")
+    sys.stderr.write(f"capsule: backup job {job_id} {said}; finishing it now\n")
     return job_id
 
 
