@@ -19,7 +19,9 @@ A comment just before an example's command block says how to take it:
 every status, say): then each printed line must have its shape in the guide, but not the reverse,
 and an id there stands for any id;
 `setup=NAME` prepares the shop first (SETUPS below); `exit=N` is the exit code expected (0 when not
-given); `not run: WHY` leaves the example out, saying why.
+given); `not run: WHY` leaves the example out, saying why. Before a message quoted alone (a plain
+block with no command before it), `run: COMMAND` at the end of the comment names the command that
+prints it.
 """
 
 from __future__ import annotations
@@ -89,7 +91,8 @@ def blocks(lines: list[str]) -> list[tuple[int, int, str]]:
 def parse_options(text: str) -> dict[str, str]:
     if text.startswith("not run:"):
         return {"not run": text.removeprefix("not run:").strip()}
-    options = {}
+    text, _, command = text.partition("run:")
+    options = {"run": command.strip()} if command else {}
     for word in text.split():
         key, _, value = word.partition("=")
         options[key] = value
@@ -100,6 +103,12 @@ def examples() -> list[Example]:
     lines = GUIDE.read_text(encoding="utf-8").splitlines()
     found = []
     fenced = blocks(lines)
+    for start, end, language in fenced:  # a message quoted alone, with the command that prints it
+        before = next((lines[i] for i in range(start - 1, -1, -1) if lines[i].strip()), "")
+        mark = MARK.match(before)
+        if not language and mark and "run:" in mark.group(1):
+            options = parse_options(mark.group(1))
+            found.append(Example(start + 1, [options["run"]], lines[start + 1 : end], options))
     for (start, end, language), (next_start, next_end, next_language) in itertools.pairwise(fenced):
         between = lines[end + 1 : next_start]
         if language != "sh" or next_language or any(line.strip() for line in between):
@@ -109,7 +118,7 @@ def examples() -> list[Example]:
         commands = [c for c in lines[start + 1 : end] if c.strip() and not c.lstrip().startswith("#")]
         printed = lines[next_start + 1 : next_end]
         found.append(Example(start + 1, commands, printed, parse_options(mark.group(1)) if mark else {}))
-    return found
+    return sorted(found, key=lambda e: e.line)
 
 
 class Ids:
@@ -241,9 +250,16 @@ def a_damaged_event_log(shop: Path, env: dict[str, str]) -> None:
     log.write_bytes(bytes(data))
 
 
-SETUPS: dict[str, Callable[[Path, dict[str, str]], None]] = {
+def a_misspelled_key_in_capsule_toml(shop: Path, env: dict[str, str]) -> Callable[[], None]:
+    toml = shop / "capsule.toml"
+    toml.write_text("# the shop's settings\nworkers = 2\nlock_wait_second = 5\n", encoding="utf-8")
+    return toml.unlink
+
+
+SETUPS: dict[str, Callable[[Path, dict[str, str]], Callable[[], None] | None]] = {
     "killed-backup": a_backup_killed_while_it_held_the_lock,
     "damaged-event-log": a_damaged_event_log,
+    "misspelled-toml": a_misspelled_key_in_capsule_toml,
 }
 
 
@@ -280,8 +296,7 @@ def run_the_guide(shop: Path) -> None:
     for example in EXAMPLES:
         if "not run" in example.options:
             continue
-        if setup := example.options.get("setup"):
-            SETUPS[setup](shop, env)
+        undo = SETUPS[setup](shop, env) if (setup := example.options.get("setup")) else None
         printed: list[str] = []
         codes = []
         for command in example.commands:
@@ -290,6 +305,8 @@ def run_the_guide(shop: Path) -> None:
             proc = capsule(argv[1:], shop, env)
             codes.append(proc.returncode)
             printed += what_a_person_sees(shop, proc)
+        if undo is not None:
+            undo()
         expected_code = int(example.options.get("exit") or 0)
         problems = compare(example, printed, ids)
         if any(code != expected_code for code in codes):
