@@ -80,6 +80,15 @@ class RequestRestore(Command):
     special_bits: bool = False
 
 
+class RequestDrill(Command):
+    """Ask for a restore drill of the newest snapshots of the database and the images folder."""
+
+    database_source: str = Field(min_length=1)
+    files_source: str = Field(min_length=1)
+    sample_files: int = Field(default=20, ge=1)
+    sample_percent: float = Field(default=2.0, ge=0, le=100)
+
+
 class StartStep(Command):
     """Record that `worker` takes attempt number `attempt` of `step`, holding it for `lease`."""
 

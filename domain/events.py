@@ -5,8 +5,8 @@ An event is a fact: once appended it is never rewritten. Each class has a stable
 upcaster in the event store, so old rows keep loading. The actor who caused an event belongs in its
 metadata, not in the event.
 
-Step events are shared by every kind of job: a job's stream (`backup-<id>`, `restore-<id>`) says
-which job they belong to.
+Step events are shared by every kind of job: a job's stream (`backup-<id>`, `restore-<id>`,
+`drill-<id>`) says which job they belong to.
 """
 
 from __future__ import annotations
@@ -143,6 +143,58 @@ class RestoreCancelled(JobCancelled):
     """A restore job was cancelled before it finished."""
 
     type_name: ClassVar[str] = "RestoreCancelled"
+
+
+# Restore drills: a job that restores the newest snapshots into a scratch folder, checks them and
+# deletes the copy, so that "the backups restore" is a fact in the log, not a hope.
+
+
+class DrillRequested(Event):
+    """A restore drill was requested: prove the newest snapshots of these sources restorable."""
+
+    type_name: ClassVar[str] = "DrillRequested"
+
+    database_source: str
+    """The database whose newest snapshot the drill restores and checks."""
+    files_source: str
+    """The images folder from whose newest snapshot the drill restores a sample."""
+    sample_files: int
+    """Images restored at least (all of them when the snapshot holds fewer)."""
+    sample_percent: float
+    """Or this share of the snapshot's images, when that is more."""
+    plan: tuple[str, ...]
+
+
+class DrillCompleted(Event):
+    """A restore drill restored and checked what it set out to prove; its copies are deleted."""
+
+    type_name: ClassVar[str] = "DrillCompleted"
+
+    database_snapshot_id: str
+    files_snapshot_id: str
+    integrity_check: str
+    """What SQLite's `PRAGMA integrity_check` said of the restored copy: `ok`."""
+    foreign_key_check: str
+    """`ok`, or how many rows break a foreign key (as they do in the live database too)."""
+    images_total: int
+    images_sampled: int
+    images_checked: int
+    """Sampled images restored with the manifest's size and SHA-256."""
+    bytes: int
+    """Bytes restored: the database and the sampled images."""
+    seconds: float
+
+
+class DrillFailed(JobFailed):
+    """A restore drill found something that does not restore, or could not run; nothing is proven."""
+
+    type_name: ClassVar[str] = "DrillFailed"
+
+
+class DrillCancelled(JobCancelled):
+    """A restore drill was cancelled before it finished."""
+
+    type_name: ClassVar[str] = "DrillCancelled"
 
 
 # Steps, for every kind of job
@@ -318,6 +370,10 @@ EVENT_TYPES: dict[str, type[Event]] = _registry(
     SnapshotRecovered,
     SettingsChanged,
     ScheduleFired,
+    DrillRequested,
+    DrillCompleted,
+    DrillFailed,
+    DrillCancelled,
 )
 """Every event the log may hold, by its stored type name."""
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
@@ -74,16 +75,33 @@ DEFAULT_SCHEDULES = {
     "database": Schedule(cron="0 * * * *"),
     "database-full": Schedule(cron="59 23 * * *"),
     "files": Schedule(cron="0 3 * * 0"),
+    "drill": Schedule(cron="0 4 * * 0"),
 }
 """The plan's: the database every hour and in full daily at 23:59, the images weekly on Sunday at
-03:00."""
+03:00, and a restore drill an hour after that, which proves the images just stored."""
+
+
+@dataclass(frozen=True)
+class Runs:
+    """What a schedule requests when it is due: a backup of `kind` (`full` or not), or a drill."""
+
+    job_type: Literal["backup", "drill"]
+    kind: Literal["database", "files"] | None = None
+    full: bool = False
+
+
+SCHEDULED_JOBS: dict[str, Runs] = {
+    "database": Runs("backup", "database"),
+    "database-full": Runs("backup", "database", full=True),
+    "files": Runs("backup", "files"),
+    "drill": Runs("drill"),
+}
+"""What each schedule runs."""
 
 SCHEDULED_BACKUPS = {
-    "database": ("database", False),
-    "database-full": ("database", True),
-    "files": ("files", False),
+    name: (runs.kind, runs.full) for name, runs in SCHEDULED_JOBS.items() if runs.job_type == "backup"
 }
-"""What each schedule runs: a backup of that kind, `--full` or not."""
+"""The schedules that run a backup: its kind, `--full` or not."""
 
 
 class BackupSettings(BaseModel):

@@ -388,6 +388,13 @@ def request_of(loaded: Loaded) -> dict[str, Any]:
     state: Any = loaded.state
     if loaded.job_type == "backup":
         return {"kind": state.kind, "source": state.source, "full": state.full, "tags": list(state.tags)}
+    if loaded.job_type == "drill":
+        return {
+            "database_source": state.database_source,
+            "files_source": state.files_source,
+            "sample_files": state.sample_files,
+            "sample_percent": state.sample_percent,
+        }
     return {
         "snapshot_id": state.snapshot_id,
         "target": state.target,

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
+from capsule.adapters.drill import remove_own_scratch
 from capsule.adapters.files.restore import remove_partial_writes
 from capsule.domain.backup_job import BackupJob, committed_snapshot_ids
 from capsule.domain.commands import CancelJob
@@ -230,7 +231,7 @@ def _interrupted(runtime: Runtime, job_type: str, job_id: str, signal: str) -> L
     backup` of the same kind finishes it (so does `capsule worker`); one still queued behind
     another has done nothing and is cancelled. A restore is cancelled and its temporary files
     removed, unless it is already replacing the live database, which must finish (a second
-    Ctrl-C leaves it to the next worker)."""
+    Ctrl-C leaves it to the next worker). A drill is cancelled and this process's copies deleted."""
     settings = runtime.settings
     if job_type == "backup":
         state = runtime.load(job_type, job_id).state
@@ -251,6 +252,12 @@ def _interrupted(runtime: Runtime, job_type: str, job_id: str, signal: str) -> L
             f"interrupted ({signal}); backup job {job_id} is paused and its locks released: "
             f"run `{again}` again to finish it, or `capsule cancel {job_id}`",
         )
+    if job_type == "drill":
+        runtime.execute(
+            job_type, job_id, lambda _: CancelJob(job_id=job_id, now=runtime.clock()), actor=person()
+        )
+        remove_own_scratch(settings.home)
+        _leave(settings, f"interrupted ({signal}); drill job {job_id} is cancelled and its copies removed")
     try:
         runtime.execute(
             job_type, job_id, lambda _: CancelJob(job_id=job_id, now=runtime.clock()), actor=person()

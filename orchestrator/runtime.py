@@ -25,9 +25,16 @@ from typing import Any
 import structlog
 from sqlalchemy import Connection, text
 
-from capsule.domain import backup_job, restore_job
+from capsule.domain import backup_job, drill_job, restore_job
 from capsule.domain.backup_job import sources_of
-from capsule.domain.commands import Command, ReleaseBackup, RequestBackup, RequestRestore, RetryPolicy
+from capsule.domain.commands import (
+    Command,
+    ReleaseBackup,
+    RequestBackup,
+    RequestDrill,
+    RequestRestore,
+    RetryPolicy,
+)
 from capsule.domain.errors import CapsuleError, Category
 from capsule.domain.events import Event
 from capsule.domain.jobs import FINISHED, JobState, next_action
@@ -46,7 +53,7 @@ from capsule.orchestrator.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-JOB_TYPES: dict[str, ModuleType] = {"backup": backup_job, "restore": restore_job}
+JOB_TYPES: dict[str, ModuleType] = {"backup": backup_job, "restore": restore_job, "drill": drill_job}
 CONFLICT_RETRIES = 20
 
 
@@ -232,6 +239,42 @@ class Runtime:
         )
         self.execute("restore", job_id, lambda _: command, actor=actor)
         log.info("restore requested", job=job_id, snapshot=snapshot_id, target=target)
+        return job_id
+
+    def request_drill(
+        self,
+        *,
+        database_source: str,
+        files_source: str,
+        actor: str,
+        conn: Connection | None = None,
+        causation_id: str | None = None,
+    ) -> str:
+        """Record a restore drill of the newest snapshots of these sources, sampling images as the
+        settings say. With `conn`, the request joins that transaction (a schedule's run)."""
+        job_id = new_job_id()
+        command = RequestDrill(
+            job_id=job_id,
+            now=self.clock(),
+            database_source=database_source,
+            files_source=files_source,
+            sample_files=self.settings.drill_sample_files,
+            sample_percent=self.settings.drill_sample_percent,
+        )
+        events = drill_job.decide(drill_job.initial_state(), command)
+        with contextlib.ExitStack() as stack:
+            if conn is None:
+                conn = stack.enter_context(self.store.transaction())
+            self.store.append(
+                drill_job.stream_id(job_id),
+                0,
+                [codec.encode(e) for e in events],
+                Metadata(actor=actor, correlation_id=job_id, causation_id=causation_id),
+                handlers=[self.handler],
+                conn=conn,
+            )
+        self._notify()
+        log.info("drill requested", job=job_id)
         return job_id
 
     def release_queued(self, source: str) -> list[str]:

@@ -1,9 +1,10 @@
 """The scheduler: at each tick, start the run each schedule owes, once, whatever else is running.
 
 A schedule's run at one due time is recorded as a `ScheduleFired` event in a stream of its own
-(`schedule-<name>-<due time>`), appended at version 0 in the same transaction as the backup it
-requests. Two schedulers that see the same due time both try; the log lets one in, and the
-other's transaction, its request included, leaves nothing behind. So a run is started exactly once,
+(`schedule-<name>-<due time>`), appended at version 0 in the same transaction as the job it
+requests (a backup, or for the `drill` schedule a restore drill). Two schedulers that see the same
+due time both try; the log lets one in, and the other's transaction, its request included, leaves
+nothing behind. So a run is started exactly once,
 by whichever process gets there first, and a crash between deciding and recording loses nothing
 that the next tick will not do again.
 
@@ -23,10 +24,11 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import structlog
+from sqlalchemy import Connection
 
 from capsule.domain.events import ScheduleFired
 from capsule.domain.jobs import FINISHED
-from capsule.domain.settings import SCHEDULED_BACKUPS, BackupSettings
+from capsule.domain.settings import SCHEDULED_JOBS, BackupSettings, Runs
 from capsule.orchestrator import codec, projections
 from capsule.orchestrator.cron import due_now, jitter
 from capsule.orchestrator.errors import ConcurrencyConflict
@@ -50,7 +52,8 @@ class Fired:
 
 @dataclass
 class Scheduler:
-    """Ticks against one event log; `sources` maps a backup kind to the source it records."""
+    """Ticks against one event log; `sources` maps a snapshot kind (`database`, `files`) to the
+    source its backups record and its drills prove."""
 
     runtime: Runtime
     sources: dict[str, str]
@@ -65,7 +68,7 @@ class Scheduler:
         last_runs = projections.last_schedule_runs(self.runtime.engine)
         fired = []
         for name, schedule in settings.schedules.items():
-            if not schedule.enabled or name not in SCHEDULED_BACKUPS:
+            if not schedule.enabled or name not in SCHEDULED_JOBS:
                 continue
             last = last_runs.get(name)
             since = last["due_at"] if last is not None else self.started_at
@@ -80,7 +83,7 @@ class Scheduler:
     def _fire(
         self, name: str, due_at: datetime, missed: int, late: float, last: projections.Row | None
     ) -> Fired | None:
-        kind, full = SCHEDULED_BACKUPS[name]
+        runs = SCHEDULED_JOBS[name]
         stream = codec.schedule_stream_id(name, due_at)
         store = self.runtime.store
         try:
@@ -90,17 +93,7 @@ class Scheduler:
                 running = last["job_id"] if last is not None else None
                 job = projections.get_job(conn, running) if running else None
                 coalesced = job is not None and job["status"] not in FINISHED
-                if coalesced:
-                    job_id = str(running)
-                else:
-                    job_id = self.runtime.request_backup(
-                        source=self.sources[kind],
-                        kind=kind,
-                        full=full,
-                        actor=ACTOR,
-                        conn=conn,
-                        causation_id=stream,
-                    )
+                job_id = str(running) if coalesced else self._request(runs, conn, stream)
                 event = ScheduleFired(
                     job_id=job_id,
                     schedule=name,
@@ -129,3 +122,22 @@ class Scheduler:
             late_seconds=round(late, 3),
         )
         return Fired(name, due_at, job_id, coalesced, missed)
+
+    def _request(self, runs: Runs, conn: Connection, stream: str) -> str:
+        if runs.job_type == "drill":
+            return self.runtime.request_drill(
+                database_source=self.sources["database"],
+                files_source=self.sources["files"],
+                actor=ACTOR,
+                conn=conn,
+                causation_id=stream,
+            )
+        assert runs.kind is not None
+        return self.runtime.request_backup(
+            source=self.sources[runs.kind],
+            kind=runs.kind,
+            full=runs.full,
+            actor=ACTOR,
+            conn=conn,
+            causation_id=stream,
+        )

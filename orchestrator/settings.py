@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     safety_copies: int = Field(
         3, ge=1, le=1000, description="safety copies of the live database kept after in-place restores"
     )
+    drill_sample_files: int = Field(
+        20, ge=1, le=100_000, description="images a restore drill restores and checks, at least"
+    )
+    drill_sample_percent: float = Field(
+        2.0, ge=0, le=100, description="or this share of the images, when that is more"
+    )
     event_store_url: str | None = None
     broker_url: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"

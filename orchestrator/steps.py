@@ -6,7 +6,9 @@ Every step is safe to run again after its process died at any instant:
 - `restore` recognises a file it already put in place;
 - `stage` and `apply` (a restore into the live database) keep their staged copy and the safety copy
   under names made from the job id, so a second attempt reuses them (`restore_apply` says when
-  a second attempt saves the live database again).
+  a second attempt saves the live database again);
+- the steps of a restore drill (`orchestrator/drillsteps.py`) write only into a scratch folder of
+  their own, which they delete, and never touch the live database.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from capsule.domain.backup_job import COMMIT, STORE, step_target
 from capsule.domain.errors import CapsuleError, Category
 from capsule.domain.manifest import Manifest, SnapshotKind
 from capsule.orchestrator import faults
+from capsule.orchestrator.drillsteps import DRILL_STEPS
 from capsule.orchestrator.safety import name_pending, prune, remove_pending, safety_path, save_pending
 from capsule.orchestrator.settings import Settings
 from capsule.orchestrator.usecases.repository import open_repository
@@ -399,4 +402,5 @@ STEPS: dict[tuple[str, str], StepFunction] = {
     ("restore", "restore"): restore_to_folder,
     ("restore", "stage"): restore_stage,
     ("restore", "apply"): restore_apply,
+    **DRILL_STEPS,
 }

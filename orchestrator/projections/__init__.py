@@ -1,5 +1,5 @@
-"""Read models derived from the event log: jobs, snapshots, restore jobs, the settings and the
-schedules' last runs.
+"""Read models derived from the event log: jobs, snapshots, restore jobs, the settings, the
+schedules' last runs and the snapshots restore drills proved.
 
 They are written by `ProjectionHandler` in the transaction of every append, and can be rebuilt from
 the log at any time by `replay`; nothing else writes them and nothing in them is the truth.
@@ -14,6 +14,7 @@ from capsule.orchestrator.projections.queries import (
     last_schedule_runs,
     list_jobs,
     list_snapshots,
+    proven_snapshots,
     settings_row,
     unfinished_jobs,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "list_snapshots",
     "project",
     "projection_checkpoints",
+    "proven_snapshots",
     "replay",
     "restore_jobs",
     "settings_row",

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from functools import reduce
 from typing import Any, Protocol
 
-from capsule.domain import backup_job, restore_job
+from capsule.domain import backup_job, drill_job, restore_job
 from capsule.domain.backup_job import BackupJob
+from capsule.domain.drill_job import DrillJob
 from capsule.domain.errors import InvalidEvent
-from capsule.domain.events import Event, ScheduleFired, SettingsChanged, SnapshotRecovered
+from capsule.domain.events import Event, ScheduleFired, SettingsChanged, SnapshotRecovered, StepCompleted
 from capsule.domain.jobs import JobState, is_finished
 from capsule.domain.restore_job import RestoreJob
 from capsule.orchestrator import codec
@@ -27,16 +28,19 @@ from capsule.orchestrator.projections.rows import (
     EventMeta,
     Row,
     fold_job,
+    fold_proof,
     fold_restore_job,
     fold_schedule_run,
     fold_settings,
     fold_snapshot,
+    proof_key,
     recovered_snapshot_row,
     snapshot_key,
 )
 from capsule.orchestrator.projections.tables import (
     PROJECTIONS,
     backup_settings,
+    drill_proofs,
     jobs,
     restore_jobs,
     schedule_runs,
@@ -53,6 +57,7 @@ class _Aggregate:
 _AGGREGATES: dict[JobType, _Aggregate] = {
     "backup": _Aggregate(backup_job.initial_state, backup_job.evolve),
     "restore": _Aggregate(restore_job.initial_state, restore_job.evolve),
+    "drill": _Aggregate(drill_job.initial_state, drill_job.evolve),
 }
 
 
@@ -111,6 +116,8 @@ class Projector:
             if folded is not None and folded is not held:
                 self._put(snapshots.name, key, folded)
                 self.snapshot_positions[key] = stored.position
+        elif isinstance(state, DrillJob) and isinstance(event, StepCompleted) and (kind := proof_key(event)):
+            self._put(drill_proofs.name, kind, fold_proof(self._row(drill_proofs.name, kind), event, meta))
 
     def _apply_log_event(self, stored: StoredEvent) -> None:
         event = codec.decode(stored)

@@ -20,6 +20,7 @@ from capsule.orchestrator.db import database_errors, for_reading
 from capsule.orchestrator.projections.rows import SETTINGS_ROW, Row
 from capsule.orchestrator.projections.tables import (
     backup_settings,
+    drill_proofs,
     jobs,
     restore_jobs,
     schedule_runs,
@@ -40,6 +41,11 @@ def settings_row(db: Database) -> Row | None:
 def last_schedule_runs(db: Database) -> dict[str, Row]:
     """Each schedule's last run, by schedule name."""
     return {str(r["schedule"]): r for r in _rows(db, select(schedule_runs))}
+
+
+def proven_snapshots(db: Database) -> dict[str, Row]:
+    """Per snapshot kind, the last snapshot a restore drill proved restorable."""
+    return {str(r["kind"]): r for r in _rows(db, select(drill_proofs))}
 
 
 def get_job(db: Database, job_id: str) -> Row | None:

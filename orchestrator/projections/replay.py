@@ -35,6 +35,7 @@ from capsule.orchestrator.projections.scan import Scan
 from capsule.orchestrator.projections.tables import (
     PROJECTIONS,
     backup_settings,
+    drill_proofs,
     jobs,
     restore_jobs,
     schedule_runs,
@@ -180,6 +181,7 @@ class _Writer:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
         self._snapshots: dict[str, int] = {}
+        self._proofs: dict[str, int] = {}
 
     def write(self, share: _Share) -> int:
         """Insert the rows of `share`; return how many events it read."""
@@ -196,7 +198,21 @@ class _Writer:
             self._snapshots[key] = position
             fresh.append(row)
         self._insert(snapshots, fresh)
+        self._insert(drill_proofs, self._latest(share.rows[drill_proofs.name]))
         return share.events
+
+    def _latest(self, rows: dict[str, Row]) -> list[Row]:
+        """The proofs of `rows` later than those of parts written before; those go."""
+        fresh = []
+        for kind, row in rows.items():
+            held = self._proofs.get(kind)
+            if held is not None:
+                if held > row["last_position"]:
+                    continue
+                self._conn.execute(delete(drill_proofs).where(drill_proofs.c.kind == kind))
+            self._proofs[kind] = row["last_position"]
+            fresh.append(row)
+        return fresh
 
     def _insert(self, table: Table, rows: list[Row]) -> None:
         # In chunks, so that the driver's own copy of the parameters stays small.

@@ -15,6 +15,8 @@ from datetime import datetime
 from typing import Any
 
 from capsule.domain.backup_job import BackupJob, committed_snapshot_id, is_commit
+from capsule.domain.drill_job import PLAN as DRILL_PLAN
+from capsule.domain.drill_job import DrillJob, kind_of
 from capsule.domain.events import (
     Event,
     JsonObject,
@@ -61,6 +63,10 @@ def fold_job(row: Row | None, event: Event, meta: EventMeta, state: JobState) ->
         snapshot_id = state.snapshot_id or committed_snapshot_id(state)
     elif isinstance(state, RestoreJob):
         job_type, kind, source, snapshot_id = "restore", None, state.target, state.snapshot_id
+    elif isinstance(state, DrillJob):
+        # As for a backup of kind `all`: the database, then the folder; the first snapshot proven.
+        job_type, kind, source = "drill", None, "\n".join(state.sources)
+        snapshot_id = _first_proven(state)
     else:
         raise TypeError(f"no jobs row for a {type(state).__name__}")
     first = _first(row, meta)
@@ -271,5 +277,35 @@ def fold_schedule_run(row: Row | None, event: ScheduleFired, meta: EventMeta) ->
         "coalesced": event.coalesced,
         "missed": event.missed,
         "late_seconds": event.late_seconds,
+        "last_position": meta.position,
+    }
+
+
+def _first_proven(state: DrillJob) -> str | None:
+    for step in state.steps:
+        snapshot_id = (step.result or {}).get("snapshot_id") if step.status == "completed" else None
+        if isinstance(snapshot_id, str):
+            return snapshot_id
+    return None
+
+
+def proof_key(event: Event) -> str | None:
+    """The kind whose `drill_proofs` row `event` writes: only a drill step that completed writes one."""
+    if isinstance(event, StepCompleted) and event.step in DRILL_PLAN:
+        return kind_of(event.step)
+    return None
+
+
+def fold_proof(row: Row | None, event: StepCompleted, meta: EventMeta) -> Row:
+    """The `drill_proofs` row of the kind a drill step proved; a later proof replaces an earlier one."""
+    if row is not None and row["last_position"] >= meta.position:
+        return row
+    result = event.result
+    return {
+        "kind": kind_of(event.step),
+        "snapshot_id": str(result.get("snapshot_id")),
+        "taken_at": _manifest_time(result) or meta.recorded_at,
+        "job_id": event.job_id,
+        "proven_at": meta.recorded_at,
         "last_position": meta.position,
     }

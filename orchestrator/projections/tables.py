@@ -128,6 +128,19 @@ schedule_runs = Table(
 )
 """Each schedule's last run: when it was due, when it fired, and the job it started or joined."""
 
+drill_proofs = Table(
+    "drill_proofs",
+    metadata_obj,
+    Column("kind", Text, primary_key=True),
+    Column("snapshot_id", Text, nullable=False),
+    Column("taken_at", UTCDateTime(), nullable=False),
+    Column("job_id", Text, nullable=False),
+    Column("proven_at", UTCDateTime(), nullable=False),
+    Column("last_position", BigInteger, nullable=False),
+)
+"""Per snapshot kind, the last snapshot a restore drill proved restorable: when it was taken, and
+which drill proved it when."""
+
 projection_checkpoints = Table(
     "projection_checkpoints",
     metadata_obj,
@@ -135,7 +148,7 @@ projection_checkpoints = Table(
     Column("position", BigInteger, nullable=False),
 )
 
-PROJECTIONS: tuple[Table, ...] = (jobs, snapshots, restore_jobs, backup_settings, schedule_runs)
+PROJECTIONS: tuple[Table, ...] = (jobs, snapshots, restore_jobs, backup_settings, schedule_runs, drill_proofs)
 """Every read model, each with a row of the same name in `projection_checkpoints`."""
 
 KEYS: dict[str, str] = {table.name: next(iter(table.primary_key)).name for table in PROJECTIONS}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,6 +78,11 @@ class Status:
     active_jobs: list[Row]
     recent_failures: list[Row]
     event_log_position: int
+    proven: dict[str, Row | None] = field(default_factory=dict)
+    """Per kind, the last snapshot a restore drill proved restorable (`snapshot_id`, `taken_at`,
+    `job_id` of the drill, `proven_at`); None: no drill has proved one yet."""
+    last_drill: Row | None = None
+    """The newest restore drill's job, whatever its outcome; None before the first."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -89,6 +94,8 @@ class Status:
             "active_jobs": self.active_jobs,
             "recent_failures": self.recent_failures,
             "event_log_position": self.event_log_position,
+            "proven": self.proven,
+            "last_drill": self.last_drill,
         }
 
 
@@ -101,6 +108,8 @@ def current_status(settings: Settings) -> Status:
         snaps = projections.list_snapshots(runtime.engine, limit=1)
         by_kind = {kind: projections.list_snapshots(runtime.engine, 1, kind) for kind in SNAPSHOT_KINDS}
         position = runtime.store.last_position()
+        proofs = projections.proven_snapshots(runtime.engine)
+        drills = projections.list_jobs(runtime.engine, limit=1, job_type="drill")
     finally:
         runtime.close()
     active = [r for r in recent if r.get("status") not in ("completed", "failed", "cancelled")]
@@ -115,6 +124,8 @@ def current_status(settings: Settings) -> Status:
         active_jobs=active,
         recent_failures=failed,
         event_log_position=position,
+        proven={kind: proofs.get(kind) for kind in SNAPSHOT_KINDS},
+        last_drill=drills[0] if drills else None,
     )
 
 
@@ -184,6 +195,8 @@ def cancel_job(settings: Settings, request: Cancel) -> Cancelled:
         released: list[str] = []
         if job_type == "backup":
             released = runtime.release_queued(str(state.source))
+        elif job_type == "drill":
+            pass  # its running step deletes its scratch copy when it stops; a dead one's, the next drill
         else:
             clean_up(settings, request.job_id)
             if state.target != IN_PLACE:
@@ -279,6 +292,8 @@ JOB_ENDS = {
     "RestoreCompleted": "jobs_completed",
     "BackupFailed": "jobs_failed",
     "RestoreFailed": "jobs_failed",
+    "DrillCompleted": "jobs_completed",
+    "DrillFailed": "jobs_failed",
 }
 STEP_ENDS = {"StepCompleted": "steps_completed", "StepFailed": "steps_failed"}
 

@@ -22,6 +22,7 @@ def test_the_defaults_are_the_plans():
         "database": "0 * * * *",
         "database-full": "59 23 * * *",
         "files": "0 3 * * 0",
+        "drill": "0 4 * * 0",
     }
     assert defaults.timezone is None
     assert all(s.enabled for s in defaults.schedules.values())
