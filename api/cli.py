@@ -14,6 +14,7 @@ import structlog
 
 from capsule.api import cli_jobs, cli_settings, render
 from capsule.api.cli_demo import demo
+from capsule.api.cli_drill import drill
 from capsule.api.common import (
     LOG_FORMAT_HELP,
     LOG_LEVEL_HELP,
@@ -300,6 +301,7 @@ def unlock(obj: Context, remove_all: bool) -> None:
 
 for command in (*cli_jobs.COMMANDS, *cli_settings.COMMANDS, demo):
     cli.add_command(command)
+cli.add_command(drill)
 add_log_options(cli)
 
 

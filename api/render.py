@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from capsule.orchestrator.logrepair import LogRepair
     from capsule.orchestrator.projections import ReplayReport
     from capsule.orchestrator.usecases.backup import BackedUp
+    from capsule.orchestrator.usecases.drill import Drilled
     from capsule.orchestrator.usecases.jobs import (
         AuditTrail,
         Cancelled,
@@ -461,6 +462,11 @@ def job_list(result: JobList, as_json: bool) -> None:
             click.echo(f"{'':26}! ... `capsule audit --job {r['job_id']}` lists more")
 
 
+def _proof_doc(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    keep = ("snapshot_id", "taken_at", "job_id", "proven_at")
+    return {k: row[k] for k in keep} if row else None
+
+
 def status(result: Status, as_json: bool) -> None:
     if as_json:
         doc = result.as_dict()
@@ -470,6 +476,8 @@ def status(result: Status, as_json: bool) -> None:
         doc["last_snapshots"] = {k: snapshot_row_doc(r) for k, r in result.last_snapshots.items()}
         warned = result.last_backup_warnings
         doc["last_backup_warnings"] = warnings_doc(warned["count"], warned["items"]) if warned else None
+        doc["proven"] = {k: _proof_doc(r) for k, r in result.proven.items()}
+        doc["last_drill"] = job_doc(result.last_drill) if result.last_drill else None
         emit_json(doc)
         return
     click.echo(f"Repository: {result.repository}")
@@ -492,6 +500,53 @@ def status(result: Status, as_json: bool) -> None:
     for r in result.recent_failures:
         click.echo(f"Failed: {r['job_id']} {r['job_type']}: {r.get('error')}")
     click.echo(f"Event log: {result.event_log_position} events")
+    _proven(result)
+
+
+def _proven(result: Status) -> None:
+    """The newest snapshot of each kind a restore drill proved restorable, and the last drill."""
+    for kind, proof in result.proven.items():
+        if proof:
+            click.echo(
+                f"{kind}: snapshot {str(proof['snapshot_id'])[:12]} proven restorable "
+                f"{when(proof['proven_at'])} (drill {proof['job_id']})"
+            )
+        else:
+            click.echo(f"{kind}: no snapshot proven restorable yet; run `capsule drill`")
+    drill = result.last_drill
+    if drill:
+        ended = f" {when(drill['finished_at'])}" if drill.get("finished_at") else ""
+        failed = f": {drill['error']}" if drill.get("error") else ""
+        click.echo(f"Last drill: {drill['job_id']} {drill['status']}{ended}{failed}")
+
+
+def drilled(result: Drilled, as_json: bool) -> int:
+    """What a drill proved; the exit code is 3 when rows of the database break a foreign key."""
+    warned = result.foreign_key_check != "ok"
+    if as_json:
+        emit_json(result.as_dict())
+        return EXIT_CODES.warnings if warned else EXIT_CODES.ok
+    database, files = result.taken_at.get("database"), result.taken_at.get("files")
+    click.echo(f"Drill {result.job_id}: the newest snapshots restore.")
+    click.echo(
+        f"  database: snapshot {result.database_snapshot_id[:12]} of {when(database)} restored and checked; "
+        f"integrity_check {result.integrity_check}, foreign_key_check {result.foreign_key_check}"
+    )
+    click.echo(
+        f"  images: snapshot {result.files_snapshot_id[:12]} of {when(files)}: {result.images_checked} of "
+        f"{result.images_total} images restored, each as its snapshot describes it"
+    )
+    click.echo(
+        f"Restored {human(result.bytes)} in {result.seconds:.1f} s into a scratch folder, now deleted."
+    )
+    if warned:
+        click.echo(
+            "Rows that break a foreign key (in the live database too; a backup keeps them as they are):",
+            err=True,
+        )
+        for row in result.foreign_key_rows:
+            click.echo(f"  {row}", err=True)
+    return EXIT_CODES.warnings if warned else EXIT_CODES.ok
 
 
 def _summary(data: dict[str, Any]) -> str:
