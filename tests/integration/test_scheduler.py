@@ -21,9 +21,15 @@ from capsule.orchestrator.usecases.jobs import Audit, audit_events, replay_log
 
 # Saturday 2026-12-05, 23:30 in Berlin (UTC+1): the Sunday images backup is due at 03:00 local.
 START = datetime(2026, 12, 5, 22, 30, tzinfo=UTC)
-# The full database backup (daily at 23:59) is left out but where a test says otherwise.
+# The full database backup (daily at 23:59) and the drill (Sunday 04:00) are left out but where a
+# test says otherwise.
 BERLIN = with_changes(
-    BackupSettings(), {"timezone": "Europe/Berlin", "schedules.database-full.enabled": False}
+    BackupSettings(),
+    {
+        "timezone": "Europe/Berlin",
+        "schedules.database-full.enabled": False,
+        "schedules.drill.enabled": False,
+    },
 )
 
 
@@ -196,3 +202,45 @@ def test_the_schedules_listing_shows_the_last_run_its_job_and_the_next_three(run
     assert database.next_due == [at(1.5), at(2.5), at(3.5)]
     assert by_name["files"].last_due_at is None and by_name["files"].next_due[0] == at(3.5)
     assert listing.timezone == "Europe/Berlin"
+
+
+def drills(runtime: Runtime) -> list[dict[str, object]]:
+    return projections.list_jobs(runtime.engine, limit=1000, job_type="drill")
+
+
+def test_the_weekly_drill_is_requested_once_after_the_images_backup(runtime: Runtime) -> None:
+    document = with_changes(BERLIN, {"schedules.drill.enabled": True, "schedules.database.enabled": False})
+    ticker = scheduler(runtime)
+
+    at_three = ticker.tick(at(3.5), document)  # 03:00 Sunday: the images
+    at_four = ticker.tick(at(4.5), document)  # 04:00 Sunday: the drill
+    again = ticker.tick(at(4.5) + timedelta(minutes=5), document)
+
+    assert [f.schedule for f in at_three] == ["files"]
+    assert [(f.schedule, f.due_at, f.coalesced) for f in at_four] == [("drill", at(4.5), False)]
+    assert again == []
+    (drill,) = drills(runtime)
+    assert (drill["job_id"], drill["actor"], drill["status"]) == (
+        at_four[0].job_id,
+        "system:scheduler",
+        "pending",
+    )
+    assert drill["source"] == "/srv/shop/data/pos.db\n/srv/shop/data/uploads/products"
+
+
+def test_a_drill_due_while_the_last_one_still_runs_joins_it(runtime: Runtime) -> None:
+    document = with_changes(
+        BERLIN,
+        {
+            "schedules.drill.enabled": True,
+            "schedules.database.enabled": False,
+            "schedules.files.enabled": False,
+        },
+    )
+    ticker = scheduler(runtime)
+    (first,) = ticker.tick(at(4.5), document)  # its job is never run: it stays pending
+
+    (second,) = ticker.tick(at(4.5 + 24 * 7), document)  # the next Sunday
+
+    assert (second.schedule, second.coalesced, second.job_id) == ("drill", True, first.job_id)
+    assert len(drills(runtime)) == 1
