@@ -133,7 +133,7 @@ def test_a_database_proven_before_the_images_were_missing_stays_proven(shop: Sho
     settings = settings_of(shop)
     made = back_up(settings, Backup(kind="database", actor="person:test")).snapshots[0].snapshot_id
 
-    with pytest.raises(JobFailed, match="no images snapshot of .* yet"):
+    with pytest.raises(JobFailed, match=r"no images snapshot of .* yet"):
         run_drill(settings, Drill(actor="person:test"))
 
     status = current_status(settings)
