@@ -79,6 +79,8 @@ STATUS = {
     "active_jobs",
     "recent_failures",
     "event_log_position",
+    "proven",
+    "last_drill",
 }
 EVENT = {"position", "recorded_at", "actor", "stream_id", "version", "type", "data"}
 CHAIN = {"events", "head_position", "head", "chained_after", "chained_at", "key_id"}
