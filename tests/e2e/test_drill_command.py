@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.test_json_vocabulary import check_vocabulary
-from tests.integration.helpers import FAST_STEPS, Shop, flip_byte, one_line_error
+from tests.integration.helpers import CAPSULE, FAST_STEPS, Shop, flip_byte, one_line_error
 from tests.integration.uploads import make_uploads
 
 DRILLED = {
@@ -127,7 +127,5 @@ def test_ctrl_c_cancels_a_drill_and_removes_its_copy(both: Shop) -> None:
 
 
 def test_drill_is_in_the_help() -> None:
-    from tests.integration.helpers import CAPSULE
-
     helped = subprocess.run([*CAPSULE, "drill", "--help"], capture_output=True, text=True, check=True)
     assert "Prove that the backups restore" in helped.stdout and "--json" in helped.stdout

@@ -82,6 +82,18 @@ def test_a_drill_proves_the_newest_snapshots_and_leaves_nothing_behind(both: Set
     assert status.proven["database"]["job_id"] == drilled.job_id  # type: ignore[index]
 
 
+def test_the_proofs_are_kept_in_either_event_store(shop: Shop, event_store_url: str) -> None:
+    settings = settings_of(shop, event_store_url=event_store_url)
+    make_uploads(settings.uploads)
+    backed = back_up(settings, Backup(kind="all", actor="person:test"))
+
+    drilled = run_drill(settings, Drill(actor="person:test"))
+
+    proven = {k: (r or {}).get("snapshot_id") for k, r in current_status(settings).proven.items()}
+    assert proven == {"database": backed.snapshots[0].snapshot_id, "files": backed.snapshots[1].snapshot_id}
+    assert drilled.files_snapshot_id == backed.snapshots[1].snapshot_id
+
+
 def test_the_proven_snapshots_come_back_the_same_from_a_replay(both: Settings) -> None:
     run_drill(both, Drill(actor="person:test"))
     last = run_drill(both, Drill(actor="person:test"))
