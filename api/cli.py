@@ -62,7 +62,7 @@ def cli(ctx: click.Context, log_level: str | None, log_format: str | None) -> No
 
     Paths come from CAPSULE_DATABASE, CAPSULE_REPOSITORY, CAPSULE_HOME and CAPSULE_KEY_FILE (or
     capsule.toml). Exit codes: 0 ok, 1 failed, 2 usage, 3 damage found, or a backup completed with
-    warnings, 4 locked, 130 interrupted.
+    warnings, 4 locked, 5 attention needed (`status --check`), 130 interrupted.
     """
     try:
         obj = Context()

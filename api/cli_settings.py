@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from capsule.api import render_settings
@@ -39,9 +41,19 @@ def settings_show(obj: Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the change as JSON.")
 @pass_ctx
 def settings_set(obj: Context, key: str, value: str, expected_version: int | None, as_json: bool) -> None:
-    """Change one setting: `capsule settings set schedules.database.cron '30 * * * *'`."""
+    """Change one setting: `capsule settings set schedules.database.cron '30 * * * *'`. VALUE `-`
+    reads it from standard input (without echo at a terminal), so that a secret such as
+    `alerts.smtp.password` stays out of the shell's history."""
+    if value == "-":
+        value = _value_from_stdin(key)
     request = ChangeSetting(key=key, value=value, expected_version=expected_version)
     run(lambda: render_settings.changed(change(obj.settings, request), as_json))
+
+
+def _value_from_stdin(key: str) -> str:
+    if sys.stdin.isatty():
+        return str(click.prompt(key, hide_input=True, default="", show_default=False, err=True))
+    return sys.stdin.readline().rstrip("\r\n")
 
 
 @click.command()

@@ -61,6 +61,22 @@ class Retention(BaseModel):
     keep_yearly: int = Field(0, ge=0)
 
 
+class Smtp(BaseModel):
+    """The mail server alerts are sent through."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str | None = None
+    port: int = Field(587, ge=1, le=65535)
+    username: str | None = None
+    password: str | None = None
+    """Stored sealed (`orchestrator/secrets.py`); never printed: see `SECRET_KEYS`."""
+    sender: str | None = None
+    """The From address; None: the username, else `capsule@<this machine>`."""
+    starttls: bool = True
+    """Upgrade the connection with STARTTLS before logging in (port 587); false for a local relay."""
+
+
 class Alerts(BaseModel):
     """Who hears when a job or a drill fails or a kind is overdue."""
 
@@ -68,6 +84,11 @@ class Alerts(BaseModel):
 
     email: tuple[str, ...] = ()
     webhook: tuple[str, ...] = ()
+    smtp: Smtp = Smtp()
+
+
+SECRET_KEYS = frozenset({"alerts.smtp.password"})
+"""Keys whose values are secrets: sealed before they become an event, printed as `********`."""
 
 
 DEFAULT_SCHEDULES = {
@@ -185,6 +206,20 @@ def check_retention(document: BackupSettings) -> None:
                 f"retention.{kind}: every keep_* is 0, which would delete every snapshot of {kind}; "
                 "keep at least one (for example retention.{kind}.keep_last 1)".replace("{kind}", kind)
             )
+
+
+def check_alerts(document: BackupSettings) -> None:
+    """InvalidSetting when an alert target cannot be one: a webhook that is no http(s) address, an
+    e-mail address without `@`."""
+    for url in document.alerts.webhook:
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
+            raise InvalidSetting(
+                f"alerts.webhook: `{url}` is not an http:// or https:// address "
+                "(for example https://hooks.example.com/capsule)"
+            )
+    for address in document.alerts.email:
+        if not re.fullmatch(r"[^\s@]+@[^\s@]+", address):
+            raise InvalidSetting(f"alerts.email: `{address}` is not an e-mail address (name@example.com)")
 
 
 def from_values(values: dict[str, JsonValue]) -> BackupSettings:

@@ -20,6 +20,7 @@ Three things need attention, each an `Incident` with a stable key, so that `caps
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -42,7 +43,7 @@ NAMED_PERIODS = (
 
 def period_of(due_times: Sequence[datetime]) -> timedelta | None:
     """The longest gap between successive due times (oldest first); None with fewer than two."""
-    gaps = [later - earlier for earlier, later in zip(due_times, due_times[1:], strict=False)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(due_times)]
     return max(gaps) if gaps else None
 
 
@@ -98,7 +99,9 @@ class Freshness:
 
     def line(self) -> str:
         """`database: last good backup 3 h 10 min ago, OVERDUE (hourly)`."""
-        what = "never backed up" if self.last_good_at is None else f"last good backup {duration(self.age)} ago"
+        what = f"last good backup {duration(self.age)} ago"
+        if self.last_good_at is None:
+            what = "never backed up"
         return f"{self.kind}: {what}{', OVERDUE' if self.overdue else ''} ({self.every})"
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from capsule.orchestrator.settings import Settings
 
 if TYPE_CHECKING:
+    from capsule.domain.staleness import Freshness, Incident
     from capsule.orchestrator.eventstore import ChainReport, StoredEvent
     from capsule.orchestrator.logrepair import LogRepair
     from capsule.orchestrator.projections import ReplayReport
@@ -78,6 +79,10 @@ class Status:
     active_jobs: list[Row]
     recent_failures: list[Row]
     event_log_position: int
+    freshness: list[Freshness] = field(default_factory=list)
+    """How old each kind's last good backup is, against its tightest enabled schedule."""
+    problems: list[Incident] = field(default_factory=list)
+    """What `status --check` reports: overdue kinds, failed last backups, a failed last drill."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -89,11 +94,37 @@ class Status:
             "active_jobs": self.active_jobs,
             "recent_failures": self.recent_failures,
             "event_log_position": self.event_log_position,
+            "freshness": [
+                {
+                    "kind": f.kind,
+                    "schedule": f.schedule,
+                    "every": f.every,
+                    "period_seconds": f.period.total_seconds(),
+                    "allowed_seconds": f.allowed.total_seconds(),
+                    "last_good_at": f.last_good_at,
+                    "age_seconds": round(f.age.total_seconds()),
+                    "overdue": f.overdue,
+                }
+                for f in self.freshness
+            ],
+            "problems": [
+                {
+                    "incident": p.key,
+                    "reason": p.reason,
+                    "subject": p.subject,
+                    "line": p.line,
+                    "job_id": p.cause_job_id,
+                }
+                for p in self.problems
+            ],
         }
 
 
-def current_status(settings: Settings) -> Status:
-    from capsule.orchestrator import projections  # noqa: PLC0415
+def current_status(settings: Settings, now: datetime | None = None) -> Status:
+    from zoneinfo import ZoneInfo  # noqa: PLC0415
+
+    from capsule.orchestrator import health, projections  # noqa: PLC0415
+    from capsule.orchestrator.usecases.settings import machine_timezone  # noqa: PLC0415
 
     runtime = _runtime(settings)
     try:
@@ -101,6 +132,9 @@ def current_status(settings: Settings) -> Status:
         snaps = projections.list_snapshots(runtime.engine, limit=1)
         by_kind = {kind: projections.list_snapshots(runtime.engine, 1, kind) for kind in SNAPSHOT_KINDS}
         position = runtime.store.last_position()
+        document = health.settings_document(runtime.engine)
+        zone = ZoneInfo(document.timezone or machine_timezone())
+        seen = health.observe(runtime.engine, runtime.store, document, zone, now or runtime.clock())
     finally:
         runtime.close()
     active = [r for r in recent if r.get("status") not in ("completed", "failed", "cancelled")]
@@ -115,6 +149,8 @@ def current_status(settings: Settings) -> Status:
         active_jobs=active,
         recent_failures=failed,
         event_log_position=position,
+        freshness=seen.freshness,
+        problems=seen.incidents,
     )
 
 

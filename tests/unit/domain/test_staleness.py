@@ -92,7 +92,10 @@ def test_a_kind_whose_schedules_are_all_disabled_is_not_judged():
 def test_a_kind_never_backed_up_counts_from_when_the_log_began():
     new = freshness(BackupSettings(), period, {}, NOW - timedelta(minutes=5), NOW)
     old = freshness(BackupSettings(), period, {}, SINCE, NOW)
-    assert [f.line() for f in new] == ["database: never backed up (hourly)", "files: never backed up (weekly)"]
+    assert [f.line() for f in new] == [
+        "database: never backed up (hourly)",
+        "files: never backed up (weekly)",
+    ]
     assert [f.overdue for f in old] == [True, True]
     assert old[0].line() == "database: never backed up, OVERDUE (hourly)"
 
@@ -122,10 +125,13 @@ def test_incidents_name_every_problem_once_with_a_line_to_print():
         ("drill-failed", "drill_failed"),
     ]
     assert found[1].line == "database: the last backup (job j2) failed: the disk is full"
-    assert found[2].line == "drill: the last restore drill (job d1) failed: integrity_check: row 3 missing from index"
+    assert found[2].line == (
+        "drill: the last restore drill (job d1) failed: integrity_check: row 3 missing from index"
+    )
 
 
 def test_nothing_wrong_is_no_incident():
-    fresh = freshness(BackupSettings(), period, {"database": ago(minutes=5), "files": ago(days=1)}, SINCE, NOW)
+    good = {"database": ago(minutes=5), "files": ago(days=1)}
+    fresh = freshness(BackupSettings(), period, good, SINCE, NOW)
     last = {"database": FinishedJob("j1", "database", "completed"), "files": None}
     assert incidents(fresh, last, FinishedJob("d1", None, "completed")) == []
