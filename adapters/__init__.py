@@ -12,4 +12,5 @@ orchestrator calls them, and they import only `capsule.domain` and one another.
 - `directio.py`: large writes and reads around the page cache, where the system allows it.
 - `source_identity.py`: what a source is as a snapshot records it: host, path, SQLite's own ids.
 - `partials.py`: the names of files being restored, and the removal of those a dead process left.
+- `notifiers.py`: alerts sent out: an e-mail through an SMTP server, a JSON POST to a webhook.
 """

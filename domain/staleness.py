@@ -24,6 +24,7 @@ import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal
 
 from capsule.domain.settings import SCHEDULED_BACKUPS, BackupSettings
 
@@ -165,8 +166,7 @@ class Incident:
     key: str
     subject: str
     """The kind, or `drill`."""
-    reason: str
-    """`overdue`, `job_failed` or `drill_failed`."""
+    reason: Literal["overdue", "job_failed", "drill_failed"]
     line: str
     cause_job_id: str | None = None
     """The failed job, for a failure."""

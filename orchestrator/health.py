@@ -44,6 +44,9 @@ class Health:
 
     freshness: list[Freshness]
     incidents: list[Incident]
+    last_backups: dict[str, FinishedJob | None]
+    """Each kind's last completed or failed backup."""
+    last_drill: FinishedJob | None
 
 
 def settings_document(db: Database) -> model.BackupSettings:
@@ -80,7 +83,8 @@ def observe(
     backups = _finished(projections.list_jobs(db, limit=RECENT_BACKUPS, job_type="backup"))
     drills = _finished(projections.list_jobs(db, limit=RECENT_DRILLS, job_type="drill"))
     last_backups = {kind: last_finished(backups, kind) for kind in KINDS}
-    return Health(fresh, incidents(fresh, last_backups, last_finished(drills)))
+    last_drill = last_finished(drills)
+    return Health(fresh, incidents(fresh, last_backups, last_drill), last_backups, last_drill)
 
 
 def _finished(rows: list[projections.Row]) -> list[FinishedJob]:
