@@ -6,12 +6,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from capsule.api import render_settings
-from capsule.api.common import Context, pass_ctx, run
+from capsule.api.common import Context, pass_ctx, read_value, run
 from capsule.orchestrator.usecases.schedules import list_schedules
 from capsule.orchestrator.usecases.settings import ChangeSetting, change, show
 
@@ -45,15 +43,9 @@ def settings_set(obj: Context, key: str, value: str, expected_version: int | Non
     reads it from standard input (without echo at a terminal), so that a secret such as
     `alerts.smtp.password` stays out of the shell's history."""
     if value == "-":
-        value = _value_from_stdin(key)
+        value = read_value(key)
     request = ChangeSetting(key=key, value=value, expected_version=expected_version)
     run(lambda: render_settings.changed(change(obj.settings, request), as_json))
-
-
-def _value_from_stdin(key: str) -> str:
-    if sys.stdin.isatty():
-        return str(click.prompt(key, hide_input=True, default="", show_default=False, err=True))
-    return sys.stdin.readline().rstrip("\r\n")
 
 
 @click.command()
