@@ -48,7 +48,7 @@ from capsule.orchestrator import codec, health
 from capsule.orchestrator.errors import ConcurrencyConflict
 from capsule.orchestrator.eventstore import Metadata
 from capsule.orchestrator.runtime import Runtime, new_job_id
-from capsule.orchestrator.secrets import SecretBox, SecretUnavailable, is_sealed
+from capsule.orchestrator.secrets import SecretBox, SecretUnavailable, box_in, is_sealed
 
 log = structlog.get_logger(__name__)
 
@@ -159,6 +159,13 @@ class Alerter:
         self.machine_zone = machine_zone
         self.host = host or socket.gethostname()
         self.timeout = timeout
+
+    @classmethod
+    def of(cls, runtime: Runtime, *, timeout: float = DEFAULT_TIMEOUT) -> Alerter:
+        """The alerter of `runtime`'s Capsule: its secrets key, this machine's zone and name."""
+        from capsule.orchestrator.usecases.settings import machine_timezone  # noqa: PLC0415
+
+        return cls(runtime, box_in(runtime.settings.home), machine_zone=machine_timezone(), timeout=timeout)
 
     def tick(self, now: datetime, settings: BackupSettings) -> TickReport:
         """Raise, clear and deliver what is owed at `now` under `settings`."""

@@ -132,17 +132,15 @@ def send_test_alert(settings: Settings) -> TestSent:
     from capsule.orchestrator.alerts import Alerter  # noqa: PLC0415
     from capsule.orchestrator.health import settings_document  # noqa: PLC0415
     from capsule.orchestrator.runtime import Runtime  # noqa: PLC0415
-    from capsule.orchestrator.secrets import box_in  # noqa: PLC0415
-    from capsule.orchestrator.usecases.settings import machine_timezone  # noqa: PLC0415
 
     runtime = Runtime(settings)
     try:
         document = settings_document(runtime.engine)
-        alerter = Alerter(runtime, box_in(settings.home), machine_zone=machine_timezone())
+        alerter = Alerter.of(runtime)
         if not alerter.targets(document):
             raise NoAlertTargets(
-                "no alert target is set: `capsule settings set alerts.email owner@example.com` "
-                "(and alerts.smtp.host), or alerts.webhook URL"
+                "no alert target is set; set one with `capsule settings set alerts.webhook URL`, or "
+                "alerts.email and alerts.smtp.host"
             )
         tries = alerter.send_test(runtime.clock(), document)
     finally:

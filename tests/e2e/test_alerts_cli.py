@@ -116,4 +116,4 @@ def test_alerts_test_reaches_every_target_and_alerts_lists_what_was_sent(shop: S
 
 def test_a_test_alert_with_no_target_says_how_to_set_one(shop: Shop) -> None:
     proc = shop.run("alerts", "test", expect=1)
-    assert proc.stderr.startswith("capsule: no alert target is set: `capsule settings set alerts.email")
+    assert proc.stderr.startswith("capsule: no alert target is set; set one with `capsule settings set")
