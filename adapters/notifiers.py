@@ -7,6 +7,7 @@ names the server but never a password, and never a webhook's path (which often h
 
 from __future__ import annotations
 
+import hashlib
 import json
 import smtplib
 import socket
@@ -109,3 +110,12 @@ def _reason(error: object) -> str:
 def _text(value: bytes | str) -> str:
     text = value.decode(errors="replace") if isinstance(value, bytes) else value
     return " ".join(text.split())
+
+
+def webhook_name(url: str) -> str:
+    """How a webhook is named in the log: its address without the path (which may hold a token),
+    and a short digest of the whole, so that two webhooks on one server are told apart."""
+    shown = shown_url(url)
+    if not shown.endswith("/…"):
+        return shown
+    return f"{shown} ({hashlib.sha256(url.encode()).hexdigest()[:8]})"

@@ -21,7 +21,6 @@ keeps both tries.
 
 from __future__ import annotations
 
-import hashlib
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from capsule.adapters.notifiers import DeliveryFailed, SmtpServer, post_json, send_email, shown_url
+from capsule.adapters.notifiers import DeliveryFailed, SmtpServer, post_json, send_email, webhook_name
 from capsule.domain import alerts
 from capsule.domain.errors import CapsuleError
 from capsule.domain.events import (
@@ -179,7 +178,7 @@ class Alerter:
             if key in wrong and not state.is_open:
                 state = self._raise(key, wrong[key], now, state, report)
             elif key not in wrong and state.is_open:
-                state = self._clear(key, _cleared_summary(key, seen), now, state, report)
+                state = self._clear(key, health.cleared_line(key, seen), now, state, report)
             for owed in alerts.owed(state, [(t.channel, t.target) for t in targets], now):
                 target = next(t for t in targets if (t.channel, t.target) == (owed.channel, owed.target))
                 self._deliver(key, state=state, owed=owed, target=target, zone=zone, now=now, report=report)
@@ -313,6 +312,12 @@ class Alerter:
         except CapsuleError as e:
             log.warning("alert not delivered", notice=message.notice, error=str(e), **fields)
             return str(e)
+        except Exception as e:
+            # A delivery never stops the loop that ticks. Only the error's type is kept: the text
+            # of an unexpected error may quote what it was given, a password included.
+            said = f"an unexpected {type(e).__name__} while sending"
+            log.error("alert not delivered", notice=message.notice, error=said, **fields)
+            return said
         log.info("alert delivered", notice=message.notice, **fields)
         return None
 
@@ -349,15 +354,6 @@ class Alerter:
         return send
 
 
-def webhook_name(url: str) -> str:
-    """How a webhook is named in the log: its address without the path (which may hold a token),
-    and a short digest of the whole, so that two webhooks on one server are told apart."""
-    shown = shown_url(url)
-    if not shown.endswith("/…"):
-        return shown
-    return f"{shown} ({hashlib.sha256(url.encode()).hexdigest()[:8]})"
-
-
 def _outcome(
     alert_id: str,
     key: str,
@@ -390,16 +386,3 @@ def _outcome(
         next_try_at=retry,
         at=now,
     )
-
-
-def _cleared_summary(key: str, seen: health.Health) -> str:
-    """What an incident's clearing says: the good news that cleared it."""
-    what, _, kind = key.partition("-")
-    if what == "overdue":
-        fresh = next((f for f in seen.freshness if f.kind == kind), None)
-        return fresh.line() if fresh else f"{kind}: no longer watched (its schedules are disabled)"
-    if what == "failed":
-        last = seen.last_backups.get(kind)
-        return f"{kind}: backup job {last.job_id} completed" if last else f"{kind}: no failed backup is left"
-    last_drill = seen.last_drill
-    return f"drill: the restore drill (job {last_drill.job_id}) passed" if last_drill else "drill: passed"

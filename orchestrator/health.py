@@ -93,3 +93,16 @@ def _finished(rows: list[projections.Row]) -> list[FinishedJob]:
         for r in rows
         if r.get("status") in ("completed", "failed")
     ]
+
+
+def cleared_line(key: str, seen: Health) -> str:
+    """What the clearing of incident `key` says: the good news that cleared it."""
+    what, _, kind = key.partition("-")
+    if what == "overdue":
+        fresh = next((f for f in seen.freshness if f.kind == kind), None)
+        return fresh.line() if fresh else f"{kind}: no longer watched (its schedules are disabled)"
+    if what == "failed":
+        last = seen.last_backups.get(kind)
+        return f"{kind}: backup job {last.job_id} completed" if last else f"{kind}: no failed backup is left"
+    last_drill = seen.last_drill
+    return f"drill: the restore drill (job {last_drill.job_id}) passed" if last_drill else "drill: passed"
