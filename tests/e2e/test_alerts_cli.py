@@ -3,8 +3,14 @@ admin use them: real `capsule` processes on a real shop, real SMTP and webhook s
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
+import select
 import subprocess
+import termios
+import time
 from datetime import UTC, datetime, timedelta
 
 from capsule.orchestrator.runtime import Runtime
@@ -117,3 +123,53 @@ def test_alerts_test_reaches_every_target_and_alerts_lists_what_was_sent(shop: S
 def test_a_test_alert_with_no_target_says_how_to_set_one(shop: Shop) -> None:
     proc = shop.run("alerts", "test", expect=1)
     assert proc.stderr.startswith("capsule: no alert target is set; set one with `capsule settings set")
+
+
+def test_at_a_terminal_the_password_is_asked_for_without_echo(shop: Shop) -> None:
+    controller, terminal = pty.openpty()
+
+    def own_terminal() -> None:  # the terminal becomes the process's own, as in a shell
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    try:
+        proc = subprocess.Popen(
+            [*CAPSULE, "settings", "set", "alerts.smtp.password", "-"],
+            cwd=shop.root,
+            env=shop.env(),
+            stdin=terminal,
+            stdout=terminal,
+            stderr=terminal,
+            preexec_fn=own_terminal,
+        )
+        os.close(terminal)
+        terminal = -1
+        received = read_until(controller, b"alerts.smtp.password: ")
+        os.write(controller, PASSWORD.encode() + b"\n")
+        received += read_until(controller, None)
+        code = proc.wait(timeout=60)
+    finally:
+        if terminal >= 0:
+            os.close(terminal)
+        os.close(controller)
+
+    assert code == 0, received
+    assert PASSWORD.encode() not in received
+    assert b"alerts.smtp.password: - -> ******** (version 1)." in received
+
+
+def read_until(controller: int, wanted: bytes | None, timeout: float = 60) -> bytes:
+    """What the terminal shows until `wanted` appears, or (None) until the process closes it."""
+    received = b""
+    deadline = time.monotonic() + timeout
+    while wanted is None or wanted not in received:
+        ready, _, _ = select.select([controller], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"the terminal showed only {received!r}"
+        try:
+            block = os.read(controller, 65536)
+        except OSError:  # EIO: every end of the terminal is closed
+            break
+        if not block:
+            break
+        received += block
+    return received
