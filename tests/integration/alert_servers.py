@@ -97,7 +97,7 @@ def webhook_server(failures: int = 0, silent: bool = False) -> Iterator[Webhook]
             pass
 
     server.RequestHandlerClass = Handler
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield hook
