@@ -26,19 +26,11 @@ def _text(value: object) -> str:
     return str(value)
 
 
-def _masked(view: SettingsView) -> model.BackupSettings:
-    """The document with every secret shown as `********` (none is ever printed)."""
-    from capsule.orchestrator.secrets import shown  # noqa: PLC0415
-
-    secrets = {key: shown(model.value_of(view.document, key)) for key in model.SECRET_KEYS}
-    return model.with_changes(view.document, secrets)
-
-
 def document_json(view: SettingsView) -> dict[str, object]:
     return {
         "version": view.version,
         "timezone": view.timezone,
-        "settings": _masked(view).model_dump(mode="json"),
+        "settings": model.masked(view.document).model_dump(mode="json"),
         "changed_at": view.changed_at.isoformat().replace("+00:00", "Z") if view.changed_at else None,
         "changed_by": view.changed_by,
     }
@@ -51,7 +43,7 @@ def shown(view: SettingsView, as_json: bool) -> None:
     defaults = model.BackupSettings()
     keys = model.keys(view.document)
     width = max(len(k) for k in keys)
-    masked = _masked(view)
+    masked = model.masked(view.document)
     for key in keys:
         value = model.value_of(masked, key)
         note = "" if value != model.value_of(defaults, key) else "  (default)"

@@ -89,6 +89,7 @@ class Alerts(BaseModel):
 
 SECRET_KEYS = frozenset({"alerts.smtp.password"})
 """Keys whose values are secrets: sealed before they become an event, printed as `********`."""
+SECRET_SHOWN = "********"  # noqa: S105 (what is printed in place of a secret)
 
 
 DEFAULT_SCHEDULES = {
@@ -220,6 +221,16 @@ def check_alerts(document: BackupSettings) -> None:
     for address in document.alerts.email:
         if not re.fullmatch(r"[^\s@]+@[^\s@]+", address):
             raise InvalidSetting(f"alerts.email: `{address}` is not an e-mail address (name@example.com)")
+
+
+def shown_value(key: str, value: JsonValue) -> JsonValue:
+    """`value` at `key` as it may be printed: a secret that is set as `********`."""
+    return SECRET_SHOWN if key in SECRET_KEYS and value not in (None, "") else value
+
+
+def masked(document: BackupSettings) -> BackupSettings:
+    """The document as it may be printed: every secret that is set as `********`."""
+    return with_changes(document, {key: shown_value(key, value_of(document, key)) for key in SECRET_KEYS})
 
 
 def from_values(values: dict[str, JsonValue]) -> BackupSettings:

@@ -28,7 +28,6 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from pydantic import JsonValue
 
 from capsule.domain.errors import CapsuleError, Category
 
@@ -40,8 +39,6 @@ KEY_FILE_HEADER = (
     "# Capsule's secrets key: it seals the secrets among the settings (the SMTP password). Keep it\n"
     "# secret, keep a copy with the repository key, and give it to every machine that sends alerts.\n"
 )
-MASK = "********"
-"""How a secret is shown wherever a value is printed."""
 
 
 class SecretUnavailable(CapsuleError):
@@ -52,11 +49,6 @@ class SecretUnavailable(CapsuleError):
 
 def is_sealed(value: object) -> bool:
     return isinstance(value, str) and value.startswith(SEALED_PREFIX)
-
-
-def shown(value: JsonValue) -> JsonValue:
-    """`value` as it may be printed: a secret (sealed or not) as `********`, nothing as itself."""
-    return MASK if value not in (None, "") else value
 
 
 class SecretBox:

@@ -188,11 +188,7 @@ def _sealed(settings: Settings, key: str, value: JsonValue) -> JsonValue:
 
 def _result(key: str, old: JsonValue, new: JsonValue, version: int) -> SettingChanged:
     """What a change reports: a secret's values masked, as they are wherever values are printed."""
-    from capsule.orchestrator.secrets import shown  # noqa: PLC0415
-
-    if key in document.SECRET_KEYS:
-        return SettingChanged(key, shown(old), shown(new), version)
-    return SettingChanged(key, old, new, version)
+    return SettingChanged(key, document.shown_value(key, old), document.shown_value(key, new), version)
 
 
 def _one_cron(key: str, expression: str) -> str:

@@ -6,7 +6,8 @@ import stat
 
 import pytest
 
-from capsule.orchestrator.secrets import MASK, SecretBox, SecretUnavailable, box_in, is_sealed, shown
+from capsule.domain.settings import BackupSettings, masked, shown_value, with_changes
+from capsule.orchestrator.secrets import SecretBox, SecretUnavailable, box_in, is_sealed
 
 PASSWORD = "correct horse battery staple"
 
@@ -50,5 +51,8 @@ def test_another_key_or_none_is_refused_without_the_secret_in_the_message(tmp_pa
 
 
 def test_a_secret_is_shown_masked_and_nothing_as_nothing():
-    assert shown("sealed:v1:abc") == MASK
-    assert shown(None) is None
+    assert shown_value("alerts.smtp.password", "sealed:v1:abc") == "********"
+    assert shown_value("alerts.smtp.password", None) is None
+    assert shown_value("alerts.smtp.host", "mail.example.com") == "mail.example.com"
+    document = with_changes(BackupSettings(), {"alerts.smtp.password": "sealed:v1:abc"})
+    assert masked(document).alerts.smtp.password == "********"
