@@ -13,4 +13,5 @@ orchestrator calls them, and they import only `capsule.domain` and one another.
 - `source_identity.py`: what a source is as a snapshot records it: host, path, SQLite's own ids.
 - `partials.py`: the names of files being restored, and the removal of those a dead process left.
 - `drill.py`: restore drills: the newest snapshots restored into a scratch folder and checked.
+- `notifiers.py`: alerts sent out: an e-mail through an SMTP server, a JSON POST to a webhook.
 """

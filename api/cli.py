@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import structlog
 
-from capsule.api import cli_jobs, cli_settings, render
+from capsule.api import cli_alerts, cli_jobs, cli_settings, render
 from capsule.api.cli_demo import demo
 from capsule.api.cli_drill import drill
 from capsule.api.common import (
@@ -63,7 +63,7 @@ def cli(ctx: click.Context, log_level: str | None, log_format: str | None) -> No
 
     Paths come from CAPSULE_DATABASE, CAPSULE_REPOSITORY, CAPSULE_HOME and CAPSULE_KEY_FILE (or
     capsule.toml). Exit codes: 0 ok, 1 failed, 2 usage, 3 damage found, or a backup completed with
-    warnings, 4 locked, 130 interrupted.
+    warnings, 4 locked, 5 attention needed (`status --check`), 130 interrupted.
     """
     try:
         obj = Context()
@@ -299,7 +299,7 @@ def unlock(obj: Context, remove_all: bool) -> None:
     run(lambda: render.unlocked(remove_locks(obj.settings, Unlock(remove_all=remove_all))))
 
 
-for command in (*cli_jobs.COMMANDS, *cli_settings.COMMANDS, demo):
+for command in (*cli_jobs.COMMANDS, *cli_settings.COMMANDS, demo, *cli_alerts.COMMANDS):
     cli.add_command(command)
 cli.add_command(drill)
 add_log_options(cli)

@@ -57,9 +57,18 @@ def jobs(obj: Context, limit: int, status: str | None, as_json: bool) -> None:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON on stdout.")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="For a monitoring system: print one line per problem (a kind overdue, a failed last backup "
+    "or drill) and exit 5, or print `ok` and exit 0.",
+)
 @pass_ctx
-def status(obj: Context, as_json: bool) -> None:
-    """What Capsule is doing and when the last backup was made."""
+def status(obj: Context, as_json: bool, check: bool) -> None:
+    """What Capsule is doing, when each kind was last backed up, and whether that is too long ago."""
+    if check:
+        run(lambda: render.status_check(current_status(obj.settings), as_json))
+        return
     run(lambda: render.status(current_status(obj.settings), as_json))
 
 

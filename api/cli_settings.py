@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from capsule.api import render_settings
-from capsule.api.common import Context, pass_ctx, run
+from capsule.api.common import Context, pass_ctx, read_value, run
 from capsule.orchestrator.usecases.schedules import list_schedules
 from capsule.orchestrator.usecases.settings import ChangeSetting, change, show
 
@@ -39,7 +39,11 @@ def settings_show(obj: Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the change as JSON.")
 @pass_ctx
 def settings_set(obj: Context, key: str, value: str, expected_version: int | None, as_json: bool) -> None:
-    """Change one setting: `capsule settings set schedules.database.cron '30 * * * *'`."""
+    """Change one setting: `capsule settings set schedules.database.cron '30 * * * *'`. VALUE `-`
+    reads it from standard input (without echo at a terminal), so that a secret such as
+    `alerts.smtp.password` stays out of the shell's history."""
+    if value == "-":
+        value = read_value(key)
     request = ChangeSetting(key=key, value=value, expected_version=expected_version)
     run(lambda: render_settings.changed(change(obj.settings, request), as_json))
 

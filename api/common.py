@@ -96,3 +96,11 @@ def run(fn: Callable[[], int | None]) -> None:
         click.echo("capsule: interrupted; nothing half-written was kept", err=True)
         sys.exit(EXIT_CODES.interrupted)
     sys.exit(code or EXIT_CODES.ok)
+
+
+def read_value(prompt: str) -> str:
+    """One line from standard input, for a value that must stay out of the shell's history: asked
+    for without echo at a terminal, read as it comes from a pipe."""
+    if sys.stdin.isatty():
+        return str(click.prompt(prompt, hide_input=True, default="", show_default=False, err=True))
+    return sys.stdin.readline().rstrip("\r\n")

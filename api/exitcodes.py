@@ -31,6 +31,8 @@ class ExitCodes:
     """A backup that made its snapshot but left out or kept from before some items (restic's 3,
     "some source files could not be read"). Shared with damage found: a backup that ends with 3
     printed its snapshot on stdout; one that met damage printed only its one-line error."""
+    attention: int = 5
+    """`capsule status --check` found something wrong: a kind overdue, a last backup or drill failed."""
 
 
 EXIT_CODES = ExitCodes(
@@ -53,6 +55,7 @@ EXIT_CODES = ExitCodes(
             2: "usage",
             3: "damage found, or a backup completed with warnings",
             4: "locked",
+            5: "attention needed",
             130: "interrupted",
         }
     ),

@@ -481,6 +481,8 @@ def status(result: Status, as_json: bool) -> None:
         emit_json(doc)
         return
     click.echo(f"Repository: {result.repository}")
+    for fresh in result.freshness:
+        click.echo(fresh.line())
     for kind, last in result.last_snapshots.items():
         if last:
             click.echo(
@@ -547,6 +549,19 @@ def drilled(result: Drilled, as_json: bool) -> int:
         for row in result.foreign_key_rows:
             click.echo(f"  {row}", err=True)
     return EXIT_CODES.warnings if warned else EXIT_CODES.ok
+
+
+def status_check(result: Status, as_json: bool) -> int:
+    """`status --check`: one line per problem and exit 5, or `ok` and exit 0 (for a monitoring system)."""
+    problems = result.as_dict()["problems"]
+    if as_json:
+        emit_json({"ok": not problems, "problems": problems})
+    elif problems:
+        for problem in problems:
+            click.echo(problem["line"])
+    else:
+        click.echo("ok")
+    return EXIT_CODES.attention if problems else EXIT_CODES.ok
 
 
 def _summary(data: dict[str, Any]) -> str:

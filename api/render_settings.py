@@ -30,7 +30,7 @@ def document_json(view: SettingsView) -> dict[str, object]:
     return {
         "version": view.version,
         "timezone": view.timezone,
-        "settings": view.document.model_dump(mode="json"),
+        "settings": model.masked(view.document).model_dump(mode="json"),
         "changed_at": view.changed_at.isoformat().replace("+00:00", "Z") if view.changed_at else None,
         "changed_by": view.changed_by,
     }
@@ -43,8 +43,9 @@ def shown(view: SettingsView, as_json: bool) -> None:
     defaults = model.BackupSettings()
     keys = model.keys(view.document)
     width = max(len(k) for k in keys)
+    masked = model.masked(view.document)
     for key in keys:
-        value = model.value_of(view.document, key)
+        value = model.value_of(masked, key)
         note = "" if value != model.value_of(defaults, key) else "  (default)"
         if key == "timezone" and value is None:
             value, note = view.machine_timezone, "  (the machine's)"

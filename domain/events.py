@@ -340,6 +340,70 @@ class ScheduleFired(Event):
     coalesced: bool
 
 
+# Alerts: each incident key (`overdue-database`, `failed-files`, `drill-failed`) has a stream of its
+# own (`alert-<key>`), where an incident is raised, told to each target, and cleared, and may later
+# be raised again. Appends there are made at the version read, so that of two processes that see the
+# same problem only one raises it. The `job_id` of these events is the incident's own id.
+
+AlertNotice = Literal["raised", "cleared", "test"]
+AlertChannel = Literal["email", "webhook"]
+
+
+class AlertRaised(Event):
+    """Something needs attention (an overdue kind, a failed backup, a failed drill): an incident began."""
+
+    type_name: ClassVar[str] = "AlertRaised"
+
+    incident: str
+    """The incident's key: `overdue-database`, `failed-files`, `drill-failed`."""
+    reason: Literal["overdue", "job_failed", "drill_failed"]
+    subject: str
+    """The kind, or `drill`."""
+    summary: str
+    """One line that says what is wrong, as `capsule status --check` prints it."""
+    cause_job_id: str | None
+    at: UtcDatetime
+
+
+class AlertCleared(Event):
+    """An incident ended: what was wrong is no longer (a good backup, a passing drill)."""
+
+    type_name: ClassVar[str] = "AlertCleared"
+
+    incident: str
+    summary: str
+    at: UtcDatetime
+
+
+class AlertDelivered(Event):
+    """A raised, cleared or test alert reached one target."""
+
+    type_name: ClassVar[str] = "AlertDelivered"
+
+    incident: str
+    notice: AlertNotice
+    channel: AlertChannel
+    target: str
+    """The e-mail recipients, or the webhook's address without its path (which may hold a token)."""
+    attempt: int
+    at: UtcDatetime
+
+
+class AlertDeliveryFailed(Event):
+    """A try to tell one target failed; `next_try_at` says when the next runs, or is None if none will."""
+
+    type_name: ClassVar[str] = "AlertDeliveryFailed"
+
+    incident: str
+    notice: AlertNotice
+    channel: AlertChannel
+    target: str
+    attempt: int
+    error: str
+    next_try_at: UtcDatetime | None
+    at: UtcDatetime
+
+
 def _registry(*classes: type[Event]) -> dict[str, type[Event]]:
     registry: dict[str, type[Event]] = {}
     for cls in classes:
@@ -374,6 +438,10 @@ EVENT_TYPES: dict[str, type[Event]] = _registry(
     DrillCompleted,
     DrillFailed,
     DrillCancelled,
+    AlertRaised,
+    AlertCleared,
+    AlertDelivered,
+    AlertDeliveryFailed,
 )
 """Every event the log may hold, by its stored type name."""
 

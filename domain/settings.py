@@ -62,6 +62,22 @@ class Retention(BaseModel):
     keep_yearly: int = Field(0, ge=0)
 
 
+class Smtp(BaseModel):
+    """The mail server alerts are sent through."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str | None = None
+    port: int = Field(587, ge=1, le=65535)
+    username: str | None = None
+    password: str | None = None
+    """Stored sealed (`orchestrator/secrets.py`); never printed: see `SECRET_KEYS`."""
+    sender: str | None = None
+    """The From address; None: the username, else `capsule@<this machine>`."""
+    starttls: bool = True
+    """Upgrade the connection with STARTTLS before logging in (port 587); false for a local relay."""
+
+
 class Alerts(BaseModel):
     """Who hears when a job or a drill fails or a kind is overdue."""
 
@@ -69,6 +85,12 @@ class Alerts(BaseModel):
 
     email: tuple[str, ...] = ()
     webhook: tuple[str, ...] = ()
+    smtp: Smtp = Smtp()
+
+
+SECRET_KEYS = frozenset({"alerts.smtp.password"})
+"""Keys whose values are secrets: sealed before they become an event, printed as `********`."""
+SECRET_SHOWN = "********"  # noqa: S105 (what is printed in place of a secret)
 
 
 DEFAULT_SCHEDULES = {
@@ -98,8 +120,10 @@ SCHEDULED_JOBS: dict[str, Runs] = {
 }
 """What each schedule runs."""
 
-SCHEDULED_BACKUPS = {
-    name: (runs.kind, runs.full) for name, runs in SCHEDULED_JOBS.items() if runs.job_type == "backup"
+SCHEDULED_BACKUPS: dict[str, tuple[Literal["database", "files"], bool]] = {
+    name: (runs.kind, runs.full)
+    for name, runs in SCHEDULED_JOBS.items()
+    if runs.job_type == "backup" and runs.kind is not None
 }
 """The schedules that run a backup: its kind, `--full` or not."""
 
@@ -203,6 +227,30 @@ def check_retention(document: BackupSettings) -> None:
                 f"retention.{kind}: every keep_* is 0, which would delete every snapshot of {kind}; "
                 "keep at least one (for example retention.{kind}.keep_last 1)".replace("{kind}", kind)
             )
+
+
+def check_alerts(document: BackupSettings) -> None:
+    """InvalidSetting when an alert target cannot be one: a webhook that is no http(s) address, an
+    e-mail address without `@`."""
+    for url in document.alerts.webhook:
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
+            raise InvalidSetting(
+                f"alerts.webhook: `{url}` is not an http:// or https:// address "
+                "(for example https://hooks.example.com/capsule)"
+            )
+    for address in document.alerts.email:
+        if not re.fullmatch(r"[^\s@]+@[^\s@]+", address):
+            raise InvalidSetting(f"alerts.email: `{address}` is not an e-mail address (name@example.com)")
+
+
+def shown_value(key: str, value: JsonValue) -> JsonValue:
+    """`value` at `key` as it may be printed: a secret that is set as `********`."""
+    return SECRET_SHOWN if key in SECRET_KEYS and value not in (None, "") else value
+
+
+def masked(document: BackupSettings) -> BackupSettings:
+    """The document as it may be printed: every secret that is set as `********`."""
+    return with_changes(document, {key: shown_value(key, value_of(document, key)) for key in SECRET_KEYS})
 
 
 def from_values(values: dict[str, JsonValue]) -> BackupSettings:

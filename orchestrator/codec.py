@@ -29,6 +29,8 @@ SCHEDULE_STREAM_PREFIX = "schedule-"
 """The streams of schedules' runs: one per schedule and due time."""
 LOG_STREAM_PREFIX = "eventlog-"
 """The streams of the event log's own history: one per repair that started a new log."""
+ALERT_STREAM_PREFIX = "alert-"
+"""The streams of alerts: one per incident key (`alert-overdue-database`), see `orchestrator/alerts.py`."""
 
 
 def encode(event: Event) -> NewEvent:
@@ -88,6 +90,15 @@ def log_stream_id(repair_id: str) -> str:
 def schedule_stream_id(schedule: str, due_at: datetime) -> str:
     """The stream of `schedule`'s run at `due_at`: the one place that run can be recorded."""
     return f"{SCHEDULE_STREAM_PREFIX}{schedule}-{due_at.astimezone(UTC):%Y%m%dT%H%M%SZ}"
+
+
+def alert_stream_id(incident: str) -> str:
+    """The stream where the incident `incident` (`overdue-database`) is raised, told and cleared."""
+    return f"{ALERT_STREAM_PREFIX}{incident}"
+
+
+def is_alert_stream(stream: str) -> bool:
+    return stream.startswith(ALERT_STREAM_PREFIX) and len(stream) > len(ALERT_STREAM_PREFIX)
 
 
 def is_schedule_stream(stream: str) -> bool:

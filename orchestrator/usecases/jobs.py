@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from capsule.orchestrator.settings import Settings
 
 if TYPE_CHECKING:
+    from capsule.domain.staleness import Freshness, Incident
     from capsule.orchestrator.eventstore import ChainReport, StoredEvent
     from capsule.orchestrator.logrepair import LogRepair
     from capsule.orchestrator.projections import ReplayReport
@@ -83,6 +84,10 @@ class Status:
     `job_id` of the drill, `proven_at`); None: no drill has proved one yet."""
     last_drill: Row | None = None
     """The newest restore drill's job, whatever its outcome; None before the first."""
+    freshness: list[Freshness] = field(default_factory=list)
+    """How old each kind's last good backup is, against its tightest enabled schedule."""
+    problems: list[Incident] = field(default_factory=list)
+    """What `status --check` reports: overdue kinds, failed last backups, a failed last drill."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -96,11 +101,37 @@ class Status:
             "event_log_position": self.event_log_position,
             "proven": self.proven,
             "last_drill": self.last_drill,
+            "freshness": [
+                {
+                    "kind": f.kind,
+                    "schedule": f.schedule,
+                    "every": f.every,
+                    "period_seconds": f.period.total_seconds(),
+                    "allowed_seconds": f.allowed.total_seconds(),
+                    "last_good_at": f.last_good_at,
+                    "age_seconds": round(f.age.total_seconds()),
+                    "overdue": f.overdue,
+                }
+                for f in self.freshness
+            ],
+            "problems": [
+                {
+                    "incident": p.key,
+                    "reason": p.reason,
+                    "subject": p.subject,
+                    "line": p.line,
+                    "job_id": p.cause_job_id,
+                }
+                for p in self.problems
+            ],
         }
 
 
-def current_status(settings: Settings) -> Status:
-    from capsule.orchestrator import projections  # noqa: PLC0415
+def current_status(settings: Settings, now: datetime | None = None) -> Status:
+    from zoneinfo import ZoneInfo  # noqa: PLC0415
+
+    from capsule.orchestrator import health, projections  # noqa: PLC0415
+    from capsule.orchestrator.usecases.settings import machine_timezone  # noqa: PLC0415
 
     runtime = _runtime(settings)
     try:
@@ -110,6 +141,9 @@ def current_status(settings: Settings) -> Status:
         position = runtime.store.last_position()
         proofs = projections.proven_snapshots(runtime.engine)
         drills = projections.list_jobs(runtime.engine, limit=1, job_type="drill")
+        document = health.settings_document(runtime.engine)
+        zone = ZoneInfo(document.timezone or machine_timezone())
+        seen = health.observe(runtime.engine, runtime.store, document, zone, now or runtime.clock())
     finally:
         runtime.close()
     active = [r for r in recent if r.get("status") not in ("completed", "failed", "cancelled")]
@@ -126,6 +160,8 @@ def current_status(settings: Settings) -> Status:
         event_log_position=position,
         proven={kind: proofs.get(kind) for kind in SNAPSHOT_KINDS},
         last_drill=drills[0] if drills else None,
+        freshness=seen.freshness,
+        problems=seen.incidents,
     )
 
 

@@ -133,6 +133,7 @@ def check(candidate: document.BackupSettings) -> None:
         except InvalidSchedule as e:
             raise document.InvalidSetting(f"schedules.{name}.cron: {e}") from e
     document.check_retention(candidate)
+    document.check_alerts(candidate)
 
 
 def change(settings: Settings, request: ChangeSetting, *, actor: str | None = None) -> SettingChanged:
@@ -151,12 +152,14 @@ def change(settings: Settings, request: ChangeSetting, *, actor: str | None = No
         new = document.parse(current, request.key, request.value)
         if request.key.endswith(".cron") and isinstance(new, str):
             new = _one_cron(request.key, new)
+        if request.key in document.SECRET_KEYS:
+            new = _sealed(settings, request.key, new)
         old = document.value_of(current, request.key)
         candidate = document.with_changes(current, {request.key: new})
         check(candidate)
         new = document.value_of(candidate, request.key)
         if new == old:
-            return SettingChanged(request.key, old, new, version)
+            return _result(request.key, old, new, version)
         change_id = new_job_id()
         event = SettingsChanged(job_id=change_id, changes=(SettingChange(key=request.key, old=old, new=new),))
         try:
@@ -169,9 +172,23 @@ def change(settings: Settings, request: ChangeSetting, *, actor: str | None = No
             )
         except ConcurrencyConflict as e:
             raise SettingsChangedMeanwhile(_moved(version, e.actual_version)) from e
-        return SettingChanged(request.key, old, new, version + 1)
+        return _result(request.key, old, new, version + 1)
     finally:
         runtime.close()
+
+
+def _sealed(settings: Settings, key: str, value: JsonValue) -> JsonValue:
+    """A secret's value as the log may hold it: sealed, or None to remove it."""
+    from capsule.orchestrator.secrets import box_in  # noqa: PLC0415
+
+    if not isinstance(value, str) or not value:
+        return None
+    return box_in(settings.home).seal(key, value)
+
+
+def _result(key: str, old: JsonValue, new: JsonValue, version: int) -> SettingChanged:
+    """What a change reports: a secret's values masked, as they are wherever values are printed."""
+    return SettingChanged(key, document.shown_value(key, old), document.shown_value(key, new), version)
 
 
 def _one_cron(key: str, expression: str) -> str:

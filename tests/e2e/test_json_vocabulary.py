@@ -81,7 +81,20 @@ STATUS = {
     "event_log_position",
     "proven",
     "last_drill",
+    "freshness",
+    "problems",
 }
+FRESHNESS = {
+    "kind",
+    "schedule",
+    "every",
+    "period_seconds",
+    "allowed_seconds",
+    "last_good_at",
+    "age_seconds",
+    "overdue",
+}
+PROBLEM = {"incident", "reason", "subject", "line", "job_id"}
 EVENT = {"position", "recorded_at", "actor", "stream_id", "version", "type", "data"}
 CHAIN = {"events", "head_position", "head", "chained_after", "chained_at", "key_id"}
 VERIFY = {"ok", "snapshots", "packs", "blobs_read", "problems"}
@@ -188,6 +201,9 @@ def test_every_command_speaks_one_json_vocabulary(shop: Shop, images: dict[str, 
     assert status["last_snapshots"]["database"]["snapshot_id"] == database["snapshot_id"]
     assert status["last_snapshots"]["database"]["time"] == database["time"]
     assert [set(j) for j in status["recent_failures"]] == [JOB]
+    assert [set(f) for f in status["freshness"]] == [FRESHNESS, FRESHNESS]
+    assert status["freshness"][0]["last_good_at"] == database["time"]
+    assert all(set(p) == PROBLEM for p in status["problems"])
 
     restored_database = run_json(shop, "restore", "latest-database", "--to", str(shop.root / "db"))
     restored_images = run_json(shop, "restore", "latest-files", "--to", str(shop.root / "images"))

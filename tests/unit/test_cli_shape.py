@@ -28,6 +28,7 @@ COMMAND_MODULES = tuple(sorted(p.name for p in API.glob("cli*.py")))
 ALLOWED_MODULES = (
     "capsule.api.render",
     "capsule.api.render_settings",
+    "capsule.api.render_alerts",
     "capsule.api.filters",
     "capsule.api.common",
 )

@@ -12,6 +12,10 @@ from capsule.domain import backup_job, events
 from capsule.domain.errors import CapsuleError, Category, InvalidEvent, UnknownEvent
 from capsule.domain.events import (
     EVENT_TYPES,
+    AlertCleared,
+    AlertDelivered,
+    AlertDeliveryFailed,
+    AlertRaised,
     BackupCancelled,
     BackupCompleted,
     BackupFailed,
@@ -145,6 +149,41 @@ SAMPLES: list[Event] = [
     ),
     DrillFailed(job_id=JOB, step="prove:files", reason="image 'a.jpg' does not restore"),
     DrillCancelled(job_id=JOB),
+    AlertRaised(
+        job_id=JOB,
+        incident="overdue-database",
+        reason="overdue",
+        subject="database",
+        summary="database: last good backup 3 h 10 min ago, OVERDUE (hourly)",
+        cause_job_id=None,
+        at=datetime(2026, 12, 6, 13, 0, tzinfo=UTC),
+    ),
+    AlertCleared(
+        job_id=JOB,
+        incident="overdue-database",
+        summary="database: last good backup 1 min ago (hourly)",
+        at=datetime(2026, 12, 6, 14, 0, tzinfo=UTC),
+    ),
+    AlertDelivered(
+        job_id=JOB,
+        incident="overdue-database",
+        notice="raised",
+        channel="email",
+        target="owner@shop.example",
+        attempt=1,
+        at=datetime(2026, 12, 6, 13, 0, tzinfo=UTC),
+    ),
+    AlertDeliveryFailed(
+        job_id=JOB,
+        incident="overdue-database",
+        notice="cleared",
+        channel="webhook",
+        target="https://hooks.example.com/…",
+        attempt=2,
+        error="HTTP 503 Service Unavailable",
+        next_try_at=datetime(2026, 12, 6, 14, 1, tzinfo=UTC),
+        at=datetime(2026, 12, 6, 14, 0, 30, tzinfo=UTC),
+    ),
 ]
 
 

@@ -1,0 +1,108 @@
+"""What needs attention now, read from the projections: how old each kind's last good backup is,
+and whether the last backup of a kind or the last restore drill failed.
+
+`capsule status` (and its `--check`) and the alerts read the same `Health`, so that they never
+disagree on what is wrong. The rules are the domain's (`domain/staleness.py`); this module only
+gathers their inputs: the settings document, the newest snapshot of each kind, the last finished
+jobs, the schedules' periods from croniter, and when the log began.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+from capsule.domain import settings as model
+from capsule.domain.staleness import (
+    FinishedJob,
+    Freshness,
+    Incident,
+    freshness,
+    incidents,
+    last_finished,
+    period_of,
+)
+from capsule.orchestrator import projections
+from capsule.orchestrator.cron import InvalidSchedule, upcoming
+from capsule.orchestrator.eventstore import EventStore
+from capsule.orchestrator.projections.queries import Database
+
+KINDS = ("database", "files")
+RECENT_BACKUPS = 200
+"""Backups looked through for each kind's last finished one."""
+RECENT_DRILLS = 20
+PERIOD_RUNS = 8
+"""Due times a schedule's period is the longest gap of: a week of a daily schedule."""
+
+
+@dataclass(frozen=True)
+class Health:
+    """Each judged kind's freshness, and every incident open now (empty: all is well)."""
+
+    freshness: list[Freshness]
+    incidents: list[Incident]
+    last_backups: dict[str, FinishedJob | None]
+    """Each kind's last completed or failed backup."""
+    last_drill: FinishedJob | None
+
+
+def settings_document(db: Database) -> model.BackupSettings:
+    """The settings as the `backup_settings` read model holds them now."""
+    row = projections.settings_row(db)
+    return model.from_values(json.loads(row["changed_values"]) if row else {})
+
+
+def period(expression: str, zone: ZoneInfo, now: datetime) -> timedelta | None:
+    """The longest gap between the schedule's next due times; None if it never comes round again."""
+    try:
+        return period_of(_upcoming(expression, zone, now.replace(minute=0, second=0, microsecond=0)))
+    except InvalidSchedule:
+        return None
+
+
+@lru_cache(maxsize=64)
+def _upcoming(expression: str, zone: ZoneInfo, hour: datetime) -> tuple[datetime, ...]:
+    # Ticks come every few seconds; the period changes at most at a change of the clock.
+    return tuple(upcoming(expression, zone, hour, PERIOD_RUNS))
+
+
+def observe(
+    db: Database, store: EventStore, document: model.BackupSettings, zone: ZoneInfo, now: datetime
+) -> Health:
+    """What needs attention at `now`, by the settings `document` in the schedules' `zone`."""
+    last_good = {}
+    for kind in KINDS:
+        rows = projections.list_snapshots(db, 1, kind)
+        last_good[kind] = rows[0]["time"] if rows else None
+    first = store.read_all(0, limit=1)
+    since = first[0].recorded_at if first else now
+    fresh = freshness(document, lambda cron: period(cron, zone, now), last_good, since, now)
+    backups = _finished(projections.list_jobs(db, limit=RECENT_BACKUPS, job_type="backup"))
+    drills = _finished(projections.list_jobs(db, limit=RECENT_DRILLS, job_type="drill"))
+    last_backups = {kind: last_finished(backups, kind) for kind in KINDS}
+    last_drill = last_finished(drills)
+    return Health(fresh, incidents(fresh, last_backups, last_drill), last_backups, last_drill)
+
+
+def _finished(rows: list[projections.Row]) -> list[FinishedJob]:
+    return [
+        FinishedJob(str(r["job_id"]), r.get("kind"), str(r["status"]), r.get("error"))
+        for r in rows
+        if r.get("status") in ("completed", "failed")
+    ]
+
+
+def cleared_line(key: str, seen: Health) -> str:
+    """What the clearing of incident `key` says: the good news that cleared it."""
+    what, _, kind = key.partition("-")
+    if what == "overdue":
+        fresh = next((f for f in seen.freshness if f.kind == kind), None)
+        return fresh.line() if fresh else f"{kind}: no longer watched (its schedules are disabled)"
+    if what == "failed":
+        last = seen.last_backups.get(kind)
+        return f"{kind}: backup job {last.job_id} completed" if last else f"{kind}: no failed backup is left"
+    last_drill = seen.last_drill
+    return f"drill: the restore drill (job {last_drill.job_id}) passed" if last_drill else "drill: passed"
