@@ -13,7 +13,7 @@ from capsule.orchestrator.runtime import Runtime
 from capsule.orchestrator.settings import Settings
 from capsule.orchestrator.usecases.jobs import current_status
 from capsule.orchestrator.usecases.settings import ChangeSetting, change
-from tests.integration.alerting import backup, drill_row
+from tests.integration.alerting import backup, drill
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -71,12 +71,12 @@ def test_a_failed_last_drill_is_a_problem_and_a_passing_one_clears_it(
     settings: Settings, runtime: Runtime
 ) -> None:
     backup(runtime, "database", NOW)
-    drill = drill_row(runtime, "failed", NOW - timedelta(minutes=2), "integrity_check: page 7 is damaged")
+    failed = drill(runtime, NOW - timedelta(minutes=2), error="integrity_check: page 7 is damaged")
 
-    assert lines(settings, NOW)[1] == [
-        f"drill: the last restore drill (job {drill}) failed: integrity_check: page 7 is damaged"
-    ]
-    drill_row(runtime, "completed", NOW - timedelta(minutes=1))
+    (problem,) = lines(settings, NOW)[1]
+    assert problem.startswith(f"drill: the last restore drill (job {failed}) failed: ")
+    assert problem.endswith("integrity_check: page 7 is damaged")
+    drill(runtime, NOW - timedelta(minutes=1))
     assert lines(settings, NOW)[1] == []
 
 
