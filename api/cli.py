@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import structlog
 
-from capsule.api import cli_jobs, cli_settings, render
+from capsule.api import cli_jobs, cli_serve, cli_settings, render
 from capsule.api.cli_demo import demo
 from capsule.api.common import (
     LOG_FORMAT_HELP,
@@ -298,7 +298,7 @@ def unlock(obj: Context, remove_all: bool) -> None:
     run(lambda: render.unlocked(remove_locks(obj.settings, Unlock(remove_all=remove_all))))
 
 
-for command in (*cli_jobs.COMMANDS, *cli_settings.COMMANDS, demo):
+for command in (*cli_jobs.COMMANDS, *cli_settings.COMMANDS, demo, *cli_serve.COMMANDS):
     cli.add_command(command)
 add_log_options(cli)
 

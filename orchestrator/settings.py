@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     safety_copies: int = Field(
         3, ge=1, le=1000, description="safety copies of the live database kept after in-place restores"
     )
+    http_host: str = Field("127.0.0.1", description="the address `capsule serve` answers HTTP on")
+    http_port: int = Field(8000, ge=0, le=65535, description="its port; 0 picks a free one")
     event_store_url: str | None = None
     broker_url: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
