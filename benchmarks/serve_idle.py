@@ -13,7 +13,8 @@ repository in a scratch folder (removed at the end unless --workdir is given), t
   core, and the resident memory at the end and at its highest.
 - latency: sets the database schedule to `* * * * *` (every minute) before starting, waits for
   `--due-times` runs after the first backups, and reads from the event log each run's due time
-  (`ScheduleFired.due_at`) and the time its job's first `StepStarted` was recorded.
+  (`ScheduleFired.due_at`) and the time its job's first `StepStarted` was recorded, to the
+  microsecond (read in-process: `capsule audit --json` gives whole seconds).
 
 The figures go to docs/performance.md with the date and the command that made them.
 """
@@ -163,8 +164,24 @@ def latency(due_times: int, root: Path) -> dict[str, Any]:
 
 
 def _events(shop: Path, kind: str) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = json.loads(capsule("audit", "--json", cwd=shop))
-    return [e for e in rows if e["type"] == kind]
+    """The log's events of one type, read in-process: `capsule audit --json` gives whole seconds."""
+    from capsule.orchestrator.runtime import Runtime
+    from capsule.orchestrator.settings import Settings
+
+    data = shop / "data"
+    runtime = Runtime(Settings(database=data / "pos.db", repository=data / "backups", home=data / "capsule"))
+    found, after = [], 0
+    try:
+        while batch := runtime.store.read_all(after, limit=5000):
+            after = batch[-1].position
+            found += [
+                {"stream_id": e.stream_id, "recorded_at": e.recorded_at.isoformat(), "data": e.data}
+                for e in batch
+                if e.type == kind
+            ]
+    finally:
+        runtime.close()
+    return found
 
 
 def _at(text: str) -> datetime:

@@ -109,11 +109,11 @@ def serve(
             machine_zone=machine_timezone(),
             embedded_worker=not settings.broker_url and not request.scheduler_only,
         )
-        first = stack.enter_context(service.running())
-        if door is not None:
-            stack.enter_context(door.serving(service))
-        started(_plan(service, door, first, request.grace_seconds))
-        try:
+        try:  # a signal while it starts stops it the same way
+            first = stack.enter_context(service.running())
+            if door is not None:
+                stack.enter_context(door.serving(service))
+            started(_plan(service, door, first, request.grace_seconds))
             while True:
                 time.sleep(3600)  # the signal handler raises here
         except KeyboardInterrupt as e:
