@@ -49,7 +49,8 @@ def ended(result: Stopped) -> None:
         click.echo(f"Stopped ({result.signal}); no step was cut short.")
         return
     jobs = ", ".join(result.interrupted)
+    verb, them = ("is", "it") if len(result.interrupted) == 1 else ("are", "them")
     click.echo(
-        f"Stopped ({result.signal}); {jobs} still ran after {result.grace_seconds:g} s and is recorded as "
-        "interrupted: the next `capsule serve` or `capsule worker` finishes it."
+        f"Stopped ({result.signal}); {jobs} still ran after {result.grace_seconds:g} s and {verb} recorded "
+        f"as interrupted: the next `capsule serve` or `capsule worker` finishes {them}."
     )

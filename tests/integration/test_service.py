@@ -2,12 +2,16 @@
 
 Several services share one log as several `capsule serve` or `capsule scheduler` processes would:
 a due time fires once and a kind without a snapshot gets one first backup, however many start.
-No worker runs here: the jobs stay requested, which is all these tests look at.
+No worker runs here: the jobs stay requested, which is all these tests look at. `GET /healthz` is
+asked over real HTTP on localhost.
 """
 
 from __future__ import annotations
 
+import json
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +20,7 @@ from typing import Any
 import pytest
 from dramatiq.brokers.stub import StubBroker
 
+from capsule.api.http import open_front_door
 from capsule.domain.settings import BackupSettings
 from capsule.orchestrator import projections
 from capsule.orchestrator.actors import QUEUE, Dispatcher
@@ -178,3 +183,40 @@ def test_the_tick_loop_wakes_just_after_each_whole_minute(services: Callable[[Cl
     assert service._pause() == pytest.approx(2.55)
     clock.now = datetime(2026, 12, 6, 10, 0, 0, 50_000, tzinfo=UTC)
     assert service._pause() == service.tick_seconds
+
+
+def test_healthz_answers_200_while_the_service_ticks_and_503_once_it_stops(
+    services: Callable[[Clock], Service],
+) -> None:
+    clock = Clock(START)
+    service = services(clock)
+    door = open_front_door("127.0.0.1", 0)
+    try:
+        with service.running() as first, door.serving(service):
+            running = get(f"{door.url}/healthz")
+            service.stop("SIGTERM", 0)
+            stopped = get(f"{door.url}/healthz")
+    finally:
+        door.close()
+
+    assert [f.kind for f in first] == ["database", "files"]
+    assert running == (
+        200,
+        {
+            "status": "ok",
+            "version": running[1]["version"],
+            "started_at": "2026-12-06T09:40:00Z",
+            "scheduler": {"alive": True, "last_tick_at": "2026-12-06T09:40:00Z", "last_tick_error": None},
+            "worker": {"alive": None, "mode": "broker"},
+        },
+    )
+    assert stopped[0] == 503
+    assert (stopped[1]["status"], stopped[1]["scheduler"]["alive"]) == ("unhealthy", False)
+
+
+def get(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
