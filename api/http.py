@@ -4,6 +4,9 @@
 API and the admin page next). A route parses, asks the service or a use case, and renders, as a
 click command does.
 
+FastAPI and uvicorn are loaded when the front door opens, not when the CLI starts: every other
+command starts without them.
+
 `open_front_door(host, port)` binds the address before the service starts anything, so that a
 port already taken is one line and exit 2, not a traceback after the first backup began. The
 thread runs uvicorn without its signal handlers: the main thread hears SIGTERM and stops the
@@ -21,14 +24,12 @@ from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-import uvicorn
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
-
 from capsule.api.vocabulary import machine
 from capsule.domain.errors import CapsuleError, Category
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
     from capsule.orchestrator.service import Health, Service
 
 STARTUP_SECONDS = 10.0
@@ -71,9 +72,12 @@ def health_doc(health: Health) -> dict[str, Any]:
 
 def create_app(service: Service) -> FastAPI:
     """The app of one service process; later endpoints are added here."""
+    from fastapi import FastAPI  # noqa: PLC0415 - every other command starts without loading it
+    from fastapi.responses import JSONResponse  # noqa: PLC0415
+
     app = FastAPI(title="Capsule", version=capsule_version(), docs_url=None, redoc_url=None, openapi_url=None)
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=None)
     def healthz() -> JSONResponse:
         """200 while the tick loop and the worker are alive, 503 otherwise (or while stopping)."""
         health = service.health()
@@ -93,6 +97,8 @@ class HttpFrontDoor:
 
     @contextmanager
     def serving(self, service: Service) -> Iterator[None]:
+        import uvicorn  # noqa: PLC0415 - loaded by `serve` alone
+
         config = uvicorn.Config(
             create_app(service),
             log_config=None,
