@@ -27,6 +27,7 @@ The clock is given (`clock`): tests call `tick()` with their own time.
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -117,8 +118,6 @@ class FrontDoor(Protocol):
 
 def current_settings(runtime: Runtime) -> BackupSettings:
     """The settings document as the `backup_settings` projection holds it now."""
-    import json  # noqa: PLC0415
-
     row = projections.settings_row(runtime.engine)
     return from_values(json.loads(row["changed_values"]) if row else {})
 
