@@ -197,9 +197,8 @@ class Service:
         return min(self.tick_seconds, to_minute)
 
     def _loop(self) -> None:
-        while not self._stopping.is_set():
+        while not self._stopping.wait(self._pause()):
             self.tick()
-            self._stopping.wait(self._pause())
 
     # ---- first start -----------------------------------------------------------------------
 
@@ -245,6 +244,7 @@ class Service:
                 self._worker = stack.enter_context(worker)
             stack.callback(self._stop_ticks)
             first = self.first_backups()
+            self.tick()  # the first, before anyone asks: the health record is whole from the start
             self._loop_thread = threading.Thread(target=self._loop, name="ticks", daemon=True)
             self._loop_thread.start()
             yield first
