@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import structlog
 
-from capsule.api import cli_alerts, cli_jobs, cli_settings, render
+from capsule.api import cli_alerts, cli_jobs, cli_serve, cli_settings, render
 from capsule.api.cli_demo import demo
 from capsule.api.cli_drill import drill
 from capsule.api.common import (
@@ -299,7 +299,7 @@ def unlock(obj: Context, remove_all: bool) -> None:
     run(lambda: render.unlocked(remove_locks(obj.settings, Unlock(remove_all=remove_all))))
 
 
-for command in (*cli_jobs.COMMANDS, *cli_settings.COMMANDS, demo, *cli_alerts.COMMANDS):
+for command in (*cli_jobs.COMMANDS, *cli_settings.COMMANDS, demo, *cli_alerts.COMMANDS, *cli_serve.COMMANDS):
     cli.add_command(command)
 cli.add_command(drill)
 add_log_options(cli)

@@ -355,10 +355,13 @@ class Dispatcher:
     # ---- workers -------------------------------------------------------------------------
 
     @contextmanager
-    def worker(self, threads: int = 2, *, sweep_every: float | None = None) -> Iterator[dramatiq.Worker]:
+    def worker(
+        self, threads: int = 2, *, sweep_every: float | None = None, poll_ms: int = WORKER_POLL_MS
+    ) -> Iterator[dramatiq.Worker]:
         """Run actors on threads of this process while the block runs; sweep at start (and every
-        `sweep_every` seconds if given)."""
-        worker = dramatiq.Worker(self.broker, worker_threads=threads, worker_timeout=WORKER_POLL_MS)
+        `sweep_every` seconds if given). An idle thread looks whether it should stop every
+        `poll_ms`: a long-running service, which stops seldom, looks less often and sleeps more."""
+        worker = dramatiq.Worker(self.broker, worker_threads=threads, worker_timeout=poll_ms)
         worker.start()
         stop = threading.Event()
         sweeper = None

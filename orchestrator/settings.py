@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     drill_sample_percent: float = Field(
         2.0, ge=0, le=100, description="or this share of the images, when that is more"
     )
+    http_host: str = Field("127.0.0.1", description="the address `capsule serve` answers HTTP on")
+    http_port: int = Field(8000, ge=0, le=65535, description="its port; 0 picks a free one")
     event_store_url: str | None = None
     broker_url: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -181,19 +182,21 @@ def test_demo_create_killed_midway_leaves_nothing_in_place_and_the_next_run_make
     assert integrity_and_sales(data / "pos.db")[0] == "ok"
 
 
-def test_the_readme_first_command_backs_up_a_sample_shop(tmp_path: Path) -> None:
-    """The README's first command, as written, less the install this test runs from."""
+def test_the_readme_first_command_backs_up_a_sample_shop_and_serves(tmp_path: Path) -> None:
+    """The README's first command, as written, less the install this test runs from; `capsule
+    serve` at its end on a free port (8000 may be taken here), stopped as Ctrl-C stops it."""
     text = README.read_text(encoding="utf-8")
     command = re.search(r"\*\*Try it\*\*.*?```sh\n(.*?)\n```", text, re.S)
     assert command is not None
     steps = [step.strip() for step in command.group(1).split("&&")]
     assert steps[0] == "python3 -m pip install ."
     assert steps[1] == "capsule demo create"
+    assert steps[-1] == "capsule serve"
     shop = tmp_path / "shop"
     shop.mkdir()
     env = clean_env()
     env["PATH"] = os.pathsep.join([str(Path(CAPSULE[0]).parent), env.get("PATH", "")])
-    script = " && ".join(steps[1:]).replace("capsule ", shlex.join(CAPSULE) + " ")
+    script = " && ".join(steps[1:-1]).replace("capsule ", shlex.join(CAPSULE) + " ")
     proc = subprocess.run(
         ["sh", "-c", script], cwd=shop, env=env, capture_output=True, text=True, timeout=600, check=False
     )
@@ -204,3 +207,27 @@ def test_the_readme_first_command_backs_up_a_sample_shop(tmp_path: Path) -> None
     listed = proc.stdout.splitlines()
     assert any("data/pos.db" in line for line in listed)
     assert any("data/uploads/products" in line for line in listed)
+
+    serve = subprocess.Popen(
+        [*CAPSULE, "serve", "--port", "0"],
+        cwd=shop,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert serve.stdout is not None
+        said = [serve.stdout.readline()]
+        while said[-1] and not said[-1].startswith("Ctrl-C or SIGTERM stops it"):
+            said.append(serve.stdout.readline())
+        serve.send_signal(signal.SIGINT)
+        rest, _ = serve.communicate(timeout=60)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.communicate()
+    assert said[0].startswith("Capsule is running the scheduler, the worker, HTTP at http://127.0.0.1:")
+    assert not any("now, as it has no snapshot yet" in line for line in said)
+    assert said[-1].startswith("Ctrl-C or SIGTERM stops it")
+    assert (serve.returncode, rest) == (0, "Stopped (SIGINT); no step was cut short.\n")
