@@ -41,6 +41,13 @@ def started(plan: ServicePlan) -> None:
     for s in plan.schedules:
         when = f"next {s.next_due.astimezone(zone):%a %Y-%m-%d %H:%M}" if s.next_due else "disabled"
         click.echo(f"  {s.name:<{width}}  {s.cron:<{crons}}  {when}")
+    if plan.alert_targets:
+        click.echo(f"Alerts go to: {'; '.join(plan.alert_targets)}.")
+    else:
+        click.echo(
+            "No alert target is set: nobody is told when a backup fails or falls behind "
+            "(`capsule settings set alerts.email ...`, guide section 17.2)."
+        )
     click.echo(f"Ctrl-C or SIGTERM stops it; a running step gets {plan.grace_seconds:g} s to end.")
 
 

@@ -22,6 +22,7 @@ from capsule.domain.errors import CapsuleError, Category
 from capsule.orchestrator.settings import Settings
 
 if TYPE_CHECKING:
+    from capsule.orchestrator.alerts import Alerter
     from capsule.orchestrator.service import FirstBackup, FrontDoor, Service, Stopped
 
 GRACE_SECONDS = 30.0
@@ -67,6 +68,8 @@ class ServicePlan:
     schedules: list[PlannedSchedule]
     first_backups: list[FirstBackup]
     grace_seconds: float
+    alert_targets: list[str]
+    """Where alerts go (`email owner@example.com`, `webhook https://host/…`); empty: nowhere."""
 
 
 def serve(
@@ -110,12 +113,13 @@ def serve(
             machine_zone=machine_timezone(),
             embedded_worker=not settings.broker_url and not request.scheduler_only,
         )
-        service.add_ticker(Alerter.of(runtime).tick)  # after the scheduler: it judges what ran
+        alerter = Alerter.of(runtime)
+        service.add_ticker(alerter.tick)  # after the scheduler: it judges what ran
         try:  # a signal while it starts stops it the same way
             first = stack.enter_context(service.running())
             if door is not None:
                 stack.enter_context(door.serving(service))
-            started(_plan(service, door, first, request.grace_seconds))
+            started(_plan(service, door, first, request.grace_seconds, alerter))
             while True:
                 time.sleep(3600)  # the signal handler raises here
         except KeyboardInterrupt as e:
@@ -128,7 +132,9 @@ def serve(
     stopped(result)
 
 
-def _plan(service: Service, door: FrontDoor | None, first: list[FirstBackup], grace: float) -> ServicePlan:
+def _plan(
+    service: Service, door: FrontDoor | None, first: list[FirstBackup], grace: float, alerter: Alerter
+) -> ServicePlan:
     from zoneinfo import ZoneInfo  # noqa: PLC0415
 
     from capsule.orchestrator.cron import upcoming  # noqa: PLC0415
@@ -148,4 +154,5 @@ def _plan(service: Service, door: FrontDoor | None, first: list[FirstBackup], gr
         schedules=schedules,
         first_backups=first,
         grace_seconds=grace,
+        alert_targets=[f"{t.channel} {t.target}" for t in alerter.targets(document)],
     )

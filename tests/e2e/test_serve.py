@@ -137,6 +137,7 @@ def test_serve_answers_healthz_and_backs_up_only_the_kinds_without_a_snapshot(
     assert served.url.startswith("http://127.0.0.1:")
     assert "Backing up the images now, as it has no snapshot yet" in "\n".join(served.lines)
     assert not any("the database" in line for line in served.lines)
+    assert any(line.startswith("No alert target is set: nobody is told") for line in served.lines)
     assert any(line.strip().startswith("database ") and " next " in line for line in served.lines)
     assert code == 200, health
     assert health["scheduler"]["alive"] and health["worker"] == {"alive": True, "mode": "embedded"}
@@ -240,6 +241,9 @@ def test_serve_tells_the_webhook_once_when_a_backup_fails(shop: Shop, serving: l
         shop.run("settings", "set", "alerts.webhook", hook.url, expect=0)
         served = serve(shop, serving)
         (failed,) = wait_for(shop, "failed")
+        banner = "\n".join(served.lines)
+        assert f"Alerts go to: webhook {hook.url.split('/hooks')[0]}/… (" in banner
+        assert "T0K3N" not in banner + served.stderr()
         deadline = time.monotonic() + 30
         while not hook.bodies:
             assert time.monotonic() < deadline, f"no alert after 30 s:\n{served.stderr()}"
