@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ def make_uploads(folder: Path, *, big: int = 0) -> None:
         "empty-file.jpg": (b"", 0o644),
     }
     if big:
-        items["a-video.mp4"] = (b"\x00\x00\x00\x18ftypmp42" + os.urandom(big), 0o644)
+        # The same bytes every time: how the video splits into chunks, and so into packs, is fixed.
+        items["a-video.mp4"] = (b"\x00\x00\x00\x18ftypmp42" + random.Random(big).randbytes(big), 0o644)
     for number, (relative, (data, mode)) in enumerate(sorted(items.items())):
         path = folder / relative
         path.parent.mkdir(parents=True, exist_ok=True)
