@@ -7,6 +7,8 @@ import sqlite3
 import stat
 from pathlib import Path
 
+import pytest
+
 from tests.integration.helpers import Shop, one_line_error
 
 LEGACY_LOG = Path(__file__).parent.parent / "integration" / "data" / "event-log-before-chain.sql"
@@ -89,6 +91,7 @@ def test_a_log_written_before_the_chain_is_chained_when_opened_and_verifies(shop
     assert len(jobs) == 3
 
 
+@pytest.mark.slow
 def test_without_the_event_log_key_backups_stop_at_once_and_the_log_stays_readable(shop: Shop) -> None:
     shop.run("backup", expect=0)
     key = shop.home / "event-log.key"

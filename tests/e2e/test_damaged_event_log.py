@@ -186,6 +186,7 @@ def test_restore_with_a_damaged_event_log_sets_it_aside_and_restores(shop: Shop,
     assert any(e["type"] == "RestoreCompleted" for e in audit(shop))
 
 
+@pytest.mark.slow
 def test_repair_log_sets_the_damaged_log_aside_and_records_the_repositorys_snapshots(shop: Shop) -> None:
     shop.backup()
     latest = shop.backup()["snapshot_id"]

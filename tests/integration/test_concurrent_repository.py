@@ -6,6 +6,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.integration.helpers import (
     DatabaseTemplates,
     Shop,
@@ -66,6 +68,7 @@ def test_backups_of_two_databases_into_one_repository_at_once_both_succeed_and_r
         assert file_content_digest(copy, immutable=True) == file_content_digest(till.database)
 
 
+@pytest.mark.slow
 def test_two_backups_of_the_same_database_at_once_both_succeed_and_restore(
     shop: Shop, tmp_path: Path, templates: DatabaseTemplates
 ) -> None:

@@ -208,6 +208,7 @@ def test_rebuild_index_then_full_backup_after_a_pack_is_lost_makes_a_sound_snaps
         assert sha256_file(target / "pos.db") == shop.manifest_sha256(sid)
 
 
+@pytest.mark.slow
 def test_full_backup_without_rebuilding_the_index_first_still_makes_a_restorable_snapshot(
     damaged: tuple[Shop, Layout], tmp_path: Path
 ) -> None:

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from capsule.orchestrator.runtime import Runtime
 from capsule.orchestrator.settings import Settings
 from tests.integration.helpers import Shop, file_content_digest, running
@@ -88,6 +90,7 @@ def _streams(shop: Shop) -> dict[str, list[tuple[int, str, dict[str, Any]]]]:
         runtime.close()
 
 
+@pytest.mark.slow
 def test_a_backup_of_all_waits_for_a_database_backup_but_a_files_backup_does_not(shop: Shop) -> None:
     uploads = shop.root / "uploads"
     make_uploads(uploads)

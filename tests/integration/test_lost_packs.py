@@ -67,6 +67,7 @@ def _lost_pack_warning(stderr: str) -> dict[str, object]:
     return found[0]
 
 
+@pytest.mark.slow
 def test_a_database_backup_after_a_pack_was_deleted_restores(database_shop: Shop, tmp_path: Path) -> None:
     for number, pack in enumerate(database_shop.packs()):
         shop = copy_shop(database_shop, tmp_path / f"shop-{number}")
@@ -109,6 +110,7 @@ def test_older_snapshots_still_need_the_lost_pack_when_the_database_changed(
     assert _verify_hits(shop) == before
 
 
+@pytest.mark.slow
 def test_a_files_backup_after_a_pack_was_deleted_stores_unchanged_files_again(
     files_shop: Shop, tmp_path: Path
 ) -> None:

@@ -108,6 +108,7 @@ class Taken:
     dump: list[str]
 
 
+@pytest.mark.slow
 @settings(
     max_examples=25,
     deadline=None,
