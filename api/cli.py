@@ -1,6 +1,9 @@
 """The `capsule` command line: each command parses its options, calls one use case of
 `capsule.orchestrator.usecases` and renders the result (`capsule.api.render`).
 
+A command imports its use case when it runs: the repository's modules (and numpy with them) take
+longer to load than `capsule status` takes to answer.
+
 Exit codes come from one table, `api/exitcodes.py`: an error's category decides its code.
 """
 
@@ -28,27 +31,6 @@ from capsule.api.filters import filter_options
 from capsule.api.logging import FORMATS, LEVELS
 from capsule.orchestrator.private import keep_private
 from capsule.orchestrator.settings import SettingsInvalid
-from capsule.orchestrator.usecases.backup import Backup, back_up
-from capsule.orchestrator.usecases.repair import Repair, repair_repository
-from capsule.orchestrator.usecases.repository import (
-    CreateRepository,
-    Unlock,
-    create_repository,
-    rebuild_repository_index,
-    remove_locks,
-)
-from capsule.orchestrator.usecases.restore import Restore, restore_snapshot
-from capsule.orchestrator.usecases.snapshots import (
-    CatFile,
-    ChooseSnapshots,
-    FindFiles,
-    ListFolder,
-    find_files,
-    list_folder,
-    list_snapshots,
-    read_file,
-)
-from capsule.orchestrator.usecases.verify import Verify, verify_repository
 
 log = structlog.get_logger("capsule")
 
@@ -90,6 +72,8 @@ def cli(ctx: click.Context, log_level: str | None, log_format: str | None) -> No
 @pass_ctx
 def init(obj: Context, passphrase_file: Path | None, exist_ok: bool) -> None:
     """Create the repository and its key file."""
+    from capsule.orchestrator.usecases.repository import CreateRepository, create_repository  # noqa: PLC0415
+
     request = CreateRepository(passphrase_file=passphrase_file, exist_ok=exist_ok)
     run(lambda: render.created(create_repository(obj.settings, request)))
 
@@ -107,6 +91,8 @@ def init(obj: Context, passphrase_file: Path | None, exist_ok: bool) -> None:
 @pass_ctx
 def backup(obj: Context, kind: str, full: bool, as_json: bool) -> None:
     """Back up the database, the product images, or both into the repository."""
+    from capsule.orchestrator.usecases.backup import Backup, back_up  # noqa: PLC0415
+
     request = Backup(kind=kind, full=full)
 
     def go() -> int:
@@ -125,6 +111,8 @@ def snapshots(
     obj: Context, hosts: tuple[str, ...], paths: tuple[str, ...], tags: tuple[str, ...], as_json: bool
 ) -> None:
     """List the snapshots, oldest first; those that cannot be read are listed as damaged."""
+    from capsule.orchestrator.usecases.snapshots import ChooseSnapshots, list_snapshots  # noqa: PLC0415
+
     choice = ChooseSnapshots(hosts, paths, tags)
     run(lambda: render.snapshot_list(list_snapshots(obj.settings, choice), as_json))
 
@@ -189,6 +177,9 @@ def restore(  # noqa: PLR0917 (click passes options by position)
     machine), `latest-files` (of CAPSULE_UPLOADS, the images), `latest` (while the repository holds
     only one of the two kinds), an id or a unique id prefix. --host, --path and --tag choose among
     the snapshots `latest-*` picks from (`capsule snapshots` takes them too)."""
+    from capsule.orchestrator.usecases.restore import Restore, restore_snapshot  # noqa: PLC0415
+    from capsule.orchestrator.usecases.snapshots import ChooseSnapshots  # noqa: PLC0415
+
     if in_place == (to is not None):
         raise click.UsageError("give exactly one of --to DIR or --in-place")
     request = Restore(
@@ -216,6 +207,8 @@ def restore(  # noqa: PLR0917 (click passes options by position)
 @pass_ctx
 def cat(obj: Context, snapshot: str, path: str) -> None:
     """Write one file of SNAPSHOT to stdout, e.g. `capsule cat latest-files shoes/red.jpg > red.jpg`."""
+    from capsule.orchestrator.usecases.snapshots import CatFile, read_file  # noqa: PLC0415
+
     run(lambda: read_file(obj.settings, CatFile(snapshot, path), render.data_stdout))
 
 
@@ -227,6 +220,8 @@ def cat(obj: Context, snapshot: str, path: str) -> None:
 def ls_cmd(obj: Context, snapshot: str, path: str, as_json: bool) -> None:
     """List a folder of SNAPSHOT (its top by default): type and mode, size, time and name, e.g.
     `capsule ls latest-files shoes`. A database snapshot holds one item, the database."""
+    from capsule.orchestrator.usecases.snapshots import ListFolder, list_folder  # noqa: PLC0415
+
     run(lambda: render.folder_listing(list_folder(obj.settings, ListFolder(snapshot, path)), as_json))
 
 
@@ -243,6 +238,8 @@ def ls_cmd(obj: Context, snapshot: str, path: str, as_json: bool) -> None:
 def find(obj: Context, pattern: str, snapshot: str | None, ignore_case: bool, as_json: bool) -> None:
     """Find files by PATTERN, a glob on the name (`red*.jpg`) or, with a `/`, on the whole path
     (`shoes/*.jpg`), in every snapshot: each match with its snapshot, time and size."""
+    from capsule.orchestrator.usecases.snapshots import FindFiles, find_files  # noqa: PLC0415
+
     request = FindFiles(pattern, snapshot, ignore_case)
     run(lambda: render.found(find_files(obj.settings, request), as_json))
 
@@ -258,6 +255,7 @@ def find(obj: Context, pattern: str, snapshot: str | None, ignore_case: bool, as
 def verify(obj: Context, read_data: bool, as_json: bool) -> None:
     """Check the repository and every snapshot as a restore would; exit 3 if anything is damaged,
     missing or would be refused."""
+    from capsule.orchestrator.usecases.verify import Verify, verify_repository  # noqa: PLC0415
 
     def go() -> int:
         with render.progress_bar("Reading packs", read_data and not as_json) as progress:
@@ -271,6 +269,8 @@ def verify(obj: Context, read_data: bool, as_json: bool) -> None:
 @pass_ctx
 def rebuild_index_cmd(obj: Context) -> None:
     """Rebuild the index files from the packs (takes an exclusive lock)."""
+    from capsule.orchestrator.usecases.repository import rebuild_repository_index  # noqa: PLC0415
+
     run(lambda: render.index_rebuilt(rebuild_repository_index(obj.settings)))
 
 
@@ -282,6 +282,7 @@ def repair(obj: Context, dry_run: bool, as_json: bool) -> None:
     """Set damaged packs aside (nothing is deleted), keep every intact blob, rebuild the index, and
     name each snapshot that lost data: an images snapshot is replaced by one of its intact files, a
     database snapshot is set aside. Takes an exclusive lock."""
+    from capsule.orchestrator.usecases.repair import Repair, repair_repository  # noqa: PLC0415
 
     def go() -> None:
         with render.progress_bar("Reading packs", not as_json) as progress:
@@ -296,6 +297,8 @@ def repair(obj: Context, dry_run: bool, as_json: bool) -> None:
 @pass_ctx
 def unlock(obj: Context, remove_all: bool) -> None:
     """Remove stale locks left by processes that died."""
+    from capsule.orchestrator.usecases.repository import Unlock, remove_locks  # noqa: PLC0415
+
     run(lambda: render.unlocked(remove_locks(obj.settings, Unlock(remove_all=remove_all))))
 
 
