@@ -9,11 +9,16 @@ snapshot's mode, and only once it is complete and verified (`adapters/repository
 
 A home made by an earlier version, or by hand, may already be open to everyone: it is tightened on
 start, once, and a log line says what was changed.
+
+The key files Capsule makes for itself (the event log's, the secrets') are written here too: one
+line of hex, private, on disk before their name appears, never replacing one another process made.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import stat
 from pathlib import Path
 
@@ -89,3 +94,39 @@ def _tighten_one(path: Path, tightened: list[Path]) -> bool:
             return True
         tightened.append(path)
     return True
+
+
+def key_from_text(text: str, size: int) -> bytes | None:
+    """The key a key file's text holds: one line of `2 * size` hex digits, after `#` comments;
+    None when it holds anything else."""
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    try:
+        key = bytes.fromhex(lines[0]) if len(lines) == 1 else b""
+    except ValueError:
+        return None
+    return key if len(key) == size else None
+
+
+def create_key_file(path: Path, header: str, size: int) -> None:
+    """Write a new random key of `size` bytes to `path`, after the comment lines `header`: readable
+    by its owner only, on disk before the name appears. A key another process made meanwhile is
+    kept, never replaced. OSError when the folder cannot be written."""
+    folder = path.parent
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    temporary = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w", encoding="ascii") as out:
+            out.write(header + secrets.token_bytes(size).hex() + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        # A link, not a rename: a key another process created meanwhile is kept, never replaced.
+        with contextlib.suppress(FileExistsError):
+            os.link(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    directory = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
-import os
 import secrets
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from capsule.domain.errors import CapsuleError, Category
+from capsule.orchestrator.private import create_key_file, key_from_text
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -103,33 +102,16 @@ class SecretBox:
         except (OSError, UnicodeDecodeError) as e:
             reason = e.strerror if isinstance(e, OSError) else "it is not text"
             raise SecretUnavailable(f"the secrets key file {self.key_file} cannot be read ({reason})") from e
-        lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-        try:
-            key = bytes.fromhex(lines[0]) if len(lines) == 1 else b""
-        except ValueError:
-            key = b""
-        if len(key) != KEY_BYTES:
+        key = key_from_text(text, KEY_BYTES)
+        if key is None:
             raise SecretUnavailable(
                 f"the file {self.key_file} is not a secrets key (one line of {2 * KEY_BYTES} hex digits)"
             )
         return key
 
     def _create(self) -> None:
-        folder = self.key_file.parent
         try:
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            temporary = folder / f".{self.key_file.name}.{os.getpid()}.{secrets.token_hex(4)}"
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                with os.fdopen(descriptor, "w", encoding="ascii") as out:
-                    out.write(KEY_FILE_HEADER + secrets.token_bytes(KEY_BYTES).hex() + "\n")
-                    out.flush()
-                    os.fsync(out.fileno())
-                # A link, not a rename: a key another process created meanwhile is kept, never replaced.
-                with contextlib.suppress(FileExistsError):
-                    os.link(temporary, self.key_file)
-            finally:
-                temporary.unlink(missing_ok=True)
+            create_key_file(self.key_file, KEY_FILE_HEADER, KEY_BYTES)
         except OSError as e:
             raise SecretUnavailable(
                 f"the secrets key file {self.key_file} cannot be created ({e.strerror}); check that its "

@@ -24,12 +24,9 @@ only the head kept elsewhere shows.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import json
-import os
-import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,6 +38,7 @@ from sqlalchemy import Connection, Row, func, insert, select
 
 from capsule.orchestrator.errors import EventLogKeyError, EventLogTampered
 from capsule.orchestrator.eventstore.schema import event_chain, event_chain_origin, events
+from capsule.orchestrator.private import create_key_file, key_from_text
 
 KEY_BYTES = 32
 GENESIS = bytes(32)
@@ -123,12 +121,8 @@ class ChainKeyFile:
                 f"the event log key file {self.path} cannot be read ({reason}); check the file and its "
                 f"permissions, or {KEY_HINT}"
             ) from e
-        lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-        try:
-            secret = bytes.fromhex(lines[0]) if len(lines) == 1 else b""
-        except ValueError:
-            secret = b""
-        if len(secret) != KEY_BYTES:
+        secret = key_from_text(text, KEY_BYTES)
+        if secret is None:
             raise EventLogKeyError(
                 f"the file {self.path} is not an event log key (one line of {2 * KEY_BYTES} hex digits); "
                 f"put the event log's key file there, or set {KEY_HINT} to where it is"
@@ -136,26 +130,8 @@ class ChainKeyFile:
         return ChainKey(secret)
 
     def _create(self) -> None:
-        folder = self.path.parent
         try:
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            temporary = folder / f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}"
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                with os.fdopen(descriptor, "w", encoding="ascii") as out:
-                    out.write(KEY_FILE_HEADER + secrets.token_bytes(KEY_BYTES).hex() + "\n")
-                    out.flush()
-                    os.fsync(out.fileno())
-                # A link, not a rename: a key another process created meanwhile is kept, never replaced.
-                with contextlib.suppress(FileExistsError):
-                    os.link(temporary, self.path)
-            finally:
-                temporary.unlink(missing_ok=True)
-            directory = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+            create_key_file(self.path, KEY_FILE_HEADER, KEY_BYTES)
         except OSError as e:
             raise EventLogKeyError(
                 f"the event log key file {self.path} cannot be created ({e.strerror}); check that its "
