@@ -90,6 +90,12 @@ class Alerts(BaseModel):
 
 SECRET_KEYS = frozenset({"alerts.smtp.password"})
 """Keys whose values are secrets: sealed before they become an event, printed as `********`."""
+SEALED_ITEM_KEYS = frozenset({"alerts.webhook"})
+"""Keys whose list items are secrets with a public name: a webhook's address often holds its token.
+Each item is kept as `<name> <sealed address>`; only the name (the address without its path) is
+ever printed."""
+SEALED_PREFIX = "sealed:v1:"
+"""How a sealed value begins (`orchestrator/secrets.py` seals)."""
 SECRET_SHOWN = "********"  # noqa: S105 (what is printed in place of a secret)
 
 
@@ -233,6 +239,8 @@ def check_alerts(document: BackupSettings) -> None:
     """InvalidSetting when an alert target cannot be one: a webhook that is no http(s) address, an
     e-mail address without `@`."""
     for url in document.alerts.webhook:
+        if sealed_item(url) is not None:
+            continue  # checked before it was sealed
         if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
             raise InvalidSetting(
                 f"alerts.webhook: `{url}` is not an http:// or https:// address "
@@ -243,14 +251,25 @@ def check_alerts(document: BackupSettings) -> None:
             raise InvalidSetting(f"alerts.email: `{address}` is not an e-mail address (name@example.com)")
 
 
+def sealed_item(item: str) -> tuple[str, str] | None:
+    """(name, sealed value) of an item of a `SEALED_ITEM_KEYS` list; None for one kept in plain text."""
+    name, _, sealed = item.rpartition(" ")
+    return (name, sealed) if name and sealed.startswith(SEALED_PREFIX) else None
+
+
 def shown_value(key: str, value: JsonValue) -> JsonValue:
-    """`value` at `key` as it may be printed: a secret that is set as `********`."""
+    """`value` at `key` as it may be printed: a secret that is set as `********`, a sealed item as
+    its name."""
+    if key in SEALED_ITEM_KEYS and isinstance(value, list):
+        return [(sealed_item(v) or (v, ""))[0] if isinstance(v, str) else v for v in value]
     return SECRET_SHOWN if key in SECRET_KEYS and value not in (None, "") else value
 
 
 def masked(document: BackupSettings) -> BackupSettings:
-    """The document as it may be printed: every secret that is set as `********`."""
-    return with_changes(document, {key: shown_value(key, value_of(document, key)) for key in SECRET_KEYS})
+    """The document as it may be printed: every secret that is set as `********`, every sealed
+    item as its name."""
+    keys = SECRET_KEYS | SEALED_ITEM_KEYS
+    return with_changes(document, {key: shown_value(key, value_of(document, key)) for key in keys})
 
 
 def from_values(values: dict[str, JsonValue]) -> BackupSettings:

@@ -41,7 +41,7 @@ from capsule.domain.events import (
     AlertRaised,
     Event,
 )
-from capsule.domain.settings import BackupSettings
+from capsule.domain.settings import BackupSettings, sealed_item
 from capsule.domain.staleness import Incident
 from capsule.orchestrator import codec, health
 from capsule.orchestrator.errors import ConcurrencyConflict
@@ -63,6 +63,7 @@ TEST = "test"
 DEFAULT_TIMEOUT = 10.0
 APPEND_TRIES = 5
 PASSWORD_KEY = "alerts.smtp.password"  # noqa: S105 (the setting's name, not a password)
+WEBHOOK_KEY = "alerts.webhook"
 
 
 @dataclass(frozen=True)
@@ -208,8 +209,12 @@ class Alerter:
         if settings.alerts.email:
             recipients = list(settings.alerts.email)
             found.append(Target("email", ", ".join(recipients), self._email_sender(settings, recipients)))
-        for url in settings.alerts.webhook:
-            found.append(Target("webhook", webhook_name(url), self._webhook_sender(url)))
+        for item in settings.alerts.webhook:
+            sealed = sealed_item(item)
+            if sealed is None:  # set by a version that kept it in plain text
+                found.append(Target("webhook", webhook_name(item), self._webhook_sender(item)))
+            else:
+                found.append(Target("webhook", sealed[0], self._webhook_sender(sealed[1], sealed=True)))
         return found
 
     # ---- the log ----------------------------------------------------------------------------
@@ -347,9 +352,13 @@ class Alerter:
 
         return send
 
-    def _webhook_sender(self, url: str) -> Callable[[Message, ZoneInfo], None]:
+    def _webhook_sender(self, url: str, *, sealed: bool = False) -> Callable[[Message, ZoneInfo], None]:
         def send(message: Message, zone: ZoneInfo) -> None:
-            post_json(url, message.payload(), timeout=self.timeout)
+            try:
+                address = self.secrets.open(WEBHOOK_KEY, url) if sealed else url
+            except SecretUnavailable as e:
+                raise DeliveryFailed(str(e)) from e
+            post_json(address, message.payload(), timeout=self.timeout)
 
         return send
 

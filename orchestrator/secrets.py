@@ -28,11 +28,11 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from capsule.domain.errors import CapsuleError, Category
+from capsule.domain.settings import SEALED_PREFIX
 from capsule.orchestrator.private import create_key_file, key_from_text
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
-SEALED_PREFIX = "sealed:v1:"
 KEY_FILE_NAME = "secrets.key"
 KEY_FILE_HEADER = (
     "# Capsule's secrets key: it seals the secrets among the settings (the SMTP password). Keep it\n"

@@ -154,6 +154,9 @@ def change(settings: Settings, request: ChangeSetting, *, actor: str | None = No
             new = _one_cron(request.key, new)
         if request.key in document.SECRET_KEYS:
             new = _sealed(settings, request.key, new)
+        if request.key in document.SEALED_ITEM_KEYS and isinstance(new, list):
+            check(document.with_changes(current, {request.key: new}))  # in plain text, before sealing
+            new = _sealed_items(settings, request.key, new)
         old = document.value_of(current, request.key)
         candidate = document.with_changes(current, {request.key: new})
         check(candidate)
@@ -184,6 +187,19 @@ def _sealed(settings: Settings, key: str, value: JsonValue) -> JsonValue:
     if not isinstance(value, str) or not value:
         return None
     return box_in(settings.home).seal(key, value)
+
+
+def _sealed_items(settings: Settings, key: str, items: list[JsonValue]) -> list[JsonValue]:
+    """Each item as the log may hold it: its name (a webhook's address without its path) and the
+    item sealed."""
+    from capsule.adapters.notifiers import webhook_name  # noqa: PLC0415
+    from capsule.orchestrator.secrets import box_in  # noqa: PLC0415
+
+    box = box_in(settings.home)
+    return [
+        f"{webhook_name(item)} {box.seal(key, item)}" if isinstance(item, str) and item else item
+        for item in items
+    ]
 
 
 def _result(key: str, old: JsonValue, new: JsonValue, version: int) -> SettingChanged:
