@@ -362,7 +362,9 @@ class Shop:
         return self.repository / "snapshots" / snapshot_id
 
     def lock_files(self) -> list[Path]:
-        return sorted((self.repository / "locks").iterdir())
+        """The locks in the repository; a lock being written (under a temporary name, renamed
+        once whole) is not one yet."""
+        return sorted(p for p in (self.repository / "locks").iterdir() if not p.name.startswith("."))
 
 
 def copy_shop(source: Shop, root: Path) -> Shop:
