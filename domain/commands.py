@@ -89,6 +89,14 @@ class RequestDrill(Command):
     sample_percent: float = Field(default=2.0, ge=0, le=100)
 
 
+class RequestPrune(Command):
+    """Ask for a prune of the repository; `active_job_id` names a prune that has not finished yet,
+    which the request then joins instead of starting a second one."""
+
+    repack_unused_percent: int = Field(default=10, ge=0, le=100)
+    active_job_id: str | None = None
+
+
 class StartStep(Command):
     """Record that `worker` takes attempt number `attempt` of `step`, holding it for `lease`."""
 

@@ -6,7 +6,7 @@ upcaster in the event store, so old rows keep loading. The actor who caused an e
 metadata, not in the event.
 
 Step events are shared by every kind of job: a job's stream (`backup-<id>`, `restore-<id>`,
-`drill-<id>`) says which job they belong to.
+`drill-<id>`, `prune-<id>`) says which job they belong to.
 """
 
 from __future__ import annotations
@@ -195,6 +195,51 @@ class DrillCancelled(JobCancelled):
     """A restore drill was cancelled before it finished."""
 
     type_name: ClassVar[str] = "DrillCancelled"
+
+
+# Prune: a job that gives back the space of data no snapshot uses any more. It plans, copies the
+# blobs still used out of mostly-unused packs, rewrites the index, waits out the backups that may
+# still refer to the old packs, and only then deletes them.
+
+
+class PruneRequested(Event):
+    """A prune was requested: reclaim the space of packs whose blobs no snapshot uses."""
+
+    type_name: ClassVar[str] = "PruneRequested"
+
+    repack_unused_percent: int
+    """A pack with at least this share of unused bytes has its used blobs copied out and goes."""
+    plan: tuple[str, ...]
+
+
+class PruneCompleted(Event):
+    """A prune deleted what no snapshot uses; the figures are the repository's, before and after."""
+
+    type_name: ClassVar[str] = "PruneCompleted"
+
+    bytes_before: int
+    """Bytes the repository's packs held when the prune planned."""
+    bytes_after: int
+    """Bytes its packs hold once the unused ones are deleted."""
+    bytes_freed: int
+    packs_deleted: int
+    packs_repacked: int
+    """Packs whose used blobs were copied into new packs before they were deleted."""
+    packs_rescued: int
+    """Packs planned for deletion that a backup came to use meanwhile: kept."""
+    seconds: float
+
+
+class PruneFailed(JobFailed):
+    """A prune gave up; nothing a snapshot uses was deleted."""
+
+    type_name: ClassVar[str] = "PruneFailed"
+
+
+class PruneCancelled(JobCancelled):
+    """A prune was cancelled before it finished."""
+
+    type_name: ClassVar[str] = "PruneCancelled"
 
 
 # Steps, for every kind of job
@@ -438,6 +483,10 @@ EVENT_TYPES: dict[str, type[Event]] = _registry(
     DrillCompleted,
     DrillFailed,
     DrillCancelled,
+    PruneRequested,
+    PruneCompleted,
+    PruneFailed,
+    PruneCancelled,
     AlertRaised,
     AlertCleared,
     AlertDelivered,
