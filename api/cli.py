@@ -18,6 +18,7 @@ import structlog
 from capsule.api import cli_alerts, cli_jobs, cli_serve, cli_settings, render
 from capsule.api.cli_demo import demo
 from capsule.api.cli_drill import drill
+from capsule.api.cli_prune import prune
 from capsule.api.common import (
     LOG_FORMAT_HELP,
     LOG_LEVEL_HELP,
@@ -305,6 +306,7 @@ def unlock(obj: Context, remove_all: bool) -> None:
 for command in (*cli_jobs.COMMANDS, *cli_settings.COMMANDS, demo, *cli_alerts.COMMANDS, *cli_serve.COMMANDS):
     cli.add_command(command)
 cli.add_command(drill)
+cli.add_command(prune)
 add_log_options(cli)
 
 

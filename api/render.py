@@ -503,6 +503,25 @@ def status(result: Status, as_json: bool) -> None:
         click.echo(f"Failed: {r['job_id']} {r['job_type']}: {r.get('error')}")
     click.echo(f"Event log: {result.event_log_position} events")
     _proven(result)
+    _space(result)
+
+
+def _space(result: Status) -> None:
+    """The repository's size, what the last prune's plan found unused, and the last prune."""
+    space = result.space
+    if space is None:
+        return
+    size = human(space.stored_bytes) if space.stored_bytes is not None else "unknown (cannot be read)"
+    if space.unused_bytes is not None:
+        unused = f"{human(space.unused_bytes)} unused when a prune last planned, {when(space.measured_at)}"
+    else:
+        unused = "unused space not measured yet; `capsule prune --dry-run` measures it"
+    click.echo(f"Repository size: {size}; {unused}")
+    if space.last_job_id is None:
+        click.echo("Last prune: never")
+    else:
+        freed = human(space.last_freed or 0)
+        click.echo(f"Last prune: {when(space.last_finished_at)}, freed {freed} (job {space.last_job_id})")
 
 
 def _proven(result: Status) -> None:

@@ -102,7 +102,9 @@ def _int(result: JsonObject, key: str) -> int:
 def _completed(state: PruneJob) -> Event:
     done = results(state)
     planned, repacked, deleted = done.get(PLAN_STEP, {}), done.get(REPACK, {}), done.get(DELETE, {})
-    seconds = sum(float(v) for r in done.values() if isinstance(v := r.get("seconds"), int | float) and v >= 0)
+    seconds = sum(
+        float(v) for r in done.values() if isinstance(v := r.get("seconds"), int | float) and v >= 0
+    )
     return PruneCompleted(
         job_id=state.job_id,
         bytes_before=_int(planned, "bytes_before"),

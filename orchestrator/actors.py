@@ -398,6 +398,8 @@ def request_of(loaded: Loaded) -> dict[str, Any]:
             "sample_files": state.sample_files,
             "sample_percent": state.sample_percent,
         }
+    if loaded.job_type == "prune":
+        return {"repack_unused_percent": state.repack_unused_percent}
     return {
         "snapshot_id": state.snapshot_id,
         "target": state.target,

@@ -11,17 +11,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from capsule.domain import backup_job, drill_job, restore_job, settings
+from capsule.domain import backup_job, drill_job, prune_job, restore_job, settings
 from capsule.domain.errors import Category
 from capsule.domain.events import Event, event_payload, event_type, load_event
 from capsule.orchestrator.eventstore import NewEvent, StoredEvent, Upcasters
 
-JobType = Literal["backup", "restore", "drill"]
+JobType = Literal["backup", "restore", "drill", "prune"]
 
 _PREFIXES: dict[JobType, str] = {
     "backup": backup_job.STREAM_PREFIX,
     "restore": restore_job.STREAM_PREFIX,
     "drill": drill_job.STREAM_PREFIX,
+    "prune": prune_job.STREAM_PREFIX,
 }
 SETTINGS_STREAM = settings.STREAM
 """The settings aggregate's one stream."""

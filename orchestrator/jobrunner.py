@@ -231,7 +231,8 @@ def _interrupted(runtime: Runtime, job_type: str, job_id: str, signal: str) -> L
     backup` of the same kind finishes it (so does `capsule worker`); one still queued behind
     another has done nothing and is cancelled. A restore is cancelled and its temporary files
     removed, unless it is already replacing the live database, which must finish (a second
-    Ctrl-C leaves it to the next worker). A drill is cancelled and this process's copies deleted."""
+    Ctrl-C leaves it to the next worker). A drill is cancelled and this process's copies deleted.
+    A prune is paused as a backup is: the next `capsule prune` joins it and finishes it."""
     settings = runtime.settings
     if job_type == "backup":
         state = runtime.load(job_type, job_id).state
@@ -251,6 +252,15 @@ def _interrupted(runtime: Runtime, job_type: str, job_id: str, signal: str) -> L
             settings,
             f"interrupted ({signal}); backup job {job_id} is paused and its locks released: "
             f"run `{again}` again to finish it, or `capsule cancel {job_id}`",
+        )
+    if job_type == "prune":
+        step = current_step(runtime.load(job_type, job_id).state)
+        if step is not None and step.status == "running" and step.worker == runtime.worker_id:
+            interrupt_step(runtime, job_type, job_id, step, reason=f"interrupted ({signal})", actor=person())
+        _leave(
+            settings,
+            f"interrupted ({signal}); prune job {job_id} is paused and its locks released: run "
+            f"`capsule prune` again to finish it, or `capsule cancel {job_id}`",
         )
     if job_type == "drill":
         runtime.execute(

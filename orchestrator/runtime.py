@@ -25,13 +25,14 @@ from typing import Any
 import structlog
 from sqlalchemy import Connection, text
 
-from capsule.domain import backup_job, drill_job, restore_job
+from capsule.domain import backup_job, drill_job, prune_job, restore_job
 from capsule.domain.backup_job import sources_of
 from capsule.domain.commands import (
     Command,
     ReleaseBackup,
     RequestBackup,
     RequestDrill,
+    RequestPrune,
     RequestRestore,
     RetryPolicy,
 )
@@ -53,7 +54,12 @@ from capsule.orchestrator.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-JOB_TYPES: dict[str, ModuleType] = {"backup": backup_job, "restore": restore_job, "drill": drill_job}
+JOB_TYPES: dict[str, ModuleType] = {
+    "backup": backup_job,
+    "restore": restore_job,
+    "drill": drill_job,
+    "prune": prune_job,
+}
 CONFLICT_RETRIES = 20
 
 
@@ -275,6 +281,37 @@ class Runtime:
             )
         self._notify()
         log.info("drill requested", job=job_id)
+        return job_id
+
+    def request_prune(self, *, repack_unused_percent: int, actor: str) -> str:
+        """Record a prune of the repository, or return the id of the prune that has not finished:
+        one runs at a time. The unfinished one is looked for in the transaction that appends, so
+        that of two requests made at once only one starts a prune."""
+        job_id = new_job_id()
+        with self.store.transaction() as conn:
+            _serialise_requests(conn)
+            active = projections.active_prune(conn)
+            command = RequestPrune(
+                job_id=job_id,
+                now=self.clock(),
+                repack_unused_percent=repack_unused_percent,
+                active_job_id=active,
+            )
+            events = prune_job.decide(prune_job.initial_state(), command)
+            if events:
+                self.store.append(
+                    prune_job.stream_id(job_id),
+                    0,
+                    [codec.encode(e) for e in events],
+                    Metadata(actor=actor, correlation_id=job_id),
+                    handlers=[self.handler],
+                    conn=conn,
+                )
+        if active is not None:
+            log.info("prune joins the one not finished", job=active)
+            return active
+        self._notify()
+        log.info("prune requested", job=job_id)
         return job_id
 
     def release_queued(self, source: str) -> list[str]:

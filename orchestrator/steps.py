@@ -8,7 +8,8 @@ Every step is safe to run again after its process died at any instant:
   under names made from the job id, so a second attempt reuses them (`restore_apply` says when
   a second attempt saves the live database again);
 - the steps of a restore drill (`orchestrator/drillsteps.py`) write only into a scratch folder of
-  their own, which they delete, and never touch the live database.
+  their own, which they delete, and never touch the live database;
+- the steps of a prune (`orchestrator/prunesteps.py`) each say there why they may run twice.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from capsule.domain.errors import CapsuleError, Category
 from capsule.domain.manifest import Manifest, SnapshotKind
 from capsule.orchestrator import faults
 from capsule.orchestrator.drillsteps import DRILL_STEPS
+from capsule.orchestrator.prunesteps import PRUNE_STEPS
 from capsule.orchestrator.safety import name_pending, prune, remove_pending, safety_path, save_pending
 from capsule.orchestrator.settings import Settings
 from capsule.orchestrator.usecases.repository import open_repository
@@ -403,4 +405,5 @@ STEPS: dict[tuple[str, str], StepFunction] = {
     ("restore", "stage"): restore_stage,
     ("restore", "apply"): restore_apply,
     **DRILL_STEPS,
+    **PRUNE_STEPS,
 }

@@ -8,6 +8,7 @@ the log at any time by `replay`; nothing else writes them and nothing in them is
 from capsule.orchestrator.projections.live import ProjectionHandler, project
 from capsule.orchestrator.projections.queries import (
     active_backup_for_source,
+    active_prune,
     get_job,
     get_restore_job,
     jobs_queued_behind,
@@ -37,6 +38,7 @@ __all__ = [
     "ReplayReport",
     "Row",
     "active_backup_for_source",
+    "active_prune",
     "backup_settings",
     "checkpoint",
     "checkpoints",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import reduce
 from typing import Any, Protocol
 
-from capsule.domain import backup_job, drill_job, restore_job
+from capsule.domain import backup_job, drill_job, prune_job, restore_job
 from capsule.domain.backup_job import BackupJob
 from capsule.domain.drill_job import DrillJob
 from capsule.domain.errors import InvalidEvent
@@ -58,6 +58,7 @@ _AGGREGATES: dict[JobType, _Aggregate] = {
     "backup": _Aggregate(backup_job.initial_state, backup_job.evolve),
     "restore": _Aggregate(restore_job.initial_state, restore_job.evolve),
     "drill": _Aggregate(drill_job.initial_state, drill_job.evolve),
+    "prune": _Aggregate(prune_job.initial_state, prune_job.evolve),
 }
 
 

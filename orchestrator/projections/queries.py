@@ -94,6 +94,18 @@ def active_backup_for_source(db: Database, source: str) -> str | None:
     return None
 
 
+def active_prune(db: Database) -> str | None:
+    """The prune that has not finished, which a new prune request joins; None if there is none."""
+    query = (
+        select(jobs.c.job_id)
+        .where(jobs.c.job_type == "prune", jobs.c.status.not_in(_FINISHED))
+        .order_by(jobs.c.requested_at, jobs.c.job_id)
+        .limit(1)
+    )
+    rows = _rows(db, query)
+    return str(rows[0]["job_id"]) if rows else None
+
+
 def jobs_queued_behind(db: Database, job_id: str) -> list[str]:
     """The backups still queued behind job `job_id`, in the order they were requested."""
     query = (

@@ -27,6 +27,7 @@ from capsule.domain.events import (
     StepStarted,
 )
 from capsule.domain.jobs import JobState, current_step, is_finished
+from capsule.domain.prune_job import PruneJob
 from capsule.domain.restore_job import RestoreJob
 from capsule.orchestrator.eventstore import StoredEvent
 
@@ -54,6 +55,10 @@ class EventMeta:
         )
 
 
+PRUNE_SOURCE = "repository"
+"""The `source` of a prune's jobs row: it works on the whole repository, not on one source."""
+
+
 def fold_job(row: Row | None, event: Event, meta: EventMeta, state: JobState) -> Row:
     """The `jobs` row of a backup or restore job once `event`, which left it in `state`, is applied."""
     step = current_step(state)
@@ -67,6 +72,8 @@ def fold_job(row: Row | None, event: Event, meta: EventMeta, state: JobState) ->
         # As for a backup of kind `all`: the database, then the folder; the first snapshot proven.
         job_type, kind, source = "drill", None, "\n".join(state.sources)
         snapshot_id = _first_proven(state)
+    elif isinstance(state, PruneJob):
+        job_type, kind, source, snapshot_id = "prune", None, PRUNE_SOURCE, None
     else:
         raise TypeError(f"no jobs row for a {type(state).__name__}")
     first = _first(row, meta)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from capsule.orchestrator.logrepair import LogRepair
     from capsule.orchestrator.projections import ReplayReport
     from capsule.orchestrator.runtime import Runtime
+    from capsule.orchestrator.usecases.prune import PruneStatus
 
 Row = dict[str, Any]
 AUDIT_BATCH = 5000
@@ -88,6 +89,8 @@ class Status:
     """How old each kind's last good backup is, against its tightest enabled schedule."""
     problems: list[Incident] = field(default_factory=list)
     """What `status --check` reports: overdue kinds, failed last backups, a failed last drill."""
+    space: PruneStatus | None = None
+    """The repository's size, its unused bytes as the last prune's plan measured them, the last prune."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -101,6 +104,7 @@ class Status:
             "event_log_position": self.event_log_position,
             "proven": self.proven,
             "last_drill": self.last_drill,
+            "space": self.space.as_dict() if self.space is not None else None,
             "freshness": [
                 {
                     "kind": f.kind,
@@ -131,6 +135,7 @@ def current_status(settings: Settings, now: datetime | None = None) -> Status:
     from zoneinfo import ZoneInfo  # noqa: PLC0415
 
     from capsule.orchestrator import health, projections  # noqa: PLC0415
+    from capsule.orchestrator.usecases.prune import prune_status  # noqa: PLC0415
     from capsule.orchestrator.usecases.settings import machine_timezone  # noqa: PLC0415
 
     runtime = _runtime(settings)
@@ -144,6 +149,7 @@ def current_status(settings: Settings, now: datetime | None = None) -> Status:
         document = health.settings_document(runtime.engine)
         zone = ZoneInfo(document.timezone or machine_timezone())
         seen = health.observe(runtime.engine, runtime.store, document, zone, now or runtime.clock())
+        space = prune_status(settings, runtime)
     finally:
         runtime.close()
     active = [r for r in recent if r.get("status") not in ("completed", "failed", "cancelled")]
@@ -162,6 +168,7 @@ def current_status(settings: Settings, now: datetime | None = None) -> Status:
         last_drill=drills[0] if drills else None,
         freshness=seen.freshness,
         problems=seen.incidents,
+        space=space,
     )
 
 
@@ -233,6 +240,8 @@ def cancel_job(settings: Settings, request: Cancel) -> Cancelled:
             released = runtime.release_queued(str(state.source))
         elif job_type == "drill":
             pass  # its running step deletes its scratch copy when it stops; a dead one's, the next drill
+        elif job_type == "prune":
+            pass  # it deletes nothing before its grace period; packs it copied, the next prune finds
         else:
             clean_up(settings, request.job_id)
             if state.target != IN_PLACE:
@@ -330,6 +339,8 @@ JOB_ENDS = {
     "RestoreFailed": "jobs_failed",
     "DrillCompleted": "jobs_completed",
     "DrillFailed": "jobs_failed",
+    "PruneCompleted": "jobs_completed",
+    "PruneFailed": "jobs_failed",
 }
 STEP_ENDS = {"StepCompleted": "steps_completed", "StepFailed": "steps_failed"}
 

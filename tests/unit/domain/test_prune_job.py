@@ -5,7 +5,16 @@ from __future__ import annotations
 from capsule.domain import prune_job
 from capsule.domain.commands import RequestPrune
 from capsule.domain.events import PruneCancelled, PruneCompleted, PruneFailed, PruneRequested
-from capsule.domain.prune_job import DELETE, INDEX, PLAN, PLAN_STEP, REPACK, WAIT, stream_id, still_to_wait_for
+from capsule.domain.prune_job import (
+    DELETE,
+    INDEX,
+    PLAN,
+    PLAN_STEP,
+    REPACK,
+    WAIT,
+    still_to_wait_for,
+    stream_id,
+)
 from tests.unit.domain import JOB, at, cancel, complete, completed, fail, quoted, scenarios, start, started
 
 given = scenarios(prune_job)
@@ -15,7 +24,13 @@ PLANNED = {"bytes_before": 50_000, "unused_bytes": 30_000, "packs_to_delete": 2,
 REPACKED = {"packs_repacked": 1, "bytes_written": 4_000, "seconds": 1.0, "repacked": {}}
 INDEXED = {"index_files": ["ab" * 32], "seconds": 0.25}
 WAITED = {"backups": [], "lock_owners": 0, "seconds": 0.0}
-DELETED = {"packs_deleted": 3, "bytes_freed": 26_000, "bytes_after": 24_000, "packs_rescued": 1, "seconds": 0.25}
+DELETED = {
+    "packs_deleted": 3,
+    "bytes_freed": 26_000,
+    "bytes_after": 24_000,
+    "packs_rescued": 1,
+    "seconds": 0.25,
+}
 
 
 def request(**changes: object) -> RequestPrune:
@@ -83,7 +98,9 @@ def test_the_delete_step_completes_the_prune_with_its_figures():
             seconds=2.0,
         ),
     )
-    after = prune_job.replay([*history, *prune_job.decide(given(*history).state, complete(DELETE, **DELETED))])
+    after = prune_job.replay(
+        [*history, *prune_job.decide(given(*history).state, complete(DELETE, **DELETED))]
+    )
     assert after.status == "completed" and after.outcome is not None and after.outcome.bytes_freed == 26_000
 
 

@@ -1,0 +1,199 @@
+"""Use case: give back the space of data no snapshot uses any more, as a job; or only say how much.
+
+A prune runs as a job of five steps (see capsule.domain.prune_job and
+capsule.orchestrator.prunesteps). Backups keep running while it does: it takes no exclusive lock,
+and it deletes a pack only once every backup that may have read the old index has finished. One
+prune runs at a time; asking for a second while one has not finished waits for that one.
+
+A dry run plans only: it reads the repository, writes nothing, and records nothing in the log.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from capsule.orchestrator.settings import Settings
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Prune:
+    dry_run: bool = False
+    """Plan only, and say what a prune would reclaim."""
+    actor: str | None = None
+    """Who asks; None: the person at this machine's terminal."""
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What a prune reclaimed (or, for a dry run, would reclaim), with the repository's size."""
+
+    job_id: str | None
+    """None for a dry run, which is no job."""
+    dry_run: bool
+    repack_unused_percent: int
+    bytes_before: int
+    """Bytes the repository held (every object but the locks) when the prune planned."""
+    bytes_after: int
+    """Bytes it holds afterwards; for a dry run, what it would hold at most."""
+    bytes_freed: int
+    unused_bytes: int
+    """Bytes of packs that no snapshot uses, as the plan measured them."""
+    packs_deleted: int
+    packs_repacked: int
+    packs_rescued: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "dry_run": self.dry_run,
+            "repack_unused_percent": self.repack_unused_percent,
+            "bytes_before": self.bytes_before,
+            "bytes_after": self.bytes_after,
+            "bytes_freed": self.bytes_freed,
+            "unused_bytes": self.unused_bytes,
+            "packs_deleted": self.packs_deleted,
+            "packs_repacked": self.packs_repacked,
+            "packs_rescued": self.packs_rescued,
+            "seconds": self.seconds,
+        }
+
+
+def repack_unused_percent(settings: Settings) -> int:
+    """The share of a pack's bytes that must be unused before it is repacked. Read from here alone:
+    the default until the settings hold `retention.repack-unused-percent`."""
+    from capsule.domain.prune_job import DEFAULT_REPACK_UNUSED_PERCENT  # noqa: PLC0415
+
+    del settings  # the settings document will say, once it holds the key
+    return DEFAULT_REPACK_UNUSED_PERCENT
+
+
+def run_prune(settings: Settings, request: Prune, progress: Progress | None = None) -> Pruned:
+    """Prune and wait for it (or join the prune that has not finished); raise `JobFailed` unless
+    it completes. A dry run plans only (`plan_only`)."""
+    if request.dry_run:
+        return plan_only(settings)
+    from capsule.domain.prune_job import PLAN_STEP, PruneJob, results  # noqa: PLC0415
+    from capsule.orchestrator.jobrunner import run_job  # noqa: PLC0415 - the job runner loads slowly
+    from capsule.orchestrator.runtime import person  # noqa: PLC0415
+
+    percent = repack_unused_percent(settings)
+    loaded = run_job(
+        settings,
+        "prune",
+        lambda rt: rt.request_prune(repack_unused_percent=percent, actor=request.actor or person()),
+        progress=progress,
+    )
+    state = loaded.state
+    assert isinstance(state, PruneJob) and state.outcome is not None
+    done = state.outcome
+    planned = results(state).get(PLAN_STEP, {})
+    unused = planned.get("unused_bytes")
+    return Pruned(
+        job_id=state.job_id,
+        dry_run=False,
+        repack_unused_percent=state.repack_unused_percent,
+        bytes_before=done.bytes_before,
+        bytes_after=done.bytes_after,
+        bytes_freed=done.bytes_freed,
+        unused_bytes=unused if isinstance(unused, int) else 0,
+        packs_deleted=done.packs_deleted,
+        packs_repacked=done.packs_repacked,
+        packs_rescued=done.packs_rescued,
+        seconds=done.seconds,
+    )
+
+
+def plan_only(settings: Settings) -> Pruned:
+    """What a prune would reclaim now: the plan's figures; nothing is written or recorded."""
+    from capsule.adapters.repository.prune import plan_prune  # noqa: PLC0415
+    from capsule.orchestrator.prunesteps import plan_figures, stored_bytes  # noqa: PLC0415
+    from capsule.orchestrator.usecases.repository import open_repository  # noqa: PLC0415
+
+    started = time.monotonic()
+    percent = repack_unused_percent(settings)
+    repo = open_repository(settings)
+    before = stored_bytes(repo.backend)
+    figures = plan_figures(plan_prune(repo, repack_unused_percent=percent))
+    return Pruned(
+        job_id=None,
+        dry_run=True,
+        repack_unused_percent=percent,
+        bytes_before=before,
+        bytes_after=max(before - figures["bytes_to_free"], 0),
+        bytes_freed=figures["bytes_to_free"],
+        unused_bytes=figures["unused_bytes"],
+        packs_deleted=figures["packs_to_delete"],
+        packs_repacked=figures["packs_to_repack"],
+        packs_rescued=0,
+        seconds=round(time.monotonic() - started, 3),
+    )
+
+
+@dataclass(frozen=True)
+class PruneStatus:
+    """The repository's size and what the prunes said of it, for `capsule status`."""
+
+    stored_bytes: int | None
+    """Bytes the repository holds now (every object but the locks); None if it cannot be read."""
+    unused_bytes: int | None
+    """Unused bytes as the last prune's plan measured them; None before the first plan."""
+    measured_at: datetime | None
+    """When that plan was recorded."""
+    last_job_id: str | None
+    last_finished_at: datetime | None
+    """When the last completed prune finished; None: never."""
+    last_freed: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "stored_bytes": self.stored_bytes,
+            "unused_bytes": self.unused_bytes,
+            "unused_measured_at": self.measured_at,
+            "last_prune": None
+            if self.last_job_id is None
+            else {
+                "job_id": self.last_job_id,
+                "finished_at": self.last_finished_at,
+                "bytes_freed": self.last_freed,
+            },
+        }
+
+
+RECENT_PRUNES = 10
+
+
+def prune_status(settings: Settings, runtime: Any) -> PruneStatus:
+    """The repository's size (a listing of its objects' sizes, no snapshot read) and, from the
+    log, the last prune's plan and the last completed prune."""
+    from capsule.adapters.errors import RepositoryError  # noqa: PLC0415
+    from capsule.domain import prune_job  # noqa: PLC0415
+    from capsule.orchestrator import projections  # noqa: PLC0415
+    from capsule.orchestrator.prunesteps import repository_bytes  # noqa: PLC0415
+
+    try:
+        size: int | None = repository_bytes(settings)
+    except (OSError, RepositoryError):
+        size = None
+    unused: int | None = None
+    measured: datetime | None = None
+    last_id: str | None = None
+    last_at: datetime | None = None
+    freed: int | None = None
+    for row in projections.list_jobs(runtime.engine, limit=RECENT_PRUNES, job_type="prune"):
+        for stored in runtime.store.read_stream(prune_job.stream_id(str(row["job_id"]))):
+            data = stored.data
+            if unused is None and stored.type == "StepCompleted" and data.get("step") == prune_job.PLAN_STEP:
+                value = (data.get("result") or {}).get("unused_bytes")
+                unused, measured = (value if isinstance(value, int) else None), stored.recorded_at
+            if last_id is None and stored.type == "PruneCompleted":
+                last_id, last_at, freed = str(row["job_id"]), stored.recorded_at, int(data["bytes_freed"])
+        if unused is not None and last_id is not None:
+            break
+    return PruneStatus(size, unused, measured, last_id, last_at, freed)

@@ -1,0 +1,181 @@
+"""The prune job on a real event log and a real repository: one prune at a time, the grace period
+that waits for the backups that may still refer to the old packs, what it reclaims, the status.
+
+Snapshots are forgotten here by deleting their files through the repository backend, as the
+forget command does once it has decided which ones go.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from capsule.adapters.repository.backends import open_backend
+from capsule.domain.commands import CancelJob, CompleteStep, StartStep
+from capsule.domain.prune_job import INDEX, PLAN, WAIT
+from capsule.orchestrator import projections
+from capsule.orchestrator.prunesteps import backups_to_wait_for, prune_wait, stored_bytes
+from capsule.orchestrator.runtime import Runtime
+from capsule.orchestrator.settings import Settings
+from capsule.orchestrator.steps import StepContext
+from capsule.orchestrator.usecases.jobs import current_status
+from tests.integration.helpers import FAST_STEPS, Shop
+
+ACTOR = "person:test"
+RESULTS: dict[str, dict[str, Any]] = {
+    "plan": {"plan": {}, "bytes_before": 10, "unused_bytes": 4},
+    "repack": {"repacked": {}, "packs_repacked": 0},
+    "index": {"index_files": []},
+}
+
+
+def settings_of(shop: Shop, **changes: object) -> Settings:
+    fields: dict[str, object] = {
+        "database": shop.database,
+        "repository": shop.repository,
+        "home": shop.home,
+        "nice": 0,
+        "step_max_attempts": 1,
+        **{k.removeprefix("CAPSULE_").lower(): v for k, v in FAST_STEPS.items()},
+        **changes,
+    }
+    return Settings.model_validate(fields)
+
+
+def step(rt: Runtime, job_type: str, job_id: str, name: str, result: dict[str, Any] | None = None) -> None:
+    """Start `name` as a worker would, and complete it with `result` unless that is None."""
+    rt.execute(
+        job_type,
+        job_id,
+        lambda _: StartStep(
+            job_id=job_id, now=rt.clock(), step=name, attempt=1, worker="w-test", lease=rt.lease
+        ),
+        actor=ACTOR,
+    )
+    if result is not None:
+        rt.execute(
+            job_type,
+            job_id,
+            lambda _: CompleteStep(job_id=job_id, now=rt.clock(), step=name, attempt=1, result=result),
+            actor=ACTOR,
+        )
+
+
+def prune_through_index(rt: Runtime) -> str:
+    """A prune whose plan, repack and index steps are recorded as done."""
+    job_id = rt.request_prune(repack_unused_percent=10, actor=ACTOR)
+    for name in PLAN[: PLAN.index(INDEX) + 1]:
+        step(rt, "prune", job_id, name, RESULTS[name])
+    return job_id
+
+
+def index_position(rt: Runtime, job_id: str) -> int:
+    return next(
+        e.position
+        for e in rt.store.read_stream(f"prune-{job_id}")
+        if e.type == "StepCompleted" and e.data["step"] == INDEX
+    )
+
+
+@pytest.fixture
+def runtime(shop: Shop) -> Any:
+    rt = Runtime(settings_of(shop))
+    yield rt
+    rt.close()
+
+
+def test_a_second_request_joins_the_prune_that_has_not_finished(runtime: Runtime) -> None:
+    first = runtime.request_prune(repack_unused_percent=10, actor=ACTOR)
+    assert runtime.request_prune(repack_unused_percent=10, actor=ACTOR) == first
+    requested = [e for e in runtime.store.read_all(0, 1000) if e.type == "PruneRequested"]
+    assert [e.stream_id for e in requested] == [f"prune-{first}"]
+
+    runtime.execute("prune", first, lambda _: CancelJob(job_id=first, now=runtime.clock()), actor=ACTOR)
+    second = runtime.request_prune(repack_unused_percent=10, actor=ACTOR)
+    assert second != first
+    assert projections.active_prune(runtime.engine) == second
+
+
+def test_requests_made_at_once_start_one_prune(shop: Shop) -> None:
+    settings = settings_of(shop)
+    got: list[str] = []
+    barrier = threading.Barrier(4)
+
+    def ask() -> None:
+        rt = Runtime(settings)
+        try:
+            barrier.wait()
+            got.append(rt.request_prune(repack_unused_percent=10, actor=ACTOR))
+        finally:
+            rt.close()
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rt = Runtime(settings)
+    try:
+        requested = [e for e in rt.store.read_all(0, 1000) if e.type == "PruneRequested"]
+    finally:
+        rt.close()
+    assert len(requested) == 1 and set(got) == {requested[0].data["job_id"]}
+
+
+def test_the_grace_period_waits_for_backups_that_began_storing_before_the_new_index(runtime: Runtime) -> None:
+    early = runtime.request_backup(source="a.db", actor=ACTOR)
+    step(runtime, "backup", early, "store")
+    runtime.request_backup(source="b.db", actor=ACTOR)  # asked, never began storing: never counted
+    prune = prune_through_index(runtime)
+    late = runtime.request_backup(source="c.db", actor=ACTOR)
+    step(runtime, "backup", late, "store")
+    at = index_position(runtime, prune)
+
+    assert backups_to_wait_for(runtime, at) == [early]
+    runtime.execute("backup", early, lambda _: CancelJob(job_id=early, now=runtime.clock()), actor=ACTOR)
+    assert backups_to_wait_for(runtime, at) == []
+
+
+def test_the_wait_step_ends_once_the_backup_it_waits_for_finishes(shop: Shop, runtime: Runtime) -> None:
+    early = runtime.request_backup(source="a.db", actor=ACTOR)
+    step(runtime, "backup", early, "store")
+    prune = prune_through_index(runtime)
+    step(runtime, "prune", prune, WAIT)
+    reports: list[tuple[int, int]] = []
+    ctx = StepContext(
+        settings=runtime.settings,
+        job_id=prune,
+        step=WAIT,
+        attempt=1,
+        request={"repack_unused_percent": 10},
+        results=RESULTS,
+        now=runtime.clock(),
+        progress=lambda done, total: reports.append((done, total)),
+    )
+    outcome: dict[str, Any] = {}
+    waiter = threading.Thread(target=lambda: outcome.update(prune_wait(ctx)))
+    started = time.monotonic()
+    waiter.start()
+    time.sleep(3)
+    assert waiter.is_alive(), "the grace period ended while a backup that may use the old packs runs"
+    assert reports, "a waiting step reports, so that its lease is kept and a cancel can stop it"
+    runtime.execute("backup", early, lambda _: CancelJob(job_id=early, now=runtime.clock()), actor=ACTOR)
+    waiter.join(timeout=30)
+    assert not waiter.is_alive()
+    assert outcome["backups"] == [early] and time.monotonic() - started >= 3
+
+
+def test_status_says_never_before_the_first_prune_and_gives_the_repository_size(shop: Shop) -> None:
+    settings = settings_of(shop)
+    status = current_status(settings)
+    assert status.space is not None
+    assert status.space.last_job_id is None and status.space.unused_bytes is None
+    on_disk = sum(
+        p.stat().st_size for p in Path(shop.repository).rglob("*") if p.is_file() and "locks" not in p.parts
+    )
+    assert status.space.stored_bytes == on_disk
+    assert status.space.stored_bytes == stored_bytes(open_backend(shop.repository)) > 0
