@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import click
 
-from capsule.api import render
+from capsule.api import render, render_prune
 from capsule.api.common import Context, pass_ctx, run
-from capsule.api.render_prune import pruned
 
 
 @click.command()
@@ -29,6 +28,6 @@ def prune(obj: Context, as_json: bool, dry_run: bool) -> None:
     def go() -> int:
         with render.progress_bar("Pruning", not as_json and not dry_run) as progress:
             result = run_prune(obj.settings, Prune(dry_run=dry_run), progress)
-        return pruned(result, as_json)
+        return render_prune.pruned(result, as_json)
 
     run(go)
