@@ -4,10 +4,15 @@ They need only what every storage backend offers (write, list, read, stat and re
 backends/storage.py), so they work the same on a local folder and on a remote store.
 
 Backups, restores and verifies take shared locks: content-addressed packs and uniquely named index and
-snapshot files let them run side by side. Operations that delete or replace files (index rebuild, and
-later prune) take an exclusive lock. A lock is refreshed while held; one whose process is gone (same
-host, dead PID or a PID now used by another process) or that was not refreshed for STALE_AFTER is
-stale: it is removed and the removal is logged, never silently ignored.
+snapshot files let them run side by side. Operations that replace files wholesale (index rebuild,
+repair) take an exclusive lock. Prune deletes without one (its phases keep every running backup
+complete, see prune.py): it takes a shared lock with the operation `prune`, which conflicts only
+with another prune's and with exclusive locks. `lock_owners` and `owners_gone` tell prune when the
+operations that were running at a given moment have all ended.
+
+A lock is refreshed while held; one whose process is gone (same host, dead PID or a PID now used by
+another process) or that was not refreshed for STALE_AFTER is stale: it is removed and the removal is
+logged, never silently ignored.
 
 A repository that cannot be written (mounted read-only, as a USB disk or a NAS snapshot often is, or
 a share this user may only read) can still be read: an operation that only reads it takes no lock
@@ -37,6 +42,8 @@ log = structlog.get_logger(__name__)
 
 REFRESH_EVERY = 60.0
 STALE_AFTER = 30 * 60.0
+PRUNE = "prune"
+"""The operation of prune's lock: shared, but only one prune at a time."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +136,11 @@ class RepositoryLock:
                 self.backend.remove("locks", self.name)
                 self.name = ""
             if time.monotonic() >= deadline:
+                if self.operation == PRUNE == conflict.operation:
+                    raise RepositoryLocked(
+                        f"another prune is running ({conflict.hostname}, PID {conflict.pid}); wait for "
+                        "it to finish, or run `capsule unlock` if that process is gone"
+                    )
                 raise RepositoryLocked(
                     f"the repository is in use: {conflict.describe()}; wait for it to finish, "
                     "or run `capsule unlock` if that process is gone"
@@ -159,7 +171,7 @@ class RepositoryLock:
                         raise not_writable(self.backend, e, self.operation) from e
                     # It stays, and a lock no one holds stands in no reader's way.
                 continue
-            if self.exclusive or info.exclusive:
+            if self.exclusive or info.exclusive or (self.operation == PRUNE == info.operation):
                 return info
         return None
 
@@ -262,3 +274,55 @@ def locked(
         yield lock
     finally:
         lock.release()
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who holds a lock, as it stays across refreshes (a refresh writes a file of a new name)."""
+
+    hostname: str
+    pid: int
+    process_start: str | None
+    created: float | None
+    operation: str
+
+    @classmethod
+    def of(cls, info: LockInfo) -> Owner:
+        return cls(info.hostname, info.pid, info.process_start, info.created, info.operation)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "hostname": self.hostname,
+            "pid": self.pid,
+            "process_start": self.process_start,
+            "created": self.created,
+            "operation": self.operation,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Owner:
+        created = data.get("created")
+        start = data.get("process_start")
+        return cls(
+            str(data["hostname"]),
+            int(str(data["pid"])),
+            None if start is None else str(start),
+            None if created is None else float(str(created)),
+            str(data["operation"]),
+        )
+
+
+def lock_owners(backend: Backend) -> list[Owner]:
+    """The owners of every live lock but prune's: the operations that may hold an index loaded now.
+
+    A stale lock is not removed here (the next operation taking a lock does it, and logs it); it
+    is only left out.
+    """
+    live = [info for info in read_locks(backend) if info.operation != PRUNE and not is_stale(info)]
+    owners = {Owner.of(info) for info in live}
+    return sorted(owners, key=lambda o: (o.hostname, o.pid, o.created or 0.0))
+
+
+def owners_gone(backend: Backend, owners: list[Owner]) -> bool:
+    """Whether none of `owners` holds a live lock any more."""
+    return not set(owners) & set(lock_owners(backend))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import numpy.typing as npt
 import structlog
 
+from capsule.adapters.errors import ObjectNotFound
 from capsule.adapters.repository.index import encode_index, records
 from capsule.adapters.repository.pack import MAX_HEADER_GUESS, TRAILER, PackedBlob, parse_header
 from capsule.adapters.repository.repo import INDEX_FLUSH_BLOBS, Repository
@@ -53,16 +56,30 @@ def rebuild_index(repo: Repository) -> tuple[int, int, list[str]]:
     return packs, blobs, unreadable
 
 
-def adopt_unindexed_packs(repo: Repository) -> int:
+ADOPT_WITHIN = 3600.0
+"""Only packs written this recently (seconds) are adopted: see `adopt_unindexed_packs`."""
+
+
+def adopt_unindexed_packs(repo: Repository, now: float | None = None) -> int:
     """Index the packs that no index file names (a backup died before writing its index).
 
     Their blobs are then found like any others, so a backup run again does not store them a
-    second time. Returns how many packs were adopted; unreadable ones are left for `verify`.
+    second time. Only packs written within ADOPT_WITHIN are adopted: an older one may be a pack a
+    prune has just dropped from the index and is about to delete (prune condemns only packs older
+    than twice that, see prune.py), and a backup must never build on it. A backup run again later
+    than that stores its blobs again; the unindexed pack is then garbage for the next prune.
+    Returns how many packs were adopted; unreadable ones are left for `verify`.
     """
     repo.ensure_index()
     indexed = set(repo.index.pack_ids)
     batch: dict[str, npt.NDArray[np.void]] = {}
+    since = (time.time() if now is None else now) - ADOPT_WITHIN
     for name in sorted(set(repo.backend.list("data")) - indexed):
+        try:
+            if repo.backend.stat("data", name).modified < since:
+                continue
+        except ObjectNotFound:
+            continue
         try:
             header = read_pack_header(repo, name)
         except (CapsuleError, OSError) as e:

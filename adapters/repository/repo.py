@@ -472,6 +472,16 @@ class Repository:
         except OSError as e:
             log.warning("index cache not written", folder=str(self.cache_dir), error=e.strerror or str(e))
 
+    @property
+    def loaded_index_files(self) -> frozenset[str]:
+        """The index files the last `load_index` read or found superseded (damaged ones aside)."""
+        return frozenset(self._indexed_files | self._superseded_files)
+
+    @property
+    def superseded_index_files(self) -> frozenset[str]:
+        """Those of `loaded_index_files` that another index file supersedes (their records unread)."""
+        return frozenset(self._superseded_files)
+
     def ensure_index(self) -> None:
         if not self._index_loaded:
             self.load_index()

@@ -24,6 +24,7 @@ from capsule.adapters.errors import (
     StorageUnavailable,
 )
 from capsule.adapters.repository.backends.storage import (
+    ALL_KINDS,
     KINDS,
     Backend,
     Kind,
@@ -205,6 +206,25 @@ class LocalBackend:
             pass
         except OSError as e:
             raise _disk_error(e, path, "remove") from e
+
+    def remove_temporary(self, older_than: float) -> int:
+        """The `TemporaryFiles` capability: `.tmp-*` files left by killed writers, in every folder."""
+        folders = [self.root, *(self.root / kind for kind in ALL_KINDS if kind != "config")]
+        data = self.root / "data"
+        if data.is_dir():
+            folders.extend(p for p in data.iterdir() if p.is_dir())
+        removed = 0
+        for folder in folders:
+            for path in folder.glob(".tmp-*") if folder.is_dir() else []:
+                try:
+                    if path.stat().st_mtime < older_than:
+                        path.unlink()
+                        removed += 1
+                except FileNotFoundError:
+                    continue
+                except OSError as e:
+                    raise _disk_error(e, path, "remove") from e
+        return removed
 
     def path_of(self, kind: Kind, name: str) -> Path:
         """The file holding (kind, name): the `LocalPaths` capability."""

@@ -40,6 +40,8 @@ through the plain contract:
 - `LocalPaths` (`path_of`): objects are files on this machine. Worker processes then read packs by
   path themselves (with direct I/O and read-ahead, see capsule.adapters.directio) and a restore goes
   through them; without it, restore reads ranges through `read` on threads of this process.
+- `TemporaryFiles` (`remove_temporary`): the backend writes under temporary names first; prune
+  removes the ones a killed process left. A backend without it leaves none.
 """
 
 from __future__ import annotations
@@ -119,6 +121,16 @@ class LocalPaths(Protocol):
 
     def path_of(self, kind: Kind, name: str) -> Path:
         """The file holding (kind, name)."""
+
+
+@runtime_checkable
+class TemporaryFiles(Protocol):
+    """A capability: the backend writes objects under temporary names first (a local folder), and
+    can remove those a killed process left behind."""
+
+    def remove_temporary(self, older_than: float) -> int:
+        """Remove temporary files last written before `older_than` (seconds since the epoch);
+        return how many were removed."""
 
 
 def local_paths(backend: Backend) -> LocalPaths | None:

@@ -1,0 +1,599 @@
+"""Prune: delete the packs no snapshot needs and repack those mostly unused, while backups run on.
+
+Four phases, each a function that a new process can run (after a kill, too) from the JSON-able
+objects the earlier ones returned; each is safe to run again. The caller holds the shared `prune`
+lock (lock.PRUNE) through each, and waits between `rewrite_index` and `finish_prune` until every
+operation that could have loaded the old index has ended (`lock.lock_owners`/`owners_gone`, and the
+backup jobs whose packs were stored but not yet committed).
+
+1. `plan_prune` (reads only): lists the snapshot files, THEN loads every index file, finds every
+   blob the snapshots use, and per pack the stored bytes that are used. Packs with nothing used are
+   to be deleted; packs whose unused share passes the threshold are to be repacked; packs no index
+   names (left by a killed backup) are garbage. Only packs older than KEEP_YOUNGER_THAN are ever
+   condemned (see below).
+2. `repack`: copies each used blob whose only indexed copy is in a condemned pack into new packs,
+   authenticating it on the way, then writes one index file for the new packs.
+3. `rewrite_index`: writes index files naming every pack of the plan's index files but the
+   condemned ones; only the last of them supersedes the plan's index files, which are then removed.
+4. `finish_prune`: every snapshot written since the plan is checked: a blob it needs that only a
+   condemned pack holds rescues that pack (an index file names it again). The other condemned packs
+   are deleted.
+
+Why a kill is harmless anywhere: before the last new index file exists, the old index files are in
+force and name every pack; the repack's packs are then unindexed or duplicates, which a later
+prune collects. After it, the index names every kept pack and the repacked blobs, and no pack is
+deleted before that. Deleting is last, and deleting a missing pack is no error.
+
+Why a backup stays complete: a backup names a blob only if its own loaded index holds it. One that
+loaded the index before the rewrite may name a blob of a condemned pack; the caller waits for it
+to end, and `finish_prune` then sees its snapshot and rescues the pack. One that loads the index
+after the rewrite never sees a condemned pack: its index files no longer name them, and a backup
+adopts unindexed packs only if younger than rebuild.ADOPT_WITHIN, half the age a pack must have
+to be condemned.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from capsule.adapters.errors import IntegrityError, ObjectNotFound
+from capsule.adapters.repository.backends.storage import TemporaryFiles
+from capsule.adapters.repository.index import (
+    BlobLocation,
+    decode_index,
+    encode_index,
+    header_records,
+    records,
+)
+from capsule.adapters.repository.pack import HEADER_ENTRY, PackBuilder, PackedBlob
+from capsule.adapters.repository.rebuild import ADOPT_WITHIN, read_pack_header
+from capsule.adapters.repository.repo import INDEX_FLUSH_BLOBS, UNREADABLE_SNAPSHOT, Repository
+from capsule.adapters.repository.usage import IdSet, UsageWalker
+from capsule.domain.errors import CapsuleError, InvalidCommand
+from capsule.domain.manifest import Manifest
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_REPACK_UNUSED_PERCENT = 10
+KEEP_YOUNGER_THAN = 2 * ADOPT_WITHIN
+"""Seconds: a younger pack is never condemned (a backup may still adopt it, or index it)."""
+REWRITE_FLUSH_BLOBS = INDEX_FLUSH_BLOBS
+"""Records in each index file `rewrite_index` writes, but the last."""
+TEMPORARY_AGE = 24 * 3600.0
+"""Seconds: temporary files older than this were left by a killed writer."""
+
+Checkpoint = Callable[[str], None]
+"""Called with a fault point's name where a kill must be harmless (see docs/architecture.md)."""
+Progress = Callable[[int, int], None]
+
+
+def _nowhere(_name: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class PruneTotals:
+    packs: int = 0
+    pack_bytes: int = 0
+    """Bytes of every pack in the repository."""
+    used_bytes: int = 0
+    """Stored bytes of the blobs the snapshots use (a bundle counts whole if one member is used)."""
+    unused_bytes: int = 0
+    reclaim_bytes: int = 0
+    """What deleting and repacking frees, about (a repacked pack's used blobs are written again)."""
+    used_blobs: int = 0
+    missing_blobs: int = 0
+    """Blobs a snapshot names that no pack on disk holds (verify reports them; prune leaves them)."""
+    young_packs: int = 0
+    """Packs left alone for their age, that would otherwise be deleted or repacked."""
+    unindexed_packs: int = 0
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    """What a prune will do, decided from the snapshots and index files it read."""
+
+    created: float
+    repack_unused_percent: int
+    snapshots: tuple[str, ...]
+    index_files: tuple[str, ...]
+    superseded: tuple[str, ...]
+    """Those of `index_files` already superseded (their records were not read)."""
+    delete: tuple[str, ...]
+    repack: tuple[str, ...]
+    totals: PruneTotals = field(default_factory=PruneTotals)
+
+    @property
+    def condemned(self) -> frozenset[str]:
+        """The packs that leave the index and are deleted (unless a new snapshot rescues one)."""
+        return frozenset(self.delete) | frozenset(self.repack)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | str) -> PrunePlan:
+        d = json.loads(data) if isinstance(data, str) else dict(data)
+        return cls(
+            created=float(d["created"]),
+            repack_unused_percent=int(d["repack_unused_percent"]),
+            snapshots=tuple(d["snapshots"]),
+            index_files=tuple(d["index_files"]),
+            superseded=tuple(d["superseded"]),
+            delete=tuple(d["delete"]),
+            repack=tuple(d["repack"]),
+            totals=PruneTotals(**d.get("totals", {})),
+        )
+
+
+@dataclass(frozen=True)
+class Repacked:
+    """The packs a repack wrote and the one index file that names them (None if nothing to copy)."""
+
+    packs: tuple[str, ...] = ()
+    index_file: str | None = None
+    blobs: int = 0
+    bytes_written: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | str) -> Repacked:
+        d = json.loads(data) if isinstance(data, str) else dict(data)
+        return cls(tuple(d["packs"]), d["index_file"], int(d["blobs"]), int(d["bytes_written"]))
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    deleted: tuple[str, ...] = ()
+    freed_bytes: int = 0
+    rescued: tuple[str, ...] = ()
+    """Condemned packs kept because a snapshot written during the prune needs them."""
+    new_snapshots: int = 0
+    temporary_files_removed: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | str) -> PruneResult:
+        d = json.loads(data) if isinstance(data, str) else dict(data)
+        return cls(
+            tuple(d["deleted"]),
+            int(d["freed_bytes"]),
+            tuple(d["rescued"]),
+            int(d["new_snapshots"]),
+            int(d["temporary_files_removed"]),
+        )
+
+
+# ---- phase 1: the plan ---------------------------------------------------------------------
+
+
+def _manifest(repo: Repository, name: str) -> Manifest | None:
+    """A snapshot's manifest; None if it was forgotten meanwhile; a clear refusal if unreadable."""
+    try:
+        return repo.load_snapshot(name)
+    except UNREADABLE_SNAPSHOT as e:
+        if not repo.backend.exists("snapshots", name):
+            return None
+        raise IntegrityError(
+            f"cannot prune: snapshot {name[:12]} cannot be read ({e}); what it needs is unknown, so "
+            "nothing may be deleted: run `capsule verify`, then `capsule repair` (or upgrade Capsule "
+            "if a newer one wrote it)"
+        ) from e
+
+
+def _used_ids(repo: Repository, names: list[str] | tuple[str, ...]) -> IdSet:
+    """Every blob the named snapshots (those still there) use; raises if one cannot be walked."""
+    used = IdSet()
+    walker = UsageWalker(repo, used)
+    for name in names:
+        manifest = _manifest(repo, name)
+        if manifest is None:
+            continue
+        try:
+            walker.add(manifest)
+        except CapsuleError as e:
+            raise IntegrityError(
+                f"cannot prune: snapshot {name[:12]} needs a tree or list blob that cannot be read "
+                f"({e}); run `capsule verify`, then `capsule repair`"
+            ) from e
+    return used
+
+
+def _age_ok(repo: Repository, pack: str, before: float) -> bool:
+    try:
+        return repo.backend.stat("data", pack).modified < before
+    except ObjectNotFound:
+        return False
+
+
+def plan_prune(
+    repo: Repository,
+    *,
+    repack_unused_percent: int = DEFAULT_REPACK_UNUSED_PERCENT,
+    keep_younger_than: float = KEEP_YOUNGER_THAN,
+    now: float | None = None,
+) -> PrunePlan:
+    """Decide what to delete and repack (reads only). See the module's description.
+
+    `keep_younger_than` (seconds) below KEEP_YOUNGER_THAN lets a backup adopt a condemned pack:
+    only for tests and tools that know no backup runs.
+    """
+    if not 0 <= repack_unused_percent <= 100:
+        raise InvalidCommand(
+            f"the repack threshold must be a percentage from 0 to 100, not {repack_unused_percent}"
+        )
+    now = time.time() if now is None else now
+    before = now - keep_younger_than
+    # Snapshots first: one written after this listing has its packs indexed before it, so they are
+    # seen below; at worst they look unused, and finish_prune rescues them.
+    snapshots = sorted(repo.backend.list("snapshots"))
+    damaged = repo.load_index(use_cache=False)
+    if damaged:
+        raise IntegrityError(
+            f"cannot prune: {len(damaged)} index file(s) cannot be read (first {damaged[0][:12]}); "
+            "the packs they name would look unused: run `capsule repair` first"
+        )
+    index = repo.index
+    used = _used_ids(repo, snapshots)
+    used_sorted = used.tobytes()
+    which, pack_numbers, _ = index.columns(used_sorted)
+    chosen = np.where(which >= 0, pack_numbers.astype(np.int64), -1)
+    on_disk = {name: repo.backend.size("data", name) for name in repo.backend.list("data")}
+    chosen_gone = np.isin(chosen, [i for i, p in enumerate(index.pack_ids) if p not in on_disk])
+    unavailable = IdSet()
+    unavailable.add(used.freeze()[(chosen < 0) | chosen_gone].tobytes())
+    number = {p: i for i, p in enumerate(index.pack_ids)}
+    delete: list[str] = []
+    repack_list: list[str] = []
+    used_bytes = unused_bytes = reclaim = young = 0
+    for pack_id, items in index.by_pack():
+        if pack_id not in on_disk:
+            continue
+        shares = _shares(used, chosen, number[pack_id], items)
+        used_here, total = shares
+        used_bytes += used_here
+        unused_bytes += total - used_here
+        if used_here == total:
+            continue
+        condemn = used_here == 0 or (total - used_here) * 100 > repack_unused_percent * total
+        if not condemn:
+            continue
+        if not _age_ok(repo, pack_id, before):
+            young += 1
+            continue
+        if used_here == 0:
+            delete.append(pack_id)
+            reclaim += on_disk[pack_id]
+        else:
+            repack_list.append(pack_id)
+            reclaim += total - used_here
+    unindexed = sorted(set(on_disk) - set(index.pack_ids))
+    for pack_id in unindexed:
+        if not _age_ok(repo, pack_id, before):
+            young += 1
+        elif len(unavailable) and _holds_any(repo, pack_id, unavailable):
+            log.warning(
+                "a pack no index names holds blobs snapshots need; run `capsule rebuild-index`",
+                pack=pack_id[:12],
+            )
+        else:
+            delete.append(pack_id)
+            reclaim += on_disk[pack_id]
+    missing = len(unavailable)
+    if missing:
+        log.warning("snapshots name blobs no pack holds; run `capsule verify`", blobs=missing)
+    plan = PrunePlan(
+        created=now,
+        repack_unused_percent=repack_unused_percent,
+        snapshots=tuple(snapshots),
+        index_files=tuple(sorted(repo.loaded_index_files)),
+        superseded=tuple(sorted(repo.superseded_index_files)),
+        delete=tuple(sorted(delete)),
+        repack=tuple(sorted(repack_list)),
+        totals=PruneTotals(
+            packs=len(on_disk),
+            pack_bytes=sum(on_disk.values()),
+            used_bytes=used_bytes,
+            unused_bytes=unused_bytes,
+            reclaim_bytes=reclaim,
+            used_blobs=len(used),
+            missing_blobs=missing,
+            young_packs=young,
+            unindexed_packs=len(unindexed),
+        ),
+    )
+    log.info(
+        "prune planned",
+        delete=len(plan.delete),
+        repack=len(plan.repack),
+        reclaim_bytes=reclaim,
+        young_packs=young,
+    )
+    return plan
+
+
+def _shares(
+    used: IdSet, chosen: npt.NDArray[np.int64], number: int, items: list[tuple[bytes, BlobLocation]]
+) -> tuple[int, int]:
+    """(used stored bytes, stored bytes) of one pack's blobs. A blob counts as used only in the pack
+    the index chose for it (other copies are garbage); a bundle counts whole if a member is used."""
+    ids = b"".join(i for i, _ in items)
+    have = used.freeze()
+    query = np.frombuffer(ids, dtype=have.dtype)
+    at = np.minimum(np.searchsorted(have, query), max(len(have) - 1, 0))
+    here = used.contains(ids) & (chosen[at] == number) if len(have) else np.zeros(len(items), dtype=bool)
+    lengths: dict[int, int] = {}
+    used_units: set[int] = set()
+    for (_, loc), is_used in zip(items, here.tolist(), strict=True):
+        lengths[loc.offset] = loc.length
+        if is_used:
+            used_units.add(loc.offset)
+    return sum(lengths[o] for o in used_units), sum(lengths.values())
+
+
+def _holds_any(repo: Repository, pack_id: str, ids: IdSet) -> bool:
+    try:
+        header = read_pack_header(repo, pack_id)
+    except (CapsuleError, OSError):
+        return False  # unreadable: it holds nothing a restore could use
+    return bool(ids.contains(b"".join(b.blob_id for b in header)).any())
+
+
+# ---- phase 2: repack -----------------------------------------------------------------------
+
+
+def repack(
+    repo: Repository,
+    plan: PrunePlan,
+    progress: Progress | None = None,
+    *,
+    checkpoint: Checkpoint = _nowhere,
+) -> Repacked:
+    """Copy every blob the plan's snapshots use whose indexed copy is in a condemned pack into new
+    packs (each authenticated first: a damaged one stops the prune with IntegrityError naming it,
+    and nothing is deleted), then write one index file for the new packs only."""
+    if not plan.condemned:
+        return Repacked()
+    repo.load_index(use_cache=False)
+    index = repo.index
+    used = _used_ids(repo, plan.snapshots)
+    used_sorted = used.tobytes()
+    which, pack_numbers, _ = index.columns(used_sorted)
+    condemned_numbers = [i for i, p in enumerate(index.pack_ids) if p in plan.condemned]
+    needed_mask = (which >= 0) & np.isin(pack_numbers, condemned_numbers)
+    needed = IdSet()
+    needed.add(used.freeze()[needed_mask].tobytes())
+    copier = _Copier(repo, checkpoint)
+    sources = [*plan.repack, *plan.delete]
+    for done, pack_id in enumerate(sources, 1):
+        copier.copy_from(pack_id, needed)
+        if progress:
+            progress(done, len(sources))
+    result = copier.finish()
+    left = len(needed) - len(copier.copied & _as_set(needed))
+    if left:
+        raise IntegrityError(
+            f"cannot prune: {left} blob(s) the snapshots need are not in the packs the index names "
+            "for them; nothing was deleted: run `capsule verify --read-data`"
+        )
+    return result
+
+
+def _as_set(ids: IdSet) -> set[bytes]:
+    raw = ids.tobytes()
+    return {raw[i : i + 32] for i in range(0, len(raw), 32)}
+
+
+class _Copier:
+    """Fills new packs with whole stored blobs (a bundle whole) copied from condemned packs."""
+
+    def __init__(self, repo: Repository, checkpoint: Checkpoint) -> None:
+        self.repo = repo
+        self.checkpoint = checkpoint
+        self.builder = PackBuilder()
+        self.in_builder: set[bytes] = set()
+        self.copied: set[bytes] = set()
+        self.written: dict[str, npt.NDArray[np.void]] = {}
+        self.bytes_written = 0
+
+    def copy_from(self, pack_id: str, needed: IdSet) -> None:
+        try:
+            header = read_pack_header(self.repo, pack_id)
+        except ObjectNotFound:
+            return
+        ids = b"".join(b.blob_id for b in header)
+        wanted = needed.contains(ids).tolist()
+        units: dict[int, list[tuple[PackedBlob, bool]]] = {}
+        for blob, want in zip(header, wanted, strict=True):
+            units.setdefault(blob.offset, []).append((blob, want and blob.blob_id not in self.copied))
+        if not any(w for unit in units.values() for _, w in unit):
+            return
+        data = memoryview(self.repo.backend.read("data", pack_id))
+        for offset, unit in units.items():
+            if not any(w for _, w in unit):
+                continue
+            head = unit[0][0]
+            sealed = data[offset : offset + head.length]
+            for blob, want in unit:
+                if want:  # authenticated before it is copied: a damaged blob is never carried over
+                    self.repo.open_blob(blob.blob_id, BlobLocation(pack_id, *blob[1:]), sealed)
+            self._add([b for b, _ in unit], sealed)
+
+    def _add(self, unit: list[PackedBlob], sealed: memoryview) -> None:
+        ids = {b.blob_id for b in unit}
+        if ids & self.in_builder:
+            self._write()  # a pack lists an id at most once
+        # A bundle's members after its first carry no length of their own (see pack.py).
+        header = b"".join(
+            HEADER_ENTRY.pack(b.blob_type, b.compression, 0 if k else b.length, b.plain_length, b.blob_id)
+            for k, b in enumerate(unit)
+        )
+        self.builder.add_run(header, sealed)
+        self.in_builder |= ids
+        self.copied |= ids
+        if self.builder.size >= self.repo.pack_size:
+            self._write()
+
+    def _write(self) -> None:
+        if not len(self.builder):
+            return
+        pack_id, data = self.builder.finish(self.repo.sealer)
+        self.repo.backend.write("data", pack_id, data)
+        self.written[pack_id] = header_records(self.builder.header)
+        self.bytes_written += len(data)
+        self.builder, self.in_builder = PackBuilder(), set()
+        self.checkpoint("prune:repack-pack-written")
+
+    def finish(self) -> Repacked:
+        self._write()
+        if not self.written:
+            return Repacked()
+        name = self.repo.save_sealed("index", encode_index(self.written, version=self.repo.version))
+        self.checkpoint("prune:repack-indexed")
+        blobs = sum(len(r) for r in self.written.values())
+        log.info("repacked", packs=len(self.written), blobs=blobs, bytes=self.bytes_written)
+        return Repacked(tuple(sorted(self.written)), name, blobs, self.bytes_written)
+
+
+# ---- phase 3: the index without the condemned packs -------------------------------------------
+
+
+def rewrite_index(
+    repo: Repository, plan: PrunePlan, repacked: Repacked, *, checkpoint: Checkpoint = _nowhere
+) -> list[str]:
+    """Write index files naming every pack of the plan's index files but the condemned ones, the
+    last of them superseding the plan's index files; then remove those. Returns the new files
+    (none when a run killed while removing them is finished)."""
+    present = set(repo.backend.list("index"))
+    if repacked.index_file is not None and repacked.index_file not in present:
+        raise IntegrityError(
+            f"the index file the repack wrote ({repacked.index_file[:12]}) is missing; nothing was "
+            "deleted: run the prune again from its start"
+        )
+    old = list(plan.index_files)
+    if any(name not in present for name in old):
+        # Only this phase removes index files while a prune lock is held, and only once the file
+        # superseding them all is stored: the removal began, finish it.
+        _remove(repo, [n for n in old if n in present], checkpoint)
+        return []
+    condemned = plan.condemned
+    superseded = set(plan.superseded)
+    written: list[str] = []
+    batch: dict[str, npt.NDArray[np.void]] = {}
+    seen: set[str] = set()
+    count = 0
+    for name in old:
+        if name in superseded:
+            continue
+        packs, _ = decode_index(repo.load_sealed("index", name), name)
+        for pack_id, recs in packs:
+            if pack_id in condemned or pack_id in seen:
+                continue
+            seen.add(pack_id)
+            batch[pack_id] = recs
+            count += len(recs)
+            if count >= REWRITE_FLUSH_BLOBS:
+                written.append(repo.save_sealed("index", encode_index(batch, version=repo.version)))
+                checkpoint("prune:index-written")
+                batch, count = {}, 0
+    written.append(repo.save_sealed("index", encode_index(batch, old, version=repo.version)))
+    checkpoint("prune:index-superseding")
+    _remove(repo, old, checkpoint)
+    log.info("index rewritten without the condemned packs", files=len(written), removed=len(old))
+    return written
+
+
+def _remove(repo: Repository, names: list[str], checkpoint: Checkpoint) -> None:
+    for name in names:
+        repo.backend.remove("index", name)
+        checkpoint("prune:old-index-removed")
+
+
+# ---- phase 4: rescue, then delete ------------------------------------------------------------
+
+
+def finish_prune(
+    repo: Repository,
+    plan: PrunePlan,
+    repacked: Repacked,
+    *,
+    checkpoint: Checkpoint = _nowhere,
+    now: float | None = None,
+) -> PruneResult:
+    """After the grace period: rescue the condemned packs that snapshots written since the plan
+    need, delete the others, and remove temporary files older than TEMPORARY_AGE."""
+    del repacked  # its packs are indexed: nothing here depends on them
+    now = time.time() if now is None else now
+    known = set(plan.snapshots)
+    new = [n for n in sorted(repo.backend.list("snapshots")) if n not in known]
+    repo.load_index(use_cache=False)
+    condemned = plan.condemned
+    on_disk = set(repo.backend.list("data"))
+    # A condemned pack an index names again (rescued by an earlier run, or indexed by a repair)
+    # stays: deleting it would leave the index naming a missing pack.
+    named = condemned & set(repo.index.pack_ids)
+    rescued = _rescue(repo, new, sorted((condemned - named) & on_disk), checkpoint) if new else []
+    deleted: list[str] = []
+    freed = 0
+    for pack_id in sorted(condemned - named - set(rescued)):
+        try:
+            size = repo.backend.size("data", pack_id)
+        except ObjectNotFound:
+            continue
+        repo.backend.remove("data", pack_id)
+        deleted.append(pack_id)
+        freed += size
+        checkpoint("prune:pack-deleted")
+    removed = 0
+    if isinstance(repo.backend, TemporaryFiles):
+        removed = repo.backend.remove_temporary(now - TEMPORARY_AGE)
+    log.info("prune finished", deleted=len(deleted), freed_bytes=freed, rescued=len(rescued))
+    return PruneResult(tuple(deleted), freed, tuple(rescued), len(new), removed)
+
+
+def _rescue(repo: Repository, new: list[str], candidates: list[str], checkpoint: Checkpoint) -> list[str]:
+    """The candidate packs holding a blob that a snapshot in `new` needs and no kept pack holds;
+    an index file names them again before this returns."""
+    headers: dict[str, list[PackedBlob]] = {}
+    for pack_id in candidates:
+        try:
+            headers[pack_id] = read_pack_header(repo, pack_id)
+        except (CapsuleError, OSError) as e:
+            log.warning("a condemned pack cannot be read; not rescued", pack=pack_id[:12], error=str(e))
+    # The walk reads tree and list blobs wherever they are, condemned packs included; whether a
+    # blob is kept is asked of the index without them.
+    reader = Repository(repo.backend, repo.config, repo.master_key)
+    reader.load_index(use_cache=False)
+    for pack_id, header in headers.items():
+        reader.index.add_pack(pack_id, records(header))
+    reader.index.freeze()
+    used = _used_ids(reader, new)
+    raw = used.tobytes()
+    ids = [raw[i : i + 32] for i in range(0, len(raw), 32)]
+    lacking = IdSet()
+    lacking.add(b"".join(i for i, kept in zip(ids, repo.index.contains_many(ids), strict=True) if not kept))
+    if not len(lacking):
+        return []
+    rescue: dict[str, npt.NDArray[np.void]] = {}
+    for pack_id, header in headers.items():
+        if lacking.contains(b"".join(b.blob_id for b in header)).any():
+            rescue[pack_id] = records(header)
+    if rescue:
+        repo.save_sealed("index", encode_index(rescue, version=repo.version))
+        checkpoint("prune:rescued")
+        log.warning(
+            "packs kept: snapshots written during the prune need them", packs=[p[:12] for p in rescue]
+        )
+    return sorted(rescue)
