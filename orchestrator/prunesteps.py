@@ -11,8 +11,9 @@ Each step is safe to run again after its process died at any instant:
 - `delete` deletes packs the new index no longer names, except those a backup came to use since
   the plan (rescued); deleting a pack already gone is not an error, so a second attempt finishes
   what the first began.
-The engine (capsule.adapters.repository.prune) holds a repository lock of operation `prune` during
-each phase; it is a shared one, so backups never wait for a prune.
+Each phase runs under the repository lock of operation `prune`, taken here: a shared one, so
+backups never wait for a prune, while a second prune or an exclusive operation does. The engine's
+fault points (`prune:index-written`, `prune:pack-deleted`, ...) are this process's fault points.
 
 The grace period (`wait`) does not hold a worker forever: it looks every WAIT_POLL_SECONDS, reports
 progress (its lease is kept and a cancel stops it), and gives up after WAIT_LIMIT_SECONDS with an
@@ -21,22 +22,34 @@ error that can be retried, so the job runner tries it again later under its retr
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from capsule.adapters.repository.backends import open_backend
-from capsule.adapters.repository.backends.storage import KINDS, Backend
+from capsule.adapters.repository.lock import PRUNE, lock_owners, locked, owners_gone
+from capsule.adapters.repository.prune import (
+    PrunePlan,
+    Repacked,
+    finish_prune,
+    plan_prune,
+    repack,
+    rewrite_index,
+)
+from capsule.adapters.repository.repo import Repository
 from capsule.domain.errors import CapsuleError, Category
 from capsule.domain.jobs import FINISHED
 from capsule.domain.prune_job import DELETE, INDEX, PLAN_STEP, REPACK, WAIT, is_store_step, still_to_wait_for
 from capsule.orchestrator import faults
+from capsule.orchestrator.usecases.prune import stored_bytes
 from capsule.orchestrator.usecases.repository import open_repository
 
 if TYPE_CHECKING:
     from capsule.orchestrator.runtime import Runtime
-    from capsule.orchestrator.settings import Settings
     from capsule.orchestrator.steps import StepContext, StepFunction
 
 log = structlog.get_logger(__name__)
@@ -53,109 +66,82 @@ class StillInUse(CapsuleError):
     category = Category.LOCKED
 
 
-def stored_bytes(backend: Backend) -> int:
-    """The bytes the repository holds: every object but the locks (what a prune may change)."""
-    total = 0
-    for kind in KINDS:
-        if kind == "locks":
-            continue
-        for name in backend.list(kind):
-            try:
-                total += backend.size(kind, name)
-            except FileNotFoundError:
-                continue  # removed while we looked: a rebuilt index, a pack another prune deleted
-    if backend.exists("config", "config"):
-        total += backend.size("config", "config")
-    return total
-
-
-def repository_bytes(settings: Settings) -> int:
-    """`stored_bytes` of the configured repository, without its key: a scan of object sizes."""
-    return stored_bytes(open_backend(settings.repository))
+def as_json(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` as the log stores it: lists for tuples (the engine's `to_json` keeps its tuples)."""
+    loaded: dict[str, Any] = json.loads(json.dumps(data))
+    return loaded
 
 
 def _elapsed(started: float) -> float:
     return round(time.monotonic() - started, 3)
 
 
+@contextmanager
+def _prune_lock(ctx: StepContext) -> Iterator[Repository]:
+    """The repository, under the shared `prune` lock for one phase: backups run on beside it, a
+    second prune or an exclusive operation (an index rebuild) waits or is refused."""
+    repo = open_repository(ctx.settings)
+    with locked(repo.backend, PRUNE, timeout=ctx.settings.lock_wait_seconds):
+        yield repo
+
+
+def plan_figures(plan: PrunePlan) -> dict[str, int]:
+    """What a plan would reclaim, as the figures the job, the status and the dry run show."""
+    totals = plan.totals
+    return {
+        "packs": totals.packs,
+        "pack_bytes": totals.pack_bytes,
+        "unused_bytes": totals.unused_bytes,
+        "packs_to_delete": len(plan.condemned),  # a repacked pack is deleted too
+        "packs_to_repack": len(plan.repack),
+        "bytes_to_free": totals.reclaim_bytes,
+    }
+
+
 def prune_plan(ctx: StepContext) -> dict[str, Any]:
     """List the packs to delete and to repack; record the plan and the repository's size now."""
-    from capsule.adapters.repository.prune import plan_prune  # noqa: PLC0415 - numpy and the index
-
     started = time.monotonic()
-    repo = open_repository(ctx.settings)
-    before = stored_bytes(repo.backend)
-    plan = plan_prune(repo, repack_unused_percent=int(ctx.request["repack_unused_percent"]))
+    with _prune_lock(ctx) as repo:
+        before = stored_bytes(repo.backend)
+        plan = plan_prune(repo, repack_unused_percent=int(ctx.request["repack_unused_percent"]))
     faults.point("plan:planned")
+    figures = plan_figures(plan)
+    return {"plan": as_json(plan.to_json()), "bytes_before": before, **figures, "seconds": _elapsed(started)}
+
+
+def _plan(ctx: StepContext) -> PrunePlan:
+    return PrunePlan.from_json(ctx.results[PLAN_STEP]["plan"])
+
+
+def _repacked(ctx: StepContext) -> Repacked:
+    return Repacked.from_json(ctx.results[REPACK]["repacked"])
+
+
+def prune_repack(ctx: StepContext) -> dict[str, Any]:
+    """Copy the used blobs of the condemned packs into new packs, and index those."""
+    started = time.monotonic()
+    with _prune_lock(ctx) as repo:
+        repacked = repack(repo, _plan(ctx), progress=ctx.progress, checkpoint=faults.point)
     return {
-        "plan": plan.to_json(),
-        "bytes_before": before,
-        **plan_figures(plan),
+        "repacked": as_json(repacked.to_json()),
+        "packs_repacked": len(_plan(ctx).repack),
+        "packs_written": len(repacked.packs),
+        "bytes_written": repacked.bytes_written,
         "seconds": _elapsed(started),
     }
 
 
-def plan_figures(plan: Any) -> dict[str, int]:
-    """What a plan would reclaim, as the figures the job, the status and the dry run show."""
-    totals = plan.totals if not callable(plan.totals) else plan.totals()
-    get = totals.get if isinstance(totals, dict) else lambda k, d=0: getattr(totals, k, d)
-    return {
-        "packs": int(get("packs", 0)),
-        "unused_bytes": int(get("unused_bytes", 0)),
-        "packs_to_delete": int(get("packs_to_delete", 0)),
-        "packs_to_repack": int(get("packs_to_repack", 0)),
-        "bytes_to_free": int(get("bytes_to_free", 0)),
-    }
-
-
-def _plan(ctx: StepContext) -> Any:
-    from capsule.adapters.repository.prune import PrunePlan  # noqa: PLC0415
-
-    return PrunePlan.from_json(ctx.results[PLAN_STEP]["plan"])
-
-
-def prune_repack(ctx: StepContext) -> dict[str, Any]:
-    """Copy the used blobs of the packs to repack into new packs."""
-    from capsule.adapters.repository.prune import repack  # noqa: PLC0415
-
-    started = time.monotonic()
-    repo = open_repository(ctx.settings)
-    repacked = repack(repo, _plan(ctx), progress=ctx.progress)
-    faults.point("repack:repacked")
-    data = repacked.to_json() if hasattr(repacked, "to_json") else repacked
-    return {"repacked": data, "packs_repacked": _count(data, "packs_repacked"), "seconds": _elapsed(started)}
-
-
-def _repacked(ctx: StepContext) -> Any:
-    from capsule.adapters.repository import prune  # noqa: PLC0415
-
-    data = ctx.results[REPACK]["repacked"]
-    loader = getattr(getattr(prune, "Repacked", None), "from_json", None)
-    return loader(data) if loader is not None else data
-
-
-def _count(data: Any, key: str) -> int:
-    value = data.get(key) if isinstance(data, dict) else getattr(data, key, None)
-    if isinstance(value, list | tuple | dict):
-        return len(value)
-    return int(value) if isinstance(value, int) else 0
-
-
 def prune_index(ctx: StepContext) -> dict[str, Any]:
-    """Write the index without the packs that go; the old index files are removed after."""
-    from capsule.adapters.repository.prune import rewrite_index  # noqa: PLC0415
-
+    """Write the index without the condemned packs; the old index files are removed after."""
     started = time.monotonic()
-    repo = open_repository(ctx.settings)
-    written = rewrite_index(repo, _plan(ctx), _repacked(ctx))
-    faults.point("index:written")
+    with _prune_lock(ctx) as repo:
+        written = rewrite_index(repo, _plan(ctx), _repacked(ctx), checkpoint=faults.point)
     return {"index_files": list(written), "seconds": _elapsed(started)}
 
 
 def prune_wait(ctx: StepContext) -> dict[str, Any]:
     """The grace period: wait until the backups that may refer to the old packs have finished and
     the lock holders seen now are gone."""
-    from capsule.adapters.repository.lock import lock_owners, owners_gone  # noqa: PLC0415
     from capsule.orchestrator.runtime import Runtime  # noqa: PLC0415 - a cycle at import time
 
     started = time.monotonic()
@@ -217,19 +203,17 @@ def backups_to_wait_for(runtime: Runtime, index_at: int) -> list[str]:
 
 
 def prune_delete(ctx: StepContext) -> dict[str, Any]:
-    """Delete the packs the new index no longer names, keeping those a backup came to use."""
-    from capsule.adapters.repository.prune import finish_prune  # noqa: PLC0415
-
+    """Delete the condemned packs, keeping those a snapshot written since the plan needs."""
     started = time.monotonic()
-    repo = open_repository(ctx.settings)
-    result = finish_prune(repo, _plan(ctx), _repacked(ctx))
-    faults.point("delete:deleted")
-    data = result.to_json() if hasattr(result, "to_json") else result
+    with _prune_lock(ctx) as repo:
+        result = finish_prune(repo, _plan(ctx), _repacked(ctx), checkpoint=faults.point)
+        after = stored_bytes(repo.backend)
     return {
-        "packs_deleted": _count(data, "packs_deleted"),
-        "bytes_freed": _count(data, "bytes_freed"),
-        "packs_rescued": _count(data, "packs_rescued"),
-        "bytes_after": stored_bytes(repo.backend),
+        "result": as_json(result.to_json()),
+        "packs_deleted": len(result.deleted),
+        "bytes_freed": result.freed_bytes,
+        "packs_rescued": len(result.rescued),
+        "bytes_after": after,
         "seconds": _elapsed(started),
     }
 

@@ -14,9 +14,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from capsule.orchestrator.settings import Settings
+
+if TYPE_CHECKING:
+    from capsule.adapters.repository.backends.storage import Backend, Kind
 
 Progress = Callable[[int, int], None]
 
@@ -63,6 +66,29 @@ class Pruned:
             "packs_rescued": self.packs_rescued,
             "seconds": self.seconds,
         }
+
+
+def stored_bytes(backend: Backend) -> int:
+    """The bytes the repository holds: every object but the locks (what a prune may change). A
+    listing of object sizes: no snapshot, index or pack is read."""
+    total = 0
+    kinds: tuple[Kind, ...] = ("keys", "data", "index", "snapshots", "damaged")
+    for kind in kinds:
+        for name in backend.list(kind):
+            try:
+                total += backend.size(kind, name)
+            except FileNotFoundError:
+                continue  # removed while we looked: a rewritten index, a pack a prune deleted
+    if backend.exists("config", "config"):
+        total += backend.size("config", "config")
+    return total
+
+
+def repository_bytes(settings: Settings) -> int:
+    """`stored_bytes` of the configured repository; its key is not needed."""
+    from capsule.adapters.repository.backends import open_backend  # noqa: PLC0415
+
+    return stored_bytes(open_backend(settings.repository))
 
 
 def repack_unused_percent(settings: Settings) -> int:
@@ -112,15 +138,18 @@ def run_prune(settings: Settings, request: Prune, progress: Progress | None = No
 
 def plan_only(settings: Settings) -> Pruned:
     """What a prune would reclaim now: the plan's figures; nothing is written or recorded."""
+    from capsule.adapters.repository.lock import locked  # noqa: PLC0415
     from capsule.adapters.repository.prune import plan_prune  # noqa: PLC0415
-    from capsule.orchestrator.prunesteps import plan_figures, stored_bytes  # noqa: PLC0415
+    from capsule.orchestrator.prunesteps import plan_figures  # noqa: PLC0415
     from capsule.orchestrator.usecases.repository import open_repository  # noqa: PLC0415
 
     started = time.monotonic()
     percent = repack_unused_percent(settings)
     repo = open_repository(settings)
-    before = stored_bytes(repo.backend)
-    figures = plan_figures(plan_prune(repo, repack_unused_percent=percent))
+    # A reader's lock: a dry run writes nothing, and must not stop a prune or a backup.
+    with locked(repo.backend, "prune --dry-run", timeout=settings.lock_wait_seconds, reading=True):
+        before = stored_bytes(repo.backend)
+        figures = plan_figures(plan_prune(repo, repack_unused_percent=percent))
     return Pruned(
         job_id=None,
         dry_run=True,
@@ -175,7 +204,6 @@ def prune_status(settings: Settings, runtime: Any) -> PruneStatus:
     from capsule.adapters.errors import RepositoryError  # noqa: PLC0415
     from capsule.domain import prune_job  # noqa: PLC0415
     from capsule.orchestrator import projections  # noqa: PLC0415
-    from capsule.orchestrator.prunesteps import repository_bytes  # noqa: PLC0415
 
     try:
         size: int | None = repository_bytes(settings)

@@ -7,6 +7,9 @@ forget command does once it has decided which ones go.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import random
 import threading
 import time
 from pathlib import Path
@@ -14,15 +17,20 @@ from typing import Any
 
 import pytest
 
+from capsule.adapters.files.restore import restore_files
 from capsule.adapters.repository.backends import open_backend
+from capsule.adapters.repository.verify import verify
 from capsule.domain.commands import CancelJob, CompleteStep, StartStep
 from capsule.domain.prune_job import INDEX, PLAN, WAIT
 from capsule.orchestrator import projections
-from capsule.orchestrator.prunesteps import backups_to_wait_for, prune_wait, stored_bytes
+from capsule.orchestrator.prunesteps import backups_to_wait_for, prune_wait
 from capsule.orchestrator.runtime import Runtime
 from capsule.orchestrator.settings import Settings
 from capsule.orchestrator.steps import StepContext
+from capsule.orchestrator.usecases.backup import Backup, back_up
 from capsule.orchestrator.usecases.jobs import current_status
+from capsule.orchestrator.usecases.prune import Prune, run_prune, stored_bytes
+from capsule.orchestrator.usecases.repository import open_repository
 from tests.integration.helpers import FAST_STEPS, Shop
 
 ACTOR = "person:test"
@@ -179,3 +187,90 @@ def test_status_says_never_before_the_first_prune_and_gives_the_repository_size(
     )
     assert status.space.stored_bytes == on_disk
     assert status.space.stored_bytes == stored_bytes(open_backend(shop.repository)) > 0
+
+
+# ---- the whole job, on a real repository ---------------------------------------------------
+
+
+def on_disk(repository: Path) -> int:
+    """The bytes of the repository's files as `du` would count them, locks and temporary files aside."""
+    return sum(
+        p.stat().st_size
+        for p in repository.rglob("*")
+        if p.is_file() and "locks" not in p.relative_to(repository).parts and not p.name.startswith(".")
+    )
+
+
+def age_packs(repository: Path, seconds: float = 3 * 3600) -> None:
+    """Make every pack look written `seconds` ago: a prune leaves younger packs alone, since a
+    backup running now may still adopt them."""
+    when = time.time() - seconds
+    for p in (repository / "data").rglob("*"):
+        if p.is_file():
+            os.utime(p, (when, when))
+
+
+def write_images(folder: Path, names: range, rng: random.Random, size: int = 300 * 1024) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        (folder / f"img-{n:03}.jpg").write_bytes(rng.randbytes(size))
+
+
+@pytest.fixture
+def forgotten(shop: Shop) -> tuple[Settings, str, dict[str, str]]:
+    """Two images snapshots, the first forgotten: most of its images are in no other snapshot.
+    Returns the settings, the kept snapshot and the SHA-256 of each of its images."""
+    settings = settings_of(shop, uploads=shop.root / "uploads", pack_size=1024 * 1024)
+    rng = random.Random(7)
+    write_images(settings.uploads, range(12), rng)
+    first = back_up(settings, Backup(kind="files", actor=ACTOR)).snapshots[0].snapshot_id
+    for n in range(2, 12):
+        (settings.uploads / f"img-{n:03}.jpg").unlink()
+    write_images(settings.uploads, range(20, 23), rng)
+    kept = back_up(settings, Backup(kind="files", actor=ACTOR)).snapshots[0].snapshot_id
+    open_backend(settings.repository).remove("snapshots", first)
+    age_packs(settings.repository)
+    images = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in settings.uploads.iterdir()}
+    return settings, kept, images
+
+
+def restores_as_before(settings: Settings, snapshot_id: str, images: dict[str, str], out: Path) -> None:
+    repo = open_repository(settings)
+    report = verify(repo, read_data=True)
+    assert report.ok, [p.as_dict() for p in report.problems]
+    restore_files(repo, repo.load_snapshot(snapshot_id), out, workers=0)
+    got = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*") if p.is_file()}
+    assert got == images
+
+
+@pytest.mark.slow
+def test_a_prune_gives_back_the_space_of_a_forgotten_snapshot(
+    forgotten: tuple[Settings, str, dict[str, str]], tmp_path: Path
+) -> None:
+    settings, kept, images = forgotten
+    before = on_disk(settings.repository)
+    dry = run_prune(settings, Prune(dry_run=True))
+    assert on_disk(settings.repository) == before, "a dry run changed the repository"
+    assert dry.job_id is None and dry.bytes_before == before and dry.bytes_freed > 0 and dry.packs_deleted > 0
+
+    done = run_prune(settings, Prune(actor=ACTOR))
+
+    after = on_disk(settings.repository)
+    assert (done.bytes_before, done.bytes_after) == (before, after)
+    assert done.bytes_freed >= 10 * 300 * 1024 * 0.9 and after < before - done.bytes_freed / 2
+    assert done.packs_deleted >= dry.packs_deleted and done.packs_rescued == 0
+    restores_as_before(settings, kept, images, tmp_path / "out")
+    space = current_status(settings).space
+    assert space is not None and space.stored_bytes == after
+    assert (space.last_job_id, space.last_freed, space.unused_bytes) == (
+        done.job_id,
+        done.bytes_freed,
+        done.unused_bytes,
+    )
+    events = [
+        e.type for e in Runtime(settings).store.read_all(0, 10_000) if e.stream_id == f"prune-{done.job_id}"
+    ]
+    assert events.count("PruneCompleted") == 1 and events.count("StepCompleted") == len(PLAN)
+
+    again = run_prune(settings, Prune(actor=ACTOR))
+    assert (again.bytes_freed, again.packs_deleted) == (0, 0), "a second prune found more to delete"
