@@ -512,7 +512,9 @@ def _space(result: Status) -> None:
     if space is None:
         return
     size = human(space.stored_bytes) if space.stored_bytes is not None else "unknown (cannot be read)"
-    if space.unused_bytes is not None:
+    if space.unused_left is not None:
+        unused = f"about {human(space.unused_left)} unused after the last prune"
+    elif space.unused_bytes is not None:
         unused = f"{human(space.unused_bytes)} unused when a prune last planned, {when(space.measured_at)}"
     else:
         unused = "unused space not measured yet; `capsule prune --dry-run` measures it"

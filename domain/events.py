@@ -218,10 +218,15 @@ class PruneCompleted(Event):
     type_name: ClassVar[str] = "PruneCompleted"
 
     bytes_before: int
-    """Bytes the repository's packs held when the prune planned."""
+    """Bytes the repository held (every object but the locks) when the prune planned."""
     bytes_after: int
-    """Bytes its packs hold once the unused ones are deleted."""
+    """Bytes it holds once the condemned packs are deleted (backups made meanwhile included)."""
+    bytes_deleted: int
+    """Bytes of the packs deleted."""
+    bytes_written: int
+    """Bytes of the new packs the blobs still in use were copied into."""
     bytes_freed: int
+    """What the prune gave back: `bytes_deleted` less `bytes_written`."""
     packs_deleted: int
     packs_repacked: int
     """Packs whose used blobs were copied into new packs before they were deleted."""

@@ -46,7 +46,8 @@ goes, when the settings say nothing (`retention.repack-unused-percent`)."""
 
 _REQUIRED: dict[str, tuple[str, ...]] = {
     PLAN_STEP: ("bytes_before", "unused_bytes"),
-    DELETE: ("packs_deleted", "bytes_freed", "bytes_after"),
+    REPACK: ("packs_repacked", "bytes_written"),
+    DELETE: ("packs_deleted", "bytes_deleted", "bytes_after"),
 }
 """The figures a step's result must carry: the completion and the status are made of them."""
 
@@ -105,11 +106,14 @@ def _completed(state: PruneJob) -> Event:
     seconds = sum(
         float(v) for r in done.values() if isinstance(v := r.get("seconds"), int | float) and v >= 0
     )
+    removed, written = _int(deleted, "bytes_deleted"), _int(repacked, "bytes_written")
     return PruneCompleted(
         job_id=state.job_id,
         bytes_before=_int(planned, "bytes_before"),
         bytes_after=_int(deleted, "bytes_after"),
-        bytes_freed=_int(deleted, "bytes_freed"),
+        bytes_deleted=removed,
+        bytes_written=written,
+        bytes_freed=max(removed - written, 0),
         packs_deleted=_int(deleted, "packs_deleted"),
         packs_repacked=_int(repacked, "packs_repacked"),
         packs_rescued=_int(deleted, "packs_rescued"),

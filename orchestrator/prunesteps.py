@@ -95,6 +95,7 @@ def plan_figures(plan: PrunePlan) -> dict[str, int]:
         "packs_to_delete": len(plan.condemned),  # a repacked pack is deleted too
         "packs_to_repack": len(plan.repack),
         "bytes_to_free": totals.reclaim_bytes,
+        "packs_young": totals.young_packs,
     }
 
 
@@ -211,7 +212,7 @@ def prune_delete(ctx: StepContext) -> dict[str, Any]:
     return {
         "result": as_json(result.to_json()),
         "packs_deleted": len(result.deleted),
-        "bytes_freed": result.freed_bytes,
+        "bytes_deleted": result.freed_bytes,
         "packs_rescued": len(result.rescued),
         "bytes_after": after,
         "seconds": _elapsed(started),

@@ -45,12 +45,21 @@ class Pruned:
     bytes_after: int
     """Bytes it holds afterwards; for a dry run, what it would hold at most."""
     bytes_freed: int
+    """What the prune gave back: the packs deleted less the new packs written; for a dry run, about
+    what it would give back."""
     unused_bytes: int
     """Bytes of packs that no snapshot uses, as the plan measured them."""
     packs_deleted: int
     packs_repacked: int
     packs_rescued: int
     seconds: float
+    bytes_deleted: int | None = None
+    """Bytes of the packs deleted (None for a dry run)."""
+    bytes_written: int | None = None
+    """Bytes of the new packs the blobs still in use were copied into (None for a dry run)."""
+    packs_young: int = 0
+    """Packs left alone because they are younger than the engine's KEEP_YOUNGER_THAN (two hours): a
+    backup running now may still adopt them. The next prune looks at them again."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -65,6 +74,9 @@ class Pruned:
             "packs_repacked": self.packs_repacked,
             "packs_rescued": self.packs_rescued,
             "seconds": self.seconds,
+            "packs_young": self.packs_young,
+            "bytes_deleted": self.bytes_deleted,
+            "bytes_written": self.bytes_written,
         }
 
 
@@ -108,7 +120,9 @@ def run_prune(settings: Settings, request: Prune, progress: Progress | None = No
     from capsule.domain.prune_job import PLAN_STEP, PruneJob, results  # noqa: PLC0415
     from capsule.orchestrator.jobrunner import run_job  # noqa: PLC0415 - the job runner loads slowly
     from capsule.orchestrator.runtime import person  # noqa: PLC0415
+    from capsule.orchestrator.usecases.repository import open_repository  # noqa: PLC0415
 
+    open_repository(settings)  # no repository, or no key: said before a job is recorded for nothing
     percent = repack_unused_percent(settings)
     loaded = run_job(
         settings,
@@ -120,7 +134,7 @@ def run_prune(settings: Settings, request: Prune, progress: Progress | None = No
     assert isinstance(state, PruneJob) and state.outcome is not None
     done = state.outcome
     planned = results(state).get(PLAN_STEP, {})
-    unused = planned.get("unused_bytes")
+    unused, young = planned.get("unused_bytes"), planned.get("packs_young")
     return Pruned(
         job_id=state.job_id,
         dry_run=False,
@@ -133,6 +147,9 @@ def run_prune(settings: Settings, request: Prune, progress: Progress | None = No
         packs_repacked=done.packs_repacked,
         packs_rescued=done.packs_rescued,
         seconds=done.seconds,
+        packs_young=young if isinstance(young, int) else 0,
+        bytes_deleted=done.bytes_deleted,
+        bytes_written=done.bytes_written,
     )
 
 
@@ -162,6 +179,7 @@ def plan_only(settings: Settings) -> Pruned:
         packs_repacked=figures["packs_to_repack"],
         packs_rescued=0,
         seconds=round(time.monotonic() - started, 3),
+        packs_young=figures["packs_young"],
     )
 
 
@@ -175,6 +193,9 @@ class PruneStatus:
     """Unused bytes as the last prune's plan measured them; None before the first plan."""
     measured_at: datetime | None
     """When that plan was recorded."""
+    unused_left: int | None
+    """If the prune of that plan completed: what it measured unused, less what it set out to give
+    back (packs below the repack threshold, and young ones, keep theirs); else None."""
     last_job_id: str | None
     last_finished_at: datetime | None
     """When the last completed prune finished; None: never."""
@@ -185,6 +206,7 @@ class PruneStatus:
             "stored_bytes": self.stored_bytes,
             "unused_bytes": self.unused_bytes,
             "unused_measured_at": self.measured_at,
+            "unused_left_bytes": self.unused_left,
             "last_prune": None
             if self.last_job_id is None
             else {
@@ -210,18 +232,23 @@ def prune_status(settings: Settings, runtime: Any) -> PruneStatus:
     except (OSError, RepositoryError):
         size = None
     unused: int | None = None
+    left: int | None = None
     measured: datetime | None = None
     last_id: str | None = None
     last_at: datetime | None = None
     freed: int | None = None
     for row in projections.list_jobs(runtime.engine, limit=RECENT_PRUNES, job_type="prune"):
+        planned = unused is not None
         for stored in runtime.store.read_stream(prune_job.stream_id(str(row["job_id"]))):
             data = stored.data
-            if unused is None and stored.type == "StepCompleted" and data.get("step") == prune_job.PLAN_STEP:
-                value = (data.get("result") or {}).get("unused_bytes")
+            if not planned and stored.type == "StepCompleted" and data.get("step") == prune_job.PLAN_STEP:
+                result = data.get("result") or {}
+                value, to_free = result.get("unused_bytes"), result.get("bytes_to_free")
                 unused, measured = (value if isinstance(value, int) else None), stored.recorded_at
+                if unused is not None and row.get("status") == "completed" and isinstance(to_free, int):
+                    left = max(unused - to_free, 0)
             if last_id is None and stored.type == "PruneCompleted":
                 last_id, last_at, freed = str(row["job_id"]), stored.recorded_at, int(data["bytes_freed"])
         if unused is not None and last_id is not None:
             break
-    return PruneStatus(size, unused, measured, last_id, last_at, freed)
+    return PruneStatus(size, unused, measured, left, last_id, last_at, freed)

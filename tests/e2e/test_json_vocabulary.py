@@ -81,6 +81,7 @@ STATUS = {
     "event_log_position",
     "proven",
     "last_drill",
+    "space",
     "freshness",
     "problems",
 }

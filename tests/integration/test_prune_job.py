@@ -36,7 +36,7 @@ from tests.integration.helpers import FAST_STEPS, Shop
 ACTOR = "person:test"
 RESULTS: dict[str, dict[str, Any]] = {
     "plan": {"plan": {}, "bytes_before": 10, "unused_bytes": 4},
-    "repack": {"repacked": {}, "packs_repacked": 0},
+    "repack": {"repacked": {}, "packs_repacked": 0, "bytes_written": 0},
     "index": {"index_files": []},
 }
 

@@ -26,7 +26,7 @@ INDEXED = {"index_files": ["ab" * 32], "seconds": 0.25}
 WAITED = {"backups": [], "lock_owners": 0, "seconds": 0.0}
 DELETED = {
     "packs_deleted": 3,
-    "bytes_freed": 26_000,
+    "bytes_deleted": 30_000,
     "bytes_after": 24_000,
     "packs_rescued": 1,
     "seconds": 0.25,
@@ -91,6 +91,8 @@ def test_the_delete_step_completes_the_prune_with_its_figures():
             job_id=JOB,
             bytes_before=50_000,
             bytes_after=24_000,
+            bytes_deleted=30_000,
+            bytes_written=4_000,
             bytes_freed=26_000,
             packs_deleted=3,
             packs_repacked=1,
@@ -109,7 +111,7 @@ def test_a_plan_or_delete_result_without_its_figures_is_refused():
         quoted("must give bytes_before")
     )
     given(*through(WAIT), started(DELETE)).when(complete(DELETE, packs_deleted=-1)).refused(
-        quoted("packs_deleted, bytes_freed, bytes_after")
+        quoted("packs_deleted, bytes_deleted, bytes_after")
     )
 
 
