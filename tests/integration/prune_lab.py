@@ -6,10 +6,12 @@ each prune phase run on a repository opened afresh, as a new process would.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import random
+import shutil
 import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
@@ -59,6 +61,16 @@ class Lab:
         conn.execute("CREATE TABLE sales (id INTEGER PRIMARY KEY, body BLOB)")
         conn.commit()
         conn.close()
+
+    def copy(self, root: Path) -> Lab:
+        """The same lab (repository, sources, expectations) under a new root."""
+        shutil.copytree(self.root, root, symlinks=True)
+        twin = copy.copy(self)
+        twin.root, twin.uploads, twin.database = root, root / "uploads", root / "pos.db"
+        twin.staging, twin.repository, twin.key = root / "staging", root / "repo", root / "key"
+        twin.expected = dict(self.expected)
+        twin.rng = random.Random(self.rng.random())
+        return twin
 
     def open(self) -> Repository:
         return Repository.open(LocalBackend(self.repository), self.key)
