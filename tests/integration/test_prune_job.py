@@ -7,9 +7,12 @@ forget command does once it has decided which ones go.
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import json
 import os
 import random
+import signal
 import threading
 import time
 from pathlib import Path
@@ -274,3 +277,47 @@ def test_a_prune_gives_back_the_space_of_a_forgotten_snapshot(
 
     again = run_prune(settings, Prune(actor=ACTOR))
     assert (again.bytes_freed, again.packs_deleted) == (0, 0), "a second prune found more to delete"
+
+
+# ---- killed at any point, finished by the next `capsule prune` ------------------------------
+
+KILL_POINTS = [
+    "plan:started",
+    "plan:planned",
+    "prune:repack-pack-written",
+    "prune:repack-indexed",
+    "repack:done",
+    "prune:index-superseding",
+    "prune:old-index-removed",
+    "wait:started",
+    "wait:waited",
+    "prune:pack-deleted",
+    "delete:done",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_a_prune_killed_at_any_point_is_finished_by_the_next_once(
+    shop: Shop, forgotten: tuple[Settings, str, dict[str, str]], point: str, tmp_path: Path
+) -> None:
+    settings, kept, images = forgotten
+    killed = shop.run("prune", env={**FAST_STEPS, "CAPSULE_FAULTS": point}, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, (
+        f"{point} was not reached: {killed.returncode} {killed.stderr}"
+    )
+
+    finished = shop.run("prune", "--json", env=FAST_STEPS, expect=0, timeout=120)
+
+    rt = Runtime(settings)
+    try:
+        (job,) = projections.list_jobs(rt.engine, job_type="prune")
+        events = [e for e in rt.store.read_all(0, 10_000) if e.stream_id == f"prune-{job['job_id']}"]
+    finally:
+        rt.close()
+    assert job["status"] == "completed" and json.loads(finished.stdout)["job_id"] == job["job_id"]
+    assert [e.type for e in events].count("PruneCompleted") == 1
+    steps = collections.Counter(e.data["step"] for e in events if e.type == "StepCompleted")
+    assert steps == dict.fromkeys(PLAN, 1)
+    assert on_disk(settings.repository) < 3 * 1024 * 1024  # the forgotten images are gone
+    restores_as_before(settings, kept, images, tmp_path / "out")
