@@ -476,6 +476,8 @@ def rewrite_index(
     """Write index files naming every pack of the plan's index files but the condemned ones, the
     last of them superseding the plan's index files; then remove those. Returns the new files
     (none when a run killed while removing them is finished)."""
+    if not plan.condemned:
+        return []
     present = set(repo.backend.list("index"))
     if repacked.index_file is not None and repacked.index_file not in present:
         raise IntegrityError(
