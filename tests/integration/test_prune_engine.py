@@ -6,6 +6,7 @@ repository opened afresh (see prune_lab.py). What a kill does is in test_prune_e
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -16,10 +17,18 @@ from capsule.adapters.errors import IntegrityError
 from capsule.adapters.repository.backends.local import LocalBackend
 from capsule.adapters.repository.index import Index
 from capsule.adapters.repository.pack import PackBuilder
-from capsule.adapters.repository.prune import finish_prune, plan_prune, repack, rewrite_index
-from capsule.adapters.repository.rebuild import read_pack_header
+from capsule.adapters.repository.prune import (
+    KEEP_YOUNGER_THAN,
+    PrunePlan,
+    finish_prune,
+    plan_prune,
+    repack,
+    rewrite_index,
+)
+from capsule.adapters.repository.rebuild import ADOPT_WITHIN, adopt_unindexed_packs, read_pack_header
+from capsule.domain.errors import InvalidCommand
 from tests.integration.helpers import flip_byte
-from tests.integration.prune_lab import KiB, Lab, prune
+from tests.integration.prune_lab import KiB, Lab, prune, roundtrip_plan
 
 
 @pytest.fixture
@@ -273,3 +282,28 @@ def test_the_orphan_area_is_tidied_of_old_temporary_files(lab: Lab) -> None:
     assert result.temporary_files_removed == 1
     assert not old.exists() and new.exists()
     assert LocalBackend(lab.repository).exists("config", "config")
+
+
+def test_a_backup_adopts_a_young_unindexed_pack_but_never_an_old_one(lab: Lab) -> None:
+    lab.write("a.bin", 10 * KiB)
+    lab.backup_files()
+    young = _unindexed_pack(lab)
+    repo = lab.open()
+    assert adopt_unindexed_packs(repo) == 1 and young in repo.index.pack_ids
+    old = _unindexed_pack(lab)
+    lab.age(ADOPT_WITHIN + 60)  # the pack a prune may have dropped from the index
+    repo = lab.open()
+    assert adopt_unindexed_packs(repo) == 0 and old not in repo.index.pack_ids
+    assert KEEP_YOUNGER_THAN >= 2 * ADOPT_WITHIN
+
+
+def test_a_plan_survives_json_and_a_bad_threshold_is_refused(lab: Lab) -> None:
+    made = _history(lab)
+    lab.forget(made[0])
+    lab.age()
+    plan = plan_prune(lab.open())
+    assert plan.condemned
+    assert roundtrip_plan(plan) == plan
+    assert PrunePlan.from_json(json.dumps(plan.to_json())) == plan
+    with pytest.raises(InvalidCommand, match="percentage from 0 to 100, not 150"):
+        plan_prune(lab.open(), repack_unused_percent=150)
