@@ -504,7 +504,7 @@ def rewrite_index(
             if pack_id in condemned or pack_id in seen:
                 continue
             seen.add(pack_id)
-            batch[pack_id] = recs
+            batch[pack_id] = recs.copy()  # not a view: the file's whole plaintext is let go
             count += len(recs)
             if count >= REWRITE_FLUSH_BLOBS:
                 written.append(repo.save_sealed("index", encode_index(batch, version=repo.version)))
@@ -538,6 +538,11 @@ def finish_prune(
     need, delete the others, and remove temporary files older than TEMPORARY_AGE."""
     del repacked  # its packs are indexed: nothing here depends on them
     now = time.time() if now is None else now
+    removed = 0
+    if isinstance(repo.backend, TemporaryFiles):
+        removed = repo.backend.remove_temporary(now - TEMPORARY_AGE)
+    if not plan.condemned:
+        return PruneResult(temporary_files_removed=removed)
     known = set(plan.snapshots)
     new = [n for n in sorted(repo.backend.list("snapshots")) if n not in known]
     repo.load_index(use_cache=False)
@@ -558,9 +563,6 @@ def finish_prune(
         deleted.append(pack_id)
         freed += size
         checkpoint("prune:pack-deleted")
-    removed = 0
-    if isinstance(repo.backend, TemporaryFiles):
-        removed = repo.backend.remove_temporary(now - TEMPORARY_AGE)
     log.info("prune finished", deleted=len(deleted), freed_bytes=freed, rescued=len(rescued))
     return PruneResult(tuple(deleted), freed, tuple(rescued), len(new), removed)
 
