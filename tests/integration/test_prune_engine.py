@@ -307,3 +307,16 @@ def test_a_plan_survives_json_and_a_bad_threshold_is_refused(lab: Lab) -> None:
     assert PrunePlan.from_json(json.dumps(plan.to_json())) == plan
     with pytest.raises(InvalidCommand, match="percentage from 0 to 100, not 150"):
         plan_prune(lab.open(), repack_unused_percent=150)
+
+
+def test_forgetting_every_snapshot_leaves_no_pack(lab: Lab, tmp_path: Path) -> None:
+    for sid in _history(lab):
+        lab.forget(sid)
+    lab.age()
+    plan, result = prune(lab)
+    assert plan.totals.used_blobs == 0 and not plan.repack
+    assert set(result.deleted) == set(plan.delete) and lab.packs() == set()
+    lab.check(tmp_path / "out")
+    lab.write("after.bin", 10 * KiB)
+    lab.backup_files()  # the emptied repository takes backups again
+    lab.check(tmp_path / "out-after")
