@@ -50,7 +50,7 @@ JOB_STATUSES = (
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON on stdout.")
 @pass_ctx
 def jobs(obj: Context, limit: int, status: str | None, as_json: bool) -> None:
-    """List backup and restore jobs, newest first."""
+    """List jobs (backups, restores, drills and prunes), newest first."""
     request = ListJobs(limit=limit, status=status)
     run(lambda: render.job_list(list_jobs(obj.settings, request), as_json))
 
@@ -65,7 +65,8 @@ def jobs(obj: Context, limit: int, status: str | None, as_json: bool) -> None:
 )
 @pass_ctx
 def status(obj: Context, as_json: bool, check: bool) -> None:
-    """What Capsule is doing, when each kind was last backed up, and whether that is too long ago."""
+    """What Capsule is doing, when each kind was last backed up, and whether that is too long ago;
+    how much the repository holds, and the last prune."""
     if check:
         run(lambda: render.status_check(current_status(obj.settings), as_json))
         return
@@ -77,8 +78,8 @@ def status(obj: Context, as_json: bool, check: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @pass_ctx
 def cancel(obj: Context, job_id: str, as_json: bool) -> None:
-    """Cancel JOB, a backup or restore that has not finished (`capsule jobs` lists them): nothing
-    more of it runs, and what it holds is released."""
+    """Cancel JOB, a backup, restore, drill or prune that has not finished (`capsule jobs` lists
+    them): nothing more of it runs, and what it holds is released."""
     run(lambda: render.job_cancelled(cancel_job(obj.settings, Cancel(job_id)), as_json))
 
 

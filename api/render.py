@@ -523,7 +523,7 @@ def _space(result: Status) -> None:
         click.echo("Last prune: never")
     else:
         freed = human(space.last_freed or 0)
-        click.echo(f"Last prune: {when(space.last_finished_at)}, freed {freed} (job {space.last_job_id})")
+        click.echo(f"Last prune: {when(space.last_finished_at)}, gave back {freed} (job {space.last_job_id})")
 
 
 def _proven(result: Status) -> None:

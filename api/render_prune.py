@@ -13,27 +13,15 @@ from capsule.api.vocabulary import emit_json
 if TYPE_CHECKING:
     from capsule.orchestrator.usecases.prune import Pruned
 
-
-def _packs(n: int) -> str:
-    return f"{n} pack" if n == 1 else f"{n} packs"
+COPIED = " (the blobs still in use copied into new packs)"
 
 
 def _young(result: Pruned) -> None:
     if result.packs_young:
-        them = "it" if result.packs_young == 1 else "them"
         click.echo(
-            f"{_packs(result.packs_young)} written in the last two hours left alone: a backup may still "
-            f"use {them}; a later prune looks again."
+            f"{result.packs_young} pack(s) written in the last two hours left alone: a backup may still "
+            "use them; a later prune looks again."
         )
-
-
-def _what(result: Pruned) -> str:
-    """`3 packs`, `3 packs, 1 of them once the blobs still in use were copied out`."""
-    deleted, repacked = result.packs_deleted, result.packs_repacked
-    if not repacked:
-        return _packs(deleted)
-    which = "it" if deleted == 1 else f"{repacked} of them" if repacked < deleted else "them"
-    return f"{_packs(deleted)}, {which} once the blobs still in use were copied into new packs"
 
 
 def pruned(result: Pruned, as_json: bool) -> int:
@@ -41,10 +29,13 @@ def pruned(result: Pruned, as_json: bool) -> int:
     if as_json:
         emit_json(result.as_dict())
         return EXIT_CODES.ok
+    repacked = result.packs_repacked
     if result.dry_run:
         if result.packs_deleted:
+            first = f", {repacked} of them to repack first{COPIED}" if repacked else ""
             click.echo(
-                f"A prune would give back about {human(result.bytes_freed)} by deleting {_what(result)}."
+                f"A prune would give back about {human(result.bytes_freed)}: "
+                f"{result.packs_deleted} pack(s) to delete{first}."
             )
         else:
             click.echo("A prune would give back nothing now: every pack old enough to go is in use.")
@@ -54,14 +45,18 @@ def pruned(result: Pruned, as_json: bool) -> int:
         )
         _young(result)
         return EXIT_CODES.ok
-    click.echo(f"Prune {result.job_id}: gave back {human(result.bytes_freed)} by deleting {_what(result)}.")
-    if result.packs_repacked:
+    first = f", {repacked} of them repacked first{COPIED}" if repacked else ""
+    click.echo(
+        f"Prune {result.job_id}: gave back {human(result.bytes_freed)}: "
+        f"{result.packs_deleted} pack(s) deleted{first}."
+    )
+    if repacked:
         click.echo(
             f"Deleted {human(result.bytes_deleted or 0)} of packs, wrote {human(result.bytes_written or 0)} "
             "of new ones."
         )
     if result.packs_rescued:
-        click.echo(f"{_packs(result.packs_rescued)} kept: a backup made meanwhile uses them.")
+        click.echo(f"{result.packs_rescued} pack(s) kept: a backup made meanwhile uses them.")
     click.echo(
         f"Repository: {human(result.bytes_before)} before, {human(result.bytes_after)} after "
         f"({result.seconds:.1f} s)."

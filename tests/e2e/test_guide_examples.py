@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import random
 import re
 import shlex
@@ -257,10 +258,35 @@ def a_misspelled_key_in_capsule_toml(shop: Path, env: dict[str, str]) -> Callabl
     return toml.unlink
 
 
+def snapshots_forgotten_hours_ago(shop: Path, env: dict[str, str]) -> None:
+    """Half the images taken off the shop and backed up; every snapshot but the newest of each kind
+    forgotten (its file deleted from the repository, as forgetting does); every pack three hours
+    old, since a prune leaves younger packs alone."""
+    images = sorted(p for p in (shop / "data" / "uploads" / "products").rglob("*.jpg"))
+    for image in images[::2]:
+        image.unlink()
+    backed_up = capsule(["backup", "--kind", "files"], shop, env)
+    assert backed_up.returncode == 0, backed_up.stderr
+    listed = capsule(["snapshots", "--json"], shop, env)
+    assert listed.returncode == 0, listed.stderr
+    newest: dict[str, str] = {}
+    for snapshot in json.loads(listed.stdout):  # oldest first
+        newest[snapshot["kind"]] = snapshot["snapshot_id"]
+    repository = shop / "data" / "backups"
+    for snapshot in json.loads(listed.stdout):
+        if snapshot["snapshot_id"] not in newest.values():
+            (repository / "snapshots" / snapshot["snapshot_id"]).unlink()
+    when = time.time() - 3 * 3600
+    for pack in (repository / "data").rglob("*"):
+        if pack.is_file():
+            os.utime(pack, (when, when))
+
+
 SETUPS: dict[str, Callable[[Path, dict[str, str]], Callable[[], None] | None]] = {
     "killed-backup": a_backup_killed_while_it_held_the_lock,
     "damaged-event-log": a_damaged_event_log,
     "misspelled-toml": a_misspelled_key_in_capsule_toml,
+    "forgotten-snapshots": snapshots_forgotten_hours_ago,
 }
 
 

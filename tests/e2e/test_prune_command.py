@@ -102,7 +102,7 @@ def test_prune_gives_back_the_space_of_a_forgotten_snapshot_and_says_how_much(fo
     assert files_of(shop.repository) == untouched, "a dry run changed the repository"
     assert set(dry_doc) == PRUNED and dry_doc["dry_run"] is True and dry_doc["job_id"] is None
     assert dry_doc["bytes_before"] == before and dry_doc["bytes_freed"] > 2 * 1024 * 1024
-    assert f"A prune would give back about {human(dry_doc['bytes_freed'])} by deleting " in dry
+    assert f"A prune would give back about {human(dry_doc['bytes_freed'])}: " in dry
     assert "Nothing was changed (dry run)" in dry
     assert [j for j in json_of(shop, "jobs") if j["job_type"] == "prune"] == []
 
