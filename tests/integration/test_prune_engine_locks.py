@@ -63,7 +63,8 @@ from capsule.adapters.repository.backends.local import LocalBackend
 lock.REFRESH_EVERY = 0.1
 with lock.locked(LocalBackend(Path(sys.argv[1])), sys.argv[2]):
     print("held", flush=True)
-    time.sleep(float(sys.argv[3]))
+    while not Path(sys.argv[3]).exists():  # released when the test says so
+        time.sleep(0.02)
 """
 
 
@@ -77,10 +78,10 @@ def holders() -> Iterator[list[subprocess.Popen[str]]]:
 
 
 def _hold(
-    backend: LocalBackend, operation: str, seconds: float, procs: list[subprocess.Popen[str]]
+    backend: LocalBackend, operation: str, release: Path, procs: list[subprocess.Popen[str]]
 ) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(backend.root), operation, str(seconds)],
+        [sys.executable, "-c", HOLDER, str(backend.root), operation, str(release)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -90,10 +91,11 @@ def _hold(
 
 
 def test_owners_are_the_same_across_refreshes_and_gone_when_their_process_ends(
-    backend: LocalBackend, holders: list[subprocess.Popen[str]]
+    backend: LocalBackend, holders: list[subprocess.Popen[str]], tmp_path: Path
 ) -> None:
-    short = _hold(backend, "backup", 1.0, holders)
-    killed = _hold(backend, "restore", 60.0, holders)
+    release = tmp_path / "release"
+    short = _hold(backend, "backup", release, holders)
+    killed = _hold(backend, "restore", tmp_path / "never", holders)
     with locked(backend, PRUNE):
         owners = lock_owners(backend)
         assert sorted(o.pid for o in owners) == sorted([short.pid, killed.pid])
@@ -104,6 +106,7 @@ def test_owners_are_the_same_across_refreshes_and_gone_when_their_process_ends(
         assert lock_owners(backend) == owners
         assert not owners_gone(backend, owners)
 
+        release.write_text("")
         short.wait(timeout=30)
         assert not owners_gone(backend, owners), "the restore still runs"
         killed.kill()
