@@ -34,11 +34,8 @@ to be condemned.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -50,19 +47,40 @@ from capsule.adapters.repository.index import (
     BlobLocation,
     decode_index,
     encode_index,
-    header_records,
     records,
 )
-from capsule.adapters.repository.pack import HEADER_ENTRY, PackBuilder, PackedBlob
+from capsule.adapters.repository.pack import PackedBlob
+from capsule.adapters.repository.pruneplan import (
+    DEFAULT_REPACK_UNUSED_PERCENT,
+    PrunePlan,
+    PruneResult,
+    PruneTotals,
+    Repacked,
+)
 from capsule.adapters.repository.rebuild import ADOPT_WITHIN, read_pack_header
+from capsule.adapters.repository.repacker import Repacker, id_set
 from capsule.adapters.repository.repo import INDEX_FLUSH_BLOBS, UNREADABLE_SNAPSHOT, Repository
 from capsule.adapters.repository.usage import IdSet, UsageWalker
 from capsule.domain.errors import CapsuleError, InvalidCommand
 from capsule.domain.manifest import Manifest
 
+__all__ = [
+    "DEFAULT_REPACK_UNUSED_PERCENT",
+    "KEEP_YOUNGER_THAN",
+    "TEMPORARY_AGE",
+    "Checkpoint",
+    "PrunePlan",
+    "PruneResult",
+    "PruneTotals",
+    "Repacked",
+    "finish_prune",
+    "plan_prune",
+    "repack",
+    "rewrite_index",
+]
+
 log = structlog.get_logger(__name__)
 
-DEFAULT_REPACK_UNUSED_PERCENT = 10
 KEEP_YOUNGER_THAN = 2 * ADOPT_WITHIN
 """Seconds: a younger pack is never condemned (a backup may still adopt it, or index it)."""
 REWRITE_FLUSH_BLOBS = INDEX_FLUSH_BLOBS
@@ -77,103 +95,6 @@ Progress = Callable[[int, int], None]
 
 def _nowhere(_name: str) -> None:
     pass
-
-
-@dataclass(frozen=True)
-class PruneTotals:
-    packs: int = 0
-    pack_bytes: int = 0
-    """Bytes of every pack in the repository."""
-    used_bytes: int = 0
-    """Stored bytes of the blobs the snapshots use (a bundle counts whole if one member is used)."""
-    unused_bytes: int = 0
-    reclaim_bytes: int = 0
-    """What deleting and repacking frees, about (a repacked pack's used blobs are written again)."""
-    used_blobs: int = 0
-    missing_blobs: int = 0
-    """Blobs a snapshot names that no pack on disk holds (verify reports them; prune leaves them)."""
-    young_packs: int = 0
-    """Packs left alone for their age, that would otherwise be deleted or repacked."""
-    unindexed_packs: int = 0
-
-
-@dataclass(frozen=True)
-class PrunePlan:
-    """What a prune will do, decided from the snapshots and index files it read."""
-
-    created: float
-    repack_unused_percent: int
-    snapshots: tuple[str, ...]
-    index_files: tuple[str, ...]
-    superseded: tuple[str, ...]
-    """Those of `index_files` already superseded (their records were not read)."""
-    delete: tuple[str, ...]
-    repack: tuple[str, ...]
-    totals: PruneTotals = field(default_factory=PruneTotals)
-
-    @property
-    def condemned(self) -> frozenset[str]:
-        """The packs that leave the index and are deleted (unless a new snapshot rescues one)."""
-        return frozenset(self.delete) | frozenset(self.repack)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any] | str) -> PrunePlan:
-        d = json.loads(data) if isinstance(data, str) else dict(data)
-        return cls(
-            created=float(d["created"]),
-            repack_unused_percent=int(d["repack_unused_percent"]),
-            snapshots=tuple(d["snapshots"]),
-            index_files=tuple(d["index_files"]),
-            superseded=tuple(d["superseded"]),
-            delete=tuple(d["delete"]),
-            repack=tuple(d["repack"]),
-            totals=PruneTotals(**d.get("totals", {})),
-        )
-
-
-@dataclass(frozen=True)
-class Repacked:
-    """The packs a repack wrote and the one index file that names them (None if nothing to copy)."""
-
-    packs: tuple[str, ...] = ()
-    index_file: str | None = None
-    blobs: int = 0
-    bytes_written: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any] | str) -> Repacked:
-        d = json.loads(data) if isinstance(data, str) else dict(data)
-        return cls(tuple(d["packs"]), d["index_file"], int(d["blobs"]), int(d["bytes_written"]))
-
-
-@dataclass(frozen=True)
-class PruneResult:
-    deleted: tuple[str, ...] = ()
-    freed_bytes: int = 0
-    rescued: tuple[str, ...] = ()
-    """Condemned packs kept because a snapshot written during the prune needs them."""
-    new_snapshots: int = 0
-    temporary_files_removed: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any] | str) -> PruneResult:
-        d = json.loads(data) if isinstance(data, str) else dict(data)
-        return cls(
-            tuple(d["deleted"]),
-            int(d["freed_bytes"]),
-            tuple(d["rescued"]),
-            int(d["new_snapshots"]),
-            int(d["temporary_files_removed"]),
-        )
 
 
 # ---- phase 1: the plan ---------------------------------------------------------------------
@@ -375,96 +296,20 @@ def repack(
     needed_mask = (which >= 0) & np.isin(pack_numbers, condemned_numbers)
     needed = IdSet()
     needed.add(used.freeze()[needed_mask].tobytes())
-    copier = _Copier(repo, checkpoint)
+    copier = Repacker(repo, checkpoint)
     sources = [*plan.repack, *plan.delete]
     for done, pack_id in enumerate(sources, 1):
         copier.copy_from(pack_id, needed)
         if progress:
             progress(done, len(sources))
     result = copier.finish()
-    left = len(needed) - len(copier.copied & _as_set(needed))
+    left = len(needed) - len(copier.copied & id_set(needed))
     if left:
         raise IntegrityError(
             f"cannot prune: {left} blob(s) the snapshots need are not in the packs the index names "
             "for them; nothing was deleted: run `capsule verify --read-data`"
         )
     return result
-
-
-def _as_set(ids: IdSet) -> set[bytes]:
-    raw = ids.tobytes()
-    return {raw[i : i + 32] for i in range(0, len(raw), 32)}
-
-
-class _Copier:
-    """Fills new packs with whole stored blobs (a bundle whole) copied from condemned packs."""
-
-    def __init__(self, repo: Repository, checkpoint: Checkpoint) -> None:
-        self.repo = repo
-        self.checkpoint = checkpoint
-        self.builder = PackBuilder()
-        self.in_builder: set[bytes] = set()
-        self.copied: set[bytes] = set()
-        self.written: dict[str, npt.NDArray[np.void]] = {}
-        self.bytes_written = 0
-
-    def copy_from(self, pack_id: str, needed: IdSet) -> None:
-        try:
-            header = read_pack_header(self.repo, pack_id)
-        except ObjectNotFound:
-            return
-        ids = b"".join(b.blob_id for b in header)
-        wanted = needed.contains(ids).tolist()
-        units: dict[int, list[tuple[PackedBlob, bool]]] = {}
-        for blob, want in zip(header, wanted, strict=True):
-            units.setdefault(blob.offset, []).append((blob, want and blob.blob_id not in self.copied))
-        if not any(w for unit in units.values() for _, w in unit):
-            return
-        data = memoryview(self.repo.backend.read("data", pack_id))
-        for offset, unit in units.items():
-            if not any(w for _, w in unit):
-                continue
-            head = unit[0][0]
-            sealed = data[offset : offset + head.length]
-            for blob, want in unit:
-                if want:  # authenticated before it is copied: a damaged blob is never carried over
-                    self.repo.open_blob(blob.blob_id, BlobLocation(pack_id, *blob[1:]), sealed)
-            self._add([b for b, _ in unit], sealed)
-
-    def _add(self, unit: list[PackedBlob], sealed: memoryview) -> None:
-        ids = {b.blob_id for b in unit}
-        if ids & self.in_builder:
-            self._write()  # a pack lists an id at most once
-        # A bundle's members after its first carry no length of their own (see pack.py).
-        header = b"".join(
-            HEADER_ENTRY.pack(b.blob_type, b.compression, 0 if k else b.length, b.plain_length, b.blob_id)
-            for k, b in enumerate(unit)
-        )
-        self.builder.add_run(header, sealed)
-        self.in_builder |= ids
-        self.copied |= ids
-        if self.builder.size >= self.repo.pack_size:
-            self._write()
-
-    def _write(self) -> None:
-        if not len(self.builder):
-            return
-        pack_id, data = self.builder.finish(self.repo.sealer)
-        self.repo.backend.write("data", pack_id, data)
-        self.written[pack_id] = header_records(self.builder.header)
-        self.bytes_written += len(data)
-        self.builder, self.in_builder = PackBuilder(), set()
-        self.checkpoint("prune:repack-pack-written")
-
-    def finish(self) -> Repacked:
-        self._write()
-        if not self.written:
-            return Repacked()
-        name = self.repo.save_sealed("index", encode_index(self.written, version=self.repo.version))
-        self.checkpoint("prune:repack-indexed")
-        blobs = sum(len(r) for r in self.written.values())
-        log.info("repacked", packs=len(self.written), blobs=blobs, bytes=self.bytes_written)
-        return Repacked(tuple(sorted(self.written)), name, blobs, self.bytes_written)
 
 
 # ---- phase 3: the index without the condemned packs -------------------------------------------
