@@ -32,14 +32,8 @@ import structlog
 
 from capsule.adapters.repository.backends import open_backend
 from capsule.adapters.repository.lock import PRUNE, lock_owners, locked, owners_gone
-from capsule.adapters.repository.prune import (
-    PrunePlan,
-    Repacked,
-    finish_prune,
-    plan_prune,
-    repack,
-    rewrite_index,
-)
+from capsule.adapters.repository.prune import finish_prune, plan_prune, repack, rewrite_index
+from capsule.adapters.repository.pruneplan import PrunePlan, Repacked
 from capsule.adapters.repository.repo import Repository
 from capsule.domain.errors import CapsuleError, Category
 from capsule.domain.jobs import FINISHED

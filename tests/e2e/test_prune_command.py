@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 from capsule.adapters.repository.backends import open_backend
 from capsule.api.render import human
 from tests.e2e.test_json_vocabulary import check_vocabulary
-from tests.integration.helpers import CAPSULE, Shop, one_line_error
+from tests.integration.helpers import CAPSULE, FAST_STEPS, Shop, one_line_error
 
 PRUNED = {
     "job_id",
@@ -153,3 +154,24 @@ def test_prune_is_in_the_help() -> None:
     assert (
         "Give back the space" in helped.stdout and "--dry-run" in helped.stdout and "--json" in helped.stdout
     )
+
+
+@pytest.mark.slow
+def test_ctrl_c_pauses_a_prune_and_the_next_prune_finishes_it(forgotten: Shop) -> None:
+    shop = forgotten
+    proc = shop.popen("prune", env={**FAST_STEPS, "CAPSULE_FAULTS": "wait:started@pause=60"})
+    deadline = time.monotonic() + 60
+    while not [j for j in json_of(shop, "jobs") if j["job_type"] == "prune" and j["current_step"] == "wait"]:
+        assert time.monotonic() < deadline and proc.poll() is None, "the prune never reached its wait step"
+        time.sleep(0.2)
+
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+
+    assert proc.returncode == 130, err
+    (job,) = [j for j in json_of(shop, "jobs") if j["job_type"] == "prune"]
+    assert job["status"] == "interrupted"
+    assert f"prune job {job['job_id']} is paused" in err and "run `capsule prune` again" in err
+    finished = json_of(shop, "prune")
+    assert finished["job_id"] == job["job_id"] and finished["bytes_freed"] > 0
+    assert json_of(shop, "verify", "--read-data")["ok"] is True

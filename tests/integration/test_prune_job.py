@@ -8,6 +8,7 @@ forget command does once it has decided which ones go.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import json
 import os
@@ -321,3 +322,44 @@ def test_a_prune_killed_at_any_point_is_finished_by_the_next_once(
     assert steps == dict.fromkeys(PLAN, 1)
     assert on_disk(settings.repository) < 3 * 1024 * 1024  # the forgotten images are gone
     restores_as_before(settings, kept, images, tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_a_backup_storing_when_the_prune_starts_is_not_held_up_and_the_prune_waits_for_it(
+    shop: Shop, forgotten: tuple[Settings, str, dict[str, str]], tmp_path: Path
+) -> None:
+    settings, kept, images = forgotten
+    backup = shop.popen("backup", env={**FAST_STEPS, "CAPSULE_FAULTS": "store:locked@pause=6"})
+    with contextlib.closing(backup.stdout), contextlib.closing(backup.stderr):
+        locks = settings.repository / "locks"
+        deadline = time.monotonic() + 60
+        while not (locks.is_dir() and any(not p.name.startswith(".") for p in locks.iterdir())):
+            assert time.monotonic() < deadline and backup.poll() is None, "the backup never took its lock"
+            time.sleep(0.05)
+
+        pruned = shop.run("prune", "--json", env=FAST_STEPS, expect=0, timeout=120)
+        backup_ended = backup.wait(timeout=60)
+
+    assert backup_ended == 0
+    rt = Runtime(settings)
+    try:
+        backup_job = projections.list_jobs(rt.engine, job_type="backup")[0]  # the newest
+        events = rt.store.read_all(0, 10_000)
+    finally:
+        rt.close()
+    prune = json.loads(pruned.stdout)
+    waited = next(
+        e.data["result"]
+        for e in events
+        if e.stream_id == f"prune-{prune['job_id']}" and e.type == "StepCompleted" and e.data["step"] == WAIT
+    )
+    assert waited["backups"] == [backup_job["job_id"]] and waited["seconds"] > 0
+    position = {(e.stream_id, e.type): e.position for e in events}
+    assert (
+        position[(f"backup-{backup_job['job_id']}", "BackupCompleted")]
+        < position[(f"prune-{prune['job_id']}", "PruneCompleted")]
+    ), "the prune deleted before the backup it waited for had finished"
+    assert prune["bytes_freed"] > 0
+    restores_as_before(settings, kept, images, tmp_path / "out")
+    report = verify(open_repository(settings), read_data=True)
+    assert report.ok and report.snapshots == 2, [p.as_dict() for p in report.problems]
