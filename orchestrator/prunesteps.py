@@ -39,6 +39,7 @@ from capsule.domain.errors import CapsuleError, Category
 from capsule.domain.jobs import FINISHED
 from capsule.domain.prune_job import DELETE, INDEX, PLAN_STEP, REPACK, WAIT, is_store_step, still_to_wait_for
 from capsule.orchestrator import faults
+from capsule.orchestrator.errors import OrchestratorError
 from capsule.orchestrator.usecases.prune import stored_bytes
 from capsule.orchestrator.usecases.repository import open_repository
 
@@ -53,9 +54,10 @@ WAIT_LIMIT_SECONDS = 15 * 60.0
 """How long one attempt of the grace period waits before it ends as "not yet", to be retried."""
 
 
-class StillInUse(CapsuleError):
+class StillInUse(OrchestratorError):
     """Raised when the grace period has not ended within one attempt: a backup that may refer to
-    the old packs, or a lock seen when it began, is still there. Retried later."""
+    the old packs, or a lock seen when it began, is still there. Retried later, as the
+    orchestrator's own errors are (`actors.is_transient`)."""
 
     category = Category.LOCKED
 

@@ -25,9 +25,11 @@ from capsule.adapters.files.restore import restore_files
 from capsule.adapters.repository.backends import open_backend
 from capsule.adapters.repository.verify import verify
 from capsule.domain.commands import CancelJob, CompleteStep, StartStep
+from capsule.domain.errors import Category
 from capsule.domain.prune_job import INDEX, PLAN, WAIT
 from capsule.orchestrator import projections
-from capsule.orchestrator.prunesteps import backups_to_wait_for, prune_wait
+from capsule.orchestrator.actors import category_of, is_transient
+from capsule.orchestrator.prunesteps import StillInUse, backups_to_wait_for, prune_wait
 from capsule.orchestrator.runtime import Runtime
 from capsule.orchestrator.settings import Settings
 from capsule.orchestrator.steps import StepContext
@@ -363,3 +365,27 @@ def test_a_backup_storing_when_the_prune_starts_is_not_held_up_and_the_prune_wai
     restores_as_before(settings, kept, images, tmp_path / "out")
     report = verify(open_repository(settings), read_data=True)
     assert report.ok and report.snapshots == 2, [p.as_dict() for p in report.problems]
+
+
+def test_a_grace_period_not_over_within_its_bound_ends_the_attempt_to_be_tried_again(
+    shop: Shop, runtime: Runtime
+) -> None:
+    early = runtime.request_backup(source="a.db", actor=ACTOR)
+    step(runtime, "backup", early, "store")
+    prune = prune_through_index(runtime)
+    step(runtime, "prune", prune, WAIT)
+    ctx = StepContext(
+        settings=settings_of(shop, step_time_limit_seconds=2),  # half of it: one attempt's bound
+        job_id=prune,
+        step=WAIT,
+        attempt=1,
+        request={"repack_unused_percent": 10},
+        results=RESULTS,
+        now=runtime.clock(),
+        progress=lambda done, total: None,
+    )
+
+    with pytest.raises(StillInUse, match=f"backup job\\(s\\) {early}") as raised:
+        prune_wait(ctx)
+
+    assert is_transient(raised.value) and category_of(raised.value) == Category.LOCKED
