@@ -34,7 +34,7 @@ from capsule.orchestrator.runtime import Runtime
 from capsule.orchestrator.settings import Settings
 from capsule.orchestrator.steps import StepContext
 from capsule.orchestrator.usecases.backup import Backup, back_up
-from capsule.orchestrator.usecases.jobs import current_status
+from capsule.orchestrator.usecases.jobs import current_status, replay_log
 from capsule.orchestrator.usecases.prune import Prune, run_prune, stored_bytes
 from capsule.orchestrator.usecases.repository import open_repository
 from tests.integration.helpers import FAST_STEPS, Shop
@@ -273,13 +273,21 @@ def test_a_prune_gives_back_the_space_of_a_forgotten_snapshot(
         done.bytes_freed,
         done.unused_bytes,
     )
-    events = [
-        e.type for e in Runtime(settings).store.read_all(0, 10_000) if e.stream_id == f"prune-{done.job_id}"
-    ]
-    assert events.count("PruneCompleted") == 1 and events.count("StepCompleted") == len(PLAN)
-
     again = run_prune(settings, Prune(actor=ACTOR))
     assert (again.bytes_freed, again.packs_deleted) == (0, 0), "a second prune found more to delete"
+    rt = Runtime(settings)
+    try:
+        events = [e.type for e in rt.store.read_all(0, 10_000) if e.stream_id == f"prune-{done.job_id}"]
+        rows = projections.list_jobs(rt.engine, job_type="prune")
+    finally:
+        rt.close()
+    assert events.count("PruneCompleted") == 1 and events.count("StepCompleted") == len(PLAN)
+    replay_log(settings)
+    rt = Runtime(settings)
+    try:
+        assert projections.list_jobs(rt.engine, job_type="prune") == rows and len(rows) == 2
+    finally:
+        rt.close()
 
 
 # ---- killed at any point, finished by the next `capsule prune` ------------------------------
