@@ -107,7 +107,7 @@ class RetentionSettings(BaseModel):
         """The policy of `kind` (`database` or `files`)."""
         found = {"database": self.database, "files": self.files}.get(kind)
         if found is None:
-            raise InvalidSetting(f"there is no retention policy for {kind!r}; the kinds are database and files")
+            raise InvalidSetting(f"there is no retention policy for {kind!r}; the kinds: database, files")
         return found
 
 
