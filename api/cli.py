@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import structlog
 
-from capsule.api import cli_alerts, cli_jobs, cli_serve, cli_settings, render
+from capsule.api import cli_alerts, cli_forget, cli_jobs, cli_serve, cli_settings, render
 from capsule.api.cli_demo import demo
 from capsule.api.cli_drill import drill
 from capsule.api.common import (
@@ -305,6 +305,8 @@ def unlock(obj: Context, remove_all: bool) -> None:
 for command in (*cli_jobs.COMMANDS, *cli_settings.COMMANDS, demo, *cli_alerts.COMMANDS, *cli_serve.COMMANDS):
     cli.add_command(command)
 cli.add_command(drill)
+for command in cli_forget.COMMANDS:
+    cli.add_command(command)
 add_log_options(cli)
 
 

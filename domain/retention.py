@@ -171,7 +171,7 @@ def decide_retention(policy: Retention, snapshots: Iterable[Candidate], tz: tzin
         if reasons:
             verdicts.append(Verdict(snapshot.snapshot_id, snapshot.time, True, tuple(reasons)))
         else:
-            why = tuple(blocked) or (f"older than {describe(policy)} reaches",)
+            why = tuple(blocked[:1]) or (f"older than {describe(policy)} reaches",)
             verdicts.append(Verdict(snapshot.snapshot_id, snapshot.time, False, why))
     return verdicts
 
