@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import click
 
+from capsule.api import render_forget
 from capsule.api.common import Context, pass_ctx, run
 
 
@@ -26,7 +27,6 @@ def forget(obj: Context, snapshots: tuple[str, ...], dry_run: bool, force: bool,
     prefix of 4 characters or more, `latest-database`...), forget those by hand. Pinned snapshots
     (`capsule tag SNAPSHOT --add keep`) are never forgotten by a policy. `capsule prune` gives the
     space of forgotten snapshots back."""
-    from capsule.api import render_forget  # noqa: PLC0415
     from capsule.orchestrator.usecases.forget import (  # noqa: PLC0415
         ApplyRetention,
         ForgetByHand,
@@ -58,7 +58,6 @@ def forget(obj: Context, snapshots: tuple[str, ...], dry_run: bool, force: bool,
 def tag(obj: Context, snapshot: str, add: tuple[str, ...], remove: tuple[str, ...], as_json: bool) -> None:
     """Add or remove a snapshot's tags. `capsule tag SNAPSHOT --add keep` pins it: no retention
     policy forgets it, and forgetting it by hand needs --force."""
-    from capsule.api import render_forget  # noqa: PLC0415
     from capsule.orchestrator.usecases.forget import TagSnapshot, tag_snapshot  # noqa: PLC0415
 
     run(lambda: render_forget.tagged(tag_snapshot(obj.settings, TagSnapshot(snapshot, add, remove)), as_json))

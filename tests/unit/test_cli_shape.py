@@ -30,6 +30,7 @@ ALLOWED_MODULES = (
     "capsule.api.render",
     "capsule.api.render_settings",
     "capsule.api.render_alerts",
+    "capsule.api.render_forget",
     "capsule.api.filters",
     "capsule.api.common",
 )
