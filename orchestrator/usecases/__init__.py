@@ -2,7 +2,8 @@
 scheduler next).
 
 One module per capability: `repository` (create, unlock, rebuild the index), `backup`, `restore`,
-`snapshots` (list, resolve, read one file), `verify`, `drill` (a restore drill by hand), `jobs`
+`snapshots` (list, resolve, read one file), `forget` (retention policies, forgetting and
+tagging snapshots), `verify`, `drill` (a restore drill by hand), `jobs`
 (the job and audit queries, the event log's upkeep and the worker), and `serve` (Capsule as a
 service until a signal stops it). Each takes a typed request and returns a typed result holding
 everything a front door shows: a front door parses, calls one use case and renders its result, and

@@ -293,6 +293,20 @@ def tag_snapshot(settings: Settings, request: TagSnapshot) -> Tagged:
         return Tagged(sid, now, added, removed)
 
 
+def forgotten_ids(settings: Settings) -> set[str]:
+    """Every snapshot the log says is forgotten, its manifest deleted or not yet (after a kill):
+    what `prune` must count as gone whatever `snapshots/` still holds."""
+    from capsule.orchestrator import projections  # noqa: PLC0415
+    from capsule.orchestrator.runtime import Runtime  # noqa: PLC0415
+
+    runtime = Runtime(settings)
+    try:
+        marks = projections.snapshot_marks_of(runtime.engine)
+    finally:
+        runtime.close()
+    return {sid for sid, mark in marks.items() if mark["forgotten_at"] is not None}
+
+
 # ---- the parts --------------------------------------------------------------------------------
 
 

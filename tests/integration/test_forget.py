@@ -21,6 +21,7 @@ from capsule.orchestrator.usecases.forget import (
     TagSnapshot,
     apply_retention,
     forget_snapshots,
+    forgotten_ids,
     tag_snapshot,
 )
 from capsule.orchestrator.usecases.jobs import replay_log
@@ -184,6 +185,7 @@ def test_a_forgotten_snapshot_whose_manifest_is_still_there_is_not_tagged_and_go
     backend.write("snapshots", gone, sealed)  # as if the forget had been killed before deleting it
     with pytest.raises(SnapshotChangedMeanwhile, match="was forgotten"):
         tag_snapshot(settings, TagSnapshot(gone, add=("keep",)))
+    assert forgotten_ids(settings) == {gone}
     dry = apply_retention(settings, ApplyRetention(dry_run=True))
     assert dry.completed == [gone] and gone in stored(settings)
     assert gone not in {j.snapshot_id for j in dry.judged}
