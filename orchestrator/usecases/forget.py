@@ -473,12 +473,13 @@ def _aware(moment: datetime) -> datetime:
 
 
 def _zone(name: str | None) -> tuple[str, tzinfo]:
-    """The zone periods are counted in: the one set, else the machine's."""
+    """The zone periods are counted in: the one set, else this process's (`TZ`), else the machine's."""
+    import os  # noqa: PLC0415
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # noqa: PLC0415
 
     from capsule.orchestrator.usecases.settings import machine_timezone  # noqa: PLC0415
 
-    chosen = name or machine_timezone()
+    chosen = name or os.environ.get("TZ", "").lstrip(":") or machine_timezone()
     try:
         return chosen, ZoneInfo(chosen)
     except (ZoneInfoNotFoundError, ValueError):
