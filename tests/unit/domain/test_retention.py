@@ -287,3 +287,23 @@ def test_pinned_snapshots_are_always_kept_and_every_forgotten_one_says_why(rules
         if "keep" in snapshot.tags:
             assert verdict.keep and "pinned" in verdict.reasons
         assert verdict.reasons
+
+
+@settings(max_examples=100, deadline=None)
+@given(policies(), st.sampled_from(sorted(ONLY)), st.integers(-1000, -1))
+def test_any_negative_count_is_refused_naming_its_key(rules, name, negative):
+    broken = rules.model_copy(update={name: negative})
+    key = name.replace("_", "-")
+    with pytest.raises(InvalidSetting, match=rf"retention\.{key}: {negative} is negative"):
+        decide_retention(broken, [snap(1, START)], UTC)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(min_size=1, max_size=8).filter(lambda t: t.strip().lower() not in ("", "none", "off")))
+def test_a_duration_is_read_back_as_written_or_refused_naming_the_key(text):
+    try:
+        duration = parse_duration(text)
+    except InvalidSetting as e:
+        assert str(e).startswith("keep-within: ")
+        return
+    assert parse_duration(str(duration)) == duration
