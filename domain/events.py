@@ -313,15 +313,16 @@ class SnapshotForgotten(Event):
 
     type_name: ClassVar[str] = "SnapshotForgotten"
 
-    snapshot_id: str
+    # Why first: the audit log's one-line summary shows the first fields, and the stream names the id.
+    reason: Literal["policy", "by hand"]
+    rule: str | None
+    """Why no rule of the policy keeps it (`daily 2026-12-05 is kept by 3f2a1b2c3d4e`); None by hand."""
     kind: str
     time: UtcDatetime
     """When the snapshot was taken, as its manifest says."""
-    reason: Literal["policy", "by hand"]
+    snapshot_id: str
     policy: JsonObject | None
     """The retention policy that kept it no longer, as set then (hyphenated keys); None by hand."""
-    rule: str | None
-    """Why no rule of the policy keeps it (`daily 2026-12-05 is kept by 3f2a1b2c3d4e`); None by hand."""
     forced: bool = False
     """Forgotten by hand although it was pinned or the last snapshot of its kind and source."""
 

@@ -76,6 +76,10 @@ def test_forget_deletes_what_no_rule_keeps_and_the_audit_log_names_the_rule_and_
         assert event["data"]["reason"] == "policy"
         assert event["data"]["rule"].startswith("hourly ") and "keep-last 2" in event["data"]["rule"]
         assert event["data"]["policy"]["keep-last"] == 2
+    audit = shop.run("audit", expect=0).stdout
+    lines = [line for line in audit.splitlines() if "SnapshotForgotten" in line]
+    assert len(lines) == 2
+    assert all("person:" in line and "reason=policy, rule=hourly " in line for line in lines)
     again = shop.run("forget", expect=0).stdout
     assert "Kept 2, forgotten 0." in again
 
