@@ -153,6 +153,8 @@ class ForgetRun:
         stored = self.runtime.store.read_stream(codec.snapshot_stream_id(sid))
         events = [codec.decode(e) for e in stored]
         forgotten = any(isinstance(e, SnapshotForgotten) for e in events)
+        # Unpinned to start with: a snapshot whose manifest holds `keep` was judged pinned and kept,
+        # unless the log removed the tag, which these events replay.
         pinned = False
         for e in events:
             if isinstance(e, SnapshotTagsChanged):
