@@ -351,6 +351,42 @@ class SnapshotRecovered(Event):
     totals: JsonObject
 
 
+# Snapshots: each snapshot has a stream of its own (`snapshot-<id>`) for what happens to it after
+# its backup: tags added and removed, and its forgetting. Appends there are made at the version
+# read, so that of two processes forgetting the same snapshot only one records it. The `job_id` of
+# these events is the id of the `forget` or `tag` run that made them, so that the audit log can
+# group one run's events.
+
+
+class SnapshotForgotten(Event):
+    """A snapshot was forgotten: its manifest goes from the repository, its data waits for `prune`."""
+
+    type_name: ClassVar[str] = "SnapshotForgotten"
+
+    # Why first: the audit log's one-line summary shows the first fields, and the stream names the id.
+    reason: Literal["policy", "by hand"]
+    rule: str | None
+    """Why no rule of the policy keeps it (`daily 2026-12-05 is kept by 3f2a1b2c3d4e`); None by hand."""
+    kind: str
+    time: UtcDatetime
+    """When the snapshot was taken, as its manifest says."""
+    snapshot_id: str
+    policy: JsonObject | None
+    """The retention policy that kept it no longer, as set then (hyphenated keys); None by hand."""
+    forced: bool = False
+    """Forgotten by hand although it was pinned or the last snapshot of its kind and source."""
+
+
+class SnapshotTagsChanged(Event):
+    """Tags were added to a snapshot or removed from it (the tag `keep` pins it)."""
+
+    type_name: ClassVar[str] = "SnapshotTagsChanged"
+
+    snapshot_id: str
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+
+
 # Settings: one stream (`settings`) for the whole document. A change has an id of its own, in the
 # place of a job's, so that the audit log can name it.
 
@@ -496,6 +532,8 @@ EVENT_TYPES: dict[str, type[Event]] = _registry(
     AlertCleared,
     AlertDelivered,
     AlertDeliveryFailed,
+    SnapshotForgotten,
+    SnapshotTagsChanged,
 )
 """Every event the log may hold, by its stored type name."""
 

@@ -9,8 +9,9 @@ What belongs to the machine instead (paths, the event log's URL, the broker, wor
 environment and `capsule.toml` (`orchestrator/settings.py`), read once when a command starts.
 
 Keys are dotted paths into the document: `timezone`, `schedules.database.cron`,
-`schedules.files.enabled`, `retention.database.keep_daily`, `alerts.email`. A value is given as
-text, as a person types it, and parsed by the key's type.
+`schedules.files.enabled`, `retention.database.keep-daily`, `alerts.email`. A value is given as
+text, as a person types it, and parsed by the key's type. Retention keys written by earlier
+versions with underscores (`retention.database.keep_daily`) are read as their hyphenated names.
 """
 
 from __future__ import annotations
@@ -45,21 +46,79 @@ class Schedule(BaseModel):
     """Up to this many seconds later than due, the same in every process: spreads many shops' runs."""
 
 
-class Retention(BaseModel):
-    """How many snapshots of one kind to keep: the newest `keep_last`, plus one per hour, day, ...
+def _hyphenated(name: str) -> str:
+    return name.replace("_", "-")
 
-    Checked now; applied by `prune`. A policy that keeps nothing is refused: deleting every
-    snapshot is never what a shop wants.
+
+class Retention(BaseModel):
+    """Which snapshots of one kind to keep, in restic's vocabulary (see `domain/retention.py`).
+
+    The defaults suit the default schedules (the database every hour and in full daily, the
+    images weekly): the 3 newest whatever their age (a backup made by hand right after a bad
+    change must not push out the one before it), one per hour for 2 days, per day for 2 weeks,
+    per ISO week for 2 months, per month for a year, and per year for 3 years. Keys are written
+    with hyphens (`keep-daily`), as restic's options are; the underscored names of earlier
+    versions (`keep_daily`) are still understood.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        alias_generator=_hyphenated,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+    )
 
-    keep_last: int = Field(3, ge=0)
-    keep_hourly: int = Field(24, ge=0)
-    keep_daily: int = Field(7, ge=0)
-    keep_weekly: int = Field(4, ge=0)
-    keep_monthly: int = Field(12, ge=0)
-    keep_yearly: int = Field(0, ge=0)
+    keep_last: int = 3
+    keep_hourly: int = 48
+    keep_daily: int = 14
+    keep_weekly: int = 8
+    keep_monthly: int = 12
+    keep_yearly: int = 3
+    keep_within: str | None = None
+    """A duration as restic writes it (`2y5m7d3h`): every snapshot that much older than the newest."""
+    keep_tag: tuple[str, ...] = ()
+    """Tags whose snapshots are kept (a snapshot tagged `keep` is kept by every policy anyway)."""
+
+
+class RetentionSettings(BaseModel):
+    """A policy per kind, whether it is applied after each scheduled backup, and when `prune`
+    repacks a pack instead of leaving its unused blobs in place."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        alias_generator=_hyphenated,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+    )
+
+    database: Retention = Retention()
+    files: Retention = Retention()
+    auto: bool = True
+    """Apply the policies after each scheduled backup."""
+    repack_unused_percent: int = Field(10, ge=0, le=100)
+    """A pack whose unused share passes this percentage is repacked by `prune`; below it, the
+    unused blobs stay until more of the pack is unused (repacking costs a download and an upload)."""
+
+    def policy(self, kind: str) -> Retention:
+        """The policy of `kind` (`database` or `files`)."""
+        found = {"database": self.database, "files": self.files}.get(kind)
+        if found is None:
+            raise InvalidSetting(f"there is no retention policy for {kind!r}; the kinds: database, files")
+        return found
+
+
+_OLD_RETENTION_KEY = re.compile(r"^(retention\.(?:[a-z]+\.)?)(keep_[a-z]+|repack_unused_percent)$")
+
+
+def canonical_key(key: str) -> str:
+    """The key as this version spells it: `retention.database.keep_daily` (written by earlier
+    versions, and still typed) is `retention.database.keep-daily`."""
+    found = _OLD_RETENTION_KEY.match(key)
+    return f"{found.group(1)}{_hyphenated(found.group(2))}" if found else key
 
 
 class Smtp(BaseModel):
@@ -142,9 +201,7 @@ class BackupSettings(BaseModel):
     timezone: str | None = None
     """A tz database name (`Europe/Madrid`); None: the machine's own."""
     schedules: dict[str, Schedule] = Field(default_factory=lambda: dict(DEFAULT_SCHEDULES))
-    retention: dict[str, Retention] = Field(
-        default_factory=lambda: {"database": Retention(), "files": Retention()}
-    )
+    retention: RetentionSettings = RetentionSettings()
     alerts: Alerts = Alerts()
 
 
@@ -166,6 +223,7 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, JsonValue]:
 
 def value_of(document: BackupSettings, key: str) -> JsonValue:
     """The value at `key`; InvalidSetting for a key that does not exist."""
+    key = canonical_key(key)
     flat = _flatten(document.model_dump(mode="json"))
     if key not in flat:
         raise InvalidSetting(_unknown(key, list(flat)))
@@ -180,10 +238,15 @@ def _unknown(key: str, known: list[str]) -> str:
 
 def parse(document: BackupSettings, key: str, text: str) -> JsonValue:
     """The value `text` stands for at `key`, by the type of the value there now."""
+    key = canonical_key(key)
     current = value_of(document, key)
     text = text.strip()
     if key == "timezone":
         return None if text.lower() in ("", "machine", "local") else text
+    if key.endswith(".keep-within"):
+        from capsule.domain.retention import parse_duration  # noqa: PLC0415 - it imports this module
+
+        return None if text.lower() in ("", "none", "off") else str(parse_duration(text, key))
     if isinstance(current, bool):
         words = {
             "true": True,
@@ -210,7 +273,8 @@ def parse(document: BackupSettings, key: str, text: str) -> JsonValue:
 def with_changes(document: BackupSettings, changes: dict[str, JsonValue]) -> BackupSettings:
     """The document with each key set to its new value; InvalidSetting names the first wrong one."""
     data = document.model_dump(mode="json")
-    for key, value in changes.items():
+    for spelled, value in changes.items():
+        key = canonical_key(spelled)
         value_of(document, key)  # the key exists
         *path, last = key.split(".")
         place = data
@@ -226,13 +290,12 @@ def with_changes(document: BackupSettings, changes: dict[str, JsonValue]) -> Bac
 
 
 def check_retention(document: BackupSettings) -> None:
-    """InvalidSetting when a retention policy would keep no snapshot at all."""
-    for kind, policy in document.retention.items():
-        if not any(policy.model_dump().values()):
-            raise InvalidSetting(
-                f"retention.{kind}: every keep_* is 0, which would delete every snapshot of {kind}; "
-                "keep at least one (for example retention.{kind}.keep_last 1)".replace("{kind}", kind)
-            )
+    """InvalidSetting naming the key when a retention policy cannot be applied: a negative count,
+    a duration that is none, or a policy that would keep no snapshot at all."""
+    from capsule.domain.retention import check_policy  # noqa: PLC0415 - it imports this module
+
+    for kind in ("database", "files"):
+        check_policy(document.retention.policy(kind), f"retention.{kind}")
 
 
 def check_alerts(document: BackupSettings) -> None:
@@ -281,7 +344,7 @@ def from_values(values: dict[str, JsonValue]) -> BackupSettings:
     document = BackupSettings()
     for key, value in values.items():
         try:
-            document = with_changes(document, {key: value})
+            document = with_changes(document, {canonical_key(key): value})
         except InvalidSetting:
             continue
     return document

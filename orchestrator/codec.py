@@ -30,6 +30,8 @@ SCHEDULE_STREAM_PREFIX = "schedule-"
 """The streams of schedules' runs: one per schedule and due time."""
 LOG_STREAM_PREFIX = "eventlog-"
 """The streams of the event log's own history: one per repair that started a new log."""
+SNAPSHOT_STREAM_PREFIX = "snapshot-"
+"""The streams of snapshots after their backup (tags, forgetting): one per snapshot id."""
 ALERT_STREAM_PREFIX = "alert-"
 """The streams of alerts: one per incident key (`alert-overdue-database`), see `orchestrator/alerts.py`."""
 
@@ -96,6 +98,15 @@ def schedule_stream_id(schedule: str, due_at: datetime) -> str:
 def alert_stream_id(incident: str) -> str:
     """The stream where the incident `incident` (`overdue-database`) is raised, told and cleared."""
     return f"{ALERT_STREAM_PREFIX}{incident}"
+
+
+def snapshot_stream_id(snapshot_id: str) -> str:
+    """The stream where snapshot `snapshot_id` is tagged and forgotten."""
+    return f"{SNAPSHOT_STREAM_PREFIX}{snapshot_id}"
+
+
+def is_snapshot_stream(stream: str) -> bool:
+    return stream.startswith(SNAPSHOT_STREAM_PREFIX) and len(stream) > len(SNAPSHOT_STREAM_PREFIX)
 
 
 def is_alert_stream(stream: str) -> bool:

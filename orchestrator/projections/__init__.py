@@ -17,6 +17,7 @@ from capsule.orchestrator.projections.queries import (
     list_snapshots,
     proven_snapshots,
     settings_row,
+    snapshot_marks_of,
     unfinished_jobs,
 )
 from capsule.orchestrator.projections.replay import ReplayReport, replay
@@ -59,6 +60,7 @@ __all__ = [
     "replay",
     "restore_jobs",
     "settings_row",
+    "snapshot_marks_of",
     "snapshots",
     "unfinished_jobs",
 ]

@@ -33,6 +33,7 @@ from capsule.orchestrator.projections.rows import (
     fold_schedule_run,
     fold_settings,
     fold_snapshot,
+    fold_snapshot_mark,
     proof_key,
     recovered_snapshot_row,
     snapshot_key,
@@ -44,6 +45,7 @@ from capsule.orchestrator.projections.tables import (
     jobs,
     restore_jobs,
     schedule_runs,
+    snapshot_marks,
     snapshots,
 )
 
@@ -98,6 +100,8 @@ class Projector:
                 self._apply_settings_event(stored)
             elif codec.is_schedule_stream(stored.stream_id):
                 self._apply_schedule_event(stored)
+            elif codec.is_snapshot_stream(stored.stream_id):
+                self._apply_snapshot_event(stored)
             return
         aggregate = _AGGREGATES[job[0]]
         event = codec.decode(stored)
@@ -141,6 +145,14 @@ class Projector:
         if isinstance(event, ScheduleFired):
             row = self._row(schedule_runs.name, event.schedule)
             self._put(schedule_runs.name, event.schedule, fold_schedule_run(row, event, EventMeta.of(stored)))
+
+    def _apply_snapshot_event(self, stored: StoredEvent) -> None:
+        event = codec.decode(stored)
+        key = stored.stream_id.removeprefix(codec.SNAPSHOT_STREAM_PREFIX)
+        row = self._row(snapshot_marks.name, key)
+        self._put(
+            snapshot_marks.name, key, fold_snapshot_mark(row, event, EventMeta.of(stored), stored.version)
+        )
 
     def _state_before(self, stored: StoredEvent, aggregate: _Aggregate) -> JobState:
         known = self._states.get(stored.stream_id)

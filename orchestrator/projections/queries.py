@@ -24,6 +24,7 @@ from capsule.orchestrator.projections.tables import (
     jobs,
     restore_jobs,
     schedule_runs,
+    snapshot_marks,
     snapshots,
 )
 
@@ -117,11 +118,22 @@ def jobs_queued_behind(db: Database, job_id: str) -> list[str]:
 
 
 def list_snapshots(db: Database, limit: int = 20, kind: str | None = None) -> list[Row]:
-    """Up to `limit` committed snapshots, newest first; only those of `kind` if given."""
-    query = select(snapshots).order_by(snapshots.c.time.desc(), snapshots.c.snapshot_id.desc()).limit(limit)
+    """Up to `limit` committed snapshots not forgotten, newest first; only those of `kind` if given."""
+    forgotten = select(snapshot_marks.c.snapshot_id).where(snapshot_marks.c.forgotten_at.is_not(None))
+    query = (
+        select(snapshots)
+        .where(snapshots.c.snapshot_id.not_in(forgotten))
+        .order_by(snapshots.c.time.desc(), snapshots.c.snapshot_id.desc())
+        .limit(limit)
+    )
     if kind is not None:
         query = query.where(snapshots.c.kind == kind)
     return _rows(db, query)
+
+
+def snapshot_marks_of(db: Database) -> dict[str, Row]:
+    """Every snapshot that was tagged or forgotten after its backup, by id: its `snapshot_marks` row."""
+    return {str(r["snapshot_id"]): r for r in _rows(db, select(snapshot_marks))}
 
 
 def get_restore_job(db: Database, job_id: str) -> Row | None:

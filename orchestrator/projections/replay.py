@@ -40,6 +40,7 @@ from capsule.orchestrator.projections.tables import (
     restore_jobs,
     schedule_runs,
     set_checkpoint,
+    snapshot_marks,
     snapshots,
 )
 
@@ -76,11 +77,12 @@ class _Part:
         job = codec.job_of_stream(stream_id)
         if job is None:
             # The log's own history (a repair's recovered snapshots) is short: the first part folds it.
-            # So are the settings and the schedules' runs.
+            # So are the settings, the schedules' runs and the snapshots' tags and forgetting.
             return self.low == 0 and (
                 codec.is_log_stream(stream_id)
                 or codec.is_settings_stream(stream_id)
                 or codec.is_schedule_stream(stream_id)
+                or codec.is_snapshot_stream(stream_id)
             )
         return self.low <= zlib.crc32(job[1].encode()) % BUCKETS < self.high
 
@@ -185,7 +187,7 @@ class _Writer:
 
     def write(self, share: _Share) -> int:
         """Insert the rows of `share`; return how many events it read."""
-        for table in (jobs, restore_jobs, backup_settings, schedule_runs):
+        for table in (jobs, restore_jobs, backup_settings, schedule_runs, snapshot_marks):
             self._insert(table, list(share.rows[table.name].values()))
         fresh = []
         for key, row in share.rows[snapshots.name].items():

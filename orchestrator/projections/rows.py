@@ -22,7 +22,9 @@ from capsule.domain.events import (
     JsonObject,
     ScheduleFired,
     SettingsChanged,
+    SnapshotForgotten,
     SnapshotRecovered,
+    SnapshotTagsChanged,
     StepCompleted,
     StepStarted,
 )
@@ -286,6 +288,34 @@ def fold_schedule_run(row: Row | None, event: ScheduleFired, meta: EventMeta) ->
         "late_seconds": event.late_seconds,
         "last_position": meta.position,
     }
+
+
+def fold_snapshot_mark(row: Row | None, event: Event, meta: EventMeta, version: int) -> Row:
+    """The `snapshot_marks` row once a snapshot's tag change or forgetting is applied."""
+    snapshot_id = getattr(event, "snapshot_id", "")
+    held = row or {
+        "snapshot_id": snapshot_id,
+        "forgotten_at": None,
+        "forgotten_by": None,
+        "forget_reason": None,
+        "forget_rule": None,
+        "tags_added": "[]",
+        "tags_removed": "[]",
+    }
+    folded = {**held, "version": version, "last_position": meta.position}
+    if isinstance(event, SnapshotForgotten) and held["forgotten_at"] is None:
+        folded.update(
+            forgotten_at=meta.recorded_at,
+            forgotten_by=meta.actor,
+            forget_reason=event.reason,
+            forget_rule=event.rule,
+        )
+    elif isinstance(event, SnapshotTagsChanged):
+        added, removed = set(json.loads(held["tags_added"])), set(json.loads(held["tags_removed"]))
+        added = (added - set(event.removed)) | set(event.added)
+        removed = (removed - set(event.added)) | set(event.removed)
+        folded.update(tags_added=json.dumps(sorted(added)), tags_removed=json.dumps(sorted(removed)))
+    return folded
 
 
 def _first_proven(state: DrillJob) -> str | None:

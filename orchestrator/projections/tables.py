@@ -141,6 +141,23 @@ drill_proofs = Table(
 """Per snapshot kind, the last snapshot a restore drill proved restorable: when it was taken, and
 which drill proved it when."""
 
+snapshot_marks = Table(
+    "snapshot_marks",
+    metadata_obj,
+    Column("snapshot_id", Text, primary_key=True),
+    Column("forgotten_at", UTCDateTime()),
+    Column("forgotten_by", Text),
+    Column("forget_reason", Text),
+    Column("forget_rule", Text),
+    Column("tags_added", Text, nullable=False),
+    Column("tags_removed", Text, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("last_position", BigInteger, nullable=False),
+)
+"""What happened to a snapshot after its backup (its stream `snapshot-<id>`): when and by whom it
+was forgotten and why, and the tags added to and removed from its manifest's, as JSON lists. A
+snapshot's row in `snapshots` stays; readers leave out those forgotten here."""
+
 projection_checkpoints = Table(
     "projection_checkpoints",
     metadata_obj,
@@ -148,7 +165,15 @@ projection_checkpoints = Table(
     Column("position", BigInteger, nullable=False),
 )
 
-PROJECTIONS: tuple[Table, ...] = (jobs, snapshots, restore_jobs, backup_settings, schedule_runs, drill_proofs)
+PROJECTIONS: tuple[Table, ...] = (
+    jobs,
+    snapshots,
+    restore_jobs,
+    backup_settings,
+    schedule_runs,
+    drill_proofs,
+    snapshot_marks,
+)
 """Every read model, each with a row of the same name in `projection_checkpoints`."""
 
 KEYS: dict[str, str] = {table.name: next(iter(table.primary_key)).name for table in PROJECTIONS}

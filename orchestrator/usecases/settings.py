@@ -11,7 +11,7 @@ docstring).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -144,6 +144,7 @@ def change(settings: Settings, request: ChangeSetting, *, actor: str | None = No
     from capsule.orchestrator.eventstore import Metadata  # noqa: PLC0415
     from capsule.orchestrator.runtime import new_job_id, person  # noqa: PLC0415
 
+    request = replace(request, key=document.canonical_key(request.key))
     runtime = _runtime(settings)
     try:
         current, version = _read(runtime)

@@ -40,7 +40,15 @@ from capsule.domain.commands import (
     StartStep,
 )
 from capsule.domain.errors import InvalidCommand
-from capsule.domain.events import BackupQueued, EventLogStarted, SnapshotRecovered, StepProgressed
+from capsule.domain.events import (
+    BackupQueued,
+    Event,
+    EventLogStarted,
+    SnapshotForgotten,
+    SnapshotRecovered,
+    SnapshotTagsChanged,
+    StepProgressed,
+)
 from capsule.domain.jobs import (
     ExpireStepLease,
     Finished,
@@ -254,6 +262,38 @@ class Histories(RuleBasedStateMachine):
                 return
             self._send(job_type, command)
 
+    @rule(
+        snapshot=st.sampled_from(["snap-1", "snap-2", "snap-3"]),
+        tags=st.lists(st.sampled_from(["keep", "audit"]), max_size=2, unique=True),
+        forget=st.booleans(),
+    )
+    def mark_snapshot(self, snapshot: str, tags: list[str], forget: bool) -> None:
+        """What `capsule tag` and `capsule forget` append: a snapshot's stream, at the version read."""
+        stream = codec.snapshot_stream_id(snapshot)
+        version = self.jobs.store.stream_version(stream)
+        now = self.jobs.clock.tick(1)
+        event: Event = (
+            SnapshotForgotten(
+                job_id=f"f{self.sent}",
+                snapshot_id=snapshot,
+                kind="database",
+                time=now,
+                reason="by hand",
+                policy=None,
+                rule=None,
+            )
+            if forget
+            else SnapshotTagsChanged(
+                job_id=f"t{self.sent}",
+                snapshot_id=snapshot,
+                added=tuple(tags),
+                removed=("audit",) * (not tags),
+            )
+        )
+        self.sent += 1
+        meta = Metadata(actor="person:ana", correlation_id=event.job_id)
+        self.jobs.store.append(stream, version, [codec.encode(event)], meta, handlers=[self.jobs.handler])
+
     @rule()
     def release_queued(self) -> None:
         """What the runtime does once a backup finishes: let the backups queued behind it start."""
@@ -344,6 +384,7 @@ def test_replaying_an_empty_log_leaves_empty_read_models(new_database: Callable[
         "backup_settings": [],
         "schedule_runs": [],
         "drill_proofs": [],
+        "snapshot_marks": [],
         "projection_checkpoints": sorted(
             ({"name": t.name, "position": 0} for t in PROJECTIONS), key=lambda r: str(r["name"])
         ),
@@ -400,6 +441,7 @@ def test_read_models_of_an_older_shape_are_dropped_and_rebuilt_from_the_log(
         "backup_settings": [],
         "schedule_runs": [],
         "drill_proofs": [],
+        "snapshot_marks": [],
     }
 
     # The next append through the handler catches every read model up from the start of the log.

@@ -31,6 +31,7 @@ ALLOWED_MODULES = (
     "capsule.api.render_settings",
     "capsule.api.render_alerts",
     "capsule.api.render_prune",
+    "capsule.api.render_forget",
     "capsule.api.filters",
     "capsule.api.common",
 )

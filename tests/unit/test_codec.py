@@ -84,8 +84,8 @@ def test_instants_in_any_zone_come_back_as_the_same_utc_instant(
 
 
 def test_an_unknown_type_or_a_newer_schema_version_is_refused_by_name():
-    with pytest.raises(UnknownEvent, match="SnapshotForgotten"):
-        codec.decode(stored_as(NewEvent("SnapshotForgotten", 1, {"job_id": JOB})))
+    with pytest.raises(UnknownEvent, match="SnapshotTeleported"):
+        codec.decode(stored_as(NewEvent("SnapshotTeleported", 1, {"job_id": JOB})))
     with pytest.raises(UnknownEvent, match="schema version 2"):
         codec.decode(stored_as(NewEvent("BackupReleased", 2, {"job_id": JOB})))
 

@@ -54,7 +54,7 @@ def test_every_event_class_has_a_sample():
 def test_every_event_is_documented_versioned_and_named_in_the_past_tense(cls):
     assert cls.schema_version >= 1
     assert cls.__doc__ and "\n" not in cls.__doc__.strip()
-    assert cls.__name__.endswith(("ed", "Expired"))
+    assert cls.__name__.endswith(("ed", "Expired", "Forgotten"))
     assert "job_id" in cls.model_fields
 
 
