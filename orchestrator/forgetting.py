@@ -1,15 +1,16 @@
 """Forgetting snapshots, step by step: the parts the `forget` and `tag` use cases share.
 
 Why a forget is safe to kill at any moment, and to run twice or in two processes at once:
-1. the verdicts are made under the repository's shared lock (`prune` takes the exclusive one, so
-   it never runs between a verdict and its deletion);
+1. the verdicts are made under the repository's shared lock; a prune running meanwhile counts
+   every manifest still in `snapshots/` as in use, so a forgetting it does not yet see only leaves
+   that snapshot's data for the next prune;
 2. a `SnapshotForgotten` event goes to the snapshot's own stream (`snapshot-<id>`), appended at
    the version read: of two processes forgetting one snapshot, the second meets the first's event,
    reads the stream again and records nothing (nor does a policy's forgetting of a snapshot pinned
    meanwhile);
 3. only then is the manifest deleted; deleting one already gone changes nothing.
 A kill between 2 and 3 leaves a manifest the log says is forgotten: every later forget (dry runs
-aside) deletes those first, and `prune` counts them as gone.
+aside) deletes those first, and so does a prune before it plans.
 """
 
 from __future__ import annotations

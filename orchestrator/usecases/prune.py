@@ -104,12 +104,11 @@ def repository_bytes(settings: Settings) -> int:
 
 
 def repack_unused_percent(settings: Settings) -> int:
-    """The share of a pack's bytes that must be unused before it is repacked. Read from here alone:
-    the default until the settings hold `retention.repack-unused-percent`."""
-    from capsule.domain.prune_job import DEFAULT_REPACK_UNUSED_PERCENT  # noqa: PLC0415
+    """The share of a pack's bytes that must be unused before it is repacked: the setting
+    `retention.repack-unused-percent` (10 unless changed)."""
+    from capsule.orchestrator.usecases.settings import show  # noqa: PLC0415
 
-    del settings  # the settings document will say, once it holds the key
-    return DEFAULT_REPACK_UNUSED_PERCENT
+    return show(settings).document.retention.repack_unused_percent
 
 
 def run_prune(settings: Settings, request: Prune, progress: Progress | None = None) -> Pruned:

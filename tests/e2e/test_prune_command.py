@@ -175,3 +175,39 @@ def test_ctrl_c_pauses_a_prune_and_the_next_prune_finishes_it(forgotten: Shop) -
     finished = json_of(shop, "prune")
     assert finished["job_id"] == job["job_id"] and finished["bytes_freed"] > 0
     assert json_of(shop, "verify", "--read-data")["ok"] is True
+
+
+@pytest.mark.slow
+def test_a_forget_killed_before_deleting_its_manifest_is_finished_by_prune_which_gives_its_space_back(
+    shop: Shop,
+) -> None:
+    uploads = shop.root / "data" / "uploads" / "products"
+    rng = random.Random(12)
+    write_images(uploads, range(12), rng)
+    first = json_of(shop, "backup", "--kind", "files")["snapshot_id"]
+    for n in range(2, 12):
+        (uploads / f"img-{n:03}.jpg").unlink()
+    json_of(shop, "backup", "--kind", "files")
+    when = time.time() - 3 * 3600
+    for pack in (shop.repository / "data").rglob("*"):
+        os.utime(pack, (when, when))
+
+    killed = shop.run("forget", first, env={"CAPSULE_FAULTS": "forget:recorded"})
+    assert killed.returncode == -signal.SIGKILL
+    assert (shop.repository / "snapshots" / first).exists(), "killed after the manifest was deleted"
+    shop.run("unlock", expect=0)  # the killed process's lock
+    before = on_disk(shop.repository)
+
+    done = json_of(shop, "prune")
+
+    assert not (shop.repository / "snapshots" / first).exists()
+    assert done["bytes_freed"] > 2 * 1024 * 1024 and on_disk(shop.repository) == done["bytes_after"] < before
+    assert json_of(shop, "verify", "--read-data")["ok"] is True
+
+
+def test_the_repack_threshold_is_the_setting(shop: Shop) -> None:
+    assert json_of(shop, "prune", "--dry-run")["repack_unused_percent"] == 10
+    shop.run("settings", "set", "retention.repack-unused-percent", "35", expect=0)
+    assert json_of(shop, "prune", "--dry-run")["repack_unused_percent"] == 35
+    refused = shop.run("settings", "set", "retention.repack-unused-percent", "101")
+    assert refused.returncode != 0 and "retention.repack-unused-percent" in one_line_error(refused)
