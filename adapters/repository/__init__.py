@@ -9,10 +9,14 @@
 - `indexcache.py`: the built index kept in Capsule's home, sealed, for the next command.
 - `chunks.py`: storing a stream of chunks, and the list blobs that hold a file's ids.
 - `rebuild.py`: the index rebuilt from the packs alone; packs no index names adopted.
-- `lock.py`: shared and exclusive locks under `locks/`.
+- `lock.py`: shared, exclusive and prune locks under `locks/`; who holds them.
 - `entry_rules.py`: the rules a snapshot's entries keep, for restore and verify alike.
 - `restore.py`: restore a database snapshot: fetch, authenticate, write, check, rename.
 - `verify.py`: find every damaged or missing piece and the snapshots and files it hurts.
 - `repair.py`: set damaged packs and snapshots aside, keep every intact blob, rebuild the index.
+- `usage.py`: every blob the snapshots use, for a prune (stops at anything it cannot read).
+- `pruneplan.py`: a prune's plan and results, as JSON a job records between its steps.
+- `repacker.py`: the blobs still in use copied out of packs a prune condemns.
+- `prune.py`: prune in phases a new process can resume, with no exclusive lock (section 14.2).
 - `backends/`: where the repository's files live.
 """
