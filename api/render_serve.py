@@ -48,6 +48,13 @@ def started(plan: ServicePlan) -> None:
             "No alert target is set: nobody is told when a backup fails or falls behind "
             "(`capsule settings set alerts.email ...`, guide section 17.2)."
         )
+    if plan.retention_auto:
+        click.echo(
+            "After each backup the retention policies forget old snapshots, and a prune gives the space "
+            "back once a day (guide section 18)."
+        )
+    else:
+        click.echo("Retention is off (retention.auto): no snapshot is forgotten by itself.")
     click.echo(f"Ctrl-C or SIGTERM stops it; a running step gets {plan.grace_seconds:g} s to end.")
 
 

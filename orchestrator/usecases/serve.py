@@ -70,6 +70,8 @@ class ServicePlan:
     grace_seconds: float
     alert_targets: list[str]
     """Where alerts go (`email owner@example.com`, `webhook https://host/…`); empty: nowhere."""
+    retention_auto: bool = True
+    """Whether the retention policies are applied after each backup (`retention.auto`)."""
 
 
 def serve(
@@ -85,6 +87,7 @@ def serve(
     from capsule.orchestrator.actors import build  # noqa: PLC0415 - the job runner loads slowly
     from capsule.orchestrator.alerts import Alerter  # noqa: PLC0415
     from capsule.orchestrator.jobrunner import signal_name  # noqa: PLC0415
+    from capsule.orchestrator.retention import RetentionKeeper  # noqa: PLC0415
     from capsule.orchestrator.service import Service  # noqa: PLC0415
     from capsule.orchestrator.usecases.repository import open_repository  # noqa: PLC0415
     from capsule.orchestrator.usecases.settings import machine_timezone  # noqa: PLC0415
@@ -115,6 +118,7 @@ def serve(
         )
         alerter = Alerter.of(runtime)
         service.add_ticker(alerter.tick)  # after the scheduler: it judges what ran
+        service.add_ticker(RetentionKeeper(runtime).tick)
         try:  # a signal while it starts stops it the same way
             first = stack.enter_context(service.running())
             if door is not None:
@@ -155,4 +159,5 @@ def _plan(
         first_backups=first,
         grace_seconds=grace,
         alert_targets=[f"{t.channel} {t.target}" for t in alerter.targets(document)],
+        retention_auto=document.retention.auto,
     )
