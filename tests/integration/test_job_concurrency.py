@@ -28,7 +28,7 @@ def _wait_running(shop: Shop, proc: subprocess.Popen[str], step: str) -> dict[st
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
-        running = [j for j in _jobs(shop) if j["status"] == "running" and j["current_step"] == step]
+        running = [j for j in shop.jobs_seen() if j["status"] == "running" and j["current_step"] == step]
         if running:
             return running[0]
         time.sleep(0.2)
