@@ -135,7 +135,9 @@ def big_backed_up(shared_folder: Path, templates: DatabaseTemplates) -> Shop:
         shop = Shop(root)
         templates.copy(shop.database, size_mib=192)
         shop.init()
-        shop.run("backup", expect=0, timeout=300)
+        made = shop.run("backup", "--json", expect=0, timeout=300)
+        # The copies' databases are elsewhere: `latest` (of the configured database) finds none.
+        (root / "snapshot-id").write_text(json.loads(made.stdout)["snapshot_id"])
 
     return Shop(made_once(shared_folder / "big-backed-up", make))
 
@@ -144,9 +146,10 @@ def big_backed_up(shared_folder: Path, templates: DatabaseTemplates) -> Shop:
 @pytest.mark.parametrize("sig", SIGNALS)
 def test_a_signalled_restore_leaves_no_temporary_file(tmp_path: Path, big_backed_up: Shop, sig: int) -> None:
     shop = copy_shop(big_backed_up, tmp_path / "big")
+    snapshot_id = (shop.root / "snapshot-id").read_text()
     out = tmp_path / "out"
 
-    proc = shop.popen("restore", "latest", "--to", str(out), env={"CAPSULE_WORKERS": "0"})
+    proc = shop.popen("restore", snapshot_id, "--to", str(out), env={"CAPSULE_WORKERS": "0"})
     with running(proc):
         deadline = time.monotonic() + 120
         while not _partials(out):
