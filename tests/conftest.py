@@ -23,8 +23,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def templates(tmp_path_factory: pytest.TempPathFactory) -> DatabaseTemplates:
-    return DatabaseTemplates(tmp_path_factory.mktemp("pos-templates"))
+def shared_folder(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """A folder shared by every test process of this run (each has a temporary folder of its own
+    beneath the run's): for what is slow to make and made once, with `made_once`."""
+    own = tmp_path_factory.getbasetemp()
+    return own if worker_id == "master" else own.parent
+
+
+@pytest.fixture(scope="session")
+def templates(shared_folder: Path) -> DatabaseTemplates:
+    return DatabaseTemplates(shared_folder / "pos-templates")
 
 
 @pytest.fixture

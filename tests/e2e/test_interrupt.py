@@ -15,7 +15,15 @@ from typing import Any
 import pytest
 
 from capsule.adapters.repository.lock import lock_record, process_start_time
-from tests.integration.helpers import DatabaseTemplates, Shop, describe, message_lines, running
+from tests.integration.helpers import (
+    DatabaseTemplates,
+    Shop,
+    copy_shop,
+    describe,
+    made_once,
+    message_lines,
+    running,
+)
 
 FAST = {"CAPSULE_STEP_LEASE_SECONDS": "2", "CAPSULE_HEARTBEAT_SECONDS": "0.5", "CAPSULE_SWEEP_SECONDS": "0.3"}
 SIGNALS = [pytest.param(signal.SIGINT, id="SIGINT"), pytest.param(signal.SIGTERM, id="SIGTERM")]
@@ -35,7 +43,7 @@ def _start_paused(
         *args, env={**(FAST if env is None else env), "CAPSULE_FAULTS": f"{point}@pause={pause}"}
     )
     deadline = time.monotonic() + 60
-    while not any(j["status"] == "running" for j in _jobs(shop)):
+    while not any(j["status"] == "running" for j in shop.jobs_seen()):
         assert time.monotonic() < deadline and proc.poll() is None, proc.stderr and proc.stderr.read()
         time.sleep(0.2)
     return proc
@@ -118,18 +126,30 @@ def _partials(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob("*") if PARTIAL in p.name) if folder.exists() else []
 
 
+@pytest.fixture(scope="session")
+def big_backed_up(shared_folder: Path, templates: DatabaseTemplates) -> Shop:
+    """A shop whose 192 MiB database (a restore long enough to be signalled midway) is backed up:
+    made once for the run and copied into each test."""
+
+    def make(root: Path) -> None:
+        shop = Shop(root)
+        templates.copy(shop.database, size_mib=192)
+        shop.init()
+        made = shop.run("backup", "--json", expect=0, timeout=300)
+        # The copies' databases are elsewhere: `latest` (of the configured database) finds none.
+        (root / "snapshot-id").write_text(json.loads(made.stdout)["snapshot_id"])
+
+    return Shop(made_once(shared_folder / "big-backed-up", make))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", SIGNALS)
-def test_a_signalled_restore_leaves_no_temporary_file(
-    tmp_path: Path, templates: DatabaseTemplates, sig: int
-) -> None:
-    shop = Shop(tmp_path / "big")
-    templates.copy(shop.database, size_mib=192)
-    shop.init()
-    shop.run("backup", expect=0, timeout=300)
+def test_a_signalled_restore_leaves_no_temporary_file(tmp_path: Path, big_backed_up: Shop, sig: int) -> None:
+    shop = copy_shop(big_backed_up, tmp_path / "big")
+    snapshot_id = (shop.root / "snapshot-id").read_text()
     out = tmp_path / "out"
 
-    proc = shop.popen("restore", "latest", "--to", str(out), env={"CAPSULE_WORKERS": "0"})
+    proc = shop.popen("restore", snapshot_id, "--to", str(out), env={"CAPSULE_WORKERS": "0"})
     with running(proc):
         deadline = time.monotonic() + 120
         while not _partials(out):

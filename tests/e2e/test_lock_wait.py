@@ -44,7 +44,7 @@ def test_an_overlapping_backup_of_the_same_database_fails_fast_naming_the_runnin
     first = shop.popen("backup", env={"CAPSULE_FAULTS": "store:locked@pause=30"})
     with running(first):
         deadline = time.monotonic() + 60
-        while not any(j["status"] == "running" for j in _jobs(shop)):
+        while not any(j["status"] == "running" for j in shop.jobs_seen()):
             assert time.monotonic() < deadline and first.poll() is None
             time.sleep(0.2)
         running_job = _jobs(shop)[0]["job_id"]
@@ -84,7 +84,7 @@ def test_a_backup_during_an_in_place_restore_waits_once_then_names_the_restore(s
     )
     with running(restore):
         deadline = time.monotonic() + 60
-        while not any(j["status"] == "running" and j["job_type"] == "restore" for j in _jobs(shop)):
+        while not any(j["status"] == "running" and j["job_type"] == "restore" for j in shop.jobs_seen()):
             assert time.monotonic() < deadline and restore.poll() is None
             time.sleep(0.2)
         restoring = next(j["job_id"] for j in _jobs(shop) if j["job_type"] == "restore")

@@ -8,6 +8,7 @@ it. Every call checks that no Python traceback reached stderr.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,15 +181,39 @@ def flip_byte(path: Path, offset: int | None = None) -> int:
     return at
 
 
+def made_once(made: Path, make: Callable[[Path], None]) -> Path:
+    """`made`, made by `make(made)` by the first test process to ask for it; the others wait for it.
+
+    A file lock beside it lets test processes share what is slow to make (a large database, a
+    repository with history); `make` writes into `made` and a mark says it finished.
+    """
+    done = made.with_name(made.name + ".done")
+    if done.exists():
+        return made
+    made.parent.mkdir(parents=True, exist_ok=True)
+    with open(made.with_name(made.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            if made.is_dir():
+                shutil.rmtree(made)
+            elif made.exists():
+                made.unlink()
+            make(made)
+            done.touch()
+    return made
+
+
 class DatabaseTemplates:
-    """Generated POS databases, made once per session and copied into each test."""
+    """Generated POS databases, made once per run (shared by the test processes) and copied into each
+    test."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
     def copy(self, target: Path, *, size_mib: int = 4, journal_mode: str = "wal", seed: int = 0) -> Path:
-        template = self.folder / f"pos-{size_mib}m-{journal_mode}-{seed}.db"
-        if not template.exists():
+        def generate(template: Path) -> None:
+            for extra in side_files(template):  # left by a run that stopped while making it
+                extra.unlink()
             posdb.generate(template, size_mib * MiB, journal_mode=journal_mode, seed=seed)
             conn = sqlite3.connect(template)
             try:
@@ -198,6 +223,8 @@ class DatabaseTemplates:
                 conn.close()
             for extra in side_files(template):
                 extra.unlink()
+
+        template = made_once(self.folder / f"pos-{size_mib}m-{journal_mode}-{seed}.db", generate)
         target.parent.mkdir(parents=True, exist_ok=True)
         for extra in side_files(target):
             extra.unlink()
@@ -360,6 +387,27 @@ class Shop:
 
     def snapshot_file(self, snapshot_id: str) -> Path:
         return self.repository / "snapshots" / snapshot_id
+
+    def jobs_seen(self) -> list[dict[str, Any]]:
+        """The jobs as `capsule jobs --json` lists them, read here from the jobs table of the event log,
+        opened read-only: for a test that waits until a job runs, without a process per look (each
+        costs most of a core for half a second, taken from the process the test waits for)."""
+        from sqlalchemy import create_engine
+
+        from capsule.orchestrator import projections
+
+        log = self.home / "events.db"
+        if not log.is_file():
+            return []
+        engine = create_engine(f"sqlite:///{log.resolve().as_uri()}?mode=ro&uri=true")
+        try:
+            with engine.connect() as conn:
+                has_jobs = conn.exec_driver_sql(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs'"
+                ).first()
+                return projections.list_jobs(conn) if has_jobs else []
+        finally:
+            engine.dispose()
 
     def lock_files(self) -> list[Path]:
         """The locks in the repository; a lock being written (under a temporary name, renamed

@@ -7,6 +7,7 @@ small (1 MiB), so the database spreads over several of them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from tests.integration.helpers import (
     file_content_digest,
     files_under,
     flip_byte,
+    made_once,
     sha256_file,
 )
 
@@ -36,21 +38,28 @@ class Layout:
     other_db: str
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory, templates: DatabaseTemplates) -> tuple[Shop, Layout]:
-    shop = Shop(tmp_path_factory.mktemp("damage") / "shop")
-    templates.copy(shop.database, size_mib=4)
-    other = templates.copy(shop.database.with_name("other.db"), size_mib=2, seed=7)
-    shop.init(env={"CAPSULE_PACK_SIZE": str(MiB)})
-    a = shop.backup()["snapshot_id"]
-    ab_index = [p.name for p in shop.index_files()]
-    b = shop.backup()["snapshot_id"]
-    ab_packs = [str(p.relative_to(shop.repository)) for p in shop.packs()]
-    c = shop.backup(env={"CAPSULE_DATABASE": str(other)})["snapshot_id"]
-    all_packs = [str(p.relative_to(shop.repository)) for p in shop.packs()]
-    c_packs = [p for p in all_packs if p not in ab_packs]
-    assert len(ab_packs) >= 2 and c_packs and len(ab_index) == 1
-    return shop, Layout(a, b, c, ab_packs, c_packs, ab_index[0], str(other))
+@pytest.fixture(scope="session")
+def pristine(shared_folder: Path, templates: DatabaseTemplates) -> tuple[Shop, Layout]:
+    """Three snapshots in 1 MiB packs, made once for the run (the tests damage copies of it)."""
+
+    def make(root: Path) -> None:
+        shop = Shop(root / "shop")
+        templates.copy(shop.database, size_mib=4)
+        other = templates.copy(shop.database.with_name("other.db"), size_mib=2, seed=7)
+        shop.init(env={"CAPSULE_PACK_SIZE": str(MiB)})
+        a = shop.backup()["snapshot_id"]
+        ab_index = [p.name for p in shop.index_files()]
+        b = shop.backup()["snapshot_id"]
+        ab_packs = [str(p.relative_to(shop.repository)) for p in shop.packs()]
+        c = shop.backup(env={"CAPSULE_DATABASE": str(other)})["snapshot_id"]
+        all_packs = [str(p.relative_to(shop.repository)) for p in shop.packs()]
+        c_packs = [p for p in all_packs if p not in ab_packs]
+        assert len(ab_packs) >= 2 and c_packs and len(ab_index) == 1
+        layout = Layout(a, b, c, ab_packs, c_packs, ab_index[0], str(other))
+        (root / "layout.json").write_text(json.dumps(dataclasses.asdict(layout)))
+
+    root = made_once(shared_folder / "damage", make)
+    return Shop(root / "shop"), Layout(**json.loads((root / "layout.json").read_text()))
 
 
 @pytest.fixture

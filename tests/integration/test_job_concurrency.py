@@ -28,7 +28,7 @@ def _wait_running(shop: Shop, proc: subprocess.Popen[str], step: str) -> dict[st
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
-        running = [j for j in _jobs(shop) if j["status"] == "running" and j["current_step"] == step]
+        running = [j for j in shop.jobs_seen() if j["status"] == "running" and j["current_step"] == step]
         if running:
             return running[0]
         time.sleep(0.2)
@@ -95,7 +95,8 @@ def test_a_backup_of_all_waits_for_a_database_backup_but_a_files_backup_does_not
     uploads = shop.root / "uploads"
     make_uploads(uploads)
     images = {"CAPSULE_UPLOADS": str(uploads)}
-    first = shop.popen("backup", "--json", env={**images, "CAPSULE_FAULTS": "store:locked@pause=6"})
+    # Held long enough for the files backup to start and end before it, even on a busy machine.
+    first = shop.popen("backup", "--json", env={**images, "CAPSULE_FAULTS": "store:locked@pause=12"})
     with running(first):
         database = _wait_running(shop, first, "store")["job_id"]
         both = shop.popen("backup", "--kind", "all", "--json", env=images)

@@ -21,6 +21,7 @@ from tests.integration.helpers import (
     copy_shop,
     file_content_digest,
     log_events,
+    made_once,
 )
 from tests.integration.uploads import describe_tree, make_uploads
 
@@ -31,16 +32,20 @@ def uploads_env(shop: Shop) -> dict[str, str]:
     return {"CAPSULE_UPLOADS": str(shop.root.parent.parent / "uploads")}
 
 
-@pytest.fixture(scope="module")
-def database_shop(tmp_path_factory: pytest.TempPathFactory, templates: DatabaseTemplates) -> Shop:
-    """A 4 MiB database backed up twice (the second backup reads the index cache) in 1 MiB packs."""
-    shop = Shop(tmp_path_factory.mktemp("lost-packs-db") / "shop")
-    templates.copy(shop.database, size_mib=4)
-    shop.init(env={"CAPSULE_PACK_SIZE": str(MiB)})
-    shop.backup()
-    shop.backup()
-    assert len(shop.packs()) >= 2
-    return shop
+@pytest.fixture(scope="session")
+def database_shop(shared_folder: Path, templates: DatabaseTemplates) -> Shop:
+    """A 4 MiB database backed up twice (the second backup reads the index cache) in 1 MiB packs,
+    made once for the run: the tests change copies of it."""
+
+    def make(root: Path) -> None:
+        shop = Shop(root)
+        templates.copy(shop.database, size_mib=4)
+        shop.init(env={"CAPSULE_PACK_SIZE": str(MiB)})
+        shop.backup()
+        shop.backup()
+        assert len(shop.packs()) >= 2
+
+    return Shop(made_once(shared_folder / "lost-packs-db", make))
 
 
 @pytest.fixture(scope="module")
