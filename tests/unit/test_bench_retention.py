@@ -1,0 +1,152 @@
+"""The retention benchmark's own parts: both tools get one policy, every hour's changes are the same
+in every run of a history, a history refuses to go on with other options, and the report's
+targets follow from its figures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from benchmarks.bench_retention import (
+    POLICY,
+    START,
+    Layout,
+    _load_state,
+    capsule_policy_settings,
+    change_pages,
+    hour_seed,
+    hour_time,
+    report_lines,
+    require_capsule_commands,
+    restic_policy_args,
+    restic_time,
+)
+from benchmarks.common import MB
+from benchmarks.posdb import generate
+
+
+def test_both_tools_are_given_the_same_policy():
+    args = restic_policy_args()
+    restic = {args[i].removeprefix("--keep-"): int(args[i + 1]) for i in range(0, len(args), 2)}
+    settings = dict(capsule_policy_settings())
+    capsule = {
+        key.removeprefix("retention.database.keep_"): int(value)
+        for key, value in settings.items()
+        if key.startswith("retention.database.keep_")
+    }
+    # restic keeps no "last N" beyond the periods: Capsule is told to keep none either.
+    assert capsule.pop("last") == 0
+    assert capsule == restic == POLICY
+    assert settings["timezone"] == "UTC"
+
+
+def test_the_policy_is_the_one_the_issue_names():
+    assert POLICY == {"hourly": 48, "daily": 14, "weekly": 8, "monthly": 12, "yearly": 3}
+
+
+def test_every_hour_of_a_history_has_its_own_seed_and_the_same_one_in_every_run():
+    seeds = {hour_seed(0, hour) for hour in range(720)} | {hour_seed(1, hour) for hour in range(720)}
+    assert len(seeds) == 1440
+    assert hour_seed(7, 300) == hour_seed(7, 300)
+
+
+def test_hours_are_simulated_from_the_start_and_restic_reads_them_in_utc():
+    assert hour_time(0) == START
+    assert hour_time(24 * 30) - hour_time(0) == timedelta(days=30)
+    moment = datetime(2026, 3, 1, 10, 0, 5, 123000, tzinfo=timezone(timedelta(hours=2)))
+    assert restic_time(moment) == "2026-03-01 08:00:05"
+    assert restic_time(hour_time(25)) == "2026-01-02 01:00:00"
+
+
+@pytest.fixture(scope="module")
+def small_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("db") / "pos.db"
+    generate(path, 1024 * 1024, seed=3)
+    return path
+
+
+def _copy(database: Path, to: Path) -> Path:
+    to.mkdir()
+    shutil.copyfile(database, to / database.name)
+    return to / database.name
+
+
+def test_an_hours_changes_are_the_same_in_every_run_and_differ_from_hour_to_hour(
+    small_database: Path, tmp_path: Path
+):
+    first, second, other = (_copy(small_database, tmp_path / name) for name in ("a", "b", "c"))
+    pages = small_database.stat().st_size // 4096
+
+    changed = change_pages(first, seed=0, hour=5, percent=2)
+    assert change_pages(second, seed=0, hour=5, percent=2) == changed
+    change_pages(other, seed=0, hour=6, percent=2)
+
+    assert first.read_bytes() == second.read_bytes()
+    assert first.read_bytes() != other.read_bytes()
+    assert first.read_bytes() != small_database.read_bytes()
+    assert 0.01 * pages <= changed <= 0.04 * pages
+
+
+def test_a_history_goes_on_only_with_the_options_it_was_begun_with(tmp_path: Path):
+    layout = Layout(tmp_path)
+    layout.history.mkdir()
+    begun = {"db_mib": 256, "seed": 0, "change_percent": 1.0}
+    layout.state.write_text(json.dumps({**begun, "hours_done": [{"hour": 0}]}))
+
+    assert _load_state(layout, begun)["hours_done"] == [{"hour": 0}]
+    with pytest.raises(SystemExit, match="--db-mib 256") as refused:
+        _load_state(layout, {**begun, "db_mib": 8})
+    assert "another --workdir" in str(refused.value)
+    assert _load_state(Layout(tmp_path / "new"), begun) == {**begun, "hours_done": []}
+
+
+def _report(capsule: dict[str, float], restic: dict[str, float]) -> dict[str, object]:
+    return {
+        "history": {"hours": 720, "db_mib": 256},
+        "policy": POLICY,
+        "runs": {"capsule": [capsule], "restic": [restic]},
+        "medians": {"capsule": capsule, "restic": restic},
+    }
+
+
+def _figures(seconds: float, after: int, rss: int, kept: int = 77) -> dict[str, float]:
+    return {
+        "bytes_before": 900 * MB,
+        "bytes_after": after,
+        "snapshots_before": 720,
+        "snapshots_after": kept,
+        "seconds": seconds,
+        "peak_rss_bytes": rss,
+    }
+
+
+def test_the_targets_pass_when_capsule_is_three_times_faster_smaller_and_under_300_mb():
+    lines = report_lines(_report(_figures(10.0, 300 * MB, 200 * MB), _figures(30.0, 301 * MB, 400 * MB)))
+    assert [line for line in lines if line.startswith(("PASS", "FAIL"))] == [
+        "PASS  prune at least 3x faster than restic",
+        "PASS  repository after prune smaller than restic's",
+        "PASS  Capsule peak RSS under 300 MB",
+    ]
+    assert any(line.startswith("forget + prune time") and "3.00x" in line for line in lines)
+    assert not any(line.startswith("note:") for line in lines)
+
+
+def test_the_targets_fail_on_figures_that_miss_them_and_a_different_count_kept_is_noted():
+    lines = report_lines(
+        _report(_figures(10.1, 300 * MB, 300 * MB, kept=70), _figures(30.0, 300 * MB, 100 * MB))
+    )
+    assert [line.split()[0] for line in lines if line.startswith(("PASS", "FAIL"))] == ["FAIL"] * 3
+    assert any(line.startswith("note:") and "70" in line and "77" in line for line in lines)
+
+
+def test_a_capsule_without_the_commands_the_prune_phase_runs_is_told_what_to_do():
+    capsule = [str(Path(sys.executable).parent / "capsule")]
+    require_capsule_commands(capsule, ("snapshots", "init"))
+    with pytest.raises(SystemExit, match="no `capsule no-such-command`") as missing:
+        require_capsule_commands(capsule, ("snapshots", "no-such-command"))
+    assert "--tools restic" in str(missing.value)
