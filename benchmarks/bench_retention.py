@@ -62,6 +62,8 @@ POLICY: dict[str, int] = {"hourly": 48, "daily": 14, "weekly": 8, "monthly": 12,
 
 TARGET_SPEED_RATIO = 3.0
 TARGET_RSS_BYTES = 300 * MB
+SPARE_BYTES = 2 * 1000 * MB
+"""Free space a fresh copy leaves, for what forget and prune write before they delete."""
 STATE_FILE = "history.json"
 PARAMETERS = ("db_mib", "seed", "change_percent")
 """What a history cannot change once begun (`hours` can grow)."""
@@ -389,10 +391,19 @@ def require_capsule_commands(command: list[str], names: tuple[str, ...] = ("forg
 
 
 def _fresh_copy(source: Path, destination: Path) -> None:
+    """Replace ``destination`` with a copy of ``source``; SystemExit first if the disk cannot hold it."""
     shutil.rmtree(destination, ignore_errors=True)
-    if source.exists():
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["cp", "-a", str(source), str(destination)], check=True)
+    if not source.exists():
+        return
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    needed, free = directory_bytes(source), shutil.disk_usage(destination.parent).free
+    if needed + SPARE_BYTES > free:
+        raise SystemExit(
+            f"copying {source} needs {needed / MB:,.0f} MB and {destination.parent} has "
+            f"{free / MB:,.0f} MB free (keeping {SPARE_BYTES / MB:,.0f} MB spare): free some space "
+            "or give a --workdir on a larger disk"
+        )
+    subprocess.run(["cp", "-a", str(source), str(destination)], check=True)
 
 
 def _json_or_text(text: str) -> Any:

@@ -5,13 +5,16 @@ targets follow from its figures."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
+from benchmarks import bench_retention
 from benchmarks.bench_retention import (
     POLICY,
     START,
@@ -26,7 +29,7 @@ from benchmarks.bench_retention import (
     restic_policy_args,
     restic_time,
 )
-from benchmarks.common import MB
+from benchmarks.common import MB, directory_bytes, project_root
 from benchmarks.posdb import generate
 
 
@@ -150,3 +153,90 @@ def test_a_capsule_without_the_commands_the_prune_phase_runs_is_told_what_to_do(
     with pytest.raises(SystemExit, match="no `capsule no-such-command`") as missing:
         require_capsule_commands(capsule, ("snapshots", "no-such-command"))
     assert "--tools restic" in str(missing.value)
+
+
+def test_a_copy_the_disk_cannot_hold_is_refused_before_it_begins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    source = tmp_path / "repo"
+    source.mkdir()
+    (source / "pack").write_bytes(b"x" * 4096)
+    monkeypatch.setattr(bench_retention, "SPARE_BYTES", shutil.disk_usage(tmp_path).free)
+    with pytest.raises(SystemExit, match="free some space"):
+        bench_retention._fresh_copy(source, tmp_path / "copy" / "repo")
+    assert not (tmp_path / "copy" / "repo").exists()
+    monkeypatch.setattr(bench_retention, "SPARE_BYTES", 0)
+    bench_retention._fresh_copy(source, tmp_path / "copy" / "repo")
+    assert (tmp_path / "copy" / "repo" / "pack").read_bytes() == b"x" * 4096
+
+
+def _bench(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TZ": "UTC", "PYTHONPATH": str(project_root())}
+    for name in ("CAPSULE_PASSPHRASE", "CAPSULE_KEY_FILE", "CAPSULE_EVENT_STORE_URL", "CAPSULE_BROKER_URL"):
+        env.pop(name, None)
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_retention", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+def test_a_small_history_dates_both_tools_snapshots_by_the_hour_and_restic_prunes_a_copy(tmp_path: Path):
+    if shutil.which("restic") is None:
+        pytest.fail("restic is not installed: apt-get install restic")
+    workdir = tmp_path / "bench"
+    made = _bench(
+        "history", "--workdir", str(workdir), "--db-mib", "2", "--hours", "3", "--json", tmp_path=tmp_path
+    )
+    assert made.returncode == 0, made.stderr
+    # A second run goes on where the first stopped.
+    more = _bench(
+        "history", "--workdir", str(workdir), "--db-mib", "2", "--hours", "4", "--json", tmp_path=tmp_path
+    )
+    assert more.returncode == 0, more.stderr
+    assert json.loads(more.stdout)["hours"] == 4
+    assert more.stderr.count("hour ") == 1  # only the fourth hour was made
+
+    layout = Layout(workdir)
+    hours = [hour_time(h) for h in range(4)]
+    capsule_env = layout.capsule_environment([], layout.history)
+    capsule = json.loads(
+        subprocess.run(
+            [str(Path(sys.executable).parent / "capsule"), "snapshots", "--json"],
+            env=capsule_env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    assert [datetime.fromisoformat(s["time"]) for s in capsule] == hours
+    restic = json.loads(
+        subprocess.run(
+            ["restic", "snapshots", "--json"],
+            env=layout.restic_environment(layout.history),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    assert sorted(datetime.fromisoformat(s["time"]) for s in restic) == hours
+    assert {s["hostname"] for s in restic} == {"pos"}
+
+    before = directory_bytes(layout.restic_repository(layout.history))
+    pruned = _bench(
+        "prune", "--workdir", str(workdir), "--runs", "1", "--tools", "restic", "--json", tmp_path=tmp_path
+    )
+    assert pruned.returncode == 0, pruned.stderr
+    report = json.loads(pruned.stdout)
+    run = report["runs"]["restic"][0]
+    assert run["bytes_before"] == before
+    assert run["snapshots_before"] == run["snapshots_after"] == 4  # four hours: the policy keeps them all
+    assert run["seconds"] > 0 and run["peak_rss_bytes"] > 0
+    # The history itself is untouched; the copy is gone.
+    assert directory_bytes(layout.restic_repository(layout.history)) == before
+    assert not (workdir / "prune" / "restic").exists()
