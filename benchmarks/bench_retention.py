@@ -21,6 +21,7 @@ and after, the wall time and the peak RSS, medians over the runs. See benchmarks
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -28,8 +29,9 @@ import sqlite3
 import statistics
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -64,6 +66,7 @@ TARGET_SPEED_RATIO = 3.0
 TARGET_RSS_BYTES = 300 * MB
 SPARE_BYTES = 2 * 1000 * MB
 """Free space a fresh copy leaves, for what forget and prune write before they delete."""
+SAMPLE_SECONDS = 0.05
 STATE_FILE = "history.json"
 PARAMETERS = ("db_mib", "seed", "change_percent")
 """What a history cannot change once begun (`hours` can grow)."""
@@ -390,20 +393,64 @@ def require_capsule_commands(command: list[str], names: tuple[str, ...] = ("forg
         )
 
 
-def _fresh_copy(source: Path, destination: Path) -> None:
-    """Replace ``destination`` with a copy of ``source``; SystemExit first if the disk cannot hold it."""
+def _fresh_copy(source: Path, destination: Path, *, link: bool = False) -> None:
+    """Replace ``destination`` with a copy of ``source`` (with ``link``, hard links to its files);
+    SystemExit first if the disk cannot hold the copy."""
     shutil.rmtree(destination, ignore_errors=True)
     if not source.exists():
         return
     destination.parent.mkdir(parents=True, exist_ok=True)
-    needed, free = directory_bytes(source), shutil.disk_usage(destination.parent).free
+    needed, free = 0 if link else directory_bytes(source), shutil.disk_usage(destination.parent).free
     if needed + SPARE_BYTES > free:
         raise SystemExit(
             f"copying {source} needs {needed / MB:,.0f} MB and {destination.parent} has "
-            f"{free / MB:,.0f} MB free (keeping {SPARE_BYTES / MB:,.0f} MB spare): free some space "
-            "or give a --workdir on a larger disk"
+            f"{free / MB:,.0f} MB free (keeping {SPARE_BYTES / MB:,.0f} MB spare): free some space, "
+            "give a --workdir on a larger disk, or use --link"
         )
-    subprocess.run(["cp", "-a", str(source), str(destination)], check=True)
+    subprocess.run(["cp", "-al" if link else "-a", str(source), str(destination)], check=True)
+
+
+def file_states(root: Path) -> dict[str, tuple[int, int]]:
+    """Size and modification time of every file under ``root``, by relative path."""
+    states = {}
+    for path in root.rglob("*"):
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_file():
+                stat = path.stat()
+                states[str(path.relative_to(root))] = (stat.st_size, stat.st_mtime_ns)
+    return states
+
+
+@contextlib.contextmanager
+def fresh_copies(
+    history: Path,
+    base: Path,
+    repository: Callable[[Path], Path],
+    local: Callable[[Path], Path],
+    *,
+    link: bool,
+) -> Iterator[None]:
+    """Fresh copies of a tool's repository and its local state (a home, a cache) under ``base`` for
+    one run, removed after it.
+
+    With ``link`` the repository's files are hard links to the history's: a tool that wrote into a
+    file instead of replacing it would change the history too, so they are checked after the run.
+    The local state, small and written in place (Capsule's event log is a SQLite database), is
+    always copied.
+    """
+    before = file_states(repository(history)) if link else {}
+    _fresh_copy(repository(history), repository(base), link=link)
+    _fresh_copy(local(history), local(base))
+    try:
+        yield
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    changed = [name for name, now in file_states(repository(history)).items() if before.get(name, now) != now]
+    if changed:
+        raise SystemExit(
+            f"files of a hard-linked copy were written in place ({', '.join(changed[:3])}): the history "
+            f"in {repository(history)} is no longer the one measured; make it again and run without --link"
+        )
 
 
 def _json_or_text(text: str) -> Any:
@@ -413,25 +460,62 @@ def _json_or_text(text: str) -> Any:
         return text.strip()[-2000:]
 
 
-def _measured(results: list[CommandResult]) -> dict[str, Any]:
+@dataclass
+class Sampled:
+    result: CommandResult
+    tree_peak_rss_bytes: int
+    """The highest sum of resident memory over the command and all its descendants, sampled."""
+
+
+def run_sampled(argv: list[str], env: dict[str, str]) -> Sampled:
+    """`run_measured` (exact wall time, the largest single process's peak RSS from wait4), with the
+    whole process tree's resident memory summed every `SAMPLE_SECONDS` meanwhile: a command whose
+    work is spread over child processes is judged by what they hold together."""
+    import psutil  # a development dependency, as for benchmarks.serve_idle
+
+    peak = 0
+    stop = threading.Event()
+    me = psutil.Process()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.wait(SAMPLE_SECONDS):
+            total = 0
+            # The launcher is this process's child; the command and its children are below it.
+            for launcher in me.children():
+                for proc in launcher.children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        total += proc.memory_info().rss
+            peak = max(peak, total)
+
+    sampler = threading.Thread(target=sample, name="rss-sampler", daemon=True)
+    sampler.start()
+    try:
+        result = run_measured(argv, env)
+    finally:
+        stop.set()
+        sampler.join()
+    return Sampled(result, max(peak, result.peak_rss_bytes))
+
+
+def _measured(runs: list[Sampled]) -> dict[str, Any]:
     return {
-        "seconds": round(sum(r.seconds for r in results), 3),
-        "peak_rss_bytes": max(r.peak_rss_bytes for r in results),
-        "commands": [{"argv": r.argv[-3:], "seconds": round(r.seconds, 3)} for r in results],
+        "seconds": round(sum(r.result.seconds for r in runs), 3),
+        "peak_rss_bytes": max(r.tree_peak_rss_bytes for r in runs),
+        "largest_process_peak_rss_bytes": max(r.result.peak_rss_bytes for r in runs),
+        "commands": [{"argv": r.result.argv[-3:], "seconds": round(r.result.seconds, 3)} for r in runs],
     }
 
 
 def prune_capsule(layout: Layout, command: list[str], base: Path) -> dict[str, Any]:
-    """Forget then prune a fresh copy of the history's Capsule repository; the figures."""
-    for part in (layout.capsule_repository, layout.capsule_home):
-        _fresh_copy(part(layout.history), part(base))
+    """Forget then prune the copy of the history's Capsule repository under ``base``; the figures."""
     env = layout.capsule_environment(command, base)
     for key, value in capsule_policy_settings():  # the history set them already; a copy says so again
         _run([*command, "settings", "set", key, value], env)
     before = directory_bytes(layout.capsule_repository(base))
     snapshots_before = len(json.loads(_run([*command, "snapshots", "--json"], env).stdout or "[]"))
-    forget = run_measured([*command, "forget", "--json"], env)
-    prune = run_measured([*command, "prune", "--json"], env)
+    forget = run_sampled([*command, "forget", "--json"], env)
+    prune = run_sampled([*command, "prune", "--json"], env)
     after = directory_bytes(layout.capsule_repository(base))
     snapshots_after = len(json.loads(_run([*command, "snapshots", "--json"], env).stdout or "[]"))
     return {
@@ -440,18 +524,16 @@ def prune_capsule(layout: Layout, command: list[str], base: Path) -> dict[str, A
         "snapshots_before": snapshots_before,
         "snapshots_after": snapshots_after,
         **_measured([forget, prune]),
-        "reports": [_json_or_text(forget.stdout), _json_or_text(prune.stdout)],
+        "reports": [_json_or_text(forget.result.stdout), _json_or_text(prune.result.stdout)],
     }
 
 
 def prune_restic(layout: Layout, restic: str, base: Path) -> dict[str, Any]:
-    """`restic forget --prune` with the same policy on a fresh copy of the history's repository."""
-    for part in (layout.restic_repository, layout.restic_cache):
-        _fresh_copy(part(layout.history), part(base))
+    """`restic forget --prune` with the same policy on the copy of the history's repository under ``base``."""
     env = layout.restic_environment(base)
     before = directory_bytes(layout.restic_repository(base))
     snapshots_before = len(json.loads(_run([restic, "snapshots", "--json"], env).stdout or "[]"))
-    result = run_measured([restic, "forget", "--prune", *restic_policy_args(), "--host", HOST], env)
+    result = run_sampled([restic, "forget", "--prune", *restic_policy_args(), "--host", HOST], env)
     after = directory_bytes(layout.restic_repository(base))
     snapshots_after = len(json.loads(_run([restic, "snapshots", "--json"], env).stdout or "[]"))
     return {
@@ -463,7 +545,9 @@ def prune_restic(layout: Layout, restic: str, base: Path) -> dict[str, Any]:
     }
 
 
-def run_prune(workdir: Path, *, runs: int, tools: list[str], restic: str) -> dict[str, Any]:
+def run_prune(
+    workdir: Path, *, runs: int, tools: list[str], restic: str, link: bool = False
+) -> dict[str, Any]:
     layout = Layout(workdir)
     if not layout.state.exists():
         raise SystemExit(f"{workdir} holds no history: run `history --workdir {workdir}` first")
@@ -477,19 +561,23 @@ def run_prune(workdir: Path, *, runs: int, tools: list[str], restic: str) -> dic
         "capsule": lambda base: prune_capsule(layout, command or [], base),
         "restic": lambda base: prune_restic(layout, restic, base),
     }
+    parts = {
+        "capsule": (layout.capsule_repository, layout.capsule_home),
+        "restic": (layout.restic_repository, layout.restic_cache),
+    }
     figures: dict[str, list[dict[str, Any]]] = {tool: [] for tool in tools}
     for run in range(runs):
         order = tools if run % 2 == 0 else list(reversed(tools))  # each tool goes first in turn
         for tool in order:
             base = workdir / "prune" / tool
             log(f"run {run + 1}/{runs}: {tool} forget and prune")
-            figures[tool].append(actions[tool](base))
+            with fresh_copies(layout.history, base, *parts[tool], link=link):
+                figures[tool].append(actions[tool](base))
             f = figures[tool][-1]
             log(
                 f"  {tool}: {f['seconds']:.2f} s, {_mb(f['bytes_before'])} -> {_mb(f['bytes_after'])}, "
                 f"{f['snapshots_before']} -> {f['snapshots_after']} snapshots, RSS {_mb(f['peak_rss_bytes'])}"
             )
-            shutil.rmtree(base, ignore_errors=True)
     return {
         "history": history_summary(state),
         "policy": POLICY,
@@ -499,7 +587,15 @@ def run_prune(workdir: Path, *, runs: int, tools: list[str], restic: str) -> dic
 
 
 def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = ("bytes_before", "bytes_after", "snapshots_before", "snapshots_after", "seconds", "peak_rss_bytes")
+    keys = (
+        "bytes_before",
+        "bytes_after",
+        "snapshots_before",
+        "snapshots_after",
+        "seconds",
+        "peak_rss_bytes",
+        "largest_process_peak_rss_bytes",
+    )
     return {k: statistics.median(r[k] for r in runs) for k in keys}
 
 
@@ -582,6 +678,11 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--workdir", type=Path, required=True)
     prune.add_argument("--runs", type=int, default=3)
     prune.add_argument("--tools", type=_tools, default=["capsule", "restic"])
+    prune.add_argument(
+        "--link",
+        action="store_true",
+        help="hard-link the history's files instead of copying them (checked unchanged after each run)",
+    )
     prune.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     prune.add_argument("--json-out", type=Path, help="also write the report as JSON to this file")
     return parser
@@ -611,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < 1:
         print("--runs must be at least 1", file=sys.stderr)
         return 2
-    report = run_prune(args.workdir, runs=args.runs, tools=args.tools, restic=restic)
+    report = run_prune(args.workdir, runs=args.runs, tools=args.tools, restic=restic, link=args.link)
     if args.json_out:
         args.json_out.write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1) if args.json else "\n".join(report_lines(report)))
