@@ -68,8 +68,9 @@ SPARE_BYTES = 2 * 1000 * MB
 """Free space a fresh copy leaves, for what forget and prune write before they delete."""
 SAMPLE_SECONDS = 0.05
 STATE_FILE = "history.json"
-PARAMETERS = ("db_mib", "seed", "change_percent")
+PARAMETERS = ("db_mib", "seed", "change_percent", "tools")
 """What a history cannot change once begun (`hours` can grow)."""
+TOOLS = ["capsule", "restic"]
 
 
 # --- the pure parts ---------------------------------------------------------------------------
@@ -223,9 +224,10 @@ def _load_state(layout: Layout, parameters: dict[str, Any]) -> dict[str, Any]:
     if not layout.state.exists():
         return {**parameters, "hours_done": []}
     state: dict[str, Any] = json.loads(layout.state.read_text())
+    state.setdefault("tools", TOOLS)  # histories begun before `--tools` were made with both
     different = [k for k in PARAMETERS if state.get(k) != parameters[k]]
     if different:
-        made = ", ".join(f"--{k.replace('_', '-')} {state.get(k)}" for k in different)
+        made = ", ".join(f"--{k.replace('_', '-')} {_option(state.get(k))}" for k in different)
         raise SystemExit(
             f"{layout.history} holds a history made with {made}: give the same options to go on with it, "
             "or another --workdir for a new one"
@@ -266,16 +268,31 @@ def _within(moment: datetime | None, hour: int) -> bool:
     return moment is not None and hour_time(hour) <= moment < hour_time(hour + 1)
 
 
+def _option(value: Any) -> str:
+    return ",".join(value) if isinstance(value, list) else str(value)
+
+
 def build_history(
-    workdir: Path, *, db_mib: int, hours: int, change_percent: float, seed: int, restic: str
+    workdir: Path,
+    *,
+    db_mib: int,
+    hours: int,
+    change_percent: float,
+    seed: int,
+    restic: str,
+    tools: list[str] = TOOLS,
 ) -> dict[str, Any]:
-    """Make (or go on with) a history of ``hours`` hourly backups with both tools; its state."""
+    """Make (or go on with) a history of ``hours`` hourly backups with ``tools``; its state.
+
+    Capsule alone (`--tools capsule`) is how a large database's history is made for its memory
+    target, where restic's repository would grow by a fifth of the database every hour.
+    """
     command = capsule_command()
     if command is None:
         raise SystemExit("the `capsule` command is not installed: pip install -e . first")
     layout = Layout(workdir)
     layout.history.mkdir(parents=True, exist_ok=True)
-    parameters = {"db_mib": db_mib, "seed": seed, "change_percent": change_percent}
+    parameters = {"db_mib": db_mib, "seed": seed, "change_percent": change_percent, "tools": tools}
     state = _load_state(layout, parameters)
     capsule_env_ = layout.capsule_environment(command, layout.history)
     restic_env_ = layout.restic_environment(layout.history)
@@ -289,7 +306,7 @@ def build_history(
         _save_state(layout, state)
     if not layout.capsule_repository(layout.history).exists():
         _run([*command, "init"], capsule_env_)
-    if not layout.restic_repository(layout.history).exists():
+    if "restic" in tools and not layout.restic_repository(layout.history).exists():
         _run([restic, "init"], restic_env_)
     for key, value in capsule_policy_settings():
         _run([*command, "settings", "set", key, value], capsule_env_)
@@ -299,7 +316,7 @@ def build_history(
     # An hour that was under way when a run stopped: its changes were made; a tool may have backed it up.
     pending = state.get("pending")
     capsule_newest = _capsule_newest(command, capsule_env_) if pending else None
-    restic_newest = _restic_newest(restic, restic_env_) if pending else None
+    restic_newest = _restic_newest(restic, restic_env_) if pending and "restic" in tools else None
 
     capsule = InProcessCapsule(layout)
     for hour in range(next_hour, hours):
@@ -325,7 +342,7 @@ def build_history(
             state["pending"] = record
             _save_state(layout, state)
         if "restic_seconds" not in record:
-            if not _within(restic_newest, hour):
+            if "restic" in tools and not _within(restic_newest, hour):
                 started = time.perf_counter()
                 consistent_copy(layout.database, layout.restic_source)
                 record["restic_copy_seconds"] = round(time.perf_counter() - started, 2)
@@ -345,8 +362,12 @@ def build_history(
         log(
             f"hour {hour + 1}/{hours} {hour_time(hour):%Y-%m-%d %H:%M}: "
             f"{record.get('changed_pages', 0)} pages changed ({record.get('change_seconds', 0)} s), "
-            f"capsule {record['capsule_seconds']} s, restic {record['restic_seconds']} s "
-            f"(+ copy {record.get('restic_copy_seconds')} s)"
+            f"capsule {record['capsule_seconds']} s"
+            + (
+                f", restic {record['restic_seconds']} s (+ copy {record.get('restic_copy_seconds')} s)"
+                if "restic" in tools
+                else ""
+            )
         )
     return state
 
@@ -552,6 +573,12 @@ def run_prune(
     if not layout.state.exists():
         raise SystemExit(f"{workdir} holds no history: run `history --workdir {workdir}` first")
     state = json.loads(layout.state.read_text())
+    absent = [tool for tool in tools if tool not in state.get("tools", TOOLS)]
+    if absent:
+        raise SystemExit(
+            f"the history in {workdir} was made without {' and '.join(absent)}: "
+            f"give --tools {','.join(state['tools'])}"
+        )
     command = capsule_command() if "capsule" in tools else None
     if "capsule" in tools:
         if command is None:
@@ -673,11 +700,17 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--hours", type=int, default=720)
     history.add_argument("--change-percent", type=float, default=1.0)
     history.add_argument("--seed", type=int, default=0)
+    history.add_argument(
+        "--tools",
+        type=_tools,
+        default=TOOLS,
+        help="capsule,restic (the default) or capsule alone: for a large database's memory check",
+    )
     history.add_argument("--json", action="store_true", help="print the history's summary as JSON")
     prune = commands.add_parser("prune", help="time forget and prune on fresh copies of the history")
     prune.add_argument("--workdir", type=Path, required=True)
     prune.add_argument("--runs", type=int, default=3)
-    prune.add_argument("--tools", type=_tools, default=["capsule", "restic"])
+    prune.add_argument("--tools", type=_tools, default=TOOLS)
     prune.add_argument(
         "--link",
         action="store_true",
@@ -705,6 +738,7 @@ def main(argv: list[str] | None = None) -> int:
             change_percent=args.change_percent,
             seed=args.seed,
             restic=restic,
+            tools=args.tools,
         )
         summary = history_summary(state)
         print(json.dumps(summary, indent=1) if args.json else _summary_text(summary))
@@ -720,7 +754,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _summary_text(summary: dict[str, Any]) -> str:
-    parts = ", ".join(f"{k.removesuffix('_seconds')} {v} s" for k, v in summary["median_seconds"].items())
+    parts = ", ".join(
+        f"{k.removesuffix('_seconds')} {v} s" for k, v in summary["median_seconds"].items() if v is not None
+    )
     return (
         f"{summary['hours']} hours of a {summary['db_mib']} MiB database; per hour (median): {parts}; "
         f"{summary['seconds_per_hour']} s an hour in all"

@@ -99,13 +99,17 @@ def test_a_history_goes_on_only_with_the_options_it_was_begun_with(tmp_path: Pat
     layout = Layout(tmp_path)
     layout.history.mkdir()
     begun = {"db_mib": 256, "seed": 0, "change_percent": 1.0}
+    # A history begun before `--tools` existed was made with both tools.
     layout.state.write_text(json.dumps({**begun, "hours_done": [{"hour": 0}]}))
+    both = {**begun, "tools": ["capsule", "restic"]}
 
-    assert _load_state(layout, begun)["hours_done"] == [{"hour": 0}]
+    assert _load_state(layout, both)["hours_done"] == [{"hour": 0}]
     with pytest.raises(SystemExit, match="--db-mib 256") as refused:
-        _load_state(layout, {**begun, "db_mib": 8})
+        _load_state(layout, {**both, "db_mib": 8})
     assert "another --workdir" in str(refused.value)
-    assert _load_state(Layout(tmp_path / "new"), begun) == {**begun, "hours_done": []}
+    with pytest.raises(SystemExit, match="--tools capsule,restic"):
+        _load_state(layout, {**both, "tools": ["capsule"]})
+    assert _load_state(Layout(tmp_path / "new"), both) == {**both, "hours_done": []}
 
 
 def _report(capsule: dict[str, float], restic: dict[str, float]) -> dict[str, object]:
