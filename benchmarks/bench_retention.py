@@ -528,6 +528,12 @@ def _measured(runs: list[Sampled]) -> dict[str, Any]:
     }
 
 
+def snapshot_times(listing: str) -> list[str]:
+    """The times, in UTC to the second and in order, of a `snapshots --json` listing (either tool's)."""
+    times = [datetime.fromisoformat(s["time"]).astimezone(UTC) for s in json.loads(listing or "[]")]
+    return [t.strftime("%Y-%m-%d %H:%M:%S") for t in sorted(times)]
+
+
 def prune_capsule(layout: Layout, command: list[str], base: Path) -> dict[str, Any]:
     """Forget then prune the copy of the history's Capsule repository under ``base``; the figures."""
     env = layout.capsule_environment(command, base)
@@ -538,12 +544,13 @@ def prune_capsule(layout: Layout, command: list[str], base: Path) -> dict[str, A
     forget = run_sampled([*command, "forget", "--json"], env)
     prune = run_sampled([*command, "prune", "--json"], env)
     after = directory_bytes(layout.capsule_repository(base))
-    snapshots_after = len(json.loads(_run([*command, "snapshots", "--json"], env).stdout or "[]"))
+    kept = snapshot_times(_run([*command, "snapshots", "--json"], env).stdout)
     return {
         "bytes_before": before,
         "bytes_after": after,
         "snapshots_before": snapshots_before,
-        "snapshots_after": snapshots_after,
+        "snapshots_after": len(kept),
+        "kept": kept,
         **_measured([forget, prune]),
         "reports": [_json_or_text(forget.result.stdout), _json_or_text(prune.result.stdout)],
     }
@@ -556,12 +563,13 @@ def prune_restic(layout: Layout, restic: str, base: Path) -> dict[str, Any]:
     snapshots_before = len(json.loads(_run([restic, "snapshots", "--json"], env).stdout or "[]"))
     result = run_sampled([restic, "forget", "--prune", *restic_policy_args(), "--host", HOST], env)
     after = directory_bytes(layout.restic_repository(base))
-    snapshots_after = len(json.loads(_run([restic, "snapshots", "--json"], env).stdout or "[]"))
+    kept = snapshot_times(_run([restic, "snapshots", "--json"], env).stdout)
     return {
         "bytes_before": before,
         "bytes_after": after,
         "snapshots_before": snapshots_before,
-        "snapshots_after": snapshots_after,
+        "snapshots_after": len(kept),
+        "kept": kept,
         **_measured([result]),
     }
 
@@ -670,12 +678,21 @@ def report_lines(report: dict[str, Any]) -> list[str]:
             (f"Capsule peak RSS under {TARGET_RSS_BYTES // MB} MB", c["peak_rss_bytes"] < TARGET_RSS_BYTES),
         ]
         lines += [f"{'PASS' if ok else 'FAIL'}  {label}" for label, ok in targets]
-        if c["snapshots_after"] != r["snapshots_after"]:
+        only_capsule, only_restic = kept_apart(report["runs"])
+        if only_capsule or only_restic:
             lines.append(
-                f"note: the tools kept a different number of snapshots ({c['snapshots_after']:g} and "
-                f"{r['snapshots_after']:g}): the policies are not applied alike"
+                "note: the tools did not keep the same snapshots: "
+                f"Capsule alone kept {len(only_capsule)} ({', '.join(only_capsule[:3])}), "
+                f"restic alone {len(only_restic)} ({', '.join(only_restic[:3])})"
             )
     return lines
+
+
+def kept_apart(runs: dict[str, list[dict[str, Any]]]) -> tuple[list[str], list[str]]:
+    """The snapshot times only Capsule kept and those only restic kept, in the first run of each."""
+    capsule = set(runs["capsule"][0].get("kept", [])) if runs.get("capsule") else set()
+    restic = set(runs["restic"][0].get("kept", [])) if runs.get("restic") else set()
+    return sorted(capsule - restic), sorted(restic - capsule)
 
 
 # --- command line -----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from benchmarks.bench_retention import (
     require_capsule_commands,
     restic_policy_args,
     restic_time,
+    snapshot_times,
 )
 from benchmarks.common import MB, directory_bytes, project_root
 from benchmarks.posdb import generate
@@ -112,7 +113,7 @@ def test_a_history_goes_on_only_with_the_options_it_was_begun_with(tmp_path: Pat
     assert _load_state(Layout(tmp_path / "new"), both) == {**both, "hours_done": []}
 
 
-def _report(capsule: dict[str, float], restic: dict[str, float]) -> dict[str, object]:
+def _report(capsule: dict[str, object], restic: dict[str, object]) -> dict[str, object]:
     return {
         "history": {"hours": 720, "db_mib": 256},
         "policy": POLICY,
@@ -121,15 +122,20 @@ def _report(capsule: dict[str, float], restic: dict[str, float]) -> dict[str, ob
     }
 
 
-def _figures(seconds: float, after: int, rss: int, kept: int = 77) -> dict[str, float]:
+def _figures(seconds: float, after: int, rss: int, kept: list[str] | None = None) -> dict[str, object]:
+    kept = KEPT if kept is None else kept
     return {
         "bytes_before": 900 * MB,
         "bytes_after": after,
         "snapshots_before": 720,
-        "snapshots_after": kept,
+        "snapshots_after": len(kept),
+        "kept": kept,
         "seconds": seconds,
         "peak_rss_bytes": rss,
     }
+
+
+KEPT = ["2026-01-29 23:00:00", "2026-01-30 00:00:00", "2026-01-30 01:00:00"]
 
 
 def test_the_targets_pass_when_capsule_is_three_times_faster_smaller_and_under_300_mb():
@@ -143,12 +149,24 @@ def test_the_targets_pass_when_capsule_is_three_times_faster_smaller_and_under_3
     assert not any(line.startswith("note:") for line in lines)
 
 
-def test_the_targets_fail_on_figures_that_miss_them_and_a_different_count_kept_is_noted():
+def test_the_targets_fail_on_figures_that_miss_them_and_different_snapshots_kept_are_noted():
     lines = report_lines(
-        _report(_figures(10.1, 300 * MB, 300 * MB, kept=70), _figures(30.0, 300 * MB, 100 * MB))
+        _report(
+            _figures(10.1, 300 * MB, 300 * MB, kept=[*KEPT[:2], "2026-01-28 23:00:00"]),
+            _figures(30.0, 300 * MB, 100 * MB),
+        )
     )
     assert [line.split()[0] for line in lines if line.startswith(("PASS", "FAIL"))] == ["FAIL"] * 3
-    assert any(line.startswith("note:") and "70" in line and "77" in line for line in lines)
+    [note] = [line for line in lines if line.startswith("note:")]
+    assert "Capsule alone kept 1 (2026-01-28 23:00:00)" in note
+    assert "restic alone 1 (2026-01-30 01:00:00)" in note
+
+
+def test_both_tools_snapshot_listings_are_read_as_utc_seconds():
+    restic = json.dumps([{"time": "2026-01-01T02:00:00.123456789+01:00"}, {"time": "2026-01-01T00:00:00Z"}])
+    capsule = json.dumps([{"time": "2026-01-01T00:00:00Z"}, {"time": "2026-01-01T01:00:00Z"}])
+    assert snapshot_times(restic) == snapshot_times(capsule) == ["2026-01-01 00:00:00", "2026-01-01 01:00:00"]
+    assert snapshot_times("") == []
 
 
 def test_a_capsule_without_the_commands_the_prune_phase_runs_is_told_what_to_do():
