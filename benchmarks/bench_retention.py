@@ -492,7 +492,7 @@ def run_sampled(argv: list[str], env: dict[str, str]) -> Sampled:
     """`run_measured` (exact wall time, the largest single process's peak RSS from wait4), with the
     whole process tree's resident memory summed every `SAMPLE_SECONDS` meanwhile: a command whose
     work is spread over child processes is judged by what they hold together."""
-    import psutil  # a development dependency, as for benchmarks.serve_idle
+    import psutil  # type: ignore[import-untyped,unused-ignore]  # a dev dependency, as for serve_idle
 
     peak = 0
     stop = threading.Event()

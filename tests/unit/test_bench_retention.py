@@ -34,7 +34,7 @@ from benchmarks.common import MB, directory_bytes, project_root
 from benchmarks.posdb import generate
 
 
-def test_both_tools_are_given_the_same_policy():
+def test_both_tools_are_given_the_same_policy() -> None:
     args = restic_policy_args()
     restic = {args[i].removeprefix("--keep-"): int(args[i + 1]) for i in range(0, len(args), 2)}
     settings = dict(capsule_policy_settings())
@@ -49,17 +49,17 @@ def test_both_tools_are_given_the_same_policy():
     assert settings["timezone"] == "UTC"
 
 
-def test_the_policy_is_the_one_the_issue_names():
+def test_the_policy_is_the_one_the_issue_names() -> None:
     assert POLICY == {"hourly": 48, "daily": 14, "weekly": 8, "monthly": 12, "yearly": 3}
 
 
-def test_every_hour_of_a_history_has_its_own_seed_and_the_same_one_in_every_run():
+def test_every_hour_of_a_history_has_its_own_seed_and_the_same_one_in_every_run() -> None:
     seeds = {hour_seed(0, hour) for hour in range(720)} | {hour_seed(1, hour) for hour in range(720)}
     assert len(seeds) == 1440
     assert hour_seed(7, 300) == hour_seed(7, 300)
 
 
-def test_hours_are_simulated_from_the_start_and_restic_reads_them_in_utc():
+def test_hours_are_simulated_from_the_start_and_restic_reads_them_in_utc() -> None:
     assert hour_time(0) == START
     assert hour_time(24 * 30) - hour_time(0) == timedelta(days=30)
     moment = datetime(2026, 3, 1, 10, 0, 5, 123000, tzinfo=timezone(timedelta(hours=2)))
@@ -82,7 +82,7 @@ def _copy(database: Path, to: Path) -> Path:
 
 def test_an_hours_changes_are_the_same_in_every_run_and_differ_from_hour_to_hour(
     small_database: Path, tmp_path: Path
-):
+) -> None:
     first, second, other = (_copy(small_database, tmp_path / name) for name in ("a", "b", "c"))
     pages = small_database.stat().st_size // 4096
 
@@ -96,7 +96,7 @@ def test_an_hours_changes_are_the_same_in_every_run_and_differ_from_hour_to_hour
     assert 0.01 * pages <= changed <= 0.04 * pages
 
 
-def test_a_history_goes_on_only_with_the_options_it_was_begun_with(tmp_path: Path):
+def test_a_history_goes_on_only_with_the_options_it_was_begun_with(tmp_path: Path) -> None:
     layout = Layout(tmp_path)
     layout.history.mkdir()
     begun = {"db_mib": 256, "seed": 0, "change_percent": 1.0}
@@ -138,7 +138,7 @@ def _figures(seconds: float, after: int, rss: int, kept: list[str] | None = None
 KEPT = ["2026-01-29 23:00:00", "2026-01-30 00:00:00", "2026-01-30 01:00:00"]
 
 
-def test_the_targets_pass_when_capsule_is_three_times_faster_smaller_and_under_300_mb():
+def test_the_targets_pass_when_capsule_is_three_times_faster_smaller_and_under_300_mb() -> None:
     lines = report_lines(_report(_figures(10.0, 300 * MB, 200 * MB), _figures(30.0, 301 * MB, 400 * MB)))
     assert [line for line in lines if line.startswith(("PASS", "FAIL"))] == [
         "PASS  prune at least 3x faster than restic",
@@ -149,7 +149,7 @@ def test_the_targets_pass_when_capsule_is_three_times_faster_smaller_and_under_3
     assert not any(line.startswith("note:") for line in lines)
 
 
-def test_the_targets_fail_on_figures_that_miss_them_and_different_snapshots_kept_are_noted():
+def test_the_targets_fail_on_figures_that_miss_them_and_different_snapshots_kept_are_noted() -> None:
     lines = report_lines(
         _report(
             _figures(10.1, 300 * MB, 300 * MB, kept=[*KEPT[:2], "2026-01-28 23:00:00"]),
@@ -162,14 +162,14 @@ def test_the_targets_fail_on_figures_that_miss_them_and_different_snapshots_kept
     assert "restic alone 1 (2026-01-30 01:00:00)" in note
 
 
-def test_both_tools_snapshot_listings_are_read_as_utc_seconds():
+def test_both_tools_snapshot_listings_are_read_as_utc_seconds() -> None:
     restic = json.dumps([{"time": "2026-01-01T02:00:00.123456789+01:00"}, {"time": "2026-01-01T00:00:00Z"}])
     capsule = json.dumps([{"time": "2026-01-01T00:00:00Z"}, {"time": "2026-01-01T01:00:00Z"}])
     assert snapshot_times(restic) == snapshot_times(capsule) == ["2026-01-01 00:00:00", "2026-01-01 01:00:00"]
     assert snapshot_times("") == []
 
 
-def test_a_capsule_without_the_commands_the_prune_phase_runs_is_told_what_to_do():
+def test_a_capsule_without_the_commands_the_prune_phase_runs_is_told_what_to_do() -> None:
     capsule = [str(Path(sys.executable).parent / "capsule")]
     with pytest.raises(SystemExit, match="no `capsule no-such-command`:") as missing:
         require_capsule_commands(capsule, ("snapshots", "no-such-command"))
@@ -179,7 +179,7 @@ def test_a_capsule_without_the_commands_the_prune_phase_runs_is_told_what_to_do(
 
 def test_a_copy_the_disk_cannot_hold_is_refused_before_it_begins(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
+) -> None:
     source = tmp_path / "repo"
     source.mkdir()
     (source / "pack").write_bytes(b"x" * 4096)
@@ -208,7 +208,9 @@ def _bench(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-def test_a_small_history_dates_both_tools_snapshots_by_the_hour_and_restic_prunes_a_copy(tmp_path: Path):
+def test_a_small_history_dates_both_tools_snapshots_by_the_hour_and_restic_prunes_a_copy(
+    tmp_path: Path,
+) -> None:
     if shutil.which("restic") is None:
         pytest.fail("restic is not installed: apt-get install restic")
     workdir = tmp_path / "bench"
