@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import shutil
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from benchmarks.bench_database import consistent_copy
 from benchmarks.common import (
     MB,
     CommandFailedError,
@@ -168,29 +168,13 @@ class Layout:
         return env
 
 
-def consistent_copy(source: Path, destination: Path) -> None:
-    """Copy the database with SQLite's backup API, in one step, as bench_database does for restic."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        Path(f"{destination}{suffix}").unlink(missing_ok=True)
-    src = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True)
-    dst = sqlite3.connect(destination, isolation_level=None)
-    dst.execute("PRAGMA journal_mode=OFF").fetchone()
-    dst.execute("PRAGMA synchronous=OFF")
-    try:
-        src.backup(dst, pages=-1)
-    finally:
-        dst.close()
-        src.close()
-
-
 class InProcessCapsule:
     """Capsule's backup, run in this process with the snapshot's time given.
 
     The backup job takes its snapshot's time from the wall clock when it copies the database (not
     from the runtime's clock), so the history calls the use case that runs the repository engine
     alone with a `now`, as the tests that order snapshots do: the same copy, store and commit,
-    without the job's events, which forget and prune do not read (they read the repository).
+    without the job's events (forget finds the snapshots in the repository, not in those events).
     """
 
     def __init__(self, layout: Layout) -> None:
@@ -344,6 +328,7 @@ def build_history(
         if "restic_seconds" not in record:
             if "restic" in tools and not _within(restic_newest, hour):
                 started = time.perf_counter()
+                layout.restic_source.parent.mkdir(exist_ok=True)
                 consistent_copy(layout.database, layout.restic_source)
                 record["restic_copy_seconds"] = round(time.perf_counter() - started, 2)
                 moment = restic_time(hour_time(hour))
