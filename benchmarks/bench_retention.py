@@ -357,8 +357,9 @@ def build_history(
     return state
 
 
-def history_summary(state: dict[str, Any]) -> dict[str, Any]:
-    """Median seconds per hour for each part of a history's hours, and what they add up to."""
+def history_summary(state: dict[str, Any], layout: Layout | None = None) -> dict[str, Any]:
+    """Median seconds per hour for each part of a history's hours, and what they add up to; with
+    ``layout``, what each tool's repository holds now."""
     hours = state["hours_done"][1:] or state["hours_done"]  # the first backup stores everything
 
     def median(key: str) -> float | None:
@@ -369,13 +370,21 @@ def history_summary(state: dict[str, Any]) -> dict[str, Any]:
         k: median(k) for k in ("change_seconds", "capsule_seconds", "restic_copy_seconds", "restic_seconds")
     }
     per_hour = sum(v for v in parts.values() if v is not None)
-    return {
+    summary = {
         "hours": len(state["hours_done"]),
         "db_mib": state["db_mib"],
         "median_seconds": parts,
         "seconds_per_hour": round(per_hour, 2),
         "changed_pages_median": median("changed_pages"),
     }
+    if layout is not None:
+        repositories = {"capsule": layout.capsule_repository, "restic": layout.restic_repository}
+        summary["repository_bytes"] = {
+            tool: directory_bytes(where(layout.history))
+            for tool, where in repositories.items()
+            if where(layout.history).exists()
+        }
+    return summary
 
 
 # --- prune ------------------------------------------------------------------------------------
@@ -742,7 +751,7 @@ def main(argv: list[str] | None = None) -> int:
             restic=restic,
             tools=args.tools,
         )
-        summary = history_summary(state)
+        summary = history_summary(state, Layout(args.workdir))
         print(json.dumps(summary, indent=1) if args.json else _summary_text(summary))
         return 0
     if args.runs < 1:
@@ -759,9 +768,10 @@ def _summary_text(summary: dict[str, Any]) -> str:
     parts = ", ".join(
         f"{k.removesuffix('_seconds')} {v} s" for k, v in summary["median_seconds"].items() if v is not None
     )
+    sizes = ", ".join(f"{tool} {_mb(size)}" for tool, size in summary.get("repository_bytes", {}).items())
     return (
         f"{summary['hours']} hours of a {summary['db_mib']} MiB database; per hour (median): {parts}; "
-        f"{summary['seconds_per_hour']} s an hour in all"
+        f"{summary['seconds_per_hour']} s an hour in all; repositories: {sizes}"
     )
 
 
