@@ -757,7 +757,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < 1:
         print("--runs must be at least 1", file=sys.stderr)
         return 2
-    report = run_prune(args.workdir, runs=args.runs, tools=args.tools, restic=restic, link=args.link)
+    try:
+        report = run_prune(args.workdir, runs=args.runs, tools=args.tools, restic=restic, link=args.link)
+    except CommandFailedError as exc:
+        print(f"a command failed, so the run has no figures: {exc}", file=sys.stderr)
+        return 1
     if args.json_out:
         args.json_out.write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1) if args.json else "\n".join(report_lines(report)))
