@@ -264,3 +264,18 @@ def test_a_small_history_dates_both_tools_snapshots_by_the_hour_and_restic_prune
     # The history itself is untouched; the copy is gone.
     assert directory_bytes(layout.restic_repository(layout.history)) == before
     assert not (workdir / "prune" / "restic").exists()
+
+
+def test_a_tool_that_fails_ends_the_prune_phase_with_its_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    layout = Layout(tmp_path)
+    layout.restic_repository(layout.history).mkdir(parents=True)  # a folder, not a repository
+    layout.state.write_text(json.dumps({"db_mib": 1, "seed": 0, "change_percent": 1.0, "hours_done": []}))
+    assert (
+        bench_retention.main(["prune", "--workdir", str(tmp_path), "--runs", "1", "--tools", "restic"]) == 1
+    )
+    err = capsys.readouterr().err
+    assert "a command failed, so the run has no figures" in err
+    assert "restic snapshots" in err
+    assert not (tmp_path / "prune" / "restic").exists()
