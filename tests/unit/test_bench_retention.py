@@ -279,3 +279,33 @@ def test_a_tool_that_fails_ends_the_prune_phase_with_its_message(
     assert "a command failed, so the run has no figures" in err
     assert "restic snapshots" in err
     assert not (tmp_path / "prune" / "restic").exists()
+
+
+def test_a_hard_linked_copy_written_in_place_is_caught_and_one_replaced_is_not(tmp_path: Path) -> None:
+    history, base = tmp_path / "history", tmp_path / "run"
+    (history / "repo").mkdir(parents=True)
+    (history / "home").mkdir()
+    (history / "repo" / "pack").write_bytes(b"p" * 100)
+    (history / "home" / "events.db").write_bytes(b"e" * 100)
+
+    def repo(root: Path) -> Path:
+        return root / "repo"
+
+    def home(root: Path) -> Path:
+        return root / "home"
+
+    with bench_retention.fresh_copies(history, base, repo, home, link=True):
+        (base / "home" / "events.db").write_bytes(b"x")  # copied, not linked: the history keeps its own
+        replaced = base / "repo" / "pack.new"
+        replaced.write_bytes(b"n")
+        replaced.replace(base / "repo" / "pack")  # replaced, as a repository's files are
+    assert (history / "repo" / "pack").read_bytes() == b"p" * 100
+    assert (history / "home" / "events.db").read_bytes() == b"e" * 100
+    assert not base.exists()
+
+    with (
+        pytest.raises(SystemExit, match="written in place \\(pack\\)"),
+        bench_retention.fresh_copies(history, base, repo, home, link=True),
+        open(base / "repo" / "pack", "r+b") as pack,  # entered once the copy is made
+    ):
+        pack.write(b"changed")
