@@ -265,6 +265,7 @@ def build_history(
     seed: int,
     restic: str,
     tools: list[str] = TOOLS,
+    min_free_bytes: int = 0,
 ) -> dict[str, Any]:
     """Make (or go on with) a history of ``hours`` hourly backups with ``tools``; its state.
 
@@ -304,6 +305,11 @@ def build_history(
 
     capsule = InProcessCapsule(layout)
     for hour in range(next_hour, hours):
+        if (free := shutil.disk_usage(layout.history).free) < min_free_bytes:
+            raise SystemExit(
+                f"stopped before hour {hour + 1}: {layout.history} has {free / MB:,.0f} MB free, less than "
+                f"--min-free-gb {min_free_bytes / (1000 * MB):g}; free some space and run again to go on"
+            )
         record: dict[str, Any] = dict(pending) if pending and pending["hour"] == hour else {"hour": hour}
         pending = None
         if hour > 0 and "changed_pages" not in record:
@@ -717,6 +723,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=TOOLS,
         help="capsule,restic (the default) or capsule alone: for a large database's memory check",
     )
+    history.add_argument(
+        "--min-free-gb",
+        type=float,
+        default=10.0,
+        help="stop (to go on later) before an hour when the disk has less free space than this",
+    )
     history.add_argument("--json", action="store_true", help="print the history's summary as JSON")
     prune = commands.add_parser("prune", help="time forget and prune on fresh copies of the history")
     prune.add_argument("--workdir", type=Path, required=True)
@@ -750,6 +762,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             restic=restic,
             tools=args.tools,
+            min_free_bytes=int(args.min_free_gb * 1000 * MB),
         )
         summary = history_summary(state, Layout(args.workdir))
         print(json.dumps(summary, indent=1) if args.json else _summary_text(summary))

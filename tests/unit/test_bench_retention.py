@@ -309,3 +309,19 @@ def test_a_hard_linked_copy_written_in_place_is_caught_and_one_replaced_is_not(t
         open(base / "repo" / "pack", "r+b") as pack,  # entered once the copy is made
     ):
         pack.write(b"changed")
+
+
+@pytest.mark.slow
+def test_a_history_stops_before_an_hour_the_disk_has_no_room_for_and_says_how_to_go_on(
+    tmp_path: Path,
+) -> None:
+    workdir = tmp_path / "bench"
+    free_gb = shutil.disk_usage(tmp_path).free / (1000 * MB)
+    stopped = _bench(
+        "history", "--workdir", str(workdir), "--db-mib", "1", "--hours", "2",
+        "--min-free-gb", str(free_gb * 2), tmp_path=tmp_path,
+    )  # fmt: skip
+    assert stopped.returncode == 1
+    assert "stopped before hour 1" in stopped.stderr
+    assert "run again to go on" in stopped.stderr
+    assert json.loads(Layout(workdir).state.read_text())["hours_done"] == []
