@@ -25,6 +25,7 @@ from capsule.orchestrator.forgetting import FORGET_JUDGED, ForgetRun, aware, gro
 from capsule.orchestrator.settings import Settings
 
 if TYPE_CHECKING:
+    from capsule.domain.events import SnapshotForgotten
     from capsule.domain.manifest import Manifest
 
 
@@ -195,17 +196,19 @@ def apply_retention(settings: Settings, request: ApplyRetention) -> ForgetReport
             if request.dry_run:
                 return report
             faults.point(FORGET_JUDGED)
-            for j in judged:
-                if j.keep:
-                    continue
-                policy = run.document.retention.policy(j.kind)
-                rule = f"{'; '.join(j.reasons)} ({describe(policy)})"
-                event = run.forgotten(
-                    j.snapshot_id, j.kind, j.time, reason="policy", policy=rules[j.kind], rule=rule
+            events = [
+                run.forgotten(
+                    j.snapshot_id,
+                    j.kind,
+                    j.time,
+                    reason="policy",
+                    policy=rules[j.kind],
+                    rule=f"{'; '.join(j.reasons)} ({describe(run.document.retention.policy(j.kind))})",
                 )
-                (report.forgotten if run.record_then_delete(repo, event) else report.meanwhile).append(
-                    j.snapshot_id
-                )
+                for j in judged
+                if not j.keep
+            ]
+            _sort(report, events, run.record_then_delete(repo, events))
             return report
 
 
@@ -243,14 +246,18 @@ def forget_snapshots(settings: Settings, request: ForgetByHand) -> ForgetReport:
             report = ForgetReport(run.run_id, run.zone_name, request.dry_run, judged, completed=completed)
             if request.dry_run:
                 return report
-            for j in judged:
-                event = run.forgotten(
-                    j.snapshot_id, j.kind, j.time, reason="by hand", forced=j.snapshot_id in forced
-                )
-                (report.forgotten if run.record_then_delete(repo, event) else report.meanwhile).append(
-                    j.snapshot_id
-                )
+            events = [
+                run.forgotten(j.snapshot_id, j.kind, j.time, reason="by hand", forced=j.snapshot_id in forced)
+                for j in judged
+            ]
+            _sort(report, events, run.record_then_delete(repo, events))
             return report
+
+
+def _sort(report: ForgetReport, events: list[SnapshotForgotten], recorded: list[bool]) -> None:
+    """Each snapshot into the report's `forgotten`, or `meanwhile` when another process got there first."""
+    for event, done in zip(events, recorded, strict=True):
+        (report.forgotten if done else report.meanwhile).append(event.snapshot_id)
 
 
 def tag_snapshot(settings: Settings, request: TagSnapshot) -> Tagged:
