@@ -504,9 +504,10 @@ def run_sampled(argv: list[str], env: dict[str, str]) -> Sampled:
             total = 0
             # The launcher is this process's child; the command and its children are below it.
             for launcher in me.children():
-                for proc in launcher.children(recursive=True):
-                    with contextlib.suppress(psutil.Error):
-                        total += proc.memory_info().rss
+                with contextlib.suppress(psutil.Error):  # the launcher may end while it is listed
+                    for proc in launcher.children(recursive=True):
+                        with contextlib.suppress(psutil.Error):
+                            total += proc.memory_info().rss
             peak = max(peak, total)
 
     sampler = threading.Thread(target=sample, name="rss-sampler", daemon=True)
