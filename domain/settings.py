@@ -50,6 +50,18 @@ def _hyphenated(name: str) -> str:
     return name.replace("_", "-")
 
 
+HYPHENATED = ConfigDict(
+    frozen=True,
+    extra="forbid",
+    alias_generator=_hyphenated,
+    validate_by_name=True,
+    validate_by_alias=True,
+    serialize_by_alias=True,
+)
+"""Models whose keys are typed and shown with hyphens (`keep-daily`), as restic's options are, and
+read from their underscored names too (events of earlier versions)."""
+
+
 class Retention(BaseModel):
     """Which snapshots of one kind to keep, in restic's vocabulary (see `domain/retention.py`).
 
@@ -61,14 +73,7 @@ class Retention(BaseModel):
     versions (`keep_daily`) are still understood.
     """
 
-    model_config = ConfigDict(
-        frozen=True,
-        extra="forbid",
-        alias_generator=_hyphenated,
-        validate_by_name=True,
-        validate_by_alias=True,
-        serialize_by_alias=True,
-    )
+    model_config = HYPHENATED
 
     keep_last: int = 3
     keep_hourly: int = 48
@@ -86,14 +91,7 @@ class RetentionSettings(BaseModel):
     """A policy per kind, whether it is applied after each scheduled backup, and when `prune`
     repacks a pack instead of leaving its unused blobs in place."""
 
-    model_config = ConfigDict(
-        frozen=True,
-        extra="forbid",
-        alias_generator=_hyphenated,
-        validate_by_name=True,
-        validate_by_alias=True,
-        serialize_by_alias=True,
-    )
+    model_config = HYPHENATED
 
     database: Retention = Retention()
     files: Retention = Retention()

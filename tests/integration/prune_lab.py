@@ -121,6 +121,22 @@ class Lab:
         LocalBackend(self.repository).remove("snapshots", snapshot_id)
         del self.expected[snapshot_id]
 
+    def one_file_only_a_forgotten_snapshot_held(self) -> tuple[Repository, bytes]:
+        """b.bin, held only by a forgotten snapshot whose packs are old, and a backup that has
+        loaded the index already (it could still name b.bin's blob): returns that backup's open
+        repository and b.bin's bytes, for a backup that brings b.bin back during a prune."""
+        self.write("a.bin", 40 * KiB)
+        self.write("b.bin", 90 * KiB)
+        b_bytes = (self.uploads / "b.bin").read_bytes()
+        first = self.backup_files()
+        self.remove("b.bin")
+        self.backup_files()
+        self.forget(first)
+        self.age()
+        backup = self.open()
+        backup.ensure_index()
+        return backup, b_bytes
+
     # ---- the repository on disk ----------------------------------------------------------
     def pack_files(self) -> list[Path]:
         return sorted(p for p in (self.repository / "data").glob("*/*") if not p.name.startswith("."))

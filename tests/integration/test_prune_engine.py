@@ -232,17 +232,8 @@ def test_an_unreadable_snapshot_stops_the_plan(lab: Lab) -> None:
 
 
 def test_a_backup_that_loaded_the_old_index_rescues_the_pack_it_builds_on(lab: Lab, tmp_path: Path) -> None:
-    lab.write("a.bin", 40 * KiB)
-    lab.write("b.bin", 90 * KiB)
-    b_bytes = (lab.uploads / "b.bin").read_bytes()
-    first = lab.backup_files()
-    lab.remove("b.bin")
-    lab.backup_files()
-    lab.forget(first)
-    lab.age()
     # A backup starts and loads the index; then the prune condemns the pack holding b.bin.
-    backup = lab.open()
-    backup.ensure_index()
+    backup, b_bytes = lab.one_file_only_a_forgotten_snapshot_held()
     plan = plan_prune(lab.open())
     (condemned,) = plan.condemned
     repacked = repack(lab.open(), plan)

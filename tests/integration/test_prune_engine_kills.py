@@ -154,16 +154,7 @@ def test_a_prune_killed_at_random_instants_loses_nothing(template: Lab, tmp_path
 @pytest.mark.slow
 def test_a_prune_killed_after_rescuing_a_pack_keeps_it(tmp_path: Path) -> None:
     lab = Lab(tmp_path / "lab")
-    lab.write("a.bin", 40 * KiB)
-    lab.write("b.bin", 90 * KiB)
-    b_bytes = (lab.uploads / "b.bin").read_bytes()
-    first = lab.backup_files()
-    lab.remove("b.bin")
-    lab.backup_files()
-    lab.forget(first)
-    lab.age()
-    backup = lab.open()
-    backup.ensure_index()  # a backup that loaded the index before the rewrite
+    backup, b_bytes = lab.one_file_only_a_forgotten_snapshot_held()  # loaded the index before the rewrite
     state = tmp_path / "state"
     state.mkdir()
     plan = plan_prune(lab.open())
