@@ -21,7 +21,7 @@ from capsule.adapters.repository.repo import Repository
 from capsule.domain.manifest import Entry, Manifest
 
 ID_DTYPE = np.dtype(f"S{ID_SIZE}")
-COMPACT_AT = 1 << 20
+COMPACT_AT = 1 << 18
 LISTS_AT_ONCE = 256
 
 
@@ -45,8 +45,13 @@ class IdSet:
     def freeze(self) -> npt.NDArray[np.bytes_]:
         if self._parts:
             fresh = np.frombuffer(b"".join(self._parts), dtype=ID_DTYPE)
-            self._sorted = np.unique(np.concatenate([self._sorted, fresh]))
             self._parts, self._pending = [], 0
+            if len(self._sorted):
+                # Most ids added are known already (a database's unchanged pages, snapshot after
+                # snapshot): only the new ones are sorted in, so memory follows the distinct ids.
+                fresh = fresh[~self._known(fresh)]
+            if len(fresh):
+                self._sorted = _sorted_unique(np.concatenate([self._sorted, fresh]))
         return self._sorted
 
     def __len__(self) -> int:
@@ -54,8 +59,12 @@ class IdSet:
 
     def contains(self, ids: bytes) -> npt.NDArray[np.bool_]:
         """For ids laid end to end: whether each is in the set."""
-        have = self.freeze()
-        query = np.frombuffer(ids, dtype=ID_DTYPE)
+        self.freeze()
+        return self._known(np.frombuffer(ids, dtype=ID_DTYPE))
+
+    def _known(self, query: npt.NDArray[np.bytes_]) -> npt.NDArray[np.bool_]:
+        """Whether each of `query` is among the ids sorted in so far."""
+        have = self._sorted
         if not len(have):
             return np.zeros(len(query), dtype=bool)
         at = np.minimum(np.searchsorted(have, query), len(have) - 1)
@@ -67,6 +76,19 @@ class IdSet:
 
     def tobytes(self) -> bytes:
         return self.freeze().tobytes()
+
+
+def _sorted_unique(ids: npt.NDArray[np.bytes_]) -> npt.NDArray[np.bytes_]:
+    """`ids` sorted, each once. Not `np.unique`, whose hashing of a million 32-byte strings took over
+    100 MB at once. Fixed-length 32-byte values compare exactly (trailing NULs are only ignored
+    between values of different lengths)."""
+    ids = np.sort(ids)
+    if len(ids) < 2:
+        return ids
+    keep = np.empty(len(ids), dtype=bool)
+    keep[0] = True
+    np.not_equal(ids[1:], ids[:-1], out=keep[1:])
+    return ids[keep]
 
 
 class UsageWalker:

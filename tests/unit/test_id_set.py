@@ -1,0 +1,31 @@
+"""The set of blob ids a prune keeps: exact for every 32-byte id, its memory following the distinct
+ids however often snapshots name them again."""
+
+from __future__ import annotations
+
+import random
+
+from capsule.adapters.repository import usage
+from capsule.adapters.repository.usage import IdSet
+
+
+def test_ids_added_again_and_again_are_kept_once_and_found_exactly(monkeypatch) -> None:
+    monkeypatch.setattr(usage, "COMPACT_AT", 64)  # compact often, as a month of snapshots does
+    rng = random.Random(3)
+    prefix = rng.randbytes(30)
+    # Ids that differ only in their last bytes, zeros among them: numpy strips trailing NULs
+    # when it compares strings of different lengths, never two 32-byte ids.
+    tricky = [prefix + bytes([0, 0]), prefix + bytes([1, 0]), prefix + bytes([0, 1]), prefix + bytes([1, 1])]
+    distinct = tricky + [rng.randbytes(32) for _ in range(500)]
+    ids = IdSet()
+    seen: set[bytes] = set()
+    for _ in range(6):  # each "snapshot" names most ids again, in another order
+        names = rng.sample(distinct, 400) + tricky
+        ids.add(b"".join(names))
+        seen.update(names)
+    raw = ids.tobytes()
+    kept = [raw[i : i + 32] for i in range(0, len(raw), 32)]
+    assert kept == sorted(seen), "not exactly the ids added, sorted and each once"
+    found = ids.contains(b"".join(distinct)).tolist()
+    assert [i in seen for i in distinct] == found
+    assert ids.contains(prefix + bytes([2, 0])).tolist() == [False]
