@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -27,6 +27,9 @@ from benchmarks import posdb
 from capsule.adapters.repository.lock import pid_alive
 from capsule.adapters.sqlite.backup import COPY_SUFFIX, RAM_DIR
 from tests.servers import in_ci
+
+if TYPE_CHECKING:
+    from capsule.orchestrator.settings import Settings
 
 MiB = 1024 * 1024
 SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
@@ -40,6 +43,23 @@ FAST_STEPS = {
     "CAPSULE_STEP_BACKOFF_MAX_SECONDS": "0.5",
 }
 """Short leases, heartbeats, sweeps and backoffs: a job killed mid-step is taken over in seconds."""
+
+
+def in_process_settings(shop: Shop, **changes: object) -> Settings:
+    """Settings for running use cases on `shop` in the test process: fast steps, one attempt, and
+    nice 0 (a backup would otherwise lower the priority of the test process itself)."""
+    from capsule.orchestrator.settings import Settings
+
+    fields: dict[str, object] = {
+        "database": shop.database,
+        "repository": shop.repository,
+        "home": shop.home,
+        "nice": 0,
+        "step_max_attempts": 1,
+        **{k.removeprefix("CAPSULE_").lower(): v for k, v in FAST_STEPS.items()},
+        **changes,
+    }
+    return Settings.model_validate(fields)
 
 
 def capsule_command() -> list[str]:

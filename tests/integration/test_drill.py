@@ -25,25 +25,14 @@ from capsule.orchestrator.settings import Settings
 from capsule.orchestrator.usecases.backup import Backup, back_up
 from capsule.orchestrator.usecases.drill import Drill, run_drill
 from capsule.orchestrator.usecases.jobs import Cancel, cancel_job, current_status, replay_log
-from tests.integration.helpers import FAST_STEPS, Shop, flip_byte, sha256_file
+from tests.integration.helpers import Shop, flip_byte, in_process_settings, sha256_file
 from tests.integration.uploads import make_uploads
 
 IMAGES = 6  # the files make_uploads writes, the empty one included
 
 
 def settings_of(shop: Shop, **changes: object) -> Settings:
-    # nice=0 for the backups: they would otherwise lower the priority of the test process itself.
-    fields: dict[str, object] = {
-        "database": shop.database,
-        "repository": shop.repository,
-        "home": shop.home,
-        "uploads": shop.root / "uploads",
-        "nice": 0,
-        "step_max_attempts": 1,
-        **{k.removeprefix("CAPSULE_").lower(): v for k, v in FAST_STEPS.items()},
-        **changes,
-    }
-    return Settings.model_validate(fields)
+    return in_process_settings(shop, **{"uploads": shop.root / "uploads", **changes})
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from capsule.orchestrator.usecases.forget import (
 from capsule.orchestrator.usecases.jobs import replay_log
 from capsule.orchestrator.usecases.repository import open_repository
 from capsule.orchestrator.usecases.settings import ChangeSetting, change
-from tests.integration.helpers import FAST_STEPS, Shop
+from tests.integration.helpers import Shop, in_process_settings
 
 # Every 6 hours for 20 days, the last on Sunday 6 December 2026 at 18:00 UTC.
 NEWEST = datetime(2026, 12, 6, 18, 0, tzinfo=UTC)
@@ -35,15 +35,7 @@ TIMES = [NEWEST - timedelta(hours=6 * n) for n in range(80)]
 
 
 def settings_of(shop: Shop) -> Settings:
-    fields: dict[str, object] = {
-        "database": shop.database,
-        "repository": shop.repository,
-        "home": shop.home,
-        "nice": 0,
-        "step_max_attempts": 1,
-        **{k.removeprefix("CAPSULE_").lower(): v for k, v in FAST_STEPS.items()},
-    }
-    return Settings.model_validate(fields)
+    return in_process_settings(shop)
 
 
 def set_values(settings: Settings, **values: str) -> None:

@@ -37,7 +37,7 @@ from capsule.orchestrator.usecases.backup import Backup, back_up
 from capsule.orchestrator.usecases.jobs import current_status, replay_log
 from capsule.orchestrator.usecases.prune import Prune, run_prune, stored_bytes
 from capsule.orchestrator.usecases.repository import open_repository
-from tests.integration.helpers import FAST_STEPS, Shop
+from tests.integration.helpers import FAST_STEPS, Shop, in_process_settings
 
 ACTOR = "person:test"
 RESULTS: dict[str, dict[str, Any]] = {
@@ -48,16 +48,7 @@ RESULTS: dict[str, dict[str, Any]] = {
 
 
 def settings_of(shop: Shop, **changes: object) -> Settings:
-    fields: dict[str, object] = {
-        "database": shop.database,
-        "repository": shop.repository,
-        "home": shop.home,
-        "nice": 0,
-        "step_max_attempts": 1,
-        **{k.removeprefix("CAPSULE_").lower(): v for k, v in FAST_STEPS.items()},
-        **changes,
-    }
-    return Settings.model_validate(fields)
+    return in_process_settings(shop, **changes)
 
 
 def step(rt: Runtime, job_type: str, job_id: str, name: str, result: dict[str, Any] | None = None) -> None:
