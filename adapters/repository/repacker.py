@@ -26,11 +26,6 @@ log = structlog.get_logger(__name__)
 Checkpoint = Callable[[str], None]
 
 
-def id_set(ids: IdSet) -> set[bytes]:
-    raw = ids.tobytes()
-    return {raw[i : i + 32] for i in range(0, len(raw), 32)}
-
-
 class Repacker:
     """Fills new packs with whole stored blobs (a bundle whole) copied from condemned packs."""
 
