@@ -113,6 +113,19 @@ class DiskFull(CapsuleError):
     category = Category.UNAVAILABLE
 
 
+class DestinationNeedsConsent(CapsuleError):
+    """Raised when an off-site destination refuses Capsule's authorization (revoked or expired), so
+    that only the account's owner consenting again can let uploads continue."""
+
+    category = Category.REFUSED
+
+
+class ClientConfigInvalid(CapsuleError):
+    """Raised when an OAuth client-secrets file or a consent answer cannot be used as it is."""
+
+    category = Category.INVALID_INPUT
+
+
 class SampleShopError(CapsuleError):
     """Raised when the sample shop's database or images cannot be written where they belong."""
 

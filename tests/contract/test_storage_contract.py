@@ -34,7 +34,22 @@ def _memory(tmp_path: Path) -> Backend:
     return backend
 
 
-BACKENDS: dict[str, Callable[[Path], Backend]] = {"local": _local, "memory": _memory}
+def _gdrive(tmp_path: Path) -> Backend:
+    """A Drive folder on the fake Drive server, through Google's real client libraries."""
+    from capsule.adapters.repository.backends.gdrive import DriveCredentials, open_drive
+    from tests.fakes.drive import shared_fake
+
+    fake = shared_fake()
+    fake.reset()  # one test at a time per process: what earlier tests stored is not needed
+    credentials = DriveCredentials(
+        fake.client_id, fake.client_secret, fake.issue_refresh_token(), fake.token_uri
+    )
+    backend = open_drive("contract", credentials, root_url=fake.url, chunk_size=1024 * 1024)
+    backend.create_layout()
+    return backend
+
+
+BACKENDS: dict[str, Callable[[Path], Backend]] = {"local": _local, "memory": _memory, "gdrive": _gdrive}
 
 
 @pytest.fixture(params=sorted(BACKENDS))

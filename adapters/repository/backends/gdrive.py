@@ -1,0 +1,412 @@
+"""A repository in a Google Drive folder: the storage contract over Drive's v3 API.
+
+Layout (docs/repository-format.md, "Google Drive: how objects are stored"): one folder per
+repository, found by its name and the appProperty `capsule=repository` (the oldest wins if two
+processes made one each); each object is a file directly in it named `<kind>-<name>` (the config is
+`config`) and tagged with appProperties `capsule=1`, `kind` and `name`. Listing a kind is one paged
+query on the folder and the `kind` tag.
+
+- Writes never modify a file: a new file is uploaded, then every older file of that name deleted,
+  so a reader sees the old bytes or the new (a file id it resolved and then lost to a delete is
+  resolved again). Packs, and anything larger than one chunk, go up by resumable upload in chunks;
+  small objects in one multipart request.
+- Reads use a small cache of name -> file id; listing never does, so a write that returned is listed.
+- Every request is one attempt inside our own retry loop (gdrive_retry); a resumable upload that
+  fails asks the server for its offset and goes on from there, and an expired session starts over.
+- `sessions` keeps an upload's session URI across a restart. Resuming sets `_in_error_state` on the
+  client's request, a private attribute: the library's version is pinned and a test covers it.
+- Each thread has its own HTTP connection (httplib2 objects are not thread-safe).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from importlib import resources
+from typing import Any, Protocol, TypeVar
+
+import google.oauth2.credentials
+import google_auth_httplib2
+from google.auth.credentials import Credentials
+from googleapiclient.discovery import build_from_document
+from googleapiclient.http import MediaUpload, build_http
+
+from capsule.adapters.errors import ObjectNotFound, StorageUnavailable
+from capsule.adapters.repository.backends.gdrive_auth import SCOPE, DriveCredentials
+from capsule.adapters.repository.backends.gdrive_retry import Backoff, Gone, Retrier, Unsatisfiable
+from capsule.adapters.repository.backends.storage import Kind, ObjectInfo, check_name
+
+__all__ = ["DEFAULT_ROOT_URL", "DriveBackend", "DriveCredentials", "UploadSessions", "open_drive"]
+
+DEFAULT_ROOT_URL = "https://www.googleapis.com/"
+ROOT_URL_VARIABLE = "CAPSULE_GDRIVE_ROOT_URL"
+FOLDER = "application/vnd.google-apps.folder"
+CHUNK = 8 * 1024 * 1024
+CHUNK_UNIT = 256 * 1024
+FILE_FIELDS = "id, name, size, createdTime, modifiedTime"
+
+T = TypeVar("T")
+
+
+class UploadSessions(Protocol):
+    """Where a resumable upload's session is kept, so that a restarted process goes on with it."""
+
+    def load(self, kind: str, name: str) -> str | None:
+        """The session URI saved for (kind, name), if any."""
+
+    def save(self, kind: str, name: str, uri: str, size: int) -> None:
+        """Record that (kind, name), `size` bytes, is being uploaded through session `uri`."""
+
+    def clear(self, kind: str, name: str) -> None:
+        """Forget the session of (kind, name): the upload finished or its session expired."""
+
+
+class _Bytes(MediaUpload):  # type: ignore[misc]
+    """Media served from bytes, not a stream: a resent chunk is always whole (a stream slice that
+    a failed send consumed would go out empty)."""
+
+    def __init__(self, data: bytes, chunk_size: int, resumable: bool) -> None:
+        self._data, self._chunk, self._resumable = data, chunk_size, resumable
+
+    def chunksize(self) -> int:
+        return self._chunk
+
+    def mimetype(self) -> str:
+        return "application/octet-stream"
+
+    def size(self) -> int:
+        return len(self._data)
+
+    def resumable(self) -> bool:
+        return self._resumable
+
+    def getbytes(self, begin: int, length: int) -> bytes:
+        return self._data[begin : begin + length]
+
+    def has_stream(self) -> bool:
+        return False
+
+
+def _discovery_document(root_url: str) -> dict[str, Any]:
+    """Drive v3's discovery document, shipped with the client, pointed at `root_url` (uploads too)."""
+    package = resources.files("googleapiclient.discovery_cache")
+    document: dict[str, Any] = json.loads(package.joinpath("documents/drive.v3.json").read_text("utf-8"))
+    document["rootUrl"] = root_url
+    document["baseUrl"] = root_url + document["servicePath"]
+    document.pop("mtlsRootUrl", None)
+    return document
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _seconds(rfc3339: str) -> float:
+    return datetime.fromisoformat(rfc3339).timestamp()
+
+
+def _newest_first(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(files, key=lambda f: (f.get("createdTime", ""), f["id"]), reverse=True)
+
+
+class DriveBackend:
+    """One repository in one Drive folder; see the module's docstring."""
+
+    def __init__(
+        self,
+        folder_name: str,
+        credentials: Credentials,
+        *,
+        root_url: str = DEFAULT_ROOT_URL,
+        chunk_size: int = CHUNK,
+        sessions: UploadSessions | None = None,
+        bandwidth_limit: int | None = None,
+        backoff: Backoff = Backoff(),  # noqa: B008 - frozen
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        timeout: float = 120.0,
+        consent_hint: str = "capsule destinations add gdrive NAME ...",
+    ) -> None:
+        if not folder_name or folder_name != folder_name.strip() or "\n" in folder_name:
+            raise ValueError(f"{folder_name!r} cannot name a Drive folder: give a name on one line")
+        if chunk_size <= 0 or chunk_size % CHUNK_UNIT:
+            raise ValueError(f"a Drive upload chunk must be a multiple of {CHUNK_UNIT} bytes")
+        self.folder_name = folder_name
+        self._credentials = credentials
+        self._chunk = chunk_size
+        self._sessions = sessions
+        self._bandwidth = bandwidth_limit
+        self._sleep, self._clock, self._timeout = sleep, clock, timeout
+        self._retrier = Retrier(self.describe(), consent_hint, backoff, sleep)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._folder: str | None = None
+        self._ids: dict[tuple[str, str], str] = {}
+        root = root_url if root_url.endswith("/") else root_url + "/"
+        self._files = build_from_document(_discovery_document(root), http=self._http()).files()
+
+    def __repr__(self) -> str:
+        return f"DriveBackend({self.folder_name!r})"
+
+    def describe(self) -> str:
+        return f'Google Drive folder "{self.folder_name}"'
+
+    # ---- plumbing -------------------------------------------------------------------------------
+    def _http(self) -> Any:
+        http = getattr(self._local, "http", None)
+        if http is None:
+            transport = build_http()  # not a plain httplib2.Http: that follows Drive's 308 as a redirect
+            transport.timeout = self._timeout
+            http = self._local.http = google_auth_httplib2.AuthorizedHttp(self._credentials, http=transport)
+        return http
+
+    def _run(self, what: str, request: Callable[[], Any]) -> Any:
+        return self._retrier.call(what, lambda: request().execute(http=self._http()))
+
+    def _search(self, q: str, fields: str = FILE_FIELDS) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            page = self._run(
+                "list files",
+                lambda t=token: self._files.list(  # type: ignore[misc]
+                    q=q, pageSize=1000, pageToken=t, fields=f"nextPageToken, files({fields})", spaces="drive"
+                ),
+            )
+            found.extend(page.get("files", []))
+            token = page.get("nextPageToken")
+            if not token:
+                return found
+
+    def _folder_id(self, create: bool) -> str | None:
+        with self._lock:
+            if self._folder is None:
+                folders = self._search(
+                    f"name = {_quote(self.folder_name)} and mimeType = '{FOLDER}' and trashed = false "
+                    "and appProperties has { key='capsule' and value='repository' }"
+                )
+                if folders:
+                    self._folder = _newest_first(folders)[-1]["id"]
+                elif create:
+                    body = {"name": self.folder_name, "mimeType": FOLDER,
+                            "appProperties": {"capsule": "repository"}}  # fmt: skip
+                    self._folder = self._run(
+                        "create the folder", lambda: self._files.create(body=body, fields="id")
+                    )["id"]
+            return self._folder
+
+    @staticmethod
+    def _file_name(kind: str, name: str) -> str:
+        return "config" if kind == "config" else f"{kind}-{name}"
+
+    def _lookup(self, kind: str, name: str) -> list[dict[str, Any]]:
+        """Every file stored under (kind, name), newest first (more than one while it is replaced)."""
+        folder = self._folder_id(create=False)
+        if folder is None:
+            return []
+        file_name = _quote(self._file_name(kind, name))
+        q = f"{_quote(folder)} in parents and name = {file_name} and trashed = false"
+        return _newest_first(self._search(q))
+
+    def _missing(self, kind: str, name: str) -> ObjectNotFound:
+        return ObjectNotFound(f"{self.describe()} holds no {kind} object {name[:12]}")
+
+    def _on_object(self, kind: Kind, name: str, action: Callable[[str], T]) -> T:
+        """`action(file_id)` on the newest file of (kind, name), resolved again if it vanishes."""
+        check_name(kind, name)
+        cached = self._ids.get((kind, name))
+        if cached is not None:
+            try:
+                return action(cached)
+            except Gone:
+                self._ids.pop((kind, name), None)
+        for _ in range(5):  # a file may vanish between resolving and reading while it is replaced
+            files = self._lookup(kind, name)
+            if not files:
+                break
+            try:
+                result = action(files[0]["id"])
+            except Gone:
+                continue
+            self._ids[(kind, name)] = files[0]["id"]
+            return result
+        raise self._missing(kind, name)
+
+    # ---- the contract ---------------------------------------------------------------------------
+    def create_layout(self) -> None:
+        self._folder_id(create=True)
+
+    def write(self, kind: Kind, name: str, data: bytes | memoryview) -> None:
+        check_name(kind, name)
+        payload = bytes(data)
+        folder = self._folder_id(create=True)
+        properties = {"capsule": "1", "kind": kind}
+        if len(name) <= 120:  # Drive keeps at most 124 bytes of key and value
+            properties["name"] = name
+        metadata = {"name": self._file_name(kind, name), "parents": [folder], "appProperties": properties}
+        if len(payload) > self._chunk or (kind == "data" and payload):
+            created = self._upload_resumable(kind, name, metadata, payload)
+        else:
+            started = self._clock()
+            created = self._run(
+                f"upload {kind} {name[:12]}",
+                lambda: self._files.create(
+                    body=metadata, media_body=_Bytes(payload, self._chunk, False), fields=FILE_FIELDS
+                ),
+            )
+            self._pace(len(payload), started)
+        self._ids[(kind, name)] = created["id"]
+        mine = (created.get("createdTime", ""), created["id"])
+        for old in self._lookup(kind, name):  # only older ones: a newer one is another writer's
+            if (old.get("createdTime", ""), old["id"]) < mine:
+                self._delete(old["id"])
+
+    def _upload_resumable(self, kind: str, name: str, metadata: dict[str, Any], payload: bytes) -> Any:
+        what = f"upload {kind} {name[:12]}"
+
+        def new_request() -> Any:
+            media = _Bytes(payload, self._chunk, True)
+            return self._files.create(body=metadata, media_body=media, fields=FILE_FIELDS)
+
+        request = new_request()
+        saved = self._sessions.load(kind, name) if self._sessions is not None else None
+        if saved:
+            request.resumable_uri = saved
+            request._in_error_state = True  # ask for the server's offset before sending a byte
+        failures = restarts = 0
+        started, sent_before = self._clock(), 0
+        while True:
+            try:
+                _, response = request.next_chunk(http=self._http(), num_retries=0)
+            except Exception as error:
+                try:
+                    transient = self._retrier.classify(error)
+                except Gone:  # the session expired (about a week, or the server forgot it): start over
+                    restarts += 1
+                    if self._sessions is not None:
+                        self._sessions.clear(kind, name)
+                    if restarts > self._retrier.backoff.attempts:
+                        raise StorageUnavailable(
+                            f"Google Drive kept losing the upload of {kind} {name[:12]} to {self.describe()}",
+                            retryable=True,
+                        ) from None
+                    request, saved, sent_before = new_request(), None, 0
+                    continue
+                failures += 1
+                self._retrier.wait(failures, transient, what)
+                continue
+            failures = 0
+            if response is not None:
+                if saved and self._sessions is not None:
+                    self._sessions.clear(kind, name)
+                return response
+            if self._sessions is not None and request.resumable_uri != saved:
+                saved = request.resumable_uri
+                self._sessions.save(kind, name, saved, len(payload))
+            sent_before = self._pace(request.resumable_progress - sent_before, started, sent_before)
+
+    def _pace(self, sent: int, started: float, before: int = 0) -> int:
+        """Sleep as long as keeps the upload under `bandwidth_limit`; return the bytes sent so far."""
+        total = before + sent
+        if self._bandwidth:
+            ahead = total / self._bandwidth - (self._clock() - started)
+            if ahead > 0:
+                self._sleep(ahead)
+        return total
+
+    def _delete(self, file_id: str) -> None:
+        with contextlib.suppress(Gone):  # deleted already: by another writer, or a lost answer's try
+            self._run("delete a file", lambda: self._files.delete(fileId=file_id))
+
+    def read(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        check_name(kind, name)
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError("a read's offset and length cannot be negative")
+        return self._on_object(kind, name, lambda file_id: self._read_range(file_id, offset, length))
+
+    def _read_range(self, file_id: str, offset: int, length: int | None) -> bytes:
+        if length == 0:
+            self._run("read a file's size", lambda: self._files.get(fileId=file_id, fields="id"))
+            return b""
+
+        def request() -> Any:
+            media = self._files.get_media(fileId=file_id)
+            end = "" if length is None else str(offset + length - 1)
+            media.headers["Range"] = f"bytes={offset}-{end}"
+            return media
+
+        try:
+            return bytes(self._run(f"read file {file_id}", request))
+        except Unsatisfiable:  # the range starts at or past the end (or the file is empty)
+            return b""
+
+    def read_tail(self, kind: Kind, name: str, length: int) -> tuple[int, bytes]:
+        def tail(file_id: str) -> tuple[int, bytes]:
+            size = self._stat_file(file_id).size
+            start = max(0, size - length)
+            return size, (self._read_range(file_id, start, size - start) if size else b"")
+
+        return self._on_object(kind, name, tail)
+
+    def _stat_file(self, file_id: str) -> ObjectInfo:
+        found = self._run("read a file's size", lambda: self._files.get(fileId=file_id, fields=FILE_FIELDS))
+        return ObjectInfo(int(found.get("size", 0)), _seconds(found["modifiedTime"]))
+
+    def stat(self, kind: Kind, name: str) -> ObjectInfo:
+        return self._on_object(kind, name, self._stat_file)
+
+    def size(self, kind: Kind, name: str) -> int:
+        return self.stat(kind, name).size
+
+    def exists(self, kind: Kind, name: str) -> bool:
+        check_name(kind, name)
+        return bool(self._lookup(kind, name))
+
+    def list(self, kind: Kind) -> Iterator[str]:
+        check_name(kind, "config")
+        folder = self._folder_id(create=False)
+        if folder is None:
+            return
+        q = (
+            f"{_quote(folder)} in parents and trashed = false and "
+            f"appProperties has {{ key='kind' and value={_quote(kind)} }}"
+        )
+        seen: set[str] = set()
+        for found in self._search(q, "id, name"):
+            name = "config" if kind == "config" else found["name"].removeprefix(f"{kind}-")
+            if name not in seen:
+                seen.add(name)
+                yield name
+
+    def remove(self, kind: Kind, name: str) -> None:
+        check_name(kind, name)
+        for found in self._lookup(kind, name):
+            self._delete(found["id"])
+        self._ids.pop((kind, name), None)
+
+
+def open_drive(
+    folder_name: str,
+    credentials: DriveCredentials,
+    *,
+    root_url: str | None = None,
+    **options: Any,
+) -> DriveBackend:
+    """The backend for a repository kept in Drive folder `folder_name`. The root URL is Google's
+    unless `root_url` or the environment's CAPSULE_GDRIVE_ROOT_URL (a proxy) says otherwise;
+    `options` are DriveBackend's."""
+    google_credentials = google.oauth2.credentials.Credentials(  # type: ignore[no-untyped-call]
+        token=None,
+        refresh_token=credentials.refresh_token,
+        client_id=credentials.client_id,
+        client_secret=credentials.client_secret,
+        token_uri=credentials.token_uri,
+        scopes=[SCOPE],
+    )
+    root = root_url or os.environ.get(ROOT_URL_VARIABLE) or DEFAULT_ROOT_URL
+    return DriveBackend(folder_name, google_credentials, root_url=root, **options)
