@@ -74,6 +74,8 @@ class Recorded:
     """Body bytes read from the request (part of it for a dropped one)."""
     status: int
     """The status answered; 0 when the connection was dropped."""
+    content_range: str = ""
+    """The request's Content-Range (`bytes */N` is an upload's status query)."""
 
 
 @dataclass
@@ -82,6 +84,8 @@ class Fault:
     remaining: int
     method: str | None = None
     path: str | None = None
+    skip: int = 0
+    """Matching requests to let through before the fault starts."""
 
     def matches(self, method: str, path: str) -> bool:
         if self.remaining <= 0 or (self.method is not None and self.method != method):
@@ -210,12 +214,13 @@ class FakeDrive:
             self.access_tokens.clear()
 
     def fail(self, next_n: int = 1, kind: str = "server_error", *, method: str | None = None,
-             path: str | None = None) -> None:  # fmt: skip
-        """Answer the next `next_n` matching requests with fault `kind` (see the module's doc)."""
+             path: str | None = None, skip: int = 0) -> None:  # fmt: skip
+        """Answer the next `next_n` matching requests with fault `kind` (see the module's doc),
+        after letting `skip` of them through."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"{kind!r} is not a fault kind: use one of {sorted(FAULT_KINDS)}")
         with self._lock:
-            self.faults.append(Fault(kind, next_n, method, path))
+            self.faults.append(Fault(kind, next_n, method, path, skip))
 
     def reset(self) -> None:
         """Forget every file, session, fault and recorded request (tokens stay valid)."""
@@ -253,13 +258,16 @@ class FakeDrive:
         with self._lock:
             for fault in self.faults:
                 if fault.matches(method, path):
+                    if fault.skip > 0:
+                        fault.skip -= 1
+                        continue
                     fault.remaining -= 1
                     return fault
         return None
 
-    def record(self, method: str, path: str, query: dict[str, str], received: int, status: int) -> None:
+    def record(self, request: Recorded) -> None:
         with self._lock:
-            self.requests.append(Recorded(method, path, query, received, status))
+            self.requests.append(request)
 
     def new_id(self) -> str:
         return f"f{next(self._ids):06d}{secrets.token_hex(4)}"
@@ -442,7 +450,7 @@ class _Handler(BaseHTTPRequestHandler):
             match = re.match(r"bytes (\d+)-(\d+)/", self.headers.get("Content-Range", ""))
             if session is not None and match and int(match.group(1)) == len(session.received):
                 session.received += part[: len(part) // QUANTUM * QUANTUM]
-        self.drive.record(method, path, query, len(part), 0)
+        self.drive.record(Recorded(method, path, query, len(part), 0, self.headers.get("Content-Range", "")))
         # SO_LINGER 0: close with a reset, as a broken network path does, not with a clean FIN
         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.connection.close()
@@ -459,7 +467,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(*_FAULT_ANSWERS[fault.kind])
 
     def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-        self.drive.record(self._method, self._path, self._query, self._received, status)
+        content_range = self.headers.get("Content-Range", "")
+        self.drive.record(
+            Recorded(self._method, self._path, self._query, self._received, status, content_range)
+        )
         self.send_response(status)
         for key, value in (headers or {}).items():
             self.send_header(key, value)
@@ -616,10 +627,11 @@ class _Handler(BaseHTTPRequestHandler):
             raise HttpProblem(400, "badContent", "multipart upload without a boundary")
         parts = []
         for part in body.split(b"--" + match.group(1).encode())[1:-1]:
-            part = part[2:] if part.startswith(b"\r\n") else part[1:]
-            _, _, payload = part.partition(b"\r\n\r\n" if b"\r\n\r\n" in part[:2000] else b"\n\n")
-            payload = payload[:-2] if payload.endswith(b"\r\n") else payload[:-1]
-            parts.append(payload)
+            # headers end at the first blank line, and their line ending is the part's line ending
+            crlf, lf = part.find(b"\r\n\r\n"), part.find(b"\n\n")
+            eol = b"\r\n" if crlf != -1 and (lf == -1 or crlf < lf) else b"\n"
+            _, _, payload = part.removeprefix(eol).partition(eol + eol)
+            parts.append(payload.removesuffix(eol))
         if len(parts) != 2:
             raise HttpProblem(400, "badContent", f"multipart upload with {len(parts)} parts, not 2")
         self._json(200, self.drive.new_file(json.loads(parts[0]), parts[1]).resource())
@@ -671,3 +683,38 @@ def shared_fake() -> FakeDrive:
         if _shared is None:
             _shared = FakeDrive()
         return _shared
+
+
+class Sleeps:
+    """An injected `sleep` that records the waits and waits not; `clock` is a matching monotonic
+    clock that the waits move on."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+        self.now = 0.0
+
+    def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
+
+    def clock(self) -> float:
+        return self.now
+
+
+class MemorySessions:
+    """`UploadSessions` in a dict, standing in for the event log that keeps them across restarts."""
+
+    def __init__(self) -> None:
+        self.saved: dict[tuple[str, str], tuple[str, int]] = {}
+        self.cleared: list[tuple[str, str]] = []
+
+    def load(self, kind: str, name: str) -> str | None:
+        found = self.saved.get((kind, name))
+        return found[0] if found else None
+
+    def save(self, kind: str, name: str, uri: str, size: int) -> None:
+        self.saved[(kind, name)] = (uri, size)
+
+    def clear(self, kind: str, name: str) -> None:
+        self.saved.pop((kind, name), None)
+        self.cleared.append((kind, name))

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from importlib import resources
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import google.oauth2.credentials
 import google_auth_httplib2
@@ -410,3 +410,9 @@ def open_drive(
     )
     root = root_url or os.environ.get(ROOT_URL_VARIABLE) or DEFAULT_ROOT_URL
     return DriveBackend(folder_name, google_credentials, root_url=root, **options)
+
+
+if TYPE_CHECKING:  # mypy holds the Drive backend to the contract's signatures here
+    from capsule.adapters.repository.backends.storage import Backend
+
+    _drive: Backend = DriveBackend("x", google.oauth2.credentials.Credentials(None))  # type: ignore[no-untyped-call]
