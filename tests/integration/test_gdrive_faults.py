@@ -294,3 +294,17 @@ def test_small_objects_of_any_bytes_read_back_as_written(fake: FakeDrive, payloa
     backend.write("index", PACK, payload)
     assert backend.read("index", PACK) == payload
     assert backend.size("index", PACK) == len(payload)
+
+
+def test_a_pack_of_two_chunks_costs_four_requests(fake: FakeDrive) -> None:
+    backend = drive(fake)
+    backend.create_layout()
+    before = len(fake.requests)
+    backend.write("data", PACK, pack(2 * CHUNK))
+    made = [(r.method, r.path) for r in fake.requests[before:]]
+    assert made == [
+        ("POST", "/upload/drive/v3/files"),
+        ("PUT", "/upload/drive/v3/files"),
+        ("PUT", "/upload/drive/v3/files"),
+        ("GET", "/drive/v3/files"),
+    ], "open the session, two chunks, then look for older files of the name"
