@@ -662,6 +662,14 @@ class _Handler(BaseHTTPRequestHandler):
             session.received += body[len(session.received) - first :]
             if total != "*":
                 session.total = int(total)
+        elif (
+            status is not None
+            and status.group(1) != "*"
+            and session.total not in (None, int(status.group(1)))
+        ):
+            raise HttpProblem(
+                400, "badRange", f"the upload is of {session.total} bytes, not {status.group(1)}"
+            )
         elif status is None and not (content_range == "" and not body and session.total == 0):
             raise HttpProblem(400, "badRange", f"Content-Range {content_range!r} is not understood")
         if session.total is not None and len(session.received) >= session.total:

@@ -308,3 +308,29 @@ def test_a_pack_of_two_chunks_costs_four_requests(fake: FakeDrive) -> None:
         ("PUT", "/upload/drive/v3/files"),
         ("GET", "/drive/v3/files"),
     ], "open the session, two chunks, then look for older files of the name"
+
+
+def test_a_saved_session_the_server_refuses_starts_a_new_upload(fake: FakeDrive) -> None:
+    sessions = MemorySessions()
+    first = drive(fake, sessions=sessions, backoff=Backoff(attempts=1))
+    fake.fail(1, "drop", method="PUT", skip=1)
+    with pytest.raises(StorageUnavailable):
+        first.write("data", PACK, pack(4 * CHUNK))
+    assert sessions.load("data", PACK) is not None
+    other = pack(3 * CHUNK)  # not the bytes the saved session was opened for
+    drive(fake, sessions=sessions).write("data", PACK, other)
+    assert drive(fake).read("data", PACK) == other
+    assert fake.count("POST", "/upload/") == 2
+
+
+def test_a_folder_deleted_in_drive_is_made_again_by_the_next_write(fake: FakeDrive) -> None:
+    backend = drive(fake)
+    backend.write("index", PACK, b"first")
+    (folder,) = fake.named("shop")
+    del fake.files[folder.id]  # the owner deleted it in Drive's web page, with what it held
+    for gone in [f.id for f in fake.files.values() if folder.id in f.parents]:
+        del fake.files[gone]
+    backend.write("index", PACK, b"again")
+    backend.write("data", PACK, pack(2 * CHUNK))
+    assert backend.read("index", PACK) == b"again"
+    assert len(fake.named("shop")) == 1

@@ -13,8 +13,7 @@ query on the folder and the `kind` tag.
 - Reads use a small cache of name -> file id; listing never does, so a write that returned is listed.
 - Every request is one attempt inside our own retry loop (gdrive_retry); a resumable upload that
   fails asks the server for its offset and goes on from there, and an expired session starts over.
-- `sessions` keeps an upload's session URI across a restart. Resuming sets `_in_error_state` on the
-  client's request, a private attribute: the library's version is pinned and a test covers it.
+- `sessions` keeps an upload's session URI across a restart (gdrive_upload).
 - Each thread has its own HTTP connection (httplib2 objects are not thread-safe).
 """
 
@@ -28,17 +27,25 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import google.oauth2.credentials
 import google_auth_httplib2
 from google.auth.credentials import Credentials
 from googleapiclient.discovery import build_from_document
-from googleapiclient.http import MediaUpload, build_http
+from googleapiclient.http import build_http
 
 from capsule.adapters.errors import ObjectNotFound, StorageUnavailable
 from capsule.adapters.repository.backends.gdrive_auth import SCOPE, DriveCredentials
 from capsule.adapters.repository.backends.gdrive_retry import Backoff, Gone, Retrier, Unsatisfiable
+from capsule.adapters.repository.backends.gdrive_upload import (
+    CHUNK_UNIT,
+    BytesMedia,
+    Pace,
+    UploadOf,
+    UploadSessions,
+    upload_resumable,
+)
 from capsule.adapters.repository.backends.storage import Kind, ObjectInfo, check_name
 
 __all__ = ["DEFAULT_ROOT_URL", "DriveBackend", "DriveCredentials", "UploadSessions", "open_drive"]
@@ -47,49 +54,11 @@ DEFAULT_ROOT_URL = "https://www.googleapis.com/"
 ROOT_URL_VARIABLE = "CAPSULE_GDRIVE_ROOT_URL"
 FOLDER = "application/vnd.google-apps.folder"
 CHUNK = 8 * 1024 * 1024
-CHUNK_UNIT = 256 * 1024
 FILE_FIELDS = "id, name, size, createdTime, modifiedTime"
+CONSENT_HINT = "capsule destinations add gdrive NAME ..."
+"""The command that gives consent again, for messages (the destination's own name when known)."""
 
 T = TypeVar("T")
-
-
-class UploadSessions(Protocol):
-    """Where a resumable upload's session is kept, so that a restarted process goes on with it."""
-
-    def load(self, kind: str, name: str) -> str | None:
-        """The session URI saved for (kind, name), if any."""
-
-    def save(self, kind: str, name: str, uri: str, size: int) -> None:
-        """Record that (kind, name), `size` bytes, is being uploaded through session `uri`."""
-
-    def clear(self, kind: str, name: str) -> None:
-        """Forget the session of (kind, name): the upload finished or its session expired."""
-
-
-class _Bytes(MediaUpload):  # type: ignore[misc]
-    """Media served from bytes, not a stream: a resent chunk is always whole (a stream slice that
-    a failed send consumed would go out empty)."""
-
-    def __init__(self, data: bytes, chunk_size: int, resumable: bool) -> None:
-        self._data, self._chunk, self._resumable = data, chunk_size, resumable
-
-    def chunksize(self) -> int:
-        return self._chunk
-
-    def mimetype(self) -> str:
-        return "application/octet-stream"
-
-    def size(self) -> int:
-        return len(self._data)
-
-    def resumable(self) -> bool:
-        return self._resumable
-
-    def getbytes(self, begin: int, length: int) -> bytes:
-        return self._data[begin : begin + length]
-
-    def has_stream(self) -> bool:
-        return False
 
 
 def _discovery_document(root_url: str) -> dict[str, Any]:
@@ -130,7 +99,7 @@ class DriveBackend:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         timeout: float = 120.0,
-        consent_hint: str = "capsule destinations add gdrive NAME ...",
+        consent_hint: str = CONSENT_HINT,
     ) -> None:
         if not folder_name or folder_name != folder_name.strip() or "\n" in folder_name:
             raise ValueError(f"{folder_name!r} cannot name a Drive folder: give a name on one line")
@@ -244,80 +213,47 @@ class DriveBackend:
     def write(self, kind: Kind, name: str, data: bytes | memoryview) -> None:
         check_name(kind, name)
         payload = bytes(data)
-        folder = self._folder_id(create=True)
-        properties = {"capsule": "1", "kind": kind}
-        if len(name) <= 120:  # Drive keeps at most 124 bytes of key and value
-            properties["name"] = name
-        metadata = {"name": self._file_name(kind, name), "parents": [folder], "appProperties": properties}
-        if len(payload) > self._chunk or (kind == "data" and payload):
-            created = self._upload_resumable(kind, name, metadata, payload)
-        else:
-            started = self._clock()
-            created = self._run(
-                f"upload {kind} {name[:12]}",
-                lambda: self._files.create(
-                    body=metadata, media_body=_Bytes(payload, self._chunk, False), fields=FILE_FIELDS
-                ),
-            )
-            self._pace(len(payload), started)
+        for tries_left in (1, 0):
+            folder = self._folder_id(create=True)
+            try:
+                created = self._upload(kind, name, folder, payload)
+                break
+            except Gone:  # the folder is gone (deleted in Drive): find or make it again, once
+                if not tries_left:
+                    raise StorageUnavailable(
+                        f"{self.describe()} vanished while {kind} {name[:12]} was written to it",
+                        retryable=True,
+                    ) from None
+                with self._lock:
+                    self._folder = None
         self._ids[(kind, name)] = created["id"]
         mine = (created.get("createdTime", ""), created["id"])
         for old in self._lookup(kind, name):  # only older ones: a newer one is another writer's
             if (old.get("createdTime", ""), old["id"]) < mine:
                 self._delete(old["id"])
 
-    def _upload_resumable(self, kind: str, name: str, metadata: dict[str, Any], payload: bytes) -> Any:
-        what = f"upload {kind} {name[:12]}"
-
-        def new_request() -> Any:
-            media = _Bytes(payload, self._chunk, True)
-            return self._files.create(body=metadata, media_body=media, fields=FILE_FIELDS)
-
-        request = new_request()
-        saved = self._sessions.load(kind, name) if self._sessions is not None else None
-        if saved:
-            request.resumable_uri = saved
-            request._in_error_state = True  # ask for the server's offset before sending a byte
-        failures = restarts = 0
-        started, sent_before = self._clock(), 0
-        while True:
-            try:
-                _, response = request.next_chunk(http=self._http(), num_retries=0)
-            except Exception as error:
-                try:
-                    transient = self._retrier.classify(error)
-                except Gone:  # the session expired (about a week, or the server forgot it): start over
-                    restarts += 1
-                    if self._sessions is not None:
-                        self._sessions.clear(kind, name)
-                    if restarts > self._retrier.backoff.attempts:
-                        raise StorageUnavailable(
-                            f"Google Drive kept losing the upload of {kind} {name[:12]} to {self.describe()}",
-                            retryable=True,
-                        ) from None
-                    request, saved, sent_before = new_request(), None, 0
-                    continue
-                failures += 1
-                self._retrier.wait(failures, transient, what)
-                continue
-            failures = 0
-            if response is not None:
-                if saved and self._sessions is not None:
-                    self._sessions.clear(kind, name)
-                return response
-            if self._sessions is not None and request.resumable_uri != saved:
-                saved = request.resumable_uri
-                self._sessions.save(kind, name, saved, len(payload))
-            sent_before = self._pace(request.resumable_progress - sent_before, started, sent_before)
-
-    def _pace(self, sent: int, started: float, before: int = 0) -> int:
-        """Sleep as long as keeps the upload under `bandwidth_limit`; return the bytes sent so far."""
-        total = before + sent
-        if self._bandwidth:
-            ahead = total / self._bandwidth - (self._clock() - started)
-            if ahead > 0:
-                self._sleep(ahead)
-        return total
+    def _upload(self, kind: str, name: str, folder: str | None, payload: bytes) -> Any:
+        properties = {"capsule": "1", "kind": kind}
+        if len(name) <= 120:  # Drive keeps at most 124 bytes of key and value
+            properties["name"] = name
+        metadata = {"name": self._file_name(kind, name), "parents": [folder], "appProperties": properties}
+        pace = Pace(self._bandwidth, self._clock, self._sleep)
+        resumable = len(payload) > self._chunk or (kind == "data" and bool(payload))
+        media = BytesMedia(payload, self._chunk, resumable)
+        if resumable:
+            return upload_resumable(
+                lambda: self._files.create(body=metadata, media_body=media, fields=FILE_FIELDS),
+                self._http,
+                self._retrier,
+                UploadOf(kind, name, len(payload), self.describe(), self._sessions),
+                pace,
+            )
+        created = self._run(
+            f"upload {kind} {name[:12]}",
+            lambda: self._files.create(body=metadata, media_body=media, fields=FILE_FIELDS),
+        )
+        pace.reached(len(payload))
+        return created
 
     def _delete(self, file_id: str) -> None:
         with contextlib.suppress(Gone):  # deleted already: by another writer, or a lost answer's try
@@ -395,11 +331,18 @@ def open_drive(
     credentials: DriveCredentials,
     *,
     root_url: str | None = None,
-    **options: Any,
+    chunk_size: int = CHUNK,
+    sessions: UploadSessions | None = None,
+    bandwidth_limit: int | None = None,
+    backoff: Backoff = Backoff(),  # noqa: B008 - frozen
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    timeout: float = 120.0,
+    consent_hint: str = CONSENT_HINT,
 ) -> DriveBackend:
     """The backend for a repository kept in Drive folder `folder_name`. The root URL is Google's
-    unless `root_url` or the environment's CAPSULE_GDRIVE_ROOT_URL (a proxy) says otherwise;
-    `options` are DriveBackend's."""
+    unless `root_url`, or else the environment's CAPSULE_GDRIVE_ROOT_URL (a proxy), names another;
+    the other options are DriveBackend's."""
     google_credentials = google.oauth2.credentials.Credentials(  # type: ignore[no-untyped-call]
         token=None,
         refresh_token=credentials.refresh_token,
@@ -408,8 +351,19 @@ def open_drive(
         token_uri=credentials.token_uri,
         scopes=[SCOPE],
     )
-    root = root_url or os.environ.get(ROOT_URL_VARIABLE) or DEFAULT_ROOT_URL
-    return DriveBackend(folder_name, google_credentials, root_url=root, **options)
+    return DriveBackend(
+        folder_name,
+        google_credentials,
+        root_url=root_url or os.environ.get(ROOT_URL_VARIABLE) or DEFAULT_ROOT_URL,
+        chunk_size=chunk_size,
+        sessions=sessions,
+        bandwidth_limit=bandwidth_limit,
+        backoff=backoff,
+        sleep=sleep,
+        clock=clock,
+        timeout=timeout,
+        consent_hint=consent_hint,
+    )
 
 
 if TYPE_CHECKING:  # mypy holds the Drive backend to the contract's signatures here
