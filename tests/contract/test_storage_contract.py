@@ -36,15 +36,12 @@ def _memory(tmp_path: Path) -> Backend:
 
 def _gdrive(tmp_path: Path) -> Backend:
     """A Drive folder on the fake Drive server, through Google's real client libraries."""
-    from capsule.adapters.repository.backends.gdrive import DriveCredentials, open_drive
+    from capsule.adapters.repository.backends.gdrive import open_drive
     from tests.fakes.drive import shared_fake
 
     fake = shared_fake()
     fake.reset()  # one test at a time per process: what earlier tests stored is not needed
-    credentials = DriveCredentials(
-        fake.client_id, fake.client_secret, fake.issue_refresh_token(), fake.token_uri
-    )
-    backend = open_drive("contract", credentials, root_url=fake.url, chunk_size=1024 * 1024)
+    backend = open_drive("contract", fake.credentials(), root_url=fake.url, chunk_size=1024 * 1024)
     backend.create_layout()
     return backend
 

@@ -13,17 +13,26 @@ google-api-python-client, google-auth and google-auth-oauthlib against it:
   by `and`) and paging; `GET /drive/v3/files/ID` (metadata, or `alt=media` with `Range` -> 206);
   `POST /drive/v3/files` (a folder); `DELETE /drive/v3/files/ID` -> 204. A bad access token -> 401.
 
-Faults on demand, each for the next `n` requests that match::
+Use::
 
-    fake = FakeDrive()
-    fake.fail(2, "server_error", method="PUT")   # the next two chunk PUTs answer 503
-    fake.fail(1, "drop", method="PUT")           # read half the chunk, then reset the connection
-    fake.fail(1, "invalid_grant")                # the next refresh is refused
-    fake.requests                                # what arrived: method, path, query, bytes, status
+    with FakeDrive() as fake:                    # or shared_fake(): one per test process
+        credentials = fake.credentials()         # as if the account's owner had consented
+        backend = open_drive("shop", credentials, root_url=fake.url, sleep=Sleeps())
+        fake.fail(2, "server_error", method="PUT")     # the next two chunk PUTs answer 503
+        fake.fail(1, "drop", method="PUT", skip=1)     # the second: read half, then reset
+        fake.fail(1, "invalid_grant")                  # the next refresh is refused
+        fake.revoke(credentials.refresh_token); fake.expire_access_tokens()
+        fake.page_size = 3                             # lists come in pages of three
+        fake.requests      # what arrived: method, path, query, bytes received, status, Content-Range
+        fake.count("POST", "/upload/"), fake.received("/upload/"), fake.named("config")
+
+`client_config()` is a client-secrets document for the consent flow, whose `/auth` redirects at once
+to the redirect_uri with `code` and `state` (a test plays the browser with one GET).
 
 Kinds: server_error (503), too_many_requests (429), rate_limit / user_rate_limit (403 with those
 reasons), quota (403 storageQuotaExceeded), drop, expire_session (404 on an upload session, which is
-forgotten), invalid_grant (on /token). Without `path`, a fault never hits /token or /auth, and
+forgotten), invalid_grant (on /token). A dropped chunk keeps what arrived in whole 256 KiB units, as
+Google's servers do. Without `path`, a fault never hits /token or /auth, and
 invalid_grant only hits /token.
 """
 
@@ -46,6 +55,8 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
+
+from capsule.adapters.repository.backends.gdrive_auth import DriveCredentials
 
 FOLDER = "application/vnd.google-apps.folder"
 QUANTUM = 256 * 1024
@@ -197,6 +208,12 @@ class FakeDrive:
                 "redirect_uris": ["http://127.0.0.1/callback"],
             }
         }
+
+    def credentials(self) -> DriveCredentials:
+        """Credentials for a new refresh token of this server's account."""
+        return DriveCredentials(
+            self.client_id, self.client_secret, self.issue_refresh_token(), self.token_uri
+        )
 
     def issue_refresh_token(self) -> str:
         token = "1//fake-refresh-" + secrets.token_urlsafe(16)

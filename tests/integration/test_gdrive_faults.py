@@ -34,7 +34,7 @@ def fake(server: FakeDrive) -> FakeDrive:
 
 
 def credentials(fake: FakeDrive) -> DriveCredentials:
-    return DriveCredentials(fake.client_id, fake.client_secret, fake.issue_refresh_token(), fake.token_uri)
+    return fake.credentials()
 
 
 def drive(fake: FakeDrive, sleeps: Sleeps | None = None, **options: object) -> DriveBackend:

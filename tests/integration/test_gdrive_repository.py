@@ -58,9 +58,7 @@ def test_a_backup_written_to_drive_is_restored_from_drive_alone(tmp_path: Path) 
     staging = tmp_path / "staging"
     staging.mkdir()
     with FakeDrive() as fake:
-        credentials = DriveCredentials(
-            fake.client_id, fake.client_secret, fake.issue_refresh_token(), fake.token_uri
-        )
+        credentials = fake.credentials()
         repo = Repository.init(drive(fake, credentials), key_file, pack_size=512 * 1024)
         with locked(repo.backend, "backup"):
             db = backup_database(repo, shop / "pos.db", staging, now=NOW)

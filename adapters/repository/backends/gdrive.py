@@ -1,6 +1,6 @@
 """A repository in a Google Drive folder: the storage contract over Drive's v3 API.
 
-Layout (docs/repository-format.md, "Google Drive: how objects are stored"): one folder per
+Layout (docs/destinations.md, "Google Drive: how objects are stored"): one folder per
 repository, found by its name and the appProperty `capsule=repository` (the oldest wins if two
 processes made one each); each object is a file directly in it named `<kind>-<name>` (the config is
 `config`) and tagged with appProperties `capsule=1`, `kind` and `name`. Listing a kind is one paged
