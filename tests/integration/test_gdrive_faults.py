@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -334,3 +335,16 @@ def test_a_folder_deleted_in_drive_is_made_again_by_the_next_write(fake: FakeDri
     backend.write("data", PACK, pack(2 * CHUNK))
     assert backend.read("index", PACK) == b"again"
     assert len(fake.named("shop")) == 1
+
+
+def test_processes_making_the_folder_at_once_all_use_the_oldest(fake: FakeDrive) -> None:
+    backends = [drive(fake) for _ in range(4)]
+    threads = [threading.Thread(target=b.create_layout) for b in backends]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(fake.named("shop")) == 1
+    for i, backend in enumerate(backends):
+        backend.write("locks", f"{i:032x}", b"lock")
+    assert all(len(list(b.list("locks"))) == 4 for b in backends)

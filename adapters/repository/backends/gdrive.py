@@ -138,35 +138,51 @@ class DriveBackend:
         return self._retrier.call(what, lambda: request().execute(http=self._http()))
 
     def _search(self, q: str, fields: str = FILE_FIELDS) -> list[dict[str, Any]]:
+        """Every file `q` finds, page by page; none when Drive answers 404 (a parent is gone)."""
         found: list[dict[str, Any]] = []
         token: str | None = None
         while True:
-            page = self._run(
-                "list files",
-                lambda t=token: self._files.list(  # type: ignore[misc]
-                    q=q, pageSize=1000, pageToken=t, fields=f"nextPageToken, files({fields})", spaces="drive"
-                ),
-            )
+            try:
+                page = self._run(
+                    "list files",
+                    lambda t=token: self._files.list(  # type: ignore[misc]
+                        q=q,
+                        pageSize=1000,
+                        pageToken=t,
+                        fields=f"nextPageToken, files({fields})",
+                        spaces="drive",
+                    ),
+                )
+            except Gone:
+                with self._lock:
+                    self._folder = None  # the folder was deleted: find or make it again
+                return []
             found.extend(page.get("files", []))
             token = page.get("nextPageToken")
             if not token:
                 return found
 
+    def _folders(self) -> list[dict[str, Any]]:
+        """The repository's folders, oldest first (two when two processes made one at once)."""
+        folders = self._search(
+            f"name = {_quote(self.folder_name)} and mimeType = '{FOLDER}' and trashed = false "
+            "and appProperties has { key='capsule' and value='repository' }"
+        )
+        return _newest_first(folders)[::-1]
+
     def _folder_id(self, create: bool) -> str | None:
         with self._lock:
-            if self._folder is None:
-                folders = self._search(
-                    f"name = {_quote(self.folder_name)} and mimeType = '{FOLDER}' and trashed = false "
-                    "and appProperties has { key='capsule' and value='repository' }"
-                )
-                if folders:
-                    self._folder = _newest_first(folders)[-1]["id"]
-                elif create:
-                    body = {"name": self.folder_name, "mimeType": FOLDER,
-                            "appProperties": {"capsule": "repository"}}  # fmt: skip
-                    self._folder = self._run(
-                        "create the folder", lambda: self._files.create(body=body, fields="id")
-                    )["id"]
+            if self._folder is not None:
+                return self._folder
+        folders = self._folders()
+        if not folders and create:
+            body = {"name": self.folder_name, "mimeType": FOLDER, "appProperties": {"capsule": "repository"}}
+            made = self._run("create the folder", lambda: self._files.create(body=body, fields="id"))["id"]
+            folders = self._folders()  # another process may have made one at the same moment
+            if folders and folders[0]["id"] != made:
+                self._delete(made)  # the oldest is the repository's; ours is still empty
+        with self._lock:
+            self._folder = folders[0]["id"] if folders else None
             return self._folder
 
     @staticmethod
