@@ -173,6 +173,8 @@ class FakeDrive:
         self.faults: list[Fault] = []
         self.refresh_tokens: set[str] = set()
         self.access_tokens: set[str] = set()
+        self.issued: list[str] = []
+        """Every access token given, still valid or not."""
         self.consents: list[dict[str, str]] = []
         """The query of every visit to /auth."""
         self._codes: dict[str, dict[str, str]] = {}
@@ -570,6 +572,7 @@ class _Handler(BaseHTTPRequestHandler):
         access = "ya29.fake-" + secrets.token_urlsafe(12)
         with self.drive._lock:
             self.drive.access_tokens.add(access)
+            self.drive.issued.append(access)
         answer: dict[str, Any] = {"access_token": access, "expires_in": 3599, "token_type": "Bearer",
                                   "scope": "https://www.googleapis.com/auth/drive.file"}  # fmt: skip
         if refresh_token is not None:

@@ -184,7 +184,7 @@ def test_a_revoked_authorization_needs_consent_and_no_secret_is_told(
     assert error.category is Category.REFUSED
     assert "revoked or expired" in str(error) and "capsule destinations add gdrive" in str(error)
     told = " ".join([str(error), repr(error), str(error.__cause__), caplog.text, repr(logs)])
-    for secret in (given.refresh_token, given.client_secret, *fake.access_tokens):
+    for secret in (given.refresh_token, given.client_secret, *fake.issued):
         assert secret not in told
     assert "hidden" in repr(given) and given.refresh_token not in repr(given)
     assert sleeps.waits == [], "a refused authorization is not tried again"
@@ -348,3 +348,21 @@ def test_processes_making_the_folder_at_once_all_use_the_oldest(fake: FakeDrive)
     for i, backend in enumerate(backends):
         backend.write("locks", f"{i:032x}", b"lock")
     assert all(len(list(b.list("locks"))) == 4 for b in backends)
+
+
+def test_no_secret_reaches_the_logs_of_a_run_with_refreshes_and_retries(
+    fake: FakeDrive, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    given = credentials(fake)
+    with capture_logs() as logs:
+        backend = open_drive("shop", given, root_url=fake.url, chunk_size=CHUNK, sleep=Sleeps())
+        fake.fail(1, "server_error", method="PUT")
+        backend.write("data", PACK, pack(2 * CHUNK))
+        fake.expire_access_tokens()
+        assert len(backend.read("data", PACK)) == 2 * CHUNK
+    told = caplog.text + repr(logs)
+    assert "trying again" in told, "the retry was logged"
+    assert len(fake.issued) >= 2, "a token was refreshed during the run"
+    for secret in (given.refresh_token, given.client_secret, *fake.issued):
+        assert secret not in told
