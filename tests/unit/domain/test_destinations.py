@@ -118,7 +118,7 @@ def test_a_drive_configuration_that_cannot_work_is_refused(change: dict[str, str
 
 def test_removing_an_unknown_destination_lists_the_names_there_are():
     state = given(nas(), *decide(given(nas()), drive("offsite")))
-    with pytest.raises(UnknownDestination, match="the destinations: nas, offsite$"):
+    with pytest.raises(UnknownDestination, match=r"the destinations: nas, offsite$"):
         decide(state, Remove("c3", "usb"))
 
 
