@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from capsule.api.exitcodes import EXIT_CODES, exit_code
-from capsule.api.vocabulary import emit_json, rfc3339
+from capsule.api.render import when
+from capsule.api.vocabulary import emit_json
 from capsule.domain.errors import Category
 
 if TYPE_CHECKING:
@@ -47,8 +48,9 @@ def listed(result: DestinationList, as_json: bool) -> None:
     width = max(len(v.name) for v in result.destinations)
     for v in result.destinations:
         state = "" if v.enabled else "  (disabled)"
-        added = f"  added {rfc3339(v.added_at)} by {v.added_by}" if v.added_at else ""
-        click.echo(f"{v.name:<{width}}  {_kind(v):<12}  {v.location}{state}{added}")
+        added = f"  added {when(v.added_at)} by {v.added_by}" if v.added_at else ""
+        where = v.path or f"folder {v.folder_name}"
+        click.echo(f"{v.name:<{width}}  {_kind(v):<12}  {where}{state}{added}")
 
 
 def changed(result: DestinationChanged, as_json: bool) -> None:
