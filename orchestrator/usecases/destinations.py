@@ -25,9 +25,13 @@ from capsule.domain.errors import CapsuleError, Category
 from capsule.domain.settings import SECRET_SHOWN
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from capsule.domain.events import Event
+    from capsule.orchestrator.eventstore import StoredEvent
     from capsule.orchestrator.settings import Settings
 
-TRIES = 3
+TRIES = 8
 """Decisions made again when the settings moved between the read and the append."""
 PROBE_BYTES = 64
 
@@ -95,7 +99,9 @@ def _actor(actor: str | None) -> str:
     return actor or person()
 
 
-def _decide(settings: Settings, make: Any, actor: str | None) -> tuple[list[Any], DestinationList]:
+def _decide(
+    settings: Settings, make: Callable[[str], rules.Command], actor: str | None
+) -> tuple[list[Event], DestinationList]:
     """Decide the command `make()` builds against the destinations now and append its events;
     once more on the new state if the settings moved meanwhile. Returns the events and the list after."""
     from capsule.orchestrator import codec  # noqa: PLC0415
@@ -130,7 +136,7 @@ def _decide(settings: Settings, make: Any, actor: str | None) -> tuple[list[Any]
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _listing(stored: list[Any]) -> DestinationList:
+def _listing(stored: list[StoredEvent]) -> DestinationList:
     from capsule.orchestrator.destinations import destinations_of  # noqa: PLC0415
 
     state = destinations_of(stored)

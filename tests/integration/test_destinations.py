@@ -185,3 +185,18 @@ def test_a_drive_destination_without_its_backend_is_unavailable(
 
     assert (result.ok, result.category) == (False, "unavailable")
     assert "cannot reach Google Drive" in result.message
+
+
+def test_destinations_added_at_once_are_all_kept(shop: Shop, tmp_path: Path) -> None:
+    # Each append is made at the version read; one that meets another made meanwhile is decided
+    # again on the new state instead of failing or overwriting.
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = in_process_settings(shop)
+    names = [f"nas-{i}" for i in range(4)]
+    with ThreadPoolExecutor(len(names)) as pool:
+        list(pool.map(lambda name: uc.add_folder(settings, name, tmp_path / name), names))
+
+    listed = uc.list_destinations(settings)
+    assert sorted(d.name for d in listed.destinations) == names
+    assert listed.version == len(names)
