@@ -27,6 +27,7 @@ from capsule.domain.settings import SECRET_SHOWN
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from capsule.adapters.repository.backends import Backend
     from capsule.domain.events import Event
     from capsule.orchestrator.eventstore import StoredEvent
     from capsule.orchestrator.settings import Settings
@@ -351,7 +352,7 @@ def _probe(d: rules.Destination, started: float, category: str | None, message: 
     )
 
 
-def _round_trip(backend: Any) -> str:
+def _round_trip(backend: Backend) -> str:
     probe = f"probe-{secrets.token_hex(8)}"
     data = secrets.token_bytes(PROBE_BYTES)
     backend.write("locks", probe, data)
