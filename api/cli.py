@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import structlog
 
-from capsule.api import cli_alerts, cli_forget, cli_jobs, cli_serve, cli_settings, render
+from capsule.api import cli_alerts, cli_destinations, cli_forget, cli_jobs, cli_serve, cli_settings, render
 from capsule.api.cli_demo import demo
 from capsule.api.cli_drill import drill
 from capsule.api.cli_prune import prune
@@ -304,6 +304,8 @@ def unlock(obj: Context, remove_all: bool) -> None:
 
 
 for command in (*cli_jobs.COMMANDS, *cli_settings.COMMANDS, demo, *cli_alerts.COMMANDS, *cli_serve.COMMANDS):
+    cli.add_command(command)
+for command in cli_destinations.COMMANDS:
     cli.add_command(command)
 cli.add_command(drill)
 cli.add_command(prune)

@@ -17,6 +17,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, JsonValue, ValidationError
 
 from capsule.domain.errors import Category, InvalidEvent, UnknownEvent
+from capsule.domain.settings import SEALED_PREFIX
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -409,6 +410,71 @@ class SettingsChanged(Event):
     changes: tuple[SettingChange, ...]
 
 
+# Destinations: off-site copies of the repository, part of the settings aggregate, so their events
+# go in the `settings` stream beside `SettingsChanged` (see domain/destinations.py). A secret (a
+# Drive client secret, a refresh token) is only ever held sealed: an event refuses one in plain text.
+
+
+def _sealed(value: str | None) -> str | None:
+    if value is not None and not value.startswith(SEALED_PREFIX):
+        raise ValueError("a destination's secret must be sealed before it becomes an event")
+    return value
+
+
+SealedText = Annotated[str, AfterValidator(_sealed)]
+"""A secret as an event may hold it: `sealed:v1:...` (orchestrator/secrets.py), never plain text."""
+
+
+class DestinationAdded(Event):
+    """An admin added an off-site destination: a folder, or a Google Drive folder with its consent."""
+
+    type_name: ClassVar[str] = "DestinationAdded"
+
+    name: str
+    kind: Literal["folder", "gdrive"]
+    path: str | None = None
+    """A folder destination's absolute path."""
+    folder_name: str | None = None
+    """A Drive destination's folder name."""
+    client_id: str | None = None
+    token_uri: str | None = None
+    client_secret: SealedText | None = None
+    refresh_token: SealedText | None = None
+
+
+class DestinationRemoved(Event):
+    """An admin removed a destination; what it holds stays where it is."""
+
+    type_name: ClassVar[str] = "DestinationRemoved"
+
+    name: str
+
+
+class DestinationConsentRenewed(Event):
+    """An admin gave a Drive destination a new refresh token (consent given again)."""
+
+    type_name: ClassVar[str] = "DestinationConsentRenewed"
+
+    name: str
+    refresh_token: SealedText
+
+
+class DestinationEnabled(Event):
+    """An admin turned a destination back on: copies go to it again."""
+
+    type_name: ClassVar[str] = "DestinationEnabled"
+
+    name: str
+
+
+class DestinationDisabled(Event):
+    """An admin turned a destination off without removing it: nothing is copied to it meanwhile."""
+
+    type_name: ClassVar[str] = "DestinationDisabled"
+
+    name: str
+
+
 # Schedules: a schedule's run at one due time is a stream of its own (`schedule-<name>-<due>`) that
 # holds one event, so that two schedulers can never both start it.
 
@@ -534,6 +600,11 @@ EVENT_TYPES: dict[str, type[Event]] = _registry(
     AlertDeliveryFailed,
     SnapshotForgotten,
     SnapshotTagsChanged,
+    DestinationAdded,
+    DestinationRemoved,
+    DestinationConsentRenewed,
+    DestinationEnabled,
+    DestinationDisabled,
 )
 """Every event the log may hold, by its stored type name."""
 

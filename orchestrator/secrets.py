@@ -1,8 +1,8 @@
 """Secrets at rest: a small box that seals text with AES-GCM under a key file in Capsule's home.
 
-Some settings are secrets: the SMTP password now, Google Drive refresh tokens later. The settings
-aggregate keeps every value in the event log, which is copied, replayed and printed by `capsule
-audit`; so a secret is sealed before it becomes an event, and the log holds only
+Some settings are secrets: the SMTP password, a Google Drive destination's client secret and refresh
+token. The settings aggregate keeps every value in the event log, which is copied, replayed and
+printed by `capsule audit`; so a secret is sealed before it becomes an event, and the log holds only
 
     sealed:v1:<base64 of nonce (12 bytes) || AES-256-GCM ciphertext and tag>
 

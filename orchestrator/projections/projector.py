@@ -17,7 +17,7 @@ from capsule.domain import backup_job, drill_job, prune_job, restore_job
 from capsule.domain.backup_job import BackupJob
 from capsule.domain.drill_job import DrillJob
 from capsule.domain.errors import InvalidEvent
-from capsule.domain.events import Event, ScheduleFired, SettingsChanged, SnapshotRecovered, StepCompleted
+from capsule.domain.events import Event, ScheduleFired, SnapshotRecovered, StepCompleted
 from capsule.domain.jobs import JobState, is_finished
 from capsule.domain.restore_job import RestoreJob
 from capsule.orchestrator import codec
@@ -131,14 +131,15 @@ class Projector:
             self.snapshot_positions[event.snapshot_id] = stored.position
 
     def _apply_settings_event(self, stored: StoredEvent) -> None:
+        # Every event of the stream moves the settings' version, a destination's too: `settings
+        # set --if-version` compares against the stream's version.
         event = codec.decode(stored)
-        if isinstance(event, SettingsChanged):
-            row = self._row(backup_settings.name, SETTINGS_ROW)
-            self._put(
-                backup_settings.name,
-                SETTINGS_ROW,
-                fold_settings(row, event, EventMeta.of(stored), stored.version),
-            )
+        row = self._row(backup_settings.name, SETTINGS_ROW)
+        self._put(
+            backup_settings.name,
+            SETTINGS_ROW,
+            fold_settings(row, event, EventMeta.of(stored), stored.version),
+        )
 
     def _apply_schedule_event(self, stored: StoredEvent) -> None:
         event = codec.decode(stored)

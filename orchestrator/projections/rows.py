@@ -259,11 +259,13 @@ def _safety_copy(state: RestoreJob) -> str | None:
 SETTINGS_ROW = "settings"
 
 
-def fold_settings(row: Row | None, event: SettingsChanged, meta: EventMeta, version: int) -> Row:
-    """The `backup_settings` row once a change is applied: every value set so far, by key."""
+def fold_settings(row: Row | None, event: Event, meta: EventMeta, version: int) -> Row:
+    """The `backup_settings` row once an event of the settings stream is applied: every value set
+    so far, by key, and the version (a destination's events move it, and change no value)."""
     values = json.loads(row["changed_values"]) if row is not None else {}
-    for change in event.changes:
-        values[change.key] = change.new
+    if isinstance(event, SettingsChanged):
+        for change in event.changes:
+            values[change.key] = change.new
     return {
         "name": SETTINGS_ROW,
         "version": version,

@@ -119,6 +119,24 @@ RESTORE = {
 }
 RESTORED_FILE = {"path", "size", "sha256"}
 WARNINGS = {"count", "items"}
+DESTINATION = {
+    "name",
+    "kind",
+    "enabled",
+    "location",
+    "path",
+    "folder_name",
+    "client_id",
+    "token_uri",
+    "client_secret",
+    "refresh_token",
+    "added_at",
+    "added_by",
+    "changed_at",
+    "changed_by",
+}
+DESTINATION_CHANGE = {"action", "version", "destination"}
+DESTINATION_TEST = {"name", "kind", "location", "ok", "category", "message", "seconds"}
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 ANY_TIME = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d|Z)?")
@@ -290,3 +308,19 @@ def test_audit_since_reads_a_time_as_people_read_it_in_local_time(shop: Shop) ->
     assert from_shown[0]["recorded_at"] == job["requested_at"]
     assert all(datetime.fromisoformat(e["recorded_at"]) > requested for e in from_later)
     assert len(from_later) < len(from_shown)
+
+
+@pytest.mark.slow
+def test_destination_commands_speak_the_vocabulary(shop: Shop) -> None:
+    folder = shop.root / "nas"
+    folder.mkdir()
+
+    added = run_json(shop, "destinations", "add", "folder", "nas", str(folder))
+    listed = run_json(shop, "destinations", "list")
+    tested = run_json(shop, "destinations", "test", "nas")
+
+    assert set(added) == DESTINATION_CHANGE
+    assert set(added["destination"]) == DESTINATION
+    assert set(listed) == {"version", "destinations"}
+    assert [set(d) for d in listed["destinations"]] == [DESTINATION]
+    assert set(tested) == DESTINATION_TEST

@@ -72,7 +72,15 @@ BEFORE = {
     "SnapshotSetAside": DAMAGE,  # new with `capsule repair`: a snapshot it set aside
 }
 # Errors that came later, with the code they were given.
-SINCE = {"InvalidSetting": 2, "DrillFoundDamage": 3, "CannotListen": 2, "NoBroker": 2, "StillInUse": 4}
+SINCE = {
+    "InvalidSetting": 2,
+    "DrillFoundDamage": 3,
+    "CannotListen": 2,
+    "NoBroker": 2,
+    "StillInUse": 4,
+    "InvalidDestination": 2,
+    "ProbeMismatch": 3,
+}
 
 
 @pytest.mark.parametrize("cls", ERRORS, ids=lambda c: c.__qualname__)

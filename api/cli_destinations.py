@@ -1,0 +1,177 @@
+"""The destination commands: `capsule destinations list | add folder | add gdrive | renew | enable |
+disable | remove | test`.
+
+`capsule.api.cli` registers the group; this module does not import it. Only click, `api.common`
+and the renderer load with it: each command imports its use case when it runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from capsule.api import render_destinations
+from capsule.api.common import Context, pass_ctx, run
+
+NAME_HELP = "lowercase letters, digits and -, at most 32"
+FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+NO_INTERACTIVE_CONSENT = (
+    "interactive consent is not available yet: obtain a refresh token on a machine with a browser and "
+    "use --refresh-token-file"
+)
+
+
+@click.group(invoke_without_command=True)
+@click.pass_context
+def destinations(ctx: click.Context) -> None:
+    """The off-site copies of the repository: a folder on a NAS share or a USB disk, a Google Drive
+    folder. Without a subcommand, lists them."""
+    if ctx.invoked_subcommand is not None:
+        return
+    ctx.invoke(destinations_list)
+
+
+@destinations.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the destinations as JSON, secrets masked.")
+@pass_ctx
+def destinations_list(obj: Context, as_json: bool = False) -> None:
+    """Each destination: its name, kind, where its copy is, and who added it when."""
+    from capsule.orchestrator.usecases.destinations import list_destinations  # noqa: PLC0415
+
+    run(lambda: render_destinations.listed(list_destinations(obj.settings), as_json))
+
+
+@destinations.group("add")
+def destinations_add() -> None:
+    """Add a destination: `add folder NAME PATH` or `add gdrive NAME --client-secrets FILE
+    --refresh-token-file FILE`."""
+
+
+@destinations_add.command("folder")
+@click.argument("name")
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Print the destination added as JSON.")
+@pass_ctx
+def add_folder_command(obj: Context, name: str, path: str, as_json: bool) -> None:
+    """Add a folder destination NAME (lowercase letters, digits and -, at most 32) at PATH, an
+    absolute path to a folder inside a mounted NAS share or USB disk (/mnt/nas/capsule)."""
+    from capsule.orchestrator.usecases.destinations import add_folder  # noqa: PLC0415
+
+    run(lambda: render_destinations.changed(add_folder(obj.settings, name, path), as_json))
+
+
+@destinations_add.command("gdrive")
+@click.argument("name")
+@click.option(
+    "--client-secrets",
+    required=True,
+    type=FILE,
+    help="The OAuth client's JSON from the Google Cloud console (`installed` or `web`).",
+)
+@click.option(
+    "--refresh-token-file",
+    type=FILE,
+    help="A file holding the refresh token obtained on a machine with a browser, one line.",
+)
+@click.option("--folder", "folder_name", help="The Drive folder's name (default capsule-NAME).")
+@click.option("--json", "as_json", is_flag=True, help="Print the destination added as JSON, secrets masked.")
+@pass_ctx
+def add_gdrive_command(  # noqa: PLR0917 (click passes options by position)
+    obj: Context,
+    name: str,
+    client_secrets: Path,
+    refresh_token_file: Path | None,
+    folder_name: str | None,
+    as_json: bool,
+) -> None:
+    """Add a Google Drive destination NAME. The client secret and the refresh token are sealed
+    before they are recorded, and never printed."""
+    from capsule.orchestrator.usecases.destinations import (  # noqa: PLC0415
+        add_gdrive,
+        read_client_secrets,
+        read_refresh_token,
+    )
+
+    if refresh_token_file is None:
+        raise click.UsageError(NO_INTERACTIVE_CONSENT)
+    run(
+        lambda: render_destinations.changed(
+            add_gdrive(
+                obj.settings,
+                name,
+                read_client_secrets(client_secrets),
+                read_refresh_token(refresh_token_file),
+                folder_name=folder_name,
+            ),
+            as_json,
+        )
+    )
+
+
+@destinations.command("renew")
+@click.argument("name")
+@click.option(
+    "--refresh-token-file",
+    required=True,
+    type=FILE,
+    help="A file holding the new refresh token, one line.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the destination as JSON, secrets masked.")
+@pass_ctx
+def renew_command(obj: Context, name: str, refresh_token_file: Path, as_json: bool) -> None:
+    """Give the Google Drive destination NAME a new refresh token, after its consent was revoked."""
+    from capsule.orchestrator.usecases.destinations import read_refresh_token, renew_consent  # noqa: PLC0415
+
+    run(
+        lambda: render_destinations.changed(
+            renew_consent(obj.settings, name, read_refresh_token(refresh_token_file)), as_json
+        )
+    )
+
+
+@destinations.command("enable")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the destination as JSON.")
+@pass_ctx
+def enable_command(obj: Context, name: str, as_json: bool) -> None:
+    """Turn destination NAME back on."""
+    from capsule.orchestrator.usecases.destinations import set_enabled  # noqa: PLC0415
+
+    run(lambda: render_destinations.changed(set_enabled(obj.settings, name, True), as_json))
+
+
+@destinations.command("disable")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the destination as JSON.")
+@pass_ctx
+def disable_command(obj: Context, name: str, as_json: bool) -> None:
+    """Turn destination NAME off without removing it (a USB disk taken away for a while)."""
+    from capsule.orchestrator.usecases.destinations import set_enabled  # noqa: PLC0415
+
+    run(lambda: render_destinations.changed(set_enabled(obj.settings, name, False), as_json))
+
+
+@destinations.command("remove")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the destination removed as JSON.")
+@pass_ctx
+def remove_command(obj: Context, name: str, as_json: bool) -> None:
+    """Remove destination NAME from the settings; what it holds stays where it is."""
+    from capsule.orchestrator.usecases.destinations import remove  # noqa: PLC0415
+
+    run(lambda: render_destinations.changed(remove(obj.settings, name), as_json))
+
+
+@destinations.command("test")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_ctx
+def test_command(obj: Context, name: str, as_json: bool) -> None:
+    """Open destination NAME and write, list, read back and remove a probe object; exit 1 if that fails."""
+    from capsule.orchestrator.usecases.destinations import probe_destination  # noqa: PLC0415
+
+    run(lambda: render_destinations.probed(probe_destination(obj.settings, name), as_json))
+
+
+COMMANDS = (destinations,)

@@ -1,0 +1,77 @@
+"""How the destination commands show what their use cases returned."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from capsule.api.exitcodes import EXIT_CODES, exit_code
+from capsule.api.render import when
+from capsule.api.vocabulary import emit_json
+from capsule.domain.errors import Category
+
+if TYPE_CHECKING:
+    from capsule.orchestrator.usecases.destinations import (
+        DestinationChanged,
+        DestinationList,
+        DestinationView,
+        ProbeResult,
+    )
+
+_DONE = {
+    "added": "Added",
+    "removed": "Removed",
+    "consent_renewed": "Renewed the consent of",
+    "enabled": "Enabled",
+    "disabled": "Disabled",
+    "unchanged": "Nothing to change for",
+}
+
+
+def _doc(view: DestinationView) -> dict[str, Any]:
+    return dataclasses.asdict(view)
+
+
+def _kind(view: DestinationView) -> str:
+    return "Google Drive" if view.kind == "gdrive" else "folder"
+
+
+def listed(result: DestinationList, as_json: bool) -> None:
+    if as_json:
+        emit_json({"version": result.version, "destinations": [_doc(v) for v in result.destinations]})
+        return
+    if not result.destinations:
+        click.echo("No destination yet: `capsule destinations add folder NAME PATH` adds one.")
+        return
+    width = max(len(v.name) for v in result.destinations)
+    for v in result.destinations:
+        state = "" if v.enabled else "  (disabled)"
+        added = f"  added {when(v.added_at)} by {v.added_by}" if v.added_at else ""
+        where = v.path or f"folder {v.folder_name}"
+        click.echo(f"{v.name:<{width}}  {_kind(v):<12}  {where}{state}{added}")
+
+
+def changed(result: DestinationChanged, as_json: bool) -> None:
+    view = result.destination
+    if as_json:
+        emit_json({"action": result.action, "version": result.version, "destination": _doc(view)})
+        return
+    click.echo(f"{_DONE[result.action]} the {_kind(view)} destination {view.name}: {view.location}.")
+    if result.action == "removed":
+        click.echo("What it holds stays where it is; Capsule no longer copies there.")
+    elif result.action == "added":
+        click.echo(f"`capsule destinations test {view.name}` checks that Capsule can write there.")
+
+
+def probed(result: ProbeResult, as_json: bool) -> int:
+    if as_json:
+        emit_json(dataclasses.asdict(result))
+    elif result.ok:
+        click.echo(f"{result.name}: ok, {result.message} ({result.seconds:.2f} s).")
+    else:
+        click.echo(f"{result.name}: {result.message}", err=True)
+    if result.ok:
+        return EXIT_CODES.ok
+    return exit_code(Category(result.category or Category.UNKNOWN))
