@@ -4,10 +4,11 @@
   optional capability (`LocalPaths`).
 - `local.py`: `LocalBackend`, a folder on a local disk; every file is written atomically.
 - `memory.py`: `MemoryBackend`, the same contract in memory, for tests.
-- `gdrive.py`: `DriveBackend`, a folder in Google Drive (an off-site copy), with Google's own client;
-  `gdrive_auth.py` (credentials, consent on a server without a browser), `gdrive_retry.py`
-  (backoff and Drive's errors as Capsule's), `gdrive_upload.py` (resumable uploads, pacing).
-  Imported only where a Drive destination is opened: Google's libraries are heavy.
+- `gdrive.py`: `DriveBackend`, a folder in Google Drive (an off-site copy), with Google's own
+  client. Imported only where a Drive destination is opened: Google's libraries are heavy.
+- `gdrive_auth.py`: Drive credentials, and consent on a server without a browser.
+- `gdrive_retry.py`: backoff, and Drive's errors as Capsule's.
+- `gdrive_upload.py`: resumable uploads, resumed after a restart, and pacing.
 
 `open_backend` is the one place a repository location becomes a backend.
 """
