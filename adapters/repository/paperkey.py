@@ -7,7 +7,7 @@ be written down.
 
 How it is written: the bytes, padded with four zero bits, as 60 symbols of Crockford's base32
 (`0-9 A-Z` without I, L, O, U), ten to a line. Each line gets two check symbols, which make it,
-with the line's number in front, a Reed-Solomon codeword over GF(32) with the roots 1 and α:
+with the line's number in front, a Reed-Solomon codeword over GF(32) with the roots 1 and a (= 2):
 any one wrong symbol in a line is found and located (the two sums say which it is), any two are
 found, and a line typed in the place of another fails because its number is part of the code.
 Reading forgives case, spaces and dashes, and takes O for 0 and I or L for 1.
@@ -48,7 +48,7 @@ class PaperKey:
         return f"PaperKey(repository_prefix={self.repository_prefix!r}, secret=<secret>)"
 
 
-# GF(32) with the primitive polynomial x^5 + x^2 + 1; α = 2.
+# GF(32) with the primitive polynomial x^5 + x^2 + 1; a = 2 generates it.
 _EXP = [0] * 62
 _LOG = [0] * 32
 _x = 1
@@ -125,7 +125,7 @@ def _where(n: int, word: list[int]) -> str:
         if 1 <= j <= LINE_SYMBOLS:
             group = (j - 1) // GROUP + 1
             typed = "".join(ALPHABET[v] for v in word[1:])[(group - 1) * GROUP : group * GROUP]
-            return f"line {n} is wrong, most likely in its group {group} ({typed}): check it against the paper"
+            return f"line {n} is wrong, most likely in its group {group} ({typed}): check it on the paper"
     return f"line {n} is wrong (more than one character, or a line typed in the place of another)"
 
 
@@ -154,7 +154,7 @@ def decode(text: str) -> PaperKey:
             raise PaperKeyInvalid(f"the paper key's {_where(n + 1, word)}{extra}")
     if len(values) != SYMBOLS:
         raise PaperKeyInvalid(
-            f"the paper key is {len(values)} characters long, not {SYMBOLS}: there is text after its last line"
+            f"the paper key is {len(values)} characters long, not {SYMBOLS}: text follows its last line"
         )
     number = 0
     for n in range(LINES):

@@ -78,7 +78,7 @@ def test_a_missing_or_extra_character_says_how_long_the_key_should_be() -> None:
     assert "line 3 is wrong" in str(caught.value)
     with pytest.raises(PaperKeyInvalid, match="not 72: line 6 is incomplete"):
         decode(text[:-1])
-    with pytest.raises(PaperKeyInvalid, match="text after its last line"):
+    with pytest.raises(PaperKeyInvalid, match="text follows its last line"):
         decode(text + "7")
     with pytest.raises(PaperKeyInvalid, match="cannot hold 'U'"):
         decode(text[:5] + "U" + text[6:])
