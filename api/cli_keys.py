@@ -1,61 +1,18 @@
 """The key commands: `capsule key list | add | remove | passwd | export | import`.
 
-`capsule.api.cli` registers the group; this module does not import it. The use cases and the
-renderer are imported when a command runs.
+`capsule.api.cli` registers the group; this module does not import it. The use cases are imported
+when a command runs.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import click
 
+from capsule.api import render_keys
 from capsule.api.common import Context, pass_ctx, run
-from capsule.domain.errors import CapsuleError, Category
-
-NEW_PASSPHRASE_ENV = "CAPSULE_NEW_PASSPHRASE"  # noqa: S105 - the name of a variable, not its value
-
-
-class PassphraseInvalid(CapsuleError):
-    """Raised when a new passphrase is empty, or typed differently the second time."""
-
-    category = Category.INVALID_INPUT
-
-
-def _new_passphrase(passphrase_file: Path | None) -> str:
-    """The new passphrase: from --passphrase-file, else CAPSULE_NEW_PASSPHRASE, else asked twice
-    at a terminal, else one line of standard input."""
-    if passphrase_file is not None:
-        phrase = passphrase_file.read_text().strip()
-        where = f"the passphrase file {passphrase_file}"
-    elif os.environ.get(NEW_PASSPHRASE_ENV):
-        phrase, where = os.environ[NEW_PASSPHRASE_ENV], NEW_PASSPHRASE_ENV
-    elif sys.stdin.isatty():
-        phrase = click.prompt("New passphrase", hide_input=True, err=True)
-        if click.prompt("The same again", hide_input=True, err=True) != phrase:
-            raise PassphraseInvalid("the two passphrases differ; nothing was changed")
-        where = "the passphrase typed"
-    else:
-        phrase, where = sys.stdin.readline().rstrip("\r\n"), "standard input"
-    if not phrase.strip():
-        raise PassphraseInvalid(f"{where} is empty; nothing was changed")
-    return phrase
-
-
-def _read_paper() -> str:
-    if not sys.stdin.isatty():
-        return sys.stdin.read()
-    click.echo("Type the paper key's six lines (spaces and dashes may be left out):", err=True)
-    lines: list[str] = []
-    while len("".join(lines).replace("-", "").replace(" ", "")) < 72:
-        line = click.prompt(f"line {len(lines) + 1}", err=True, default="", show_default=False)
-        if not line.strip():
-            break
-        lines.append(line)
-    return "\n".join(lines)
-
+from capsule.api.render_keys import NEW_PASSPHRASE_ENV
 
 PASSPHRASE_FILE = click.option(
     "--passphrase-file",
@@ -76,7 +33,6 @@ def key() -> None:
 def key_list(obj: Context, as_json: bool) -> None:
     """Every key: its id, type (key-file or passphrase), when and where it was made; `*` marks the
     one in use now (CAPSULE_PASSPHRASE's when given, else the key file's)."""
-    from capsule.api import render_keys  # noqa: PLC0415
     from capsule.orchestrator.usecases.keys import list_keys  # noqa: PLC0415
 
     run(lambda: render_keys.key_list(list_keys(obj.settings), as_json))
@@ -93,14 +49,13 @@ def key_list(obj: Context, as_json: bool) -> None:
 @pass_ctx
 def key_add(obj: Context, with_passphrase: bool, key_file: Path | None, passphrase_file: Path | None) -> None:
     """Add a way in: a passphrase, or a new key file."""
-    from capsule.api import render_keys  # noqa: PLC0415
     from capsule.orchestrator.usecases.keys import add_key  # noqa: PLC0415
 
     if with_passphrase == (key_file is not None):
         raise click.UsageError("give exactly one of --passphrase or --key-file PATH")
 
     def go() -> None:
-        phrase = _new_passphrase(passphrase_file) if with_passphrase else None
+        phrase = render_keys.new_passphrase(passphrase_file, wanted=with_passphrase)
         render_keys.added(add_key(obj.settings, passphrase=phrase, key_file=key_file))
 
     run(go)
@@ -112,7 +67,6 @@ def key_add(obj: Context, with_passphrase: bool, key_file: Path | None, passphra
 def key_remove(obj: Context, key_id: str) -> None:
     """Remove the key KEY_ID (or a unique prefix): whoever holds only it can no longer open the
     repository. The last key, and the one in use now, cannot be removed."""
-    from capsule.api import render_keys  # noqa: PLC0415
     from capsule.orchestrator.usecases.keys import remove_key  # noqa: PLC0415
 
     run(lambda: render_keys.removed(remove_key(obj.settings, key_id)))
@@ -125,10 +79,13 @@ def key_remove(obj: Context, key_id: str) -> None:
 def key_passwd(obj: Context, key_id: str | None, passphrase_file: Path | None) -> None:
     """Change the passphrase (KEY_ID: which one, when there are several). The new one is recorded
     before the old one is removed."""
-    from capsule.api import render_keys  # noqa: PLC0415
     from capsule.orchestrator.usecases.keys import change_passphrase  # noqa: PLC0415
 
-    run(lambda: render_keys.passwd(change_passphrase(obj.settings, _new_passphrase(passphrase_file), key_id)))
+    run(
+        lambda: render_keys.passwd(
+            change_passphrase(obj.settings, render_keys.passphrase(passphrase_file), key_id)
+        )
+    )
 
 
 @key.command("export")
@@ -143,7 +100,6 @@ def key_passwd(obj: Context, key_id: str | None, passphrase_file: Path | None) -
 def key_export(obj: Context, paper: bool, to: Path | None, force: bool) -> None:
     """Export the key file: `--paper` prints it to write down (anyone with it and a copy of the
     backups can read them), `--to PATH` copies the file."""
-    from capsule.api import render_keys  # noqa: PLC0415
     from capsule.orchestrator.usecases.keys import export_key_file, export_paper  # noqa: PLC0415
 
     if paper == (to is not None):
@@ -160,10 +116,9 @@ def key_export(obj: Context, paper: bool, to: Path | None, force: bool) -> None:
 def key_import(obj: Context, force: bool) -> None:
     """Type a paper key back (asked line by line, or piped in): writes the key file, after
     checking each line and, when the repository is here, that the key opens it."""
-    from capsule.api import render_keys  # noqa: PLC0415
     from capsule.orchestrator.usecases.keys import import_paper  # noqa: PLC0415
 
-    run(lambda: render_keys.imported(import_paper(obj.settings, _read_paper(), force=force)))
+    run(lambda: render_keys.imported(import_paper(obj.settings, render_keys.paper_text(), force=force)))
 
 
 COMMANDS = (key,)

@@ -1,13 +1,18 @@
-"""How the key commands show what their use cases returned."""
+"""How the key commands talk with the person at the terminal: the passphrases and paper keys they
+ask for, and what they show of what their use cases returned."""
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 from capsule.api.render import when
 from capsule.api.vocabulary import emit_json
+from capsule.domain.errors import CapsuleError, Category
 
 if TYPE_CHECKING:
     from capsule.orchestrator.usecases.keys import (
@@ -19,6 +24,54 @@ if TYPE_CHECKING:
         PaperExport,
         PassphraseChanged,
     )
+
+
+NEW_PASSPHRASE_ENV = "CAPSULE_NEW_PASSPHRASE"  # noqa: S105 - the name of a variable, not its value
+
+
+class PassphraseInvalid(CapsuleError):
+    """Raised when a new passphrase is empty, or typed differently the second time."""
+
+    category = Category.INVALID_INPUT
+
+
+def passphrase(passphrase_file: Path | None) -> str:
+    """The new passphrase: from --passphrase-file, else CAPSULE_NEW_PASSPHRASE, else asked twice
+    at a terminal, else one line of standard input."""
+    if passphrase_file is not None:
+        phrase = passphrase_file.read_text().strip()
+        where = f"the passphrase file {passphrase_file}"
+    elif os.environ.get(NEW_PASSPHRASE_ENV):
+        phrase, where = os.environ[NEW_PASSPHRASE_ENV], NEW_PASSPHRASE_ENV
+    elif sys.stdin.isatty():
+        phrase = click.prompt("New passphrase", hide_input=True, err=True)
+        if click.prompt("The same again", hide_input=True, err=True) != phrase:
+            raise PassphraseInvalid("the two passphrases differ; nothing was changed")
+        where = "the passphrase typed"
+    else:
+        phrase, where = sys.stdin.readline().rstrip("\r\n"), "standard input"
+    if not phrase.strip():
+        raise PassphraseInvalid(f"{where} is empty; nothing was changed")
+    return phrase
+
+
+def paper_text() -> str:
+    """The typed paper key: piped in whole, or asked line by line at a terminal."""
+    if not sys.stdin.isatty():
+        return sys.stdin.read()
+    click.echo("Type the paper key's six lines (spaces and dashes may be left out):", err=True)
+    lines: list[str] = []
+    while len("".join(lines).replace("-", "").replace(" ", "")) < 72:
+        line = click.prompt(f"line {len(lines) + 1}", err=True, default="", show_default=False)
+        if not line.strip():
+            break
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def new_passphrase(passphrase_file: Path | None, *, wanted: bool) -> str | None:
+    """The new passphrase when one is `wanted` (as `passphrase` reads it), else None."""
+    return passphrase(passphrase_file) if wanted else None
 
 
 def key_list(result: KeyList, as_json: bool) -> None:
