@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -89,3 +90,12 @@ def test_a_missing_or_extra_character_says_how_long_the_key_should_be() -> None:
 def test_the_secret_never_shows_in_its_repr() -> None:
     assert "secret=<secret>" in repr(KEY)
     assert bytes(range(32)).hex() not in repr(KEY)
+
+
+def test_the_example_in_the_format_document_reads_back() -> None:
+    """docs/repository-format.md, section 5.5, shows a real paper key: it must decode as the document says."""
+    document = (Path(__file__).resolve().parents[2] / "docs" / "repository-format.md").read_text()
+    section = document[document.index("### 5.5 The paper key") : document.index("## 6. Blobs")]
+    example = re.findall(r"^[0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4}$", section, flags=re.MULTILINE)
+    assert len(example) == 6
+    assert decode("\n".join(example)).repository_prefix == "976cd95e"
