@@ -119,6 +119,7 @@ RESTORE = {
 }
 RESTORED_FILE = {"path", "size", "sha256"}
 WARNINGS = {"count", "items"}
+KEY = {"key_id", "type", "created_at", "hostname", "current"}
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 ANY_TIME = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d|Z)?")
@@ -290,3 +291,16 @@ def test_audit_since_reads_a_time_as_people_read_it_in_local_time(shop: Shop) ->
     assert from_shown[0]["recorded_at"] == job["requested_at"]
     assert all(datetime.fromisoformat(e["recorded_at"]) > requested for e in from_later)
     assert len(from_later) < len(from_shown)
+
+
+def test_keys_are_listed_in_the_vocabulary_and_read_in_local_time(shop: Shop) -> None:
+    [key] = run_json(shop, "key", "list")
+    assert set(key) == KEY
+    assert key["type"] == "key-file" and key["current"] is True
+
+    listing = shop.run("key", "list", env={"TZ": "Asia/Kolkata"}, expect=0).stdout
+
+    assert (
+        f"* {key['key_id'][:8]}  key-file    {local(key['created_at']).strftime('%Y-%m-%d %H:%M:%S')}"
+        in listing
+    )
