@@ -4,8 +4,12 @@ removing keys, and what each refuses."""
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
 import shutil
 import subprocess
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -81,6 +85,9 @@ def test_a_paper_key_typed_on_a_new_machine_restores_the_backups(shop: Shop, tmp
     assert file_content_digest(restored, immutable=True) == file_content_digest(shop.database)
     for proc in (exported, wrong, imported):
         assert secret not in proc.stderr
+    assert not any(lines[0] in proc.stderr for proc in (exported, wrong, imported))
+    logs = [p for p in shop.home.rglob("*.log*") if p.is_file()]
+    assert logs and all(secret not in p.read_text() and lines[0] not in p.read_text() for p in logs)
     logs = [p for p in machine.home.rglob("*.log*") if p.is_file()]
     assert logs and all(secret not in p.read_text() and lines[0] not in p.read_text() for p in logs)
 
@@ -182,3 +189,66 @@ def test_keys_are_added_listed_and_removed_but_never_the_last_or_the_one_in_use(
     assert len(keys_of(shop, env=with_second)) == 2
     usage = shop.run("key", "add", env=with_second)
     assert usage.returncode == 2
+
+    copy = tmp_path / "usb" / "copy.key"
+    shop.run("key", "export", "--to", str(copy), env=with_second, expect=0)
+    assert copy.read_bytes() == second.read_bytes() and copy.stat().st_mode & 0o777 == 0o600
+    again = shop.run("key", "export", "--to", str(copy), env=with_second)
+    assert "already exists" in one_line_error(again)
+
+
+def converse(shop: Shop, args: list[str], answers: list[tuple[str, str]]) -> tuple[int, str]:
+    """Run `capsule ARGS` on a pseudo-terminal that is its controlling terminal, as in a shell,
+    typing each answer once its prompt has shown; its exit code and everything the terminal showed."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: becomes capsule
+        os.chdir(shop.root)
+        os.execve(CAPSULE[0], [*CAPSULE, *args], shop.env())
+    received, pending = b"", list(answers)
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 1)
+            if not ready:
+                continue
+            try:
+                block = os.read(fd, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not block:
+                break
+            received += block
+            if pending and received.decode(errors="replace").rstrip().endswith(pending[0][0]):
+                os.write(fd, pending.pop(0)[1].encode() + b"\r")
+    finally:
+        os.close(fd)
+        _, status = os.waitpid(pid, 0)
+    text = received.decode(errors="replace")
+    assert "Traceback" not in text, text
+    return os.waitstatus_to_exitcode(status), text
+
+
+def test_at_a_terminal_the_new_passphrase_is_asked_twice_unechoed_and_the_paper_key_line_by_line(
+    shop: Shop, tmp_path: Path
+) -> None:
+    differ, shown = converse(
+        shop, ["key", "add", "--passphrase"], [("New passphrase:", NEW_PHRASE), ("The same again:", "other")]
+    )
+    assert differ == 1 and "the two passphrases differ; nothing was changed" in shown
+    added, shown = converse(
+        shop,
+        ["key", "add", "--passphrase"],
+        [("New passphrase:", NEW_PHRASE), ("The same again:", NEW_PHRASE)],
+    )
+    assert added == 0 and "Added key" in shown and NEW_PHRASE not in shown
+    shop.run(
+        "snapshots",
+        env={"CAPSULE_KEY_FILE": str(tmp_path / "none"), "CAPSULE_PASSPHRASE": NEW_PHRASE},
+        expect=0,
+    )
+
+    lines = key_lines(shop.run("key", "export", "--paper", expect=0).stdout)
+    machine = new_machine(tmp_path, with_repository_of=shop)
+    typed = [(f"line {n}:", line) for n, line in enumerate(lines, 1)]
+    imported, shown = converse(machine, ["key", "import"], typed)
+    assert imported == 0 and "It opens the repository" in shown
