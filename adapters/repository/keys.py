@@ -12,6 +12,7 @@ import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import structlog
 
@@ -22,6 +23,8 @@ from capsule.adapters.repository.backends.storage import Backend
 from capsule.adapters.repository.crypto import MasterKey
 
 log = structlog.get_logger(__name__)
+
+KeyType = Literal["key-file", "passphrase", "damaged"]
 
 
 def _key_aad(repository_id: str, key_id: str) -> bytes:
@@ -176,7 +179,7 @@ class KeyEntry:
     """One way in, as `keys/<key_id>` describes it (its wrapped key aside)."""
 
     key_id: str
-    type: str
+    type: KeyType
     """`key-file`, `passphrase`, or `damaged` for an entry that cannot be read."""
     created: datetime | None
     hostname: str
@@ -188,7 +191,9 @@ def list_entries(backend: Backend) -> list[KeyEntry]:
     for key_id in backend.list("keys"):
         try:
             body = json.loads(backend.read("keys", key_id))
-            kind = str(body["type"]) if body.get("type") in ("key-file", "passphrase") else "damaged"
+            kind: KeyType = "key-file" if body.get("type") == "key-file" else "passphrase"
+            if body.get("type") not in ("key-file", "passphrase"):
+                kind = "damaged"
             created: datetime | None = datetime.fromisoformat(str(body["created"]))
             hostname = str(body.get("hostname", ""))
         except (ValueError, KeyError, TypeError, AttributeError, ObjectNotFound):

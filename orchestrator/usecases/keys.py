@@ -6,7 +6,9 @@ in every key entry, so a paper copy of it could never be taken back; a key file'
 key entry, which `capsule key remove` deletes when the paper is lost (docs/backup-restore-guide.md,
 section 3.3).
 
-Every change is written to the log with its actor and the entry's short id; no key material is.
+Every change is an event (`RepositoryKeyChanged`, stream `keys`) with its actor, and a line of
+Capsule's log; ids only, no key material. The repository's `keys/` folder stays the truth: a
+change made while the event log cannot be written still happens, and its log line says so.
 Key entries are independent files, so a change takes no repository lock: a passphrase change adds
 the new entry before it removes the old one, and a kill in between leaves both working.
 """
@@ -17,14 +19,14 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import structlog
 
 from capsule.adapters.errors import KeyFileMissing, WrongKey
 from capsule.adapters.repository import keys
 from capsule.adapters.repository.backends import open_backend
-from capsule.adapters.repository.keys import KeyEntry, KeyFile
+from capsule.adapters.repository.keys import KeyEntry, KeyFile, KeyType
 from capsule.adapters.repository.paperkey import PaperKey, decode, encode
 from capsule.adapters.repository.repo import read_config
 from capsule.domain.errors import CapsuleError, Category
@@ -112,10 +114,65 @@ class KeyImported:
     """Where a different key file that was in the way went (with --force)."""
 
 
+KEYS_STREAM = "keys"
+
+
 def _actor() -> str:
     from capsule.orchestrator.runtime import person  # noqa: PLC0415 - loads the event store's modules
 
     return person()
+
+
+def _record(
+    settings: Settings,
+    change: Literal["added", "removed", "passphrase changed", "imported"],
+    *,
+    key_type: KeyType,
+    key_id: str | None,
+    repository: str,
+    replaced_key_id: str | None = None,
+) -> None:
+    """Append the change to the event log (who made it: the actor); a log that cannot take it is
+    said in Capsule's log, and the change stands."""
+    from capsule.domain.events import RepositoryKeyChanged  # noqa: PLC0415
+    from capsule.orchestrator import codec  # noqa: PLC0415
+    from capsule.orchestrator.errors import ConcurrencyConflict  # noqa: PLC0415
+    from capsule.orchestrator.eventstore import Metadata  # noqa: PLC0415
+    from capsule.orchestrator.runtime import Runtime, new_job_id  # noqa: PLC0415
+
+    change_id, actor = new_job_id(), _actor()
+    event = RepositoryKeyChanged(
+        job_id=change_id,
+        change=change,
+        key_type=key_type,
+        key_id=key_id,
+        replaced_key_id=replaced_key_id,
+        repository=repository[:8],
+    )
+    fields = {"key_id": (key_id or "")[:12], "key_type": key_type, "actor": actor, "change_id": change_id}
+    try:
+        runtime = Runtime(settings)
+        try:
+            for attempt in range(5):
+                version = runtime.store.stream_version(KEYS_STREAM)
+                try:
+                    runtime.store.append(
+                        KEYS_STREAM,
+                        version,
+                        [codec.encode(event)],
+                        Metadata(actor=actor, correlation_id=change_id),
+                        handlers=[runtime.handler],
+                    )
+                    break
+                except ConcurrencyConflict:
+                    if attempt == 4:
+                        raise
+        finally:
+            runtime.close()
+    except (CapsuleError, OSError) as e:
+        log.warning(f"key {change}; the event log could not record it", reason=str(e), **fields)
+        return
+    log.info(f"key {change}", **fields)
 
 
 def _open(settings: Settings) -> tuple[Repository, str | None]:
@@ -161,12 +218,12 @@ def add_key(settings: Settings, *, passphrase: str | None = None, key_file: Path
     repo, _ = _open(settings)
     if passphrase is not None:
         key_id = keys.add_passphrase_key(repo.backend, repo.master_key, repo.id, passphrase)
-        kind = "passphrase"
+        kind: Literal["key-file", "passphrase"] = "passphrase"
     else:
         assert key_file is not None
         key_id = keys.add_key_file(repo.backend, repo.master_key, repo.id, key_file)
         kind = "key-file"
-    log.info("key added", key_id=key_id[:12], key_type=kind, actor=_actor())
+    _record(settings, "added", key_type=kind, key_id=key_id, repository=repo.id)
     return KeyAdded(key_id, kind, key_file)
 
 
@@ -188,7 +245,7 @@ def remove_key(settings: Settings, key_id: str) -> KeyRemoved:
             "CAPSULE_PASSPHRASE, or another key file in CAPSULE_KEY_FILE"
         )
     keys.remove_entry(repo.backend, entry.key_id)
-    log.info("key removed", key_id=entry.key_id[:12], key_type=entry.type, actor=_actor())
+    _record(settings, "removed", key_type=entry.type, key_id=entry.key_id, repository=repo.id)
     return KeyRemoved(entry.key_id, entry.type)
 
 
@@ -214,7 +271,14 @@ def change_passphrase(settings: Settings, new: str, key_id: str | None = None) -
         )
     new_id = keys.add_passphrase_key(repo.backend, repo.master_key, repo.id, new)
     keys.remove_entry(repo.backend, old.key_id)
-    log.info("passphrase changed", key_id=new_id[:12], replaced=old.key_id[:12], actor=_actor())
+    _record(
+        settings,
+        "passphrase changed",
+        key_type="passphrase",
+        key_id=new_id,
+        repository=repo.id,
+        replaced_key_id=old.key_id,
+    )
     return PassphraseChanged(old.key_id, new_id)
 
 
@@ -290,10 +354,5 @@ def import_paper(settings: Settings, text: str, *, force: bool = False) -> KeyIm
     keys.write_key_file(path, body)
     if body.key_id is not None:
         open_repository(settings)  # proves the written file opens it, config MAC included
-    log.info(
-        "key imported from paper",
-        key_id=(body.key_id or "")[:12],
-        checked=body.key_id is not None,
-        actor=_actor(),
-    )
+    _record(settings, "imported", key_type="key-file", key_id=body.key_id, repository=paper.repository_prefix)
     return KeyImported(path, body.key_id, paper.repository_prefix, already, aside)

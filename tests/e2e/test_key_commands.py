@@ -190,6 +190,18 @@ def test_keys_are_added_listed_and_removed_but_never_the_last_or_the_one_in_use(
     usage = shop.run("key", "add", env=with_second)
     assert usage.returncode == 2
 
+    audit = json.loads(shop.run("audit", "--json", env=with_second, expect=0).stdout)
+    changes = [e for e in audit if e["type"] == "RepositoryKeyChanged"]
+    assert [(e["data"]["change"], e["data"]["key_type"]) for e in changes] == [
+        ("added", "key-file"),
+        ("added", "passphrase"),
+        ("removed", "key-file"),
+    ]
+    assert changes[2]["data"]["key_id"] == only["key_id"]
+    assert all(e["actor"].startswith("person:") and e["stream_id"] == "keys" for e in changes)
+    secrets = [json.loads(p.read_text())["secret"] for p in (second,)]
+    assert not any(secret in json.dumps(audit) for secret in secrets)
+
     copy = tmp_path / "usb" / "copy.key"
     shop.run("key", "export", "--to", str(copy), env=with_second, expect=0)
     assert copy.read_bytes() == second.read_bytes() and copy.stat().st_mode & 0o777 == 0o600
