@@ -99,3 +99,38 @@ def test_the_example_in_the_format_document_reads_back() -> None:
     example = re.findall(r"^[0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4}$", section, flags=re.MULTILINE)
     assert len(example) == 6
     assert decode("\n".join(example)).repository_prefix == "976cd95e"
+
+
+def independent_reading(text: str) -> bytes:
+    """The 37 bytes of a paper key, read as docs/repository-format.md (5.5) says, sharing no code
+    with Capsule's reader."""
+    alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    exp, value = [], 1
+    for _ in range(31):  # powers of a = x in GF(2)[x] / (x^5 + x^2 + 1)
+        exp.append(value)
+        value = (value << 1) ^ (0b100101 if value & 0b10000 else 0)
+
+    def times(a: int, b: int) -> int:
+        return 0 if 0 in (a, b) else exp[(exp.index(a) + exp.index(b)) % 31]
+
+    rows = [r for r in text.splitlines() if r.strip() and not r.lstrip().startswith("#")]
+    symbols = [alphabet.index(c) for c in "".join(rows).replace("-", "").replace(" ", "").upper()]
+    assert len(symbols) == 72
+    bits = 0
+    for n in range(6):
+        word = [n + 1, *symbols[12 * n : 12 * n + 12]]
+        s0 = s1 = 0
+        for j, v in enumerate(word):
+            s0 ^= v
+            s1 ^= times(v, exp[j])
+        assert (s0, s1) == (0, 0), f"line {n + 1}"
+        for v in word[1:11]:
+            bits = bits << 5 | v
+    assert bits & 0xF == 0
+    return (bits >> 4).to_bytes(37, "big")
+
+
+@given(st.binary(min_size=4, max_size=4), st.binary(min_size=32, max_size=32))
+def test_the_format_document_alone_is_enough_to_read_a_paper_key(prefix: bytes, secret: bytes) -> None:
+    printed = "\n".join(encode(PaperKey(prefix.hex(), secret)))
+    assert independent_reading(printed) == b"\x01" + prefix + secret
