@@ -18,6 +18,7 @@ import structlog
 from capsule.api import cli_alerts, cli_destinations, cli_forget, cli_jobs, cli_serve, cli_settings, render
 from capsule.api.cli_demo import demo
 from capsule.api.cli_drill import drill
+from capsule.api.cli_keys import key
 from capsule.api.cli_prune import prune
 from capsule.api.common import (
     LOG_FORMAT_HELP,
@@ -311,6 +312,7 @@ cli.add_command(drill)
 cli.add_command(prune)
 for command in cli_forget.COMMANDS:
     cli.add_command(command)
+cli.add_command(key)
 add_log_options(cli)
 
 

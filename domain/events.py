@@ -556,6 +556,25 @@ class AlertDeliveryFailed(Event):
     at: UtcDatetime
 
 
+# Keys: one stream (`keys`) for the repository's ways in. A change has an id of its own in the
+# place of a job's. Ids and types only: no key material is ever in an event.
+
+
+class RepositoryKeyChanged(Event):
+    """A key was added, removed or replaced, or a paper key typed back (who: the metadata)."""
+
+    type_name: ClassVar[str] = "RepositoryKeyChanged"
+
+    change: Literal["added", "removed", "passphrase changed", "imported"]
+    key_type: Literal["key-file", "passphrase", "damaged"]
+    key_id: str | None
+    """The key entry (32 hex digits); None for a paper key typed back before its repository arrived."""
+    replaced_key_id: str | None = None
+    """The passphrase entry a new passphrase replaced."""
+    repository: str
+    """The first 8 hex digits of the repository id."""
+
+
 def _registry(*classes: type[Event]) -> dict[str, type[Event]]:
     registry: dict[str, type[Event]] = {}
     for cls in classes:
@@ -605,6 +624,7 @@ EVENT_TYPES: dict[str, type[Event]] = _registry(
     DestinationConsentRenewed,
     DestinationEnabled,
     DestinationDisabled,
+    RepositoryKeyChanged,
 )
 """Every event the log may hold, by its stored type name."""
 

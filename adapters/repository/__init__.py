@@ -2,7 +2,8 @@
 
 - `repo.py`: `Repository`: open with a key, store blobs in packs, read them back authenticated.
 - `crypto.py`: master key, blob ids (keyed BLAKE3) and sealing (AES-256-GCM).
-- `keys.py`: key entries: the master key wrapped by a key file or a passphrase.
+- `keys.py`: key entries: the master key wrapped by a key file or a passphrase; the key file.
+- `paperkey.py`: a key file's secret as six checksummed lines to write down and type back.
 - `blobcodec.py`: a blob's plaintext to its stored form and back (compress, then seal).
 - `pack.py`: packs: sealed blobs followed by a sealed header that lists them; bundles.
 - `index.py`: which pack holds each blob, as sorted runs in memory or in temporary files.

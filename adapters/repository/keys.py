@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import socket
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import structlog
 
@@ -22,6 +24,8 @@ from capsule.adapters.repository.crypto import MasterKey
 
 log = structlog.get_logger(__name__)
 
+KeyType = Literal["key-file", "passphrase", "damaged"]
+
 
 def _key_aad(repository_id: str, key_id: str) -> bytes:
     return f"capsule:key:{repository_id}:{key_id}".encode()
@@ -29,6 +33,13 @@ def _key_aad(repository_id: str, key_id: str) -> bytes:
 
 def add_key_file(backend: Backend, master: MasterKey, repo_id: str, key_file: Path) -> str:
     """Wrap the master key with a new random secret kept in `key_file` (outside the repository)."""
+    key_id, secret = add_key_file_entry(backend, master, repo_id)
+    write_key_file(key_file, KeyFile(secret, key_id, repo_id))
+    return key_id
+
+
+def add_key_file_entry(backend: Backend, master: MasterKey, repo_id: str) -> tuple[str, bytes]:
+    """A new key-file entry under `keys/`: its id and the secret that unwraps it."""
     key_id = os.urandom(16).hex()
     secret = os.urandom(crypto.KEY_SIZE)
     entry = {
@@ -39,15 +50,57 @@ def add_key_file(backend: Backend, master: MasterKey, repo_id: str, key_file: Pa
         "wrapped": crypto.b64(crypto.wrap_key(master, secret, _key_aad(repo_id, key_id))),
     }
     backend.write("keys", key_id, json.dumps(entry, indent=2).encode())
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    body = {
-        "capsule_key_file": 1,
-        "repository_id": repo_id,
-        "key_id": key_id,
-        "secret": crypto.b64(secret),
-    }
-    atomic_write(key_file, json.dumps(body, indent=2).encode() + b"\n", 0o600)
-    return key_id
+    return key_id, secret
+
+
+@dataclass(frozen=True)
+class KeyFile:
+    """What a key file holds. A key file typed back from paper before its repository could be
+    reached knows only the repository id's first 8 hex digits and not its entry's id; the first
+    open that succeeds writes them in."""
+
+    secret: bytes
+    key_id: str | None
+    repository_id: str | None
+    repository_prefix: str | None = None
+
+    def __repr__(self) -> str:  # keep the secret out of logs and tracebacks
+        return f"KeyFile(key_id={self.key_id!r}, repository_id={self.repository_id!r}, secret=<secret>)"
+
+    @property
+    def prefix(self) -> str:
+        """The first 8 hex digits of the repository id it opens."""
+        return (self.repository_id or self.repository_prefix or "")[:8]
+
+
+def write_key_file(path: Path, key: KeyFile) -> None:
+    body: dict[str, object] = {"capsule_key_file": 1}
+    if key.repository_id is not None:
+        body["repository_id"] = key.repository_id
+    else:
+        body["repository_id_prefix"] = key.repository_prefix
+    if key.key_id is not None:
+        body["key_id"] = key.key_id
+    body["secret"] = crypto.b64(key.secret)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(body, indent=2).encode() + b"\n", 0o600)
+
+
+def read_key_file(path: Path) -> KeyFile:
+    try:
+        body = json.loads(path.read_text())
+        secret = crypto.unb64(body["secret"])
+        key_id, repo_id = body.get("key_id"), body.get("repository_id")
+        prefix = body.get("repository_id_prefix")
+        if len(secret) != crypto.KEY_SIZE or not all(
+            v is None or isinstance(v, str) for v in (key_id, repo_id, prefix)
+        ):
+            raise ValueError("wrong types")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise WrongKey(f"the key file {path} is not a Capsule key file") from e
+    if repo_id is None and not prefix:
+        raise WrongKey(f"the key file {path} does not say which repository it opens")
+    return KeyFile(secret, key_id, repo_id, prefix)
 
 
 def add_passphrase_key(backend: Backend, master: MasterKey, repo_id: str, phrase: str) -> str:
@@ -73,16 +126,24 @@ def add_passphrase_key(backend: Backend, master: MasterKey, repo_id: str, phrase
 
 
 def open_with_key_file(backend: Backend, repo_id: str, key_file: Path) -> MasterKey:
-    try:
-        body = json.loads(key_file.read_text())
-        key_id, secret = body["key_id"], crypto.unb64(body["secret"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise WrongKey(f"the key file {key_file} is not a Capsule key file") from e
-    if body.get("repository_id") != repo_id:
+    body = read_key_file(key_file)
+    if body.repository_id != repo_id and not (body.repository_id is None and repo_id.startswith(body.prefix)):
         raise WrongKey(
-            f"the key file {key_file} belongs to another repository; use the key file made when "
-            "this repository was created"
+            f"the key file {key_file} belongs to another repository (id {body.prefix}..., this one "
+            f"is {repo_id[:8]}...); use the key file made when this repository was created"
         )
+    if body.key_id is None:
+        try:
+            key_id, master = key_file_entry(backend, repo_id, body.secret)
+        except WrongKey as e:
+            raise WrongKey(
+                f"the repository no longer accepts the key in {key_file} (no key-file entry opens "
+                "with it; it may have been removed with `capsule key remove`)"
+            ) from e
+        write_key_file(key_file, KeyFile(body.secret, key_id, repo_id))
+        log.info("key file completed at its first open", key_id=key_id[:12])
+        return master
+    key_id, secret = body.key_id, body.secret
     try:
         entry = json.loads(backend.read("keys", key_id))
         wrapped = crypto.unb64(entry["wrapped"])
@@ -100,7 +161,58 @@ def open_with_key_file(backend: Backend, repo_id: str, key_file: Path) -> Master
         ) from e
 
 
-def open_with_passphrase(backend: Backend, repo_id: str, phrase: str) -> MasterKey | None:
+def key_file_entry(backend: Backend, repo_id: str, secret: bytes) -> tuple[str, MasterKey]:
+    """The key-file entry `secret` unwraps, and the master key; `WrongKey` if none does."""
+    for entry in list_entries(backend):
+        if entry.type != "key-file":
+            continue
+        try:
+            wrapped = crypto.unb64(json.loads(backend.read("keys", entry.key_id))["wrapped"])
+            return entry.key_id, crypto.unwrap_key(wrapped, secret, _key_aad(repo_id, entry.key_id))
+        except (WrongKey, ValueError, KeyError, TypeError, ObjectNotFound):
+            continue
+    raise WrongKey("no key-file entry of the repository opens with this key")
+
+
+@dataclass(frozen=True)
+class KeyEntry:
+    """One way in, as `keys/<key_id>` describes it (its wrapped key aside)."""
+
+    key_id: str
+    type: KeyType
+    """`key-file`, `passphrase`, or `damaged` for an entry that cannot be read."""
+    created: datetime | None
+    hostname: str
+
+
+def list_entries(backend: Backend) -> list[KeyEntry]:
+    """Every key entry, oldest first (then by id)."""
+    entries = []
+    for key_id in backend.list("keys"):
+        try:
+            body = json.loads(backend.read("keys", key_id))
+            kind: KeyType = "key-file" if body.get("type") == "key-file" else "passphrase"
+            if body.get("type") not in ("key-file", "passphrase"):
+                kind = "damaged"
+            created: datetime | None = datetime.fromisoformat(str(body["created"]))
+            hostname = str(body.get("hostname", ""))
+        except (ValueError, KeyError, TypeError, AttributeError, ObjectNotFound):
+            kind, created, hostname = "damaged", None, ""
+        entries.append(KeyEntry(key_id, kind, created, hostname))
+    oldest = datetime.min.replace(tzinfo=UTC)
+    return sorted(entries, key=lambda e: ((e.created or oldest).astimezone(UTC), e.key_id))
+
+
+def remove_entry(backend: Backend, key_id: str) -> None:
+    backend.remove("keys", key_id)
+
+
+def open_with_passphrase(backend: Backend, repo_id: str, phrase: str) -> MasterKey:
+    return passphrase_entry(backend, repo_id, phrase)[1]
+
+
+def passphrase_entry(backend: Backend, repo_id: str, phrase: str) -> tuple[str, MasterKey]:
+    """The passphrase entry `phrase` opens, and the master key; `WrongKey` if none does."""
     for key_id in sorted(backend.list("keys")):
         try:
             entry = json.loads(backend.read("keys", key_id))
@@ -116,7 +228,8 @@ def open_with_passphrase(backend: Backend, repo_id: str, phrase: str) -> MasterK
             continue
         kek = crypto.passphrase_key(phrase, salt, n, r, p)
         try:
-            return crypto.unwrap_key(crypto.unb64(entry["wrapped"]), kek, _key_aad(repo_id, key_id))
+            master = crypto.unwrap_key(crypto.unb64(entry["wrapped"]), kek, _key_aad(repo_id, key_id))
         except WrongKey:
             continue
+        return key_id, master
     raise WrongKey("the passphrase does not open this repository")

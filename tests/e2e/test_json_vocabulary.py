@@ -137,6 +137,7 @@ DESTINATION = {
 }
 DESTINATION_CHANGE = {"action", "version", "destination"}
 DESTINATION_TEST = {"name", "kind", "location", "ok", "category", "message", "seconds"}
+KEY = {"key_id", "type", "created_at", "hostname", "current"}
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 ANY_TIME = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d|Z)?")
@@ -324,3 +325,14 @@ def test_destination_commands_speak_the_vocabulary(shop: Shop) -> None:
     assert set(listed) == {"version", "destinations"}
     assert [set(d) for d in listed["destinations"]] == [DESTINATION]
     assert set(tested) == DESTINATION_TEST
+def test_keys_are_listed_in_the_vocabulary_and_read_in_local_time(shop: Shop) -> None:
+    [key] = run_json(shop, "key", "list")
+    assert set(key) == KEY
+    assert key["type"] == "key-file" and key["current"] is True
+
+    listing = shop.run("key", "list", env={"TZ": "Asia/Kolkata"}, expect=0).stdout
+
+    assert (
+        f"* {key['key_id'][:8]}  key-file    {local(key['created_at']).strftime('%Y-%m-%d %H:%M:%S')}"
+        in listing
+    )

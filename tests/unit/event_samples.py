@@ -33,6 +33,7 @@ from capsule.domain.events import (
     PruneCompleted,
     PruneFailed,
     PruneRequested,
+    RepositoryKeyChanged,
     RestoreCancelled,
     RestoreCompleted,
     RestoreFailed,
@@ -230,4 +231,12 @@ SAMPLES: list[Event] = [
         rule="daily 2026-12-05 is kept by abababababab",
     ),
     SnapshotTagsChanged(job_id=JOB, snapshot_id="cd" * 32, added=("keep",), removed=()),
+    RepositoryKeyChanged(
+        job_id=JOB,
+        change="passphrase changed",
+        key_type="passphrase",
+        key_id="ab" * 16,
+        replaced_key_id="cd" * 16,
+        repository="3f2a1b2c",
+    ),
 ]
