@@ -325,6 +325,8 @@ def test_destination_commands_speak_the_vocabulary(shop: Shop) -> None:
     assert set(listed) == {"version", "destinations"}
     assert [set(d) for d in listed["destinations"]] == [DESTINATION]
     assert set(tested) == DESTINATION_TEST
+
+
 def test_keys_are_listed_in_the_vocabulary_and_read_in_local_time(shop: Shop) -> None:
     [key] = run_json(shop, "key", "list")
     assert set(key) == KEY
