@@ -12,15 +12,14 @@ import socket
 from datetime import UTC, datetime
 from pathlib import Path
 
-import structlog
-
 from capsule.adapters.errors import IntegrityError, ObjectNotFound, WrongKey
+from capsule.adapters.logs import get_logger
 from capsule.adapters.repository import crypto
 from capsule.adapters.repository.backends.local import atomic_write
 from capsule.adapters.repository.backends.storage import Backend
 from capsule.adapters.repository.crypto import MasterKey
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 def _key_aad(repository_id: str, key_id: str) -> bytes:

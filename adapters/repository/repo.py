@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import structlog
 import zstandard
 
 from capsule.adapters.errors import (
@@ -34,6 +33,7 @@ from capsule.adapters.errors import (
     UnsupportedVersion,
     WrongKey,
 )
+from capsule.adapters.logs import get_logger
 from capsule.adapters.repository.backends.storage import Backend, Kind
 from capsule.adapters.repository.blobcodec import decode_blob, decode_bundle, encode_blob, member
 from capsule.adapters.repository.crypto import MasterKey, Sealer
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from capsule.adapters.repository import indexcache
     from capsule.adapters.repository.index import BlobLocation, Index
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 UNREADABLE_SNAPSHOT = (IntegrityError, UnsupportedVersion, UnsafePath)
 """What loading a manifest raises when that one snapshot cannot be used: it fails authentication,

@@ -78,6 +78,13 @@ def test_the_top_help_loads_no_command_module(backed_up: Shop, tmp_path: Path) -
     assert sorted(m for m in modules if m.startswith(("pydantic", "structlog"))) == []
 
 
+@pytest.mark.parametrize("command", ["snapshots", "status"])
+def test_a_reading_command_that_logs_nothing_loads_no_structlog(
+    backed_up: Shop, tmp_path: Path, command: str
+) -> None:
+    assert not any(m.startswith("structlog") for m in loaded_modules(backed_up, tmp_path, command))
+
+
 def test_the_listing_sees_a_heavy_module_when_a_command_loads_one(backed_up: Shop, tmp_path: Path) -> None:
     """`jobs` reads the projections through SQLAlchemy: the check above can fail."""
     assert "sqlalchemy" in heavy_among(loaded_modules(backed_up, tmp_path, "jobs"))
