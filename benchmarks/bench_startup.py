@@ -2,6 +2,7 @@
 
     python3 -m benchmarks.bench_startup [--runs 5] [--workdir DIR] [--keep] [--json-out FILE]
                                         [--images 50] [--size 20M] [--capsule COMMAND]
+                                        [--baseline COMMAND]
 
 In a scratch folder (removed at the end unless --keep), the sample shop (`capsule demo create`)
 is backed up twice into a Capsule repository (both kinds, then the database again) and twice into a
@@ -20,8 +21,10 @@ restic has no `status`: its nearest answer, the newest snapshot of each source, 
 median processor time (user + system) of each command is printed too: on a busy machine the wall
 time waits for a core, the processor time much less. Capsule runs as the `capsule` script beside
 this interpreter (or `--capsule`), with the installed package's modules compiled first, as
-`pip install` leaves them. The exit status is 1 if a command failed, 0 otherwise; a missed target
-is a figure, not an error.
+`pip install` leaves them. `--baseline` adds another build of Capsule to the turns (say, the build
+before a change, through a script that puts its checkout first on `sys.path`): on a busy machine
+two builds compare fairly only when timed in the same turns. The exit status is 1 if a command
+failed, 0 otherwise; a missed target is a figure, not an error.
 """
 
 from __future__ import annotations
@@ -136,52 +139,68 @@ def prepare(
 
 
 def measure(
-    capsule: list[str], restic: str, *, cenv: dict[str, str], renv: dict[str, str], cwd: Path, runs: int
+    capsule: list[str],
+    restic: str,
+    *,
+    cenv: dict[str, str],
+    renv: dict[str, str],
+    cwd: Path,
+    runs: int,
+    baseline: list[str] | None = None,
 ) -> dict[str, Any]:
+    """Each row's commands `runs` times, the tools taking turns; `baseline`, another build of
+    Capsule, takes its turn too, on the same shop."""
     results: dict[str, Any] = {}
     for row in ROWS:
         argv = {"capsule": [*capsule, *row.capsule], "restic": [restic, *row.restic]}
         env = {"capsule": cenv, "restic": renv}
-        timings = {"capsule": Timings(), "restic": Timings()}
-        for tool in timings:  # warm the page cache, untimed
+        if baseline is not None:
+            argv["baseline"], env["baseline"] = [*baseline, *row.capsule], cenv
+        tools = list(argv)
+        timings = {tool: Timings() for tool in tools}
+        for tool in tools:  # warm the page cache, untimed
             timed(argv[tool], env[tool], cwd)
         for n in range(runs):
-            order = ("capsule", "restic") if n % 2 == 0 else ("restic", "capsule")
-            for tool in order:
+            for tool in tools[n % len(tools) :] + tools[: n % len(tools)]:
                 wall, cpu = timed(argv[tool], env[tool], cwd)
                 timings[tool].wall.append(wall)
                 timings[tool].cpu.append(cpu)
-        capsule_s, restic_s = (timings[t].summary() for t in ("capsule", "restic"))
+        figures = {tool: timings[tool].summary() for tool in tools}
         results[row.name] = {
             "capsule_command": " ".join(["capsule", *row.capsule]),
             "restic_command": " ".join(["restic", *row.restic]),
-            "capsule": capsule_s,
-            "restic": restic_s,
-            "ratio": capsule_s["median_seconds"] / restic_s["median_seconds"],
+            **figures,
+            "ratio": figures["capsule"]["median_seconds"] / figures["restic"]["median_seconds"],
             "target_seconds": row.target_seconds,
-            "passed": capsule_s["median_seconds"] < row.target_seconds,
+            "passed": figures["capsule"]["median_seconds"] < row.target_seconds,
         }
-        medians = (capsule_s["median_seconds"], restic_s["median_seconds"])
-        log(f"{row.name}: capsule {medians[0]:.3f} s, restic {medians[1]:.3f} s")
+        shown = ", ".join(f"{tool} {figures[tool]['median_seconds']:.3f} s" for tool in tools)
+        log(f"{row.name}: {shown}")
     return results
 
 
 def report(results: dict[str, Any], runs: int) -> str:
-    table = [["command", "Capsule", "restic", "Capsule / restic", "Capsule cpu", "restic cpu", "target"]]
+    with_baseline = all("baseline" in r for r in results.values())
+    head = ["command", "Capsule", "restic", "Capsule / restic", "Capsule cpu", "restic cpu", "target"]
+    if with_baseline:
+        head[1:1] = ["baseline", "baseline cpu"]
+    table = [head]
     for name, r in results.items():
-        table.append(
-            [
-                r["capsule_command"]
-                if name != "status"
-                else f"{r['capsule_command']} ({r['restic_command']})",
-                f"{r['capsule']['median_seconds']:.3f} s",
-                f"{r['restic']['median_seconds']:.3f} s",
-                f"{r['ratio']:.1f}",
-                f"{r['capsule']['median_cpu_seconds']:.3f} s",
-                f"{r['restic']['median_cpu_seconds']:.3f} s",
-                f"< {r['target_seconds']} s {'PASS' if r['passed'] else 'FAIL'}",
+        cells = [
+            r["capsule_command"] + (f" ({r['restic_command']})" if name == "status" else ""),
+            f"{r['capsule']['median_seconds']:.3f} s",
+            f"{r['restic']['median_seconds']:.3f} s",
+            f"{r['ratio']:.1f}",
+            f"{r['capsule']['median_cpu_seconds']:.3f} s",
+            f"{r['restic']['median_cpu_seconds']:.3f} s",
+            f"< {r['target_seconds']} s {'PASS' if r['passed'] else 'FAIL'}",
+        ]
+        if with_baseline:
+            cells[1:1] = [
+                f"{r['baseline']['median_seconds']:.3f} s",
+                f"{r['baseline']['median_cpu_seconds']:.3f} s",
             ]
-        )
+        table.append(cells)
     return "\n".join([f"medians of {runs} runs, the tools taking turns", *align_columns(table)])
 
 
@@ -193,6 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json-out", type=Path, help="also write the figures here as JSON")
     parser.add_argument("--size", default="20M", help="the sample database's size (capsule demo create)")
     parser.add_argument("--images", type=int, default=50, help="the sample shop's images")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another build's Capsule command, timed in the same turns (e.g. the build before a change)",
+    )
     parser.add_argument(
         "--capsule",
         type=Path,
@@ -210,7 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     compile_installed()
     with scratch_directory(args.workdir, "bench-startup-", keep=args.keep) as workdir:
         cenv, renv = prepare(workdir, capsule, restic, args.size, args.images)
-        results = measure(capsule, restic, cenv=cenv, renv=renv, cwd=workdir, runs=args.runs)
+        baseline = [str(args.baseline)] if args.baseline else None
+        results = measure(
+            capsule, restic, cenv=cenv, renv=renv, cwd=workdir, runs=args.runs, baseline=baseline
+        )
     print(report(results, args.runs))
     if args.json_out:
         args.json_out.write_text(json.dumps({"runs": args.runs, "rows": results}, indent=2) + "\n")

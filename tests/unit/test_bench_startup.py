@@ -27,6 +27,14 @@ def test_every_row_is_timed_for_both_tools_and_reported(tmp_path: Path) -> None:
     assert table.count("PASS") + table.count("FAIL") == 3
 
 
+def test_a_baseline_build_takes_its_turns_and_gets_its_columns(tmp_path: Path) -> None:
+    true = shutil.which("true")
+    assert true is not None
+    results = bench_startup.measure([true], true, cenv={}, renv={}, cwd=tmp_path, runs=3, baseline=[true])
+    assert all(len(r["baseline"]["runs_seconds"]) == 3 for r in results.values())
+    assert "baseline cpu" in bench_startup.report(results, 3)
+
+
 def test_a_command_that_fails_stops_the_benchmark_with_its_message(tmp_path: Path) -> None:
     false = shutil.which("false")
     assert false is not None
