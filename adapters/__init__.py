@@ -9,6 +9,7 @@ orchestrator calls them, and they import only `capsule.domain` and one another.
 - `workers/`: the processes that hash, compress, seal, open and write blobs.
 - `sampleshop/`: a sample database and images folder, for trying Capsule, benchmarks and tests.
 - `errors.py`: the adapters' errors; OS and driver errors stop here and become one of these.
+- `logs.py`: a logger that loads structlog at its first line, for modules read by every command.
 - `directio.py`: large writes and reads around the page cache, where the system allows it.
 - `source_identity.py`: what a source is as a snapshot records it: host, path, SQLite's own ids.
 - `partials.py`: the names of files being restored, and the removal of those a dead process left.

@@ -8,11 +8,10 @@ import socket
 import sqlite3
 from pathlib import Path
 
-import structlog
-
+from capsule.adapters.logs import get_logger
 from capsule.domain.manifest import SourceIdentity, schema_digest
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 def this_host() -> str:

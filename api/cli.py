@@ -2,7 +2,9 @@
 `capsule.orchestrator.usecases` and renders the result (`capsule.api.render`).
 
 A command imports its use case when it runs: the repository's modules (and numpy with them) take
-longer to load than `capsule status` takes to answer.
+longer to load than `capsule status` takes to answer. The commands defined in other modules
+(`cli_*.py`) load only when one of them is asked for: `capsule --help` lists them from the table
+`COMMANDS` below (see `capsule.api.lazygroup`).
 
 Exit codes come from one table, `api/exitcodes.py`: an error's category decides its code.
 """
@@ -13,13 +15,8 @@ import sys
 from pathlib import Path
 
 import click
-import structlog
 
-from capsule.api import cli_alerts, cli_destinations, cli_forget, cli_jobs, cli_serve, cli_settings, render
-from capsule.api.cli_demo import demo
-from capsule.api.cli_drill import drill
-from capsule.api.cli_keys import key
-from capsule.api.cli_prune import prune
+from capsule.api import render
 from capsule.api.common import (
     LOG_FORMAT_HELP,
     LOG_LEVEL_HELP,
@@ -30,14 +27,116 @@ from capsule.api.common import (
 )
 from capsule.api.exitcodes import EXIT_CODES
 from capsule.api.filters import filter_options
+from capsule.api.lazygroup import LazyCommand, LazyGroup
 from capsule.api.logging import FORMATS, LEVELS
 from capsule.orchestrator.private import keep_private
-from capsule.orchestrator.settings import SettingsInvalid
-
-log = structlog.get_logger("capsule")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _command(module: str, attribute: str, summary: str) -> LazyCommand:
+    return LazyCommand(f"capsule.api.{module}", attribute, summary)
+
+
+COMMANDS = {
+    "alerts": _command(
+        "cli_alerts",
+        "alerts",
+        "The incidents open now (a kind overdue, a failed backup or drill), the recent ones, and how "
+        "each target was told.",
+    ),
+    "audit": _command("cli_jobs", "audit", "Who did what and when, read from the event log."),
+    "cancel": _command(
+        "cli_jobs",
+        "cancel",
+        "Cancel JOB, a backup, restore, drill or prune that has not finished (`capsule jobs` lists "
+        "them): nothing more of it runs, and what it holds is released.",
+    ),
+    "demo": _command("cli_demo", "demo", "A sample shop to try Capsule on."),
+    "destinations": _command(
+        "cli_destinations",
+        "destinations",
+        "The off-site copies of the repository: a folder on a NAS share or a USB disk, a Google Drive "
+        "folder.",
+    ),
+    "drill": _command(
+        "cli_drill",
+        "drill",
+        "Prove that the backups restore: restore the newest database snapshot into a scratch folder "
+        "and check it with SQLite, restore a random sample of the newest images and check each "
+        "against its snapshot, then delete the copies.",
+    ),
+    "forget": _command(
+        "cli_forget",
+        "forget",
+        "Apply the retention policies (`capsule settings show` lists them): print every snapshot "
+        "with the rules that keep it, or why none does, and forget those none keeps.",
+    ),
+    "jobs": _command("cli_jobs", "jobs", "List jobs (backups, restores, drills and prunes), newest first."),
+    "key": _command(
+        "cli_keys",
+        "key",
+        "The ways into the repository: key files and passphrases.",
+    ),
+    "prune": _command(
+        "cli_prune",
+        "prune",
+        "Give back the space of data that no snapshot uses any more (after snapshots were forgotten).",
+    ),
+    "repair-log": _command(
+        "cli_jobs",
+        "repair_log",
+        "Set a damaged event log aside (nothing is deleted) and start a new one with the "
+        "repository's snapshots; a log that reads whole is left alone.",
+    ),
+    "replay": _command(
+        "cli_jobs",
+        "replay",
+        "Rebuild the job and snapshot tables from the event log, from its first event.",
+    ),
+    "scheduler": _command(
+        "cli_serve",
+        "scheduler_cmd",
+        "Distributed mode: run the schedules alone (CAPSULE_BROKER_URL set; `capsule worker` "
+        "processes run the jobs), until SIGTERM or Ctrl-C.",
+    ),
+    "schedules": _command(
+        "cli_settings",
+        "schedules",
+        "Each schedule: when it last ran, how that went, and its next three due times.",
+    ),
+    "serve": _command(
+        "cli_serve",
+        "serve_cmd",
+        "Run Capsule by itself: the schedules, the jobs (unless CAPSULE_BROKER_URL names a broker) "
+        "and `GET /healthz`, until SIGTERM or Ctrl-C.",
+    ),
+    "settings": _command(
+        "cli_settings",
+        "settings",
+        "What Capsule does by itself: schedules, time zone, retention, alerts.",
+    ),
+    "status": _command(
+        "cli_jobs",
+        "status",
+        "What Capsule is doing, when each kind was last backed up, and whether that is too long "
+        "ago; how much the repository holds, and the last prune.",
+    ),
+    "tag": _command("cli_forget", "tag", "Add or remove a snapshot's tags."),
+    "worker": _command(
+        "cli_jobs",
+        "worker",
+        "Run job steps: from CAPSULE_BROKER_URL, or (without it) the unfinished jobs of this machine.",
+    ),
+}
+"""The commands of the `cli_*.py` modules: where each is defined, and the first sentence of its
+help (tests/unit/test_cli_help.py holds each to the command's own)."""
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy=COMMANDS,
+    prepare=add_log_options,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(package_name="capsule-backup", prog_name="capsule", message="%(prog)s %(version)s")
 @click.option("--log-level", type=click.Choice(list(LEVELS)), help=LOG_LEVEL_HELP)
 @click.option("--log-format", type=click.Choice(FORMATS), help=LOG_FORMAT_HELP)
@@ -49,6 +148,8 @@ def cli(ctx: click.Context, log_level: str | None, log_format: str | None) -> No
     capsule.toml). Exit codes: 0 ok, 1 failed, 2 usage, 3 damage found, or a backup completed with
     warnings, 4 locked, 5 attention needed (`status --check`), 130 interrupted.
     """
+    from capsule.orchestrator.settings import SettingsInvalid  # noqa: PLC0415 - not for `--help`
+
     try:
         obj = Context()
     except SettingsInvalid as e:
@@ -304,15 +405,6 @@ def unlock(obj: Context, remove_all: bool) -> None:
     run(lambda: render.unlocked(remove_locks(obj.settings, Unlock(remove_all=remove_all))))
 
 
-for command in (*cli_jobs.COMMANDS, *cli_settings.COMMANDS, demo, *cli_alerts.COMMANDS, *cli_serve.COMMANDS):
-    cli.add_command(command)
-for command in cli_destinations.COMMANDS:
-    cli.add_command(command)
-cli.add_command(drill)
-cli.add_command(prune)
-for command in cli_forget.COMMANDS:
-    cli.add_command(command)
-cli.add_command(key)
 add_log_options(cli)
 
 

@@ -6,20 +6,26 @@ from __future__ import annotations
 import signal
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 
 from capsule.api.exitcodes import EXIT_CODES, exit_code
 from capsule.api.logging import FORMATS, LEVELS, configure
 from capsule.domain.errors import CapsuleError, Category
-from capsule.orchestrator.settings import load_settings
+
+if TYPE_CHECKING:
+    from capsule.orchestrator.settings import Settings
 
 EXIT_DAMAGE = exit_code(Category.DAMAGED)
 
 
 class Context:
     def __init__(self) -> None:
-        self.settings = load_settings()
+        # Loaded here, not with the module: `capsule --help` reads no settings.
+        from capsule.orchestrator.settings import load_settings  # noqa: PLC0415
+
+        self.settings: Settings = load_settings()
         self.log_level: str | None = None
         self.log_format: str | None = None
 
@@ -67,14 +73,14 @@ def log_options() -> list[click.Parameter]:
     ]
 
 
-def add_log_options(group: click.Group) -> None:
-    """Give every command under `group` (and their subcommands) the log options."""
-    for command in group.commands.values():
-        names = {name for p in command.params for name in p.opts}
-        if "--log-level" not in names:
-            command.params.extend(log_options())
-        if isinstance(command, click.Group):
-            add_log_options(command)
+def add_log_options(command: click.Command) -> None:
+    """Give `command` the log options unless it has them, and every command under it if it is a group."""
+    names = {name for p in command.params for name in p.opts}
+    if "--log-level" not in names:
+        command.params.extend(log_options())
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            add_log_options(sub)
 
 
 def _terminated(_signum: int, _frame: object) -> None:

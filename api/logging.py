@@ -6,6 +6,10 @@ Capsule's answers.
 - stderr receives the same lines too when nobody reads it as a person (a pipe, cron, systemd), or
   when `--log-format json` or `console` asks for them. On a terminal it otherwise holds only the
   progress bar and the one-line error: a log line would run into the bar and repeat the error.
+
+structlog itself takes longer to load than `capsule status` takes to answer, and a command that
+logs nothing never needs it: `configure` sets it up at once if it is loaded, and otherwise the
+moment something imports it, before that module can write a line.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ import logging
 import logging.handlers
 import sys
 import threading
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping, Sequence
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-import structlog
+if TYPE_CHECKING:
+    from importlib.machinery import ModuleSpec
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -88,8 +94,9 @@ class _Outputs:
     line raised BrokenPipeError was otherwise retried for ever.
     """
 
-    def __init__(self, stderr: Any) -> None:
-        self.stderr = stderr
+    def __init__(self, make_stderr: Callable[[], Any] | None) -> None:
+        self.make_stderr = make_stderr
+        self.stderr: Any = None
         self.lock = threading.Lock()
 
     def __call__(self, _: Any, method: str, event: MutableMapping[str, Any]) -> Any:
@@ -104,7 +111,7 @@ class _Outputs:
                     sys.stderr.flush()
                 except (OSError, ValueError):  # a closed pipe, or a closed file
                     self.stderr = None
-        raise structlog.DropEvent
+        raise _structlog().DropEvent
 
 
 def to_stderr(fmt: str, stderr_is_terminal: bool) -> bool:
@@ -117,33 +124,89 @@ _outputs: _Outputs | None = None
 
 def lines_on_stderr() -> bool:
     """Whether log lines are being written to stderr (a progress bar there would be cut by them)."""
-    return _outputs is not None and _outputs.stderr is not None
+    return _outputs is not None and (_outputs.stderr is not None or _outputs.make_stderr is not None)
 
 
 def configure(level: str = "info", fmt: str = "auto", home: Path | None = None) -> None:
     """Send log lines at `level` and above to the log file under `home` (None: no file) and, as
     `to_stderr` decides, to stderr: readable text with `console`, JSON lines otherwise."""
     terminal = sys.stderr.isatty()
-    stderr: Any = None
+    make_stderr: Callable[[], Any] | None = None
     if to_stderr(fmt, terminal):
-        stderr = (
-            structlog.dev.ConsoleRenderer(colors=terminal)
+        make_stderr = (
+            (lambda: _structlog().dev.ConsoleRenderer(colors=terminal))
             if fmt == "console"
-            else structlog.processors.JSONRenderer()
+            else _json_renderer
         )
     with contextlib.suppress(OSError):
         _use_file(home)
     global _outputs  # noqa: PLW0603 - logging is one per process, as structlog's configuration is
-    _outputs = _Outputs(stderr)
+    _outputs = _Outputs(make_stderr)
+    threshold = LEVELS.get(level, logging.INFO)
+    _when_loaded(lambda structlog: _configure_structlog(structlog, threshold))
+
+
+def _configure_structlog(structlog: ModuleType, threshold: int) -> None:
+    outputs = _outputs
+    if outputs is not None and outputs.make_stderr is not None:
+        outputs.stderr, outputs.make_stderr = outputs.make_stderr(), None
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _redact,
-            _outputs,
+            outputs,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+def _json_renderer() -> Any:
+    return _structlog().processors.JSONRenderer()
+
+
+def _structlog() -> ModuleType:
+    import structlog  # noqa: PLC0415 - loaded only once something logs (see the module's docstring)
+
+    return structlog
+
+
+def _when_loaded(apply: Callable[[ModuleType], None]) -> None:
+    """Run `apply(structlog)` now if structlog is loaded, else right after it is first imported."""
+    for finder in [f for f in sys.meta_path if isinstance(f, _ConfigureOnImport)]:
+        sys.meta_path.remove(finder)
+    loaded = sys.modules.get("structlog")
+    if loaded is not None:
+        apply(loaded)
+    else:
+        sys.meta_path.insert(0, _ConfigureOnImport(apply))
+
+
+class _ConfigureOnImport:
+    """An import hook that finds structlog as usual, then configures it once it has loaded."""
+
+    def __init__(self, apply: Callable[[ModuleType], None]) -> None:
+        self.apply = apply
+
+    def find_spec(
+        self, name: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if name != "structlog":
+            return None
+        sys.meta_path.remove(self)
+        from importlib.util import find_spec  # noqa: PLC0415 - only on structlog's import
+
+        spec = find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        run, apply = spec.loader.exec_module, self.apply
+
+        def exec_module(module: ModuleType) -> None:
+            run(module)
+            apply(module)
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec

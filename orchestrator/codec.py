@@ -2,18 +2,19 @@
 
 The event store knows no domain class and the domain knows no store; this module is the only place
 where the two meet. When an event's shape changes, its class gets a new `schema_version` and the
-upcaster that brings the old payload up to it is registered in `upcasters()`, so rows written by
-older Capsules keep loading without ever being rewritten.
+upcaster that brings the old payload up to it is registered in `upcasters()` (defined in
+`orchestrator/upcasters.py`), so rows written by older Capsules keep loading without ever being
+rewritten.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 
 from capsule.domain import backup_job, drill_job, prune_job, restore_job, settings
-from capsule.domain.errors import Category
 from capsule.domain.events import Event, event_payload, event_type, load_event
+from capsule.orchestrator import upcasters as registry
 from capsule.orchestrator.eventstore import NewEvent, StoredEvent, Upcasters
 
 JobType = Literal["backup", "restore", "drill", "prune"]
@@ -48,36 +49,9 @@ def decode(stored: StoredEvent) -> Event:
 
 
 def upcasters() -> Upcasters:
-    """A new registry of every upcaster the log's older rows need, for `EventStore(upcasters=...)`.
-
-    Register one per schema change, in version order: `registry.register(type, n, upcaster)`
-    brings payloads of `type` from version n to n + 1.
-    """
-    registry = Upcasters()
-    registry.register("RestoreRequested", 1, _restore_requested_v1_to_v2)
-    registry.register("RestoreRequested", 2, _restore_requested_v2_to_v3)
-    registry.register("StepFailed", 1, _step_failed_v1_to_v2)
-    return registry
-
-
-def _restore_requested_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
-    # Version 2 added `include`; every restore before it took the whole snapshot.
-    return {**data, "include": []}
-
-
-def _restore_requested_v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
-    # Version 3 added `from_other_source` and `special_bits`. Before it, no restore was allowed to
-    # cross sources, and none asked for special bits: a job resumed after an upgrade clears them, as
-    # every restore now does unless asked.
-    return {**data, "from_other_source": False, "special_bits": False}
-
-
-def _step_failed_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
-    # Version 1 recorded the command line's code for the error, version 2 what kind of error it was:
-    # 3 was damage and 4 a lock; 1 (also what a row older than the field meant) said only "failed".
-    v1 = data.get("exit_code", 1)
-    category = {3: Category.DAMAGED, 4: Category.LOCKED}.get(v1, Category.UNKNOWN)
-    return {**{k: v for k, v in data.items() if k != "exit_code"}, "category": category.value}
+    """A new registry of every upcaster the log's older rows need, for `EventStore(upcasters=...)`
+    (they are registered in `capsule.orchestrator.upcasters`)."""
+    return registry.upcasters()
 
 
 def stream_id(job_type: JobType, job_id: str) -> str:

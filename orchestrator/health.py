@@ -4,7 +4,8 @@ and whether the last backup of a kind or the last restore drill failed.
 `capsule status` (and its `--check`) and the alerts read the same `Health`, so that they never
 disagree on what is wrong. The rules are the domain's (`domain/staleness.py`); this module only
 gathers their inputs: the settings document, the newest snapshot of each kind, the last finished
-jobs, the schedules' periods from croniter, and when the log began.
+jobs, the schedules' periods from croniter, and when the log began, through `Reads` (SQLAlchemy's
+queries, or `capsule status`'s own on the default SQLite log: see `capsule.orchestrator.reads`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from capsule.domain import settings as model
@@ -25,10 +27,12 @@ from capsule.domain.staleness import (
     last_finished,
     period_of,
 )
-from capsule.orchestrator import projections
 from capsule.orchestrator.cron import InvalidSchedule, upcoming
-from capsule.orchestrator.eventstore import EventStore
-from capsule.orchestrator.projections.queries import Database
+from capsule.orchestrator.reads import EngineReads, Reads, Row
+
+if TYPE_CHECKING:
+    from capsule.orchestrator.eventstore import EventStore
+    from capsule.orchestrator.projections.queries import Database
 
 KINDS = ("database", "files")
 RECENT_BACKUPS = 200
@@ -51,7 +55,12 @@ class Health:
 
 def settings_document(db: Database) -> model.BackupSettings:
     """The settings as the `backup_settings` read model holds them now."""
-    row = projections.settings_row(db)
+    return settings_document_of(EngineReads(db))
+
+
+def settings_document_of(reads: Reads) -> model.BackupSettings:
+    """The settings as the `backup_settings` read model holds them now."""
+    row = reads.settings_row()
     return model.from_values(json.loads(row["changed_values"]) if row else {})
 
 
@@ -73,21 +82,25 @@ def observe(
     db: Database, store: EventStore, document: model.BackupSettings, zone: ZoneInfo, now: datetime
 ) -> Health:
     """What needs attention at `now`, by the settings `document` in the schedules' `zone`."""
+    return observe_reads(EngineReads(db, store), document, zone, now)
+
+
+def observe_reads(reads: Reads, document: model.BackupSettings, zone: ZoneInfo, now: datetime) -> Health:
+    """What needs attention at `now`, by the settings `document` in the schedules' `zone`."""
     last_good = {}
     for kind in KINDS:
-        rows = projections.list_snapshots(db, 1, kind)
+        rows = reads.list_snapshots(1, kind)
         last_good[kind] = rows[0]["time"] if rows else None
-    first = store.read_all(0, limit=1)
-    since = first[0].recorded_at if first else now
+    since = reads.first_recorded_at() or now
     fresh = freshness(document, lambda cron: period(cron, zone, now), last_good, since, now)
-    backups = _finished(projections.list_jobs(db, limit=RECENT_BACKUPS, job_type="backup"))
-    drills = _finished(projections.list_jobs(db, limit=RECENT_DRILLS, job_type="drill"))
+    backups = _finished(reads.list_jobs(limit=RECENT_BACKUPS, job_type="backup"))
+    drills = _finished(reads.list_jobs(limit=RECENT_DRILLS, job_type="drill"))
     last_backups = {kind: last_finished(backups, kind) for kind in KINDS}
     last_drill = last_finished(drills)
     return Health(fresh, incidents(fresh, last_backups, last_drill), last_backups, last_drill)
 
 
-def _finished(rows: list[projections.Row]) -> list[FinishedJob]:
+def _finished(rows: list[Row]) -> list[FinishedJob]:
     return [
         FinishedJob(str(r["job_id"]), r.get("kind"), str(r["status"]), r.get("error"))
         for r in rows

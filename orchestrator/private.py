@@ -21,10 +21,7 @@ import os
 import secrets
 import stat
 from pathlib import Path
-
-import structlog
-
-log = structlog.get_logger(__name__)
+from typing import Any
 
 PRIVATE_UMASK = 0o077
 OPEN_BITS = 0o077
@@ -40,7 +37,7 @@ def keep_private(home: Path) -> list[Path]:
     os.umask(PRIVATE_UMASK)
     tightened = tighten(home)
     if tightened:
-        log.info(
+        _log().info(
             "made Capsule's own files private",
             home=str(home),
             count=len(tightened),
@@ -88,7 +85,7 @@ def _tighten_one(path: Path, tightened: list[Path]) -> bool:
             os.chmod(path, stat.S_IMODE(st.st_mode) & ~OPEN_BITS)
             still_open = path.lstat().st_mode & OPEN_BITS
         except OSError as e:
-            log.warning("could not make a file private", path=str(path), error=e.strerror)
+            _log().warning("could not make a file private", path=str(path), error=e.strerror)
             return True
         if still_open:  # a file system without Unix permissions: nothing to do, nothing to say
             return True
@@ -130,3 +127,10 @@ def create_key_file(path: Path, header: str, size: int) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def _log() -> Any:
+    # structlog loads only when there is something to say: `capsule status` says nothing here.
+    import structlog  # noqa: PLC0415
+
+    return structlog.get_logger(__name__)

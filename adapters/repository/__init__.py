@@ -15,6 +15,7 @@
 - `restore.py`: restore a database snapshot: fetch, authenticate, write, check, rename.
 - `verify.py`: find every damaged or missing piece and the snapshots and files it hurts.
 - `repair.py`: set damaged packs and snapshots aside, keep every intact blob, rebuild the index.
+- `setaside.py`: the snapshots a repair set aside, read for listing without the repair's modules.
 - `usage.py`: every blob the snapshots use, for a prune (stops at anything it cannot read).
 - `pruneplan.py`: a prune's plan and results, as JSON a job records between its steps.
 - `repacker.py`: the blobs still in use copied out of packs a prune condemns.

@@ -14,15 +14,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-import structlog
-
 from capsule.adapters.errors import IntegrityError, ObjectNotFound, WrongKey
+from capsule.adapters.logs import get_logger
 from capsule.adapters.repository import crypto
 from capsule.adapters.repository.backends.local import atomic_write
 from capsule.adapters.repository.backends.storage import Backend
 from capsule.adapters.repository.crypto import MasterKey
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 KeyType = Literal["key-file", "passphrase", "damaged"]
 

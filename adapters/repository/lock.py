@@ -33,12 +33,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-import structlog
-
 from capsule.adapters.errors import ObjectNotFound, RepositoryError, RepositoryLocked, RepositoryReadOnly
+from capsule.adapters.logs import get_logger
 from capsule.adapters.repository.backends.storage import Backend, not_writable
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 REFRESH_EVERY = 60.0
 STALE_AFTER = 30 * 60.0

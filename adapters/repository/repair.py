@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import structlog
-import zstandard
 
 from capsule.adapters.errors import IntegrityError
 from capsule.adapters.files.tree import TreeWriter, load_group, tree_ids
@@ -36,16 +35,13 @@ from capsule.adapters.repository.pack import parse_header
 from capsule.adapters.repository.rebuild import rebuild_index
 from capsule.adapters.repository.repo import Repository
 from capsule.adapters.repository.restore import content_ids
+from capsule.adapters.repository.setaside import SET_ASIDE
 from capsule.adapters.repository.verify import VerifyReport, _affected_by
 from capsule.domain.errors import CapsuleError, UnsafePath
 from capsule.domain.manifest import Entry, Manifest
 
 log = structlog.get_logger(__name__)
 
-SET_ASIDE: Kind = "damaged"
-"""Where repair moves damaged packs and the snapshots it replaces or cannot keep."""
-SET_ASIDE_MANIFEST_LIMIT = 1024 * 1024
-"""Files set aside that are larger than this are packs, not manifests: not read when listing."""
 LOST = "lost"
 WARNINGS_KEPT = 100
 """Lost paths a replacement snapshot names in its warnings; its totals count them all."""
@@ -344,38 +340,3 @@ def _replace(repo: Repository, sid: str, manifest: Manifest, kept: list[Entry], 
         if existing == replacement:
             return name
     return repo.save_snapshot(replacement)
-
-
-@dataclass(frozen=True)
-class SetAside:
-    """A snapshot a repair set aside because it cannot be restored."""
-
-    name: str
-    manifest: Manifest
-
-
-def set_aside_snapshots(repo: Repository) -> list[SetAside]:
-    """The snapshots a repair set aside that still authenticate (the database snapshots it could not
-    keep, and the files snapshots it replaced); packs and damaged manifests are skipped."""
-    found = []
-    for name in sorted(repo.backend.list(SET_ASIDE)):
-        if repo.backend.size(SET_ASIDE, name) > SET_ASIDE_MANIFEST_LIMIT:
-            continue
-        stored = repo.backend.read(SET_ASIDE, name)
-        if hashlib.sha256(stored).hexdigest() != name:
-            continue
-        try:
-            manifest = _open_manifest(repo, stored, name)
-        except (CapsuleError, ValueError, zstandard.ZstdError):
-            continue  # a pack, or a manifest that was damaged
-        found.append(SetAside(name, manifest))
-    return found
-
-
-def _open_manifest(repo: Repository, stored: bytes, name: str) -> Manifest:
-    body = repo.sealer.open(stored, b"capsule:snapshots", f"snapshots file {name[:12]}")
-    if body[:1] == b"\x01":
-        body = b"\x00" + zstandard.ZstdDecompressor().decompress(body[1:])
-    if body[:1] != b"\x00":
-        raise IntegrityError(f"snapshots file {name[:12]} has an unknown encoding")
-    return Manifest.model_validate_json(body[1:])

@@ -18,11 +18,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import numpy as np
-import numpy.typing as npt
-import structlog
 import zstandard
 
 from capsule.adapters.errors import (
@@ -36,18 +33,10 @@ from capsule.adapters.errors import (
     UnsupportedVersion,
     WrongKey,
 )
-from capsule.adapters.repository import indexcache
+from capsule.adapters.logs import get_logger
 from capsule.adapters.repository.backends.storage import Backend, Kind
 from capsule.adapters.repository.blobcodec import decode_blob, decode_bundle, encode_blob, member
 from capsule.adapters.repository.crypto import MasterKey, Sealer
-from capsule.adapters.repository.index import (
-    HEADER_DTYPE,
-    BlobLocation,
-    Index,
-    decode_index,
-    encode_index,
-    header_records,
-)
 from capsule.adapters.repository.keys import (
     add_key_file,
     add_passphrase_key,
@@ -58,7 +47,15 @@ from capsule.adapters.repository.pack import BUNDLED, PackBuilder
 from capsule.domain.errors import UnsafePath
 from capsule.domain.manifest import MANIFEST_VERSION, READABLE_MANIFEST_VERSIONS, Manifest
 
-log = structlog.get_logger(__name__)
+if TYPE_CHECKING:
+    # numpy and the index load when the index is first used: listing snapshots needs neither.
+    import numpy as np
+    import numpy.typing as npt
+
+    from capsule.adapters.repository import indexcache
+    from capsule.adapters.repository.index import BlobLocation, Index
+
+log = get_logger(__name__)
 
 UNREADABLE_SNAPSHOT = (IntegrityError, UnsupportedVersion, UnsafePath)
 """What loading a manifest raises when that one snapshot cannot be used: it fails authentication,
@@ -112,7 +109,7 @@ class Repository:
         self.master_key = key
         self.pack_size: int = int(config.get("pack_size", DEFAULT_PACK_SIZE))
         self.compression_level: int = int(config.get("compression_level", DEFAULT_COMPRESSION_LEVEL))
-        self.index = Index()
+        self._index: Index | None = None
         self._index_loaded = False
         self.cache_dir: Path | None = None
         """Where the index cache is kept (see indexcache); None for none."""
@@ -126,6 +123,18 @@ class Repository:
         self._writes: deque[tuple[Future[tuple[str, int]], PackBuilder]] = deque()
         self._local = threading.local()
         self.stored_bytes = 0
+
+    @property
+    def index(self) -> Index:
+        if self._index is None:
+            from capsule.adapters.repository.index import Index  # noqa: PLC0415
+
+            self._index = Index()
+        return self._index
+
+    @index.setter
+    def index(self, index: Index) -> None:
+        self._index = index
 
     # ---- creating and opening -------------------------------------------------------------
     @classmethod
@@ -268,6 +277,10 @@ class Repository:
         generation seen when the ids were looked up: if nothing was merged since, only the open
         pack and this run's packs need checking again.
         """
+        import numpy as np  # noqa: PLC0415
+
+        from capsule.adapters.repository.index import HEADER_DTYPE  # noqa: PLC0415
+
         entries = np.frombuffer(header, dtype=HEADER_DTYPE)
         if len(set(blob_ids)) == len(blob_ids) and self._none_known(blob_ids, has_blob, index_generation):
             return self._add_whole_run(blob_ids, header, sealed, len(blob_ids), int(entries["plain"].sum()))
@@ -344,6 +357,8 @@ class Repository:
         return pack_id, len(data)
 
     def _finish_pack(self) -> None:
+        from capsule.adapters.repository.index import header_records  # noqa: PLC0415
+
         future, builder = self._writes.popleft()
         pack_id, size = future.result()
         self.stored_bytes += size
@@ -362,6 +377,8 @@ class Repository:
 
     def save_index_file(self, packs: dict[str, npt.NDArray[np.void]]) -> str:
         """Store an index file for `packs`, which this process's index holds (or is about to)."""
+        from capsule.adapters.repository.index import encode_index  # noqa: PLC0415
+
         name = self.save_sealed("index", encode_index(packs, version=self.version))
         self._indexed_files.add(name)
         return name
@@ -380,6 +397,8 @@ class Repository:
         cache (see indexcache) and only index files written since are decoded; then the cache is
         brought up to date. Without, every index file is read.
         """
+        from capsule.adapters.repository.index import Index, decode_index  # noqa: PLC0415
+
         names = sorted(self.backend.list("index"))
         # A blob can sit in several packs (a full backup stored it again after its pack was lost):
         # the index prefers packs that are on disk.
@@ -423,6 +442,8 @@ class Repository:
         The first LOAD_HOLD records stay decoded for the second pass; the rest are read again
         there, so that memory does not grow with the repository.
         """
+        from capsule.adapters.repository.index import decode_index  # noqa: PLC0415
+
         damaged: list[str] = []
         readable: list[str] = []
         superseded: set[str] = set()
@@ -444,6 +465,8 @@ class Repository:
         return damaged, readable, superseded, held
 
     def _read_index_cache(self, names: set[str], on_disk: set[str]) -> indexcache.Cached | None:
+        from capsule.adapters.repository import indexcache  # noqa: PLC0415
+
         if self.cache_dir is None:
             return None
         try:
@@ -458,6 +481,8 @@ class Repository:
         """Write the index as it is now to the cache, if there is a cache folder. Call it only when
         every pack the index holds is in an index file (after `flush`). A cache that cannot be
         written is only logged: the next command reads the index files instead."""
+        from capsule.adapters.repository import indexcache  # noqa: PLC0415
+
         if self.cache_dir is None or not self._index_loaded or self._unindexed or self._writes:
             return
         try:

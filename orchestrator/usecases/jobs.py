@@ -12,7 +12,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from capsule.orchestrator.eventstore import ChainReport, StoredEvent
     from capsule.orchestrator.logrepair import LogRepair
     from capsule.orchestrator.projections import ReplayReport
+    from capsule.orchestrator.reads import Reads
     from capsule.orchestrator.runtime import Runtime
     from capsule.orchestrator.usecases.prune import PruneStatus
 
@@ -132,26 +133,42 @@ class Status:
 
 
 def current_status(settings: Settings, now: datetime | None = None) -> Status:
+    """On the default SQLite event log, read with `sqlite3` alone where that gives the same answer
+    (see `capsule.orchestrator.reads`); otherwise, and for PostgreSQL, through the event store."""
+    from capsule.orchestrator.reads import EngineReads, NotReadable, open_sqlite_reads  # noqa: PLC0415
+
+    quick = open_sqlite_reads(settings)
+    if quick is not None:
+        try:
+            return _status(settings, quick, now or datetime.now(UTC))
+        except NotReadable:
+            pass  # the event store reads it, or says what is wrong
+        finally:
+            quick.close()
+    runtime = _runtime(settings)
+    try:
+        return _status(settings, EngineReads(runtime.engine, runtime.store), now or runtime.clock())
+    finally:
+        runtime.close()
+
+
+def _status(settings: Settings, reads: Reads, now: datetime) -> Status:
     from zoneinfo import ZoneInfo  # noqa: PLC0415
 
-    from capsule.orchestrator import health, projections  # noqa: PLC0415
+    from capsule.orchestrator import health  # noqa: PLC0415
     from capsule.orchestrator.usecases.prune import prune_status  # noqa: PLC0415
     from capsule.orchestrator.usecases.settings import machine_timezone  # noqa: PLC0415
 
-    runtime = _runtime(settings)
-    try:
-        recent = projections.list_jobs(runtime.engine, limit=STATUS_RECENT_JOBS)
-        snaps = projections.list_snapshots(runtime.engine, limit=1)
-        by_kind = {kind: projections.list_snapshots(runtime.engine, 1, kind) for kind in SNAPSHOT_KINDS}
-        position = runtime.store.last_position()
-        proofs = projections.proven_snapshots(runtime.engine)
-        drills = projections.list_jobs(runtime.engine, limit=1, job_type="drill")
-        document = health.settings_document(runtime.engine)
-        zone = ZoneInfo(document.timezone or machine_timezone())
-        seen = health.observe(runtime.engine, runtime.store, document, zone, now or runtime.clock())
-        space = prune_status(settings, runtime)
-    finally:
-        runtime.close()
+    recent = reads.list_jobs(limit=STATUS_RECENT_JOBS)
+    snaps = reads.list_snapshots(limit=1)
+    by_kind = {kind: reads.list_snapshots(1, kind) for kind in SNAPSHOT_KINDS}
+    position = reads.last_position()
+    proofs = reads.proven_snapshots()
+    drills = reads.list_jobs(limit=1, job_type="drill")
+    document = health.settings_document_of(reads)
+    zone = ZoneInfo(document.timezone or machine_timezone())
+    seen = health.observe_reads(reads, document, zone, now)
+    space = prune_status(settings, reads)
     active = [r for r in recent if r.get("status") not in ("completed", "failed", "cancelled")]
     failed = [r for r in recent if r.get("status") == "failed"][:STATUS_FAILURES]
     last = snaps[0] if snaps else None

@@ -20,6 +20,7 @@ from capsule.orchestrator.settings import Settings
 
 if TYPE_CHECKING:
     from capsule.adapters.repository.backends.storage import Backend, Kind
+    from capsule.orchestrator.reads import Reads
 
 Progress = Callable[[int, int], None]
 
@@ -219,12 +220,10 @@ class PruneStatus:
 RECENT_PRUNES = 10
 
 
-def prune_status(settings: Settings, runtime: Any) -> PruneStatus:
+def prune_status(settings: Settings, reads: Reads) -> PruneStatus:
     """The repository's size (a listing of its objects' sizes, no snapshot read) and, from the
     log, the last prune's plan and the last completed prune."""
     from capsule.adapters.errors import RepositoryError  # noqa: PLC0415
-    from capsule.domain import prune_job  # noqa: PLC0415
-    from capsule.orchestrator import projections  # noqa: PLC0415
 
     try:
         size: int | None = repository_bytes(settings)
@@ -236,9 +235,13 @@ def prune_status(settings: Settings, runtime: Any) -> PruneStatus:
     last_id: str | None = None
     last_at: datetime | None = None
     freed: int | None = None
-    for row in projections.list_jobs(runtime.engine, limit=RECENT_PRUNES, job_type="prune"):
+    for row in reads.list_jobs(limit=RECENT_PRUNES, job_type="prune"):
+        # Loaded only for a log that holds prunes: the domain's events come with it, which take
+        # about as long to load as `capsule status` without them takes to answer.
+        from capsule.domain import prune_job  # noqa: PLC0415
+
         planned = unused is not None
-        for stored in runtime.store.read_stream(prune_job.stream_id(str(row["job_id"]))):
+        for stored in reads.read_stream(prune_job.stream_id(str(row["job_id"]))):
             data = stored.data
             if not planned and stored.type == "StepCompleted" and data.get("step") == prune_job.PLAN_STEP:
                 result = data.get("result") or {}

@@ -9,7 +9,8 @@ from pathlib import Path
 from capsule.adapters.errors import RepositoryReadOnly
 from capsule.adapters.repository.backends import not_writable
 from capsule.adapters.repository.lock import locked
-from capsule.adapters.repository.repair import SET_ASIDE, RepairReport, repair
+from capsule.adapters.repository.repair import RepairReport, repair
+from capsule.adapters.repository.setaside import SET_ASIDE
 from capsule.orchestrator import faults
 from capsule.orchestrator.settings import Settings
 from capsule.orchestrator.usecases.repository import open_repository

@@ -11,7 +11,6 @@ from pathlib import Path
 from capsule.adapters.errors import RepositoryError, RepositoryReadOnly
 from capsule.adapters.repository.backends import not_writable, open_backend
 from capsule.adapters.repository.lock import is_stale, locked, read_locks
-from capsule.adapters.repository.rebuild import rebuild_index
 from capsule.adapters.repository.repo import Repository
 from capsule.domain.errors import CapsuleError
 from capsule.orchestrator.settings import Settings
@@ -88,6 +87,8 @@ class IndexRebuilt:
 
 def rebuild_repository_index(settings: Settings) -> IndexRebuilt:
     """Rebuild the index files from the packs, under an exclusive lock."""
+    from capsule.adapters.repository.rebuild import rebuild_index  # noqa: PLC0415 - numpy: not for every command
+
     repo = open_repository(settings)
     with locked(repo.backend, "rebuild-index", exclusive=True, timeout=settings.lock_wait_seconds):
         packs, blobs, unreadable = rebuild_index(repo)

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
-from capsule.adapters.repository.repair import set_aside_snapshots
 from capsule.adapters.repository.repo import Repository, UnreadableSnapshot
+from capsule.adapters.repository.setaside import set_aside_snapshots
 from capsule.adapters.source_identity import this_host
 from capsule.domain.errors import CapsuleError, Category
 from capsule.domain.manifest import Entry, Manifest, SnapshotKind, SourceIdentity

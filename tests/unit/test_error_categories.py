@@ -101,11 +101,11 @@ EXIT_CODE_WORDS = re.compile(r"exit_code|exit code|sys\.exit|SystemExit|\bEXIT_"
 
 def upcaster_lines() -> set[tuple[str, int]]:
     """The lines of the upcaster that reads the exit code old `StepFailed` rows recorded."""
-    path = Path(orchestrator.__file__).parent / "codec.py"
+    path = Path(orchestrator.__file__).parent / "upcasters.py"
     tree = ast.parse(path.read_text(encoding="utf-8"))
     (upcaster,) = [n for n in ast.walk(tree) if getattr(n, "name", "") == "_step_failed_v1_to_v2"]
     assert isinstance(upcaster, ast.FunctionDef) and upcaster.end_lineno
-    return {("orchestrator/codec.py", n) for n in range(upcaster.lineno, upcaster.end_lineno + 1)}
+    return {("orchestrator/upcasters.py", n) for n in range(upcaster.lineno, upcaster.end_lineno + 1)}
 
 
 @pytest.mark.parametrize("package", [domain, orchestrator, adapters], ids=lambda p: p.__name__)
@@ -123,6 +123,6 @@ def test_no_module_outside_the_api_knows_an_exit_code(package: object):
 
 
 def test_the_upcaster_of_old_step_failures_is_the_one_place_that_reads_an_exit_code():
-    path = Path(orchestrator.__file__).parent / "codec.py"
+    path = Path(orchestrator.__file__).parent / "upcasters.py"
     lines = path.read_text(encoding="utf-8").splitlines()
     assert any(EXIT_CODE_WORDS.search(lines[n - 1]) for _, n in upcaster_lines())

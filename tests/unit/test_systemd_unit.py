@@ -7,6 +7,8 @@ import configparser
 import shlex
 from pathlib import Path
 
+import click
+
 from capsule.api.cli import cli
 from capsule.orchestrator.usecases.serve import GRACE_SECONDS
 
@@ -23,7 +25,8 @@ def unit() -> configparser.ConfigParser:
 
 def test_exec_start_runs_capsule_serve_with_options_it_has() -> None:
     argv = shlex.split(unit()["Service"]["ExecStart"])
-    serve = cli.commands["serve"]
+    serve = cli.get_command(click.Context(cli), "serve")
+    assert serve is not None
     known = {name for param in serve.params for name in param.opts}
 
     assert Path(argv[0]).name == "capsule" and argv[1] == "serve"

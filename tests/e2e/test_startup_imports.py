@@ -1,0 +1,90 @@
+"""A command loads only what it needs: `--help`, `snapshots` and `status` start without SQLAlchemy,
+numpy, Dramatiq or the worker pool (each takes longer to load than these commands take to answer).
+
+Each command runs as the `capsule` script runs it (`capsule.api.entry.main`), in a process of its
+own, which writes the names of its loaded modules to a file as it exits.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.helpers import DatabaseTemplates, Shop, describe
+from tests.integration.uploads import make_uploads
+
+HEAVY = ("sqlalchemy", "numpy", "dramatiq", "capsule.adapters.workers")
+
+RUN_AND_LIST = """
+import atexit, sys
+out, sys.argv = sys.argv[1], ["capsule", *sys.argv[2:]]
+atexit.register(lambda: open(out, "w").write("\\n".join(sorted(sys.modules))))
+from capsule.api.entry import main
+main()
+"""
+
+
+def loaded_modules(shop: Shop, tmp_path: Path, *args: str) -> set[str]:
+    """Run `capsule ARGS` in `shop`; the modules it had loaded when it exited."""
+    listing = tmp_path / "modules.txt"
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN_AND_LIST, str(listing), *args],
+        cwd=shop.root,
+        env=shop.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, describe(proc)
+    return set(listing.read_text().split())
+
+
+def heavy_among(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if any(m == h or m.startswith(f"{h}.") for h in HEAVY))
+
+
+@pytest.fixture(scope="module")
+def backed_up(tmp_path_factory: pytest.TempPathFactory, templates: DatabaseTemplates) -> Shop:
+    """A shop with a snapshot of each kind, so that both commands read real rows and manifests."""
+    shop = Shop(tmp_path_factory.mktemp("startup") / "shop")
+    templates.copy(shop.database)
+    make_uploads(shop.root / "uploads")
+    env = {"CAPSULE_UPLOADS": str(shop.root / "uploads")}
+    shop.init()
+    shop.run("backup", "--kind", "all", env=env, expect=0)
+    return shop
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("--help",), ("snapshots",), ("snapshots", "--json"), ("status",), ("status", "--json")],
+    ids=" ".join,
+)
+def test_reading_commands_load_no_database_toolkit_numpy_or_workers(
+    backed_up: Shop, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    modules = loaded_modules(backed_up, tmp_path, *args)
+    assert "capsule.api.entry" in modules  # the listing is of a real run
+    assert heavy_among(modules) == []
+
+
+def test_the_top_help_loads_no_command_module(backed_up: Shop, tmp_path: Path) -> None:
+    modules = loaded_modules(backed_up, tmp_path, "--help")
+    assert sorted(m for m in modules if m.startswith("capsule.api.cli_")) == []
+    assert sorted(m for m in modules if m.startswith(("pydantic", "structlog"))) == []
+
+
+@pytest.mark.parametrize("command", ["snapshots", "status"])
+def test_a_reading_command_that_logs_nothing_loads_no_structlog(
+    backed_up: Shop, tmp_path: Path, command: str
+) -> None:
+    assert not any(m.startswith("structlog") for m in loaded_modules(backed_up, tmp_path, command))
+
+
+def test_the_listing_sees_a_heavy_module_when_a_command_loads_one(backed_up: Shop, tmp_path: Path) -> None:
+    """`jobs` reads the projections through SQLAlchemy: the check above can fail."""
+    assert "sqlalchemy" in heavy_among(loaded_modules(backed_up, tmp_path, "jobs"))
