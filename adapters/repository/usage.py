@@ -62,20 +62,35 @@ class IdSet:
         self.freeze()
         return self._known(np.frombuffer(ids, dtype=ID_DTYPE))
 
+    def find(self, query: npt.NDArray[np.bytes_]) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.intp]]:
+        """For ids (ID_DTYPE): whether each is in the set, and its place in `freeze()`'s array
+        (meaningful where found): for columns kept beside the set."""
+        self.freeze()
+        return self._find(query)
+
     def _known(self, query: npt.NDArray[np.bytes_]) -> npt.NDArray[np.bool_]:
         """Whether each of `query` is among the ids sorted in so far."""
-        have = self._sorted
-        if not len(have):
-            return np.zeros(len(query), dtype=bool)
-        at = np.minimum(np.searchsorted(have, query), len(have) - 1)
-        # Compared as raw bytes: numpy's S comparisons ignore trailing NULs, raw bytes do not.
-        raw_have = have.view(np.uint8).reshape(-1, ID_SIZE)[at]
-        raw_query = query.view(np.uint8).reshape(-1, ID_SIZE)
-        found: npt.NDArray[np.bool_] = (raw_have == raw_query).all(axis=1)
-        return found
+        return self._find(query)[0]
+
+    def _find(self, query: npt.NDArray[np.bytes_]) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.intp]]:
+        return find_sorted(self._sorted, query)
 
     def tobytes(self) -> bytes:
         return self.freeze().tobytes()
+
+
+def find_sorted(
+    have: npt.NDArray[np.bytes_], query: npt.NDArray[np.bytes_]
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.intp]]:
+    """For ids (ID_DTYPE) and sorted unique ids `have`: whether each is there, and where."""
+    if not len(have):
+        return np.zeros(len(query), dtype=bool), np.zeros(len(query), dtype=np.intp)
+    at = np.minimum(np.searchsorted(have, query), len(have) - 1)
+    # Compared as raw bytes: numpy's S comparisons ignore trailing NULs, raw bytes do not.
+    raw_have = have.view(np.uint8).reshape(-1, ID_SIZE)[at]
+    raw_query = query.view(np.uint8).reshape(-1, ID_SIZE)
+    found: npt.NDArray[np.bool_] = (raw_have == raw_query).all(axis=1)
+    return found, at
 
 
 def _sorted_unique(ids: npt.NDArray[np.bytes_]) -> npt.NDArray[np.bytes_]:
