@@ -86,6 +86,8 @@ class Source(NamedTuple):
     """The ids of the rows copied."""
     found: int
     """How many of the wanted blobs the pack held."""
+    blobs_end: int
+    """Where the pack's blobs end (its header begins)."""
 
 
 class Repacker:
@@ -120,7 +122,9 @@ class Repacker:
         unit_wanted = np.zeros(len(recs), dtype=bool)
         unit_wanted[head[want]] = True
         take = unit_wanted[head]
-        return Source(header, data, recs, take, take & (entries["length"] > 0), ids[take], int(want.sum()))
+        heads = take & (entries["length"] > 0)
+        blobs_end = int(entries["length"].sum(dtype=np.int64))
+        return Source(header, data, recs, take, heads, ids[take], int(want.sum()), blobs_end)
 
     def add(self, source: Source | None) -> int:
         """Copy the units `open_source` checked; return how many wanted blobs they hold."""
@@ -142,9 +146,13 @@ class Repacker:
         decompressor = _decompressor()
         opened_at = -1
         plain = b""
-        for row in np.flatnonzero(want).tolist():
-            blob_id, btype, comp, offset, length, plain_length, within = recs[row].tolist()
-            blob_id = bytes(blob_id)
+        rows = np.flatnonzero(want)
+        raw_ids = np.ascontiguousarray(recs["id"][rows]).tobytes()
+        columns = (
+            recs[name][rows].tolist() for name in ("type", "comp", "offset", "length", "plain", "within")
+        )
+        for k, (btype, comp, offset, length, plain_length, within) in enumerate(zip(*columns, strict=True)):
+            blob_id = raw_ids[k * ID_SIZE : (k + 1) * ID_SIZE]
 
             def what(blob_id: bytes = blob_id) -> str:
                 return f"blob {blob_id.hex()[:12]} in pack {pack_id[:12]}"
@@ -190,15 +198,19 @@ class Repacker:
             not self.in_builder.isdisjoint(taken) or self.builder.size + incoming > self.repo.pack_size
         ):
             self._write()  # a pack lists an id at most once; and packs keep about their size
-        # Runs: rows taken one after the other (adjacent rows are adjacent units in the file).
+        # Runs of rows taken one after the other: adjacent rows are adjacent units in the file, and
+        # a run's bytes end where the next row's unit begins (or where the blobs end).
         edges = np.flatnonzero(np.diff(np.concatenate([[0], take.astype(np.int8), [0]])))
+        starts, ends = edges[::2], edges[1::2]
+        begins = np.append(recs["offset"].astype(np.int64), source.blobs_end)
         size = HEADER_ENTRY.size
-        for start, end in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
-            first = int(recs["offset"][start])
-            last_head = start + int(np.flatnonzero(heads[start:end])[-1])
-            stop = int(recs["offset"][last_head]) + int(recs["length"][last_head])
-            # A copy: a slice would keep the whole source pack in memory until this pack is written.
-            self.builder.add_run(header[start * size : end * size], memoryview(bytes(data[first:stop])))
+        spans = zip(
+            starts.tolist(), ends.tolist(), begins[starts].tolist(), begins[ends].tolist(), strict=True
+        )
+        pieces = [(header[a * size : b * size], data[first:stop]) for a, b, first, stop in spans]
+        # Joined: one piece a source pack, and a copy (a slice would keep the whole source pack in
+        # memory until the new pack is written).
+        self.builder.add_run(b"".join(h for h, _ in pieces), memoryview(b"".join(d for _, d in pieces)))
         self.in_builder |= taken
         if self.builder.size >= self.repo.pack_size:
             self._write()

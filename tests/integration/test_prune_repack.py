@@ -21,6 +21,7 @@ from capsule.adapters.repository.prune import plan_prune, repack
 from capsule.adapters.repository.repacker import Repacker
 from capsule.adapters.repository.repo import Repository
 from capsule.adapters.repository.usage import ID_DTYPE
+from tests.integration.helpers import flip_byte
 from tests.integration.prune_lab import Lab, prune, roundtrip_plan
 
 
@@ -167,3 +168,20 @@ def test_the_repack_reuses_the_used_blobs_of_its_own_plan_and_walks_again_for_an
     repack(lab.open(), plan)  # the set kept is another plan's
     assert walks == [len(plan.snapshots)] * 3  # the retry, the other plan, this repack
     assert other.created != plan.created
+
+
+def test_a_damaged_list_blob_stops_the_plan_naming_it(lab: Lab) -> None:
+    repo = lab.open()
+    repo.load_index(use_cache=False)
+    name = sorted(repo.backend.list("snapshots"))[-1]
+    lists = repo.load_snapshot(name).entries[0].blob_lists
+    assert lists, "the lab's database is too small to be listed through list blobs"
+    damaged = bytes.fromhex(lists[-1])
+    loc = repo.index.lookup(damaged)
+    assert loc is not None
+    flip_byte(next(p for p in lab.pack_files() if p.name == loc.pack_id), loc.offset + loc.length // 2)
+
+    with pytest.raises(IntegrityError, match=f"cannot prune: snapshot {name[:12]}") as raised:
+        plan_prune(lab.open())
+
+    assert damaged.hex()[:12] in str(raised.value)
