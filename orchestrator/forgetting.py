@@ -116,16 +116,20 @@ class ForgetRun:
             }
         )
 
-    def append(self, sid: str, version: int, event: Any, conn: Any = None) -> None:
+    def append(
+        self, sid: str, version: int, event: Any, conn: Any = None, *, project: bool = True
+    ) -> list[Any]:
+        """Append `event` to the snapshot's stream; its stored form. With `project` False the read
+        models are left to the caller, who must bring them up to date in the same transaction."""
         from capsule.orchestrator import codec  # noqa: PLC0415
         from capsule.orchestrator.eventstore import Metadata  # noqa: PLC0415
 
-        self.runtime.store.append(
+        return self.runtime.store.append(
             codec.snapshot_stream_id(sid),
             version,
             [codec.encode(event)],
             Metadata(actor=self.actor, correlation_id=self.run_id),
-            handlers=[self.runtime.handler],
+            handlers=[self.runtime.handler] if project else [],
             conn=conn,
         )
 
@@ -133,29 +137,34 @@ class ForgetRun:
         """Record every forgetting, in one transaction, then delete their manifests; for each event,
         False when another process forgot that snapshot (or pinned it, for a policy's forgetting)
         meanwhile. One transaction, because each of its commits waits for the disk: forgetting a
-        month of hourly snapshots at once costs one wait, not hundreds."""
+        month of hourly snapshots at once costs one wait, not hundreds. The read models are brought
+        up to date once, at its end, for every event it appended (still inside it): per event, that
+        was most of the time a forget took."""
         if not events:
             return []
         with self.runtime.store.transaction() as conn:
-            recorded = [self._record(event, conn) for event in events]
+            stored: list[Any] = []
+            recorded = [self._record(event, conn, stored) for event in events]
+            self.runtime.handler(conn, stored)
         faults.point(FORGET_RECORDED)
         for event, done in zip(events, recorded, strict=True):
             if done:
                 repo.backend.remove("snapshots", event.snapshot_id)
         return recorded
 
-    def _record(self, event: SnapshotForgotten, conn: Any) -> bool:
+    def _record(self, event: SnapshotForgotten, conn: Any, stored: list[Any]) -> bool:
+        """Append the forgetting (without the read models: `stored` gathers it for them)."""
         from capsule.orchestrator.errors import ConcurrencyConflict  # noqa: PLC0415
 
         sid = event.snapshot_id
         mark = self.marks.get(sid)
         try:
-            self.append(sid, int(mark["version"]) if mark else 0, event, conn)
+            stored += self.append(sid, int(mark["version"]) if mark else 0, event, conn, project=False)
         except ConcurrencyConflict:
             version, forgotten, pinned = self._stream_now(sid, conn)
             if forgotten or (pinned and event.reason == "policy"):
                 return False
-            self.append(sid, version, event, conn)
+            stored += self.append(sid, version, event, conn, project=False)
         return True
 
     def _stream_now(self, sid: str, conn: Any = None) -> tuple[int, bool, bool]:

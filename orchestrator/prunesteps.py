@@ -108,7 +108,9 @@ def prune_plan(ctx: StepContext) -> dict[str, Any]:
             repo.backend.remove("snapshots", sid)
             log.info("finished forgetting a snapshot a killed forget left", snapshot=sid[:12])
         before = stored_bytes(repo.backend)
-        plan = plan_prune(repo, repack_unused_percent=int(ctx.request["repack_unused_percent"]))
+        plan = plan_prune(
+            repo, repack_unused_percent=int(ctx.request["repack_unused_percent"]), keep_used=True
+        )
     faults.point("plan:planned")
     figures = plan_figures(plan)
     return {"plan": as_json(plan.to_json()), "bytes_before": before, **figures, "seconds": _elapsed(started)}

@@ -72,7 +72,7 @@ def header_records(header: bytes | bytearray | memoryview) -> npt.NDArray[np.voi
         recs[field] = h[field]
     lengths = h["length"].astype(np.uint64)
     starts = np.cumsum(lengths) - lengths
-    member = np.isin(h["comp"], BUNDLED) & (lengths == 0)
+    member = ((h["comp"] == BUNDLED[0]) | (h["comp"] == BUNDLED[1])) & (lengths == 0)
     rows = np.arange(len(h))
     head = np.maximum.accumulate(np.where(member, 0, rows)) if len(h) else rows
     recs["offset"] = starts[head]
@@ -788,7 +788,17 @@ class Index:
         return out
 
     def by_pack(self) -> Iterator[tuple[str, list[tuple[bytes, BlobLocation]]]]:
-        """Every indexed blob grouped by pack, in pack order; a bounded number of records in memory.
+        """Every indexed blob grouped by pack, in pack order; a bounded number of records in memory."""
+        for recs in self.pack_batches():
+            bounds = np.flatnonzero(np.diff(recs["pack"])) + 1
+            for group in np.split(recs, bounds) if len(recs) else []:
+                pack_id = self.pack_ids[int(group[0]["pack"])]
+                yield pack_id, [(bytes(g[0]), BlobLocation(pack_id, *g[1:7])) for g in group.tolist()]
+
+    def pack_batches(self) -> Iterator[npt.NDArray[np.void]]:
+        """Every indexed record (RUN_RECORD) in batches of whole packs, each sorted by pack number,
+        the batches in pack order; about BY_PACK_BATCH records in memory at once (more only when
+        one pack holds more).
 
         The records are read twice whatever the size: once to count them by pack, once to deal
         them into batches of whole packs (in files when there are several), each sorted in turn.
@@ -824,8 +834,4 @@ class Index:
             batches = [f.read_all for f in files]
         for read in batches:
             recs = read()
-            recs = _take(recs, np.argsort(recs["pack"], kind="stable"))
-            bounds = np.flatnonzero(np.diff(recs["pack"])) + 1
-            for group in np.split(recs, bounds) if len(recs) else []:
-                pack_id = self.pack_ids[int(group[0]["pack"])]
-                yield pack_id, [(bytes(g[0]), BlobLocation(pack_id, *g[1:7])) for g in group.tolist()]
+            yield _take(recs, np.argsort(recs["pack"], kind="stable"))

@@ -35,16 +35,18 @@ to be condemned.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import numpy.typing as npt
 import structlog
 
 from capsule.adapters.errors import IntegrityError, ObjectNotFound
-from capsule.adapters.repository.backends.storage import TemporaryFiles
+from capsule.adapters.repository.backends.storage import ObjectInfo, TemporaryFiles
 from capsule.adapters.repository.index import (
-    BlobLocation,
+    Index,
     decode_index,
     encode_index,
     records,
@@ -58,9 +60,9 @@ from capsule.adapters.repository.pruneplan import (
     Repacked,
 )
 from capsule.adapters.repository.rebuild import ADOPT_WITHIN, read_pack_header
-from capsule.adapters.repository.repacker import Repacker
+from capsule.adapters.repository.repacker import Repacker, Source
 from capsule.adapters.repository.repo import INDEX_FLUSH_BLOBS, UNREADABLE_SNAPSHOT, Repository
-from capsule.adapters.repository.usage import IdSet, UsageWalker
+from capsule.adapters.repository.usage import ID_DTYPE, IdSet, UsageWalker
 from capsule.domain.errors import CapsuleError, InvalidCommand
 from capsule.domain.manifest import Manifest
 
@@ -85,6 +87,12 @@ KEEP_YOUNGER_THAN = 2 * ADOPT_WITHIN
 """Seconds: a younger pack is never condemned (a backup may still adopt it, or index it)."""
 REWRITE_FLUSH_BLOBS = INDEX_FLUSH_BLOBS
 """Records in each index file `rewrite_index` writes, but the last."""
+REPACK_THREADS = 2
+"""Threads that read and check the packs a repack copies from."""
+REPACK_AHEAD = 4
+"""Packs read and checked ahead of the one being copied (each held in memory meanwhile)."""
+COLUMNS_AT_ONCE = 1 << 18
+"""Used ids looked up in the index at once."""
 TEMPORARY_AGE = 24 * 3600.0
 """Seconds: temporary files older than this were left by a killed writer."""
 
@@ -132,24 +140,19 @@ def _used_ids(repo: Repository, names: list[str] | tuple[str, ...]) -> IdSet:
     return used
 
 
-def _age_ok(repo: Repository, pack: str, before: float) -> bool:
-    try:
-        return repo.backend.stat("data", pack).modified < before
-    except ObjectNotFound:
-        return False
-
-
 def plan_prune(
     repo: Repository,
     *,
     repack_unused_percent: int = DEFAULT_REPACK_UNUSED_PERCENT,
     keep_younger_than: float = KEEP_YOUNGER_THAN,
     now: float | None = None,
+    keep_used: bool = False,
 ) -> PrunePlan:
     """Decide what to delete and repack (reads only). See the module's description.
 
-    `keep_younger_than` (seconds) below KEEP_YOUNGER_THAN lets a backup adopt a condemned pack:
-    only for tests and tools that know no backup runs.
+    `keep_used` keeps the set of used blobs in this process for the `repack` of this plan (which
+    otherwise walks the snapshots again). `keep_younger_than` (seconds) below KEEP_YOUNGER_THAN lets
+    a backup adopt a condemned pack: only for tests and tools that know no backup runs.
     """
     if not 0 <= repack_unused_percent <= 100:
         raise InvalidCommand(
@@ -168,22 +171,19 @@ def plan_prune(
         )
     index = repo.index
     used = _used_ids(repo, snapshots)
-    used_sorted = used.tobytes()
-    which, pack_numbers, _ = index.columns(used_sorted)
-    chosen = np.where(which >= 0, pack_numbers.astype(np.int64), -1)
-    on_disk = {name: repo.backend.size("data", name) for name in repo.backend.list("data")}
+    chosen = _chosen_packs(index, used)
+    stats = _pack_stats(repo)
+    on_disk = {name: info.size for name, info in stats.items()}
     chosen_gone = np.isin(chosen, [i for i, p in enumerate(index.pack_ids) if p not in on_disk])
     unavailable = IdSet()
     unavailable.add(used.freeze()[(chosen < 0) | chosen_gone].tobytes())
-    number = {p: i for i, p in enumerate(index.pack_ids)}
     delete: list[str] = []
     repack_list: list[str] = []
     used_bytes = unused_bytes = reclaim = young = 0
-    for pack_id, items in index.by_pack():
+    for number, used_here, total in _pack_shares(index, used, chosen):
+        pack_id = index.pack_ids[number]
         if pack_id not in on_disk:
             continue
-        shares = _shares(used, chosen, number[pack_id], items)
-        used_here, total = shares
         used_bytes += used_here
         unused_bytes += total - used_here
         if used_here == total:
@@ -191,7 +191,7 @@ def plan_prune(
         condemn = used_here == 0 or (total - used_here) * 100 > repack_unused_percent * total
         if not condemn:
             continue
-        if not _age_ok(repo, pack_id, before):
+        if stats[pack_id].modified >= before:
             young += 1
             continue
         if used_here == 0:
@@ -202,7 +202,7 @@ def plan_prune(
             reclaim += total - used_here
     unindexed = sorted(set(on_disk) - set(index.pack_ids))
     for pack_id in unindexed:
-        if not _age_ok(repo, pack_id, before):
+        if stats[pack_id].modified >= before:
             young += 1
         elif len(unavailable) and _holds_any(repo, pack_id, unavailable):
             log.warning(
@@ -235,6 +235,8 @@ def plan_prune(
             unindexed_packs=len(unindexed),
         ),
     )
+    if keep_used:
+        _keep_used(plan, used)
     log.info(
         "prune planned",
         delete=len(plan.delete),
@@ -245,23 +247,77 @@ def plan_prune(
     return plan
 
 
-def _shares(
-    used: IdSet, chosen: npt.NDArray[np.int64], number: int, items: list[tuple[bytes, BlobLocation]]
-) -> tuple[int, int]:
-    """(used stored bytes, stored bytes) of one pack's blobs. A blob counts as used only in the pack
-    the index chose for it (other copies are garbage); a bundle counts whole if a member is used."""
-    ids = b"".join(i for i, _ in items)
-    have = used.freeze()
-    query = np.frombuffer(ids, dtype=have.dtype)
-    at = np.minimum(np.searchsorted(have, query), max(len(have) - 1, 0))
-    here = used.contains(ids) & (chosen[at] == number) if len(have) else np.zeros(len(items), dtype=bool)
-    lengths: dict[int, int] = {}
-    used_units: set[int] = set()
-    for (_, loc), is_used in zip(items, here.tolist(), strict=True):
-        lengths[loc.offset] = loc.length
-        if is_used:
-            used_units.add(loc.offset)
-    return sum(lengths[o] for o in used_units), sum(lengths.values())
+def _chosen_packs(index: Index, used: IdSet) -> npt.NDArray[np.int64]:
+    """The number of the pack the index chooses for each of `used`'s sorted ids (-1: none), looked
+    up COLUMNS_AT_ONCE at a time: a look-up's whole index records, 54 bytes an id, are let go."""
+    ids = used.freeze()
+    chosen = np.empty(len(ids), dtype=np.int64)
+    for at in range(0, len(ids), COLUMNS_AT_ONCE):
+        which, numbers, _ = index.columns(ids[at : at + COLUMNS_AT_ONCE].tobytes())
+        chosen[at : at + len(which)] = np.where(which >= 0, numbers.astype(np.int64), -1)
+    return chosen
+
+
+_kept_used: tuple[tuple[object, ...], IdSet] | None = None
+"""The used blobs of the last plan made with `keep_used`, for its repack in this process."""
+
+
+def _plan_key(plan: PrunePlan) -> tuple[object, ...]:
+    return (plan.created, plan.snapshots, plan.index_files)
+
+
+def _keep_used(plan: PrunePlan, used: IdSet) -> None:
+    global _kept_used  # noqa: PLW0603 - one slot, for the next phase of the same prune
+    _kept_used = (_plan_key(plan), used)
+
+
+def _recall_used(plan: PrunePlan) -> IdSet | None:
+    """The used blobs the plan kept in this process (then forgotten here), else None.
+
+    Reusing them is safe: they are the blobs of the plan's snapshots when it was made, a superset
+    of what those still there use (a snapshot forgotten since is only copied for nothing), and the
+    repack asks the index it loads afresh where each one is."""
+    global _kept_used
+    kept, _kept_used = _kept_used, None
+    return kept[1] if kept is not None and kept[0] == _plan_key(plan) else None
+
+
+def _pack_stats(repo: Repository) -> dict[str, ObjectInfo]:
+    """Size and time of every pack, each asked once; one removed meanwhile is left out."""
+    stats: dict[str, ObjectInfo] = {}
+    for name in repo.backend.list("data"):
+        try:
+            stats[name] = repo.backend.stat("data", name)
+        except ObjectNotFound:
+            continue
+    return stats
+
+
+def _pack_shares(index: Index, used: IdSet, chosen: npt.NDArray[np.int64]) -> Iterator[tuple[int, int, int]]:
+    """(pack number, used stored bytes, stored bytes) of every pack the index names, in pack order.
+    A blob counts as used only in the pack the index chose for it (`chosen`, beside `used`'s sorted
+    ids; other copies are garbage); a bundle counts whole if a member is used. In numpy, a batch of
+    whole packs at a time: no Python object per blob."""
+    for recs in index.pack_batches():
+        if not len(recs):
+            continue
+        ids = np.ascontiguousarray(recs["id"]).view(ID_DTYPE)
+        found, at = used.find(ids)
+        packs = recs["pack"].astype(np.int64)
+        here = found & (chosen[at] == packs) if len(chosen) else found
+        # One row per stored unit (a blob, or a bundle whole): its pack and offset.
+        order = np.lexsort((recs["offset"], packs))
+        packs, offsets, here = packs[order], recs["offset"][order], here[order]
+        lengths = recs["length"][order].astype(np.int64)
+        first = np.ones(len(packs), dtype=bool)
+        first[1:] = (packs[1:] != packs[:-1]) | (offsets[1:] != offsets[:-1])
+        starts = np.flatnonzero(first)
+        unit_pack, unit_length = packs[starts], lengths[starts]
+        unit_used = np.logical_or.reduceat(here, starts)
+        pack_starts = np.flatnonzero(np.diff(unit_pack, prepend=-1))
+        totals = np.add.reduceat(unit_length, pack_starts)
+        used_bytes = np.add.reduceat(np.where(unit_used, unit_length, 0), pack_starts)
+        yield from zip(unit_pack[pack_starts].tolist(), used_bytes.tolist(), totals.tolist(), strict=True)
 
 
 def _holds_any(repo: Repository, pack_id: str, ids: IdSet) -> bool:
@@ -289,29 +345,55 @@ def repack(
         return Repacked()
     repo.load_index(use_cache=False)
     index = repo.index
-    used = _used_ids(repo, plan.snapshots)
-    used_sorted = used.tobytes()
-    which, pack_numbers, _ = index.columns(used_sorted)
+    used = _recall_used(plan)
+    if used is None:
+        used = _used_ids(repo, plan.snapshots)
+    pack_numbers = _chosen_packs(index, used)
     condemned_numbers = [i for i, p in enumerate(index.pack_ids) if p in plan.condemned]
-    needed_mask = (which >= 0) & np.isin(pack_numbers, condemned_numbers)
-    needed = IdSet()
-    needed.add(used.freeze()[needed_mask].tobytes())
+    needed_mask = (pack_numbers >= 0) & np.isin(pack_numbers, condemned_numbers)
+    # Each needed blob is copied from the pack the index chose for it: grouped by that pack, the
+    # ids of each group still sorted (a stable sort of sorted ids).
+    needed_packs = pack_numbers[needed_mask]
+    order = np.argsort(needed_packs, kind="stable")
+    needed, needed_packs = used.freeze()[needed_mask][order], needed_packs[order]
+    starts = np.flatnonzero(np.diff(needed_packs.astype(np.int64), prepend=-1))
+    ends = [*starts[1:].tolist(), len(needed)] if len(starts) else []
     copier = Repacker(repo, checkpoint)
-    sources = [*plan.repack, *plan.delete]
-    for done, pack_id in enumerate(sources, 1):
-        copier.copy_from(pack_id, needed)
-        if progress:
-            progress(done, len(sources))
+    copied = 0
+    sources = [
+        (index.pack_ids[int(needed_packs[a])], needed[a:b])
+        for a, b in zip(starts.tolist(), ends, strict=True)
+    ]
+    # Packs are read and checked on REPACK_THREADS threads (reading, decompressing and hashing let
+    # go of the GIL), a few ahead; they are copied in order on this one.
+    with ThreadPoolExecutor(REPACK_THREADS, thread_name_prefix="repack") as pool:
+        for done, source in enumerate(_ahead(pool, copier.open_source, sources), 1):
+            copied += copier.add(source)
+            if progress:
+                progress(done, len(sources))
     result = copier.finish()
-    # Counted in numpy: a Python set of every needed id would take about 100 bytes each.
-    copied_needed = int(needed.contains(b"".join(copier.copied)).sum()) if copier.copied else 0
-    left = len(needed) - copied_needed
+    left = len(needed) - copied
     if left:
         raise IntegrityError(
             f"cannot prune: {left} blob(s) the snapshots need are not in the packs the index names "
             "for them; nothing was deleted: run `capsule verify --read-data`"
         )
     return result
+
+
+def _ahead(
+    pool: ThreadPoolExecutor,
+    work: Callable[[str, npt.NDArray[np.bytes_]], Source | None],
+    jobs: list[tuple[str, npt.NDArray[np.bytes_]]],
+) -> Iterator[Source | None]:
+    """`work` of each job on the pool, at most REPACK_AHEAD at once, the results in order."""
+    pending: deque[Future[Source | None]] = deque()
+    for job in jobs:
+        pending.append(pool.submit(work, *job))
+        if len(pending) >= REPACK_AHEAD:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 # ---- phase 3: the index without the condemned packs -------------------------------------------

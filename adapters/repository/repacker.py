@@ -1,78 +1,217 @@
 """Copying blobs out of condemned packs into new ones, for prune's repack phase.
 
-A blob is copied as it is stored (a bundle whole, its members' entries as pack.py lays them out):
-nothing is decrypted to be sealed again, but every blob that is needed is opened and checked first,
-so that a damaged one is never carried over.
+A blob is copied as it is stored (a bundle whole, its members' header entries as pack.py lays
+them out): nothing is decrypted to be sealed again. Each pack is read once, whole; its header is
+opened from those bytes and checked as section 8.2 of the repository format says, and every blob
+that is needed is opened and checked as section 15 says (its unit's tag, decompression, length and
+keyed BLAKE3 id) before it is copied, so that a damaged one is never carried over. Stored units
+that lie end to end are copied as one run: the work per blob is the check alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 import structlog
 
-from capsule.adapters.errors import ObjectNotFound
-from capsule.adapters.repository.index import BlobLocation, encode_index, header_records
-from capsule.adapters.repository.pack import HEADER_ENTRY, PackBuilder, PackedBlob
+from capsule.adapters.errors import IntegrityError, ObjectNotFound
+from capsule.adapters.repository.blobcodec import decode_blob, decode_bundle
+from capsule.adapters.repository.crypto import ID_SIZE
+from capsule.adapters.repository.index import HEADER_DTYPE, encode_index, header_records
+from capsule.adapters.repository.pack import (
+    BUNDLED,
+    HEADER_AAD,
+    HEADER_ENTRY,
+    PACK_MAGIC,
+    TRAILER,
+    PackBuilder,
+)
 from capsule.adapters.repository.pruneplan import Repacked
-from capsule.adapters.repository.rebuild import read_pack_header
-from capsule.adapters.repository.repo import Repository
-from capsule.adapters.repository.usage import IdSet
+from capsule.adapters.repository.repo import Repository, _decompressor
+from capsule.adapters.repository.usage import ID_DTYPE, find_sorted
 
 log = structlog.get_logger(__name__)
 
 Checkpoint = Callable[[str], None]
 
 
+def open_pack(repo: Repository, data: bytes, name: str) -> tuple[bytes, npt.NDArray[np.void]]:
+    """(header plaintext, its entries as HEADER_DTYPE) of a whole pack's bytes, checked as
+    `pack.parse_header` checks them; IntegrityError naming the pack otherwise."""
+    what = f"the header of pack {name[:12]}"
+    if len(data) < TRAILER.size:
+        raise IntegrityError(f"pack {name[:12]} is truncated")
+    header_len, magic = TRAILER.unpack_from(data, len(data) - TRAILER.size)
+    if magic != PACK_MAGIC:
+        raise IntegrityError(f"pack {name[:12]} does not end with a pack trailer")
+    if header_len + TRAILER.size > len(data):
+        raise IntegrityError(f"{what} claims an impossible length")
+    end = len(data) - TRAILER.size
+    header = repo.sealer.open(memoryview(data)[end - header_len : end], HEADER_AAD, what)
+    if len(header) % HEADER_ENTRY.size:
+        raise IntegrityError(f"{what} has a broken length")
+    entries = np.frombuffer(header, dtype=HEADER_DTYPE)
+    bundled = (entries["comp"] == BUNDLED[0]) | (entries["comp"] == BUNDLED[1])
+    member = bundled & (entries["length"] == 0)
+    if ((entries["length"] == 0) & ~bundled).any():
+        raise IntegrityError(f"{what} lists a blob with no bytes")
+    if member.any():
+        rows = np.arange(len(entries))
+        head = np.maximum.accumulate(np.where(member, 0, rows))
+        lone = member & ((head == rows) | ~bundled[head])
+        lone |= member & (
+            (entries["type"][head] != entries["type"]) | (entries["comp"][head] != entries["comp"])
+        )
+        if member[0] or lone.any():
+            raise IntegrityError(f"{what} lists a bundle member outside a bundle")
+    if int(entries["length"].sum(dtype=np.int64)) + header_len + TRAILER.size != len(data):
+        raise IntegrityError(f"{what} does not account for the pack's size")
+    return header, entries
+
+
+class Source(NamedTuple):
+    """A condemned pack read and checked, with what of it is to be copied."""
+
+    header: bytes
+    data: bytes
+    recs: npt.NDArray[np.void]
+    take: npt.NDArray[np.bool_]
+    """The rows copied: whole units."""
+    heads: npt.NDArray[np.bool_]
+    """The first row of each unit copied."""
+    ids: npt.NDArray[np.bytes_]
+    """The ids of the rows copied."""
+    found: int
+    """How many of the wanted blobs the pack held."""
+    blobs_end: int
+    """Where the pack's blobs end (its header begins)."""
+
+
 class Repacker:
-    """Fills new packs with whole stored blobs (a bundle whole) copied from condemned packs."""
+    """Fills new packs with whole stored units (a blob, or a bundle whole) copied from condemned
+    packs."""
 
     def __init__(self, repo: Repository, checkpoint: Checkpoint) -> None:
         self.repo = repo
         self.checkpoint = checkpoint
         self.builder = PackBuilder()
         self.in_builder: set[bytes] = set()
-        self.copied: set[bytes] = set()
         self.written: dict[str, npt.NDArray[np.void]] = {}
         self.bytes_written = 0
 
-    def copy_from(self, pack_id: str, needed: IdSet) -> None:
+    def open_source(self, pack_id: str, wanted: npt.NDArray[np.bytes_]) -> Source | None:
+        """Read pack `pack_id` and check every blob of `wanted` (sorted ids, ID_DTYPE) it holds;
+        None if the pack is gone. Reads only: safe on several threads at once."""
         try:
-            header = read_pack_header(self.repo, pack_id)
+            data = self.repo.backend.read("data", pack_id)
         except ObjectNotFound:
-            return
-        ids = b"".join(b.blob_id for b in header)
-        wanted = needed.contains(ids).tolist()
-        units: dict[int, list[tuple[PackedBlob, bool]]] = {}
-        for blob, want in zip(header, wanted, strict=True):
-            units.setdefault(blob.offset, []).append((blob, want and blob.blob_id not in self.copied))
-        if not any(w for unit in units.values() for _, w in unit):
-            return
-        data = memoryview(self.repo.backend.read("data", pack_id))
-        for offset, unit in units.items():
-            if not any(w for _, w in unit):
-                continue
-            head = unit[0][0]
-            sealed = data[offset : offset + head.length]
-            for blob, want in unit:
-                if want:  # authenticated before it is copied: a damaged blob is never carried over
-                    self.repo.open_blob(blob.blob_id, BlobLocation(pack_id, *blob[1:]), sealed)
-            self._add([b for b, _ in unit], sealed)
+            return None
+        header, entries = open_pack(self.repo, data, pack_id)
+        recs = header_records(header)
+        ids = np.ascontiguousarray(recs["id"]).view(ID_DTYPE)
+        want, _ = find_sorted(wanted, ids)
+        if not want.any():
+            return None
+        self._check(pack_id, memoryview(data), recs, want)
+        rows = np.arange(len(recs))
+        # The first row of each row's unit; a unit is copied whole when one of its blobs is wanted.
+        head = np.maximum.accumulate(np.where(entries["length"] > 0, rows, 0))
+        unit_wanted = np.zeros(len(recs), dtype=bool)
+        unit_wanted[head[want]] = True
+        take = unit_wanted[head]
+        heads = take & (entries["length"] > 0)
+        blobs_end = int(entries["length"].sum(dtype=np.int64))
+        return Source(header, data, recs, take, heads, ids[take], int(want.sum()), blobs_end)
 
-    def _add(self, unit: list[PackedBlob], sealed: memoryview) -> None:
-        ids = {b.blob_id for b in unit}
-        if ids & self.in_builder:
-            self._write()  # a pack lists an id at most once
-        # A bundle's members after its first carry no length of their own (see pack.py).
-        header = b"".join(
-            HEADER_ENTRY.pack(b.blob_type, b.compression, 0 if k else b.length, b.plain_length, b.blob_id)
-            for k, b in enumerate(unit)
+    def add(self, source: Source | None) -> int:
+        """Copy the units `open_source` checked; return how many wanted blobs they hold."""
+        if source is None:
+            return 0
+        self._add(source)
+        return source.found
+
+    def copy_from(self, pack_id: str, wanted: npt.NDArray[np.bytes_]) -> int:
+        """Copy the units of pack `pack_id` holding one of `wanted` (sorted ids, ID_DTYPE), each
+        checked first; return how many of `wanted` the pack held (0 if the pack is gone)."""
+        return self.add(self.open_source(pack_id, wanted))
+
+    def _check(
+        self, pack_id: str, data: memoryview, recs: npt.NDArray[np.void], want: npt.NDArray[np.bool_]
+    ) -> None:
+        """Open every wanted blob (each unit once) and check it; IntegrityError naming the blob."""
+        sealer = self.repo.sealer
+        decompressor = _decompressor()
+        opened_at = -1
+        plain = b""
+        rows = np.flatnonzero(want)
+        raw_ids = np.ascontiguousarray(recs["id"][rows]).tobytes()
+        columns = (
+            recs[name][rows].tolist() for name in ("type", "comp", "offset", "length", "plain", "within")
         )
-        self.builder.add_run(header, sealed)
-        self.in_builder |= ids
-        self.copied |= ids
+        for k, (btype, comp, offset, length, plain_length, within) in enumerate(zip(*columns, strict=True)):
+            blob_id = raw_ids[k * ID_SIZE : (k + 1) * ID_SIZE]
+
+            def what(blob_id: bytes = blob_id) -> str:
+                return f"blob {blob_id.hex()[:12]} in pack {pack_id[:12]}"
+
+            sealed = data[offset : offset + length]
+            if comp in BUNDLED:
+                if offset != opened_at:
+                    plain = decode_bundle(
+                        sealer, decompressor, blob_type=btype, compression=comp, sealed=sealed, what=what
+                    )
+                    opened_at = offset
+                if within + plain_length > len(plain):
+                    raise IntegrityError(f"{what()} lies beyond the end of its bundle")
+                body: bytes | memoryview = memoryview(plain)[within : within + plain_length]
+            else:
+                body = decode_blob(
+                    sealer,
+                    decompressor,
+                    blob_id,
+                    blob_type=btype,
+                    compression=comp,
+                    sealed=sealed,
+                    plain_length=plain_length,
+                    what=what,
+                )
+            if sealer.blob_id(body) != blob_id:
+                raise IntegrityError(f"{what()} does not match its id")
+
+    def _add(self, source: Source) -> None:
+        """Add the units of `source` to the pack being filled, runs of adjacent units each as one
+        piece."""
+        header, data, recs, take = (
+            memoryview(source.header),
+            memoryview(source.data),
+            source.recs,
+            source.take,
+        )
+        raw = source.ids.tobytes()
+        taken = {raw[i : i + ID_SIZE] for i in range(0, len(raw), ID_SIZE)}
+        heads = source.heads
+        incoming = int(recs["length"][heads].sum(dtype=np.int64))
+        if len(self.builder) and (
+            not self.in_builder.isdisjoint(taken) or self.builder.size + incoming > self.repo.pack_size
+        ):
+            self._write()  # a pack lists an id at most once; and packs keep about their size
+        # Runs of rows taken one after the other: adjacent rows are adjacent units in the file, and
+        # a run's bytes end where the next row's unit begins (or where the blobs end).
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], take.astype(np.int8), [0]])))
+        starts, ends = edges[::2], edges[1::2]
+        begins = np.append(recs["offset"].astype(np.int64), source.blobs_end)
+        size = HEADER_ENTRY.size
+        spans = zip(
+            starts.tolist(), ends.tolist(), begins[starts].tolist(), begins[ends].tolist(), strict=True
+        )
+        pieces = [(header[a * size : b * size], data[first:stop]) for a, b, first, stop in spans]
+        # Joined: one piece a source pack, and a copy (a slice would keep the whole source pack in
+        # memory until the new pack is written).
+        self.builder.add_run(b"".join(h for h, _ in pieces), memoryview(b"".join(d for _, d in pieces)))
+        self.in_builder |= taken
         if self.builder.size >= self.repo.pack_size:
             self._write()
 

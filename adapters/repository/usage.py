@@ -9,20 +9,26 @@ every snapshot's blobs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import numpy.typing as npt
 
+from capsule.adapters.errors import NOT_INDEXED_ADVICE, BlobNotFound, IntegrityError, ObjectNotFound
 from capsule.adapters.files.tree import load_group
 from capsule.adapters.repository.chunks import read_id_lists, split_ids
 from capsule.adapters.repository.crypto import ID_SIZE
+from capsule.adapters.repository.index import BlobLocation
+from capsule.adapters.repository.pack import BLOB_LIST
 from capsule.adapters.repository.repo import Repository
 from capsule.domain.manifest import Entry, Manifest
 
 ID_DTYPE = np.dtype(f"S{ID_SIZE}")
 COMPACT_AT = 1 << 18
 LISTS_AT_ONCE = 256
+SORT_QUERIES_FROM = 4096
+SPAN_LIMIT = 4 * 1024 * 1024
+"""Bytes in one read of list blobs from one pack (the blobs and what lies between them)."""
 
 
 class IdSet:
@@ -32,6 +38,8 @@ class IdSet:
         self._parts: list[bytes] = []
         self._pending = 0
         self._sorted: npt.NDArray[np.bytes_] = np.zeros(0, dtype=ID_DTYPE)
+        self._keys: npt.NDArray[np.uint64] | None = np.zeros(0, dtype=np.uint64)
+        """The first 8 bytes of each sorted id as a number, while no two share them; else None."""
 
     def add(self, ids: bytes) -> None:
         """Add ids laid end to end."""
@@ -52,6 +60,7 @@ class IdSet:
                 fresh = fresh[~self._known(fresh)]
             if len(fresh):
                 self._sorted = _sorted_unique(np.concatenate([self._sorted, fresh]))
+                self._keys = _unique_keys(self._sorted)
         return self._sorted
 
     def __len__(self) -> int:
@@ -62,32 +71,90 @@ class IdSet:
         self.freeze()
         return self._known(np.frombuffer(ids, dtype=ID_DTYPE))
 
+    def find(self, query: npt.NDArray[np.bytes_]) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.intp]]:
+        """For ids (ID_DTYPE): whether each is in the set, and its place in `freeze()`'s array
+        (meaningful where found): for columns kept beside the set."""
+        self.freeze()
+        return self._find(query)
+
     def _known(self, query: npt.NDArray[np.bytes_]) -> npt.NDArray[np.bool_]:
         """Whether each of `query` is among the ids sorted in so far."""
-        have = self._sorted
-        if not len(have):
-            return np.zeros(len(query), dtype=bool)
-        at = np.minimum(np.searchsorted(have, query), len(have) - 1)
-        # Compared as raw bytes: numpy's S comparisons ignore trailing NULs, raw bytes do not.
-        raw_have = have.view(np.uint8).reshape(-1, ID_SIZE)[at]
-        raw_query = query.view(np.uint8).reshape(-1, ID_SIZE)
-        found: npt.NDArray[np.bool_] = (raw_have == raw_query).all(axis=1)
-        return found
+        return self._find(query)[0]
+
+    def _find(self, query: npt.NDArray[np.bytes_]) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.intp]]:
+        return find_sorted(self._sorted, query, self._keys)
 
     def tobytes(self) -> bytes:
         return self.freeze().tobytes()
+
+
+def _prefixes(ids: npt.NDArray[np.bytes_]) -> npt.NDArray[np.uint64]:
+    """The first 8 bytes of each id as a number, in the ids' byte order."""
+    head = np.ascontiguousarray(np.ascontiguousarray(ids).view(np.uint8).reshape(-1, ID_SIZE)[:, :8])
+    keys: npt.NDArray[np.uint64] = head.view(">u8").ravel().astype(np.uint64)
+    return keys
+
+
+def _unique_keys(have: npt.NDArray[np.bytes_]) -> npt.NDArray[np.uint64] | None:
+    """`_prefixes` of sorted ids, if no two share one (ids are keyed hashes: nearly always)."""
+    keys = _prefixes(have)
+    return None if len(keys) > 1 and bool((keys[1:] == keys[:-1]).any()) else keys
+
+
+def find_sorted(
+    have: npt.NDArray[np.bytes_],
+    query: npt.NDArray[np.bytes_],
+    keys: npt.NDArray[np.uint64] | None = None,
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.intp]]:
+    """For ids (ID_DTYPE) and sorted unique ids `have`: whether each is there, and where.
+
+    Searched by the ids' first 8 bytes as numbers when no two of `have` share them (`keys`, made
+    here if not given): numpy compares numbers many times faster than 32-byte strings. Each id
+    found is then compared whole, so the answer is exact either way."""
+    if not len(have):
+        return np.zeros(len(query), dtype=bool), np.zeros(len(query), dtype=np.intp)
+    query = np.ascontiguousarray(query)
+    if keys is None or len(keys) != len(have):
+        keys = _unique_keys(have)
+    if keys is not None:
+        wanted = _prefixes(query)
+        if len(wanted) > SORT_QUERIES_FROM:
+            # Looked up in order: a search that walks the keys forwards finds them in the cache.
+            order = np.argsort(wanted)
+            at = np.empty(len(wanted), dtype=np.intp)
+            at[order] = np.searchsorted(keys, wanted[order])
+        else:
+            at = np.searchsorted(keys, wanted)
+    else:
+        at = np.searchsorted(have, query)
+    at = np.minimum(at, len(have) - 1)
+    # Compared as raw bytes, 8 at a time: numpy's S comparisons ignore trailing NULs, raw bytes do not.
+    raw_have = have.view(np.uint64).reshape(-1, ID_SIZE // 8)[at]
+    raw_query = query.view(np.uint64).reshape(-1, ID_SIZE // 8)
+    found: npt.NDArray[np.bool_] = (raw_have == raw_query).all(axis=1)
+    return found, at
 
 
 def _sorted_unique(ids: npt.NDArray[np.bytes_]) -> npt.NDArray[np.bytes_]:
     """`ids` sorted, each once. Not `np.unique`, whose hashing of a million 32-byte strings took over
     100 MB at once. Fixed-length 32-byte values compare exactly (trailing NULs are only ignored
     between values of different lengths)."""
-    ids = np.sort(ids)
     if len(ids) < 2:
-        return ids
+        return np.sort(ids)
+    # Sorted by the first 8 bytes as numbers (much faster than as strings); exact unless two
+    # different ids share those, and then sorted as strings.
+    keys = _prefixes(ids)
+    order = np.argsort(keys, kind="stable")
+    ids, keys = ids[order], keys[order]
+    raw = ids.view(np.uint8).reshape(-1, ID_SIZE)
+    same_key = keys[1:] == keys[:-1]
+    same_id = same_key & (raw[1:] == raw[:-1]).all(axis=1)
+    if bool((same_key & ~same_id).any()):
+        ids = np.sort(ids)
+        same_id = ids[1:] == ids[:-1]
     keep = np.empty(len(ids), dtype=bool)
     keep[0] = True
-    np.not_equal(ids[1:], ids[:-1], out=keep[1:])
+    np.logical_not(same_id, out=keep[1:])
     return ids[keep]
 
 
@@ -125,6 +192,49 @@ class UsageWalker:
         self._read_lists(lists)
 
     def _read_lists(self, lists: list[str]) -> None:
-        if lists:
-            for body in read_id_lists(self.repo, lists):
+        """Add the ids the list blobs hold. The lists are read a pack's span at a time, gaps
+        included: a backup stores a database's new lists among its new pages, so they seldom lie
+        end to end, and one read apiece cost more than the bytes between them."""
+        if not lists:
+            return
+        blob_ids = [bytes.fromhex(i) for i in lists]
+        items: list[tuple[bytes, BlobLocation]] = []
+        for blob_id, loc in zip(blob_ids, self.repo.index.locate_many(blob_ids), strict=True):
+            if loc is None:
+                raise BlobNotFound(f"blob {blob_id.hex()[:12]} is in no index; {NOT_INDEXED_ADVICE}")
+            if loc.blob_type != BLOB_LIST:
+                raise IntegrityError(f"blob {blob_id.hex()[:12]} is named as a list but holds data")
+            items.append((blob_id, loc))
+        items.sort(key=lambda item: (item[1].pack_id, item[1].offset))
+        for span in _spans(items):
+            first, last = span[0][1], span[-1][1]
+            try:
+                raw = memoryview(
+                    self.repo.backend.read(
+                        "data", first.pack_id, first.offset, last.offset + last.length - first.offset
+                    )
+                )
+            except ObjectNotFound as e:
+                raise BlobNotFound(f"pack {first.pack_id[:12]} is missing from the repository") from e
+            for blob_id, loc in span:
+                at = loc.offset - first.offset
+                body = self.repo.open_blob(blob_id, loc, raw[at : at + loc.length])
+                if len(body) % ID_SIZE:
+                    raise IntegrityError(f"list blob {blob_id.hex()[:12]} has a broken length")
                 self.used.add(body)
+
+
+def _spans(items: list[tuple[bytes, BlobLocation]]) -> Iterator[list[tuple[bytes, BlobLocation]]]:
+    """Located blobs sorted by pack and offset, cut where the pack changes or a read would pass
+    SPAN_LIMIT bytes."""
+    span: list[tuple[bytes, BlobLocation]] = []
+    for item in items:
+        loc = item[1]
+        if span and (
+            loc.pack_id != span[0][1].pack_id or loc.offset + loc.length - span[0][1].offset > SPAN_LIMIT
+        ):
+            yield span
+            span = []
+        span.append(item)
+    if span:
+        yield span

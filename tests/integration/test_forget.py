@@ -209,3 +209,23 @@ def test_the_read_models_leave_forgotten_snapshots_out_and_replay_rebuilds_them(
         assert projections.snapshot_marks_of(runtime.engine) == marks
     finally:
         runtime.close()
+
+
+def test_a_policy_run_brings_the_read_models_up_to_date_for_every_snapshot_it_forgets(history):
+    settings, _ = history
+    set_values(settings, **{"retention.database.keep-last": "3", "retention.database.keep-hourly": "0"})
+    report = apply_retention(settings, ApplyRetention(actor="person:owner"))
+    assert len(report.forgotten) > len(TIMES) / 2
+    runtime = Runtime(settings)
+    try:
+        marks = projections.snapshot_marks_of(runtime.engine)
+    finally:
+        runtime.close()
+    assert sorted(s for s, m in marks.items() if m["forgotten_at"] is not None) == sorted(report.forgotten)
+    assert {marks[s]["forget_reason"] for s in report.forgotten} == {"policy"}
+    replay_log(settings)
+    runtime = Runtime(settings)
+    try:
+        assert projections.snapshot_marks_of(runtime.engine) == marks
+    finally:
+        runtime.close()

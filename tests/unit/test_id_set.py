@@ -29,3 +29,21 @@ def test_ids_added_again_and_again_are_kept_once_and_found_exactly(monkeypatch) 
     found = ids.contains(b"".join(distinct)).tolist()
     assert [i in seen for i in distinct] == found
     assert ids.contains(prefix + bytes([2, 0])).tolist() == [False]
+
+
+def test_ids_are_found_exactly_whether_or_not_two_share_their_first_eight_bytes(monkeypatch) -> None:
+    monkeypatch.setattr(usage, "COMPACT_AT", 50)
+    rng = random.Random(5)
+    plain = [rng.randbytes(32) for _ in range(300)]
+    absent = [rng.randbytes(32) for _ in range(50)] + [p[:8] + rng.randbytes(24) for p in plain[:20]]
+    for distinct in (plain, [*plain, plain[0][:8] + bytes(24), plain[1][:31] + b"\x00"]):
+        ids = IdSet()
+        for _ in range(4):
+            ids.add(b"".join(rng.sample(distinct, 200)))
+        ids.add(b"".join(distinct))
+        raw = ids.tobytes()
+        assert [raw[i : i + 32] for i in range(0, len(raw), 32)] == sorted(set(distinct))
+        query = distinct + absent
+        assert ids.contains(b"".join(query)).tolist() == [q in set(distinct) for q in query]
+        found, at = ids.find(ids.freeze()[::-1])
+        assert found.all() and (at[::-1] == range(len(at))).all()

@@ -1,0 +1,187 @@
+"""Prune's repack and plan on a real repository of database snapshots (pages in bundles): each pack
+is read once, every blob copied is checked first, and the plan's per-pack figures match a count
+made blob by blob."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zstandard
+
+from capsule.adapters.errors import IntegrityError
+from capsule.adapters.repository import prune as prune_engine
+from capsule.adapters.repository.backends.local import LocalBackend
+from capsule.adapters.repository.backends.storage import Kind
+from capsule.adapters.repository.blobcodec import encode_bundle
+from capsule.adapters.repository.pack import BLOB_DATA, HEADER_ENTRY, PackBuilder
+from capsule.adapters.repository.prune import plan_prune, repack
+from capsule.adapters.repository.repacker import Repacker
+from capsule.adapters.repository.repo import Repository
+from capsule.adapters.repository.usage import ID_DTYPE
+from tests.integration.helpers import flip_byte
+from tests.integration.prune_lab import Lab, prune, roundtrip_plan
+
+
+class CountingBackend(LocalBackend):
+    """The local backend, counting the data reads: which pack, and whether whole or its tail."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.reads: Counter[tuple[str, str]] = Counter()
+
+    def read(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        if kind == "data":
+            self.reads["read", name] += 1
+        return super().read(kind, name, offset, length)
+
+    def read_tail(self, kind: Kind, name: str, length: int) -> tuple[int, bytes]:
+        if kind == "data":
+            self.reads["tail", name] += 1
+        return super().read_tail(kind, name, length)
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Lab:
+    """Eight database snapshots, each changing many pages; the first five forgotten."""
+    lab = Lab(tmp_path / "lab")
+    made = []
+    for round_ in range(8):
+        lab.sell(120, delete_below=60 * round_ + 1)
+        made.append(lab.backup_database())
+    for sid in made[:5]:
+        lab.forget(sid)
+    lab.age()
+    return lab
+
+
+def test_the_repack_reads_each_pack_it_copies_from_once_and_no_other(lab: Lab, tmp_path: Path) -> None:
+    plan = plan_prune(lab.open(), keep_used=True)  # the repack walks no snapshot: it reads packs only
+    assert plan.repack and plan.delete
+    backend = CountingBackend(lab.repository)
+    repo = Repository.open(backend, lab.key)
+
+    done = repack(repo, roundtrip_plan(plan))
+
+    assert done.blobs > 0
+    assert not [k for k in backend.reads if k[0] == "tail"], "a header was read apart from its pack"
+    read = {name for _, name in backend.reads}
+    assert read <= set(plan.repack), "a pack holding nothing needed was read"
+    assert set(backend.reads.values()) == {1}
+    _, result = prune(lab, plan=plan, repacked=done)
+    assert set(result.deleted) == set(plan.condemned)
+    lab.check(tmp_path / "out")
+
+
+def _bundle_pack(
+    repo: Repository, ids: list[bytes], pages: list[bytes], *, flip_at: int | None = None
+) -> str:
+    """A pack of one bundle of `pages` whose header names them `ids`; with `flip_at`, one byte of
+    the sealed bundle inverted (the header and the pack's name still right)."""
+    compression, sealed = encode_bundle(repo.sealer, zstandard.ZstdCompressor(), BLOB_DATA, b"".join(pages))
+    if flip_at is not None:
+        sealed = sealed[:flip_at] + bytes([sealed[flip_at] ^ 0xFF]) + sealed[flip_at + 1 :]
+    builder = PackBuilder()
+    header = b"".join(
+        HEADER_ENTRY.pack(BLOB_DATA, compression, len(sealed) if k == 0 else 0, len(page), blob_id)
+        for k, (blob_id, page) in enumerate(zip(ids, pages, strict=True))
+    )
+    builder.add_run(header, memoryview(sealed))
+    pack_id, data = builder.finish(repo.sealer)
+    repo.backend.write("data", pack_id, data)
+    return pack_id
+
+
+def _sorted_ids(*ids: bytes) -> np.ndarray:  # type: ignore[type-arg]
+    return np.array(sorted(ids), dtype=ID_DTYPE)
+
+
+def test_a_damaged_bundle_is_never_copied_and_the_error_names_the_page_wanted(lab: Lab) -> None:
+    repo = lab.open()
+    pages = [bytes([n]) * 4096 for n in range(3)]
+    ids = [repo.sealer.blob_id(p) for p in pages]
+    pack_id = _bundle_pack(repo, ids, pages, flip_at=30)
+    copier = Repacker(repo, lambda _: None)
+
+    with pytest.raises(IntegrityError, match=f"blob {ids[1].hex()[:12]} in pack {pack_id[:12]} failed auth"):
+        copier.open_source(pack_id, _sorted_ids(ids[1]))
+    assert not len(copier.builder) and not copier.written
+
+
+def test_a_bundle_member_whose_bytes_are_not_its_id_is_never_copied(lab: Lab) -> None:
+    repo = lab.open()
+    pages = [bytes([n]) * 4096 for n in range(3)]
+    right = [repo.sealer.blob_id(p) for p in pages]
+    wrong = repo.sealer.blob_id(b"another page")
+    pack_id = _bundle_pack(repo, [right[0], wrong, right[2]], pages)
+    copier = Repacker(repo, lambda _: None)
+
+    with pytest.raises(
+        IntegrityError, match=f"blob {wrong.hex()[:12]} in pack {pack_id[:12]} does not match"
+    ):
+        copier.open_source(pack_id, _sorted_ids(wrong))
+    source = copier.open_source(pack_id, _sorted_ids(right[0], right[2]))
+    assert source is not None and source.found == 2
+
+
+def test_the_plans_figures_match_a_count_made_blob_by_blob(lab: Lab) -> None:
+    repo = lab.open()
+    plan = plan_prune(repo, repack_unused_percent=10)
+    used = prune_engine._used_ids(repo, plan.snapshots)
+    used_bytes = unused_bytes = 0
+    expected_repack = []
+    for pack_id, items in repo.index.by_pack():
+        units: dict[int, int] = {}
+        used_units: set[int] = set()
+        for blob_id, loc in items:
+            units[loc.offset] = loc.length
+            if used.contains(blob_id).all() and repo.index.lookup(blob_id).pack_id == pack_id:  # type: ignore[union-attr]
+                used_units.add(loc.offset)
+        here = sum(units[o] for o in used_units)
+        used_bytes += here
+        unused_bytes += sum(units.values()) - here
+        if here > 0 and (sum(units.values()) - here) * 10 > sum(units.values()):
+            expected_repack.append(pack_id)
+    assert (plan.totals.used_bytes, plan.totals.unused_bytes) == (used_bytes, unused_bytes)
+    assert plan.repack == tuple(sorted(expected_repack))
+
+
+def test_the_repack_reuses_the_used_blobs_of_its_own_plan_and_walks_again_for_another(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = plan_prune(lab.open(), keep_used=True)
+    walks: list[int] = []
+    walk = prune_engine._used_ids
+
+    def counted(repo: Repository, names: list[str] | tuple[str, ...]) -> prune_engine.IdSet:
+        walks.append(len(names))
+        return walk(repo, names)
+
+    monkeypatch.setattr(prune_engine, "_used_ids", counted)
+    first = repack(lab.open(), roundtrip_plan(plan))
+    assert walks == [] and first.blobs > 0
+    repack(lab.open(), plan)  # as a retried step in a new process: nothing kept
+    assert walks == [len(plan.snapshots)]
+    other = plan_prune(lab.open(), keep_used=True)
+    repack(lab.open(), plan)  # the set kept is another plan's
+    assert walks == [len(plan.snapshots)] * 3  # the retry, the other plan, this repack
+    assert other.created != plan.created
+
+
+def test_a_damaged_list_blob_stops_the_plan_naming_it(lab: Lab) -> None:
+    repo = lab.open()
+    repo.load_index(use_cache=False)
+    name = sorted(repo.backend.list("snapshots"))[-1]
+    lists = repo.load_snapshot(name).entries[0].blob_lists
+    assert lists, "the lab's database is too small to be listed through list blobs"
+    damaged = bytes.fromhex(lists[-1])
+    loc = repo.index.lookup(damaged)
+    assert loc is not None
+    flip_byte(next(p for p in lab.pack_files() if p.name == loc.pack_id), loc.offset + loc.length // 2)
+
+    with pytest.raises(IntegrityError, match=f"cannot prune: snapshot {name[:12]}") as raised:
+        plan_prune(lab.open())
+
+    assert damaged.hex()[:12] in str(raised.value)
