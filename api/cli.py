@@ -19,6 +19,7 @@ from capsule.api import cli_alerts, cli_destinations, cli_forget, cli_jobs, cli_
 from capsule.api.cli_demo import demo
 from capsule.api.cli_drill import drill
 from capsule.api.cli_prune import prune
+from capsule.api.cli_sync import sync
 from capsule.api.common import (
     LOG_FORMAT_HELP,
     LOG_LEVEL_HELP,
@@ -309,6 +310,7 @@ for command in cli_destinations.COMMANDS:
     cli.add_command(command)
 cli.add_command(drill)
 cli.add_command(prune)
+cli.add_command(sync)
 for command in cli_forget.COMMANDS:
     cli.add_command(command)
 add_log_options(cli)
