@@ -19,7 +19,7 @@ from capsule.api import cli_alerts, cli_destinations, cli_forget, cli_jobs, cli_
 from capsule.api.cli_demo import demo
 from capsule.api.cli_drill import drill
 from capsule.api.cli_prune import prune
-from capsule.api.cli_sync import sync
+from capsule.api.cli_sync import from_option, sync
 from capsule.api.common import (
     LOG_FORMAT_HELP,
     LOG_LEVEL_HELP,
@@ -107,16 +107,22 @@ def backup(obj: Context, kind: str, full: bool, as_json: bool) -> None:
 
 @cli.command()
 @filter_options
+@from_option
 @click.option("--json", "as_json", is_flag=True, help="Print the snapshots as JSON on stdout.")
 @pass_ctx
-def snapshots(
-    obj: Context, hosts: tuple[str, ...], paths: tuple[str, ...], tags: tuple[str, ...], as_json: bool
+def snapshots(  # noqa: PLR0917 (click passes options by position)
+    obj: Context,
+    hosts: tuple[str, ...],
+    paths: tuple[str, ...],
+    tags: tuple[str, ...],
+    source: str | None,
+    as_json: bool,
 ) -> None:
     """List the snapshots, oldest first; those that cannot be read are listed as damaged."""
     from capsule.orchestrator.usecases.snapshots import ChooseSnapshots, list_snapshots  # noqa: PLC0415
 
     choice = ChooseSnapshots(hosts, paths, tags)
-    run(lambda: render.snapshot_list(list_snapshots(obj.settings, choice), as_json))
+    run(lambda: render.snapshot_list(list_snapshots(obj.settings, choice, source), as_json))
 
 
 @cli.command()
@@ -158,6 +164,7 @@ def snapshots(
     help="Give files and folders back their setuid and setgid bits (without it they are cleared).",
 )
 @filter_options
+@from_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @pass_ctx
 def restore(  # noqa: PLR0917 (click passes options by position)
@@ -173,6 +180,7 @@ def restore(  # noqa: PLR0917 (click passes options by position)
     paths: tuple[str, ...],
     tags: tuple[str, ...],
     special_bits: bool,
+    source: str | None,
     as_json: bool,
 ) -> None:
     """Restore SNAPSHOT: `latest-database` (the newest snapshot of CAPSULE_DATABASE on this
@@ -193,6 +201,7 @@ def restore(  # noqa: PLR0917 (click passes options by position)
         from_other_source=from_other_source,
         special_bits=special_bits,
         choice=ChooseSnapshots(hosts, paths, tags),
+        source=source,
     )
 
     def go() -> None:
@@ -252,16 +261,17 @@ def find(obj: Context, pattern: str, snapshot: str | None, ignore_case: bool, as
     is_flag=True,
     help="Also decrypt and check every blob of every pack, and every image against its SHA-256.",
 )
+@from_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @pass_ctx
-def verify(obj: Context, read_data: bool, as_json: bool) -> None:
+def verify(obj: Context, read_data: bool, source: str | None, as_json: bool) -> None:
     """Check the repository and every snapshot as a restore would; exit 3 if anything is damaged,
     missing or would be refused."""
     from capsule.orchestrator.usecases.verify import Verify, verify_repository  # noqa: PLC0415
 
     def go() -> int:
         with render.progress_bar("Reading packs", read_data and not as_json) as progress:
-            report = verify_repository(obj.settings, Verify(read_data=read_data), progress)
+            report = verify_repository(obj.settings, Verify(read_data=read_data, source=source), progress)
         return render.verified(report, read_data, as_json)
 
     run(go)

@@ -6,9 +6,24 @@ and the renderer are imported when the command runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import click
 
 from capsule.api.common import Context, pass_ctx, run
+
+F = TypeVar("F", bound=Callable[..., object])
+
+FROM_HELP = (
+    "Read a copy instead of the local repository: a destination's name, or the path of a folder "
+    "holding a copy (/mnt/usb/capsule). Opened with the same key file or passphrase."
+)
+
+
+def from_option(command: F) -> F:
+    """`--from DEST`, for the commands that read a repository."""
+    return click.option("--from", "source", metavar="DEST|PATH", help=FROM_HELP)(command)
 
 
 @click.command()
