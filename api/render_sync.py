@@ -23,7 +23,7 @@ def _doc(d: DestinationSynced) -> dict[str, Any]:
         "sent_bytes": d.sent_bytes,
         "skipped": d.skipped,
         "sent_by_kind": d.sent_by_kind,
-        "error": d.error,
+        "message": d.error,
         "category": None if d.category is None else d.category.value,
     }
 
