@@ -1,7 +1,7 @@
 """`capsule sync [DEST]`: copy the local repository to its destinations.
 
-`capsule.api.cli` registers the command; this module loads only click and the domain: the use case
-and the renderer are imported when the command runs.
+`capsule.api.cli` registers the command; this module loads only click and the renderers, as the
+other command modules do: the use case is imported when the command runs.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import TypeVar
 
 import click
 
+from capsule.api import render_sync
 from capsule.api.common import Context, pass_ctx, run
 
 F = TypeVar("F", bound=Callable[..., object])
@@ -36,10 +37,9 @@ def sync(obj: Context, destination: str | None, as_json: bool) -> None:
     is a complete repository at every moment. A second run sends nothing. Nothing is deleted on a
     destination. A destination that fails is reported and the others go on; the exit code is that
     of the first failure."""
-    from capsule.api.render_sync import synced  # noqa: PLC0415
     from capsule.orchestrator.usecases.sync import Sync, sync  # noqa: PLC0415
 
-    run(lambda: synced(sync(obj.settings, Sync(destination)), as_json))
+    run(lambda: render_sync.synced(sync(obj.settings, Sync(destination)), as_json))
 
 
 COMMANDS = (sync,)

@@ -137,6 +137,7 @@ DESTINATION = {
 }
 DESTINATION_CHANGE = {"action", "version", "destination"}
 DESTINATION_TEST = {"name", "kind", "location", "ok", "category", "message", "seconds"}
+SYNCED = {"name", "ok", "sent", "sent_bytes", "skipped", "sent_by_kind", "category", "message"}
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 ANY_TIME = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d|Z)?")
@@ -318,9 +319,12 @@ def test_destination_commands_speak_the_vocabulary(shop: Shop) -> None:
     added = run_json(shop, "destinations", "add", "folder", "nas", str(folder))
     listed = run_json(shop, "destinations", "list")
     tested = run_json(shop, "destinations", "test", "nas")
+    synced = run_json(shop, "sync")
 
     assert set(added) == DESTINATION_CHANGE
     assert set(added["destination"]) == DESTINATION
     assert set(listed) == {"version", "destinations"}
     assert [set(d) for d in listed["destinations"]] == [DESTINATION]
     assert set(tested) == DESTINATION_TEST
+    assert set(synced) == {"destinations"}
+    assert [set(d) for d in synced["destinations"]] == [SYNCED]
