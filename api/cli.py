@@ -22,6 +22,7 @@ from capsule.api.common import (
     LOG_LEVEL_HELP,
     Context,
     add_log_options,
+    from_option,
     pass_ctx,
     run,
 )
@@ -120,6 +121,13 @@ COMMANDS = {
         "What Capsule is doing, when each kind was last backed up, and whether that is too long "
         "ago; how much the repository holds, and the last prune.",
     ),
+    "sync": _command(
+        "cli_sync",
+        "sync",
+        "Copy to DESTINATION (every enabled destination when none is named) each object of the local "
+        "repository it lacks: config and keys, then packs, then index files, then snapshots, so the "
+        "copy is a complete repository at every moment.",
+    ),
     "tag": _command("cli_forget", "tag", "Add or remove a snapshot's tags."),
     "worker": _command(
         "cli_jobs",
@@ -208,16 +216,22 @@ def backup(obj: Context, kind: str, full: bool, as_json: bool) -> None:
 
 @cli.command()
 @filter_options
+@from_option
 @click.option("--json", "as_json", is_flag=True, help="Print the snapshots as JSON on stdout.")
 @pass_ctx
-def snapshots(
-    obj: Context, hosts: tuple[str, ...], paths: tuple[str, ...], tags: tuple[str, ...], as_json: bool
+def snapshots(  # noqa: PLR0917 (click passes options by position)
+    obj: Context,
+    hosts: tuple[str, ...],
+    paths: tuple[str, ...],
+    tags: tuple[str, ...],
+    source: str | None,
+    as_json: bool,
 ) -> None:
     """List the snapshots, oldest first; those that cannot be read are listed as damaged."""
     from capsule.orchestrator.usecases.snapshots import ChooseSnapshots, list_snapshots  # noqa: PLC0415
 
     choice = ChooseSnapshots(hosts, paths, tags)
-    run(lambda: render.snapshot_list(list_snapshots(obj.settings, choice), as_json))
+    run(lambda: render.snapshot_list(list_snapshots(obj.settings, choice, source), as_json))
 
 
 @cli.command()
@@ -259,6 +273,7 @@ def snapshots(
     help="Give files and folders back their setuid and setgid bits (without it they are cleared).",
 )
 @filter_options
+@from_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @pass_ctx
 def restore(  # noqa: PLR0917 (click passes options by position)
@@ -274,6 +289,7 @@ def restore(  # noqa: PLR0917 (click passes options by position)
     paths: tuple[str, ...],
     tags: tuple[str, ...],
     special_bits: bool,
+    source: str | None,
     as_json: bool,
 ) -> None:
     """Restore SNAPSHOT: `latest-database` (the newest snapshot of CAPSULE_DATABASE on this
@@ -294,6 +310,7 @@ def restore(  # noqa: PLR0917 (click passes options by position)
         from_other_source=from_other_source,
         special_bits=special_bits,
         choice=ChooseSnapshots(hosts, paths, tags),
+        source=source,
     )
 
     def go() -> None:
@@ -353,16 +370,17 @@ def find(obj: Context, pattern: str, snapshot: str | None, ignore_case: bool, as
     is_flag=True,
     help="Also decrypt and check every blob of every pack, and every image against its SHA-256.",
 )
+@from_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @pass_ctx
-def verify(obj: Context, read_data: bool, as_json: bool) -> None:
+def verify(obj: Context, read_data: bool, source: str | None, as_json: bool) -> None:
     """Check the repository and every snapshot as a restore would; exit 3 if anything is damaged,
     missing or would be refused."""
     from capsule.orchestrator.usecases.verify import Verify, verify_repository  # noqa: PLC0415
 
     def go() -> int:
         with render.progress_bar("Reading packs", read_data and not as_json) as progress:
-            report = verify_repository(obj.settings, Verify(read_data=read_data), progress)
+            report = verify_repository(obj.settings, Verify(read_data=read_data, source=source), progress)
         return render.verified(report, read_data, as_json)
 
     run(go)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
@@ -110,3 +110,16 @@ def read_value(prompt: str) -> str:
     if sys.stdin.isatty():
         return str(click.prompt(prompt, hide_input=True, default="", show_default=False, err=True))
     return sys.stdin.readline().rstrip("\r\n")
+
+
+F = TypeVar("F", bound=Callable[..., object])
+
+FROM_HELP = (
+    "Read a copy instead of the local repository: a destination's name, or the path of a folder "
+    "holding a copy (/mnt/usb/capsule). Opened with the same key file or passphrase."
+)
+
+
+def from_option(command: F) -> F:
+    """`--from DEST`, for the commands that read a repository."""
+    return click.option("--from", "source", metavar="DEST|PATH", help=FROM_HELP)(command)

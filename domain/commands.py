@@ -78,6 +78,8 @@ class RequestRestore(Command):
     from_other_source: bool = False
     """The owner knows the snapshot is of another database and means it to replace the live one."""
     special_bits: bool = False
+    source: str | None = None
+    """A copy to restore from (a destination's name, a folder's path); None: the local repository."""
 
 
 class RequestDrill(Command):

@@ -111,7 +111,7 @@ class RestoreRequested(Event):
     """A restore job was requested, with the ordered steps it will run."""
 
     type_name: ClassVar[str] = "RestoreRequested"
-    schema_version: ClassVar[int] = 3
+    schema_version: ClassVar[int] = 4
 
     snapshot_id: str
     target: str
@@ -124,6 +124,9 @@ class RestoreRequested(Event):
     plan: tuple[str, ...]
     special_bits: bool = False
     """Give files and folders back their setuid and setgid bits (version 3; cleared otherwise)."""
+    source: str | None = None
+    """The copy restored from: a destination's name or a folder's path (version 4); None: the local
+    repository."""
 
 
 class RestoreCompleted(Event):

@@ -53,6 +53,7 @@ class RestoreJob(JobState):
     include: tuple[str, ...] = ()
     from_other_source: bool = False
     special_bits: bool = False
+    source: str | None = None
     result: JsonObject | None = None
 
     @property
@@ -108,7 +109,7 @@ def _request(state: RestoreJob, c: RequestRestore) -> list[Event]:
         if c.job_id != state.job_id:
             raise InvalidCommand(f"a request for job {c.job_id!r} was sent to restore job {state.job_id!r}")
         recorded = (state.snapshot_id, state.target, state.force, state.check, state.include)
-        if (*recorded, state.from_other_source, state.special_bits) != (
+        if (*recorded, state.from_other_source, state.special_bits, state.source) != (
             c.snapshot_id,
             c.target,
             c.force,
@@ -116,6 +117,7 @@ def _request(state: RestoreJob, c: RequestRestore) -> list[Event]:
             c.include,
             c.from_other_source,
             c.special_bits,
+            c.source,
         ):
             raise InvalidCommand(
                 f"restore job {c.job_id!r} was already requested with other settings; use a new job id"
@@ -132,6 +134,7 @@ def _request(state: RestoreJob, c: RequestRestore) -> list[Event]:
             from_other_source=c.from_other_source,
             plan=plan_for(c.target),
             special_bits=c.special_bits,
+            source=c.source,
         )
     ]
 
@@ -153,6 +156,7 @@ def evolve(state: RestoreJob, event: Event) -> RestoreJob:
                 include=event.include,
                 from_other_source=event.from_other_source,
                 special_bits=event.special_bits,
+                source=event.source,
             )
         case RestoreCompleted():
             return update_job(state, event, status="completed", result=event.result)

@@ -408,6 +408,7 @@ def request_of(loaded: Loaded) -> dict[str, Any]:
         "include": list(state.include),
         "from_other_source": state.from_other_source,
         "special_bits": state.special_bits,
+        "source": state.source,
     }
 
 

@@ -229,6 +229,7 @@ class Runtime:
         include: tuple[str, ...] = (),
         from_other_source: bool = False,
         special_bits: bool = False,
+        source: str | None = None,
         actor: str,
     ) -> str:
         job_id = new_job_id()
@@ -242,6 +243,7 @@ class Runtime:
             include=include,
             from_other_source=from_other_source,
             special_bits=special_bits,
+            source=source,
         )
         self.execute("restore", job_id, lambda _: command, actor=actor)
         log.info("restore requested", job=job_id, snapshot=snapshot_id, target=target)

@@ -46,6 +46,7 @@ from capsule.orchestrator.settings import Settings
 from capsule.orchestrator.usecases.repository import open_repository
 from capsule.orchestrator.usecases.restore import check_in_place_source
 from capsule.orchestrator.usecases.snapshots import resolve_snapshot
+from capsule.orchestrator.usecases.source import open_source
 
 log = structlog.get_logger(__name__)
 
@@ -181,7 +182,7 @@ def backup_commit(ctx: StepContext) -> dict[str, Any]:
 def restore_to_folder(ctx: StepContext) -> dict[str, Any]:
     settings = ctx.settings
     to = Path(ctx.request["target"])
-    repo = open_repository(settings)
+    repo = open_source(settings, ctx.request.get("source"))
     with locked(repo.backend, "restore", timeout=settings.lock_wait_seconds, reading=True):
         sid, manifest = resolve_snapshot(repo, ctx.request["snapshot_id"])
         force = bool(ctx.request.get("force"))
@@ -304,7 +305,7 @@ def restore_stage(ctx: StepContext) -> dict[str, Any]:
     """Refuse a snapshot of another source unless the request allows it; then verify the snapshot
     into staging: every blob, the file's SHA-256 and SQLite's check."""
     settings = ctx.settings
-    repo = open_repository(settings)
+    repo = open_source(settings, ctx.request.get("source"))
     holder = f"restore job {ctx.job_id}"
     with (
         source_lock(settings.home, settings.database, holder, settings.lock_wait_seconds),

@@ -22,6 +22,7 @@ def upcasters() -> Upcasters:
     registry = Upcasters()
     registry.register("RestoreRequested", 1, _restore_requested_v1_to_v2)
     registry.register("RestoreRequested", 2, _restore_requested_v2_to_v3)
+    registry.register("RestoreRequested", 3, _restore_requested_v3_to_v4)
     registry.register("StepFailed", 1, _step_failed_v1_to_v2)
     return registry
 
@@ -36,6 +37,11 @@ def _restore_requested_v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
     # cross sources, and none asked for special bits: a job resumed after an upgrade clears them, as
     # every restore now does unless asked.
     return {**data, "from_other_source": False, "special_bits": False}
+
+
+def _restore_requested_v3_to_v4(data: dict[str, Any]) -> dict[str, Any]:
+    # Version 4 added `source`, the copy restored from; every restore before it read the local repository.
+    return {**data, "source": None}
 
 
 def _step_failed_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:

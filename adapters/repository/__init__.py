@@ -20,5 +20,6 @@
 - `pruneplan.py`: a prune's plan and results, as JSON a job records between its steps.
 - `repacker.py`: the blobs still in use copied out of packs a prune condemns.
 - `prune.py`: prune in phases a new process can resume, with no exclusive lock (section 14.2).
+- `copy.py`: a repository's objects copied to another store (a destination), complete at every moment.
 - `backends/`: where the repository's files live.
 """

@@ -16,8 +16,8 @@ from capsule.domain.errors import CapsuleError, Category
 from capsule.domain.manifest import Manifest
 from capsule.domain.sources import other_source, schema_changed
 from capsule.orchestrator.settings import Settings
-from capsule.orchestrator.usecases.repository import open_repository
 from capsule.orchestrator.usecases.snapshots import ChooseSnapshots, configured_sources, resolve_snapshot
+from capsule.orchestrator.usecases.source import open_source
 
 Progress = Callable[[int, int], None]
 
@@ -75,6 +75,8 @@ class Restore:
     from_other_source: bool = False
     special_bits: bool = False
     choice: ChooseSnapshots = field(default_factory=ChooseSnapshots)
+    source: str | None = None
+    """A copy to restore from: a destination's name or a folder's path; None: the local repository."""
     actor: str | None = None
     """Who asks; None: the person at this machine's terminal."""
 
@@ -115,7 +117,7 @@ def restore_snapshot(settings: Settings, request: Restore, progress: Progress | 
     from capsule.orchestrator.runtime import person  # noqa: PLC0415
 
     sid, manifest = resolve_snapshot(
-        open_repository(settings),
+        open_source(settings, request.source),
         request.snapshot,
         sources=None if request.from_other_source else configured_sources(settings),
         only=request.choice.snapshot_filter(),
@@ -135,6 +137,7 @@ def restore_snapshot(settings: Settings, request: Restore, progress: Progress | 
             include=request.include,
             from_other_source=request.from_other_source,
             special_bits=request.special_bits,
+            source=request.source,
             actor=request.actor or person(),
         ),
         progress=progress,

@@ -20,6 +20,7 @@ from capsule.domain.manifest import Entry, Manifest, SnapshotKind, SourceIdentit
 from capsule.domain.sources import SnapshotFilter
 from capsule.orchestrator.settings import Settings
 from capsule.orchestrator.usecases.repository import open_repository
+from capsule.orchestrator.usecases.source import open_source
 
 
 class SnapshotNotFound(CapsuleError):
@@ -78,12 +79,15 @@ class SnapshotListing:
     """Whether --host, --path or --tag chose among the snapshots."""
 
 
-def list_snapshots(settings: Settings, choice: ChooseSnapshots | None = None) -> SnapshotListing:
+def list_snapshots(
+    settings: Settings, choice: ChooseSnapshots | None = None, source: str | None = None
+) -> SnapshotListing:
     """Every snapshot that passes `choice`; those that cannot be read are listed apart, whatever the
-    filter (nothing can be said of their source, and damage must not go unseen)."""
+    filter (nothing can be said of their source, and damage must not go unseen). `source` names a
+    copy to list instead of the local repository (a destination, a folder's path)."""
     choice = choice or ChooseSnapshots()
     only = choice.snapshot_filter()
-    repo = open_repository(settings)
+    repo = open_source(settings, source)
     readable, damaged = _scan(repo)
     damaged += [
         UnreadableSnapshot(s.name, SET_ASIDE_REASON + (REPLACED if s.manifest.kind == "files" else ""))

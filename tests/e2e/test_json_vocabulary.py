@@ -138,6 +138,7 @@ DESTINATION = {
 DESTINATION_CHANGE = {"action", "version", "destination"}
 DESTINATION_TEST = {"name", "kind", "location", "ok", "category", "message", "seconds"}
 KEY = {"key_id", "type", "created_at", "hostname", "current"}
+SYNCED = {"name", "ok", "sent", "sent_bytes", "skipped", "sent_by_kind", "category", "message"}
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 ANY_TIME = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d|Z)?")
@@ -319,6 +320,7 @@ def test_destination_commands_speak_the_vocabulary(shop: Shop) -> None:
     added = run_json(shop, "destinations", "add", "folder", "nas", str(folder))
     listed = run_json(shop, "destinations", "list")
     tested = run_json(shop, "destinations", "test", "nas")
+    synced = run_json(shop, "sync")
 
     assert set(added) == DESTINATION_CHANGE
     assert set(added["destination"]) == DESTINATION
@@ -338,3 +340,5 @@ def test_keys_are_listed_in_the_vocabulary_and_read_in_local_time(shop: Shop) ->
         f"* {key['key_id'][:8]}  key-file    {local(key['created_at']).strftime('%Y-%m-%d %H:%M:%S')}"
         in listing
     )
+    assert set(synced) == {"destinations"}
+    assert [set(d) for d in synced["destinations"]] == [SYNCED]

@@ -34,6 +34,7 @@ ALLOWED_MODULES = (
     "capsule.api.render_forget",
     "capsule.api.render_destinations",
     "capsule.api.render_keys",
+    "capsule.api.render_sync",
     "capsule.api.filters",
     "capsule.api.common",
 )

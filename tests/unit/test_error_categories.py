@@ -65,6 +65,7 @@ DAMAGE, LOCKED = 3, 4
 BEFORE = {
     "IntegrityError": DAMAGE,
     "BlobNotFound": DAMAGE,
+    "CopyRefused": DAMAGE,  # new with `capsule sync`: a damaged local object is not copied
     "EventLogDamaged": DAMAGE,
     "EventLogTampered": DAMAGE,
     "RepositoryLocked": LOCKED,

@@ -65,10 +65,10 @@ def test_a_restore_requested_at_version_1_restores_everything():
     registry = codec.upcasters()
     v1 = {"job_id": "r1", "snapshot_id": "abc", "target": "/srv/out", "force": True, "check": False}
     data = registry.upcast("RestoreRequested", 1, {**v1, "plan": ["restore"]})
-    assert registry.latest("RestoreRequested") == RestoreRequested.schema_version == 3
-    added = {"include": [], "from_other_source": False, "special_bits": False}
+    assert registry.latest("RestoreRequested") == RestoreRequested.schema_version == 4
+    added = {"include": [], "from_other_source": False, "special_bits": False, "source": None}
     assert data == {**v1, "plan": ["restore"], **added}
-    event = load_event("RestoreRequested", data, schema_version=3)
+    event = load_event("RestoreRequested", data, schema_version=4)
     assert isinstance(event, RestoreRequested)
     assert (event.include, event.force) == ((), True)
     assert (event.from_other_source, event.special_bits) == (False, False)
@@ -79,7 +79,7 @@ def test_a_restore_requested_at_version_2_never_crosses_sources():
     v2 = {"job_id": "r2", "snapshot_id": "abc", "target": "in-place", "force": False, "check": True}
     v2 |= {"include": [], "plan": ["stage", "apply"]}
     data = registry.upcast("RestoreRequested", 2, v2)
-    event = load_event("RestoreRequested", data, schema_version=3)
+    event = load_event("RestoreRequested", data, schema_version=4)
     assert isinstance(event, RestoreRequested)
     assert event.from_other_source is False
 
@@ -89,10 +89,19 @@ def test_a_restore_requested_at_version_2_clears_the_special_bits():
     v2 = {"job_id": "r1", "snapshot_id": "abc", "target": "/srv/out", "force": False, "check": False}
     v2 |= {"include": ["shoes/*"], "plan": ["restore"]}
     data = registry.upcast("RestoreRequested", 2, v2)
-    assert data == {**v2, "from_other_source": False, "special_bits": False}
-    event = load_event("RestoreRequested", data, schema_version=3)
+    assert data == {**v2, "from_other_source": False, "special_bits": False, "source": None}
+    event = load_event("RestoreRequested", data, schema_version=4)
     assert isinstance(event, RestoreRequested)
     assert (event.include, event.special_bits) == (("shoes/*",), False)
+
+
+def test_a_restore_requested_at_version_3_read_the_local_repository():
+    registry = codec.upcasters()
+    v3 = {"job_id": "r3", "snapshot_id": "abc", "target": "/srv/out", "force": False, "check": False}
+    v3 |= {"include": [], "from_other_source": False, "special_bits": False, "plan": ["restore"]}
+    event = load_event("RestoreRequested", registry.upcast("RestoreRequested", 3, v3), schema_version=4)
+    assert isinstance(event, RestoreRequested)
+    assert event.source is None
 
 
 @pytest.mark.parametrize(

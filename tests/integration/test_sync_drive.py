@@ -1,0 +1,84 @@
+"""`capsule sync` to a Google Drive destination and `--from` it: the real Drive backend and Google's
+client against the fake Drive (tests/fakes/drive.py). A destination's token address must be https,
+which the fake is not, so the factory's Drive branch is replaced by one that opens the backend
+against the fake with the consent the test gives."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from capsule.adapters.repository.backends.gdrive import DriveCredentials, open_drive
+from capsule.domain.errors import Category
+from capsule.orchestrator import destinations
+from capsule.orchestrator.usecases.backup import Backup, back_up
+from capsule.orchestrator.usecases.destinations import add_folder, add_gdrive
+from capsule.orchestrator.usecases.snapshots import list_snapshots
+from capsule.orchestrator.usecases.sync import Sync, sync
+from capsule.orchestrator.usecases.verify import Verify, verify_repository
+from tests.fakes.drive import FakeDrive, Sleeps
+from tests.integration.helpers import Shop, in_process_settings
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeDrive]:
+    with FakeDrive() as drive:
+        yield drive
+
+
+def drive_destination(fake: FakeDrive, monkeypatch: pytest.MonkeyPatch, shop: Shop) -> DriveCredentials:
+    """Add destination `drive` and make the factory open it on the fake; return its consent."""
+    credentials = fake.credentials()
+    config = fake.client_config()
+    config["installed"]["token_uri"] = "https://oauth2.googleapis.com/token"
+    add_gdrive(in_process_settings(shop), "drive", config, credentials.refresh_token)
+
+    def open_on_fake(settings: Any, destination: Any) -> Any:
+        return open_drive(destination.folder_name, credentials, root_url=fake.url, sleep=Sleeps())
+
+    monkeypatch.setattr(destinations, "_open_drive", open_on_fake)
+    return credentials
+
+
+@pytest.mark.slow
+def test_a_repository_synced_to_drive_is_listed_and_verified_from_it_and_a_second_sync_sends_nothing(
+    shop: Shop, fake: FakeDrive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = in_process_settings(shop)
+    back_up(settings, Backup(kind="database"))
+    drive_destination(fake, monkeypatch, shop)
+
+    [first] = sync(settings, Sync("drive")).destinations
+    uploads = fake.count("POST", "/upload/")
+    [second] = sync(settings, Sync()).destinations
+
+    assert first.ok, first.error
+    assert first.sent > 0 and first.sent_by_kind["snapshots"] == 1
+    assert (second.ok, second.sent, second.sent_bytes, second.skipped) == (True, 0, 0, first.sent)
+    assert fake.count("POST", "/upload/") == uploads  # nothing was uploaded by the second run
+    local = list_snapshots(settings)
+    assert [sid for sid, _ in list_snapshots(settings, source="drive").snapshots] == [
+        sid for sid, _ in local.snapshots
+    ]
+    report = verify_repository(settings, Verify(read_data=True, source="drive"))
+    assert report.ok and report.snapshots == 1
+
+
+def test_a_drive_destination_whose_consent_was_revoked_is_reported_and_the_folder_still_gets_its_copy(
+    shop: Shop, fake: FakeDrive, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    settings = in_process_settings(shop)
+    credentials = drive_destination(fake, monkeypatch, shop)
+    folder = tmp_path / "nas"
+    folder.mkdir()
+    add_folder(settings, "nas", folder)
+    fake.revoke(credentials.refresh_token)
+
+    result = {d.name: d for d in sync(settings, Sync()).destinations}
+
+    assert (result["drive"].ok, result["drive"].category) == (False, Category.REFUSED)
+    assert "consent" in (result["drive"].error or "")
+    assert result["nas"].ok and result["nas"].sent > 0
