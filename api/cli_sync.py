@@ -6,13 +6,11 @@ other command modules do: the use case is imported when the command runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
-
 import click
 
 from capsule.api import render_sync
-from capsule.api.common import FROM_HELP, Context, from_option, pass_ctx, run
+from capsule.api.common import Context, pass_ctx, run
+
 
 @click.command()
 @click.argument("destination", required=False)

@@ -327,6 +327,8 @@ def test_destination_commands_speak_the_vocabulary(shop: Shop) -> None:
     assert set(listed) == {"version", "destinations"}
     assert [set(d) for d in listed["destinations"]] == [DESTINATION]
     assert set(tested) == DESTINATION_TEST
+    assert set(synced) == {"destinations"}
+    assert [set(d) for d in synced["destinations"]] == [SYNCED]
 
 
 def test_keys_are_listed_in_the_vocabulary_and_read_in_local_time(shop: Shop) -> None:
@@ -340,5 +342,3 @@ def test_keys_are_listed_in_the_vocabulary_and_read_in_local_time(shop: Shop) ->
         f"* {key['key_id'][:8]}  key-file    {local(key['created_at']).strftime('%Y-%m-%d %H:%M:%S')}"
         in listing
     )
-    assert set(synced) == {"destinations"}
-    assert [set(d) for d in synced["destinations"]] == [SYNCED]
