@@ -459,6 +459,25 @@ class DestinationConsentRenewed(Event):
     refresh_token: SealedText
 
 
+_TOKEN_SHAPES = ("1//", "ya29.", "GOCSPX-", "4/")
+
+
+def _no_token(value: str) -> str:
+    if any(shape in value for shape in _TOKEN_SHAPES):
+        raise ValueError("a consent's reason must not hold a secret: say what happened, not the token")
+    return value
+
+
+class DestinationConsentNeeded(Event):
+    """A Drive destination refused Capsule's authorization (revoked or expired); it needs consent again."""
+
+    type_name: ClassVar[str] = "DestinationConsentNeeded"
+
+    name: str
+    reason: Annotated[str, AfterValidator(_no_token)]
+    """What was seen, in words; never a token or the token endpoint's answer."""
+
+
 class DestinationEnabled(Event):
     """An admin turned a destination back on: copies go to it again."""
 
@@ -603,6 +622,7 @@ EVENT_TYPES: dict[str, type[Event]] = _registry(
     DestinationAdded,
     DestinationRemoved,
     DestinationConsentRenewed,
+    DestinationConsentNeeded,
     DestinationEnabled,
     DestinationDisabled,
 )
