@@ -5,9 +5,11 @@ They are part of the settings aggregate: adding, removing, renewing a Drive cons
 off and on are events of the `settings` stream (`DestinationAdded`, `DestinationRemoved`,
 `DestinationConsentRenewed`, `DestinationDisabled`, `DestinationEnabled`), each with its actor in
 its metadata. `DestinationConsentNeeded` is recorded when a Drive destination refuses Capsule's
-authorization; the destination then needs consent again until a renewal clears it. This module is the decider: `decide(state, command)` checks a command against the
-destinations so far and returns the events it makes; `evolve` folds an event in; the state is
-always `replay(events)`.
+authorization; the destination then needs consent again until a renewal clears it.
+
+This module is the decider: `decide(state, command)` checks a command against the destinations so
+far and returns the events it makes; `evolve` folds an event in; the state is always
+`replay(events)`.
 
 Secrets arrive here already sealed (`orchestrator/secrets.py`): the domain never sees a refresh
 token or a client secret in plain text, and the events refuse one.

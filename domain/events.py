@@ -521,15 +521,15 @@ AlertChannel = Literal["email", "webhook"]
 
 
 class AlertRaised(Event):
-    """Something needs attention (an overdue kind, a failed backup, a failed drill): an incident began."""
+    """Something needs attention (overdue, a failed backup or drill, a consent): an incident began."""
 
     type_name: ClassVar[str] = "AlertRaised"
 
     incident: str
-    """The incident's key: `overdue-database`, `failed-files`, `drill-failed`."""
-    reason: Literal["overdue", "job_failed", "drill_failed"]
+    """The incident's key: `overdue-database`, `failed-files`, `drill-failed`, `consent-drive`."""
+    reason: Literal["overdue", "job_failed", "drill_failed", "consent_needed"]
     subject: str
-    """The kind, or `drill`."""
+    """The kind, `drill`, or a destination's name."""
     summary: str
     """One line that says what is wrong, as `capsule status --check` prints it."""
     cause_job_id: str | None

@@ -7,7 +7,9 @@ command sees every change up to the moment it runs. `open_destination` gives the
   a folder inside the mount point, so when the share or disk is not mounted it is not there, and
   Capsule says so instead of filling the machine's own disk under an empty mount point. The
   repository's layout is created in it when missing.
-- `gdrive`: the Drive backend, given the client secret and refresh token opened from their seals.
+- `gdrive`: the Drive backend, given the client secret and refresh token opened from their seals,
+  at the root URL `CAPSULE_GDRIVE_ROOT_URL` names (a proxy), else Google's. An authorization Drive
+  refuses raises `DestinationNeedsConsent` naming this destination's own renew command.
   Its module is imported when a Drive destination is opened: a Capsule without it says so.
 
 Nothing here logs, and no error names a secret: the plaintexts go only into the credentials.
@@ -144,5 +146,14 @@ def _open_drive(settings: Settings, destination: Destination) -> Backend:
         refresh_token=refresh_token,
         token_uri=destination.token_uri,
     )
-    backend: Backend = drive.open_drive(destination.folder_name or destination.name, credentials)
+    backend: Backend = drive.open_drive(
+        destination.folder_name or destination.name,
+        credentials,
+        consent_hint=renew_command(destination.name),
+    )
     return backend
+
+
+def renew_command(name: str) -> str:
+    """The command that gives Drive destination `name` consent again."""
+    return f"capsule destinations renew {name}"

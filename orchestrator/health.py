@@ -1,5 +1,6 @@
 """What needs attention now, read from the projections: how old each kind's last good backup is,
-and whether the last backup of a kind or the last restore drill failed.
+whether the last backup of a kind or the last restore drill failed, and which Drive destinations
+wait for consent again (from the settings stream).
 
 `capsule status` (and its `--check`) and the alerts read the same `Health`, so that they never
 disagree on what is wrong. The rules are the domain's (`domain/staleness.py`); this module only
@@ -20,6 +21,7 @@ from capsule.domain.staleness import (
     FinishedJob,
     Freshness,
     Incident,
+    consent_needed,
     freshness,
     incidents,
     last_finished,
@@ -84,7 +86,21 @@ def observe(
     drills = _finished(projections.list_jobs(db, limit=RECENT_DRILLS, job_type="drill"))
     last_backups = {kind: last_finished(backups, kind) for kind in KINDS}
     last_drill = last_finished(drills)
-    return Health(fresh, incidents(fresh, last_backups, last_drill), last_backups, last_drill)
+    found = incidents(fresh, last_backups, last_drill) + _consents(store)
+    return Health(fresh, found, last_backups, last_drill)
+
+
+def _consents(store: EventStore) -> list[Incident]:
+    """The enabled Drive destinations that refused Capsule's authorization and wait for consent."""
+    from capsule.orchestrator import codec  # noqa: PLC0415
+    from capsule.orchestrator.destinations import destinations_of  # noqa: PLC0415
+
+    state = destinations_of(store.read_stream(codec.SETTINGS_STREAM))
+    return [
+        consent_needed(d.name, d.needs_consent)
+        for d in state.by_name.values()
+        if d.enabled and d.needs_consent is not None
+    ]
 
 
 def _finished(rows: list[projections.Row]) -> list[FinishedJob]:
@@ -98,6 +114,8 @@ def _finished(rows: list[projections.Row]) -> list[FinishedJob]:
 def cleared_line(key: str, seen: Health) -> str:
     """What the clearing of incident `key` says: the good news that cleared it."""
     what, _, kind = key.partition("-")
+    if what == "consent":
+        return f"{kind}: consent given again; copies go there again"
     if what == "overdue":
         fresh = next((f for f in seen.freshness if f.kind == kind), None)
         return fresh.line() if fresh else f"{kind}: no longer watched (its schedules are disabled)"
