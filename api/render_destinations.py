@@ -51,6 +51,12 @@ def listed(result: DestinationList, as_json: bool) -> None:
         added = f"  added {when(v.added_at)} by {v.added_by}" if v.added_at else ""
         where = v.path or f"folder {v.folder_name}"
         click.echo(f"{v.name:<{width}}  {_kind(v):<12}  {where}{state}{added}")
+    for v in result.destinations:
+        if v.needs_consent is not None:
+            click.echo(
+                f"{v.name}: needs consent again: run `capsule destinations renew {v.name}` "
+                f"({v.needs_consent}); nothing is copied there until then"
+            )
 
 
 def changed(result: DestinationChanged, as_json: bool) -> None:

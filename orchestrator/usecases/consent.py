@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from capsule.domain.destinations import InvalidDestination
 
@@ -88,6 +89,10 @@ def finish(pending: PendingConsent, answer: str) -> str:
     """The refresh token the answer (the redirected address or the bare code) is traded for."""
     from capsule.adapters.repository.backends import gdrive_auth  # noqa: PLC0415
 
+    answer = answer.strip()
+    if "://" not in answer and "?" not in answer and "%" in answer:
+        # A code copied out of the address bar keeps its escapes (`4%2F0A...`); codes hold no `%`.
+        answer = unquote(answer)
     return gdrive_auth.finish_consent(
         pending.client, pending.redirect_uri, pending.state, pending.code_verifier, answer
     )
