@@ -154,7 +154,7 @@ def test_a_consent_answer_for_another_consent_is_refused(shop: Shop, fake: FakeD
     proc, url = start(shop, fake, "destinations", "add", "gdrive", "drive", "--client-secrets", str(client))
     stale = browse(url).replace("state=", "state=x")
 
-    code, out, err = finish(proc, pasted=stale)
+    code, _, err = finish(proc, pasted=stale)
 
     assert code == 1
     assert "its state differs" in err and "start the consent again" in err
