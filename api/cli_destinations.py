@@ -8,7 +8,6 @@ and the renderer load with it: each command imports its use case when it runs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -21,15 +20,6 @@ PORT_HELP = (
     "The loopback port that receives Google's redirect (default: a free one); fix it to open an SSH "
     "tunnel to it beforehand."
 )
-
-
-def _consent(client: dict[str, Any], port: int) -> str:
-    """Ask for consent at the terminal (consent_prompt) and return the refresh token it gave."""
-    from capsule.api import consent_prompt  # noqa: PLC0415
-    from capsule.orchestrator.usecases import consent  # noqa: PLC0415
-
-    pending, answer = consent_prompt.ask(lambda p: consent.begin(client, p), port)
-    return consent.finish(pending, answer)
 
 
 @click.group(invoke_without_command=True)
@@ -100,25 +90,22 @@ def add_gdrive_command(  # noqa: PLR0917 (click passes options by position)
     to open in a browser on any machine and takes Google's answer back (by a redirect to this
     machine's loopback, or pasted). The client secret and the refresh token are sealed before they
     are recorded, and never printed."""
-    from capsule.domain.destinations import check_name  # noqa: PLC0415
-    from capsule.orchestrator.usecases import consent  # noqa: PLC0415
-    from capsule.orchestrator.usecases.destinations import (  # noqa: PLC0415
-        add_gdrive,
-        read_client_secrets,
-        read_refresh_token,
+    from capsule.orchestrator.usecases.consent import add_drive  # noqa: PLC0415
+
+    run(
+        lambda: render_destinations.changed(
+            add_drive(
+                obj.settings,
+                name,
+                client_secrets,
+                refresh_token_file,
+                render_destinations.TERMINAL,
+                port=port,
+                folder_name=folder_name,
+            ),
+            as_json,
+        )
     )
-
-    def add() -> None:
-        document = read_client_secrets(client_secrets)
-        if refresh_token_file is not None:
-            token = read_refresh_token(refresh_token_file)
-        else:
-            check_name(name)  # before the admin spends time in a browser
-            token = _consent(consent.client_of_file(document), port)
-        changed = add_gdrive(obj.settings, name, document, token, folder_name=folder_name)
-        render_destinations.changed(changed, as_json)
-
-    run(add)
 
 
 @destinations.command("renew")
@@ -146,22 +133,21 @@ def renew_command(  # noqa: PLR0917 (click passes options by position)
 ) -> None:
     """Consent again for the Google Drive destination NAME (its consent was revoked or expired): asks
     for consent here as `add gdrive` does, or takes a new refresh token from a file."""
-    from capsule.orchestrator.usecases import consent  # noqa: PLC0415
-    from capsule.orchestrator.usecases.destinations import (  # noqa: PLC0415
-        read_client_secrets,
-        read_refresh_token,
-        renew_consent,
+    from capsule.orchestrator.usecases.consent import renew  # noqa: PLC0415
+
+    run(
+        lambda: render_destinations.changed(
+            renew(
+                obj.settings,
+                name,
+                refresh_token_file,
+                client_secrets,
+                render_destinations.TERMINAL,
+                port=port,
+            ),
+            as_json,
+        )
     )
-
-    def renew() -> None:
-        if refresh_token_file is not None:
-            token = read_refresh_token(refresh_token_file)
-        else:
-            document = read_client_secrets(client_secrets) if client_secrets else None
-            token = _consent(consent.client_of_destination(obj.settings, name, document), port)
-        render_destinations.changed(renew_consent(obj.settings, name, token), as_json)
-
-    run(renew)
 
 
 @destinations.command("enable")

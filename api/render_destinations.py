@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -81,3 +83,41 @@ def probed(result: ProbeResult, as_json: bool) -> int:
     if result.ok:
         return EXIT_CODES.ok
     return exit_code(Category(result.category or Category.UNKNOWN))
+
+
+class TerminalPrompt:
+    """Consent asked for at the terminal; everything said goes to standard error, so that `--json`
+    keeps standard output for the result."""
+
+    def show(self, url: str, port: int) -> None:
+        say = _say
+        say(
+            "Open this address in a browser on any machine, sign in with the Google account that will "
+            "hold the copies, and allow access:"
+        )
+        say("")
+        say(f"  {url}")
+        say("")
+        say(
+            f"Capsule listens on 127.0.0.1:{port} for Google's answer: with the browser on this machine, "
+            f"or on yours through `ssh -L {port}:127.0.0.1:{port} <this server>`, it comes back by itself."
+        )
+        say(
+            f"Otherwise the browser ends on a page that cannot be reached: copy its whole address (it "
+            f"starts with http://127.0.0.1:{port}/) or the code in it, paste it here and press Enter."
+        )
+        click.echo("Address or code: ", err=True, nl=False)
+        sys.stderr.flush()
+
+    def pasted(self) -> Iterable[str]:
+        return sys.stdin
+
+    def received(self) -> None:
+        _say("Google's answer received; trading it for Capsule's authorization.")
+
+
+def _say(line: str) -> None:
+    click.echo(line, err=True)
+
+
+TERMINAL = TerminalPrompt()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -37,8 +38,8 @@ def client_file(fake: FakeDrive, folder: Path) -> Path:
     return path
 
 
-SAID: dict[int, str] = {}
-"""Standard error read before the consent address, by process id."""
+SAID: dict[int, list[str]] = {}
+"""Standard error of each running process, by process id, read as it comes by a thread."""
 
 
 def start(shop: Shop, fake: FakeDrive, *args: str) -> tuple[subprocess.Popen[str], str]:
@@ -52,17 +53,21 @@ def start(shop: Shop, fake: FakeDrive, *args: str) -> tuple[subprocess.Popen[str
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert proc.stderr is not None
+    lines = SAID.setdefault(proc.pid, [])
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+    READERS[proc.pid] = reader
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        SAID[proc.pid] = SAID.get(proc.pid, "") + line
-        if line.startswith("  http"):
-            return proc, line.strip()
+    while time.monotonic() < deadline and (reader.is_alive() or lines):
+        found = [line for line in list(lines) if line.startswith("  http")]
+        if found:
+            return proc, found[0].strip()
+        time.sleep(0.05)
     proc.kill()
-    raise AssertionError(f"no consent address printed; exit {proc.wait()}")
+    raise AssertionError(f"no consent address printed: {''.join(lines)}")
+
+
+READERS: dict[int, threading.Thread] = {}
 
 
 def browse(url: str) -> str:
@@ -81,8 +86,14 @@ def browse(url: str) -> str:
 
 
 def finish(proc: subprocess.Popen[str], pasted: str | None = None) -> tuple[int, str, str]:
-    out, err = proc.communicate(None if pasted is None else pasted + "\n", timeout=60)
-    return proc.returncode, out, SAID.pop(proc.pid, "") + err
+    assert proc.stdin is not None and proc.stdout is not None
+    if pasted is not None:
+        proc.stdin.write(pasted + "\n")
+    proc.stdin.close()
+    out = proc.stdout.read()
+    proc.wait(timeout=60)
+    READERS.pop(proc.pid).join(timeout=10)
+    return proc.returncode, out, "".join(SAID.pop(proc.pid))
 
 
 @pytest.mark.slow

@@ -143,3 +143,18 @@ def settings_events(shop: Shop) -> list[dict[str, object]]:
         return [{"type": e.type, "data": e.data} for e in read(runtime)]
     finally:
         runtime.close()
+
+
+def test_a_name_taken_or_invalid_is_refused_before_the_consent_is_asked_for(
+    shop: Shop, fake: FakeDrive
+) -> None:
+    from capsule.domain.destinations import DestinationExists, InvalidDestination
+
+    settings = in_process_settings(shop)
+    added(shop, fake)
+
+    with pytest.raises(DestinationExists, match="capsule destinations renew drive"):
+        consent.check_can_add(settings, "drive")
+    with pytest.raises(InvalidDestination):
+        consent.check_can_add(settings, "My Drive")
+    consent.check_can_add(settings, "drive-2")
