@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from capsule.orchestrator.destinations import load, open_secrets
+from capsule.orchestrator.runtime import Runtime
 from capsule.orchestrator.usecases import consent
 from capsule.orchestrator.usecases import destinations as uc
 from capsule.orchestrator.usecases.jobs import current_status
@@ -158,3 +159,35 @@ def test_a_name_taken_or_invalid_is_refused_before_the_consent_is_asked_for(
     with pytest.raises(InvalidDestination):
         consent.check_can_add(settings, "My Drive")
     consent.check_can_add(settings, "drive-2")
+
+
+def test_a_destination_needing_consent_raises_an_alert_that_a_renewal_clears(
+    shop: Shop, fake: FakeDrive
+) -> None:
+    from datetime import timedelta
+
+    from tests.integration.alert_servers import webhook_server
+    from tests.integration.alerting import backup
+    from tests.integration.test_alerts import NOW, alerter, document
+
+    settings = in_process_settings(shop)
+    fake.revoke(added(shop, fake))
+    uc.probe_destination(settings, "drive")
+    runtime = Runtime(settings)
+    try:
+        backup(runtime, "database", NOW)  # the local backups are fine: only the consent is wrong
+        with webhook_server() as hook:
+            ticker = alerter(runtime, settings)
+            raised = ticker.tick(NOW, document(webhooks=(hook.url,))).raised
+            uc.renew_consent(settings, "drive", fake.issue_refresh_token())
+            cleared = ticker.tick(NOW + timedelta(minutes=1), document(webhooks=(hook.url,))).cleared
+            bodies = list(hook.bodies)
+    finally:
+        runtime.close()
+
+    assert raised == ["consent-drive"] and cleared == ["consent-drive"]
+    assert (bodies[0]["reason"], bodies[0]["subject"]) == ("consent_needed", "drive")
+    assert bodies[0]["summary"].startswith(
+        "drive: needs consent again: run `capsule destinations renew drive`"
+    )
+    assert bodies[1]["summary"].startswith("drive: no longer waits for consent")
