@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from capsule.orchestrator.settings import Settings
 
 DRIVE_MODULE = "capsule.adapters.repository.backends.gdrive"
+QUICK_ATTEMPTS = 3
 
 
 class DestinationUnavailable(CapsuleError):
@@ -71,11 +72,12 @@ def open_destination(settings: Settings, name: str) -> Backend:
     return open_backend_of(settings, load(settings).get(name))
 
 
-def open_backend_of(settings: Settings, destination: Destination) -> Backend:
-    """The backend of `destination`, read from the settings already."""
+def open_backend_of(settings: Settings, destination: Destination, *, quick: bool = False) -> Backend:
+    """The backend of `destination`, read from the settings already. `quick`: a person waits for
+    the answer (a probe), so a Drive request is tried 3 times within seconds, not for minutes."""
     if destination.kind == "folder":
         return _open_folder(Path(destination.path or ""))
-    return _open_drive(settings, destination)
+    return _open_drive(settings, destination, quick)
 
 
 def _open_folder(path: Path) -> Backend:
@@ -131,7 +133,7 @@ def open_secrets(settings: Settings, destination: Destination) -> tuple[str, str
     )
 
 
-def _open_drive(settings: Settings, destination: Destination) -> Backend:
+def _open_drive(settings: Settings, destination: Destination, quick: bool = False) -> Backend:
     try:
         drive: Any = importlib.import_module(DRIVE_MODULE)
     except ImportError as e:
@@ -150,6 +152,7 @@ def _open_drive(settings: Settings, destination: Destination) -> Backend:
         destination.folder_name or destination.name,
         credentials,
         consent_hint=renew_command(destination.name),
+        **({"backoff": drive.Backoff(attempts=QUICK_ATTEMPTS, base=0.5, cap=2.0)} if quick else {}),
     )
     return backend
 

@@ -340,7 +340,7 @@ def probe_destination(settings: Settings, name: str) -> ProbeResult:
     started = time.monotonic()
     step = ""
     try:
-        backend = open_backend_of(settings, destination)
+        backend = open_backend_of(settings, destination, quick=True)
         step = "the probe failed: "
         message = _round_trip(backend)
     except DestinationNeedsConsent as e:

@@ -191,3 +191,19 @@ def test_a_destination_needing_consent_raises_an_alert_that_a_renewal_clears(
         "drive: needs consent again: run `capsule destinations renew drive`"
     )
     assert bodies[1]["summary"].startswith("drive: no longer waits for consent")
+
+
+def test_a_probe_of_an_unreachable_drive_gives_up_within_seconds(shop: Shop, fake: FakeDrive) -> None:
+    import time
+
+    settings = in_process_settings(shop)
+    client = fake.client_config()
+    client["installed"]["token_uri"] = "http://127.0.0.1:9/token"  # the discard port: nothing answers
+    uc.add_gdrive(settings, "drive", client, fake.issue_refresh_token())
+
+    started = time.monotonic()
+    result = uc.probe_destination(settings, "drive")
+
+    assert (result.ok, result.category) == (False, "unavailable")
+    assert "3 times (the connection failed" in result.message
+    assert time.monotonic() - started < 10, "a person waits for a probe: it does not retry for minutes"
