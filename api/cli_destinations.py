@@ -16,9 +16,9 @@ from capsule.api.common import Context, pass_ctx, run
 
 NAME_HELP = "lowercase letters, digits and -, at most 32"
 FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
-NO_INTERACTIVE_CONSENT = (
-    "interactive consent is not available yet: obtain a refresh token on a machine with a browser and "
-    "use --refresh-token-file"
+PORT_HELP = (
+    "The loopback port that receives Google's redirect (default: a free one); fix it to open an SSH "
+    "tunnel to it beforehand."
 )
 
 
@@ -44,8 +44,7 @@ def destinations_list(obj: Context, as_json: bool = False) -> None:
 
 @destinations.group("add")
 def destinations_add() -> None:
-    """Add a destination: `add folder NAME PATH` or `add gdrive NAME --client-secrets FILE
-    --refresh-token-file FILE`."""
+    """Add a destination: `add folder NAME PATH` or `add gdrive NAME --client-secrets FILE`."""
 
 
 @destinations_add.command("folder")
@@ -72,9 +71,10 @@ def add_folder_command(obj: Context, name: str, path: str, as_json: bool) -> Non
 @click.option(
     "--refresh-token-file",
     type=FILE,
-    help="A file holding the refresh token obtained on a machine with a browser, one line.",
+    help="A file holding a refresh token obtained elsewhere, one line; else consent is asked for here.",
 )
 @click.option("--folder", "folder_name", help="The Drive folder's name (default capsule-NAME).")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, help=PORT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the destination added as JSON, secrets masked.")
 @pass_ctx
 def add_gdrive_command(  # noqa: PLR0917 (click passes options by position)
@@ -83,25 +83,24 @@ def add_gdrive_command(  # noqa: PLR0917 (click passes options by position)
     client_secrets: Path,
     refresh_token_file: Path | None,
     folder_name: str | None,
+    port: int,
     as_json: bool,
 ) -> None:
-    """Add a Google Drive destination NAME. The client secret and the refresh token are sealed
-    before they are recorded, and never printed."""
-    from capsule.orchestrator.usecases.destinations import (  # noqa: PLC0415
-        add_gdrive,
-        read_client_secrets,
-        read_refresh_token,
-    )
+    """Add a Google Drive destination NAME. Without --refresh-token-file, prints the consent address
+    to open in a browser on any machine and takes Google's answer back (by a redirect to this
+    machine's loopback, or pasted). The client secret and the refresh token are sealed before they
+    are recorded, and never printed."""
+    from capsule.orchestrator.usecases.consent import add_drive  # noqa: PLC0415
 
-    if refresh_token_file is None:
-        raise click.UsageError(NO_INTERACTIVE_CONSENT)
     run(
         lambda: render_destinations.changed(
-            add_gdrive(
+            add_drive(
                 obj.settings,
                 name,
-                read_client_secrets(client_secrets),
-                read_refresh_token(refresh_token_file),
+                client_secrets,
+                refresh_token_file,
+                render_destinations.TERMINAL,
+                port=port,
                 folder_name=folder_name,
             ),
             as_json,
@@ -113,19 +112,40 @@ def add_gdrive_command(  # noqa: PLR0917 (click passes options by position)
 @click.argument("name")
 @click.option(
     "--refresh-token-file",
-    required=True,
     type=FILE,
-    help="A file holding the new refresh token, one line.",
+    help="A file holding a new refresh token obtained elsewhere, one line; else consent is asked for here.",
 )
+@click.option(
+    "--client-secrets",
+    type=FILE,
+    help="The OAuth client's JSON, when its consent address is not Google's (it must be the same client).",
+)
+@click.option("--port", type=click.IntRange(0, 65535), default=0, help=PORT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the destination as JSON, secrets masked.")
 @pass_ctx
-def renew_command(obj: Context, name: str, refresh_token_file: Path, as_json: bool) -> None:
-    """Give the Google Drive destination NAME a new refresh token, after its consent was revoked."""
-    from capsule.orchestrator.usecases.destinations import read_refresh_token, renew_consent  # noqa: PLC0415
+def renew_command(  # noqa: PLR0917 (click passes options by position)
+    obj: Context,
+    name: str,
+    refresh_token_file: Path | None,
+    client_secrets: Path | None,
+    port: int,
+    as_json: bool,
+) -> None:
+    """Consent again for the Google Drive destination NAME (its consent was revoked or expired): asks
+    for consent here as `add gdrive` does, or takes a new refresh token from a file."""
+    from capsule.orchestrator.usecases.consent import renew  # noqa: PLC0415
 
     run(
         lambda: render_destinations.changed(
-            renew_consent(obj.settings, name, read_refresh_token(refresh_token_file)), as_json
+            renew(
+                obj.settings,
+                name,
+                refresh_token_file,
+                client_secrets,
+                render_destinations.TERMINAL,
+                port=port,
+            ),
+            as_json,
         )
     )
 

@@ -483,6 +483,9 @@ def status(result: Status, as_json: bool) -> None:
     click.echo(f"Repository: {result.repository}")
     for fresh in result.freshness:
         click.echo(fresh.line())
+    for problem in result.problems:
+        if problem.reason == "consent_needed":  # the others are the freshness lines and failures below
+            click.echo(problem.line)
     for kind, last in result.last_snapshots.items():
         if last:
             click.echo(

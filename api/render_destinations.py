@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -51,6 +53,12 @@ def listed(result: DestinationList, as_json: bool) -> None:
         added = f"  added {when(v.added_at)} by {v.added_by}" if v.added_at else ""
         where = v.path or f"folder {v.folder_name}"
         click.echo(f"{v.name:<{width}}  {_kind(v):<12}  {where}{state}{added}")
+    for v in result.destinations:
+        if v.needs_consent is not None:
+            click.echo(
+                f"{v.name}: needs consent again: run `capsule destinations renew {v.name}` "
+                f"({v.needs_consent}); nothing is copied there until then"
+            )
 
 
 def changed(result: DestinationChanged, as_json: bool) -> None:
@@ -75,3 +83,41 @@ def probed(result: ProbeResult, as_json: bool) -> int:
     if result.ok:
         return EXIT_CODES.ok
     return exit_code(Category(result.category or Category.UNKNOWN))
+
+
+class TerminalPrompt:
+    """Consent asked for at the terminal; everything said goes to standard error, so that `--json`
+    keeps standard output for the result."""
+
+    def show(self, url: str, port: int) -> None:
+        say = _say
+        say(
+            "Open this address in a browser on any machine, sign in with the Google account that will "
+            "hold the copies, and allow access:"
+        )
+        say("")
+        say(f"  {url}")
+        say("")
+        say(
+            f"Capsule listens on 127.0.0.1:{port} for Google's answer: with the browser on this machine, "
+            f"or on yours through `ssh -L {port}:127.0.0.1:{port} <this server>`, it comes back by itself."
+        )
+        say(
+            f"Otherwise the browser ends on a page that cannot be reached: copy its whole address (it "
+            f"starts with http://127.0.0.1:{port}/) or the code in it, paste it here and press Enter."
+        )
+        click.echo("Address or code: ", err=True, nl=False)
+        sys.stderr.flush()
+
+    def pasted(self) -> Iterable[str]:
+        return sys.stdin
+
+    def received(self) -> None:
+        _say("Google's answer received; trading it for Capsule's authorization.")
+
+
+def _say(line: str) -> None:
+    click.echo(line, err=True)
+
+
+TERMINAL = TerminalPrompt()

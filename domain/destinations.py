@@ -4,9 +4,12 @@ Drive folder), each a complete repository by itself.
 They are part of the settings aggregate: adding, removing, renewing a Drive consent, turning one
 off and on are events of the `settings` stream (`DestinationAdded`, `DestinationRemoved`,
 `DestinationConsentRenewed`, `DestinationDisabled`, `DestinationEnabled`), each with its actor in
-its metadata. This module is the decider: `decide(state, command)` checks a command against the
-destinations so far and returns the events it makes; `evolve` folds an event in; the state is
-always `replay(events)`.
+its metadata. `DestinationConsentNeeded` is recorded when a Drive destination refuses Capsule's
+authorization; the destination then needs consent again until a renewal clears it.
+
+This module is the decider: `decide(state, command)` checks a command against the destinations so
+far and returns the events it makes; `evolve` folds an event in; the state is always
+`replay(events)`.
 
 Secrets arrive here already sealed (`orchestrator/secrets.py`): the domain never sees a refresh
 token or a client secret in plain text, and the events refuse one.
@@ -25,6 +28,7 @@ from pydantic import BaseModel, ConfigDict
 from capsule.domain.errors import CapsuleError, Category
 from capsule.domain.events import (
     DestinationAdded,
+    DestinationConsentNeeded,
     DestinationConsentRenewed,
     DestinationDisabled,
     DestinationEnabled,
@@ -37,6 +41,9 @@ DestinationKind = Literal["folder", "gdrive"]
 KINDS: tuple[DestinationKind, ...] = ("folder", "gdrive")
 NAME_RULE = "lowercase letters, digits and `-`, at most 32, starting with a letter or a digit"
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+_TOKEN_URI = re.compile(r"https://[^\s/]+(/\S*)?|http://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?(/\S*)?")
+"""https, or plain http to this machine's loopback (a local proxy, a test server): nothing leaves
+the machine unencrypted."""
 DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"  # noqa: S105 (an address, not a secret)
 
 
@@ -74,6 +81,8 @@ class Destination(BaseModel):
     """Sealed for `destinations.<name>.client_secret`."""
     refresh_token: str | None = None
     """Sealed for `destinations.<name>.refresh_token`."""
+    needs_consent: str | None = None
+    """Why Drive refused the authorization, while no renewed consent has come since; else None."""
 
     def describe(self) -> str:
         """Where its copy is, for people: the folder, or the Drive folder's name."""
@@ -148,7 +157,15 @@ class SetEnabled:
     enabled: bool
 
 
-Command = AddFolder | AddDrive | Remove | RenewConsent | SetEnabled
+@dataclass(frozen=True)
+class MarkConsentNeeded:
+    change_id: str
+    name: str
+    reason: str
+    """What was seen, in words, with no secret."""
+
+
+Command = AddFolder | AddDrive | Remove | RenewConsent | SetEnabled | MarkConsentNeeded
 
 
 def check_name(name: str) -> None:
@@ -184,6 +201,13 @@ def decide(state: Destinations, command: Command) -> list[Event]:
                 refresh_token=command.refresh_token,
             )
         ]
+    if isinstance(command, MarkConsentNeeded):
+        # Seen by a copy or a probe, not asked for by an admin: a destination removed meanwhile, or
+        # marked already, needs nothing more.
+        found = state.by_name.get(command.name)
+        if found is None or found.kind != "gdrive" or found.needs_consent is not None:
+            return []
+        return [DestinationConsentNeeded(job_id=command.change_id, name=command.name, reason=command.reason)]
     current = state.get(command.name)
     if isinstance(command, Remove):
         return [DestinationRemoved(job_id=command.change_id, name=command.name)]
@@ -222,7 +246,10 @@ def evolve(state: Destinations, event: Event) -> Destinations:
     elif isinstance(event, DestinationRemoved):
         by_name.pop(event.name, None)
     elif isinstance(event, DestinationConsentRenewed) and event.name in by_name:
-        by_name[event.name] = by_name[event.name].model_copy(update={"refresh_token": event.refresh_token})
+        renewed = {"refresh_token": event.refresh_token, "needs_consent": None}
+        by_name[event.name] = by_name[event.name].model_copy(update=renewed)
+    elif isinstance(event, DestinationConsentNeeded) and event.name in by_name:
+        by_name[event.name] = by_name[event.name].model_copy(update={"needs_consent": event.reason})
     elif isinstance(event, DestinationEnabled | DestinationDisabled) and event.name in by_name:
         enabled = isinstance(event, DestinationEnabled)
         by_name[event.name] = by_name[event.name].model_copy(update={"enabled": enabled})
@@ -278,10 +305,10 @@ def _check_drive(command: AddDrive) -> None:
         raise InvalidDestination(
             "the client secrets file gives no client_id: download it again from the Google Cloud console"
         )
-    if not re.fullmatch(r"https://[^\s/]+(/\S*)?", command.token_uri.strip()):
+    if not _TOKEN_URI.fullmatch(command.token_uri.strip()):
         raise InvalidDestination(
-            f"the token address `{command.token_uri}` is not an https:// address: "
-            "check the client secrets file"
+            f"the token address `{command.token_uri}` is not an https:// address (plain http:// only "
+            "on this machine's loopback, 127.0.0.1 or localhost): check the client secrets file"
         )
     _check_sealed("the client secret", command.client_secret)
     _check_sealed("the refresh token", command.refresh_token)

@@ -462,6 +462,25 @@ class DestinationConsentRenewed(Event):
     refresh_token: SealedText
 
 
+_TOKEN_SHAPES = ("1//", "ya29.", "GOCSPX-", "4/")
+
+
+def _no_token(value: str) -> str:
+    if any(shape in value for shape in _TOKEN_SHAPES):
+        raise ValueError("a consent's reason must not hold a secret: say what happened, not the token")
+    return value
+
+
+class DestinationConsentNeeded(Event):
+    """A Drive destination refused Capsule's authorization (revoked or expired); it needs consent again."""
+
+    type_name: ClassVar[str] = "DestinationConsentNeeded"
+
+    name: str
+    reason: Annotated[str, AfterValidator(_no_token)]
+    """What was seen, in words; never a token or the token endpoint's answer."""
+
+
 class DestinationEnabled(Event):
     """An admin turned a destination back on: copies go to it again."""
 
@@ -505,15 +524,15 @@ AlertChannel = Literal["email", "webhook"]
 
 
 class AlertRaised(Event):
-    """Something needs attention (an overdue kind, a failed backup, a failed drill): an incident began."""
+    """Something needs attention (overdue, a failed backup or drill, a consent): an incident began."""
 
     type_name: ClassVar[str] = "AlertRaised"
 
     incident: str
-    """The incident's key: `overdue-database`, `failed-files`, `drill-failed`."""
-    reason: Literal["overdue", "job_failed", "drill_failed"]
+    """The incident's key: `overdue-database`, `failed-files`, `drill-failed`, `consent-drive`."""
+    reason: Literal["overdue", "job_failed", "drill_failed", "consent_needed"]
     subject: str
-    """The kind, or `drill`."""
+    """The kind, `drill`, or a destination's name."""
     summary: str
     """One line that says what is wrong, as `capsule status --check` prints it."""
     cause_job_id: str | None
@@ -625,6 +644,7 @@ EVENT_TYPES: dict[str, type[Event]] = _registry(
     DestinationAdded,
     DestinationRemoved,
     DestinationConsentRenewed,
+    DestinationConsentNeeded,
     DestinationEnabled,
     DestinationDisabled,
     RepositoryKeyChanged,

@@ -165,8 +165,8 @@ class Incident:
 
     key: str
     subject: str
-    """The kind, or `drill`."""
-    reason: Literal["overdue", "job_failed", "drill_failed"]
+    """The kind, `drill`, or a destination's name."""
+    reason: Literal["overdue", "job_failed", "drill_failed", "consent_needed"]
     line: str
     cause_job_id: str | None = None
     """The failed job, for a failure."""
@@ -187,6 +187,12 @@ def incidents(
         line = f"drill: the last restore drill (job {last_drill.job_id}) failed: {_reason(last_drill)}"
         found.append(Incident("drill-failed", "drill", "drill_failed", line, last_drill.job_id))
     return found
+
+
+def consent_needed(name: str, reason: str) -> Incident:
+    """A Drive destination that refused Capsule's authorization: nothing is copied there meanwhile."""
+    line = f"{name}: needs consent again: run `capsule destinations renew {name}` ({reason})"
+    return Incident(f"consent-{name}", name, "consent_needed", line)
 
 
 def _reason(job: FinishedJob) -> str:

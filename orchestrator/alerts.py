@@ -174,7 +174,7 @@ class Alerter:
         wrong = {i.key: i for i in seen.incidents}
         targets = self.targets(settings)
         report = TickReport()
-        for key in sorted(set(KEYS) | set(wrong)):
+        for key in sorted(set(KEYS) | set(wrong) | set(seen.watched)):
             state = self._load(key)
             if key in wrong and not state.is_open:
                 state = self._raise(key, wrong[key], now, state, report)

@@ -7,7 +7,9 @@ command sees every change up to the moment it runs. `open_destination` gives the
   a folder inside the mount point, so when the share or disk is not mounted it is not there, and
   Capsule says so instead of filling the machine's own disk under an empty mount point. The
   repository's layout is created in it when missing.
-- `gdrive`: the Drive backend, given the client secret and refresh token opened from their seals.
+- `gdrive`: the Drive backend, given the client secret and refresh token opened from their seals,
+  at the root URL `CAPSULE_GDRIVE_ROOT_URL` names (a proxy), else Google's. An authorization Drive
+  refuses raises `DestinationNeedsConsent` naming this destination's own renew command.
   Its module is imported when a Drive destination is opened: a Capsule without it says so.
 
 Nothing here logs, and no error names a secret: the plaintexts go only into the credentials.
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from capsule.orchestrator.settings import Settings
 
 DRIVE_MODULE = "capsule.adapters.repository.backends.gdrive"
+QUICK_ATTEMPTS = 3
 
 
 class DestinationUnavailable(CapsuleError):
@@ -69,11 +72,12 @@ def open_destination(settings: Settings, name: str) -> Backend:
     return open_backend_of(settings, load(settings).get(name))
 
 
-def open_backend_of(settings: Settings, destination: Destination) -> Backend:
-    """The backend of `destination`, read from the settings already."""
+def open_backend_of(settings: Settings, destination: Destination, *, quick: bool = False) -> Backend:
+    """The backend of `destination`, read from the settings already. `quick`: a person waits for
+    the answer (a probe), so a Drive request is tried 3 times within seconds, not for minutes."""
     if destination.kind == "folder":
         return _open_folder(Path(destination.path or ""))
-    return _open_drive(settings, destination)
+    return _open_drive(settings, destination, quick)
 
 
 def _open_folder(path: Path) -> Backend:
@@ -129,7 +133,7 @@ def open_secrets(settings: Settings, destination: Destination) -> tuple[str, str
     )
 
 
-def _open_drive(settings: Settings, destination: Destination) -> Backend:
+def _open_drive(settings: Settings, destination: Destination, quick: bool = False) -> Backend:
     try:
         drive: Any = importlib.import_module(DRIVE_MODULE)
     except ImportError as e:
@@ -144,5 +148,15 @@ def _open_drive(settings: Settings, destination: Destination) -> Backend:
         refresh_token=refresh_token,
         token_uri=destination.token_uri,
     )
-    backend: Backend = drive.open_drive(destination.folder_name or destination.name, credentials)
+    backend: Backend = drive.open_drive(
+        destination.folder_name or destination.name,
+        credentials,
+        consent_hint=renew_command(destination.name),
+        **({"backoff": drive.Backoff(attempts=QUICK_ATTEMPTS, base=0.5, cap=2.0)} if quick else {}),
+    )
     return backend
+
+
+def renew_command(name: str) -> str:
+    """The command that gives Drive destination `name` consent again."""
+    return f"capsule destinations renew {name}"

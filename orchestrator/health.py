@@ -1,5 +1,6 @@
 """What needs attention now, read from the projections: how old each kind's last good backup is,
-and whether the last backup of a kind or the last restore drill failed.
+whether the last backup of a kind or the last restore drill failed, and which Drive destinations
+wait for consent again (from the settings stream).
 
 `capsule status` (and its `--check`) and the alerts read the same `Health`, so that they never
 disagree on what is wrong. The rules are the domain's (`domain/staleness.py`); this module only
@@ -22,6 +23,7 @@ from capsule.domain.staleness import (
     FinishedJob,
     Freshness,
     Incident,
+    consent_needed,
     freshness,
     incidents,
     last_finished,
@@ -51,6 +53,9 @@ class Health:
     last_backups: dict[str, FinishedJob | None]
     """Each kind's last completed or failed backup."""
     last_drill: FinishedJob | None
+    watched: tuple[str, ...] = ()
+    """Incident keys beyond the fixed ones that may be open: `consent-<name>` of every Drive
+    destination ever added, so that an alert raised for one is cleared once it is not wrong."""
 
 
 def settings_document(db: Database) -> model.BackupSettings:
@@ -97,7 +102,30 @@ def observe_reads(reads: Reads, document: model.BackupSettings, zone: ZoneInfo, 
     drills = _finished(reads.list_jobs(limit=RECENT_DRILLS, job_type="drill"))
     last_backups = {kind: last_finished(backups, kind) for kind in KINDS}
     last_drill = last_finished(drills)
-    return Health(fresh, incidents(fresh, last_backups, last_drill), last_backups, last_drill)
+    consents, watched = _consents(store)
+    found = incidents(fresh, last_backups, last_drill) + consents
+    return Health(fresh, found, last_backups, last_drill, watched)
+
+
+def _consents(store: EventStore) -> tuple[list[Incident], tuple[str, ...]]:
+    """The enabled Drive destinations that refused Capsule's authorization and wait for consent,
+    and the incident keys of every Drive destination ever added."""
+    from capsule.orchestrator import codec  # noqa: PLC0415
+    from capsule.orchestrator.destinations import destinations_of  # noqa: PLC0415
+
+    stored = store.read_stream(codec.SETTINGS_STREAM)
+    state = destinations_of(stored)
+    ever = {
+        f"consent-{row.data.get('name')}"
+        for row in stored
+        if row.type == "DestinationAdded" and row.data.get("kind") == "gdrive"
+    }
+    wrong = [
+        consent_needed(d.name, d.needs_consent)
+        for d in state.by_name.values()
+        if d.enabled and d.needs_consent is not None
+    ]
+    return wrong, tuple(sorted(ever))
 
 
 def _finished(rows: list[Row]) -> list[FinishedJob]:
@@ -111,6 +139,8 @@ def _finished(rows: list[Row]) -> list[FinishedJob]:
 def cleared_line(key: str, seen: Health) -> str:
     """What the clearing of incident `key` says: the good news that cleared it."""
     what, _, kind = key.partition("-")
+    if what == "consent":
+        return f"{kind}: no longer waits for consent (renewed, turned off or removed)"
     if what == "overdue":
         fresh = next((f for f in seen.freshness if f.kind == kind), None)
         return fresh.line() if fresh else f"{kind}: no longer watched (its schedules are disabled)"

@@ -61,6 +61,8 @@ class DestinationView:
     added_by: str | None
     changed_at: datetime | None
     changed_by: str | None
+    needs_consent: str | None = None
+    """Why Drive refused Capsule's authorization, until the consent is renewed; else None."""
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,7 @@ def _view(
         added_by=added[1] if added else None,
         changed_at=changed[0] if changed else None,
         changed_by=changed[1] if changed else None,
+        needs_consent=d.needs_consent,
     )
 
 
@@ -330,20 +333,42 @@ def probe_destination(settings: Settings, name: str) -> ProbeResult:
     """Open destination `name` and round-trip a probe object in its `locks`: write, list, read back,
     remove. An error is reported (its category and sentence), not raised, once the destination is
     known; an unknown name raises UnknownDestination."""
+    from capsule.adapters.errors import DestinationNeedsConsent  # noqa: PLC0415
     from capsule.orchestrator.destinations import load, open_backend_of  # noqa: PLC0415
 
     destination = load(settings).get(name)
     started = time.monotonic()
     step = ""
     try:
-        backend = open_backend_of(settings, destination)
+        backend = open_backend_of(settings, destination, quick=True)
         step = "the probe failed: "
         message = _round_trip(backend)
+    except DestinationNeedsConsent as e:
+        record_consent_needed(settings, name, consent_reason(e))
+        return _probe(destination, started, e.category.value, str(e))
     except CapsuleError as e:
         return _probe(destination, started, e.category.value, f"{step}{e}")
     except OSError as e:
         return _probe(destination, started, Category.UNAVAILABLE.value, f"{step}{e.strerror or e}")
     return _probe(destination, started, None, message)
+
+
+REVOKED = "its authorization was revoked or has expired"
+REFUSED = "Google Drive refused its authorization"
+
+
+def consent_reason(error: Exception) -> str:
+    """What a refused authorization is recorded as: words only, nothing of the token endpoint's answer."""
+    return REVOKED if "revoked or expired" in str(error) else REFUSED
+
+
+def record_consent_needed(settings: Settings, name: str, reason: str, actor: str | None = None) -> bool:
+    """Mark Drive destination `name` as needing consent again (seen by a probe or a copy), once;
+    True when this call recorded it. Local backups go on; `capsule status --check` reports it."""
+    from capsule.orchestrator.runtime import SYSTEM  # noqa: PLC0415
+
+    events, _ = _decide(settings, lambda cid: rules.MarkConsentNeeded(cid, name, reason), actor or SYSTEM)
+    return bool(events)
 
 
 def _probe(d: rules.Destination, started: float, category: str | None, message: str) -> ProbeResult:

@@ -74,15 +74,6 @@ def test_an_unmounted_folder_destination_fails_its_test_saying_what_to_check(
     assert (doc["ok"], doc["category"]) == (False, "unavailable")
 
 
-def test_interactive_consent_is_refused_saying_to_use_a_refresh_token_file(
-    shop: Shop, tmp_path: Path
-) -> None:
-    client, _ = drive_files(tmp_path / "consent")
-    proc = shop.run("destinations", "add", "gdrive", "drive", "--client-secrets", str(client), expect=2)
-    assert "interactive consent is not available yet" in proc.stderr
-    assert "--refresh-token-file" in proc.stderr
-
-
 @pytest.mark.slow
 def test_drive_secrets_are_never_in_plain_text_in_the_home_the_repository_the_log_or_any_output(
     shop: Shop, tmp_path: Path

@@ -134,6 +134,7 @@ DESTINATION = {
     "added_by",
     "changed_at",
     "changed_by",
+    "needs_consent",
 }
 DESTINATION_CHANGE = {"action", "version", "destination"}
 DESTINATION_TEST = {"name", "kind", "location", "ok", "category", "message", "seconds"}

@@ -132,7 +132,10 @@ def test_a_drive_destination_records_sealed_secrets_that_open_for_its_backend(
         refresh_token: str
         token_uri: str
 
-    def open_drive(folder_name: str, credentials: DriveCredentials, *, root_url: str | None = None) -> object:
+    def open_drive(
+        folder_name: str, credentials: DriveCredentials, *, consent_hint: str = "", backoff: object = None
+    ) -> object:
+        assert consent_hint == "capsule destinations renew drive"
         opened.append((folder_name, credentials))
         return object()
 

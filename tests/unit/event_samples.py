@@ -19,6 +19,7 @@ from capsule.domain.events import (
     BackupReleased,
     BackupRequested,
     DestinationAdded,
+    DestinationConsentNeeded,
     DestinationConsentRenewed,
     DestinationDisabled,
     DestinationEnabled,
@@ -139,6 +140,7 @@ SAMPLES: list[Event] = [
     ),
     DestinationRemoved(job_id=JOB, name="nas"),
     DestinationConsentRenewed(job_id=JOB, name="drive", refresh_token="sealed:v1:CCCC"),
+    DestinationConsentNeeded(job_id=JOB, name="drive", reason="the authorization was revoked or expired"),
     DestinationDisabled(job_id=JOB, name="drive"),
     DestinationEnabled(job_id=JOB, name="drive"),
     ScheduleFired(

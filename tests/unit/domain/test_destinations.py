@@ -11,6 +11,7 @@ from capsule.domain.destinations import (
     DestinationExists,
     Destinations,
     InvalidDestination,
+    MarkConsentNeeded,
     Remove,
     RenewConsent,
     SetEnabled,
@@ -20,6 +21,7 @@ from capsule.domain.destinations import (
 )
 from capsule.domain.events import (
     DestinationAdded,
+    DestinationConsentNeeded,
     DestinationConsentRenewed,
     DestinationDisabled,
     DestinationEnabled,
@@ -108,6 +110,7 @@ def test_a_folder_beside_the_repository_is_taken():
         ({"folder_name": "a/b"}, "without `/`"),
         ({"client_id": " "}, "no client_id"),
         ({"token_uri": "http://oauth2.example/token"}, "not an https:// address"),
+        ({"token_uri": "http://127.0.0.1.example/token"}, "not an https:// address"),
     ],
 )
 def test_a_drive_configuration_that_cannot_work_is_refused(change: dict[str, str], words: str):
@@ -156,3 +159,41 @@ def test_disabling_and_enabling_record_only_a_change():
     on = decide(given(nas(), *off), SetEnabled("c3", "nas", enabled=True))
     assert on == [DestinationEnabled(job_id="c3", name="nas")]
     assert given(nas(), *off, *on).get("nas").enabled
+
+
+def test_a_token_address_on_this_machines_loopback_may_be_plain_http():
+    # A local proxy, or a test server: nothing leaves the machine unencrypted.
+    for uri in ("http://127.0.0.1:8080/token", "http://localhost/token", "http://[::1]:9/token"):
+        fields = {**drive().__dict__, "token_uri": uri}
+        assert decide(given(), AddDrive(**fields))
+
+
+def added_drive() -> Event:
+    return decide(given(), drive())[0]
+
+
+def test_a_refused_authorization_marks_the_drive_destination_as_needing_consent_once():
+    state = given(added_drive())
+    events = decide(state, MarkConsentNeeded("c3", "drive", "the authorization was revoked or expired"))
+    assert events == [
+        DestinationConsentNeeded(job_id="c3", name="drive", reason="the authorization was revoked or expired")
+    ]
+    marked = given(added_drive(), *events)
+    assert marked.get("drive").needs_consent == "the authorization was revoked or expired"
+    assert decide(marked, MarkConsentNeeded("c4", "drive", "again")) == []
+
+
+def test_a_renewed_consent_clears_the_mark():
+    needed = DestinationConsentNeeded(job_id="c3", name="drive", reason="revoked")
+    renewed = DestinationConsentRenewed(job_id="c4", name="drive", refresh_token="sealed:v1:BBBB")
+    assert given(added_drive(), needed, renewed).get("drive").needs_consent is None
+
+
+def test_a_destination_removed_meanwhile_is_not_marked():
+    gone = DestinationRemoved(job_id="c3", name="drive")
+    assert decide(given(added_drive(), gone), MarkConsentNeeded("c4", "drive", "revoked")) == []
+
+
+def test_a_consent_reason_holding_a_token_is_refused_by_the_event():
+    with pytest.raises(ValueError, match="secret"):
+        DestinationConsentNeeded(job_id="c3", name="drive", reason="invalid_grant for 1//0gAbcDefToken")
