@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ from capsule.domain.errors import CapsuleError, Category
 if TYPE_CHECKING:
     from capsule.adapters.repository.backends import Backend
     from capsule.orchestrator.eventstore import StoredEvent
+    from capsule.orchestrator.reads import Event as ReadEvent
     from capsule.orchestrator.runtime import Runtime
     from capsule.orchestrator.settings import Settings
 
@@ -48,11 +50,14 @@ def settings_events(runtime: Runtime) -> list[StoredEvent]:
     return runtime.store.read_stream(codec.SETTINGS_STREAM)
 
 
-def destinations_of(stored: list[StoredEvent]) -> Destinations:
-    """The destinations after the settings stream's events `stored`."""
-    from capsule.orchestrator import codec  # noqa: PLC0415
+def destinations_of(stored: Sequence[StoredEvent] | Sequence[ReadEvent]) -> Destinations:
+    """The destinations after the settings stream's events `stored`: rows of the event store, or
+    the events `capsule status` reads without it (already upcast, so without a schema version)."""
+    from capsule.domain.events import load_event  # noqa: PLC0415
 
-    return replay(codec.decode(row) for row in stored)
+    return replay(
+        load_event(row.type, row.data, schema_version=getattr(row, "schema_version", None)) for row in stored
+    )
 
 
 def load(settings: Settings) -> Destinations:

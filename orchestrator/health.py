@@ -102,24 +102,27 @@ def observe_reads(reads: Reads, document: model.BackupSettings, zone: ZoneInfo, 
     drills = _finished(reads.list_jobs(limit=RECENT_DRILLS, job_type="drill"))
     last_backups = {kind: last_finished(backups, kind) for kind in KINDS}
     last_drill = last_finished(drills)
-    consents, watched = _consents(store)
+    consents, watched = _consents(reads)
     found = incidents(fresh, last_backups, last_drill) + consents
     return Health(fresh, found, last_backups, last_drill, watched)
 
 
-def _consents(store: EventStore) -> tuple[list[Incident], tuple[str, ...]]:
+def _consents(reads: Reads) -> tuple[list[Incident], tuple[str, ...]]:
     """The enabled Drive destinations that refused Capsule's authorization and wait for consent,
     and the incident keys of every Drive destination ever added."""
-    from capsule.orchestrator import codec  # noqa: PLC0415
-    from capsule.orchestrator.destinations import destinations_of  # noqa: PLC0415
+    from capsule.domain.settings import STREAM  # noqa: PLC0415
 
-    stored = store.read_stream(codec.SETTINGS_STREAM)
-    state = destinations_of(stored)
+    stored = reads.read_stream(STREAM)
     ever = {
         f"consent-{row.data.get('name')}"
         for row in stored
         if row.type == "DestinationAdded" and row.data.get("kind") == "gdrive"
     }
+    if not ever:  # no Drive destination: nothing to decode
+        return [], ()
+    from capsule.orchestrator.destinations import destinations_of  # noqa: PLC0415
+
+    state = destinations_of(stored)
     wrong = [
         consent_needed(d.name, d.needs_consent)
         for d in state.by_name.values()

@@ -1,25 +1,23 @@
-"""`capsule sync` to a Google Drive destination and `--from` it: the real Drive backend and Google's
-client against the fake Drive (tests/fakes/drive.py). A destination's token address must be https,
-which the fake is not, so the factory's Drive branch is replaced by one that opens the backend
-against the fake with the consent the test gives."""
+"""`capsule sync` to a Google Drive destination and `--from` it: the destination factory, the real
+Drive backend and Google's client against the fake Drive (tests/fakes/drive.py), reached through
+CAPSULE_GDRIVE_ROOT_URL as a proxy would be."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from capsule.adapters.repository.backends.gdrive import DriveCredentials, open_drive
+from capsule.adapters.repository.backends.gdrive import DriveCredentials
 from capsule.domain.errors import Category
-from capsule.orchestrator import destinations
+from capsule.orchestrator.destinations import load
 from capsule.orchestrator.usecases.backup import Backup, back_up
 from capsule.orchestrator.usecases.destinations import add_folder, add_gdrive
 from capsule.orchestrator.usecases.snapshots import list_snapshots
 from capsule.orchestrator.usecases.sync import Sync, sync
 from capsule.orchestrator.usecases.verify import Verify, verify_repository
-from tests.fakes.drive import FakeDrive, Sleeps
+from tests.fakes.drive import FakeDrive
 from tests.integration.helpers import Shop, in_process_settings
 
 
@@ -30,16 +28,10 @@ def fake() -> Iterator[FakeDrive]:
 
 
 def drive_destination(fake: FakeDrive, monkeypatch: pytest.MonkeyPatch, shop: Shop) -> DriveCredentials:
-    """Add destination `drive` and make the factory open it on the fake; return its consent."""
+    """Add destination `drive`, consented on the fake, and point Google's client at the fake."""
     credentials = fake.credentials()
-    config = fake.client_config()
-    config["installed"]["token_uri"] = "https://oauth2.googleapis.com/token"
-    add_gdrive(in_process_settings(shop), "drive", config, credentials.refresh_token)
-
-    def open_on_fake(settings: Any, destination: Any) -> Any:
-        return open_drive(destination.folder_name, credentials, root_url=fake.url, sleep=Sleeps())
-
-    monkeypatch.setattr(destinations, "_open_drive", open_on_fake)
+    add_gdrive(in_process_settings(shop), "drive", fake.client_config(), credentials.refresh_token)
+    monkeypatch.setenv("CAPSULE_GDRIVE_ROOT_URL", fake.url)
     return credentials
 
 
@@ -82,3 +74,4 @@ def test_a_drive_destination_whose_consent_was_revoked_is_reported_and_the_folde
     assert (result["drive"].ok, result["drive"].category) == (False, Category.REFUSED)
     assert "consent" in (result["drive"].error or "")
     assert result["nas"].ok and result["nas"].sent > 0
+    assert load(settings).get("drive").needs_consent is not None  # status --check now says so
