@@ -259,15 +259,16 @@ def test_a_restore_requested_before_include_existed_reads_back_restoring_everyth
 
     [stored] = store.read_stream("restore-r1")
     data = stored.data
-    assert (stored.schema_version, data["include"], data["from_other_source"], data["special_bits"]) == (
-        3,
-        [],
-        False,
-        False,
-    )
+    assert (
+        stored.schema_version,
+        data["include"],
+        data["from_other_source"],
+        data["special_bits"],
+        data["source"],
+    ) == (4, [], False, False, None)
     event = codec.decode(stored)
     assert isinstance(event, RestoreRequested)
-    assert (event.include, event.target, event.plan) == ((), "/srv/out", ("restore",))
+    assert (event.include, event.target, event.plan, event.source) == ((), "/srv/out", ("restore",), None)
     state = restore_job.replay([event])
     assert (state.status, state.include) == ("pending", ())
 
