@@ -324,25 +324,27 @@ def restore(  # noqa: PLR0917 (click passes options by position)
 @cli.command()
 @click.argument("snapshot")
 @click.argument("path")
+@from_option
 @pass_ctx
-def cat(obj: Context, snapshot: str, path: str) -> None:
+def cat(obj: Context, snapshot: str, path: str, source: str | None) -> None:
     """Write one file of SNAPSHOT to stdout, e.g. `capsule cat latest-files shoes/red.jpg > red.jpg`."""
     from capsule.orchestrator.usecases.snapshots import CatFile, read_file  # noqa: PLC0415
 
-    run(lambda: read_file(obj.settings, CatFile(snapshot, path), render.data_stdout))
+    run(lambda: read_file(obj.settings, CatFile(snapshot, path, source), render.data_stdout))
 
 
 @cli.command("ls")
 @click.argument("snapshot")
 @click.argument("path", default="")
 @click.option("--json", "as_json", is_flag=True, help="Print the folder's items as JSON on stdout.")
+@from_option
 @pass_ctx
-def ls_cmd(obj: Context, snapshot: str, path: str, as_json: bool) -> None:
+def ls_cmd(obj: Context, snapshot: str, path: str, as_json: bool, source: str | None) -> None:
     """List a folder of SNAPSHOT (its top by default): type and mode, size, time and name, e.g.
     `capsule ls latest-files shoes`. A database snapshot holds one item, the database."""
     from capsule.orchestrator.usecases.snapshots import ListFolder, list_folder  # noqa: PLC0415
 
-    run(lambda: render.folder_listing(list_folder(obj.settings, ListFolder(snapshot, path)), as_json))
+    run(lambda: render.folder_listing(list_folder(obj.settings, ListFolder(snapshot, path, source)), as_json))
 
 
 @cli.command()
@@ -354,13 +356,16 @@ def ls_cmd(obj: Context, snapshot: str, path: str, as_json: bool) -> None:
 )
 @click.option("-i", "--ignore-case", is_flag=True, help="Match upper and lower case alike.")
 @click.option("--json", "as_json", is_flag=True, help="Print the matches as JSON on stdout.")
+@from_option
 @pass_ctx
-def find(obj: Context, pattern: str, snapshot: str | None, ignore_case: bool, as_json: bool) -> None:
+def find(  # noqa: PLR0917 (click passes options by position)
+    obj: Context, pattern: str, snapshot: str | None, ignore_case: bool, as_json: bool, source: str | None
+) -> None:
     """Find files by PATTERN, a glob on the name (`red*.jpg`) or, with a `/`, on the whole path
     (`shoes/*.jpg`), in every snapshot: each match with its snapshot, time and size."""
     from capsule.orchestrator.usecases.snapshots import FindFiles, find_files  # noqa: PLC0415
 
-    request = FindFiles(pattern, snapshot, ignore_case)
+    request = FindFiles(pattern, snapshot, ignore_case, source)
     run(lambda: render.found(find_files(obj.settings, request), as_json))
 
 

@@ -19,7 +19,6 @@ from capsule.domain.errors import CapsuleError, Category
 from capsule.domain.manifest import Entry, Manifest, SnapshotKind, SourceIdentity
 from capsule.domain.sources import SnapshotFilter
 from capsule.orchestrator.settings import Settings
-from capsule.orchestrator.usecases.repository import open_repository
 from capsule.orchestrator.usecases.source import open_source
 
 
@@ -232,6 +231,8 @@ class CatFile:
 
     snapshot: str
     path: str
+    source: str | None = None
+    """The copy to read (`--from`: a destination's name or a folder's path); None: the local one."""
 
 
 def read_file(settings: Settings, request: CatFile, output: Callable[[], BinaryIO]) -> None:
@@ -239,7 +240,7 @@ def read_file(settings: Settings, request: CatFile, output: Callable[[], BinaryI
     found (so that nothing is opened for a reference that names none)."""
     from capsule.adapters.files.restore import cat_file  # noqa: PLC0415 - only this command needs it
 
-    repo = open_repository(settings)
+    repo = open_source(settings, request.source)
     sid, manifest = resolve_snapshot(repo, request.snapshot, sources=configured_sources(settings))
     wanted = _relative(request.path, manifest)
     try:
@@ -320,6 +321,8 @@ class ListFolder:
 
     snapshot: str
     path: str = ""
+    source: str | None = None
+    """The copy to read (`--from`: a destination's name or a folder's path); None: the local one."""
 
 
 @dataclass(frozen=True)
@@ -333,7 +336,7 @@ class FolderListing:
 
 
 def list_folder(settings: Settings, request: ListFolder) -> FolderListing:
-    repo = open_repository(settings)
+    repo = open_source(settings, request.source)
     sid, manifest = resolve_snapshot(repo, request.snapshot, sources=configured_sources(settings))
     wanted = _relative(request.path, manifest)
     children: list[Entry] = []
@@ -360,6 +363,8 @@ class FindFiles:
     snapshot: str | None = None
     """One snapshot to search (a reference as `restore` takes); None: every snapshot."""
     ignore_case: bool = False
+    source: str | None = None
+    """The copy to read (`--from`: a destination's name or a folder's path); None: the local one."""
 
 
 @dataclass(frozen=True)
@@ -397,7 +402,7 @@ def find_files(settings: Settings, request: FindFiles) -> FindResult:
     snapshot first. Groups of entries shared between snapshots (the tree blobs) are read once."""
     from capsule.adapters.files.tree import load_group, tree_ids  # noqa: PLC0415 - only find needs it
 
-    repo = open_repository(settings)
+    repo = open_source(settings, request.source)
     if request.snapshot is not None:
         chosen = [resolve_snapshot(repo, request.snapshot, sources=configured_sources(settings))]
         unreadable: list[str] = []

@@ -1,6 +1,6 @@
 """The disaster-recovery drill with real `capsule` processes: a shop backs up its database and its
 images and copies the repository to a folder destination; a new machine with an empty Capsule home
-and only the key file lists, restores and verifies from that copy, and finds damage in it."""
+and only the key file lists, restores, browses and verifies from that copy, and finds damage in it."""
 
 from __future__ import annotations
 
@@ -68,6 +68,16 @@ def test_a_new_machine_restores_byte_identical_data_from_a_folder_copy_and_verif
     assert describe_tree(out / "img") == describe_tree(uploads)
     assert files["files"] == 6  # make_uploads: six regular files beside links and folders
     assert json_of(new, "verify", "--from", str(copy), "--read-data")["ok"] is True
+
+    # One lost image, found, listed and read back from the copy alone.
+    [files_id] = [s["snapshot_id"] for s in listed if s["kind"] == "files"]
+    found = json_of(new, "find", "red.jpg", "--from", str(copy))
+    assert [(r["snapshot_id"], r["path"]) for r in found] == [(files_id, "cat1/red.jpg")]
+    folder = json_of(new, "ls", files_id[:8], "cat1", "--from", str(copy))
+    assert [e["name"] for e in folder["entries"]] == ["blue.jpg", "notes.txt", "red.jpg"]
+    red = tmp_path / "red.jpg"
+    assert new.cat(files_id[:8], "cat1/red.jpg", red, extra=("--from", str(copy))).returncode == 0
+    assert red.read_bytes() == (uploads / "cat1" / "red.jpg").read_bytes()
 
     pack = sorted(p for p in (copy / "data").glob("*/*") if not p.name.startswith("."))[0]
     flip_byte(pack)

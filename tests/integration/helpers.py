@@ -358,12 +358,17 @@ class Shop:
         return rows
 
     def cat(
-        self, ref: str, path: str, out: Path, env: Mapping[str, str | None] | None = None
+        self,
+        ref: str,
+        path: str,
+        out: Path,
+        env: Mapping[str, str | None] | None = None,
+        extra: tuple[str, ...] = (),
     ) -> subprocess.CompletedProcess[str]:
-        """`capsule cat REF PATH > out`, with stdout a real file as a shop owner's shell would make it."""
+        """`capsule cat REF PATH [extra] > out`, stdout a real file as a shop owner's shell would make it."""
         with open(out, "wb") as f:
             proc = subprocess.run(
-                [*CAPSULE, "cat", ref, path],
+                [*CAPSULE, "cat", ref, path, *extra],
                 cwd=self.root,
                 env=self.env(env),
                 stdout=f,
