@@ -104,15 +104,14 @@ def _sync_one(settings: Settings, local: Backend, name: str, progress: Progress 
             destination,
             progress=None if progress is None else lambda done, total: progress(name, done, total),
         )
-    except DestinationNeedsConsent as e:
-        from capsule.orchestrator.usecases.destinations import (  # noqa: PLC0415
-            consent_reason,
-            record_consent_needed,
-        )
-
-        record_consent_needed(settings, name, consent_reason(e))  # status and alerts say so until renewed
-        return DestinationSynced(name, ok=False, error=str(e), category=e.category)
     except CapsuleError as e:
+        if isinstance(e, DestinationNeedsConsent):  # status and alerts say so until it is renewed
+            from capsule.orchestrator.usecases.destinations import (  # noqa: PLC0415
+                consent_reason,
+                record_consent_needed,
+            )
+
+            record_consent_needed(settings, name, consent_reason(e))
         return DestinationSynced(name, ok=False, error=str(e), category=e.category)
     return DestinationSynced(
         name,
