@@ -108,6 +108,7 @@ def created(result: RepositoryCreated) -> None:
         f"Its key file is {result.key_file}. Keep a copy of it somewhere safe, away from this machine: "
         "without it (or the passphrase, if you set one) the backups cannot be read by anyone."
     )
+    click.echo("To keep it on paper, in a safe: capsule key export --paper")
 
 
 def backed_up(result: BackedUp, as_json: bool) -> int:

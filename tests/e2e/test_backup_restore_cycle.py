@@ -19,6 +19,7 @@ def test_init_backup_list_and_restore_latest_gives_back_the_database(bare_shop: 
     shop = bare_shop
     init = shop.run("init", expect=0)
     assert str(shop.key_file) in init.stdout
+    assert "capsule key export --paper" in init.stdout, "init must say how to keep the key off this machine"
     assert shop.key_file.is_file()
     assert shop.run("snapshots", expect=0).stdout.startswith("No snapshots yet")
 
