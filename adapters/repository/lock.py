@@ -43,6 +43,10 @@ REFRESH_EVERY = 60.0
 STALE_AFTER = 30 * 60.0
 PRUNE = "prune"
 """The operation of prune's lock: shared, but only one prune at a time."""
+KEYS = "keys"
+"""The operation of a key change's lock: shared, but one key change at a time, so that two removals
+made at once cannot each leave the other's key as the last and then remove it."""
+ONE_AT_A_TIME = frozenset({PRUNE, KEYS})
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,11 @@ class RepositoryLock:
                         f"another prune is running ({conflict.hostname}, PID {conflict.pid}); wait for "
                         "it to finish, or run `capsule unlock` if that process is gone"
                     )
+                if self.operation == KEYS == conflict.operation:
+                    raise RepositoryLocked(
+                        f"another key change is running ({conflict.hostname}, PID {conflict.pid}); "
+                        "try again when it has finished, or run `capsule unlock` if that process is gone"
+                    )
                 raise RepositoryLocked(
                     f"the repository is in use: {conflict.describe()}; wait for it to finish, "
                     "or run `capsule unlock` if that process is gone"
@@ -170,7 +179,9 @@ class RepositoryLock:
                         raise not_writable(self.backend, e, self.operation) from e
                     # It stays, and a lock no one holds stands in no reader's way.
                 continue
-            if self.exclusive or info.exclusive or (self.operation == PRUNE == info.operation):
+            if self.exclusive or info.exclusive:
+                return info
+            if self.operation == info.operation and self.operation in ONE_AT_A_TIME:
                 return info
         return None
 

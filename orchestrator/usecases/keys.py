@@ -9,7 +9,10 @@ section 3.3).
 Every change is an event (`RepositoryKeyChanged`, stream `keys`) with its actor, and a line of
 Capsule's log; ids only, no key material. The repository's `keys/` folder stays the truth: a
 change made while the event log cannot be written still happens, and its log line says so.
-Key entries are independent files, so a change takes no repository lock: a passphrase change adds
+Key entries are independent files, so a change needs no exclusive lock and never waits for a
+backup: it takes a shared lock of its own operation, `keys`, that only another key change conflicts
+with, and checks what it may remove while holding it (two removals at once, each made with the key
+the other removes, would otherwise both pass the "not the last key" check). A passphrase change adds
 the new entry before it removes the old one, and a kill in between leaves both working.
 """
 
@@ -27,6 +30,7 @@ from capsule.adapters.errors import KeyFileMissing, WrongKey
 from capsule.adapters.repository import keys
 from capsule.adapters.repository.backends import open_backend
 from capsule.adapters.repository.keys import KeyEntry, KeyFile, KeyType
+from capsule.adapters.repository.lock import KEYS, locked
 from capsule.adapters.repository.paperkey import PaperKey, decode, encode
 from capsule.adapters.repository.repo import read_config
 from capsule.domain.errors import CapsuleError, Category
@@ -37,6 +41,9 @@ if TYPE_CHECKING:
     from capsule.adapters.repository.repo import Repository
 
 log = structlog.get_logger(__name__)
+
+KEY_CHANGE_WAIT = 5.0
+"""Seconds a key change waits for another to finish: each takes well under one."""
 
 
 class KeyChangeRefused(CapsuleError):
@@ -216,13 +223,14 @@ def add_key(settings: Settings, *, passphrase: str | None = None, key_file: Path
     if key_file is not None and key_file.exists():
         raise KeyChangeRefused(f"{key_file} already exists; give a path where nothing is yet")
     repo, _ = _open(settings)
-    if passphrase is not None:
-        key_id = keys.add_passphrase_key(repo.backend, repo.master_key, repo.id, passphrase)
-        kind: Literal["key-file", "passphrase"] = "passphrase"
-    else:
-        assert key_file is not None
-        key_id = keys.add_key_file(repo.backend, repo.master_key, repo.id, key_file)
-        kind = "key-file"
+    with locked(repo.backend, KEYS, timeout=KEY_CHANGE_WAIT):
+        if passphrase is not None:
+            key_id = keys.add_passphrase_key(repo.backend, repo.master_key, repo.id, passphrase)
+            kind: Literal["key-file", "passphrase"] = "passphrase"
+        else:
+            assert key_file is not None
+            key_id = keys.add_key_file(repo.backend, repo.master_key, repo.id, key_file)
+            kind = "key-file"
     _record(settings, "added", key_type=kind, key_id=key_id, repository=repo.id)
     return KeyAdded(key_id, kind, key_file)
 
@@ -231,20 +239,21 @@ def remove_key(settings: Settings, key_id: str) -> KeyRemoved:
     """Remove a key entry: whoever holds only that key can no longer open the repository. Refused
     for the last usable entry, and for the one this command opened the repository with."""
     repo, current = _open(settings)
-    entries = keys.list_entries(repo.backend)
-    entry = _find(entries, key_id)
-    short = entry.key_id[:8]
-    if not any(e.key_id != entry.key_id and e.type != "damaged" for e in entries):
-        raise KeyChangeRefused(
-            f"key {short} is the repository's last key: without it nobody can open the backups; "
-            "add another first (`capsule key add`)"
-        )
-    if entry.key_id == current:
-        raise KeyChangeRefused(
-            f"key {short} is the one in use now; act with another key to remove it: a passphrase in "
-            "CAPSULE_PASSPHRASE, or another key file in CAPSULE_KEY_FILE"
-        )
-    keys.remove_entry(repo.backend, entry.key_id)
+    with locked(repo.backend, KEYS, timeout=KEY_CHANGE_WAIT):
+        entries = keys.list_entries(repo.backend)
+        entry = _find(entries, key_id)
+        short = entry.key_id[:8]
+        if not any(e.key_id != entry.key_id and e.type != "damaged" for e in entries):
+            raise KeyChangeRefused(
+                f"key {short} is the repository's last key: without it nobody can open the backups; "
+                "add another first (`capsule key add`)"
+            )
+        if entry.key_id == current:
+            raise KeyChangeRefused(
+                f"key {short} is the one in use now; act with another key to remove it: a passphrase "
+                "in CAPSULE_PASSPHRASE, or another key file in CAPSULE_KEY_FILE"
+            )
+        keys.remove_entry(repo.backend, entry.key_id)
     _record(settings, "removed", key_type=entry.type, key_id=entry.key_id, repository=repo.id)
     return KeyRemoved(entry.key_id, entry.type)
 
@@ -253,24 +262,25 @@ def change_passphrase(settings: Settings, new: str, key_id: str | None = None) -
     """Replace a passphrase entry by one for `new`: the new entry is written before the old one is
     removed. Which entry: `key_id`, else the one CAPSULE_PASSPHRASE opens, else the only one."""
     repo, current = _open(settings)
-    phrases = [e for e in keys.list_entries(repo.backend) if e.type == "passphrase"]
-    if key_id is not None:
-        old = _find(phrases, key_id)
-    elif current is not None and any(e.key_id == current for e in phrases):
-        old = next(e for e in phrases if e.key_id == current)
-    elif len(phrases) == 1:
-        old = phrases[0]
-    elif not phrases:
-        raise KeyNotFound(
-            "the repository has no passphrase to change; add one with `capsule key add --passphrase`"
-        )
-    else:
-        raise KeyChangeRefused(
-            "the repository has more than one passphrase; say which to change: `capsule key passwd ID` "
-            "(`capsule key list` shows them)"
-        )
-    new_id = keys.add_passphrase_key(repo.backend, repo.master_key, repo.id, new)
-    keys.remove_entry(repo.backend, old.key_id)
+    with locked(repo.backend, KEYS, timeout=KEY_CHANGE_WAIT):
+        phrases = [e for e in keys.list_entries(repo.backend) if e.type == "passphrase"]
+        if key_id is not None:
+            old = _find(phrases, key_id)
+        elif current is not None and any(e.key_id == current for e in phrases):
+            old = next(e for e in phrases if e.key_id == current)
+        elif len(phrases) == 1:
+            old = phrases[0]
+        elif not phrases:
+            raise KeyNotFound(
+                "the repository has no passphrase to change; add one with `capsule key add --passphrase`"
+            )
+        else:
+            raise KeyChangeRefused(
+                "the repository has more than one passphrase; say which to change: `capsule key passwd ID` "
+                "(`capsule key list` shows them)"
+            )
+        new_id = keys.add_passphrase_key(repo.backend, repo.master_key, repo.id, new)
+        keys.remove_entry(repo.backend, old.key_id)
     _record(
         settings,
         "passphrase changed",

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from capsule.adapters.repository.backends import open_backend
+from capsule.adapters.repository.lock import KEYS, locked
 from tests.integration.helpers import CAPSULE, Shop, describe, file_content_digest, one_line_error
 
 OLD_PHRASE = "Cobalt-Ledger 5512 tinned-herring tills"
@@ -264,3 +266,18 @@ def test_at_a_terminal_the_new_passphrase_is_asked_twice_unechoed_and_the_paper_
     typed = [(f"line {n}:", line) for n, line in enumerate(lines, 1)]
     imported, shown = converse(machine, ["key", "import"], typed)
     assert imported == 0 and "It opens the repository" in shown
+
+
+def test_a_key_change_waits_for_another_and_then_says_so(shop: Shop, tmp_path: Path) -> None:
+    # Two removals at once, each made with the key the other removes, would both pass the "not the
+    # last key" check and leave no key at all: key changes take turns under a `keys` lock.
+    second = tmp_path / "second.key"
+    shop.run("key", "add", "--key-file", str(second), expect=0)
+    first_id = str(keys_of(shop)[0]["key_id"])
+    with locked(open_backend(shop.repository), KEYS):
+        busy = shop.run("key", "remove", first_id[:8], env={"CAPSULE_KEY_FILE": str(second)})
+        assert busy.returncode != 0
+        assert "another key change is running" in one_line_error(busy)
+        assert len(keys_of(shop)) == 2
+    shop.run("key", "remove", first_id[:8], env={"CAPSULE_KEY_FILE": str(second)}, expect=0)
+    assert not [name for name in os.listdir(shop.repository / "locks")], "the key change left its lock"
