@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from capsule.domain import destinations as rules
 from capsule.domain.errors import CapsuleError, Category
 from capsule.domain.settings import SECRET_SHOWN
+from capsule.orchestrator import faults
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 TRIES = 8
 """Decisions made again when the settings moved between the read and the append."""
 PROBE_BYTES = 64
+PROBE_WRITTEN = "destinations:probe-written"
+"""Fault point: the probe object is written, not yet removed."""
 
 
 class UnreadableFile(CapsuleError):
@@ -379,8 +382,9 @@ def _probe(d: rules.Destination, started: float, category: str | None, message: 
 
 def _round_trip(backend: Backend) -> str:
     probe = f"probe-{secrets.token_hex(8)}"
-    data = secrets.token_bytes(PROBE_BYTES)
+    data = _probe_lock()
     backend.write("locks", probe, data)
+    faults.point(PROBE_WRITTEN)
     try:
         if probe not in set(backend.list("locks")):
             raise ProbeMismatch("the probe object written was not listed")
@@ -390,7 +394,19 @@ def _round_trip(backend: Backend) -> str:
         backend.remove("locks", probe)
     if probe in set(backend.list("locks")):
         raise ProbeMismatch("the probe object removed is still listed")
-    return f"wrote, listed, read back and removed a {PROBE_BYTES}-byte probe object at {backend.describe()}"
+    return f"wrote, listed, read back and removed a probe object at {backend.describe()}"
+
+
+def _probe_lock() -> bytes:
+    """The probe object: a shared lock of this process, operation `probe`, with random bytes in it.
+    It lies among the destination's locks, so one left by a killed probe reads as the lock of a
+    process that is gone and is removed as stale, and a shared lock stands in no reader's way."""
+    from capsule.adapters.repository.lock import lock_record, process_start_time  # noqa: PLC0415
+
+    pid = os.getpid()
+    record = json.loads(lock_record(pid, process_start_time(pid), False, "probe"))
+    record["probe"] = secrets.token_hex(PROBE_BYTES)
+    return json.dumps(record).encode()
 
 
 class ProbeMismatch(CapsuleError):

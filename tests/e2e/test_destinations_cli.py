@@ -52,13 +52,32 @@ def test_an_admin_adds_lists_tests_and_removes_a_folder_destination(shop: Shop, 
 
     assert added.stdout.startswith(f"Added the folder destination nas: {folder}.")
     assert listed.startswith(f"nas  folder        {folder}  added ")
-    assert tested.startswith("nas: ok, wrote, listed, read back and removed a 64-byte probe object")
+    assert tested.startswith("nas: ok, wrote, listed, read back and removed a probe object")
     assert "lowercase letters, digits and `-`, at most 32" in bad_name.stderr
     assert "capsule destinations remove nas" in duplicate.stderr
     assert unknown.stderr == "capsule: there is no destination named `usb`; the destinations: nas\n"
     assert removed.stdout.startswith("Removed the folder destination nas")
     assert shop.run("destinations", expect=0).stdout.startswith("No destination yet")
     assert (folder / "keys").is_dir()  # what it holds stays
+
+
+@pytest.mark.slow
+def test_a_probe_killed_half_way_leaves_nothing_that_stops_a_copy(shop: Shop, tmp_path: Path) -> None:
+    # The probe object lies among the destination's locks: one left by a killed probe must read as a
+    # lock of a process that is gone (removed as stale), not as an unreadable lock that stops every
+    # copy for half an hour.
+    folder = tmp_path / "nas" / "capsule"
+    folder.mkdir(parents=True)
+    shop.run("destinations", "add", "folder", "nas", str(folder), expect=0)
+    killed = shop.run("destinations", "test", "nas", env={"CAPSULE_FAULTS": "destinations:probe-written"})
+    assert killed.returncode == -9
+    assert [p.name.startswith("probe-") for p in (folder / "locks").iterdir()] == [True]
+
+    shop.run("sync", "nas", expect=0)
+    verified = shop.run("verify", "--from", "nas")
+    assert verified.returncode == 0, verified.stderr
+    assert "removed a stale repository lock" in verified.stderr
+    assert list((folder / "locks").iterdir()) == []
 
 
 @pytest.mark.slow
