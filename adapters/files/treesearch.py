@@ -102,6 +102,8 @@ class TreeSearch:
         if not self.manifest.tree or any(not prefix for prefix in wanted):
             yield from iter_entries(self.repo, self.manifest)
             return
+        if not self.ids:
+            return
         last = -1  # the last group handed over: groups go out in order, each once
         for prefix in wanted:
             for number in sorted({self.locate(folder) for folder in folders_of(prefix)}):

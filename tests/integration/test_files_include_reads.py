@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from capsule.adapters.files.restore import cat_file, restore_files
+from capsule.adapters.files.restore import Selection, cat_file, restore_files
 from capsule.adapters.files.tree import TreeWriter, iter_entries, path_key, tree_ids
 from capsule.adapters.files.treesearch import TreeSearch
 from capsule.adapters.repository.repo import Repository
@@ -155,3 +155,28 @@ def test_a_link_of_the_snapshot_on_the_way_is_refused_though_its_group_is_far_fr
 
     assert state_of(world.to) == {}
     assert state_of(world.outside) == outside_before
+
+
+@pytest.mark.parametrize(
+    ("patterns", "prefixes"),
+    [
+        ([], None),
+        (["shoes/red.jpg"], [["shoes", "red.jpg"]]),
+        (["/shoes/", "./bags/*.jpg"], [["shoes"], ["bags"]]),
+        (["shoes/**/x.jpg", "a/b?/c"], [["shoes"], ["a"]]),
+        (["shoes/red.jpg", "**/*.png"], None),
+        (["[ab]*/x.jpg"], None),
+    ],
+)
+def test_a_pattern_is_searched_from_its_components_before_the_first_wildcard(
+    patterns: list[str], prefixes: list[list[str]] | None
+) -> None:
+    assert Selection(patterns).prefixes() == prefixes
+
+
+def test_a_snapshot_whose_tree_lists_no_group_has_nothing_under_any_path(world: World) -> None:
+    manifest = world.craft()
+    repo = opened(world)
+
+    assert list(TreeSearch(repo, manifest).entries_under([["shoes"]])) == []
+    assert TreeSearch(repo, manifest).find("shoes/red.jpg") is None
