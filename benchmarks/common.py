@@ -40,6 +40,8 @@ class CommandResult:
     returncode: int
     stdout: str = field(repr=False)
     stderr: str = field(repr=False)
+    cpu_seconds: float = 0.0
+    """User and system time of the command and its children (less sensitive to a busy machine)."""
 
 
 # Peak RSS must come from a process forked by a small parent: Linux carries the parent's memory
@@ -58,7 +60,8 @@ except OSError as exc:
 _, status, usage = os.wait4(pid, 0)
 seconds = time.perf_counter() - started
 with open(report, "w") as out:
-    json.dump({"seconds": seconds, "maxrss": usage.ru_maxrss, "status": status}, out)
+    cpu = usage.ru_utime + usage.ru_stime
+    json.dump({"seconds": seconds, "cpu": cpu, "maxrss": usage.ru_maxrss, "status": status}, out)
 """
 
 
@@ -118,6 +121,7 @@ def run_measured(
         returncode=returncode,
         stdout=stdout,
         stderr=stderr,
+        cpu_seconds=usage.get("cpu", 0.0) if usage else 0.0,
     )
     if check and result.returncode != 0:
         raise CommandFailedError(

@@ -1,12 +1,13 @@
 """Restoring a files snapshot: all of it, or the paths that match `--include`; `cat` of one file.
 
-Two passes over the snapshot's entries. The first writes nothing: it authenticates every tree blob,
-applies the rules of `entry_rules` that `verify` applies too (walk order, no duplicates, no path
-through a file or a symbolic link of the snapshot), refuses any path that would pass through
-anything under the target that is not a real folder, and finds what already exists there. Only
-then does the second pass write: each file to a temporary name beside its place, renamed once its
-length and SHA-256 match the manifest. Links are made last and never followed; folders get their
-mode and time at the very end.
+Two passes over the snapshot's entries. The first writes nothing: it authenticates every tree blob
+it reads (all of them; with `--include` of a folder or a file, only those on the way to it and
+under it, see `treesearch`), applies the rules of `entry_rules` that `verify` applies too (walk
+order, no duplicates, no path through a file or a symbolic link of the snapshot), refuses any path
+that would pass through anything under the target that is not a real folder, and finds what
+already exists there. Only then does the second pass write: each file to a temporary name beside
+its place, renamed once its length and SHA-256 match the manifest. Links are made last and never
+followed; folders get their mode and time at the very end.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ import structlog
 
 from capsule.adapters.directio import Readahead
 from capsule.adapters.errors import NOT_INDEXED_ADVICE, BlobNotFound, DiskFull, RestoreRefused
-from capsule.adapters.files.tree import iter_entries, path_key
+from capsule.adapters.files.tree import iter_entries
+from capsule.adapters.files.treesearch import TreeSearch
 from capsule.adapters.partials import PARTIAL_MARK, is_abandoned, partial_name, partial_owner
 from capsule.adapters.repository.backends.storage import LocalPaths, local_paths
 from capsule.adapters.repository.chunks import workers as thread_count
@@ -93,6 +95,9 @@ def _glob_regex(pattern: str) -> str:
     return "".join(out)
 
 
+_WILDCARDS = frozenset("*?[")
+
+
 class Selection:
     """Which paths a restore takes: all of them, or those that match one of the glob patterns.
 
@@ -132,6 +137,20 @@ class Selection:
                 self.matched[number] = True
                 hit = True
         return hit
+
+    def prefixes(self) -> list[list[str]] | None:
+        """The folders (or files) every selected path lies at or under: each pattern's components
+        up to its first wildcard, as `path_key` splits a path. None when any path may match (no
+        pattern, or one that starts with a wildcard): then the whole snapshot is read."""
+        if not self.patterns:
+            return None
+        found = []
+        for pattern in self.patterns:
+            parts = list(itertools.takewhile(lambda p: not _WILDCARDS.intersection(p), pattern.split("/")))
+            if not parts:
+                return None
+            found.append(parts)
+        return found
 
     def unmatched(self) -> list[str]:
         return [p for p, m in zip(self.patterns, self.matched, strict=True) if not m]
@@ -184,10 +203,20 @@ def _same_file(entry: Entry, target: Path, st: os.stat_result) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_size == entry.size and sha256_file(target) == entry.sha256
 
 
+def _entries(repo: Repository, manifest: Manifest, selection: Selection) -> Iterator[Entry]:
+    """The entries a restore reads: every one, or, when each pattern names a folder or file to
+    start from, only the tree blobs on the way to them and under them (`treesearch`)."""
+    prefixes = selection.prefixes()
+    if prefixes is None:
+        return iter_entries(repo, manifest)
+    return TreeSearch(repo, manifest).entries_under(prefixes)
+
+
 def _check_entries(
     repo: Repository, manifest: Manifest, to: Path, selection: Selection, force: bool
 ) -> _Plan:
-    """The first pass: validate the whole snapshot and what is under `to`; write nothing.
+    """The first pass: validate the entries read (the whole snapshot, or with --include the tree
+    blobs that hold what it picks and its folders) and what is under `to`; write nothing.
 
     The entries are kept for the second pass when there are not too many of them.
     """
@@ -195,12 +224,12 @@ def _check_entries(
     kept: list[Entry] | None = []
     check = _TargetCheck(to)
     previous: Entry | None = None
-    for entry in iter_entries(repo, manifest):
+    for entry in _entries(repo, manifest, selection):
         if kept is not None:
             kept.append(entry)
             if len(kept) > KEEP_ENTRIES:
                 kept = None  # the second pass reads the tree again: memory stays bounded
-        check_follows(previous, entry)  # the entries left out by --include too
+        check_follows(previous, entry)  # the entries read but left out by --include too
         previous = entry
         if not selection(entry.path):
             continue
@@ -509,7 +538,7 @@ def restore_files(
     to_workers = _ToWorkers(repo, pool, to) if pool is not None else None
     with ThreadPoolExecutor(max_workers=thread_count() + 1, thread_name_prefix="restore") as threads:
         try:
-            for entry in plan.entries if plan.entries is not None else iter_entries(repo, manifest):
+            for entry in plan.entries if plan.entries is not None else _entries(repo, manifest, selection):
                 if entry.type == "dir":
                     folders[entry.path] = entry
                 if not selection(entry.path):
@@ -582,12 +611,9 @@ def restore_files(
 def find_entry(repo: Repository, manifest: Manifest, path: str) -> Entry:
     """The entry at `path` in a snapshot; RestoreRefused naming what to do if there is none."""
     wanted = path.strip().lstrip("/")
-    key = path_key(wanted)
-    for entry in iter_entries(repo, manifest):
-        if entry.path == wanted:
-            return entry
-        if manifest.tree and path_key(entry.path) > key:
-            break  # entries come in walk order: it is not further on
+    entry = TreeSearch(repo, manifest).find(wanted)
+    if entry is not None:
+        return entry
     raise RestoreRefused(
         f"there is no {wanted!r} in this snapshot; paths are relative to its folder, e.g. 'shoes/red.jpg'"
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -148,7 +148,14 @@ def iter_groups(repo: Repository, manifest: Manifest) -> Iterator[tuple[ParentGr
     The next tree blobs are read from disk on a thread while the caller works through one; they
     are opened and parsed here (on a thread they would only fight this one for the interpreter).
     """
-    ids = iter(tree_ids(repo, manifest))
+    return read_groups(repo, tree_ids(repo, manifest))
+
+
+def read_groups(
+    repo: Repository, ids_in_order: Iterable[bytes]
+) -> Generator[tuple[ParentGroup, list[Entry]], None, None]:
+    """The tree blobs named with their entries, in order, read ahead as `iter_groups` says."""
+    ids = iter(ids_in_order)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tree") as reader:
         ahead: deque[tuple[bytes, Future[bytes | None]]] = deque()
         try:

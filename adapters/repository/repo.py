@@ -123,6 +123,10 @@ class Repository:
         self._writes: deque[tuple[Future[tuple[str, int]], PackBuilder]] = deque()
         self._local = threading.local()
         self.stored_bytes = 0
+        self.blobs_opened = 0
+        """Blobs (bundle members included) this process has opened from this repository: how
+        much of it a command read, for its log and its tests."""
+        self._count_lock = threading.Lock()
 
     @property
     def index(self) -> Index:
@@ -557,6 +561,8 @@ class Repository:
         def what() -> str:
             return f"blob {blob_id.hex()[:12]} in pack {loc.pack_id[:12]}"
 
+        with self._count_lock:
+            self.blobs_opened += 1
         if len(sealed) != loc.length:
             raise IntegrityError(f"{what()} is truncated")
         if loc.compression in BUNDLED:

@@ -255,10 +255,14 @@ def read_file(settings: Settings, request: CatFile, output: Callable[[], BinaryI
 # ---- browsing: ls and find -----------------------------------------------------------------------
 
 
-def _entries(repo: Repository, manifest: Manifest) -> Iterator[Entry]:
-    from capsule.adapters.files.tree import iter_entries  # noqa: PLC0415 - only browsing needs it
+def _entries(repo: Repository, manifest: Manifest, under: str = "") -> Iterator[Entry]:
+    """Every entry, or (`under` a path) those of the tree blobs that hold it and what is under it."""
+    from capsule.adapters.files.tree import iter_entries, path_key  # noqa: PLC0415 - only browsing needs it
+    from capsule.adapters.files.treesearch import TreeSearch  # noqa: PLC0415
 
     repo.ensure_index()
+    if under:
+        return TreeSearch(repo, manifest).entries_under([path_key(under)])
     return iter_entries(repo, manifest)
 
 
@@ -341,9 +345,7 @@ def list_folder(settings: Settings, request: ListFolder) -> FolderListing:
     wanted = _relative(request.path, manifest)
     children: list[Entry] = []
     itself: Entry | None = None
-    paths: list[str] = []
-    for entry in _entries(repo, manifest):
-        paths.append(entry.path)
+    for entry in _entries(repo, manifest, under=wanted):
         if entry.path == wanted:
             itself = entry
         elif entry.path.rpartition("/")[0] == wanted:
@@ -351,6 +353,7 @@ def list_folder(settings: Settings, request: ListFolder) -> FolderListing:
     if itself is not None and itself.type != "dir":
         return FolderListing(sid, manifest, wanted, [itself])
     if wanted and itself is None:
+        paths = [entry.path for entry in _entries(repo, manifest)]
         raise PathNotFound(_not_there(wanted, paths, sid, "ls"))
     return FolderListing(sid, manifest, wanted, sorted(children, key=lambda e: e.path))
 

@@ -365,7 +365,8 @@ def test_a_forged_snapshot_is_refused_and_nothing_is_written(
 
 
 def test_a_forged_snapshot_is_refused_when_restoring_only_the_legitimate_files(world: World) -> None:
-    """Selecting with --include does not skip the checks of the entries left out."""
+    """Selecting with --include does not skip the checks of the entries left out in the tree
+    blobs it reads."""
     manifest = world.craft(
         [*_legit(world), world.link("link", str(world.outside)), world.file("link/evil.jpg")]
     )
