@@ -55,10 +55,11 @@ from typing import Literal, Protocol, runtime_checkable
 from capsule.adapters.errors import RepositoryReadOnly
 from capsule.domain.errors import UnsafePath
 
-Kind = Literal["config", "keys", "data", "index", "snapshots", "locks", "damaged"]
+Kind = Literal["config", "keys", "data", "index", "snapshots", "locks", "damaged", "eventlog"]
 KINDS: tuple[Kind, ...] = ("keys", "data", "index", "snapshots", "locks")
 """The kinds kept as a group of objects (`config` is one object)."""
-ALL_KINDS: frozenset[str] = frozenset(("config", *KINDS, "damaged"))  # damaged: made by a repair
+# damaged: made by a repair; eventlog: the copies of the event log `capsule sync` leaves on a destination
+ALL_KINDS: frozenset[str] = frozenset(("config", *KINDS, "damaged", "eventlog"))
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,127}")
 
