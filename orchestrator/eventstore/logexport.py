@@ -197,7 +197,10 @@ def parse(document: bytes) -> Parsed:
             raise ValueError(f"it is of version {header.get('version')}, which this Capsule does not read")
         o = header["origin"]
         origin = Origin(
-            str(o["key_id"]), int(o["chained_after"]), datetime.fromisoformat(o["chained_at"]), bytes.fromhex(o["seal"])
+            str(o["key_id"]),
+            int(o["chained_after"]),
+            datetime.fromisoformat(o["chained_at"]),
+            bytes.fromhex(o["seal"]),
         )
         key = ChainKey(bytes.fromhex(header["chain_key"]))
         rows = [_row(json.loads(line)) for line in lines[1:]]
@@ -237,7 +240,16 @@ def _row(item: Any) -> dict[str, Any]:
 def import_log(conn: Connection, export: LogExport) -> None:
     """Write `export` into the empty log of `conn` (its schema made without a chain key), positions,
     seals and origin as they were."""
-    columns = ("position", "stream_id", "version", "type", "schema_version", "data", "metadata", "recorded_at")
+    columns = (
+        "position",
+        "stream_id",
+        "version",
+        "type",
+        "schema_version",
+        "data",
+        "metadata",
+        "recorded_at",
+    )
     for start in range(0, len(export.rows), INSERT_BATCH):
         batch = export.rows[start : start + INSERT_BATCH]
         conn.execute(insert(events), [{c: r[c] for c in columns} for r in batch])
@@ -248,5 +260,11 @@ def import_log(conn: Connection, export: LogExport) -> None:
     o = export.origin
     conn.execute(
         insert(event_chain_origin),
-        {"id": 1, "key_id": o.key_id, "chained_after": o.chained_after, "chained_at": o.chained_at, "seal": o.seal},
+        {
+            "id": 1,
+            "key_id": o.key_id,
+            "chained_after": o.chained_after,
+            "chained_at": o.chained_at,
+            "seal": o.seal,
+        },
     )

@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from capsule.domain.errors import CapsuleError, Category
 from capsule.orchestrator.settings import Settings
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from capsule.orchestrator.eventstore.logexport import Parsed
     from capsule.orchestrator.usecases.sync import Synced
 
-KIND = "eventlog"
+KIND: Final = "eventlog"
 KEEP = 2
 """Generations kept on each destination: the newest, and one before it should the newest be damaged."""
 LEVEL = 3

@@ -67,7 +67,9 @@ def test_the_newest_copy_reads_back_every_event_and_a_tampered_one_is_refused_by
     found = newest_log_copy(repo, destination)
     assert found.name == newer.name and found.refused == ()
     assert len(found.parsed.export.rows) == newer.events
-    assert [r["position"] for r in found.parsed.export.rows] == sorted(r["position"] for r in found.parsed.export.rows)
+    assert [r["position"] for r in found.parsed.export.rows] == sorted(
+        r["position"] for r in found.parsed.export.rows
+    )
     assert b"BackupCompleted" not in destination.read(KIND, newer.name)  # sealed, not readable
 
     stored = bytearray(destination.read(KIND, newer.name))

@@ -1,0 +1,98 @@
+"""`capsule recover --from DEST` with real `capsule` processes: a shop backs up twice and syncs; a new
+machine with only the key gets back the repository, the jobs, the audit history and the settings,
+restores byte-identical data and goes on backing up where the old machine stopped."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.helpers import Shop, file_content_digest, sha256_file
+
+
+def json_of(shop: Shop, *args: str, expect: int = 0) -> Any:
+    return json.loads(shop.run(*args, "--json", expect=expect).stdout)
+
+
+def old_shop_synced(shop: Shop, copy: Path) -> dict[str, Any]:
+    """Two backups, a destination, a sync; the jobs and the audit trail as the old machine sees them."""
+    shop.run("backup", expect=0)
+    shop.run("backup", expect=0)
+    shop.run("destinations", "add", "folder", "usb", str(copy), expect=0)
+    [synced] = json_of(shop, "sync")["destinations"]
+    assert synced["ok"] and synced["event_log_written"]
+    return {"jobs": json_of(shop, "jobs"), "audit": json_of(shop, "audit")}
+
+
+def new_machine(tmp_path: Path, shop: Shop) -> Shop:
+    new = Shop(tmp_path / "new-machine")
+    new.home.mkdir(parents=True)
+    shutil.copy2(shop.key_file, new.key_file)
+    return new
+
+
+@pytest.mark.slow
+def test_a_new_machine_recovers_the_repository_the_jobs_and_the_audit_history_from_a_folder_copy(
+    shop: Shop, tmp_path: Path
+) -> None:
+    copy = tmp_path / "usb" / "capsule"
+    copy.mkdir(parents=True)
+    old = old_shop_synced(shop, copy)
+    new = new_machine(tmp_path, shop)
+
+    recovered = json_of(new, "recover", "--from", str(copy))
+
+    assert recovered["objects_copied"] > 0 and recovered["refused_copies"] == []
+    assert recovered["events"] == len(old["audit"])
+    assert json_of(new, "jobs") == old["jobs"]
+    trail = json_of(new, "audit")
+    assert trail[: len(old["audit"])] == old["audit"]
+    [event] = [e for e in trail if e["type"] == "RepositoryRecovered"]
+    assert event["data"]["source"] == str(copy) and event["actor"].startswith("person:")
+    assert event["data"]["head_position"] == old["audit"][-1]["position"]
+    assert json_of(new, "audit", "--verify")["events"] == len(trail)
+    assert json_of(new, "verify", "--read-data")["ok"] is True
+    [usb] = json_of(new, "destinations", "list")["destinations"]
+    assert (usb["name"], usb["path"]) == ("usb", str(copy))
+
+    out = tmp_path / "restored"
+    [db] = json_of(new, "restore", "latest-database", "--host", socket.gethostname(), "--to", str(out))[
+        "restored"
+    ]
+    assert sha256_file(Path(db["path"])) == db["sha256"]
+    assert file_content_digest(Path(db["path"])) == file_content_digest(shop.database)
+
+    new.database.parent.mkdir(parents=True)
+    shutil.copy2(shop.database, new.database)
+    before = sum(f.stat().st_size for f in new.repository.rglob("*") if f.is_file())
+    third = json_of(new, "backup")
+    grew = sum(f.stat().st_size for f in new.repository.rglob("*") if f.is_file()) - before
+    assert third["totals"]["new_blobs"] < third["totals"]["blobs"] // 10
+    assert grew < before // 10
+    jobs = json_of(new, "jobs")  # newest first: the backup, the restore, then the old machine's
+    assert [j["job_type"] for j in jobs[:2]] == ["backup", "restore"] and jobs[2:] == old["jobs"]
+
+
+@pytest.mark.slow
+def test_recover_refuses_a_home_with_a_log_of_its_own_and_a_repository_folder_with_files(
+    shop: Shop, tmp_path: Path
+) -> None:
+    copy = tmp_path / "usb" / "capsule"
+    copy.mkdir(parents=True)
+    old_shop_synced(shop, copy)
+
+    busy = shop.run("recover", "--from", str(copy), expect=1)
+    assert "already holds" in busy.stderr and "new Capsule home" in busy.stderr
+
+    new = new_machine(tmp_path, shop)
+    new.repository.mkdir(parents=True)
+    (new.repository / "notes.txt").write_text("mine")
+    full = new.run("recover", "--from", str(copy), expect=1)
+    assert f"{new.repository} is not an empty folder" in full.stderr
+    assert (new.repository / "notes.txt").read_text() == "mine"
+    assert not (new.home / "events.db").exists()
