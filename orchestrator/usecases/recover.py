@@ -37,7 +37,6 @@ from capsule.orchestrator.settings import Settings
 
 if TYPE_CHECKING:
     from capsule.adapters.repository.backends import Backend
-    from capsule.domain.destinations import Destinations
     from capsule.domain.events import Event
     from capsule.orchestrator.eventstore import StoredEvent
     from capsule.orchestrator.eventstore.logexport import LogExport
@@ -280,6 +279,7 @@ def _record(
     from capsule.orchestrator.destinations import destinations_of, settings_events  # noqa: PLC0415
     from capsule.orchestrator.eventstore import Metadata  # noqa: PLC0415
     from capsule.orchestrator.runtime import Runtime  # noqa: PLC0415
+    from capsule.orchestrator.usecases.destinations import credentials_missing  # noqa: PLC0415
 
     runtime = Runtime(settings)
     try:
@@ -302,21 +302,6 @@ def _record(
             fields = d.model_dump(exclude={"enabled", "needs_consent"})
             changes.append(DestinationAdded(job_id=recovery_id, **fields))
         append(codec.SETTINGS_STREAM, changes)
-        return tuple(needing_credentials(settings, destinations_of(settings_events(runtime))))
+        return tuple(credentials_missing(settings, settings_events(runtime)))
     finally:
         runtime.close()
-
-
-def needing_credentials(settings: Settings, destinations: Destinations) -> list[str]:
-    """The Drive destinations whose sealed secrets this home's secrets key cannot open."""
-    from capsule.orchestrator.destinations import open_secrets  # noqa: PLC0415
-
-    names = []
-    for d in destinations.by_name.values():
-        if d.kind != "gdrive":
-            continue
-        try:
-            open_secrets(settings, d)
-        except CapsuleError:
-            names.append(d.name)
-    return names

@@ -120,6 +120,7 @@ RESTORE = {
 RESTORED_FILE = {"path", "size", "sha256"}
 WARNINGS = {"count", "items"}
 DESTINATION = {
+    "needs_credentials",
     "name",
     "kind",
     "enabled",

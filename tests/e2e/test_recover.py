@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.fakes.drive import FakeDrive
 from tests.integration.helpers import Shop, file_content_digest, sha256_file
 
 
@@ -96,3 +98,60 @@ def test_recover_refuses_a_home_with_a_log_of_its_own_and_a_repository_folder_wi
     assert f"{new.repository} is not an empty folder" in full.stderr
     assert (new.repository / "notes.txt").read_text() == "mine"
     assert not (new.home / "events.db").exists()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeDrive]:
+    with FakeDrive() as drive:
+        yield drive
+
+
+def add_drive(shop: Shop, fake: FakeDrive, name: str, env: dict[str, str | None]) -> None:
+    client, token = shop.root / "client.json", shop.root / f"token-{name}"
+    client.write_text(json.dumps(fake.client_config()))
+    token.write_text(fake.credentials().refresh_token + "\n")
+    shop.run(
+        "destinations",
+        "add",
+        "gdrive",
+        name,
+        "--client-secrets",
+        str(client),
+        "--refresh-token-file",
+        str(token),
+        env=env,
+        expect=0,
+    )
+
+
+@pytest.mark.slow
+def test_a_new_machine_recovers_from_google_drive_and_the_destination_it_used_works_at_once(
+    shop: Shop, fake: FakeDrive, tmp_path: Path
+) -> None:
+    env: dict[str, str | None] = {"CAPSULE_GDRIVE_ROOT_URL": fake.url}
+    shop.run("backup", expect=0)
+    shop.run("backup", expect=0)
+    add_drive(shop, fake, "drive", env)
+    add_drive(shop, fake, "spare", env)
+    shop.run("sync", "drive", env=env, expect=0)
+    old_jobs = json_of(shop, "jobs")
+
+    new = new_machine(tmp_path, shop)
+    add_drive(new, fake, "drive", env)  # consent on the new machine, to reach the copy
+    recovered = json.loads(new.run("recover", "--from", "drive", "--json", env=env, expect=0).stdout)
+
+    assert recovered["needs_credentials"] == ["spare"]
+    assert json_of(new, "jobs") == old_jobs
+    listed = {d["name"]: d for d in json_of(new, "destinations", "list")["destinations"]}
+    assert listed["drive"]["needs_credentials"] is None
+    assert "another secrets key" in listed["spare"]["needs_credentials"]
+    assert "spare: needs its credentials again" in new.run("destinations", "list", expect=0).stdout
+    trail = [e["type"] for e in json_of(new, "audit")]
+    assert trail[-3:] == ["RepositoryRecovered", "DestinationRemoved", "DestinationAdded"]
+    assert json_of(new, "verify", "--read-data")["ok"] is True
+
+    new.database.parent.mkdir(parents=True)
+    shutil.copy2(shop.database, new.database)
+    new.run("backup", expect=0)
+    [synced] = json.loads(new.run("sync", "drive", "--json", env=env, expect=0).stdout)["destinations"]
+    assert synced["ok"] and synced["event_log_written"] and 0 < synced["sent"] < recovered["objects_copied"]
