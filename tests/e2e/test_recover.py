@@ -80,26 +80,6 @@ def test_a_new_machine_recovers_the_repository_the_jobs_and_the_audit_history_fr
     assert [j["job_type"] for j in jobs[:2]] == ["backup", "restore"] and jobs[2:] == old["jobs"]
 
 
-@pytest.mark.slow
-def test_recover_refuses_a_home_with_a_log_of_its_own_and_a_repository_folder_with_files(
-    shop: Shop, tmp_path: Path
-) -> None:
-    copy = tmp_path / "usb" / "capsule"
-    copy.mkdir(parents=True)
-    old_shop_synced(shop, copy)
-
-    busy = shop.run("recover", "--from", str(copy), expect=1)
-    assert "already holds" in busy.stderr and "new Capsule home" in busy.stderr
-
-    new = new_machine(tmp_path, shop)
-    new.repository.mkdir(parents=True)
-    (new.repository / "notes.txt").write_text("mine")
-    full = new.run("recover", "--from", str(copy), expect=1)
-    assert f"{new.repository} is not an empty folder" in full.stderr
-    assert (new.repository / "notes.txt").read_text() == "mine"
-    assert not (new.home / "events.db").exists()
-
-
 @pytest.fixture
 def fake() -> Iterator[FakeDrive]:
     with FakeDrive() as drive:
@@ -130,7 +110,6 @@ def test_a_new_machine_recovers_from_google_drive_and_the_destination_it_used_wo
 ) -> None:
     env: dict[str, str | None] = {"CAPSULE_GDRIVE_ROOT_URL": fake.url}
     shop.run("backup", expect=0)
-    shop.run("backup", expect=0)
     add_drive(shop, fake, "drive", env)
     add_drive(shop, fake, "spare", env)
     shop.run("sync", "drive", env=env, expect=0)
@@ -145,7 +124,6 @@ def test_a_new_machine_recovers_from_google_drive_and_the_destination_it_used_wo
     listed = {d["name"]: d for d in json_of(new, "destinations", "list")["destinations"]}
     assert listed["drive"]["needs_credentials"] is None
     assert "another secrets key" in listed["spare"]["needs_credentials"]
-    assert "spare: needs its credentials again" in new.run("destinations", "list", expect=0).stdout
     trail = [e["type"] for e in json_of(new, "audit")]
     assert trail[-3:] == ["RepositoryRecovered", "DestinationRemoved", "DestinationAdded"]
     assert json_of(new, "verify", "--read-data")["ok"] is True

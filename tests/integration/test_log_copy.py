@@ -1,8 +1,10 @@
 """The encrypted copy of the event log on a destination: written by sync when the log moved, two
-generations kept, read back whole with the repository key, and a tampered copy refused by name."""
+generations kept, read back whole with the repository key, a tampered copy refused by name; and
+the recovery that reads it, with what it refuses."""
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from capsule.adapters.repository.backends import open_backend
 from capsule.adapters.repository.backends.memory import MemoryBackend
 from capsule.orchestrator.usecases.backup import Backup, back_up
 from capsule.orchestrator.usecases.destinations import add_folder
+from capsule.orchestrator.usecases.jobs import verify_log
 from capsule.orchestrator.usecases.logcopy import (
     KIND,
     NoLogCopy,
@@ -19,6 +22,7 @@ from capsule.orchestrator.usecases.logcopy import (
     generations,
     newest_log_copy,
 )
+from capsule.orchestrator.usecases.recover import Recover, RecoverRefused, recover
 from capsule.orchestrator.usecases.repository import open_repository
 from capsule.orchestrator.usecases.sync import Sync, sync
 from tests.integration.helpers import Shop, in_process_settings
@@ -103,3 +107,53 @@ def test_sync_leaves_a_copy_of_the_log_on_each_destination_and_a_second_sync_wri
     assert (second.ok, second.event_log_written, second.event_log) == (True, False, first.event_log)
     assert generations(open_backend(folder)) == [first.event_log]
     assert (folder / "eventlog" / first.event_log).is_file()
+
+
+def synced_copy(shop: Shop, tmp_path: Path) -> Path:
+    settings = in_process_settings(shop)
+    back_up(settings, Backup(kind="database"))
+    folder = tmp_path / "usb"
+    folder.mkdir()
+    add_folder(settings, "usb", str(folder))
+    assert sync(settings, Sync()).destinations[0].event_log_written
+    return folder
+
+
+def test_recover_refuses_a_home_with_a_log_of_its_own_and_a_repository_folder_with_files(
+    shop: Shop, tmp_path: Path
+) -> None:
+    copy = synced_copy(shop, tmp_path)
+    with pytest.raises(RecoverRefused, match=r"already holds \d+ events of its own .* new Capsule home"):
+        recover(in_process_settings(shop), Recover(str(copy)))
+
+    new = Shop(tmp_path / "new")
+    new.home.mkdir(parents=True)
+    shutil.copy2(shop.key_file, new.key_file)
+    new.repository.mkdir(parents=True)
+    (new.repository / "notes.txt").write_text("mine")
+    with pytest.raises(RecoverRefused, match=f"{new.repository} is not an empty folder"):
+        recover(in_process_settings(new), Recover(str(copy)))
+    assert (new.repository / "notes.txt").read_text() == "mine"
+    assert not (new.home / "events.db").exists()
+
+
+def test_a_recovery_into_a_new_home_gives_the_same_log_and_a_copy_without_a_log_is_refused(
+    shop: Shop, tmp_path: Path
+) -> None:
+    copy = synced_copy(shop, tmp_path)
+    new = Shop(tmp_path / "new")
+    new.home.mkdir(parents=True)
+    shutil.copy2(shop.key_file, new.key_file)
+    for name in generations(open_backend(copy)):
+        (copy / KIND / name).rename(tmp_path / name)
+
+    with pytest.raises(NoLogCopy, match="holds no copy of the event log"):
+        recover(in_process_settings(new), Recover(str(copy)))
+    assert not new.repository.exists()  # refused before anything was copied
+
+    for moved in tmp_path.glob("2*z-*"):
+        moved.rename(copy / KIND / moved.name)
+    done = recover(in_process_settings(new), Recover(str(copy)))
+    old, recovered = verify_log(in_process_settings(shop)), verify_log(in_process_settings(new))
+    assert (done.head_position, done.events) == (old.head_position, old.events)
+    assert recovered.events == old.events + 1  # RepositoryRecovered follows the restored events
