@@ -120,6 +120,17 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+def log_head(engine: Engine) -> tuple[int, str]:
+    """The position of the log's last sealed event and its chain in hex; (0, "") for none. One
+    indexed read: what a copier compares with the copies there before it exports anything."""
+    query = (
+        select(event_chain.c.position, event_chain.c.chain).order_by(event_chain.c.position.desc()).limit(1)
+    )
+    with database_errors(engine), for_reading(engine).connect() as conn:
+        row = conn.execute(query).first()
+    return (0, "") if row is None else (int(row.position), bytes(row.chain).hex())
+
+
 def export_log(engine: Engine, key: ChainKey) -> LogExport:
     """Read the whole log in one snapshot, checked against its chain as it is read."""
     with database_errors(engine), for_reading(engine).connect() as conn, conn.begin():

@@ -54,9 +54,11 @@ class NoLogCopy(CapsuleError):
 class LogCopied:
     """The generation that holds the log now, whether this call wrote it, and what it removed."""
 
-    name: str
+    name: str | None
+    """None while the log holds no event: there is nothing to copy."""
     written: bool
     events: int
+    """Events in the generation written; 0 when none was."""
     stored_bytes: int
     removed: tuple[str, ...] = ()
 
@@ -92,20 +94,23 @@ def copy_event_log(
 
     from capsule.orchestrator.db import default_event_store_url, make_engine  # noqa: PLC0415
     from capsule.orchestrator.eventstore.chain import ChainKeyFile  # noqa: PLC0415
-    from capsule.orchestrator.eventstore.logexport import export_log  # noqa: PLC0415
+    from capsule.orchestrator.eventstore.logexport import export_log, log_head  # noqa: PLC0415
     from capsule.orchestrator.usecases.repository import open_repository  # noqa: PLC0415
 
-    repo = repo if repo is not None else open_repository(settings)
     engine = make_engine(settings.event_store_url or default_event_store_url(settings.home))
     try:
+        present = generations(destination)
+        position, head = log_head(engine)
+        if position == 0:
+            return LogCopied(None, False, 0, 0)
+        same = f"-{position:012d}-{head[:32]}"
+        kept = [n for n in present if n.endswith(same)]
+        if kept:  # the log has not moved since that copy: nothing is read or sent
+            return LogCopied(kept[0], False, 0, 0, _trim(destination, present, kept[0]))
         export = export_log(engine, ChainKeyFile(settings.resolved_event_log_key_file).key())
     finally:
         engine.dispose()
-    present = generations(destination)
-    same = f"-{export.head_position:012d}-{export.head[:32]}"
-    kept = [n for n in present if n.endswith(same)]
-    if kept:
-        return LogCopied(kept[0], False, len(export.rows), 0, _trim(destination, present, kept[0]))
+    repo = repo if repo is not None else open_repository(settings)
     now = (clock or _now)()
     name = generation_name(now, export.head_position, export.head)
     body = b"\x01" + zstandard.ZstdCompressor(level=LEVEL).compress(export.to_bytes(repo.id, now))
