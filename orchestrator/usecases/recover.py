@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from capsule.domain.errors import CapsuleError, Category
 from capsule.orchestrator.settings import Settings
@@ -38,10 +38,11 @@ from capsule.orchestrator.settings import Settings
 if TYPE_CHECKING:
     from capsule.adapters.repository.backends import Backend
     from capsule.domain.events import Event
-    from capsule.orchestrator.eventstore import StoredEvent
+    from capsule.orchestrator.eventstore import EventStore, StoredEvent
     from capsule.orchestrator.eventstore.logexport import LogExport
 
 Progress = Callable[[int, int], None]
+T = TypeVar("T")
 KEYS_STREAM = "keys"
 NEW_MARK = ".new-"
 ASIDE_MARK = ".replaced-"
@@ -113,24 +114,15 @@ def recover(
     counts = copy_repository(source, local, progress=progress)
     recovery_id = new_job_id()
     export = found.parsed.export
-    set_aside = _put_log_in_place(settings, log, export, recovery_id)
-    recovered = _record(
-        settings,
-        recovery_id,
-        actor or person(),
-        setup,
-        _recovered_event(
-            recovery_id,
-            request.source,
-            source,
-            found.name,
-            export,
-            target,
-            counts.sent,
-            tuple(n for n, _ in found.refused),
-            set_aside,
-        ),
-    )
+    refused = tuple(name for name, _ in found.refused)
+
+    def record(store: EventStore, set_aside: tuple[Path, ...]) -> tuple[str, ...]:
+        event = _recovered_event(
+            recovery_id, request.source, source, found.name, export, target, counts.sent, refused, set_aside
+        )
+        return _record(settings, store, recovery_id, actor=actor or person(), setup=setup, recovered=event)
+
+    recovered, set_aside = _put_log_in_place(settings, log, export, recovery_id, record)
     return Recovered(
         recovery_id=recovery_id,
         source=request.source,
@@ -200,22 +192,40 @@ def _check_target(target: Path, local: Backend, repository_id: str) -> None:
         )
 
 
-def _put_log_in_place(settings: Settings, log: Path, export: LogExport, recovery_id: str) -> tuple[Path, ...]:
-    """Build the restored log beside the log's file, set this home's short log and its key aside,
-    then give the restored log and its key their names. Returns the names set aside."""
+def _put_log_in_place(
+    settings: Settings,
+    log: Path,
+    export: LogExport,
+    recovery_id: str,
+    record: Callable[[EventStore, tuple[Path, ...]], T],
+) -> tuple[T, tuple[Path, ...]]:
+    """Build the restored log and its key file beside the log's, `record` the recovery in it, then
+    set this home's short log and its key aside and give the new ones their names. Returns what
+    `record` gave, and the names set aside. Until the last renames, the home is as it was."""
     from capsule.adapters.repository.backends.local import atomic_write, fsync_dir  # noqa: PLC0415
     from capsule.orchestrator import codec  # noqa: PLC0415
     from capsule.orchestrator.db import make_engine  # noqa: PLC0415
-    from capsule.orchestrator.eventstore import EventStore, create_schema  # noqa: PLC0415
+    from capsule.orchestrator.errors import EventStoreError  # noqa: PLC0415
+    from capsule.orchestrator.eventstore import ChainKeyFile, EventStore, create_schema  # noqa: PLC0415
     from capsule.orchestrator.eventstore.chain import KEY_FILE_HEADER  # noqa: PLC0415
     from capsule.orchestrator.eventstore.logexport import import_log  # noqa: PLC0415
     from capsule.orchestrator.projections import create_projection_schema  # noqa: PLC0415
     from capsule.orchestrator.projections.replay import replay  # noqa: PLC0415
 
-    log.parent.mkdir(parents=True, exist_ok=True)
-    for leftover in log.parent.glob(f"{log.name}{NEW_MARK}*"):
-        leftover.unlink()  # a recovery killed while it built its log
+    key_file = settings.resolved_event_log_key_file
+    for folder, name in ((log.parent, log.name), (key_file.parent, key_file.name)):
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for leftover in folder.glob(f"{name}{NEW_MARK}*"):
+            leftover.unlink()  # a recovery killed before its renames
+    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    aside = [
+        (path, path.with_name(f"{path.name}{ASIDE_MARK}{stamp}"))
+        for path in (log, Path(f"{log}-wal"), Path(f"{log}-shm"), key_file)
+        if path.exists()
+    ]
     fresh = log.with_name(f"{log.name}{NEW_MARK}{recovery_id}")
+    fresh_key = key_file.with_name(f"{key_file.name}{NEW_MARK}{recovery_id}")
+    atomic_write(fresh_key, (KEY_FILE_HEADER + export.key.secret.hex() + "\n").encode("ascii"), 0o600)
     engine = make_engine(f"sqlite:///{fresh}")
     try:
         create_schema(engine)  # no key: the restored log brings its chain
@@ -223,23 +233,23 @@ def _put_log_in_place(settings: Settings, log: Path, export: LogExport, recovery
         with engine.begin() as conn:
             import_log(conn, export)
         replay(engine, EventStore(engine, upcasters=codec.upcasters()))
+        store = EventStore(engine, upcasters=codec.upcasters(), chain_key=ChainKeyFile(fresh_key))
+        recorded = record(store, tuple(moved for _, moved in aside))
     finally:
         engine.dispose()  # the last connection folds the WAL into the file
-    for suffix in ("-wal", "-shm"):
-        Path(f"{fresh}{suffix}").unlink(missing_ok=True)
-    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
-    key_file = settings.resolved_event_log_key_file
-    aside: list[Path] = []
-    for path in (log, Path(f"{log}-wal"), Path(f"{log}-shm"), key_file):
-        if path.exists():
-            moved = path.with_name(f"{path.name}{ASIDE_MARK}{stamp}")
-            os.replace(path, moved)
-            aside.append(moved)
-    key_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    atomic_write(key_file, (KEY_FILE_HEADER + export.key.secret.hex() + "\n").encode("ascii"), 0o600)
+    if Path(f"{fresh}-wal").exists():
+        raise EventStoreError(
+            f"the restored event log {fresh} kept a WAL file after it was closed; try again"
+        )
+    Path(f"{fresh}-shm").unlink(missing_ok=True)
+    for path, moved in aside:
+        os.replace(path, moved)
+    os.replace(fresh_key, key_file)
     os.replace(fresh, log)
     fsync_dir(log.parent)
-    return tuple(aside)
+    if key_file.parent != log.parent:
+        fsync_dir(key_file.parent)
+    return recorded, tuple(moved for _, moved in aside)
 
 
 def _recovered_event(  # noqa: PLR0917 - one event's fields
@@ -269,39 +279,40 @@ def _recovered_event(  # noqa: PLR0917 - one event's fields
 
 
 def _record(
-    settings: Settings, recovery_id: str, actor: str, setup: list[StoredEvent], recovered: Event
+    settings: Settings,
+    store: EventStore,
+    recovery_id: str,
+    *,
+    actor: str,
+    setup: list[StoredEvent],
+    recovered: Event,
 ) -> tuple[str, ...]:
     """Append `recovered`, then this home's set-up again: its key events, and its destinations in
     the place of the old machine's of the same name. Returns the Drive destinations that still
     cannot open their secrets here."""
     from capsule.domain.events import DestinationAdded, DestinationRemoved  # noqa: PLC0415
     from capsule.orchestrator import codec  # noqa: PLC0415
-    from capsule.orchestrator.destinations import destinations_of, settings_events  # noqa: PLC0415
+    from capsule.orchestrator.destinations import destinations_of  # noqa: PLC0415
     from capsule.orchestrator.eventstore import Metadata  # noqa: PLC0415
-    from capsule.orchestrator.runtime import Runtime  # noqa: PLC0415
+    from capsule.orchestrator.projections import ProjectionHandler  # noqa: PLC0415
     from capsule.orchestrator.usecases.destinations import credentials_missing  # noqa: PLC0415
 
-    runtime = Runtime(settings)
-    try:
-        meta = Metadata(actor=actor, correlation_id=recovery_id)
+    meta, handler = Metadata(actor=actor, correlation_id=recovery_id), ProjectionHandler()
 
-        def append(stream: str, events: list[Event]) -> None:
-            if events:
-                version = runtime.store.stream_version(stream)
-                encoded = [codec.encode(e) for e in events]
-                runtime.store.append(stream, version, encoded, meta, handlers=[runtime.handler])
+    def append(stream: str, events: list[Event]) -> None:
+        if events:
+            encoded = [codec.encode(e) for e in events]
+            store.append(stream, store.stream_version(stream), encoded, meta, handlers=[handler])
 
-        append(codec.log_stream_id(recovery_id), [recovered])
-        append(KEYS_STREAM, [codec.decode(e) for e in setup if e.stream_id == KEYS_STREAM])
-        mine = destinations_of([e for e in setup if e.stream_id != KEYS_STREAM])
-        theirs = destinations_of(settings_events(runtime))
-        changes: list[Event] = []
-        for d in mine.by_name.values():
-            if d.name in theirs.by_name:
-                changes.append(DestinationRemoved(job_id=recovery_id, name=d.name))
-            fields = d.model_dump(exclude={"enabled", "needs_consent"})
-            changes.append(DestinationAdded(job_id=recovery_id, **fields))
-        append(codec.SETTINGS_STREAM, changes)
-        return tuple(credentials_missing(settings, settings_events(runtime)))
-    finally:
-        runtime.close()
+    append(codec.log_stream_id(recovery_id), [recovered])
+    append(KEYS_STREAM, [codec.decode(e) for e in setup if e.stream_id == KEYS_STREAM])
+    mine = destinations_of([e for e in setup if e.stream_id != KEYS_STREAM])
+    theirs = destinations_of(store.read_stream(codec.SETTINGS_STREAM))
+    changes: list[Event] = []
+    for d in mine.by_name.values():
+        if d.name in theirs.by_name:
+            changes.append(DestinationRemoved(job_id=recovery_id, name=d.name))
+        fields = d.model_dump(exclude={"enabled", "needs_consent"})
+        changes.append(DestinationAdded(job_id=recovery_id, **fields))
+    append(codec.SETTINGS_STREAM, changes)
+    return tuple(credentials_missing(settings, store.read_stream(codec.SETTINGS_STREAM)))

@@ -1,7 +1,8 @@
 """The storage contract: what the repository engine asks of the place a repository is kept.
 
 A repository is a set of immutable objects grouped by kind (`config`, `keys`, `data`, `index`,
-`snapshots`, `locks`); nothing is modified in place. Any store that can do what `Backend` lists can
+`snapshots`, `locks`; `damaged` after a repair, `eventlog` on a destination); nothing is modified
+in place. Any store that can do what `Backend` lists can
 hold one: a local folder (`LocalBackend`), memory (`MemoryBackend`, for tests), and later a folder
 on a mounted disk, Google Drive or an S3-like service. The engine (`Repository`, the keys, the locks,
 index rebuild, verify and restore) is typed against `Backend` alone and never sees a path.
