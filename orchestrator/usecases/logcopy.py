@@ -39,7 +39,8 @@ KIND: Final = "eventlog"
 KEEP = 2
 """Generations kept on each destination: the newest, and one before it should the newest be damaged."""
 LEVEL = 3
-"""zstd level: a log of JSON compresses about tenfold at it, at some 100 MB/s."""
+"""zstd level: JSON lines compress well and fast at it (docs/performance.md, "The event log's copy
+on a destination")."""
 AAD_PREFIX = b"capsule:eventlog:"
 GENERATION = re.compile(r"(?P<time>\d{8}t\d{6}z)-(?P<position>\d{12})-(?P<head>[0-9a-f]{32})")
 

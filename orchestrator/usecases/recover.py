@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from capsule.domain.errors import CapsuleError, Category
 from capsule.orchestrator.settings import Settings
+from capsule.orchestrator.usecases.keys import KEYS_STREAM
 
 if TYPE_CHECKING:
     from capsule.adapters.repository.backends import Backend
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 
 Progress = Callable[[int, int], None]
 T = TypeVar("T")
-KEYS_STREAM = "keys"
 NEW_MARK = ".new-"
 ASIDE_MARK = ".replaced-"
 
