@@ -82,6 +82,13 @@ COMMANDS = {
         "prune",
         "Give back the space of data that no snapshot uses any more (after snapshots were forgotten).",
     ),
+    "recover": _command(
+        "cli_recover",
+        "recover",
+        "On a new machine, with the key: copy the repository back from a destination's copy, put back "
+        "the event log from its newest encrypted copy there (checked against its chain), and rebuild "
+        "the jobs, snapshots and settings from it.",
+    ),
     "repair-log": _command(
         "cli_jobs",
         "repair_log",

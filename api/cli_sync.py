@@ -20,8 +20,9 @@ def sync(obj: Context, destination: str | None, as_json: bool) -> None:
     """Copy to DESTINATION (every enabled destination when none is named) each object of the local
     repository it lacks: config and keys, then packs, then index files, then snapshots, so the copy
     is a complete repository at every moment. A second run sends nothing. Nothing is deleted on a
-    destination. A destination that fails is reported and the others go on; the exit code is that
-    of the first failure."""
+    destination. At the end, each destination also gets an encrypted copy of the event log when it
+    moved (what `capsule recover` brings back). A destination that fails is reported and the others
+    go on; the exit code is that of the first failure."""
     from capsule.orchestrator.usecases.sync import Sync, sync  # noqa: PLC0415
 
     run(lambda: render_sync.synced(sync(obj.settings, Sync(destination)), as_json))

@@ -54,7 +54,13 @@ def listed(result: DestinationList, as_json: bool) -> None:
         where = v.path or f"folder {v.folder_name}"
         click.echo(f"{v.name:<{width}}  {_kind(v):<12}  {where}{state}{added}")
     for v in result.destinations:
-        if v.needs_consent is not None:
+        if v.needs_credentials is not None:
+            click.echo(
+                f"{v.name}: needs its credentials again: {v.needs_credentials}; run `capsule destinations "
+                f"remove {v.name}`, then `capsule destinations add gdrive {v.name} --client-secrets FILE` "
+                "(or copy secrets.key here from the old machine); nothing is copied there until then"
+            )
+        elif v.needs_consent is not None:
             click.echo(
                 f"{v.name}: needs consent again: run `capsule destinations renew {v.name}` "
                 f"({v.needs_consent}); nothing is copied there until then"

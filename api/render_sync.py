@@ -25,6 +25,8 @@ def _doc(d: DestinationSynced) -> dict[str, Any]:
         "sent_by_kind": d.sent_by_kind,
         "message": d.error,
         "category": None if d.category is None else d.category.value,
+        "event_log": d.event_log,
+        "event_log_written": d.event_log_written,
     }
 
 
@@ -36,7 +38,8 @@ def synced(result: Synced, as_json: bool) -> int:
             click.echo(f"{d.name}: not copied: {d.error}", err=True)
         elif not as_json:
             sent = "nothing to send" if not d.sent else f"sent {d.sent} objects ({human(d.sent_bytes)})"
-            click.echo(f"{d.name}: {sent}; {d.skipped} already there.")
+            log = " Event log copied." if d.event_log_written else ""
+            click.echo(f"{d.name}: {sent}; {d.skipped} already there.{log}")
     if not result.failed:
         return EXIT_CODES.ok
     return exit_code(result.failed[0].category or Category.UNKNOWN)

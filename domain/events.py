@@ -355,6 +355,28 @@ class SnapshotRecovered(Event):
     totals: JsonObject
 
 
+class RepositoryRecovered(Event):
+    """A new machine took the repository and the event log back from a copy (`capsule recover`)."""
+
+    type_name: ClassVar[str] = "RepositoryRecovered"
+
+    source: str
+    """The destination or folder the copy was read from, as `--from` named it."""
+    location: str
+    """Where that copy is (a folder, a Drive folder's name)."""
+    log_copy: str
+    """The generation of the event log's copy that was restored."""
+    head_position: int
+    """The position of the last event restored from the copy."""
+    repository: str
+    """The local repository the objects were copied into."""
+    objects_copied: int
+    refused_copies: tuple[str, ...] = ()
+    """Newer generations of the log's copy that did not open or hold together."""
+    set_aside: tuple[str, ...] = ()
+    """The files of this machine's own short log (and its key), kept under these names."""
+
+
 # Snapshots: each snapshot has a stream of its own (`snapshot-<id>`) for what happens to it after
 # its backup: tags added and removed, and its forgetting. Appends there are made at the version
 # read, so that of two processes forgetting the same snapshot only one records it. The `job_id` of
@@ -625,6 +647,7 @@ EVENT_TYPES: dict[str, type[Event]] = _registry(
     StepInterrupted,
     EventLogStarted,
     SnapshotRecovered,
+    RepositoryRecovered,
     SettingsChanged,
     ScheduleFired,
     DrillRequested,

@@ -11,6 +11,7 @@ projection, log line or result holds them in plain text: a listing shows `******
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -66,6 +67,9 @@ class DestinationView:
     changed_by: str | None
     needs_consent: str | None = None
     """Why Drive refused Capsule's authorization, until the consent is renewed; else None."""
+    needs_credentials: str | None = None
+    """Why this machine cannot open a Drive destination's sealed secrets (they were sealed on
+    another machine, whose secrets key is not here: after `capsule recover`); else None."""
 
 
 @dataclass(frozen=True)
@@ -196,9 +200,34 @@ def list_destinations(settings: Settings) -> DestinationList:
 
     runtime = Runtime(settings)
     try:
-        return _listing(settings_events(runtime))
+        stored = settings_events(runtime)
     finally:
         runtime.close()
+    listing = _listing(stored)
+    unopened = credentials_missing(settings, stored)
+    views = [
+        dataclasses.replace(v, needs_credentials=unopened[v.name]) if v.name in unopened else v
+        for v in listing.destinations
+    ]
+    return DestinationList(views, listing.version)
+
+
+def credentials_missing(settings: Settings, stored: list[StoredEvent]) -> dict[str, str]:
+    """The Drive destinations whose sealed secrets this machine cannot open, each with why."""
+    from capsule.orchestrator.destinations import destinations_of, open_secrets  # noqa: PLC0415
+
+    missing = {}
+    for d in destinations_of(stored).by_name.values():
+        if d.kind != "gdrive":
+            continue
+        try:
+            open_secrets(settings, d)
+        except CapsuleError:
+            missing[d.name] = (
+                "its client secret and refresh token were sealed with another secrets key (another "
+                "machine's, before `capsule recover`) and cannot be opened here"
+            )
+    return missing
 
 
 def add_folder(

@@ -12,6 +12,9 @@ sealed.
 
 One destination that fails (a disk not mounted, Drive unreachable, consent revoked) is reported with
 its error and its category; the others go on.
+
+At the end, each destination that got its copy gets a copy of the event log too, sealed with the
+repository key (capsule.orchestrator.usecases.logcopy): that one step needs the key.
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ class DestinationSynced:
     sent_by_kind: dict[str, int] = field(default_factory=dict)
     error: str | None = None
     category: Category | None = None
+    event_log: str | None = None
+    """The generation of the event log's copy there (capsule.orchestrator.usecases.logcopy)."""
+    event_log_written: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,10 @@ def sync(settings: Settings, request: Sync, progress: Progress | None = None) ->
                 "NAME PATH` (or `add gdrive`), or enable one with `capsule destinations enable NAME`"
             )
     with locked(local, "sync", timeout=settings.lock_wait_seconds, reading=True):
-        return Synced([_sync_one(settings, local, name, progress) for name in names])
+        done = Synced([_sync_one(settings, local, name, progress) for name in names])
+    from capsule.orchestrator.usecases.logcopy import copy_log_after_sync  # noqa: PLC0415
+
+    return copy_log_after_sync(settings, done)
 
 
 def _sync_one(settings: Settings, local: Backend, name: str, progress: Progress | None) -> DestinationSynced:

@@ -120,6 +120,7 @@ RESTORE = {
 RESTORED_FILE = {"path", "size", "sha256"}
 WARNINGS = {"count", "items"}
 DESTINATION = {
+    "needs_credentials",
     "name",
     "kind",
     "enabled",
@@ -139,7 +140,18 @@ DESTINATION = {
 DESTINATION_CHANGE = {"action", "version", "destination"}
 DESTINATION_TEST = {"name", "kind", "location", "ok", "category", "message", "seconds"}
 KEY = {"key_id", "type", "created_at", "hostname", "current"}
-SYNCED = {"name", "ok", "sent", "sent_bytes", "skipped", "sent_by_kind", "category", "message"}
+SYNCED = {
+    "name",
+    "ok",
+    "sent",
+    "sent_bytes",
+    "skipped",
+    "sent_by_kind",
+    "category",
+    "message",
+    "event_log",
+    "event_log_written",
+}
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 ANY_TIME = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d|Z)?")

@@ -35,6 +35,7 @@ ALLOWED_MODULES = (
     "capsule.api.render_destinations",
     "capsule.api.render_keys",
     "capsule.api.render_sync",
+    "capsule.api.render_recover",
     "capsule.api.filters",
     "capsule.api.common",
 )

@@ -81,6 +81,7 @@ SINCE = {
     "StillInUse": 4,
     "InvalidDestination": 2,
     "ProbeMismatch": 3,
+    "LogCopyInvalid": 3,  # new with `capsule recover`: a copy of the event log that does not hold together
 }
 
 

@@ -1,7 +1,8 @@
 """The storage contract: what the repository engine asks of the place a repository is kept.
 
 A repository is a set of immutable objects grouped by kind (`config`, `keys`, `data`, `index`,
-`snapshots`, `locks`); nothing is modified in place. Any store that can do what `Backend` lists can
+`snapshots`, `locks`; `damaged` after a repair, `eventlog` on a destination); nothing is modified
+in place. Any store that can do what `Backend` lists can
 hold one: a local folder (`LocalBackend`), memory (`MemoryBackend`, for tests), and later a folder
 on a mounted disk, Google Drive or an S3-like service. The engine (`Repository`, the keys, the locks,
 index rebuild, verify and restore) is typed against `Backend` alone and never sees a path.
@@ -55,10 +56,11 @@ from typing import Literal, Protocol, runtime_checkable
 from capsule.adapters.errors import RepositoryReadOnly
 from capsule.domain.errors import UnsafePath
 
-Kind = Literal["config", "keys", "data", "index", "snapshots", "locks", "damaged"]
+Kind = Literal["config", "keys", "data", "index", "snapshots", "locks", "damaged", "eventlog"]
 KINDS: tuple[Kind, ...] = ("keys", "data", "index", "snapshots", "locks")
 """The kinds kept as a group of objects (`config` is one object)."""
-ALL_KINDS: frozenset[str] = frozenset(("config", *KINDS, "damaged"))  # damaged: made by a repair
+# damaged: made by a repair; eventlog: the copies of the event log `capsule sync` leaves on a destination
+ALL_KINDS: frozenset[str] = frozenset(("config", *KINDS, "damaged", "eventlog"))
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,127}")
 
