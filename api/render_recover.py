@@ -30,6 +30,7 @@ def recovered(result: Recovered, as_json: bool) -> None:
                 "refused_copies": [{"name": n, "reason": r} for n, r in result.refused_copies],
                 "set_aside": [str(p) for p in result.set_aside],
                 "needs_credentials": list(result.needs_credentials),
+                "cancelled_jobs": list(result.cancelled_jobs),
             }
         )
         return
@@ -51,4 +52,6 @@ def recovered(result: Recovered, as_json: bool) -> None:
             f"The Google Drive destination {name} needs its credentials again: `capsule destinations remove "
             f"{name}`, then `capsule destinations add gdrive {name} --client-secrets FILE`."
         )
+    for job_id in result.cancelled_jobs:
+        click.echo(f"Job {job_id} had not finished on the old machine: cancelled here, not carried on.")
     click.echo("`capsule audit` shows the history; `capsule verify --read-data` checks the repository.")

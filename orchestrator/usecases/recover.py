@@ -16,6 +16,9 @@ destinations need their credentials again (`capsule destinations list` says so).
 repository folder that holds anything is refused, unless it is the same repository, partly copied
 by a recovery that was interrupted: that one is completed.
 
+Jobs the old machine had not finished when its log was copied are cancelled, each an event with
+the recovering person as its actor: their work belonged to the old machine.
+
 Safe to run again after it was interrupted: objects already copied are skipped, and the log is
 built whole under a temporary name before it takes the log's place. Once the log is in place, the
 home is no longer new, and a second recovery is refused.
@@ -81,6 +84,8 @@ class Recovered:
     set_aside: tuple[Path, ...]
     needs_credentials: tuple[str, ...]
     """Drive destinations of the old machine whose secrets cannot be opened here."""
+    cancelled_jobs: tuple[str, ...] = ()
+    """Jobs the old machine had not finished when its log was copied: cancelled here, not resumed."""
 
 
 def recover(
@@ -123,6 +128,7 @@ def recover(
         return _record(settings, store, recovery_id, actor=actor or person(), setup=setup, recovered=event)
 
     recovered, set_aside = _put_log_in_place(settings, log, export, recovery_id, record)
+    cancelled = _cancel_unfinished(settings, actor or person())
     return Recovered(
         recovery_id=recovery_id,
         source=request.source,
@@ -137,7 +143,33 @@ def recover(
         refused_copies=found.refused,
         set_aside=set_aside,
         needs_credentials=recovered,
+        cancelled_jobs=cancelled,
     )
+
+
+def _cancel_unfinished(settings: Settings, actor: str) -> tuple[str, ...]:
+    """Cancel every job the restored log holds unfinished. Its copy may have been taken while a job
+    ran (an upload step copies the log in the middle of its backup): that work belonged to the old
+    machine, and carrying it on here (an in-place restore of the old machine's database path, a
+    step holding a lock of a process that is gone) is not what a recovery is for. Each cancellation
+    is an event with its actor, as `capsule cancel` records."""
+    from capsule.domain.errors import InvalidCommand  # noqa: PLC0415
+    from capsule.orchestrator.runtime import Runtime  # noqa: PLC0415
+    from capsule.orchestrator.usecases.jobs import Cancel, cancel_job  # noqa: PLC0415
+
+    runtime = Runtime(settings)
+    try:
+        unfinished = [job_id for job_id, _ in runtime.unfinished()]
+    finally:
+        runtime.close()
+    cancelled = []
+    for job_id in unfinished:
+        try:
+            cancel_job(settings, Cancel(job_id, actor=actor))
+        except InvalidCommand:
+            continue  # it finished meanwhile
+        cancelled.append(job_id)
+    return tuple(cancelled)
 
 
 def _setup_events(log: Path) -> list[StoredEvent]:

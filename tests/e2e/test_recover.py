@@ -50,6 +50,7 @@ def test_a_new_machine_recovers_the_repository_the_jobs_and_the_audit_history_fr
     recovered = json_of(new, "recover", "--from", str(copy))
 
     assert recovered["objects_copied"] > 0 and recovered["refused_copies"] == []
+    assert recovered["cancelled_jobs"] == []  # the old machine had finished every job
     assert recovered["events"] == len(old["audit"])
     assert json_of(new, "jobs") == old["jobs"]
     trail = json_of(new, "audit")

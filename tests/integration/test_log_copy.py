@@ -12,7 +12,8 @@ import pytest
 
 from capsule.adapters.repository.backends import open_backend
 from capsule.adapters.repository.backends.memory import MemoryBackend
-from capsule.orchestrator.usecases.backup import Backup, back_up
+from capsule.orchestrator.runtime import Runtime
+from capsule.orchestrator.usecases.backup import Backup, back_up, backup_source
 from capsule.orchestrator.usecases.destinations import add_folder
 from capsule.orchestrator.usecases.jobs import verify_log
 from capsule.orchestrator.usecases.logcopy import (
@@ -157,3 +158,35 @@ def test_a_recovery_into_a_new_home_gives_the_same_log_and_a_copy_without_a_log_
     old, recovered = verify_log(in_process_settings(shop)), verify_log(in_process_settings(new))
     assert (done.head_position, done.events) == (old.head_position, old.events)
     assert recovered.events == old.events + 1  # RepositoryRecovered follows the restored events
+
+
+def test_jobs_the_old_machine_had_not_finished_are_cancelled_not_resumed_on_the_new_one(
+    shop: Shop, tmp_path: Path
+) -> None:
+    # A copy of the log taken while a job ran (an upload step copies the log in the middle of its
+    # backup) must not make the new machine carry on the old one's work: an in-place restore of
+    # the old machine's database path, say. Recovery cancels them, in the audit history.
+    settings = in_process_settings(shop)
+    back_up(settings, Backup(kind="database"))
+    runtime = Runtime(settings)
+    try:
+        pending = runtime.request_backup(source=backup_source(settings, "database"), actor="person:owner")
+    finally:
+        runtime.close()
+    copy = tmp_path / "usb"
+    copy.mkdir()
+    add_folder(settings, "usb", str(copy))
+    assert sync(settings, Sync()).destinations[0].event_log_written
+    new = Shop(tmp_path / "new")
+    new.home.mkdir(parents=True)
+    shutil.copy2(shop.key_file, new.key_file)
+
+    done = recover(in_process_settings(new), Recover(str(copy)))
+
+    assert done.cancelled_jobs == (pending,)
+    runtime = Runtime(in_process_settings(new))
+    try:
+        assert runtime.unfinished() == []
+        assert runtime.load("backup", pending).state.status == "cancelled"
+    finally:
+        runtime.close()
