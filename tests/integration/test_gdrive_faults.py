@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from structlog.testing import capture_logs
 
-from capsule.adapters.errors import DestinationNeedsConsent, DiskFull, StorageUnavailable
+from capsule.adapters.errors import DestinationNeedsConsent, DiskFull, ObjectNotFound, StorageUnavailable
 from capsule.adapters.repository.backends.gdrive import DriveBackend, DriveCredentials, open_drive
 from capsule.adapters.repository.backends.gdrive_retry import Backoff
 from capsule.domain.errors import Category
@@ -297,7 +297,7 @@ def test_small_objects_of_any_bytes_read_back_as_written(fake: FakeDrive, payloa
     assert backend.size("index", PACK) == len(payload)
 
 
-def test_a_pack_of_two_chunks_costs_four_requests(fake: FakeDrive) -> None:
+def test_a_pack_of_two_chunks_costs_three_requests(fake: FakeDrive) -> None:
     backend = drive(fake)
     backend.create_layout()
     before = len(fake.requests)
@@ -307,8 +307,49 @@ def test_a_pack_of_two_chunks_costs_four_requests(fake: FakeDrive) -> None:
         ("POST", "/upload/drive/v3/files"),
         ("PUT", "/upload/drive/v3/files"),
         ("PUT", "/upload/drive/v3/files"),
-        ("GET", "/drive/v3/files"),
-    ], "open the session, two chunks, then look for older files of the name"
+    ], "open the session and two chunks: a pack's name is its content's, so no older file is looked for"
+
+
+def test_a_16_mib_pack_and_the_check_of_its_size_cost_two_requests_with_the_default_chunk(
+    fake: FakeDrive,
+) -> None:
+    backend = open_drive("shop", credentials(fake), root_url=fake.url, sleep=Sleeps())
+    backend.create_layout()
+    data = pack(16 * 1024 * 1024 + 12345)  # a pack goes a little past its target size
+    before = len(fake.requests)
+    backend.write("data", PACK, data)
+    assert backend.size("data", PACK) == len(data)  # what a copy checks after each write
+    made = [(r.method, r.path, r.status) for r in fake.requests[before:]]
+    assert made == [("POST", "/upload/drive/v3/files", 200), ("PUT", "/upload/drive/v3/files", 200)]
+    assert backend.size("data", PACK) == len(data), "a later size asks Drive"
+    assert len(fake.requests) == before + 3
+
+
+def test_an_object_over_the_multipart_limit_goes_by_resumable_upload_though_it_fits_a_chunk(
+    fake: FakeDrive,
+) -> None:
+    backend = open_drive("shop", credentials(fake), root_url=fake.url, sleep=Sleeps())
+    backend.create_layout()
+    backend.write("index", PACK, b"i" * (5 * 1000 * 1000))
+    backend.write("snapshots", PACK, b"s" * (5 * 1000 * 1000 + 1))
+    uploads = [(r.method, r.query.get("uploadType")) for r in fake.requests if r.path.startswith("/upload/")]
+    assert uploads == [("POST", "multipart"), ("POST", "resumable"), ("PUT", "resumable")]
+    assert backend.read("snapshots", PACK) == b"s" * (5 * 1000 * 1000 + 1)
+
+
+def test_a_content_named_object_written_twice_reads_as_the_newest_and_is_removed_whole(
+    fake: FakeDrive,
+) -> None:
+    writer, reader = drive(fake), drive(fake)
+    writer.write("index", PACK, b"same bytes")
+    writer.write("index", PACK, b"same bytes")  # a copy run again after a lost answer
+    assert len(fake.named(f"index-{PACK}")) == 2
+    assert list(reader.list("index")) == [PACK]
+    assert reader.read("index", PACK) == b"same bytes"
+    reader.remove("index", PACK)
+    assert fake.named(f"index-{PACK}") == [] and not writer.exists("index", PACK)
+    with pytest.raises(ObjectNotFound):
+        reader.size("index", PACK)
 
 
 def test_a_saved_session_the_server_refuses_starts_a_new_upload(fake: FakeDrive) -> None:

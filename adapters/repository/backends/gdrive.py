@@ -8,9 +8,14 @@ query on the folder and the `kind` tag.
 
 - Writes never modify a file: a new file is uploaded, then every older file of that name deleted,
   so a reader sees the old bytes or the new (a file id it resolved and then lost to a delete is
-  resolved again). Packs, and anything larger than one chunk, go up by resumable upload in chunks;
-  small objects in one multipart request.
+  resolved again). An object named by its content (a pack, an index file, a snapshot) skips that
+  look-up: an older file of its name holds the same bytes, and `remove` deletes every one.
+- Packs, and anything larger than Drive's limit for one multipart request, go up by resumable
+  upload, an object of up to one chunk (64 MiB by default) in a single PUT; small objects in one
+  multipart request. A pack of 16 to 64 MiB costs two requests.
 - Reads use a small cache of name -> file id; listing never does, so a write that returned is listed.
+  The first `stat` or `size` of a content-named object after this process wrote it is the write's
+  own answer (Drive's size of the file it stored), not one more request.
 - Every request is one attempt inside our own retry loop (gdrive_retry); a resumable upload that
   fails asks the server for its offset and goes on from there, and an expired session starts over.
 - `sessions` keeps an upload's session URI across a restart (gdrive_upload).
@@ -53,7 +58,14 @@ __all__ = ["DEFAULT_ROOT_URL", "DriveBackend", "DriveCredentials", "UploadSessio
 DEFAULT_ROOT_URL = "https://www.googleapis.com/"
 ROOT_URL_VARIABLE = "CAPSULE_GDRIVE_ROOT_URL"
 FOLDER = "application/vnd.google-apps.folder"
-CHUNK = 8 * 1024 * 1024
+CHUNK = 64 * 1024 * 1024
+"""The largest upload chunk: an object up to this size goes in one PUT after opening its session.
+Bytes sent again after an interruption are at most one chunk, and the chunk in flight is a slice of
+the object, which the caller holds in memory already."""
+MULTIPART_LIMIT = 5 * 1000 * 1000
+"""Google documents multipart uploads for files of 5 MB or less; larger ones go by resumable upload."""
+CONTENT_NAMED = frozenset(("data", "index", "snapshots"))
+"""Kinds named by the SHA-256 of their bytes: two files of one such name hold the same bytes."""
 FILE_FIELDS = "id, name, size, createdTime, modifiedTime"
 CONSENT_HINT = "capsule destinations add gdrive NAME ..."
 """The command that gives consent again, for messages (the destination's own name when known)."""
@@ -116,6 +128,8 @@ class DriveBackend:
         self._lock = threading.Lock()
         self._folder: str | None = None
         self._ids: dict[tuple[str, str], str] = {}
+        self._written: dict[tuple[str, str], ObjectInfo] = {}
+        """What Drive answered to this process's last write of a content-named object, until a stat."""
         root = root_url if root_url.endswith("/") else root_url + "/"
         self._files = build_from_document(_discovery_document(root), http=self._http()).files()
 
@@ -243,6 +257,11 @@ class DriveBackend:
                 with self._lock:
                     self._folder = None
         self._ids[(kind, name)] = created["id"]
+        if kind in CONTENT_NAMED:  # an older file of this name holds these bytes: leave it be
+            if "size" in created and "modifiedTime" in created:
+                info = ObjectInfo(int(created["size"]), _seconds(created["modifiedTime"]))
+                self._written[(kind, name)] = info
+            return
         mine = (created.get("createdTime", ""), created["id"])
         for old in self._lookup(kind, name):  # only older ones: a newer one is another writer's
             if (old.get("createdTime", ""), old["id"]) < mine:
@@ -254,7 +273,7 @@ class DriveBackend:
             properties["name"] = name
         metadata = {"name": self._file_name(kind, name), "parents": [folder], "appProperties": properties}
         pace = Pace(self._bandwidth, self._clock, self._sleep)
-        resumable = len(payload) > self._chunk or (kind == "data" and bool(payload))
+        resumable = len(payload) > min(self._chunk, MULTIPART_LIMIT) or (kind == "data" and bool(payload))
         media = BytesMedia(payload, self._chunk, resumable)
         if resumable:
             return upload_resumable(
@@ -310,6 +329,10 @@ class DriveBackend:
         return ObjectInfo(int(found.get("size", 0)), _seconds(found["modifiedTime"]))
 
     def stat(self, kind: Kind, name: str) -> ObjectInfo:
+        check_name(kind, name)
+        written = self._written.pop((kind, name), None)
+        if written is not None:  # the answer to this process's own write, once
+            return written
         return self._on_object(kind, name, self._stat_file)
 
     def size(self, kind: Kind, name: str) -> int:
@@ -340,6 +363,7 @@ class DriveBackend:
         for found in self._lookup(kind, name):
             self._delete(found["id"])
         self._ids.pop((kind, name), None)
+        self._written.pop((kind, name), None)
 
 
 def open_drive(
