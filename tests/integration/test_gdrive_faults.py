@@ -158,6 +158,31 @@ def test_resumes_an_upload_after_a_restart_sending_at_most_one_chunk_again(fake:
     assert sessions.load("data", PACK) is None and ("data", PACK) in sessions.cleared
 
 
+def test_a_process_killed_with_a_chunk_half_sent_leaves_the_server_what_arrived(fake: FakeDrive) -> None:
+    sessions = MemorySessions()
+    data = pack(4 * CHUNK)
+    first = drive(fake, sessions=sessions, backoff=Backoff(attempts=1))
+    fake.fail(1, "stall", method="PUT", skip=1)  # the second chunk: half read, then held
+    failed: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            first.write("data", PACK, data)
+        except StorageUnavailable as e:
+            failed.append(e)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    assert fake.stalled.wait(timeout=60), "the chunk was held"
+    fake.release()  # the connection is reset, as when the process dies
+    writer.join(timeout=60)
+    assert failed and not fake.named(f"data-{PACK}")
+
+    drive(fake, sessions=sessions).write("data", PACK, data)
+    assert drive(fake).read("data", PACK) == data
+    assert chunk_bytes(fake) - len(data) <= CHUNK
+
+
 def test_a_saved_session_that_expired_meanwhile_starts_a_new_upload(fake: FakeDrive) -> None:
     sessions = MemorySessions()
     sessions.save("data", PACK, fake.url + "upload/drive/v3/files?uploadType=resumable&upload_id=gone", 9)
