@@ -10,9 +10,10 @@ query on the folder and the `kind` tag.
   so a reader sees the old bytes or the new (a file id it resolved and then lost to a delete is
   resolved again). An object named by its content (a pack, an index file, a snapshot) skips that
   look-up: an older file of its name holds the same bytes, and `remove` deletes every one.
-- Packs, and anything larger than Drive's limit for one multipart request, go up by resumable
-  upload, an object of up to one chunk (64 MiB by default) in a single PUT; small objects in one
-  multipart request. A pack of 16 to 64 MiB costs two requests.
+- An object larger than Drive's limit for one multipart request (5 MB) or than one chunk goes up by
+  resumable upload, one of up to one chunk (64 MiB by default) in a single PUT after opening the
+  session: a pack of 16 to 64 MiB costs two requests. A smaller one, the last pack of a backup
+  too, goes in one multipart request.
 - Reads use a small cache of name -> file id; listing never does, so a write that returned is listed.
   The first `stat` or `size` of a content-named object after this process wrote it is the write's
   own answer (Drive's size of the file it stored), not one more request.
@@ -273,7 +274,8 @@ class DriveBackend:
             properties["name"] = name
         metadata = {"name": self._file_name(kind, name), "parents": [folder], "appProperties": properties}
         pace = Pace(self._bandwidth, self._clock, self._sleep)
-        resumable = len(payload) > min(self._chunk, MULTIPART_LIMIT) or (kind == "data" and bool(payload))
+        # up to 5 MB, a pack too: sent again whole after a failure, that is still less than a chunk
+        resumable = len(payload) > min(self._chunk, MULTIPART_LIMIT)
         media = BytesMedia(payload, self._chunk, resumable)
         if resumable:
             return upload_resumable(
