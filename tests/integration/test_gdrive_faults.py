@@ -183,6 +183,34 @@ def test_a_process_killed_with_a_chunk_half_sent_leaves_the_server_what_arrived(
     assert chunk_bytes(fake) - len(data) <= CHUNK
 
 
+def test_a_one_chunk_pack_killed_half_sent_goes_on_after_a_restart_from_what_arrived(fake: FakeDrive) -> None:
+    sessions = MemorySessions()
+    data = pack(6 * 1024 * 1024)  # over the multipart limit, one chunk of the default size
+    first = open_drive("shop", credentials(fake), root_url=fake.url, sleep=Sleeps(), sessions=sessions,
+                       backoff=Backoff(attempts=1))  # fmt: skip
+    fake.fail(1, "stall", method="PUT")
+
+    def write() -> None:
+        with pytest.raises(StorageUnavailable):  # the process stops here, as if it were killed
+            first.write("data", PACK, data)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    assert fake.stalled.wait(timeout=60)
+    assert sessions.load("data", PACK) is not None, "the session was kept before its first byte went"
+    fake.release()
+    writer.join(timeout=60)
+
+    restarted = open_drive("shop", credentials(fake), root_url=fake.url, sleep=Sleeps(), sessions=sessions)
+    restarted.write("data", PACK, data)
+    assert restarted.read("data", PACK) == data
+    assert fake.count("POST", "/upload/") == 1, "the kept session went on"
+    assert 0 <= chunk_bytes(fake) - len(data) < 256 * 1024, (
+        "only what had not arrived in whole was sent again"
+    )
+    assert sessions.load("data", PACK) is None
+
+
 def test_a_saved_session_that_expired_meanwhile_starts_a_new_upload(fake: FakeDrive) -> None:
     sessions = MemorySessions()
     sessions.save("data", PACK, fake.url + "upload/drive/v3/files?uploadType=resumable&upload_id=gone", 9)
