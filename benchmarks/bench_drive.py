@@ -335,7 +335,11 @@ def print_report(f: dict[str, Any]) -> None:
     runs = ", ".join(f"{s:.2f}" for s in up["runs_seconds"])
     per_pack = f"{up['requests_per_pack']:.2f} ({up['pack_requests']} for {up['packs']} packs)"
     per_gib = up["pack_requests_per_gib"]
-    whole = f"{up['requests']} ({up['requests_per_gib_whole_sync']:.0f} per GiB sent)"
+    per_cpu = up["sent_bytes"] / MB / up["cpu_seconds"]
+    once = up["requests"] - up["pack_requests"]
+    whole = (
+        f"{up['requests']} ({up['requests_per_gib_whole_sync']:.0f} per GiB sent): {once} besides the packs'"
+    )
     killed = f"{kill['resent_bytes'] / mib:.2f} MiB" + ("" if kill["complete"] else " (copy INCOMPLETE)")
     ratio = restore["drive"]["seconds"] / restore["local"]["seconds"]
     rclone = f["rclone"]
@@ -347,7 +351,8 @@ def print_report(f: dict[str, Any]) -> None:
          f"{up['mb_per_s']:.1f} MB/s ({up['sent_bytes'] / MB:.1f} MB in {up['seconds']:.2f} s; runs {runs})",
          "", ""),
         ("upload: CPU of capsule sync",
-         f"{up['cpu_seconds']:.2f} s user+sys (the fake server: {up['fake_cpu_seconds']:.2f} s)", "", ""),
+         f"{up['cpu_seconds']:.2f} s user+sys, {per_cpu:.0f} MB per CPU second "
+         f"(the fake server: {up['fake_cpu_seconds']:.2f} s)", "", ""),
         ("upload: peak RSS of capsule sync", f"{up['peak_rss_bytes'] / MB:.0f} MB", "", ""),
         ("requests per pack", per_pack, "", ""),
         ("requests per GiB of packs", f"{per_gib:.0f}", f"<= {TARGET_REQUESTS_PER_GIB}",
