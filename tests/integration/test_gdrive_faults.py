@@ -331,6 +331,16 @@ def test_the_bandwidth_limit_paces_an_upload(fake: FakeDrive) -> None:
     assert sleeps.waits == pytest.approx([1.0, 1.0, 1.0])
 
 
+def test_under_a_bandwidth_limit_a_chunk_holds_a_few_seconds_of_it(fake: FakeDrive) -> None:
+    sleeps = Sleeps()
+    mib = 1024 * 1024
+    backend = open_drive("shop", credentials(fake), root_url=fake.url, sleep=sleeps, clock=sleeps.clock,
+                         bandwidth_limit=mib)  # fmt: skip
+    backend.write("data", PACK, pack(6 * mib))  # one chunk of the default size without the limit
+    assert fake.count("PUT", "/upload/") == 2, "chunks of four seconds of the limit"
+    assert sleeps.waits == pytest.approx([4.0])
+
+
 def test_the_root_url_may_come_from_the_environment(fake: FakeDrive, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CAPSULE_GDRIVE_ROOT_URL", fake.url)
     backend = open_drive("elsewhere", credentials(fake))

@@ -65,6 +65,9 @@ Bytes sent again after an interruption are at most one chunk, and the chunk in f
 the object, which the caller holds in memory already."""
 MULTIPART_LIMIT = 5 * 1000 * 1000
 """Google documents multipart uploads for files of 5 MB or less; larger ones go by resumable upload."""
+PACED_SECONDS = 4
+"""Under a bandwidth limit, a chunk holds at most this many seconds of it: the pace is kept between
+chunks, and a chunk goes at the line's full speed."""
 CONTENT_NAMED = frozenset(("data", "index", "snapshots"))
 """Kinds named by the SHA-256 of their bytes: two files of one such name hold the same bytes."""
 FILE_FIELDS = "id, name, size, createdTime, modifiedTime"
@@ -276,7 +279,10 @@ class DriveBackend:
         pace = Pace(self._bandwidth, self._clock, self._sleep)
         # up to 5 MB, a pack too: sent again whole after a failure, that is still less than a chunk
         resumable = len(payload) > min(self._chunk, MULTIPART_LIMIT)
-        media = BytesMedia(payload, self._chunk, resumable)
+        chunk = self._chunk
+        if self._bandwidth:
+            chunk = min(chunk, max(CHUNK_UNIT, self._bandwidth * PACED_SECONDS // CHUNK_UNIT * CHUNK_UNIT))
+        media = BytesMedia(payload, chunk, resumable)
         if resumable:
             return upload_resumable(
                 lambda: self._files.create(body=metadata, media_body=media, fields=FILE_FIELDS),
