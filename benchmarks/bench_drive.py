@@ -291,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
                 target = workdir / f"restore-{source}-{i}"
                 extra = ["--from", DESTINATION] if source == "drive" else []
                 log(f"restore from {source} {i + 1}/{args.restore_runs}")
+                asked = len(fake.requests)
                 result = bench.capsule("restore", "latest", "--to", str(target), *extra)
+                restore_requests = len(fake.requests) - asked if source == "drive" else 0
                 times[source].append(result.seconds)
                 cpu[source].append(result.cpu_seconds)
                 shutil.rmtree(target)
@@ -301,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                      "cpu_seconds": median(cpu[source]), "mb_per_s": db_bytes / MB / median(times[source])}
             for source in times
         }  # fmt: skip
+        figures["restore"]["drive"]["requests"] = restore_requests
 
         # 5. rclone copying the repository folder
         rclone = shutil.which("rclone")
@@ -363,7 +366,8 @@ def print_report(f: dict[str, Any]) -> None:
         ("resent after kill -9 and a restart", killed, one_chunk,
          _verdict(kill["held"] and kill["complete"] and 0 <= kill["resent_bytes"] <= chunk)),
         ("restore from the local repository (median)", _timed(restore["local"]), "", ""),
-        ("restore from Drive (median)", f"{_timed(restore['drive'])}, {ratio:.2f}x the local's time", "", ""),
+        ("restore from Drive (median)", f"{_timed(restore['drive'])}, {ratio:.2f}x the local's time, "
+         f"{restore['drive'].get('requests', '?')} requests", "", ""),
         ("rclone copy of the repository folder",
          _timed(rclone) if rclone else "not measured: rclone is not on the PATH", "", ""),
     ]  # fmt: skip
