@@ -119,11 +119,6 @@ def traffic(fake: Any) -> Traffic:
     pack_puts = sum(
         1 for r in fake.requests if r.method == "PUT" and r.query.get("upload_id") in data_sessions
     )
-    kinds: dict[str, int] = {}
-    for r in fake.requests:
-        path = "/drive/v3/files/ID" if r.path.startswith("/drive/v3/files/") else r.path
-        key = f"{r.method} {path}" + (" (status query)" if r.content_range.startswith("bytes */") else "")
-        kinds[key] = kinds.get(key, 0) + 1
     return Traffic(
         requests=len(fake.requests),
         pack_requests=len(data_sessions) + pack_puts,
@@ -131,8 +126,18 @@ def traffic(fake: Any) -> Traffic:
         files=sum(1 for f in fake.files.values() if f.mime_type != "application/vnd.google-apps.folder"),
         pack_bytes=sum(len(f.content) for f in packs),
         put_bytes=sum(r.received for r in fake.requests if r.method == "PUT"),
-        by_kind=kinds,
+        by_kind=_by_kind(fake.requests),
     )
+
+
+def _by_kind(requests: list[Any]) -> dict[str, int]:
+    kinds: dict[str, int] = {}
+    for r in requests:
+        path = "/drive/v3/files/ID" if r.path.startswith("/drive/v3/files/") else r.path
+        key = f"{r.method} {path}" + (" (status query)" if r.content_range.startswith("bytes */") else "")
+        key += " (media)" if r.query.get("alt") == "media" else ""
+        kinds[key] = kinds.get(key, 0) + 1
+    return kinds
 
 
 # ---- the benchmark -------------------------------------------------------------------------------
@@ -293,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"restore from {source} {i + 1}/{args.restore_runs}")
                 asked = len(fake.requests)
                 result = bench.capsule("restore", "latest", "--to", str(target), *extra)
-                restore_requests = len(fake.requests) - asked if source == "drive" else 0
+                if source == "drive":
+                    restore_requests = len(fake.requests) - asked
+                    restore_kinds = _by_kind(fake.requests[asked:])
                 times[source].append(result.seconds)
                 cpu[source].append(result.cpu_seconds)
                 shutil.rmtree(target)
@@ -304,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             for source in times
         }  # fmt: skip
         figures["restore"]["drive"]["requests"] = restore_requests
+        figures["restore"]["drive"]["requests_by_kind"] = restore_kinds
 
         # 5. rclone copying the repository folder
         rclone = shutil.which("rclone")
