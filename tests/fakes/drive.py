@@ -21,6 +21,7 @@ Use::
         fake.fail(2, "server_error", method="PUT")     # the next two chunk PUTs answer 503
         fake.fail(1, "drop", method="PUT", skip=1)     # the second: read half, then reset
         fake.fail(1, "invalid_grant")                  # the next refresh is refused
+        fake.fail(1, "stall", method="PUT"); fake.stalled.wait(); ...; fake.release()  # kill mid-chunk
         fake.revoke(credentials.refresh_token); fake.expire_access_tokens()
         fake.page_size = 3                             # lists come in pages of three
         fake.requests      # what arrived: method, path, query, bytes received, status, Content-Range
@@ -30,9 +31,10 @@ Use::
 to the redirect_uri with `code` and `state` (a test plays the browser with one GET).
 
 Kinds: server_error (503), too_many_requests (429), rate_limit / user_rate_limit (403 with those
-reasons), quota (403 storageQuotaExceeded), drop, expire_session (404 on an upload session, which is
-forgotten), invalid_grant (on /token). A dropped chunk keeps what arrived in whole 256 KiB units, as
-Google's servers do. Without `path`, a fault never hits /token or /auth, and
+reasons), quota (403 storageQuotaExceeded), drop, stall (a drop that first waits, `stalled` set,
+until `release()`: the client can be killed with a chunk half sent), expire_session (404 on an upload
+session, which is forgotten), invalid_grant (on /token). A dropped chunk keeps what arrived in whole
+256 KiB units, as Google's servers do. Without `path`, a fault never hits /token or /auth, and
 invalid_grant only hits /token.
 """
 
@@ -70,6 +72,7 @@ FAULT_KINDS = frozenset(
         "user_rate_limit",
         "quota",
         "drop",
+        "stall",
         "expire_session",
         "invalid_grant",
     }
@@ -177,6 +180,9 @@ class FakeDrive:
         """Every access token given, still valid or not."""
         self.consents: list[dict[str, str]] = []
         """The query of every visit to /auth."""
+        self.stalled = threading.Event()
+        """Set when a `stall` fault holds a request (half its body read)."""
+        self._released = threading.Event()
         self._codes: dict[str, dict[str, str]] = {}
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
@@ -248,6 +254,12 @@ class FakeDrive:
             self.sessions.clear()
             self.faults.clear()
             self.requests.clear()
+            self.stalled.clear()
+            self._released.clear()
+
+    def release(self) -> None:
+        """Let every stalled request go on: its connection is then reset, as a `drop`'s is."""
+        self._released.set()
 
     def count(self, method: str, path_prefix: str = "/") -> int:
         with self._lock:
@@ -263,6 +275,7 @@ class FakeDrive:
             return [f for f in self.files.values() if f.name == name and not f.trashed]
 
     def close(self) -> None:
+        self.release()
         self._server.shutdown()
         self._server.server_close()
 
@@ -449,8 +462,8 @@ class _Handler(BaseHTTPRequestHandler):
         query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
         length = int(self.headers.get("Content-Length") or 0)
         fault = self.drive.take_fault(method, path)
-        if fault is not None and fault.kind == "drop":
-            self._drop(method, path, query, length)
+        if fault is not None and fault.kind in ("drop", "stall"):
+            self._drop(method, path, query, length, stall=fault.kind == "stall")
             return
         body = self.rfile.read(length) if length else b""
         self._method, self._path, self._query, self._received = method, path, query, len(body)
@@ -462,7 +475,7 @@ class _Handler(BaseHTTPRequestHandler):
         except HttpProblem as problem:
             self._error(problem.status, problem.reason, problem.message)
 
-    def _drop(self, method: str, path: str, query: dict[str, str], length: int) -> None:
+    def _drop(self, method: str, path: str, query: dict[str, str], length: int, stall: bool = False) -> None:
         part = self.rfile.read(length // 2) if length else b""
         if method == "PUT" and "upload_id" in query:
             session = self.drive.sessions.get(query["upload_id"])
@@ -470,6 +483,9 @@ class _Handler(BaseHTTPRequestHandler):
             if session is not None and match and int(match.group(1)) == len(session.received):
                 session.received += part[: len(part) // QUANTUM * QUANTUM]
         self.drive.record(Recorded(method, path, query, len(part), 0, self.headers.get("Content-Range", "")))
+        if stall:
+            self.drive.stalled.set()
+            self.drive._released.wait(timeout=600)
         # SO_LINGER 0: close with a reset, as a broken network path does, not with a clean FIN
         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.connection.close()

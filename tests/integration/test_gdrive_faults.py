@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from structlog.testing import capture_logs
 
-from capsule.adapters.errors import DestinationNeedsConsent, DiskFull, StorageUnavailable
+from capsule.adapters.errors import DestinationNeedsConsent, DiskFull, ObjectNotFound, StorageUnavailable
 from capsule.adapters.repository.backends.gdrive import DriveBackend, DriveCredentials, open_drive
 from capsule.adapters.repository.backends.gdrive_retry import Backoff
 from capsule.domain.errors import Category
@@ -158,6 +158,59 @@ def test_resumes_an_upload_after_a_restart_sending_at_most_one_chunk_again(fake:
     assert sessions.load("data", PACK) is None and ("data", PACK) in sessions.cleared
 
 
+def test_a_process_killed_with_a_chunk_half_sent_leaves_the_server_what_arrived(fake: FakeDrive) -> None:
+    sessions = MemorySessions()
+    data = pack(4 * CHUNK)
+    first = drive(fake, sessions=sessions, backoff=Backoff(attempts=1))
+    fake.fail(1, "stall", method="PUT", skip=1)  # the second chunk: half read, then held
+    failed: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            first.write("data", PACK, data)
+        except StorageUnavailable as e:
+            failed.append(e)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    assert fake.stalled.wait(timeout=60), "the chunk was held"
+    fake.release()  # the connection is reset, as when the process dies
+    writer.join(timeout=60)
+    assert failed and not fake.named(f"data-{PACK}")
+
+    drive(fake, sessions=sessions).write("data", PACK, data)
+    assert drive(fake).read("data", PACK) == data
+    assert chunk_bytes(fake) - len(data) <= CHUNK
+
+
+def test_a_one_chunk_pack_killed_half_sent_goes_on_after_a_restart_from_what_arrived(fake: FakeDrive) -> None:
+    sessions = MemorySessions()
+    data = pack(6 * 1024 * 1024)  # over the multipart limit, one chunk of the default size
+    first = open_drive("shop", credentials(fake), root_url=fake.url, sleep=Sleeps(), sessions=sessions,
+                       backoff=Backoff(attempts=1))  # fmt: skip
+    fake.fail(1, "stall", method="PUT")
+
+    def write() -> None:
+        with pytest.raises(StorageUnavailable):  # the process stops here, as if it were killed
+            first.write("data", PACK, data)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    assert fake.stalled.wait(timeout=60)
+    assert sessions.load("data", PACK) is not None, "the session was kept before its first byte went"
+    fake.release()
+    writer.join(timeout=60)
+
+    restarted = open_drive("shop", credentials(fake), root_url=fake.url, sleep=Sleeps(), sessions=sessions)
+    restarted.write("data", PACK, data)
+    assert restarted.read("data", PACK) == data
+    assert fake.count("POST", "/upload/") == 1, "the kept session went on"
+    assert 0 <= chunk_bytes(fake) - len(data) < 256 * 1024, (
+        "only what had not arrived in whole was sent again"
+    )
+    assert sessions.load("data", PACK) is None
+
+
 def test_a_saved_session_that_expired_meanwhile_starts_a_new_upload(fake: FakeDrive) -> None:
     sessions = MemorySessions()
     sessions.save("data", PACK, fake.url + "upload/drive/v3/files?uploadType=resumable&upload_id=gone", 9)
@@ -254,15 +307,20 @@ def test_objects_are_files_in_one_folder_tagged_with_kind_and_name(fake: FakeDri
     assert [f.parents for f in fake.named("config")] == [[folder.id]]
 
 
-def test_small_objects_go_in_one_request_and_packs_by_resumable_upload(fake: FakeDrive) -> None:
+def test_small_objects_and_small_packs_go_in_one_request_and_larger_packs_by_resumable_upload(
+    fake: FakeDrive,
+) -> None:
     backend = drive(fake)
     backend.create_layout()
     backend.write("index", PACK, b"small index")
+    backend.write("data", PACK, b"small pack")  # the last pack of a backup is often this small
     assert [r.query.get("uploadType") for r in fake.requests if r.path.startswith("/upload/")] == [
-        "multipart"
+        "multipart",
+        "multipart",
     ]
-    backend.write("data", PACK, b"small pack")
-    assert fake.count("POST", "/upload/") == 2 and fake.count("PUT", "/upload/") == 1
+    backend.write("data", "cd" * 32, pack(CHUNK + 1))
+    assert fake.count("POST", "/upload/") == 3 and fake.count("PUT", "/upload/") == 2
+    assert backend.read("data", PACK) == b"small pack"
 
 
 def test_the_bandwidth_limit_paces_an_upload(fake: FakeDrive) -> None:
@@ -271,6 +329,16 @@ def test_the_bandwidth_limit_paces_an_upload(fake: FakeDrive) -> None:
     backend.write("data", PACK, pack(4 * CHUNK))
     # one second per chunk of CHUNK bytes, waited before each chunk after the first
     assert sleeps.waits == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_under_a_bandwidth_limit_a_chunk_holds_a_few_seconds_of_it(fake: FakeDrive) -> None:
+    sleeps = Sleeps()
+    mib = 1024 * 1024
+    backend = open_drive("shop", credentials(fake), root_url=fake.url, sleep=sleeps, clock=sleeps.clock,
+                         bandwidth_limit=mib)  # fmt: skip
+    backend.write("data", PACK, pack(6 * mib))  # one chunk of the default size without the limit
+    assert fake.count("PUT", "/upload/") == 2, "chunks of four seconds of the limit"
+    assert sleeps.waits == pytest.approx([4.0])
 
 
 def test_the_root_url_may_come_from_the_environment(fake: FakeDrive, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -297,7 +365,7 @@ def test_small_objects_of_any_bytes_read_back_as_written(fake: FakeDrive, payloa
     assert backend.size("index", PACK) == len(payload)
 
 
-def test_a_pack_of_two_chunks_costs_four_requests(fake: FakeDrive) -> None:
+def test_a_pack_of_two_chunks_costs_three_requests(fake: FakeDrive) -> None:
     backend = drive(fake)
     backend.create_layout()
     before = len(fake.requests)
@@ -307,8 +375,49 @@ def test_a_pack_of_two_chunks_costs_four_requests(fake: FakeDrive) -> None:
         ("POST", "/upload/drive/v3/files"),
         ("PUT", "/upload/drive/v3/files"),
         ("PUT", "/upload/drive/v3/files"),
-        ("GET", "/drive/v3/files"),
-    ], "open the session, two chunks, then look for older files of the name"
+    ], "open the session and two chunks: a pack's name is its content's, so no older file is looked for"
+
+
+def test_a_16_mib_pack_and_the_check_of_its_size_cost_two_requests_with_the_default_chunk(
+    fake: FakeDrive,
+) -> None:
+    backend = open_drive("shop", credentials(fake), root_url=fake.url, sleep=Sleeps())
+    backend.create_layout()
+    data = pack(16 * 1024 * 1024 + 12345)  # a pack goes a little past its target size
+    before = len(fake.requests)
+    backend.write("data", PACK, data)
+    assert backend.size("data", PACK) == len(data)  # what a copy checks after each write
+    made = [(r.method, r.path, r.status) for r in fake.requests[before:]]
+    assert made == [("POST", "/upload/drive/v3/files", 200), ("PUT", "/upload/drive/v3/files", 200)]
+    assert backend.size("data", PACK) == len(data), "a later size asks Drive"
+    assert len(fake.requests) == before + 3
+
+
+def test_an_object_over_the_multipart_limit_goes_by_resumable_upload_though_it_fits_a_chunk(
+    fake: FakeDrive,
+) -> None:
+    backend = open_drive("shop", credentials(fake), root_url=fake.url, sleep=Sleeps())
+    backend.create_layout()
+    backend.write("index", PACK, b"i" * (5 * 1000 * 1000))
+    backend.write("snapshots", PACK, b"s" * (5 * 1000 * 1000 + 1))
+    uploads = [(r.method, r.query.get("uploadType")) for r in fake.requests if r.path.startswith("/upload/")]
+    assert uploads == [("POST", "multipart"), ("POST", "resumable"), ("PUT", "resumable")]
+    assert backend.read("snapshots", PACK) == b"s" * (5 * 1000 * 1000 + 1)
+
+
+def test_a_content_named_object_written_twice_reads_as_the_newest_and_is_removed_whole(
+    fake: FakeDrive,
+) -> None:
+    writer, reader = drive(fake), drive(fake)
+    writer.write("index", PACK, b"same bytes")
+    writer.write("index", PACK, b"same bytes")  # a copy run again after a lost answer
+    assert len(fake.named(f"index-{PACK}")) == 2
+    assert list(reader.list("index")) == [PACK]
+    assert reader.read("index", PACK) == b"same bytes"
+    reader.remove("index", PACK)
+    assert fake.named(f"index-{PACK}") == [] and not writer.exists("index", PACK)
+    with pytest.raises(ObjectNotFound):
+        reader.size("index", PACK)
 
 
 def test_a_saved_session_the_server_refuses_starts_a_new_upload(fake: FakeDrive) -> None:

@@ -8,9 +8,15 @@ query on the folder and the `kind` tag.
 
 - Writes never modify a file: a new file is uploaded, then every older file of that name deleted,
   so a reader sees the old bytes or the new (a file id it resolved and then lost to a delete is
-  resolved again). Packs, and anything larger than one chunk, go up by resumable upload in chunks;
-  small objects in one multipart request.
+  resolved again). An object named by its content (a pack, an index file, a snapshot) skips that
+  look-up: an older file of its name holds the same bytes, and `remove` deletes every one.
+- An object larger than Drive's limit for one multipart request (5 MB) or than one chunk goes up by
+  resumable upload, one of up to one chunk (64 MiB by default) in a single PUT after opening the
+  session: a pack of 16 to 64 MiB costs two requests. A smaller one, the last pack of a backup
+  too, goes in one multipart request.
 - Reads use a small cache of name -> file id; listing never does, so a write that returned is listed.
+  The first `stat` or `size` of a content-named object after this process wrote it is the write's
+  own answer (Drive's size of the file it stored), not one more request.
 - Every request is one attempt inside our own retry loop (gdrive_retry); a resumable upload that
   fails asks the server for its offset and goes on from there, and an expired session starts over.
 - `sessions` keeps an upload's session URI across a restart (gdrive_upload).
@@ -53,7 +59,17 @@ __all__ = ["DEFAULT_ROOT_URL", "DriveBackend", "DriveCredentials", "UploadSessio
 DEFAULT_ROOT_URL = "https://www.googleapis.com/"
 ROOT_URL_VARIABLE = "CAPSULE_GDRIVE_ROOT_URL"
 FOLDER = "application/vnd.google-apps.folder"
-CHUNK = 8 * 1024 * 1024
+CHUNK = 64 * 1024 * 1024
+"""The largest upload chunk: an object up to this size goes in one PUT after opening its session.
+Bytes sent again after an interruption are at most one chunk, and the chunk in flight is a slice of
+the object, which the caller holds in memory already."""
+MULTIPART_LIMIT = 5 * 1000 * 1000
+"""Google documents multipart uploads for files of 5 MB or less; larger ones go by resumable upload."""
+PACED_SECONDS = 4
+"""Under a bandwidth limit, a chunk holds at most this many seconds of it: the pace is kept between
+chunks, and a chunk goes at the line's full speed."""
+CONTENT_NAMED = frozenset(("data", "index", "snapshots"))
+"""Kinds named by the SHA-256 of their bytes: two files of one such name hold the same bytes."""
 FILE_FIELDS = "id, name, size, createdTime, modifiedTime"
 CONSENT_HINT = "capsule destinations add gdrive NAME ..."
 """The command that gives consent again, for messages (the destination's own name when known)."""
@@ -116,6 +132,8 @@ class DriveBackend:
         self._lock = threading.Lock()
         self._folder: str | None = None
         self._ids: dict[tuple[str, str], str] = {}
+        self._written: dict[tuple[str, str], ObjectInfo] = {}
+        """What Drive answered to this process's last write of a content-named object, until a stat."""
         root = root_url if root_url.endswith("/") else root_url + "/"
         self._files = build_from_document(_discovery_document(root), http=self._http()).files()
 
@@ -243,6 +261,11 @@ class DriveBackend:
                 with self._lock:
                     self._folder = None
         self._ids[(kind, name)] = created["id"]
+        if kind in CONTENT_NAMED:  # an older file of this name holds these bytes: leave it be
+            if "size" in created and "modifiedTime" in created:
+                info = ObjectInfo(int(created["size"]), _seconds(created["modifiedTime"]))
+                self._written[(kind, name)] = info
+            return
         mine = (created.get("createdTime", ""), created["id"])
         for old in self._lookup(kind, name):  # only older ones: a newer one is another writer's
             if (old.get("createdTime", ""), old["id"]) < mine:
@@ -254,8 +277,12 @@ class DriveBackend:
             properties["name"] = name
         metadata = {"name": self._file_name(kind, name), "parents": [folder], "appProperties": properties}
         pace = Pace(self._bandwidth, self._clock, self._sleep)
-        resumable = len(payload) > self._chunk or (kind == "data" and bool(payload))
-        media = BytesMedia(payload, self._chunk, resumable)
+        # up to 5 MB, a pack too: sent again whole after a failure, that is still less than a chunk
+        resumable = len(payload) > min(self._chunk, MULTIPART_LIMIT)
+        chunk = self._chunk
+        if self._bandwidth:
+            chunk = min(chunk, max(CHUNK_UNIT, self._bandwidth * PACED_SECONDS // CHUNK_UNIT * CHUNK_UNIT))
+        media = BytesMedia(payload, chunk, resumable)
         if resumable:
             return upload_resumable(
                 lambda: self._files.create(body=metadata, media_body=media, fields=FILE_FIELDS),
@@ -310,6 +337,10 @@ class DriveBackend:
         return ObjectInfo(int(found.get("size", 0)), _seconds(found["modifiedTime"]))
 
     def stat(self, kind: Kind, name: str) -> ObjectInfo:
+        check_name(kind, name)
+        written = self._written.pop((kind, name), None)
+        if written is not None:  # the answer to this process's own write, once
+            return written
         return self._on_object(kind, name, self._stat_file)
 
     def size(self, kind: Kind, name: str) -> int:
@@ -340,6 +371,7 @@ class DriveBackend:
         for found in self._lookup(kind, name):
             self._delete(found["id"])
         self._ids.pop((kind, name), None)
+        self._written.pop((kind, name), None)
 
 
 def open_drive(

@@ -5,9 +5,11 @@ stream slice after a 5xx). After a failure the client's next call first asks the
 offset (`Content-Range: bytes */N`) and goes on from there, so a dropped connection costs at most
 the chunk in flight. An expired session (404) starts the upload over.
 
-A session's URI may be kept outside the process (`UploadSessions`, the event log in time): a
-restarted process sets it on a new request and marks the request as failed, so that the client asks
-for the offset before sending a byte. That mark is `_in_error_state`, a private attribute of the
+A session's URI may be kept outside the process (`UploadSessions`, the event log in time): it is
+kept as soon as the session is open, before the first byte of content goes (the client would open
+it and send the first chunk in one call, and a pack is often one chunk), and a restarted process
+sets it on a new request and marks the request as failed, so that the client asks for the offset
+before sending a byte. That mark is `_in_error_state`, a private attribute of the
 client's `HttpRequest`: the library's version is pinned below its next major, and
 test_resumes_an_upload_after_a_restart_sending_at_most_one_chunk_again covers it.
 """
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from googleapiclient.errors import ResumableUploadError
 from googleapiclient.http import MediaUpload
 
 from capsule.adapters.errors import StorageUnavailable
@@ -111,6 +114,21 @@ class UploadOf:
             self.sessions.clear(self.kind, self.name)
 
 
+def open_session(request: Any, http: Any) -> str:
+    """Open `request`'s upload session, as the client's first `next_chunk` does before its first
+    chunk; set its `resumable_uri` and return it."""
+    headers = dict(request.headers)
+    headers["X-Upload-Content-Type"] = request.resumable.mimetype()
+    headers["X-Upload-Content-Length"] = str(request.resumable.size())
+    headers["content-length"] = str(request.body_size)
+    response, content = http.request(request.uri, method=request.method, body=request.body, headers=headers)
+    if response.status != 200 or "location" not in response:
+        raise ResumableUploadError(response, content)
+    uri: str = response["location"]
+    request.resumable_uri = uri
+    return uri
+
+
 def upload_resumable(
     new_request: Callable[[], Any],
     http: Callable[[], Any],
@@ -130,6 +148,9 @@ def upload_resumable(
     failures = restarts = 0
     while True:
         try:
+            if request.resumable_uri is None and upload.sessions is not None:
+                saved = open_session(request, http())
+                upload.save(saved)
             _, response = request.next_chunk(http=http(), num_retries=0)
         except Exception as error:
             try:
