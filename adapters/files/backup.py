@@ -1,7 +1,7 @@
 """Files backup: walk the uploads folder, reuse what did not change, store the rest, commit a manifest.
 
-A file whose size, mtime_ns and inode match its entry in the parent snapshot is reused without
-being read (unless the backup is full). Others are read once: hashed whole with SHA-256, cut into
+A file whose size, mtime_ns, inode and ctime_ns match its entry in the parent snapshot is reused
+without being read (unless the backup is full; `_unchanged` says why ctime too). Others are read once: hashed whole with SHA-256, cut into
 content-defined chunks (FastCDC) so that an insertion re-stores only the chunks around it, and
 each new chunk is sealed; bytes that are already compressed (JPEG, PNG, WebP, ZIP...) are not
 compressed again. Folders are opened without following links, one file descriptor each, and files
@@ -440,19 +440,14 @@ class _Walker:
         parent: Entry | None,
         group: ParentGroup | None,
     ) -> None:
-        if (
-            not self.full
-            and parent is not None
-            and parent.type == "file"
-            and (parent.size, parent.mtime_ns, parent.inode) == (st.st_size, st.st_mtime_ns, st.st_ino)
-            and self._still_stored(parent)
-        ):
-            mode = stat.S_IMODE(st.st_mode)
-            if parent.mode == mode:
-                self._ready(path, parent, parent, group)
-            else:
-                self._ready(path, parent.model_copy(update={"mode": mode}))
-            return
+        if not self.full and parent is not None and parent.type == "file" and _unchanged(parent, st):
+            if self._still_stored(parent):
+                mode = stat.S_IMODE(st.st_mode)
+                if parent.mode == mode and parent.ctime_ns == st.st_ctime_ns:
+                    self._ready(path, parent, parent, group)
+                else:  # a parent of before ctime_ns was recorded gets it now
+                    self._ready(path, parent.model_copy(update={"mode": mode, "ctime_ns": st.st_ctime_ns}))
+                return
         try:
             fd = _open_file(name, dir_fd)
         except FileNotFoundError:
@@ -596,6 +591,7 @@ class _Walker:
             mode=stat.S_IMODE(st.st_mode),
             mtime_ns=st.st_mtime_ns,
             inode=st.st_ino,
+            ctime_ns=st.st_ctime_ns,
             sha256=read.sha256,
             blobs=fields["blobs"],
             blob_lists=fields["blob_lists"],
@@ -620,6 +616,19 @@ class _Walker:
         if self._progress is not None and now - self._last_report >= PROGRESS_EVERY:
             self._last_report = now
             self._progress(self.done_bytes, max(self._estimate, self.done_bytes))
+
+
+def _unchanged(parent: Entry, st: os.stat_result) -> bool:
+    """Whether a file is taken to hold the same bytes as its entry in the parent snapshot, unread.
+
+    Size, modification time, inode and change time must all match. A program can put a file's
+    modification time back after rewriting it, but not its change time: the kernel sets that on
+    every write, rename and chmod. A parent written before change times were recorded is compared
+    without one, once; the new snapshot records it.
+    """
+    return (parent.size, parent.mtime_ns, parent.inode) == (st.st_size, st.st_mtime_ns, st.st_ino) and (
+        parent.ctime_ns is None or parent.ctime_ns == st.st_ctime_ns
+    )
 
 
 def _open_file(name: str, dir_fd: int) -> int:
