@@ -32,7 +32,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict
 
 from capsule.adapters.errors import SourceError
-from capsule.adapters.files.tree import ParentGroup, TreeWriter, iter_groups, path_key
+from capsule.adapters.files.tree import ParentGroup, TreeWriter, iter_groups, path_key, tree_ids
 from capsule.adapters.repository.chunks import entry_blob_fields, load_id_lists, workers
 from capsule.adapters.repository.crypto import ID_SIZE
 from capsule.adapters.repository.pack import BLOB_DATA
@@ -367,6 +367,7 @@ class _Walker:
         full: bool,
         progress: Callable[[int, int], None] | None,
         estimate: int,
+        stored_groups: set[bytes] | None = None,
     ) -> None:
         self.repo = repo
         self.full = full
@@ -374,7 +375,7 @@ class _Walker:
         # With packs missing, an unchanged file is reused only if all its blobs are still there.
         self.packs_lost = repo.index.gone_packs > 0
         self.figures = _Figures()
-        self.tree = TreeWriter(repo, self.check)
+        self.tree = TreeWriter(repo, self.check, stored_groups)
         self._parent = parent
         self._next_parent: Entry | None = None
         self._next_group: ParentGroup | None = None
@@ -822,6 +823,12 @@ def _tree_stored(repo: Repository, parent: Manifest) -> bool:
     return whole
 
 
+def _stored_groups(repo: Repository, parent: Manifest) -> set[bytes]:
+    """The parent snapshot's tree blobs that are stored, looked up together (one search)."""
+    ids = tree_ids(repo, parent)
+    return {i for i, known in zip(ids, repo.known_many(ids), strict=True) if known}
+
+
 def store_files(
     repo: Repository,
     root: Path,
@@ -845,14 +852,16 @@ def store_files(
         lost = missing_packs_warning(repo)
         parent = latest_snapshot(repo, "files", source)
         stored_before = repo.stored_bytes
+        use_parent = parent is not None and not full and (lost is None or _tree_stored(repo, parent[1]))
         parent_entries = (
             ((group, entry) for group, entries in iter_groups(repo, parent[1]) for entry in entries)
-            if parent is not None and not full and (lost is None or _tree_stored(repo, parent[1]))
+            if parent is not None and use_parent
             else iter(())
         )
         walker = _Walker(
             repo,
             parent=parent_entries,
+            stored_groups=_stored_groups(repo, parent[1]) if parent is not None and use_parent else None,
             full=full,
             progress=progress,
             estimate=parent[1].totals.bytes if parent is not None else 0,
