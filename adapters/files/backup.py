@@ -210,8 +210,8 @@ class _Folder:
     fd: int = -1
     items: Listed | None = None
     problem: str | None = None
-    children: dict[str, Future[_Folder]] = field(default_factory=dict)
-    """Its subfolders, being opened and listed ahead on the threads."""
+    children: dict[str, Future[dict[str, _Folder]]] = field(default_factory=dict)
+    """Its subfolders, being opened and listed ahead on the threads, a few to a task."""
 
 
 def _list(fd: int) -> Listed:
@@ -253,6 +253,9 @@ class _Walk:
     """
 
     AHEAD = 512
+    # Subfolders opened and listed by one task: each task handed to a thread costs the walk a
+    # hand-over of the interpreter lock, and several tasks still keep the disk busy.
+    PER_TASK = 16
 
     def __init__(
         self, warn: Callable[[str, str], None], leaving: Callable[[], None], threads: int = 8
@@ -270,17 +273,26 @@ class _Walk:
         self._look_ahead(folder)
         return folder
 
+    def _open_some(self, parent_fd: int, wanted: list[tuple[str, int]]) -> dict[str, _Folder]:
+        return {name: self._open(parent_fd, name, inode) for name, inode in wanted}
+
     def _look_ahead(self, folder: _Folder) -> None:
+        wanted: list[tuple[str, int]] = []
         for name, st in folder.items or ():
             if isinstance(st, os.stat_result) and stat.S_ISDIR(st.st_mode):
                 if not self._budget.acquire(blocking=False):
-                    return  # the walk opens the rest itself when it gets there
-                folder.children[name] = self._pool.submit(self._open, folder.fd, name, st.st_ino)
+                    break  # the walk opens the rest itself when it gets there
+                wanted.append((name, st.st_ino))
+        for at in range(0, len(wanted), self.PER_TASK):
+            some = wanted[at : at + self.PER_TASK]
+            future = self._pool.submit(self._open_some, folder.fd, some)
+            for name, _ in some:
+                folder.children[name] = future
 
     def _done_with(self, folder: _Folder, *, close: bool = True) -> None:
         """Close a folder once its subfolders opened ahead are finished with (they used its fd)."""
-        for future in folder.children.values():
-            child = future.result()
+        for name, future in folder.children.items():
+            child = future.result()[name]
             self._budget.release()
             self._done_with(child)
         folder.children = {}
@@ -333,7 +345,7 @@ class _Walk:
                     continue
                 future = folder.children.pop(name, None)
                 if future is not None:
-                    sub = future.result()
+                    sub = future.result()[name]
                     self._budget.release()
                 else:
                     sub = self._open(folder.fd, name, st.st_ino)
