@@ -536,3 +536,18 @@ def test_store_files_reports_figures_without_committing(backups: Backups) -> Non
     assert stored.parent is None and stored.tree
     assert stored.source == str(backups.root.resolve())
     assert list(backups.repo.backend.list("snapshots")) == []
+
+
+def test_small_files_read_in_batches_leave_no_descriptor_open(backups: Backups) -> None:
+    for folder in range(3):
+        for number in range(150):  # more than one batch a folder
+            backups.write(f"cat{folder}/sub/p{number}.jpg", b"%d/%d" % (folder, number))
+        backups.write(f"cat{folder}/large.png", os.urandom(300 * KiB))  # read alone, between batches
+    before = set(os.listdir("/proc/self/fd"))
+
+    result = backups()
+
+    assert result.manifest.totals.read_files == 453
+    entries = backups.entries(result.manifest)
+    assert entries["cat2/sub/p149.jpg"].sha256 == sha256(b"2/149")
+    assert set(os.listdir("/proc/self/fd")) - before == set()
