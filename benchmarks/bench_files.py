@@ -68,7 +68,7 @@ SMOKE_SCALE_FILES = 2_000
 MUTATE_FRACTION = 0.01
 PROBE_SIZE = 1 * MB
 TARGET_RSS_BYTES = 300 * MB
-TARGET_NO_CHANGE_SECONDS = 10.0
+TARGET_NO_CHANGE_SECONDS = 2.0
 TOOL_NAMES = ("capsule", "restic", "borg")
 BORG_COMPRESSION = "auto,zstd,3"
 
@@ -194,15 +194,19 @@ class CapsuleFiles:
         self.command = command
         self.workdir = workdir
         self.repository = workdir / "capsule-repo"
+        self.home = workdir / "capsule-home"
         self.snapshot = "latest"
         self.env = capsule_env(
             command,
             {
                 "CAPSULE_UPLOADS": str(tree),
                 "CAPSULE_REPOSITORY": str(self.repository),
-                "CAPSULE_HOME": str(workdir / "capsule-home"),
+                "CAPSULE_HOME": str(self.home),
                 # No database in this benchmark: a path where there is none.
                 "CAPSULE_DATABASE": str(workdir / "no-database" / "pos.db"),
+                # At the priority restic runs at: a backup lowers its own (nice 10) for the till's
+                # sake, which on a busy machine would be measured instead of the work itself.
+                "CAPSULE_NICE": "0",
             },
             drop=("CAPSULE_PASSPHRASE", "CAPSULE_KEY_FILE"),
         )
@@ -497,6 +501,7 @@ class Options:
     tools: list[str]
     warm: bool  # keep the page cache between steps
     one_file_runs: int = 3  # rounds of the one-file steps, the tools taking turns
+    runs: int = 1  # scale: rounds of first and no-change backup, each in fresh repositories
 
 
 def _prepare(
@@ -585,9 +590,44 @@ def run_scale(options: Options) -> dict[str, Any]:
     settings, _, steps, bench = _prepare("scale", options, SMALL_SIZES)
     bench.step("first_backup", steps.backup)
     bench.step("no_change_backup", steps.backup, required=False)
+    rounds = {tool.name: [dict(bench.results[tool.name])] for tool in bench.tools}
+    for number in range(1, options.runs):
+        # The tools take turns: each goes first in every other round, in fresh repositories.
+        order = bench.tools[::-1] if number % 2 else list(bench.tools)
+        for tool in order:
+            shutil.rmtree(tool.repository, ignore_errors=True)
+            if (home := getattr(tool, "home", None)) is not None:
+                shutil.rmtree(home, ignore_errors=True)  # its key file would refuse a new init
+        again: Benchmark[FilesTool] = Benchmark(list(order), log)
+        again.step("init", steps.init)
+        again.step("first_backup", steps.backup)
+        again.step("no_change_backup", steps.backup, required=False)
+        for tool in order:
+            rounds[tool.name].append(again.results[tool.name])
+    if options.runs > 1:
+        settings["runs"] = options.runs
+        for name, each in rounds.items():
+            bench.results[name].update(_medians(each))
     results = {"settings": settings, "tools": bench.results}
     results["targets"] = evaluate_targets(results)
     return results
+
+
+def _medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each step's figures from the median round by time, with every round's time under `runs`
+    (a step that failed in any round is reported as failed)."""
+    merged: dict[str, Any] = {}
+    for step in ("first_backup", "no_change_backup"):
+        figures = [r.get(step) for r in rounds]
+        if any(not isinstance(f, dict) or "failed" in f for f in figures):
+            merged[step] = next(
+                (f for f in figures if isinstance(f, dict) and "failed" in f), {"failed": "missing"}
+            )
+            continue
+        ordered = sorted(figures, key=lambda f: f["seconds"])
+        merged[step] = {**ordered[(len(ordered) - 1) // 2], "runs": [f["seconds"] for f in figures]}
+        merged[step]["peak_rss_bytes"] = max(f["peak_rss_bytes"] for f in figures)
+    return merged
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -629,12 +669,19 @@ def evaluate_targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
         rss = _peak_rss(results, "capsule") if _finished(results, "capsule") else None
         no_change = number("capsule", "no_change_backup")
         return {
-            "no_change_le_10s": check(no_change, TARGET_NO_CHANGE_SECONDS),
+            "first_backup_le_restic": check(
+                number("capsule", "first_backup"), number("restic", "first_backup")
+            ),
+            "no_change_le_2s": check(no_change, TARGET_NO_CHANGE_SECONDS),
             "no_change_le_restic": check(no_change, number("restic", "no_change_backup")),
             "peak_rss_le_300mb": check(rss, TARGET_RSS_BYTES, "MB"),
         }
     return {
         "first_backup_le_restic": check(number("capsule", "first_backup"), number("restic", "first_backup")),
+        "no_change_le_restic": check(
+            number("capsule", "no_change_backup"), number("restic", "no_change_backup")
+        ),
+        "changed_le_restic": check(number("capsule", "changed_backup"), number("restic", "changed_backup")),
         "restore_all_le_restic": check(number("capsule", "restore_all"), number("restic", "restore_all")),
         "restore_one_le_restic": check(number("capsule", "restore_one"), number("restic", "restore_one")),
         "cat_one_le_restic": check(number("capsule", "cat_one"), number("restic", "cat_one")),
@@ -650,10 +697,10 @@ FILES_ROWS: list[Row] = [
     ("first backup: throughput", "first_backup", "mb_per_s", "MB/s", ""),
     ("first backup: peak RSS", "first_backup", "peak_rss_bytes", "MB", ""),
     ("first backup: repository size", "first_backup", "repository_bytes_after", "MB", ""),
-    ("no-change backup: time", "no_change_backup", "seconds", "s", ""),
+    ("no-change backup: time", "no_change_backup", "seconds", "s", "no_change_le_restic"),
     ("no-change backup: peak RSS", "no_change_backup", "peak_rss_bytes", "MB", ""),
     ("no-change backup: repository growth", "no_change_backup", "repository_growth_bytes", "MB.3", ""),
-    ("1% changed backup: time", "changed_backup", "seconds", "s", ""),
+    ("1% changed backup: time", "changed_backup", "seconds", "s", "changed_le_restic"),
     ("1% changed backup: peak RSS", "changed_backup", "peak_rss_bytes", "MB", ""),
     ("1% changed backup: repository growth", "changed_backup", "repository_growth_bytes", "MB.3", ""),
     ("1% changed backup: repository size", "changed_backup", "repository_bytes_after", "MB", ""),
@@ -670,10 +717,10 @@ FILES_ROWS: list[Row] = [
 ]
 SCALE_ROWS: list[Row] = [
     ("init: time", "init", "seconds", "s", ""),
-    ("first backup: time", "first_backup", "seconds", "s", ""),
+    ("first backup: time", "first_backup", "seconds", "s", "first_backup_le_restic"),
     ("first backup: peak RSS", "first_backup", "peak_rss_bytes", "MB", ""),
     ("first backup: repository size", "first_backup", "repository_bytes_after", "MB", ""),
-    ("no-change backup: time", "no_change_backup", "seconds", "s", "no_change_le_10s no_change_le_restic"),
+    ("no-change backup: time", "no_change_backup", "seconds", "s", "no_change_le_2s no_change_le_restic"),
     ("no-change backup: peak RSS", "no_change_backup", "peak_rss_bytes", "MB", ""),
     ("no-change backup: repository growth", "no_change_backup", "repository_growth_bytes", "MB.3", ""),
 ]
@@ -755,6 +802,12 @@ def render_report(results: dict[str, Any]) -> str:
         ]
         if warned:
             lines.append(f"{name} warnings: {', '.join(warned)}")
+        lines += [
+            f"{name} {step}, each round (the table has the median): "
+            + ", ".join(f"{t:.2f} s" for t in v["runs"])
+            for step, v in figures.items()
+            if isinstance(v, dict) and "runs" in v
+        ]
     return "\n".join(lines)
 
 
@@ -779,6 +832,9 @@ def _bench_options(default_files: int, default_tools: str) -> argparse.ArgumentP
         type=int,
         default=3,
         help="rounds of the one-file restore and cat, the tools taking turns (medians; default 3)",
+    )
+    options.add_argument(
+        "--runs", type=int, default=1, help="scale: rounds, the tools taking turns; medians are reported"
     )
     return options
 
@@ -825,7 +881,17 @@ def _benchmark(args: argparse.Namespace) -> int:
         files = SMOKE_SCALE_FILES if args.command == "scale" else SMOKE_FILES
     run = run_scale if args.command == "scale" else run_files
     with scratch_directory(args.workdir, "capsule-bench-files-", keep=args.keep) as scratch:
-        results = run(Options(files, args.seed, scratch, wanted, args.warm, max(1, args.one_file_runs)))
+        results = run(
+            Options(
+                files,
+                args.seed,
+                scratch,
+                wanted,
+                args.warm,
+                one_file_runs=max(1, args.one_file_runs),
+                runs=max(1, args.runs),
+            )
+        )
     print(render_report(results))
     if args.json_out:
         args.json_out.write_text(json.dumps(results, indent=2, default=str))

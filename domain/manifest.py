@@ -81,6 +81,7 @@ class Entry(BaseModel):
     mode: int
     mtime_ns: int
     inode: int | None = None
+    ctime_ns: int | None = None
     sha256: str | None = Field(None, pattern=SHA256_PATTERN)
     target: str | None = None
     blobs: list[str] = Field(default_factory=list)

@@ -1,13 +1,14 @@
 """Files backup: walk the uploads folder, reuse what did not change, store the rest, commit a manifest.
 
-A file whose size, mtime_ns and inode match its entry in the parent snapshot is reused without
-being read (unless the backup is full). Others are read once: hashed whole with SHA-256, cut into
-content-defined chunks (FastCDC) so that an insertion re-stores only the chunks around it, and
-each new chunk is sealed; bytes that are already compressed (JPEG, PNG, WebP, ZIP...) are not
-compressed again. Folders are opened without following links, one file descriptor each, and files
-through their folder's descriptor, so a link swapped in while the walk runs cannot lead it out of
-the root. A file that cannot be read, vanishes or changes while it is read is never fatal: the
-backup carries on and lists it in its warnings.
+A file whose size, mtime_ns, inode and ctime_ns match its entry in the parent snapshot is reused
+without being read (unless the backup is full; `_unchanged` says why the change time too). Others
+are read once: hashed whole with SHA-256, cut into content-defined chunks (FastCDC) so that an
+insertion re-stores only the chunks around it, and each new chunk is sealed; bytes that are already
+compressed (JPEG, PNG, WebP, ZIP...) are not compressed again. Small files of one folder are read
+together on a thread, in batches. Folders are opened without following links, one file descriptor
+each, and files through their folder's descriptor, so a link swapped in while the walk runs cannot
+lead it out of the root. A file that cannot be read, vanishes or changes while it is read is never
+fatal: the backup carries on and lists it in its warnings.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict
 
 from capsule.adapters.errors import SourceError
-from capsule.adapters.files.tree import ParentGroup, TreeWriter, iter_groups, path_key
+from capsule.adapters.files.tree import ParentGroup, TreeWriter, iter_groups, path_key, tree_ids
 from capsule.adapters.repository.chunks import entry_blob_fields, load_id_lists, workers
 from capsule.adapters.repository.crypto import ID_SIZE
 from capsule.adapters.repository.pack import BLOB_DATA
@@ -56,6 +57,11 @@ CDC_MIN = 256 * KiB
 CDC_AVG = 512 * KiB
 CDC_MAX = 4 * MiB
 WHOLE_READ = 8 * MiB  # files up to this size are read in one go on a reading thread
+# Small files of one folder go to a reading thread together, up to this many or this many bytes:
+# one task, one look-up in the index and one hand-over of the interpreter lock for all of them
+# (see docs/performance.md, "Small files read in batches").
+BATCH_FILES = 64
+BATCH_BYTES = 1 * MiB
 IN_FLIGHT_BYTES = 64 * MiB
 IN_FLIGHT_FILES = 512
 WARNINGS_KEPT = 200  # in the manifest, and in the store step's result (an event: keep it small)
@@ -144,6 +150,20 @@ class _Read:
     ids: list[bytes] = field(default_factory=list)
     fresh: list[PreparedBlob] = field(default_factory=list)
     problem: str | None = None
+    vanished: bool = False  # gone before it could be opened (a batch opens its files itself)
+    generation: int = -1  # the index's generation when the ids were looked up
+    data: bytes = b""  # a batched file's one chunk, until the batch looks its id up
+
+
+@dataclass
+class _Batch:
+    """Small files of one folder, read together on a reading thread (`_Walker._read_batch`)."""
+
+    dir_fd: int
+    items: list[tuple[str, os.stat_result]] = field(default_factory=list)
+    bytes: int = 0
+    future: Future[list[_Read]] | None = None
+    fd: int = -1  # the folder's descriptor duplicated for the task, which closes it
 
 
 @dataclass
@@ -159,6 +179,21 @@ class _Pending:
     fd: int = -1
     group: ParentGroup | None = None
     blobs: int | None = None
+    batch: _Batch | None = None
+    slot: int = 0
+
+    def waiting(self) -> bool:
+        """A file whose read is not finished yet (or, batched, not even handed to a thread)."""
+        if self.batch is not None:
+            return self.batch.future is None or not self.batch.future.done()
+        return self.read is not None and not self.read.done()
+
+    def result(self) -> _Read:
+        if self.batch is not None:
+            assert self.batch.future is not None
+            return self.batch.future.result()[self.slot]
+        assert self.read is not None
+        return self.read.result()
 
 
 def _describe(error: OSError) -> str:
@@ -175,8 +210,8 @@ class _Folder:
     fd: int = -1
     items: Listed | None = None
     problem: str | None = None
-    children: dict[str, Future[_Folder]] = field(default_factory=dict)
-    """Its subfolders, being opened and listed ahead on the threads."""
+    children: dict[str, Future[dict[str, _Folder]]] = field(default_factory=dict)
+    """Its subfolders, being opened and listed ahead on the threads, a few to a task."""
 
 
 def _list(fd: int) -> Listed:
@@ -218,9 +253,15 @@ class _Walk:
     """
 
     AHEAD = 512
+    # Subfolders opened and listed by one task: each task handed to a thread costs the walk a
+    # hand-over of the interpreter lock, and several tasks still keep the disk busy.
+    PER_TASK = 16
 
-    def __init__(self, warn: Callable[[str, str], None], threads: int = 8) -> None:
+    def __init__(
+        self, warn: Callable[[str, str], None], leaving: Callable[[], None], threads: int = 8
+    ) -> None:
         self.warn = warn
+        self.leaving = leaving  # called before a folder's descriptor is closed
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="list")
         self._budget = threading.Semaphore(self.AHEAD)
 
@@ -232,17 +273,26 @@ class _Walk:
         self._look_ahead(folder)
         return folder
 
+    def _open_some(self, parent_fd: int, wanted: list[tuple[str, int]]) -> dict[str, _Folder]:
+        return {name: self._open(parent_fd, name, inode) for name, inode in wanted}
+
     def _look_ahead(self, folder: _Folder) -> None:
+        wanted: list[tuple[str, int]] = []
         for name, st in folder.items or ():
             if isinstance(st, os.stat_result) and stat.S_ISDIR(st.st_mode):
                 if not self._budget.acquire(blocking=False):
-                    return  # the walk opens the rest itself when it gets there
-                folder.children[name] = self._pool.submit(self._open, folder.fd, name, st.st_ino)
+                    break  # the walk opens the rest itself when it gets there
+                wanted.append((name, st.st_ino))
+        for at in range(0, len(wanted), self.PER_TASK):
+            some = wanted[at : at + self.PER_TASK]
+            future = self._pool.submit(self._open_some, folder.fd, some)
+            for name, _ in some:
+                folder.children[name] = future
 
     def _done_with(self, folder: _Folder, *, close: bool = True) -> None:
         """Close a folder once its subfolders opened ahead are finished with (they used its fd)."""
-        for future in folder.children.values():
-            child = future.result()
+        for name, future in folder.children.items():
+            child = future.result()[name]
             self._budget.release()
             self._done_with(child)
         folder.children = {}
@@ -270,6 +320,7 @@ class _Walk:
                 folder, prefix, items = stack[-1]
                 item = next(items, None)
                 if item is None:
+                    self.leaving()
                     stack.pop()
                     self._done_with(folder, close=bool(stack))  # the caller closes the root
                     continue
@@ -294,7 +345,7 @@ class _Walk:
                     continue
                 future = folder.children.pop(name, None)
                 if future is not None:
-                    sub = future.result()
+                    sub = future.result()[name]
                     self._budget.release()
                 else:
                     sub = self._open(folder.fd, name, st.st_ino)
@@ -328,6 +379,7 @@ class _Walker:
         full: bool,
         progress: Callable[[int, int], None] | None,
         estimate: int,
+        stored_groups: set[bytes] | None = None,
     ) -> None:
         self.repo = repo
         self.full = full
@@ -335,7 +387,7 @@ class _Walker:
         # With packs missing, an unchanged file is reused only if all its blobs are still there.
         self.packs_lost = repo.index.gone_packs > 0
         self.figures = _Figures()
-        self.tree = TreeWriter(repo, self.check)
+        self.tree = TreeWriter(repo, self.check, stored_groups)
         self._parent = parent
         self._next_parent: Entry | None = None
         self._next_group: ParentGroup | None = None
@@ -343,8 +395,9 @@ class _Walker:
         self._advance_parent()
         self._queue: deque[_Pending] = deque()
         self._in_flight = 0
+        self._batch: _Batch | None = None
         self._threads = ThreadPoolExecutor(max_workers=workers() + 1, thread_name_prefix="read")
-        self._walk = _Walk(self.figures.warn)
+        self._walk = _Walk(self.figures.warn, self._send_batch)
         self._local = threading.local()
         self._progress = progress
         self._estimate = estimate
@@ -388,6 +441,15 @@ class _Walker:
             for pending in self._queue:  # only after an error: close what never got read
                 if pending.read is not None and pending.read.cancelled():
                     os.close(pending.fd)
+                batch = pending.batch
+                if (
+                    batch is not None
+                    and batch.fd >= 0
+                    and batch.future is not None
+                    and batch.future.cancelled()
+                ):
+                    os.close(batch.fd)
+                    batch.fd = -1
 
     def _visit(self, path: str, name: str, st: os.stat_result, dir_fd: int) -> None:
         parent, group = self._parent_entry(path)
@@ -444,15 +506,19 @@ class _Walker:
             not self.full
             and parent is not None
             and parent.type == "file"
-            and (parent.size, parent.mtime_ns, parent.inode) == (st.st_size, st.st_mtime_ns, st.st_ino)
+            and _unchanged(parent, st)
             and self._still_stored(parent)
         ):
             mode = stat.S_IMODE(st.st_mode)
-            if parent.mode == mode:
+            if parent.mode == mode and parent.ctime_ns == st.st_ctime_ns:
                 self._ready(path, parent, parent, group)
-            else:
-                self._ready(path, parent.model_copy(update={"mode": mode}))
+            else:  # a parent of before ctime_ns was recorded gets it now
+                self._ready(path, parent.model_copy(update={"mode": mode, "ctime_ns": st.st_ctime_ns}))
             return
+        if st.st_size <= CDC_MIN:
+            self._add_to_batch(path, name, st, dir_fd, parent)
+            return
+        self._send_batch()  # files keep their turns: a batch ahead of this file is sent first
         try:
             fd = _open_file(name, dir_fd)
         except FileNotFoundError:
@@ -471,6 +537,74 @@ class _Walker:
             pending.read = self._threads.submit(self._read, fd, st, stream=False)
             self._in_flight += st.st_size
         self._queue.append(pending)
+
+    def _add_to_batch(
+        self, path: str, name: str, st: os.stat_result, dir_fd: int, parent: Entry | None
+    ) -> None:
+        batch = self._batch
+        if batch is not None and batch.dir_fd != dir_fd:
+            self._send_batch()
+            batch = None
+        if batch is None:
+            batch = self._batch = _Batch(dir_fd)
+        pending = _Pending(path, None, stat=st, parent=parent, size=st.st_size, batch=batch)
+        pending.slot = len(batch.items)
+        batch.items.append((name, st))
+        batch.bytes += st.st_size
+        self._in_flight += st.st_size
+        self._queue.append(pending)
+        if len(batch.items) >= BATCH_FILES or batch.bytes >= BATCH_BYTES:
+            self._send_batch()
+
+    def _send_batch(self) -> None:
+        """Hand the batch being filled to a reading thread, with its own copy of the folder's
+        descriptor: the walk closes the folder's when it is through it, maybe before the read."""
+        batch, self._batch = self._batch, None
+        if batch is None:
+            return
+        try:
+            batch.fd = os.dup(batch.dir_fd)
+        except OSError as e:
+            batch.future = Future()
+            batch.future.set_result(
+                [_Read(problem=f"it could not be read ({_describe(e)})") for _ in batch.items]
+            )
+            return
+        batch.future = self._threads.submit(self._read_batch, batch.fd, batch.items)
+
+    def _read_batch(self, dir_fd: int, items: list[tuple[str, os.stat_result]]) -> list[_Read]:
+        """Open and read small files of one folder, then look all their ids up at once."""
+        reads: list[_Read] = []
+        try:
+            for name, st in items:
+                try:
+                    fd = _open_file(name, dir_fd)
+                except FileNotFoundError:
+                    reads.append(_Read(vanished=True))
+                    continue
+                except OSError as e:
+                    if e.errno == errno.ENOSPC:
+                        raise
+                    reads.append(_Read(problem=f"it could not be read ({_describe(e)})"))
+                    continue
+                reads.append(self._read(fd, st, stream=False, batched=True))
+        finally:
+            os.close(dir_fd)
+        with_data = [r for r in reads if r.problem is None and not r.vanished and r.ids]
+        if self.check is not None:
+            known = [self.check(r.ids[0]) for r in with_data]
+            generation = -1
+        else:
+            generation = self.repo.index.generation
+            known = self.repo.known_many([r.ids[0] for r in with_data])
+        for read, k in zip(with_data, known, strict=True):
+            read.generation = generation
+            if not k:
+                read.fresh.append(
+                    self.repo.prepare(BLOB_DATA, read.data, read.ids[0], not is_compressed_format(read.data))
+                )
+            read.data = b""
+        return reads
 
     def _still_stored(self, entry: Entry) -> bool:
         """Whether every blob of a parent's file entry is in a pack that is there: checked only when
@@ -513,8 +647,10 @@ class _Walker:
             cdc = self._local.cdc = pyfastcdc.FastCDC(CDC_AVG, min_size=CDC_MIN, max_size=CDC_MAX)
         return cdc
 
-    def _read(self, fd: int, st: os.stat_result, *, stream: bool) -> _Read:
-        out = _Read()
+    def _read(self, fd: int, st: os.stat_result, *, stream: bool, batched: bool = False) -> _Read:
+        """Read, hash and seal one file (closing `fd`); a batched file (one chunk) is only hashed,
+        its chunk kept for the batch's look-up."""
+        out = _Read(generation=-1 if batched or self.check else self.repo.index.generation)
         sha = hashlib.sha256()
         compress: bool | None = None
         try:
@@ -538,7 +674,9 @@ class _Walker:
                     out.size += len(chunk)
                     blob_id = self.repo.sealer.blob_id(chunk)
                     out.ids.append(blob_id)
-                    if not (self.check or self.repo.has_blob)(blob_id):
+                    if batched:
+                        out.data = bytes(chunk)
+                    elif not (self.check or self.repo.has_blob)(blob_id):
                         blob = self.repo.prepare(BLOB_DATA, chunk, blob_id, compress)  # type: ignore[arg-type]
                         if stream:
                             self._add(blob)
@@ -568,23 +706,32 @@ class _Walker:
     def _drain(self, *, block: bool) -> None:
         while self._queue:
             head = self._queue[0]
-            if head.read is not None and not head.read.done() and not block:
-                return
+            if head.waiting():
+                if not block:
+                    return
+                if head.batch is not None and head.batch.future is None:
+                    self._send_batch()
             self._queue.popleft()
-            entry = head.entry if head.read is None else self._finish_file(head)
+            entry = head.entry if head.read is None and head.batch is None else self._finish_file(head)
             if entry is not None:
                 self._record(entry, head.group, head.blobs)
             block = False  # one finished is enough to make room; go on only with what is done
 
     def _finish_file(self, pending: _Pending) -> Entry | None:
-        assert pending.read is not None and pending.stat is not None
-        read = pending.read.result()
+        assert pending.stat is not None
+        read = pending.result()
         self._in_flight -= 0 if pending.size > WHOLE_READ else pending.size
+        if read.vanished:
+            self.figures.warn(pending.path, "skipped: it vanished before it could be read")
+            return None
         if read.problem is not None:
             self._give_up(pending.path, pending.parent, read.problem)
             return None
+        recheck = self._recheck(read.generation)
         for blob in read.fresh:
-            self._add(blob)
+            if self.repo.add(blob, recheck):
+                self.figures.new_blobs += 1
+                self.figures.new_bytes += blob.plain_length
         self.figures.read_files += 1
         self.figures.read_bytes += read.size
         st = pending.stat
@@ -596,10 +743,21 @@ class _Walker:
             mode=stat.S_IMODE(st.st_mode),
             mtime_ns=st.st_mtime_ns,
             inode=st.st_ino,
+            ctime_ns=st.st_ctime_ns,
             sha256=read.sha256,
             blobs=fields["blobs"],
             blob_lists=fields["blob_lists"],
         )
+
+    def _recheck(self, generation: int) -> Callable[[bytes], bool] | None:
+        """Has a blob a reading thread found new been stored since? If no packs were merged into
+        the index since it looked, only the open pack and this run's packs can have it."""
+        if self.check is not None:
+            return self.check
+        index = self.repo.index
+        if generation == index.generation:
+            return lambda i: self.repo.pending_blob(i) or index.in_recent(i)
+        return None  # the repository's own test
 
     def _blob_count(self, entry: Entry) -> int:
         """How many chunks a reused entry has (a file read now counts the ids it read)."""
@@ -620,6 +778,19 @@ class _Walker:
         if self._progress is not None and now - self._last_report >= PROGRESS_EVERY:
             self._last_report = now
             self._progress(self.done_bytes, max(self._estimate, self.done_bytes))
+
+
+def _unchanged(parent: Entry, st: os.stat_result) -> bool:
+    """Whether a file is taken to hold the same bytes as its entry in the parent snapshot, unread.
+
+    Size, modification time, inode and change time must all match. A program can put a file's
+    modification time back after rewriting it, but not its change time: the kernel sets that on
+    every write, rename and chmod. A parent written before change times were recorded is compared
+    without one, once; the new snapshot records it.
+    """
+    return (parent.size, parent.mtime_ns, parent.inode) == (st.st_size, st.st_mtime_ns, st.st_ino) and (
+        parent.ctime_ns is None or parent.ctime_ns == st.st_ctime_ns
+    )
 
 
 def _open_file(name: str, dir_fd: int) -> int:
@@ -664,6 +835,12 @@ def _tree_stored(repo: Repository, parent: Manifest) -> bool:
     return whole
 
 
+def _stored_groups(repo: Repository, parent: Manifest) -> set[bytes]:
+    """The parent snapshot's tree blobs that are stored, looked up together (one search)."""
+    ids = tree_ids(repo, parent)
+    return {i for i, known in zip(ids, repo.known_many(ids), strict=True) if known}
+
+
 def store_files(
     repo: Repository,
     root: Path,
@@ -687,14 +864,16 @@ def store_files(
         lost = missing_packs_warning(repo)
         parent = latest_snapshot(repo, "files", source)
         stored_before = repo.stored_bytes
+        use_parent = parent is not None and not full and (lost is None or _tree_stored(repo, parent[1]))
         parent_entries = (
             ((group, entry) for group, entries in iter_groups(repo, parent[1]) for entry in entries)
-            if parent is not None and not full and (lost is None or _tree_stored(repo, parent[1]))
+            if parent is not None and use_parent
             else iter(())
         )
         walker = _Walker(
             repo,
             parent=parent_entries,
+            stored_groups=_stored_groups(repo, parent[1]) if parent is not None and use_parent else None,
             full=full,
             progress=progress,
             estimate=parent[1].totals.bytes if parent is not None else 0,

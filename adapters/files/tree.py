@@ -15,7 +15,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from pydantic import TypeAdapter
 
@@ -24,6 +24,9 @@ from capsule.adapters.repository.chunks import load_id_lists, store_id_lists
 from capsule.adapters.repository.pack import BLOB_DATA
 from capsule.adapters.repository.repo import Repository
 from capsule.domain.manifest import Entry, Manifest
+
+if TYPE_CHECKING:
+    from capsule.adapters.repository.index import BlobLocation
 
 GROUP_BITS = 6  # about 64 entries (6 KiB to 20 KiB of JSON) a group
 GROUP_MASK = (1 << GROUP_BITS) - 1
@@ -50,9 +53,17 @@ class TreeWriter:
     backup in which little changed serialises and seals only the groups that did.
     """
 
-    def __init__(self, repo: Repository, has_blob: Callable[[bytes], bool] | None = None) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        has_blob: Callable[[bytes], bool] | None = None,
+        stored_groups: set[bytes] | None = None,
+    ) -> None:
         self.repo = repo
         self.has_blob = has_blob or repo.has_blob
+        # The parent's tree blobs found stored when the backup began, looked up together: the
+        # index does not lose a blob while a backup holds the repository.
+        self._stored_groups = stored_groups
         self._check = has_blob
         self._group: list[Entry] = []
         self._from: ParentGroup | None = None
@@ -76,7 +87,13 @@ class TreeWriter:
         if not self._group:
             return
         same = self._from
-        if same is not None and self._from_count == len(self._group) == same.size and self.has_blob(same.id):
+        if (
+            same is not None
+            and self._from_count == len(self._group) == same.size
+            and (
+                same.id in self._stored_groups if self._stored_groups is not None else self.has_blob(same.id)
+            )
+        ):
             self._ids += same.id
             self.reused_groups += 1
         else:
@@ -100,12 +117,16 @@ class ParentGroup(NamedTuple):
     size: int
 
 
-def load_group(repo: Repository, tree_id: bytes, sealed: bytes | None = None) -> list[Entry]:
+def load_group(
+    repo: Repository, tree_id: bytes, sealed: bytes | None = None, loc: BlobLocation | None = None
+) -> list[Entry]:
     """One tree blob's entries, authenticated and validated (a path that could escape is refused).
 
-    `sealed` is the blob as stored, if the caller has read it already.
+    `sealed` is the blob as stored, if the caller has read it already; `loc` where the index has
+    it, if the caller has looked it up already.
     """
-    loc = repo.index.lookup(tree_id)
+    if loc is None:
+        loc = repo.index.lookup(tree_id)
     if loc is not None and loc.blob_type != BLOB_DATA:
         raise IntegrityError(f"blob {tree_id.hex()[:12]} is named as a tree but is not a data blob")
     if sealed is not None and loc is not None:
@@ -118,9 +139,8 @@ def load_group(repo: Repository, tree_id: bytes, sealed: bytes | None = None) ->
         raise IntegrityError(f"tree blob {tree_id.hex()[:12]} does not hold valid entries: {e}") from e
 
 
-def _read_stored(repo: Repository, tree_id: bytes) -> bytes | None:
+def _read_stored(repo: Repository, loc: BlobLocation | None) -> bytes | None:
     """The tree blob as stored, or None to let `load_group` say what is wrong."""
-    loc = repo.index.lookup(tree_id)
     if loc is None:
         return None
     try:
@@ -155,18 +175,19 @@ def read_groups(
     repo: Repository, ids_in_order: Iterable[bytes]
 ) -> Generator[tuple[ParentGroup, list[Entry]], None, None]:
     """The tree blobs named with their entries, in order, read ahead as `iter_groups` says."""
-    ids = iter(ids_in_order)
+    all_ids = list(ids_in_order)
+    ids = zip(all_ids, repo.index.locate_many(all_ids), strict=True)  # looked up together: one search
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tree") as reader:
-        ahead: deque[tuple[bytes, Future[bytes | None]]] = deque()
+        ahead: deque[tuple[bytes, BlobLocation | None, Future[bytes | None]]] = deque()
         try:
             while True:
-                while len(ahead) < READ_AHEAD and (tree_id := next(ids, None)) is not None:
-                    ahead.append((tree_id, reader.submit(_read_stored, repo, tree_id)))
+                while len(ahead) < READ_AHEAD and (found := next(ids, None)) is not None:
+                    ahead.append((*found, reader.submit(_read_stored, repo, found[1])))
                 if not ahead:
                     return
-                tree_id, future = ahead.popleft()
-                entries = load_group(repo, tree_id, future.result())
+                tree_id, loc, future = ahead.popleft()
+                entries = load_group(repo, tree_id, future.result(), loc)
                 yield ParentGroup(tree_id, len(entries)), entries
         finally:
-            for _, future in ahead:
+            for _, _, future in ahead:
                 future.cancel()

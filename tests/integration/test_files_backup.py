@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from capsule.adapters.files import backup as files_backup
+from capsule.adapters.files import tree as files_tree
 from capsule.adapters.files.backup import backup_files, store_files
 from capsule.adapters.files.restore import restore_files
 from capsule.adapters.files.tree import iter_entries, path_key, tree_ids
@@ -82,9 +83,35 @@ def test_an_unchanged_file_is_reused_without_being_read_and_full_reads_it(backup
     blue = backups.write("shoes/blue.jpg", b"blue" * 500)
     first = backups()
     assert first.manifest.totals.read_files == 2
+    entry = backups.entries(first.manifest)["shoes/red.jpg"]
+    assert entry.ctime_ns == os.stat(path).st_ctime_ns
+
+    second = backups()
+    assert second.manifest.parent == first.snapshot_id
+    assert (second.manifest.totals.read_files, second.manifest.totals.new_blobs) == (0, 0)
+    assert second.manifest.tree == first.manifest.tree
+
+    os.chmod(blue, 0o600)  # a new mode changes the change time: read again, no new blob
+    third = backups()
+    assert (third.manifest.totals.read_files, third.manifest.totals.new_blobs) == (1, 0)
+    entries = backups.entries(third.manifest)
+    assert entries["shoes/blue.jpg"].mode == 0o600
+    assert entries["shoes/blue.jpg"].sha256 == backups.entries(first.manifest)["shoes/blue.jpg"].sha256
+
+    full = backups(full=True)
+    assert full.manifest.totals.read_files == 2
+    assert full.manifest.totals.new_blobs == 0
+
+
+def test_a_file_rewritten_in_place_with_its_old_modification_time_is_read_again(backups: Backups) -> None:
+    original = b"old image bytes " * 1000
+    path = backups.write("shoes/red.jpg", original)
+    backups.write("shoes/blue.jpg", b"blue" * 500)
+    first = backups()
     before = os.stat(path)
 
-    # Other bytes of the same size, written in place, and the old modification time put back.
+    # Other bytes of the same size, written in place, and the old modification time put back:
+    # size, mtime and inode all match the parent's entry; only the change time tells.
     with open(path, "r+b") as f:
         f.write(b"NEW image bytes " * 1000)
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
@@ -94,23 +121,34 @@ def test_an_unchanged_file_is_reused_without_being_read_and_full_reads_it(backup
         before.st_size,
         before.st_mtime_ns,
     )
-
-    os.chmod(blue, 0o600)  # a new mode alone changes no byte: the entry is reused with it
+    if after.st_ctime_ns == before.st_ctime_ns:  # a clock too coarse to tell the writes apart
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert os.stat(path).st_ctime_ns != before.st_ctime_ns
 
     second = backups()
     assert second.manifest.parent == first.snapshot_id
-    assert second.manifest.totals.read_files == 0
-    assert second.manifest.totals.new_blobs == 0
-    entries = backups.entries(second.manifest)
-    assert entries["shoes/red.jpg"].sha256 == sha256(original)
-    assert entries["shoes/blue.jpg"].mode == 0o600
-    assert entries["shoes/blue.jpg"].sha256 == backups.entries(first.manifest)["shoes/blue.jpg"].sha256
+    assert (second.manifest.totals.read_files, second.manifest.totals.new_blobs) == (1, 1)
+    assert backups.entries(second.manifest)["shoes/red.jpg"].sha256 == sha256(path.read_bytes())
 
-    full = backups(full=True)
-    assert full.manifest.totals.read_files == 2
-    assert backups.entries(full.manifest)["shoes/red.jpg"].sha256 == sha256(path.read_bytes())
-    assert sha256(path.read_bytes()) != sha256(original)
-    assert full.manifest.totals.new_blobs == 1
+
+def test_a_parent_without_change_times_is_trusted_on_the_rest_once(backups: Backups) -> None:
+    """Snapshots written before change times were recorded: the next backup reuses unchanged
+    files on size, time and inode, and records their change times."""
+    path = backups.write("shoes/red.jpg", b"red" * 100)
+    first = backups()
+    stripped = [e.model_copy(update={"ctime_ns": None}) for e in backups.entries(first.manifest).values()]
+    tree = files_tree.TreeWriter(backups.repo)
+    for entry in stripped:
+        tree.add(entry)
+    old = first.manifest.model_copy(
+        update={"tree": tree.finish(), "time": backups.time + timedelta(seconds=0.5)}
+    )
+    backups.repo.flush()
+    backups.repo.save_snapshot(old)
+
+    second = backups()
+    assert (second.manifest.totals.read_files, second.manifest.totals.new_blobs) == (0, 0)
+    assert backups.entries(second.manifest)["shoes/red.jpg"].ctime_ns == os.stat(path).st_ctime_ns
 
 
 def test_changed_and_new_files_are_read_removed_ones_go_and_every_snapshot_stands_alone(
@@ -498,3 +536,18 @@ def test_store_files_reports_figures_without_committing(backups: Backups) -> Non
     assert stored.parent is None and stored.tree
     assert stored.source == str(backups.root.resolve())
     assert list(backups.repo.backend.list("snapshots")) == []
+
+
+def test_small_files_read_in_batches_leave_no_descriptor_open(backups: Backups) -> None:
+    for folder in range(3):
+        for number in range(150):  # more than one batch a folder
+            backups.write(f"cat{folder}/sub/p{number}.jpg", b"%d/%d" % (folder, number))
+        backups.write(f"cat{folder}/large.png", os.urandom(300 * KiB))  # read alone, between batches
+    before = set(os.listdir("/proc/self/fd"))
+
+    result = backups()
+
+    assert result.manifest.totals.read_files == 453
+    entries = backups.entries(result.manifest)
+    assert entries["cat2/sub/p149.jpg"].sha256 == sha256(b"2/149")
+    assert set(os.listdir("/proc/self/fd")) - before == set()
