@@ -11,7 +11,6 @@ to its id, and every distinct file of a files snapshot has its recorded size and
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -21,9 +20,10 @@ from capsule.adapters.files.tree import load_group
 from capsule.adapters.files.verify_contents import Contents
 from capsule.adapters.repository.chunks import load_id_lists
 from capsule.adapters.repository.entry_rules import check_database_snapshot, check_follows, check_size
-from capsule.adapters.repository.index import BlobLocation
-from capsule.adapters.repository.pack import TRAILER, parse_header
+from capsule.adapters.repository.pack import TRAILER
+from capsule.adapters.repository.packcheck import PackCheck
 from capsule.adapters.repository.repo import Repository
+from capsule.adapters.repository.verify_packs import check_packs
 from capsule.domain.errors import CapsuleError
 from capsule.domain.manifest import Entry, Manifest
 
@@ -279,55 +279,35 @@ def _check_structure(repo: Repository, report: VerifyReport, contents: Contents 
         report.problems.append(problem)
 
 
-def _check_pack(
-    repo: Repository,
-    name: str,
-    indexed: list[tuple[bytes, BlobLocation]],
-    report: VerifyReport,
-    contents: Contents,
-) -> set[bytes]:
-    """Read a whole pack; return the ids of the blobs in it that are damaged.
-
-    Each blob that authenticates goes to `contents`, which checks the files it is the whole of.
-    """
-    data = repo.backend.read("data", name)
-    report.bytes_read += len(data)
-    if hashlib.sha256(data).hexdigest() != name:
+def _take_pack(
+    report: VerifyReport, contents: Contents, bad: dict[bytes, str], name: str, check: PackCheck
+) -> None:
+    """Report what one pack's check found; its damaged blobs go to `bad`, with the pack's name."""
+    report.bytes_read += check.size
+    report.blobs += check.blobs
+    if not check.name_matches:
         report.problems.append(
             Problem(f"pack {name[:12]}", f"does not match its name: damaged{REPAIR_ADVICE}")
         )
-    try:
-        header = parse_header(repo.sealer, data, len(data), name)
-    except CapsuleError as e:
-        report.problems.append(Problem(f"pack {name[:12]}", f"{e}; its blobs were checked through the index"))
-        header = []
-    in_index = dict(indexed)
-    for blob in header:
-        loc = in_index.get(blob.blob_id)
-        if loc is not None and loc[3:] != blob[3:]:
-            report.problems.append(
-                Problem(
-                    f"pack {name[:12]}",
-                    f"its header and the index disagree on blob {blob.blob_id.hex()[:12]}",
-                )
-            )
-    if not indexed:  # a pack no index names (a backup that crashed): check what its header lists
-        indexed = [(b.blob_id, BlobLocation(name, *b[1:])) for b in header]
-    bad: set[bytes] = set()
-    view = memoryview(data)
-    # In pack order, so that a bundle is opened once for all of its members.
-    for blob_id, loc in sorted(indexed, key=lambda item: (item[1].offset, item[1].within)):
-        report.blobs += 1
-        try:
-            data = repo.open_blob(blob_id, loc, view[loc.offset : loc.offset + loc.length])
-        except CapsuleError:
-            bad.add(blob_id)
-            continue
-        contents.opened(blob_id, data)
-    return bad
+    if check.header_error is not None:
+        report.problems.append(
+            Problem(f"pack {name[:12]}", f"{check.header_error}; its blobs were checked through the index")
+        )
+    for blob_id in check.disagree:
+        report.problems.append(
+            Problem(f"pack {name[:12]}", f"its header and the index disagree on blob {blob_id.hex()[:12]}")
+        )
+    for blob_id in check.bad:
+        bad[blob_id] = name
+    for blob_id, size, digest in check.found:
+        contents.found(blob_id, size, digest.hex())
 
 
-def verify(repo: Repository, read_data: bool = False, progress: Progress | None = None) -> VerifyReport:
+def verify(
+    repo: Repository, read_data: bool = False, progress: Progress | None = None, workers: int | None = None
+) -> VerifyReport:
+    """Check `repo`; with `read_data`, every pack too, on `workers` processes (None: as many as
+    pays, 0: this one)."""
     report = VerifyReport()
     for name in repo.load_index(use_cache=False):  # every index file is read and checked
         report.problems.append(Problem(f"index {name[:12]}", "is damaged; run `capsule rebuild-index`"))
@@ -336,19 +316,11 @@ def verify(repo: Repository, read_data: bool = False, progress: Progress | None 
     if contents is None:
         return report
     bad: dict[bytes, str] = {}
-    on_disk = set(repo.backend.list("data"))
-    done = 0
-    for name, indexed in repo.index.by_pack():
-        if name not in on_disk:
-            continue  # reported by the structure check when a snapshot needs it
-        for blob_id in _check_pack(repo, name, indexed, report, contents):
-            bad[blob_id] = name
-        on_disk.discard(name)
-        done += 1
+    total = sum(1 for _ in repo.backend.list("data"))
+    for done, (name, check) in enumerate(check_packs(repo, contents, workers), 1):
+        _take_pack(report, contents, bad, name, check)
         if progress:
-            progress(done, done + len(on_disk))
-    for name in sorted(on_disk):  # packs no index names: check what their own header lists
-        _check_pack(repo, name, [], report, contents)
+            progress(min(done, total), total)
     report.bytes_read += contents.read_several(repo)
     for sid, path, message in contents.refused(repo):
         report.problems.append(Problem(f"snapshot {sid[:12]}", REFUSED + message, [(sid, path)]))

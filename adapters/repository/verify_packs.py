@@ -1,0 +1,101 @@
+"""The data pass of `verify --read-data`: every pack read once and checked, on every core.
+
+Each pack goes whole to `packcheck.check_pack`, with the blobs the index places in it as rows built
+from the index's records by numpy (no Python object per blob in this process). Where the packs are
+files on this machine, worker processes check them side by side, a few packs ahead of the results
+taken here; the interpreter lock would otherwise keep the per-member BLAKE3 and the bundles'
+decompression on one core (see docs/performance.md, "verify --read-data: where the time went").
+Elsewhere, or for a small repository, where starting the workers would cost more than they save,
+this process checks them with the same code.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future
+
+import numpy as np
+import zstandard
+
+from capsule.adapters.files.verify_contents import Contents
+from capsule.adapters.repository.backends.storage import local_paths
+from capsule.adapters.repository.crypto import ID_SIZE
+from capsule.adapters.repository.packcheck import ROW, PackCheck, check_pack, parse_rows
+from capsule.adapters.repository.repo import Repository
+from capsule.adapters.workers.sealpool import SealPool, default_workers
+
+CHECK_DTYPE = np.dtype(
+    [
+        ("offset", "<u8"),
+        ("id", f"V{ID_SIZE}"),
+        ("type", "u1"),
+        ("comp", "u1"),
+        ("length", "<u4"),
+        ("plain", "<u4"),
+        ("within", "<u4"),
+        ("want", "u1"),
+    ]
+)
+assert CHECK_DTYPE.itemsize == ROW.size
+# Below this many bytes of packs, this process checks them itself: starting the workers costs
+# about as much as checking that much.
+WORKERS_FROM_BYTES = 64 * 1024 * 1024
+AHEAD_PER_WORKER = 2  # packs sent to a worker before its first result is taken
+
+
+def _indexed(repo: Repository, contents: Contents) -> Iterator[tuple[str, bytes]]:
+    """(pack name, rows) for every pack some index names, in pack order."""
+    index = repo.index
+    for recs in index.pack_batches():
+        bounds = np.flatnonzero(np.diff(recs["pack"])) + 1
+        for group in np.split(recs, bounds) if len(recs) else []:
+            rows = np.zeros(len(group), dtype=CHECK_DTYPE)
+            for name in ("offset", "id", "type", "comp", "length", "plain", "within"):
+                rows[name] = group[name]
+            if contents.single:
+                single = contents.single
+                rows["want"] = [bytes(i) in single for i in group["id"].tolist()]
+            yield index.pack_ids[int(group[0]["pack"])], rows.tobytes()
+
+
+def check_packs(
+    repo: Repository, contents: Contents, workers: int | None = None
+) -> Iterator[tuple[str, PackCheck]]:
+    """(pack name, what its check found) for every pack stored, those no index names last.
+
+    `workers`: None chooses by the packs' size and the backend, 0 checks them in this process.
+    """
+    sizes = {name: repo.backend.size("data", name) for name in repo.backend.list("data")}
+    left = set(sizes)
+
+    def jobs() -> Iterator[tuple[str, bytes]]:
+        for name, rows in _indexed(repo, contents):
+            if name in left:  # a missing pack is reported by the structure check
+                left.discard(name)
+                yield name, rows
+        for name in sorted(left):  # packs no index names: checked by what their header lists
+            yield name, b""
+
+    paths = local_paths(repo.backend)
+    if workers is None:
+        workers = default_workers() if sum(sizes.values()) >= WORKERS_FROM_BYTES else 0
+    if paths is None or workers == 0:
+        decompressor = zstandard.ZstdDecompressor()
+        for name, rows in jobs():
+            data = repo.backend.read("data", name)
+            yield name, check_pack(repo.sealer, decompressor, name, data, parse_rows(rows))
+        return
+    with SealPool(repo.master_key, repo.compression_level, workers) as pool:
+        pending: deque[tuple[str, Future[memoryview]]] = deque()
+        for name, rows in jobs():
+            pending.append((name, pool.check_pack(str(paths.path_of("data", name)), name, rows)))
+            if len(pending) >= AHEAD_PER_WORKER * workers:
+                yield _result(pending.popleft())
+        while pending:
+            yield _result(pending.popleft())
+
+
+def _result(item: tuple[str, Future[memoryview]]) -> tuple[str, PackCheck]:
+    name, future = item
+    return name, PackCheck.from_bytes(future.result())
