@@ -20,6 +20,7 @@ from capsule.adapters.files.tree import load_group
 from capsule.adapters.files.verify_contents import Contents
 from capsule.adapters.repository.chunks import load_id_lists
 from capsule.adapters.repository.entry_rules import check_database_snapshot, check_follows, check_size
+from capsule.adapters.repository.index import BlobLocation
 from capsule.adapters.repository.pack import TRAILER
 from capsule.adapters.repository.packcheck import PackCheck
 from capsule.adapters.repository.repo import Repository
@@ -67,11 +68,18 @@ class VerifyReport:
 
 Progress = Callable[[int, int], None]
 Classify = Callable[[list[bytes]], set[str]]
+Located = Callable[[list[BlobLocation | None]], set[str]]  # a Classify given the index's answers
 REFUSED = "would be refused by restore: "
 
 
 def _affected_by(
-    repo: Repository, report: VerifyReport, classify: Classify, count: bool, contents: Contents | None = None
+    repo: Repository,
+    report: VerifyReport,
+    classify: Classify,
+    count: bool,
+    contents: Contents | None = None,
+    *,
+    located: Located | None = None,
 ) -> dict[str, set[tuple[str, str]]]:
     """Map each problem key that `classify` finds in a file's blobs to the (snapshot, path) hit.
 
@@ -81,7 +89,7 @@ def _affected_by(
     to its entries, and the first one it breaks is reported, as restore would refuse it; the
     files of files snapshots go to `contents`, if given, for the data pass to check.
     """
-    seen = _Seen(repo, classify, rules=count, contents=contents)
+    seen = _Seen(repo, classify, rules=count, contents=contents, located=located)
     affected: dict[str, set[tuple[str, str]]] = {}
     for sid in sorted(repo.backend.list("snapshots")):
         try:
@@ -119,10 +127,16 @@ class _Seen:
     """
 
     def __init__(
-        self, repo: Repository, classify: Classify, rules: bool = False, contents: Contents | None = None
+        self,
+        repo: Repository,
+        classify: Classify,
+        rules: bool = False,
+        contents: Contents | None = None,
+        located: Located | None = None,
     ) -> None:
         self.repo = repo
         self.classify = classify
+        self.located = located
         self.rules = rules
         self.contents = contents
         self.by_list: dict[str, tuple[set[str], int | None]] = {}  # -> (keys, plaintext size)
@@ -211,9 +225,14 @@ class _Seen:
             else:
                 size = None
                 if self.rules:
-                    sizes = [loc.plain_length for loc in self.repo.index.locate_many(ids) if loc is not None]
+                    # One look-up for both: a database's list blobs name every page.
+                    locs = self.repo.index.locate_many(ids)
+                    sizes = [loc.plain_length for loc in locs if loc is not None]
                     size = sum(sizes) if len(sizes) == len(ids) else None
-                self.by_list[list_id] = (self.classify(ids), size)
+                    keys = self.located(locs) if self.located else self.classify(ids)
+                else:
+                    keys = self.classify(ids)
+                self.by_list[list_id] = (keys, size)
         return self.by_list[list_id]
 
     def _tree(self, tree_id: bytes) -> _Tree:
@@ -253,9 +272,9 @@ def _check_structure(repo: Repository, report: VerifyReport, contents: Contents 
     pack_sizes = {name: repo.backend.size("data", name) for name in repo.backend.list("data")}
     report.packs = len(pack_sizes)
 
-    def classify(ids: list[bytes]) -> set[str]:
+    def located(locs: list[BlobLocation | None]) -> set[str]:
         keys = set()
-        for loc in repo.index.locate_many(ids):
+        for loc in locs:
             if loc is None:
                 keys.add(NOT_INDEXED)
                 continue
@@ -264,7 +283,11 @@ def _check_structure(repo: Repository, report: VerifyReport, contents: Contents 
                 keys.add(loc.pack_id)
         return keys
 
-    for key, affected in sorted(_affected_by(repo, report, classify, True, contents).items()):
+    def classify(ids: list[bytes]) -> set[str]:
+        return located(repo.index.locate_many(ids))
+
+    affected_by = _affected_by(repo, report, classify, True, contents, located=located)
+    for key, affected in sorted(affected_by.items()):
         if key == NOT_INDEXED:
             problem = Problem(
                 "blobs",

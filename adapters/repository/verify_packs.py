@@ -45,11 +45,12 @@ AHEAD_PER_WORKER = 2  # packs sent to a worker before its first result is taken
 
 
 def _indexed(repo: Repository, contents: Contents) -> Iterator[tuple[str, bytes]]:
-    """(pack name, rows) for every pack some index names, in pack order."""
+    """(pack name, rows in pack order) for every pack some index names, in pack order."""
     index = repo.index
     for recs in index.pack_batches():
         bounds = np.flatnonzero(np.diff(recs["pack"])) + 1
-        for group in np.split(recs, bounds) if len(recs) else []:
+        for unsorted in np.split(recs, bounds) if len(recs) else []:
+            group = unsorted[np.lexsort((unsorted["within"], unsorted["offset"]))]
             rows = np.zeros(len(group), dtype=CHECK_DTYPE)
             for name in ("offset", "id", "type", "comp", "length", "plain", "within"):
                 rows[name] = group[name]
