@@ -40,6 +40,7 @@ class CommandResult:
     returncode: int
     stdout: str = field(repr=False)
     stderr: str = field(repr=False)
+    cpu_seconds: float = 0.0  # user + system, with the children it waited for (worker processes)
 
 
 # Peak RSS must come from a process forked by a small parent: Linux carries the parent's memory
@@ -58,7 +59,8 @@ except OSError as exc:
 _, status, usage = os.wait4(pid, 0)
 seconds = time.perf_counter() - started
 with open(report, "w") as out:
-    json.dump({"seconds": seconds, "maxrss": usage.ru_maxrss, "status": status}, out)
+    cpu = usage.ru_utime + usage.ru_stime
+    json.dump({"seconds": seconds, "maxrss": usage.ru_maxrss, "status": status, "cpu": cpu}, out)
 """
 
 
@@ -118,6 +120,7 @@ def run_measured(
         returncode=returncode,
         stdout=stdout,
         stderr=stderr,
+        cpu_seconds=usage.get("cpu", 0.0) if usage else 0.0,
     )
     if check and result.returncode != 0:
         raise CommandFailedError(
@@ -275,9 +278,15 @@ class Benchmark(Generic[ToolT]):
         self.results: dict[str, dict[str, Any]] = {tool.name: {} for tool in tools}
 
     def step(
-        self, label: str, action: Callable[[ToolT], dict[str, Any] | None], *, required: bool = True
+        self,
+        label: str,
+        action: Callable[[ToolT], dict[str, Any] | None],
+        *,
+        required: bool = True,
+        reverse: bool = False,
     ) -> None:
-        for tool in list(self.tools):
+        """Run `action` for each tool in turn (`reverse`: the last tool first)."""
+        for tool in list(reversed(self.tools) if reverse else self.tools):
             self.log(f"{tool.name}: {label}")
             try:
                 figures = action(tool)
