@@ -39,6 +39,7 @@ class Contents:
         self.single: dict[bytes, set[tuple[str | None, int]]] = {}  # blob id -> (sha256, size)
         self.several: dict[ContentKey, Entry] = {}
         self.wrong: dict[ContentKey, tuple[int, str]] = {}  # -> the size and SHA-256 found
+        self.checked: set[bytes] = set()  # ids of `single` whose blob was found and compared
 
     def add(self, entry: Entry) -> None:
         if entry.type != "file":
@@ -54,6 +55,7 @@ class Contents:
         expected = self.single.get(blob_id)
         if expected is None:
             return
+        self.checked.add(blob_id)
         for want_sha256, want_size in expected:
             if (want_size, want_sha256) != (size, sha256):
                 self.wrong[(want_sha256, want_size, (blob_id.hex(),), ())] = (size, sha256)

@@ -18,9 +18,9 @@ from concurrent.futures import Future
 import numpy as np
 import zstandard
 
-from capsule.adapters.files.verify_contents import Contents
 from capsule.adapters.repository.backends.storage import local_paths
 from capsule.adapters.repository.crypto import ID_SIZE
+from capsule.adapters.repository.pack import BUNDLE_NONE, BUNDLE_ZSTD
 from capsule.adapters.repository.packcheck import ROW, PackCheck, check_pack, parse_rows
 from capsule.adapters.repository.repo import Repository
 from capsule.adapters.workers.sealpool import SealPool, default_workers
@@ -44,8 +44,9 @@ WORKERS_FROM_BYTES = 64 * 1024 * 1024
 AHEAD_PER_WORKER = 2  # packs sent to a worker before its first result is taken
 
 
-def _indexed(repo: Repository, contents: Contents) -> Iterator[tuple[str, bytes]]:
-    """(pack name, rows in pack order) for every pack some index names, in pack order."""
+def _indexed(repo: Repository) -> Iterator[tuple[str, bytes]]:
+    """(pack name, rows in pack order) for every pack some index names, in pack order; every blob
+    sealed alone is wanted (bundle members are database pages, never a file's only blob)."""
     index = repo.index
     for recs in index.pack_batches():
         bounds = np.flatnonzero(np.diff(recs["pack"])) + 1
@@ -54,16 +55,15 @@ def _indexed(repo: Repository, contents: Contents) -> Iterator[tuple[str, bytes]
             rows = np.zeros(len(group), dtype=CHECK_DTYPE)
             for name in ("offset", "id", "type", "comp", "length", "plain", "within"):
                 rows[name] = group[name]
-            if contents.single:
-                single = contents.single
-                rows["want"] = [bytes(i) in single for i in group["id"].tolist()]
+            rows["want"] = (group["comp"] != BUNDLE_ZSTD) & (group["comp"] != BUNDLE_NONE)
             yield index.pack_ids[int(group[0]["pack"])], rows.tobytes()
 
 
-def check_packs(
-    repo: Repository, contents: Contents, workers: int | None = None
-) -> Iterator[tuple[str, PackCheck]]:
+def check_packs(repo: Repository, workers: int | None = None) -> Iterator[tuple[str, PackCheck]]:
     """(pack name, what its check found) for every pack stored, those no index names last.
+
+    It needs nothing from the structure pass, so the two may run at once: the plaintext of every
+    blob sealed alone comes back as its length and SHA-256, whichever files turn out to need it.
 
     `workers`: None chooses by the packs' size and the backend, 0 checks them in this process.
     """
@@ -71,7 +71,7 @@ def check_packs(
     left = set(sizes)
 
     def jobs() -> Iterator[tuple[str, bytes]]:
-        for name, rows in _indexed(repo, contents):
+        for name, rows in _indexed(repo):
             if name in left:  # a missing pack is reported by the structure check
                 left.discard(name)
                 yield name, rows
