@@ -20,7 +20,7 @@ import structlog
 
 from capsule.adapters.files.tree import load_group
 from capsule.adapters.files.verify_contents import Contents
-from capsule.adapters.repository.chunks import load_id_lists
+from capsule.adapters.repository.chunks import load_id_lists, read_id_lists, split_ids
 from capsule.adapters.repository.entry_rules import check_database_snapshot, check_follows, check_size
 from capsule.adapters.repository.index import BlobLocation
 from capsule.adapters.repository.pack import BUNDLED, TRAILER
@@ -143,6 +143,7 @@ class _Seen:
         self.contents = contents
         self.by_list: dict[str, tuple[set[str], int | None]] = {}  # -> (keys, plaintext size)
         self.by_tree: dict[bytes, _Tree] = {}
+        self.bodies: dict[str, bytes] = {}  # list blobs read ahead, not yet looked at
         self.broken: tuple[str, str] | None = None
 
     def problems(self, manifest: Manifest) -> Iterator[tuple[str, set[str]]]:
@@ -221,7 +222,8 @@ class _Seen:
         if unknown), read once whichever asks first."""
         if list_id not in self.by_list:
             try:
-                ids = load_id_lists(self.repo, [list_id])
+                body = self.bodies.pop(list_id, None)
+                ids = load_id_lists(self.repo, [list_id]) if body is None else split_ids(body)
             except CapsuleError:
                 self.by_list[list_id] = (set(), None)  # the list blob itself is classified
             else:
@@ -236,6 +238,16 @@ class _Seen:
                     keys = self.classify(ids)
                 self.by_list[list_id] = (keys, size)
         return self.by_list[list_id]
+
+    def _read_ahead(self, list_ids: list[str]) -> None:
+        """Read a file's list blobs together, in runs: one at a time, a database's thousand list
+        blobs cost a thousand reads, each a seek where the packs are not in the page cache."""
+        if len(list_ids) < 2:
+            return
+        try:
+            self.bodies = dict(zip(list_ids, read_id_lists(self.repo, list_ids), strict=True))
+        except CapsuleError:
+            self.bodies = {}  # each is read alone, and what is wrong with it is found then
 
     def _tree(self, tree_id: bytes) -> _Tree:
         if keys := self.classify([tree_id]):
@@ -265,6 +277,7 @@ class _Seen:
 
     def entry(self, entry: Entry) -> set[str]:
         keys = self.classify([bytes.fromhex(b) for b in entry.blobs + entry.blob_lists])
+        self._read_ahead([i for i in entry.blob_lists if i not in self.by_list])
         for list_id in entry.blob_lists:
             keys |= self._list(list_id)[0]
         return keys
