@@ -11,7 +11,7 @@ to its id, and every distinct file of a files snapshot has its recorded size and
 
 from __future__ import annotations
 
-import hashlib
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,10 +23,10 @@ from capsule.adapters.files.verify_contents import Contents
 from capsule.adapters.repository.chunks import load_id_lists, read_id_lists, split_ids
 from capsule.adapters.repository.entry_rules import check_database_snapshot, check_follows, check_size
 from capsule.adapters.repository.index import BlobLocation
-from capsule.adapters.repository.pack import BUNDLED, TRAILER
+from capsule.adapters.repository.pack import TRAILER
 from capsule.adapters.repository.packcheck import PackCheck
 from capsule.adapters.repository.repo import Repository
-from capsule.adapters.repository.verify_packs import check_packs
+from capsule.adapters.repository.verify_packs import all_packs, check_bundled_files
 from capsule.domain.errors import CapsuleError
 from capsule.domain.manifest import Entry, Manifest
 
@@ -317,32 +317,6 @@ def _check_structure(repo: Repository, report: VerifyReport, contents: Contents 
         report.problems.append(problem)
 
 
-def _all_packs(
-    repo: Repository, workers: int | None, progress: Progress | None
-) -> list[tuple[str, PackCheck]]:
-    total = sum(1 for _ in repo.backend.list("data"))
-    checks = []
-    for done, (name, check) in enumerate(check_packs(repo, workers), 1):
-        checks.append((name, check))
-        if progress:
-            progress(min(done, total), total)
-    return checks
-
-
-def _check_bundled_files(repo: Repository, contents: Contents, bad: dict[bytes, str]) -> None:
-    """Check the files whose only blob is a bundle member: the pack pass hands back the plaintext
-    of blobs sealed alone only. Capsule bundles database pages alone; another writer may not."""
-    ids = [i for i in contents.single if i not in contents.checked and i not in bad]
-    for blob_id, loc in zip(ids, repo.index.locate_many(ids), strict=True):
-        if loc is None or loc.compression not in BUNDLED:
-            continue  # not indexed, or in a pack that is missing or short: reported already
-        try:
-            data = repo.read_blob(blob_id, loc)
-        except (CapsuleError, OSError):
-            continue  # a blob that cannot be read is reported with its pack
-        contents.found(blob_id, len(data), hashlib.sha256(data).hexdigest())
-
-
 def _take_pack(
     report: VerifyReport, contents: Contents, bad: dict[bytes, str], name: str, check: PackCheck
 ) -> None:
@@ -380,14 +354,19 @@ def verify(
         return report
     contents = Contents()
     repo.index.freeze()  # read-only from here: both passes search it at once
+    stop = threading.Event()
     with ThreadPoolExecutor(1, thread_name_prefix="verify-packs") as packs:
         # The workers check packs while this thread walks the snapshots (see verify_packs.py).
-        checks = packs.submit(_all_packs, repo, workers, progress)
-        _check_structure(repo, report, contents)
+        checks = packs.submit(all_packs, repo, workers, progress, stop)
+        try:
+            _check_structure(repo, report, contents)
+        except BaseException:
+            stop.set()  # an error or Ctrl-C here: the pack pass stops after the packs under way
+            raise
     bad: dict[bytes, str] = {}
     for name, check in checks.result():
         _take_pack(report, contents, bad, name, check)
-    _check_bundled_files(repo, contents, bad)
+    check_bundled_files(repo, contents, bad)
     report.bytes_read += contents.read_several(repo)
     for sid, path, message in contents.refused(repo):
         report.problems.append(Problem(f"snapshot {sid[:12]}", REFUSED + message, [(sid, path)]))

@@ -11,19 +11,23 @@ this process checks them with the same code.
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 
 import numpy as np
 import zstandard
 
+from capsule.adapters.files.verify_contents import Contents
 from capsule.adapters.repository.backends.storage import local_paths
 from capsule.adapters.repository.crypto import ID_SIZE
-from capsule.adapters.repository.pack import BUNDLE_NONE, BUNDLE_ZSTD
+from capsule.adapters.repository.pack import BUNDLE_NONE, BUNDLE_ZSTD, BUNDLED
 from capsule.adapters.repository.packcheck import ROW, PackCheck, check_pack, parse_rows
 from capsule.adapters.repository.repo import Repository
 from capsule.adapters.workers.sealpool import SealPool, default_workers
+from capsule.domain.errors import CapsuleError
 
 CHECK_DTYPE = np.dtype(
     [
@@ -100,3 +104,32 @@ def check_packs(repo: Repository, workers: int | None = None) -> Iterator[tuple[
 def _result(item: tuple[str, Future[memoryview]]) -> tuple[str, PackCheck]:
     name, future = item
     return name, PackCheck.from_bytes(future.result())
+
+
+def all_packs(
+    repo: Repository, workers: int | None, progress: Callable[[int, int], None] | None, stop: threading.Event
+) -> list[tuple[str, PackCheck]]:
+    """Every pack's check, in the order `check_packs` gives them (until `stop` is set)."""
+    total = sum(1 for _ in repo.backend.list("data"))
+    checks = []
+    for done, (name, check) in enumerate(check_packs(repo, workers), 1):
+        if stop.is_set():
+            break
+        checks.append((name, check))
+        if progress:
+            progress(min(done, total), total)
+    return checks
+
+
+def check_bundled_files(repo: Repository, contents: Contents, bad: dict[bytes, str]) -> None:
+    """Check the files whose only blob is a bundle member: the pack pass hands back the plaintext
+    of blobs sealed alone only. Capsule bundles database pages alone; another writer may not."""
+    ids = [i for i in contents.single if i not in contents.checked and i not in bad]
+    for blob_id, loc in zip(ids, repo.index.locate_many(ids), strict=True):
+        if loc is None or loc.compression not in BUNDLED:
+            continue  # not indexed, or in a pack that is missing or short: reported already
+        try:
+            data = repo.read_blob(blob_id, loc)
+        except (CapsuleError, OSError):
+            continue  # a blob that cannot be read is reported with its pack
+        contents.found(blob_id, len(data), hashlib.sha256(data).hexdigest())
