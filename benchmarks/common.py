@@ -279,9 +279,15 @@ class Benchmark(Generic[ToolT]):
         self.results: dict[str, dict[str, Any]] = {tool.name: {} for tool in tools}
 
     def step(
-        self, label: str, action: Callable[[ToolT], dict[str, Any] | None], *, required: bool = True
+        self,
+        label: str,
+        action: Callable[[ToolT], dict[str, Any] | None],
+        *,
+        required: bool = True,
+        reverse: bool = False,
     ) -> None:
-        for tool in list(self.tools):
+        """Run `action` for each tool in turn (`reverse`: the last tool first)."""
+        for tool in list(reversed(self.tools) if reverse else self.tools):
             self.log(f"{tool.name}: {label}")
             try:
                 figures = action(tool)

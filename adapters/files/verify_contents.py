@@ -39,6 +39,7 @@ class Contents:
         self.single: dict[bytes, set[tuple[str | None, int]]] = {}  # blob id -> (sha256, size)
         self.several: dict[ContentKey, Entry] = {}
         self.wrong: dict[ContentKey, tuple[int, str]] = {}  # -> the size and SHA-256 found
+        self.checked: set[bytes] = set()  # ids of `single` whose blob was found and compared
 
     def add(self, entry: Entry) -> None:
         if entry.type != "file":
@@ -48,15 +49,16 @@ class Contents:
         else:
             self.several.setdefault(content_key(entry), entry)
 
-    def opened(self, blob_id: bytes, data: bytes) -> None:
-        """A blob the pack pass authenticated: check the one-blob files it is the content of."""
+    def found(self, blob_id: bytes, size: int, sha256: str) -> None:
+        """A blob the pack pass authenticated, of `size` bytes with that SHA-256: check the one-blob
+        files it is the content of."""
         expected = self.single.get(blob_id)
         if expected is None:
             return
-        found = (len(data), hashlib.sha256(data).hexdigest())
-        for sha256, size in expected:
-            if (size, sha256) != found:
-                self.wrong[(sha256, size, (blob_id.hex(),), ())] = found
+        self.checked.add(blob_id)
+        for want_sha256, want_size in expected:
+            if (want_size, want_sha256) != (size, sha256):
+                self.wrong[(want_sha256, want_size, (blob_id.hex(),), ())] = (size, sha256)
 
     def read_several(self, repo: Repository) -> int:
         """Read each file of several blobs whole and check it; return the bytes read."""

@@ -11,19 +11,22 @@ to its id, and every distinct file of a files snapshot has its recorded size and
 
 from __future__ import annotations
 
-import hashlib
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import structlog
 
 from capsule.adapters.files.tree import load_group
 from capsule.adapters.files.verify_contents import Contents
-from capsule.adapters.repository.chunks import load_id_lists
+from capsule.adapters.repository.chunks import load_id_lists, read_id_lists, split_ids
 from capsule.adapters.repository.entry_rules import check_database_snapshot, check_follows, check_size
 from capsule.adapters.repository.index import BlobLocation
-from capsule.adapters.repository.pack import TRAILER, parse_header
+from capsule.adapters.repository.pack import TRAILER
+from capsule.adapters.repository.packcheck import PackCheck
 from capsule.adapters.repository.repo import Repository
+from capsule.adapters.repository.verify_packs import all_packs, check_bundled_files
 from capsule.domain.errors import CapsuleError
 from capsule.domain.manifest import Entry, Manifest
 
@@ -67,11 +70,18 @@ class VerifyReport:
 
 Progress = Callable[[int, int], None]
 Classify = Callable[[list[bytes]], set[str]]
+Located = Callable[[list[BlobLocation | None]], set[str]]  # a Classify given the index's answers
 REFUSED = "would be refused by restore: "
 
 
 def _affected_by(
-    repo: Repository, report: VerifyReport, classify: Classify, count: bool, contents: Contents | None = None
+    repo: Repository,
+    report: VerifyReport,
+    classify: Classify,
+    count: bool,
+    contents: Contents | None = None,
+    *,
+    located: Located | None = None,
 ) -> dict[str, set[tuple[str, str]]]:
     """Map each problem key that `classify` finds in a file's blobs to the (snapshot, path) hit.
 
@@ -81,7 +91,7 @@ def _affected_by(
     to its entries, and the first one it breaks is reported, as restore would refuse it; the
     files of files snapshots go to `contents`, if given, for the data pass to check.
     """
-    seen = _Seen(repo, classify, rules=count, contents=contents)
+    seen = _Seen(repo, classify, rules=count, contents=contents, located=located)
     affected: dict[str, set[tuple[str, str]]] = {}
     for sid in sorted(repo.backend.list("snapshots")):
         try:
@@ -119,14 +129,21 @@ class _Seen:
     """
 
     def __init__(
-        self, repo: Repository, classify: Classify, rules: bool = False, contents: Contents | None = None
+        self,
+        repo: Repository,
+        classify: Classify,
+        rules: bool = False,
+        contents: Contents | None = None,
+        located: Located | None = None,
     ) -> None:
         self.repo = repo
         self.classify = classify
+        self.located = located
         self.rules = rules
         self.contents = contents
         self.by_list: dict[str, tuple[set[str], int | None]] = {}  # -> (keys, plaintext size)
         self.by_tree: dict[bytes, _Tree] = {}
+        self.bodies: dict[str, bytes] = {}  # list blobs read ahead, not yet looked at
         self.broken: tuple[str, str] | None = None
 
     def problems(self, manifest: Manifest) -> Iterator[tuple[str, set[str]]]:
@@ -205,16 +222,32 @@ class _Seen:
         if unknown), read once whichever asks first."""
         if list_id not in self.by_list:
             try:
-                ids = load_id_lists(self.repo, [list_id])
+                body = self.bodies.pop(list_id, None)
+                ids = load_id_lists(self.repo, [list_id]) if body is None else split_ids(body)
             except CapsuleError:
                 self.by_list[list_id] = (set(), None)  # the list blob itself is classified
             else:
                 size = None
                 if self.rules:
-                    sizes = [loc.plain_length for loc in self.repo.index.locate_many(ids) if loc is not None]
+                    # One look-up for both: a database's list blobs name every page.
+                    locs = self.repo.index.locate_many(ids)
+                    sizes = [loc.plain_length for loc in locs if loc is not None]
                     size = sum(sizes) if len(sizes) == len(ids) else None
-                self.by_list[list_id] = (self.classify(ids), size)
+                    keys = self.located(locs) if self.located else self.classify(ids)
+                else:
+                    keys = self.classify(ids)
+                self.by_list[list_id] = (keys, size)
         return self.by_list[list_id]
+
+    def _read_ahead(self, list_ids: list[str]) -> None:
+        """Read a file's list blobs together, in runs: one at a time, a database's thousand list
+        blobs cost a thousand reads, each a seek where the packs are not in the page cache."""
+        if len(list_ids) < 2:
+            return
+        try:
+            self.bodies = dict(zip(list_ids, read_id_lists(self.repo, list_ids), strict=True))
+        except CapsuleError:
+            self.bodies = {}  # each is read alone, and what is wrong with it is found then
 
     def _tree(self, tree_id: bytes) -> _Tree:
         if keys := self.classify([tree_id]):
@@ -244,6 +277,7 @@ class _Seen:
 
     def entry(self, entry: Entry) -> set[str]:
         keys = self.classify([bytes.fromhex(b) for b in entry.blobs + entry.blob_lists])
+        self._read_ahead([i for i in entry.blob_lists if i not in self.by_list])
         for list_id in entry.blob_lists:
             keys |= self._list(list_id)[0]
         return keys
@@ -253,9 +287,9 @@ def _check_structure(repo: Repository, report: VerifyReport, contents: Contents 
     pack_sizes = {name: repo.backend.size("data", name) for name in repo.backend.list("data")}
     report.packs = len(pack_sizes)
 
-    def classify(ids: list[bytes]) -> set[str]:
+    def located(locs: list[BlobLocation | None]) -> set[str]:
         keys = set()
-        for loc in repo.index.locate_many(ids):
+        for loc in locs:
             if loc is None:
                 keys.add(NOT_INDEXED)
                 continue
@@ -264,7 +298,11 @@ def _check_structure(repo: Repository, report: VerifyReport, contents: Contents 
                 keys.add(loc.pack_id)
         return keys
 
-    for key, affected in sorted(_affected_by(repo, report, classify, True, contents).items()):
+    def classify(ids: list[bytes]) -> set[str]:
+        return located(repo.index.locate_many(ids))
+
+    affected_by = _affected_by(repo, report, classify, True, contents, located=located)
+    for key, affected in sorted(affected_by.items()):
         if key == NOT_INDEXED:
             problem = Problem(
                 "blobs",
@@ -279,76 +317,56 @@ def _check_structure(repo: Repository, report: VerifyReport, contents: Contents 
         report.problems.append(problem)
 
 
-def _check_pack(
-    repo: Repository,
-    name: str,
-    indexed: list[tuple[bytes, BlobLocation]],
-    report: VerifyReport,
-    contents: Contents,
-) -> set[bytes]:
-    """Read a whole pack; return the ids of the blobs in it that are damaged.
-
-    Each blob that authenticates goes to `contents`, which checks the files it is the whole of.
-    """
-    data = repo.backend.read("data", name)
-    report.bytes_read += len(data)
-    if hashlib.sha256(data).hexdigest() != name:
+def _take_pack(
+    report: VerifyReport, contents: Contents, bad: dict[bytes, str], name: str, check: PackCheck
+) -> None:
+    """Report what one pack's check found; its damaged blobs go to `bad`, with the pack's name."""
+    report.bytes_read += check.size
+    report.blobs += check.blobs
+    if not check.name_matches:
         report.problems.append(
             Problem(f"pack {name[:12]}", f"does not match its name: damaged{REPAIR_ADVICE}")
         )
-    try:
-        header = parse_header(repo.sealer, data, len(data), name)
-    except CapsuleError as e:
-        report.problems.append(Problem(f"pack {name[:12]}", f"{e}; its blobs were checked through the index"))
-        header = []
-    in_index = dict(indexed)
-    for blob in header:
-        loc = in_index.get(blob.blob_id)
-        if loc is not None and loc[3:] != blob[3:]:
-            report.problems.append(
-                Problem(
-                    f"pack {name[:12]}",
-                    f"its header and the index disagree on blob {blob.blob_id.hex()[:12]}",
-                )
-            )
-    if not indexed:  # a pack no index names (a backup that crashed): check what its header lists
-        indexed = [(b.blob_id, BlobLocation(name, *b[1:])) for b in header]
-    bad: set[bytes] = set()
-    view = memoryview(data)
-    # In pack order, so that a bundle is opened once for all of its members.
-    for blob_id, loc in sorted(indexed, key=lambda item: (item[1].offset, item[1].within)):
-        report.blobs += 1
-        try:
-            data = repo.open_blob(blob_id, loc, view[loc.offset : loc.offset + loc.length])
-        except CapsuleError:
-            bad.add(blob_id)
-            continue
-        contents.opened(blob_id, data)
-    return bad
+    if check.header_error is not None:
+        report.problems.append(
+            Problem(f"pack {name[:12]}", f"{check.header_error}; its blobs were checked through the index")
+        )
+    for blob_id in check.disagree:
+        report.problems.append(
+            Problem(f"pack {name[:12]}", f"its header and the index disagree on blob {blob_id.hex()[:12]}")
+        )
+    for blob_id in check.bad:
+        bad[blob_id] = name
+    for blob_id, size, digest in check.found:
+        contents.found(blob_id, size, digest.hex())
 
 
-def verify(repo: Repository, read_data: bool = False, progress: Progress | None = None) -> VerifyReport:
+def verify(
+    repo: Repository, read_data: bool = False, progress: Progress | None = None, workers: int | None = None
+) -> VerifyReport:
+    """Check `repo`; with `read_data`, every pack too, on `workers` processes (None: as many as
+    pays, 0: this one)."""
     report = VerifyReport()
     for name in repo.load_index(use_cache=False):  # every index file is read and checked
         report.problems.append(Problem(f"index {name[:12]}", "is damaged; run `capsule rebuild-index`"))
-    contents = Contents() if read_data else None
-    _check_structure(repo, report, contents)
-    if contents is None:
+    if not read_data:
+        _check_structure(repo, report, None)
         return report
+    contents = Contents()
+    repo.index.freeze()  # read-only from here: both passes search it at once
+    stop = threading.Event()
+    with ThreadPoolExecutor(1, thread_name_prefix="verify-packs") as packs:
+        # The workers check packs while this thread walks the snapshots (see verify_packs.py).
+        checks = packs.submit(all_packs, repo, workers, progress, stop)
+        try:
+            _check_structure(repo, report, contents)
+        except BaseException:
+            stop.set()  # an error or Ctrl-C here: the pack pass stops after the packs under way
+            raise
     bad: dict[bytes, str] = {}
-    on_disk = set(repo.backend.list("data"))
-    done = 0
-    for name, indexed in repo.index.by_pack():
-        if name not in on_disk:
-            continue  # reported by the structure check when a snapshot needs it
-        for blob_id in _check_pack(repo, name, indexed, report, contents):
-            bad[blob_id] = name
-        on_disk.discard(name)
-        done += 1
-        if progress:
-            progress(done, done + len(on_disk))
-    for name in sorted(on_disk):  # packs no index names: check what their own header lists
-        _check_pack(repo, name, [], report, contents)
+    for name, check in checks.result():
+        _take_pack(report, contents, bad, name, check)
+    check_bundled_files(repo, contents, bad)
     report.bytes_read += contents.read_several(repo)
     for sid, path, message in contents.refused(repo):
         report.problems.append(Problem(f"snapshot {sid[:12]}", REFUSED + message, [(sid, path)]))

@@ -18,6 +18,7 @@ from capsule.adapters.repository.pack import HEADER_ENTRY
 from capsule.adapters.workers.sealworker import (
     FRAME,
     HEAD,
+    OP_CHECK_PACK,
     OP_HASH,
     OP_OPEN_TO,
     OP_RESTORE_FILE,
@@ -216,6 +217,11 @@ class SealPool:
                 for f in files
             ],
         )
+
+    def check_pack(self, path: str, name: str, rows: bytes) -> Future[memoryview]:
+        """Read the pack `name` at `path` whole and check it and the blobs `rows` place in it
+        (see repository/packcheck.py); the reply is a `PackCheck` as bytes."""
+        return self._submit(OP_CHECK_PACK, self._path(path) + name.encode("ascii") + rows)
 
 
 class RestoreFile(NamedTuple):

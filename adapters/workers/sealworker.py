@@ -30,6 +30,7 @@ from capsule.adapters.errors import IntegrityError
 from capsule.adapters.repository.blobcodec import decode_blob, decode_bundle, encode_blob, encode_bundle
 from capsule.adapters.repository.crypto import ID_SIZE, NONCE_SIZE, MasterKey, Sealer
 from capsule.adapters.repository.pack import BUNDLED, HEADER_ENTRY
+from capsule.adapters.repository.packcheck import check_pack, parse_rows
 
 OP_HASH = 1  # path, offset u64, length u32, chunk u32 -> concatenated 32-byte ids
 # path, type u8, flags u8, offset u64, length u32, chunk u32, n u32, n x index u32, n x id 32
@@ -60,6 +61,9 @@ SEAL_COMPRESS, SEAL_BUNDLE = 1, 2
 # docs/performance.md, "Bundles of 64 pages").
 BUNDLE_BYTES = 256 * 1024
 RESTORE_FILE = struct.Struct("<IqQ32s")
+# path, pack name (64 hex digits), then rows (see repository/packcheck.ROW) end to end -> a
+#   PackCheck: the whole pack read with one read and checked as `verify --read-data` does
+OP_CHECK_PACK = 7
 
 OPEN_PACKS = 16
 OPEN_BUNDLES = 8  # bundles kept opened: a file's pages may alternate between a few of them
@@ -241,6 +245,14 @@ class Worker:
             raise
         return struct.pack("<Q", size)
 
+    def check_pack(self, body: bytes, pos: int) -> bytes:
+        path, pos = _path(body, pos)
+        name = body[pos : pos + 64].decode("ascii")
+        with open(path, "rb", buffering=0) as f:
+            data = f.read()
+        rows = parse_rows(memoryview(body)[pos + 64 :])
+        return check_pack(self.sealer, self.decompressor, name, data, rows).to_bytes()
+
     def _open_items(self, body: bytes, pos: int) -> list[bytes | memoryview]:
         (n_paths,) = FRAME.unpack_from(body, pos)
         pos += 4
@@ -346,6 +358,8 @@ class Worker:
                 result = self.open_to(body, HEAD.size)
             elif op == OP_RESTORE_FILE:
                 result = self.restore_file(body, HEAD.size)
+            elif op == OP_CHECK_PACK:
+                result = self.check_pack(body, HEAD.size)
             else:
                 raise ValueError(f"unknown operation {op}")
             return HEAD.pack(STATUS_OK, request) + result

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from capsule.adapters.repository.backends.local import LocalBackend
+from capsule.adapters.repository.repo import Repository
+from capsule.adapters.repository.verify import verify
 from tests.integration.helpers import (
     DatabaseTemplates,
     MiB,
@@ -95,6 +98,24 @@ def test_verify_read_data_names_the_snapshots_and_file_behind_a_flipped_pack_byt
     assert file_content_digest(tmp_path / "c" / "other.db", immutable=True) == file_content_digest(
         Path(layout.other_db)
     )
+
+
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "worker-processes"])
+def test_verify_read_data_names_the_same_damage_whether_workers_or_this_process_check_the_packs(
+    damaged: tuple[Shop, Layout], workers: int
+) -> None:
+    shop, layout = damaged
+    pack = largest(shop, layout.ab_packs)
+    flip_byte(pack)
+    repo = Repository.open(LocalBackend(shop.repository), shop.key_file)
+
+    report = verify(repo, read_data=True, workers=workers)
+
+    about_pack = [p for p in report.problems if p.subject == f"pack {pack.name[:12]}"]
+    assert any("does not match its name" in p.message for p in about_pack)
+    assert {a for p in about_pack for a in p.affected} == {(layout.a, "pos.db"), (layout.b, "pos.db")}
+    assert not [p for p in report.problems if p not in about_pack]
+    assert report.bytes_read >= sum(p.stat().st_size for p in shop.packs())
 
 
 def test_restore_from_a_damaged_pack_fails_and_writes_nothing_at_the_target(

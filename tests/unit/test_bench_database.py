@@ -3,8 +3,14 @@ turns, and the writer's worst commit is the worst of any run."""
 
 from __future__ import annotations
 
-from benchmarks.bench_database import _runs, fold_first_backup_runs, fold_restore_runs, render_report
-from benchmarks.common import MB
+from benchmarks.bench_database import (
+    _runs,
+    fold_first_backup_runs,
+    fold_restore_runs,
+    fold_verify_runs,
+    render_report,
+)
+from benchmarks.common import MB, Benchmark
 
 
 def test_restore_time_becomes_the_median_of_the_runs_and_the_extra_runs_are_folded_in():
@@ -192,3 +198,42 @@ def test_the_report_names_the_run_of_each_slow_commit_and_any_failed_run():
     assert "62 ms at +2.50 s (run 2), 20 ms at +1.00 s (run 1)" in report
     assert "capsule: a repeated first backup failed: repository locked" in report
     assert "10.00 / 8.00" in report
+
+
+def test_verify_time_and_cpu_time_become_the_medians_of_the_runs():
+    results = {
+        "capsule": {
+            "verify": {"seconds": 3.0, "cpu_seconds": 5.0, "peak_rss_bytes": 10},
+            "verify_2": {"seconds": 2.0, "cpu_seconds": 4.0, "peak_rss_bytes": 30},
+            "verify_3": {"seconds": 2.5, "cpu_seconds": 4.5, "peak_rss_bytes": 20},
+        },
+        "restic": {
+            "verify": {"seconds": 4.0, "cpu_seconds": 3.0, "peak_rss_bytes": 5},
+            "verify_2": {"failed": "interrupted"},
+            "verify_3": {"seconds": 5.0, "cpu_seconds": 3.5, "peak_rss_bytes": 5},
+        },
+    }
+    fold_verify_runs(results, ["verify_2", "verify_3"])
+    assert results["capsule"] == {
+        "verify": {
+            "seconds": 2.5,
+            "cpu_seconds": 4.5,
+            "runs_seconds": [3.0, 2.0, 2.5],
+            "runs_cpu_seconds": [5.0, 4.0, 4.5],
+            "peak_rss_bytes": 30,
+        }
+    }
+    restic = results["restic"]["verify"]
+    assert (restic["seconds"], restic["cpu_seconds"], restic["failed_runs"]) == (4.5, 3.25, ["interrupted"])
+
+
+def test_a_reversed_step_runs_the_last_tool_first():
+    class Tool:
+        def __init__(self, name):
+            self.name = name
+
+    order = []
+    bench = Benchmark([Tool("capsule"), Tool("restic")], lambda message: None)
+    bench.step("verify", lambda t: order.append(t.name) or {})
+    bench.step("verify_2", lambda t: order.append(t.name) or {}, reverse=True)
+    assert order == ["capsule", "restic", "restic", "capsule"]
