@@ -28,7 +28,7 @@ from capsule.api.vocabulary import emit_json
 )
 @click.option("--json", "as_json", is_flag=True, help="Print every snapshot's verdict as JSON.")
 @pass_ctx
-def forget(
+def forget(  # noqa: PLR0917 (click passes options by position)
     obj: Context, snapshots: tuple[str, ...], dry_run: bool, force: bool, then_prune: bool, as_json: bool
 ) -> None:
     """Apply the retention policies (`capsule settings show` lists them): print every snapshot with
