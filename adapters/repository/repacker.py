@@ -104,8 +104,8 @@ class Repacker:
         self.bytes_written = 0
 
     def open_source(self, pack_id: str, wanted: npt.NDArray[np.bytes_]) -> Source | None:
-        """Read pack `pack_id` and check every blob of `wanted` (sorted ids, ID_DTYPE) it holds;
-        None if the pack is gone. Reads only: safe on several threads at once."""
+        """Read pack `pack_id` and authenticate every unit holding one of `wanted` (sorted ids,
+        ID_DTYPE); None if the pack is gone. Reads only: safe on several threads at once."""
         try:
             data = self.repo.backend.read("data", pack_id)
         except ObjectNotFound:
@@ -136,7 +136,7 @@ class Repacker:
 
     def copy_from(self, pack_id: str, wanted: npt.NDArray[np.bytes_]) -> int:
         """Copy the units of pack `pack_id` holding one of `wanted` (sorted ids, ID_DTYPE), each
-        checked first; return how many of `wanted` the pack held (0 if the pack is gone)."""
+        authenticated first; return how many of `wanted` the pack held (0 if the pack is gone)."""
         return self.add(self.open_source(pack_id, wanted))
 
     def _authenticate(
