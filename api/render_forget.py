@@ -26,7 +26,8 @@ def _local(moment: datetime, zone: tzinfo | None) -> str:
     return f"{moment.astimezone(zone):%Y-%m-%d %H:%M}"
 
 
-def forgotten(report: ForgetReport, as_json: bool) -> None:
+def forgotten(report: ForgetReport, as_json: bool, *, pruning: bool = False) -> None:
+    """Every verdict, then the counts; `pruning`: a prune follows in the same run."""
     if as_json:
         emit_json(report.as_dict())
         return
@@ -57,7 +58,7 @@ def forgotten(report: ForgetReport, as_json: bool) -> None:
             f"Dry run: would keep {report.kept}, would forget {report.to_forget}; nothing was changed."
         )
     else:
-        tail = "; `capsule prune` gives their space back" if report.forgotten else ""
+        tail = "; `capsule prune` gives their space back" if report.forgotten and not pruning else ""
         click.echo(f"Kept {report.kept}, forgotten {len(report.forgotten)}{tail}.")
 
 

@@ -13,7 +13,7 @@ process with a simulated clock; restic from a copy made with SQLite's backup API
 stopped (and can extend it with a larger `--hours`).
 
 `prune` copies both repositories afresh for every run (not timed), then times, the tools taking
-turns, Capsule's `capsule forget` followed by `capsule prune` and restic's `forget --prune`, with
+turns, Capsule's `capsule forget --prune` and restic's `forget --prune`, with
 the same policy (`POLICY`) and the same time zone (UTC). It reports the repository's size before
 and after, the wall time and the peak RSS, medians over the runs. See benchmarks/README.md.
 """
@@ -408,8 +408,8 @@ def require_capsule_commands(command: list[str], names: tuple[str, ...] = ("forg
     if missing:
         listed = " and ".join(f"`capsule {n}`" for n in missing)
         raise SystemExit(
-            f"this Capsule has no {listed}: the prune phase runs `capsule forget --json` then "
-            "`capsule prune --json`; install a Capsule that has them, or measure restic alone "
+            f"this Capsule has no {listed}: the prune phase runs `capsule forget --prune --json`; "
+            "install a Capsule that has them, or measure restic alone "
             "with --tools restic"
         )
 
@@ -542,8 +542,9 @@ def prune_capsule(layout: Layout, command: list[str], base: Path) -> dict[str, A
         _run([*command, "settings", "set", key, value], env)
     before = directory_bytes(layout.capsule_repository(base))
     snapshots_before = len(json.loads(_run([*command, "snapshots", "--json"], env).stdout or "[]"))
-    forget = run_sampled([*command, "forget", "--json"], env)
-    prune = run_sampled([*command, "prune", "--json"], env)
+    # One command, as restic's `forget --prune` is: `capsule forget --prune` forgets, then runs the
+    # prune job, in one process.
+    both = run_sampled([*command, "forget", "--prune", "--json"], env)
     after = directory_bytes(layout.capsule_repository(base))
     kept = snapshot_times(_run([*command, "snapshots", "--json"], env).stdout)
     return {
@@ -552,8 +553,8 @@ def prune_capsule(layout: Layout, command: list[str], base: Path) -> dict[str, A
         "snapshots_before": snapshots_before,
         "snapshots_after": len(kept),
         "kept": kept,
-        **_measured([forget, prune]),
-        "reports": [_json_or_text(forget.result.stdout), _json_or_text(prune.result.stdout)],
+        **_measured([both]),
+        "reports": [_json_or_text(both.result.stdout)],
     }
 
 

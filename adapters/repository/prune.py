@@ -174,7 +174,9 @@ def plan_prune(
     chosen = _chosen_packs(index, used)
     stats = _pack_stats(repo)
     on_disk = {name: info.size for name, info in stats.items()}
-    chosen_gone = np.isin(chosen, [i for i, p in enumerate(index.pack_ids) if p not in on_disk])
+    chosen_gone = _among(
+        chosen, [i for i, p in enumerate(index.pack_ids) if p not in on_disk], len(index.pack_ids)
+    )
     unavailable = IdSet()
     unavailable.add(used.freeze()[(chosen < 0) | chosen_gone].tobytes())
     delete: list[str] = []
@@ -256,6 +258,14 @@ def _chosen_packs(index: Index, used: IdSet) -> npt.NDArray[np.int64]:
         which, numbers, _ = index.columns(ids[at : at + COLUMNS_AT_ONCE].tobytes())
         chosen[at : at + len(which)] = np.where(which >= 0, numbers.astype(np.int64), -1)
     return chosen
+
+
+def _among(numbers: npt.NDArray[np.int64], chosen: list[int], count: int) -> npt.NDArray[np.bool_]:
+    """Whether each of `numbers` (pack numbers below `count`, or -1 for none) is one of `chosen`:
+    a look-up in a table of the packs, where `np.isin` would sort a copy of all the numbers."""
+    table = np.zeros(count + 1, dtype=bool)
+    table[chosen] = True
+    return table[numbers]  # -1 reads the last row, which no pack number reaches: False
 
 
 _kept_used: tuple[tuple[object, ...], IdSet] | None = None
@@ -350,7 +360,7 @@ def repack(
         used = _used_ids(repo, plan.snapshots)
     pack_numbers = _chosen_packs(index, used)
     condemned_numbers = [i for i, p in enumerate(index.pack_ids) if p in plan.condemned]
-    needed_mask = (pack_numbers >= 0) & np.isin(pack_numbers, condemned_numbers)
+    needed_mask = _among(pack_numbers, condemned_numbers, len(index.pack_ids))
     # Each needed blob is copied from the pack the index chose for it: grouped by that pack, the
     # ids of each group still sorted (a stable sort of sorted ids).
     needed_packs = pack_numbers[needed_mask]

@@ -2,10 +2,10 @@
 
 A blob is copied as it is stored (a bundle whole, its members' header entries as pack.py lays
 them out): nothing is decrypted to be sealed again. Each pack is read once, whole; its header is
-opened from those bytes and checked as section 8.2 of the repository format says, and every blob
-that is needed is opened and checked as section 15 says (its unit's tag, decompression, length and
-keyed BLAKE3 id) before it is copied, so that a damaged one is never carried over. Stored units
-that lie end to end are copied as one run: the work per blob is the check alone.
+opened from those bytes and checked as section 8.2 of the repository format says, and every stored
+unit copied is opened with its AES-GCM tag first, so that a unit damaged since it was written is
+never carried over (section 14.2 says why the tag is the whole check a copier owes: the bytes and
+their header entries move unchanged). Stored units that lie end to end are copied as one run.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import numpy.typing as npt
 import structlog
 
 from capsule.adapters.errors import IntegrityError, ObjectNotFound
-from capsule.adapters.repository.blobcodec import decode_blob, decode_bundle
 from capsule.adapters.repository.crypto import ID_SIZE
 from capsule.adapters.repository.index import HEADER_DTYPE, encode_index, header_records
 from capsule.adapters.repository.pack import (
@@ -28,9 +27,11 @@ from capsule.adapters.repository.pack import (
     PACK_MAGIC,
     TRAILER,
     PackBuilder,
+    blob_aad,
+    bundle_aad,
 )
 from capsule.adapters.repository.pruneplan import Repacked
-from capsule.adapters.repository.repo import Repository, _decompressor
+from capsule.adapters.repository.repo import Repository
 from capsule.adapters.repository.usage import ID_DTYPE, find_sorted
 
 log = structlog.get_logger(__name__)
@@ -103,8 +104,8 @@ class Repacker:
         self.bytes_written = 0
 
     def open_source(self, pack_id: str, wanted: npt.NDArray[np.bytes_]) -> Source | None:
-        """Read pack `pack_id` and check every blob of `wanted` (sorted ids, ID_DTYPE) it holds;
-        None if the pack is gone. Reads only: safe on several threads at once."""
+        """Read pack `pack_id` and authenticate every unit holding one of `wanted` (sorted ids,
+        ID_DTYPE); None if the pack is gone. Reads only: safe on several threads at once."""
         try:
             data = self.repo.backend.read("data", pack_id)
         except ObjectNotFound:
@@ -115,10 +116,10 @@ class Repacker:
         want, _ = find_sorted(wanted, ids)
         if not want.any():
             return None
-        self._check(pack_id, memoryview(data), recs, want)
         rows = np.arange(len(recs))
         # The first row of each row's unit; a unit is copied whole when one of its blobs is wanted.
         head = np.maximum.accumulate(np.where(entries["length"] > 0, rows, 0))
+        self._authenticate(pack_id, memoryview(data), recs, head, want)
         unit_wanted = np.zeros(len(recs), dtype=bool)
         unit_wanted[head[want]] = True
         take = unit_wanted[head]
@@ -135,51 +136,37 @@ class Repacker:
 
     def copy_from(self, pack_id: str, wanted: npt.NDArray[np.bytes_]) -> int:
         """Copy the units of pack `pack_id` holding one of `wanted` (sorted ids, ID_DTYPE), each
-        checked first; return how many of `wanted` the pack held (0 if the pack is gone)."""
+        authenticated first; return how many of `wanted` the pack held (0 if the pack is gone)."""
         return self.add(self.open_source(pack_id, wanted))
 
-    def _check(
-        self, pack_id: str, data: memoryview, recs: npt.NDArray[np.void], want: npt.NDArray[np.bool_]
+    def _authenticate(
+        self,
+        pack_id: str,
+        data: memoryview,
+        recs: npt.NDArray[np.void],
+        head: npt.NDArray[np.intp],
+        want: npt.NDArray[np.bool_],
     ) -> None:
-        """Open every wanted blob (each unit once) and check it; IntegrityError naming the blob."""
+        """Open every stored unit holding a wanted blob with its AES-GCM tag, each unit once;
+        IntegrityError naming the first wanted blob of a unit that fails.
+
+        The unit is copied byte for byte, under header entries copied from the pack's authenticated
+        header: the tag proves those bytes are the ones their writer sealed, which is all a copy
+        needs (the format's section 14.2). Decompressing and hashing each member again would prove
+        only what the writer already did, and every reader of the new pack checks it anyway."""
         sealer = self.repo.sealer
-        decompressor = _decompressor()
-        opened_at = -1
-        plain = b""
-        rows = np.flatnonzero(want)
-        raw_ids = np.ascontiguousarray(recs["id"][rows]).tobytes()
-        columns = (
-            recs[name][rows].tolist() for name in ("type", "comp", "offset", "length", "plain", "within")
-        )
-        for k, (btype, comp, offset, length, plain_length, within) in enumerate(zip(*columns, strict=True)):
+        units, first = np.unique(head[want], return_index=True)
+        named = np.flatnonzero(want)[first]
+        raw_ids = np.ascontiguousarray(recs["id"][named]).tobytes()
+        columns = (recs[name][units].tolist() for name in ("type", "comp", "offset", "length"))
+        for k, (btype, comp, offset, length) in enumerate(zip(*columns, strict=True)):
             blob_id = raw_ids[k * ID_SIZE : (k + 1) * ID_SIZE]
 
             def what(blob_id: bytes = blob_id) -> str:
                 return f"blob {blob_id.hex()[:12]} in pack {pack_id[:12]}"
 
-            sealed = data[offset : offset + length]
-            if comp in BUNDLED:
-                if offset != opened_at:
-                    plain = decode_bundle(
-                        sealer, decompressor, blob_type=btype, compression=comp, sealed=sealed, what=what
-                    )
-                    opened_at = offset
-                if within + plain_length > len(plain):
-                    raise IntegrityError(f"{what()} lies beyond the end of its bundle")
-                body: bytes | memoryview = memoryview(plain)[within : within + plain_length]
-            else:
-                body = decode_blob(
-                    sealer,
-                    decompressor,
-                    blob_id,
-                    blob_type=btype,
-                    compression=comp,
-                    sealed=sealed,
-                    plain_length=plain_length,
-                    what=what,
-                )
-            if sealer.blob_id(body) != blob_id:
-                raise IntegrityError(f"{what()} does not match its id")
+            aad = bundle_aad(btype, comp) if comp in BUNDLED else blob_aad(btype, comp, blob_id)
+            sealer.open(data[offset : offset + length], aad, what)
 
     def _add(self, source: Source) -> None:
         """Add the units of `source` to the pack being filled, runs of adjacent units each as one

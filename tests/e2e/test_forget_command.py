@@ -6,7 +6,9 @@ second process forgetting at the same time leaves anything wrong."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import sqlite3
 import time
 from typing import Any
 
@@ -161,3 +163,32 @@ def test_replay_rebuilds_the_same_rows_after_forgetting_and_tagging(shop: Shop, 
     assert {j["snapshot_id"]: j["tags"] for j in kept["snapshots"]}[four[1]] == ["keep", "year-end"]
     removed = shop.run("tag", four[1], "--remove", "keep", expect=0).stdout
     assert "removed keep; its tags: year-end." in removed
+
+
+@pytest.mark.slow  # five backups and a prune, each a process of its own
+def test_forget_with_prune_gives_the_space_back_in_one_run(shop: Shop) -> None:
+    ids = []
+    for n in range(4):
+        with sqlite3.connect(shop.database) as db:  # pages the next backup no longer holds
+            db.execute("CREATE TABLE IF NOT EXISTS filler (b BLOB)")
+            db.execute("DELETE FROM filler")
+            db.execute("INSERT INTO filler VALUES (randomblob(?))", (400_000 + n,))
+        ids.append(shop.backup()["snapshot_id"])
+    shop.run("settings", "set", "retention.database.keep-last", "2", expect=0)
+    when = time.time() - 3 * 3600  # past the two hours in which a prune leaves a pack alone
+    for pack in (shop.repository / "data").rglob("*"):
+        os.utime(pack, (when, when))
+    refused = shop.run("forget", "--prune", "--dry-run", expect=2).stderr
+    assert "--prune and --dry-run do not go together" in refused
+
+    doc = json_of(shop, "forget", "--prune")
+
+    assert set(doc) == {"forget", "prune"} and set(doc["forget"]) == REPORT
+    assert sorted(doc["forget"]["forgotten"]) == sorted(ids[:2])
+    pruned = doc["prune"]
+    assert pruned["job_id"] and pruned["dry_run"] is False
+    assert pruned["bytes_freed"] > 400_000 and pruned["bytes_after"] < pruned["bytes_before"]
+    assert sorted(listed(shop)) == sorted(ids[2:])
+    (job,) = [j for j in json_of(shop, "jobs") if j["job_type"] == "prune"]
+    assert job["status"] == "completed" and job["job_id"] == pruned["job_id"]
+    assert json_of(shop, "verify", "--read-data")["ok"] is True
