@@ -10,8 +10,8 @@ the time went"), and as much memory as the database while it lasts.
 
 The file is trusted only as far as SQLite itself would trust it: its header must say WAL, its
 in-header page count must be valid (SQLite keeps it so since 3.7.0) and fit in the file, and the
-schema a reader sees must be the one the file's header counts. Anything else, and the backup
-takes the copy as before.
+schema cookie and application id a reader sees must be those of the file's header. Anything else,
+and the backup takes the copy as before.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class FileHeader:
     page_size: int
     page_count: int
     schema_cookie: int
+    application_id: int
 
 
 def read_header(path: Path) -> FileHeader | None:
@@ -59,12 +60,13 @@ def read_header(path: Path) -> FileHeader | None:
     page_size = 65536 if page_size == 1 else page_size
     write_version, read_version = raw[18], raw[19]
     (counter, page_count, cookie) = struct.unpack_from(">I I 8x I", raw, 24)
+    (application_id,) = struct.unpack_from(">i", raw, 68)
     (valid_for,) = struct.unpack_from(">I", raw, 92)
     if (write_version, read_version) != (2, 2) or page_size < 512 or page_size & (page_size - 1):
         return None  # not in WAL mode: the till writes this file directly
     if valid_for != counter or page_count == 0 or page_count * page_size > size:
         return None  # SQLite would take the count from the file's size: so does the copy
-    return FileHeader(raw, page_size, page_count, cookie)
+    return FileHeader(raw, page_size, page_count, cookie, application_id)
 
 
 def frozen_image(source: Path, folded_at: float) -> tuple[DatabaseCopy, FileHeader] | None:
@@ -89,8 +91,8 @@ def frozen_image(source: Path, folded_at: float) -> tuple[DatabaseCopy, FileHead
     except sqlite3.Error as e:
         log.debug("database not identified", error=str(e))
         return None
-    if identity.page_size != header.page_size:
-        return None
+    if (identity.page_size, identity.application_id) != (header.page_size, header.application_id):
+        return None  # set since the fold, without a schema change
     size = header.page_size * header.page_count
     seconds = time.perf_counter() - folded_at
     image = DatabaseCopy(source, size, header.page_size, header.page_count, "wal", seconds, identity)
