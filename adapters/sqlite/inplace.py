@@ -4,9 +4,9 @@ SQLite writes a WAL database's file only when it checkpoints. The checkpoint kee
 into the file up to its end and then folds nothing more (`CheckpointKeeper.frozen`); every other
 checkpoint needs the lock it keeps. Until it thaws, the file therefore holds every commit up to
 that moment and nothing after: a consistent snapshot that the workers can read directly. That
-saves the copy, in which SQLite reads every page and writes it again: on a 483 MB database,
-more processor time than hashing the pages (see docs/performance.md, "The hourly backup: where
-the time went"), and as much memory as the database while it lasts.
+saves the copy, in which SQLite reads every page and writes it again, at a cost in processor time
+above that of hashing the pages (see docs/performance.md, "A WAL database read in place"), and
+as much memory as the database while it lasts.
 
 The file is trusted only as far as SQLite itself would trust it: its header must say WAL, its
 in-header page count must be valid (SQLite keeps it so since 3.7.0) and fit in the file, and the
