@@ -36,6 +36,7 @@ from capsule.adapters.repository.chunks import (
 from capsule.adapters.repository.lock import pid_alive
 from capsule.adapters.repository.rebuild import adopt_unindexed_packs
 from capsule.adapters.repository.repo import Repository
+from capsule.adapters.sqlite.inplace import frozen_image, still_frozen
 from capsule.adapters.sqlite.livecopy import LiveCopy, reports_holes
 from capsule.adapters.sqlite.pagestore import store_file_chunks
 from capsule.adapters.sqlite.snapshot import (
@@ -59,6 +60,9 @@ SHRINK_WARNING_FRACTION = 0.10
 CHUNK_TARGET = 4096  # bytes: one page of a default database; smaller pages are grouped
 READ_SIZE = 1024 * 1024
 COPY_SUFFIX = ".capsule-snapshot"
+# A WAL database is read where it lies once the checkpoint keeper has frozen its file (see
+# `inplace`); False takes a copy of it every time, as before.
+READ_IN_PLACE = True
 
 Progress = Callable[[int, int], None]
 
@@ -390,9 +394,14 @@ def store_database(
         pool = SealPool(repo.master_key, repo.compression_level, workers) if workers != 0 else None
         try:
             stored = None
+            in_place = None
+            if pool is not None and keeper is not None and READ_IN_PLACE:
+                in_place = _store_in_place(repo, source, keeper, full=full, progress=progress, pool=pool)
+            if in_place is not None:
+                copy, stored = in_place
             # In rollback-journal mode the copy blocks the till's commits until it ends: there it
             # runs alone, as fast as it can, rather than beside the store.
-            if pool is not None and keeper is not None and reports_holes(copy_dir):
+            elif pool is not None and keeper is not None and reports_holes(copy_dir):
                 copy, stored = _store_while_copying(
                     repo, source, copy_path, full=full, progress=progress, pool=pool, keeper=keeper
                 )
@@ -426,6 +435,31 @@ def store_database(
         warnings=[w for w in (lost, shrink_warning(copy.size, parent)) if w],
         identity=copy.identity,
     )
+
+
+def _store_in_place(
+    repo: Repository,
+    source: Path,
+    keeper: CheckpointKeeper,
+    *,
+    full: bool,
+    progress: Progress | None,
+    pool: SealPool,
+) -> tuple[DatabaseCopy, tuple[Entry, StoreStats]] | None:
+    """Store the WAL database's own file, frozen by the keeper (see `inplace`); None if it could
+    not be frozen or read as a snapshot, or was not left alone while it was read: then the caller
+    copies it. Blobs stored on the way are content-addressed: the copy's store finds them."""
+    began = time.perf_counter()
+    with keeper.frozen() as folded:
+        found = frozen_image(source, began) if folded is not None else None
+        if found is None:
+            return None
+        image, header = found
+        stored = store_database_copy(repo, image, source, full=full, progress=progress, pool=pool)
+        if not (keeper.held and still_frozen(source, header)):
+            log.warning("the database changed while it was read in place; reading a copy of it instead")
+            return None
+    return dataclasses.replace(image, seconds=time.perf_counter() - began), stored
 
 
 def _store_while_copying(

@@ -37,20 +37,29 @@ class Growing(Protocol):
     def wait_done(self) -> None: ...
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path, size: int | None = None) -> str:
+    """The SHA-256 of the file's first `size` bytes (all of them if None)."""
     sha = hashlib.sha256()
     buffer = bytearray(BLOCK)
     view = memoryview(buffer)
+    left = -1 if size is None else size  # -1: to the end
     with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buffer):
+        while left:
+            n = f.readinto(view[: BLOCK if left < 0 else min(BLOCK, left)])
+            if not n:
+                break
             sha.update(view[:n])
+            if left > 0:
+                left -= n
+    if left > 0:
+        raise OSError(f"{path} is shorter than expected")
     return sha.hexdigest()
 
 
-def _sha256_when_done(path: Path, growing: Growing | None) -> str:
+def _sha256_when_done(path: Path, growing: Growing | None, size: int) -> str:
     if growing is not None:
         growing.wait_done()
-    return sha256_file(path)
+    return sha256_file(path, size)
 
 
 def _not_taken(indices: list[int], ids: list[bytes], taken: set[bytes]) -> list[int]:
@@ -75,7 +84,8 @@ def store_file_chunks(
     progress: Progress | None = None,
     growing: Growing | None = None,
 ) -> tuple[dict[str, list[str]], StoreStats, str]:
-    """Store every `chunk`-sized piece of the file; return (manifest blob fields, figures, SHA-256).
+    """Store every `chunk`-sized piece of the file's first `size` bytes; return (manifest blob
+    fields, figures, SHA-256 of those bytes).
 
     With `growing`, the file is still being written: each block is taken once it is final, and the
     first block last.
@@ -134,7 +144,7 @@ def store_file_chunks(
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as hasher:
         # A growing file's first block is final only at its end, and the digest starts there.
-        digest = hasher.submit(_sha256_when_done, path, growing)
+        digest = hasher.submit(_sha256_when_done, path, growing, size)
         submit_hashes()
         while hashing:
             offset, length, future = hashing.popleft()

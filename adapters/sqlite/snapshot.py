@@ -264,6 +264,10 @@ class CheckpointKeeper:
         self._frame_bytes = 0  # of a WAL frame: the page and its header
         self._pin_mutex = threading.Lock()
         self._pin_holds = 0
+        self._wake = threading.Event()  # a stop or a freeze asked for: no need to wait for the next fold
+        self._freezing = threading.Event()
+        self._frozen = threading.Event()  # the freeze asked for is done (or could not be)
+        self._frozen_at: int | None = None
         self.held = False
         self.folds = 0
         self.handbacks = 0
@@ -304,6 +308,7 @@ class CheckpointKeeper:
         """Fold in what is left, sync it, and give the checkpoints back to the till."""
         if self._thread is not None:
             self._stopping.set()
+            self._wake.set()
             self._thread.join()
             self._thread = None
             log.debug(
@@ -331,20 +336,67 @@ class CheckpointKeeper:
             self._frame_bytes = int(conn.execute("PRAGMA page_size").fetchone()[0]) + WAL_FRAME_HEADER
             self._pin(pins)  # nothing is folded yet: a till slipping in folds only what it had
             self._ready.set()
-            while not self._stopping.wait(self._every) and self.held:
-                self._fold(conn, pins)
+            while self.held:
+                self._wake.wait(self._every)
+                self._wake.clear()
+                if self._stopping.is_set():
+                    break
+                if not self._freezing.is_set():
+                    self._fold(conn, pins)
+                elif not self._frozen.is_set():  # asked for just now; then no folds until thawed
+                    self._frozen_at = self._fold_to_end(conn, pins)
+                    self._frozen.set()
             if self.held:
                 self._fold(conn, pins)
                 self._flush(self._wal)  # the till's next checkpoint syncs the WAL first
         except Exception as e:  # a courtesy to the till, never a reason to fail the backup
             log.warning("checkpoints given back to the till early", error=str(e))
         finally:
+            self._frozen.set()  # whoever waits for a freeze learns that there is none
             self._ready.set()
             pins.close()
             conn.close()
 
-    def _fold(self, conn: sqlite3.Connection, pins: _Pins) -> None:
-        """Fold the WAL up to its end into the database through `conn`, and sync the database."""
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[int | None]:
+        """Fold the WAL into the database file up to its end, then fold nothing more until the
+        block ends: the file itself is then a consistent snapshot, which can be read in place.
+
+        Yields the WAL frame the file holds every commit up to, or None if the WAL could not be
+        folded to its end (the till wrote meanwhile, a reader of the shop's held the fold back, or
+        the lock was lost): the file is then no snapshot and must not be read as one. While frozen
+        nothing writes the file: SQLite writes a WAL database's file only when it checkpoints, and
+        each checkpoint needs the lock that the keeper now keeps without handing it over. The
+        caller checks `held` once it has read the file: False means the lock was lost meanwhile.
+        """
+        if self._thread is None or not self.held:
+            yield None
+            return
+        self._frozen.clear()
+        self._freezing.set()
+        self._wake.set()
+        try:
+            self._frozen.wait()
+            yield self._frozen_at if self.held else None
+        finally:
+            self._freezing.clear()
+            self._frozen_at = None
+
+    def _fold_to_end(self, conn: sqlite3.Connection, pins: _Pins) -> int | None:
+        """One fold with the pin moved to the WAL's end first; the frame the file then holds all
+        commits up to, or None unless that is the WAL's end."""
+        frames = self._frames()
+        if frames is not None and frames[0] != frames[1]:
+            self._fold(conn, pins, to_end=True)
+            frames = self._frames()
+        if frames is None or frames[0] != frames[1] or not self.held:
+            log.debug("the WAL could not be folded to its end", frames=frames)
+            return None
+        return frames[1]
+
+    def _fold(self, conn: sqlite3.Connection, pins: _Pins, *, to_end: bool = False) -> None:
+        """Fold the WAL up to its end into the database through `conn`, and sync the database.
+        `to_end` moves the pin to the WAL's end even before the folds have caught up with it."""
         assert self._lock is not None
         frames = self._frames()
         if frames is not None and frames[0] == frames[1]:
@@ -361,7 +413,7 @@ class CheckpointKeeper:
         if frames is not None and frames[1] != self._progress[0]:
             self._progress = (frames[1], now)
         stalled = now - self._progress[1] >= STALL_SECONDS
-        advance = frames is None or frames[1] >= self._pinned_at or stalled
+        advance = to_end or frames is None or frames[1] >= self._pinned_at or stalled
         if stalled:
             self._progress = (self._progress[0], now)
         began = time.perf_counter()

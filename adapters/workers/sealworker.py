@@ -120,8 +120,7 @@ class Worker:
         data = _pread(path, offset, length)
         if len(data) != length:
             raise OSError(f"{path} is shorter than expected")
-        view = memoryview(data)
-        return b"".join(self.sealer.blob_id(view[i : i + chunk]) for i in range(0, length, chunk))
+        return self.sealer.blob_ids(data, chunk)
 
     def seal_pieces(self, body: bytes, pos: int) -> bytes:
         path, pos = _path(body, pos)

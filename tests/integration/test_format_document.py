@@ -425,6 +425,19 @@ def backup_api_copy(source: Path, target: Path) -> bytes:
     return target.read_bytes()
 
 
+def expected_image(source: Path, target: Path, journal_mode: str) -> bytes:
+    """Section 11.3: a WAL database is read in place with its WAL folded in; another is copied
+    through SQLite's backup API."""
+    if journal_mode != "wal":
+        return backup_api_copy(source, target)
+    conn = sqlite3.connect(source)
+    try:
+        assert conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+    finally:
+        conn.close()
+    return source.read_bytes()
+
+
 def logical_dump(data: bytes, scratch: Path) -> list[str]:
     scratch.write_bytes(data)
     conn = sqlite3.connect(f"file:{scratch}?immutable=1", uri=True)
@@ -531,7 +544,7 @@ def test_independent_reader_restores_the_newest_snapshot(
     capsule(env, tmp_path, "backup", "--kind", "database")
     change_database(db)
     last = json.loads(capsule(env, tmp_path, "backup", "--kind", "database", "--json"))
-    expected = backup_api_copy(db, tmp_path / "reference.db")
+    expected = expected_image(db, tmp_path / "reference.db", journal_mode)
 
     reader = Reader(repo_dir, key_file=home / "repository.key")
     assert Reader(repo_dir, passphrase="a long shop passphrase").enc_key == reader.enc_key
@@ -627,7 +640,7 @@ def test_a_version_1_repository_is_still_read_and_written_in_version_1_form(tmp_
     capsule(env, tmp_path, "backup", "--kind", "database")
     change_database(db)
     last = json.loads(capsule(env, tmp_path, "backup", "--kind", "database", "--json"))
-    expected = backup_api_copy(db, tmp_path / "reference.db")
+    expected = expected_image(db, tmp_path / "reference.db", "wal")
 
     reader = Reader(repo_dir, key_file=key_file)
     assert reader.config["version"] == 1, "Capsule must not change a repository's version"

@@ -29,6 +29,13 @@ T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 SHM = Path("/dev/shm")  # where Capsule puts copies that fit in memory
 
 
+@pytest.fixture(autouse=True)
+def _always_copied(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A WAL database is read in place when it can be (tests/integration/test_in_place.py); these
+    # tests hold the copy, which every other database and every failed freeze still takes.
+    monkeypatch.setattr(database_backup, "READ_IN_PLACE", False)
+
+
 def test_this_machine_stores_database_copies_while_they_are_written() -> None:
     # The tests below check the store that follows the copy; it needs memory that reports holes.
     assert SHM.is_dir() and livecopy.reports_holes(SHM)
@@ -92,6 +99,7 @@ def test_storing_while_copying_gives_what_storing_afterwards_gives(
         monkeypatch.setattr(livecopy, "copy_database", starts_late)
     streamed = backup_database(repo, db, tmp_path / "staging", now=T0)
     monkeypatch.undo()
+    monkeypatch.setattr(database_backup, "READ_IN_PLACE", False)
 
     monkeypatch.setattr(database_backup, "reports_holes", lambda _directory: False)
     plain = backup_database(repo, db, tmp_path / "staging", now=T0 + timedelta(minutes=1))

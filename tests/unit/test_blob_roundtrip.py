@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from capsule.adapters.repository.blobcodec import MIN_COMPRESSION_GAIN
-from capsule.adapters.repository.crypto import OVERHEAD
+from capsule.adapters.repository.crypto import OVERHEAD, MasterKey, Sealer
 from capsule.adapters.repository.index import BlobLocation, header_records
 from capsule.adapters.repository.pack import (
     BLOB_DATA,
@@ -209,3 +209,14 @@ def test_blobs_spread_over_many_small_packs_all_read_back(tmp_path_factory, blob
             loc = other.index.lookup(entry.blob_id)
             assert loc is not None
             assert (loc.pack_id, loc.offset, loc.length) == (pack, entry.offset, entry.length)
+
+
+@pytest.mark.parametrize("length", [0, 1, 4096, 3 * 4096 + 5])
+def test_ids_of_consecutive_pieces_are_each_piece_s_own_id(length: int) -> None:
+    # The workers hash a block's pages with one hasher reset between pages: each id must be the
+    # page's own, the last and shorter one included, or unchanged pages would stop deduplicating.
+    sealer = Sealer(MasterKey.generate())
+    data = random.Random(length).randbytes(length)
+    expected = b"".join(sealer.blob_id(data[i : i + 4096]) for i in range(0, length, 4096))
+    assert sealer.blob_ids(data, 4096) == expected
+    assert len(expected) == 32 * -(-length // 4096)
