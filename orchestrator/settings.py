@@ -14,7 +14,6 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -127,6 +126,8 @@ def _from_file(file_path: Path) -> dict[str, Any]:
     does not exist; none when there is no such file."""
     if not file_path.is_file():
         return {}
+    import tomllib  # noqa: PLC0415 - most shops keep their settings in the environment
+
     where = file_path.absolute()
     try:
         text = file_path.read_text(encoding="utf-8")
