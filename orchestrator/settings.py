@@ -1,6 +1,9 @@
 """Settings: environment variables (CAPSULE_*) over an optional capsule.toml over defaults.
 
-Defaults are relative to the working directory, matching a point-of-sale server's layout. A
+Defaults are relative to the working directory, matching a point-of-sale server's layout. The
+three sources are merged here, with tomllib and a plain pydantic model: every setting is a single
+value, and pydantic-settings, which reads nested ones, took longer to load than `capsule cat` takes
+to find a file (see docs/performance.md). A variable's name is matched without regard to case. A
 mistake in capsule.toml (a syntax error, a misspelled key, a value of the wrong kind) is refused
 with the file, the line and, for an unknown key, the nearest known one: a key Capsule ignored
 would leave the shop backed up with a setting its owner never chose.
@@ -11,18 +14,10 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import tomllib
-from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 MiB = 1024 * 1024
 ENV_PREFIX = "CAPSULE_"
@@ -34,10 +29,14 @@ class SettingsInvalid(ValueError):
     message names the variable, or the file, the line and what to write instead."""
 
 
-class Settings(BaseSettings):
-    """Where things are and how Capsule behaves."""
+class Settings(BaseModel):
+    """Where things are and how Capsule behaves: the values given, over the CAPSULE_* variables,
+    over capsule.toml in the working folder, over the defaults."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, toml_file=SETTINGS_FILE, extra="ignore")
+    model_config = ConfigDict(extra="ignore", validate_default=True)
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**{**_from_file(Path(SETTINGS_FILE)), **_from_environment(os.environ), **values})
 
     database: Path = Field(Path("data/pos.db"), description="the live point-of-sale database")
     uploads: Path = Field(Path("data/uploads/products"), description="product images")
@@ -113,38 +112,38 @@ class Settings(BaseSettings):
         """The index cache (capsule.adapters.repository.indexcache): safe to delete at any time."""
         return self.home / "cache"
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, CheckedTomlSource(settings_cls))
+
+def _from_environment(environ: os._Environ[str] | dict[str, str]) -> dict[str, str]:
+    """The settings the CAPSULE_* variables give, by setting name (`CAPSULE_PACK_SIZE`: `pack_size`)."""
+    known = Settings.model_fields
+    given = {name.lower(): value for name, value in environ.items()}
+    prefix = ENV_PREFIX.lower()
+    return {key: given[prefix + key] for key in known if prefix + key in given}
 
 
-class CheckedTomlSource(TomlConfigSettingsSource):
-    """capsule.toml, refused with its line when it is not TOML or names a setting that does not exist."""
+def _from_file(file_path: Path) -> dict[str, Any]:
+    """capsule.toml's settings, refused with its line when it is not TOML or names a setting that
+    does not exist; none when there is no such file."""
+    if not file_path.is_file():
+        return {}
+    import tomllib  # noqa: PLC0415 - most shops keep their settings in the environment
 
-    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
-        where = file_path.absolute() if isinstance(file_path, Path) else file_path
-        try:
-            text = file_path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise SettingsInvalid(f"{where} cannot be read ({e}); fix it or remove it") from e
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise SettingsInvalid(f"{where}{_toml_position(str(e))}: {_toml_problem(str(e))}") from e
-        known = Settings.model_fields
-        for key in data:
-            if key not in known:
-                raise SettingsInvalid(
-                    f"{where}, line {line_of(text, key)}: `{key}` is not a setting; {_nearest(key)}"
-                )
-        return data
+    where = file_path.absolute()
+    try:
+        text = file_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SettingsInvalid(f"{where} cannot be read ({e}); fix it or remove it") from e
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SettingsInvalid(f"{where}{_toml_position(str(e))}: {_toml_problem(str(e))}") from e
+    known = Settings.model_fields
+    for key in data:
+        if key not in known:
+            raise SettingsInvalid(
+                f"{where}, line {line_of(text, key)}: `{key}` is not a setting; {_nearest(key)}"
+            )
+    return data
 
 
 _AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")

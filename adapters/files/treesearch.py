@@ -3,8 +3,9 @@
 A files snapshot's tree blobs (groups) hold its entries in walk order, one group after the other,
 so the group where a path would be is found by a binary search on the groups' first paths: about
 log2(groups) tree blobs read where reading the whole tree reads them all (figures in
-docs/performance.md, "One image back"). Everything under a path follows it, so the entries under
-a folder are the groups from there on until the first path beyond it.
+docs/performance.md, "One image back: `restore --include` and `cat` read the tree blobs on the way
+to it"). Everything under a path follows it, so the entries under a folder are the groups from
+there on until the first path beyond it.
 
 What a restore reads this way it checks as a whole restore checks the whole snapshot: the groups it
 takes are handed over in order, so that comparing each entry with the one before it (`check_follows`)

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from capsule.adapters.errors import RepositoryNotFound
-from capsule.domain.destinations import UnknownDestination
 from capsule.orchestrator.settings import Settings
 from capsule.orchestrator.usecases.repository import open_repository
 
@@ -33,7 +32,10 @@ def is_path(source: str) -> bool:
 
 def open_source_backend(settings: Settings, source: str) -> Backend:
     """The store of the copy `source` names: a folder holding a repository, or a destination."""
+    # Only a destination's name needs these: its records are read from the event log, whose
+    # events (every one a model) take longer to load than a local copy takes to open.
     from capsule.adapters.repository.backends import open_backend  # noqa: PLC0415
+    from capsule.domain.destinations import UnknownDestination  # noqa: PLC0415
     from capsule.orchestrator.destinations import open_destination  # noqa: PLC0415
 
     if is_path(source):

@@ -28,12 +28,12 @@ main()
 
 
 def loaded_modules(shop: Shop, tmp_path: Path, *args: str) -> set[str]:
-    """Run `capsule ARGS` in `shop`; the modules it had loaded when it exited."""
+    """Run `capsule ARGS` in `shop` (its images in `uploads`); the modules it had loaded when it exited."""
     listing = tmp_path / "modules.txt"
     proc = subprocess.run(
         [sys.executable, "-c", RUN_AND_LIST, str(listing), *args],
         cwd=shop.root,
-        env=shop.env(),
+        env=shop.env({"CAPSULE_UPLOADS": str(shop.root / "uploads")}),
         capture_output=True,
         text=True,
         timeout=120,
@@ -83,6 +83,19 @@ def test_a_reading_command_that_logs_nothing_loads_no_structlog(
     backed_up: Shop, tmp_path: Path, command: str
 ) -> None:
     assert not any(m.startswith("structlog") for m in loaded_modules(backed_up, tmp_path, command))
+
+
+EVENT_LOG = ("sqlalchemy", "dramatiq", "capsule.domain.events", "capsule.orchestrator.eventstore")
+
+
+def test_cat_loads_neither_the_event_log_nor_pydantic_settings(backed_up: Shop, tmp_path: Path) -> None:
+    """`cat` only reads the repository: it records nothing, so the event log's models, its database
+    toolkit and the broker stay unloaded; the settings are read without pydantic-settings."""
+    modules = loaded_modules(backed_up, tmp_path, "cat", "latest-files", "cat1/notes.txt")
+    assert "capsule.adapters.files.restore" in modules  # the file was really read
+    loaded = sorted(m for m in modules if any(m == h or m.startswith(f"{h}.") for h in EVENT_LOG))
+    assert loaded == []
+    assert sorted(m for m in modules if m.startswith("pydantic_settings")) == []
 
 
 def test_the_listing_sees_a_heavy_module_when_a_command_loads_one(backed_up: Shop, tmp_path: Path) -> None:

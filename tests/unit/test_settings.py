@@ -164,3 +164,24 @@ def test_other_capsule_variables_are_left_alone(monkeypatch):
     for name in ("CAPSULE_FAULTS", "CAPSULE_TEST_POSTGRES_URL", "CAPSULE_HOST", "CAPSULE_LOG_FILE"):
         monkeypatch.setenv(name, "x")
     assert load_settings().database == Path("data/pos.db")
+
+
+def test_a_variable_is_read_whatever_the_case_of_its_name(monkeypatch):
+    monkeypatch.setenv("capsule_pack_size", str(2 * 1024 * 1024))
+    monkeypatch.setenv("Capsule_Home", "state")
+    s = load_settings()
+    assert s.pack_size == 2 * 1024 * 1024
+    assert s.home == Path("state")
+
+
+def test_values_given_win_over_the_environment_and_capsule_toml(tmp_path, monkeypatch):
+    (tmp_path / "capsule.toml").write_text('home = "file-home"\nrepository = "file-repo"\n')
+    monkeypatch.setenv("CAPSULE_HOME", "env-home")
+    s = Settings(home=Path("given-home"))
+    assert s.home == Path("given-home")
+    assert s.repository == Path("file-repo")
+
+
+def test_a_folder_named_capsule_toml_is_no_settings_file(tmp_path):
+    (tmp_path / "capsule.toml").mkdir()
+    assert Settings().database == Path("data/pos.db")
