@@ -497,6 +497,109 @@ class DestinationDisabled(Event):
     name: str
 
 
+class DestinationPaused(Event):
+    """A destination kept refusing uploads for its rate limit (Drive's daily cap): nothing is sent to
+    it before `until`; local backups go on, and the first upload after that catches up."""
+
+    type_name: ClassVar[str] = "DestinationPaused"
+
+    name: str
+    until: UtcDatetime
+    reason: str
+    """Capsule's own words for what was seen; never a token or a session address."""
+
+
+class DestinationBandwidthSet(Event):
+    """An admin capped (or uncapped, None) the bytes a second uploads to a destination may use."""
+
+    type_name: ClassVar[str] = "DestinationBandwidthSet"
+
+    name: str
+    bytes_per_second: int | None
+
+
+# What each destination holds: one stream per destination (`destination-<id>`, the id being the
+# change that added it, so that a destination removed and added again under its name starts
+# afresh). The `job_id` of these events is the backup job or the `capsule sync` run that made them.
+# Objects are recorded in batches, never one event per object.
+
+
+class DestinationObject(BaseModel):
+    """One object of the repository on a destination: its kind, its name and its size in bytes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: str
+    name: str
+    size: int
+
+
+class DestinationObjectsSent(Event):
+    """Capsule wrote these objects to the destination; `done`: the destination then held every
+    object the local repository had when the upload began."""
+
+    type_name: ClassVar[str] = "DestinationObjectsSent"
+
+    destination: str
+    objects: tuple[DestinationObject, ...]
+    done: bool = False
+
+
+class DestinationObjectsListed(Event):
+    """A listing of the destination found objects the log did not know of (`found`: not Capsule's
+    to delete) and missed objects it did (`lost`: to be sent again)."""
+
+    type_name: ClassVar[str] = "DestinationObjectsListed"
+
+    destination: str
+    found: tuple[DestinationObject, ...]
+    lost: tuple[DestinationObject, ...]
+
+
+class DestinationObjectsDeleted(Event):
+    """Capsule deleted these objects, which it had sent there and a prune or a forget had deleted
+    from the local repository."""
+
+    type_name: ClassVar[str] = "DestinationObjectsDeleted"
+
+    destination: str
+    objects: tuple[DestinationObject, ...]
+
+
+class DestinationUploadFailed(Event):
+    """An upload to the destination stopped before it held every object; the next one goes on."""
+
+    type_name: ClassVar[str] = "DestinationUploadFailed"
+
+    destination: str
+    error: str
+    """Capsule's own sentence for the error (its errors never hold a secret)."""
+    category: Category
+
+
+class UploadSessionOpened(Event):
+    """A resumable upload of one object began; its session address (which grants upload access)
+    is sealed, so that a restarted process goes on with it."""
+
+    type_name: ClassVar[str] = "UploadSessionOpened"
+
+    destination: str
+    kind: str
+    name: str
+    size: int
+    uri: SealedText
+
+
+class UploadSessionClosed(Event):
+    """A resumable upload finished or its session expired: its address is no longer needed."""
+
+    type_name: ClassVar[str] = "UploadSessionClosed"
+
+    destination: str
+    kind: str
+    name: str
+
+
 # Schedules: a schedule's run at one due time is a stream of its own (`schedule-<name>-<due>`) that
 # holds one event, so that two schedulers can never both start it.
 
@@ -530,7 +633,7 @@ class AlertRaised(Event):
 
     incident: str
     """The incident's key: `overdue-database`, `failed-files`, `drill-failed`, `consent-drive`."""
-    reason: Literal["overdue", "job_failed", "drill_failed", "consent_needed"]
+    reason: Literal["overdue", "job_failed", "drill_failed", "consent_needed", "upload_behind"]
     subject: str
     """The kind, `drill`, or a destination's name."""
     summary: str
@@ -647,6 +750,14 @@ EVENT_TYPES: dict[str, type[Event]] = _registry(
     DestinationConsentNeeded,
     DestinationEnabled,
     DestinationDisabled,
+    DestinationPaused,
+    DestinationBandwidthSet,
+    DestinationObjectsSent,
+    DestinationObjectsListed,
+    DestinationObjectsDeleted,
+    DestinationUploadFailed,
+    UploadSessionOpened,
+    UploadSessionClosed,
     RepositoryKeyChanged,
 )
 """Every event the log may hold, by its stored type name."""

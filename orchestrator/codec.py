@@ -33,6 +33,8 @@ LOG_STREAM_PREFIX = "eventlog-"
 """The streams of the event log's own history: one per repair that started a new log."""
 SNAPSHOT_STREAM_PREFIX = "snapshot-"
 """The streams of snapshots after their backup (tags, forgetting): one per snapshot id."""
+DESTINATION_STREAM_PREFIX = "destination-"
+"""The streams of what each destination holds and its upload sessions: one per destination added."""
 ALERT_STREAM_PREFIX = "alert-"
 """The streams of alerts: one per incident key (`alert-overdue-database`), see `orchestrator/alerts.py`."""
 
@@ -74,6 +76,11 @@ def alert_stream_id(incident: str) -> str:
     return f"{ALERT_STREAM_PREFIX}{incident}"
 
 
+def destination_stream_id(added_id: str) -> str:
+    """The stream of the destination added by change `added_id`: the objects it holds, its uploads."""
+    return f"{DESTINATION_STREAM_PREFIX}{added_id}"
+
+
 def snapshot_stream_id(snapshot_id: str) -> str:
     """The stream where snapshot `snapshot_id` is tagged and forgotten."""
     return f"{SNAPSHOT_STREAM_PREFIX}{snapshot_id}"
@@ -105,3 +112,7 @@ def job_of_stream(stream: str) -> tuple[JobType, str] | None:
         if stream.startswith(prefix) and len(stream) > len(prefix):
             return job_type, stream[len(prefix) :]
     return None
+
+
+def is_destination_stream(stream: str) -> bool:
+    return stream.startswith(DESTINATION_STREAM_PREFIX) and len(stream) > len(DESTINATION_STREAM_PREFIX)

@@ -9,7 +9,10 @@ Every step is safe to run again after its process died at any instant:
   a second attempt saves the live database again);
 - the steps of a restore drill (`orchestrator/drillsteps.py`) write only into a scratch folder of
   their own, which they delete, and never touch the live database;
-- the steps of a prune (`orchestrator/prunesteps.py`) each say there why they may run twice.
+- the steps of a prune (`orchestrator/prunesteps.py`) each say there why they may run twice;
+- `upload:<destination>` sends only what the log does not show on the destination, records what it
+  sent in batches and keeps a Drive upload's session in the log (`orchestrator/uploads.py` says why
+  each part may run twice).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from capsule.adapters.sqlite.backup import StoredDatabase, commit_database, stor
 from capsule.adapters.sqlite.pagestore import sha256_file
 from capsule.adapters.sqlite.snapshot import check_database, copy_into_live
 from capsule.adapters.sqlite.sourcelock import source_lock
-from capsule.domain.backup_job import COMMIT, STORE, step_target
+from capsule.domain.backup_job import COMMIT, STORE, is_upload, step_target, upload_destination
 from capsule.domain.errors import CapsuleError, Category
 from capsule.domain.manifest import Manifest, SnapshotKind
 from capsule.orchestrator import faults
@@ -174,6 +177,27 @@ def backup_commit(ctx: StepContext) -> dict[str, Any]:
         "time": manifest.time.isoformat(),
         "totals": manifest.totals.model_dump(mode="json"),
     }
+
+
+def backup_upload(ctx: StepContext) -> dict[str, Any]:
+    """Send one destination what it lacks; a destination that fails is the result, never an error."""
+    from capsule.orchestrator.runtime import SYSTEM, Runtime  # noqa: PLC0415 - a cycle at import time
+    from capsule.orchestrator.uploads import upload  # noqa: PLC0415
+
+    runtime = Runtime(ctx.settings)
+    try:
+        outcome = upload(
+            ctx.settings,
+            runtime,
+            upload_destination(ctx.step),
+            ctx.job_id,
+            actor=f"{SYSTEM}:upload",
+            now=ctx.now,
+            progress=_halfway(ctx, "upload"),
+        )
+    finally:
+        runtime.close()
+    return outcome.as_result()
 
 
 # ---- restore into a folder ----------------------------------------------------------------
@@ -408,3 +432,10 @@ STEPS: dict[tuple[str, str], StepFunction] = {
     **DRILL_STEPS,
     **PRUNE_STEPS,
 }
+
+
+def step_function(job_type: str, step: str) -> StepFunction | None:
+    """What runs `step` of a job of `job_type`; an upload step names its destination."""
+    if job_type == "backup" and is_upload(step):
+        return backup_upload
+    return STEPS.get((job_type, step))

@@ -19,6 +19,7 @@ from capsule.orchestrator.codec import JobType
 from capsule.orchestrator.db import database_errors, for_reading
 from capsule.orchestrator.projections.rows import SETTINGS_ROW, Row
 from capsule.orchestrator.projections.tables import (
+    backup_dest_objects,
     backup_settings,
     drill_proofs,
     jobs,
@@ -154,3 +155,11 @@ def _reading(db: Database) -> Iterator[Connection]:
         return
     with database_errors(db), for_reading(db).connect() as conn:
         yield conn
+
+
+def destination_objects(db: Database, destination_id: str) -> dict[tuple[str, str], Row]:
+    """Every object the log says destination `destination_id` holds or held, by (kind, name): its
+    `backup_dest_objects` row (`deleted_at` set for one deleted or found missing)."""
+    t = backup_dest_objects
+    rows = _rows(db, select(t).where(t.c.destination_id == destination_id))
+    return {(str(r["kind"]), str(r["name"])): r for r in rows}

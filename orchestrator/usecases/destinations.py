@@ -63,6 +63,11 @@ class DestinationView:
     changed_by: str | None
     needs_consent: str | None = None
     """Why Drive refused Capsule's authorization, until the consent is renewed; else None."""
+    paused_until: datetime | None = None
+    """Uploads to it wait until then (it kept refusing them for its rate limit); else None."""
+    pause_reason: str | None = None
+    bandwidth: int | None = None
+    """Bytes a second its uploads may use; None: no limit."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,7 @@ class DestinationList:
     """The settings' version they were read at."""
 
 
-Action = Literal["added", "removed", "consent_renewed", "enabled", "disabled", "unchanged"]
+Action = Literal["added", "removed", "consent_renewed", "enabled", "disabled", "bandwidth_set", "unchanged"]
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,9 @@ def _view(
         changed_at=changed[0] if changed else None,
         changed_by=changed[1] if changed else None,
         needs_consent=d.needs_consent,
+        paused_until=d.paused_until,
+        pause_reason=d.pause_reason,
+        bandwidth=d.bandwidth,
     )
 
 
@@ -369,6 +377,25 @@ def record_consent_needed(settings: Settings, name: str, reason: str, actor: str
 
     events, _ = _decide(settings, lambda cid: rules.MarkConsentNeeded(cid, name, reason), actor or SYSTEM)
     return bool(events)
+
+
+def record_paused(
+    settings: Settings, name: str, until: datetime, reason: str, actor: str | None = None
+) -> bool:
+    """Mark destination `name` as paused until `until` (it kept refusing uploads for its rate
+    limit); True when this call recorded it. Backups requested meanwhile leave it out."""
+    from capsule.orchestrator.runtime import SYSTEM  # noqa: PLC0415
+
+    events, _ = _decide(settings, lambda cid: rules.MarkPaused(cid, name, until, reason), actor or SYSTEM)
+    return bool(events)
+
+
+def set_bandwidth(
+    settings: Settings, name: str, bytes_per_second: int | None, actor: str | None = None
+) -> DestinationChanged:
+    """Cap the bytes a second uploads to Drive destination `name` may use (None: no cap)."""
+    _, listing = _decide(settings, lambda cid: rules.SetBandwidth(cid, name, bytes_per_second), actor)
+    return _result("bandwidth_set", name, listing)
 
 
 def _probe(d: rules.Destination, started: float, category: str | None, message: str) -> ProbeResult:

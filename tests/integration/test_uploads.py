@@ -1,0 +1,129 @@
+"""Automatic upload as steps of every backup job: a real repository, a real event log, folder
+destinations on disk; what each destination holds is the `backup_dest_objects` read model."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from sqlalchemy import select
+
+from capsule.adapters.repository.backends import open_backend
+from capsule.domain.backup_job import upload_step
+from capsule.orchestrator import projections
+from capsule.orchestrator.destinations import load
+from capsule.orchestrator.projections.tables import backup_dest_objects
+from capsule.orchestrator.runtime import Runtime
+from capsule.orchestrator.usecases.backup import Backup, back_up
+from capsule.orchestrator.usecases.destinations import add_folder, set_enabled
+from capsule.orchestrator.usecases.sync import Sync, sync
+from tests.integration.helpers import Shop, in_process_settings
+from tests.integration.test_sync import objects
+
+
+def folder(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    path.mkdir()
+    return path
+
+
+def dest_rows(shop: Shop) -> list[dict[str, object]]:
+    runtime = Runtime(in_process_settings(shop))
+    try:
+        with runtime.engine.connect() as conn:
+            t = backup_dest_objects
+            rows = conn.execute(select(t).order_by(t.c.object_key)).mappings()
+            return [{k: v for k, v in r.items() if k != "last_position"} for r in rows]
+    finally:
+        runtime.close()
+
+
+def upload_results(shop: Shop, job_id: str) -> dict[str, dict[str, object]]:
+    runtime = Runtime(in_process_settings(shop))
+    try:
+        state = runtime.load("backup", job_id).state
+        return {s.name: dict(s.result or {}) for s in state.steps if s.name.startswith("upload:")}
+    finally:
+        runtime.close()
+
+
+def test_a_backup_uploads_to_every_enabled_destination_and_the_next_sends_only_new_objects(
+    shop: Shop, tmp_path: Path
+) -> None:
+    settings = in_process_settings(shop)
+    nas, usb, off = folder(tmp_path, "nas"), folder(tmp_path, "usb"), folder(tmp_path, "off")
+    add_folder(settings, "nas", nas)
+    add_folder(settings, "usb", usb)
+    add_folder(settings, "off", off)
+    set_enabled(settings, "off", False)
+
+    first = back_up(settings, Backup(kind="database"))
+    sent_first = upload_results(shop, first.job_id)
+    second = back_up(settings, Backup(kind="database"))
+    sent_second = upload_results(shop, second.job_id)
+
+    local = open_backend(shop.repository)
+    assert set(sent_first) == {upload_step("nas"), upload_step("usb")}  # not the one turned off
+    assert objects(open_backend(nas)) == objects(local) == objects(open_backend(usb))
+    assert list(off.iterdir()) == []
+    first_nas = sent_first[upload_step("nas")]
+    assert first_nas["status"] == "uploaded" and int(first_nas["sent"]) > 0  # type: ignore[call-overload]
+    second_nas = sent_second[upload_step("nas")]
+    # Only the new snapshot (and the packs and index it needed) went: nothing sent before went again.
+    assert 0 < int(second_nas["sent"]) < int(first_nas["sent"])  # type: ignore[call-overload]
+    assert int(second_nas["skipped"]) == int(first_nas["sent"])  # type: ignore[call-overload]
+    rows = dest_rows(shop)
+    held = {(r["destination"], r["kind"], r["name"]) for r in rows if r["deleted_at"] is None}
+    assert {(k, n) for d, k, n in held if d == "nas"} == set(objects(local))
+    assert {r["origin"] for r in rows} == {"sent"}
+
+
+def test_replaying_the_log_rebuilds_what_each_destination_holds(shop: Shop, tmp_path: Path) -> None:
+    settings = in_process_settings(shop)
+    add_folder(settings, "nas", folder(tmp_path, "nas"))
+    back_up(settings, Backup(kind="database"))
+    before = dest_rows(shop)
+
+    runtime = Runtime(settings)
+    try:
+        projections.replay(runtime.engine, runtime.store, workers=1)
+    finally:
+        runtime.close()
+
+    assert before and dest_rows(shop) == before
+
+
+def test_a_destination_that_fails_leaves_the_backup_completed_and_says_why(shop: Shop, tmp_path: Path) -> None:
+    settings = in_process_settings(shop)
+    nas = folder(tmp_path, "nas")
+    add_folder(settings, "nas", nas)
+    add_folder(settings, "usb", folder(tmp_path, "usb"))
+    nas.rmdir()  # the share is not mounted
+
+    done = back_up(settings, Backup(kind="database"))
+
+    results = upload_results(shop, done.job_id)
+    assert len(done.snapshots) == 1  # stored and committed: the job completed
+    assert results[upload_step("nas")]["status"] == "failed"
+    assert "does not exist" in str(results[upload_step("nas")]["error"])
+    assert results[upload_step("usb")]["status"] == "uploaded"
+
+
+def test_sync_records_what_a_destination_already_holds_and_sends_only_what_it_lacks(
+    shop: Shop, tmp_path: Path
+) -> None:
+    settings = in_process_settings(shop)
+    back_up(settings, Backup(kind="database"))
+    nas = folder(tmp_path, "nas")
+    shutil.copytree(shop.repository, nas, dirs_exist_ok=True)  # a copy made by hand, before Capsule knew
+    add_folder(settings, "nas", nas)
+    back_up(settings, Backup(kind="database"))
+
+    [result] = sync(settings, Sync("nas")).destinations
+
+    rows = dest_rows(shop)
+    assert result.ok and result.sent == 0
+    assert objects(open_backend(nas)) == objects(open_backend(shop.repository))
+    found = {(r["kind"], r["name"]) for r in rows if r["origin"] == "found"}
+    assert ("config", "config") in found  # recorded as found: never Capsule's to delete
+    assert load(settings).get("nas").added_id
