@@ -484,7 +484,10 @@ def status(result: Status, as_json: bool) -> None:
     for fresh in result.freshness:
         click.echo(fresh.line())
     for problem in result.problems:
-        if problem.reason == "consent_needed":  # the others are the freshness lines and failures below
+        if problem.reason in (
+            "consent_needed",
+            "upload_behind",
+        ):  # the others are the freshness lines and failures below
             click.echo(problem.line)
     for kind, last in result.last_snapshots.items():
         if last:

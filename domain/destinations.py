@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict
 from capsule.domain.errors import CapsuleError, Category
 from capsule.domain.events import (
     DestinationAdded,
-    DestinationBandwidthSet,
+    DestinationBandwidthLimited,
     DestinationConsentNeeded,
     DestinationConsentRenewed,
     DestinationDisabled,
@@ -288,7 +288,7 @@ def _bandwidth(current: Destination, command: SetBandwidth) -> list[Event]:
         )
     if limit == current.bandwidth:
         return []
-    return [DestinationBandwidthSet(job_id=command.change_id, name=command.name, bytes_per_second=limit)]
+    return [DestinationBandwidthLimited(job_id=command.change_id, name=command.name, bytes_per_second=limit)]
 
 
 def evolve(state: Destinations, event: Event) -> Destinations:
@@ -316,7 +316,7 @@ def evolve(state: Destinations, event: Event) -> Destinations:
     elif isinstance(event, DestinationPaused) and event.name in by_name:
         paused = {"paused_until": event.until, "pause_reason": event.reason}
         by_name[event.name] = by_name[event.name].model_copy(update=paused)
-    elif isinstance(event, DestinationBandwidthSet) and event.name in by_name:
+    elif isinstance(event, DestinationBandwidthLimited) and event.name in by_name:
         limit = {"bandwidth": event.bytes_per_second}
         by_name[event.name] = by_name[event.name].model_copy(update=limit)
     elif isinstance(event, DestinationEnabled | DestinationDisabled) and event.name in by_name:

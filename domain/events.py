@@ -498,8 +498,7 @@ class DestinationDisabled(Event):
 
 
 class DestinationPaused(Event):
-    """A destination kept refusing uploads for its rate limit (Drive's daily cap): nothing is sent to
-    it before `until`; local backups go on, and the first upload after that catches up."""
+    """A destination kept refusing uploads for its rate limit: none is sent to it before `until`."""
 
     type_name: ClassVar[str] = "DestinationPaused"
 
@@ -509,10 +508,10 @@ class DestinationPaused(Event):
     """Capsule's own words for what was seen; never a token or a session address."""
 
 
-class DestinationBandwidthSet(Event):
-    """An admin capped (or uncapped, None) the bytes a second uploads to a destination may use."""
+class DestinationBandwidthLimited(Event):
+    """An admin capped the bytes a second uploads to a destination may use (None: no cap)."""
 
-    type_name: ClassVar[str] = "DestinationBandwidthSet"
+    type_name: ClassVar[str] = "DestinationBandwidthLimited"
 
     name: str
     bytes_per_second: int | None
@@ -534,11 +533,10 @@ class DestinationObject(BaseModel):
     size: int
 
 
-class DestinationObjectsSent(Event):
-    """Capsule wrote these objects to the destination; `done`: the destination then held every
-    object the local repository had when the upload began."""
+class DestinationObjectsUploaded(Event):
+    """Capsule wrote these objects to the destination; `done`: it then held all the local ones."""
 
-    type_name: ClassVar[str] = "DestinationObjectsSent"
+    type_name: ClassVar[str] = "DestinationObjectsUploaded"
 
     destination: str
     objects: tuple[DestinationObject, ...]
@@ -546,8 +544,7 @@ class DestinationObjectsSent(Event):
 
 
 class DestinationObjectsListed(Event):
-    """A listing of the destination found objects the log did not know of (`found`: not Capsule's
-    to delete) and missed objects it did (`lost`: to be sent again)."""
+    """A listing found objects the log did not know of there (`found`) and missed some it did (`lost`)."""
 
     type_name: ClassVar[str] = "DestinationObjectsListed"
 
@@ -557,8 +554,7 @@ class DestinationObjectsListed(Event):
 
 
 class DestinationObjectsDeleted(Event):
-    """Capsule deleted these objects, which it had sent there and a prune or a forget had deleted
-    from the local repository."""
+    """Capsule deleted objects it had sent there that a prune or a forget deleted locally."""
 
     type_name: ClassVar[str] = "DestinationObjectsDeleted"
 
@@ -578,8 +574,7 @@ class DestinationUploadFailed(Event):
 
 
 class UploadSessionOpened(Event):
-    """A resumable upload of one object began; its session address (which grants upload access)
-    is sealed, so that a restarted process goes on with it."""
+    """A resumable upload of one object began; its session address is sealed (it grants access)."""
 
     type_name: ClassVar[str] = "UploadSessionOpened"
 
@@ -751,8 +746,8 @@ EVENT_TYPES: dict[str, type[Event]] = _registry(
     DestinationEnabled,
     DestinationDisabled,
     DestinationPaused,
-    DestinationBandwidthSet,
-    DestinationObjectsSent,
+    DestinationBandwidthLimited,
+    DestinationObjectsUploaded,
     DestinationObjectsListed,
     DestinationObjectsDeleted,
     DestinationUploadFailed,

@@ -43,7 +43,7 @@ from capsule.domain.events import (
     DestinationObject,
     DestinationObjectsDeleted,
     DestinationObjectsListed,
-    DestinationObjectsSent,
+    DestinationObjectsUploaded,
     DestinationUploadFailed,
     Event,
     UploadSessionClosed,
@@ -134,7 +134,9 @@ class Recorder:
         name = self.destination.name
         objects = tuple(self._pending)
         self._pending, self._bytes = [], 0
-        self.append(DestinationObjectsSent(job_id=self.job_id, destination=name, objects=objects, done=done))
+        self.append(
+            DestinationObjectsUploaded(job_id=self.job_id, destination=name, objects=objects, done=done)
+        )
 
 
 class LoggedSessions:

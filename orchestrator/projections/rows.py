@@ -21,7 +21,7 @@ from capsule.domain.events import (
     DestinationObject,
     DestinationObjectsDeleted,
     DestinationObjectsListed,
-    DestinationObjectsSent,
+    DestinationObjectsUploaded,
     Event,
     JsonObject,
     ScheduleFired,
@@ -362,7 +362,7 @@ def dest_object_key(destination_id: str, kind: str, name: str) -> str:
 def fold_dest_objects(event: Event, meta: EventMeta, destination_id: str) -> list[tuple[str, Row]]:
     """The `backup_dest_objects` rows an event of a destination's stream writes, by key."""
     changes: list[tuple[DestinationObject, str, bool]] = []
-    if isinstance(event, DestinationObjectsSent):
+    if isinstance(event, DestinationObjectsUploaded):
         changes = [(o, "sent", False) for o in event.objects]
     elif isinstance(event, DestinationObjectsListed):
         changes = [(o, "found", False) for o in event.found] + [(o, "lost", True) for o in event.lost]

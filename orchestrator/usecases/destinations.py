@@ -390,12 +390,23 @@ def record_paused(
     return bool(events)
 
 
-def set_bandwidth(
-    settings: Settings, name: str, bytes_per_second: int | None, actor: str | None = None
-) -> DestinationChanged:
-    """Cap the bytes a second uploads to Drive destination `name` may use (None: no cap)."""
-    _, listing = _decide(settings, lambda cid: rules.SetBandwidth(cid, name, bytes_per_second), actor)
-    return _result("bandwidth_set", name, listing)
+def parse_bandwidth(rate: str) -> int | None:
+    """Bytes a second from `2MiB/s`, `512KiB/s` or `off` (None); InvalidDestination says how to write one."""
+    from capsule.domain.sizes import parse_rate  # noqa: PLC0415
+
+    try:
+        return parse_rate(rate)
+    except ValueError:
+        raise rules.InvalidDestination(
+            f"`{rate[:40]}` is not a bandwidth: give bytes a second such as 2MiB/s or 512KiB/s, or `off`"
+        ) from None
+
+
+def limit_bandwidth(settings: Settings, name: str, rate: str, actor: str | None = None) -> DestinationChanged:
+    """Cap the bytes a second uploads to Drive destination `name` may use (`off`: no cap)."""
+    limit = parse_bandwidth(rate)
+    events, listing = _decide(settings, lambda cid: rules.SetBandwidth(cid, name, limit), actor)
+    return _result("bandwidth_set" if events else "unchanged", name, listing)
 
 
 def _probe(d: rules.Destination, started: float, category: str | None, message: str) -> ProbeResult:

@@ -3,9 +3,11 @@ destinations on disk; what each destination holds is the `backup_dest_objects` r
 
 from __future__ import annotations
 
+import random
 import shutil
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from capsule.adapters.repository.backends import open_backend
@@ -14,10 +16,15 @@ from capsule.orchestrator import projections
 from capsule.orchestrator.destinations import load
 from capsule.orchestrator.projections.tables import backup_dest_objects
 from capsule.orchestrator.runtime import Runtime
+from capsule.orchestrator.settings import Settings
 from capsule.orchestrator.usecases.backup import Backup, back_up
 from capsule.orchestrator.usecases.destinations import add_folder, set_enabled
+from capsule.orchestrator.usecases.forget import ForgetByHand, forget_snapshots
+from capsule.orchestrator.usecases.prune import Prune, run_prune
 from capsule.orchestrator.usecases.sync import Sync, sync
+from capsule.orchestrator.usecases.verify import Verify, verify_repository
 from tests.integration.helpers import Shop, in_process_settings
+from tests.integration.test_prune_job import age_packs, write_images
 from tests.integration.test_sync import objects
 
 
@@ -93,7 +100,9 @@ def test_replaying_the_log_rebuilds_what_each_destination_holds(shop: Shop, tmp_
     assert before and dest_rows(shop) == before
 
 
-def test_a_destination_that_fails_leaves_the_backup_completed_and_says_why(shop: Shop, tmp_path: Path) -> None:
+def test_a_destination_that_fails_leaves_the_backup_completed_and_says_why(
+    shop: Shop, tmp_path: Path
+) -> None:
     settings = in_process_settings(shop)
     nas = folder(tmp_path, "nas")
     add_folder(settings, "nas", nas)
@@ -127,3 +136,51 @@ def test_sync_records_what_a_destination_already_holds_and_sends_only_what_it_la
     found = {(r["kind"], r["name"]) for r in rows if r["origin"] == "found"}
     assert ("config", "config") in found  # recorded as found: never Capsule's to delete
     assert load(settings).get("nas").added_id
+
+
+@pytest.mark.slow
+def test_forget_and_prune_reach_the_destination_and_only_capsules_own_pruned_objects_go(
+    shop: Shop, tmp_path: Path
+) -> None:
+    settings = in_process_settings(shop, uploads=shop.root / "uploads", pack_size=1024 * 1024)
+    nas = folder(tmp_path, "nas")
+    add_folder(settings, "nas", nas)
+    rng = random.Random(7)
+    write_images(settings.uploads, range(12), rng)
+    first = back_up(settings, Backup(kind="files")).snapshots[0].snapshot_id
+    for n in range(2, 12):
+        (settings.uploads / f"img-{n:03}.jpg").unlink()
+    kept = back_up(settings, Backup(kind="files")).snapshots[0].snapshot_id
+    forget_snapshots(settings, ForgetByHand((first,)))
+    age_packs(settings.repository)
+    pruned = run_prune(settings, Prune())
+    # A pack lost from the local disk (not pruned) must stay on the destination: it may be the only copy.
+    local = open_backend(settings.repository)
+    lost_by_disk = sorted(local.list("data"))[0]
+    lost_bytes = local.read("data", lost_by_disk)
+    local.remove("data", lost_by_disk)
+    stranger = nas / "data" / "00" / ("00" * 32)  # not Capsule's: never deleted
+    stranger.parent.mkdir(parents=True, exist_ok=True)
+    stranger.write_bytes(b"someone else's")
+
+    [synced] = sync(settings, Sync("nas")).destinations
+
+    remote = open_backend(nas)
+    assert pruned.packs_deleted > 0 and synced.ok
+    assert synced.deleted == pruned.packs_deleted + 1 + len(pruned_index_files(settings))
+    assert first not in set(remote.list("snapshots")) and kept in set(remote.list("snapshots"))
+    assert lost_by_disk in set(remote.list("data")) and stranger.exists()
+    local.write("data", lost_by_disk, lost_bytes)
+    stranger.unlink()
+    assert set(remote.list("data")) == set(local.list("data"))
+    assert verify_repository(settings, Verify(read_data=True, source="nas")).ok
+
+
+def pruned_index_files(settings: Settings) -> set[tuple[str, str]]:
+    from capsule.orchestrator.uploads import deleted_locally
+
+    runtime = Runtime(settings)
+    try:
+        return {key for key in deleted_locally(runtime) if key[0] == "index"}
+    finally:
+        runtime.close()
