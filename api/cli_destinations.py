@@ -1,5 +1,5 @@
 """The destination commands: `capsule destinations list | add folder | add gdrive | renew | enable |
-disable | bandwidth | remove | test`.
+disable | bandwidth | resume | remove | test`.
 
 `capsule.api.cli` registers the group; this module does not import it. Only click, `api.common`
 and the renderer load with it: each command imports its use case when it runs.
@@ -189,6 +189,17 @@ def bandwidth_command(obj: Context, name: str, rate: str, as_json: bool) -> None
     from capsule.orchestrator.usecases.destinations import limit_bandwidth  # noqa: PLC0415
 
     run(lambda: render_destinations.changed(limit_bandwidth(obj.settings, name, rate), as_json))
+
+
+@destinations.command("resume")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the destination as JSON.")
+@pass_ctx
+def resume_command(obj: Context, name: str, as_json: bool) -> None:
+    """Let uploads to destination NAME go on now, before the pause its rate limit caused runs out."""
+    from capsule.orchestrator.usecases.destinations import resume  # noqa: PLC0415
+
+    run(lambda: render_destinations.changed(resume(obj.settings, name), as_json))
 
 
 @destinations.command("remove")

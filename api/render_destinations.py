@@ -30,6 +30,7 @@ _DONE = {
     "enabled": "Enabled",
     "disabled": "Disabled",
     "bandwidth_set": "Set the bandwidth limit of",
+    "resumed": "Resumed uploads to",
     "unchanged": "Nothing to change for",
 }
 

@@ -36,6 +36,7 @@ from capsule.domain.events import (
     DestinationEnabled,
     DestinationPaused,
     DestinationRemoved,
+    DestinationResumed,
     Event,
 )
 from capsule.domain.settings import SEALED_PREFIX
@@ -188,6 +189,13 @@ class MarkPaused:
 
 
 @dataclass(frozen=True)
+class Resume:
+    change_id: str
+    name: str
+    now: datetime
+
+
+@dataclass(frozen=True)
 class SetBandwidth:
     change_id: str
     name: str
@@ -198,7 +206,15 @@ MIN_BANDWIDTH = 64 * 1024
 """Below this, a 16 MiB pack takes minutes per chunk and Drive's upload sessions risk expiring."""
 
 Command = (
-    AddFolder | AddDrive | Remove | RenewConsent | SetEnabled | MarkConsentNeeded | MarkPaused | SetBandwidth
+    AddFolder
+    | AddDrive
+    | Remove
+    | RenewConsent
+    | SetEnabled
+    | MarkConsentNeeded
+    | MarkPaused
+    | Resume
+    | SetBandwidth
 )
 
 
@@ -254,6 +270,10 @@ def decide(state: Destinations, command: Command) -> list[Event]:
     current = state.get(command.name)
     if isinstance(command, SetBandwidth):
         return _bandwidth(current, command)
+    if isinstance(command, Resume):
+        if not current.paused_at(command.now):
+            return []
+        return [DestinationResumed(job_id=command.change_id, name=command.name)]
     if isinstance(command, Remove):
         return [DestinationRemoved(job_id=command.change_id, name=command.name)]
     if isinstance(command, RenewConsent):
@@ -316,6 +336,9 @@ def evolve(state: Destinations, event: Event) -> Destinations:
     elif isinstance(event, DestinationPaused) and event.name in by_name:
         paused = {"paused_until": event.until, "pause_reason": event.reason}
         by_name[event.name] = by_name[event.name].model_copy(update=paused)
+    elif isinstance(event, DestinationResumed) and event.name in by_name:
+        resumed = {"paused_until": None, "pause_reason": None}
+        by_name[event.name] = by_name[event.name].model_copy(update=resumed)
     elif isinstance(event, DestinationBandwidthLimited) and event.name in by_name:
         limit = {"bandwidth": event.bytes_per_second}
         by_name[event.name] = by_name[event.name].model_copy(update=limit)

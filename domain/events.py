@@ -508,6 +508,14 @@ class DestinationPaused(Event):
     """Capsule's own words for what was seen; never a token or a session address."""
 
 
+class DestinationResumed(Event):
+    """An admin let uploads to a paused destination go on before its pause ran out."""
+
+    type_name: ClassVar[str] = "DestinationResumed"
+
+    name: str
+
+
 class DestinationBandwidthLimited(Event):
     """An admin capped the bytes a second uploads to a destination may use (None: no cap)."""
 
@@ -746,6 +754,7 @@ EVENT_TYPES: dict[str, type[Event]] = _registry(
     DestinationEnabled,
     DestinationDisabled,
     DestinationPaused,
+    DestinationResumed,
     DestinationBandwidthLimited,
     DestinationObjectsUploaded,
     DestinationObjectsListed,

@@ -166,7 +166,11 @@ def _open_drive(
         sessions=sessions,
         bandwidth_limit=destination.bandwidth,
         chunk_size=settings.gdrive_chunk_bytes,
-        **({"backoff": drive.Backoff(attempts=QUICK_ATTEMPTS, base=0.5, cap=2.0)} if quick else {}),
+        backoff=(
+            drive.Backoff(attempts=QUICK_ATTEMPTS, base=0.5, cap=2.0)
+            if quick
+            else drive.Backoff(attempts=settings.gdrive_attempts)
+        ),
     )
     return backend
 

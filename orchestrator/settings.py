@@ -87,6 +87,9 @@ class Settings(BaseSettings):
         multiple_of=256 * 1024,
         description="bytes per request of a Drive upload; a dropped connection resends at most one",
     )
+    gdrive_attempts: int = Field(
+        8, ge=1, le=20, description="tries of a Drive request, with capped jittered backoff, before it fails"
+    )
     http_host: str = Field("127.0.0.1", description="the address `capsule serve` answers HTTP on")
     http_port: int = Field(8000, ge=0, le=65535, description="its port; 0 picks a free one")
     event_store_url: str | None = None

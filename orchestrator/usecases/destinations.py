@@ -77,7 +77,9 @@ class DestinationList:
     """The settings' version they were read at."""
 
 
-Action = Literal["added", "removed", "consent_renewed", "enabled", "disabled", "bandwidth_set", "unchanged"]
+Action = Literal[
+    "added", "removed", "consent_renewed", "enabled", "disabled", "bandwidth_set", "resumed", "unchanged"
+]
 
 
 @dataclass(frozen=True)
@@ -388,6 +390,15 @@ def record_paused(
 
     events, _ = _decide(settings, lambda cid: rules.MarkPaused(cid, name, until, reason), actor or SYSTEM)
     return bool(events)
+
+
+def resume(settings: Settings, name: str, actor: str | None = None) -> DestinationChanged:
+    """Let uploads to paused destination `name` go on now: the next backup includes it."""
+    from datetime import UTC  # noqa: PLC0415
+
+    now = datetime.now(UTC)
+    events, listing = _decide(settings, lambda cid: rules.Resume(cid, name, now), actor)
+    return _result("resumed" if events else "unchanged", name, listing)
 
 
 def parse_bandwidth(rate: str) -> int | None:

@@ -30,6 +30,7 @@ from capsule.domain.events import (
     DestinationObjectsUploaded,
     DestinationPaused,
     DestinationRemoved,
+    DestinationResumed,
     DestinationUploadFailed,
     DrillCancelled,
     DrillCompleted,
@@ -158,6 +159,7 @@ SAMPLES: list[Event] = [
         until=datetime(2026, 12, 6, 19, 0, tzinfo=UTC),
         reason="it kept refusing uploads for its rate limit",
     ),
+    DestinationResumed(job_id=JOB, name="drive"),
     DestinationBandwidthLimited(job_id=JOB, name="drive", bytes_per_second=2 * 1024 * 1024),
     DestinationObjectsUploaded(
         job_id=JOB,
