@@ -94,24 +94,22 @@ def add_gdrive_command(  # noqa: PLR0917 (click passes options by position)
     machine's loopback, or pasted). The client secret and the refresh token are sealed before they
     are recorded, and never printed."""
     from capsule.orchestrator.usecases.consent import add_drive  # noqa: PLC0415
-    from capsule.orchestrator.usecases.destinations import limit_bandwidth, parse_bandwidth  # noqa: PLC0415
 
-    def add() -> None:
-        limit = parse_bandwidth(bandwidth) if bandwidth is not None else None  # refused before consent
-        added = add_drive(
-            obj.settings,
-            name,
-            client_secrets,
-            refresh_token_file,
-            render_destinations.TERMINAL,
-            port=port,
-            folder_name=folder_name,
+    run(
+        lambda: render_destinations.changed(
+            add_drive(
+                obj.settings,
+                name,
+                client_secrets,
+                refresh_token_file,
+                render_destinations.TERMINAL,
+                port=port,
+                folder_name=folder_name,
+                bandwidth=bandwidth,
+            ),
+            as_json,
         )
-        if limit is not None:
-            added = limit_bandwidth(obj.settings, name, bandwidth or "")
-        render_destinations.changed(added, as_json)
-
-    run(add)
+    )
 
 
 @destinations.command("renew")

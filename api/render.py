@@ -114,12 +114,27 @@ def backed_up(result: BackedUp, as_json: bool) -> int:
     """Show a backup's snapshots; the exit code is 3 if any of them has warnings."""
     rows = [snapshot_doc(s.snapshot_id, s.manifest, result.job_id) for s in result.snapshots]
     if as_json:
-        emit_json(rows[0] if len(rows) == 1 else {"job_id": result.job_id, "snapshots": rows})
+        doc = rows[0] if len(rows) == 1 else {"job_id": result.job_id, "snapshots": rows}
+        emit_json({**doc, "uploads": result.uploads} if result.uploads else doc)
     else:
         for snapshot in result.snapshots:
             _print_snapshot(snapshot.snapshot_id, snapshot.manifest, result.job_id)
+        for upload in result.uploads:
+            click.echo(_upload_line(upload))
     warned = any(s.manifest.totals.warnings for s in result.snapshots)
     return EXIT_CODES.warnings if warned else EXIT_CODES.ok
+
+
+def _upload_line(upload: dict[str, Any]) -> str:
+    name, status = upload.get("destination"), upload.get("status")
+    if status == "uploaded":
+        deleted = f", {upload['deleted']} deleted (pruned here)" if upload.get("deleted") else ""
+        sent = human(int(upload.get("sent_bytes") or 0))
+        return f"Copied to {name}: {upload.get('sent', 0)} new objects, {sent}{deleted}."
+    if status == "paused":
+        until = upload.get("paused_until")
+        return f"Not copied to {name}: paused until {until}; the first backup after that catches up."
+    return f"Not copied to {name} ({status}): {upload.get('error')}; the next backup tries again."
 
 
 def _print_snapshot(sid: str, m: Manifest, job_id: str) -> None:
