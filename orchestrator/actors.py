@@ -31,6 +31,7 @@ from capsule.domain.jobs import (
     RunStep,
     WaitForJob,
     WaitUntil,
+    current_step,
     next_action,
 )
 from capsule.orchestrator import faults
@@ -324,6 +325,11 @@ class Dispatcher:
         )
         log.info("step completed", attempt=attempt, seconds=round(time.monotonic() - started, 3))
         faults.point(f"{step}:completed")
+        if job_type == "backup" and not is_upload(step):
+            after = current_step(rt.load(job_type, job_id).state)
+            if after is not None and is_upload(after.name):
+                # Committed: the backups queued behind this one need not wait for its uploads.
+                self._release(str(loaded.state.source))  # type: ignore[attr-defined]
         self.enqueue_next(job_type, job_id)
 
     def _fail(self, loaded: Loaded, step: str, attempt: int, error: BaseException) -> None:

@@ -202,7 +202,7 @@ class Runtime:
             if conn is None:
                 conn = stack.enter_context(self.store.transaction())
             _serialise_requests(conn)
-            active = projections.active_backup_for_source(conn, source)
+            active = projections.active_backup_for_source(conn, source, uploading_too=False)
             command = RequestBackup(
                 job_id=job_id,
                 now=now,
@@ -370,7 +370,10 @@ class Runtime:
             job_id = str(row["job_id"])
             if not mine.intersection(sources_of(row["source"])):
                 continue
-            if projections.active_backup_for_source(self.engine, row["source"]) is not None:
+            if (
+                projections.active_backup_for_source(self.engine, row["source"], uploading_too=False)
+                is not None
+            ):
                 continue  # a backup of kind `all` waits until none of its sources is being backed up
             _, new = self.execute(
                 "backup",

@@ -184,3 +184,35 @@ def pruned_index_files(settings: Settings) -> set[tuple[str, str]]:
         return {key for key in deleted_locally(runtime) if key[0] == "index"}
     finally:
         runtime.close()
+
+
+def test_a_backup_that_only_uploads_no_longer_holds_the_next_backup_of_its_source_back(
+    shop: Shop, tmp_path: Path
+) -> None:
+    from capsule.domain.commands import CompleteStep, StartStep
+
+    settings = in_process_settings(shop)
+    add_folder(settings, "nas", folder(tmp_path, "nas"))
+    runtime = Runtime(settings)
+    try:
+        source = str(shop.database)
+        first = runtime.request_backup(source=source, actor="test")
+
+        def run(step: str, result: dict[str, object]) -> None:
+            start = StartStep(
+                job_id=first, now=runtime.clock(), step=step, attempt=1, worker="w-test", lease=runtime.lease
+            )
+            runtime.execute("backup", first, lambda _: start, actor="test")
+            done = CompleteStep(job_id=first, now=runtime.clock(), step=step, attempt=1, result=result)  # type: ignore[arg-type]
+            runtime.execute("backup", first, lambda _: done, actor="test")
+
+        behind = runtime.request_backup(source=source, actor="test")
+        held_while_storing = runtime.release_queued(source)
+        run("store", {})
+        run("commit", {"snapshot_id": "ab" * 32})
+
+        assert held_while_storing == [] and runtime.load("backup", behind).state.status == "queued"
+        assert runtime.release_queued(source) == [behind]  # the first one only uploads now
+        assert runtime.load("backup", behind).state.status == "pending"
+    finally:
+        runtime.close()
