@@ -182,8 +182,8 @@ def disable_command(obj: Context, name: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the destination as JSON.")
 @pass_ctx
 def bandwidth_command(obj: Context, name: str, rate: str, as_json: bool) -> None:
-    """Cap the bytes a second uploads to the Google Drive destination NAME may use: RATE such as
-    2MiB/s or 512KiB/s, or `off` for no limit. The shop's own traffic keeps the rest of the line."""
+    """Cap the bytes a second uploads to the Google Drive destination NAME may use: RATE is a number
+    with a unit of KiB/s or MiB/s, or `off` for no limit. The shop's own traffic keeps the rest."""
     from capsule.orchestrator.usecases.destinations import limit_bandwidth  # noqa: PLC0415
 
     run(lambda: render_destinations.changed(limit_bandwidth(obj.settings, name, rate), as_json))

@@ -28,8 +28,8 @@ NO_LIMIT = ("off", "none", "0")
 
 
 def parse_rate(text: str) -> int | None:
-    """Parse a rate in bytes a second: "2MiB/s", "512K/s", "2M" (binary multiples); None for
-    "off", "none" or "0" (no limit). Raises ValueError for anything else."""
+    """Parse a rate in bytes a second: a size as `parse_size` reads it, optionally followed by
+    "/s"; None for "off", "none" or "0" (no limit). Raises ValueError for anything else."""
     cleaned = text.strip().lower()
     if cleaned in NO_LIMIT:
         return None

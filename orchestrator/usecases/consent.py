@@ -160,7 +160,7 @@ def add_drive(
 ) -> DestinationChanged:
     """Add Drive destination `name` for the client of `client_secrets`: with the token in
     `refresh_token_file`, else with a consent asked for through `prompt`; with a bandwidth limit
-    (`2MiB/s`) if given, which is checked before consent is asked for."""
+    if given, which is checked before consent is asked for."""
     from capsule.orchestrator.usecases import destinations as uc  # noqa: PLC0415
 
     if bandwidth is not None:

@@ -402,7 +402,8 @@ def resume(settings: Settings, name: str, actor: str | None = None) -> Destinati
 
 
 def parse_bandwidth(rate: str) -> int | None:
-    """Bytes a second from `2MiB/s`, `512KiB/s` or `off` (None); InvalidDestination says how to write one."""
+    """Bytes a second from a rate with a unit of KiB/s or MiB/s, or `off` (None); InvalidDestination
+    says how to write one."""
     from capsule.domain.sizes import parse_rate  # noqa: PLC0415
 
     try:

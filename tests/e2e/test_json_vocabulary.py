@@ -135,11 +135,14 @@ DESTINATION = {
     "changed_at",
     "changed_by",
     "needs_consent",
+    "paused_until",
+    "pause_reason",
+    "bandwidth",
 }
 DESTINATION_CHANGE = {"action", "version", "destination"}
 DESTINATION_TEST = {"name", "kind", "location", "ok", "category", "message", "seconds"}
 KEY = {"key_id", "type", "created_at", "hostname", "current"}
-SYNCED = {"name", "ok", "sent", "sent_bytes", "skipped", "sent_by_kind", "category", "message"}
+SYNCED = {"name", "ok", "sent", "sent_bytes", "skipped", "sent_by_kind", "deleted", "category", "message"}
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 ANY_TIME = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d|Z)?")
