@@ -41,6 +41,9 @@ from capsule.domain.events import (
 )
 from capsule.domain.settings import SEALED_PREFIX
 
+STREAM_PREFIX = "destination-"
+"""The streams of what each destination holds and its upload sessions: `destination-<added_id>`."""
+
 DestinationKind = Literal["folder", "gdrive"]
 KINDS: tuple[DestinationKind, ...] = ("folder", "gdrive")
 NAME_RULE = "lowercase letters, digits and `-`, at most 32, starting with a letter or a digit"
@@ -94,6 +97,11 @@ class Destination(BaseModel):
     pause_reason: str | None = None
     bandwidth: int | None = None
     """Bytes a second uploads to it may use; None: as fast as the line goes."""
+
+    @property
+    def stream_id(self) -> str:
+        """The stream of what it holds: its own since it was added (`destination-<added_id>`)."""
+        return f"{STREAM_PREFIX}{self.added_id}"
 
     def paused_at(self, now: datetime) -> bool:
         """Whether uploads to it wait at `now`."""

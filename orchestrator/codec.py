@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Literal
 
-from capsule.domain import backup_job, drill_job, prune_job, restore_job, settings
+from capsule.domain import backup_job, destinations, drill_job, prune_job, restore_job, settings
 from capsule.domain.events import Event, event_payload, event_type, load_event
 from capsule.orchestrator import upcasters as registry
 from capsule.orchestrator.eventstore import NewEvent, StoredEvent, Upcasters
@@ -33,7 +33,7 @@ LOG_STREAM_PREFIX = "eventlog-"
 """The streams of the event log's own history: one per repair that started a new log."""
 SNAPSHOT_STREAM_PREFIX = "snapshot-"
 """The streams of snapshots after their backup (tags, forgetting): one per snapshot id."""
-DESTINATION_STREAM_PREFIX = "destination-"
+DESTINATION_STREAM_PREFIX = destinations.STREAM_PREFIX
 """The streams of what each destination holds and its upload sessions: one per destination added."""
 ALERT_STREAM_PREFIX = "alert-"
 """The streams of alerts: one per incident key (`alert-overdue-database`), see `orchestrator/alerts.py`."""

@@ -145,7 +145,6 @@ def _uploads(reads: Reads, now: datetime) -> tuple[list[Incident], tuple[str, ..
     )
     if not ever:
         return [], ()
-    from capsule.orchestrator.codec import destination_stream_id  # noqa: PLC0415
     from capsule.orchestrator.destinations import destinations_of  # noqa: PLC0415
 
     wrong = []
@@ -160,7 +159,7 @@ def _uploads(reads: Reads, now: datetime) -> tuple[list[Incident], tuple[str, ..
         last = next(
             (
                 row
-                for row in reversed(reads.read_stream(destination_stream_id(d.added_id)))
+                for row in reversed(reads.read_stream(d.stream_id))
                 if row.type == "DestinationUploadFailed"
                 or (row.type == "DestinationObjectsUploaded" and row.data.get("done"))
             ),

@@ -49,7 +49,7 @@ from capsule.domain.events import (
     UploadSessionClosed,
     UploadSessionOpened,
 )
-from capsule.orchestrator import codec, projections
+from capsule.orchestrator import projections
 
 if TYPE_CHECKING:
     from capsule.orchestrator.runtime import Runtime
@@ -105,7 +105,7 @@ class Uploaded:
 
 
 def stream_of(destination: Destination) -> str:
-    return codec.destination_stream_id(destination.added_id)
+    return destination.stream_id
 
 
 class Recorder:
