@@ -20,6 +20,7 @@ from capsule.orchestrator.settings import Settings
 from capsule.orchestrator.usecases.backup import Backup, back_up
 from capsule.orchestrator.usecases.destinations import add_folder, set_enabled
 from capsule.orchestrator.usecases.forget import ForgetByHand, forget_snapshots
+from capsule.orchestrator.usecases.jobs import current_status
 from capsule.orchestrator.usecases.prune import Prune, run_prune
 from capsule.orchestrator.usecases.sync import Sync, sync
 from capsule.orchestrator.usecases.verify import Verify, verify_repository
@@ -116,6 +117,12 @@ def test_a_destination_that_fails_leaves_the_backup_completed_and_says_why(
     assert results[upload_step("nas")]["status"] == "failed"
     assert "does not exist" in str(results[upload_step("nas")]["error"])
     assert results[upload_step("usb")]["status"] == "uploaded"
+    lines = [p.line for p in current_status(settings).problems]
+    assert any(line.startswith("nas: behind: its last upload failed") for line in lines), lines
+    nas.mkdir()  # mounted again: the next backup catches up, and status is quiet
+    back_up(settings, Backup(kind="database"))
+    assert not [p for p in current_status(settings).problems if p.subject == "nas"]
+    assert objects(open_backend(nas)) == objects(open_backend(shop.repository))
 
 
 def test_sync_records_what_a_destination_already_holds_and_sends_only_what_it_lacks(

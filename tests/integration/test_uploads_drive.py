@@ -40,6 +40,7 @@ def plan_of(shop: Shop, job_id: str) -> dict[str, dict[str, object]]:
         runtime.close()
 
 
+@pytest.mark.slow
 def test_a_persistent_rate_limit_pauses_the_destination_and_local_backups_go_on(
     shop: Shop, fake: FakeDrive, monkeypatch: pytest.MonkeyPatch
 ) -> None:
