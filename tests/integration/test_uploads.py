@@ -223,3 +223,29 @@ def test_a_backup_that_only_uploads_no_longer_holds_the_next_backup_of_its_sourc
         assert runtime.load("backup", behind).state.status == "pending"
     finally:
         runtime.close()
+
+
+def test_a_paused_destination_is_left_out_of_backups_until_its_pause_runs_out(
+    shop: Shop, tmp_path: Path
+) -> None:
+    from datetime import timedelta
+
+    from capsule.orchestrator.usecases.destinations import record_paused
+
+    settings = in_process_settings(shop)
+    add_folder(settings, "nas", folder(tmp_path, "nas"))
+    add_folder(settings, "usb", folder(tmp_path, "usb"))
+    runtime = Runtime(settings)
+    try:
+        now = runtime.clock()
+        record_paused(
+            settings, "nas", now + timedelta(hours=6), "it kept refusing uploads for its rate limit"
+        )
+        during = runtime.request_backup(source="a.db", actor="test")
+        runtime.clock = lambda: now + timedelta(hours=6, seconds=1)
+        after = runtime.request_backup(source="b.db", actor="test")
+
+        assert runtime.load("backup", during).state.destinations == ("usb",)
+        assert runtime.load("backup", after).state.destinations == ("nas", "usb")
+    finally:
+        runtime.close()
