@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -186,6 +187,7 @@ def backup_upload(ctx: StepContext) -> dict[str, Any]:
 
     runtime = Runtime(ctx.settings)
     try:
+        _wait_for_earlier_uploads(ctx, runtime)
         outcome = upload(
             ctx.settings,
             runtime,
@@ -198,6 +200,32 @@ def backup_upload(ctx: StepContext) -> dict[str, Any]:
     finally:
         runtime.close()
     return outcome.as_result()
+
+
+UPLOAD_POLL_SECONDS = 2.0
+
+
+def _wait_for_earlier_uploads(ctx: StepContext, runtime: Any) -> None:
+    """Wait while a backup requested earlier uploads to the same destination: one upload at a time
+    per destination, so two never share a resumable session; the later one then sends what the
+    earlier left. Only backups requested earlier are waited for: no two wait for each other. The
+    lease is kept meanwhile, and a cancel stops the wait."""
+    from capsule.orchestrator import projections  # noqa: PLC0415
+
+    me = projections.get_job(runtime.engine, ctx.job_id)
+    mine = (me["requested_at"], ctx.job_id) if me is not None else None
+    while mine is not None:
+        running = projections.list_jobs(runtime.engine, limit=1000, status="running", job_type="backup")
+        earlier = [
+            r
+            for r in running
+            if r["current_step"] == ctx.step and (r["requested_at"], str(r["job_id"])) < mine
+        ]
+        if not earlier:
+            return
+        log.info("waiting for an earlier upload to the same destination", job=earlier[0]["job_id"])
+        ctx.progress(0, 1)
+        time.sleep(UPLOAD_POLL_SECONDS)
 
 
 # ---- restore into a folder ----------------------------------------------------------------

@@ -249,3 +249,66 @@ def test_a_paused_destination_is_left_out_of_backups_until_its_pause_runs_out(
         assert runtime.load("backup", after).state.destinations == ("nas", "usb")
     finally:
         runtime.close()
+
+
+@pytest.mark.slow
+def test_an_upload_waits_for_an_earlier_backups_upload_to_the_same_destination(
+    shop: Shop, tmp_path: Path
+) -> None:
+    import threading
+    import time
+
+    from capsule.domain.commands import CompleteStep, StartStep
+
+    settings = in_process_settings(shop, step_lease_seconds=120)  # the held upload outlives the test
+    add_folder(settings, "nas", folder(tmp_path, "nas"))
+    runtime = Runtime(settings)
+    try:
+        earlier = runtime.request_backup(source=str(shop.database.resolve()), actor="test")
+
+        def start(step: str) -> None:
+            command = StartStep(
+                job_id=earlier,
+                now=runtime.clock(),
+                step=step,
+                attempt=1,
+                worker="w-test",
+                lease=runtime.lease,
+            )
+            runtime.execute("backup", earlier, lambda _: command, actor="test")
+
+        def complete(step: str, result: dict[str, object]) -> None:
+            command = CompleteStep(job_id=earlier, now=runtime.clock(), step=step, attempt=1, result=result)  # type: ignore[arg-type]
+            runtime.execute("backup", earlier, lambda _: command, actor="test")
+
+        for step, result in (("store", {}), ("commit", {"snapshot_id": "ab" * 32})):
+            start(step)
+            complete(step, result)
+        start(upload_step("nas"))  # held by a worker that has not finished it
+        done: list[str] = []
+        later = threading.Thread(target=lambda: done.append(back_up(settings, Backup()).job_id))
+        later.start()
+        while not any(
+            r["current_step"] == upload_step("nas") and r["job_id"] != earlier for r in running(runtime)
+        ):
+            time.sleep(0.1)
+        time.sleep(3)  # time enough to finish an upload that did not wait
+        complete(upload_step("nas"), {"status": "uploaded"})
+        later.join(timeout=120)
+
+        positions = {
+            job: next(
+                e.position
+                for e in runtime.store.read_stream(f"backup-{job}")
+                if e.type == "StepCompleted" and e.data["step"] == upload_step("nas")
+            )
+            for job in (earlier, *done)
+        }
+        assert done and positions[done[0]] > positions[earlier]
+        assert upload_results(shop, done[0])[upload_step("nas")]["status"] == "uploaded"
+    finally:
+        runtime.close()
+
+
+def running(runtime: Runtime) -> list[dict[str, object]]:
+    return projections.list_jobs(runtime.engine, status="running", job_type="backup")
