@@ -59,7 +59,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 BATCH_OBJECTS = 64
-BATCH_BYTES = 256 * 1024 * 1024
+BATCH_BYTES = 32 * 1024 * 1024
+"""Two default packs: what a worker killed mid-upload may send again whole, beside the pack in
+flight, which resumes from its last chunk. Smaller batches would only lengthen the log."""
 DELETE_ORDER: tuple[Kind, ...] = ("snapshots", "index", "data")
 """Snapshots go before the index files and packs they need, so the copy stays whole meanwhile."""
 
