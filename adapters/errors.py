@@ -84,6 +84,16 @@ class StorageUnavailable(RepositoryError):
         self.retryable = retryable
 
 
+class RateLimited(StorageUnavailable):
+    """Raised when a store kept refusing requests for its rate limits through every try (Google
+    Drive's daily upload cap): uploads to it wait hours, not seconds."""
+
+    category = Category.UNAVAILABLE
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=True)
+
+
 class RepositoryReadOnly(RepositoryError):
     """Raised when the repository cannot be written: a read-only mount, or no permission to write."""
 

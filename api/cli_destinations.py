@@ -1,5 +1,5 @@
 """The destination commands: `capsule destinations list | add folder | add gdrive | renew | enable |
-disable | remove | test`.
+disable | bandwidth | resume | remove | test`.
 
 `capsule.api.cli` registers the group; this module does not import it. Only click, `api.common`
 and the renderer load with it: each command imports its use case when it runs.
@@ -15,6 +15,7 @@ from capsule.api import render_destinations
 from capsule.api.common import Context, pass_ctx, run
 
 NAME_HELP = "lowercase letters, digits and -, at most 32"
+BANDWIDTH_HELP = "The most uploads to it may use, in bytes a second: 2MiB/s, 512KiB/s (default: no limit)."
 FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 PORT_HELP = (
     "The loopback port that receives Google's redirect (default: a free one); fix it to open an SSH "
@@ -75,6 +76,7 @@ def add_folder_command(obj: Context, name: str, path: str, as_json: bool) -> Non
 )
 @click.option("--folder", "folder_name", help="The Drive folder's name (default capsule-NAME).")
 @click.option("--port", type=click.IntRange(0, 65535), default=0, help=PORT_HELP)
+@click.option("--bandwidth", help=BANDWIDTH_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the destination added as JSON, secrets masked.")
 @pass_ctx
 def add_gdrive_command(  # noqa: PLR0917 (click passes options by position)
@@ -84,6 +86,7 @@ def add_gdrive_command(  # noqa: PLR0917 (click passes options by position)
     refresh_token_file: Path | None,
     folder_name: str | None,
     port: int,
+    bandwidth: str | None,
     as_json: bool,
 ) -> None:
     """Add a Google Drive destination NAME. Without --refresh-token-file, prints the consent address
@@ -102,6 +105,7 @@ def add_gdrive_command(  # noqa: PLR0917 (click passes options by position)
                 render_destinations.TERMINAL,
                 port=port,
                 folder_name=folder_name,
+                bandwidth=bandwidth,
             ),
             as_json,
         )
@@ -170,6 +174,30 @@ def disable_command(obj: Context, name: str, as_json: bool) -> None:
     from capsule.orchestrator.usecases.destinations import set_enabled  # noqa: PLC0415
 
     run(lambda: render_destinations.changed(set_enabled(obj.settings, name, False), as_json))
+
+
+@destinations.command("bandwidth")
+@click.argument("name")
+@click.argument("rate")
+@click.option("--json", "as_json", is_flag=True, help="Print the destination as JSON.")
+@pass_ctx
+def bandwidth_command(obj: Context, name: str, rate: str, as_json: bool) -> None:
+    """Cap the bytes a second uploads to the Google Drive destination NAME may use: RATE is a number
+    with a unit of KiB/s or MiB/s, or `off` for no limit. The shop's own traffic keeps the rest."""
+    from capsule.orchestrator.usecases.destinations import limit_bandwidth  # noqa: PLC0415
+
+    run(lambda: render_destinations.changed(limit_bandwidth(obj.settings, name, rate), as_json))
+
+
+@destinations.command("resume")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the destination as JSON.")
+@pass_ctx
+def resume_command(obj: Context, name: str, as_json: bool) -> None:
+    """Let uploads to destination NAME go on now, before the pause its rate limit caused runs out."""
+    from capsule.orchestrator.usecases.destinations import resume  # noqa: PLC0415
+
+    run(lambda: render_destinations.changed(resume(obj.settings, name), as_json))
 
 
 @destinations.command("remove")

@@ -115,12 +115,29 @@ def backed_up(result: BackedUp, as_json: bool) -> int:
     """Show a backup's snapshots; the exit code is 3 if any of them has warnings."""
     rows = [snapshot_doc(s.snapshot_id, s.manifest, result.job_id) for s in result.snapshots]
     if as_json:
-        emit_json(rows[0] if len(rows) == 1 else {"job_id": result.job_id, "snapshots": rows})
+        doc = rows[0] if len(rows) == 1 else {"job_id": result.job_id, "snapshots": rows}
+        emit_json({**doc, "uploads": result.uploads} if result.uploads else doc)
     else:
         for snapshot in result.snapshots:
             _print_snapshot(snapshot.snapshot_id, snapshot.manifest, result.job_id)
+        for upload in result.uploads:
+            click.echo(_upload_line(upload))
     warned = any(s.manifest.totals.warnings for s in result.snapshots)
     return EXIT_CODES.warnings if warned else EXIT_CODES.ok
+
+
+def _upload_line(upload: dict[str, Any]) -> str:
+    name, status = upload.get("destination"), upload.get("status")
+    if status == "uploaded":
+        deleted = f", {upload['deleted']} deleted (pruned here)" if upload.get("deleted") else ""
+        sent = human(int(upload.get("sent_bytes") or 0))
+        logged = " and the event log" if upload.get("event_log") else ""
+        missed = f" The event log was not copied: {upload['event_log_error']}." if upload.get("event_log_error") else ""
+        return f"Copied to {name}: {upload.get('sent', 0)} new objects, {sent}{deleted}{logged}.{missed}"
+    if status == "paused":
+        until = upload.get("paused_until")
+        return f"Not copied to {name}: paused until {until}; the first backup after that catches up."
+    return f"Not copied to {name} ({status}): {upload.get('error')}; the next backup tries again."
 
 
 def _print_snapshot(sid: str, m: Manifest, job_id: str) -> None:
@@ -485,7 +502,10 @@ def status(result: Status, as_json: bool) -> None:
     for fresh in result.freshness:
         click.echo(fresh.line())
     for problem in result.problems:
-        if problem.reason == "consent_needed":  # the others are the freshness lines and failures below
+        if problem.reason in (
+            "consent_needed",
+            "upload_behind",
+        ):  # the others are the freshness lines and failures below
             click.echo(problem.line)
     for kind, last in result.last_snapshots.items():
         if last:

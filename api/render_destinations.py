@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -28,6 +29,8 @@ _DONE = {
     "consent_renewed": "Renewed the consent of",
     "enabled": "Enabled",
     "disabled": "Disabled",
+    "bandwidth_set": "Set the bandwidth limit of",
+    "resumed": "Resumed uploads to",
     "unchanged": "Nothing to change for",
 }
 
@@ -52,8 +55,14 @@ def listed(result: DestinationList, as_json: bool) -> None:
         state = "" if v.enabled else "  (disabled)"
         added = f"  added {when(v.added_at)} by {v.added_by}" if v.added_at else ""
         where = v.path or f"folder {v.folder_name}"
-        click.echo(f"{v.name:<{width}}  {_kind(v):<12}  {where}{state}{added}")
+        limit = f"  at most {_rate(v.bandwidth)}" if v.bandwidth else ""
+        click.echo(f"{v.name:<{width}}  {_kind(v):<12}  {where}{state}{limit}{added}")
     for v in result.destinations:
+        if v.paused_until is not None and v.paused_until > datetime.now(UTC):
+            click.echo(
+                f"{v.name}: paused until {when(v.paused_until)}: {v.pause_reason}; backups meanwhile are "
+                "stored locally, and the first after that catches up"
+            )
         if v.needs_credentials is not None:
             click.echo(
                 f"{v.name}: needs its credentials again: {v.needs_credentials}; run `capsule destinations "
@@ -67,6 +76,13 @@ def listed(result: DestinationList, as_json: bool) -> None:
             )
 
 
+def _rate(bytes_per_second: int) -> str:
+    for unit, size in (("MiB/s", 1 << 20), ("KiB/s", 1 << 10)):
+        if bytes_per_second >= size:
+            return f"{bytes_per_second / size:g} {unit}"
+    return f"{bytes_per_second} B/s"
+
+
 def changed(result: DestinationChanged, as_json: bool) -> None:
     view = result.destination
     if as_json:
@@ -75,6 +91,9 @@ def changed(result: DestinationChanged, as_json: bool) -> None:
     click.echo(f"{_DONE[result.action]} the {_kind(view)} destination {view.name}: {view.location}.")
     if result.action == "removed":
         click.echo("What it holds stays where it is; Capsule no longer copies there.")
+    elif result.action == "bandwidth_set":
+        limit = f"at most {_rate(view.bandwidth)}" if view.bandwidth else "no limit"
+        click.echo(f"Uploads to {view.name} now use {limit}.")
     elif result.action == "added":
         click.echo(f"`capsule destinations test {view.name}` checks that Capsule can write there.")
 

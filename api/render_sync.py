@@ -23,6 +23,7 @@ def _doc(d: DestinationSynced) -> dict[str, Any]:
         "sent_bytes": d.sent_bytes,
         "skipped": d.skipped,
         "sent_by_kind": d.sent_by_kind,
+        "deleted": d.deleted,
         "message": d.error,
         "category": None if d.category is None else d.category.value,
         "event_log": d.event_log,
@@ -38,8 +39,9 @@ def synced(result: Synced, as_json: bool) -> int:
             click.echo(f"{d.name}: not copied: {d.error}", err=True)
         elif not as_json:
             sent = "nothing to send" if not d.sent else f"sent {d.sent} objects ({human(d.sent_bytes)})"
+            deleted = f"; deleted {d.deleted} that prune or forget deleted here" if d.deleted else ""
             log = " Event log copied." if d.event_log_written else ""
-            click.echo(f"{d.name}: {sent}; {d.skipped} already there.{log}")
+            click.echo(f"{d.name}: {sent}; {d.skipped} already there{deleted}.{log}")
     if not result.failed:
         return EXIT_CODES.ok
     return exit_code(result.failed[0].category or Category.UNKNOWN)

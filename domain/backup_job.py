@@ -2,11 +2,12 @@
 
 A backup of the database or of the product images folder runs two steps: `store` (read, chunk,
 compress, seal, pack) and `commit` (write the manifest); a backup of kind `all` runs both pairs,
-`store:database`, `commit:database`, `store:files`, `commit:files`. The plan is data in
-BackupRequested, so later kinds and settings can add `upload:<destination>` and `retention` steps
-without touching how steps run. Only one backup of a source runs at a time: a request made while
-another backup of one of its sources is active is queued behind it until a ReleaseBackup lets it
-start.
+`store:database`, `commit:database`, `store:files`, `commit:files`. Then one `upload:<name>` step
+per destination enabled when the backup was requested, after every commit: the snapshot is stored
+locally before any byte leaves the machine. The plan is data in BackupRequested, so later kinds and
+settings can add steps (`retention`) without touching how steps run. Only one backup of a source
+runs at a time: a request made while another backup of one of its sources is active is queued
+behind it until a ReleaseBackup lets it start.
 """
 
 from __future__ import annotations
@@ -60,15 +61,25 @@ SOURCE_SEPARATOR = "\n"
 """Between the database and the folder in the `source` of a backup of kind `all`."""
 
 
-def plan_for(kind: BackupKind) -> tuple[str, ...]:
-    """The ordered steps a backup of `kind` runs.
+def plan_for(kind: BackupKind, destinations: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The ordered steps a backup of `kind` runs, uploading to `destinations` last.
 
     A backup of kind `all` stores and commits the database first, then the files: one snapshot per
     source, and the database's is safe in the repository even if the files fail.
     """
+    uploads = tuple(upload_step(name) for name in destinations)
     if kind in ("database", "files"):
-        return (STORE, COMMIT)
-    return (f"{STORE}:database", f"{COMMIT}:database", f"{STORE}:files", f"{COMMIT}:files")
+        return (STORE, COMMIT, *uploads)
+    return (f"{STORE}:database", f"{COMMIT}:database", f"{STORE}:files", f"{COMMIT}:files", *uploads)
+
+
+def is_upload(step: str) -> bool:
+    return step.startswith(UPLOAD_PREFIX)
+
+
+def upload_destination(step: str) -> str:
+    """The destination an `upload:<name>` step copies to."""
+    return step.removeprefix(UPLOAD_PREFIX)
 
 
 def sources_of(source: str) -> tuple[str, ...]:
@@ -101,6 +112,11 @@ class BackupJob(JobState):
     full: bool = False
     tags: tuple[str, ...] = ()
     snapshot_id: str | None = None
+
+    @property
+    def destinations(self) -> tuple[str, ...]:
+        """The destinations its plan uploads to, in order."""
+        return tuple(upload_destination(s.name) for s in self.steps if is_upload(s.name))
 
 
 BackupCommand = RequestBackup | ReleaseBackup | JobCommand
@@ -166,6 +182,7 @@ def _request(state: BackupJob, c: RequestBackup) -> list[Event]:
         if c.job_id != state.job_id:
             raise InvalidCommand(f"a request for job {c.job_id!r} was sent to backup job {state.job_id!r}")
         # active_job_id is left out: on redelivery the backup it named may have finished since.
+        # The destinations are left out too: one may have been turned off since the first delivery.
         if (state.kind, state.source, state.full, state.tags) != (c.kind, c.source, c.full, c.tags):
             raise InvalidCommand(
                 f"backup job {c.job_id!r} was already requested with other settings; use a new job id"
@@ -174,10 +191,17 @@ def _request(state: BackupJob, c: RequestBackup) -> list[Event]:
     problem = _source_problem(c.kind, c.source)
     if problem:
         raise InvalidCommand(problem)
+    if len(set(c.destinations)) != len(c.destinations):
+        raise InvalidCommand("a backup uploads to each destination once: a destination is named twice")
     if c.active_job_id == c.job_id:
         raise InvalidCommand(f"backup job {c.job_id!r} cannot be queued behind itself")
     requested = BackupRequested(
-        job_id=c.job_id, kind=c.kind, source=c.source, full=c.full, tags=c.tags, plan=plan_for(c.kind)
+        job_id=c.job_id,
+        kind=c.kind,
+        source=c.source,
+        full=c.full,
+        tags=c.tags,
+        plan=plan_for(c.kind, c.destinations),
     )
     if c.active_job_id is None:
         return [requested]

@@ -61,6 +61,8 @@ class RequestBackup(Command):
     full: bool = False
     tags: tuple[str, ...] = ()
     active_job_id: str | None = None
+    destinations: tuple[str, ...] = ()
+    """The destinations enabled (and not paused) now: each gets an `upload:<name>` step."""
 
 
 class ReleaseBackup(Command):

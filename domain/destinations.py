@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Literal
 
@@ -28,14 +29,20 @@ from pydantic import BaseModel, ConfigDict
 from capsule.domain.errors import CapsuleError, Category
 from capsule.domain.events import (
     DestinationAdded,
+    DestinationBandwidthLimited,
     DestinationConsentNeeded,
     DestinationConsentRenewed,
     DestinationDisabled,
     DestinationEnabled,
+    DestinationPaused,
     DestinationRemoved,
+    DestinationResumed,
     Event,
 )
 from capsule.domain.settings import SEALED_PREFIX
+
+STREAM_PREFIX = "destination-"
+"""The streams of what each destination holds and its upload sessions: `destination-<added_id>`."""
 
 DestinationKind = Literal["folder", "gdrive"]
 KINDS: tuple[DestinationKind, ...] = ("folder", "gdrive")
@@ -83,6 +90,22 @@ class Destination(BaseModel):
     """Sealed for `destinations.<name>.refresh_token`."""
     needs_consent: str | None = None
     """Why Drive refused the authorization, while no renewed consent has come since; else None."""
+    added_id: str = ""
+    """The change that added it: names the stream of what it holds (`destination-<added_id>`)."""
+    paused_until: datetime | None = None
+    """Uploads wait until then: it kept refusing them for its rate limit (Drive's daily cap)."""
+    pause_reason: str | None = None
+    bandwidth: int | None = None
+    """Bytes a second uploads to it may use; None: as fast as the line goes."""
+
+    @property
+    def stream_id(self) -> str:
+        """The stream of what it holds: its own since it was added (`destination-<added_id>`)."""
+        return f"{STREAM_PREFIX}{self.added_id}"
+
+    def paused_at(self, now: datetime) -> bool:
+        """Whether uploads to it wait at `now`."""
+        return self.paused_until is not None and self.paused_until > now
 
     def describe(self) -> str:
         """Where its copy is, for people: the folder, or the Drive folder's name."""
@@ -165,7 +188,42 @@ class MarkConsentNeeded:
     """What was seen, in words, with no secret."""
 
 
-Command = AddFolder | AddDrive | Remove | RenewConsent | SetEnabled | MarkConsentNeeded
+@dataclass(frozen=True)
+class MarkPaused:
+    change_id: str
+    name: str
+    until: datetime
+    reason: str
+
+
+@dataclass(frozen=True)
+class Resume:
+    change_id: str
+    name: str
+    now: datetime
+
+
+@dataclass(frozen=True)
+class SetBandwidth:
+    change_id: str
+    name: str
+    bytes_per_second: int | None
+
+
+MIN_BANDWIDTH = 64 * 1024
+"""Below this, a 16 MiB pack takes minutes per chunk and Drive's upload sessions risk expiring."""
+
+Command = (
+    AddFolder
+    | AddDrive
+    | Remove
+    | RenewConsent
+    | SetEnabled
+    | MarkConsentNeeded
+    | MarkPaused
+    | Resume
+    | SetBandwidth
+)
 
 
 def check_name(name: str) -> None:
@@ -208,7 +266,22 @@ def decide(state: Destinations, command: Command) -> list[Event]:
         if found is None or found.kind != "gdrive" or found.needs_consent is not None:
             return []
         return [DestinationConsentNeeded(job_id=command.change_id, name=command.name, reason=command.reason)]
+    if isinstance(command, MarkPaused):
+        # Seen by an upload: a destination removed meanwhile needs nothing.
+        if command.name not in state.by_name:
+            return []
+        return [
+            DestinationPaused(
+                job_id=command.change_id, name=command.name, until=command.until, reason=command.reason
+            )
+        ]
     current = state.get(command.name)
+    if isinstance(command, SetBandwidth):
+        return _bandwidth(current, command)
+    if isinstance(command, Resume):
+        if not current.paused_at(command.now):
+            return []
+        return [DestinationResumed(job_id=command.change_id, name=command.name)]
     if isinstance(command, Remove):
         return [DestinationRemoved(job_id=command.change_id, name=command.name)]
     if isinstance(command, RenewConsent):
@@ -229,6 +302,23 @@ def decide(state: Destinations, command: Command) -> list[Event]:
     return [made(job_id=command.change_id, name=command.name)]
 
 
+def _bandwidth(current: Destination, command: SetBandwidth) -> list[Event]:
+    limit = command.bytes_per_second
+    if limit is not None and current.kind != "gdrive":
+        raise InvalidDestination(
+            f"`{command.name}` is a folder destination, written at the disk's speed: a bandwidth limit "
+            "applies to Google Drive destinations"
+        )
+    if limit is not None and limit < MIN_BANDWIDTH:
+        raise InvalidDestination(
+            f"a bandwidth limit of {limit} bytes a second is too low: give at least 64KiB/s "
+            "(for example 2MiB/s), or `off` for none"
+        )
+    if limit == current.bandwidth:
+        return []
+    return [DestinationBandwidthLimited(job_id=command.change_id, name=command.name, bytes_per_second=limit)]
+
+
 def evolve(state: Destinations, event: Event) -> Destinations:
     """The destinations once `event` happened; other events of the settings stream change nothing."""
     by_name = dict(state.by_name)
@@ -242,6 +332,7 @@ def evolve(state: Destinations, event: Event) -> Destinations:
             token_uri=event.token_uri,
             client_secret=event.client_secret,
             refresh_token=event.refresh_token,
+            added_id=event.job_id,
         )
     elif isinstance(event, DestinationRemoved):
         by_name.pop(event.name, None)
@@ -250,6 +341,15 @@ def evolve(state: Destinations, event: Event) -> Destinations:
         by_name[event.name] = by_name[event.name].model_copy(update=renewed)
     elif isinstance(event, DestinationConsentNeeded) and event.name in by_name:
         by_name[event.name] = by_name[event.name].model_copy(update={"needs_consent": event.reason})
+    elif isinstance(event, DestinationPaused) and event.name in by_name:
+        paused = {"paused_until": event.until, "pause_reason": event.reason}
+        by_name[event.name] = by_name[event.name].model_copy(update=paused)
+    elif isinstance(event, DestinationResumed) and event.name in by_name:
+        resumed = {"paused_until": None, "pause_reason": None}
+        by_name[event.name] = by_name[event.name].model_copy(update=resumed)
+    elif isinstance(event, DestinationBandwidthLimited) and event.name in by_name:
+        limit = {"bandwidth": event.bytes_per_second}
+        by_name[event.name] = by_name[event.name].model_copy(update=limit)
     elif isinstance(event, DestinationEnabled | DestinationDisabled) and event.name in by_name:
         enabled = isinstance(event, DestinationEnabled)
         by_name[event.name] = by_name[event.name].model_copy(update={"enabled": enabled})

@@ -519,6 +519,112 @@ class DestinationDisabled(Event):
     name: str
 
 
+class DestinationPaused(Event):
+    """A destination kept refusing uploads for its rate limit: none is sent to it before `until`."""
+
+    type_name: ClassVar[str] = "DestinationPaused"
+
+    name: str
+    until: UtcDatetime
+    reason: str
+    """Capsule's own words for what was seen; never a token or a session address."""
+
+
+class DestinationResumed(Event):
+    """An admin let uploads to a paused destination go on before its pause ran out."""
+
+    type_name: ClassVar[str] = "DestinationResumed"
+
+    name: str
+
+
+class DestinationBandwidthLimited(Event):
+    """An admin capped the bytes a second uploads to a destination may use (None: no cap)."""
+
+    type_name: ClassVar[str] = "DestinationBandwidthLimited"
+
+    name: str
+    bytes_per_second: int | None
+
+
+# What each destination holds: one stream per destination (`destination-<id>`, the id being the
+# change that added it, so that a destination removed and added again under its name starts
+# afresh). The `job_id` of these events is the backup job or the `capsule sync` run that made them.
+# Objects are recorded in batches, never one event per object.
+
+
+class DestinationObject(BaseModel):
+    """One object of the repository on a destination: its kind, its name and its size in bytes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: str
+    name: str
+    size: int
+
+
+class DestinationObjectsUploaded(Event):
+    """Capsule wrote these objects to the destination; `done`: it then held all the local ones."""
+
+    type_name: ClassVar[str] = "DestinationObjectsUploaded"
+
+    destination: str
+    objects: tuple[DestinationObject, ...]
+    done: bool = False
+
+
+class DestinationObjectsListed(Event):
+    """A listing found objects the log did not know of there (`found`) and missed some it did (`lost`)."""
+
+    type_name: ClassVar[str] = "DestinationObjectsListed"
+
+    destination: str
+    found: tuple[DestinationObject, ...]
+    lost: tuple[DestinationObject, ...]
+
+
+class DestinationObjectsDeleted(Event):
+    """Capsule deleted objects it had sent there that a prune or a forget deleted locally."""
+
+    type_name: ClassVar[str] = "DestinationObjectsDeleted"
+
+    destination: str
+    objects: tuple[DestinationObject, ...]
+
+
+class DestinationUploadFailed(Event):
+    """An upload to the destination stopped before it held every object; the next one goes on."""
+
+    type_name: ClassVar[str] = "DestinationUploadFailed"
+
+    destination: str
+    error: str
+    """Capsule's own sentence for the error (its errors never hold a secret)."""
+    category: Category
+
+
+class UploadSessionOpened(Event):
+    """A resumable upload of one object began; its session address is sealed (it grants access)."""
+
+    type_name: ClassVar[str] = "UploadSessionOpened"
+
+    destination: str
+    kind: str
+    name: str
+    size: int
+    uri: SealedText
+
+
+class UploadSessionClosed(Event):
+    """A resumable upload finished or its session expired: its address is no longer needed."""
+
+    type_name: ClassVar[str] = "UploadSessionClosed"
+
+    destination: str
+    kind: str
+    name: str
+
+
 # Schedules: a schedule's run at one due time is a stream of its own (`schedule-<name>-<due>`) that
 # holds one event, so that two schedulers can never both start it.
 
@@ -552,7 +658,7 @@ class AlertRaised(Event):
 
     incident: str
     """The incident's key: `overdue-database`, `failed-files`, `drill-failed`, `consent-drive`."""
-    reason: Literal["overdue", "job_failed", "drill_failed", "consent_needed"]
+    reason: Literal["overdue", "job_failed", "drill_failed", "consent_needed", "upload_behind"]
     subject: str
     """The kind, `drill`, or a destination's name."""
     summary: str
@@ -670,6 +776,15 @@ EVENT_TYPES: dict[str, type[Event]] = _registry(
     DestinationConsentNeeded,
     DestinationEnabled,
     DestinationDisabled,
+    DestinationPaused,
+    DestinationResumed,
+    DestinationBandwidthLimited,
+    DestinationObjectsUploaded,
+    DestinationObjectsListed,
+    DestinationObjectsDeleted,
+    DestinationUploadFailed,
+    UploadSessionOpened,
+    UploadSessionClosed,
     RepositoryKeyChanged,
 )
 """Every event the log may hold, by its stored type name."""

@@ -22,3 +22,18 @@ def parse_size(text: str) -> int:
     if size < 0:
         raise ValueError(f"not a size: {text!r}")
     return size
+
+
+NO_LIMIT = ("off", "none", "0")
+
+
+def parse_rate(text: str) -> int | None:
+    """Parse a rate in bytes a second: a size as `parse_size` reads it, optionally followed by
+    "/s"; None for "off", "none" or "0" (no limit). Raises ValueError for anything else."""
+    cleaned = text.strip().lower()
+    if cleaned in NO_LIMIT:
+        return None
+    size = parse_size(cleaned.removesuffix("/s"))
+    if size == 0:
+        return None
+    return size

@@ -166,7 +166,7 @@ class Incident:
     key: str
     subject: str
     """The kind, `drill`, or a destination's name."""
-    reason: Literal["overdue", "job_failed", "drill_failed", "consent_needed"]
+    reason: Literal["overdue", "job_failed", "drill_failed", "consent_needed", "upload_behind"]
     line: str
     cause_job_id: str | None = None
     """The failed job, for a failure."""
@@ -193,6 +193,11 @@ def consent_needed(name: str, reason: str) -> Incident:
     """A Drive destination that refused Capsule's authorization: nothing is copied there meanwhile."""
     line = f"{name}: needs consent again: run `capsule destinations renew {name}` ({reason})"
     return Incident(f"consent-{name}", name, "consent_needed", line)
+
+
+def upload_behind(name: str, why: str) -> Incident:
+    """A destination whose last upload failed, or that is paused: its copy lacks recent backups."""
+    return Incident(f"upload-{name}", name, "upload_behind", f"{name}: behind: {why}")
 
 
 def _reason(job: FinishedJob) -> str:

@@ -21,6 +21,7 @@ from dramatiq.middleware.time_limit import TimeLimitExceeded
 
 from capsule.adapters.errors import DiskFull, RepositoryLocked
 from capsule.adapters.sqlite.sourcelock import SourceBusy
+from capsule.domain.backup_job import UPLOAD_PREFIX, is_upload
 from capsule.domain.commands import CompleteStep, ExpireLease, FailStep, RecordProgress, StartStep
 from capsule.domain.errors import CapsuleError, Category, InvalidCommand
 from capsule.domain.jobs import (
@@ -30,6 +31,7 @@ from capsule.domain.jobs import (
     RunStep,
     WaitForJob,
     WaitUntil,
+    current_step,
     next_action,
 )
 from capsule.orchestrator import faults
@@ -37,7 +39,7 @@ from capsule.orchestrator.errors import OrchestratorError
 from capsule.orchestrator.orphans import take_over_orphans
 from capsule.orchestrator.runtime import SYSTEM, Loaded, Runtime, heartbeat
 from capsule.orchestrator.settings import Settings
-from capsule.orchestrator.steps import STEPS, StepContext, StepRefused, clean_up
+from capsule.orchestrator.steps import STEPS, StepContext, StepRefused, clean_up, step_function
 
 log = structlog.get_logger(__name__)
 
@@ -124,31 +126,33 @@ class Dispatcher:
         self._lock = threading.Lock()
         limit_ms = int(runtime.settings.step_time_limit_seconds * 1000)
         self.actors: dict[tuple[str, str], dramatiq.Actor[Any, Any]] = {}
-        for job_type, step in STEPS:
+        # One actor for every upload step: its message names the destination's step.
+        for job_type, step in (*STEPS, ("backup", UPLOAD_PREFIX)):
             self.actors[(job_type, step)] = dramatiq.Actor(
                 self._body(job_type, step),
                 queue_name=QUEUE,
-                actor_name=actor_name(job_type, step),
+                actor_name=actor_name(job_type, step.rstrip(":")),
                 priority=0,
                 broker=broker,
                 options={"max_retries": 0, "time_limit": limit_ms},
             )
 
-    def _body(self, job_type: str, step: str) -> Callable[[str], None]:
-        def run(job_id: str) -> None:
-            self.run(job_type, step, job_id)
+    def _body(self, job_type: str, step: str) -> Callable[..., None]:
+        def run(job_id: str, named: str | None = None) -> None:
+            self.run(job_type, named or step, job_id)
 
-        run.__name__ = actor_name(job_type, step)
+        run.__name__ = actor_name(job_type, step.rstrip(":"))
         return run
 
     # ---- sending -------------------------------------------------------------------------
 
     def enqueue(self, job_type: str, job_id: str, step: str, *, delay_ms: int | None = None) -> None:
-        actor = self.actors.get((job_type, step))
+        upload = job_type == "backup" and is_upload(step)
+        actor = self.actors.get((job_type, UPLOAD_PREFIX if upload else step))
         if actor is None:
             log.error("no actor for this step", job=job_id, step=step)
             return
-        actor.send_with_options(args=(job_id,), delay=delay_ms)
+        actor.send_with_options(args=(job_id, step) if upload else (job_id,), delay=delay_ms)
 
     def enqueue_next(self, job_type: str, job_id: str, *, from_sweep: bool = False) -> str | None:
         """Send the message the job needs now, if any; return what was done, for the sweep's log."""
@@ -301,7 +305,10 @@ class Dispatcher:
             )
             started = time.monotonic()
             try:
-                result = STEPS[(job_type, step)](ctx)
+                function = step_function(job_type, step)
+                if function is None:
+                    raise StepRefused(f"this Capsule does not know how to run step {step!r}; upgrade it")
+                result = function(ctx)
             except StepAbandoned:
                 log.warning("step abandoned: its job was cancelled or interrupted, or another worker took it")
                 return
@@ -318,6 +325,11 @@ class Dispatcher:
         )
         log.info("step completed", attempt=attempt, seconds=round(time.monotonic() - started, 3))
         faults.point(f"{step}:completed")
+        if job_type == "backup" and not is_upload(step):
+            after = current_step(rt.load(job_type, job_id).state)
+            if after is not None and is_upload(after.name):
+                # Committed: the backups queued behind this one need not wait for its uploads.
+                self._release(str(loaded.state.source))  # type: ignore[attr-defined]
         self.enqueue_next(job_type, job_id)
 
     def _fail(self, loaded: Loaded, step: str, attempt: int, error: BaseException) -> None:

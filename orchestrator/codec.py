@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Literal
 
-from capsule.domain import backup_job, drill_job, prune_job, restore_job, settings
+from capsule.domain import backup_job, destinations, drill_job, prune_job, restore_job, settings
 from capsule.domain.events import Event, event_payload, event_type, load_event
 from capsule.orchestrator import upcasters as registry
 from capsule.orchestrator.eventstore import NewEvent, StoredEvent, Upcasters
@@ -33,6 +33,8 @@ LOG_STREAM_PREFIX = "eventlog-"
 """The streams of the event log's own history: one per repair that started a new log."""
 SNAPSHOT_STREAM_PREFIX = "snapshot-"
 """The streams of snapshots after their backup (tags, forgetting): one per snapshot id."""
+DESTINATION_STREAM_PREFIX = destinations.STREAM_PREFIX
+"""The streams of what each destination holds and its upload sessions: one per destination added."""
 ALERT_STREAM_PREFIX = "alert-"
 """The streams of alerts: one per incident key (`alert-overdue-database`), see `orchestrator/alerts.py`."""
 
@@ -74,6 +76,11 @@ def alert_stream_id(incident: str) -> str:
     return f"{ALERT_STREAM_PREFIX}{incident}"
 
 
+def destination_stream_id(added_id: str) -> str:
+    """The stream of the destination added by change `added_id`: the objects it holds, its uploads."""
+    return f"{DESTINATION_STREAM_PREFIX}{added_id}"
+
+
 def snapshot_stream_id(snapshot_id: str) -> str:
     """The stream where snapshot `snapshot_id` is tagged and forgotten."""
     return f"{SNAPSHOT_STREAM_PREFIX}{snapshot_id}"
@@ -105,3 +112,7 @@ def job_of_stream(stream: str) -> tuple[JobType, str] | None:
         if stream.startswith(prefix) and len(stream) > len(prefix):
             return job_type, stream[len(prefix) :]
     return None
+
+
+def is_destination_stream(stream: str) -> bool:
+    return stream.startswith(DESTINATION_STREAM_PREFIX) and len(stream) > len(DESTINATION_STREAM_PREFIX)

@@ -77,12 +77,16 @@ def open_destination(settings: Settings, name: str) -> Backend:
     return open_backend_of(settings, load(settings).get(name))
 
 
-def open_backend_of(settings: Settings, destination: Destination, *, quick: bool = False) -> Backend:
+def open_backend_of(
+    settings: Settings, destination: Destination, *, quick: bool = False, sessions: Any = None
+) -> Backend:
     """The backend of `destination`, read from the settings already. `quick`: a person waits for
-    the answer (a probe), so a Drive request is tried 3 times within seconds, not for minutes."""
+    the answer (a probe), so a Drive request is tried 3 times within seconds, not for minutes.
+    `sessions` keeps a Drive upload's session across a restart (an `UploadSessions`); uploads to
+    Drive keep under the destination's bandwidth limit."""
     if destination.kind == "folder":
         return _open_folder(Path(destination.path or ""))
-    return _open_drive(settings, destination, quick)
+    return _open_drive(settings, destination, quick, sessions)
 
 
 def _open_folder(path: Path) -> Backend:
@@ -138,7 +142,9 @@ def open_secrets(settings: Settings, destination: Destination) -> tuple[str, str
     )
 
 
-def _open_drive(settings: Settings, destination: Destination, quick: bool = False) -> Backend:
+def _open_drive(
+    settings: Settings, destination: Destination, quick: bool = False, sessions: Any = None
+) -> Backend:
     try:
         drive: Any = importlib.import_module(DRIVE_MODULE)
     except ImportError as e:
@@ -157,7 +163,14 @@ def _open_drive(settings: Settings, destination: Destination, quick: bool = Fals
         destination.folder_name or destination.name,
         credentials,
         consent_hint=renew_command(destination.name),
-        **({"backoff": drive.Backoff(attempts=QUICK_ATTEMPTS, base=0.5, cap=2.0)} if quick else {}),
+        sessions=sessions,
+        bandwidth_limit=destination.bandwidth,
+        chunk_size=settings.gdrive_chunk_bytes,
+        backoff=(
+            drive.Backoff(attempts=QUICK_ATTEMPTS, base=0.5, cap=2.0)
+            if quick
+            else drive.Backoff(attempts=settings.gdrive_attempts)
+        ),
     )
     return backend
 

@@ -1,6 +1,7 @@
 """What needs attention now, read from the projections: how old each kind's last good backup is,
-whether the last backup of a kind or the last restore drill failed, and which Drive destinations
-wait for consent again (from the settings stream).
+whether the last backup of a kind or the last restore drill failed, which Drive destinations
+wait for consent again (from the settings stream), and which destinations are behind: their last
+upload failed, or they are paused for their rate limit (from each destination's stream).
 
 `capsule status` (and its `--check`) and the alerts read the same `Health`, so that they never
 disagree on what is wrong. The rules are the domain's (`domain/staleness.py`); this module only
@@ -28,6 +29,7 @@ from capsule.domain.staleness import (
     incidents,
     last_finished,
     period_of,
+    upload_behind,
 )
 from capsule.orchestrator.cron import InvalidSchedule, upcoming
 from capsule.orchestrator.reads import EngineReads, Reads, Row
@@ -103,8 +105,9 @@ def observe_reads(reads: Reads, document: model.BackupSettings, zone: ZoneInfo, 
     last_backups = {kind: last_finished(backups, kind) for kind in KINDS}
     last_drill = last_finished(drills)
     consents, watched = _consents(reads)
-    found = incidents(fresh, last_backups, last_drill) + consents
-    return Health(fresh, found, last_backups, last_drill, watched)
+    behind, ever = _uploads(reads, now)
+    found = incidents(fresh, last_backups, last_drill) + consents + behind
+    return Health(fresh, found, last_backups, last_drill, tuple(sorted({*watched, *ever})))
 
 
 def _consents(reads: Reads) -> tuple[list[Incident], tuple[str, ...]]:
@@ -131,6 +134,45 @@ def _consents(reads: Reads) -> tuple[list[Incident], tuple[str, ...]]:
     return wrong, tuple(sorted(ever))
 
 
+def _uploads(reads: Reads, now: datetime) -> tuple[list[Incident], tuple[str, ...]]:
+    """The enabled destinations whose copy is behind (last upload failed, or paused), and the
+    incident keys of every destination ever added."""
+    from capsule.domain.settings import STREAM  # noqa: PLC0415
+
+    stored = reads.read_stream(STREAM)
+    ever = tuple(
+        sorted({f"upload-{row.data.get('name')}" for row in stored if row.type == "DestinationAdded"})
+    )
+    if not ever:
+        return [], ()
+    from capsule.orchestrator.destinations import destinations_of  # noqa: PLC0415
+
+    wrong = []
+    for d in destinations_of(stored).by_name.values():
+        if not d.enabled or d.needs_consent is not None:  # consent has its own incident
+            continue
+        if d.paused_at(now):
+            wrong.append(
+                upload_behind(d.name, f"paused until {d.paused_until:%Y-%m-%d %H:%M} UTC: {d.pause_reason}")
+            )
+            continue
+        last = next(
+            (
+                row
+                for row in reversed(reads.read_stream(d.stream_id))
+                if row.type == "DestinationUploadFailed"
+                or (row.type == "DestinationObjectsUploaded" and row.data.get("done"))
+            ),
+            None,
+        )
+        if last is not None and last.type == "DestinationUploadFailed":
+            when = last.recorded_at.strftime("%Y-%m-%d %H:%M")
+            wrong.append(
+                upload_behind(d.name, f"its last upload failed ({when} UTC): {last.data.get('error')}")
+            )
+    return wrong, ever
+
+
 def _finished(rows: list[Row]) -> list[FinishedJob]:
     return [
         FinishedJob(str(r["job_id"]), r.get("kind"), str(r["status"]), r.get("error"))
@@ -144,6 +186,8 @@ def cleared_line(key: str, seen: Health) -> str:
     what, _, kind = key.partition("-")
     if what == "consent":
         return f"{kind}: no longer waits for consent (renewed, turned off or removed)"
+    if what == "upload":
+        return f"{kind}: its copy caught up (or it was turned off or removed)"
     if what == "overdue":
         fresh = next((f for f in seen.freshness if f.kind == kind), None)
         return fresh.line() if fresh else f"{kind}: no longer watched (its schedules are disabled)"

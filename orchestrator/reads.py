@@ -198,6 +198,19 @@ TABLES: dict[str, tuple[str, ...]] = {
         "version",
         "last_position",
     ),
+    "backup_dest_objects": (
+        "object_key",
+        "destination_id",
+        "destination",
+        "kind",
+        "name",
+        "size",
+        "origin",
+        "recorded_at",
+        "job_id",
+        "deleted_at",
+        "last_position",
+    ),
     "projection_checkpoints": ("name", "position"),
     "events": (
         "position",
@@ -220,6 +233,7 @@ PROJECTIONS = (
     "schedule_runs",
     "drill_proofs",
     "snapshot_marks",
+    "backup_dest_objects",
 )
 """The read models that have a checkpoint each."""
 GUARDS = tuple(

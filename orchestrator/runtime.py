@@ -202,9 +202,16 @@ class Runtime:
             if conn is None:
                 conn = stack.enter_context(self.store.transaction())
             _serialise_requests(conn)
-            active = projections.active_backup_for_source(conn, source)
+            active = projections.active_backup_for_source(conn, source, uploading_too=False)
             command = RequestBackup(
-                job_id=job_id, now=now, kind=kind, source=source, full=full, tags=tags, active_job_id=active
+                job_id=job_id,
+                now=now,
+                kind=kind,
+                source=source,
+                full=full,
+                tags=tags,
+                active_job_id=active,
+                destinations=self._upload_destinations(conn, now),
             )
             events = backup_job.decide(backup_job.initial_state(), command)
             self.store.append(
@@ -218,6 +225,37 @@ class Runtime:
         self._notify()
         log.info("backup requested", job=job_id, source=source, queued_behind=active)
         return job_id
+
+    def _upload_destinations(self, conn: Connection, now: datetime) -> tuple[str, ...]:
+        """The destinations a backup requested at `now` uploads to: enabled, not waiting for
+        consent, not paused for their rate limit."""
+        from capsule.orchestrator.destinations import destinations_of  # noqa: PLC0415
+
+        known = destinations_of(self.store.read_stream(codec.SETTINGS_STREAM, conn=conn))
+        return tuple(
+            d.name
+            for d in known.by_name.values()
+            if d.enabled and d.needs_consent is None and not d.paused_at(now)
+        )
+
+    def append_to(self, stream_id: str, events: list[Event], *, actor: str, correlation_id: str) -> None:
+        """Append `events` at the end of `stream_id`, whatever its version (a stream of facts that
+        any process may add to, such as a destination's), with the read models."""
+        for _ in range(CONFLICT_RETRIES):
+            version = self.store.stream_version(stream_id)
+            try:
+                self.store.append(
+                    stream_id,
+                    version,
+                    [codec.encode(e) for e in events],
+                    Metadata(actor=actor, correlation_id=correlation_id),
+                    handlers=[self.handler],
+                )
+            except ConcurrencyConflict:
+                continue
+            self._notify()
+            return
+        raise ConcurrencyConflict(stream_id, -1, None)
 
     def request_restore(
         self,
@@ -332,7 +370,10 @@ class Runtime:
             job_id = str(row["job_id"])
             if not mine.intersection(sources_of(row["source"])):
                 continue
-            if projections.active_backup_for_source(self.engine, row["source"]) is not None:
+            if (
+                projections.active_backup_for_source(self.engine, row["source"], uploading_too=False)
+                is not None
+            ):
                 continue  # a backup of kind `all` waits until none of its sources is being backed up
             _, new = self.execute(
                 "backup",

@@ -75,6 +75,23 @@ class Settings(BaseModel):
     drill_sample_percent: float = Field(
         2.0, ge=0, le=100, description="or this share of the images, when that is more"
     )
+    upload_pause_seconds: float = Field(
+        6 * 3600.0,
+        gt=0,
+        description="how long uploads to a destination wait once it kept refusing them for its rate limit",
+    )
+    gdrive_chunk_bytes: int = Field(
+        64 * MiB,
+        ge=256 * 1024,
+        multiple_of=256 * 1024,
+        description=(
+            "most bytes per request of a Drive upload (a pack up to it goes in one); a dropped "
+            "connection resends at most one, and usually far less: Drive keeps what arrived"
+        ),
+    )
+    gdrive_attempts: int = Field(
+        8, ge=1, le=20, description="tries of a Drive request, with capped jittered backoff, before it fails"
+    )
     http_host: str = Field("127.0.0.1", description="the address `capsule serve` answers HTTP on")
     http_port: int = Field(8000, ge=0, le=65535, description="its port; 0 picks a free one")
     event_store_url: str | None = None

@@ -9,13 +9,17 @@ Every step is safe to run again after its process died at any instant:
   a second attempt saves the live database again);
 - the steps of a restore drill (`orchestrator/drillsteps.py`) write only into a scratch folder of
   their own, which they delete, and never touch the live database;
-- the steps of a prune (`orchestrator/prunesteps.py`) each say there why they may run twice.
+- the steps of a prune (`orchestrator/prunesteps.py`) each say there why they may run twice;
+- `upload:<destination>` sends only what the log does not show on the destination, records what it
+  sent in batches and keeps a Drive upload's session in the log (`orchestrator/uploads.py` says why
+  each part may run twice).
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,7 +39,7 @@ from capsule.adapters.sqlite.backup import StoredDatabase, commit_database, stor
 from capsule.adapters.sqlite.pagestore import sha256_file
 from capsule.adapters.sqlite.snapshot import check_database, copy_into_live
 from capsule.adapters.sqlite.sourcelock import source_lock
-from capsule.domain.backup_job import COMMIT, STORE, step_target
+from capsule.domain.backup_job import COMMIT, STORE, is_upload, step_target, upload_destination
 from capsule.domain.errors import CapsuleError, Category
 from capsule.domain.manifest import Manifest, SnapshotKind
 from capsule.orchestrator import faults
@@ -174,6 +178,70 @@ def backup_commit(ctx: StepContext) -> dict[str, Any]:
         "time": manifest.time.isoformat(),
         "totals": manifest.totals.model_dump(mode="json"),
     }
+
+
+def backup_upload(ctx: StepContext) -> dict[str, Any]:
+    """Send one destination what it lacks; a destination that fails is the result, never an error."""
+    from capsule.orchestrator.runtime import SYSTEM, Runtime  # noqa: PLC0415 - a cycle at import time
+    from capsule.orchestrator.uploads import upload  # noqa: PLC0415
+
+    runtime = Runtime(ctx.settings)
+    try:
+        _wait_for_earlier_uploads(ctx, runtime)
+        outcome = upload(
+            ctx.settings,
+            runtime,
+            upload_destination(ctx.step),
+            ctx.job_id,
+            actor=f"{SYSTEM}:upload",
+            now=ctx.now,
+            progress=_halfway(ctx, "upload"),
+        )
+    finally:
+        runtime.close()
+    result = outcome.as_result()
+    if outcome.ok:
+        result.update(_copy_log(ctx))
+    return result
+
+
+def _copy_log(ctx: StepContext) -> dict[str, Any]:
+    """A copy of the event log on the destination now and then (logcopy.AFTER_UPLOAD_EVERY), so
+    that a copy is recoverable without `capsule sync`; its failure is said, never the step's."""
+    from capsule.orchestrator.usecases.logcopy import copy_log_after_upload  # noqa: PLC0415
+
+    try:
+        copied = copy_log_after_upload(ctx.settings, upload_destination(ctx.step), ctx.now)
+    except (CapsuleError, OSError) as e:
+        log.warning("the event log was not copied to the destination", step=ctx.step, error=str(e))
+        return {"event_log_error": str(e)}
+    return {"event_log": copied.name} if copied is not None and copied.written else {}
+
+
+UPLOAD_POLL_SECONDS = 2.0
+
+
+def _wait_for_earlier_uploads(ctx: StepContext, runtime: Any) -> None:
+    """Wait while a backup requested earlier uploads to the same destination: one upload at a time
+    per destination, so two never share a resumable session; the later one then sends what the
+    earlier left. Only backups requested earlier are waited for: no two wait for each other. The
+    lease is kept meanwhile, and a cancel stops the wait."""
+    from capsule.orchestrator import projections  # noqa: PLC0415
+
+    me = projections.get_job(runtime.engine, ctx.job_id)
+    mine = (me["requested_at"], ctx.job_id) if me is not None else None
+    while mine is not None:
+        running = projections.list_jobs(runtime.engine, limit=1000, status="running", job_type="backup")
+        earlier = [
+            r
+            for r in running
+            if r["current_step"] == ctx.step and (r["requested_at"], str(r["job_id"])) < mine
+        ]
+        if not earlier:
+            return
+        log.info("waiting for an earlier upload to the same destination", job=earlier[0]["job_id"])
+        ctx.progress(0, 1)
+        time.sleep(UPLOAD_POLL_SECONDS)
 
 
 # ---- restore into a folder ----------------------------------------------------------------
@@ -408,3 +476,10 @@ STEPS: dict[tuple[str, str], StepFunction] = {
     **DRILL_STEPS,
     **PRUNE_STEPS,
 }
+
+
+def step_function(job_type: str, step: str) -> StepFunction | None:
+    """What runs `step` of a job of `job_type`; an upload step names its destination."""
+    if job_type == "backup" and is_upload(step):
+        return backup_upload
+    return STEPS.get((job_type, step))

@@ -14,13 +14,14 @@ The names are listed in the reverse order (snapshots first, packs last): a backu
 then its index file, then its snapshot, so every snapshot listed has its index files and packs
 listed after it, even while a backup runs beside the copy.
 
-Nothing is deleted on the destination: an object forgotten and pruned locally stays in the copy.
+Nothing is deleted here: deletions on a destination follow the event log's rule
+(capsule.orchestrator.uploads).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field
 
 from capsule.adapters.errors import RepositoryError
@@ -64,8 +65,12 @@ def copy_repository(
     *,
     on_sent: Callable[[Kind, str, int], None] | None = None,
     progress: Progress | None = None,
+    have: Mapping[Kind, Set[str]] | None = None,
 ) -> CopyCounts:
     """Send to `destination` every object of `source` it lacks, in the order the module names.
+
+    `have`: what the destination holds, as the caller knows it (the event log's record of it), so
+    that nothing is listed there; by default every kind is listed.
 
     A content-named object is read whole and its SHA-256 checked against its name before it is sent
     (a pack damaged on the local disk is refused, not spread); after each write the destination's
@@ -75,9 +80,9 @@ def copy_repository(
     counts = CopyCounts()
     missing: list[tuple[Kind, str]] = []
     for kind in ORDER:
-        have = _names(destination, kind)
-        counts.skipped += len(wanted[kind] & have)
-        missing += [(kind, name) for name in sorted(wanted[kind] - have)]
+        there = set(have.get(kind, ())) if have is not None else _names(destination, kind)
+        counts.skipped += len(wanted[kind] & there)
+        missing += [(kind, name) for name in sorted(wanted[kind] - there)]
     for done, (kind, name) in enumerate(missing):
         data = source.read(kind, name)
         if kind in CONTENT_NAMED and hashlib.sha256(data).hexdigest() != name:

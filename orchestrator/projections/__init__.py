@@ -9,6 +9,7 @@ from capsule.orchestrator.projections.live import ProjectionHandler, project
 from capsule.orchestrator.projections.queries import (
     active_backup_for_source,
     active_prune,
+    destination_objects,
     get_job,
     get_restore_job,
     jobs_queued_behind,
@@ -44,6 +45,7 @@ __all__ = [
     "checkpoint",
     "checkpoints",
     "create_projection_schema",
+    "destination_objects",
     "fold_job",
     "fold_restore_job",
     "fold_snapshot",

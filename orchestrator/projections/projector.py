@@ -27,6 +27,7 @@ from capsule.orchestrator.projections.rows import (
     SETTINGS_ROW,
     EventMeta,
     Row,
+    fold_dest_objects,
     fold_job,
     fold_proof,
     fold_restore_job,
@@ -40,6 +41,7 @@ from capsule.orchestrator.projections.rows import (
 )
 from capsule.orchestrator.projections.tables import (
     PROJECTIONS,
+    backup_dest_objects,
     backup_settings,
     drill_proofs,
     jobs,
@@ -102,6 +104,8 @@ class Projector:
                 self._apply_schedule_event(stored)
             elif codec.is_snapshot_stream(stored.stream_id):
                 self._apply_snapshot_event(stored)
+            elif codec.is_destination_stream(stored.stream_id):
+                self._apply_destination_event(stored)
             return
         aggregate = _AGGREGATES[job[0]]
         event = codec.decode(stored)
@@ -154,6 +158,13 @@ class Projector:
         self._put(
             snapshot_marks.name, key, fold_snapshot_mark(row, event, EventMeta.of(stored), stored.version)
         )
+
+    def _apply_destination_event(self, stored: StoredEvent) -> None:
+        if not stored.type.startswith("DestinationObjects"):
+            return  # upload sessions and failures: read from the stream itself
+        destination_id = stored.stream_id.removeprefix(codec.DESTINATION_STREAM_PREFIX)
+        for key, row in fold_dest_objects(codec.decode(stored), EventMeta.of(stored), destination_id):
+            self._put(backup_dest_objects.name, key, row)
 
     def _state_before(self, stored: StoredEvent, aggregate: _Aggregate) -> JobState:
         known = self._states.get(stored.stream_id)

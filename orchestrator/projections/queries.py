@@ -13,12 +13,13 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Select, select
 
-from capsule.domain.backup_job import sources_of
+from capsule.domain.backup_job import UPLOAD_PREFIX, sources_of
 from capsule.domain.jobs import FINISHED
 from capsule.orchestrator.codec import JobType
 from capsule.orchestrator.db import database_errors, for_reading
 from capsule.orchestrator.projections.rows import SETTINGS_ROW, Row
 from capsule.orchestrator.projections.tables import (
+    backup_dest_objects,
     backup_settings,
     drill_proofs,
     jobs,
@@ -80,15 +81,20 @@ def unfinished_jobs(db: Database) -> list[tuple[str, JobType]]:
     return [(row["job_id"], row["job_type"]) for row in _rows(db, query)]
 
 
-def active_backup_for_source(db: Database, source: str) -> str | None:
+def active_backup_for_source(db: Database, source: str, *, uploading_too: bool = True) -> str | None:
     """The backup a new request for `source` must queue behind: the latest unfinished one, not queued
-    itself, that backs up any of the same sources (a backup of kind `all` has two)."""
+    itself, that backs up any of the same sources (a backup of kind `all` has two). Without
+    `uploading_too`, one whose snapshots are committed and only uploads is not counted: it no
+    longer reads the source, and a slow destination must not hold the next backups back."""
     wanted = set(sources_of(source))
     query = (
         select(jobs.c.job_id, jobs.c.source)
         .where(jobs.c.job_type == "backup", jobs.c.status.not_in([*_FINISHED, "queued"]))
         .order_by(jobs.c.requested_at.desc(), jobs.c.job_id.desc())
     )
+    if not uploading_too:
+        step = jobs.c.current_step
+        query = query.where(step.is_(None) | step.not_like(f"{UPLOAD_PREFIX}%"))
     for row in _rows(db, query):
         if wanted.intersection(sources_of(row["source"])):
             return str(row["job_id"])
@@ -154,3 +160,11 @@ def _reading(db: Database) -> Iterator[Connection]:
         return
     with database_errors(db), for_reading(db).connect() as conn:
         yield conn
+
+
+def destination_objects(db: Database, destination_id: str) -> dict[tuple[str, str], Row]:
+    """Every object the log says destination `destination_id` holds or held, by (kind, name): its
+    `backup_dest_objects` row (`deleted_at` set for one deleted or found missing)."""
+    t = backup_dest_objects
+    rows = _rows(db, select(t).where(t.c.destination_id == destination_id))
+    return {(str(r["kind"]), str(r["name"])): r for r in rows}

@@ -34,6 +34,7 @@ from capsule.orchestrator.projections.rows import Row
 from capsule.orchestrator.projections.scan import Scan
 from capsule.orchestrator.projections.tables import (
     PROJECTIONS,
+    backup_dest_objects,
     backup_settings,
     drill_proofs,
     jobs,
@@ -83,6 +84,7 @@ class _Part:
                 or codec.is_settings_stream(stream_id)
                 or codec.is_schedule_stream(stream_id)
                 or codec.is_snapshot_stream(stream_id)
+                or codec.is_destination_stream(stream_id)
             )
         return self.low <= zlib.crc32(job[1].encode()) % BUCKETS < self.high
 
@@ -187,7 +189,15 @@ class _Writer:
 
     def write(self, share: _Share) -> int:
         """Insert the rows of `share`; return how many events it read."""
-        for table in (jobs, restore_jobs, backup_settings, schedule_runs, snapshot_marks):
+        # A destination's objects come from its one stream, which one part holds whole.
+        for table in (
+            jobs,
+            restore_jobs,
+            backup_settings,
+            schedule_runs,
+            snapshot_marks,
+            backup_dest_objects,
+        ):
             self._insert(table, list(share.rows[table.name].values()))
         fresh = []
         for key, row in share.rows[snapshots.name].items():

@@ -18,6 +18,10 @@ from capsule.domain.backup_job import BackupJob, committed_snapshot_id, is_commi
 from capsule.domain.drill_job import PLAN as DRILL_PLAN
 from capsule.domain.drill_job import DrillJob, kind_of
 from capsule.domain.events import (
+    DestinationObject,
+    DestinationObjectsDeleted,
+    DestinationObjectsListed,
+    DestinationObjectsUploaded,
     Event,
     JsonObject,
     ScheduleFired,
@@ -348,3 +352,41 @@ def fold_proof(row: Row | None, event: StepCompleted, meta: EventMeta) -> Row:
         "proven_at": meta.recorded_at,
         "last_position": meta.position,
     }
+
+
+def dest_object_key(destination_id: str, kind: str, name: str) -> str:
+    """The primary key of one object of one destination in `backup_dest_objects`."""
+    return f"{destination_id}/{kind}/{name}"
+
+
+def fold_dest_objects(event: Event, meta: EventMeta, destination_id: str) -> list[tuple[str, Row]]:
+    """The `backup_dest_objects` rows an event of a destination's stream writes, by key."""
+    changes: list[tuple[DestinationObject, str, bool]] = []
+    if isinstance(event, DestinationObjectsUploaded):
+        changes = [(o, "sent", False) for o in event.objects]
+    elif isinstance(event, DestinationObjectsListed):
+        changes = [(o, "found", False) for o in event.found] + [(o, "lost", True) for o in event.lost]
+    elif isinstance(event, DestinationObjectsDeleted):
+        changes = [(o, "sent", True) for o in event.objects]
+    else:
+        return []
+    destination = str(getattr(event, "destination", ""))
+    return [
+        (
+            dest_object_key(destination_id, o.kind, o.name),
+            {
+                "object_key": dest_object_key(destination_id, o.kind, o.name),
+                "destination_id": destination_id,
+                "destination": destination,
+                "kind": o.kind,
+                "name": o.name,
+                "size": o.size,
+                "origin": origin,
+                "recorded_at": meta.recorded_at,
+                "job_id": event.job_id,
+                "deleted_at": meta.recorded_at if gone else None,
+                "last_position": meta.position,
+            },
+        )
+        for o, origin, gone in changes
+    ]

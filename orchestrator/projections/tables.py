@@ -158,6 +158,26 @@ snapshot_marks = Table(
 was forgotten and why, and the tags added to and removed from its manifest's, as JSON lists. A
 snapshot's row in `snapshots` stays; readers leave out those forgotten here."""
 
+backup_dest_objects = Table(
+    "backup_dest_objects",
+    metadata_obj,
+    Column("object_key", Text, primary_key=True),
+    Column("destination_id", Text, nullable=False),
+    Column("destination", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("origin", Text, nullable=False),
+    Column("recorded_at", UTCDateTime(), nullable=False),
+    Column("job_id", Text, nullable=False),
+    Column("deleted_at", UTCDateTime()),
+    Column("last_position", BigInteger, nullable=False),
+    Index("backup_dest_objects_destination_idx", "destination_id"),
+)
+"""Every object each destination holds as the log tells it (its stream `destination-<id>`): sent
+by Capsule (`origin` `sent`, which only Capsule may delete) or found by a listing (`found`); a row
+whose `deleted_at` is set was deleted there, or found missing by a listing (`origin` `lost`)."""
+
 projection_checkpoints = Table(
     "projection_checkpoints",
     metadata_obj,
@@ -173,6 +193,7 @@ PROJECTIONS: tuple[Table, ...] = (
     schedule_runs,
     drill_proofs,
     snapshot_marks,
+    backup_dest_objects,
 )
 """Every read model, each with a row of the same name in `projection_checkpoints`."""
 

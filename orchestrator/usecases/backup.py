@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from capsule.adapters.repository.lock import locked
 from capsule.adapters.sqlite.backup import BackupResult, backup_database
@@ -39,6 +40,8 @@ class BackedUp:
 
     job_id: str
     snapshots: list[CommittedSnapshot]
+    uploads: list[dict[str, Any]] = field(default_factory=list)
+    """What each destination's upload step did (`orchestrator/uploads.py`): status, objects sent."""
 
 
 def backup_source(settings: Settings, kind: str) -> str:
@@ -51,7 +54,7 @@ def backup_source(settings: Settings, kind: str) -> str:
 
 def back_up(settings: Settings, request: Backup, progress: Progress | None = None) -> BackedUp:
     """Run a backup job and wait for it; raise `JobFailed` unless it completes."""
-    from capsule.domain.backup_job import BackupJob, committed_snapshot_ids  # noqa: PLC0415
+    from capsule.domain.backup_job import BackupJob, committed_snapshot_ids, is_upload  # noqa: PLC0415
     from capsule.orchestrator.jobrunner import (  # noqa: PLC0415 - the job runner loads slowly
         continue_interrupted_backup,
         run_job,
@@ -76,7 +79,8 @@ def back_up(settings: Settings, request: Backup, progress: Progress | None = Non
     committed = committed_snapshot_ids(state) if isinstance(state, BackupJob) else []
     repo = open_repository(settings)
     snapshots = [CommittedSnapshot(*resolve_snapshot(repo, sid)) for sid in committed]
-    return BackedUp(state.job_id, snapshots)
+    uploads = [dict(s.result) for s in state.steps if is_upload(s.name) and s.result is not None]
+    return BackedUp(state.job_id, snapshots, uploads)
 
 
 def back_up_database_in_process(

@@ -15,6 +15,7 @@ own through an SSH tunnel of that port; any other browser shows an unreachable p
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 from collections.abc import Iterable
@@ -155,18 +156,26 @@ def add_drive(
     *,
     port: int = 0,
     folder_name: str | None = None,
+    bandwidth: str | None = None,
 ) -> DestinationChanged:
     """Add Drive destination `name` for the client of `client_secrets`: with the token in
-    `refresh_token_file`, else with a consent asked for through `prompt`."""
+    `refresh_token_file`, else with a consent asked for through `prompt`; with a bandwidth limit
+    if given, which is checked before consent is asked for."""
     from capsule.orchestrator.usecases import destinations as uc  # noqa: PLC0415
 
+    if bandwidth is not None:
+        uc.parse_bandwidth(bandwidth)
     document = uc.read_client_secrets(client_secrets)
     if refresh_token_file is not None:
         token = uc.read_refresh_token(refresh_token_file)
     else:
         check_can_add(settings, name)
         token = ask(client_of_file(document), prompt, port)
-    return uc.add_gdrive(settings, name, document, token, folder_name=folder_name)
+    added = uc.add_gdrive(settings, name, document, token, folder_name=folder_name)
+    if bandwidth is None or uc.parse_bandwidth(bandwidth) is None:
+        return added
+    limited = uc.limit_bandwidth(settings, name, bandwidth)
+    return dataclasses.replace(limited, action=added.action)
 
 
 def renew(

@@ -70,6 +70,11 @@ class DestinationView:
     needs_credentials: str | None = None
     """Why this machine cannot open a Drive destination's sealed secrets (they were sealed on
     another machine, whose secrets key is not here: after `capsule recover`); else None."""
+    paused_until: datetime | None = None
+    """Uploads to it wait until then (it kept refusing them for its rate limit); else None."""
+    pause_reason: str | None = None
+    bandwidth: int | None = None
+    """Bytes a second its uploads may use; None: no limit."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,9 @@ class DestinationList:
     """The settings' version they were read at."""
 
 
-Action = Literal["added", "removed", "consent_renewed", "enabled", "disabled", "unchanged"]
+Action = Literal[
+    "added", "removed", "consent_renewed", "enabled", "disabled", "bandwidth_set", "resumed", "unchanged"
+]
 
 
 @dataclass(frozen=True)
@@ -182,6 +189,9 @@ def _view(
         changed_at=changed[0] if changed else None,
         changed_by=changed[1] if changed else None,
         needs_consent=d.needs_consent,
+        paused_until=d.paused_until,
+        pause_reason=d.pause_reason,
+        bandwidth=d.bandwidth,
     )
 
 
@@ -401,6 +411,46 @@ def record_consent_needed(settings: Settings, name: str, reason: str, actor: str
 
     events, _ = _decide(settings, lambda cid: rules.MarkConsentNeeded(cid, name, reason), actor or SYSTEM)
     return bool(events)
+
+
+def record_paused(
+    settings: Settings, name: str, until: datetime, reason: str, actor: str | None = None
+) -> bool:
+    """Mark destination `name` as paused until `until` (it kept refusing uploads for its rate
+    limit); True when this call recorded it. Backups requested meanwhile leave it out."""
+    from capsule.orchestrator.runtime import SYSTEM  # noqa: PLC0415
+
+    events, _ = _decide(settings, lambda cid: rules.MarkPaused(cid, name, until, reason), actor or SYSTEM)
+    return bool(events)
+
+
+def resume(settings: Settings, name: str, actor: str | None = None) -> DestinationChanged:
+    """Let uploads to paused destination `name` go on now: the next backup includes it."""
+    from datetime import UTC  # noqa: PLC0415
+
+    now = datetime.now(UTC)
+    events, listing = _decide(settings, lambda cid: rules.Resume(cid, name, now), actor)
+    return _result("resumed" if events else "unchanged", name, listing)
+
+
+def parse_bandwidth(rate: str) -> int | None:
+    """Bytes a second from a rate with a unit of KiB/s or MiB/s, or `off` (None); InvalidDestination
+    says how to write one."""
+    from capsule.domain.sizes import parse_rate  # noqa: PLC0415
+
+    try:
+        return parse_rate(rate)
+    except ValueError:
+        raise rules.InvalidDestination(
+            f"`{rate[:40]}` is not a bandwidth: give bytes a second such as 2MiB/s or 512KiB/s, or `off`"
+        ) from None
+
+
+def limit_bandwidth(settings: Settings, name: str, rate: str, actor: str | None = None) -> DestinationChanged:
+    """Cap the bytes a second uploads to Drive destination `name` may use (`off`: no cap)."""
+    limit = parse_bandwidth(rate)
+    events, listing = _decide(settings, lambda cid: rules.SetBandwidth(cid, name, limit), actor)
+    return _result("bandwidth_set" if events else "unchanged", name, listing)
 
 
 def _probe(d: rules.Destination, started: float, category: str | None, message: str) -> ProbeResult:

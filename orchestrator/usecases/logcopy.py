@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final
 
 from capsule.domain.errors import CapsuleError, Category
@@ -41,6 +41,9 @@ KEEP = 2
 LEVEL = 3
 """zstd level: JSON lines compress well and fast at it (docs/performance.md, "The event log's copy
 on a destination")."""
+AFTER_UPLOAD_EVERY = timedelta(hours=6)
+"""How old the newest copy on a destination may be before a backup's upload step writes another:
+a copy seals the whole log, too much for every hourly backup; `capsule sync` always writes one."""
 AAD_PREFIX = b"capsule:eventlog:"
 GENERATION = re.compile(r"(?P<time>\d{8}t\d{6}z)-(?P<position>\d{12})-(?P<head>[0-9a-f]{32})")
 
@@ -118,6 +121,22 @@ def copy_event_log(
     stored = repo.sealer.seal(body, AAD_PREFIX + name.encode())
     destination.write(KIND, name, stored)
     return LogCopied(name, True, len(export.rows), len(stored), _trim(destination, [name, *present], name))
+
+
+def copy_log_after_upload(
+    settings: Settings, name: str, now: datetime, every: timedelta = AFTER_UPLOAD_EVERY
+) -> LogCopied | None:
+    """After a backup's upload to destination `name`: a copy of the event log there, unless its
+    newest copy was written less than `every` before `now` (then None)."""
+    from capsule.orchestrator.destinations import open_destination  # noqa: PLC0415
+
+    backend = open_destination(settings, name)
+    present = generations(backend)
+    if present:
+        written = datetime.strptime(GENERATION.fullmatch(present[0])["time"], "%Y%m%dt%H%M%Sz")  # type: ignore[index]
+        if now - written.replace(tzinfo=UTC) < every:
+            return None
+    return copy_event_log(settings, backend, clock=lambda: now)
 
 
 def copy_log_after_sync(settings: Settings, done: Synced) -> Synced:

@@ -1,14 +1,16 @@
 """Use case: copy the local repository to its destinations (`capsule sync`).
 
-Each destination gets every object the local repository has and it lacks, in the order that keeps
-it a complete repository at every instant (capsule.adapters.repository.copy). A second run sends
-nothing. Nothing is ever deleted on a destination: objects pruned locally stay there until prune
-learns to reach destinations.
+Each destination is listed, and the event log's record of what it holds (`backup_dest_objects`)
+reconciled with the listing: objects found there that the log did not know are recorded (never
+Capsule's to delete), objects the log knew that are gone are recorded as lost and sent again. Then
+it gets every object the local repository has and it lacks, in the order that keeps it a complete
+repository at every instant (capsule.adapters.repository.copy), and loses the objects Capsule sent
+there that a prune or a forget deleted locally (capsule.orchestrator.uploads, the upload step of
+every backup, does the same without the listing). A second run sends nothing.
 
-Safe to run twice, or beside a backup: the copy skips what the destination lists, and lists the
-snapshots before the packs they need. The local repository is held by a shared lock, so a prune
-cannot remove a pack between its listing and its copy; the key is not needed, as the objects travel
-sealed.
+Safe to run twice, or beside a backup: the copy lists the snapshots before the packs they need. The
+local repository is held by a shared lock, so a prune cannot remove a pack between its listing and
+its copy; the key is not needed, as the objects travel sealed.
 
 One destination that fails (a disk not mounted, Drive unreachable, consent revoked) is reported with
 its error and its category; the others go on.
@@ -23,12 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from capsule.adapters.errors import DestinationNeedsConsent
 from capsule.domain.errors import CapsuleError, Category
 from capsule.orchestrator.settings import Settings
 
 if TYPE_CHECKING:
-    from capsule.adapters.repository.backends import Backend
+    from capsule.orchestrator.runtime import Runtime
 
 Progress = Callable[[str, int, int], None]
 
@@ -56,6 +57,8 @@ class DestinationSynced:
     sent_bytes: int = 0
     skipped: int = 0
     sent_by_kind: dict[str, int] = field(default_factory=dict)
+    deleted: int = 0
+    """Objects deleted there: Capsule's own, which a prune or a forget deleted locally."""
     error: str | None = None
     category: Category | None = None
     event_log: str | None = None
@@ -95,38 +98,45 @@ def sync(settings: Settings, request: Sync, progress: Progress | None = None) ->
                 "there is no enabled destination to copy to: add one with `capsule destinations add folder "
                 "NAME PATH` (or `add gdrive`), or enable one with `capsule destinations enable NAME`"
             )
-    with locked(local, "sync", timeout=settings.lock_wait_seconds, reading=True):
-        done = Synced([_sync_one(settings, local, name, progress) for name in names])
+    from capsule.orchestrator.runtime import Runtime, new_job_id  # noqa: PLC0415
+
+    runtime = Runtime(settings)
+    run_id = new_job_id()
+    try:
+        with locked(local, "sync", timeout=settings.lock_wait_seconds, reading=True):
+            done = Synced([_sync_one(settings, runtime, run_id, name, progress) for name in names])
+    finally:
+        runtime.close()
     from capsule.orchestrator.usecases.logcopy import copy_log_after_sync  # noqa: PLC0415
 
     return copy_log_after_sync(settings, done)
 
 
-def _sync_one(settings: Settings, local: Backend, name: str, progress: Progress | None) -> DestinationSynced:
-    from capsule.adapters.repository.copy import copy_repository  # noqa: PLC0415
-    from capsule.orchestrator.destinations import open_destination  # noqa: PLC0415
+def _sync_one(
+    settings: Settings, runtime: Runtime, run_id: str, name: str, progress: Progress | None
+) -> DestinationSynced:
+    from capsule.orchestrator.runtime import person  # noqa: PLC0415
+    from capsule.orchestrator.uploads import upload  # noqa: PLC0415
 
-    try:
-        destination = open_destination(settings, name)
-        counts = copy_repository(
-            local,
-            destination,
-            progress=None if progress is None else lambda done, total: progress(name, done, total),
-        )
-    except CapsuleError as e:
-        if isinstance(e, DestinationNeedsConsent):  # status and alerts say so until it is renewed
-            from capsule.orchestrator.usecases.destinations import (  # noqa: PLC0415
-                consent_reason,
-                record_consent_needed,
-            )
-
-            record_consent_needed(settings, name, consent_reason(e))
-        return DestinationSynced(name, ok=False, error=str(e), category=e.category)
+    outcome = upload(
+        settings,
+        runtime,
+        name,
+        run_id,
+        actor=person(),
+        now=runtime.clock(),
+        progress=None if progress is None else lambda done, total: progress(name, done, total),
+        list_first=True,
+        paused_too=True,
+    )
+    if not outcome.ok:
+        return DestinationSynced(name, ok=False, error=outcome.error, category=outcome.category)
     return DestinationSynced(
         name,
         ok=True,
-        sent=counts.sent,
-        sent_bytes=counts.sent_bytes,
-        skipped=counts.skipped,
-        sent_by_kind=dict(counts.by_kind),
+        sent=outcome.sent,
+        sent_bytes=outcome.sent_bytes,
+        skipped=outcome.skipped,
+        sent_by_kind=dict(outcome.sent_by_kind),
+        deleted=outcome.deleted,
     )

@@ -136,6 +136,9 @@ DESTINATION = {
     "changed_at",
     "changed_by",
     "needs_consent",
+    "paused_until",
+    "pause_reason",
+    "bandwidth",
 }
 DESTINATION_CHANGE = {"action", "version", "destination"}
 DESTINATION_TEST = {"name", "kind", "location", "ok", "category", "message", "seconds"}
@@ -147,6 +150,7 @@ SYNCED = {
     "sent_bytes",
     "skipped",
     "sent_by_kind",
+    "deleted",
     "category",
     "message",
     "event_log",

@@ -133,7 +133,7 @@ def test_a_drive_destination_records_sealed_secrets_that_open_for_its_backend(
         token_uri: str
 
     def open_drive(
-        folder_name: str, credentials: DriveCredentials, *, consent_hint: str = "", backoff: object = None
+        folder_name: str, credentials: DriveCredentials, *, consent_hint: str = "", **options: object
     ) -> object:
         assert consent_hint == "capsule destinations renew drive"
         opened.append((folder_name, credentials))
@@ -142,6 +142,7 @@ def test_a_drive_destination_records_sealed_secrets_that_open_for_its_backend(
     module = types.ModuleType(DRIVE_MODULE)
     module.DriveCredentials = DriveCredentials  # type: ignore[attr-defined]
     module.open_drive = open_drive  # type: ignore[attr-defined]
+    module.Backoff = dict  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, DRIVE_MODULE, module)
     open_destination(settings, "drive")
 

@@ -385,6 +385,7 @@ def test_replaying_an_empty_log_leaves_empty_read_models(new_database: Callable[
         "schedule_runs": [],
         "drill_proofs": [],
         "snapshot_marks": [],
+        "backup_dest_objects": [],
         "projection_checkpoints": sorted(
             ({"name": t.name, "position": 0} for t in PROJECTIONS), key=lambda r: str(r["name"])
         ),
@@ -442,6 +443,7 @@ def test_read_models_of_an_older_shape_are_dropped_and_rebuilt_from_the_log(
         "schedule_runs": [],
         "drill_proofs": [],
         "snapshot_marks": [],
+        "backup_dest_objects": [],
     }
 
     # The next append through the handler catches every read model up from the start of the log.

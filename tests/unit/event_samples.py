@@ -19,11 +19,19 @@ from capsule.domain.events import (
     BackupReleased,
     BackupRequested,
     DestinationAdded,
+    DestinationBandwidthLimited,
     DestinationConsentNeeded,
     DestinationConsentRenewed,
     DestinationDisabled,
     DestinationEnabled,
+    DestinationObject,
+    DestinationObjectsDeleted,
+    DestinationObjectsListed,
+    DestinationObjectsUploaded,
+    DestinationPaused,
     DestinationRemoved,
+    DestinationResumed,
+    DestinationUploadFailed,
     DrillCancelled,
     DrillCompleted,
     DrillFailed,
@@ -52,6 +60,8 @@ from capsule.domain.events import (
     StepLeaseExpired,
     StepProgressed,
     StepStarted,
+    UploadSessionClosed,
+    UploadSessionOpened,
 )
 
 JOB = "20261125-0a1b2c3d"
@@ -155,6 +165,41 @@ SAMPLES: list[Event] = [
     DestinationConsentNeeded(job_id=JOB, name="drive", reason="the authorization was revoked or expired"),
     DestinationDisabled(job_id=JOB, name="drive"),
     DestinationEnabled(job_id=JOB, name="drive"),
+    DestinationPaused(
+        job_id=JOB,
+        name="drive",
+        until=datetime(2026, 12, 6, 19, 0, tzinfo=UTC),
+        reason="it kept refusing uploads for its rate limit",
+    ),
+    DestinationResumed(job_id=JOB, name="drive"),
+    DestinationBandwidthLimited(job_id=JOB, name="drive", bytes_per_second=2 * 1024 * 1024),
+    DestinationObjectsUploaded(
+        job_id=JOB,
+        destination="drive",
+        objects=(DestinationObject(kind="data", name="ab" * 32, size=16_777_216),),
+        done=True,
+    ),
+    DestinationObjectsListed(
+        job_id=JOB,
+        destination="drive",
+        found=(DestinationObject(kind="config", name="config", size=155),),
+        lost=(DestinationObject(kind="index", name="cd" * 32, size=4096),),
+    ),
+    DestinationObjectsDeleted(
+        job_id=JOB,
+        destination="drive",
+        objects=(DestinationObject(kind="snapshots", name="ef" * 32, size=900),),
+    ),
+    DestinationUploadFailed(
+        job_id=JOB,
+        destination="drive",
+        error="the destination folder /mnt/nas does not exist",
+        category=Category.UNAVAILABLE,
+    ),
+    UploadSessionOpened(
+        job_id=JOB, destination="drive", kind="data", name="ab" * 32, size=16_777_216, uri="sealed:v1:DDDD"
+    ),
+    UploadSessionClosed(job_id=JOB, destination="drive", kind="data", name="ab" * 32),
     ScheduleFired(
         job_id=JOB,
         schedule="database",

@@ -26,7 +26,7 @@ import structlog
 from google.auth import exceptions as auth_errors
 from googleapiclient.errors import HttpError
 
-from capsule.adapters.errors import DestinationNeedsConsent, DiskFull, StorageUnavailable
+from capsule.adapters.errors import DestinationNeedsConsent, DiskFull, RateLimited, StorageUnavailable
 from capsule.domain.errors import CapsuleError
 
 log = structlog.get_logger(__name__)
@@ -148,11 +148,10 @@ class Retrier:
 
     def gave_up(self, transient: Transient, what: str, tries: int) -> CapsuleError:
         if transient.rate_limited and what.startswith("upload"):
-            return StorageUnavailable(
+            return RateLimited(
                 f"Google Drive kept refusing uploads to {self.where} for its rate limits through {tries} "
                 "tries: the daily upload cap (750 GB a day per account) is likely reached; the copy "
-                "resumes when it is tried again later",
-                retryable=True,
+                "resumes when it is tried again later"
             )
         return StorageUnavailable(
             f"Google Drive failed to {what} for {self.where} {tries} times ({transient.reason}); "

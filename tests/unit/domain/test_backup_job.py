@@ -371,3 +371,18 @@ def test_a_refusal_is_a_capsule_error_of_one_sentence():
         backup_job.decide(backup_job.initial_state(), start(STORE))
     assert isinstance(raised.value, CapsuleError)
     assert str(raised.value) == "there is no backup job 'job-1'; request it first"
+
+
+def test_a_backup_uploads_to_each_destination_named_after_every_commit():
+    source = all_source("data/pos.db", "data/uploads/products")
+    command = RequestBackup(job_id=JOB, now=at(0), kind="all", source=source, destinations=("nas", "drive"))
+    plan = ("store:database", "commit:database", "store:files", "commit:files", "upload:nas", "upload:drive")
+    requested = BackupRequested(job_id=JOB, kind="all", source=source, full=False, tags=(), plan=plan)
+    given().when(command).then(requested)
+    assert given(requested).state.destinations == ("nas", "drive")
+    assert plan_for("database", ("nas",)) == ("store", "commit", "upload:nas")
+
+
+def test_a_destination_named_twice_is_refused():
+    command = RequestBackup(job_id=JOB, now=at(0), source="data/pos.db", destinations=("nas", "nas"))
+    given().when(command).refused("each destination once")

@@ -197,3 +197,35 @@ def test_a_destination_removed_meanwhile_is_not_marked():
 def test_a_consent_reason_holding_a_token_is_refused_by_the_event():
     with pytest.raises(ValueError, match="secret"):
         DestinationConsentNeeded(job_id="c3", name="drive", reason="invalid_grant for 1//0gAbcDefToken")
+
+
+def test_a_paused_destination_waits_until_its_time_and_a_resume_lifts_the_pause():
+    from datetime import UTC, datetime, timedelta
+
+    from capsule.domain.destinations import MarkPaused, Resume
+
+    now = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+    added = decide(given(), drive())
+    paused = decide(given(*added), MarkPaused("c3", "drive", now + timedelta(hours=6), "rate limited"))
+    state = given(*added, *paused).get("drive")
+
+    assert state.paused_at(now) and not state.paused_at(now + timedelta(hours=6))
+    assert state.pause_reason == "rate limited"
+    resumed = decide(given(*added, *paused), Resume("c4", "drive", now))
+    assert not given(*added, *paused, *resumed).get("drive").paused_at(now)
+    assert decide(given(*added, *paused, *resumed), Resume("c5", "drive", now)) == []  # nothing to lift
+    assert decide(given(), MarkPaused("c6", "gone", now, "rate limited")) == []  # removed meanwhile
+
+
+def test_a_bandwidth_limit_is_for_drive_destinations_at_or_above_the_floor():
+    from capsule.domain.destinations import SetBandwidth
+
+    events = [*decide(given(), drive()), nas()]
+    limited = decide(given(*events), SetBandwidth("c3", "drive", 2 * 1024 * 1024))
+
+    assert given(*events, *limited).get("drive").bandwidth == 2 * 1024 * 1024
+    assert decide(given(*events, *limited), SetBandwidth("c4", "drive", 2 * 1024 * 1024)) == []
+    with pytest.raises(InvalidDestination, match="at least"):
+        decide(given(*events), SetBandwidth("c5", "drive", 1024))
+    with pytest.raises(InvalidDestination, match="folder destination"):
+        decide(given(*events), SetBandwidth("c6", "nas", 2 * 1024 * 1024))
