@@ -132,7 +132,8 @@ def _upload_line(upload: dict[str, Any]) -> str:
         deleted = f", {upload['deleted']} deleted (pruned here)" if upload.get("deleted") else ""
         sent = human(int(upload.get("sent_bytes") or 0))
         logged = " and the event log" if upload.get("event_log") else ""
-        missed = f" The event log was not copied: {upload['event_log_error']}." if upload.get("event_log_error") else ""
+        error = upload.get("event_log_error")
+        missed = f" The event log was not copied: {error}." if error else ""
         return f"Copied to {name}: {upload.get('sent', 0)} new objects, {sent}{deleted}{logged}.{missed}"
     if status == "paused":
         until = upload.get("paused_until")
