@@ -87,7 +87,8 @@ class EventStore:
         append leaves nothing behind in it either). Raises `ConcurrencyConflict` when the stream is
         no longer at `expected_version` (0 for a new stream).
         """
-        return self.append_streams([(stream_id, expected_version, events)], metadata, handlers=handlers, conn=conn)
+        appends = [(stream_id, expected_version, events)]
+        return self.append_streams(appends, metadata, handlers=handlers, conn=conn)
 
     def append_streams(
         self,
@@ -112,7 +113,7 @@ class EventStore:
             if expected_version < 0:
                 raise ValueError(f"an expected version is 0 or more, not {expected_version}")
             if stream_id in seen:
-                raise ValueError(f"stream {stream_id!r} appears twice in one append; give its events together")
+                raise ValueError(f"stream {stream_id!r} appears twice in one append; give its events at once")
             seen.add(stream_id)
         appends = [a for a in appends if a[2]]
         if not appends:
@@ -232,6 +233,17 @@ class EventStore:
                 return self._version(conn, stream_id)
         with database_errors(self._engine), self._reader.connect() as own:
             return self._version(own, stream_id)
+
+    def stream_versions(self, stream_ids: Sequence[str], *, conn: Connection | None = None) -> dict[str, int]:
+        """The version of each stream's last event, read together; 0 for a stream with no events."""
+        ids = list(dict.fromkeys(stream_ids))
+        if conn is not None:
+            with database_errors(self._engine):
+                found = self._versions(conn, ids)
+        else:
+            with database_errors(self._engine), self._reader.connect() as own:
+                found = self._versions(own, ids)
+        return {stream_id: found.get(stream_id, 0) for stream_id in ids}
 
     def read_all(
         self, after_position: int = 0, limit: int = 1000, *, conn: Connection | None = None

@@ -21,7 +21,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.exc import DBAPIError
 
 from capsule.domain.errors import Category
@@ -453,8 +453,6 @@ def test_payloads_the_database_reshapes_still_match_their_seals(event_store_url:
 
 def counted_statements(engine: Engine) -> list[str]:
     """Every statement the engine sends from now on (an executemany counts once)."""
-    from sqlalchemy import event  # noqa: PLC0415
-
     sent: list[str] = []
     event.listen(engine, "before_cursor_execute", lambda *args: sent.append(args[2]))
     return sent
