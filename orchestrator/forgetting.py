@@ -116,11 +116,8 @@ class ForgetRun:
             }
         )
 
-    def append(
-        self, sid: str, version: int, event: Any, conn: Any = None, *, project: bool = True
-    ) -> list[Any]:
-        """Append `event` to the snapshot's stream; its stored form. With `project` False the read
-        models are left to the caller, who must bring them up to date in the same transaction."""
+    def append(self, sid: str, version: int, event: Any, conn: Any = None) -> list[Any]:
+        """Append `event` to the snapshot's stream, read models included; its stored form."""
         from capsule.orchestrator import codec  # noqa: PLC0415
         from capsule.orchestrator.eventstore import Metadata  # noqa: PLC0415
 
@@ -129,7 +126,7 @@ class ForgetRun:
             version,
             [codec.encode(event)],
             Metadata(actor=self.actor, correlation_id=self.run_id),
-            handlers=[self.runtime.handler] if project else [],
+            handlers=[self.runtime.handler],
             conn=conn,
         )
 
@@ -137,14 +134,29 @@ class ForgetRun:
         """Record every forgetting, in one transaction, then delete their manifests; for each event,
         False when another process forgot that snapshot (or pinned it, for a policy's forgetting)
         meanwhile. One transaction, because each of its commits waits for the disk: forgetting a
-        month of hourly snapshots at once costs one wait, not hundreds. The read models are brought
-        up to date once, at its end, for every event it appended (still inside it): per event, that
-        was most of the time a forget took."""
+        month of hourly snapshots at once costs one wait, not hundreds. Every snapshot keeps its own
+        event in its own stream, but they go in one append, whose statements do not grow with them
+        (EventStore.append_streams); the read models are brought up to date once, at its end."""
         if not events:
             return []
-        with self.runtime.store.transaction() as conn:
-            stored: list[Any] = []
-            recorded = [self._record(event, conn, stored) for event in events]
+        from capsule.orchestrator import codec  # noqa: PLC0415
+        from capsule.orchestrator.eventstore import Metadata  # noqa: PLC0415
+
+        store = self.runtime.store
+        with store.transaction() as conn:
+            streams = [codec.snapshot_stream_id(event.snapshot_id) for event in events]
+            now = store.stream_versions(streams, conn=conn)
+            appends: dict[str, tuple[str, int, list[Any]]] = {}
+            recorded = []
+            for event, stream in zip(events, streams, strict=True):
+                version = self._version_for(event, now.get(stream, 0), conn)
+                done = version is not None and stream not in appends
+                if version is not None and done:
+                    appends[stream] = (stream, version, [codec.encode(event)])
+                recorded.append(done)
+            stored = store.append_streams(
+                list(appends.values()), Metadata(actor=self.actor, correlation_id=self.run_id), conn=conn
+            )
             self.runtime.handler(conn, stored)
         faults.point(FORGET_RECORDED)
         for event, done in zip(events, recorded, strict=True):
@@ -152,20 +164,16 @@ class ForgetRun:
                 repo.backend.remove("snapshots", event.snapshot_id)
         return recorded
 
-    def _record(self, event: SnapshotForgotten, conn: Any, stored: list[Any]) -> bool:
-        """Append the forgetting (without the read models: `stored` gathers it for them)."""
-        from capsule.orchestrator.errors import ConcurrencyConflict  # noqa: PLC0415
-
-        sid = event.snapshot_id
-        mark = self.marks.get(sid)
-        try:
-            stored += self.append(sid, int(mark["version"]) if mark else 0, event, conn, project=False)
-        except ConcurrencyConflict:
-            version, forgotten, pinned = self._stream_now(sid, conn)
-            if forgotten or (pinned and event.reason == "policy"):
-                return False
-            stored += self.append(sid, version, event, conn, project=False)
-        return True
+    def _version_for(self, event: SnapshotForgotten, current: int, conn: Any) -> int | None:
+        """The version to append the forgetting at, the stream being at `current`; None when another
+        process forgot the snapshot since the verdicts (or pinned it, for a policy's forgetting)."""
+        mark = self.marks.get(event.snapshot_id)
+        if current == (int(mark["version"]) if mark else 0):
+            return current
+        version, forgotten, pinned = self._stream_now(event.snapshot_id, conn)
+        if forgotten or (pinned and event.reason == "policy"):
+            return None
+        return version
 
     def _stream_now(self, sid: str, conn: Any = None) -> tuple[int, bool, bool]:
         """The stream's version, whether it holds a forgetting, and whether `keep` was added last."""

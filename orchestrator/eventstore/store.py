@@ -18,6 +18,11 @@ from capsule.orchestrator.eventstore.schema import events
 from capsule.orchestrator.eventstore.upcasting import Upcasters
 
 UNIQUE_VIOLATION = "23505"
+# Streams whose versions one query reads: well under the bound parameters SQLite allows.
+VERSIONS_BATCH = 500
+
+# Prebuilt, so that SQLAlchemy compiles it once.
+_INSERT_EVENTS = insert(events).returning(events.c.position, events.c.stream_id, events.c.version)
 
 
 def utc_now() -> datetime:
@@ -82,16 +87,43 @@ class EventStore:
         append leaves nothing behind in it either). Raises `ConcurrencyConflict` when the stream is
         no longer at `expected_version` (0 for a new stream).
         """
-        if not stream_id:
-            raise ValueError("a stream needs an id")
-        if expected_version < 0:
-            raise ValueError(f"an expected version is 0 or more, not {expected_version}")
-        if not events:
+        appends = [(stream_id, expected_version, events)]
+        return self.append_streams(appends, metadata, handlers=handlers, conn=conn)
+
+    def append_streams(
+        self,
+        appends: Sequence[tuple[str, int, Sequence[NewEvent]]],
+        metadata: Metadata,
+        *,
+        handlers: Sequence[Handler] = (),
+        conn: Connection | None = None,
+    ) -> list[StoredEvent]:
+        """Append to several streams at once, all or nothing: each `(stream_id, expected_version,
+        events)` as `append` would, in the order given, with one metadata.
+
+        The same few statements whatever the number of streams: one read of their versions, one of
+        the chain's head, one insert of the events and one of their seals (SQLAlchemy may split a
+        long insert into pages). Raises `ConcurrencyConflict` for the first stream that is no longer
+        at its expected version, and then appends nothing. A stream may appear once.
+        """
+        seen: set[str] = set()
+        for stream_id, expected_version, _ in appends:
+            if not stream_id:
+                raise ValueError("a stream needs an id")
+            if expected_version < 0:
+                raise ValueError(f"an expected version is 0 or more, not {expected_version}")
+            if stream_id in seen:
+                raise ValueError(f"stream {stream_id!r} appears twice in one append; give its events at once")
+            seen.add(stream_id)
+        appends = [a for a in appends if a[2]]
+        if not appends:
             return []
-        for new in events:
-            self._check_newest(new)
+        for _, _, new_events in appends:
+            for new in new_events:
+                self._check_newest(new)
         recorded_at = self._now()
         meta = as_json_object(metadata.as_dict(), "event metadata")
+        expected = {stream_id: version for stream_id, version, _ in appends}
         rows = [
             {
                 "stream_id": stream_id,
@@ -102,21 +134,19 @@ class EventStore:
                 "metadata": meta,
                 "recorded_at": recorded_at,
             }
-            for offset, new in enumerate(events, start=1)
+            for stream_id, expected_version, new_events in appends
+            for offset, new in enumerate(new_events, start=1)
         ]
         if conn is None:
             with self.transaction() as own:
-                return self._append(
-                    own, stream_id, expected_version, rows, metadata=metadata, handlers=handlers
-                )
+                return self._append(own, expected, rows, metadata=metadata, handlers=handlers)
         with database_errors(self._engine), conn.begin_nested():
-            return self._append(conn, stream_id, expected_version, rows, metadata=metadata, handlers=handlers)
+            return self._append(conn, expected, rows, metadata=metadata, handlers=handlers)
 
     def _append(
         self,
         conn: Connection,
-        stream_id: str,
-        expected_version: int,
+        expected: dict[str, int],
         rows: list[dict[str, Any]],
         *,
         metadata: Metadata,
@@ -133,25 +163,32 @@ class EventStore:
             # IMMEDIATE already lets one writer in at a time.
             table = conn.dialect.identifier_preparer.format_table(events)
             conn.exec_driver_sql(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
-        current = self._version(conn, stream_id)
-        if current != expected_version:
-            raise ConcurrencyConflict(stream_id, expected_version, current)
+        current = self._versions(conn, list(expected))
+        for stream_id, expected_version in expected.items():
+            if current.get(stream_id, 0) != expected_version:
+                raise ConcurrencyConflict(stream_id, expected_version, current.get(stream_id, 0))
         sealing = sealing_for_append(conn, self._chain_key, rows[0]["recorded_at"])
-        statement = insert(events).returning(events.c.position, sort_by_parameter_order=True)
         try:
-            positions = conn.execute(statement, rows).scalars().all()
+            # Matched by (stream, version) rather than asked back in the order given: SQLAlchemy keeps
+            # that order on SQLite only by inserting one row per statement.
+            inserted = conn.execute(_INSERT_EVENTS, rows).all()
         except IntegrityError as e:
             # Not reached while every writer goes through this class (the check above sees every
             # committed append); kept for writers that do not, or a caller's snapshot isolation.
             if _is_duplicate_version(e):
-                raise ConcurrencyConflict(stream_id, expected_version, None) from e
+                stream_id, expected_version = next(iter(expected.items()))
+                raise ConcurrencyConflict(
+                    stream_id if len(expected) == 1 else "one of the streams", expected_version, None
+                ) from e
             raise
+        where = {(stream_id, version): position for position, stream_id, version in inserted}
+        positions = [where[row["stream_id"], row["version"]] for row in rows]
         if sealing is not None:
-            sealing.write(conn, list(zip(positions, rows, strict=True)))
+            sealing.write(conn, sorted(zip(positions, rows, strict=True), key=lambda pair: pair[0]))
         stored = [
             StoredEvent(
                 position=position,
-                stream_id=stream_id,
+                stream_id=row["stream_id"],
                 version=row["version"],
                 type=row["type"],
                 schema_version=row["schema_version"],
@@ -197,6 +234,17 @@ class EventStore:
         with database_errors(self._engine), self._reader.connect() as own:
             return self._version(own, stream_id)
 
+    def stream_versions(self, stream_ids: Sequence[str], *, conn: Connection | None = None) -> dict[str, int]:
+        """The version of each stream's last event, read together; 0 for a stream with no events."""
+        ids = list(dict.fromkeys(stream_ids))
+        if conn is not None:
+            with database_errors(self._engine):
+                found = self._versions(conn, ids)
+        else:
+            with database_errors(self._engine), self._reader.connect() as own:
+                found = self._versions(own, ids)
+        return {stream_id: found.get(stream_id, 0) for stream_id in ids}
+
     def read_all(
         self, after_position: int = 0, limit: int = 1000, *, conn: Connection | None = None
     ) -> list[StoredEvent]:
@@ -220,6 +268,20 @@ class EventStore:
                 return conn.execute(query).all()
             with self._reader.connect() as own:
                 return own.execute(query).all()
+
+    def _versions(self, conn: Connection, stream_ids: list[str]) -> dict[str, int]:
+        """The version of each stream that has events; one query for up to VERSIONS_BATCH streams."""
+        if len(stream_ids) == 1:
+            return {stream_ids[0]: self._version(conn, stream_ids[0])}
+        found: dict[str, int] = {}
+        for start in range(0, len(stream_ids), VERSIONS_BATCH):
+            query = (
+                select(events.c.stream_id, func.max(events.c.version))
+                .where(events.c.stream_id.in_(stream_ids[start : start + VERSIONS_BATCH]))
+                .group_by(events.c.stream_id)
+            )
+            found.update((str(stream_id), int(version)) for stream_id, version in conn.execute(query))
+        return found
 
     def _version(self, conn: Connection, stream_id: str) -> int:
         query = select(func.coalesce(func.max(events.c.version), 0)).where(events.c.stream_id == stream_id)

@@ -8,15 +8,25 @@ next append through it first applies what they missed, so they never skip an eve
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from sqlalchemy import Connection, func, select
 
 from capsule.orchestrator import codec
 from capsule.orchestrator.eventstore import EventStore, StoredEvent, Upcasters, events
 from capsule.orchestrator.projections.projector import Projector
 from capsule.orchestrator.projections.rows import Row
-from capsule.orchestrator.projections.tables import KEYS, PROJECTIONS, checkpoint, set_checkpoint, upsert
+from capsule.orchestrator.projections.tables import (
+    KEYS,
+    PROJECTIONS,
+    checkpoint,
+    set_checkpoint,
+    snapshot_marks,
+    upsert,
+)
 
 CATCH_UP_BATCH = 1000
+PREFETCH_BATCH = 500
 
 
 class _Database:
@@ -27,7 +37,22 @@ class _Database:
         self._reader = reader
         self._tables = {t.name: t for t in PROJECTIONS}
 
+        self._read: dict[tuple[str, str], Row | None] = {}
+
+    def prefetch(self, table: str, keys: Iterable[str]) -> None:
+        """Read the rows of `table` with these keys now, a few queries for all of them rather than
+        one each: the rows stay as read, since the handler writes them only at its end."""
+        t = self._tables[table]
+        wanted = sorted(set(keys))
+        for start in range(0, len(wanted), PREFETCH_BATCH):
+            page = wanted[start : start + PREFETCH_BATCH]
+            found = self._conn.execute(select(t).where(t.c[KEYS[table]].in_(page))).mappings().all()
+            by_key = {str(row[KEYS[table]]): dict(row) for row in found}
+            self._read.update(((table, key), by_key.get(key)) for key in page)
+
     def row(self, table: str, key: str) -> Row | None:
+        if (table, key) in self._read:
+            return self._read[table, key]
         t = self._tables[table]
         found = self._conn.execute(select(t).where(t.c[KEYS[table]] == key)).mappings().first()
         return dict(found) if found is not None else None
@@ -47,7 +72,16 @@ class ProjectionHandler:
         if not stored:
             return
         reader = EventStore(conn.engine, upcasters=self._upcasters)
-        projector = Projector(_Database(conn, reader))
+        database = _Database(conn, reader)
+        projector = Projector(database)
+        marked = {
+            e.stream_id.removeprefix(codec.SNAPSHOT_STREAM_PREFIX)
+            for e in stored
+            if e.stream_id.startswith(codec.SNAPSHOT_STREAM_PREFIX)
+        }
+        if len(marked) > 1:
+            # A forget appends one event to each snapshot it forgets, all at once.
+            database.prefetch(snapshot_marks.name, marked)
         applied = checkpoint(conn)
         first = stored[0].position
         previous = conn.execute(select(func.max(events.c.position)).where(events.c.position < first))

@@ -21,12 +21,12 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.exc import DBAPIError
 
 from capsule.domain.errors import Category
 from capsule.orchestrator.db import make_engine
-from capsule.orchestrator.errors import EventLogTampered, EventStoreError
+from capsule.orchestrator.errors import ConcurrencyConflict, EventLogTampered, EventStoreError
 from capsule.orchestrator.eventstore import (
     ChainKeyFile,
     EventStore,
@@ -449,3 +449,50 @@ def test_payloads_the_database_reshapes_still_match_their_seals(event_store_url:
         engine.dispose()
 
     assert report.events == 2
+
+
+def counted_statements(engine: Engine) -> list[str]:
+    """Every statement the engine sends from now on (an executemany counts once)."""
+    sent: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *args: sent.append(args[2]))
+    return sent
+
+
+def test_one_append_to_many_streams_seals_each_event_in_few_statements(
+    chained: Engine, key_file: ChainKeyFile
+):
+    store = EventStore(chained, chain_key=key_file)
+    sent = counted_statements(chained)
+
+    stored = store.append_streams([(f"snapshot-{n}", 0, [requested(n)]) for n in range(60)], META)
+    statements = list(sent)
+
+    assert [e.position for e in stored] == list(range(7, 67))
+    assert [(e.stream_id, e.version) for e in stored] == [(f"snapshot-{n}", 1) for n in range(60)]
+    assert store.read_stream("snapshot-59")[0].data == {"kind": "database", "n": 59}
+    # A version read, the chain's head, the events, their seals (and PostgreSQL's table lock):
+    # not a handful per stream.
+    assert len(statements) <= 6, statements
+    assert verify_chain(chained, key_file).events == 66
+
+
+def test_one_append_to_many_streams_appends_nothing_when_one_stream_moved(
+    chained: Engine, key_file: ChainKeyFile
+):
+    store = EventStore(chained, chain_key=key_file)
+
+    with pytest.raises(ConcurrencyConflict) as caught:
+        store.append_streams([("snapshot-1", 0, [requested(1)]), ("backup-b", 0, [requested(3)])], META)
+
+    assert caught.value.stream_id == "backup-b"
+    assert store.last_position() == 6
+    assert verify_chain(chained, key_file).events == 6
+
+
+def test_one_append_refuses_a_stream_given_twice(chained: Engine, key_file: ChainKeyFile):
+    store = EventStore(chained, chain_key=key_file)
+
+    with pytest.raises(ValueError, match="appears twice"):
+        store.append_streams([("snapshot-1", 0, [requested(1)]), ("snapshot-1", 1, [requested(2)])], META)
+
+    assert store.last_position() == 6

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import Engine, event
 
 from capsule.orchestrator import projections
 from capsule.orchestrator.runtime import Runtime
@@ -229,3 +230,28 @@ def test_a_policy_run_brings_the_read_models_up_to_date_for_every_snapshot_it_fo
         assert projections.snapshot_marks_of(runtime.engine) == marks
     finally:
         runtime.close()
+
+
+def test_a_policy_run_records_its_forgettings_in_statements_that_do_not_grow_with_them(history):
+    settings, _ = history
+    set_values(settings, **{"retention.database.keep-last": "3", "retention.database.keep-hourly": "0"})
+    sent: list[str] = []
+
+    def count(*args: object) -> None:
+        sent.append(str(args[2]))
+
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        report = apply_retention(settings, ApplyRetention(actor="person:owner"))
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+    assert len(report.forgotten) > len(TIMES) / 2
+    # Each forgetting keeps its own event, but they are appended together: one insert of events,
+    # one of seals, no savepoint per snapshot.
+    assert sum(s.startswith("INSERT INTO events ") for s in sent) == 1
+    assert sum(s.startswith("INSERT INTO event_chain ") for s in sent) == 1
+    assert sum(s.startswith("SAVEPOINT") for s in sent) <= 1
+    # The read models are read for all of them at once too (and once for the run's own marks).
+    assert sum(s.startswith("SELECT snapshot_marks.") for s in sent) <= 2
+    assert len(sent) < len(report.forgotten), sent
+    assert len([e for e in log_of(settings) if e[1] == "SnapshotForgotten"]) == len(report.forgotten)
