@@ -91,8 +91,8 @@ REPACK_THREADS = 2
 """Threads that read and check the packs a repack copies from."""
 REPACK_AHEAD = 4
 """Packs read and checked ahead of the one being copied (each held in memory meanwhile)."""
-COLUMNS_AT_ONCE = 1 << 18
-"""Used ids looked up in the index at once."""
+LOOKUP_AT_ONCE = 1 << 15
+"""Records of a batch whose ids are copied, and looked up in the index, at once."""
 TEMPORARY_AGE = 24 * 3600.0
 """Seconds: temporary files older than this were left by a killed writer."""
 
@@ -269,12 +269,20 @@ def _table(numbers: list[int], count: int) -> npt.NDArray[np.bool_]:
 
 
 def _used_records(
-    index: Index, used: PrefixSet, among: npt.NDArray[np.bool_] | None = None
+    index: Index,
+    used: PrefixSet,
+    among: npt.NDArray[np.bool_] | None = None,
+    present: tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]] | None = None,
 ) -> Iterator[tuple[npt.NDArray[np.void], npt.NDArray[np.int64], npt.NDArray[np.bool_]]]:
     """(records, their pack numbers, whether each is used) of every indexed record, whole packs a
     batch, in pack order; only those of the packs `among` marks, if given. A record is used if its
     id's prefix is in `used` and the index chooses its pack for that id (a blob in two packs is
-    used in the one a reader's look-up returns; the other copy is garbage)."""
+    used in the one a reader's look-up returns; the other copy is garbage). `present`, (a column
+    beside `used`'s sorted prefixes, a table of the packs gone from the disk), is marked where a
+    used record in a pack on disk answers for a prefix.
+
+    Ids are taken from a batch LOOKUP_AT_ONCE at a time: a look-up's whole records and the ids'
+    copies are let go before the next, so that the peak is a batch and a slice's look-up."""
     for batch in index.pack_batches():
         recs, packs = batch, batch["pack"].astype(np.int64)
         if among is not None:
@@ -282,13 +290,19 @@ def _used_records(
             recs, packs = recs[keep], packs[keep]
         if not len(recs):
             continue
-        ids = np.ascontiguousarray(recs["id"]).view(ID_DTYPE).reshape(-1)
-        here = used.contains(ids)
-        maybe = np.flatnonzero(here)
-        for at in range(0, len(maybe), COLUMNS_AT_ONCE):
-            rows = maybe[at : at + COLUMNS_AT_ONCE]
-            which, numbers, _ = index.columns(ids[rows].tobytes())
-            here[rows] = (which >= 0) & (numbers.astype(np.int64) == packs[rows])
+        here = np.zeros(len(recs), dtype=bool)
+        for at in range(0, len(recs), LOOKUP_AT_ONCE):
+            ids = np.ascontiguousarray(recs["id"][at : at + LOOKUP_AT_ONCE]).view(ID_DTYPE).reshape(-1)
+            found, places = used.find(ids)
+            maybe = np.flatnonzero(found)
+            if not len(maybe):
+                continue
+            which, numbers, _ = index.columns(ids[maybe].tobytes())
+            chosen = (which >= 0) & (numbers.astype(np.int64) == packs[at + maybe])
+            here[at + maybe] = chosen
+            if present is not None:
+                column, gone = present
+                column[places[maybe][chosen & ~gone[packs[at + maybe]]]] = True
         yield recs, packs, here
 
 
@@ -336,11 +350,7 @@ def _pack_shares(
     those a used record in a pack not `gone` answers for. In numpy, a batch of whole packs at a
     time: no Python object per blob."""
     is_gone = _table(gone, len(index.pack_ids))
-    for recs, batch_packs, batch_here in _used_records(index, used):
-        kept = batch_here & ~is_gone[batch_packs]
-        if kept.any():
-            _, at = used.find(np.ascontiguousarray(recs["id"][kept]).view(ID_DTYPE).reshape(-1))
-            present[at] = True
+    for recs, batch_packs, batch_here in _used_records(index, used, present=(present, is_gone)):
         # One row per stored unit (a blob, or a bundle whole): its pack and offset.
         order = np.lexsort((recs["offset"], batch_packs))
         packs, offsets, here = batch_packs[order], recs["offset"][order], batch_here[order]
