@@ -2,9 +2,10 @@
 
 Prune deletes what no snapshot uses, so the walk here must never miss a blob: a tree or list blob
 that cannot be read stops it with the error that says which (where verify, which only reports,
-goes on). Ids are gathered in a sorted numpy array of 32-byte strings, made unique every
-COMPACT_AT ids, so that memory grows with the distinct blobs (32 bytes each), not with the sum of
-every snapshot's blobs.
+goes on). Ids are gathered in a sorted numpy array, made unique every COMPACT_AT ids, so that
+memory grows with the distinct blobs, not with the sum of every snapshot's blobs: whole 32-byte
+ids in an IdSet (exact), or their first 8 bytes in a PrefixSet (the plan and repack of a prune,
+where a shared prefix can only keep a blob).
 """
 
 from __future__ import annotations
