@@ -62,7 +62,7 @@ from capsule.adapters.repository.pruneplan import (
 from capsule.adapters.repository.rebuild import ADOPT_WITHIN, read_pack_header
 from capsule.adapters.repository.repacker import Repacker, Source
 from capsule.adapters.repository.repo import INDEX_FLUSH_BLOBS, UNREADABLE_SNAPSHOT, Repository
-from capsule.adapters.repository.usage import ID_DTYPE, IdSet, UsageWalker
+from capsule.adapters.repository.usage import ID_DTYPE, IdSet, PrefixSet, UsageWalker
 from capsule.domain.errors import CapsuleError, InvalidCommand
 from capsule.domain.manifest import Manifest
 
@@ -91,8 +91,8 @@ REPACK_THREADS = 2
 """Threads that read and check the packs a repack copies from."""
 REPACK_AHEAD = 4
 """Packs read and checked ahead of the one being copied (each held in memory meanwhile)."""
-COLUMNS_AT_ONCE = 1 << 18
-"""Used ids looked up in the index at once."""
+LOOKUP_AT_ONCE = 1 << 15
+"""Records of a batch whose ids are copied, and looked up in the index, at once."""
 TEMPORARY_AGE = 24 * 3600.0
 """Seconds: temporary files older than this were left by a killed writer."""
 
@@ -123,8 +123,21 @@ def _manifest(repo: Repository, name: str) -> Manifest | None:
 
 
 def _used_ids(repo: Repository, names: list[str] | tuple[str, ...]) -> IdSet:
-    """Every blob the named snapshots (those still there) use; raises if one cannot be walked."""
+    """Every blob the named snapshots (those still there) use, whole; raises if one cannot be walked."""
     used = IdSet()
+    _walk(repo, names, used)
+    return used
+
+
+def _used_prefixes(repo: Repository, names: list[str] | tuple[str, ...]) -> PrefixSet:
+    """The first 8 bytes of every blob the named snapshots use: what the plan and the repack keep
+    (8 bytes a blob; a prefix two ids share keeps both, never neither)."""
+    used = PrefixSet()
+    _walk(repo, names, used)
+    return used
+
+
+def _walk(repo: Repository, names: list[str] | tuple[str, ...], used: IdSet | PrefixSet) -> None:
     walker = UsageWalker(repo, used)
     for name in names:
         manifest = _manifest(repo, name)
@@ -137,7 +150,6 @@ def _used_ids(repo: Repository, names: list[str] | tuple[str, ...]) -> IdSet:
                 f"cannot prune: snapshot {name[:12]} needs a tree or list blob that cannot be read "
                 f"({e}); run `capsule verify`, then `capsule repair`"
             ) from e
-    return used
 
 
 def plan_prune(
@@ -170,19 +182,18 @@ def plan_prune(
             "the packs they name would look unused: run `capsule repair` first"
         )
     index = repo.index
-    used = _used_ids(repo, snapshots)
-    chosen = _chosen_packs(index, used)
+    used = _used_prefixes(repo, snapshots)
     stats = _pack_stats(repo)
     on_disk = {name: info.size for name, info in stats.items()}
-    chosen_gone = _among(
-        chosen, [i for i, p in enumerate(index.pack_ids) if p not in on_disk], len(index.pack_ids)
-    )
-    unavailable = IdSet()
-    unavailable.add(used.freeze()[(chosen < 0) | chosen_gone].tobytes())
+    gone = [i for i, p in enumerate(index.pack_ids) if p not in on_disk]
+    # Which used prefixes a record in a pack on disk, chosen by the index, answers for: the others
+    # are blobs no pack holds (counted for the report; a prefix shared with a stored blob may hide
+    # one, so the unindexed packs below are checked by whole ids).
+    present = np.zeros(len(used), dtype=bool)
     delete: list[str] = []
     repack_list: list[str] = []
     used_bytes = unused_bytes = reclaim = young = 0
-    for number, used_here, total in _pack_shares(index, used, chosen):
+    for number, used_here, total in _pack_shares(index, used, gone, present):
         pack_id = index.pack_ids[number]
         if pack_id not in on_disk:
             continue
@@ -206,7 +217,7 @@ def plan_prune(
     for pack_id in unindexed:
         if stats[pack_id].modified >= before:
             young += 1
-        elif len(unavailable) and _holds_any(repo, pack_id, unavailable):
+        elif _holds_unavailable(repo, pack_id, used, gone):
             log.warning(
                 "a pack no index names holds blobs snapshots need; run `capsule rebuild-index`",
                 pack=pack_id[:12],
@@ -214,7 +225,7 @@ def plan_prune(
         else:
             delete.append(pack_id)
             reclaim += on_disk[pack_id]
-    missing = len(unavailable)
+    missing = int(len(present) - np.count_nonzero(present))
     if missing:
         log.warning("snapshots name blobs no pack holds; run `capsule verify`", blobs=missing)
     plan = PrunePlan(
@@ -249,26 +260,53 @@ def plan_prune(
     return plan
 
 
-def _chosen_packs(index: Index, used: IdSet) -> npt.NDArray[np.int64]:
-    """The number of the pack the index chooses for each of `used`'s sorted ids (-1: none), looked
-    up COLUMNS_AT_ONCE at a time: a look-up's whole index records, 54 bytes an id, are let go."""
-    ids = used.freeze()
-    chosen = np.empty(len(ids), dtype=np.int64)
-    for at in range(0, len(ids), COLUMNS_AT_ONCE):
-        which, numbers, _ = index.columns(ids[at : at + COLUMNS_AT_ONCE].tobytes())
-        chosen[at : at + len(which)] = np.where(which >= 0, numbers.astype(np.int64), -1)
-    return chosen
+def _table(numbers: list[int], count: int) -> npt.NDArray[np.bool_]:
+    """A table of `count` packs, True at `numbers`, read with pack numbers (where `np.isin` would
+    sort a copy of them)."""
+    table = np.zeros(count, dtype=bool)
+    table[numbers] = True
+    return table
 
 
-def _among(numbers: npt.NDArray[np.int64], chosen: list[int], count: int) -> npt.NDArray[np.bool_]:
-    """Whether each of `numbers` (pack numbers below `count`, or -1 for none) is one of `chosen`:
-    a look-up in a table of the packs, where `np.isin` would sort a copy of all the numbers."""
-    table = np.zeros(count + 1, dtype=bool)
-    table[chosen] = True
-    return table[numbers]  # -1 reads the last row, which no pack number reaches: False
+def _used_records(
+    index: Index,
+    used: PrefixSet,
+    among: npt.NDArray[np.bool_] | None = None,
+    present: tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]] | None = None,
+) -> Iterator[tuple[npt.NDArray[np.void], npt.NDArray[np.int64], npt.NDArray[np.bool_]]]:
+    """(records, their pack numbers, whether each is used) of every indexed record, whole packs a
+    batch, in pack order; only those of the packs `among` marks, if given. A record is used if its
+    id's prefix is in `used` and the index chooses its pack for that id (a blob in two packs is
+    used in the one a reader's look-up returns; the other copy is garbage). `present`, (a column
+    beside `used`'s sorted prefixes, a table of the packs gone from the disk), is marked where a
+    used record in a pack on disk answers for a prefix.
+
+    Ids are taken from a batch LOOKUP_AT_ONCE at a time: a look-up's whole records and the ids'
+    copies are let go before the next, so that the peak is a batch and a slice's look-up."""
+    for batch in index.pack_batches():
+        recs, packs = batch, batch["pack"].astype(np.int64)
+        if among is not None:
+            keep = among[packs]
+            recs, packs = recs[keep], packs[keep]
+        if not len(recs):
+            continue
+        here = np.zeros(len(recs), dtype=bool)
+        for at in range(0, len(recs), LOOKUP_AT_ONCE):
+            ids = np.ascontiguousarray(recs["id"][at : at + LOOKUP_AT_ONCE]).view(ID_DTYPE).reshape(-1)
+            found, places = used.find(ids)
+            maybe = np.flatnonzero(found)
+            if not len(maybe):
+                continue
+            which, numbers, _ = index.columns(ids[maybe].tobytes())
+            chosen = (which >= 0) & (numbers.astype(np.int64) == packs[at + maybe])
+            here[at + maybe] = chosen
+            if present is not None:
+                column, gone = present
+                column[places[maybe][chosen & ~gone[packs[at + maybe]]]] = True
+        yield recs, packs, here
 
 
-_kept_used: tuple[tuple[object, ...], IdSet] | None = None
+_kept_used: tuple[tuple[object, ...], PrefixSet] | None = None
 """The used blobs of the last plan made with `keep_used`, for its repack in this process."""
 
 
@@ -276,12 +314,12 @@ def _plan_key(plan: PrunePlan) -> tuple[object, ...]:
     return (plan.created, plan.snapshots, plan.index_files)
 
 
-def _keep_used(plan: PrunePlan, used: IdSet) -> None:
+def _keep_used(plan: PrunePlan, used: PrefixSet) -> None:
     global _kept_used  # noqa: PLW0603 - one slot, for the next phase of the same prune
     _kept_used = (_plan_key(plan), used)
 
 
-def _recall_used(plan: PrunePlan) -> IdSet | None:
+def _recall_used(plan: PrunePlan) -> PrefixSet | None:
     """The used blobs the plan kept in this process (then forgotten here), else None.
 
     Reusing them is safe: they are the blobs of the plan's snapshots when it was made, a superset
@@ -303,21 +341,19 @@ def _pack_stats(repo: Repository) -> dict[str, ObjectInfo]:
     return stats
 
 
-def _pack_shares(index: Index, used: IdSet, chosen: npt.NDArray[np.int64]) -> Iterator[tuple[int, int, int]]:
+def _pack_shares(
+    index: Index, used: PrefixSet, gone: list[int], present: npt.NDArray[np.bool_]
+) -> Iterator[tuple[int, int, int]]:
     """(pack number, used stored bytes, stored bytes) of every pack the index names, in pack order.
-    A blob counts as used only in the pack the index chose for it (`chosen`, beside `used`'s sorted
-    ids; other copies are garbage); a bundle counts whole if a member is used. In numpy, a batch of
-    whole packs at a time: no Python object per blob."""
-    for recs in index.pack_batches():
-        if not len(recs):
-            continue
-        ids = np.ascontiguousarray(recs["id"]).view(ID_DTYPE)
-        found, at = used.find(ids)
-        packs = recs["pack"].astype(np.int64)
-        here = found & (chosen[at] == packs) if len(chosen) else found
+    A blob counts as used only in the pack the index chose for it (other copies are garbage); a
+    bundle counts whole if a member is used. Marks in `present` (beside `used`'s sorted prefixes)
+    those a used record in a pack not `gone` answers for. In numpy, a batch of whole packs at a
+    time: no Python object per blob."""
+    is_gone = _table(gone, len(index.pack_ids))
+    for recs, batch_packs, batch_here in _used_records(index, used, present=(present, is_gone)):
         # One row per stored unit (a blob, or a bundle whole): its pack and offset.
-        order = np.lexsort((recs["offset"], packs))
-        packs, offsets, here = packs[order], recs["offset"][order], here[order]
+        order = np.lexsort((recs["offset"], batch_packs))
+        packs, offsets, here = batch_packs[order], recs["offset"][order], batch_here[order]
         lengths = recs["length"][order].astype(np.int64)
         first = np.ones(len(packs), dtype=bool)
         first[1:] = (packs[1:] != packs[:-1]) | (offsets[1:] != offsets[:-1])
@@ -330,12 +366,21 @@ def _pack_shares(index: Index, used: IdSet, chosen: npt.NDArray[np.int64]) -> It
         yield from zip(unit_pack[pack_starts].tolist(), used_bytes.tolist(), totals.tolist(), strict=True)
 
 
-def _holds_any(repo: Repository, pack_id: str, ids: IdSet) -> bool:
+def _holds_unavailable(repo: Repository, pack_id: str, used: PrefixSet, gone: list[int]) -> bool:
+    """Whether an unindexed pack holds a blob that may be used (its prefix is in `used`) and that
+    no pack on disk holds as the index's choice: compared by whole ids, so such a pack is kept
+    whatever two prefixes share."""
     try:
         header = read_pack_header(repo, pack_id)
     except (CapsuleError, OSError):
         return False  # unreadable: it holds nothing a restore could use
-    return bool(ids.contains(b"".join(b.blob_id for b in header)).any())
+    ids = np.frombuffer(b"".join(b.blob_id for b in header), dtype=ID_DTYPE)
+    ids = ids[used.contains(ids)]
+    if not len(ids):
+        return False
+    which, numbers, _ = repo.index.columns(ids.tobytes())
+    is_gone = _table(gone, len(repo.index.pack_ids) + 1)  # -1 reads the last row
+    return bool(((which < 0) | is_gone[np.where(which >= 0, numbers.astype(np.int64), -1)]).any())
 
 
 # ---- phase 2: repack -----------------------------------------------------------------------
@@ -357,15 +402,27 @@ def repack(
     index = repo.index
     used = _recall_used(plan)
     if used is None:
-        used = _used_ids(repo, plan.snapshots)
-    pack_numbers = _chosen_packs(index, used)
-    condemned_numbers = [i for i, p in enumerate(index.pack_ids) if p in plan.condemned]
-    needed_mask = _among(pack_numbers, condemned_numbers, len(index.pack_ids))
-    # Each needed blob is copied from the pack the index chose for it: grouped by that pack, the
-    # ids of each group still sorted (a stable sort of sorted ids).
-    needed_packs = pack_numbers[needed_mask]
+        used = _used_prefixes(repo, plan.snapshots)
+    condemned = _table([i for i, p in enumerate(index.pack_ids) if p in plan.condemned], len(index.pack_ids))
+    # Each used blob is copied from the pack the index chose for it, read from that pack's records
+    # (whole ids): grouped by pack, the ids of each group sorted.
+    id_parts: list[npt.NDArray[np.bytes_]] = []
+    pack_parts: list[npt.NDArray[np.int64]] = []
+    for recs, packs, here in _used_records(index, used, condemned):
+        id_parts.append(np.ascontiguousarray(recs["id"][here]).view(ID_DTYPE).reshape(-1))
+        pack_parts.append(packs[here])
+    del used
+    needed = np.concatenate(id_parts) if id_parts else np.zeros(0, dtype=ID_DTYPE)
+    needed_packs = np.concatenate(pack_parts) if pack_parts else np.zeros(0, dtype=np.int64)
+    order = np.argsort(needed, kind="stable")
+    needed, needed_packs = needed[order], needed_packs[order]
     order = np.argsort(needed_packs, kind="stable")
-    needed, needed_packs = used.freeze()[needed_mask][order], needed_packs[order]
+    needed, needed_packs = needed[order], needed_packs[order]
+    if len(needed) > 1:
+        # A pack two index files name gives its records twice: each blob is copied once.
+        again = np.zeros(len(needed), dtype=bool)
+        again[1:] = (needed[1:] == needed[:-1]) & (needed_packs[1:] == needed_packs[:-1])
+        needed, needed_packs = needed[~again], needed_packs[~again]
     starts = np.flatnonzero(np.diff(needed_packs.astype(np.int64), prepend=-1))
     ends = [*starts[1:].tolist(), len(needed)] if len(starts) else []
     copier = Repacker(repo, checkpoint)

@@ -2,9 +2,10 @@
 
 Prune deletes what no snapshot uses, so the walk here must never miss a blob: a tree or list blob
 that cannot be read stops it with the error that says which (where verify, which only reports,
-goes on). Ids are gathered in a sorted numpy array of 32-byte strings, made unique every
-COMPACT_AT ids, so that memory grows with the distinct blobs (32 bytes each), not with the sum of
-every snapshot's blobs.
+goes on). Ids are gathered in a sorted numpy array, made unique every COMPACT_AT ids, so that
+memory grows with the distinct blobs, not with the sum of every snapshot's blobs: whole 32-byte
+ids in an IdSet (exact), or their first 8 bytes in a PrefixSet (the plan and repack of a prune,
+where a shared prefix can only keep a blob).
 """
 
 from __future__ import annotations
@@ -108,6 +109,67 @@ class IdSet:
         return self.freeze().tobytes()
 
 
+class PrefixSet:
+    """A growing set of blob ids kept as their first 8 bytes (a big-endian number each), sorted
+    and unique: 8 bytes an id where an IdSet holds 40, for the set of every used blob that a prune
+    keeps through its plan and repack.
+
+    `contains` answers whether an id's prefix is in the set, so an id the set never received may
+    be answered True when it shares its first 8 bytes with one it did: never False for an id added.
+    A prune asks it only "may this blob be used?", where a wrong yes keeps an unused blob (and
+    perhaps its pack) for a later prune, and a wrong no cannot happen (repository format, 14.2).
+    """
+
+    def __init__(self) -> None:
+        self._parts: list[npt.NDArray[np.uint64]] = []
+        self._pending = 0
+        self._sorted: npt.NDArray[np.uint64] = np.zeros(0, dtype=np.uint64)
+
+    def add(self, ids: bytes) -> None:
+        """Add ids laid end to end (only their prefixes are kept)."""
+        if not ids:
+            return
+        keys = _prefixes(np.frombuffer(ids, dtype=ID_DTYPE))
+        self._parts.append(keys)
+        self._pending += len(keys)
+        if self._pending >= COMPACT_AT:
+            self.freeze()
+
+    def freeze(self) -> npt.NDArray[np.uint64]:
+        """The prefixes, sorted and unique."""
+        if self._parts:
+            fresh = np.unique(np.concatenate(self._parts))
+            self._parts, self._pending = [], 0
+            if len(self._sorted):
+                at = np.searchsorted(self._sorted, fresh)
+                known = self._sorted[np.minimum(at, len(self._sorted) - 1)] == fresh
+                fresh, at = fresh[~known], at[~known]
+                if len(fresh):
+                    self._sorted = np.insert(self._sorted, at, fresh)
+            else:
+                self._sorted = fresh
+        return self._sorted
+
+    def __len__(self) -> int:
+        return len(self.freeze())
+
+    def contains(self, ids: bytes | npt.NDArray[np.bytes_]) -> npt.NDArray[np.bool_]:
+        """For ids (end to end, or ID_DTYPE): whether each one's prefix is in the set."""
+        return self.find(ids)[0]
+
+    def find(self, ids: bytes | npt.NDArray[np.bytes_]) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.intp]]:
+        """For ids: whether each one's prefix is in the set, and its place in `freeze()`'s array
+        (meaningful where found): for columns kept beside the set."""
+        query = np.frombuffer(ids, dtype=ID_DTYPE) if isinstance(ids, bytes) else ids
+        have = self.freeze()
+        if not len(have) or not len(query):
+            return np.zeros(len(query), dtype=bool), np.zeros(len(query), dtype=np.intp)
+        wanted = _prefixes(query)
+        at = np.minimum(np.searchsorted(have, wanted), len(have) - 1)
+        found: npt.NDArray[np.bool_] = have[at] == wanted
+        return found, at
+
+
 def _prefixes(ids: npt.NDArray[np.bytes_]) -> npt.NDArray[np.uint64]:
     """The first 8 bytes of each id as a number, in the ids' byte order."""
     head = np.ascontiguousarray(np.ascontiguousarray(ids).view(np.uint8).reshape(-1, ID_SIZE)[:, :8])
@@ -181,7 +243,7 @@ def _sorted_unique(ids: npt.NDArray[np.bytes_]) -> npt.NDArray[np.bytes_]:
 class UsageWalker:
     """Adds the blobs of manifests to an IdSet, each tree and list blob read once across them."""
 
-    def __init__(self, repo: Repository, used: IdSet) -> None:
+    def __init__(self, repo: Repository, used: IdSet | PrefixSet) -> None:
         self.repo = repo
         self.used = used
         self._trees: set[bytes] = set()

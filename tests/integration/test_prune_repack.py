@@ -161,13 +161,13 @@ def test_the_repack_reuses_the_used_blobs_of_its_own_plan_and_walks_again_for_an
 ) -> None:
     plan = plan_prune(lab.open(), keep_used=True)
     walks: list[int] = []
-    walk = prune_engine._used_ids
+    walk = prune_engine._used_prefixes
 
-    def counted(repo: Repository, names: list[str] | tuple[str, ...]) -> prune_engine.IdSet:
+    def counted(repo: Repository, names: list[str] | tuple[str, ...]) -> prune_engine.PrefixSet:
         walks.append(len(names))
         return walk(repo, names)
 
-    monkeypatch.setattr(prune_engine, "_used_ids", counted)
+    monkeypatch.setattr(prune_engine, "_used_prefixes", counted)
     first = repack(lab.open(), roundtrip_plan(plan))
     assert walks == [] and first.blobs > 0
     repack(lab.open(), plan)  # as a retried step in a new process: nothing kept

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 from capsule.adapters.repository import usage
-from capsule.adapters.repository.usage import IdSet
+from capsule.adapters.repository.usage import IdSet, PrefixSet
 
 
 def test_ids_added_again_and_again_are_kept_once_and_found_exactly(monkeypatch) -> None:
@@ -47,3 +47,18 @@ def test_ids_are_found_exactly_whether_or_not_two_share_their_first_eight_bytes(
         assert ids.contains(b"".join(query)).tolist() == [q in set(distinct) for q in query]
         found, at = ids.find(ids.freeze()[::-1])
         assert found.all() and (at[::-1] == range(len(at))).all()
+
+
+def test_the_prefix_set_finds_every_id_added_and_any_id_sharing_its_first_eight_bytes(monkeypatch) -> None:
+    monkeypatch.setattr(usage, "COMPACT_AT", 40)  # merged many times, as a long walk is
+    rng = random.Random(11)
+    added = [rng.randbytes(32) for _ in range(300)]
+    prefixes = PrefixSet()
+    for at in range(0, 900, 30):  # every id added three times over, in pieces
+        prefixes.add(b"".join(added[at % 300 : at % 300 + 30]))
+    assert len(prefixes) == 300
+    assert prefixes.contains(b"".join(added)).all(), "an id added was answered absent"
+    twins = [a[:8] + rng.randbytes(24) for a in added[:10]]
+    strangers = [rng.randbytes(32) for _ in range(50)]
+    assert prefixes.contains(b"".join(twins)).all(), "a shared prefix must answer present (kept)"
+    assert not prefixes.contains(b"".join(strangers)).any()
