@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import click
 
-from capsule.api import render, render_forget, render_prune
+from capsule.api import render, render_forget
 from capsule.api.common import Context, pass_ctx, run
-from capsule.api.vocabulary import emit_json
 
 
 @click.command()
@@ -68,10 +67,7 @@ def forget(  # noqa: PLR0917 (click passes options by position)
             render_forget.forgotten(report, as_json, pruning=True)
         with render.progress_bar("Pruning", not as_json) as progress:
             pruned = run_prune(obj.settings, Prune(), progress)
-        if as_json:
-            emit_json({"forget": report.as_dict(), "prune": pruned.as_dict()})
-            return None
-        return render_prune.pruned(pruned, as_json)
+        return render_forget.forgot_and_pruned(report, pruned, as_json)
 
     run(go)
 

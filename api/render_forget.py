@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from datetime import datetime, tzinfo
 
     from capsule.orchestrator.usecases.forget import ForgetReport, Tagged
+    from capsule.orchestrator.usecases.prune import Pruned
 
 
 def _zone(name: str) -> tzinfo | None:
@@ -60,6 +61,17 @@ def forgotten(report: ForgetReport, as_json: bool, *, pruning: bool = False) -> 
     else:
         tail = "; `capsule prune` gives their space back" if report.forgotten and not pruning else ""
         click.echo(f"Kept {report.kept}, forgotten {len(report.forgotten)}{tail}.")
+
+
+def forgot_and_pruned(report: ForgetReport, pruned: Pruned, as_json: bool) -> int | None:
+    """`forget --prune`: the forget was shown as it ended (but with --json); now the prune, or both
+    as one JSON document."""
+    if as_json:
+        emit_json({"forget": report.as_dict(), "prune": pruned.as_dict()})
+        return None
+    from capsule.api import render_prune  # noqa: PLC0415
+
+    return render_prune.pruned(pruned, as_json)
 
 
 def tagged(result: Tagged, as_json: bool) -> None:

@@ -14,6 +14,8 @@
 - `entry_rules.py`: the rules a snapshot's entries keep, for restore and verify alike.
 - `restore.py`: restore a database snapshot: fetch, authenticate, write, check, rename.
 - `verify.py`: find every damaged or missing piece and the snapshots and files it hurts.
+- `verify_packs.py`: the data pass of `verify --read-data`: every pack read once, checked on every core.
+- `packcheck.py`: one whole pack checked (header, tags, decompression, ids), in a worker or here.
 - `repair.py`: set damaged packs and snapshots aside, keep every intact blob, rebuild the index.
 - `setaside.py`: the snapshots a repair set aside, read for listing without the repair's modules.
 - `usage.py`: every blob the snapshots use, for a prune (stops at anything it cannot read).

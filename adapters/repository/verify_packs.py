@@ -2,7 +2,7 @@
 
 Each pack goes whole to `packcheck.check_pack`, with the blobs the index places in it as rows built
 from the index's records by numpy (no Python object per blob in this process). Where the packs are
-files on this machine, worker processes check them side by side, a few packs ahead of the results
+local files, worker processes check them side by side, a few packs ahead of the results
 taken here; the interpreter lock would otherwise keep the per-member BLAKE3 and the bundles'
 decompression on one core (see docs/performance.md, "verify --read-data: where the time went").
 Elsewhere, or for a small repository, where starting the workers would cost more than they save,
