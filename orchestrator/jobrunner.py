@@ -17,7 +17,7 @@ from typing import NoReturn
 
 from capsule.adapters.drill import remove_own_scratch
 from capsule.adapters.files.restore import remove_partial_writes
-from capsule.domain.backup_job import BackupJob, committed_snapshot_ids
+from capsule.domain.backup_job import BackupJob, committed_snapshot_ids, is_upload
 from capsule.domain.commands import CancelJob
 from capsule.domain.errors import CapsuleError, Category, InvalidCommand
 from capsule.domain.events import StepFailed, StepProgressed
@@ -140,6 +140,11 @@ def continue_interrupted_backup(runtime: Runtime, source: str, kind: str, full: 
     if state.status != "interrupted" and not idle and not mine:
         return None
     if (state.kind, state.full) != (kind, full):
+        return None
+    if step is not None and is_upload(step.name):
+        # Its snapshots are committed: finishing it would give the owner no new snapshot. Its
+        # uploads go on beside this backup (this process's worker sweeps them up), and this
+        # backup's own uploads wait for them (steps.backup_upload).
         return None
     reason = step.error if step is not None and step.error else ""
     if state.status not in ("interrupted", "running"):

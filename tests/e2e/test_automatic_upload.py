@@ -62,3 +62,21 @@ def test_backup_of_all_copies_to_a_folder_and_to_drive_and_the_next_sends_only_n
     assert "at most 8 MiB/s" in listed.stdout
     status = shop.run("status", "--check", env=env)
     assert "behind" not in status.stdout, describe(status)
+
+
+@pytest.mark.slow
+def test_a_backup_after_one_killed_while_uploading_makes_its_own_snapshot(shop: Shop, tmp_path: Path) -> None:
+    # The killed job's snapshot is committed; only its upload is left, which the next run finishes
+    # beside its own work. "Finishing it instead" would leave the owner without the snapshot asked for.
+    nas = tmp_path / "nas"
+    nas.mkdir()
+    shop.run("destinations", "add", "folder", "nas", str(nas), expect=0)
+    killed = shop.run("backup", env={"CAPSULE_FAULTS": "upload:nas:started"})
+    assert killed.returncode == -9, describe(killed)
+    assert len(shop.snapshots()) == 1
+
+    again = shop.run("backup", "--json", expect=0)
+
+    assert len(shop.snapshots()) == 2, describe(again)
+    assert "finishing it now" not in again.stderr
+    assert shop.run("verify", "--from", "nas", expect=0).returncode == 0
