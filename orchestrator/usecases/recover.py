@@ -344,7 +344,9 @@ def _record(
     for d in mine.by_name.values():
         if d.name in theirs.by_name:
             changes.append(DestinationRemoved(job_id=recovery_id, name=d.name))
-        fields = d.model_dump(exclude={"enabled", "needs_consent"})
+        # What an addition records; the rest (its pause, its uploads' stream) starts anew here.
+        fields = {k: v for k, v in d.model_dump().items() if k in DestinationAdded.model_fields}
+        fields.pop("job_id", None)
         changes.append(DestinationAdded(job_id=recovery_id, **fields))
     append(codec.SETTINGS_STREAM, changes)
     return tuple(credentials_missing(settings, store.read_stream(codec.SETTINGS_STREAM)))
