@@ -131,6 +131,10 @@ def test_a_new_machine_recovers_from_google_drive_and_the_destination_it_used_wo
 
     new.database.parent.mkdir(parents=True)
     shutil.copy2(shop.database, new.database)
-    new.run("backup", expect=0)
+    backed_up = json.loads(new.run("backup", "--json", env=env, expect=0).stdout)
+    uploads = {u["destination"]: u for u in backed_up["uploads"]}
+    assert uploads["drive"]["status"] == "uploaded"  # the new snapshot went up by itself
+    assert 0 < uploads["drive"]["sent"] < recovered["objects_copied"]
+    assert uploads["spare"]["status"] == "failed"  # its secrets were sealed on the old machine
     [synced] = json.loads(new.run("sync", "drive", "--json", env=env, expect=0).stdout)["destinations"]
-    assert synced["ok"] and synced["event_log_written"] and 0 < synced["sent"] < recovered["objects_copied"]
+    assert synced["ok"] and synced["event_log_written"] and synced["sent"] == 0
