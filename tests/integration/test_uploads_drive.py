@@ -116,7 +116,10 @@ def test_a_worker_killed_mid_pack_resumes_after_a_restart_sending_at_most_one_ch
     done = shop.run("backup", "--kind", "database", env=env)
 
     assert done.returncode == 0, describe(done)
-    assert "finishing it now" in done.stderr
+    # The killed job's snapshot was committed: its upload is taken over and finished, and the new
+    # backup makes its own snapshot.
+    assert "taking over backup job" in done.stderr
+    assert len(shop.snapshots()) == 2
     local = open_backend(shop.repository)
     assert objects(open_destination(settings, "drive")) == objects(local)
     whole = sum(local.size(k, n) for k in ("data", "index", "snapshots", "keys") for n in local.list(k))  # type: ignore[arg-type]
