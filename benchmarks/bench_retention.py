@@ -771,9 +771,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    restic = shutil.which("restic")
-    if restic is None:
-        print("restic is not installed: apt-get install restic", file=sys.stderr)
+    restic = shutil.which("restic") or ""
+    if not restic and "restic" in args.tools:
+        print("restic is not installed: apt-get install restic, or give --tools capsule", file=sys.stderr)
         return 1
     if args.phase == "history":
         if args.db_mib < 1 or args.hours < 1 or not 0 < args.change_percent <= 100:

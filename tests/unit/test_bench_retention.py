@@ -212,7 +212,7 @@ def test_a_small_history_dates_both_tools_snapshots_by_the_hour_and_restic_prune
     tmp_path: Path,
 ) -> None:
     if shutil.which("restic") is None:
-        pytest.fail("restic is not installed: apt-get install restic")
+        pytest.skip("restic is not installed (apt-get install restic): the restic half is not run")
     workdir = tmp_path / "bench"
     made = _bench(
         "history", "--workdir", str(workdir), "--db-mib", "2", "--hours", "3", "--json", tmp_path=tmp_path
@@ -270,15 +270,27 @@ def test_a_tool_that_fails_ends_the_prune_phase_with_its_message(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     layout = Layout(tmp_path)
-    layout.restic_repository(layout.history).mkdir(parents=True)  # a folder, not a repository
-    layout.state.write_text(json.dumps({"db_mib": 1, "seed": 0, "change_percent": 1.0, "hours_done": []}))
+    layout.capsule_repository(layout.history).mkdir(parents=True)  # a folder, not a repository
+    layout.capsule_home(layout.history).mkdir(parents=True)
+    state = {"db_mib": 1, "seed": 0, "change_percent": 1.0, "hours_done": [], "tools": ["capsule"]}
+    layout.state.write_text(json.dumps(state))
     assert (
-        bench_retention.main(["prune", "--workdir", str(tmp_path), "--runs", "1", "--tools", "restic"]) == 1
+        bench_retention.main(["prune", "--workdir", str(tmp_path), "--runs", "1", "--tools", "capsule"]) == 1
     )
     err = capsys.readouterr().err
     assert "a command failed, so the run has no figures" in err
-    assert "restic snapshots" in err
-    assert not (tmp_path / "prune" / "restic").exists()
+    assert "capsule snapshots" in err
+    assert not (tmp_path / "prune" / "capsule").exists()
+
+
+def test_without_restic_only_a_run_that_asks_for_it_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(bench_retention.shutil, "which", lambda name: None)
+    assert bench_retention.main(["prune", "--workdir", str(tmp_path), "--tools", "restic"]) == 1
+    assert "give --tools capsule" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="holds no history"):
+        bench_retention.main(["prune", "--workdir", str(tmp_path), "--tools", "capsule"])
 
 
 def test_a_hard_linked_copy_written_in_place_is_caught_and_one_replaced_is_not(tmp_path: Path) -> None:
@@ -318,7 +330,7 @@ def test_a_history_stops_before_an_hour_the_disk_has_no_room_for_and_says_how_to
     workdir = tmp_path / "bench"
     free_gb = shutil.disk_usage(tmp_path).free / (1000 * MB)
     stopped = _bench(
-        "history", "--workdir", str(workdir), "--db-mib", "1", "--hours", "2",
+        "history", "--workdir", str(workdir), "--db-mib", "1", "--hours", "2", "--tools", "capsule",
         "--min-free-gb", str(free_gb * 2), tmp_path=tmp_path,
     )  # fmt: skip
     assert stopped.returncode == 1
