@@ -35,8 +35,9 @@ from capsule.orchestrator.settings import Settings
 from capsule.orchestrator.steps import StepContext
 from capsule.orchestrator.usecases.backup import Backup, back_up
 from capsule.orchestrator.usecases.jobs import current_status, replay_log
-from capsule.orchestrator.usecases.prune import Prune, run_prune, stored_bytes
+from capsule.orchestrator.usecases.prune import Prune, repack_unused_percent, run_prune, stored_bytes
 from capsule.orchestrator.usecases.repository import open_repository
+from capsule.orchestrator.usecases.settings import ChangeSetting, change
 from tests.integration.helpers import FAST_STEPS, Shop, in_process_settings
 
 ACTOR = "person:test"
@@ -279,6 +280,15 @@ def test_a_prune_gives_back_the_space_of_a_forgotten_snapshot(
         assert projections.list_jobs(rt.engine, job_type="prune") == rows and len(rows) == 2
     finally:
         rt.close()
+
+
+def test_the_repack_threshold_read_through_a_runtime_is_the_setting_as_changed(
+    shop: Shop, runtime: Runtime
+) -> None:
+    settings = runtime.settings
+    assert repack_unused_percent(settings, runtime.engine) == repack_unused_percent(settings) == 10
+    change(settings, ChangeSetting("retention.repack_unused_percent", "35"), actor=ACTOR)
+    assert repack_unused_percent(settings, runtime.engine) == repack_unused_percent(settings) == 35
 
 
 def test_the_plan_and_wait_steps_read_the_log_through_the_workers_runtime(
