@@ -15,7 +15,8 @@ stopped (and can extend it with a larger `--hours`).
 `prune` copies both repositories afresh for every run (not timed), then times, the tools taking
 turns, Capsule's `capsule forget --prune` and restic's `forget --prune`, with
 the same policy (`POLICY`) and the same time zone (UTC). It reports the repository's size before
-and after, the wall time and the peak RSS, medians over the runs. See benchmarks/README.md.
+and after, the wall time, the processor time and the peak RSS, medians over the runs. See
+benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -523,6 +524,7 @@ def run_sampled(argv: list[str], env: dict[str, str]) -> Sampled:
 def _measured(runs: list[Sampled]) -> dict[str, Any]:
     return {
         "seconds": round(sum(r.result.seconds for r in runs), 3),
+        "cpu_seconds": round(sum(r.result.cpu_seconds for r in runs), 3),
         "peak_rss_bytes": max(r.tree_peak_rss_bytes for r in runs),
         "largest_process_peak_rss_bytes": max(r.result.peak_rss_bytes for r in runs),
         "commands": [{"argv": r.result.argv[-3:], "seconds": round(r.result.seconds, 3)} for r in runs],
@@ -653,10 +655,11 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "snapshots_before",
         "snapshots_after",
         "seconds",
+        "cpu_seconds",
         "peak_rss_bytes",
         "largest_process_peak_rss_bytes",
     )
-    return {k: statistics.median(r[k] for r in runs) for k in keys}
+    return {k: statistics.median(r[k] for r in runs) for k in keys if all(k in r for r in runs)}
 
 
 def ratio(restic: float | None, capsule: float | None) -> float | None:
@@ -675,6 +678,9 @@ def report_lines(report: dict[str, Any]) -> list[str]:
         ("snapshots before", "snapshots_before", lambda v: "-" if v is None else f"{v:g}"),
         ("snapshots after", "snapshots_after", lambda v: "-" if v is None else f"{v:g}"),
         ("forget + prune time", "seconds", lambda v: "-" if v is None else f"{v:.2f} s"),
+        # Processor time (user and system, the command and its children): a loaded machine
+        # stretches the wall time of whichever tool it slows, this much less.
+        ("forget + prune CPU", "cpu_seconds", lambda v: "-" if v is None else f"{v:.2f} s"),
         ("peak RSS", "peak_rss_bytes", _mb),
     ]
     table = [["", "Capsule", "restic", "Capsule advantage"]]

@@ -302,6 +302,7 @@ class Dispatcher:
                 now=rt.clock(),
                 progress=progress,
                 resume_from=resume_from,
+                runtime=rt,
             )
             started = time.monotonic()
             try:

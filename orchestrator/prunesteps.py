@@ -100,7 +100,7 @@ def prune_plan(ctx: StepContext) -> dict[str, Any]:
     from capsule.orchestrator.usecases.forget import forgotten_ids  # noqa: PLC0415
 
     started = time.monotonic()
-    gone = forgotten_ids(ctx.settings)
+    gone = forgotten_ids(ctx.settings, ctx.runtime.engine if ctx.runtime is not None else None)
     with _prune_lock(ctx) as repo:
         # A forget killed between its event and the deletion of the manifest left it behind: its
         # data would count as in use. Finish that forget first, as the next forget would.
@@ -154,7 +154,7 @@ def prune_wait(ctx: StepContext) -> dict[str, Any]:
     started = time.monotonic()
     backend = open_backend(ctx.settings.repository)
     owners = lock_owners(backend)
-    runtime = Runtime(ctx.settings)
+    runtime = ctx.runtime if ctx.runtime is not None else Runtime(ctx.settings)
     try:
         index_at = _index_position(runtime, ctx.job_id)
         waited_for: list[str] = []
@@ -177,7 +177,8 @@ def prune_wait(ctx: StepContext) -> dict[str, Any]:
             ctx.progress(int(elapsed), int(limit))  # keeps the lease; raises if the job was cancelled
             time.sleep(WAIT_POLL_SECONDS)
     finally:
-        runtime.close()
+        if runtime is not ctx.runtime:
+            runtime.close()
     faults.point("wait:waited")
     return {"backups": waited_for, "lock_owners": len(owners), "seconds": _elapsed(started)}
 

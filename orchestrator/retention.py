@@ -98,5 +98,6 @@ class RetentionKeeper:
         if not any(since is None or at > since for at in forgotten):
             return None
         return self.runtime.request_prune(
-            repack_unused_percent=repack_unused_percent(self.runtime.settings), actor=ACTOR
+            repack_unused_percent=repack_unused_percent(self.runtime.settings, self.runtime.engine),
+            actor=ACTOR,
         )

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -52,6 +52,9 @@ from capsule.orchestrator.usecases.restore import check_in_place_source
 from capsule.orchestrator.usecases.snapshots import resolve_snapshot
 from capsule.orchestrator.usecases.source import open_source
 
+if TYPE_CHECKING:
+    from capsule.orchestrator.runtime import Runtime
+
 log = structlog.get_logger(__name__)
 
 Progress = Callable[[int, int], None]
@@ -77,6 +80,9 @@ class StepContext:
     progress: Progress
     resume_from: dict[str, Any] | None = None
     """The last progress an earlier attempt of this step reported (done, total, detail)."""
+    runtime: Runtime | None = None
+    """The worker's own runtime, for a step that reads the log (a prune's plan and wait): one
+    opened per step would check the log's schema again. None: the step opens its own."""
 
 
 StepFunction = Callable[[StepContext], dict[str, Any]]

@@ -25,6 +25,8 @@ from capsule.orchestrator.forgetting import FORGET_JUDGED, ForgetRun, aware, gro
 from capsule.orchestrator.settings import Settings
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
     from capsule.domain.events import SnapshotForgotten
     from capsule.domain.manifest import Manifest
 
@@ -291,17 +293,21 @@ def tag_snapshot(settings: Settings, request: TagSnapshot) -> Tagged:
         return Tagged(sid, now, added, removed)
 
 
-def forgotten_ids(settings: Settings) -> set[str]:
+def forgotten_ids(settings: Settings, engine: Engine | None = None) -> set[str]:
     """Every snapshot the log says is forgotten, its manifest deleted or not yet (after a kill):
-    what `prune` must count as gone whatever `snapshots/` still holds."""
+    what `prune` must count as gone whatever `snapshots/` still holds. Read through `engine` if
+    given (a worker's own), else through a runtime opened for it."""
     from capsule.orchestrator import projections  # noqa: PLC0415
     from capsule.orchestrator.runtime import Runtime  # noqa: PLC0415
 
-    runtime = Runtime(settings)
-    try:
-        marks = projections.snapshot_marks_of(runtime.engine)
-    finally:
-        runtime.close()
+    if engine is not None:
+        marks = projections.snapshot_marks_of(engine)
+    else:
+        runtime = Runtime(settings)
+        try:
+            marks = projections.snapshot_marks_of(runtime.engine)
+        finally:
+            runtime.close()
     return {sid for sid, mark in marks.items() if mark["forgotten_at"] is not None}
 
 

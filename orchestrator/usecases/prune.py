@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 from capsule.orchestrator.settings import Settings
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
     from capsule.adapters.repository.backends.storage import Backend, Kind
     from capsule.orchestrator.reads import Reads
 
@@ -104,12 +106,23 @@ def repository_bytes(settings: Settings) -> int:
     return stored_bytes(open_backend(settings.repository))
 
 
-def repack_unused_percent(settings: Settings) -> int:
+def repack_unused_percent(settings: Settings, engine: Engine | None = None) -> int:
     """The share of a pack's bytes that must be unused before it is repacked: the setting
-    `retention.repack-unused-percent` (10 unless changed)."""
-    from capsule.orchestrator.usecases.settings import show  # noqa: PLC0415
+    `retention.repack-unused-percent` (10 unless changed). Read through `engine` if given (a
+    runtime's own: one opened for a single read checks the log's schema again), else through
+    the settings use case."""
+    if engine is None:
+        from capsule.orchestrator.usecases.settings import show  # noqa: PLC0415
 
-    return show(settings).document.retention.repack_unused_percent
+        return show(settings).document.retention.repack_unused_percent
+    import json  # noqa: PLC0415
+
+    from capsule.domain import settings as document  # noqa: PLC0415
+    from capsule.orchestrator import projections  # noqa: PLC0415
+
+    row = projections.settings_row(engine)
+    values = json.loads(row["changed_values"]) if row else {}
+    return document.from_values(values).retention.repack_unused_percent
 
 
 def run_prune(settings: Settings, request: Prune, progress: Progress | None = None) -> Pruned:
@@ -123,11 +136,12 @@ def run_prune(settings: Settings, request: Prune, progress: Progress | None = No
     from capsule.orchestrator.usecases.repository import open_repository  # noqa: PLC0415
 
     open_repository(settings)  # no repository, or no key: said before a job is recorded for nothing
-    percent = repack_unused_percent(settings)
     loaded = run_job(
         settings,
         "prune",
-        lambda rt: rt.request_prune(repack_unused_percent=percent, actor=request.actor or person()),
+        lambda rt: rt.request_prune(
+            repack_unused_percent=repack_unused_percent(settings, rt.engine), actor=request.actor or person()
+        ),
         progress=progress,
     )
     state = loaded.state

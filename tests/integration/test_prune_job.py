@@ -26,17 +26,18 @@ from capsule.adapters.repository.backends import open_backend
 from capsule.adapters.repository.verify import verify
 from capsule.domain.commands import CancelJob, CompleteStep, StartStep
 from capsule.domain.errors import Category
-from capsule.domain.prune_job import INDEX, PLAN, WAIT
+from capsule.domain.prune_job import INDEX, PLAN, PLAN_STEP, WAIT
 from capsule.orchestrator import projections
 from capsule.orchestrator.actors import category_of, is_transient
-from capsule.orchestrator.prunesteps import StillInUse, backups_to_wait_for, prune_wait
+from capsule.orchestrator.prunesteps import StillInUse, backups_to_wait_for, prune_plan, prune_wait
 from capsule.orchestrator.runtime import Runtime
 from capsule.orchestrator.settings import Settings
 from capsule.orchestrator.steps import StepContext
 from capsule.orchestrator.usecases.backup import Backup, back_up
 from capsule.orchestrator.usecases.jobs import current_status, replay_log
-from capsule.orchestrator.usecases.prune import Prune, run_prune, stored_bytes
+from capsule.orchestrator.usecases.prune import Prune, repack_unused_percent, run_prune, stored_bytes
 from capsule.orchestrator.usecases.repository import open_repository
+from capsule.orchestrator.usecases.settings import ChangeSetting, change
 from tests.integration.helpers import FAST_STEPS, Shop, in_process_settings
 
 ACTOR = "person:test"
@@ -279,6 +280,54 @@ def test_a_prune_gives_back_the_space_of_a_forgotten_snapshot(
         assert projections.list_jobs(rt.engine, job_type="prune") == rows and len(rows) == 2
     finally:
         rt.close()
+
+
+def test_the_repack_threshold_read_through_a_runtime_is_the_setting_as_changed(
+    shop: Shop, runtime: Runtime
+) -> None:
+    settings = runtime.settings
+    assert repack_unused_percent(settings, runtime.engine) == repack_unused_percent(settings) == 10
+    change(settings, ChangeSetting("retention.repack_unused_percent", "35"), actor=ACTOR)
+    assert repack_unused_percent(settings, runtime.engine) == repack_unused_percent(settings) == 35
+
+
+def test_the_plan_and_wait_steps_read_the_log_through_the_workers_runtime(
+    forgotten: tuple[Settings, str, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, _, _ = forgotten
+    rt = Runtime(settings)
+    engine = rt.engine
+    try:
+        job_id = prune_through_index(rt)
+        step(rt, "prune", job_id, WAIT)
+        closed: list[bool] = []
+        monkeypatch.setattr(rt, "close", lambda: closed.append(True))
+
+        def refused(*_args: object, **_kwargs: object) -> None:
+            raise AssertionError("a step opened a runtime of its own: the log's schema checked again")
+
+        monkeypatch.setattr(Runtime, "__init__", refused)
+
+        def ctx(name: str) -> StepContext:
+            return StepContext(
+                settings=settings,
+                job_id=job_id,
+                step=name,
+                attempt=1,
+                request={"repack_unused_percent": 10},
+                results=RESULTS,
+                now=rt.clock(),
+                progress=lambda done, total: None,
+                runtime=rt,
+            )
+
+        planned = prune_plan(ctx(PLAN_STEP))
+        waited = prune_wait(ctx(WAIT))
+    finally:
+        engine.dispose()
+    assert planned["packs_to_delete"] > 0, "the forgotten snapshot's packs were not planned away"
+    assert waited["backups"] == []
+    assert not closed, "a step closed the worker's runtime"
 
 
 # ---- killed at any point, finished by the next `capsule prune` ------------------------------

@@ -122,7 +122,9 @@ def _report(capsule: dict[str, object], restic: dict[str, object]) -> dict[str, 
     }
 
 
-def _figures(seconds: float, after: int, rss: int, kept: list[str] | None = None) -> dict[str, object]:
+def _figures(
+    seconds: float, after: int, rss: int, kept: list[str] | None = None, cpu: float | None = None
+) -> dict[str, object]:
     kept = KEPT if kept is None else kept
     return {
         "bytes_before": 900 * MB,
@@ -131,6 +133,7 @@ def _figures(seconds: float, after: int, rss: int, kept: list[str] | None = None
         "snapshots_after": len(kept),
         "kept": kept,
         "seconds": seconds,
+        "cpu_seconds": seconds / 2 if cpu is None else cpu,
         "peak_rss_bytes": rss,
     }
 
@@ -147,6 +150,14 @@ def test_the_targets_pass_when_capsule_is_three_times_faster_smaller_and_under_3
     ]
     assert any(line.startswith("forget + prune time") and "3.00x" in line for line in lines)
     assert not any(line.startswith("note:") for line in lines)
+
+
+def test_the_report_shows_each_tools_processor_time_beside_its_wall_time() -> None:
+    lines = report_lines(
+        _report(_figures(10.0, 300 * MB, 200 * MB, cpu=2.0), _figures(30.0, 301 * MB, 400 * MB, cpu=8.0))
+    )
+    [row] = [line for line in lines if line.startswith("forget + prune CPU")]
+    assert row.split()[4:] == ["2.00", "s", "8.00", "s", "4.00x"]
 
 
 def test_the_targets_fail_on_figures_that_miss_them_and_different_snapshots_kept_are_noted() -> None:
@@ -261,6 +272,7 @@ def test_a_small_history_dates_both_tools_snapshots_by_the_hour_and_restic_prune
     assert run["bytes_before"] == before
     assert run["snapshots_before"] == run["snapshots_after"] == 4  # four hours: the policy keeps them all
     assert run["seconds"] > 0 and run["peak_rss_bytes"] > 0
+    assert 0 < run["cpu_seconds"] < run["seconds"] * 4  # processor time of restic and its children
     # The history itself is untouched; the copy is gone.
     assert directory_bytes(layout.restic_repository(layout.history)) == before
     assert not (workdir / "prune" / "restic").exists()
