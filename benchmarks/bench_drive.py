@@ -273,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
         bench.capsule("init")
         figures["pack_size"] = bench.pack_size()
         figures["pack_size_given"] = pack_size is not None
-        bench.capsule("backup", "--kind", "database")
+        backup = bench.capsule("backup", "--kind", "database")
+        figures["backup"] = {"seconds": backup.seconds, "cpu_seconds": backup.cpu_seconds,
+                             "peak_rss_bytes": backup.peak_rss_bytes}  # fmt: skip
         bench.add_destination()
         repository_bytes = sum(p.stat().st_size for p in bench.repository.rglob("*") if p.is_file())
         figures["repository_bytes"] = repository_bytes
@@ -416,6 +418,7 @@ def print_report(f: dict[str, Any]) -> None:
         ("database / repository",
          f"{f['size']} / {f['repository_bytes'] / MB:.1f} MB, packs of {f['pack_size'] // mib} MiB"
          + ("" if f.get("pack_size_given", True) else " (the default)"), "", ""),
+        *_backup_row(f.get("backup")),
         ("upload: throughput (median)",
          f"{up['mb_per_s']:.1f} MB/s ({up['sent_bytes'] / MB:.1f} MB in {up['seconds']:.2f} s; runs {runs})",
          "", ""),
@@ -440,6 +443,14 @@ def print_report(f: dict[str, Any]) -> None:
     if "note" in f["rclone"]:
         print(f"(folder copies: {f['rclone']['note']}; capsule sync also fsyncs every file and writes a copy "
               "of its event log, rclone does neither)")  # fmt: skip
+
+
+def _backup_row(backup: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
+    if backup is None:
+        return []
+    value = (f"{backup['seconds']:.2f} s, CPU {backup['cpu_seconds']:.2f} s, "
+             f"peak RSS {backup['peak_rss_bytes'] / MB:.0f} MB")  # fmt: skip
+    return [("first backup (one run)", value, "", "")]
 
 
 def _copy_rows(copies: dict[str, Any]) -> list[tuple[str, str, str, str]]:

@@ -523,6 +523,7 @@ def run_sampled(argv: list[str], env: dict[str, str]) -> Sampled:
 def _measured(runs: list[Sampled]) -> dict[str, Any]:
     return {
         "seconds": round(sum(r.result.seconds for r in runs), 3),
+        "cpu_seconds": round(sum(r.result.cpu_seconds for r in runs), 3),
         "peak_rss_bytes": max(r.tree_peak_rss_bytes for r in runs),
         "largest_process_peak_rss_bytes": max(r.result.peak_rss_bytes for r in runs),
         "commands": [{"argv": r.result.argv[-3:], "seconds": round(r.result.seconds, 3)} for r in runs],
@@ -653,6 +654,7 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "snapshots_before",
         "snapshots_after",
         "seconds",
+        "cpu_seconds",
         "peak_rss_bytes",
         "largest_process_peak_rss_bytes",
     )
@@ -675,6 +677,7 @@ def report_lines(report: dict[str, Any]) -> list[str]:
         ("snapshots before", "snapshots_before", lambda v: "-" if v is None else f"{v:g}"),
         ("snapshots after", "snapshots_after", lambda v: "-" if v is None else f"{v:g}"),
         ("forget + prune time", "seconds", lambda v: "-" if v is None else f"{v:.2f} s"),
+        ("forget + prune CPU (user + sys)", "cpu_seconds", lambda v: "-" if v is None else f"{v:.2f} s"),
         ("peak RSS", "peak_rss_bytes", _mb),
     ]
     table = [["", "Capsule", "restic", "Capsule advantage"]]

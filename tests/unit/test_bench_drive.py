@@ -34,6 +34,7 @@ def _figures(rclone: dict[str, object]) -> dict[str, object]:
               "requests_per_gib_whole_sync": 80.0, "chunk_bytes": 1024}  # fmt: skip
     timed = {"seconds": 1.0, "cpu_seconds": 0.5, "mb_per_s": 9.0}
     return {"size": "20M", "pack_size": 32 * 1024 * 1024, "pack_size_given": False, "repository_bytes": 10**7,
+            "backup": {"seconds": 3.0, "cpu_seconds": 2.5, "peak_rss_bytes": 123 * 10**6},
             "upload": upload, "drop": {"resent_bytes": 0}, "kill": {"held": True, "complete": True,
             "resent_bytes": 0}, "restore": {"local": timed, "drive": timed}, "rclone": rclone}  # fmt: skip
 
@@ -52,6 +53,7 @@ def test_the_report_sets_rclone_beside_capsule_sync_to_a_folder_and_says_why_not
     assert "cannot be pointed at the fake Drive" in out
     assert "packs of 32 MiB (the default)" in rows["database / repository"]
     assert rows["requests per GiB of packs"].endswith("PASS")
+    assert "peak RSS 123 MB" in rows["first backup (one run)"]
 
 
 def test_the_report_says_whether_the_targets_are_met(capsys: pytest.CaptureFixture[str]) -> None:

@@ -131,6 +131,7 @@ def _figures(seconds: float, after: int, rss: int, kept: list[str] | None = None
         "snapshots_after": len(kept),
         "kept": kept,
         "seconds": seconds,
+        "cpu_seconds": seconds / 2,
         "peak_rss_bytes": rss,
     }
 
@@ -146,6 +147,8 @@ def test_the_targets_pass_when_capsule_is_three_times_faster_smaller_and_under_3
         "PASS  Capsule peak RSS under 300 MB",
     ]
     assert any(line.startswith("forget + prune time") and "3.00x" in line for line in lines)
+    [cpu] = [line for line in lines if line.startswith("forget + prune CPU")]
+    assert "5.00 s" in cpu and "15.00 s" in cpu and "3.00x" in cpu
     assert not any(line.startswith("note:") for line in lines)
 
 
@@ -260,7 +263,7 @@ def test_a_small_history_dates_both_tools_snapshots_by_the_hour_and_restic_prune
     run = report["runs"]["restic"][0]
     assert run["bytes_before"] == before
     assert run["snapshots_before"] == run["snapshots_after"] == 4  # four hours: the policy keeps them all
-    assert run["seconds"] > 0 and run["peak_rss_bytes"] > 0
+    assert run["seconds"] > 0 and run["cpu_seconds"] > 0 and run["peak_rss_bytes"] > 0
     # The history itself is untouched; the copy is gone.
     assert directory_bytes(layout.restic_repository(layout.history)) == before
     assert not (workdir / "prune" / "restic").exists()
