@@ -20,6 +20,7 @@ from benchmarks.bench_retention import (
     START,
     Layout,
     _load_state,
+    build_parser,
     capsule_policy_settings,
     change_pages,
     hour_seed,
@@ -163,6 +164,14 @@ def test_the_targets_fail_on_figures_that_miss_them_and_different_snapshots_kept
     [note] = [line for line in lines if line.startswith("note:")]
     assert "Capsule alone kept 1 (2026-01-28 23:00:00)" in note
     assert "restic alone 1 (2026-01-30 01:00:00)" in note
+
+
+def test_prune_takes_capsules_repack_threshold_as_a_percentage_and_leaves_it_alone_by_default() -> None:
+    parse = build_parser().parse_args
+    assert parse(["prune", "--workdir", "w", "--repack-unused-percent", "0"]).repack_unused_percent == 0
+    assert parse(["prune", "--workdir", "w"]).repack_unused_percent is None
+    with pytest.raises(SystemExit):
+        parse(["prune", "--workdir", "w", "--repack-unused-percent", "101"])
 
 
 def test_both_tools_snapshot_listings_are_read_as_utc_seconds() -> None:
