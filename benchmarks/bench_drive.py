@@ -1,13 +1,14 @@
 """Drive benchmark: `capsule sync` to Google Drive and `restore --from` it, against the fake Drive.
 
-    python -m benchmarks.bench_drive [--size 256M] [--pack-size 32M] [--upload-runs 3]
-                                     [--restore-runs 3] [--workdir DIR] [--keep] [--json-out FILE]
+    python -m benchmarks.bench_drive [--size 256M] [--pack-size SIZE] [--upload-runs 3]
+                                     [--restore-runs 3] [--copy-runs 3] [--workdir DIR] [--keep]
+                                     [--json-out FILE]
 
 The fake Drive server of the tests (tests/fakes/drive.py) runs in this process on 127.0.0.1 and
 counts every request; the `capsule` commands run as processes of their own, reaching it through
 CAPSULE_GDRIVE_ROOT_URL as they would reach a proxy. In one scratch directory (deleted at the end
 unless --keep): a generated point-of-sale database of --size, a repository made with --pack-size
-and one backup of it, then:
+(by default, the pack size `capsule init` gives a new repository) and one backup of it, then:
 
 1. upload: `capsule sync drive` into an empty Drive, --upload-runs times (the Drive emptied between
    runs): MB/s (bytes sent / wall seconds), CPU seconds (user + sys) and peak RSS of the command, and
@@ -19,7 +20,10 @@ and one backup of it, then:
    bytes sent again as in 2, and the copy checked complete (`capsule snapshots --from drive`);
 4. restore: `capsule restore latest --to DIR --from drive` against the same restore from the local
    repository, the two taking turns, --restore-runs each, medians;
-5. rclone copying the repository folder to a local folder, when `rclone` is on the PATH.
+5. when `rclone` is on the PATH: `rclone copy` of the repository folder to a local folder against
+   `capsule sync` to a folder destination, each into an empty folder, taking turns, --copy-runs
+   each, medians. rclone has no setting for Drive's address, so it cannot be pointed at the fake
+   Drive: this row compares two copies to a local folder, not two uploads to Drive.
 
 Loopback has no network in the way: the upload rate is what the client and the fake can do on
 this machine's cores, an upper bound for real Drive, and the request counts are exact.
@@ -55,6 +59,8 @@ from benchmarks.posdb import generate, parse_size
 GiB = 1024**3
 TARGET_REQUESTS_PER_GIB = 80
 DESTINATION = "drive"
+FOLDER = "folder"
+RCLONE_NOTE = "rclone cannot be pointed at the fake Drive: both copy to a local folder"
 
 
 @dataclass
@@ -142,36 +148,49 @@ def _by_kind(requests: list[Any]) -> dict[str, int]:
 
 # ---- the benchmark -------------------------------------------------------------------------------
 class Bench:
-    def __init__(self, workdir: Path, fake: Any, command: list[str], pack_size: int) -> None:
+    def __init__(self, workdir: Path, fake: Any, command: list[str], pack_size: int | None) -> None:
         self.workdir, self.fake, self.command = workdir, fake, command
         self.database = workdir / "pos.db"
         self.repository = workdir / "repo"
         self.home = workdir / "home"
-        self.env = capsule_env(
-            command,
-            {
-                "CAPSULE_DATABASE": str(self.database),
-                "CAPSULE_REPOSITORY": str(self.repository),
-                "CAPSULE_HOME": str(self.home),
-                "CAPSULE_PACK_SIZE": str(pack_size),
-                "CAPSULE_GDRIVE_ROOT_URL": fake.url,
-            },
-        )
+        settings = {
+            "CAPSULE_DATABASE": str(self.database),
+            "CAPSULE_REPOSITORY": str(self.repository),
+            "CAPSULE_HOME": str(self.home),
+            "CAPSULE_GDRIVE_ROOT_URL": fake.url,
+        }
+        if pack_size is not None:  # otherwise `capsule init` gives the repository its default
+            settings["CAPSULE_PACK_SIZE"] = str(pack_size)
+        self.env = capsule_env(command, settings, drop=["CAPSULE_PACK_SIZE"])
 
     def capsule(self, *args: str, check: bool = True) -> Run:
         return run([*self.command, *args], self.env, check=check)
 
-    def add_destination(self) -> None:
+    def _settings(self) -> Any:
         from capsule.orchestrator.settings import Settings
-        from capsule.orchestrator.usecases.destinations import add_gdrive
 
-        settings = Settings.model_validate(
+        return Settings.model_validate(
             {"database": self.database, "repository": self.repository, "home": self.home}
         )
-        add_gdrive(settings, DESTINATION, self.fake.client_config(), self.fake.credentials().refresh_token)
 
-    def sync(self) -> tuple[Run, dict[str, Any]]:
-        result = self.capsule("sync", DESTINATION, "--json")
+    def add_destination(self) -> None:
+        from capsule.orchestrator.usecases.destinations import add_gdrive
+
+        add_gdrive(
+            self._settings(), DESTINATION, self.fake.client_config(), self.fake.credentials().refresh_token
+        )
+
+    def add_folder(self, path: Path) -> None:
+        from capsule.orchestrator.usecases.destinations import add_folder
+
+        add_folder(self._settings(), FOLDER, path)
+
+    def pack_size(self) -> int:
+        """The pack size the repository's config records."""
+        return int(json.loads((self.repository / "config").read_text())["pack_size"])
+
+    def sync(self, destination: str = DESTINATION) -> tuple[Run, dict[str, Any]]:
+        result = self.capsule("sync", destination, "--json")
         [synced] = last_json_object(result.stdout)["destinations"]
         if not synced["ok"]:
             raise RuntimeError(f"sync failed: {synced['message']}")
@@ -182,12 +201,51 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def _files(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+
+
+def folder_copies(bench: Bench, rclone: str, runs: int) -> dict[str, Any]:
+    """`capsule sync` to a folder destination against `rclone copy` of the repository folder, each
+    into an empty folder, taking turns (each goes first every other run): medians."""
+    targets = {"capsule": bench.workdir / "capsule-copy", "rclone": bench.workdir / "rclone-copy"}
+    bench.add_folder(targets["capsule"])
+    config = bench.workdir / "rclone.conf"
+    config.touch()  # no remotes needed for local folders; keeps the user's own rclone.conf out
+    env = {**os.environ, "RCLONE_CONFIG": str(config)}
+    results: dict[str, list[Run]] = {"capsule": [], "rclone": []}
+    for i in range(runs):
+        for tool in ("capsule", "rclone") if i % 2 == 0 else ("rclone", "capsule"):
+            shutil.rmtree(targets[tool], ignore_errors=True)
+            targets[tool].mkdir()  # capsule sync refuses a missing folder (it may be an unmounted share)
+            log(f"{tool} copy to a folder {i + 1}/{runs}")
+            if tool == "capsule":
+                results[tool].append(bench.sync(FOLDER)[0])
+            else:
+                results[tool].append(run([rclone, "copy", str(bench.repository), str(targets[tool])], env))
+    source = _files(bench.repository)
+    figures: dict[str, Any] = {"note": RCLONE_NOTE}
+    for tool, done in results.items():
+        copied = _files(targets[tool])
+        figures[tool] = {
+            "runs_seconds": [r.seconds for r in done],
+            "seconds": median([r.seconds for r in done]),
+            "cpu_seconds": median([r.cpu_seconds for r in done]),
+            "peak_rss_bytes": max(r.peak_rss_bytes for r in done),
+            "mb_per_s": sum(source.values()) / MB / median([r.seconds for r in done]),
+            "complete": all(copied.get(name) == size for name, size in source.items()),
+            "extra_files": len(set(copied) - set(source)),
+        }
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="256M", help="size of the generated database (default 256M)")
-    parser.add_argument("--pack-size", default="32M", help="the repository's pack size (default 32M)")
+    parser.add_argument("--pack-size", help="the repository's pack size (default: what `capsule init` gives)")
     parser.add_argument("--upload-runs", type=int, default=3)
     parser.add_argument("--restore-runs", type=int, default=3)
+    parser.add_argument("--copy-runs", type=int, default=3, help="runs of each folder copy (rclone, capsule)")
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--json-out", type=Path)
@@ -206,14 +264,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from capsule.adapters.repository.backends.gdrive import CHUNK
 
-    pack_size = parse_size(args.pack_size)
-    figures: dict[str, Any] = {"size": args.size, "pack_size": pack_size}
+    pack_size = parse_size(args.pack_size) if args.pack_size else None
+    figures: dict[str, Any] = {"size": args.size}
     with scratch_directory(args.workdir, "bench-drive-", keep=args.keep) as workdir, FakeDrive() as fake:
         bench = Bench(workdir, fake, command, pack_size)
         log(f"generating a {args.size} database")
         generate(bench.database, parse_size(args.size))
         bench.capsule("init")
-        bench.capsule("backup", "--kind", "database")
+        figures["pack_size"] = bench.pack_size()
+        figures["pack_size_given"] = pack_size is not None
+        backup = bench.capsule("backup", "--kind", "database")
+        figures["backup"] = {"seconds": backup.seconds, "cpu_seconds": backup.cpu_seconds,
+                             "peak_rss_bytes": backup.peak_rss_bytes}  # fmt: skip
         bench.add_destination()
         repository_bytes = sum(p.stat().st_size for p in bench.repository.rglob("*") if p.is_file())
         figures["repository_bytes"] = repository_bytes
@@ -313,16 +375,14 @@ def main(argv: list[str] | None = None) -> int:
         figures["restore"]["drive"]["requests"] = restore_requests
         figures["restore"]["drive"]["requests_by_kind"] = restore_kinds
 
-        # 5. rclone copying the repository folder
+        # 5. rclone against capsule sync, both to a local folder
         rclone = shutil.which("rclone")
-        if rclone:
-            log("rclone copy")
-            target = workdir / "rclone-copy"
-            result = run([rclone, "copy", str(bench.repository), str(target)], dict(os.environ))
-            figures["rclone"] = {"seconds": result.seconds, "cpu_seconds": result.cpu_seconds,
-                                 "mb_per_s": repository_bytes / MB / result.seconds}  # fmt: skip
+        if rclone and args.copy_runs > 0:
+            figures["rclone"] = folder_copies(bench, rclone, args.copy_runs)
         else:
-            figures["rclone"] = None
+            reason = "rclone is not on the PATH" if not rclone else "--copy-runs 0"
+            print(f"rclone row skipped: {reason}", file=sys.stderr)
+            figures["rclone"] = {"skipped": reason}
 
     print_report(figures)
     if args.json_out:
@@ -353,11 +413,12 @@ def print_report(f: dict[str, Any]) -> None:
     )
     killed = f"{kill['resent_bytes'] / mib:.2f} MiB" + ("" if kill["complete"] else " (copy INCOMPLETE)")
     ratio = restore["drive"]["seconds"] / restore["local"]["seconds"]
-    rclone = f["rclone"]
     rows = [
         ("measure", "value", "target", ""),
         ("database / repository",
-         f"{f['size']} / {f['repository_bytes'] / MB:.1f} MB, packs of {f['pack_size'] // mib} MiB", "", ""),
+         f"{f['size']} / {f['repository_bytes'] / MB:.1f} MB, packs of {f['pack_size'] // mib} MiB"
+         + ("" if f.get("pack_size_given", True) else " (the default)"), "", ""),
+        *_backup_row(f.get("backup")),
         ("upload: throughput (median)",
          f"{up['mb_per_s']:.1f} MB/s ({up['sent_bytes'] / MB:.1f} MB in {up['seconds']:.2f} s; runs {runs})",
          "", ""),
@@ -376,10 +437,33 @@ def print_report(f: dict[str, Any]) -> None:
         ("restore from the local repository (median)", _timed(restore["local"]), "", ""),
         ("restore from Drive (median)", f"{_timed(restore['drive'])}, {ratio:.2f}x the local's time, "
          f"{restore['drive'].get('requests', '?')} requests", "", ""),
-        ("rclone copy of the repository folder",
-         _timed(rclone) if rclone else "not measured: rclone is not on the PATH", "", ""),
     ]  # fmt: skip
+    rows += _copy_rows(f["rclone"])
     print("\n".join(align_columns(rows)))
+    if "note" in f["rclone"]:
+        print(f"(folder copies: {f['rclone']['note']}; capsule sync also fsyncs every file and writes a copy "
+              "of its event log, rclone does neither)")  # fmt: skip
+
+
+def _backup_row(backup: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
+    if backup is None:
+        return []
+    value = (f"{backup['seconds']:.2f} s, CPU {backup['cpu_seconds']:.2f} s, "
+             f"peak RSS {backup['peak_rss_bytes'] / MB:.0f} MB")  # fmt: skip
+    return [("first backup (one run)", value, "", "")]
+
+
+def _copy_rows(copies: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    if "skipped" in copies:
+        return [("folder copy, rclone against capsule sync", f"not measured: {copies['skipped']}", "", "")]
+    rows = []
+    for tool, label in (("rclone", "rclone copy"), ("capsule", "capsule sync")):
+        c = copies[tool]
+        runs = ", ".join(f"{s:.2f}" for s in c["runs_seconds"])
+        done = "" if c["complete"] else " (copy INCOMPLETE)"
+        value = f"{_timed(c)}, peak RSS {c['peak_rss_bytes'] / MB:.0f} MB; runs {runs}{done}"
+        rows.append((f"folder copy: {label} (median)", value, "", ""))
+    return rows
 
 
 if __name__ == "__main__":

@@ -537,10 +537,16 @@ def snapshot_times(listing: str) -> list[str]:
     return [t.strftime("%Y-%m-%d %H:%M:%S") for t in sorted(times)]
 
 
-def prune_capsule(layout: Layout, command: list[str], base: Path) -> dict[str, Any]:
-    """Forget then prune the copy of the history's Capsule repository under ``base``; the figures."""
+def prune_capsule(
+    layout: Layout, command: list[str], base: Path, repack_unused_percent: int | None = None
+) -> dict[str, Any]:
+    """Forget then prune the copy of the history's Capsule repository under ``base``; the figures.
+    ``repack_unused_percent`` replaces Capsule's threshold for repacking a partly used pack."""
     env = layout.capsule_environment(command, base)
-    for key, value in capsule_policy_settings():  # the history set them already; a copy says so again
+    settings = capsule_policy_settings()  # the history set them already; a copy says so again
+    if repack_unused_percent is not None:
+        settings.append(("retention.repack-unused-percent", str(repack_unused_percent)))
+    for key, value in settings:
         _run([*command, "settings", "set", key, value], env)
     before = directory_bytes(layout.capsule_repository(base))
     snapshots_before = len(json.loads(_run([*command, "snapshots", "--json"], env).stdout or "[]"))
@@ -600,7 +606,13 @@ def date_packs(repository: Path, age: float = PACK_AGE) -> int:
 
 
 def run_prune(
-    workdir: Path, *, runs: int, tools: list[str], restic: str, link: bool = False
+    workdir: Path,
+    *,
+    runs: int,
+    tools: list[str],
+    restic: str,
+    link: bool = False,
+    repack_unused_percent: int | None = None,
 ) -> dict[str, Any]:
     layout = Layout(workdir)
     if not layout.state.exists():
@@ -618,7 +630,7 @@ def run_prune(
             raise SystemExit("the `capsule` command is not installed: pip install -e . first")
         require_capsule_commands(command)
     actions: dict[str, Callable[[Path], dict[str, Any]]] = {
-        "capsule": lambda base: prune_capsule(layout, command or [], base),
+        "capsule": lambda base: prune_capsule(layout, command or [], base, repack_unused_percent),
         "restic": lambda base: prune_restic(layout, restic, base),
     }
     parts = {
@@ -770,6 +782,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="hard-link the history's files instead of copying them (checked unchanged after each run)",
     )
+    prune.add_argument(
+        "--repack-unused-percent",
+        type=int,
+        choices=range(101),
+        metavar="0-100",
+        help="Capsule's threshold for repacking a partly used pack (0: every pack with an unused byte)",
+    )
     prune.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     prune.add_argument("--json-out", type=Path, help="also write the report as JSON to this file")
     return parser
@@ -802,7 +821,14 @@ def main(argv: list[str] | None = None) -> int:
         print("--runs must be at least 1", file=sys.stderr)
         return 2
     try:
-        report = run_prune(args.workdir, runs=args.runs, tools=args.tools, restic=restic, link=args.link)
+        report = run_prune(
+            args.workdir,
+            runs=args.runs,
+            tools=args.tools,
+            restic=restic,
+            link=args.link,
+            repack_unused_percent=args.repack_unused_percent,
+        )
     except CommandFailedError as exc:
         print(f"a command failed, so the run has no figures: {exc}", file=sys.stderr)
         return 1

@@ -211,7 +211,8 @@ class SetBandwidth:
 
 
 MIN_BANDWIDTH = 64 * 1024
-"""Below this, a 16 MiB pack takes minutes per chunk and Drive's upload sessions risk expiring."""
+"""Below this, a pack of the default size takes minutes per chunk and Drive's upload sessions risk
+expiring."""
 
 Command = (
     AddFolder

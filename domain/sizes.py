@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+DEFAULT_PACK_SIZE = 32 << 20
+"""Target pack size of a new repository; an existing one keeps the size its config records. Two
+requests carry a pack to Google Drive, so 32 MiB packs cost 64 requests per GiB (docs/destinations.md)."""
+
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 

@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from capsule.domain.sizes import DEFAULT_PACK_SIZE
+
 MiB = 1024 * 1024
 ENV_PREFIX = "CAPSULE_"
 SETTINGS_FILE = "capsule.toml"
@@ -48,7 +50,7 @@ class Settings(BaseModel):
         description="default: <home>/event-log.key; seals the event log; every process that appends needs it",
     )
     passphrase: SecretStr | None = None
-    pack_size: int = Field(16 * MiB, ge=MiB, le=1024 * MiB)
+    pack_size: int = Field(DEFAULT_PACK_SIZE, ge=MiB, le=1024 * MiB)
     lock_wait_seconds: float = Field(30.0, ge=0)
     workers: int | None = Field(
         None, ge=0, le=32, description="worker processes for sealing; 0 keeps all work in one process"

@@ -46,6 +46,7 @@ from capsule.adapters.repository.keys import (
 from capsule.adapters.repository.pack import BUNDLED, PackBuilder
 from capsule.domain.errors import UnsafePath
 from capsule.domain.manifest import MANIFEST_VERSION, READABLE_MANIFEST_VERSIONS, Manifest
+from capsule.domain.sizes import DEFAULT_PACK_SIZE
 
 if TYPE_CHECKING:
     # numpy and the index load when the index is first used: listing snapshots needs neither.
@@ -74,7 +75,6 @@ REPOSITORY_FORMAT = "capsule-repository"
 REPOSITORY_VERSION = 2
 # Version 1 has no bundles (see pack.py); it is still read, and written without them.
 READABLE_VERSIONS = (1, 2)
-DEFAULT_PACK_SIZE = 16 * 1024 * 1024
 INDEX_FLUSH_BLOBS = 200_000
 # Index records kept decoded between the two passes of load_index (about 3 MB per 65,536).
 LOAD_HOLD = 262_144

@@ -15,6 +15,7 @@ from capsule.adapters.errors import DestinationNeedsConsent, DiskFull, ObjectNot
 from capsule.adapters.repository.backends.gdrive import DriveBackend, DriveCredentials, open_drive
 from capsule.adapters.repository.backends.gdrive_retry import Backoff
 from capsule.domain.errors import Category
+from capsule.domain.sizes import DEFAULT_PACK_SIZE
 from tests.fakes.drive import FakeDrive, MemorySessions, Sleeps
 
 CHUNK = 256 * 1024
@@ -378,12 +379,12 @@ def test_a_pack_of_two_chunks_costs_three_requests(fake: FakeDrive) -> None:
     ], "open the session and two chunks: a pack's name is its content's, so no older file is looked for"
 
 
-def test_a_16_mib_pack_and_the_check_of_its_size_cost_two_requests_with_the_default_chunk(
+def test_a_pack_of_the_default_size_and_the_check_of_its_size_cost_two_requests(
     fake: FakeDrive,
 ) -> None:
     backend = open_drive("shop", credentials(fake), root_url=fake.url, sleep=Sleeps())
     backend.create_layout()
-    data = pack(16 * 1024 * 1024 + 12345)  # a pack goes a little past its target size
+    data = pack(DEFAULT_PACK_SIZE + 12345)  # a pack goes a little past its target size
     before = len(fake.requests)
     backend.write("data", PACK, data)
     assert backend.size("data", PACK) == len(data)  # what a copy checks after each write

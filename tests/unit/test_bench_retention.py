@@ -20,6 +20,7 @@ from benchmarks.bench_retention import (
     START,
     Layout,
     _load_state,
+    build_parser,
     capsule_policy_settings,
     change_pages,
     hour_seed,
@@ -149,6 +150,8 @@ def test_the_targets_pass_when_capsule_is_three_times_faster_smaller_and_under_3
         "PASS  Capsule peak RSS under 300 MB",
     ]
     assert any(line.startswith("forget + prune time") and "3.00x" in line for line in lines)
+    [cpu] = [line for line in lines if line.startswith("forget + prune CPU")]
+    assert "5.00 s" in cpu and "15.00 s" in cpu and "3.00x" in cpu
     assert not any(line.startswith("note:") for line in lines)
 
 
@@ -171,6 +174,14 @@ def test_the_targets_fail_on_figures_that_miss_them_and_different_snapshots_kept
     [note] = [line for line in lines if line.startswith("note:")]
     assert "Capsule alone kept 1 (2026-01-28 23:00:00)" in note
     assert "restic alone 1 (2026-01-30 01:00:00)" in note
+
+
+def test_prune_takes_capsules_repack_threshold_as_a_percentage_and_leaves_it_alone_by_default() -> None:
+    parse = build_parser().parse_args
+    assert parse(["prune", "--workdir", "w", "--repack-unused-percent", "0"]).repack_unused_percent == 0
+    assert parse(["prune", "--workdir", "w"]).repack_unused_percent is None
+    with pytest.raises(SystemExit):
+        parse(["prune", "--workdir", "w", "--repack-unused-percent", "101"])
 
 
 def test_both_tools_snapshot_listings_are_read_as_utc_seconds() -> None:

@@ -182,7 +182,7 @@ def test_config_that_is_not_json_is_an_integrity_error(tmp_path):
     "changes",
     [
         {"pack_size": 1024},
-        {"pack_size": 32 * 1024 * 1024},
+        {"pack_size": 64 * 1024 * 1024},
         {"compression_level": 19},
         {"created": "2000-01-01T00:00:00+00:00"},
         {"extra": "field"},

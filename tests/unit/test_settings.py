@@ -29,7 +29,7 @@ def test_defaults_are_relative_to_the_working_folder():
     assert s.resolved_key_file == Path("data/capsule/repository.key")
     assert s.staging == Path("data/capsule/staging")
     assert s.passphrase is None
-    assert s.pack_size == 16 * 1024 * 1024
+    assert s.pack_size == 32 * 1024 * 1024
 
 
 def test_environment_variables_override_defaults(monkeypatch):
