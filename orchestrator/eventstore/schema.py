@@ -141,6 +141,9 @@ SQLITE_GUARDS = [
     for table in APPEND_ONLY_TABLES
     for operation in ("UPDATE", "DELETE")
 ]
+SQLITE_GUARD_NAMES = frozenset(
+    f"{table}_refuse_{operation}" for table in APPEND_ONLY_TABLES for operation in ("update", "delete")
+)
 
 POSTGRESQL_GUARD_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION events_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$

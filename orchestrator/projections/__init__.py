@@ -31,6 +31,7 @@ from capsule.orchestrator.projections.tables import (
     jobs,
     projection_checkpoints,
     restore_jobs,
+    schema_in_place,
     snapshots,
 )
 
@@ -61,6 +62,7 @@ __all__ = [
     "proven_snapshots",
     "replay",
     "restore_jobs",
+    "schema_in_place",
     "settings_row",
     "snapshot_marks_of",
     "snapshots",
