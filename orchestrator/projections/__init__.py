@@ -5,6 +5,7 @@ They are written by `ProjectionHandler` in the transaction of every append, and 
 the log at any time by `replay`; nothing else writes them and nothing in them is the truth.
 """
 
+from capsule.orchestrator.projections.inplace import schema_in_place
 from capsule.orchestrator.projections.live import ProjectionHandler, project
 from capsule.orchestrator.projections.queries import (
     active_backup_for_source,
@@ -31,7 +32,6 @@ from capsule.orchestrator.projections.tables import (
     jobs,
     projection_checkpoints,
     restore_jobs,
-    schema_in_place,
     snapshots,
 )
 

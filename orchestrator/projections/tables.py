@@ -22,22 +22,15 @@ from sqlalchemy import (
     Table,
     Text,
     delete,
-    func,
     insert,
     inspect,
     select,
     text,
 )
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.exc import DBAPIError
 
-from capsule.orchestrator.db import database_errors, for_reading
-from capsule.orchestrator.eventstore.schema import (
-    SQLITE_GUARD_NAMES,
-    UTCDateTime,
-    event_chain_origin,
-    metadata_obj,
-)
+from capsule.orchestrator.db import database_errors
+from capsule.orchestrator.eventstore.schema import UTCDateTime, metadata_obj
 
 # Not the event store's key: the two schemas may be created by different processes at once.
 SCHEMA_LOCK_KEY = 0x43415053554C46
@@ -222,44 +215,6 @@ def create_projection_schema(engine: Engine) -> None:
         missing = [{"name": t.name, "position": 0} for t in PROJECTIONS if t.name not in present]
         if missing:
             conn.execute(insert(projection_checkpoints), missing)
-
-
-def schema_in_place(engine: Engine) -> bool:
-    """Whether `create_schema` (with a chain key) and `create_projection_schema` would change
-    nothing in this SQLite log: every table of `metadata_obj` there with exactly its columns, the
-    append-only guards in place, the chain begun and every read model's checkpoint recorded.
-
-    Three reads in a read transaction, where those two run some forty statements in two write
-    transactions: what every process that opens the log pays at its start. A log made by an older
-    Capsule (a table missing, a read model with other columns), or changed around Capsule, fails
-    it, and the two make their changes as before. PostgreSQL is not looked at here (False): the
-    two run there as they always did.
-    """
-    if engine.dialect.name != "sqlite":
-        return False
-    expected = {table.name: {column.name for column in table.columns} for table in metadata_obj.sorted_tables}
-    try:
-        with for_reading(engine).connect() as conn, conn.begin():
-            listed = conn.exec_driver_sql(
-                "SELECT m.type, m.name, p.name FROM sqlite_master AS m "
-                "LEFT JOIN pragma_table_info(m.name) AS p WHERE m.type IN ('table', 'trigger')"
-            ).all()
-            present: dict[str, set[str]] = {}
-            triggers = set()
-            for kind, name, column in listed:
-                if kind == "trigger":
-                    triggers.add(name)
-                elif column is not None:
-                    present.setdefault(name, set()).add(column)
-            if any(present.get(name) != columns for name, columns in expected.items()):
-                return False
-            if not triggers >= SQLITE_GUARD_NAMES:
-                return False
-            origins = conn.execute(select(func.count()).select_from(event_chain_origin)).scalar_one()
-            recorded = set(conn.execute(select(projection_checkpoints.c.name)).scalars())
-    except DBAPIError:
-        return False  # `create_schema` meets it again, and says what is wrong
-    return origins == 1 and {table.name for table in PROJECTIONS} <= recorded
 
 
 def _drop_outdated(conn: Connection) -> None:

@@ -1,6 +1,6 @@
 """Opening the event log: a log already as this Capsule leaves it is only read (three statements,
-no write transaction); one an older Capsule made, or one changed around Capsule, is brought up to
-date as before, and on PostgreSQL the schema is always made sure of in full."""
+no write transaction), on SQLite and on PostgreSQL; one an older Capsule made, or one changed
+around Capsule, is brought up to date as before."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import Engine, event, inspect
 
 from capsule.orchestrator import projections
+from capsule.orchestrator.db import make_engine
 from capsule.orchestrator.eventstore.schema import metadata_obj
 from capsule.orchestrator.projections.tables import PROJECTIONS
 from capsule.orchestrator.runtime import Runtime
@@ -99,16 +100,50 @@ def test_a_log_whose_chain_has_not_begun_is_chained(settings: Settings) -> None:
         assert conn.execute("SELECT count(*) FROM event_chain_origin").fetchone()[0] == 1
 
 
-def test_postgresql_always_makes_sure_of_the_schema(event_store_url: str, tmp_path: Path) -> None:
+def test_either_database_is_only_read_once_in_place(event_store_url: str, tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "home", event_store_url=event_store_url)
-    opened(settings)
+    first = opened(settings)
+    assert any(s.startswith("CREATE TABLE") for s in first)
+
+    again = opened(settings)
+
+    assert len(again) <= 4, again
+    assert not any(
+        s.startswith(("CREATE", "BEGIN IMMEDIATE", "INSERT", "DROP", "SELECT pg_advisory")) for s in again
+    )
     runtime = Runtime(settings)
     try:
-        engine = runtime.engine
-        in_place = projections.schema_in_place(engine)
-        with engine.connect() as conn:
+        with runtime.engine.connect() as conn:
             names = set(inspect(conn).get_table_names())
     finally:
         runtime.close()
     assert {t.name for t in metadata_obj.sorted_tables} <= names
-    assert in_place == (engine.dialect.name == "sqlite")
+
+
+POSTGRESQL_CHANGES = {
+    "jobs of an older shape": "ALTER TABLE jobs DROP COLUMN warnings",
+    "a guard dropped": "DROP TRIGGER events_refuse_truncate ON events",
+    "the guards' function of another Capsule": (
+        "CREATE OR REPLACE FUNCTION events_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$"
+        "BEGIN RAISE EXCEPTION 'no'; END $$"
+    ),
+}
+
+
+@pytest.mark.parametrize("event_store_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("change", list(POSTGRESQL_CHANGES), ids=list(POSTGRESQL_CHANGES))
+def test_a_postgresql_log_changed_is_made_current(event_store_url: str, tmp_path: Path, change: str) -> None:
+    settings = Settings(home=tmp_path / "home", event_store_url=event_store_url)
+    opened(settings)
+    engine = make_engine(event_store_url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(POSTGRESQL_CHANGES[change])
+        assert not projections.schema_in_place(engine)
+
+        statements = opened(settings)
+
+        assert any(s.startswith("SELECT pg_advisory_xact_lock") for s in statements)
+        assert projections.schema_in_place(engine)
+    finally:
+        engine.dispose()
