@@ -30,8 +30,9 @@ LEFT JOIN pragma_table_info(m.name) AS p WHERE m.type IN ('table', 'trigger')
 # The tables' columns, the triggers on them and the guards' function, in the schema that
 # unqualified names resolve to (where `create_schema` made them).
 POSTGRESQL_CATALOG = """
-SELECT 'table', c.table_name::text, c.column_name::text FROM information_schema.columns AS c
-WHERE c.table_schema = current_schema()
+SELECT 'table', r.relname::text, a.attname::text FROM pg_attribute AS a
+JOIN pg_class AS r ON r.oid = a.attrelid JOIN pg_namespace AS n ON n.oid = r.relnamespace
+WHERE n.nspname = current_schema() AND r.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped
 UNION ALL
 SELECT 'trigger', t.tgname::text, NULL FROM pg_trigger AS t
 JOIN pg_class AS r ON r.oid = t.tgrelid JOIN pg_namespace AS n ON n.oid = r.relnamespace
