@@ -104,7 +104,8 @@ def leave(code: object) -> None:
     At its exit the interpreter waits for the threads that are not daemons, runs what `atexit`
     holds (logging's last flush, multiprocessing's clean-up, `weakref.finalize`), flushes stdout
     and stderr, and then tears down every module and object one by one: for a job's process,
-    some 700 modules, about a tenth of its processor time (see docs/performance.md, "Start-up").
+    some 700 modules, about a tenth of its processor time (see docs/performance.md, "Start-up: what
+    a reading command and a job's process pay before their work").
     This does the first three and ends the process. Whenever it cannot do exactly what the
     interpreter would (another thread still runs, an exit status that is not a number, a stream
     that cannot be flushed), it leaves the exit to the interpreter.
