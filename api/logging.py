@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import logging.handlers
 import sys
 import threading
 from collections.abc import Callable, MutableMapping, Sequence
@@ -55,19 +54,48 @@ def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
     return event
 
 
-class _LazyRotatingFile(logging.handlers.RotatingFileHandler):
-    """Rotates by size; its folder and file are made at the first line written, so that a command
-    that logs nothing (`--help`, a bad setting) leaves CAPSULE_HOME as it was."""
+class _LogFile(logging.Handler):
+    """The log file, rotated by size. The file and its folder are made, and the standard library's
+    rotating handler (which loads `socket` and `pickle` with it) is loaded, at the first line
+    written: a command that logs nothing (`--help`, `status`, a bad setting) neither loads it nor
+    leaves anything in CAPSULE_HOME."""
 
-    def _open(self) -> Any:
-        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
-        return super()._open()
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self.opened: logging.Handler | None = None
 
-    def handleError(self, record: logging.LogRecord) -> None:
-        # A home that cannot be written must not stop a backup; stderr says so once.
-        self.close()
-        _file.removeHandler(self)
-        print(f"capsule: cannot write the log file {self.baseFilename}; going on without it", file=sys.stderr)
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.opened is None:
+            self.opened = _rotating_file(self)
+        self.opened.handle(record)
+
+    def close(self) -> None:
+        if self.opened is not None:
+            self.opened.close()
+        super().close()
+
+
+def _rotating_file(owner: _LogFile) -> logging.Handler:
+    import logging.handlers  # noqa: PLC0415 - only once a line is written (see `_LogFile`)
+
+    class RotatingFile(logging.handlers.RotatingFileHandler):
+        def _open(self) -> Any:
+            Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+            return super()._open()
+
+        def handleError(self, record: logging.LogRecord) -> None:
+            # A home that cannot be written must not stop a backup; stderr says so once.
+            self.close()
+            _file.removeHandler(owner)
+            shown = f"capsule: cannot write the log file {self.baseFilename}; going on without it"
+            print(shown, file=sys.stderr)
+
+    handler = RotatingFile(
+        owner.path, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILES_KEPT, encoding="utf-8", delay=True
+    )
+    handler.setFormatter(owner.formatter)
+    return handler
 
 
 def log_file(home: Path) -> Path:
@@ -79,9 +107,7 @@ def _use_file(home: Path | None) -> None:
         _file.removeHandler(old)
         old.close()
     if home is not None:
-        handler = _LazyRotatingFile(
-            log_file(home), maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILES_KEPT, encoding="utf-8", delay=True
-        )
+        handler = _LogFile(log_file(home))
         handler.setFormatter(logging.Formatter("%(message)s"))
         _file.addHandler(handler)
 

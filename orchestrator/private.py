@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import stat
 from pathlib import Path
 from typing import Any
@@ -107,14 +106,17 @@ def key_from_text(text: str, size: int) -> bytes | None:
 def create_key_file(path: Path, header: str, size: int) -> None:
     """Write a new random key of `size` bytes to `path`, after the comment lines `header`: readable
     by its owner only, on disk before the name appears. A key another process made meanwhile is
-    kept, never replaced. OSError when the folder cannot be written."""
+    kept, never replaced. OSError when the folder cannot be written.
+
+    The key's bytes come from `os.urandom`, as `secrets.token_bytes` takes them: `secrets` loads
+    `random`, `base64` and `hmac` at the start of every command, which reads no key."""
     folder = path.parent
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    temporary = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}"
+    temporary = folder / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}"
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(descriptor, "w", encoding="ascii") as out:
-            out.write(header + secrets.token_bytes(size).hex() + "\n")
+            out.write(header + os.urandom(size).hex() + "\n")
             out.flush()
             os.fsync(out.fileno())
         # A link, not a rename: a key another process created meanwhile is kept, never replaced.

@@ -103,8 +103,9 @@ class Runtime:
         self.clock = clock
         self.engine = make_engine(settings.event_store_url or default_event_store_url(settings.home))
         self.chain_key = ChainKeyFile(settings.resolved_event_log_key_file)
-        create_schema(self.engine, chain_key=self.chain_key)
-        projections.create_projection_schema(self.engine)
+        if not projections.schema_in_place(self.engine):
+            create_schema(self.engine, chain_key=self.chain_key)
+            projections.create_projection_schema(self.engine)
         self.store = EventStore(self.engine, upcasters=codec.upcasters(), chain_key=self.chain_key)
         self.handler = projections.ProjectionHandler()
         self.policy = RetryPolicy(

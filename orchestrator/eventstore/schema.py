@@ -141,13 +141,19 @@ SQLITE_GUARDS = [
     for table in APPEND_ONLY_TABLES
     for operation in ("UPDATE", "DELETE")
 ]
+SQLITE_GUARD_NAMES = frozenset(
+    f"{table}_refuse_{operation}" for table in APPEND_ONLY_TABLES for operation in ("update", "delete")
+)
 
-POSTGRESQL_GUARD_FUNCTION = f"""
-CREATE OR REPLACE FUNCTION events_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+POSTGRESQL_GUARD_BODY = f"""
 BEGIN
     RAISE EXCEPTION USING MESSAGE = '{APPEND_ONLY_MESSAGE}: ' || TG_OP || ' refused';
 END
-$$"""
+"""
+POSTGRESQL_GUARD_FUNCTION = (
+    "CREATE OR REPLACE FUNCTION events_refuse_change() RETURNS trigger LANGUAGE plpgsql "
+    f"AS $${POSTGRESQL_GUARD_BODY}$$"
+)
 
 POSTGRESQL_GUARDS = {
     f"{table}_refuse_{name}": f"{timing} ON {table} {level}"

@@ -5,6 +5,7 @@ They are written by `ProjectionHandler` in the transaction of every append, and 
 the log at any time by `replay`; nothing else writes them and nothing in them is the truth.
 """
 
+from capsule.orchestrator.projections.inplace import schema_in_place
 from capsule.orchestrator.projections.live import ProjectionHandler, project
 from capsule.orchestrator.projections.queries import (
     active_backup_for_source,
@@ -61,6 +62,7 @@ __all__ = [
     "proven_snapshots",
     "replay",
     "restore_jobs",
+    "schema_in_place",
     "settings_row",
     "snapshot_marks_of",
     "snapshots",

@@ -1,5 +1,6 @@
-"""A command loads only what it needs: `--help`, `snapshots` and `status` start without SQLAlchemy,
-numpy, Dramatiq or the worker pool (each takes longer to load than these commands take to answer).
+"""A command loads only what it needs: `--help`, `snapshots`, `status` and `jobs` start without
+SQLAlchemy, numpy, Dramatiq or the worker pool (each takes longer to load than these commands take
+to answer).
 
 Each command runs as the `capsule` script runs it (`capsule.api.entry.main`), in a process of its
 own, which writes the names of its loaded modules to a file as it exits.
@@ -61,7 +62,15 @@ def backed_up(tmp_path_factory: pytest.TempPathFactory, templates: DatabaseTempl
 
 @pytest.mark.parametrize(
     "args",
-    [("--help",), ("snapshots",), ("snapshots", "--json"), ("status",), ("status", "--json")],
+    [
+        ("--help",),
+        ("snapshots",),
+        ("snapshots", "--json"),
+        ("status",),
+        ("status", "--json"),
+        ("jobs",),
+        ("jobs", "--json"),
+    ],
     ids=" ".join,
 )
 def test_reading_commands_load_no_database_toolkit_numpy_or_workers(
@@ -98,6 +107,21 @@ def test_cat_loads_neither_the_event_log_nor_pydantic_settings(backed_up: Shop, 
     assert sorted(m for m in modules if m.startswith("pydantic_settings")) == []
 
 
+@pytest.mark.parametrize("command", ["snapshots", "status", "jobs"])
+def test_a_reading_command_opens_no_log_file_handler(backed_up: Shop, tmp_path: Path, command: str) -> None:
+    """The standard library's rotating file handler (and `socket`, `pickle` with it) loads only
+    once a line is written to the log file."""
+    assert "logging.handlers" not in loaded_modules(backed_up, tmp_path, command)
+
+
+def test_a_command_that_logs_loads_the_file_handler_and_writes_it(backed_up: Shop, tmp_path: Path) -> None:
+    log = backed_up.home / "logs" / "capsule.log"
+    before = log.read_text() if log.exists() else ""
+    modules = loaded_modules(backed_up, tmp_path, "backup")
+    assert "logging.handlers" in modules
+    assert len(log.read_text()) > len(before)
+
+
 def test_the_listing_sees_a_heavy_module_when_a_command_loads_one(backed_up: Shop, tmp_path: Path) -> None:
-    """`jobs` reads the projections through SQLAlchemy: the check above can fail."""
-    assert "sqlalchemy" in heavy_among(loaded_modules(backed_up, tmp_path, "jobs"))
+    """`audit` reads the event log through the event store, and SQLAlchemy: the check above can fail."""
+    assert "sqlalchemy" in heavy_among(loaded_modules(backed_up, tmp_path, "audit"))
