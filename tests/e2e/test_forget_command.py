@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.e2e.test_json_vocabulary import check_vocabulary
-from tests.integration.helpers import Shop, one_line_error
+from tests.integration.helpers import Shop, copy_shop, made_once, one_line_error
 
 JUDGED = {"snapshot_id", "kind", "source", "time", "tags", "action", "reasons"}
 REPORT = {"run_id", "timezone", "dry_run", "snapshots", "kept", "forgotten", "completed", "meanwhile"}
@@ -41,10 +43,20 @@ def forgettings(shop: Shop) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def four(shop: Shop) -> list[str]:
-    """Four database backups, oldest first, and a policy that keeps the two newest."""
-    ids = [shop.backup()["snapshot_id"] for _ in range(4)]
-    shop.run("settings", "set", "retention.database.keep-last", "2", expect=0)
+def four(shop: Shop, shared_folder: Path, initialised_template: Shop) -> list[str]:
+    """Four database backups, oldest first, and a policy that keeps the two newest: made once by
+    the run's first test to ask (five `capsule` processes), then copied into each test's shop."""
+
+    def make(root: Path) -> None:
+        made = copy_shop(initialised_template, root)
+        ids = [made.backup()["snapshot_id"] for _ in range(4)]
+        made.run("settings", "set", "retention.database.keep-last", "2", expect=0)
+        (root / "four.json").write_text(json.dumps(ids))
+
+    template = made_once(shared_folder / "forget-four", make)
+    shutil.rmtree(shop.root)
+    shutil.copytree(template, shop.root, symlinks=True)
+    ids: list[str] = json.loads((shop.root / "four.json").read_text())
     return ids
 
 
