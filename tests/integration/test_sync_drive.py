@@ -79,7 +79,8 @@ def test_a_drive_destination_whose_consent_was_revoked_is_reported_and_the_folde
 
 def _searches(fake: FakeDrive, since: int) -> list[str]:
     """The `q` of every search (files.list) the fake answered since request number `since`."""
-    return [r.query.get("q", "") for r in fake.requests[since:] if (r.method, r.path) == ("GET", "/drive/v3/files")]
+    asked = fake.requests[since:]
+    return [r.query.get("q", "") for r in asked if (r.method, r.path) == ("GET", "/drive/v3/files")]
 
 
 @pytest.mark.slow
