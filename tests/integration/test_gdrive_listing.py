@@ -86,3 +86,17 @@ def test_a_listing_of_a_drive_without_the_folder_makes_it_once_on_the_first_writ
     assert searches(fake, 0) == 2  # the folder looked for once, and once more after making it
     assert fake.count("POST", "/drive/v3/files") == 1
     assert drive(fake).read("keys", "k1") == b"k"
+
+
+def test_a_folder_another_process_made_while_the_listing_saw_none_is_used_and_looked_into(
+    fake: FakeDrive,
+) -> None:
+    backend, other = drive(fake), drive(fake)
+    with backend.one_listing():
+        assert not backend.exists("config", "config")  # no folder yet
+        other.write("config", "config", b"c")  # makes the folder first
+        backend.write("keys", "k1", b"k")  # makes one, finds the older, and deletes its own
+        assert backend.exists("config", "config")
+        assert list(backend.list("keys")) == ["k1"]
+    folders = [f for f in fake.named("shop") if not f.trashed]
+    assert len(folders) == 1

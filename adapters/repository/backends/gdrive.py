@@ -222,6 +222,8 @@ class DriveBackend:
             folders = self._folders()  # another process may have made one at the same moment
             if folders and folders[0]["id"] != made:
                 self._delete(made)  # the oldest is the repository's; ours is still empty
+                with self._lock:
+                    self._view = None  # a listing held found no folder, and this one may hold files
         with self._lock:
             self._folder = folders[0]["id"] if folders else None
             if self._folder is not None:
