@@ -408,8 +408,10 @@ def print_report(f: dict[str, Any]) -> None:
     per_gib = up["pack_requests_per_gib"]
     per_cpu = up["sent_bytes"] / MB / up["cpu_seconds"]
     once = up["requests"] - up["pack_requests"]
+    searches = up.get("requests_by_kind", {}).get("GET /drive/v3/files", 0)
     whole = (
-        f"{up['requests']} ({up['requests_per_gib_whole_sync']:.0f} per GiB sent): {once} besides the packs'"
+        f"{up['requests']} ({up['requests_per_gib_whole_sync']:.0f} per GiB sent): "
+        f"{once} besides the packs', {searches} of them searches"
     )
     killed = f"{kill['resent_bytes'] / mib:.2f} MiB" + ("" if kill["complete"] else " (copy INCOMPLETE)")
     ratio = restore["drive"]["seconds"] / restore["local"]["seconds"]

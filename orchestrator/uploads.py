@@ -28,9 +28,10 @@ catches up.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -83,6 +84,8 @@ class Uploaded:
     error: str | None = None
     category: Category | None = None
     paused_until: datetime | None = None
+    remote: Backend | None = field(default=None, repr=False, compare=False)
+    """The destination's backend, for what the caller does next in the same operation (`hold`)."""
 
     @property
     def ok(self) -> bool:
@@ -158,6 +161,9 @@ class LoggedSessions:
     def __init__(self, recorder: Recorder, box: SecretBox) -> None:
         self.recorder, self.box = recorder, box
         self._sealed: dict[tuple[str, str], str] = {}
+        self.recording = True
+        """False once the upload is over: a later write through the same backend (the event log's
+        copy) keeps no session, so it does not move the log it copies."""
         stream = recorder.runtime.store.read_stream(stream_of(recorder.destination))
         for row in stream:
             if row.type == UploadSessionOpened.type_name:
@@ -169,7 +175,7 @@ class LoggedSessions:
         return f"destinations.{self.recorder.destination.name}.upload.{kind}.{name}"
 
     def load(self, kind: str, name: str) -> str | None:
-        sealed = self._sealed.get((kind, name))
+        sealed = self._sealed.get((kind, name)) if self.recording else None
         if sealed is None:
             return None
         try:
@@ -178,6 +184,8 @@ class LoggedSessions:
             return None  # a session sealed under another key: the upload starts over
 
     def save(self, kind: str, name: str, uri: str, size: int) -> None:
+        if not self.recording:
+            return
         sealed = self.box.seal(self._purpose(kind, name), uri)
         r = self.recorder
         r.append(
@@ -188,6 +196,8 @@ class LoggedSessions:
         self._sealed[(kind, name)] = sealed
 
     def clear(self, kind: str, name: str) -> None:
+        if not self.recording:
+            return
         if self._sealed.pop((kind, name), None) is None:
             return
         r = self.recorder
@@ -231,6 +241,18 @@ def _local_names(local: Backend) -> dict[Kind, set[str]]:
         else set(local.list(kind))
         for kind in ORDER
     }
+
+
+class _ListsOnce(Protocol):
+    def one_listing(self) -> AbstractContextManager[None]: ...
+
+
+def _one_listing(remote: Backend, hold: ExitStack) -> None:
+    """Have `remote` answer from one listing of it until `hold` closes, if it can (a Drive folder,
+    where each listing is a request: the reconciliation lists every kind). A folder lists itself."""
+    one_listing = getattr(remote, "one_listing", None)
+    if callable(one_listing):
+        hold.enter_context(one_listing())
 
 
 def reconcile(
@@ -311,6 +333,7 @@ def upload(
     progress: Progress | None = None,
     list_first: bool = False,
     paused_too: bool = False,
+    hold: ExitStack | None = None,
 ) -> Uploaded:
     """Send destination `name` what it lacks, then delete what the log allows; record it all.
 
@@ -318,7 +341,9 @@ def upload(
     destination that fails leaves the local backup as it is. `list_first`: list the destination
     and record what it holds before sending (`capsule sync`); it is also done when the log
     knows nothing of the destination yet. `paused_too`: try a paused destination all the same (a
-    person asked for it by name)."""
+    person asked for it by name). `hold`: the destination's backend is kept for the caller (in the
+    outcome's `remote`) until `hold` closes, with its listing when one was taken (`capsule sync`
+    writes the event log's copy through it)."""
     from capsule.adapters.repository.backends import open_backend  # noqa: PLC0415
     from capsule.adapters.repository.lock import locked  # noqa: PLC0415
     from capsule.orchestrator.destinations import destinations_of, open_backend_of, settings_events  # noqa: PLC0415
@@ -335,14 +360,16 @@ def upload(
     recorder = Recorder(runtime, destination, job_id, actor)
     outcome = Uploaded(name)
     local = open_backend(settings.repository)
+    own_hold = ExitStack()
     try:
-        with locked(local, "upload", timeout=settings.lock_wait_seconds, reading=True):
+        with own_hold, locked(local, "upload", timeout=settings.lock_wait_seconds, reading=True):
             sessions = (
                 LoggedSessions(recorder, box_in(settings.home)) if destination.kind == "gdrive" else None
             )
             remote = open_backend_of(settings, destination, sessions=sessions)
             known = held(runtime, destination)
             if list_first or not runtime.store.stream_version(stream_of(destination)):
+                _one_listing(remote, hold if hold is not None else own_hold)
                 known = reconcile(recorder, local, remote, known)
             have: dict[Kind, set[str]] = {}
             for kind, object_name in known:
@@ -356,6 +383,10 @@ def upload(
             known = held(runtime, destination)
             outcome.deleted = delete_pruned(recorder, local, remote, known, _local_names(local))
             recorder.flush(done=True)
+            if sessions is not None:
+                sessions.recording = False
+            if hold is not None:
+                outcome.remote = remote
     except CapsuleError as e:
         return _failed(settings, recorder, outcome, e, now)
     except OSError as e:

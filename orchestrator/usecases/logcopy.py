@@ -21,7 +21,7 @@ holds together, for `capsule recover`.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final
@@ -139,9 +139,12 @@ def copy_log_after_upload(
     return copy_event_log(settings, backend, clock=lambda: now)
 
 
-def copy_log_after_sync(settings: Settings, done: Synced) -> Synced:
+def copy_log_after_sync(
+    settings: Settings, done: Synced, backends: Mapping[str, Backend] | None = None
+) -> Synced:
     """`done` with a copy of the event log put on each destination that got its repository copy; a
-    destination whose log copy fails is reported failed, with why."""
+    destination whose log copy fails is reported failed, with why. `backends`: the destinations'
+    backends the sync opened already (with the listing it took), by name; others are opened."""
     import dataclasses  # noqa: PLC0415
 
     from capsule.orchestrator.destinations import open_destination  # noqa: PLC0415
@@ -158,7 +161,8 @@ def copy_log_after_sync(settings: Settings, done: Synced) -> Synced:
             continue
         try:
             repo = repo if repo is not None else open_repository(settings)
-            copied = copy_event_log(settings, open_destination(settings, d.name), repo)
+            backend = (backends or {}).get(d.name) or open_destination(settings, d.name)
+            copied = copy_event_log(settings, backend, repo)
         except CapsuleError as e:
             message = f"the repository was copied, but not the event log: {e}"
             results.append(dataclasses.replace(d, ok=False, error=message, category=e.category))

@@ -1,12 +1,13 @@
 """Use case: copy the local repository to its destinations (`capsule sync`).
 
-Each destination is listed, and the event log's record of what it holds (`backup_dest_objects`)
-reconciled with the listing: objects found there that the log did not know are recorded (never
-Capsule's to delete), objects the log knew that are gone are recorded as lost and sent again. Then
-it gets every object the local repository has and it lacks, in the order that keeps it a complete
-repository at every instant (capsule.adapters.repository.copy), and loses the objects Capsule sent
-there that a prune or a forget deleted locally (capsule.orchestrator.uploads, the upload step of
-every backup, does the same without the listing). A second run sends nothing.
+Each destination is listed (a Drive folder by one search that serves every kind, kept until the
+log's copy below is written: `DriveBackend.one_listing`), and the event log's record of what it
+holds (`backup_dest_objects`) reconciled with the listing: objects found there that the log did not
+know are recorded (never Capsule's to delete), objects the log knew that are gone are recorded as
+lost and sent again. Then it gets every object the local repository has and it lacks, in the order
+that keeps it a complete repository at every instant (capsule.adapters.repository.copy), and loses
+the objects Capsule sent there that a prune or a forget deleted locally (capsule.orchestrator.uploads,
+the upload step of every backup, does the same without the listing). A second run sends nothing.
 
 Safe to run twice, or beside a backup: the copy lists the snapshots before the packs they need. The
 local repository is held by a shared lock, so a prune cannot remove a pack between its listing and
@@ -22,6 +23,7 @@ repository key (capsule.orchestrator.usecases.logcopy): that one step needs the 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -29,6 +31,7 @@ from capsule.domain.errors import CapsuleError, Category
 from capsule.orchestrator.settings import Settings
 
 if TYPE_CHECKING:
+    from capsule.adapters.repository.backends.storage import Backend
     from capsule.orchestrator.runtime import Runtime
 
 Progress = Callable[[str, int, int], None]
@@ -99,21 +102,34 @@ def sync(settings: Settings, request: Sync, progress: Progress | None = None) ->
                 "NAME PATH` (or `add gdrive`), or enable one with `capsule destinations enable NAME`"
             )
     from capsule.orchestrator.runtime import Runtime, new_job_id  # noqa: PLC0415
+    from capsule.orchestrator.usecases.logcopy import copy_log_after_sync  # noqa: PLC0415
 
     runtime = Runtime(settings)
     run_id = new_job_id()
-    try:
-        with locked(local, "sync", timeout=settings.lock_wait_seconds, reading=True):
-            done = Synced([_sync_one(settings, runtime, run_id, name, progress) for name in names])
-    finally:
-        runtime.close()
-    from capsule.orchestrator.usecases.logcopy import copy_log_after_sync  # noqa: PLC0415
-
-    return copy_log_after_sync(settings, done)
+    remotes: dict[str, Backend] = {}
+    with ExitStack() as hold:  # each destination's backend, and its one listing, until the log's copy
+        try:
+            with locked(local, "sync", timeout=settings.lock_wait_seconds, reading=True):
+                done = Synced(
+                    [
+                        _sync_one(settings, runtime, run_id, name, progress, hold=hold, remotes=remotes)
+                        for name in names
+                    ]
+                )
+        finally:
+            runtime.close()
+        return copy_log_after_sync(settings, done, remotes)
 
 
 def _sync_one(
-    settings: Settings, runtime: Runtime, run_id: str, name: str, progress: Progress | None
+    settings: Settings,
+    runtime: Runtime,
+    run_id: str,
+    name: str,
+    progress: Progress | None,
+    *,
+    hold: ExitStack,
+    remotes: dict[str, Backend],
 ) -> DestinationSynced:
     from capsule.orchestrator.runtime import person  # noqa: PLC0415
     from capsule.orchestrator.uploads import upload  # noqa: PLC0415
@@ -128,7 +144,10 @@ def _sync_one(
         progress=None if progress is None else lambda done, total: progress(name, done, total),
         list_first=True,
         paused_too=True,
+        hold=hold,
     )
+    if outcome.remote is not None:
+        remotes[name] = outcome.remote
     if not outcome.ok:
         return DestinationSynced(name, ok=False, error=outcome.error, category=outcome.category)
     return DestinationSynced(

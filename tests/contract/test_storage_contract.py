@@ -10,6 +10,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,22 @@ def _gdrive(tmp_path: Path) -> Backend:
     return backend
 
 
-BACKENDS: dict[str, Callable[[Path], Backend]] = {"local": _local, "memory": _memory, "gdrive": _gdrive}
+def _gdrive_one_listing(tmp_path: Path) -> Backend:
+    """The Drive folder answering from one listing held for the whole test (as `capsule sync` does)."""
+    from capsule.adapters.repository.backends.gdrive import DriveBackend
+
+    backend = _gdrive(tmp_path)
+    assert isinstance(backend, DriveBackend)
+    ExitStack().enter_context(backend.one_listing())  # left held: the backend is the test's alone
+    return backend
+
+
+BACKENDS: dict[str, Callable[[Path], Backend]] = {
+    "local": _local,
+    "memory": _memory,
+    "gdrive": _gdrive,
+    "gdrive-one-listing": _gdrive_one_listing,
+}
 
 
 @pytest.fixture(params=sorted(BACKENDS))

@@ -75,3 +75,40 @@ def test_a_drive_destination_whose_consent_was_revoked_is_reported_and_the_folde
     assert "consent" in (result["drive"].error or "")
     assert result["nas"].ok and result["nas"].sent > 0
     assert load(settings).get("drive").needs_consent is not None  # status --check now says so
+
+
+def _searches(fake: FakeDrive, since: int) -> list[str]:
+    """The `q` of every search (files.list) the fake answered since request number `since`."""
+    asked = fake.requests[since:]
+    return [r.query.get("q", "") for r in asked if (r.method, r.path) == ("GET", "/drive/v3/files")]
+
+
+@pytest.mark.slow
+def test_a_sync_lists_the_drive_folder_once_for_every_kind(
+    shop: Shop, fake: FakeDrive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = in_process_settings(shop)
+    back_up(settings, Backup(kind="database"))
+    drive_destination(fake, monkeypatch, shop)
+    [first] = sync(settings, Sync("drive")).destinations
+    first_searches = _searches(fake, 0)
+    back_up(settings, Backup(kind="database"))
+    asked = len(fake.requests)
+
+    [second] = sync(settings, Sync("drive")).destinations
+
+    searches = _searches(fake, asked)
+    assert first.ok and second.ok, (first.error, second.error)
+    folder_lookups = [q for q in searches if "mimeType" in q]
+    listings = [q for q in searches if "mimeType" not in q]
+    assert len(folder_lookups) == 1, searches
+    assert len(listings) <= 1, searches  # one listing serves config, keys, packs, indexes, snapshots, logs
+    assert len([q for q in first_searches if "mimeType" not in q]) <= 1, first_searches
+    assert (second.sent, second.deleted) == (0, 0)  # the backup's own upload step sent its snapshot
+    assert second.skipped > first.sent
+    assert second.event_log_written and second.event_log != first.event_log
+    assert [sid for sid, _ in list_snapshots(settings, source="drive").snapshots] == [
+        sid for sid, _ in list_snapshots(settings).snapshots
+    ]
+    report = verify_repository(settings, Verify(read_data=True, source="drive"))
+    assert report.ok and report.snapshots == 2

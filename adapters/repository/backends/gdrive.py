@@ -6,6 +6,12 @@ processes made one each); each object is a file directly in it named `<kind>-<na
 `config`) and tagged with appProperties `capsule=1`, `kind` and `name`. Listing a kind is one paged
 query on the folder and the `kind` tag.
 
+- `one_listing()`: for one operation that touches many kinds (a `capsule sync`), one paged search
+  of the whole folder answers every `list`, `exists` and `stat` and finds the files a write replaces
+  or a remove deletes; the backend's own writes and removes keep it current. It is never kept past
+  the `with` block: an object another process writes or removes meanwhile is seen only after it.
+  Locks are never answered from it (they are how processes see each other).
+
 - Writes never modify a file: a new file is uploaded, then every older file of that name deleted,
   so a reader sees the old bytes or the new (a file id it resolved and then lost to a delete is
   resolved again). An object named by its content (a pack, an index file, a snapshot) skips that
@@ -71,6 +77,9 @@ chunks, and a chunk goes at the line's full speed."""
 CONTENT_NAMED = frozenset(("data", "index", "snapshots"))
 """Kinds named by the SHA-256 of their bytes: two files of one such name hold the same bytes."""
 FILE_FIELDS = "id, name, size, createdTime, modifiedTime"
+LISTING_FIELDS = FILE_FIELDS + ", appProperties"
+UNLISTED = frozenset(("locks",))
+"""Kinds `one_listing` never answers for: a lock is how another process is seen, so it is searched."""
 CONSENT_HINT = "capsule destinations add gdrive NAME ..."
 """The command that gives consent again, for messages (the destination's own name when known)."""
 
@@ -134,6 +143,11 @@ class DriveBackend:
         self._ids: dict[tuple[str, str], str] = {}
         self._written: dict[tuple[str, str], ObjectInfo] = {}
         """What Drive answered to this process's last write of a content-named object, until a stat."""
+        self._view: dict[tuple[str, str], list[dict[str, Any]]] | None = None
+        """While `one_listing` is held: the folder's files by (kind, name), newest first."""
+        self._view_depth = 0
+        self._no_folder = False
+        """While `one_listing` is held: its search found no folder (so a write makes one at once)."""
         root = root_url if root_url.endswith("/") else root_url + "/"
         self._files = build_from_document(_discovery_document(root), http=self._http()).files()
 
@@ -172,13 +186,19 @@ class DriveBackend:
                     ),
                 )
             except Gone:
-                with self._lock:
-                    self._folder = None  # the folder was deleted: find or make it again
+                self._folder_gone()
                 return []
             found.extend(page.get("files", []))
             token = page.get("nextPageToken")
             if not token:
                 return found
+
+    def _folder_gone(self) -> None:
+        """The folder was deleted: find or make it again, and stop answering from a listing of it."""
+        with self._lock:
+            self._folder = None
+            if self._view is not None:
+                self._view, self._no_folder = None, False
 
     def _folders(self) -> list[dict[str, Any]]:
         """The repository's folders, oldest first (two when two processes made one at once)."""
@@ -192,29 +212,103 @@ class DriveBackend:
         with self._lock:
             if self._folder is not None:
                 return self._folder
-        folders = self._folders()
+            if self._no_folder and not create:
+                return None  # the listing held found none
+            absent = self._no_folder
+        folders = [] if absent else self._folders()
         if not folders and create:
             body = {"name": self.folder_name, "mimeType": FOLDER, "appProperties": {"capsule": "repository"}}
             made = self._run("create the folder", lambda: self._files.create(body=body, fields="id"))["id"]
             folders = self._folders()  # another process may have made one at the same moment
             if folders and folders[0]["id"] != made:
                 self._delete(made)  # the oldest is the repository's; ours is still empty
+                with self._lock:
+                    self._view = None  # a listing held found no folder, and this one may hold files
         with self._lock:
             self._folder = folders[0]["id"] if folders else None
+            if self._folder is not None:
+                self._no_folder = False
             return self._folder
 
     @staticmethod
     def _file_name(kind: str, name: str) -> str:
         return "config" if kind == "config" else f"{kind}-{name}"
 
-    def _lookup(self, kind: str, name: str) -> list[dict[str, Any]]:
-        """Every file stored under (kind, name), newest first (more than one while it is replaced)."""
+    def _lookup(self, kind: str, name: str, *, fresh: bool = False) -> list[dict[str, Any]]:
+        """Every file stored under (kind, name), newest first (more than one while it is replaced):
+        from the listing held, unless `fresh` (a file it named is gone) or the kind is a lock's."""
+        if not fresh:
+            viewed = self._viewed(kind, name)
+            if viewed is not None:
+                return viewed
         folder = self._folder_id(create=False)
         if folder is None:
             return []
         file_name = _quote(self._file_name(kind, name))
         q = f"{_quote(folder)} in parents and name = {file_name} and trashed = false"
-        return _newest_first(self._search(q))
+        found = _newest_first(self._search(q))
+        with self._lock:
+            if self._view is not None and kind not in UNLISTED:
+                self._view[(kind, name)] = found
+        return found
+
+    # ---- one listing for one operation ----------------------------------------------------------
+    @contextlib.contextmanager
+    def one_listing(self) -> Iterator[None]:
+        """Within the block, one search of the folder (a request per 1,000 files) answers `list`,
+        `exists` and `stat` of every kind but locks, kept current by this backend's own writes and
+        removes; see the module's docstring. Nested blocks share the outer one's listing."""
+        with self._lock:
+            self._view_depth += 1
+            first = self._view_depth == 1
+        try:
+            if first:
+                self._take_listing()
+            yield
+        finally:
+            with self._lock:
+                self._view_depth -= 1
+                if not self._view_depth:
+                    self._view, self._no_folder = None, False
+
+    def _take_listing(self) -> None:
+        folder = self._folder_id(create=False)
+        view: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        if folder is not None:
+            q = f"{_quote(folder)} in parents and trashed = false"
+            for found in self._search(q, LISTING_FIELDS):
+                kind = (found.get("appProperties") or {}).get("kind")
+                if not isinstance(kind, str) or kind in UNLISTED:
+                    continue  # not an object of ours (appProperties `kind` tags each), or a lock
+                name = "config" if kind == "config" else str(found["name"]).removeprefix(f"{kind}-")
+                view.setdefault((kind, name), []).append(found)
+        with self._lock:
+            self._view = {key: _newest_first(files) for key, files in view.items()}
+            self._no_folder = folder is None
+
+    def _viewed(self, kind: str, name: str) -> list[dict[str, Any]] | None:
+        """The files of (kind, name) in the listing held; None when none is held or it is a lock."""
+        with self._lock:
+            if self._view is None or kind in UNLISTED:
+                return None
+            return list(self._view.get((kind, name), ()))
+
+    def _view_written(self, kind: str, name: str, created: dict[str, Any], dropped: set[str]) -> None:
+        with self._lock:
+            if self._view is None or kind in UNLISTED:
+                return
+            kept = [f for f in self._view.get((kind, name), ()) if f["id"] not in dropped]
+            self._view[(kind, name)] = _newest_first([created, *kept])
+
+    def _view_removed(self, kind: str, name: str, file_ids: set[str]) -> None:
+        with self._lock:
+            if self._view is None or kind in UNLISTED:
+                return
+            kept = [f for f in self._view.get((kind, name), ()) if f["id"] not in file_ids]
+            if kept:
+                self._view[(kind, name)] = kept
+            else:
+                self._view.pop((kind, name), None)
 
     def _missing(self, kind: str, name: str) -> ObjectNotFound:
         return ObjectNotFound(f"{self.describe()} holds no {kind} object {name[:12]}")
@@ -228,13 +322,15 @@ class DriveBackend:
                 return action(cached)
             except Gone:
                 self._ids.pop((kind, name), None)
+        fresh = False
         for _ in range(5):  # a file may vanish between resolving and reading while it is replaced
-            files = self._lookup(kind, name)
+            files = self._lookup(kind, name, fresh=fresh)
             if not files:
                 break
             try:
                 result = action(files[0]["id"])
             except Gone:
+                fresh = True  # the listing held named it: search again
                 continue
             self._ids[(kind, name)] = files[0]["id"]
             return result
@@ -258,18 +354,21 @@ class DriveBackend:
                         f"{self.describe()} vanished while {kind} {name[:12]} was written to it",
                         retryable=True,
                     ) from None
-                with self._lock:
-                    self._folder = None
+                self._folder_gone()
         self._ids[(kind, name)] = created["id"]
         if kind in CONTENT_NAMED:  # an older file of this name holds these bytes: leave it be
             if "size" in created and "modifiedTime" in created:
                 info = ObjectInfo(int(created["size"]), _seconds(created["modifiedTime"]))
                 self._written[(kind, name)] = info
+            self._view_written(kind, name, created, set())
             return
         mine = (created.get("createdTime", ""), created["id"])
+        dropped: set[str] = set()
         for old in self._lookup(kind, name):  # only older ones: a newer one is another writer's
-            if (old.get("createdTime", ""), old["id"]) < mine:
+            if old["id"] != created["id"] and (old.get("createdTime", ""), old["id"]) < mine:
                 self._delete(old["id"])
+                dropped.add(old["id"])
+        self._view_written(kind, name, created, dropped)
 
     def _upload(self, kind: str, name: str, folder: str | None, payload: bytes) -> Any:
         properties = {"capsule": "1", "kind": kind}
@@ -341,6 +440,9 @@ class DriveBackend:
         written = self._written.pop((kind, name), None)
         if written is not None:  # the answer to this process's own write, once
             return written
+        viewed = self._viewed(kind, name)
+        if viewed and "size" in viewed[0] and "modifiedTime" in viewed[0]:  # the listing held knows
+            return ObjectInfo(int(viewed[0]["size"]), _seconds(viewed[0]["modifiedTime"]))
         return self._on_object(kind, name, self._stat_file)
 
     def size(self, kind: Kind, name: str) -> int:
@@ -352,6 +454,11 @@ class DriveBackend:
 
     def list(self, kind: Kind) -> Iterator[str]:
         check_name(kind, "config")
+        with self._lock:
+            viewed = None if self._view is None or kind in UNLISTED else sorted(self._view)
+        if viewed is not None:
+            yield from (n for k, n in viewed if k == kind)
+            return
         folder = self._folder_id(create=False)
         if folder is None:
             return
@@ -368,8 +475,11 @@ class DriveBackend:
 
     def remove(self, kind: Kind, name: str) -> None:
         check_name(kind, name)
+        removed: set[str] = set()
         for found in self._lookup(kind, name):
             self._delete(found["id"])
+            removed.add(found["id"])
+        self._view_removed(kind, name, removed)
         self._ids.pop((kind, name), None)
         self._written.pop((kind, name), None)
 
