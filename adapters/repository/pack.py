@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from capsule.adapters.errors import IntegrityError
@@ -78,11 +79,17 @@ class PackBuilder:
         self._parts.append(sealed)
         self.size += len(sealed)
 
-    def add_run(self, header: bytes | memoryview, sealed: memoryview) -> None:
+    def add_run(self, header: bytes | memoryview, sealed: bytes | memoryview) -> None:
         """Add blobs sealed end to end in `sealed`, described by header entries end to end."""
+        self.add_runs(header, (sealed,))
+
+    def add_runs(self, header: bytes | memoryview, runs: Sequence[bytes | memoryview]) -> None:
+        """Add blobs sealed end to end across `runs` (kept as they are, not copied), described by
+        header entries end to end."""
         self.header += header
-        self._parts.append(sealed)
-        self.size += len(sealed)
+        for run in runs:
+            self._parts.append(run)
+            self.size += len(run)
 
     def __len__(self) -> int:
         return len(self.header) // HEADER_ENTRY.size
@@ -92,12 +99,19 @@ class PackBuilder:
 
     def finish(self, sealer: Sealer) -> tuple[str, bytes]:
         """Return (pack id, pack bytes) and reset nothing: a builder makes one pack."""
+        pack_id, parts = self.finish_parts(sealer)
+        return pack_id, b"".join(parts)
+
+    def finish_parts(self, sealer: Sealer) -> tuple[str, list[bytes | memoryview]]:
+        """Return (pack id, the pack's bytes as pieces end to end): `finish` without the copy that
+        joins them (`backends.storage.write_parts` stores them as they are)."""
         sealed_header = sealer.seal(bytes(self.header), HEADER_AAD)
-        self._parts.append(sealed_header)
-        self._parts.append(TRAILER.pack(len(sealed_header), PACK_MAGIC))
-        data = b"".join(self._parts)
+        parts = [*self._parts, sealed_header, TRAILER.pack(len(sealed_header), PACK_MAGIC)]
         self._parts = []
-        return hashlib.sha256(data).hexdigest(), data
+        digest = hashlib.sha256()
+        for part in parts:
+            digest.update(part)
+        return digest.hexdigest(), parts
 
 
 def header_ids(header: bytes | bytearray | memoryview) -> list[bytes]:

@@ -90,7 +90,10 @@ REWRITE_FLUSH_BLOBS = INDEX_FLUSH_BLOBS
 REPACK_THREADS = 2
 """Threads that read and check the packs a repack copies from."""
 REPACK_AHEAD = 4
-"""Packs read and checked ahead of the one being copied (each held in memory meanwhile)."""
+"""Packs read and checked ahead of the one being copied, at most: the bytes they hold meanwhile
+are bounded too, by the copier's read budget (`repacker.ReadBudget`)."""
+REPACK_AHEAD_BYTES: int | None = None
+"""The read budget: bytes of condemned packs read ahead of the copy (None: the pack size)."""
 LOOKUP_AT_ONCE = 1 << 15
 """Records of a batch whose ids are copied, and looked up in the index, at once."""
 TEMPORARY_AGE = 24 * 3600.0
@@ -425,19 +428,23 @@ def repack(
         needed, needed_packs = needed[~again], needed_packs[~again]
     starts = np.flatnonzero(np.diff(needed_packs.astype(np.int64), prepend=-1))
     ends = [*starts[1:].tolist(), len(needed)] if len(starts) else []
-    copier = Repacker(repo, checkpoint)
+    copier = Repacker(repo, checkpoint, REPACK_AHEAD_BYTES)
     copied = 0
     sources = [
         (index.pack_ids[int(needed_packs[a])], needed[a:b])
         for a, b in zip(starts.tolist(), ends, strict=True)
     ]
-    # Packs are read and checked on REPACK_THREADS threads (reading, decompressing and hashing let
-    # go of the GIL), a few ahead; they are copied in order on this one.
+    # Packs are read and checked on REPACK_THREADS threads (reading and opening tags let go of the
+    # GIL), a few ahead within the copier's read budget (about a pack's worth of bytes); they are
+    # copied in order on this one.
     with ThreadPoolExecutor(REPACK_THREADS, thread_name_prefix="repack") as pool:
-        for done, source in enumerate(_ahead(pool, copier.open_source, sources), 1):
-            copied += copier.add(source)
-            if progress:
-                progress(done, len(sources))
+        try:
+            for done, source in enumerate(_ahead(pool, copier.open_source, sources), 1):
+                copied += copier.add(source)
+                if progress:
+                    progress(done, len(sources))
+        finally:
+            copier.budget.close()  # a failed copy lets the readers waiting for room go (before the shutdown)
     result = copier.finish()
     left = len(needed) - copied
     if left:
@@ -450,13 +457,14 @@ def repack(
 
 def _ahead(
     pool: ThreadPoolExecutor,
-    work: Callable[[str, npt.NDArray[np.bytes_]], Source | None],
+    work: Callable[[str, npt.NDArray[np.bytes_], int], Source | None],
     jobs: list[tuple[str, npt.NDArray[np.bytes_]]],
 ) -> Iterator[Source | None]:
-    """`work` of each job on the pool, at most REPACK_AHEAD at once, the results in order."""
+    """`work` of each job on the pool, at most REPACK_AHEAD at once, the results in order; each
+    job is given its place in that order (the ticket of the copier's read budget)."""
     pending: deque[Future[Source | None]] = deque()
-    for job in jobs:
-        pending.append(pool.submit(work, *job))
+    for ticket, job in enumerate(jobs):
+        pending.append(pool.submit(work, *job, ticket))
         if len(pending) >= REPACK_AHEAD:
             yield pending.popleft().result()
     while pending:

@@ -34,7 +34,7 @@ from capsule.adapters.errors import (
     WrongKey,
 )
 from capsule.adapters.logs import get_logger
-from capsule.adapters.repository.backends.storage import Backend, Kind
+from capsule.adapters.repository.backends.storage import Backend, Kind, write_parts
 from capsule.adapters.repository.blobcodec import decode_blob, decode_bundle, encode_blob, member
 from capsule.adapters.repository.crypto import MasterKey, Sealer
 from capsule.adapters.repository.keys import (
@@ -356,9 +356,9 @@ class Repository:
             self._finish_pack()
 
     def _store_pack(self, builder: PackBuilder) -> tuple[str, int]:
-        pack_id, data = builder.finish(self.sealer)
-        self.backend.write("data", pack_id, data)
-        return pack_id, len(data)
+        pack_id, parts = builder.finish_parts(self.sealer)
+        write_parts(self.backend, "data", pack_id, parts)  # from its pieces: no joined copy
+        return pack_id, sum(len(p) for p in parts)
 
     def _finish_pack(self) -> None:
         from capsule.adapters.repository.index import header_records  # noqa: PLC0415

@@ -4,6 +4,8 @@ count made blob by blob."""
 
 from __future__ import annotations
 
+import itertools
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -14,11 +16,12 @@ import zstandard
 from capsule.adapters.errors import IntegrityError
 from capsule.adapters.repository import prune as prune_engine
 from capsule.adapters.repository.backends.local import LocalBackend
-from capsule.adapters.repository.backends.storage import Kind
+from capsule.adapters.repository.backends.memory import MemoryBackend
+from capsule.adapters.repository.backends.storage import ALL_KINDS, Kind, local_paths
 from capsule.adapters.repository.blobcodec import encode_bundle
 from capsule.adapters.repository.pack import BLOB_DATA, HEADER_ENTRY, PackBuilder
 from capsule.adapters.repository.prune import plan_prune, repack
-from capsule.adapters.repository.repacker import Repacker
+from capsule.adapters.repository.repacker import Repacker, open_pack
 from capsule.adapters.repository.repo import Repository
 from capsule.adapters.repository.usage import ID_DTYPE
 from tests.integration.helpers import flip_byte
@@ -26,16 +29,19 @@ from tests.integration.prune_lab import Lab, prune, roundtrip_plan
 
 
 class CountingBackend(LocalBackend):
-    """The local backend, counting the data reads: which pack, and whether whole or its tail."""
+    """The local backend, counting the data reads: which pack, and whether a range or its tail."""
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
         self.reads: Counter[tuple[str, str]] = Counter()
+        self.ranges: list[tuple[str, int, int]] = []
 
     def read(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        data = super().read(kind, name, offset, length)
         if kind == "data":
             self.reads["read", name] += 1
-        return super().read(kind, name, offset, length)
+            self.ranges.append((name, offset, len(data)))
+        return data
 
     def read_tail(self, kind: Kind, name: str, length: int) -> tuple[int, bytes]:
         if kind == "data":
@@ -57,19 +63,30 @@ def lab(tmp_path: Path) -> Lab:
     return lab
 
 
-def test_the_repack_reads_each_pack_it_copies_from_once_and_no_other(lab: Lab, tmp_path: Path) -> None:
+def test_the_repack_reads_each_packs_header_once_then_only_the_units_it_copies(
+    lab: Lab, tmp_path: Path
+) -> None:
     plan = plan_prune(lab.open(), keep_used=True)  # the repack walks no snapshot: it reads packs only
     assert plan.repack and plan.delete
     backend = CountingBackend(lab.repository)
     repo = Repository.open(backend, lab.key)
+    sizes = {name: backend.size("data", name) for name in plan.repack}
 
     done = repack(repo, roundtrip_plan(plan))
 
     assert done.blobs > 0
-    assert not [k for k in backend.reads if k[0] == "tail"], "a header was read apart from its pack"
-    read = {name for _, name in backend.reads}
-    assert read <= set(plan.repack), "a pack holding nothing needed was read"
-    assert set(backend.reads.values()) == {1}
+    tails = Counter(name for (how, name), n in backend.reads.items() if how == "tail" for _ in range(n))
+    assert set(tails) <= set(plan.repack), "a pack holding nothing needed was read"
+    assert set(tails.values()) == {1}, "a header was read twice"
+    assert {name for name, _, _ in backend.ranges} <= set(tails), "units were read before their header"
+    # No byte is read twice, and every byte read is copied: the new packs' blobs are those bytes.
+    for name in tails:
+        spans = sorted((a, a + n) for pack, a, n in backend.ranges if pack == name)
+        assert all(stop <= start for (_, stop), (start, _) in itertools.pairwise(spans))
+    read = sum(n for _, _, n in backend.ranges)
+    copied = sum(int(open_pack(repo, backend.read("data", p), p)[1]["length"].sum()) for p in done.packs)
+    assert read == copied
+    assert read < sum(sizes[name] for name in tails), "the condemned packs' unused units were read"
     _, result = prune(lab, plan=plan, repacked=done)
     assert set(result.deleted) == set(plan.condemned)
     lab.check(tmp_path / "out")
@@ -193,3 +210,67 @@ def test_a_damaged_list_blob_stops_the_plan_naming_it(lab: Lab) -> None:
         plan_prune(lab.open())
 
     assert damaged.hex()[:12] in str(raised.value)
+
+
+def _new_blobs(repo: Repository, packs: tuple[str, ...]) -> set[bytes]:
+    return {bytes(r["id"]) for p in packs for r in open_pack(repo, repo.backend.read("data", p), p)[1]}
+
+
+def test_a_read_budget_smaller_than_any_pack_copies_the_same_blobs_one_pack_at_a_time(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    lab = Lab(tmp_path / "lab", pack_size=32 * 1024)  # small packs: many to repack, read in turn
+    made = []
+    for round_ in range(8):
+        lab.sell(120, delete_below=60 * round_ + 1)
+        made.append(lab.backup_database())
+    for sid in made[:5]:
+        lab.forget(sid)
+    lab.age()
+    plan = plan_prune(lab.open(), keep_used=True)
+    assert len(plan.repack) > 2
+    monkeypatch.setattr(prune_engine, "REPACK_AHEAD_BYTES", 1)  # each pack read alone, in turn
+
+    repo = lab.open()
+    done = repack(repo, roundtrip_plan(plan))
+
+    assert done.blobs > 0
+    assert len(_new_blobs(repo, done.packs)) == done.blobs
+    _, result = prune(lab, plan=plan, repacked=done)
+    assert set(result.deleted) == set(plan.condemned)
+    lab.check(tmp_path / "out")
+
+
+def test_a_damaged_unit_stops_a_repack_with_a_tiny_read_budget_instead_of_holding_it_up(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    plan = plan_prune(lab.open(), keep_used=True)
+    monkeypatch.setattr(prune_engine, "REPACK_AHEAD_BYTES", 1)
+    monkeypatch.setattr(prune_engine, "REPACK_AHEAD", 8)
+    shutil.copytree(lab.repository, tmp_path / "copy")
+    counting = CountingBackend(tmp_path / "copy")
+    repack(Repository.open(counting, lab.key), roundtrip_plan(plan))  # which units are copied
+    first, offset, _ = counting.ranges[0]
+    flip_byte(lab.repository / "data" / first[:2] / first, offset + 20)  # in a unit to be copied
+
+    with pytest.raises(IntegrityError, match=f"in pack {first[:12]}"):
+        repack(lab.open(), roundtrip_plan(plan))
+
+
+def test_a_backend_of_no_local_files_is_read_whole_and_copies_the_same_blobs(lab: Lab) -> None:
+    plan = plan_prune(lab.open(), keep_used=True)
+    memory = MemoryBackend()
+    local = LocalBackend(lab.repository)
+    memory.write("config", "config", local.read("config", "config"))
+    for kind in ALL_KINDS - {"config"}:
+        for name in local.list(kind):  # type: ignore[arg-type]
+            memory.write(kind, name, local.read(kind, name))  # type: ignore[arg-type]
+    assert local_paths(memory) is None
+
+    in_memory = Repository.open(memory, lab.key)
+    on_disk = lab.open()
+    from_memory = repack(in_memory, roundtrip_plan(plan))
+    from_disk = repack(on_disk, roundtrip_plan(plan))
+
+    assert from_memory.blobs == from_disk.blobs > 0
+    assert _new_blobs(in_memory, from_memory.packs) == _new_blobs(on_disk, from_disk.packs)

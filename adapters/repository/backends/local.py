@@ -12,7 +12,7 @@ import errno
 import os
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from capsule.adapters.directio import AlignedBuffer, aligned_part, open_direct, write_all
@@ -32,7 +32,16 @@ from capsule.adapters.repository.backends.storage import (
     check_name,
 )
 
-__all__ = ["KINDS", "Backend", "Kind", "LocalBackend", "atomic_write", "fsync_dir"]
+__all__ = [
+    "KINDS",
+    "Backend",
+    "Kind",
+    "LocalBackend",
+    "Parts",
+    "atomic_write",
+    "atomic_write_parts",
+    "fsync_dir",
+]
 
 # A read-only mount (a USB disk, a NAS snapshot), or a share this user may only read.
 NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
@@ -59,6 +68,12 @@ def fsync_dir(path: Path) -> None:
 
 _staging = threading.local()
 
+STAGING_BYTES = 4 << 20
+"""The aligned buffer a direct write copies through, a piece at a time (each writing thread keeps one)."""
+
+Parts = Sequence[bytes | memoryview]
+"""An object's bytes as pieces laid end to end (a pack: its blobs' runs, its header, its trailer)."""
+
 
 def atomic_write(path: Path, data: bytes | memoryview, mode: int = 0o600, *, direct: bool = False) -> None:
     """Write through a temporary file, fsync it, rename it into place and fsync the folder.
@@ -67,14 +82,24 @@ def atomic_write(path: Path, data: bytes | memoryview, mode: int = 0o600, *, dir
     capsule.adapters.directio): packs are written once and seldom read soon after, and a backup should not
     push the shop's own files out of memory.
     """
+    atomic_write_parts(path, (data,), mode, direct=direct)
+
+
+def atomic_write_parts(path: Path, parts: Parts, mode: int = 0o600, *, direct: bool = False) -> None:
+    """`atomic_write` of the pieces end to end, without joining them into one buffer first."""
     tmp = path.parent / f".tmp-{secrets.token_hex(8)}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         try:
-            view = memoryview(data)
-            done = _write_direct(tmp, view) if direct else 0
-            while done < len(view):
-                done += os.pwrite(fd, view[done:], done)
+            views = [memoryview(p).cast("B") for p in parts]
+            total = sum(len(v) for v in views)
+            done = _write_direct(tmp, views, total) if direct else 0
+            at = 0
+            for view in views:
+                if at + len(view) > done:
+                    skip = max(0, done - at)
+                    write_all(fd, view[skip:], at + skip)
+                at += len(view)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -86,9 +111,10 @@ def atomic_write(path: Path, data: bytes | memoryview, mode: int = 0o600, *, dir
         raise _disk_error(e, path) from e
 
 
-def _write_direct(path: Path, view: memoryview) -> int:
-    """Write the aligned start of `view` to the new file `path` directly; return how much (maybe 0)."""
-    head = aligned_part(0, len(view))
+def _write_direct(path: Path, views: list[memoryview], total: int) -> int:
+    """Write the aligned start of the pieces to the new file `path` directly, through a staging
+    buffer of at most STAGING_BYTES; return how much was written (maybe 0)."""
+    head = aligned_part(0, total)
     if not head:
         return 0
     fd = open_direct(str(path), os.O_WRONLY)
@@ -98,9 +124,17 @@ def _write_direct(path: Path, view: memoryview) -> int:
     if buffer is None:
         buffer = _staging.buffer = AlignedBuffer()
     try:
-        staging = buffer.get(head)
-        staging[:] = view[:head]
-        write_all(fd, staging, 0)
+        staging = buffer.get(min(head, STAGING_BYTES))
+        filled = written = 0
+        for view in views:
+            taken = 0
+            while taken < len(view) and written + filled < head:
+                n = min(len(view) - taken, len(staging) - filled, head - written - filled)
+                staging[filled : filled + n] = view[taken : taken + n]
+                filled, taken = filled + n, taken + n
+                if filled == len(staging) or written + filled == head:
+                    write_all(fd, staging[:filled], written)
+                    written, filled = written + filled, 0
     finally:
         os.close(fd)
     return head
@@ -139,6 +173,10 @@ class LocalBackend:
             raise _disk_error(e, self.root / "data") from e
 
     def write(self, kind: Kind, name: str, data: bytes | memoryview) -> None:
+        self.write_parts(kind, name, (data,))
+
+    def write_parts(self, kind: Kind, name: str, parts: Parts) -> None:
+        """`write` of the pieces end to end, never joined into one buffer (the `WritesParts` capability)."""
         path = self._path(kind, name)
         if kind != "config" and not path.parent.exists():
             # Copies made by tools that keep no empty folder (cloud sync, some archivers) lack them.
@@ -146,7 +184,7 @@ class LocalBackend:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise _disk_error(e, path.parent) from e
-        atomic_write(path, data, 0o600, direct=kind == "data")
+        atomic_write_parts(path, parts, 0o600, direct=kind == "data")
 
     def read(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
         path = self._path(kind, name)

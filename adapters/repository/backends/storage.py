@@ -48,7 +48,7 @@ through the plain contract:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
@@ -133,6 +133,23 @@ class TemporaryFiles(Protocol):
     def remove_temporary(self, older_than: float) -> int:
         """Remove temporary files last written before `older_than` (seconds since the epoch);
         return how many were removed."""
+
+
+@runtime_checkable
+class WritesParts(Protocol):
+    """A capability: the backend stores an object given as pieces laid end to end without joining
+    them first (a pack written from its runs of blobs: one pack's worth of memory less)."""
+
+    def write_parts(self, kind: Kind, name: str, parts: Sequence[bytes | memoryview]) -> None:
+        """`write` of the pieces end to end."""
+
+
+def write_parts(backend: Backend, kind: Kind, name: str, parts: Sequence[bytes | memoryview]) -> None:
+    """Store the pieces end to end as (kind, name): without joining them where the backend can."""
+    if isinstance(backend, WritesParts):
+        backend.write_parts(kind, name, parts)
+    else:
+        backend.write(kind, name, b"".join(parts))
 
 
 def local_paths(backend: Backend) -> LocalPaths | None:
