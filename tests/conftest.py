@@ -13,10 +13,10 @@ from tests.integration.helpers import DatabaseTemplates, Shop, copy_shop
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """`-n auto`: two test processes more than cores. Most tests wait on the `capsule` processes they
-    start, on leases, pauses and servers: with one more process than cores, the suite kept about 1.6
-    of 2 cores busy (processor time over wall time); two more keep them busier through those waits."""
-    return (os.cpu_count() or 1) + 2
+    """`-n auto`: one test process more than cores. Most tests wait on the `capsule` processes they
+    start, on leases and on servers, so one more process keeps both cores busy through those waits.
+    Two more kept no more of the cores busy (about 1.5 of 2) and took longer."""
+    return (os.cpu_count() or 1) + 1
 
 
 def pytest_configure(config: pytest.Config) -> None:
