@@ -177,17 +177,19 @@ def read_groups(
     """The tree blobs named with their entries, in order, read ahead as `iter_groups` says."""
     all_ids = list(ids_in_order)
     ids = zip(all_ids, repo.index.locate_many(all_ids), strict=True)  # looked up together: one search
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tree") as reader:
-        ahead: deque[tuple[bytes, BlobLocation | None, Future[bytes | None]]] = deque()
-        try:
-            while True:
-                while len(ahead) < READ_AHEAD and (found := next(ids, None)) is not None:
-                    ahead.append((*found, reader.submit(_read_stored, repo, found[1])))
-                if not ahead:
-                    return
-                tree_id, loc, future = ahead.popleft()
-                entries = load_group(repo, tree_id, future.result(), loc)
-                yield ParentGroup(tree_id, len(entries)), entries
-        finally:
-            for _, _, future in ahead:
-                future.cancel()
+    # Not `with`: a reader dropped midway is closed wherever the garbage collector finds it, even
+    # inside the interpreter's own start of a thread, and waiting there for the read-ahead thread
+    # deadlocks. Its last read, if one is going, finishes on its own and is thrown away.
+    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tree")
+    ahead: deque[tuple[bytes, BlobLocation | None, Future[bytes | None]]] = deque()
+    try:
+        while True:
+            while len(ahead) < READ_AHEAD and (found := next(ids, None)) is not None:
+                ahead.append((*found, reader.submit(_read_stored, repo, found[1])))
+            if not ahead:
+                return
+            tree_id, loc, future = ahead.popleft()
+            entries = load_group(repo, tree_id, future.result(), loc)
+            yield ParentGroup(tree_id, len(entries)), entries
+    finally:
+        reader.shutdown(wait=False, cancel_futures=True)

@@ -14,8 +14,9 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future
+from contextlib import closing
 
 import numpy as np
 import zstandard
@@ -63,7 +64,7 @@ def _indexed(repo: Repository) -> Iterator[tuple[str, bytes]]:
             yield index.pack_ids[int(group[0]["pack"])], rows.tobytes()
 
 
-def check_packs(repo: Repository, workers: int | None = None) -> Iterator[tuple[str, PackCheck]]:
+def check_packs(repo: Repository, workers: int | None = None) -> Generator[tuple[str, PackCheck], None, None]:
     """(pack name, what its check found) for every pack stored, those no index names last.
 
     It needs nothing from the structure pass, so the two may run at once: the plaintext of every
@@ -112,12 +113,14 @@ def all_packs(
     """Every pack's check, in the order `check_packs` gives them (until `stop` is set)."""
     total = sum(1 for _ in repo.backend.list("data"))
     checks = []
-    for done, (name, check) in enumerate(check_packs(repo, workers), 1):
-        if stop.is_set():
-            break
-        checks.append((name, check))
-        if progress:
-            progress(min(done, total), total)
+    # closed here, not by the garbage collector wherever it finds it: closing stops the workers
+    with closing(check_packs(repo, workers)) as packs:
+        for done, (name, check) in enumerate(packs, 1):
+            if stop.is_set():
+                break
+            checks.append((name, check))
+            if progress:
+                progress(min(done, total), total)
     return checks
 
 

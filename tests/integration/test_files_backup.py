@@ -11,6 +11,7 @@ import hashlib
 import os
 import socket
 import stat
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -495,6 +496,36 @@ def test_entries_come_in_walk_order_across_tree_blobs(backups: Backups) -> None:
     assert paths == sorted(paths, key=path_key)
     assert len(paths) == len(set(paths)) == 309
     assert len(tree_ids(backups.repo, result.manifest)) > 1
+
+
+def test_a_tree_reader_left_unfinished_lets_go_without_waiting_for_its_thread(
+    backups: Backups, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader dropped midway may be finalized by the garbage collector on any thread, even inside
+    the interpreter's own thread start-up; waiting there for its read-ahead thread hung a backup."""
+    for number in range(300):  # enough entries for several tree blobs
+        backups.write(f"many/{number}", b"x")
+    result = backups()
+    original, release, reads = files_tree._read_stored, threading.Event(), []
+
+    def read_stored(repo: Repository, loc: Any) -> bytes | None:
+        reads.append(loc)
+        if len(reads) > 1:
+            release.wait(30)  # the read ahead is still going when the reader is dropped
+        return original(repo, loc)
+
+    monkeypatch.setattr(files_tree, "_read_stored", read_stored)
+    reader = files_tree.read_groups(backups.repo, tree_ids(backups.repo, result.manifest))
+    first_group, _ = next(reader)
+    closer = threading.Thread(target=reader.close)
+    try:
+        closer.start()
+        closer.join(5)
+        assert not closer.is_alive(), "closing the reader waited for its read-ahead thread"
+        assert first_group.size > 0
+    finally:
+        release.set()
+        closer.join(30)
 
 
 # ---- verify ---------------------------------------------------------------------------------------
