@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
 
 import pytest
 
@@ -38,3 +39,13 @@ def test_the_report_gives_medians_and_each_tool_over_capsule() -> None:
     lines = bench_hourly.report([capsule, restic], loads)
     assert lines[2] == "| no change | 3.00 s (2.00 s) | 6.00 s (1.50 s) | 2.00x | 1.0-2.5 |"
     assert len(lines) == 2 + len(bench_hourly.MODES)
+
+
+def test_the_scheduled_run_is_due_at_a_whole_minute_with_time_to_read_the_schedule() -> None:
+    now = 1_800_000_000.0 + 41.5  # 41.5 s past a whole minute
+    due, cron = bench_hourly.next_due(now)
+    assert due % 60 == 0 and due - now == 18.5 + 60  # 18.5 s is too little: the minute after
+    at = time.gmtime(due)
+    assert cron == f"{at.tm_min} {at.tm_hour} * * *"
+    due, _ = bench_hourly.next_due(now - 30)  # 11.5 s past: 48.5 s to the next minute is enough
+    assert due - (now - 30) == 48.5
