@@ -17,6 +17,7 @@ Every step is safe to run again after its process died at any instant:
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import time
@@ -39,12 +40,11 @@ from capsule.adapters.sqlite.backup import StoredDatabase, commit_database, stor
 from capsule.adapters.sqlite.pagestore import sha256_file
 from capsule.adapters.sqlite.snapshot import check_database, copy_into_live
 from capsule.adapters.sqlite.sourcelock import source_lock
+from capsule.domain import drill_job, prune_job
 from capsule.domain.backup_job import COMMIT, STORE, is_upload, step_target, upload_destination
 from capsule.domain.errors import CapsuleError, Category
 from capsule.domain.manifest import Manifest, SnapshotKind
 from capsule.orchestrator import faults
-from capsule.orchestrator.drillsteps import DRILL_STEPS
-from capsule.orchestrator.prunesteps import PRUNE_STEPS
 from capsule.orchestrator.safety import name_pending, prune, remove_pending, safety_path, save_pending
 from capsule.orchestrator.settings import Settings
 from capsule.orchestrator.usecases.repository import open_repository
@@ -473,14 +473,35 @@ def clean_up(settings: Settings, job_id: str) -> None:
     remove_pending(safety_path(settings, job_id))
 
 
+def _loaded_when_run(module: str, table: str, job_type: str, step: str) -> StepFunction:
+    """The step `step` of `table` in `module`, whose code is loaded the first time a job runs it:
+    a backup's process never loads the drill's or the prune's code, nor what they need."""
+
+    def run(ctx: StepContext) -> dict[str, Any]:
+        steps: dict[tuple[str, str], StepFunction] = getattr(importlib.import_module(module), table)
+        return steps[(job_type, step)](ctx)
+
+    run.__name__ = run.__qualname__ = f"{job_type}_{step}"
+    return run
+
+
+ELSEWHERE: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "drill": ("capsule.orchestrator.drillsteps", "DRILL_STEPS", drill_job.PLAN),
+    "prune": ("capsule.orchestrator.prunesteps", "PRUNE_STEPS", prune_job.PLAN),
+}
+"""Job types whose steps live in a module of their own: the module, its table of steps, their names."""
+
 STEPS: dict[tuple[str, str], StepFunction] = {
     **{("backup", step): backup_store for step in (STORE, *(f"{STORE}:{k}" for k in SNAPSHOT_KINDS))},
     **{("backup", step): backup_commit for step in (COMMIT, *(f"{COMMIT}:{k}" for k in SNAPSHOT_KINDS))},
     ("restore", "restore"): restore_to_folder,
     ("restore", "stage"): restore_stage,
     ("restore", "apply"): restore_apply,
-    **DRILL_STEPS,
-    **PRUNE_STEPS,
+    **{
+        (job_type, step): _loaded_when_run(module, table, job_type, step)
+        for job_type, (module, table, names) in ELSEWHERE.items()
+        for step in names
+    },
 }
 
 

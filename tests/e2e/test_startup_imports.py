@@ -114,12 +114,17 @@ def test_a_reading_command_opens_no_log_file_handler(backed_up: Shop, tmp_path: 
     assert "logging.handlers" not in loaded_modules(backed_up, tmp_path, command)
 
 
-def test_a_command_that_logs_loads_the_file_handler_and_writes_it(backed_up: Shop, tmp_path: Path) -> None:
+def test_a_backup_loads_the_file_handler_and_writes_it_but_not_the_other_jobs_steps(
+    backed_up: Shop, tmp_path: Path
+) -> None:
     log = backed_up.home / "logs" / "capsule.log"
     before = log.read_text() if log.exists() else ""
     modules = loaded_modules(backed_up, tmp_path, "backup")
     assert "logging.handlers" in modules
     assert len(log.read_text()) > len(before)
+    assert "capsule.orchestrator.steps" in modules  # it ran its steps
+    assert "capsule.orchestrator.drillsteps" not in modules
+    assert "capsule.orchestrator.prunesteps" not in modules
 
 
 def test_the_listing_sees_a_heavy_module_when_a_command_loads_one(backed_up: Shop, tmp_path: Path) -> None:
