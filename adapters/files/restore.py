@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 import numpy as np
-import structlog
 
 from capsule.adapters.directio import Readahead
 from capsule.adapters.errors import NOT_INDEXED_ADVICE, BlobNotFound, DiskFull, RestoreRefused
 from capsule.adapters.files.tree import iter_entries
 from capsule.adapters.files.treesearch import TreeSearch
+from capsule.adapters.logs import get_logger
 from capsule.adapters.partials import PARTIAL_MARK, is_abandoned, partial_name, partial_owner
 from capsule.adapters.repository.backends.storage import LocalPaths, local_paths
 from capsule.adapters.repository.chunks import workers as thread_count
@@ -48,7 +48,7 @@ from capsule.adapters.workers.sealworker import OPEN_ITEM
 from capsule.domain.errors import UnsafePath
 from capsule.domain.manifest import Entry, Manifest
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 CAT_BUFFER = 256 * 1024 * 1024  # `cat` checks a file this size or smaller before writing a byte
 IN_FLIGHT_FILES = 256

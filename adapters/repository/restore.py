@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import structlog
-
 from capsule.adapters.errors import NOT_INDEXED_ADVICE, BlobNotFound, DiskFull, IntegrityError, RestoreRefused
+from capsule.adapters.logs import get_logger
 from capsule.adapters.partials import partial_name, remove_abandoned
 from capsule.adapters.repository.backends.local import fsync_dir
 from capsule.adapters.repository.backends.storage import local_paths
@@ -34,7 +33,7 @@ from capsule.adapters.workers.sealpool import SealPool, default_workers
 from capsule.domain.errors import UnsafePath
 from capsule.domain.manifest import Entry, Manifest, check_relative_path
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 SPAN_LIMIT = 1024 * 1024  # one read covers neighbouring blobs of a pack up to this size
 IN_FLIGHT = 8

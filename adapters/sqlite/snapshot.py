@@ -22,13 +22,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import structlog
-
 from capsule.adapters.errors import DiskFull, SourceError
+from capsule.adapters.logs import get_logger
 from capsule.adapters.source_identity import database_identity
 from capsule.domain.manifest import SourceIdentity
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 BUSY_TIMEOUT_MS = 30_000
 SIDE_FILES = ("-wal", "-shm", "-journal")

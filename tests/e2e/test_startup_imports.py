@@ -97,14 +97,18 @@ def test_a_reading_command_that_logs_nothing_loads_no_structlog(
 EVENT_LOG = ("sqlalchemy", "dramatiq", "capsule.domain.events", "capsule.orchestrator.eventstore")
 
 
-def test_cat_loads_neither_the_event_log_nor_pydantic_settings(backed_up: Shop, tmp_path: Path) -> None:
+def test_cat_loads_neither_the_event_log_nor_pydantic_settings_nor_structlog(
+    backed_up: Shop, tmp_path: Path
+) -> None:
     """`cat` only reads the repository: it records nothing, so the event log's models, its database
-    toolkit and the broker stay unloaded; the settings are read without pydantic-settings."""
+    toolkit and the broker stay unloaded; the settings are read without pydantic-settings; it logs
+    nothing, so structlog (and asyncio, which structlog loads) stays unloaded too."""
     modules = loaded_modules(backed_up, tmp_path, "cat", "latest-files", "cat1/notes.txt")
     assert "capsule.adapters.files.restore" in modules  # the file was really read
     loaded = sorted(m for m in modules if any(m == h or m.startswith(f"{h}.") for h in EVENT_LOG))
     assert loaded == []
     assert sorted(m for m in modules if m.startswith("pydantic_settings")) == []
+    assert sorted(m for m in modules if m.startswith(("structlog", "asyncio"))) == []
 
 
 @pytest.mark.parametrize("command", ["snapshots", "status", "jobs"])
