@@ -95,8 +95,9 @@ def test_a_backup_of_all_waits_for_a_database_backup_but_a_files_backup_does_not
     uploads = shop.root / "uploads"
     make_uploads(uploads)
     images = {"CAPSULE_UPLOADS": str(uploads)}
-    # Held long enough for the files backup to start and end before it, even on a busy machine.
-    first = shop.popen("backup", "--json", env={**images, "CAPSULE_FAULTS": "store:locked@pause=12"})
+    # Held until the files backup has ended, however busy the machine.
+    release = shop.root / "release-the-first"
+    first = shop.popen("backup", "--json", env={**images, "CAPSULE_FAULTS": f"store:locked@until={release}"})
     with running(first):
         database = _wait_running(shop, first, "store")["job_id"]
         both = shop.popen("backup", "--kind", "all", "--json", env=images)
@@ -112,6 +113,7 @@ def test_a_backup_of_all_waits_for_a_database_backup_but_a_files_backup_does_not
 
             # The images are not the database: this backup runs at once and ends before the first.
             files = json.loads(shop.run("backup", "--kind", "files", "--json", env=images, expect=0).stdout)
+            release.touch()
 
             out, err = both.communicate(timeout=120)
             assert both.returncode == 0, err
