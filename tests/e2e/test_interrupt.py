@@ -128,10 +128,7 @@ def _partials(folder: Path) -> list[str]:
 
 @pytest.fixture(scope="session")
 def backed_up_12m(shared_folder: Path, templates: DatabaseTemplates) -> Shop:
-    """A shop whose 12 MiB database is backed up: made once for the run and copied into each test.
-
-    Its restore writes a dozen reads of about 1 MiB, so it reports progress (and reaches
-    `restore:halfway`) while its temporary file is only partly written."""
+    """A shop whose 12 MiB database is backed up: made once for the run and copied into each test."""
 
     def make(root: Path) -> None:
         shop = Shop(root)
@@ -151,8 +148,9 @@ def test_a_signalled_restore_leaves_no_temporary_file(tmp_path: Path, backed_up_
     snapshot_id = (shop.root / "snapshot-id").read_text()
     out = tmp_path / "out"
 
-    # Held halfway through writing its temporary file, the restore is signalled midway however
-    # fast the machine: a small database makes the same point a large one made by taking long.
+    # The signal goes as soon as the temporary file appears. Held at `restore:halfway` (reached
+    # before the file is checked and put in place), the restore cannot end before the signal lands
+    # however fast the machine: a small database makes the point a large one made by taking long.
     proc = shop.popen(
         "restore",
         snapshot_id,
