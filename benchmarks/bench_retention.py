@@ -170,7 +170,7 @@ class Layout:
 
 
 class InProcessCapsule:
-    """Capsule's backup, run in this process with the snapshot's time given.
+    """Capsule's backup, run in this process with the snapshot's time given, and its settings.
 
     The backup job takes its snapshot's time from the wall clock when it copies the database (not
     from the runtime's clock), so the history calls the use case that runs the repository engine
@@ -196,6 +196,12 @@ class InProcessCapsule:
             event_store_url=None,
             broker_url=None,
         )
+
+    def set(self, key: str, value: str) -> None:
+        """What `capsule settings set KEY VALUE` does, without a process for each setting."""
+        from capsule.orchestrator.usecases.settings import ChangeSetting, change
+
+        change(self.settings, ChangeSetting(key=key, value=value))
 
     def backup(self, moment: datetime) -> dict[str, Any]:
         """Back up the database as a snapshot taken at ``moment``; its id and time."""
@@ -294,8 +300,9 @@ def build_history(
         _run([*command, "init"], capsule_env_)
     if "restic" in tools and not layout.restic_repository(layout.history).exists():
         _run([restic, "init"], restic_env_)
+    capsule = InProcessCapsule(layout)
     for key, value in capsule_policy_settings():
-        _run([*command, "settings", "set", key, value], capsule_env_)
+        capsule.set(key, value)
 
     done: list[dict[str, Any]] = state["hours_done"]
     next_hour = len(done)
@@ -304,7 +311,6 @@ def build_history(
     capsule_newest = _capsule_newest(command, capsule_env_) if pending else None
     restic_newest = _restic_newest(restic, restic_env_) if pending and "restic" in tools else None
 
-    capsule = InProcessCapsule(layout)
     for hour in range(next_hour, hours):
         if (free := shutil.disk_usage(layout.history).free) < min_free_bytes:
             raise SystemExit(

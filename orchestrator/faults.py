@@ -3,7 +3,9 @@
 `CAPSULE_FAULTS` lists point names separated by commas. A process reaching a listed point kills
 itself with SIGKILL, as a power cut or the kernel's OOM killer would: no cleanup, no exception
 handler, no flushed buffer. `name@pause=S` pauses there for S seconds instead, so a test can hold a
-step in place while it starts another. Without the variable, a point costs one lookup.
+step in place while it starts another; `name@until=PATH` pauses there until PATH exists (at most
+UNTIL_LIMIT seconds), so the test lets the step go on the moment it has done what it meant to do
+meanwhile. Without the variable, a point costs one lookup.
 """
 
 from __future__ import annotations
@@ -11,17 +13,27 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 ENV = "CAPSULE_FAULTS"
+UNTIL_LIMIT = 600.0
+UNTIL_POLL = 0.05
 
 
-def armed() -> dict[str, float | None]:
-    """Armed points: None kills, a number pauses for that many seconds."""
-    out: dict[str, float | None] = {}
+def armed() -> dict[str, float | Path | None]:
+    """Armed points: None kills, a number pauses for that many seconds, a path pauses until it exists."""
+    out: dict[str, float | Path | None] = {}
     for item in os.environ.get(ENV, "").split(","):
-        name, _, action = item.strip().partition("@pause=")
-        if name:
-            out[name] = float(action) if action else None
+        name, _, action = item.strip().partition("@")
+        if not name:
+            continue
+        kind, _, value = action.partition("=")
+        if not action:
+            out[name] = None
+        elif kind == "pause":
+            out[name] = float(value)
+        elif kind == "until":
+            out[name] = Path(value)
     return out
 
 
@@ -30,8 +42,12 @@ def point(name: str) -> None:
     points = armed()
     if name not in points:
         return
-    pause = points[name]
-    if pause is None:
+    action = points[name]
+    if action is None:
         os.kill(os.getpid(), signal.SIGKILL)
+    elif isinstance(action, Path):
+        deadline = time.monotonic() + UNTIL_LIMIT
+        while not action.exists() and time.monotonic() < deadline:
+            time.sleep(UNTIL_POLL)
     else:
-        time.sleep(pause)
+        time.sleep(action)

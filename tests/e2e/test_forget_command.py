@@ -148,12 +148,16 @@ def test_a_forget_killed_between_the_log_and_the_repository_is_finished_by_the_n
 
 @pytest.mark.slow
 def test_two_processes_forgetting_at_once_record_each_snapshot_once(shop: Shop, four: list[str]) -> None:
-    first = shop.popen("forget", "--json", env={"CAPSULE_FAULTS": "forget:judged@pause=6"})
+    release = shop.root / "release-the-first"  # held until the second has recorded its own
+    first = shop.popen("forget", "--json", env={"CAPSULE_FAULTS": f"forget:judged@until={release}"})
     deadline = time.monotonic() + 30
     while not list((shop.repository / "locks").iterdir()) and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(1.0)  # judged and paused: it holds its verdicts, not yet recorded
-    second = json_of(shop, "forget")
+    try:
+        second = json_of(shop, "forget")
+    finally:
+        release.touch()
     assert sorted(second["forgotten"]) == sorted(four[:2])
     out, err = first.communicate(timeout=60)
     assert first.returncode == 0, err

@@ -127,29 +127,37 @@ def _partials(folder: Path) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def big_backed_up(shared_folder: Path, templates: DatabaseTemplates) -> Shop:
-    """A shop whose 192 MiB database (a restore long enough to be signalled midway) is backed up:
-    made once for the run and copied into each test."""
+def backed_up_12m(shared_folder: Path, templates: DatabaseTemplates) -> Shop:
+    """A shop whose 12 MiB database is backed up: made once for the run and copied into each test."""
 
     def make(root: Path) -> None:
         shop = Shop(root)
-        templates.copy(shop.database, size_mib=192)
+        templates.copy(shop.database, size_mib=12)
         shop.init()
         made = shop.run("backup", "--json", expect=0, timeout=300)
         # The copies' databases are elsewhere: `latest` (of the configured database) finds none.
         (root / "snapshot-id").write_text(json.loads(made.stdout)["snapshot_id"])
 
-    return Shop(made_once(shared_folder / "big-backed-up", make))
+    return Shop(made_once(shared_folder / "backed-up-12m", make))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", SIGNALS)
-def test_a_signalled_restore_leaves_no_temporary_file(tmp_path: Path, big_backed_up: Shop, sig: int) -> None:
-    shop = copy_shop(big_backed_up, tmp_path / "big")
+def test_a_signalled_restore_leaves_no_temporary_file(tmp_path: Path, backed_up_12m: Shop, sig: int) -> None:
+    shop = copy_shop(backed_up_12m, tmp_path / "shop")
     snapshot_id = (shop.root / "snapshot-id").read_text()
     out = tmp_path / "out"
 
-    proc = shop.popen("restore", snapshot_id, "--to", str(out), env={"CAPSULE_WORKERS": "0"})
+    # The signal goes as soon as the temporary file appears. Held at `restore:halfway` (reached
+    # before the file is checked and put in place), the restore cannot end before the signal lands
+    # however fast the machine: a small database makes the point a large one made by taking long.
+    proc = shop.popen(
+        "restore",
+        snapshot_id,
+        "--to",
+        str(out),
+        env={"CAPSULE_WORKERS": "0", "CAPSULE_FAULTS": "restore:halfway@pause=60"},
+    )
     with running(proc):
         deadline = time.monotonic() + 120
         while not _partials(out):

@@ -41,19 +41,33 @@ def _positions(shop: Shop, job_id: str, kind: str) -> list[int]:
 
 
 def test_a_second_backup_of_the_same_database_waits_for_the_first(shop: Shop) -> None:
-    first = shop.popen("backup", "--json", env={"CAPSULE_FAULTS": "store:locked@pause=3"})
-    running = _wait_running(shop, first, "store")
-
-    second = shop.run("backup", "--json", expect=0, timeout=120)
-    out, err = first.communicate(timeout=120)
+    # Held until the second backup says it waits for it, however busy the machine.
+    release = shop.root / "release-the-first"
+    first = shop.popen("backup", "--json", env={"CAPSULE_FAULTS": f"store:locked@until={release}"})
+    with running(first):
+        held = _wait_running(shop, first, "store")
+        second = shop.popen("backup", "--json")
+        with running(second):
+            assert second.stderr is not None
+            said = ""
+            try:
+                while line := second.stderr.readline():
+                    said += line
+                    if "waiting up to" in line:
+                        break
+            finally:
+                release.touch()
+            second_out, second_err = second.communicate(timeout=120)
+        assert second.returncode == 0, said + second_err
+        out, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
 
-    assert f"running (job {running['job_id']})" in second.stderr
-    later = json.loads(second.stdout)["job_id"]
-    assert json.loads(out)["job_id"] == running["job_id"]
+    assert f"running (job {held['job_id']})" in said + second_err
+    later = json.loads(second_out)["job_id"]
+    assert json.loads(out)["job_id"] == held["job_id"]
     # The second job's steps started only after the first job had completed.
     assert min(_positions(shop, later, "StepStarted")) > max(
-        _positions(shop, running["job_id"], "BackupCompleted")
+        _positions(shop, held["job_id"], "BackupCompleted")
     )
     queued = json.loads(shop.run("audit", "--job", later, "--json", expect=0).stdout)
     assert [e["type"] for e in queued][:3] == ["BackupRequested", "BackupQueued", "BackupReleased"]
@@ -95,8 +109,9 @@ def test_a_backup_of_all_waits_for_a_database_backup_but_a_files_backup_does_not
     uploads = shop.root / "uploads"
     make_uploads(uploads)
     images = {"CAPSULE_UPLOADS": str(uploads)}
-    # Held long enough for the files backup to start and end before it, even on a busy machine.
-    first = shop.popen("backup", "--json", env={**images, "CAPSULE_FAULTS": "store:locked@pause=12"})
+    # Held until the files backup has ended, however busy the machine.
+    release = shop.root / "release-the-first"
+    first = shop.popen("backup", "--json", env={**images, "CAPSULE_FAULTS": f"store:locked@until={release}"})
     with running(first):
         database = _wait_running(shop, first, "store")["job_id"]
         both = shop.popen("backup", "--kind", "all", "--json", env=images)
@@ -112,6 +127,7 @@ def test_a_backup_of_all_waits_for_a_database_backup_but_a_files_backup_does_not
 
             # The images are not the database: this backup runs at once and ends before the first.
             files = json.loads(shop.run("backup", "--kind", "files", "--json", env=images, expect=0).stdout)
+            release.touch()
 
             out, err = both.communicate(timeout=120)
             assert both.returncode == 0, err

@@ -38,7 +38,7 @@ from capsule.orchestrator.usecases.jobs import current_status, replay_log
 from capsule.orchestrator.usecases.prune import Prune, repack_unused_percent, run_prune, stored_bytes
 from capsule.orchestrator.usecases.repository import open_repository
 from capsule.orchestrator.usecases.settings import ChangeSetting, change
-from tests.integration.helpers import FAST_STEPS, Shop, in_process_settings
+from tests.integration.helpers import FAST_STEPS, Shop, in_process_settings, running
 
 ACTOR = "person:test"
 RESULTS: dict[str, dict[str, Any]] = {
@@ -379,15 +379,30 @@ def test_a_backup_storing_when_the_prune_starts_is_not_held_up_and_the_prune_wai
     shop: Shop, forgotten: tuple[Settings, str, dict[str, str]], tmp_path: Path
 ) -> None:
     settings, kept, images = forgotten
-    backup = shop.popen("backup", env={**FAST_STEPS, "CAPSULE_FAULTS": "store:locked@pause=6"})
+    # Held storing until the prune is waiting for it.
+    release = shop.root / "release-the-backup"
+    backup = shop.popen("backup", env={**FAST_STEPS, "CAPSULE_FAULTS": f"store:locked@until={release}"})
     with contextlib.closing(backup.stdout), contextlib.closing(backup.stderr):
-        locks = settings.repository / "locks"
-        deadline = time.monotonic() + 60
-        while not (locks.is_dir() and any(not p.name.startswith(".") for p in locks.iterdir())):
-            assert time.monotonic() < deadline and backup.poll() is None, "the backup never took its lock"
-            time.sleep(0.05)
+        try:
+            locks = settings.repository / "locks"
+            deadline = time.monotonic() + 60
+            while not (locks.is_dir() and any(not p.name.startswith(".") for p in locks.iterdir())):
+                assert time.monotonic() < deadline and backup.poll() is None, "the backup never took its lock"
+                time.sleep(0.05)
 
-        pruned = shop.run("prune", "--json", env=FAST_STEPS, expect=0, timeout=120)
+            pruning = shop.popen("prune", "--json", env=FAST_STEPS)
+            with running(pruning):
+                deadline = time.monotonic() + 60
+                while not any(
+                    j["job_type"] == "prune" and j["current_step"] == WAIT for j in shop.jobs_seen()
+                ):
+                    assert time.monotonic() < deadline and pruning.poll() is None, "the prune never waited"
+                    time.sleep(0.05)
+                release.touch()
+                out, err = pruning.communicate(timeout=120)
+            assert pruning.returncode == 0, err
+        finally:
+            release.touch()
         backup_ended = backup.wait(timeout=60)
 
     assert backup_ended == 0
@@ -397,7 +412,7 @@ def test_a_backup_storing_when_the_prune_starts_is_not_held_up_and_the_prune_wai
         events = rt.store.read_all(0, 10_000)
     finally:
         rt.close()
-    prune = json.loads(pruned.stdout)
+    prune = json.loads(out)
     waited = next(
         e.data["result"]
         for e in events

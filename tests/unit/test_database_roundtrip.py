@@ -23,6 +23,11 @@ from tests.unit.support import new_repository, reopen
 
 T0 = datetime(2024, 6, 1, 9, 0, tzinfo=UTC)
 BACKUP_EVERY = 4  # operations; a hypothesis-chosen "backup" operation also takes one
+# Backups and restores here seal and open their blobs in one worker process, as they do in
+# several: each call starts its own pool, and starting a process per core for every backup and restore of
+# every example took most of this test's time. That several workers give the same bytes as one
+# is test_worker_modes.py's to show.
+WORKERS = 1
 
 
 def _payload(kind: str, seed: int, size: int) -> bytes | str:
@@ -134,7 +139,9 @@ def test_any_sequence_of_edits_restores_exactly_from_every_snapshot(page_size, j
             taken: list[Taken] = []
 
             def take_backup() -> None:
-                result = backup_database(repo, db, root / "staging", now=T0 + timedelta(minutes=len(taken)))
+                result = backup_database(
+                    repo, db, root / "staging", now=T0 + timedelta(minutes=len(taken)), workers=WORKERS
+                )
                 assert result.manifest.parent == (taken[-1].snapshot_id if taken else None)
                 taken.append(Taken(result.snapshot_id, dump(conn)))
 
@@ -168,7 +175,7 @@ def test_any_sequence_of_edits_restores_exactly_from_every_snapshot(page_size, j
             event("snapshot listed through list blobs" if entry.blob_lists else "snapshot lists blobs")
 
             target = root / f"restore-{n}"
-            (restored,) = restore_snapshot(fresh, manifest, target)
+            (restored,) = restore_snapshot(fresh, manifest, target, workers=WORKERS)
             assert restored.path == target / "pos.db"
             content = restored.path.read_bytes()
             assert len(content) == entry.size

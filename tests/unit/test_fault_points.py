@@ -1,0 +1,33 @@
+"""Fault points held until a file exists go on as soon as it does, and only then."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from capsule.orchestrator import faults
+
+
+def test_a_point_held_until_a_file_exists_goes_on_once_it_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = tmp_path / "release"
+    monkeypatch.setenv(faults.ENV, f"other:point, store:locked@until={release}")
+    assert faults.armed() == {"other:point": None, "store:locked": release}
+    timer = threading.Timer(0.5, release.touch)
+    started = time.monotonic()
+    timer.start()
+    try:
+        faults.point("store:locked")
+    finally:
+        timer.cancel()
+    assert time.monotonic() - started >= 0.5
+    assert release.exists()
+
+
+def test_pauses_and_kills_are_read_as_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(faults.ENV, "a:started,b:done@pause=2.5")
+    assert faults.armed() == {"a:started": None, "b:done": 2.5}
