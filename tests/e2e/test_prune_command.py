@@ -170,7 +170,7 @@ def test_ctrl_c_pauses_a_prune_and_the_next_prune_finishes_it(forgotten: Shop) -
 
     assert proc.returncode == 130, err
     (job,) = [j for j in json_of(shop, "jobs") if j["job_type"] == "prune"]
-    assert job["status"] == "interrupted"
+    assert job["status"] == "interrupted", err
     assert f"prune job {job['job_id']} is paused" in err and "run `capsule prune` again" in err
     finished = json_of(shop, "prune")
     assert finished["job_id"] == job["job_id"] and finished["bytes_freed"] > 0
