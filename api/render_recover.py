@@ -10,7 +10,7 @@ from capsule.api.render import human
 from capsule.api.vocabulary import emit_json
 
 if TYPE_CHECKING:
-    from capsule.orchestrator.usecases.recover import Recovered
+    from capsule.orchestrator.usecases.recover import ClosedJob, Recovered
 
 
 def recovered(result: Recovered, as_json: bool) -> None:
@@ -31,6 +31,16 @@ def recovered(result: Recovered, as_json: bool) -> None:
                 "set_aside": [str(p) for p in result.set_aside],
                 "needs_credentials": list(result.needs_credentials),
                 "cancelled_jobs": list(result.cancelled_jobs),
+                "cancelled": [
+                    {
+                        "job_id": job.job_id,
+                        "job_type": job.job_type,
+                        "step": job.step,
+                        "saved_snapshots": list(job.saved_snapshots),
+                        "uploads_left": list(job.uploads_left),
+                    }
+                    for job in result.cancelled
+                ],
             }
         )
         return
@@ -52,6 +62,29 @@ def recovered(result: Recovered, as_json: bool) -> None:
             f"The Google Drive destination {name} needs its credentials again: `capsule destinations remove "
             f"{name}`, then `capsule destinations add gdrive {name} --client-secrets FILE`."
         )
-    for job_id in result.cancelled_jobs:
-        click.echo(f"Job {job_id} had not finished on the old machine: cancelled here, not carried on.")
+    for job in result.cancelled:
+        click.echo(_closed(job))
     click.echo("`capsule audit` shows the history; `capsule verify --read-data` checks the repository.")
+
+
+def _closed(job: ClosedJob) -> str:
+    saved = ", ".join(snapshot[:12] for snapshot in job.saved_snapshots)
+    plural = "s" if len(job.saved_snapshots) > 1 else ""
+    if job.uploads_left:
+        return (
+            f"Job {job.job_id} (backup): its snapshot{plural} {saved} {'were' if plural else 'was'} saved "
+            f"and {'are' if plural else 'is'} here; the old machine was still copying to "
+            f"{', '.join(job.uploads_left)} when it copied its log. "
+            "Closed here (cancelled): nothing to run again."
+        )
+    if saved:
+        return (
+            f"Job {job.job_id} ({job.job_type}) had not finished on the old machine (at {job.step}); its "
+            f"snapshot{plural} {saved} {'were' if plural else 'was'} saved and {'are' if plural else 'is'} "
+            "here. Cancelled here, not carried on."
+        )
+    return (
+        f"Job {job.job_id} ({job.job_type}) had not finished on the old machine"
+        + (f" (at {job.step})" if job.step else "")
+        + ": cancelled here, not carried on."
+    )

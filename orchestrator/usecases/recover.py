@@ -42,6 +42,7 @@ from capsule.orchestrator.usecases.keys import KEYS_STREAM
 if TYPE_CHECKING:
     from capsule.adapters.repository.backends import Backend
     from capsule.domain.events import Event
+    from capsule.domain.jobs import JobState
     from capsule.orchestrator.eventstore import EventStore, StoredEvent
     from capsule.orchestrator.eventstore.logexport import LogExport
 
@@ -84,8 +85,27 @@ class Recovered:
     set_aside: tuple[Path, ...]
     needs_credentials: tuple[str, ...]
     """Drive destinations of the old machine whose secrets cannot be opened here."""
-    cancelled_jobs: tuple[str, ...] = ()
+    cancelled: tuple[ClosedJob, ...] = ()
     """Jobs the old machine had not finished when its log was copied: cancelled here, not resumed."""
+
+    @property
+    def cancelled_jobs(self) -> tuple[str, ...]:
+        return tuple(job.job_id for job in self.cancelled)
+
+
+@dataclass(frozen=True)
+class ClosedJob:
+    """A job the restored log held unfinished, as far as it had gone in that copy of the log."""
+
+    job_id: str
+    job_type: str
+    step: str | None
+    """The first step it had not completed."""
+    saved_snapshots: tuple[str, ...] = ()
+    """A backup's snapshots committed before the copy: they are in the repository."""
+    uploads_left: tuple[str, ...] = ()
+    """Destinations a backup was still copying to, when nothing but its uploads was left: the copy
+    of the log a backup's own upload step leaves shows it so."""
 
 
 def recover(
@@ -143,11 +163,11 @@ def recover(
         refused_copies=found.refused,
         set_aside=set_aside,
         needs_credentials=recovered,
-        cancelled_jobs=cancelled,
+        cancelled=cancelled,
     )
 
 
-def _cancel_unfinished(settings: Settings, actor: str) -> tuple[str, ...]:
+def _cancel_unfinished(settings: Settings, actor: str) -> tuple[ClosedJob, ...]:
     """Cancel every job the restored log holds unfinished. Its copy may have been taken while a job
     ran (an upload step copies the log in the middle of its backup): that work belonged to the old
     machine, and carrying it on here (an in-place restore of the old machine's database path, a
@@ -159,17 +179,43 @@ def _cancel_unfinished(settings: Settings, actor: str) -> tuple[str, ...]:
 
     runtime = Runtime(settings)
     try:
-        unfinished = [job_id for job_id, _ in runtime.unfinished()]
+        unfinished = [
+            _as_far_as_it_went(job_id, job_type, runtime.load(job_type, job_id).state)
+            for job_id, job_type in runtime.unfinished()
+        ]
     finally:
         runtime.close()
     cancelled = []
-    for job_id in unfinished:
+    for job in unfinished:
         try:
-            cancel_job(settings, Cancel(job_id, actor=actor))
+            cancel_job(settings, Cancel(job.job_id, actor=actor))
         except InvalidCommand:
             continue  # it finished meanwhile
-        cancelled.append(job_id)
+        cancelled.append(job)
     return tuple(cancelled)
+
+
+def _as_far_as_it_went(job_id: str, job_type: str, state: JobState) -> ClosedJob:
+    from capsule.domain.backup_job import (  # noqa: PLC0415
+        BackupJob,
+        committed_snapshot_ids,
+        is_upload,
+        upload_destination,
+    )
+    from capsule.domain.jobs import current_step  # noqa: PLC0415
+
+    step = current_step(state)
+    if not isinstance(state, BackupJob):
+        return ClosedJob(job_id, job_type, step.name if step else None)
+    left = [s.name for s in state.steps if s.status != "completed"]
+    only_uploads = bool(left) and all(is_upload(name) for name in left)
+    return ClosedJob(
+        job_id,
+        job_type,
+        step.name if step else None,
+        saved_snapshots=tuple(committed_snapshot_ids(state)),
+        uploads_left=tuple(upload_destination(name) for name in left) if only_uploads else (),
+    )
 
 
 def _setup_events(log: Path) -> list[StoredEvent]:

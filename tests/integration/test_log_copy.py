@@ -12,6 +12,7 @@ import pytest
 
 from capsule.adapters.repository.backends import open_backend
 from capsule.adapters.repository.backends.memory import MemoryBackend
+from capsule.api.render_recover import recovered
 from capsule.orchestrator.runtime import Runtime
 from capsule.orchestrator.usecases.backup import Backup, back_up, backup_source
 from capsule.orchestrator.usecases.destinations import add_folder
@@ -190,3 +191,56 @@ def test_jobs_the_old_machine_had_not_finished_are_cancelled_not_resumed_on_the_
         assert runtime.load("backup", pending).state.status == "cancelled"
     finally:
         runtime.close()
+
+
+def test_a_backup_cut_off_while_uploading_is_recovered_as_saved_not_as_lost_work(
+    shop: Shop, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The usual copy of the log is the one a backup's own upload step leaves: the job is then still
+    # running in that copy. On the new machine it is closed, and the recovery says its snapshots
+    # were saved and what was left (the uploads), not that work was lost.
+    settings = in_process_settings(shop)
+    copy = tmp_path / "usb"
+    copy.mkdir()
+    add_folder(settings, "usb", str(copy))
+    done_there = back_up(settings, Backup(kind="database"))
+    new = Shop(tmp_path / "new")
+    new.home.mkdir(parents=True)
+    shutil.copy2(shop.key_file, new.key_file)
+
+    done = recover(in_process_settings(new), Recover(str(copy)))
+
+    [closed] = done.cancelled
+    assert closed.job_id == done.cancelled_jobs[0] and closed.job_type == "backup"
+    [saved] = done_there.snapshots
+    assert closed.saved_snapshots == (saved.snapshot_id,)
+    assert closed.uploads_left == ("usb",) and closed.step == "upload:usb"
+    recovered(done, as_json=False)
+    said = capsys.readouterr().out
+    assert f"its snapshot {saved.snapshot_id[:12]} was saved" in said
+    assert "had not finished" not in said
+
+
+def test_a_job_stopped_before_its_snapshot_was_saved_is_said_not_to_have_finished(
+    shop: Shop, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = in_process_settings(shop)
+    runtime = Runtime(settings)
+    try:
+        pending = runtime.request_backup(source=backup_source(settings, "database"), actor="person:owner")
+    finally:
+        runtime.close()
+    copy = tmp_path / "usb"
+    copy.mkdir()
+    add_folder(settings, "usb", str(copy))
+    assert sync(settings, Sync()).destinations[0].event_log_written
+    new = Shop(tmp_path / "new")
+    new.home.mkdir(parents=True)
+    shutil.copy2(shop.key_file, new.key_file)
+
+    done = recover(in_process_settings(new), Recover(str(copy)))
+
+    [closed] = done.cancelled
+    assert (closed.job_id, closed.saved_snapshots, closed.uploads_left) == (pending, (), ())
+    recovered(done, as_json=False)
+    assert f"Job {pending} (backup) had not finished on the old machine" in capsys.readouterr().out
