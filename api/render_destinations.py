@@ -86,7 +86,14 @@ def _rate(bytes_per_second: int) -> str:
 def changed(result: DestinationChanged, as_json: bool) -> None:
     view = result.destination
     if as_json:
-        emit_json({"action": result.action, "version": result.version, "destination": _doc(view)})
+        emit_json(
+            {
+                "action": result.action,
+                "version": result.version,
+                "destination": _doc(view),
+                "warning": result.warning,
+            }
+        )
         return
     click.echo(f"{_DONE[result.action]} the {_kind(view)} destination {view.name}: {view.location}.")
     if result.action == "removed":
@@ -96,6 +103,12 @@ def changed(result: DestinationChanged, as_json: bool) -> None:
         click.echo(f"Uploads to {view.name} now use {limit}.")
     elif result.action == "added":
         click.echo(f"`capsule destinations test {view.name}` checks that Capsule can write there.")
+    if result.warning:
+        click.echo(
+            f"capsule: warning: {result.warning}. Until it is there, each backup says its copy to "
+            f"{view.name} failed; the backups themselves go on.",
+            err=True,
+        )
 
 
 def probed(result: ProbeResult, as_json: bool) -> int:

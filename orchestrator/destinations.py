@@ -89,23 +89,31 @@ def open_backend_of(
     return _open_drive(settings, destination, quick, sessions)
 
 
+def folder_problem(path: Path) -> str | None:
+    """Why a folder destination's folder cannot be used as it is now (missing, not a folder, not
+    reachable), with what to check; None when it is a folder."""
+    try:
+        if path.is_dir():
+            return None
+        what = "is not a folder" if path.exists() else "does not exist"
+    except OSError as e:
+        return (
+            f"the destination folder {path} cannot be reached ({e.strerror}): check that the share or disk "
+            "holding it is mounted and readable by this user"
+        )
+    return (
+        f"the destination folder {path} {what}: if it is on a NAS share or a USB disk, check that it is "
+        f"mounted (`findmnt --target {path.parent}`); else create the folder (`mkdir -p {path}`)"
+    )
+
+
 def _open_folder(path: Path) -> Backend:
     from capsule.adapters.errors import RepositoryError  # noqa: PLC0415
     from capsule.adapters.repository.backends import KINDS, open_backend  # noqa: PLC0415
 
-    try:
-        is_folder = path.is_dir()
-    except OSError as e:
-        raise DestinationUnavailable(
-            f"the destination folder {path} cannot be reached ({e.strerror}): check that the share or disk "
-            "holding it is mounted and readable by this user"
-        ) from e
-    if not is_folder:
-        what = "is not a folder" if path.exists() else "does not exist"
-        raise DestinationUnavailable(
-            f"the destination folder {path} {what}: if it is on a NAS share or a USB disk, check that it is "
-            f"mounted (`findmnt --target {path.parent}`); else create the folder (`mkdir -p {path}`)"
-        )
+    problem = folder_problem(path)
+    if problem is not None:
+        raise DestinationUnavailable(problem)
     backend = open_backend(path)
     if all((path / kind).is_dir() for kind in KINDS):
         return backend

@@ -95,6 +95,8 @@ class DestinationChanged:
     destination: DestinationView
     """As it is after the change (a removed one: as it was)."""
     version: int
+    warning: str | None = None
+    """What stands in the way of copying there now (a folder that is not there yet), with what to do."""
 
 
 @dataclass(frozen=True)
@@ -243,7 +245,10 @@ def credentials_missing(settings: Settings, stored: list[StoredEvent]) -> dict[s
 def add_folder(
     settings: Settings, name: str, path: str | Path, actor: str | None = None
 ) -> DestinationChanged:
-    """Add a folder destination (a NAS share or a USB disk, mounted); its folder need not be there yet."""
+    """Add a folder destination (a NAS share or a USB disk, mounted); its folder need not be there yet
+    (a disk not plugged in): the result's warning then says what is missing."""
+    from capsule.orchestrator.destinations import folder_problem  # noqa: PLC0415
+
     rules.check_name(name)
     text = str(path)
     # Links resolved, so that a link into the repository is seen for what it is.
@@ -253,7 +258,9 @@ def add_folder(
         ("Capsule's home", os.path.realpath(settings.home)),
     )
     _, listing = _decide(settings, lambda cid: rules.AddFolder(cid, name, resolved, forbidden), actor)
-    return _result("added", name, listing)
+    added = _result("added", name, listing)
+    problem = folder_problem(Path(resolved)) if os.path.isabs(resolved) else None
+    return dataclasses.replace(added, warning=problem)
 
 
 def client_config(data: Any) -> dict[str, str]:

@@ -152,3 +152,26 @@ def test_drive_secrets_are_never_in_plain_text_in_the_home_the_repository_the_lo
     # ... and the seals open again, for the backend alone.
     settings = in_process_settings(shop)
     assert open_secrets(settings, load(settings).get("drive")) == (CLIENT_SECRET, REFRESH_TOKEN)
+
+
+def test_adding_a_folder_that_is_not_there_says_so_at_once_and_adds_it(shop: Shop, tmp_path: Path) -> None:
+    # A USB disk not plugged in yet may be added; a mistyped path should not wait for the first
+    # backup to be found out.
+    missing = tmp_path / "usb" / "capsule"
+
+    added = shop.run("destinations", "add", "folder", "usb", str(missing), expect=0)
+    as_json = json.loads(
+        shop.run("destinations", "add", "folder", "usb2", str(missing), "--json", expect=0).stdout
+    )
+    missing.mkdir(parents=True)
+    present = shop.run("destinations", "add", "folder", "usb3", str(missing), expect=0)
+
+    assert added.stdout.startswith(f"Added the folder destination usb: {missing}.")
+    assert f"the destination folder {missing} does not exist" in added.stderr
+    assert "Until it is there, each backup says its copy to usb failed" in added.stderr
+    assert "does not exist" in as_json["warning"]
+    assert "does not exist" not in present.stderr
+    assert (
+        json.loads(shop.run("destinations", "list", "--json", expect=0).stdout)["destinations"][0]["name"]
+        == "usb"
+    )
