@@ -30,11 +30,24 @@ def armed() -> dict[str, float | Path | None]:
         kind, _, value = action.partition("=")
         if not action:
             out[name] = None
-        elif kind == "pause":
-            out[name] = float(value)
-        elif kind == "until":
+        elif kind == "pause" and _seconds(value) is not None:
+            out[name] = _seconds(value)
+        elif kind == "until" and value:
             out[name] = Path(value)
+        else:
+            # A hold that silently does not happen would let a test pass without what it relies on.
+            raise ValueError(
+                f"{ENV}: {item.strip()!r} is not a fault point of a known form: use name (kill), "
+                "name@pause=SECONDS or name@until=PATH"
+            )
     return out
+
+
+def _seconds(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def point(name: str) -> None:

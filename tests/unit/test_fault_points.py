@@ -31,3 +31,13 @@ def test_a_point_held_until_a_file_exists_goes_on_once_it_does(
 def test_pauses_and_kills_are_read_as_before(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(faults.ENV, "a:started,b:done@pause=2.5")
     assert faults.armed() == {"a:started": None, "b:done": 2.5}
+
+
+@pytest.mark.parametrize(
+    "item", ["a:started@pasue=2", "a:started@pause", "a:started@pause=soon", "a:started@until="]
+)
+def test_a_mistyped_action_is_refused_not_left_unarmed(item: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A test holding a step with a mistyped action would otherwise run without the hold it relies on.
+    monkeypatch.setenv(faults.ENV, item)
+    with pytest.raises(ValueError, match=r"CAPSULE_FAULTS: .*a:started.*name@pause=SECONDS"):
+        faults.armed()
