@@ -156,14 +156,10 @@ def _uploads(reads: Reads, now: datetime) -> tuple[list[Incident], tuple[str, ..
                 upload_behind(d.name, f"paused until {d.paused_until:%Y-%m-%d %H:%M} UTC: {d.pause_reason}")
             )
             continue
-        last = next(
-            (
-                row
-                for row in reversed(reads.read_stream(d.stream_id))
-                if row.type == "DestinationUploadFailed"
-                or (row.type == "DestinationObjectsUploaded" and row.data.get("done"))
-            ),
-            None,
+        last = reads.newest(
+            d.stream_id,
+            ("DestinationUploadFailed", "DestinationObjectsUploaded"),
+            lambda row: row.type == "DestinationUploadFailed" or bool(row.data.get("done")),
         )
         if last is not None and last.type == "DestinationUploadFailed":
             when = last.recorded_at.strftime("%Y-%m-%d %H:%M")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from capsule.orchestrator.settings import Settings
 
 Row = dict[str, Any]
+BACK_PAGE = 64
+"""Events read at a time by a reader going back from the end of a stream."""
 
 
 class Event(Protocol):
@@ -66,6 +68,11 @@ class Reads(Protocol):
 
     def read_stream(self, stream_id: str) -> Sequence[Event]:
         """The events of a stream, upcast, in version order."""
+        ...
+
+    def newest(self, stream_id: str, types: Sequence[str], accept: Callable[[Event], bool]) -> Event | None:
+        """The newest event of `types` in a stream that `accept` takes, read back from its end a page
+        at a time (a destination's stream grows by every copy: its end is what tells)."""
         ...
 
 
@@ -110,6 +117,9 @@ class EngineReads:
 
     def read_stream(self, stream_id: str) -> Sequence[Event]:
         return self._store().read_stream(stream_id)
+
+    def newest(self, stream_id: str, types: Sequence[str], accept: Callable[[Event], bool]) -> Event | None:
+        return self._store().newest(stream_id, types, accept)
 
 
 class NotReadable(Exception):
@@ -360,15 +370,40 @@ class SQLiteReads:
     def read_stream(self, stream_id: str) -> Sequence[Event]:
         return self._events("WHERE stream_id = ? ORDER BY version", (stream_id,))
 
-    def _events(self, where: str, args: Sequence[Any]) -> list[StoredEvent]:
+    def newest(self, stream_id: str, types: Sequence[str], accept: Callable[[Event], bool]) -> Event | None:
+        where = f"WHERE stream_id = ? AND type IN ({', '.join('?' for _ in types)}) "
+        before: list[int] = []
+        while True:
+            versions: list[int] = []
+            page = self._events(
+                where + ("AND version < ? " if before else "") + "ORDER BY version DESC LIMIT ?",
+                (stream_id, *types, *before, BACK_PAGE),
+                versions,
+            )
+            if not page:
+                return None
+            found = next((event for event in page if accept(event)), None)
+            if found is not None:
+                return found
+            before = [versions[-1]]
+
+    def _events(
+        self, where: str, args: Sequence[Any], versions: list[int] | None = None
+    ) -> list[StoredEvent]:
+        """The events `where` picks, upcast; their versions appended to `versions` if given."""
         from capsule.orchestrator.errors import UnknownSchemaVersion  # noqa: PLC0415
         from capsule.orchestrator.upcasters import upcasters  # noqa: PLC0415
 
         registry = upcasters()
         found = []
         with self._reading() as conn:
-            rows = conn.execute(f"SELECT type, schema_version, data, recorded_at FROM events {where}", args)  # noqa: S608
-            for type_, schema_version, data, recorded_at in rows.fetchall():
+            rows = conn.execute(
+                f"SELECT type, schema_version, data, recorded_at, version FROM events {where}",  # noqa: S608
+                args,
+            )
+            for type_, schema_version, data, recorded_at, version in rows.fetchall():
+                if versions is not None:
+                    versions.append(int(version))
                 try:
                     upcast = registry.upcast(type_, schema_version, json.loads(data))
                 except UnknownSchemaVersion as e:  # the event store says so, with the event's position

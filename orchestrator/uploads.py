@@ -53,6 +53,7 @@ from capsule.domain.events import (
 from capsule.orchestrator import projections
 
 if TYPE_CHECKING:
+    from capsule.orchestrator.eventstore import EventStore, StoredEvent
     from capsule.orchestrator.runtime import Runtime
     from capsule.orchestrator.secrets import SecretBox
     from capsule.orchestrator.settings import Settings
@@ -164,8 +165,7 @@ class LoggedSessions:
         self.recording = True
         """False once the upload is over: a later write through the same backend (the event log's
         copy) keeps no session, so it does not move the log it copies."""
-        stream = recorder.runtime.store.read_stream(stream_of(recorder.destination))
-        for row in stream:
+        for row in _since_last_complete_copy(recorder.runtime.store, stream_of(recorder.destination)):
             if row.type == UploadSessionOpened.type_name:
                 self._sealed[(row.data["kind"], row.data["name"])] = row.data["uri"]
             elif row.type == UploadSessionClosed.type_name:
@@ -202,6 +202,29 @@ class LoggedSessions:
             return
         r = self.recorder
         r.append(UploadSessionClosed(job_id=r.job_id, destination=r.destination.name, kind=kind, name=name))
+
+
+def _since_last_complete_copy(store: EventStore, stream: str) -> list[StoredEvent]:
+    """The sessions opened and closed in `stream` since the last upload that left the destination
+    holding every local object, in order. A session opened before it is not worth resuming: its
+    object was on the destination then. Read back from the end, a page at a time: the stream grows
+    by two events a pack sent, and only its end matters."""
+    types = (
+        UploadSessionOpened.type_name,
+        UploadSessionClosed.type_name,
+        DestinationObjectsUploaded.type_name,
+    )
+    tail: list[StoredEvent] = []
+    before: int | None = None
+    while page := store.read_stream_back(stream, types, before):
+        for row in page:
+            if row.type == DestinationObjectsUploaded.type_name:
+                if row.data.get("done"):
+                    return tail[::-1]
+            else:
+                tail.append(row)
+        before = page[-1].version
+    return tail[::-1]
 
 
 def held(runtime: Runtime, destination: Destination) -> dict[tuple[str, str], dict[str, Any]]:

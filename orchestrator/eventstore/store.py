@@ -16,6 +16,7 @@ from capsule.orchestrator.eventstore.chain import ChainKeyFile, check_key, origi
 from capsule.orchestrator.eventstore.model import Handler, Metadata, NewEvent, StoredEvent, as_json_object
 from capsule.orchestrator.eventstore.schema import events
 from capsule.orchestrator.eventstore.upcasting import Upcasters
+from capsule.orchestrator.reads import BACK_PAGE
 
 UNIQUE_VIOLATION = "23505"
 # Streams whose versions one query reads: well under the bound parameters SQLite allows.
@@ -225,6 +226,37 @@ class EventStore:
             .order_by(events.c.version)
         )
         return [self._stored(row) for row in self._rows(query, conn)]
+
+    def read_stream_back(
+        self,
+        stream_id: str,
+        types: Sequence[str],
+        before_version: int | None = None,
+        limit: int = BACK_PAGE,
+        *,
+        conn: Connection | None = None,
+    ) -> list[StoredEvent]:
+        """Up to `limit` events of `types` in a stream, newest first, below `before_version` if
+        given: what a reader wanting only the end of a long stream asks, a page at a time."""
+        query = select(events).where(events.c.stream_id == stream_id, events.c.type.in_(list(types)))
+        if before_version is not None:
+            query = query.where(events.c.version < before_version)
+        return [
+            self._stored(row)
+            for row in self._rows(query.order_by(events.c.version.desc()).limit(limit), conn)
+        ]
+
+    def newest(
+        self, stream_id: str, types: Sequence[str], accept: Callable[[StoredEvent], bool] = lambda _e: True
+    ) -> StoredEvent | None:
+        """The newest event of `types` in a stream that `accept` takes, read back a page at a time."""
+        before: int | None = None
+        while page := self.read_stream_back(stream_id, types, before):
+            for event in page:
+                if accept(event):
+                    return event
+            before = page[-1].version
+        return None
 
     def stream_version(self, stream_id: str, *, conn: Connection | None = None) -> int:
         """The version of the stream's last event; 0 for a stream with no events."""

@@ -12,13 +12,18 @@ from pathlib import Path
 import pytest
 
 from capsule.domain import prune_job
+from capsule.domain.errors import Category
+from capsule.domain.events import DestinationObjectsUploaded, DestinationUploadFailed
 from capsule.orchestrator import reads
+from capsule.orchestrator.destinations import load
+from capsule.orchestrator.eventstore import EventStore
 from capsule.orchestrator.eventstore.schema import SQLITE_GUARDS, metadata_obj
 from capsule.orchestrator.projections import tables
 from capsule.orchestrator.reads import EngineReads, SQLiteReads, open_sqlite_reads
 from capsule.orchestrator.runtime import Runtime
 from capsule.orchestrator.settings import Settings
 from capsule.orchestrator.usecases import jobs
+from capsule.orchestrator.usecases.destinations import add_folder
 from capsule.orchestrator.usecases.settings import ChangeSetting, change
 from tests.integration.alerting import _run, backup, drill
 
@@ -133,3 +138,46 @@ def test_an_event_newer_than_this_capsule_is_left_to_the_event_store(
             fast.first_recorded_at()
     finally:
         fast.close()
+
+
+def test_a_long_destination_history_is_read_from_its_end(
+    settings: Settings, runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A year of hourly copies leaves some 17,000 events in a destination's stream. Whether the copy
+    # is behind is in its last few: status reads back from the newest, not the whole stream.
+    add_folder(settings, "usb", str(tmp_path / "usb"))
+    stream = load(settings).by_name["usb"].stream_id
+    uploaded = [
+        DestinationObjectsUploaded(job_id=f"j{i}", destination="usb", objects=(), done=i % 2 == 1)
+        for i in range(1500)
+    ]
+    failed = DestinationUploadFailed(
+        job_id="late", destination="usb", error="the share is gone", category=Category.NOT_FOUND
+    )
+    for start in range(0, len(uploaded), 500):
+        runtime.append_to(
+            stream, list(uploaded[start : start + 500]), actor="system:upload", correlation_id="t"
+        )
+    runtime.append_to(stream, [failed], actor="system:upload", correlation_id="t")
+    runtime.append_to(stream, uploaded[:40:2], actor="system:upload", correlation_id="t")  # none done
+
+    decoded: list[str] = []
+    stored, events = EventStore._stored, SQLiteReads._events
+    monkeypatch.setattr(
+        EventStore, "_stored", lambda self, row: decoded.append(row.stream_id) or stored(self, row)
+    )
+    monkeypatch.setattr(
+        SQLiteReads, "_events", lambda self, *a: [decoded.append("?") or e for e in events(self, *a)]
+    )
+    fast = jobs.current_status(settings, NOW)
+    read_fast, decoded[:] = len(decoded), []
+    monkeypatch.setattr(reads, "open_sqlite_reads", lambda _settings: None)
+    slow = jobs.current_status(settings, NOW)
+
+    assert [p.line for p in fast.problems] == [p.line for p in slow.problems]
+    assert any(
+        "usb: behind: its last upload failed" in p.line and "the share is gone" in p.line
+        for p in fast.problems
+    )
+    assert read_fast < 200, read_fast
+    assert decoded.count(stream) < 200, decoded.count(stream)

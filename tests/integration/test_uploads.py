@@ -14,9 +14,12 @@ from capsule.adapters.repository.backends import open_backend
 from capsule.domain.backup_job import upload_step
 from capsule.orchestrator import projections
 from capsule.orchestrator.destinations import load
+from capsule.orchestrator.eventstore import EventStore
 from capsule.orchestrator.projections.tables import backup_dest_objects
 from capsule.orchestrator.runtime import Runtime
+from capsule.orchestrator.secrets import box_in
 from capsule.orchestrator.settings import Settings
+from capsule.orchestrator.uploads import LoggedSessions, Recorder
 from capsule.orchestrator.usecases.backup import Backup, back_up
 from capsule.orchestrator.usecases.destinations import add_folder, set_enabled
 from capsule.orchestrator.usecases.forget import ForgetByHand, forget_snapshots
@@ -332,3 +335,39 @@ def test_a_backups_upload_leaves_a_copy_of_the_event_log_at_most_every_few_hours
     assert upload_results(shop, first.job_id)[upload_step("nas")]["event_log"] == after_first[0]
     assert generations(open_backend(nas)) == after_first  # an hour later: not again
     assert "event_log" not in upload_results(shop, second.job_id)[upload_step("nas")]
+
+
+def test_open_upload_sessions_are_read_from_the_end_of_a_long_destination_history(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every pack sent to Drive opens and closes a session in the destination's stream: a year of
+    # hourly copies is tens of thousands of events. A session still worth resuming was opened after
+    # the last copy that left the destination holding everything; only that end is read.
+    settings = Settings(database=tmp_path / "pos.db", repository=tmp_path / "backups", home=tmp_path / "home")
+    add_folder(settings, "usb", str(folder(tmp_path, "usb")))
+    destination = load(settings).by_name["usb"]
+    runtime = Runtime(settings)
+    try:
+        box = box_in(settings.home)
+        recorder = Recorder(runtime, destination, "job-1", "system:upload")
+        sessions = LoggedSessions(recorder, box)
+        for i in range(150):
+            sessions.save("data", f"{i:064x}", f"https://upload.example/{i}", 10)
+            sessions.clear("data", f"{i:064x}")
+        sessions.save("data", "e" * 64, "https://upload.example/stale", 10)  # the copy then completed
+        recorder.flush(done=True)
+        sessions.save("data", "f" * 64, "https://upload.example/open", 10)  # cut off after it
+
+        decoded: list[str] = []
+        stored = EventStore._stored
+        monkeypatch.setattr(
+            EventStore, "_stored", lambda self, row: decoded.append(row.type) or stored(self, row)
+        )
+        again = LoggedSessions(Recorder(runtime, destination, "job-2", "system:upload"), box)
+
+        assert again.load("data", "f" * 64) == "https://upload.example/open"
+        assert again.load("data", "e" * 64) is None  # its object is there: nothing to resume
+        assert again.load("data", f"{7:064x}") is None
+        assert len(decoded) < 100, len(decoded)
+    finally:
+        runtime.close()
