@@ -529,6 +529,27 @@ def status(result: Status, as_json: bool) -> None:
     click.echo(f"Event log: {result.event_log_position} events")
     _proven(result)
     _space(result)
+    _offsite(result)
+
+
+def _offsite(result: Status) -> None:
+    """Where the copies away from this machine are, and when each last held everything."""
+    if not result.offsite:
+        click.echo(
+            "Off-site copies: none: the backups are only on this machine, and a fire or a dead disk takes "
+            "them with the shop's data. Add one: `capsule destinations add folder NAME PATH` (a NAS share "
+            "or a USB disk) or `capsule destinations add gdrive NAME --client-secrets FILE` "
+            "(guide section 20)."
+        )
+        return
+    for copy in result.offsite:
+        if not copy.enabled:
+            state = "disabled: nothing is copied there (`capsule destinations enable " + copy.name + "`)"
+        elif copy.last_whole_copy_at is None:
+            state = "has never held everything yet (`capsule sync " + copy.name + "`)"
+        else:
+            state = f"last held everything {when(copy.last_whole_copy_at)}"
+        click.echo(f"Off-site copy {copy.name} ({copy.kind} {copy.location}): {state}")
 
 
 def _space(result: Status) -> None:

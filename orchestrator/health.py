@@ -169,6 +169,40 @@ def _uploads(reads: Reads, now: datetime) -> tuple[list[Incident], tuple[str, ..
     return wrong, ever
 
 
+@dataclass(frozen=True)
+class OffsiteCopy:
+    """A destination as status shows it: where its copy is, and when it last held everything."""
+
+    name: str
+    kind: str
+    location: str
+    enabled: bool
+    last_whole_copy_at: datetime | None
+    """When an upload last left it holding every object of the local repository; None: never."""
+
+
+def offsite_copies(reads: Reads) -> list[OffsiteCopy]:
+    """Every destination, in the order they were added, with its last whole copy."""
+    from capsule.domain.settings import STREAM  # noqa: PLC0415
+
+    stored = reads.read_stream(STREAM)
+    if not any(row.type == "DestinationAdded" for row in stored):
+        return []
+    from capsule.orchestrator.destinations import destinations_of  # noqa: PLC0415
+
+    copies = []
+    for d in destinations_of(stored).by_name.values():
+        whole = reads.newest(
+            d.stream_id, ("DestinationObjectsUploaded",), lambda row: bool(row.data.get("done"))
+        )
+        copies.append(
+            OffsiteCopy(
+                d.name, d.kind, d.describe(), d.enabled, whole.recorded_at if whole is not None else None
+            )
+        )
+    return copies
+
+
 def _finished(rows: list[Row]) -> list[FinishedJob]:
     return [
         FinishedJob(str(r["job_id"]), r.get("kind"), str(r["status"]), r.get("error"))

@@ -22,6 +22,7 @@ from capsule.orchestrator.settings import Settings
 if TYPE_CHECKING:
     from capsule.domain.staleness import Freshness, Incident
     from capsule.orchestrator.eventstore import ChainReport, StoredEvent
+    from capsule.orchestrator.health import OffsiteCopy
     from capsule.orchestrator.logrepair import LogRepair
     from capsule.orchestrator.projections import ReplayReport
     from capsule.orchestrator.reads import Reads
@@ -104,6 +105,8 @@ class Status:
     """What `status --check` reports: overdue kinds, failed last backups, a failed last drill."""
     space: PruneStatus | None = None
     """The repository's size, its unused bytes as the last prune's plan measured them, the last prune."""
+    offsite: list[OffsiteCopy] = field(default_factory=list)
+    """Every destination and when its copy last held everything; empty: the backups are here only."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -118,6 +121,16 @@ class Status:
             "proven": self.proven,
             "last_drill": self.last_drill,
             "space": self.space.as_dict() if self.space is not None else None,
+            "offsite": [
+                {
+                    "name": c.name,
+                    "kind": c.kind,
+                    "location": c.location,
+                    "enabled": c.enabled,
+                    "last_whole_copy_at": c.last_whole_copy_at,
+                }
+                for c in self.offsite
+            ],
             "freshness": [
                 {
                     "kind": f.kind,
@@ -198,6 +211,7 @@ def _status(settings: Settings, reads: Reads, now: datetime) -> Status:
         freshness=seen.freshness,
         problems=seen.incidents,
         space=space,
+        offsite=health.offsite_copies(reads),
     )
 
 

@@ -84,6 +84,7 @@ STATUS = {
     "space",
     "freshness",
     "problems",
+    "offsite",
 }
 FRESHNESS = {
     "kind",
@@ -140,7 +141,7 @@ DESTINATION = {
     "pause_reason",
     "bandwidth",
 }
-DESTINATION_CHANGE = {"action", "version", "destination"}
+DESTINATION_CHANGE = {"action", "version", "destination", "warning"}
 DESTINATION_TEST = {"name", "kind", "location", "ok", "category", "message", "seconds"}
 KEY = {"key_id", "type", "created_at", "hostname", "current"}
 SYNCED = {

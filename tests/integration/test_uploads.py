@@ -3,14 +3,17 @@ destinations on disk; what each destination holds is the `backup_dest_objects` r
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
 from capsule.adapters.repository.backends import open_backend
+from capsule.api import render
 from capsule.domain.backup_job import upload_step
 from capsule.orchestrator import projections
 from capsule.orchestrator.destinations import load
@@ -371,3 +374,39 @@ def test_open_upload_sessions_are_read_from_the_end_of_a_long_destination_histor
         assert len(decoded) < 100, len(decoded)
     finally:
         runtime.close()
+
+
+def test_status_says_where_the_copies_are_and_when_the_last_whole_one_was_made(
+    shop: Shop, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A backup on the disk of the shop's server burns with it: status says so while no copy is kept
+    # elsewhere, and else where each copy is and when it last held everything.
+    settings = in_process_settings(shop)
+    alone = current_status(settings)
+    render.status(alone, as_json=False)
+    said = capsys.readouterr().out
+    assert alone.offsite == []
+    assert "Off-site copies: none: the backups are only on this machine" in said
+    assert "capsule destinations add folder NAME PATH" in said
+
+    usb = folder(tmp_path, "usb")
+    add_folder(settings, "usb", usb)
+    add_folder(settings, "nas", folder(tmp_path, "nas"))
+    set_enabled(settings, "nas", False)
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    back_up(settings, Backup(kind="database"))
+    status = current_status(settings)
+    render.status(status, as_json=False)
+    said = capsys.readouterr().out
+    render.status(status, as_json=True)
+    doc = json.loads(capsys.readouterr().out)
+
+    copies = {c.name: c for c in status.offsite}
+    assert copies["usb"].enabled and copies["usb"].last_whole_copy_at is not None
+    assert copies["usb"].last_whole_copy_at >= before
+    assert not copies["nas"].enabled and copies["nas"].last_whole_copy_at is None
+    assert f"Off-site copy usb (folder {usb}): last held everything " in said
+    assert "Off-site copy nas" in said and "disabled" in said
+    assert "Off-site copies: none" not in said
+    assert [c["name"] for c in doc["offsite"]] == ["usb", "nas"]
+    assert doc["offsite"][0]["kind"] == "folder" and doc["offsite"][0]["location"] == str(usb)
