@@ -48,6 +48,13 @@ def started(plan: ServicePlan) -> None:
             "No alert target is set: nobody is told when a backup fails or falls behind "
             "(`capsule settings set alerts.email ...`, guide section 17.2)."
         )
+    if plan.offsite:
+        click.echo(f"After each backup, copies go to {'; '.join(plan.offsite)}.")
+    else:
+        click.echo(
+            "No off-site copy: the backups stay on this machine, and a fire or a dead disk takes them with "
+            "the shop's data (`capsule destinations add folder|gdrive ...`, guide section 20)."
+        )
     if plan.retention_auto:
         click.echo(
             "After each backup the retention policies forget old snapshots, and a prune gives the space "

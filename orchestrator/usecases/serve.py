@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -72,6 +72,8 @@ class ServicePlan:
     """Where alerts go (`email owner@example.com`, `webhook https://host/…`); empty: nowhere."""
     retention_auto: bool = True
     """Whether the retention policies are applied after each backup (`retention.auto`)."""
+    offsite: list[str] = field(default_factory=list)
+    """The enabled destinations each backup copies to (`usb (folder /mnt/usb/capsule)`); empty: none."""
 
 
 def serve(
@@ -160,4 +162,12 @@ def _plan(
         grace_seconds=grace,
         alert_targets=[f"{t.channel} {t.target}" for t in alerter.targets(document)],
         retention_auto=document.retention.auto,
+        offsite=_offsite(service),
     )
+
+
+def _offsite(service: Service) -> list[str]:
+    from capsule.orchestrator.destinations import destinations_of, settings_events  # noqa: PLC0415
+
+    found = destinations_of(settings_events(service.runtime)).by_name.values()
+    return [f"{d.name} ({d.kind} {d.describe()})" for d in found if d.enabled]

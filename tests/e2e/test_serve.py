@@ -138,6 +138,7 @@ def test_serve_answers_healthz_and_backs_up_only_the_kinds_without_a_snapshot(
     assert "Backing up the images now, as it has no snapshot yet" in "\n".join(served.lines)
     assert not any("the database" in line for line in served.lines)
     assert any(line.startswith("No alert target is set: nobody is told") for line in served.lines)
+    assert any(line.startswith("No off-site copy: the backups stay on this machine") for line in served.lines)
     assert any(line.startswith("After each backup the retention policies forget") for line in served.lines)
     assert any(line.strip().startswith("database ") and " next " in line for line in served.lines)
     assert code == 200, health
