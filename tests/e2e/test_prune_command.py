@@ -178,6 +178,32 @@ def test_ctrl_c_pauses_a_prune_and_the_next_prune_finishes_it(forgotten: Shop) -
 
 
 @pytest.mark.slow
+def test_ctrl_c_between_two_steps_of_a_prune_records_it_interrupted_and_the_next_prune_finishes_it(
+    forgotten: Shop, tmp_path: Path
+) -> None:
+    # The prune is held after its index step completed, before its wait step's first attempt is
+    # recorded: the jobs list already names `wait` as its current step, and nothing runs it.
+    shop = forgotten
+    never = tmp_path / "never"
+    proc = shop.popen("prune", env={"CAPSULE_FAULTS": f"wait:starting@until={never}"})
+    deadline = time.monotonic() + 60
+    while not [j for j in json_of(shop, "jobs") if j["job_type"] == "prune" and j["current_step"] == "wait"]:
+        assert time.monotonic() < deadline and proc.poll() is None, "the prune never got to its wait step"
+        time.sleep(0.2)
+
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+
+    assert proc.returncode == 130, err
+    (job,) = [j for j in json_of(shop, "jobs") if j["job_type"] == "prune"]
+    assert (job["status"], job["current_step"]) == ("interrupted", "wait"), err
+    assert f"prune job {job['job_id']} is paused" in err
+    finished = json_of(shop, "prune")
+    assert finished["job_id"] == job["job_id"] and finished["bytes_freed"] > 0
+    assert json_of(shop, "verify", "--read-data")["ok"] is True
+
+
+@pytest.mark.slow
 def test_a_forget_killed_before_deleting_its_manifest_is_finished_by_prune_which_gives_its_space_back(
     shop: Shop,
 ) -> None:
