@@ -195,7 +195,7 @@ def test_ctrl_c_between_two_steps_of_a_prune_records_it_interrupted_and_the_next
     never = tmp_path / "never"
     proc = shop.popen("prune", env={"CAPSULE_FAULTS": f"wait:starting@until={never}"})
     deadline = time.monotonic() + 60
-    while not [j for j in json_of(shop, "jobs") if j["job_type"] == "prune" and j["current_step"] == "wait"]:
+    while not [j for j in shop.jobs_seen() if j["job_type"] == "prune" and j["current_step"] == "wait"]:
         assert time.monotonic() < deadline and proc.poll() is None, "the prune never got to its wait step"
         time.sleep(0.2)
 
