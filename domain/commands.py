@@ -158,9 +158,20 @@ class InterruptStep(Command):
     reason: str = Field(min_length=1)
 
 
+class PauseStep(Command):
+    """Record that the job was stopped on purpose (Ctrl-C, SIGTERM) while no attempt of its current
+    step `step` ran: between two steps, or before a retry. `attempt` is the step's latest attempt
+    (0 before its first). The job reads as interrupted, as it does when a running attempt is
+    stopped (`InterruptStep`), and the next attempt may start at once."""
+
+    step: str
+    attempt: int = Field(ge=0)
+    reason: str = Field(min_length=1)
+
+
 class CancelJob(Command):
     """Stop a job that has not finished; nothing more of it will run."""
 
 
-StepCommand = StartStep | RecordProgress | CompleteStep | FailStep | ExpireLease | InterruptStep
+StepCommand = StartStep | RecordProgress | CompleteStep | FailStep | ExpireLease | InterruptStep | PauseStep
 """The commands about a job's steps, the same for every kind of job."""

@@ -22,6 +22,7 @@ from capsule.domain.commands import (
     ExpireLease,
     FailStep,
     InterruptStep,
+    PauseStep,
     RecordProgress,
     StartStep,
 )
@@ -201,7 +202,9 @@ class JobRules(Generic[S]):
     cancelled: type[JobCancelled]
 
 
-JobCommand = StartStep | RecordProgress | CompleteStep | FailStep | ExpireLease | InterruptStep | CancelJob
+JobCommand = (
+    StartStep | RecordProgress | CompleteStep | FailStep | ExpireLease | InterruptStep | PauseStep | CancelJob
+)
 
 
 def require_job(state: JobState, job_id: str, noun: str) -> None:
@@ -228,6 +231,8 @@ def decide_job(state: S, command: JobCommand, rules: JobRules[S]) -> list[Event]
             return _expire(state, command, rules)
         case InterruptStep():
             return _interrupt(state, command, rules.noun)
+        case PauseStep():
+            return _pause(state, command, rules.noun)
         case CancelJob():
             return _cancel(state, rules)
 
@@ -367,6 +372,18 @@ def _interrupt(state: JobState, c: InterruptStep, noun: str) -> list[Event]:
     return [StepInterrupted(job_id=state.job_id, step=c.step, attempt=c.attempt, reason=c.reason)]
 
 
+def _pause(state: JobState, c: PauseStep, noun: str) -> list[Event]:
+    step = _known_step(state, c.step, noun)
+    if c.attempt > step.attempt:
+        raise InvalidCommand(f"attempt {c.attempt} of step {c.step!r} was never started; start it first")
+    current = current_step(state)
+    if state.status not in ("pending", "running", "retrying") or current is None or current.name != c.step:
+        return []  # finished, queued, interrupted already, or past this step
+    if step.status == "running" or c.attempt != step.attempt:
+        return []  # an attempt has started since: `InterruptStep` stops it
+    return [StepInterrupted(job_id=state.job_id, step=c.step, attempt=c.attempt, reason=c.reason)]
+
+
 def _cancel(state: S, rules: JobRules[S]) -> list[Event]:
     if state.status == "cancelled":
         return []
@@ -415,7 +432,9 @@ def evolve_job(state: S, event: Event, rules: JobRules[S]) -> S:
             step |= {"lease_expires_at": None, "retry_at": event.retry_at}
         case StepInterrupted():
             job = {"status": "interrupted"}
-            step = {"status": "retrying", "error": event.reason, "lease_expires_at": None, "retry_at": None}
+            # Attempt 0: the job was stopped before the step's first attempt (`PauseStep`).
+            step = {"status": "retrying" if event.attempt else "pending", "error": event.reason}
+            step |= {"lease_expires_at": None, "retry_at": None}
         case StepLeaseExpired():
             job = {"status": "retrying"}
             step = {"status": "retrying", "error": LOST_WORKER, "lease_expires_at": None, "retry_at": None}

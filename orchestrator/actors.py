@@ -124,6 +124,10 @@ class Dispatcher:
         self.on_progress = on_progress
         self._running: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
+        # Held while a thread records a step started, so that `stop_starting` returns only once
+        # none is halfway through: after it, the log shows every attempt this process will run.
+        self._starting = threading.Lock()
+        self._stopped_starting = False
         limit_ms = int(runtime.settings.step_time_limit_seconds * 1000)
         self.actors: dict[tuple[str, str], dramatiq.Actor[Any, Any]] = {}
         # One actor for every upload step: its message names the destination's step.
@@ -192,6 +196,14 @@ class Dispatcher:
 
     # ---- running -------------------------------------------------------------------------
 
+    def stop_starting(self) -> None:
+        """Let this process's threads start no more attempts; wait for one being recorded.
+
+        Ctrl-C then reads what the log says this process runs and records it interrupted, without
+        a thread starting the job's next step behind its back and leaving it running after exit."""
+        with self._starting:
+            self._stopped_starting = True
+
     def run(self, job_type: str, step: str, job_id: str) -> None:
         key = (job_id, step)
         with self._lock:
@@ -234,22 +246,26 @@ class Dispatcher:
             self.enqueue(job_type, job_id, action.step)  # a stale hint: send the right one
             return
         attempt = action.attempt
-        try:
-            loaded, new = rt.execute(
-                job_type,
-                job_id,
-                lambda _: StartStep(
-                    job_id=job_id,
-                    now=rt.clock(),
-                    step=step,
-                    attempt=attempt,
-                    worker=rt.worker_id,
-                    lease=rt.lease,
-                ),
-                actor=f"{SYSTEM}:worker:{rt.worker_id}",
-            )
-        except InvalidCommand:
-            return  # another worker took this attempt first
+        faults.point(f"{step}:starting")
+        with self._starting:
+            if self._stopped_starting:
+                return  # the process is stopping (Ctrl-C): the job waits for the next worker
+            try:
+                loaded, new = rt.execute(
+                    job_type,
+                    job_id,
+                    lambda _: StartStep(
+                        job_id=job_id,
+                        now=rt.clock(),
+                        step=step,
+                        attempt=attempt,
+                        worker=rt.worker_id,
+                        lease=rt.lease,
+                    ),
+                    actor=f"{SYSTEM}:worker:{rt.worker_id}",
+                )
+            except InvalidCommand:
+                return  # another worker took this attempt first
         if not new:
             return
         faults.point(f"{step}:started")

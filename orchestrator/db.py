@@ -13,13 +13,15 @@ from __future__ import annotations
 import errno
 import json
 import shutil
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 
 from capsule.orchestrator.errors import (
@@ -30,13 +32,18 @@ from capsule.orchestrator.errors import (
 )
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
+WAL_SWITCH_RETRY_SECONDS = 0.01
+"""How often a connection tries again to switch a new log to WAL mode while another one does it."""
+WAITED = "capsule_waited_seconds"
+"""The attribute of a driver error that says how long the statement waited before it failed."""
+STATEMENT_STARTED = "capsule_statement_started"
 READ_ONLY_OPTION = "capsule_read_only"
 URL_HINT = "check CAPSULE_EVENT_STORE_URL"
 UNDEFINED_TABLE, SERIALIZATION_FAILURE, DEADLOCK_DETECTED = "42P01", "40001", "40P01"
 # PostgreSQL's data_corrupted, index_corrupted and disk_full.
 DATA_CORRUPTED, INDEX_CORRUPTED, DISK_FULL = "XX001", "XX002", "53100"
 # SQLite's primary result codes (the low byte of an extended one).
-SQLITE_PERM, SQLITE_READONLY, SQLITE_IOERR, SQLITE_CORRUPT = 3, 8, 10, 11
+SQLITE_PERM, SQLITE_BUSY, SQLITE_READONLY, SQLITE_IOERR, SQLITE_CORRUPT = 3, 5, 8, 10, 11
 SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_NOTADB = 13, 14, 26
 # Text that no SQLite file in good order gives back: the driver meets it reading a damaged page.
 UNDECODABLE_TEXT = "Could not decode to UTF-8"
@@ -90,9 +97,13 @@ def _sqlite_engine(url: URL) -> Engine:
                 f"the folder {folder} for the event store cannot be created ({e.strerror}); "
                 f"check CAPSULE_HOME or CAPSULE_EVENT_STORE_URL"
             ) from e
-    engine = create_engine(url)
+    # The driver's own timeout covers the statements SQLAlchemy runs on a new connection before
+    # `_configure_sqlite_connection` sets the busy timeout: they wait as long as every later one.
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
     event.listen(engine, "connect", _configure_sqlite_connection)
     event.listen(engine, "begin", _begin_sqlite_transaction)
+    event.listen(engine, "before_cursor_execute", _statement_starts)
+    event.listen(engine, "handle_error", _note_wait)
     return engine
 
 
@@ -103,9 +114,10 @@ def _configure_sqlite_connection(dbapi_connection: Any, _record: object) -> None
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
-        # The timeout first, so that switching to WAL waits for a concurrent first connection.
+        # The timeout first, so that the statements below wait for another connection's lock
+        # (the switch to WAL, which SQLite does not let wait, tries again by itself).
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
-        mode = cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = _switch_to_wal(cursor)
         # FULL syncs the WAL at every commit: an appended event survives a power cut.
         cursor.execute("PRAGMA synchronous = FULL")
         cursor.execute("PRAGMA foreign_keys = ON")
@@ -117,6 +129,48 @@ def _configure_sqlite_connection(dbapi_connection: Any, _record: object) -> None
             f"the event store's file system does not support SQLite's WAL mode (it stays in {mode} mode); "
             "keep the event store on a local disk"
         )
+
+
+def _switch_to_wal(cursor: sqlite3.Cursor) -> str:
+    """The journal mode after asking for WAL, waiting as the busy timeout would for another
+    connection switching the same new log.
+
+    The switch takes the write lock of a file still in rollback mode. A second connection that
+    tries it meanwhile holds a read lock it cannot give up inside the statement, so SQLite answers
+    it with SQLITE_BUSY at once, without the busy handler (waiting could deadlock): two processes
+    starting together on a new log saw "database is locked" with nothing waited. Trying again
+    after the first has finished finds the log in WAL mode, and the switch is then a no-op.
+    """
+    started = time.monotonic()
+    while True:
+        try:
+            return str(cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as e:
+            waited = time.monotonic() - started
+            if _primary_code(e) != SQLITE_BUSY or waited >= SQLITE_BUSY_TIMEOUT_SECONDS:
+                setattr(e, WAITED, waited)
+                raise
+        time.sleep(WAL_SWITCH_RETRY_SECONDS)
+
+
+def _primary_code(error: BaseException | None) -> int | None:
+    code = getattr(error, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
+def _statement_starts(conn: Connection, *_statement: object) -> None:
+    conn.info[STATEMENT_STARTED] = time.monotonic()
+
+
+def _note_wait(context: ExceptionContext) -> None:
+    # How long the failed statement ran: for a lock, how long SQLite waited for it (the busy
+    # timeout, or nothing when SQLite gave up at once), which the error message then says.
+    orig = context.original_exception
+    if context.connection is None or context.statement is None or hasattr(orig, WAITED):
+        return
+    started = context.connection.info.get(STATEMENT_STARTED)
+    if isinstance(started, float):
+        setattr(orig, WAITED, time.monotonic() - started)
 
 
 def _begin_sqlite_transaction(connection: Connection) -> None:
@@ -201,9 +255,12 @@ def describe_failure(error: DBAPIError, url: URL) -> EventStoreError:
             f"{where} gave up a transaction that collided with another one ({reason}); try again"
         )
     if url.get_backend_name() == "sqlite" and "locked" in reason:
+        waited = getattr(error.orig, WAITED, None)
+        how_long = "was locked by another writer"
+        if waited is not None:
+            how_long = f"stayed locked by another writer for {waited:.1f} s"
         return EventStoreUnavailable(
-            f"{where} stayed locked by another writer for over {SQLITE_BUSY_TIMEOUT_SECONDS} s ({reason}); "
-            "try again, and look for a stuck Capsule process"
+            f"{where} {how_long} ({reason}); try again, and look for a stuck Capsule process"
         )
     if isinstance(error, OperationalError | InterfaceError) or error.connection_invalidated:
         return EventStoreUnavailable(
@@ -218,8 +275,7 @@ def _sqlite_failure(error: DBAPIError, url: URL, reason: str) -> EventStoreError
     path = sqlite_file(url)
     if path is None:
         return None
-    code = getattr(error.orig, "sqlite_errorcode", None)
-    primary = code & 0xFF if isinstance(code, int) else None
+    primary = _primary_code(error.orig)
     if UNDECODABLE_TEXT in reason:
         # The driver goes on to quote the undecodable text: a fragment of an event, not for a message.
         return damaged(path, reason.partition(" with text ")[0])

@@ -18,7 +18,7 @@ from typing import NoReturn
 from capsule.adapters.drill import remove_own_scratch
 from capsule.adapters.files.restore import remove_partial_writes
 from capsule.domain.backup_job import BackupJob, committed_snapshot_ids, is_upload
-from capsule.domain.commands import CancelJob
+from capsule.domain.commands import CancelJob, Command, InterruptStep, PauseStep
 from capsule.domain.errors import CapsuleError, Category, InvalidCommand
 from capsule.domain.events import StepFailed, StepProgressed
 from capsule.domain.jobs import FINISHED, RunStep, current_step, next_action
@@ -109,7 +109,7 @@ def run_job(
         except KeyboardInterrupt as e:
             if not job_id:
                 raise
-            loaded = _interrupted(runtime, job_type, job_id, signal_name(e))
+            loaded = _interrupted(runtime, dispatcher, job_type, job_id, signal_name(e))
     if loaded.state.status != "completed":
         raise failure(loaded)
     return loaded
@@ -229,7 +229,7 @@ def signal_name(interrupt: KeyboardInterrupt) -> str:
     return "SIGTERM" if interrupt.args == ("SIGTERM",) else "SIGINT"
 
 
-def _interrupted(runtime: Runtime, job_type: str, job_id: str, signal: str) -> Loaded:
+def _interrupted(runtime: Runtime, dispatcher: Dispatcher, job_type: str, job_id: str, signal: str) -> Loaded:
     """Ctrl-C or SIGTERM: record it, release this process's locks and temporary files, exit 130.
 
     A backup is paused: its running attempt is recorded as interrupted and the next `capsule
@@ -246,9 +246,7 @@ def _interrupted(runtime: Runtime, job_type: str, job_id: str, signal: str) -> L
                 job_type, job_id, lambda _: CancelJob(job_id=job_id, now=runtime.clock()), actor=person()
             )
             _leave(settings, f"interrupted ({signal}); backup job {job_id} had not started and is cancelled")
-        step = current_step(state)
-        if step is not None and step.status == "running" and step.worker == runtime.worker_id:
-            interrupt_step(runtime, job_type, job_id, step, reason=f"interrupted ({signal})", actor=person())
+        _pause(runtime, dispatcher, job_type, job_id, signal)
         kind = state.kind if isinstance(state, BackupJob) else "database"
         again = "capsule backup" if kind == "database" else f"capsule backup --kind {kind}"
         # The log already holds the job: stopping now loses nothing, and waiting for the running
@@ -259,9 +257,7 @@ def _interrupted(runtime: Runtime, job_type: str, job_id: str, signal: str) -> L
             f"run `{again}` again to finish it, or `capsule cancel {job_id}`",
         )
     if job_type == "prune":
-        step = current_step(runtime.load(job_type, job_id).state)
-        if step is not None and step.status == "running" and step.worker == runtime.worker_id:
-            interrupt_step(runtime, job_type, job_id, step, reason=f"interrupted ({signal})", actor=person())
+        _pause(runtime, dispatcher, job_type, job_id, signal)
         _leave(
             settings,
             f"interrupted ({signal}); prune job {job_id} is paused and its locks released: run "
@@ -292,6 +288,34 @@ def _interrupted(runtime: Runtime, job_type: str, job_id: str, signal: str) -> L
     _leave(
         settings, f"interrupted ({signal}); restore job {job_id} is cancelled and its temporary files removed"
     )
+
+
+def _pause(runtime: Runtime, dispatcher: Dispatcher, job_type: str, job_id: str, signal: str) -> None:
+    """Record the job interrupted, as the line printed next says it is paused, wherever it stands.
+
+    This process's worker first stops starting steps. Then the attempt it runs is interrupted;
+    with no attempt running (Ctrl-C between two steps, or before a retry), the job is paused
+    before its next one. With CAPSULE_BROKER_URL the steps are the workers': nothing is recorded
+    but an attempt this process runs (none)."""
+    embedded = not runtime.settings.broker_url
+    if embedded:
+        dispatcher.stop_starting()
+    reason = f"interrupted ({signal})"
+
+    def command(loaded: Loaded) -> Command | None:
+        step = current_step(loaded.state)
+        if step is None:
+            return None
+        now = runtime.clock()
+        if step.status == "running":
+            if step.worker != runtime.worker_id:
+                return None
+            return InterruptStep(job_id=job_id, now=now, step=step.name, attempt=step.attempt, reason=reason)
+        if not embedded:
+            return None
+        return PauseStep(job_id=job_id, now=now, step=step.name, attempt=step.attempt, reason=reason)
+
+    runtime.execute(job_type, job_id, command, actor=person())
 
 
 def interrupt_own_steps(runtime: Runtime, signal: str) -> list[str]:

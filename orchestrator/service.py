@@ -263,6 +263,7 @@ class Service:
             with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: wait no longer
                 self._worker.stop(timeout=int(grace_seconds * 1000))
             if any(t.is_alive() for t in self._worker.workers):
+                self.dispatcher.stop_starting()  # no attempt starts after the ones recorded below
                 interrupted = interrupt_own_steps(self.runtime, signal)
                 release_own_locks(self.runtime.settings)
         log.info("service stopped", signal=signal, interrupted=interrupted)

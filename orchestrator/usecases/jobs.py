@@ -424,6 +424,7 @@ def work(
                         break
             except KeyboardInterrupt as e:
                 name = signal_name(e)
+                dispatcher.stop_starting()  # no attempt starts after the ones recorded below
                 paused = interrupt_own_steps(runtime, name)
                 release_own_locks(settings)
                 interrupted(WorkInterrupted(name, paused))

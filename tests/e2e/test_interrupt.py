@@ -93,6 +93,30 @@ def test_a_signalled_backup_releases_its_lock_and_the_next_backup_finishes_it_at
     assert shop.lock_files() == []
 
 
+def test_a_backup_signalled_between_its_two_steps_is_paused_and_the_next_backup_finishes_it(
+    shop: Shop, tmp_path: Path
+) -> None:
+    # Held after its store step completed, before its commit step's first attempt is recorded: no
+    # attempt runs, and Ctrl-C must still leave the job interrupted, not running with no process.
+    never = tmp_path / "never"
+    proc = shop.popen("backup", env={"CAPSULE_FAULTS": f"commit:starting@until={never}"})
+    with running(proc):
+        deadline = time.monotonic() + 60
+        while not any(j["current_step"] == "commit" for j in shop.jobs_seen()):
+            assert time.monotonic() < deadline and proc.poll() is None, "the backup never stored its copy"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+
+    assert proc.returncode == 130, err
+    assert [(j["status"], j["current_step"]) for j in _jobs(shop)] == [("interrupted", "commit")], err
+    again = shop.run("backup", expect=0)
+    (said,) = [line for line in message_lines(again.stderr) if "finishing it now" in line]
+    assert said.endswith("was interrupted (SIGINT); finishing it now"), said
+    assert [j["status"] for j in _jobs(shop)] == ["completed"]
+    assert len(shop.snapshots()) == 1
+
+
 def test_a_backup_whose_process_was_killed_is_taken_over_at_once_and_said_so(shop: Shop) -> None:
     proc = _start_paused(shop, "backup", point="store:locked", env={})
     with running(proc):

@@ -21,7 +21,7 @@ import pytest
 from capsule.adapters.repository.backends import open_backend
 from capsule.api.render import human
 from tests.e2e.test_json_vocabulary import check_vocabulary
-from tests.integration.helpers import CAPSULE, FAST_STEPS, Shop, one_line_error
+from tests.integration.helpers import CAPSULE, Shop, one_line_error
 
 PRUNED = {
     "job_id",
@@ -157,12 +157,20 @@ def test_prune_is_in_the_help() -> None:
 
 
 @pytest.mark.slow
-def test_ctrl_c_pauses_a_prune_and_the_next_prune_finishes_it(forgotten: Shop) -> None:
+def test_ctrl_c_pauses_a_prune_and_the_next_prune_finishes_it(forgotten: Shop, tmp_path: Path) -> None:
+    # Held once its wait step's first attempt is recorded started, on the default lease: the
+    # attempt is still this process's when Ctrl-C comes (a short lease ran out during the hold,
+    # which has no heartbeat, and the test then met the job between two attempts).
     shop = forgotten
-    proc = shop.popen("prune", env={**FAST_STEPS, "CAPSULE_FAULTS": "wait:started@pause=60"})
+    never = tmp_path / "never"
+    proc = shop.popen("prune", env={"CAPSULE_FAULTS": f"wait:started@until={never}"})
     deadline = time.monotonic() + 60
-    while not [j for j in json_of(shop, "jobs") if j["job_type"] == "prune" and j["current_step"] == "wait"]:
-        assert time.monotonic() < deadline and proc.poll() is None, "the prune never reached its wait step"
+    while not [
+        j
+        for j in json_of(shop, "jobs")
+        if j["job_type"] == "prune" and (j["current_step"], j["attempt"]) == ("wait", 1)
+    ]:
+        assert time.monotonic() < deadline and proc.poll() is None, "the prune never started its wait step"
         time.sleep(0.2)
 
     proc.send_signal(signal.SIGINT)
@@ -172,6 +180,32 @@ def test_ctrl_c_pauses_a_prune_and_the_next_prune_finishes_it(forgotten: Shop) -
     (job,) = [j for j in json_of(shop, "jobs") if j["job_type"] == "prune"]
     assert job["status"] == "interrupted", err
     assert f"prune job {job['job_id']} is paused" in err and "run `capsule prune` again" in err
+    finished = json_of(shop, "prune")
+    assert finished["job_id"] == job["job_id"] and finished["bytes_freed"] > 0
+    assert json_of(shop, "verify", "--read-data")["ok"] is True
+
+
+@pytest.mark.slow
+def test_ctrl_c_between_two_steps_of_a_prune_records_it_interrupted_and_the_next_prune_finishes_it(
+    forgotten: Shop, tmp_path: Path
+) -> None:
+    # The prune is held after its index step completed, before its wait step's first attempt is
+    # recorded: the jobs list already names `wait` as its current step, and nothing runs it.
+    shop = forgotten
+    never = tmp_path / "never"
+    proc = shop.popen("prune", env={"CAPSULE_FAULTS": f"wait:starting@until={never}"})
+    deadline = time.monotonic() + 60
+    while not [j for j in shop.jobs_seen() if j["job_type"] == "prune" and j["current_step"] == "wait"]:
+        assert time.monotonic() < deadline and proc.poll() is None, "the prune never got to its wait step"
+        time.sleep(0.2)
+
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+
+    assert proc.returncode == 130, err
+    (job,) = [j for j in json_of(shop, "jobs") if j["job_type"] == "prune"]
+    assert (job["status"], job["current_step"]) == ("interrupted", "wait"), err
+    assert f"prune job {job['job_id']} is paused" in err
     finished = json_of(shop, "prune")
     assert finished["job_id"] == job["job_id"] and finished["bytes_freed"] > 0
     assert json_of(shop, "verify", "--read-data")["ok"] is True

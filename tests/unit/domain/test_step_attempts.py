@@ -265,3 +265,52 @@ def test_an_interrupted_attempt_leaves_the_job_interrupted_and_the_next_attempt_
     assert next_action(state, at(6)) == RunStep(step=STORE, attempt=2, resume_from=None)
     given(*RUNNING, StepInterrupted(job_id=JOB, step=STORE, attempt=1, reason="gone")).when(interrupt).then()
     given(*RUNNING, lease_expired(STORE)).when(interrupt).then()
+
+
+def test_a_job_stopped_between_two_steps_is_paused_before_the_next_ones_first_attempt():
+    from capsule.domain.commands import PauseStep
+    from capsule.domain.events import StepInterrupted
+
+    # Ctrl-C after the store step completed, before the commit step started: no attempt runs.
+    between = (*RUNNING, completed(STORE, files=1))
+    pause = PauseStep(job_id=JOB, now=at(5), step=COMMIT, attempt=0, reason="interrupted (SIGINT)")
+    paused = StepInterrupted(job_id=JOB, step=COMMIT, attempt=0, reason="interrupted (SIGINT)")
+    given(*between).when(pause).then(paused)
+    state = given(*between, paused).state
+    assert state.status == "interrupted"
+    assert state.find_step(COMMIT).status == "pending"
+    assert next_action(state, at(6)) == RunStep(step=COMMIT, attempt=1, resume_from=None)
+    given(*between, paused).when(pause).then()
+    # A job requested and not started yet is paused before its first step.
+    first = PauseStep(job_id=JOB, now=at(1), step=STORE, attempt=0, reason="interrupted (SIGTERM)")
+    given(backup_requested()).when(first).then(
+        StepInterrupted(job_id=JOB, step=STORE, attempt=0, reason="interrupted (SIGTERM)")
+    )
+
+
+def test_a_job_stopped_before_a_retry_is_paused_and_the_retry_is_due_at_once():
+    from capsule.domain.commands import PauseStep
+    from capsule.domain.events import StepInterrupted
+
+    history = (*RUNNING, failed(STORE, retry_at=at(300)))
+    pause = PauseStep(job_id=JOB, now=at(5), step=STORE, attempt=1, reason="interrupted (SIGINT)")
+    given(*history).when(pause).then(
+        StepInterrupted(job_id=JOB, step=STORE, attempt=1, reason="interrupted (SIGINT)")
+    )
+    state = given(*history, StepInterrupted(job_id=JOB, step=STORE, attempt=1, reason="x")).state
+    assert state.status == "interrupted"
+    assert next_action(state, at(6)) == RunStep(step=STORE, attempt=2, resume_from=None)
+
+
+def test_a_pause_records_nothing_once_an_attempt_runs_or_the_job_moved_on():
+    from capsule.domain.commands import PauseStep
+
+    def pause(step: str, attempt: int) -> PauseStep:
+        return PauseStep(job_id=JOB, now=at(5), step=step, attempt=attempt, reason="interrupted (SIGINT)")
+
+    given(*RUNNING).when(pause(STORE, 1)).then()  # running: `InterruptStep` stops it
+    given(*RUNNING).when(pause(STORE, 0)).then()  # an attempt started since
+    given(*RUNNING, completed(STORE, files=1)).when(pause(STORE, 1)).then()  # past the step
+    done = (*RUNNING, completed(STORE, files=1), started(COMMIT), completed(COMMIT, snapshot_id="s1"))
+    given(*done, BackupCompleted(job_id=JOB, snapshot_id="s1")).when(pause(COMMIT, 1)).then()
+    given(*RUNNING).when(pause(STORE, 2)).refused("attempt 2 of step 'store' was never started")
