@@ -3,8 +3,10 @@ Google's real client libraries, every wait of the backoff recorded instead of sl
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import socket
 import threading
 from collections.abc import Iterator
 
@@ -13,7 +15,7 @@ from structlog.testing import capture_logs
 
 from capsule.adapters.errors import DestinationNeedsConsent, DiskFull, ObjectNotFound, StorageUnavailable
 from capsule.adapters.repository.backends.gdrive import DriveBackend, DriveCredentials, open_drive
-from capsule.adapters.repository.backends.gdrive_retry import Backoff
+from capsule.adapters.repository.backends.gdrive_retry import UNREACHABLE_ATTEMPTS, Backoff
 from capsule.domain.errors import Category
 from capsule.domain.sizes import DEFAULT_PACK_SIZE
 from tests.fakes.drive import FakeDrive, MemorySessions, Sleeps
@@ -476,3 +478,29 @@ def test_no_secret_reaches_the_logs_of_a_run_with_refreshes_and_retries(
     assert len(fake.issued) >= 2, "a token was refreshed during the run"
     for secret in (given.refresh_token, given.client_secret, *fake.issued):
         assert secret not in told
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("unreachable", ["drive", "drive and its token endpoint"])
+def test_a_drive_that_cannot_be_reached_is_given_up_after_a_few_quick_tries(
+    fake: FakeDrive, unreachable: str
+) -> None:
+    # No network (or a proxy that is down) refuses every connection at once: eight tries over a
+    # minute made each `capsule backup` wait that long for a copy that could not happen. A
+    # connection dropped in the middle of a request is still tried the full number of times.
+    nowhere = f"http://127.0.0.1:{closed_port()}/"
+    given = fake.credentials()
+    if unreachable != "drive":
+        given = dataclasses.replace(given, token_uri=nowhere + "token")
+    sleeps = Sleeps()
+    backend = open_drive("shop", given, root_url=nowhere, sleep=sleeps)
+    with pytest.raises(StorageUnavailable, match="cannot be reached from this machine") as caught:
+        list(backend.list("data"))
+    assert caught.value.retryable
+    assert "check the network" in str(caught.value)
+    assert len(sleeps.waits) == UNREACHABLE_ATTEMPTS - 1 < Backoff().attempts - 1

@@ -13,9 +13,11 @@ slice of the stream after a 5xx, so every call here makes one attempt and the lo
 
 from __future__ import annotations
 
+import errno
 import http.client
 import json
 import random
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,12 +46,43 @@ class Unsatisfiable(Exception):
     """Raised (inside this backend only) when Drive answers 416: a range starts past the end."""
 
 
+UNREACHABLE_ATTEMPTS = 4
+"""Tries of a request whose every connection is refused or whose host is not found (no network,
+a proxy that is down): a few seconds of backoff, not a minute; the next backup tries again."""
+NO_ROUTE = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL})
+
+
 @dataclass(frozen=True)
 class Transient:
     """A failure that another try may not meet."""
 
     reason: str
     rate_limited: bool = False
+    unreachable: bool = False
+    """No connection could be made at all (refused, no route, the name not found)."""
+
+
+def _cannot_connect(error: BaseException) -> bool:
+    """Whether `error`, or an error it wraps (the token endpoint's transport wraps its library's),
+    says no connection could be opened, rather than one that broke."""
+    seen: set[int] = set()
+    found: list[BaseException] = [error]
+    while found:
+        e = found.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ConnectionRefusedError | socket.gaierror | httplib2.ServerNotFoundError):
+            return True
+        if isinstance(e, OSError) and e.errno in NO_ROUTE:
+            return True
+        found.extend(
+            x
+            for x in (e.__cause__, e.__context__, getattr(e, "reason", None))
+            if isinstance(x, BaseException)
+        )
+        found.extend(a for a in e.args if isinstance(a, BaseException))
+    return False
 
 
 @dataclass(frozen=True)
@@ -87,11 +120,13 @@ def classify(error: Exception, where: str, consent_hint: str) -> Transient:
             f"`{consent_hint}` again to consent, then the copies resume"
         ) from None
     if isinstance(error, auth_errors.TransportError):
-        return Transient("the token endpoint could not be reached")
+        return Transient("the token endpoint could not be reached", unreachable=_cannot_connect(error))
     if isinstance(error, HttpError):
         return _classify_http(error, where, consent_hint)
     if isinstance(error, OSError | http.client.HTTPException | httplib2.HttpLib2Error):
-        return Transient(f"the connection failed ({type(error).__name__})")
+        return Transient(
+            f"the connection failed ({type(error).__name__})", unreachable=_cannot_connect(error)
+        )
     raise error
 
 
@@ -139,7 +174,12 @@ class Retrier:
 
     def wait(self, failures: int, transient: Transient, what: str) -> None:
         """Sleep before try `failures + 1`, or raise when `failures` tries have failed."""
-        if failures >= self.backoff.attempts:
+        attempts = (
+            min(self.backoff.attempts, UNREACHABLE_ATTEMPTS)
+            if transient.unreachable
+            else self.backoff.attempts
+        )
+        if failures >= attempts:
             raise self.gave_up(transient, what, failures)
         delay = self.backoff.delay(failures, self.rand)
         log.info("drive request failed, trying again", what=what, reason=transient.reason,
@@ -152,6 +192,13 @@ class Retrier:
                 f"Google Drive kept refusing uploads to {self.where} for its rate limits through {tries} "
                 "tries: the daily upload cap (750 GB a day per account) is likely reached; the copy "
                 "resumes when it is tried again later"
+            )
+        if transient.unreachable:
+            return StorageUnavailable(
+                f"Google Drive cannot be reached from this machine to {what} for {self.where} "
+                f"({transient.reason}, {tries} tries): check the network connection (and the proxy, if "
+                "CAPSULE_GDRIVE_ROOT_URL or HTTPS_PROXY names one); it is tried again later",
+                retryable=True,
             )
         return StorageUnavailable(
             f"Google Drive failed to {what} for {self.where} {tries} times ({transient.reason}); "
