@@ -16,7 +16,10 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
+from capsule.adapters.logs import get_logger
 from capsule.domain.errors import CapsuleError, Category
+
+log = get_logger(__name__)
 
 
 class SourceBusy(CapsuleError):
@@ -40,16 +43,26 @@ def source_lock(home: Path, database: Path, holder: str, timeout: float) -> Iter
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         deadline = time.monotonic() + timeout
+        said = False
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                other = os.pread(fd, 400, 0).decode(errors="replace").strip() or "another job"
                 if time.monotonic() >= deadline:
-                    other = os.pread(fd, 400, 0).decode(errors="replace").strip() or "another job"
                     raise SourceBusy(
                         f"{database} is in use by {other}; wait for it to finish, then run this again"
                     ) from None
+                if not said:
+                    # Once: a backup asked for during an in-place restore says why it does not start.
+                    log.info(
+                        "waiting for the database",
+                        database=str(database),
+                        held_by=other,
+                        up_to_seconds=timeout,
+                    )
+                    said = True
                 time.sleep(0.1)
         os.ftruncate(fd, 0)
         # Local time: the person reading the message compares it with the clock on the wall.

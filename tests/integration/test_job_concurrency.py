@@ -79,12 +79,31 @@ def test_a_backup_asked_for_during_an_in_place_restore_runs_after_it(shop: Shop,
     snapshot_content = file_content_digest(shop.database)
     with __import__("sqlite3").connect(shop.database) as conn:
         conn.execute("DELETE FROM sale_items WHERE id % 5 = 0")
-    restore = shop.popen("restore", "latest", "--in-place", env={"CAPSULE_FAULTS": "apply:checked@pause=3"})
-    restoring = _wait_running(shop, restore, "apply")
-
-    backup = json.loads(shop.run("backup", "--json", expect=0, timeout=120).stdout)
-    _, err = restore.communicate(timeout=120)
+    # Held until the backup says it waits for the restore, however busy the machine (a fixed pause
+    # let a backup slower to start than the pause find nothing to wait for).
+    release = shop.root / "release-the-restore"
+    restore = shop.popen(
+        "restore", "latest", "--in-place", env={"CAPSULE_FAULTS": f"apply:checked@until={release}"}
+    )
+    with running(restore):
+        restoring = _wait_running(shop, restore, "apply")
+        second = shop.popen("backup", "--json")
+        with running(second):
+            assert second.stderr is not None
+            said = ""
+            try:
+                while line := second.stderr.readline():
+                    said += line
+                    if "waiting for the database" in line:
+                        break
+            finally:
+                release.touch()
+            backup_out, backup_err = second.communicate(timeout=120)
+        assert second.returncode == 0, said + backup_err
+        _, err = restore.communicate(timeout=120)
     assert restore.returncode == 0, err
+    assert "waiting for the database" in said and f"restore job {restoring['job_id']}" in said, said
+    backup = json.loads(backup_out)
 
     # The backup read the database only once the restore had put the snapshot back.
     shop.restore(backup["snapshot_id"], tmp_path / "out")
