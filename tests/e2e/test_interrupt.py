@@ -36,12 +36,17 @@ def _jobs(shop: Shop) -> list[dict[str, Any]]:
 
 
 def _start_paused(
-    shop: Shop, *args: str, point: str, env: dict[str, str] | None = None, pause: int = 30
+    shop: Shop,
+    *args: str,
+    point: str,
+    env: dict[str, str] | None = None,
+    pause: int = 30,
+    until: Path | None = None,
 ) -> subprocess.Popen[str]:
-    """A `capsule` child held at `point` for `pause` seconds with a running job."""
-    proc = shop.popen(
-        *args, env={**(FAST if env is None else env), "CAPSULE_FAULTS": f"{point}@pause={pause}"}
-    )
+    """A `capsule` child held at `point` with a running job, for `pause` seconds or until the file
+    `until` exists."""
+    hold = f"{point}@until={until}" if until is not None else f"{point}@pause={pause}"
+    proc = shop.popen(*args, env={**(FAST if env is None else env), "CAPSULE_FAULTS": hold})
     deadline = time.monotonic() + 60
     while not any(j["status"] == "running" for j in shop.jobs_seen()):
         assert time.monotonic() < deadline and proc.poll() is None, proc.stderr and proc.stderr.read()
@@ -235,10 +240,15 @@ def test_cancel_stops_an_interrupted_backup_and_the_next_backup_starts_afresh(sh
 
 
 def test_cancel_of_a_running_backup_releases_its_lock_and_makes_no_snapshot(shop: Shop) -> None:
-    proc = _start_paused(shop, "backup", point="store:locked", pause=5)
+    # Held until the cancel is recorded, however long it takes to start, then let go.
+    release = shop.root / "release-the-backup"
+    proc = _start_paused(shop, "backup", point="store:locked", until=release)
     with running(proc):
         job_id = _jobs(shop)[0]["job_id"]
-        out = shop.run("cancel", job_id, expect=0)
+        try:
+            out = shop.run("cancel", job_id, expect=0)
+        finally:
+            release.touch()
         assert job_id in out.stdout and "Cancelled" in out.stdout
         _, err = proc.communicate(timeout=60)
 
