@@ -24,7 +24,8 @@ Use::
         fake.fail(1, "stall", method="PUT"); fake.stalled.wait(); ...; fake.release()  # kill mid-chunk
         fake.revoke(credentials.refresh_token); fake.expire_access_tokens()
         fake.page_size = 3                             # lists come in pages of three
-        fake.requests      # what arrived: method, path, query, bytes received, status, Content-Range
+        fake.requests      # what arrived: method, path, query, bytes received, status, Content-Range, bytes sent
+        fake.downloads(since)                          # the file reads among them
         fake.count("POST", "/upload/"), fake.received("/upload/"), fake.named("config")
 
 `client_config()` is a client-secrets document for the consent flow, whose `/auth` redirects at once
@@ -90,6 +91,8 @@ class Recorded:
     """The status answered; 0 when the connection was dropped."""
     content_range: str = ""
     """The request's Content-Range (`bytes */N` is an upload's status query)."""
+    sent: int = 0
+    """Body bytes answered (a download's bytes)."""
 
 
 @dataclass
@@ -269,6 +272,11 @@ class FakeDrive:
         """Body bytes received by requests under `path_prefix`."""
         with self._lock:
             return sum(r.received for r in self.requests if r.path.startswith(path_prefix))
+
+    def downloads(self, since: int = 0) -> list[Recorded]:
+        """The file reads (`alt=media`) answered since request number `since`."""
+        with self._lock:
+            return [r for r in self.requests[since:] if r.query.get("alt") == "media"]
 
     def named(self, name: str) -> list[StoredFile]:
         with self._lock:
@@ -503,8 +511,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         content_range = self.headers.get("Content-Range", "")
+        sent = len(body) if self.command != "HEAD" else 0
         self.drive.record(
-            Recorded(self._method, self._path, self._query, self._received, status, content_range)
+            Recorded(self._method, self._path, self._query, self._received, status, content_range, sent)
         )
         self.send_response(status)
         for key, value in (headers or {}).items():
