@@ -7,6 +7,7 @@ them and they are never half-written (every file is written to a temporary name 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -85,6 +86,10 @@ DEFAULT_COMPRESSION_LEVEL = 1
 PACKS_IN_FLIGHT = 2
 
 
+PackReader = Callable[[str, int, int], bytes]
+"""Reads `length` bytes at `offset` of pack `pack_id`, as `Backend.read` of a `data` object does."""
+
+
 class PreparedBlob(NamedTuple):
     """A blob sealed and ready for a pack; made off the main thread."""
 
@@ -127,6 +132,7 @@ class Repository:
         """Blobs (bundle members included) this process has opened from this repository: how
         much of it a command read, for its log and its tests."""
         self._count_lock = threading.Lock()
+        self._pack_reader: PackReader | None = None
 
     @property
     def index(self) -> Index:
@@ -522,7 +528,7 @@ class Repository:
         if loc is None:
             raise BlobNotFound(f"blob {blob_id.hex()[:12]} is in no index; {NOT_INDEXED_ADVICE}")
         try:
-            sealed = self.backend.read("data", loc.pack_id, loc.offset, loc.length)
+            sealed = self._read_pack(loc.pack_id, loc.offset, loc.length)
         except ObjectNotFound as e:
             raise BlobNotFound(f"pack {loc.pack_id[:12]} holding blob {blob_id.hex()[:12]} is missing") from e
         return self.open_blob(blob_id, loc, sealed)
@@ -538,9 +544,7 @@ class Repository:
             first, last = run[0][1], run[-1][1]
             try:
                 raw = memoryview(
-                    self.backend.read(
-                        "data", first.pack_id, first.offset, last.offset + last.length - first.offset
-                    )
+                    self._read_pack(first.pack_id, first.offset, last.offset + last.length - first.offset)
                 )
             except ObjectNotFound as e:
                 raise BlobNotFound(f"pack {first.pack_id[:12]} is missing from the repository") from e
@@ -548,6 +552,23 @@ class Repository:
                 start = loc.offset - first.offset
                 out.append(self.open_blob(blob_id, loc, raw[start : start + loc.length], check_id=check_id))
         return out
+
+    def _read_pack(self, pack_id: str, offset: int, length: int) -> bytes:
+        reader = self._pack_reader
+        if reader is not None:
+            return reader(pack_id, offset, length)
+        return self.backend.read("data", pack_id, offset, length)
+
+    @contextlib.contextmanager
+    def reading_packs(self, reader: PackReader) -> Iterator[None]:
+        """Within the block, `read_blob` and `read_blobs` take their ranges of packs from `reader`
+        rather than from the backend: a restore from Drive serves them from packs it fetched whole
+        (see packcache). Every blob is still authenticated as it is opened."""
+        self._pack_reader = reader
+        try:
+            yield
+        finally:
+            self._pack_reader = None
 
     def open_blob(
         self, blob_id: bytes, loc: BlobLocation, sealed: bytes | memoryview, check_id: bool = True

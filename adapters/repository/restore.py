@@ -21,10 +21,11 @@ from capsule.adapters.errors import NOT_INDEXED_ADVICE, BlobNotFound, DiskFull, 
 from capsule.adapters.logs import get_logger
 from capsule.adapters.partials import partial_name, remove_abandoned
 from capsule.adapters.repository.backends.local import fsync_dir
-from capsule.adapters.repository.backends.storage import local_paths
+from capsule.adapters.repository.backends.storage import costly_reads, local_paths
 from capsule.adapters.repository.chunks import read_id_lists, split_ids, workers
 from capsule.adapters.repository.entry_rules import check_content, check_database_snapshot, restored_mode
 from capsule.adapters.repository.index import BlobLocation
+from capsule.adapters.repository.packcache import whole_packs
 from capsule.adapters.repository.repo import Repository
 from capsule.adapters.sqlite.snapshot import SIDE_FILES
 from capsule.adapters.sqlite.snapshot import check_database as check_sqlite
@@ -306,12 +307,19 @@ def _restore_entries(
         if progress:
             progress(base + n, total)
 
-    for entry, target in targets:
-        restored = write_entry(
-            repo, entry, target, scaled, pool=pool, check_database=check, special_bits=special_bits
-        )
-        put_in_place(restored.path, target)
-        done.append(RestoredFile(target, restored.size, restored.sha256))
-        base += entry.size
-        log.info("file restored", path=str(target), bytes=restored.size)
+    # From Drive, each read is a request: the packs the restore needs most of are fetched whole.
+    fetching = (
+        whole_packs(repo, manifest.entries, to)
+        if pool is None and costly_reads(repo.backend)
+        else contextlib.nullcontext()
+    )
+    with fetching:
+        for entry, target in targets:
+            restored = write_entry(
+                repo, entry, target, scaled, pool=pool, check_database=check, special_bits=special_bits
+            )
+            put_in_place(restored.path, target)
+            done.append(RestoredFile(target, restored.size, restored.sha256))
+            base += entry.size
+            log.info("file restored", path=str(target), bytes=restored.size)
     return done

@@ -20,6 +20,8 @@ query on the folder and the `kind` tag.
   resumable upload, one of up to one chunk (64 MiB by default) in a single PUT after opening the
   session: a pack of 16 to 64 MiB costs two requests. A smaller one, the last pack of a backup
   too, goes in one multipart request.
+- A read is one request, of a range or of a whole object. A restore fetches the packs it needs most
+  of whole (storage.CostlyReads, packcache) rather than reading them in many small ranges.
 - Reads use a small cache of name -> file id; listing never does, so a write that returned is listed.
   The first `stat` or `size` of a content-named object after this process wrote it is the write's
   own answer (Drive's size of the file it stored), not one more request.
@@ -110,6 +112,9 @@ def _newest_first(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 class DriveBackend:
     """One repository in one Drive folder; see the module's docstring."""
+
+    costly_reads = True
+    """Every read is an HTTP request (see storage.CostlyReads): a restore fetches packs whole."""
 
     def __init__(
         self,

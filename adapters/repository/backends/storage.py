@@ -41,6 +41,10 @@ through the plain contract:
 - `LocalPaths` (`path_of`): objects are files on this machine. Worker processes then read packs by
   path themselves (with direct I/O and read-ahead, see capsule.adapters.directio) and a restore goes
   through them; without it, restore reads ranges through `read` on threads of this process.
+- `CostlyReads` (`costly_reads`): every read is a request over a network with its own latency (Drive). A
+  restore from such a backend fetches each pack it needs most of whole, once, into a temporary
+  folder and reads its blobs from there (see capsule.adapters.repository.packcache); without it, a
+  read is cheap and a restore reads just the ranges it needs.
 - `TemporaryFiles` (`remove_temporary`): the backend writes under temporary names first; prune
   removes the ones a killed process left. A backend without it leaves none.
 """
@@ -123,6 +127,19 @@ class LocalPaths(Protocol):
 
     def path_of(self, kind: Kind, name: str) -> Path:
         """The file holding (kind, name)."""
+
+
+@runtime_checkable
+class CostlyReads(Protocol):
+    """A capability: each read is a request over a network (Drive), whose latency costs more than
+    reading a few MB more: a restore fetches the packs it needs most of whole (see packcache)."""
+
+    costly_reads: bool
+
+
+def costly_reads(backend: Backend) -> bool:
+    """Whether every read of `backend` is a round trip worth saving (see `CostlyReads`)."""
+    return isinstance(backend, CostlyReads) and backend.costly_reads
 
 
 @runtime_checkable
