@@ -24,7 +24,7 @@ Use::
         fake.fail(1, "stall", method="PUT"); fake.stalled.wait(); ...; fake.release()  # kill mid-chunk
         fake.revoke(credentials.refresh_token); fake.expire_access_tokens()
         fake.page_size = 3                             # lists come in pages of three
-        fake.requests      # what arrived: method, path, query, bytes received, status, Content-Range, bytes sent
+        fake.requests      # what arrived: method, path, query, bytes received and sent, status, Content-Range
         fake.downloads(since)                          # the file reads among them
         fake.count("POST", "/upload/"), fake.received("/upload/"), fake.named("config")
 

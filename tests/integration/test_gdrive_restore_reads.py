@@ -82,7 +82,7 @@ def test_a_database_restored_from_drive_reads_each_pack_it_needs_in_one_request(
 ) -> None:
     reader = copy.reader()
     manifest = reader.load_snapshot(copy.db_snapshot)
-    packs = {p: reader.backend.size("data", p) for p in reader.backend.list("data")}
+    packs = {f.name: len(f.content) for f in copy.fake.files.values() if f.name.startswith("data-")}
     to = tmp_path / "restored"
     with locked(reader.backend, "restore", reading=True):
         asked = len(copy.fake.requests)
@@ -92,7 +92,7 @@ def test_a_database_restored_from_drive_reads_each_pack_it_needs_in_one_request(
 
     assert len(packs) >= 6
     # One read per pack and one search for its file: a few hundred small ranges before.
-    assert len(downloads) <= len(packs) + 2, len(downloads)
+    assert len(downloads) <= len(packs) + 2, [r.sent for r in downloads]
     assert len(during) <= 2 * len(packs) + 4, len(during)
     assert sum(r.sent for r in downloads) <= sum(packs.values())  # no byte fetched twice
     assert sha256_file(restored.path) == manifest.entries[0].sha256 == restored.sha256
