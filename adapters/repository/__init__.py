@@ -13,6 +13,7 @@
 - `lock.py`: shared, exclusive and prune locks under `locks/`; who holds them.
 - `entry_rules.py`: the rules a snapshot's entries keep, for restore and verify alike.
 - `restore.py`: restore a database snapshot: fetch, authenticate, write, check, rename.
+- `packcache.py`: packs a restore from Drive needs most of, fetched whole once into a temporary folder.
 - `verify.py`: find every damaged or missing piece and the snapshots and files it hurts.
 - `verify_packs.py`: the data pass of `verify --read-data`: every pack read once, checked on every core.
 - `packcheck.py`: one whole pack checked (header, tags, decompression, ids), in a worker or here.

@@ -1,8 +1,8 @@
 """Packs fetched whole for a restore from a backend whose reads are costly (Drive).
 
 A restore reads a file's blobs in file order, a run of neighbouring blobs at a time: on a local disk
-each run is a cheap read, but from Drive each is an HTTP request with 50 to 300 ms of latency, and a
-database takes a few thousand of them. Here a restore first adds up, pack by pack, the bytes it
+each run is a cheap read, but from Drive each is an HTTP request that waits a network round trip,
+and a database takes a few thousand of them. Here a restore first adds up, pack by pack, the bytes it
 will read (a pass over the file's blob locations: the index and the file's list blobs), then:
 
 - a pack with at least `SHARE` of a pack's worth of bytes still to read is fetched whole, in one
