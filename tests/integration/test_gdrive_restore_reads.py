@@ -24,8 +24,19 @@ from capsule.adapters.repository.lock import locked
 from capsule.adapters.repository.repo import Repository
 from capsule.adapters.repository.restore import locate_all, restore_snapshot
 from capsule.adapters.sqlite.backup import backup_database
+from capsule.orchestrator.usecases.backup import Backup, back_up
+from capsule.orchestrator.usecases.destinations import add_gdrive
+from capsule.orchestrator.usecases.restore import Restore
+from capsule.orchestrator.usecases.restore import restore_snapshot as restore_snapshot_from
+from capsule.orchestrator.usecases.sync import Sync, sync
 from tests.fakes.drive import FakeDrive, Sleeps
-from tests.integration.helpers import DatabaseTemplates, file_content_digest, sha256_file
+from tests.integration.helpers import (
+    DatabaseTemplates,
+    Shop,
+    file_content_digest,
+    in_process_settings,
+    sha256_file,
+)
 
 NOW = datetime(2026, 12, 6, 9, 0, tzinfo=UTC)
 PACK = 1024 * 1024
@@ -136,3 +147,28 @@ def test_a_restore_from_drive_that_fails_leaves_no_fetched_pack_behind(copy: Cop
     assert any(r.sent >= PACK // 2 for r in downloads)  # packs were fetched whole before it failed
     assert hidden(to) == []  # neither those packs nor the half-written database stay
     assert not (to / manifest.entries[0].path).exists()
+
+
+def test_restore_from_a_drive_destination_fetches_the_pack_whole(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    settings = in_process_settings(shop)
+    entry = back_up(settings, Backup(kind="database")).snapshots[0].manifest.entries[0]
+    with FakeDrive() as fake:
+        add_gdrive(settings, "drive", fake.client_config(), fake.credentials().refresh_token)
+        monkeypatch.setenv("CAPSULE_GDRIVE_ROOT_URL", fake.url)
+        [copied] = sync(settings, Sync("drive")).destinations
+        assert copied.ok, copied.error
+        packs = {f.id: f.name for f in fake.files.values() if f.name.startswith("data-")}
+        asked = len(fake.requests)
+
+        restored = restore_snapshot_from(
+            settings, Restore("latest-database", to=tmp_path / "out", source="drive")
+        )
+
+        reads = [r for r in fake.downloads(asked) if r.path.rsplit("/", 1)[-1] in packs]
+    assert len(reads) == len(packs) == 1, [r.sent for r in reads]  # one request, the whole pack
+    [database] = restored.restored
+    assert sha256_file(Path(database.path)) == database.sha256 == entry.sha256
+    assert file_content_digest(Path(database.path)) == file_content_digest(shop.database)
+    assert hidden(tmp_path / "out") == []
