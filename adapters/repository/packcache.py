@@ -207,9 +207,14 @@ def whole_packs(repo: Repository, entries: list[Entry], to: Path) -> Iterator[Pa
     whose copies live in a temporary folder under `to` removed at the end."""
     remove_abandoned(to)
     folder = Path(tempfile.mkdtemp(prefix=f"{FOLDER_MARK}{os.getpid()}-", dir=to))
+    # Drive finds each pack's file with a search: one listing of the folder answers them all.
+    one_listing = getattr(repo.backend, "one_listing", None)
     try:
         cache = PackCache(repo.backend, folder, repo.pack_size)
-        with repo.reading_packs(cache.read):
+        with (
+            repo.reading_packs(cache.read),
+            one_listing() if callable(one_listing) else contextlib.nullcontext(),
+        ):
             lists, held = list_bytes(repo, entries)
             # A backup writes a file's lists among its pages, a few to a pack: the plan reads them
             # before it knows how much of their packs the restore needs, and a pack that holds two or
