@@ -35,7 +35,7 @@ from capsule.adapters.repository.backends import open_backend
 from capsule.adapters.repository.entry_rules import check_database_snapshot
 from capsule.adapters.repository.lock import locked, read_locks
 from capsule.adapters.repository.repo import Repository
-from capsule.adapters.repository.restore import restore_snapshot, safe_target, write_entry
+from capsule.adapters.repository.restore import fetch_whole_packs, restore_snapshot, safe_target, write_entry
 from capsule.adapters.sqlite.backup import StoredDatabase, commit_database, store_database
 from capsule.adapters.sqlite.pagestore import sha256_file
 from capsule.adapters.sqlite.snapshot import check_database, copy_into_live
@@ -398,7 +398,10 @@ def restore_stage(ctx: StepContext) -> dict[str, Any]:
             _remove_partial_writes(staged.parent, staged.name)
             repo.ensure_index()
             # Capsule's own copy until it is applied: private, whatever the snapshot's mode.
-            tmp = write_entry(repo, entry, staged, _halfway(ctx, "stage"), check_database=True, mode=0o600)
+            with fetch_whole_packs(repo, [entry], staged.parent):
+                tmp = write_entry(
+                    repo, entry, staged, _halfway(ctx, "stage"), check_database=True, mode=0o600
+                )
             os.replace(tmp.path, staged)
     faults.point("stage:staged")
     return {"snapshot_id": sid, "staged": str(staged), "sha256": entry.sha256, "notes": notes}

@@ -205,6 +205,7 @@ def content_bytes(repo: Repository, entries: Iterable[Entry]) -> Counter[str]:
 def whole_packs(repo: Repository, entries: list[Entry], to: Path) -> Iterator[PackCache]:
     """Within the block, `repo` reads packs through a `PackCache` planned for restoring `entries`,
     whose copies live in a temporary folder under `to` removed at the end."""
+    to.mkdir(parents=True, exist_ok=True)
     remove_abandoned(to)
     folder = Path(tempfile.mkdtemp(prefix=f"{FOLDER_MARK}{os.getpid()}-", dir=to))
     # Drive finds each pack's file with a search: one listing of the folder answers them all.

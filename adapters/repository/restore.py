@@ -279,6 +279,15 @@ def restore_snapshot(
             pool.close()
 
 
+def fetch_whole_packs(
+    repo: Repository, entries: list[Entry], to: Path
+) -> contextlib.AbstractContextManager[object]:
+    """From a backend whose every read is a request (Drive), the packs a restore of `entries` needs
+    most of are fetched whole, once, into a temporary folder under `to` (see packcache); from any
+    other, nothing changes."""
+    return whole_packs(repo, entries, to) if costly_reads(repo.backend) else contextlib.nullcontext()
+
+
 def _restore_entries(
     repo: Repository,
     manifest: Manifest,
@@ -307,13 +316,7 @@ def _restore_entries(
         if progress:
             progress(base + n, total)
 
-    # From Drive, each read is a request: the packs the restore needs most of are fetched whole.
-    fetching = (
-        whole_packs(repo, manifest.entries, to)
-        if pool is None and costly_reads(repo.backend)
-        else contextlib.nullcontext()
-    )
-    with fetching:
+    with fetch_whole_packs(repo, manifest.entries, to) if pool is None else contextlib.nullcontext():
         for entry, target in targets:
             restored = write_entry(
                 repo, entry, target, scaled, pool=pool, check_database=check, special_bits=special_bits

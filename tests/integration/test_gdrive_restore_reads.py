@@ -149,11 +149,13 @@ def test_a_restore_from_drive_that_fails_leaves_no_fetched_pack_behind(copy: Cop
     assert not (to / manifest.entries[0].path).exists()
 
 
+@pytest.mark.parametrize("in_place", [False, True], ids=["to-a-folder", "in-place"])
 def test_restore_from_a_drive_destination_fetches_the_pack_whole(
-    shop: Shop, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    shop: Shop, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, in_place: bool
 ) -> None:
     settings = in_process_settings(shop)
     entry = back_up(settings, Backup(kind="database")).snapshots[0].manifest.entries[0]
+    live = file_content_digest(shop.database)
     with FakeDrive() as fake:
         add_gdrive(settings, "drive", fake.client_config(), fake.credentials().refresh_token)
         monkeypatch.setenv("CAPSULE_GDRIVE_ROOT_URL", fake.url)
@@ -162,13 +164,16 @@ def test_restore_from_a_drive_destination_fetches_the_pack_whole(
         packs = {f.id: f.name for f in fake.files.values() if f.name.startswith("data-")}
         asked = len(fake.requests)
 
-        restored = restore_snapshot_from(
-            settings, Restore("latest-database", to=tmp_path / "out", source="drive")
-        )
+        to = None if in_place else tmp_path / "out"
+        restored = restore_snapshot_from(settings, Restore("latest-database", to=to, source="drive"))
 
         reads = [r for r in fake.downloads(asked) if r.path.rsplit("/", 1)[-1] in packs]
     assert len(reads) == len(packs) == 1, [r.sent for r in reads]  # one request, the whole pack
-    [database] = restored.restored
-    assert sha256_file(Path(database.path)) == database.sha256 == entry.sha256
-    assert file_content_digest(Path(database.path)) == file_content_digest(shop.database)
-    assert hidden(tmp_path / "out") == []
+    if in_place:
+        assert restored.in_place and file_content_digest(shop.database) == live
+        assert hidden(settings.staging) == []
+    else:
+        [database] = restored.restored
+        assert sha256_file(Path(database.path)) == database.sha256 == entry.sha256
+        assert file_content_digest(Path(database.path)) == live
+        assert hidden(tmp_path / "out") == []
