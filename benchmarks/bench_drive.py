@@ -353,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         # 4. restore from Drive against restore from the local repository, taking turns
         times: dict[str, list[float]] = {"local": [], "drive": []}
         cpu: dict[str, list[float]] = {"local": [], "drive": []}
+        rss: dict[str, list[int]] = {"local": [], "drive": []}
         for i in range(args.restore_runs):
             for source in ("local", "drive"):
                 target = workdir / f"restore-{source}-{i}"
@@ -365,11 +366,13 @@ def main(argv: list[str] | None = None) -> int:
                     restore_kinds = _by_kind(fake.requests[asked:])
                 times[source].append(result.seconds)
                 cpu[source].append(result.cpu_seconds)
+                rss[source].append(result.peak_rss_bytes)
                 shutil.rmtree(target)
         db_bytes = bench.database.stat().st_size
         figures["restore"] = {
             source: {"runs_seconds": times[source], "seconds": median(times[source]),
-                     "cpu_seconds": median(cpu[source]), "mb_per_s": db_bytes / MB / median(times[source])}
+                     "cpu_seconds": median(cpu[source]), "mb_per_s": db_bytes / MB / median(times[source]),
+                     "peak_rss_bytes": max(rss[source])}
             for source in times
         }  # fmt: skip
         figures["restore"]["drive"]["requests"] = restore_requests
@@ -395,7 +398,9 @@ def _verdict(ok: bool) -> str:
 
 
 def _timed(figures: dict[str, Any]) -> str:
-    return f"{figures['seconds']:.2f} s ({figures['mb_per_s']:.0f} MB/s, CPU {figures['cpu_seconds']:.2f} s)"
+    rss = f", peak RSS {figures['peak_rss_bytes'] / MB:.0f} MB" if "peak_rss_bytes" in figures else ""
+    cpu = figures["cpu_seconds"]
+    return f"{figures['seconds']:.2f} s ({figures['mb_per_s']:.0f} MB/s, CPU {cpu:.2f} s{rss})"
 
 
 def print_report(f: dict[str, Any]) -> None:
