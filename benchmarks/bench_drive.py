@@ -397,8 +397,12 @@ def _verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
-def _timed(figures: dict[str, Any]) -> str:
-    rss = f", peak RSS {figures['peak_rss_bytes'] / MB:.0f} MB" if "peak_rss_bytes" in figures else ""
+def _timed(figures: dict[str, Any], *, rss_too: bool = False) -> str:
+    rss = (
+        f", peak RSS {figures['peak_rss_bytes'] / MB:.0f} MB"
+        if rss_too and "peak_rss_bytes" in figures
+        else ""
+    )
     cpu = figures["cpu_seconds"]
     return f"{figures['seconds']:.2f} s ({figures['mb_per_s']:.0f} MB/s, CPU {cpu:.2f} s{rss})"
 
@@ -441,8 +445,9 @@ def print_report(f: dict[str, Any]) -> None:
          _verdict(0 <= drop["resent_bytes"] <= chunk)),
         ("resent after kill -9 and a restart", killed, one_chunk,
          _verdict(kill["held"] and kill["complete"] and 0 <= kill["resent_bytes"] <= chunk)),
-        ("restore from the local repository (median)", _timed(restore["local"]), "", ""),
-        ("restore from Drive (median)", f"{_timed(restore['drive'])}, {ratio:.2f}x the local's time, "
+        ("restore from the local repository (median)", _timed(restore["local"], rss_too=True), "", ""),
+        ("restore from Drive (median)",
+         f"{_timed(restore['drive'], rss_too=True)}, {ratio:.2f}x the local's time, "
          f"{restore['drive'].get('requests', '?')} requests", "", ""),
     ]  # fmt: skip
     rows += _copy_rows(f["rclone"])
