@@ -13,8 +13,10 @@ will read (a pass over the file's blob locations: the index and the file's list 
 
 Nothing here is trusted more than a range read would be: every blob is authenticated (AEAD) as it
 is opened, and the restored file's SHA-256 checked before it gets its name. Memory stays at a pack
-per fetch in flight (`FETCHES`); the disk holds at most `HELD_PACKS` packs at once (a pack that
-would pass that is read in ranges until one is removed). The folder is removed when the restore
+per fetch in flight (`FETCHES`); the disk holds at most `HELD_PACKS` packs at once, and no more
+than half the free space the restored files leave (`copy_room`): a pack that would pass that is
+read in ranges until a copy is removed, so the copies never make a restore run out of disk that
+would have fitted without them. The folder is removed when the restore
 ends, whether it succeeded or not; a restore killed outright leaves it, and the next restore into
 the same folder removes it (its name holds the PID of the process that made it).
 """
@@ -65,13 +67,13 @@ class _Pack:
 class PackCache:
     """Serves ranges of packs to a restore, from whole copies where that saves requests."""
 
-    def __init__(self, backend: Backend, folder: Path, pack_size: int) -> None:
+    def __init__(self, backend: Backend, folder: Path, pack_size: int, room: int | None = None) -> None:
         self._backend = backend
         self._folder = folder
         self.threshold = max(1, int(pack_size * SHARE))
         """Planned bytes from which a pack is fetched whole."""
         self._pack_size = pack_size
-        self._limit = HELD_PACKS * pack_size
+        self._limit = HELD_PACKS * pack_size if room is None else min(HELD_PACKS * pack_size, room)
         self._packs: dict[str, _Pack] = {}
         self._lock = threading.Lock()
         self._held = 0
@@ -109,7 +111,7 @@ class PackCache:
             return pack.left >= self.threshold
 
     def _reserve(self, pack: _Pack) -> bool:
-        """Room for one more pack on disk, taken; False when HELD_PACKS are there."""
+        """Room for one more pack on disk, taken; False when the copies fill their room."""
         with self._lock:
             if pack.left < self.threshold or self._held + self._pack_size > self._limit:
                 return False
@@ -201,6 +203,12 @@ def content_bytes(repo: Repository, entries: Iterable[Entry]) -> Counter[str]:
     return wanted
 
 
+def copy_room(free: int, restored: int) -> int:
+    """Bytes the whole-pack copies may take on a disk with `free` bytes free, where the restore
+    will write `restored` bytes: half of what the restored files leave."""
+    return max(0, free - restored) // 2
+
+
 @contextlib.contextmanager
 def whole_packs(repo: Repository, entries: list[Entry], to: Path) -> Iterator[PackCache]:
     """Within the block, `repo` reads packs through a `PackCache` planned for restoring `entries`,
@@ -211,7 +219,8 @@ def whole_packs(repo: Repository, entries: list[Entry], to: Path) -> Iterator[Pa
     # Drive finds each pack's file with a search: one listing of the folder answers them all.
     one_listing = getattr(repo.backend, "one_listing", None)
     try:
-        cache = PackCache(repo.backend, folder, repo.pack_size)
+        room = copy_room(shutil.disk_usage(folder).free, sum(e.size for e in entries))
+        cache = PackCache(repo.backend, folder, repo.pack_size, room)
         with (
             repo.reading_packs(cache.read),
             one_listing() if callable(one_listing) else contextlib.nullcontext(),

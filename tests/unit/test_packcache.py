@@ -13,7 +13,7 @@ import pytest
 from capsule.adapters.repository import packcache
 from capsule.adapters.repository.backends.memory import MemoryBackend
 from capsule.adapters.repository.backends.storage import Kind
-from capsule.adapters.repository.packcache import FOLDER_MARK, PackCache, remove_abandoned
+from capsule.adapters.repository.packcache import FOLDER_MARK, PackCache, copy_room, remove_abandoned
 
 PACK = 1024
 
@@ -85,6 +85,21 @@ def test_packs_past_the_limit_are_read_in_ranges_until_a_copy_is_removed(
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bb", "cc"]
     assert backend.reads == [("aa", 0, None), ("bb", 0, None), ("cc", 0, 200), ("cc", 0, None)]
+
+
+def test_the_copies_take_at_most_half_the_space_the_restored_files_leave(
+    backend: CountingBackend, tmp_path: Path
+) -> None:
+    assert copy_room(free=10_000, restored=4_000) == 3_000
+    assert copy_room(free=4_000, restored=10_000) == 0
+    cache = PackCache(backend, tmp_path, PACK, room=copy_room(free=5_000, restored=3_000))
+    cache.plan({"aa": 1024})
+
+    cache.read("aa", 0, 512)
+    cache.read("aa", 512, 512)
+
+    assert cache.fetched == 0 and list(tmp_path.iterdir()) == []  # no room for a copy: ranges
+    assert backend.reads == [("aa", 0, 512), ("aa", 512, 512)]
 
 
 def test_only_the_folders_of_restores_that_are_gone_are_removed(tmp_path: Path) -> None:
