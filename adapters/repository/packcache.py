@@ -16,9 +16,12 @@ is opened, and the restored file's SHA-256 checked before it gets its name. Memo
 per fetch in flight (`FETCHES`); the disk holds at most `HELD_PACKS` packs at once, and no more
 than half the free space the restored files leave (`copy_room`): a pack that would pass that is
 read in ranges until a copy is removed, so the copies never make a restore run out of disk that
-would have fitted without them. The folder is removed when the restore
-ends, whether it succeeded or not; a restore killed outright leaves it, and the next restore into
-the same folder removes it (its name holds the PID of the process that made it).
+would have fitted without them. The folder is removed when the restore ends, whether it succeeded
+or not; a restore killed outright leaves it, and the next restore into the same folder removes it
+(its name holds the PID of the process that made it).
+
+Used by the database restores (to a folder, and the staged copy of one in place). A files restore
+and `cat` read ranges as before.
 """
 
 from __future__ import annotations
@@ -45,8 +48,8 @@ log = get_logger(__name__)
 
 SHARE = 0.25
 """A pack is fetched whole when at least this share of a pack's size is still to be read from it.
-A database restore needs nearly all of most packs; one image needs a few hundred KB of a 32 MiB
-pack, far less than a quarter, and is read in ranges."""
+A database restore needs nearly all of most packs; a pack that holds a few of its pages, among
+other backups' blobs, is read in ranges."""
 HELD_PACKS = 32
 """Packs kept on disk at once, at most (1 GiB of 32 MiB packs)."""
 FETCHES = 2
