@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, Select, func, insert, select
+from sqlalchemy import Connection, Engine, Row, Select, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from capsule.orchestrator.db import database_errors, for_reading
@@ -278,15 +278,31 @@ class EventStore:
         return {stream_id: found.get(stream_id, 0) for stream_id in ids}
 
     def read_all(
-        self, after_position: int = 0, limit: int = 1000, *, conn: Connection | None = None
+        self,
+        after_position: int = 0,
+        limit: int = 1000,
+        *,
+        since: datetime | None = None,
+        of_job: str | None = None,
+        conn: Connection | None = None,
     ) -> list[StoredEvent]:
-        """Up to `limit` events of every stream with a position above `after_position`, in position order."""
+        """Up to `limit` events of every stream with a position above `after_position`, in position
+        order; only those recorded at or after `since`, and only those of job `of_job` (its
+        correlation id, or a stream named after it), when given: the database skips the others
+        without their being decoded here."""
         if limit < 1:
             raise ValueError(f"a limit is 1 or more, not {limit}")
-        query = (
-            select(events).where(events.c.position > after_position).order_by(events.c.position).limit(limit)
-        )
-        return [self._stored(row) for row in self._rows(query, conn)]
+        query = select(events).where(events.c.position > after_position)
+        if since is not None:
+            query = query.where(events.c.recorded_at >= since)
+        if of_job is not None:
+            query = query.where(
+                or_(
+                    events.c.metadata["correlation_id"].as_string() == of_job,
+                    events.c.stream_id.endswith(f"-{of_job}", autoescape=True),
+                )
+            )
+        return [self._stored(row) for row in self._rows(query.order_by(events.c.position).limit(limit), conn)]
 
     def last_position(self, *, conn: Connection | None = None) -> int:
         """The position of the newest event in the log; 0 when it is empty."""
