@@ -162,9 +162,15 @@ def _reading(db: Database) -> Iterator[Connection]:
         yield conn
 
 
-def destination_objects(db: Database, destination_id: str) -> dict[tuple[str, str], Row]:
+def destination_objects(
+    db: Database, destination_id: str, held_only: bool = False
+) -> dict[tuple[str, str], Row]:
     """Every object the log says destination `destination_id` holds or held, by (kind, name): its
-    `backup_dest_objects` row (`deleted_at` set for one deleted or found missing)."""
+    `backup_dest_objects` row (`deleted_at` set for one deleted or found missing); `held_only`: only
+    those it holds now."""
     t = backup_dest_objects
-    rows = _rows(db, select(t).where(t.c.destination_id == destination_id))
+    query = select(t).where(t.c.destination_id == destination_id)
+    if held_only:
+        query = query.where(t.c.deleted_at.is_(None))
+    rows = _rows(db, query)
     return {(str(r["kind"]), str(r["name"])): r for r in rows}

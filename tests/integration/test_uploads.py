@@ -15,7 +15,7 @@ from sqlalchemy import select
 from capsule.adapters.repository.backends import open_backend
 from capsule.api import render
 from capsule.domain.backup_job import upload_step
-from capsule.orchestrator import projections
+from capsule.orchestrator import projections, uploads
 from capsule.orchestrator.destinations import load
 from capsule.orchestrator.eventstore import EventStore
 from capsule.orchestrator.projections.tables import backup_dest_objects
@@ -410,3 +410,27 @@ def test_status_says_where_the_copies_are_and_when_the_last_whole_one_was_made(
     assert "Off-site copies: none" not in said
     assert [c["name"] for c in doc["offsite"]] == ["usb", "nas"]
     assert doc["offsite"][0]["kind"] == "folder" and doc["offsite"][0]["location"] == str(usb)
+
+
+def test_an_upload_with_nothing_deleted_locally_looks_through_no_prune(
+    shop: Shop, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Which objects a prune or a forget deleted is read from every prune job the log holds: a year of
+    # daily prunes is hundreds of jobs, read again at every hourly upload. It is needed only when an
+    # object Capsule sent there is missing from the local repository.
+    settings = in_process_settings(shop)
+    usb = folder(tmp_path, "usb")
+    add_folder(settings, "usb", usb)
+    back_up(settings, Backup(kind="database"))
+    looked: list[int] = []
+    real = uploads.deleted_locally
+    monkeypatch.setattr(uploads, "deleted_locally", lambda runtime: looked.append(1) or real(runtime))
+
+    back_up(settings, Backup(kind="database"))
+    assert looked == []
+
+    older = shop.snapshots()[-1]["snapshot_id"]
+    forget_snapshots(settings, ForgetByHand((older,)))
+    sync(settings, Sync())
+    assert looked == [1]  # a snapshot file sent there is gone here: the prunes and forgets say why
+    assert older not in set(open_backend(usb).list("snapshots"))
