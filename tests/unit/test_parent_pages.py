@@ -8,9 +8,12 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from capsule.adapters.repository.rebuild import rebuild_index
 from capsule.adapters.repository.repo import Repository
 from capsule.adapters.repository.restore import restore_snapshot
+from capsule.adapters.sqlite import pagestore
 from capsule.adapters.sqlite.backup import BackupResult, backup_database
 from tests.unit.support import count_index_lookups, new_repository, reopen, wal_database_of_random_rows
 
@@ -61,6 +64,38 @@ def test_a_backup_with_nothing_changed_looks_up_no_page_on_its_own(tmp_path: Pat
     # not a search for each block of pages and another for each list blob, as before.
     assert len(asked) <= 2, asked
     assert sum(asked) <= pages + lists, asked
+
+
+def test_the_file_is_hashed_with_sha256_only_when_a_page_differs_from_the_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = _database(tmp_path)
+    repo, key_file = new_repository(tmp_path)
+    hashed: list[int | None] = []
+    sha256_file = pagestore.sha256_file
+
+    def counting(path: Path, size: int | None = None) -> str:
+        hashed.append(size)
+        return sha256_file(path, size)
+
+    monkeypatch.setattr(pagestore, "sha256_file", counting)
+    first = _backup(repo, db, tmp_path / "staging", 0)
+    assert len(hashed) == 1
+
+    same = _backup(reopen(repo, key_file), db, tmp_path / "staging", 1)
+    assert len(hashed) == 1  # every page the parent's: so is the digest
+    assert same.manifest.entries[0].sha256 == first.manifest.entries[0].sha256
+    _restores_to(reopen(repo, key_file), same, db, tmp_path / "same")
+
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE t SET body = randomblob(900) WHERE id = 5000")  # a page near the end
+    conn.commit()
+    conn.close()
+    changed = _backup(reopen(repo, key_file), db, tmp_path / "staging", 2)
+    assert len(hashed) == 2
+    assert changed.manifest.totals.changed_chunks == 1
+    assert changed.manifest.entries[0].sha256 != first.manifest.entries[0].sha256
+    _restores_to(reopen(repo, key_file), changed, db, tmp_path / "changed")
 
 
 def test_a_backup_after_some_sales_counts_and_stores_the_changed_pages(tmp_path: Path) -> None:
