@@ -238,7 +238,7 @@ def parent_chunks(repo: Repository, parent: Entry | None, chunk_size: int) -> Pa
         log.warning("could not read the parent snapshot's chunk ids; every chunk is looked up", error=str(e))
         return None
     ids = b"".join(bodies)
-    return ParentChunks(ids, repo.known_joined(ids), lists)
+    return ParentChunks(ids, repo.known_joined(ids), lists, parent.size, parent.sha256)
 
 
 def store_database_copy(

@@ -82,9 +82,20 @@ class ParentChunks:
     the content of each of the parent's list blobs, read back, to its id.
     """
 
-    def __init__(self, ids: bytes, stored: npt.NDArray[np.bool_], lists: dict[bytes, str]) -> None:
+    def __init__(
+        self,
+        ids: bytes,
+        stored: npt.NDArray[np.bool_],
+        lists: dict[bytes, str],
+        size: int | None = None,
+        sha256: str | None = None,
+    ) -> None:
         import numpy as np  # noqa: PLC0415
 
+        self.size = size
+        self.sha256 = sha256
+        """The parent's file size and SHA-256: a file of that size whose every chunk id is the
+        parent's has the parent's bytes, and so its SHA-256."""
         self.ids = ids
         self.matrix = np.frombuffer(ids, dtype=np.uint8).reshape(-1, ID_SIZE)
         self.stored = stored
@@ -194,17 +205,30 @@ def store_file_chunks(
         if progress is not None:
             progress(stats.bytes, size)
 
+    # The file's SHA-256 is the parent's while every chunk is the parent's: it is computed only
+    # from the first block that differs (from the file's start: a digest cannot be resumed).
+    same_file = parent is not None and parent.sha256 is not None and parent.size == size and growing is None
+    digest: Future[str] | None = None
+
+    def start_digest() -> None:
+        nonlocal digest
+        if digest is None:
+            # A growing file's first block is final only at its end, and the digest starts there.
+            digest = hasher.submit(_sha256_when_done, path, growing, size)
+
     def to_look_up(offset: int, raw: bytes) -> list[int]:
         if parent is None:
             return list(range(len(raw) // ID_SIZE))
         indices, changed = parent.differing(offset // chunk, raw)
         assert stats.changed is not None
         stats.changed += changed
+        if changed:
+            start_digest()
         return indices
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as hasher:
-        # A growing file's first block is final only at its end, and the digest starts there.
-        digest = hasher.submit(_sha256_when_done, path, growing, size)
+        if not same_file:
+            start_digest()
         submit_hashes()
         while hashing:
             # The blocks already hashed are looked up together: one search for their differing ids.
@@ -237,4 +261,8 @@ def store_file_chunks(
                     finish_seal()
         while sealing:
             finish_seal()
-        return ids_out.finish(b"".join(head) if head is not None else None), stats, digest.result()
+        fields = ids_out.finish(b"".join(head) if head is not None else None)
+        if digest is None:  # every chunk the parent's, and the size too
+            assert parent is not None and parent.sha256 is not None and stats.changed == 0
+            return fields, stats, parent.sha256
+        return fields, stats, digest.result()
