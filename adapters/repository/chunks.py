@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -120,30 +120,28 @@ def store_id_lists(
     repo: Repository,
     ids: bytes,
     has_blob: Callable[[bytes], bool] | None = None,
-    reuse: Mapping[bytes, str] | None = None,
+    stored: Container[bytes] = (),
 ) -> list[str]:
     """Store concatenated `ids` as list blobs of LIST_FANOUT ids each; return their ids (hex).
 
     A list the repository has already is not sealed at all: an hourly backup's lists are mostly
     the last one's, and sealing each (a random nonce, AES-GCM) only to drop it cost more than
-    looking it up. A list `reuse` holds (the parent snapshot's lists, read back: content to id) is
-    named as it is, neither hashed nor looked up; the others are looked up together, one search.
+    looking it up. A list in `stored` (the parent snapshot's lists, read back whole a moment ago)
+    is not even looked up; the others are looked up together, in one search.
     """
     step = LIST_FANOUT * ID_SIZE
     parts = [ids[start : start + step] for start in range(0, len(ids), step)]
-    out = [reuse.get(part) if reuse else None for part in parts]
-    todo = [k for k, found in enumerate(out) if found is None]
-    if not todo:
-        return [found for found in out if found is not None]
-    blob_ids = [repo.sealer.blob_id(parts[k]) for k in todo]
-    generation = repo.index.generation
-    known = [has_blob(i) for i in blob_ids] if has_blob is not None else repo.known_many(blob_ids)
-    check = has_blob or _added_since(repo, generation)
-    for k, blob_id, stored in zip(todo, blob_ids, known, strict=True):
-        if not stored:
-            repo.add(repo.prepare(BLOB_LIST, parts[k], blob_id, compress=False), check)
-        out[k] = blob_id.hex()
-    return [found for found in out if found is not None]
+    blob_ids = [repo.sealer.blob_id(part) for part in parts]
+    todo = [k for k, blob_id in enumerate(blob_ids) if blob_id not in stored]
+    if todo:
+        asked = [blob_ids[k] for k in todo]
+        generation = repo.index.generation
+        known = [has_blob(i) for i in asked] if has_blob is not None else repo.known_many(asked)
+        check = has_blob or _added_since(repo, generation)
+        for k, found in zip(todo, known, strict=True):
+            if not found:
+                repo.add(repo.prepare(BLOB_LIST, parts[k], blob_ids[k], compress=False), check)
+    return [blob_id.hex() for blob_id in blob_ids]
 
 
 def _added_since(repo: Repository, generation: int) -> Callable[[bytes], bool]:
@@ -166,7 +164,7 @@ class IdLists:
 
     With `head`, the file's first `head` ids arrive last, through `finish`: the ids that share
     their list blobs are held back until then, and every later list is stored as it fills.
-    `reuse` (see `store_id_lists`) names the lists the parent snapshot holds already.
+    `stored` (see `store_id_lists`) holds the ids of lists known to be stored already.
     """
 
     def __init__(
@@ -175,12 +173,12 @@ class IdLists:
         direct: bool,
         has_blob: Callable[[bytes], bool] | None,
         head: int = 0,
-        reuse: Mapping[bytes, str] | None = None,
+        stored: Container[bytes] = (),
     ) -> None:
         self.repo = repo
         self.direct = direct
         self.has_blob = has_blob
-        self.reuse = reuse
+        self.stored = stored
         self.head = head
         self.held = bytearray()
         self.hold = (-(-head // LIST_FANOUT) * LIST_FANOUT - head) * ID_SIZE
@@ -202,7 +200,7 @@ class IdLists:
             del self.buffer[:whole]
 
     def _store(self, ids: bytes) -> list[str]:
-        return store_id_lists(self.repo, ids, self.has_blob, self.reuse)
+        return store_id_lists(self.repo, ids, self.has_blob, self.stored)
 
     def finish(self, head: list[bytes] | bytes | None = None) -> dict[str, list[str]]:
         first = b"".join(head) if isinstance(head, list) else (head or b"")

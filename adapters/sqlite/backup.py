@@ -230,14 +230,13 @@ def parent_chunks(repo: Repository, parent: Entry | None, chunk_size: int) -> Pa
         return None
     try:
         if parent.blob_lists:
-            bodies = read_id_lists(repo, parent.blob_lists)
-            lists = dict(zip(bodies, parent.blob_lists, strict=True))
+            ids = b"".join(read_id_lists(repo, parent.blob_lists))
         else:
-            bodies, lists = [bytes.fromhex(b) for b in parent.blobs], {}
+            ids = b"".join(bytes.fromhex(b) for b in parent.blobs)
     except CapsuleError as e:  # the look-ups of every chunk are still there to fall back on
         log.warning("could not read the parent snapshot's chunk ids; every chunk is looked up", error=str(e))
         return None
-    ids = b"".join(bodies)
+    lists = frozenset(bytes.fromhex(i) for i in parent.blob_lists)
     return ParentChunks(ids, repo.known_joined(ids), lists, parent.size, parent.sha256)
 
 

@@ -78,15 +78,15 @@ class ParentChunks:
     `stored` comes from one search of the index when the backup starts (`Repository.known_joined`,
     the test a look-up of each id makes): an id the parent names is trusted only where its blob is
     indexed in a pack that is there. A parent that lost blobs (a pack gone, an index rebuilt
-    without it) thus has those chunks looked up, and stored again, like any other. `lists` maps
-    the content of each of the parent's list blobs, read back, to its id.
+    without it) thus has those chunks looked up, and stored again, like any other. `lists` holds
+    the ids of the parent's list blobs, each read back whole when the ids were.
     """
 
     def __init__(
         self,
         ids: bytes,
         stored: npt.NDArray[np.bool_],
-        lists: dict[bytes, str],
+        lists: frozenset[bytes],
         size: int | None = None,
         sha256: str | None = None,
     ) -> None:
@@ -166,7 +166,7 @@ def store_file_chunks(
         direct=-(-size // chunk) <= DIRECT_LIMIT,
         has_blob=has_blob,
         head=-(-min(block, size) // chunk) if head is not None else 0,
-        reuse=parent.lists if parent is not None else None,
+        stored=parent.lists if parent is not None else (),
     )
     hashing: deque[tuple[int, int, Future[memoryview]]] = deque()
     sealing: deque[tuple[int, bytes, int, list[bytes], Future[memoryview] | None, int]] = deque()
