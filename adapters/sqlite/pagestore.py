@@ -237,6 +237,10 @@ def store_file_chunks(
                 batch.append(hashing.popleft())
             replies = [(offset, length, bytes(future.result())) for offset, length, future in batch]
             submit_hashes()
+            # Blocks sealed earlier are added to packs before the search, not between it and the
+            # sealing of this batch: an id found new must still be new (or in flight) when sealed.
+            while len(sealing) > SEAL_AHEAD:
+                finish_seal()
             generation = repo.index.generation
             asked = [(offset, length, raw, to_look_up(offset, raw)) for offset, length, raw in replies]
             query = [raw[i * ID_SIZE : (i + 1) * ID_SIZE] for _, _, raw, look in asked for i in look]
@@ -257,8 +261,6 @@ def store_file_chunks(
                     else None
                 )
                 sealing.append((offset, raw, length, new_ids, seal, generation))
-                while len(sealing) > SEAL_AHEAD:
-                    finish_seal()
         while sealing:
             finish_seal()
         fields = ids_out.finish(b"".join(head) if head is not None else None)
