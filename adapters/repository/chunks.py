@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -20,6 +20,7 @@ from capsule.adapters.repository.repo import PreparedBlob, Repository
 
 IN_FLIGHT = 4
 LIST_FANOUT = 256  # ids per list blob: 8 KiB, so an unchanged stretch of a file dedupes
+LIST_BATCH = 32  # list blobs looked up together as a file's ids arrive
 DIRECT_LIMIT = 64  # up to this many blobs an entry lists them directly
 
 
@@ -29,6 +30,8 @@ class StoreStats:
     new_blobs: int = 0
     new_bytes: int = 0
     bytes: int = 0
+    changed: int | None = None
+    """Blobs whose id differs from the parent snapshot's at the same place, when one was compared."""
 
 
 def workers() -> int:
@@ -114,46 +117,76 @@ class ChunkStore:
 
 
 def store_id_lists(
-    repo: Repository, ids: bytes, has_blob: Callable[[bytes], bool] | None = None
+    repo: Repository,
+    ids: bytes,
+    has_blob: Callable[[bytes], bool] | None = None,
+    stored: Container[bytes] = (),
 ) -> list[str]:
     """Store concatenated `ids` as list blobs of LIST_FANOUT ids each; return their ids (hex).
 
     A list the repository has already is not sealed at all: an hourly backup's lists are mostly
     the last one's, and sealing each (a random nonce, AES-GCM) only to drop it cost more than
-    looking it up."""
-    out = []
+    looking it up. A list in `stored` (the parent snapshot's lists, read back whole a moment ago)
+    is not even looked up; the others are looked up together, in one search.
+    """
     step = LIST_FANOUT * ID_SIZE
-    known = has_blob or repo.has_blob
-    for start in range(0, len(ids), step):
-        part = ids[start : start + step]
-        blob_id = repo.sealer.blob_id(part)
-        if not known(blob_id):
-            repo.add(repo.prepare(BLOB_LIST, part, blob_id, compress=False), has_blob)
-        out.append(blob_id.hex())
-    return out
+    parts = [ids[start : start + step] for start in range(0, len(ids), step)]
+    blob_ids = [repo.sealer.blob_id(part) for part in parts]
+    todo = [k for k, blob_id in enumerate(blob_ids) if blob_id not in stored]
+    if todo:
+        asked = [blob_ids[k] for k in todo]
+        generation = repo.index.generation
+        known = [has_blob(i) for i in asked] if has_blob is not None else repo.known_many(asked)
+        check = has_blob or _added_since(repo, generation)
+        for k, found in zip(todo, known, strict=True):
+            if not found:
+                repo.add(repo.prepare(BLOB_LIST, parts[k], blob_ids[k], compress=False), check)
+    return [blob_id.hex() for blob_id in blob_ids]
+
+
+def _added_since(repo: Repository, generation: int) -> Callable[[bytes], bool]:
+    """For ids the repository did not have at index `generation`: has this run stored one since
+    (a list twice in one file)? Only its open pack and recent packs can hold it, unless a merge
+    happened since."""
+    index = repo.index
+
+    def added(blob_id: bytes) -> bool:
+        if index.generation != generation:
+            return repo.has_blob(blob_id)
+        return repo.pending_blob(blob_id) or index.in_recent(blob_id)
+
+    return added
 
 
 class IdLists:
-    """Collects a file's blob ids in order, storing each full run of LIST_FANOUT as a list blob.
+    """Collects a file's blob ids in order, storing full runs of LIST_FANOUT as list blobs, up to
+    LIST_BATCH at a time.
 
     With `head`, the file's first `head` ids arrive last, through `finish`: the ids that share
     their list blobs are held back until then, and every later list is stored as it fills.
+    `stored` (see `store_id_lists`) holds the ids of lists known to be stored already.
     """
 
     def __init__(
-        self, repo: Repository, direct: bool, has_blob: Callable[[bytes], bool] | None, head: int = 0
+        self,
+        repo: Repository,
+        direct: bool,
+        has_blob: Callable[[bytes], bool] | None,
+        head: int = 0,
+        stored: Container[bytes] = (),
     ) -> None:
         self.repo = repo
         self.direct = direct
         self.has_blob = has_blob
+        self.stored = stored
         self.head = head
         self.held = bytearray()
         self.hold = (-(-head // LIST_FANOUT) * LIST_FANOUT - head) * ID_SIZE
         self.buffer = bytearray()
         self.lists: list[str] = []
 
-    def extend(self, ids: list[bytes]) -> None:
-        data = b"".join(ids)
+    def extend(self, ids: list[bytes] | bytes | memoryview) -> None:
+        data = b"".join(ids) if isinstance(ids, list) else ids
         if self.hold:
             taken = data[: self.hold]
             self.held += taken
@@ -161,21 +194,24 @@ class IdLists:
             data = data[len(taken) :]
         self.buffer.extend(data)
         step = LIST_FANOUT * ID_SIZE
-        if not self.direct and len(self.buffer) >= step:
+        if not self.direct and len(self.buffer) >= step * LIST_BATCH:
             whole = len(self.buffer) - len(self.buffer) % step
-            self.lists.extend(store_id_lists(self.repo, bytes(self.buffer[:whole]), self.has_blob))
+            self.lists.extend(self._store(bytes(self.buffer[:whole])))
             del self.buffer[:whole]
 
-    def finish(self, head: list[bytes] | None = None) -> dict[str, list[str]]:
-        first = b"".join(head or [])
+    def _store(self, ids: bytes) -> list[str]:
+        return store_id_lists(self.repo, ids, self.has_blob, self.stored)
+
+    def finish(self, head: list[bytes] | bytes | None = None) -> dict[str, list[str]]:
+        first = b"".join(head) if isinstance(head, list) else (head or b"")
         if len(first) != self.head * ID_SIZE:
             raise ValueError(f"expected {self.head} leading ids, got {len(first) // ID_SIZE}")
         front = first + bytes(self.held)
         if self.direct:
             return entry_blob_fields(self.repo, front + bytes(self.buffer), self.has_blob)
-        lists = store_id_lists(self.repo, front, self.has_blob) if front else []
+        lists = self._store(front) if front else []
         lists += self.lists
-        lists += store_id_lists(self.repo, bytes(self.buffer), self.has_blob)
+        lists += self._store(bytes(self.buffer))
         return {"blobs": [], "blob_lists": lists}
 
 

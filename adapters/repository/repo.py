@@ -37,7 +37,7 @@ from capsule.adapters.errors import (
 from capsule.adapters.logs import get_logger
 from capsule.adapters.repository.backends.storage import Backend, Kind, write_parts
 from capsule.adapters.repository.blobcodec import decode_blob, decode_bundle, encode_blob, member
-from capsule.adapters.repository.crypto import MasterKey, Sealer
+from capsule.adapters.repository.crypto import ID_SIZE, MasterKey, Sealer
 from capsule.adapters.repository.keys import (
     add_key_file,
     add_passphrase_key,
@@ -340,6 +340,17 @@ class Repository:
         pending = self._pending_ids
         in_index = self.index.contains_many(blob_ids)
         return [k or i in pending for k, i in zip(in_index, blob_ids, strict=True)]
+
+    def known_joined(self, ids: bytes) -> npt.NDArray[np.bool_]:
+        """`known_many` for ids end to end, as an array, in one search of the index."""
+        import numpy as np  # noqa: PLC0415
+
+        known = self.index.contains_joined(ids)
+        if self._pending_ids:
+            pending = self._pending_ids
+            for i in np.flatnonzero(~known).tolist():
+                known[i] = ids[i * ID_SIZE : (i + 1) * ID_SIZE] in pending
+        return known
 
     def pending_blob(self, blob_id: bytes) -> bool:
         """True if the blob sits in the open pack, not yet written."""

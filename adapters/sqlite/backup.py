@@ -31,6 +31,7 @@ from capsule.adapters.repository.chunks import (
     entry_blob_fields,
     load_id_list,
     load_id_lists,
+    read_id_lists,
     split_ids,
 )
 from capsule.adapters.repository.lock import pid_alive
@@ -38,7 +39,7 @@ from capsule.adapters.repository.rebuild import adopt_unindexed_packs
 from capsule.adapters.repository.repo import Repository
 from capsule.adapters.sqlite.inplace import frozen_image, still_frozen
 from capsule.adapters.sqlite.livecopy import LiveCopy, reports_holes
-from capsule.adapters.sqlite.pagestore import store_file_chunks
+from capsule.adapters.sqlite.pagestore import ParentChunks, store_file_chunks
 from capsule.adapters.sqlite.snapshot import (
     CheckpointKeeper,
     DatabaseCopy,
@@ -215,6 +216,30 @@ def _changed_chunks(repo: Repository, parent: Entry | None, entry: Entry) -> int
         return None
 
 
+def parent_chunks(repo: Repository, parent: Entry | None, chunk_size: int) -> ParentChunks | None:
+    """The parent snapshot's chunk ids, if its chunks are `chunk_size` bytes too, with which of them
+    are still stored (one search of the index); None if there is none or it cannot be read.
+
+    What a backup names without looking it up is what the parent names and the index still holds in
+    a pack that is there: a parent that lost blobs costs a look-up of those chunks, not a snapshot
+    that cannot restore.
+    """
+    if parent is None or parent.sqlite is None:
+        return None
+    if parent.sqlite.page_size * parent.sqlite.pages_per_chunk != chunk_size:
+        return None
+    try:
+        if parent.blob_lists:
+            ids = b"".join(read_id_lists(repo, parent.blob_lists))
+        else:
+            ids = b"".join(bytes.fromhex(b) for b in parent.blobs)
+    except CapsuleError as e:  # the look-ups of every chunk are still there to fall back on
+        log.warning("could not read the parent snapshot's chunk ids; every chunk is looked up", error=str(e))
+        return None
+    lists = frozenset(bytes.fromhex(i) for i in parent.blob_lists)
+    return ParentChunks(ids, repo.known_joined(ids), lists, parent.size, parent.sha256)
+
+
 def store_database_copy(
     repo: Repository,
     copy: DatabaseCopy,
@@ -224,13 +249,27 @@ def store_database_copy(
     progress: Progress | None = None,
     pool: SealPool | None = None,
     growing: LiveCopy | None = None,
+    parent: Entry | None = None,
 ) -> tuple[Entry, StoreStats]:
-    """Store the copy's pages; return the manifest entry, the chunk ids and the figures."""
+    """Store the copy's pages; return the manifest entry, the chunk ids and the figures.
+
+    `parent` is the parent snapshot's entry: unless `full`, a chunk whose id is the parent's at the
+    same place is not looked up on its own (see `parent_chunks`).
+    """
     chunk_size = copy.page_size * pages_per_chunk(copy.page_size)
     check = full_check(repo) if full else None
     if pool is not None:
+        before = None if full else parent_chunks(repo, parent, chunk_size)
         blob_fields, stats, digest = store_file_chunks(
-            repo, pool, copy.path, copy.size, chunk_size, has_blob=check, progress=progress, growing=growing
+            repo,
+            pool,
+            copy.path,
+            copy.size,
+            chunk_size,
+            has_blob=check,
+            progress=progress,
+            growing=growing,
+            parent=before,
         )
     else:
         ids, stats, digest = _store_in_process(repo, copy, chunk_size, check, progress)
@@ -383,6 +422,7 @@ def store_database(
         adopt_unindexed_packs(repo)
         lost = missing_packs_warning(repo)
         parent = latest_snapshot(repo, "database", str(source.resolve()))
+        parent_entry = parent[1].entries[0] if parent and parent[1].entries else None
         stored_before = repo.stored_bytes
         copy_dir = copy_directory(staging, source, in_memory=copy_in_memory)
         clear_abandoned_copies(staging)
@@ -396,21 +436,30 @@ def store_database(
             stored = None
             in_place = None
             if pool is not None and keeper is not None and READ_IN_PLACE:
-                in_place = _store_in_place(repo, source, keeper, full=full, progress=progress, pool=pool)
+                in_place = _store_in_place(
+                    repo, source, keeper, full=full, progress=progress, pool=pool, parent=parent_entry
+                )
             if in_place is not None:
                 copy, stored = in_place
             # In rollback-journal mode the copy blocks the till's commits until it ends: there it
             # runs alone, as fast as it can, rather than beside the store.
             elif pool is not None and keeper is not None and reports_holes(copy_dir):
                 copy, stored = _store_while_copying(
-                    repo, source, copy_path, full=full, progress=progress, pool=pool, keeper=keeper
+                    repo,
+                    source,
+                    copy_path,
+                    full=full,
+                    progress=progress,
+                    pool=pool,
+                    keeper=keeper,
+                    parent=parent_entry,
                 )
             else:
                 copy = copy_database(source, copy_path, keeper=keeper)
             if stored is None:
                 with _unlinked(copy) as readable:
                     stored = store_database_copy(
-                        repo, readable, source, full=full, progress=progress, pool=pool
+                        repo, readable, source, full=full, progress=progress, pool=pool, parent=parent_entry
                     )
             entry, stats = stored
             repo.flush()
@@ -419,7 +468,7 @@ def store_database(
                 pool.close()
             remove_database_files(copy_path)
         repo.save_index_cache()  # the next command reads this index back instead of rebuilding it
-    parent_entry = parent[1].entries[0] if parent and parent[1].entries else None
+    changed = stats.changed if stats.changed is not None else _changed_chunks(repo, parent_entry, entry)
     return StoredDatabase(
         source=str(source.resolve()),
         taken_at=taken_at,
@@ -429,7 +478,7 @@ def store_database(
         new_blobs=stats.new_blobs,
         new_bytes=stats.new_bytes,
         stored_bytes=repo.stored_bytes - stored_before,
-        changed_chunks=_changed_chunks(repo, parent_entry, entry),
+        changed_chunks=changed,
         seconds=round(time.perf_counter() - started, 3),
         snapshot_window_seconds=round(copy.seconds, 3),
         warnings=[w for w in (lost, shrink_warning(copy.size, parent)) if w],
@@ -445,6 +494,7 @@ def _store_in_place(
     full: bool,
     progress: Progress | None,
     pool: SealPool,
+    parent: Entry | None = None,
 ) -> tuple[DatabaseCopy, tuple[Entry, StoreStats]] | None:
     """Store the WAL database's own file, frozen by the keeper (see `inplace`); None if it could
     not be frozen or read as a snapshot, or was not left alone while it was read: then the caller
@@ -455,7 +505,9 @@ def _store_in_place(
         if found is None:
             return None
         image, header = found
-        stored = store_database_copy(repo, image, source, full=full, progress=progress, pool=pool)
+        stored = store_database_copy(
+            repo, image, source, full=full, progress=progress, pool=pool, parent=parent
+        )
         if not (keeper.held and still_frozen(source, header)):
             log.warning("the database changed while it was read in place; reading a copy of it instead")
             return None
@@ -471,13 +523,14 @@ def _store_while_copying(
     progress: Progress | None,
     pool: SealPool,
     keeper: CheckpointKeeper,
+    parent: Entry | None = None,
 ) -> tuple[DatabaseCopy, tuple[Entry, StoreStats] | None]:
     """Store the copy block by block while SQLite writes it; None if it must be stored again whole."""
     live = LiveCopy(source, copy_path, keeper)
     try:
         expected = live.start()
         stored = store_database_copy(
-            repo, expected, source, full=full, progress=progress, pool=pool, growing=live
+            repo, expected, source, full=full, progress=progress, pool=pool, growing=live, parent=parent
         )
         copy = live.finish()
     finally:

@@ -3,6 +3,10 @@
 Two stages run as a pipeline: the workers hash a block of the file; the parent looks the ids up in
 the index; the workers seal the chunks it does not have; the parent adds them to packs in file
 order. The file's SHA-256 is computed by a thread of its own reading the file alongside.
+
+With the parent snapshot's ids (`ParentChunks`), a chunk whose id is the parent's at the same place
+is not looked up: the parent's ids were checked as stored once, in one search, before the store
+began. Only the ids that differ are looked up, those of several blocks together.
 """
 
 from __future__ import annotations
@@ -13,16 +17,22 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from capsule.adapters.repository.chunks import DIRECT_LIMIT, IdLists, StoreStats
+from capsule.adapters.repository.crypto import ID_SIZE
 from capsule.adapters.repository.pack import BLOB_DATA
 from capsule.adapters.repository.repo import Repository
 from capsule.adapters.workers.sealpool import SealPool, split_ids, split_sealed
 
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
 BLOCK = 1024 * 1024
 HASH_AHEAD = 8
 SEAL_AHEAD = 4
+LOOKUP_AHEAD = 8  # blocks whose differing ids may be looked up together, of those already hashed
 
 Progress = Callable[[int, int], None]
 
@@ -62,6 +72,55 @@ def _sha256_when_done(path: Path, growing: Growing | None, size: int) -> str:
     return sha256_file(path, size)
 
 
+class ParentChunks:
+    """The parent snapshot's chunk ids, end to end, with which of them the repository still holds.
+
+    `stored` comes from one search of the index when the backup starts (`Repository.known_joined`,
+    the test a look-up of each id makes): an id the parent names is trusted only where its blob is
+    indexed in a pack that is there. A parent that lost blobs (a pack gone, an index rebuilt
+    without it) thus has those chunks looked up, and stored again, like any other. `lists` holds
+    the ids of the parent's list blobs, each read back whole when the ids were.
+    """
+
+    def __init__(
+        self,
+        ids: bytes,
+        stored: npt.NDArray[np.bool_],
+        lists: frozenset[bytes],
+        size: int | None = None,
+        sha256: str | None = None,
+    ) -> None:
+        import numpy as np  # noqa: PLC0415
+
+        self.size = size
+        self.sha256 = sha256
+        """The parent's file size and SHA-256: a file of that size whose every chunk id is the
+        parent's has the parent's bytes, and so its SHA-256."""
+        self.ids = ids
+        self.matrix = np.frombuffer(ids, dtype=np.uint8).reshape(-1, ID_SIZE)
+        self.stored = stored
+        self.all_stored = bool(stored.all())
+        self.lists = lists
+
+    def differing(self, first: int, ids: bytes) -> tuple[list[int], int]:
+        """For the ids end to end of chunks `first`, `first + 1`, ...: (where each is not the
+        parent's stored id at its place: the ones to look up, how many differ from the parent's)."""
+        import numpy as np  # noqa: PLC0415
+
+        n = len(ids) // ID_SIZE
+        if ids == self.ids[first * ID_SIZE : (first + n) * ID_SIZE]:  # the common case, in one compare
+            stored = self.all_stored or bool(self.stored[first : first + n].all())
+            return ([] if stored else np.flatnonzero(~self.stored[first : first + n]).tolist()), 0
+        same = np.zeros(n, dtype=bool)
+        m = max(0, min(n, len(self.matrix) - first))
+        if m:
+            new = np.frombuffer(ids, dtype=np.uint8, count=m * ID_SIZE).reshape(m, ID_SIZE)
+            same[:m] = (new == self.matrix[first : first + m]).all(axis=1)
+        changed = n - int(same.sum())
+        same[:m] &= self.stored[first : first + m]
+        return np.flatnonzero(~same).tolist(), changed
+
+
 def _not_taken(indices: list[int], ids: list[bytes], taken: set[bytes]) -> list[int]:
     """`indices` without the ids in `taken`, which then holds the rest too: equal pages, in this
     block or in blocks still being sealed, are sealed once (a pack lists an id at most once)."""
@@ -83,16 +142,19 @@ def store_file_chunks(
     has_blob: Callable[[bytes], bool] | None = None,
     progress: Progress | None = None,
     growing: Growing | None = None,
+    parent: ParentChunks | None = None,
 ) -> tuple[dict[str, list[str]], StoreStats, str]:
     """Store every `chunk`-sized piece of the file's first `size` bytes; return (manifest blob
     fields, figures, SHA-256 of those bytes).
 
     With `growing`, the file is still being written: each block is taken once it is final, and the
-    first block last.
+    first block last. With `parent`, the parent snapshot's chunks of the same size, an id equal to
+    the parent's stored one at its place is not looked up, and `StoreStats.changed` counts those
+    that differ.
     """
     name = os.path.abspath(path)  # not resolve(): the copy may be an open, deleted file under /proc
     block = max(chunk, BLOCK - BLOCK % chunk)
-    stats = StoreStats()
+    stats = StoreStats(changed=0 if parent is not None else None)
     offsets = deque(range(0, size, block))
     head: list[bytes] | None = None  # the first block's ids, when that block comes last
     if growing is not None and len(offsets) > 1:
@@ -104,9 +166,10 @@ def store_file_chunks(
         direct=-(-size // chunk) <= DIRECT_LIMIT,
         has_blob=has_blob,
         head=-(-min(block, size) // chunk) if head is not None else 0,
+        stored=parent.lists if parent is not None else (),
     )
     hashing: deque[tuple[int, int, Future[memoryview]]] = deque()
-    sealing: deque[tuple[int, list[bytes], int, list[bytes], Future[memoryview] | None, int]] = deque()
+    sealing: deque[tuple[int, bytes, int, list[bytes], Future[memoryview] | None, int]] = deque()
     in_flight: set[bytes] = set()  # ids sent for sealing, not yet in the repository's open pack
 
     def known(ids: list[bytes]) -> list[bool]:
@@ -134,39 +197,74 @@ def store_file_chunks(
             stats.new_blobs += added
             stats.new_bytes += plain
         if head is not None and offset == 0:
-            head.extend(ids)
+            head.append(ids)
         else:
             ids_out.extend(ids)
-        stats.blobs += len(ids)
+        stats.blobs += len(ids) // ID_SIZE
         stats.bytes += length
         if progress is not None:
             progress(stats.bytes, size)
 
+    # The file's SHA-256 is the parent's while every chunk is the parent's: it is computed only
+    # from the first block that differs (from the file's start: a digest cannot be resumed).
+    same_file = parent is not None and parent.sha256 is not None and parent.size == size and growing is None
+    digest: Future[str] | None = None
+
+    def start_digest() -> None:
+        nonlocal digest
+        if digest is None:
+            # A growing file's first block is final only at its end, and the digest starts there.
+            digest = hasher.submit(_sha256_when_done, path, growing, size)
+
+    def to_look_up(offset: int, raw: bytes) -> list[int]:
+        if parent is None:
+            return list(range(len(raw) // ID_SIZE))
+        indices, changed = parent.differing(offset // chunk, raw)
+        assert stats.changed is not None
+        stats.changed += changed
+        if changed:
+            start_digest()
+        return indices
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as hasher:
-        # A growing file's first block is final only at its end, and the digest starts there.
-        digest = hasher.submit(_sha256_when_done, path, growing, size)
+        if not same_file:
+            start_digest()
         submit_hashes()
         while hashing:
-            offset, length, future = hashing.popleft()
-            reply = future.result()
-            ids = split_ids(reply)
+            # The blocks already hashed are looked up together: one search for their differing ids.
+            batch = [hashing.popleft()]
+            while hashing and len(batch) < LOOKUP_AHEAD and hashing[0][2].done():
+                batch.append(hashing.popleft())
+            replies = [(offset, length, bytes(future.result())) for offset, length, future in batch]
             submit_hashes()
-            generation = repo.index.generation
-            indices = _not_taken([i for i, k in enumerate(known(ids)) if not k], ids, in_flight)
-            new_ids = [ids[i] for i in indices]
-            # All new (a first backup): the hash reply already holds the ids end to end.
-            raw = bytes(reply) if len(indices) == len(ids) else b"".join(new_ids)
-            block_at = (offset, length, chunk)
-            seal = (
-                pool.seal_pieces(
-                    name, BLOB_DATA, True, block_at, indices=indices, ids=raw, bundle=repo.bundles
-                )
-                if indices
-                else None
-            )
-            sealing.append((offset, ids, length, new_ids, seal, generation))
+            # Blocks sealed earlier are added to packs before the search, not between it and the
+            # sealing of this batch: an id found new must still be new (or in flight) when sealed.
             while len(sealing) > SEAL_AHEAD:
                 finish_seal()
+            generation = repo.index.generation
+            asked = [(offset, length, raw, to_look_up(offset, raw)) for offset, length, raw in replies]
+            query = [raw[i * ID_SIZE : (i + 1) * ID_SIZE] for _, _, raw, look in asked for i in look]
+            answers = iter(known(query) if query else [])
+            for offset, length, raw, look in asked:
+                ids = split_ids(raw) if look else []
+                unknown = [i for i in look if not next(answers)]
+                indices = _not_taken(unknown, ids, in_flight)
+                new_ids = [ids[i] for i in indices]
+                # All new (a first backup): the hash reply already holds the ids end to end.
+                new_raw = raw if len(indices) == len(raw) // ID_SIZE else b"".join(new_ids)
+                block_at = (offset, length, chunk)
+                seal = (
+                    pool.seal_pieces(
+                        name, BLOB_DATA, True, block_at, indices=indices, ids=new_raw, bundle=repo.bundles
+                    )
+                    if indices
+                    else None
+                )
+                sealing.append((offset, raw, length, new_ids, seal, generation))
         while sealing:
             finish_seal()
-        return ids_out.finish(head), stats, digest.result()
+        fields = ids_out.finish(b"".join(head) if head is not None else None)
+        if digest is None:  # every chunk the parent's, and the size too
+            assert parent is not None and parent.sha256 is not None and stats.changed == 0
+            return fields, stats, parent.sha256
+        return fields, stats, digest.result()

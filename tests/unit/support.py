@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from capsule.adapters.repository.backends.local import LocalBackend
+from capsule.adapters.repository.crypto import ID_SIZE
 from capsule.adapters.repository.repo import DEFAULT_PACK_SIZE, Repository
 
 
@@ -64,3 +65,19 @@ def replaced(path: Path, content: bytes) -> Iterator[None]:
         yield
     finally:
         path.write_bytes(original)
+
+
+def count_index_lookups(repo: Repository) -> list[int]:
+    """How many ids each look-up of `repo`'s loaded index asks for from now on, one entry a
+    look-up: every look-up (`contains`, `contains_many`, `locate_many`, ...) is one search."""
+    repo.ensure_index()
+    index = repo.index
+    asked: list[int] = []
+    find = index._find
+
+    def counting(blob_ids, want_records=False):  # type: ignore[no-untyped-def]
+        asked.append(len(blob_ids) // ID_SIZE if isinstance(blob_ids, bytes) else len(blob_ids))
+        return find(blob_ids, want_records)
+
+    index._find = counting  # type: ignore[method-assign]
+    return asked
