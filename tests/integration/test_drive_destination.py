@@ -205,5 +205,6 @@ def test_a_probe_of_an_unreachable_drive_gives_up_within_seconds(shop: Shop, fak
     result = uc.probe_destination(settings, "drive")
 
     assert (result.ok, result.category) == (False, "unavailable")
-    assert "3 times (the connection failed" in result.message
+    assert "cannot be reached from this machine" in result.message
+    assert "(the connection failed (ConnectionRefusedError), 3 tries)" in result.message
     assert time.monotonic() - started < 10, "a person waits for a probe: it does not retry for minutes"
