@@ -40,29 +40,36 @@ def _positions(shop: Shop, job_id: str, kind: str) -> list[int]:
     return [e["position"] for e in events if e["type"] == kind]
 
 
+def _second_backup_once_it_waits(shop: Shop, words: str, release: Path) -> tuple[str, str]:
+    """Run a second `capsule backup --json`; once its stderr says `words` (it waits for the job
+    held in place), let that job go with `release`. Return (what it said by then, its stdout)."""
+    second = shop.popen("backup", "--json")
+    with running(second):
+        assert second.stderr is not None
+        said = ""
+        try:
+            while line := second.stderr.readline():
+                said += line
+                if words in line:
+                    break
+        finally:
+            release.touch()
+        out, err = second.communicate(timeout=120)
+    assert second.returncode == 0, said + err
+    return said + err, out
+
+
 def test_a_second_backup_of_the_same_database_waits_for_the_first(shop: Shop) -> None:
     # Held until the second backup says it waits for it, however busy the machine.
     release = shop.root / "release-the-first"
     first = shop.popen("backup", "--json", env={"CAPSULE_FAULTS": f"store:locked@until={release}"})
     with running(first):
         held = _wait_running(shop, first, "store")
-        second = shop.popen("backup", "--json")
-        with running(second):
-            assert second.stderr is not None
-            said = ""
-            try:
-                while line := second.stderr.readline():
-                    said += line
-                    if "waiting up to" in line:
-                        break
-            finally:
-                release.touch()
-            second_out, second_err = second.communicate(timeout=120)
-        assert second.returncode == 0, said + second_err
+        said, second_out = _second_backup_once_it_waits(shop, "waiting up to", release)
         out, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
 
-    assert f"running (job {held['job_id']})" in said + second_err
+    assert f"running (job {held['job_id']})" in said
     later = json.loads(second_out)["job_id"]
     assert json.loads(out)["job_id"] == held["job_id"]
     # The second job's steps started only after the first job had completed.
@@ -87,19 +94,7 @@ def test_a_backup_asked_for_during_an_in_place_restore_runs_after_it(shop: Shop,
     )
     with running(restore):
         restoring = _wait_running(shop, restore, "apply")
-        second = shop.popen("backup", "--json")
-        with running(second):
-            assert second.stderr is not None
-            said = ""
-            try:
-                while line := second.stderr.readline():
-                    said += line
-                    if "waiting for the database" in line:
-                        break
-            finally:
-                release.touch()
-            backup_out, backup_err = second.communicate(timeout=120)
-        assert second.returncode == 0, said + backup_err
+        said, backup_out = _second_backup_once_it_waits(shop, "waiting for the database", release)
         _, err = restore.communicate(timeout=120)
     assert restore.returncode == 0, err
     assert "waiting for the database" in said and f"restore job {restoring['job_id']}" in said, said
