@@ -380,12 +380,14 @@ class _Walker:
         progress: Callable[[int, int], None] | None,
         estimate: int,
         stored_groups: set[bytes] | None = None,
+        not_stored: set[str] | None = None,
     ) -> None:
         self.repo = repo
         self.full = full
         self.check = full_check(repo) if full else None
-        # With packs missing, an unchanged file is reused only if all its blobs are still there.
-        self.packs_lost = repo.index.gone_packs > 0
+        # An unchanged file is reused only if all its blobs are still stored: `_checked_parent`
+        # names those that are not as it reads the parent's groups.
+        self.not_stored = not_stored if not_stored is not None else set()
         self.figures = _Figures()
         self.tree = TreeWriter(repo, self.check, stored_groups)
         self._parent = parent
@@ -607,19 +609,9 @@ class _Walker:
         return reads
 
     def _still_stored(self, entry: Entry) -> bool:
-        """Whether every blob of a parent's file entry is in a pack that is there: checked only when
-        packs are missing (then the list blobs are read), else taken as given."""
-        if not self.packs_lost:
-            return True
-        named = [bytes.fromhex(b) for b in entry.blobs + entry.blob_lists]
-        if not all(self.repo.known_many(named)):
-            return False
-        if not entry.blob_lists:
-            return True
-        try:
-            return all(self.repo.known_many(load_id_lists(self.repo, entry.blob_lists)))
-        except CapsuleError:
-            return False
+        """Whether every blob of a parent's file entry is in a pack that is there (see
+        `_checked_parent`, which read its group)."""
+        return entry.path not in self.not_stored
 
     def _give_up(self, path: str, parent: Entry | None, reason: str) -> None:
         """Warn about a file that could not be read; keep its parent's version if there is one."""
@@ -780,6 +772,45 @@ class _Walker:
             self._progress(self.done_bytes, max(self._estimate, self.done_bytes))
 
 
+def _checked_parent(
+    repo: Repository, manifest: Manifest, not_stored: set[str]
+) -> Iterator[tuple[ParentGroup, Entry]]:
+    """The parent snapshot's entries in walk order, each with its group. As each group is read, the
+    paths of its files whose blobs are not all stored go into `not_stored`: one search of the index
+    a group. A pack may be gone without any index naming it as missing (`rebuild-index` after it
+    was lost): an unchanged file is then read and stored again, never taken on trust from the
+    parent."""
+    for group, entries in iter_groups(repo, manifest):
+        _check_files(repo, entries, not_stored)
+        for entry in entries:
+            yield group, entry
+
+
+def _check_files(repo: Repository, entries: list[Entry], not_stored: set[str]) -> None:
+    """Add to `not_stored` the files of `entries` that name a blob no pack holds; a large file's
+    list blobs are opened and their ids checked too."""
+    files = [e for e in entries if e.type == "file"]
+    hexes = "".join([i for e in files for i in e.blobs])
+    known = repo.known_joined(bytes.fromhex(hexes)) if hexes else None
+    if known is not None and not known.all():
+        at = 0
+        for e in files:
+            if not known[at : at + len(e.blobs)].all():
+                not_stored.add(e.path)
+            at += len(e.blobs)
+    for e in files:
+        if e.blob_lists and e.path not in not_stored:
+            try:
+                named = bytes.fromhex("".join(e.blob_lists))
+                stored = bool(repo.known_joined(named).all()) and bool(
+                    repo.known_joined(b"".join(load_id_lists(repo, e.blob_lists))).all()
+                )
+            except CapsuleError:
+                stored = False
+            if not stored:
+                not_stored.add(e.path)
+
+
 def _unchanged(parent: Entry, st: os.stat_result) -> bool:
     """Whether a file is taken to hold the same bytes as its entry in the parent snapshot, unread.
 
@@ -864,11 +895,12 @@ def store_files(
         lost = missing_packs_warning(repo)
         parent = latest_snapshot(repo, "files", source)
         stored_before = repo.stored_bytes
-        use_parent = parent is not None and not full and (lost is None or _tree_stored(repo, parent[1]))
+        # Checked whether or not a pack is known to be missing: after `rebuild-index` none is, and
+        # the parent may still name tree blobs that no pack holds.
+        use_parent = parent is not None and not full and _tree_stored(repo, parent[1])
+        not_stored: set[str] = set()
         parent_entries = (
-            ((group, entry) for group, entries in iter_groups(repo, parent[1]) for entry in entries)
-            if parent is not None and use_parent
-            else iter(())
+            _checked_parent(repo, parent[1], not_stored) if parent is not None and use_parent else iter(())
         )
         walker = _Walker(
             repo,
@@ -877,6 +909,7 @@ def store_files(
             full=full,
             progress=progress,
             estimate=parent[1].totals.bytes if parent is not None else 0,
+            not_stored=not_stored,
         )
         if lost is not None:
             walker.figures.warnings.insert(0, lost)

@@ -142,3 +142,25 @@ def test_a_files_backup_after_a_pack_was_deleted_stores_unchanged_files_again(
     # Some pack held only some files' chunks (those files alone were read again); another held the
     # snapshot's tree (no entry of the parent could be trusted: every file was read again).
     assert min(read_again) < max(read_again) == 7, read_again
+
+
+def test_a_files_backup_after_a_pack_was_lost_and_the_index_rebuilt_restores(
+    files_shop: Shop, tmp_path: Path
+) -> None:
+    # After `rebuild-index` the index no longer names the lost pack, so no pack counts as missing;
+    # the parent still names blobs no index holds. An unchanged file must not be taken from it
+    # blindly: the new snapshot would name blobs that are nowhere.
+    env = uploads_env(files_shop)
+    expected = describe_tree(Path(env["CAPSULE_UPLOADS"]))
+    for number, pack in enumerate(files_shop.packs()):
+        shop = copy_shop(files_shop, files_shop.root.parent.parent / f"rebuilt-{number}" / "shop")
+        (shop.repository / pack.relative_to(files_shop.repository)).unlink()
+        shop.run("rebuild-index", expect=0)
+
+        proc = shop.run("backup", "--kind", "files", "--json", env=env)
+        assert proc.returncode in (0, 3), proc.stderr
+        assert proc.stdout, proc.stderr[-3000:]
+        new = json.loads(proc.stdout)
+        target = tmp_path / f"restored-{number}"
+        shop.restore(new["snapshot_id"], target)
+        assert describe_tree(target) == expected
