@@ -852,24 +852,20 @@ def open_root(root: Path) -> int:
         raise SourceError(f"the folder {root} cannot be read by this user; run Capsule as its owner") from e
 
 
-def _tree_stored(repo: Repository, parent: Manifest) -> bool:
-    """Whether the parent snapshot's list and tree blobs are all in packs that are there; if not,
-    the backup reads every file rather than fail half-way through the parent's entries."""
+def _stored_tree(repo: Repository, parent: Manifest) -> set[bytes] | None:
+    """The parent snapshot's tree blobs, if they and its list blobs are all in packs that are
+    there (read and looked up together, once); else None: the backup then reads every file rather
+    than fail half-way through the parent's entries."""
     try:
-        whole = all(repo.known_many([bytes.fromhex(i) for i in parent.tree])) and all(
-            repo.known_many(load_id_lists(repo, parent.tree))
-        )
+        lists_stored = all(repo.known_many([bytes.fromhex(i) for i in parent.tree]))
+        ids = tree_ids(repo, parent) if lists_stored else []
+        whole = lists_stored and all(repo.known_many(ids))
     except CapsuleError:
         whole = False
     if not whole:
         log.warning("the previous files snapshot lost part of its entries; every file is read again")
-    return whole
-
-
-def _stored_groups(repo: Repository, parent: Manifest) -> set[bytes]:
-    """The parent snapshot's tree blobs that are stored, looked up together (one search)."""
-    ids = tree_ids(repo, parent)
-    return {i for i, known in zip(ids, repo.known_many(ids), strict=True) if known}
+        return None
+    return set(ids)
 
 
 def store_files(
@@ -897,15 +893,17 @@ def store_files(
         stored_before = repo.stored_bytes
         # Checked whether or not a pack is known to be missing: after `rebuild-index` none is, and
         # the parent may still name tree blobs that no pack holds.
-        use_parent = parent is not None and not full and _tree_stored(repo, parent[1])
+        stored_groups = _stored_tree(repo, parent[1]) if parent is not None and not full else None
         not_stored: set[str] = set()
         parent_entries = (
-            _checked_parent(repo, parent[1], not_stored) if parent is not None and use_parent else iter(())
+            _checked_parent(repo, parent[1], not_stored)
+            if parent is not None and stored_groups is not None
+            else iter(())
         )
         walker = _Walker(
             repo,
             parent=parent_entries,
-            stored_groups=_stored_groups(repo, parent[1]) if parent is not None and use_parent else None,
+            stored_groups=stored_groups,
             full=full,
             progress=progress,
             estimate=parent[1].totals.bytes if parent is not None else 0,
