@@ -25,7 +25,7 @@ from capsule.domain.jobs import FINISHED, RunStep, current_step, next_action
 from capsule.domain.restore_job import IN_PLACE
 from capsule.orchestrator.actors import Dispatcher, build
 from capsule.orchestrator.logrepair import LogRepair, recover_if_damaged
-from capsule.orchestrator.orphans import interrupt_step, take_over_orphans, worker_host_pid
+from capsule.orchestrator.orphans import interrupt_step, owner_gone, take_over_orphans, worker_host_pid
 from capsule.orchestrator.runtime import JOB_TYPES, Loaded, Runtime, person
 from capsule.orchestrator.settings import Settings
 from capsule.orchestrator.steps import clean_up, release_own_locks
@@ -139,6 +139,8 @@ def continue_interrupted_backup(runtime: Runtime, source: str, kind: str, full: 
     mine = step is not None and step.status == "running" and step.worker == runtime.worker_id
     if state.status != "interrupted" and not idle and not mine:
         return None
+    if idle and state.status != "interrupted" and _on_its_way(state, runtime.worker_id):
+        return None  # its process is alive, between two steps: queue behind it
     if (state.kind, state.full) != (kind, full):
         return None
     if step is not None and is_upload(step.name):
@@ -188,6 +190,16 @@ def _wait_in_queue(runtime: Runtime, job_id: str) -> None:
                 Category.LOCKED,
             )
         time.sleep(0.25)
+
+
+def _on_its_way(state: BackupJob, me: str) -> bool:
+    """Whether the worker that completed the job's last step is another process that may still be
+    alive (on this host and running, or on another host): it is then about to start the next step,
+    not stopped between two. A process on this host that is gone left the job to whoever comes."""
+    done = [s for s in state.steps if s.status == "completed" and s.worker]
+    if not done or done[-1].worker == me:
+        return False
+    return worker_host_pid(done[-1].worker) is not None and owner_gone(done[-1].worker) is None
 
 
 def _held_elsewhere(runtime: Runtime, job_id: str) -> str | None:
