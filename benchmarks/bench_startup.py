@@ -30,8 +30,6 @@ failed, 0 otherwise; a missed target is a figure, not an error.
 from __future__ import annotations
 
 import argparse
-import compileall
-import importlib
 import json
 import os
 import resource
@@ -48,12 +46,11 @@ from benchmarks.common import (
     align_columns,
     capsule_command,
     capsule_env,
+    compile_checkout,
     log,
     restic_env,
     scratch_directory,
 )
-
-PARTS = ("domain", "orchestrator", "adapters", "api")
 
 
 @dataclass(frozen=True)
@@ -82,15 +79,6 @@ class Timings:
             "median_cpu_seconds": statistics.median(self.cpu),
             "runs_seconds": [round(s, 4) for s in self.wall],
         }
-
-
-def compile_installed() -> None:
-    """Compile the modules the `capsule` command imports, where it imports them from: an
-    editable install maps the checkout's files into a folder of its own."""
-    for part in PARTS:
-        module = importlib.import_module(f"capsule.{part}")
-        for folder in module.__path__:
-            compileall.compile_dir(folder, quiet=1)
 
 
 def timed(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
@@ -231,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     if capsule is None or restic is None:
         print("both `capsule` and `restic` are needed", file=sys.stderr)
         return 1
-    compile_installed()
+    compile_checkout()
     with scratch_directory(args.workdir, "bench-startup-", keep=args.keep) as workdir:
         cenv, renv = prepare(workdir, capsule, restic, args.size, args.images)
         baseline = [str(args.baseline)] if args.baseline else None

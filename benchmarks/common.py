@@ -197,15 +197,26 @@ def project_root() -> Path:
 PACKAGES = ("domain", "orchestrator", "adapters", "api")
 
 
-def compile_checkout() -> None:
-    """Compile this checkout's modules to bytecode, as `pip install .` does for an installed copy.
+def compile_checkout(packages: Sequence[str] = PACKAGES) -> None:
+    """Compile Capsule's modules to bytecode where they are imported from, as `pip install .` does
+    for an installed copy.
 
-    An editable install imports from the checkout; where PYTHONDONTWRITEBYTECODE is set (on this
-    reference machine it is), nothing caches the compiled modules, and every command compiled all
-    of them again before doing anything: about 0.09 s of a restore's start-up.
+    Where PYTHONDONTWRITEBYTECODE is set (on this reference machine it is), nothing caches the
+    compiled modules of a checkout, and every command compiled all it imported before doing
+    anything. An editable install maps the checkout's files into a folder of its own, and the
+    bytecode is looked for beside the path a module was imported by: compiling the checkout alone
+    reaches nothing then. Both are compiled (0.2 s of processor time of a `forget --prune`).
     """
-    for package in PACKAGES:
-        compileall.compile_dir(project_root() / package, quiet=1)
+    folders = [project_root() / package for package in packages]
+    for package in packages:
+        try:
+            module = importlib.import_module(f"capsule.{package}")
+        except ImportError:
+            continue
+        folders.extend(Path(folder) for folder in module.__path__)
+    for folder in dict.fromkeys(folders):
+        if folder.is_dir():
+            compileall.compile_dir(folder, quiet=1)
 
 
 def capsule_command() -> list[str] | None:

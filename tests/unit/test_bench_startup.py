@@ -45,3 +45,17 @@ def test_a_command_that_fails_stops_the_benchmark_with_its_message(tmp_path: Pat
 def test_fewer_than_three_runs_are_refused() -> None:
     with pytest.raises(SystemExit):
         bench_startup.main(["--runs", "2"])
+
+
+def test_the_modules_are_compiled_where_the_command_imports_them_from() -> None:
+    """An editable install imports Capsule's modules through a folder of its own: the bytecode a
+    timed command loads must be there, not only beside the checkout's files."""
+    import importlib.util
+
+    from benchmarks.common import compile_checkout
+    from capsule.domain import retention
+
+    cached = Path(importlib.util.cache_from_source(retention.__file__ or ""))
+    cached.unlink(missing_ok=True)  # the suite's start compiled it: see that the benchmark does
+    compile_checkout(("domain",))
+    assert cached.is_file(), f"no bytecode where the command imports retention from: {cached}"
