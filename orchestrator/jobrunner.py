@@ -15,8 +15,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
-from capsule.adapters.drill import remove_own_scratch
-from capsule.adapters.files.restore import remove_partial_writes
 from capsule.domain.backup_job import BackupJob, committed_snapshot_ids, is_upload
 from capsule.domain.commands import CancelJob, Command, InterruptStep, PauseStep
 from capsule.domain.errors import CapsuleError, Category, InvalidCommand
@@ -276,6 +274,8 @@ def _interrupted(runtime: Runtime, dispatcher: Dispatcher, job_type: str, job_id
             f"`capsule prune` again to finish it, or `capsule cancel {job_id}`",
         )
     if job_type == "drill":
+        from capsule.adapters.drill import remove_own_scratch  # noqa: PLC0415 - a drill's alone
+
         runtime.execute(
             job_type, job_id, lambda _: CancelJob(job_id=job_id, now=runtime.clock()), actor=person()
         )
@@ -296,6 +296,8 @@ def _interrupted(runtime: Runtime, dispatcher: Dispatcher, job_type: str, job_id
     clean_up(settings, job_id)
     target = getattr(runtime.load(job_type, job_id).state, "target", None)
     if target and target != IN_PLACE:
+        from capsule.adapters.files.restore import remove_partial_writes  # noqa: PLC0415 - a restore's alone
+
         remove_partial_writes(Path(target), owner="mine")
     _leave(
         settings, f"interrupted ({signal}); restore job {job_id} is cancelled and its temporary files removed"

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from capsule.adapters.files.backup import StoredFiles, commit_files, store_files
-from capsule.adapters.files.restore import remove_partial_writes, restore_files
 from capsule.adapters.repository.backends import open_backend
 from capsule.adapters.repository.entry_rules import check_database_snapshot
 from capsule.adapters.repository.lock import locked, read_locks
@@ -317,6 +316,9 @@ def _restore_files(
     force: bool,
     special_bits: bool,
 ) -> dict[str, Any]:
+    # Loaded by a files restore alone: the other jobs' processes (a backup, a prune) never need it.
+    from capsule.adapters.files.restore import remove_partial_writes, restore_files  # noqa: PLC0415
+
     if ctx.attempt > 1:
         # Files an earlier attempt put in place are found equal to the snapshot and left alone.
         remove_partial_writes(to)

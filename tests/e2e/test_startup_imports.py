@@ -131,6 +131,17 @@ def test_a_backup_loads_the_file_handler_and_writes_it_but_not_the_other_jobs_st
     assert "capsule.orchestrator.prunesteps" not in modules
 
 
+def test_forget_and_prune_load_neither_the_drills_nor_the_restores_modules(
+    backed_up: Shop, tmp_path: Path
+) -> None:
+    """`forget --prune` runs the prune job in its own process: the drill's scratch folders and the
+    restore's partial files are cleaned by those jobs alone, and their modules stay unloaded."""
+    modules = loaded_modules(backed_up, tmp_path, "forget", "--prune")
+    assert "capsule.orchestrator.prunesteps" in modules  # it ran the prune's steps
+    loaded = ("capsule.adapters.drill", "capsule.adapters.files.restore", "capsule.orchestrator.drillsteps")
+    assert sorted(m for m in modules if m in loaded) == []
+
+
 def test_the_listing_sees_a_heavy_module_when_a_command_loads_one(backed_up: Shop, tmp_path: Path) -> None:
     """`audit` reads the event log through the event store, and SQLAlchemy: the check above can fail."""
     assert "sqlalchemy" in heavy_among(loaded_modules(backed_up, tmp_path, "audit"))
