@@ -57,6 +57,7 @@ def test_the_prefix_set_finds_every_id_added_and_any_id_sharing_its_first_eight_
     for at in range(0, 900, 30):  # every id added three times over, in pieces
         prefixes.add(b"".join(added[at % 300 : at % 300 + 30]))
     assert len(prefixes) == 300
+    assert prefixes.freeze().tolist() == sorted({int.from_bytes(a[:8], "big") for a in added})
     assert prefixes.contains(b"".join(added)).all(), "an id added was answered absent"
     twins = [a[:8] + rng.randbytes(24) for a in added[:10]]
     strangers = [rng.randbytes(32) for _ in range(50)]
