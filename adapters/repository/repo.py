@@ -44,7 +44,7 @@ from capsule.adapters.repository.keys import (
     open_with_key_file,
     open_with_passphrase,
 )
-from capsule.adapters.repository.pack import BUNDLED, PackBuilder
+from capsule.adapters.repository.pack import BLOB_LIST, BUNDLED, PackBuilder
 from capsule.domain.errors import UnsafePath
 from capsule.domain.manifest import MANIFEST_VERSION, READABLE_MANIFEST_VERSIONS, Manifest
 from capsule.domain.sizes import DEFAULT_PACK_SIZE
@@ -121,6 +121,8 @@ class Repository:
         self._indexed_files: set[str] = set()  # index files whose records the index holds
         self._superseded_files: set[str] = set()
         self._builder = PackBuilder()
+        self._list_builder = PackBuilder()
+        """List blobs go into packs of their own (see `add`)."""
         self._unindexed: dict[str, npt.NDArray[np.void]] = {}
         # Ids in the open pack or a pack being written: already "stored" for dedup, not yet indexed.
         self._pending_ids: set[bytes] = set()
@@ -265,10 +267,16 @@ class Repository:
         """
         if (has_blob or self.has_blob)(blob.blob_id):
             return False
-        self._builder.add(blob.blob_id, blob.blob_type, blob.compression, blob.sealed, blob.plain_length)
+        # A snapshot's list blobs live and die with it, and with the snapshots that share them;
+        # its data blobs live on in the snapshots after it. Kept apart, a forgotten snapshot's
+        # lists leave a pack unused whole (deleted, not repacked), and its data's packs are not
+        # pushed past the repack threshold by them (repository format, section 14).
+        lists = blob.blob_type == BLOB_LIST
+        builder = self._list_builder if lists else self._builder
+        builder.add(blob.blob_id, blob.blob_type, blob.compression, blob.sealed, blob.plain_length)
         self._pending_ids.add(blob.blob_id)
-        if self._builder.size >= self.pack_size:
-            self._write_pack()
+        if builder.size >= self.pack_size:
+            self._write_pack(lists=lists)
         return True
 
     def add_run(
@@ -361,11 +369,16 @@ class Repository:
         pack that was missing when the index was loaded (one listing of the packs) is stored again."""
         return blob_id in self._pending_ids or self.index.contains(blob_id)
 
-    def _write_pack(self) -> None:
-        """Hand the open pack to the writer thread; its blobs stay pending until it is stored."""
-        if not len(self._builder):
+    def _write_pack(self, *, lists: bool = False) -> None:
+        """Hand the open pack (of data, or of lists) to the writer thread; its blobs stay pending
+        until it is stored."""
+        builder = self._list_builder if lists else self._builder
+        if not len(builder):
             return
-        builder, self._builder = self._builder, PackBuilder()
+        if lists:
+            self._list_builder = PackBuilder()
+        else:
+            self._builder = PackBuilder()
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pack-writer")
         self._writes.append((self._writer.submit(self._store_pack, builder), builder))
@@ -405,8 +418,9 @@ class Repository:
         return name
 
     def flush(self) -> None:
-        """Store the open pack and an index for every pack not yet indexed."""
+        """Store the open packs and an index for every pack not yet indexed."""
         self._write_pack()
+        self._write_pack(lists=True)
         while self._writes:
             self._finish_pack()
         self._write_index()

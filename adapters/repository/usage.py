@@ -174,7 +174,7 @@ class PrefixSet:
 
 def _unique_numbers(keys: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
     """`keys` sorted, each once. Sorted in place and masked: `np.unique` hashes them first, which
-    took 2.5 times as long on the walk's batches (most of a batch repeats what the set holds)."""
+    took longer on the walk's batches (most of a batch repeats what the set holds)."""
     keys.sort()
     if len(keys) < 2:
         return keys

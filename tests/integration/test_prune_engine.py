@@ -16,7 +16,7 @@ import pytest
 from capsule.adapters.errors import IntegrityError
 from capsule.adapters.repository.backends.local import LocalBackend
 from capsule.adapters.repository.index import Index
-from capsule.adapters.repository.pack import PackBuilder
+from capsule.adapters.repository.pack import BLOB_LIST, PackBuilder
 from capsule.adapters.repository.prune import (
     KEEP_YOUNGER_THAN,
     PrunePlan,
@@ -311,3 +311,34 @@ def test_forgetting_every_snapshot_leaves_no_pack(lab: Lab, tmp_path: Path) -> N
     lab.write("after.bin", 10 * KiB)
     lab.backup_files()  # the emptied repository takes backups again
     lab.check(tmp_path / "out-after")
+
+
+def _types_by_pack(lab: Lab) -> dict[str, set[int]]:
+    repo = lab.open()
+    return {pack: {b.blob_type for b in read_pack_header(repo, pack)} for pack in lab.packs()}
+
+
+def test_a_forgotten_database_snapshots_lists_are_deleted_whole_and_its_pages_not_copied(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """A database backup writes its list blobs into packs of their own: once its snapshot is
+    forgotten they are deleted whole, and its pages' pack, still used by the next snapshot, is not
+    pushed past the repack threshold by them."""
+    lab.sell(600)  # about 130 pages: more than an entry names directly, so the backup writes lists
+    first = lab.backup_database()
+    first_packs = lab.packs()
+    lab.sell(3)  # a few pages change: the next snapshot still uses nearly all of the first's pages
+    lab.backup_database()
+    types = _types_by_pack(lab)
+    assert all(len(held) == 1 for held in types.values()), types
+    list_packs = {pack for pack in first_packs if types[pack] == {BLOB_LIST}}
+    assert list_packs, "the first backup wrote no pack of lists"
+    lab.forget(first)
+    lab.age()
+
+    plan, result = prune(lab)
+
+    assert set(plan.delete) == list_packs, "the forgotten snapshot's lists go whole, nothing else"
+    assert plan.repack == ()
+    assert set(result.deleted) == list_packs
+    lab.check(tmp_path / "out")
