@@ -22,6 +22,7 @@ from capsule.adapters.files.restore import restore_files
 from capsule.adapters.files.tree import iter_entries
 from capsule.adapters.repository.backends.local import LocalBackend
 from capsule.adapters.repository.lock import PRUNE, lock_owners, locked, owners_gone
+from capsule.adapters.repository.pack import BLOB_DATA
 from capsule.adapters.repository.prune import (
     KEEP_YOUNGER_THAN,
     PrunePlan,
@@ -32,6 +33,7 @@ from capsule.adapters.repository.prune import (
     repack,
     rewrite_index,
 )
+from capsule.adapters.repository.rebuild import read_pack_header
 from capsule.adapters.repository.repo import Repository
 from capsule.adapters.repository.restore import restore_snapshot
 from capsule.adapters.repository.verify import verify
@@ -143,6 +145,11 @@ class Lab:
 
     def packs(self) -> set[str]:
         return {p.name for p in self.pack_files()}
+
+    def data_packs(self) -> set[str]:
+        """The packs holding data blobs (a backup writes its list blobs into packs of their own)."""
+        repo = self.open()
+        return {p for p in self.packs() if any(b.blob_type == BLOB_DATA for b in read_pack_header(repo, p))}
 
     def pack_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.pack_files())

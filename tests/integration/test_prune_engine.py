@@ -91,7 +91,7 @@ def _half_used_pack(lab: Lab) -> tuple[str, str]:
     lab.write("keep.bin", 30 * KiB)
     lab.write("drop.bin", 70 * KiB)
     first = lab.backup_files()
-    (pack,) = lab.packs()
+    (pack,) = lab.data_packs()
     lab.remove("drop.bin")
     kept = lab.backup_files()
     lab.forget(first)
@@ -107,10 +107,12 @@ def test_a_pack_is_repacked_only_when_its_unused_share_passes_the_threshold(lab:
     assert low.repack == (pack,)
     assert 60 * KiB < low.totals.unused_bytes < 80 * KiB
     before = lab.pack_bytes()
+    lists = lab.packs() - lab.data_packs()
 
     _, result = prune(lab, percent=50)
 
-    assert result.deleted == (pack,)
+    assert pack in result.deleted
+    assert set(result.deleted) - {pack} <= lists, "only the forgotten snapshot's lists go besides"
     assert lab.pack_bytes() < before - 60 * KiB
     lab.check(tmp_path / "out")
 
@@ -150,8 +152,8 @@ def test_a_blob_stored_twice_is_kept_once(lab: Lab, tmp_path: Path) -> None:
     lab.age()
     lab.backup_files(second, other)
     lab.age()
-    holding = [p for p in lab.packs() if len(read_pack_header(lab.open(), p)) >= 2]
-    assert len(lab.packs()) == 3
+    holding = [p for p in lab.data_packs() if len(read_pack_header(lab.open(), p)) >= 2]
+    assert len(lab.data_packs()) == 3
 
     plan, _ = prune(lab)
 
@@ -235,7 +237,8 @@ def test_a_backup_that_loaded_the_old_index_rescues_the_pack_it_builds_on(lab: L
     # A backup starts and loads the index; then the prune condemns the pack holding b.bin.
     backup, b_bytes = lab.one_file_only_a_forgotten_snapshot_held()
     plan = plan_prune(lab.open())
-    (condemned,) = plan.condemned
+    (condemned,) = plan.repack  # the forgotten snapshot's data pack; its lists' pack is deleted
+    assert set(plan.condemned) - {condemned} == set(plan.delete)
     repacked = repack(lab.open(), plan)
     rewrite_index(lab.open(), plan, repacked)
     fresh = lab.open()
@@ -245,7 +248,8 @@ def test_a_backup_that_loaded_the_old_index_rescues_the_pack_it_builds_on(lab: L
     # b.bin comes back; the running backup finds its blob in its old index and stores nothing.
     (lab.uploads / "b.bin").write_bytes(b_bytes)
     late = lab.backup_files(backup)
-    assert not (lab.packs() - {condemned, *repacked.packs} - set(fresh.index.pack_ids) - _packs_named(lab))
+    known = {*plan.condemned, *repacked.packs} | set(fresh.index.pack_ids) | _packs_named(lab)
+    assert not (lab.packs() - known)
     result = finish_prune(lab.open(), plan, repacked)
 
     assert result.rescued == (condemned,) and condemned not in result.deleted
