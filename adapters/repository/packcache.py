@@ -37,7 +37,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from capsule.adapters.errors import DiskFull
+from capsule.adapters.errors import DiskFull, ObjectNotFound
 from capsule.adapters.logs import get_logger
 from capsule.adapters.repository.backends.storage import Backend
 from capsule.adapters.repository.lock import pid_alive
@@ -65,6 +65,9 @@ class _Pack:
     path: Path | None = None
     """Its whole copy, while there is one."""
     size: int = 0
+    threshold: int | None = None
+    """Planned bytes from which this pack is fetched whole, when its size is known (a pack smaller
+    than the configured size, as a backup's last pack or its lists' pack is); else the cache's."""
 
 
 class PackCache:
@@ -91,6 +94,16 @@ class PackCache:
             for pack_id, n in wanted.items():
                 self._packs.setdefault(pack_id, _Pack()).left += n
 
+    def learn_sizes(self) -> None:
+        """Ask the backend the size of each planned pack (one listing answers them all on Drive),
+        so that a pack smaller than the configured size is fetched whole from its own share."""
+        for pack_id, pack in list(self._packs.items()):
+            try:
+                size = self._backend.stat("data", pack_id).size
+            except (ObjectNotFound, OSError):
+                continue
+            pack.threshold = max(1, min(self.threshold, int(size * SHARE)))
+
     def read(self, pack_id: str, offset: int, length: int) -> bytes:
         """`length` bytes at `offset` of pack `pack_id`: from its whole copy, fetched first if it is
         worth it, or from the backend."""
@@ -109,14 +122,17 @@ class PackCache:
         self._used(pack, len(data))
         return data
 
+    def _threshold(self, pack: _Pack) -> int:
+        return self.threshold if pack.threshold is None else pack.threshold
+
     def _worth_fetching(self, pack: _Pack) -> bool:
         with self._lock:
-            return pack.left >= self.threshold
+            return pack.left >= self._threshold(pack)
 
     def _reserve(self, pack: _Pack) -> bool:
         """Room for one more pack on disk, taken; False when the copies fill their room."""
         with self._lock:
-            if pack.left < self.threshold or self._held + self._pack_size > self._limit:
+            if pack.left < self._threshold(pack) or self._held + self._pack_size > self._limit:
                 return False
             self._held += self._pack_size
             return True
@@ -236,6 +252,7 @@ def whole_packs(repo: Repository, entries: list[Entry], to: Path) -> Iterator[Pa
             cache.plan(lists + likely)
             cache.plan(content_bytes(repo, entries))
             cache.plan({pack_id: -n for pack_id, n in likely.items()})
+            cache.learn_sizes()
             yield cache
         log.info("packs fetched whole", packs=cache.fetched, bytes=cache.fetched_bytes)
     finally:

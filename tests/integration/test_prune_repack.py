@@ -228,7 +228,7 @@ def test_a_read_budget_smaller_than_any_pack_copies_the_same_blobs_one_pack_at_a
         lab.forget(sid)
     lab.age()
     plan = plan_prune(lab.open(), keep_used=True)
-    assert len(plan.repack) > 2
+    assert len(plan.repack) >= 2
     monkeypatch.setattr(prune_engine, "REPACK_AHEAD_BYTES", 1)  # each pack read alone, in turn
 
     repo = lab.open()
