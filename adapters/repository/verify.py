@@ -16,13 +16,13 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
 import structlog
 
 from capsule.adapters.files.tree import load_group
 from capsule.adapters.files.verify_contents import Contents
-from capsule.adapters.repository.chunks import load_id_lists, read_id_lists, split_ids
+from capsule.adapters.repository.chunks import load_id_list, load_id_lists, read_id_lists, split_ids
 from capsule.adapters.repository.entry_rules import check_database_snapshot, check_follows, check_size
-from capsule.adapters.repository.index import BlobLocation
 from capsule.adapters.repository.pack import TRAILER
 from capsule.adapters.repository.packcheck import PackCheck
 from capsule.adapters.repository.repo import Repository
@@ -70,7 +70,9 @@ class VerifyReport:
 
 Progress = Callable[[int, int], None]
 Classify = Callable[[list[bytes]], set[str]]
-Located = Callable[[list[BlobLocation | None]], set[str]]  # a Classify given the index's answers
+# The problem keys of ids end to end, and the plaintext bytes they hold by the index (None if one
+# is not indexed): a Classify for a list blob's ids, looked up as arrays, not one object per id.
+Measure = Callable[[bytes], tuple[set[str], int | None]]
 REFUSED = "would be refused by restore: "
 
 
@@ -81,7 +83,7 @@ def _affected_by(
     count: bool,
     contents: Contents | None = None,
     *,
-    located: Located | None = None,
+    measure: Measure | None = None,
 ) -> dict[str, set[tuple[str, str]]]:
     """Map each problem key that `classify` finds in a file's blobs to the (snapshot, path) hit.
 
@@ -89,9 +91,10 @@ def _affected_by(
     share most of them, and memory stays bounded by one file's ids or one tree blob's entries.
     With `count` (the structure pass), each snapshot is also held to the rules restore applies
     to its entries, and the first one it breaks is reported, as restore would refuse it; the
-    files of files snapshots go to `contents`, if given, for the data pass to check.
+    files of files snapshots go to `contents`, if given, for the data pass to check. `measure`
+    (needed with `count`) classifies list blobs and gives the sizes the rules check.
     """
-    seen = _Seen(repo, classify, rules=count, contents=contents, located=located)
+    seen = _Seen(repo, classify, rules=count, contents=contents, measure=measure)
     affected: dict[str, set[tuple[str, str]]] = {}
     for sid in sorted(repo.backend.list("snapshots")):
         try:
@@ -134,11 +137,13 @@ class _Seen:
         classify: Classify,
         rules: bool = False,
         contents: Contents | None = None,
-        located: Located | None = None,
+        measure: Measure | None = None,
     ) -> None:
+        if rules and measure is None:
+            raise ValueError("the rules need the sizes the list blobs hold: give `measure`")
         self.repo = repo
         self.classify = classify
-        self.located = located
+        self.measure = measure
         self.rules = rules
         self.contents = contents
         self.by_list: dict[str, tuple[set[str], int | None]] = {}  # -> (keys, plaintext size)
@@ -223,20 +228,16 @@ class _Seen:
         if list_id not in self.by_list:
             try:
                 body = self.bodies.pop(list_id, None)
-                ids = load_id_lists(self.repo, [list_id]) if body is None else split_ids(body)
+                if body is None:
+                    body = load_id_list(self.repo, list_id)
             except CapsuleError:
                 self.by_list[list_id] = (set(), None)  # the list blob itself is classified
             else:
-                size = None
-                if self.rules:
-                    # One look-up for both: a database's list blobs name every page.
-                    locs = self.repo.index.locate_many(ids)
-                    sizes = [loc.plain_length for loc in locs if loc is not None]
-                    size = sum(sizes) if len(sizes) == len(ids) else None
-                    keys = self.located(locs) if self.located else self.classify(ids)
+                # One look-up for both: a database's list blobs name every page.
+                if self.measure is not None:
+                    self.by_list[list_id] = self.measure(body)
                 else:
-                    keys = self.classify(ids)
-                self.by_list[list_id] = (keys, size)
+                    self.by_list[list_id] = (self.classify(split_ids(body)), None)
         return self.by_list[list_id]
 
     def _read_ahead(self, list_ids: list[str]) -> None:
@@ -286,22 +287,29 @@ class _Seen:
 def _check_structure(repo: Repository, report: VerifyReport, contents: Contents | None) -> None:
     pack_sizes = {name: repo.backend.size("data", name) for name in repo.backend.list("data")}
     report.packs = len(pack_sizes)
+    index = repo.index
+    # By pack number: where the last blob may end (the trailer follows it); -1 for a missing pack,
+    # so that every blob placed in it is beyond.
+    ends = np.zeros(0, dtype=np.int64)
 
-    def located(locs: list[BlobLocation | None]) -> set[str]:
-        keys = set()
-        for loc in locs:
-            if loc is None:
-                keys.add(NOT_INDEXED)
-                continue
-            size = pack_sizes.get(loc.pack_id)
-            if size is None or loc.offset + loc.length > size - TRAILER.size:
-                keys.add(loc.pack_id)
-        return keys
+    def measure(ids: bytes) -> tuple[set[str], int | None]:
+        nonlocal ends
+        which, packs, recs = index.columns(ids)
+        if len(ends) != len(index.pack_ids):
+            ends = np.array(
+                [pack_sizes.get(p, TRAILER.size - 1) - TRAILER.size for p in index.pack_ids], dtype=np.int64
+            )
+        found = which >= 0
+        keys = set() if found.all() else {NOT_INDEXED}
+        numbers = packs[found]
+        beyond = recs["offset"][found].astype(np.int64) + recs["length"][found] > ends[numbers]
+        keys.update(index.pack_ids[n] for n in np.unique(numbers[beyond]).tolist())
+        return keys, int(recs["plain"].sum(dtype=np.int64)) if found.all() else None
 
     def classify(ids: list[bytes]) -> set[str]:
-        return located(repo.index.locate_many(ids))
+        return measure(b"".join(ids))[0]
 
-    affected_by = _affected_by(repo, report, classify, True, contents, located=located)
+    affected_by = _affected_by(repo, report, classify, True, contents, measure=measure)
     for key, affected in sorted(affected_by.items()):
         if key == NOT_INDEXED:
             problem = Problem(
