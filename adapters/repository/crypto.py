@@ -70,7 +70,8 @@ class Sealer:
 
     def id_hasher(self) -> blake3.blake3:
         """A keyed hasher for ids, to be `reset()` between blobs: a new one keyed for each costs
-        more than hashing a database page. Not to be shared between threads."""
+        more than hashing a database page (see docs/performance.md, "verify --read-data: one
+        hasher, one buffer, lists looked up together"). Not to be shared between threads."""
         return blake3.blake3(key=self._id_key)
 
     def blob_ids(self, data: bytes | memoryview, size: int) -> bytes:

@@ -22,6 +22,7 @@ import structlog
 from capsule.adapters.files.tree import load_group
 from capsule.adapters.files.verify_contents import Contents
 from capsule.adapters.repository.chunks import load_id_list, load_id_lists, read_id_lists, split_ids
+from capsule.adapters.repository.crypto import ID_SIZE
 from capsule.adapters.repository.entry_rules import check_database_snapshot, check_follows, check_size
 from capsule.adapters.repository.pack import TRAILER
 from capsule.adapters.repository.packcheck import PackCheck
@@ -70,10 +71,12 @@ class VerifyReport:
 
 Progress = Callable[[int, int], None]
 Classify = Callable[[list[bytes]], set[str]]
-# The problem keys of ids end to end, and the plaintext bytes they hold by the index (None if one
-# is not indexed): a Classify for a list blob's ids, looked up as arrays, not one object per id.
-Measure = Callable[[bytes], tuple[set[str], int | None]]
+# For each list blob's ids end to end: their problem keys, and the plaintext bytes they hold by the
+# index (None if one is not indexed). A Classify for many list blobs at once, looked up as arrays in
+# one search, not one object per id nor one search per list.
+Measure = Callable[[list[bytes]], list[tuple[set[str], int | None]]]
 REFUSED = "would be refused by restore: "
+LISTS_PER_SEARCH = 64  # list blobs of 256 ids each looked up together by the structure pass
 
 
 def _affected_by(
@@ -235,7 +238,7 @@ class _Seen:
             else:
                 # One look-up for both: a database's list blobs name every page.
                 if self.measure is not None:
-                    self.by_list[list_id] = self.measure(body)
+                    self.by_list[list_id] = self.measure([body])[0]
                 else:
                     self.by_list[list_id] = (self.classify(split_ids(body)), None)
         return self.by_list[list_id]
@@ -246,9 +249,16 @@ class _Seen:
         if len(list_ids) < 2:
             return
         try:
-            self.bodies = dict(zip(list_ids, read_id_lists(self.repo, list_ids), strict=True))
+            bodies = read_id_lists(self.repo, list_ids)
         except CapsuleError:
             self.bodies = {}  # each is read alone, and what is wrong with it is found then
+            return
+        if self.measure is None:
+            self.bodies = dict(zip(list_ids, bodies, strict=True))
+        else:  # a few dozen in one search: its records held in memory stay few
+            for at in range(0, len(list_ids), LISTS_PER_SEARCH):
+                part = slice(at, at + LISTS_PER_SEARCH)
+                self.by_list.update(zip(list_ids[part], self.measure(bodies[part]), strict=True))
 
     def _tree(self, tree_id: bytes) -> _Tree:
         if keys := self.classify([tree_id]):
@@ -292,22 +302,28 @@ def _check_structure(repo: Repository, report: VerifyReport, contents: Contents 
     # so that every blob placed in it is beyond.
     ends = np.zeros(0, dtype=np.int64)
 
-    def measure(ids: bytes) -> tuple[set[str], int | None]:
+    def measure(lists: list[bytes]) -> list[tuple[set[str], int | None]]:
         nonlocal ends
-        which, packs, recs = index.columns(ids)
+        which, packs, recs = index.columns(b"".join(lists))
         if len(ends) != len(index.pack_ids):
             ends = np.array(
                 [pack_sizes.get(p, TRAILER.size - 1) - TRAILER.size for p in index.pack_ids], dtype=np.int64
             )
+        bounds = np.cumsum([0, *(len(ids) // ID_SIZE for ids in lists)])
+        which_list = np.repeat(np.arange(len(lists)), np.diff(bounds))
         found = which >= 0
-        keys = set() if found.all() else {NOT_INDEXED}
-        numbers = packs[found]
-        beyond = recs["offset"][found].astype(np.int64) + recs["length"][found] > ends[numbers]
-        keys.update(index.pack_ids[n] for n in np.unique(numbers[beyond]).tolist())
-        return keys, int(recs["plain"].sum(dtype=np.int64)) if found.all() else None
+        plain = np.cumsum(np.concatenate([[0], recs["plain"].astype(np.int64)]))
+        sizes = (plain[bounds[1:]] - plain[bounds[:-1]]).tolist()
+        missing = np.bincount(which_list[~found], minlength=len(lists)).tolist()
+        beyond = np.zeros(len(found), dtype=bool)
+        beyond[found] = recs["offset"][found].astype(np.int64) + recs["length"][found] > ends[packs[found]]
+        keys: list[set[str]] = [{NOT_INDEXED} if m else set() for m in missing]
+        for k, number in zip(which_list[beyond].tolist(), packs[beyond].tolist(), strict=True):
+            keys[k].add(index.pack_ids[number])
+        return [(kk, None if m else size) for kk, m, size in zip(keys, missing, sizes, strict=True)]
 
     def classify(ids: list[bytes]) -> set[str]:
-        return measure(b"".join(ids))[0]
+        return measure([b"".join(ids)])[0][0]
 
     affected_by = _affected_by(repo, report, classify, True, contents, measure=measure)
     for key, affected in sorted(affected_by.items()):
