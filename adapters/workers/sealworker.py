@@ -263,7 +263,9 @@ class Worker:
         """The whole of `f`, read into the worker's pack buffer (grown when a file is larger)."""
         size = os.fstat(f.fileno()).st_size
         if len(self._pack_buffer) <= size:
-            self._pack_buffer = bytearray(size + 1)
+            # With room to spare: packs of one nominal size differ by a few per cent, and each
+            # larger one would otherwise fault in a new buffer.
+            self._pack_buffer = bytearray(size + size // 8 + 1)
         view = memoryview(self._pack_buffer)
         got = 0
         while True:
