@@ -114,8 +114,8 @@ class Worker:
         self._bundles: dict[tuple[str, int], bytes] = {}
         self._buffer = AlignedBuffer()  # for direct writes of restored files
         self._slots = SlotMap()  # the parent's shared slots, when it gives one
-        # Each pack checked is read into this, not into new memory: faulting in 16 MiB afresh for
-        # every pack cost more system time than the read itself.
+        # Each pack checked is read into this, not into new memory: faulting in a whole pack
+        # afresh for every pack cost more system time than the read itself.
         self._pack_buffer = bytearray()
 
     def hash(self, body: bytes, pos: int) -> bytes:
