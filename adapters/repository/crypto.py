@@ -68,6 +68,12 @@ class Sealer:
         digest: bytes = blake3.blake3(data, key=self._id_key).digest()
         return digest
 
+    def id_hasher(self) -> blake3.blake3:
+        """A keyed hasher for ids, to be `reset()` between blobs: a new one keyed for each costs
+        more than hashing a database page (see docs/performance.md, "verify --read-data: one
+        hasher, one buffer, lists looked up together"). Not to be shared between threads."""
+        return blake3.blake3(key=self._id_key)
+
     def blob_ids(self, data: bytes | memoryview, size: int) -> bytes:
         """The ids of the consecutive `size`-byte pieces of `data` (the last may be shorter), end
         to end: one keyed hasher, reset between pieces, instead of a new one keyed for each."""

@@ -121,7 +121,9 @@ def header_ids(header: bytes | bytearray | memoryview) -> list[bytes]:
     return [raw[i + size - ID_SIZE : i + size] for i in range(0, len(raw), size)]
 
 
-def parse_header(sealer: Sealer, tail: bytes, pack_size: int, pack_name: str) -> list[PackedBlob]:
+def parse_header(
+    sealer: Sealer, tail: bytes | memoryview, pack_size: int, pack_name: str
+) -> list[PackedBlob]:
     """Read the blob list of a pack from its last bytes (at least the header and trailer)."""
     what = f"the header of pack {pack_name[:12]}"
     if len(tail) < TRAILER.size:

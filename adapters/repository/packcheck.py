@@ -84,7 +84,11 @@ def parse_rows(raw: bytes | memoryview) -> list[Row]:
 
 
 def check_pack(
-    sealer: Sealer, decompressor: zstandard.ZstdDecompressor, name: str, data: bytes, rows: list[Row]
+    sealer: Sealer,
+    decompressor: zstandard.ZstdDecompressor,
+    name: str,
+    data: bytes | memoryview,
+    rows: list[Row],
 ) -> PackCheck:
     """Check the pack `name` whose bytes are `data`, and the blobs `rows` place in it.
 
@@ -110,7 +114,9 @@ def check_pack(
         ]
     result.blobs = len(rows)
     view = memoryview(data)
-    blob_id = sealer.blob_id
+    # One keyed hasher, reset after each blob (see Sealer.id_hasher).
+    hasher = sealer.id_hasher()
+    update, digest, reset = hasher.update, hasher.digest, hasher.reset
     start = 0
     while start < len(rows):
         offset, first_id, btype, comp, length, _, _, _ = rows[start]
@@ -153,7 +159,10 @@ def check_pack(
                 result.bad.append(member_id)
                 continue
             piece = bundle[within : within + plain]
-            if blob_id(piece) != member_id:
+            update(piece)
+            got = digest()
+            reset()
+            if got != member_id:
                 result.bad.append(member_id)
             elif want:
                 result.found.append((member_id, plain, hashlib.sha256(piece).digest()))

@@ -16,13 +16,14 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
 import structlog
 
 from capsule.adapters.files.tree import load_group
 from capsule.adapters.files.verify_contents import Contents
-from capsule.adapters.repository.chunks import load_id_lists, read_id_lists, split_ids
+from capsule.adapters.repository.chunks import load_id_list, load_id_lists, read_id_lists, split_ids
+from capsule.adapters.repository.crypto import ID_SIZE
 from capsule.adapters.repository.entry_rules import check_database_snapshot, check_follows, check_size
-from capsule.adapters.repository.index import BlobLocation
 from capsule.adapters.repository.pack import TRAILER
 from capsule.adapters.repository.packcheck import PackCheck
 from capsule.adapters.repository.repo import Repository
@@ -70,8 +71,12 @@ class VerifyReport:
 
 Progress = Callable[[int, int], None]
 Classify = Callable[[list[bytes]], set[str]]
-Located = Callable[[list[BlobLocation | None]], set[str]]  # a Classify given the index's answers
+# For each list blob's ids end to end: their problem keys, and the plaintext bytes they hold by the
+# index (None if one is not indexed). A Classify for many list blobs at once, looked up as arrays in
+# one search, not one object per id nor one search per list.
+Measure = Callable[[list[bytes]], list[tuple[set[str], int | None]]]
 REFUSED = "would be refused by restore: "
+LISTS_PER_SEARCH = 64  # list blobs of 256 ids each looked up together by the structure pass
 
 
 def _affected_by(
@@ -81,7 +86,7 @@ def _affected_by(
     count: bool,
     contents: Contents | None = None,
     *,
-    located: Located | None = None,
+    measure: Measure | None = None,
 ) -> dict[str, set[tuple[str, str]]]:
     """Map each problem key that `classify` finds in a file's blobs to the (snapshot, path) hit.
 
@@ -89,9 +94,10 @@ def _affected_by(
     share most of them, and memory stays bounded by one file's ids or one tree blob's entries.
     With `count` (the structure pass), each snapshot is also held to the rules restore applies
     to its entries, and the first one it breaks is reported, as restore would refuse it; the
-    files of files snapshots go to `contents`, if given, for the data pass to check.
+    files of files snapshots go to `contents`, if given, for the data pass to check. `measure`
+    (needed with `count`) classifies list blobs and gives the sizes the rules check.
     """
-    seen = _Seen(repo, classify, rules=count, contents=contents, located=located)
+    seen = _Seen(repo, classify, rules=count, contents=contents, measure=measure)
     affected: dict[str, set[tuple[str, str]]] = {}
     for sid in sorted(repo.backend.list("snapshots")):
         try:
@@ -134,11 +140,13 @@ class _Seen:
         classify: Classify,
         rules: bool = False,
         contents: Contents | None = None,
-        located: Located | None = None,
+        measure: Measure | None = None,
     ) -> None:
+        if rules and measure is None:
+            raise ValueError("the rules need the sizes the list blobs hold: give `measure`")
         self.repo = repo
         self.classify = classify
-        self.located = located
+        self.measure = measure
         self.rules = rules
         self.contents = contents
         self.by_list: dict[str, tuple[set[str], int | None]] = {}  # -> (keys, plaintext size)
@@ -223,20 +231,16 @@ class _Seen:
         if list_id not in self.by_list:
             try:
                 body = self.bodies.pop(list_id, None)
-                ids = load_id_lists(self.repo, [list_id]) if body is None else split_ids(body)
+                if body is None:
+                    body = load_id_list(self.repo, list_id)
             except CapsuleError:
                 self.by_list[list_id] = (set(), None)  # the list blob itself is classified
             else:
-                size = None
-                if self.rules:
-                    # One look-up for both: a database's list blobs name every page.
-                    locs = self.repo.index.locate_many(ids)
-                    sizes = [loc.plain_length for loc in locs if loc is not None]
-                    size = sum(sizes) if len(sizes) == len(ids) else None
-                    keys = self.located(locs) if self.located else self.classify(ids)
+                # One look-up for both: a database's list blobs name every page.
+                if self.measure is not None:
+                    self.by_list[list_id] = self.measure([body])[0]
                 else:
-                    keys = self.classify(ids)
-                self.by_list[list_id] = (keys, size)
+                    self.by_list[list_id] = (self.classify(split_ids(body)), None)
         return self.by_list[list_id]
 
     def _read_ahead(self, list_ids: list[str]) -> None:
@@ -245,9 +249,16 @@ class _Seen:
         if len(list_ids) < 2:
             return
         try:
-            self.bodies = dict(zip(list_ids, read_id_lists(self.repo, list_ids), strict=True))
+            bodies = read_id_lists(self.repo, list_ids)
         except CapsuleError:
             self.bodies = {}  # each is read alone, and what is wrong with it is found then
+            return
+        if self.measure is None:
+            self.bodies = dict(zip(list_ids, bodies, strict=True))
+        else:  # a few dozen in one search: its records held in memory stay few
+            for at in range(0, len(list_ids), LISTS_PER_SEARCH):
+                part = slice(at, at + LISTS_PER_SEARCH)
+                self.by_list.update(zip(list_ids[part], self.measure(bodies[part]), strict=True))
 
     def _tree(self, tree_id: bytes) -> _Tree:
         if keys := self.classify([tree_id]):
@@ -286,22 +297,35 @@ class _Seen:
 def _check_structure(repo: Repository, report: VerifyReport, contents: Contents | None) -> None:
     pack_sizes = {name: repo.backend.size("data", name) for name in repo.backend.list("data")}
     report.packs = len(pack_sizes)
+    index = repo.index
+    # By pack number: where the last blob may end (the trailer follows it); -1 for a missing pack,
+    # so that every blob placed in it is beyond.
+    ends = np.zeros(0, dtype=np.int64)
 
-    def located(locs: list[BlobLocation | None]) -> set[str]:
-        keys = set()
-        for loc in locs:
-            if loc is None:
-                keys.add(NOT_INDEXED)
-                continue
-            size = pack_sizes.get(loc.pack_id)
-            if size is None or loc.offset + loc.length > size - TRAILER.size:
-                keys.add(loc.pack_id)
-        return keys
+    def measure(lists: list[bytes]) -> list[tuple[set[str], int | None]]:
+        nonlocal ends
+        which, packs, recs = index.columns(b"".join(lists))
+        if len(ends) != len(index.pack_ids):
+            ends = np.array(
+                [pack_sizes.get(p, TRAILER.size - 1) - TRAILER.size for p in index.pack_ids], dtype=np.int64
+            )
+        bounds = np.cumsum([0, *(len(ids) // ID_SIZE for ids in lists)])
+        which_list = np.repeat(np.arange(len(lists)), np.diff(bounds))
+        found = which >= 0
+        plain = np.cumsum(np.concatenate([[0], recs["plain"].astype(np.int64)]))
+        sizes = (plain[bounds[1:]] - plain[bounds[:-1]]).tolist()
+        missing = np.bincount(which_list[~found], minlength=len(lists)).tolist()
+        beyond = np.zeros(len(found), dtype=bool)
+        beyond[found] = recs["offset"][found].astype(np.int64) + recs["length"][found] > ends[packs[found]]
+        keys: list[set[str]] = [{NOT_INDEXED} if m else set() for m in missing]
+        for k, number in zip(which_list[beyond].tolist(), packs[beyond].tolist(), strict=True):
+            keys[k].add(index.pack_ids[number])
+        return [(kk, None if m else size) for kk, m, size in zip(keys, missing, sizes, strict=True)]
 
     def classify(ids: list[bytes]) -> set[str]:
-        return located(repo.index.locate_many(ids))
+        return measure([b"".join(ids)])[0][0]
 
-    affected_by = _affected_by(repo, report, classify, True, contents, located=located)
+    affected_by = _affected_by(repo, report, classify, True, contents, measure=measure)
     for key, affected in sorted(affected_by.items()):
         if key == NOT_INDEXED:
             problem = Problem(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import os
 import signal
 import struct
@@ -113,6 +114,9 @@ class Worker:
         self._bundles: dict[tuple[str, int], bytes] = {}
         self._buffer = AlignedBuffer()  # for direct writes of restored files
         self._slots = SlotMap()  # the parent's shared slots, when it gives one
+        # Each pack checked is read into this, not into new memory: faulting in a whole pack
+        # afresh for every pack cost more system time than the read itself.
+        self._pack_buffer = bytearray()
 
     def hash(self, body: bytes, pos: int) -> bytes:
         path, pos = _path(body, pos)
@@ -248,9 +252,31 @@ class Worker:
         path, pos = _path(body, pos)
         name = body[pos : pos + 64].decode("ascii")
         with open(path, "rb", buffering=0) as f:
-            data = f.read()
+            data = self._read_whole(f)
         rows = parse_rows(memoryview(body)[pos + 64 :])
-        return check_pack(self.sealer, self.decompressor, name, data, rows).to_bytes()
+        try:
+            return check_pack(self.sealer, self.decompressor, name, data, rows).to_bytes()
+        finally:
+            data.release()  # the buffer may grow for the next pack only if no view is left on it
+
+    def _read_whole(self, f: io.FileIO) -> memoryview:
+        """The whole of `f`, read into the worker's pack buffer (grown when a file is larger)."""
+        size = os.fstat(f.fileno()).st_size
+        if len(self._pack_buffer) <= size:
+            # With room to spare: packs of one nominal size differ by a few per cent, and each
+            # larger one would otherwise fault in a new buffer.
+            self._pack_buffer = bytearray(size + size // 8 + 1)
+        view = memoryview(self._pack_buffer)
+        got = 0
+        while True:
+            if got == len(view):  # longer than it was a moment ago: read it whole anyway
+                view.release()
+                self._pack_buffer += f.read()
+                return memoryview(self._pack_buffer)
+            n = f.readinto(view[got:])
+            if not n:
+                return view[:got]
+            got += n
 
     def _open_items(self, body: bytes, pos: int) -> list[bytes | memoryview]:
         (n_paths,) = FRAME.unpack_from(body, pos)

@@ -215,6 +215,19 @@ def test_plain_verify_names_the_snapshots_that_need_a_deleted_pack(damaged: tupl
     assert layout.c[:12] not in proc.stdout
 
 
+def test_plain_verify_names_the_snapshots_that_need_a_truncated_pack(damaged: tuple[Shop, Layout]) -> None:
+    shop, layout = damaged
+    pack = largest(shop, layout.ab_packs)
+    pack.write_bytes(pack.read_bytes()[: pack.stat().st_size // 2])
+
+    proc = shop.run("verify", expect=3)
+
+    assert f"pack {pack.name[:12]} is shorter than the index says" in proc.stdout
+    assert f"affects snapshot {layout.a[:12]}: pos.db" in proc.stdout
+    assert f"affects snapshot {layout.b[:12]}: pos.db" in proc.stdout
+    assert layout.c[:12] not in proc.stdout
+
+
 def test_rebuild_index_then_full_backup_after_a_pack_is_lost_makes_a_sound_snapshot(
     damaged: tuple[Shop, Layout], tmp_path: Path
 ) -> None:

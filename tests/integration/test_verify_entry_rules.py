@@ -190,3 +190,37 @@ def test_a_sound_database_snapshot_of_one_file_passes(world: World) -> None:
 
     assert (world.to / "pos.db").read_bytes() == (world.source / "a.jpg").read_bytes()
     assert not _hits(verify(reopen(world.repo, world.key_file), read_data=True), snapshot_id)
+
+
+def _database_of_lists(w: World, ids: bytes, size: int) -> str:
+    """A database snapshot of one file whose blobs are named through list blobs, as a backup names
+    a database's pages."""
+    lists = store_id_lists(w.repo, ids)
+    return _database_snapshot(w, [w.file("pos.db", blobs=[], blob_lists=lists, size=size)])
+
+
+def _images(w: World) -> tuple[bytes, int]:
+    ids = b"".join(bytes.fromhex(b) for p in ("a.jpg", "b.jpg") for b in w.stored[p]["blobs"])
+    return ids, sum(w.stored[p]["size"] for p in ("a.jpg", "b.jpg"))
+
+
+def test_a_database_file_whose_list_blobs_hold_another_size_is_reported(world: World) -> None:
+    ids, size = _images(world)
+    sound = _database_of_lists(world, ids, size)
+    forged = _database_of_lists(world, ids, size + 1)
+
+    for read_data in (False, True):
+        report = verify(reopen(world.repo, world.key_file), read_data=read_data)
+        assert not _hits(report, sound)
+        hits = _hits(report, forged)
+        assert any(f"its blobs hold {size}" in hit and hit.endswith("(pos.db)") for hit in hits), hits
+
+
+def test_a_database_file_whose_list_blob_names_a_blob_in_no_index_is_reported(world: World) -> None:
+    ids, size = _images(world)
+    snapshot_id = _database_of_lists(world, ids + bytes(32), size)
+
+    report = verify(reopen(world.repo, world.key_file))
+
+    [problem] = [p for p in report.problems if p.subject == "blobs"]
+    assert "in no index" in problem.message and problem.affected == [(snapshot_id, "pos.db")]
