@@ -17,9 +17,8 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, NamedTuple
 
-from pydantic import TypeAdapter
-
 from capsule.adapters.errors import IntegrityError
+from capsule.adapters.files.entries import ENTRIES, decode_entries
 from capsule.adapters.repository.chunks import load_id_lists, store_id_lists
 from capsule.adapters.repository.pack import BLOB_DATA
 from capsule.adapters.repository.repo import Repository
@@ -32,8 +31,6 @@ GROUP_BITS = 6  # about 64 entries (6 KiB to 20 KiB of JSON) a group
 GROUP_MASK = (1 << GROUP_BITS) - 1
 GROUP_LIMIT = 1024
 READ_AHEAD = 8  # tree blobs read ahead of the one being used
-
-ENTRIES = TypeAdapter(list[Entry])
 
 
 def path_key(path: str) -> list[str]:
@@ -120,7 +117,8 @@ class ParentGroup(NamedTuple):
 def load_group(
     repo: Repository, tree_id: bytes, sealed: bytes | None = None, loc: BlobLocation | None = None
 ) -> list[Entry]:
-    """One tree blob's entries, authenticated and validated (a path that could escape is refused).
+    """One tree blob's entries, authenticated and validated as the `Entry` model validates them (a
+    path that could escape is refused; `decode_entries` checks the model's rules without it).
 
     `sealed` is the blob as stored, if the caller has read it already; `loc` where the index has
     it, if the caller has looked it up already.
@@ -134,7 +132,7 @@ def load_group(
     else:
         raw = repo.read_blob(tree_id, loc)
     try:
-        return ENTRIES.validate_json(raw)
+        return decode_entries(raw)
     except ValueError as e:
         raise IntegrityError(f"tree blob {tree_id.hex()[:12]} does not hold valid entries: {e}") from e
 
