@@ -27,6 +27,7 @@ from capsule.adapters.files.tree import iter_entries, path_key, tree_ids
 from capsule.adapters.repository.backends.local import LocalBackend
 from capsule.adapters.repository.chunks import load_id_lists
 from capsule.adapters.repository.pack import COMPRESSION_NONE, COMPRESSION_ZSTD
+from capsule.adapters.repository.rebuild import rebuild_index
 from capsule.adapters.repository.repo import DEFAULT_PACK_SIZE, Repository
 from capsule.adapters.sqlite.backup import BackupResult
 from capsule.domain.manifest import Entry, Manifest
@@ -582,3 +583,45 @@ def test_small_files_read_in_batches_leave_no_descriptor_open(backups: Backups) 
     entries = backups.entries(result.manifest)
     assert entries["cat2/sub/p149.jpg"].sha256 == sha256(b"2/149")
     assert set(os.listdir("/proc/self/fd")) - before == set()
+
+
+def test_a_file_whose_pack_was_lost_is_read_again_whichever_set_of_groups_checks_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The parent's files are checked a set of groups at a time, before any entry of the set goes
+    # to the walk. One group a set here: every group but the first is checked in a later set.
+    monkeypatch.setattr(files_backup, "CHECKED_GROUPS", 1)
+    backups = Backups(tmp_path, pack_size=4096)
+    for n in range(400):
+        backups.write(f"f{n // 40:02d}/{n:03d}.txt", os.urandom(512))
+    first = backups()
+    repo = backups.repo
+    groups = tree_ids(repo, first.manifest)
+    assert len(groups) > 2
+    holds_tree = {loc.pack_id for loc in repo.index.locate_many(groups) if loc is not None}
+    holds_tree |= {
+        loc.pack_id for loc in repo.index.locate_many([bytes.fromhex(i) for i in first.manifest.tree])
+    }
+    first_group = {e.path for e in files_tree.load_group(repo, groups[0])}
+    # A file past the first group whose pack holds no tree blob: losing it keeps the tree whole.
+    lost = next(
+        e
+        for e in reversed(list(iter_entries(repo, first.manifest)))
+        if e.type == "file"
+        and e.path not in first_group
+        and (loc := repo.index.lookup(bytes.fromhex(e.blobs[0]))) is not None
+        and loc.pack_id not in holds_tree
+    )
+    pack = repo.index.lookup(bytes.fromhex(lost.blobs[0]))
+    assert pack is not None
+    repo.backend.remove("data", pack.pack_id)
+    rebuild_index(repo)
+    repo = backups.repo = Repository.open(LocalBackend(tmp_path / "repo"), tmp_path / "key")
+
+    second = backups()
+
+    assert second.manifest.totals.read_files >= 1
+    entry = backups.entries(second.manifest)[lost.path]
+    assert all(repo.index.contains(i) for i in backups.data_ids(entry))
+    restore_files(repo, second.manifest, tmp_path / "restored")
+    assert describe_tree(tmp_path / "restored") == describe_tree(backups.root)
