@@ -495,7 +495,15 @@ def restore_files(
     done = 0
     cleared = 0
     futures: deque[tuple[Future[int] | Future[memoryview], Entry]] = deque()
-    written: list[str] = []  # files and links put in place by this process's threads
+    # Files and links put in place by this process's threads, while few enough to flush one by one.
+    written: list[str] | None = []
+
+    def wrote(relative: str) -> None:
+        nonlocal written
+        if written is not None:
+            written.append(relative)
+            if len(written) > FLUSH_EACH_MAX:
+                written = None  # the filesystem is flushed instead: keep no list of a large restore
 
     # The restore is flushed to disk as it goes, on a thread: with plenty of memory the kernel
     # would otherwise hold all of it until the final sync, and the restore would wait for it there.
@@ -555,7 +563,7 @@ def restore_files(
                         futures.extend(to_workers.add(item))
                     else:
                         futures.append((threads.submit(write_file, repo, item, to / item.path), item))
-                        written.append(item.path)
+                        wrote(item.path)
                     settle(block=len(futures) >= IN_FLIGHT_FILES)
             if to_workers is not None:
                 futures.extend(to_workers.flush())
@@ -580,7 +588,7 @@ def restore_files(
         with contextlib.suppress(OSError):  # not every system lets a link's own time be set
             os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
         os.replace(tmp, target)
-        written.append(entry.path)
+        wrote(entry.path)
     # Deepest first: setting a folder's time must come after everything inside it was written.
     for relative in sorted(made, key=lambda p: p.count("/"), reverse=True):
         folder = folders.get(relative)
@@ -589,7 +597,7 @@ def restore_files(
             os.chmod(to / relative, restored_mode(folder.mode, special_bits))
             os.utime(to / relative, ns=(folder.mtime_ns, folder.mtime_ns))
     syncer.shutdown(wait=True)
-    if to_workers is None and len(written) <= FLUSH_EACH_MAX:
+    if to_workers is None and written is not None:
         links_written = {e.path for e in links}
         flush_each(
             [to / p for p in written if p not in links_written], folders_to_flush(to, top, made, written)
