@@ -16,7 +16,6 @@ import gc
 import os
 import sys
 import threading
-import types
 
 DEFAULT_UPLOADS = "data/uploads/products"
 
@@ -80,28 +79,7 @@ def fixed_mmap_threshold() -> None:
         libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
-def without_pydantic_plugins() -> None:
-    """Run pydantic without plugins, and without loading the module that looks for them.
-
-    Capsule's models are validated by pydantic alone; a plugin installed beside it would hook into
-    every model. `PYDANTIC_DISABLE_PLUGINS=__all__` is pydantic's own switch for that, but its
-    plugin loader still loads the standard library's `importlib.metadata` (and `email`, `zipfile`,
-    `csv` with it) when the first model is built, about a twentieth of `capsule cat` (see
-    docs/performance.md, "One image back: what `cat` and a restore pay"; a job's process loads it
-    all the same, for SQLAlchemy). With the switch set, the loader's one function returns no
-    plugins: a stand-in module answers for it. Left alone when the variable is already set (it is
-    then pydantic's to read), or the loader already loaded.
-    """
-    if "PYDANTIC_DISABLE_PLUGINS" in os.environ or "pydantic.plugin._loader" in sys.modules:
-        return
-    os.environ["PYDANTIC_DISABLE_PLUGINS"] = "__all__"
-    loader = types.ModuleType("pydantic.plugin._loader")
-    loader.get_plugins = lambda: ()  # type: ignore[attr-defined]
-    sys.modules[loader.__name__] = loader
-
-
 def main() -> None:
-    without_pydantic_plugins()
     folder = folder_to_look_at(sys.argv[1:], os.environ)
     if folder is not None and os.path.isdir(folder):
         with contextlib.suppress(OSError):  # only a head start: the backup reads the folder anyway

@@ -28,13 +28,13 @@ main()
 """
 
 
-def loaded_modules(shop: Shop, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> set[str]:
+def loaded_modules(shop: Shop, tmp_path: Path, *args: str) -> set[str]:
     """Run `capsule ARGS` in `shop` (its images in `uploads`); the modules it had loaded when it exited."""
     listing = tmp_path / "modules.txt"
     proc = subprocess.run(
         [sys.executable, "-c", RUN_AND_LIST, str(listing), *args],
         cwd=shop.root,
-        env=shop.env({"CAPSULE_UPLOADS": str(shop.root / "uploads"), **(env or {})}),
+        env=shop.env({"CAPSULE_UPLOADS": str(shop.root / "uploads")}),
         capture_output=True,
         text=True,
         timeout=120,
@@ -84,11 +84,7 @@ def test_reading_commands_load_no_database_toolkit_numpy_or_workers(
 def test_the_top_help_loads_no_command_module(backed_up: Shop, tmp_path: Path) -> None:
     modules = loaded_modules(backed_up, tmp_path, "--help")
     assert sorted(m for m in modules if m.startswith("capsule.api.cli_")) == []
-    # The entry point's stand-in for pydantic's plugin loader is a module of a few lines, not pydantic.
-    loaded = [
-        m for m in modules if m.startswith(("pydantic", "structlog")) and m != "pydantic.plugin._loader"
-    ]
-    assert loaded == []
+    assert sorted(m for m in modules if m.startswith(("pydantic", "structlog"))) == []
 
 
 @pytest.mark.parametrize("command", ["snapshots", "status"])
@@ -113,26 +109,6 @@ def test_cat_loads_neither_the_event_log_nor_pydantic_settings_nor_structlog(
     assert loaded == []
     assert sorted(m for m in modules if m.startswith("pydantic_settings")) == []
     assert sorted(m for m in modules if m.startswith(("structlog", "asyncio"))) == []
-
-
-def test_cat_loads_no_package_metadata_for_pydantic_plugins(backed_up: Shop, tmp_path: Path) -> None:
-    """Pydantic runs without plugins: the standard library's reader of installed packages'
-    metadata, which its plugin loader would load (`email`, `zipfile` with it), stays unloaded.
-    (A job's process loads it all the same: SQLAlchemy does.)"""
-    modules = loaded_modules(backed_up, tmp_path, "cat", "latest-files", "cat1/notes.txt")
-    assert "capsule.domain.manifest" in modules  # pydantic validated the snapshot's manifest
-    assert "importlib.metadata" not in modules
-
-
-def test_pydantic_plugins_are_looked_for_when_the_owner_sets_pydantics_switch(
-    backed_up: Shop, tmp_path: Path
-) -> None:
-    """PYDANTIC_DISABLE_PLUGINS set by whoever runs Capsule is pydantic's to read, as it always was."""
-    modules = loaded_modules(
-        backed_up, tmp_path, "cat", "latest-files", "cat1/notes.txt", env={"PYDANTIC_DISABLE_PLUGINS": "none"}
-    )
-    assert "pydantic.plugin._loader" in modules
-    assert "importlib.metadata" in modules
 
 
 @pytest.mark.parametrize("command", ["snapshots", "status", "jobs"])
