@@ -13,7 +13,6 @@ followed; folders get their mode and time at the very end.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import hashlib
 import itertools
@@ -32,6 +31,13 @@ import numpy as np
 
 from capsule.adapters.directio import Readahead
 from capsule.adapters.errors import NOT_INDEXED_ADVICE, BlobNotFound, DiskFull, RestoreRefused
+from capsule.adapters.files.flush import (
+    FLUSH_EACH_MAX,
+    existing_ancestor,
+    flush_each,
+    folders_to_flush,
+    sync_filesystem,
+)
 from capsule.adapters.files.tree import iter_entries
 from capsule.adapters.files.treesearch import TreeSearch
 from capsule.adapters.logs import get_logger
@@ -438,19 +444,6 @@ def _is_real_folder(folder: str, name: str) -> bool:
         return False
 
 
-def _sync_filesystem(path: Path) -> None:
-    """Flush everything written to the filesystem holding `path` (syncfs; sync where it is missing)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if getattr(libc, "syncfs", None) is None or libc.syncfs(fd) != 0:
-            os.sync()
-    except OSError:
-        os.sync()
-    finally:
-        os.close(fd)
-
-
 def restore_files(
     repo: Repository,
     manifest: Manifest,
@@ -494,6 +487,7 @@ def restore_files(
         raise RestoreRefused(
             f"{'; '.join(plan.clashes)}{more}; restore elsewhere with --to, or add --force to replace them"
         )
+    top = existing_ancestor(to)
     to.mkdir(parents=True, exist_ok=True)
     selection = Selection(include)  # the first pass used up its record of matches
     folders: dict[str, Entry] = {}
@@ -501,6 +495,15 @@ def restore_files(
     done = 0
     cleared = 0
     futures: deque[tuple[Future[int] | Future[memoryview], Entry]] = deque()
+    # Files and links put in place by this process's threads, while few enough to flush one by one.
+    written: list[str] | None = []
+
+    def wrote(relative: str) -> None:
+        nonlocal written
+        if written is not None:
+            written.append(relative)
+            if len(written) > FLUSH_EACH_MAX:
+                written = None  # the filesystem is flushed instead: keep no list of a large restore
 
     # The restore is flushed to disk as it goes, on a thread: with plenty of memory the kernel
     # would otherwise hold all of it until the final sync, and the restore would wait for it there.
@@ -518,7 +521,7 @@ def restore_files(
                 progress(done, plan.bytes)
             block = False if len(futures) < IN_FLIGHT_FILES else block
         if done - synced >= SYNC_EVERY and (syncing is None or syncing.done()):
-            syncing, synced = syncer.submit(_sync_filesystem, to), done
+            syncing, synced = syncer.submit(sync_filesystem, to), done
 
     made: set[str] = set()
 
@@ -560,6 +563,7 @@ def restore_files(
                         futures.extend(to_workers.add(item))
                     else:
                         futures.append((threads.submit(write_file, repo, item, to / item.path), item))
+                        wrote(item.path)
                     settle(block=len(futures) >= IN_FLIGHT_FILES)
             if to_workers is not None:
                 futures.extend(to_workers.flush())
@@ -584,6 +588,7 @@ def restore_files(
         with contextlib.suppress(OSError):  # not every system lets a link's own time be set
             os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
         os.replace(tmp, target)
+        wrote(entry.path)
     # Deepest first: setting a folder's time must come after everything inside it was written.
     for relative in sorted(made, key=lambda p: p.count("/"), reverse=True):
         folder = folders.get(relative)
@@ -592,7 +597,13 @@ def restore_files(
             os.chmod(to / relative, restored_mode(folder.mode, special_bits))
             os.utime(to / relative, ns=(folder.mtime_ns, folder.mtime_ns))
     syncer.shutdown(wait=True)
-    _sync_filesystem(to)
+    if to_workers is None and written is not None:
+        links_written = {e.path for e in links}
+        flush_each(
+            [to / p for p in written if p not in links_written], folders_to_flush(to, top, made, written)
+        )
+    else:
+        sync_filesystem(to)
     already = len(plan.already)
     log.info(
         "files restored",
