@@ -182,19 +182,40 @@ class Repacker:
 
     def _open_source(self, pack_id: str, wanted: npt.NDArray[np.bytes_], ticket: int | None) -> Source | None:
         backend = self.repo.backend
-        whole: bytes | None = None
-        try:
-            if local_paths(backend) is None:
+        paths = local_paths(backend)
+        if paths is None:
+            try:
                 whole = backend.read("data", pack_id)
-                size, tail = len(whole), whole
-            else:
-                size, tail = backend.read_tail("data", pack_id, MAX_HEADER_GUESS)
-                if len(tail) >= TRAILER.size and len(tail) < size:
+            except ObjectNotFound:
+                return None
+            return self._take_runs(
+                pack_id, wanted, ticket, size=len(whole), tail=whole, read=lambda a, n: whole[a : a + n]
+            )
+        # A local pack is opened once: its tail and every run it gives are read from that one file
+        # (a pack copied from in many runs cost an open for each).
+        try:
+            with paths.open_file("data", pack_id) as pack:
+                tail = pack.tail(MAX_HEADER_GUESS)
+                if len(tail) >= TRAILER.size and len(tail) < pack.size:
                     header_len = TRAILER.unpack_from(tail, len(tail) - TRAILER.size)[0]
                     if header_len + TRAILER.size > len(tail):
-                        size, tail = backend.read_tail("data", pack_id, min(size, header_len + TRAILER.size))
+                        tail = pack.tail(header_len + TRAILER.size)
+                return self._take_runs(pack_id, wanted, ticket, size=pack.size, tail=tail, read=pack.read)
         except ObjectNotFound:
             return None
+
+    def _take_runs(
+        self,
+        pack_id: str,
+        wanted: npt.NDArray[np.bytes_],
+        ticket: int | None,
+        *,
+        size: int,
+        tail: bytes,
+        read: Callable[[int, int], bytes],
+    ) -> Source | None:
+        """The Source of the pack of `size` bytes whose last bytes are `tail` (at least its header),
+        reading its runs with `read(offset, length)`."""
         header, entries = open_header(self.repo, size, tail, pack_id)
         del tail
         recs = header_records(header)
@@ -214,13 +235,8 @@ class Repacker:
         begins = np.append(recs["offset"].astype(np.int64), int(entries["length"].sum(dtype=np.int64)))
         firsts, stops = begins[edges[::2]].tolist(), begins[edges[1::2]].tolist()
         spans = list(zip(firsts, stops, strict=True))
-        if whole is None:
-            held = self._grant(ticket, sum(b - a for a, b in spans))
-            runs: list[bytes | memoryview] = [backend.read("data", pack_id, a, b - a) for a, b in spans]
-        else:
-            runs = [whole[a:b] for a, b in spans]  # copies: the whole pack goes once they are made
-            del whole
-            held = self._grant(ticket, sum(b - a for a, b in spans))
+        held = self._grant(ticket, sum(b - a for a, b in spans))
+        runs: list[bytes | memoryview] = [read(a, b - a) for a, b in spans]
         for (a, b), run in zip(spans, runs, strict=True):
             if len(run) != b - a:
                 raise IntegrityError(f"pack {pack_id[:12]} is shorter than its header says")

@@ -314,3 +314,18 @@ def test_only_a_backend_with_local_paths_says_it_has_them(backend: Backend) -> N
     if paths is not None:
         backend.write("data", HEX, b"pack")
         assert paths.path_of("data", HEX).read_bytes() == b"pack"
+
+
+def test_a_file_opened_once_reads_its_tail_and_ranges_and_a_missing_one_is_not_found(
+    backend: Backend,
+) -> None:
+    paths = local_paths(backend)
+    if paths is None:
+        return  # the capability is a local backend's alone
+    backend.write("data", HEX, b"0123456789")
+    with paths.open_file("data", HEX) as opened:
+        assert opened.size == 10
+        assert (opened.tail(4), opened.tail(64)) == (b"6789", b"0123456789")
+        assert (opened.read(2, 3), opened.read(8, 10)) == (b"234", b"89")
+    with pytest.raises(ObjectNotFound), paths.open_file("data", "ab" * 32):
+        pass

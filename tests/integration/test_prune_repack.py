@@ -4,9 +4,11 @@ count made blob by blob."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import shutil
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from capsule.adapters.errors import IntegrityError
 from capsule.adapters.repository import prune as prune_engine
 from capsule.adapters.repository.backends.local import LocalBackend
 from capsule.adapters.repository.backends.memory import MemoryBackend
-from capsule.adapters.repository.backends.storage import ALL_KINDS, Kind, local_paths
+from capsule.adapters.repository.backends.storage import ALL_KINDS, Kind, OpenObject, local_paths
 from capsule.adapters.repository.blobcodec import encode_bundle
 from capsule.adapters.repository.pack import BLOB_DATA, HEADER_ENTRY, PackBuilder
 from capsule.adapters.repository.prune import plan_prune, repack
@@ -47,6 +49,28 @@ class CountingBackend(LocalBackend):
         if kind == "data":
             self.reads["tail", name] += 1
         return super().read_tail(kind, name, length)
+
+    @contextlib.contextmanager
+    def open_file(self, kind: Kind, name: str) -> Iterator[OpenObject]:
+        """The file opened once, its reads counted as the plain ones are."""
+        with super().open_file(kind, name) as opened:
+            yield _Counted(self, opened, name) if kind == "data" else opened
+
+
+class _Counted:
+    def __init__(self, backend: CountingBackend, opened: OpenObject, name: str) -> None:
+        self.backend, self.opened, self.name = backend, opened, name
+        self.size = opened.size
+
+    def tail(self, length: int) -> bytes:
+        self.backend.reads["tail", self.name] += 1
+        return self.opened.tail(length)
+
+    def read(self, offset: int, length: int) -> bytes:
+        data = self.opened.read(offset, length)
+        self.backend.reads["read", self.name] += 1
+        self.backend.ranges.append((self.name, offset, len(data)))
+        return data
 
 
 @pytest.fixture

@@ -12,8 +12,9 @@ import errno
 import os
 import secrets
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from capsule.adapters.directio import AlignedBuffer, aligned_part, open_direct, write_all
 from capsule.adapters.errors import (
@@ -45,6 +46,9 @@ __all__ = [
 
 # A read-only mount (a USB disk, a NAS snapshot), or a share this user may only read.
 NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+T = TypeVar("T")
 
 
 def _disk_error(e: OSError, path: Path, doing: str = "write") -> Exception:
@@ -269,6 +273,43 @@ class LocalBackend:
     def path_of(self, kind: Kind, name: str) -> Path:
         """The file holding (kind, name): the `LocalPaths` capability."""
         return self._path(kind, name)
+
+    @contextlib.contextmanager
+    def open_file(self, kind: Kind, name: str) -> Iterator[OpenFile]:
+        """The file holding (kind, name), opened once for several reads: the `LocalPaths`
+        capability (a repack reads a pack's tail and then its runs: an open each cost more than
+        the reads of a small pack)."""
+        path = self._path(kind, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise _read_error(e, kind, path) from e
+        try:
+            yield OpenFile(fd, path, kind)
+        finally:
+            os.close(fd)
+
+
+class OpenFile:
+    """A file of the repository opened for reading (`LocalBackend.open_file`)."""
+
+    def __init__(self, fd: int, path: Path, kind: str) -> None:
+        self._fd, self._path, self._kind = fd, path, kind
+        self.size = self._call(lambda: os.fstat(fd).st_size)
+
+    def _call(self, read: Callable[[], T]) -> T:
+        try:
+            return read()
+        except OSError as e:
+            raise _read_error(e, self._kind, self._path) from e
+
+    def tail(self, length: int) -> bytes:
+        return self.read(max(0, self.size - length), min(length, self.size))
+
+    def read(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError("a read's offset and length cannot be negative")
+        return self._call(lambda: os.pread(self._fd, length, offset))
 
 
 def _entries(folder: Path | str) -> list[os.DirEntry[str]]:

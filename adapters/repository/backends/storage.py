@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
@@ -127,6 +128,22 @@ class LocalPaths(Protocol):
 
     def path_of(self, kind: Kind, name: str) -> Path:
         """The file holding (kind, name)."""
+
+    def open_file(self, kind: Kind, name: str) -> AbstractContextManager[OpenObject]:
+        """The file holding (kind, name), opened once for several reads (ObjectNotFound if it is
+        not there)."""
+
+
+class OpenObject(Protocol):
+    """An object opened once, read in ranges (a repack reads a pack's header, then its runs)."""
+
+    size: int
+
+    def tail(self, length: int) -> bytes:
+        """Its last `length` bytes (all of it if shorter)."""
+
+    def read(self, offset: int, length: int) -> bytes:
+        """`length` bytes from `offset` (fewer at its end)."""
 
 
 @runtime_checkable
