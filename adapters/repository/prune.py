@@ -178,6 +178,7 @@ def plan_prune(
     # Snapshots first: one written after this listing has its packs indexed before it, so they are
     # seen below; at worst they look unused, and finish_prune rescues them.
     snapshots = sorted(repo.backend.list("snapshots"))
+    listed = _listing(repo) if keep_used else None
     damaged = repo.load_index(use_cache=False)
     if damaged:
         raise IntegrityError(
@@ -252,7 +253,7 @@ def plan_prune(
         ),
     )
     if keep_used:
-        _keep_used(plan, used)
+        _keep_used(plan, used, listed, index)
     log.info(
         "prune planned",
         delete=len(plan.delete),
@@ -311,15 +312,42 @@ def _used_records(
 
 _kept_used: tuple[tuple[object, ...], PrefixSet] | None = None
 """The used blobs of the last plan made with `keep_used`, for its repack in this process."""
+_kept_index: tuple[tuple[object, ...], Listing, Index] | None = None
+"""The index that plan loaded, and the listing of index files and packs it was loaded from."""
+
+Listing = tuple[tuple[str, ...], tuple[str, ...]]
+
+
+def _listing(repo: Repository) -> Listing:
+    """The names of the index files and of the packs: what an index loaded afresh is made from."""
+    return tuple(sorted(repo.backend.list("index"))), tuple(sorted(repo.backend.list("data")))
 
 
 def _plan_key(plan: PrunePlan) -> tuple[object, ...]:
     return (plan.created, plan.snapshots, plan.index_files)
 
 
-def _keep_used(plan: PrunePlan, used: PrefixSet) -> None:
-    global _kept_used  # noqa: PLW0603 - one slot, for the next phase of the same prune
+def _keep_used(plan: PrunePlan, used: PrefixSet, listed: Listing | None, index: Index) -> None:
+    global _kept_used, _kept_index  # noqa: PLW0603 - one slot each, for the next phase of the same prune
     _kept_used = (_plan_key(plan), used)
+    _kept_index = (_plan_key(plan), listed, index) if listed is not None else None
+
+
+def _load_index(repo: Repository, plan: PrunePlan) -> None:
+    """`repo`'s index, as loading every index file afresh gives it: the one the plan loaded in this
+    process if the index files and packs are still those it was loaded from (listed before it
+    was), else loaded again. Either way the kept one is let go.
+
+    Reusing it is safe: an index is made only from those files, which never change under one name,
+    and from which packs are on disk; a listing taken before the plan's load that still holds
+    today means nothing was added or removed since (a file added between that listing and the
+    load makes the listing differ now, so the index is loaded again)."""
+    global _kept_index
+    kept, _kept_index = _kept_index, None
+    if kept is not None and kept[0] == _plan_key(plan) and kept[1] == _listing(repo):
+        repo.adopt_index(kept[2])
+        return
+    repo.load_index(use_cache=False)
 
 
 def _recall_used(plan: PrunePlan) -> PrefixSet | None:
@@ -401,7 +429,7 @@ def repack(
     and nothing is deleted), then write one index file for the new packs only."""
     if not plan.condemned:
         return Repacked()
-    repo.load_index(use_cache=False)
+    _load_index(repo, plan)
     index = repo.index
     used = _recall_used(plan)
     if used is None:

@@ -148,6 +148,12 @@ class Repository:
     def index(self, index: Index) -> None:
         self._index = index
 
+    def adopt_index(self, index: Index) -> None:
+        """Take `index` as this repository's loaded index: one this process loaded from the very
+        files the repository holds now (prune's plan, reused by its repack)."""
+        self._index = index
+        self._index_loaded = True
+
     # ---- creating and opening -------------------------------------------------------------
     @classmethod
     def init(

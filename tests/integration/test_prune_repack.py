@@ -40,6 +40,7 @@ class CountingBackend(LocalBackend):
 
     def read(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
         data = super().read(kind, name, offset, length)
+        self.reads["all", kind] += 1
         if kind == "data":
             self.reads["read", name] += 1
             self.ranges.append((name, offset, len(data)))
@@ -298,3 +299,23 @@ def test_a_backend_of_no_local_files_is_read_whole_and_copies_the_same_blobs(lab
 
     assert from_memory.blobs == from_disk.blobs > 0
     assert _new_blobs(in_memory, from_memory.packs) == _new_blobs(on_disk, from_disk.packs)
+
+
+def test_the_repack_reuses_the_plans_index_only_while_the_index_files_and_packs_are_those_it_was_made_from(
+    lab: Lab, tmp_path: Path
+) -> None:
+    backend = CountingBackend(lab.repository)
+    plan = roundtrip_plan(plan_prune(Repository.open(backend, lab.key), keep_used=True))
+    read = backend.reads["all", "index"]
+    repack(Repository.open(backend, lab.key), plan)
+    assert backend.reads["all", "index"] == read, "the repack read the index files the plan had read"
+
+    plan = roundtrip_plan(plan_prune(Repository.open(backend, lab.key), keep_used=True))
+    lab.sell(40)
+    lab.backup_database()  # a backup adds packs and an index file before the repack
+    read = backend.reads["all", "index"]
+    done = repack(Repository.open(backend, lab.key), plan)
+    assert backend.reads["all", "index"] > read, "the index changed: it must be loaded again"
+    _, result = prune(lab, plan=plan, repacked=done)
+    assert set(result.deleted) <= set(plan.condemned)
+    lab.check(tmp_path / "out")
