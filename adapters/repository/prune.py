@@ -333,6 +333,13 @@ def _keep_used(plan: PrunePlan, used: PrefixSet, listed: Listing | None, index: 
     _kept_index = (_plan_key(plan), listed, index) if listed is not None else None
 
 
+def _load_index_kept(plan: PrunePlan) -> tuple[tuple[object, ...], Listing, Index] | None:
+    """The index the plan kept in this process (then let go here), else None."""
+    global _kept_index
+    kept, _kept_index = _kept_index, None
+    return kept if kept is not None and kept[0] == _plan_key(plan) else None
+
+
 def _load_index(repo: Repository, plan: PrunePlan) -> None:
     """`repo`'s index, as loading every index file afresh gives it: the one the plan loaded in this
     process if the index files and packs are still those it was loaded from (listed before it
@@ -342,9 +349,8 @@ def _load_index(repo: Repository, plan: PrunePlan) -> None:
     and from which packs are on disk; a listing taken before the plan's load that still holds
     today means nothing was added or removed since (a file added between that listing and the
     load makes the listing differ now, so the index is loaded again)."""
-    global _kept_index
-    kept, _kept_index = _kept_index, None
-    if kept is not None and kept[0] == _plan_key(plan) and kept[1] == _listing(repo):
+    kept = _load_index_kept(plan)
+    if kept is not None and kept[1] == _listing(repo):
         repo.adopt_index(kept[2])
         return
     repo.load_index(use_cache=False)
@@ -428,6 +434,8 @@ def repack(
     packs (each authenticated first: a damaged one stops the prune with IntegrityError naming it,
     and nothing is deleted), then write one index file for the new packs only."""
     if not plan.condemned:
+        _recall_used(plan)  # what the plan kept is let go: a service's process lives on
+        _load_index_kept(plan)
         return Repacked()
     _load_index(repo, plan)
     index = repo.index
