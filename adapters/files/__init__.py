@@ -5,5 +5,6 @@
 - `entries.py`: a tree blob's entries read as `Entry`'s model reads them, its Python checks once a blob.
 - `treesearch.py`: only the tree blobs a path (or a pattern's leading folders) needs, by binary search.
 - `restore.py`: restore all of a files snapshot or the paths `--include` picks; `cat` of one file.
+- `flush.py`: what a restore wrote flushed before it says it is done: file by file, or the whole disk.
 - `verify_contents.py`: `verify --read-data` for files: every distinct content's size and SHA-256.
 """
