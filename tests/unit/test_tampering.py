@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from capsule.adapters.errors import BlobNotFound, IntegrityError
 from capsule.adapters.repository.backends.local import Kind
-from capsule.adapters.repository.index import BlobLocation
-from capsule.adapters.repository.pack import BLOB_DATA, BLOB_LIST
+from capsule.adapters.repository.index import BlobLocation, header_records
+from capsule.adapters.repository.pack import BLOB_DATA, BLOB_LIST, PackBuilder
 from capsule.adapters.repository.rebuild import read_pack_header
 from capsule.adapters.repository.repo import Repository
 from capsule.adapters.repository.verify import verify
@@ -48,12 +48,20 @@ def _sample_blobs() -> list[bytes]:
 
 
 def _store_blobs(repo: Repository) -> dict[bytes, bytes]:
+    """The sample blobs in one pack, a list blob among data blobs, and an index file naming them:
+    Capsule's backups write lists into packs of their own, but a reader must take both in one
+    pack (packs written by earlier Capsules mix them), and damage to either must show."""
     out = {}
+    builder = PackBuilder()
     for i, data in enumerate(_sample_blobs()):
         p = repo.prepare(BLOB_LIST if i == 1 else BLOB_DATA, data)
-        repo.add(p)
+        builder.add(p.blob_id, p.blob_type, p.compression, p.sealed, p.plain_length)
         out[p.blob_id] = data
-    repo.flush()
+    pack_id, sealed = builder.finish(repo.sealer)
+    repo.backend.write("data", pack_id, sealed)
+    records = header_records(builder.header)
+    repo.index.add_pack(pack_id, records)
+    repo.save_index_file({pack_id: records})
     return out
 
 
