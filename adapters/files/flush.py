@@ -70,14 +70,14 @@ def folders_to_flush(to: Path, top: Path, made: Iterable[str], written: Iterable
 def flush_each(files: Iterable[Path], folders: Iterable[Path]) -> None:
     """fsync each file, then each folder (deepest first, as `folders_to_flush` orders them)."""
     for path in files:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(path, os.O_NOFOLLOW)
     for path in folders:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(path, os.O_DIRECTORY)
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
