@@ -185,11 +185,18 @@ class Repacker:
         paths = local_paths(backend)
         if paths is None:
             try:
-                whole = backend.read("data", pack_id)
+                held = [backend.read("data", pack_id)]
             except ObjectNotFound:
                 return None
+            # The runs are copies: the whole pack is let go once they are read, before the checks.
             return self._take_runs(
-                pack_id, wanted, ticket, size=len(whole), tail=whole, read=lambda a, n: whole[a : a + n]
+                pack_id,
+                wanted,
+                ticket,
+                size=len(held[0]),
+                tail=held[0],
+                read=lambda a, n: held[0][a : a + n],
+                read_all=held.clear,
             )
         # A local pack is opened once: its tail and every run it gives are read from that one file
         # (a pack copied from in many runs cost an open for each).
@@ -213,9 +220,10 @@ class Repacker:
         size: int,
         tail: bytes,
         read: Callable[[int, int], bytes],
+        read_all: Callable[[], None] | None = None,
     ) -> Source | None:
         """The Source of the pack of `size` bytes whose last bytes are `tail` (at least its header),
-        reading its runs with `read(offset, length)`."""
+        reading its runs with `read(offset, length)`; `read_all` is called once they are read."""
         header, entries = open_header(self.repo, size, tail, pack_id)
         del tail
         recs = header_records(header)
@@ -237,6 +245,8 @@ class Repacker:
         spans = list(zip(firsts, stops, strict=True))
         held = self._grant(ticket, sum(b - a for a, b in spans))
         runs: list[bytes | memoryview] = [read(a, b - a) for a, b in spans]
+        if read_all is not None:
+            read_all()
         for (a, b), run in zip(spans, runs, strict=True):
             if len(run) != b - a:
                 raise IntegrityError(f"pack {pack_id[:12]} is shorter than its header says")
