@@ -445,25 +445,29 @@ class Repository:
         # the index prefers packs that are on disk.
         on_disk = set(self.backend.list("data"))
         cached = self._read_index_cache(set(names), on_disk) if use_cache else None
-        known = cached.covered | cached.skipped if cached is not None else frozenset()
-        damaged, readable, superseded, held = self._scan_index_files([n for n in names if n not in known])
-        if cached is not None and superseded & cached.covered:
-            log.info("index cache superseded by a newer index file; reading every index file")
-            cached = None
-            damaged, readable, superseded, held = self._scan_index_files(names)
-        self.index = cached.index if cached is not None else Index()
-        fresh = [n for n in readable if n not in superseded]
-        for name in fresh:
-            packs = held.pop(name, None)
-            if packs is None:
-                try:
-                    packs, _ = decode_index(self.load_sealed("index", name), name)
-                except IntegrityError as e:  # changed on disk since the first pass
-                    log.error("index file unreadable", index=name[:12], error=str(e))
-                    damaged.append(name)
-                    continue
-            for pack_id, recs in packs:
-                self.index.stage(pack_id, recs, gone=pack_id not in on_disk)
+        one_pass = self._index_in_one_pass(names, on_disk) if cached is None else None
+        if one_pass is not None:
+            self.index, damaged, fresh, superseded = one_pass
+        else:
+            known = cached.covered | cached.skipped if cached is not None else frozenset()
+            damaged, readable, superseded, held = self._scan_index_files([n for n in names if n not in known])
+            if cached is not None and superseded & cached.covered:
+                log.info("index cache superseded by a newer index file; reading every index file")
+                cached = None
+                damaged, readable, superseded, held = self._scan_index_files(names)
+            self.index = cached.index if cached is not None else Index()
+            fresh = [n for n in readable if n not in superseded]
+            for name in fresh:
+                packs = held.pop(name, None)
+                if packs is None:
+                    try:
+                        packs, _ = decode_index(self.load_sealed("index", name), name)
+                    except IntegrityError as e:  # changed on disk since the first pass
+                        log.error("index file unreadable", index=name[:12], error=str(e))
+                        damaged.append(name)
+                        continue
+                for pack_id, recs in packs:
+                    self.index.stage(pack_id, recs, gone=pack_id not in on_disk)
         self.index.freeze()
         self._index_loaded = True
         self._indexed_files = set(cached.covered if cached is not None else ()) | {
@@ -474,6 +478,39 @@ class Repository:
         if use_cache and (cached is None or fresh):
             self.save_index_cache()
         return damaged
+
+    def _index_in_one_pass(
+        self, names: list[str], on_disk: set[str]
+    ) -> tuple[Index, list[str], list[str], set[str]] | None:
+        """(index, damaged, files staged, names superseded): every index file read once and its
+        records staged as it is read; None if a file staged turned out superseded by one read
+        after it, for the two passes of `_scan_index_files` to do.
+
+        A file supersedes others only when a prune or a repair writes the index anew, and those
+        remove the superseded files once it is stored: a repository seldom holds both, so most
+        loads decode each file once instead of twice for all but the first LOAD_HOLD records."""
+        from capsule.adapters.repository.index import Index, decode_index  # noqa: PLC0415
+
+        index = Index()
+        damaged: list[str] = []
+        staged: list[str] = []
+        superseded: set[str] = set()
+        for name in names:
+            try:
+                packs, old = decode_index(self.load_sealed("index", name), name)
+            except IntegrityError as e:
+                log.error("index file unreadable", index=name[:12], error=str(e))
+                damaged.append(name)
+                continue
+            superseded.update(old)
+            if name in superseded:
+                continue  # a file read earlier supersedes it: its records are not staged
+            staged.append(name)
+            for pack_id, recs in packs:
+                index.stage(pack_id, recs, gone=pack_id not in on_disk)
+        if superseded.intersection(staged):
+            return None
+        return index, damaged, staged, superseded
 
     def _scan_index_files(
         self, names: list[str]
