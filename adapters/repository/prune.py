@@ -585,12 +585,13 @@ def finish_prune(
         return PruneResult(temporary_files_removed=removed)
     known = set(plan.snapshots)
     new = [n for n in sorted(repo.backend.list("snapshots")) if n not in known]
-    repo.load_index(use_cache=False)
     condemned = plan.condemned
+    if new:
+        repo.load_index(use_cache=False)  # the rescue asks it which blobs the kept packs hold
     on_disk = set(repo.backend.list("data"))
     # A condemned pack an index names again (rescued by an earlier run, or indexed by a repair)
     # stays: deleting it would leave the index naming a missing pack.
-    named = condemned & set(repo.index.pack_ids)
+    named = condemned & (set(repo.index.pack_ids) if new else _named_packs(repo))
     rescued = _rescue(repo, new, sorted((condemned - named) & on_disk), checkpoint) if new else []
     deleted: list[str] = []
     freed = 0
@@ -605,6 +606,23 @@ def finish_prune(
         checkpoint("prune:pack-deleted")
     log.info("prune finished", deleted=len(deleted), freed_bytes=freed, rescued=len(rescued))
     return PruneResult(tuple(deleted), freed, tuple(rescued), len(new), removed)
+
+
+def _named_packs(repo: Repository) -> set[str]:
+    """The packs the index files name, as loading the index would find them (a superseded file's
+    packs left out; an unreadable file logged, as there), without building the index: reading
+    the files is all the delete step needs when no snapshot was written since the plan."""
+    named: dict[str, list[str]] = {}
+    superseded: set[str] = set()
+    for name in repo.backend.list("index"):
+        try:
+            packs, old = decode_index(repo.load_sealed("index", name), name)
+        except IntegrityError as e:
+            log.error("index file unreadable", index=name[:12], error=str(e))
+            continue
+        superseded.update(old)
+        named[name] = [pack_id for pack_id, _ in packs]
+    return {pack_id for name, packs in named.items() if name not in superseded for pack_id in packs}
 
 
 def _rescue(repo: Repository, new: list[str], candidates: list[str], checkpoint: Checkpoint) -> list[str]:

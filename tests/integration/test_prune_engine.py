@@ -11,11 +11,13 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
 import pytest
 
 from capsule.adapters.errors import IntegrityError
 from capsule.adapters.repository.backends.local import LocalBackend
-from capsule.adapters.repository.index import Index
+from capsule.adapters.repository.index import Index, encode_index, records
 from capsule.adapters.repository.pack import BLOB_LIST, PackBuilder
 from capsule.adapters.repository.prune import (
     KEEP_YOUNGER_THAN,
@@ -26,6 +28,7 @@ from capsule.adapters.repository.prune import (
     rewrite_index,
 )
 from capsule.adapters.repository.rebuild import ADOPT_WITHIN, adopt_unindexed_packs, read_pack_header
+from capsule.adapters.repository.repo import Repository
 from capsule.domain.errors import InvalidCommand
 from tests.integration.helpers import flip_byte
 from tests.integration.prune_lab import KiB, Lab, prune, roundtrip_plan
@@ -346,3 +349,35 @@ def test_a_forgotten_database_snapshots_lists_are_deleted_whole_and_its_pages_no
     assert plan.repack == ()
     assert set(result.deleted) == list_packs
     lab.check(tmp_path / "out")
+
+
+def test_a_condemned_pack_an_index_file_names_again_is_kept_unless_that_file_is_superseded(lab: Lab) -> None:
+    """No snapshot was written since the plan, so the delete step reads which packs the index files
+    name without building the index: a pack named again (a repair indexed it, or an earlier run
+    rescued it) stays; one named only by a file another supersedes goes, as loading the index
+    would leave it out."""
+    made = _history(lab)
+    for sid in made[:4]:
+        lab.forget(sid)
+    lab.age()
+    plan = plan_prune(lab.open())
+    kept_back, superseded_only = sorted(plan.delete)[:2]
+    repacked = repack(lab.open(), plan)
+    rewrite_index(lab.open(), plan, repacked)
+    repo = lab.open()
+    records_of = _pack_records(repo, {kept_back, superseded_only})
+    repo.save_sealed("index", encode_index({kept_back: records_of[kept_back]}))
+    stale = repo.save_sealed("index", encode_index({superseded_only: records_of[superseded_only]}))
+    repo.save_sealed("index", encode_index({}, supersedes=[stale]))
+
+    result = finish_prune(lab.open(), plan, repacked)
+
+    assert kept_back not in result.deleted and kept_back in lab.packs()
+    assert superseded_only in result.deleted and superseded_only not in lab.packs()
+    assert set(result.deleted) == set(plan.condemned) - {kept_back}
+    assert not result.rescued
+
+
+def _pack_records(repo: Repository, packs: set[str]) -> dict[str, npt.NDArray[np.void]]:
+    """The index records of `packs`, read from their own headers."""
+    return {p: records(read_pack_header(repo, p)) for p in packs}
