@@ -804,6 +804,27 @@ class Index:
                 pack_id = self.pack_ids[int(group[0]["pack"])]
                 yield pack_id, [(bytes(g[0]), BlobLocation(pack_id, *g[1:7])) for g in group.tolist()]
 
+    def shared_keys(self) -> npt.NDArray[np.uint64]:
+        """The id prefixes (first 8 bytes, big-endian, as a PrefixSet keeps them) that two records
+        or more share, sorted and unique. An id whose prefix is not among them is held by one
+        record only, so a look-up of it can only answer that record: a caller with the record in
+        hand need not ask. Each run is sorted already, so sorting their keys together merges them."""
+        self.freeze()
+        parts: list[npt.NDArray[np.uint64]] = []
+        for run in self._runs:
+            if run.recs is not None:
+                parts.append(run.keys())
+            else:
+                parts.extend(
+                    _key_view(run.rows(at, at + SLICE)).astype(np.uint64) for at in range(0, run.n, SLICE)
+                )
+        if not parts:
+            return np.zeros(0, dtype=np.uint64)
+        keys = np.concatenate(parts)
+        keys.sort(kind="stable")  # a merge of sorted runs
+        repeated = keys[1:][keys[1:] == keys[:-1]]
+        return np.unique(repeated)
+
     def pack_batches(self) -> Iterator[npt.NDArray[np.void]]:
         """Every indexed record (RUN_RECORD) in batches of whole packs, each sorted by pack number,
         the batches in pack order; about BY_PACK_BATCH records in memory at once (more only when

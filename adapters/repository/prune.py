@@ -287,6 +287,8 @@ def _used_records(
 
     Ids are taken from a batch LOOKUP_AT_ONCE at a time: a look-up's whole records and the ids'
     copies are let go before the next, so that the peak is a batch and a slice's look-up."""
+    shared = index.shared_keys()
+    keys = used.freeze()
     for batch in index.pack_batches():
         recs, packs = batch, batch["pack"].astype(np.int64)
         if among is not None:
@@ -301,8 +303,14 @@ def _used_records(
             maybe = np.flatnonzero(found)
             if not len(maybe):
                 continue
-            which, numbers, _ = index.columns(ids[maybe].tobytes())
-            chosen = (which >= 0) & (numbers.astype(np.int64) == packs[at + maybe])
+            # An id no other record shares a prefix with is in this record's pack only: the index
+            # can choose nothing else, so only the others are looked up.
+            chosen = np.ones(len(maybe), dtype=bool)
+            if len(shared):
+                ask = np.isin(keys[places[maybe]], shared)  # the prefixes, as the set holds them
+                if ask.any():
+                    which, numbers, _ = index.columns(ids[maybe[ask]].tobytes())
+                    chosen[ask] = (which >= 0) & (numbers.astype(np.int64) == packs[at + maybe[ask]])
             here[at + maybe] = chosen
             if present is not None:
                 column, gone = present

@@ -342,6 +342,35 @@ def test_runs_in_files_find_every_blob_through_many_merges(small_runs, sizes, se
     assert {b: loc for _, blobs in grouped for b, loc in blobs.items()} == expected
 
 
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.integers(0, 45), min_size=1, max_size=30), seed=st.integers(0, 2**16))
+def test_shared_keys_are_the_prefixes_two_records_share_across_runs(small_runs, sizes, seed):
+    """Whatever runs (in memory, in files) the records sit in: a prefix counts once two records
+    hold it, an id stored in two packs included, and no other prefix does."""
+    rng = random.Random(seed)
+    index = Index()
+    counts: dict[bytes, int] = {}
+    twin_prefix = rng.randbytes(8)
+    stored: list[bytes] = []
+    for p, size in enumerate(sizes):
+        ids = []
+        for _ in range(size):
+            roll = rng.random()
+            if roll < 0.1:
+                ids.append(twin_prefix + rng.randbytes(24))  # another id, the same prefix
+            elif roll < 0.2 and stored:
+                ids.append(rng.choice(stored))  # the same id again, in another pack
+            else:
+                ids.append(rng.randbytes(32))
+        ids = list(dict.fromkeys(ids))  # a pack holds an id once
+        stored.extend(ids)
+        for blob_id in ids:
+            counts[blob_id[:8]] = counts.get(blob_id[:8], 0) + 1
+        index.add_pack(_pack_id(p), records(_blobs(ids, p)))
+    expected = sorted(int.from_bytes(k, "big") for k, n in counts.items() if n >= 2)
+    assert index.shared_keys().tolist() == expected
+
+
 @pytest.mark.parametrize("gone_first", [True, False])
 def test_a_copy_in_a_pack_on_disk_is_preferred_to_one_in_a_lost_pack_in_any_run(small_runs, gone_first):
     ids = _random_ids(60, 40)

@@ -41,9 +41,13 @@ def _superseding(repo, names: list[str], *, read_first: bool) -> str:  # type: i
         repo.backend.remove("index", name)
 
 
-@pytest.mark.parametrize("read_first", [True, False], ids=["superseding-read-first", "superseding-read-later"])
+@pytest.mark.parametrize(
+    "read_first", [True, False], ids=["superseding-read-first", "superseding-read-later"]
+)
 @pytest.mark.parametrize("hold", [0, 10**9], ids=["read-twice", "held"])
-def test_index_files_load_in_runs_skip_what_is_superseded_and_restore(tmp_path, monkeypatch, hold, read_first):
+def test_index_files_load_in_runs_skip_what_is_superseded_and_restore(
+    tmp_path, monkeypatch, hold, read_first
+):
     repo, key_file, result = _backed_up(tmp_path, monkeypatch)
     names = sorted(repo.backend.list("index"))
     assert len(names) >= 3
