@@ -142,10 +142,11 @@ def _used_prefixes(repo: Repository, names: list[str] | tuple[str, ...]) -> Pref
 
 def _walk(repo: Repository, names: list[str] | tuple[str, ...], used: IdSet | PrefixSet) -> None:
     walker = UsageWalker(repo, used)
-    for name in names:
-        manifest = _manifest(repo, name)
-        if manifest is None:
-            continue
+    manifests = [(name, m) for name in names if (m := _manifest(repo, name)) is not None]
+    # Oldest first: the walker adds of each list only what differs from the list read before at
+    # its place, so snapshots that follow one another in time add little.
+    manifests.sort(key=lambda named: (named[1].time.timestamp(), named[0]))
+    for name, manifest in manifests:
         try:
             walker.add(manifest)
         except CapsuleError as e:

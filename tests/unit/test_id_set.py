@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import random
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from capsule.adapters.repository import usage
-from capsule.adapters.repository.usage import IdSet, PrefixSet
+from capsule.adapters.repository.usage import IdSet, PrefixSet, UsageWalker
 
 
 def test_ids_added_again_and_again_are_kept_once_and_found_exactly(monkeypatch) -> None:
@@ -63,3 +66,35 @@ def test_the_prefix_set_finds_every_id_added_and_any_id_sharing_its_first_eight_
     strangers = [rng.randbytes(32) for _ in range(50)]
     assert prefixes.contains(b"".join(twins)).all(), "a shared prefix must answer present (kept)"
     assert not prefixes.contains(b"".join(strangers)).any()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    steps=st.lists(
+        st.tuples(st.integers(0, 2), st.integers(0, 3), st.integers(0, 12)), min_size=1, max_size=30
+    ),
+    exact=st.booleans(),
+)
+def test_a_walk_adding_only_what_differs_at_a_place_keeps_the_set_every_id_gives(seed, steps, exact) -> None:
+    """Lists read at places (a file, a list's place in it) in any order: some as long as the list
+    read before at their place, some ids changed, some repeated in other places; ids that share
+    a prefix among them. The set is what adding every id of every list gives."""
+    rng = random.Random(seed)
+    twin = rng.randbytes(8)
+    walker = UsageWalker(None, IdSet() if exact else PrefixSet())  # type: ignore[arg-type]
+    whole = IdSet() if exact else PrefixSet()
+    last: dict[tuple[str, int], list[bytes]] = {}
+    pool = [rng.randbytes(32) for _ in range(20)] + [twin + rng.randbytes(24) for _ in range(5)]
+    for file, place, length in steps:
+        key = (f"file-{file}", place)
+        before = last.get(key)
+        if before is not None and rng.random() < 0.7:
+            ids = [rng.choice(pool) if rng.random() < 0.2 else i for i in before]  # some changed
+        else:
+            ids = [rng.choice(pool) if rng.random() < 0.5 else rng.randbytes(32) for _ in range(length)]
+        last[key] = ids
+        body = b"".join(ids)
+        walker._add_list(key, body)
+        whole.add(body)
+    assert walker.used.freeze().tolist() == whole.freeze().tolist()
