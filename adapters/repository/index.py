@@ -515,7 +515,17 @@ class _Run:
 def _sorted_run_records(recs: npt.NDArray[np.void], gone: npt.NDArray[np.uint32]) -> npt.NDArray[np.void]:
     """`recs` (RUN_RECORD) in run order: by key, and among equal keys copies in gone packs last."""
     keys = _prefix_keys(_id_matrix(recs))
-    order = np.lexsort((np.isin(recs["pack"], gone), keys)) if len(gone) else np.argsort(keys, kind="stable")
+    if len(gone):
+        order = np.lexsort((np.isin(recs["pack"], gone), keys))
+    else:
+        # Keys are the ids' first 8 bytes, nearly always unique: then any sort gives the one order,
+        # and numpy's default sort takes well under half the time of its stable one. Equal keys
+        # (a blob in two packs) keep the order they came in, as before.
+        order = np.argsort(keys)
+        ranked = keys[order]
+        if len(ranked) > 1 and bool((ranked[1:] == ranked[:-1]).any()):
+            order = np.argsort(keys, kind="stable")
+        del ranked
     del keys
     return _take(recs, order)
 
