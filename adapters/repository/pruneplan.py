@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 DEFAULT_REPACK_UNUSED_PERCENT = 10
@@ -47,9 +48,10 @@ class PrunePlan:
     repack: tuple[str, ...]
     totals: PruneTotals = field(default_factory=PruneTotals)
 
-    @property
+    @cached_property
     def condemned(self) -> frozenset[str]:
-        """The packs that leave the index and are deleted (unless a new snapshot rescues one)."""
+        """The packs that leave the index and are deleted (unless a new snapshot rescues one);
+        made once (a repack asks it of every pack the index names)."""
         return frozenset(self.delete) | frozenset(self.repack)
 
     def to_json(self) -> dict[str, Any]:
