@@ -627,12 +627,7 @@ def _named_packs(repo: Repository) -> set[str]:
     the files is all the delete step needs when no snapshot was written since the plan."""
     named: dict[str, list[str]] = {}
     superseded: set[str] = set()
-    for name in repo.backend.list("index"):
-        try:
-            packs, old = decode_index(repo.load_sealed("index", name), name)
-        except IntegrityError as e:
-            log.error("index file unreadable", index=name[:12], error=str(e))
-            continue
+    for name, packs, old in repo.decoded_index_files(repo.backend.list("index"), []):
         superseded.update(old)
         named[name] = [pack_id for pack_id, _ in packs]
     return {pack_id for name, packs in named.items() if name not in superseded for pack_id in packs}

@@ -14,7 +14,7 @@ import json
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -479,6 +479,22 @@ class Repository:
             self.save_index_cache()
         return damaged
 
+    def decoded_index_files(
+        self, names: Iterable[str], damaged: list[str]
+    ) -> Iterator[tuple[str, list[tuple[str, npt.NDArray[np.void]]], list[str]]]:
+        """(name, its packs' records, the files it supersedes) of each index file named, read in
+        turn; one that cannot be read is logged and added to `damaged` instead."""
+        from capsule.adapters.repository.index import decode_index  # noqa: PLC0415
+
+        for name in names:
+            try:
+                packs, old = decode_index(self.load_sealed("index", name), name)
+            except IntegrityError as e:
+                log.error("index file unreadable", index=name[:12], error=str(e))
+                damaged.append(name)
+                continue
+            yield name, packs, old
+
     def _index_in_one_pass(
         self, names: list[str], on_disk: set[str]
     ) -> tuple[Index, list[str], list[str], set[str]] | None:
@@ -489,19 +505,13 @@ class Repository:
         A file supersedes others only when a prune or a repair writes the index anew, and those
         remove the superseded files once it is stored: a repository seldom holds both, so most
         loads decode each file once instead of twice for all but the first LOAD_HOLD records."""
-        from capsule.adapters.repository.index import Index, decode_index  # noqa: PLC0415
+        from capsule.adapters.repository.index import Index  # noqa: PLC0415
 
         index = Index()
         damaged: list[str] = []
         staged: list[str] = []
         superseded: set[str] = set()
-        for name in names:
-            try:
-                packs, old = decode_index(self.load_sealed("index", name), name)
-            except IntegrityError as e:
-                log.error("index file unreadable", index=name[:12], error=str(e))
-                damaged.append(name)
-                continue
+        for name, packs, old in self.decoded_index_files(names, damaged):
             superseded.update(old)
             if name in superseded:
                 continue  # a file read earlier supersedes it: its records are not staged
@@ -520,20 +530,12 @@ class Repository:
         The first LOAD_HOLD records stay decoded for the second pass; the rest are read again
         there, so that memory does not grow with the repository.
         """
-        from capsule.adapters.repository.index import decode_index  # noqa: PLC0415
-
         damaged: list[str] = []
         readable: list[str] = []
         superseded: set[str] = set()
         held: dict[str, list[tuple[str, npt.NDArray[np.void]]]] = {}
         held_records = 0
-        for name in names:
-            try:
-                packs, old = decode_index(self.load_sealed("index", name), name)
-            except IntegrityError as e:
-                log.error("index file unreadable", index=name[:12], error=str(e))
-                damaged.append(name)
-                continue
+        for name, packs, old in self.decoded_index_files(names, damaged):
             superseded.update(old)
             readable.append(name)
             count = sum(len(recs) for _, recs in packs)
