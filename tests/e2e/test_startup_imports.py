@@ -1,6 +1,6 @@
 """A command loads only what it needs: `--help`, `snapshots`, `status` and `jobs` start without
 SQLAlchemy, numpy, Dramatiq or the worker pool (each takes longer to load than these commands take
-to answer).
+to answer); a job's process loads its own job type's steps and engine, not the others'.
 
 Each command runs as the `capsule` script runs it (`capsule.api.entry.main`), in a process of its
 own, which writes the names of its loaded modules to a file as it exits.
@@ -116,6 +116,52 @@ def test_a_reading_command_opens_no_log_file_handler(backed_up: Shop, tmp_path: 
     """The standard library's rotating file handler (and `socket`, `pickle` with it) loads only
     once a line is written to the log file."""
     assert "logging.handlers" not in loaded_modules(backed_up, tmp_path, command)
+
+
+BACKUP_ENGINES = (
+    "capsule.orchestrator.backupsteps",
+    "capsule.adapters.files.backup",
+    "capsule.adapters.repository.backups",
+    "pyfastcdc",
+)
+"""A backup's steps, the images' tree walker and chunker, and what both kinds of backup share."""
+DATABASE_BACKUP = (
+    "capsule.adapters.sqlite.backup",
+    "capsule.adapters.sqlite.livecopy",
+    "capsule.adapters.sqlite.inplace",
+)
+"""The database's backup: its live copy, the checkpoint keeper, the frozen image it reads in place."""
+RESTORE_ENGINES = ("capsule.orchestrator.restoresteps", "capsule.adapters.files.restore")
+
+
+def among(modules: set[str], names: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in modules if m in names)
+
+
+def test_a_restore_of_one_image_loads_no_backup_engine(backed_up: Shop, tmp_path: Path) -> None:
+    """`restore --include` of one file runs the restore's steps alone: neither kind of backup's
+    engine loads, nor the chunker the images' backup cuts files with."""
+    to = tmp_path / "out"
+    modules = loaded_modules(
+        backed_up, tmp_path, "restore", "latest-files", "--to", str(to), "--include", "cat1/notes.txt"
+    )
+    assert (to / "cat1" / "notes.txt").is_file()
+    assert among(modules, RESTORE_ENGINES) == sorted(RESTORE_ENGINES)  # it ran the restore's steps
+    assert among(modules, BACKUP_ENGINES + DATABASE_BACKUP) == []
+
+
+def test_cat_loads_no_backup_engine(backed_up: Shop, tmp_path: Path) -> None:
+    modules = loaded_modules(backed_up, tmp_path, "cat", "latest-files", "cat1/notes.txt")
+    assert "capsule.adapters.files.restore" in modules  # the file was really read
+    assert among(modules, BACKUP_ENGINES + DATABASE_BACKUP + RESTORE_ENGINES[:1]) == []
+
+
+def test_a_backup_of_the_images_loads_neither_the_database_backup_nor_a_restore(
+    backed_up: Shop, tmp_path: Path
+) -> None:
+    modules = loaded_modules(backed_up, tmp_path, "backup", "--kind", "files")
+    assert among(modules, BACKUP_ENGINES) == sorted(BACKUP_ENGINES)  # it backed the images up
+    assert among(modules, DATABASE_BACKUP + RESTORE_ENGINES) == []
 
 
 def test_a_backup_loads_the_file_handler_and_writes_it_but_not_the_other_jobs_steps(
