@@ -17,11 +17,11 @@ from typing import Any
 
 import structlog
 
+from capsule.adapters.filedigest import sha256_file
 from capsule.adapters.repository.entry_rules import check_database_snapshot
 from capsule.adapters.repository.lock import locked
 from capsule.adapters.repository.repo import Repository
 from capsule.adapters.repository.restore import fetch_whole_packs, restore_snapshot, safe_target, write_entry
-from capsule.adapters.sqlite.pagestore import sha256_file
 from capsule.adapters.sqlite.snapshot import check_database, copy_into_live
 from capsule.adapters.sqlite.sourcelock import source_lock
 from capsule.domain.manifest import Manifest

@@ -153,10 +153,13 @@ def test_a_restore_of_one_image_loads_no_backup_engine(backed_up: Shop, tmp_path
     assert among(modules, BACKUP_ENGINES + DATABASE_BACKUP) == []
 
 
-def test_cat_loads_no_backup_engine(backed_up: Shop, tmp_path: Path) -> None:
+def test_cat_loads_no_backup_engine_and_nothing_of_sqlite(backed_up: Shop, tmp_path: Path) -> None:
+    """`cat` of an image opens no database: neither Capsule's SQLite code (the database's check,
+    its identity, its page store) nor the standard library's `sqlite3` loads."""
     modules = loaded_modules(backed_up, tmp_path, "cat", "latest-files", "cat1/notes.txt")
     assert "capsule.adapters.files.restore" in modules  # the file was really read
     assert among(modules, BACKUP_ENGINES + DATABASE_BACKUP + RESTORE_ENGINES[:1]) == []
+    assert sorted(m for m in modules if m.startswith(("capsule.adapters.sqlite", "sqlite3"))) == []
 
 
 def test_a_backup_of_the_images_loads_neither_the_database_backup_nor_a_restore(
