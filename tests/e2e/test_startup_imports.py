@@ -151,6 +151,7 @@ def test_a_restore_of_one_image_loads_no_backup_engine(backed_up: Shop, tmp_path
     assert (to / "cat1" / "notes.txt").is_file()
     assert among(modules, RESTORE_ENGINES) == sorted(RESTORE_ENGINES)  # it ran the restore's steps
     assert among(modules, BACKUP_ENGINES + DATABASE_BACKUP) == []
+    assert "multiprocessing" not in modules  # only a replay of a large log starts processes with it
 
 
 def test_cat_loads_no_backup_engine_and_nothing_of_sqlite(backed_up: Shop, tmp_path: Path) -> None:
@@ -168,6 +169,7 @@ def test_a_backup_of_the_images_loads_neither_the_database_backup_nor_a_restore(
     modules = loaded_modules(backed_up, tmp_path, "backup", "--kind", "files")
     assert among(modules, BACKUP_ENGINES) == sorted(BACKUP_ENGINES)  # it backed the images up
     assert among(modules, DATABASE_BACKUP + RESTORE_ENGINES) == []
+    assert "multiprocessing" not in modules
 
 
 RUN_AND_COUNT = """
