@@ -3,11 +3,11 @@
 Loading the modules creates objects that live as long as the process: classes, functions, the
 models pydantic builds, SQLAlchemy's tables. With the collector's usual thresholds it runs hundreds
 of times while they load, and each of its fuller passes walks all of them again, which is a good
-share of a short job's processor time (see docs/performance.md, "Start-up: the collector held
-back while the modules load"). So the `capsule` command holds the collector back from its first
-line (`hold_back`), and a process that runs jobs, once its runtime is built and the modules that
-run them are loaded (`modules_loaded`), freezes what exists (`gc.freeze`: the collector never
-walks those objects again) and gives the usual thresholds back.
+share of a short job's processor time (see docs/performance.md, "Start-up: a job's process loads
+its own steps, and the collector is held back"). So the `capsule` command holds the collector back
+from its first line (`hold_back`), and a process that runs jobs, once its runtime is built and the
+modules that run them are loaded (`modules_loaded`), freezes what exists (`gc.freeze`: the
+collector never walks those objects again) and gives the usual thresholds back.
 
 Holding back only raises the threshold of the youngest generation: a command that never says its
 modules are loaded (a reading command, which ends soon) still collects, once that many objects
