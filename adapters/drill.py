@@ -23,13 +23,13 @@ from pathlib import Path
 
 import structlog
 
+from capsule.adapters.filedigest import sha256_file
 from capsule.adapters.files.restore import write_file
 from capsule.adapters.files.tree import iter_entries
 from capsule.adapters.repository.entry_rules import check_database_snapshot
 from capsule.adapters.repository.lock import pid_alive
 from capsule.adapters.repository.repo import Repository, UnreadableSnapshot
 from capsule.adapters.repository.restore import write_entry
-from capsule.adapters.sqlite.pagestore import sha256_file
 from capsule.adapters.sqlite.snapshot import check_database
 from capsule.domain.errors import CapsuleError, Category
 from capsule.domain.manifest import Manifest, SnapshotKind

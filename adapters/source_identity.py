@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import sqlite3
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from capsule.adapters.logs import get_logger
 from capsule.domain.manifest import SourceIdentity, schema_digest
+
+if TYPE_CHECKING:
+    import sqlite3
 
 log = get_logger(__name__)
 
@@ -43,6 +46,8 @@ def live_database_identity(path: Path) -> SourceIdentity:
     A file that is missing or that SQLite cannot read has only its host and path: whoever goes on
     to use it reports that in its own words.
     """
+    import sqlite3  # noqa: PLC0415 - `cat` and a files restore name sources without opening a database
+
     resolved = path.resolve()
     if not resolved.is_file():
         return SourceIdentity(host=this_host(), path=str(resolved))

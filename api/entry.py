@@ -17,6 +17,8 @@ import os
 import sys
 import threading
 
+from capsule.orchestrator import collector
+
 DEFAULT_UPLOADS = "data/uploads/products"
 
 # Run with `python -S -c`: no site packages, nothing but `os` imported.
@@ -80,6 +82,7 @@ def fixed_mmap_threshold() -> None:
 
 
 def main() -> None:
+    collector.hold_back()  # until a job's modules are loaded (capsule.orchestrator.collector)
     folder = folder_to_look_at(sys.argv[1:], os.environ)
     if folder is not None and os.path.isdir(folder):
         with contextlib.suppress(OSError):  # only a head start: the backup reads the folder anyway

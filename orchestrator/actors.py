@@ -34,7 +34,7 @@ from capsule.domain.jobs import (
     current_step,
     next_action,
 )
-from capsule.orchestrator import faults
+from capsule.orchestrator import collector, faults
 from capsule.orchestrator.errors import OrchestratorError
 from capsule.orchestrator.orphans import take_over_orphans
 from capsule.orchestrator.runtime import SYSTEM, Loaded, Runtime, heartbeat
@@ -449,4 +449,6 @@ def build(settings: Settings, *, on_progress: Progress | None = None) -> tuple[R
     except BaseException:
         runtime.close()
         raise
-    return runtime, Dispatcher(runtime, make_broker(settings.broker_url), on_progress=on_progress)
+    dispatcher = Dispatcher(runtime, make_broker(settings.broker_url), on_progress=on_progress)
+    collector.modules_loaded()  # a process that runs jobs has loaded what runs them
+    return runtime, dispatcher

@@ -34,18 +34,18 @@ from pydantic import BaseModel, ConfigDict
 
 from capsule.adapters.errors import SourceError
 from capsule.adapters.files.tree import ParentGroup, TreeWriter, iter_groups, path_key, tree_ids
-from capsule.adapters.repository.chunks import entry_blob_fields, load_id_lists, workers
-from capsule.adapters.repository.crypto import ID_SIZE
-from capsule.adapters.repository.pack import BLOB_DATA
-from capsule.adapters.repository.rebuild import adopt_unindexed_packs
-from capsule.adapters.repository.repo import PreparedBlob, Repository
-from capsule.adapters.sqlite.backup import (
+from capsule.adapters.repository.backups import (
     BackupResult,
     find_committed,
     full_check,
     latest_snapshot,
     missing_packs_warning,
 )
+from capsule.adapters.repository.chunks import entry_blob_fields, load_id_lists, workers
+from capsule.adapters.repository.crypto import ID_SIZE
+from capsule.adapters.repository.pack import BLOB_DATA
+from capsule.adapters.repository.rebuild import adopt_unindexed_packs
+from capsule.adapters.repository.repo import PreparedBlob, Repository
 from capsule.domain.errors import CapsuleError
 from capsule.domain.manifest import Entry, Manifest, SourceIdentity, Totals
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from capsule.adapters.directio import Readahead
 from capsule.adapters.errors import NOT_INDEXED_ADVICE, BlobNotFound, DiskFull, RestoreRefused
+from capsule.adapters.filedigest import sha256_file
 from capsule.adapters.files.flush import (
     FLUSH_EACH_MAX,
     existing_ancestor,
@@ -47,7 +48,6 @@ from capsule.adapters.repository.chunks import workers as thread_count
 from capsule.adapters.repository.entry_rules import SPECIAL_BITS, check_content, check_follows, restored_mode
 from capsule.adapters.repository.repo import Repository
 from capsule.adapters.repository.restore import blob_batches, content_ids, locate_all, read_batch
-from capsule.adapters.sqlite.pagestore import sha256_file
 from capsule.adapters.workers.restorepool import pack_files
 from capsule.adapters.workers.sealpool import RestoreFile, SealPool, default_workers, open_request
 from capsule.adapters.workers.sealworker import OPEN_ITEM

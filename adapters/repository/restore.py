@@ -2,6 +2,9 @@
 
 Nothing reaches its final name before its SHA-256 matches the manifest (and, for a database, SQLite's
 own check passes). Paths from the manifest are validated against the target folder first.
+
+The images' restore (`capsule.adapters.files.restore`) and `cat` read blobs through this module
+too; SQLite's own code (the check, its side files) loads only where a database is restored.
 """
 
 from __future__ import annotations
@@ -27,8 +30,6 @@ from capsule.adapters.repository.entry_rules import check_content, check_databas
 from capsule.adapters.repository.index import BlobLocation
 from capsule.adapters.repository.packcache import whole_packs
 from capsule.adapters.repository.repo import Repository
-from capsule.adapters.sqlite.snapshot import SIDE_FILES
-from capsule.adapters.sqlite.snapshot import check_database as check_sqlite
 from capsule.adapters.workers.restorepool import write_with_pool
 from capsule.adapters.workers.sealpool import SealPool, default_workers
 from capsule.domain.errors import UnsafePath
@@ -169,7 +170,11 @@ def write_entry(
             syncer.shutdown(wait=True)
             check_content(entry, written, digest)
             # SQLite's check reads the file from the page cache while the disk takes the last writes.
-            checking = threads.submit(check_sqlite, tmp) if check_database and entry.sqlite else None
+            checking = None
+            if check_database and entry.sqlite:
+                from capsule.adapters.sqlite.snapshot import check_database as check_sqlite  # noqa: PLC0415
+
+                checking = threads.submit(check_sqlite, tmp)
             os.fsync(f.fileno())
             problems = checking.result() if checking is not None else []
         if problems:
@@ -230,6 +235,8 @@ def _write_blobs(f: BinaryIO, sha: hashlib._Hash, data: bytes | memoryview) -> i
 
 def put_in_place(tmp: Path, target: Path) -> None:
     """Move a checked file to its name; a database first loses stale -wal/-shm files beside it."""
+    from capsule.adapters.sqlite.snapshot import SIDE_FILES  # noqa: PLC0415 - a database's restore alone
+
     for suffix in SIDE_FILES:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"{target}{suffix}")
@@ -238,6 +245,8 @@ def put_in_place(tmp: Path, target: Path) -> None:
 
 
 def existing_outputs(target: Path) -> list[Path]:
+    from capsule.adapters.sqlite.snapshot import SIDE_FILES  # noqa: PLC0415 - a database's restore alone
+
     return [p for p in (target, *(Path(f"{target}{s}") for s in SIDE_FILES)) if p.exists()]
 
 

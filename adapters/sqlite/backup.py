@@ -18,13 +18,19 @@ import socket
 import stat
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
 from pydantic import BaseModel, ConfigDict
 
+from capsule.adapters.repository.backups import (
+    BackupResult,
+    find_committed,
+    full_check,
+    latest_snapshot,
+    missing_packs_warning,
+)
 from capsule.adapters.repository.chunks import (
     ChunkStore,
     StoreStats,
@@ -66,12 +72,6 @@ COPY_SUFFIX = ".capsule-snapshot"
 READ_IN_PLACE = True
 
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class BackupResult:
-    snapshot_id: str
-    manifest: Manifest
 
 
 def pages_per_chunk(page_size: int) -> int:
@@ -165,25 +165,6 @@ def clear_abandoned_copies(staging: Path) -> None:
         if pid.isdigit() and not pid_alive(int(pid)):
             log.info("removed a database copy left by an interrupted backup", path=str(path))
             remove_database_files(path)
-
-
-def latest_snapshot(repo: Repository, kind: str, source: str | None = None) -> tuple[str, Manifest] | None:
-    """The newest readable snapshot of `kind` (of `source` on this machine, if given): the parent.
-
-    A snapshot that cannot be read is skipped; one of the same path on another machine is another
-    source, whose files' sizes, times and inodes say nothing about this machine's.
-    """
-    host = socket.gethostname()
-
-    def of_source(m: Manifest) -> bool:
-        identity = m.source_identity()
-        return source is None or (identity.path == source and identity.host == host)
-
-    found = [(m.time, sid, m) for sid, m in repo.snapshots() if m.kind == kind and of_source(m)]
-    if not found:
-        return None
-    _, sid, m = max(found, key=lambda t: (t[0], t[1]))
-    return sid, m
 
 
 def _content_ids(repo: Repository, entry: Entry) -> list[bytes]:
@@ -320,25 +301,6 @@ def _store_in_process(
     return bytes(ids), store.stats, sha.hexdigest()
 
 
-def missing_packs_warning(repo: Repository) -> str | None:
-    """One sentence, logged, when packs the loaded index names were missing from the repository's
-    listing; None when every one is there.
-
-    Their blobs count as not stored (`Index.contains`): the backup stores again what it needs of
-    them, so its snapshot restores. Older snapshots may still need them, which `verify` reports.
-    """
-    missing = repo.index.gone_packs
-    if not missing:
-        return None
-    text = (
-        f"{missing} pack(s) named by the index are missing from the repository; this backup stores "
-        "again whatever it needs of their blobs: run `capsule verify` to see which older snapshots "
-        "they hurt"
-    )
-    log.warning(text, packs=missing)
-    return text
-
-
 def shrink_warning(size: int, parent: tuple[str, Manifest] | None) -> str | None:
     """One sentence, logged, when a database of `size` bytes is under SHRINK_WARNING_FRACTION of
     its last snapshot `parent`; None otherwise."""
@@ -355,23 +317,6 @@ def shrink_warning(size: int, parent: tuple[str, Manifest] | None) -> str | None
     )
     log.warning(text, bytes=size, last_snapshot=parent[0][:12], last_bytes=before)
     return text
-
-
-def full_check(repo: Repository) -> Callable[[bytes], bool]:
-    """A full backup reuses a blob only if its pack is really there, and stores it again if not."""
-    packs: dict[str, bool] = {}
-
-    def has_blob(blob_id: bytes) -> bool:
-        if repo.pending_blob(blob_id):
-            return True
-        loc = repo.index.lookup(blob_id)
-        if loc is None:
-            return False
-        if loc.pack_id not in packs:
-            packs[loc.pack_id] = repo.backend.exists("data", loc.pack_id)
-        return packs[loc.pack_id]
-
-    return has_blob
 
 
 class StoredDatabase(BaseModel):
@@ -542,14 +487,6 @@ def _store_while_copying(
         return copy, None
     remove_database_files(copy_path)
     return copy, stored
-
-
-def find_committed(repo: Repository, job_id: str, kind: str) -> BackupResult | None:
-    """The snapshot of `kind` that job `job_id` already wrote, if its process died before saying so."""
-    for sid, manifest in repo.snapshots():
-        if manifest.job_id == job_id and manifest.kind == kind:
-            return BackupResult(sid, manifest)
-    return None
 
 
 def commit_database(

@@ -11,7 +11,6 @@ began. Only the ids that differ are looked up, those of several blocks together.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import deque
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from capsule.adapters.filedigest import sha256_file
 from capsule.adapters.repository.chunks import DIRECT_LIMIT, IdLists, StoreStats
 from capsule.adapters.repository.crypto import ID_SIZE
 from capsule.adapters.repository.pack import BLOB_DATA
@@ -45,25 +45,6 @@ class Growing(Protocol):
     def wait(self, offset: int, length: int) -> None: ...
 
     def wait_done(self) -> None: ...
-
-
-def sha256_file(path: Path, size: int | None = None) -> str:
-    """The SHA-256 of the file's first `size` bytes (all of them if None)."""
-    sha = hashlib.sha256()
-    buffer = bytearray(BLOCK)
-    view = memoryview(buffer)
-    left = -1 if size is None else size  # -1: to the end
-    with open(path, "rb", buffering=0) as f:
-        while left:
-            n = f.readinto(view[: BLOCK if left < 0 else min(BLOCK, left)])
-            if not n:
-                break
-            sha.update(view[:n])
-            if left > 0:
-                left -= n
-    if left > 0:
-        raise OSError(f"{path} is shorter than expected")
-    return sha.hexdigest()
 
 
 def _sha256_when_done(path: Path, growing: Growing | None, size: int) -> str:

@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import gc
 import itertools
-import multiprocessing
 import os
 import time
 import zlib
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -140,6 +138,11 @@ def replay(
         if not theirs:
             read = writer.write(_fold(conn, store, mine))
         else:
+            # Every process that appends loads this module with the read models: only a replay
+            # of a large log starts processes, and loads what starts them.
+            import multiprocessing  # noqa: PLC0415
+            from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
+
             url = engine.url.render_as_string(hide_password=False)
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(len(theirs), mp_context=context) as pool:

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from capsule.adapters.repository.backups import BackupResult
 from capsule.adapters.repository.lock import locked
-from capsule.adapters.sqlite.backup import BackupResult, backup_database
 from capsule.domain.manifest import Manifest
 from capsule.orchestrator.settings import Settings
 from capsule.orchestrator.usecases.repository import open_repository
@@ -88,6 +88,8 @@ def back_up_database_in_process(
 ) -> BackupResult:
     """The repository engine alone, without a job or its event log: what the job runner's overhead
     is measured against."""
+    from capsule.adapters.sqlite.backup import backup_database  # noqa: PLC0415 - an images backup never needs it
+
     repo = open_repository(settings)
     with locked(repo.backend, "backup", timeout=settings.lock_wait_seconds):
         return backup_database(

@@ -1,6 +1,6 @@
 """A command loads only what it needs: `--help`, `snapshots`, `status` and `jobs` start without
 SQLAlchemy, numpy, Dramatiq or the worker pool (each takes longer to load than these commands take
-to answer).
+to answer); a job's process loads its own job type's steps and engine, not the others'.
 
 Each command runs as the `capsule` script runs it (`capsule.api.entry.main`), in a process of its
 own, which writes the names of its loaded modules to a file as it exits.
@@ -8,12 +8,15 @@ own, which writes the names of its loaded modules to a file as it exits.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from capsule.orchestrator.collector import HELD_BACK
 from tests.integration.helpers import DatabaseTemplates, Shop, describe
 from tests.integration.uploads import make_uploads
 
@@ -116,6 +119,115 @@ def test_a_reading_command_opens_no_log_file_handler(backed_up: Shop, tmp_path: 
     """The standard library's rotating file handler (and `socket`, `pickle` with it) loads only
     once a line is written to the log file."""
     assert "logging.handlers" not in loaded_modules(backed_up, tmp_path, command)
+
+
+BACKUP_ENGINES = (
+    "capsule.orchestrator.backupsteps",
+    "capsule.adapters.files.backup",
+    "capsule.adapters.repository.backups",
+    "pyfastcdc",
+)
+"""A backup's steps, the images' tree walker and chunker, and what both kinds of backup share."""
+DATABASE_BACKUP = (
+    "capsule.adapters.sqlite.backup",
+    "capsule.adapters.sqlite.livecopy",
+    "capsule.adapters.sqlite.inplace",
+)
+"""The database's backup: its live copy, the checkpoint keeper, the frozen image it reads in place."""
+RESTORE_ENGINES = ("capsule.orchestrator.restoresteps", "capsule.adapters.files.restore")
+
+
+def among(modules: set[str], names: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in modules if m in names)
+
+
+def test_a_restore_of_one_image_loads_no_backup_engine(backed_up: Shop, tmp_path: Path) -> None:
+    """`restore --include` of one file runs the restore's steps alone: neither kind of backup's
+    engine loads, nor the chunker the images' backup cuts files with."""
+    to = tmp_path / "out"
+    modules = loaded_modules(
+        backed_up, tmp_path, "restore", "latest-files", "--to", str(to), "--include", "cat1/notes.txt"
+    )
+    assert (to / "cat1" / "notes.txt").is_file()
+    assert among(modules, RESTORE_ENGINES) == sorted(RESTORE_ENGINES)  # it ran the restore's steps
+    assert among(modules, BACKUP_ENGINES + DATABASE_BACKUP) == []
+    assert "multiprocessing" not in modules  # only a replay of a large log starts processes with it
+
+
+def test_cat_loads_no_backup_engine_and_nothing_of_sqlite(backed_up: Shop, tmp_path: Path) -> None:
+    """`cat` of an image opens no database: neither Capsule's SQLite code (the database's check,
+    its identity, its page store) nor the standard library's `sqlite3` loads."""
+    modules = loaded_modules(backed_up, tmp_path, "cat", "latest-files", "cat1/notes.txt")
+    assert "capsule.adapters.files.restore" in modules  # the file was really read
+    assert among(modules, BACKUP_ENGINES + DATABASE_BACKUP + RESTORE_ENGINES[:1]) == []
+    assert sorted(m for m in modules if m.startswith(("capsule.adapters.sqlite", "sqlite3"))) == []
+
+
+def test_a_backup_of_the_images_loads_neither_the_database_backup_nor_a_restore(
+    backed_up: Shop, tmp_path: Path
+) -> None:
+    modules = loaded_modules(backed_up, tmp_path, "backup", "--kind", "files")
+    assert among(modules, BACKUP_ENGINES) == sorted(BACKUP_ENGINES)  # it backed the images up
+    assert among(modules, DATABASE_BACKUP + RESTORE_ENGINES) == []
+    assert "multiprocessing" not in modules
+
+
+RUN_AND_COUNT = """
+import atexit, gc, json, sys
+out, sys.argv = sys.argv[1], ["capsule", *sys.argv[2:]]
+usual, collections = gc.get_threshold(), [0, 0, 0]
+
+def count(phase, info):
+    if phase == "stop":
+        collections[info["generation"]] += 1
+
+gc.callbacks.append(count)
+report = lambda: {"usual": usual, "at_exit": gc.get_threshold(), "frozen": gc.get_freeze_count(),
+                  "collections": collections}
+atexit.register(lambda: open(out, "w").write(json.dumps(report())))
+from capsule.api.entry import main
+main()
+"""
+
+
+def collector_of(shop: Shop, tmp_path: Path, *args: str) -> dict[str, Any]:
+    """Run `capsule ARGS` in `shop`; its collector's thresholds before and at exit, the objects it
+    had frozen and its collections of each generation."""
+    report = tmp_path / "collector.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN_AND_COUNT, str(report), *args],
+        cwd=shop.root,
+        env=shop.env({"CAPSULE_UPLOADS": str(shop.root / "uploads")}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, describe(proc)
+    result: dict[str, Any] = json.loads(report.read_text())
+    return result
+
+
+def test_a_job_process_freezes_its_modules_and_makes_no_full_collection(
+    backed_up: Shop, tmp_path: Path
+) -> None:
+    """The collector is held back while the modules load; once the job's runtime is built they are
+    frozen and the usual thresholds return (capsule.orchestrator.collector). With the usual
+    thresholds all along, the restore walked every module's objects again in full collections."""
+    to = tmp_path / "out"
+    gc_of = collector_of(
+        backed_up, tmp_path, "restore", "latest-files", "--to", str(to), "--include", "cat1/notes.txt"
+    )
+    assert (to / "cat1" / "notes.txt").is_file()
+    assert gc_of["at_exit"] == gc_of["usual"]
+    assert gc_of["frozen"] > 0
+    assert gc_of["collections"][2] == 0
+
+
+def test_a_reading_command_keeps_the_collector_held_back(backed_up: Shop, tmp_path: Path) -> None:
+    gc_of = collector_of(backed_up, tmp_path, "cat", "latest-files", "cat1/notes.txt")
+    assert gc_of["at_exit"] == [HELD_BACK, *gc_of["usual"][1:]]
+    assert gc_of["collections"][1:] == [0, 0]
 
 
 def test_a_backup_loads_the_file_handler_and_writes_it_but_not_the_other_jobs_steps(
