@@ -11,6 +11,7 @@ orchestrator calls them, and they import only `capsule.domain` and one another.
 - `errors.py`: the adapters' errors; OS and driver errors stop here and become one of these.
 - `logs.py`: a logger that loads structlog at its first line, for modules read by every command.
 - `directio.py`: large writes and reads around the page cache, where the system allows it.
+- `filedigest.py`: the SHA-256 of a file on disk, read a block at a time into one buffer.
 - `source_identity.py`: what a source is as a snapshot records it: host, path, SQLite's own ids.
 - `partials.py`: the names of files being restored, and the removal of those a dead process left.
 - `drill.py`: restore drills: the newest snapshots restored into a scratch folder and checked.

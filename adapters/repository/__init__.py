@@ -12,6 +12,7 @@
 - `rebuild.py`: the index rebuilt from the packs alone; packs no index names adopted.
 - `lock.py`: shared, exclusive and prune locks under `locks/`; who holds them.
 - `entry_rules.py`: the rules a snapshot's entries keep, for restore and verify alike.
+- `backups.py`: what a backup of either kind asks of the repository besides storing (parent, gone packs).
 - `restore.py`: restore a database snapshot: fetch, authenticate, write, check, rename.
 - `packcache.py`: packs a restore from Drive needs most of, fetched whole once into a temporary folder.
 - `verify.py`: find every damaged or missing piece and the snapshots and files it hurts.
