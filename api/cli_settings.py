@@ -27,7 +27,9 @@ def settings_show(obj: Context, as_json: bool) -> None:
     run(lambda: render_settings.shown(show(obj.settings), as_json))
 
 
-@settings.command("set")
+# A value may start with a dash (a negative count, a cron step): one that is no option of this
+# command is its value, so that the setting's own rule answers it, not "no such option".
+@settings.command("set", context_settings={"ignore_unknown_options": True})
 @click.argument("key")
 @click.argument("value")
 @click.option(

@@ -4,6 +4,7 @@ the read model rebuilt by replay."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -94,9 +95,7 @@ def test_settings_show_json_has_the_version_an_if_match_needs(settings: Settings
     assert shown["changed_at"].endswith("Z")
 
 
-def test_the_cli_refuses_a_bad_value_with_exit_2_and_one_line(settings: Settings) -> None:
-    import subprocess
-
+def _cli_set(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     from tests.integration.helpers import CAPSULE, clean_env
 
     env = {
@@ -105,15 +104,32 @@ def test_the_cli_refuses_a_bad_value_with_exit_2_and_one_line(settings: Settings
         "CAPSULE_DATABASE": str(settings.database),
         "CAPSULE_REPOSITORY": str(settings.repository),
     }
-    proc = subprocess.run(
-        [*CAPSULE, "settings", "set", "schedules.database.cron", "61 * * * *"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    return subprocess.run(
+        [*CAPSULE, "settings", "set", *args], env=env, capture_output=True, text=True, timeout=60, check=False
     )
+
+
+def test_the_cli_refuses_a_bad_value_with_exit_2_and_one_line(settings: Settings) -> None:
+    proc = _cli_set(settings, "schedules.database.cron", "61 * * * *")
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("capsule:")]
     assert errors == ["capsule: schedules.database.cron: minute 61 is out of range 0-59"]
     assert show(settings).version == 0
+
+
+def test_a_negative_count_typed_as_it_is_gets_the_settings_answer_not_an_option_error(
+    settings: Settings,
+) -> None:
+    """`-1` is a value to refuse with the key's rule, not an unknown option the shell user must
+    escape with `--`; options after the value still work."""
+    proc = _cli_set(settings, "retention.database.keep-last", "-1")
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("capsule:")]
+    assert errors == [
+        "capsule: retention.database.keep-last: -1 is negative; give 0 (the rule keeps nothing) or more"
+    ]
+    assert "No such option" not in proc.stderr
+    assert show(settings).version == 0
+    done = _cli_set(settings, "retention.database.keep-last", "5", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["version"] == 1
