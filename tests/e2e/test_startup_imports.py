@@ -34,8 +34,14 @@ main()
 def loaded_modules(shop: Shop, tmp_path: Path, *args: str) -> set[str]:
     """Run `capsule ARGS` in `shop` (its images in `uploads`); the modules it had loaded when it exited."""
     listing = tmp_path / "modules.txt"
+    _run_script(shop, RUN_AND_LIST, listing, *args)
+    return set(listing.read_text().split())
+
+
+def _run_script(shop: Shop, script: str, out: Path, *args: str) -> None:
+    """Run `script` (which writes what it found to `out` at exit) as `capsule ARGS` in `shop`."""
     proc = subprocess.run(
-        [sys.executable, "-c", RUN_AND_LIST, str(listing), *args],
+        [sys.executable, "-c", script, str(out), *args],
         cwd=shop.root,
         env=shop.env({"CAPSULE_UPLOADS": str(shop.root / "uploads")}),
         capture_output=True,
@@ -44,7 +50,6 @@ def loaded_modules(shop: Shop, tmp_path: Path, *args: str) -> set[str]:
         check=False,
     )
     assert proc.returncode == 0, describe(proc)
-    return set(listing.read_text().split())
 
 
 def heavy_among(modules: set[str]) -> list[str]:
@@ -194,16 +199,7 @@ def collector_of(shop: Shop, tmp_path: Path, *args: str) -> dict[str, Any]:
     """Run `capsule ARGS` in `shop`; its collector's thresholds before and at exit, the objects it
     had frozen and its collections of each generation."""
     report = tmp_path / "collector.json"
-    proc = subprocess.run(
-        [sys.executable, "-c", RUN_AND_COUNT, str(report), *args],
-        cwd=shop.root,
-        env=shop.env({"CAPSULE_UPLOADS": str(shop.root / "uploads")}),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, describe(proc)
+    _run_script(shop, RUN_AND_COUNT, report, *args)
     result: dict[str, Any] = json.loads(report.read_text())
     return result
 
