@@ -77,7 +77,8 @@ REPOSITORY_VERSION = 2
 # Version 1 has no bundles (see pack.py); it is still read, and written without them.
 READABLE_VERSIONS = (1, 2)
 INDEX_FLUSH_BLOBS = 200_000
-# Index records kept decoded between the two passes of load_index (about 3 MB per 65,536).
+# Index records kept decoded between the two passes of load_index, when a file that supersedes
+# others makes it take two (about 3 MB per 65,536).
 LOAD_HOLD = 262_144
 # On 4 KiB database pages level 1 compresses about as well as level 3 in less time
 # (see docs/performance.md, "zstd level 1 for database pages").
