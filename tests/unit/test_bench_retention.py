@@ -238,13 +238,15 @@ def test_a_small_history_dates_both_tools_snapshots_by_the_hour_and_restic_prune
         pytest.skip("restic is not installed (apt-get install restic): the restic half is not run")
     workdir = tmp_path / "bench"
     made = _bench(
-        "history", "--workdir", str(workdir), "--db-mib", "2", "--hours", "3", "--json", tmp_path=tmp_path
-    )
+        "history", "--workdir", str(workdir), "--db-mib", "2", "--hours", "3", "--json",
+        "--min-free-gb", "0.1", tmp_path=tmp_path,
+    )  # fmt: skip
     assert made.returncode == 0, made.stderr
     # A second run goes on where the first stopped.
     more = _bench(
-        "history", "--workdir", str(workdir), "--db-mib", "2", "--hours", "4", "--json", tmp_path=tmp_path
-    )
+        "history", "--workdir", str(workdir), "--db-mib", "2", "--hours", "4", "--json",
+        "--min-free-gb", "0.1", tmp_path=tmp_path,
+    )  # fmt: skip
     assert more.returncode == 0, more.stderr
     assert json.loads(more.stdout)["hours"] == 4
     assert more.stderr.count("hour ") == 1  # only the fourth hour was made
