@@ -16,8 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from capsule.domain.errors import UnsafePath
 
 MANIFEST_VERSION = 2
-READABLE_MANIFEST_VERSIONS = (1, 2)
-"""Version 2 added files snapshots (entry types, `tree`, `warnings`); a version 1 manifest reads as is."""
+PAGE_IDS_MANIFEST_VERSION = 3
+READABLE_MANIFEST_VERSIONS = (1, 2, 3)
+"""Version 2 added files snapshots (entry types, `tree`, `warnings`); a version 1 manifest reads as is.
+Version 3 is a database snapshot whose entry leaves the file's SHA-256 out (its chunk ids stand for
+it): only such a manifest is written as version 3, so that a Capsule that requires the SHA-256
+refuses it as too new instead of as damaged; every other manifest is still written as version 2."""
 
 SnapshotKind = Literal["database", "files"]
 EntryType = Literal["file", "dir", "symlink"]
@@ -67,9 +71,10 @@ def schema_digest(statements: list[str]) -> str:
 class Entry(BaseModel):
     """One item of a snapshot: a file, a folder or a symbolic link, with its metadata.
 
-    A file has its SHA-256 and the blobs that hold its bytes in order: `blobs` lists data blob ids
-    directly; a large file lists `blob_lists` instead, ids of list blobs whose plaintext is the
-    concatenation of 32-byte data blob ids. A symbolic link has its `target`, stored as it is and
+    A file has its SHA-256 (a database's may leave it out, see `_fields_fit_type`) and the blobs
+    that hold its bytes in order: `blobs` lists data blob ids directly; a large file lists
+    `blob_lists` instead, ids of list blobs whose plaintext is the concatenation of 32-byte data
+    blob ids. A symbolic link has its `target`, stored as it is and
     never followed. A folder has neither.
     """
 
@@ -98,7 +103,9 @@ class Entry(BaseModel):
     def _fields_fit_type(self) -> Entry:
         has_content = bool(self.blobs or self.blob_lists)
         if self.type == "file":
-            if self.sha256 is None:
+            # A database built on its parent's pages leaves the SHA-256 out (it would mean reading
+            # every page): its pages' keyed ids, each checked as it is restored, stand for it.
+            if self.sha256 is None and not (self.sqlite is not None and has_content):
                 raise ValueError(f"the file {self.path!r} has no SHA-256")
             if self.target is not None:
                 raise ValueError(f"the file {self.path!r} has a link target")
@@ -156,6 +163,14 @@ class Manifest(BaseModel):
         default_factory=list, description="`path: reason` for what was skipped or kept (the first ones)"
     )
     totals: Totals
+
+    @model_validator(mode="after")
+    def _version_allows_entries(self) -> Manifest:
+        if self.version < PAGE_IDS_MANIFEST_VERSION and any(
+            e.type == "file" and e.sha256 is None for e in self.entries
+        ):
+            raise ValueError(f"a version {self.version} manifest names a file without its SHA-256")
+        return self
 
     def source_identity(self) -> SourceIdentity:
         """The snapshot's source; for an older manifest without one, its `hostname` and `source`."""

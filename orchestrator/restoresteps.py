@@ -21,7 +21,13 @@ from capsule.adapters.filedigest import sha256_file
 from capsule.adapters.repository.entry_rules import check_database_snapshot
 from capsule.adapters.repository.lock import locked
 from capsule.adapters.repository.repo import Repository
-from capsule.adapters.repository.restore import fetch_whole_packs, restore_snapshot, safe_target, write_entry
+from capsule.adapters.repository.restore import (
+    fetch_whole_packs,
+    file_matches,
+    restore_snapshot,
+    safe_target,
+    write_entry,
+)
 from capsule.adapters.sqlite.snapshot import check_database, copy_into_live
 from capsule.adapters.sqlite.sourcelock import source_lock
 from capsule.domain.manifest import Manifest
@@ -63,7 +69,7 @@ def restore_to_folder(ctx: StepContext) -> dict[str, Any]:
             raise StepRefused(
                 f"snapshot {sid[:12]} holds a database: --include picks files of a files snapshot"
             )
-        found = _found_before(to, manifest.entries) if ctx.attempt > 1 else []
+        found, digests = _found_before(repo, to, manifest.entries) if ctx.attempt > 1 else ([], [])
         if found and not force and all(f is True for f in found):
             # An earlier attempt put every file in place and died before saying so.
             return {
@@ -71,8 +77,8 @@ def restore_to_folder(ctx: StepContext) -> dict[str, Any]:
                 "files": len(manifest.entries),
                 "bytes": sum(e.size for e in manifest.entries),
                 "restored": [
-                    {"path": str(safe_target(to, e.path)), "size": e.size, "sha256": e.sha256}
-                    for e in manifest.entries
+                    {"path": str(safe_target(to, e.path)), "size": e.size, "sha256": d}
+                    for e, d in zip(manifest.entries, digests, strict=True)
                 ],
             }
         if ctx.attempt > 1:
@@ -142,19 +148,27 @@ def _restore_files(
     }
 
 
-def _found_before(to: Path, entries: list[Any]) -> list[bool | None]:
+def _found_before(
+    repo: Repository, to: Path, entries: list[Any]
+) -> tuple[list[bool | None], list[str | None]]:
     """For each entry: None if nothing is at its place, True if the snapshot's file is, False if
-    another file is (which only --force may replace). Each file is hashed at most once."""
+    another file is (which only --force may replace); and the SHA-256 of each file found to be the
+    snapshot's. Each file is read at most once."""
     found: list[bool | None] = []
+    digests: list[str | None] = []
     for entry in entries:
         target = safe_target(to, entry.path)
+        digest = None
         if not target.exists():
             found.append(None)
         elif not target.is_file():
             found.append(False)
         else:
-            found.append(target.stat().st_size == entry.size and sha256_file(target) == entry.sha256)
-    return found
+            repo.ensure_index()  # a database entry without a SHA-256 is held to its chunk ids
+            digest = file_matches(repo, entry, target)
+            found.append(digest is not None)
+        digests.append(digest)
+    return found, digests
 
 
 # ---- restore into the live database --------------------------------------------------------
@@ -179,15 +193,18 @@ def restore_stage(ctx: StepContext) -> dict[str, Any]:
         )
         staged = staged_path(settings, ctx.job_id)
         entry = manifest.entries[0]
-        if not (staged.is_file() and sha256_file(staged) == entry.sha256):
+        repo.ensure_index()
+        digest = file_matches(repo, entry, staged) if staged.is_file() else None
+        if digest is None:
             remove_restore_leftovers(staged.parent, staged.name)
-            repo.ensure_index()
             # Capsule's own copy until it is applied: private, whatever the snapshot's mode.
             with fetch_whole_packs(repo, [entry], staged.parent):
                 tmp = write_entry(repo, entry, staged, halfway(ctx, "stage"), check_database=True, mode=0o600)
             os.replace(tmp.path, staged)
+            digest = tmp.sha256
     faults.point("stage:staged")
-    return {"snapshot_id": sid, "staged": str(staged), "sha256": entry.sha256, "notes": notes}
+    # The staged copy's own SHA-256: what the apply step holds it to (the entry may have none).
+    return {"snapshot_id": sid, "staged": str(staged), "sha256": digest, "notes": notes}
 
 
 def restore_apply(ctx: StepContext) -> dict[str, Any]:

@@ -14,6 +14,7 @@
 - `entry_rules.py`: the rules a snapshot's entries keep, for restore and verify alike.
 - `backups.py`: what a backup of either kind asks of the repository besides storing (parent, gone packs).
 - `restore.py`: restore a database snapshot: fetch, authenticate, write, check, rename.
+- `contentcheck.py`: a database's restored bytes held to its chunk ids when its entry has no SHA-256.
 - `packcache.py`: packs a restore from Drive needs most of, fetched whole once into a temporary folder.
 - `verify.py`: find every damaged or missing piece and the snapshots and files it hurts.
 - `verify_packs.py`: the data pass of `verify --read-data`: every pack read once, checked on every core.

@@ -46,7 +46,7 @@ from capsule.adapters.repository.keys import (
 )
 from capsule.adapters.repository.pack import BLOB_LIST, BUNDLED, PackBuilder
 from capsule.domain.errors import UnsafePath
-from capsule.domain.manifest import MANIFEST_VERSION, READABLE_MANIFEST_VERSIONS, Manifest
+from capsule.domain.manifest import READABLE_MANIFEST_VERSIONS, Manifest
 from capsule.domain.sizes import DEFAULT_PACK_SIZE
 
 if TYPE_CHECKING:
@@ -709,7 +709,7 @@ class Repository:
         if version not in READABLE_MANIFEST_VERSIONS:
             raise UnsupportedVersion(
                 f"snapshot {name[:12]} uses manifest version {version!r}; this Capsule reads version "
-                f"{MANIFEST_VERSION} and older: upgrade Capsule to read it"
+                f"{max(READABLE_MANIFEST_VERSIONS)} and older: upgrade Capsule to read it"
             )
         try:
             return Manifest.model_validate_json(raw)

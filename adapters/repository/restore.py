@@ -1,7 +1,8 @@
 """Restore: fetch and authenticate every blob, write to a temporary file, check, then rename.
 
-Nothing reaches its final name before its SHA-256 matches the manifest (and, for a database, SQLite's
-own check passes). Paths from the manifest are validated against the target folder first.
+Nothing reaches its final name before its SHA-256 matches the manifest, or, for a database entry
+without one, each chunk's keyed id matches the one the manifest names (`contentcheck`); and, for a
+database, SQLite's own check passes. Paths from the manifest are validated against the target folder first.
 
 The images' restore (`capsule.adapters.files.restore`) and `cat` read blobs through this module
 too; SQLite's own code (the check, its side files) loads only where a database is restored.
@@ -21,11 +22,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from capsule.adapters.errors import NOT_INDEXED_ADVICE, BlobNotFound, DiskFull, IntegrityError, RestoreRefused
+from capsule.adapters.filedigest import sha256_file
 from capsule.adapters.logs import get_logger
 from capsule.adapters.partials import partial_name, remove_abandoned
 from capsule.adapters.repository.backends.local import fsync_dir
 from capsule.adapters.repository.backends.storage import costly_reads, local_paths
 from capsule.adapters.repository.chunks import read_id_lists, split_ids, workers
+from capsule.adapters.repository.contentcheck import PageIdCheck
 from capsule.adapters.repository.entry_rules import check_content, check_database_snapshot, restored_mode
 from capsule.adapters.repository.index import BlobLocation
 from capsule.adapters.repository.packcache import whole_packs
@@ -111,9 +114,10 @@ def blob_batches(locs: Iterable[tuple[bytes, BlobLocation]]) -> Iterator[Batch]:
         yield batch
 
 
-def read_batch(repo: Repository, batch: Batch) -> bytes:
-    # The whole file's SHA-256 is checked at the end: no need to hash each blob as well.
-    return b"".join(repo.read_blobs(batch, check_id=False))
+def read_batch(repo: Repository, batch: Batch, check_id: bool = False) -> bytes:
+    # The whole file's SHA-256 is checked at the end: no need to hash each blob as well, unless
+    # the entry has none (`check_id`).
+    return b"".join(repo.read_blobs(batch, check_id=check_id))
 
 
 def locate_all(repo: Repository, entry: Entry) -> Iterator[tuple[bytes, BlobLocation]]:
@@ -142,10 +146,11 @@ def write_entry(
 ) -> RestoredFile:
     """Write `entry` to a temporary file beside `target`, verified and fsynced; return it.
 
-    Every blob is authenticated and the file's SHA-256 must equal the manifest's before this
-    returns; `check_database` also runs SQLite's quick_check on a database. The file is private
-    (0600) while it is written and gets its final `mode` (by default the snapshot's) only once
-    it is complete and checked.
+    Every blob is authenticated and the file's SHA-256 must equal the manifest's (for a database
+    entry without one: every chunk's keyed id must be the one it names) before this returns;
+    `check_database` also runs SQLite's quick_check on a database. The file is private (0600)
+    while it is written and gets its final `mode` (by default the snapshot's) only once it is
+    complete and checked. The SHA-256 returned is always that of the bytes written.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned(target.parent, target.name)
@@ -162,6 +167,7 @@ def write_entry(
                     fd=f.fileno(),
                     id_groups=content_id_groups(repo, entry),
                     progress=progress,
+                    page_ids=page_id_check(repo, entry, target),
                 )
             else:
                 written, digest = _write_in_process(
@@ -207,8 +213,9 @@ def _write_in_process(
     sha = hashlib.sha256()
     futures: deque[Future[bytes]] = deque()
     written = synced = 0
+    check_id = entry.sha256 is None  # then each blob's id is checked against its plaintext
     for batch in blob_batches(locate_all(repo, entry)):
-        futures.append(threads.submit(read_batch, repo, batch))
+        futures.append(threads.submit(read_batch, repo, batch, check_id))
         if len(futures) < IN_FLIGHT:
             continue
         written += _write_blobs(f, sha, futures.popleft().result())
@@ -231,6 +238,37 @@ def _write_blobs(f: BinaryIO, sha: hashlib._Hash, data: bytes | memoryview) -> i
     f.write(data)
     sha.update(data)
     return len(data)
+
+
+def page_id_check(repo: Repository, entry: Entry, target: Path) -> PageIdCheck | None:
+    """The check of a database entry's bytes against its chunk ids, if it has no SHA-256."""
+    if entry.sha256 is not None or entry.sqlite is None:
+        return None
+    chunk = entry.sqlite.page_size * entry.sqlite.pages_per_chunk
+    return PageIdCheck(repo.sealer, chunk, str(target))
+
+
+def file_matches(repo: Repository, entry: Entry, path: Path) -> str | None:
+    """The SHA-256 of the file at `path` if it holds `entry`'s bytes, else None: held to the
+    entry's SHA-256, or, for a database entry without one, to its chunk ids (the index is read)."""
+    if path.stat().st_size != entry.size:
+        return None
+    check = page_id_check(repo, entry, path)
+    if check is None:
+        digest = sha256_file(path)
+        return digest if digest == entry.sha256 else None
+    for ids in content_id_groups(repo, entry):
+        check.expect(ids)
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(SPAN_LIMIT):
+            sha.update(block)
+            check.update(block)
+    try:
+        check.finish()
+    except IntegrityError:
+        return None
+    return sha.hexdigest()
 
 
 def put_in_place(tmp: Path, target: Path) -> None:

@@ -56,7 +56,15 @@ from capsule.adapters.sqlite.snapshot import (
 )
 from capsule.adapters.workers.sealpool import SealPool
 from capsule.domain.errors import CapsuleError
-from capsule.domain.manifest import Entry, Manifest, SourceIdentity, SqliteInfo, Totals
+from capsule.domain.manifest import (
+    MANIFEST_VERSION,
+    PAGE_IDS_MANIFEST_VERSION,
+    Entry,
+    Manifest,
+    SourceIdentity,
+    SqliteInfo,
+    Totals,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -218,7 +226,7 @@ def parent_chunks(repo: Repository, parent: Entry | None, chunk_size: int) -> Pa
         log.warning("could not read the parent snapshot's chunk ids; every chunk is looked up", error=str(e))
         return None
     lists = frozenset(bytes.fromhex(i) for i in parent.blob_lists)
-    return ParentChunks(ids, repo.known_joined(ids), lists, parent.size, parent.sha256)
+    return ParentChunks(ids, repo.known_joined(ids), lists)
 
 
 def store_database_copy(
@@ -509,6 +517,7 @@ def commit_database(
     if job_id is not None and retry and (found := find_committed(repo, job_id, "database")) is not None:
         return found
     manifest = Manifest(
+        version=MANIFEST_VERSION if stored.entry.sha256 is not None else PAGE_IDS_MANIFEST_VERSION,
         kind="database",
         full=full,
         time=stored.taken_at or now,

@@ -2,11 +2,15 @@
 
 Two stages run as a pipeline: the workers hash a block of the file; the parent looks the ids up in
 the index; the workers seal the chunks it does not have; the parent adds them to packs in file
-order. The file's SHA-256 is computed by a thread of its own reading the file alongside.
+order.
 
 With the parent snapshot's ids (`ParentChunks`), a chunk whose id is the parent's at the same place
 is not looked up: the parent's ids were checked as stored once, in one search, before the store
-began. Only the ids that differ are looked up, those of several blocks together.
+began. Only the ids that differ are looked up, those of several blocks together. Without a parent
+(a first or a full backup) the file's SHA-256 is computed too, by a thread of its own reading the
+file alongside; built on a parent, the entry leaves it out: a digest of the whole file would cost
+a read and a hash of every page, while the pages' keyed ids already name every byte, and a restore
+checks each of them (see `capsule.adapters.repository.contentcheck`).
 """
 
 from __future__ import annotations
@@ -63,20 +67,9 @@ class ParentChunks:
     the ids of the parent's list blobs, each read back whole when the ids were.
     """
 
-    def __init__(
-        self,
-        ids: bytes,
-        stored: npt.NDArray[np.bool_],
-        lists: frozenset[bytes],
-        size: int | None = None,
-        sha256: str | None = None,
-    ) -> None:
+    def __init__(self, ids: bytes, stored: npt.NDArray[np.bool_], lists: frozenset[bytes]) -> None:
         import numpy as np  # noqa: PLC0415
 
-        self.size = size
-        self.sha256 = sha256
-        """The parent's file size and SHA-256: a file of that size whose every chunk id is the
-        parent's has the parent's bytes, and so its SHA-256."""
         self.ids = ids
         self.matrix = np.frombuffer(ids, dtype=np.uint8).reshape(-1, ID_SIZE)
         self.stored = stored
@@ -124,9 +117,9 @@ def store_file_chunks(
     progress: Progress | None = None,
     growing: Growing | None = None,
     parent: ParentChunks | None = None,
-) -> tuple[dict[str, list[str]], StoreStats, str]:
+) -> tuple[dict[str, list[str]], StoreStats, str | None]:
     """Store every `chunk`-sized piece of the file's first `size` bytes; return (manifest blob
-    fields, figures, SHA-256 of those bytes).
+    fields, figures, SHA-256 of those bytes, or None when built on a `parent`).
 
     With `growing`, the file is still being written: each block is taken once it is final, and the
     first block last. With `parent`, the parent snapshot's chunks of the same size, an id equal to
@@ -186,16 +179,7 @@ def store_file_chunks(
         if progress is not None:
             progress(stats.bytes, size)
 
-    # The file's SHA-256 is the parent's while every chunk is the parent's: it is computed only
-    # from the first block that differs (from the file's start: a digest cannot be resumed).
-    same_file = parent is not None and parent.sha256 is not None and parent.size == size and growing is None
     digest: Future[str] | None = None
-
-    def start_digest() -> None:
-        nonlocal digest
-        if digest is None:
-            # A growing file's first block is final only at its end, and the digest starts there.
-            digest = hasher.submit(_sha256_when_done, path, growing, size)
 
     def to_look_up(offset: int, raw: bytes) -> list[int]:
         if parent is None:
@@ -203,13 +187,12 @@ def store_file_chunks(
         indices, changed = parent.differing(offset // chunk, raw)
         assert stats.changed is not None
         stats.changed += changed
-        if changed:
-            start_digest()
         return indices
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as hasher:
-        if not same_file:
-            start_digest()
+        if parent is None:
+            # A growing file's first block is final only at its end, and the digest starts there.
+            digest = hasher.submit(_sha256_when_done, path, growing, size)
         submit_hashes()
         while hashing:
             # The blocks already hashed are looked up together: one search for their differing ids.
@@ -245,7 +228,4 @@ def store_file_chunks(
         while sealing:
             finish_seal()
         fields = ids_out.finish(b"".join(head) if head is not None else None)
-        if digest is None:  # every chunk the parent's, and the size too
-            assert parent is not None and parent.sha256 is not None and stats.changed == 0
-            return fields, stats, parent.sha256
-        return fields, stats, digest.result()
+        return fields, stats, digest.result() if digest is not None else None

@@ -23,6 +23,7 @@ import numpy.typing as npt
 from capsule.adapters.directio import AlignedBuffer, Readahead, SharedSlots, open_direct, read_into
 from capsule.adapters.errors import NOT_INDEXED_ADVICE, BlobNotFound, IntegrityError
 from capsule.adapters.repository.backends.storage import LocalPaths, local_paths
+from capsule.adapters.repository.contentcheck import PageIdCheck
 from capsule.adapters.repository.crypto import ID_SIZE
 from capsule.adapters.repository.pack import BUNDLED
 from capsule.adapters.repository.repo import Repository
@@ -61,11 +62,13 @@ class _Reader:
     """Reads the restored file back for its SHA-256, around the page cache where it can (directio)."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
+        self.again: _Reader | None = None
         self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self.direct = open_direct(str(path), os.O_RDONLY)
         self.buffer = AlignedBuffer()
 
-    def hash_range(self, sha: hashlib._Hash, start: int, length: int) -> None:
+    def hash_range(self, sha: hashlib._Hash | PageIdCheck, start: int, length: int) -> None:
         end = start + length
         while start < end:
             size = min(HASH_READ, end - start)
@@ -75,11 +78,20 @@ class _Reader:
                 raise IntegrityError("the restored file is shorter than what the workers wrote") from e
             start += size
 
+    def check_range(self, check: PageIdCheck, start: int, length: int) -> None:
+        """The same bytes read again for the page ids' check, into a buffer of its own (the two
+        run on different threads)."""
+        if self.again is None:
+            self.again = _Reader(self.path)
+        self.again.hash_range(check, start, length)
+
     def close(self) -> None:
         os.close(self.fd)
         if self.direct is not None:
             os.close(self.direct)
         self.buffer.close()
+        if self.again is not None:
+            self.again.close()
 
 
 class _Requests:
@@ -181,16 +193,19 @@ def write_with_pool(
     fd: int,
     id_groups: Iterable[bytes],
     progress: Progress | None = None,
+    page_ids: PageIdCheck | None = None,
 ) -> tuple[int, str]:
     """Fill the open, empty file `path` (descriptor `fd`) with `entry`; return (bytes, SHA-256).
 
     Each request's plaintext passes through a slot of memory shared with the workers, where the
     hasher thread reads it in file order; a request too long for a slot is read back from the file.
+    With `page_ids` (a database entry without a SHA-256), a thread of its own checks the same bytes
+    against the chunk ids too.
     """
     requests = _Requests(repo, entry)
     sha = hashlib.sha256()
     in_flight: deque[tuple[Future[memoryview], int, int, int | None]] = deque()
-    hashed: deque[Future[None]] = deque()
+    hashed: deque[list[Future[None]]] = deque()  # for each request: its hash and its check
     written = synced = offset = 0
     slots = SharedSlots(SLOTS, SLOT_BYTES)
     reader = _Reader(path)
@@ -201,7 +216,11 @@ def write_with_pool(
     write_back = reader.direct is None
     turn = itertools.cycle(range(slots.slots))
     try:
-        with ThreadPoolExecutor(1) as hasher, ThreadPoolExecutor(1) as syncer:
+        with (
+            ThreadPoolExecutor(1) as hasher,
+            ThreadPoolExecutor(1) as checker,
+            ThreadPoolExecutor(1) as syncer,
+        ):
 
             def complete() -> None:
                 nonlocal written, synced
@@ -213,9 +232,14 @@ def write_with_pool(
                     )
                 # The prefix up to here is complete: hash it in order on the hasher's thread.
                 if slot_at is None:
-                    hashed.append(hasher.submit(reader.hash_range, sha, at, got))
+                    done = [hasher.submit(reader.hash_range, sha, at, got)]
+                    if page_ids is not None:
+                        done.append(checker.submit(reader.check_range, page_ids, at, got))
                 else:
-                    hashed.append(hasher.submit(sha.update, slots.view(slot_at, got)))
+                    done = [hasher.submit(sha.update, slots.view(slot_at, got))]
+                    if page_ids is not None:
+                        done.append(checker.submit(page_ids.update, slots.view(slot_at, got)))
+                hashed.append(done)
                 written += got
                 if written - synced >= SYNC_EVERY and write_back:
                     syncer.submit(os.fdatasync, fd)  # start the write-back early
@@ -224,6 +248,8 @@ def write_with_pool(
                     progress(written, entry.size)
 
             for ids in id_groups:
+                if page_ids is not None:
+                    page_ids.expect(ids)
                 for body, plain in requests.build(ids, offset):
                     # A slot is free again once the request that used it last is hashed: requests
                     # take the slots in turn, and at most SLOTS requests are between the two.
@@ -231,7 +257,8 @@ def write_with_pool(
                         if len(in_flight) >= IN_FLIGHT or not hashed:
                             complete()
                         else:
-                            hashed.popleft().result()
+                            for h in hashed.popleft():
+                                h.result()
                     slot_at = slots.at(next(turn)) if plain <= slots.slot_bytes else None
                     slot = (
                         (slots.path, slots.token, slot_at, slots.slot_bytes) if slot_at is not None else None
@@ -242,8 +269,11 @@ def write_with_pool(
                         complete()
             while in_flight:
                 complete()
-            for h in hashed:
-                h.result()
+            for done in hashed:
+                for h in done:
+                    h.result()
+            if page_ids is not None:
+                page_ids.finish()
     finally:
         reader.close()
         slots.close()

@@ -386,14 +386,29 @@ class Shop:
         return self.run("restore", ref, "--to", str(to), *extra, expect=expect)
 
     def manifest_sha256(self, snapshot_id: str) -> str:
-        """The SHA-256 the snapshot's manifest records for its database file (read with the API)."""
+        """The SHA-256 of the snapshot's database file (read with the API): the one its manifest
+        records, or, for a snapshot built on its parent's pages (no SHA-256 in its entry), that of
+        its chunks read back in this process, each checked against its id."""
+        import hashlib
+
+        from capsule.adapters.repository.restore import blob_batches, locate_all
         from capsule.orchestrator.settings import Settings
         from capsule.orchestrator.usecases.repository import open_repository
 
         settings = Settings(database=self.database, repository=self.repository, home=self.home)
-        manifest = open_repository(settings).load_snapshot(snapshot_id)
+        repo = open_repository(settings)
+        manifest = repo.load_snapshot(snapshot_id)
         assert len(manifest.entries) == 1
-        return manifest.entries[0].sha256
+        entry = manifest.entries[0]
+        if entry.sha256 is not None:
+            return entry.sha256
+        assert manifest.version == 3 and entry.sqlite is not None
+        repo.ensure_index()
+        sha = hashlib.sha256()
+        for batch in blob_batches(locate_all(repo, entry)):
+            for data in repo.read_blobs(batch, check_id=True):
+                sha.update(data)
+        return sha.hexdigest()
 
     def journal_mode_of(self, snapshot_id: str) -> str:
         from capsule.orchestrator.settings import Settings

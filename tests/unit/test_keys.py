@@ -298,7 +298,9 @@ def test_key_file_is_private_to_its_owner(tmp_path):
 
 def test_snapshot_of_a_newer_manifest_version_is_refused(tmp_path):
     repo, _ = new_repository(tmp_path)
-    newer = b'{"version": 3, "kind": "database", "entries": [], "something": "new"}'
+    newer = b'{"version": 4, "kind": "database", "entries": [], "something": "new"}'
     name = repo.save_sealed("snapshots", newer)
-    with pytest.raises(UnsupportedVersion, match="manifest version 3"):
+    with pytest.raises(
+        UnsupportedVersion, match="manifest version 4; this Capsule reads version 3 and older"
+    ):
         repo.load_snapshot(name)

@@ -33,10 +33,10 @@ def _pages(path: Path) -> list[bytes]:
 
 
 def _restores_to(repo: Repository, result: BackupResult, db: Path, out: Path) -> None:
-    restore_snapshot(repo, result.manifest, out, workers=WORKERS)
+    (done,) = restore_snapshot(repo, result.manifest, out, workers=WORKERS)
     restored = hashlib.sha256((out / db.name).read_bytes()).hexdigest()
-    assert restored == result.manifest.entries[0].sha256
-    assert restored == hashlib.sha256(db.read_bytes()).hexdigest()
+    assert restored == done.sha256 == hashlib.sha256(db.read_bytes()).hexdigest()
+    assert result.manifest.entries[0].sha256 in (None, restored)
 
 
 def _database(tmp_path: Path) -> Path:
@@ -66,7 +66,7 @@ def test_a_backup_with_nothing_changed_looks_up_no_page_on_its_own(tmp_path: Pat
     assert sum(asked) <= pages + lists, asked
 
 
-def test_the_file_is_hashed_with_sha256_only_when_a_page_differs_from_the_parent(
+def test_the_file_is_hashed_with_sha256_only_without_a_parent_to_build_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db = _database(tmp_path)
@@ -81,10 +81,11 @@ def test_the_file_is_hashed_with_sha256_only_when_a_page_differs_from_the_parent
     monkeypatch.setattr(pagestore, "sha256_file", counting)
     first = _backup(repo, db, tmp_path / "staging", 0)
     assert len(hashed) == 1
+    assert first.manifest.entries[0].sha256 == hashlib.sha256(db.read_bytes()).hexdigest()
 
     same = _backup(reopen(repo, key_file), db, tmp_path / "staging", 1)
-    assert len(hashed) == 1  # every page the parent's: so is the digest
-    assert same.manifest.entries[0].sha256 == first.manifest.entries[0].sha256
+    assert len(hashed) == 1  # built on the parent: its page ids stand for the digest
+    assert same.manifest.entries[0].sha256 is None
     _restores_to(reopen(repo, key_file), same, db, tmp_path / "same")
 
     conn = sqlite3.connect(db)
@@ -92,10 +93,21 @@ def test_the_file_is_hashed_with_sha256_only_when_a_page_differs_from_the_parent
     conn.commit()
     conn.close()
     changed = _backup(reopen(repo, key_file), db, tmp_path / "staging", 2)
-    assert len(hashed) == 2
+    assert len(hashed) == 1
     assert changed.manifest.totals.changed_chunks == 1
-    assert changed.manifest.entries[0].sha256 != first.manifest.entries[0].sha256
+    assert changed.manifest.entries[0].sha256 is None
     _restores_to(reopen(repo, key_file), changed, db, tmp_path / "changed")
+
+    full = backup_database(
+        reopen(repo, key_file),
+        db,
+        tmp_path / "staging",
+        now=T0 + timedelta(hours=3),
+        workers=WORKERS,
+        full=True,
+    )
+    assert len(hashed) == 2  # a full backup reads every page anyway, and records the digest
+    assert full.manifest.entries[0].sha256 == hashlib.sha256(db.read_bytes()).hexdigest()
 
 
 def test_a_backup_after_some_sales_counts_and_stores_the_changed_pages(tmp_path: Path) -> None:
