@@ -18,6 +18,7 @@ import contextlib
 import errno
 import hashlib
 import io
+import itertools
 import os
 import signal
 import struct
@@ -67,6 +68,8 @@ RESTORE_FILE = struct.Struct("<IqQ32s")
 OP_CHECK_PACK = 7
 
 OPEN_PACKS = 16
+# A seal request for fewer than one piece in this many of its block reads those pieces alone.
+SPARSE_PIECES = 8
 OPEN_BUNDLES = 8  # bundles kept opened: a file's pages may alternate between a few of them
 
 STATUS_OK, STATUS_INTEGRITY, STATUS_MISSING, STATUS_ERROR, STATUS_NO_SPACE = 0, 1, 2, 3, 4
@@ -105,6 +108,21 @@ def _pread(path: str, offset: int, length: int) -> bytes:
         os.close(fd)
 
 
+def _pread_pieces(path: str, pieces: list[tuple[int, int]]) -> bytes:
+    """The (offset, length) pieces of the file, end to end."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        out = bytearray()
+        for offset, length in pieces:
+            got = os.pread(fd, length, offset)
+            if len(got) != length:
+                raise OSError(f"{path} is shorter than expected")
+            out += got
+        return bytes(out)
+    finally:
+        os.close(fd)
+
+
 class Worker:
     def __init__(self, key: MasterKey, level: int) -> None:
         self.sealer = Sealer(key)
@@ -132,13 +150,27 @@ class Worker:
         pos += PIECES.size
         indices = struct.unpack_from(f"<{n}I", body, pos)
         ids = body[pos + 4 * n : pos + 4 * n + ID_SIZE * n]
-        data = _pread(path, offset, length)
-        if len(data) != length:
-            raise OSError(f"{path} is shorter than expected")
-        items = [
-            (offset + i * chunk, min(chunk, length - i * chunk), ids[k * ID_SIZE : (k + 1) * ID_SIZE])
-            for k, i in enumerate(indices)
-        ]
+        lengths = [min(chunk, length - i * chunk) for i in indices]
+        if n * SPARSE_PIECES > length // chunk:
+            data = _pread(path, offset, length)
+            if len(data) != length:
+                raise OSError(f"{path} is shorter than expected")
+            items = [
+                (offset + i * chunk, size, ids[k * ID_SIZE : (k + 1) * ID_SIZE])
+                for k, (i, size) in enumerate(zip(indices, lengths, strict=True))
+            ]
+        else:
+            # A few pieces of the block (an hourly backup's changed pages): read those alone, end
+            # to end, instead of the whole block again.
+            data = _pread_pieces(
+                path, [(offset + i * chunk, size) for i, size in zip(indices, lengths, strict=True)]
+            )
+            offset = 0
+            starts = list(itertools.accumulate(lengths, initial=0))[:-1]
+            items = [
+                (at, size, ids[k * ID_SIZE : (k + 1) * ID_SIZE])
+                for k, (at, size) in enumerate(zip(starts, lengths, strict=True))
+            ]
         if flags & SEAL_BUNDLE:
             return self._seal_bundles(data, offset, items, blob_type, flags & SEAL_COMPRESS)
         return self._seal_items(data, offset, items, blob_type, flags & SEAL_COMPRESS)
