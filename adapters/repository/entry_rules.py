@@ -66,14 +66,15 @@ def check_size(entry: Entry, stored: int) -> None:
         )
 
 
-def check_content(entry: Entry, size: int, sha256: str) -> None:
+def check_content(entry: Entry, size: int, sha256: str, *, ids_checked: bool = False) -> None:
     """Refuse content of `size` bytes and digest `sha256` that is not what `entry` recorded.
 
     A database entry without a SHA-256 has its bytes checked chunk by chunk against their ids
-    instead (`contentcheck`); only its size is left to check here."""
+    instead (`contentcheck`): a caller that did so says `ids_checked`, and only the size is left
+    to check here. Any other entry without a SHA-256 is refused."""
     if size != entry.size:
         raise IntegrityError(f"{entry.path} does not match its snapshot ({size} bytes, not {entry.size})")
-    if entry.sha256 is None and entry.sqlite is not None:
+    if entry.sha256 is None and entry.sqlite is not None and ids_checked:
         return
     if sha256 != entry.sha256:
         raise IntegrityError(f"{entry.path} does not match its snapshot (SHA-256 differs)")

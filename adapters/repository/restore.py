@@ -174,7 +174,8 @@ def write_entry(
                     repo, entry, f, threads=threads, syncer=syncer, progress=progress
                 )
             syncer.shutdown(wait=True)
-            check_content(entry, written, digest)
+            # Without a SHA-256 in the entry, every chunk was held to its id as it was written.
+            check_content(entry, written, digest, ids_checked=entry.sha256 is None)
             # SQLite's check reads the file from the page cache while the disk takes the last writes.
             checking = None
             if check_database and entry.sqlite:

@@ -18,10 +18,11 @@ from hypothesis import strategies as st
 from capsule.adapters.errors import IntegrityError
 from capsule.adapters.repository.contentcheck import PageIdCheck
 from capsule.adapters.repository.crypto import MasterKey, Sealer
+from capsule.adapters.repository.entry_rules import check_content
 from capsule.adapters.repository.pack import BLOB_DATA
 from capsule.adapters.repository.restore import restore_snapshot
 from capsule.adapters.sqlite.backup import backup_database
-from capsule.domain.manifest import Entry, Manifest
+from capsule.domain.manifest import Entry, Manifest, SqliteInfo
 from tests.unit.support import new_repository, reopen, wal_database_of_random_rows
 
 T0 = datetime(2024, 6, 1, 9, 0, tzinfo=UTC)
@@ -156,3 +157,13 @@ def test_only_a_manifest_of_version_3_may_name_a_database_without_its_sha256(tmp
     image = Entry(path="a.jpg", size=1, mode=0o644, mtime_ns=0, blobs=["00" * 32], sha256="00" * 32)
     with pytest.raises(ValueError, match="has no SHA-256"):
         Entry.model_validate({**image.model_dump(), "sha256": None})
+
+
+def test_content_without_a_sha256_passes_only_where_its_ids_were_checked() -> None:
+    info = SqliteInfo(page_size=4096, page_count=1, journal_mode="wal", pages_per_chunk=1)
+    entry = Entry(path="pos.db", size=4096, mode=0o644, mtime_ns=0, blobs=["00" * 32], sqlite=info)
+    check_content(entry, 4096, "ab" * 32, ids_checked=True)
+    with pytest.raises(IntegrityError, match="SHA-256 differs"):
+        check_content(entry, 4096, "ab" * 32)  # e.g. a files restore, which checks no ids
+    with pytest.raises(IntegrityError, match="4095 bytes, not 4096"):
+        check_content(entry, 4095, "ab" * 32, ids_checked=True)
