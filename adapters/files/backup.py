@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import itertools
 import os
 import socket
 import stat
@@ -33,7 +32,8 @@ import structlog
 from pydantic import BaseModel, ConfigDict
 
 from capsule.adapters.errors import SourceError
-from capsule.adapters.files.tree import ParentGroup, TreeWriter, iter_groups, path_key, tree_ids
+from capsule.adapters.files.parent import checked_parent, same, stored_tree, unchanged
+from capsule.adapters.files.tree import PriorEntry, RawGroup, TreeWriter, path_key
 from capsule.adapters.repository.backups import (
     BackupResult,
     find_committed,
@@ -41,12 +41,11 @@ from capsule.adapters.repository.backups import (
     latest_snapshot,
     missing_packs_warning,
 )
-from capsule.adapters.repository.chunks import entry_blob_fields, load_id_lists, workers
+from capsule.adapters.repository.chunks import entry_blob_fields, workers
 from capsule.adapters.repository.crypto import ID_SIZE
 from capsule.adapters.repository.pack import BLOB_DATA
 from capsule.adapters.repository.rebuild import adopt_unindexed_packs
 from capsule.adapters.repository.repo import PreparedBlob, Repository
-from capsule.domain.errors import CapsuleError
 from capsule.domain.manifest import Entry, Manifest, SourceIdentity, Totals
 
 log = structlog.get_logger(__name__)
@@ -67,9 +66,6 @@ IN_FLIGHT_BYTES = 64 * MiB
 IN_FLIGHT_FILES = 512
 WARNINGS_KEPT = 200  # in the manifest, and in the store step's result (an event: keep it small)
 PROGRESS_EVERY = 0.25  # seconds
-# The parent's groups whose files' blobs are looked up in one search of the index (about 2,000
-# ids): a search costs much the same for 64 ids as for 4,096.
-CHECKED_GROUPS = 32
 
 # The first bytes of formats that are compressed already: zstd would spend time for nothing.
 _COMPRESSED_MAGIC = (
@@ -175,13 +171,13 @@ class _Pending:
     """An entry waiting for its turn in walk order: ready, or a file still being read."""
 
     path: str
-    entry: Entry | None
+    entry: Entry | PriorEntry | None
     read: Future[_Read] | None = None
     stat: os.stat_result | None = None
-    parent: Entry | None = None
+    parent: PriorEntry | None = None
     size: int = 0
     fd: int = -1
-    group: ParentGroup | None = None
+    group: RawGroup | None = None
     blobs: int | None = None
     batch: _Batch | None = None
     slot: int = 0
@@ -379,7 +375,7 @@ class _Walker:
         self,
         repo: Repository,
         *,
-        parent: Iterator[tuple[ParentGroup, Entry]],
+        parent: Iterator[PriorEntry],
         full: bool,
         progress: Callable[[int, int], None] | None,
         estimate: int,
@@ -389,14 +385,13 @@ class _Walker:
         self.repo = repo
         self.full = full
         self.check = full_check(repo) if full else None
-        # An unchanged file is reused only if all its blobs are still stored: `_checked_parent`
+        # An unchanged file is reused only if all its blobs are still stored: `checked_parent`
         # names those that are not as it reads the parent's groups.
         self.not_stored = not_stored if not_stored is not None else set()
         self.figures = _Figures()
         self.tree = TreeWriter(repo, self.check, stored_groups)
         self._parent = parent
-        self._next_parent: Entry | None = None
-        self._next_group: ParentGroup | None = None
+        self._next_parent: PriorEntry | None = None
         self._next_key: list[str] | None = None
         self._advance_parent()
         self._queue: deque[_Pending] = deque()
@@ -412,16 +407,15 @@ class _Walker:
 
     # ---- the parent snapshot, merged in walk order ------------------------------------------
     def _advance_parent(self) -> None:
-        found = next(self._parent, None)
-        self._next_group, self._next_parent = found if found is not None else (None, None)
+        self._next_parent = next(self._parent, None)
         self._next_key = None  # made when needed: most lookups match the next entry at once
 
-    def _parent_entry(self, path: str) -> tuple[Entry | None, ParentGroup | None]:
-        """The parent snapshot's entry at `path` and the group it is in, if it has one."""
+    def _parent_entry(self, path: str) -> PriorEntry | None:
+        """The parent snapshot's entry at `path`, if it has one."""
         key: list[str] | None = None
         while self._next_parent is not None:
             if self._next_parent.path == path:
-                found = self._next_parent, self._next_group
+                found = self._next_parent
                 self._advance_parent()
                 return found
             if key is None:
@@ -431,7 +425,7 @@ class _Walker:
             if self._next_key > key:
                 break
             self._advance_parent()  # gone from the folder since the parent snapshot
-        return None, None
+        return None
 
     # ---- the walk ----------------------------------------------------------------------------
     def run(self, root_fd: int) -> None:
@@ -458,17 +452,17 @@ class _Walker:
                     batch.fd = -1
 
     def _visit(self, path: str, name: str, st: os.stat_result, dir_fd: int) -> None:
-        parent, group = self._parent_entry(path)
+        parent = self._parent_entry(path)
         mode = st.st_mode
         if stat.S_ISREG(mode):
-            self._visit_file(path, name, st, dir_fd, parent=parent, group=group)
+            self._visit_file(path, name, st, dir_fd, parent=parent)
             return
         common = {"path": path, "mode": stat.S_IMODE(mode), "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
         if stat.S_ISDIR(mode):
             self.figures.dirs += 1
-            self._ready(path, Entry(type="dir", **common), parent, group)
+            self._found(Entry(type="dir", **common), parent)
         elif stat.S_ISLNK(mode):
-            self._visit_link(path, name, dir_fd, common, parent=parent, group=group)
+            self._visit_link(path, name, dir_fd, common, parent=parent)
         else:
             what = _SPECIAL.get(stat.S_IFMT(mode), "not a regular file")
             self.figures.warn(path, f"skipped: it is {what}, which a backup cannot hold")
@@ -480,8 +474,7 @@ class _Walker:
         dir_fd: int,
         common: dict[str, object],
         *,
-        parent: Entry | None,
-        group: ParentGroup | None,
+        parent: PriorEntry | None,
     ) -> None:
         try:
             target = os.readlink(name, dir_fd=dir_fd)
@@ -496,7 +489,7 @@ class _Walker:
             self.figures.warn(path, f"skipped: the link could not be read ({_describe(e)})")
             return
         self.figures.symlinks += 1
-        self._ready(path, Entry(type="symlink", target=target, size=size, **common), parent, group)
+        self._found(Entry(type="symlink", target=target, size=size, **common), parent)
 
     def _visit_file(
         self,
@@ -505,21 +498,15 @@ class _Walker:
         st: os.stat_result,
         dir_fd: int,
         *,
-        parent: Entry | None,
-        group: ParentGroup | None,
+        parent: PriorEntry | None,
     ) -> None:
-        if (
-            not self.full
-            and parent is not None
-            and parent.type == "file"
-            and _unchanged(parent, st)
-            and self._still_stored(parent)
-        ):
+        if not self.full and parent is not None and unchanged(parent.raw, st) and self._still_stored(parent):
             mode = stat.S_IMODE(st.st_mode)
-            if parent.mode == mode and parent.ctime_ns == st.st_ctime_ns:
-                self._ready(path, parent, parent, group)
+            if parent.raw.get("mode") == mode and parent.raw.get("ctime_ns") == st.st_ctime_ns:
+                self._ready(path, parent, group=parent.group)
             else:  # a parent of before ctime_ns was recorded gets it now
-                self._ready(path, parent.model_copy(update={"mode": mode, "ctime_ns": st.st_ctime_ns}))
+                update = {"mode": mode, "ctime_ns": st.st_ctime_ns}
+                self._ready(path, parent.model().model_copy(update=update))
             return
         if st.st_size <= CDC_MIN:
             self._add_to_batch(path, name, st, dir_fd, parent)
@@ -545,7 +532,7 @@ class _Walker:
         self._queue.append(pending)
 
     def _add_to_batch(
-        self, path: str, name: str, st: os.stat_result, dir_fd: int, parent: Entry | None
+        self, path: str, name: str, st: os.stat_result, dir_fd: int, parent: PriorEntry | None
     ) -> None:
         batch = self._batch
         if batch is not None and batch.dir_fd != dir_fd:
@@ -612,29 +599,33 @@ class _Walker:
             read.data = b""
         return reads
 
-    def _still_stored(self, entry: Entry) -> bool:
+    def _still_stored(self, entry: PriorEntry) -> bool:
         """Whether every blob of a parent's file entry is in a pack that is there (see
-        `_checked_parent`, which read its group)."""
+        `checked_parent`, which read its group)."""
         return entry.path not in self.not_stored
 
-    def _give_up(self, path: str, parent: Entry | None, reason: str) -> None:
+    def _give_up(self, path: str, parent: PriorEntry | None, reason: str) -> None:
         """Warn about a file that could not be read; keep its parent's version if there is one."""
-        if parent is not None and parent.type == "file" and not self._still_stored(parent):
+        is_file = parent is not None and parent.raw.get("type", "file") == "file"
+        if parent is not None and is_file and not self._still_stored(parent):
             self.figures.warn(path, f"skipped: {reason}; the previous backup's version is in a missing pack")
-        elif parent is not None and parent.type == "file":
+        elif parent is not None and is_file:
             self.figures.warn(path, f"{reason}; the version from the previous backup is kept")
-            self._ready(path, parent)
+            self._ready(path, parent.model())
         else:
             self.figures.warn(path, f"skipped: {reason}")
 
-    def _ready(
-        self, path: str, entry: Entry, parent: Entry | None = None, group: ParentGroup | None = None
-    ) -> None:
-        """Queue a finished entry; one equal to the parent's is queued as the parent's own object,
-        with its group, so that an unchanged group of the tree is reused whole."""
-        if parent is not None and parent is not entry and parent == entry:
-            entry = parent
-        self._queue.append(_Pending(path, entry, group=group if entry is parent else None))
+    def _found(self, entry: Entry, parent: PriorEntry | None) -> None:
+        """Queue a folder or a link; one equal to the parent's entry is queued as that entry, with
+        its group, so that an unchanged group of the tree is reused whole."""
+        if parent is not None and same(parent.raw, entry):
+            self._ready(entry.path, parent, group=parent.group)
+        else:
+            self._ready(entry.path, entry)
+
+    def _ready(self, path: str, entry: Entry | PriorEntry, group: RawGroup | None = None) -> None:
+        """Queue a finished entry: a parent's entry comes with its group, a new one without."""
+        self._queue.append(_Pending(path, entry, group=group))
 
     # ---- reading a file (on a reading thread, or here for a large one) -----------------------
     def _chunker(self) -> pyfastcdc.FastCDC:
@@ -755,79 +746,32 @@ class _Walker:
             return lambda i: self.repo.pending_blob(i) or index.in_recent(i)
         return None  # the repository's own test
 
-    def _blob_count(self, entry: Entry) -> int:
+    def _blob_count(self, blobs: list[str], blob_lists: list[str]) -> int:
         """How many chunks a reused entry has (a file read now counts the ids it read)."""
-        count = len(entry.blobs)
-        for list_id in entry.blob_lists:  # the index knows a list's length: no need to read it
+        count = len(blobs)
+        for list_id in blob_lists:  # the index knows a list's length: no need to read it
             loc = self.repo.index.lookup(bytes.fromhex(list_id))
             count += loc.plain_length // ID_SIZE if loc is not None else 0
         return count
 
-    def _record(self, entry: Entry, group: ParentGroup | None, blobs: int | None) -> None:
-        if entry.type == "file":
-            self.figures.files += 1
-            self.figures.bytes += entry.size
-            self.figures.blobs += blobs if blobs is not None else self._blob_count(entry)
-            self.done_bytes += entry.size
+    def _record(self, entry: Entry | PriorEntry, group: RawGroup | None, blobs: int | None) -> None:
+        if isinstance(entry, PriorEntry):
+            raw = entry.raw
+            if raw.get("type", "file") == "file":
+                self._count_file(raw.get("size", 0), blobs, raw.get("blobs", []), raw.get("blob_lists", []))
+        elif entry.type == "file":
+            self._count_file(entry.size, blobs, entry.blobs, entry.blob_lists)
         self.tree.add(entry, group)
         now = time.monotonic()
         if self._progress is not None and now - self._last_report >= PROGRESS_EVERY:
             self._last_report = now
             self._progress(self.done_bytes, max(self._estimate, self.done_bytes))
 
-
-def _checked_parent(
-    repo: Repository, manifest: Manifest, not_stored: set[str]
-) -> Iterator[tuple[ParentGroup, Entry]]:
-    """The parent snapshot's entries in walk order, each with its group. As groups are read, the
-    paths of their files whose blobs are not all stored go into `not_stored`: one search of the
-    index for CHECKED_GROUPS groups, before any of their entries is handed on. A pack may be gone
-    without any index naming it as missing (`rebuild-index` after it was lost): an unchanged file
-    is then read and stored again, never taken on trust from the parent."""
-    groups = iter_groups(repo, manifest)
-    while some := list(itertools.islice(groups, CHECKED_GROUPS)):
-        _check_files(repo, [entry for _, entries in some for entry in entries], not_stored)
-        for group, entries in some:
-            for entry in entries:
-                yield group, entry
-
-
-def _check_files(repo: Repository, entries: list[Entry], not_stored: set[str]) -> None:
-    """Add to `not_stored` the files of `entries` that name a blob no pack holds; a large file's
-    list blobs are opened and their ids checked too."""
-    files = [e for e in entries if e.type == "file"]
-    hexes = "".join([i for e in files for i in e.blobs])
-    known = repo.known_joined(bytes.fromhex(hexes)) if hexes else None
-    if known is not None and not known.all():
-        at = 0
-        for e in files:
-            if not known[at : at + len(e.blobs)].all():
-                not_stored.add(e.path)
-            at += len(e.blobs)
-    for e in files:
-        if e.blob_lists and e.path not in not_stored:
-            try:
-                named = bytes.fromhex("".join(e.blob_lists))
-                stored = bool(repo.known_joined(named).all()) and bool(
-                    repo.known_joined(b"".join(load_id_lists(repo, e.blob_lists))).all()
-                )
-            except CapsuleError:
-                stored = False
-            if not stored:
-                not_stored.add(e.path)
-
-
-def _unchanged(parent: Entry, st: os.stat_result) -> bool:
-    """Whether a file is taken to hold the same bytes as its entry in the parent snapshot, unread.
-
-    Size, modification time, inode and change time must all match. A program can put a file's
-    modification time back after rewriting it, but not its change time: the kernel sets that on
-    every write, rename and chmod. A parent written before change times were recorded is compared
-    without one, once; the new snapshot records it.
-    """
-    return (parent.size, parent.mtime_ns, parent.inode) == (st.st_size, st.st_mtime_ns, st.st_ino) and (
-        parent.ctime_ns is None or parent.ctime_ns == st.st_ctime_ns
-    )
+    def _count_file(self, size: int, blobs: int | None, ids: list[str], lists: list[str]) -> None:
+        self.figures.files += 1
+        self.figures.bytes += size
+        self.figures.blobs += blobs if blobs is not None else self._blob_count(ids, lists)
+        self.done_bytes += size
 
 
 def _open_file(name: str, dir_fd: int) -> int:
@@ -858,22 +802,6 @@ def open_root(root: Path) -> int:
         raise SourceError(f"the folder {root} cannot be read by this user; run Capsule as its owner") from e
 
 
-def _stored_tree(repo: Repository, parent: Manifest) -> set[bytes] | None:
-    """The parent snapshot's tree blobs, if they and its list blobs are all in packs that are
-    there (read and looked up together, once); else None: the backup then reads every file rather
-    than fail half-way through the parent's entries."""
-    try:
-        lists_stored = all(repo.known_many([bytes.fromhex(i) for i in parent.tree]))
-        ids = tree_ids(repo, parent) if lists_stored else []
-        whole = lists_stored and all(repo.known_many(ids))
-    except CapsuleError:
-        whole = False
-    if not whole:
-        log.warning("the previous files snapshot lost part of its entries; every file is read again")
-        return None
-    return set(ids)
-
-
 def store_files(
     repo: Repository,
     root: Path,
@@ -899,10 +827,10 @@ def store_files(
         stored_before = repo.stored_bytes
         # Checked whether or not a pack is known to be missing: after `rebuild-index` none is, and
         # the parent may still name tree blobs that no pack holds.
-        stored_groups = _stored_tree(repo, parent[1]) if parent is not None and not full else None
+        stored_groups = stored_tree(repo, parent[1]) if parent is not None and not full else None
         not_stored: set[str] = set()
         parent_entries = (
-            _checked_parent(repo, parent[1], not_stored)
+            checked_parent(repo, parent[1], not_stored)
             if parent is not None and stored_groups is not None
             else iter(())
         )

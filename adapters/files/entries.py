@@ -76,7 +76,7 @@ def decode_entries(raw: bytes) -> list[Entry]:
         entries: list[Entry] = _SHAPE.validate_json(raw)
     except ValueError:
         return ENTRIES.validate_json(raw)  # the model refuses it too, with its own error
-    if not _paths_safe([e.path for e in entries]):
+    if not paths_safe([e.path for e in entries]):
         return ENTRIES.validate_json(raw)
     fits: Any = Entry._fields_fit_type  # the model's own check, called as the model calls it
     try:
@@ -87,7 +87,7 @@ def decode_entries(raw: bytes) -> list[Entry]:
     return entries
 
 
-def _paths_safe(paths: list[str]) -> bool:
+def paths_safe(paths: list[str]) -> bool:
     """Whether `ensure_relative_path` takes every one of `paths`: a few scans of one string."""
     if not paths:
         return True
