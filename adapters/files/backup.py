@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict
 from capsule.adapters.errors import SourceError
 from capsule.adapters.files.parent import checked_parent, same, stored_tree, unchanged
 from capsule.adapters.files.tree import PriorEntry, RawGroup, TreeWriter, path_key
+from capsule.adapters.files.walk import Walk, describe
 from capsule.adapters.repository.backups import (
     BackupResult,
     find_committed,
@@ -166,7 +167,7 @@ class _Batch:
     fd: int = -1  # the folder's descriptor duplicated for the task, which closes it
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     """An entry waiting for its turn in walk order: ready, or a file still being read."""
 
@@ -194,170 +195,6 @@ class _Pending:
             return self.batch.future.result()[self.slot]
         assert self.read is not None
         return self.read.result()
-
-
-def _describe(error: OSError) -> str:
-    return error.strerror or type(error).__name__
-
-
-Listed = list[tuple[str, os.stat_result | OSError]]
-
-
-@dataclass
-class _Folder:
-    """A folder opened and listed ahead of the walk: its descriptor, or why it could not be."""
-
-    fd: int = -1
-    items: Listed | None = None
-    problem: str | None = None
-    children: dict[str, Future[dict[str, _Folder]]] = field(default_factory=dict)
-    """Its subfolders, being opened and listed ahead on the threads, a few to a task."""
-
-
-def _list(fd: int) -> Listed:
-    """(name, lstat or the error it raised) of every item in folder `fd`, sorted by name."""
-    with os.scandir(fd) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    listed: Listed = []
-    for entry in entries:
-        try:
-            listed.append((entry.name, entry.stat(follow_symlinks=False)))
-        except OSError as e:
-            listed.append((entry.name, e))
-    return listed
-
-
-def _open_folder(parent_fd: int, name: str, inode: int) -> _Folder:
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
-    except OSError as e:
-        problem = f"the folder could not be opened ({_describe(e)}); its contents are not backed up"
-        return _Folder(problem=problem)
-    folder = _Folder(fd=fd)
-    try:
-        if os.fstat(fd).st_ino != inode:
-            folder.problem = "the folder was replaced while it was read; its contents are not backed up"
-        else:
-            folder.items = _list(fd)
-    except OSError as e:
-        folder.problem = f"the folder could not be read ({_describe(e)}); its contents are not backed up"
-    return folder
-
-
-class _Walk:
-    """Everything under a folder in walk order, with folders opened and listed ahead on threads.
-
-    Listing a folder and examining its items waits on the disk when the cache is cold. Each folder
-    listed ahead has its own subfolders listed ahead in turn, up to AHEAD folders in all (each holds
-    a descriptor until the walk is through it), so the disk stays busy however the tree is shaped.
-    """
-
-    AHEAD = 512
-    # Subfolders opened and listed by one task: each task handed to a thread costs the walk a
-    # hand-over of the interpreter lock, and several tasks still keep the disk busy.
-    PER_TASK = 16
-
-    def __init__(
-        self, warn: Callable[[str, str], None], leaving: Callable[[], None], threads: int = 8
-    ) -> None:
-        self.warn = warn
-        self.leaving = leaving  # called before a folder's descriptor is closed
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="list")
-        self._budget = threading.Semaphore(self.AHEAD)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
-
-    def _open(self, parent_fd: int, name: str, inode: int) -> _Folder:
-        folder = _open_folder(parent_fd, name, inode)
-        self._look_ahead(folder)
-        return folder
-
-    def _open_some(self, parent_fd: int, wanted: list[tuple[str, int]]) -> dict[str, _Folder]:
-        return {name: self._open(parent_fd, name, inode) for name, inode in wanted}
-
-    def _look_ahead(self, folder: _Folder) -> None:
-        wanted: list[tuple[str, int]] = []
-        for name, st in folder.items or ():
-            if isinstance(st, os.stat_result) and stat.S_ISDIR(st.st_mode):
-                if not self._budget.acquire(blocking=False):
-                    break  # the walk opens the rest itself when it gets there
-                wanted.append((name, st.st_ino))
-        for at in range(0, len(wanted), self.PER_TASK):
-            some = wanted[at : at + self.PER_TASK]
-            future = self._pool.submit(self._open_some, folder.fd, some)
-            for name, _ in some:
-                folder.children[name] = future
-
-    def _done_with(self, folder: _Folder, *, close: bool = True) -> None:
-        """Close a folder once its subfolders opened ahead are finished with (they used its fd)."""
-        for name, future in folder.children.items():
-            child = future.result()[name]
-            self._budget.release()
-            self._done_with(child)
-        folder.children = {}
-        if close and folder.fd >= 0:
-            os.close(folder.fd)
-
-    def __call__(self, root_fd: int) -> Iterator[tuple[str, str, os.stat_result, int]]:
-        """(relative path, name, lstat, folder fd): the folder's descriptor stays valid until the
-        walk moves on, so open the item through it at once.
-
-        A loop over a stack of folders, not nested generators: a `yield from` chain costs every
-        item one step per level of depth.
-        """
-        try:
-            root = _Folder(fd=root_fd, items=_list(root_fd))
-        except OSError as e:
-            self.warn(".", f"the folder could not be read ({_describe(e)}); nothing was backed up")
-            return
-        self._look_ahead(root)
-        stack: list[tuple[_Folder, str, Iterator[tuple[str, os.stat_result | OSError]]]] = [
-            (root, "", iter(root.items or ()))
-        ]
-        try:
-            while stack:
-                folder, prefix, items = stack[-1]
-                item = next(items, None)
-                if item is None:
-                    self.leaving()
-                    stack.pop()
-                    self._done_with(folder, close=bool(stack))  # the caller closes the root
-                    continue
-                name, st = item
-                path = f"{prefix}/{name}" if prefix else name
-                try:
-                    name.encode("utf-8")
-                except UnicodeEncodeError:
-                    shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-                    self.warn(shown, "skipped: its name is not valid UTF-8")
-                    continue
-                if not isinstance(st, os.stat_result):
-                    what = (
-                        "vanished while the folder was read"
-                        if isinstance(st, FileNotFoundError)
-                        else (f"could not be examined ({_describe(st)})")
-                    )
-                    self.warn(path, f"skipped: it {what}")
-                    continue
-                yield path, name, st, folder.fd
-                if not stat.S_ISDIR(st.st_mode):
-                    continue
-                future = folder.children.pop(name, None)
-                if future is not None:
-                    sub = future.result()[name]
-                    self._budget.release()
-                else:
-                    sub = self._open(folder.fd, name, st.st_ino)
-                if sub.problem is not None or sub.items is None:
-                    self.warn(path, sub.problem or "the folder could not be read")
-                    self._done_with(sub)
-                    continue
-                stack.append((sub, path, iter(sub.items)))
-        finally:
-            while stack:  # only after an error: close what is still open, innermost first
-                folder, _, _ = stack.pop()
-                self._done_with(folder, close=bool(stack))
 
 
 _SPECIAL = {
@@ -398,7 +235,7 @@ class _Walker:
         self._in_flight = 0
         self._batch: _Batch | None = None
         self._threads = ThreadPoolExecutor(max_workers=workers() + 1, thread_name_prefix="read")
-        self._walk = _Walk(self.figures.warn, self._send_batch)
+        self._walk = Walk(self.figures.warn, self._send_batch)
         self._local = threading.local()
         self._progress = progress
         self._estimate = estimate
@@ -429,10 +266,13 @@ class _Walker:
 
     # ---- the walk ----------------------------------------------------------------------------
     def run(self, root_fd: int) -> None:
+        queue = self._queue
         try:
             for path, name, st, dir_fd in self._walk(root_fd):
+                if not queue and self._reused(path, st):
+                    continue
                 self._visit(path, name, st, dir_fd)
-                self._drain(block=self._in_flight > IN_FLIGHT_BYTES or len(self._queue) > IN_FLIGHT_FILES)
+                self._drain(block=self._in_flight > IN_FLIGHT_BYTES or len(queue) > IN_FLIGHT_FILES)
             while self._queue:
                 self._drain(block=True)
         finally:
@@ -450,6 +290,25 @@ class _Walker:
                 ):
                     os.close(batch.fd)
                     batch.fd = -1
+
+    def _reused(self, path: str, st: os.stat_result) -> bool:
+        """The common case, taken first: a file that is the parent's next entry, unchanged, and
+        nothing waiting ahead of it. It goes to the tree at once; anything else is `_visit`ed."""
+        parent = self._next_parent
+        if (
+            parent is None
+            or parent.path != path
+            or self.full
+            or not stat.S_ISREG(st.st_mode)
+            or not unchanged(parent.raw, st)
+            or parent.raw.get("mode") != stat.S_IMODE(st.st_mode)
+            or parent.raw.get("ctime_ns") != st.st_ctime_ns
+            or not self._still_stored(parent)
+        ):
+            return False
+        self._advance_parent()
+        self._record(parent, parent.group, None)
+        return True
 
     def _visit(self, path: str, name: str, st: os.stat_result, dir_fd: int) -> None:
         parent = self._parent_entry(path)
@@ -486,7 +345,7 @@ class _Walker:
             self.figures.warn(path, "skipped: the link's target is not valid UTF-8")
             return
         except OSError as e:
-            self.figures.warn(path, f"skipped: the link could not be read ({_describe(e)})")
+            self.figures.warn(path, f"skipped: the link could not be read ({describe(e)})")
             return
         self.figures.symlinks += 1
         self._found(Entry(type="symlink", target=target, size=size, **common), parent)
@@ -518,7 +377,7 @@ class _Walker:
             self.figures.warn(path, "skipped: it vanished before it could be read")
             return
         except OSError as e:
-            self._give_up(path, parent, f"it could not be read ({_describe(e)})")
+            self._give_up(path, parent, f"it could not be read ({describe(e)})")
             return
         pending = _Pending(path, None, stat=st, parent=parent, size=st.st_size, fd=fd)
         if st.st_size > WHOLE_READ:
@@ -560,7 +419,7 @@ class _Walker:
         except OSError as e:
             batch.future = Future()
             batch.future.set_result(
-                [_Read(problem=f"it could not be read ({_describe(e)})") for _ in batch.items]
+                [_Read(problem=f"it could not be read ({describe(e)})") for _ in batch.items]
             )
             return
         batch.future = self._threads.submit(self._read_batch, batch.fd, batch.items)
@@ -578,7 +437,7 @@ class _Walker:
                 except OSError as e:
                     if e.errno == errno.ENOSPC:
                         raise
-                    reads.append(_Read(problem=f"it could not be read ({_describe(e)})"))
+                    reads.append(_Read(problem=f"it could not be read ({describe(e)})"))
                     continue
                 reads.append(self._read(fd, st, stream=False, batched=True))
         finally:
@@ -673,7 +532,7 @@ class _Walker:
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 raise
-            out.problem = f"it could not be read ({_describe(e)})"
+            out.problem = f"it could not be read ({describe(e)})"
             return out
         if (
             (before.st_ino, before.st_size, before.st_mtime_ns) != (st.st_ino, st.st_size, st.st_mtime_ns)

@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from capsule.adapters.files.tree import PriorEntry, read_raw_groups, tree_ids
+from capsule.adapters.files.tree import PriorEntry, RawGroup, read_raw_groups, tree_ids
 from capsule.adapters.repository.chunks import load_id_lists
 from capsule.adapters.repository.repo import Repository
 from capsule.domain.errors import CapsuleError
@@ -45,9 +45,25 @@ def checked_parent(repo: Repository, manifest: Manifest, not_stored: set[str]) -
     read and stored again, never taken on trust from the parent."""
     groups = read_raw_groups(repo, tree_ids(repo, manifest))
     while some := list(itertools.islice(groups, CHECKED_GROUPS)):
-        priors = [PriorEntry(group, at, raw) for group in some for at, raw in enumerate(group.items)]
-        _check_files(repo, priors, not_stored)
-        yield from priors
+        if not _all_stored(repo, some):
+            priors = [PriorEntry(group, at, raw) for group in some for at, raw in enumerate(group.items)]
+            _check_files(repo, priors, not_stored)
+        for group in some:
+            for at, raw in enumerate(group.items):
+                yield PriorEntry(group, at, raw)
+
+
+def _all_stored(repo: Repository, groups: list[RawGroup]) -> bool:
+    """Whether every blob the entries of `groups` name directly is stored and none of them has a
+    list blob: the usual case, in one search and without looking at the entries one by one."""
+    try:
+        hexes = "".join([h for g in groups for raw in g.items for h in raw.get("blobs", ())])
+        named = bytes.fromhex(hexes)
+    except (TypeError, ValueError):
+        return False  # not what a backup writes: `_check_files` asks the model
+    if any("blob_lists" in raw for g in groups for raw in g.items):
+        return False
+    return not named or bool(repo.known_joined(named).all())
 
 
 def _check_files(repo: Repository, priors: list[PriorEntry], not_stored: set[str]) -> None:
