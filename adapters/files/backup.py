@@ -26,6 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pyfastcdc
 import structlog
@@ -178,7 +179,6 @@ class _Pending:
     parent: PriorEntry | None = None
     size: int = 0
     fd: int = -1
-    group: RawGroup | None = None
     blobs: int | None = None
     batch: _Batch | None = None
     slot: int = 0
@@ -212,7 +212,7 @@ class _Walker:
         self,
         repo: Repository,
         *,
-        parent: Iterator[PriorEntry],
+        parent: Iterator[RawGroup],
         full: bool,
         progress: Callable[[int, int], None] | None,
         estimate: int,
@@ -227,8 +227,12 @@ class _Walker:
         self.not_stored = not_stored if not_stored is not None else set()
         self.figures = _Figures()
         self.tree = TreeWriter(repo, self.check, stored_groups)
-        self._parent = parent
-        self._next_parent: PriorEntry | None = None
+        # The parent's entries, one group at a time: the next one is `_items[_at]` of `_group`.
+        self._groups = parent
+        self._group: RawGroup | None = None
+        self._items: list[dict[str, Any]] = []
+        self._at = -1
+        self._next_parent: dict[str, Any] | None = None
         self._next_key: list[str] | None = None
         self._advance_parent()
         self._queue: deque[_Pending] = deque()
@@ -244,21 +248,29 @@ class _Walker:
 
     # ---- the parent snapshot, merged in walk order ------------------------------------------
     def _advance_parent(self) -> None:
-        self._next_parent = next(self._parent, None)
+        self._at += 1
+        while self._at >= len(self._items):
+            group = next(self._groups, None)
+            if group is None:
+                self._next_parent = None
+                return
+            self._group, self._items, self._at = group, group.items, 0
+        self._next_parent = self._items[self._at]
         self._next_key = None  # made when needed: most lookups match the next entry at once
 
     def _parent_entry(self, path: str) -> PriorEntry | None:
         """The parent snapshot's entry at `path`, if it has one."""
         key: list[str] | None = None
         while self._next_parent is not None:
-            if self._next_parent.path == path:
-                found = self._next_parent
+            if self._next_parent["path"] == path:
+                assert self._group is not None
+                found = PriorEntry(self._group, self._at, self._next_parent)
                 self._advance_parent()
                 return found
             if key is None:
                 key = path_key(path)
             if self._next_key is None:
-                self._next_key = path_key(self._next_parent.path)
+                self._next_key = path_key(self._next_parent["path"])
             if self._next_key > key:
                 break
             self._advance_parent()  # gone from the folder since the parent snapshot
@@ -294,20 +306,22 @@ class _Walker:
     def _reused(self, path: str, st: os.stat_result) -> bool:
         """The common case, taken first: a file that is the parent's next entry, unchanged, and
         nothing waiting ahead of it. It goes to the tree at once; anything else is `_visit`ed."""
-        parent = self._next_parent
+        raw = self._next_parent
         if (
-            parent is None
-            or parent.path != path
+            raw is None
+            or raw["path"] != path
             or self.full
             or not stat.S_ISREG(st.st_mode)
-            or not unchanged(parent.raw, st)
-            or parent.raw.get("mode") != stat.S_IMODE(st.st_mode)
-            or parent.raw.get("ctime_ns") != st.st_ctime_ns
-            or not self._still_stored(parent)
+            or not unchanged(raw, st)
+            or raw.get("mode") != stat.S_IMODE(st.st_mode)
+            or raw.get("ctime_ns") != st.st_ctime_ns
+            or path in self.not_stored
         ):
             return False
+        group, at = self._group, self._at
+        assert group is not None
         self._advance_parent()
-        self._record(parent, parent.group, None)
+        self._record_prior(group, at, raw)
         return True
 
     def _visit(self, path: str, name: str, st: os.stat_result, dir_fd: int) -> None:
@@ -362,7 +376,7 @@ class _Walker:
         if not self.full and parent is not None and unchanged(parent.raw, st) and self._still_stored(parent):
             mode = stat.S_IMODE(st.st_mode)
             if parent.raw.get("mode") == mode and parent.raw.get("ctime_ns") == st.st_ctime_ns:
-                self._ready(path, parent, group=parent.group)
+                self._ready(path, parent)
             else:  # a parent of before ctime_ns was recorded gets it now
                 update = {"mode": mode, "ctime_ns": st.st_ctime_ns}
                 self._ready(path, parent.model().model_copy(update=update))
@@ -478,13 +492,13 @@ class _Walker:
         """Queue a folder or a link; one equal to the parent's entry is queued as that entry, with
         its group, so that an unchanged group of the tree is reused whole."""
         if parent is not None and same(parent.raw, entry):
-            self._ready(entry.path, parent, group=parent.group)
+            self._ready(entry.path, parent)
         else:
             self._ready(entry.path, entry)
 
-    def _ready(self, path: str, entry: Entry | PriorEntry, group: RawGroup | None = None) -> None:
-        """Queue a finished entry: a parent's entry comes with its group, a new one without."""
-        self._queue.append(_Pending(path, entry, group=group))
+    def _ready(self, path: str, entry: Entry | PriorEntry) -> None:
+        """Queue a finished entry: a new one, or the parent's (`PriorEntry`) unchanged."""
+        self._queue.append(_Pending(path, entry))
 
     # ---- reading a file (on a reading thread, or here for a large one) -----------------------
     def _chunker(self) -> pyfastcdc.FastCDC:
@@ -560,7 +574,7 @@ class _Walker:
             self._queue.popleft()
             entry = head.entry if head.read is None and head.batch is None else self._finish_file(head)
             if entry is not None:
-                self._record(entry, head.group, head.blobs)
+                self._record(entry, head.blobs)
             block = False  # one finished is enough to make room; go on only with what is done
 
     def _finish_file(self, pending: _Pending) -> Entry | None:
@@ -613,14 +627,23 @@ class _Walker:
             count += loc.plain_length // ID_SIZE if loc is not None else 0
         return count
 
-    def _record(self, entry: Entry | PriorEntry, group: RawGroup | None, blobs: int | None) -> None:
+    def _record(self, entry: Entry | PriorEntry, blobs: int | None) -> None:
         if isinstance(entry, PriorEntry):
-            raw = entry.raw
-            if raw.get("type", "file") == "file":
-                self._count_file(raw.get("size", 0), blobs, raw.get("blobs", []), raw.get("blob_lists", []))
-        elif entry.type == "file":
+            self._record_prior(entry.group, entry.at, entry.raw)
+            return
+        if entry.type == "file":
             self._count_file(entry.size, blobs, entry.blobs, entry.blob_lists)
-        self.tree.add(entry, group)
+        self.tree.add(entry)
+        self._report()
+
+    def _record_prior(self, group: RawGroup, at: int, raw: dict[str, Any]) -> None:
+        """Count and add to the tree the parent's entry `at` of `group`, unchanged."""
+        if raw.get("type", "file") == "file":
+            self._count_file(raw.get("size", 0), None, raw.get("blobs", []), raw.get("blob_lists", []))
+        self.tree.add_prior(group, at)
+        self._report()
+
+    def _report(self) -> None:
         now = time.monotonic()
         if self._progress is not None and now - self._last_report >= PROGRESS_EVERY:
             self._last_report = now

@@ -37,10 +37,10 @@ _DEFAULTS: dict[str, Any] = {
 }
 
 
-def checked_parent(repo: Repository, manifest: Manifest, not_stored: set[str]) -> Iterator[PriorEntry]:
-    """The parent snapshot's entries in walk order. As groups are read, the paths of their files
-    whose blobs are not all stored go into `not_stored`: one search of the index for
-    CHECKED_GROUPS groups, before any of their entries is handed on. A pack may be gone without
+def checked_parent(repo: Repository, manifest: Manifest, not_stored: set[str]) -> Iterator[RawGroup]:
+    """The parent snapshot's groups of entries in walk order. As groups are read, the paths of
+    their files whose blobs are not all stored go into `not_stored`: one search of the index for
+    CHECKED_GROUPS groups, before any of them is handed on. A pack may be gone without
     any index naming it as missing (`rebuild-index` after it was lost): an unchanged file is then
     read and stored again, never taken on trust from the parent."""
     groups = read_raw_groups(repo, tree_ids(repo, manifest))
@@ -48,9 +48,7 @@ def checked_parent(repo: Repository, manifest: Manifest, not_stored: set[str]) -
         if not _all_stored(repo, some):
             priors = [PriorEntry(group, at, raw) for group in some for at, raw in enumerate(group.items)]
             _check_files(repo, priors, not_stored)
-        for group in some:
-            for at, raw in enumerate(group.items):
-                yield PriorEntry(group, at, raw)
+        yield from some
 
 
 def _all_stored(repo: Repository, groups: list[RawGroup]) -> bool:

@@ -64,7 +64,7 @@ class TreeWriter:
         # index does not lose a blob while a backup holds the repository.
         self._stored_groups = stored_groups
         self._check = has_blob
-        self._group: list[Entry | PriorEntry] = []
+        self._group: list[Entry | tuple[RawGroup, int]] = []
         self._from: RawGroup | None = None
         self._from_count = 0
         self._ids = bytearray()
@@ -72,15 +72,22 @@ class TreeWriter:
         self.new_blobs = 0
         self.reused_groups = 0
 
-    def add(self, entry: Entry | PriorEntry, unchanged_from: RawGroup | None = None) -> None:
-        """Add the next entry; a parent's entry unchanged comes as itself with its group."""
-        if not self._group:
-            self._from, self._from_count = unchanged_from, 0
-        if unchanged_from is not None and unchanged_from is self._from:
-            self._from_count += 1
+    def add(self, entry: Entry) -> None:
+        """Add the next entry, a new one."""
         self._group.append(entry)
         self.entries += 1
         if ends_group(entry.path) or len(self._group) >= GROUP_LIMIT:
+            self._store_group()
+
+    def add_prior(self, group: RawGroup, at: int) -> None:
+        """Add the next entry: entry `at` of the parent's `group`, unchanged."""
+        if not self._group:
+            self._from, self._from_count = group, 0
+        if group is self._from:
+            self._from_count += 1
+        self._group.append((group, at))
+        self.entries += 1
+        if ends_group(group.items[at]["path"]) or len(self._group) >= GROUP_LIMIT:
             self._store_group()
 
     def _store_group(self) -> None:
@@ -98,7 +105,7 @@ class TreeWriter:
             self.reused_groups += 1
         else:
             # A parent's entry goes into a new group as its model: its group is validated whole.
-            entries = [e if isinstance(e, Entry) else e.model() for e in self._group]
+            entries = [e if isinstance(e, Entry) else e[0].entry(e[1]) for e in self._group]
             blob = self.repo.prepare(BLOB_DATA, ENTRIES.dump_json(entries, exclude_defaults=True))
             if self.repo.add(blob, self._check):
                 self.new_blobs += 1
@@ -162,14 +169,12 @@ def parse_group(tree_id: bytes, raw: bytes) -> RawGroup:
     """A tree blob's plaintext as a `RawGroup`: a JSON array of objects whose paths all are
     relative and inside (refused as `load_group` refuses it otherwise)."""
     try:
-        items = pydantic_core.from_json(raw)
-    except ValueError:
-        items = None
-    if (
-        not isinstance(items, list)
-        or not all(type(i) is dict and type(i.get("path")) is str for i in items)
-        or not paths_safe([i["path"] for i in items])
-    ):
+        items = pydantic_core.from_json(raw, cache_strings="keys")
+        # A path that is not a string stops the join, an item that is not an object the subscript.
+        safe = type(items) is list and paths_safe([i["path"] for i in items])
+    except (ValueError, TypeError, KeyError, IndexError):
+        safe = False
+    if not safe:
         # What the model takes, JSON does not stop (it refuses the rest with its own error).
         entries = _decode(tree_id, raw)
         items = [e.model_dump(mode="json", exclude_defaults=True) for e in entries]
