@@ -66,6 +66,11 @@ BATCH_FILES = 64
 BATCH_BYTES = 1 * MiB
 IN_FLIGHT_BYTES = 64 * MiB
 IN_FLIGHT_FILES = 512
+# Threads that list folders ahead of the walk when there is no parent to build on (a first or a
+# full backup): then every file is read anyway, and the walk keeps up with the reading threads
+# better with folders listed ahead; with a parent, the walking thread lists them alone (see
+# docs/performance.md, "One walking thread").
+LIST_THREADS = 8
 WARNINGS_KEPT = 200  # in the manifest, and in the store step's result (an event: keep it small)
 PROGRESS_EVERY = 0.25  # seconds
 
@@ -218,6 +223,7 @@ class _Walker:
         estimate: int,
         stored_groups: set[bytes] | None = None,
         not_stored: set[str] | None = None,
+        list_threads: int = 0,
     ) -> None:
         self.repo = repo
         self.full = full
@@ -239,7 +245,7 @@ class _Walker:
         self._in_flight = 0
         self._batch: _Batch | None = None
         self._threads = ThreadPoolExecutor(max_workers=workers() + 1, thread_name_prefix="read")
-        self._walk = Walk(self.figures.warn, self._send_batch)
+        self._walk = Walk(self.figures.warn, self._send_batch, threads=list_threads)
         self._local = threading.local()
         self._progress = progress
         self._estimate = estimate
@@ -724,6 +730,7 @@ def store_files(
             progress=progress,
             estimate=parent[1].totals.bytes if parent is not None else 0,
             not_stored=not_stored,
+            list_threads=0 if stored_groups is not None else LIST_THREADS,
         )
         if lost is not None:
             walker.figures.warnings.insert(0, lost)

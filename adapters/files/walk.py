@@ -71,8 +71,9 @@ class Walk:
     By default the walking thread lists each folder itself when it gets there. Listing ahead on
     threads lets a cold disk serve several folders at once, but every item a listing thread
     examines is a hand-over of the interpreter lock with the walking thread, which the walk then
-    waits for: over 100,000 small files, the backup took longer with threads than without, on a
-    cold cache as on a warm one (docs/performance.md, "One walking thread").
+    waits for: over 100,000 small files with nothing changed, the backup took longer with threads
+    than without, on a cold cache as on a warm one; a first backup, which reads every file anyway,
+    gains a little from them (docs/performance.md, "One walking thread").
     With threads, each folder listed ahead has its own subfolders listed ahead in turn, up to
     AHEAD folders in all (each holds a descriptor until the walk is through it).
     """
