@@ -1,6 +1,8 @@
 """The files side: walk a folder, store what changed as trees, restore and check files.
 
 - `backup.py`: a files backup's store and commit steps: walk, reuse unchanged files, chunk the rest.
+- `walk.py`: every item under the folder in walk order, with its lstat, no link followed.
+- `parent.py`: the parent snapshot's entries, compared as parsed and checked as stored.
 - `tree.py`: a files snapshot's entries, in groups stored as tree blobs.
 - `entries.py`: a tree blob's entries read as `Entry`'s model reads them, its Python checks once a blob.
 - `treesearch.py`: only the tree blobs a path (or a pattern's leading folders) needs, by binary search.

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import itertools
 import os
 import socket
 import stat
@@ -27,13 +26,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pyfastcdc
 import structlog
 from pydantic import BaseModel, ConfigDict
 
 from capsule.adapters.errors import SourceError
-from capsule.adapters.files.tree import ParentGroup, TreeWriter, iter_groups, path_key, tree_ids
+from capsule.adapters.files.parent import checked_parent, same, stored_tree, unchanged
+from capsule.adapters.files.tree import PriorEntry, RawGroup, TreeWriter, path_key
+from capsule.adapters.files.walk import Walk, describe
 from capsule.adapters.repository.backups import (
     BackupResult,
     find_committed,
@@ -41,12 +43,11 @@ from capsule.adapters.repository.backups import (
     latest_snapshot,
     missing_packs_warning,
 )
-from capsule.adapters.repository.chunks import entry_blob_fields, load_id_lists, workers
+from capsule.adapters.repository.chunks import entry_blob_fields, workers
 from capsule.adapters.repository.crypto import ID_SIZE
 from capsule.adapters.repository.pack import BLOB_DATA
 from capsule.adapters.repository.rebuild import adopt_unindexed_packs
 from capsule.adapters.repository.repo import PreparedBlob, Repository
-from capsule.domain.errors import CapsuleError
 from capsule.domain.manifest import Entry, Manifest, SourceIdentity, Totals
 
 log = structlog.get_logger(__name__)
@@ -65,11 +66,13 @@ BATCH_FILES = 64
 BATCH_BYTES = 1 * MiB
 IN_FLIGHT_BYTES = 64 * MiB
 IN_FLIGHT_FILES = 512
+# Threads that list folders ahead of the walk when there is no parent to build on (a first or a
+# full backup): then every file is read anyway, and the walk keeps up with the reading threads
+# better with folders listed ahead; with a parent, the walking thread lists them alone (see
+# docs/performance.md, "One walking thread").
+LIST_THREADS = 8
 WARNINGS_KEPT = 200  # in the manifest, and in the store step's result (an event: keep it small)
 PROGRESS_EVERY = 0.25  # seconds
-# The parent's groups whose files' blobs are looked up in one search of the index (about 2,000
-# ids): a search costs much the same for 64 ids as for 4,096.
-CHECKED_GROUPS = 32
 
 # The first bytes of formats that are compressed already: zstd would spend time for nothing.
 _COMPRESSED_MAGIC = (
@@ -170,18 +173,17 @@ class _Batch:
     fd: int = -1  # the folder's descriptor duplicated for the task, which closes it
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     """An entry waiting for its turn in walk order: ready, or a file still being read."""
 
     path: str
-    entry: Entry | None
+    entry: Entry | PriorEntry | None
     read: Future[_Read] | None = None
     stat: os.stat_result | None = None
-    parent: Entry | None = None
+    parent: PriorEntry | None = None
     size: int = 0
     fd: int = -1
-    group: ParentGroup | None = None
     blobs: int | None = None
     batch: _Batch | None = None
     slot: int = 0
@@ -200,170 +202,6 @@ class _Pending:
         return self.read.result()
 
 
-def _describe(error: OSError) -> str:
-    return error.strerror or type(error).__name__
-
-
-Listed = list[tuple[str, os.stat_result | OSError]]
-
-
-@dataclass
-class _Folder:
-    """A folder opened and listed ahead of the walk: its descriptor, or why it could not be."""
-
-    fd: int = -1
-    items: Listed | None = None
-    problem: str | None = None
-    children: dict[str, Future[dict[str, _Folder]]] = field(default_factory=dict)
-    """Its subfolders, being opened and listed ahead on the threads, a few to a task."""
-
-
-def _list(fd: int) -> Listed:
-    """(name, lstat or the error it raised) of every item in folder `fd`, sorted by name."""
-    with os.scandir(fd) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    listed: Listed = []
-    for entry in entries:
-        try:
-            listed.append((entry.name, entry.stat(follow_symlinks=False)))
-        except OSError as e:
-            listed.append((entry.name, e))
-    return listed
-
-
-def _open_folder(parent_fd: int, name: str, inode: int) -> _Folder:
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
-    except OSError as e:
-        problem = f"the folder could not be opened ({_describe(e)}); its contents are not backed up"
-        return _Folder(problem=problem)
-    folder = _Folder(fd=fd)
-    try:
-        if os.fstat(fd).st_ino != inode:
-            folder.problem = "the folder was replaced while it was read; its contents are not backed up"
-        else:
-            folder.items = _list(fd)
-    except OSError as e:
-        folder.problem = f"the folder could not be read ({_describe(e)}); its contents are not backed up"
-    return folder
-
-
-class _Walk:
-    """Everything under a folder in walk order, with folders opened and listed ahead on threads.
-
-    Listing a folder and examining its items waits on the disk when the cache is cold. Each folder
-    listed ahead has its own subfolders listed ahead in turn, up to AHEAD folders in all (each holds
-    a descriptor until the walk is through it), so the disk stays busy however the tree is shaped.
-    """
-
-    AHEAD = 512
-    # Subfolders opened and listed by one task: each task handed to a thread costs the walk a
-    # hand-over of the interpreter lock, and several tasks still keep the disk busy.
-    PER_TASK = 16
-
-    def __init__(
-        self, warn: Callable[[str, str], None], leaving: Callable[[], None], threads: int = 8
-    ) -> None:
-        self.warn = warn
-        self.leaving = leaving  # called before a folder's descriptor is closed
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="list")
-        self._budget = threading.Semaphore(self.AHEAD)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
-
-    def _open(self, parent_fd: int, name: str, inode: int) -> _Folder:
-        folder = _open_folder(parent_fd, name, inode)
-        self._look_ahead(folder)
-        return folder
-
-    def _open_some(self, parent_fd: int, wanted: list[tuple[str, int]]) -> dict[str, _Folder]:
-        return {name: self._open(parent_fd, name, inode) for name, inode in wanted}
-
-    def _look_ahead(self, folder: _Folder) -> None:
-        wanted: list[tuple[str, int]] = []
-        for name, st in folder.items or ():
-            if isinstance(st, os.stat_result) and stat.S_ISDIR(st.st_mode):
-                if not self._budget.acquire(blocking=False):
-                    break  # the walk opens the rest itself when it gets there
-                wanted.append((name, st.st_ino))
-        for at in range(0, len(wanted), self.PER_TASK):
-            some = wanted[at : at + self.PER_TASK]
-            future = self._pool.submit(self._open_some, folder.fd, some)
-            for name, _ in some:
-                folder.children[name] = future
-
-    def _done_with(self, folder: _Folder, *, close: bool = True) -> None:
-        """Close a folder once its subfolders opened ahead are finished with (they used its fd)."""
-        for name, future in folder.children.items():
-            child = future.result()[name]
-            self._budget.release()
-            self._done_with(child)
-        folder.children = {}
-        if close and folder.fd >= 0:
-            os.close(folder.fd)
-
-    def __call__(self, root_fd: int) -> Iterator[tuple[str, str, os.stat_result, int]]:
-        """(relative path, name, lstat, folder fd): the folder's descriptor stays valid until the
-        walk moves on, so open the item through it at once.
-
-        A loop over a stack of folders, not nested generators: a `yield from` chain costs every
-        item one step per level of depth.
-        """
-        try:
-            root = _Folder(fd=root_fd, items=_list(root_fd))
-        except OSError as e:
-            self.warn(".", f"the folder could not be read ({_describe(e)}); nothing was backed up")
-            return
-        self._look_ahead(root)
-        stack: list[tuple[_Folder, str, Iterator[tuple[str, os.stat_result | OSError]]]] = [
-            (root, "", iter(root.items or ()))
-        ]
-        try:
-            while stack:
-                folder, prefix, items = stack[-1]
-                item = next(items, None)
-                if item is None:
-                    self.leaving()
-                    stack.pop()
-                    self._done_with(folder, close=bool(stack))  # the caller closes the root
-                    continue
-                name, st = item
-                path = f"{prefix}/{name}" if prefix else name
-                try:
-                    name.encode("utf-8")
-                except UnicodeEncodeError:
-                    shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-                    self.warn(shown, "skipped: its name is not valid UTF-8")
-                    continue
-                if not isinstance(st, os.stat_result):
-                    what = (
-                        "vanished while the folder was read"
-                        if isinstance(st, FileNotFoundError)
-                        else (f"could not be examined ({_describe(st)})")
-                    )
-                    self.warn(path, f"skipped: it {what}")
-                    continue
-                yield path, name, st, folder.fd
-                if not stat.S_ISDIR(st.st_mode):
-                    continue
-                future = folder.children.pop(name, None)
-                if future is not None:
-                    sub = future.result()[name]
-                    self._budget.release()
-                else:
-                    sub = self._open(folder.fd, name, st.st_ino)
-                if sub.problem is not None or sub.items is None:
-                    self.warn(path, sub.problem or "the folder could not be read")
-                    self._done_with(sub)
-                    continue
-                stack.append((sub, path, iter(sub.items)))
-        finally:
-            while stack:  # only after an error: close what is still open, innermost first
-                folder, _, _ = stack.pop()
-                self._done_with(folder, close=bool(stack))
-
-
 _SPECIAL = {
     stat.S_IFIFO: "a named pipe (FIFO)",
     stat.S_IFSOCK: "a socket",
@@ -379,31 +217,35 @@ class _Walker:
         self,
         repo: Repository,
         *,
-        parent: Iterator[tuple[ParentGroup, Entry]],
+        parent: Iterator[RawGroup],
         full: bool,
         progress: Callable[[int, int], None] | None,
         estimate: int,
         stored_groups: set[bytes] | None = None,
         not_stored: set[str] | None = None,
+        list_threads: int = 0,
     ) -> None:
         self.repo = repo
         self.full = full
         self.check = full_check(repo) if full else None
-        # An unchanged file is reused only if all its blobs are still stored: `_checked_parent`
+        # An unchanged file is reused only if all its blobs are still stored: `checked_parent`
         # names those that are not as it reads the parent's groups.
         self.not_stored = not_stored if not_stored is not None else set()
         self.figures = _Figures()
         self.tree = TreeWriter(repo, self.check, stored_groups)
-        self._parent = parent
-        self._next_parent: Entry | None = None
-        self._next_group: ParentGroup | None = None
+        # The parent's entries, one group at a time: the next one is `_items[_at]` of `_group`.
+        self._groups = parent
+        self._group: RawGroup | None = None
+        self._items: list[dict[str, Any]] = []
+        self._at = -1
+        self._next_parent: dict[str, Any] | None = None
         self._next_key: list[str] | None = None
         self._advance_parent()
         self._queue: deque[_Pending] = deque()
         self._in_flight = 0
         self._batch: _Batch | None = None
         self._threads = ThreadPoolExecutor(max_workers=workers() + 1, thread_name_prefix="read")
-        self._walk = _Walk(self.figures.warn, self._send_batch)
+        self._walk = Walk(self.figures.warn, self._send_batch, threads=list_threads)
         self._local = threading.local()
         self._progress = progress
         self._estimate = estimate
@@ -412,33 +254,43 @@ class _Walker:
 
     # ---- the parent snapshot, merged in walk order ------------------------------------------
     def _advance_parent(self) -> None:
-        found = next(self._parent, None)
-        self._next_group, self._next_parent = found if found is not None else (None, None)
+        self._at += 1
+        while self._at >= len(self._items):
+            group = next(self._groups, None)
+            if group is None:
+                self._next_parent = None
+                return
+            self._group, self._items, self._at = group, group.items, 0
+        self._next_parent = self._items[self._at]
         self._next_key = None  # made when needed: most lookups match the next entry at once
 
-    def _parent_entry(self, path: str) -> tuple[Entry | None, ParentGroup | None]:
-        """The parent snapshot's entry at `path` and the group it is in, if it has one."""
+    def _parent_entry(self, path: str) -> PriorEntry | None:
+        """The parent snapshot's entry at `path`, if it has one."""
         key: list[str] | None = None
         while self._next_parent is not None:
-            if self._next_parent.path == path:
-                found = self._next_parent, self._next_group
+            if self._next_parent["path"] == path:
+                assert self._group is not None
+                found = PriorEntry(self._group, self._at, self._next_parent)
                 self._advance_parent()
                 return found
             if key is None:
                 key = path_key(path)
             if self._next_key is None:
-                self._next_key = path_key(self._next_parent.path)
+                self._next_key = path_key(self._next_parent["path"])
             if self._next_key > key:
                 break
             self._advance_parent()  # gone from the folder since the parent snapshot
-        return None, None
+        return None
 
     # ---- the walk ----------------------------------------------------------------------------
     def run(self, root_fd: int) -> None:
+        queue = self._queue
         try:
             for path, name, st, dir_fd in self._walk(root_fd):
+                if not queue and self._reused(path, st):
+                    continue
                 self._visit(path, name, st, dir_fd)
-                self._drain(block=self._in_flight > IN_FLIGHT_BYTES or len(self._queue) > IN_FLIGHT_FILES)
+                self._drain(block=self._in_flight > IN_FLIGHT_BYTES or len(queue) > IN_FLIGHT_FILES)
             while self._queue:
                 self._drain(block=True)
         finally:
@@ -457,18 +309,39 @@ class _Walker:
                     os.close(batch.fd)
                     batch.fd = -1
 
+    def _reused(self, path: str, st: os.stat_result) -> bool:
+        """The common case, taken first: a file that is the parent's next entry, unchanged, and
+        nothing waiting ahead of it. It goes to the tree at once; anything else is `_visit`ed."""
+        raw = self._next_parent
+        if (
+            raw is None
+            or raw["path"] != path
+            or self.full
+            or not stat.S_ISREG(st.st_mode)
+            or not unchanged(raw, st)
+            or raw.get("mode") != stat.S_IMODE(st.st_mode)
+            or raw.get("ctime_ns") != st.st_ctime_ns
+            or path in self.not_stored
+        ):
+            return False
+        group, at = self._group, self._at
+        assert group is not None
+        self._advance_parent()
+        self._record_prior(group, at, raw)
+        return True
+
     def _visit(self, path: str, name: str, st: os.stat_result, dir_fd: int) -> None:
-        parent, group = self._parent_entry(path)
+        parent = self._parent_entry(path)
         mode = st.st_mode
         if stat.S_ISREG(mode):
-            self._visit_file(path, name, st, dir_fd, parent=parent, group=group)
+            self._visit_file(path, name, st, dir_fd, parent=parent)
             return
         common = {"path": path, "mode": stat.S_IMODE(mode), "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
         if stat.S_ISDIR(mode):
             self.figures.dirs += 1
-            self._ready(path, Entry(type="dir", **common), parent, group)
+            self._found(Entry(type="dir", **common), parent)
         elif stat.S_ISLNK(mode):
-            self._visit_link(path, name, dir_fd, common, parent=parent, group=group)
+            self._visit_link(path, name, dir_fd, common, parent=parent)
         else:
             what = _SPECIAL.get(stat.S_IFMT(mode), "not a regular file")
             self.figures.warn(path, f"skipped: it is {what}, which a backup cannot hold")
@@ -480,8 +353,7 @@ class _Walker:
         dir_fd: int,
         common: dict[str, object],
         *,
-        parent: Entry | None,
-        group: ParentGroup | None,
+        parent: PriorEntry | None,
     ) -> None:
         try:
             target = os.readlink(name, dir_fd=dir_fd)
@@ -493,10 +365,10 @@ class _Walker:
             self.figures.warn(path, "skipped: the link's target is not valid UTF-8")
             return
         except OSError as e:
-            self.figures.warn(path, f"skipped: the link could not be read ({_describe(e)})")
+            self.figures.warn(path, f"skipped: the link could not be read ({describe(e)})")
             return
         self.figures.symlinks += 1
-        self._ready(path, Entry(type="symlink", target=target, size=size, **common), parent, group)
+        self._found(Entry(type="symlink", target=target, size=size, **common), parent)
 
     def _visit_file(
         self,
@@ -505,21 +377,15 @@ class _Walker:
         st: os.stat_result,
         dir_fd: int,
         *,
-        parent: Entry | None,
-        group: ParentGroup | None,
+        parent: PriorEntry | None,
     ) -> None:
-        if (
-            not self.full
-            and parent is not None
-            and parent.type == "file"
-            and _unchanged(parent, st)
-            and self._still_stored(parent)
-        ):
+        if not self.full and parent is not None and unchanged(parent.raw, st) and self._still_stored(parent):
             mode = stat.S_IMODE(st.st_mode)
-            if parent.mode == mode and parent.ctime_ns == st.st_ctime_ns:
-                self._ready(path, parent, parent, group)
+            if parent.raw.get("mode") == mode and parent.raw.get("ctime_ns") == st.st_ctime_ns:
+                self._ready(path, parent)
             else:  # a parent of before ctime_ns was recorded gets it now
-                self._ready(path, parent.model_copy(update={"mode": mode, "ctime_ns": st.st_ctime_ns}))
+                update = {"mode": mode, "ctime_ns": st.st_ctime_ns}
+                self._ready(path, parent.model().model_copy(update=update))
             return
         if st.st_size <= CDC_MIN:
             self._add_to_batch(path, name, st, dir_fd, parent)
@@ -531,7 +397,7 @@ class _Walker:
             self.figures.warn(path, "skipped: it vanished before it could be read")
             return
         except OSError as e:
-            self._give_up(path, parent, f"it could not be read ({_describe(e)})")
+            self._give_up(path, parent, f"it could not be read ({describe(e)})")
             return
         pending = _Pending(path, None, stat=st, parent=parent, size=st.st_size, fd=fd)
         if st.st_size > WHOLE_READ:
@@ -545,7 +411,7 @@ class _Walker:
         self._queue.append(pending)
 
     def _add_to_batch(
-        self, path: str, name: str, st: os.stat_result, dir_fd: int, parent: Entry | None
+        self, path: str, name: str, st: os.stat_result, dir_fd: int, parent: PriorEntry | None
     ) -> None:
         batch = self._batch
         if batch is not None and batch.dir_fd != dir_fd:
@@ -573,7 +439,7 @@ class _Walker:
         except OSError as e:
             batch.future = Future()
             batch.future.set_result(
-                [_Read(problem=f"it could not be read ({_describe(e)})") for _ in batch.items]
+                [_Read(problem=f"it could not be read ({describe(e)})") for _ in batch.items]
             )
             return
         batch.future = self._threads.submit(self._read_batch, batch.fd, batch.items)
@@ -591,7 +457,7 @@ class _Walker:
                 except OSError as e:
                     if e.errno == errno.ENOSPC:
                         raise
-                    reads.append(_Read(problem=f"it could not be read ({_describe(e)})"))
+                    reads.append(_Read(problem=f"it could not be read ({describe(e)})"))
                     continue
                 reads.append(self._read(fd, st, stream=False, batched=True))
         finally:
@@ -612,29 +478,33 @@ class _Walker:
             read.data = b""
         return reads
 
-    def _still_stored(self, entry: Entry) -> bool:
+    def _still_stored(self, entry: PriorEntry) -> bool:
         """Whether every blob of a parent's file entry is in a pack that is there (see
-        `_checked_parent`, which read its group)."""
+        `checked_parent`, which read its group)."""
         return entry.path not in self.not_stored
 
-    def _give_up(self, path: str, parent: Entry | None, reason: str) -> None:
+    def _give_up(self, path: str, parent: PriorEntry | None, reason: str) -> None:
         """Warn about a file that could not be read; keep its parent's version if there is one."""
-        if parent is not None and parent.type == "file" and not self._still_stored(parent):
+        is_file = parent is not None and parent.raw.get("type", "file") == "file"
+        if parent is not None and is_file and not self._still_stored(parent):
             self.figures.warn(path, f"skipped: {reason}; the previous backup's version is in a missing pack")
-        elif parent is not None and parent.type == "file":
+        elif parent is not None and is_file:
             self.figures.warn(path, f"{reason}; the version from the previous backup is kept")
-            self._ready(path, parent)
+            self._ready(path, parent.model())
         else:
             self.figures.warn(path, f"skipped: {reason}")
 
-    def _ready(
-        self, path: str, entry: Entry, parent: Entry | None = None, group: ParentGroup | None = None
-    ) -> None:
-        """Queue a finished entry; one equal to the parent's is queued as the parent's own object,
-        with its group, so that an unchanged group of the tree is reused whole."""
-        if parent is not None and parent is not entry and parent == entry:
-            entry = parent
-        self._queue.append(_Pending(path, entry, group=group if entry is parent else None))
+    def _found(self, entry: Entry, parent: PriorEntry | None) -> None:
+        """Queue a folder or a link; one equal to the parent's entry is queued as that entry, with
+        its group, so that an unchanged group of the tree is reused whole."""
+        if parent is not None and same(parent.raw, entry):
+            self._ready(entry.path, parent)
+        else:
+            self._ready(entry.path, entry)
+
+    def _ready(self, path: str, entry: Entry | PriorEntry) -> None:
+        """Queue a finished entry: a new one, or the parent's (`PriorEntry`) unchanged."""
+        self._queue.append(_Pending(path, entry))
 
     # ---- reading a file (on a reading thread, or here for a large one) -----------------------
     def _chunker(self) -> pyfastcdc.FastCDC:
@@ -682,7 +552,7 @@ class _Walker:
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 raise
-            out.problem = f"it could not be read ({_describe(e)})"
+            out.problem = f"it could not be read ({describe(e)})"
             return out
         if (
             (before.st_ino, before.st_size, before.st_mtime_ns) != (st.st_ino, st.st_size, st.st_mtime_ns)
@@ -710,7 +580,7 @@ class _Walker:
             self._queue.popleft()
             entry = head.entry if head.read is None and head.batch is None else self._finish_file(head)
             if entry is not None:
-                self._record(entry, head.group, head.blobs)
+                self._record(entry, head.blobs)
             block = False  # one finished is enough to make room; go on only with what is done
 
     def _finish_file(self, pending: _Pending) -> Entry | None:
@@ -755,79 +625,41 @@ class _Walker:
             return lambda i: self.repo.pending_blob(i) or index.in_recent(i)
         return None  # the repository's own test
 
-    def _blob_count(self, entry: Entry) -> int:
+    def _blob_count(self, blobs: list[str], blob_lists: list[str]) -> int:
         """How many chunks a reused entry has (a file read now counts the ids it read)."""
-        count = len(entry.blobs)
-        for list_id in entry.blob_lists:  # the index knows a list's length: no need to read it
+        count = len(blobs)
+        for list_id in blob_lists:  # the index knows a list's length: no need to read it
             loc = self.repo.index.lookup(bytes.fromhex(list_id))
             count += loc.plain_length // ID_SIZE if loc is not None else 0
         return count
 
-    def _record(self, entry: Entry, group: ParentGroup | None, blobs: int | None) -> None:
+    def _record(self, entry: Entry | PriorEntry, blobs: int | None) -> None:
+        if isinstance(entry, PriorEntry):
+            self._record_prior(entry.group, entry.at, entry.raw)
+            return
         if entry.type == "file":
-            self.figures.files += 1
-            self.figures.bytes += entry.size
-            self.figures.blobs += blobs if blobs is not None else self._blob_count(entry)
-            self.done_bytes += entry.size
-        self.tree.add(entry, group)
+            self._count_file(entry.size, blobs, entry.blobs, entry.blob_lists)
+        self.tree.add(entry)
+        self._report()
+
+    def _record_prior(self, group: RawGroup, at: int, raw: dict[str, Any]) -> None:
+        """Count and add to the tree the parent's entry `at` of `group`, unchanged."""
+        if raw.get("type", "file") == "file":
+            self._count_file(raw.get("size", 0), None, raw.get("blobs", []), raw.get("blob_lists", []))
+        self.tree.add_prior(group, at)
+        self._report()
+
+    def _report(self) -> None:
         now = time.monotonic()
         if self._progress is not None and now - self._last_report >= PROGRESS_EVERY:
             self._last_report = now
             self._progress(self.done_bytes, max(self._estimate, self.done_bytes))
 
-
-def _checked_parent(
-    repo: Repository, manifest: Manifest, not_stored: set[str]
-) -> Iterator[tuple[ParentGroup, Entry]]:
-    """The parent snapshot's entries in walk order, each with its group. As groups are read, the
-    paths of their files whose blobs are not all stored go into `not_stored`: one search of the
-    index for CHECKED_GROUPS groups, before any of their entries is handed on. A pack may be gone
-    without any index naming it as missing (`rebuild-index` after it was lost): an unchanged file
-    is then read and stored again, never taken on trust from the parent."""
-    groups = iter_groups(repo, manifest)
-    while some := list(itertools.islice(groups, CHECKED_GROUPS)):
-        _check_files(repo, [entry for _, entries in some for entry in entries], not_stored)
-        for group, entries in some:
-            for entry in entries:
-                yield group, entry
-
-
-def _check_files(repo: Repository, entries: list[Entry], not_stored: set[str]) -> None:
-    """Add to `not_stored` the files of `entries` that name a blob no pack holds; a large file's
-    list blobs are opened and their ids checked too."""
-    files = [e for e in entries if e.type == "file"]
-    hexes = "".join([i for e in files for i in e.blobs])
-    known = repo.known_joined(bytes.fromhex(hexes)) if hexes else None
-    if known is not None and not known.all():
-        at = 0
-        for e in files:
-            if not known[at : at + len(e.blobs)].all():
-                not_stored.add(e.path)
-            at += len(e.blobs)
-    for e in files:
-        if e.blob_lists and e.path not in not_stored:
-            try:
-                named = bytes.fromhex("".join(e.blob_lists))
-                stored = bool(repo.known_joined(named).all()) and bool(
-                    repo.known_joined(b"".join(load_id_lists(repo, e.blob_lists))).all()
-                )
-            except CapsuleError:
-                stored = False
-            if not stored:
-                not_stored.add(e.path)
-
-
-def _unchanged(parent: Entry, st: os.stat_result) -> bool:
-    """Whether a file is taken to hold the same bytes as its entry in the parent snapshot, unread.
-
-    Size, modification time, inode and change time must all match. A program can put a file's
-    modification time back after rewriting it, but not its change time: the kernel sets that on
-    every write, rename and chmod. A parent written before change times were recorded is compared
-    without one, once; the new snapshot records it.
-    """
-    return (parent.size, parent.mtime_ns, parent.inode) == (st.st_size, st.st_mtime_ns, st.st_ino) and (
-        parent.ctime_ns is None or parent.ctime_ns == st.st_ctime_ns
-    )
+    def _count_file(self, size: int, blobs: int | None, ids: list[str], lists: list[str]) -> None:
+        self.figures.files += 1
+        self.figures.bytes += size
+        self.figures.blobs += blobs if blobs is not None else self._blob_count(ids, lists)
+        self.done_bytes += size
 
 
 def _open_file(name: str, dir_fd: int) -> int:
@@ -858,22 +690,6 @@ def open_root(root: Path) -> int:
         raise SourceError(f"the folder {root} cannot be read by this user; run Capsule as its owner") from e
 
 
-def _stored_tree(repo: Repository, parent: Manifest) -> set[bytes] | None:
-    """The parent snapshot's tree blobs, if they and its list blobs are all in packs that are
-    there (read and looked up together, once); else None: the backup then reads every file rather
-    than fail half-way through the parent's entries."""
-    try:
-        lists_stored = all(repo.known_many([bytes.fromhex(i) for i in parent.tree]))
-        ids = tree_ids(repo, parent) if lists_stored else []
-        whole = lists_stored and all(repo.known_many(ids))
-    except CapsuleError:
-        whole = False
-    if not whole:
-        log.warning("the previous files snapshot lost part of its entries; every file is read again")
-        return None
-    return set(ids)
-
-
 def store_files(
     repo: Repository,
     root: Path,
@@ -899,10 +715,10 @@ def store_files(
         stored_before = repo.stored_bytes
         # Checked whether or not a pack is known to be missing: after `rebuild-index` none is, and
         # the parent may still name tree blobs that no pack holds.
-        stored_groups = _stored_tree(repo, parent[1]) if parent is not None and not full else None
+        stored_groups = stored_tree(repo, parent[1]) if parent is not None and not full else None
         not_stored: set[str] = set()
         parent_entries = (
-            _checked_parent(repo, parent[1], not_stored)
+            checked_parent(repo, parent[1], not_stored)
             if parent is not None and stored_groups is not None
             else iter(())
         )
@@ -914,6 +730,7 @@ def store_files(
             progress=progress,
             estimate=parent[1].totals.bytes if parent is not None else 0,
             not_stored=not_stored,
+            list_threads=0 if stored_groups is not None else LIST_THREADS,
         )
         if lost is not None:
             walker.figures.warnings.insert(0, lost)

@@ -15,10 +15,12 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import pydantic_core
 
 from capsule.adapters.errors import IntegrityError
-from capsule.adapters.files.entries import ENTRIES, decode_entries
+from capsule.adapters.files.entries import ENTRIES, decode_entries, paths_safe
 from capsule.adapters.repository.chunks import load_id_lists, store_id_lists
 from capsule.adapters.repository.pack import BLOB_DATA
 from capsule.adapters.repository.repo import Repository
@@ -62,22 +64,30 @@ class TreeWriter:
         # index does not lose a blob while a backup holds the repository.
         self._stored_groups = stored_groups
         self._check = has_blob
-        self._group: list[Entry] = []
-        self._from: ParentGroup | None = None
+        self._group: list[Entry | tuple[RawGroup, int]] = []
+        self._from: RawGroup | None = None
         self._from_count = 0
         self._ids = bytearray()
         self.entries = 0
         self.new_blobs = 0
         self.reused_groups = 0
 
-    def add(self, entry: Entry, unchanged_from: ParentGroup | None = None) -> None:
-        if not self._group:
-            self._from, self._from_count = unchanged_from, 0
-        if unchanged_from is not None and unchanged_from is self._from:
-            self._from_count += 1
+    def add(self, entry: Entry) -> None:
+        """Add the next entry, a new one."""
         self._group.append(entry)
         self.entries += 1
         if ends_group(entry.path) or len(self._group) >= GROUP_LIMIT:
+            self._store_group()
+
+    def add_prior(self, group: RawGroup, at: int) -> None:
+        """Add the next entry: entry `at` of the parent's `group`, unchanged."""
+        if not self._group:
+            self._from, self._from_count = group, 0
+        if group is self._from:
+            self._from_count += 1
+        self._group.append((group, at))
+        self.entries += 1
+        if ends_group(group.items[at]["path"]) or len(self._group) >= GROUP_LIMIT:
             self._store_group()
 
     def _store_group(self) -> None:
@@ -94,7 +104,9 @@ class TreeWriter:
             self._ids += same.id
             self.reused_groups += 1
         else:
-            blob = self.repo.prepare(BLOB_DATA, ENTRIES.dump_json(self._group, exclude_defaults=True))
+            # A parent's entry goes into a new group as its model: its group is validated whole.
+            entries = [e if isinstance(e, Entry) else e[0].entry(e[1]) for e in self._group]
+            blob = self.repo.prepare(BLOB_DATA, ENTRIES.dump_json(entries, exclude_defaults=True))
             if self.repo.add(blob, self._check):
                 self.new_blobs += 1
             self._ids += blob.blob_id
@@ -114,6 +126,68 @@ class ParentGroup(NamedTuple):
     size: int
 
 
+class RawGroup:
+    """One tree blob of a parent snapshot, its entries parsed from JSON as plain dicts.
+
+    A backup compares each item it finds with the parent's entry at its path on a few fields, and
+    a group whose entries all match is named again as it is: for that, no entry needs its model.
+    The models of a group are made, and checked as `load_group` checks them, the first time one of
+    its entries is needed whole (`PriorEntry.model`). Every path was checked at parsing.
+    """
+
+    __slots__ = ("_entries", "_raw", "id", "items", "size")
+
+    def __init__(self, tree_id: bytes, raw: bytes, items: list[dict[str, Any]]) -> None:
+        self.id = tree_id
+        self.items = items
+        self.size = len(items)
+        self._raw = raw
+        self._entries: list[Entry] | None = None
+
+    def entry(self, at: int) -> Entry:
+        if self._entries is None:
+            self._entries = _decode(self.id, self._raw)
+        return self._entries[at]
+
+
+class PriorEntry:
+    """An entry of the parent snapshot: its fields as parsed (`raw`), its model when asked."""
+
+    __slots__ = ("at", "group", "path", "raw")
+
+    def __init__(self, group: RawGroup, at: int, raw: dict[str, Any]) -> None:
+        self.group = group
+        self.at = at
+        self.raw = raw
+        self.path: str = raw["path"]
+
+    def model(self) -> Entry:
+        return self.group.entry(self.at)
+
+
+def parse_group(tree_id: bytes, raw: bytes) -> RawGroup:
+    """A tree blob's plaintext as a `RawGroup`: a JSON array of objects whose paths all are
+    relative and inside (refused as `load_group` refuses it otherwise)."""
+    try:
+        items = pydantic_core.from_json(raw, cache_strings="keys")
+        # A path that is not a string stops the join, an item that is not an object the subscript.
+        safe = type(items) is list and paths_safe([i["path"] for i in items])
+    except (ValueError, TypeError, KeyError, IndexError):
+        safe = False
+    if not safe:
+        # What the model takes, JSON does not stop (it refuses the rest with its own error).
+        entries = _decode(tree_id, raw)
+        items = [e.model_dump(mode="json", exclude_defaults=True) for e in entries]
+    return RawGroup(tree_id, raw, items)
+
+
+def _decode(tree_id: bytes, raw: bytes) -> list[Entry]:
+    try:
+        return decode_entries(raw)
+    except ValueError as e:
+        raise IntegrityError(f"tree blob {tree_id.hex()[:12]} does not hold valid entries: {e}") from e
+
+
 def load_group(
     repo: Repository, tree_id: bytes, sealed: bytes | None = None, loc: BlobLocation | None = None
 ) -> list[Entry]:
@@ -123,18 +197,19 @@ def load_group(
     `sealed` is the blob as stored, if the caller has read it already; `loc` where the index has
     it, if the caller has looked it up already.
     """
+    return _decode(tree_id, _open_tree_blob(repo, tree_id, sealed, loc))
+
+
+def _open_tree_blob(
+    repo: Repository, tree_id: bytes, sealed: bytes | None, loc: BlobLocation | None
+) -> bytes:
     if loc is None:
         loc = repo.index.lookup(tree_id)
     if loc is not None and loc.blob_type != BLOB_DATA:
         raise IntegrityError(f"blob {tree_id.hex()[:12]} is named as a tree but is not a data blob")
     if sealed is not None and loc is not None:
-        raw = repo.open_blob(tree_id, loc, sealed)
-    else:
-        raw = repo.read_blob(tree_id, loc)
-    try:
-        return decode_entries(raw)
-    except ValueError as e:
-        raise IntegrityError(f"tree blob {tree_id.hex()[:12]} does not hold valid entries: {e}") from e
+        return repo.open_blob(tree_id, loc, sealed)
+    return repo.read_blob(tree_id, loc)
 
 
 def _read_stored(repo: Repository, loc: BlobLocation | None) -> bytes | None:
@@ -172,9 +247,25 @@ def iter_groups(repo: Repository, manifest: Manifest) -> Iterator[tuple[ParentGr
 def read_groups(
     repo: Repository, ids_in_order: Iterable[bytes]
 ) -> Generator[tuple[ParentGroup, list[Entry]], None, None]:
-    """The tree blobs named with their entries, in order, read ahead as `iter_groups` says: a
-    task on the thread reads READ_BATCH blobs (a task handed over for each blob cost the walk of
-    100,000 unchanged files more than the reads), and two tasks are ahead of the one being used."""
+    """The tree blobs named with their entries, in order, read ahead (`_read_ahead`)."""
+    for tree_id, plain in _read_ahead(repo, ids_in_order):
+        entries = _decode(tree_id, plain)
+        yield ParentGroup(tree_id, len(entries)), entries
+
+
+def read_raw_groups(repo: Repository, ids_in_order: Iterable[bytes]) -> Generator[RawGroup, None, None]:
+    """The tree blobs named as `RawGroup`s, in order, read ahead (`_read_ahead`)."""
+    for tree_id, plain in _read_ahead(repo, ids_in_order):
+        yield parse_group(tree_id, plain)
+
+
+def _read_ahead(
+    repo: Repository, ids_in_order: Iterable[bytes]
+) -> Generator[tuple[bytes, bytes], None, None]:
+    """Each tree blob named, opened, in order; the next ones read from disk on a thread, as
+    `iter_groups` says. A task on the thread reads READ_BATCH blobs (a task handed over for each
+    blob cost the walk of 100,000 unchanged files more than the reads), and two tasks are ahead of
+    the one being used."""
     all_ids = list(ids_in_order)
     found = list(zip(all_ids, repo.index.locate_many(all_ids), strict=True))  # one search
     batches = (found[at : at + READ_BATCH] for at in range(0, len(found), READ_BATCH))
@@ -191,8 +282,7 @@ def read_groups(
                 return
             batch, future = ahead.popleft()
             for (tree_id, loc), sealed in zip(batch, future.result(), strict=True):
-                entries = load_group(repo, tree_id, sealed, loc)
-                yield ParentGroup(tree_id, len(entries)), entries
+                yield tree_id, _open_tree_blob(repo, tree_id, sealed, loc)
     finally:
         reader.shutdown(wait=False, cancel_futures=True)
 

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from capsule.adapters.files import backup as files_backup
+from capsule.adapters.files import parent as files_parent
 from capsule.adapters.files import tree as files_tree
 from capsule.adapters.files.backup import backup_files, store_files
 from capsule.adapters.files.restore import restore_files
@@ -590,7 +591,7 @@ def test_a_file_whose_pack_was_lost_is_read_again_whichever_set_of_groups_checks
 ) -> None:
     # The parent's files are checked a set of groups at a time, before any entry of the set goes
     # to the walk. One group a set here: every group but the first is checked in a later set.
-    monkeypatch.setattr(files_backup, "CHECKED_GROUPS", 1)
+    monkeypatch.setattr(files_parent, "CHECKED_GROUPS", 1)
     backups = Backups(tmp_path, pack_size=4096)
     for n in range(400):
         backups.write(f"f{n // 40:02d}/{n:03d}.txt", os.urandom(512))

@@ -119,7 +119,7 @@ def test_entries_a_backup_writes_read_as_the_model_reads_them_without_the_model(
     raw = ENTRIES.dump_json(written, exclude_defaults=exclude_defaults)
     # The quick path decides: the shape takes it and every path passes the bulk check.
     assert entries_module._SHAPE.validate_json(raw) == written
-    assert entries_module._paths_safe([e.path for e in written])
+    assert entries_module.paths_safe([e.path for e in written])
     assert_same(raw)
 
 
@@ -169,4 +169,4 @@ def one_by_one(paths: list[str]) -> bool:
 @example(["a/../b"])
 @example(["a/./b", "c"])
 def test_paths_checked_together_are_refused_exactly_when_one_of_them_is(paths: list[str]) -> None:
-    assert entries_module._paths_safe(paths) == one_by_one(paths)
+    assert entries_module.paths_safe(paths) == one_by_one(paths)
