@@ -14,6 +14,7 @@ import atexit
 import contextlib
 import gc
 import os
+import signal
 import sys
 import threading
 
@@ -81,12 +82,22 @@ def fixed_mmap_threshold() -> None:
         libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
+def end_look(pid: int) -> None:
+    """Stop the process that looks at the folder, if it still runs, once the command ends: it is
+    only a head start, and nothing of the command should outlive it."""
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        os.waitpid(pid, 0)
+
+
 def main() -> None:
     collector.hold_back()  # until a job's modules are loaded (capsule.orchestrator.collector)
     folder = folder_to_look_at(sys.argv[1:], os.environ)
     if folder is not None and os.path.isdir(folder):
         with contextlib.suppress(OSError):  # only a head start: the backup reads the folder anyway
-            os.posix_spawn(sys.executable, [sys.executable, "-S", "-c", _LOOK, folder], os.environ)
+            look = os.posix_spawn(sys.executable, [sys.executable, "-S", "-c", _LOOK, folder], os.environ)
+            atexit.register(end_look, look)
     # numpy's BLAS threads are never used here, yet they wake and spin beside the workers.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     fixed_mmap_threshold()
