@@ -13,6 +13,7 @@ fatal: the backup carries on and lists it in its warnings.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -70,7 +71,7 @@ IN_FLIGHT_FILES = 512
 # full backup): then every file is read anyway, and the walk keeps up with the reading threads
 # better with folders listed ahead; with a parent, the walking thread lists them alone (see
 # docs/performance.md, "One walking thread").
-LIST_THREADS = 8
+LIST_THREADS = 2
 WARNINGS_KEPT = 200  # in the manifest, and in the store step's result (an event: keep it small)
 PROGRESS_EVERY = 0.25  # seconds
 
@@ -400,6 +401,8 @@ class _Walker:
             self._give_up(path, parent, f"it could not be read ({describe(e)})")
             return
         pending = _Pending(path, None, stat=st, parent=parent, size=st.st_size, fd=fd)
+        if st.st_size <= WHOLE_READ:
+            read_ahead(fd, st.st_size)  # the disk starts on it while the threads read what is ahead
         if st.st_size > WHOLE_READ:
             # A large file is streamed here, its blobs stored as they come: memory stays bounded.
             done: Future[_Read] = Future()
@@ -446,22 +449,35 @@ class _Walker:
 
     def _read_batch(self, dir_fd: int, items: list[tuple[str, os.stat_result]]) -> list[_Read]:
         """Open and read small files of one folder, then look all their ids up at once."""
-        reads: list[_Read] = []
+        # Every file of the batch is opened and its bytes asked for before the first is read: on a
+        # cold disk the reads then overlap, where one after the other each waited for the last.
+        opened: list[int | _Read] = []
         try:
             for name, st in items:
                 try:
                     fd = _open_file(name, dir_fd)
                 except FileNotFoundError:
-                    reads.append(_Read(vanished=True))
+                    opened.append(_Read(vanished=True))
                     continue
                 except OSError as e:
                     if e.errno == errno.ENOSPC:
                         raise
-                    reads.append(_Read(problem=f"it could not be read ({describe(e)})"))
+                    opened.append(_Read(problem=f"it could not be read ({describe(e)})"))
                     continue
-                reads.append(self._read(fd, st, stream=False, batched=True))
+                read_ahead(fd, st.st_size)
+                opened.append(fd)
+            reads: list[_Read] = []
+            for at, (opening, (_, st)) in enumerate(zip(opened, items, strict=True)):
+                if isinstance(opening, _Read):
+                    reads.append(opening)
+                else:
+                    opened[at] = _Read()  # `_read` closes it, whatever happens
+                    reads.append(self._read(opening, st, stream=False, batched=True))
         finally:
             os.close(dir_fd)
+            for left in opened:
+                if isinstance(left, int):
+                    os.close(left)
         with_data = [r for r in reads if r.problem is None and not r.vanished and r.ids]
         if self.check is not None:
             known = [self.check(r.ids[0]) for r in with_data]
@@ -520,14 +536,15 @@ class _Walker:
         sha = hashlib.sha256()
         compress: bool | None = None
         try:
-            with open(fd, "rb", buffering=0, closefd=True) as f:
+            try:
                 before = os.fstat(fd)
                 if not stat.S_ISREG(before.st_mode):
                     raise OSError(errno.EINVAL, "it is no longer a regular file")
                 if stream:
+                    f = open(fd, "rb", buffering=0, closefd=False)  # noqa: SIM115 - `fd` is closed below
                     chunks: Iterator[bytes | memoryview] = (c.data for c in self._chunker().cut_stream(f))
                 else:
-                    data = f.read()
+                    data = read_whole(fd, before.st_size)
                     chunks = (
                         iter([data])
                         if len(data) <= CDC_MIN
@@ -549,6 +566,8 @@ class _Walker:
                         else:
                             out.fresh.append(blob)
                 after = os.fstat(fd)
+            finally:
+                os.close(fd)
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 raise
@@ -674,6 +693,28 @@ def _open_file(name: str, dir_fd: int) -> int:
         return os.open(name, flags | getattr(os, "O_NOATIME", 0), dir_fd=dir_fd)
     except PermissionError:  # O_NOATIME is for the file's owner only
         return os.open(name, flags, dir_fd=dir_fd)
+
+
+def read_whole(fd: int, size: int) -> bytes:
+    """The bytes of the regular file `fd`, which `fstat` said are `size`: one read for a file of
+    that size (a file object would ask its size and position again and read a second time to find
+    the end), more for one that is growing or shrinking as it is read."""
+    data = os.read(fd, size + 1)
+    if len(data) == size:
+        return data  # a read that asked for one byte more than it got ended at the end of the file
+    parts = [data]
+    while more := os.read(fd, max(size, 64 * KiB)):
+        parts.append(more)
+    return b"".join(parts)
+
+
+def read_ahead(fd: int, size: int) -> None:
+    """Ask the kernel to start reading the first `size` bytes of `fd` (the size the walk saw) into
+    its cache, and return at once. A cold disk serves many reads in flight much faster than one at
+    a time (see docs/performance.md, "Reading ahead on a cold disk"). Only a hint: if it cannot be
+    given (not a regular file any more, a system without it), the read that follows is the same."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
 
 
 def open_root(root: Path) -> int:

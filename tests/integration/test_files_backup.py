@@ -586,6 +586,85 @@ def test_small_files_read_in_batches_leave_no_descriptor_open(backups: Backups) 
     assert set(os.listdir("/proc/self/fd")) - before == set()
 
 
+def test_every_file_of_a_batch_is_asked_of_the_disk_before_the_first_is_read(
+    backups: Backups, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for number in range(10):
+        backups.write(f"cat/p{number}.jpg", b"%d" % number)
+    steps: list[tuple[str, int]] = []
+    read_ahead, read_whole = files_backup.read_ahead, files_backup.read_whole
+
+    def asking(fd: int, size: int) -> None:
+        steps.append(("ask", size))
+        read_ahead(fd, size)
+
+    def reading(fd: int, size: int) -> bytes:
+        steps.append(("read", size))
+        return read_whole(fd, size)
+
+    monkeypatch.setattr(files_backup, "read_ahead", asking)
+    monkeypatch.setattr(files_backup, "read_whole", reading)
+
+    result = backups()
+
+    assert result.manifest.totals.read_files == 10
+    assert [kind for kind, _ in steps] == ["ask"] * 10 + ["read"] * 10
+    assert [size for _, size in steps[:10]] == [1] * 10
+
+
+def test_a_batch_that_fails_part_way_closes_the_files_it_opened_and_not_read(
+    backups: Backups, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for number in range(20):
+        backups.write(f"cat/p{number:02}.jpg", b"%d" % number)
+    original = files_backup._Walker._read
+    calls = 0
+
+    def failing(self: Any, fd: int, st: os.stat_result, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 5:
+            os.close(fd)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, fd, st, **kwargs)
+
+    monkeypatch.setattr(files_backup._Walker, "_read", failing)
+
+    with pytest.raises(OSError) as raised:
+        backups()
+
+    assert raised.value.errno == errno.ENOSPC
+    into_uploads = [
+        target
+        for fd in os.listdir("/proc/self/fd")
+        if (target := _fd_target(fd)) is not None and target.startswith(str(backups.root))
+    ]
+    assert calls == 5
+    assert into_uploads == []
+
+
+def _fd_target(fd: str) -> str | None:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+
+
+@pytest.mark.parametrize("told", [0, 1, 4095, 4096, 4097, 100_000])
+@pytest.mark.parametrize("size", [0, 1, 4096, 70_000])
+def test_read_whole_returns_every_byte_whatever_size_it_was_told(
+    tmp_path: Path, size: int, told: int
+) -> None:
+    path = tmp_path / "file"
+    data = os.urandom(size)
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert files_backup.read_whole(fd, told) == data
+    finally:
+        os.close(fd)
+
+
 def test_a_file_whose_pack_was_lost_is_read_again_whichever_set_of_groups_checks_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
