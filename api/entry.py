@@ -6,6 +6,11 @@ program's own modules (see docs/performance.md, "Reading the images folder's met
 so a small separate process starts reading it while the modules load: the backup's walk then finds
 it cached. The process only looks (it follows no link, reads no file's content and writes nothing)
 and runs at low priority.
+
+On a cold cache the program's own files cost as much: some 700 modules, read one after the other as
+they are imported. A command records the files it loaded (`startup_list`), and the next run of that
+command asks the kernel for all of them at once on a thread of its own, while the first modules
+load (see docs/performance.md, "Reading ahead on a cold disk").
 """
 
 from __future__ import annotations
@@ -17,10 +22,15 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from capsule.orchestrator import collector
 
 DEFAULT_UPLOADS = "data/uploads/products"
+DEFAULT_HOME = "data/capsule"
+WARM_THREADS = 2  # threads that ask for the listed files: opening one waits for its inode
+STARTUP_LIST_DAYS = 1  # a list older than this is written again at the command's end
+VALUED_OPTIONS = ("--log-level", "--log-format")  # options before the command that take a value
 
 # Run with `python -S -c`: no site packages, nothing but `os` imported.
 _LOOK = """
@@ -62,6 +72,94 @@ def folder_to_look_at(argv: list[str], environ: dict[str, str] | os._Environ[str
     return environ.get("CAPSULE_UPLOADS") or DEFAULT_UPLOADS
 
 
+def startup_list(argv: list[str], environ: dict[str, str] | os._Environ[str]) -> str | None:
+    """Where the files a command loads are listed, for its next run: the command's name in the
+    home's cache folder (None for no command). Only a hint, so the home is the environment's or
+    the default, never read from capsule.toml, which would take modules to parse."""
+    command = None
+    rest = iter(argv)
+    for arg in rest:
+        if arg in VALUED_OPTIONS:
+            next(rest, None)
+        elif not arg.startswith("-"):
+            command = arg
+            break
+    if command is None or not command.replace("-", "").isalpha():
+        return None
+    home = environ.get("CAPSULE_HOME") or DEFAULT_HOME
+    return os.path.join(home, "cache", f"startup-{command}")
+
+
+def _warm(names: list[str]) -> None:
+    for name in names:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue  # gone since (an upgrade): the import finds what is there now
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except (OSError, AttributeError):
+            pass
+        finally:
+            os.close(fd)
+
+
+def warm_startup(path: str) -> bool:
+    """Ask the kernel, on a thread, for every file listed at `path`; False if there is no list."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            names = f.read().splitlines()
+    except (OSError, ValueError):
+        return False
+    for start in range(WARM_THREADS):
+        share = names[start::WARM_THREADS]
+        threading.Thread(target=_warm, args=(share,), name="warm-startup", daemon=True).start()
+    return True
+
+
+def loaded_files() -> list[str]:
+    """The files this process loaded, in the order it imported them: its modules' compiled code,
+    then the shared libraries it mapped."""
+    found: dict[str, None] = {}
+    for module in list(sys.modules.values()):
+        cached = getattr(module, "__cached__", None)
+        name = cached if isinstance(cached, str) else getattr(module, "__file__", None)
+        if isinstance(name, str) and not name.endswith(".py"):
+            found[name] = None
+    with contextlib.suppress(OSError), open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].startswith("/") and ".so" in fields[5]:
+                found[fields[5].rstrip("\n")] = None
+    return [name for name in found if os.path.isfile(name)]
+
+
+def record_startup(path: str, now: float) -> None:
+    """List the files this process loaded at `path` for the next run, if the home is there and the
+    list is missing or old. Never fails the command."""
+    with contextlib.suppress(OSError, ValueError):
+        try:
+            if now - os.stat(path).st_mtime < STARTUP_LIST_DAYS * 86400:
+                return
+        except FileNotFoundError:
+            pass
+        cache = os.path.dirname(path)
+        if not os.path.isdir(os.path.dirname(cache)):
+            return  # no home yet, or another one: not this hint's to make
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(cache, 0o700)
+        temp = f"{path}.{os.getpid()}.tmp"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write("".join(f"{name}\n" for name in loaded_files()))
+            os.replace(temp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+
+
 MMAP_THRESHOLD = 1024 * 1024  # bytes: larger allocations get pages of their own, handed back when freed
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
@@ -91,8 +189,15 @@ def end_look(pid: int) -> None:
         os.waitpid(pid, 0)
 
 
+_startup: str | None = None
+
+
 def main() -> None:
+    global _startup  # noqa: PLW0603 - one command, one list
     collector.hold_back()  # until a job's modules are loaded (capsule.orchestrator.collector)
+    _startup = startup_list(sys.argv[1:], os.environ)
+    if _startup is not None:
+        warm_startup(_startup)
     folder = folder_to_look_at(sys.argv[1:], os.environ)
     if folder is not None and os.path.isdir(folder):
         with contextlib.suppress(OSError):  # only a head start: the backup reads the folder anyway
@@ -127,6 +232,8 @@ def leave(code: object) -> None:
     others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
     if others or not (code is None or isinstance(code, int)):
         raise SystemExit(code)
+    if not code and _startup is not None:
+        record_startup(_startup, time.time())
     atexit._run_exitfuncs()
     try:
         for stream in (sys.stdout, sys.stderr):

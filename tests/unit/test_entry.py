@@ -1,5 +1,6 @@
-"""Which command lines give the images folder a head start, and that it ends with the command
-(see api/entry.py)."""
+"""Which command lines give the images folder a head start, and that it ends with the command; and
+the list of files a command loaded, recorded for its next run to ask of the disk early (see
+api/entry.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from capsule.api.entry import DEFAULT_UPLOADS, folder_to_look_at
+from capsule.api import entry
+from capsule.api.entry import DEFAULT_UPLOADS, folder_to_look_at, startup_list
 
 
 @pytest.mark.parametrize(
@@ -64,3 +66,75 @@ def test_the_process_that_looks_at_the_folder_does_not_outlive_the_command(tmp_p
     assert time.monotonic() - started < 25, "the command waited for the look"
     with pytest.raises(ProcessLookupError):
         os.killpg(command.pid, 0)  # the group is empty: the look was stopped with the command
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["backup", "--kind", "files"], "/home/c/cache/startup-backup"),
+        (["--log-level", "debug", "--log-format", "json", "restore", "x"], "/home/c/cache/startup-restore"),
+        (["--version"], None),
+        (["--log-level", "debug"], None),
+        ([], None),
+        (["../../etc/passwd"], None),
+        (["status", "--check"], "/home/c/cache/startup-status"),
+    ],
+)
+def test_each_command_has_its_own_startup_list_in_the_home(argv: list[str], expected: str | None) -> None:
+    assert startup_list(argv, {"CAPSULE_HOME": "/home/c"}) == expected
+
+
+def test_the_startup_list_is_written_once_a_day_only_in_a_home_that_is_there(tmp_path: Path) -> None:
+    path = str(tmp_path / "home" / "cache" / "startup-snapshots")
+    entry.record_startup(path, time.time())
+    assert not os.path.exists(tmp_path / "home"), "no home yet: nothing is created"
+
+    (tmp_path / "home").mkdir()
+    entry.record_startup(path, time.time())
+    assert os.stat(tmp_path / "home" / "cache").st_mode & 0o777 == 0o700
+    names = Path(path).read_text().splitlines()
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert entry.__cached__ in names, "this module's compiled code is listed"
+    assert all(os.path.isfile(name) and not name.endswith(".py") for name in names)
+    assert names.index(pytest.__cached__) < names.index(entry.__cached__), "in the order of import"
+
+    Path(path).write_text("kept\n")
+    entry.record_startup(path, time.time())
+    assert Path(path).read_text() == "kept\n", "a list of today is kept"
+    entry.record_startup(path, time.time() + 2 * 86400)
+    assert entry.__cached__ in Path(path).read_text().splitlines(), "an old one is written again"
+    assert os.listdir(tmp_path / "home" / "cache") == ["startup-snapshots"], "no temporary file left"
+
+
+def _command(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    env = {**os.environ, "CAPSULE_HOME": str(tmp_path / "home"), "CAPSULE_REPOSITORY": str(tmp_path / "repo")}
+    for name in ("CAPSULE_PASSPHRASE", "CAPSULE_KEY_FILE", "CAPSULE_EVENT_STORE_URL", "CAPSULE_BROKER_URL"):
+        env.pop(name, None)
+    script = f"import sys, capsule.api.entry as entry\nsys.argv = {['capsule', *args]!r}\nentry.main()\n"
+    return subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, timeout=120
+    )
+
+
+def test_a_command_records_what_it_loaded_and_the_next_run_reads_a_stale_list_without_harm(
+    tmp_path: Path,
+) -> None:
+    assert _command(tmp_path, "init").returncode == 0
+    listed = tmp_path / "home" / "cache" / "startup-snapshots"
+    assert _command(tmp_path, "snapshots").returncode == 0
+    names = listed.read_text().splitlines()
+    assert any(name.endswith(".pyc") and "cli" in os.path.basename(name) for name in names)
+    assert any(".so" in os.path.basename(name) for name in names)
+
+    # A list from before an upgrade: files gone, a folder, a line that is no path.
+    listed.write_text(f"{tmp_path / 'gone.pyc'}\n{tmp_path}\n\x00nonsense\n" + "\n".join(names[:5]) + "\n")
+    again = _command(tmp_path, "snapshots")
+    assert again.returncode == 0, again.stderr
+    assert b"No snapshots" in again.stdout or again.stdout.strip() != b""
+
+
+def test_a_command_that_fails_records_nothing(tmp_path: Path) -> None:
+    (tmp_path / "home" / "cache").mkdir(parents=True)
+    failed = _command(tmp_path, "snapshots")  # no repository
+    assert failed.returncode != 0
+    assert not (tmp_path / "home" / "cache" / "startup-snapshots").exists()
