@@ -9,7 +9,7 @@ and runs at low priority.
 
 On a cold cache the program's own files cost as much: some 700 modules, read one after the other as
 they are imported. A command records the files it loaded (`startup_list`), and the next run of that
-command asks the kernel for all of them at once on a thread of its own, while the first modules
+command asks the kernel for all of them at once on threads of its own, while the first modules
 load (see docs/performance.md, "Reading ahead on a cold disk").
 """
 
@@ -118,14 +118,15 @@ def warm_startup(path: str) -> bool:
 
 
 def loaded_files() -> list[str]:
-    """The files this process loaded, in the order it imported them: its modules' compiled code,
-    then the shared libraries it mapped."""
+    """The files this process loaded, in the order it imported them: its modules' compiled code
+    (or their source, where none was compiled), then the shared libraries it mapped."""
     found: dict[str, None] = {}
     for module in list(sys.modules.values()):
-        cached = getattr(module, "__cached__", None)
-        name = cached if isinstance(cached, str) else getattr(module, "__file__", None)
-        if isinstance(name, str) and not name.endswith(".py"):
-            found[name] = None
+        cached, source = getattr(module, "__cached__", None), getattr(module, "__file__", None)
+        if isinstance(cached, str) and os.path.isfile(cached):
+            found[cached] = None
+        elif isinstance(source, str):
+            found[source] = None
     with contextlib.suppress(OSError), open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
         for line in maps:
             fields = line.split(maxsplit=5)

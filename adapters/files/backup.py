@@ -401,14 +401,13 @@ class _Walker:
             self._give_up(path, parent, f"it could not be read ({describe(e)})")
             return
         pending = _Pending(path, None, stat=st, parent=parent, size=st.st_size, fd=fd)
-        if st.st_size <= WHOLE_READ:
-            read_ahead(fd, st.st_size)  # the disk starts on it while the threads read what is ahead
         if st.st_size > WHOLE_READ:
             # A large file is streamed here, its blobs stored as they come: memory stays bounded.
             done: Future[_Read] = Future()
             done.set_result(self._read(fd, st, stream=True))
             pending.read = done
         else:
+            read_ahead(fd, st.st_size)  # the disk starts on it while the threads read what is ahead
             pending.read = self._threads.submit(self._read, fd, st, stream=False)
             self._in_flight += st.st_size
         self._queue.append(pending)
