@@ -21,7 +21,7 @@ import zstandard
 
 from capsule.adapters.errors import IntegrityError
 from capsule.adapters.repository.blobcodec import decode_blob, decode_bundle
-from capsule.adapters.repository.crypto import ID_SIZE, Sealer
+from capsule.adapters.repository.crypto import ID_SIZE, NATIVE_PIECE_SIZES, Sealer
 from capsule.adapters.repository.pack import BUNDLED, parse_header
 
 # A blob as the index places it: offset u64, id, type u8, compression u8, stored length u32,
@@ -154,16 +154,34 @@ def check_pack(
             result.bad.extend(row[1] for row in group)
             continue
         size = len(bundle)
-        for _, member_id, _, _, _, plain, within, want in group:
+        # A bundle's pages, side by side and of one size: their ids at once (Sealer.blob_ids).
+        ids = _ids_side_by_side(sealer, bundle, group)
+        for k, (_, member_id, _, _, _, plain, within, want) in enumerate(group):
             if within + plain > size:
                 result.bad.append(member_id)
                 continue
             piece = bundle[within : within + plain]
-            update(piece)
-            got = digest()
-            reset()
+            if ids is not None:
+                got = ids[k * ID_SIZE : (k + 1) * ID_SIZE]
+            else:
+                update(piece)
+                got = digest()
+                reset()
             if got != member_id:
                 result.bad.append(member_id)
             elif want:
                 result.found.append((member_id, plain, hashlib.sha256(piece).digest()))
     return result
+
+
+def _ids_side_by_side(sealer: Sealer, bundle: memoryview, group: list[Row]) -> bytes | None:
+    """The ids of `group`'s members computed together, if they are pieces of one size that follow
+    one another in `bundle` and fit in it (as a database backup writes them); else None."""
+    if len(group) < 2:
+        return None
+    first, plain = group[0][6], group[0][5]
+    if plain not in NATIVE_PIECE_SIZES or first + len(group) * plain > len(bundle):
+        return None
+    if any(row[5] != plain or row[6] != first + k * plain for k, row in enumerate(group)):
+        return None
+    return sealer.blob_ids(bundle[first : first + len(group) * plain], plain)
