@@ -13,7 +13,7 @@ setup(
         Extension(
             "capsule.adapters.repository._pageids",
             sources=["adapters/repository/pageids.c"],
-            extra_compile_args=["-O3"],
+            extra_compile_args=["-O3", "-Wno-psabi"],
             optional=True,
         )
     ]

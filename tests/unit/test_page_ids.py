@@ -8,7 +8,9 @@ look new (no deduplication), and a restore or `verify` refuse a page that is rig
 from __future__ import annotations
 
 import os
+import platform
 import random
+from pathlib import Path
 
 import blake3
 import pytest
@@ -37,7 +39,13 @@ def test_the_native_hasher_is_built() -> None:
     if page_ids is None and not in_ci():
         pytest.skip("no C compiler at install time: pages are hashed one by one")
     assert page_ids is not None
-    assert crypto._native_page_ids is page_ids
+
+
+@native
+def test_blob_ids_use_the_native_hasher_where_it_is_faster() -> None:
+    from capsule.adapters.repository import _pageids
+
+    assert crypto._native_page_ids is (page_ids if _pageids.wide() else None)
 
 
 @native
@@ -121,3 +129,16 @@ def test_without_the_native_hasher_blob_ids_are_the_same(monkeypatch: pytest.Mon
     sealer = Sealer(MasterKey(os.urandom(32), key))
     monkeypatch.setattr(crypto, "_native_page_ids", None)
     assert sealer.blob_ids(data, 4096) == one_by_one(key, data, 4096)
+
+
+@native
+def test_wide_matches_what_the_processor_says_it_has() -> None:
+    # The native hasher is used only on AVX2 or AVX-512; a processor that has them must get it.
+    from capsule.adapters.repository import _pageids
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if platform.machine() != "x86_64" or not cpuinfo.exists():
+        assert _pageids.wide() is False
+        return
+    flags = set(cpuinfo.read_text().split())
+    assert _pageids.wide() is bool({"avx2", "avx512f"} & flags)
