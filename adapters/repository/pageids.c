@@ -11,10 +11,9 @@
  *
  * Written from the BLAKE3 specification (compression function, chunk and parent nodes, flags,
  * keyed mode). Built for the machine's best vector width where GCC can choose at run time. On
- * 256-bit vectors (AVX2) it hashes a page in about 0.8 of the time a call per page takes, on
- * 512-bit ones (AVX-512) in about 0.6; lowered to 128-bit vectors it takes three times as long, so
- * Python uses it only where `wide()` says (docs/performance.md, "Database pages hashed sixteen
- * chunks at a time"). The build is optional: without it Python hashes page by page.
+ * 256-bit vectors or wider (AVX2, AVX-512) it beats a call per page; lowered to 128-bit vectors it
+ * is slower, so Python uses it only where `wide()` says (docs/performance.md, "The native page
+ * hasher, on wide vectors only"). The build is optional: without it Python hashes page by page.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
