@@ -37,6 +37,43 @@ def test_without_the_setting_the_default_folder_is_used() -> None:
     assert folder_to_look_at(["backup", "--kind", "all"], {}) == DEFAULT_UPLOADS
 
 
+def test_the_look_goes_through_the_folders_in_the_walk_s_order(tmp_path: Path) -> None:
+    # It must stay ahead of the walk: a folder it reads after the walk needs it is read twice over.
+    from capsule.adapters.files.walk import Walk
+
+    root = tmp_path / "uploads"
+    for folder in ("b", "a/z", "a/c/deep", "a/c/b", "C", "a0", "a-1", "é", "b/a"):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "item.jpg").write_bytes(b"x")
+    (root / "a" / "file").write_bytes(b"x")
+    spy = (
+        "import os\n"
+        "_scandir = os.scandir\n"
+        "def _seen(path):\n"
+        "    print(os.path.relpath(path, os.environ['ROOT']), flush=True)\n"
+        "    return _scandir(path)\n"
+        "os.scandir = _seen\n"
+    )
+    looked = subprocess.run(
+        [sys.executable, "-S", "-c", spy + entry._LOOK, str(root)],
+        env={**os.environ, "ROOT": str(root)},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.split("\n")[:-1]
+
+    walk = Walk(lambda path, reason: None, lambda: None)
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        walked = [path for path, _, st, _ in walk(root_fd) if os.path.isdir(root / path)]
+    finally:
+        walk.close()
+        os.close(root_fd)
+    assert looked == [".", *walked]
+    assert len(walked) == 11
+
+
 def test_the_process_that_looks_at_the_folder_does_not_outlive_the_command(tmp_path: Path) -> None:
     # A look that would take half a minute, and a backup that fails at once (no repository): the
     # command ends first, and nothing of it is left running in its process group.
