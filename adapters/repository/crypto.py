@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from capsule.adapters.errors import IntegrityError, WrongKey
 
 _native_page_ids: Callable[[bytes, bytes | bytearray | memoryview, int], bytes] | None = None
+_PAGE_HASHER = "one call per page (the native hasher was not built: no C compiler at install)"
 try:  # built where a C compiler was found at install time (setup.py); else page by page below
     from capsule.adapters.repository import _pageids
 except ImportError:  # pragma: no cover - depends on the build
@@ -31,12 +32,21 @@ else:
     # Only where it beats a call per page: on 256-bit vectors or wider (see pageids.c).
     if _pageids.wide():
         _native_page_ids = _pageids.page_ids
+        _PAGE_HASHER = "native, many pages at a time"
+    else:
+        _PAGE_HASHER = "one call per page (this processor has no AVX2 or AVX-512 for the native hasher)"
 
 NONCE_SIZE = 12
 TAG_SIZE = 16
 OVERHEAD = NONCE_SIZE + TAG_SIZE
 KEY_SIZE = 32
 ID_SIZE = 32
+
+
+def page_hasher() -> str:
+    """How this install hashes a database's pages, for `capsule --version`."""
+    return _PAGE_HASHER
+
 
 # The piece sizes the native hasher takes: a power of two from one BLAKE3 chunk (1 KiB) to 64 KiB.
 NATIVE_PIECE_SIZES = frozenset(1024 << k for k in range(7))

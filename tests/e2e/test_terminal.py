@@ -13,6 +13,7 @@ from importlib.metadata import version
 
 import pytest
 
+from capsule.adapters.repository.crypto import page_hasher
 from tests.integration.helpers import CAPSULE, Shop, is_json_line
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
@@ -96,10 +97,14 @@ def test_log_options_work_after_the_command_name(shop: Shop) -> None:
     assert "backed up" not in both.stderr
 
 
-def test_version_names_the_installed_package(shop: Shop) -> None:
+def test_version_names_the_installed_package_and_how_it_hashes_pages(shop: Shop) -> None:
     proc = shop.run("--version", expect=0)
 
-    assert proc.stdout.strip() == f"capsule {version('capsule-backup')}"
+    first, second = proc.stdout.strip().split("\n")
+    assert first == f"capsule {version('capsule-backup')}"
+    # The README's install builds the native hasher; this machine's processor can run it.
+    assert second == f"page hasher: {page_hasher()}"
+    assert second.startswith(("page hasher: native", "page hasher: one call per page ("))
 
 
 def test_a_backup_whose_stderr_reader_goes_away_still_completes(shop: Shop) -> None:

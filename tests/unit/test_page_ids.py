@@ -142,3 +142,9 @@ def test_wide_matches_what_the_processor_says_it_has() -> None:
         return
     flags = set(cpuinfo.read_text().split())
     assert _pageids.wide() is bool({"avx2", "avx512f"} & flags)
+
+
+def test_the_version_line_says_whether_pages_are_hashed_natively() -> None:
+    assert crypto.page_hasher().startswith("native") is (crypto._native_page_ids is not None)
+    if page_ids is None:
+        assert "not built" in crypto.page_hasher()
