@@ -345,7 +345,7 @@ def interrupt_own_steps(runtime: Runtime, signal: str) -> list[str]:
 
 
 def _leave(settings: Settings, message: str) -> NoReturn:
-    release_own_locks(settings)
+    release_own_locks(settings, exiting=True)
     sys.stderr.write(f"capsule: {message}\n")
     sys.stderr.flush()
     os._exit(130)  # the running step's threads are not waited for: the log says where things stand

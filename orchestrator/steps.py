@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from capsule.adapters.repository.backends import open_backend
-from capsule.adapters.repository.lock import read_locks
+from capsule.adapters.repository.lock import read_locks, stop_locking
 from capsule.domain import drill_job, prune_job
 from capsule.domain.backup_job import COMMIT, STORE, is_upload
 from capsule.domain.errors import CapsuleError, Category
@@ -96,10 +96,14 @@ def remove_restore_leftovers(folder: Path, name: str) -> None:
         leftover.unlink(missing_ok=True)
 
 
-def release_own_locks(settings: Settings) -> None:
+def release_own_locks(settings: Settings, *, exiting: bool = False) -> None:
     """Remove the repository locks this process holds, for a process about to exit without
     unwinding its steps (Ctrl-C, SIGTERM). Best effort: a lock left behind is stale once this
-    process is gone, and the next process on this host removes it."""
+    process is gone, and the next process on this host removes it. `exiting`: the process ends
+    next, so no thread of it takes a lock from now on (`stop_locking`), and none taken while this
+    lists them is left behind."""
+    if exiting:
+        stop_locking()
     backend = open_backend(settings.repository)
     host, pid = socket.gethostname(), os.getpid()
     try:

@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NoReturn
 
 from capsule.adapters.errors import ObjectNotFound, RepositoryError, RepositoryLocked, RepositoryReadOnly
 from capsule.adapters.logs import get_logger
@@ -47,6 +48,25 @@ KEYS = "keys"
 """The operation of a key change's lock: shared, but one key change at a time, so that two removals
 made at once cannot each leave the other's key as the last and then remove it."""
 ONE_AT_A_TIME = frozenset({PRUNE, KEYS})
+
+# Lock files are written under this guard, and none once the process is leaving (`stop_locking`).
+_WRITING = threading.Lock()
+_leaving = False
+
+
+def stop_locking() -> None:
+    """Write no lock file from now on, in any thread of this process: one about to take or refresh
+    a lock waits for the exit instead. For a process that removes its locks and exits without
+    waiting for its threads (Ctrl-C, SIGTERM): a lock a thread of its own wrote after the removal
+    listed them would be left behind (tests/integration/test_locks_at_exit.py)."""
+    global _leaving  # noqa: PLW0603 - one process, one exit
+    with _WRITING:
+        _leaving = True
+
+
+def _wait_for_exit() -> NoReturn:
+    while True:
+        time.sleep(3600)
 
 
 @dataclass(frozen=True)
@@ -117,8 +137,11 @@ class RepositoryLock:
         record = lock_record(
             pid, process_start_time(pid), self.exclusive, self.operation, created=self._created
         )
-        self.backend.write("locks", name, record)
-        return name
+        with _WRITING:
+            if not _leaving:
+                self.backend.write("locks", name, record)
+                return name
+        _wait_for_exit()
 
     def acquire(self, timeout: float = 0.0) -> None:
         deadline = time.monotonic() + timeout

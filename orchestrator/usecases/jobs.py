@@ -426,7 +426,7 @@ def work(
                 name = signal_name(e)
                 dispatcher.stop_starting()  # no attempt starts after the ones recorded below
                 paused = interrupt_own_steps(runtime, name)
-                release_own_locks(settings)
+                release_own_locks(settings, exiting=True)
                 interrupted(WorkInterrupted(name, paused))
                 os._exit(130)  # the steps' threads are not waited for: the log says where they stopped
         return _work_done(runtime, since)
