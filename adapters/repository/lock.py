@@ -54,14 +54,21 @@ _WRITING = threading.Lock()
 _leaving = False
 
 
+STOP_WAIT = 5.0
+"""Seconds `stop_locking` waits for a lock file being written (a remote store can be slow): Ctrl-C
+must not hang on it. A lock written after that is left behind, stale once the process is gone."""
+
+
 def stop_locking() -> None:
     """Write no lock file from now on, in any thread of this process: one about to take or refresh
     a lock waits for the exit instead. For a process that removes its locks and exits without
     waiting for its threads (Ctrl-C, SIGTERM): a lock a thread of its own wrote after the removal
     listed them would be left behind (tests/integration/test_locks_at_exit.py)."""
     global _leaving  # noqa: PLW0603 - one process, one exit
-    with _WRITING:
-        _leaving = True
+    waited = _WRITING.acquire(timeout=STOP_WAIT)
+    _leaving = True
+    if waited:
+        _WRITING.release()
 
 
 def _wait_for_exit() -> NoReturn:
