@@ -22,6 +22,7 @@ from capsule.api.common import (
     LOG_LEVEL_HELP,
     Context,
     add_log_options,
+    capsule_version,
     from_option,
     pass_ctx,
     run,
@@ -149,15 +150,9 @@ help (tests/unit/test_cli_help.py holds each to the command's own)."""
 def show_version(ctx: click.Context) -> None:
     """`capsule --version`: the package's version, and whether the native page hasher is in use
     (an install without a C compiler works, with more processor time for each database backup)."""
-    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415 - not for `--help`
+    from capsule.adapters.repository.crypto import page_hasher  # noqa: PLC0415 - not for `--help`
 
-    from capsule.adapters.repository.crypto import page_hasher  # noqa: PLC0415
-
-    try:
-        installed = version("capsule-backup")
-    except PackageNotFoundError:
-        installed = "unknown"
-    click.echo(f"capsule {installed}")
+    click.echo(f"capsule {capsule_version()}")
     click.echo(f"page hasher: {page_hasher()}")
     ctx.exit()
 

@@ -123,3 +123,13 @@ FROM_HELP = (
 def from_option(command: F) -> F:
     """`--from DEST`, for the commands that read a repository."""
     return click.option("--from", "source", metavar="DEST|PATH", help=FROM_HELP)(command)
+
+
+def capsule_version() -> str:
+    """The installed package's version (`capsule --version`, `GET /healthz`), or "unknown"."""
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415 - not for every command
+
+    try:
+        return version("capsule-backup")
+    except PackageNotFoundError:
+        return "unknown"

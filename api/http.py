@@ -21,9 +21,9 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
+from capsule.api.common import capsule_version
 from capsule.api.vocabulary import machine
 from capsule.domain.errors import CapsuleError, Category
 
@@ -41,13 +41,6 @@ class CannotListen(CapsuleError):
     """Raised when the HTTP address cannot be bound: the port is taken, or the host is not this machine's."""
 
     category = Category.INVALID_SETTING
-
-
-def capsule_version() -> str:
-    try:
-        return version("capsule-backup")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def health_doc(health: Health) -> dict[str, Any]:
