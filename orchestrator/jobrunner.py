@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
+from capsule.adapters.partials import stop_partials
 from capsule.domain.backup_job import BackupJob, committed_snapshot_ids, is_upload
 from capsule.domain.commands import CancelJob, Command, InterruptStep, PauseStep
 from capsule.domain.errors import CapsuleError, Category, InvalidCommand
@@ -279,6 +280,7 @@ def _interrupted(runtime: Runtime, dispatcher: Dispatcher, job_type: str, job_id
         runtime.execute(
             job_type, job_id, lambda _: CancelJob(job_id=job_id, now=runtime.clock()), actor=person()
         )
+        stop_partials()  # before the copies go: none is made after
         remove_own_scratch(settings.home)
         _leave(settings, f"interrupted ({signal}); drill job {job_id} is cancelled and its copies removed")
     try:
@@ -293,6 +295,10 @@ def _interrupted(runtime: Runtime, dispatcher: Dispatcher, job_type: str, job_id
             return runtime.wait(job_id)
         except KeyboardInterrupt:
             _leave(settings, f"interrupted; job {job_id} finishes at the next `capsule worker --until-idle`")
+    # No temporary file is made from here on, and those this process made are gone; the folder is
+    # then searched for those its restore workers made. Not before: a restore replacing the live
+    # database above must be able to finish.
+    stop_partials()
     clean_up(settings, job_id)
     target = getattr(runtime.load(job_type, job_id).state, "target", None)
     if target and target != IN_PLACE:
@@ -345,6 +351,7 @@ def interrupt_own_steps(runtime: Runtime, signal: str) -> list[str]:
 
 
 def _leave(settings: Settings, message: str) -> NoReturn:
+    stop_partials()
     release_own_locks(settings, exiting=True)
     sys.stderr.write(f"capsule: {message}\n")
     sys.stderr.flush()

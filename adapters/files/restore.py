@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import itertools
 import os
@@ -42,7 +43,14 @@ from capsule.adapters.files.flush import (
 from capsule.adapters.files.tree import iter_entries
 from capsule.adapters.files.treesearch import TreeSearch
 from capsule.adapters.logs import get_logger
-from capsule.adapters.partials import PARTIAL_MARK, is_abandoned, partial_name, partial_owner
+from capsule.adapters.partials import (
+    PARTIAL_MARK,
+    create_private,
+    is_abandoned,
+    make_partial,
+    partial_done,
+    partial_owner,
+)
 from capsule.adapters.repository.backends.storage import LocalPaths, local_paths
 from capsule.adapters.repository.chunks import workers as thread_count
 from capsule.adapters.repository.entry_rules import SPECIAL_BITS, check_content, check_follows, restored_mode
@@ -307,8 +315,7 @@ class FilesRestored:
 
 def write_file(repo: Repository, entry: Entry, target: Path) -> int:
     """Write `entry` to a temporary name beside `target`, check it, and rename it into place."""
-    tmp = target.parent / partial_name(target.name)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd, tmp = make_partial(target, create_private)
     sha = hashlib.sha256()
     written = 0
     try:
@@ -327,6 +334,8 @@ def write_file(repo: Repository, entry: Entry, target: Path) -> int:
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
             raise DiskFull(f"the disk holding {target.parent} is full; free space and retry") from e
         raise
+    finally:
+        partial_done(tmp)
     return written
 
 
@@ -583,11 +592,13 @@ def restore_files(
             continue
         assert entry.target is not None
         target = to / entry.path
-        tmp = target.parent / partial_name(target.name)
-        os.symlink(entry.target, tmp)
-        with contextlib.suppress(OSError):  # not every system lets a link's own time be set
-            os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
-        os.replace(tmp, target)
+        _, tmp = make_partial(target, functools.partial(_make_link, entry.target))
+        try:
+            with contextlib.suppress(OSError):  # not every system lets a link's own time be set
+                os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+            os.replace(tmp, target)
+        finally:
+            partial_done(tmp)
         wrote(entry.path)
     # Deepest first: setting a folder's time must come after everything inside it was written.
     for relative in sorted(made, key=lambda p: p.count("/"), reverse=True):
@@ -614,6 +625,10 @@ def restore_files(
         special_bits_cleared=cleared,
     )
     return FilesRestored(plan.files, plan.dirs, plan.symlinks, plan.bytes, already, cleared)
+
+
+def _make_link(link_target: str, path: Path) -> None:
+    os.symlink(link_target, path)
 
 
 # ---- cat -----------------------------------------------------------------------------------------

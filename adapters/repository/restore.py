@@ -24,7 +24,7 @@ from typing import BinaryIO
 from capsule.adapters.errors import NOT_INDEXED_ADVICE, BlobNotFound, DiskFull, IntegrityError, RestoreRefused
 from capsule.adapters.filedigest import sha256_file
 from capsule.adapters.logs import get_logger
-from capsule.adapters.partials import partial_name, remove_abandoned
+from capsule.adapters.partials import create_private, make_partial, remove_abandoned
 from capsule.adapters.repository.backends.local import fsync_dir
 from capsule.adapters.repository.backends.storage import costly_reads, local_paths
 from capsule.adapters.repository.chunks import read_id_lists, split_ids, workers
@@ -154,9 +154,14 @@ def write_entry(
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned(target.parent, target.name)
-    tmp = target.parent / partial_name(target.name)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        # Left in the list of this process's temporary files once returned: the caller renames it.
+        fd, tmp = make_partial(target, create_private)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise DiskFull(f"the disk holding {target.parent} is full; free space and retry") from e
+        raise
+    try:
         with open(fd, "wb") as f, ThreadPoolExecutor(workers()) as threads, ThreadPoolExecutor(1) as syncer:
             if pool is not None:
                 written, digest = write_with_pool(

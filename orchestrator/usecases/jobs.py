@@ -408,6 +408,7 @@ def work(
     runs. On Ctrl-C or SIGTERM the steps it runs are recorded as interrupted (the next worker or
     backup goes on with them at once), its repository locks removed, `interrupted` told, and the
     process exits 130 at once: waiting for a step to end could take hours."""
+    from capsule.adapters.partials import stop_partials  # noqa: PLC0415
     from capsule.orchestrator.actors import build  # noqa: PLC0415
     from capsule.orchestrator.jobrunner import interrupt_own_steps, signal_name  # noqa: PLC0415
     from capsule.orchestrator.steps import release_own_locks  # noqa: PLC0415
@@ -426,6 +427,7 @@ def work(
                 name = signal_name(e)
                 dispatcher.stop_starting()  # no attempt starts after the ones recorded below
                 paused = interrupt_own_steps(runtime, name)
+                stop_partials()  # the next attempt would remove them: no need to wait for it
                 release_own_locks(settings, exiting=True)
                 interrupted(WorkInterrupted(name, paused))
                 os._exit(130)  # the steps' threads are not waited for: the log says where they stopped
