@@ -517,6 +517,9 @@ def test_a_tree_reader_left_unfinished_lets_go_without_waiting_for_its_thread(
         return original(repo, loc)
 
     monkeypatch.setattr(files_tree, "_read_stored", read_stored)
+    # One blob a read-ahead task: the first group comes at once, the next read waits (with the
+    # usual batches all of these blobs are read by the first task, which then waits for itself).
+    monkeypatch.setattr(files_tree, "READ_BATCH", 1)
     reader = files_tree.read_groups(backups.repo, tree_ids(backups.repo, result.manifest))
     first_group, _ = next(reader)
     closer = threading.Thread(target=reader.close)
