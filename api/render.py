@@ -286,14 +286,15 @@ def restored(result: Restored, as_json: bool = False) -> None:
     if result.kind == "files":
         already = result.already_there or 0
         click.echo(
-            f"Restored {result.files} files ({human(result.bytes or 0)}), "
-            f"{result.dirs} folders and {result.symlinks} links of snapshot {sid[:12]} "
-            f"into {result.target}; every file's SHA-256 verified"
-            + (f"; {already} were already there and left as they were." if already else ".")
+            f"Restored {_plural(result.files or 0, 'file')} ({human(result.bytes or 0)}), "
+            f"{_plural(result.dirs or 0, 'folder')} and {_plural(result.symlinks or 0, 'link')} of snapshot "
+            f"{sid[:12]} into {result.target}; every file's SHA-256 verified"
+            + (_already_there(already) if already else ".")
         )
         if cleared := result.special_bits_cleared:
+            which = "file or folder" if cleared == 1 else "files or folders"
             click.echo(
-                f"The setuid or setgid bit of {cleared} files or folders was not restored; "
+                f"The setuid or setgid bit of {cleared} {which} was not restored; "
                 "add --special-bits to restore it."
             )
         return
@@ -715,6 +716,12 @@ def log_repaired(report: LogRepair) -> None:
 
 def worker_started(worker_id: str) -> None:
     click.echo(f"Worker {worker_id} running; Ctrl-C stops it.", err=True)
+
+
+def _already_there(count: int) -> str:
+    if count == 1:
+        return "; 1 was already there and left as it was."
+    return f"; {count} were already there and left as they were."
 
 
 def _plural(count: int, noun: str) -> str:
