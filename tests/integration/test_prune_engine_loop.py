@@ -18,7 +18,7 @@ import pytest
 from tests.integration.prune_lab import KiB, Lab
 
 BACKUPS = """
-import hashlib, json, random, sqlite3, sys
+import hashlib, json, random, sqlite3, sys, time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from capsule.adapters.files.backup import backup_files
@@ -29,8 +29,18 @@ from capsule.adapters.repository.repo import Repository
 from capsule.adapters.sqlite.backup import backup_database
 
 rebuild.ADOPT_WITHIN = 1.0
-repository, key, uploads, database, staging, out = map(Path, sys.argv[1:7])
-rounds = int(sys.argv[7])
+repository, key, uploads, database, staging, out, progress = map(Path, sys.argv[1:8])
+rounds = int(sys.argv[8])
+PACE = 8
+
+
+def _prune_rounds(path):
+    try:
+        return int(path.read_text() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
 rng = random.Random(7)
 now = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 for n in range(rounds):
@@ -58,6 +68,13 @@ for n in range(rounds):
             }
     with open(out, "a") as f:
         f.write(json.dumps({"snapshot": result.snapshot_id, "expected": expected}) + "\\n")
+    # Paced by the prunes: one round for every PACE backups at least, however busy the machine, so
+    # that prunes really run between backups (a prune starved by other work once ran twice in all).
+    if (n + 1) % PACE == 0 and n + 1 < rounds:
+        waited = 0.0
+        while _prune_rounds(progress) < (n + 1) // PACE and waited < 60:
+            time.sleep(0.05)
+            waited += 0.05
 print("backups done", flush=True)
 """
 
@@ -69,7 +86,7 @@ from capsule.adapters.repository.lock import PRUNE, locked, lock_owners, owners_
 from capsule.adapters.repository.prune import finish_prune, plan_prune, repack, rewrite_index
 from capsule.adapters.repository.repo import Repository
 
-repository, key, done_flag, out = map(Path, sys.argv[1:5])
+repository, key, done_flag, out, progress = map(Path, sys.argv[1:6])
 backend = LocalBackend(repository)
 rng = random.Random(11)
 forgotten, deleted, rescued, rounds = [], 0, 0, 0
@@ -98,6 +115,7 @@ while True:
     deleted += len(result.deleted)
     rescued += len(result.rescued)
     rounds += 1
+    progress.write_text(str(rounds))
     if last:
         break
     time.sleep(0.3)
@@ -112,15 +130,17 @@ def test_backups_and_prunes_side_by_side_keep_every_snapshot_whole(tmp_path: Pat
     lab.sell(200)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAPSULE_")}
     made, flag, summary = tmp_path / "made.jsonl", tmp_path / "backups-done", tmp_path / "prunes.json"
+    progress = tmp_path / "prune-rounds"
     logs = [tmp_path / "backups.log", tmp_path / "prunes.log"]
     with open(logs[0], "w") as backups_log, open(logs[1], "w") as prunes_log:
         backups = subprocess.Popen(
             [sys.executable, "-c", BACKUPS, *map(str, (lab.repository, lab.key, lab.uploads, lab.database)),
-             str(lab.staging), str(made), "24"],
+             str(lab.staging), str(made), str(progress), "24"],
             stdout=backups_log, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
         prunes = subprocess.Popen(
-            [sys.executable, "-c", PRUNES, str(lab.repository), str(lab.key), str(flag), str(summary)],
+            [sys.executable, "-c", PRUNES, str(lab.repository), str(lab.key), str(flag), str(summary),
+             str(progress)],
             stdout=prunes_log, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
     try:
