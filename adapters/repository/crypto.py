@@ -48,6 +48,12 @@ def page_hasher() -> str:
     return _PAGE_HASHER
 
 
+def native_page_ids() -> bool:
+    """Whether a database's pages are hashed natively, many at a time, without the interpreter's
+    lock (see pageids.c); else one `blake3` call a page, which holds it."""
+    return _native_page_ids is not None
+
+
 # The piece sizes the native hasher takes: a power of two from one BLAKE3 chunk (1 KiB) to 64 KiB.
 NATIVE_PIECE_SIZES = frozenset(1024 << k for k in range(7))
 

@@ -54,7 +54,7 @@ from capsule.adapters.sqlite.snapshot import (
     copy_database,
     remove_database_files,
 )
-from capsule.adapters.workers.sealpool import SealPool
+from capsule.adapters.workers.sealpool import SealPool, database_pool
 from capsule.domain.errors import CapsuleError
 from capsule.domain.manifest import (
     MANIFEST_VERSION,
@@ -383,8 +383,8 @@ def store_database(
             clear_abandoned_copies(copy_dir)
         # The PID in the name keeps two backups of one database apart and tells a crashed one's copy.
         copy_path = copy_dir / f"{source.name}.{os.getpid()}-{secrets.token_hex(4)}{COPY_SUFFIX}"
-        # Workers start while SQLite copies the database, so their start-up costs nothing.
-        pool = SealPool(repo.master_key, repo.compression_level, workers) if workers != 0 else None
+        # Worker processes, where it takes them, start while SQLite copies the database.
+        pool = database_pool(repo.master_key, repo.compression_level, workers) if workers != 0 else None
         try:
             stored = None
             in_place = None

@@ -5,7 +5,8 @@ around zstd, AES-GCM and BLAKE3; separate processes run them side by side. A wor
 it works on straight from the staging copy or the pack files, and writes restored plaintext straight
 into its file, so only ids, sealed blobs and byte counts cross the pipe. It imports nothing heavier
 than those three libraries, and receives the master key over its stdin, never through arguments or
-the environment.
+the environment. A database backup, where its pages are hashed natively, has the same `Worker`
+answer the same requests on threads of its own process instead (`sealpool.database_pool`).
 
 Frames, both ways: u32 LE length, then the body. The first frame to a worker is the key (64 bytes)
 followed by a u8 compression level. Requests: u8 op, u32 request id, then the op's fields; replies:
@@ -135,12 +136,21 @@ class Worker:
         # Each pack checked is read into this, not into new memory: faulting in a whole pack
         # afresh for every pack cost more system time than the read itself.
         self._pack_buffer = bytearray()
+        self._hash_buffer = bytearray()
 
     def hash(self, body: bytes, pos: int) -> bytes:
         path, pos = _path(body, pos)
         offset, length, chunk = struct.unpack_from("<QII", body, pos)
-        data = _pread(path, offset, length)
-        if len(data) != length:
+        # Into the same buffer every time: new memory for each block is faulted in page by page.
+        if len(self._hash_buffer) < length:
+            self._hash_buffer = bytearray(length)
+        data = memoryview(self._hash_buffer)[:length]
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            got = os.preadv(fd, [data], offset)
+        finally:
+            os.close(fd)
+        if got != length:
             raise OSError(f"{path} is shorter than expected")
         return self.sealer.blob_ids(data, chunk)
 

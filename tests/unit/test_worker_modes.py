@@ -9,12 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from capsule.adapters.errors import IntegrityError
+from capsule.adapters.errors import BlobNotFound, IntegrityError
+from capsule.adapters.repository import crypto
 from capsule.adapters.repository.backends.local import LocalBackend
 from capsule.adapters.repository.repo import Repository
 from capsule.adapters.repository.restore import restore_snapshot
 from capsule.adapters.sqlite.backup import backup_database
-from capsule.adapters.workers.sealpool import SealPool, WorkerFailed
+from capsule.adapters.workers import sealpool
+from capsule.adapters.workers.sealpool import (
+    SealPool,
+    ThreadSealPool,
+    WorkerFailed,
+    database_pool,
+    split_sealed,
+)
 
 
 def _database(path: Path, rows: int) -> None:
@@ -26,8 +34,18 @@ def _database(path: Path, rows: int) -> None:
     conn.close()
 
 
+@pytest.fixture(params=["threads", "processes"])
+def database_pools(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A database backup's pool: threads (where pages are hashed natively) and worker processes
+    (elsewhere), whatever this machine has."""
+    monkeypatch.setattr(sealpool, "native_page_ids", lambda: request.param == "threads")
+    return str(request.param)
+
+
 @pytest.mark.parametrize("workers", [0, 1, 2])
-def test_every_worker_mode_stores_and_restores_the_same_bytes(tmp_path: Path, workers: int) -> None:
+def test_every_worker_mode_stores_and_restores_the_same_bytes(
+    tmp_path: Path, workers: int, database_pools: str
+) -> None:
     db = tmp_path / "pos.db"
     _database(db, 3000)
     repo = Repository.init(LocalBackend(tmp_path / "repo"), tmp_path / "key", pack_size=64 * 1024)
@@ -71,3 +89,41 @@ def test_a_worker_that_dies_fails_its_requests_instead_of_hanging(tmp_path: Path
         pool._procs[0].proc.wait()
         with pytest.raises(WorkerFailed):
             pool.hash(str(big), 0, 4096 * 64, 4096).result(timeout=10)
+
+
+def test_a_database_backup_takes_threads_where_pages_are_hashed_natively(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = Repository.init(LocalBackend(tmp_path / "repo"), tmp_path / "key")
+    for native, kind in ((True, ThreadSealPool), (False, SealPool)):
+        monkeypatch.setattr(sealpool, "native_page_ids", lambda native=native: native)
+        with database_pool(repo.master_key, 1, workers=1) as pool:
+            assert type(pool) is kind
+    assert crypto.native_page_ids() == (crypto._native_page_ids is not None)
+
+
+def test_threads_and_processes_answer_every_request_alike(tmp_path: Path) -> None:
+    """The same ids, sealed pieces of the same sizes, the same errors."""
+    repo = Repository.init(LocalBackend(tmp_path / "repo"), tmp_path / "key")
+    data = bytes(range(256)) * 16 * 40 + b"tail" * 100  # 40 pages of 4 KiB, then a short piece
+    source = tmp_path / "pages"
+    source.write_bytes(data)
+    ids = repo.sealer.blob_ids(data, 4096)
+    answers = []
+    for kind in (ThreadSealPool, SealPool):
+        with kind(repo.master_key, 3, workers=2) as pool:
+            hashed = bytes(pool.hash(str(source), 0, len(data), 4096).result(timeout=30))
+            wanted = [0, 3, 40]
+            picked = b"".join(ids[32 * i : 32 * i + 32] for i in wanted)
+            reply = pool.seal_pieces(
+                str(source), 0, True, (0, len(data), 4096), indices=wanted, ids=picked
+            ).result(timeout=30)
+            header, sealed = split_sealed(reply)
+            with pytest.raises(BlobNotFound, match="missing"):
+                pool.hash(str(tmp_path / "gone"), 0, 4096, 4096).result(timeout=30)
+            with pytest.raises(WorkerFailed, match="shorter than expected"):
+                pool.hash(str(source), 0, len(data) + 4096, 4096).result(timeout=30)
+        answers.append((hashed, len(header), len(sealed)))
+    assert answers[0][0] == answers[1][0] == ids
+    assert answers[0][1:] == answers[1][1:]
+    assert answers[0][1] > 0 and answers[0][2] > 0
