@@ -384,7 +384,10 @@ def store_database(
         # The PID in the name keeps two backups of one database apart and tells a crashed one's copy.
         copy_path = copy_dir / f"{source.name}.{os.getpid()}-{secrets.token_hex(4)}{COPY_SUFFIX}"
         # Worker processes, where it takes them, start while SQLite copies the database.
-        pool = database_pool(repo.master_key, repo.compression_level, workers) if workers != 0 else None
+        pool = None
+        if workers != 0:
+            has_parent = parent_entry is not None
+            pool = database_pool(repo.master_key, repo.compression_level, workers, parent=has_parent)
         try:
             stored = None
             in_place = None

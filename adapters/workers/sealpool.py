@@ -291,12 +291,14 @@ class ThreadSealPool(SealPool):
         return payload
 
 
-def database_pool(key: MasterKey, level: int, workers: int | None = None) -> SealPool:
+def database_pool(key: MasterKey, level: int, workers: int | None = None, *, parent: bool) -> SealPool:
     """The pool a database backup hashes and seals its pages with. Threads where the pages are
-    hashed natively: the hasher, the reads, zstd and AES-GCM on a bundle of pages leave the
-    interpreter's lock free, no process starts and no sealed run crosses a pipe: less processor
-    time for an hourly backup and for a first one alike (docs/performance.md, "A database backup's
-    pages hashed and sealed on threads"). Worker processes elsewhere: one `blake3` call a page
-    holds the lock."""
-    kind = ThreadSealPool if native_page_ids() else SealPool
+    hashed natively and the backup has a parent snapshot (it seals what changed, a little): the
+    hasher, the reads, zstd and AES-GCM on a bundle of pages leave the interpreter's lock free, no
+    process starts and no sealed run crosses a pipe, for less processor time (docs/performance.md,
+    "A database backup's pages hashed and sealed on threads"). Worker processes for a first backup,
+    which seals every page: on threads the backup's own process would hold the workers' memory
+    too, and a large database's first backup is the one nearest the memory target. Worker
+    processes also where one `blake3` call a page holds the lock."""
+    kind = ThreadSealPool if parent and native_page_ids() else SealPool
     return kind(key, level, workers)

@@ -5,8 +5,9 @@ around zstd, AES-GCM and BLAKE3; separate processes run them side by side. A wor
 it works on straight from the staging copy or the pack files, and writes restored plaintext straight
 into its file, so only ids, sealed blobs and byte counts cross the pipe. It imports nothing heavier
 than those three libraries, and receives the master key over its stdin, never through arguments or
-the environment. A database backup, where its pages are hashed natively, has the same `Worker`
-answer the same requests on threads of its own process instead (`sealpool.database_pool`).
+the environment. A database backup with a parent snapshot, where its pages are hashed natively,
+has the same `Worker` answer the same requests on threads of its own process instead
+(`sealpool.database_pool`).
 
 Frames, both ways: u32 LE length, then the body. The first frame to a worker is the key (64 bytes)
 followed by a u8 compression level. Requests: u8 op, u32 request id, then the op's fields; replies:

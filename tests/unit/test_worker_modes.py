@@ -91,13 +91,18 @@ def test_a_worker_that_dies_fails_its_requests_instead_of_hanging(tmp_path: Path
             pool.hash(str(big), 0, 4096 * 64, 4096).result(timeout=10)
 
 
-def test_a_database_backup_takes_threads_where_pages_are_hashed_natively(
+def test_a_database_backup_with_a_parent_takes_threads_where_pages_are_hashed_natively(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     repo = Repository.init(LocalBackend(tmp_path / "repo"), tmp_path / "key")
-    for native, kind in ((True, ThreadSealPool), (False, SealPool)):
+    for native, parent, kind in (
+        (True, True, ThreadSealPool),
+        (True, False, SealPool),  # a first backup seals every page: processes keep that memory apart
+        (False, True, SealPool),
+        (False, False, SealPool),
+    ):
         monkeypatch.setattr(sealpool, "native_page_ids", lambda native=native: native)
-        with database_pool(repo.master_key, 1, workers=1) as pool:
+        with database_pool(repo.master_key, 1, workers=1, parent=parent) as pool:
             assert type(pool) is kind
     assert crypto.native_page_ids() == (crypto._native_page_ids is not None)
 
